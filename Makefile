@@ -1,0 +1,34 @@
+# dsmproxy: `make demo` runs the embedded demo, `make test` runs every check CI runs.
+GO          ?= go
+GOBIN       := $(shell $(GO) env GOPATH)/bin
+STATICCHECK := $(GOBIN)/staticcheck
+
+.PHONY: test vet staticcheck unit demo bench build fuzz
+
+test: vet staticcheck unit
+
+vet:
+	$(GO) vet ./...
+
+$(STATICCHECK):
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@latest
+
+staticcheck: $(STATICCHECK)
+	$(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+build:
+	$(GO) build -o bin/dsmproxy ./cmd/dsmproxy
+
+demo:
+	$(GO) run ./cmd/dsmproxy demo
+
+bench:
+	$(GO) run ./cmd/dsmbench
+
+# FUZZTIME per target; every decoder has one.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBase64$$' -fuzztime $(FUZZTIME) ./pathway/

@@ -1,0 +1,108 @@
+package pathway
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Point is one checkpoint's statistics, as the aggregator buckets them.
+type Point struct {
+	Service        string
+	EdgeTags       []string // sorted; shared and read-only
+	Hash           uint64
+	ParentHash     uint64
+	Time           int64 // unix ns of the checkpoint
+	PathwayLatency int64 // ns since the pathway started, >= 0
+	EdgeLatency    int64 // ns since the previous checkpoint, >= 0
+	PayloadSize    int64 // bytes
+}
+
+// OriginTime is when the pathway started, the time `origin` buckets are keyed by.
+func (p Point) OriginTime() int64 { return p.Time - p.PathwayLatency }
+
+// DefaultMaxNodes bounds the node cache of a Checkpointer.
+const DefaultMaxNodes = 1 << 16
+
+// Checkpointer computes checkpoints for one env. Node hashes and tag slices are cached per
+// (service, edge), so a checkpoint on an edge seen before does not allocate. Safe for concurrent use.
+type Checkpointer struct {
+	env      string
+	maxNodes int
+
+	mu    sync.RWMutex
+	nodes map[nodeKey]*node
+
+	resets atomic.Uint64
+}
+
+type nodeKey struct {
+	service string
+	edge    Edge
+}
+
+type node struct {
+	hash uint64
+	tags []string
+}
+
+// NewCheckpointer returns a Checkpointer for env whose node cache holds at most maxNodes entries
+// (DefaultMaxNodes when maxNodes <= 0); a full cache is emptied and refilled, never grown.
+func NewCheckpointer(env string, maxNodes int) *Checkpointer {
+	if maxNodes <= 0 {
+		maxNodes = DefaultMaxNodes
+	}
+	return &Checkpointer{env: env, maxNodes: maxNodes, nodes: make(map[nodeKey]*node)}
+}
+
+// Env is the env hashed into every node.
+func (c *Checkpointer) Env() string { return c.env }
+
+// CacheResets counts how often the node cache was emptied because it was full.
+func (c *Checkpointer) CacheResets() uint64 { return c.resets.Load() }
+
+func (c *Checkpointer) node(service string, e Edge) *node {
+	k := nodeKey{service, e}
+	c.mu.RLock()
+	n := c.nodes[k]
+	c.mu.RUnlock()
+	if n != nil {
+		return n
+	}
+	tags := e.Tags()
+	n = &node{hash: HashNode(service, c.env, tags), tags: tags}
+	c.mu.Lock()
+	if len(c.nodes) >= c.maxNodes {
+		clear(c.nodes)
+		c.resets.Add(1)
+	}
+	c.nodes[k] = n
+	c.mu.Unlock()
+	return n
+}
+
+// NodeHash returns the node hash of service on edge e.
+func (c *Checkpointer) NodeHash(service string, e Edge) uint64 { return c.node(service, e).hash }
+
+// Checkpoint records a message of payloadSize bytes passing edge e of service at now, with parent
+// the context it carried (the zero Context when it carried none or it did not decode). It returns
+// the stats point and the context to write into the message: same pathway start, edge start = now.
+func (c *Checkpointer) Checkpoint(parent Context, service string, e Edge, payloadSize int64, now time.Time) (Point, Context) {
+	n := c.node(service, e)
+	pathwayStart, edgeStart := now, now
+	if !parent.IsZero() {
+		pathwayStart, edgeStart = parent.PathwayStart, parent.EdgeStart
+	}
+	hash := HashPathway(n.hash, parent.Hash)
+	p := Point{
+		Service:        service,
+		EdgeTags:       n.tags,
+		Hash:           hash,
+		ParentHash:     parent.Hash,
+		Time:           now.UnixNano(),
+		PathwayLatency: max(0, int64(now.Sub(pathwayStart))),
+		EdgeLatency:    max(0, int64(now.Sub(edgeStart))),
+		PayloadSize:    payloadSize,
+	}
+	return p, Context{Hash: hash, PathwayStart: pathwayStart, EdgeStart: now}
+}

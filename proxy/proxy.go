@@ -1,0 +1,228 @@
+// Package proxy is the protocol-agnostic plumbing of dsmproxy: listeners that accept client
+// connections, dial the upstream for each, and hand the pair to a protocol Handler; plus the
+// connection registry, limits, graceful drain and the per-connection log fields.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Handler serves one client connection and its upstream until either side ends. When Draining is
+// closed it should stop reading new requests, let those in flight finish, and return.
+type Handler interface {
+	ServeConn(ctx context.Context, c *Conn) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, c *Conn) error
+
+// ServeConn calls f.
+func (f HandlerFunc) ServeConn(ctx context.Context, c *Conn) error { return f(ctx, c) }
+
+// Conn is one accepted client connection with its dialed upstream.
+type Conn struct {
+	ID       uint64
+	Protocol string
+	Client   net.Conn
+	Upstream net.Conn
+	// Log carries conn, protocol, client and upstream fields.
+	Log zerolog.Logger
+
+	draining <-chan struct{}
+}
+
+// Draining is closed when the proxy is shutting down gracefully.
+func (c *Conn) Draining() <-chan struct{} { return c.draining }
+
+var connIDs atomic.Uint64
+
+// NextConnID returns a process-wide unique connection id.
+func NextConnID() uint64 { return connIDs.Add(1) }
+
+// DialFunc dials an upstream; Listener uses it for every accepted connection.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// ListenerConfig configures one listener.
+type ListenerConfig struct {
+	Protocol    string      // kafka, amqp, ... (log field)
+	Addr        string      // address to listen on
+	Upstream    string      // host:port dialed for every accepted connection
+	MaxConns    int         // 0 = unlimited; further connections are closed at once and logged
+	DialTimeout time.Duration
+	Dial        DialFunc    // nil = net.Dialer; set for TLS origination
+	TLS         *tls.Config // non-nil terminates TLS toward clients
+}
+
+// ErrClosed is returned by Serve after Shutdown or Close.
+var ErrClosed = errors.New("listener closed")
+
+// Listener accepts clients on one address and serves each with a Handler.
+type Listener struct {
+	cfg     ListenerConfig
+	h       Handler
+	log     zerolog.Logger
+	ln      net.Listener
+	drain   chan struct{}
+	closing atomic.Bool
+
+	mu    sync.Mutex
+	conns map[uint64]*Conn
+	wg    sync.WaitGroup
+
+	refused atomic.Uint64
+}
+
+// Listen opens cfg.Addr. Call Serve to start accepting.
+func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error) {
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s listener on %s: %w", cfg.Protocol, cfg.Addr, err)
+	}
+	if cfg.TLS != nil {
+		ln = tls.NewListener(ln, cfg.TLS)
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{Timeout: cfg.DialTimeout}
+		cfg.Dial = d.DialContext
+	}
+	return &Listener{
+		cfg:   cfg,
+		h:     h,
+		log:   log.With().Str("protocol", cfg.Protocol).Str("listen", ln.Addr().String()).Logger(),
+		ln:    ln,
+		drain: make(chan struct{}),
+		conns: make(map[uint64]*Conn),
+	}, nil
+}
+
+// Addr is the address the listener is bound to.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Conns is the number of open client connections.
+func (l *Listener) Conns() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
+// Refused counts connections closed because MaxConns was reached.
+func (l *Listener) Refused() uint64 { return l.refused.Load() }
+
+// Serve accepts connections until Shutdown or Close; it returns ErrClosed then.
+func (l *Listener) Serve(ctx context.Context) error {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if l.closing.Load() {
+				return ErrClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("%s accept on %s: %w", l.cfg.Protocol, l.ln.Addr(), err)
+		}
+		l.wg.Add(1)
+		go l.serve(ctx, c)
+	}
+}
+
+func (l *Listener) serve(ctx context.Context, client net.Conn) {
+	defer l.wg.Done()
+	id := NextConnID()
+	log := l.log.With().Uint64("conn", id).Str("client", client.RemoteAddr().String()).Str("upstream", l.cfg.Upstream).Logger()
+	l.mu.Lock()
+	if l.cfg.MaxConns > 0 && len(l.conns) >= l.cfg.MaxConns {
+		l.mu.Unlock()
+		l.refused.Add(1)
+		log.Warn().Int("max_conns", l.cfg.MaxConns).Msg("connection refused: listener is at its connection limit")
+		client.Close()
+		return
+	}
+	c := &Conn{ID: id, Protocol: l.cfg.Protocol, Client: client, Log: log, draining: l.drain}
+	l.conns[id] = c
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.conns, id)
+		l.mu.Unlock()
+	}()
+
+	dctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
+	up, err := l.cfg.Dial(dctx, "tcp", l.cfg.Upstream)
+	cancel()
+	if err != nil {
+		log.Warn().Err(err).Msg("upstream dial failed; closing client connection")
+		client.Close()
+		return
+	}
+	c.Upstream = up
+	log.Debug().Msg("connection opened")
+	err = l.h.ServeConn(ctx, c)
+	client.Close()
+	up.Close()
+	if err != nil && !isClosedErr(err) {
+		log.Warn().Err(err).Msg("connection closed with error")
+		return
+	}
+	log.Debug().Msg("connection closed")
+}
+
+// Shutdown stops accepting, tells every handler to drain, and waits until they return or ctx ends;
+// then it closes whatever is left.
+func (l *Listener) Shutdown(ctx context.Context) error {
+	if l.closing.Swap(true) {
+		return nil
+	}
+	l.ln.Close()
+	close(l.drain)
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		l.closeAll()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops accepting and closes every connection at once.
+func (l *Listener) Close() error {
+	if !l.closing.Swap(true) {
+		l.ln.Close()
+		close(l.drain)
+	}
+	l.closeAll()
+	l.wg.Wait()
+	return nil
+}
+
+func (l *Listener) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Client.Close()
+		if c.Upstream != nil {
+			c.Upstream.Close()
+		}
+	}
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled)
+}
