@@ -1,0 +1,124 @@
+package kafka
+
+import (
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// rewriteAddresses rewrites the broker addresses of Metadata, FindCoordinator, DescribeCluster,
+// ShareFetch and ShareAcknowledge responses to the proxy's per-node listeners (opening them as
+// needed). Metadata also feeds the topic id map. An error (a node the proxy cannot listen for)
+// closes the connection: forwarding the real address would let the client bypass the proxy.
+func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
+	var resp kmsg.Response
+	switch pd.key {
+	case keyMetadata:
+		resp = kmsg.NewPtrMetadataResponse()
+	case keyFindCoordinator:
+		resp = kmsg.NewPtrFindCoordinatorResponse()
+	case keyDescribeCluster:
+		resp = kmsg.NewPtrDescribeClusterResponse()
+	case keyShareFetch:
+		resp = kmsg.NewPtrShareFetchResponse()
+	case keyShareAck:
+		resp = kmsg.NewPtrShareAcknowledgeResponse()
+	default:
+		return frame, nil
+	}
+	start, ok := s.decodeResponse(pd, frame, resp)
+	if !ok {
+		return frame, nil
+	}
+	changed, err := s.p.rewriteResponseAddresses(resp)
+	if err != nil {
+		s.log.Error().Err(err).Str("api", kmsg.NameForKey(pd.key)).Msg("closing connection: cannot advertise a broker node")
+		return nil, versionErr(pd, err)
+	}
+	if !changed {
+		return frame, nil
+	}
+	return encodeResponse(frame, start, resp), nil
+}
+
+// rewriteResponseAddresses replaces every broker host/port in resp (a decoded response of an API
+// that carries them) with the node's proxy address. It reports whether anything changed.
+func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
+	changed := false
+	fix := func(id int32, host *string, port *int32) error {
+		if id < 0 || *host == "" {
+			return nil
+		}
+		h, pt, err := p.advertise(id, *host, *port)
+		if err != nil {
+			return err
+		}
+		if h != *host || pt != *port {
+			*host, *port = h, pt
+			changed = true
+		}
+		return nil
+	}
+	switch r := resp.(type) {
+	case *kmsg.MetadataResponse:
+		for i := range r.Brokers {
+			b := &r.Brokers[i]
+			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
+				return false, err
+			}
+		}
+		p.learnTopics(r)
+	case *kmsg.FindCoordinatorResponse:
+		if r.ErrorCode == 0 {
+			if err := fix(r.NodeID, &r.Host, &r.Port); err != nil {
+				return false, err
+			}
+		}
+		for i := range r.Coordinators {
+			c := &r.Coordinators[i]
+			if c.ErrorCode == 0 {
+				if err := fix(c.NodeID, &c.Host, &c.Port); err != nil {
+					return false, err
+				}
+			}
+		}
+	case *kmsg.DescribeClusterResponse:
+		// EndpointType 2 lists controllers (bootstrap.controllers clients talk to them directly, not
+		// through this proxy); their ids are not broker node ids, so they are left alone.
+		if r.EndpointType != 2 {
+			for i := range r.Brokers {
+				b := &r.Brokers[i]
+				if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
+					return false, err
+				}
+			}
+		}
+	case *kmsg.ProduceResponse:
+		for i := range r.Brokers {
+			b := &r.Brokers[i]
+			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
+				return false, err
+			}
+		}
+	case *kmsg.FetchResponse:
+		for i := range r.Brokers {
+			b := &r.Brokers[i]
+			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
+				return false, err
+			}
+		}
+	case *kmsg.ShareFetchResponse:
+		for i := range r.NodeEndpoints {
+			b := &r.NodeEndpoints[i]
+			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
+				return false, err
+			}
+		}
+	case *kmsg.ShareAcknowledgeResponse:
+		for i := range r.NodeEndpoints {
+			b := &r.NodeEndpoints[i]
+			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
+				return false, err
+			}
+		}
+	}
+	return changed, nil
+}

@@ -1,0 +1,107 @@
+package kafka
+
+import (
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// commitFacts are the offsets an OffsetCommit or TxnOffsetCommit request commits; they become
+// kafka_commit backlogs for each partition the response accepts.
+type commitFacts struct {
+	group   string
+	offsets []committed
+}
+
+type committed struct {
+	topic     string // "" when the topic id did not resolve
+	topicID   [16]byte
+	partition int32
+	offset    int64
+}
+
+func (s *session) offsetCommitRequest(h requestHeader, frame []byte, pd *pending) {
+	req := kmsg.NewPtrOffsetCommitRequest()
+	if !s.decodeRequest(h, frame, req) {
+		return
+	}
+	s.p.groups.learn(s.info.Load().key(), req.Group)
+	f := &commitFacts{group: req.Group}
+	for _, t := range req.Topics {
+		name, _ := s.p.topicName(t.Topic, t.TopicID)
+		for _, p := range t.Partitions {
+			f.offsets = append(f.offsets, committed{name, t.TopicID, p.Partition, p.Offset})
+		}
+	}
+	pd.facts = f
+}
+
+func (s *session) txnOffsetCommitRequest(h requestHeader, frame []byte, pd *pending) {
+	req := kmsg.NewPtrTxnOffsetCommitRequest()
+	if !s.decodeRequest(h, frame, req) {
+		return
+	}
+	f := &commitFacts{group: req.Group}
+	for _, t := range req.Topics {
+		name, _ := s.p.topicName(t.Topic, t.TopicID)
+		for _, p := range t.Partitions {
+			f.offsets = append(f.offsets, committed{name, t.TopicID, p.Partition, p.Offset})
+		}
+	}
+	pd.facts = f
+}
+
+// commitResponse turns accepted commits into kafka_commit offsets and errors into events.
+func (s *session) commitResponse(pd *pending, frame []byte) {
+	f, _ := pd.facts.(*commitFacts)
+	if f == nil {
+		return
+	}
+	type part struct {
+		topic     string
+		id        [16]byte
+		partition int32
+		code      int16
+	}
+	var parts []part
+	if pd.key == keyOffsetCommit {
+		resp := kmsg.NewPtrOffsetCommitResponse()
+		if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				parts = append(parts, part{t.Topic, t.TopicID, p.Partition, p.ErrorCode})
+			}
+		}
+	} else {
+		resp := kmsg.NewPtrTxnOffsetCommitResponse()
+		if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				parts = append(parts, part{t.Topic, t.TopicID, p.Partition, p.ErrorCode})
+			}
+		}
+	}
+	ci := s.info.Load()
+	now := s.p.now().UnixNano()
+	for _, rp := range parts {
+		for _, c := range f.offsets {
+			if c.partition != rp.partition || (c.topic != rp.topic || rp.topic == "") && (rp.topic != "" || c.topicID != rp.id) {
+				continue
+			}
+			if c.topic == "" {
+				break // unresolved topic id: nothing to report under
+			}
+			if rp.code != 0 {
+				s.p.brokerError(pd.key, rp.code, ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group}, c.partition, 0)
+				break
+			}
+			s.p.addOffset(pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group,
+				Topic: c.topic, Partition: c.partition, Value: c.offset, Time: now})
+			break
+		}
+	}
+}

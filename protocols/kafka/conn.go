@@ -1,0 +1,328 @@
+package kafka
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// pending is one request waiting for its response. Requests are kept in the order they were sent;
+// Kafka answers in that order on a connection, and the proxy's own replies (synthetic) are written
+// when their turn comes.
+type pending struct {
+	corr      int32
+	key       int16
+	version   int16
+	flexible  bool
+	synthetic []byte // a response the proxy writes itself instead of forwarding the request
+	rawToken  bool   // a SaslHandshake v0 raw token: the response has no Kafka header
+	facts     any    // what the response handler needs from the request
+}
+
+// clientInfo is what a connection knows about its client; it is replaced, never mutated.
+type clientInfo struct {
+	clientID string
+	software string // ApiVersions v3+ ClientSoftwareName
+	service  string
+	addr     netip.Addr
+}
+
+// key identifies the client process for group learning: source address + client.id + software.
+func (ci *clientInfo) key() clientKey {
+	return clientKey{addr: ci.addr, clientID: ci.clientID, software: ci.software}
+}
+
+// session is one client connection and its upstream.
+type session struct {
+	p   *Proxy
+	c   *proxy.Conn
+	log zerolog.Logger
+
+	addr netip.Addr
+	info atomic.Pointer[clientInfo]
+
+	writeMu sync.Mutex // serializes writes to the client (forwarded and synthetic responses)
+	mu      sync.Mutex
+	queue   []*pending
+	idle    chan struct{} // signalled when the queue empties
+
+	// SASL v0: raw token exchanges left (-1: unknown mechanism, relay bytes for good).
+	rawLeft    atomic.Int32
+	rawOAuth   bool
+	draining   atomic.Bool
+	respClosed chan struct{}
+
+	// Produce path buffers, used by the request goroutine only.
+	codec   batchCodec
+	hdr     []byte
+	sizes   []int64
+	scratch []byte
+}
+
+// ServeConn implements proxy.Handler.
+func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
+	s := &session{p: p, c: c, log: c.Log, idle: make(chan struct{}, 1), respClosed: make(chan struct{})}
+	if ap, err := netip.ParseAddrPort(c.Client.RemoteAddr().String()); err == nil {
+		s.addr = ap.Addr().Unmap()
+	}
+	s.info.Store(&clientInfo{addr: s.addr, service: p.service(s.addr, "", "")})
+	return s.serve(ctx)
+}
+
+func (s *session) serve(ctx context.Context) error {
+	respErr := make(chan error, 1)
+	go func() {
+		err := s.responses()
+		close(s.respClosed)
+		// The upstream ended (or failed): the client must see the connection end too.
+		s.c.Client.Close()
+		respErr <- err
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-s.c.Draining():
+			s.draining.Store(true)
+			s.c.Client.SetReadDeadline(time.Now())
+		case <-ctx.Done():
+			s.c.Client.Close()
+		case <-stop:
+		}
+	}()
+	err := s.requests()
+	if s.draining.Load() && isTimeout(err) {
+		s.waitIdle()
+		err = nil
+	}
+	s.c.Upstream.Close()
+	rerr := <-respErr
+	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
+		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
+			return rerr
+		}
+		return nil
+	}
+	return err
+}
+
+// waitIdle waits until every request sent upstream has been answered, or the upstream ends.
+func (s *session) waitIdle() {
+	for {
+		s.mu.Lock()
+		n := len(s.queue)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-s.idle:
+		case <-s.respClosed:
+			return
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// requests reads client frames, acts on the ones the proxy understands and forwards them.
+func (s *session) requests() error {
+	maxBytes := s.p.cfg.MaxFrameBytes
+	for {
+		if s.rawLeft.Load() < 0 {
+			_, err := io.Copy(s.c.Upstream, s.c.Client)
+			return err
+		}
+		frame, err := readFrame(s.c.Client, maxBytes)
+		if err != nil {
+			if errors.Is(err, errFrameTooLarge) {
+				s.log.Warn().Err(err).Msg("closing connection: request frame is not valid Kafka framing")
+			}
+			return err
+		}
+		if s.rawLeft.Load() > 0 {
+			// SaslHandshake v0: this frame is a raw SASL token with no Kafka header.
+			s.push(&pending{rawToken: true})
+			if _, err := s.c.Upstream.Write(frame); err != nil {
+				return err
+			}
+			continue
+		}
+		h, err := parseRequestHeader(frame)
+		if err != nil {
+			s.log.Warn().Err(err).Int("bytes", len(frame)).Msg("closing connection: undecodable request header")
+			s.p.decodeError("request", -1, -1, err)
+			return fmt.Errorf("request header: %w", err)
+		}
+		s.noteClientID(h.ClientID)
+		out, pd := s.handleRequest(h, frame)
+		if pd == nil {
+			// acks=0 produce: no response will come.
+			if _, err := s.c.Upstream.Write(out); err != nil {
+				return err
+			}
+			continue
+		}
+		if pd.synthetic != nil {
+			s.reply(pd)
+			continue
+		}
+		s.push(pd)
+		if _, err := s.c.Upstream.Write(out); err != nil {
+			return err
+		}
+	}
+}
+
+// push registers a request before it is written upstream, so its response always finds it.
+func (s *session) push(pd *pending) {
+	s.mu.Lock()
+	s.queue = append(s.queue, pd)
+	s.mu.Unlock()
+}
+
+// reply writes a synthetic response now if nothing is in flight, else queues it behind the
+// requests in flight so the client receives answers in request order.
+func (s *session) reply(pd *pending) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	if len(s.queue) > 0 {
+		s.queue = append(s.queue, pd)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	if _, err := s.c.Client.Write(pd.synthetic); err != nil {
+		s.log.Debug().Err(err).Msg("writing proxy reply")
+	}
+}
+
+// pop removes the request answered by a response with corr (or the raw-token entry at the head).
+func (s *session) pop(frame []byte) (*pending, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) > 0 && s.queue[0].rawToken {
+		pd := s.queue[0]
+		s.queue = s.queue[1:]
+		return pd, true
+	}
+	if len(frame) < 8 {
+		return nil, false
+	}
+	corr := int32(binary.BigEndian.Uint32(frame[4:]))
+	for i, pd := range s.queue {
+		if pd.synthetic == nil && pd.corr == corr {
+			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			return pd, true
+		}
+	}
+	return nil, false
+}
+
+// responses reads upstream frames, pairs them with their requests, rewrites or observes what the
+// proxy understands, and forwards them in order.
+func (s *session) responses() error {
+	maxBytes := s.p.cfg.MaxFrameBytes
+	for {
+		if s.rawLeft.Load() < 0 {
+			_, err := io.Copy(s.c.Client, s.c.Upstream)
+			return err
+		}
+		frame, err := readFrame(s.c.Upstream, maxBytes)
+		if err != nil {
+			if errors.Is(err, errFrameTooLarge) {
+				s.log.Warn().Err(err).Msg("closing connection: response frame is not valid Kafka framing")
+			}
+			return err
+		}
+		s.writeMu.Lock()
+		err = s.response(frame)
+		s.writeMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) response(frame []byte) error {
+	pd, ok := s.pop(frame)
+	out := frame
+	var after func()
+	switch {
+	case !ok:
+		s.p.stats.unknownCorr.Add(1)
+		s.log.Debug().Int("bytes", len(frame)).Msg("response with unknown correlation id forwarded")
+	case pd.rawToken:
+		s.rawTokenAnswered(frame)
+	default:
+		var err error
+		out, after, err = s.handleResponse(pd, frame)
+		if err != nil {
+			return err
+		}
+	}
+	if _, err := s.c.Client.Write(out); err != nil {
+		return err
+	}
+	if after != nil {
+		after()
+	}
+	// Write proxy replies queued behind this response.
+	s.mu.Lock()
+	for len(s.queue) > 0 && s.queue[0].synthetic != nil {
+		pd := s.queue[0]
+		s.queue = s.queue[1:]
+		s.mu.Unlock()
+		if _, err := s.c.Client.Write(pd.synthetic); err != nil {
+			return err
+		}
+		s.mu.Lock()
+	}
+	empty := len(s.queue) == 0
+	s.mu.Unlock()
+	if empty {
+		select {
+		case s.idle <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// noteClientID refreshes the connection's client info when the client.id changes (rarely: once).
+func (s *session) noteClientID(id []byte) {
+	ci := s.info.Load()
+	if string(id) == ci.clientID {
+		return
+	}
+	s.setInfo(string(id), ci.software)
+}
+
+func (s *session) setInfo(clientID, software string) {
+	ci := &clientInfo{clientID: clientID, software: software, addr: s.addr}
+	ci.service = s.p.service(s.addr, clientID, software)
+	old := s.info.Swap(ci)
+	if old == nil || old.service != ci.service {
+		s.log.Info().Str("client_id", clientID).Str("software", software).Str("service", ci.service).Msg("kafka client identified")
+	}
+}

@@ -1,0 +1,61 @@
+package kafka
+
+import (
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// errorName returns kerr's name and retriable flag for a Kafka error code.
+func errorName(code int16) (string, bool) {
+	e := kerr.TypedErrorForCode(code)
+	if e == nil {
+		return "NONE", false
+	}
+	if e == kerr.UnknownServerError && code != kerr.UnknownServerError.Code {
+		return "UNKNOWN_ERROR_CODE_" + strconv.Itoa(int(code)), false
+	}
+	return e.Message, e.Retriable
+}
+
+// brokerError reports a per-partition (or top-level, partition -1) error code from a response.
+func (p *Proxy) brokerError(op int16, code int16, service string, edge pathway.Edge, partition int32, msgs int) {
+	name, retriable := errorName(code)
+	p.errs.Report(errtrack.Event{
+		Time: p.now(), Category: errtrack.BrokerError, Protocol: "kafka", Operation: kmsg.NameForKey(op),
+		Code: int32(code), Name: name, Retriable: retriable, Service: service, Edge: edge,
+		Partition: partition, Messages: msgs,
+	})
+}
+
+// decodeError reports something the proxy forwarded without understanding it.
+func (p *Proxy) decodeError(what string, key, version int16, err error) {
+	p.stats.decodeErrors.Add(1)
+	op := what
+	if key >= 0 {
+		op = kmsg.NameForKey(key)
+	}
+	msg := what
+	if version >= 0 {
+		msg += " v" + strconv.Itoa(int(version))
+	}
+	if err != nil {
+		msg += ": " + err.Error()
+	}
+	p.errs.Report(errtrack.Event{
+		Time: p.now(), Category: errtrack.DecodeError, Protocol: "kafka", Operation: op,
+		Name: "undecodable", Message: msg, Partition: -1,
+	})
+}
+
+// skip reports messages the proxy left alone.
+func (p *Proxy) skip(reason, message, service string, edge pathway.Edge, partition int32, msgs int) {
+	p.errs.Report(errtrack.Event{
+		Time: p.now(), Category: errtrack.ProxySkip, Protocol: "kafka", Operation: "Produce",
+		Name: reason, Message: message, Service: service, Edge: edge, Partition: partition, Messages: msgs,
+	})
+}

@@ -1,0 +1,143 @@
+package kafka
+
+import (
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// fetchFacts is what observing a fetch response needs from its request: where each partition was
+// asked to start (records before it come back in whole compressed batches and are not counted) and
+// the isolation level (read_committed consumers never see aborted records).
+type fetchFacts struct {
+	readCommitted bool
+	offsets       map[fetchKey]int64
+}
+
+type fetchKey struct {
+	topic     string
+	id        [16]byte
+	partition int32
+}
+
+// observeJob is a forwarded fetch response waiting to be observed off the client's path.
+type observeJob struct {
+	frame   []byte
+	start   int
+	version int16
+	facts   *fetchFacts
+	client  *clientInfo
+	resp    *kmsg.FetchResponse // already decoded (v16+ node endpoints check), or nil
+}
+
+func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
+	req := kmsg.NewPtrFetchRequest()
+	if !s.decodeRequest(h, frame, req) {
+		return
+	}
+	f := &fetchFacts{readCommitted: req.IsolationLevel == 1, offsets: make(map[fetchKey]int64)}
+	for _, t := range req.Topics {
+		for _, p := range t.Partitions {
+			f.offsets[fetchKey{t.Topic, t.TopicID, p.Partition}] = p.FetchOffset
+		}
+	}
+	pd.facts = f
+}
+
+// fetchResponse forwards the response as it is, unless KIP-951 node endpoints (Fetch v16+, set
+// only on leader changes) must be rewritten, and queues it for observation after it is written.
+func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), error) {
+	start, err := responseBodyStart(frame, pd.key, pd.flexible)
+	if err != nil {
+		s.p.decodeError("Fetch response", pd.key, pd.version, err)
+		return frame, nil, nil
+	}
+	facts, _ := pd.facts.(*fetchFacts)
+	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: s.info.Load()}
+	out := frame
+	if pd.version >= 16 {
+		resp := kmsg.NewPtrFetchResponse()
+		if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+			return frame, nil, nil
+		}
+		if len(resp.Brokers) > 0 {
+			changed, err := s.p.rewriteResponseAddresses(resp)
+			if err != nil {
+				s.log.Error().Err(err).Msg("closing connection: cannot advertise a broker node")
+				return nil, nil, versionErr(pd, err)
+			}
+			if changed {
+				out = encodeResponse(frame, start, resp)
+			}
+		}
+		job.resp = resp
+	}
+	return out, func() { s.p.enqueueObserve(job) }, nil
+}
+
+// enqueueObserve hands a fetch response to the observation worker, or drops it when the queue is
+// full: the client's data path never waits for monitoring.
+func (p *Proxy) enqueueObserve(job observeJob) {
+	select {
+	case p.observeQ <- job:
+	default:
+		p.stats.observeDropped.Add(1)
+	}
+}
+
+func (p *Proxy) observeLoop() {
+	for job := range p.observeQ {
+		p.observeFetch(job)
+	}
+}
+
+// observeFetch records high watermarks, partition errors and a consume checkpoint per record.
+func (p *Proxy) observeFetch(job observeJob) {
+	resp := job.resp
+	if resp == nil {
+		resp = kmsg.NewPtrFetchResponse()
+		resp.SetVersion(job.version)
+		if err := resp.ReadFrom(job.frame[job.start:]); err != nil {
+			p.decodeError("Fetch response", keyFetch, job.version, err)
+			return
+		}
+	}
+	ci := job.client
+	now := p.now()
+	if resp.ErrorCode != 0 {
+		p.brokerError(keyFetch, resp.ErrorCode, ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka}, -1, 0)
+	}
+	key := ci.key()
+	for ti := range resp.Topics {
+		t := &resp.Topics[ti]
+		name, ok := p.topicName(t.Topic, t.TopicID)
+		if !ok {
+			continue
+		}
+		for pi := range t.Partitions {
+			part := &t.Partitions[pi]
+			group := p.groups.lookup(key, name, part.Partition)
+			edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: name, Group: group}
+			if part.ErrorCode != 0 {
+				p.brokerError(keyFetch, part.ErrorCode, ci.service, edge, part.Partition, 0)
+				continue
+			}
+			if part.HighWatermark >= 0 {
+				p.addOffset(pathway.Offset{Kind: pathway.KafkaHighWatermark, Service: ci.service, Topic: name,
+					Partition: part.Partition, Value: part.HighWatermark, Time: now.UnixNano()})
+			}
+			if len(part.RecordBatches) == 0 {
+				continue
+			}
+			from := int64(-1)
+			readCommitted := false
+			if job.facts != nil {
+				if off, ok := job.facts.offsets[fetchKey{t.Topic, t.TopicID, part.Partition}]; ok {
+					from = off
+				}
+				readCommitted = job.facts.readCommitted
+			}
+			p.consumeRecords(ci, edge, part, from, readCommitted, now)
+		}
+	}
+}

@@ -1,0 +1,155 @@
+package kafka
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// DefaultMaxFrameBytes bounds one request or response frame. Kafka's own socket.request.max.bytes
+// default is 100 MiB; a larger size prefix means the stream is not Kafka (or is broken).
+const DefaultMaxFrameBytes = 100 << 20
+
+// errFrameTooLarge is returned by readFrame when the size prefix is over the limit.
+var errFrameTooLarge = errors.New("frame size over the limit")
+
+// readFrame reads one size-prefixed frame into a buffer it allocates (the frame is handed to other
+// goroutines afterwards, so it is never reused). The result includes the 4-byte size prefix.
+func readFrame(r io.Reader, maxBytes int) ([]byte, error) {
+	var sz [4]byte
+	if _, err := io.ReadFull(r, sz[:]); err != nil {
+		return nil, err
+	}
+	n := int32(binary.BigEndian.Uint32(sz[:]))
+	if n < 0 || int(n) > maxBytes {
+		return nil, fmt.Errorf("%w: size prefix %d, limit %d", errFrameTooLarge, n, maxBytes)
+	}
+	buf := make([]byte, 4+int(n))
+	copy(buf, sz[:])
+	if _, err := io.ReadFull(r, buf[4:]); err != nil {
+		return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
+	}
+	return buf, nil
+}
+
+// requestHeader is what the proxy reads from every request: the fixed fields and where the body
+// starts. ClientID stays a sub-slice of the frame.
+type requestHeader struct {
+	Key       int16
+	Version   int16
+	CorrID    int32
+	ClientID  []byte // nil when the client sent a null client id
+	Flexible  bool   // request header v2 / flexible body
+	BodyStart int    // offset of the body within the frame (after the size prefix and header)
+}
+
+// errShortHeader says a request frame is too short for its header.
+var errShortHeader = errors.New("request header truncated")
+
+// parseRequestHeader reads the header of a request frame (size prefix included). Flexibility comes
+// from kmsg's schema for (key, version); keys kmsg does not know are treated as non-flexible, which
+// only matters for where the body starts, and the proxy never reads the body of such requests.
+func parseRequestHeader(frame []byte) (requestHeader, error) {
+	var h requestHeader
+	if len(frame) < 4+8 {
+		return h, errShortHeader
+	}
+	h.Key = int16(binary.BigEndian.Uint16(frame[4:]))
+	h.Version = int16(binary.BigEndian.Uint16(frame[6:]))
+	h.CorrID = int32(binary.BigEndian.Uint32(frame[8:]))
+	h.Flexible = isFlexible(h.Key, h.Version)
+	pos := 12
+	// ControlledShutdown v0 has no client id; the proxy never decodes it, so its body start is moot.
+	if h.Key == 7 && h.Version == 0 {
+		h.BodyStart = pos
+		return h, nil
+	}
+	if len(frame) < pos+2 {
+		return h, errShortHeader
+	}
+	l := int16(binary.BigEndian.Uint16(frame[pos:]))
+	pos += 2
+	if l >= 0 {
+		if len(frame) < pos+int(l) {
+			return h, errShortHeader
+		}
+		h.ClientID = frame[pos : pos+int(l)]
+		pos += int(l)
+	}
+	if h.Flexible {
+		n, err := skipTags(frame[pos:])
+		if err != nil {
+			return h, fmt.Errorf("request header tags: %w", err)
+		}
+		pos += n
+	}
+	h.BodyStart = pos
+	return h, nil
+}
+
+// skipTags returns the length of a tagged-field section at the start of b.
+func skipTags(b []byte) (int, error) {
+	r := kbin.Reader{Src: b}
+	n := r.Uvarint()
+	for i := uint32(0); i < n && r.Ok(); i++ {
+		r.Uvarint()
+		l := r.Uvarint()
+		r.Span(int(l))
+	}
+	if !r.Ok() {
+		return 0, errShortHeader
+	}
+	return len(b) - len(r.Src), nil
+}
+
+// flexCache memoizes isFlexible for every (key, version) kmsg knows.
+var flexCache = func() map[int32]bool {
+	m := make(map[int32]bool)
+	for k := int16(0); k < 200; k++ {
+		req := kmsg.RequestForKey(k)
+		if req == nil {
+			continue
+		}
+		for v := int16(0); v <= req.MaxVersion(); v++ {
+			r := kmsg.RequestForKey(k)
+			r.SetVersion(v)
+			m[int32(k)<<16|int32(uint16(v))] = r.IsFlexible()
+		}
+	}
+	return m
+}()
+
+func isFlexible(key, version int16) bool {
+	return flexCache[int32(key)<<16|int32(uint16(version))]
+}
+
+// knownVersion reports whether kmsg can decode (key, version).
+func knownVersion(key, version int16) bool {
+	_, ok := flexCache[int32(key)<<16|int32(uint16(version))]
+	return ok
+}
+
+// responseBodyStart returns where the body of a response frame starts: after the size prefix, the
+// correlation id and, for flexible responses except ApiVersions, the header's tagged fields.
+func responseBodyStart(frame []byte, key int16, flexible bool) (int, error) {
+	if len(frame) < 8 {
+		return 0, errors.New("response header truncated")
+	}
+	if !flexible || key == 18 {
+		return 8, nil
+	}
+	n, err := skipTags(frame[8:])
+	if err != nil {
+		return 0, fmt.Errorf("response header tags: %w", err)
+	}
+	return 8 + n, nil
+}
+
+// putSize writes the size prefix of frame.
+func putSize(frame []byte) {
+	binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
+}

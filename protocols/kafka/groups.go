@@ -1,0 +1,149 @@
+package kafka
+
+import (
+	"net/netip"
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Fetch requests carry no group id, and group traffic goes to the coordinator on another
+// connection. The proxy ties them together by client process: (source address, client.id,
+// ApiVersions software name). Each process maps to the groups it joined, with the partitions each
+// group assigned it; a fetched partition picks the group that owns it, or the only group.
+
+type clientKey struct {
+	addr     netip.Addr
+	clientID string
+	software string
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+const maxGroupsPerClient = 64
+
+type clientGroups struct {
+	groups map[string]map[topicPartition]struct{}
+}
+
+// groupTracker is bounded: when it holds max clients it is emptied and relearned from the next
+// heartbeats and commits (which every group member sends every few seconds).
+type groupTracker struct {
+	mu      sync.Mutex
+	max     int
+	clients map[clientKey]*clientGroups
+}
+
+func newGroupTracker(max int) *groupTracker {
+	return &groupTracker{max: max, clients: make(map[clientKey]*clientGroups)}
+}
+
+func (g *groupTracker) entry(k clientKey) *clientGroups {
+	cg := g.clients[k]
+	if cg == nil {
+		if len(g.clients) >= g.max {
+			clear(g.clients)
+		}
+		cg = &clientGroups{groups: make(map[string]map[topicPartition]struct{})}
+		g.clients[k] = cg
+	}
+	return cg
+}
+
+// learn records that client k is a member of group.
+func (g *groupTracker) learn(k clientKey, group string) {
+	if group == "" {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cg := g.entry(k)
+	if _, ok := cg.groups[group]; !ok {
+		if len(cg.groups) >= maxGroupsPerClient {
+			clear(cg.groups)
+		}
+		cg.groups[group] = nil
+	}
+}
+
+// assign replaces the partitions group assigned to client k.
+func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition) {
+	if group == "" {
+		return
+	}
+	set := make(map[topicPartition]struct{}, len(parts))
+	for _, tp := range parts {
+		set[tp] = struct{}{}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cg := g.entry(k)
+	if _, ok := cg.groups[group]; !ok && len(cg.groups) >= maxGroupsPerClient {
+		clear(cg.groups)
+	}
+	cg.groups[group] = set
+}
+
+// lookup returns the group client k consumes topic/partition for, or "".
+func (g *groupTracker) lookup(k clientKey, topic string, partition int32) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cg := g.clients[k]
+	if cg == nil {
+		return ""
+	}
+	tp := topicPartition{topic, partition}
+	only := ""
+	for name, parts := range cg.groups {
+		if _, ok := parts[tp]; ok {
+			return name
+		}
+		if len(cg.groups) == 1 {
+			only = name
+		}
+	}
+	return only
+}
+
+// syncGroupResponse learns the member's assignment from a classic "consumer" protocol SyncGroup.
+func (s *session) syncGroupResponse(pd *pending, frame []byte) {
+	group, _ := pd.facts.(string)
+	resp := kmsg.NewPtrSyncGroupResponse()
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 || group == "" {
+		return
+	}
+	var a kmsg.ConsumerMemberAssignment
+	if len(resp.MemberAssignment) == 0 || a.ReadFrom(resp.MemberAssignment) != nil {
+		return // not the consumer protocol (or an empty assignment): the group is still learned
+	}
+	var parts []topicPartition
+	for _, t := range a.Topics {
+		for _, p := range t.Partitions {
+			parts = append(parts, topicPartition{t.Topic, p})
+		}
+	}
+	s.p.groups.assign(s.info.Load().key(), group, parts)
+}
+
+// heartbeatResponse learns a KIP-848 member's assignment (topic ids) from ConsumerGroupHeartbeat.
+func (s *session) heartbeatResponse(pd *pending, frame []byte) {
+	group, _ := pd.facts.(string)
+	resp := kmsg.NewPtrConsumerGroupHeartbeatResponse()
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 || resp.Assignment == nil || group == "" {
+		return
+	}
+	var parts []topicPartition
+	for _, t := range resp.Assignment.Topics {
+		name, ok := s.p.topicName("", t.TopicID)
+		if !ok {
+			continue
+		}
+		for _, p := range t.Partitions {
+			parts = append(parts, topicPartition{name, p})
+		}
+	}
+	s.p.groups.assign(s.info.Load().key(), group, parts)
+}

@@ -1,0 +1,147 @@
+package kafka
+
+import (
+	"fmt"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// API keys the proxy decodes.
+const (
+	keyProduce         int16 = 0
+	keyFetch           int16 = 1
+	keyMetadata        int16 = 3
+	keyOffsetCommit    int16 = 8
+	keyFindCoordinator int16 = 10
+	keyJoinGroup       int16 = 11
+	keySyncGroup       int16 = 14
+	keySaslHandshake   int16 = 17
+	keyApiVersions     int16 = 18
+	keyTxnOffsetCommit int16 = 28
+	keyDescribeCluster int16 = 60
+	keyCGHeartbeat     int16 = 68
+	keyShareFetch      int16 = 78
+	keyShareAck        int16 = 79
+)
+
+// decodedKeys are the APIs whose bodies the proxy reads or rewrites; ApiVersions caps them to the
+// highest version kmsg understands.
+var decodedKeys = map[int16]bool{
+	keyProduce: true, keyFetch: true, keyMetadata: true, keyOffsetCommit: true, keyFindCoordinator: true,
+	keyJoinGroup: true, keySyncGroup: true, keySaslHandshake: true, keyApiVersions: true,
+	keyTxnOffsetCommit: true, keyDescribeCluster: true, keyCGHeartbeat: true, keyShareFetch: true, keyShareAck: true,
+}
+
+// decodeRequest reads a request body with kmsg; false (with a DecodeError event) when it cannot.
+func (s *session) decodeRequest(h requestHeader, frame []byte, req kmsg.Request) bool {
+	if !knownVersion(h.Key, h.Version) {
+		return false
+	}
+	req.SetVersion(h.Version)
+	if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
+		s.p.decodeError(kmsg.NameForKey(h.Key)+" request", h.Key, h.Version, err)
+		s.log.Debug().Err(err).Int16("key", h.Key).Int16("version", h.Version).Msg("request forwarded undecoded")
+		return false
+	}
+	return true
+}
+
+// handleRequest acts on one request and returns the bytes to forward and its pending entry (nil
+// when no response will come: acks=0 produce).
+func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending) {
+	pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version, flexible: h.Flexible}
+	switch h.Key {
+	case keyProduce:
+		return s.produceRequest(h, frame, pd)
+	case keyFetch:
+		s.fetchRequest(h, frame, pd)
+	case keyApiVersions:
+		s.apiVersionsRequest(h, frame, pd)
+	case keyOffsetCommit:
+		s.offsetCommitRequest(h, frame, pd)
+	case keyTxnOffsetCommit:
+		s.txnOffsetCommitRequest(h, frame, pd)
+	case keyJoinGroup:
+		req := kmsg.NewPtrJoinGroupRequest()
+		if s.decodeRequest(h, frame, req) {
+			s.p.groups.learn(s.info.Load().key(), req.Group)
+		}
+	case keySyncGroup:
+		req := kmsg.NewPtrSyncGroupRequest()
+		if s.decodeRequest(h, frame, req) {
+			s.p.groups.learn(s.info.Load().key(), req.Group)
+			pd.facts = req.Group
+		}
+	case keyCGHeartbeat:
+		req := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+		if s.decodeRequest(h, frame, req) {
+			s.p.groups.learn(s.info.Load().key(), req.Group)
+			pd.facts = req.Group
+		}
+	case keySaslHandshake:
+		req := kmsg.NewPtrSASLHandshakeRequest()
+		if s.decodeRequest(h, frame, req) {
+			pd.facts = req.Mechanism
+		}
+	}
+	return frame, pd
+}
+
+// handleResponse rewrites or observes one response. after runs once the response is forwarded.
+func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after func(), err error) {
+	if !knownVersion(pd.key, pd.version) || !interesting(pd.key) {
+		return frame, nil, nil
+	}
+	switch pd.key {
+	case keyApiVersions:
+		return s.apiVersionsResponse(pd, frame), nil, nil
+	case keyMetadata, keyFindCoordinator, keyDescribeCluster, keyShareFetch, keyShareAck:
+		out, err = s.rewriteAddresses(pd, frame)
+		return out, nil, err
+	case keyProduce:
+		out, err = s.produceResponse(pd, frame)
+		return out, nil, err
+	case keyFetch:
+		return s.fetchResponse(pd, frame)
+	case keyOffsetCommit, keyTxnOffsetCommit:
+		s.commitResponse(pd, frame)
+	case keySyncGroup:
+		s.syncGroupResponse(pd, frame)
+	case keyCGHeartbeat:
+		s.heartbeatResponse(pd, frame)
+	case keySaslHandshake:
+		s.saslHandshakeResponse(pd, frame)
+	}
+	return frame, nil, nil
+}
+
+func interesting(key int16) bool { return decodedKeys[key] }
+
+// decodeResponse reads a response body; false (with a DecodeError event) when it cannot. It
+// returns where the body starts so a rewrite can keep the header bytes.
+func (s *session) decodeResponse(pd *pending, frame []byte, resp kmsg.Response) (int, bool) {
+	start, err := responseBodyStart(frame, pd.key, pd.flexible)
+	if err == nil {
+		resp.SetVersion(pd.version)
+		err = resp.ReadFrom(frame[start:])
+	}
+	if err != nil {
+		s.p.decodeError(kmsg.NameForKey(pd.key)+" response", pd.key, pd.version, err)
+		s.log.Debug().Err(err).Int16("key", pd.key).Int16("version", pd.version).Msg("response forwarded undecoded")
+		return 0, false
+	}
+	return start, true
+}
+
+// encodeResponse writes frame's header bytes followed by resp's body and a fresh size prefix.
+func encodeResponse(frame []byte, start int, resp kmsg.Response) []byte {
+	out := make([]byte, 0, len(frame)+64)
+	out = append(out, frame[:start]...)
+	out = resp.AppendTo(out)
+	putSize(out)
+	return out
+}
+
+func versionErr(pd *pending, err error) error {
+	return fmt.Errorf("%s v%d response: %w", kmsg.NameForKey(pd.key), pd.version, err)
+}

@@ -1,0 +1,206 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// The proxy dials brokers from this source address; any broker connection from elsewhere is a
+// client that bypassed the proxy.
+const proxySourceIP = "127.0.0.2"
+
+// recorder is a test Observer.
+type recorder struct {
+	mu      sync.Mutex
+	points  []pathway.Point
+	offsets []pathway.Offset
+}
+
+func (r *recorder) Add(p pathway.Point) bool {
+	r.mu.Lock()
+	r.points = append(r.points, p)
+	r.mu.Unlock()
+	return true
+}
+
+func (r *recorder) Offset(o pathway.Offset) bool {
+	r.mu.Lock()
+	r.offsets = append(r.offsets, o)
+	r.mu.Unlock()
+	return true
+}
+
+func (r *recorder) snapshot() ([]pathway.Point, []pathway.Offset) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]pathway.Point(nil), r.points...), append([]pathway.Offset(nil), r.offsets...)
+}
+
+// errRecorder is a test errtrack.Reporter.
+type errRecorder struct {
+	mu     sync.Mutex
+	events []errtrack.Event
+}
+
+func (r *errRecorder) Report(e errtrack.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+}
+
+func (r *errRecorder) byCategory(c errtrack.Category) []errtrack.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []errtrack.Event
+	for _, e := range r.events {
+		if e.Category == c {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// brokerGuard wraps kfake's listeners and remembers every connection that did not come from the
+// proxy's source address.
+type brokerGuard struct {
+	mu       sync.Mutex
+	accepted int
+	direct   []string
+}
+
+func (g *brokerGuard) listen(network, addr string) (net.Listener, error) {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &guardedListener{Listener: ln, g: g}, nil
+}
+
+type guardedListener struct {
+	net.Listener
+	g *brokerGuard
+}
+
+func (l *guardedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		l.g.mu.Lock()
+		l.g.accepted++
+		if host != proxySourceIP {
+			l.g.direct = append(l.g.direct, c.RemoteAddr().String()+" -> "+l.Addr().String())
+		}
+		l.g.mu.Unlock()
+	}
+	return c, err
+}
+
+// check fails the test if any client reached a broker without the proxy.
+func (g *brokerGuard) check(t *testing.T) {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.direct) > 0 {
+		t.Errorf("clients connected to real broker ports directly: %v", g.direct)
+	}
+	if g.accepted == 0 {
+		t.Errorf("no broker connection at all went through the proxy")
+	}
+}
+
+// startCluster starts a 3-broker kfake cluster behind a brokerGuard.
+func startCluster(t *testing.T, opts ...kfake.Opt) (*kfake.Cluster, *brokerGuard) {
+	t.Helper()
+	g := &brokerGuard{}
+	opts = append([]kfake.Opt{kfake.NumBrokers(3), kfake.ListenFn(g.listen), kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(3)}, opts...)
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		t.Fatalf("kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c, g
+}
+
+type testProxy struct {
+	*Proxy
+	rec  *recorder
+	errs *errRecorder
+}
+
+// startProxy runs a Proxy in front of c on ephemeral ports, dialing from proxySourceIP.
+func startProxy(t *testing.T, c *kfake.Cluster, mod func(*Config)) *testProxy {
+	t.Helper()
+	rec, errs := &recorder{}, &errRecorder{}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(proxySourceIP)}, Timeout: 5 * time.Second}
+	log := zerolog.Nop()
+	if os.Getenv("KAFKA_PROXY_LOG") != "" {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).With().Timestamp().Logger()
+	}
+	cfg := Config{
+		Listen:    "127.0.0.1:0",
+		Bootstrap: c.ListenAddrs(),
+		Env:       "test",
+		Observer:  rec,
+		Errors:    errs,
+		Services:  &proxy.Services{Default: "default-svc"},
+		Log:       log,
+		Listener:  proxy.ListenerConfig{Dial: d.DialContext},
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := p.Start(ctx); err != nil {
+		cancel()
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		if err := p.Shutdown(sctx); err != nil {
+			t.Logf("shutdown: %v", err)
+		}
+		cancel()
+	})
+	return &testProxy{Proxy: p, rec: rec, errs: errs}
+}
+
+// waitFor polls cond until it holds or the deadline passes (a correctness bound, not a timing
+// assertion).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func uniqueTopic(t *testing.T, prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
+}

@@ -1,0 +1,222 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// sentRecord is what a test produced, to compare with what a consumer got.
+type sentRecord struct {
+	key, value []byte
+	ts         time.Time
+	headers    []kgo.RecordHeader
+}
+
+func testRecords(n int, base time.Time) []sentRecord {
+	out := make([]sentRecord, n)
+	for i := range out {
+		r := sentRecord{key: []byte(fmt.Sprintf("k%d", i)), value: []byte(fmt.Sprintf("value-%d", i)), ts: base.Add(time.Duration(i) * time.Millisecond)}
+		switch i % 4 {
+		case 1:
+			r.key = nil // null key
+		case 2:
+			r.value = nil // null value
+			r.headers = []kgo.RecordHeader{{Key: "h1", Value: []byte("v1")}, {Key: "empty", Value: nil}}
+		case 3:
+			r.headers = []kgo.RecordHeader{{Key: "trace", Value: []byte("xyz")}}
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// dialRecorder records every address a client dials.
+type dialRecorder struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (d *dialRecorder) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	d.addrs = append(d.addrs, addr)
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, addr)
+}
+
+func kgoClient(t *testing.T, p *testProxy, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	dr := &dialRecorder{}
+	opts = append([]kgo.Opt{kgo.SeedBrokers(p.Addr().String()), kgo.Dialer(dr.dial), kgo.AllowAutoTopicCreation()}, opts...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cl.Close()
+		dr.mu.Lock()
+		defer dr.mu.Unlock()
+		for _, a := range dr.addrs {
+			if !p.isProxyAddr(a) {
+				t.Errorf("kgo dialed %s, which is not a proxy listener", a)
+			}
+		}
+	})
+	return cl
+}
+
+// isProxyAddr reports whether addr is the bootstrap or a node listener of p.
+func (p *Proxy) isProxyAddr(addr string) bool {
+	if addr == p.Addr().String() {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, n := range p.nodes {
+		if n.ln.Addr().String() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+func produceKgo(t *testing.T, ctx context.Context, cl *kgo.Client, topic string, recs []sentRecord) {
+	t.Helper()
+	krs := make([]*kgo.Record, len(recs))
+	for i, r := range recs {
+		krs[i] = &kgo.Record{Topic: topic, Key: r.key, Value: r.value, Timestamp: r.ts, Headers: r.headers}
+	}
+	if err := cl.ProduceSync(ctx, krs...).FirstErr(); err != nil {
+		t.Fatalf("produce to %s: %v", topic, err)
+	}
+}
+
+// consumeKgo reads n records from topic in group (committing them) and returns them.
+func consumeKgo(t *testing.T, ctx context.Context, p *testProxy, topic, group string, n int, opts ...kgo.Opt) []*kgo.Record {
+	t.Helper()
+	opts = append([]kgo.Opt{kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group), kgo.DisableAutoCommit(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.ClientID("billing-consumer-1")}, opts...)
+	cl := kgoClient(t, p, opts...)
+	var got []*kgo.Record
+	for len(got) < n {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("consumed %d of %d records from %s: %v", len(got), n, topic, err)
+		}
+		fs.EachError(func(tp string, p int32, err error) { t.Logf("fetch error %s/%d: %v", tp, p, err) })
+		got = append(got, fs.Records()...)
+	}
+	if err := cl.CommitUncommittedOffsets(ctx); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	return got
+}
+
+// checkRecords compares consumed records with sent ones: key, value, timestamp and original
+// headers identical, plus exactly wantCtx dd-pathway-ctx-base64 headers that decode.
+func checkRecords(t *testing.T, sent []sentRecord, got []*kgo.Record, wantCtx int) {
+	t.Helper()
+	if len(got) != len(sent) {
+		t.Fatalf("got %d records, sent %d", len(got), len(sent))
+	}
+	byKeyVal := make(map[string]*kgo.Record)
+	for _, r := range got {
+		byKeyVal[fmt.Sprintf("%q|%q|%d", r.Key, r.Value, r.Timestamp.UnixMilli())] = r
+	}
+	for _, s := range sent {
+		r := byKeyVal[fmt.Sprintf("%q|%q|%d", s.key, s.value, s.ts.UnixMilli())]
+		if r == nil {
+			t.Errorf("record key=%q value=%q ts=%v not consumed", s.key, s.value, s.ts)
+			continue
+		}
+		if (s.key == nil) != (r.Key == nil) || (s.value == nil) != (r.Value == nil) {
+			t.Errorf("record %q: null-ness of key/value changed", s.key)
+		}
+		var orig []kgo.RecordHeader
+		nctx := 0
+		for _, h := range r.Headers {
+			if h.Key == pathway.HeaderKey {
+				nctx++
+				if _, err := pathway.DecodeBase64(h.Value); err != nil {
+					t.Errorf("record %q: pathway header %q does not decode: %v", s.key, h.Value, err)
+				}
+				continue
+			}
+			orig = append(orig, h)
+		}
+		if nctx != wantCtx {
+			t.Errorf("record %q: %d pathway headers, want %d", s.key, nctx, wantCtx)
+		}
+		if len(orig) != len(s.headers) {
+			t.Errorf("record %q: headers %v, want %v", s.key, orig, s.headers)
+			continue
+		}
+		for i := range orig {
+			if orig[i].Key != s.headers[i].Key || string(orig[i].Value) != string(s.headers[i].Value) || (orig[i].Value == nil) != (s.headers[i].Value == nil) {
+				t.Errorf("record %q: header %d = %q:%q, want %q:%q", s.key, i, orig[i].Key, orig[i].Value, s.headers[i].Key, s.headers[i].Value)
+			}
+		}
+	}
+}
+
+func TestKgoRelay(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "relay")
+	cl := kgoClient(t, p, kgo.ClientID("orders-api-3"), kgo.DefaultProduceTopic(topic))
+	sent := testRecords(20, time.UnixMilli(1700000000000))
+	produceKgo(t, ctx, cl, topic, sent)
+	got := consumeKgo(t, ctx, p, topic, "g-relay", len(sent))
+	checkRecords(t, sent, got, 0)
+	checkBacklogs(t, p, topic, "g-relay", got)
+	guard.check(t)
+	if st := p.Stats(); st.UnknownCorrIDs != 0 || st.DecodeErrors != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if ev := p.errs.byCategory(errtrack.DecodeError); len(ev) > 0 {
+		t.Errorf("decode errors: %+v", ev)
+	}
+}
+
+// checkBacklogs checks the three backlog kinds for topic against the consumed records: per
+// partition the last produced offset, the high watermark (next offset) and group's commit.
+func checkBacklogs(t *testing.T, p *testProxy, topic, group string, got []*kgo.Record) {
+	t.Helper()
+	next := map[int32]int64{}
+	for _, r := range got {
+		next[r.Partition] = max(next[r.Partition], r.Offset+1)
+	}
+	waitFor(t, "backlogs of "+topic, func() bool {
+		_, offs := p.rec.snapshot()
+		seen := map[pathway.OffsetKind]map[int32]int64{}
+		for _, o := range offs {
+			if o.Topic != topic || o.Kind == pathway.KafkaCommit && o.Group != group {
+				continue
+			}
+			if seen[o.Kind] == nil {
+				seen[o.Kind] = map[int32]int64{}
+			}
+			if v, ok := seen[o.Kind][o.Partition]; !ok || o.Value > v {
+				seen[o.Kind][o.Partition] = o.Value
+			}
+		}
+		for part, n := range next {
+			if seen[pathway.KafkaProduce][part] != n-1 || seen[pathway.KafkaHighWatermark][part] != n || seen[pathway.KafkaCommit][part] != n {
+				t.Logf("partition %d: produce %d hwm %d commit %d, want %d %d %d", part,
+					seen[pathway.KafkaProduce][part], seen[pathway.KafkaHighWatermark][part], seen[pathway.KafkaCommit][part], n-1, n, n)
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -1,0 +1,172 @@
+package kafka
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// produceFacts is what a produce response needs from its request.
+type produceFacts struct {
+	service string
+	parts   []producedPart
+}
+
+type producedPart struct {
+	topic     string // "" when a topic id did not resolve
+	topicID   [16]byte
+	partition int32
+	records   int // records in the partition's batches (from the batch headers)
+}
+
+var errProduceBody = errors.New("produce request body truncated")
+
+// produceAcks reads Acks from a produce request body without decoding the rest: v3+ start with a
+// nullable transactional id (compact in flexible versions).
+func produceAcks(body []byte, version int16, flexible bool) (int16, error) {
+	r := kbin.Reader{Src: body}
+	if version >= 3 {
+		if flexible {
+			r.CompactNullableString()
+		} else {
+			r.NullableString()
+		}
+	}
+	acks := r.Int16()
+	if !r.Ok() {
+		return 0, errProduceBody
+	}
+	return acks, nil
+}
+
+// batchRecordCount sums the record counts of the magic-2 batches in records (a partition's
+// Records field); legacy message sets count 0 (the proxy does not track their offsets).
+func batchRecordCount(records []byte) int {
+	n := 0
+	for len(records) >= 61 {
+		length := int(int32(binary.BigEndian.Uint32(records[8:])))
+		if length < 49 || len(records) < 12+length || records[16] != 2 {
+			break
+		}
+		n += int(int32(binary.BigEndian.Uint32(records[57:])))
+		records = records[12+length:]
+	}
+	return n
+}
+
+// produceRequest injects the pathway context into every batch it can and remembers per partition
+// how many records went out, for the response's offsets and errors. It returns a nil pending for
+// acks=0, which gets no response.
+func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]byte, *pending) {
+	acks, err := produceAcks(frame[h.BodyStart:], h.Version, h.Flexible)
+	if err != nil {
+		s.p.decodeError("Produce request", h.Key, h.Version, err)
+		return frame, pd
+	}
+	if acks == 0 {
+		pd = nil
+	}
+	req := kmsg.NewPtrProduceRequest()
+	if !s.decodeRequest(h, frame, req) {
+		return frame, pd
+	}
+	ci := s.info.Load()
+	facts := &produceFacts{service: ci.service}
+	changed := false
+	for ti := range req.Topics {
+		t := &req.Topics[ti]
+		name, ok := s.p.topicName(t.Topic, t.TopicID)
+		for pi := range t.Partitions {
+			p := &t.Partitions[pi]
+			facts.parts = append(facts.parts, producedPart{topic: name, topicID: t.TopicID, partition: p.Partition, records: batchRecordCount(p.Records)})
+			if !ok {
+				s.p.stats.skipped.Add(1)
+				s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.Partition, batchRecordCount(p.Records))
+				continue
+			}
+			if out, ok := s.injectPartition(ci, name, p.Partition, p.Records); ok {
+				p.Records = out
+				changed = true
+			}
+		}
+	}
+	if pd != nil {
+		pd.facts = facts
+	}
+	if !changed {
+		return frame, pd
+	}
+	out := make([]byte, 0, len(frame)+256)
+	out = append(out, frame[:h.BodyStart]...)
+	out = req.AppendTo(out)
+	putSize(out)
+	return out, pd
+}
+
+// produceResponse rewrites KIP-951 node endpoints and turns partitions into produce offsets or
+// error events.
+func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
+	resp := kmsg.NewPtrProduceResponse()
+	start, ok := s.decodeResponse(pd, frame, resp)
+	if !ok {
+		return frame, nil
+	}
+	facts, _ := pd.facts.(*produceFacts)
+	out := frame
+	if len(resp.Brokers) > 0 {
+		changed, err := s.p.rewriteResponseAddresses(resp)
+		if err != nil {
+			s.log.Error().Err(err).Msg("closing connection: cannot advertise a broker node")
+			return nil, versionErr(pd, err)
+		}
+		if changed {
+			out = encodeResponse(frame, start, resp)
+		}
+	}
+	if facts == nil {
+		return out, nil
+	}
+	now := s.p.now()
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			part := facts.find(t.Topic, t.TopicID, p.Partition)
+			if part == nil || part.topic == "" {
+				continue
+			}
+			edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, Topic: part.topic}
+			if p.ErrorCode != 0 {
+				s.p.brokerError(keyProduce, p.ErrorCode, facts.service, edge, p.Partition, part.records)
+				if name, retriable := errorName(p.ErrorCode); !retriable {
+					s.p.errs.Report(errtrack.Event{Time: now, Category: errtrack.LostMessage, Protocol: "kafka",
+						Operation: "Produce", Code: int32(p.ErrorCode), Name: name, Service: facts.service, Edge: edge,
+						Partition: p.Partition, Messages: part.records,
+						Message: "the broker refused the batch with a non-retriable error"})
+				}
+				continue
+			}
+			if part.records > 0 && p.BaseOffset >= 0 {
+				s.p.addOffset(pathway.Offset{Kind: pathway.KafkaProduce, Service: facts.service, Topic: part.topic,
+					Partition: p.Partition, Value: p.BaseOffset + int64(part.records) - 1, Time: now.UnixNano()})
+			}
+		}
+	}
+	return out, nil
+}
+
+func (f *produceFacts) find(topic string, id [16]byte, partition int32) *producedPart {
+	for i := range f.parts {
+		p := &f.parts[i]
+		if p.partition != partition {
+			continue
+		}
+		if topic != "" && p.topic == topic || topic == "" && p.topicID == id {
+			return p
+		}
+	}
+	return nil
+}

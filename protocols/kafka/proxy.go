@@ -1,0 +1,428 @@
+// Package kafka is dsmproxy's Kafka wire-protocol proxy: it splits and pairs requests and
+// responses, rewrites every broker address to a proxy listener (one per broker node), caps the
+// ApiVersions it advertises to what it can decode, splices the DSM pathway header into produced
+// record batches, and observes produce responses, fetch responses, commits and group traffic to
+// record checkpoints, Kafka offsets and broker errors. Everything it does not touch is relayed as
+// bytes.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// Observer receives checkpoints and offsets. Both calls must not block (false = dropped); the
+// aggregator implements it.
+type Observer interface {
+	Add(pathway.Point) bool
+	Offset(pathway.Offset) bool
+}
+
+// DefaultMaxBatchBytes is the broker's default message.max.bytes: a batch that would grow past it
+// by injection is forwarded unmodified.
+const DefaultMaxBatchBytes = 1048588
+
+// Config configures one Kafka front.
+type Config struct {
+	// Listen is the bootstrap listener, e.g. 127.0.0.1:19092.
+	Listen string
+	// Bootstrap lists the upstream bootstrap brokers (host:port); the bootstrap listener dials them
+	// in turn.
+	Bootstrap []string
+	// AdvertisedHost is the host written into rewritten broker addresses. Default: Listen's host
+	// (which must then not be a wildcard such as 0.0.0.0 or empty).
+	AdvertisedHost string
+	// NodeAddrs maps a broker node id to the address its listener binds (optional). A wildcard or
+	// empty host there is advertised as AdvertisedHost; port 0 binds an ephemeral port.
+	NodeAddrs map[int32]string
+	// NodePortBase: nodes not in NodeAddrs listen on NodePortBase + node id on Listen's host.
+	// 0 means Listen's port + 1 (bootstrap 19092 -> node 0 on 19093, node 1 on 19094, ...), so
+	// several proxy instances with the same settings advertise the same addresses. When Listen's
+	// port is 0 too (tests), every node listener takes an ephemeral port. A node whose port falls
+	// outside 1..65535 is an error naming this setting.
+	NodePortBase int
+	// MaxBatchBytes: a batch whose size after injection would exceed it goes upstream unmodified
+	// (default DefaultMaxBatchBytes, the broker's message.max.bytes default).
+	MaxBatchBytes int
+	// MaxFrameBytes bounds one request or response (default DefaultMaxFrameBytes).
+	MaxFrameBytes int
+
+	Env          string
+	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)
+	Observer     Observer              // nil = checkpoints and offsets are computed and dropped
+	Errors       errtrack.Reporter     // nil = errtrack.Discard
+	Services     *proxy.Services
+	Clock        func() time.Time // default time.Now
+	Log          zerolog.Logger
+
+	// Listener is the template for every listener: TLS toward clients, Dial (TLS origination),
+	// MaxConns, DialTimeout. Protocol, Addr and Upstream are set per listener.
+	Listener proxy.ListenerConfig
+
+	// LinkConsumeProduce: when a client that consumed a record carrying context C produces within
+	// LinkWindow, C becomes the produce checkpoint's parent. See link.go for when that is right.
+	LinkConsumeProduce bool
+	LinkWindow         time.Duration // default 1s
+
+	// RespectExistingContext (default true via New when left nil): records that already carry
+	// dd-pathway-ctx-base64 are left alone and get no produce checkpoint.
+	RespectExistingContext *bool
+
+	// MaxTopicIDs bounds the cluster-wide topic id -> name map (default 100000).
+	MaxTopicIDs int
+	// MaxClients bounds the client -> consumer group map (default 10000).
+	MaxClients int
+	// ObserveQueue is the bounded queue of fetch responses waiting to be observed (default 256);
+	// when full, responses are forwarded and not observed (counted in Stats).
+	ObserveQueue int
+}
+
+// Stats are the proxy's counters.
+type Stats struct {
+	UnknownCorrIDs   uint64 // responses whose correlation id matched no request (forwarded as they were)
+	ObserveDropped   uint64 // fetch responses not observed because the queue was full
+	DecodeErrors     uint64 // requests/responses forwarded without being understood
+	InjectedRecords  uint64 // records that got a pathway header
+	ExistingContext  uint64 // records that already carried one
+	SkippedBatches   uint64 // batches forwarded unmodified (any reason)
+	ConsumedRecords  uint64 // records checkpointed from fetch responses
+	TopicIDMisses    uint64 // topic ids not (yet) in the map
+	PointsDropped    uint64 // Observer.Add / Offset returned false
+	SyntheticReplies uint64 // ApiVersions answers the proxy wrote itself
+}
+
+type counters struct {
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic atomic.Uint64
+}
+
+// Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
+type Proxy struct {
+	cfg       Config
+	log       zerolog.Logger
+	now       func() time.Time
+	cp        *pathway.Checkpointer
+	obs       Observer
+	errs      errtrack.Reporter
+	respect   bool
+	listen    string // host of Listen
+	advHost   string
+	portBase  int // 0 = ephemeral node ports
+	baseDial  proxy.DialFunc
+	bootstrap *proxy.Listener
+
+	topics *topicIDs
+	groups *groupTracker
+	links  *linkTable
+	stats  counters
+
+	observeQ chan observeJob
+	walker   batchCodec // used by the observation worker only
+
+	mu      sync.Mutex
+	ctx     context.Context
+	nodes   map[int32]*node
+	closed  bool
+	serveWG sync.WaitGroup
+	workWG  sync.WaitGroup
+
+	bootIdx atomic.Uint32
+}
+
+type node struct {
+	id       int32
+	upstream atomic.Value // string host:port of the real broker
+	ln       *proxy.Listener
+	advHost  string
+	advPort  int32
+}
+
+// New validates cfg and returns a Proxy; Start binds it.
+func New(cfg Config) (*Proxy, error) {
+	if len(cfg.Bootstrap) == 0 {
+		return nil, errors.New("kafka: Bootstrap: at least one upstream broker is required")
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: Listen %q: %w", cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: Listen %q: port: %w", cfg.Listen, err)
+	}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node)}
+	p.advHost = cfg.AdvertisedHost
+	if p.advHost == "" {
+		if host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+			return nil, fmt.Errorf("kafka: AdvertisedHost is required when Listen %q binds every interface", cfg.Listen)
+		}
+		p.advHost = host
+	}
+	switch {
+	case cfg.NodePortBase != 0:
+		p.portBase = cfg.NodePortBase
+	case port != 0:
+		p.portBase = port + 1
+	}
+	for id, a := range cfg.NodeAddrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("kafka: NodeAddrs[%d] %q: %w", id, a, err)
+		}
+	}
+	if p.cfg.MaxBatchBytes <= 0 {
+		p.cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if p.cfg.MaxFrameBytes <= 0 {
+		p.cfg.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	p.now = cfg.Clock
+	if p.now == nil {
+		p.now = time.Now
+	}
+	p.cp = cfg.Checkpointer
+	if p.cp == nil {
+		p.cp = pathway.NewCheckpointer(cfg.Env, 0)
+	}
+	p.obs = cfg.Observer
+	if p.obs == nil {
+		p.obs = discardObserver{}
+	}
+	p.errs = cfg.Errors
+	if p.errs == nil {
+		p.errs = errtrack.Discard{}
+	}
+	p.respect = cfg.RespectExistingContext == nil || *cfg.RespectExistingContext
+	if p.cfg.LinkWindow <= 0 {
+		p.cfg.LinkWindow = time.Second
+	}
+	if p.cfg.MaxTopicIDs <= 0 {
+		p.cfg.MaxTopicIDs = 100000
+	}
+	if p.cfg.MaxClients <= 0 {
+		p.cfg.MaxClients = 10000
+	}
+	if p.cfg.ObserveQueue <= 0 {
+		p.cfg.ObserveQueue = 256
+	}
+	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
+	p.groups = newGroupTracker(p.cfg.MaxClients)
+	p.links = newLinkTable(p.cfg.MaxClients)
+	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
+	p.walker = newCodec(p.cfg.MaxBatchBytes)
+	p.baseDial = cfg.Listener.Dial
+	if p.baseDial == nil {
+		timeout := cfg.Listener.DialTimeout
+		if timeout <= 0 {
+			timeout = 10 * time.Second
+		}
+		d := &net.Dialer{Timeout: timeout}
+		p.baseDial = d.DialContext
+	}
+	return p, nil
+}
+
+type discardObserver struct{}
+
+func (discardObserver) Add(pathway.Point) bool     { return true }
+func (discardObserver) Offset(pathway.Offset) bool { return true }
+
+// Start binds the bootstrap listener and serves it until Shutdown; per-node listeners open on
+// demand when a response names a node.
+func (p *Proxy) Start(ctx context.Context) error {
+	lc := p.cfg.Listener
+	lc.Protocol = "kafka"
+	lc.Addr = p.cfg.Listen
+	lc.Upstream = p.cfg.Bootstrap[0]
+	lc.Dial = p.dialBootstrap
+	ln, err := proxy.Listen(lc, p, p.log)
+	if err != nil {
+		return fmt.Errorf("kafka: bootstrap %w", err)
+	}
+	p.mu.Lock()
+	p.ctx = ctx
+	p.bootstrap = ln
+	p.mu.Unlock()
+	p.workWG.Add(1)
+	go func() { defer p.workWG.Done(); p.observeLoop() }()
+	p.serve(ln)
+	p.log.Info().Str("listen", ln.Addr().String()).Strs("bootstrap", p.cfg.Bootstrap).Msg("kafka proxy listening")
+	return nil
+}
+
+func (p *Proxy) serve(ln *proxy.Listener) {
+	p.serveWG.Add(1)
+	go func() {
+		defer p.serveWG.Done()
+		if err := ln.Serve(p.ctx); err != nil && !errors.Is(err, proxy.ErrClosed) {
+			p.log.Error().Err(err).Str("listen", ln.Addr().String()).Msg("kafka listener stopped")
+		}
+	}()
+}
+
+// dialBootstrap tries the bootstrap brokers in turn, starting from a rotating index.
+func (p *Proxy) dialBootstrap(ctx context.Context, network, _ string) (net.Conn, error) {
+	n := len(p.cfg.Bootstrap)
+	start := int(p.bootIdx.Add(1))
+	var errs []error
+	for i := 0; i < n; i++ {
+		addr := p.cfg.Bootstrap[(start+i)%n]
+		c, err := p.baseDial(ctx, network, addr)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("no bootstrap broker answered: %w", errors.Join(errs...))
+}
+
+// Addr is the bootstrap listener's address (nil before Start).
+func (p *Proxy) Addr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bootstrap == nil {
+		return nil
+	}
+	return p.bootstrap.Addr()
+}
+
+// NodeAddr is the address a node's listener is bound to, if it is open.
+func (p *Proxy) NodeAddr(id int32) (net.Addr, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.nodes[id]
+	if n == nil {
+		return nil, false
+	}
+	return n.ln.Addr(), true
+}
+
+// Stats returns a snapshot of the counters.
+func (p *Proxy) Stats() Stats {
+	s := &p.stats
+	return Stats{
+		UnknownCorrIDs: s.unknownCorr.Load(), ObserveDropped: s.observeDropped.Load(), DecodeErrors: s.decodeErrors.Load(),
+		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
+		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
+		SyntheticReplies: s.synthetic.Load(),
+	}
+}
+
+// Shutdown drains every listener (clients finish their in-flight requests) and stops the
+// observation worker once the last queued response is observed.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	lns := make([]*proxy.Listener, 0, len(p.nodes)+1)
+	if p.bootstrap != nil {
+		lns = append(lns, p.bootstrap)
+	}
+	for _, n := range p.nodes {
+		lns = append(lns, n.ln)
+	}
+	started := p.bootstrap != nil
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(lns))
+	for i, ln := range lns {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = ln.Shutdown(ctx) }()
+	}
+	wg.Wait()
+	p.serveWG.Wait()
+	if started {
+		close(p.observeQ)
+		p.workWG.Wait()
+	}
+	return errors.Join(errs...)
+}
+
+// advertise returns the address to write for node id whose real address is host:port, opening its
+// listener if needed. It is called before the response naming the node is forwarded, so the
+// listener accepts by the time a client dials it.
+func (p *Proxy) advertise(id int32, host string, port int32) (string, int32, error) {
+	up := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.nodes[id]; n != nil {
+		if n.upstream.Load().(string) != up {
+			n.upstream.Store(up)
+			p.log.Info().Int32("node", id).Str("upstream", up).Msg("broker node moved")
+		}
+		return n.advHost, n.advPort, nil
+	}
+	if p.closed || p.ctx == nil {
+		return "", 0, errors.New("kafka proxy is not running")
+	}
+	addr, advHost, err := p.nodeListenAddr(id)
+	if err != nil {
+		return "", 0, err
+	}
+	n := &node{id: id}
+	n.upstream.Store(up)
+	lc := p.cfg.Listener
+	lc.Protocol = "kafka"
+	lc.Addr = addr
+	lc.Upstream = up
+	lc.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return p.baseDial(ctx, network, n.upstream.Load().(string))
+	}
+	ln, err := proxy.Listen(lc, p, p.log.With().Int32("node", id).Logger())
+	if err != nil {
+		return "", 0, fmt.Errorf("node %d: %w", id, err)
+	}
+	n.ln = ln
+	n.advHost = advHost
+	n.advPort = int32(ln.Addr().(*net.TCPAddr).Port)
+	p.nodes[id] = n
+	p.serve(ln)
+	p.log.Info().Int32("node", id).Str("listen", ln.Addr().String()).Str("upstream", up).
+		Str("advertised", net.JoinHostPort(advHost, strconv.Itoa(int(n.advPort)))).Msg("broker node listener opened")
+	return n.advHost, n.advPort, nil
+}
+
+// nodeListenAddr is where node id's listener binds and the host it advertises.
+func (p *Proxy) nodeListenAddr(id int32) (addr, advHost string, err error) {
+	if a, ok := p.cfg.NodeAddrs[id]; ok {
+		h, _, _ := net.SplitHostPort(a)
+		advHost = h
+		if h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
+			advHost = p.advHost
+		}
+		return a, advHost, nil
+	}
+	if p.portBase == 0 {
+		return net.JoinHostPort(p.listen, "0"), p.advHost, nil
+	}
+	port := p.portBase + int(id)
+	if id < 0 || port < 1 || port > 65535 {
+		return "", "", fmt.Errorf("broker node id %d gives port %d outside 1..65535: set NodePortBase (now %d) or map the node in NodeAddrs", id, port, p.portBase)
+	}
+	return net.JoinHostPort(p.listen, strconv.Itoa(port)), p.advHost, nil
+}
+
+func (p *Proxy) addPoint(pt pathway.Point) {
+	if !p.obs.Add(pt) {
+		p.stats.dropped.Add(1)
+	}
+}
+
+func (p *Proxy) addOffset(o pathway.Offset) {
+	if !p.obs.Offset(o) {
+		p.stats.dropped.Add(1)
+	}
+}

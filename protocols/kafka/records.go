@@ -1,0 +1,138 @@
+package kafka
+
+import (
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// batchMeta and recordMeta are what the proxy needs from the record-batch codec (recbatch) about a
+// batch and a record.
+type batchMeta struct {
+	BaseOffset    int64
+	ProducerID    int64
+	Transactional bool
+	Control       bool
+}
+
+type recordMeta struct {
+	OffsetDelta int32
+	PayloadSize int64  // key + value + headers, before injection
+	Context     []byte // value of an existing dd-pathway-ctx-base64 header
+	HasContext  bool
+}
+
+// batchCodec splices headers into produced batches and walks fetched ones.
+type batchCodec interface {
+	// Inject adds the header decide returns (nil: leave the record) to every record of batch,
+	// appending the result to dst. changed=false means batch must go upstream as it was; skip
+	// then says why ("" when nothing needed a header).
+	Inject(dst, batch []byte, decide func(batchMeta, *recordMeta) []byte) (out []byte, changed bool, skip string, err error)
+	// Walk calls fn for every record of the batches in records; a truncated last batch is normal.
+	Walk(records []byte, fn func(batchMeta, *recordMeta)) error
+}
+
+// injectPartition splices the pathway context into one partition's batch and records a produce
+// checkpoint for every record that got it. Records that already carry a context are left alone
+// (an instrumented client checkpointed them) and counted.
+func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte) ([]byte, bool) {
+	if len(records) == 0 {
+		return nil, false
+	}
+	p := s.p
+	now := p.now()
+	edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, Topic: topic}
+	var parent pathway.Context
+	if p.cfg.LinkConsumeProduce {
+		parent = p.links.get(linkKey{ci.addr, ci.service}, now, p.cfg.LinkWindow)
+	}
+	point, ctx := p.cp.Checkpoint(parent, ci.service, edge, 0, now)
+	s.hdr = ctx.AppendBase64(s.hdr[:0])
+	sizes := s.sizes[:0]
+	existing := 0
+	if s.codec == nil {
+		s.codec = newCodec(p.cfg.MaxBatchBytes)
+	}
+	out, changed, skip, err := s.codec.Inject(s.scratch[:0], records, func(_ batchMeta, r *recordMeta) []byte {
+		if r.HasContext && p.respect {
+			existing++
+			return nil
+		}
+		sizes = append(sizes, r.PayloadSize)
+		return s.hdr
+	})
+	s.sizes = sizes[:0]
+	if existing > 0 {
+		p.stats.existing.Add(uint64(existing))
+		p.skip("existing_context", "records already carry "+pathway.HeaderKey+": no second produce checkpoint", ci.service, edge, partition, existing)
+	}
+	if err != nil {
+		p.stats.skipped.Add(1)
+		p.decodeError("record batch", keyProduce, -1, err)
+		return nil, false
+	}
+	if !changed {
+		if skip != "" {
+			p.stats.skipped.Add(1)
+			p.skip(skip, "batch forwarded unmodified", ci.service, edge, partition, batchRecordCount(records))
+		}
+		return nil, false
+	}
+	for _, sz := range sizes {
+		pt := point
+		pt.PayloadSize = sz
+		p.addPoint(pt)
+	}
+	p.stats.injected.Add(uint64(len(sizes)))
+	// Several partitions share one request, so each keeps its own copy of the spliced batch.
+	return append([]byte(nil), out...), true
+}
+
+// consumeRecords checkpoints every record of a fetched partition: direction:in with the group
+// when known, parent = the record's context. Records before the fetch offset (whole compressed
+// batches start early) and, for read_committed consumers, aborted transactional records are not
+// counted: the client never sees them.
+func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.FetchResponseTopicPartition, from int64, readCommitted bool, now time.Time) {
+	aborted := map[int64]int64{} // producer id -> first aborted offset
+	if readCommitted {
+		for _, a := range part.AbortedTransactions {
+			if cur, ok := aborted[a.ProducerID]; !ok || a.FirstOffset < cur {
+				aborted[a.ProducerID] = a.FirstOffset
+			}
+		}
+	}
+	lk := linkKey{ci.addr, ci.service}
+	var last pathway.Context
+	n := 0
+	err := p.walker.Walk(part.RecordBatches, func(b batchMeta, r *recordMeta) {
+		if b.Control {
+			return
+		}
+		off := b.BaseOffset + int64(r.OffsetDelta)
+		if off < from {
+			return
+		}
+		if b.Transactional {
+			if first, ok := aborted[b.ProducerID]; ok && off >= first {
+				return
+			}
+		}
+		var parent pathway.Context
+		if r.HasContext {
+			parent, _ = pathway.DecodeBase64(r.Context) // undecodable: no parent, as the tracers do
+		}
+		pt, ctx := p.cp.Checkpoint(parent, ci.service, edge, r.PayloadSize, now)
+		p.addPoint(pt)
+		last = ctx
+		n++
+	})
+	if err != nil {
+		p.decodeError("fetched record batch", keyFetch, -1, err)
+	}
+	p.stats.consumed.Add(uint64(n))
+	if n > 0 && p.cfg.LinkConsumeProduce {
+		p.links.put(lk, last, now)
+	}
+}

@@ -1,0 +1,53 @@
+package kafka
+
+import (
+	"strings"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// SASL passes through untouched. SaslHandshake v1 is followed by SaslAuthenticate requests, which
+// are ordinary frames. SaslHandshake v0 (pre-1.0 clients) is followed by raw tokens: int32 length
+// + bytes, with no Kafka header in either direction. The proxy relays that many raw exchanges for
+// the mechanism (PLAIN and OAUTHBEARER one, SCRAM two) and then goes back to parsing frames; for a
+// mechanism whose exchange count it does not know (GSSAPI...) it relays bytes for the rest of the
+// connection, which stays transparent but unobserved.
+
+// rawExchanges is the number of client token / server token round trips of mechanism after a
+// SaslHandshake v0, or -1 when unknown.
+func rawExchanges(mechanism string) int32 {
+	switch m := strings.ToUpper(mechanism); {
+	case m == "PLAIN", m == "OAUTHBEARER":
+		return 1
+	case strings.HasPrefix(m, "SCRAM-"):
+		return 2
+	}
+	return -1
+}
+
+func (s *session) saslHandshakeResponse(pd *pending, frame []byte) {
+	if pd.version != 0 {
+		return
+	}
+	mech, _ := pd.facts.(string)
+	resp := kmsg.NewPtrSASLHandshakeResponse()
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 {
+		return
+	}
+	n := rawExchanges(mech)
+	s.rawOAuth = strings.EqualFold(mech, "OAUTHBEARER")
+	s.rawLeft.Store(n)
+	if n < 0 {
+		s.log.Info().Str("mechanism", mech).Msg("SASL v0 with an unknown mechanism: relaying bytes for the rest of the connection")
+	}
+}
+
+// rawTokenAnswered counts one finished raw exchange. An OAUTHBEARER server token that is not empty
+// is an error challenge: the client answers it with one more raw token before the broker closes.
+func (s *session) rawTokenAnswered(frame []byte) {
+	left := s.rawLeft.Add(-1)
+	if s.rawOAuth && len(frame) > 4 && left == 0 {
+		s.rawLeft.Store(1)
+		s.rawOAuth = false
+	}
+}
