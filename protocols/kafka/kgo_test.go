@@ -177,7 +177,7 @@ func TestKgoRelay(t *testing.T) {
 	sent := testRecords(20, time.UnixMilli(1700000000000))
 	produceKgo(t, ctx, cl, topic, sent)
 	got := consumeKgo(t, ctx, p, topic, "g-relay", len(sent))
-	checkRecords(t, sent, got, 0)
+	checkRecords(t, sent, got, wantInjected)
 	checkBacklogs(t, p, topic, "g-relay", got)
 	guard.check(t)
 	if st := p.Stats(); st.UnknownCorrIDs != 0 || st.DecodeErrors != 0 {

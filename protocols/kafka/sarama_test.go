@@ -1,0 +1,146 @@
+package kafka
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func saramaConfig(clientID string) *sarama.Config {
+	cfg := sarama.NewConfig()
+	cfg.ClientID = clientID
+	cfg.Version = sarama.V2_8_0_0
+	cfg.Producer.Return.Successes = true
+	cfg.Producer.RequiredAcks = sarama.WaitForAll
+	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+	cfg.Consumer.Offsets.AutoCommit.Enable = false
+	cfg.Metadata.AllowAutoTopicCreation = true
+	return cfg
+}
+
+func produceSarama(t *testing.T, p *testProxy, cfg *sarama.Config, topic string, recs []sentRecord) {
+	t.Helper()
+	prod, err := sarama.NewSyncProducer([]string{p.Addr().String()}, cfg)
+	if err != nil {
+		t.Fatalf("sarama producer: %v", err)
+	}
+	defer prod.Close()
+	msgs := make([]*sarama.ProducerMessage, len(recs))
+	for i, r := range recs {
+		m := &sarama.ProducerMessage{Topic: topic, Timestamp: r.ts}
+		if r.key != nil {
+			m.Key = sarama.ByteEncoder(r.key)
+		}
+		if r.value != nil {
+			m.Value = sarama.ByteEncoder(r.value)
+		}
+		for _, h := range r.headers {
+			m.Headers = append(m.Headers, sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
+		}
+		msgs[i] = m
+	}
+	if err := prod.SendMessages(msgs); err != nil {
+		t.Fatalf("sarama produce to %s: %v", topic, err)
+	}
+}
+
+// saramaHandler collects n messages and commits them.
+type saramaHandler struct {
+	n    int
+	mu   sync.Mutex
+	got  []*kgo.Record
+	done chan struct{}
+	once sync.Once
+}
+
+func (h *saramaHandler) Setup(sarama.ConsumerGroupSession) error   { return nil }
+func (h *saramaHandler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+func (h *saramaHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	for m := range claim.Messages() {
+		r := &kgo.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Timestamp: m.Timestamp}
+		for _, hd := range m.Headers {
+			r.Headers = append(r.Headers, kgo.RecordHeader{Key: string(hd.Key), Value: hd.Value})
+		}
+		sess.MarkMessage(m, "")
+		h.mu.Lock()
+		h.got = append(h.got, r)
+		full := len(h.got) >= h.n
+		h.mu.Unlock()
+		if full {
+			sess.Commit()
+			h.once.Do(func() { close(h.done) })
+		}
+	}
+	return nil
+}
+
+func consumeSarama(t *testing.T, ctx context.Context, p *testProxy, topic, group string, n int) []*kgo.Record {
+	t.Helper()
+	cg, err := sarama.NewConsumerGroup([]string{p.Addr().String()}, group, saramaConfig("sarama-consumer"))
+	if err != nil {
+		t.Fatalf("sarama group: %v", err)
+	}
+	defer cg.Close()
+	h := &saramaHandler{n: n, done: make(chan struct{})}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		for cctx.Err() == nil {
+			if err := cg.Consume(cctx, []string{topic}, h); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	select {
+	case <-h.done:
+	case err := <-errc:
+		t.Fatalf("sarama consume: %v", err)
+	case <-ctx.Done():
+		t.Fatalf("sarama consumed %d of %d", len(h.got), n)
+	}
+	cancel()
+	<-errc
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.got
+}
+
+func TestSarama(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name       string
+		codec      sarama.CompressionCodec
+		idempotent bool
+	}{
+		{"none", sarama.CompressionNone, false},
+		{"gzip", sarama.CompressionGZIP, false},
+		{"snappy", sarama.CompressionSnappy, false},
+		{"lz4", sarama.CompressionLZ4, false},
+		{"zstd", sarama.CompressionZSTD, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "sarama-"+tc.name)
+			cfg := saramaConfig("sarama-producer")
+			cfg.Producer.Compression = tc.codec
+			if tc.idempotent {
+				cfg.Producer.Idempotent = true
+				cfg.Net.MaxOpenRequests = 1
+			}
+			sent := testRecords(12, time.UnixMilli(1700000100000))
+			produceSarama(t, p, cfg, topic, sent)
+			got := consumeSarama(t, ctx, p, topic, "sarama-"+tc.name, len(sent))
+			checkRecords(t, sent, got, wantInjected)
+			checkBacklogs(t, p, topic, "sarama-"+tc.name, got)
+		})
+	}
+	guard.check(t)
+}
