@@ -78,6 +78,8 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 		s.addr = ap.Addr().Unmap()
 	}
 	s.info.Store(&clientInfo{addr: s.addr, service: p.service(s.addr, "", "")})
+	p.sessions.Store(s, struct{}{})
+	defer p.sessions.Delete(s)
 	return s.serve(ctx)
 }
 

@@ -137,7 +137,8 @@ type Proxy struct {
 	serveWG sync.WaitGroup
 	workWG  sync.WaitGroup
 
-	bootIdx atomic.Uint32
+	bootIdx  atomic.Uint32
+	sessions sync.Map // *session -> struct{}: open connections
 }
 
 type node struct {
@@ -425,4 +426,17 @@ func (p *Proxy) addOffset(o pathway.Offset) {
 	if !p.obs.Offset(o) {
 		p.stats.dropped.Add(1)
 	}
+}
+
+// inflight counts requests waiting for a response on every open connection (tests).
+func (p *Proxy) inflight() int {
+	n := 0
+	p.sessions.Range(func(k, _ any) bool {
+		s := k.(*session)
+		s.mu.Lock()
+		n += len(s.queue)
+		s.mu.Unlock()
+		return true
+	})
+	return n
 }
