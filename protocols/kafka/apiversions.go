@@ -35,9 +35,8 @@ func (s *session) apiVersionsRequest(h requestHeader, frame []byte, pd *pending)
 		return
 	}
 	if h.Version >= 3 {
-		req := kmsg.NewPtrApiVersionsRequest()
-		if s.decodeRequest(h, frame, req) && req.ClientSoftwareName != s.info.Load().software {
-			s.setInfo(s.info.Load().clientID, req.ClientSoftwareName)
+		if name, ok := s.firstString(h, frame); ok && name != s.info.Load().software {
+			s.setInfo(s.info.Load().clientID, name)
 		}
 	}
 }

@@ -21,32 +21,28 @@ type committed struct {
 }
 
 func (s *session) offsetCommitRequest(h requestHeader, frame []byte, pd *pending) {
-	req := kmsg.NewPtrOffsetCommitRequest()
-	if !s.decodeRequest(h, frame, req) {
-		return
-	}
-	s.p.groups.learn(s.info.Load().key(), req.Group)
-	f := &commitFacts{group: req.Group}
-	for _, t := range req.Topics {
-		name, _ := s.p.topicName(t.Topic, t.TopicID)
-		for _, p := range t.Partitions {
-			f.offsets = append(f.offsets, committed{name, t.TopicID, p.Partition, p.Offset})
-		}
-	}
-	pd.facts = f
+	s.commitRequest(h, frame, pd, parseOffsetCommit)
 }
 
 func (s *session) txnOffsetCommitRequest(h requestHeader, frame []byte, pd *pending) {
-	req := kmsg.NewPtrTxnOffsetCommitRequest()
-	if !s.decodeRequest(h, frame, req) {
+	s.commitRequest(h, frame, pd, parseTxnOffsetCommit)
+}
+
+func (s *session) commitRequest(h requestHeader, frame []byte, pd *pending, parse func(requestHeader, []byte) (*commitFacts, error)) {
+	if !knownVersion(h.Key, h.Version) {
 		return
 	}
-	f := &commitFacts{group: req.Group}
-	for _, t := range req.Topics {
-		name, _ := s.p.topicName(t.Topic, t.TopicID)
-		for _, p := range t.Partitions {
-			f.offsets = append(f.offsets, committed{name, t.TopicID, p.Partition, p.Offset})
-		}
+	f, err := parse(h, frame)
+	if err != nil {
+		s.requestParseError(h, err)
+		return
+	}
+	if h.Key == keyOffsetCommit {
+		s.p.groups.learn(s.info.Load().key(), f.group)
+	}
+	for i := range f.offsets {
+		c := &f.offsets[i]
+		c.topic, _ = s.p.topicName(c.topic, c.topicID)
 	}
 	pd.facts = f
 }
@@ -89,7 +85,8 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 	now := s.p.now().UnixNano()
 	for _, rp := range parts {
 		for _, c := range f.offsets {
-			if c.partition != rp.partition || (c.topic != rp.topic || rp.topic == "") && (rp.topic != "" || c.topicID != rp.id) {
+			sameTopic := rp.topic != "" && rp.topic == c.topic || rp.topic == "" && rp.id == c.topicID
+			if c.partition != rp.partition || !sameTopic {
 				continue
 			}
 			if c.topic == "" {

@@ -66,6 +66,8 @@ type session struct {
 
 	// Produce path buffers, used by the request goroutine only.
 	codec   batchCodec
+	produce produceRequestView
+	repl    [][]byte
 	hdr     []byte
 	sizes   []int64
 	scratch []byte
@@ -174,6 +176,9 @@ func (s *session) requests() error {
 			s.log.Warn().Err(err).Int("bytes", len(frame)).Msg("closing connection: undecodable request header")
 			s.p.decodeError("request", -1, -1, err)
 			return fmt.Errorf("request header: %w", err)
+		}
+		if s.p.tap != nil {
+			s.p.tap(h, frame)
 		}
 		s.noteClientID(h.ClientID)
 		out, pd := s.handleRequest(h, frame)

@@ -31,15 +31,13 @@ type observeJob struct {
 }
 
 func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
-	req := kmsg.NewPtrFetchRequest()
-	if !s.decodeRequest(h, frame, req) {
+	if !knownVersion(h.Key, h.Version) {
 		return
 	}
-	f := &fetchFacts{readCommitted: req.IsolationLevel == 1, offsets: make(map[fetchKey]int64)}
-	for _, t := range req.Topics {
-		for _, p := range t.Partitions {
-			f.offsets[fetchKey{t.Topic, t.TopicID, p.Partition}] = p.FetchOffset
-		}
+	f, err := parseFetch(h, frame)
+	if err != nil {
+		s.requestParseError(h, err)
+		return
 	}
 	pd.facts = f
 }

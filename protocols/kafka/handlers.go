@@ -32,18 +32,22 @@ var decodedKeys = map[int16]bool{
 	keyTxnOffsetCommit: true, keyDescribeCluster: true, keyCGHeartbeat: true, keyShareFetch: true, keyShareAck: true,
 }
 
-// decodeRequest reads a request body with kmsg; false (with a DecodeError event) when it cannot.
-func (s *session) decodeRequest(h requestHeader, frame []byte, req kmsg.Request) bool {
+// requestParseError reports a request body the proxy could not read; the request is forwarded.
+func (s *session) requestParseError(h requestHeader, err error) {
+	s.p.decodeError(kmsg.NameForKey(h.Key)+" request", h.Key, h.Version, err)
+	s.log.Debug().Err(err).Int16("key", h.Key).Int16("version", h.Version).Msg("request forwarded undecoded")
+}
+
+func (s *session) firstString(h requestHeader, frame []byte) (string, bool) {
 	if !knownVersion(h.Key, h.Version) {
-		return false
+		return "", false
 	}
-	req.SetVersion(h.Version)
-	if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
-		s.p.decodeError(kmsg.NameForKey(h.Key)+" request", h.Key, h.Version, err)
-		s.log.Debug().Err(err).Int16("key", h.Key).Int16("version", h.Version).Msg("request forwarded undecoded")
-		return false
+	v, err := parseFirstString(h, frame)
+	if err != nil {
+		s.requestParseError(h, err)
+		return "", false
 	}
-	return true
+	return v, true
 }
 
 // handleRequest acts on one request and returns the bytes to forward and its pending entry (nil
@@ -61,27 +65,14 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.offsetCommitRequest(h, frame, pd)
 	case keyTxnOffsetCommit:
 		s.txnOffsetCommitRequest(h, frame, pd)
-	case keyJoinGroup:
-		req := kmsg.NewPtrJoinGroupRequest()
-		if s.decodeRequest(h, frame, req) {
-			s.p.groups.learn(s.info.Load().key(), req.Group)
-		}
-	case keySyncGroup:
-		req := kmsg.NewPtrSyncGroupRequest()
-		if s.decodeRequest(h, frame, req) {
-			s.p.groups.learn(s.info.Load().key(), req.Group)
-			pd.facts = req.Group
-		}
-	case keyCGHeartbeat:
-		req := kmsg.NewPtrConsumerGroupHeartbeatRequest()
-		if s.decodeRequest(h, frame, req) {
-			s.p.groups.learn(s.info.Load().key(), req.Group)
-			pd.facts = req.Group
+	case keyJoinGroup, keySyncGroup, keyCGHeartbeat:
+		if group, ok := s.firstString(h, frame); ok {
+			s.p.groups.learn(s.info.Load().key(), group)
+			pd.facts = group
 		}
 	case keySaslHandshake:
-		req := kmsg.NewPtrSASLHandshakeRequest()
-		if s.decodeRequest(h, frame, req) {
-			pd.facts = req.Mechanism
+		if mech, ok := s.firstString(h, frame); ok {
+			pd.facts = mech
 		}
 	}
 	return frame, pd

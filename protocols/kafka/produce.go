@@ -2,9 +2,7 @@ package kafka
 
 import (
 	"encoding/binary"
-	"errors"
 
-	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -22,26 +20,6 @@ type producedPart struct {
 	topicID   [16]byte
 	partition int32
 	records   int // records in the partition's batches (from the batch headers)
-}
-
-var errProduceBody = errors.New("produce request body truncated")
-
-// produceAcks reads Acks from a produce request body without decoding the rest: v3+ start with a
-// nullable transactional id (compact in flexible versions).
-func produceAcks(body []byte, version int16, flexible bool) (int16, error) {
-	r := kbin.Reader{Src: body}
-	if version >= 3 {
-		if flexible {
-			r.CompactNullableString()
-		} else {
-			r.NullableString()
-		}
-	}
-	acks := r.Int16()
-	if !r.Ok() {
-		return 0, errProduceBody
-	}
-	return acks, nil
 }
 
 // batchRecordCount sums the record counts of the magic-2 batches in records (a partition's
@@ -63,49 +41,52 @@ func batchRecordCount(records []byte) int {
 // how many records went out, for the response's offsets and errors. It returns a nil pending for
 // acks=0, which gets no response.
 func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]byte, *pending) {
-	acks, err := produceAcks(frame[h.BodyStart:], h.Version, h.Flexible)
-	if err != nil {
+	v := &s.produce
+	if err := parseProduce(h, frame, v); err != nil {
 		s.p.decodeError("Produce request", h.Key, h.Version, err)
 		return frame, pd
 	}
-	if acks == 0 {
+	if v.acks == 0 {
 		pd = nil
 	}
-	req := kmsg.NewPtrProduceRequest()
-	if !s.decodeRequest(h, frame, req) {
-		return frame, pd
-	}
 	ci := s.info.Load()
-	facts := &produceFacts{service: ci.service}
+	facts := &produceFacts{service: ci.service, parts: make([]producedPart, 0, len(v.parts))}
+	repl := s.repl[:0]
 	changed := false
-	for ti := range req.Topics {
-		t := &req.Topics[ti]
-		name, ok := s.p.topicName(t.Topic, t.TopicID)
-		for pi := range t.Partitions {
-			p := &t.Partitions[pi]
-			facts.parts = append(facts.parts, producedPart{topic: name, topicID: t.TopicID, partition: p.Partition, records: batchRecordCount(p.Records)})
-			if !ok {
-				s.p.stats.skipped.Add(1)
-				s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.Partition, batchRecordCount(p.Records))
-				continue
-			}
-			if out, ok := s.injectPartition(ci, name, p.Partition, p.Records); ok {
-				p.Records = out
+	for i := range v.parts {
+		p := &v.parts[i]
+		records := frame[p.recStart:p.recEnd]
+		n := batchRecordCount(records)
+		name, ok := s.p.topicName(p.topic, p.topicID)
+		facts.parts = append(facts.parts, producedPart{topic: name, topicID: p.topicID, partition: p.partition, records: n})
+		var out []byte
+		switch {
+		case p.null || len(records) == 0:
+		case !ok:
+			s.p.stats.skipped.Add(1)
+			s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.partition, n)
+		default:
+			if o, ok := s.injectPartition(ci, name, p.partition, records); ok {
+				out = o
 				changed = true
 			}
 		}
+		repl = append(repl, out)
 	}
+	s.repl = repl[:0]
 	if pd != nil {
 		pd.facts = facts
 	}
 	if !changed {
 		return frame, pd
 	}
-	out := make([]byte, 0, len(frame)+256)
-	out = append(out, frame[:h.BodyStart]...)
-	out = req.AppendTo(out)
-	putSize(out)
-	return out, pd
+	grow := 0
+	for i, r := range repl {
+		if r != nil {
+			grow += len(r) - (v.parts[i].recEnd - v.parts[i].recStart) + 4
+		}
+	}
+	return spliceRecords(make([]byte, 0, len(frame)+grow), frame, h.Version >= 9, v.parts, repl), pd
 }
 
 // produceResponse rewrites KIP-951 node endpoints and turns partitions into produce offsets or

@@ -1,0 +1,98 @@
+package kafka
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// offlineSession is a session with no connections, for fuzzing and benchmarks of the request and
+// response handlers. Its proxy is not started, so address rewrites fail (and close the connection
+// in real use) instead of opening listeners.
+func offlineSession(t testing.TB) *session {
+	t.Helper()
+	p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{p: p, log: zerolog.Nop(), idle: make(chan struct{}, 1), respClosed: make(chan struct{})}
+	s.addr = netip.MustParseAddr("127.0.0.1")
+	s.info.Store(&clientInfo{clientID: "fuzz", addr: s.addr, service: "fuzz"})
+	return s
+}
+
+func FuzzRequestFrame(f *testing.F) {
+	for _, frame := range goldenProduces(f) {
+		f.Add(frame)
+	}
+	for _, req := range []kmsg.Request{kmsg.NewPtrFetchRequest(), kmsg.NewPtrOffsetCommitRequest(), kmsg.NewPtrTxnOffsetCommitRequest(),
+		kmsg.NewPtrJoinGroupRequest(), kmsg.NewPtrSyncGroupRequest(), kmsg.NewPtrConsumerGroupHeartbeatRequest(),
+		kmsg.NewPtrSASLHandshakeRequest(), kmsg.NewPtrApiVersionsRequest(), kmsg.NewPtrProduceRequest()} {
+		for _, v := range []int16{0, req.MaxVersion()} {
+			req.SetVersion(v)
+			f.Add(requestFrame(req, 1))
+		}
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		if len(frame) < 4 {
+			return
+		}
+		putSize(frame)
+		s := offlineSession(t)
+		h, err := parseRequestHeader(frame)
+		if err != nil {
+			return
+		}
+		if h.BodyStart > len(frame) {
+			t.Fatalf("body start %d past frame %d", h.BodyStart, len(frame))
+		}
+		out, pd := s.handleRequest(h, frame)
+		if len(out) < 12 || int(binary.BigEndian.Uint32(out))+4 != len(out) {
+			t.Fatalf("forwarded frame with bad size prefix")
+		}
+		if pd != nil && pd.corr != h.CorrID {
+			t.Fatalf("pending corr %d, header %d", pd.corr, h.CorrID)
+		}
+	})
+}
+
+func FuzzResponse(f *testing.F) {
+	for _, key := range []int16{keyProduce, keyFetch, keyMetadata, keyOffsetCommit, keyFindCoordinator, keySyncGroup,
+		keySaslHandshake, keyApiVersions, keyTxnOffsetCommit, keyDescribeCluster, keyCGHeartbeat, keyShareFetch, keyShareAck} {
+		resp := kmsg.ResponseForKey(key)
+		for _, v := range []int16{0, resp.MaxVersion()} {
+			resp.SetVersion(v)
+			frame := make([]byte, 8, 64)
+			binary.BigEndian.PutUint32(frame[4:], 1)
+			if resp.IsFlexible() && key != keyApiVersions {
+				frame = append(frame, 0)
+			}
+			frame = resp.AppendTo(frame)
+			putSize(frame)
+			f.Add(key, v, frame)
+		}
+	}
+	f.Fuzz(func(t *testing.T, key, version int16, frame []byte) {
+		if len(frame) < 8 || !interesting(key) || !knownVersion(key, version) {
+			return
+		}
+		putSize(frame)
+		s := offlineSession(t)
+		pd := &pending{corr: int32(binary.BigEndian.Uint32(frame[4:])), key: key, version: version, flexible: isFlexible(key, version)}
+		out, after, err := s.handleResponse(pd, frame)
+		if err != nil {
+			return
+		}
+		if len(out) < 8 || int(binary.BigEndian.Uint32(out))+4 != len(out) {
+			t.Fatalf("forwarded response with bad size prefix")
+		}
+		if after != nil {
+			after()
+			close(s.p.observeQ)
+			s.p.observeLoop()
+		}
+	})
+}

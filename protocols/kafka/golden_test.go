@@ -1,0 +1,162 @@
+package kafka
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+var update = flag.Bool("update", false, "recapture the golden client requests under testdata/kafka")
+
+const goldenDir = "../../testdata/kafka"
+
+// captureProduces records the first produce request with records of every (client, label).
+type captureProduces struct {
+	mu     sync.Mutex
+	label  string
+	frames map[string][]byte
+}
+
+func (c *captureProduces) tap(h requestHeader, frame []byte) {
+	if h.Key != keyProduce {
+		return
+	}
+	req := kmsg.NewPtrProduceRequest()
+	req.SetVersion(h.Version)
+	if req.ReadFrom(frame[h.BodyStart:]) != nil || len(req.Topics) == 0 || len(req.Topics[0].Partitions) == 0 || len(req.Topics[0].Partitions[0].Records) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	name := fmt.Sprintf("%s.produce-v%d.bin", c.label, h.Version)
+	if _, ok := c.frames[name]; !ok {
+		c.frames[name] = append([]byte(nil), frame...)
+	}
+}
+
+func (c *captureProduces) setLabel(l string) {
+	c.mu.Lock()
+	c.label = l
+	c.mu.Unlock()
+}
+
+// TestCaptureGolden regenerates the fixtures from real clients when run with -update.
+func TestCaptureGolden(t *testing.T) {
+	if !*update {
+		t.Log("fixtures are recaptured only with -update")
+		return
+	}
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	capt := &captureProduces{frames: map[string][]byte{}}
+	p.tap = capt.tap
+	ctx := testCtx(t)
+	for _, codec := range []struct {
+		name string
+		c    kgo.CompressionCodec
+	}{{"none", kgo.NoCompression()}, {"gzip", kgo.GzipCompression()}, {"snappy", kgo.SnappyCompression()}, {"lz4", kgo.Lz4Compression()}, {"zstd", kgo.ZstdCompression()}} {
+		capt.setLabel("kgo-" + codec.name)
+		cl := kgoClient(t, p, kgo.ProducerBatchCompression(codec.c), kgo.ClientID("golden-kgo"))
+		produceKgo(t, ctx, cl, "golden", testRecords(8, time.UnixMilli(1700000400000)))
+		cl.Close()
+	}
+	for _, codec := range []struct {
+		name string
+		c    sarama.CompressionCodec
+	}{{"gzip", sarama.CompressionGZIP}, {"snappy", sarama.CompressionSnappy}, {"lz4", sarama.CompressionLZ4}} {
+		capt.setLabel("sarama-" + codec.name)
+		cfg := saramaConfig("golden-sarama")
+		cfg.Producer.Compression = codec.c
+		produceSarama(t, p, cfg, "golden", testRecords(8, time.UnixMilli(1700000400000)))
+	}
+	for _, codec := range []string{"none", "zstd"} {
+		capt.setLabel("kcat-" + codec)
+		runKcat(t, ctx, "k1:v1\nk2:v2\n:v3\n", "-P", "-b", p.Addr().String(), "-t", "golden", "-K:", "-z", codec,
+			"-H", "h1=v1", "-X", "client.id=golden-kcat")
+	}
+	if err := os.MkdirAll(goldenDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, frame := range capt.frames {
+		if err := os.WriteFile(filepath.Join(goldenDir, name), frame, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("wrote %d fixtures", len(capt.frames))
+}
+
+// goldenProduces loads every captured produce request.
+func goldenProduces(t testing.TB) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(goldenDir, "*.produce-v*.bin"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden produce requests under %s (run go test -run TestCaptureGolden -update): %v", goldenDir, err)
+	}
+	sort.Strings(files)
+	out := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[filepath.Base(f)] = b
+	}
+	return out
+}
+
+// TestGoldenRequestHeaders: the fixed header of every captured real-client request parses to the
+// produce key and version in its name and its client id.
+func TestGoldenRequestHeaders(t *testing.T) {
+	for name, frame := range goldenProduces(t) {
+		h, err := parseRequestHeader(frame)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if h.Key != keyProduce || !strings.Contains(name, fmt.Sprintf(".produce-v%d.", h.Version)) {
+			t.Errorf("%s: key %d version %d", name, h.Key, h.Version)
+		}
+		client := strings.SplitN(name, "-", 2)[0]
+		if string(h.ClientID) != "golden-"+client {
+			t.Errorf("%s: client id %q", name, h.ClientID)
+		}
+		var v produceRequestView
+		if err := parseProduce(h, frame, &v); err != nil || v.acks == 0 || len(v.parts) == 0 {
+			t.Errorf("%s: acks %d, %d partitions, %v", name, v.acks, len(v.parts), err)
+			continue
+		}
+		// The hand parser agrees with kmsg on every partition's records.
+		req := kmsg.NewPtrProduceRequest()
+		req.SetVersion(h.Version)
+		if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
+			t.Errorf("%s: body: %v", name, err)
+			continue
+		}
+		i := 0
+		for _, tp := range req.Topics {
+			for _, pp := range tp.Partitions {
+				got := v.parts[i]
+				if got.partition != pp.Partition || got.topic != tp.Topic || got.topicID != tp.TopicID || string(frame[got.recStart:got.recEnd]) != string(pp.Records) {
+					t.Errorf("%s: partition %d parsed as %+v", name, i, got)
+				}
+				i++
+			}
+		}
+		if i != len(v.parts) {
+			t.Errorf("%s: %d partitions parsed, kmsg has %d", name, len(v.parts), i)
+		}
+		if n := batchRecordCount(req.Topics[0].Partitions[0].Records); n == 0 {
+			t.Errorf("%s: no records counted", name)
+		}
+	}
+}

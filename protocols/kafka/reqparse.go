@@ -1,0 +1,197 @@
+package kafka
+
+import (
+	"fmt"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+)
+
+// Client requests the proxy reads are parsed by hand, reading only the fields it needs: kmsg's
+// generated readers keep looping over a tagged-field count after the input ran out, so a hostile
+// client could make one frame cost seconds of CPU (found by FuzzRequestFrame). Broker responses
+// are trusted and decoded with kmsg.
+
+// wire is a kbin.Reader that knows whether the message is flexible and rejects array and tag
+// counts the remaining bytes cannot hold.
+type wire struct {
+	kbin.Reader
+	flex bool
+}
+
+func (w *wire) str() string {
+	if w.flex {
+		return w.CompactString()
+	}
+	return w.String()
+}
+
+func (w *wire) nullableStr() {
+	if w.flex {
+		w.CompactNullableString()
+	} else {
+		w.NullableString()
+	}
+}
+
+func (w *wire) array() int { return arrayLen(&w.Reader, w.flex) }
+
+func (w *wire) tags() {
+	if w.flex {
+		skipTagsReader(&w.Reader)
+	}
+}
+
+func (w *wire) uuid() (id [16]byte) {
+	copy(id[:], w.Span(16))
+	return id
+}
+
+func newWire(h requestHeader, frame []byte) *wire {
+	return &wire{Reader: kbin.Reader{Src: frame[h.BodyStart:]}, flex: h.Flexible}
+}
+
+func (w *wire) err(h requestHeader) error {
+	if w.Ok() {
+		return nil
+	}
+	return fmt.Errorf("v%d body truncated or malformed", h.Version)
+}
+
+// parseFetch reads the isolation level and every partition's fetch offset.
+func parseFetch(h requestHeader, frame []byte) (*fetchFacts, error) {
+	w := newWire(h, frame)
+	v := h.Version
+	if v <= 14 {
+		w.Int32() // replica id
+	}
+	w.Int32() // max wait
+	w.Int32() // min bytes
+	if v >= 3 {
+		w.Int32() // max bytes
+	}
+	f := &fetchFacts{offsets: make(map[fetchKey]int64)}
+	if v >= 4 {
+		f.readCommitted = w.Int8() == 1
+	}
+	if v >= 7 {
+		w.Int32() // session id
+		w.Int32() // session epoch
+	}
+	for ti, nt := 0, w.array(); ti < nt && w.Ok(); ti++ {
+		var k fetchKey
+		if v >= 13 {
+			k.id = w.uuid()
+		} else {
+			k.topic = w.str()
+		}
+		for pi, np := 0, w.array(); pi < np && w.Ok(); pi++ {
+			k.partition = w.Int32()
+			if v >= 9 {
+				w.Int32() // current leader epoch
+			}
+			off := w.Int64()
+			if v >= 12 {
+				w.Int32() // last fetched epoch
+			}
+			if v >= 5 {
+				w.Int64() // log start offset
+			}
+			w.Int32() // partition max bytes
+			w.tags()
+			if w.Ok() {
+				f.offsets[k] = off
+			}
+		}
+		w.tags()
+	}
+	// Forgotten topics, rack and the top-level tags are not needed.
+	return f, w.err(h)
+}
+
+// parseOffsetCommit reads group and offsets of an OffsetCommit request.
+func parseOffsetCommit(h requestHeader, frame []byte) (*commitFacts, error) {
+	w := newWire(h, frame)
+	v := h.Version
+	f := &commitFacts{group: w.str()}
+	if v >= 1 {
+		w.Int32() // generation
+		w.str()   // member id
+	}
+	if v >= 7 {
+		w.nullableStr() // instance id
+	}
+	if v >= 2 && v <= 4 {
+		w.Int64() // retention
+	}
+	for ti, nt := 0, w.array(); ti < nt && w.Ok(); ti++ {
+		var c committed
+		if v >= 10 {
+			c.topicID = w.uuid()
+		} else {
+			c.topic = w.str()
+		}
+		for pi, np := 0, w.array(); pi < np && w.Ok(); pi++ {
+			c.partition = w.Int32()
+			c.offset = w.Int64()
+			if v == 1 {
+				w.Int64() // timestamp
+			}
+			if v >= 6 {
+				w.Int32() // leader epoch
+			}
+			w.nullableStr() // metadata
+			w.tags()
+			if w.Ok() {
+				f.offsets = append(f.offsets, c)
+			}
+		}
+		w.tags()
+	}
+	return f, w.err(h)
+}
+
+// parseTxnOffsetCommit reads group and offsets of a TxnOffsetCommit request.
+func parseTxnOffsetCommit(h requestHeader, frame []byte) (*commitFacts, error) {
+	w := newWire(h, frame)
+	v := h.Version
+	w.str() // transactional id
+	f := &commitFacts{group: w.str()}
+	w.Int64() // producer id
+	w.Int16() // producer epoch
+	if v >= 3 {
+		w.Int32()       // generation
+		w.str()         // member id
+		w.nullableStr() // instance id
+	}
+	for ti, nt := 0, w.array(); ti < nt && w.Ok(); ti++ {
+		var c committed
+		if v >= 6 {
+			c.topicID = w.uuid()
+		} else {
+			c.topic = w.str()
+		}
+		for pi, np := 0, w.array(); pi < np && w.Ok(); pi++ {
+			c.partition = w.Int32()
+			c.offset = w.Int64()
+			if v >= 2 {
+				w.Int32() // leader epoch
+			}
+			w.nullableStr() // metadata
+			w.tags()
+			if w.Ok() {
+				f.offsets = append(f.offsets, c)
+			}
+		}
+		w.tags()
+	}
+	return f, w.err(h)
+}
+
+// parseFirstString reads the first field of a request body, a string: the group of JoinGroup,
+// SyncGroup and ConsumerGroupHeartbeat, the mechanism of SaslHandshake, the client software name
+// of ApiVersions v3+.
+func parseFirstString(h requestHeader, frame []byte) (string, error) {
+	w := newWire(h, frame)
+	s := w.str()
+	return s, w.err(h)
+}

@@ -1,0 +1,94 @@
+package kafka
+
+import (
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+func headerOf(t *testing.T, frame []byte) requestHeader {
+	t.Helper()
+	h, err := parseRequestHeader(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// The hand parsers agree with kmsg's encoder at every version.
+func TestParseFetchAllVersions(t *testing.T) {
+	id := [16]byte{1, 2, 3}
+	for v := int16(0); v <= maxVersion(keyFetch); v++ {
+		req := kmsg.NewPtrFetchRequest()
+		req.Version = v
+		req.IsolationLevel = 1
+		req.Topics = []kmsg.FetchRequestTopic{{Topic: "a", TopicID: id, Partitions: []kmsg.FetchRequestTopicPartition{{Partition: 2, FetchOffset: 77}, {Partition: 5, FetchOffset: 9}}}}
+		req.ForgottenTopics = []kmsg.FetchRequestForgottenTopic{{Topic: "b", Partitions: []int32{1}}}
+		frame := requestFrame(req, 1)
+		f, err := parseFetch(headerOf(t, frame), frame)
+		if err != nil {
+			t.Fatalf("v%d: %v", v, err)
+		}
+		k := fetchKey{topic: "a", partition: 2}
+		if v >= 13 {
+			k = fetchKey{id: id, partition: 2}
+		}
+		if f.offsets[k] != 77 || len(f.offsets) != 2 || f.readCommitted != (v >= 4) {
+			t.Errorf("v%d: %+v", v, f)
+		}
+	}
+}
+
+func TestParseCommitsAllVersions(t *testing.T) {
+	id := [16]byte{9}
+	for v := int16(0); v <= maxVersion(keyOffsetCommit); v++ {
+		req := kmsg.NewPtrOffsetCommitRequest()
+		req.Version = v
+		req.Group = "g1"
+		md := "m"
+		req.Topics = []kmsg.OffsetCommitRequestTopic{{Topic: "t", TopicID: id, Partitions: []kmsg.OffsetCommitRequestTopicPartition{{Partition: 3, Offset: 42, Metadata: &md}}}}
+		frame := requestFrame(req, 1)
+		f, err := parseOffsetCommit(headerOf(t, frame), frame)
+		if err != nil {
+			t.Fatalf("OffsetCommit v%d: %v", v, err)
+		}
+		c := f.offsets[0]
+		if f.group != "g1" || len(f.offsets) != 1 || c.partition != 3 || c.offset != 42 || (v >= 10) != (c.topicID == id) || (v < 10) != (c.topic == "t") {
+			t.Errorf("OffsetCommit v%d: %+v", v, f)
+		}
+	}
+	for v := int16(0); v <= maxVersion(keyTxnOffsetCommit); v++ {
+		req := kmsg.NewPtrTxnOffsetCommitRequest()
+		req.Version = v
+		req.TransactionalID = "tx"
+		req.Group = "g2"
+		req.Topics = []kmsg.TxnOffsetCommitRequestTopic{{Topic: "t", TopicID: id, Partitions: []kmsg.TxnOffsetCommitRequestTopicPartition{{Partition: 1, Offset: 7}}}}
+		frame := requestFrame(req, 1)
+		f, err := parseTxnOffsetCommit(headerOf(t, frame), frame)
+		if err != nil {
+			t.Fatalf("TxnOffsetCommit v%d: %v", v, err)
+		}
+		if f.group != "g2" || len(f.offsets) != 1 || f.offsets[0].offset != 7 || (v >= 6) != (f.offsets[0].topicID == id) {
+			t.Errorf("TxnOffsetCommit v%d: %+v", v, f)
+		}
+	}
+}
+
+func TestParseFirstString(t *testing.T) {
+	reqs := []kmsg.Request{&kmsg.JoinGroupRequest{Group: "jg"}, &kmsg.SyncGroupRequest{Group: "jg"},
+		&kmsg.ConsumerGroupHeartbeatRequest{Group: "jg"}, &kmsg.SASLHandshakeRequest{Mechanism: "jg"}}
+	for _, req := range reqs {
+		for v := int16(0); v <= req.MaxVersion(); v++ {
+			req.SetVersion(v)
+			frame := requestFrame(req, 1)
+			if got, err := parseFirstString(headerOf(t, frame), frame); err != nil || got != "jg" {
+				t.Errorf("%s v%d: %q %v", kmsg.NameForKey(req.Key()), v, got, err)
+			}
+		}
+	}
+	api := &kmsg.ApiVersionsRequest{Version: 3, ClientSoftwareName: "jg"}
+	frame := requestFrame(api, 1)
+	if got, _ := parseFirstString(headerOf(t, frame), frame); got != "jg" {
+		t.Errorf("ApiVersions: %q", got)
+	}
+}
