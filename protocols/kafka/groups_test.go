@@ -1,0 +1,227 @@
+package kafka
+
+import (
+	"context"
+	"net"
+		"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// groupOf returns the group the proxy learned for clientID consuming topic/partition.
+func (p *Proxy) groupOf(clientID, topic string, partition int32) string {
+	p.groups.mu.Lock()
+	var keys []clientKey
+	for k := range p.groups.clients {
+		if k.clientID == clientID {
+			keys = append(keys, k)
+		}
+	}
+	p.groups.mu.Unlock()
+	for _, k := range keys {
+		if g := p.groups.lookup(k, topic, partition); g != "" {
+			return g
+		}
+	}
+	return ""
+}
+
+func TestGroupLearning(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name string
+		opts []kgo.Opt
+	}{{"classic", nil}, {"kip848", []kgo.Opt{kgo.ServerSideBalancer()}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "grp-"+tc.name)
+			cl := kgoClient(t, p)
+			sent := testRecords(9, time.UnixMilli(1700000500000))
+			produceKgo(t, ctx, cl, topic, sent)
+			group := "grp-" + tc.name
+			got := consumeKgo(t, ctx, p, topic, group, len(sent), tc.opts...)
+			for _, r := range got {
+				if g := p.groupOf("billing-consumer-1", topic, r.Partition); g != group {
+					t.Errorf("partition %d: learned group %q, want %q", r.Partition, g, group)
+				}
+			}
+			checkBacklogs(t, p, topic, group, got)
+		})
+	}
+	guard.check(t)
+}
+
+// TestShareGroup consumes through a KIP-932 share group: ShareFetch/ShareAcknowledge responses
+// carry node endpoints the proxy rewrites.
+func TestShareGroup(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "share")
+	cl := kgoClient(t, p)
+	produceKgo(t, ctx, cl, topic, testRecords(1, time.UnixMilli(1700000550000))) // creates the topic
+	sc := kgoClient(t, p, kgo.ShareGroup("share-g"), kgo.ConsumeTopics(topic))
+	// A share group starts at the latest offset, so records are produced while it polls.
+	done := make(chan struct{})
+	prodDone := make(chan struct{})
+	go func() {
+		defer close(prodDone)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				cl.Produce(ctx, &kgo.Record{Topic: topic, Key: []byte("share"), Value: []byte("v")}, nil)
+			}
+		}
+	}()
+	var got []*kgo.Record
+	for len(got) < 3 {
+		fs := sc.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("share consumed %d records", len(got))
+		}
+		got = append(got, fs.Records()...)
+	}
+	close(done)
+	<-prodDone
+	for _, r := range got {
+		if string(r.Key) != "share" || string(r.Value) != "v" {
+			t.Errorf("share record %q=%q", r.Key, r.Value)
+		}
+	}
+	guard.check(t)
+}
+
+func TestSASLPassthrough(t *testing.T) {
+	c, guard := startCluster(t, kfake.EnableSASL(), kfake.Superuser("PLAIN", "plainuser", "plainpw"),
+		kfake.Superuser("SCRAM-SHA-256", "scram256", "pw256"), kfake.Superuser("SCRAM-SHA-512", "scram512", "pw512"))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name string
+		opt  kgo.Opt
+	}{
+		{"plain", kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())},
+		{"scram256", kgo.SASL(scram.Auth{User: "scram256", Pass: "pw256"}.AsSha256Mechanism())},
+		{"scram512", kgo.SASL(scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism())},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "sasl-"+tc.name)
+			cl := kgoClient(t, p, tc.opt)
+			sent := testRecords(4, time.UnixMilli(1700000600000))
+			produceKgo(t, ctx, cl, topic, sent)
+			got := consumeKgo(t, ctx, p, topic, "sasl-"+tc.name, len(sent), tc.opt)
+			checkRecords(t, sent, got, wantInjected)
+		})
+	}
+	t.Run("sarama-plain", func(t *testing.T) {
+		topic := uniqueTopic(t, "sasl-sarama")
+		cfg := saramaConfig("sarama-sasl")
+		cfg.Net.SASL.Enable = true
+		cfg.Net.SASL.Mechanism = "PLAIN"
+		cfg.Net.SASL.User, cfg.Net.SASL.Password = "plainuser", "plainpw"
+		sent := testRecords(4, time.UnixMilli(1700000650000))
+		produceSarama(t, p, cfg, topic, sent)
+		cl := kgoClient(t, p, kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism()))
+		_ = cl
+		got := consumeKgo(t, ctx, p, topic, "sasl-sarama", len(sent), kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism()))
+		checkRecords(t, sent, got, wantInjected)
+	})
+	t.Run("bad-password", func(t *testing.T) {
+		cl := kgoClient(t, p, kgo.SASL(plain.Auth{User: "plainuser", Pass: "wrong"}.AsMechanism()))
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		err := cl.Ping(cctx)
+		// The reference connection dials from the proxy's source address so the guard allows it.
+		ref := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(proxySourceIP)}}
+		direct, derr := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()[0]), kgo.Dialer(ref.DialContext), kgo.SASL(plain.Auth{User: "plainuser", Pass: "wrong"}.AsMechanism()))
+		if derr != nil {
+			t.Fatal(derr)
+		}
+		defer direct.Close()
+		want := direct.Ping(cctx)
+		if err == nil || want == nil || err.Error() != want.Error() {
+			t.Errorf("wrong password through the proxy: %v; directly: %v", err, want)
+		}
+	})
+	guard.check(t)
+}
+
+// TestTransactions: a transactional consume-produce session commits its input offsets with
+// TxnOffsetCommit; a read_committed consumer sees the output; kafka_commit comes from the txn.
+func TestTransactions(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	in, out := uniqueTopic(t, "txin"), uniqueTopic(t, "txout")
+	cl := kgoClient(t, p)
+	sent := testRecords(8, time.UnixMilli(1700000700000))
+	produceKgo(t, ctx, cl, in, sent)
+
+	dr := &dialRecorder{}
+	sess, err := kgo.NewGroupTransactSession(kgo.SeedBrokers(p.Addr().String()), kgo.Dialer(dr.dial), kgo.AllowAutoTopicCreation(),
+		kgo.TransactionalID("tx-1"), kgo.ConsumerGroup("tx-group"), kgo.ConsumeTopics(in),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.ClientID("tx-app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	var consumed []*kgo.Record
+	for len(consumed) < len(sent) {
+		fs := sess.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("transactional consumer got %d of %d", len(consumed), len(sent))
+		}
+		recs := fs.Records()
+		if len(recs) == 0 {
+			continue
+		}
+		if err := sess.Begin(); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			sess.Produce(ctx, &kgo.Record{Topic: out, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp, Headers: r.Headers}, nil)
+		}
+		committed, err := sess.End(ctx, kgo.TryCommit)
+		if err != nil || !committed {
+			t.Fatalf("End: committed=%v %v", committed, err)
+		}
+		consumed = append(consumed, recs...)
+	}
+	for _, a := range dr.addrs {
+		if !p.isProxyAddr(a) {
+			t.Errorf("transactional client dialed %s", a)
+		}
+	}
+	got := consumeKgo(t, ctx, p, out, "tx-reader", len(sent), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	checkRecords(t, sent, got, wantInjected)
+	// The transactional commit of the input shows as kafka_commit for tx-group.
+	next := map[int32]int64{}
+	for _, r := range consumed {
+		next[r.Partition] = max(next[r.Partition], r.Offset+1)
+	}
+	waitFor(t, "txn commit offsets", func() bool {
+		_, offs := p.rec.snapshot()
+		ok := 0
+		for part, n := range next {
+			for _, o := range offs {
+				if o.Kind == pathway.KafkaCommit && o.Group == "tx-group" && o.Topic == in && o.Partition == part && o.Value == n {
+					ok++
+					break
+				}
+			}
+		}
+		return ok == len(next)
+	})
+	guard.check(t)
+}
