@@ -3,13 +3,13 @@ package kafka
 import (
 	"context"
 	"net"
-		"testing"
+	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
-	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
