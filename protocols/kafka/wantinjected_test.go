@@ -1,4 +1,4 @@
 package kafka
 
-// wantInjected is how many pathway headers a consumed record carries (0 until the codec lands).
-const wantInjected = 0
+// wantInjected is how many pathway headers a consumed record carries .
+const wantInjected = 1

@@ -1,0 +1,300 @@
+package kafka
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// kgoCodec is the proxy's own record-batch codec, built on kgo's compressors: it decompresses a
+// batch, splices one header into each record by copying bytes around the header count, and
+// recompresses with the batch's own codec. It stands in until protocols/kafka/recbatch (a
+// zero-decode splicer) lands; both implement batchCodec.
+type kgoCodec struct {
+	maxBatchBytes int
+	dec           kgo.Decompressor
+	comp          [5]kgo.Compressor
+	raw           []byte // spliced records, reused
+	zbuf          bytes.Buffer
+}
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Skip reasons, the Name of the ProxySkip event.
+const (
+	skipLegacyMagic  = "legacy_message_set"
+	skipControl      = "control_batch"
+	skipUnknownCodec = "unknown_codec"
+	skipBadCRC       = "bad_crc"
+	skipMalformed    = "malformed_batch"
+	skipSizeLimit    = "size_limit"
+	skipCompression  = "compression_failed"
+)
+
+func newKgoCodec(maxBatchBytes int) *kgoCodec {
+	c := &kgoCodec{maxBatchBytes: maxBatchBytes, dec: kgo.DefaultDecompressor()}
+	for i, codec := range []kgo.CompressionCodec{kgo.GzipCompression(), kgo.SnappyCompression(), kgo.Lz4Compression(), kgo.ZstdCompression()} {
+		comp, err := kgo.DefaultCompressor(codec)
+		if err == nil {
+			c.comp[i+1] = comp
+		}
+	}
+	return c
+}
+
+func newCodec(maxBatchBytes int) batchCodec { return newKgoCodec(maxBatchBytes) }
+
+var errBatch = errors.New("malformed record batch")
+
+// batchHeader reads the fixed part of a magic-2 batch.
+func batchHeader(b []byte) (meta batchMeta, attrs int16, count int, err error) {
+	if len(b) < 61 {
+		return meta, 0, 0, errBatch
+	}
+	attrs = int16(binary.BigEndian.Uint16(b[21:]))
+	meta.BaseOffset = int64(binary.BigEndian.Uint64(b[0:]))
+	meta.ProducerID = int64(binary.BigEndian.Uint64(b[43:]))
+	meta.Transactional = attrs&0x10 != 0
+	meta.Control = attrs&0x20 != 0
+	count = int(int32(binary.BigEndian.Uint32(b[57:])))
+	return meta, attrs, count, nil
+}
+
+// Inject implements batchCodec for a partition's Records (normally one batch; several are
+// handled one by one, each kept as it was when it cannot be rewritten).
+func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMeta) []byte) ([]byte, bool, string, error) {
+	out := dst
+	changed := false
+	skip := ""
+	for len(records) > 0 {
+		if len(records) < 17 {
+			return dst, false, skipMalformed, nil
+		}
+		length := int(int32(binary.BigEndian.Uint32(records[8:])))
+		if length < 49 || len(records) < 12+length {
+			if records[16] != 2 && len(records) >= 12+length && length >= 0 {
+				return dst, false, skipLegacyMagic, nil
+			}
+			return dst, false, skipMalformed, nil
+		}
+		batch := records[:12+length]
+		records = records[12+length:]
+		nb, reason := c.injectBatch(out, batch, decide)
+		if reason != "" {
+			skip = reason
+			out = append(out, batch...)
+			continue
+		}
+		out = nb
+		changed = true
+	}
+	if !changed {
+		return dst, false, skip, nil
+	}
+	return out, true, skip, nil
+}
+
+// injectBatch appends batch with headers spliced in to dst, or returns a skip reason.
+func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *recordMeta) []byte) ([]byte, string) {
+	if batch[16] != 2 {
+		return dst, skipLegacyMagic
+	}
+	meta, attrs, count, err := batchHeader(batch)
+	if err != nil {
+		return dst, skipMalformed
+	}
+	if meta.Control {
+		return dst, skipControl
+	}
+	codec := attrs & 7
+	if codec > 4 {
+		return dst, skipUnknownCodec
+	}
+	if crc32.Checksum(batch[21:], crcTable) != binary.BigEndian.Uint32(batch[17:]) {
+		return dst, skipBadCRC
+	}
+	raw := batch[61:]
+	if codec != 0 {
+		raw, err = c.dec.Decompress(raw, kgo.CompressionCodecType(codec))
+		if err != nil {
+			return dst, skipMalformed
+		}
+	}
+	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide)
+	c.raw = spliced[:0]
+	if err != nil {
+		return dst, skipMalformed
+	}
+	if n == 0 {
+		return dst, "" // nothing needed a header: keep the batch as it was, byte for byte
+	}
+	body := spliced
+	if codec != 0 {
+		c.zbuf.Reset()
+		comp := c.comp[codec]
+		if comp == nil {
+			return dst, skipCompression
+		}
+		z, typ := comp.Compress(&c.zbuf, spliced)
+		if int16(typ) != codec {
+			return dst, skipCompression
+		}
+		body = z
+	}
+	if 61+len(body) > c.maxBatchBytes {
+		return dst, skipSizeLimit
+	}
+	start := len(dst)
+	dst = append(dst, batch[:61]...)
+	dst = append(dst, body...)
+	nb := dst[start:]
+	binary.BigEndian.PutUint32(nb[8:], uint32(len(nb)-12))
+	binary.BigEndian.PutUint32(nb[17:], crc32.Checksum(nb[21:], crcTable))
+	return dst, ""
+}
+
+// recordFields locates the parts of one record body (after its length prefix).
+type recordFields struct {
+	offsetDelta int32
+	countPos    int // where the header count varint starts
+	countEnd    int
+	headerCount int
+	payload     int64
+	context     []byte
+	hasContext  bool
+}
+
+func parseRecord(body []byte) (recordFields, error) {
+	var f recordFields
+	r := kbin.Reader{Src: body}
+	r.Int8()
+	r.Varlong()
+	f.offsetDelta = r.Varint()
+	if k := r.Varint(); k > 0 {
+		r.Span(int(k))
+		f.payload += int64(k)
+	}
+	if v := r.Varint(); v > 0 {
+		r.Span(int(v))
+		f.payload += int64(v)
+	}
+	f.countPos = len(body) - len(r.Src)
+	n := r.Varint()
+	f.countEnd = len(body) - len(r.Src)
+	if n < 0 || int(n) > len(r.Src) {
+		return f, errBatch
+	}
+	f.headerCount = int(n)
+	for i := 0; i < int(n) && r.Ok(); i++ {
+		kl := r.Varint()
+		if kl < 0 {
+			return f, errBatch
+		}
+		key := r.Span(int(kl))
+		vl := r.Varint()
+		var val []byte
+		if vl > 0 {
+			val = r.Span(int(vl))
+		}
+		f.payload += int64(len(key) + len(val))
+		if string(key) == pathway.HeaderKey {
+			f.context, f.hasContext = val, true
+		}
+	}
+	if !r.Ok() || len(r.Src) != 0 {
+		return f, errBatch
+	}
+	return f, nil
+}
+
+// spliceHeaders copies count records from raw to dst, adding the header decide returns to each.
+// It returns how many records got one.
+func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batchMeta, *recordMeta) []byte) ([]byte, int, error) {
+	added := 0
+	for i := 0; i < count; i++ {
+		r := kbin.Reader{Src: raw}
+		l := int(r.Varint())
+		if !r.Ok() || l < 0 || l > len(r.Src) {
+			return dst, 0, errBatch
+		}
+		body := r.Src[:l]
+		raw = r.Src[l:]
+		f, err := parseRecord(body)
+		if err != nil {
+			return dst, 0, err
+		}
+		rm := recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext}
+		hdr := decide(meta, &rm)
+		if hdr == nil {
+			dst = kbin.AppendVarint(dst, int32(l))
+			dst = append(dst, body...)
+			continue
+		}
+		newCount := kbin.AppendVarint(nil, int32(f.headerCount+1))
+		extra := kbin.VarintLen(int32(len(pathway.HeaderKey))) + len(pathway.HeaderKey) + kbin.VarintLen(int32(len(hdr))) + len(hdr)
+		newLen := l - (f.countEnd - f.countPos) + len(newCount) + extra
+		dst = kbin.AppendVarint(dst, int32(newLen))
+		dst = append(dst, body[:f.countPos]...)
+		dst = append(dst, newCount...)
+		dst = append(dst, body[f.countEnd:]...)
+		dst = kbin.AppendVarintString(dst, pathway.HeaderKey)
+		dst = kbin.AppendVarintBytes(dst, hdr)
+		added++
+	}
+	if len(raw) != 0 {
+		return dst, 0, fmt.Errorf("%w: %d bytes after %d records", errBatch, len(raw), count)
+	}
+	return dst, added, nil
+}
+
+// Walk implements batchCodec for fetched record batches; a truncated last batch ends the walk.
+func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
+	for len(records) >= 17 {
+		length := int(int32(binary.BigEndian.Uint32(records[8:])))
+		if length < 0 || len(records) < 12+length {
+			return nil // partial trailing batch: normal in fetch responses
+		}
+		batch := records[:12+length]
+		records = records[12+length:]
+		if batch[16] != 2 || length < 49 {
+			continue // legacy message sets carry no headers
+		}
+		meta, attrs, count, err := batchHeader(batch)
+		if err != nil {
+			return err
+		}
+		if meta.Control {
+			continue
+		}
+		raw := batch[61:]
+		if codec := attrs & 7; codec != 0 {
+			if codec > 4 {
+				return fmt.Errorf("%w: codec %d", errBatch, codec)
+			}
+			if raw, err = c.dec.Decompress(raw, kgo.CompressionCodecType(codec)); err != nil {
+				return fmt.Errorf("decompressing batch at offset %d: %w", meta.BaseOffset, err)
+			}
+		}
+		for i := 0; i < count; i++ {
+			r := kbin.Reader{Src: raw}
+			l := int(r.Varint())
+			if !r.Ok() || l < 0 || l > len(r.Src) {
+				return fmt.Errorf("%w: record %d of batch at offset %d", errBatch, i, meta.BaseOffset)
+			}
+			f, err := parseRecord(r.Src[:l])
+			if err != nil {
+				return fmt.Errorf("record %d of batch at offset %d: %w", i, meta.BaseOffset, err)
+			}
+			raw = r.Src[l:]
+			fn(meta, &recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext})
+		}
+	}
+	return nil
+}

@@ -1,0 +1,193 @@
+package kafka
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+func payloadSize(r sentRecord) int64 {
+	n := int64(len(r.key) + len(r.value))
+	for _, h := range r.headers {
+		n += int64(len(h.Key) + len(h.Value))
+	}
+	return n
+}
+
+func pointsOn(p *testProxy, tags ...string) []pathway.Point {
+	pts, _ := p.rec.snapshot()
+	var out []pathway.Point
+	for _, pt := range pts {
+		if slices.Equal(pt.EdgeTags, tags) {
+			out = append(out, pt)
+		}
+	}
+	return out
+}
+
+// TestKgoCodecsDSM: every codec, kgo's default idempotent producer. Each record arrives intact
+// with exactly one pathway header; the produce checkpoint per record has the client's service,
+// the produce edge and the payload size before injection; the consume checkpoint's parent is the
+// produce hash and carries the group; the header the consumer decodes is the produce context.
+func TestKgoCodecsDSM(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, codec := range []struct {
+		name string
+		c    kgo.CompressionCodec
+	}{{"none", kgo.NoCompression()}, {"gzip", kgo.GzipCompression()}, {"snappy", kgo.SnappyCompression()}, {"lz4", kgo.Lz4Compression()}, {"zstd", kgo.ZstdCompression()}} {
+		t.Run(codec.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "dsm-"+codec.name)
+			group := "dsm-" + codec.name
+			cl := kgoClient(t, p, kgo.ClientID("orders-api-3"), kgo.ProducerBatchCompression(codec.c))
+			sent := testRecords(16, time.UnixMilli(1700000800000))
+			produceKgo(t, ctx, cl, topic, sent)
+			got := consumeKgo(t, ctx, p, topic, group, len(sent))
+			checkRecords(t, sent, got, 1)
+			checkBacklogs(t, p, topic, group, got)
+
+			prod := pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")
+			if len(prod) != len(sent) {
+				t.Fatalf("%d produce points, want %d", len(prod), len(sent))
+			}
+			var sizes, wantSizes []int64
+			for i, pt := range prod {
+				if pt.Service != "orders-api" || pt.ParentHash != 0 || pt.Hash != prod[0].Hash {
+					t.Errorf("produce point %d: %+v", i, pt)
+				}
+				sizes = append(sizes, pt.PayloadSize)
+			}
+			for _, r := range sent {
+				wantSizes = append(wantSizes, payloadSize(r))
+			}
+			slices.Sort(sizes)
+			slices.Sort(wantSizes)
+			if !slices.Equal(sizes, wantSizes) {
+				t.Errorf("produce payload sizes %v, want %v", sizes, wantSizes)
+			}
+			for _, r := range got {
+				for _, h := range r.Headers {
+					if h.Key == pathway.HeaderKey {
+						pc, _ := pathway.DecodeBase64(h.Value)
+						if pc.Hash != prod[0].Hash {
+							t.Errorf("record header hash %d, produce hash %d", pc.Hash, prod[0].Hash)
+						}
+					}
+				}
+			}
+			var cons []pathway.Point
+			waitFor(t, "consume points", func() bool {
+				cons = pointsOn(p, "direction:in", "group:"+group, "topic:"+topic, "type:kafka")
+				return len(cons) >= len(sent)
+			})
+			if len(cons) != len(sent) {
+				t.Errorf("%d consume points, want %d", len(cons), len(sent))
+			}
+			for _, pt := range cons {
+				if pt.ParentHash != prod[0].Hash || pt.Service != "billing-consumer" {
+					t.Errorf("consume point %+v: want parent %d service billing-consumer", pt, prod[0].Hash)
+				}
+			}
+		})
+	}
+	guard.check(t)
+}
+
+// TestExistingHeader: a record that already carries a pathway context (an instrumented producer)
+// keeps it, gets no second header and no second produce checkpoint; its consumer's parent is the
+// original context.
+func TestExistingHeader(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "existing")
+	orig := pathway.Context{Hash: 0xfeedface12345678, PathwayStart: time.UnixMilli(1700000000000), EdgeStart: time.UnixMilli(1700000000500)}
+	value := orig.AppendBase64(nil)
+	sent := []sentRecord{
+		{key: []byte("instrumented"), value: []byte("a"), ts: time.UnixMilli(1700000900000), headers: []kgo.RecordHeader{{Key: pathway.HeaderKey, Value: value}}},
+		{key: []byte("plain"), value: []byte("b"), ts: time.UnixMilli(1700000900001)},
+	}
+	cl := kgoClient(t, p, kgo.ClientID("mixed"), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	produceKgo(t, ctx, cl, topic, sent)
+	got := consumeKgo(t, ctx, p, topic, "g-existing", len(sent))
+	for _, r := range got {
+		var vals []string
+		for _, h := range r.Headers {
+			if h.Key == pathway.HeaderKey {
+				vals = append(vals, string(h.Value))
+			}
+		}
+		if len(vals) != 1 {
+			t.Errorf("record %s: %d pathway headers", r.Key, len(vals))
+		}
+		if string(r.Key) == "instrumented" && vals[0] != string(value) {
+			t.Errorf("existing header changed: %q -> %q", value, vals[0])
+		}
+	}
+	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 1 {
+		t.Errorf("%d produce points, want 1 (the instrumented record is not counted again)", n)
+	}
+	if st := p.Stats(); st.ExistingContext != 1 {
+		t.Errorf("existing context counted %d, want 1", st.ExistingContext)
+	}
+	waitFor(t, "consume points", func() bool {
+		return len(pointsOn(p, "direction:in", "group:g-existing", "topic:"+topic, "type:kafka")) == 2
+	})
+	found := false
+	for _, pt := range pointsOn(p, "direction:in", "group:g-existing", "topic:"+topic, "type:kafka") {
+		found = found || pt.ParentHash == orig.Hash
+	}
+	if !found {
+		t.Errorf("no consume point has the instrumented producer's context as parent")
+	}
+	guard.check(t)
+}
+
+// TestOversizeBatch: a batch that would exceed MaxBatchBytes once the header is added goes
+// upstream unmodified (the broker accepts it), the skip is reported, and small batches still get
+// the header.
+func TestOversizeBatch(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, func(cfg *Config) { cfg.MaxBatchBytes = 700 })
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "oversize")
+	cl := kgoClient(t, p, kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	big := sentRecord{key: []byte("big"), value: []byte(strings.Repeat("x", 600)), ts: time.UnixMilli(1700001000000)}
+	small := sentRecord{key: []byte("small"), value: []byte("y"), ts: time.UnixMilli(1700001000001)}
+	produceKgo(t, ctx, cl, topic, []sentRecord{big})
+	produceKgo(t, ctx, cl, topic, []sentRecord{small})
+	got := consumeKgo(t, ctx, p, topic, "g-oversize", 2)
+	for _, r := range got {
+		n := 0
+		for _, h := range r.Headers {
+			if h.Key == pathway.HeaderKey {
+				n++
+			}
+		}
+		want := 1
+		if string(r.Key) == "big" {
+			want = 0
+			if string(r.Value) != string(big.value) {
+				t.Errorf("big record changed")
+			}
+		}
+		if n != want {
+			t.Errorf("record %s: %d pathway headers, want %d", r.Key, n, want)
+		}
+	}
+	skips := p.errs.byCategory(errtrack.ProxySkip)
+	if len(skips) == 0 {
+		t.Fatalf("no ProxySkip event for the oversize batch")
+	}
+	if skips[0].Name != skipSizeLimit || skips[0].Messages != 1 || skips[0].Edge.Topic != topic {
+		t.Errorf("skip event %+v, want size_limit for 1 message on %s", skips[0], topic)
+	}
+	guard.check(t)
+}

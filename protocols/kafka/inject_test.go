@@ -1,0 +1,189 @@
+package kafka
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/crc32"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+func compressor(t testing.TB, c kgo.CompressionCodec) kgo.Compressor {
+	comp, err := kgo.DefaultCompressor(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return comp
+}
+
+// rewrite runs a produce frame through an offline session and returns what goes upstream.
+func rewrite(t testing.TB, s *session, frame []byte) []byte {
+	t.Helper()
+	h, err := parseRequestHeader(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version}
+	out, _ := s.produceRequest(h, frame, pd)
+	return out
+}
+
+// checkInjected compares the records of orig and out: same headers plus exactly one pathway
+// header each; batch fields other than length and CRC unchanged.
+func checkInjected(t *testing.T, name string, orig, out []byte) {
+	t.Helper()
+	before, after := decodeProduced(t, orig), decodeProduced(t, out)
+	if len(before) != len(after) {
+		t.Fatalf("%s: %d records became %d", name, len(before), len(after))
+	}
+	for i := range before {
+		var rest []kmsg.Header
+		n := 0
+		for _, h := range after[i] {
+			if h.Key == pathway.HeaderKey {
+				n++
+				if _, err := pathway.DecodeBase64(h.Value); err != nil {
+					t.Errorf("%s record %d: header does not decode: %v", name, i, err)
+				}
+				continue
+			}
+			rest = append(rest, h)
+		}
+		if n != 1 || len(rest) != len(before[i]) {
+			t.Errorf("%s record %d: %d pathway headers, headers %v -> %v", name, i, n, before[i], after[i])
+		}
+	}
+}
+
+func TestGoldenInject(t *testing.T) {
+	for name, frame := range goldenProduces(t) {
+		s := offlineSession(t)
+		h, _ := parseRequestHeader(frame)
+		var v produceRequestView
+		if err := parseProduce(h, frame, &v); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range v.parts {
+			s.p.topics.put(p.topicID, "golden") // v13 fixtures name the topic by id
+		}
+		out := rewrite(t, s, frame)
+		if bytes.Equal(out, frame) {
+			t.Errorf("%s: nothing injected", name)
+			continue
+		}
+		checkInjected(t, name, frame, out)
+		// Batch header fields other than length and CRC are unchanged.
+		var w produceRequestView
+		oh, _ := parseRequestHeader(out)
+		if err := parseProduce(oh, out, &w); err != nil {
+			t.Fatal(err)
+		}
+		for i := range v.parts {
+			a, b := frame[v.parts[i].recStart:], out[w.parts[i].recStart:]
+			if !bytes.Equal(a[:8], b[:8]) || !bytes.Equal(a[12:17], b[12:17]) || !bytes.Equal(a[21:61], b[21:61]) {
+				t.Errorf("%s partition %d: batch header changed", name, i)
+			}
+		}
+	}
+}
+
+func TestInjectCodecs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    kgo.Compressor
+	}{{"none", nil}, {"gzip", compressor(t, kgo.GzipCompression())}, {"snappy", compressor(t, kgo.SnappyCompression())},
+		{"lz4", compressor(t, kgo.Lz4Compression())}, {"zstd", compressor(t, kgo.ZstdCompression())}} {
+		for _, version := range []int16{3, 8, 9, 12} {
+			frame := produceFrame(version, "t", buildBatch(t, 50, 100, tc.c), buildBatch(t, 3, 10, tc.c))
+			s := offlineSession(t)
+			out := rewrite(t, s, frame)
+			checkInjected(t, tc.name, frame, out)
+		}
+	}
+}
+
+// TestInjectXerialSnappy: Java producers (snappy-java) write xerial-framed snappy; the batch is
+// read and re-encoded as a raw snappy block, which every consumer reads.
+func TestInjectXerialSnappy(t *testing.T) {
+	snappy := compressor(t, kgo.SnappyCompression())
+	b := buildBatch(t, 5, 20, nil)
+	raw := b[61:]
+	var buf bytes.Buffer
+	block, _ := snappy.Compress(&buf, raw)
+	x := []byte{0x82, 'S', 'N', 'A', 'P', 'P', 'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1}
+	x = binary.BigEndian.AppendUint32(x, uint32(len(block)))
+	x = append(x, block...)
+	nb := append(append([]byte(nil), b[:61]...), x...)
+	binary.BigEndian.PutUint32(nb[8:], uint32(len(nb)-12))
+	binary.BigEndian.PutUint16(nb[21:], 2)
+	binary.BigEndian.PutUint32(nb[17:], crc32.Checksum(nb[21:], castagnoli))
+	frame := produceFrame(9, "t", nb)
+	checkInjected(t, "xerial", frame, rewrite(t, offlineSession(t), frame))
+}
+
+func TestInjectSkips(t *testing.T) {
+	good := buildBatch(t, 3, 10, nil)
+	mod := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	control := mod(func(b []byte) []byte {
+		binary.BigEndian.PutUint16(b[21:], 0x20)
+		binary.BigEndian.PutUint32(b[17:], crc32.Checksum(b[21:], castagnoli))
+		return b
+	})
+	for _, tc := range []struct {
+		name, reason string
+		batch        []byte
+		max          int
+	}{
+		{"control", skipControl, control, 0},
+		{"bad crc", skipBadCRC, mod(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), 0},
+		{"legacy magic", skipLegacyMagic, mod(func(b []byte) []byte { b[16] = 1; return b }), 0},
+		{"unknown codec", skipUnknownCodec, mod(func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b[21:], 5)
+			binary.BigEndian.PutUint32(b[17:], crc32.Checksum(b[21:], castagnoli))
+			return b
+		}), 0},
+		{"truncated", skipMalformed, good[:len(good)-5], 0},
+		{"size limit", skipSizeLimit, good, len(good) + 10},
+	} {
+		c := newKgoCodec(DefaultMaxBatchBytes)
+		if tc.max > 0 {
+			c.maxBatchBytes = tc.max
+		}
+		out, changed, reason, err := c.Inject(nil, tc.batch, func(batchMeta, *recordMeta) []byte { return []byte("ctx") })
+		if changed || reason != tc.reason || err != nil || out != nil {
+			t.Errorf("%s: changed=%v reason=%q err=%v, want reason %q", tc.name, changed, reason, err, tc.reason)
+		}
+	}
+}
+
+func BenchmarkProduceRewrite(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		c    kgo.CompressionCodec
+	}{{"none", kgo.NoCompression()}, {"lz4", kgo.Lz4Compression()}} {
+		b.Run(tc.name+"/100x1KiB", func(b *testing.B) {
+			var comp kgo.Compressor
+			if tc.name != "none" {
+				comp = compressor(b, tc.c)
+			}
+			batch := buildBatch(b, 100, 1024, comp)
+			frame := produceFrame(9, "bench", batch)
+			s := offlineSession(b)
+			h, _ := parseRequestHeader(frame)
+			pd := &pending{}
+			b.SetBytes(int64(100 * 1024))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				out, _ := s.produceRequest(h, frame, pd)
+				if len(out) <= len(frame) {
+					b.Fatal("not injected")
+				}
+			}
+		})
+	}
+}
