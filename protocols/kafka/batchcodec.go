@@ -218,6 +218,7 @@ func parseRecord(body []byte) (recordFields, error) {
 // It returns how many records got one.
 func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batchMeta, *recordMeta) []byte) ([]byte, int, error) {
 	added := 0
+	rm := new(recordMeta) // one per batch: decide gets a pointer, so it escapes
 	for i := 0; i < count; i++ {
 		r := kbin.Reader{Src: raw}
 		l := int(r.Varint())
@@ -230,14 +231,15 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 		if err != nil {
 			return dst, 0, err
 		}
-		rm := recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext}
-		hdr := decide(meta, &rm)
+		*rm = recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext}
+		hdr := decide(meta, rm)
 		if hdr == nil {
 			dst = kbin.AppendVarint(dst, int32(l))
 			dst = append(dst, body...)
 			continue
 		}
-		newCount := kbin.AppendVarint(nil, int32(f.headerCount+1))
+		var countBuf [5]byte
+		newCount := kbin.AppendVarint(countBuf[:0], int32(f.headerCount+1))
 		extra := kbin.VarintLen(int32(len(pathway.HeaderKey))) + len(pathway.HeaderKey) + kbin.VarintLen(int32(len(hdr))) + len(hdr)
 		newLen := l - (f.countEnd - f.countPos) + len(newCount) + extra
 		dst = kbin.AppendVarint(dst, int32(newLen))
@@ -282,6 +284,7 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 				return fmt.Errorf("decompressing batch at offset %d: %w", meta.BaseOffset, err)
 			}
 		}
+		rm := new(recordMeta)
 		for i := 0; i < count; i++ {
 			r := kbin.Reader{Src: raw}
 			l := int(r.Varint())
@@ -293,7 +296,8 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 				return fmt.Errorf("record %d of batch at offset %d: %w", i, meta.BaseOffset, err)
 			}
 			raw = r.Src[l:]
-			fn(meta, &recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext})
+			*rm = recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext}
+			fn(meta, rm)
 		}
 	}
 	return nil

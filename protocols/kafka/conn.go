@@ -68,6 +68,7 @@ type session struct {
 	codec   batchCodec
 	produce produceRequestView
 	repl    [][]byte
+	spans   [][2]int
 	hdr     []byte
 	sizes   []int64
 	scratch []byte

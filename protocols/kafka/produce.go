@@ -51,7 +51,8 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	}
 	ci := s.info.Load()
 	facts := &produceFacts{service: ci.service, parts: make([]producedPart, 0, len(v.parts))}
-	repl := s.repl[:0]
+	spans := s.spans[:0]
+	s.scratch = s.scratch[:0]
 	changed := false
 	for i := range v.parts {
 		p := &v.parts[i]
@@ -59,34 +60,42 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		n := batchRecordCount(records)
 		name, ok := s.p.topicName(p.topic, p.topicID)
 		facts.parts = append(facts.parts, producedPart{topic: name, topicID: p.topicID, partition: p.partition, records: n})
-		var out []byte
+		span := [2]int{-1, -1}
 		switch {
 		case p.null || len(records) == 0:
 		case !ok:
 			s.p.stats.skipped.Add(1)
 			s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.partition, n)
 		default:
-			if o, ok := s.injectPartition(ci, name, p.partition, records); ok {
-				out = o
+			if start, end, ok := s.injectPartition(ci, name, p.partition, records); ok {
+				span = [2]int{start, end}
 				changed = true
 			}
 		}
-		repl = append(repl, out)
+		spans = append(spans, span)
 	}
-	s.repl = repl[:0]
+	s.spans = spans
 	if pd != nil {
 		pd.facts = facts
 	}
 	if !changed {
 		return frame, pd
 	}
+	// The spliced batches sit in s.scratch; resolve them only now (appending may have moved it).
+	repl := s.repl[:0]
 	grow := 0
-	for i, r := range repl {
-		if r != nil {
-			grow += len(r) - (v.parts[i].recEnd - v.parts[i].recStart) + 4
+	for i, sp := range spans {
+		if sp[0] < 0 {
+			repl = append(repl, nil)
+			continue
 		}
+		repl = append(repl, s.scratch[sp[0]:sp[1]])
+		grow += sp[1] - sp[0] - (v.parts[i].recEnd - v.parts[i].recStart) + 4
 	}
-	return spliceRecords(make([]byte, 0, len(frame)+grow), frame, h.Version >= 9, v.parts, repl), pd
+	out := spliceRecords(make([]byte, 0, len(frame)+grow), frame, h.Version >= 9, v.parts, repl)
+	clear(repl)
+	s.repl = repl[:0]
+	return out, pd
 }
 
 // produceResponse rewrites KIP-951 node endpoints and turns partitions into produce offsets or

@@ -34,12 +34,13 @@ type batchCodec interface {
 	Walk(records []byte, fn func(batchMeta, *recordMeta)) error
 }
 
-// injectPartition splices the pathway context into one partition's batch and records a produce
-// checkpoint for every record that got it. Records that already carry a context are left alone
-// (an instrumented client checkpointed them) and counted.
-func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte) ([]byte, bool) {
+// injectPartition splices the pathway context into one partition's batch, appending the result
+// to s.scratch (it returns where), and records a produce checkpoint for every record that got it.
+// Records that already carry a context are left alone (an instrumented client checkpointed them)
+// and counted.
+func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte) (start, end int, ok bool) {
 	if len(records) == 0 {
-		return nil, false
+		return 0, 0, false
 	}
 	p := s.p
 	now := p.now()
@@ -55,7 +56,8 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	if s.codec == nil {
 		s.codec = newCodec(p.cfg.MaxBatchBytes)
 	}
-	out, changed, skip, err := s.codec.Inject(s.scratch[:0], records, func(_ batchMeta, r *recordMeta) []byte {
+	start = len(s.scratch)
+	out, changed, skip, err := s.codec.Inject(s.scratch, records, func(_ batchMeta, r *recordMeta) []byte {
 		if r.HasContext && p.respect {
 			existing++
 			return nil
@@ -71,23 +73,23 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	if err != nil {
 		p.stats.skipped.Add(1)
 		p.decodeError("record batch", keyProduce, -1, err)
-		return nil, false
+		return 0, 0, false
 	}
 	if !changed {
 		if skip != "" {
 			p.stats.skipped.Add(1)
 			p.skip(skip, "batch forwarded unmodified", ci.service, edge, partition, batchRecordCount(records))
 		}
-		return nil, false
+		return 0, 0, false
 	}
+	s.scratch = out
 	for _, sz := range sizes {
 		pt := point
 		pt.PayloadSize = sz
 		p.addPoint(pt)
 	}
 	p.stats.injected.Add(uint64(len(sizes)))
-	// Several partitions share one request, so each keeps its own copy of the spliced batch.
-	return append([]byte(nil), out...), true
+	return start, len(out), true
 }
 
 // consumeRecords checkpoints every record of a fetched partition: direction:in with the group
