@@ -53,10 +53,10 @@ type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // ListenerConfig configures one listener.
 type ListenerConfig struct {
-	Protocol    string      // kafka, amqp, ... (log field)
-	Addr        string      // address to listen on
-	Upstream    string      // host:port dialed for every accepted connection
-	MaxConns    int         // 0 = unlimited; further connections are closed at once and logged
+	Protocol    string // kafka, amqp, ... (log field)
+	Addr        string // address to listen on
+	Upstream    string // host:port dialed for every accepted connection
+	MaxConns    int    // 0 = unlimited; further connections are closed at once and logged
 	DialTimeout time.Duration
 	Dial        DialFunc    // nil = net.Dialer; set for TLS origination
 	TLS         *tls.Config // non-nil terminates TLS toward clients
