@@ -1,0 +1,15 @@
+# dsmproxy image: static binary on a distroless base.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/dsmproxy ./cmd/dsmproxy
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/dsmproxy /usr/local/bin/dsmproxy
+# Kafka bootstrap + node listeners, AMQP, AWS (SQS/SNS/Kinesis), admin.
+EXPOSE 19092-19099 5673 4566 8790
+ENTRYPOINT ["/usr/local/bin/dsmproxy"]
+CMD ["run", "--config", "/etc/dsmproxy/dsmproxy.yaml"]
