@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,28 @@ type Conn struct {
 	// Log carries conn, protocol, client and upstream fields.
 	Log zerolog.Logger
 
-	draining <-chan struct{}
+	draining   <-chan struct{}
+	tracked    *trackedConn // Client as accepted by a Listener; nil for hand-made Conns
+	tlsConn    *tls.Conn    // set when the listener terminates TLS
+	since      time.Time
+	idleClosed atomic.Bool
+}
+
+// TLSState is the client's TLS session, once the listener terminated TLS.
+func (c *Conn) TLSState() (tls.ConnectionState, bool) {
+	if c.tlsConn == nil {
+		return tls.ConnectionState{}, false
+	}
+	return c.tlsConn.ConnectionState(), true
+}
+
+// closeBoth closes the client and, once dialed, the upstream. Callers hold the listener's mu, which
+// also guards Upstream.
+func (c *Conn) closeBoth() {
+	c.Client.Close()
+	if c.Upstream != nil {
+		c.Upstream.Close()
+	}
 }
 
 // Draining is closed when the proxy is shutting down gracefully.
@@ -60,6 +82,15 @@ type ListenerConfig struct {
 	DialTimeout time.Duration
 	Dial        DialFunc    // nil = net.Dialer; set for TLS origination
 	TLS         *tls.Config // non-nil terminates TLS toward clients
+
+	// HandshakeTimeout bounds the TLS handshake with a client (default 10s).
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection that moved no byte either way for this long; 0 = never.
+	// Keep it above the longest wait a client may leave pending (Kafka fetch.max.wait.ms, AMQP
+	// heartbeat interval).
+	IdleTimeout time.Duration
+	// Clock is the time source for the registry and the idle timeout (default time.Now).
+	Clock func() time.Time
 }
 
 // ErrClosed is returned by Serve after Shutdown or Close.
@@ -79,6 +110,7 @@ type Listener struct {
 	wg    sync.WaitGroup
 
 	refused atomic.Uint64
+	epoch   time.Time
 }
 
 // Listen opens cfg.Addr. Call Serve to start accepting.
@@ -87,8 +119,11 @@ func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error
 	if err != nil {
 		return nil, fmt.Errorf("%s listener on %s: %w", cfg.Protocol, cfg.Addr, err)
 	}
-	if cfg.TLS != nil {
-		ln = tls.NewListener(ln, cfg.TLS)
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
@@ -104,8 +139,13 @@ func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error
 		ln:    ln,
 		drain: make(chan struct{}),
 		conns: make(map[uint64]*Conn),
+		epoch: cfg.Clock(),
 	}, nil
 }
+
+// elapsed is monotonic nanoseconds since Listen (with the default clock), cheap enough for every
+// read and write.
+func (l *Listener) elapsed() int64 { return int64(l.cfg.Clock().Sub(l.epoch)) }
 
 // Addr is the address the listener is bound to.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
@@ -122,6 +162,9 @@ func (l *Listener) Refused() uint64 { return l.refused.Load() }
 
 // Serve accepts connections until Shutdown or Close; it returns ErrClosed then.
 func (l *Listener) Serve(ctx context.Context) error {
+	if l.cfg.IdleTimeout > 0 {
+		go l.reapLoop()
+	}
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
@@ -140,19 +183,28 @@ func (l *Listener) Serve(ctx context.Context) error {
 	}
 }
 
-func (l *Listener) serve(ctx context.Context, client net.Conn) {
+func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	defer l.wg.Done()
 	id := NextConnID()
-	log := l.log.With().Uint64("conn", id).Str("client", client.RemoteAddr().String()).Str("upstream", l.cfg.Upstream).Logger()
+	log := l.log.With().Uint64("conn", id).Str("client", raw.RemoteAddr().String()).Str("upstream", l.cfg.Upstream).Logger()
 	l.mu.Lock()
 	if l.cfg.MaxConns > 0 && len(l.conns) >= l.cfg.MaxConns {
 		l.mu.Unlock()
 		l.refused.Add(1)
 		log.Warn().Int("max_conns", l.cfg.MaxConns).Msg("connection refused: listener is at its connection limit")
-		client.Close()
+		raw.Close()
 		return
 	}
-	c := &Conn{ID: id, Protocol: l.cfg.Protocol, Client: client, Log: log, draining: l.drain}
+	var client net.Conn = raw
+	var tc *tls.Conn
+	if l.cfg.TLS != nil {
+		tc = tls.Server(raw, l.cfg.TLS)
+		client = tc
+	}
+	tr := &trackedConn{Conn: client, clock: l.elapsed}
+	tr.last.Store(l.elapsed())
+	c := &Conn{ID: id, Protocol: l.cfg.Protocol, Client: tr, Log: log, draining: l.drain,
+		tracked: tr, tlsConn: tc, since: l.cfg.Clock()}
 	l.conns[id] = c
 	l.mu.Unlock()
 	defer func() {
@@ -160,6 +212,23 @@ func (l *Listener) serve(ctx context.Context, client net.Conn) {
 		delete(l.conns, id)
 		l.mu.Unlock()
 	}()
+
+	// Handshake here rather than on the handler's first read: a client that fails TLS costs no
+	// upstream dial and gets a log line that says so.
+	if tc != nil {
+		hctx, cancel := context.WithTimeout(ctx, l.cfg.HandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			ev := log.Warn()
+			if errors.Is(err, io.EOF) {
+				ev = log.Debug() // port probes and health checks
+			}
+			ev.Err(err).Msg("TLS handshake with client failed; closing client connection")
+			raw.Close()
+			return
+		}
+	}
 
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
 	up, err := l.cfg.Dial(dctx, "tcp", l.cfg.Upstream)
@@ -169,16 +238,29 @@ func (l *Listener) serve(ctx context.Context, client net.Conn) {
 		client.Close()
 		return
 	}
+	l.mu.Lock()
 	c.Upstream = up
+	l.mu.Unlock()
 	log.Debug().Msg("connection opened")
 	err = l.h.ServeConn(ctx, c)
 	client.Close()
 	up.Close()
-	if err != nil && !isClosedErr(err) {
+	if err != nil && !isClosedErr(err) && !c.idleClosed.Load() {
 		log.Warn().Err(err).Msg("connection closed with error")
 		return
 	}
 	log.Debug().Msg("connection closed")
+}
+
+// Start serves in the background (Serve's errors other than ErrClosed are logged), so a Listener
+// can join a Group.
+func (l *Listener) Start(ctx context.Context) error {
+	go func() {
+		if err := l.Serve(ctx); err != nil && !errors.Is(err, ErrClosed) {
+			l.log.Error().Err(err).Msg("listener stopped accepting")
+		}
+	}()
+	return nil
 }
 
 // Shutdown stops accepting, tells every handler to drain, and waits until they return or ctx ends;
@@ -216,10 +298,7 @@ func (l *Listener) closeAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, c := range l.conns {
-		c.Client.Close()
-		if c.Upstream != nil {
-			c.Upstream.Close()
-		}
+		c.closeBoth()
 	}
 }
 

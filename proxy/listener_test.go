@@ -1,0 +1,304 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+func dial(t *testing.T, l *Listener) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// settled waits until the registry counted in and out bytes on the only connection, so its
+// activity stamp is stored.
+func settled(t *testing.T, l *Listener, in, out uint64) {
+	t.Helper()
+	waitFor(t, "byte counters", func() bool {
+		cs := l.Connections()
+		return len(cs) == 1 && cs[0].BytesIn == in && cs[0].BytesOut == out
+	})
+}
+
+func TestMaxConnsRefusal(t *testing.T) {
+	up := startEcho(t, nil)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), MaxConns: 1}, HandlerFunc(relay))
+	first := dial(t, l)
+	roundTrip(t, first, "one")
+
+	second := dial(t, l)
+	expectClosed(t, second)
+	if got := l.Refused(); got != 1 {
+		t.Fatalf("Refused = %d, want 1", got)
+	}
+	roundTrip(t, first, "first still served")
+
+	first.Close()
+	waitFor(t, "the first connection to leave the registry", func() bool { return l.Conns() == 0 })
+	third := dial(t, l)
+	roundTrip(t, third, "room again")
+}
+
+func TestIdleTimeoutExactClock(t *testing.T) {
+	clk := newFakeClock()
+	up := startEcho(t, nil)
+	const idle = time.Minute
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: idle, Clock: clk.now}, HandlerFunc(relay))
+	c := dial(t, l)
+	roundTrip(t, c, "a")
+	settled(t, l, 1, 1)
+
+	clk.advance(idle - time.Nanosecond)
+	l.reapIdle()
+	roundTrip(t, c, "b") // just under the timeout: still open, and this traffic restarts the count
+	settled(t, l, 2, 2)
+	clk.advance(idle - time.Nanosecond)
+	l.reapIdle()
+	roundTrip(t, c, "c")
+	settled(t, l, 3, 3)
+	if ci := l.Connections()[0]; ci.Idle != 0 || !ci.Since.Equal(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("registry entry %+v: want Idle 0 and Since at the clock's start", ci)
+	}
+
+	clk.advance(idle)
+	l.reapIdle()
+	expectClosed(t, c)
+	waitFor(t, "the idle connection to leave the registry", func() bool { return l.Conns() == 0 })
+}
+
+func TestIdleTimeoutRealClock(t *testing.T) {
+	up := startEcho(t, nil)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: 50 * time.Millisecond}, HandlerFunc(relay))
+	c := dial(t, l)
+	roundTrip(t, c, "then silence")
+	expectClosed(t, c)
+	waitFor(t, "the idle connection to leave the registry", func() bool { return l.Conns() == 0 })
+}
+
+// controlledUpstream answers each 4-byte request with "resp" only when release is closed.
+func controlledUpstream(t *testing.T, release <-chan struct{}) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
+		}
+		<-release
+		c.Write([]byte("resp"))
+		io.Copy(io.Discard, c)
+	}()
+	return ln.Addr().String()
+}
+
+func TestDrainWaitsForInFlight(t *testing.T) {
+	release := make(chan struct{})
+	upAddr := controlledUpstream(t, release)
+	inFlight, drainSeen := make(chan struct{}), make(chan struct{})
+	h := HandlerFunc(func(_ context.Context, c *Conn) error {
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c.Client, buf); err != nil {
+			return err
+		}
+		if _, err := c.Upstream.Write(buf); err != nil {
+			return err
+		}
+		close(inFlight)
+		<-c.Draining() // a well-behaved handler takes no new request but finishes this one
+		close(drainSeen)
+		if _, err := io.ReadFull(c.Upstream, buf); err != nil {
+			return err
+		}
+		_, err := c.Client.Write(buf)
+		return err
+	})
+	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: upAddr}, h, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(context.Background()) }()
+	c := dial(t, l)
+	if _, err := c.Write([]byte("req1")); err != nil {
+		t.Fatal(err)
+	}
+	<-inFlight
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- l.Shutdown(ctx) }()
+	<-drainSeen
+	if err := <-served; !errors.Is(err, ErrClosed) {
+		t.Fatalf("Serve returned %v, want ErrClosed", err)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) while a request was in flight", err)
+	default:
+	}
+	if nc, err := net.Dial("tcp", l.Addr().String()); err == nil {
+		nc.Close()
+		t.Fatal("a draining listener accepted a new connection")
+	}
+
+	close(release)
+	got := make([]byte, 4)
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "resp" {
+		t.Fatalf("in-flight response = %q, %v; want resp", got, err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown = %v, want nil after the handler finished", err)
+	}
+	if n := l.Conns(); n != 0 {
+		t.Fatalf("%d connections left after Shutdown", n)
+	}
+}
+
+func TestDrainDeadlineForceCloses(t *testing.T) {
+	up := startEcho(t, nil)
+	returned := make(chan struct{})
+	// This handler ignores Draining: only the force-close at the deadline ends it.
+	h := HandlerFunc(func(ctx context.Context, c *Conn) error {
+		defer close(returned)
+		return relay(ctx, c)
+	})
+	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: up.addr()}, h, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, l)
+	roundTrip(t, c, "busy")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := l.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want the drain deadline", err)
+	}
+	<-returned // Shutdown returns only after force-closed handlers are gone
+	expectClosed(t, c)
+	if n := l.Conns(); n != 0 {
+		t.Fatalf("%d connections left after Shutdown", n)
+	}
+}
+
+func TestUpstreamDialFailureClosesClient(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	l := startListener(t, ListenerConfig{Upstream: dead}, HandlerFunc(relay))
+	expectClosed(t, dial(t, l))
+}
+
+func TestConnectionsRegistry(t *testing.T) {
+	clk := newFakeClock()
+	up := startEcho(t, nil)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), Clock: clk.now}, HandlerFunc(relay))
+	a := dial(t, l)
+	roundTrip(t, a, "12345")
+	settled(t, l, 5, 5)
+	clk.advance(time.Second)
+	b := dial(t, l)
+	roundTrip(t, b, "xy")
+	waitFor(t, "two registered connections", func() bool { return len(l.Connections()) == 2 })
+	clk.advance(time.Second)
+	cs := l.Connections()
+	if cs[0].ID >= cs[1].ID {
+		t.Fatalf("Connections not ordered by id: %+v", cs)
+	}
+	if cs[0].Client != a.LocalAddr().String() || cs[1].Client != b.LocalAddr().String() {
+		t.Fatalf("clients = %s, %s; want %s, %s", cs[0].Client, cs[1].Client, a.LocalAddr(), b.LocalAddr())
+	}
+	if cs[0].Idle != 2*time.Second || cs[1].Since.Sub(cs[0].Since) != time.Second || cs[0].Protocol != "test" {
+		t.Fatalf("registry %+v: want the first idle 2s and opened 1s before the second", cs)
+	}
+}
+
+// failingServer is a Server whose Start fails, to see Group undo a partial start.
+type failingServer struct{}
+
+func (failingServer) Start(context.Context) error    { return errors.New("port taken") }
+func (failingServer) Shutdown(context.Context) error { return nil }
+
+func TestGroup(t *testing.T) {
+	up := startEcho(t, nil)
+	newListener := func() *Listener {
+		l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: up.addr()}, HandlerFunc(relay), testLog())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		return l
+	}
+
+	var g Group
+	a, b := newListener(), newListener()
+	g.Add("kafka", a)
+	g.Add("amqp", b)
+	if err := g.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ca, cb := dial(t, a), dial(t, b)
+	roundTrip(t, ca, "to a")
+	roundTrip(t, cb, "to b")
+	// relay ignores Draining, so both hit the one deadline and say which server it was.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := g.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "kafka") || !strings.Contains(err.Error(), "amqp") {
+		t.Fatalf("Shutdown = %v, want the deadline for kafka and amqp", err)
+	}
+	expectClosed(t, ca)
+	expectClosed(t, cb)
+
+	var partial Group
+	c := newListener()
+	partial.Add("first", c)
+	partial.Add("broken", failingServer{})
+	err = partial.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "starting broken") || !strings.Contains(err.Error(), "port taken") {
+		t.Fatalf("Start = %v, want the failure of broken", err)
+	}
+	if nc, err := net.Dial("tcp", c.Addr().String()); err == nil {
+		nc.Close()
+		t.Fatal("a listener started before the failure still accepts")
+	}
+}

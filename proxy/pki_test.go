@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestPKI is a certificate authority made at test time; nothing secret is committed. It is
+// exported so the external proxy_test package can use it too.
+type TestPKI struct {
+	cert  *x509.Certificate
+	key   *ecdsa.PrivateKey
+	CAPEM []byte
+	Pool  *x509.CertPool
+}
+
+// NewTestPKI makes a fresh CA named cn.
+func NewTestPKI(t testing.TB, cn string) *TestPKI {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          randSerial(t),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &TestPKI{cert: cert, key: key, CAPEM: pemBlock("CERTIFICATE", der), Pool: pool}
+}
+
+// Issue signs a leaf for cn, valid for 127.0.0.1 and localhost (or only for hosts, when given), for
+// both server and client use. It returns the PEM pair and the parsed pair.
+func (p *TestPKI) Issue(t testing.TB, cn string, hosts ...string) (certPEM, keyPEM []byte, pair tls.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randSerial(t),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	if len(hosts) == 0 {
+		hosts = []string{"127.0.0.1", "localhost"}
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM = pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", kder)
+	pair, err = tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certPEM, keyPEM, pair
+}
+
+// WriteCA writes the CA certificate into dir and returns its path.
+func (p *TestPKI) WriteCA(t testing.TB, dir string) string {
+	t.Helper()
+	f := filepath.Join(dir, "ca.pem")
+	WriteFileAtomic(t, f, p.CAPEM)
+	return f
+}
+
+// IssueFiles issues a leaf for cn and writes it as dir/name.crt and dir/name.key (replacing them
+// atomically, as a certificate rotation would). It returns the paths and the leaf.
+func (p *TestPKI) IssueFiles(t testing.TB, dir, name, cn string, hosts ...string) (certFile, keyFile string, leaf *x509.Certificate) {
+	t.Helper()
+	certPEM, keyPEM, pair := p.Issue(t, cn, hosts...)
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	WriteFileAtomic(t, certFile, certPEM)
+	WriteFileAtomic(t, keyFile, keyPEM)
+	return certFile, keyFile, pair.Leaf
+}
+
+// WriteFileAtomic replaces path with data through a rename.
+func WriteFileAtomic(t testing.TB, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func randSerial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func pemBlock(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}

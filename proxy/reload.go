@@ -1,0 +1,49 @@
+package proxy
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+)
+
+// ReloadOnSIGHUP reloads every reloader each time the process gets SIGHUP, until ctx ends. It is
+// listening for the signal when it returns. A reload that fails keeps the old certificate and is
+// logged with the file at fault; the others still reload.
+func ReloadOnSIGHUP(ctx context.Context, log zerolog.Logger, reloaders ...*CertReloader) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(sig)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sig:
+				ReloadAll(log, reloaders...)
+			}
+		}
+	}()
+}
+
+// ReloadAll reloads each reloader and logs the outcome; it returns how many failed.
+func ReloadAll(log zerolog.Logger, reloaders ...*CertReloader) int {
+	failed := 0
+	for _, r := range reloaders {
+		f := r.Files()
+		if err := r.Reload(); err != nil {
+			failed++
+			log.Error().Err(err).Str("cert_file", f.CertFile).Str("ca_file", f.CAFile).
+				Msg("TLS reload failed; the previous certificate stays in use")
+			continue
+		}
+		ev := log.Info().Str("cert_file", f.CertFile).Str("ca_file", f.CAFile)
+		if leaf := r.Leaf(); leaf != nil {
+			ev = ev.Str("subject", leaf.Subject.String()).Time("not_after", leaf.NotAfter)
+		}
+		ev.Msg("TLS certificates reloaded")
+	}
+	return failed
+}

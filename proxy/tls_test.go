@@ -1,0 +1,326 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tlsDial connects a crypto/tls client to l and completes the handshake.
+func tlsDial(t *testing.T, l *Listener, conf *tls.Config) (*tls.Conn, error) {
+	t.Helper()
+	d := &net.Dialer{Timeout: 20 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", l.Addr().String(), conf)
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+func servedSerial(c *tls.Conn) string {
+	return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
+func TestTLSTermination(t *testing.T) {
+	pki := NewTestPKI(t, "test CA")
+	dir := t.TempDir()
+	certFile, keyFile, leaf := pki.IssueFiles(t, dir, "proxy", "proxy")
+	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := startEcho(t, nil)
+	states := make(chan tls.ConnectionState, 1)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(func(ctx context.Context, c *Conn) error {
+		if st, ok := c.TLSState(); ok {
+			states <- st
+		}
+		return relay(ctx, c)
+	}))
+
+	c, err := tlsDial(t, l, &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("TLS dial through the proxy: %v", err)
+	}
+	if got := servedSerial(c); got != leaf.SerialNumber.String() {
+		t.Fatalf("proxy served serial %s, want %s", got, leaf.SerialNumber)
+	}
+	roundTrip(t, c, "hello over TLS")
+	if st := <-states; !st.HandshakeComplete {
+		t.Fatalf("handler saw no completed TLS handshake: %+v", st)
+	}
+	conns := l.Connections()
+	if len(conns) != 1 || conns[0].BytesIn != 14 || conns[0].BytesOut != 14 || conns[0].Upstream != up.addr() {
+		t.Fatalf("registry = %+v, want one connection with 14 bytes each way to %s", conns, up.addr())
+	}
+
+	// A client that does not trust the test CA fails the handshake and never reaches upstream.
+	if _, err := tlsDial(t, l, &tls.Config{ServerName: "127.0.0.1"}); err == nil {
+		t.Fatal("client without the CA completed a handshake")
+	}
+}
+
+func TestTLSClientAuth(t *testing.T) {
+	pki := NewTestPKI(t, "test CA")
+	dir := t.TempDir()
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "proxy", "proxy")
+	caFile := pki.WriteCA(t, dir)
+	if _, _, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile, ClientAuth: true}); err == nil {
+		t.Fatal("ClientAuth without a CA file was accepted")
+	}
+	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile, CAFile: caFile, ClientAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := startEcho(t, nil)
+	peers := make(chan string, 1)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(func(ctx context.Context, c *Conn) error {
+		if st, ok := c.TLSState(); ok && len(st.PeerCertificates) > 0 {
+			peers <- st.PeerCertificates[0].Subject.CommonName
+		}
+		return relay(ctx, c)
+	}))
+
+	// Without a client certificate: TLS 1.3 reports the refusal on the first read.
+	if c, err := tlsDial(t, l, &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"}); err == nil {
+		expectClosed(t, c)
+	}
+	_, _, clientPair := pki.Issue(t, "orders-service")
+	c, err := tlsDial(t, l, &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{clientPair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c, "mutual")
+	if peer := <-peers; peer != "orders-service" {
+		t.Fatalf("handler saw client certificate %q, want orders-service", peer)
+	}
+}
+
+func TestTLSOrigination(t *testing.T) {
+	pki := NewTestPKI(t, "upstream CA")
+	dir := t.TempDir()
+	_, _, upPair := pki.Issue(t, "broker")
+	upConf := &tls.Config{Certificates: []tls.Certificate{upPair}, ClientCAs: pki.Pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	up := startEcho(t, upConf)
+	caFile := pki.WriteCA(t, dir)
+	certFile, keyFile, proxyLeaf := pki.IssueFiles(t, dir, "proxy-client", "dsmproxy")
+	r, _, err := ClientTLS(TLSFiles{CAFile: caFile, CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), Dial: r.DialFunc(nil)}, HandlerFunc(relay))
+
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c, "plain in, TLS out")
+	upConn := (<-up.accepted).(*tls.Conn)
+	st := upConn.ConnectionState()
+	if len(st.PeerCertificates) == 0 || st.PeerCertificates[0].SerialNumber.Cmp(proxyLeaf.SerialNumber) != 0 {
+		t.Fatalf("upstream saw client certificates %v, want the proxy's", st.PeerCertificates)
+	}
+	if st.ServerName != "" {
+		t.Fatalf("SNI %q sent for an IP address", st.ServerName)
+	}
+
+	// An upstream whose certificate does not name the host dialed is refused: the default
+	// ServerName is the upstream host, not "skip verification".
+	_, _, otherPair := pki.Issue(t, "elsewhere", "elsewhere.example")
+	other := startEcho(t, &tls.Config{Certificates: []tls.Certificate{otherPair}})
+	bad := startListener(t, ListenerConfig{Upstream: other.addr(), Dial: r.DialFunc(nil)}, HandlerFunc(relay))
+	c2, err := net.Dial("tcp", bad.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	expectClosed(t, c2)
+
+	// An explicit ServerName is checked instead of the host.
+	byName := DialTLS(nil, &tls.Config{RootCAs: pki.Pool, ServerName: "elsewhere.example"})
+	tc, err := byName(context.Background(), "tcp", other.addr())
+	if err != nil {
+		t.Fatalf("dial with explicit server name: %v", err)
+	}
+	tc.Close()
+}
+
+func TestCertReload(t *testing.T) {
+	pki := NewTestPKI(t, "test CA")
+	dir := t.TempDir()
+	certFile, keyFile, first := pki.IssueFiles(t, dir, "proxy", "proxy")
+	r, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := startEcho(t, nil)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(relay))
+	clientConf := &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"}
+
+	old, err := tlsDial(t, l, clientConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, old, "before")
+	if servedSerial(old) != first.SerialNumber.String() {
+		t.Fatal("first connection did not see the first certificate")
+	}
+
+	_, _, second := pki.IssueFiles(t, dir, "proxy", "proxy")
+	if err := r.Reload(); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	if r.Leaf().SerialNumber.Cmp(second.SerialNumber) != 0 {
+		t.Fatal("Leaf does not report the reloaded certificate")
+	}
+	fresh, err := tlsDial(t, l, clientConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := servedSerial(fresh); got != second.SerialNumber.String() {
+		t.Fatalf("new handshake saw serial %s, want the rotated %s", got, second.SerialNumber)
+	}
+	roundTrip(t, fresh, "after")
+	roundTrip(t, old, "old connection still works")
+
+	// Bad material: the error names the file and the current certificate stays.
+	WriteFileAtomic(t, certFile, []byte("not a certificate"))
+	err = r.Reload()
+	if err == nil || !strings.Contains(err.Error(), certFile) {
+		t.Fatalf("Reload of a garbage cert = %v, want an error naming %s", err, certFile)
+	}
+	again, err := tlsDial(t, l, clientConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := servedSerial(again); got != second.SerialNumber.String() {
+		t.Fatalf("after a bad reload the proxy served %s, want the last good %s", got, second.SerialNumber)
+	}
+
+	// A missing key file and a key that does not match fail the same way.
+	os.Remove(keyFile)
+	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), keyFile) {
+		t.Fatalf("Reload without the key = %v, want an error naming %s", err, keyFile)
+	}
+	certPEM, _, _ := pki.Issue(t, "proxy")
+	_, otherKey, _ := pki.Issue(t, "proxy")
+	WriteFileAtomic(t, certFile, certPEM)
+	WriteFileAtomic(t, keyFile, otherKey)
+	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), certFile) {
+		t.Fatalf("Reload of a mismatched pair = %v, want an error naming %s", err, certFile)
+	}
+	if r.Leaf().SerialNumber.Cmp(second.SerialNumber) != 0 {
+		t.Fatal("a failed reload replaced the certificate")
+	}
+}
+
+// A reloaded CA file reaches client-certificate checks on the listener and upstream verification
+// in the dialer.
+func TestCAReload(t *testing.T) {
+	oldCA, newCA := NewTestPKI(t, "old CA"), NewTestPKI(t, "new CA")
+	dir := t.TempDir()
+	caFile := oldCA.WriteCA(t, dir)
+	certFile, keyFile, _ := oldCA.IssueFiles(t, dir, "proxy", "proxy")
+	r, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile, CAFile: caFile, ClientAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := startEcho(t, nil)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(relay))
+	_, _, newClient := newCA.Issue(t, "client")
+	clientConf := &tls.Config{RootCAs: oldCA.Pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{newClient}}
+	if c, err := tlsDial(t, l, clientConf); err == nil {
+		expectClosed(t, c)
+	}
+	newCA.WriteCA(t, dir)
+	if err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := tlsDial(t, l, clientConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c, "trusted now")
+
+	// Dialer side.
+	_, _, upPair := newCA.Issue(t, "broker")
+	tlsUp := startEcho(t, &tls.Config{Certificates: []tls.Certificate{upPair}})
+	WriteFileAtomic(t, caFile, oldCA.CAPEM)
+	cr, _, err := ClientTLS(TLSFiles{CAFile: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := cr.DialFunc(nil)
+	if c, err := dial(context.Background(), "tcp", tlsUp.addr()); err == nil {
+		c.Close()
+		t.Fatal("dialer trusted an upstream signed by a CA it was not given")
+	}
+	WriteFileAtomic(t, caFile, newCA.CAPEM)
+	if err := cr.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	uc, err := dial(context.Background(), "tcp", tlsUp.addr())
+	if err != nil {
+		t.Fatalf("dial after CA reload: %v", err)
+	}
+	uc.Close()
+}
+
+func TestReloadOnSIGHUP(t *testing.T) {
+	pki := NewTestPKI(t, "test CA")
+	dir := t.TempDir()
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "proxy", "proxy")
+	r, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := startEcho(t, nil)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(relay))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ReloadOnSIGHUP(ctx, testLog(), r)
+
+	_, _, rotated := pki.IssueFiles(t, dir, "proxy", "proxy")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a handshake with the certificate rotated by SIGHUP", func() bool {
+		c, err := tlsDial(t, l, &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return servedSerial(c) == rotated.SerialNumber.String()
+	})
+}
+
+func TestTLSFilesValidation(t *testing.T) {
+	if _, _, err := ServerTLS(TLSFiles{CertFile: "x.crt"}); err == nil {
+		t.Error("ServerTLS without a key file was accepted")
+	}
+	if _, _, err := ClientTLS(TLSFiles{KeyFile: "x.key"}); err == nil {
+		t.Error("ClientTLS with a key but no certificate was accepted")
+	}
+	_, _, err := ClientTLS(TLSFiles{CAFile: "/nonexistent/ca.pem"})
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/ca.pem") {
+		t.Errorf("ClientTLS with a missing CA file = %v, want an error naming it", err)
+	}
+	dir := t.TempDir()
+	empty := dir + "/empty.pem"
+	WriteFileAtomic(t, empty, []byte("no pem here"))
+	_, _, err = ClientTLS(TLSFiles{CAFile: empty})
+	if err == nil || !strings.Contains(err.Error(), empty) {
+		t.Errorf("ClientTLS with a CA file without certificates = %v, want an error naming it", err)
+	}
+	// System roots when no CA file: a usable config with nil RootCAs.
+	_, conf, err := ClientTLS(TLSFiles{})
+	if err != nil || conf.RootCAs != nil || conf.GetClientCertificate != nil {
+		t.Errorf("ClientTLS{} = %+v, %v", conf, err)
+	}
+}
