@@ -1,0 +1,294 @@
+package errtrack
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// TracesPath is the Agent's msgpack trace intake the error spans go to.
+const TracesPath = "/v0.4/traces"
+
+// AgentConfig configures the Agent reporter.
+type AgentConfig struct {
+	// Enabled turns the reporter on (see AgentEnabledFromEnv).
+	Enabled bool
+	// URL is the Agent's base URL: http://host:8126, https://..., or unix:///path/to/apm.socket.
+	// cmd/dsmproxy resolves it from DD_TRACE_AGENT_URL, DD_AGENT_HOST and DD_TRACE_AGENT_PORT.
+	URL string
+	// Env and Version become the spans' env and version tags when set.
+	Env, Version string
+	// NativeSpanEvents writes the exception event in the top-level span_events field. Off by
+	// default, as in dd-trace-py (DD_TRACE_NATIVE_SPAN_EVENTS): the meta "events" JSON string is
+	// understood by every Agent version, the native field only by recent ones.
+	NativeSpanEvents bool
+	// Client sends the requests (default: 10 s timeout, a unix socket dialer for unix:// URLs).
+	Client *http.Client
+}
+
+// AgentEnabledFromEnv reports whether the environment turns the Agent reporter on. Like dd-trace-py,
+// any value of DD_ERROR_TRACKING_HANDLED_ERRORS (user, third_party, all) or of
+// DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE enables it; the proxy has no user/third-party split.
+func AgentEnabledFromEnv(getenv func(string) string) bool {
+	return getenv("DD_ERROR_TRACKING_HANDLED_ERRORS") != "" || getenv("DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE") != ""
+}
+
+// AgentReporter sends every group of an interval as a one-span error trace to the Agent, tagged the
+// way dd-trace-py tags handled exceptions so Datadog's Error Tracking groups them.
+type AgentReporter struct {
+	cfg      AgentConfig
+	endpoint string // request URL
+	badURL   error
+	client   *http.Client
+}
+
+// NewAgentReporter returns the reporter for cfg. A URL it cannot use makes every Send fail with the
+// reason rather than New failing: the proxy keeps running without error spans.
+func NewAgentReporter(cfg AgentConfig) *AgentReporter {
+	a := &AgentReporter{cfg: cfg, client: cfg.Client}
+	u, err := url.Parse(cfg.URL)
+	switch {
+	case err != nil:
+		a.badURL = err
+	case u.Scheme == "http" || u.Scheme == "https":
+		if u.Host == "" {
+			a.badURL = fmt.Errorf("%q has no host", cfg.URL)
+		}
+		a.endpoint = strings.TrimSuffix(u.String(), "/") + TracesPath
+	case u.Scheme == "unix":
+		sock := u.Path
+		if sock == "" {
+			a.badURL = fmt.Errorf("%q has no socket path", cfg.URL)
+		}
+		a.endpoint = "http://localhost" + TracesPath
+		if a.client == nil {
+			var d net.Dialer
+			tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "unix", sock)
+			}}
+			a.client = &http.Client{Timeout: 10 * time.Second, Transport: tr}
+		}
+	default:
+		a.badURL = fmt.Errorf("%q: scheme must be http, https or unix", cfg.URL)
+	}
+	if a.client == nil {
+		a.client = &http.Client{Timeout: 10 * time.Second}
+	}
+	return a
+}
+
+// span is one span as the Agent's v0.4 decoder reads it.
+type span struct {
+	Service    string             `msgpack:"service"`
+	Name       string             `msgpack:"name"`
+	Resource   string             `msgpack:"resource"`
+	TraceID    uint64             `msgpack:"trace_id"`
+	SpanID     uint64             `msgpack:"span_id"`
+	ParentID   uint64             `msgpack:"parent_id"`
+	Start      int64              `msgpack:"start"`
+	Duration   int64              `msgpack:"duration"`
+	Error      int32              `msgpack:"error"`
+	Meta       map[string]string  `msgpack:"meta"`
+	Metrics    map[string]float64 `msgpack:"metrics"`
+	Type       string             `msgpack:"type"`
+	SpanEvents []nativeEvent      `msgpack:"span_events,omitempty"`
+}
+
+// jsonEvent is a span event in the meta "events" JSON form dd-trace-py writes by default.
+type jsonEvent struct {
+	Name         string            `json:"name"`
+	TimeUnixNano int64             `json:"time_unix_nano"`
+	Attributes   map[string]string `json:"attributes"`
+}
+
+// nativeEvent is a span event in the top-level span_events form: attributes carry their type
+// (0 = string) next to the value.
+type nativeEvent struct {
+	Name         string                   `msgpack:"name"`
+	TimeUnixNano int64                    `msgpack:"time_unix_nano"`
+	Attributes   map[string]nativeStrAttr `msgpack:"attributes"`
+}
+
+type nativeStrAttr struct {
+	Type        int    `msgpack:"type"`
+	StringValue string `msgpack:"string_value"`
+}
+
+// Send posts iv's groups, one trace each, in a single request. An empty interval sends nothing.
+func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
+	if len(iv.Groups) == 0 {
+		return nil
+	}
+	if a.badURL != nil {
+		return fmt.Errorf("errtrack: agent URL: %w", a.badURL)
+	}
+	traces := make([][]span, 0, len(iv.Groups))
+	for i := range iv.Groups {
+		traces = append(traces, []span{a.span(&iv.Groups[i], iv)})
+	}
+	body, err := msgpack.Marshal(traces)
+	if err != nil {
+		return fmt.Errorf("errtrack: encode %d error traces for %s: %w", len(traces), TracesPath, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.endpoint, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("errtrack: agent %s: %w", a.cfg.URL, err)
+	}
+	req.Header.Set("Content-Type", "application/msgpack")
+	req.Header.Set("Datadog-Meta-Lang", "go")
+	req.Header.Set("Datadog-Meta-Lang-Version", strings.TrimPrefix(runtime.Version(), "go"))
+	req.Header.Set("Datadog-Meta-Lang-Interpreter", runtime.Compiler+"-"+runtime.GOARCH+"-"+runtime.GOOS)
+	req.Header.Set("Datadog-Meta-Tracer-Version", "dsmproxy")
+	req.Header.Set("X-Datadog-Trace-Count", strconv.Itoa(len(traces)))
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("errtrack: agent %s: POST %s: %w", a.cfg.URL, TracesPath, err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode >= 400 {
+		return fmt.Errorf("errtrack: agent %s: POST %s (%d traces): status %d: %s", a.cfg.URL, TracesPath,
+			len(traces), resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	return nil
+}
+
+// ErrorType is the error.type / exception.type of a group: protocol, category and name, the
+// analogue of dd-trace-py's module.ClassName, stable so Error Tracking keeps one issue per kind.
+func ErrorType(fp Fingerprint) string {
+	name := fp.Name
+	if name == "" {
+		name = strconv.Itoa(int(fp.Code))
+	}
+	proto := fp.Protocol
+	if proto == "" {
+		proto = "dsmproxy"
+	}
+	return proto + "." + fp.Category.String() + "." + name
+}
+
+// ErrorMessage is the error.message of a group: what failed where, plus the latest sample text.
+func ErrorMessage(g *Group) string {
+	var b strings.Builder
+	b.WriteString(g.Operation)
+	if where := edgeLabel(g); where != "" {
+		b.WriteString(" " + where)
+	}
+	b.WriteString(": " + g.Name)
+	if g.Code != 0 {
+		b.WriteString(" (code " + strconv.Itoa(int(g.Code)) + ")")
+	}
+	if g.Sample != "" {
+		b.WriteString(": " + g.Sample)
+	}
+	return b.String()
+}
+
+// edgeLabel names the destination compactly: exchange/topic.
+func edgeLabel(g *Group) string {
+	e := g.Edge
+	switch {
+	case e.Exchange != "" && e.Topic != "":
+		return e.Exchange + "/" + e.Topic
+	case e.Exchange != "":
+		return e.Exchange
+	}
+	return e.Topic
+}
+
+func (a *AgentReporter) span(g *Group, iv Interval) span {
+	start := g.IntervalFirst
+	if start.IsZero() {
+		start = iv.Start
+	}
+	end := g.IntervalLast
+	if end.Before(start) {
+		end = start
+	}
+	etype, emsg := ErrorType(g.Fingerprint), ErrorMessage(g)
+	stack := "dsmproxy saw " + g.Protocol + " " + g.Operation + " fail with " + g.Name + " on " + g.Edge.String()
+	s := span{
+		Service:  cmp.Or(g.Service, "dsmproxy"),
+		Name:     "dsmproxy." + g.Category.String(),
+		Resource: cmp.Or(g.Edge.String(), g.Operation),
+		TraceID:  nonZeroRand(),
+		SpanID:   nonZeroRand(),
+		Start:    start.UnixNano(),
+		Duration: end.Sub(start).Nanoseconds(),
+		Error:    1,
+		Type:     "queue",
+		Meta: map[string]string{
+			"error.type":                    etype,
+			"error.message":                 emsg,
+			"error.stack":                   stack,
+			"component":                     "dsmproxy",
+			"messaging.system":              g.Protocol,
+			"messaging.operation":           g.Operation,
+			"dsmproxy.category":             g.Category.String(),
+			"dsmproxy.error.name":           g.Name,
+			"dsmproxy.error.code":           strconv.Itoa(int(g.Code)),
+			"dsmproxy.error.retriable":      strconv.FormatBool(g.Retriable),
+			"dsmproxy.edge":                 g.Edge.String(),
+			"_dd.span_events.has_exception": "true",
+		},
+		Metrics: map[string]float64{
+			"_sampling_priority_v1": 2, // keep: there is at most one span per group per interval
+			"dsmproxy.errors.count": float64(g.Count),
+			"dsmproxy.messages":     float64(g.Messages),
+		},
+	}
+	if g.Category == LostMessage {
+		s.Metrics["dsmproxy.lost_messages"] = float64(g.Messages)
+	}
+	if g.Edge.Topic != "" {
+		s.Meta["messaging.destination.name"] = g.Edge.Topic
+	}
+	if len(g.Partitions) > 0 {
+		ps := make([]string, len(g.Partitions))
+		for i, p := range g.Partitions {
+			ps[i] = strconv.Itoa(int(p))
+		}
+		s.Meta["dsmproxy.partitions"] = strings.Join(ps, ",")
+	}
+	if a.cfg.Env != "" {
+		s.Meta["env"] = a.cfg.Env
+	}
+	if a.cfg.Version != "" {
+		s.Meta["version"] = a.cfg.Version
+	}
+	at := end.UnixNano()
+	attrs := map[string]string{"exception.type": etype, "exception.message": emsg, "exception.stacktrace": stack}
+	if a.cfg.NativeSpanEvents {
+		na := make(map[string]nativeStrAttr, len(attrs))
+		for k, v := range attrs {
+			na[k] = nativeStrAttr{Type: 0, StringValue: v}
+		}
+		s.SpanEvents = []nativeEvent{{Name: "exception", TimeUnixNano: at, Attributes: na}}
+	} else {
+		ev, _ := json.Marshal([]jsonEvent{{Name: "exception", TimeUnixNano: at, Attributes: attrs}}) // cannot fail: strings only
+		s.Meta["events"] = string(ev)
+	}
+	return s
+}
+
+// nonZeroRand is a random id; 0 means "none" to the Agent.
+func nonZeroRand() uint64 {
+	for {
+		if v := rand.Uint64() >> 1; v != 0 { // 63 bits, like the tracers, so signed decoders agree
+			return v
+		}
+	}
+}

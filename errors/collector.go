@@ -1,0 +1,400 @@
+package errtrack
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultInterval        = 10 * time.Second
+	DefaultMaxFingerprints = 1000
+	DefaultRetain          = time.Hour
+)
+
+// maxPartitions bounds the partitions listed per group; more are flagged, not stored, so a group
+// never grows with the number of partitions it hits.
+const maxPartitions = 16
+
+// Config configures a Collector. The zero value works: every category, logs and /errors on, the
+// Agent reporter off.
+type Config struct {
+	// Interval is how often groups are flushed to the reporters (default DefaultInterval).
+	Interval time.Duration
+	// Categories lists the categories that are collected; nil or empty means all of them.
+	Categories []Category
+	// Agent configures the Datadog Agent reporter; it is used only when Agent.Enabled.
+	Agent AgentConfig
+	// MaxFingerprints bounds the groups kept at once (default DefaultMaxFingerprints). Events of a
+	// new fingerprint beyond it are counted as overflow and otherwise dropped.
+	MaxFingerprints int
+	// Retain is how long a group stays after its last event (default DefaultRetain, at least one
+	// Interval), so /errors shows recent trouble and the fingerprint bound frees up over time.
+	Retain time.Duration
+	// Clock gives the time of events reported without one and of flushes (default time.Now).
+	Clock func() time.Time
+	// Log receives the log reporter's lines and the collector's own failures (zero value: silent).
+	Log zerolog.Logger
+	// Sinks are extra reporters called on every flush after the log and Agent reporters.
+	Sinks []Sink
+}
+
+// Sink receives each closed interval. Send runs on the collector's flushing goroutine, never on the
+// data path, so it may do I/O.
+type Sink interface {
+	Send(ctx context.Context, iv Interval) error
+}
+
+// Fingerprint is what groups events. The partition is deliberately not part of it: a leader move or
+// an oversized producer hits many partitions of one topic at once, and one group per partition would
+// multiply log lines, spans and Error Tracking issues by the partition count for what is one problem.
+// The partitions a group hit are listed in the group instead. Category is part of it because one
+// broker answer can be both a broker error and lost messages, and Name because codes alone do not
+// separate proxy skip reasons (code 0) or AWS errors sharing an HTTP status.
+type Fingerprint struct {
+	Category  Category
+	Protocol  string
+	Operation string
+	Code      int32
+	Name      string
+	Service   string
+	Edge      pathway.Edge
+}
+
+// Group is one fingerprint's state as of a flush or a snapshot.
+type Group struct {
+	Fingerprint
+	Retriable      bool
+	Partitions     []int32 // distinct partitions seen, in order of first appearance, at most 16
+	MorePartitions bool    // partitions beyond those listed were hit too
+	Sample         string  // message of the latest event
+
+	FirstSeen, LastSeen time.Time // over the group's whole life
+	TotalCount          int64     // events over the group's whole life
+	TotalMessages       int64     // messages those events concerned
+
+	// Count and Messages cover the interval: the closed one in an Interval, the one still open in
+	// a Snapshot. IntervalFirst and IntervalLast bound the events in it.
+	Count, Messages             int64
+	IntervalFirst, IntervalLast time.Time
+
+	// LastIntervalCount is the count of the previous closed interval (Snapshot only).
+	LastIntervalCount int64
+}
+
+// EdgeLoss is how many messages did not enter the broker on one service's edge.
+type EdgeLoss struct {
+	Service  string
+	Edge     pathway.Edge
+	Messages int64
+}
+
+// Interval is what a flush hands to the sinks: the groups that had events between Start and End.
+type Interval struct {
+	Start, End time.Time
+	Groups     []Group
+	// Overflow counts events dropped because MaxFingerprints groups already existed; OverflowLost
+	// the lost messages among them, so the lost figure stays a lower bound rather than vanishing.
+	Overflow, OverflowLost int64
+}
+
+// Lost sums the LostMessage groups of the interval per service and edge.
+func (iv Interval) Lost() []EdgeLoss { return lostPerEdge(iv.Groups, false) }
+
+// Snapshot is the live state for /errors: every retained group, with the open interval's counts.
+type Snapshot struct {
+	Time            time.Time
+	IntervalStart   time.Time
+	Interval        time.Duration
+	MaxFingerprints int
+	Groups          []Group
+	Overflow        int64 // since start
+	OverflowLost    int64 // since start
+}
+
+// Lost sums the LostMessage groups over their whole life per service and edge.
+func (s Snapshot) Lost() []EdgeLoss { return lostPerEdge(s.Groups, true) }
+
+func lostPerEdge(groups []Group, total bool) []EdgeLoss {
+	type key struct {
+		service string
+		edge    pathway.Edge
+	}
+	idx := map[key]int{}
+	var out []EdgeLoss
+	for _, g := range groups {
+		if g.Category != LostMessage {
+			continue
+		}
+		k := key{g.Service, g.Edge}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, EdgeLoss{Service: g.Service, Edge: g.Edge})
+		}
+		if total {
+			out[i].Messages += g.TotalMessages
+		} else {
+			out[i].Messages += g.Messages
+		}
+	}
+	return out
+}
+
+// group is a Fingerprint's mutable state, guarded by Collector.mu.
+type group struct {
+	fp             Fingerprint
+	retriable      bool
+	parts          [maxPartitions]int32
+	nparts         uint8
+	moreParts      bool
+	sample         string
+	first, last    time.Time
+	total, totMsgs int64
+	count, msgs    int64
+	ivFirst, ivLst time.Time
+	lastCount      int64
+}
+
+// Collector groups events by Fingerprint and hands each interval's groups to the sinks. Report is
+// safe for concurrent use and never waits on I/O: it takes a mutex held only for a map lookup and a
+// few increments.
+type Collector struct {
+	cfg   Config
+	cats  uint64 // bit per collected Category
+	now   func() time.Time
+	sinks []Sink
+
+	mu           sync.Mutex
+	groups       map[Fingerprint]*group
+	last         *group // the group of the previous event: a storm of one error skips the map
+	ivStart      time.Time
+	overflow     int64 // open interval
+	overflowLost int64
+	totOverflow  int64
+	totOverLost  int64
+}
+
+// New returns a Collector for cfg. The log reporter is always a sink (a zero Log makes it silent);
+// the Agent reporter is one when cfg.Agent.Enabled.
+func New(cfg Config) *Collector {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.MaxFingerprints <= 0 {
+		cfg.MaxFingerprints = DefaultMaxFingerprints
+	}
+	if cfg.Retain <= 0 {
+		cfg.Retain = DefaultRetain
+	}
+	cfg.Retain = max(cfg.Retain, cfg.Interval)
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if len(cfg.Categories) == 0 {
+		cfg.Categories = []Category{BrokerError, LostMessage, ProxySkip, DecodeError}
+	}
+	c := &Collector{cfg: cfg, now: cfg.Clock, groups: make(map[Fingerprint]*group)}
+	for _, cat := range cfg.Categories {
+		if cat < 64 {
+			c.cats |= 1 << cat
+		}
+	}
+	c.sinks = append(c.sinks, LogReporter{Log: cfg.Log})
+	if cfg.Agent.Enabled {
+		c.sinks = append(c.sinks, NewAgentReporter(cfg.Agent))
+	}
+	c.sinks = append(c.sinks, cfg.Sinks...)
+	c.ivStart = c.now()
+	return c
+}
+
+// Report counts e. It allocates only for a fingerprint it has not seen before.
+func (c *Collector) Report(e Event) {
+	if e.Category >= 64 || c.cats&(1<<e.Category) == 0 {
+		return
+	}
+	fp := Fingerprint{Category: e.Category, Protocol: e.Protocol, Operation: e.Operation, Code: e.Code,
+		Name: e.Name, Service: e.Service, Edge: e.Edge}
+	c.mu.Lock()
+	g := c.last
+	if g == nil || g.fp != fp {
+		g = c.groups[fp]
+		if g == nil {
+			if len(c.groups) >= c.cfg.MaxFingerprints {
+				c.overflow++
+				if e.Category == LostMessage {
+					c.overflowLost += int64(e.Messages)
+				}
+				c.mu.Unlock()
+				return
+			}
+			g = &group{fp: fp}
+			c.groups[fp] = g
+		}
+		c.last = g
+	}
+	t := e.Time
+	if t.IsZero() {
+		t = c.now()
+	}
+	g.add(t, &e)
+	c.mu.Unlock()
+}
+
+func (g *group) add(t time.Time, e *Event) {
+	if g.total == 0 || t.Before(g.first) {
+		g.first = t
+	}
+	if t.After(g.last) {
+		g.last = t
+	}
+	if g.count == 0 || t.Before(g.ivFirst) {
+		g.ivFirst = t
+	}
+	if t.After(g.ivLst) {
+		g.ivLst = t
+	}
+	g.total++
+	g.count++
+	g.totMsgs += int64(e.Messages)
+	g.msgs += int64(e.Messages)
+	g.retriable = e.Retriable
+	if e.Message != "" {
+		g.sample = e.Message
+	}
+	// Only Kafka has numeric partitions; other protocols leave the field at its zero value.
+	if e.Partition >= 0 && (e.Edge.Type == pathway.TypeKafka || e.Protocol == "kafka") {
+		g.addPartition(e.Partition)
+	}
+}
+
+func (g *group) addPartition(p int32) {
+	for _, q := range g.parts[:g.nparts] {
+		if q == p {
+			return
+		}
+	}
+	if int(g.nparts) == len(g.parts) {
+		g.moreParts = true
+		return
+	}
+	g.parts[g.nparts] = p
+	g.nparts++
+}
+
+func (g *group) snapshot() Group {
+	out := Group{Fingerprint: g.fp, Retriable: g.retriable, MorePartitions: g.moreParts, Sample: g.sample,
+		FirstSeen: g.first, LastSeen: g.last, TotalCount: g.total, TotalMessages: g.totMsgs,
+		Count: g.count, Messages: g.msgs, IntervalFirst: g.ivFirst, IntervalLast: g.ivLst,
+		LastIntervalCount: g.lastCount}
+	if g.nparts > 0 {
+		out.Partitions = slices.Clone(g.parts[:g.nparts])
+	}
+	return out
+}
+
+// Close ends the open interval at now and returns it; groups idle longer than Retain are dropped.
+// It does no I/O; Flush calls it and then the sinks.
+func (c *Collector) Close(now time.Time) Interval {
+	c.mu.Lock()
+	iv := Interval{Start: c.ivStart, End: now, Overflow: c.overflow, OverflowLost: c.overflowLost}
+	c.totOverflow += c.overflow
+	c.totOverLost += c.overflowLost
+	c.overflow, c.overflowLost = 0, 0
+	c.ivStart = now
+	for fp, g := range c.groups {
+		if g.count > 0 {
+			iv.Groups = append(iv.Groups, g.snapshot())
+		}
+		g.lastCount = g.count
+		g.count, g.msgs = 0, 0
+		g.ivFirst, g.ivLst = time.Time{}, time.Time{}
+		if now.Sub(g.last) > c.cfg.Retain {
+			delete(c.groups, fp)
+			if c.last == g {
+				c.last = nil
+			}
+		}
+	}
+	c.mu.Unlock()
+	sortGroups(iv.Groups)
+	return iv
+}
+
+// Flush closes the interval at now and hands it to every sink, returning their errors joined.
+func (c *Collector) Flush(ctx context.Context, now time.Time) error {
+	iv := c.Close(now)
+	var errs []error
+	for _, s := range c.sinks {
+		if err := s.Send(ctx, iv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FlushNow is Flush at the collector's clock.
+func (c *Collector) FlushNow(ctx context.Context) error { return c.Flush(ctx, c.now()) }
+
+// Run flushes every Interval until ctx ends, then flushes once more so the last events are not
+// lost. Sink failures are logged, not returned: the next interval tries again.
+func (c *Collector) Run(ctx context.Context) error {
+	t := time.NewTicker(c.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if err := c.FlushNow(ctx); err != nil {
+				c.cfg.Log.Warn().Err(err).Msg("error tracking: flush failed")
+			}
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err := c.FlushNow(fctx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("errtrack: final flush: %w", err)
+			}
+			return nil
+		}
+	}
+}
+
+// Snapshot returns every retained group with the open interval's counts, sorted.
+func (c *Collector) Snapshot() Snapshot {
+	c.mu.Lock()
+	s := Snapshot{Time: c.now(), IntervalStart: c.ivStart, Interval: c.cfg.Interval, MaxFingerprints: c.cfg.MaxFingerprints,
+		Overflow: c.totOverflow + c.overflow, OverflowLost: c.totOverLost + c.overflowLost}
+	s.Groups = make([]Group, 0, len(c.groups))
+	for _, g := range c.groups {
+		s.Groups = append(s.Groups, g.snapshot())
+	}
+	c.mu.Unlock()
+	sortGroups(s.Groups)
+	return s
+}
+
+// sortGroups orders groups the same way on every call so logs, spans and /errors are stable.
+func sortGroups(gs []Group) {
+	slices.SortFunc(gs, func(a, b Group) int {
+		return cmp.Or(
+			cmp.Compare(a.Category, b.Category),
+			cmp.Compare(a.Protocol, b.Protocol),
+			cmp.Compare(a.Service, b.Service),
+			cmp.Compare(a.Edge.String(), b.Edge.String()),
+			cmp.Compare(a.Operation, b.Operation),
+			cmp.Compare(a.Code, b.Code),
+			cmp.Compare(a.Name, b.Name),
+		)
+	})
+}
