@@ -1,0 +1,164 @@
+package errtrack_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// TestKafkaBrokerErrorsReachView provokes real broker errors through the real Kafka proxy in front
+// of kfake (a record over the broker's message.max.bytes, a commit with a stale generation) and
+// checks they arrive grouped in GET /errors, with the refused record counted as lost on its edge.
+func TestKafkaBrokerErrorsReachView(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "orders"),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "4096"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+
+	var logs bytes.Buffer
+	col := errtrack.New(errtrack.Config{Log: zerolog.New(&logs)})
+	p, err := kafka.New(kafka.Config{Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs(), Env: "test",
+		Errors: col, Services: &proxy.Services{Default: "default-svc"}, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithCancel(context.Background())
+	defer pcancel()
+	if err := p.Start(pctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		_ = p.Shutdown(sctx)
+	}()
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.Addr().String()), kgo.ClientID("checkout-api"),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchMaxBytes(1<<20), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+
+	// 1. A record the broker refuses as too large: non-retriable, so the client gives up.
+	big := &kgo.Record{Topic: "orders", Partition: 1, Value: bytes.Repeat([]byte("x"), 10000)}
+	if err := cl.ProduceSync(ctx, big).FirstErr(); !errors.Is(err, kerr.MessageTooLarge) {
+		t.Fatalf("produce of an oversized record: %v, want MESSAGE_TOO_LARGE", err)
+	}
+	// A small record still goes through the same edge.
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "orders", Partition: 0, Value: []byte("ok")}).FirstErr(); err != nil {
+		t.Fatalf("small produce: %v", err)
+	}
+
+	// 2. A commit carrying a generation the group never had.
+	commit := kmsg.NewPtrOffsetCommitRequest()
+	commit.Group, commit.Generation, commit.MemberID = "billing", 7, "stale-member"
+	ct := kmsg.NewOffsetCommitRequestTopic()
+	ct.Topic = "orders"
+	// Commit v10+ names topics by id; the proxy resolves it from the Metadata it relayed.
+	topics, err := kadm.NewClient(cl).ListTopics(ctx, "orders")
+	if err != nil || topics["orders"].Err != nil {
+		t.Fatalf("metadata: %v %v", err, topics["orders"].Err)
+	}
+	ct.TopicID = topics["orders"].ID
+	cp := kmsg.NewOffsetCommitRequestTopicPartition()
+	cp.Partition, cp.Offset = 0, 1
+	ct.Partitions = append(ct.Partitions, cp)
+	commit.Topics = append(commit.Topics, ct)
+	resp, err := commit.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	if code := resp.Topics[0].Partitions[0].ErrorCode; code != kerr.IllegalGeneration.Code {
+		t.Fatalf("stale commit answered %d, want ILLEGAL_GENERATION", code)
+	}
+
+	view := httptest.NewServer(col.View())
+	defer view.Close()
+	var doc errtrack.ViewJSON
+	find := func(cat, op, name string) *errtrack.GroupJSON {
+		for i := range doc.Groups {
+			g := &doc.Groups[i]
+			if g.Category == cat && g.Operation == op && g.Name == name {
+				return g
+			}
+		}
+		return nil
+	}
+	// The commit response is observed right after it is forwarded; wait for it with a generous bound.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		doc = getView(t, view.URL)
+		if find("broker_error", "OffsetCommit", "ILLEGAL_GENERATION") != nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	tooLarge := find("broker_error", "Produce", "MESSAGE_TOO_LARGE")
+	if tooLarge == nil {
+		t.Fatalf("no MESSAGE_TOO_LARGE group in /errors: %+v", doc.Groups)
+	}
+	if tooLarge.Code != 10 || tooLarge.Retriable || tooLarge.Service != "checkout-api" ||
+		tooLarge.Edge != "direction:out,topic:orders,type:kafka" || len(tooLarge.Partitions) != 1 || tooLarge.Partitions[0] != 1 ||
+		tooLarge.Count != 1 || tooLarge.Messages != 1 {
+		t.Errorf("MESSAGE_TOO_LARGE group: %+v", *tooLarge)
+	}
+	lost := find("lost_message", "Produce", "MESSAGE_TOO_LARGE")
+	if lost == nil || lost.Messages != 1 {
+		t.Errorf("lost group: %+v", lost)
+	}
+	if len(doc.Lost) != 1 || doc.Lost[0].Service != "checkout-api" || doc.Lost[0].Edge != "direction:out,topic:orders,type:kafka" || doc.Lost[0].Messages != 1 {
+		t.Errorf("lost per edge: %+v", doc.Lost)
+	}
+	stale := find("broker_error", "OffsetCommit", "ILLEGAL_GENERATION")
+	if stale == nil {
+		t.Fatalf("no ILLEGAL_GENERATION group in /errors: %+v", doc.Groups)
+	}
+	if stale.Code != int32(kerr.IllegalGeneration.Code) || !strings.Contains(stale.Edge, "group:billing") || stale.Service != "checkout-api" {
+		t.Errorf("ILLEGAL_GENERATION group: %+v", *stale)
+	}
+
+	// One flush: one log line per group.
+	if err := col.FlushNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "MESSAGE_TOO_LARGE"); n != 2 {
+		t.Errorf("log lines naming MESSAGE_TOO_LARGE = %d, want 2 (broker error and lost):\n%s", n, logs.String())
+	}
+}
+
+func getView(t *testing.T, url string) errtrack.ViewJSON {
+	t.Helper()
+	resp, err := http.Get(url + "/errors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var doc errtrack.ViewJSON
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
