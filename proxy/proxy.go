@@ -1,6 +1,7 @@
 // Package proxy is the protocol-agnostic plumbing of dsmproxy: listeners that accept client
-// connections, dial the upstream for each, and hand the pair to a protocol Handler; plus the
-// connection registry, limits, graceful drain and the per-connection log fields.
+// connections, dial the upstream for each, and hand the pair to a protocol Handler; plus TLS toward
+// clients and upstreams with reloadable certificates, the connection registry, limits (connections,
+// idle time), graceful drain and the per-connection log fields.
 package proxy
 
 import (

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"strings"
@@ -26,27 +27,50 @@ func servedSerial(c *tls.Conn) string {
 	return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
 }
 
-func TestTLSTermination(t *testing.T) {
-	pki := NewTestPKI(t, "test CA")
-	dir := t.TempDir()
-	certFile, keyFile, leaf := pki.IssueFiles(t, dir, "proxy", "proxy")
-	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+// tlsFront is a listener terminating TLS with a fresh test CA's certificate, relaying to an echo
+// upstream.
+type tlsFront struct {
+	pki               *TestPKI
+	dir               string
+	certFile, keyFile string
+	leaf              *x509.Certificate
+	r                 *CertReloader
+	l                 *Listener
+}
+
+func startTLSFront(t *testing.T, h Handler) *tlsFront {
+	t.Helper()
+	f := &tlsFront{pki: NewTestPKI(t, "test CA"), dir: t.TempDir()}
+	f.certFile, f.keyFile, f.leaf = f.pki.IssueFiles(t, f.dir, "proxy", "proxy")
+	r, conf, err := ServerTLS(TLSFiles{CertFile: f.certFile, KeyFile: f.keyFile})
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := startEcho(t, nil)
+	f.r = r
+	f.l = startListener(t, ListenerConfig{Upstream: startEcho(t, nil).addr(), TLS: conf}, h)
+	return f
+}
+
+// dial completes a handshake as a client trusting the test CA.
+func (f *tlsFront) dial(t *testing.T) *tls.Conn {
+	t.Helper()
+	c, err := tlsDial(t, f.l, &tls.Config{RootCAs: f.pki.Pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("TLS dial through the proxy: %v", err)
+	}
+	return c
+}
+
+func TestTLSTermination(t *testing.T) {
 	states := make(chan tls.ConnectionState, 1)
-	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(func(ctx context.Context, c *Conn) error {
+	f := startTLSFront(t, HandlerFunc(func(ctx context.Context, c *Conn) error {
 		if st, ok := c.TLSState(); ok {
 			states <- st
 		}
 		return relay(ctx, c)
 	}))
-
-	c, err := tlsDial(t, l, &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"})
-	if err != nil {
-		t.Fatalf("TLS dial through the proxy: %v", err)
-	}
+	l, leaf := f.l, f.leaf
+	c := f.dial(t)
 	if got := servedSerial(c); got != leaf.SerialNumber.String() {
 		t.Fatalf("proxy served serial %s, want %s", got, leaf.SerialNumber)
 	}
@@ -54,9 +78,9 @@ func TestTLSTermination(t *testing.T) {
 	if st := <-states; !st.HandshakeComplete {
 		t.Fatalf("handler saw no completed TLS handshake: %+v", st)
 	}
-	conns := l.Connections()
-	if len(conns) != 1 || conns[0].BytesIn != 14 || conns[0].BytesOut != 14 || conns[0].Upstream != up.addr() {
-		t.Fatalf("registry = %+v, want one connection with 14 bytes each way to %s", conns, up.addr())
+	settled(t, l, 14, 14)
+	if ci := l.Connections()[0]; ci.Upstream == "" || ci.Client != c.LocalAddr().String() {
+		t.Fatalf("registry entry %+v: want the client %s and its upstream", ci, c.LocalAddr())
 	}
 
 	// A client that does not trust the test CA fails the handshake and never reaches upstream.
@@ -152,21 +176,10 @@ func TestTLSOrigination(t *testing.T) {
 }
 
 func TestCertReload(t *testing.T) {
-	pki := NewTestPKI(t, "test CA")
-	dir := t.TempDir()
-	certFile, keyFile, first := pki.IssueFiles(t, dir, "proxy", "proxy")
-	r, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := startEcho(t, nil)
-	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(relay))
-	clientConf := &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"}
-
-	old, err := tlsDial(t, l, clientConf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := startTLSFront(t, HandlerFunc(relay))
+	pki, dir, r, first := f.pki, f.dir, f.r, f.leaf
+	certFile, keyFile := f.certFile, f.keyFile
+	old := f.dial(t)
 	roundTrip(t, old, "before")
 	if servedSerial(old) != first.SerialNumber.String() {
 		t.Fatal("first connection did not see the first certificate")
@@ -179,10 +192,7 @@ func TestCertReload(t *testing.T) {
 	if r.Leaf().SerialNumber.Cmp(second.SerialNumber) != 0 {
 		t.Fatal("Leaf does not report the reloaded certificate")
 	}
-	fresh, err := tlsDial(t, l, clientConf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := f.dial(t)
 	if got := servedSerial(fresh); got != second.SerialNumber.String() {
 		t.Fatalf("new handshake saw serial %s, want the rotated %s", got, second.SerialNumber)
 	}
@@ -191,14 +201,11 @@ func TestCertReload(t *testing.T) {
 
 	// Bad material: the error names the file and the current certificate stays.
 	WriteFileAtomic(t, certFile, []byte("not a certificate"))
-	err = r.Reload()
+	err := r.Reload()
 	if err == nil || !strings.Contains(err.Error(), certFile) {
 		t.Fatalf("Reload of a garbage cert = %v, want an error naming %s", err, certFile)
 	}
-	again, err := tlsDial(t, l, clientConf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := f.dial(t)
 	if got := servedSerial(again); got != second.SerialNumber.String() {
 		t.Fatalf("after a bad reload the proxy served %s, want the last good %s", got, second.SerialNumber)
 	}
@@ -273,28 +280,17 @@ func TestCAReload(t *testing.T) {
 }
 
 func TestReloadOnSIGHUP(t *testing.T) {
-	pki := NewTestPKI(t, "test CA")
-	dir := t.TempDir()
-	certFile, keyFile, _ := pki.IssueFiles(t, dir, "proxy", "proxy")
-	r, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := startEcho(t, nil)
-	l := startListener(t, ListenerConfig{Upstream: up.addr(), TLS: conf}, HandlerFunc(relay))
+	f := startTLSFront(t, HandlerFunc(relay))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ReloadOnSIGHUP(ctx, testLog(), r)
+	ReloadOnSIGHUP(ctx, testLog(), f.r)
 
-	_, _, rotated := pki.IssueFiles(t, dir, "proxy", "proxy")
+	_, _, rotated := f.pki.IssueFiles(t, f.dir, "proxy", "proxy")
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "a handshake with the certificate rotated by SIGHUP", func() bool {
-		c, err := tlsDial(t, l, &tls.Config{RootCAs: pki.Pool, ServerName: "127.0.0.1"})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := f.dial(t)
 		defer c.Close()
 		return servedSerial(c) == rotated.SerialNumber.String()
 	})
