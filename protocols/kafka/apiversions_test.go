@@ -114,7 +114,7 @@ func TestCapVersions(t *testing.T) {
 	resp := &kmsg.ApiVersionsResponse{ApiKeys: []kmsg.ApiVersionsResponseApiKey{
 		{ApiKey: keyProduce, MinVersion: 0, MaxVersion: 99}, // capped, min kept at 0 (KAFKA-18659)
 		{ApiKey: keyFetch, MinVersion: 4, MaxVersion: 12},   // under the cap: unchanged
-		{ApiKey: 12, MinVersion: 0, MaxVersion: 99},         // Heartbeat: not decoded, unchanged
+		{ApiKey: 32, MinVersion: 0, MaxVersion: 99},         // DescribeConfigs: not decoded, unchanged
 		{ApiKey: 9999, MinVersion: 0, MaxVersion: 1},        // unknown to kmsg: removed
 	}}
 	if !capVersions(resp) {
@@ -123,7 +123,7 @@ func TestCapVersions(t *testing.T) {
 	want := []kmsg.ApiVersionsResponseApiKey{
 		{ApiKey: keyProduce, MinVersion: 0, MaxVersion: maxVersion(keyProduce)},
 		{ApiKey: keyFetch, MinVersion: 4, MaxVersion: 12},
-		{ApiKey: 12, MinVersion: 0, MaxVersion: 99},
+		{ApiKey: 32, MinVersion: 0, MaxVersion: 99},
 	}
 	if len(resp.ApiKeys) != len(want) {
 		t.Fatalf("got %+v", resp.ApiKeys)

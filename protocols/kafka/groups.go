@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // Fetch requests carry no group id, and group traffic goes to the coordinator on another
@@ -112,7 +114,11 @@ func (g *groupTracker) lookup(k clientKey, topic string, partition int32) string
 func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 	group, _ := pd.facts.(string)
 	resp := kmsg.NewPtrSyncGroupResponse()
-	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 || group == "" {
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+		return
+	}
+	s.groupError(pd, resp.ErrorCode)
+	if resp.ErrorCode != 0 || group == "" {
 		return
 	}
 	var a kmsg.ConsumerMemberAssignment
@@ -132,7 +138,11 @@ func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 	group, _ := pd.facts.(string)
 	resp := kmsg.NewPtrConsumerGroupHeartbeatResponse()
-	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 || resp.Assignment == nil || group == "" {
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+		return
+	}
+	s.groupError(pd, resp.ErrorCode)
+	if resp.ErrorCode != 0 || resp.Assignment == nil || group == "" {
 		return
 	}
 	var parts []topicPartition
@@ -146,4 +156,40 @@ func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 		}
 	}
 	s.p.groups.assign(s.info.Load().key(), group, parts)
+}
+
+// groupResponse reports the error codes of JoinGroup, Heartbeat and LeaveGroup responses: the
+// rebalance and fencing errors clients retry without telling anyone.
+func (s *session) groupResponse(pd *pending, frame []byte) {
+	switch pd.key {
+	case keyJoinGroup:
+		resp := kmsg.NewPtrJoinGroupResponse()
+		if _, ok := s.decodeResponse(pd, frame, resp); ok {
+			s.groupError(pd, resp.ErrorCode)
+		}
+	case keyHeartbeat:
+		resp := kmsg.NewPtrHeartbeatResponse()
+		if _, ok := s.decodeResponse(pd, frame, resp); ok {
+			s.groupError(pd, resp.ErrorCode)
+		}
+	case keyLeaveGroup:
+		resp := kmsg.NewPtrLeaveGroupResponse()
+		if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+			return
+		}
+		s.groupError(pd, resp.ErrorCode)
+		for _, m := range resp.Members { // v3+: one code per member leaving
+			s.groupError(pd, m.ErrorCode)
+		}
+	}
+}
+
+// groupError reports a group coordination error; the edge names the group, not a topic.
+func (s *session) groupError(pd *pending, code int16) {
+	if code == 0 {
+		return
+	}
+	group, _ := pd.facts.(string)
+	s.p.brokerError(pd.key, code, s.info.Load().service,
+		pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group}, -1, 0)
 }

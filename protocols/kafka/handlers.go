@@ -14,6 +14,8 @@ const (
 	keyOffsetCommit    int16 = 8
 	keyFindCoordinator int16 = 10
 	keyJoinGroup       int16 = 11
+	keyHeartbeat       int16 = 12
+	keyLeaveGroup      int16 = 13
 	keySyncGroup       int16 = 14
 	keySaslHandshake   int16 = 17
 	keyApiVersions     int16 = 18
@@ -28,7 +30,7 @@ const (
 // highest version kmsg understands.
 var decodedKeys = map[int16]bool{
 	keyProduce: true, keyFetch: true, keyMetadata: true, keyOffsetCommit: true, keyFindCoordinator: true,
-	keyJoinGroup: true, keySyncGroup: true, keySaslHandshake: true, keyApiVersions: true,
+	keyJoinGroup: true, keyHeartbeat: true, keyLeaveGroup: true, keySyncGroup: true, keySaslHandshake: true, keyApiVersions: true,
 	keyTxnOffsetCommit: true, keyDescribeCluster: true, keyCGHeartbeat: true, keyShareFetch: true, keyShareAck: true,
 }
 
@@ -65,10 +67,14 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.offsetCommitRequest(h, frame, pd)
 	case keyTxnOffsetCommit:
 		s.txnOffsetCommitRequest(h, frame, pd)
-	case keyJoinGroup, keySyncGroup, keyCGHeartbeat:
+	case keyJoinGroup, keySyncGroup, keyCGHeartbeat, keyHeartbeat:
 		if group, ok := s.firstString(h, frame); ok {
 			s.p.groups.learn(s.info.Load().key(), group)
 			pd.facts = group
+		}
+	case keyLeaveGroup:
+		if group, ok := s.firstString(h, frame); ok {
+			pd.facts = group // for the error event only: a member leaving is not learned
 		}
 	case keySaslHandshake:
 		if mech, ok := s.firstString(h, frame); ok {
@@ -100,6 +106,8 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 		s.syncGroupResponse(pd, frame)
 	case keyCGHeartbeat:
 		s.heartbeatResponse(pd, frame)
+	case keyJoinGroup, keyHeartbeat, keyLeaveGroup:
+		s.groupResponse(pd, frame)
 	case keySaslHandshake:
 		s.saslHandshakeResponse(pd, frame)
 	}
