@@ -3,6 +3,7 @@ package kafka
 import (
 	"testing"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -67,5 +68,44 @@ func TestGroupErrorEvents(t *testing.T) {
 			}
 		}
 		return len(seen) == len(want)
+	})
+}
+
+// TestListOffsetsErrorEvents asks a real broker for the offsets of a partition the topic does not
+// have; the per-partition refusal becomes an event on the topic's consume edge.
+func TestListOffsetsErrorEvents(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	cl := kgoClient(t, p, kgo.ClientID("lister"))
+	topic := uniqueTopic(t, "lo")
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
+		t.Fatalf("create topic: %v", err)
+	}
+	req := kmsg.NewPtrListOffsetsRequest()
+	req.ReplicaID = -1
+	rt := kmsg.NewListOffsetsRequestTopic()
+	rt.Topic = topic
+	rp := kmsg.NewListOffsetsRequestTopicPartition()
+	rp.Partition, rp.Timestamp = 7, -1 // partition 7 of a one-partition topic
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	// Sent to one broker explicitly: kgo would otherwise split by leader and refuse the unknown partition itself.
+	resp, err := req.RequestWith(ctx, cl.Broker(int(c.LeaderFor(topic, 0))))
+	if err != nil {
+		t.Fatalf("list offsets: %v", err)
+	}
+	code := resp.Topics[0].Partitions[0].ErrorCode
+	if code == 0 {
+		t.Fatal("the broker accepted ListOffsets for a missing partition")
+	}
+	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: topic}
+	waitFor(t, "ListOffsets error event", func() bool {
+		for _, e := range p.errs.byCategory(errtrack.BrokerError) {
+			if e.Operation == "ListOffsets" && int16(e.Code) == code && e.Edge == edge && e.Partition == 7 && e.Service == "lister" {
+				return true
+			}
+		}
+		return false
 	})
 }

@@ -139,3 +139,24 @@ func (p *Proxy) observeFetch(job observeJob) {
 		}
 	}
 }
+
+// listOffsetsResponse reports per-partition errors of ListOffsets, which consumers send to find
+// where to start and which retry silently on leader moves and missing partitions.
+func (s *session) listOffsetsResponse(pd *pending, frame []byte) {
+	resp := kmsg.NewPtrListOffsetsResponse()
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+		return
+	}
+	ci := s.info.Load()
+	key := ci.key()
+	for _, t := range resp.Topics {
+		for _, part := range t.Partitions {
+			if part.ErrorCode == 0 {
+				continue
+			}
+			edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: t.Topic,
+				Group: s.p.groups.lookup(key, t.Topic, part.Partition)}
+			s.p.brokerError(keyListOffsets, part.ErrorCode, ci.service, edge, part.Partition, 0)
+		}
+	}
+}

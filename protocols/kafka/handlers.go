@@ -10,6 +10,7 @@ import (
 const (
 	keyProduce         int16 = 0
 	keyFetch           int16 = 1
+	keyListOffsets     int16 = 2
 	keyMetadata        int16 = 3
 	keyOffsetCommit    int16 = 8
 	keyFindCoordinator int16 = 10
@@ -29,7 +30,7 @@ const (
 // decodedKeys are the APIs whose bodies the proxy reads or rewrites; ApiVersions caps them to the
 // highest version kmsg understands.
 var decodedKeys = map[int16]bool{
-	keyProduce: true, keyFetch: true, keyMetadata: true, keyOffsetCommit: true, keyFindCoordinator: true,
+	keyProduce: true, keyFetch: true, keyListOffsets: true, keyMetadata: true, keyOffsetCommit: true, keyFindCoordinator: true,
 	keyJoinGroup: true, keyHeartbeat: true, keyLeaveGroup: true, keySyncGroup: true, keySaslHandshake: true, keyApiVersions: true,
 	keyTxnOffsetCommit: true, keyDescribeCluster: true, keyCGHeartbeat: true, keyShareFetch: true, keyShareAck: true,
 }
@@ -108,6 +109,8 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 		s.heartbeatResponse(pd, frame)
 	case keyJoinGroup, keyHeartbeat, keyLeaveGroup:
 		s.groupResponse(pd, frame)
+	case keyListOffsets:
+		s.listOffsetsResponse(pd, frame)
 	case keySaslHandshake:
 		s.saslHandshakeResponse(pd, frame)
 	}
