@@ -131,3 +131,27 @@ func waitBench(b *testing.B, cond func() bool) {
 		time.Sleep(100 * time.Microsecond)
 	}
 }
+
+// nopConn is an endless in-memory connection: it isolates what the tracking wrapper costs.
+type nopConn struct{ net.Conn }
+
+func (nopConn) Read(b []byte) (int, error)  { return len(b), nil }
+func (nopConn) Write(b []byte) (int, error) { return len(b), nil }
+
+// BenchmarkTrackedConn is the per-read/write price of the registry counters and idle stamp.
+func BenchmarkTrackedConn(b *testing.B) {
+	buf := make([]byte, 512)
+	var clock atomic.Int64
+	for _, bc := range []struct {
+		name string
+		c    net.Conn
+	}{{"raw", nopConn{}}, {"tracked", &trackedConn{Conn: nopConn{}, clock: &clock}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				bc.c.Read(buf)
+				bc.c.Write(buf)
+			}
+		})
+	}
+}

@@ -66,24 +66,28 @@ func TestIdleTimeoutExactClock(t *testing.T) {
 	up := startEcho(t, nil)
 	const idle = time.Minute
 	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: idle, Clock: clk.now}, HandlerFunc(relay))
+	tick := l.tickEvery // a stamp may lag by one tick, so the timeout fires after idle+tick
+	if tick != time.Second {
+		t.Fatalf("tick for a minute's timeout = %v, want 1s", tick)
+	}
 	c := dial(t, l)
 	roundTrip(t, c, "a")
 	settled(t, l, 1, 1)
 
-	clk.advance(idle - time.Nanosecond)
-	l.reapIdle()
-	roundTrip(t, c, "b") // just under the timeout: still open, and this traffic restarts the count
+	clk.advance(idle + tick - time.Nanosecond)
+	l.tick()
+	roundTrip(t, c, "b") // just under: still open, and this traffic restarts the count
 	settled(t, l, 2, 2)
-	clk.advance(idle - time.Nanosecond)
-	l.reapIdle()
+	clk.advance(idle + tick - time.Nanosecond)
+	l.tick()
 	roundTrip(t, c, "c")
 	settled(t, l, 3, 3)
 	if ci := l.Connections()[0]; ci.Idle != 0 || !ci.Since.Equal(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Fatalf("registry entry %+v: want Idle 0 and Since at the clock's start", ci)
 	}
 
-	clk.advance(idle)
-	l.reapIdle()
+	clk.advance(idle + tick)
+	l.tick()
 	expectClosed(t, c)
 	waitFor(t, "the idle connection to leave the registry", func() bool { return l.Conns() == 0 })
 }
@@ -236,6 +240,7 @@ func TestConnectionsRegistry(t *testing.T) {
 	roundTrip(t, a, "12345")
 	settled(t, l, 5, 5)
 	clk.advance(time.Second)
+	l.tick()
 	b := dial(t, l)
 	roundTrip(t, b, "xy")
 	waitFor(t, "two registered connections", func() bool { return len(l.Connections()) == 2 })

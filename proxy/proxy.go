@@ -110,8 +110,10 @@ type Listener struct {
 	conns map[uint64]*Conn
 	wg    sync.WaitGroup
 
-	refused atomic.Uint64
-	epoch   time.Time
+	refused   atomic.Uint64
+	epoch     time.Time
+	coarse    atomic.Int64 // elapsed() as of the last tick
+	tickEvery time.Duration
 }
 
 // Listen opens cfg.Addr. Call Serve to start accepting.
@@ -134,18 +136,18 @@ func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error
 		cfg.Dial = d.DialContext
 	}
 	return &Listener{
-		cfg:   cfg,
-		h:     h,
-		log:   log.With().Str("protocol", cfg.Protocol).Str("listen", ln.Addr().String()).Logger(),
-		ln:    ln,
-		drain: make(chan struct{}),
-		conns: make(map[uint64]*Conn),
-		epoch: cfg.Clock(),
+		cfg:       cfg,
+		h:         h,
+		log:       log.With().Str("protocol", cfg.Protocol).Str("listen", ln.Addr().String()).Logger(),
+		ln:        ln,
+		drain:     make(chan struct{}),
+		conns:     make(map[uint64]*Conn),
+		epoch:     cfg.Clock(),
+		tickEvery: clockTick(cfg.IdleTimeout),
 	}, nil
 }
 
-// elapsed is monotonic nanoseconds since Listen (with the default clock), cheap enough for every
-// read and write.
+// elapsed is nanoseconds since Listen, monotonic with the default clock.
 func (l *Listener) elapsed() int64 { return int64(l.cfg.Clock().Sub(l.epoch)) }
 
 // Addr is the address the listener is bound to.
@@ -163,9 +165,7 @@ func (l *Listener) Refused() uint64 { return l.refused.Load() }
 
 // Serve accepts connections until Shutdown or Close; it returns ErrClosed then.
 func (l *Listener) Serve(ctx context.Context) error {
-	if l.cfg.IdleTimeout > 0 {
-		go l.reapLoop()
-	}
+	go l.tickLoop()
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
@@ -202,8 +202,8 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		tc = tls.Server(raw, l.cfg.TLS)
 		client = tc
 	}
-	tr := &trackedConn{Conn: client, clock: l.elapsed}
-	tr.last.Store(l.elapsed())
+	tr := &trackedConn{Conn: client, clock: &l.coarse}
+	tr.last.Store(l.coarse.Load())
 	c := &Conn{ID: id, Protocol: l.cfg.Protocol, Client: tr, Log: log, draining: l.drain,
 		tracked: tr, tlsConn: tc, since: l.cfg.Clock()}
 	l.conns[id] = c

@@ -160,6 +160,9 @@ func (r *CertReloader) DialFunc(base DialFunc) DialFunc {
 // DialTLS returns a DialFunc that originates TLS with a fixed conf over base (nil: net.Dialer).
 // An empty conf.ServerName becomes the host dialed.
 func DialTLS(base DialFunc, conf *tls.Config) DialFunc {
+	if conf == nil {
+		conf = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	return dialTLS(base, func() *tls.Config { return conf })
 }
 

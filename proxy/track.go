@@ -8,11 +8,11 @@ import (
 )
 
 // trackedConn counts the bytes a client connection moves and stamps its last activity, for the
-// registry and the idle timeout. It costs two atomic adds and a clock read per call, no allocation
-// and no deadline change, so it can sit on every read and write.
+// registry and the idle timeout. It costs an atomic add and a copy of the listener's coarse clock
+// per call, no allocation and no deadline change, so it can sit on every read and write.
 type trackedConn struct {
 	net.Conn
-	clock   func() int64 // listener-relative monotonic nanoseconds
+	clock   *atomic.Int64 // the listener's coarse clock
 	in, out atomic.Uint64
 	last    atomic.Int64
 }
@@ -20,7 +20,7 @@ type trackedConn struct {
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.last.Store(c.clock()) // before the count: whoever sees the count sees the stamp
+		c.last.Store(c.clock.Load()) // before the count: whoever sees the count sees the stamp
 		c.in.Add(uint64(n))
 	}
 	return n, err
@@ -29,7 +29,7 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 func (c *trackedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if n > 0 {
-		c.last.Store(c.clock())
+		c.last.Store(c.clock.Load())
 		c.out.Add(uint64(n))
 	}
 	return n, err
@@ -45,9 +45,9 @@ type ConnInfo struct {
 	Client   string // client address
 	Upstream string // upstream address actually dialed; empty while dialing
 	Since    time.Time
-	BytesIn  uint64 // read from the client
-	BytesOut uint64 // written to the client
-	Idle     time.Duration
+	BytesIn  uint64        // read from the client
+	BytesOut uint64        // written to the client
+	Idle     time.Duration // since the last byte, to the listener's clock tick (a second without IdleTimeout)
 }
 
 // Connections lists the open client connections, oldest first.
@@ -62,7 +62,7 @@ func (l *Listener) Connections() []ConnInfo {
 		}
 		if t := c.tracked; t != nil {
 			ci.BytesIn, ci.BytesOut = t.in.Load(), t.out.Load()
-			ci.Idle = time.Duration(now - t.last.Load())
+			ci.Idle = time.Duration(max(now-t.last.Load(), 0))
 		}
 		out = append(out, ci)
 	}
