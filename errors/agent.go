@@ -253,6 +253,9 @@ func (a *AgentReporter) span(g *Group, iv Interval) span {
 	if g.Category == LostMessage {
 		s.Metrics["dsmproxy.lost_messages"] = float64(g.Messages)
 	}
+	if g.Throttle > 0 {
+		s.Metrics["dsmproxy.throttled_ms"] = float64(g.Throttle.Milliseconds())
+	}
 	if g.Edge.Topic != "" {
 		s.Meta["messaging.destination.name"] = g.Edge.Topic
 	}

@@ -89,6 +89,9 @@ type Group struct {
 
 	// LastIntervalCount is the count of the previous closed interval (Snapshot only).
 	LastIntervalCount int64
+
+	// Throttle sums the events' Throttle over the interval, TotalThrottle over the group's life.
+	Throttle, TotalThrottle time.Duration
 }
 
 // EdgeLoss is how many messages did not enter the broker on one service's edge.
@@ -164,6 +167,8 @@ type group struct {
 	count, msgs    int64
 	ivFirst, ivLst time.Time
 	lastCount      int64
+	throttle       time.Duration
+	totThrottle    time.Duration
 }
 
 // Collector groups events by Fingerprint and hands each interval's groups to the sinks. Report is
@@ -269,6 +274,8 @@ func (g *group) add(t time.Time, e *Event) {
 	g.count++
 	g.totMsgs += int64(e.Messages)
 	g.msgs += int64(e.Messages)
+	g.throttle += e.Throttle
+	g.totThrottle += e.Throttle
 	g.retriable = e.Retriable
 	if e.Message != "" {
 		g.sample = e.Message
@@ -297,7 +304,7 @@ func (g *group) snapshot() Group {
 	out := Group{Fingerprint: g.fp, Retriable: g.retriable, MorePartitions: g.moreParts, Sample: g.sample,
 		FirstSeen: g.first, LastSeen: g.last, TotalCount: g.total, TotalMessages: g.totMsgs,
 		Count: g.count, Messages: g.msgs, IntervalFirst: g.ivFirst, IntervalLast: g.ivLst,
-		LastIntervalCount: g.lastCount}
+		LastIntervalCount: g.lastCount, Throttle: g.throttle, TotalThrottle: g.totThrottle}
 	if g.nparts > 0 {
 		out.Partitions = slices.Clone(g.parts[:g.nparts])
 	}
@@ -318,7 +325,7 @@ func (c *Collector) Close(now time.Time) Interval {
 			iv.Groups = append(iv.Groups, g.snapshot())
 		}
 		g.lastCount = g.count
-		g.count, g.msgs = 0, 0
+		g.count, g.msgs, g.throttle = 0, 0, 0
 		g.ivFirst, g.ivLst = time.Time{}, time.Time{}
 		if now.Sub(g.last) > c.cfg.Retain {
 			delete(c.groups, fp)

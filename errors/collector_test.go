@@ -383,3 +383,20 @@ func BenchmarkReportParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestThrottleSummed(t *testing.T) {
+	c := New(Config{})
+	for _, ms := range []int{100, 250, 0} {
+		e := ev(BrokerError, "Produce", 0, "THROTTLED", "a", pathway.Edge{Type: pathway.TypeKafka}, -1, 0, 0)
+		e.Throttle = time.Duration(ms) * time.Millisecond
+		c.Report(e)
+	}
+	iv := c.Close(t0.Add(10 * time.Second))
+	if len(iv.Groups) != 1 || iv.Groups[0].Throttle != 350*time.Millisecond || iv.Groups[0].Count != 3 {
+		t.Fatalf("groups: %+v", iv.Groups)
+	}
+	c.Report(ev(BrokerError, "Produce", 0, "THROTTLED", "a", pathway.Edge{Type: pathway.TypeKafka}, -1, 0, 0))
+	if g := c.Snapshot().Groups[0]; g.Throttle != 0 || g.TotalThrottle != 350*time.Millisecond {
+		t.Errorf("after flush: interval %v total %v", g.Throttle, g.TotalThrottle)
+	}
+}

@@ -50,7 +50,8 @@ type Event struct {
 	Service   string
 	Edge      pathway.Edge
 	Partition int32
-	Messages  int // messages the event concerns
+	Messages  int           // messages the event concerns
+	Throttle  time.Duration // how long the broker throttled the client (Kafka throttle_time_ms), summed per group
 }
 
 // Reporter receives events. Implementations must not block: the caller is on the data path.

@@ -37,6 +37,9 @@ func (r LogReporter) Send(_ context.Context, iv Interval) error {
 		if g.Messages > 0 {
 			ev = ev.Int64("messages", g.Messages)
 		}
+		if g.Throttle > 0 {
+			ev = ev.Dur("throttled", g.Throttle)
+		}
 		if g.Sample != "" {
 			ev = ev.Str("sample", g.Sample)
 		}

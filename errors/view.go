@@ -52,6 +52,7 @@ type GroupJSON struct {
 	Messages          int64     `json:"messages"`
 	IntervalCount     int64     `json:"interval_count"`
 	LastIntervalCount int64     `json:"last_interval_count"`
+	ThrottledMillis   int64     `json:"throttled_ms,omitempty"`
 	FirstSeen         time.Time `json:"first_seen"`
 	LastSeen          time.Time `json:"last_seen"`
 	Sample            string    `json:"sample,omitempty"`
@@ -73,7 +74,8 @@ func (s Snapshot) JSON() ViewJSON {
 			Retriable: g.Retriable, Service: g.Service, Edge: g.Edge.String(), EdgeTags: g.Edge.Tags(),
 			Partitions: g.Partitions, MorePartitions: g.MorePartitions,
 			Count: g.TotalCount, Messages: g.TotalMessages, IntervalCount: g.Count, LastIntervalCount: g.LastIntervalCount,
-			FirstSeen: g.FirstSeen.UTC(), LastSeen: g.LastSeen.UTC(), Sample: g.Sample, ErrorType: ErrorType(g.Fingerprint),
+			ThrottledMillis: g.TotalThrottle.Milliseconds(),
+			FirstSeen:       g.FirstSeen.UTC(), LastSeen: g.LastSeen.UTC(), Sample: g.Sample, ErrorType: ErrorType(g.Fingerprint),
 		})
 	}
 	return out
