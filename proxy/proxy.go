@@ -166,19 +166,24 @@ func (l *Listener) Refused() uint64 { return l.refused.Load() }
 // Serve accepts connections until Shutdown or Close; it returns ErrClosed then.
 func (l *Listener) Serve(ctx context.Context) error {
 	go l.tickLoop()
+	var backoff time.Duration
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
 			if l.closing.Load() {
 				return ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("%s accept on %s: %w", l.cfg.Protocol, l.ln.Addr(), err)
 			}
-			return fmt.Errorf("%s accept on %s: %w", l.cfg.Protocol, l.ln.Addr(), err)
+			// Out of file descriptors, an aborted handshake: wait and keep serving rather than
+			// leave the port dead.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Error().Err(err).Dur("retry_in", backoff).Msg("accept failed")
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		l.wg.Add(1)
 		go l.serve(ctx, c)
 	}
