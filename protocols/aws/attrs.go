@@ -1,0 +1,218 @@
+package aws
+
+import (
+	"crypto/md5"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"sort"
+	"strings"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// attr is one SQS/SNS message attribute as the wire carries it. Binary values are kept decoded.
+type attr struct {
+	Name     string
+	DataType string
+	String   *string
+	Binary   []byte
+}
+
+// MaxAttributes is SQS's and SNS's limit on message attributes per message.
+const MaxAttributes = 10
+
+// DefaultMaxMessageBytes is the SQS/SNS message size limit the injection keeps under: 256 KiB,
+// the long-standing limit (queues may be configured lower; a larger limit is configurable).
+const DefaultMaxMessageBytes = 256 * 1024
+
+// ddAttr is the attribute name tracers use for the propagation carrier.
+const ddAttr = "_datadog"
+
+// attributesMD5 is MD5OfMessageAttributes: names sorted, each attribute written as
+// len+name, len+DataType, a transport byte (1 string, 2 binary), len+value.
+func attributesMD5(attrs []attr) string {
+	if len(attrs) == 0 {
+		return ""
+	}
+	sorted := make([]*attr, len(attrs))
+	for i := range attrs {
+		sorted[i] = &attrs[i]
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	h := md5.New()
+	var n [4]byte
+	put := func(b []byte) {
+		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	for _, a := range sorted {
+		put([]byte(a.Name))
+		put([]byte(a.DataType))
+		if a.String != nil {
+			h.Write([]byte{1})
+			put([]byte(*a.String))
+		} else {
+			h.Write([]byte{2})
+			put(a.Binary)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// attrSize is what an attribute counts toward the message size limit: name, type and value.
+func attrSize(a *attr) int {
+	n := len(a.Name) + len(a.DataType) + len(a.Binary)
+	if a.String != nil {
+		n += len(*a.String)
+	}
+	return n
+}
+
+// jsonAttrValue is an attribute value in the JSON protocols (SQS JSON, SNS JSON).
+type jsonAttrValue struct {
+	DataType    string  `json:"DataType"`
+	StringValue *string `json:"StringValue,omitempty"`
+	BinaryValue []byte  `json:"BinaryValue,omitempty"`
+}
+
+// parseJSONAttrs decodes a MessageAttributes object.
+func parseJSONAttrs(raw []byte) ([]attr, error) {
+	var m map[string]jsonAttrValue
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, err
+	}
+	out := make([]attr, 0, len(m))
+	for k, v := range m {
+		out = append(out, attr{Name: k, DataType: v.DataType, String: v.StringValue, Binary: v.BinaryValue})
+	}
+	return out, nil
+}
+
+// carrier is the `_datadog` JSON object: existing keys are kept, the pathway key is set.
+func carrierJSON(existing []byte, ctx pathway.Context) []byte {
+	m := map[string]json.RawMessage{}
+	if len(existing) > 0 {
+		if json.Unmarshal(existing, &m) != nil {
+			m = map[string]json.RawMessage{}
+		}
+	}
+	if len(m) == 0 {
+		// the common case: build it without reflection
+		b := make([]byte, 0, 64)
+		b = append(b, `{"`+pathway.HeaderKey+`":"`...)
+		b = ctx.AppendBase64(b)
+		return append(b, `"}`...)
+	}
+	v := appendJSONString(nil, ctx.String())
+	m[pathway.HeaderKey] = v
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// contextFromCarrier reads dd-pathway-ctx-base64 out of a `_datadog` JSON value.
+func contextFromCarrier(b []byte) pathway.Context {
+	if len(b) == 0 {
+		return pathway.Context{}
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(b, &m) != nil {
+		return pathway.Context{}
+	}
+	raw, ok := m[pathway.HeaderKey]
+	if !ok {
+		// Java compares the key case-insensitively
+		for k, v := range m {
+			if strings.EqualFold(k, pathway.HeaderKey) {
+				raw, ok = v, true
+				break
+			}
+		}
+	}
+	if !ok {
+		return pathway.Context{}
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return pathway.Context{}
+	}
+	c, err := pathway.DecodeBase64String(s)
+	if err != nil {
+		return pathway.Context{}
+	}
+	return c
+}
+
+// contextFromAttr reads the context from a `_datadog` attribute, String (SQS) or Binary (SNS raw).
+func contextFromAttr(a *attr) pathway.Context {
+	if a == nil {
+		return pathway.Context{}
+	}
+	if a.String != nil {
+		return contextFromCarrier([]byte(*a.String))
+	}
+	return contextFromCarrier(a.Binary)
+}
+
+// contextFromSNSEnvelope reads the context from an SNS notification JSON delivered as an SQS body
+// (non-raw delivery): MessageAttributes._datadog {Type, Value}.
+func contextFromSNSEnvelope(body string) pathway.Context {
+	if len(body) < 2 || body[0] != '{' || !strings.Contains(body, ddAttr) {
+		return pathway.Context{}
+	}
+	var env struct {
+		Type              string `json:"Type"`
+		MessageAttributes map[string]struct {
+			Type  string `json:"Type"`
+			Value string `json:"Value"`
+		} `json:"MessageAttributes"`
+	}
+	if json.Unmarshal([]byte(body), &env) != nil {
+		return pathway.Context{}
+	}
+	a, ok := env.MessageAttributes[ddAttr]
+	if !ok {
+		return pathway.Context{}
+	}
+	if a.Type == "Binary" {
+		raw, err := base64.StdEncoding.DecodeString(a.Value)
+		if err != nil {
+			return pathway.Context{}
+		}
+		return contextFromCarrier(raw)
+	}
+	return contextFromCarrier([]byte(a.Value))
+}
+
+// wantsAttr reports whether a ReceiveMessage MessageAttributeNames list returns name.
+func wantsAttr(names []string, name string) bool {
+	for _, n := range names {
+		switch {
+		case n == "All" || n == ".*":
+			return true
+		case n == name:
+			return true
+		case strings.HasSuffix(n, ".*") && strings.HasPrefix(name, n[:len(n)-1]):
+			return true
+		}
+	}
+	return false
+}
+
+// queueName is the last path segment of a queue URL.
+func queueName(u string) string {
+	if i := strings.LastIndexByte(strings.TrimRight(u, "/"), '/'); i >= 0 {
+		return strings.TrimRight(u, "/")[i+1:]
+	}
+	return u
+}
+
+// topicName is the last ':' segment of an SNS topic ARN.
+func topicName(arn string) string {
+	if i := strings.LastIndexByte(arn, ':'); i >= 0 {
+		return arn[i+1:]
+	}
+	return arn
+}

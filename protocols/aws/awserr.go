@@ -1,0 +1,118 @@
+package aws
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/xml"
+	"net/http"
+	"strings"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+)
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func requestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// xmlNamespace is the Query protocol namespace of each service's error documents.
+func xmlNamespace(service string) string {
+	switch service {
+	case ServiceSNS:
+		return "http://sns.amazonaws.com/doc/2010-03-31/"
+	default:
+		return "http://queue.amazonaws.com/doc/2012-11-05/"
+	}
+}
+
+// writeError answers in the request's own protocol with an AWS-shaped error the SDKs decode into
+// their typed errors.
+func (p *Proxy) writeError(w http.ResponseWriter, c *call, status int, code, msg string) {
+	id := requestID()
+	h := w.Header()
+	h.Set("X-Amzn-Requestid", id)
+	switch c.wire {
+	case wireQuery:
+		h.Set("Content-Type", "text/xml")
+		var b strings.Builder
+		b.WriteString(`<?xml version="1.0"?><ErrorResponse xmlns="` + xmlNamespace(c.service) + `"><Error><Type>Sender</Type><Code>`)
+		xml.EscapeText(&b, []byte(code))
+		b.WriteString("</Code><Message>")
+		xml.EscapeText(&b, []byte(msg))
+		b.WriteString("</Message></Error><RequestId>" + id + "</RequestId></ErrorResponse>")
+		w.WriteHeader(status)
+		w.Write([]byte(b.String()))
+	default:
+		typ := code
+		ct := "application/x-amz-json-1.1"
+		if c.wire == wireJSON10 {
+			ct = "application/x-amz-json-1.0"
+			typ = "com.amazon.coral.service#" + code
+			h.Set("X-Amzn-Query-Error", code+";Sender")
+		}
+		h.Set("Content-Type", ct)
+		h.Set("X-Amzn-Errortype", code)
+		b := []byte(`{"__type":`)
+		b = appendJSONString(b, typ)
+		b = append(b, `,"message":`...)
+		b = appendJSONString(b, msg)
+		b = append(b, '}')
+		w.WriteHeader(status)
+		w.Write(b)
+	}
+}
+
+// errorCode pulls the AWS error code out of an error response (JSON __type or XML <Code>).
+func errorCode(resp *http.Response, body []byte) (code, msg string) {
+	b := skipWS(body, 0)
+	if b < len(body) && body[b] == '{' {
+		if ms, _, err := objectMembers(body, b); err == nil {
+			if t, ok := jsonString(body, find(ms, "__type")); ok && code == "" {
+				code = t[strings.LastIndexByte(t, '#')+1:]
+			}
+			if m, ok := jsonString(body, find(ms, "message")); ok {
+				msg = m
+			} else if m, ok := jsonString(body, find(ms, "Message")); ok {
+				msg = m
+			}
+		}
+	} else if root, err := parseXML(body); err == nil {
+		if e := root.find("Error"); e != nil {
+			if code == "" {
+				code = e.childText("Code")
+			}
+			msg = e.childText("Message")
+		}
+	}
+	if q := resp.Header.Get("X-Amzn-Query-Error"); q != "" && code == "" {
+		code, _, _ = strings.Cut(q, ";")
+	}
+	if code == "" {
+		code = resp.Header.Get("X-Amzn-Errortype")
+		code, _, _ = strings.Cut(code, ":")
+	}
+	return code, msg
+}
+
+func (p *Proxy) reportUpstreamError(c *call, resp *http.Response, body []byte) {
+	p.stats.upstreamErr.Add(1)
+	code, msg := errorCode(resp, body)
+	retriable := resp.StatusCode >= 500 || strings.Contains(code, "Throttl") || code == "RequestThrottled" ||
+		code == "ProvisionedThroughputExceededException" || code == "LimitExceededException"
+	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.BrokerError, Protocol: c.service, Operation: c.op,
+		Code: int32(resp.StatusCode), Name: code, Message: msg, Retriable: retriable, Service: c.svcName, Partition: -1})
+}
+
+// reportFailedEntry reports one failed batch entry (SendMessageBatch, PublishBatch, PutRecords).
+func (p *Proxy) reportFailedEntry(c *call, code, msg string, senderFault bool, n int) {
+	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.LostMessage, Protocol: c.service, Operation: c.op,
+		Name: code, Message: msg, Retriable: !senderFault, Service: c.svcName, Partition: -1, Messages: n})
+}

@@ -1,0 +1,268 @@
+package aws
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// This file is a minimal JSON scanner that reports byte ranges, so the rewriters can change one
+// member of a request or response and leave every other byte as the client or AWS wrote it.
+
+var errJSON = errors.New("malformed JSON")
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index just past the JSON value starting at b[i] (after whitespace).
+func skipValue(b []byte, i int) (int, error) {
+	i = skipWS(b, i)
+	if i >= len(b) {
+		return 0, fmt.Errorf("%w: value expected at offset %d", errJSON, i)
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				j, err := skipString(b, i)
+				if err != nil {
+					return 0, err
+				}
+				i = j
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1, nil
+				}
+			}
+			i++
+		}
+		return 0, fmt.Errorf("%w: unterminated container", errJSON)
+	default:
+		j := i
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\n' && b[j] != '\r' && b[j] != '\t' {
+			j++
+		}
+		if j == i {
+			return 0, fmt.Errorf("%w: unexpected %q at offset %d", errJSON, b[i], i)
+		}
+		return j, nil
+	}
+}
+
+func skipString(b []byte, i int) (int, error) {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: unterminated string", errJSON)
+}
+
+// member is one member of a JSON object: Key decoded, value at b[VS:VE], the whole member
+// (key through value) at b[MS:VE].
+type member struct {
+	Key    string
+	MS, VS int
+	VE     int
+}
+
+// objectMembers lists the members of the object whose '{' is at or after b[i].
+// It returns the members and the index of the closing '}'.
+func objectMembers(b []byte, i int) ([]member, int, error) {
+	i = skipWS(b, i)
+	if i >= len(b) || b[i] != '{' {
+		return nil, 0, fmt.Errorf("%w: object expected at offset %d", errJSON, i)
+	}
+	var ms []member
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return nil, i, nil
+	}
+	for {
+		i = skipWS(b, i)
+		if i >= len(b) || b[i] != '"' {
+			return nil, 0, fmt.Errorf("%w: member name expected at offset %d", errJSON, i)
+		}
+		ke, err := skipString(b, i)
+		if err != nil {
+			return nil, 0, err
+		}
+		key, err := decodeKey(b[i:ke])
+		if err != nil {
+			return nil, 0, err
+		}
+		j := skipWS(b, ke)
+		if j >= len(b) || b[j] != ':' {
+			return nil, 0, fmt.Errorf("%w: ':' expected at offset %d", errJSON, j)
+		}
+		vs := skipWS(b, j+1)
+		ve, err := skipValue(b, vs)
+		if err != nil {
+			return nil, 0, err
+		}
+		ms = append(ms, member{Key: key, MS: i, VS: vs, VE: ve})
+		i = skipWS(b, ve)
+		if i >= len(b) {
+			return nil, 0, fmt.Errorf("%w: unterminated object", errJSON)
+		}
+		if b[i] == '}' {
+			return ms, i, nil
+		}
+		if b[i] != ',' {
+			return nil, 0, fmt.Errorf("%w: ',' expected at offset %d", errJSON, i)
+		}
+		i++
+	}
+}
+
+// arrayElems lists the [start,end) ranges of the elements of the array at or after b[i].
+func arrayElems(b []byte, i int) ([][2]int, error) {
+	i = skipWS(b, i)
+	if i >= len(b) || b[i] != '[' {
+		return nil, fmt.Errorf("%w: array expected at offset %d", errJSON, i)
+	}
+	var es [][2]int
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return nil, nil
+	}
+	for {
+		s := skipWS(b, i)
+		e, err := skipValue(b, s)
+		if err != nil {
+			return nil, err
+		}
+		es = append(es, [2]int{s, e})
+		i = skipWS(b, e)
+		if i >= len(b) {
+			return nil, fmt.Errorf("%w: unterminated array", errJSON)
+		}
+		if b[i] == ']' {
+			return es, nil
+		}
+		if b[i] != ',' {
+			return nil, fmt.Errorf("%w: ',' expected at offset %d", errJSON, i)
+		}
+		i++
+	}
+}
+
+func decodeKey(raw []byte) (string, error) {
+	if !slices.Contains(raw, '\\') {
+		return string(raw[1 : len(raw)-1]), nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", fmt.Errorf("%w: member name: %w", errJSON, err)
+	}
+	return s, nil
+}
+
+func find(ms []member, key string) *member {
+	for i := range ms {
+		if ms[i].Key == key {
+			return &ms[i]
+		}
+	}
+	return nil
+}
+
+// jsonString decodes the string value at b[m.VS:m.VE]; ok is false when it is not a string.
+func jsonString(b []byte, m *member) (string, bool) {
+	if m == nil || b[m.VS] != '"' {
+		return "", false
+	}
+	raw := b[m.VS:m.VE]
+	if !slices.Contains(raw, '\\') {
+		return string(raw[1 : len(raw)-1]), true
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// edit replaces b[S:E] with New.
+type edit struct {
+	S, E int
+	New  []byte
+}
+
+// applyEdits applies non-overlapping edits to b, writing into a new slice.
+func applyEdits(dst, b []byte, eds []edit) []byte {
+	slices.SortFunc(eds, func(x, y edit) int { return x.S - y.S })
+	last := 0
+	for _, e := range eds {
+		dst = append(dst, b[last:e.S]...)
+		dst = append(dst, e.New...)
+		last = e.E
+	}
+	return append(dst, b[last:]...)
+}
+
+// removeMember returns the edit that deletes member m (with the comma that joins it) from the
+// object whose members are ms and closing brace at end.
+func removeMember(b []byte, ms []member, idx int) edit {
+	m := ms[idx]
+	if idx+1 < len(ms) {
+		return edit{S: m.MS, E: ms[idx+1].MS}
+	}
+	if idx > 0 {
+		// last member: remove from the end of the previous value
+		return edit{S: ms[idx-1].VE, E: m.VE}
+	}
+	return edit{S: m.MS, E: m.VE}
+}
+
+// appendMember returns the edit that adds `"key":value` at the end of an object.
+func appendMember(ms []member, end int, key string, value []byte) edit {
+	var nb []byte
+	if len(ms) > 0 {
+		nb = append(nb, ',')
+	}
+	nb = appendJSONString(nb, key)
+	nb = append(nb, ':')
+	nb = append(nb, value...)
+	return edit{S: end, E: end, New: nb}
+}
+
+// appendJSONString appends s as a JSON string without HTML escaping.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c == '\n':
+			dst = append(dst, '\\', 'n')
+		case c == '\r':
+			dst = append(dst, '\\', 'r')
+		case c == '\t':
+			dst = append(dst, '\\', 't')
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return append(dst, '"')
+}

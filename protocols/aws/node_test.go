@@ -1,0 +1,93 @@
+package aws
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSQSNodeClient runs @aws-sdk/client-sqs (JS v3, body MD5 validation on) through the proxy.
+func TestSQSNodeClient(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	dir := ensureNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "sqs-client.js", "nodeq")
+	cmd.Dir = dir
+	cmd.Env = []string{
+		"PATH=" + getenv("PATH"), "HOME=" + t.TempDir(),
+		"AWS_ENDPOINT_URL_SQS=" + tp.url, "AWS_REGION=us-east-1",
+		"AWS_ACCESS_KEY_ID=" + testKey, "AWS_SECRET_ACCESS_KEY=" + testSecret,
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("node client: %v\n%s\n%s", err, out, stderr)
+	}
+	var res struct {
+		QueueURL string `json:"queueUrl"`
+		Send     struct {
+			MD5OfMessageAttributes string
+		} `json:"send"`
+		Batch struct {
+			Successful []struct{ Id, MD5OfMessageAttributes string }
+			Failed     []any
+		} `json:"batch"`
+		Received []struct {
+			Body                   string
+			MD5OfMessageAttributes string
+			MessageAttributes      map[string]jsonAttrValue
+		} `json:"received"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("node output %s: %v", out, err)
+	}
+	if !strings.HasPrefix(res.QueueURL, tp.url+"/") {
+		t.Errorf("queue URL %s does not point at the proxy", res.QueueURL)
+	}
+	if want := attributesMD5([]attr{{Name: "who", DataType: "String", String: sp("node")}}); res.Send.MD5OfMessageAttributes != want {
+		t.Errorf("send MD5OfMessageAttributes %q, want %q", res.Send.MD5OfMessageAttributes, want)
+	}
+	if len(res.Batch.Successful) != 2 || len(res.Batch.Failed) != 0 {
+		t.Errorf("batch result %+v", res.Batch)
+	}
+	if len(res.Received) != 3 {
+		t.Fatalf("received %d messages, want 3", len(res.Received))
+	}
+	for _, m := range res.Received {
+		var attrs []attr
+		for k, v := range m.MessageAttributes {
+			if k == ddAttr {
+				t.Errorf("%q: _datadog leaked to a client that did not ask for it", m.Body)
+			}
+			attrs = append(attrs, attr{Name: k, DataType: v.DataType, String: v.StringValue, Binary: v.BinaryValue})
+		}
+		if m.MD5OfMessageAttributes != attributesMD5(attrs) {
+			t.Errorf("%q: MD5OfMessageAttributes %q, want %q", m.Body, m.MD5OfMessageAttributes, attributesMD5(attrs))
+		}
+	}
+	prod := tp.rec.withTags("direction:out", "topic:nodeq")
+	cons := tp.rec.withTags("direction:in", "topic:nodeq")
+	hashes := map[uint64]bool{}
+	for _, p := range prod {
+		hashes[p.Hash] = true
+	}
+	for _, c := range cons {
+		if !hashes[c.ParentHash] {
+			t.Errorf("consume point parent %d is no produce point", c.ParentHash)
+		}
+	}
+	if len(prod) != 3 || len(cons) != 3 {
+		t.Errorf("%d produce and %d consume points, want 3 and 3", len(prod), len(cons))
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}

@@ -1,0 +1,628 @@
+// Package aws is dsmproxy's HTTP front for SQS, SNS and Kinesis: it verifies each client's SigV4
+// signature, recognises the service and operation, splices the DSM `_datadog` carrier into sent
+// messages (repairing the MD5s SDKs check), records produce and consume checkpoints, rewrites
+// queue URLs to point at itself, and re-signs every request with its own credentials.
+package aws
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/rs/zerolog"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// Observer receives checkpoints (and, for symmetry with the other fronts, offsets). Calls must not
+// block (false = dropped); the aggregator implements it.
+type Observer interface {
+	Add(pathway.Point) bool
+	Offset(pathway.Offset) bool
+}
+
+// The services the front recognises.
+const (
+	ServiceSQS     = "sqs"
+	ServiceSNS     = "sns"
+	ServiceKinesis = "kinesis"
+)
+
+// Config configures one AWS front (one listener).
+type Config struct {
+	// Listen is the address to bind, e.g. 127.0.0.1:4566.
+	Listen string
+	// Upstream is the endpoint URL requests go to (e.g. https://sqs.us-east-1.amazonaws.com).
+	// Empty means each service's regional AWS endpoint.
+	Upstream string
+	// Upstreams overrides Upstream per service (keys ServiceSQS, ServiceSNS, ServiceKinesis).
+	Upstreams map[string]string
+	// Region signs requests whose credential scope names none (default us-east-1).
+	Region string
+
+	Env          string
+	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)
+	Observer     Observer              // nil = checkpoints are computed and dropped
+	Errors       errtrack.Reporter     // nil = errtrack.Discard
+	Services     *proxy.Services
+	Clock        func() time.Time // default time.Now
+	Log          zerolog.Logger
+
+	// Credentials sign upstream requests. nil = aws-sdk-go-v2's default chain (env, shared
+	// config, web identity, ECS/EC2 roles), cached and refreshed before expiry.
+	Credentials awssdk.CredentialsProvider
+	// ClientKeys are extra access key id -> secret pairs clients may sign with.
+	ClientKeys map[string]string
+	// TrustClients skips verifying client signatures (a loopback sidecar). On a listener that is
+	// not loopback it also needs TrustClientsNonLoopback.
+	TrustClients            bool
+	TrustClientsNonLoopback bool
+	// MaxClockSkew bounds how far a client's X-Amz-Date may be from now (default 15m, as AWS).
+	MaxClockSkew time.Duration
+
+	// MaxBodyBytes bounds a request or response body (default 16 MiB).
+	MaxBodyBytes int64
+	// MaxMessageBytes: a message whose size with `_datadog` would exceed it is sent unmodified
+	// (default DefaultMaxMessageBytes).
+	MaxMessageBytes int
+	// KinesisInjectData splices `_datadog` into JSON-object record data (default off: analytics
+	// consumers read the data). GetRecords through the proxy removes it again.
+	KinesisInjectData bool
+	// MaxShardIterators bounds the shard iterator -> stream map (default 100000).
+	MaxShardIterators int
+
+	// Listener carries TLS toward clients (Listener.TLS); other fields are ignored.
+	Listener proxy.ListenerConfig
+	// Transport sends upstream requests (default: a clone of http.DefaultTransport).
+	Transport http.RoundTripper
+}
+
+// Stats are the front's counters.
+type Stats struct {
+	Requests       uint64 // requests received
+	AuthFailures   uint64 // refused before forwarding
+	UpstreamErrors uint64 // AWS error responses passed through
+	Injected       uint64 // messages/records that got `_datadog`
+	Skipped        uint64 // messages sent unmodified (attribute count, size, not JSON)
+	Produced       uint64 // produce checkpoints recorded
+	Consumed       uint64 // consume checkpoints recorded
+	DecodeErrors   uint64 // bodies forwarded without being understood
+	PointsDropped  uint64 // Observer.Add returned false
+}
+
+type counters struct {
+	requests, authFail, upstreamErr, injected, skipped, produced, consumed, decodeErr, dropped atomic.Uint64
+}
+
+// Proxy is one AWS front.
+type Proxy struct {
+	cfg    Config
+	log    zerolog.Logger
+	now    func() time.Time
+	cp     *pathway.Checkpointer
+	obs    Observer
+	errs   errtrack.Reporter
+	creds  awssdk.CredentialsProvider
+	signer *v4.Signer
+	client *http.Client
+	up     map[string]*url.URL
+	stats  counters
+
+	iters *boundedMap // shard iterator -> stream name
+	qurls *boundedMap // queue URL as the proxy handed it out -> upstream queue URL
+
+	mu  sync.Mutex
+	ln  net.Listener
+	srv *http.Server
+}
+
+// New validates cfg and returns a Proxy; Start binds it.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Listen == "" {
+		return nil, errors.New("aws: Listen is required")
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("aws: Listen %q: %w", cfg.Listen, err)
+	}
+	if cfg.TrustClients && !cfg.TrustClientsNonLoopback && !isLoopback(host) {
+		return nil, fmt.Errorf("aws: trust_clients on non-loopback listener %q lets anyone reach AWS as the proxy's identity; set trust_clients_non_loopback too if that is really wanted", cfg.Listen)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	if cfg.MaxClockSkew <= 0 {
+		cfg.MaxClockSkew = 15 * time.Minute
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 16 << 20
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if cfg.MaxShardIterators <= 0 {
+		cfg.MaxShardIterators = 100000
+	}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "aws").Logger(), up: map[string]*url.URL{}}
+	for _, svc := range []string{ServiceSQS, ServiceSNS, ServiceKinesis} {
+		raw := cfg.Upstreams[svc]
+		if raw == "" {
+			raw = cfg.Upstream
+		}
+		if raw == "" {
+			raw = "https://" + svc + "." + cfg.Region + ".amazonaws.com"
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, fmt.Errorf("aws: upstream for %s %q is not an http(s) URL", svc, raw)
+		}
+		p.up[svc] = u
+	}
+	p.now = cfg.Clock
+	if p.now == nil {
+		p.now = time.Now
+	}
+	p.cp = cfg.Checkpointer
+	if p.cp == nil {
+		p.cp = pathway.NewCheckpointer(cfg.Env, 0)
+	}
+	p.obs = cfg.Observer
+	if p.obs == nil {
+		p.obs = discardObserver{}
+	}
+	p.errs = cfg.Errors
+	if p.errs == nil {
+		p.errs = errtrack.Discard{}
+	}
+	p.creds = cfg.Credentials
+	if p.creds == nil {
+		ac, err := awsconfig.LoadDefaultConfig(context.Background(), awsconfig.WithRegion(cfg.Region))
+		if err != nil {
+			return nil, fmt.Errorf("aws: default credential chain: %w", err)
+		}
+		p.creds = ac.Credentials
+	} else if _, cached := p.creds.(*awssdk.CredentialsCache); !cached {
+		p.creds = awssdk.NewCredentialsCache(p.creds)
+	}
+	p.signer = v4.NewSigner()
+	rt := cfg.Transport
+	if rt == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 256
+		rt = t
+	}
+	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	p.iters = newBoundedMap(cfg.MaxShardIterators)
+	p.qurls = newBoundedMap(10000)
+	return p, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+type discardObserver struct{}
+
+func (discardObserver) Add(pathway.Point) bool     { return true }
+func (discardObserver) Offset(pathway.Offset) bool { return true }
+
+// Start binds the listener and serves it until Shutdown.
+func (p *Proxy) Start(ctx context.Context) error {
+	ln, err := net.Listen("tcp", p.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("aws: listener on %s: %w", p.cfg.Listen, err)
+	}
+	if p.cfg.Listener.TLS != nil {
+		ln = tls.NewListener(ln, p.cfg.Listener.TLS)
+	}
+	srv := &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: 30 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          nil,
+	}
+	p.mu.Lock()
+	p.ln, p.srv = ln, srv
+	p.mu.Unlock()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.log.Error().Err(err).Msg("aws listener stopped")
+		}
+	}()
+	p.log.Info().Str("listen", ln.Addr().String()).Msg("aws proxy listening")
+	return nil
+}
+
+// Addr is the listener's address (nil before Start).
+func (p *Proxy) Addr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln == nil {
+		return nil
+	}
+	return p.ln.Addr()
+}
+
+// Shutdown stops accepting and waits for requests in flight, or until ctx ends.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	srv := p.srv
+	p.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Shutdown(ctx)
+}
+
+// Stats returns a snapshot of the counters.
+func (p *Proxy) Stats() Stats {
+	s := &p.stats
+	return Stats{
+		Requests: s.requests.Load(), AuthFailures: s.authFail.Load(), UpstreamErrors: s.upstreamErr.Load(),
+		Injected: s.injected.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
+		Consumed: s.consumed.Load(), DecodeErrors: s.decodeErr.Load(), PointsDropped: s.dropped.Load(),
+	}
+}
+
+// wire is how a request is encoded, which decides the shape of errors the proxy writes itself.
+type wire uint8
+
+const (
+	wireQuery  wire = iota // form body, XML response
+	wireJSON10             // SQS JSON
+	wireJSON11             // Kinesis, SNS JSON
+	wireCBOR               // Kinesis from Java SDKs
+)
+
+// call is one request as the front understands it.
+type call struct {
+	r       *http.Request
+	wire    wire
+	service string
+	op      string
+	body    []byte
+	form    *form // wireQuery only
+	auth    *authHeader
+	svcName string // DSM service of the client
+	now     time.Time
+}
+
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.stats.requests.Add(1)
+	body, err := io.ReadAll(io.LimitReader(r.Body, p.cfg.MaxBodyBytes+1))
+	if err != nil {
+		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	c := &call{r: r, body: body, now: p.now()}
+	p.classify(c)
+	if int64(len(body)) > p.cfg.MaxBodyBytes {
+		p.writeError(w, c, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", fmt.Sprintf("request body exceeds the proxy's limit of %d bytes", p.cfg.MaxBodyBytes))
+		return
+	}
+	if f := p.authenticate(c); f != nil {
+		p.stats.authFail.Add(1)
+		p.log.Info().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr).Msg("request refused: " + f.Message)
+		status := http.StatusForbidden
+		if c.service == ServiceKinesis {
+			status = http.StatusBadRequest
+		}
+		p.writeError(w, c, status, kinesisAuthCode(c, f.Code), f.Message)
+		return
+	}
+	if c.wire == wireCBOR {
+		p.writeError(w, c, http.StatusBadRequest, "CborNotSupportedException",
+			"dsmproxy does not read the CBOR protocol; turn CBOR off in the client: AWS_CBOR_DISABLE=true (Java SDK v1), CBOR_ENABLED=false or -Daws.cborEnabled=false (Java SDK v2)")
+		return
+	}
+	c.svcName = p.cfg.Services.Service(p.identity(c))
+	p.handle(w, c)
+}
+
+// kinesisAuthCode maps the SQS/SNS auth error codes to Kinesis's names.
+func kinesisAuthCode(c *call, code string) string {
+	if c.service != ServiceKinesis {
+		return code
+	}
+	switch code {
+	case "InvalidClientTokenId":
+		return "UnrecognizedClientException"
+	case "SignatureDoesNotMatch", "IncompleteSignature":
+		return "InvalidSignatureException"
+	case "MissingAuthenticationToken":
+		return "MissingAuthenticationTokenException"
+	}
+	return code
+}
+
+// classify finds the service, operation and wire form of a request.
+func (p *Proxy) classify(c *call) {
+	r := c.r
+	if a, err := parseAuthorization(r.Header.Get("Authorization")); err == nil {
+		c.auth = &a
+		c.service = a.Service
+	}
+	ct := r.Header.Get("Content-Type")
+	if t := r.Header.Get("X-Amz-Target"); t != "" {
+		prefix, op, _ := strings.Cut(t, ".")
+		c.op = op
+		switch {
+		case prefix == "AmazonSQS":
+			c.service, c.wire = ServiceSQS, wireJSON10
+		case strings.HasPrefix(prefix, "Kinesis_"):
+			c.service, c.wire = ServiceKinesis, wireJSON11
+		case strings.HasPrefix(prefix, "AmazonSimpleNotificationService"):
+			c.service, c.wire = ServiceSNS, wireJSON11
+		default:
+			c.wire = wireJSON11
+			if strings.Contains(ct, "1.0") {
+				c.wire = wireJSON10
+			}
+		}
+		if strings.Contains(ct, "cbor") {
+			c.wire = wireCBOR
+		}
+		return
+	}
+	c.wire = wireQuery
+	if strings.HasPrefix(ct, "application/x-www-form-urlencoded") || (ct == "" && r.Method == http.MethodPost) {
+		f, err := parseForm(c.body)
+		if err == nil {
+			c.form = f
+			c.op = f.get("Action")
+			if c.service == "" {
+				switch f.get("Version") {
+				case "2012-11-05":
+					c.service = ServiceSQS
+				case "2010-03-31":
+					c.service = ServiceSNS
+				}
+			}
+		}
+	}
+	if c.service == "" {
+		c.service = ServiceSQS
+	}
+}
+
+// authenticate verifies the client's signature unless clients are trusted.
+func (p *Proxy) authenticate(c *call) *authFailure {
+	if p.cfg.TrustClients {
+		return nil
+	}
+	r := c.r
+	if r.URL.Query().Get("X-Amz-Signature") != "" {
+		return &authFailure{"AccessDenied", "presigned (query-string) SigV4 requests are not accepted by dsmproxy; sign with the Authorization header"}
+	}
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return &authFailure{"MissingAuthenticationToken", "Request is missing Authentication Token"}
+	}
+	if c.auth == nil {
+		_, err := parseAuthorization(h)
+		return &authFailure{"IncompleteSignature", err.Error()}
+	}
+	secret, ok := p.cfg.ClientKeys[c.auth.AccessKey]
+	if !ok {
+		creds, err := p.creds.Retrieve(r.Context())
+		if err != nil {
+			return &authFailure{"InvalidClientTokenId", "the proxy could not load its own credentials to verify the request: " + err.Error()}
+		}
+		if creds.AccessKeyID != c.auth.AccessKey {
+			return &authFailure{"InvalidClientTokenId", "The security token included in the request is invalid."}
+		}
+		secret = creds.SecretAccessKey
+	}
+	if f := verifySigV4(r, c.auth, secret, c.body, c.now, p.cfg.MaxClockSkew); f != nil {
+		return f
+	}
+	return nil
+}
+
+// identity is what the service rules match a request on.
+func (p *Proxy) identity(c *call) proxy.Identity {
+	id := proxy.Identity{Protocol: "aws"}
+	if c.auth != nil {
+		id.AccessKey = c.auth.AccessKey
+	}
+	id.ClientID = appID(c.r.Header.Get("User-Agent"))
+	if id.ClientID == "" {
+		id.ClientID = appID(c.r.Header.Get("X-Amz-User-Agent"))
+	}
+	id.Described = id.ClientID
+	if ap, err := netip.ParseAddrPort(c.r.RemoteAddr); err == nil {
+		id.Addr = ap.Addr().Unmap()
+	}
+	return id
+}
+
+// appID is the `app/<id>` token SDKs add to User-Agent when an application id is configured.
+func appID(ua string) string {
+	for _, f := range strings.Fields(ua) {
+		if v, ok := strings.CutPrefix(f, "app/"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// forwardHeaders are the client headers sent upstream; everything else is dropped, notably the
+// client's Authorization, X-Amz-Date and X-Amz-Security-Token.
+var forwardHeaders = []string{
+	"Content-Type", "X-Amz-Target", "X-Amzn-Query-Mode", "Amz-Sdk-Invocation-Id", "Amz-Sdk-Request",
+	"User-Agent", "X-Amz-User-Agent", "Accept", "X-Amzn-Trace-Id",
+}
+
+// forward sends body upstream, signed with the proxy's credentials, and returns the response with
+// its body read.
+func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
+	base := p.up[c.service]
+	if base == nil {
+		base = p.up[ServiceSQS]
+	}
+	u := *base
+	u.Path = strings.TrimSuffix(base.Path, "/") + c.r.URL.Path
+	u.RawPath = ""
+	if c.r.URL.RawPath != "" {
+		u.RawPath = strings.TrimSuffix(base.EscapedPath(), "/") + c.r.URL.RawPath
+	}
+	u.RawQuery = c.r.URL.RawQuery
+	req, err := http.NewRequestWithContext(c.r.Context(), c.r.Method, u.String(), bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, fmt.Errorf("aws %s %s: building upstream request: %w", c.service, c.op, err)
+	}
+	for _, h := range forwardHeaders {
+		if v := c.r.Header.Values(h); len(v) > 0 {
+			req.Header[h] = v
+		}
+	}
+	creds, err := p.creds.Retrieve(c.r.Context())
+	if err != nil {
+		return nil, nil, fmt.Errorf("aws %s %s: proxy credentials: %w", c.service, c.op, err)
+	}
+	region, signingName := p.cfg.Region, c.service
+	if c.auth != nil {
+		region, signingName = c.auth.Region, c.auth.Service
+	}
+	sum := sha256Hex(body)
+	if err := p.signer.SignHTTP(c.r.Context(), creds, req, sum, signingName, region, p.now()); err != nil {
+		return nil, nil, fmt.Errorf("aws %s %s: signing: %w", c.service, c.op, err)
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
+	}
+	defer resp.Body.Close()
+	rb, err := io.ReadAll(io.LimitReader(resp.Body, p.cfg.MaxBodyBytes+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
+	}
+	return resp, rb, nil
+}
+
+// respFixer rewrites a successful response body; it returns nil to leave it alone.
+type respFixer func(resp []byte) []byte
+
+func (p *Proxy) handle(w http.ResponseWriter, c *call) {
+	body, fix := p.rewriteRequest(c)
+	resp, rb, err := p.forward(c, body)
+	if err != nil {
+		p.log.Warn().Err(err).Msg("upstream request failed")
+		p.writeError(w, c, http.StatusBadGateway, "ServiceUnavailable", "dsmproxy could not reach the upstream: "+err.Error())
+		return
+	}
+	modified := false
+	if resp.StatusCode/100 == 2 {
+		if fix != nil {
+			if nb := fix(rb); nb != nil {
+				rb, modified = nb, true
+			}
+		}
+	} else {
+		p.reportUpstreamError(c, resp, rb)
+	}
+	hdr := w.Header()
+	for k, vs := range resp.Header {
+		switch http.CanonicalHeaderKey(k) {
+		case "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding", "Content-Encoding":
+			continue
+		case "X-Amz-Crc32":
+			if modified {
+				continue
+			}
+		}
+		hdr[k] = vs
+	}
+	w.WriteHeader(resp.StatusCode)
+	w.Write(rb)
+}
+
+// rewriteRequest dispatches on service, wire and operation.
+func (p *Proxy) rewriteRequest(c *call) ([]byte, respFixer) {
+	var (
+		body []byte
+		fix  respFixer
+		err  error
+	)
+	switch {
+	case c.service == ServiceSQS && c.wire == wireJSON10:
+		body, fix, err = p.sqsJSON(c)
+	case c.service == ServiceSQS && c.wire == wireQuery && c.form != nil:
+		body, fix, err = p.sqsQuery(c)
+	case c.service == ServiceSNS && c.wire == wireQuery && c.form != nil:
+		body, fix, err = p.snsQuery(c)
+	case c.service == ServiceSNS:
+		body, fix, err = p.snsJSON(c)
+	case c.service == ServiceKinesis:
+		body, fix, err = p.kinesisJSON(c)
+	}
+	if err != nil {
+		p.stats.decodeErr.Add(1)
+		p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.DecodeError, Protocol: c.service, Operation: c.op,
+			Name: "request_decode", Message: err.Error(), Service: c.svcName, Partition: -1})
+		p.log.Debug().Err(err).Str("op", c.op).Msg("request forwarded without rewriting")
+		return c.body, nil
+	}
+	if body == nil {
+		body = c.body
+	}
+	return body, fix
+}
+
+func (p *Proxy) add(pt pathway.Point) {
+	if !p.obs.Add(pt) {
+		p.stats.dropped.Add(1)
+	}
+}
+
+// skip reports a message sent without `_datadog`.
+func (p *Proxy) skip(c *call, e pathway.Edge, name, msg string) {
+	p.stats.skipped.Add(1)
+	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.ProxySkip, Protocol: c.service, Operation: c.op,
+		Name: name, Message: msg, Service: c.svcName, Edge: e, Partition: -1, Messages: 1})
+}
+
+// boundedMap is a string map that is emptied, not grown, when full.
+type boundedMap struct {
+	mu  sync.Mutex
+	max int
+	m   map[string]string
+}
+
+func newBoundedMap(max int) *boundedMap { return &boundedMap{max: max, m: map[string]string{}} }
+
+func (b *boundedMap) put(k, v string) {
+	b.mu.Lock()
+	if len(b.m) >= b.max {
+		clear(b.m)
+	}
+	b.m[k] = v
+	b.mu.Unlock()
+}
+
+func (b *boundedMap) get(k string) (string, bool) {
+	b.mu.Lock()
+	v, ok := b.m[k]
+	b.mu.Unlock()
+	return v, ok
+}

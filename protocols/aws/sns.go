@@ -1,0 +1,152 @@
+package aws
+
+import (
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// SNS carries `_datadog` as a Binary attribute: subscription filter policies silently fail on a
+// String attribute holding JSON, which is why the tracers use Binary too.
+
+func snsTopic(get func(string) string) string {
+	arn := get("TopicArn")
+	if arn == "" {
+		arn = get("TargetArn")
+	}
+	return topicName(arn)
+}
+
+func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
+	f := c.form
+	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSNS, Topic: snsTopic(f.get)}
+	var fix respFixer
+	switch c.op {
+	case "Publish":
+		attrs := f.queryAttrs("MessageAttributes.entry.")
+		pt, carrier, _ := p.prepareOut(c, e, len(f.get("Message"))+len(f.get("Subject")), plainAttrs(attrs), "Binary")
+		if carrier != nil {
+			queryInject(f, "MessageAttributes.entry.", attrs, carrier, true)
+			p.stats.injected.Add(1)
+		}
+		fix = func([]byte) []byte { p.produced(c, pt); return nil }
+	case "PublishBatch":
+		pts := map[string]pathway.Point{}
+		for n := 1; ; n++ {
+			pre := "PublishBatchRequestEntries.member." + itoa(n) + "."
+			id, ok := f.vals[pre+"Id"]
+			if !ok {
+				break
+			}
+			attrs := f.queryAttrs(pre + "MessageAttributes.entry.")
+			pt, carrier, _ := p.prepareOut(c, e, len(f.get(pre+"Message"))+len(f.get(pre+"Subject")), plainAttrs(attrs), "Binary")
+			if carrier != nil {
+				queryInject(f, pre+"MessageAttributes.entry.", attrs, carrier, true)
+				p.stats.injected.Add(1)
+			}
+			pts[id] = pt
+		}
+		fix = func(resp []byte) []byte {
+			root, err := parseXML(resp)
+			if err != nil {
+				return nil
+			}
+			if s := root.find("Successful"); s != nil {
+				for _, m := range s.findAll("member", nil) {
+					if pt, ok := pts[m.childText("Id")]; ok {
+						p.produced(c, pt)
+					}
+				}
+			}
+			if fl := root.find("Failed"); fl != nil {
+				p.xmlBatchFailures(c, fl, "member")
+			}
+			return nil
+		}
+	}
+	if !f.changed() {
+		return nil, fix, nil
+	}
+	return f.encode(), fix, nil
+}
+
+func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
+	if c.op != "Publish" && c.op != "PublishBatch" {
+		return nil, nil, nil
+	}
+	b := c.body
+	ms, end, err := objectMembers(b, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	get := func(k string) string { s, _ := jsonString(b, find(ms, k)); return s }
+	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSNS, Topic: snsTopic(get)}
+	var eds []edit
+	entry := func(ems []member, eend int) (pathway.Point, error) {
+		attrs, err := jsonMessageAttrs(b, ems, "MessageAttributes")
+		if err != nil {
+			return pathway.Point{}, err
+		}
+		msg, _ := jsonString(b, find(ems, "Message"))
+		subj, _ := jsonString(b, find(ems, "Subject"))
+		pt, carrier, _ := p.prepareOut(c, e, len(msg)+len(subj), attrs, "Binary")
+		if carrier != nil {
+			more, err := jsonInjectEdits(b, ems, eend, "MessageAttributes", carrier, true)
+			if err != nil {
+				return pt, err
+			}
+			eds = append(eds, more...)
+			p.stats.injected.Add(1)
+		}
+		return pt, nil
+	}
+	var fix respFixer
+	if c.op == "Publish" {
+		pt, err := entry(ms, end)
+		if err != nil {
+			return nil, nil, err
+		}
+		fix = func([]byte) []byte { p.produced(c, pt); return nil }
+	} else {
+		pts := map[string]pathway.Point{}
+		if em := find(ms, "PublishBatchRequestEntries"); em != nil {
+			els, err := arrayElems(b, em.VS)
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, el := range els {
+				ems, eend, err := objectMembers(b, el[0])
+				if err != nil {
+					return nil, nil, err
+				}
+				id, _ := jsonString(b, find(ems, "Id"))
+				if pts[id], err = entry(ems, eend); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+		fix = func(resp []byte) []byte {
+			rms, _, err := objectMembers(resp, 0)
+			if err != nil {
+				return nil
+			}
+			if sm := find(rms, "Successful"); sm != nil && resp[sm.VS] == '[' {
+				els, _ := arrayElems(resp, sm.VS)
+				for _, el := range els {
+					ems, _, err := objectMembers(resp, el[0])
+					if err != nil {
+						break
+					}
+					id, _ := jsonString(resp, find(ems, "Id"))
+					if pt, ok := pts[id]; ok {
+						p.produced(c, pt)
+					}
+				}
+			}
+			p.jsonBatchFailures(c, resp, rms, "Failed")
+			return nil
+		}
+	}
+	if len(eds) == 0 {
+		return nil, fix, nil
+	}
+	return applyEdits(make([]byte, 0, len(b)+128), b, eds), fix, nil
+}
