@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -107,5 +108,42 @@ func TestListOffsetsErrorEvents(t *testing.T) {
 			}
 		}
 		return false
+	})
+}
+
+// TestThrottleEvents has the broker answer with a quota throttle (kfake's control hook sets
+// throttle_time_ms on its answer) on a decoded response (ListOffsets) and on Fetch, which is
+// observed after forwarding; both become THROTTLED events carrying the time.
+func TestThrottleEvents(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	cl := kgoClient(t, p, kgo.ClientID("throttled"))
+	for key, ms := range map[int16]int32{keyListOffsets: 250, keyFetch: 300} {
+		c.ControlKey(key, func(req kmsg.Request) (kmsg.Response, error, bool) {
+			resp := req.ResponseKind()
+			resp.(interface{ SetThrottle(int32) }).SetThrottle(ms)
+			return resp, nil, true
+		})
+	}
+	lo := kmsg.NewPtrListOffsetsRequest()
+	lo.ReplicaID = -1
+	if _, err := lo.RequestWith(ctx, cl.Broker(0)); err != nil {
+		t.Fatalf("list offsets: %v", err)
+	}
+	f := kmsg.NewPtrFetchRequest()
+	f.ReplicaID, f.MaxWaitMillis, f.MaxBytes, f.SessionEpoch = -1, 10, 1<<20, -1
+	if _, err := f.RequestWith(ctx, cl.Broker(0)); err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	want := map[string]time.Duration{"ListOffsets": 250 * time.Millisecond, "Fetch": 300 * time.Millisecond}
+	waitFor(t, "throttle events", func() bool {
+		seen := 0
+		for _, e := range p.errs.byCategory(errtrack.BrokerError) {
+			if d, ok := want[e.Operation]; ok && e.Name == "THROTTLED" && e.Throttle == d && e.Service == "throttled" && e.Retriable {
+				seen++
+			}
+		}
+		return seen == len(want)
 	})
 }

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -57,5 +58,16 @@ func (p *Proxy) skip(reason, message, service string, edge pathway.Edge, partiti
 	p.errs.Report(errtrack.Event{
 		Time: p.now(), Category: errtrack.ProxySkip, Protocol: "kafka", Operation: "Produce",
 		Name: reason, Message: message, Service: service, Edge: edge, Partition: partition, Messages: msgs,
+	})
+}
+
+// throttled reports a response whose throttle_time_ms says the broker held the client back for a
+// quota: clients wait it out silently, so it is only visible here.
+func (p *Proxy) throttled(op int16, ms int32, service string) {
+	p.errs.Report(errtrack.Event{
+		Time: p.now(), Category: errtrack.BrokerError, Protocol: "kafka", Operation: kmsg.NameForKey(op),
+		Name: "THROTTLED", Message: "the broker throttled the client for a quota", Retriable: true,
+		Service: service, Edge: pathway.Edge{Type: pathway.TypeKafka}, Partition: -1,
+		Throttle: time.Duration(ms) * time.Millisecond,
 	})
 }

@@ -102,6 +102,9 @@ func (p *Proxy) observeFetch(job observeJob) {
 	}
 	ci := job.client
 	now := p.now()
+	if resp.ThrottleMillis > 0 {
+		p.throttled(keyFetch, resp.ThrottleMillis, ci.service)
+	}
 	if resp.ErrorCode != 0 {
 		p.brokerError(keyFetch, resp.ErrorCode, ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka}, -1, 0)
 	}

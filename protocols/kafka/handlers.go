@@ -132,6 +132,11 @@ func (s *session) decodeResponse(pd *pending, frame []byte, resp kmsg.Response) 
 		s.log.Debug().Err(err).Int16("key", pd.key).Int16("version", pd.version).Msg("response forwarded undecoded")
 		return 0, false
 	}
+	if t, ok := resp.(interface{ Throttle() (int32, bool) }); ok && pd.key != keyFetch { // Fetch: observeFetch
+		if ms, _ := t.Throttle(); ms > 0 {
+			s.p.throttled(pd.key, ms, s.info.Load().service)
+		}
+	}
 	return start, true
 }
 
