@@ -79,6 +79,12 @@ func ensureNode(t testing.TB) string {
 // "LISTENING <port>" line on stdout, or the loopback preload's line on stderr).
 func startNode(t testing.TB, env []string, args ...string) int {
 	t.Helper()
+	return startNodeWait(t, env, 0, args...)
+}
+
+// startNodeWait is startNode waiting for a given port (0 = the first reported).
+func startNodeWait(t testing.TB, env []string, want int, args ...string) int {
+	t.Helper()
 	dir := ensureNode(t)
 	cmd := exec.Command("node", args...)
 	cmd.Dir = dir
@@ -114,10 +120,19 @@ func startNode(t testing.TB, env []string, args ...string) int {
 	}
 	go scan(stdout, "LISTENING")
 	go scan(stderr, "DSMPROXY_LISTENING")
-	select {
-	case p := <-ports:
-		return p
-	case <-time.After(60 * time.Second):
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case p := <-ports:
+			if want == 0 || p == want {
+				return p
+			}
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	{
 		logMu.Lock()
 		defer logMu.Unlock()
 		t.Fatalf("node %v did not report a port within 60s; output:\n%s", args, log.String())

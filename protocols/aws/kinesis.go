@@ -1,0 +1,256 @@
+package aws
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// MaxKinesisRecordBytes is Kinesis's limit on data plus partition key of one record.
+const MaxKinesisRecordBytes = 1 << 20
+
+func kinesisStream(b []byte, ms []member) string {
+	if s, ok := jsonString(b, find(ms, "StreamName")); ok && s != "" {
+		return s
+	}
+	if arn, ok := jsonString(b, find(ms, "StreamARN")); ok {
+		return arn[strings.LastIndexByte(arn, '/')+1:]
+	}
+	return ""
+}
+
+func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
+	switch c.op {
+	case "PutRecord", "PutRecords", "GetShardIterator", "GetRecords":
+	default:
+		return nil, nil, nil
+	}
+	b := c.body
+	ms, end, err := objectMembers(b, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	stream := kinesisStream(b, ms)
+	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKinesis, Topic: stream}
+	switch c.op {
+	case "PutRecord":
+		pt, ed := p.kinesisPut(c, e, b, ms)
+		fix := func([]byte) []byte { p.produced(c, pt); return nil }
+		if ed == nil {
+			return nil, fix, nil
+		}
+		return applyEdits(make([]byte, 0, len(b)+96), b, []edit{*ed}), fix, nil
+	case "PutRecords":
+		rm := find(ms, "Records")
+		if rm == nil {
+			return nil, nil, nil
+		}
+		els, err := arrayElems(b, rm.VS)
+		if err != nil {
+			return nil, nil, err
+		}
+		var eds []edit
+		pts := make([]pathway.Point, len(els))
+		for i, el := range els {
+			rms, _, err := objectMembers(b, el[0])
+			if err != nil {
+				return nil, nil, err
+			}
+			var ed *edit
+			pts[i], ed = p.kinesisPut(c, e, b, rms)
+			if ed != nil {
+				eds = append(eds, *ed)
+			}
+		}
+		fix := func(resp []byte) []byte {
+			var out struct {
+				Records []struct{ ErrorCode, ErrorMessage string }
+			}
+			if json.Unmarshal(resp, &out) != nil {
+				return nil
+			}
+			for i, r := range out.Records {
+				if i >= len(pts) {
+					break
+				}
+				if r.ErrorCode != "" {
+					p.reportFailedEntry(c, r.ErrorCode, "record "+strconv.Itoa(i)+": "+r.ErrorMessage, false, 1)
+					continue
+				}
+				p.produced(c, pts[i])
+			}
+			return nil
+		}
+		if len(eds) == 0 {
+			return nil, fix, nil
+		}
+		return applyEdits(make([]byte, 0, len(b)+96*len(eds)), b, eds), fix, nil
+	case "GetShardIterator":
+		return nil, func(resp []byte) []byte {
+			rms, _, err := objectMembers(resp, 0)
+			if err == nil {
+				if it, ok := jsonString(resp, find(rms, "ShardIterator")); ok && stream != "" {
+					p.iters.put(it, stream)
+				}
+			}
+			return nil
+		}, nil
+	}
+	// GetRecords
+	if stream == "" {
+		if it, ok := jsonString(b, find(ms, "ShardIterator")); ok {
+			stream, _ = p.iters.get(it)
+		}
+	}
+	_ = end
+	e = pathway.Edge{Direction: pathway.In, Type: pathway.TypeKinesis, Topic: stream}
+	return nil, func(resp []byte) []byte { return p.kinesisGetRecords(c, e, resp) }, nil
+}
+
+// kinesisPut records one put record's checkpoint and, when enabled, returns the edit that puts
+// `_datadog` into its JSON-object data.
+func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member) (pathway.Point, *edit) {
+	dm := find(ms, "Data")
+	raw, _ := jsonString(b, dm)
+	data, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil {
+		data = nil
+	}
+	pk, _ := jsonString(b, find(ms, "PartitionKey"))
+	parent := pathway.Context{}
+	var dms []member
+	var dend int
+	isObj := false
+	if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && t[len(t)-1] == '}' && json.Valid(t) {
+		if dms, dend, err = objectMembers(data, 0); err == nil {
+			isObj = true
+			if d := find(dms, ddAttr); d != nil {
+				parent = contextFromCarrier(data[d.VS:d.VE])
+			}
+		}
+	}
+	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
+	if !p.cfg.KinesisInjectData || dm == nil {
+		return pt, nil
+	}
+	if !isObj {
+		p.skip(c, e, "not_json", "record data is not a JSON object; sent without _datadog")
+		return pt, nil
+	}
+	var ed edit
+	if d := find(dms, ddAttr); d != nil {
+		ed = edit{S: d.VS, E: d.VE, New: carrierJSON(data[d.VS:d.VE], ctx)}
+	} else {
+		ed = appendMember(dms, dend, ddAttr, carrierJSON(nil, ctx))
+	}
+	nd := applyEdits(make([]byte, 0, len(data)+64), data, []edit{ed})
+	if len(nd)+len(pk) > MaxKinesisRecordBytes {
+		p.skip(c, e, "size_limit", "record with _datadog would exceed 1 MiB; sent without it")
+		return pt, nil
+	}
+	p.stats.injected.Add(1)
+	nv := make([]byte, 0, base64.StdEncoding.EncodedLen(len(nd))+2)
+	nv = append(nv, '"')
+	nv = base64.StdEncoding.AppendEncode(nv, nd)
+	nv = append(nv, '"')
+	return pt, &edit{S: dm.VS, E: dm.VE, New: nv}
+}
+
+// kinesisGetRecords checkpoints each record, remembers the next iterator's stream and, when the
+// proxy injects, removes `_datadog` so consumers see the bytes the producer sent.
+func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
+	rms, _, err := objectMembers(resp, 0)
+	if err != nil {
+		p.stats.decodeErr.Add(1)
+		return nil
+	}
+	if it, ok := jsonString(resp, find(rms, "NextShardIterator")); ok && e.Topic != "" {
+		p.iters.put(it, e.Topic)
+	}
+	rm := find(rms, "Records")
+	if rm == nil || resp[rm.VS] != '[' {
+		return nil
+	}
+	els, err := arrayElems(resp, rm.VS)
+	if err != nil {
+		return nil
+	}
+	var eds []edit
+	for _, el := range els {
+		ems, _, err := objectMembers(resp, el[0])
+		if err != nil {
+			return nil
+		}
+		dm := find(ems, "Data")
+		raw, _ := jsonString(resp, dm)
+		data, _ := base64.StdEncoding.DecodeString(raw)
+		pk, _ := jsonString(resp, find(ems, "PartitionKey"))
+		var parent pathway.Context
+		var strip *edit
+		if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && bytes.Contains(t, []byte(ddAttr)) {
+			if dms, _, err := objectMembers(data, 0); err == nil {
+				for i := range dms {
+					if dms[i].Key != ddAttr {
+						continue
+					}
+					parent = contextFromCarrier(data[dms[i].VS:dms[i].VE])
+					if p.cfg.KinesisInjectData {
+						ed := removeLastAdded(data, dms, i)
+						strip = &ed
+					}
+				}
+			}
+		}
+		pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
+		if parent.IsZero() {
+			// no context: time in the stream stands in for both latencies, as the tracers do
+			if at := arrival(resp, find(ems, "ApproximateArrivalTimestamp")); !at.IsZero() {
+				l := max(0, int64(c.now.Sub(at)))
+				pt.PathwayLatency, pt.EdgeLatency = l, l
+			}
+		}
+		p.stats.consumed.Add(1)
+		p.add(pt)
+		if strip != nil && dm != nil {
+			nd := applyEdits(make([]byte, 0, len(data)), data, []edit{*strip})
+			nv := append([]byte{'"'}, base64.StdEncoding.AppendEncode(nil, nd)...)
+			eds = append(eds, edit{S: dm.VS, E: dm.VE, New: append(nv, '"')})
+		}
+	}
+	if len(eds) == 0 {
+		return nil
+	}
+	return applyEdits(make([]byte, 0, len(resp)), resp, eds)
+}
+
+// removeLastAdded deletes member i including the comma before it, the exact inverse of
+// appendMember, so the data goes back to the producer's bytes.
+func removeLastAdded(b []byte, ms []member, i int) edit {
+	if i == 0 {
+		return removeMember(b, ms, i)
+	}
+	s := ms[i].MS - 1
+	for s > 0 && b[s] != ',' {
+		s--
+	}
+	return edit{S: s, E: ms[i].VE}
+}
+
+// arrival decodes ApproximateArrivalTimestamp (epoch seconds with a fraction in JSON 1.1).
+func arrival(b []byte, m *member) time.Time {
+	if m == nil {
+		return time.Time{}
+	}
+	f, err := strconv.ParseFloat(string(b[m.VS:m.VE]), 64)
+	if err != nil || f <= 0 || math.IsInf(f, 0) {
+		return time.Time{}
+	}
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9))
+}

@@ -1,0 +1,159 @@
+package aws
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+)
+
+func freePort(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// kinesisPeer starts kinesis-local (kinesis-mock compiled to JS) on loopback behind a verifier.
+func kinesisPeer(t testing.TB) *verifier {
+	dir := ensureNode(t)
+	plain, tlsPort := freePort(t), freePort(t)
+	env := []string{
+		"KINESIS_MOCK_CERT_PATH=" + filepath.Join(dir, "node_modules", "kinesis-local", "server.json"),
+		fmt.Sprintf("KINESIS_MOCK_PLAIN_PORT=%d", plain), fmt.Sprintf("KINESIS_MOCK_TLS_PORT=%d", tlsPort),
+		"LOG_LEVEL=WARN", "CREATE_STREAM_DURATION=10ms",
+	}
+	startNodeWait(t, env, plain, "-r", "./loopback-only.js", "node_modules/kinesis-local/main.js")
+	return startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", plain))
+}
+
+func kinesisClient(endpoint string) *kinesis.Client {
+	return kinesis.New(kinesis.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(endpoint),
+		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: "clicks"})
+}
+
+func TestKinesisThroughProxy(t *testing.T) {
+	for _, inject := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inject=%v", inject), func(t *testing.T) { testKinesis(t, inject) })
+	}
+}
+
+func testKinesis(t *testing.T, inject bool) {
+	up := kinesisPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.KinesisInjectData = inject })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kc := kinesisClient(tp.url)
+	stream := awssdk.String("clickstream")
+	if _, err := kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: stream, ShardCount: awssdk.Int32(1)}); err != nil {
+		t.Fatalf("CreateStream through proxy: %v", err)
+	}
+	w := kinesis.NewStreamExistsWaiter(kc, func(o *kinesis.StreamExistsWaiterOptions) {
+		o.MinDelay = 100 * time.Millisecond
+		o.MaxDelay = time.Second
+	})
+	if err := w.Wait(ctx, &kinesis.DescribeStreamInput{StreamName: stream}, time.Minute); err != nil {
+		t.Fatalf("stream never became active: %v", err)
+	}
+	jsonData := []byte(`{"user":"u1","n":1} ` + "\n")
+	binData := []byte{0xf3, 0x89, 0x9a, 0xc2, 0x00}
+	if _, err := kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: jsonData, PartitionKey: awssdk.String("u1")}); err != nil {
+		t.Fatalf("PutRecord: %v", err)
+	}
+	pr, err := kc.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: stream, Records: []ktypes.PutRecordsRequestEntry{
+		{Data: []byte(`{}`), PartitionKey: awssdk.String("u2")},
+		{Data: binData, PartitionKey: awssdk.String("u3")},
+	}})
+	if err != nil || awssdk.ToInt32(pr.FailedRecordCount) != 0 {
+		t.Fatalf("PutRecords: %v %+v", err, pr)
+	}
+	desc, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := kc.GetShardIterator(ctx, &kinesis.GetShardIteratorInput{StreamName: stream, ShardId: desc.StreamDescription.Shards[0].ShardId,
+		ShardIteratorType: ktypes.ShardIteratorTypeTrimHorizon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []ktypes.Record
+	next := it.ShardIterator
+	for len(recs) < 3 && ctx.Err() == nil {
+		gr, err := kc.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: next})
+		if err != nil {
+			t.Fatalf("GetRecords: %v", err)
+		}
+		recs = append(recs, gr.Records...)
+		next = gr.NextShardIterator
+	}
+	if len(recs) != 3 {
+		t.Fatalf("got %d records, want 3", len(recs))
+	}
+	// proxied consumers see exactly the producer's bytes
+	want := [][]byte{jsonData, []byte(`{}`), binData}
+	for i, r := range recs {
+		if !bytes.Equal(r.Data, want[i]) {
+			t.Errorf("record %d data %q, want %q", i, r.Data, want[i])
+		}
+	}
+	prod := tp.rec.withTags("direction:out", "topic:clickstream", "type:kinesis")
+	cons := tp.rec.withTags("direction:in", "topic:clickstream", "type:kinesis")
+	if len(prod) != 3 || len(cons) != 3 {
+		t.Fatalf("%d produce and %d consume points, want 3 and 3 (second GetRecords must know the stream from NextShardIterator)", len(prod), len(cons))
+	}
+	chained := 0
+	for i, c := range cons {
+		if c.ParentHash == prod[i].Hash {
+			chained++
+		}
+	}
+	if inject && chained != 2 {
+		t.Errorf("with injection %d consume points chained, want 2 (the two JSON objects)", chained)
+	}
+	if !inject && chained != 0 {
+		t.Errorf("without injection %d consume points chained, want 0", chained)
+	}
+	// the two JSON-object records carry _datadog upstream only when injection is on
+	if n, wantN := tp.Stats().Injected, map[bool]uint64{false: 0, true: 2}[inject]; n != wantN {
+		t.Errorf("injected %d records, want %d", n, wantN)
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}
+
+// TestKinesisCBORRefused: Java SDKs default to CBOR; the proxy answers with an error that says
+// how to turn it off instead of forwarding what it cannot read.
+func TestKinesisCBORRefused(t *testing.T) {
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:1" })
+	req, _ := http.NewRequest(http.MethodPost, tp.url+"/", bytes.NewReader([]byte{0xbf, 0xff}))
+	req.Header.Set("Content-Type", "application/x-amz-cbor-1.1")
+	req.Header.Set("X-Amz-Target", "Kinesis_20131202.PutRecord")
+	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret}
+	if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, sha256Hex([]byte{0xbf, 0xff}), "kinesis", "us-east-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	if resp.StatusCode != 400 || !strings.Contains(b.String(), "AWS_CBOR_DISABLE") {
+		t.Fatalf("CBOR request: %d %s", resp.StatusCode, b.String())
+	}
+}
