@@ -61,7 +61,8 @@ func FuzzRequestFrame(f *testing.F) {
 
 func FuzzResponse(f *testing.F) {
 	for _, key := range []int16{keyProduce, keyFetch, keyMetadata, keyOffsetCommit, keyFindCoordinator, keySyncGroup,
-		keySaslHandshake, keyApiVersions, keyTxnOffsetCommit, keyDescribeCluster, keyCGHeartbeat, keyShareFetch, keyShareAck} {
+		keySaslHandshake, keyApiVersions, keyTxnOffsetCommit, keyDescribeCluster, keyCGHeartbeat, keyShareFetch, keyShareAck,
+		keyListOffsets, keyJoinGroup, keyHeartbeat, keyLeaveGroup} {
 		resp := kmsg.ResponseForKey(key)
 		for _, v := range []int16{0, resp.MaxVersion()} {
 			resp.SetVersion(v)
