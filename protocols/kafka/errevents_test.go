@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -146,4 +147,13 @@ func TestThrottleEvents(t *testing.T) {
 		}
 		return seen == len(want)
 	})
+}
+
+func TestErrorDescription(t *testing.T) {
+	if d := errorDescription(10); !strings.Contains(d, "larger than the max message size") {
+		t.Errorf("MESSAGE_TOO_LARGE description %q", d)
+	}
+	if d := errorDescription(9999); d != "" {
+		t.Errorf("unknown code described as %q", d)
+	}
 }

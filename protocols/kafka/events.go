@@ -23,13 +23,22 @@ func errorName(code int16) (string, bool) {
 	return e.Message, e.Retriable
 }
 
+// errorDescription is kerr's sentence for a code (a static string: no allocation per event), the
+// message Error Tracking shows next to the name.
+func errorDescription(code int16) string {
+	if e := kerr.TypedErrorForCode(code); e != nil && e.Code == code {
+		return e.Description
+	}
+	return ""
+}
+
 // brokerError reports a per-partition (or top-level, partition -1) error code from a response.
 func (p *Proxy) brokerError(op int16, code int16, service string, edge pathway.Edge, partition int32, msgs int) {
 	name, retriable := errorName(code)
 	p.errs.Report(errtrack.Event{
 		Time: p.now(), Category: errtrack.BrokerError, Protocol: "kafka", Operation: kmsg.NameForKey(op),
-		Code: int32(code), Name: name, Retriable: retriable, Service: service, Edge: edge,
-		Partition: partition, Messages: msgs,
+		Code: int32(code), Name: name, Message: errorDescription(code), Retriable: retriable, Service: service,
+		Edge: edge, Partition: partition, Messages: msgs,
 	})
 }
 
