@@ -24,12 +24,13 @@ import (
 )
 
 // TestKafkaBrokerErrorsReachView provokes real broker errors through the real Kafka proxy in front
-// of kfake (a record over the broker's message.max.bytes, a commit with a stale generation) and
-// checks they arrive grouped in GET /errors, with the refused record counted as lost on its edge.
+// of kfake (a record over the broker's message.max.bytes, a produce to a partition whose leader
+// moved, a commit with a stale generation) and checks they arrive grouped in GET /errors, with the
+// refused record counted as lost on its edge, and as error spans at a fake Agent.
 func TestKafkaBrokerErrorsReachView(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "orders"),
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(2, "orders"),
 		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "4096"}))
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +38,10 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 	defer cluster.Close()
 
 	var logs bytes.Buffer
-	col := errtrack.New(errtrack.Config{Log: zerolog.New(&logs)})
+	agent := &errtrack.FakeAgent{}
+	agentSrv := httptest.NewServer(agent)
+	defer agentSrv.Close()
+	col := errtrack.New(errtrack.Config{Log: zerolog.New(&logs), Agent: errtrack.AgentConfig{Enabled: true, URL: agentSrv.URL}})
 	p, err := kafka.New(kafka.Config{Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs(), Env: "test",
 		Errors: col, Services: &proxy.Services{Default: "default-svc"}, Log: zerolog.Nop()})
 	if err != nil {
@@ -71,7 +75,17 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 		t.Fatalf("small produce: %v", err)
 	}
 
-	// 2. A commit carrying a generation the group never had.
+	// 2. The leader of partition 0 moves: the next produce hits the old leader, which answers
+	// NOT_LEADER_OR_FOLLOWER; the client refreshes metadata and retries, so nothing is lost.
+	next := (cluster.LeaderFor("orders", 0) + 1) % 3
+	if err := cluster.MoveTopicPartition("orders", 0, next); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "orders", Partition: 0, Value: []byte("after move")}).FirstErr(); err != nil {
+		t.Fatalf("produce after the leader moved: %v", err)
+	}
+
+	// 3. A commit carrying a generation the group never had.
 	commit := kmsg.NewPtrOffsetCommitRequest()
 	commit.Group, commit.Generation, commit.MemberID = "billing", 7, "stale-member"
 	ct := kmsg.NewOffsetCommitRequestTopic()
@@ -140,12 +154,45 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 		t.Errorf("ILLEGAL_GENERATION group: %+v", *stale)
 	}
 
-	// One flush: one log line per group.
+	moved := find("broker_error", "Produce", "NOT_LEADER_FOR_PARTITION")
+	if moved == nil || !moved.Retriable || len(moved.Partitions) != 1 || moved.Partitions[0] != 0 {
+		t.Errorf("NOT_LEADER_FOR_PARTITION group: %+v", moved)
+	}
+	if find("lost_message", "Produce", "NOT_LEADER_FOR_PARTITION") != nil {
+		t.Error("a retried produce was counted as lost")
+	}
+
+	// One flush: one log line per group, one error span per group at the Agent.
 	if err := col.FlushNow(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if n := strings.Count(logs.String(), "MESSAGE_TOO_LARGE"); n != 2 {
 		t.Errorf("log lines naming MESSAGE_TOO_LARGE = %d, want 2 (broker error and lost):\n%s", n, logs.String())
+	}
+	spans := map[string]map[string]any{}
+	for _, sp := range agent.Spans() {
+		meta := sp["meta"].(map[string]any)
+		spans[meta["error.type"].(string)] = sp
+	}
+	if len(spans) != len(doc.Groups) {
+		t.Errorf("spans %d for %d groups", len(spans), len(doc.Groups))
+	}
+	lostSpan := spans["kafka.lost_message.MESSAGE_TOO_LARGE"]
+	if lostSpan == nil {
+		t.Fatalf("no lost-message span; error types: %v", keys(spans))
+	}
+	meta := lostSpan["meta"].(map[string]any)
+	if lostSpan["service"] != "checkout-api" || lostSpan["resource"] != "direction:out,topic:orders,type:kafka" ||
+		!strings.Contains(meta["error.message"].(string), "MESSAGE_TOO_LARGE") ||
+		!strings.Contains(meta["events"].(string), `"exception.type":"kafka.lost_message.MESSAGE_TOO_LARGE"`) {
+		t.Errorf("lost span: %v", lostSpan)
+	}
+	if sp := spans["kafka.broker_error.MESSAGE_TOO_LARGE"]; sp == nil ||
+		!strings.Contains(sp["meta"].(map[string]any)["error.message"].(string), "larger than the max message size") {
+		t.Errorf("too-large span (its message should carry the broker's description): %v", sp)
+	}
+	if sp := spans["kafka.broker_error.ILLEGAL_GENERATION"]; sp == nil || sp["resource"] != "direction:in,group:billing,topic:orders,type:kafka" {
+		t.Errorf("stale commit span: %v", sp)
 	}
 }
 
@@ -161,4 +208,12 @@ func getView(t *testing.T, url string) errtrack.ViewJSON {
 		t.Fatal(err)
 	}
 	return doc
+}
+
+func keys(m map[string]map[string]any) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
