@@ -342,32 +342,31 @@ func BenchmarkReportSameFingerprint(b *testing.B) {
 // BenchmarkReportEqualCopies alternates two events with equal but separately allocated strings, as
 // protocol code decoding each response produces: the group cache compares bytes, not pointers.
 func BenchmarkReportEqualCopies(b *testing.B) {
-	c := New(Config{})
-	var es [2]Event
+	es := make([]Event, 2)
 	for i := range es {
 		es[i] = ev(BrokerError, strings.Clone("Produce"), 6, strings.Clone("NOT_LEADER_FOR_PARTITION"),
 			strings.Clone("orders-api"), ordersOut, 3, 10, 0)
 		es[i].Edge.Topic = strings.Clone("orders")
 	}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		c.Report(es[i&1])
-		i++
-	}
+	benchCycle(b, es)
 }
 
 // BenchmarkReportRotating cycles through 8 fingerprints, so every event takes the map path.
 func BenchmarkReportRotating(b *testing.B) {
-	c := New(Config{})
-	var es [8]Event
+	es := make([]Event, 8)
 	for i := range es {
 		es[i] = ev(BrokerError, "Produce", 6, "NOT_LEADER_FOR_PARTITION", fmt.Sprint("svc-", i), ordersOut, 3, 10, 0)
 	}
+	benchCycle(b, es)
+}
+
+// benchCycle reports es in turn, one per iteration.
+func benchCycle(b *testing.B, es []Event) {
+	c := New(Config{})
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		c.Report(es[i&7])
+		c.Report(es[i%len(es)])
 		i++
 	}
 }
@@ -398,5 +397,24 @@ func TestThrottleSummed(t *testing.T) {
 	c.Report(ev(BrokerError, "Produce", 0, "THROTTLED", "a", pathway.Edge{Type: pathway.TypeKafka}, -1, 0, 0))
 	if g := c.Snapshot().Groups[0]; g.Throttle != 0 || g.TotalThrottle != 350*time.Millisecond {
 		t.Errorf("after flush: interval %v total %v", g.Throttle, g.TotalThrottle)
+	}
+}
+
+// TestRunFinalFlush: when Run's context ends, the open interval still reaches the sinks.
+func TestRunFinalFlush(t *testing.T) {
+	rec := &sinkRecorder{}
+	clk := &clock{now: t0}
+	c := New(Config{Clock: clk.Now, Interval: time.Hour, Sinks: []Sink{rec}}) // the ticker never fires here
+	c.Report(ev(LostMessage, "Produce", 10, "MESSAGE_TOO_LARGE", "a", ordersOut, 0, 2, time.Second))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	clk.Set(t0.Add(5 * time.Second))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.ivs) != 1 || len(rec.ivs[0].Groups) != 1 || rec.ivs[0].Groups[0].Messages != 2 {
+		t.Fatalf("final flush: %+v", rec.ivs)
 	}
 }
