@@ -338,6 +338,9 @@ func startProxy(t testing.TB, mod func(*Config)) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if dir := os.Getenv("DSMPROXY_AWS_CAPTURE"); dir != "" {
+		p.tap = func(c *call, resp []byte) { capture(dir, c, resp) }
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -381,4 +384,22 @@ func httpPost(u, ct string, hdr map[string]string, body string) (rawResp, error)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return rawResp{resp.StatusCode, resp.Header, string(b)}, nil
+}
+
+var wireNames = map[wire]string{wireQuery: "query", wireJSON10: "json10", wireJSON11: "json11", wireCBOR: "cbor"}
+
+var captureMu sync.Mutex
+
+// capture writes a real client's request body and the emulator's answer under dir, once per
+// service, operation and wire form (DSMPROXY_AWS_CAPTURE=testdata/aws/captured go test ...).
+func capture(dir string, c *call, resp []byte) {
+	captureMu.Lock()
+	defer captureMu.Unlock()
+	base := filepath.Join(dir, c.service+"-"+c.op+"-"+wireNames[c.wire])
+	if _, err := os.Stat(base + ".req"); err == nil {
+		return
+	}
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(base+".req", c.body, 0o644)
+	os.WriteFile(base+".resp", resp, 0o644)
 }

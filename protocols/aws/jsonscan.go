@@ -210,6 +210,9 @@ func applyEdits(dst, b []byte, eds []edit) []byte {
 	slices.SortFunc(eds, func(x, y edit) int { return x.S - y.S })
 	last := 0
 	for _, e := range eds {
+		if e.S < last || e.E < e.S || e.E > len(b) {
+			continue // overlapping edits only come from duplicate members; keep the first
+		}
 		dst = append(dst, b[last:e.S]...)
 		dst = append(dst, e.New...)
 		last = e.E

@@ -130,6 +130,10 @@ type Proxy struct {
 	mu  sync.Mutex
 	ln  net.Listener
 	srv *http.Server
+
+	// tap sees each request as the client sent it and the upstream's answer (tests capture
+	// real client traffic with it).
+	tap func(c *call, resp []byte)
 }
 
 // New validates cfg and returns a Proxy; Start binds it.
@@ -530,6 +534,9 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		p.log.Warn().Err(err).Msg("upstream request failed")
 		p.writeError(w, c, http.StatusBadGateway, "ServiceUnavailable", "dsmproxy could not reach the upstream: "+err.Error())
 		return
+	}
+	if p.tap != nil {
+		p.tap(c, rb)
 	}
 	modified := false
 	if resp.StatusCode/100 == 2 {
