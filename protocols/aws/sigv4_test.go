@@ -1,0 +1,119 @@
+package aws
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/smithy-go"
+)
+
+func TestTrustClientsNeedsLoopbackOrSecondSetting(t *testing.T) {
+	creds := credentials.NewStaticCredentialsProvider(testKey, testSecret, "")
+	if _, err := New(Config{Listen: "0.0.0.0:0", TrustClients: true, Credentials: creds}); err == nil || !strings.Contains(err.Error(), "trust_clients_non_loopback") {
+		t.Fatalf("trust_clients on 0.0.0.0: %v, want a refusal naming trust_clients_non_loopback", err)
+	}
+	if _, err := New(Config{Listen: "0.0.0.0:0", TrustClients: true, TrustClientsNonLoopback: true, Credentials: creds}); err != nil {
+		t.Fatalf("told twice: %v", err)
+	}
+	for _, l := range []string{"127.0.0.1:0", "[::1]:0", "localhost:0"} {
+		if _, err := New(Config{Listen: l, TrustClients: true, Credentials: creds}); err != nil {
+			t.Errorf("trust_clients on %s: %v", l, err)
+		}
+	}
+}
+
+// signedRaw signs a request with the SDK signer at a chosen time.
+func signedRaw(t *testing.T, url, target, body string, when time.Time, token string) *http.Request {
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/x-amz-json-1.0")
+	req.Header.Set("X-Amz-Target", target)
+	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret, SessionToken: token}
+	if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, sha256Hex([]byte(body)), "sqs", "us-east-1", when); err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func do(t *testing.T, req *http.Request) (int, http.Header, string) {
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return resp.StatusCode, resp.Header, b.String()
+}
+
+func TestSigV4Details(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+
+	// a stale signature is refused before anything is forwarded
+	before := up.count()
+	st, _, body := do(t, signedRaw(t, tp.url+"/", "AmazonSQS.ListQueues", "{}", time.Now().Add(-20*time.Minute), ""))
+	if st != 403 || !strings.Contains(body, "SignatureDoesNotMatch") || !strings.Contains(body, "expired") {
+		t.Errorf("stale signature: %d %s", st, body)
+	}
+	// a presigned URL is refused
+	req, _ := http.NewRequest(http.MethodPost, tp.url+"/?X-Amz-Signature=abc&X-Amz-Credential=x", strings.NewReader("{}"))
+	req.Header.Set("X-Amz-Target", "AmazonSQS.ListQueues")
+	req.Header.Set("Content-Type", "application/x-amz-json-1.0")
+	if st, _, body := do(t, req); st != 403 || !strings.Contains(body, "presigned") {
+		t.Errorf("presigned: %d %s", st, body)
+	}
+	// a body changed after signing does not verify
+	req = signedRaw(t, tp.url+"/", "AmazonSQS.ListQueues", "{}", time.Now(), "")
+	req.Body = http.NoBody
+	req.ContentLength = 0
+	req.Header.Del("Content-Length")
+	if st, _, body := do(t, req); st != 403 || !strings.Contains(body, "SignatureDoesNotMatch") {
+		t.Errorf("tampered body: %d %s", st, body)
+	}
+	if up.count() != before {
+		t.Errorf("refused requests reached upstream")
+	}
+	// the sidecar case with a session token: the client's token is dropped, the proxy signs with its own
+	st, _, body = do(t, signedRaw(t, tp.url+"/", "AmazonSQS.ListQueues", "{}", time.Now(), "client-session-token"))
+	if st != 200 {
+		t.Errorf("session-token client: %d %s", st, body)
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream check: %v", bad)
+	}
+}
+
+// TestQueryProtocolAuthError: a Query client gets its error as an XML ErrorResponse.
+func TestQueryProtocolAuthError(t *testing.T) {
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:1" })
+	sn := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
+		Credentials: credentials.NewStaticCredentialsProvider(testKey, "wrong", "")})
+	_, err := sn.ListTopics(context.Background(), &sns.ListTopicsInput{})
+	var ae smithy.APIError
+	if !errors.As(err, &ae) || ae.ErrorCode() != "SignatureDoesNotMatch" {
+		t.Fatalf("SNS (Query) with a wrong secret: %v", err)
+	}
+}
+
+// TestTrustClients forwards unsigned requests on a loopback listener, still re-signed upstream.
+func TestTrustClients(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.TrustClients = true })
+	cl := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url), Credentials: awssdk.AnonymousCredentials{}})
+	if _, err := cl.ListQueues(context.Background(), &sqs.ListQueuesInput{}); err != nil {
+		t.Fatalf("unsigned client in trust mode: %v", err)
+	}
+	if bad := up.failures(); len(bad) > 0 || up.count() != 1 {
+		t.Fatalf("upstream: %d requests, failures %v", up.count(), bad)
+	}
+}
