@@ -30,7 +30,8 @@ func FuzzRequestFrame(f *testing.F) {
 	}
 	for _, req := range []kmsg.Request{kmsg.NewPtrFetchRequest(), kmsg.NewPtrOffsetCommitRequest(), kmsg.NewPtrTxnOffsetCommitRequest(),
 		kmsg.NewPtrJoinGroupRequest(), kmsg.NewPtrSyncGroupRequest(), kmsg.NewPtrConsumerGroupHeartbeatRequest(),
-		kmsg.NewPtrSASLHandshakeRequest(), kmsg.NewPtrApiVersionsRequest(), kmsg.NewPtrProduceRequest()} {
+		kmsg.NewPtrSASLHandshakeRequest(), kmsg.NewPtrApiVersionsRequest(), kmsg.NewPtrProduceRequest(),
+		kmsg.NewPtrHeartbeatRequest(), kmsg.NewPtrLeaveGroupRequest()} {
 		for _, v := range []int16{0, req.MaxVersion()} {
 			req.SetVersion(v)
 			f.Add(requestFrame(req, 1))
