@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"sync"
 	"time"
@@ -20,6 +21,10 @@ const (
 	DefaultMaxFingerprints = 1000
 	DefaultRetain          = time.Hour
 )
+
+// cacheSlots is the size of the direct-mapped group cache in front of the map. Hashing the whole
+// Fingerprint (ten strings) for the map costs several times a hash of three of them.
+const cacheSlots = 64
 
 // maxPartitions bounds the partitions listed per group; more are flagged, not stored, so a group
 // never grows with the number of partitions it hits.
@@ -180,9 +185,12 @@ type Collector struct {
 	now   func() time.Time
 	sinks []Sink
 
+	seed maphash.Seed
+
 	mu           sync.Mutex
 	groups       map[Fingerprint]*group
-	last         *group // the group of the previous event: a storm of one error skips the map
+	last         *group             // the group of the previous event: a storm of one error skips the map
+	cache        [cacheSlots]*group // by a hash of a few fields: interleaved errors mostly skip the map too
 	ivStart      time.Time
 	overflow     int64 // open interval
 	overflowLost int64
@@ -209,7 +217,7 @@ func New(cfg Config) *Collector {
 	if len(cfg.Categories) == 0 {
 		cfg.Categories = []Category{BrokerError, LostMessage, ProxySkip, DecodeError}
 	}
-	c := &Collector{cfg: cfg, now: cfg.Clock, groups: make(map[Fingerprint]*group)}
+	c := &Collector{cfg: cfg, now: cfg.Clock, groups: make(map[Fingerprint]*group), seed: maphash.MakeSeed()}
 	for _, cat := range cfg.Categories {
 		if cat < 64 {
 			c.cats |= 1 << cat
@@ -234,18 +242,23 @@ func (c *Collector) Report(e Event) {
 	c.mu.Lock()
 	g := c.last
 	if g == nil || g.fp != fp {
-		g = c.groups[fp]
-		if g == nil {
-			if len(c.groups) >= c.cfg.MaxFingerprints {
-				c.overflow++
-				if e.Category == LostMessage {
-					c.overflowLost += int64(e.Messages)
+		slot := c.slot(&fp)
+		g = c.cache[slot]
+		if g == nil || g.fp != fp {
+			g = c.groups[fp]
+			if g == nil {
+				if len(c.groups) >= c.cfg.MaxFingerprints {
+					c.overflow++
+					if e.Category == LostMessage {
+						c.overflowLost += int64(e.Messages)
+					}
+					c.mu.Unlock()
+					return
 				}
-				c.mu.Unlock()
-				return
+				g = &group{fp: fp}
+				c.groups[fp] = g
 			}
-			g = &group{fp: fp}
-			c.groups[fp] = g
+			c.cache[slot] = g
 		}
 		c.last = g
 	}
@@ -255,6 +268,14 @@ func (c *Collector) Report(e Event) {
 	}
 	g.add(t, &e)
 	c.mu.Unlock()
+}
+
+// slot picks fp's cache slot from the fields that usually tell errors apart; a collision only
+// costs a map lookup, since the slot's group is compared in full.
+func (c *Collector) slot(fp *Fingerprint) int {
+	h := maphash.String(c.seed, fp.Service) ^ maphash.String(c.seed, fp.Edge.Topic)*31 ^ maphash.String(c.seed, fp.Name)*37
+	h ^= uint64(fp.Code)<<8 ^ uint64(fp.Category)
+	return int(h^h>>32) & (cacheSlots - 1)
 }
 
 func (g *group) add(t time.Time, e *Event) {
@@ -329,9 +350,8 @@ func (c *Collector) Close(now time.Time) Interval {
 		g.ivFirst, g.ivLst = time.Time{}, time.Time{}
 		if now.Sub(g.last) > c.cfg.Retain {
 			delete(c.groups, fp)
-			if c.last == g {
-				c.last = nil
-			}
+			c.last = nil
+			clear(c.cache[:]) // rare: refilled from the map by the next events
 		}
 	}
 	c.mu.Unlock()
