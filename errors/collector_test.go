@@ -418,3 +418,24 @@ func TestRunFinalFlush(t *testing.T) {
 		t.Fatalf("final flush: %+v", rec.ivs)
 	}
 }
+
+// TestManyInterleavedFingerprints: with far more fingerprints than cache slots, colliding slots
+// must never count an event in another group.
+func TestManyInterleavedFingerprints(t *testing.T) {
+	c := New(Config{})
+	const n, rounds = 500, 3
+	for r := range rounds {
+		for i := range n {
+			c.Report(ev(BrokerError, "Produce", int32(i%7), "E", fmt.Sprint("svc-", i), ordersOut, int32(r), 1, 0))
+		}
+	}
+	iv := c.Close(t0.Add(time.Minute))
+	if len(iv.Groups) != n {
+		t.Fatalf("groups = %d, want %d", len(iv.Groups), n)
+	}
+	for _, g := range iv.Groups {
+		if g.Count != rounds || len(g.Partitions) != rounds {
+			t.Fatalf("group %s/%d: count %d partitions %v", g.Service, g.Code, g.Count, g.Partitions)
+		}
+	}
+}
