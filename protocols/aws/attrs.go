@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"sort"
 	"strings"
 
@@ -78,15 +79,29 @@ type jsonAttrValue struct {
 	BinaryValue []byte  `json:"BinaryValue,omitempty"`
 }
 
-// parseJSONAttrs decodes a MessageAttributes object.
+// parseJSONAttrs decodes a MessageAttributes object with the byte scanner (no reflection: this
+// runs for every message sent and received).
 func parseJSONAttrs(raw []byte) ([]attr, error) {
-	var m map[string]jsonAttrValue
-	if err := json.Unmarshal(raw, &m); err != nil {
+	ms, _, err := objectMembers(raw, 0)
+	if err != nil {
 		return nil, err
 	}
-	out := make([]attr, 0, len(m))
-	for k, v := range m {
-		out = append(out, attr{Name: k, DataType: v.DataType, String: v.StringValue, Binary: v.BinaryValue})
+	out := make([]attr, 0, len(ms))
+	for i := range ms {
+		vms, _, err := objectMembers(raw, ms[i].VS)
+		if err != nil {
+			return nil, err
+		}
+		a := attr{Name: ms[i].Key}
+		a.DataType, _ = jsonString(raw, find(vms, "DataType"))
+		if s, ok := jsonString(raw, find(vms, "StringValue")); ok {
+			a.String = &s
+		} else if s, ok := jsonString(raw, find(vms, "BinaryValue")); ok {
+			if a.Binary, err = base64.StdEncoding.DecodeString(s); err != nil {
+				return nil, fmt.Errorf("attribute %q: BinaryValue: %w", a.Name, err)
+			}
+		}
+		out = append(out, a)
 	}
 	return out, nil
 }
@@ -114,35 +129,30 @@ func carrierJSON(existing []byte, ctx pathway.Context) []byte {
 
 // contextFromCarrier reads dd-pathway-ctx-base64 out of a `_datadog` JSON value.
 func contextFromCarrier(b []byte) pathway.Context {
-	if len(b) == 0 {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
 		return pathway.Context{}
 	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(b, &m) != nil {
-		return pathway.Context{}
-	}
-	raw, ok := m[pathway.HeaderKey]
-	if !ok {
-		// Java compares the key case-insensitively
-		for k, v := range m {
-			if strings.EqualFold(k, pathway.HeaderKey) {
-				raw, ok = v, true
-				break
-			}
-		}
-	}
-	if !ok {
-		return pathway.Context{}
-	}
-	var s string
-	if json.Unmarshal(raw, &s) != nil {
-		return pathway.Context{}
-	}
-	c, err := pathway.DecodeBase64String(s)
+	ms, _, err := objectMembers(b, i)
 	if err != nil {
 		return pathway.Context{}
 	}
-	return c
+	for j := range ms {
+		// Java compares the key case-insensitively
+		if !strings.EqualFold(ms[j].Key, pathway.HeaderKey) {
+			continue
+		}
+		s, ok := jsonString(b, &ms[j])
+		if !ok {
+			return pathway.Context{}
+		}
+		c, err := pathway.DecodeBase64String(s)
+		if err != nil {
+			return pathway.Context{}
+		}
+		return c
+	}
+	return pathway.Context{}
 }
 
 // contextFromAttr reads the context from a `_datadog` attribute, String (SQS) or Binary (SNS raw).
