@@ -51,7 +51,9 @@ func BenchmarkRewriteSendMessageQuery(b *testing.B) {
 func BenchmarkRewriteReceiveMessageQuery(b *testing.B) {
 	benchRewrite(b, "sqs", "query", "ReceiveMessage", wireQuery)
 }
-func BenchmarkRewritePublishQuery(b *testing.B) { benchRewrite(b, "sns", "query", "Publish", wireQuery) }
+func BenchmarkRewritePublishQuery(b *testing.B) {
+	benchRewrite(b, "sns", "query", "Publish", wireQuery)
+}
 
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
@@ -131,6 +133,6 @@ func BenchmarkSQSEndToEnd(b *testing.B) {
 		b.ReportMetric(p.recvRate, "proxy-recv-msg/s")
 		b.ReportMetric(p.sendRate/d.sendRate, "send-ratio")
 		b.ReportMetric(p.recvRate/d.recvRate, "recv-ratio")
-		b.ReportMetric(float64((p.cpuPerReq-d.cpuPerReq).Microseconds()), "proxy-cpu-µs/req")
+		b.ReportMetric(float64((p.cpuPerReq - d.cpuPerReq).Microseconds()), "proxy-cpu-µs/req")
 	}
 }
