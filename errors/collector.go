@@ -167,10 +167,10 @@ type group struct {
 	nparts         uint8
 	moreParts      bool
 	sample         string
-	first, last    time.Time
+	first, last    int64 // unix ns: integer compares keep the storm path cheap
 	total, totMsgs int64
 	count, msgs    int64
-	ivFirst, ivLst time.Time
+	ivFirst, ivLst int64
 	lastCount      int64
 	throttle       time.Duration
 	totThrottle    time.Duration
@@ -279,17 +279,18 @@ func (c *Collector) slot(fp *Fingerprint) int {
 }
 
 func (g *group) add(t time.Time, e *Event) {
-	if g.total == 0 || t.Before(g.first) {
-		g.first = t
+	ns := t.UnixNano()
+	if g.total == 0 || ns < g.first {
+		g.first = ns
 	}
-	if t.After(g.last) {
-		g.last = t
+	if g.total == 0 || ns > g.last {
+		g.last = ns
 	}
-	if g.count == 0 || t.Before(g.ivFirst) {
-		g.ivFirst = t
+	if g.count == 0 || ns < g.ivFirst {
+		g.ivFirst = ns
 	}
-	if t.After(g.ivLst) {
-		g.ivLst = t
+	if g.count == 0 || ns > g.ivLst {
+		g.ivLst = ns
 	}
 	g.total++
 	g.count++
@@ -323,9 +324,12 @@ func (g *group) addPartition(p int32) {
 
 func (g *group) snapshot() Group {
 	out := Group{Fingerprint: g.fp, Retriable: g.retriable, MorePartitions: g.moreParts, Sample: g.sample,
-		FirstSeen: g.first, LastSeen: g.last, TotalCount: g.total, TotalMessages: g.totMsgs,
-		Count: g.count, Messages: g.msgs, IntervalFirst: g.ivFirst, IntervalLast: g.ivLst,
+		FirstSeen: time.Unix(0, g.first).UTC(), LastSeen: time.Unix(0, g.last).UTC(), TotalCount: g.total, TotalMessages: g.totMsgs,
+		Count: g.count, Messages: g.msgs,
 		LastIntervalCount: g.lastCount, Throttle: g.throttle, TotalThrottle: g.totThrottle}
+	if g.count > 0 {
+		out.IntervalFirst, out.IntervalLast = time.Unix(0, g.ivFirst).UTC(), time.Unix(0, g.ivLst).UTC()
+	}
 	if g.nparts > 0 {
 		out.Partitions = slices.Clone(g.parts[:g.nparts])
 	}
@@ -347,8 +351,8 @@ func (c *Collector) Close(now time.Time) Interval {
 		}
 		g.lastCount = g.count
 		g.count, g.msgs, g.throttle = 0, 0, 0
-		g.ivFirst, g.ivLst = time.Time{}, time.Time{}
-		if now.Sub(g.last) > c.cfg.Retain {
+		g.ivFirst, g.ivLst = 0, 0
+		if now.UnixNano()-g.last > int64(c.cfg.Retain) {
 			delete(c.groups, fp)
 			c.last = nil
 			clear(c.cache[:]) // rare: refilled from the map by the next events
