@@ -237,6 +237,9 @@ func (c *Collector) Report(e Event) {
 	if e.Category >= 64 || c.cats&(1<<e.Category) == 0 {
 		return
 	}
+	if e.Time.IsZero() {
+		e.Time = c.now() // outside the lock: a clock may be slow
+	}
 	fp := Fingerprint{Category: e.Category, Protocol: e.Protocol, Operation: e.Operation, Code: e.Code,
 		Name: e.Name, Service: e.Service, Edge: e.Edge}
 	c.mu.Lock()
@@ -262,11 +265,7 @@ func (c *Collector) Report(e Event) {
 		}
 		c.last = g
 	}
-	t := e.Time
-	if t.IsZero() {
-		t = c.now()
-	}
-	g.add(t, &e)
+	g.add(&e)
 	c.mu.Unlock()
 }
 
@@ -278,8 +277,8 @@ func (c *Collector) slot(fp *Fingerprint) int {
 	return int(h^h>>32) & (cacheSlots - 1)
 }
 
-func (g *group) add(t time.Time, e *Event) {
-	ns := t.UnixNano()
+func (g *group) add(e *Event) {
+	ns := e.Time.UnixNano()
 	if g.total == 0 || ns < g.first {
 		g.first = ns
 	}

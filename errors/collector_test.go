@@ -439,3 +439,14 @@ func TestManyInterleavedFingerprints(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCategory(t *testing.T) {
+	for c := BrokerError; c <= DecodeError; c++ {
+		if got, ok := ParseCategory(c.String()); !ok || got != c {
+			t.Errorf("ParseCategory(%q) = %v, %v", c.String(), got, ok)
+		}
+	}
+	if _, ok := ParseCategory("nope"); ok {
+		t.Error("unknown name parsed")
+	}
+}

@@ -36,6 +36,16 @@ func (c Category) String() string {
 	return "unknown"
 }
 
+// ParseCategory reads a category by the name String gives it (configuration files use these).
+func ParseCategory(name string) (Category, bool) {
+	for c := BrokerError; c <= DecodeError; c++ {
+		if c.String() == name {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
 // Event is one error occurrence as protocol code reports it. Fields that are not known stay zero;
 // Partition is -1 when unknown.
 type Event struct {
