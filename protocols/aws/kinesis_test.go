@@ -126,6 +126,14 @@ func testKinesis(t *testing.T, inject bool) {
 	if !inject && chained != 0 {
 		t.Errorf("without injection %d consume points chained, want 0", chained)
 	}
+	if !inject {
+		// no context: time in the stream (from ApproximateArrivalTimestamp) stands in for both latencies
+		for _, c := range cons {
+			if c.PathwayLatency != c.EdgeLatency {
+				t.Errorf("consume without context: pathway latency %d != edge latency %d", c.PathwayLatency, c.EdgeLatency)
+			}
+		}
+	}
 	// the two JSON-object records carry _datadog upstream only when injection is on
 	if n, wantN := tp.Stats().Injected, map[bool]uint64{false: 0, true: 2}[inject]; n != wantN {
 		t.Errorf("injected %d records, want %d", n, wantN)

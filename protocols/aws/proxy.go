@@ -309,6 +309,9 @@ type call struct {
 	auth    *authHeader
 	svcName string // DSM service of the client
 	now     time.Time
+	// batchTotal is the payload of a whole batch (SQS and SNS limit the sum too); batchAdded is
+	// what injection has added to it so far.
+	batchTotal, batchAdded int
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

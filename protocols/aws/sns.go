@@ -30,6 +30,7 @@ func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 		fix = func([]byte) []byte { p.produced(c, pt); return nil }
 	case "PublishBatch":
 		pts := map[string]pathway.Point{}
+		c.batchTotal = queryBatchTotal(f, "PublishBatchRequestEntries.member.", "Message", "MessageAttributes.entry.")
 		for n := 1; ; n++ {
 			pre := "PublishBatchRequestEntries.member." + itoa(n) + "."
 			id, ok := f.vals[pre+"Id"]
@@ -112,13 +113,12 @@ func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
 			if err != nil {
 				return nil, nil, err
 			}
-			for _, el := range els {
-				ems, eend, err := objectMembers(b, el[0])
-				if err != nil {
-					return nil, nil, err
-				}
-				id, _ := jsonString(b, find(ems, "Id"))
-				if pts[id], err = entry(ems, eend); err != nil {
+			ents, err := jsonEntries(c, b, els, "Message")
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, en := range ents {
+				if pts[en.id], err = entry(en.ms, en.end); err != nil {
 					return nil, nil, err
 				}
 			}

@@ -53,6 +53,11 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 		p.skip(c, e, "size_limit", "message with _datadog would exceed the size limit; sent without it")
 		return pt, nil, dd
 	}
+	if c.batchTotal > 0 && c.batchTotal+c.batchAdded+extra > p.cfg.MaxMessageBytes {
+		p.skip(c, e, "batch_size_limit", "batch with _datadog would exceed the size limit; entry sent without it")
+		return pt, nil, dd
+	}
+	c.batchAdded += extra
 	return pt, carrier, dd
 }
 
@@ -218,17 +223,12 @@ func (p *Proxy) sqsJSONSendBatch(c *call, b []byte, ms []member, queue string) (
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSQS, Topic: queue}
 	msgs := map[string]*outMsg{}
 	var eds []edit
-	for _, el := range elems {
-		ems, eend, err := objectMembers(b, el[0])
-		if err != nil {
-			return nil, nil, err
-		}
-		attrs, err := jsonMessageAttrs(b, ems, "MessageAttributes")
-		if err != nil {
-			return nil, nil, err
-		}
-		id, _ := jsonString(b, find(ems, "Id"))
-		body, _ := jsonString(b, find(ems, "MessageBody"))
+	ents, err := jsonEntries(c, b, elems, "MessageBody")
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, en := range ents {
+		ems, eend, attrs, id, body := en.ms, en.end, en.attrs, en.id, en.body
 		pt, carrier, _ := p.prepareOut(c, e, len(body), attrs, "String")
 		m := &outMsg{ID: id, OrigMD5: attributesMD5(attrs), Point: pt}
 		if carrier != nil {
@@ -276,6 +276,39 @@ func (p *Proxy) sqsJSONSendBatch(c *call, b []byte, ms []member, queue string) (
 		return applyEdits(make([]byte, 0, len(resp)), resp, reds)
 	}
 	return eds, fix, nil
+}
+
+// jsonEntry is one decoded batch entry.
+type jsonEntry struct {
+	ms       []member
+	end      int
+	attrs    []attr
+	id, body string
+}
+
+// jsonEntries decodes batch entries and sets the batch's total payload on c.
+func jsonEntries(c *call, b []byte, elems [][2]int, bodyKey string) ([]jsonEntry, error) {
+	out := make([]jsonEntry, 0, len(elems))
+	total := 0
+	for _, el := range elems {
+		ems, eend, err := objectMembers(b, el[0])
+		if err != nil {
+			return nil, err
+		}
+		attrs, err := jsonMessageAttrs(b, ems, "MessageAttributes")
+		if err != nil {
+			return nil, err
+		}
+		id, _ := jsonString(b, find(ems, "Id"))
+		body, _ := jsonString(b, find(ems, bodyKey))
+		total += len(body)
+		for i := range attrs {
+			total += attrSize(&attrs[i])
+		}
+		out = append(out, jsonEntry{ems, eend, attrs, id, body})
+	}
+	c.batchTotal = max(total, 1)
+	return out, nil
 }
 
 // jsonBatchFailures reports each entry of a batch response's Failed list.

@@ -112,6 +112,7 @@ func (p *Proxy) sqsQuerySendBatch(c *call, queue string) respFixer {
 	f := c.form
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSQS, Topic: queue}
 	msgs := map[string]*outMsg{}
+	c.batchTotal = queryBatchTotal(f, "SendMessageBatchRequestEntry.", "MessageBody", "MessageAttribute.")
 	for n := 1; ; n++ {
 		pre := "SendMessageBatchRequestEntry." + itoa(n) + "."
 		id, ok := f.vals[pre+"Id"]
@@ -255,4 +256,20 @@ func (p *Proxy) xmlQueueURLs(c *call, resp []byte) []byte {
 		return nil
 	}
 	return applyEdits(make([]byte, 0, len(resp)+64), resp, eds)
+}
+
+// queryBatchTotal is the payload of a Query batch: every entry's body and attributes.
+func queryBatchTotal(f *form, entryPrefix, bodyKey, attrPrefix string) int {
+	total := 0
+	for n := 1; ; n++ {
+		pre := entryPrefix + itoa(n) + "."
+		if _, ok := f.vals[pre+"Id"]; !ok {
+			break
+		}
+		total += len(f.vals[pre+bodyKey])
+		for _, a := range f.queryAttrs(pre + attrPrefix) {
+			total += attrSize(&a.attr)
+		}
+	}
+	return max(total, 1)
 }

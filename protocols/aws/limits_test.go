@@ -1,0 +1,89 @@
+package aws
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+)
+
+// TestSQSSizeLimits: a message or batch that _datadog would push over the size limit is sent
+// unmodified, succeeds, and its consumer starts a new pathway.
+func TestSQSSizeLimits(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl := sqsClient(tp.url, testKey, testSecret)
+	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("big")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", DefaultMaxMessageBytes-10)
+	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: &big}); err != nil {
+		t.Fatalf("near-limit SendMessage: %v", err)
+	}
+	if n := len(tp.ev.named("size_limit")); n != 1 {
+		t.Errorf("size_limit events %d, want 1", n)
+	}
+	// 60 bytes of headroom: less than one _datadog attribute (about 70)
+	half := strings.Repeat("y", DefaultMaxMessageBytes/2-30)
+	bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: cq.QueueUrl, Entries: []types.SendMessageBatchRequestEntry{
+		{Id: awssdk.String("h1"), MessageBody: &half}, {Id: awssdk.String("h2"), MessageBody: &half},
+	}})
+	if err != nil || len(bm.Successful) != 2 {
+		t.Fatalf("near-limit batch: %v %+v", err, bm)
+	}
+	if n := len(tp.ev.named("batch_size_limit")); n != 2 {
+		t.Errorf("batch_size_limit events %d, want 2", n)
+	}
+	got := receiveAll(ctx, t, cl, *cq.QueueUrl, 3, []string{"All"})
+	for _, m := range got {
+		if _, ok := m.MessageAttributes[ddAttr]; ok {
+			t.Errorf("a message over the limit carries _datadog")
+		}
+	}
+	for _, c := range tp.rec.withTags("direction:in", "topic:big") {
+		if c.ParentHash != 0 {
+			t.Errorf("consume of an uninjected message has parent %d", c.ParentHash)
+		}
+	}
+	if tp.Stats().Injected != 0 || tp.Stats().Skipped != 3 {
+		t.Errorf("stats %+v", tp.Stats())
+	}
+}
+
+// TestSQSFailedBatchEntry: a batch entry SQS refuses is passed through and reported; the good
+// entry still gets its checkpoint.
+func TestSQSFailedBatchEntry(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl := sqsClient(tp.url, testKey, testSecret)
+	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("partial")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: cq.QueueUrl, Entries: []types.SendMessageBatchRequestEntry{
+		{Id: awssdk.String("ok"), MessageBody: awssdk.String("fine")},
+		{Id: awssdk.String("bad"), MessageBody: awssdk.String("x"), MessageAttributes: map[string]types.MessageAttributeValue{"AWS.reserved": strAttr("v")}},
+	}})
+	if err != nil {
+		t.Fatalf("batch: %v", err)
+	}
+	if len(bm.Failed) != 1 || len(bm.Successful) != 1 {
+		t.Fatalf("emulator answered %d ok / %d failed; this test needs one of each", len(bm.Successful), len(bm.Failed))
+	}
+	code := awssdk.ToString(bm.Failed[0].Code)
+	if evs := tp.ev.named(code); len(evs) != 1 || evs[0].Operation != "SendMessageBatch" {
+		t.Errorf("failed entry %s not reported: %+v", code, tp.ev.ev)
+	}
+	if n := len(tp.rec.withTags("direction:out", "topic:partial")); n != 1 {
+		t.Errorf("%d produce checkpoints, want 1 (the successful entry)", n)
+	}
+}
