@@ -1,0 +1,362 @@
+package aggregator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// PipelineStatsPath is the Agent endpoint DSM payloads go to.
+const PipelineStatsPath = "/v0.1/pipeline_stats"
+
+// Agent sink defaults.
+const (
+	DefaultAgentURL        = "http://localhost:8126"
+	DefaultMaxPendingBytes = 8 << 20
+	DefaultInfoInterval    = 5 * time.Minute
+	defaultRetries         = 3
+	defaultBackoff         = 100 * time.Millisecond
+	maxBackoff             = 2 * time.Second
+)
+
+// AgentURLFromEnv resolves the Agent URL the way the tracers do: DD_TRACE_AGENT_URL, else
+// DD_AGENT_HOST / DD_TRACE_AGENT_PORT, else DefaultAgentURL.
+func AgentURLFromEnv(getenv func(string) string) (string, error) {
+	if u := getenv("DD_TRACE_AGENT_URL"); u != "" {
+		if _, _, err := parseAgentURL(u); err != nil {
+			return "", fmt.Errorf("DD_TRACE_AGENT_URL: %w", err)
+		}
+		return u, nil
+	}
+	h, p := getenv("DD_AGENT_HOST"), getenv("DD_TRACE_AGENT_PORT")
+	if h == "" && p == "" {
+		return DefaultAgentURL, nil
+	}
+	if h == "" {
+		h = "localhost"
+	}
+	if p == "" {
+		p = "8126"
+	}
+	return "http://" + net.JoinHostPort(h, p), nil
+}
+
+// parseAgentURL returns the base URL requests go to and, for unix sockets, the socket path.
+func parseAgentURL(s string) (base, socket string, err error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", "", fmt.Errorf("agent URL %q: %w", s, err)
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return "", "", fmt.Errorf("agent URL %q has no host", s)
+		}
+		return strings.TrimSuffix(u.String(), "/"), "", nil
+	case "unix":
+		p := u.Path
+		if p == "" {
+			p = u.Opaque
+		}
+		if p == "" {
+			return "", "", fmt.Errorf("agent URL %q has no socket path", s)
+		}
+		return "http://agent", p, nil
+	}
+	return "", "", fmt.Errorf("agent URL %q: scheme must be http, https or unix", s)
+}
+
+// AgentConfig configures the Agent sink.
+type AgentConfig struct {
+	URL                         string // empty: AgentURLFromEnv(os.Getenv) is the caller's job; DefaultAgentURL here
+	Env, Version, TracerVersion string
+	MaxPendingBytes             int           // payloads waiting for a down Agent; oldest dropped (default DefaultMaxPendingBytes)
+	InfoInterval                time.Duration // /info re-check (default DefaultInfoInterval)
+	Retries                     int           // connection-error retries per payload within one Send (default 3; <0 none)
+	Backoff                     time.Duration // first retry wait, doubled up to 2 s (default 100ms)
+	HTTPClient                  *http.Client
+	Clock                       func() time.Time
+	Log                         zerolog.Logger
+}
+
+// AgentStats are the Agent sink's counters.
+type AgentStats struct {
+	Payloads       uint64 // accepted by the Agent
+	Bytes          uint64 // gzip bytes accepted
+	Rejected       uint64 // answered 4xx: dropped, not retried
+	Failed         uint64 // send attempts that failed (connection error or 5xx)
+	Dropped        uint64 // payloads dropped to keep pending bytes bounded
+	Pending        int    // payloads waiting
+	PendingBytes   int
+	EndpointListed bool // the last /info listed /v0.1/pipeline_stats
+}
+
+// AgentSink sends one msgpack+gzip payload per service to the Agent's /v0.1/pipeline_stats.
+type AgentSink struct {
+	cfg    AgentConfig
+	base   string
+	client *http.Client
+	sleep  func(ctx context.Context, d time.Duration) error
+
+	mu           sync.Mutex // one Send at a time; guards pending and info state
+	pending      [][]byte
+	pendingBytes int
+	infoChecked  time.Time
+	infoOK       bool // Agent known to list the endpoint (or /info unknown)
+	warned       string
+
+	payloads, bytes, rejected, failed, dropped atomic.Uint64
+}
+
+// NewAgentSink validates cfg and returns the sink.
+func NewAgentSink(cfg AgentConfig) (*AgentSink, error) {
+	if cfg.URL == "" {
+		cfg.URL = DefaultAgentURL
+	}
+	base, socket, err := parseAgentURL(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MaxPendingBytes <= 0 {
+		cfg.MaxPendingBytes = DefaultMaxPendingBytes
+	}
+	if cfg.InfoInterval <= 0 {
+		cfg.InfoInterval = DefaultInfoInterval
+	}
+	if cfg.Retries == 0 {
+		cfg.Retries = defaultRetries
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = defaultBackoff
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	client := cfg.HTTPClient
+	if client == nil {
+		tr := &http.Transport{MaxIdleConns: 4, IdleConnTimeout: 90 * time.Second}
+		if socket != "" {
+			tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			}
+		}
+		client = &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	}
+	return &AgentSink{cfg: cfg, base: base, client: client, sleep: sleepCtx, infoOK: true}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Send encodes the buckets into one payload per service, queues them behind any that are still
+// pending, and sends what it can. Connection errors keep payloads pending (bounded by bytes).
+func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range buildPayloads(payloadMeta{Env: s.cfg.Env, Version: s.cfg.Version, TracerVersion: s.cfg.TracerVersion}, buckets) {
+		body, err := encodePayload(&p)
+		if err != nil {
+			s.cfg.Log.Error().Err(err).Str("service", p.Service).Msg("DSM payload could not be encoded; dropped")
+			continue
+		}
+		s.enqueue(body)
+	}
+	if len(s.pending) == 0 {
+		return nil
+	}
+	s.checkInfo(ctx)
+	if !s.infoOK {
+		return nil // warned once; payloads wait, bounded
+	}
+	for len(s.pending) > 0 {
+		err := s.post(ctx, s.pending[0])
+		var rej *rejectedError
+		switch {
+		case err == nil:
+		case errors.As(err, &rej):
+			s.rejected.Add(1)
+			s.warnOnce("rejected:"+rej.status, func(e *zerolog.Event) *zerolog.Event {
+				return e.Str("status", rej.status).Str("body", rej.body)
+			}, "the Agent rejected a DSM payload; dropping it (not retried)")
+		default:
+			return fmt.Errorf("agent %s: %d payload(s) kept for the next flush: %w", s.cfg.URL, len(s.pending), err)
+		}
+		s.pendingBytes -= len(s.pending[0])
+		s.pending[0] = nil
+		s.pending = s.pending[1:]
+	}
+	s.pending = nil
+	return nil
+}
+
+func (s *AgentSink) enqueue(body []byte) {
+	s.pending = append(s.pending, body)
+	s.pendingBytes += len(body)
+	for s.pendingBytes > s.cfg.MaxPendingBytes && len(s.pending) > 1 {
+		s.pendingBytes -= len(s.pending[0])
+		s.pending[0] = nil
+		s.pending = s.pending[1:]
+		s.dropped.Add(1)
+	}
+	if s.pendingBytes > s.cfg.MaxPendingBytes { // a single payload over the bound
+		s.pending, s.pendingBytes = nil, 0
+		s.dropped.Add(1)
+	}
+}
+
+type rejectedError struct{ status, body string }
+
+func (e *rejectedError) Error() string { return "rejected: " + e.status }
+
+// post sends one payload, retrying connection errors and 5xx with capped backoff.
+func (s *AgentSink) post(ctx context.Context, body []byte) error {
+	wait := s.cfg.Backoff
+	var err error
+	for attempt := 0; ; attempt++ {
+		err = s.postOnce(ctx, body)
+		var rej *rejectedError
+		if err == nil || errors.As(err, &rej) {
+			if err == nil {
+				s.payloads.Add(1)
+				s.bytes.Add(uint64(len(body)))
+				if s.warned != "" {
+					s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent accepts DSM payloads again")
+					s.warned = ""
+				}
+			}
+			return err
+		}
+		s.failed.Add(1)
+		if attempt >= s.cfg.Retries || ctx.Err() != nil {
+			s.warnOnce("down", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
+				"the Agent cannot be reached; DSM payloads wait (bounded) and are retried every flush")
+			return err
+		}
+		if s.sleep(ctx, wait) != nil {
+			return err
+		}
+		wait = min(2*wait, maxBackoff)
+	}
+}
+
+func (s *AgentSink) postOnce(ctx context.Context, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+PipelineStatsPath, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	h := req.Header
+	h.Set("Content-Type", "application/msgpack")
+	h.Set("Content-Encoding", "gzip")
+	h.Set("Datadog-Meta-Lang", "go")
+	h.Set("Datadog-Meta-Lang-Version", strings.TrimPrefix(runtime.Version(), "go"))
+	h.Set("Datadog-Meta-Lang-Interpreter", runtime.Compiler+"-"+runtime.GOARCH+"-"+runtime.GOOS)
+	h.Set("Datadog-Meta-Tracer-Version", s.cfg.TracerVersion)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	switch {
+	case resp.StatusCode < 300:
+		return nil
+	case resp.StatusCode < 500:
+		return &rejectedError{status: resp.Status, body: strings.TrimSpace(string(msg))}
+	default:
+		return fmt.Errorf("agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+}
+
+// checkInfo asks /info (at the first send and every InfoInterval) whether the Agent lists the DSM
+// endpoint. An Agent that does not gets one warning, not one per flush.
+func (s *AgentSink) checkInfo(ctx context.Context) {
+	now := s.cfg.Clock()
+	if !s.infoChecked.IsZero() && now.Sub(s.infoChecked) < s.cfg.InfoInterval {
+		return
+	}
+	s.infoChecked = now
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/info", nil)
+	if err != nil {
+		return
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		s.infoOK = true // unknown: sending will tell
+		return
+	}
+	defer resp.Body.Close()
+	var info struct {
+		Version   string   `json:"version"`
+		Endpoints []string `json:"endpoints"`
+	}
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		s.infoOK = false
+		s.warnOnce("info404", nil, "the Agent has no /info endpoint (older than 7.28): it cannot receive DSM; upgrade it. Stats keep aggregating; the oldest are dropped while it cannot")
+	case resp.StatusCode >= 300:
+		s.infoOK = true
+	case json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&info) != nil:
+		s.infoOK = true
+	default:
+		listed := false
+		for _, e := range info.Endpoints {
+			if strings.TrimSuffix(e, "/") == PipelineStatsPath {
+				listed = true
+			}
+		}
+		s.infoOK = listed
+		if !listed {
+			s.warnOnce("unlisted", func(e *zerolog.Event) *zerolog.Event { return e.Str("agent_version", info.Version) },
+				"the Agent does not list /v0.1/pipeline_stats in /info (DSM needs Agent 7.34+): stats keep aggregating; the oldest are dropped while it cannot receive them")
+		} else if s.warned == "info404" || s.warned == "unlisted" {
+			s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent now lists /v0.1/pipeline_stats")
+			s.warned = ""
+		}
+	}
+}
+
+// warnOnce logs a warning the first time a condition appears; it logs again only after the
+// condition changed.
+func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Event, msg string) {
+	if s.warned == key {
+		return
+	}
+	s.warned = key
+	e := s.cfg.Log.Warn().Str("agent", s.cfg.URL)
+	if fields != nil {
+		e = fields(e)
+	}
+	e.Msg(msg)
+}
+
+// Stats returns the sink's counters.
+func (s *AgentSink) Stats() AgentStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return AgentStats{
+		Payloads: s.payloads.Load(), Bytes: s.bytes.Load(), Rejected: s.rejected.Load(), Failed: s.failed.Load(),
+		Dropped: s.dropped.Load(), Pending: len(s.pending), PendingBytes: s.pendingBytes, EndpointListed: s.infoOK,
+	}
+}

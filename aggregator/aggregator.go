@@ -1,0 +1,425 @@
+// Package aggregator buckets DSM checkpoints and Kafka offsets into 10-second windows (by
+// checkpoint time and by pathway start), keeps three DDSketches per pathway group, and flushes
+// finished buckets to sinks such as the Datadog Agent.
+package aggregator
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/DataDog/sketches-go/ddsketch"
+	"github.com/DataDog/sketches-go/ddsketch/mapping"
+	"github.com/DataDog/sketches-go/ddsketch/store"
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// The sketch mapping the DSM backend uses (dsm-protocol.md 4.3).
+const (
+	sketchGamma       = 1.015625
+	sketchIndexOffset = 1.8761281912861705
+)
+
+// Defaults.
+const (
+	DefaultBucketDuration = 10 * time.Second
+	DefaultQueueSize      = 1 << 16
+)
+
+// Config configures an Aggregator.
+type Config struct {
+	Env            string
+	Version        string
+	TracerVersion  string
+	BucketDuration time.Duration // default DefaultBucketDuration
+	QueueSize      int           // bound on points (and, separately, offsets) waiting; default DefaultQueueSize
+	// DefaultService owns backlogs whose Offset.Service is empty.
+	DefaultService string
+	Clock          func() time.Time
+	Log            zerolog.Logger
+}
+
+// TimestampType says how a bucket was keyed.
+type TimestampType string
+
+// The two bucket sets the Go tracer sends.
+const (
+	Current TimestampType = "current" // by checkpoint time
+	Origin  TimestampType = "origin"  // by pathway start
+)
+
+// Bucket is one finished window of one timestamp type.
+type Bucket struct {
+	Start         time.Time
+	Duration      time.Duration
+	TimestampType TimestampType
+	Groups        []Group
+	Backlogs      []Backlog // current buckets only
+}
+
+// Group is the aggregate of every point of one pathway node in a bucket.
+type Group struct {
+	Service          string
+	EdgeTags         []string
+	Hash, ParentHash uint64
+	// Latencies in seconds, size in bytes.
+	PathwayLatency, EdgeLatency, PayloadSize *ddsketch.DDSketch
+}
+
+// Backlog is the highest offset seen for one key in a bucket.
+type Backlog struct {
+	Service string
+	Tags    []string
+	Value   int64
+}
+
+// Stats are the aggregator's counters.
+type Stats struct {
+	Points         uint64 // accepted by Add
+	PointsDropped  uint64 // refused by Add because the queue was full
+	Offsets        uint64 // accepted by Offset
+	OffsetsDropped uint64
+	Aggregated     uint64 // points folded into buckets
+	Buckets        uint64 // buckets handed out by Flush
+	OpenBuckets    int
+}
+
+// groupKey: the pathway hash already covers service, env and edge tags (and the parent), so
+// hashing strings again per point is not needed; the parent is kept for clarity.
+type groupKey struct {
+	hash, parentHash uint64
+}
+
+type offsetKey struct {
+	kind      pathway.OffsetKind
+	service   string
+	group     string
+	topic     string
+	partition int32
+	cluster   string
+}
+
+type bucketKey struct {
+	start  int64
+	origin bool
+}
+
+// groupState is a Group plus direct handles on its sketches' positive stores, so a point's three
+// bin indexes are computed once and added to both of its buckets.
+type groupState struct {
+	Group
+	pos [3]store.Store
+}
+
+type bucket struct {
+	groups   map[groupKey]*groupState
+	backlogs map[offsetKey]int64
+}
+
+// Aggregator accepts points and offsets without blocking and folds them into buckets on its own
+// goroutine.
+type Aggregator struct {
+	cfg     Config
+	width   int64
+	points  chan pathway.Point
+	offsets chan pathway.Offset
+	flushQ  chan flushReq
+	stop    chan struct{}
+	done    chan struct{}
+	started atomic.Bool
+	closed  atomic.Bool
+
+	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets atomic.Uint64
+
+	mu      sync.Mutex // guards buckets and last
+	buckets map[bucketKey]*bucket
+	last    [2]struct { // the last bucket used per timestamp type: most points hit it again
+		key bucketKey
+		b   *bucket
+	}
+	mapping mapping.IndexMapping
+}
+
+// New returns an Aggregator; Start begins aggregating.
+func New(cfg Config) *Aggregator {
+	if cfg.BucketDuration <= 0 {
+		cfg.BucketDuration = DefaultBucketDuration
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	m, err := mapping.NewLogarithmicMappingWithGamma(sketchGamma, sketchIndexOffset)
+	if err != nil {
+		panic("aggregator: sketch mapping: " + err.Error()) // constants: cannot happen
+	}
+	return &Aggregator{
+		cfg:     cfg,
+		width:   int64(cfg.BucketDuration),
+		points:  make(chan pathway.Point, cfg.QueueSize),
+		offsets: make(chan pathway.Offset, cfg.QueueSize),
+		flushQ:  make(chan flushReq),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		buckets: make(map[bucketKey]*bucket),
+		mapping: m,
+	}
+}
+
+// Add queues a point. It never blocks: when the queue is full the point is dropped, counted, and
+// Add returns false.
+func (a *Aggregator) Add(p pathway.Point) bool {
+	select {
+	case a.points <- p:
+		a.nPoints.Add(1)
+		return true
+	default:
+		a.nPointsDropped.Add(1)
+		return false
+	}
+}
+
+// Offset queues a Kafka offset (produce, commit or high watermark); the bucket keeps the highest
+// value per key. Non-blocking like Add.
+func (a *Aggregator) Offset(o pathway.Offset) bool {
+	select {
+	case a.offsets <- o:
+		a.nOffsets.Add(1)
+		return true
+	default:
+		a.nOffsetsDropped.Add(1)
+		return false
+	}
+}
+
+// Start launches the goroutine that drains the queues. Calling it twice does nothing.
+func (a *Aggregator) Start() {
+	if a.started.Swap(true) {
+		return
+	}
+	go a.loop()
+}
+
+// Close stops the draining goroutine after it has folded in everything already queued.
+func (a *Aggregator) Close() {
+	if a.closed.Swap(true) {
+		return
+	}
+	if !a.started.Swap(true) {
+		close(a.done)
+		a.drain(-1)
+		return
+	}
+	close(a.stop)
+	<-a.done
+}
+
+// batch bounds how many items one lock acquisition folds in, so Flush never waits long.
+const batch = 512
+
+func (a *Aggregator) loop() {
+	defer close(a.done)
+	for {
+		select {
+		case p := <-a.points:
+			a.mu.Lock()
+			a.addPoint(&p)
+			a.drainLocked(batch)
+			a.mu.Unlock()
+		case o := <-a.offsets:
+			a.mu.Lock()
+			a.addOffset(&o)
+			a.drainLocked(batch)
+			a.mu.Unlock()
+		case r := <-a.flushQ:
+			// Served here, in order, so a point this goroutine already took off the queue is
+			// folded in before the flush, never after it.
+			r.reply <- a.flushInline(r.now, r.final)
+		case <-a.stop:
+			a.drain(-1)
+			return
+		}
+	}
+}
+
+type flushReq struct {
+	now   time.Time
+	final bool
+	reply chan []Bucket
+}
+
+// drain folds in up to n queued items (all when n < 0) under the lock.
+func (a *Aggregator) drain(n int) {
+	a.mu.Lock()
+	a.drainLocked(n)
+	a.mu.Unlock()
+}
+
+func (a *Aggregator) drainLocked(n int) {
+	for i := 0; n < 0 || i < n; i++ {
+		select {
+		case p := <-a.points:
+			a.addPoint(&p)
+		case o := <-a.offsets:
+			a.addOffset(&o)
+		default:
+			return
+		}
+	}
+}
+
+func (a *Aggregator) bucketFor(t int64, origin bool) *bucket {
+	k := bucketKey{start: t - mod(t, a.width), origin: origin}
+	i := 0
+	if origin {
+		i = 1
+	}
+	if l := &a.last[i]; l.b != nil && l.key == k {
+		return l.b
+	}
+	b := a.buckets[k]
+	if b == nil {
+		b = &bucket{groups: make(map[groupKey]*groupState)}
+		a.buckets[k] = b
+	}
+	a.last[i].key, a.last[i].b = k, b
+	return b
+}
+
+// mod is a non-negative remainder, so times before 1970 still land in the right window.
+func mod(t, w int64) int64 {
+	m := t % w
+	if m < 0 {
+		m += w
+	}
+	return m
+}
+
+func (a *Aggregator) newSketch() (*ddsketch.DDSketch, store.Store) {
+	pos := store.NewDenseStore()
+	return ddsketch.NewDDSketch(a.mapping, pos, store.NewDenseStore()), pos
+}
+
+func (a *Aggregator) addPoint(p *pathway.Point) {
+	a.nAggregated.Add(1)
+	vals := [3]float64{float64(max(p.PathwayLatency, 0)) / 1e9, float64(max(p.EdgeLatency, 0)) / 1e9, float64(max(p.PayloadSize, 0))}
+	var idx [3]int
+	for i, v := range vals {
+		idx[i] = -1 << 31 // zero or out of range: the sketch's own Add handles it
+		if v > a.mapping.MinIndexableValue() && v <= a.mapping.MaxIndexableValue() {
+			idx[i] = a.mapping.Index(v)
+		}
+	}
+	a.addToBucket(a.bucketFor(p.Time, false), p, &vals, &idx)
+	a.addToBucket(a.bucketFor(p.OriginTime(), true), p, &vals, &idx)
+}
+
+func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, idx *[3]int) {
+	k := groupKey{hash: p.Hash, parentHash: p.ParentHash}
+	g := b.groups[k]
+	if g == nil {
+		g = &groupState{Group: Group{Service: p.Service, EdgeTags: p.EdgeTags, Hash: p.Hash, ParentHash: p.ParentHash}}
+		g.PathwayLatency, g.pos[0] = a.newSketch()
+		g.EdgeLatency, g.pos[1] = a.newSketch()
+		g.PayloadSize, g.pos[2] = a.newSketch()
+		b.groups[k] = g
+	}
+	sk := [3]*ddsketch.DDSketch{g.PathwayLatency, g.EdgeLatency, g.PayloadSize}
+	for i := range idx {
+		if idx[i] != -1<<31 {
+			g.pos[i].Add(idx[i])
+		} else {
+			_ = sk[i].Add(vals[i]) // non-negative and finite: zero count or an error we cannot get
+		}
+	}
+}
+
+func (a *Aggregator) addOffset(o *pathway.Offset) {
+	t := o.Time
+	if t == 0 {
+		t = a.cfg.Clock().UnixNano()
+	}
+	b := a.bucketFor(t, false)
+	if b.backlogs == nil {
+		b.backlogs = make(map[offsetKey]int64)
+	}
+	svc := o.Service
+	if svc == "" {
+		svc = a.cfg.DefaultService
+	}
+	k := offsetKey{kind: o.Kind, service: svc, group: o.Group, topic: o.Topic, partition: o.Partition, cluster: o.ClusterID}
+	if v, ok := b.backlogs[k]; !ok || o.Value > v {
+		b.backlogs[k] = o.Value
+	}
+}
+
+// Flush removes and returns the buckets whose window ended at or before now; with final, every
+// bucket (shutdown). Points still queued are folded in first.
+func (a *Aggregator) Flush(now time.Time, final bool) []Bucket {
+	if a.started.Load() {
+		r := flushReq{now: now, final: final, reply: make(chan []Bucket, 1)}
+		select {
+		case a.flushQ <- r:
+			return <-r.reply
+		case <-a.done: // stopped: nothing is in flight any more
+		}
+	}
+	return a.flushInline(now, final)
+}
+
+func (a *Aggregator) flushInline(now time.Time, final bool) []Bucket {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.drainLocked(-1)
+	n := now.UnixNano()
+	var out []Bucket
+	for k, b := range a.buckets {
+		if !final && k.start+a.width > n {
+			continue
+		}
+		delete(a.buckets, k)
+		out = append(out, b.export(k, a.width))
+	}
+	a.last = [2]struct {
+		key bucketKey
+		b   *bucket
+	}{}
+	a.nBuckets.Add(uint64(len(out)))
+	sortBuckets(out)
+	return out
+}
+
+func (b *bucket) export(k bucketKey, width int64) Bucket {
+	typ := Current
+	if k.origin {
+		typ = Origin
+	}
+	out := Bucket{Start: time.Unix(0, k.start), Duration: time.Duration(width), TimestampType: typ,
+		Groups: make([]Group, 0, len(b.groups))}
+	for _, g := range b.groups {
+		out.Groups = append(out.Groups, g.Group)
+	}
+	for k, v := range b.backlogs {
+		o := pathway.Offset{Kind: k.kind, Group: k.group, Topic: k.topic, Partition: k.partition, ClusterID: k.cluster}
+		out.Backlogs = append(out.Backlogs, Backlog{Service: k.service, Tags: o.Tags(), Value: v})
+	}
+	sortGroups(out.Groups)
+	sortBacklogs(out.Backlogs)
+	return out
+}
+
+// Stats returns the counters.
+func (a *Aggregator) Stats() Stats {
+	a.mu.Lock()
+	open := len(a.buckets)
+	a.mu.Unlock()
+	return Stats{
+		Points: a.nPoints.Load(), PointsDropped: a.nPointsDropped.Load(),
+		Offsets: a.nOffsets.Load(), OffsetsDropped: a.nOffsetsDropped.Load(),
+		Aggregated: a.nAggregated.Load(), Buckets: a.nBuckets.Load(), OpenBuckets: open,
+	}
+}

@@ -1,0 +1,208 @@
+package aggregator
+
+import (
+	"encoding/hex"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/DataDog/sketches-go/ddsketch"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+var t0 = time.Unix(1700000000, 0) // a bucket boundary (divisible by 10 s)
+
+// TestSketchVectors: sketches serialize to the spec's bytes (dsm-protocol.md 4.3).
+func TestSketchVectors(t *testing.T) {
+	a := New(Config{})
+	for _, tc := range []struct {
+		v    float64
+		want string
+	}{
+		{1.0, "0a1209000000000040f03f1100d88afe9e04fe3f120c1208000000000000f03f18021a00"},
+		{0, "0a1209000000000040f03f1100d88afe9e04fe3f12001a0021000000000000f03f"},
+		{5, "0a1209000000000040f03f1100d88afe9e04fe3f120d1208000000000000f03f18d2011a00"},
+	} {
+		s, _ := a.newSketch()
+		if err := s.Add(tc.v); err != nil {
+			t.Fatal(err)
+		}
+		if got := hex.EncodeToString(encodeSketch(s)); got != tc.want {
+			t.Errorf("sketch {%v} = %s, want %s", tc.v, got, tc.want)
+		}
+	}
+}
+
+func point(svc string, hash, parent uint64, at time.Time, pathwayLat, edgeLat time.Duration, size int64, tags ...string) pathway.Point {
+	return pathway.Point{Service: svc, EdgeTags: tags, Hash: hash, ParentHash: parent, Time: at.UnixNano(),
+		PathwayLatency: int64(pathwayLat), EdgeLatency: int64(edgeLat), PayloadSize: size}
+}
+
+// TestBuckets: current by checkpoint time, origin by pathway start; groups by (service, hash,
+// parent); offsets keep the max per key; only finished windows flush unless final.
+func TestBuckets(t *testing.T) {
+	a := New(Config{DefaultService: "proxy"})
+	a.Start()
+	defer a.Close()
+	out := []string{"direction:out", "topic:orders", "type:kafka"}
+	a.Add(point("orders", 1, 0, t0.Add(2*time.Second), 0, 0, 100, out...))
+	a.Add(point("orders", 1, 0, t0.Add(3*time.Second), 0, 0, 300, out...))
+	// A consume whose pathway started 15 s earlier: current bucket t0+10s, origin bucket t0.
+	in := []string{"direction:in", "group:billing", "topic:orders", "type:kafka"}
+	a.Add(point("billing", 2, 1, t0.Add(12*time.Second), 10*time.Second, 4*time.Second, 100, in...))
+	a.Offset(pathway.Offset{Kind: pathway.KafkaProduce, Service: "orders", Topic: "orders", Partition: 0, Value: 41, Time: t0.Add(time.Second).UnixNano()})
+	a.Offset(pathway.Offset{Kind: pathway.KafkaProduce, Service: "orders", Topic: "orders", Partition: 0, Value: 45, Time: t0.Add(2 * time.Second).UnixNano()})
+	a.Offset(pathway.Offset{Kind: pathway.KafkaProduce, Service: "orders", Topic: "orders", Partition: 0, Value: 43, Time: t0.Add(3 * time.Second).UnixNano()})
+	a.Offset(pathway.Offset{Kind: pathway.KafkaHighWatermark, Topic: "orders", Partition: 0, Value: 46, Time: t0.Add(3 * time.Second).UnixNano()})
+
+	got := a.Flush(t0.Add(10*time.Second), false)
+	if len(got) != 2 {
+		t.Fatalf("flush at t0+10s: %d buckets, want 2 (current and origin of t0)", len(got))
+	}
+	cur, org := got[0], got[1]
+	if cur.TimestampType != Current || org.TimestampType != Origin || !cur.Start.Equal(t0) || !org.Start.Equal(t0) {
+		t.Fatalf("buckets: %v %v / %v %v", cur.TimestampType, cur.Start, org.TimestampType, org.Start)
+	}
+	if len(cur.Groups) != 1 || cur.Groups[0].Hash != 1 || cur.Groups[0].PayloadSize.GetCount() != 2 {
+		t.Fatalf("current groups: %+v", cur.Groups)
+	}
+	if s := cur.Groups[0].PayloadSize.GetSum(); math.Abs(s-400)/400 > 0.008 {
+		t.Errorf("payload size sum %v, want ~400", s)
+	}
+	// The origin bucket of t0 has the produce and the consume whose pathway started at t0+2s.
+	if len(org.Groups) != 2 {
+		t.Fatalf("origin groups: %d, want 2", len(org.Groups))
+	}
+	wantBacklogs := []Backlog{
+		{Service: "orders", Tags: []string{"partition:0", "topic:orders", "type:kafka_produce"}, Value: 45},
+		{Service: "proxy", Tags: []string{"partition:0", "topic:orders", "type:kafka_high_watermark"}, Value: 46},
+	}
+	if len(cur.Backlogs) != len(wantBacklogs) {
+		t.Fatalf("backlogs %+v, want %+v", cur.Backlogs, wantBacklogs)
+	}
+	for i, w := range wantBacklogs {
+		g := cur.Backlogs[i]
+		if g.Service != w.Service || g.Value != w.Value || len(g.Tags) != len(w.Tags) {
+			t.Errorf("backlog %d = %+v, want %+v", i, g, w)
+		}
+	}
+	if len(org.Backlogs) != 0 {
+		t.Errorf("origin bucket carries backlogs: %+v", org.Backlogs)
+	}
+	rest := a.Flush(t0.Add(10*time.Second), true)
+	if len(rest) != 1 || rest[0].TimestampType != Current || !rest[0].Start.Equal(t0.Add(10*time.Second)) {
+		t.Fatalf("final flush: %+v", rest)
+	}
+	if e := rest[0].Groups[0].EdgeLatency; e.GetCount() != 1 {
+		t.Fatalf("edge latency count %v", e.GetCount())
+	} else if q, _ := e.GetValueAtQuantile(0.5); math.Abs(q-4)/4 > 0.008 {
+		t.Errorf("edge latency %v s, want ~4 s", q)
+	}
+	if st := a.Stats(); st.OpenBuckets != 0 || st.Buckets != 3 || st.Aggregated != 3 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestConcurrentAdd: 16 goroutines adding 1M points lose none below the bound and are -race clean.
+func TestConcurrentAdd(t *testing.T) {
+	const workers, per = 16, 62500
+	a := New(Config{QueueSize: 1 << 14})
+	a.Start()
+	tags := []string{"direction:out", "topic:t", "type:kafka"}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := point("svc", uint64(w%4), 0, t0, time.Millisecond, time.Millisecond, 10, tags...)
+			for range per {
+				for !a.Add(p) {
+					// Full: the bound was reached. Back off and retry so the test counts every point;
+					// the drop counter proves the refusal was counted, not lost.
+					time.Sleep(time.Microsecond)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	a.Close()
+	var n float64
+	for _, b := range a.Flush(t0, true) {
+		if b.TimestampType != Current {
+			continue
+		}
+		for _, g := range b.Groups {
+			n += g.EdgeLatency.GetCount()
+		}
+	}
+	st := a.Stats()
+	if n != workers*per || st.Points != workers*per || st.Aggregated != workers*per {
+		t.Fatalf("aggregated %v points (stats %+v), want %d", n, st, workers*per)
+	}
+	t.Logf("refused while full (then retried): %d", st.PointsDropped)
+}
+
+// TestDropWhenFull: with no consumer, Add refuses beyond the bound without blocking and counts it.
+func TestDropWhenFull(t *testing.T) {
+	a := New(Config{QueueSize: 8})
+	for i := range 20 {
+		ok := a.Add(point("s", 1, 0, t0, 0, 0, 1))
+		if ok != (i < 8) {
+			t.Fatalf("Add #%d = %v", i, ok)
+		}
+	}
+	for i := range 10 {
+		a.Offset(pathway.Offset{Kind: pathway.KafkaCommit, Topic: "t", Value: int64(i), Time: t0.UnixNano()})
+	}
+	st := a.Stats()
+	if st.Points != 8 || st.PointsDropped != 12 || st.Offsets != 8 || st.OffsetsDropped != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	a.Close() // never started: drains inline
+	bs := a.Flush(t0, true)
+	if len(bs) != 2 || bs[0].Groups[0].EdgeLatency.GetCount() != 8 || bs[0].Backlogs[0].Value != 7 {
+		t.Fatalf("after close: %+v", bs)
+	}
+}
+
+func TestNegativeValuesClamp(t *testing.T) {
+	a := New(Config{})
+	a.Add(point("s", 1, 0, t0, -time.Second, -time.Second, -5))
+	a.Close()
+	g := a.Flush(t0, true)[0].Groups[0]
+	for _, s := range []*ddsketch.DDSketch{g.PathwayLatency, g.EdgeLatency, g.PayloadSize} {
+		if s.GetZeroCount() != 1 {
+			t.Errorf("negative value not clamped to 0: zero count %v", s.GetZeroCount())
+		}
+	}
+}
+
+// BenchmarkAdd: the data path's cost of a checkpoint hand-off (consumer running).
+func BenchmarkAdd(b *testing.B) {
+	a := New(Config{QueueSize: 1 << 16})
+	a.Start()
+	defer a.Close()
+	p := point("svc", 1, 2, t0, time.Millisecond, time.Millisecond, 100, "direction:out", "topic:t", "type:kafka")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		a.Add(p)
+	}
+	b.StopTimer()
+	st := a.Stats()
+	b.ReportMetric(float64(st.PointsDropped)/float64(b.N), "dropped/op")
+}
+
+// BenchmarkAggregate: the consumer's cost per point (two buckets, six sketch inserts).
+func BenchmarkAggregate(b *testing.B) {
+	a := New(Config{})
+	p := point("svc", 1, 2, t0, time.Millisecond, time.Millisecond, 100, "direction:out", "topic:t", "type:kafka")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p.EdgeLatency = int64(i % 1000000)
+		a.addPoint(&p)
+	}
+}

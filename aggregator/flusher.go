@@ -1,0 +1,80 @@
+package aggregator
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Sink receives finished buckets.
+type Sink interface {
+	// Send gets every bucket finished since the last call. It must not keep the slice after returning.
+	Send(ctx context.Context, buckets []Bucket) error
+}
+
+// Flusher hands finished buckets to sinks every interval, off the data path.
+type Flusher struct {
+	agg      *Aggregator
+	interval time.Duration
+	sinks    []Sink
+	log      zerolog.Logger
+	mu       sync.Mutex // one flush at a time: Run's tick and a FlushNow at shutdown
+}
+
+// NewFlusher returns a Flusher for a; interval <= 0 means the aggregator's bucket duration.
+func NewFlusher(a *Aggregator, interval time.Duration, log zerolog.Logger, sinks ...Sink) *Flusher {
+	if interval <= 0 {
+		interval = a.cfg.BucketDuration
+	}
+	return &Flusher{agg: a, interval: interval, sinks: sinks, log: log}
+}
+
+// Run flushes finished buckets every interval until ctx is done. It does not flush at the end:
+// the owner calls FlushNow(ctx, true) after the data path has stopped, so nothing is left behind.
+func (f *Flusher) Run(ctx context.Context) {
+	t := time.NewTicker(f.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f.FlushNow(ctx, false)
+		}
+	}
+}
+
+// FlushNow takes finished buckets (every bucket when final) and hands them to every sink. Sink
+// errors are logged; a sink that fails keeps its own retry state.
+func (f *Flusher) FlushNow(ctx context.Context, final bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	buckets := f.agg.Flush(f.agg.cfg.Clock(), final)
+	for _, s := range f.sinks {
+		if err := s.Send(ctx, buckets); err != nil {
+			f.log.Warn().Err(err).Int("buckets", len(buckets)).Msg("DSM flush: sink failed")
+		}
+	}
+}
+
+func sortBuckets(bs []Bucket) {
+	slices.SortFunc(bs, func(a, b Bucket) int {
+		return cmp.Or(a.Start.Compare(b.Start), cmp.Compare(a.TimestampType, b.TimestampType))
+	})
+}
+
+func sortGroups(gs []Group) {
+	slices.SortFunc(gs, func(a, b Group) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Hash, b.Hash), cmp.Compare(a.ParentHash, b.ParentHash))
+	})
+}
+
+func sortBacklogs(bl []Backlog) {
+	slices.SortFunc(bl, func(a, b Backlog) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), slices.Compare(a.Tags, b.Tags))
+	})
+}

@@ -1,0 +1,136 @@
+package aggregator
+
+import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
+
+	"github.com/DataDog/sketches-go/ddsketch"
+	"github.com/vmihailenco/msgpack/v5"
+	"google.golang.org/protobuf/proto"
+)
+
+// The msgpack schema of /v0.1/pipeline_stats (dsm-protocol.md 5.2). Field names are the Go tracer's,
+// exactly; []byte fields encode as msgpack bin.
+type statsPayload struct {
+	Env           string        `msgpack:"Env"`
+	Service       string        `msgpack:"Service"`
+	Stats         []statsBucket `msgpack:"Stats"`
+	TracerVersion string        `msgpack:"TracerVersion"`
+	Lang          string        `msgpack:"Lang"`
+	Version       string        `msgpack:"Version"`
+	ProcessTags   []string      `msgpack:"ProcessTags"`
+	ProductMask   uint64        `msgpack:"ProductMask"`
+}
+
+type statsBucket struct {
+	Start                    uint64       `msgpack:"Start"`
+	Duration                 uint64       `msgpack:"Duration"`
+	Stats                    []statsPoint `msgpack:"Stats"`
+	Backlogs                 []backlog    `msgpack:"Backlogs"`
+	Transactions             []byte       `msgpack:"Transactions"`
+	TransactionCheckpointIDs []byte       `msgpack:"TransactionCheckpointIds"`
+}
+
+type statsPoint struct {
+	EdgeTags       []string `msgpack:"EdgeTags"`
+	Hash           uint64   `msgpack:"Hash"`
+	ParentHash     uint64   `msgpack:"ParentHash"`
+	PathwayLatency []byte   `msgpack:"PathwayLatency"`
+	EdgeLatency    []byte   `msgpack:"EdgeLatency"`
+	PayloadSize    []byte   `msgpack:"PayloadSize"`
+	TimestampType  string   `msgpack:"TimestampType"`
+}
+
+type backlog struct {
+	Tags  []string `msgpack:"Tags"`
+	Value int64    `msgpack:"Value"`
+}
+
+// productDSM is the ProductMask bit for Data Streams. The proxy runs no APM tracer, so it does not
+// claim the APM bit (1) the Go tracer also sets.
+const productDSM = 2
+
+// payloadMeta is what every payload carries besides the buckets.
+type payloadMeta struct {
+	Env, Version, TracerVersion string
+}
+
+// buildPayloads groups buckets by service: one payload per service, as the tracers send.
+func buildPayloads(meta payloadMeta, buckets []Bucket) []statsPayload {
+	idx := map[string]int{}
+	var out []statsPayload
+	get := func(svc string) *statsPayload {
+		i, ok := idx[svc]
+		if !ok {
+			i = len(out)
+			idx[svc] = i
+			out = append(out, statsPayload{Env: meta.Env, Service: svc, TracerVersion: meta.TracerVersion, Lang: "go",
+				Version: meta.Version, ProcessTags: []string{}, ProductMask: productDSM})
+		}
+		return &out[i]
+	}
+	// Within one bucket, each service gets its own statsBucket.
+	for _, b := range buckets {
+		per := map[string]*statsBucket{}
+		order := []string{}
+		sb := func(svc string) *statsBucket {
+			s := per[svc]
+			if s == nil {
+				s = &statsBucket{Start: uint64(b.Start.UnixNano()), Duration: uint64(b.Duration), Stats: []statsPoint{},
+					Backlogs: []backlog{}, Transactions: []byte{}, TransactionCheckpointIDs: []byte{}}
+				per[svc] = s
+				order = append(order, svc)
+			}
+			return s
+		}
+		for _, g := range b.Groups {
+			s := sb(g.Service)
+			s.Stats = append(s.Stats, statsPoint{
+				EdgeTags: g.EdgeTags, Hash: g.Hash, ParentHash: g.ParentHash,
+				PathwayLatency: encodeSketch(g.PathwayLatency), EdgeLatency: encodeSketch(g.EdgeLatency),
+				PayloadSize: encodeSketch(g.PayloadSize), TimestampType: string(b.TimestampType),
+			})
+		}
+		for _, bl := range b.Backlogs {
+			s := sb(bl.Service)
+			s.Backlogs = append(s.Backlogs, backlog{Tags: bl.Tags, Value: bl.Value})
+		}
+		for _, svc := range order {
+			p := get(svc)
+			p.Stats = append(p.Stats, *per[svc])
+		}
+	}
+	return out
+}
+
+// encodeSketch is the protobuf DDSketch message exactly as the Go tracer writes it:
+// proto.Marshal(sketch.ToProto()). (sketches-go's streaming EncodeProto orders fields and packs
+// bins differently: decodable, but not the tracer's bytes.)
+func encodeSketch(s *ddsketch.DDSketch) []byte {
+	b, err := proto.Marshal(s.ToProto())
+	if err != nil {
+		return nil // a sketch of finite values always marshals
+	}
+	return b
+}
+
+// encodePayload is msgpack then gzip (BestSpeed, as the Go tracer).
+func encodePayload(p *statsPayload) ([]byte, error) {
+	raw, err := msgpack.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("msgpack: %w", err)
+	}
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := zw.Write(raw); err != nil {
+		return nil, fmt.Errorf("gzip: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("gzip: %w", err)
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,94 @@
+package agenttest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+func gz(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if _, err := zw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	zw.Close()
+	return buf.Bytes()
+}
+
+// sketch1 is the spec's {1.0} sketch.
+var sketch1 = []byte{0x0a, 0x12, 0x09, 0, 0, 0, 0, 0, 0x40, 0xf0, 0x3f, 0x11, 0x00, 0xd8, 0x8a, 0xfe, 0x9e, 0x04, 0xfe, 0x3f, 0x12, 0x0c, 0x12, 0x08, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x18, 0x02, 0x1a, 0x00}
+
+func goodPayload() map[string]any {
+	return map[string]any{
+		"Env": "e", "Service": "s", "TracerVersion": "v", "Lang": "go", "Version": "", "ProcessTags": []string{}, "ProductMask": 2,
+		"Stats": []any{map[string]any{"Start": uint64(1), "Duration": uint64(10), "Backlogs": []any{map[string]any{"Tags": []string{"type:kafka_produce"}, "Value": 4}},
+			"Transactions": []byte{}, "TransactionCheckpointIds": []byte{},
+			"Stats": []any{map[string]any{"EdgeTags": []string{"direction:out"}, "Hash": uint64(9), "ParentHash": uint64(0),
+				"PathwayLatency": sketch1, "EdgeLatency": sketch1, "PayloadSize": sketch1, "TimestampType": "current"}}}},
+	}
+}
+
+// TestDecodePayloadStrict: the decoder accepts the spec's shape and names what is wrong otherwise.
+func TestDecodePayloadStrict(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(m map[string]any)
+		want string
+	}{
+		{"good", func(map[string]any) {}, ""},
+		{"missing Service", func(m map[string]any) { delete(m, "Service") }, `"Service" missing`},
+		{"unknown key", func(m map[string]any) { m["Servce"] = "x" }, "Servce"},
+		{"sketch as str", func(m map[string]any) {
+			m["Stats"].([]any)[0].(map[string]any)["Stats"].([]any)[0].(map[string]any)["EdgeLatency"] = string(sketch1)
+		}, "want msgpack bin"},
+		{"bad sketch", func(m map[string]any) {
+			m["Stats"].([]any)[0].(map[string]any)["Stats"].([]any)[0].(map[string]any)["PayloadSize"] = []byte{0xff}
+		}, "PayloadSize"},
+		{"missing TimestampType", func(m map[string]any) {
+			delete(m["Stats"].([]any)[0].(map[string]any)["Stats"].([]any)[0].(map[string]any), "TimestampType")
+		}, "TimestampType"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := goodPayload()
+			tc.mod(m)
+			raw, err := msgpack.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, pts, err := DecodePayload(gz(t, raw))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p.Service != "s" || len(pts) != 1 || pts[0].Hash != 9 || pts[0].Count() != 1 {
+					t.Fatalf("decoded %+v %+v", p, pts)
+				}
+				if q, _ := pts[0].EdgeLatency.GetValueAtQuantile(0.5); q < 0.99 || q > 1.01 {
+					t.Errorf("sketch {1.0} decodes to %v", q)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzDecodePayload: the fake Agent's decoder never panics, whatever the body.
+func FuzzDecodePayload(f *testing.F) {
+	raw, _ := msgpack.Marshal(goodPayload())
+	f.Add(gz(f, raw))
+	f.Add(raw)
+	f.Add([]byte{})
+	f.Add(gz(f, []byte{0x80}))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		_, _, _ = DecodePayload(body)
+		// Also the msgpack layer directly, so the fuzzer need not find valid gzip first.
+		_, _, _ = DecodePayload(gz(t, body))
+	})
+}
