@@ -153,6 +153,7 @@ type verifier struct {
 	requests int
 	bad      []string
 	bodies   []string
+	paths    []string
 }
 
 func startVerifier(t testing.TB, target string) *verifier {
@@ -180,6 +181,7 @@ func (v *verifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	v.mu.Lock()
 	v.requests++
 	v.bodies = append(v.bodies, string(body))
+	v.paths = append(v.paths, r.URL.Path)
 	v.mu.Unlock()
 	if why := checkSignature(r, body); why != "" {
 		v.mu.Lock()

@@ -2,6 +2,7 @@ package aws
 
 import (
 	"context"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"strings"
 	"testing"
 	"time"
@@ -87,3 +88,44 @@ func TestSQSFailedBatchEntry(t *testing.T) {
 		t.Errorf("%d produce checkpoints, want 1 (the successful entry)", n)
 	}
 }
+
+// TestSQSQueryQueueInPath: Java SDK v1 drops QueueUrl from the form and POSTs to the queue URL's
+// path; the proxy forwards the path to the upstream host. local-aws-sqs does not route by path
+// (real SQS does), so this asserts what reached upstream and that its error came back unchanged.
+func TestSQSQueryQueueInPath(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cq, err := sqsClient(tp.url, testKey, testSecret).CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("pathq")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := "Action=SendMessage&Version=2012-11-05&MessageBody=from+java+v1"
+	req := signedRaw(t, *cq.QueueUrl, "", body, time.Now(), "")
+	req.Header.Del("X-Amz-Target")
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret}
+	req.Header.Del("Authorization")
+	if err := signer().SignHTTP(ctx, creds, req, sha256Hex([]byte(body)), "sqs", "us-east-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	st, _, resp := do(t, req)
+	up.mu.Lock()
+	last := up.paths[len(up.paths)-1]
+	up.mu.Unlock()
+	if want := "/123456789012/pathq"; last != want {
+		t.Errorf("upstream path %q, want the queue path %q", last, want)
+	}
+	if st != 400 || !strings.Contains(resp, "<Code>AWS.SimpleQueueService.NonExistentQueue</Code>") {
+		t.Fatalf("emulator's answer not passed through: %d %s", st, resp)
+	}
+	if n := len(tp.ev.named("AWS.SimpleQueueService.NonExistentQueue")); n != 1 {
+		t.Errorf("upstream error reported %d times, want 1", n)
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream check: %v", bad)
+	}
+}
+
+func signer() *v4.Signer { return v4.NewSigner() }

@@ -242,8 +242,8 @@ func (p *Proxy) Start(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ErrorLog:          nil,
 	}
 	p.mu.Lock()
 	p.ln, p.srv = ln, srv
