@@ -1,11 +1,17 @@
 package aws
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,20 +61,53 @@ func BenchmarkRewritePublishQuery(b *testing.B) {
 	benchRewrite(b, "sns", "query", "Publish", wireQuery)
 }
 
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+// TestAWSProxyProcess is not a test: BenchmarkSQSEndToEnd runs the test binary with it as a
+// separate proxy process, so the proxy's CPU can be read from /proc apart from the client's.
+func TestAWSProxyProcess(t *testing.T) {
+	up := os.Getenv("DSMPROXY_AWS_PROXY_UPSTREAM")
+	if up == "" {
+		return
+	}
+	tp := startProxy(t, func(c *Config) { c.Upstream = up })
+	fmt.Printf("LISTENING %d\n", tp.Addr().(*net.TCPAddr).Port)
+	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
+}
+
+// procCPU is a process's user+system CPU from /proc/<pid>/stat.
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
 // BenchmarkSQSEndToEnd sends and receives through local-aws-sqs directly and through the proxy in
 // one run, with aws-sdk-go-v2 clients, and reports each rate, the proxy/direct ratio and the
-// proxy's CPU per request (this process's CPU through the proxy minus directly: the client runs in
-// both, the emulator is another process).
+// proxy's CPU per request, read from the proxy's own process.
 func BenchmarkSQSEndToEnd(b *testing.B) {
 	port := startNode(b, nil, "sqs-server.js")
 	direct := fmt.Sprintf("http://127.0.0.1:%d", port)
-	tp := startProxy(b, func(c *Config) { c.Upstream = direct })
+	args := []string{"-test.run=^TestAWSProxyProcess$"}
+	if prof := os.Getenv("DSMPROXY_AWS_PROXY_CPUPROFILE"); prof != "" {
+		args = append(args, "-test.cpuprofile="+prof)
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "DSMPROXY_AWS_PROXY_UPSTREAM="+direct)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	var proxyPort int
+	if _, err := fmt.Fscanf(bufio.NewReader(stdout), "LISTENING %d\n", &proxyPort); err != nil {
+		b.Fatalf("proxy process: %v", err)
+	}
+	proxyURL := fmt.Sprintf("http://127.0.0.1:%d", proxyPort)
 	const workers, perWorker = 16, 150
 	type result struct {
 		sendRate, recvRate float64
@@ -83,7 +122,7 @@ func BenchmarkSQSEndToEnd(b *testing.B) {
 		}
 		attrs := map[string]types.MessageAttributeValue{"tenant": strAttr("acme")}
 		var reqs atomic.Int64
-		cpu0, t0 := cpuTime(), time.Now()
+		cpu0, t0 := procCPU(b, cmd.Process.Pid), time.Now()
 		var wg sync.WaitGroup
 		for w := 0; w < workers; w++ {
 			wg.Add(1)
@@ -119,14 +158,14 @@ func BenchmarkSQSEndToEnd(b *testing.B) {
 		}
 		wg.Wait()
 		recvDur := time.Since(t1)
-		cpu := cpuTime() - cpu0
+		cpu := procCPU(b, cmd.Process.Pid) - cpu0
 		return result{float64(workers*perWorker) / sendDur.Seconds(), float64(got.Load()) / recvDur.Seconds(), cpu / time.Duration(reqs.Load())}
 	}
 	run(direct, "warmdirect") // warm both paths (node's JIT, connection pools) before measuring
-	run(tp.url, "warmproxy")
+	run(proxyURL, "warmproxy")
 	for b.Loop() {
 		d := run(direct, fmt.Sprintf("direct%d", time.Now().UnixNano()))
-		p := run(tp.url, fmt.Sprintf("proxied%d", time.Now().UnixNano()))
+		p := run(proxyURL, fmt.Sprintf("proxied%d", time.Now().UnixNano()))
 		b.ReportMetric(d.sendRate, "direct-send/s")
 		b.ReportMetric(p.sendRate, "proxy-send/s")
 		b.ReportMetric(d.recvRate, "direct-recv-msg/s")

@@ -316,7 +316,7 @@ type call struct {
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.requests.Add(1)
-	body, err := io.ReadAll(io.LimitReader(r.Body, p.cfg.MaxBodyBytes+1))
+	body, err := readBody(r.Body, r.ContentLength, p.cfg.MaxBodyBytes)
 	if err != nil {
 		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
 		return
@@ -520,11 +520,23 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 		return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 	}
 	defer resp.Body.Close()
-	rb, err := io.ReadAll(io.LimitReader(resp.Body, p.cfg.MaxBodyBytes+1))
+	rb, err := readBody(resp.Body, resp.ContentLength, p.cfg.MaxBodyBytes)
 	if err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
 	}
 	return resp, rb, nil
+}
+
+// readBody reads at most limit+1 bytes, sized up front from Content-Length when it is known.
+func readBody(r io.Reader, n, limit int64) ([]byte, error) {
+	if n < 0 || n > limit {
+		return io.ReadAll(io.LimitReader(r, limit+1))
+	}
+	b := make([]byte, n, n+1)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // respFixer rewrites a successful response body; it returns nil to leave it alone.

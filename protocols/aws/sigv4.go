@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -124,7 +125,32 @@ func hmacSHA256(key, data []byte) []byte {
 	return h.Sum(nil)
 }
 
+// signingKeys caches derived keys: they change once a day per secret, region and service, and
+// deriving one is four HMACs.
+var signingKeys = struct {
+	sync.Mutex
+	m map[string][]byte
+}{m: map[string][]byte{}}
+
 func signingKey(secret, date, region, service string) []byte {
+	ck := secret + "\x00" + date + "/" + region + "/" + service
+	signingKeys.Lock()
+	k, ok := signingKeys.m[ck]
+	signingKeys.Unlock()
+	if ok {
+		return k
+	}
+	k = deriveKey(secret, date, region, service)
+	signingKeys.Lock()
+	if len(signingKeys.m) >= 1024 {
+		clear(signingKeys.m)
+	}
+	signingKeys.m[ck] = k
+	signingKeys.Unlock()
+	return k
+}
+
+func deriveKey(secret, date, region, service string) []byte {
 	k := hmacSHA256([]byte("AWS4"+secret), []byte(date))
 	k = hmacSHA256(k, []byte(region))
 	k = hmacSHA256(k, []byte(service))
