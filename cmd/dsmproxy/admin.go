@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// admin serves /healthz, /readyz and /debug/pprof/, plus whatever pages other parts register.
+type admin struct {
+	fronts  []namedFront
+	ready   atomic.Bool // set once every front listens, cleared when draining
+	dialTO  time.Duration
+	mux     *http.ServeMux
+	started time.Time
+}
+
+func newAdmin(fronts []namedFront) *admin {
+	a := &admin{fronts: fronts, dialTO: 2 * time.Second, mux: http.NewServeMux(), started: time.Now()}
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "version": version, "uptime_s": int(time.Since(a.started).Seconds())})
+	})
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	a.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	a.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	a.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	a.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return a
+}
+
+type frontStatus struct {
+	Protocol  string            `json:"protocol"`
+	Listen    string            `json:"listen"`
+	Upstreams map[string]string `json:"upstreams"` // address -> "ok" or the dial error
+	Ready     bool              `json:"ready"`
+}
+
+// readyz: listeners up and, for every front, at least one upstream answering a TCP dial.
+func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.dialTO)
+	defer cancel()
+	out := make([]frontStatus, len(a.fronts))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i, f := range a.fronts {
+		out[i] = frontStatus{Protocol: f.protocol, Listen: f.listen, Upstreams: map[string]string{}}
+		for _, up := range f.upstreams {
+			wg.Add(1)
+			go func(i int, up string) {
+				defer wg.Done()
+				var d net.Dialer
+				c, err := d.DialContext(ctx, "tcp", up)
+				st := "ok"
+				if err != nil {
+					st = err.Error()
+				} else {
+					c.Close()
+				}
+				mu.Lock()
+				out[i].Upstreams[up] = st
+				if err == nil {
+					out[i].Ready = true
+				}
+				mu.Unlock()
+			}(i, up)
+		}
+	}
+	wg.Wait()
+	ready := a.ready.Load()
+	for _, s := range out {
+		ready = ready && s.Ready
+	}
+	code := http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{"ready": ready, "listening": a.ready.Load(), "fronts": out})
+}
+
+// Handle registers an extra page (errors, pathways).
+func (a *admin) Handle(pattern string, h http.Handler) { a.mux.Handle(pattern, h) }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

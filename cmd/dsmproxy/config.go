@@ -1,0 +1,556 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration, as read from the YAML file and then overridden by the
+// environment and flags (flags > env > file). Its YAML keys are a public interface: extend, never rename.
+type Config struct {
+	Env          string        `yaml:"env"`
+	Service      string        `yaml:"service"` // default service for clients nothing else names
+	Version      string        `yaml:"version"`
+	DrainTimeout Duration      `yaml:"drain_timeout"`
+	Log          LogConfig     `yaml:"log"`
+	Admin        AdminConfig   `yaml:"admin"`
+	Agent        AgentConfig   `yaml:"agent"`
+	Errors       ErrorsConfig  `yaml:"errors"`
+	Services     []ServiceRule `yaml:"services"`
+	Kafka        []KafkaConfig `yaml:"kafka"`
+	AMQP         []AMQPConfig  `yaml:"amqp"`
+	AWS          []AWSConfig   `yaml:"aws"`
+}
+
+// LogConfig sets the process log.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // trace, debug, info, warn, error
+	Format string `yaml:"format"` // json or console
+}
+
+// AdminConfig is the admin HTTP listener (health, readiness, pprof, errors).
+type AdminConfig struct {
+	Listen   string `yaml:"listen"`   // default 127.0.0.1:8790; "off" disables it
+	Disabled bool   `yaml:"disabled"` // same as listen: off
+}
+
+// AgentConfig says where DSM stats go.
+type AgentConfig struct {
+	URL             string   `yaml:"url"` // http://, https://, unix:///path
+	FlushInterval   Duration `yaml:"flush_interval"`
+	MaxPendingBytes int      `yaml:"max_pending_bytes"`
+	Disabled        bool     `yaml:"disabled"` // aggregate and show locally, send nothing
+}
+
+// ErrorsConfig configures error tracking.
+type ErrorsConfig struct {
+	Agent      *bool    `yaml:"agent"`      // report error spans to the Agent (also DD_ERROR_TRACKING_HANDLED_ERRORS)
+	Categories []string `yaml:"categories"` // broker_error, lost_message, proxy_skip, decode_error
+	Interval   Duration `yaml:"interval"`
+}
+
+// ServiceRule maps clients to a service name; every non-empty matcher must match.
+type ServiceRule struct {
+	Service   string `yaml:"service"`
+	Protocol  string `yaml:"protocol"`   // kafka, amqp, aws
+	ClientID  string `yaml:"client_id"`  // regular expression over Kafka client.id, AMQP connection_name, AWS app id
+	User      string `yaml:"user"`       // AMQP or SASL user
+	AccessKey string `yaml:"access_key"` // AWS access key id
+	CIDR      string `yaml:"cidr"`       // client source network
+
+	line int
+}
+
+// TLSServer terminates TLS toward clients.
+type TLSServer struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"` // set to require and verify client certificates
+}
+
+// TLSClient originates TLS toward the upstream.
+type TLSClient struct {
+	Enabled            bool   `yaml:"enabled"`
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// ListenerLimits are shared by every protocol front.
+type ListenerLimits struct {
+	MaxConns    int        `yaml:"max_conns"`
+	IdleTimeout Duration   `yaml:"idle_timeout"`
+	DialTimeout Duration   `yaml:"dial_timeout"`
+	TLS         *TLSServer `yaml:"tls"`
+	UpstreamTLS *TLSClient `yaml:"upstream_tls"`
+}
+
+// KafkaConfig is one Kafka front: a bootstrap listener plus one listener per broker node.
+type KafkaConfig struct {
+	Listen                 string           `yaml:"listen"`
+	Bootstrap              []string         `yaml:"bootstrap"`
+	AdvertisedHost         string           `yaml:"advertised_host"`
+	NodePortBase           int              `yaml:"node_port_base"`
+	NodeAddrs              map[int32]string `yaml:"node_addrs"`
+	MaxBatchBytes          int              `yaml:"max_batch_bytes"`
+	MaxFrameBytes          int              `yaml:"max_frame_bytes"`
+	RespectExistingContext *bool            `yaml:"respect_existing_context"`
+	LinkConsumeProduce     bool             `yaml:"link_consume_produce"`
+	LinkWindow             Duration         `yaml:"link_window"`
+	ListenerLimits         `yaml:",inline"`
+
+	line int
+}
+
+// AMQPConfig is one AMQP 0-9-1 front.
+type AMQPConfig struct {
+	Listen                 string `yaml:"listen"`
+	Upstream               string `yaml:"upstream"`
+	MaxFrameBytes          int    `yaml:"max_frame_bytes"`
+	RespectExistingContext *bool  `yaml:"respect_existing_context"`
+	ListenerLimits         `yaml:",inline"`
+
+	line int
+}
+
+// AWSKey is a client key pair the AWS front accepts signatures from.
+type AWSKey struct {
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey string `yaml:"secret_access_key"`
+}
+
+// AWSConfig is one SQS/SNS/Kinesis HTTP front.
+type AWSConfig struct {
+	Listen                  string   `yaml:"listen"`
+	Upstream                string   `yaml:"upstream"` // URL of the real endpoint
+	Region                  string   `yaml:"region"`
+	ClientKeys              []AWSKey `yaml:"client_keys"`
+	TrustClients            bool     `yaml:"trust_clients"`
+	TrustClientsNonLoopback bool     `yaml:"trust_clients_non_loopback"`
+	MaxBodyBytes            int      `yaml:"max_body_bytes"`
+	ListenerLimits          `yaml:",inline"`
+
+	line int
+}
+
+// Duration is a time.Duration written as "10s", "1m30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return &configError{line: n.Line, msg: fmt.Sprintf("%q is not a duration (write it like 10s, 1m30s)", n.Value)}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// configError is an error tied to a line of the config file.
+type configError struct {
+	line int
+	key  string
+	msg  string
+}
+
+func (e *configError) Error() string {
+	s := ""
+	if e.line > 0 {
+		s = "line " + strconv.Itoa(e.line) + ": "
+	}
+	if e.key != "" {
+		s += "key " + e.key + ": "
+	}
+	return s + e.msg
+}
+
+// Defaults.
+const (
+	defaultAdmin        = "127.0.0.1:8790"
+	defaultDrainTimeout = 15 * time.Second
+	defaultFlush        = 10 * time.Second
+)
+
+// LoadConfigFile reads and strictly decodes a YAML config file: unknown keys and values of the wrong
+// type are errors that name the file, line and key.
+func LoadConfigFile(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+var (
+	reUnknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type main\.(\w+)$`)
+	reLinePrefix   = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+)
+
+// sectionName turns a Go type from a yaml error back into the section a user wrote.
+var sectionName = map[string]string{
+	"Config": "top level", "LogConfig": "log", "AdminConfig": "admin", "AgentConfig": "agent",
+	"ErrorsConfig": "errors", "ServiceRule": "services[]", "KafkaConfig": "kafka[]", "AMQPConfig": "amqp[]",
+	"AWSConfig": "aws[]", "AWSKey": "aws[].client_keys[]", "TLSServer": "tls", "TLSClient": "upstream_tls",
+}
+
+// ParseConfig decodes YAML bytes (strict) and records the line of every list entry for later errors.
+func ParseConfig(b []byte) (*Config, error) {
+	var cfg Config
+	if len(bytes.TrimSpace(b)) == 0 {
+		return &cfg, nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		var root yaml.Node
+		_ = yaml.Unmarshal(b, &root)
+		return nil, friendlyYAMLError(err, &root)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, &configError{line: extra.Line, msg: "a second YAML document; put everything in one"}
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err == nil {
+		recordLines(&root, &cfg)
+	}
+	return &cfg, nil
+}
+
+func friendlyYAMLError(err error, root *yaml.Node) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		var ce *configError
+		msgs := make([]string, 0, len(te.Errors))
+		for _, e := range te.Errors {
+			if m := reUnknownField.FindStringSubmatch(e); m != nil {
+				sec := sectionName[m[3]]
+				if sec == "" {
+					sec = m[3]
+				}
+				e = fmt.Sprintf("line %s: key %s: unknown key in %s (see `dsmproxy run --help` and the README's config reference)", m[1], m[2], sec)
+			} else if m := reLinePrefix.FindStringSubmatch(e); m != nil {
+				e = "line " + m[1] + ": "
+				if k := keyAtLine(root, atoi(m[1]), ""); k != "" {
+					e += "key " + k + ": "
+				}
+				e += m[2]
+			}
+			msgs = append(msgs, e)
+		}
+		if errors.As(err, &ce) {
+			msgs = append(msgs, ce.Error())
+		}
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	var ce *configError
+	if errors.As(err, &ce) {
+		return ce
+	}
+	if m := reLinePrefix.FindStringSubmatch(err.Error()); m != nil {
+		return &configError{line: atoi(m[1]), msg: m[2]}
+	}
+	return err
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// keyAtLine returns the dotted path (kafka[0].max_conns) of the mapping key on line, if any.
+func keyAtLine(n *yaml.Node, line int, path string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if k := keyAtLine(c, line, path); k != "" {
+				return k
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			if k.Line == line {
+				return p
+			}
+			if r := keyAtLine(v, line, p); r != "" {
+				return r
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if r := keyAtLine(c, line, fmt.Sprintf("%s[%d]", path, i)); r != "" {
+				return r
+			}
+		}
+	}
+	return ""
+}
+
+// recordLines remembers where each list entry starts so validation errors can point at it.
+func recordLines(root *yaml.Node, cfg *Config) {
+	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
+		return
+	}
+	m := root.Content[0]
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		key, val := m.Content[i].Value, m.Content[i+1]
+		if val.Kind != yaml.SequenceNode {
+			continue
+		}
+		for j, item := range val.Content {
+			switch key {
+			case "kafka":
+				if j < len(cfg.Kafka) {
+					cfg.Kafka[j].line = item.Line
+				}
+			case "amqp":
+				if j < len(cfg.AMQP) {
+					cfg.AMQP[j].line = item.Line
+				}
+			case "aws":
+				if j < len(cfg.AWS) {
+					cfg.AWS[j].line = item.Line
+				}
+			case "services":
+				if j < len(cfg.Services) {
+					cfg.Services[j].line = item.Line
+				}
+			}
+		}
+	}
+}
+
+// ApplyEnv overlays the Datadog environment variables onto cfg (env beats file). lookup is
+// os.LookupEnv in production.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
+	get := func(k string) string { v, _ := lookup(k); return v }
+	if v := get("DD_ENV"); v != "" {
+		c.Env = v
+	}
+	if v := get("DD_SERVICE"); v != "" {
+		c.Service = v
+	}
+	if v := get("DD_VERSION"); v != "" {
+		c.Version = v
+	}
+	if v := get("DD_TRACE_AGENT_URL"); v != "" {
+		c.Agent.URL = v
+	} else if h, p := get("DD_AGENT_HOST"), get("DD_TRACE_AGENT_PORT"); h != "" || p != "" {
+		if h == "" {
+			h = "localhost"
+		}
+		if p == "" {
+			p = "8126"
+		}
+		c.Agent.URL = "http://" + net.JoinHostPort(h, p)
+	}
+	// Like the tracers: any value, even empty, turns handled-error reporting on.
+	if _, ok := lookup("DD_ERROR_TRACKING_HANDLED_ERRORS"); ok {
+		on := true
+		c.Errors.Agent = &on
+	}
+}
+
+// Defaults fills what is still unset after file, env and flags.
+func (c *Config) Defaults() {
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = defaultAdmin
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = Duration(defaultDrainTimeout)
+	}
+	if c.Agent.FlushInterval == 0 {
+		c.Agent.FlushInterval = Duration(defaultFlush)
+	}
+	if c.Agent.URL == "" {
+		c.Agent.URL = "http://localhost:8126"
+		if _, err := os.Stat("/var/run/datadog/apm.socket"); err == nil {
+			c.Agent.URL = "unix:///var/run/datadog/apm.socket"
+		}
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	if c.Errors.Interval == 0 {
+		c.Errors.Interval = Duration(defaultFlush)
+	}
+}
+
+// Validate checks everything that can be checked without listening. Errors name the section,
+// entry and key at fault (and the file line when the entry came from the file).
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(line int, key, format string, a ...any) {
+		errs = append(errs, &configError{line: line, key: key, msg: fmt.Sprintf(format, a...)})
+	}
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad(0, "log.level", "%q is not one of trace, debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		bad(0, "log.format", "%q is not json or console", c.Log.Format)
+	}
+	if !c.adminOff() {
+		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			bad(0, "admin.listen", "%q is not host:port (or off)", c.Admin.Listen)
+		}
+	}
+	if !c.Agent.Disabled {
+		if err := checkAgentURL(c.Agent.URL); err != nil {
+			bad(0, "agent.url", "%v", err)
+		}
+	}
+	for _, cat := range c.Errors.Categories {
+		switch cat {
+		case "broker_error", "lost_message", "proxy_skip", "decode_error":
+		default:
+			bad(0, "errors.categories", "%q is not one of broker_error, lost_message, proxy_skip, decode_error", cat)
+		}
+	}
+	for i, r := range c.Services {
+		k := fmt.Sprintf("services[%d]", i)
+		if r.Service == "" {
+			bad(r.line, k+".service", "a rule needs the service it maps to")
+		}
+		if r.ClientID != "" {
+			if _, err := regexp.Compile(r.ClientID); err != nil {
+				bad(r.line, k+".client_id", "not a regular expression: %v", err)
+			}
+		}
+		if r.CIDR != "" {
+			if _, err := netip.ParsePrefix(r.CIDR); err != nil {
+				bad(r.line, k+".cidr", "%v", err)
+			}
+		}
+		switch r.Protocol {
+		case "", "kafka", "amqp", "aws":
+		default:
+			bad(r.line, k+".protocol", "%q is not kafka, amqp or aws", r.Protocol)
+		}
+	}
+	seen := map[string]string{}
+	listen := func(line int, key, addr string) {
+		if addr == "" {
+			bad(line, key, "a listen address (host:port) is required")
+			return
+		}
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			bad(line, key, "%q is not host:port", addr)
+			return
+		}
+		if port == "0" { // ephemeral: never a clash
+			return
+		}
+		if prev, dup := seen[addr]; dup {
+			bad(line, key, "%s is already used by %s", addr, prev)
+		}
+		seen[addr] = key
+	}
+	if !c.adminOff() {
+		seen[c.Admin.Listen] = "admin.listen"
+	}
+	for i, k := range c.Kafka {
+		p := fmt.Sprintf("kafka[%d]", i)
+		listen(k.line, p+".listen", k.Listen)
+		if len(k.Bootstrap) == 0 {
+			bad(k.line, p+".bootstrap", "at least one upstream broker (host:port) is required")
+		}
+		for _, b := range k.Bootstrap {
+			if _, _, err := net.SplitHostPort(b); err != nil {
+				bad(k.line, p+".bootstrap", "%q is not host:port", b)
+			}
+		}
+		c.checkLimits(k.line, p, k.ListenerLimits, bad)
+	}
+	for i, a := range c.AMQP {
+		p := fmt.Sprintf("amqp[%d]", i)
+		listen(a.line, p+".listen", a.Listen)
+		if _, _, err := net.SplitHostPort(a.Upstream); err != nil {
+			bad(a.line, p+".upstream", "%q is not host:port of the real broker", a.Upstream)
+		}
+		c.checkLimits(a.line, p, a.ListenerLimits, bad)
+	}
+	for i, a := range c.AWS {
+		p := fmt.Sprintf("aws[%d]", i)
+		listen(a.line, p+".listen", a.Listen)
+		if u, err := url.Parse(a.Upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(a.line, p+".upstream", "%q is not an http(s) URL of the real endpoint", a.Upstream)
+		}
+		for j, key := range a.ClientKeys {
+			if key.AccessKeyID == "" || key.SecretAccessKey == "" {
+				bad(a.line, fmt.Sprintf("%s.client_keys[%d]", p, j), "both access_key_id and secret_access_key are required")
+			}
+		}
+		if a.TrustClientsNonLoopback && !a.TrustClients {
+			bad(a.line, p+".trust_clients_non_loopback", "only means something with trust_clients: true")
+		}
+		c.checkLimits(a.line, p, a.ListenerLimits, bad)
+	}
+	if len(c.Kafka)+len(c.AMQP)+len(c.AWS) == 0 {
+		bad(0, "", "nothing to proxy: give at least one of --kafka, --amqp, --aws (or kafka:, amqp:, aws: in the config file)")
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) checkLimits(line int, p string, l ListenerLimits, bad func(int, string, string, ...any)) {
+	if l.MaxConns < 0 {
+		bad(line, p+".max_conns", "must be >= 0 (0 = unlimited)")
+	}
+	if l.TLS != nil && (l.TLS.CertFile == "" || l.TLS.KeyFile == "") {
+		bad(line, p+".tls", "cert_file and key_file are both required to terminate TLS")
+	}
+	if l.UpstreamTLS != nil && (l.UpstreamTLS.CertFile == "") != (l.UpstreamTLS.KeyFile == "") {
+		bad(line, p+".upstream_tls", "a client certificate needs both cert_file and key_file")
+	}
+}
+
+func (c *Config) adminOff() bool { return c.Admin.Disabled || c.Admin.Listen == "off" }
+
+func checkAgentURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("%q: %w", s, err)
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return fmt.Errorf("%q has no host", s)
+		}
+	case "unix":
+		if u.Path == "" {
+			return fmt.Errorf("%q has no socket path (write unix:///path/to/apm.socket)", s)
+		}
+	default:
+		return fmt.Errorf("%q: scheme must be http, https or unix", s)
+	}
+	return nil
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envMap(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+// TestConfigErrors: a bad file is refused with the line and key at fault.
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown top key", "env: prod\nkafak:\n  - listen: 127.0.0.1:19092\n", []string{"line 2", "kafak", "unknown key"}},
+		{"unknown nested key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrp: [a:9092]\n", []string{"line 3", "bootstrp", "kafka[]"}},
+		{"unknown inline limit key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_con: 3\n", []string{"line 4", "max_con"}},
+		{"wrong type", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_conns: lots\n", []string{"line 4", "kafka[0].max_conns", "lots"}},
+		{"bad duration", "drain_timeout: soon\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 1", "soon", "duration"}},
+		{"syntax", "kafka:\n  - listen: [\n", []string{"line"}},
+		{"missing bootstrap", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n", []string{"line 3", "kafka[0].bootstrap"}},
+		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},
+		{"duplicate listen", "kafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:1\n    upstream: b:5672\n", []string{"line 5", "amqp[0].listen", "already used by kafka[0].listen"}},
+		{"bad aws upstream", "aws:\n  - listen: 127.0.0.1:4566\n    upstream: sqs.amazonaws.com\n", []string{"line 2", "aws[0].upstream"}},
+		{"bad rule regexp", "services:\n  - service: a\n    client_id: '('\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"line 2", "services[0].client_id"}},
+		{"bad agent scheme", "agent:\n  url: ftp://x\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "scheme"}},
+		{"nothing to proxy", "env: prod\n", []string{"nothing to proxy"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+			if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			f := runFlags{config: path}
+			_, err := f.loadConfig(envMap(nil))
+			if err == nil {
+				t.Fatalf("no error for:\n%s", tc.yaml)
+			}
+			msg := err.Error()
+			for _, w := range append([]string{path}, tc.want...) {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not mention %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigPrecedence: flags beat env, env beats file, defaults fill the rest.
+func TestConfigPrecedence(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+	file := `env: file-env
+service: file-svc
+version: "1.0"
+drain_timeout: 30s
+agent:
+  url: http://file-agent:8126
+log:
+  level: debug
+kafka:
+  - listen: 127.0.0.1:29092
+    bootstrap: [file-broker:9092]
+`
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		args  []string
+		check func(t *testing.T, c *Config)
+	}{
+		{"file only", nil, nil, func(t *testing.T, c *Config) {
+			eq(t, "env", c.Env, "file-env")
+			eq(t, "service", c.Service, "file-svc")
+			eq(t, "agent", c.Agent.URL, "http://file-agent:8126")
+			eq(t, "level", c.Log.Level, "debug")
+			eq(t, "format", c.Log.Format, "json")
+			eq(t, "admin", c.Admin.Listen, defaultAdmin)
+			eq(t, "drain", c.DrainTimeout.D(), 30*time.Second)
+			eq(t, "bootstrap", strings.Join(c.Kafka[0].Bootstrap, ","), "file-broker:9092")
+		}},
+		{"env beats file", map[string]string{"DD_ENV": "env-env", "DD_SERVICE": "env-svc", "DD_VERSION": "2.0", "DD_AGENT_HOST": "agent-host"}, nil, func(t *testing.T, c *Config) {
+			eq(t, "env", c.Env, "env-env")
+			eq(t, "service", c.Service, "env-svc")
+			eq(t, "version", c.Version, "2.0")
+			eq(t, "agent", c.Agent.URL, "http://agent-host:8126")
+		}},
+		{"trace agent url beats host and port", map[string]string{"DD_TRACE_AGENT_URL": "unix:///tmp/apm.sock", "DD_AGENT_HOST": "h", "DD_TRACE_AGENT_PORT": "1"}, nil, func(t *testing.T, c *Config) {
+			eq(t, "agent", c.Agent.URL, "unix:///tmp/apm.sock")
+		}},
+		{"port alone", map[string]string{"DD_TRACE_AGENT_PORT": "9126"}, nil, func(t *testing.T, c *Config) {
+			eq(t, "agent", c.Agent.URL, "http://localhost:9126")
+		}},
+		{"flags beat env", map[string]string{"DD_ENV": "env-env", "DD_TRACE_AGENT_URL": "http://env-agent:8126"},
+			[]string{"--env", "flag-env", "--agent-url", "http://flag-agent:8126", "--kafka", "127.0.0.1:19092=b1:9092,b2:9092", "--log-level", "warn", "--drain-timeout", "3s", "--admin", "off"},
+			func(t *testing.T, c *Config) {
+				eq(t, "env", c.Env, "flag-env")
+				eq(t, "agent", c.Agent.URL, "http://flag-agent:8126")
+				eq(t, "kafka fronts", len(c.Kafka), 1)
+				eq(t, "listen", c.Kafka[0].Listen, "127.0.0.1:19092")
+				eq(t, "bootstrap", strings.Join(c.Kafka[0].Bootstrap, ","), "b1:9092,b2:9092")
+				eq(t, "level", c.Log.Level, "warn")
+				eq(t, "drain", c.DrainTimeout.D(), 3*time.Second)
+				eq(t, "admin off", c.adminOff(), true)
+			}},
+		{"handled errors variable, even empty", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": ""}, nil, func(t *testing.T, c *Config) {
+			if c.Errors.Agent == nil || !*c.Errors.Agent {
+				t.Errorf("errors.agent not enabled by DD_ERROR_TRACKING_HANDLED_ERRORS")
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var f runFlags
+			fs := flag.NewFlagSet("run", flag.ContinueOnError)
+			f.register(fs)
+			if err := fs.Parse(append([]string{"--config", path}, tc.args...)); err != nil {
+				t.Fatal(err)
+			}
+			c, err := f.loadConfig(envMap(tc.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func eq[T comparable](t *testing.T, what string, got, want T) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s = %v, want %v", what, got, want)
+	}
+}
+
+// TestShippedConfigs: the example (quoted by the README) and docker-compose's config are valid and
+// show every protocol.
+func TestShippedConfigs(t *testing.T) {
+	for _, path := range []string{filepath.Join("testdata", "dsmproxy.example.yaml"), filepath.Join("..", "..", "deploy", "dsmproxy.compose.yaml")} {
+		f := runFlags{config: path}
+		c, err := f.loadConfig(envMap(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Kafka) == 0 || len(c.AMQP) == 0 || len(c.AWS) == 0 {
+			t.Fatalf("%s does not show every protocol: %+v", path, c)
+		}
+		if _, err := buildServices(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestHelpDocumentsEverything: run --help names every flag and every variable the binary reads.
+func TestHelpDocumentsEverything(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := mainArgs([]string{"run", "--help"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	help := errb.String()
+	var f runFlags
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	f.register(fs)
+	fs.VisitAll(func(fl *flag.Flag) {
+		if !strings.Contains(help, "--"+fl.Name) {
+			t.Errorf("run --help does not document --%s", fl.Name)
+		}
+	})
+	for _, v := range []string{"DD_TRACE_AGENT_URL", "DD_AGENT_HOST", "DD_TRACE_AGENT_PORT", "DD_ENV", "DD_SERVICE", "DD_VERSION", "DD_ERROR_TRACKING_HANDLED_ERRORS"} {
+		if !strings.Contains(help, v) {
+			t.Errorf("run --help does not document %s", v)
+		}
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := mainArgs([]string{"check-config", "--kafka", "127.0.0.1:19092=127.0.0.1:9092", "--admin", "off"}, &out, &errb)
+	if code != 0 || !strings.Contains(out.String(), "configuration OK") {
+		t.Fatalf("exit %d, out %q, err %q", code, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := mainArgs([]string{"check-config", "--kafka", "nonsense"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "LISTEN=BOOTSTRAP") {
+		t.Fatalf("bad flag: exit %d, err %q", code, errb.String())
+	}
+}

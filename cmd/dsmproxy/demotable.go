@@ -1,0 +1,266 @@
+package main
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
+)
+
+// demoAgent stands in for the Datadog Agent in the demo: it serves /info, decodes every
+// /v0.1/pipeline_stats payload strictly (the same decoder the tests use), and prints what it
+// received as a table once each flush's payloads have arrived.
+type demoAgent struct {
+	srv     *httptest.Server
+	out     io.Writer
+	arrived chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+
+	mu       sync.Mutex
+	points   []agentpayload.Point
+	backlogs []agentpayload.BacklogEntry
+	payloads int
+	bytes    int
+	errs     int
+}
+
+func newDemoAgent(out io.Writer) *demoAgent {
+	d := &demoAgent{out: out, arrived: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /info", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"version":"dsmproxy-demo","endpoints":["/v0.1/pipeline_stats","/v0.4/traces","/info"]}`)
+	})
+	mux.HandleFunc("POST /v0.1/pipeline_stats", d.receive)
+	mux.HandleFunc("POST /v0.4/traces", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	d.srv = httptest.NewServer(mux)
+	go d.printLoop()
+	return d
+}
+
+// URL is where the proxy's Agent sink posts.
+func (d *demoAgent) URL() string { return d.srv.URL }
+
+func (d *demoAgent) receive(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, agentpayload.MaxPayload))
+	var p *agentpayload.Payload
+	var pts []agentpayload.Point
+	if err == nil {
+		p, pts, err = agentpayload.DecodePayload(body)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.errs++
+		fmt.Fprintf(d.out, "stand-in Agent: payload did not decode: %v\n", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	d.payloads++
+	d.bytes += len(body)
+	d.points = append(d.points, pts...)
+	for _, b := range p.Stats {
+		for _, bl := range b.Backlogs {
+			d.backlogs = append(d.backlogs, agentpayload.BacklogEntry{Service: p.Service, Start: time.Unix(0, int64(b.Start)), Tags: bl.Tags, Value: bl.Value})
+		}
+	}
+	select {
+	case d.arrived <- struct{}{}:
+	default:
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// printLoop prints once a flush's payloads (one per service) have all arrived: after a short quiet.
+func (d *demoAgent) printLoop() {
+	defer close(d.done)
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-d.arrived:
+		}
+		quiet := time.NewTimer(300 * time.Millisecond)
+		for waiting := true; waiting; {
+			select {
+			case <-d.arrived:
+				quiet.Reset(300 * time.Millisecond)
+			case <-quiet.C:
+				waiting = false
+			case <-d.stop:
+				quiet.Stop()
+				return
+			}
+		}
+		d.printPending()
+	}
+}
+
+// printPending prints and forgets what arrived since the last table.
+func (d *demoAgent) printPending() {
+	d.mu.Lock()
+	pts, bl, n, size := d.points, d.backlogs, d.payloads, d.bytes
+	d.points, d.backlogs, d.payloads, d.bytes = nil, nil, 0, 0
+	d.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	printTable(d.out, pts, bl, n, size)
+}
+
+// Close stops the printer and the server.
+func (d *demoAgent) Close() {
+	close(d.stop)
+	<-d.done
+	d.srv.Close()
+}
+
+func printTable(out io.Writer, pts []agentpayload.Point, bl []agentpayload.BacklogEntry, payloads, size int) {
+	var cur []agentpayload.Point
+	for _, p := range pts {
+		if p.TimestampType == "current" {
+			cur = append(cur, p)
+		}
+	}
+	// Upstream hops first: by end-to-end latency, then service.
+	slices.SortFunc(cur, func(a, b agentpayload.Point) int {
+		return cmp.Or(a.Start.Compare(b.Start), cmp.Compare(quantile(a.PathwayLatency, 0.5), quantile(b.PathwayLatency, 0.5)), cmp.Compare(a.Service, b.Service))
+	})
+	fmt.Fprintf(out, "== the Agent received %d payload(s), %d bytes (msgpack+gzip) ==\n", payloads, size)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
+	for _, p := range cur {
+		secs := p.Duration.Seconds()
+		if secs <= 0 {
+			secs = 10
+		}
+		avg := 0.0
+		if c := p.PayloadSize.GetCount(); c > 0 {
+			avg = p.PayloadSize.GetSum() / c
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%016x <- %016x\t%.1f\t%s / %s\t%s / %s\t%.0f B\n",
+			p.Start.Format(time.TimeOnly), p.Service, edgeString(p.EdgeTags), p.Hash, p.ParentHash, p.Count()/secs,
+			ms(quantile(p.EdgeLatency, 0.5)), ms(quantile(p.EdgeLatency, 0.99)),
+			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), avg)
+	}
+	tw.Flush()
+	if lag := consumerLag(bl); len(lag) > 0 {
+		fmt.Fprintln(out)
+		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS\tLAG (messages)")
+		for _, l := range lag {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", l.group, l.topic, l.partitions, l.lag)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(out)
+}
+
+// edgeString shows edge tags without the noise: direction:in topic:orders group:billing.
+func edgeString(tags []string) string {
+	var parts []string
+	for _, t := range tags {
+		if strings.HasPrefix(t, "type:") {
+			continue
+		}
+		parts = append(parts, t)
+	}
+	return strings.Join(parts, " ")
+}
+
+type sketch interface {
+	GetValueAtQuantile(float64) (float64, error)
+	IsEmpty() bool
+}
+
+func quantile(s sketch, q float64) float64 {
+	if s == nil || s.IsEmpty() {
+		return 0
+	}
+	v, err := s.GetValueAtQuantile(q)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+func ms(seconds float64) string {
+	d := time.Duration(seconds * float64(time.Second))
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	default:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	}
+}
+
+type lagRow struct {
+	group, topic string
+	partitions   int
+	lag          int64
+}
+
+// consumerLag joins high watermarks and commits per (topic, partition): lag = high watermark -
+// committed offset, summed over partitions per group and topic.
+func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
+	type tp struct{ topic, partition string }
+	hw := map[tp]int64{}
+	type gtp struct {
+		group string
+		tp
+	}
+	commits := map[gtp]int64{}
+	for _, b := range bl {
+		var typ, topic, part, group string
+		for _, t := range b.Tags {
+			k, v, _ := strings.Cut(t, ":")
+			switch k {
+			case "type":
+				typ = v
+			case "topic":
+				topic = v
+			case "partition":
+				part = v
+			case "consumer_group":
+				group = v
+			}
+		}
+		switch typ {
+		case "kafka_high_watermark":
+			hw[tp{topic, part}] = max(hw[tp{topic, part}], b.Value)
+		case "kafka_commit":
+			k := gtp{group, tp{topic, part}}
+			commits[k] = max(commits[k], b.Value)
+		}
+	}
+	rows := map[[2]string]*lagRow{}
+	for k, c := range commits {
+		h, ok := hw[k.tp]
+		if !ok {
+			continue
+		}
+		key := [2]string{k.group, k.topic}
+		r := rows[key]
+		if r == nil {
+			r = &lagRow{group: k.group, topic: k.topic}
+			rows[key] = r
+		}
+		r.partitions++
+		r.lag += max(h-c, 0)
+	}
+	out := make([]lagRow, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, *r)
+	}
+	slices.SortFunc(out, func(a, b lagRow) int { return cmp.Or(cmp.Compare(a.group, b.group), cmp.Compare(a.topic, b.topic)) })
+	return out
+}

@@ -1,0 +1,285 @@
+// Command dsmproxy is a transparent proxy for Kafka, SQS/SNS/Kinesis and RabbitMQ that gives
+// Datadog Data Streams Monitoring to applications without changing their code.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+const usageTop = `dsmproxy: Data Streams Monitoring for Kafka, SQS/SNS/Kinesis and RabbitMQ, with no code change.
+
+Point your clients at dsmproxy instead of the broker; dsmproxy forwards every byte, adds the
+dd-pathway-ctx-base64 pathway context to each message, and sends DSM stats to a Datadog Agent.
+
+Usage:
+  dsmproxy run [flags]            proxy traffic (see dsmproxy run --help)
+  dsmproxy demo [flags]           in-process Kafka, proxy, example services and a stand-in Agent
+  dsmproxy check-config [flags]   validate configuration (file, env, flags) without listening
+  dsmproxy version                print the version
+
+Every subcommand explains itself with --help.
+`
+
+func main() {
+	os.Exit(mainArgs(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// mainArgs runs one subcommand and returns the process exit code.
+func mainArgs(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageTop)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stdout, stderr)
+	case "demo":
+		err = cmdDemo(args[1:], stdout, stderr)
+	case "check-config":
+		err = cmdCheckConfig(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "dsmproxy %s\n", version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usageTop)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "dsmproxy: unknown command %q\n\n%s", args[0], usageTop)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "dsmproxy %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// errUsage means the flag package already printed what was wrong.
+var errUsage = errors.New("usage")
+
+// listFlag is a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ", ") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// runFlags are the flags shared by run and check-config.
+type runFlags struct {
+	config       string
+	kafka        listFlag
+	aws          listFlag
+	amqp         listFlag
+	admin        string
+	agentURL     string
+	env          string
+	service      string
+	logLevel     string
+	logFormat    string
+	drainTimeout string
+	noAgent      bool
+}
+
+const usageRun = `Usage: dsmproxy %s [flags]
+
+Configuration comes from a YAML file (--config), the Datadog environment variables and flags;
+flags beat the environment, the environment beats the file. Listener flags are repeatable and,
+when given, replace that protocol's listeners from the file.
+
+Flags:
+  --config FILE             YAML configuration file (reference: README.md, "Configuration")
+  --kafka LISTEN=BOOTSTRAP  Kafka front: listen address = upstream bootstrap brokers (comma separated),
+                            e.g. --kafka 127.0.0.1:19092=kafka-1:9092,kafka-2:9092. Broker nodes get
+                            listeners on the next ports (node id + LISTEN's port + 1).
+  --aws LISTEN=URL          SQS/SNS/Kinesis front: listen address = real endpoint URL,
+                            e.g. --aws 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com
+  --amqp LISTEN=UPSTREAM    AMQP 0-9-1 front, e.g. --amqp 127.0.0.1:5673=rabbitmq:5672
+  --admin LISTEN            admin HTTP listener: /healthz /readyz /errors /debug/pprof/
+                            (default 127.0.0.1:8790; "off" disables it)
+  --agent-url URL           Datadog Agent: http://host:8126, https://..., unix:///var/run/datadog/apm.socket
+  --no-agent                aggregate but send nothing to an Agent
+  --env ENV                 DSM env (part of every pathway hash)
+  --service NAME            service for clients nothing else names (default dsmproxy-client)
+  --drain-timeout DURATION  on SIGTERM, how long in-flight requests may finish (default 15s)
+  --log-level LEVEL         trace, debug, info, warn, error (default info)
+  --log-format FORMAT       json or console (default json)
+
+Environment (Datadog's own variables; flags beat them):
+  DD_TRACE_AGENT_URL        Agent URL (http, https, unix); wins over DD_AGENT_HOST/DD_TRACE_AGENT_PORT
+  DD_AGENT_HOST             Agent host (default localhost)
+  DD_TRACE_AGENT_PORT       Agent port (default 8126)
+  DD_ENV                    env, as --env
+  DD_SERVICE                default service, as --service
+  DD_VERSION                version sent in the DSM payload
+  DD_ERROR_TRACKING_HANDLED_ERRORS  any value: also report broker errors to the Agent as error spans
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE
+                            credentials the AWS front re-signs with (standard AWS chain)
+
+Signals: SIGTERM/SIGINT drain and exit 0 after a last flush; SIGHUP reloads TLS certificates.
+`
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.config, "config", "", "YAML configuration file")
+	fs.Var(&f.kafka, "kafka", "Kafka front LISTEN=BOOTSTRAP[,BOOTSTRAP...] (repeatable)")
+	fs.Var(&f.aws, "aws", "SQS/SNS/Kinesis front LISTEN=URL (repeatable)")
+	fs.Var(&f.amqp, "amqp", "AMQP front LISTEN=UPSTREAM (repeatable)")
+	fs.StringVar(&f.admin, "admin", "", "admin listener address, or off")
+	fs.StringVar(&f.agentURL, "agent-url", "", "Datadog Agent URL")
+	fs.BoolVar(&f.noAgent, "no-agent", false, "send nothing to an Agent")
+	fs.StringVar(&f.env, "env", "", "DSM env")
+	fs.StringVar(&f.service, "service", "", "default service name")
+	fs.StringVar(&f.drainTimeout, "drain-timeout", "", "drain time on SIGTERM")
+	fs.StringVar(&f.logLevel, "log-level", "", "log level")
+	fs.StringVar(&f.logFormat, "log-format", "", "json or console")
+}
+
+func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintf(fs.Output(), usage, name) }
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}
+
+// loadConfig builds the effective configuration: file, then env, then flags, then defaults, then
+// validation.
+func (f *runFlags) loadConfig(lookup func(string) (string, bool)) (*Config, error) {
+	cfg := &Config{}
+	if f.config != "" {
+		c, err := LoadConfigFile(f.config)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	}
+	cfg.ApplyEnv(lookup)
+	if err := f.apply(cfg); err != nil {
+		return nil, err
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		if f.config != "" {
+			return nil, fmt.Errorf("config %s: %w", f.config, err)
+		}
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// apply overlays flags onto cfg.
+func (f *runFlags) apply(cfg *Config) error {
+	if len(f.kafka) > 0 {
+		cfg.Kafka = nil
+		for _, v := range f.kafka {
+			l, up, ok := strings.Cut(v, "=")
+			if !ok || l == "" || up == "" {
+				return fmt.Errorf("--kafka %q: want LISTEN=BOOTSTRAP, e.g. 127.0.0.1:19092=127.0.0.1:9092", v)
+			}
+			cfg.Kafka = append(cfg.Kafka, KafkaConfig{Listen: l, Bootstrap: strings.Split(up, ",")})
+		}
+	}
+	if len(f.aws) > 0 {
+		cfg.AWS = nil
+		for _, v := range f.aws {
+			l, up, ok := strings.Cut(v, "=")
+			if !ok || l == "" || up == "" {
+				return fmt.Errorf("--aws %q: want LISTEN=URL, e.g. 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com", v)
+			}
+			cfg.AWS = append(cfg.AWS, AWSConfig{Listen: l, Upstream: up})
+		}
+	}
+	if len(f.amqp) > 0 {
+		cfg.AMQP = nil
+		for _, v := range f.amqp {
+			l, up, ok := strings.Cut(v, "=")
+			if !ok || l == "" || up == "" {
+				return fmt.Errorf("--amqp %q: want LISTEN=UPSTREAM, e.g. 127.0.0.1:5673=127.0.0.1:5672", v)
+			}
+			cfg.AMQP = append(cfg.AMQP, AMQPConfig{Listen: l, Upstream: up})
+		}
+	}
+	if f.admin != "" {
+		cfg.Admin.Listen = f.admin
+	}
+	if f.agentURL != "" {
+		cfg.Agent.URL = f.agentURL
+	}
+	if f.noAgent {
+		cfg.Agent.Disabled = true
+	}
+	if f.env != "" {
+		cfg.Env = f.env
+	}
+	if f.service != "" {
+		cfg.Service = f.service
+	}
+	if f.drainTimeout != "" {
+		d, err := time.ParseDuration(f.drainTimeout)
+		if err != nil || d < 0 {
+			return fmt.Errorf("--drain-timeout: %q is not a duration (write it like 15s)", f.drainTimeout)
+		}
+		cfg.DrainTimeout = Duration(d)
+	}
+	if f.logLevel != "" {
+		cfg.Log.Level = f.logLevel
+	}
+	if f.logFormat != "" {
+		cfg.Log.Format = f.logFormat
+	}
+	return nil
+}
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+	var f runFlags
+	fs := newFlagSet("check-config", usageRun, stderr)
+	f.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := f.loadConfig(os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	if _, err := buildServices(cfg); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "configuration OK: %d kafka, %d amqp, %d aws front(s); agent %s; admin %s\n",
+		len(cfg.Kafka), len(cfg.AMQP), len(cfg.AWS), agentDesc(cfg), cfg.Admin.Listen)
+	return nil
+}
+
+func agentDesc(cfg *Config) string {
+	if cfg.Agent.Disabled {
+		return "disabled"
+	}
+	return cfg.Agent.URL
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/aggregator"
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// newCollector builds error tracking from the config: logs and /errors always, the Agent when asked.
+func newCollector(cfg *Config, log zerolog.Logger) *errtrack.Collector {
+	ec := errtrack.Config{Interval: cfg.Errors.Interval.D(), Log: log.With().Str("component", "errors").Logger()}
+	for _, c := range cfg.Errors.Categories {
+		if cat, ok := errtrack.ParseCategory(c); ok { // Validate refused unknown names
+			ec.Categories = append(ec.Categories, cat)
+		}
+	}
+	if cfg.Errors.Agent != nil && *cfg.Errors.Agent && !cfg.Agent.Disabled {
+		ec.Agent = errtrack.AgentConfig{Enabled: true, URL: cfg.Agent.URL, Env: cfg.Env, Version: cfg.Version}
+	}
+	return errtrack.New(ec)
+}
+
+func cmdRun(args []string, _, stderr io.Writer) error {
+	var f runFlags
+	fs := newFlagSet("run", usageRun, stderr)
+	f.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := f.loadConfig(os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return run(ctx, cfg, log, nil)
+}
+
+// runtime is a started dsmproxy: what run() tears down at the end.
+type runtime struct {
+	cfg     *Config
+	log     zerolog.Logger
+	agg     *aggregator.Aggregator
+	flusher *aggregator.Flusher
+	errs    *errtrack.Collector
+	errDone chan struct{}
+	bgStop  context.CancelFunc // stops the flusher and the error collector, after the drain
+	fronts  []namedFront
+	admin   *admin
+	adminLn net.Listener
+	adminHS *http.Server
+}
+
+// run starts everything cfg asks for, serves until ctx is done, then drains and flushes. started,
+// when non-nil, is called once everything listens (tests use it to learn addresses).
+func run(ctx context.Context, cfg *Config, log zerolog.Logger, started func(*runtime)) error {
+	rt, err := start(ctx, cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	if started != nil {
+		started(rt)
+	}
+	<-ctx.Done()
+	return rt.stop()
+}
+
+// start wires and starts the aggregator, flusher, fronts and admin listener. extra sinks (the demo's
+// table) get every flushed bucket too.
+func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggregator.Sink) (*runtime, error) {
+	services, err := buildServices(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rt := &runtime{cfg: cfg, log: log}
+	rt.agg = aggregator.New(aggregator.Config{
+		Env: cfg.Env, Version: cfg.Version, TracerVersion: version, DefaultService: cfg.Service,
+		// Buckets are as wide as the flush interval (10 s unless configured), as in the tracers.
+		BucketDuration: cfg.Agent.FlushInterval.D(), Log: log.With().Str("component", "aggregator").Logger(),
+	})
+	rt.agg.Start()
+	sinks := append([]aggregator.Sink(nil), extra...)
+	if !cfg.Agent.Disabled {
+		as, err := aggregator.NewAgentSink(aggregator.AgentConfig{
+			URL: cfg.Agent.URL, Env: cfg.Env, Version: cfg.Version, TracerVersion: version,
+			MaxPendingBytes: cfg.Agent.MaxPendingBytes, Log: log.With().Str("component", "agent").Logger(),
+		})
+		if err != nil {
+			rt.agg.Close()
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		sinks = append(sinks, as)
+	}
+	rt.flusher = aggregator.NewFlusher(rt.agg, cfg.Agent.FlushInterval.D(), log.With().Str("component", "flusher").Logger(), sinks...)
+	// Monitoring outlives the fronts: it stops only after the drain, so the drain's own points and
+	// errors are flushed too.
+	bg, bgStop := context.WithCancel(context.WithoutCancel(ctx))
+	rt.bgStop = bgStop
+	go rt.flusher.Run(bg)
+
+	rt.errs = newCollector(cfg, log)
+	rt.errDone = make(chan struct{})
+	go func() {
+		defer close(rt.errDone)
+		if err := rt.errs.Run(bg); err != nil {
+			log.Warn().Err(err).Msg("error tracking")
+		}
+	}()
+
+	sh := shared{
+		env: cfg.Env, cp: pathway.NewCheckpointer(cfg.Env, 0), obs: rt.agg, errs: rt.errs,
+		services: services, log: log,
+	}
+	for _, k := range cfg.Kafka {
+		f, err := buildKafka(k, sh)
+		if err != nil {
+			rt.abort()
+			return nil, err
+		}
+		rt.fronts = append(rt.fronts, f)
+	}
+	for _, f := range rt.fronts {
+		// Fronts stop by Shutdown (the drain), not by ctx.
+		if err := f.Start(bg); err != nil {
+			rt.abort()
+			return nil, fmt.Errorf("%s front %s: %w", f.protocol, f.listen, err)
+		}
+		log.Info().Str("protocol", f.protocol).Str("listen", f.Addr().String()).Strs("upstream", f.upstreams).Msg("front listening")
+	}
+	var reloaders []*proxy.CertReloader
+	for _, f := range rt.fronts {
+		reloaders = append(reloaders, f.reloaders...)
+	}
+	if len(reloaders) > 0 {
+		proxy.ReloadOnSIGHUP(bg, log, reloaders...)
+	}
+	rt.admin = newAdmin(rt.fronts)
+	rt.admin.Handle("GET /errors", rt.errs.View())
+	if !cfg.adminOff() {
+		ln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			rt.abort()
+			return nil, fmt.Errorf("admin listener %s: %w", cfg.Admin.Listen, err)
+		}
+		rt.adminLn = ln
+		rt.adminHS = &http.Server{Handler: rt.admin.mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = rt.adminHS.Serve(ln) }()
+		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /healthz /readyz /debug/pprof/")
+	}
+	rt.admin.ready.Store(true)
+	return rt, nil
+}
+
+// abort undoes a partial start.
+func (rt *runtime) abort() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, f := range rt.fronts {
+		_ = f.Shutdown(ctx)
+	}
+	rt.bgStop()
+	<-rt.errDone
+	rt.agg.Close()
+}
+
+// stop drains: not ready, fronts stop accepting and finish in-flight requests within the drain
+// time, then the last flush.
+func (rt *runtime) stop() error {
+	rt.admin.ready.Store(false)
+	drain := rt.cfg.DrainTimeout.D()
+	rt.log.Info().Dur("drain_timeout", drain).Msg("shutting down: draining connections")
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	var errs []error
+	for _, f := range rt.fronts {
+		if err := f.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			errs = append(errs, fmt.Errorf("%s front %s: %w", f.protocol, f.listen, err))
+		}
+	}
+	rt.bgStop()
+	<-rt.errDone // its final flush is done
+	rt.agg.Close()
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer fcancel()
+	rt.flusher.FlushNow(fctx, true)
+	if rt.adminHS != nil {
+		_ = rt.adminHS.Shutdown(fctx)
+	}
+	st := rt.agg.Stats()
+	rt.log.Info().Interface("aggregator", st).Msg("stopped")
+	return errors.Join(errs...)
+}

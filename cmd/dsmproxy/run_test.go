@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+)
+
+// buildBinary builds dsmproxy once per test binary run.
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+func dsmproxyBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "dsmproxy-bin")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "dsmproxy")
+		out, err := exec.Command("go", "build", "-race", "-o", buildOnce.path, ".").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.path
+}
+
+// logWatcher reads the JSON log lines of a dsmproxy process and hands out fields of chosen messages.
+type logWatcher struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	raw   bytes.Buffer
+	more  chan struct{}
+}
+
+func watchLogs(r io.Reader) *logWatcher {
+	w := &logWatcher{more: make(chan struct{}, 1)}
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			var m map[string]any
+			_ = json.Unmarshal(sc.Bytes(), &m)
+			w.mu.Lock()
+			w.raw.Write(sc.Bytes())
+			w.raw.WriteByte('\n')
+			if m != nil {
+				w.lines = append(w.lines, m)
+			}
+			w.mu.Unlock()
+			select {
+			case w.more <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return w
+}
+
+// field waits for a log line with message msg (and protocol, when set) and returns one of its fields.
+func (w *logWatcher) field(t *testing.T, msg, protocol, key string) string {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		w.mu.Lock()
+		for _, l := range w.lines {
+			if l["message"] == msg && (protocol == "" || l["protocol"] == protocol) {
+				w.mu.Unlock()
+				return fmt.Sprint(l[key])
+			}
+		}
+		w.mu.Unlock()
+		select {
+		case <-w.more:
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("no log line %q; logs:\n%s", msg, w.String())
+		}
+	}
+}
+
+func (w *logWatcher) String() string { w.mu.Lock(); defer w.mu.Unlock(); return w.raw.String() }
+
+// TestRunSIGTERM runs the real binary in front of a kfake cluster: /readyz answers, records flow
+// through with the pathway header, SIGTERM with a consumer connection open exits 0, and the last
+// flush reaches the Agent.
+func TestRunSIGTERM(t *testing.T) {
+	bin := dsmproxyBinary(t)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	agent := agenttest.New(t)
+	cfgFile := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+	cfg := fmt.Sprintf(`env: it
+drain_timeout: 5s
+admin:
+  listen: 127.0.0.1:0
+agent:
+  url: %s
+kafka:
+  - listen: 127.0.0.1:0
+    bootstrap: [%s]
+`, agent.URL(), strings.Join(cluster.ListenAddrs(), ", "))
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", cfgFile, "--log-level", "debug")
+	cmd.Env = append(os.Environ(), "DD_SERVICE=fallback-svc")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	logs := watchLogs(stderr)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+	})
+
+	admin := logs.field(t, "admin listening: /healthz /readyz /debug/pprof/", "", "listen")
+	bootstrap := logs.field(t, "front listening", "kafka", "listen")
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never answered 200 (last: %v); logs:\n%s", err, logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(bootstrap), kgo.ClientID("checkout-7"), kgo.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	if err := prod.ProduceSync(ctx, &kgo.Record{Topic: "payments", Value: []byte("paid")}).FirstErr(); err != nil {
+		t.Fatalf("produce through dsmproxy: %v", err)
+	}
+	cons, err := kgo.NewClient(kgo.SeedBrokers(bootstrap), kgo.ClientID("ledger"), kgo.ConsumeTopics("payments"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	fs := cons.PollRecords(ctx, 1)
+	if err := fs.Err0(); err != nil {
+		t.Fatal(err)
+	}
+	recs := fs.Records()
+	if len(recs) != 1 || len(recs[0].Headers) != 1 || recs[0].Headers[0].Key != "dd-pathway-ctx-base64" {
+		t.Fatalf("consumed %+v; want the record with one dd-pathway-ctx-base64 header", recs)
+	}
+	// The consumer's connections stay open across SIGTERM; the drain closes them.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("dsmproxy exited with %v after SIGTERM; logs:\n%s", err, logs)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("dsmproxy still running a minute after SIGTERM (drain 5s); logs:\n%s", logs)
+	}
+	pts := agent.Points()
+	prodPts := agenttest.PointsWith(pts, "current", "direction:out", "topic:payments", "type:kafka")
+	consPts := agenttest.PointsWith(pts, "current", "direction:in", "topic:payments", "type:kafka")
+	if len(prodPts) != 1 || prodPts[0].Service != "checkout" || len(consPts) != 1 || consPts[0].ParentHash != prodPts[0].Hash {
+		t.Fatalf("the last flush did not bring the produce and consume points: %+v\nlogs:\n%s", pts, logs)
+	}
+	if !strings.Contains(logs.String(), "shutting down: draining connections") {
+		t.Errorf("no drain log line")
+	}
+}
+
+// TestDemo runs the embedded demo with short buckets and checks the table shows the whole pipeline
+// with throughput and chained hashes.
+func TestDemo(t *testing.T) {
+	var out syncWriter
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	if err := runDemo(ctx, demoOptions{rate: 100, flush: time.Second, logLevel: "error"}, &out, io.Discard); err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	s := out.String()
+	for _, want := range []string{
+		"orders   direction:out topic:orders",
+		"billing  direction:in group:billing topic:orders",
+		"billing  direction:out topic:invoices",
+		"mailer   direction:in group:mailer topic:invoices",
+		"CONSUMER GROUP",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "did not decode") {
+		t.Errorf("the stand-in Agent could not decode a payload:\n%s", s)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+func (w *syncWriter) String() string { w.mu.Lock(); defer w.mu.Unlock(); return w.b.String() }

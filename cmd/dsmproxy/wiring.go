@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// front is one protocol listener group as the binary drives it.
+type front interface {
+	Start(ctx context.Context) error
+	Shutdown(ctx context.Context) error
+	Addr() net.Addr
+}
+
+// namedFront carries what the admin listener and logs say about a front.
+type namedFront struct {
+	front
+	protocol  string
+	listen    string
+	upstreams []string // host:port dialed by /readyz
+	reloaders []*proxy.CertReloader
+}
+
+// observer is what protocol fronts hand their points and offsets to.
+type observer interface {
+	Add(pathway.Point) bool
+	Offset(pathway.Offset) bool
+}
+
+func newLogger(cfg *Config, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(cfg.Log.Level)
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("log level %q: %w", cfg.Log.Level, err)
+	}
+	if cfg.Log.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// buildServices turns the configured rules into the resolver every front shares.
+func buildServices(cfg *Config) (*proxy.Services, error) {
+	s := &proxy.Services{Default: cfg.Service}
+	for i, r := range cfg.Services {
+		rule := proxy.ServiceRule{Service: r.Service, Protocol: r.Protocol, User: r.User, AccessKey: r.AccessKey}
+		if r.ClientID != "" {
+			re, err := regexp.Compile(r.ClientID)
+			if err != nil {
+				return nil, fmt.Errorf("services[%d].client_id: %w", i, err)
+			}
+			rule.ClientID = re
+		}
+		if r.CIDR != "" {
+			p, err := netip.ParsePrefix(r.CIDR)
+			if err != nil {
+				return nil, fmt.Errorf("services[%d].cidr: %w", i, err)
+			}
+			rule.CIDR = p
+		}
+		s.Rules = append(s.Rules, rule)
+	}
+	return s, nil
+}
+
+// shared is what every front gets from the binary.
+type shared struct {
+	env      string
+	cp       *pathway.Checkpointer
+	obs      observer
+	errs     errtrack.Reporter
+	services *proxy.Services
+	log      zerolog.Logger
+}
+
+// listenerTemplate turns a front's limits and TLS settings into the proxy package's listener
+// template; the reloaders it returns are reloaded on SIGHUP.
+func listenerTemplate(l ListenerLimits) (proxy.ListenerConfig, []*proxy.CertReloader, error) {
+	lc := proxy.ListenerConfig{MaxConns: l.MaxConns, DialTimeout: l.DialTimeout.D(), IdleTimeout: l.IdleTimeout.D()}
+	var rs []*proxy.CertReloader
+	if t := l.TLS; t != nil {
+		r, conf, err := proxy.ServerTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.ClientCAFile, ClientAuth: t.ClientCAFile != ""})
+		if err != nil {
+			return lc, nil, fmt.Errorf("tls: %w", err)
+		}
+		lc.TLS = conf
+		rs = append(rs, r)
+	}
+	if t := l.UpstreamTLS; t != nil && (t.Enabled || t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+		r, _, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
+		if err != nil {
+			return lc, nil, fmt.Errorf("upstream_tls: %w", err)
+		}
+		var d net.Dialer
+		if l.DialTimeout > 0 {
+			d.Timeout = l.DialTimeout.D()
+		}
+		lc.Dial = r.DialFunc(d.DialContext)
+		rs = append(rs, r)
+	}
+	return lc, rs, nil
+}
+
+func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
+	lc, reloaders, err := listenerTemplate(k.ListenerLimits)
+	if err != nil {
+		return namedFront{}, fmt.Errorf("kafka front %s: %w", k.Listen, err)
+	}
+	kc := kafka.Config{
+		Listen:                 k.Listen,
+		Bootstrap:              k.Bootstrap,
+		AdvertisedHost:         k.AdvertisedHost,
+		NodeAddrs:              k.NodeAddrs,
+		NodePortBase:           k.NodePortBase,
+		MaxBatchBytes:          k.MaxBatchBytes,
+		MaxFrameBytes:          k.MaxFrameBytes,
+		Env:                    sh.env,
+		Checkpointer:           sh.cp,
+		Observer:               sh.obs,
+		Errors:                 sh.errs,
+		Services:               sh.services,
+		Log:                    sh.log,
+		Listener:               lc,
+		LinkConsumeProduce:     k.LinkConsumeProduce,
+		LinkWindow:             k.LinkWindow.D(),
+		RespectExistingContext: k.RespectExistingContext,
+	}
+	p, err := kafka.New(kc)
+	if err != nil {
+		return namedFront{}, err
+	}
+	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders}, nil
+}
