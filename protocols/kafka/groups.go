@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"github.com/twmb/franz-go/pkg/kerr"
 	"net/netip"
 	"sync"
 
@@ -186,7 +187,9 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 
 // groupError reports a group coordination error; the edge names the group, not a topic.
 func (s *session) groupError(pd *pending, code int16) {
-	if code == 0 {
+	// MEMBER_ID_REQUIRED is a step of the JoinGroup handshake (KIP-394): every new member gets it
+	// once and rejoins with the id it carries. Not an error anyone needs to see.
+	if code == 0 || (pd.key == keyJoinGroup && code == kerr.MemberIDRequired.Code) {
 		return
 	}
 	group, _ := pd.facts.(string)
