@@ -135,13 +135,16 @@ type AWSKey struct {
 
 // AWSConfig is one SQS/SNS/Kinesis HTTP front.
 type AWSConfig struct {
-	Listen                  string   `yaml:"listen"`
-	Upstream                string   `yaml:"upstream"` // URL of the real endpoint
-	Region                  string   `yaml:"region"`
-	ClientKeys              []AWSKey `yaml:"client_keys"`
-	TrustClients            bool     `yaml:"trust_clients"`
-	TrustClientsNonLoopback bool     `yaml:"trust_clients_non_loopback"`
-	MaxBodyBytes            int      `yaml:"max_body_bytes"`
+	Listen                  string            `yaml:"listen"`
+	Upstream                string            `yaml:"upstream"`  // URL of the real endpoint; empty = AWS's regional endpoints
+	Upstreams               map[string]string `yaml:"upstreams"` // per service: sqs, sns, kinesis -> URL
+	Region                  string            `yaml:"region"`
+	MaxMessageBytes         int               `yaml:"max_message_bytes"`
+	KinesisInjectData       bool              `yaml:"kinesis_inject_data"`
+	ClientKeys              []AWSKey          `yaml:"client_keys"`
+	TrustClients            bool              `yaml:"trust_clients"`
+	TrustClientsNonLoopback bool              `yaml:"trust_clients_non_loopback"`
+	MaxBodyBytes            int               `yaml:"max_body_bytes"`
 	ListenerLimits          `yaml:",inline"`
 
 	line int
@@ -502,8 +505,15 @@ func (c *Config) Validate() error {
 	for i, a := range c.AWS {
 		p := fmt.Sprintf("aws[%d]", i)
 		listen(a.line, p+".listen", a.Listen)
-		if u, err := url.Parse(a.Upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if a.Upstream != "" && !httpURL(a.Upstream) {
 			bad(a.line, p+".upstream", "%q is not an http(s) URL of the real endpoint", a.Upstream)
+		}
+		for svc, u := range a.Upstreams {
+			if svc != "sqs" && svc != "sns" && svc != "kinesis" {
+				bad(a.line, p+".upstreams."+svc, "unknown service (sqs, sns or kinesis)")
+			} else if !httpURL(u) {
+				bad(a.line, p+".upstreams."+svc, "%q is not an http(s) URL", u)
+			}
 		}
 		for j, key := range a.ClientKeys {
 			if key.AccessKeyID == "" || key.SecretAccessKey == "" {
@@ -531,6 +541,11 @@ func (c *Config) checkLimits(line int, p string, l ListenerLimits, bad func(int,
 	if l.UpstreamTLS != nil && (l.UpstreamTLS.CertFile == "") != (l.UpstreamTLS.KeyFile == "") {
 		bad(line, p+".upstream_tls", "a client certificate needs both cert_file and key_file")
 	}
+}
+
+func httpURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 func (c *Config) adminOff() bool { return c.Admin.Disabled || c.Admin.Listen == "off" }

@@ -137,6 +137,14 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		}
 		rt.fronts = append(rt.fronts, f)
 	}
+	for _, a := range cfg.AWS {
+		f, err := buildAWS(a, sh)
+		if err != nil {
+			rt.abort()
+			return nil, err
+		}
+		rt.fronts = append(rt.fronts, f)
+	}
 	for _, f := range rt.fronts {
 		// Fronts stop by Shutdown (the drain), not by ctx.
 		if err := f.Start(bg); err != nil {

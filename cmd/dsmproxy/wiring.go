@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/protocols/aws"
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
@@ -141,4 +144,68 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 		return namedFront{}, err
 	}
 	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders}, nil
+}
+
+func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
+	lc, reloaders, err := listenerTemplate(a.ListenerLimits)
+	if err != nil {
+		return namedFront{}, fmt.Errorf("aws front %s: %w", a.Listen, err)
+	}
+	ac := aws.Config{
+		Listen: a.Listen, Upstream: a.Upstream, Upstreams: a.Upstreams, Region: a.Region,
+		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
+		TrustClients: a.TrustClients, TrustClientsNonLoopback: a.TrustClientsNonLoopback,
+		MaxBodyBytes: int64(a.MaxBodyBytes), MaxMessageBytes: a.MaxMessageBytes, KinesisInjectData: a.KinesisInjectData,
+		Listener: lc,
+	}
+	if len(a.ClientKeys) > 0 {
+		ac.ClientKeys = make(map[string]string, len(a.ClientKeys))
+		for _, k := range a.ClientKeys {
+			ac.ClientKeys[k.AccessKeyID] = k.SecretAccessKey
+		}
+	}
+	if t := a.UpstreamTLS; t != nil && (t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+		r, conf, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
+		if err != nil {
+			return namedFront{}, fmt.Errorf("aws front %s: upstream_tls: %w", a.Listen, err)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = conf
+		ac.Transport = tr
+		reloaders = append(reloaders, r)
+	}
+	p, err := aws.New(ac)
+	if err != nil {
+		return namedFront{}, err
+	}
+	var ups []string
+	for _, u := range append([]string{a.Upstream}, mapValues(a.Upstreams)...) {
+		if hp := hostPort(u); hp != "" {
+			ups = append(ups, hp)
+		}
+	}
+	return namedFront{front: p, protocol: "aws", listen: a.Listen, upstreams: ups, reloaders: reloaders}, nil
+}
+
+func mapValues(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// hostPort turns an endpoint URL into the host:port /readyz dials.
+func hostPort(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
 }
