@@ -312,6 +312,7 @@ type call struct {
 	// batchTotal is the payload of a whole batch (SQS and SNS limit the sum too); batchAdded is
 	// what injection has added to it so far.
 	batchTotal, batchAdded int
+	bodyHash               string // hex SHA-256 of body, once verification computed it
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -440,7 +441,8 @@ func (p *Proxy) authenticate(c *call) *authFailure {
 		}
 		secret = creds.SecretAccessKey
 	}
-	if f := verifySigV4(r, c.auth, secret, c.body, c.now, p.cfg.MaxClockSkew); f != nil {
+	c.bodyHash = sha256Hex(c.body)
+	if f := verifyWithHash(r, c.auth, secret, c.bodyHash, c.now, p.cfg.MaxClockSkew); f != nil {
 		return f
 	}
 	return nil
@@ -511,7 +513,10 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	if c.auth != nil {
 		region, signingName = c.auth.Region, c.auth.Service
 	}
-	sum := sha256Hex(body)
+	sum := c.bodyHash
+	if sum == "" || !sameSlice(body, c.body) {
+		sum = sha256Hex(body)
+	}
 	if err := p.signer.SignHTTP(c.r.Context(), creds, req, sum, signingName, region, p.now()); err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s: signing: %w", c.service, c.op, err)
 	}
@@ -525,6 +530,11 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 		return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
 	}
 	return resp, rb, nil
+}
+
+// sameSlice reports whether a and b are the same bytes in memory (the request went unmodified).
+func sameSlice(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // readBody reads at most limit+1 bytes, sized up front from Content-Length when it is known.

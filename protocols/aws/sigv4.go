@@ -93,6 +93,11 @@ func (f *authFailure) Error() string { return f.Code + ": " + f.Message }
 
 // verifySigV4 checks r's signature with secret. body is the full request body.
 func verifySigV4(r *http.Request, a *authHeader, secret string, body []byte, now time.Time, maxSkew time.Duration) *authFailure {
+	return verifyWithHash(r, a, secret, sha256Hex(body), now, maxSkew)
+}
+
+// verifyWithHash is verifySigV4 with the hex SHA-256 of the body already computed.
+func verifyWithHash(r *http.Request, a *authHeader, secret, bodyHash string, now time.Time, maxSkew time.Duration) *authFailure {
 	amzDate := r.Header.Get("X-Amz-Date")
 	if amzDate == "" {
 		return &authFailure{"IncompleteSignature", "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."}
@@ -107,7 +112,7 @@ func verifySigV4(r *http.Request, a *authHeader, secret string, body []byte, now
 	if amzDate[:8] != a.Date {
 		return &authFailure{"SignatureDoesNotMatch", "Credential date " + a.Date + " does not match X-Amz-Date " + amzDate}
 	}
-	canon := canonicalRequest(r, a.SignedHeaders, body)
+	canon := canonicalRequest(r, a.SignedHeaders, bodyHash)
 	sum := sha256.Sum256(canon)
 	sts := sigAlgorithm + "\n" + amzDate + "\n" + a.scope() + "\n" + hex.EncodeToString(sum[:])
 	key := signingKey(secret, a.Date, a.Region, a.Service)
@@ -158,7 +163,7 @@ func deriveKey(secret, date, region, service string) []byte {
 }
 
 // canonicalRequest builds the SigV4 canonical request for the listed headers.
-func canonicalRequest(r *http.Request, signed []string, body []byte) []byte {
+func canonicalRequest(r *http.Request, signed []string, bodyHash string) []byte {
 	var b strings.Builder
 	b.WriteString(r.Method)
 	b.WriteByte('\n')
@@ -197,8 +202,7 @@ func canonicalRequest(r *http.Request, signed []string, body []byte) []byte {
 	b.WriteByte('\n')
 	b.WriteString(strings.Join(signed, ";"))
 	b.WriteByte('\n')
-	sum := sha256.Sum256(body)
-	b.WriteString(hex.EncodeToString(sum[:]))
+	b.WriteString(bodyHash)
 	return []byte(b.String())
 }
 
