@@ -22,6 +22,7 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -404,4 +405,44 @@ func capture(dir string, c *call, resp []byte) {
 	os.MkdirAll(dir, 0o755)
 	os.WriteFile(base+".req", c.body, 0o644)
 	os.WriteFile(base+".resp", resp, 0o644)
+}
+
+// assertChained checks n produce and n consume points on topic, every consume's parent a produce.
+func assertChained(t *testing.T, tp *testProxy, typ, topic string, n int) {
+	t.Helper()
+	prod := tp.rec.withTags("direction:out", "topic:"+topic, "type:"+typ)
+	cons := tp.rec.withTags("direction:in", "topic:"+topic)
+	hashes := map[uint64]bool{}
+	for _, p := range prod {
+		hashes[p.Hash] = true
+	}
+	for _, c := range cons {
+		if !hashes[c.ParentHash] {
+			t.Errorf("consume point on %s has parent %d, no produce point", topic, c.ParentHash)
+		}
+	}
+	if len(prod) != n || len(cons) != n {
+		t.Errorf("%s: %d produce and %d consume points, want %d and %d", topic, len(prod), len(cons), n, n)
+	}
+}
+
+// sqsSetup is the common start of an SQS test: local-aws-sqs behind the verifier, the proxy in
+// front, an aws-sdk-go-v2 client and a fresh queue created through the proxy.
+func sqsSetup(t *testing.T, queue string, mod func(*Config)) (*testProxy, *verifier, *sqs.Client, string, context.Context) {
+	t.Helper()
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream = up.URL()
+		if mod != nil {
+			mod(c)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cl := sqsClient(tp.url, testKey, testSecret)
+	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(queue)})
+	if err != nil {
+		t.Fatalf("CreateQueue %s through the proxy: %v", queue, err)
+	}
+	return tp, up, cl, *cq.QueueUrl, ctx
 }

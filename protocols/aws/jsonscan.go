@@ -269,3 +269,31 @@ func appendJSONString(dst []byte, s string) []byte {
 	}
 	return append(dst, '"')
 }
+
+// object is one object element of an array: its members, '{' at Start and '}' at End.
+type object struct {
+	ms         []member
+	Start, End int
+}
+
+// arrayObjects decodes the array member key of an object into its object elements; nil when the
+// member is absent or not an array.
+func arrayObjects(b []byte, ms []member, key string) ([]object, error) {
+	m := find(ms, key)
+	if m == nil || b[m.VS] != '[' {
+		return nil, nil
+	}
+	els, err := arrayElems(b, m.VS)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]object, 0, len(els))
+	for _, el := range els {
+		oms, end, err := objectMembers(b, el[0])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, object{ms: oms, Start: el[0], End: end})
+	}
+	return out, nil
+}

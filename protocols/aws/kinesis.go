@@ -173,20 +173,13 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 	if it, ok := jsonString(resp, find(rms, "NextShardIterator")); ok && e.Topic != "" {
 		p.iters.put(it, e.Topic)
 	}
-	rm := find(rms, "Records")
-	if rm == nil || resp[rm.VS] != '[' {
-		return nil
-	}
-	els, err := arrayElems(resp, rm.VS)
+	recs, err := arrayObjects(resp, rms, "Records")
 	if err != nil {
 		return nil
 	}
 	var eds []edit
-	for _, el := range els {
-		ems, _, err := objectMembers(resp, el[0])
-		if err != nil {
-			return nil
-		}
+	for _, rec := range recs {
+		ems := rec.ms
 		dm := find(ems, "Data")
 		raw, _ := jsonString(resp, dm)
 		data, _ := base64.StdEncoding.DecodeString(raw)

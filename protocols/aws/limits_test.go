@@ -15,15 +15,8 @@ import (
 // TestSQSSizeLimits: a message or batch that _datadog would push over the size limit is sent
 // unmodified, succeeds, and its consumer starts a new pathway.
 func TestSQSSizeLimits(t *testing.T) {
-	up := sqsPeer(t)
-	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cl := sqsClient(tp.url, testKey, testSecret)
-	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("big")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp, _, cl, qurl, ctx := sqsSetup(t, "big", nil)
+	cq := &sqs.CreateQueueOutput{QueueUrl: &qurl}
 	big := strings.Repeat("x", DefaultMaxMessageBytes-10)
 	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: &big}); err != nil {
 		t.Fatalf("near-limit SendMessage: %v", err)
@@ -61,15 +54,8 @@ func TestSQSSizeLimits(t *testing.T) {
 // TestSQSFailedBatchEntry: a batch entry SQS refuses is passed through and reported; the good
 // entry still gets its checkpoint.
 func TestSQSFailedBatchEntry(t *testing.T) {
-	up := sqsPeer(t)
-	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cl := sqsClient(tp.url, testKey, testSecret)
-	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("partial")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp, _, cl, qurl, ctx := sqsSetup(t, "partial", nil)
+	cq := &sqs.CreateQueueOutput{QueueUrl: &qurl}
 	bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: cq.QueueUrl, Entries: []types.SendMessageBatchRequestEntry{
 		{Id: awssdk.String("ok"), MessageBody: awssdk.String("fine")},
 		{Id: awssdk.String("bad"), MessageBody: awssdk.String("x"), MessageAttributes: map[string]types.MessageAttributeValue{"AWS.reserved": strAttr("v")}},

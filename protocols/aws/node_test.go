@@ -73,20 +73,7 @@ func TestSQSNodeClient(t *testing.T) {
 			t.Errorf("%q: MD5OfMessageAttributes %q, want %q", m.Body, m.MD5OfMessageAttributes, attributesMD5(attrs))
 		}
 	}
-	prod := tp.rec.withTags("direction:out", "topic:nodeq")
-	cons := tp.rec.withTags("direction:in", "topic:nodeq")
-	hashes := map[uint64]bool{}
-	for _, p := range prod {
-		hashes[p.Hash] = true
-	}
-	for _, c := range cons {
-		if !hashes[c.ParentHash] {
-			t.Errorf("consume point parent %d is no produce point", c.ParentHash)
-		}
-	}
-	if len(prod) != 3 || len(cons) != 3 {
-		t.Errorf("%d produce and %d consume points, want 3 and 3", len(prod), len(cons))
-	}
+	assertChained(t, tp, "sqs", "nodeq", 3)
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream signature failures: %v", bad)
 	}

@@ -141,20 +141,7 @@ func TestSQSQueryProtocolCLI(t *testing.T) {
 			t.Errorf("body changed in transit: %q", m.Body)
 		}
 	}
-	prod := tp.rec.withTags("direction:out", "topic:legacy", "type:sqs")
-	cons := tp.rec.withTags("direction:in", "topic:legacy", "type:sqs")
-	hashes := map[uint64]bool{}
-	for _, p := range prod {
-		hashes[p.Hash] = true
-	}
-	for _, c := range cons {
-		if !hashes[c.ParentHash] {
-			t.Errorf("consume parent %d is no produce point", c.ParentHash)
-		}
-	}
-	if len(prod) != 3 || len(cons) != 3 {
-		t.Errorf("%d produce, %d consume points; want 3 and 3", len(prod), len(cons))
-	}
+	assertChained(t, tp, "sqs", "legacy", 3)
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream signature failures: %v", bad)
 	}

@@ -30,20 +30,13 @@ func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 		fix = func([]byte) []byte { p.produced(c, pt); return nil }
 	case "PublishBatch":
 		pts := map[string]pathway.Point{}
-		c.batchTotal = queryBatchTotal(f, "PublishBatchRequestEntries.member.", "Message", "MessageAttributes.entry.")
-		for n := 1; ; n++ {
-			pre := "PublishBatchRequestEntries.member." + itoa(n) + "."
-			id, ok := f.vals[pre+"Id"]
-			if !ok {
-				break
-			}
-			attrs := f.queryAttrs(pre + "MessageAttributes.entry.")
-			pt, carrier, _ := p.prepareOut(c, e, len(f.get(pre+"Message"))+len(f.get(pre+"Subject")), plainAttrs(attrs), "Binary")
+		for _, en := range queryEntries(c, "PublishBatchRequestEntries.member.", "Message", "MessageAttributes.entry.") {
+			pt, carrier, _ := p.prepareOut(c, e, en.bodyLen, plainAttrs(en.attrs), "Binary")
 			if carrier != nil {
-				queryInject(f, pre+"MessageAttributes.entry.", attrs, carrier, true)
+				queryInject(f, en.attrPrefix, en.attrs, carrier, true)
 				p.stats.injected.Add(1)
 			}
-			pts[id] = pt
+			pts[en.id] = pt
 		}
 		fix = func(resp []byte) []byte {
 			root, err := parseXML(resp)
@@ -128,17 +121,11 @@ func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
 			if err != nil {
 				return nil
 			}
-			if sm := find(rms, "Successful"); sm != nil && resp[sm.VS] == '[' {
-				els, _ := arrayElems(resp, sm.VS)
-				for _, el := range els {
-					ems, _, err := objectMembers(resp, el[0])
-					if err != nil {
-						break
-					}
-					id, _ := jsonString(resp, find(ems, "Id"))
-					if pt, ok := pts[id]; ok {
-						p.produced(c, pt)
-					}
+			ok, _ := arrayObjects(resp, rms, "Successful")
+			for _, o := range ok {
+				id, _ := jsonString(resp, find(o.ms, "Id"))
+				if pt, ok := pts[id]; ok {
+					p.produced(c, pt)
 				}
 			}
 			p.jsonBatchFailures(c, resp, rms, "Failed")

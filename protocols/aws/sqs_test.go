@@ -183,15 +183,8 @@ func receiveAll(ctx context.Context, t *testing.T, cl *sqs.Client, qurl string, 
 }
 
 func TestSQSReceiveAllKeepsDatadog(t *testing.T) {
-	up := sqsPeer(t)
-	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cl := sqsClient(tp.url, testKey, testSecret)
-	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("all")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp, _, cl, qurl, ctx := sqsSetup(t, "all", nil)
+	cq := &sqs.CreateQueueOutput{QueueUrl: &qurl}
 	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: awssdk.String("x")}); err != nil {
 		t.Fatal(err)
 	}

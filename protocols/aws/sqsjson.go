@@ -248,25 +248,19 @@ func (p *Proxy) sqsJSONSendBatch(c *call, b []byte, ms []member, queue string) (
 			return nil
 		}
 		var reds []edit
-		if sm := find(rms, "Successful"); sm != nil && resp[sm.VS] == '[' {
-			els, err := arrayElems(resp, sm.VS)
-			if err != nil {
-				return nil
+		ok, err := arrayObjects(resp, rms, "Successful")
+		if err != nil {
+			return nil
+		}
+		for _, o := range ok {
+			id, _ := jsonString(resp, find(o.ms, "Id"))
+			m := msgs[id]
+			if m == nil {
+				continue
 			}
-			for _, el := range els {
-				ems, eend, err := objectMembers(resp, el[0])
-				if err != nil {
-					return nil
-				}
-				id, _ := jsonString(resp, find(ems, "Id"))
-				m := msgs[id]
-				if m == nil {
-					continue
-				}
-				p.produced(c, m.Point)
-				if m.Injected {
-					reds = append(reds, fixSendMD5(resp, ems, eend, m.OrigMD5)...)
-				}
+			p.produced(c, m.Point)
+			if m.Injected {
+				reds = append(reds, fixSendMD5(resp, o.ms, o.End, m.OrigMD5)...)
 			}
 		}
 		p.jsonBatchFailures(c, resp, rms, "Failed")
@@ -359,20 +353,13 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 		if err != nil {
 			return nil
 		}
-		mm := find(rms, "Messages")
-		if mm == nil || resp[mm.VS] != '[' {
-			return nil
-		}
-		els, err := arrayElems(resp, mm.VS)
+		msgs, err := arrayObjects(resp, rms, "Messages")
 		if err != nil {
 			return nil
 		}
 		var reds []edit
-		for _, el := range els {
-			ems, eend, err := objectMembers(resp, el[0])
-			if err != nil {
-				return nil
-			}
+		for _, m := range msgs {
+			ems, eend := m.ms, m.End
 			attrs, err := jsonMessageAttrs(resp, ems, "MessageAttributes")
 			if err != nil {
 				p.stats.decodeErr.Add(1)
@@ -381,7 +368,7 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 			body, _ := jsonString(resp, find(ems, "Body"))
 			p.consumeSQS(c, e, body, attrs)
 			if strip {
-				if ed, ok := jsonStripDD(resp, ems, el[0], eend, attrs); ok {
+				if ed, ok := jsonStripDD(resp, ems, m.Start, eend, attrs); ok {
 					reds = append(reds, ed)
 				}
 			}

@@ -112,23 +112,16 @@ func (p *Proxy) sqsQuerySendBatch(c *call, queue string) respFixer {
 	f := c.form
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSQS, Topic: queue}
 	msgs := map[string]*outMsg{}
-	c.batchTotal = queryBatchTotal(f, "SendMessageBatchRequestEntry.", "MessageBody", "MessageAttribute.")
-	for n := 1; ; n++ {
-		pre := "SendMessageBatchRequestEntry." + itoa(n) + "."
-		id, ok := f.vals[pre+"Id"]
-		if !ok {
-			break
-		}
-		attrs := f.queryAttrs(pre + "MessageAttribute.")
-		pa := plainAttrs(attrs)
-		pt, carrier, _ := p.prepareOut(c, e, len(f.get(pre+"MessageBody")), pa, "String")
-		m := &outMsg{ID: id, OrigMD5: attributesMD5(pa), Point: pt}
+	for _, en := range queryEntries(c, "SendMessageBatchRequestEntry.", "MessageBody", "MessageAttribute.") {
+		pa := plainAttrs(en.attrs)
+		pt, carrier, _ := p.prepareOut(c, e, en.bodyLen, pa, "String")
+		m := &outMsg{ID: en.id, OrigMD5: attributesMD5(pa), Point: pt}
 		if carrier != nil {
-			queryInject(f, pre+"MessageAttribute.", attrs, carrier, false)
+			queryInject(f, en.attrPrefix, en.attrs, carrier, false)
 			m.Injected = true
 			p.stats.injected.Add(1)
 		}
-		msgs[id] = m
+		msgs[en.id] = m
 	}
 	return func(resp []byte) []byte {
 		root, err := parseXML(resp)
@@ -258,18 +251,33 @@ func (p *Proxy) xmlQueueURLs(c *call, resp []byte) []byte {
 	return applyEdits(make([]byte, 0, len(resp)+64), resp, eds)
 }
 
-// queryBatchTotal is the payload of a Query batch: every entry's body and attributes.
-func queryBatchTotal(f *form, entryPrefix, bodyKey, attrPrefix string) int {
+// queryEntry is one entry of a Query batch.
+type queryEntry struct {
+	id, attrPrefix string
+	bodyLen        int
+	attrs          []qattr
+}
+
+// queryEntries decodes the entries of a Query batch (entryPrefix 1..N) and sets the batch's total
+// payload on c.
+func queryEntries(c *call, entryPrefix, bodyKey, attrPrefix string) []queryEntry {
+	f := c.form
+	var out []queryEntry
 	total := 0
 	for n := 1; ; n++ {
 		pre := entryPrefix + itoa(n) + "."
-		if _, ok := f.vals[pre+"Id"]; !ok {
+		id, ok := f.vals[pre+"Id"]
+		if !ok {
 			break
 		}
-		total += len(f.vals[pre+bodyKey])
-		for _, a := range f.queryAttrs(pre + attrPrefix) {
-			total += attrSize(&a.attr)
+		en := queryEntry{id: id, attrPrefix: pre + attrPrefix, bodyLen: len(f.vals[pre+bodyKey]) + len(f.vals[pre+"Subject"])}
+		en.attrs = f.queryAttrs(en.attrPrefix)
+		total += en.bodyLen
+		for i := range en.attrs {
+			total += attrSize(&en.attrs[i].attr)
 		}
+		out = append(out, en)
 	}
-	return max(total, 1)
+	c.batchTotal = max(total, 1)
+	return out
 }
