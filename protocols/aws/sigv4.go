@@ -112,6 +112,13 @@ func verifyWithHash(r *http.Request, a *authHeader, secret, bodyHash string, now
 	if amzDate[:8] != a.Date {
 		return &authFailure{"SignatureDoesNotMatch", "Credential date " + a.Date + " does not match X-Amz-Date " + amzDate}
 	}
+	// S3-style clients sign the payload hash they put in X-Amz-Content-Sha256; it must then be the
+	// body's real hash (UNSIGNED-PAYLOAD and streaming are not accepted for these services).
+	if v := r.Header.Get("X-Amz-Content-Sha256"); v != "" && contains(a.SignedHeaders, "x-amz-content-sha256") {
+		if !strings.EqualFold(v, bodyHash) {
+			return &authFailure{"SignatureDoesNotMatch", "X-Amz-Content-Sha256 " + strconv.Quote(v) + " is not the SHA-256 of the body"}
+		}
+	}
 	canon := canonicalRequest(r, a.SignedHeaders, bodyHash)
 	sum := sha256.Sum256(canon)
 	sts := sigAlgorithm + "\n" + amzDate + "\n" + a.scope() + "\n" + hex.EncodeToString(sum[:])

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +116,32 @@ func TestTrustClients(t *testing.T) {
 	}
 	if bad := up.failures(); len(bad) > 0 || up.count() != 1 {
 		t.Fatalf("upstream: %d requests, failures %v", up.count(), bad)
+	}
+}
+
+// TestSigV4ContentSha256: a client that signs X-Amz-Content-Sha256 (as S3-style signers do) is
+// verified; an UNSIGNED-PAYLOAD one is refused.
+func TestSigV4ContentSha256(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:4566/", strings.NewReader("{}"))
+	r.Header.Set("X-Amz-Target", "AmazonSQS.ListQueues")
+	now := time.Now()
+	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret}
+	for _, tc := range []struct {
+		hash string
+		ok   bool
+	}{{sha256Hex([]byte("{}")), true}, {"UNSIGNED-PAYLOAD", false}} {
+		req := r.Clone(context.Background())
+		req.Header.Set("X-Amz-Content-Sha256", tc.hash)
+		if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, tc.hash, "sqs", "us-east-1", now); err != nil {
+			t.Fatal(err)
+		}
+		a, err := parseAuthorization(req.Header.Get("Authorization"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := verifySigV4(req, &a, testSecret, []byte("{}"), now, time.Minute)
+		if (f == nil) != tc.ok {
+			t.Errorf("X-Amz-Content-Sha256 %s: verification %v, want ok=%v", tc.hash, f, tc.ok)
+		}
 	}
 }
