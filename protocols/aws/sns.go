@@ -18,6 +18,9 @@ func snsTopic(get func(string) string) string {
 func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 	f := c.form
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSNS, Topic: snsTopic(f.get)}
+	if e.Topic == "" {
+		return nil, nil, nil // SMS to a PhoneNumber: no topic to name, and SMS attributes are AWS's own
+	}
 	var fix respFixer
 	switch c.op {
 	case "Publish":
@@ -73,6 +76,9 @@ func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
 	}
 	get := func(k string) string { s, _ := jsonString(b, find(ms, k)); return s }
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSNS, Topic: snsTopic(get)}
+	if e.Topic == "" {
+		return nil, nil, nil
+	}
 	var eds []edit
 	entry := func(ems []member, eend int) (pathway.Point, error) {
 		attrs, err := jsonMessageAttrs(b, ems, "MessageAttributes")
