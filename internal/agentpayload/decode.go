@@ -107,6 +107,9 @@ func DecodePayload(body []byte) (*Payload, []Point, error) {
 	if len(raw) > MaxPayload {
 		return nil, nil, fmt.Errorf("payload over %d bytes inflated", MaxPayload)
 	}
+	if err := checkLengths(raw); err != nil {
+		return nil, nil, err
+	}
 	var generic map[string]any
 	if err := msgpack.Unmarshal(raw, &generic); err != nil {
 		return nil, nil, fmt.Errorf("msgpack: %w", err)

@@ -92,3 +92,24 @@ func FuzzDecodePayload(f *testing.F) {
 		_, _, _ = DecodePayload(gz(t, body))
 	})
 }
+
+func TestCheckLengths(t *testing.T) {
+	good, _ := msgpack.Marshal(goodPayload())
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		ok   bool
+	}{
+		{"payload", good, true},
+		{"map32 of 4 billion", []byte{0xdf, 0xff, 0xff, 0xff, 0xff, 0x01}, false},
+		{"str32 longer than the body", []byte{0xdb, 0x00, 0x10, 0x00, 0x00, 'a'}, false},
+		{"deep nesting", bytes.Repeat([]byte{0x91}, 100000), false},
+		{"truncated", good[:len(good)-1], false},
+		{"trailing bytes", append(append([]byte{}, good...), 0xc0), false},
+		{"invalid type", []byte{0xc1}, false},
+	} {
+		if err := checkLengths(tc.in); (err == nil) != tc.ok {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}

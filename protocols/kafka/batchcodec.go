@@ -265,8 +265,8 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 		}
 		batch := records[:12+length]
 		records = records[12+length:]
-		if batch[16] != 2 || length < 49 {
-			continue // legacy message sets carry no headers
+		if length < 49 || batch[16] != 2 {
+			continue // legacy message sets carry no headers (and a batch this short is none)
 		}
 		meta, attrs, count, err := batchHeader(batch)
 		if err != nil {
