@@ -329,8 +329,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f := p.authenticate(c); f != nil {
-		p.stats.authFail.Add(1)
-		p.log.Info().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr).Msg("request refused: " + f.Message)
+		// the first refusals are logged, then one in a thousand, so a misconfigured or hostile
+		// client cannot flood the log; Stats counts them all
+		if n := p.stats.authFail.Add(1); n <= 10 || n%1000 == 0 {
+			p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr).
+				Uint64("refused_total", n).Msg("request refused: " + f.Message)
+		}
 		status := http.StatusForbidden
 		if c.service == ServiceKinesis {
 			status = http.StatusBadRequest
