@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -248,7 +249,7 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	c.Upstream = up
 	l.mu.Unlock()
 	log.Debug().Msg("connection opened")
-	err = l.h.ServeConn(ctx, c)
+	err = l.serveRecovered(ctx, c)
 	client.Close()
 	up.Close()
 	if err != nil && !isClosedErr(err) && !c.idleClosed.Load() {
@@ -256,6 +257,19 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		return
 	}
 	log.Debug().Msg("connection closed")
+}
+
+// serveRecovered runs the handler; a bug that panics on one connection's bytes closes that
+// connection with a log line and leaves the process and every other connection alone.
+func (l *Listener) serveRecovered(ctx context.Context, c *Conn) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.Log.Error().Interface("panic", r).Str("stack", string(debug.Stack())).
+				Msg("protocol handler panicked; closing this connection only")
+			err = fmt.Errorf("%s handler panicked: %v", l.cfg.Protocol, r)
+		}
+	}()
+	return l.h.ServeConn(ctx, c)
 }
 
 // Start serves in the background (Serve's errors other than ErrClosed are logged), so a Listener

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"fmt"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -85,8 +86,19 @@ func (p *Proxy) enqueueObserve(job observeJob) {
 
 func (p *Proxy) observeLoop() {
 	for job := range p.observeQ {
-		p.observeFetch(job)
+		p.observeOne(job)
 	}
+}
+
+// observeOne observes one fetch response; a decoder bug on hostile bytes costs that response's
+// observation, not the process (the bytes were already forwarded).
+func (p *Proxy) observeOne(job observeJob) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.decodeError("Fetch response", keyFetch, job.version, fmt.Errorf("observer panicked: %v", r))
+		}
+	}()
+	p.observeFetch(job)
 }
 
 // observeFetch records high watermarks, partition errors and a consume checkpoint per record.
