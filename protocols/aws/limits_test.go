@@ -115,3 +115,28 @@ func TestSQSQueryQueueInPath(t *testing.T) {
 }
 
 func signer() *v4.Signer { return v4.NewSigner() }
+
+// TestSQSDeadLetterSourceQueueURLs: ListDeadLetterSourceQueues (lower-case queueUrls in JSON)
+// answers with URLs that point at the proxy, and they work when sent back.
+func TestSQSDeadLetterSourceQueueURLs(t *testing.T) {
+	tp, _, cl, dlq, ctx := sqsSetup(t, "dlq", nil)
+	qa, err := cl.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: &dlq, AttributeNames: []types.QueueAttributeName{"QueueArn"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := `{"deadLetterTargetArn":"` + qa.Attributes["QueueArn"] + `","maxReceiveCount":"3"}`
+	src, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("src"), Attributes: map[string]string{"RedrivePolicy": policy}})
+	if err != nil {
+		t.Fatalf("CreateQueue with a redrive policy: %v", err)
+	}
+	ls, err := cl.ListDeadLetterSourceQueues(ctx, &sqs.ListDeadLetterSourceQueuesInput{QueueUrl: &dlq})
+	if err != nil {
+		t.Fatalf("ListDeadLetterSourceQueues: %v", err)
+	}
+	if len(ls.QueueUrls) != 1 || ls.QueueUrls[0] != *src.QueueUrl || !strings.HasPrefix(ls.QueueUrls[0], tp.url+"/") {
+		t.Fatalf("dead-letter source queues %v, want [%s] under %s", ls.QueueUrls, *src.QueueUrl, tp.url)
+	}
+	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &ls.QueueUrls[0], MessageBody: awssdk.String("via listed URL")}); err != nil {
+		t.Fatalf("send to the listed URL: %v", err)
+	}
+}
