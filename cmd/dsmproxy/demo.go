@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 )
 
 const usageDemo = `Usage: dsmproxy %s [flags]
@@ -24,9 +26,10 @@ brokers), dsmproxy in front of it, an in-process receiver standing in for the Da
 a pipeline of example services that reach Kafka only through the proxy:
 
   orders  --produce-->  [orders]  --consume-->  billing  --produce-->  [invoices]  --consume-->  mailer
+  auditor --produce-->  [audit-log]   (a record over the broker's size limit: a tracked, lost message)
 
 Every flush (10 s) it prints what the Agent received: pathways with edge and end-to-end latency
-p50/p99, messages/s, and consumer lag. billing's consume-to-produce link is made by the proxy's
+p50/p99, messages/s, consumer lag, and the errors the proxy tracked (also at /errors). billing's consume-to-produce link is made by the proxy's
 optional link_consume_produce setting, on in the demo. Ctrl-C stops it cleanly.
 
 Flags:
@@ -38,7 +41,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	duration := fs.Duration("duration", 0, "stop after this long (0 = until Ctrl-C)")
 	flush := fs.Duration("flush", 10*time.Second, "bucket and flush interval")
 	agentURL := fs.String("agent-url", "", "also send the stats to this real Datadog Agent")
-	logLevel := fs.String("log-level", "warn", "proxy log level")
+	logLevel := fs.String("log-level", "error", "proxy log level (tracked errors are in the tables and at /errors)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), usageDemo, "demo")
 		fs.PrintDefaults()
@@ -64,7 +67,9 @@ type demoOptions struct {
 }
 
 func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3))
+	// A 64 KiB message.max.bytes lets the demo's auditor provoke a real broker error now and then.
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": strconv.Itoa(demoMaxMessageBytes)}))
 	if err != nil {
 		return fmt.Errorf("starting the in-process Kafka cluster: %w", err)
 	}
@@ -107,13 +112,16 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	recv.mu.Lock()
+	recv.errors = func() *errtrack.Snapshot { s := rt.errs.Snapshot(); return &s }
+	recv.mu.Unlock()
 	bootstrap := rt.fronts[0].Addr().String()
-	fmt.Fprintf(stdout, "dsmproxy demo: Kafka (kfake, 3 brokers) at %v, dsmproxy at %s, admin at %s\n",
-		cluster.ListenAddrs(), bootstrap, rt.adminLn.Addr())
+	fmt.Fprintf(stdout, "dsmproxy demo: Kafka (kfake, 3 brokers) at %v, dsmproxy at %s\n", cluster.ListenAddrs(), bootstrap)
+	fmt.Fprintf(stdout, "admin: http://%s/errors (tracked errors), /readyz, /debug/pprof/\n", rt.adminLn.Addr())
 	fmt.Fprintf(stdout, "pipeline: orders -> [orders] -> billing -> [invoices] -> mailer, %d orders/s; first table in about %s. Ctrl-C stops.\n\n", o.rate, 2*o.flush)
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	for _, svc := range demoServices(bootstrap, o.rate) {
 		wg.Add(1)
 		go func() {
@@ -166,8 +174,32 @@ func demoServices(bootstrap string, rate int) []func(context.Context) error {
 	mailer := func(ctx context.Context) error {
 		return relay(ctx, bootstrap, "mailer", "invoices", "")
 	}
-	return []func(context.Context) error{orders, billing, mailer}
+	// auditor sends one record over the broker's limit every few seconds: MESSAGE_TOO_LARGE, which
+	// its client reports to nobody; the proxy tracks it as a broker error and a lost message.
+	auditor := func(ctx context.Context) error {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(bootstrap), kgo.ClientID("auditor"), kgo.AllowAutoTopicCreation(),
+			kgo.ProducerBatchMaxBytes(4*demoMaxMessageBytes), kgo.RecordRetries(0), kgo.ProducerBatchCompression(kgo.NoCompression()))
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		tick := time.NewTicker(3 * time.Second)
+		defer tick.Stop()
+		for {
+			big := &kgo.Record{Topic: "audit-log", Value: make([]byte, 2*demoMaxMessageBytes)}
+			_ = cl.ProduceSync(ctx, big).FirstErr() // refused by the broker; the app shrugs
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.C:
+			}
+		}
+	}
+	return []func(context.Context) error{orders, billing, mailer, auditor}
 }
+
+// demoMaxMessageBytes is the demo cluster's message.max.bytes.
+const demoMaxMessageBytes = 64 << 10
 
 // relay consumes topic in group (= client id) and, when out is set, produces every record to out.
 func relay(ctx context.Context, bootstrap, group, topic, out string) error {

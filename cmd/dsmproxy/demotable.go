@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
 )
 
@@ -24,6 +25,8 @@ type demoAgent struct {
 	arrived chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
+
+	errors func() *errtrack.Snapshot // tracked errors to print under each table (guarded by mu)
 
 	mu       sync.Mutex
 	points   []agentpayload.Point
@@ -110,11 +113,17 @@ func (d *demoAgent) printPending() {
 	d.mu.Lock()
 	pts, bl, n, size := d.points, d.backlogs, d.payloads, d.bytes
 	d.points, d.backlogs, d.payloads, d.bytes = nil, nil, 0, 0
+	errs := d.errors
 	d.mu.Unlock()
 	if n == 0 {
 		return
 	}
 	printTable(d.out, pts, bl, n, size)
+	if errs != nil {
+		if s := errs(); s != nil {
+			printErrors(d.out, s)
+		}
+	}
 }
 
 // Close stops the printer and the server.
@@ -162,6 +171,21 @@ func printTable(out io.Writer, pts []agentpayload.Point, bl []agentpayload.Backl
 		}
 		tw.Flush()
 	}
+	fmt.Fprintln(out)
+}
+
+// printErrors lists the tracked error groups (what GET /errors returns), most recent first.
+func printErrors(out io.Writer, s *errtrack.Snapshot) {
+	if len(s.Groups) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TRACKED ERRORS\tSERVICE\tOPERATION\tEDGE\tERROR\tCOUNT\tMESSAGES")
+	for _, g := range s.Groups {
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\n", g.Category, g.Service, g.Protocol, g.Operation,
+			edgeString(g.Edge.Tags()), g.Name, g.TotalCount, g.TotalMessages)
+	}
+	tw.Flush()
 	fmt.Fprintln(out)
 }
 

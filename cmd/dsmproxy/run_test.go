@@ -225,6 +225,8 @@ func TestDemo(t *testing.T) {
 		"billing  direction:out topic:invoices",
 		"mailer   direction:in group:mailer topic:invoices",
 		"CONSUMER GROUP",
+		"TRACKED ERRORS",
+		"lost_message    auditor  kafka Produce  direction:out topic:audit-log  MESSAGE_TOO_LARGE",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, s)
