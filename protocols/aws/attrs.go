@@ -92,7 +92,7 @@ func parseJSONAttrs(raw []byte) ([]attr, error) {
 		if err != nil {
 			return nil, err
 		}
-		a := attr{Name: ms[i].Key}
+		a := attr{Name: string(ms[i].Key)}
 		a.DataType, _ = jsonString(raw, find(vms, "DataType"))
 		if s, ok := jsonString(raw, find(vms, "StringValue")); ok {
 			a.String = &s
@@ -139,7 +139,7 @@ func contextFromCarrier(b []byte) pathway.Context {
 	}
 	for j := range ms {
 		// Java compares the key case-insensitively
-		if !strings.EqualFold(ms[j].Key, pathway.HeaderKey) {
+		if !strings.EqualFold(string(ms[j].Key), pathway.HeaderKey) {
 			continue
 		}
 		s, ok := jsonString(b, &ms[j])

@@ -74,13 +74,17 @@ func skipString(b []byte, i int) (int, error) {
 	return 0, fmt.Errorf("%w: unterminated string", errJSON)
 }
 
-// member is one member of a JSON object: Key decoded, value at b[VS:VE], the whole member
-// (key through value) at b[MS:VE].
+// member is one member of a JSON object: Key decoded (pointing into the document unless it had
+// escapes, so scanning does not allocate per key), value at b[VS:VE], the whole member (key
+// through value) at b[MS:VE].
 type member struct {
-	Key    string
+	Key    []byte
 	MS, VS int
 	VE     int
 }
+
+// is reports whether the member's name is s (the conversion does not allocate).
+func (m *member) is(s string) bool { return string(m.Key) == s }
 
 // objectMembers lists the members of the object whose '{' is at or after b[i].
 // It returns the members and the index of the closing '}'.
@@ -89,7 +93,7 @@ func objectMembers(b []byte, i int) ([]member, int, error) {
 	if i >= len(b) || b[i] != '{' {
 		return nil, 0, fmt.Errorf("%w: object expected at offset %d", errJSON, i)
 	}
-	var ms []member
+	ms := make([]member, 0, 4)
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return nil, i, nil
@@ -163,20 +167,20 @@ func arrayElems(b []byte, i int) ([][2]int, error) {
 	}
 }
 
-func decodeKey(raw []byte) (string, error) {
+func decodeKey(raw []byte) ([]byte, error) {
 	if !slices.Contains(raw, '\\') {
-		return string(raw[1 : len(raw)-1]), nil
+		return raw[1 : len(raw)-1], nil
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", fmt.Errorf("%w: member name: %w", errJSON, err)
+		return nil, fmt.Errorf("%w: member name: %w", errJSON, err)
 	}
-	return s, nil
+	return []byte(s), nil
 }
 
 func find(ms []member, key string) *member {
 	for i := range ms {
-		if ms[i].Key == key {
+		if ms[i].is(key) {
 			return &ms[i]
 		}
 	}

@@ -189,7 +189,7 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 		if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && bytes.Contains(t, []byte(ddAttr)) {
 			if dms, _, err := objectMembers(data, 0); err == nil {
 				for i := range dms {
-					if dms[i].Key != ddAttr {
+					if !dms[i].is(ddAttr) {
 						continue
 					}
 					parent = contextFromCarrier(data[dms[i].VS:dms[i].VE])

@@ -107,7 +107,7 @@ func jsonMessageAttrs(b []byte, ms []member, key string) ([]attr, error) {
 // computes from its own request.
 func fixSendMD5(b []byte, ms []member, end int, orig string) []edit {
 	for i := range ms {
-		if ms[i].Key != "MD5OfMessageAttributes" {
+		if !ms[i].is("MD5OfMessageAttributes") {
 			continue
 		}
 		if orig == "" {
@@ -441,8 +441,8 @@ func patchObject(b []byte, ms []member, open, end int, repl map[string][]byte) [
 	n := 0
 	seen := map[string]bool{}
 	for _, m := range ms {
-		r, ok := repl[m.Key]
-		seen[m.Key] = true
+		r, ok := repl[string(m.Key)]
+		seen[string(m.Key)] = true
 		if ok && r == nil {
 			continue
 		}
@@ -485,7 +485,7 @@ func (p *Proxy) jsonQueueURLs(c *call, resp []byte) []byte {
 	}
 	var eds []edit
 	for _, m := range rms {
-		switch m.Key {
+		switch string(m.Key) {
 		case "QueueUrl":
 			if s, ok := jsonString(resp, &m); ok {
 				eds = append(eds, edit{S: m.VS, E: m.VE, New: appendJSONString(nil, p.toProxyURL(c, s))})
