@@ -194,15 +194,21 @@ func New(cfg Config) (*Proxy, error) {
 	if p.errs == nil {
 		p.errs = errtrack.Discard{}
 	}
+	// Temporary credentials are refreshed a few minutes before they expire, so a request signed
+	// just before expiry does not reach AWS with a dead token.
+	window := func(o *awssdk.CredentialsCacheOptions) {
+		o.ExpiryWindow = 5 * time.Minute
+		o.ExpiryWindowJitterFrac = 0.5
+	}
 	p.creds = cfg.Credentials
 	if p.creds == nil {
-		ac, err := awsconfig.LoadDefaultConfig(context.Background(), awsconfig.WithRegion(cfg.Region))
+		ac, err := awsconfig.LoadDefaultConfig(context.Background(), awsconfig.WithRegion(cfg.Region), awsconfig.WithCredentialsCacheOptions(window))
 		if err != nil {
 			return nil, fmt.Errorf("aws: default credential chain: %w", err)
 		}
 		p.creds = ac.Credentials
 	} else if _, cached := p.creds.(*awssdk.CredentialsCache); !cached {
-		p.creds = awssdk.NewCredentialsCache(p.creds)
+		p.creds = awssdk.NewCredentialsCache(p.creds, window)
 	}
 	p.signer = v4.NewSigner()
 	rt := cfg.Transport

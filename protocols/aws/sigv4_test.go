@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,5 +145,48 @@ func TestSigV4ContentSha256(t *testing.T) {
 		if (f == nil) != tc.ok {
 			t.Errorf("X-Amz-Content-Sha256 %s: verification %v, want ok=%v", tc.hash, f, tc.ok)
 		}
+	}
+}
+
+// expiring hands out credentials that expire soon after they are issued.
+type expiring struct{ calls atomic.Int32 }
+
+func (e *expiring) Retrieve(context.Context) (awssdk.Credentials, error) {
+	e.calls.Add(1)
+	return awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret, CanExpire: true, Expires: time.Now().Add(2 * time.Minute)}, nil
+}
+
+// TestCredentialsRefreshedBeforeExpiry: credentials inside the refresh window are fetched again
+// rather than used until they die.
+func TestCredentialsRefreshedBeforeExpiry(t *testing.T) {
+	e := &expiring{}
+	p, err := New(Config{Listen: "127.0.0.1:0", Credentials: e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := p.creds.Retrieve(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.calls.Load(); n != 3 {
+		t.Fatalf("provider called %d times for 3 retrievals of credentials 2 minutes from expiry, want 3 (refresh window 5m)", n)
+	}
+}
+
+// TestDefaultCredentialChain: with no Credentials the proxy uses the SDK's chain (here the
+// environment variables).
+func TestDefaultCredentialChain(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV000000001")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	p, err := New(Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.creds.Retrieve(context.Background())
+	if err != nil || c.AccessKeyID != "AKIDFROMENV000000001" {
+		t.Fatalf("default chain gave %v, %v", c.AccessKeyID, err)
 	}
 }
