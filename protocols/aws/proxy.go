@@ -87,7 +87,8 @@ type Config struct {
 	// MaxShardIterators bounds the shard iterator -> stream map (default 100000).
 	MaxShardIterators int
 
-	// Listener carries TLS toward clients (Listener.TLS); other fields are ignored.
+	// Listener carries TLS toward clients (Listener.TLS) and the connection limit (MaxConns);
+	// other fields are ignored.
 	Listener proxy.ListenerConfig
 	// Transport sends upstream requests (default: a clone of http.DefaultTransport).
 	Transport http.RoundTripper
@@ -104,10 +105,11 @@ type Stats struct {
 	Consumed       uint64 // consume checkpoints recorded
 	DecodeErrors   uint64 // bodies forwarded without being understood
 	PointsDropped  uint64 // Observer.Add returned false
+	RefusedConns   uint64 // connections closed at once because MaxConns were open
 }
 
 type counters struct {
-	requests, authFail, upstreamErr, injected, skipped, produced, consumed, decodeErr, dropped atomic.Uint64
+	requests, authFail, upstreamErr, injected, skipped, produced, consumed, decodeErr, dropped, refused atomic.Uint64
 }
 
 // Proxy is one AWS front.
@@ -242,6 +244,9 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("aws: listener on %s: %w", p.cfg.Listen, err)
 	}
+	if p.cfg.Listener.MaxConns > 0 {
+		ln = &limitListener{Listener: ln, max: int64(p.cfg.Listener.MaxConns), p: p}
+	}
 	if p.cfg.Listener.TLS != nil {
 		ln = tls.NewListener(ln, p.cfg.Listener.TLS)
 	}
@@ -291,6 +296,7 @@ func (p *Proxy) Stats() Stats {
 		Requests: s.requests.Load(), AuthFailures: s.authFail.Load(), UpstreamErrors: s.upstreamErr.Load(),
 		Injected: s.injected.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
 		Consumed: s.consumed.Load(), DecodeErrors: s.decodeErr.Load(), PointsDropped: s.dropped.Load(),
+		RefusedConns: s.refused.Load(),
 	}
 }
 
@@ -667,4 +673,45 @@ func (b *boundedMap) get(k string) (string, bool) {
 	v, ok := b.m[k]
 	b.mu.Unlock()
 	return v, ok
+}
+
+// limitListener closes connections beyond max at once, as the other fronts do: a client pool's
+// idle keep-alive connections would otherwise hold every slot and starve new clients, and SDKs
+// retry a reset connection.
+type limitListener struct {
+	net.Listener
+	max  int64
+	open atomic.Int64
+	p    *Proxy
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) > l.max {
+			l.open.Add(-1)
+			if n := l.p.stats.refused.Add(1); n <= 10 || n%1000 == 0 {
+				l.p.log.Warn().Int64("max_conns", l.max).Str("client", c.RemoteAddr().String()).Uint64("refused_total", n).
+					Msg("connection refused: listener is at its connection limit")
+			}
+			c.Close()
+			continue
+		}
+		return &limitedConn{Conn: c, l: l}, nil
+	}
+}
+
+type limitedConn struct {
+	net.Conn
+	l    *limitListener
+	once sync.Once
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return err
 }

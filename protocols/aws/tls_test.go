@@ -64,3 +64,44 @@ func TestTLSTowardClients(t *testing.T) {
 		t.Errorf("%d produce points", n)
 	}
 }
+
+// TestMaxConns: connections beyond Listener.MaxConns are closed at once and counted; a slot
+// frees when its connection closes.
+func TestMaxConns(t *testing.T) {
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:1"; c.Listener.MaxConns = 1 })
+	first, err := net.Dial("tcp", tp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the second is accepted by the kernel, then closed by the proxy: a read sees EOF or a reset
+	second, err := net.Dial("tcp", tp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	second.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := second.Read(make([]byte, 1)); err == nil {
+		t.Fatal("second connection was served")
+	}
+	second.Close()
+	if tp.Stats().RefusedConns != 1 {
+		t.Fatalf("RefusedConns = %d, want 1", tp.Stats().RefusedConns)
+	}
+	first.Close()
+	// once the first is closed, a new client gets the slot (the proxy notices the close when its
+	// server goroutine reads EOF, so retry for a while)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Post(tp.url+"/", "application/x-amz-json-1.0", strings.NewReader("{}"))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != 403 {
+				t.Fatalf("status %d, want 403 (unsigned)", resp.StatusCode)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot after the first connection closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
