@@ -154,14 +154,7 @@ func TestKinesisCBORRefused(t *testing.T) {
 	if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, sha256Hex([]byte{0xbf, 0xff}), "kinesis", "us-east-1", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	if resp.StatusCode != 400 || !strings.Contains(b.String(), "AWS_CBOR_DISABLE") {
-		t.Fatalf("CBOR request: %d %s", resp.StatusCode, b.String())
+	if st, _, body := do(t, req); st != 400 || !strings.Contains(body, "AWS_CBOR_DISABLE") {
+		t.Fatalf("CBOR request: %d %s", st, body)
 	}
 }
