@@ -69,6 +69,8 @@ type session struct {
 	produce produceRequestView
 	repl    [][]byte
 	spans   [][2]int
+	outBuf  []byte // rewritten produce frames; reused once written upstream
+	inBuf   []byte // request frames; reused once forwarded
 	hdr     []byte
 	sizes   []int64
 	scratch []byte
@@ -157,7 +159,9 @@ func (s *session) requests() error {
 			_, err := io.Copy(s.c.Upstream, s.c.Client)
 			return err
 		}
-		frame, err := readFrame(s.c.Client, maxBytes)
+		// Every path below forwards (or answers) the frame before the loop reads the next one, and
+		// request handlers copy what they keep, so one read buffer serves the connection.
+		frame, err := readFrameInto(s.c.Client, maxBytes, &s.inBuf)
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.log.Warn().Err(err).Msg("closing connection: request frame is not valid Kafka framing")

@@ -20,6 +20,16 @@ var errFrameTooLarge = errors.New("frame size over the limit")
 // readFrame reads one size-prefixed frame into a buffer it allocates (the frame is handed to other
 // goroutines afterwards, so it is never reused). The result includes the 4-byte size prefix.
 func readFrame(r io.Reader, maxBytes int) ([]byte, error) {
+	return readFrameInto(r, maxBytes, nil)
+}
+
+// maxReusedFrame bounds the read buffer a session keeps between frames; bigger frames get their
+// own allocation so an occasional huge request does not pin its size per connection.
+const maxReusedFrame = 1 << 20
+
+// readFrameInto is readFrame reusing *buf (when not nil) for frames up to maxReusedFrame. The
+// frame is valid until the next call: callers forward it before reading the next one.
+func readFrameInto(r io.Reader, maxBytes int, buf *[]byte) ([]byte, error) {
 	var sz [4]byte
 	if _, err := io.ReadFull(r, sz[:]); err != nil {
 		return nil, err
@@ -28,12 +38,20 @@ func readFrame(r io.Reader, maxBytes int) ([]byte, error) {
 	if n < 0 || int(n) > maxBytes {
 		return nil, fmt.Errorf("%w: size prefix %d, limit %d", errFrameTooLarge, n, maxBytes)
 	}
-	buf := make([]byte, 4+int(n))
-	copy(buf, sz[:])
-	if _, err := io.ReadFull(r, buf[4:]); err != nil {
+	var frame []byte
+	if need := 4 + int(n); buf != nil && need <= maxReusedFrame {
+		if cap(*buf) < need {
+			*buf = make([]byte, need, min(max(need+need/4, 64<<10), maxReusedFrame))
+		}
+		frame = (*buf)[:need]
+	} else {
+		frame = make([]byte, need)
+	}
+	copy(frame, sz[:])
+	if _, err := io.ReadFull(r, frame[4:]); err != nil {
 		return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
 	}
-	return buf, nil
+	return frame, nil
 }
 
 // requestHeader is what the proxy reads from every request: the fixed fields and where the body

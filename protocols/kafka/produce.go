@@ -92,7 +92,13 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		repl = append(repl, s.scratch[sp[0]:sp[1]])
 		grow += sp[1] - sp[0] - (v.parts[i].recEnd - v.parts[i].recStart) + 4
 	}
-	out := spliceRecords(make([]byte, 0, len(frame)+grow), frame, h.Version >= 9, v.parts, repl)
+	// The rewritten frame is written upstream before the next request is read, so one buffer per
+	// session serves every produce: no 100 KB allocation (and page faults) per request.
+	if need := len(frame) + grow; cap(s.outBuf) < need {
+		s.outBuf = make([]byte, 0, need+need/4)
+	}
+	out := spliceRecords(s.outBuf[:0], frame, h.Version >= 9, v.parts, repl)
+	s.outBuf = out[:0]
 	clear(repl)
 	s.repl = repl[:0]
 	return out, pd
