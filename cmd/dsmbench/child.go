@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/aggregator"
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// childArg re-executes dsmbench as the proxy process.
+const childArg = "__proxy"
+
+// front is what the child runs.
+type front interface {
+	Start(ctx context.Context) error
+	Shutdown(ctx context.Context) error
+	Addr() net.Addr
+}
+
+// monitoring is the real DSM pipeline the proxy feeds: aggregator, flusher and error tracking,
+// with a sink that drops the buckets (the encoding to the Agent is off the data path).
+type monitoring struct {
+	agg  *aggregator.Aggregator
+	errs *errtrack.Collector
+	cp   *pathway.Checkpointer
+	svc  *proxy.Services
+}
+
+type discardSink struct{}
+
+func (discardSink) Send(context.Context, []aggregator.Bucket) error { return nil }
+
+// runChild: dsmbench __proxy PROTOCOL UPSTREAM. It prints "LISTEN addr" and serves until stdin closes.
+func runChild(args []string) int {
+	if len(args) != 2 {
+		fmt.Fprintln(os.Stderr, "dsmbench __proxy PROTOCOL UPSTREAM")
+		return 2
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if path := os.Getenv("DSMBENCH_PROXY_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if err := pprof.StartCPUProfile(f); err == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
+	m := monitoring{
+		agg:  aggregator.New(aggregator.Config{Env: "bench"}),
+		errs: errtrack.New(errtrack.Config{}),
+		cp:   pathway.NewCheckpointer("bench", 0),
+		svc:  &proxy.Services{Default: "bench-client"},
+	}
+	m.agg.Start()
+	fl := aggregator.NewFlusher(m.agg, 10*time.Second, zerolog.Nop(), discardSink{})
+	go fl.Run(ctx)
+	go func() { _ = m.errs.Run(ctx) }()
+	f, err := newFront(args[0], args[1], m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := f.Start(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("LISTEN %s\n", f.Addr())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	_ = f.Shutdown(sctx)
+	m.agg.Close()
+	st := m.agg.Stats()
+	fmt.Fprintf(os.Stderr, "proxy: %d points aggregated, %d dropped\n", st.Aggregated, st.PointsDropped)
+	return 0
+}
+
+// proxyProcess is a running child proxy.
+type proxyProcess struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	addr  string
+}
+
+func startProxy(protocol, upstream string, stderr io.Writer) (*proxyProcess, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, childArg, protocol, upstream)
+	cmd.Stderr = stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "LISTEN ") {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("proxy process did not start (%q): %v", line, err)
+	}
+	return &proxyProcess{cmd: cmd, stdin: stdin, addr: strings.TrimSpace(strings.TrimPrefix(line, "LISTEN "))}, nil
+}
+
+func (p *proxyProcess) stop() {
+	_ = p.stdin.Close()
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// cpu is the process's user+system CPU time so far, from /proc (clock ticks of 10 ms).
+func (p *proxyProcess) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// peakRSS is the process's high-water resident set (VmHWM).
+func (p *proxyProcess) peakRSS() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			f := strings.Fields(l)
+			if len(f) >= 2 {
+				kb, _ := strconv.ParseInt(f[1], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}

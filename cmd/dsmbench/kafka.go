@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
+)
+
+// benchValue is a message body about as compressible as JSON events (random lowercase words),
+// so codec figures are neither best nor worst case.
+func benchValue(n int) []byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	v := make([]byte, n)
+	for i := range v {
+		if r.IntN(6) == 0 {
+			v[i] = ' '
+		} else {
+			v[i] = byte('a' + r.IntN(26))
+		}
+	}
+	return v
+}
+
+func newFront(protocol, upstream string, m monitoring) (front, error) {
+	switch protocol {
+	case "kafka":
+		return kafka.New(kafka.Config{
+			Listen: "127.0.0.1:0", Bootstrap: strings.Split(upstream, ","), Env: "bench",
+			Checkpointer: m.cp, Observer: m.agg, Errors: m.errs, Services: m.svc, Log: zerolog.Nop(),
+		})
+	case "amqp":
+		return newAMQPFront(upstream, m)
+	}
+	return nil, fmt.Errorf("unknown protocol %q", protocol)
+}
+
+var codecsByName = map[string]kgo.CompressionCodec{
+	"none": kgo.NoCompression(), "gzip": kgo.GzipCompression(), "snappy": kgo.SnappyCompression(),
+	"lz4": kgo.Lz4Compression(), "zstd": kgo.ZstdCompression(),
+}
+
+// benchKafka: per codec, produce then fetch the same number of records directly and through the
+// proxy, each path on its own topic.
+func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
+	const partitions = 4
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(partitions), kfake.AllowAutoTopicCreation(),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "16777216"}))
+	if err != nil {
+		return nil, err
+	}
+	defer cluster.Close()
+	bootstrap := strings.Join(cluster.ListenAddrs(), ",")
+	pp, err := startProxy("kafka", bootstrap, stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer pp.stop()
+
+	var rows []row
+	for _, name := range o.codecs {
+		codec, ok := codecsByName[strings.TrimSpace(name)]
+		if !ok {
+			return nil, fmt.Errorf("unknown codec %q", name)
+		}
+		fmt.Fprintf(stderr, "kafka %s: producing and fetching %d records of %d B, direct and through the proxy...\n", name, o.records, o.size)
+		var prod, fetch [2]result
+		// Alternate the paths for several rounds and keep each path's best: on a shared machine
+		// a single run measures the neighbours as much as the proxy.
+		for round := 0; round < o.rounds; round++ {
+			for i, path := range []struct {
+				name, addr string
+			}{{"direct", bootstrap}, {"proxy", pp.addr}} {
+				topic := fmt.Sprintf("bench-%s-%s-%d-%d", name, path.name, round, time.Now().UnixNano())
+				cpu0 := pp.cpu()
+				r, err := kafkaProduce(ctx, path.addr, topic, partitions, codec, o)
+				if err != nil {
+					return nil, fmt.Errorf("%s produce: %w", path.name, err)
+				}
+				r.proxyCPU = pp.cpu() - cpu0
+				prod[i] = best(prod[i], r)
+				cpu0 = pp.cpu()
+				r, err = kafkaFetch(ctx, path.addr, topic, o.records)
+				if err != nil {
+					return nil, fmt.Errorf("%s fetch: %w", path.name, err)
+				}
+				r.proxyCPU = pp.cpu() - cpu0
+				fetch[i] = best(fetch[i], r)
+			}
+		}
+		rss := pp.peakRSS()
+		rows = append(rows,
+			row{protocol: "kafka", workload: fmt.Sprintf("produce %s, %d/batch", name, o.batch), direct: prod[0], proxy: prod[1], rss: rss},
+			row{protocol: "kafka", workload: fmt.Sprintf("fetch %s", name), direct: fetch[0], proxy: fetch[1], rss: rss})
+	}
+	return rows, nil
+}
+
+// kafkaProduce sends o.records records, o.batch consecutive records per partition so batches hold
+// about o.batch records, asynchronously (the client pipelines requests as real producers do), and
+// times each record from Produce to its acknowledgement.
+func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec kgo.CompressionCodec, o options) (result, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ClientID("bench-producer"), kgo.DefaultProduceTopic(topic),
+		kgo.ProducerBatchCompression(codec), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		// Room for o.batch records and no more, so a batch closes at about o.batch records.
+		kgo.ProducerBatchMaxBytes(int32(o.batch*(o.size+40))), kgo.ProducerLinger(time.Millisecond),
+		kgo.AllowAutoTopicCreation(), kgo.MaxBufferedRecords(o.batch*partitions*o.concurrency))
+	if err != nil {
+		return result{}, err
+	}
+	defer cl.Close()
+	// Create the topic (and learn its leaders) before timing.
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("warm-up")}).FirstErr(); err != nil {
+		return result{}, err
+	}
+	value := benchValue(o.size)
+	lat := newLatencies(o.records)
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < o.records; i++ {
+		t0 := time.Now()
+		wg.Add(1)
+		r := &kgo.Record{Key: []byte(strconv.Itoa(i)), Value: value, Partition: int32((i / o.batch) % partitions)}
+		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+			defer wg.Done()
+			if err != nil {
+				failed.CompareAndSwap(nil, err)
+				return
+			}
+			lat.add(time.Since(t0))
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err, _ := failed.Load().(error); err != nil {
+		return result{}, err
+	}
+	return result{msgs: o.records, bytes: int64(o.records) * int64(o.size), elapsed: elapsed, p50: lat.quantile(0.5), p99: lat.quantile(0.99)}, nil
+}
+
+// kafkaFetch reads n records from the start of topic; latency is per poll.
+func kafkaFetch(ctx context.Context, addr, topic string, n int) (result, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ClientID("bench-consumer"), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxBytes(16<<20), kgo.FetchMaxWait(100*time.Millisecond))
+	if err != nil {
+		return result{}, err
+	}
+	defer cl.Close()
+	lat := newLatencies(1024)
+	got, size := 0, int64(0)
+	start := time.Now()
+	for got < n+1 { // +1: the warm-up record
+		t0 := time.Now()
+		fs := cl.PollFetches(ctx)
+		if err := fs.Err0(); err != nil {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return result{}, fmt.Errorf("fetched %d of %d records: %w", got, n, err)
+			}
+			return result{}, err
+		}
+		lat.add(time.Since(t0))
+		fs.EachRecord(func(r *kgo.Record) {
+			got++
+			size += int64(len(r.Value))
+		})
+	}
+	return result{msgs: n, bytes: size, elapsed: time.Since(start), p50: lat.quantile(0.5), p99: lat.quantile(0.99)}, nil
+}
