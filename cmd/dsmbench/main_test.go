@@ -1,0 +1,44 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestMain lets the test binary play the proxy child process, as dsmbench itself does.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == childArg {
+		os.Exit(runChild(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// TestSmoke runs a tiny Kafka workload through the harness: both paths, every column.
+func TestSmoke(t *testing.T) {
+	var out bytes.Buffer
+	var errb lockedBuffer // the child's stderr is copied in by exec's goroutine
+	code := run([]string{"--protocols", "kafka", "--records", "500", "--rounds", "1", "--codecs", "none,lz4"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	s := out.String()
+	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "direct", "proxy", "PROXY CPU s/GB", "MiB"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("table lacks %q:\n%s", want, s)
+		}
+	}
+	if !strings.Contains(errb.String(), "points aggregated, 0 dropped") {
+		t.Errorf("the proxy child did not report its aggregation:\n%s", errb.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *lockedBuffer) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
