@@ -43,6 +43,8 @@ func newFront(protocol, upstream string, m monitoring) (front, error) {
 		})
 	case "amqp":
 		return newAMQPFront(upstream, m)
+	case "aws":
+		return newAWSFront(upstream, m)
 	}
 	return nil, fmt.Errorf("unknown protocol %q", protocol)
 }

@@ -26,7 +26,9 @@ ratio proxy/direct. Defaults finish in about a minute on 2 cores.
 Protocols:
   kafka  in-process franz-go kfake broker; produce (acks=all, one batch per request) and fetch,
          per codec. The proxy injects the pathway header into every record and checkpoints it.
-  amqp   the local RabbitMQ at --amqp-url (skipped, with a note, when it does not answer)
+  sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
+         10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs.
+  amqp   the local RabbitMQ at --amqp-url
 
 Flags:
 `
@@ -40,6 +42,8 @@ type options struct {
 	concurrency int
 	rounds      int
 	amqpURL     string
+	awsNodeDir  string
+	sqsMsgs     int
 	amqpMsgs    int
 	timeout     time.Duration
 }
@@ -55,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dsmbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
-	protocols := fs.String("protocols", "kafka,amqp", "comma-separated workloads to run: kafka, amqp")
+	protocols := fs.String("protocols", "kafka,sqs,amqp", "comma-separated workloads to run: kafka, sqs, amqp")
 	fs.IntVar(&o.rounds, "rounds", 3, "alternate direct and proxy this many times; the best round of each is shown")
 	fs.IntVar(&o.records, "records", 50000, "Kafka: records per phase (produce or fetch, per codec, per path)")
 	fs.IntVar(&o.size, "size", 1024, "record / message value size in bytes")
@@ -64,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.concurrency, "concurrency", 4, "Kafka: buffered batches per partition; AMQP: concurrent publishers")
 	fs.StringVar(&o.amqpURL, "amqp-url", "amqp://guest:guest@127.0.0.1:5672/", "AMQP: the broker the direct path uses")
 	fs.IntVar(&o.amqpMsgs, "amqp-messages", 20000, "AMQP: messages per phase")
+	fs.StringVar(&o.awsNodeDir, "aws-node-dir", "testdata/aws/node", "SQS: directory of the npm SQS server (npm ci runs there when needed)")
+	fs.IntVar(&o.sqsMsgs, "sqs-messages", 3000, "SQS: messages per phase")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -86,10 +92,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch strings.TrimSpace(p) {
 		case "kafka":
 			r, err = benchKafka(ctx, o, stderr)
+		case "sqs":
+			r, err = benchSQS(ctx, o, stderr)
 		case "amqp":
 			r, err = benchAMQP(ctx, o, stderr)
 		default:
-			err = fmt.Errorf("unknown protocol %q (kafka, amqp)", p)
+			err = fmt.Errorf("unknown protocol %q (kafka, sqs, amqp)", p)
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "dsmbench %s: %v\n", p, err)

@@ -12,6 +12,7 @@ import (
 // result is one workload on one path.
 type result struct {
 	msgs     int
+	reqs     int // requests, where CPU is reported per request
 	bytes    int64
 	elapsed  time.Duration
 	p50, p99 time.Duration
@@ -34,6 +35,7 @@ type row struct {
 	protocol, workload string
 	direct, proxy      result
 	rss                int64 // proxy peak RSS
+	perRequest         bool  // proxy CPU per request (HTTP APIs) rather than per GB
 }
 
 // latencies keeps samples for quantiles.
@@ -58,20 +60,25 @@ func (l *latencies) quantile(q float64) time.Duration {
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "PROTOCOL\tWORKLOAD\tPATH\tMSG/S\tMB/S\tP50\tP99\tPROXY CPU s/GB\tPROXY PEAK RSS\tRATIO (MSG/S)\t")
+	fmt.Fprintln(tw, "PROTOCOL\tWORKLOAD\tPATH\tMSG/S\tMB/S\tP50\tP99\tPROXY CPU\tPROXY PEAK RSS\tRATIO (MSG/S)\t")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\tdirect\t%.0f\t%.1f\t%s\t%s\t\t\t\t\n", r.protocol, r.workload, r.direct.rate(), r.direct.mbps(), dur(r.direct.p50), dur(r.direct.p99))
-		cpuPerGB := 0.0
-		if r.proxy.bytes > 0 {
-			cpuPerGB = r.proxy.proxyCPU.Seconds() / (float64(r.proxy.bytes) / 1e9)
+		cpu := "-"
+		switch {
+		case r.perRequest && r.proxy.reqs > 0:
+			cpu = fmt.Sprintf("%.0f µs/req", float64(r.proxy.proxyCPU.Microseconds())/float64(r.proxy.reqs))
+		case r.proxy.bytes > 0:
+			cpu = fmt.Sprintf("%.2f s/GB", r.proxy.proxyCPU.Seconds()/(float64(r.proxy.bytes)/1e9))
 		}
-		fmt.Fprintf(tw, "\t\tproxy\t%.0f\t%.1f\t%s\t%s\t%.2f\t%.0f MiB\t%.2f\t\n", r.proxy.rate(), r.proxy.mbps(), dur(r.proxy.p50), dur(r.proxy.p99),
-			cpuPerGB, float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate())
+		fmt.Fprintf(tw, "\t\tproxy\t%.0f\t%.1f\t%s\t%s\t%s\t%.0f MiB\t%.2f\t\n", r.proxy.rate(), r.proxy.mbps(), dur(r.proxy.p50), dur(r.proxy.p99),
+			cpu, float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate())
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nP50/P99: Kafka produce, from Produce to acknowledgement per record (pipelined); fetch, per poll.")
+	fmt.Fprintln(w, "\nP50/P99: Kafka produce, from Produce to acknowledgement per record (pipelined); fetch, per poll;")
+	fmt.Fprintln(w, "SQS and AMQP, per request. PROXY CPU: the proxy process's CPU per GB moved, or per request.")
 	fmt.Fprintln(w, "Direct and proxy alternate on the same broker for several rounds; each path's best round is shown. The broker")
-	fmt.Fprintln(w, "(kfake) runs inside dsmbench, the proxy in a child process whose CPU (/proc) and peak RSS are shown.")
+	fmt.Fprintln(w, "(kfake) runs inside dsmbench, SQS (npm local-aws-sqs) and RabbitMQ as local servers, the proxy in a child")
+	fmt.Fprintln(w, "process whose CPU (/proc) and peak RSS are shown.")
 }
 
 func dur(d time.Duration) string {

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/protocols/aws"
+)
+
+// The key pair both the bench clients and the proxy child use: the proxy verifies the clients'
+// signatures with it and re-signs with it (the sidecar case).
+const (
+	benchKey    = "AKIDDSMBENCH00000001"
+	benchSecret = "dsmbench-secret-not-a-real-one"
+)
+
+func newAWSFront(upstream string, m monitoring) (front, error) {
+	return aws.New(aws.Config{
+		Listen: "127.0.0.1:0", Upstream: upstream, Region: "us-east-1", Env: "bench",
+		Checkpointer: m.cp, Observer: m.agg, Errors: m.errs, Services: m.svc, Log: zerolog.Nop(),
+		Credentials: credentials.NewStaticCredentialsProvider(benchKey, benchSecret, ""),
+	})
+}
+
+// startSQSServer runs npm's local-aws-sqs (testdata/aws/node, installed with npm ci when missing)
+// and returns its URL and a stop function.
+func startSQSServer(dir string, stderr io.Writer) (string, func(), error) {
+	if _, err := exec.LookPath("node"); err != nil {
+		return "", nil, fmt.Errorf("node is needed for the SQS server (npm local-aws-sqs): %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "local-aws-sqs")); err != nil {
+		fmt.Fprintf(stderr, "sqs: installing the npm SQS server in %s\n", dir)
+		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", nil, fmt.Errorf("npm ci in %s: %w\n%s", dir, err, out)
+		}
+	}
+	cmd := exec.Command("node", "sqs-server.js")
+	cmd.Dir = dir
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	var port int
+	if _, err := fmt.Fscanf(bufio.NewReader(out), "LISTENING %d\n", &port); err != nil {
+		stop()
+		return "", nil, fmt.Errorf("SQS server did not report its port: %w", err)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", port), stop, nil
+}
+
+// benchSQS sends then receives the same messages directly and through the proxy, alternating rounds.
+func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
+	server, stopServer, err := startSQSServer(o.awsNodeDir, stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer stopServer()
+	pp, err := startProxy("aws", server, stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer pp.stop()
+	proxyURL := "http://" + pp.addr
+	fmt.Fprintf(stderr, "sqs: %d messages sent and received by %d workers, direct and through the proxy...\n", o.sqsMsgs, o.concurrency*4)
+	// Warm both paths (the server's JIT, connection pools).
+	small := o
+	small.sqsMsgs = min(o.sqsMsgs, 200)
+	for _, u := range []string{server, proxyURL} {
+		if _, _, err := sqsRun(ctx, u, small); err != nil {
+			return nil, err
+		}
+	}
+	var send, recv [2]result
+	for round := 0; round < o.rounds; round++ {
+		for i, u := range []string{server, proxyURL} {
+			cpu0 := pp.cpu()
+			s, r, err := sqsRun(ctx, u, o)
+			if err != nil {
+				return nil, err
+			}
+			cpu := pp.cpu() - cpu0
+			// The child's CPU covers both halves; split it by request count.
+			total := s.reqs + r.reqs
+			s.proxyCPU = cpu * time.Duration(s.reqs) / time.Duration(max(total, 1))
+			r.proxyCPU = cpu - s.proxyCPU
+			send[i], recv[i] = best(send[i], s), best(recv[i], r)
+		}
+	}
+	rss := pp.peakRSS()
+	return []row{
+		{protocol: "sqs", workload: "SendMessage", direct: send[0], proxy: send[1], rss: rss, perRequest: true},
+		{protocol: "sqs", workload: "ReceiveMessage (10/req)", direct: recv[0], proxy: recv[1], rss: rss, perRequest: true},
+	}, nil
+}
+
+// sqsRun sends o.sqsMsgs messages with one attribute from several workers, then receives them all.
+func sqsRun(ctx context.Context, endpoint string, o options) (send, recv result, err error) {
+	cl := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(endpoint),
+		Credentials: credentials.NewStaticCredentialsProvider(benchKey, benchSecret, ""), AppID: "bench-producer"})
+	q, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(fmt.Sprintf("bench-%d", time.Now().UnixNano()))})
+	if err != nil {
+		return send, recv, err
+	}
+	workers := o.concurrency * 4
+	body := string(benchValue(min(o.size, 1024)))
+	attrs := map[string]types.MessageAttributeValue{"tenant": {DataType: awssdk.String("String"), StringValue: awssdk.String("acme")}}
+	var next atomic.Int64
+	var failed atomic.Value
+	lat := newLatencies(o.sqsMsgs)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(o.sqsMsgs) {
+				s := time.Now()
+				if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: q.QueueUrl, MessageBody: &body, MessageAttributes: attrs}); err != nil {
+					failed.CompareAndSwap(nil, err)
+					return
+				}
+				lat.add(time.Since(s))
+			}
+		}()
+	}
+	wg.Wait()
+	if e, _ := failed.Load().(error); e != nil {
+		return send, recv, fmt.Errorf("SendMessage via %s: %w", endpoint, e)
+	}
+	send = result{msgs: o.sqsMsgs, reqs: o.sqsMsgs, bytes: int64(o.sqsMsgs * len(body)), elapsed: time.Since(t0), p50: lat.quantile(0.5), p99: lat.quantile(0.99)}
+
+	var got, reqs atomic.Int64
+	rlat := newLatencies(o.sqsMsgs)
+	t1 := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for got.Load() < int64(o.sqsMsgs) {
+				s := time.Now()
+				rm, err := cl.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, MaxNumberOfMessages: 10,
+					MessageAttributeNames: []string{"tenant"}, WaitTimeSeconds: 1})
+				if err != nil {
+					failed.CompareAndSwap(nil, err)
+					return
+				}
+				rlat.add(time.Since(s))
+				reqs.Add(1)
+				got.Add(int64(len(rm.Messages)))
+			}
+		}()
+	}
+	wg.Wait()
+	if e, _ := failed.Load().(error); e != nil {
+		return send, recv, fmt.Errorf("ReceiveMessage via %s: %w", endpoint, e)
+	}
+	n := int(got.Load())
+	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body)), elapsed: time.Since(t1), p50: rlat.quantile(0.5), p99: rlat.quantile(0.99)}
+	return send, recv, nil
+}
