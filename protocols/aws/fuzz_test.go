@@ -233,3 +233,21 @@ func FuzzKinesisDataRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCBOR decodes arbitrary bytes as a Kinesis CBOR body, and the CBOR rewriter path with them.
+func FuzzCBOR(f *testing.F) {
+	f.Add(cborEnc(nil, map[string]any{"StreamName": "s", "Data": []byte("{}"), "PartitionKey": "k"}, false))
+	f.Add(cborEnc(nil, map[string]any{"Records": []any{map[string]any{"Data": []byte{1}, "PartitionKey": "k"}}}, true))
+	f.Add([]byte{0xbf, 0x61, 0x61, 0x5f, 0x41, 0x00, 0xff, 0xff})
+	f.Add([]byte{0xf9, 0x3c, 0x00})
+	p := fuzzProxy(f, false)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cborDecode(b)
+		for _, op := range []string{"PutRecords", "GetRecords"} {
+			c := fuzzCall(ServiceKinesis, op, wireCBOR, b)
+			if _, fix := p.rewriteRequest(c); fix != nil {
+				fix(b)
+			}
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -184,34 +185,8 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 		raw, _ := jsonString(resp, dm)
 		data, _ := base64.StdEncoding.DecodeString(raw)
 		pk, _ := jsonString(resp, find(ems, "PartitionKey"))
-		var parent pathway.Context
-		var strip *edit
-		if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && bytes.Contains(t, []byte(ddAttr)) {
-			if dms, _, err := objectMembers(data, 0); err == nil {
-				for i := range dms {
-					if !dms[i].is(ddAttr) {
-						continue
-					}
-					parent = contextFromCarrier(data[dms[i].VS:dms[i].VE])
-					if p.cfg.KinesisInjectData {
-						ed := removeLastAdded(data, dms, i)
-						strip = &ed
-					}
-				}
-			}
-		}
-		pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
-		if parent.IsZero() {
-			// no context: time in the stream stands in for both latencies, as the tracers do
-			if at := arrival(resp, find(ems, "ApproximateArrivalTimestamp")); !at.IsZero() {
-				l := max(0, int64(c.now.Sub(at)))
-				pt.PathwayLatency, pt.EdgeLatency = l, l
-			}
-		}
-		p.stats.consumed.Add(1)
-		p.add(pt)
-		if strip != nil && dm != nil {
-			nd := applyEdits(make([]byte, 0, len(data)), data, []edit{*strip})
+		nd := p.kinesisConsume(c, e, data, pk, arrival(resp, find(ems, "ApproximateArrivalTimestamp")), p.cfg.KinesisInjectData)
+		if nd != nil && dm != nil {
 			nv := append([]byte{'"'}, base64.StdEncoding.AppendEncode(nil, nd)...)
 			eds = append(eds, edit{S: dm.VS, E: dm.VE, New: append(nv, '"')})
 		}
@@ -220,6 +195,35 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 		return nil
 	}
 	return applyEdits(make([]byte, 0, len(resp)), resp, eds)
+}
+
+// kinesisConsume records one received record's checkpoint. With strip, it returns the data
+// without `_datadog` (nil when there was none to remove).
+func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, at time.Time, strip bool) []byte {
+	var parent pathway.Context
+	var out []byte
+	if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && bytes.Contains(t, []byte(ddAttr)) {
+		if dms, _, err := objectMembers(data, 0); err == nil {
+			for i := range dms {
+				if !dms[i].is(ddAttr) {
+					continue
+				}
+				parent = contextFromCarrier(data[dms[i].VS:dms[i].VE])
+				if strip {
+					out = applyEdits(make([]byte, 0, len(data)), data, []edit{removeLastAdded(data, dms, i)})
+				}
+			}
+		}
+	}
+	pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
+	if parent.IsZero() && !at.IsZero() {
+		// no context: time in the stream stands in for both latencies, as the tracers do
+		l := max(0, int64(c.now.Sub(at)))
+		pt.PathwayLatency, pt.EdgeLatency = l, l
+	}
+	p.stats.consumed.Add(1)
+	p.add(pt)
+	return out
 }
 
 // removeLastAdded deletes member i including the comma before it, the exact inverse of
@@ -241,9 +245,131 @@ func arrival(b []byte, m *member) time.Time {
 		return time.Time{}
 	}
 	f, err := strconv.ParseFloat(string(b[m.VS:m.VE]), 64)
-	if err != nil || f <= 0 || math.IsInf(f, 0) {
+	if err != nil {
 		return time.Time{}
+	}
+	return epoch(f)
+}
+
+// epoch converts epoch seconds, or milliseconds (CBOR clients use those), to a time.
+func epoch(f float64) time.Time {
+	if f <= 0 || math.IsInf(f, 0) || math.IsNaN(f) || f > 1e15 {
+		return time.Time{}
+	}
+	if f > 1e11 { // later than year 5138 in seconds: milliseconds
+		f /= 1000
 	}
 	sec, frac := math.Modf(f)
 	return time.Unix(int64(sec), int64(frac*1e9))
+}
+
+// kinesisCBOR reads a CBOR request (Java SDKs' default) for checkpoints; the bytes go upstream
+// and back unchanged, so no `_datadog` is injected into CBOR records.
+func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
+	switch c.op {
+	case "PutRecord", "PutRecords", "GetShardIterator", "GetRecords":
+	default:
+		return nil, nil, nil
+	}
+	v, err := cborDecode(c.body)
+	if err != nil {
+		return nil, nil, err
+	}
+	req, ok := v.(map[string]any)
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: request is a %T, not a map", errCBOR, v)
+	}
+	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
+	stream := str(req, "StreamName")
+	if stream == "" {
+		if arn := str(req, "StreamARN"); arn != "" {
+			stream = arn[strings.LastIndexByte(arn, '/')+1:]
+		}
+	}
+	decodeResp := func(resp []byte) map[string]any {
+		v, err := cborDecode(resp)
+		if err != nil {
+			p.stats.decodeErr.Add(1)
+			return nil
+		}
+		m, _ := v.(map[string]any)
+		return m
+	}
+	out := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKinesis, Topic: stream}
+	put := func(r map[string]any) pathway.Point {
+		data := cborBytes(r["Data"])
+		pt, _ := p.cp.Checkpoint(pathway.Context{}, c.svcName, out, int64(len(data)+len(str(r, "PartitionKey"))), c.now)
+		return pt
+	}
+	switch c.op {
+	case "PutRecord":
+		pt := put(req)
+		return nil, func([]byte) []byte { p.produced(c, pt); return nil }, nil
+	case "PutRecords":
+		recs, _ := req["Records"].([]any)
+		pts := make([]pathway.Point, 0, len(recs))
+		for _, r := range recs {
+			if m, ok := r.(map[string]any); ok {
+				pts = append(pts, put(m))
+			}
+		}
+		return nil, func(resp []byte) []byte {
+			rm := decodeResp(resp)
+			res, _ := rm["Records"].([]any)
+			for i, r := range res {
+				m, _ := r.(map[string]any)
+				if i >= len(pts) || m == nil {
+					break
+				}
+				if code := str(m, "ErrorCode"); code != "" {
+					p.reportFailedEntry(c, code, "record "+strconv.Itoa(i)+": "+str(m, "ErrorMessage"), false, 1)
+					continue
+				}
+				p.produced(c, pts[i])
+			}
+			return nil
+		}, nil
+	case "GetShardIterator":
+		return nil, func(resp []byte) []byte {
+			if it := str(decodeResp(resp), "ShardIterator"); it != "" && stream != "" {
+				p.iters.put(it, stream)
+			}
+			return nil
+		}, nil
+	}
+	if stream == "" {
+		stream, _ = p.iters.get(str(req, "ShardIterator"))
+	}
+	in := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKinesis, Topic: stream}
+	return nil, func(resp []byte) []byte {
+		rm := decodeResp(resp)
+		if it := str(rm, "NextShardIterator"); it != "" && stream != "" {
+			p.iters.put(it, stream)
+		}
+		recs, _ := rm["Records"].([]any)
+		for _, r := range recs {
+			m, _ := r.(map[string]any)
+			if m == nil {
+				continue
+			}
+			data := cborBytes(m["Data"])
+			f, _ := cborNumber(m["ApproximateArrivalTimestamp"])
+			p.kinesisConsume(c, in, data, str(m, "PartitionKey"), epoch(f), false)
+		}
+		return nil
+	}, nil
+}
+
+// cborBytes is a blob member: a byte string, or base64 text (kinesis-mock answers that way).
+func cborBytes(v any) []byte {
+	switch b := v.(type) {
+	case []byte:
+		return b
+	case string:
+		d, err := base64.StdEncoding.DecodeString(b)
+		if err == nil {
+			return d
+		}
+	}
+	return nil
 }

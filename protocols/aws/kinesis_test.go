@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -143,18 +142,145 @@ func testKinesis(t *testing.T, inject bool) {
 	}
 }
 
-// TestKinesisCBORRefused: Java SDKs default to CBOR; the proxy answers with an error that says
-// how to turn it off instead of forwarding what it cannot read.
-func TestKinesisCBORRefused(t *testing.T) {
-	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:1" })
-	req, _ := http.NewRequest(http.MethodPost, tp.url+"/", bytes.NewReader([]byte{0xbf, 0xff}))
-	req.Header.Set("Content-Type", "application/x-amz-cbor-1.1")
-	req.Header.Set("X-Amz-Target", "Kinesis_20131202.PutRecord")
+// cborEnc is a small CBOR encoder for the test's requests (the proxy itself only decodes).
+func cborEnc(dst []byte, v any, indefinite bool) []byte {
+	head := func(major byte, n uint64) {
+		switch {
+		case n < 24:
+			dst = append(dst, major<<5|byte(n))
+		case n < 1<<8:
+			dst = append(dst, major<<5|24, byte(n))
+		case n < 1<<16:
+			dst = append(dst, major<<5|25, byte(n>>8), byte(n))
+		default:
+			dst = append(dst, major<<5|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		}
+	}
+	switch x := v.(type) {
+	case string:
+		head(3, uint64(len(x)))
+		dst = append(dst, x...)
+	case []byte:
+		head(2, uint64(len(x)))
+		dst = append(dst, x...)
+	case int:
+		head(0, uint64(x))
+	case []any:
+		if indefinite {
+			dst = append(dst, 0x9f)
+		} else {
+			head(4, uint64(len(x)))
+		}
+		for _, e := range x {
+			dst = cborEnc(dst, e, indefinite)
+		}
+		if indefinite {
+			dst = append(dst, 0xff)
+		}
+	case map[string]any:
+		if indefinite {
+			dst = append(dst, 0xbf)
+		} else {
+			head(5, uint64(len(x)))
+		}
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sortStrings(keys)
+		for _, k := range keys {
+			dst = cborEnc(dst, k, indefinite)
+			dst = cborEnc(dst, x[k], indefinite)
+		}
+		if indefinite {
+			dst = append(dst, 0xff)
+		}
+	}
+	return dst
+}
+
+// cborCall sends a signed Kinesis CBOR request through the proxy, as Java SDKs do by default.
+func cborCall(t *testing.T, url, op string, req map[string]any, indefinite bool) map[string]any {
+	t.Helper()
+	body := cborEnc(nil, req, indefinite)
+	r, _ := http.NewRequest(http.MethodPost, url+"/", bytes.NewReader(body))
+	r.Header.Set("Content-Type", "application/x-amz-cbor-1.1")
+	r.Header.Set("X-Amz-Target", "Kinesis_20131202."+op)
 	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret}
-	if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, sha256Hex([]byte{0xbf, 0xff}), "kinesis", "us-east-1", time.Now()); err != nil {
+	if err := v4.NewSigner().SignHTTP(context.Background(), creds, r, sha256Hex(body), "kinesis", "us-east-1", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if st, _, body := do(t, req); st != 400 || !strings.Contains(body, "AWS_CBOR_DISABLE") {
-		t.Fatalf("CBOR request: %d %s", st, body)
+	st, _, resp := do(t, r)
+	if st != 200 {
+		t.Fatalf("CBOR %s: %d %q", op, st, resp)
+	}
+	v, err := cborDecode([]byte(resp))
+	if err != nil {
+		t.Fatalf("CBOR %s response: %v", op, err)
+	}
+	m, _ := v.(map[string]any)
+	return m
+}
+
+// TestKinesisCBOR: Java SDKs' default CBOR protocol passes through unchanged and still yields
+// produce and consume checkpoints, the stream followed through CBOR shard iterators.
+func TestKinesisCBOR(t *testing.T) {
+	up := kinesisPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kc := kinesisClient(tp.url)
+	stream := awssdk.String("javastream")
+	if _, err := kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: stream, ShardCount: awssdk.Int32(1)}); err != nil {
+		t.Fatal(err)
+	}
+	w := kinesis.NewStreamExistsWaiter(kc, func(o *kinesis.StreamExistsWaiterOptions) {
+		o.MinDelay = 100 * time.Millisecond
+		o.MaxDelay = time.Second
+	})
+	if err := w.Wait(ctx, &kinesis.DescribeStreamInput{StreamName: stream}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	cborCall(t, tp.url, "PutRecord", map[string]any{"StreamName": "javastream", "Data": []byte(`{"n":1}`), "PartitionKey": "p1"}, false)
+	pr := cborCall(t, tp.url, "PutRecords", map[string]any{"StreamName": "javastream", "Records": []any{
+		map[string]any{"Data": []byte{1, 2, 3}, "PartitionKey": "p2"}, map[string]any{"Data": []byte("x"), "PartitionKey": "p3"},
+	}}, true)
+	if n, _ := cborNumber(pr["FailedRecordCount"]); n != 0 {
+		t.Fatalf("PutRecords: %v", pr)
+	}
+	desc, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := cborCall(t, tp.url, "GetShardIterator", map[string]any{"StreamName": "javastream",
+		"ShardId": *desc.StreamDescription.Shards[0].ShardId, "ShardIteratorType": "TRIM_HORIZON"}, false)
+	var recs []any
+	next, _ := it["ShardIterator"].(string)
+	for len(recs) < 3 && ctx.Err() == nil {
+		gr := cborCall(t, tp.url, "GetRecords", map[string]any{"ShardIterator": next}, true)
+		rs, _ := gr["Records"].([]any)
+		recs = append(recs, rs...)
+		next, _ = gr["NextShardIterator"].(string)
+	}
+	if len(recs) != 3 {
+		t.Fatalf("got %d records, want 3", len(recs))
+	}
+	if d := cborBytes(recs[0].(map[string]any)["Data"]); string(d) != `{"n":1}` {
+		t.Errorf("first record data %q (record %#v)", d, recs[0])
+	}
+	prod := tp.rec.withTags("direction:out", "topic:javastream", "type:kinesis")
+	cons := tp.rec.withTags("direction:in", "topic:javastream", "type:kinesis")
+	if len(prod) != 3 || len(cons) != 3 {
+		t.Fatalf("%d produce and %d consume points over CBOR, want 3 and 3", len(prod), len(cons))
+	}
+	for _, c := range cons {
+		// the arrival time (epoch milliseconds here) stands in for both latencies; a unit mix-up
+		// would make them years long or zero
+		if c.PathwayLatency != c.EdgeLatency || c.PathwayLatency > int64(time.Hour) {
+			t.Errorf("CBOR consume latencies %d / %d", c.PathwayLatency, c.EdgeLatency)
+		}
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
 	}
 }

@@ -1,7 +1,9 @@
 // Package aws is dsmproxy's HTTP front for SQS, SNS and Kinesis: it verifies each client's SigV4
-// signature, recognises the service and operation, splices the DSM `_datadog` carrier into sent
-// messages (repairing the MD5s SDKs check), records produce and consume checkpoints, rewrites
-// queue URLs to point at itself, and re-signs every request with its own credentials.
+// signature, recognises the service and operation (SQS JSON and Query, SNS Query and JSON,
+// Kinesis JSON and CBOR), splices the DSM `_datadog` carrier into sent messages (repairing the
+// MD5s SDKs check), records produce and consume checkpoints, rewrites queue URLs to point at
+// itself, and re-signs every request with its own credentials. Queue URLs an application keeps in
+// its own configuration still name AWS's host and bypass the proxy.
 package aws
 
 import (
@@ -82,7 +84,8 @@ type Config struct {
 	// (default DefaultMaxMessageBytes).
 	MaxMessageBytes int
 	// KinesisInjectData splices `_datadog` into JSON-object record data (default off: analytics
-	// consumers read the data). GetRecords through the proxy removes it again.
+	// consumers read the data). GetRecords through the proxy removes it again. Requests in CBOR
+	// (Java SDKs' default) are checkpointed but never modified.
 	KinesisInjectData bool
 	// MaxShardIterators bounds the shard iterator -> stream map (default 100000).
 	MaxShardIterators int
@@ -354,7 +357,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.writeError(w, c, status, kinesisAuthCode(c, f.Code), f.Message)
 		return
 	}
-	if c.wire == wireCBOR {
+	if c.wire == wireCBOR && c.service != ServiceKinesis {
 		p.writeError(w, c, http.StatusBadRequest, "CborNotSupportedException",
 			"dsmproxy does not read the CBOR protocol; turn CBOR off in the client: AWS_CBOR_DISABLE=true (Java SDK v1), CBOR_ENABLED=false or -Daws.cborEnabled=false (Java SDK v2)")
 		return
@@ -621,6 +624,8 @@ func (p *Proxy) rewriteRequest(c *call) ([]byte, respFixer) {
 		body, fix, err = p.snsQuery(c)
 	case c.service == ServiceSNS:
 		body, fix, err = p.snsJSON(c)
+	case c.service == ServiceKinesis && c.wire == wireCBOR:
+		body, fix, err = p.kinesisCBOR(c)
 	case c.service == ServiceKinesis:
 		body, fix, err = p.kinesisJSON(c)
 	}
