@@ -39,6 +39,33 @@ func kinesisPeer(t testing.TB) *verifier {
 	return startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", plain))
 }
 
+// kinesisSetup starts kinesis-local behind the verifier and the proxy in front, and creates an
+// active one-shard stream through the proxy.
+func kinesisSetup(t *testing.T, stream string, mod func(*Config)) (*testProxy, *verifier, *kinesis.Client, context.Context) {
+	t.Helper()
+	up := kinesisPeer(t)
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream = up.URL()
+		if mod != nil {
+			mod(c)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	kc := kinesisClient(tp.url)
+	if _, err := kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: &stream, ShardCount: awssdk.Int32(1)}); err != nil {
+		t.Fatalf("CreateStream through proxy: %v", err)
+	}
+	w := kinesis.NewStreamExistsWaiter(kc, func(o *kinesis.StreamExistsWaiterOptions) {
+		o.MinDelay = 100 * time.Millisecond
+		o.MaxDelay = time.Second
+	})
+	if err := w.Wait(ctx, &kinesis.DescribeStreamInput{StreamName: &stream}, time.Minute); err != nil {
+		t.Fatalf("stream never became active: %v", err)
+	}
+	return tp, up, kc, ctx
+}
+
 func kinesisClient(endpoint string) *kinesis.Client {
 	return kinesis.New(kinesis.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(endpoint),
 		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: "clicks"})
@@ -51,22 +78,8 @@ func TestKinesisThroughProxy(t *testing.T) {
 }
 
 func testKinesis(t *testing.T, inject bool) {
-	up := kinesisPeer(t)
-	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.KinesisInjectData = inject })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	kc := kinesisClient(tp.url)
+	tp, up, kc, ctx := kinesisSetup(t, "clickstream", func(c *Config) { c.KinesisInjectData = inject })
 	stream := awssdk.String("clickstream")
-	if _, err := kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: stream, ShardCount: awssdk.Int32(1)}); err != nil {
-		t.Fatalf("CreateStream through proxy: %v", err)
-	}
-	w := kinesis.NewStreamExistsWaiter(kc, func(o *kinesis.StreamExistsWaiterOptions) {
-		o.MinDelay = 100 * time.Millisecond
-		o.MaxDelay = time.Second
-	})
-	if err := w.Wait(ctx, &kinesis.DescribeStreamInput{StreamName: stream}, time.Minute); err != nil {
-		t.Fatalf("stream never became active: %v", err)
-	}
 	jsonData := []byte(`{"user":"u1","n":1} ` + "\n")
 	binData := []byte{0xf3, 0x89, 0x9a, 0xc2, 0x00}
 	if _, err := kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: jsonData, PartitionKey: awssdk.String("u1")}); err != nil {
@@ -225,22 +238,8 @@ func cborCall(t *testing.T, url, op string, req map[string]any, indefinite bool)
 // TestKinesisCBOR: Java SDKs' default CBOR protocol passes through unchanged and still yields
 // produce and consume checkpoints, the stream followed through CBOR shard iterators.
 func TestKinesisCBOR(t *testing.T) {
-	up := kinesisPeer(t)
-	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	kc := kinesisClient(tp.url)
+	tp, up, kc, ctx := kinesisSetup(t, "javastream", nil)
 	stream := awssdk.String("javastream")
-	if _, err := kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: stream, ShardCount: awssdk.Int32(1)}); err != nil {
-		t.Fatal(err)
-	}
-	w := kinesis.NewStreamExistsWaiter(kc, func(o *kinesis.StreamExistsWaiterOptions) {
-		o.MinDelay = 100 * time.Millisecond
-		o.MaxDelay = time.Second
-	})
-	if err := w.Wait(ctx, &kinesis.DescribeStreamInput{StreamName: stream}, time.Minute); err != nil {
-		t.Fatal(err)
-	}
 	cborCall(t, tp.url, "PutRecord", map[string]any{"StreamName": "javastream", "Data": []byte(`{"n":1}`), "PartitionKey": "p1"}, false)
 	pr := cborCall(t, tp.url, "PutRecords", map[string]any{"StreamName": "javastream", "Records": []any{
 		map[string]any{"Data": []byte{1, 2, 3}, "PartitionKey": "p2"}, map[string]any{"Data": []byte("x"), "PartitionKey": "p3"},
