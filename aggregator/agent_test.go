@@ -209,9 +209,12 @@ func TestAgentDown(t *testing.T) {
 }
 
 // proxyTo makes addr serve what target serves (the Agent coming back on its old address).
-func proxyTo(t *testing.T, addr, target string) {
+func proxyTo(t *testing.T, addr, target string) { proxyOn(t, "tcp", addr, target) }
+
+// proxyOn serves target's answers on a tcp or unix listener.
+func proxyOn(t *testing.T, network, addr, target string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,40 +312,11 @@ func TestAgentURLFromEnv(t *testing.T) {
 func TestUnixSocket(t *testing.T) {
 	agent := agenttest.New(t)
 	sock := t.TempDir() + "/apm.socket"
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close()
-	proxyToUnix(t, sock, agent.URL())
+	proxyOn(t, "unix", sock, agent.URL())
 	clk := &fakeClock{t: t0}
 	a, f, _ := newPipeline(t, "unix://"+sock, clk, zerolog.Nop(), nil)
 	a.Add(pathway.Point{Service: "s", Hash: 7, Time: t0.UnixNano()})
 	clk.Add(10 * time.Second)
 	f.FlushNow(context.Background(), false)
 	agent.WaitFor(t, 10*time.Second, "a payload over the socket", func(a *agenttest.Agent) bool { return len(a.Points()) == 2 })
-}
-
-func proxyToUnix(t *testing.T, sock, target string) {
-	t.Helper()
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		req, _ := http.NewRequestWithContext(r.Context(), r.Method, target+r.URL.Path, r.Body)
-		req.Header = r.Header.Clone()
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		w.WriteHeader(resp.StatusCode)
-		var buf bytes.Buffer
-		_, _ = buf.ReadFrom(resp.Body)
-		_, _ = w.Write(buf.Bytes())
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close() })
 }

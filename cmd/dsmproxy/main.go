@@ -197,34 +197,33 @@ func (f *runFlags) loadConfig(lookup func(string) (string, bool)) (*Config, erro
 
 // apply overlays flags onto cfg.
 func (f *runFlags) apply(cfg *Config) error {
-	if len(f.kafka) > 0 {
-		cfg.Kafka = nil
-		for _, v := range f.kafka {
-			l, up, ok := strings.Cut(v, "=")
-			if !ok || l == "" || up == "" {
-				return fmt.Errorf("--kafka %q: want LISTEN=BOOTSTRAP, e.g. 127.0.0.1:19092=127.0.0.1:9092", v)
-			}
-			cfg.Kafka = append(cfg.Kafka, KafkaConfig{Listen: l, Bootstrap: strings.Split(up, ",")})
+	for _, l := range []struct {
+		flag, example string
+		vals          []string
+		set           func(listen, upstream string)
+		reset         func()
+	}{
+		{"--kafka", "LISTEN=BOOTSTRAP, e.g. 127.0.0.1:19092=127.0.0.1:9092", f.kafka,
+			func(l, up string) {
+				cfg.Kafka = append(cfg.Kafka, KafkaConfig{Listen: l, Bootstrap: strings.Split(up, ",")})
+			},
+			func() { cfg.Kafka = nil }},
+		{"--aws", "LISTEN=URL, e.g. 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com", f.aws,
+			func(l, up string) { cfg.AWS = append(cfg.AWS, AWSConfig{Listen: l, Upstream: up}) },
+			func() { cfg.AWS = nil }},
+		{"--amqp", "LISTEN=UPSTREAM, e.g. 127.0.0.1:5673=127.0.0.1:5672", f.amqp,
+			func(l, up string) { cfg.AMQP = append(cfg.AMQP, AMQPConfig{Listen: l, Upstream: up}) },
+			func() { cfg.AMQP = nil }},
+	} {
+		if len(l.vals) > 0 {
+			l.reset() // listener flags replace the file's listeners of that protocol
 		}
-	}
-	if len(f.aws) > 0 {
-		cfg.AWS = nil
-		for _, v := range f.aws {
-			l, up, ok := strings.Cut(v, "=")
-			if !ok || l == "" || up == "" {
-				return fmt.Errorf("--aws %q: want LISTEN=URL, e.g. 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com", v)
+		for _, v := range l.vals {
+			listen, up, ok := strings.Cut(v, "=")
+			if !ok || listen == "" || up == "" {
+				return fmt.Errorf("%s %q: want %s", l.flag, v, l.example)
 			}
-			cfg.AWS = append(cfg.AWS, AWSConfig{Listen: l, Upstream: up})
-		}
-	}
-	if len(f.amqp) > 0 {
-		cfg.AMQP = nil
-		for _, v := range f.amqp {
-			l, up, ok := strings.Cut(v, "=")
-			if !ok || l == "" || up == "" {
-				return fmt.Errorf("--amqp %q: want LISTEN=UPSTREAM, e.g. 127.0.0.1:5673=127.0.0.1:5672", v)
-			}
-			cfg.AMQP = append(cfg.AMQP, AMQPConfig{Listen: l, Upstream: up})
+			l.set(listen, up)
 		}
 	}
 	if f.admin != "" {
@@ -258,14 +257,19 @@ func (f *runFlags) apply(cfg *Config) error {
 	return nil
 }
 
-func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+// parseRunConfig parses run's flags (shared by check-config) into the effective configuration.
+func parseRunConfig(name string, args []string, stderr io.Writer) (*Config, error) {
 	var f runFlags
-	fs := newFlagSet("check-config", usageRun, stderr)
+	fs := newFlagSet(name, usageRun, stderr)
 	f.register(fs)
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return nil, err
 	}
-	cfg, err := f.loadConfig(os.LookupEnv)
+	return f.loadConfig(os.LookupEnv)
+}
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseRunConfig("check-config", args, stderr)
 	if err != nil {
 		return err
 	}

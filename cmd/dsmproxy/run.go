@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -35,13 +34,7 @@ func newCollector(cfg *Config, log zerolog.Logger) *errtrack.Collector {
 }
 
 func cmdRun(args []string, _, stderr io.Writer) error {
-	var f runFlags
-	fs := newFlagSet("run", usageRun, stderr)
-	f.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	cfg, err := f.loadConfig(os.LookupEnv)
+	cfg, err := parseRunConfig("run", args, stderr)
 	if err != nil {
 		return err
 	}
