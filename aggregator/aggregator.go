@@ -86,8 +86,10 @@ type Stats struct {
 	OpenBuckets    int
 }
 
-// groupKey: the pathway hash already covers service, env and edge tags (and the parent), so
-// hashing strings again per point is not needed; the parent is kept for clarity.
+// groupKey indexes groups by hashes only, so a point costs no string hashing. The pathway hash
+// covers service, env and the hashable edge tags; points that share it but differ in service or
+// in tags outside the hash (has_routing_key, partition...) are chained behind it (groupState.next),
+// which makes the group identity (service, hash, parent hash, edge tags).
 type groupKey struct {
 	hash, parentHash uint64
 }
@@ -110,11 +112,35 @@ type bucketKey struct {
 // bin indexes are computed once and added to both of its buckets.
 type groupState struct {
 	Group
-	pos [3]store.Store
+	pos  [3]store.Store
+	next *groupState // same hashes, other service or edge tags
+}
+
+func (g *groupState) matches(p *pathway.Point) bool {
+	return g.Hash == p.Hash && g.ParentHash == p.ParentHash && g.Service == p.Service && equalTags(g.EdgeTags, p.EdgeTags)
+}
+
+// equalTags compares tag slices; the checkpointer hands out one shared slice per edge, so the
+// common case is the same backing array.
+func equalTags(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 type bucket struct {
 	groups   map[groupKey]*groupState
+	last     *groupState // the last group hit: points of one edge tend to come in runs
+	n        int         // groups, chained ones included
 	backlogs map[offsetKey]int64
 }
 
@@ -123,7 +149,8 @@ type bucket struct {
 type Aggregator struct {
 	cfg     Config
 	width   int64
-	points  chan pathway.Point
+	points  *pointQueue
+	spare   []pathway.Point // the consumer's empty slice to swap into a shard; guarded by mu
 	offsets chan pathway.Offset
 	flushQ  chan flushReq
 	stop    chan struct{}
@@ -140,6 +167,10 @@ type Aggregator struct {
 		b   *bucket
 	}
 	mapping mapping.IndexMapping
+	// The last value and bin index per sketch (pathway latency, edge latency, size): sizes and
+	// zero latencies repeat, and a logarithm is the largest cost of a point.
+	lastVal [3]float64
+	lastIdx [3]int
 }
 
 // New returns an Aggregator; Start begins aggregating.
@@ -157,30 +188,31 @@ func New(cfg Config) *Aggregator {
 	if err != nil {
 		panic("aggregator: sketch mapping: " + err.Error()) // constants: cannot happen
 	}
+	q := newPointQueue(cfg.QueueSize)
 	return &Aggregator{
 		cfg:     cfg,
 		width:   int64(cfg.BucketDuration),
-		points:  make(chan pathway.Point, cfg.QueueSize),
+		points:  q,
+		spare:   make([]pathway.Point, 0, q.shards[0].limit),
 		offsets: make(chan pathway.Offset, cfg.QueueSize),
 		flushQ:  make(chan flushReq),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		buckets: make(map[bucketKey]*bucket),
 		mapping: m,
+		lastVal: [3]float64{-1, -1, -1},
 	}
 }
 
 // Add queues a point. It never blocks: when the queue is full the point is dropped, counted, and
 // Add returns false.
 func (a *Aggregator) Add(p pathway.Point) bool {
-	select {
-	case a.points <- p:
+	if a.points.push(&p) {
 		a.nPoints.Add(1)
 		return true
-	default:
-		a.nPointsDropped.Add(1)
-		return false
 	}
+	a.nPointsDropped.Add(1)
+	return false
 }
 
 // Offset queues a Kafka offset (produce, commit or high watermark); the bucket keeps the highest
@@ -211,36 +243,30 @@ func (a *Aggregator) Close() {
 	}
 	if !a.started.Swap(true) {
 		close(a.done)
-		a.drain(-1)
+		a.drain()
 		return
 	}
 	close(a.stop)
 	<-a.done
 }
 
-// batch bounds how many items one lock acquisition folds in, so Flush never waits long.
-const batch = 512
-
 func (a *Aggregator) loop() {
 	defer close(a.done)
 	for {
 		select {
-		case p := <-a.points:
-			a.mu.Lock()
-			a.addPoint(&p)
-			a.drainLocked(batch)
-			a.mu.Unlock()
+		case <-a.points.notify:
+			a.drain()
 		case o := <-a.offsets:
 			a.mu.Lock()
 			a.addOffset(&o)
-			a.drainLocked(batch)
+			a.drainLocked()
 			a.mu.Unlock()
 		case r := <-a.flushQ:
 			// Served here, in order, so a point this goroutine already took off the queue is
 			// folded in before the flush, never after it.
 			r.reply <- a.flushInline(r.now, r.final)
 		case <-a.stop:
-			a.drain(-1)
+			a.drain()
 			return
 		}
 	}
@@ -252,18 +278,24 @@ type flushReq struct {
 	reply chan []Bucket
 }
 
-// drain folds in up to n queued items (all when n < 0) under the lock.
-func (a *Aggregator) drain(n int) {
+// drain folds in everything queued.
+func (a *Aggregator) drain() {
 	a.mu.Lock()
-	a.drainLocked(n)
+	a.drainLocked()
 	a.mu.Unlock()
 }
 
-func (a *Aggregator) drainLocked(n int) {
-	for i := 0; n < 0 || i < n; i++ {
+func (a *Aggregator) drainLocked() {
+	for i := range a.points.shards {
+		batch := a.points.take(i, a.spare)
+		for j := range batch {
+			a.addPoint(&batch[j])
+		}
+		clear(batch) // drop the references to services and tags until the slice is reused
+		a.spare = batch
+	}
+	for {
 		select {
-		case p := <-a.points:
-			a.addPoint(&p)
 		case o := <-a.offsets:
 			a.addOffset(&o)
 		default:
@@ -304,38 +336,66 @@ func (a *Aggregator) newSketch() (*ddsketch.DDSketch, store.Store) {
 	return ddsketch.NewDDSketch(a.mapping, pos, store.NewDenseStore()), pos
 }
 
+// noIndex marks a value the sketch's own Add must handle (zero, or outside the indexable range).
+const noIndex = -1 << 31
+
 func (a *Aggregator) addPoint(p *pathway.Point) {
 	a.nAggregated.Add(1)
 	vals := [3]float64{float64(max(p.PathwayLatency, 0)) / 1e9, float64(max(p.EdgeLatency, 0)) / 1e9, float64(max(p.PayloadSize, 0))}
 	var idx [3]int
 	for i, v := range vals {
-		idx[i] = -1 << 31 // zero or out of range: the sketch's own Add handles it
+		if v == a.lastVal[i] {
+			idx[i] = a.lastIdx[i]
+			continue
+		}
+		idx[i] = noIndex
 		if v > a.mapping.MinIndexableValue() && v <= a.mapping.MaxIndexableValue() {
 			idx[i] = a.mapping.Index(v)
 		}
+		a.lastVal[i], a.lastIdx[i] = v, idx[i]
 	}
 	a.addToBucket(a.bucketFor(p.Time, false), p, &vals, &idx)
 	a.addToBucket(a.bucketFor(p.OriginTime(), true), p, &vals, &idx)
 }
 
 func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, idx *[3]int) {
-	k := groupKey{hash: p.Hash, parentHash: p.ParentHash}
-	g := b.groups[k]
-	if g == nil {
-		g = &groupState{Group: Group{Service: p.Service, EdgeTags: p.EdgeTags, Hash: p.Hash, ParentHash: p.ParentHash}}
-		g.PathwayLatency, g.pos[0] = a.newSketch()
-		g.EdgeLatency, g.pos[1] = a.newSketch()
-		g.PayloadSize, g.pos[2] = a.newSketch()
-		b.groups[k] = g
+	g := b.last
+	if g == nil || !g.matches(p) {
+		g = a.group(b, p)
+		b.last = g
 	}
-	sk := [3]*ddsketch.DDSketch{g.PathwayLatency, g.EdgeLatency, g.PayloadSize}
 	for i := range idx {
-		if idx[i] != -1<<31 {
+		if idx[i] != noIndex {
 			g.pos[i].Add(idx[i])
-		} else {
-			_ = sk[i].Add(vals[i]) // non-negative and finite: zero count or an error we cannot get
+			continue
+		}
+		sk := g.PathwayLatency
+		switch i {
+		case 1:
+			sk = g.EdgeLatency
+		case 2:
+			sk = g.PayloadSize
+		}
+		_ = sk.Add(vals[i]) // non-negative and finite: zero count or an error we cannot get
+	}
+}
+
+// group finds or creates p's group in b.
+func (a *Aggregator) group(b *bucket, p *pathway.Point) *groupState {
+	k := groupKey{hash: p.Hash, parentHash: p.ParentHash}
+	head := b.groups[k]
+	for g := head; g != nil; g = g.next {
+		if g.matches(p) {
+			return g
 		}
 	}
+	g := &groupState{Group: Group{Service: p.Service, EdgeTags: p.EdgeTags, Hash: p.Hash, ParentHash: p.ParentHash}, next: head}
+	g.PathwayLatency, g.pos[0] = a.newSketch()
+	g.EdgeLatency, g.pos[1] = a.newSketch()
+	g.PayloadSize, g.pos[2] = a.newSketch()
+	b.groups[k] = g
+	b.n++
+	return g
 }
 
 func (a *Aggregator) addOffset(o *pathway.Offset) {
@@ -374,7 +434,7 @@ func (a *Aggregator) Flush(now time.Time, final bool) []Bucket {
 func (a *Aggregator) flushInline(now time.Time, final bool) []Bucket {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.drainLocked(-1)
+	a.drainLocked()
 	n := now.UnixNano()
 	var out []Bucket
 	for k, b := range a.buckets {
@@ -399,9 +459,11 @@ func (b *bucket) export(k bucketKey, width int64) Bucket {
 		typ = Origin
 	}
 	out := Bucket{Start: time.Unix(0, k.start), Duration: time.Duration(width), TimestampType: typ,
-		Groups: make([]Group, 0, len(b.groups))}
-	for _, g := range b.groups {
-		out.Groups = append(out.Groups, g.Group)
+		Groups: make([]Group, 0, b.n)}
+	for _, head := range b.groups {
+		for g := head; g != nil; g = g.next {
+			out.Groups = append(out.Groups, g.Group)
+		}
 	}
 	for k, v := range b.backlogs {
 		o := pathway.Offset{Kind: k.kind, Group: k.group, Topic: k.topic, Partition: k.partition, ClusterID: k.cluster}

@@ -3,6 +3,7 @@ package aggregator
 import (
 	"encoding/hex"
 	"math"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -144,6 +145,64 @@ func TestConcurrentAdd(t *testing.T) {
 	t.Logf("refused while full (then retried): %d", st.PointsDropped)
 }
 
+// TestConcurrentAddUpToBound: with the consumer stopped, 16 goroutines filling the queue exactly
+// to its bound get every point accepted (wherever their shards are), and the next is refused.
+func TestConcurrentAddUpToBound(t *testing.T) {
+	const workers, per = 16, 1000
+	a := New(Config{QueueSize: workers * per})
+	var wg sync.WaitGroup
+	var refused sync.Map
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := point("svc", uint64(w), 0, t0, 0, time.Millisecond, 10)
+			for i := range per {
+				if !a.Add(p) {
+					refused.Store(w*per+i, true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	refused.Range(func(k, _ any) bool { t.Errorf("point %v refused below the bound", k); return true })
+	if a.Add(point("svc", 99, 0, t0, 0, 0, 1)) {
+		t.Error("Add beyond the bound accepted")
+	}
+	a.Close()
+	var n float64
+	for _, b := range a.Flush(t0, true) {
+		if b.TimestampType == Current {
+			for _, g := range b.Groups {
+				n += g.EdgeLatency.GetCount()
+			}
+		}
+	}
+	if st := a.Stats(); n != workers*per || st.PointsDropped != 1 {
+		t.Fatalf("aggregated %v, stats %+v; want %d and one drop", n, st, workers*per)
+	}
+}
+
+// TestSameHashOtherTags: points sharing hashes but not edge tags (a tag outside the hash) or
+// service stay separate groups.
+func TestSameHashOtherTags(t *testing.T) {
+	a := New(Config{})
+	a.Add(point("s", 1, 0, t0, 0, 0, 1, "exchange:x", "has_routing_key:true"))
+	a.Add(point("s", 1, 0, t0, 0, 0, 1, "exchange:x", "has_routing_key:false"))
+	a.Add(point("s", 1, 0, t0, 0, 0, 1, "exchange:x", "has_routing_key:true"))
+	a.Add(point("t", 1, 0, t0, 0, 0, 1, "exchange:x", "has_routing_key:true"))
+	a.Close()
+	gs := a.Flush(t0, true)[0].Groups
+	if len(gs) != 3 {
+		t.Fatalf("%d groups, want 3: %+v", len(gs), gs)
+	}
+	for i, want := range []float64{1, 2, 1} {
+		if c := gs[i].EdgeLatency.GetCount(); c != want {
+			t.Errorf("group %d (%s %v): %v points, want %v", i, gs[i].Service, gs[i].EdgeTags, c, want)
+		}
+	}
+}
+
 // TestDropWhenFull: with no consumer, Add refuses beyond the bound without blocking and counts it.
 func TestDropWhenFull(t *testing.T) {
 	a := New(Config{QueueSize: 8})
@@ -179,7 +238,8 @@ func TestNegativeValuesClamp(t *testing.T) {
 	}
 }
 
-// BenchmarkAdd: the data path's cost of a checkpoint hand-off (consumer running).
+// BenchmarkAdd: the data path's cost of handing a checkpoint over (consumer running). When the
+// consumer cannot keep up, the queue fills and Add takes its drop path: dropped/op says how often.
 func BenchmarkAdd(b *testing.B) {
 	a := New(Config{QueueSize: 1 << 16})
 	a.Start()
@@ -188,11 +248,37 @@ func BenchmarkAdd(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
+		p.EdgeLatency = int64(i % 1000000)
 		a.Add(p)
 	}
 	b.StopTimer()
 	st := a.Stats()
 	b.ReportMetric(float64(st.PointsDropped)/float64(b.N), "dropped/op")
+}
+
+// BenchmarkAddSustained: every point is accepted and aggregated (a refused Add yields to the
+// consumer and retries), so ns/op is the end-to-end cost of a point, hand-off plus aggregation;
+// with -cpu 1 producer and consumer share one core.
+func BenchmarkAddSustained(b *testing.B) {
+	a := New(Config{QueueSize: 1 << 16})
+	a.Start()
+	p := point("svc", 1, 2, t0, time.Millisecond, time.Millisecond, 100, "direction:out", "topic:t", "type:kafka")
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		p.EdgeLatency = int64(i % 1000000)
+		for !a.Add(p) {
+			runtime.Gosched()
+		}
+	}
+	a.Close() // waits until everything queued is aggregated
+	el := time.Since(start)
+	b.StopTimer()
+	if st := a.Stats(); st.Aggregated != uint64(b.N) {
+		b.Fatalf("aggregated %d of %d", st.Aggregated, b.N)
+	}
+	b.ReportMetric(float64(b.N)/el.Seconds(), "points/s")
 }
 
 // BenchmarkAggregate: the consumer's cost per point (two buckets, six sketch inserts).
@@ -205,4 +291,29 @@ func BenchmarkAggregate(b *testing.B) {
 		p.EdgeLatency = int64(i % 1000000)
 		a.addPoint(&p)
 	}
+}
+
+// BenchmarkAddParallel: many data-path goroutines handing points over at once, every point
+// accepted and aggregated (refusals yield and retry).
+func BenchmarkAddParallel(b *testing.B) {
+	a := New(Config{QueueSize: 1 << 16})
+	a.Start()
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		p := point("svc", 1, 2, t0, time.Millisecond, time.Millisecond, 100, "direction:out", "topic:t", "type:kafka")
+		i := 0
+		for pb.Next() {
+			i++
+			p.EdgeLatency = int64(i % 1000000)
+			for !a.Add(p) {
+				runtime.Gosched()
+			}
+		}
+	})
+	a.Close()
+	el := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/el.Seconds(), "points/s")
 }

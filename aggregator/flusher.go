@@ -69,7 +69,7 @@ func sortBuckets(bs []Bucket) {
 
 func sortGroups(gs []Group) {
 	slices.SortFunc(gs, func(a, b Group) int {
-		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Hash, b.Hash), cmp.Compare(a.ParentHash, b.ParentHash))
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Hash, b.Hash), cmp.Compare(a.ParentHash, b.ParentHash), slices.Compare(a.EdgeTags, b.EdgeTags))
 	})
 }
 

@@ -1,0 +1,111 @@
+package aggregator
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// pointQueue is the bounded hand-off from the data path to the aggregating goroutine: a few
+// mutex-protected slices (shards) so that goroutines adding at once rarely meet on one lock, and
+// the consumer takes a whole shard per lock by swapping slices instead of receiving point by point.
+// A channel costs a lock on both sides of every point and bounced between cores under load.
+type pointQueue struct {
+	shards []shard
+	// notify has room for one signal: a push into an empty shard leaves one, so the consumer
+	// wakes at least once after every push and sleeps while nothing is queued.
+	notify chan struct{}
+}
+
+type shard struct {
+	mu    sync.Mutex
+	buf   []pathway.Point
+	n     atomic.Int32 // len(buf), readable without the lock
+	limit int
+	_     [64]byte // keep neighbouring shards' locks off one cache line
+}
+
+func newPointQueue(size int) *pointQueue {
+	n := 1
+	for n < 2*runtime.GOMAXPROCS(0) && n < 64 {
+		n *= 2
+	}
+	n = min(n, size)
+	q := &pointQueue{shards: make([]shard, n), notify: make(chan struct{}, 1)}
+	for i := range q.shards {
+		q.shards[i].limit = size / n
+		if i < size%n {
+			q.shards[i].limit++
+		}
+		// Allocated up front, like a channel's buffer: pushing never allocates.
+		q.shards[i].buf = make([]pathway.Point, 0, q.shards[i].limit)
+	}
+	return q
+}
+
+// push queues p, or reports false when every shard is full. It never blocks on a full queue.
+func (q *pointQueue) push(p *pathway.Point) bool {
+	n := len(q.shards)
+	// The address of a local variable tells goroutines apart (each has its own stack, at least
+	// 8 KiB, so the bits above 13 differ) without any shared counter to contend on.
+	var here byte
+	h := uintptr(unsafe.Pointer(&here)) >> 13
+	start := int((uint64(h) * 0x9E3779B97F4A7C15 >> 32) % uint64(n))
+	// First pass: any shard whose lock is free, starting with this goroutine's own. Second pass:
+	// wait for the locks, so a point is refused only when every shard is full. Full shards are
+	// skipped without locking, which keeps refusing cheap when the consumer is behind.
+	for pass := 0; pass < 2; pass++ {
+		for i := 0; i < n; i++ {
+			s := &q.shards[(start+i)%n]
+			if int(s.n.Load()) >= s.limit {
+				continue
+			}
+			if pass == 0 {
+				if !s.mu.TryLock() {
+					continue
+				}
+			} else {
+				s.mu.Lock()
+			}
+			if q.putUnlock(s, p) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// putUnlock appends p to the locked shard s if it has room, unlocks it, and wakes the consumer
+// when s was empty.
+func (q *pointQueue) putUnlock(s *shard, p *pathway.Point) bool {
+	if len(s.buf) >= s.limit {
+		s.mu.Unlock()
+		return false
+	}
+	s.buf = append(s.buf, *p)
+	s.n.Store(int32(len(s.buf)))
+	wake := len(s.buf) == 1
+	s.mu.Unlock()
+	if wake {
+		select {
+		case q.notify <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// take swaps shard i's points with spare (emptied) and returns them; the caller hands the
+// returned slice back as the next spare, so steady state allocates nothing.
+func (q *pointQueue) take(i int, spare []pathway.Point) []pathway.Point {
+	s := &q.shards[i]
+	s.mu.Lock()
+	out := s.buf
+	s.buf = spare[:0]
+	s.n.Store(0)
+	s.mu.Unlock()
+	return out
+}
