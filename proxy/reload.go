@@ -30,6 +30,10 @@ func ReloadOnSIGHUP(ctx context.Context, log zerolog.Logger, reloaders ...*CertR
 
 // ReloadAll reloads each reloader and logs the outcome; it returns how many failed.
 func ReloadAll(log zerolog.Logger, reloaders ...*CertReloader) int {
+	if len(reloaders) == 0 {
+		log.Info().Msg("SIGHUP: no TLS certificates configured, nothing to reload")
+		return 0
+	}
 	failed := 0
 	for _, r := range reloaders {
 		f := r.Files()

@@ -150,9 +150,8 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	for _, f := range rt.fronts {
 		reloaders = append(reloaders, f.reloaders...)
 	}
-	if len(reloaders) > 0 {
-		proxy.ReloadOnSIGHUP(bg, log, reloaders...)
-	}
+	// Always taken: SIGHUP's default action would end the process.
+	proxy.ReloadOnSIGHUP(bg, log, reloaders...)
 	rt.admin = newAdmin(rt.fronts)
 	rt.admin.Handle("GET /errors", rt.errs.View())
 	if !cfg.adminOff() {

@@ -186,6 +186,11 @@ kafka:
 	if len(recs) != 1 || len(recs[0].Headers) != 1 || recs[0].Headers[0].Key != "dd-pathway-ctx-base64" {
 		t.Fatalf("consumed %+v; want the record with one dd-pathway-ctx-base64 header", recs)
 	}
+	// SIGHUP reloads TLS (none here) and must not end the process.
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	logs.field(t, "SIGHUP: no TLS certificates configured, nothing to reload", "", "level")
 	// The consumer's connections stay open across SIGTERM; the drain closes them.
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
