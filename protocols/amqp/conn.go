@@ -1,0 +1,660 @@
+package amqp
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+	"github.com/rs/zerolog"
+)
+
+const bufSize = 64 << 10
+
+// What the next content header on a channel belongs to.
+const (
+	contentNone = iota
+	contentPublish
+	contentDeliver
+	contentGetOk
+	contentReturn
+)
+
+// session is one client connection and its upstream. The client-to-broker goroutine owns pub, the
+// broker-to-client goroutine owns del; state both directions need sits in shared under mu.
+type session struct {
+	p    *Proxy
+	c    *proxy.Conn
+	log  zerolog.Logger
+	addr netip.Addr
+
+	service  atomic.Pointer[string]
+	draining atomic.Bool
+	frameMax uint32 // from Connection.TuneOk; client goroutine only
+
+	pub map[uint16]*pubState
+	del map[uint16]*delState
+
+	mu     sync.Mutex
+	shared map[uint16]*chanShared
+
+	out []byte // rewritten frames (client goroutine)
+	val []byte // header value (client goroutine)
+}
+
+// pubState is a channel's publish side.
+type pubState struct {
+	awaiting     bool // a Basic.Publish was read; its content header comes next
+	exchange, rk []byte
+	edge         *pathway.Edge // edge of exchange/rk, rebuilt only when they change
+}
+
+// delState is a channel's delivery side.
+type delState struct {
+	awaiting int
+	queue    string
+	edge     *pathway.Edge
+}
+
+type pendingConsume struct{ queue, tag string }
+
+// chanShared is channel state learned in one direction and used in the other.
+type chanShared struct {
+	consumers    map[string]string // consumer tag -> queue
+	pending      []pendingConsume  // Basic.Consume waiting for its ConsumeOk
+	lastDeclared string
+	getQueue     string
+	lastPub      *pathway.Edge
+}
+
+// ServeConn implements proxy.Handler.
+func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
+	p.stats.conns.Add(1)
+	s := &session{p: p, c: c, log: c.Log, pub: map[uint16]*pubState{}, del: map[uint16]*delState{}, shared: map[uint16]*chanShared{}}
+	if ap, err := netip.ParseAddrPort(c.Client.RemoteAddr().String()); err == nil {
+		s.addr = ap.Addr().Unmap()
+	}
+	s.setService("", "")
+	return s.serve(ctx)
+}
+
+func (s *session) setService(connName, user string) {
+	svc := s.p.cfg.Services.Service(proxy.Identity{Protocol: "amqp", ClientID: connName, User: user, Addr: s.addr, Described: connName})
+	old := s.service.Swap(&svc)
+	if old != nil && *old != svc {
+		s.log.Info().Str("connection_name", connName).Str("user", user).Str("service", svc).Msg("amqp client identified")
+	}
+}
+
+func (s *session) serve(ctx context.Context) error {
+	cr := bufio.NewReaderSize(s.c.Client, bufSize)
+	var hdr [8]byte
+	if _, err := io.ReadFull(cr, hdr[:]); err != nil {
+		return fmt.Errorf("amqp protocol header: %w", err)
+	}
+	if hdr != protocolHeader {
+		// A 0-9-1 server answers any other protocol header with the one it speaks and closes.
+		s.p.stats.refused.Add(1)
+		s.log.Warn().Hex("header", hdr[:]).Msg("client opened with a protocol other than AMQP 0-9-1; refused")
+		s.c.Client.Write(protocolHeader[:])
+		return nil
+	}
+	if _, err := s.c.Upstream.Write(hdr[:]); err != nil {
+		return fmt.Errorf("amqp protocol header to %s: %w", s.c.Upstream.RemoteAddr(), err)
+	}
+	down := make(chan error, 1)
+	go func() {
+		err := s.fromBroker(bufio.NewReaderSize(s.c.Upstream, bufSize), bufio.NewWriterSize(s.c.Client, bufSize))
+		// The broker ended: the client must see the connection end too.
+		s.c.Client.Close()
+		down <- err
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-s.c.Draining():
+			// Wake the client reader; it closes at the next safe frame boundary.
+			s.draining.Store(true)
+			s.c.Client.SetReadDeadline(time.Now())
+		case <-ctx.Done():
+			s.c.Client.Close()
+		case <-stop:
+		}
+	}()
+	err := s.fromClient(cr, bufio.NewWriterSize(s.c.Upstream, bufSize))
+	s.c.Upstream.Close()
+	derr := <-down
+	if errors.Is(err, errDrained) {
+		s.log.Debug().Msg("amqp connection closed for proxy shutdown")
+		return nil
+	}
+	if quiet(err) {
+		if quiet(derr) {
+			return nil
+		}
+		return fmt.Errorf("amqp from broker %s: %w", s.c.Upstream.RemoteAddr(), derr)
+	}
+	return fmt.Errorf("amqp from client: %w", err)
+}
+
+func quiet(err error) bool {
+	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// errDrained ends a connection the proxy closed for a graceful shutdown.
+var errDrained = errors.New("closed for proxy shutdown")
+
+// pump reads frames from r and hands each non-body frame that fits MaxFrameBytes to handle, which
+// forwards it to w; body frames and oversized frames are streamed through. Before a read could
+// block, what is buffered for w is flushed, so frames are batched only while more are waiting.
+// When safe is non-nil and the proxy drains, pump returns errDrained at the first frame boundary
+// where safe says no message is half through.
+func (s *session) pump(r *bufio.Reader, w *bufio.Writer, safe func() bool, handle func(ch uint16, f frame) error, skipped func(ch uint16, typ byte)) error {
+	fr := &frameReader{r: r, max: s.p.cfg.MaxFrameBytes}
+	if safe != nil {
+		fr.again = s.wakeUp
+	}
+	for {
+		if r.Buffered() < 7 {
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if safe != nil && s.draining.Load() && r.Buffered() == 0 && safe() {
+				return errDrained
+			}
+		}
+		typ, ch, size, err := fr.header()
+		if err != nil {
+			if safe != nil && s.wakeUp(err) {
+				continue
+			}
+			w.Flush()
+			return err
+		}
+		switch {
+		case typ == frameBody:
+			err = fr.copyFrame(w, size)
+		case int64(size) > int64(fr.max):
+			s.p.decodeError("frame", fmt.Errorf("%d-byte frame of type %d on channel %d exceeds MaxFrameBytes %d; relayed unread", size, typ, ch, fr.max))
+			skipped(ch, typ)
+			err = fr.copyFrame(w, size)
+		default:
+			if r.Buffered() < int(size)+frameOverhead {
+				if err := w.Flush(); err != nil {
+					return err
+				}
+			}
+			var f frame
+			if f, err = fr.read(size); err == nil {
+				err = handle(ch, f)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// wakeUp reports whether err is the deadline the drain watcher set to wake a blocked read; it
+// clears the deadline so reading goes on.
+func (s *session) wakeUp(err error) bool {
+	if !s.draining.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	s.c.Client.SetReadDeadline(time.Time{})
+	return true
+}
+
+// fromClient relays client frames to the broker, splicing published content headers.
+func (s *session) fromClient(r *bufio.Reader, w *bufio.Writer) error {
+	safe := func() bool {
+		for _, ps := range s.pub {
+			if ps.awaiting {
+				return false
+			}
+		}
+		return true
+	}
+	skipped := func(ch uint16, typ byte) {
+		if ps := s.pub[ch]; ps != nil && typ == frameHeader {
+			ps.awaiting = false
+		}
+	}
+	return s.pump(r, w, safe, func(ch uint16, f frame) error {
+		out := f.Raw
+		switch f.Type {
+		case frameMethod:
+			s.clientMethod(f)
+		case frameHeader:
+			if ps := s.pub[ch]; ps != nil && ps.awaiting {
+				ps.awaiting = false
+				out = s.publishHeader(ps, f)
+			}
+		}
+		_, err := w.Write(out)
+		return err
+	}, skipped)
+}
+
+// fromBroker relays broker frames to the client, observing deliveries after forwarding them.
+func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
+	skipped := func(ch uint16, typ byte) {
+		if ds := s.del[ch]; ds != nil && typ == frameHeader {
+			ds.awaiting = contentNone
+		}
+	}
+	return s.pump(r, w, nil, func(ch uint16, f frame) error {
+		if _, err := w.Write(f.Raw); err != nil {
+			return err
+		}
+		switch f.Type {
+		case frameMethod:
+			s.brokerMethod(f)
+		case frameHeader:
+			if ds := s.del[ch]; ds != nil && ds.awaiting != contentNone {
+				s.deliveredHeader(ds, f)
+				ds.awaiting = contentNone
+			}
+		}
+		return nil
+	}, skipped)
+}
+
+func (s *session) pubState(ch uint16) *pubState {
+	ps := s.pub[ch]
+	if ps == nil {
+		ps = &pubState{}
+		s.pub[ch] = ps
+	}
+	return ps
+}
+
+func (s *session) delState(ch uint16) *delState {
+	ds := s.del[ch]
+	if ds == nil {
+		ds = &delState{}
+		s.del[ch] = ds
+	}
+	return ds
+}
+
+// sharedLocked returns channel ch's shared state; s.mu is held.
+func (s *session) sharedLocked(ch uint16) *chanShared {
+	cs := s.shared[ch]
+	if cs == nil {
+		cs = &chanShared{consumers: map[string]string{}}
+		s.shared[ch] = cs
+	}
+	return cs
+}
+
+// resetChannel forgets everything about ch (Channel.Open, Close, CloseOk).
+func (s *session) resetShared(ch uint16) {
+	s.mu.Lock()
+	delete(s.shared, ch)
+	s.mu.Unlock()
+}
+
+func (s *session) clientMethod(f frame) {
+	m, a, err := methodArgs(f.Payload)
+	if err != nil {
+		s.p.decodeError("client method", err)
+		return
+	}
+	switch m {
+	case basicPublish:
+		a.u16()
+		ex, rk := a.short(), a.short()
+		if a.err != nil {
+			s.p.decodeError("Basic.Publish", a.err)
+			return
+		}
+		ps := s.pubState(f.Channel)
+		ps.awaiting = true
+		if ps.edge == nil || !bytes.Equal(ex, ps.exchange) || !bytes.Equal(rk, ps.rk) {
+			ps.exchange = append(ps.exchange[:0], ex...)
+			ps.rk = append(ps.rk[:0], rk...)
+			ps.edge = publishEdge(string(ex), string(rk))
+			s.mu.Lock()
+			s.sharedLocked(f.Channel).lastPub = ps.edge
+			s.mu.Unlock()
+		}
+	case basicConsume:
+		a.u16()
+		q, tag := string(a.short()), string(a.short())
+		bits := a.u8()
+		if a.err != nil {
+			s.p.decodeError("Basic.Consume", a.err)
+			return
+		}
+		s.mu.Lock()
+		cs := s.sharedLocked(f.Channel)
+		if q == "" {
+			q = cs.lastDeclared
+		}
+		if bits&0x08 != 0 { // nowait: no ConsumeOk, the client's tag is final
+			s.addConsumerLocked(cs, tag, q)
+		} else if len(cs.pending) < s.p.cfg.MaxConsumers {
+			cs.pending = append(cs.pending, pendingConsume{queue: q, tag: tag})
+		}
+		s.mu.Unlock()
+	case basicGet:
+		a.u16()
+		q := string(a.short())
+		if a.err != nil {
+			s.p.decodeError("Basic.Get", a.err)
+			return
+		}
+		s.mu.Lock()
+		cs := s.sharedLocked(f.Channel)
+		if q == "" {
+			q = cs.lastDeclared
+		}
+		cs.getQueue = q
+		s.mu.Unlock()
+	case basicCancel, basicCancOk:
+		tag := a.short()
+		s.mu.Lock()
+		if cs := s.shared[f.Channel]; cs != nil {
+			delete(cs.consumers, string(tag))
+		}
+		s.mu.Unlock()
+	case connStartOk:
+		props := a.table()
+		mech, resp := a.short(), a.long()
+		if a.err != nil {
+			s.p.decodeError("Connection.StartOk", a.err)
+			return
+		}
+		name, _ := tableString(props, "connection_name")
+		s.setService(string(name), saslUser(mech, resp))
+	case connTuneOk:
+		a.u16()
+		fm := a.u32()
+		if a.err != nil {
+			s.p.decodeError("Connection.TuneOk", a.err)
+			return
+		}
+		s.frameMax = fm
+	case chanOpen, chanClose, chanCloseOk:
+		delete(s.pub, f.Channel)
+		s.resetShared(f.Channel)
+		if m == chanClose {
+			if c := a.closeArgs(); a.err == nil && c.Code != 200 {
+				s.errorClose("client", m, f.Channel, c)
+			}
+		}
+	case connClose:
+		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
+			s.errorClose("client", m, 0, c)
+		}
+	}
+}
+
+func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
+	if len(cs.consumers) >= s.p.cfg.MaxConsumers {
+		clear(cs.consumers)
+	}
+	cs.consumers[tag] = queue
+}
+
+func (s *session) brokerMethod(f frame) {
+	m, a, err := methodArgs(f.Payload)
+	if err != nil {
+		s.p.decodeError("broker method", err)
+		return
+	}
+	switch m {
+	case basicDeliver:
+		tag := a.short()
+		if a.err != nil {
+			s.p.decodeError("Basic.Deliver", a.err)
+			return
+		}
+		ds := s.delState(f.Channel)
+		ds.awaiting = contentDeliver
+		s.mu.Lock()
+		q, ok := "", false
+		if cs := s.shared[f.Channel]; cs != nil {
+			q, ok = cs.consumers[string(tag)]
+		}
+		s.mu.Unlock()
+		if !ok {
+			s.p.stats.unknownQueue.Add(1)
+		}
+		ds.setQueue(q)
+	case basicGetOk:
+		ds := s.delState(f.Channel)
+		ds.awaiting = contentGetOk
+		s.mu.Lock()
+		q := ""
+		if cs := s.shared[f.Channel]; cs != nil {
+			q = cs.getQueue
+		}
+		s.mu.Unlock()
+		ds.setQueue(q)
+	case basicReturn:
+		s.delState(f.Channel).awaiting = contentReturn
+		code, text := a.u16(), a.short()
+		ex, rk := a.short(), a.short()
+		if a.err != nil {
+			s.p.decodeError("Basic.Return", a.err)
+			return
+		}
+		s.p.stats.returns.Add(1)
+		s.p.errs.Report(errtrack.Event{
+			Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
+			Code: int32(code), Name: replyName(code), Message: "returned by the broker: " + string(text),
+			Service: *s.service.Load(), Edge: *publishEdge(string(ex), string(rk)), Partition: -1, Messages: 1,
+		})
+	case basicNack:
+		tag := a.u64()
+		multiple := a.u8()&1 != 0
+		s.p.stats.nacks.Add(1)
+		s.mu.Lock()
+		var edge pathway.Edge
+		if cs := s.shared[f.Channel]; cs != nil && cs.lastPub != nil {
+			edge = *cs.lastPub
+		}
+		s.mu.Unlock()
+		edge.Type = pathway.TypeRabbitMQ
+		msg := fmt.Sprintf("publish nacked by the broker (delivery tag %d, multiple %t); edge is the channel's latest publish", tag, multiple)
+		s.p.errs.Report(errtrack.Event{
+			Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
+			Name: "NACK", Message: msg, Service: *s.service.Load(), Edge: edge, Partition: -1, Messages: 1,
+		})
+	case basicConsOk:
+		tag := string(a.short())
+		s.mu.Lock()
+		if cs := s.shared[f.Channel]; cs != nil && len(cs.pending) > 0 {
+			// One synchronous request per channel at a time: the oldest pending Consume is answered.
+			pc := cs.pending[0]
+			cs.pending = cs.pending[1:]
+			s.addConsumerLocked(cs, tag, pc.queue)
+		}
+		s.mu.Unlock()
+	case basicCancel, basicCancOk:
+		tag := a.short()
+		s.mu.Lock()
+		if cs := s.shared[f.Channel]; cs != nil {
+			delete(cs.consumers, string(tag))
+		}
+		s.mu.Unlock()
+	case queueDeclOk:
+		q := string(a.short())
+		if a.err == nil {
+			s.mu.Lock()
+			s.sharedLocked(f.Channel).lastDeclared = q
+			s.mu.Unlock()
+		}
+	case chanClose, chanCloseOk, chanOpen:
+		var edge *pathway.Edge
+		if m == chanClose {
+			s.mu.Lock()
+			if cs := s.shared[f.Channel]; cs != nil {
+				edge = cs.lastPub
+			}
+			s.mu.Unlock()
+		}
+		delete(s.del, f.Channel)
+		s.resetShared(f.Channel)
+		if m == chanClose {
+			if c := a.closeArgs(); a.err == nil && c.Code != 200 {
+				s.errorCloseEdge("broker", m, f.Channel, c, edge)
+			}
+		}
+	case connClose:
+		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
+			s.errorClose("broker", m, 0, c)
+		}
+	}
+}
+
+func (ds *delState) setQueue(q string) {
+	if ds.edge == nil || q != ds.queue {
+		ds.queue = q
+		ds.edge = &pathway.Edge{Direction: pathway.In, Type: pathway.TypeRabbitMQ, Topic: q}
+	}
+}
+
+// publishEdge is the edge of a publish: the routing key names the queue on the default exchange,
+// a named exchange is the edge otherwise (the tags Python and Java tracers write).
+func publishEdge(exchange, rk string) *pathway.Edge {
+	e := &pathway.Edge{Direction: pathway.Out, Type: pathway.TypeRabbitMQ}
+	if exchange == "" {
+		e.Topic = rk
+		return e
+	}
+	e.Exchange = exchange
+	e.HasRoutingKey = pathway.RoutingKeyFalse
+	if rk != "" {
+		e.HasRoutingKey = pathway.RoutingKeyTrue
+	}
+	return e
+}
+
+// saslUser is the user name in a PLAIN ("\x00user\x00pass") or AMQPLAIN (LOGIN in a table) response.
+func saslUser(mech, resp []byte) string {
+	switch string(mech) {
+	case "PLAIN":
+		parts := bytes.SplitN(resp, []byte{0}, 3)
+		if len(parts) == 3 {
+			return string(parts[1])
+		}
+	case "AMQPLAIN":
+		if u, ok := tableString(resp, "LOGIN"); ok {
+			return string(u)
+		}
+	}
+	return ""
+}
+
+// publishHeader checkpoints a published message and returns the frame to forward: the content
+// header with the pathway entry spliced in, or the original when it cannot or must not change.
+func (s *session) publishHeader(ps *pubState, f frame) []byte {
+	p := s.p
+	p.stats.published.Add(1)
+	h, err := parseContentHeader(f.Payload)
+	if err != nil {
+		p.decodeError("Basic.Publish content header", err)
+		return f.Raw
+	}
+	service := *s.service.Load()
+	var parent pathway.Context
+	if h.CtxEnd != 0 {
+		p.stats.existing.Add(1)
+		if p.respect {
+			return f.Raw
+		}
+		parent, _ = pathway.DecodeBase64(h.Ctx)
+	}
+	now := p.now()
+	pt, ctx := p.cp.Checkpoint(parent, service, *ps.edge, int64(h.BodySize)+int64(h.TableBytes()), now)
+	p.addPoint(pt)
+	s.val = ctx.AppendBase64(s.val[:0])
+	n := splicedLen(f.Payload, &h, len(s.val))
+	if s.frameMax != 0 && uint64(n)+frameOverhead > uint64(s.frameMax) {
+		p.stats.frameMax.Add(1)
+		p.errs.Report(errtrack.Event{
+			Time: now, Category: errtrack.ProxySkip, Protocol: "amqp", Operation: "Basic.Publish", Name: "frame_max",
+			Message: fmt.Sprintf("content header of %d bytes with the pathway header would exceed frame_max %d; forwarded unmodified", n+frameOverhead, s.frameMax),
+			Service: service, Edge: *ps.edge, Partition: -1, Messages: 1,
+		})
+		return f.Raw
+	}
+	out := append(s.out[:0], frameHeader, f.Raw[1], f.Raw[2], 0, 0, 0, 0)
+	out = spliceHeader(out, f.Payload, &h, s.val)
+	binary.BigEndian.PutUint32(out[3:], uint32(len(out)-7))
+	out = append(out, frameEnd)
+	s.out = out
+	p.stats.injected.Add(1)
+	return out
+}
+
+// deliveredHeader checkpoints a delivered message (Deliver or GetOk) with the context it carries.
+func (s *session) deliveredHeader(ds *delState, f frame) {
+	if ds.awaiting == contentReturn {
+		return
+	}
+	p := s.p
+	h, err := parseContentHeader(f.Payload)
+	if err != nil {
+		p.decodeError("Basic.Deliver content header", err)
+		return
+	}
+	var parent pathway.Context
+	if h.Ctx != nil {
+		parent, _ = pathway.DecodeBase64(h.Ctx)
+	}
+	pt, _ := p.cp.Checkpoint(parent, *s.service.Load(), *ds.edge, int64(h.BodySize)+int64(h.TableBytes()), p.now())
+	p.stats.consumed.Add(1)
+	p.addPoint(pt)
+}
+
+func (s *session) errorClose(side string, m methodID, ch uint16, c closeArgs) {
+	s.errorCloseEdge(side, m, ch, c, nil)
+}
+
+// errorCloseEdge reports a Channel.Close or Connection.Close with an error code; edge is the
+// channel's latest publish when the failed method was a publish.
+func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs, edge *pathway.Edge) {
+	s.p.stats.errorCloses.Add(1)
+	ev := errtrack.Event{
+		Time: s.p.now(), Category: errtrack.BrokerError, Protocol: "amqp", Operation: methodName(c.Method),
+		Code: int32(c.Code), Name: replyName(c.Code),
+		Message:   fmt.Sprintf("%s sent %s on channel %d: %s", side, methodName(m), ch, c.Text),
+		Service:   *s.service.Load(),
+		Edge:      pathway.Edge{Type: pathway.TypeRabbitMQ},
+		Partition: -1,
+	}
+	if c.Method == 0 {
+		ev.Operation = methodName(m)
+	}
+	if edge != nil && c.Method == basicPublish {
+		ev.Edge = *edge
+		ev.Messages = 1
+	}
+	s.p.errs.Report(ev)
+}
+
+// decodeError reports a frame the proxy relayed without understanding it.
+func (p *Proxy) decodeError(what string, err error) {
+	p.stats.decodeErrors.Add(1)
+	p.errs.Report(errtrack.Event{
+		Time: p.now(), Category: errtrack.DecodeError, Protocol: "amqp", Operation: what,
+		Name: "undecodable", Message: err.Error(), Partition: -1,
+	})
+}

@@ -1,0 +1,270 @@
+package amqp
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/aggregator"
+	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+func consumeN(t *testing.T, ch *amqp091.Channel, q string, n int) []amqp091.Delivery {
+	t.Helper()
+	ds, err := ch.Consume(q, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []amqp091.Delivery
+	for len(out) < n {
+		select {
+		case d := <-ds:
+			out = append(out, d)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d delivered from %s", len(out), n, q)
+		}
+	}
+	return out
+}
+
+// TestFrameMaxSkipsInjection: with frame_max 4096, a message whose content header would outgrow
+// the frame goes through unmodified (the broker would close the connection otherwise), and the
+// stream stays in step for the next message, which gets its header.
+func TestFrameMaxSkipsInjection(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "big-headers", 4096)
+	q := declareQueue(t, c, unique("framemax"))
+	ch := channel(t, c)
+	pad := strings.Repeat("p", 4040) // payload 27+4040: fits 4096 alone, not with the 55-byte entry
+	ctx := context.Background()
+	if err := ch.PublishWithContext(ctx, "", q, false, false, amqp091.Publishing{Headers: amqp091.Table{"pad": pad}, Body: []byte("big")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.PublishWithContext(ctx, "", q, false, false, amqp091.Publishing{Body: []byte("small")}); err != nil {
+		t.Fatal(err)
+	}
+	ds := consumeN(t, ch, q, 2)
+	big, small := ds[0], ds[1]
+	if string(big.Body) != "big" || big.Headers["pad"] != pad || big.Headers[pathway.HeaderKey] != nil {
+		t.Errorf("oversized message changed: body %q, %d headers", big.Body, len(big.Headers))
+	}
+	if string(small.Body) != "small" || small.Headers[pathway.HeaderKey] == nil {
+		t.Errorf("next message: body %q headers %v", small.Body, small.Headers)
+	}
+	if st := h.p.Stats(); st.SkippedFrameMax != 1 || st.Injected != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	var found bool
+	for _, e := range h.errs.events() {
+		found = found || e.Name == "frame_max"
+	}
+	if !found {
+		t.Errorf("no frame_max skip event: %+v", h.errs.events())
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("connection after the skipped message: %v", err)
+	}
+}
+
+// TestEmptyQueueNamesAndNowait: Consume and Get with an empty queue name mean the queue last
+// declared on the channel (here server-named), and a nowait Consume keeps the client's tag.
+func TestEmptyQueueNamesAndNowait(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "nowait", 0)
+	ch := channel(t, c)
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, b := range []string{"one", "two"} {
+		if err := ch.PublishWithContext(ctx, "", q.Name, false, false, amqp091.Publishing{Body: []byte(b)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "two messages queued", func() bool {
+		qi, err := ch.QueueDeclarePassive(q.Name, false, true, true, false, nil)
+		return err == nil && qi.Messages == 2
+	})
+	if d, ok, err := ch.Get("", true); err != nil || !ok || string(d.Body) != "one" {
+		t.Fatalf("Get(\"\"): %q %v %v", d.Body, ok, err)
+	}
+	ds, err := ch.Consume("", "my-tag", true, false, false, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-ds:
+		if string(d.Body) != "two" {
+			t.Errorf("consumed %q", d.Body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("nothing consumed")
+	}
+	waitFor(t, "two consume points", func() bool { return len(with(h.rec.points(), "direction:in")) == 2 })
+	if got := with(h.rec.points(), "direction:in", "topic:"+q.Name); len(got) != 2 {
+		t.Errorf("consume points on %s: %d of %v", q.Name, len(got), h.rec.points())
+	}
+	if st := h.p.Stats(); st.UnknownQueue != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestChannelErrorReported: a publish to a missing exchange closes the channel with 404; the
+// event names the exchange and the failed method.
+func TestChannelErrorReported(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "errors", 0)
+	ch := channel(t, c)
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	missing := unique("no-such-exchange")
+	ch.PublishWithContext(context.Background(), missing, "k", false, false, amqp091.Publishing{Body: []byte("x")})
+	select {
+	case e := <-closed:
+		if e == nil || e.Code != 404 {
+			t.Fatalf("channel close %v", e)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("channel not closed")
+	}
+	waitFor(t, "NOT_FOUND event", func() bool {
+		for _, e := range h.errs.events() {
+			if e.Name == "NOT_FOUND" && e.Code == 404 && e.Operation == "Basic.Publish" && e.Edge.Exchange == missing {
+				return true
+			}
+		}
+		return false
+	})
+	// The connection still works.
+	ch2 := channel(t, c)
+	if _, err := ch2.QueueDeclare("", false, true, true, false, nil); err != nil {
+		t.Errorf("after channel error: %v", err)
+	}
+}
+
+// TestOtherProtocolHeaderRefused: AMQP 1.0 (and anything but 0-9-1) gets the 0-9-1 header back
+// and the connection closes, as RabbitMQ itself answers.
+func TestOtherProtocolHeaderRefused(t *testing.T) {
+	h := startProxy(t, nil)
+	for _, hdr := range []string{"AMQP\x00\x01\x00\x00", "AMQP\x03\x01\x00\x00", "GET / HT"} {
+		c, err := net.Dial("tcp", h.p.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(hdr))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(got) != string(protocolHeader[:]) {
+			t.Errorf("%q: answered %q, %v", hdr, got, err)
+		}
+	}
+	if st := h.p.Stats(); st.RefusedProtocol != 3 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestShutdownClosesIdleConnection: Shutdown drains a connected idle client without waiting for
+// its context to end.
+func TestShutdownClosesIdleConnection(t *testing.T) {
+	needRabbit(t)
+	p, err := New(Config{Listen: "127.0.0.1:0", Upstream: rabbitAddr, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c, err := amqp091.Dial("amqp://guest:guest@" + p.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := c.NotifyClose(make(chan *amqp091.Error, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("client not told its connection ended")
+	}
+}
+
+// tee hands points to the recorder and the aggregator.
+type tee struct {
+	rec *recorder
+	agg *aggregator.Aggregator
+}
+
+func (t tee) Add(p pathway.Point) bool     { t.rec.Add(p); return t.agg.Add(p) }
+func (t tee) Offset(o pathway.Offset) bool { return t.agg.Offset(o) }
+
+// TestDSMThroughAgent: publish and consume through the proxy reach the (strictly decoding) fake
+// Datadog Agent through the real aggregator and flusher, chained, with their services and tags.
+func TestDSMThroughAgent(t *testing.T) {
+	agent := agenttest.New(t)
+	agg := aggregator.New(aggregator.Config{Env: "test", DefaultService: "dsmproxy"})
+	agg.Start()
+	t.Cleanup(agg.Close)
+	sink, err := aggregator.NewAgentSink(aggregator.AgentConfig{URL: agent.URL(), Env: "test", TracerVersion: "dsmproxy-test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flusher := aggregator.NewFlusher(agg, 10*time.Second, zerolog.Nop(), sink)
+	rec := &recorder{}
+	h := startProxy(t, func(c *Config) { c.Observer = tee{rec, agg} })
+	pub, con := dial(t, h.url, "orders-api", 0), dial(t, h.url, "billing", 0)
+	q := declareQueue(t, pub, unique("dsm-agent"))
+	ex := unique("dsm-agent-x")
+	declareExchange(t, pub, ex, "direct", q, "rk")
+	ch := channel(t, pub)
+	for _, b := range []string{"a", "b", "c"} {
+		if err := ch.PublishWithContext(context.Background(), ex, "rk", false, false, amqp091.Publishing{Body: []byte(b)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cch := channel(t, con)
+	ds, err := cch.Consume(q, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		select {
+		case <-ds:
+		case <-time.After(30 * time.Second):
+			t.Fatal("not consumed")
+		}
+	}
+	waitFor(t, "three consume points", func() bool { return len(with(rec.points(), "direction:in")) == 3 })
+	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	flusher.FlushNow(fctx, true)
+	outTags := []string{"direction:out", "exchange:" + ex, "has_routing_key:true", "type:rabbitmq"}
+	inTags := []string{"direction:in", "topic:" + q, "type:rabbitmq"}
+	agent.WaitFor(t, 30*time.Second, "AMQP publish and consume points", func(a *agenttest.Agent) bool {
+		pts := a.Points()
+		return len(agenttest.PointsWith(pts, "current", outTags...)) > 0 && len(agenttest.PointsWith(pts, "current", inTags...)) > 0
+	})
+	pts := agent.Points()
+	out, in := agenttest.PointsWith(pts, "current", outTags...), agenttest.PointsWith(pts, "current", inTags...)
+	if len(out) != 1 || len(in) != 1 {
+		t.Fatalf("%d publish and %d consume points at the Agent, want one each", len(out), len(in))
+	}
+	if out[0].Service != "orders-api" || in[0].Service != "billing" {
+		t.Errorf("services %q -> %q", out[0].Service, in[0].Service)
+	}
+	if in[0].ParentHash != out[0].Hash || out[0].ParentHash != 0 {
+		t.Errorf("consume parent %x, publish hash %x (parent %x)", in[0].ParentHash, out[0].Hash, out[0].ParentHash)
+	}
+	if out[0].Count() != 3 || in[0].Count() != 3 {
+		t.Errorf("counts %v / %v", out[0].Count(), in[0].Count())
+	}
+}

@@ -1,0 +1,120 @@
+package amqp
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// nodeDir holds the amqplib peer; its node_modules is installed by the test when missing.
+var nodeDir = filepath.Join("..", "..", "testdata", "amqp", "node")
+
+// needNode installs amqplib (npm) for the peer script, failing with what CI must provide.
+func needNode(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"node", "npm"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed: the AMQP tests drive RabbitMQ with Node's amqplib too (CI: apt-get install -y nodejs npm)", tool)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(nodeDir, "node_modules", "amqplib")); err == nil {
+		return
+	}
+	cmd := exec.Command("npm", "install", "--no-audit", "--no-fund")
+	cmd.Dir = nodeDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("npm install in %s: %v\n%s", nodeDir, err, out)
+	}
+}
+
+type nodeMsg struct {
+	Via         string         `json:"via"`
+	Body        string         `json:"body"`
+	DeliveryTag uint64         `json:"deliveryTag"`
+	Properties  map[string]any `json:"properties"`
+	Confirms    []string       `json:"confirms"`
+}
+
+func runNodePeer(t *testing.T, url, q, gq string) []nodeMsg {
+	t.Helper()
+	cmd := exec.Command("node", "peer.js", url, q, gq)
+	cmd.Dir = nodeDir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node peer: %v\n%s", err, stderr.String())
+	}
+	var msgs []nodeMsg
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		var m nodeMsg
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("node peer output %q: %v", sc.Text(), err)
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs
+}
+
+// TestAmqplibThroughProxy: Node's amqplib publishes with confirms, consumes and gets through the
+// proxy; it receives what it receives directly plus the pathway header, and DSM chains.
+func TestAmqplibThroughProxy(t *testing.T) {
+	needNode(t)
+	h := startProxy(t, nil)
+	c := dial(t, directURL, "setup", 0)
+	run := func(url string) []nodeMsg {
+		return runNodePeer(t, url, declareQueue(t, c, unique("node-q")), declareQueue(t, c, unique("node-g")))
+	}
+	direct, prox := run(directURL), run(h.url)
+	if len(direct) != 4 || len(prox) != 4 {
+		t.Fatalf("node peer printed %d lines direct, %d through the proxy, want 4", len(direct), len(prox))
+	}
+	for i := range direct {
+		d, p := direct[i], prox[i]
+		if d.Properties != nil {
+			hd, _ := d.Properties["headers"].(map[string]any)
+			hp, _ := p.Properties["headers"].(map[string]any)
+			if _, ok := hd[pathway.HeaderKey]; ok {
+				t.Errorf("%s: direct delivery has a pathway header", d.Body)
+			}
+			v, _ := hp[pathway.HeaderKey].(string)
+			if _, err := pathway.DecodeBase64String(v); err != nil {
+				t.Errorf("%s: pathway header %q through the proxy: %v", p.Body, v, err)
+			}
+			delete(hp, pathway.HeaderKey)
+			if len(hp) == 0 && hd == nil {
+				// amqplib reports an absent table as undefined; the proxy added one.
+				delete(p.Properties, "headers")
+				delete(d.Properties, "headers")
+			}
+		}
+		if !reflect.DeepEqual(d, p) {
+			t.Errorf("line %d differs:\ndirect %+v\nproxy  %+v", i, d, p)
+		}
+	}
+	pts := h.rec.points()
+	outs, ins := with(pts, "direction:out"), with(pts, "direction:in")
+	if len(outs) != 3 || len(ins) != 3 {
+		t.Fatalf("%d publish and %d consume points, want 3 each", len(outs), len(ins))
+	}
+	hashes := map[uint64]bool{}
+	for _, p := range outs {
+		hashes[p.Hash] = true
+		if p.Service != "node-peer" {
+			t.Errorf("publish service %q, want the amqplib connection_name", p.Service)
+		}
+	}
+	for _, p := range ins {
+		if !hashes[p.ParentHash] {
+			t.Errorf("consume point %v does not chain to a publish", p.EdgeTags)
+		}
+	}
+}

@@ -1,0 +1,218 @@
+// Package amqp is dsmproxy's AMQP 0-9-1 (RabbitMQ) proxy: it splits the frame stream of each
+// connection, splices the DSM pathway header into the content header of every Basic.Publish, and
+// checkpoints every Basic.Deliver and Basic.GetOk with the queue it came from, reporting returns,
+// nacks and error closes. Every other byte is relayed as it came.
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// Observer receives checkpoints (and, for the interface's sake, offsets, which AMQP has none of).
+// Both calls must not block (false = dropped); the aggregator implements it.
+type Observer interface {
+	Add(pathway.Point) bool
+	Offset(pathway.Offset) bool
+}
+
+// DefaultMaxFrameBytes bounds a method or content-header frame the proxy reads into memory. Body
+// frames are streamed and never held whole; a larger non-body frame is relayed unread.
+const DefaultMaxFrameBytes = 1 << 20
+
+// Config configures one AMQP front.
+type Config struct {
+	// Listen is the client-facing address, e.g. 127.0.0.1:15672.
+	Listen string
+	// Upstream is the broker's host:port.
+	Upstream string
+	// MaxFrameBytes: see DefaultMaxFrameBytes.
+	MaxFrameBytes int
+	// RespectExistingContext (default true when nil): a published message that already carries
+	// dd-pathway-ctx-base64 is left alone and gets no produce checkpoint.
+	RespectExistingContext *bool
+
+	Env          string
+	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)
+	Observer     Observer              // nil = checkpoints are computed and dropped
+	Errors       errtrack.Reporter     // nil = errtrack.Discard
+	Services     *proxy.Services
+	Clock        func() time.Time // default time.Now
+	Log          zerolog.Logger
+
+	// Listener is the listener template: TLS toward clients (amqps), Dial (TLS toward the broker),
+	// MaxConns, timeouts. Protocol, Addr and Upstream are set from the fields above.
+	Listener proxy.ListenerConfig
+
+	// MaxConsumers bounds the consumer tags remembered per channel (default 4096).
+	MaxConsumers int
+}
+
+// Stats are the proxy's counters.
+type Stats struct {
+	Connections     uint64 // client connections served
+	Published       uint64 // Basic.Publish content headers seen
+	Injected        uint64 // published messages that got a pathway header
+	ExistingContext uint64 // published messages that already carried one
+	SkippedFrameMax uint64 // published messages left alone because the header would exceed frame_max
+	Consumed        uint64 // Basic.Deliver and Basic.GetOk messages checkpointed
+	UnknownQueue    uint64 // deliveries whose consumer tag matched no known consume (checkpointed without topic)
+	DecodeErrors    uint64 // frames relayed without being understood
+	Returns         uint64 // Basic.Return from the broker
+	Nacks           uint64 // Basic.Nack from the broker
+	ErrorCloses     uint64 // Channel.Close or Connection.Close with an error code
+	PointsDropped   uint64 // Observer.Add returned false
+	RefusedProtocol uint64 // clients that opened with another protocol header
+}
+
+type counters struct {
+	conns, published, injected, existing, frameMax, consumed, unknownQueue, decodeErrors,
+	returns, nacks, errorCloses, dropped, refused atomic.Uint64
+}
+
+// Proxy is one AMQP front: one listener, one upstream broker.
+type Proxy struct {
+	cfg     Config
+	log     zerolog.Logger
+	now     func() time.Time
+	cp      *pathway.Checkpointer
+	obs     Observer
+	errs    errtrack.Reporter
+	respect bool
+	stats   counters
+
+	mu      sync.Mutex
+	ln      *proxy.Listener
+	closed  bool
+	serveWG sync.WaitGroup
+}
+
+// New validates cfg and returns a Proxy; Start binds it.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Upstream == "" {
+		return nil, errors.New("amqp: Upstream: the broker address is required")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Upstream); err != nil {
+		return nil, fmt.Errorf("amqp: Upstream %q: %w", cfg.Upstream, err)
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
+	}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger()}
+	if p.cfg.MaxFrameBytes <= 0 {
+		p.cfg.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if p.cfg.MaxConsumers <= 0 {
+		p.cfg.MaxConsumers = 4096
+	}
+	p.now = cfg.Clock
+	if p.now == nil {
+		p.now = time.Now
+	}
+	p.cp = cfg.Checkpointer
+	if p.cp == nil {
+		p.cp = pathway.NewCheckpointer(cfg.Env, 0)
+	}
+	p.obs = cfg.Observer
+	if p.obs == nil {
+		p.obs = discardObserver{}
+	}
+	p.errs = cfg.Errors
+	if p.errs == nil {
+		p.errs = errtrack.Discard{}
+	}
+	p.respect = cfg.RespectExistingContext == nil || *cfg.RespectExistingContext
+	return p, nil
+}
+
+type discardObserver struct{}
+
+func (discardObserver) Add(pathway.Point) bool     { return true }
+func (discardObserver) Offset(pathway.Offset) bool { return true }
+
+// Start binds the listener and serves it in the background until Shutdown.
+func (p *Proxy) Start(ctx context.Context) error {
+	lc := p.cfg.Listener
+	lc.Protocol = "amqp"
+	lc.Addr = p.cfg.Listen
+	lc.Upstream = p.cfg.Upstream
+	ln, err := proxy.Listen(lc, p, p.log)
+	if err != nil {
+		return fmt.Errorf("amqp: %w", err)
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		ln.Close()
+		return errors.New("amqp: Start after Shutdown")
+	}
+	p.ln = ln
+	p.mu.Unlock()
+	p.serveWG.Add(1)
+	go func() {
+		defer p.serveWG.Done()
+		if err := ln.Serve(ctx); err != nil && !errors.Is(err, proxy.ErrClosed) {
+			p.log.Error().Err(err).Msg("amqp listener stopped")
+		}
+	}()
+	p.log.Info().Str("listen", ln.Addr().String()).Str("upstream", p.cfg.Upstream).Msg("amqp proxy listening")
+	return nil
+}
+
+// Addr is the listener's address (nil before Start).
+func (p *Proxy) Addr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln == nil {
+		return nil
+	}
+	return p.ln.Addr()
+}
+
+// Shutdown stops accepting and asks every connection to drain: each one closes at the first frame
+// boundary where no published message is half through the proxy, or when ctx ends.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	ln := p.ln
+	p.mu.Unlock()
+	if ln == nil {
+		return nil
+	}
+	err := ln.Shutdown(ctx)
+	p.serveWG.Wait()
+	return err
+}
+
+// Stats returns a snapshot of the counters.
+func (p *Proxy) Stats() Stats {
+	s := &p.stats
+	return Stats{
+		Connections: s.conns.Load(), Published: s.published.Load(), Injected: s.injected.Load(),
+		ExistingContext: s.existing.Load(), SkippedFrameMax: s.frameMax.Load(), Consumed: s.consumed.Load(),
+		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
+		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
+		RefusedProtocol: s.refused.Load(),
+	}
+}
+
+func (p *Proxy) addPoint(pt pathway.Point) {
+	if !p.obs.Add(pt) {
+		p.stats.dropped.Add(1)
+	}
+}
