@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -32,8 +34,19 @@ const (
 	maxBackoff             = 2 * time.Second
 )
 
+// DefaultAgentSocket is the Agent's unix socket the tracers use when nothing is configured and
+// the socket exists (dsm-protocol.md 6).
+const DefaultAgentSocket = "/var/run/datadog/apm.socket"
+
+// socketExists is replaced in tests.
+var socketExists = func(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().Type() == fs.ModeSocket
+}
+
 // AgentURLFromEnv resolves the Agent URL the way the tracers do: DD_TRACE_AGENT_URL, else
-// DD_AGENT_HOST / DD_TRACE_AGENT_PORT, else DefaultAgentURL.
+// DD_AGENT_HOST / DD_TRACE_AGENT_PORT, else the default socket when it exists, else
+// DefaultAgentURL.
 func AgentURLFromEnv(getenv func(string) string) (string, error) {
 	if u := getenv("DD_TRACE_AGENT_URL"); u != "" {
 		if _, _, err := parseAgentURL(u); err != nil {
@@ -43,6 +56,9 @@ func AgentURLFromEnv(getenv func(string) string) (string, error) {
 	}
 	h, p := getenv("DD_AGENT_HOST"), getenv("DD_TRACE_AGENT_PORT")
 	if h == "" && p == "" {
+		if socketExists(DefaultAgentSocket) {
+			return "unix://" + DefaultAgentSocket, nil
+		}
 		return DefaultAgentURL, nil
 	}
 	if h == "" {
@@ -249,7 +265,8 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 			return err
 		}
 		s.failed.Add(1)
-		if attempt >= s.cfg.Retries || ctx.Err() != nil {
+		// Retries stay inside the flush's deadline (the interval): the next flush retries anyway.
+		if dl, ok := ctx.Deadline(); attempt >= s.cfg.Retries || ctx.Err() != nil || ok && time.Until(dl) < wait {
 			s.warnOnce("down", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
 				"the Agent cannot be reached; DSM payloads wait (bounded) and are retried every flush")
 			return err

@@ -43,7 +43,11 @@ func (f *Flusher) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			f.FlushNow(ctx, false)
+			// A slow or unreachable Agent must not push the next flush back: sinks get one
+			// interval, and what they could not send waits for the next tick.
+			fctx, cancel := context.WithTimeout(ctx, f.interval)
+			f.FlushNow(fctx, false)
+			cancel()
 		}
 	}
 }

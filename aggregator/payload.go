@@ -86,8 +86,12 @@ func buildPayloads(meta payloadMeta, buckets []Bucket) []statsPayload {
 		}
 		for _, g := range b.Groups {
 			s := sb(g.Service)
+			tags := g.EdgeTags
+			if tags == nil {
+				tags = []string{} // an empty array, as the Go tracer's msgp writes, not nil
+			}
 			s.Stats = append(s.Stats, statsPoint{
-				EdgeTags: g.EdgeTags, Hash: g.Hash, ParentHash: g.ParentHash,
+				EdgeTags: tags, Hash: g.Hash, ParentHash: g.ParentHash,
 				PathwayLatency: encodeSketch(g.PathwayLatency), EdgeLatency: encodeSketch(g.EdgeLatency),
 				PayloadSize: encodeSketch(g.PayloadSize), TimestampType: string(b.TimestampType),
 			})

@@ -36,6 +36,10 @@ func Info404() Option { return func(a *Agent) { a.info = http.StatusNotFound } }
 // WithoutDSMEndpoint makes /info list endpoints but not /v0.1/pipeline_stats.
 func WithoutDSMEndpoint() Option { return func(a *Agent) { a.listDSM = false } }
 
+// Down starts the Agent unreachable: every connection is closed without an answer until
+// SetDown(false).
+func Down() Option { return func(a *Agent) { a.down = true } }
+
 // Agent is the fake Datadog Agent.
 type Agent struct {
 	srv     *httptest.Server
@@ -43,12 +47,14 @@ type Agent struct {
 	listDSM bool
 
 	mu        sync.Mutex
+	down      bool
 	status    int // answer for pipeline_stats
 	payloads  []*Payload
 	points    []Point
 	backlogs  []BacklogEntry
 	infoHits  int
 	posts     int
+	refused   int
 	decodeErr []error
 	changed   chan struct{}
 }
@@ -62,7 +68,7 @@ func New(t testing.TB, opts ...Option) *Agent {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /info", a.serveInfo)
 	mux.HandleFunc("POST /v0.1/pipeline_stats", a.servePipelineStats)
-	a.srv = httptest.NewServer(mux)
+	a.srv = httptest.NewServer(a.unlessDown(mux))
 	t.Cleanup(func() {
 		a.srv.Close()
 		a.mu.Lock()
@@ -76,6 +82,40 @@ func New(t testing.TB, opts ...Option) *Agent {
 
 // URL is the Agent's base URL (http://127.0.0.1:port).
 func (a *Agent) URL() string { return a.srv.URL }
+
+// SetDown makes the Agent unreachable (true) or reachable again (false). While down, requests
+// get their connection closed without a response: the client sees a connection error, as with an
+// Agent that is restarting.
+func (a *Agent) SetDown(down bool) {
+	a.mu.Lock()
+	a.down = down
+	a.mu.Unlock()
+	if down {
+		// Idle keep-alive connections would otherwise still answer.
+		a.srv.CloseClientConnections()
+	}
+}
+
+func (a *Agent) unlessDown(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		down := a.down
+		if down {
+			a.refused++
+		}
+		a.mu.Unlock()
+		if !down {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			c.Close()
+		}
+	})
+}
+
+// Refused counts requests dropped while down.
+func (a *Agent) Refused() int { a.mu.Lock(); defer a.mu.Unlock(); return a.refused }
 
 // SetStatus sets the status code answered to pipeline_stats posts (default 202).
 func (a *Agent) SetStatus(code int) {

@@ -1,0 +1,96 @@
+package aggregator
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// retrySink is a sink to agent whose backoff waits are recorded instead of slept; onSleep runs at
+// each wait with its 1-based number.
+func retrySink(t *testing.T, agent *agenttest.Agent, retries int, onSleep func(n int)) (*AgentSink, *[]time.Duration) {
+	t.Helper()
+	s, err := NewAgentSink(AgentConfig{URL: agent.URL(), TracerVersion: "test", Retries: retries, Backoff: time.Second, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waits []time.Duration
+	s.sleep = func(ctx context.Context, d time.Duration) error {
+		waits = append(waits, d)
+		onSleep(len(waits))
+		return ctx.Err()
+	}
+	return s, &waits
+}
+
+func oneBucket() []Bucket {
+	a := New(Config{})
+	a.Add(pathway.Point{Service: "s", Hash: 1, Time: time.Unix(1700000000, 0).UnixNano(), EdgeLatency: int64(time.Millisecond)})
+	a.Close()
+	return a.Flush(time.Time{}, true)
+}
+
+// TestRetryBackoff: 5xx answers are retried with doubling waits capped at 2 s, and the payload is
+// delivered once the Agent answers 202.
+func TestRetryBackoff(t *testing.T) {
+	agent := agenttest.New(t)
+	agent.SetStatus(http.StatusServiceUnavailable)
+	s, waits := retrySink(t, agent, 5, func(n int) {
+		if n == 3 {
+			agent.SetStatus(http.StatusAccepted)
+		}
+	})
+	if err := s.Send(context.Background(), oneBucket()); err != nil {
+		t.Fatal(err)
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 2 * time.Second}
+	if len(*waits) != len(want) {
+		t.Fatalf("waits %v, want %v", *waits, want)
+	}
+	for i := range want {
+		if (*waits)[i] != want[i] {
+			t.Errorf("wait %d = %v, want %v", i, (*waits)[i], want[i])
+		}
+	}
+	if st := s.Stats(); st.Failed != 3 || st.Payloads != 1 || st.Pending != 0 || agent.Posts() != 4 || len(agent.Points()) != 2 {
+		t.Fatalf("stats %+v, %d posts, %d points", st, agent.Posts(), len(agent.Points()))
+	}
+}
+
+// TestRetryWithinDeadline: retries stop when the next wait would pass the flush's deadline, and
+// the payload stays pending for the next flush.
+func TestRetryWithinDeadline(t *testing.T) {
+	agent := agenttest.New(t)
+	agent.SetStatus(http.StatusBadGateway)
+	s, waits := retrySink(t, agent, 10, func(int) {})
+	// A generous deadline, so a slow machine still fits the first 1 s wait but never the second 2 s one.
+	ctx, cancel := context.WithTimeout(context.Background(), 1900*time.Millisecond)
+	defer cancel()
+	if err := s.Send(ctx, oneBucket()); err == nil {
+		t.Fatal("Send to a failing Agent returned no error")
+	}
+	if len(*waits) > 1 {
+		t.Errorf("waits %v beyond the deadline", *waits)
+	}
+	if st := s.Stats(); st.Pending != 1 || st.Payloads != 0 {
+		t.Fatalf("stats %+v; want the payload pending", st)
+	}
+}
+
+// TestDefaultSocket: with nothing configured, an existing default socket wins over localhost.
+func TestDefaultSocket(t *testing.T) {
+	defer func(f func(string) bool) { socketExists = f }(socketExists)
+	socketExists = func(p string) bool { return p == DefaultAgentSocket }
+	if u, err := AgentURLFromEnv(func(string) string { return "" }); err != nil || u != "unix://"+DefaultAgentSocket {
+		t.Fatalf("got %q, %v", u, err)
+	}
+	if u, _ := AgentURLFromEnv(func(k string) string { return map[string]string{"DD_AGENT_HOST": "h"}[k] }); u != "http://h:8126" {
+		t.Fatalf("DD_AGENT_HOST set: got %q", u)
+	}
+}
