@@ -99,7 +99,11 @@ func (s *session) setService(connName, user string) {
 }
 
 func (s *session) serve(ctx context.Context) error {
-	cr := bufio.NewReaderSize(s.c.Client, bufSize)
+	var client io.Reader = s.c.Client
+	if s.p.tap != nil {
+		client = io.TeeReader(client, s.p.tap(s.c.ID))
+	}
+	cr := bufio.NewReaderSize(client, bufSize)
 	var hdr [8]byte
 	if _, err := io.ReadFull(cr, hdr[:]); err != nil {
 		return fmt.Errorf("amqp protocol header: %w", err)
@@ -576,7 +580,7 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	var parent pathway.Context
 	if h.CtxEnd != 0 {
 		p.stats.existing.Add(1)
-		if p.respect {
+		if p.respect || h.CtxTwice {
 			return f.Raw
 		}
 		parent, _ = pathway.DecodeBase64(h.Ctx)

@@ -109,12 +109,31 @@ func (fr *frameReader) read(size uint32) (frame, error) {
 }
 
 // copyFrame streams a frame whose header was just peeked from the reader to w without holding it
-// in memory (bodies and oversized frames). The end octet is checked after the copy.
+// in memory (bodies and oversized frames), chunk by chunk from the reader's buffer. The end octet
+// is checked after the copy.
 func (fr *frameReader) copyFrame(w *bufio.Writer, size uint32) error {
-	for left := 7 + int64(size); left > 0; {
-		n, err := io.CopyN(w, fr.r, left)
-		left -= n
-		if err != nil && left > 0 {
+	for left := 7 + int(size); left > 0; {
+		if fr.r.Buffered() == 0 {
+			if _, err := fr.r.Peek(1); err != nil {
+				if fr.again != nil && fr.again(err) {
+					continue
+				}
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				return err
+			}
+		}
+		chunk, _ := fr.r.Peek(min(left, fr.r.Buffered()))
+		if _, err := w.Write(chunk); err != nil {
+			return err
+		}
+		fr.r.Discard(len(chunk))
+		left -= len(chunk)
+	}
+	for {
+		end, err := fr.r.ReadByte()
+		if err != nil {
 			if fr.again != nil && fr.again(err) {
 				continue
 			}
@@ -123,15 +142,11 @@ func (fr *frameReader) copyFrame(w *bufio.Writer, size uint32) error {
 			}
 			return err
 		}
+		if end != frameEnd {
+			return fmt.Errorf("%w: %d-byte frame: end octet 0x%02x", errFrameEnd, size, end)
+		}
+		return w.WriteByte(frameEnd)
 	}
-	var end [1]byte
-	if err := fr.full(end[:]); err != nil {
-		return err
-	}
-	if end[0] != frameEnd {
-		return fmt.Errorf("%w: %d-byte frame: end octet 0x%02x", errFrameEnd, size, end[0])
-	}
-	return w.WriteByte(frameEnd)
 }
 
 // appendFrame appends a frame of type typ on channel ch with payload p.

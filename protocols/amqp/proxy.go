@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,9 @@ type Proxy struct {
 	errs    errtrack.Reporter
 	respect bool
 	stats   counters
+
+	// tap, set by tests before Start, receives every byte a client sends (golden captures).
+	tap func(conn uint64) io.Writer
 
 	mu      sync.Mutex
 	ln      *proxy.Listener

@@ -27,6 +27,8 @@ type contentHeader struct {
 	// Ctx is its text when it is a string.
 	CtxAt, CtxEnd int
 	Ctx           []byte
+	// CtxTwice: the table has the entry more than once; the proxy then leaves the header alone.
+	CtxTwice bool
 }
 
 // TableBytes is the size of the headers table's entries (0 when there is none).
@@ -80,6 +82,10 @@ func parseContentHeader(p []byte) (contentHeader, error) {
 	body := p[i+4 : i+4+n]
 	err = walkTable(body, 0, func(k []byte, t byte, v []byte, start, end int) bool {
 		if string(k) == pathway.HeaderKey {
+			if h.CtxEnd != 0 {
+				h.CtxTwice = true
+				return true
+			}
 			h.CtxAt, h.CtxEnd = i+4+start, i+4+end
 			h.Ctx, _ = stringValue(t, v)
 		}
