@@ -134,6 +134,10 @@ type AgentSink struct {
 	infoOK       bool // Agent known to list the endpoint (or /info unknown)
 	warned       string
 
+	// Mirrors of len(pending), pendingBytes and infoOK, so Stats never waits for a slow Send.
+	statPending, statPendingBytes atomic.Int64
+	statListed                    atomic.Bool
+
 	payloads, bytes, rejected, failed, dropped atomic.Uint64
 }
 
@@ -172,7 +176,9 @@ func NewAgentSink(cfg AgentConfig) (*AgentSink, error) {
 		}
 		client = &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	}
-	return &AgentSink{cfg: cfg, base: base, client: client, sleep: sleepCtx, infoOK: true}, nil
+	s := &AgentSink{cfg: cfg, base: base, client: client, sleep: sleepCtx, infoOK: true}
+	s.mirror()
+	return s, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -219,27 +225,38 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 		default:
 			return fmt.Errorf("agent %s: %d payload(s) kept for the next flush: %w", s.cfg.URL, len(s.pending), err)
 		}
-		s.pendingBytes -= len(s.pending[0])
-		s.pending[0] = nil
-		s.pending = s.pending[1:]
+		s.popPending()
 	}
 	s.pending = nil
 	return nil
 }
 
+// popPending forgets the oldest pending payload.
+func (s *AgentSink) popPending() {
+	s.pendingBytes -= len(s.pending[0])
+	s.pending[0] = nil
+	s.pending = s.pending[1:]
+	s.mirror()
+}
+
+func (s *AgentSink) mirror() {
+	s.statPending.Store(int64(len(s.pending)))
+	s.statPendingBytes.Store(int64(s.pendingBytes))
+	s.statListed.Store(s.infoOK)
+}
+
 func (s *AgentSink) enqueue(body []byte) {
+	if len(body) > s.cfg.MaxPendingBytes { // could never wait: drop it, not the others
+		s.dropped.Add(1)
+		return
+	}
 	s.pending = append(s.pending, body)
 	s.pendingBytes += len(body)
-	for s.pendingBytes > s.cfg.MaxPendingBytes && len(s.pending) > 1 {
-		s.pendingBytes -= len(s.pending[0])
-		s.pending[0] = nil
-		s.pending = s.pending[1:]
+	for s.pendingBytes > s.cfg.MaxPendingBytes {
+		s.popPending()
 		s.dropped.Add(1)
 	}
-	if s.pendingBytes > s.cfg.MaxPendingBytes { // a single payload over the bound
-		s.pending, s.pendingBytes = nil, 0
-		s.dropped.Add(1)
-	}
+	s.mirror()
 }
 
 type rejectedError struct{ status, body string }
@@ -309,6 +326,7 @@ func (s *AgentSink) postOnce(ctx context.Context, body []byte) error {
 // checkInfo asks /info (at the first send and every InfoInterval) whether the Agent lists the DSM
 // endpoint. An Agent that does not gets one warning, not one per flush.
 func (s *AgentSink) checkInfo(ctx context.Context) {
+	defer s.mirror()
 	now := s.cfg.Clock()
 	if !s.infoChecked.IsZero() && now.Sub(s.infoChecked) < s.cfg.InfoInterval {
 		return
@@ -370,10 +388,9 @@ func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Ev
 
 // Stats returns the sink's counters.
 func (s *AgentSink) Stats() AgentStats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return AgentStats{
 		Payloads: s.payloads.Load(), Bytes: s.bytes.Load(), Rejected: s.rejected.Load(), Failed: s.failed.Load(),
-		Dropped: s.dropped.Load(), Pending: len(s.pending), PendingBytes: s.pendingBytes, EndpointListed: s.infoOK,
+		Dropped: s.dropped.Load(), Pending: int(s.statPending.Load()), PendingBytes: int(s.statPendingBytes.Load()),
+		EndpointListed: s.statListed.Load(),
 	}
 }

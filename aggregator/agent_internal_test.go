@@ -94,3 +94,25 @@ func TestDefaultSocket(t *testing.T) {
 		t.Fatalf("DD_AGENT_HOST set: got %q", u)
 	}
 }
+
+// TestOversizePayload: a payload larger than the whole pending bound is dropped alone; the ones
+// already waiting stay.
+func TestOversizePayload(t *testing.T) {
+	agent := agenttest.New(t, agenttest.Down())
+	s, _ := retrySink(t, agent, -1, func(int) {})
+	_ = s.Send(context.Background(), oneBucket())
+	st := s.Stats()
+	if st.Pending != 1 {
+		t.Fatalf("stats %+v; want one pending", st)
+	}
+	s.cfg.MaxPendingBytes = st.PendingBytes + 1 // room for the waiting one, not for a second one
+	big := oneBucket()
+	for i := range 50 {
+		big[0].Groups = append(big[0].Groups, Group{Service: "s", Hash: uint64(i + 10), PathwayLatency: big[0].Groups[0].PathwayLatency,
+			EdgeLatency: big[0].Groups[0].EdgeLatency, PayloadSize: big[0].Groups[0].PayloadSize})
+	}
+	_ = s.Send(context.Background(), big)
+	if st := s.Stats(); st.Pending != 1 || st.Dropped != 1 {
+		t.Fatalf("stats %+v; want the old payload pending and the oversize one dropped", st)
+	}
+}
