@@ -46,13 +46,15 @@ func newPointQueue(size int) *pointQueue {
 	return q
 }
 
-// push queues p, or reports false when every shard is full. It never blocks on a full queue.
+// push queues p, or reports false when every shard is full: it never waits for the consumer to
+// make room, only, briefly, for another producer's append.
 func (q *pointQueue) push(p *pathway.Point) bool {
 	n := len(q.shards)
-	// The address of a local variable tells goroutines apart (each has its own stack, at least
-	// 8 KiB, so the bits above 13 differ) without any shared counter to contend on.
+	// The address of a local variable tells goroutines apart (each has its own stack, 2 KiB or
+	// more, so the bits above the 10th differ) without any shared counter to contend on. It only
+	// picks where to start looking, so a moved stack or a collision costs nothing but a probe.
 	var here byte
-	h := uintptr(unsafe.Pointer(&here)) >> 13
+	h := uintptr(unsafe.Pointer(&here)) >> 10
 	start := int((uint64(h) * 0x9E3779B97F4A7C15 >> 32) % uint64(n))
 	// First pass: any shard whose lock is free, starting with this goroutine's own. Second pass:
 	// wait for the locks, so a point is refused only when every shard is full. Full shards are
