@@ -189,6 +189,10 @@ func TestAgentDown(t *testing.T) {
 		if st.PendingBytes > bound {
 			t.Fatalf("flush %d: %d pending bytes over the %d bound", i, st.PendingBytes, bound)
 		}
+		// The aggregator side stays flat too: every finished bucket left it at the flush.
+		if open := a.Stats().OpenBuckets; open != 0 {
+			t.Fatalf("flush %d: %d buckets still open in the aggregator", i, open)
+		}
 	}
 	st := sink.Stats()
 	if st.Dropped == 0 || st.Payloads != 0 {
@@ -323,4 +327,25 @@ func TestUnixSocket(t *testing.T) {
 	clk.Add(10 * time.Second)
 	f.FlushNow(context.Background(), false)
 	agent.WaitFor(t, 10*time.Second, "a payload over the socket", func(a *agenttest.Agent) bool { return len(a.Points()) == 2 })
+}
+
+// TestFlusherRun: the ticking flusher delivers on its own (real time, short interval; only a
+// generous deadline for the payload to arrive).
+func TestFlusherRun(t *testing.T) {
+	agent := agenttest.New(t)
+	a := aggregator.New(aggregator.Config{BucketDuration: 10 * time.Millisecond})
+	a.Start()
+	defer a.Close()
+	sink, err := aggregator.NewAgentSink(aggregator.AgentConfig{URL: agent.URL(), TracerVersion: "test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := aggregator.NewFlusher(a, 0, zerolog.Nop(), sink) // 0: the bucket duration
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	a.Add(pathway.Point{Service: "s", Hash: 5, Time: time.Now().UnixNano()})
+	agent.WaitFor(t, 10*time.Second, "the ticking flush", func(a *agenttest.Agent) bool { return len(a.Points()) == 2 })
+	cancel()
+	<-done
 }
