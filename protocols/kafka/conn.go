@@ -241,14 +241,23 @@ func (s *session) pop(frame []byte) (*pending, bool) {
 	if len(frame) < 8 {
 		return nil, false
 	}
-	corr := int32(binary.BigEndian.Uint32(frame[4:]))
+	i := s.findLocked(int32(binary.BigEndian.Uint32(frame[4:])))
+	if i < 0 {
+		return nil, false
+	}
+	pd := s.queue[i]
+	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	return pd, true
+}
+
+// findLocked is the queue index of the forwarded request with correlation id corr, or -1.
+func (s *session) findLocked(corr int32) int {
 	for i, pd := range s.queue {
 		if pd.synthetic == nil && pd.corr == corr {
-			s.queue = append(s.queue[:i], s.queue[i+1:]...)
-			return pd, true
+			return i
 		}
 	}
-	return nil, false
+	return -1
 }
 
 // responses reads upstream frames, pairs them with their requests, rewrites or observes what the
@@ -260,17 +269,10 @@ func (s *session) responses() error {
 			_, err := io.Copy(s.c.Client, s.c.Upstream)
 			return err
 		}
-		frame, err := readFrame(s.c.Upstream, maxBytes)
-		if err != nil {
+		if err := s.nextResponse(maxBytes); err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.log.Warn().Err(err).Msg("closing connection: response frame is not valid Kafka framing")
 			}
-			return err
-		}
-		s.writeMu.Lock()
-		err = s.response(frame)
-		s.writeMu.Unlock()
-		if err != nil {
 			return err
 		}
 	}
@@ -299,7 +301,12 @@ func (s *session) response(frame []byte) error {
 	if after != nil {
 		after()
 	}
-	// Write proxy replies queued behind this response.
+	return s.flushQueued()
+}
+
+// flushQueued writes the proxy replies queued behind the response just written, and signals idle
+// when nothing is left in flight.
+func (s *session) flushQueued() error {
 	s.mu.Lock()
 	for len(s.queue) > 0 && s.queue[0].synthetic != nil {
 		pd := s.queue[0]

@@ -31,15 +31,12 @@ const maxReusedFrame = 1 << 20
 // frame is valid until the next call: callers forward it before reading the next one.
 func readFrameInto(r io.Reader, maxBytes int, buf *[]byte) ([]byte, error) {
 	var sz [4]byte
-	if _, err := io.ReadFull(r, sz[:]); err != nil {
+	n, err := readFrameSize(r, maxBytes, sz[:])
+	if err != nil {
 		return nil, err
 	}
-	n := int32(binary.BigEndian.Uint32(sz[:]))
-	if n < 0 || int(n) > maxBytes {
-		return nil, fmt.Errorf("%w: size prefix %d, limit %d", errFrameTooLarge, n, maxBytes)
-	}
 	var frame []byte
-	if need := 4 + int(n); buf != nil && need <= maxReusedFrame {
+	if need := 4 + n; buf != nil && need <= maxReusedFrame {
 		if cap(*buf) < need {
 			*buf = make([]byte, need, min(max(need+need/4, 64<<10), maxReusedFrame))
 		}
@@ -48,10 +45,27 @@ func readFrameInto(r io.Reader, maxBytes int, buf *[]byte) ([]byte, error) {
 		frame = make([]byte, need)
 	}
 	copy(frame, sz[:])
-	if _, err := io.ReadFull(r, frame[4:]); err != nil {
-		return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
+	return frame, readFrameRest(r, frame, 4)
+}
+
+// readFrameSize reads a frame's size prefix into sz and checks it against the limit.
+func readFrameSize(r io.Reader, maxBytes int, sz []byte) (int, error) {
+	if _, err := io.ReadFull(r, sz[:4]); err != nil {
+		return 0, err
 	}
-	return frame, nil
+	n := int32(binary.BigEndian.Uint32(sz))
+	if n < 0 || int(n) > maxBytes {
+		return 0, fmt.Errorf("%w: size prefix %d, limit %d", errFrameTooLarge, n, maxBytes)
+	}
+	return int(n), nil
+}
+
+// readFrameRest fills frame from offset have on.
+func readFrameRest(r io.Reader, frame []byte, have int) error {
+	if _, err := io.ReadFull(r, frame[have:]); err != nil {
+		return fmt.Errorf("frame of %d bytes cut short: %w", len(frame)-4, err)
+	}
+	return nil
 }
 
 // requestHeader is what the proxy reads from every request: the fixed fields and where the body

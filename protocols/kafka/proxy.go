@@ -87,6 +87,10 @@ type Config struct {
 	// ObserveQueue is the bounded queue of fetch responses waiting to be observed (default 256);
 	// when full, responses are forwarded and not observed (counted in Stats).
 	ObserveQueue int
+
+	// Tests only: fetch responses from streamFetchMin bytes are forwarded while they arrive,
+	// holding back the last fetchTailHold bytes (defaults in fetchstream.go).
+	streamFetchMin, fetchTailHold int
 }
 
 // Stats are the proxy's counters.
@@ -101,10 +105,12 @@ type Stats struct {
 	TopicIDMisses    uint64 // topic ids not (yet) in the map
 	PointsDropped    uint64 // Observer.Add / Offset returned false
 	SyntheticReplies uint64 // ApiVersions answers the proxy wrote itself
+	StreamedFetches  uint64 // big fetch responses forwarded while they arrived
+	HiddenEndpoints  uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -185,6 +191,12 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if p.cfg.MaxBatchBytes <= 0 {
 		p.cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if p.cfg.streamFetchMin <= 0 {
+		p.cfg.streamFetchMin = defaultStreamFetchMin
+	}
+	if p.cfg.fetchTailHold <= 0 {
+		p.cfg.fetchTailHold = defaultFetchTailHold
 	}
 	if p.cfg.MaxFrameBytes <= 0 {
 		p.cfg.MaxFrameBytes = DefaultMaxFrameBytes
@@ -317,7 +329,7 @@ func (p *Proxy) Stats() Stats {
 		UnknownCorrIDs: s.unknownCorr.Load(), ObserveDropped: s.observeDropped.Load(), DecodeErrors: s.decodeErrors.Load(),
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
-		SyntheticReplies: s.synthetic.Load(),
+		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
 	}
 }
 

@@ -1,0 +1,220 @@
+package kafka
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Big Fetch responses (a consumer catching up gets one frame of up to fetch.max.bytes, 50 MB by
+// default) are forwarded while they arrive instead of after the last byte: storing and then
+// forwarding doubles the transfer time of every poll. Only the last fetchTailHold bytes wait,
+// because on v16+ they may hold KIP-951 node endpoints, which must not reach the client.
+const (
+	defaultStreamFetchMin = 256 << 10
+	defaultFetchTailHold  = 64 << 10
+)
+
+// hiddenTag replaces tag 0 (NodeEndpoints) in a streamed response: same one-byte uvarint, a tag
+// no Fetch version defines, which every client skips as unknown.
+const hiddenTag = 0x7f
+
+var errShortFetch = errors.New("fetch response truncated")
+
+// nextResponse reads the next upstream frame and forwards it: a big Fetch response streams
+// through streamFetch, everything else goes through response.
+func (s *session) nextResponse(maxBytes int) error {
+	var hdr [8]byte
+	n, err := readFrameSize(s.c.Upstream, maxBytes, hdr[:4])
+	if err != nil {
+		return err
+	}
+	if n < s.p.cfg.streamFetchMin || n < 4 {
+		frame := make([]byte, 4+n)
+		copy(frame, hdr[:4])
+		if err := readFrameRest(s.c.Upstream, frame, 4); err != nil {
+			return err
+		}
+		s.writeMu.Lock()
+		defer s.writeMu.Unlock()
+		return s.response(frame)
+	}
+	if _, err := io.ReadFull(s.c.Upstream, hdr[4:]); err != nil {
+		return fmt.Errorf("frame of %d bytes cut short: %w", n, err)
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	pd := s.popFetch(int32(binary.BigEndian.Uint32(hdr[4:])))
+	if pd == nil {
+		frame := make([]byte, 4+n)
+		copy(frame, hdr[:])
+		if err := readFrameRest(s.c.Upstream, frame, 8); err != nil {
+			return err
+		}
+		return s.response(frame)
+	}
+	return s.streamFetch(pd, hdr, n)
+}
+
+// popFetch removes the pending request answered by corr if it is a Fetch the proxy decodes;
+// anything else stays queued for response.
+func (s *session) popFetch(corr int32) *pending {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) > 0 && s.queue[0].rawToken {
+		return nil
+	}
+	i := s.findLocked(corr)
+	if i < 0 {
+		return nil
+	}
+	pd := s.queue[i]
+	if pd.key != keyFetch || !knownVersion(pd.key, pd.version) {
+		return nil
+	}
+	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	return pd
+}
+
+// streamFetch relays one Fetch response of n bytes (hdr: size and correlation id, already read)
+// as it arrives, keeps the whole frame for the observation worker, and queues it there.
+func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
+	s.p.stats.streamed.Add(1)
+	frame := make([]byte, 4+n)
+	copy(frame, hdr[:])
+	hold := 0
+	if pd.version >= 16 {
+		hold = min(s.p.cfg.fetchTailHold, len(frame))
+	}
+	got, sent := len(hdr), 0
+	for got < len(frame) {
+		k, err := s.c.Upstream.Read(frame[got:])
+		got += k
+		if safe := min(got, len(frame)-hold); safe > sent {
+			if _, werr := s.c.Client.Write(frame[sent:safe]); werr != nil {
+				return werr
+			}
+			sent = safe
+		}
+		if err != nil && got < len(frame) {
+			return fmt.Errorf("fetch response of %d bytes cut short (%d forwarded): %w", n, sent, err)
+		}
+	}
+	if sent < len(frame) {
+		if err := s.fetchTail(pd, frame, sent); err != nil {
+			s.log.Error().Err(err).Msg("closing connection: cannot hide broker node endpoints")
+			return versionErr(pd, err)
+		}
+		if _, err := s.c.Client.Write(frame[sent:]); err != nil {
+			return err
+		}
+	}
+	if start, err := responseBodyStart(frame, pd.key, pd.flexible); err != nil {
+		s.p.decodeError("Fetch response", pd.key, pd.version, err)
+	} else {
+		facts, _ := pd.facts.(*fetchFacts)
+		s.p.enqueueObserve(observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: s.info.Load()})
+	}
+	return s.flushQueued()
+}
+
+// fetchTail hides KIP-951 node endpoints in the held-back end of a streamed v16+ response. The
+// size prefix is already out, so they cannot be rewritten to proxy addresses of another length;
+// renamed to an unknown tag they are skipped, and the client refreshes Metadata through the
+// proxy, as before KIP-951. Endpoints are rare: only responses reporting a leader change carry them.
+func (s *session) fetchTail(pd *pending, frame []byte, sent int) error {
+	start, err := responseBodyStart(frame, pd.key, pd.flexible)
+	if err != nil {
+		return nil // forwarded as it is, as the stored path does; the observer reports it
+	}
+	tail, err := fetchTailStart(frame[start:], pd.version)
+	if err != nil {
+		// Malformed for this walker: if kmsg reads it and finds endpoints, they cannot be hidden.
+		resp := kmsg.NewPtrFetchResponse()
+		resp.SetVersion(pd.version)
+		if resp.ReadFrom(frame[start:]) == nil && len(resp.Brokers) > 0 {
+			return fmt.Errorf("node endpoints in a fetch response the proxy cannot walk: %w", err)
+		}
+		return nil
+	}
+	tail += start
+	at, err := nodeEndpointsTag(frame[tail:])
+	if err != nil || at < 0 {
+		return nil
+	}
+	if tail+at < sent {
+		return fmt.Errorf("node endpoints %d bytes before the end of a fetch response, more than the %d held back", len(frame)-tail-at, len(frame)-sent)
+	}
+	frame[tail+at] = hiddenTag
+	s.p.stats.hiddenEndpoints.Add(1)
+	return nil
+}
+
+// fetchTailStart is where the top-level tagged fields of a flexible (v12+) Fetch response body
+// start: after throttle, error, session id and the responses array, skipped by lengths only.
+func fetchTailStart(body []byte, version int16) (int, error) {
+	if version < 12 {
+		return 0, fmt.Errorf("fetch v%d has no tagged fields", version)
+	}
+	r := kbin.Reader{Src: body}
+	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
+	for t := compactLen(&r); t > 0 && r.Ok(); t-- {
+		if version >= 13 {
+			r.Span(16) // topic_id
+		} else {
+			r.Span(compactLen(&r)) // topic name
+		}
+		for p := compactLen(&r); p > 0 && r.Ok(); p-- {
+			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
+			for a := compactLen(&r); a > 0 && r.Ok(); a-- {
+				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
+				skipTagsR(&r)
+			}
+			r.Span(4)              // preferred_read_replica
+			r.Span(compactLen(&r)) // records
+			skipTagsR(&r)
+		}
+		skipTagsR(&r)
+	}
+	if !r.Ok() {
+		return 0, errShortFetch
+	}
+	return len(body) - len(r.Src), nil
+}
+
+// compactLen reads a compact array/bytes/string length (uvarint n+1; 0 is null).
+func compactLen(r *kbin.Reader) int {
+	n := int(r.Uvarint())
+	if n == 0 {
+		return 0
+	}
+	return n - 1
+}
+
+func skipTagsR(r *kbin.Reader) {
+	for n := r.Uvarint(); n > 0 && r.Ok(); n-- {
+		r.Uvarint()
+		r.Span(int(r.Uvarint()))
+	}
+}
+
+// nodeEndpointsTag is the offset of tag 0's key byte in a tagged-field section, or -1.
+func nodeEndpointsTag(tags []byte) (int, error) {
+	r := kbin.Reader{Src: tags}
+	for n := r.Uvarint(); n > 0 && r.Ok(); n-- {
+		at := len(tags) - len(r.Src)
+		tag := r.Uvarint()
+		r.Span(int(r.Uvarint()))
+		if r.Ok() && tag == 0 {
+			return at, nil
+		}
+	}
+	if !r.Ok() {
+		return -1, errShortFetch
+	}
+	return -1, nil
+}

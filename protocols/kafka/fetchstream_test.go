@@ -1,0 +1,130 @@
+package kafka
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// streamAll makes every fetch response stream, holding back only a few bytes.
+func streamAll(c *Config) { c.streamFetchMin, c.fetchTailHold = 1, 16 }
+
+// TestStreamedFetch: with every fetch response streamed, kgo (Fetch v16+, tail held back),
+// sarama (older versions, nothing held back) and kcat (librdkafka) consume every record with its
+// pathway header, the observer still checkpoints them, and no client reaches a broker directly.
+func TestStreamedFetch(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, streamAll)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "streamed")
+	cl := kgoClient(t, p, kgo.ClientID("stream-producer"), kgo.ProducerBatchCompression(kgo.Lz4Compression()))
+	sent := testRecords(60, time.UnixMilli(1700000500000))
+	produceKgo(t, ctx, cl, topic, sent)
+
+	checkRecords(t, sent, consumeKgo(t, ctx, p, topic, "g-stream-kgo", len(sent)), wantInjected)
+	checkRecords(t, sent, consumeSarama(t, ctx, p, topic, "g-stream-sarama", len(sent)), wantInjected)
+	out := runKcat(t, ctx, "", "-C", "-b", p.Addr().String(), "-G", "g-stream-kcat", "-c", fmt.Sprint(len(sent)),
+		"-X", "auto.offset.reset=earliest", "-X", "client.id=kcat-consumer", "-f", "%k|%s|%h\n", topic)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != len(sent) {
+		t.Fatalf("kcat consumed %d records, want %d:\n%s", len(lines), len(sent), out)
+	}
+	if st := p.Stats(); st.StreamedFetches == 0 {
+		t.Errorf("no fetch response was streamed: %+v", st)
+	}
+	waitFor(t, "consume checkpoints of three consumers", func() bool { return p.Stats().ConsumedRecords >= uint64(3*len(sent)) })
+	guard.check(t)
+}
+
+// fetchResponseFrame encodes resp as a broker would send it: size, correlation id, header tags.
+func fetchResponseFrame(resp *kmsg.FetchResponse) []byte {
+	frame := []byte{0, 0, 0, 0, 0, 0, 0, 7, 0} // size (set below), correlation id 7, no header tags
+	frame = resp.AppendTo(frame)
+	putSize(frame)
+	return frame
+}
+
+func testFetchResponse(version int16, brokers bool) *kmsg.FetchResponse {
+	resp := kmsg.NewPtrFetchResponse()
+	resp.Version = version
+	resp.ThrottleMillis = 3
+	for ti := 0; ti < 2; ti++ {
+		topic := kmsg.NewFetchResponseTopic()
+		topic.Topic = fmt.Sprintf("topic-%d", ti)
+		topic.TopicID = [16]byte{byte(ti + 1)}
+		for pi := 0; pi < 3; pi++ {
+			part := kmsg.NewFetchResponseTopicPartition()
+			part.Partition = int32(pi)
+			part.HighWatermark = 100
+			part.RecordBatches = []byte(strings.Repeat("r", 40*pi))
+			if pi == 1 {
+				part.ErrorCode = 6
+				part.CurrentLeader.LeaderID = 2
+				part.CurrentLeader.LeaderEpoch = 9
+				abort := kmsg.NewFetchResponseTopicPartitionAbortedTransaction()
+				abort.ProducerID, abort.FirstOffset = 11, 12
+				part.AbortedTransactions = append(part.AbortedTransactions, abort)
+			}
+			topic.Partitions = append(topic.Partitions, part)
+		}
+		resp.Topics = append(resp.Topics, topic)
+	}
+	if brokers {
+		b := kmsg.NewFetchResponseBroker()
+		b.NodeID, b.Host, b.Port = 2, "broker-2.internal.example", 9092
+		resp.Brokers = append(resp.Brokers, b)
+	}
+	return resp
+}
+
+// TestFetchTailStart: the length-only walker finds the top-level tagged fields where kmsg's own
+// encoding puts them, for every flexible Fetch version, with and without node endpoints.
+func TestFetchTailStart(t *testing.T) {
+	for v := int16(12); v <= (&kmsg.FetchResponse{}).MaxVersion(); v++ {
+		plain := fetchResponseFrame(testFetchResponse(v, false))
+		want := len(plain) - 1 - 9 // the tag count byte, relative to the body
+		for _, brokers := range []bool{false, true} {
+			frame := fetchResponseFrame(testFetchResponse(v, brokers))
+			got, err := fetchTailStart(frame[9:], v)
+			if err != nil || got != want {
+				t.Errorf("v%d brokers=%v: tail at %d, %v; want %d", v, brokers, got, err, want)
+				continue
+			}
+			at, err := nodeEndpointsTag(frame[9+got:])
+			if err != nil || (at >= 0) != brokers {
+				t.Errorf("v%d brokers=%v: node endpoints tag at %d, %v", v, brokers, at, err)
+			}
+		}
+		if _, err := fetchTailStart(plain[9:len(plain)-3], v); err == nil {
+			t.Errorf("v%d: truncated response walked without error", v)
+		}
+	}
+}
+
+// TestFetchTailHidesEndpoints: streamed, the node endpoints become an unknown tag clients skip;
+// when they lie before the held-back bytes the connection is refused rather than leak them.
+func TestFetchTailHidesEndpoints(t *testing.T) {
+	s := offlineSession(t)
+	pd := &pending{key: keyFetch, version: 16, flexible: true}
+	frame := fetchResponseFrame(testFetchResponse(16, true))
+	if err := s.fetchTail(pd, frame, len(frame)-1); err == nil {
+		t.Fatal("endpoints before the held-back bytes were not refused")
+	}
+	if err := s.fetchTail(pd, frame, len(frame)-40); err != nil {
+		t.Fatal(err)
+	}
+	resp := kmsg.NewPtrFetchResponse()
+	resp.Version = 16
+	if err := resp.ReadFrom(frame[9:]); err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Brokers) != 0 || len(resp.Topics) != 2 || resp.Topics[0].Partitions[1].CurrentLeader.LeaderEpoch != 9 {
+		t.Errorf("after hiding: %d brokers, %d topics", len(resp.Brokers), len(resp.Topics))
+	}
+	if s.p.Stats().HiddenEndpoints != 1 {
+		t.Errorf("hidden endpoints not counted")
+	}
+}
