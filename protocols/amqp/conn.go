@@ -57,6 +57,7 @@ type session struct {
 // pubState is a channel's publish side.
 type pubState struct {
 	awaiting     bool // a Basic.Publish was read; its content header comes next
+	confirm      bool // Confirm.Select: publishes are numbered for acks and nacks
 	exchange, rk []byte
 	edge         *pathway.Edge // edge of exchange/rk, rebuilt only when they change
 }
@@ -77,7 +78,14 @@ type chanShared struct {
 	lastDeclared string
 	getQueue     string
 	lastPub      *pathway.Edge
+	// In confirm mode, the edges of the latest publishes by sequence number, so a nack names
+	// the exchange or queue it concerns.
+	seq     uint64
+	pubRing []*pathway.Edge
 }
+
+// pubRingSize bounds the publishes remembered per confirm-mode channel.
+const pubRingSize = 1024
 
 // ServeConn implements proxy.Handler.
 func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
@@ -336,6 +344,21 @@ func (s *session) clientMethod(f frame) {
 			s.sharedLocked(f.Channel).lastPub = ps.edge
 			s.mu.Unlock()
 		}
+		if ps.confirm {
+			s.mu.Lock()
+			cs := s.sharedLocked(f.Channel)
+			cs.seq++
+			cs.pubRing[cs.seq%pubRingSize] = ps.edge
+			s.mu.Unlock()
+		}
+	case confirmSel:
+		ps := s.pubState(f.Channel)
+		if !ps.confirm {
+			ps.confirm = true
+			s.mu.Lock()
+			s.sharedLocked(f.Channel).pubRing = make([]*pathway.Edge, pubRingSize)
+			s.mu.Unlock()
+		}
 	case basicConsume:
 		a.u16()
 		q, tag := string(a.short()), string(a.short())
@@ -469,13 +492,12 @@ func (s *session) brokerMethod(f frame) {
 		multiple := a.u8()&1 != 0
 		s.p.stats.nacks.Add(1)
 		s.mu.Lock()
-		var edge pathway.Edge
-		if cs := s.shared[f.Channel]; cs != nil && cs.lastPub != nil {
-			edge = *cs.lastPub
+		edge := pathway.Edge{Type: pathway.TypeRabbitMQ}
+		if cs := s.shared[f.Channel]; cs != nil && cs.pubRing != nil && tag <= cs.seq && cs.seq-tag < pubRingSize && cs.pubRing[tag%pubRingSize] != nil {
+			edge = *cs.pubRing[tag%pubRingSize]
 		}
 		s.mu.Unlock()
-		edge.Type = pathway.TypeRabbitMQ
-		msg := fmt.Sprintf("publish nacked by the broker (delivery tag %d, multiple %t); edge is the channel's latest publish", tag, multiple)
+		msg := fmt.Sprintf("publish nacked by the broker (delivery tag %d, multiple %t)", tag, multiple)
 		s.p.errs.Report(errtrack.Event{
 			Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
 			Name: "NACK", Message: msg, Service: *s.service.Load(), Edge: edge, Partition: -1, Messages: 1,

@@ -1,8 +1,17 @@
 package amqp
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
+	"math/big"
 	"net"
 	"strings"
 	"testing"
@@ -266,5 +275,108 @@ func TestDSMThroughAgent(t *testing.T) {
 	}
 	if out[0].Count() != 3 || in[0].Count() != 3 {
 		t.Errorf("counts %v / %v", out[0].Count(), in[0].Count())
+	}
+}
+
+// TestAmqpsTerminated: the listener terminates TLS (amqps) toward the client and the message
+// still gets its header.
+func TestAmqpsTerminated(t *testing.T) {
+	cert, pool := selfSigned(t)
+	h := startProxy(t, func(c *Config) { c.Listener.TLS = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	c, err := amqp091.DialTLS("amqps://guest:guest@"+h.p.Addr().String()+"/", &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q := declareQueue(t, c, unique("amqps"))
+	ch := channel(t, c)
+	if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Body: []byte("tls")}); err != nil {
+		t.Fatal(err)
+	}
+	d := consumeN(t, ch, q, 1)[0]
+	if string(d.Body) != "tls" || d.Headers[pathway.HeaderKey] == nil {
+		t.Errorf("over amqps: body %q headers %v", d.Body, d.Headers)
+	}
+}
+
+// TestHeartbeatsAndBlockedPassThrough: heartbeats and Connection.Blocked/Unblocked from the broker
+// reach the client byte for byte.
+func TestHeartbeatsAndBlockedPassThrough(t *testing.T) {
+	blocked := appendFrame(nil, frameMethod, 0, append([]byte{0, 10, 0, 60}, sstr("low on memory")...))
+	stream := appendFrame(nil, frameHeartbeat, 0, nil)
+	stream = append(stream, blocked...)
+	stream = appendFrame(stream, frameMethod, 0, []byte{0, 10, 0, 61})
+	stream = appendFrame(stream, frameHeartbeat, 0, nil)
+	for name, run := range map[string]func(*session, *bufio.Reader, *bufio.Writer) error{
+		"from broker": (*session).fromBroker, "from client": (*session).fromClient,
+	} {
+		s := offlineSession(t, nil)
+		var out bytes.Buffer
+		if err := run(s, bufio.NewReader(bytes.NewReader(stream)), bufio.NewWriter(&out)); err != io.EOF {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(out.Bytes(), stream) {
+			t.Errorf("%s: %x became %x", name, stream, out.Bytes())
+		}
+	}
+}
+
+// selfSigned makes a certificate for 127.0.0.1 and the pool that trusts it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "dsmproxy-test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+// TestNackReported: a queue that rejects publishes when full makes the broker nack; the client
+// gets the same confirmations as directly and the event names the queue the publish went to.
+func TestNackReported(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "nacked", 0)
+	ch := channel(t, c)
+	q, err := ch.QueueDeclare(unique("full"), false, true, false, false, amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.Confirm(false)
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 4))
+	for range 2 {
+		if err := ch.PublishWithContext(context.Background(), "", q.Name, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []amqp091.Confirmation
+	for range 2 {
+		got = append(got, <-confirms)
+	}
+	if got[0] != (amqp091.Confirmation{DeliveryTag: 1, Ack: true}) || got[1] != (amqp091.Confirmation{DeliveryTag: 2, Ack: false}) {
+		t.Errorf("confirmations %+v", got)
+	}
+	waitFor(t, "NACK event", func() bool {
+		for _, e := range h.errs.events() {
+			if e.Name == "NACK" && e.Edge.Topic == q.Name && e.Edge.Direction == pathway.Out {
+				return true
+			}
+		}
+		return false
+	})
+	if st := h.p.Stats(); st.Nacks != 1 {
+		t.Errorf("stats %+v", st)
 	}
 }
