@@ -1,7 +1,10 @@
 package aggregator
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -114,5 +117,27 @@ func TestOversizePayload(t *testing.T) {
 	_ = s.Send(context.Background(), big)
 	if st := s.Stats(); st.Pending != 1 || st.Dropped != 1 {
 		t.Fatalf("stats %+v; want the old payload pending and the oversize one dropped", st)
+	}
+}
+
+// TestCompactInts: integers go out in their shortest msgpack form, as the Go tracer's msgp
+// writes them, and large hashes as uint64.
+func TestCompactInts(t *testing.T) {
+	p := statsPayload{Stats: []statsBucket{{Duration: 10e9, Stats: []statsPoint{{Hash: 5, ParentHash: 1 << 63}}, Backlogs: []backlog{{Value: 42}}}}}
+	body, err := encodePayload(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(zr)
+	for _, want := range []string{
+		"\xa4Hash\x05", "\xaaParentHash\xcf\x80\x00\x00\x00\x00\x00\x00\x00", "\xa5Value\x2a", "\xa8Duration\xcf\x00\x00\x00\x02\x54\x0b\xe4\x00",
+	} {
+		if !bytes.Contains(raw, []byte(want)) {
+			t.Errorf("payload lacks %q", want)
+		}
 	}
 }

@@ -119,12 +119,16 @@ func encodeSketch(s *ddsketch.DDSketch) []byte {
 	return b
 }
 
-// encodePayload is msgpack then gzip (BestSpeed, as the Go tracer).
+// encodePayload is msgpack then gzip (BestSpeed, as the Go tracer). Integers take their shortest
+// form, as the Go tracer's msgp writes them (vmihailenco's default is full width).
 func encodePayload(p *statsPayload) ([]byte, error) {
-	raw, err := msgpack.Marshal(p)
-	if err != nil {
+	var mp bytes.Buffer
+	enc := msgpack.NewEncoder(&mp)
+	enc.UseCompactInts(true)
+	if err := enc.Encode(p); err != nil {
 		return nil, fmt.Errorf("msgpack: %w", err)
 	}
+	raw := mp.Bytes()
 	var buf bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	if err != nil {
