@@ -285,22 +285,14 @@ func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
 	}, skipped)
 }
 
-func (s *session) pubState(ch uint16) *pubState {
-	ps := s.pub[ch]
-	if ps == nil {
-		ps = &pubState{}
-		s.pub[ch] = ps
+// state returns channel ch's entry in m, creating it.
+func state[T any](m map[uint16]*T, ch uint16) *T {
+	v := m[ch]
+	if v == nil {
+		v = new(T)
+		m[ch] = v
 	}
-	return ps
-}
-
-func (s *session) delState(ch uint16) *delState {
-	ds := s.del[ch]
-	if ds == nil {
-		ds = &delState{}
-		s.del[ch] = ds
-	}
-	return ds
+	return v
 }
 
 // sharedLocked returns channel ch's shared state; s.mu is held.
@@ -313,7 +305,7 @@ func (s *session) sharedLocked(ch uint16) *chanShared {
 	return cs
 }
 
-// resetChannel forgets everything about ch (Channel.Open, Close, CloseOk).
+// resetShared forgets everything about ch (Channel.Open, Close, CloseOk).
 func (s *session) resetShared(ch uint16) {
 	s.mu.Lock()
 	delete(s.shared, ch)
@@ -334,7 +326,7 @@ func (s *session) clientMethod(f frame) {
 			s.p.decodeError("Basic.Publish", a.err)
 			return
 		}
-		ps := s.pubState(f.Channel)
+		ps := state(s.pub, f.Channel)
 		ps.awaiting = true
 		if ps.edge == nil || !bytes.Equal(ex, ps.exchange) || !bytes.Equal(rk, ps.rk) {
 			ps.exchange = append(ps.exchange[:0], ex...)
@@ -352,7 +344,7 @@ func (s *session) clientMethod(f frame) {
 			s.mu.Unlock()
 		}
 	case confirmSel:
-		ps := s.pubState(f.Channel)
+		ps := state(s.pub, f.Channel)
 		if !ps.confirm {
 			ps.confirm = true
 			s.mu.Lock()
@@ -393,12 +385,7 @@ func (s *session) clientMethod(f frame) {
 		cs.getQueue = q
 		s.mu.Unlock()
 	case basicCancel, basicCancOk:
-		tag := a.short()
-		s.mu.Lock()
-		if cs := s.shared[f.Channel]; cs != nil {
-			delete(cs.consumers, string(tag))
-		}
-		s.mu.Unlock()
+		s.dropConsumer(f.Channel, a.short())
 	case connStartOk:
 		props := a.table()
 		mech, resp := a.short(), a.long()
@@ -431,6 +418,15 @@ func (s *session) clientMethod(f frame) {
 	}
 }
 
+// dropConsumer forgets a cancelled consumer (Cancel or CancelOk, from either side).
+func (s *session) dropConsumer(ch uint16, tag []byte) {
+	s.mu.Lock()
+	if cs := s.shared[ch]; cs != nil {
+		delete(cs.consumers, string(tag))
+	}
+	s.mu.Unlock()
+}
+
 func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
 	if len(cs.consumers) >= s.p.cfg.MaxConsumers {
 		clear(cs.consumers)
@@ -451,7 +447,7 @@ func (s *session) brokerMethod(f frame) {
 			s.p.decodeError("Basic.Deliver", a.err)
 			return
 		}
-		ds := s.delState(f.Channel)
+		ds := state(s.del, f.Channel)
 		ds.awaiting = contentDeliver
 		s.mu.Lock()
 		q, ok := "", false
@@ -464,7 +460,7 @@ func (s *session) brokerMethod(f frame) {
 		}
 		ds.setQueue(q)
 	case basicGetOk:
-		ds := s.delState(f.Channel)
+		ds := state(s.del, f.Channel)
 		ds.awaiting = contentGetOk
 		s.mu.Lock()
 		q := ""
@@ -474,7 +470,7 @@ func (s *session) brokerMethod(f frame) {
 		s.mu.Unlock()
 		ds.setQueue(q)
 	case basicReturn:
-		s.delState(f.Channel).awaiting = contentReturn
+		state(s.del, f.Channel).awaiting = contentReturn
 		code, text := a.u16(), a.short()
 		ex, rk := a.short(), a.short()
 		if a.err != nil {
@@ -513,12 +509,7 @@ func (s *session) brokerMethod(f frame) {
 		}
 		s.mu.Unlock()
 	case basicCancel, basicCancOk:
-		tag := a.short()
-		s.mu.Lock()
-		if cs := s.shared[f.Channel]; cs != nil {
-			delete(cs.consumers, string(tag))
-		}
-		s.mu.Unlock()
+		s.dropConsumer(f.Channel, a.short())
 	case queueDeclOk:
 		q := string(a.short())
 		if a.err == nil {
@@ -608,7 +599,12 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 		parent, _ = pathway.DecodeBase64(h.Ctx)
 	}
 	now := p.now()
-	pt, ctx := p.cp.Checkpoint(parent, service, *ps.edge, int64(h.BodySize)+int64(h.TableBytes()), now)
+	// Counted as the consumer will see it: body plus headers table with the pathway entry.
+	size := int64(h.BodySize) + int64(h.TableBytes())
+	if h.CtxEnd == 0 {
+		size += int64(ctxEntryLen(pathway.Base64Len))
+	}
+	pt, ctx := p.cp.Checkpoint(parent, service, *ps.edge, size, now)
 	p.addPoint(pt)
 	s.val = ctx.AppendBase64(s.val[:0])
 	n := splicedLen(f.Payload, &h, len(s.val))

@@ -91,40 +91,42 @@ func (a *args) fail(what string, err error) {
 	}
 }
 
-func (a *args) u8() byte {
-	if a.err != nil || a.i+1 > len(a.b) {
-		a.fail("octet", errShort)
-		return 0
+// take consumes n bytes, or records what ran short.
+func (a *args) take(n int, what string) []byte {
+	if a.err != nil || a.i+n > len(a.b) {
+		a.fail(what, errShort)
+		return nil
 	}
-	a.i++
-	return a.b[a.i-1]
+	a.i += n
+	return a.b[a.i-n : a.i]
+}
+
+func (a *args) u8() byte {
+	if b := a.take(1, "octet"); b != nil {
+		return b[0]
+	}
+	return 0
 }
 
 func (a *args) u16() uint16 {
-	if a.err != nil || a.i+2 > len(a.b) {
-		a.fail("short", errShort)
-		return 0
+	if b := a.take(2, "short"); b != nil {
+		return binary.BigEndian.Uint16(b)
 	}
-	a.i += 2
-	return binary.BigEndian.Uint16(a.b[a.i-2:])
+	return 0
 }
 
 func (a *args) u32() uint32 {
-	if a.err != nil || a.i+4 > len(a.b) {
-		a.fail("long", errShort)
-		return 0
+	if b := a.take(4, "long"); b != nil {
+		return binary.BigEndian.Uint32(b)
 	}
-	a.i += 4
-	return binary.BigEndian.Uint32(a.b[a.i-4:])
+	return 0
 }
 
 func (a *args) u64() uint64 {
-	if a.err != nil || a.i+8 > len(a.b) {
-		a.fail("longlong", errShort)
-		return 0
+	if b := a.take(8, "longlong"); b != nil {
+		return binary.BigEndian.Uint64(b)
 	}
-	a.i += 8
-	return binary.BigEndian.Uint64(a.b[a.i-8:])
+	return 0
 }
 
 func (a *args) short() []byte {

@@ -263,10 +263,22 @@ func TestAmqp091ThroughProxyMatchesDirect(t *testing.T) {
 	if !returned {
 		t.Errorf("no NO_ROUTE error event for the returned message: %+v", h.errs.events())
 	}
-	// Sizes: body plus the headers table as published.
-	for _, p := range outs["topic"] {
-		if p.PayloadSize != int64(len("full-topic"))+int64(len("\x04only")+1+4+3) {
+	// Sizes: body plus the headers table with the pathway entry, the same on both sides.
+	for _, p := range append(outs["topic"], with(pts, "direction:in", "topic:"+q1)...) {
+		if p.PayloadSize != int64(len("full-topic"))+int64(len("\x04only")+1+4+3)+int64(ctxEntryLen(pathway.Base64Len)) && hasTag(p, "direction:") == "direction:out" {
 			t.Errorf("topic publish size %d", p.PayloadSize)
+		}
+	}
+	sizes := map[int64]int{}
+	for _, p := range with(pts, "type:rabbitmq") {
+		if p.ParentHash != existingCtx.Hash {
+			sizes[p.PayloadSize]++
+		}
+	}
+	sizes[int64(len("returned")+len("\x01r")+1+4)+int64(ctxEntryLen(pathway.Base64Len))]-- // published, returned, never consumed
+	for size, n := range sizes {
+		if n%2 != 0 {
+			t.Errorf("%d points of %d bytes: publish and consume sizes of a message differ (%v)", n, size, sizes)
 		}
 	}
 	keys := make([]string, 0, len(ins))

@@ -70,31 +70,23 @@ func skipValue(b []byte, i int, t byte, depth int) (int, error) {
 			return i, fmt.Errorf("field type %q: %w", t, err)
 		}
 		return i + 4 + n, nil
-	case 'F':
+	case 'F', 'A':
 		if depth >= maxTableDepth {
-			return i, errors.New("field tables nested too deep")
+			return i, errors.New("field tables or arrays nested too deep")
 		}
 		n, err := u32len(b, i)
 		if err != nil {
-			return i, fmt.Errorf("nested table: %w", err)
+			return i, fmt.Errorf("field type %q: %w", t, err)
 		}
-		if err := walkTable(b[i+4:i+4+n], depth+1, nil); err != nil {
+		inner := b[i+4 : i+4+n]
+		if t == 'F' {
+			err = walkTable(inner, depth+1, nil)
+		}
+		for j := 0; t == 'A' && j < len(inner) && err == nil; {
+			j, err = skipValue(inner, j+1, inner[j], depth+1)
+		}
+		if err != nil {
 			return i, err
-		}
-		return i + 4 + n, nil
-	case 'A':
-		if depth >= maxTableDepth {
-			return i, errors.New("field arrays nested too deep")
-		}
-		n, err := u32len(b, i)
-		if err != nil {
-			return i, fmt.Errorf("array: %w", err)
-		}
-		arr := b[i+4 : i+4+n]
-		for j := 0; j < len(arr); {
-			if j, err = skipValue(arr, j+1, arr[j], depth+1); err != nil {
-				return i, err
-			}
 		}
 		return i + 4 + n, nil
 	}
