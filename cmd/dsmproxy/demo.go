@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os/signal"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -28,6 +30,10 @@ a pipeline of example services that reach Kafka only through the proxy:
   orders  --produce-->  [orders]  --consume-->  billing  --produce-->  [invoices]  --consume-->  mailer
   auditor --produce-->  [audit-log]   (a record over the broker's size limit: a tracked, lost message)
 
+When RabbitMQ answers on --amqp-upstream (guest/guest), an AMQP front joins:
+
+  shipping --publish--> [exchange dsmproxy-demo] --> warehouse   (plus an unroutable mandatory parcel now and then)
+
 Every flush (10 s) it prints what the Agent received: pathways with edge and end-to-end latency
 p50/p99, messages/s, consumer lag, and the errors the proxy tracked (also at /errors). billing's consume-to-produce link is made by the proxy's
 optional link_consume_produce setting, on in the demo. Ctrl-C stops it cleanly.
@@ -41,6 +47,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	duration := fs.Duration("duration", 0, "stop after this long (0 = until Ctrl-C)")
 	flush := fs.Duration("flush", 10*time.Second, "bucket and flush interval")
 	agentURL := fs.String("agent-url", "", "also send the stats to this real Datadog Agent")
+	amqpUp := fs.String("amqp-upstream", "127.0.0.1:5672", "RabbitMQ for the AMQP part of the demo (guest/guest); used when it answers; off disables")
 	logLevel := fs.String("log-level", "error", "proxy log level (tracked errors are in the tables and at /errors)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), usageDemo, "demo")
@@ -56,14 +63,15 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, agentURL: *agentURL, logLevel: *logLevel}, stdout, stderr)
+	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, agentURL: *agentURL, logLevel: *logLevel, amqpUpstream: *amqpUp}, stdout, stderr)
 }
 
 type demoOptions struct {
-	rate     int
-	flush    time.Duration
-	agentURL string
-	logLevel string
+	rate         int
+	flush        time.Duration
+	agentURL     string
+	logLevel     string
+	amqpUpstream string // RabbitMQ host:port, or "off"
 }
 
 func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
@@ -89,6 +97,10 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 			Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs(),
 			LinkConsumeProduce: true, RespectExistingContext: &on,
 		}},
+	}
+	withAMQP := o.amqpUpstream != "off" && o.amqpUpstream != "" && answers(o.amqpUpstream)
+	if withAMQP {
+		cfg.AMQP = []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: o.amqpUpstream}}
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -116,13 +128,21 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	recv.errors = func() *errtrack.Snapshot { s := rt.errs.Snapshot(); return &s }
 	recv.mu.Unlock()
 	bootstrap := rt.fronts[0].Addr().String()
+	services := demoServices(bootstrap, o.rate)
+	if withAMQP {
+		amqpAddr := rt.fronts[1].Addr().String()
+		fmt.Fprintf(stdout, "RabbitMQ at %s, dsmproxy AMQP front at %s: shipping -> [exchange dsmproxy-demo] -> warehouse\n", o.amqpUpstream, amqpAddr)
+		services = append(services, demoAMQPServices("amqp://guest:guest@"+amqpAddr+"/", max(o.rate/10, 1))...)
+	} else {
+		fmt.Fprintf(stdout, "(no RabbitMQ answers on %s: the AMQP part of the demo is off)\n", o.amqpUpstream)
+	}
 	fmt.Fprintf(stdout, "dsmproxy demo: Kafka (kfake, 3 brokers) at %v, dsmproxy at %s\n", cluster.ListenAddrs(), bootstrap)
 	fmt.Fprintf(stdout, "admin: http://%s/errors (tracked errors), /readyz, /debug/pprof/\n", rt.adminLn.Addr())
 	fmt.Fprintf(stdout, "pipeline: orders -> [orders] -> billing -> [invoices] -> mailer, %d orders/s; first table in about %s. Ctrl-C stops.\n\n", o.rate, 2*o.flush)
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	for _, svc := range demoServices(bootstrap, o.rate) {
+	errc := make(chan error, len(services))
+	for _, svc := range services {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -196,6 +216,102 @@ func demoServices(bootstrap string, rate int) []func(context.Context) error {
 		}
 	}
 	return []func(context.Context) error{orders, billing, mailer, auditor}
+}
+
+// answers reports whether something accepts TCP connections at addr.
+func answers(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// demoAMQPServices: shipping publishes parcels to a direct exchange (and, now and then, one
+// mandatory message nothing is bound for: a Basic.Return the proxy tracks); warehouse consumes them.
+func demoAMQPServices(url string, rate int) []func(context.Context) error {
+	const exchange, queue, key = "dsmproxy-demo", "dsmproxy-demo-parcels", "parcels"
+	dial := func(name string) (*amqp091.Connection, *amqp091.Channel, error) {
+		conn, err := amqp091.DialConfig(url, amqp091.Config{Properties: amqp091.Table{"connection_name": name}})
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		ch, err := conn.Channel()
+		if err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if err := ch.ExchangeDeclare(exchange, "direct", false, true, false, false, nil); err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		return conn, ch, nil
+	}
+	warehouse := func(ctx context.Context) error {
+		conn, ch, err := dial("warehouse")
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if _, err := ch.QueueDeclare(queue, false, true, false, false, nil); err != nil {
+			return err
+		}
+		if err := ch.QueueBind(queue, key, exchange, false, nil); err != nil {
+			return err
+		}
+		msgs, err := ch.Consume(queue, "warehouse", true, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case _, ok := <-msgs:
+				if !ok {
+					return fmt.Errorf("warehouse: the broker closed the consumer")
+				}
+			}
+		}
+	}
+	shipping := func(ctx context.Context) error {
+		// Give warehouse a moment to bind its queue, so parcels are not unroutable from the start.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		conn, ch, err := dial("shipping")
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		returns := ch.NotifyReturn(make(chan amqp091.Return, 16))
+		go func() {
+			for range returns { // the app ignores returns, as many do
+			}
+		}()
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		for n := 0; ; n++ {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.C:
+			}
+			rk, mandatory := key, false
+			if n%(rate*3) == rate { // about every 3 s: a parcel for a route nobody serves
+				rk, mandatory = "parcels-to-mars", true
+			}
+			err := ch.PublishWithContext(ctx, exchange, rk, mandatory, false, amqp091.Publishing{
+				ContentType: "application/json", Body: fmt.Appendf(nil, `{"parcel":%d}`, n)})
+			if err != nil && ctx.Err() == nil {
+				return fmt.Errorf("shipping: %w", err)
+			}
+		}
+	}
+	return []func(context.Context) error{warehouse, shipping}
 }
 
 // demoMaxMessageBytes is the demo cluster's message.max.bytes.

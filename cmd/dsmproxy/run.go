@@ -130,6 +130,14 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		}
 		rt.fronts = append(rt.fronts, f)
 	}
+	for _, a := range cfg.AMQP {
+		f, err := buildAMQP(a, sh)
+		if err != nil {
+			rt.abort()
+			return nil, err
+		}
+		rt.fronts = append(rt.fronts, f)
+	}
 	for _, a := range cfg.AWS {
 		f, err := buildAWS(a, sh)
 		if err != nil {

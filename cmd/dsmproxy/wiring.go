@@ -15,6 +15,7 @@ import (
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/protocols/amqp"
 	"github.com/dsmproxy/dsmproxy/protocols/aws"
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -208,4 +209,20 @@ func hostPort(s string) string {
 		return net.JoinHostPort(u.Hostname(), "443")
 	}
 	return net.JoinHostPort(u.Hostname(), "80")
+}
+
+func buildAMQP(a AMQPConfig, sh shared) (namedFront, error) {
+	lc, reloaders, err := listenerTemplate(a.ListenerLimits)
+	if err != nil {
+		return namedFront{}, fmt.Errorf("amqp front %s: %w", a.Listen, err)
+	}
+	p, err := amqp.New(amqp.Config{
+		Listen: a.Listen, Upstream: a.Upstream, MaxFrameBytes: a.MaxFrameBytes, RespectExistingContext: a.RespectExistingContext,
+		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
+		Listener: lc,
+	})
+	if err != nil {
+		return namedFront{}, err
+	}
+	return namedFront{front: p, protocol: "amqp", listen: a.Listen, upstreams: []string{a.Upstream}, reloaders: reloaders}, nil
 }
