@@ -2,17 +2,201 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/protocols/amqp"
 )
 
-// benchAMQP is added with protocols/amqp.
-func benchAMQP(_ context.Context, _ options, stderr io.Writer) ([]row, error) {
-	fmt.Fprintln(stderr, "amqp: the AMQP front is not built yet; skipped")
-	return nil, nil
+func newAMQPFront(upstream string, m monitoring) (front, error) {
+	return amqp.New(amqp.Config{
+		Listen: "127.0.0.1:0", Upstream: upstream, Env: "bench",
+		Checkpointer: m.cp, Observer: m.agg, Errors: m.errs, Services: m.svc, Log: zerolog.Nop(),
+	})
 }
 
-func newAMQPFront(string, monitoring) (front, error) {
-	return nil, errors.New("the AMQP front is not built yet")
+// benchAMQP publishes (confirms off, then on) and consumes the same messages directly against
+// RabbitMQ and through the proxy, alternating rounds.
+func benchAMQP(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
+	u, err := url.Parse(o.amqpURL)
+	if err != nil {
+		return nil, fmt.Errorf("--amqp-url: %w", err)
+	}
+	if c, err := net.DialTimeout("tcp", u.Host, time.Second); err != nil {
+		fmt.Fprintf(stderr, "amqp: no RabbitMQ answers at %s (start it with `rabbitmq-server -detached`); skipped\n", u.Host)
+		return nil, nil
+	} else {
+		c.Close()
+	}
+	pp, err := startProxy("amqp", u.Host, stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer pp.stop()
+	viaProxy := *u
+	viaProxy.Host = pp.addr
+	urls := []string{o.amqpURL, viaProxy.String()}
+	fmt.Fprintf(stderr, "amqp: %d messages of %d B published (confirms off and on) and consumed, direct and through the proxy...\n", o.amqpMsgs, o.size)
+	var pubOff, pubOn, cons [2]result
+	for round := 0; round < o.rounds; round++ {
+		for i, target := range urls {
+			off, on, c, err := amqpRun(ctx, target, o, pp.cpu)
+			if err != nil {
+				return nil, fmt.Errorf("amqp via %s: %w", []string{"direct", "proxy"}[i], err)
+			}
+			pubOff[i], pubOn[i], cons[i] = best(pubOff[i], off), best(pubOn[i], on), best(cons[i], c)
+		}
+	}
+	rss := pp.peakRSS()
+	return []row{
+		{protocol: "amqp", workload: "publish, confirms off", direct: pubOff[0], proxy: pubOff[1], rss: rss},
+		{protocol: "amqp", workload: "publish, confirms on", direct: pubOn[0], proxy: pubOn[1], rss: rss},
+		{protocol: "amqp", workload: "consume (2 queues)", direct: cons[0], proxy: cons[1], rss: rss},
+	}, nil
+}
+
+// amqpRun publishes o.amqpMsgs messages to one queue without confirms and to another with
+// confirms (from o.concurrency channels), then consumes both queues.
+// cpu reads the proxy process's CPU; each phase records its own share.
+func amqpRun(ctx context.Context, target string, o options, cpu func() time.Duration) (off, on, cons result, err error) {
+	conn, err := amqp091.DialConfig(target, amqp091.Config{Properties: amqp091.Table{"connection_name": "bench"}})
+	if err != nil {
+		return off, on, cons, err
+	}
+	defer conn.Close()
+	setup, err := conn.Channel()
+	if err != nil {
+		return off, on, cons, err
+	}
+	stamp := time.Now().UnixNano()
+	qOff, qOn := fmt.Sprintf("bench-off-%d", stamp), fmt.Sprintf("bench-on-%d", stamp)
+	for _, q := range []string{qOff, qOn} {
+		if _, err := setup.QueueDeclare(q, false, true, false, false, nil); err != nil {
+			return off, on, cons, err
+		}
+	}
+	body := benchValue(o.size)
+	c0 := cpu()
+	if off, err = amqpPublish(ctx, conn, qOff, body, false, o); err != nil {
+		return off, on, cons, err
+	}
+	c1 := cpu()
+	if on, err = amqpPublish(ctx, conn, qOn, body, true, o); err != nil {
+		return off, on, cons, err
+	}
+	c2 := cpu()
+	cons, err = amqpConsume(ctx, conn, []string{qOff, qOn}, 2*o.amqpMsgs, o.size)
+	off.proxyCPU, on.proxyCPU, cons.proxyCPU = c1-c0, c2-c1, cpu()-c2
+	for _, q := range []string{qOff, qOn} {
+		_, _ = setup.QueueDelete(q, false, false, false)
+	}
+	return off, on, cons, err
+}
+
+func amqpPublish(ctx context.Context, conn *amqp091.Connection, queue string, body []byte, confirms bool, o options) (result, error) {
+	per := o.amqpMsgs / o.concurrency
+	lat := newLatencies(o.amqpMsgs)
+	errc := make(chan error, o.concurrency)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < o.concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ch, err := conn.Channel()
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer ch.Close()
+			if confirms {
+				if err := ch.Confirm(false); err != nil {
+					errc <- err
+					return
+				}
+			}
+			var pending []*amqp091.DeferredConfirmation
+			var sent []time.Time
+			for i := 0; i < per; i++ {
+				t0 := time.Now()
+				dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp091.Publishing{Body: body})
+				if err != nil {
+					errc <- err
+					return
+				}
+				if confirms {
+					pending, sent = append(pending, dc), append(sent, t0)
+					// Keep a window of 200 unconfirmed, as a pipelining publisher would.
+					if len(pending) >= 200 {
+						if !pending[0].Wait() {
+							errc <- fmt.Errorf("publish nacked")
+							return
+						}
+						lat.add(time.Since(sent[0]))
+						pending, sent = pending[1:], sent[1:]
+					}
+				} else {
+					lat.add(time.Since(t0))
+				}
+			}
+			for i, dc := range pending {
+				if !dc.Wait() {
+					errc <- fmt.Errorf("publish nacked")
+					return
+				}
+				lat.add(time.Since(sent[i]))
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return result{}, err
+	default:
+	}
+	n := per * o.concurrency
+	return result{msgs: n, bytes: int64(n * len(body)), elapsed: time.Since(start), p50: lat.quantile(0.5), p99: lat.quantile(0.99)}, nil
+}
+
+func amqpConsume(ctx context.Context, conn *amqp091.Connection, queues []string, n, size int) (result, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return result{}, err
+	}
+	defer ch.Close()
+	if err := ch.Qos(1000, 0, false); err != nil {
+		return result{}, err
+	}
+	merged := make(chan amqp091.Delivery, 1000)
+	for _, q := range queues {
+		d, err := ch.ConsumeWithContext(ctx, q, "", true, false, false, false, nil)
+		if err != nil {
+			return result{}, err
+		}
+		go func() {
+			for m := range d {
+				merged <- m
+			}
+		}()
+	}
+	start := time.Now()
+	got := 0
+	for got < n {
+		select {
+		case <-merged:
+			got++
+		case <-time.After(30 * time.Second):
+			return result{}, fmt.Errorf("consumed %d of %d messages, then nothing for 30 s", got, n)
+		case <-ctx.Done():
+			return result{}, ctx.Err()
+		}
+	}
+	return result{msgs: got, bytes: int64(got * size), elapsed: time.Since(start)}, nil
 }

@@ -46,3 +46,21 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestSmokeAMQP: the AMQP workload against the local RabbitMQ, direct and through the child proxy.
+func TestSmokeAMQP(t *testing.T) {
+	var out bytes.Buffer
+	var errb lockedBuffer
+	code := run([]string{"--protocols", "amqp", "--amqp-messages", "400", "--rounds", "1"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+	if strings.Contains(errb.String(), "skipped") {
+		t.Fatalf("RabbitMQ must answer on 127.0.0.1:5672 (start it with `rabbitmq-server -detached`):\n%s", errb.String())
+	}
+	for _, want := range []string{"publish, confirms off", "publish, confirms on", "consume (2 queues)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
