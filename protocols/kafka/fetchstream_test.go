@@ -128,3 +128,26 @@ func TestFetchTailHidesEndpoints(t *testing.T) {
 		t.Errorf("hidden endpoints not counted")
 	}
 }
+
+// FuzzFetchTail: the length-only walker never panics, loops or points outside the body. (Its
+// agreement with kmsg is TestFetchTailStart's: kmsg itself allocates by the counts it reads, so
+// hostile counts make it, not the walker, the slow part of a fuzz run.)
+func FuzzFetchTail(f *testing.F) {
+	for v := int16(12); v <= 18; v++ {
+		for _, brokers := range []bool{false, true} {
+			f.Add(v, fetchResponseFrame(testFetchResponse(v, brokers))[9:])
+		}
+	}
+	f.Fuzz(func(t *testing.T, v int16, body []byte) {
+		tail, err := fetchTailStart(body, v)
+		if err != nil {
+			return
+		}
+		if tail < 0 || tail > len(body) {
+			t.Fatalf("tail %d outside %d bytes", tail, len(body))
+		}
+		if at, _ := nodeEndpointsTag(body[tail:]); at >= len(body)-tail {
+			t.Fatalf("tag at %d outside %d tail bytes", at, len(body)-tail)
+		}
+	})
+}
