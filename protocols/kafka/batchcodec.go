@@ -28,8 +28,9 @@ type kgoCodec struct {
 	lz4w          *lz4.Writer // reused across batches; see lz4Compress
 }
 
-// maxKeptPlain bounds the decompression buffer a codec keeps between batches.
-const maxKeptPlain = 8 << 20
+// maxKeptPlain bounds the decompression buffer a codec keeps between batches (one codec per
+// connection: bigger batches are rare and get their own).
+const maxKeptPlain = 1 << 20
 
 // plainBuf is handed to kgo's decompressor as its byte pool, so every batch decompresses into the
 // codec's one buffer rather than a fresh allocation (and a copy: kgo clones out of its own pool).

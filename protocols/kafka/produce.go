@@ -93,12 +93,17 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		grow += sp[1] - sp[0] - (v.parts[i].recEnd - v.parts[i].recStart) + 4
 	}
 	// The rewritten frame is written upstream before the next request is read, so one buffer per
-	// session serves every produce: no 100 KB allocation (and page faults) per request.
-	if need := len(frame) + grow; cap(s.outBuf) < need {
+	// session serves every produce: no 100 KB allocation (and page faults) per request. Requests
+	// over maxReusedFrame get their own, so a rare huge one is not kept per connection.
+	need := len(frame) + grow
+	if cap(s.outBuf) < need {
 		s.outBuf = make([]byte, 0, need+need/4)
 	}
 	out := spliceRecords(s.outBuf[:0], frame, h.Version >= 9, v.parts, repl)
 	s.outBuf = out[:0]
+	if cap(s.outBuf) > maxReusedFrame {
+		s.outBuf = nil
+	}
 	clear(repl)
 	s.repl = repl[:0]
 	return out, pd
