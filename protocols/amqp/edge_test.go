@@ -23,6 +23,7 @@ import (
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 func consumeN(t *testing.T, ch *amqp091.Channel, q string, n int) []amqp091.Delivery {
@@ -378,5 +379,27 @@ func TestNackReported(t *testing.T) {
 	})
 	if st := h.p.Stats(); st.Nacks != 1 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestServiceFromUserRule: a configured rule on the AMQP user names the service when the client
+// sends no connection_name.
+func TestServiceFromUserRule(t *testing.T) {
+	h := startProxy(t, func(c *Config) {
+		c.Services = &proxy.Services{Default: "default-svc", Rules: []proxy.ServiceRule{{Service: "guest-app", Protocol: "amqp", User: "guest"}}}
+	})
+	c, err := amqp091.Dial(h.url) // no connection_name
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q := declareQueue(t, c, unique("rule"))
+	ch := channel(t, c)
+	if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Body: []byte("r")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "publish point", func() bool { return len(with(h.rec.points(), "direction:out")) == 1 })
+	if p := with(h.rec.points(), "direction:out")[0]; p.Service != "guest-app" {
+		t.Errorf("service %q, want the rule's", p.Service)
 	}
 }

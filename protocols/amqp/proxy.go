@@ -2,6 +2,22 @@
 // connection, splices the DSM pathway header into the content header of every Basic.Publish, and
 // checkpoints every Basic.Deliver and Basic.GetOk with the queue it came from, reporting returns,
 // nacks and error closes. Every other byte is relayed as it came.
+//
+// Checkpoints carry the tags the Python and Java tracers write:
+//
+//	publish to the default exchange, routing key q:  direction:out, topic:q, type:rabbitmq
+//	publish to exchange x, routing key k (or none):   direction:out, exchange:x, has_routing_key:true (false), type:rabbitmq
+//	Basic.Deliver or Basic.GetOk from queue q:         direction:in, topic:q, type:rabbitmq
+//
+// The queue of a delivery comes from the Basic.Consume (or ConsumeOk, for server-named tags) of
+// its consumer tag on that channel, the queue of a GetOk from the channel's last Basic.Get; an
+// empty queue name there is the queue last declared on the channel. The payload size is the body
+// plus the headers table including the pathway entry, so both ends of a message report the same.
+//
+// The service is the first configured rule that matches (connection name or user), else the
+// client's connection_name property, else the default service: a client that sets
+// connection_name "billing-worker" checkpoints as billing-worker; one that sets none, logging in
+// as guest, matches a rule {User: guest} or takes the default.
 package amqp
 
 import (
