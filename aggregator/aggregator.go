@@ -250,12 +250,22 @@ func (a *Aggregator) Close() {
 	<-a.done
 }
 
+// sweepInterval is how often the aggregating goroutine folds in points that have not reached a
+// shard's wake mark: the longest a point waits in the queue while traffic is light.
+const sweepInterval = 20 * time.Millisecond
+
 func (a *Aggregator) loop() {
 	defer close(a.done)
+	sweep := time.NewTicker(sweepInterval)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-a.points.notify:
 			a.drain()
+		case <-sweep.C:
+			if a.points.queued() {
+				a.drain()
+			}
 		case o := <-a.offsets:
 			a.mu.Lock()
 			a.addOffset(&o)

@@ -15,8 +15,9 @@ import (
 // A channel costs a lock on both sides of every point and bounced between cores under load.
 type pointQueue struct {
 	shards []shard
-	// notify has room for one signal: a push into an empty shard leaves one, so the consumer
-	// wakes at least once after every push and sleeps while nothing is queued.
+	// notify has room for one signal: a push that fills a shard to its wake mark leaves one.
+	// Below the mark the consumer finds points on its periodic sweep, so a steady trickle does
+	// not cost a goroutine wake-up (a futex call) per point.
 	notify chan struct{}
 }
 
@@ -25,6 +26,7 @@ type shard struct {
 	buf   []pathway.Point
 	n     atomic.Int32 // len(buf), readable without the lock
 	limit int
+	wake  int      // len(buf) at which a push wakes the consumer
 	_     [64]byte // keep neighbouring shards' locks off one cache line
 }
 
@@ -40,6 +42,7 @@ func newPointQueue(size int) *pointQueue {
 		if i < size%n {
 			q.shards[i].limit++
 		}
+		q.shards[i].wake = max(1, min(q.shards[i].limit/4, wakeMark))
 		// Allocated up front, like a channel's buffer: pushing never allocates.
 		q.shards[i].buf = make([]pathway.Point, 0, q.shards[i].limit)
 	}
@@ -80,8 +83,13 @@ func (q *pointQueue) push(p *pathway.Point) bool {
 	return false
 }
 
+// wakeMark caps the points a shard collects before a push wakes the consumer: enough that a busy
+// data path wakes it once per batch, few enough that a burst never nears the shard's limit
+// between sweeps.
+const wakeMark = 128
+
 // putUnlock appends p to the locked shard s if it has room, unlocks it, and wakes the consumer
-// when s was empty.
+// when s reaches its wake mark.
 func (q *pointQueue) putUnlock(s *shard, p *pathway.Point) bool {
 	if len(s.buf) >= s.limit {
 		s.mu.Unlock()
@@ -89,7 +97,7 @@ func (q *pointQueue) putUnlock(s *shard, p *pathway.Point) bool {
 	}
 	s.buf = append(s.buf, *p)
 	s.n.Store(int32(len(s.buf)))
-	wake := len(s.buf) == 1
+	wake := len(s.buf) == s.wake
 	s.mu.Unlock()
 	if wake {
 		select {
@@ -110,4 +118,14 @@ func (q *pointQueue) take(i int, spare []pathway.Point) []pathway.Point {
 	s.n.Store(0)
 	s.mu.Unlock()
 	return out
+}
+
+// queued reports whether any shard holds points, without locking.
+func (q *pointQueue) queued() bool {
+	for i := range q.shards {
+		if q.shards[i].n.Load() > 0 {
+			return true
+		}
+	}
+	return false
 }
