@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"gopkg.in/yaml.v3"
 )
 
@@ -148,6 +149,9 @@ type AWSConfig struct {
 	ListenerLimits          `yaml:",inline"`
 
 	line int
+	// credentials sign upstream requests instead of the standard AWS chain; only code sets it
+	// (the demo's static keys for its in-process SQS server), never the file or flags.
+	credentials awssdk.CredentialsProvider
 }
 
 // Duration is a time.Duration written as "10s", "1m30s" in YAML.

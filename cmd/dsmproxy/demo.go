@@ -34,6 +34,12 @@ When RabbitMQ answers on --amqp-upstream (guest/guest), an AMQP front joins:
 
   shipping --publish--> [exchange dsmproxy-demo] --> warehouse   (plus an unroutable mandatory parcel now and then)
 
+Unless --sqs=false, an in-process SQS server (goaws) behind an AWS front joins too; the services
+use aws-sdk-go-v2 and sign with the demo's static keys (demo/demo), which the proxy also re-signs with:
+
+  checkout --SendMessage(Batch)--> [queue dsmproxy-demo-payments] --ReceiveMessage--> payments
+           (plus, every 3 s, a send to a queue that does not exist: a tracked SQS error)
+
 Every flush (10 s) it prints what the Agent received: pathways with edge and end-to-end latency
 p50/p99, messages/s, consumer lag, and the errors the proxy tracked (also at /errors). billing's consume-to-produce link is made by the proxy's
 optional link_consume_produce setting, on in the demo. Ctrl-C stops it cleanly.
@@ -48,6 +54,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	flush := fs.Duration("flush", 10*time.Second, "bucket and flush interval")
 	agentURL := fs.String("agent-url", "", "also send the stats to this real Datadog Agent")
 	amqpUp := fs.String("amqp-upstream", "127.0.0.1:5672", "RabbitMQ for the AMQP part of the demo (guest/guest); used when it answers; off disables")
+	withSQS := fs.Bool("sqs", true, "run the SQS part of the demo (an in-process SQS server behind an AWS front); --sqs=false leaves it out")
 	logLevel := fs.String("log-level", "error", "proxy log level (tracked errors are in the tables and at /errors)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), usageDemo, "demo")
@@ -63,7 +70,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, agentURL: *agentURL, logLevel: *logLevel, amqpUpstream: *amqpUp}, stdout, stderr)
+	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, agentURL: *agentURL, logLevel: *logLevel, amqpUpstream: *amqpUp, sqs: *withSQS}, stdout, stderr)
 }
 
 type demoOptions struct {
@@ -72,6 +79,7 @@ type demoOptions struct {
 	agentURL     string
 	logLevel     string
 	amqpUpstream string // RabbitMQ host:port, or "off"
+	sqs          bool   // an in-process SQS server (goaws) behind an AWS front
 }
 
 func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
@@ -101,6 +109,16 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	withAMQP := o.amqpUpstream != "off" && o.amqpUpstream != "" && answers(o.amqpUpstream)
 	if withAMQP {
 		cfg.AMQP = []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: o.amqpUpstream}}
+	}
+	var sqsServer *demoSQS
+	if o.sqs {
+		if sqsServer, err = startDemoSQS(); err != nil {
+			return err
+		}
+		defer sqsServer.Close()
+		// As `dsmproxy run --aws 127.0.0.1:0=<goaws URL>` with AWS_ACCESS_KEY_ID=demo and
+		// AWS_SECRET_ACCESS_KEY=demo, but the keys are given in code, not read from the environment.
+		cfg.AWS = []AWSConfig{{Listen: "127.0.0.1:0", Upstream: sqsServer.URL(), credentials: demoSQSCreds}}
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -135,6 +153,20 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		services = append(services, demoAMQPServices("amqp://guest:guest@"+amqpAddr+"/", max(o.rate/10, 1))...)
 	} else {
 		fmt.Fprintf(stdout, "(no RabbitMQ answers on %s: the AMQP part of the demo is off)\n", o.amqpUpstream)
+	}
+	if o.sqs {
+		awsAddr := rt.fronts[len(rt.fronts)-1].Addr().String() // AWS fronts come last
+		sqsSvcs, err := demoSQSServices(ctx, "http://"+awsAddr, max(o.rate/10, 1))
+		if err != nil {
+			pcancel()
+			_ = rt.stop()
+			if ctx.Err() != nil { // stopped before the queue existed
+				return nil
+			}
+			return err
+		}
+		fmt.Fprintf(stdout, "SQS (goaws, in process) at %s, dsmproxy AWS front at %s: checkout -> [queue %s] -> payments\n", sqsServer.URL(), awsAddr, demoSQSQueue)
+		services = append(services, sqsSvcs...)
 	}
 	fmt.Fprintf(stdout, "dsmproxy demo: Kafka (kfake, 3 brokers) at %v, dsmproxy at %s\n", cluster.ListenAddrs(), bootstrap)
 	fmt.Fprintf(stdout, "admin: http://%s/errors (tracked errors), /readyz, /debug/pprof/\n", rt.adminLn.Addr())

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -215,15 +216,17 @@ kafka:
 }
 
 // TestDemo runs the embedded demo with short buckets and checks the table shows the whole pipeline
-// with throughput and chained hashes.
+// with throughput and chained hashes, for Kafka, AMQP and SQS; a fake Agent fed through
+// --agent-url shows the edge types the table leaves out.
 func TestDemo(t *testing.T) {
 	var out syncWriter
+	agent := agenttest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
 	if !answers("127.0.0.1:5672") {
 		t.Fatal("RabbitMQ does not answer on 127.0.0.1:5672 (the demo's AMQP part needs it): start it with `rabbitmq-server -detached`")
 	}
-	if err := runDemo(ctx, demoOptions{rate: 100, flush: time.Second, logLevel: "error", amqpUpstream: "127.0.0.1:5672"}, &out, io.Discard); err != nil {
+	if err := runDemo(ctx, demoOptions{rate: 100, flush: time.Second, logLevel: "error", amqpUpstream: "127.0.0.1:5672", sqs: true, agentURL: agent.URL()}, &out, io.Discard); err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
 	// Column widths depend on the rows: compare with runs of spaces collapsed.
@@ -242,6 +245,9 @@ func TestDemo(t *testing.T) {
 		"warehouse  direction:in topic:dsmproxy-demo-parcels",
 		"lost_message    shipping  amqp Basic.Publish",
 		"NO_ROUTE",
+		"checkout   direction:out topic:dsmproxy-demo-payments",
+		"payments   direction:in topic:dsmproxy-demo-payments",
+		"broker_error    checkout  sqs SendMessage",
 	} {
 		if !strings.Contains(s, squash(want)) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
@@ -249,6 +255,26 @@ func TestDemo(t *testing.T) {
 	}
 	if strings.Contains(s, "did not decode") {
 		t.Errorf("the stand-in Agent could not decode a payload:\n%s", s)
+	}
+	// checkout -> [sqs queue] -> payments, as the Agent sees it: typed sqs edges, chained hashes.
+	sqsEdge := func(pts []agenttest.Point, service, dir string) []agenttest.Point {
+		var got []agenttest.Point
+		for _, p := range pts {
+			if p.TimestampType == "current" && p.Service == service &&
+				slices.Equal(p.EdgeTags, []string{"direction:" + dir, "topic:" + demoSQSQueue, "type:sqs"}) {
+				got = append(got, p)
+			}
+		}
+		return got
+	}
+	agent.WaitFor(t, 10*time.Second, "the SQS produce and consume points", func(a *agenttest.Agent) bool {
+		pts := a.Points()
+		return len(sqsEdge(pts, "checkout", "out")) > 0 && len(sqsEdge(pts, "payments", "in")) > 0
+	})
+	pts := agent.Points()
+	prod, cons := sqsEdge(pts, "checkout", "out"), sqsEdge(pts, "payments", "in")
+	if cons[0].ParentHash != prod[0].Hash {
+		t.Errorf("payments' consume point (parent %016x) does not follow checkout's produce point (%016x)", cons[0].ParentHash, prod[0].Hash)
 	}
 }
 
