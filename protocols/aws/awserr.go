@@ -77,6 +77,9 @@ func errorCode(resp *http.Response, body []byte) (code, msg string) {
 		if ms, _, err := objectMembers(body, b); err == nil {
 			if t, ok := jsonString(body, find(ms, "__type")); ok && code == "" {
 				code = t[strings.LastIndexByte(t, '#')+1:]
+			} else if t, ok := jsonString(body, find(ms, "Code")); ok {
+				// not AWS's JSON shape, but emulators (goaws) answer so and the SDKs read it
+				code = t
 			}
 			if m, ok := jsonString(body, find(ms, "message")); ok {
 				msg = m
@@ -108,11 +111,19 @@ func (p *Proxy) reportUpstreamError(c *call, resp *http.Response, body []byte) {
 	retriable := resp.StatusCode >= 500 || strings.Contains(code, "Throttl") || code == "RequestThrottled" ||
 		code == "ProvisionedThroughputExceededException" || code == "LimitExceededException"
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.BrokerError, Protocol: c.service, Operation: c.op,
-		Code: int32(resp.StatusCode), Name: code, Message: msg, Retriable: retriable, Service: c.svcName, Partition: -1})
+		Code: int32(resp.StatusCode), Name: code, Message: msg, Retriable: retriable, Service: c.svcName,
+		Edge: c.edge, Partition: -1, Messages: c.sent})
+	if c.sent > 0 && !retriable {
+		// A client that does not retry a refused send has lost those messages; one that does
+		// resends them as a new request, which counts on its own.
+		p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.LostMessage, Protocol: c.service, Operation: c.op,
+			Code: int32(resp.StatusCode), Name: code, Message: "the service refused the send with a non-retriable error: " + msg,
+			Service: c.svcName, Edge: c.edge, Partition: -1, Messages: c.sent})
+	}
 }
 
 // reportFailedEntry reports one failed batch entry (SendMessageBatch, PublishBatch, PutRecords).
 func (p *Proxy) reportFailedEntry(c *call, code, msg string, senderFault bool, n int) {
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.LostMessage, Protocol: c.service, Operation: c.op,
-		Name: code, Message: msg, Retriable: !senderFault, Service: c.svcName, Partition: -1, Messages: n})
+		Name: code, Message: msg, Retriable: !senderFault, Service: c.svcName, Edge: c.edge, Partition: -1, Messages: n})
 }

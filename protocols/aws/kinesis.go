@@ -111,12 +111,15 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 	}
 	_ = end
 	e = pathway.Edge{Direction: pathway.In, Type: pathway.TypeKinesis, Topic: stream}
+	c.edge = e
 	return nil, func(resp []byte) []byte { return p.kinesisGetRecords(c, e, resp) }, nil
 }
 
 // kinesisPut records one put record's checkpoint and, when enabled, returns the edit that puts
 // `_datadog` into its JSON-object data.
 func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member) (pathway.Point, *edit) {
+	c.edge = e
+	c.sent++
 	dm := find(ms, "Data")
 	raw, _ := jsonString(b, dm)
 	data, err := base64.StdEncoding.DecodeString(raw)
@@ -297,6 +300,8 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 	}
 	out := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKinesis, Topic: stream}
 	put := func(r map[string]any) pathway.Point {
+		c.edge = out
+		c.sent++
 		data := cborBytes(r["Data"])
 		pt, _ := p.cp.Checkpoint(pathway.Context{}, c.svcName, out, int64(len(data)+len(str(r, "PartitionKey"))), c.now)
 		return pt
@@ -341,6 +346,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 		stream, _ = p.iters.get(str(req, "ShardIterator"))
 	}
 	in := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKinesis, Topic: stream}
+	c.edge = in
 	return nil, func(resp []byte) []byte {
 		rm := decodeResp(resp)
 		if it := str(rm, "NextShardIterator"); it != "" && stream != "" {

@@ -10,6 +10,8 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 )
 
 // TestSQSSizeLimits: a message or batch that _datadog would push over the size limit is sent
@@ -106,8 +108,10 @@ func TestSQSQueryQueueInPath(t *testing.T) {
 	if st != 400 || !strings.Contains(resp, "<Code>AWS.SimpleQueueService.NonExistentQueue</Code>") {
 		t.Fatalf("emulator's answer not passed through: %d %s", st, resp)
 	}
-	if n := len(tp.ev.named("AWS.SimpleQueueService.NonExistentQueue")); n != 1 {
-		t.Errorf("upstream error reported %d times, want 1", n)
+	// one broker error and, the send being refused for good, one lost message on queue pathq
+	evs := tp.ev.named("AWS.SimpleQueueService.NonExistentQueue")
+	if len(evs) != 2 || evs[0].Category != errtrack.BrokerError || evs[1].Category != errtrack.LostMessage || evs[1].Edge.Topic != "pathq" {
+		t.Errorf("upstream error reported as %+v, want a broker error and a lost message on pathq", evs)
 	}
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream check: %v", bad)

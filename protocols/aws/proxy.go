@@ -328,6 +328,10 @@ type call struct {
 	// what injection has added to it so far.
 	batchTotal, batchAdded int
 	bodyHash               string // hex SHA-256 of body, once verification computed it
+	// edge is the queue, topic or stream the request concerns and sent how many messages it
+	// carries there, so an error response can name them and count them lost.
+	edge pathway.Edge
+	sent int
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -582,6 +586,9 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	if p.tap != nil {
 		p.tap(c, rb)
 	}
+	// What happens from here (consume checkpoints, error events) happens when the answer came:
+	// a long-polled ReceiveMessage can wait 20 s for a message produced meanwhile.
+	c.now = p.now()
 	modified := false
 	if resp.StatusCode/100 == 2 {
 		if fix != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/aws/smithy-go"
 
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -254,9 +255,13 @@ func TestSQSUpstreamErrorPassedThrough(t *testing.T) {
 	if !errors.As(err, &qdne) {
 		t.Fatalf("send to a missing queue: %v, want *types.QueueDoesNotExist", err)
 	}
-	evs := tp.ev.named("QueueDoesNotExist")
-	if len(evs) != 1 || evs[0].Operation != "SendMessage" || evs[0].Protocol != "sqs" {
-		t.Fatalf("error tracking events %+v (all: %+v)", evs, tp.ev.ev)
+	var broker []errtrack.Event
+	for _, e := range tp.ev.named("QueueDoesNotExist") {
+		if e.Category == errtrack.BrokerError {
+			broker = append(broker, e)
+		}
 	}
-	_ = pathway.Out
+	if len(broker) != 1 || broker[0].Operation != "SendMessage" || broker[0].Protocol != "sqs" || broker[0].Edge.Direction != pathway.Out {
+		t.Fatalf("broker error events %+v (all: %+v)", broker, tp.ev.ev)
+	}
 }

@@ -21,6 +21,8 @@ type outMsg struct {
 // prepareOut computes a sent message's checkpoint and the carrier to inject; carrier is nil when
 // the message must go unmodified (attribute count or size). dd is the message's own `_datadog`.
 func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, ddType string) (pt pathway.Point, carrier []byte, dd *attr) {
+	c.edge = e
+	c.sent++
 	size := bodyLen
 	for i := range attrs {
 		size += attrSize(&attrs[i])
@@ -348,6 +350,7 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 		}
 	}
 	e := pathway.Edge{Direction: pathway.In, Type: pathway.TypeSQS, Topic: queue}
+	c.edge = e
 	fix := func(resp []byte) []byte {
 		rms, _, err := objectMembers(resp, 0)
 		if err != nil {

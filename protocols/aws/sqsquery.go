@@ -169,6 +169,7 @@ func (p *Proxy) sqsQueryReceive(c *call, queue string) respFixer {
 		f.set("MessageAttributeName."+itoa(len(names)+1), ddAttr)
 	}
 	e := pathway.Edge{Direction: pathway.In, Type: pathway.TypeSQS, Topic: queue}
+	c.edge = e
 	return func(resp []byte) []byte {
 		root, err := parseXML(resp)
 		if err != nil {

@@ -1,0 +1,141 @@
+package aws
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+)
+
+// TestSQSMissingQueueLost: sends refused by the service (the queue does not exist) are a broker
+// error and lost messages on the queue's edge, counted per message, in both wire forms.
+func TestSQSMissingQueueLost(t *testing.T) {
+	tp, _, cl, qurl, ctx := sqsSetup(t, "present", nil)
+	missing := strings.TrimSuffix(qurl, "present") + "absent"
+	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &missing, MessageBody: awssdk.String("nowhere")}); err == nil {
+		t.Fatal("SendMessage to a missing queue succeeded")
+	}
+	entries := []types.SendMessageBatchRequestEntry{
+		{Id: awssdk.String("a"), MessageBody: awssdk.String("1")},
+		{Id: awssdk.String("b"), MessageBody: awssdk.String("2")},
+		{Id: awssdk.String("c"), MessageBody: awssdk.String("3")},
+	}
+	if _, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: &missing, Entries: entries}); err == nil {
+		t.Fatal("SendMessageBatch to a missing queue succeeded")
+	}
+	if _, err := cl.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: &missing}); err == nil {
+		t.Fatal("ReceiveMessage from a missing queue succeeded")
+	}
+
+	tp.ev.mu.Lock()
+	evs := append([]errtrack.Event(nil), tp.ev.ev...)
+	tp.ev.mu.Unlock()
+	type key struct {
+		cat errtrack.Category
+		op  string
+	}
+	got := map[key]errtrack.Event{}
+	for _, e := range evs {
+		got[key{e.Category, e.Operation}] = e
+	}
+	for _, want := range []struct {
+		cat      errtrack.Category
+		op       string
+		dir      string
+		messages int
+		absent   bool
+	}{
+		{errtrack.BrokerError, "SendMessage", "out", 1, false},
+		{errtrack.LostMessage, "SendMessage", "out", 1, false},
+		{errtrack.BrokerError, "SendMessageBatch", "out", 3, false},
+		{errtrack.LostMessage, "SendMessageBatch", "out", 3, false},
+		{errtrack.BrokerError, "ReceiveMessage", "in", 0, false},
+		{errtrack.LostMessage, "ReceiveMessage", "", 0, true},
+	} {
+		e, ok := got[key{want.cat, want.op}]
+		if want.absent {
+			if ok {
+				t.Errorf("%s %s reported: %+v", want.cat, want.op, e)
+			}
+			continue
+		}
+		if !ok {
+			t.Errorf("no %s event for %s; events: %+v", want.cat, want.op, evs)
+			continue
+		}
+		if e.Edge.Topic != "absent" || string(e.Edge.Direction) != want.dir || e.Messages != want.messages {
+			t.Errorf("%s %s: edge %+v, %d messages; want topic absent, direction %s, %d messages", want.cat, want.op, e.Edge, e.Messages, want.dir, want.messages)
+		}
+		if e.Name != "AWS.SimpleQueueService.NonExistentQueue" && e.Name != "QueueDoesNotExist" {
+			t.Errorf("%s %s: error name %q", want.cat, want.op, e.Name)
+		}
+	}
+}
+
+// TestSQSLongPollEdgeLatency: a message sent while a long-polled ReceiveMessage waits is consumed
+// when the answer comes, not when the request arrived, so its edge latency is not clamped to 0.
+func TestSQSLongPollEdgeLatency(t *testing.T) {
+	tp, _, cl, qurl, ctx := sqsSetup(t, "longpoll", nil)
+	got := make(chan error, 1)
+	go func() {
+		out, err := cl.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: &qurl, WaitTimeSeconds: 10})
+		if err == nil && len(out.Messages) != 1 {
+			err = errNoMessage
+		}
+		got <- err
+	}()
+	// Give the receive a head start so it is waiting when the message arrives; if it is late,
+	// the test only gets weaker.
+	time.Sleep(500 * time.Millisecond)
+	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qurl, MessageBody: awssdk.String("while you wait")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("long-polled receive: %v", err)
+	}
+	in := tp.rec.withTags("direction:in", "topic:longpoll")
+	if len(in) != 1 {
+		t.Fatalf("%d consume checkpoints, want 1", len(in))
+	}
+	if in[0].EdgeLatency <= 0 {
+		t.Errorf("edge latency %d ns: the consume checkpoint was stamped before the message was sent", in[0].EdgeLatency)
+	}
+}
+
+var errNoMessage = errorString("long poll returned no message")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// TestErrorCode reads the code and message of each error shape an upstream may answer with.
+func TestErrorCode(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, header, hval, code, msg string
+	}{
+		{"json 1.0", `{"__type":"com.amazon.coral.service#AWS.SimpleQueueService.NonExistentQueue","message":"gone"}`, "", "", "AWS.SimpleQueueService.NonExistentQueue", "gone"},
+		{"json 1.1", `{"__type":"ResourceNotFoundException","message":"no stream"}`, "", "", "ResourceNotFoundException", "no stream"},
+		{"query header wins over nothing", `{"message":"m"}`, "X-Amzn-Query-Error", "QueueDoesNotExist;Sender", "QueueDoesNotExist", "m"},
+		{"error type header", `{}`, "X-Amzn-Errortype", "ThrottlingException:http://internal", "ThrottlingException", ""},
+		{"goaws json", `{"Type":"Not Found","Code":"AWS.SimpleQueueService.NonExistentQueue","Message":"The specified queue does not exist for this wsdl version."}`, "", "", "AWS.SimpleQueueService.NonExistentQueue", "The specified queue does not exist for this wsdl version."},
+		{"xml", `<?xml version="1.0"?><ErrorResponse><Error><Type>Sender</Type><Code>InvalidParameterValue</Code><Message>bad</Message></Error></ErrorResponse>`, "", "", "InvalidParameterValue", "bad"},
+		{"garbage", `<<<`, "", "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := &http.Response{Header: http.Header{}}
+			if tc.header != "" {
+				resp.Header.Set(tc.header, tc.hval)
+			}
+			code, msg := errorCode(resp, []byte(tc.body))
+			if code != tc.code || msg != tc.msg {
+				t.Errorf("got %q, %q; want %q, %q", code, msg, tc.code, tc.msg)
+			}
+		})
+	}
+}
