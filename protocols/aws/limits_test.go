@@ -69,7 +69,7 @@ func TestSQSFailedBatchEntry(t *testing.T) {
 		t.Fatalf("emulator answered %d ok / %d failed; this test needs one of each", len(bm.Successful), len(bm.Failed))
 	}
 	code := awssdk.ToString(bm.Failed[0].Code)
-	if evs := tp.ev.named(code); len(evs) != 1 || evs[0].Operation != "SendMessageBatch" {
+	if evs := tp.ev.named(code); len(evs) != 1 || evs[0].Operation != "SendMessageBatch" || evs[0].Edge.Topic != "partial" || evs[0].Messages != 1 || evs[0].Category != errtrack.LostMessage {
 		t.Errorf("failed entry %s not reported: %+v", code, tp.ev.ev)
 	}
 	if n := len(tp.rec.withTags("direction:out", "topic:partial")); n != 1 {
