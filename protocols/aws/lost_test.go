@@ -139,3 +139,29 @@ func TestErrorCode(t *testing.T) {
 		})
 	}
 }
+
+// TestKinesisPutRecordsFailedRecords: kinesis-local never fails a single record, so the
+// PutRecords answer AWS documents for a partial failure (FailedRecordCount and per-record
+// ErrorCode) is fed to the response handler: the failed record is a lost message on the stream's
+// edge and the others are produce checkpoints.
+func TestKinesisPutRecordsFailedRecords(t *testing.T) {
+	tp := startProxy(t, nil)
+	req := `{"StreamName":"clicks","Records":[{"Data":"YQ==","PartitionKey":"k1"},{"Data":"Yg==","PartitionKey":"k2"},{"Data":"Yw==","PartitionKey":"k3"}]}`
+	c := &call{wire: wireJSON11, service: ServiceKinesis, op: "PutRecords", body: []byte(req), svcName: "clicker", now: time.Now()}
+	_, fix, err := tp.kinesisJSON(c)
+	if err != nil || fix == nil {
+		t.Fatalf("kinesisJSON: fix %v, err %v", fix != nil, err)
+	}
+	resp := `{"FailedRecordCount":1,"Records":[{"SequenceNumber":"1","ShardId":"shardId-000000000000"},` +
+		`{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard shardId-000000000000"},` +
+		`{"SequenceNumber":"2","ShardId":"shardId-000000000000"}]}`
+	fix([]byte(resp))
+	evs := tp.ev.named("ProvisionedThroughputExceededException")
+	if len(evs) != 1 || evs[0].Category != errtrack.LostMessage || evs[0].Edge.Topic != "clicks" || evs[0].Messages != 1 ||
+		!strings.Contains(evs[0].Message, "record 1") || evs[0].Service != "clicker" {
+		t.Fatalf("failed record events: %+v", evs)
+	}
+	if n := len(tp.rec.withTags("direction:out", "topic:clicks", "type:kinesis")); n != 2 {
+		t.Errorf("%d produce checkpoints, want 2 (the records that went in)", n)
+	}
+}
