@@ -4,22 +4,19 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/Admiral-Piett/goaws/app/models"
-	"github.com/Admiral-Piett/goaws/app/router"
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/rs/zerolog"
-	"github.com/sirupsen/logrus"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/sqsserver"
 	"github.com/dsmproxy/dsmproxy/protocols/aws"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
@@ -33,14 +30,18 @@ import (
 func TestSQSErrorsReachView(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	upstream := startGoaws(t)
+	sqsSrv, err := sqsserver.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sqsSrv.Close()
 
 	agent := &errtrack.FakeAgent{}
 	agentSrv := httptest.NewServer(agent)
 	defer agentSrv.Close()
 	col := errtrack.New(errtrack.Config{Log: zerolog.New(io.Discard), Agent: errtrack.AgentConfig{Enabled: true, URL: agentSrv.URL}})
 	creds := credentials.NewStaticCredentialsProvider("test-key", "test-secret", "")
-	p, err := aws.New(aws.Config{Listen: "127.0.0.1:0", Upstream: upstream, Region: "us-east-1", Env: "test",
+	p, err := aws.New(aws.Config{Listen: "127.0.0.1:0", Upstream: sqsSrv.URL(), Region: "us-east-1", Env: "test",
 		Errors: col, Services: &proxy.Services{Default: "default-svc"}, Credentials: creds, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
@@ -137,27 +138,4 @@ func TestSQSErrorsReachView(t *testing.T) {
 		!strings.Contains(meta["events"].(string), `"exception.type":"sqs.lost_message.`+code+`"`) {
 		t.Errorf("lost span: %v", lost)
 	}
-}
-
-// startGoaws serves goaws's SQS router on a loopback port and returns its URL. goaws keeps its
-// queues in package variables: one per test process.
-func startGoaws(t *testing.T) string {
-	t.Helper()
-	logrus.SetOutput(io.Discard)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	models.SyncQueues.Lock()
-	models.CurrentEnvironment = models.Environment{Host: host, Port: port, AccountID: "000000000000",
-		QueueAttributeDefaults: models.EnvQueueAttributes{VisibilityTimeout: 30, MaximumMessageSize: 256 << 10, MessageRetentionPeriod: 4 * 24 * 3600}}
-	models.SyncQueues.Queues = map[string]*models.Queue{}
-	models.SyncQueues.Unlock()
-	srv := httptest.NewUnstartedServer(router.New())
-	srv.Listener.Close()
-	srv.Listener = ln
-	srv.Start()
-	t.Cleanup(srv.Close)
-	return srv.URL
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/sqsserver"
 )
 
 const usageDemo = `Usage: dsmproxy %s [flags]
@@ -110,9 +111,9 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	if withAMQP {
 		cfg.AMQP = []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: o.amqpUpstream}}
 	}
-	var sqsServer *demoSQS
+	var sqsServer *sqsserver.Server
 	if o.sqs {
-		if sqsServer, err = startDemoSQS(); err != nil {
+		if sqsServer, err = sqsserver.Start(); err != nil {
 			return err
 		}
 		defer sqsServer.Close()
