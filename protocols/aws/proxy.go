@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -611,8 +612,17 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		}
 		hdr[k] = vs
 	}
+	// A known length lets net/http write the header and body in one piece, never chunked.
+	if bodyAllowed(resp.StatusCode) {
+		hdr["Content-Length"] = []string{strconv.Itoa(len(rb))}
+	}
 	w.WriteHeader(resp.StatusCode)
 	w.Write(rb)
+}
+
+// bodyAllowed reports whether a response with this status may carry a body.
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
 }
 
 // rewriteRequest dispatches on service, wire and operation.
