@@ -221,3 +221,52 @@ func BenchmarkHandlerSendMessage(b *testing.B) { benchHandler(b, "SendMessage") 
 
 // BenchmarkHandlerReceiveMessage: one ReceiveMessage of three messages, network excluded.
 func BenchmarkHandlerReceiveMessage(b *testing.B) { benchHandler(b, "ReceiveMessage") }
+
+// BenchmarkSQSProxySendCPU sends b.N messages through the proxy, run as a separate process in
+// front of local-aws-sqs, and reports the proxy process's CPU per SendMessage (read from /proc),
+// a steadier figure on a shared machine than BenchmarkSQSEndToEnd's rates.
+func BenchmarkSQSProxySendCPU(b *testing.B) {
+	port := startNode(b, nil, "sqs-server.js")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAWSProxyProcess$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("DSMPROXY_AWS_PROXY_UPSTREAM=http://127.0.0.1:%d", port))
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	var proxyPort int
+	if _, err := fmt.Fscanf(bufio.NewReader(stdout), "LISTENING %d\n", &proxyPort); err != nil {
+		b.Fatalf("proxy process: %v", err)
+	}
+	cl := sqsClient(fmt.Sprintf("http://127.0.0.1:%d", proxyPort), testKey, testSecret)
+	ctx := context.Background()
+	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(fmt.Sprintf("cpu%d", time.Now().UnixNano()))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	attrs := map[string]types.MessageAttributeValue{"tenant": strAttr("acme")}
+	send := func(n int) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for next.Add(1) <= int64(n) {
+					if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: awssdk.String("benchmark message body of a typical small size"), MessageAttributes: attrs}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	send(500) // warm up
+	cpu0 := procCPU(b, cmd.Process.Pid)
+	b.ResetTimer()
+	send(b.N)
+	b.StopTimer()
+	b.ReportMetric(float64((procCPU(b, cmd.Process.Pid)-cpu0).Microseconds())/float64(b.N), "proxy-cpu-µs/send")
+}

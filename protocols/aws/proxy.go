@@ -94,7 +94,8 @@ type Config struct {
 	// Listener carries TLS toward clients (Listener.TLS) and the connection limit (MaxConns);
 	// other fields are ignored.
 	Listener proxy.ListenerConfig
-	// Transport sends upstream requests (default: a clone of http.DefaultTransport).
+	// Transport sends upstream requests. Default: the front's own HTTP/1.1 client, or a clone of
+	// http.DefaultTransport when an HTTP proxy from the environment applies to an upstream.
 	Transport http.RoundTripper
 }
 
@@ -127,6 +128,7 @@ type Proxy struct {
 	creds  awssdk.CredentialsProvider
 	signer *v4.Signer
 	client *http.Client
+	upc    *upstreamClient // nil = client
 	up     map[string]*url.URL
 	stats  counters
 
@@ -218,6 +220,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.signer = v4.NewSigner()
 	rt := cfg.Transport
+	if rt == nil && !envProxied(p.up) {
+		p.upc = newUpstreamClient()
+	}
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConnsPerHost = 256
@@ -290,7 +295,22 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	if srv == nil {
 		return nil
 	}
-	return srv.Shutdown(ctx)
+	err := srv.Shutdown(ctx)
+	if p.upc != nil {
+		p.upc.close()
+	}
+	return err
+}
+
+// envProxied reports whether an HTTP proxy from the environment (HTTPS_PROXY, HTTP_PROXY,
+// NO_PROXY) applies to an upstream: http.Transport then sends the requests.
+func envProxied(up map[string]*url.URL) bool {
+	for _, u := range up {
+		if pu, err := http.ProxyFromEnvironment(&http.Request{URL: u}); pu != nil || err != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Stats returns a snapshot of the counters.
@@ -520,7 +540,11 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 		u.RawPath = strings.TrimSuffix(base.EscapedPath(), "/") + c.r.URL.RawPath
 	}
 	u.RawQuery = c.r.URL.RawQuery
-	req, err := http.NewRequestWithContext(c.r.Context(), c.r.Method, u.String(), bytes.NewReader(body))
+	var rd io.Reader
+	if p.upc == nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(c.r.Context(), c.r.Method, u.String(), rd)
 	if err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s: building upstream request: %w", c.service, c.op, err)
 	}
@@ -541,8 +565,16 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	if sum == "" || !sameSlice(body, c.body) {
 		sum = sha256Hex(body)
 	}
+	req.ContentLength = int64(len(body)) // signed as content-length when > 0, as http.Transport sends it
 	if err := p.signer.SignHTTP(c.r.Context(), creds, req, sum, signingName, region, p.now()); err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s: signing: %w", c.service, c.op, err)
+	}
+	if p.upc != nil {
+		resp, rb, err := p.upc.do(req, body, p.cfg.MaxBodyBytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
+		}
+		return resp, rb, nil
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
