@@ -24,8 +24,8 @@ type kgoCodec struct {
 	comp          [5]kgo.Compressor
 	raw           []byte // spliced records, reused
 	zbuf          bytes.Buffer
-	plain         plainBuf    // decompressed records, reused
-	lz4w          *lz4.Writer // reused across batches; see lz4Compress
+	plain         plainBuf       // decompressed records, reused
+	lz4c          lz4.Compressor // reused across batches (its hash table); see lz4Encode
 }
 
 // maxKeptPlain bounds the decompression buffer a codec keeps between batches (one codec per
@@ -143,13 +143,9 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	if crc32.Checksum(batch[21:], crcTable) != binary.BigEndian.Uint32(batch[17:]) {
 		return dst, skipBadCRC
 	}
-	raw := batch[61:]
-	if codec != 0 {
-		raw, err = c.dec.Decompress(raw, kgo.CompressionCodecType(codec))
-		if err != nil {
-			return dst, skipMalformed
-		}
-		c.plain.keep(raw)
+	raw, err := c.decompress(batch[61:], codec)
+	if err != nil {
+		return dst, skipMalformed
 	}
 	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide)
 	c.raw = spliced[:0]
@@ -159,29 +155,28 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	if n == 0 {
 		return dst, "" // nothing needed a header: keep the batch as it was, byte for byte
 	}
-	body := spliced
-	if codec == 3 {
-		if body = c.lz4Compress(spliced); body == nil {
-			return dst, skipCompression
-		}
-	} else if codec != 0 {
+	start := len(dst)
+	dst = append(dst, batch[:61]...)
+	switch codec {
+	case 0:
+		dst = append(dst, spliced...)
+	case 3:
+		dst = lz4Encode(dst, spliced, &c.lz4c) // straight into dst: no copy of the compressed body
+	default:
 		c.zbuf.Reset()
 		comp := c.comp[codec]
 		if comp == nil {
-			return dst, skipCompression
+			return dst[:start], skipCompression
 		}
 		z, typ := comp.Compress(&c.zbuf, spliced)
 		if int16(typ) != codec {
-			return dst, skipCompression
+			return dst[:start], skipCompression
 		}
-		body = z
+		dst = append(dst, z...)
 	}
-	if 61+len(body) > c.maxBatchBytes {
-		return dst, skipSizeLimit
+	if len(dst)-start > c.maxBatchBytes {
+		return dst[:start], skipSizeLimit
 	}
-	start := len(dst)
-	dst = append(dst, batch[:61]...)
-	dst = append(dst, body...)
 	nb := dst[start:]
 	binary.BigEndian.PutUint32(nb[8:], uint32(len(nb)-12))
 	binary.BigEndian.PutUint32(nb[17:], crc32.Checksum(nb[21:], crcTable))
@@ -303,15 +298,13 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 		if meta.Control {
 			continue
 		}
-		raw := batch[61:]
-		if codec := attrs & 7; codec != 0 {
-			if codec > 4 {
-				return fmt.Errorf("%w: codec %d", errBatch, codec)
-			}
-			if raw, err = c.dec.Decompress(raw, kgo.CompressionCodecType(codec)); err != nil {
-				return fmt.Errorf("decompressing batch at offset %d: %w", meta.BaseOffset, err)
-			}
-			c.plain.keep(raw)
+		codec := attrs & 7
+		if codec > 4 {
+			return fmt.Errorf("%w: codec %d", errBatch, codec)
+		}
+		raw, err := c.decompress(batch[61:], codec)
+		if err != nil {
+			return fmt.Errorf("decompressing batch at offset %d: %w", meta.BaseOffset, err)
 		}
 		rm := new(recordMeta)
 		for i := 0; i < count; i++ {
@@ -332,23 +325,22 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 	return nil
 }
 
-// lz4Compress frames b as Kafka's own clients do: 64 KiB independent blocks and no content
-// checksum (the Java producer writes none and its broker and consumer never verify one; the
-// checksum pass cost a fifth of the rewrite). One writer is reused, so no per-batch setup.
-func (c *kgoCodec) lz4Compress(b []byte) []byte {
-	c.zbuf.Reset()
-	if c.lz4w == nil {
-		c.lz4w = lz4.NewWriter(&c.zbuf)
-		// Options only fail on invalid values; these are constants.
-		_ = c.lz4w.Apply(lz4.BlockSizeOption(lz4.Block64Kb), lz4.ChecksumOption(false), lz4.ConcurrencyOption(1))
-	} else {
-		c.lz4w.Reset(&c.zbuf)
+// decompress returns a batch's records uncompressed (b itself for codec 0), in the codec's reused
+// buffer. lz4 frames of the usual shape are decoded block by block (lz4frame.go), others by kgo.
+func (c *kgoCodec) decompress(b []byte, codec int16) ([]byte, error) {
+	if codec == 0 {
+		return b, nil
 	}
-	if _, err := c.lz4w.Write(b); err != nil {
-		return nil
+	if codec == 3 {
+		if raw, ok := lz4Decode(c.plain.b[:0], b); ok {
+			c.plain.keep(raw)
+			return raw, nil
+		}
 	}
-	if err := c.lz4w.Close(); err != nil {
-		return nil
+	raw, err := c.dec.Decompress(b, kgo.CompressionCodecType(codec))
+	if err != nil {
+		return nil, err
 	}
-	return c.zbuf.Bytes()
+	c.plain.keep(raw)
+	return raw, nil
 }

@@ -1,8 +1,13 @@
 package kafka
 
 import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"math/rand/v2"
 	"testing"
 
+	"github.com/pierrec/lz4/v4"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -37,4 +42,147 @@ func TestInjectLz4Framing(t *testing.T) {
 			t.Errorf("%d records: BD %08b: want 64 KiB blocks", n, bd)
 		}
 	}
+}
+
+// lz4Frames are frames of the shapes clients write: kgo's (4 MiB blocks, content checksum), the
+// proxy's own, pierrec's with block checksums and a content size, and incompressible data
+// (stored blocks); each decodes to content.
+func lz4Frames(t testing.TB, content []byte) map[string][]byte {
+	t.Helper()
+	frames := map[string][]byte{}
+	var buf bytes.Buffer
+	c, typ := compressor(t, kgo.Lz4Compression()).Compress(&buf, content)
+	if typ != kgo.CodecLz4 {
+		t.Fatalf("kgo compressed with %v", typ)
+	}
+	frames["kgo"] = append([]byte(nil), c...)
+	var lc lz4.Compressor
+	frames["proxy"] = lz4Encode(nil, content, &lc)
+	for name, opts := range map[string][]lz4.Option{
+		"block checksums, content size": {lz4.BlockChecksumOption(true), lz4.SizeOption(uint64(len(content))), lz4.BlockSizeOption(lz4.Block256Kb)},
+		"1 MiB blocks, no checksum":     {lz4.ChecksumOption(false), lz4.BlockSizeOption(lz4.Block1Mb)},
+	} {
+		var b bytes.Buffer
+		w := lz4.NewWriter(&b)
+		if err := w.Apply(opts...); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(content); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		frames[name] = b.Bytes()
+	}
+	return frames
+}
+
+func lz4Content(n int, random bool) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(1, uint64(n)))
+	for i := range b {
+		if random {
+			b[i] = byte(r.Uint32())
+		} else {
+			b[i] = "abcdefgh "[r.IntN(9)]
+		}
+	}
+	return b
+}
+
+// TestLz4Decode: the block decoder reads every usual frame shape, into an empty, a small and a
+// reused buffer, and agrees with pierrec's reader.
+func TestLz4Decode(t *testing.T) {
+	for _, n := range []int{0, 1, 1000, 64 << 10, 300 << 10, 5 << 20} {
+		for _, random := range []bool{false, true} {
+			content := lz4Content(n, random)
+			for name, frame := range lz4Frames(t, content) {
+				for _, dst := range [][]byte{nil, make([]byte, 3, 10), make([]byte, 0, 1<<20)} {
+					got, ok := lz4Decode(dst, frame)
+					if !ok || !bytes.Equal(got[len(dst):], content) || !bytes.Equal(got[:len(dst)], dst) {
+						t.Errorf("%s, %d bytes (random %v), dst cap %d: ok=%v, %d bytes decoded", name, n, random, cap(dst), ok, len(got)-len(dst))
+					}
+				}
+				want, err := io.ReadAll(lz4.NewReader(bytes.NewReader(frame)))
+				if err != nil || !bytes.Equal(want, content) {
+					t.Errorf("%s, %d bytes: pierrec reads %d bytes, %v", name, n, len(want), err)
+				}
+			}
+		}
+	}
+}
+
+// TestLz4DecodeDeclines: frames the block decoder does not take (or that are broken) return
+// ok=false, for the general decompressor to judge, and never panic.
+func TestLz4DecodeDeclines(t *testing.T) {
+	content := lz4Content(200<<10, false)
+	var lc lz4.Compressor
+	good := lz4Encode(nil, content, &lc)
+	mod := func(f func([]byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	for name, frame := range map[string][]byte{
+		"empty":          nil,
+		"bad magic":      mod(func(b []byte) []byte { b[0] ^= 1; return b }),
+		"linked blocks":  mod(func(b []byte) []byte { b[4] &^= 1 << 5; return b }),
+		"dictionary id":  mod(func(b []byte) []byte { b[4] |= 1; return b }),
+		"version 2":      mod(func(b []byte) []byte { b[4] = b[4]&0x3f | 0x80; return b }),
+		"reserved bd":    mod(func(b []byte) []byte { b[5] = 0x10; return b }),
+		"no end mark":    good[:len(good)-4],
+		"cut in a block": good[:len(good)/2],
+		"trailing bytes": append(append([]byte(nil), good...), 1, 2, 3),
+		"two frames":     append(append([]byte(nil), good...), good...),
+		"corrupt block":  mod(func(b []byte) []byte { b[11] ^= 0xff; b[12] ^= 0xff; return b }),
+		"block too big":  mod(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[7:], 65<<10); return b }),
+	} {
+		for _, dst := range [][]byte{nil, make([]byte, 0, 70<<10)} {
+			if got, ok := lz4Decode(dst, frame); ok && bytes.Equal(got, content) {
+				t.Errorf("%s: decoded", name)
+			} else if ok && name != "corrupt block" {
+				t.Errorf("%s: ok with %d bytes", name, len(got))
+			}
+		}
+	}
+}
+
+// TestLz4Encode: the proxy's frames decode with kgo's decompressor and pierrec's reader; blocks
+// that do not shrink are stored.
+func TestLz4Encode(t *testing.T) {
+	dec := kgo.DefaultDecompressor()
+	var lc lz4.Compressor
+	for _, n := range []int{0, 1, 64 << 10, 64<<10 + 1, 1 << 20} {
+		for _, random := range []bool{false, true} {
+			content := lz4Content(n, random)
+			frame := lz4Encode([]byte("prefix"), content, &lc)
+			if string(frame[:6]) != "prefix" {
+				t.Fatal("dst prefix overwritten")
+			}
+			frame = frame[6:]
+			got, err := dec.Decompress(frame, kgo.CodecLz4)
+			if err != nil || !bytes.Equal(got, content) {
+				t.Errorf("%d bytes (random %v): kgo decodes %d bytes, %v", n, random, len(got), err)
+			}
+			if random && n > 0 && len(frame) > n+7+4*(n/lz4BlockSize+2) {
+				t.Errorf("%d random bytes framed in %d: blocks not stored", n, len(frame))
+			}
+		}
+	}
+}
+
+// FuzzLz4Decode: the block decoder never panics, and what it accepts pierrec's reader decodes
+// to the same bytes.
+func FuzzLz4Decode(f *testing.F) {
+	for _, frame := range lz4Frames(f, lz4Content(100<<10, false)) {
+		f.Add(frame)
+	}
+	f.Add(lz4Frames(f, lz4Content(1000, true))["proxy"])
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		got, ok := lz4Decode(nil, frame)
+		if !ok {
+			return
+		}
+		want, err := io.ReadAll(lz4.NewReader(bytes.NewReader(frame)))
+		if err == nil && !bytes.Equal(got, want) {
+			t.Fatalf("decoded %d bytes, pierrec %d", len(got), len(want))
+		}
+	})
 }
