@@ -29,6 +29,7 @@ type observeJob struct {
 	facts   *fetchFacts
 	client  *clientInfo
 	resp    *kmsg.FetchResponse // already decoded (v16+ node endpoints check), or nil
+	pooled  bool                // frame came from getFetchFrame: put it back once observed
 }
 
 func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
@@ -75,18 +76,25 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), erro
 }
 
 // enqueueObserve hands a fetch response to the observation worker, or drops it when the queue is
-// full: the client's data path never waits for monitoring.
-func (p *Proxy) enqueueObserve(job observeJob) {
+// full: the client's data path never waits for monitoring. It reports whether the job was queued.
+func (p *Proxy) enqueueObserve(job observeJob) bool {
 	select {
 	case p.observeQ <- job:
+		return true
 	default:
 		p.stats.observeDropped.Add(1)
+		return false
 	}
 }
 
 func (p *Proxy) observeLoop() {
 	for job := range p.observeQ {
 		p.observeOne(job)
+		if job.pooled {
+			// Nothing observation builds keeps a reference into the frame (contexts are decoded
+			// into values, names copied), so it can take the next response.
+			p.putFetchFrame(job.frame)
+		}
 	}
 }
 

@@ -151,3 +151,30 @@ func FuzzFetchTail(f *testing.F) {
 		}
 	})
 }
+
+// TestFetchFramePool: frames come back for reuse only up to the size bound and the pool's
+// capacity, and a pooled frame too small for a response is replaced, not returned short.
+func TestFetchFramePool(t *testing.T) {
+	p := offlineSession(t).p
+	a := p.getFetchFrame(1000)
+	p.putFetchFrame(a)
+	if b := p.getFetchFrame(900); len(b) != 900 || &b[0] != &a[0] {
+		t.Errorf("a returned frame was not reused (len %d)", len(b))
+	}
+	p.putFetchFrame(a)
+	if b := p.getFetchFrame(2000); len(b) != 2000 {
+		t.Errorf("got %d bytes for a 2000-byte response", len(b))
+	}
+	p.putFetchFrame(make([]byte, maxPooledFetchFrame+1))
+	for i := 0; i < pooledFetchFrames+2; i++ {
+		p.putFetchFrame(make([]byte, 10))
+	}
+	if n := len(p.fetchBufs); n != pooledFetchFrames {
+		t.Errorf("%d frames pooled, want %d", n, pooledFetchFrames)
+	}
+	for len(p.fetchBufs) > 0 {
+		if b := <-p.fetchBufs; cap(b) > maxPooledFetchFrame {
+			t.Errorf("a frame of %d bytes was pooled", cap(b))
+		}
+	}
+}

@@ -133,8 +133,9 @@ type Proxy struct {
 	links  *linkTable
 	stats  counters
 
-	observeQ chan observeJob
-	walker   batchCodec // used by the observation worker only
+	observeQ  chan observeJob
+	walker    batchCodec  // used by the observation worker only
+	fetchBufs chan []byte // streamed fetch frames, back from observation; see getFetchFrame
 
 	mu      sync.Mutex
 	ctx     context.Context
@@ -234,6 +235,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
+	p.fetchBufs = make(chan []byte, pooledFetchFrames)
 	p.walker = newCodec(p.cfg.MaxBatchBytes)
 	p.baseDial = cfg.Listener.Dial
 	if p.baseDial == nil {
