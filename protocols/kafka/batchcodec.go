@@ -110,13 +110,18 @@ func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMet
 		batch := records[:12+length]
 		records = records[12+length:]
 		nb, reason := c.injectBatch(out, batch, decide)
-		if reason != "" {
+		switch {
+		case reason != "":
 			skip = reason
 			out = append(out, batch...)
-			continue
+		case len(nb) == len(out):
+			// No record needed a header (all carry a context already): the batch as it was. A
+			// rewritten batch always adds at least its 61-byte header.
+			out = append(out, batch...)
+		default:
+			out = nb
+			changed = true
 		}
-		out = nb
-		changed = true
 	}
 	if !changed {
 		return dst, false, skip, nil

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"testing"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -185,5 +187,83 @@ func BenchmarkProduceRewrite(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// contextBatch is a batch of n records that all carry a pathway context already.
+func contextBatch(t testing.TB, n int, codec kgo.Compressor) []byte {
+	t.Helper()
+	var raw []byte
+	for i := 0; i < n; i++ {
+		var body []byte
+		body = append(body, 0)
+		body = kbin.AppendVarlong(body, int64(i))
+		body = kbin.AppendVarint(body, int32(i))
+		body = kbin.AppendVarintBytes(body, []byte{'k', byte(i)})
+		body = kbin.AppendVarintBytes(body, bytes.Repeat([]byte("v"), 100))
+		body = kbin.AppendVarint(body, 1)
+		body = kbin.AppendVarintString(body, pathway.HeaderKey)
+		body = kbin.AppendVarintBytes(body, pathway.Context{Hash: 42, PathwayStart: time.UnixMilli(1700000000000)}.AppendBase64(nil))
+		raw = kbin.AppendVarint(raw, int32(len(body)))
+		raw = append(raw, body...)
+	}
+	var attrs uint16
+	if codec != nil {
+		var buf bytes.Buffer
+		c, typ := codec.Compress(&buf, raw)
+		raw, attrs = append([]byte(nil), c...), uint16(typ)
+	}
+	b := make([]byte, 61, 61+len(raw))
+	binary.BigEndian.PutUint32(b[8:], uint32(49+len(raw)))
+	binary.BigEndian.PutUint32(b[12:], 0xffffffff)
+	b[16] = 2
+	binary.BigEndian.PutUint16(b[21:], attrs)
+	binary.BigEndian.PutUint32(b[23:], uint32(n-1))
+	binary.BigEndian.PutUint64(b[43:], 0xffffffffffffffff)
+	binary.BigEndian.PutUint16(b[51:], 0xffff)
+	binary.BigEndian.PutUint32(b[53:], 0xffffffff)
+	binary.BigEndian.PutUint32(b[57:], uint32(n))
+	b = append(b, raw...)
+	binary.BigEndian.PutUint32(b[17:], crc32.Checksum(b[21:], castagnoli))
+	return b
+}
+
+// TestInjectAllExistingContext: a batch whose every record already carries a context goes
+// upstream byte for byte, alone or next to a batch that gets headers, also on a session whose
+// buffers hold earlier requests (an empty splice result once replaced such a batch with nothing).
+func TestInjectAllExistingContext(t *testing.T) {
+	for _, name := range []string{"none", "lz4"} {
+		var comp kgo.Compressor
+		if name == "lz4" {
+			comp = compressor(t, kgo.Lz4Compression())
+		}
+		s := offlineSession(t)
+		for round := 0; round < 3; round++ {
+			own := contextBatch(t, 5, comp)
+			frame := produceFrame(9, "t", own)
+			if out := rewrite(t, s, frame); !bytes.Equal(out, frame) {
+				t.Errorf("%s round %d: frame with only instrumented records changed: %d -> %d bytes", name, round, len(frame), len(out))
+			}
+			mixed := produceFrame(9, "t", own, buildBatch(t, 4, 100, comp))
+			out := rewrite(t, s, mixed)
+			before, after := decodeProduced(t, mixed), decodeProduced(t, out)
+			if len(before) != 9 || len(after) != 9 {
+				t.Fatalf("%s round %d: %d records became %d", name, round, len(before), len(after))
+			}
+			for i := range after {
+				n := 0
+				for _, h := range after[i] {
+					if h.Key == pathway.HeaderKey {
+						n++
+					}
+				}
+				if n != 1 {
+					t.Errorf("%s round %d record %d: %d pathway headers", name, round, i, n)
+				}
+			}
+		}
+		if st := s.p.Stats(); st.ExistingContext != 3*10 || st.InjectedRecords != 3*4 {
+			t.Errorf("%s: existing %d, injected %d; want 30 and 12", name, st.ExistingContext, st.InjectedRecords)
+		}
 	}
 }
