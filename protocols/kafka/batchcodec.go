@@ -152,6 +152,19 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	if err != nil {
 		return dst, skipMalformed
 	}
+	start := len(dst)
+	if codec == 0 {
+		// Uncompressed: splice straight after the header in dst, no intermediate copy.
+		dst = append(dst, batch[:61]...)
+		var n int
+		if dst, n, err = spliceHeaders(dst, raw, count, meta, decide); err != nil {
+			return dst[:start], skipMalformed
+		}
+		if n == 0 {
+			return dst[:start], "" // nothing needed a header: keep the batch as it was, byte for byte
+		}
+		return c.finishBatch(dst, start)
+	}
 	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide)
 	c.raw = spliced[:0]
 	if err != nil {
@@ -160,11 +173,8 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	if n == 0 {
 		return dst, "" // nothing needed a header: keep the batch as it was, byte for byte
 	}
-	start := len(dst)
 	dst = append(dst, batch[:61]...)
 	switch codec {
-	case 0:
-		dst = append(dst, spliced...)
 	case 3:
 		dst = lz4Encode(dst, spliced, &c.lz4c) // straight into dst: no copy of the compressed body
 	default:
@@ -179,6 +189,11 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		}
 		dst = append(dst, z...)
 	}
+	return c.finishBatch(dst, start)
+}
+
+// finishBatch checks the size of the rewritten batch dst[start:] and sets its length and CRC.
+func (c *kgoCodec) finishBatch(dst []byte, start int) ([]byte, string) {
 	if len(dst)-start > c.maxBatchBytes {
 		return dst[:start], skipSizeLimit
 	}
