@@ -137,7 +137,7 @@ type Proxy struct {
 
 	mu  sync.Mutex
 	ln  net.Listener
-	srv *http.Server
+	srv *h1Server
 
 	// tap sees each request as the client sent it and the upstream's answer (tests capture
 	// real client traffic with it).
@@ -259,17 +259,19 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.cfg.Listener.TLS != nil {
 		ln = tls.NewListener(ln, p.cfg.Listener.TLS)
 	}
-	srv := &http.Server{
-		Handler:           p,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+	srv := &h1Server{
+		handler:           p,
+		baseCtx:           ctx,
+		readHeaderTimeout: 30 * time.Second,
+		idleTimeout:       5 * time.Minute,
+		maxHeaderBytes:    http.DefaultMaxHeaderBytes + 4096,
+		logErr:            func(msg string) { p.log.Error().Msg(msg) },
 	}
 	p.mu.Lock()
 	p.ln, p.srv = ln, srv
 	p.mu.Unlock()
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			p.log.Error().Err(err).Msg("aws listener stopped")
 		}
 	}()
@@ -295,7 +297,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	if srv == nil {
 		return nil
 	}
-	err := srv.Shutdown(ctx)
+	err := srv.shutdown(ctx)
 	if p.upc != nil {
 		p.upc.close()
 	}
@@ -770,4 +772,12 @@ func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.open.Add(-1) })
 	return err
+}
+
+// CloseWrite half-closes the connection when the underlying one can (a lingering close).
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }

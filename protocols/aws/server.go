@@ -1,0 +1,409 @@
+package aws
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// h1Server serves the front's HTTP/1.1 connections. It replaces net/http's server, whose
+// per-request background read (a goroutine, a read syscall and a wake-up to abort it, to notice
+// a client going away) and response machinery cost as much CPU as the front's own work on a
+// machine where each syscall and futex is expensive. Requests are read with http.ReadRequest
+// (net/http's parser and its framing checks: Content-Length, chunked, conflicting lengths), the
+// handler's response is buffered whole and written in one write with its Content-Length.
+// Differences from net/http: HTTP/1.0 connections are closed after each answer, and a client
+// that goes away is noticed when the answer is written, not while the upstream is asked.
+type h1Server struct {
+	handler           http.Handler
+	baseCtx           context.Context
+	readHeaderTimeout time.Duration
+	idleTimeout       time.Duration
+	maxHeaderBytes    int64
+	logErr            func(string)
+
+	mu       sync.Mutex
+	ln       net.Listener
+	conns    map[*h1Conn]bool // true = idle (waiting for a request)
+	shutting bool
+	done     chan struct{} // closed when the last connection ends during Shutdown
+}
+
+type h1Conn struct {
+	s   *h1Server
+	rwc net.Conn
+}
+
+// errServerClosed mirrors http.ErrServerClosed.
+var errServerClosed = http.ErrServerClosed
+
+func (s *h1Server) serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutting {
+		s.mu.Unlock()
+		ln.Close()
+		return errServerClosed
+	}
+	s.ln = ln
+	if s.conns == nil {
+		s.conns = map[*h1Conn]bool{}
+	}
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		rw, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			shutting := s.shutting
+			s.mu.Unlock()
+			if shutting {
+				return errServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		c := &h1Conn{s: s, rwc: rw}
+		s.mu.Lock()
+		if s.shutting {
+			s.mu.Unlock()
+			rw.Close()
+			return errServerClosed
+		}
+		s.conns[c] = true
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// setIdle records whether c waits for a request; false means the server is shutting down and c
+// must close.
+func (s *h1Server) setIdle(c *h1Conn, idle bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutting {
+		return false
+	}
+	s.conns[c] = idle
+	return true
+}
+
+func (s *h1Server) forget(c *h1Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	if s.shutting && len(s.conns) == 0 && s.done != nil {
+		close(s.done)
+		s.done = nil
+	}
+	s.mu.Unlock()
+}
+
+// shutdown stops accepting, closes idle connections, lets requests in flight finish (their
+// connections close after the answer) and waits for them or ctx.
+func (s *h1Server) shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.shutting {
+		s.shutting = true
+		if s.ln != nil {
+			s.ln.Close()
+		}
+	}
+	for c, idle := range s.conns {
+		if idle {
+			c.rwc.Close()
+		}
+	}
+	var done chan struct{}
+	if len(s.conns) > 0 {
+		if s.done == nil {
+			s.done = make(chan struct{})
+		}
+		done = s.done
+	}
+	s.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.rwc.Close()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// headerBudget limits what reading a request's head may consume from the connection.
+type headerBudget struct {
+	r io.Reader
+	n int64
+}
+
+func (b *headerBudget) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	b.n -= int64(n)
+	return n, err
+}
+
+var errHeaderTooLarge = errors.New("request header too large")
+
+var respBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+func (c *h1Conn) serve() {
+	s := c.s
+	defer func() {
+		if v := recover(); v != nil && v != http.ErrAbortHandler {
+			s.logErr("panic serving " + c.rwc.RemoteAddr().String() + ": " + strings.TrimSpace(toString(v)))
+		}
+		c.rwc.Close()
+		s.forget(c)
+	}()
+	var tlsState *tls.ConnectionState
+	if tc, ok := c.rwc.(*tls.Conn); ok {
+		tc.SetDeadline(time.Now().Add(s.readHeaderTimeout))
+		if err := tc.HandshakeContext(s.baseCtx); err != nil {
+			return
+		}
+		tc.SetDeadline(time.Time{})
+		st := tc.ConnectionState()
+		tlsState = &st
+	}
+	budget := &headerBudget{r: c.rwc}
+	br := bufio.NewReaderSize(budget, 4096)
+	remote := c.rwc.RemoteAddr().String()
+	for {
+		if s.idleTimeout > 0 {
+			c.rwc.SetReadDeadline(time.Now().Add(s.idleTimeout))
+		}
+		budget.n = s.maxHeaderBytes
+		if _, err := br.Peek(1); err != nil {
+			return
+		}
+		if !s.setIdle(c, false) {
+			return
+		}
+		if s.readHeaderTimeout > 0 {
+			c.rwc.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
+		}
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			switch {
+			case errors.Is(err, errHeaderTooLarge):
+				c.writeSimple(http.StatusRequestHeaderFieldsTooLarge, "431 Request Header Fields Too Large")
+			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			default:
+				var ne net.Error
+				if !errors.As(err, &ne) {
+					c.writeSimple(http.StatusBadRequest, "400 Bad Request")
+				}
+			}
+			return
+		}
+		c.rwc.SetReadDeadline(time.Time{})
+		budget.n = math.MaxInt64
+		if req.ProtoMajor != 1 {
+			c.writeSimple(http.StatusHTTPVersionNotSupported, "505 HTTP Version Not Supported")
+			return
+		}
+		if req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != http.MethodConnect {
+			c.writeSimple(http.StatusBadRequest, "400 Bad Request: missing required Host header")
+			return
+		}
+		if e := req.Header.Get("Expect"); e != "" {
+			if !strings.EqualFold(e, "100-continue") {
+				c.writeSimple(http.StatusExpectationFailed, "417 Expectation Failed")
+				return
+			}
+			if req.ContentLength != 0 {
+				if _, err := io.WriteString(c.rwc, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+					return
+				}
+			}
+		}
+		req.RemoteAddr = remote
+		req.TLS = tlsState
+		req = req.WithContext(s.baseCtx)
+		w := &h1Response{hdr: make(http.Header, 8), bp: respBufs.Get().(*[]byte)}
+		w.body = (*w.bp)[:0]
+		s.handler.ServeHTTP(w, req)
+		// what the handler left of the body is skipped, up to a point
+		closeAfter := req.Close || !req.ProtoAtLeast(1, 1)
+		unread := false
+		if n, err := io.CopyN(io.Discard, req.Body, 256<<10); err != io.EOF || n >= 256<<10 {
+			closeAfter, unread = true, true
+		}
+		err = c.writeResponse(req, w, closeAfter)
+		if cap(w.body) <= 1<<20 {
+			*w.bp = w.body[:0]
+			respBufs.Put(w.bp)
+		}
+		if err == nil && unread {
+			c.lingerClose()
+		}
+		if err != nil || closeAfter || !s.setIdle(c, true) {
+			return
+		}
+	}
+}
+
+func toString(v any) string {
+	switch x := v.(type) {
+	case error:
+		return x.Error()
+	case string:
+		return x
+	}
+	return "panic"
+}
+
+// writeSimple answers a request that could not be read, then the connection closes.
+func (c *h1Conn) writeSimple(status int, text string) {
+	c.rwc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c.rwc, "HTTP/1.1 "+strconv.Itoa(status)+" "+http.StatusText(status)+
+		"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(text))+"\r\n\r\n"+text); err == nil {
+		c.lingerClose()
+	}
+}
+
+// lingerClose ends the sending side and reads what the client still sends for a moment before
+// the connection closes: closing with unread data sends a TCP reset, which can destroy the answer
+// before the client reads it (net/http waits the same way).
+func (c *h1Conn) lingerClose() {
+	type closeWriter interface{ CloseWrite() error }
+	conn := c.rwc
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	cw, ok := conn.(closeWriter)
+	if !ok {
+		return
+	}
+	cw.CloseWrite()
+	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	io.Copy(io.Discard, io.LimitReader(conn, 4<<20))
+}
+
+// h1Response buffers the handler's answer.
+type h1Response struct {
+	hdr    http.Header
+	status int
+	body   []byte
+	bp     *[]byte
+}
+
+func (w *h1Response) Header() http.Header { return w.hdr }
+
+func (w *h1Response) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+}
+
+func (w *h1Response) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if !bodyAllowed(w.status) {
+		return 0, http.ErrBodyNotAllowed
+	}
+	w.body = append(w.body, b...)
+	return len(b), nil
+}
+
+// writeResponse writes the status line, the headers (Date, Content-Type by sniffing and
+// Content-Length added as net/http would) and the body in one write.
+func (c *h1Conn) writeResponse(req *http.Request, w *h1Response, closeAfter bool) error {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	bp := reqBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 1<<20 {
+			reqBufs.Put(bp)
+		}
+	}()
+	b := append((*bp)[:0], "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(w.status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(w.status)...)
+	b = append(b, "\r\n"...)
+	withBody := bodyAllowed(w.status)
+	if _, ok := w.hdr["Date"]; !ok {
+		b = append(b, "Date: "...)
+		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+		b = append(b, "\r\n"...)
+	}
+	if _, ok := w.hdr["Content-Type"]; !ok && withBody && len(w.body) > 0 {
+		b = append(b, "Content-Type: "...)
+		b = append(b, http.DetectContentType(w.body)...)
+		b = append(b, "\r\n"...)
+	}
+	for k, vs := range w.hdr {
+		switch k {
+		case "Content-Length", "Connection", "Transfer-Encoding", "Keep-Alive":
+			continue
+		}
+		if !validHeaderName(k) {
+			continue
+		}
+		for _, v := range vs {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = appendHeaderValue(b, v)
+			b = append(b, "\r\n"...)
+		}
+	}
+	if withBody {
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, int64(len(w.body)), 10)
+		b = append(b, "\r\n"...)
+	}
+	if closeAfter {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	if withBody && req.Method != http.MethodHead {
+		b = append(b, w.body...)
+	}
+	*bp = b
+	_, err := c.rwc.Write(b)
+	return err
+}
+
+// appendHeaderValue appends v with CR and LF turned into spaces, as net/http writes values.
+func appendHeaderValue(b []byte, v string) []byte {
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; c {
+		case '\r', '\n':
+			b = append(b, ' ')
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
+}
