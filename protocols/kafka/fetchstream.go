@@ -45,7 +45,8 @@ func (p *Proxy) getFetchFrame(n int) []byte {
 		}
 	default:
 	}
-	return make([]byte, n)
+	// Responses to one consumer vary by a few percent; headroom lets the next one reuse this frame.
+	return make([]byte, n, max(n, min(n+n/8, maxPooledFetchFrame)))
 }
 
 // putFetchFrame takes back a frame nothing refers to any more.
