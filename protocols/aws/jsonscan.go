@@ -203,6 +203,19 @@ func jsonString(b []byte, m *member) (string, bool) {
 	return s, true
 }
 
+// jsonStringLen is len of jsonString's value (0 when m is not a string), without copying a
+// string that has no escapes.
+func jsonStringLen(b []byte, m *member) int {
+	if m == nil || b[m.VS] != '"' {
+		return 0
+	}
+	if raw := b[m.VS:m.VE]; !slices.Contains(raw, '\\') {
+		return len(raw) - 2
+	}
+	s, _ := jsonString(b, m)
+	return len(s)
+}
+
 // edit replaces b[S:E] with New.
 type edit struct {
 	S, E int

@@ -31,10 +31,6 @@ type authHeader struct {
 	Signature     string
 }
 
-func (a *authHeader) scope() string {
-	return a.Date + "/" + a.Region + "/" + a.Service + "/aws4_request"
-}
-
 var errAuth = errors.New("malformed SigV4 Authorization header")
 
 // parseAuthorization parses a SigV4 Authorization header value.
@@ -119,13 +115,25 @@ func verifyWithHash(r *http.Request, a *authHeader, secret, bodyHash string, now
 			return &authFailure{"SignatureDoesNotMatch", "X-Amz-Content-Sha256 " + strconv.Quote(v) + " is not the SHA-256 of the body"}
 		}
 	}
-	canon := canonicalRequest(r, a.SignedHeaders, bodyHash)
-	sum := sha256.Sum256(canon)
-	sts := sigAlgorithm + "\n" + amzDate + "\n" + a.scope() + "\n" + hex.EncodeToString(sum[:])
-	key := signingKey(secret, a.Date, a.Region, a.Service)
-	want := hmacSHA256(key, []byte(sts))
-	got, err := hex.DecodeString(a.Signature)
-	if err != nil || !hmac.Equal(want, got) {
+	bp := signBufs.Get().(*[]byte)
+	defer signBufs.Put(bp)
+	b := appendCanonicalRequest((*bp)[:0], r, a.SignedHeaders, bodyHash)
+	sum := sha256.Sum256(b)
+	b = append(b[:0], sigAlgorithm+"\n"...)
+	b = append(b, amzDate...)
+	b = append(b, '\n')
+	b = append(b, a.Date...)
+	b = append(b, '/')
+	b = append(b, a.Region...)
+	b = append(b, '/')
+	b = append(b, a.Service...)
+	b = append(b, "/aws4_request\n"...)
+	b = hex.AppendEncode(b, sum[:])
+	*bp = b
+	want := hmacSum(signingKey(secret, a.Date, a.Region, a.Service), b)
+	var got [sha256.Size]byte
+	n, err := hex.Decode(got[:], []byte(a.Signature))
+	if err != nil || n != len(got) || !hmac.Equal(want[:], got[:]) {
 		return &authFailure{"SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method."}
 	}
 	return nil
@@ -171,48 +179,83 @@ func deriveKey(secret, date, region, service string) []byte {
 	return hmacSHA256(k, []byte("aws4_request"))
 }
 
-// canonicalRequest builds the SigV4 canonical request for the listed headers.
-func canonicalRequest(r *http.Request, signed []string, bodyHash string) []byte {
-	var b strings.Builder
-	b.WriteString(r.Method)
-	b.WriteByte('\n')
+// appendCanonicalRequest appends the SigV4 canonical request for the listed headers to b.
+func appendCanonicalRequest(b []byte, r *http.Request, signed []string, bodyHash string) []byte {
+	b = append(b, r.Method...)
+	b = append(b, '\n')
 	path := r.URL.EscapedPath()
 	if path == "" {
 		path = "/"
 	}
 	// Non-S3 services sign the escaped path escaped once more.
-	b.WriteString(escapePath(path))
-	b.WriteByte('\n')
-	b.WriteString(canonicalQuery(r.URL.RawQuery))
-	b.WriteByte('\n')
+	b = appendEscapedPath(b, path)
+	b = append(b, '\n')
+	b = append(b, canonicalQuery(r.URL.RawQuery)...)
+	b = append(b, '\n')
+	var kb [64]byte
 	for _, h := range signed {
-		b.WriteString(h)
-		b.WriteByte(':')
+		b = append(b, h...)
+		b = append(b, ':')
 		switch h {
 		case "host":
-			b.WriteString(stripSpaces(r.Host))
+			b = append(b, stripSpaces(r.Host)...)
 		case "content-length":
 			if v := r.Header.Get("Content-Length"); v != "" {
-				b.WriteString(strings.TrimSpace(v))
+				b = append(b, strings.TrimSpace(v)...)
 			} else {
-				b.WriteString(strconv.FormatInt(r.ContentLength, 10))
+				b = strconv.AppendInt(b, r.ContentLength, 10)
 			}
 		default:
-			vs := r.Header.Values(h)
+			var vs []string
+			if ck, ok := appendCanonicalKey(kb[:0], h); ok {
+				vs = r.Header[string(ck)]
+			} else {
+				vs = r.Header.Values(h)
+			}
 			for i, v := range vs {
 				if i > 0 {
-					b.WriteByte(',')
+					b = append(b, ',')
 				}
-				b.WriteString(strings.TrimSpace(stripSpaces(v)))
+				b = append(b, strings.TrimSpace(stripSpaces(v))...)
 			}
 		}
-		b.WriteByte('\n')
+		b = append(b, '\n')
 	}
-	b.WriteByte('\n')
-	b.WriteString(strings.Join(signed, ";"))
-	b.WriteByte('\n')
-	b.WriteString(bodyHash)
-	return []byte(b.String())
+	b = append(b, '\n')
+	for i, h := range signed {
+		if i > 0 {
+			b = append(b, ';')
+		}
+		b = append(b, h...)
+	}
+	b = append(b, '\n')
+	return append(b, bodyHash...)
+}
+
+// appendCanonicalKey appends textproto's canonical form of a header name made only of letters,
+// digits and '-' (what SignedHeaders lists in practice); ok is false for other names, which
+// http.Header.Values then canonicalizes.
+func appendCanonicalKey(b []byte, k string) ([]byte, bool) {
+	upper := true
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case 'a' <= c && c <= 'z':
+			if upper {
+				c -= 'a' - 'A'
+			}
+		case 'A' <= c && c <= 'Z':
+			if !upper {
+				c += 'a' - 'A'
+			}
+		case '0' <= c && c <= '9' || c == '-':
+		default:
+			return b, false
+		}
+		b = append(b, c)
+		upper = c == '-'
+	}
+	return b, len(k) > 0
 }
 
 // stripSpaces collapses runs of spaces into one, as the signers do before trimming.
@@ -232,19 +275,6 @@ func stripSpaces(s string) string {
 			prev = false
 		}
 		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func escapePath(p string) string {
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if unreserved(c) || c == '/' {
-			b.WriteByte(c)
-			continue
-		}
-		fmt.Fprintf(&b, "%%%02X", c)
 	}
 	return b.String()
 }

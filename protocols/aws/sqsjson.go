@@ -182,9 +182,9 @@ func (p *Proxy) sqsJSONSend(c *call, b []byte, ms []member, end int, queue strin
 	if err != nil {
 		return nil, nil, err
 	}
-	body, _ := jsonString(b, find(ms, "MessageBody"))
+	bodyLen := jsonStringLen(b, find(ms, "MessageBody"))
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSQS, Topic: queue}
-	pt, carrier, _ := p.prepareOut(c, e, len(body), attrs, "String")
+	pt, carrier, _ := p.prepareOut(c, e, bodyLen, attrs, "String")
 	msg := outMsg{OrigMD5: attributesMD5(attrs), Point: pt}
 	var eds []edit
 	if carrier != nil {
