@@ -513,7 +513,24 @@ func (p *Proxy) identity(c *call) proxy.Identity {
 
 // appID is the `app/<id>` token SDKs add to User-Agent when an application id is configured.
 func appID(ua string) string {
-	for _, f := range strings.Fields(ua) {
+	for i := 0; i < len(ua); i++ {
+		if ua[i] >= 0x80 { // Unicode spaces: strings.Fields' splitting
+			for _, f := range strings.Fields(ua) {
+				if v, ok := strings.CutPrefix(f, "app/"); ok {
+					return v
+				}
+			}
+			return ""
+		}
+	}
+	for ua != "" {
+		ua = strings.TrimLeft(ua, " \t\r\n\v\f")
+		f := ua
+		if i := strings.IndexAny(ua, " \t\r\n\v\f"); i >= 0 {
+			f, ua = ua[:i], ua[i:]
+		} else {
+			ua = ""
+		}
 		if v, ok := strings.CutPrefix(f, "app/"); ok {
 			return v
 		}
@@ -546,10 +563,12 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	if p.upc == nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(c.r.Context(), c.r.Method, u.String(), rd)
+	// built from "" then given u: u.String() and parsing it again would only copy u
+	req, err := http.NewRequestWithContext(c.r.Context(), c.r.Method, "", rd)
 	if err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s: building upstream request: %w", c.service, c.op, err)
 	}
+	req.URL, req.Host = &u, u.Host
 	for _, h := range forwardHeaders {
 		if v := c.r.Header.Values(h); len(v) > 0 {
 			req.Header[h] = v

@@ -254,8 +254,13 @@ func (c *h1Conn) serve() {
 		// what the handler left of the body is skipped, up to a point
 		closeAfter := req.Close || !req.ProtoAtLeast(1, 1)
 		unread := false
-		if n, err := io.CopyN(io.Discard, req.Body, 256<<10); err != io.EOF || n >= 256<<10 {
-			closeAfter, unread = true, true
+		if req.Body != http.NoBody {
+			var one [1]byte
+			if n, err := req.Body.Read(one[:]); n != 0 || err != io.EOF {
+				if n, err := io.CopyN(io.Discard, req.Body, 256<<10); err != io.EOF || n >= 256<<10 {
+					closeAfter, unread = true, true
+				}
+			}
 		}
 		err = c.writeResponse(req, w, closeAfter)
 		if cap(w.body) <= 1<<20 {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -345,7 +346,7 @@ func signRequest(req *http.Request, accessKey, secret, sessionToken, service, re
 			hs = append(hs, signedHeader{lowerHeader(k), k})
 		}
 	}
-	sort.Slice(hs, func(i, j int) bool { return hs[i].lower < hs[j].lower })
+	slices.SortFunc(hs, func(x, y signedHeader) int { return strings.Compare(x.lower, y.lower) })
 
 	bp := signBufs.Get().(*[]byte)
 	defer signBufs.Put(bp)

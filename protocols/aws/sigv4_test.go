@@ -273,3 +273,19 @@ func TestAppendCanonicalKey(t *testing.T) {
 		}
 	}
 }
+
+func TestAppID(t *testing.T) {
+	for ua, want := range map[string]string{
+		"":                                       "",
+		"aws-sdk-go-v2/1.0 os/linux app/billing": "billing",
+		"app/x":                                  "x",
+		"  app/first\tapp/second ":               "first",
+		"myapp/x lang/go":                        "",
+		"a\u00a0app/nbsp b":                      "nbsp",
+		"app/":                                   "",
+	} {
+		if got := appID(ua); got != want {
+			t.Errorf("appID(%q) = %q, want %q", ua, got, want)
+		}
+	}
+}
