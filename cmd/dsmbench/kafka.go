@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,26 +14,46 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 )
 
-// benchValue is a message body about as compressible as JSON events (random lowercase words),
-// so codec figures are neither best nor worst case.
-func benchValue(n int) []byte {
+// benchValues returns count distinct message bodies of n bytes shaped like JSON events: the same
+// keys in every record and random ids, amounts and words in the values, so a batch compresses
+// about as well as a batch of real events (lz4 ~2x), neither the best case (identical records,
+// ~35x) nor the worst (random bytes).
+func benchValues(n, count int) [][]byte {
 	r := rand.New(rand.NewPCG(1, 2))
-	v := make([]byte, n)
-	for i := range v {
-		if r.IntN(6) == 0 {
-			v[i] = ' '
-		} else {
-			v[i] = byte('a' + r.IntN(26))
+	word := func(b []byte) []byte {
+		for i := 3 + r.IntN(6); i > 0; i-- {
+			b = append(b, byte('a'+r.IntN(26)))
 		}
+		return b
 	}
-	return v
+	out := make([][]byte, count)
+	for i := range out {
+		v := make([]byte, 0, n+128)
+		v = fmt.Appendf(v, `{"event_id":"%016x","type":"order_created","customer_id":%d,"items":[`, r.Uint64(), r.IntN(1000000))
+		for j := 0; len(v) < n; j++ {
+			if j > 0 {
+				v = append(v, ',')
+			}
+			v = fmt.Appendf(v, `{"sku":"sku-%05d","qty":%d,"price":%d.%02d,"note":"`, r.IntN(100000), 1+r.IntN(9), r.IntN(500), r.IntN(100))
+			v = word(v)
+			v = append(v, ' ')
+			v = word(v)
+			v = append(v, `"}`...)
+		}
+		out[i] = v[:n]
+	}
+	return out
 }
+
+// benchValue is one such body.
+func benchValue(n int) []byte { return benchValues(n, 1)[0] }
 
 func newFront(protocol, upstream string, m monitoring) (front, error) {
 	switch protocol {
@@ -100,6 +121,11 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 				}
 				r.proxyCPU = pp.cpu() - cpu0
 				fetch[i] = best(fetch[i], r)
+				// kfake keeps every record in memory, in this process: drop the topic so later
+				// rounds do not measure a growing heap.
+				if err := deleteTopic(ctx, bootstrap, topic); err != nil {
+					return nil, err
+				}
 			}
 		}
 		rss := pp.peakRSS()
@@ -127,7 +153,7 @@ func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec
 	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("warm-up")}).FirstErr(); err != nil {
 		return result{}, err
 	}
-	value := benchValue(o.size)
+	values := benchValues(o.size, 256)
 	lat := newLatencies(o.records)
 	var failed atomic.Value
 	var wg sync.WaitGroup
@@ -135,7 +161,7 @@ func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec
 	for i := 0; i < o.records; i++ {
 		t0 := time.Now()
 		wg.Add(1)
-		r := &kgo.Record{Key: []byte(strconv.Itoa(i)), Value: value, Partition: int32((i / o.batch) % partitions)}
+		r := &kgo.Record{Key: []byte(strconv.Itoa(i)), Value: values[i%len(values)], Partition: int32((i / o.batch) % partitions)}
 		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
 			defer wg.Done()
 			if err != nil {
@@ -151,6 +177,24 @@ func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec
 		return result{}, err
 	}
 	return result{msgs: o.records, bytes: int64(o.records) * int64(o.size), elapsed: elapsed, p50: lat.quantile(0.5), p99: lat.quantile(0.99)}, nil
+}
+
+// deleteTopic deletes topic (directly, not through the proxy).
+func deleteTopic(ctx context.Context, bootstrap, topic string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(bootstrap, ",")...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	rs, err := kadm.NewClient(cl).DeleteTopics(ctx, topic)
+	if err == nil {
+		err = rs.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("deleting bench topic %s: %w", topic, err)
+	}
+	runtime.GC()
+	return nil
 }
 
 // kafkaFetch reads n records from the start of topic; latency is per poll.

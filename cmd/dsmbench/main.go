@@ -61,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var o options
 	protocols := fs.String("protocols", "kafka,sqs,amqp", "comma-separated workloads to run: kafka, sqs, amqp")
 	fs.IntVar(&o.rounds, "rounds", 3, "alternate direct and proxy this many times; the best round of each is shown")
-	fs.IntVar(&o.records, "records", 50000, "Kafka: records per phase (produce or fetch, per codec, per path)")
+	fs.IntVar(&o.records, "records", 200000, "Kafka: records per phase (produce or fetch, per codec, per path)")
 	fs.IntVar(&o.size, "size", 1024, "record / message value size in bytes")
 	fs.IntVar(&o.batch, "batch", 100, "Kafka: records per produce batch (one request)")
 	codecs := fs.String("codecs", "none,lz4", "Kafka: batch codecs, comma-separated: none, gzip, snappy, lz4, zstd")

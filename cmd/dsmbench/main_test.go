@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/pierrec/lz4/v4"
 )
 
 // TestMain lets the test binary play the proxy child process, as dsmbench itself does.
@@ -62,5 +64,27 @@ func TestSmokeAMQP(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestBenchValuesCompressLikeEvents: a 100-record batch of the Kafka workload's values compresses
+// with lz4 like real JSON events (between 1.5x and 5x), not like identical records or noise.
+func TestBenchValuesCompressLikeEvents(t *testing.T) {
+	vals := benchValues(1024, 256)
+	var batch []byte
+	for i := 0; i < 100; i++ {
+		if len(vals[i]) != 1024 {
+			t.Fatalf("value %d is %d bytes", i, len(vals[i]))
+		}
+		batch = append(batch, vals[i]...)
+	}
+	var buf bytes.Buffer
+	w := lz4.NewWriter(&buf)
+	w.Write(batch)
+	w.Close()
+	ratio := float64(len(batch)) / float64(buf.Len())
+	t.Logf("lz4: %d -> %d bytes (%.2fx)", len(batch), buf.Len(), ratio)
+	if ratio < 1.5 || ratio > 5 {
+		t.Errorf("lz4 ratio %.2f, want 1.5-5", ratio)
 	}
 }
