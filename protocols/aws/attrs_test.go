@@ -1,6 +1,8 @@
 package aws
 
 import (
+	"encoding/json"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -63,5 +65,34 @@ func TestCarrierMergesExistingKeys(t *testing.T) {
 	}
 	if back := contextFromCarrier(got); back.Hash != 42 {
 		t.Errorf("round trip hash %d", back.Hash)
+	}
+}
+
+// TestUnescapeSimpleMatchesJSON: the fast path decodes exactly as encoding/json, and declines
+// what it does not handle.
+func TestUnescapeSimpleMatchesJSON(t *testing.T) {
+	inputs := []string{`""`, `"a"`, `"{\"dd-pathway-ctx-base64\":\"AbC+/=\"}"`, `"\\\/\b\f\n\r\t"`, `"tail\\"`,
+		`"\u0041"`, `"é"`, "\"\x01\"", `"\x"`, `"a\"`, `"\"`, `"a"b"`}
+	r := rand.New(rand.NewPCG(1, 2))
+	alphabet := []byte("ab\\\"/bfnrtu0{}: \x7f\x1f")
+	for i := 0; i < 20000; i++ {
+		b := make([]byte, r.IntN(12))
+		for j := range b {
+			b[j] = alphabet[r.IntN(len(alphabet))]
+		}
+		inputs = append(inputs, `"`+string(b)+`"`)
+	}
+	for _, in := range inputs {
+		got, ok := unescapeSimple([]byte(in))
+		if !ok {
+			continue
+		}
+		var want string
+		if err := json.Unmarshal([]byte(in), &want); err != nil || got != want {
+			t.Fatalf("%q: fast path %q, encoding/json %q (%v)", in, got, want, err)
+		}
+	}
+	if _, ok := unescapeSimple([]byte(`"{\"k\":\"v\"}"`)); !ok {
+		t.Fatal("a typical escaped carrier is not on the fast path")
 	}
 }

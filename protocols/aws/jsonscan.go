@@ -196,11 +196,56 @@ func jsonString(b []byte, m *member) (string, bool) {
 	if !slices.Contains(raw, '\\') {
 		return string(raw[1 : len(raw)-1]), true
 	}
+	if s, ok := unescapeSimple(raw); ok {
+		return s, true
+	}
 	var s string
 	if json.Unmarshal(raw, &s) != nil {
 		return "", false
 	}
 	return s, true
+}
+
+// unescapeSimple decodes a quoted JSON string made of printable ASCII with the one-letter escapes
+// (a `_datadog` carrier in a received message, typically) as encoding/json does, without
+// reflection; ok is false for anything else (\u escapes, non-ASCII or control bytes, bad escapes),
+// which json.Unmarshal then decodes or refuses.
+func unescapeSimple(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	in := raw[1 : len(raw)-1]
+	out := make([]byte, 0, len(in))
+	for i := 0; i < len(in); i++ {
+		c := in[i]
+		if c < 0x20 || c >= 0x80 || c == '"' {
+			return "", false
+		}
+		if c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		if i++; i == len(in) {
+			return "", false
+		}
+		switch in[i] {
+		case '"', '\\', '/':
+			out = append(out, in[i])
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		default:
+			return "", false
+		}
+	}
+	return string(out), true
 }
 
 // jsonStringLen is len of jsonString's value (0 when m is not a string), without copying a
