@@ -86,23 +86,17 @@ func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 	small := o
 	small.sqsMsgs = min(o.sqsMsgs, 200)
 	for _, u := range []string{server, proxyURL} {
-		if _, _, err := sqsRun(ctx, u, small); err != nil {
+		if _, _, err := sqsRun(ctx, u, small, pp.cpu); err != nil {
 			return nil, err
 		}
 	}
 	var send, recv [2]result
 	for round := 0; round < o.rounds; round++ {
 		for i, u := range []string{server, proxyURL} {
-			cpu0 := pp.cpu()
-			s, r, err := sqsRun(ctx, u, o)
+			s, r, err := sqsRun(ctx, u, o, pp.cpu)
 			if err != nil {
 				return nil, err
 			}
-			cpu := pp.cpu() - cpu0
-			// The child's CPU covers both halves; split it by request count.
-			total := s.reqs + r.reqs
-			s.proxyCPU = cpu * time.Duration(s.reqs) / time.Duration(max(total, 1))
-			r.proxyCPU = cpu - s.proxyCPU
 			send[i], recv[i] = best(send[i], s), best(recv[i], r)
 		}
 	}
@@ -114,7 +108,10 @@ func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 }
 
 // sqsRun sends o.sqsMsgs messages with one attribute from several workers, then receives them all.
-func sqsRun(ctx context.Context, endpoint string, o options) (send, recv result, err error) {
+// cpu reads the proxy process's CPU: each phase gets the CPU the proxy used during it (a
+// ReceiveMessage of 10 messages costs the proxy more than a SendMessage, so splitting the whole
+// run's CPU by request count would charge sends for receives).
+func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Duration) (send, recv result, err error) {
 	cl := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(endpoint),
 		Credentials: credentials.NewStaticCredentialsProvider(benchKey, benchSecret, ""), AppID: "bench-producer"})
 	q, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(fmt.Sprintf("bench-%d", time.Now().UnixNano()))})
@@ -128,6 +125,7 @@ func sqsRun(ctx context.Context, endpoint string, o options) (send, recv result,
 	var failed atomic.Value
 	lat := newLatencies(o.sqsMsgs)
 	var wg sync.WaitGroup
+	cpu0 := cpu()
 	t0 := time.Now()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
@@ -148,6 +146,8 @@ func sqsRun(ctx context.Context, endpoint string, o options) (send, recv result,
 		return send, recv, fmt.Errorf("SendMessage via %s: %w", endpoint, e)
 	}
 	send = result{msgs: o.sqsMsgs, reqs: o.sqsMsgs, bytes: int64(o.sqsMsgs * len(body)), elapsed: time.Since(t0), p50: lat.quantile(0.5), p99: lat.quantile(0.99)}
+	cpu1 := cpu()
+	send.proxyCPU = cpu1 - cpu0
 
 	var got, reqs atomic.Int64
 	rlat := newLatencies(o.sqsMsgs)
@@ -175,6 +175,7 @@ func sqsRun(ctx context.Context, endpoint string, o options) (send, recv result,
 		return send, recv, fmt.Errorf("ReceiveMessage via %s: %w", endpoint, e)
 	}
 	n := int(got.Load())
-	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body)), elapsed: time.Since(t1), p50: rlat.quantile(0.5), p99: rlat.quantile(0.99)}
+	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body)), elapsed: time.Since(t1), p50: rlat.quantile(0.5), p99: rlat.quantile(0.99),
+		proxyCPU: cpu() - cpu1}
 	return send, recv, nil
 }
