@@ -227,7 +227,11 @@ func BenchmarkHandlerReceiveMessage(b *testing.B) { benchHandler(b, "ReceiveMess
 // a steadier figure on a shared machine than BenchmarkSQSEndToEnd's rates.
 func BenchmarkSQSProxySendCPU(b *testing.B) {
 	port := startNode(b, nil, "sqs-server.js")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestAWSProxyProcess$")
+	args := []string{"-test.run=^TestAWSProxyProcess$"}
+	if prof := os.Getenv("DSMPROXY_AWS_PROXY_CPUPROFILE"); prof != "" {
+		args = append(args, "-test.cpuprofile="+prof)
+	}
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("DSMPROXY_AWS_PROXY_UPSTREAM=http://127.0.0.1:%d", port))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
