@@ -568,7 +568,7 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s: building upstream request: %w", c.service, c.op, err)
 	}
-	req.URL, req.Host = &u, u.Host
+	req.URL, req.Host = &u, strings.TrimSuffix(u.Host, ":") // as NewRequest does
 	for _, h := range forwardHeaders {
 		if v := c.r.Header.Values(h); len(v) > 0 {
 			req.Header[h] = v
@@ -667,7 +667,8 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		}
 		hdr[k] = vs
 	}
-	// A known length lets net/http write the header and body in one piece, never chunked.
+	// The answer goes out with its length, never chunked (h1Server sets it again itself; other
+	// ResponseWriters, net/http's or a test's, use this one).
 	if bodyAllowed(resp.StatusCode) {
 		hdr["Content-Length"] = []string{strconv.Itoa(len(rb))}
 	}
