@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,6 +138,9 @@ func verifyWithHash(r *http.Request, a *authHeader, secret, bodyHash string, now
 	}
 	return nil
 }
+
+// signBufs hold canonical requests while verification builds them.
+var signBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 func hmacSHA256(key, data []byte) []byte {
 	h := hmac.New(sha256.New, key)
@@ -296,121 +298,6 @@ func canonicalQuery(raw string) string {
 	return strings.ReplaceAll(v.Encode(), "+", "%20")
 }
 
-// sigIgnored are the headers aws-sdk-go-v2's signer leaves out of the signature.
-func sigIgnored(k string) bool {
-	switch k {
-	case "Authorization", "User-Agent", "X-Amzn-Trace-Id", "Expect", "Transfer-Encoding", "Content-Length":
-		return true
-	}
-	return false
-}
-
-type signedHeader struct{ lower, key string }
-
-var signBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-// signRequest signs req for service and region as aws-sdk-go-v2's v4.Signer.SignHTTP does: it
-// sets X-Amz-Date (and X-Amz-Security-Token), strips a default port from Host, signs host,
-// content-length when positive and every header but the signer's ignored ones, and sets
-// Authorization, with the derived key cached per day. It reports false, changing nothing, for
-// requests with a query, an opaque URL or an IPv6 host, which the SDK's signer then signs.
-func signRequest(req *http.Request, accessKey, secret, sessionToken, service, region, bodyHash string, t time.Time) bool {
-	if req.URL.RawQuery != "" || req.URL.Opaque != "" || req.URL.ForceQuery || strings.HasPrefix(req.Host, "[") ||
-		(req.Host == "" && strings.HasPrefix(req.URL.Host, "[")) {
-		return false
-	}
-	t = t.UTC()
-	var db [16]byte
-	amzDate := string(t.AppendFormat(db[:0], "20060102T150405Z"))
-	date := amzDate[:8]
-	req.Header["X-Amz-Date"] = []string{amzDate}
-	if sessionToken != "" {
-		req.Header["X-Amz-Security-Token"] = []string{sessionToken}
-	}
-	host := req.Host
-	if host == "" {
-		host = req.URL.Host
-	}
-	if h, port, ok := strings.Cut(host, ":"); ok && !strings.Contains(port, ":") &&
-		(port == "80" && req.URL.Scheme == "http" || port == "443" && req.URL.Scheme == "https") {
-		host = h
-		req.Host = h
-	}
-	var arr [16]signedHeader
-	hs := append(arr[:0], signedHeader{"host", ""})
-	if req.ContentLength > 0 {
-		hs = append(hs, signedHeader{"content-length", ""})
-	}
-	for k := range req.Header {
-		if !sigIgnored(k) {
-			hs = append(hs, signedHeader{lowerHeader(k), k})
-		}
-	}
-	slices.SortFunc(hs, func(x, y signedHeader) int { return strings.Compare(x.lower, y.lower) })
-
-	bp := signBufs.Get().(*[]byte)
-	defer signBufs.Put(bp)
-	b := append((*bp)[:0], req.Method...)
-	b = append(b, '\n')
-	path := req.URL.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	b = appendEscapedPath(b, path)
-	b = append(b, "\n\n"...) // empty query
-	for _, h := range hs {
-		b = append(b, h.lower...)
-		b = append(b, ':')
-		switch h.lower {
-		case "host":
-			b = append(b, strings.TrimSpace(stripSpaces(host))...)
-		case "content-length":
-			b = strconv.AppendInt(b, req.ContentLength, 10)
-		default:
-			for i, v := range req.Header[h.key] {
-				if i > 0 {
-					b = append(b, ',')
-				}
-				b = append(b, strings.TrimSpace(stripSpaces(v))...)
-			}
-		}
-		b = append(b, '\n')
-	}
-	b = append(b, '\n')
-	signedStart := len(b)
-	for i, h := range hs {
-		if i > 0 {
-			b = append(b, ';')
-		}
-		b = append(b, h.lower...)
-	}
-	signedList := string(b[signedStart:])
-	b = append(b, '\n')
-	b = append(b, bodyHash...)
-	sum := sha256.Sum256(b)
-
-	scope := date + "/" + region + "/" + service + "/aws4_request"
-	b = append(b[:0], sigAlgorithm+"\n"...)
-	b = append(b, amzDate...)
-	b = append(b, '\n')
-	b = append(b, scope...)
-	b = append(b, '\n')
-	b = hex.AppendEncode(b, sum[:])
-	sig := hmacSum(signingKey(secret, date, region, service), b)
-
-	b = append(b[:0], sigAlgorithm+" Credential="...)
-	b = append(b, accessKey...)
-	b = append(b, '/')
-	b = append(b, scope...)
-	b = append(b, ", SignedHeaders="...)
-	b = append(b, signedList...)
-	b = append(b, ", Signature="...)
-	b = hex.AppendEncode(b, sig[:])
-	req.Header["Authorization"] = []string{string(b)}
-	*bp = b
-	return true
-}
-
 // appendEscapedPath is escapePath appending to b.
 func appendEscapedPath(b []byte, p string) []byte {
 	const hexUpper = "0123456789ABCDEF"
@@ -423,31 +310,6 @@ func appendEscapedPath(b []byte, p string) []byte {
 		b = append(b, '%', hexUpper[c>>4], hexUpper[c&15])
 	}
 	return b
-}
-
-// lowerHeader is strings.ToLower without an allocation for the headers the proxy sends.
-func lowerHeader(k string) string {
-	switch k {
-	case "Content-Type":
-		return "content-type"
-	case "X-Amz-Target":
-		return "x-amz-target"
-	case "X-Amzn-Query-Mode":
-		return "x-amzn-query-mode"
-	case "Amz-Sdk-Invocation-Id":
-		return "amz-sdk-invocation-id"
-	case "Amz-Sdk-Request":
-		return "amz-sdk-request"
-	case "Accept":
-		return "accept"
-	case "X-Amz-Date":
-		return "x-amz-date"
-	case "X-Amz-Security-Token":
-		return "x-amz-security-token"
-	case "X-Amz-User-Agent":
-		return "x-amz-user-agent"
-	}
-	return strings.ToLower(k)
 }
 
 // hmacSum is HMAC-SHA256(key, msg) for a key of at most one block, without allocating.
