@@ -258,3 +258,27 @@ func PointsWith(pts []Point, timestampType string, tags ...string) []Point {
 	}
 	return out
 }
+
+// OneNode checks that pts, the points of one edge, are a single pathway node (service, hash,
+// parent) which checkpoints close in time may have put in one bucket or, across a boundary, in
+// two; it returns the node and its total count. what names the edge in failures.
+func OneNode(t testing.TB, what string, pts []Point) (Point, float64) {
+	t.Helper()
+	if len(pts) == 0 {
+		t.Fatalf("no %s points at the Agent", what)
+	}
+	var n float64
+	for _, p := range pts {
+		if p.Service != pts[0].Service || p.Hash != pts[0].Hash || p.ParentHash != pts[0].ParentHash {
+			for _, q := range pts {
+				t.Logf("%s point: service %s hash %x parent %x bucket %s count %v", what, q.Service, q.Hash, q.ParentHash, q.Start.Format(time.TimeOnly), q.Count())
+			}
+			t.Fatalf("%d %s points of more than one pathway node", len(pts), what)
+		}
+		n += p.Count()
+	}
+	if len(pts) > 2 {
+		t.Errorf("%s points in %d buckets, want at most 2", what, len(pts))
+	}
+	return pts[0], n
+}

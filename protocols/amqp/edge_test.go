@@ -265,17 +265,16 @@ func TestDSMThroughAgent(t *testing.T) {
 	})
 	pts := agent.Points()
 	out, in := agenttest.PointsWith(pts, "current", outTags...), agenttest.PointsWith(pts, "current", inTags...)
-	if len(out) != 1 || len(in) != 1 {
-		t.Fatalf("%d publish and %d consume points at the Agent, want one each", len(out), len(in))
+	outN, outCount := agenttest.OneNode(t, "publish", out)
+	inN, inCount := agenttest.OneNode(t, "consume", in)
+	if outN.Service != "orders-api" || inN.Service != "billing" {
+		t.Errorf("services %q -> %q", outN.Service, inN.Service)
 	}
-	if out[0].Service != "orders-api" || in[0].Service != "billing" {
-		t.Errorf("services %q -> %q", out[0].Service, in[0].Service)
+	if inN.ParentHash != outN.Hash || outN.ParentHash != 0 {
+		t.Errorf("consume parent %x, publish hash %x (parent %x)", inN.ParentHash, outN.Hash, outN.ParentHash)
 	}
-	if in[0].ParentHash != out[0].Hash || out[0].ParentHash != 0 {
-		t.Errorf("consume parent %x, publish hash %x (parent %x)", in[0].ParentHash, out[0].Hash, out[0].ParentHash)
-	}
-	if out[0].Count() != 3 || in[0].Count() != 3 {
-		t.Errorf("counts %v / %v", out[0].Count(), in[0].Count())
+	if outCount != 3 || inCount != 3 {
+		t.Errorf("counts %v / %v", outCount, inCount)
 	}
 }
 
