@@ -50,8 +50,13 @@ func newUpstreamClient() *upstreamClient {
 
 var errUpstreamClosed = errors.New("aws: upstream client closed")
 
-// errClosedIdle: a reused connection ended before any byte of the response; the server closed
-// it while idle, so the request is sent again on a new connection (as http.Transport does).
+// errClosedIdle: a reused connection ended before any byte of the response, which almost always
+// means the server closed it while it sat idle; the request is sent again, once, on a new
+// connection. http.Transport learns of such closes from a background read and retries a written
+// POST only when it knows nothing reached the server; without that read this client cannot tell,
+// so in the rare case where the server took the request and then died before answering, a send can
+// reach it twice: what the SDKs' own retry of a connection error does too, and SQS, SNS and Kinesis
+// are at-least-once services.
 var errClosedIdle = errors.New("upstream closed an idle connection")
 
 // aLongTimeAgo is a deadline that makes pending reads and writes return at once.
