@@ -513,24 +513,7 @@ func (p *Proxy) identity(c *call) proxy.Identity {
 
 // appID is the `app/<id>` token SDKs add to User-Agent when an application id is configured.
 func appID(ua string) string {
-	for i := 0; i < len(ua); i++ {
-		if ua[i] >= 0x80 { // Unicode spaces: strings.Fields' splitting
-			for _, f := range strings.Fields(ua) {
-				if v, ok := strings.CutPrefix(f, "app/"); ok {
-					return v
-				}
-			}
-			return ""
-		}
-	}
-	for ua != "" {
-		ua = strings.TrimLeft(ua, " \t\r\n\v\f")
-		f := ua
-		if i := strings.IndexAny(ua, " \t\r\n\v\f"); i >= 0 {
-			f, ua = ua[:i], ua[i:]
-		} else {
-			ua = ""
-		}
+	for f := range strings.FieldsSeq(ua) {
 		if v, ok := strings.CutPrefix(f, "app/"); ok {
 			return v
 		}

@@ -130,10 +130,10 @@ func verifyWithHash(r *http.Request, a *authHeader, secret, bodyHash string, now
 	b = append(b, "/aws4_request\n"...)
 	b = hex.AppendEncode(b, sum[:])
 	*bp = b
-	want := hmacSum(signingKey(secret, a.Date, a.Region, a.Service), b)
+	want := hmacSHA256(signingKey(secret, a.Date, a.Region, a.Service), b)
 	var got [sha256.Size]byte
 	n, err := hex.Decode(got[:], []byte(a.Signature))
-	if err != nil || n != len(got) || !hmac.Equal(want[:], got[:]) {
+	if err != nil || n != len(got) || !hmac.Equal(want, got[:]) {
 		return &authFailure{"SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method."}
 	}
 	return nil
@@ -195,7 +195,6 @@ func appendCanonicalRequest(b []byte, r *http.Request, signed []string, bodyHash
 	b = append(b, '\n')
 	b = append(b, canonicalQuery(r.URL.RawQuery)...)
 	b = append(b, '\n')
-	var kb [64]byte
 	for _, h := range signed {
 		b = append(b, h...)
 		b = append(b, ':')
@@ -209,13 +208,7 @@ func appendCanonicalRequest(b []byte, r *http.Request, signed []string, bodyHash
 				b = strconv.AppendInt(b, r.ContentLength, 10)
 			}
 		default:
-			var vs []string
-			if ck, ok := appendCanonicalKey(kb[:0], h); ok {
-				vs = r.Header[string(ck)]
-			} else {
-				vs = r.Header.Values(h)
-			}
-			for i, v := range vs {
+			for i, v := range r.Header.Values(h) {
 				if i > 0 {
 					b = append(b, ',')
 				}
@@ -233,32 +226,6 @@ func appendCanonicalRequest(b []byte, r *http.Request, signed []string, bodyHash
 	}
 	b = append(b, '\n')
 	return append(b, bodyHash...)
-}
-
-// appendCanonicalKey appends textproto's canonical form of a header name made only of letters,
-// digits and '-' (what SignedHeaders lists in practice); ok is false for other names, which
-// http.Header.Values then canonicalizes.
-func appendCanonicalKey(b []byte, k string) ([]byte, bool) {
-	upper := true
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		switch {
-		case 'a' <= c && c <= 'z':
-			if upper {
-				c -= 'a' - 'A'
-			}
-		case 'A' <= c && c <= 'Z':
-			if !upper {
-				c += 'a' - 'A'
-			}
-		case '0' <= c && c <= '9' || c == '-':
-		default:
-			return b, false
-		}
-		b = append(b, c)
-		upper = c == '-'
-	}
-	return b, len(k) > 0
 }
 
 // stripSpaces collapses runs of spaces into one, as the signers do before trimming.
@@ -298,7 +265,7 @@ func canonicalQuery(raw string) string {
 	return strings.ReplaceAll(v.Encode(), "+", "%20")
 }
 
-// appendEscapedPath is escapePath appending to b.
+// appendEscapedPath appends p with every byte but the unreserved ones and '/' percent-encoded.
 func appendEscapedPath(b []byte, p string) []byte {
 	const hexUpper = "0123456789ABCDEF"
 	for i := 0; i < len(p); i++ {
@@ -310,31 +277,4 @@ func appendEscapedPath(b []byte, p string) []byte {
 		b = append(b, '%', hexUpper[c>>4], hexUpper[c&15])
 	}
 	return b
-}
-
-// hmacSum is HMAC-SHA256(key, msg) for a key of at most one block, without allocating.
-func hmacSum(key, msg []byte) [sha256.Size]byte {
-	var out [sha256.Size]byte
-	if len(key) > 64 {
-		copy(out[:], hmacSHA256(key, msg))
-		return out
-	}
-	var pad [64]byte
-	copy(pad[:], key)
-	for i := range pad {
-		pad[i] ^= 0x36
-	}
-	h := sha256.New()
-	h.Write(pad[:])
-	h.Write(msg)
-	var inner [sha256.Size]byte
-	h.Sum(inner[:0])
-	for i := range pad {
-		pad[i] ^= 0x36 ^ 0x5c
-	}
-	h.Reset()
-	h.Write(pad[:])
-	h.Write(inner[:])
-	h.Sum(out[:0])
-	return out
 }

@@ -191,20 +191,6 @@ func TestDefaultCredentialChain(t *testing.T) {
 	}
 }
 
-func TestAppendCanonicalKey(t *testing.T) {
-	for _, k := range []string{"x-amz-date", "content-type", "x-amz-target", "a", "x-1-b", "X-AMZ-DATE", "-x", "x--y"} {
-		got, ok := appendCanonicalKey(nil, k)
-		if !ok || string(got) != http.CanonicalHeaderKey(k) {
-			t.Errorf("%q: %q %v, textproto gives %q", k, got, ok, http.CanonicalHeaderKey(k))
-		}
-	}
-	for _, k := range []string{"", "x_amz", "a.b", "a b"} {
-		if _, ok := appendCanonicalKey(nil, k); ok {
-			t.Errorf("%q: handled, want the fallback", k)
-		}
-	}
-}
-
 func TestAppID(t *testing.T) {
 	for ua, want := range map[string]string{
 		"":                                       "",
