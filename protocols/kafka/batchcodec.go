@@ -125,18 +125,14 @@ func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMet
 		}
 		batch := records[:12+length]
 		records = records[12+length:]
-		nb, reason := c.injectBatch(out, batch, decide)
-		switch {
-		case reason != "":
+		nb, rewritten, reason := c.injectBatch(out, batch, decide)
+		if reason != "" {
 			skip = reason
-			out = append(out, batch...)
-		case len(nb) == len(out):
-			// No record needed a header (all carry a context already): the batch as it was. A
-			// rewritten batch always adds at least its 61-byte header.
-			out = append(out, batch...)
-		default:
-			out = nb
-			changed = true
+		}
+		if rewritten {
+			out, changed = nb, true
+		} else {
+			out = append(out, batch...) // as it was: skipped, or every record carries a context already
 		}
 	}
 	if !changed {
@@ -145,28 +141,29 @@ func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMet
 	return out, true, skip, nil
 }
 
-// injectBatch appends batch with headers spliced in to dst, or returns a skip reason.
-func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *recordMeta) []byte) ([]byte, string) {
+// injectBatch appends batch with headers spliced in to dst and reports true, or leaves dst as it
+// was and reports false: with a skip reason, or with none when no record needed a header.
+func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *recordMeta) []byte) ([]byte, bool, string) {
 	if batch[16] != 2 {
-		return dst, skipLegacyMagic
+		return dst, false, skipLegacyMagic
 	}
 	meta, attrs, count, err := batchHeader(batch)
 	if err != nil {
-		return dst, skipMalformed
+		return dst, false, skipMalformed
 	}
 	if meta.Control {
-		return dst, skipControl
+		return dst, false, skipControl
 	}
 	codec := attrs & 7
 	if codec > 4 {
-		return dst, skipUnknownCodec
+		return dst, false, skipUnknownCodec
 	}
 	if crc32.Checksum(batch[21:], crcTable) != binary.BigEndian.Uint32(batch[17:]) {
-		return dst, skipBadCRC
+		return dst, false, skipBadCRC
 	}
 	raw, err := c.decompress(batch[61:], codec)
 	if err != nil {
-		return dst, skipMalformed
+		return dst, false, skipMalformed
 	}
 	start := len(dst)
 	if codec == 0 {
@@ -174,20 +171,20 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		dst = append(dst, batch[:61]...)
 		var n int
 		if dst, n, err = spliceHeaders(dst, raw, count, meta, decide); err != nil {
-			return dst[:start], skipMalformed
+			return dst[:start], false, skipMalformed
 		}
 		if n == 0 {
-			return dst[:start], "" // nothing needed a header: keep the batch as it was, byte for byte
+			return dst[:start], false, "" // nothing needed a header: keep the batch as it was, byte for byte
 		}
 		return c.finishBatch(dst, start)
 	}
 	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide)
 	c.raw = spliced[:0]
 	if err != nil {
-		return dst, skipMalformed
+		return dst, false, skipMalformed
 	}
 	if n == 0 {
-		return dst, "" // nothing needed a header: keep the batch as it was, byte for byte
+		return dst, false, "" // nothing needed a header: keep the batch as it was, byte for byte
 	}
 	dst = append(dst, batch[:61]...)
 	switch codec {
@@ -197,11 +194,11 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		c.zbuf.Reset()
 		comp := c.compressor(codec)
 		if comp == nil {
-			return dst[:start], skipCompression
+			return dst[:start], false, skipCompression
 		}
 		z, typ := comp.Compress(&c.zbuf, spliced)
 		if int16(typ) != codec {
-			return dst[:start], skipCompression
+			return dst[:start], false, skipCompression
 		}
 		dst = append(dst, z...)
 	}
@@ -209,14 +206,14 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 }
 
 // finishBatch checks the size of the rewritten batch dst[start:] and sets its length and CRC.
-func (c *kgoCodec) finishBatch(dst []byte, start int) ([]byte, string) {
+func (c *kgoCodec) finishBatch(dst []byte, start int) ([]byte, bool, string) {
 	if len(dst)-start > c.maxBatchBytes {
-		return dst[:start], skipSizeLimit
+		return dst[:start], false, skipSizeLimit
 	}
 	nb := dst[start:]
 	binary.BigEndian.PutUint32(nb[8:], uint32(len(nb)-12))
 	binary.BigEndian.PutUint32(nb[17:], crc32.Checksum(nb[21:], crcTable))
-	return dst, ""
+	return dst, true, ""
 }
 
 // recordFields locates the parts of one record body (after its length prefix).
