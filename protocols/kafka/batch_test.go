@@ -17,18 +17,24 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // codec (nil = none), the way a producer does.
 func buildBatch(t testing.TB, n, valueSize int, codec kgo.Compressor) []byte {
 	t.Helper()
+	return buildBatchHeader(t, n, valueSize, codec, "h", []byte("x"))
+}
+
+// buildBatchHeader is buildBatch with one header, key: value, on every record.
+func buildBatchHeader(t testing.TB, n, valueSize int, codec kgo.Compressor, key string, value []byte) []byte {
+	t.Helper()
 	var raw []byte
-	value := bytes.Repeat([]byte("v"), valueSize)
+	v := bytes.Repeat([]byte("v"), valueSize)
 	for i := 0; i < n; i++ {
 		var body []byte
 		body = append(body, 0)                                          // attributes
 		body = kbin.AppendVarlong(body, int64(i))                       // timestamp delta
 		body = kbin.AppendVarint(body, int32(i))                        // offset delta
 		body = kbin.AppendVarintBytes(body, []byte{byte('k'), byte(i)}) // key
-		body = kbin.AppendVarintBytes(body, value)
+		body = kbin.AppendVarintBytes(body, v)
 		body = kbin.AppendVarint(body, 1) // one header
-		body = kbin.AppendVarintString(body, "h")
-		body = kbin.AppendVarintBytes(body, []byte("x"))
+		body = kbin.AppendVarintString(body, key)
+		body = kbin.AppendVarintBytes(body, value)
 		raw = kbin.AppendVarint(raw, int32(len(body)))
 		raw = append(raw, body...)
 	}

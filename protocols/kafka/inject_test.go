@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -193,39 +192,8 @@ func BenchmarkProduceRewrite(b *testing.B) {
 // contextBatch is a batch of n records that all carry a pathway context already.
 func contextBatch(t testing.TB, n int, codec kgo.Compressor) []byte {
 	t.Helper()
-	var raw []byte
-	for i := 0; i < n; i++ {
-		var body []byte
-		body = append(body, 0)
-		body = kbin.AppendVarlong(body, int64(i))
-		body = kbin.AppendVarint(body, int32(i))
-		body = kbin.AppendVarintBytes(body, []byte{'k', byte(i)})
-		body = kbin.AppendVarintBytes(body, bytes.Repeat([]byte("v"), 100))
-		body = kbin.AppendVarint(body, 1)
-		body = kbin.AppendVarintString(body, pathway.HeaderKey)
-		body = kbin.AppendVarintBytes(body, pathway.Context{Hash: 42, PathwayStart: time.UnixMilli(1700000000000)}.AppendBase64(nil))
-		raw = kbin.AppendVarint(raw, int32(len(body)))
-		raw = append(raw, body...)
-	}
-	var attrs uint16
-	if codec != nil {
-		var buf bytes.Buffer
-		c, typ := codec.Compress(&buf, raw)
-		raw, attrs = append([]byte(nil), c...), uint16(typ)
-	}
-	b := make([]byte, 61, 61+len(raw))
-	binary.BigEndian.PutUint32(b[8:], uint32(49+len(raw)))
-	binary.BigEndian.PutUint32(b[12:], 0xffffffff)
-	b[16] = 2
-	binary.BigEndian.PutUint16(b[21:], attrs)
-	binary.BigEndian.PutUint32(b[23:], uint32(n-1))
-	binary.BigEndian.PutUint64(b[43:], 0xffffffffffffffff)
-	binary.BigEndian.PutUint16(b[51:], 0xffff)
-	binary.BigEndian.PutUint32(b[53:], 0xffffffff)
-	binary.BigEndian.PutUint32(b[57:], uint32(n))
-	b = append(b, raw...)
-	binary.BigEndian.PutUint32(b[17:], crc32.Checksum(b[21:], castagnoli))
-	return b
+	ctx := pathway.Context{Hash: 42, PathwayStart: time.UnixMilli(1700000000000)}.AppendBase64(nil)
+	return buildBatchHeader(t, n, 100, codec, pathway.HeaderKey, ctx)
 }
 
 // TestInjectAllExistingContext: a batch whose every record already carries a context goes
