@@ -90,18 +90,16 @@ func procCPU(b *testing.B, pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
-// BenchmarkSQSEndToEnd sends and receives through local-aws-sqs directly and through the proxy in
-// one run, with aws-sdk-go-v2 clients, and reports each rate, the proxy/direct ratio and the
-// proxy's CPU per request, read from the proxy's own process.
-func BenchmarkSQSEndToEnd(b *testing.B) {
-	port := startNode(b, nil, "sqs-server.js")
-	direct := fmt.Sprintf("http://127.0.0.1:%d", port)
+// startProxyProcess runs the proxy as a separate process (this test binary in
+// TestAWSProxyProcess) in front of upstream and returns its URL and process, so a benchmark reads
+// the proxy's own CPU. DSMPROXY_AWS_PROXY_CPUPROFILE names a file for its CPU profile.
+func startProxyProcess(b *testing.B, upstream string) (string, *exec.Cmd) {
 	args := []string{"-test.run=^TestAWSProxyProcess$"}
 	if prof := os.Getenv("DSMPROXY_AWS_PROXY_CPUPROFILE"); prof != "" {
 		args = append(args, "-test.cpuprofile="+prof)
 	}
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "DSMPROXY_AWS_PROXY_UPSTREAM="+direct)
+	cmd.Env = append(os.Environ(), "DSMPROXY_AWS_PROXY_UPSTREAM="+upstream)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
@@ -112,7 +110,16 @@ func BenchmarkSQSEndToEnd(b *testing.B) {
 	if _, err := fmt.Fscanf(bufio.NewReader(stdout), "LISTENING %d\n", &proxyPort); err != nil {
 		b.Fatalf("proxy process: %v", err)
 	}
-	proxyURL := fmt.Sprintf("http://127.0.0.1:%d", proxyPort)
+	return fmt.Sprintf("http://127.0.0.1:%d", proxyPort), cmd
+}
+
+// BenchmarkSQSEndToEnd sends and receives through local-aws-sqs directly and through the proxy in
+// one run, with aws-sdk-go-v2 clients, and reports each rate, the proxy/direct ratio and the
+// proxy's CPU per request, read from the proxy's own process.
+func BenchmarkSQSEndToEnd(b *testing.B) {
+	port := startNode(b, nil, "sqs-server.js")
+	direct := fmt.Sprintf("http://127.0.0.1:%d", port)
+	proxyURL, cmd := startProxyProcess(b, direct)
 	const workers, perWorker = 16, 150
 	type result struct {
 		sendRate, recvRate float64
@@ -227,23 +234,8 @@ func BenchmarkHandlerReceiveMessage(b *testing.B) { benchHandler(b, "ReceiveMess
 // a steadier figure on a shared machine than BenchmarkSQSEndToEnd's rates.
 func BenchmarkSQSProxySendCPU(b *testing.B) {
 	port := startNode(b, nil, "sqs-server.js")
-	args := []string{"-test.run=^TestAWSProxyProcess$"}
-	if prof := os.Getenv("DSMPROXY_AWS_PROXY_CPUPROFILE"); prof != "" {
-		args = append(args, "-test.cpuprofile="+prof)
-	}
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("DSMPROXY_AWS_PROXY_UPSTREAM=http://127.0.0.1:%d", port))
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { stdin.Close(); cmd.Wait() })
-	var proxyPort int
-	if _, err := fmt.Fscanf(bufio.NewReader(stdout), "LISTENING %d\n", &proxyPort); err != nil {
-		b.Fatalf("proxy process: %v", err)
-	}
-	cl := sqsClient(fmt.Sprintf("http://127.0.0.1:%d", proxyPort), testKey, testSecret)
+	proxyURL, cmd := startProxyProcess(b, fmt.Sprintf("http://127.0.0.1:%d", port))
+	cl := sqsClient(proxyURL, testKey, testSecret)
 	ctx := context.Background()
 	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(fmt.Sprintf("cpu%d", time.Now().UnixNano()))})
 	if err != nil {
