@@ -226,6 +226,72 @@ func TestDropWhenFull(t *testing.T) {
 	}
 }
 
+// TestAddAll: AddAll queues a prefix of its points up to the bound, counts the rest as dropped,
+// and from several goroutines at once loses none it accepted.
+func TestAddAll(t *testing.T) {
+	t.Run("bound", func(t *testing.T) {
+		a := New(Config{QueueSize: 8})
+		ps := make([]pathway.Point, 5)
+		for i := range ps {
+			ps[i] = point("s", 1, 0, t0, 0, 0, int64(i))
+		}
+		if n := a.AddAll(ps); n != 5 {
+			t.Fatalf("first AddAll queued %d, want 5", n)
+		}
+		if n := a.AddAll(ps); n != 3 {
+			t.Fatalf("second AddAll queued %d, want 3 (the bound is 8)", n)
+		}
+		if n := a.AddAll(ps); n != 0 {
+			t.Fatalf("AddAll into a full queue queued %d", n)
+		}
+		if st := a.Stats(); st.Points != 8 || st.PointsDropped != 7 {
+			t.Fatalf("stats %+v, want 8 queued and 7 dropped", st)
+		}
+		a.Close()
+		if g := a.Flush(t0, true)[0].Groups[0]; g.PayloadSize.GetCount() != 8 {
+			t.Fatalf("aggregated %v points, want 8", g.PayloadSize.GetCount())
+		}
+	})
+	t.Run("concurrent", func(t *testing.T) {
+		const workers, batches, per = 8, 2000, 100
+		a := New(Config{QueueSize: 1 << 12})
+		a.Start()
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ps := make([]pathway.Point, per)
+				for i := range ps {
+					ps[i] = point("svc", uint64(w%4), 0, t0, time.Millisecond, time.Millisecond, 10, "type:kafka")
+				}
+				for range batches {
+					for rest := ps; len(rest) > 0; {
+						n := a.AddAll(rest)
+						rest = rest[n:]
+						if len(rest) > 0 {
+							time.Sleep(time.Microsecond) // full: retry the rest so every point is counted
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		a.Close()
+		var n float64
+		for _, b := range a.Flush(t0, true) {
+			if b.TimestampType == Current {
+				for _, g := range b.Groups {
+					n += g.EdgeLatency.GetCount()
+				}
+			}
+		}
+		if want := float64(workers * batches * per); n != want || a.Stats().Aggregated != uint64(want) {
+			t.Fatalf("aggregated %v points (stats %+v), want %v", n, a.Stats(), want)
+		}
+	})
+}
+
 func TestNegativeValuesClamp(t *testing.T) {
 	a := New(Config{})
 	a.Add(point("s", 1, 0, t0, -time.Second, -time.Second, -5))

@@ -83,6 +83,37 @@ func (q *pointQueue) push(p *pathway.Point) bool {
 	return false
 }
 
+// pushAll queues as many of ps as there is room for, taking each shard's lock once for a run of
+// points rather than once per point, and returns how many it queued (a prefix of ps).
+func (q *pointQueue) pushAll(ps []pathway.Point) int {
+	n := len(q.shards)
+	var here byte
+	h := uintptr(unsafe.Pointer(&here)) >> 10
+	start := int((uint64(h) * 0x9E3779B97F4A7C15 >> 32) % uint64(n))
+	done := 0
+	for i := 0; i < n && done < len(ps); i++ {
+		s := &q.shards[(start+i)%n]
+		if int(s.n.Load()) >= s.limit {
+			continue
+		}
+		s.mu.Lock()
+		k := min(s.limit-len(s.buf), len(ps)-done)
+		before := len(s.buf)
+		s.buf = append(s.buf, ps[done:done+k]...)
+		s.n.Store(int32(len(s.buf)))
+		wake := before < s.wake && len(s.buf) >= s.wake
+		s.mu.Unlock()
+		done += max(k, 0)
+		if wake {
+			select {
+			case q.notify <- struct{}{}:
+			default:
+			}
+		}
+	}
+	return done
+}
+
 // wakeMark caps the points a shard collects before a push wakes the consumer: enough that a busy
 // data path wakes it once per batch, few enough that a burst never nears the shard's limit
 // between sweeps.

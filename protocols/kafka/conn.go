@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -73,6 +74,7 @@ type session struct {
 	inBuf   []byte // request frames; reused once forwarded
 	hdr     []byte
 	sizes   []int64
+	points  []pathway.Point
 	scratch []byte
 }
 

@@ -120,6 +120,7 @@ type Proxy struct {
 	now       func() time.Time
 	cp        *pathway.Checkpointer
 	obs       Observer
+	pointBufs *pointBuffers
 	errs      errtrack.Reporter
 	respect   bool
 	listen    string // host of Listen
@@ -211,6 +212,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.cp = pathway.NewCheckpointer(cfg.Env, 0)
 	}
 	p.obs = cfg.Observer
+	p.pointBufs = newPointBuffers()
 	if p.obs == nil {
 		p.obs = discardObserver{}
 	}
@@ -435,6 +437,25 @@ func (p *Proxy) nodeListenAddr(id int32) (addr, advHost string, err error) {
 func (p *Proxy) addPoint(pt pathway.Point) {
 	if !p.obs.Add(pt) {
 		p.stats.dropped.Add(1)
+	}
+}
+
+// batchObserver is an Observer that takes a record batch's points in one call (the aggregator
+// does, with one lock per batch instead of one per record).
+type batchObserver interface {
+	AddAll([]pathway.Point) int
+}
+
+// addPoints hands over the points of one batch.
+func (p *Proxy) addPoints(pts []pathway.Point) {
+	if bo, ok := p.obs.(batchObserver); ok {
+		if n := bo.AddAll(pts); n < len(pts) {
+			p.stats.dropped.Add(uint64(len(pts) - n))
+		}
+		return
+	}
+	for _, pt := range pts {
+		p.addPoint(pt)
 	}
 }
 

@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"bytes"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -83,13 +85,27 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return 0, 0, false
 	}
 	s.scratch = out
+	pts := s.points[:0]
 	for _, sz := range sizes {
 		pt := point
 		pt.PayloadSize = sz
-		p.addPoint(pt)
+		pts = append(pts, pt)
 	}
+	p.addPoints(pts)
+	s.points = pts[:0]
 	p.stats.injected.Add(uint64(len(sizes)))
 	return start, len(out), true
+}
+
+// maxPointRun bounds the points consumeRecords collects before handing them to the observer, so
+// a partition of many small records does not grow its buffer without limit.
+const maxPointRun = 1024
+
+// pointBuffers recycles the point slices consumeRecords collects a partition's checkpoints in.
+type pointBuffers struct{ sync.Pool }
+
+func newPointBuffers() *pointBuffers {
+	return &pointBuffers{sync.Pool{New: func() any { b := make([]pathway.Point, 0, maxPointRun); return &b }}}
 }
 
 // consumeRecords checkpoints every record of a fetched partition: direction:in with the group
@@ -108,6 +124,14 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 	lk := linkKey{ci.addr, ci.service}
 	var last pathway.Context
 	n := 0
+	// Records produced together carry the same context bytes, and with the same parent, edge and
+	// time their checkpoints differ only in payload size: decode and hash once per run of them. (An
+	// empty context and none give the same checkpoint: an empty one does not decode.)
+	var prev pathway.Point
+	var prevCtx []byte
+	havePrev := false
+	pp := p.pointBufs.Get().(*[]pathway.Point)
+	pts := (*pp)[:0]
 	err := p.walker.Walk(part.RecordBatches, func(b batchMeta, r *recordMeta) {
 		if b.Control {
 			return
@@ -121,15 +145,28 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 				return
 			}
 		}
+		n++
+		if len(pts) >= maxPointRun {
+			p.addPoints(pts)
+			pts = pts[:0]
+		}
+		if havePrev && bytes.Equal(prevCtx, r.Context) {
+			prev.PayloadSize = r.PayloadSize
+			pts = append(pts, prev)
+			return
+		}
 		var parent pathway.Context
 		if r.HasContext {
 			parent, _ = pathway.DecodeBase64(r.Context) // undecodable: no parent, as the tracers do
 		}
 		pt, ctx := p.cp.Checkpoint(parent, ci.service, edge, r.PayloadSize, now)
-		p.addPoint(pt)
+		pts = append(pts, pt)
 		last = ctx
-		n++
+		prev, prevCtx, havePrev = pt, append(prevCtx[:0], r.Context...), true
 	})
+	p.addPoints(pts)
+	*pp = pts[:0]
+	p.pointBufs.Put(pp)
 	if err != nil {
 		p.decodeError("fetched record batch", keyFetch, -1, err)
 	}
