@@ -26,6 +26,8 @@ type kgoCodec struct {
 	zbuf          bytes.Buffer
 	plain         plainBuf       // decompressed records, reused
 	lz4c          lz4.Compressor // reused across batches (its hash table); see lz4Encode
+	lz4t          lz4Transcoder
+	smap          spliceMap
 }
 
 // maxKeptPlain bounds the decompression buffer a codec keeps between batches (one codec per
@@ -170,7 +172,7 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		// Uncompressed: splice straight after the header in dst, no intermediate copy.
 		dst = append(dst, batch[:61]...)
 		var n int
-		if dst, n, err = spliceHeaders(dst, raw, count, meta, decide); err != nil {
+		if dst, n, err = spliceHeaders(dst, raw, count, meta, decide, nil); err != nil {
 			return dst[:start], false, skipMalformed
 		}
 		if n == 0 {
@@ -178,7 +180,12 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		}
 		return c.finishBatch(dst, start)
 	}
-	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide)
+	var m *spliceMap
+	if codec == 3 {
+		c.smap.reset()
+		m = &c.smap
+	}
+	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide, m)
 	c.raw = spliced[:0]
 	if err != nil {
 		return dst, false, skipMalformed
@@ -189,7 +196,10 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	dst = append(dst, batch[:61]...)
 	switch codec {
 	case 3:
-		dst = lz4Encode(dst, spliced, &c.lz4c) // straight into dst: no copy of the compressed body
+		var ok bool
+		if dst, ok = c.lz4t.transcode(dst, batch[61:], raw, spliced, m); !ok {
+			dst = lz4Encode(dst, spliced, &c.lz4c) // straight into dst: no copy of the compressed body
+		}
 	default:
 		c.zbuf.Reset()
 		comp := c.compressor(codec)
@@ -272,15 +282,19 @@ func parseRecord(body []byte) (recordFields, error) {
 
 // spliceHeaders copies count records from raw to dst, adding the header decide returns to each.
 // It returns how many records got one.
-func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batchMeta, *recordMeta) []byte) ([]byte, int, error) {
+// When m is not nil it records which bytes of dst (counted from where spliceHeaders started) are
+// copies of which bytes of raw, and where the inserted headers are, for lz4Transcoder.transcode.
+func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batchMeta, *recordMeta) []byte, m *spliceMap) ([]byte, int, error) {
 	added := 0
 	rm := new(recordMeta) // one per batch: decide gets a pointer, so it escapes
+	base, all := len(dst), len(raw)
 	for i := 0; i < count; i++ {
 		r := kbin.Reader{Src: raw}
 		l := int(r.Varint())
 		if !r.Ok() || l < 0 || l > len(r.Src) {
 			return dst, 0, errBatch
 		}
+		recAt, bodyAt := all-len(raw), all-len(r.Src)
 		body := r.Src[:l]
 		raw = r.Src[l:]
 		f, err := parseRecord(body)
@@ -290,6 +304,9 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 		*rm = recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext}
 		hdr := decide(meta, rm)
 		if hdr == nil {
+			if m != nil {
+				m.kept(recAt, len(dst)-base, bodyAt-recAt+l)
+			}
 			dst = kbin.AppendVarint(dst, int32(l))
 			dst = append(dst, body...)
 			continue
@@ -299,9 +316,18 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 		extra := kbin.VarintLen(int32(len(pathway.HeaderKey))) + len(pathway.HeaderKey) + kbin.VarintLen(int32(len(hdr))) + len(hdr)
 		newLen := l - (f.countEnd - f.countPos) + len(newCount) + extra
 		dst = kbin.AppendVarint(dst, int32(newLen))
+		if m != nil {
+			m.kept(bodyAt, len(dst)-base, f.countPos)
+		}
 		dst = append(dst, body[:f.countPos]...)
 		dst = append(dst, newCount...)
+		if m != nil {
+			m.kept(bodyAt+f.countEnd, len(dst)-base, l-f.countEnd)
+		}
 		dst = append(dst, body[f.countEnd:]...)
+		if m != nil {
+			m.insertedHeader(len(dst)-base, extra, hdr)
+		}
 		dst = kbin.AppendVarintString(dst, pathway.HeaderKey)
 		dst = kbin.AppendVarintBytes(dst, hdr)
 		added++

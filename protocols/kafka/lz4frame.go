@@ -14,6 +14,16 @@ import (
 // batch CRC-32C, checked before decompressing, covers every compressed byte. Frames of another
 // shape (linked blocks, a dictionary, several frames) go to kgo's general decompressor.
 
+// Frame descriptor FLG bits.
+const (
+	lz4FlgIndep       = 1 << 5
+	lz4FlgBlockSum    = 1 << 4
+	lz4FlgContentSize = 1 << 3
+	lz4FlgContentSum  = 1 << 2
+	lz4FlgReserved    = 1 << 1
+	lz4FlgDictID      = 1 << 0
+)
+
 const (
 	lz4Magic     = 0x184D2204
 	lz4BlockSize = 64 << 10 // what the proxy writes, as the Java producer does
@@ -61,27 +71,11 @@ func lz4Decode(dst, src []byte) (out []byte, ok bool) {
 	if len(src) < 7 || binary.LittleEndian.Uint32(src) != lz4Magic {
 		return dst, false
 	}
-	flg, bd := src[4], src[5]
-	const (
-		flgIndep       = 1 << 5
-		flgBlockSum    = 1 << 4
-		flgContentSize = 1 << 3
-		flgContentSum  = 1 << 2
-		flgReserved    = 1 << 1
-		flgDictID      = 1 << 0
-	)
-	if flg>>6 != 1 || flg&flgIndep == 0 || flg&(flgReserved|flgDictID) != 0 || bd&0x8f != 0 {
+	blockMax, pos, ok := lz4FrameShape(src)
+	if !ok {
 		return dst, false
 	}
-	blockMax := lz4BlockMax(bd)
-	if blockMax == 0 {
-		return dst, false
-	}
-	pos := 6
-	if flg&flgContentSize != 0 {
-		pos += 8
-	}
-	pos++ // header checksum
+	flg := src[4]
 	for {
 		if len(src)-pos < 4 {
 			return dst, false
@@ -102,11 +96,11 @@ func lz4Decode(dst, src []byte) (out []byte, ok bool) {
 		} else if dst, ok = lz4DecodeBlock(dst, block, blockMax); !ok {
 			return dst, false
 		}
-		if flg&flgBlockSum != 0 {
+		if flg&lz4FlgBlockSum != 0 {
 			pos += 4
 		}
 	}
-	if flg&flgContentSum != 0 {
+	if flg&lz4FlgContentSum != 0 {
 		pos += 4
 	}
 	return dst, pos == len(src)

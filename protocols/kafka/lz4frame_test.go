@@ -11,9 +11,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// TestInjectLz4Framing: a rewritten lz4 batch is framed as the Java producer frames it (64 KiB
-// independent blocks, no content checksum), spans several blocks, and still decodes record for
-// record; the codec's reused buffers carry nothing from one batch into the next.
+// TestInjectLz4Framing: a rewritten lz4 batch is framed with independent blocks of the input's
+// block maximum (kgo's 4 MiB here) and no content checksum, and still decodes record for record;
+// the codec's reused buffers carry nothing from one batch into the next.
 func TestInjectLz4Framing(t *testing.T) {
 	s := offlineSession(t)
 	comp := compressor(t, kgo.Lz4Compression())
@@ -38,8 +38,8 @@ func TestInjectLz4Framing(t *testing.T) {
 		if flg>>6 != 1 || flg&0x20 == 0 || flg&0x04 != 0 {
 			t.Errorf("%d records: FLG %08b: want version 1, independent blocks, no content checksum", n, flg)
 		}
-		if (bd>>4)&7 != 4 {
-			t.Errorf("%d records: BD %08b: want 64 KiB blocks", n, bd)
+		if (bd>>4)&7 != 7 {
+			t.Errorf("%d records: BD %08b: want kgo's 4 MiB blocks", n, bd)
 		}
 	}
 }
