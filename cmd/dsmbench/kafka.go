@@ -151,7 +151,7 @@ func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec
 		kgo.ProducerBatchCompression(codec), kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		// Room for o.batch records and no more, so a batch closes at about o.batch records.
 		kgo.ProducerBatchMaxBytes(int32(o.batch*(o.size+40))), kgo.ProducerLinger(time.Millisecond),
-		kgo.AllowAutoTopicCreation(), kgo.MaxBufferedRecords(o.batch*partitions*o.concurrency))
+		kgo.AllowAutoTopicCreation(), kgo.MaxBufferedRecords(max(o.kafkaBuffered, o.batch*partitions)))
 	if err != nil {
 		return result{}, err
 	}

@@ -34,18 +34,19 @@ Flags:
 `
 
 type options struct {
-	protocols   []string
-	records     int
-	size        int
-	batch       int
-	codecs      []string
-	concurrency int
-	rounds      int
-	amqpURL     string
-	awsNodeDir  string
-	sqsMsgs     int
-	amqpMsgs    int
-	timeout     time.Duration
+	protocols     []string
+	records       int
+	size          int
+	batch         int
+	codecs        []string
+	concurrency   int
+	kafkaBuffered int
+	rounds        int
+	amqpURL       string
+	awsNodeDir    string
+	sqsMsgs       int
+	amqpMsgs      int
+	timeout       time.Duration
 }
 
 func main() {
@@ -65,7 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.size, "size", 1024, "record / message value size in bytes")
 	fs.IntVar(&o.batch, "batch", 100, "Kafka: records per produce batch (one request)")
 	codecs := fs.String("codecs", "none,lz4", "Kafka: batch codecs, comma-separated: none, gzip, snappy, lz4, zstd")
-	fs.IntVar(&o.concurrency, "concurrency", 4, "Kafka: buffered batches per partition; AMQP: concurrent publishers")
+	fs.IntVar(&o.concurrency, "concurrency", 4, "AMQP: concurrent publishers; SQS: 4x this many workers")
+	fs.IntVar(&o.kafkaBuffered, "kafka-buffered", 10000, "Kafka: records the producer buffers before Produce waits (kgo's default); a buffer of a few batches measures round-trip latency more than throughput")
 	fs.StringVar(&o.amqpURL, "amqp-url", "amqp://guest:guest@127.0.0.1:5672/", "AMQP: the broker the direct path uses")
 	fs.IntVar(&o.amqpMsgs, "amqp-messages", 20000, "AMQP: messages per phase")
 	fs.StringVar(&o.awsNodeDir, "aws-node-dir", "testdata/aws/node", "SQS: directory of the npm SQS server (npm ci runs there when needed)")
