@@ -129,15 +129,7 @@ func TestConcurrentAdd(t *testing.T) {
 	}
 	wg.Wait()
 	a.Close()
-	var n float64
-	for _, b := range a.Flush(t0, true) {
-		if b.TimestampType != Current {
-			continue
-		}
-		for _, g := range b.Groups {
-			n += g.EdgeLatency.GetCount()
-		}
-	}
+	n := currentPoints(a.Flush(t0, true))
 	st := a.Stats()
 	if n != workers*per || st.Points != workers*per || st.Aggregated != workers*per {
 		t.Fatalf("aggregated %v points (stats %+v), want %d", n, st, workers*per)
@@ -170,14 +162,7 @@ func TestConcurrentAddUpToBound(t *testing.T) {
 		t.Error("Add beyond the bound accepted")
 	}
 	a.Close()
-	var n float64
-	for _, b := range a.Flush(t0, true) {
-		if b.TimestampType == Current {
-			for _, g := range b.Groups {
-				n += g.EdgeLatency.GetCount()
-			}
-		}
-	}
+	n := currentPoints(a.Flush(t0, true))
 	if st := a.Stats(); n != workers*per || st.PointsDropped != 1 {
 		t.Fatalf("aggregated %v, stats %+v; want %d and one drop", n, st, workers*per)
 	}
@@ -224,6 +209,19 @@ func TestDropWhenFull(t *testing.T) {
 	if len(bs) != 2 || bs[0].Groups[0].EdgeLatency.GetCount() != 8 || bs[0].Backlogs[0].Value != 7 {
 		t.Fatalf("after close: %+v", bs)
 	}
+}
+
+// currentPoints counts the points in the current-time buckets of bs.
+func currentPoints(bs []Bucket) float64 {
+	var n float64
+	for _, b := range bs {
+		if b.TimestampType == Current {
+			for _, g := range b.Groups {
+				n += g.EdgeLatency.GetCount()
+			}
+		}
+	}
+	return n
 }
 
 // TestAddAll: AddAll queues a prefix of its points up to the bound, counts the rest as dropped,
@@ -278,14 +276,7 @@ func TestAddAll(t *testing.T) {
 		}
 		wg.Wait()
 		a.Close()
-		var n float64
-		for _, b := range a.Flush(t0, true) {
-			if b.TimestampType == Current {
-				for _, g := range b.Groups {
-					n += g.EdgeLatency.GetCount()
-				}
-			}
-		}
+		n := currentPoints(a.Flush(t0, true))
 		if want := float64(workers * batches * per); n != want || a.Stats().Aggregated != uint64(want) {
 			t.Fatalf("aggregated %v points (stats %+v), want %v", n, a.Stats(), want)
 		}
