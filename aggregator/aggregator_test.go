@@ -2,6 +2,7 @@ package aggregator
 
 import (
 	"encoding/hex"
+	"fmt"
 	"math"
 	"runtime"
 	"sync"
@@ -317,25 +318,43 @@ func BenchmarkAdd(b *testing.B) {
 // consumer and retries), so ns/op is the end-to-end cost of a point, hand-off plus aggregation;
 // with -cpu 1 producer and consumer share one core.
 func BenchmarkAddSustained(b *testing.B) {
-	a := New(Config{QueueSize: 1 << 16})
-	a.Start()
-	p := point("svc", 1, 2, t0, time.Millisecond, time.Millisecond, 100, "direction:out", "topic:t", "type:kafka")
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
-	for i := 0; i < b.N; i++ {
-		p.EdgeLatency = int64(i % 1000000)
-		for !a.Add(p) {
-			runtime.Gosched()
-		}
+	for _, batch := range []int{1, 100} {
+		// batch 100: AddAll with a record batch's points, as the Kafka front hands them over.
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			a := New(Config{QueueSize: 1 << 16})
+			a.Start()
+			ps := make([]pathway.Point, batch)
+			for i := range ps {
+				ps[i] = point("svc", 1, 2, t0, time.Millisecond, time.Millisecond, 100, "direction:out", "topic:t", "type:kafka")
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i += batch {
+				ps[0].EdgeLatency = int64(i % 1000000)
+				rest := ps[:min(batch, b.N-i)]
+				if batch == 1 {
+					for !a.Add(rest[0]) {
+						runtime.Gosched()
+					}
+					continue
+				}
+				for len(rest) > 0 {
+					rest = rest[a.AddAll(rest):]
+					if len(rest) > 0 {
+						runtime.Gosched()
+					}
+				}
+			}
+			a.Close() // waits until everything queued is aggregated
+			el := time.Since(start)
+			b.StopTimer()
+			if st := a.Stats(); st.Aggregated != uint64(b.N) {
+				b.Fatalf("aggregated %d of %d", st.Aggregated, b.N)
+			}
+			b.ReportMetric(float64(b.N)/el.Seconds(), "points/s")
+		})
 	}
-	a.Close() // waits until everything queued is aggregated
-	el := time.Since(start)
-	b.StopTimer()
-	if st := a.Stats(); st.Aggregated != uint64(b.N) {
-		b.Fatalf("aggregated %d of %d", st.Aggregated, b.N)
-	}
-	b.ReportMetric(float64(b.N)/el.Seconds(), "points/s")
 }
 
 // BenchmarkAggregate: the consumer's cost per point (two buckets, six sketch inserts).
