@@ -44,11 +44,29 @@ type discardSink struct{}
 
 func (discardSink) Send(context.Context, []aggregator.Bucket) error { return nil }
 
+// pinEnv carries --pin's CPUs for the proxy child (comma-separated).
+const pinEnv = "DSMBENCH_PROXY_CPUS"
+
 // runChild: dsmbench __proxy PROTOCOL UPSTREAM. It prints "LISTEN addr" and serves until stdin closes.
 func runChild(args []string) int {
 	if len(args) != 2 {
 		fmt.Fprintln(os.Stderr, "dsmbench __proxy PROTOCOL UPSTREAM")
 		return 2
+	}
+	if v := os.Getenv(pinEnv); v != "" {
+		var cpus []int
+		for _, f := range strings.Split(v, ",") {
+			c, err := strconv.Atoi(f)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "%s=%q: %v\n", pinEnv, v, err)
+				return 2
+			}
+			cpus = append(cpus, c)
+		}
+		if err := pinSelf(cpus); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -73,12 +74,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.awsNodeDir, "aws-node-dir", "testdata/aws/node", "SQS: directory of the npm SQS server (npm ci runs there when needed)")
 	fs.IntVar(&o.sqsMsgs, "sqs-messages", 3000, "SQS: messages per phase")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
+	pin := fs.Bool("pin", false, "run the proxy child on the last CPU and the clients and brokers dsmbench runs on the others, as a proxy on its own host would be (RabbitMQ, a system service, is not pinned); without it all share every CPU and the ratios include the CPU the proxy takes from them")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *pin {
+		bench, proxyCPUs, err := pinCPUs()
+		if err == nil {
+			err = pinSelf(bench)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "dsmbench: %v\n", err)
+			return 2
+		}
+		// The child reads it before it starts serving (runChild).
+		var list []string
+		for _, c := range proxyCPUs {
+			list = append(list, strconv.Itoa(c))
+		}
+		os.Setenv(pinEnv, strings.Join(list, ","))
+		fmt.Fprintf(stderr, "dsmbench: clients and brokers on CPUs %v, the proxy on CPUs %v\n", bench, proxyCPUs)
 	}
 	o.protocols = strings.Split(*protocols, ",")
 	o.codecs = strings.Split(*codecs, ",")
