@@ -102,6 +102,33 @@ func TestLz4Transcode(t *testing.T) {
 	}
 }
 
+// TestLz4TranscodeStoredBlocks: records of random bytes do not compress, so the input's blocks
+// are stored; the transcoded frame still decodes to the spliced records.
+func TestLz4TranscodeStoredBlocks(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var plain []byte
+	for i := 0; i < 200; i++ {
+		v := make([]byte, 1024)
+		for j := range v {
+			v[j] = byte(r.Uint32())
+		}
+		var body []byte
+		body = append(body, 0)
+		body = kbin.AppendVarlong(body, int64(i))
+		body = kbin.AppendVarint(body, int32(i))
+		body = kbin.AppendVarintBytes(body, nil)
+		body = kbin.AppendVarintBytes(body, v)
+		body = kbin.AppendVarint(body, 0)
+		plain = kbin.AppendVarint(plain, int32(len(body)))
+		plain = append(plain, body...)
+	}
+	for name, frame := range lz4Frames(t, plain) {
+		t.Run(name, func(t *testing.T) {
+			transcodeCheck(t, frame, plain, 200, func(int) []byte { return []byte("ctx-value-of-some-length") })
+		})
+	}
+}
+
 // TestLz4TranscodeDeclines: a frame the walker cannot follow, or one that does not decode to the
 // records it is given, is declined (the caller compresses afresh), never mistranscoded.
 func TestLz4TranscodeDeclines(t *testing.T) {
