@@ -40,14 +40,7 @@ func TestAMQPErrorsReachCollector(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		_ = p.Shutdown(sctx)
-	}()
+	startFront(t, ctx, p)
 
 	conn, err := amqp091.DialConfig("amqp://guest:guest@"+p.Addr().String()+"/", amqp091.Config{Properties: amqp091.Table{"connection_name": "shipping"}})
 	if err != nil {

@@ -49,14 +49,7 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 	}
 	pctx, pcancel := context.WithCancel(context.Background())
 	defer pcancel()
-	if err := p.Start(pctx); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		_ = p.Shutdown(sctx)
-	}()
+	startFront(t, pctx, p)
 
 	cl, err := kgo.NewClient(kgo.SeedBrokers(p.Addr().String()), kgo.ClientID("checkout-api"),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchMaxBytes(1<<20), kgo.ProducerBatchCompression(kgo.NoCompression()))
@@ -216,4 +209,23 @@ func keys(m map[string]map[string]any) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// front is what the three protocol fronts share for a test's lifetime.
+type front interface {
+	Start(context.Context) error
+	Shutdown(context.Context) error
+}
+
+// startFront starts f and shuts it down (5 s grace) when the test ends.
+func startFront(t *testing.T, ctx context.Context, f front) {
+	t.Helper()
+	if err := f.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		_ = f.Shutdown(sctx)
+	})
 }

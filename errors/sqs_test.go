@@ -46,14 +46,7 @@ func TestSQSErrorsReachView(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		_ = p.Shutdown(sctx)
-	}()
+	startFront(t, ctx, p)
 	cl := sqs.NewFromConfig(awssdk.Config{Region: "us-east-1", Credentials: creds, AppID: "refunds-api"},
 		func(o *sqs.Options) { o.BaseEndpoint = awssdk.String("http://" + p.Addr().String()) })
 
