@@ -3,6 +3,7 @@ package kafka
 import (
 	"bytes"
 	"encoding/binary"
+	"strconv"
 
 	"github.com/pierrec/lz4/v4"
 )
@@ -26,27 +27,41 @@ const (
 
 const (
 	lz4Magic     = 0x184D2204
-	lz4BlockSize = 64 << 10 // what the proxy writes, as the Java producer does
+	lz4BlockSize = 64 << 10 // what lz4Encode writes, as the Java producer does
 )
 
-// lz4FrameHeader is the header the proxy writes: version 1, independent blocks, no block or
-// content checksum, no content size, 64 KiB blocks, and its header checksum. It is taken from
-// pierrec's writer with those options, so the bytes are the ones the proxy wrote before.
-var lz4FrameHeader = func() []byte {
-	var b bytes.Buffer
-	w := lz4.NewWriter(&b)
-	if err := w.Apply(lz4.BlockSizeOption(lz4.Block64Kb), lz4.ChecksumOption(false), lz4.ConcurrencyOption(1)); err != nil {
-		panic(err)
+// lz4Headers are the frame headers the proxy writes, one per block maximum (BD 4 to 7): version 1,
+// independent blocks, no block or content checksum, no content size, and the header checksum.
+// They are taken from pierrec's writer with those options, so the bytes are the ones it writes.
+var lz4Headers = func() [4][]byte {
+	var hs [4][]byte
+	for i, size := range []lz4.BlockSize{lz4.Block64Kb, lz4.Block256Kb, lz4.Block1Mb, lz4.Block4Mb} {
+		var b bytes.Buffer
+		w := lz4.NewWriter(&b)
+		if err := w.Apply(lz4.BlockSizeOption(size), lz4.ChecksumOption(false), lz4.ConcurrencyOption(1)); err != nil {
+			panic(err)
+		}
+		if err := w.Close(); err != nil {
+			panic(err)
+		}
+		h := b.Bytes()
+		if len(h) != 7+4 || binary.LittleEndian.Uint32(h) != lz4Magic || lz4BlockMax(h[5]) != int(size) {
+			panic("unexpected lz4 frame header")
+		}
+		hs[i] = append([]byte(nil), h[:7]...)
 	}
-	if err := w.Close(); err != nil {
-		panic(err)
-	}
-	h := b.Bytes()
-	if len(h) != 7+4 || binary.LittleEndian.Uint32(h) != lz4Magic {
-		panic("unexpected lz4 frame header")
-	}
-	return append([]byte(nil), h[:7]...)
+	return hs
 }()
+
+// lz4HeaderFor is the header for frames of blockMax-byte blocks (one lz4BlockMax returns).
+func lz4HeaderFor(blockMax int) []byte {
+	for _, h := range lz4Headers {
+		if lz4BlockMax(h[5]) == blockMax {
+			return h
+		}
+	}
+	panic("no lz4 block maximum of " + strconv.Itoa(blockMax))
+}
 
 // lz4BlockMax is the block maximum size of a BD byte, or 0 for a reserved value.
 func lz4BlockMax(bd byte) int {
@@ -132,10 +147,10 @@ func lz4DecodeBlock(dst, block []byte, blockMax int) ([]byte, bool) {
 	}
 }
 
-// lz4Encode appends b to dst as one LZ4 frame of lz4FrameHeader's shape; blocks that do not
+// lz4Encode appends b to dst as one LZ4 frame of 64 KiB blocks; blocks that do not
 // shrink are stored uncompressed, as the LZ4 frame format allows.
 func lz4Encode(dst, b []byte, c *lz4.Compressor) []byte {
-	dst = append(dst, lz4FrameHeader...)
+	dst = append(dst, lz4HeaderFor(lz4BlockSize)...)
 	for len(b) > 0 {
 		blk := b[:min(len(b), lz4BlockSize)]
 		b = b[len(blk):]

@@ -3,8 +3,6 @@ package kafka
 import (
 	"bytes"
 	"encoding/binary"
-
-	"github.com/pierrec/lz4/v4"
 )
 
 // A spliced lz4 batch need not be compressed from scratch: it arrives compressed, and the input's
@@ -392,33 +390,4 @@ func appendLz4ExtLen(dst []byte, n int) []byte {
 		dst = append(dst, 255)
 	}
 	return append(dst, byte(n))
-}
-
-// lz4Headers are frame headers of lz4FrameHeader's shape for each block maximum (BD 4 to 7).
-var lz4Headers = func() [4][]byte {
-	var hs [4][]byte
-	for i, size := range []lz4.BlockSize{lz4.Block64Kb, lz4.Block256Kb, lz4.Block1Mb, lz4.Block4Mb} {
-		var b bytes.Buffer
-		w := lz4.NewWriter(&b)
-		if err := w.Apply(lz4.BlockSizeOption(size), lz4.ChecksumOption(false), lz4.ConcurrencyOption(1)); err != nil {
-			panic(err)
-		}
-		if err := w.Close(); err != nil {
-			panic(err)
-		}
-		hs[i] = append([]byte(nil), b.Bytes()[:7]...)
-		if lz4BlockMax(hs[i][5]) != int(size) {
-			panic("unexpected lz4 frame header")
-		}
-	}
-	return hs
-}()
-
-func lz4HeaderFor(blockMax int) []byte {
-	for _, h := range lz4Headers {
-		if lz4BlockMax(h[5]) == blockMax {
-			return h
-		}
-	}
-	return lz4FrameHeader
 }
