@@ -49,16 +49,21 @@ func newPointQueue(size int) *pointQueue {
 	return q
 }
 
+// firstShard is where the calling goroutine starts looking for room. The address of a local
+// variable tells goroutines apart (each has its own stack, 2 KiB or more, so the bits above the
+// 10th differ) without any shared counter to contend on. It only picks where to start, so a moved
+// stack or a collision costs nothing but a probe.
+func (q *pointQueue) firstShard() int {
+	var here byte
+	h := uintptr(unsafe.Pointer(&here)) >> 10
+	return int((uint64(h) * 0x9E3779B97F4A7C15 >> 32) % uint64(len(q.shards)))
+}
+
 // push queues p, or reports false when every shard is full: it never waits for the consumer to
 // make room, only, briefly, for another producer's append.
 func (q *pointQueue) push(p *pathway.Point) bool {
 	n := len(q.shards)
-	// The address of a local variable tells goroutines apart (each has its own stack, 2 KiB or
-	// more, so the bits above the 10th differ) without any shared counter to contend on. It only
-	// picks where to start looking, so a moved stack or a collision costs nothing but a probe.
-	var here byte
-	h := uintptr(unsafe.Pointer(&here)) >> 10
-	start := int((uint64(h) * 0x9E3779B97F4A7C15 >> 32) % uint64(n))
+	start := q.firstShard()
 	// First pass: any shard whose lock is free, starting with this goroutine's own. Second pass:
 	// wait for the locks, so a point is refused only when every shard is full. Full shards are
 	// skipped without locking, which keeps refusing cheap when the consumer is behind.
@@ -87,9 +92,7 @@ func (q *pointQueue) push(p *pathway.Point) bool {
 // points rather than once per point, and returns how many it queued (a prefix of ps).
 func (q *pointQueue) pushAll(ps []pathway.Point) int {
 	n := len(q.shards)
-	var here byte
-	h := uintptr(unsafe.Pointer(&here)) >> 10
-	start := int((uint64(h) * 0x9E3779B97F4A7C15 >> 32) % uint64(n))
+	start := q.firstShard()
 	done := 0
 	for i := 0; i < n && done < len(ps); i++ {
 		s := &q.shards[(start+i)%n]
@@ -103,7 +106,7 @@ func (q *pointQueue) pushAll(ps []pathway.Point) int {
 		s.n.Store(int32(len(s.buf)))
 		wake := before < s.wake && len(s.buf) >= s.wake
 		s.mu.Unlock()
-		done += max(k, 0)
+		done += k
 		if wake {
 			select {
 			case q.notify <- struct{}{}:
