@@ -73,7 +73,6 @@ type session struct {
 	outBuf  []byte // rewritten produce frames; reused once written upstream
 	inBuf   []byte // request frames; reused once forwarded
 	hdr     []byte
-	sizes   []int64
 	points  []pathway.Point
 	scratch []byte
 }

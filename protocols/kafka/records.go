@@ -53,7 +53,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	}
 	point, ctx := p.cp.Checkpoint(parent, ci.service, edge, 0, now)
 	s.hdr = ctx.AppendBase64(s.hdr[:0])
-	sizes := s.sizes[:0]
+	pts := s.points[:0] // one per record that gets the header, handed over if the batch is rewritten
 	existing := 0
 	if s.codec == nil {
 		s.codec = newCodec(p.cfg.MaxBatchBytes)
@@ -64,10 +64,12 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 			existing++
 			return nil
 		}
-		sizes = append(sizes, r.PayloadSize)
+		pt := point
+		pt.PayloadSize = r.PayloadSize
+		pts = append(pts, pt)
 		return s.hdr
 	})
-	s.sizes = sizes[:0]
+	s.points = pts[:0]
 	if existing > 0 {
 		p.stats.existing.Add(uint64(existing))
 		p.skip("existing_context", "records already carry "+pathway.HeaderKey+": no second produce checkpoint", ci.service, edge, partition, existing)
@@ -85,15 +87,8 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return 0, 0, false
 	}
 	s.scratch = out
-	pts := s.points[:0]
-	for _, sz := range sizes {
-		pt := point
-		pt.PayloadSize = sz
-		pts = append(pts, pt)
-	}
 	p.addPoints(pts)
-	s.points = pts[:0]
-	p.stats.injected.Add(uint64(len(sizes)))
+	p.stats.injected.Add(uint64(len(pts)))
 	return start, len(out), true
 }
 
