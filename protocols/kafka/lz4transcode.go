@@ -196,26 +196,6 @@ func (t *lz4Transcoder) walk(blocks, plain []byte, spans []spliceSpan, blockSum 
 			for cur < len(spans) && spans[cur].in+spans[cur].n <= ip {
 				cur++
 			}
-			// Most matches lie in one copied run, copied from one copied run: one output match.
-			if cur < len(spans) {
-				if ks := spans[cur]; ks.in <= ip && ip+ml <= ks.in+ks.n {
-					s := ip - off
-					j := cur
-					if s < ks.in {
-						j = t.sourceSpan(spans, s)
-					}
-					if j < len(spans) {
-						if src := spans[j]; src.in <= s && s+ml <= src.in+src.n {
-							outD := ks.out + ip - ks.in
-							if noff := outD - (src.out + s - src.in); noff > 0 && noff <= lz4MaxOffset {
-								t.e.match(outD, ml, noff)
-							}
-							ip += ml
-							continue
-						}
-					}
-				}
-			}
 			t.mapMatch(spans, cur, ip, ml, off)
 			ip += ml
 		}
@@ -244,12 +224,30 @@ func lz4ExtLen(b []byte, i, n int) (int, int, bool) {
 // off bytes back. spans[cur] is the first copied run ending after d.
 func (t *lz4Transcoder) mapMatch(spans []spliceSpan, cur, d, ml, off int) {
 	end := d + ml
+	// Most matches lie in one copied run and copy from one: a single output match, found without
+	// the loop below (which handles that case too, more slowly).
+	if cur < len(spans) && spans[cur].in <= d && end <= spans[cur].in+spans[cur].n {
+		ks, s, j := spans[cur], d-off, cur
+		if s < ks.in {
+			j = t.sourceSpan(spans, s)
+		}
+		if j < len(spans) && spans[j].in <= s && s+ml <= spans[j].in+spans[j].n {
+			outD := ks.out + (d - ks.in)
+			if noff := outD - (spans[j].out + (s - spans[j].in)); noff > 0 && noff <= lz4MaxOffset {
+				t.e.match(outD, ml, noff)
+			}
+			return
+		}
+	}
 	for k := cur; k < len(spans) && spans[k].in < end; k++ {
 		ks := spans[k]
 		a, b := max(d, ks.in), min(end, ks.in+ks.n)
 		for a < b {
 			s := a - off
-			j := t.sourceSpan(spans, s)
+			j := k // most sources are in the destination's run: a few hundred bytes back
+			if s < ks.in {
+				j = t.sourceSpan(spans, s)
+			}
 			if j == len(spans) {
 				break
 			}
@@ -315,14 +313,11 @@ func (e *lz4Emitter) match(out, n, off int) {
 	for e.nextHdr < len(e.hdrAt) && e.hdrAt[e.nextHdr] < out {
 		e.header()
 	}
-	if out >= e.anchor && n >= lz4MinMatch && out+n <= e.be-lz4LastLiterals && out-off >= e.bs {
-		// Inside the block, clear of its end rules (out+n <= be-5 puts out before be-12 too
-		// when n >= 7; place checks the rest).
-		if out <= e.be-lz4MFLimit {
-			e.dst = appendLz4Sequence(e.dst, e.spliced[e.anchor:out], off, n)
-			e.anchor = out + n
-			return
-		}
+	// The common case, clear of the block's end and start, skips place's checks and clipping.
+	if out >= e.anchor && out+n <= e.be-lz4MFLimit && out-off >= e.bs && n >= lz4MinMatch {
+		e.dst = appendLz4Sequence(e.dst, e.spliced[e.anchor:out], off, n)
+		e.anchor = out + n
+		return
 	}
 	e.place(out, n, off)
 }
