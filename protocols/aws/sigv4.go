@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -253,7 +255,7 @@ func unreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~'
 }
 
-// canonicalQuery sorts the query by key then value and encodes it RFC 3986 style.
+// canonicalQuery encodes the query RFC 3986 style, sorted by encoded name, then encoded value.
 func canonicalQuery(raw string) string {
 	if raw == "" {
 		return ""
@@ -262,8 +264,29 @@ func canonicalQuery(raw string) string {
 	if err != nil {
 		return raw
 	}
-	return strings.ReplaceAll(v.Encode(), "+", "%20")
+	type param struct{ k, v string }
+	ps := make([]param, 0, len(v))
+	for k, vs := range v {
+		ek := queryEscape(k)
+		for _, x := range vs {
+			ps = append(ps, param{ek, queryEscape(x)})
+		}
+	}
+	slices.SortFunc(ps, func(a, b param) int { return cmp.Or(strings.Compare(a.k, b.k), strings.Compare(a.v, b.v)) })
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(p.k)
+		b.WriteByte('=')
+		b.WriteString(p.v)
+	}
+	return b.String()
 }
+
+// queryEscape percent-encodes every byte but the unreserved ones.
+func queryEscape(s string) string { return strings.ReplaceAll(url.QueryEscape(s), "+", "%20") }
 
 // appendEscapedPath appends p with every byte but the unreserved ones and '/' percent-encoded.
 func appendEscapedPath(b []byte, p string) []byte {
