@@ -44,21 +44,23 @@ func benchAMQP(ctx context.Context, o options, stderr io.Writer) ([]row, error) 
 	viaProxy.Host = pp.addr
 	urls := []string{o.amqpURL, viaProxy.String()}
 	fmt.Fprintf(stderr, "amqp: %d messages of %d B published (confirms off and on) and consumed, direct and through the proxy...\n", o.amqpMsgs, o.size)
-	var pubOff, pubOn, cons [2]result
+	var pubOff, pubOn, cons rounds
 	for round := 0; round < o.rounds; round++ {
 		for i, target := range urls {
 			off, on, c, err := amqpRun(ctx, target, o, pp.cpu)
 			if err != nil {
 				return nil, fmt.Errorf("amqp via %s: %w", []string{"direct", "proxy"}[i], err)
 			}
-			pubOff[i], pubOn[i], cons[i] = best(pubOff[i], off), best(pubOn[i], on), best(cons[i], c)
+			pubOff.add(i, off)
+			pubOn.add(i, on)
+			cons.add(i, c)
 		}
 	}
 	rss := pp.peakRSS()
 	return []row{
-		{protocol: "amqp", workload: "publish, confirms off", direct: pubOff[0], proxy: pubOff[1], rss: rss},
-		{protocol: "amqp", workload: "publish, confirms on", direct: pubOn[0], proxy: pubOn[1], rss: rss},
-		{protocol: "amqp", workload: "consume (2 queues)", direct: cons[0], proxy: cons[1], rss: rss},
+		pubOff.row("amqp", "publish, confirms off", rss, false),
+		pubOn.row("amqp", "publish, confirms on", rss, false),
+		cons.row("amqp", "consume (2 queues)", rss, false),
 	}, nil
 }
 

@@ -106,7 +106,7 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 			return nil, fmt.Errorf("unknown codec %q", name)
 		}
 		fmt.Fprintf(stderr, "kafka %s: producing and fetching %d records of %d B, direct and through the proxy...\n", name, o.records, o.size)
-		var prod, fetch [2]result
+		var prod, fetch rounds
 		// Alternate the paths for several rounds and keep each path's best: on a shared machine
 		// a single run measures the neighbours as much as the proxy.
 		for round := 0; round < o.rounds; round++ {
@@ -120,14 +120,14 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 					return nil, fmt.Errorf("%s produce: %w", path.name, err)
 				}
 				r.proxyCPU = pp.cpu() - cpu0
-				prod[i] = best(prod[i], r)
+				prod.add(i, r)
 				cpu0 = pp.cpu()
 				r, err = kafkaFetch(ctx, path.addr, topic, o.records)
 				if err != nil {
 					return nil, fmt.Errorf("%s fetch: %w", path.name, err)
 				}
 				r.proxyCPU = pp.cpu() - cpu0
-				fetch[i] = best(fetch[i], r)
+				fetch.add(i, r)
 				// kfake keeps every record in memory, in this process: drop the topic so later
 				// rounds do not measure a growing heap.
 				if err := deleteTopic(ctx, bootstrap, topic); err != nil {
@@ -137,8 +137,8 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 		}
 		rss := pp.peakRSS()
 		rows = append(rows,
-			row{protocol: "kafka", workload: fmt.Sprintf("produce %s, %d/batch", name, o.batch), direct: prod[0], proxy: prod[1], rss: rss},
-			row{protocol: "kafka", workload: fmt.Sprintf("fetch %s", name), direct: fetch[0], proxy: fetch[1], rss: rss})
+			prod.row("kafka", fmt.Sprintf("produce %s, %d/batch", name, o.batch), rss, false),
+			fetch.row("kafka", fmt.Sprintf("fetch %s", name), rss, false))
 	}
 	return rows, nil
 }

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pierrec/lz4/v4"
 )
@@ -27,7 +29,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 	s := out.String()
-	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "direct", "proxy", "PROXY CPU", "s/GB", "MiB"} {
+	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "direct", "proxy", "PROXY CPU", "s/GB", "MiB", "PER ROUND"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("table lacks %q:\n%s", want, s)
 		}
@@ -86,5 +88,30 @@ func TestBenchValuesCompressLikeEvents(t *testing.T) {
 	t.Logf("lz4: %d -> %d bytes (%.2fx)", len(batch), buf.Len(), ratio)
 	if ratio < 1.5 || ratio > 5 {
 		t.Errorf("lz4 ratio %.2f, want 1.5-5", ratio)
+	}
+}
+
+// TestRounds: each path keeps its best run, and each round's ratio pairs the proxy run with the
+// direct run just before it, not with the best direct run.
+func TestRounds(t *testing.T) {
+	run := func(msgs int) result { return result{msgs: msgs, elapsed: time.Second} }
+	var r rounds
+	r.add(1, run(50)) // a proxy run with no direct run before it has no round ratio
+	for _, rd := range [][2]int{{100, 80}, {200, 100}, {150, 120}} {
+		r.add(0, run(rd[0]))
+		r.add(1, run(rd[1]))
+	}
+	row := r.row("p", "w", 0, false)
+	if row.direct.msgs != 200 || row.proxy.msgs != 120 {
+		t.Errorf("best direct %d, proxy %d; want 200, 120", row.direct.msgs, row.proxy.msgs)
+	}
+	if want := []float64{0.8, 0.5, 0.8}; !slices.Equal(row.ratios, want) {
+		t.Errorf("round ratios %v, want %v", row.ratios, want)
+	}
+	if got := spread(row.ratios); got != "0.50-0.80" {
+		t.Errorf("spread %q", got)
+	}
+	if got := spread(nil); got != "-" {
+		t.Errorf("spread of none %q", got)
 	}
 }

@@ -90,20 +90,21 @@ func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 			return nil, err
 		}
 	}
-	var send, recv [2]result
+	var send, recv rounds
 	for round := 0; round < o.rounds; round++ {
 		for i, u := range []string{server, proxyURL} {
 			s, r, err := sqsRun(ctx, u, o, pp.cpu)
 			if err != nil {
 				return nil, err
 			}
-			send[i], recv[i] = best(send[i], s), best(recv[i], r)
+			send.add(i, s)
+			recv.add(i, r)
 		}
 	}
 	rss := pp.peakRSS()
 	return []row{
-		{protocol: "sqs", workload: "SendMessage", direct: send[0], proxy: send[1], rss: rss, perRequest: true},
-		{protocol: "sqs", workload: "ReceiveMessage (10/req)", direct: recv[0], proxy: recv[1], rss: rss, perRequest: true},
+		send.row("sqs", "SendMessage", rss, true),
+		recv.row("sqs", "ReceiveMessage (10/req)", rss, true),
 	}, nil
 }
 

@@ -27,6 +27,31 @@ func best(a, b result) result {
 	return a
 }
 
+// rounds collects one workload over alternating rounds: each path's best run, and the proxy/direct
+// ratio within each round, where the two runs were back to back. On a shared machine the spread
+// of those shows how much the neighbours moved the figures.
+type rounds struct {
+	direct, proxy result
+	lastDirect    result
+	ratios        []float64
+}
+
+// add records a run of path 0 (direct) or 1 (proxy); a proxy run closes the round.
+func (r *rounds) add(path int, res result) {
+	if path == 0 {
+		r.direct, r.lastDirect = best(r.direct, res), res
+		return
+	}
+	r.proxy = best(r.proxy, res)
+	if r.lastDirect.msgs > 0 {
+		r.ratios = append(r.ratios, res.rate()/r.lastDirect.rate())
+	}
+}
+
+func (r *rounds) row(protocol, workload string, rss int64, perRequest bool) row {
+	return row{protocol: protocol, workload: workload, direct: r.direct, proxy: r.proxy, ratios: r.ratios, rss: rss, perRequest: perRequest}
+}
+
 func (r result) rate() float64 { return float64(r.msgs) / r.elapsed.Seconds() }
 func (r result) mbps() float64 { return float64(r.bytes) / 1e6 / r.elapsed.Seconds() }
 
@@ -34,8 +59,9 @@ func (r result) mbps() float64 { return float64(r.bytes) / 1e6 / r.elapsed.Secon
 type row struct {
 	protocol, workload string
 	direct, proxy      result
-	rss                int64 // proxy peak RSS
-	perRequest         bool  // proxy CPU per request (HTTP APIs) rather than per GB
+	ratios             []float64 // proxy/direct within each round
+	rss                int64     // proxy peak RSS
+	perRequest         bool      // proxy CPU per request (HTTP APIs) rather than per GB
 }
 
 // latencies keeps samples for quantiles.
@@ -60,9 +86,9 @@ func (l *latencies) quantile(q float64) time.Duration {
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "PROTOCOL\tWORKLOAD\tPATH\tMSG/S\tMB/S\tP50\tP99\tPROXY CPU\tPROXY PEAK RSS\tRATIO (MSG/S)\t")
+	fmt.Fprintln(tw, "PROTOCOL\tWORKLOAD\tPATH\tMSG/S\tMB/S\tP50\tP99\tPROXY CPU\tPROXY PEAK RSS\tRATIO (MSG/S)\tPER ROUND\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\tdirect\t%.0f\t%.1f\t%s\t%s\t\t\t\t\n", r.protocol, r.workload, r.direct.rate(), r.direct.mbps(), dur(r.direct.p50), dur(r.direct.p99))
+		fmt.Fprintf(tw, "%s\t%s\tdirect\t%.0f\t%.1f\t%s\t%s\t\t\t\t\t\n", r.protocol, r.workload, r.direct.rate(), r.direct.mbps(), dur(r.direct.p50), dur(r.direct.p99))
 		cpu := "-"
 		switch {
 		case r.perRequest && r.proxy.reqs > 0:
@@ -70,15 +96,27 @@ func printTable(w io.Writer, rows []row) {
 		case r.proxy.bytes > 0:
 			cpu = fmt.Sprintf("%.2f s/GB", r.proxy.proxyCPU.Seconds()/(float64(r.proxy.bytes)/1e9))
 		}
-		fmt.Fprintf(tw, "\t\tproxy\t%.0f\t%.1f\t%s\t%s\t%s\t%.0f MiB\t%.2f\t\n", r.proxy.rate(), r.proxy.mbps(), dur(r.proxy.p50), dur(r.proxy.p99),
-			cpu, float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate())
+		fmt.Fprintf(tw, "\t\tproxy\t%.0f\t%.1f\t%s\t%s\t%s\t%.0f MiB\t%.2f\t%s\t\n", r.proxy.rate(), r.proxy.mbps(), dur(r.proxy.p50), dur(r.proxy.p99),
+			cpu, float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate(), spread(r.ratios))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nP50/P99: Kafka produce, from Produce to acknowledgement per record (pipelined); fetch, per poll;")
 	fmt.Fprintln(w, "SQS and AMQP, per request. PROXY CPU: the proxy process's CPU per GB moved, or per request.")
-	fmt.Fprintln(w, "Direct and proxy alternate on the same broker for several rounds; each path's best round is shown. The broker")
+	fmt.Fprintln(w, "Direct and proxy alternate on the same broker for several rounds; each path's best round is shown, and PER ROUND")
+	fmt.Fprintln(w, "gives the lowest and highest proxy/direct ratio of back-to-back runs in one round. The broker")
 	fmt.Fprintln(w, "(kfake) runs inside dsmbench, SQS (npm local-aws-sqs) and RabbitMQ as local servers, the proxy in a child")
 	fmt.Fprintln(w, "process whose CPU (/proc) and peak RSS are shown.")
+}
+
+// spread is "min-max" of the per-round ratios, or the one ratio.
+func spread(ratios []float64) string {
+	switch len(ratios) {
+	case 0:
+		return "-"
+	case 1:
+		return fmt.Sprintf("%.2f", ratios[0])
+	}
+	return fmt.Sprintf("%.2f-%.2f", slices.Min(ratios), slices.Max(ratios))
 }
 
 func dur(d time.Duration) string {
