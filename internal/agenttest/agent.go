@@ -282,3 +282,26 @@ func OneNode(t testing.TB, what string, pts []Point) (Point, float64) {
 	}
 	return pts[0], n
 }
+
+// CheckHop waits until the Agent holds current points of both edges of one produce -> consume
+// hop, then checks the hop: the produce side one root node (OneNode, no parent) of outService,
+// the consume side one node of inService whose parent is the produce node, count checkpoints each.
+func (a *Agent) CheckHop(t testing.TB, timeout time.Duration, outService, inService string, count float64, outTags, inTags []string) {
+	t.Helper()
+	a.WaitFor(t, timeout, "produce and consume points", func(a *Agent) bool {
+		pts := a.Points()
+		return len(PointsWith(pts, "current", outTags...)) > 0 && len(PointsWith(pts, "current", inTags...)) > 0
+	})
+	pts := a.Points()
+	out, outCount := OneNode(t, "produce", PointsWith(pts, "current", outTags...))
+	in, inCount := OneNode(t, "consume", PointsWith(pts, "current", inTags...))
+	if out.Service != outService || in.Service != inService {
+		t.Errorf("services %q -> %q, want %q -> %q", out.Service, in.Service, outService, inService)
+	}
+	if in.ParentHash != out.Hash || out.ParentHash != 0 {
+		t.Errorf("consume parent %x, produce hash %x (parent %x)", in.ParentHash, out.Hash, out.ParentHash)
+	}
+	if outCount != count || inCount != count {
+		t.Errorf("counts %v / %v, want %v / %v", outCount, inCount, count, count)
+	}
+}

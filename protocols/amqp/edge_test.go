@@ -257,25 +257,9 @@ func TestDSMThroughAgent(t *testing.T) {
 	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	flusher.FlushNow(fctx, true)
-	outTags := []string{"direction:out", "exchange:" + ex, "has_routing_key:true", "type:rabbitmq"}
-	inTags := []string{"direction:in", "topic:" + q, "type:rabbitmq"}
-	agent.WaitFor(t, 30*time.Second, "AMQP publish and consume points", func(a *agenttest.Agent) bool {
-		pts := a.Points()
-		return len(agenttest.PointsWith(pts, "current", outTags...)) > 0 && len(agenttest.PointsWith(pts, "current", inTags...)) > 0
-	})
-	pts := agent.Points()
-	out, in := agenttest.PointsWith(pts, "current", outTags...), agenttest.PointsWith(pts, "current", inTags...)
-	outN, outCount := agenttest.OneNode(t, "publish", out)
-	inN, inCount := agenttest.OneNode(t, "consume", in)
-	if outN.Service != "orders-api" || inN.Service != "billing" {
-		t.Errorf("services %q -> %q", outN.Service, inN.Service)
-	}
-	if inN.ParentHash != outN.Hash || outN.ParentHash != 0 {
-		t.Errorf("consume parent %x, publish hash %x (parent %x)", inN.ParentHash, outN.Hash, outN.ParentHash)
-	}
-	if outCount != 3 || inCount != 3 {
-		t.Errorf("counts %v / %v", outCount, inCount)
-	}
+	agent.CheckHop(t, 30*time.Second, "orders-api", "billing", 3,
+		[]string{"direction:out", "exchange:" + ex, "has_routing_key:true", "type:rabbitmq"},
+		[]string{"direction:in", "topic:" + q, "type:rabbitmq"})
 }
 
 // TestAmqpsTerminated: the listener terminates TLS (amqps) toward the client and the message

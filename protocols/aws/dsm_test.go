@@ -57,27 +57,10 @@ func TestSQSDSMThroughAgent(t *testing.T) {
 	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	flusher.FlushNow(fctx, true)
-	agent.WaitFor(t, 30*time.Second, "SQS produce and consume points", func(a *agenttest.Agent) bool {
-		pts := a.Points()
-		return len(agenttest.PointsWith(pts, "current", "direction:out", "topic:dsmq", "type:sqs")) > 0 &&
-			len(agenttest.PointsWith(pts, "current", "direction:in", "topic:dsmq", "type:sqs")) > 0
-	})
-	pts := agent.Points()
-	out := agenttest.PointsWith(pts, "current", "direction:out", "topic:dsmq", "type:sqs")
-	in := agenttest.PointsWith(pts, "current", "direction:in", "topic:dsmq", "type:sqs")
 	// The three messages may straddle a 10 s bucket boundary: one pathway node each, in one or two
 	// buckets.
-	outN, outCount := agenttest.OneNode(t, "produce", out)
-	inN, inCount := agenttest.OneNode(t, "consume", in)
-	if outN.Service != "orders-api" || inN.Service != "billing" {
-		t.Errorf("services %q -> %q, want orders-api -> billing", outN.Service, inN.Service)
-	}
-	if inN.ParentHash != outN.Hash || outN.ParentHash != 0 {
-		t.Errorf("consume parent %d, produce hash %d (parent %d)", inN.ParentHash, outN.Hash, outN.ParentHash)
-	}
-	if outCount != 3 || inCount != 3 {
-		t.Errorf("counts %v / %v, want 3 / 3", outCount, inCount)
-	}
+	agent.CheckHop(t, 30*time.Second, "orders-api", "billing", 3,
+		[]string{"direction:out", "topic:dsmq", "type:sqs"}, []string{"direction:in", "topic:dsmq", "type:sqs"})
 	if len(rec.all()) != 6 {
 		t.Errorf("%d points recorded, want 6", len(rec.all()))
 	}
