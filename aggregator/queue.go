@@ -108,10 +108,7 @@ func (q *pointQueue) pushAll(ps []pathway.Point) int {
 		s.mu.Unlock()
 		done += k
 		if wake {
-			select {
-			case q.notify <- struct{}{}:
-			default:
-			}
+			q.signal()
 		}
 	}
 	return done
@@ -136,12 +133,17 @@ func (q *pointQueue) putUnlock(s *shard, p *pathway.Point) bool {
 	wake := len(s.buf) == s.wake
 	s.mu.Unlock()
 	if wake {
-		select {
-		case q.notify <- struct{}{}:
-		default:
-		}
+		q.signal()
 	}
 	return true
+}
+
+// signal leaves the consumer a wake-up unless one is already waiting.
+func (q *pointQueue) signal() {
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
 }
 
 // take swaps shard i's points with spare (emptied) and returns them; the caller hands the
