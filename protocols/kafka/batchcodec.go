@@ -237,9 +237,9 @@ type recordFields struct {
 	hasContext  bool
 }
 
-// parseRecord reads one record body. Its varints are read with varintAt, whose one-byte case is
-// inlined: a record is six or more varints, and through kbin.Reader's methods they were a quarter
-// of splicing an uncompressed batch and most of observing a fetched one.
+// parseRecord reads one record body. A record is six or more varints, and read through
+// kbin.Reader's methods they were a quarter of splicing an uncompressed batch and most of
+// observing a fetched one; here they are read by index, the one-byte case without a call into kbin.
 func parseRecord(body []byte) (recordFields, error) {
 	var f recordFields
 	if len(body) < 1 {
