@@ -140,7 +140,7 @@ func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error
 		cfg:       cfg,
 		h:         h,
 		log:       log.With().Str("protocol", cfg.Protocol).Str("listen", ln.Addr().String()).Logger(),
-		ln:        ln,
+		ln:        RawSyscallListener(ln),
 		drain:     make(chan struct{}),
 		conns:     make(map[uint64]*Conn),
 		epoch:     cfg.Clock(),
@@ -246,6 +246,7 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		return
 	}
 	l.mu.Lock()
+	up = RawSyscallConn(up)
 	c.Upstream = up
 	l.mu.Unlock()
 	log.Debug().Msg("connection opened")

@@ -176,6 +176,7 @@ func dialTLS(base DialFunc, conf func() *tls.Config) DialFunc {
 		if err != nil {
 			return nil, err
 		}
+		raw = RawSyscallConn(raw)
 		c := conf()
 		if c.ServerName == "" {
 			host, _, err := net.SplitHostPort(addr)

@@ -253,6 +253,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("aws: listener on %s: %w", p.cfg.Listen, err)
 	}
+	ln = proxy.RawSyscallListener(ln)
 	if p.cfg.Listener.MaxConns > 0 {
 		ln = &limitListener{Listener: ln, max: int64(p.cfg.Listener.MaxConns), p: p}
 	}

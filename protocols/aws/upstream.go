@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // upstreamClient sends the proxy's upstream requests over HTTP/1.1 connections it keeps itself.
@@ -203,6 +205,7 @@ func (u *upstreamClient) get(ctx context.Context, key, addr, tlsHost string, fre
 	if err != nil {
 		return nil, err
 	}
+	raw = proxy.RawSyscallConn(raw)
 	if tlsHost != "" {
 		cfg := u.tlsConfig.Clone()
 		if cfg == nil {
