@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -126,7 +127,11 @@ func consumeKgo(t *testing.T, ctx context.Context, p *testProxy, topic, group st
 func checkRecords(t *testing.T, sent []sentRecord, got []*kgo.Record, wantCtx int) {
 	t.Helper()
 	if len(got) != len(sent) {
-		t.Fatalf("got %d records, sent %d", len(got), len(sent))
+		var b strings.Builder
+		for _, r := range got {
+			fmt.Fprintf(&b, "\n  partition %d offset %d key %q", r.Partition, r.Offset, r.Key)
+		}
+		t.Fatalf("got %d records, sent %d:%s", len(got), len(sent), b.String())
 	}
 	byKeyVal := make(map[string]*kgo.Record)
 	for _, r := range got {
