@@ -107,41 +107,48 @@ func runChild(args []string) int {
 	return 0
 }
 
-// proxyProcess is a running child proxy.
-type proxyProcess struct {
+// childProcess is this binary re-executed as the proxy or the Kafka broker. It printed
+// "LISTEN addr" and runs until its stdin closes.
+type childProcess struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
+	out   *bufio.Reader
 	addr  string
 }
 
-func startProxy(protocol, upstream string, stderr io.Writer) (*proxyProcess, error) {
+func startChild(stderr io.Writer, args ...string) (*childProcess, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, childArg, protocol, upstream)
+	cmd := exec.Command(self, args...)
 	cmd.Stderr = stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
 	}
-	out, err := cmd.StdoutPipe()
+	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	line, err := bufio.NewReader(out).ReadString('\n')
+	out := bufio.NewReader(stdout)
+	line, err := out.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "LISTEN ") {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, fmt.Errorf("proxy process did not start (%q): %v", line, err)
+		return nil, fmt.Errorf("%s process did not start (%q): %v", args[0], line, err)
 	}
-	return &proxyProcess{cmd: cmd, stdin: stdin, addr: strings.TrimSpace(strings.TrimPrefix(line, "LISTEN "))}, nil
+	return &childProcess{cmd: cmd, stdin: stdin, out: out, addr: strings.TrimSpace(strings.TrimPrefix(line, "LISTEN "))}, nil
 }
 
-func (p *proxyProcess) stop() {
+func startProxy(protocol, upstream string, stderr io.Writer) (*childProcess, error) {
+	return startChild(stderr, childArg, protocol, upstream)
+}
+
+func (p *childProcess) stop() {
 	_ = p.stdin.Close()
 	done := make(chan struct{})
 	go func() { _ = p.cmd.Wait(); close(done) }()
@@ -154,7 +161,7 @@ func (p *proxyProcess) stop() {
 }
 
 // cpu is the process's user+system CPU time so far, from /proc (clock ticks of 10 ms).
-func (p *proxyProcess) cpu() time.Duration {
+func (p *childProcess) cpu() time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
 		return 0
@@ -175,7 +182,7 @@ func (p *proxyProcess) cpu() time.Duration {
 }
 
 // peakRSS is the process's high-water resident set (VmHWM).
-func (p *proxyProcess) peakRSS() int64 {
+func (p *childProcess) peakRSS() int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0

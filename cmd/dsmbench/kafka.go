@@ -16,7 +16,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
@@ -80,19 +79,15 @@ var codecsByName = map[string]kgo.CompressionCodec{
 // proxy, each path on its own topic.
 func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 	const partitions = 4
-	// kfake keeps every record on this process's heap: with the default GC, collections of a
-	// heap growing by hundreds of MB ran during the timed phases, at random, and moved direct
-	// throughput by 2x between rounds. Collect only between phases (deleteTopic), with a memory
-	// limit as the backstop. The proxy, in its own process, keeps the default.
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(8 << 30))
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(partitions), kfake.AllowAutoTopicCreation(),
-		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "16777216"}))
+	broker, err := startBroker(partitions, o.kafkaInProcess, stderr)
 	if err != nil {
 		return nil, err
 	}
-	defer cluster.Close()
-	bootstrap := strings.Join(cluster.ListenAddrs(), ",")
+	defer broker.stop()
+	// The clients' heap too: collect between phases only.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(8 << 30))
+	bootstrap := broker.bootstrap
 	pp, err := startProxy("kafka", bootstrap, stderr)
 	if err != nil {
 		return nil, err
@@ -111,6 +106,9 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 			return nil, fmt.Errorf("warm-up fetch: %w", err)
 		}
 		if err := deleteTopic(ctx, bootstrap, topic); err != nil {
+			return nil, err
+		}
+		if err := broker.collect(); err != nil {
 			return nil, err
 		}
 	}
@@ -143,9 +141,12 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 				}
 				r.proxyCPU = pp.cpu() - cpu0
 				fetch.add(i, r)
-				// kfake keeps every record in memory, in this process: drop the topic so later
-				// rounds do not measure a growing heap.
+				// kfake keeps every record in memory: drop the topic so later rounds do not
+				// measure a growing heap.
 				if err := deleteTopic(ctx, bootstrap, topic); err != nil {
+					return nil, err
+				}
+				if err := broker.collect(); err != nil {
 					return nil, err
 				}
 			}

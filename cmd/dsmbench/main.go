@@ -1,7 +1,7 @@
 // Command dsmbench runs the same workload directly against a broker and through dsmproxy in one
 // run, and prints throughput, latency, the proxy's CPU per GB moved and its peak RSS, with the
 // proxy/direct ratios. The proxy runs as a child process (this binary, re-executed) so its CPU and
-// memory are its own; the broker is in this process or local.
+// memory are its own; the Kafka broker (kfake) runs in another, SQS and RabbitMQ are local servers.
 package main
 
 import (
@@ -25,8 +25,9 @@ messages/s, MB/s, p50/p99 round-trip latency, proxy CPU seconds per GB moved, pr
 ratio proxy/direct. Defaults finish in about a minute on 2 cores.
 
 Protocols:
-  kafka  in-process franz-go kfake broker; produce (acks=all, one batch per request) and fetch,
-         per codec. The proxy injects the pathway header into every record and checkpoints it.
+  kafka  franz-go's kfake broker, in a process of its own (--kafka-in-process: in dsmbench's);
+         produce (acks=all, one batch per request) and fetch, per codec. The proxy injects the
+         pathway header into every record and checkpoints it.
   sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
          10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs.
   amqp   the local RabbitMQ at --amqp-url
@@ -35,26 +36,41 @@ Flags:
 `
 
 type options struct {
-	protocols     []string
-	records       int
-	size          int
-	batch         int
-	codecs        []string
-	concurrency   int
-	kafkaBuffered int
-	rounds        int
-	amqpURL       string
-	awsNodeDir    string
-	sqsMsgs       int
-	amqpMsgs      int
-	timeout       time.Duration
+	protocols      []string
+	records        int
+	size           int
+	batch          int
+	codecs         []string
+	concurrency    int
+	kafkaBuffered  int
+	kafkaInProcess bool
+	rounds         int
+	amqpURL        string
+	awsNodeDir     string
+	sqsMsgs        int
+	amqpMsgs       int
+	timeout        time.Duration
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == childArg {
-		os.Exit(runChild(os.Args[2:]))
+	if code, ok := runAsChild(os.Args[1:]); ok {
+		os.Exit(code)
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// runAsChild runs this process as one of the children dsmbench starts, when args name one.
+func runAsChild(args []string) (int, bool) {
+	if len(args) == 0 {
+		return 0, false
+	}
+	switch args[0] {
+	case childArg:
+		return runChild(args[1:]), true
+	case brokerArg:
+		return runBroker(args[1:]), true
+	}
+	return 0, false
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -69,6 +85,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	codecs := fs.String("codecs", "none,lz4", "Kafka: batch codecs, comma-separated: none, gzip, snappy, lz4, zstd")
 	fs.IntVar(&o.concurrency, "concurrency", 4, "AMQP: concurrent publishers; SQS: 4x this many workers")
 	fs.IntVar(&o.kafkaBuffered, "kafka-buffered", 10000, "Kafka: records the producer buffers before Produce waits (kgo's default); a buffer of a few batches measures round-trip latency more than throughput")
+	fs.BoolVar(&o.kafkaInProcess, "kafka-in-process", false, "Kafka: run kfake inside dsmbench, beside the clients, instead of in its own process; clients and broker then share one Go scheduler, which makes the direct path faster than a real deployment's")
 	fs.StringVar(&o.amqpURL, "amqp-url", "amqp://guest:guest@127.0.0.1:5672/", "AMQP: the broker the direct path uses")
 	fs.IntVar(&o.amqpMsgs, "amqp-messages", 20000, "AMQP: messages per phase")
 	fs.StringVar(&o.awsNodeDir, "aws-node-dir", "testdata/aws/node", "SQS: directory of the npm SQS server (npm ci runs there when needed)")

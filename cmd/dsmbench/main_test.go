@@ -14,17 +14,24 @@ import (
 
 // TestMain lets the test binary play the proxy child process, as dsmbench itself does.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == childArg {
-		os.Exit(runChild(os.Args[2:]))
+	if code, ok := runAsChild(os.Args[1:]); ok {
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }
 
-// TestSmoke runs a tiny Kafka workload through the harness: both paths, every column.
+// TestSmoke runs a tiny Kafka workload through the harness: both paths, every column, with the
+// broker in its own process and in dsmbench's.
 func TestSmoke(t *testing.T) {
+	for _, broker := range []string{"--kafka-in-process=false", "--kafka-in-process"} {
+		t.Run(broker, func(t *testing.T) { smokeKafka(t, broker) })
+	}
+}
+
+func smokeKafka(t *testing.T, brokerFlag string) {
 	var out bytes.Buffer
 	var errb lockedBuffer // the child's stderr is copied in by exec's goroutine
-	code := run([]string{"--protocols", "kafka", "--records", "500", "--rounds", "1", "--codecs", "none,lz4"}, &out, &errb)
+	code := run([]string{"--protocols", "kafka", "--records", "500", "--rounds", "1", "--codecs", "none,lz4", brokerFlag}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}

@@ -10,7 +10,7 @@ import (
 )
 
 // pinCPUs splits the machine for --pin: the last CPU for the proxy child, the others for this
-// process (clients, the in-process broker and the servers it starts).
+// process (the clients) and the brokers and servers it starts, which inherit its affinity.
 func pinCPUs() (bench, proxy []int, err error) {
 	n := runtime.NumCPU()
 	if n < 2 {

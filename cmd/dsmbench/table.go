@@ -103,9 +103,10 @@ func printTable(w io.Writer, rows []row) {
 	fmt.Fprintln(w, "\nP50/P99: Kafka produce, from Produce to acknowledgement per record (pipelined); fetch, per poll;")
 	fmt.Fprintln(w, "SQS and AMQP, per request. PROXY CPU: the proxy process's CPU per GB moved, or per request.")
 	fmt.Fprintln(w, "Direct and proxy alternate on the same broker for several rounds; each path's best round is shown, and PER ROUND")
-	fmt.Fprintln(w, "gives the lowest and highest proxy/direct ratio of back-to-back runs in one round. The broker")
-	fmt.Fprintln(w, "(kfake) runs inside dsmbench, SQS (npm local-aws-sqs) and RabbitMQ as local servers, the proxy in a child")
-	fmt.Fprintln(w, "process whose CPU (/proc) and peak RSS are shown.")
+	fmt.Fprintln(w, "gives the lowest and highest proxy/direct ratio of back-to-back runs in one round. The Kafka")
+	fmt.Fprintln(w, "broker (kfake) runs in a child process (inside dsmbench with --kafka-in-process), SQS (npm")
+	fmt.Fprintln(w, "local-aws-sqs) and RabbitMQ as local servers, the proxy in a child process whose CPU (/proc) and")
+	fmt.Fprintln(w, "peak RSS are shown.")
 }
 
 // spread is "min-max" of the per-round ratios, or the one ratio.
