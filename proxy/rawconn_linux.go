@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -20,6 +21,19 @@ import (
 type rawSyscallConn struct {
 	*net.TCPConn // deadlines, Close, CloseWrite, addresses, ReadFrom/WriteTo
 	rc           syscall.RawConn
+
+	// One call in flight per direction, as net.TCPConn's own locks allow; the state lives here
+	// and the functions RawConn calls are bound once, so a call allocates nothing.
+	rmu, wmu sync.Mutex
+	rd, wr   rawCall
+}
+
+// rawCall is one read or write: the buffer, how far it got, and the error number.
+type rawCall struct {
+	b     []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
 }
 
 // RawSyscallConn returns c reading and writing with raw system calls when c is a *net.TCPConn
@@ -33,7 +47,42 @@ func RawSyscallConn(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawSyscallConn{TCPConn: tc, rc: rc}
+	rs := &rawSyscallConn{TCPConn: tc, rc: rc}
+	rs.rd.fn, rs.wr.fn = rs.rd.read, rs.wr.write
+	return rs
+}
+
+// read reads once into b; false (EAGAIN) makes RawConn wait in the poller and call again.
+func (r *rawCall) read(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.b[0])), uintptr(len(r.b)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		r.n, r.errno = int(n), e
+		return true
+	}
+}
+
+// write writes all of b from n on; false (socket buffer full) waits in the poller.
+func (r *rawCall) write(fd uintptr) bool {
+	for r.n < len(r.b) {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.b[r.n])), uintptr(len(r.b)-r.n))
+		switch e {
+		case 0:
+			r.n += int(n)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.errno = e
+			return true
+		}
+	}
+	return true
 }
 
 // opError reports err as net.TCPConn would: an *net.OpError around the poller's error (closed,
@@ -50,21 +99,12 @@ func (c *rawSyscallConn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait in the poller, then call again
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	c.rmu.Lock()
+	c.rd.b, c.rd.n, c.rd.errno = b, 0, 0
+	err := c.rc.Read(c.rd.fn)
+	n, errno := c.rd.n, c.rd.errno
+	c.rd.b = nil // do not keep the caller's buffer alive
+	c.rmu.Unlock()
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -77,28 +117,15 @@ func (c *rawSyscallConn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// Write writes all of b (or fails), like net.TCPConn: RawConn.Write holds the connection's
-// write lock throughout, so concurrent writes do not interleave.
+// Write writes all of b (or fails), like net.TCPConn; concurrent writes do not interleave.
 func (c *rawSyscallConn) Write(b []byte) (int, error) {
 	raceReleaseIO()
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // socket buffer full: wait in the poller
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	c.wmu.Lock()
+	c.wr.b, c.wr.n, c.wr.errno = b, 0, 0
+	err := c.rc.Write(c.wr.fn)
+	n, errno := c.wr.n, c.wr.errno
+	c.wr.b = nil
+	c.wmu.Unlock()
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("write", errno)
 	}
