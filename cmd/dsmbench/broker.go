@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -22,17 +21,6 @@ func newBenchCluster(partitions int) (*kfake.Cluster, error) {
 		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "16777216"}))
 }
 
-// kfakeHeap keeps collections out of the timed phases of the process that holds kfake: it keeps
-// every record on its heap, and with the default GC, collections of a heap growing by hundreds of
-// MB ran during the timed phases, at random, and moved direct throughput by 2x between rounds.
-// The benchmark collects between phases (kafkaBroker.collect), with a memory limit as the
-// backstop. It returns the restore.
-func kfakeHeap() func() {
-	gc := debug.SetGCPercent(-1)
-	limit := debug.SetMemoryLimit(8 << 30)
-	return func() { debug.SetGCPercent(gc); debug.SetMemoryLimit(limit) }
-}
-
 // runBroker: dsmbench __kfake PARTITIONS. It prints "LISTEN addr[,addr...]", answers each "gc"
 // line on stdin with a collection and "ok", and exits when stdin closes.
 func runBroker(args []string) int {
@@ -45,7 +33,7 @@ func runBroker(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	kfakeHeap()
+	offPhaseGC()
 	cluster, err := newBenchCluster(partitions)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -66,7 +54,7 @@ func runBroker(args []string) int {
 // kafkaBroker is the cluster a Kafka benchmark runs against.
 type kafkaBroker struct {
 	bootstrap string
-	collect   func() error // a collection in the broker's process, between timed phases
+	collect   func() error // a collection in the broker's own process, between timed phases
 	stop      func()
 }
 
@@ -77,16 +65,15 @@ type kafkaBroker struct {
 // faster than any real deployment's.
 func startBroker(partitions int, inProcess bool, stderr io.Writer) (*kafkaBroker, error) {
 	if inProcess {
-		restore := kfakeHeap()
+		// Its heap is this process's, whose collections benchKafka already schedules.
 		cluster, err := newBenchCluster(partitions)
 		if err != nil {
-			restore()
 			return nil, err
 		}
 		return &kafkaBroker{
 			bootstrap: strings.Join(cluster.ListenAddrs(), ","),
-			collect:   func() error { return nil }, // deleteTopic collects this process's heap
-			stop:      func() { cluster.Close(); restore() },
+			collect:   func() error { return nil },
+			stop:      cluster.Close,
 		}, nil
 	}
 	cp, err := startChild(stderr, brokerArg, strconv.Itoa(partitions))
