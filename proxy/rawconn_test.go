@@ -122,7 +122,7 @@ func TestRawSyscallConnErrorsMatchNet(t *testing.T) {
 		}
 	})
 	t.Run("deadline", func(t *testing.T) {
-		a, _ := tcpPair(t)
+		a, b := tcpPair(t)
 		a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 		_, err := a.Read(make([]byte, 8))
 		var ne net.Error
@@ -134,6 +134,11 @@ func TestRawSyscallConnErrorsMatchNet(t *testing.T) {
 			t.Fatalf("error %v is not a read *net.OpError", err)
 		}
 		a.SetReadDeadline(time.Time{}) // and reading goes on after clearing it
+		b.Write([]byte("go on"))
+		got := make([]byte, 5)
+		if _, err := io.ReadFull(a, got); err != nil || string(got) != "go on" {
+			t.Fatalf("read after clearing the deadline: %q, %v", got, err)
+		}
 	})
 	t.Run("closed while reading", func(t *testing.T) {
 		a, _ := tcpPair(t)
