@@ -107,7 +107,7 @@ func amqpPublish(ctx context.Context, conn *amqp091.Connection, queue string, bo
 	lat := newLatencies(o.amqpMsgs)
 	errc := make(chan error, o.concurrency)
 	var wg sync.WaitGroup
-	start := time.Now()
+	watch := startWatch()
 	for w := 0; w < o.concurrency; w++ {
 		wg.Add(1)
 		go func() {
@@ -158,13 +158,16 @@ func amqpPublish(ctx context.Context, conn *amqp091.Connection, queue string, bo
 		}()
 	}
 	wg.Wait()
+	n := per * o.concurrency
+	r := result{msgs: n, bytes: int64(n * len(body))}
+	watch.stop(&r)
 	select {
 	case err := <-errc:
 		return result{}, err
 	default:
 	}
-	n := per * o.concurrency
-	return result{msgs: n, bytes: int64(n * len(body)), elapsed: time.Since(start), p50: lat.quantile(0.5), p99: lat.quantile(0.99)}, nil
+	r.p50, r.p99 = lat.quantile(0.5), lat.quantile(0.99)
+	return r, nil
 }
 
 func amqpConsume(ctx context.Context, conn *amqp091.Connection, queues []string, n, size int) (result, error) {
@@ -188,7 +191,7 @@ func amqpConsume(ctx context.Context, conn *amqp091.Connection, queues []string,
 			}
 		}()
 	}
-	start := time.Now()
+	watch := startWatch()
 	got := 0
 	for got < n {
 		select {
@@ -200,5 +203,7 @@ func amqpConsume(ctx context.Context, conn *amqp091.Connection, queues []string,
 			return result{}, ctx.Err()
 		}
 	}
-	return result{msgs: got, bytes: int64(got * size), elapsed: time.Since(start)}, nil
+	r := result{msgs: got, bytes: int64(got * size)}
+	watch.stop(&r)
+	return r, nil
 }

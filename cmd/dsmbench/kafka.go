@@ -180,7 +180,7 @@ func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec
 	lat := newLatencies(o.records)
 	var failed atomic.Value
 	var wg sync.WaitGroup
-	start := time.Now()
+	watch := startWatch()
 	for i := 0; i < o.records; i++ {
 		t0 := time.Now()
 		wg.Add(1)
@@ -195,11 +195,13 @@ func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	r := result{msgs: o.records, bytes: int64(o.records) * int64(o.size)}
+	watch.stop(&r)
 	if err, _ := failed.Load().(error); err != nil {
 		return result{}, err
 	}
-	return result{msgs: o.records, bytes: int64(o.records) * int64(o.size), elapsed: elapsed, p50: lat.quantile(0.5), p99: lat.quantile(0.99)}, nil
+	r.p50, r.p99 = lat.quantile(0.5), lat.quantile(0.99)
+	return r, nil
 }
 
 // deleteTopic deletes topic (directly, not through the proxy).
@@ -240,7 +242,7 @@ func kafkaFetch(ctx context.Context, addr, topic string, n int) (result, error) 
 	defer cl.Close()
 	lat := newLatencies(1024)
 	got, size := 0, int64(0)
-	start := time.Now()
+	watch := startWatch()
 	for got < n+1 { // +1: the warm-up record
 		t0 := time.Now()
 		fs := cl.PollFetches(ctx)
@@ -256,5 +258,8 @@ func kafkaFetch(ctx context.Context, addr, topic string, n int) (result, error) 
 			size += int64(len(r.Value))
 		})
 	}
-	return result{msgs: n, bytes: size, elapsed: time.Since(start), p50: lat.quantile(0.5), p99: lat.quantile(0.99)}, nil
+	r := result{msgs: n, bytes: size}
+	watch.stop(&r)
+	r.p50, r.p99 = lat.quantile(0.5), lat.quantile(0.99)
+	return r, nil
 }

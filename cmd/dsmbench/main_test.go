@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"os"
+	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,7 +40,7 @@ func smokeKafka(t *testing.T, brokerFlag string) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 	s := out.String()
-	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "direct", "proxy", "PROXY CPU", "s/GB", "MiB", "PER ROUND"} {
+	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "direct", "proxy", "CORES BUSY", "PROXY CPU", "s/GB", "MiB", "PER ROUND"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("table lacks %q:\n%s", want, s)
 		}
@@ -120,5 +124,41 @@ func TestRounds(t *testing.T) {
 	}
 	if got := spread(nil); got != "-" {
 		t.Errorf("spread of none %q", got)
+	}
+}
+
+// TestStopwatch: the machine's busy time over a run covers at least this process's own CPU in it
+// (give or take a clock tick per CPU), and busyCores shows it against the CPU count.
+func TestStopwatch(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("/proc/stat is Linux's")
+	}
+	own := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	w, own0 := startWatch(), own()
+	x := 0
+	for own()-own0 < 300*time.Millisecond {
+		for i := range 1 << 20 {
+			x ^= i
+		}
+	}
+	var r result
+	w.stop(&r)
+	spent := own() - own0
+	slack := time.Duration(machineCPUs()) * 2 * time.Second / clockTicks
+	if r.busy < spent-slack {
+		t.Errorf("machine busy %v over a run in which this process alone used %v (x=%d)", r.busy, spent, x)
+	}
+	cores := busyCores(r)
+	if !regexp.MustCompile(`^[0-9]+\.[0-9]{2}/` + strconv.Itoa(machineCPUs()) + `$`).MatchString(cores) {
+		t.Errorf("busyCores = %q", cores)
+	}
+	if got := busyCores(result{elapsed: time.Second}); got != "-" {
+		t.Errorf("busyCores of an unmeasured run = %q, want -", got)
 	}
 }

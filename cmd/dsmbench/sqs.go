@@ -127,7 +127,7 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 	lat := newLatencies(o.sqsMsgs)
 	var wg sync.WaitGroup
 	cpu0 := cpu()
-	t0 := time.Now()
+	watch := startWatch()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
@@ -143,16 +143,18 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 		}()
 	}
 	wg.Wait()
+	send = result{msgs: o.sqsMsgs, reqs: o.sqsMsgs, bytes: int64(o.sqsMsgs * len(body))}
+	watch.stop(&send)
 	if e, _ := failed.Load().(error); e != nil {
 		return send, recv, fmt.Errorf("SendMessage via %s: %w", endpoint, e)
 	}
-	send = result{msgs: o.sqsMsgs, reqs: o.sqsMsgs, bytes: int64(o.sqsMsgs * len(body)), elapsed: time.Since(t0), p50: lat.quantile(0.5), p99: lat.quantile(0.99)}
+	send.p50, send.p99 = lat.quantile(0.5), lat.quantile(0.99)
 	cpu1 := cpu()
 	send.proxyCPU = cpu1 - cpu0
 
 	var got, reqs atomic.Int64
 	rlat := newLatencies(o.sqsMsgs)
-	t1 := time.Now()
+	watch = startWatch()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
@@ -176,7 +178,8 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 		return send, recv, fmt.Errorf("ReceiveMessage via %s: %w", endpoint, e)
 	}
 	n := int(got.Load())
-	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body)), elapsed: time.Since(t1), p50: rlat.quantile(0.5), p99: rlat.quantile(0.99),
-		proxyCPU: cpu() - cpu1}
+	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body))}
+	watch.stop(&recv)
+	recv.p50, recv.p99, recv.proxyCPU = rlat.quantile(0.5), rlat.quantile(0.99), cpu()-cpu1
 	return send, recv, nil
 }

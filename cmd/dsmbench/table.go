@@ -17,6 +17,7 @@ type result struct {
 	elapsed  time.Duration
 	p50, p99 time.Duration
 	proxyCPU time.Duration // the proxy process's CPU during the run (proxy path only)
+	busy     time.Duration // every CPU's non-idle time during the run (stopwatch)
 }
 
 // best keeps the faster of two runs of one path.
@@ -86,9 +87,9 @@ func (l *latencies) quantile(q float64) time.Duration {
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "PROTOCOL\tWORKLOAD\tPATH\tMSG/S\tMB/S\tP50\tP99\tPROXY CPU\tPROXY PEAK RSS\tRATIO (MSG/S)\tPER ROUND\t")
+	fmt.Fprintln(tw, "PROTOCOL\tWORKLOAD\tPATH\tMSG/S\tMB/S\tP50\tP99\tCORES BUSY\tPROXY CPU\tPROXY PEAK RSS\tRATIO (MSG/S)\tPER ROUND\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\tdirect\t%.0f\t%.1f\t%s\t%s\t\t\t\t\t\n", r.protocol, r.workload, r.direct.rate(), r.direct.mbps(), dur(r.direct.p50), dur(r.direct.p99))
+		fmt.Fprintf(tw, "%s\t%s\tdirect\t%.0f\t%.1f\t%s\t%s\t%s\t\t\t\t\t\n", r.protocol, r.workload, r.direct.rate(), r.direct.mbps(), dur(r.direct.p50), dur(r.direct.p99), busyCores(r.direct))
 		cpu := "-"
 		switch {
 		case r.perRequest && r.proxy.reqs > 0:
@@ -96,12 +97,15 @@ func printTable(w io.Writer, rows []row) {
 		case r.proxy.bytes > 0:
 			cpu = fmt.Sprintf("%.2f s/GB", r.proxy.proxyCPU.Seconds()/(float64(r.proxy.bytes)/1e9))
 		}
-		fmt.Fprintf(tw, "\t\tproxy\t%.0f\t%.1f\t%s\t%s\t%s\t%.0f MiB\t%.2f\t%s\t\n", r.proxy.rate(), r.proxy.mbps(), dur(r.proxy.p50), dur(r.proxy.p99),
-			cpu, float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate(), spread(r.ratios))
+		fmt.Fprintf(tw, "\t\tproxy\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%.0f MiB\t%.2f\t%s\t\n", r.proxy.rate(), r.proxy.mbps(), dur(r.proxy.p50), dur(r.proxy.p99),
+			busyCores(r.proxy), cpu, float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate(), spread(r.ratios))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nP50/P99: Kafka produce, from Produce to acknowledgement per record (pipelined); fetch, per poll;")
 	fmt.Fprintln(w, "SQS and AMQP, per request. PROXY CPU: the proxy process's CPU per GB moved, or per request.")
+	fmt.Fprintln(w, "CORES BUSY: the whole machine's CPU time (every process and the kernel) per second of the run,")
+	fmt.Fprintln(w, "averaged: near the CPU count, the run was bound by CPU and the proxy's CPU is taken from the")
+	fmt.Fprintln(w, "clients and the broker; below it, part of the run waited on round trips.")
 	fmt.Fprintln(w, "Direct and proxy alternate on the same broker for several rounds; each path's best round is shown, and PER ROUND")
 	fmt.Fprintln(w, "gives the lowest and highest proxy/direct ratio of back-to-back runs in one round. The Kafka")
 	fmt.Fprintln(w, "broker (kfake) runs in a child process (inside dsmbench with --kafka-in-process), SQS (npm")
