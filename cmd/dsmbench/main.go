@@ -30,7 +30,10 @@ Protocols:
          pathway header into every record and checkpoints it.
   sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
          10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs.
-  amqp   the local RabbitMQ at --amqp-url
+  amqp   the local RabbitMQ at --amqp-url; publish bare messages (confirms off, then on), consume
+         them, then publish messages that carry an application header: RabbitMQ parses a headers
+         table only where there is one, so the header the proxy adds costs the broker itself
+         on bare messages, and that last row shows the proxy's own cost apart from it.
 
 Flags:
 `
