@@ -160,7 +160,7 @@ func (p *childProcess) stop() {
 	}
 }
 
-// cpu is the process's user+system CPU time so far, from /proc (clock ticks of 10 ms).
+// cpu is the process's user+system CPU time so far, from /proc (in clock ticks, clockTicks a second).
 func (p *childProcess) cpu() time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
@@ -178,7 +178,7 @@ func (p *childProcess) cpu() time.Duration {
 	}
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	return time.Duration(ut+st) * (time.Second / clockTicks)
 }
 
 // peakRSS is the process's high-water resident set (VmHWM).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -62,9 +63,9 @@ func busyCores(r result) string {
 	return strconv.FormatFloat(r.busy.Seconds()/r.elapsed.Seconds(), 'f', 2, 64) + "/" + strconv.Itoa(n)
 }
 
-// machineCPUs counts the cpuN lines of /proc/stat: every online CPU, whatever this process's
+// machineCPUs counts the cpuN lines of /proc/stat once: every online CPU, whatever this process's
 // affinity (--pin narrows it, runtime.NumCPU follows it).
-func machineCPUs() int {
+var machineCPUs = sync.OnceValue(func() int {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0
@@ -76,4 +77,4 @@ func machineCPUs() int {
 		}
 	}
 	return n
-}
+})
