@@ -31,9 +31,11 @@ Protocols:
   sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
          10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs.
   amqp   the local RabbitMQ at --amqp-url; publish bare messages (confirms off, then on), consume
-         them, then publish messages that carry an application header: RabbitMQ parses a headers
-         table only where there is one, so the header the proxy adds costs the broker itself
-         on bare messages, and that last row shows the proxy's own cost apart from it.
+         them, then publish messages that already carry a pathway context, as a traced publisher
+         sends them ("with ctx"; the proxy checkpoints them and replaces it). The entry the proxy
+         adds to a bare message costs RabbitMQ itself; with the context on both paths the broker
+         does the same work, and the "with ctx" rows show the proxy's own cost. Without confirms,
+         a publish phase ends when the queue holds every message.
 
 Flags:
 `

@@ -73,7 +73,7 @@ func TestSmokeAMQP(t *testing.T) {
 	if strings.Contains(errb.String(), "skipped") {
 		t.Fatalf("RabbitMQ must answer on 127.0.0.1:5672 (start it with `rabbitmq-server -detached`):\n%s", errb.String())
 	}
-	for _, want := range []string{"publish, confirms off", "publish, confirms on", "consume (2 queues)", "publish with an app header"} {
+	for _, want := range []string{"publish, confirms off", "publish, confirms on", "consume (2 queues)", "publish with ctx, confirms off", "publish with ctx, confirms on"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
