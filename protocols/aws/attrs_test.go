@@ -69,7 +69,7 @@ func TestCarrierMergesExistingKeys(t *testing.T) {
 }
 
 // TestUnescapeSimpleMatchesJSON: the fast path decodes exactly as encoding/json, and declines
-// what it does not handle.
+// what it does not handle; unescapedLenSimple agrees with it on every input.
 func TestUnescapeSimpleMatchesJSON(t *testing.T) {
 	inputs := []string{`""`, `"a"`, `"{\"dd-pathway-ctx-base64\":\"AbC+/=\"}"`, `"\\\/\b\f\n\r\t"`, `"tail\\"`,
 		`"\u0041"`, `"é"`, "\"\x01\"", `"\x"`, `"a\"`, `"\"`, `"a"b"`}
@@ -84,6 +84,9 @@ func TestUnescapeSimpleMatchesJSON(t *testing.T) {
 	}
 	for _, in := range inputs {
 		got, ok := unescapeSimple([]byte(in))
+		if n, lok := unescapedLenSimple([]byte(in)); lok != ok || n != len(got) {
+			t.Fatalf("%q: unescapedLenSimple %d, %v; unescapeSimple %q, %v", in, n, lok, got, ok)
+		}
 		if !ok {
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +32,11 @@ func benchRewrite(b *testing.B, service, wireName, op string, w wire) {
 	if !ok {
 		b.Fatalf("no captured %s %s", service, op)
 	}
+	benchRewriteOf(b, service, op, w, rr)
+}
+
+// benchRewriteOf runs the request rewrite and response fix of the exchange rr.
+func benchRewriteOf(b *testing.B, service, op string, w wire, rr [2][]byte) {
 	p := fuzzProxy(b, false)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(rr[0]) + len(rr[1])))
@@ -56,6 +62,25 @@ func BenchmarkRewriteSendMessageBatchJSON(b *testing.B) {
 func BenchmarkRewriteReceiveMessageJSON(b *testing.B) {
 	benchRewrite(b, "sqs", "json10", "ReceiveMessage", wireJSON10)
 }
+
+// jsonEvent is a 1 KiB JSON event as it sits inside a JSON string: its quotes escaped.
+var jsonEvent = `{\"type\":\"order.created\",\"id\":12345,\"note\":\"` + strings.Repeat("x", 980) + `\"}`
+
+// BenchmarkRewriteSendMessageJSON1KiB: the captured SendMessage with a 1 KiB JSON event as body.
+func BenchmarkRewriteSendMessageJSON1KiB(b *testing.B) {
+	rr := captured(b, "sqs", "json10")["SendMessage"]
+	rr[0] = regexp.MustCompile(`"MessageBody":"[^"]*"`).ReplaceAll(rr[0], []byte(`"MessageBody":"`+jsonEvent+`"`))
+	benchRewriteOf(b, "sqs", "SendMessage", wireJSON10, rr)
+}
+
+// BenchmarkRewriteReceiveMessageJSON1KiB: the captured ReceiveMessage answer with every body
+// replaced by a 1 KiB JSON event.
+func BenchmarkRewriteReceiveMessageJSON1KiB(b *testing.B) {
+	rr := captured(b, "sqs", "json10")["ReceiveMessage"]
+	rr[1] = regexp.MustCompile(`"Body":"[^"]*"`).ReplaceAll(rr[1], []byte(`"Body":"`+jsonEvent+`"`))
+	benchRewriteOf(b, "sqs", "ReceiveMessage", wireJSON10, rr)
+}
+
 func BenchmarkRewriteSendMessageQuery(b *testing.B) {
 	benchRewrite(b, "sqs", "query", "SendMessage", wireQuery)
 }

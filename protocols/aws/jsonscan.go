@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,14 +63,19 @@ func skipValue(b []byte, i int) (int, error) {
 	}
 }
 
+// skipString returns the index just past the string whose opening quote is b[i]. Message bodies
+// make most of a document's bytes, so it jumps from quote to quote with IndexByte.
 func skipString(b []byte, i int) (int, error) {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1, nil
+	for j := i + 1; j < len(b); {
+		q := bytes.IndexByte(b[j:], '"')
+		if q < 0 {
+			break
 		}
+		bs := bytes.IndexByte(b[j:j+q], '\\')
+		if bs < 0 {
+			return j + q + 1, nil
+		}
+		j += bs + 2 // the escaped byte cannot end the string
 	}
 	return 0, fmt.Errorf("%w: unterminated string", errJSON)
 }
@@ -254,11 +260,42 @@ func jsonStringLen(b []byte, m *member) int {
 	if m == nil || b[m.VS] != '"' {
 		return 0
 	}
-	if raw := b[m.VS:m.VE]; !slices.Contains(raw, '\\') {
+	raw := b[m.VS:m.VE]
+	if !slices.Contains(raw, '\\') {
 		return len(raw) - 2
+	}
+	if n, ok := unescapedLenSimple(raw); ok {
+		return n
 	}
 	s, _ := jsonString(b, m)
 	return len(s)
+}
+
+// unescapedLenSimple is len of unescapeSimple's result, without building it; ok as unescapeSimple's.
+func unescapedLenSimple(raw []byte) (int, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return 0, false
+	}
+	in := raw[1 : len(raw)-1]
+	n := 0
+	for i := 0; i < len(in); i++ {
+		c := in[i]
+		if c < 0x20 || c >= 0x80 || c == '"' {
+			return 0, false
+		}
+		if c == '\\' {
+			if i++; i == len(in) {
+				return 0, false
+			}
+			switch in[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			default:
+				return 0, false
+			}
+		}
+		n++
+	}
+	return n, true
 }
 
 // edit replaces b[S:E] with New.
