@@ -27,7 +27,10 @@ ratio proxy/direct. Defaults finish in about a minute on 2 cores.
 Protocols:
   kafka  franz-go's kfake broker, in a process of its own (--kafka-in-process: in dsmbench's);
          produce (acks=all, one batch per request) and fetch, per codec. The proxy injects the
-         pathway header into every record and checkpoints it.
+         pathway header into every record and checkpoints it. Each path fetches what it
+         produced, so only the proxy's consumer decodes a header per record; the "with ctx" row
+         compares fetches of the same records, those produced through the proxy, as a consumer
+         of a traced producer reads them.
   sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
          10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs.
   amqp   the local RabbitMQ at --amqp-url; publish bare messages (confirms off, then on), consume

@@ -40,7 +40,7 @@ func smokeKafka(t *testing.T, brokerFlag string) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 	s := out.String()
-	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "direct", "proxy", "CORES BUSY", "PROXY CPU", "s/GB", "MiB", "PER ROUND"} {
+	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "fetch none, with ctx", "direct", "proxy", "CORES BUSY", "PROXY CPU", "s/GB", "MiB", "PER ROUND"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("table lacks %q:\n%s", want, s)
 		}
