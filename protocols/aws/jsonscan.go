@@ -217,41 +217,58 @@ func jsonString(b []byte, m *member) (string, bool) {
 // reflection; ok is false for anything else (\u escapes, non-ASCII or control bytes, bad escapes),
 // which json.Unmarshal then decodes or refuses.
 func unescapeSimple(raw []byte) (string, bool) {
-	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+	out, _, ok := decodeSimple(raw, make([]byte, 0, len(raw)), false)
+	if !ok {
 		return "", false
 	}
+	return string(out), true
+}
+
+// unescapedLenSimple is len of unescapeSimple's result, without building it; ok as unescapeSimple's.
+func unescapedLenSimple(raw []byte) (int, bool) {
+	_, n, ok := decodeSimple(raw, nil, true)
+	return n, ok
+}
+
+// decodeSimple is unescapeSimple's decoder: it appends the decoded bytes to out, or with
+// countOnly only counts them in n.
+func decodeSimple(raw, out []byte, countOnly bool) (_ []byte, n int, ok bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return out, 0, false
+	}
 	in := raw[1 : len(raw)-1]
-	out := make([]byte, 0, len(in))
 	for i := 0; i < len(in); i++ {
 		c := in[i]
 		if c < 0x20 || c >= 0x80 || c == '"' {
-			return "", false
+			return out, 0, false
 		}
-		if c != '\\' {
+		if c == '\\' {
+			if i++; i == len(in) {
+				return out, 0, false
+			}
+			switch in[i] {
+			case '"', '\\', '/':
+				c = in[i]
+			case 'b':
+				c = '\b'
+			case 'f':
+				c = '\f'
+			case 'n':
+				c = '\n'
+			case 'r':
+				c = '\r'
+			case 't':
+				c = '\t'
+			default:
+				return out, 0, false
+			}
+		}
+		if !countOnly {
 			out = append(out, c)
-			continue
 		}
-		if i++; i == len(in) {
-			return "", false
-		}
-		switch in[i] {
-		case '"', '\\', '/':
-			out = append(out, in[i])
-		case 'b':
-			out = append(out, '\b')
-		case 'f':
-			out = append(out, '\f')
-		case 'n':
-			out = append(out, '\n')
-		case 'r':
-			out = append(out, '\r')
-		case 't':
-			out = append(out, '\t')
-		default:
-			return "", false
-		}
+		n++
 	}
-	return string(out), true
+	return out, n, true
 }
 
 // jsonStringLen is len of jsonString's value (0 when m is not a string), without copying a
@@ -269,33 +286,6 @@ func jsonStringLen(b []byte, m *member) int {
 	}
 	s, _ := jsonString(b, m)
 	return len(s)
-}
-
-// unescapedLenSimple is len of unescapeSimple's result, without building it; ok as unescapeSimple's.
-func unescapedLenSimple(raw []byte) (int, bool) {
-	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
-		return 0, false
-	}
-	in := raw[1 : len(raw)-1]
-	n := 0
-	for i := 0; i < len(in); i++ {
-		c := in[i]
-		if c < 0x20 || c >= 0x80 || c == '"' {
-			return 0, false
-		}
-		if c == '\\' {
-			if i++; i == len(in) {
-				return 0, false
-			}
-			switch in[i] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			default:
-				return 0, false
-			}
-		}
-		n++
-	}
-	return n, true
 }
 
 // edit replaces b[S:E] with New.
