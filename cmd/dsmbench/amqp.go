@@ -120,44 +120,42 @@ func amqpRun(ctx context.Context, target string, viaProxy bool, o options, cpu f
 	body := benchValue(o.size)
 	now := time.Now()
 	sent := pathway.Context{Hash: 0x5eed_cafe_f00d_beef, PathwayStart: now, EdgeStart: now}.String()
-	traced := amqp091.Table{ctxHeader: sent}
-	c0 := cpu()
-	if r.off, err = amqpPublish(ctx, conn, qOff, body, nil, false, o); err != nil {
-		return r, err
+	traced := amqp091.Table{pathway.HeaderKey: sent}
+	consume := func() (result, error) {
+		return amqpConsume(ctx, conn, []string{qOff, qOn}, 2*o.amqpMsgs, o.size)
 	}
-	c1 := cpu()
-	if r.on, err = amqpPublish(ctx, conn, qOn, body, nil, true, o); err != nil {
-		return r, err
+	publish := func(queue string, headers amqp091.Table, confirms bool) func() (result, error) {
+		return func() (result, error) { return amqpPublish(ctx, conn, queue, body, headers, confirms, o) }
 	}
-	c2 := cpu()
-	if r.cons, err = amqpConsume(ctx, conn, []string{qOff, qOn}, 2*o.amqpMsgs, o.size); err != nil {
-		return r, err
+	for _, ph := range []struct {
+		res *result
+		run func() (result, error)
+	}{
+		{&r.off, publish(qOff, nil, false)},
+		{&r.on, publish(qOn, nil, true)},
+		{&r.cons, consume},
+		{&r.ctxOff, publish(qCtxOff, traced, false)},
+		{&r.ctxOn, publish(qCtxOn, traced, true)},
+	} {
+		c0 := cpu()
+		if *ph.res, err = ph.run(); err != nil {
+			return r, err
+		}
+		ph.res.proxyCPU = cpu() - c0
 	}
-	c3 := cpu()
-	if r.ctxOff, err = amqpPublish(ctx, conn, qCtxOff, body, traced, false, o); err != nil {
-		return r, err
-	}
-	c4 := cpu()
-	if r.ctxOn, err = amqpPublish(ctx, conn, qCtxOn, body, traced, true, o); err != nil {
-		return r, err
-	}
-	r.off.proxyCPU, r.on.proxyCPU, r.cons.proxyCPU, r.ctxOff.proxyCPU, r.ctxOn.proxyCPU = c1-c0, c2-c1, c3-c2, c4-c3, cpu()-c4
 	// The "with ctx" rows mean something only if the proxy did replace the context.
 	for _, q := range []string{qCtxOff, qCtxOn} {
 		m, ok, err := setup.Get(q, true)
 		if err != nil || !ok {
 			return r, fmt.Errorf("reading back a message of %s: ok=%v, %v", q, ok, err)
 		}
-		got, _ := m.Headers[ctxHeader].(string)
+		got, _ := m.Headers[pathway.HeaderKey].(string)
 		if replaced := got != sent; replaced != viaProxy {
-			return r, fmt.Errorf("%s: a message published with %s=%q arrived with %q", q, ctxHeader, sent, got)
+			return r, fmt.Errorf("%s: a message published with %s=%q arrived with %q", q, pathway.HeaderKey, sent, got)
 		}
 	}
 	return r, nil
 }
-
-// ctxHeader is the AMQP header that carries the pathway context.
-const ctxHeader = "dd-pathway-ctx-base64"
 
 func amqpPublish(ctx context.Context, conn *amqp091.Connection, queue string, body []byte, headers amqp091.Table, confirms bool, o options) (result, error) {
 	per := o.amqpMsgs / o.concurrency
