@@ -48,16 +48,27 @@ func benchAMQP(ctx context.Context, o options, stderr io.Writer) ([]row, error) 
 		return nil, err
 	}
 	defer pp.stop()
-	viaProxy := *u
-	viaProxy.Host = pp.addr
-	urls := []string{o.amqpURL, viaProxy.String()}
+	via := func(addr string) string {
+		v := *u
+		v.Host = addr
+		return v.String()
+	}
+	paths := []benchPath{{name: "direct", target: o.amqpURL}, {name: "proxy", target: via(pp.addr), proc: pp}}
+	if o.relay {
+		rp, err := startRelay(u.Host, stderr)
+		if err != nil {
+			return nil, err
+		}
+		defer rp.stop()
+		paths = append(paths, benchPath{name: "relay", target: via(rp.addr), proc: rp})
+	}
 	fmt.Fprintf(stderr, "amqp: %d messages of %d B published (confirms off and on) and consumed, direct and through the proxy...\n", o.amqpMsgs, o.size)
 	var pubOff, pubOn, cons, ctxOff, ctxOn rounds
 	for round := 0; round < o.rounds; round++ {
-		for i, target := range urls {
-			r, err := amqpRun(ctx, target, i == 1, o, pp.cpu)
+		for i, p := range paths {
+			r, err := amqpRun(ctx, p.target, i == pathProxy, o, p.proc.cpu)
 			if err != nil {
-				return nil, fmt.Errorf("amqp via %s: %w", []string{"direct", "proxy"}[i], err)
+				return nil, fmt.Errorf("amqp via %s: %w", p.name, err)
 			}
 			pubOff.add(i, r.off)
 			pubOn.add(i, r.on)

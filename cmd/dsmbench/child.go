@@ -53,20 +53,9 @@ func runChild(args []string) int {
 		fmt.Fprintln(os.Stderr, "dsmbench __proxy PROTOCOL UPSTREAM")
 		return 2
 	}
-	if v := os.Getenv(pinEnv); v != "" {
-		var cpus []int
-		for _, f := range strings.Split(v, ",") {
-			c, err := strconv.Atoi(f)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "%s=%q: %v\n", pinEnv, v, err)
-				return 2
-			}
-			cpus = append(cpus, c)
-		}
-		if err := pinSelf(cpus); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
+	if err := pinFromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -105,6 +94,23 @@ func runChild(args []string) int {
 	st := m.agg.Stats()
 	fmt.Fprintf(os.Stderr, "proxy: %d points aggregated, %d dropped\n", st.Aggregated, st.PointsDropped)
 	return 0
+}
+
+// pinFromEnv pins this process to the CPUs --pin left in pinEnv for the proxy (or the relay).
+func pinFromEnv() error {
+	v := os.Getenv(pinEnv)
+	if v == "" {
+		return nil
+	}
+	var cpus []int
+	for _, f := range strings.Split(v, ",") {
+		c, err := strconv.Atoi(f)
+		if err != nil {
+			return fmt.Errorf("%s=%q: %w", pinEnv, v, err)
+		}
+		cpus = append(cpus, c)
+	}
+	return pinSelf(cpus)
 }
 
 // childProcess is this binary re-executed as the proxy or the Kafka broker. It printed
@@ -160,8 +166,11 @@ func (p *childProcess) stop() {
 	}
 }
 
-// cpu is the process's user+system CPU time so far, from /proc (in clock ticks, clockTicks a second).
+// cpu is the process's user+system CPU time so far (0 for no process), from /proc (in clock ticks, clockTicks a second).
 func (p *childProcess) cpu() time.Duration {
+	if p == nil {
+		return 0
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
 		return 0

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -106,16 +107,25 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 		return nil, err
 	}
 	defer pp.stop()
+	paths := []benchPath{{name: "direct", target: bootstrap}, {name: "proxy", target: pp.addr, proc: pp}}
+	if o.relay {
+		rp, err := startRelay(bootstrap, stderr)
+		if err != nil {
+			return nil, err
+		}
+		defer rp.stop()
+		paths = append(paths, benchPath{name: "relay", target: bootstrap, via: rp.addr, proc: rp})
+	}
 
 	// The first run on a new cluster was 2-5x slower than every later one (kfake's heap faulting
 	// in fresh pages, with GC off), which made round 1's proxy/direct ratio meaningless: run both
 	// paths once, untimed, first.
-	for _, addr := range []string{bootstrap, pp.addr} {
+	for _, path := range paths {
 		topic := fmt.Sprintf("bench-warmup-%d", time.Now().UnixNano())
-		if _, err := kafkaProduce(ctx, addr, topic, partitions, kgo.NoCompression(), o); err != nil {
+		if _, err := kafkaProduce(ctx, path, topic, partitions, kgo.NoCompression(), o); err != nil {
 			return nil, fmt.Errorf("warm-up produce: %w", err)
 		}
-		if _, err := kafkaFetch(ctx, addr, topic, o.records); err != nil {
+		if _, err := kafkaFetch(ctx, path, topic, o.records); err != nil {
 			return nil, fmt.Errorf("warm-up fetch: %w", err)
 		}
 		if err := dropTopic(topic); err != nil {
@@ -133,31 +143,29 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 		// Alternate the paths for several rounds and keep each path's best: on a shared machine
 		// a single run measures the neighbours as much as the proxy.
 		for round := 0; round < o.rounds; round++ {
-			for i, path := range []struct {
-				name, addr string
-			}{{"direct", bootstrap}, {"proxy", pp.addr}} {
+			for i, path := range paths {
 				topic := fmt.Sprintf("bench-%s-%s-%d-%d", name, path.name, round, time.Now().UnixNano())
-				cpu0 := pp.cpu()
-				r, err := kafkaProduce(ctx, path.addr, topic, partitions, codec, o)
+				cpu0 := path.proc.cpu()
+				r, err := kafkaProduce(ctx, path, topic, partitions, codec, o)
 				if err != nil {
 					return nil, fmt.Errorf("%s produce: %w", path.name, err)
 				}
-				r.proxyCPU = pp.cpu() - cpu0
+				r.proxyCPU = path.proc.cpu() - cpu0
 				prod.add(i, r)
-				cpu0 = pp.cpu()
-				r, err = kafkaFetch(ctx, path.addr, topic, o.records)
+				cpu0 = path.proc.cpu()
+				r, err = kafkaFetch(ctx, path, topic, o.records)
 				if err != nil {
 					return nil, fmt.Errorf("%s fetch: %w", path.name, err)
 				}
-				r.proxyCPU = pp.cpu() - cpu0
+				r.proxyCPU = path.proc.cpu() - cpu0
 				fetch.add(i, r)
-				if i == 1 {
+				if i == pathProxy {
 					// The same records, with the pathway header the proxy put in, read directly:
 					// what a consumer of a traced producer's records reads without the proxy.
 					if err := settle(); err != nil {
 						return nil, err
 					}
-					d, err := kafkaFetch(ctx, bootstrap, topic, o.records)
+					d, err := kafkaFetch(ctx, paths[pathDirect], topic, o.records)
 					if err != nil {
 						return nil, fmt.Errorf("direct fetch of the proxy's records: %w", err)
 					}
@@ -178,15 +186,28 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 	return rows, nil
 }
 
+// kafkaClientOpts point a Kafka client along p: target is its seed broker, and via, where set,
+// the address it dials for every broker instead (the relay, which kfake's metadata does not name).
+func kafkaClientOpts(p benchPath) []kgo.Opt {
+	opts := []kgo.Opt{kgo.SeedBrokers(p.target)}
+	if p.via != "" {
+		var d net.Dialer
+		opts = append(opts, kgo.Dialer(func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, p.via)
+		}))
+	}
+	return opts
+}
+
 // kafkaProduce sends o.records records, o.batch consecutive records per partition so batches hold
 // about o.batch records, asynchronously (the client pipelines requests as real producers do), and
 // times each record from Produce to its acknowledgement.
-func kafkaProduce(ctx context.Context, addr, topic string, partitions int, codec kgo.CompressionCodec, o options) (result, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ClientID("bench-producer"), kgo.DefaultProduceTopic(topic),
+func kafkaProduce(ctx context.Context, path benchPath, topic string, partitions int, codec kgo.CompressionCodec, o options) (result, error) {
+	cl, err := kgo.NewClient(append(kafkaClientOpts(path), kgo.ClientID("bench-producer"), kgo.DefaultProduceTopic(topic),
 		kgo.ProducerBatchCompression(codec), kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		// Room for o.batch records and no more, so a batch closes at about o.batch records.
 		kgo.ProducerBatchMaxBytes(int32(o.batch*(o.size+40))), kgo.ProducerLinger(time.Millisecond),
-		kgo.AllowAutoTopicCreation(), kgo.MaxBufferedRecords(max(o.kafkaBuffered, o.batch*partitions)))
+		kgo.AllowAutoTopicCreation(), kgo.MaxBufferedRecords(max(o.kafkaBuffered, o.batch*partitions)))...)
 	if err != nil {
 		return result{}, err
 	}
@@ -252,9 +273,9 @@ func offPhaseGC() func() {
 }
 
 // kafkaFetch reads n records from the start of topic; latency is per poll.
-func kafkaFetch(ctx context.Context, addr, topic string, n int) (result, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ClientID("bench-consumer"), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxBytes(16<<20), kgo.FetchMaxWait(100*time.Millisecond))
+func kafkaFetch(ctx context.Context, path benchPath, topic string, n int) (result, error) {
+	cl, err := kgo.NewClient(append(kafkaClientOpts(path), kgo.ClientID("bench-consumer"), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxBytes(16<<20), kgo.FetchMaxWait(100*time.Millisecond))...)
 	if err != nil {
 		return result{}, err
 	}

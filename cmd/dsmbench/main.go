@@ -40,6 +40,12 @@ Protocols:
          does the same work, and the "with ctx" rows show the proxy's own cost. Without confirms,
          a publish phase ends when the queue holds every message.
 
+With --relay, each round also runs every workload through a plain TCP relay (a child process
+that forwards each read as it comes and parses nothing; its CPU shows in the PROXY CPU column):
+relay/direct is what one more TCP hop costs on this machine, proxy/relay what the proxy's
+protocol work costs beyond it. (With AMQP confirms and consumes, many small frames, the relay
+has used more CPU than the proxy: there it is a plain relay, not a floor.)
+
 Flags:
 `
 
@@ -52,6 +58,7 @@ type options struct {
 	concurrency    int
 	kafkaBuffered  int
 	kafkaInProcess bool
+	relay          bool
 	rounds         int
 	amqpURL        string
 	awsNodeDir     string
@@ -77,6 +84,8 @@ func runAsChild(args []string) (int, bool) {
 		return runChild(args[1:]), true
 	case brokerArg:
 		return runBroker(args[1:]), true
+	case relayArg:
+		return runRelay(args[1:]), true
 	}
 	return 0, false
 }
@@ -99,6 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.awsNodeDir, "aws-node-dir", "testdata/aws/node", "SQS: directory of the npm SQS server (npm ci runs there when needed)")
 	fs.IntVar(&o.sqsMsgs, "sqs-messages", 3000, "SQS: messages per phase")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
+	fs.BoolVar(&o.relay, "relay", false, "also run each workload through a plain TCP relay (a child process that forwards bytes and parses nothing), after the proxy in each round: what one more TCP hop costs by itself")
 	pin := fs.Bool("pin", false, "run the proxy child on the last CPU and the clients and brokers dsmbench runs on the others, as a proxy on its own host would be (RabbitMQ, a system service, is not pinned); without it all share every CPU and the ratios include the CPU the proxy takes from them")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {

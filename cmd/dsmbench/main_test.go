@@ -24,18 +24,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestSmoke runs a tiny Kafka workload through the harness: both paths, every column, with the
-// broker in its own process and in dsmbench's.
+// TestSmoke runs a tiny Kafka workload through the harness: every path, every column, with the
+// broker in its own process (and the relay) and in dsmbench's.
 func TestSmoke(t *testing.T) {
-	for _, broker := range []string{"--kafka-in-process=false", "--kafka-in-process"} {
-		t.Run(broker, func(t *testing.T) { smokeKafka(t, broker) })
+	for _, flags := range [][]string{{"--kafka-in-process=false", "--relay"}, {"--kafka-in-process"}} {
+		t.Run(strings.Join(flags, " "), func(t *testing.T) { smokeKafka(t, flags...) })
 	}
 }
 
-func smokeKafka(t *testing.T, brokerFlag string) {
+func smokeKafka(t *testing.T, flags ...string) {
 	var out bytes.Buffer
 	var errb lockedBuffer // the child's stderr is copied in by exec's goroutine
-	code := run([]string{"--protocols", "kafka", "--records", "500", "--rounds", "1", "--codecs", "none,lz4", brokerFlag}, &out, &errb)
+	code := run(append([]string{"--protocols", "kafka", "--records", "500", "--rounds", "1", "--codecs", "none,lz4"}, flags...), &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
@@ -47,6 +47,10 @@ func smokeKafka(t *testing.T, brokerFlag string) {
 	}
 	if !strings.Contains(errb.String(), "points aggregated, 0 dropped") {
 		t.Errorf("the proxy child did not report its aggregation:\n%s", errb.String())
+	}
+	// One relay line under each produce and fetch row, none under "with ctx".
+	if got, want := strings.Count(s, " relay "), 4*strings.Count(strings.Join(flags, " "), "--relay"); got != want {
+		t.Errorf("%d relay lines, want %d:\n%s", got, want, s)
 	}
 }
 
@@ -62,11 +66,12 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 }
 func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
-// TestSmokeAMQP: the AMQP workload against the local RabbitMQ, direct and through the child proxy.
+// TestSmokeAMQP: the AMQP workload against the local RabbitMQ, direct, through the child proxy and
+// through the relay, which like the direct path must deliver each context as it was sent.
 func TestSmokeAMQP(t *testing.T) {
 	var out bytes.Buffer
 	var errb lockedBuffer
-	code := run([]string{"--protocols", "amqp", "--amqp-messages", "400", "--rounds", "1"}, &out, &errb)
+	code := run([]string{"--protocols", "amqp", "--amqp-messages", "400", "--rounds", "1", "--relay"}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
@@ -77,6 +82,9 @@ func TestSmokeAMQP(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
+	}
+	if got := strings.Count(out.String(), " relay "); got != 5 {
+		t.Errorf("%d relay lines, want 5:\n%s", got, out.String())
 	}
 }
 
@@ -107,17 +115,21 @@ func TestBenchValuesCompressLikeEvents(t *testing.T) {
 func TestRounds(t *testing.T) {
 	run := func(msgs int) result { return result{msgs: msgs, elapsed: time.Second} }
 	var r rounds
-	r.add(1, run(50)) // a proxy run with no direct run before it has no round ratio
-	for _, rd := range [][2]int{{100, 80}, {200, 100}, {150, 120}} {
-		r.add(0, run(rd[0]))
-		r.add(1, run(rd[1]))
+	r.add(pathProxy, run(50)) // a proxy run with no direct run before it has no round ratio
+	for _, rd := range [][3]int{{100, 80, 90}, {200, 100, 150}, {150, 120, 75}} {
+		r.add(pathDirect, run(rd[0]))
+		r.add(pathProxy, run(rd[1]))
+		r.add(pathRelay, run(rd[2]))
 	}
 	row := r.row("p", "w", 0, false)
-	if row.direct.msgs != 200 || row.proxy.msgs != 120 {
-		t.Errorf("best direct %d, proxy %d; want 200, 120", row.direct.msgs, row.proxy.msgs)
+	if row.direct.msgs != 200 || row.proxy.msgs != 120 || row.relay.msgs != 150 {
+		t.Errorf("best direct %d, proxy %d, relay %d; want 200, 120, 150", row.direct.msgs, row.proxy.msgs, row.relay.msgs)
 	}
 	if want := []float64{0.8, 0.5, 0.8}; !slices.Equal(row.ratios, want) {
 		t.Errorf("round ratios %v, want %v", row.ratios, want)
+	}
+	if want := []float64{0.9, 0.75, 0.5}; !slices.Equal(row.relayRatios, want) {
+		t.Errorf("relay round ratios %v, want %v", row.relayRatios, want)
 	}
 	if got := spread(row.ratios); got != "0.50-0.80" {
 		t.Errorf("spread %q", got)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,20 +81,28 @@ func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 		return nil, err
 	}
 	defer pp.stop()
-	proxyURL := "http://" + pp.addr
+	paths := []benchPath{{name: "direct", target: server}, {name: "proxy", target: "http://" + pp.addr, proc: pp}}
+	if o.relay {
+		rp, err := startRelay(strings.TrimPrefix(server, "http://"), stderr)
+		if err != nil {
+			return nil, err
+		}
+		defer rp.stop()
+		paths = append(paths, benchPath{name: "relay", target: "http://" + rp.addr, proc: rp})
+	}
 	fmt.Fprintf(stderr, "sqs: %d messages sent and received by %d workers, direct and through the proxy...\n", o.sqsMsgs, o.concurrency*4)
 	// Warm both paths (the server's JIT, connection pools).
 	small := o
 	small.sqsMsgs = min(o.sqsMsgs, 200)
-	for _, u := range []string{server, proxyURL} {
-		if _, _, err := sqsRun(ctx, u, small, pp.cpu); err != nil {
+	for _, p := range paths {
+		if _, _, err := sqsRun(ctx, p.target, small, p.proc.cpu); err != nil {
 			return nil, err
 		}
 	}
 	var send, recv rounds
 	for round := 0; round < o.rounds; round++ {
-		for i, u := range []string{server, proxyURL} {
-			s, r, err := sqsRun(ctx, u, o, pp.cpu)
+		for i, p := range paths {
+			s, r, err := sqsRun(ctx, p.target, o, p.proc.cpu)
 			if err != nil {
 				return nil, err
 			}

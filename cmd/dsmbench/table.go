@@ -16,7 +16,7 @@ type result struct {
 	bytes    int64
 	elapsed  time.Duration
 	p50, p99 time.Duration
-	proxyCPU time.Duration // the proxy process's CPU during the run (proxy path only)
+	proxyCPU time.Duration // the proxy (or relay) process's CPU during the run
 	busy     time.Duration // every CPU's non-idle time during the run (stopwatch)
 }
 
@@ -29,28 +29,43 @@ func best(a, b result) result {
 }
 
 // rounds collects one workload over alternating rounds: each path's best run, and the proxy/direct
-// ratio within each round, where the two runs were back to back. On a shared machine the spread
-// of those shows how much the neighbours moved the figures.
+// ratio within each round, where the runs were back to back. On a shared machine the spread of
+// those shows how much the neighbours moved the figures.
 type rounds struct {
-	direct, proxy result
-	lastDirect    result
-	ratios        []float64
+	direct, proxy, relay result
+	lastDirect           result
+	ratios, relayRatios  []float64
 }
 
-// add records a run of path 0 (direct) or 1 (proxy); a proxy run closes the round.
+// Paths a run is added under: the relay (--relay) runs after the proxy in each round.
+const (
+	pathDirect = iota
+	pathProxy
+	pathRelay
+)
+
+// add records a run of one path; each ratio is against the round's direct run.
 func (r *rounds) add(path int, res result) {
-	if path == 0 {
+	switch path {
+	case pathDirect:
 		r.direct, r.lastDirect = best(r.direct, res), res
 		return
-	}
-	r.proxy = best(r.proxy, res)
-	if r.lastDirect.msgs > 0 {
-		r.ratios = append(r.ratios, res.rate()/r.lastDirect.rate())
+	case pathProxy:
+		r.proxy = best(r.proxy, res)
+		if r.lastDirect.msgs > 0 {
+			r.ratios = append(r.ratios, res.rate()/r.lastDirect.rate())
+		}
+	case pathRelay:
+		r.relay = best(r.relay, res)
+		if r.lastDirect.msgs > 0 {
+			r.relayRatios = append(r.relayRatios, res.rate()/r.lastDirect.rate())
+		}
 	}
 }
 
 func (r *rounds) row(protocol, workload string, rss int64, perRequest bool) row {
-	return row{protocol: protocol, workload: workload, direct: r.direct, proxy: r.proxy, ratios: r.ratios, rss: rss, perRequest: perRequest}
+	return row{protocol: protocol, workload: workload, direct: r.direct, proxy: r.proxy, ratios: r.ratios,
+		relay: r.relay, relayRatios: r.relayRatios, rss: rss, perRequest: perRequest}
 }
 
 func (r result) rate() float64 { return float64(r.msgs) / r.elapsed.Seconds() }
@@ -61,6 +76,8 @@ type row struct {
 	protocol, workload string
 	direct, proxy      result
 	ratios             []float64 // proxy/direct within each round
+	relay              result    // the plain TCP relay (--relay), if it ran
+	relayRatios        []float64 // relay/direct within each round
 	rss                int64     // proxy peak RSS
 	perRequest         bool      // proxy CPU per request (HTTP APIs) rather than per GB
 }
@@ -90,15 +107,12 @@ func printTable(w io.Writer, rows []row) {
 	fmt.Fprintln(tw, "PROTOCOL\tWORKLOAD\tPATH\tMSG/S\tMB/S\tP50\tP99\tCORES BUSY\tPROXY CPU\tPROXY PEAK RSS\tRATIO (MSG/S)\tPER ROUND\t")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\tdirect\t%.0f\t%.1f\t%s\t%s\t%s\t\t\t\t\t\n", r.protocol, r.workload, r.direct.rate(), r.direct.mbps(), dur(r.direct.p50), dur(r.direct.p99), busyCores(r.direct))
-		cpu := "-"
-		switch {
-		case r.perRequest && r.proxy.reqs > 0:
-			cpu = fmt.Sprintf("%.0f µs/req", float64(r.proxy.proxyCPU.Microseconds())/float64(r.proxy.reqs))
-		case r.proxy.bytes > 0:
-			cpu = fmt.Sprintf("%.2f s/GB", r.proxy.proxyCPU.Seconds()/(float64(r.proxy.bytes)/1e9))
-		}
 		fmt.Fprintf(tw, "\t\tproxy\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%.0f MiB\t%.2f\t%s\t\n", r.proxy.rate(), r.proxy.mbps(), dur(r.proxy.p50), dur(r.proxy.p99),
-			busyCores(r.proxy), cpu, float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate(), spread(r.ratios))
+			busyCores(r.proxy), cpuOf(r.proxy, r.perRequest), float64(r.rss)/(1<<20), r.proxy.rate()/r.direct.rate(), spread(r.ratios))
+		if r.relay.msgs > 0 {
+			fmt.Fprintf(tw, "\t\trelay\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t\t%.2f\t%s\t\n", r.relay.rate(), r.relay.mbps(), dur(r.relay.p50), dur(r.relay.p99),
+				busyCores(r.relay), cpuOf(r.relay, r.perRequest), r.relay.rate()/r.direct.rate(), spread(r.relayRatios))
+		}
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nP50/P99: Kafka produce, from Produce to acknowledgement per record (pipelined); fetch, per poll;")
@@ -111,6 +125,21 @@ func printTable(w io.Writer, rows []row) {
 	fmt.Fprintln(w, "broker (kfake) runs in a child process (inside dsmbench with --kafka-in-process), SQS (npm")
 	fmt.Fprintln(w, "local-aws-sqs) and RabbitMQ as local servers, the proxy in a child process whose CPU (/proc) and")
 	fmt.Fprintln(w, "peak RSS are shown.")
+	if slices.ContainsFunc(rows, func(r row) bool { return r.relay.msgs > 0 }) {
+		fmt.Fprintln(w, "RELAY: the same workload through a plain TCP relay in a child process (--relay), which parses")
+		fmt.Fprintln(w, "nothing: relay/direct is what the extra hop alone costs, proxy/relay what the proxy's work adds.")
+	}
+}
+
+// cpuOf is the proxy's (or relay's) CPU per request or per GB in r, or "-".
+func cpuOf(r result, perRequest bool) string {
+	switch {
+	case perRequest && r.reqs > 0:
+		return fmt.Sprintf("%.0f µs/req", float64(r.proxyCPU.Microseconds())/float64(r.reqs))
+	case r.bytes > 0:
+		return fmt.Sprintf("%.2f s/GB", r.proxyCPU.Seconds()/(float64(r.bytes)/1e9))
+	}
+	return "-"
 }
 
 // spread is "min-max" of the per-round ratios, or the one ratio.
