@@ -351,6 +351,16 @@ func (s *session) clientMethod(f frame) {
 			s.sharedLocked(f.Channel).pubRing = make([]*pathway.Edge, pubRingSize)
 			s.mu.Unlock()
 		}
+	case queueDecl:
+		// A declare with no-wait gets no DeclareOk to learn the name from; an empty name would be
+		// the server's to choose, which no-wait cannot report.
+		a.u16()
+		q := a.short()
+		if nowait := a.u8()&0x10 != 0; a.err == nil && nowait && len(q) > 0 {
+			s.mu.Lock()
+			s.sharedLocked(f.Channel).lastDeclared = string(q)
+			s.mu.Unlock()
+		}
 	case basicConsume:
 		a.u16()
 		q, tag := string(a.short()), string(a.short())
@@ -384,7 +394,14 @@ func (s *session) clientMethod(f frame) {
 		}
 		cs.getQueue = q
 		s.mu.Unlock()
-	case basicCancel, basicCancOk:
+	case basicCancel:
+		// Deliveries may follow the client's Cancel until the broker's CancelOk (AMQP 0-9-1,
+		// basic.cancel): the tag keeps its queue until then, unless no CancelOk will come.
+		tag := a.short()
+		if nowait := a.u8()&1 != 0; a.err == nil && nowait {
+			s.dropConsumer(f.Channel, tag)
+		}
+	case basicCancOk:
 		s.dropConsumer(f.Channel, a.short())
 	case connStartOk:
 		props := a.table()
@@ -418,7 +435,8 @@ func (s *session) clientMethod(f frame) {
 	}
 }
 
-// dropConsumer forgets a cancelled consumer (Cancel or CancelOk, from either side).
+// dropConsumer forgets a cancelled consumer: at CancelOk from either side, the broker's Cancel,
+// or the client's Cancel with no-wait.
 func (s *session) dropConsumer(ch uint16, tag []byte) {
 	s.mu.Lock()
 	if cs := s.shared[ch]; cs != nil {

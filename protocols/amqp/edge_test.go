@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -384,5 +385,79 @@ func TestServiceFromUserRule(t *testing.T) {
 	waitFor(t, "publish point", func() bool { return len(with(h.rec.points(), "direction:out")) == 1 })
 	if p := with(h.rec.points(), "direction:out")[0]; p.Service != "guest-app" {
 		t.Errorf("service %q, want the rule's", p.Service)
+	}
+}
+
+// TestDeliveriesAfterCancelKeepTheirQueue: the broker may deliver any number of messages between a
+// client's Basic.Cancel and its CancelOk (AMQP 0-9-1, basic.cancel); those are consumed from the
+// consumer's queue and checkpointed on it, not on an unknown one.
+func TestDeliveriesAfterCancelKeepTheirQueue(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "cancel", 0)
+	ch := channel(t, c)
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	ctx := context.Background()
+	for i := 0; i < n; i++ {
+		if err := ch.PublishWithContext(ctx, "", q.Name, false, false, amqp091.Publishing{Body: []byte("m")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "messages queued", func() bool {
+		qi, err := ch.QueueDeclarePassive(q.Name, false, true, true, false, nil)
+		return err == nil && qi.Messages == n
+	})
+	// Auto-ack and no prefetch limit: RabbitMQ streams deliveries as fast as it can, so many are
+	// on the wire when the cancel goes out.
+	ds, err := ch.Consume(q.Name, "cancelled", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ds
+	if err := ch.Cancel("cancelled", false); err != nil {
+		t.Fatal(err)
+	}
+	got := 1
+	for range ds { // closed after CancelOk
+		got++
+	}
+	waitFor(t, "a consume point per delivery", func() bool { return len(with(h.rec.points(), "direction:in")) == got })
+	if on := with(h.rec.points(), "direction:in", "topic:"+q.Name); len(on) != got {
+		t.Errorf("%d of %d consume points on %s", len(on), got, q.Name)
+	}
+	if st := h.p.Stats(); st.UnknownQueue != 0 {
+		t.Errorf("%d deliveries on an unknown queue (of %d delivered before CancelOk)", st.UnknownQueue, got)
+	}
+	t.Logf("%d deliveries before CancelOk", got)
+}
+
+// TestNowaitDeclareNamesTheQueue: after a no-wait Queue.Declare (no DeclareOk comes back), a Get
+// with an empty queue name reads the queue just declared, and its checkpoint names it.
+func TestNowaitDeclareNamesTheQueue(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "nowait-declare", 0)
+	ch := channel(t, c)
+	name := fmt.Sprintf("nowait-declare-%d", time.Now().UnixNano())
+	if _, err := ch.QueueDeclare(name, false, true, false, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.PublishWithContext(context.Background(), "", name, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	var got bool
+	waitFor(t, "the message", func() bool {
+		_, ok, err := ch.Get("", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got || ok
+		return got
+	})
+	waitFor(t, "a consume point", func() bool { return len(with(h.rec.points(), "direction:in")) == 1 })
+	if on := with(h.rec.points(), "direction:in", "topic:"+name); len(on) != 1 {
+		t.Errorf("consume point not on %s: %v", name, h.rec.points())
 	}
 }

@@ -30,6 +30,7 @@ var (
 	chanOpen     = mid(classChannel, 10)
 	chanClose    = mid(classChannel, 40)
 	chanCloseOk  = mid(classChannel, 41)
+	queueDecl    = mid(classQueue, 10)
 	queueDeclOk  = mid(classQueue, 11)
 	basicConsume = mid(classBasic, 20)
 	basicConsOk  = mid(classBasic, 21)
@@ -53,7 +54,7 @@ var methodNames = map[methodID]string{
 	chanOpen:                 "Channel.Open", chanClose: "Channel.Close", chanCloseOk: "Channel.CloseOk",
 	mid(classChannel, 20): "Channel.Flow",
 	mid(40, 10):           "Exchange.Declare", mid(40, 20): "Exchange.Delete", mid(40, 30): "Exchange.Bind", mid(40, 40): "Exchange.Unbind",
-	mid(classQueue, 10): "Queue.Declare", queueDeclOk: "Queue.DeclareOk", mid(classQueue, 20): "Queue.Bind",
+	queueDecl: "Queue.Declare", queueDeclOk: "Queue.DeclareOk", mid(classQueue, 20): "Queue.Bind",
 	mid(classQueue, 30): "Queue.Purge", mid(classQueue, 40): "Queue.Delete", mid(classQueue, 50): "Queue.Unbind",
 	mid(classBasic, 10): "Basic.Qos", basicConsume: "Basic.Consume", basicConsOk: "Basic.ConsumeOk",
 	basicCancel: "Basic.Cancel", basicCancOk: "Basic.CancelOk", basicPublish: "Basic.Publish",
