@@ -56,8 +56,10 @@ type session struct {
 
 // pubState is a channel's publish side.
 type pubState struct {
-	awaiting     bool // a Basic.Publish was read; its content header comes next
-	confirm      bool // Confirm.Select: publishes are numbered for acks and nacks
+	awaiting     bool   // a Basic.Publish was read; its content header comes next
+	bodyLeft     uint64 // body bytes of the current publish still to come
+	bodyUnknown  bool   // its header was relayed unread: the body ends at the channel's next method
+	confirm      bool   // Confirm.Select: publishes are numbered for acks and nacks
 	exchange, rk []byte
 	edge         *pathway.Edge // edge of exchange/rk, rebuilt only when they change
 }
@@ -170,11 +172,11 @@ func quiet(err error) bool {
 var errDrained = errors.New("closed for proxy shutdown")
 
 // pump reads frames from r and hands each non-body frame that fits MaxFrameBytes to handle, which
-// forwards it to w; body frames and oversized frames are streamed through. Before a read could
-// block, what is buffered for w is flushed, so frames are batched only while more are waiting.
-// When safe is non-nil and the proxy drains, pump returns errDrained at the first frame boundary
-// where safe says no message is half through.
-func (s *session) pump(r *bufio.Reader, w *bufio.Writer, safe func() bool, handle func(ch uint16, f frame) error, skipped func(ch uint16, typ byte)) error {
+// forwards it to w; body frames and oversized frames are streamed through, body frames counted
+// by body when it is not nil. Before a read could block, what is buffered for w is flushed, so
+// frames are batched only while more are waiting. When safe is non-nil and the proxy drains,
+// pump returns errDrained at the first frame boundary where safe says no message is half through.
+func (s *session) pump(r *bufio.Reader, w *bufio.Writer, safe func() bool, handle func(ch uint16, f frame) error, skipped func(ch uint16, typ byte), body func(ch uint16, size uint32)) error {
 	fr := &frameReader{r: r, max: s.p.cfg.MaxFrameBytes}
 	if safe != nil {
 		fr.again = s.wakeUp
@@ -198,6 +200,9 @@ func (s *session) pump(r *bufio.Reader, w *bufio.Writer, safe func() bool, handl
 		}
 		switch {
 		case typ == frameBody:
+			if body != nil {
+				body(ch, size)
+			}
 			err = fr.copyFrame(w, size)
 		case int64(size) > int64(fr.max):
 			s.p.decodeError("frame", fmt.Errorf("%d-byte frame of type %d on channel %d exceeds MaxFrameBytes %d; relayed unread", size, typ, ch, fr.max))
@@ -232,33 +237,46 @@ func (s *session) wakeUp(err error) bool {
 
 // fromClient relays client frames to the broker, splicing published content headers.
 func (s *session) fromClient(r *bufio.Reader, w *bufio.Writer) error {
+	// A drain must not cut a publish between its method frame and its body's last byte: the
+	// broker would drop the message and a publisher without confirms would never know.
 	safe := func() bool {
 		for _, ps := range s.pub {
-			if ps.awaiting {
+			if ps.awaiting || ps.bodyLeft > 0 || ps.bodyUnknown {
 				return false
 			}
 		}
 		return true
 	}
 	skipped := func(ch uint16, typ byte) {
-		if ps := s.pub[ch]; ps != nil && typ == frameHeader {
-			ps.awaiting = false
+		if ps := s.pub[ch]; ps != nil && typ == frameHeader && ps.awaiting {
+			ps.awaiting, ps.bodyUnknown = false, true
+		}
+	}
+	body := func(ch uint16, size uint32) {
+		if ps := s.pub[ch]; ps != nil {
+			ps.bodyLeft -= min(ps.bodyLeft, uint64(size))
 		}
 	}
 	return s.pump(r, w, safe, func(ch uint16, f frame) error {
 		out := f.Raw
 		switch f.Type {
 		case frameMethod:
+			if ps := s.pub[ch]; ps != nil {
+				ps.bodyLeft, ps.bodyUnknown = 0, false // a method ends any content before it
+			}
 			s.clientMethod(f)
 		case frameHeader:
 			if ps := s.pub[ch]; ps != nil && ps.awaiting {
 				ps.awaiting = false
+				if len(f.Payload) >= 12 {
+					ps.bodyLeft = binary.BigEndian.Uint64(f.Payload[4:])
+				}
 				out = s.publishHeader(ps, f)
 			}
 		}
 		_, err := w.Write(out)
 		return err
-	}, skipped)
+	}, skipped, body)
 }
 
 // fromBroker relays broker frames to the client, observing deliveries after forwarding them.
@@ -282,7 +300,7 @@ func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
 			}
 		}
 		return nil
-	}, skipped)
+	}, skipped, nil)
 }
 
 // state returns channel ch's entry in m, creating it.
