@@ -12,7 +12,7 @@ type form struct {
 	vals map[string]string // decoded; a repeated key keeps its first value
 	idx  map[string]int    // key -> index in raw
 	add  []string          // pairs to append
-	repl map[int]string    // raw index -> replacement pair
+	repl map[int]string    // raw index -> replacement pair, or "" to drop it
 }
 
 func parseForm(body []byte) (*form, error) {
@@ -55,20 +55,37 @@ func (f *form) set(k, v string) {
 	f.vals[k] = v
 }
 
+// del drops the pair sent under k, if there is one.
+func (f *form) del(k string) {
+	i, ok := f.idx[k]
+	if !ok {
+		return
+	}
+	if f.repl == nil {
+		f.repl = map[int]string{}
+	}
+	f.repl[i] = ""
+	delete(f.vals, k)
+	delete(f.idx, k)
+}
+
 func (f *form) changed() bool { return len(f.add) > 0 || len(f.repl) > 0 }
 
 // encode returns the body with replacements and appended pairs.
 func (f *form) encode() []byte {
 	var b strings.Builder
+	first := true
 	for i, p := range f.raw {
-		if i > 0 {
+		if r, ok := f.repl[i]; ok {
+			if p = r; p == "" {
+				continue // dropped
+			}
+		}
+		if !first {
 			b.WriteByte('&')
 		}
-		if r, ok := f.repl[i]; ok {
-			b.WriteString(r)
-		} else {
-			b.WriteString(p)
-		}
+		first = false
+		b.WriteString(p)
 	}
 	for _, p := range f.add {
 		if b.Len() > 0 {

@@ -152,3 +152,47 @@ func TestSQSQueryProtocolCLI(t *testing.T) {
 		t.Errorf("first upstream body %q is not a Query form", up.bodies[0])
 	}
 }
+
+// TestQueryInjectReplacesTheValue: a `_datadog` sent as one transport and replaced as the other
+// keeps exactly one value field, the new one; other pairs stay as sent, in order.
+func TestQueryInjectReplacesTheValue(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		body     string
+		prefix   string
+		binary   bool
+		keep     string // the value field the result must have
+		dropped  string // and must not
+		wantRest string // pairs before the attribute's, as sent
+	}{
+		{"sns string to binary", "Action=Publish&Message=hi&MessageAttributes.entry.1.Name=_datadog&MessageAttributes.entry.1.Value.DataType=String&MessageAttributes.entry.1.Value.StringValue=old",
+			"MessageAttributes.entry.", true, "MessageAttributes.entry.1.Value.BinaryValue", "MessageAttributes.entry.1.Value.StringValue", "Action=Publish&Message=hi"},
+		{"sqs binary to string", "Action=SendMessage&MessageBody=hi&MessageAttribute.1.Name=_datadog&MessageAttribute.1.Value.DataType=Binary&MessageAttribute.1.Value.BinaryValue=b2xk",
+			"MessageAttribute.", false, "MessageAttribute.1.Value.StringValue", "MessageAttribute.1.Value.BinaryValue", "Action=SendMessage&MessageBody=hi"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := parseForm([]byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			queryInject(f, tc.prefix, f.queryAttrs(tc.prefix), []byte(`{"dd-pathway-ctx-base64":"new"}`), tc.binary)
+			out := string(f.encode())
+			g, err := parseForm([]byte(out))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := g.vals[tc.keep]; !ok {
+				t.Errorf("%s missing: %s", tc.keep, out)
+			}
+			if v, ok := g.vals[tc.dropped]; ok {
+				t.Errorf("%s still sent (%q): %s", tc.dropped, v, out)
+			}
+			if !strings.HasPrefix(out, tc.wantRest+"&") {
+				t.Errorf("pairs before the attribute changed: %s", out)
+			}
+			if attrs := g.queryAttrs(tc.prefix); len(attrs) != 1 {
+				t.Errorf("%d attributes: %s", len(attrs), out)
+			}
+		})
+	}
+}

@@ -14,12 +14,16 @@ func queryInject(f *form, prefix string, attrs []qattr, carrier []byte, binary b
 	}
 	p := prefix + itoa(n) + "."
 	f.set(p+"Name", ddAttr)
+	// A replaced attribute keeps one value: a String one the service would read instead of a new
+	// Binary one (or the other way round) is the old context.
 	if binary {
 		f.set(p+"Value.DataType", "Binary")
 		f.set(p+"Value.BinaryValue", encodeB64(carrier))
+		f.del(p + "Value.StringValue")
 	} else {
 		f.set(p+"Value.DataType", "String")
 		f.set(p+"Value.StringValue", string(carrier))
+		f.del(p + "Value.BinaryValue")
 	}
 }
 
