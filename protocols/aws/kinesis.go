@@ -16,6 +16,10 @@ import (
 // MaxKinesisRecordBytes is Kinesis's limit on data plus partition key of one record.
 const MaxKinesisRecordBytes = 1 << 20
 
+// MaxKinesisRequestBytes is Kinesis's limit on the data plus partition keys of a whole
+// PutRecords request: past it the service rejects every record.
+const MaxKinesisRequestBytes = 5 << 20
+
 func kinesisStream(b []byte, ms []member) string {
 	if s, ok := jsonString(b, find(ms, "StreamName")); ok && s != "" {
 		return s
@@ -41,7 +45,7 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKinesis, Topic: stream}
 	switch c.op {
 	case "PutRecord":
-		pt, ed := p.kinesisPut(c, e, b, ms)
+		pt, ed := p.kinesisPut(c, e, b, ms, nil)
 		fix := func([]byte) []byte { p.produced(c, pt); return nil }
 		if ed == nil {
 			return nil, fix, nil
@@ -58,13 +62,17 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 		}
 		var eds []edit
 		pts := make([]pathway.Point, len(els))
+		recs := make([][]member, len(els))
+		room := MaxKinesisRequestBytes
 		for i, el := range els {
-			rms, _, err := objectMembers(b, el[0])
-			if err != nil {
+			if recs[i], _, err = objectMembers(b, el[0]); err != nil {
 				return nil, nil, err
 			}
+			room -= putRecordBytes(b, recs[i])
+		}
+		for i, rms := range recs {
 			var ed *edit
-			pts[i], ed = p.kinesisPut(c, e, b, rms)
+			pts[i], ed = p.kinesisPut(c, e, b, rms, &room)
 			if ed != nil {
 				eds = append(eds, *ed)
 			}
@@ -115,9 +123,22 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 	return nil, func(resp []byte) []byte { return p.kinesisGetRecords(c, e, resp) }, nil
 }
 
+// putRecordBytes is what one put record counts against Kinesis's limits: its data (decoded)
+// plus its partition key.
+func putRecordBytes(b []byte, ms []member) int {
+	raw, _ := jsonString(b, find(ms, "Data"))
+	n := len(raw) / 4 * 3
+	for i := len(raw) - 1; i >= len(raw)-2 && i >= 0 && raw[i] == '='; i-- {
+		n--
+	}
+	pk, _ := jsonString(b, find(ms, "PartitionKey"))
+	return n + len(pk)
+}
+
 // kinesisPut records one put record's checkpoint and, when enabled, returns the edit that puts
-// `_datadog` into its JSON-object data.
-func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member) (pathway.Point, *edit) {
+// `_datadog` into its JSON-object data. room, for PutRecords, is what the request may still grow
+// by; the edit's growth is taken from it.
+func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room *int) (pathway.Point, *edit) {
 	c.edge = e
 	c.sent++
 	dm := find(ms, "Data")
@@ -157,6 +178,14 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member) (path
 	if len(nd)+len(pk) > MaxKinesisRecordBytes {
 		p.skip(c, e, "size_limit", "record with _datadog would exceed 1 MiB; sent without it")
 		return pt, nil
+	}
+	if room != nil {
+		grow := len(nd) - len(data)
+		if grow > *room {
+			p.skip(c, e, "size_limit", "PutRecords request with _datadog would exceed 5 MiB; record sent without it")
+			return pt, nil
+		}
+		*room -= grow
 	}
 	p.stats.injected.Add(1)
 	nv := make([]byte, 0, base64.StdEncoding.EncodedLen(len(nd))+2)
@@ -212,7 +241,9 @@ func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, 
 					continue
 				}
 				parent = contextFromCarrier(data[dms[i].VS:dms[i].VE])
-				if strip {
+				// Only the shape the proxy adds to data that had none: a `_datadog` with more in it
+				// came from the producer (trace ids of a tracer), and its consumer's tracer reads it.
+				if cms, _, err := objectMembers(data, dms[i].VS); strip && err == nil && len(cms) == 1 && cms[0].is(pathway.HeaderKey) {
 					out = applyEdits(make([]byte, 0, len(data)), data, []edit{removeLastAdded(data, dms, i)})
 				}
 			}

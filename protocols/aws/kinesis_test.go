@@ -3,10 +3,13 @@ package aws
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -281,5 +284,95 @@ func TestKinesisCBOR(t *testing.T) {
 	}
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}
+
+// TestKinesisPutRecordsRequestLimit: injection stops where a PutRecords request would pass
+// Kinesis's 5 MiB for data and partition keys; the records past it go without `_datadog`, and
+// the request as sent upstream stays within the limit.
+func TestKinesisPutRecordsRequestLimit(t *testing.T) {
+	tp, up, kc, ctx := kinesisSetup(t, "bulk", func(c *Config) { c.KinesisInjectData = true })
+	const n = 10
+	per := (MaxKinesisRequestBytes - 100) / n // 100 bytes to spare: about one record's _datadog
+	var entries []ktypes.PutRecordsRequestEntry
+	for i := 0; i < n; i++ {
+		pk := fmt.Sprintf("k%d", i)
+		data := []byte(`{"p":"` + strings.Repeat("x", per-len(pk)-len(`{"p":""}`)) + `"}`)
+		entries = append(entries, ktypes.PutRecordsRequestEntry{Data: data, PartitionKey: awssdk.String(pk)})
+	}
+	pr, err := kc.PutRecords(ctx, &kinesis.PutRecordsInput{StreamName: awssdk.String("bulk"), Records: entries})
+	if err != nil || awssdk.ToInt32(pr.FailedRecordCount) != 0 {
+		t.Fatalf("PutRecords: %v", err)
+	}
+	up.mu.Lock()
+	bodies := slices.Clone(up.bodies)
+	up.mu.Unlock()
+	found := false
+	for _, b := range bodies {
+		var req struct {
+			Records []struct {
+				Data         []byte
+				PartitionKey string
+			}
+		}
+		if json.Unmarshal([]byte(b), &req) != nil || len(req.Records) != n {
+			continue
+		}
+		found = true
+		total := 0
+		for _, r := range req.Records {
+			total += len(r.Data) + len(r.PartitionKey)
+		}
+		if total > MaxKinesisRequestBytes {
+			t.Errorf("PutRecords sent upstream with %d bytes of data and keys, over %d", total, MaxKinesisRequestBytes)
+		}
+	}
+	if !found {
+		t.Fatal("no PutRecords request reached upstream")
+	}
+	if st := tp.Stats(); st.Injected >= n {
+		t.Errorf("injected %d of %d records", st.Injected, n)
+	}
+}
+
+// TestKinesisKeepsTheProducersDatadog: GetRecords through an injecting proxy removes only a
+// `_datadog` of the shape the proxy adds; one a traced producer wrote, with its trace ids, reaches
+// the consumer as it was written.
+func TestKinesisKeepsTheProducersDatadog(t *testing.T) {
+	_, up, kc, ctx := kinesisSetup(t, "traced", func(c *Config) { c.KinesisInjectData = true })
+	stream := awssdk.String("traced")
+	traced := []byte(`{"a":1,"_datadog":{"x-datadog-trace-id":"1","dd-pathway-ctx-base64":"AAAAAAAAAAA="}}`)
+	direct := kinesisClient(up.URL())
+	if _, err := direct.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: traced, PartitionKey: awssdk.String("t")}); err != nil {
+		t.Fatalf("PutRecord upstream: %v", err)
+	}
+	plain := []byte(`{"b":2}`)
+	if _, err := kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: plain, PartitionKey: awssdk.String("p")}); err != nil {
+		t.Fatalf("PutRecord through the proxy: %v", err)
+	}
+	desc, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := kc.GetShardIterator(ctx, &kinesis.GetShardIteratorInput{StreamName: stream, ShardId: desc.StreamDescription.Shards[0].ShardId,
+		ShardIteratorType: ktypes.ShardIteratorTypeTrimHorizon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []ktypes.Record
+	for next := it.ShardIterator; len(recs) < 2 && ctx.Err() == nil; {
+		gr, err := kc.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: next})
+		if err != nil {
+			t.Fatalf("GetRecords: %v", err)
+		}
+		recs, next = append(recs, gr.Records...), gr.NextShardIterator
+	}
+	if len(recs) != 2 {
+		t.Fatalf("got %d records", len(recs))
+	}
+	for i, want := range [][]byte{traced, plain} {
+		if !bytes.Equal(recs[i].Data, want) {
+			t.Errorf("record %d: %s, want %s", i, recs[i].Data, want)
+		}
 	}
 }
