@@ -52,6 +52,8 @@ type Config struct {
 	// Listen is the address to bind, e.g. 127.0.0.1:4566.
 	Listen string
 	// Upstream is the endpoint URL requests go to (e.g. https://sqs.us-east-1.amazonaws.com).
+	// An AWS regional endpoint names one service: the others go to their own endpoints in its
+	// region (sns.us-east-1.amazonaws.com, ...). Any other URL (LocalStack) serves them all.
 	// Empty means each service's regional AWS endpoint.
 	Upstream string
 	// Upstreams overrides Upstream per service (keys ServiceSQS, ServiceSNS, ServiceKinesis).
@@ -176,7 +178,7 @@ func New(cfg Config) (*Proxy, error) {
 	for _, svc := range []string{ServiceSQS, ServiceSNS, ServiceKinesis} {
 		raw := cfg.Upstreams[svc]
 		if raw == "" {
-			raw = cfg.Upstream
+			raw = serviceEndpoint(cfg.Upstream, svc)
 		}
 		if raw == "" {
 			raw = "https://" + svc + "." + cfg.Region + ".amazonaws.com"
@@ -315,6 +317,31 @@ func envProxied(up map[string]*url.URL) bool {
 		}
 	}
 	return false
+}
+
+// serviceEndpoint is raw for svc: raw itself, or, when raw is an AWS regional endpoint of another
+// of the front's services (https://sqs.eu-west-1.amazonaws.com, sqs-fips, .amazonaws.com.cn),
+// the same endpoint of svc.
+func serviceEndpoint(raw, svc string) string {
+	u, err := url.Parse(raw)
+	if err != nil || (!strings.HasSuffix(u.Hostname(), ".amazonaws.com") && !strings.HasSuffix(u.Hostname(), ".amazonaws.com.cn")) {
+		return raw
+	}
+	first, rest, ok := strings.Cut(u.Host, ".")
+	if !ok {
+		return raw
+	}
+	name, fips := strings.CutSuffix(first, "-fips")
+	switch name {
+	case ServiceSQS, ServiceSNS, ServiceKinesis:
+	default:
+		return raw
+	}
+	if fips {
+		svc += "-fips"
+	}
+	u.Host = svc + "." + rest
+	return u.String()
 }
 
 // Stats returns a snapshot of the counters.

@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
 )
 
 // upstreamReq is a request as forward builds it for the upstream client.
@@ -139,6 +141,42 @@ func TestUpstreamClientTLS(t *testing.T) {
 		_, rb, err := u.do(upstreamReq(t, context.Background(), srv.URL, "hello"), []byte("hello"), 1<<20)
 		if err != nil || string(rb) != "HTTP/1.1:hello" {
 			t.Fatalf("over TLS: %q, %v", rb, err)
+		}
+	}
+}
+
+// TestServiceUpstreams: a regional AWS endpoint given for one service sends each other service
+// to its own endpoint in that region; any other URL serves all three; Upstreams overrides both.
+func TestServiceUpstreams(t *testing.T) {
+	for _, tc := range []struct {
+		upstream  string
+		upstreams map[string]string
+		want      map[string]string
+	}{
+		{"https://sqs.us-east-1.amazonaws.com", nil, map[string]string{
+			"sqs": "https://sqs.us-east-1.amazonaws.com", "sns": "https://sns.us-east-1.amazonaws.com", "kinesis": "https://kinesis.us-east-1.amazonaws.com"}},
+		{"https://kinesis-fips.us-gov-west-1.amazonaws.com", nil, map[string]string{
+			"sqs": "https://sqs-fips.us-gov-west-1.amazonaws.com", "sns": "https://sns-fips.us-gov-west-1.amazonaws.com", "kinesis": "https://kinesis-fips.us-gov-west-1.amazonaws.com"}},
+		{"https://sns.cn-north-1.amazonaws.com.cn", nil, map[string]string{
+			"sqs": "https://sqs.cn-north-1.amazonaws.com.cn", "sns": "https://sns.cn-north-1.amazonaws.com.cn", "kinesis": "https://kinesis.cn-north-1.amazonaws.com.cn"}},
+		{"http://127.0.0.1:4566", nil, map[string]string{
+			"sqs": "http://127.0.0.1:4566", "sns": "http://127.0.0.1:4566", "kinesis": "http://127.0.0.1:4566"}},
+		{"https://vpce-1a2b.sqs.us-east-1.vpce.amazonaws.com", nil, map[string]string{
+			"sqs": "https://vpce-1a2b.sqs.us-east-1.vpce.amazonaws.com", "sns": "https://vpce-1a2b.sqs.us-east-1.vpce.amazonaws.com", "kinesis": "https://vpce-1a2b.sqs.us-east-1.vpce.amazonaws.com"}},
+		{"https://sqs.us-east-1.amazonaws.com", map[string]string{"sns": "http://127.0.0.1:9911"}, map[string]string{
+			"sqs": "https://sqs.us-east-1.amazonaws.com", "sns": "http://127.0.0.1:9911", "kinesis": "https://kinesis.us-east-1.amazonaws.com"}},
+		{"", nil, map[string]string{
+			"sqs": "https://sqs.eu-west-1.amazonaws.com", "sns": "https://sns.eu-west-1.amazonaws.com", "kinesis": "https://kinesis.eu-west-1.amazonaws.com"}},
+	} {
+		p, err := New(Config{Listen: "127.0.0.1:0", Upstream: tc.upstream, Upstreams: tc.upstreams, Region: "eu-west-1",
+			Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, "")})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.upstream, err)
+		}
+		for svc, want := range tc.want {
+			if got := p.up[svc].String(); got != want {
+				t.Errorf("upstream %q: %s goes to %s, want %s", tc.upstream, svc, got, want)
+			}
 		}
 	}
 }
