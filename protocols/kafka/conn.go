@@ -169,9 +169,13 @@ func (s *session) requests() error {
 			}
 			return err
 		}
-		if s.rawLeft.Load() > 0 {
-			// SaslHandshake v0: this frame is a raw SASL token with no Kafka header.
-			s.push(&pending{rawToken: true})
+		if left := s.rawLeft.Load(); left != 0 {
+			// SaslHandshake v0: this frame is a raw SASL token with no Kafka header. The handshake's
+			// answer can arrive while this read waits, so an unknown mechanism (left < 0) is seen
+			// here as well as at the top: this token goes as it is, the rest as bytes.
+			if left > 0 {
+				s.push(&pending{rawToken: true})
+			}
 			if _, err := s.c.Upstream.Write(frame); err != nil {
 				return err
 			}
