@@ -297,6 +297,21 @@ func parseRecord(body []byte) (recordFields, error) {
 	return f, nil
 }
 
+// eachContextHeader calls fn with the span of every pathway context header among the count
+// headers that start at body[i:], which parseRecord has already checked.
+func eachContextHeader(body []byte, i, count int, fn func(at, end int)) {
+	for range count {
+		at := i
+		kl, j := varintAt(body, i)
+		key := body[j : j+int(kl)]
+		vl, k := varintAt(body, j+int(kl))
+		i = k + max(0, int(vl))
+		if string(key) == pathway.HeaderKey {
+			fn(at, i)
+		}
+	}
+}
+
 // varintAt reads the zigzag varint at b[i:] and returns it with the index after it, or with -1
 // when b ends first or the varint overflows 32 bits.
 func varintAt(b []byte, i int) (int32, int) {
@@ -350,20 +365,36 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 			dst = append(dst, body...)
 			continue
 		}
+		// A context the record already carries is replaced, not kept beside the new one, as the
+		// tracers do (they remove the key first).
+		dropped, droppedBytes := 0, 0
+		if f.hasContext {
+			eachContextHeader(body, f.countEnd, f.headerCount, func(at, end int) { dropped, droppedBytes = dropped+1, droppedBytes+end-at })
+		}
 		var countBuf [5]byte
-		newCount := kbin.AppendVarint(countBuf[:0], int32(f.headerCount+1))
+		newCount := kbin.AppendVarint(countBuf[:0], int32(f.headerCount-dropped+1))
 		extra := kbin.VarintLen(int32(len(pathway.HeaderKey))) + len(pathway.HeaderKey) + kbin.VarintLen(int32(len(hdr))) + len(hdr)
-		newLen := l - (f.countEnd - f.countPos) + len(newCount) + extra
+		newLen := l - (f.countEnd - f.countPos) + len(newCount) - droppedBytes + extra
 		dst = kbin.AppendVarint(dst, int32(newLen))
 		if m != nil {
 			m.kept(bodyAt, len(dst)-base, f.countPos)
 		}
 		dst = append(dst, body[:f.countPos]...)
 		dst = append(dst, newCount...)
-		if m != nil {
-			m.kept(bodyAt+f.countEnd, len(dst)-base, l-f.countEnd)
+		from := f.countEnd
+		if dropped > 0 {
+			eachContextHeader(body, f.countEnd, f.headerCount, func(at, end int) {
+				if m != nil {
+					m.kept(bodyAt+from, len(dst)-base, at-from)
+				}
+				dst = append(dst, body[from:at]...)
+				from = end
+			})
 		}
-		dst = append(dst, body[f.countEnd:]...)
+		if m != nil {
+			m.kept(bodyAt+from, len(dst)-base, l-from)
+		}
+		dst = append(dst, body[from:]...)
 		if m != nil {
 			m.insertedHeader(len(dst)-base, extra, hdr)
 		}

@@ -72,9 +72,18 @@ type session struct {
 	spans   [][2]int
 	outBuf  []byte // rewritten produce frames; reused once written upstream
 	inBuf   []byte // request frames; reused once forwarded
-	hdr     []byte
+	hdr     []byte // the batch's context, for records that carry none
+	own     ownContext
 	points  []pathway.Point
 	scratch []byte
+}
+
+// ownContext is the last context a record carried in a batch and what replaces it, when
+// RespectExistingContext is off.
+type ownContext struct {
+	have     bool
+	ctx, hdr []byte
+	point    pathway.Point
 }
 
 // ServeConn implements proxy.Handler.

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -146,6 +147,70 @@ func TestExistingHeader(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no consume point has the instrumented producer's context as parent")
+	}
+	guard.check(t)
+}
+
+// TestReplaceExistingHeader: with RespectExistingContext off, a record's own context is the parent
+// of its produce checkpoint and is replaced by the new one: each record leaves with exactly one
+// pathway header, its other headers as they were, for every codec (lz4 through the transcoder).
+func TestReplaceExistingHeader(t *testing.T) {
+	c, guard := startCluster(t)
+	off := false
+	p := startProxy(t, c, func(cfg *Config) { cfg.RespectExistingContext = &off })
+	ctx := testCtx(t)
+	orig := pathway.Context{Hash: 0xfeedface12345678, PathwayStart: time.UnixMilli(1700000000000), EdgeStart: time.UnixMilli(1700000000500)}
+	for _, tc := range []struct {
+		name  string
+		codec kgo.CompressionCodec
+	}{{"none", kgo.NoCompression()}, {"gzip", kgo.GzipCompression()}, {"lz4", kgo.Lz4Compression()}} {
+		codec := tc.name
+		topic := uniqueTopic(t, "replace")
+		var sent []sentRecord
+		for i := 0; i < 20; i++ {
+			hs := []kgo.RecordHeader{{Key: "before", Value: []byte("b")}, {Key: pathway.HeaderKey, Value: orig.AppendBase64(nil)}, {Key: "after", Value: []byte("a")}}
+			if i%5 == 4 {
+				hs = []kgo.RecordHeader{{Key: "before", Value: []byte("b")}, {Key: "after", Value: []byte("a")}} // a bare record in the batch
+			}
+			sent = append(sent, sentRecord{key: []byte(strconv.Itoa(i)), value: []byte(strings.Repeat("v", 200)), ts: time.UnixMilli(1700000900000 + int64(i)), headers: hs})
+		}
+		cl := kgoClient(t, p, kgo.ProducerBatchCompression(tc.codec), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+		produceKgo(t, ctx, cl, topic, sent)
+		var produced []pathway.Point
+		waitFor(t, "produce points", func() bool {
+			produced = pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")
+			return len(produced) == len(sent)
+		})
+		fromOrig := map[uint64]bool{}
+		for _, pt := range produced {
+			if pt.ParentHash == orig.Hash {
+				fromOrig[pt.Hash] = true
+			}
+		}
+		if len(fromOrig) != 1 {
+			t.Errorf("%v: produce checkpoints with the record's own context as parent: %d distinct, want 1", codec, len(fromOrig))
+		}
+		for _, r := range consumeKgo(t, ctx, p, topic, "g-"+topic, len(sent)) {
+			var keys []string
+			var ctxVal []byte
+			for _, h := range r.Headers {
+				keys = append(keys, h.Key)
+				if h.Key == pathway.HeaderKey {
+					ctxVal = h.Value
+				}
+			}
+			if want := []string{"before", "after", pathway.HeaderKey}; !slices.Equal(keys, want) {
+				t.Errorf("%v: record %s has headers %v, want %v", codec, r.Key, keys, want)
+				continue
+			}
+			got, err := pathway.DecodeBase64(ctxVal)
+			if err != nil || got.Hash == orig.Hash {
+				t.Errorf("%v: record %s kept context %v (%v)", codec, r.Key, got, err)
+			}
+			if n, _ := strconv.Atoi(string(r.Key)); n%5 != 4 && !fromOrig[got.Hash] {
+				t.Errorf("%v: record %s carries %x, not the checkpoint chained from its own context", codec, r.Key, got.Hash)
+			}
+		}
 	}
 	guard.check(t)
 }

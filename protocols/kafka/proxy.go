@@ -77,7 +77,8 @@ type Config struct {
 	LinkWindow         time.Duration // default 1s
 
 	// RespectExistingContext (default true via New when left nil): records that already carry
-	// dd-pathway-ctx-base64 are left alone and get no produce checkpoint.
+	// dd-pathway-ctx-base64 are left alone and get no produce checkpoint. Off, each such record
+	// is checkpointed with its context as the parent, and the new context replaces it.
 	RespectExistingContext *bool
 
 	// MaxTopicIDs bounds the cluster-wide topic id -> name map (default 100000).

@@ -59,10 +59,28 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		s.codec = newCodec(p.cfg.MaxBatchBytes)
 	}
 	start = len(s.scratch)
+	// Without respect for existing contexts, a record's own context is the parent of its
+	// checkpoint and is replaced (as AMQP does); a traced producer's batch shares one context, so
+	// the checkpoint is taken once per run of equal ones.
+	own := &s.own // kept in the session: variables the closure sets would cost allocations per batch
+	own.have = false
 	out, changed, skip, err := s.codec.Inject(s.scratch, records, func(_ batchMeta, r *recordMeta) []byte {
-		if r.HasContext && p.respect {
-			existing++
-			return nil
+		if r.HasContext {
+			if p.respect {
+				existing++
+				return nil
+			}
+			if !own.have || !bytes.Equal(own.ctx, r.Context) {
+				parent, _ := pathway.DecodeBase64(r.Context) // undecodable: no parent, as the tracers do
+				var c pathway.Context
+				own.point, c = p.cp.Checkpoint(parent, ci.service, edge, 0, now)
+				own.hdr = c.AppendBase64(own.hdr[:0])
+				own.ctx, own.have = append(own.ctx[:0], r.Context...), true
+			}
+			pt := own.point
+			pt.PayloadSize = r.PayloadSize
+			pts = append(pts, pt)
+			return own.hdr
 		}
 		pt := point
 		pt.PayloadSize = r.PayloadSize

@@ -8,6 +8,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // FuzzBatchSplice: whatever bytes a produce request carries as records, the splicer either leaves
@@ -93,4 +95,55 @@ func countRecords(t *testing.T, b, orig []byte) int {
 		b = b[l:]
 	}
 	return n
+}
+
+// FuzzBatchReplace: with every record given the context (RespectExistingContext off), each record
+// of a spliced batch ends with exactly one pathway header, the new one, whatever it carried.
+func FuzzBatchReplace(f *testing.F) {
+	for _, c := range []kgo.CompressionCodec{kgo.NoCompression(), kgo.GzipCompression(), kgo.Lz4Compression()} {
+		f.Add(buildBatchHeader(f, 3, 20, compressor(f, c), pathway.HeaderKey, []byte("old-context")))
+		f.Add(buildBatch(f, 3, 20, compressor(f, c)))
+	}
+	hdr := []byte("AAAAAAAAAAAAAAAA")
+	f.Fuzz(func(t *testing.T, records []byte) {
+		c := newKgoCodec(DefaultMaxBatchBytes)
+		out, changed, _, err := c.Inject(nil, records, func(batchMeta, *recordMeta) []byte { return hdr })
+		if err != nil || !changed {
+			return
+		}
+		countRecords(t, out, records)
+		for rest := out; len(rest) >= 61; {
+			l := int(int32(binary.BigEndian.Uint32(rest[8:]))) + 12
+			if l < 61 || l > len(rest) {
+				break
+			}
+			batch := rest[:l]
+			rest = rest[l:]
+			if bytes.Contains(records, batch) {
+				continue // forwarded as it was
+			}
+			_, attrs, count, err := batchHeader(batch)
+			if err != nil {
+				t.Fatalf("spliced batch header: %v", err)
+			}
+			raw, err := c.decompress(batch[61:], attrs&7)
+			if err != nil {
+				t.Fatalf("spliced batch does not decompress: %v", err)
+			}
+			for i := 0; i < count; i++ {
+				l, at := varintAt(raw, 0)
+				body := raw[at : at+int(l)]
+				raw = raw[at+int(l):]
+				rf, err := parseRecord(body)
+				if err != nil {
+					t.Fatalf("record %d: %v", i, err)
+				}
+				var n int
+				eachContextHeader(body, rf.countEnd, rf.headerCount, func(int, int) { n++ })
+				if n != 1 || !bytes.Equal(rf.context, hdr) {
+					t.Fatalf("record %d carries %d pathway headers, the last %q", i, n, rf.context)
+				}
+			}
+		}
+	})
 }
