@@ -24,7 +24,8 @@ type kgoCodec struct {
 	comp          [5]kgo.Compressor
 	raw           []byte // spliced records, reused
 	zbuf          bytes.Buffer
-	plain         plainBuf       // decompressed records, reused
+	plain         plainBuf // decompressed records, reused
+	bounded       boundedDecoders
 	lz4c          lz4.Compressor // reused across batches (its hash table); see lz4Encode
 	lz4t          lz4Transcoder
 	smap          spliceMap
@@ -60,6 +61,8 @@ const (
 	skipMalformed    = "malformed_batch"
 	skipSizeLimit    = "size_limit"
 	skipCompression  = "compression_failed"
+	// skipDecompressedSize: the batch decompresses past MaxDecompressedBatchBytes.
+	skipDecompressedSize = "decompressed_size_limit"
 )
 
 func newKgoCodec(maxBatchBytes int) *kgoCodec {
@@ -164,6 +167,9 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		return dst, false, skipBadCRC
 	}
 	raw, err := c.decompress(batch[61:], codec)
+	if errors.Is(err, errDecompressedSize) {
+		return dst, false, skipDecompressedSize
+	}
 	if err != nil {
 		return dst, false, skipMalformed
 	}
@@ -408,12 +414,14 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 	return dst, added, nil
 }
 
-// Walk implements batchCodec for fetched record batches; a truncated last batch ends the walk.
+// Walk implements batchCodec for fetched record batches; a truncated last batch ends the walk. A
+// batch past MaxDecompressedBatchBytes is passed over, and reported when the walk ends.
 func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
+	var tooBig error
 	for len(records) >= 17 {
 		length := int(int32(binary.BigEndian.Uint32(records[8:])))
 		if length < 0 || len(records) < 12+length {
-			return nil // partial trailing batch: normal in fetch responses
+			return tooBig // partial trailing batch: normal in fetch responses
 		}
 		batch := records[:12+length]
 		records = records[12+length:]
@@ -432,6 +440,11 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 			return fmt.Errorf("%w: codec %d", errBatch, codec)
 		}
 		raw, err := c.decompress(batch[61:], codec)
+		if errors.Is(err, errDecompressedSize) {
+			// Well formed, only too big to look into here: the batches after it still count.
+			tooBig = fmt.Errorf("batch at offset %d not observed: %w", meta.BaseOffset, err)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("decompressing batch at offset %d: %w", meta.BaseOffset, err)
 		}
@@ -451,22 +464,45 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 			fn(meta, rm)
 		}
 	}
-	return nil
+	return tooBig
 }
 
 // decompress returns a batch's records uncompressed (b itself for codec 0), in the codec's reused
-// buffer. lz4 frames of the usual shape are decoded block by block (lz4frame.go), others by kgo.
+// buffer, or errDecompressedSize past MaxDecompressedBatchBytes. gzip and zstd are decoded with
+// that limit; snappy and lz4 batches state their size, which is checked first. lz4 frames of the
+// usual shape are decoded block by block (lz4frame.go), others by kgo, as is snappy.
 func (c *kgoCodec) decompress(b []byte, codec int16) ([]byte, error) {
-	if codec == 0 {
+	var raw []byte
+	var err error
+	switch codec {
+	case 0:
 		return b, nil
-	}
-	if codec == 3 {
-		if raw, ok := lz4Decode(c.plain.b[:0], b); ok {
-			c.plain.keep(raw)
-			return raw, nil
+	case 1:
+		raw, err = c.bounded.gunzip(c.plain.b[:0], b)
+	case 4:
+		raw, err = c.bounded.unzstd(c.plain.b[:0], b)
+	case 2, 3:
+		bound := snappyBound
+		if codec == 3 {
+			bound = lz4Bound
 		}
+		var n int
+		if n, err = bound(b); err != nil {
+			return nil, err
+		}
+		if n > decompressLimit {
+			return nil, errDecompressedSize
+		}
+		var ok bool
+		if codec == 3 {
+			if raw, ok = lz4Decode(c.plain.b[:0], b); ok {
+				break
+			}
+		}
+		raw, err = c.dec.Decompress(b, kgo.CompressionCodecType(codec))
+	default:
+		return nil, fmt.Errorf("unknown compression codec %d", codec)
 	}
-	raw, err := c.dec.Decompress(b, kgo.CompressionCodecType(codec))
 	if err != nil {
 		return nil, err
 	}
