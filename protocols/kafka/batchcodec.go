@@ -104,6 +104,7 @@ func batchHeader(b []byte) (meta batchMeta, attrs int16, count int, err error) {
 	}
 	attrs = int16(binary.BigEndian.Uint16(b[21:]))
 	meta.BaseOffset = int64(binary.BigEndian.Uint64(b[0:]))
+	meta.LastOffset = meta.BaseOffset + int64(int32(binary.BigEndian.Uint32(b[23:])))
 	meta.ProducerID = int64(binary.BigEndian.Uint64(b[43:]))
 	meta.Transactional = attrs&0x10 != 0
 	meta.Control = attrs&0x20 != 0
@@ -433,6 +434,7 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 			return err
 		}
 		if meta.Control {
+			fn(meta, nil) // once, without its marker record: a transaction's end is what counts
 			continue
 		}
 		codec := attrs & 7

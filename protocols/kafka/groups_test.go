@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -154,6 +155,43 @@ func TestSASLPassthrough(t *testing.T) {
 			t.Errorf("wrong password through the proxy: %v; directly: %v", err, want)
 		}
 	})
+	guard.check(t)
+}
+
+// TestAbortedThenCommitted: a read_committed consumer never sees a producer's aborted transaction
+// but does see its committed one after it, so only the committed records get consume checkpoints
+// (the abort marker ends the producer's aborted range, as in the Java consumer).
+func TestAbortedThenCommitted(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "txabort")
+	cl := kgoClient(t, p, kgo.TransactionalID("tx-abort"), kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(topic))
+	for i, end := range []kgo.TransactionEndTry{kgo.TryAbort, kgo.TryCommit, kgo.TryAbort, kgo.TryCommit} {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for j := 0; j < 3; j++ {
+			r := &kgo.Record{Key: []byte(strconv.Itoa(10*i + j)), Value: []byte("v"), Partition: 0}
+			if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, end); err != nil {
+			t.Fatalf("ending transaction %d: %v", i, err)
+		}
+	}
+	got := consumeKgo(t, ctx, p, topic, "g-txabort", 6, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	for _, r := range got {
+		if k, _ := strconv.Atoi(string(r.Key)); (k/10)%2 == 0 {
+			t.Errorf("read_committed consumer got aborted record %s", r.Key)
+		}
+	}
+	tags := []string{"direction:in", "group:g-txabort", "topic:" + topic, "type:kafka"}
+	waitFor(t, "a consume checkpoint per committed record", func() bool { return len(pointsOn(p, tags...)) >= 6 })
+	if n := len(pointsOn(p, tags...)); n != 6 {
+		t.Errorf("%d consume checkpoints, want 6 (the committed records)", n)
+	}
 	guard.check(t)
 }
 

@@ -2,6 +2,8 @@ package kafka
 
 import (
 	"bytes"
+	"cmp"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 // batch and a record.
 type batchMeta struct {
 	BaseOffset    int64
+	LastOffset    int64 // BaseOffset + the batch's last offset delta
 	ProducerID    int64
 	Transactional bool
 	Control       bool
@@ -32,7 +35,8 @@ type batchCodec interface {
 	// appending the result to dst. changed=false means batch must go upstream as it was; skip
 	// then says why ("" when nothing needed a header).
 	Inject(dst, batch []byte, decide func(batchMeta, *recordMeta) []byte) (out []byte, changed bool, skip string, err error)
-	// Walk calls fn for every record of the batches in records; a truncated last batch is normal.
+	// Walk calls fn for every record of the batches in records, and once with a nil record for
+	// each control batch; a truncated last batch is normal.
 	Walk(records []byte, fn func(batchMeta, *recordMeta)) error
 }
 
@@ -125,14 +129,18 @@ func newPointBuffers() *pointBuffers {
 // when known, parent = the record's context. Records before the fetch offset (whole compressed
 // batches start early) and, for read_committed consumers, aborted transactional records are not
 // counted: the client never sees them.
+//
+// Aborted records are found as the Java consumer finds them: a producer's aborted transaction
+// starts at its FirstOffset, once a batch reaches it, and ends at the producer's next control
+// batch (its abort marker). Later transactions of the producer, committed, count again.
 func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.FetchResponseTopicPartition, from int64, readCommitted bool, now time.Time) {
-	aborted := map[int64]int64{} // producer id -> first aborted offset
-	if readCommitted {
-		for _, a := range part.AbortedTransactions {
-			if cur, ok := aborted[a.ProducerID]; !ok || a.FirstOffset < cur {
-				aborted[a.ProducerID] = a.FirstOffset
-			}
-		}
+	var pendingAborts []kmsg.FetchResponseTopicPartitionAbortedTransaction // by FirstOffset
+	var aborting map[int64]bool                                            // producers inside an aborted transaction
+	if readCommitted && len(part.AbortedTransactions) > 0 {
+		pendingAborts = slices.SortedFunc(slices.Values(part.AbortedTransactions), func(a, b kmsg.FetchResponseTopicPartitionAbortedTransaction) int {
+			return cmp.Compare(a.FirstOffset, b.FirstOffset)
+		})
+		aborting = map[int64]bool{}
 	}
 	lk := linkKey{ci.addr, ci.service}
 	var last pathway.Context
@@ -146,17 +154,23 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 	pp := p.pointBufs.Get().(*[]pathway.Point)
 	pts := (*pp)[:0]
 	err := p.walker.Walk(part.RecordBatches, func(b batchMeta, r *recordMeta) {
+		if aborting != nil && b.ProducerID >= 0 {
+			for len(pendingAborts) > 0 && pendingAborts[0].FirstOffset <= b.LastOffset {
+				aborting[pendingAborts[0].ProducerID] = true
+				pendingAborts = pendingAborts[1:]
+			}
+			if b.Control {
+				delete(aborting, b.ProducerID)
+			} else if b.Transactional && aborting[b.ProducerID] {
+				return
+			}
+		}
 		if b.Control {
 			return
 		}
 		off := b.BaseOffset + int64(r.OffsetDelta)
 		if off < from {
 			return
-		}
-		if b.Transactional {
-			if first, ok := aborted[b.ProducerID]; ok && off >= first {
-				return
-			}
 		}
 		n++
 		if len(pts) >= maxPointRun {

@@ -55,7 +55,7 @@ func FuzzBatchSplice(f *testing.F) {
 				continue // forwarded as it was: not the splicer's to vouch for
 			}
 			if err := c.Walk(batch, func(_ batchMeta, r *recordMeta) {
-				if r.HasContext && bytes.Equal(r.Context, hdr) {
+				if r != nil && r.HasContext && bytes.Equal(r.Context, hdr) {
 					withCtx++
 				}
 			}); err != nil {
