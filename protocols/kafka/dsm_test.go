@@ -1,6 +1,9 @@
 package kafka
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -253,6 +256,60 @@ func TestOversizeBatch(t *testing.T) {
 	}
 	if skips[0].Name != skipSizeLimit || skips[0].Messages != 1 || skips[0].Edge.Topic != topic {
 		t.Errorf("skip event %+v, want size_limit for 1 message on %s", skips[0], topic)
+	}
+	guard.check(t)
+}
+
+// TestNodeListenersOpenAtStart: with fixed node addresses, a restarted proxy opens every node's
+// listener from the cluster's metadata before any client asks, so clients holding the addresses
+// from before the restart (a Java client does not go back to the bootstrap) find them open.
+func TestNodeListenersOpenAtStart(t *testing.T) {
+	c, guard := startCluster(t)
+	nodes := map[int32]string{}
+	for id := int32(0); id < 3; id++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[id] = ln.Addr().String()
+		ln.Close()
+	}
+	first := startProxy(t, c, func(cfg *Config) { cfg.NodeAddrs = nodes })
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "restart")
+	produceKgo(t, ctx, kgoClient(t, first), topic, testRecords(3, time.UnixMilli(1700002000000)))
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := first.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	for id, a := range nodes {
+		if conn, err := net.Dial("tcp", a); err == nil {
+			conn.Close()
+			t.Fatalf("node %d still listening at %s after shutdown", id, a)
+		}
+	}
+	second := startProxy(t, c, func(cfg *Config) { cfg.NodeAddrs = nodes })
+	for id, a := range nodes {
+		waitFor(t, fmt.Sprintf("node %d listening at %s", id, a), func() bool {
+			conn, err := net.Dial("tcp", a)
+			if err == nil {
+				conn.Close()
+			}
+			return err == nil
+		})
+	}
+	// A client that only knows the node addresses (as one that cached them) produces through them.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(nodes[0]), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("after restart")}).FirstErr(); err != nil {
+		t.Fatalf("produce through a node port after the restart: %v", err)
+	}
+	if st := second.Stats(); st.InjectedRecords != 1 {
+		t.Errorf("restarted proxy injected %d records, want 1", st.InjectedRecords)
 	}
 	guard.check(t)
 }

@@ -146,6 +146,8 @@ type Proxy struct {
 	serveWG sync.WaitGroup
 	workWG  sync.WaitGroup
 
+	stopDiscovery context.CancelFunc // ends discoverNodes
+
 	bootIdx  atomic.Uint32
 	sessions sync.Map // *session -> struct{}: open connections
 
@@ -258,7 +260,8 @@ func (discardObserver) Add(pathway.Point) bool     { return true }
 func (discardObserver) Offset(pathway.Offset) bool { return true }
 
 // Start binds the bootstrap listener and serves it until Shutdown; per-node listeners open on
-// demand when a response names a node.
+// demand when a response names a node and, when node addresses are fixed, as soon as the cluster
+// tells the proxy its brokers (discover.go).
 func (p *Proxy) Start(ctx context.Context) error {
 	lc := p.cfg.Listener
 	lc.Protocol = "kafka"
@@ -269,13 +272,18 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kafka: bootstrap %w", err)
 	}
+	dctx, stopDiscovery := context.WithCancel(ctx)
 	p.mu.Lock()
 	p.ctx = ctx
 	p.bootstrap = ln
+	p.stopDiscovery = stopDiscovery
 	p.mu.Unlock()
 	p.workWG.Add(1)
 	go func() { defer p.workWG.Done(); p.observeLoop() }()
 	p.serve(ln)
+	if p.portBase != 0 || len(p.cfg.NodeAddrs) > 0 {
+		go p.discoverNodes(dctx) // fixed node addresses: clients may hold them from before (discover.go)
+	}
 	p.log.Info().Str("listen", ln.Addr().String()).Strs("bootstrap", p.cfg.Bootstrap).Msg("kafka proxy listening")
 	return nil
 }
@@ -347,6 +355,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	p.closed = true
+	if p.stopDiscovery != nil {
+		p.stopDiscovery()
+	}
 	lns := make([]*proxy.Listener, 0, len(p.nodes)+1)
 	if p.bootstrap != nil {
 		lns = append(lns, p.bootstrap)

@@ -1,0 +1,136 @@
+package kafka
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Clients keep the broker addresses of their last Metadata. After a restart, or behind a second
+// replica, they dial node ports this proxy has not opened yet, because it opens a node's
+// listener when a response names the node; a Java client that does not re-bootstrap then never
+// gets one. So when node ports are fixed, the proxy asks the cluster for its brokers itself at
+// start. A cluster that wants SASL before Metadata closes such a connection: its nodes open with
+// the first client's Metadata, as before.
+
+// discoverRetry bounds the wait between attempts while no bootstrap broker answers.
+const discoverRetry = 30 * time.Second
+
+// discoverNodes opens a listener for every broker of the cluster, retrying while no bootstrap
+// broker can be reached, until it succeeds, the cluster refuses, or ctx ends.
+func (p *Proxy) discoverNodes(ctx context.Context) {
+	wait := 500 * time.Millisecond
+	for {
+		n, err := p.learnNodes(ctx)
+		if err == nil {
+			p.log.Info().Int("nodes", n).Msg("broker node listeners opened from the cluster's metadata")
+			return
+		}
+		var refused errRefusedMetadata
+		if errors.As(err, &refused) {
+			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL?): node listeners open with the first client's Metadata")
+			return
+		}
+		p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, discoverRetry)
+	}
+}
+
+// errRefusedMetadata: a bootstrap broker took the connection and ended it instead of answering.
+type errRefusedMetadata struct{ err error }
+
+func (e errRefusedMetadata) Error() string { return "metadata refused: " + e.err.Error() }
+func (e errRefusedMetadata) Unwrap() error { return e.err }
+
+// learnNodes asks one bootstrap broker for the cluster's brokers (no topics) and opens each one's
+// listener; it returns how many brokers there are.
+func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := p.dialBootstrap(ctx, "tcp", "")
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
+	versions := kmsg.NewPtrApiVersionsRequest()
+	versions.Version = 0 // every broker answers v0, whatever it supports
+	vr := kmsg.NewPtrApiVersionsResponse()
+	if err := roundTrip(c, 1, versions, vr); err != nil {
+		return 0, errRefusedMetadata{err}
+	}
+	mdVersion := int16(-1)
+	for _, k := range vr.ApiKeys {
+		if k.ApiKey == kmsg.Metadata.Int16() {
+			mdVersion = min(k.MaxVersion, kmsg.NewPtrMetadataRequest().MaxVersion())
+			if mdVersion < k.MinVersion || mdVersion < 1 {
+				return 0, errRefusedMetadata{fmt.Errorf("broker supports Metadata v%d-v%d only", k.MinVersion, k.MaxVersion)}
+			}
+		}
+	}
+	if mdVersion < 0 {
+		return 0, errRefusedMetadata{errors.New("broker lists no Metadata versions")}
+	}
+	md := kmsg.NewPtrMetadataRequest()
+	md.Version = mdVersion
+	md.Topics = []kmsg.MetadataRequestTopic{} // none (nil would be all)
+	mr := kmsg.NewPtrMetadataResponse()
+	if err := roundTrip(c, 2, md, mr); err != nil {
+		return 0, errRefusedMetadata{err}
+	}
+	for _, b := range mr.Brokers {
+		if _, _, err := p.advertise(b.NodeID, b.Host, b.Port); err != nil {
+			return 0, fmt.Errorf("node %d: %w", b.NodeID, err)
+		}
+	}
+	return len(mr.Brokers), nil
+}
+
+// roundTrip sends req on c with correlation id corr and reads its response into resp.
+func roundTrip(c net.Conn, corr int32, req kmsg.Request, resp kmsg.Response) error {
+	frame := kmsg.NewRequestFormatter(kmsg.FormatterClientID("dsmproxy")).AppendRequest(nil, req, corr)
+	if _, err := c.Write(frame); err != nil {
+		return err
+	}
+	var size [4]byte
+	if _, err := io.ReadFull(c, size[:]); err != nil {
+		return err
+	}
+	n := int32(binary.BigEndian.Uint32(size[:]))
+	if n < 4 || n > DefaultMaxFrameBytes {
+		return fmt.Errorf("%s response of %d bytes", kmsg.NameForKey(req.Key()), n)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c, body); err != nil {
+		return err
+	}
+	r := kbin.Reader{Src: body}
+	if got := r.Int32(); got != corr {
+		return fmt.Errorf("%s response for correlation id %d, sent %d", kmsg.NameForKey(req.Key()), got, corr)
+	}
+	resp.SetVersion(req.GetVersion())
+	if resp.IsFlexible() && req.Key() != kmsg.ApiVersions.Int16() { // ApiVersions keeps header v0
+		for tags := r.Uvarint(); tags > 0; tags-- {
+			r.Uvarint()
+			r.Span(int(r.Uvarint()))
+		}
+	}
+	if !r.Ok() {
+		return fmt.Errorf("%s response header: %w", kmsg.NameForKey(req.Key()), io.ErrUnexpectedEOF)
+	}
+	return resp.ReadFrom(r.Src)
+}
