@@ -61,6 +61,8 @@ const (
 	skipMalformed    = "malformed_batch"
 	skipSizeLimit    = "size_limit"
 	skipCompression  = "compression_failed"
+	// skipTopicSizeLimit: the broker refused the topic's batches at this size once (topicLimits).
+	skipTopicSizeLimit = "topic_size_limit"
 	// skipDecompressedSize: the batch decompresses past MaxDecompressedBatchBytes.
 	skipDecompressedSize = "decompressed_size_limit"
 )

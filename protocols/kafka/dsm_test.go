@@ -1,7 +1,9 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -10,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -310,6 +314,45 @@ func TestNodeListenersOpenAtStart(t *testing.T) {
 	}
 	if st := second.Stats(); st.InjectedRecords != 1 {
 		t.Errorf("restarted proxy injected %d records, want 1", st.InjectedRecords)
+	}
+	guard.check(t)
+}
+
+// TestTopicSizeLimitLearned: a topic whose max.message.bytes is below MaxBatchBytes refuses a
+// batch the header grew past it. The client sees that one refusal (the proxy cannot read topic
+// configs); the proxy learns the size, and later batches of the topic that would grow that far go
+// as they came, so they are accepted, while smaller ones still get the header.
+func TestTopicSizeLimitLearned(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "small-topic")
+	cl := kgoClient(t, p, kgo.DisableIdempotentWrite(), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()))
+	limit := "2000"
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+		t.Fatal(err)
+	}
+	near := bytes.Repeat([]byte("n"), 1900) // a one-record batch of 1,970 bytes, about 2,020 with the header
+	err := cl.ProduceSync(ctx, &kgo.Record{Value: near}).FirstErr()
+	if !errors.Is(err, kerr.MessageTooLarge) {
+		t.Fatalf("first batch grown past the topic's limit: %v, want MESSAGE_TOO_LARGE", err)
+	}
+	if evs := p.errs.byName("topic_size_limit"); len(evs) == 0 {
+		t.Errorf("no topic_size_limit event for the refused batch")
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: near}).FirstErr(); err != nil {
+		t.Fatalf("second batch of the same size: %v", err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("small")}).FirstErr(); err != nil {
+		t.Fatalf("small batch: %v", err)
+	}
+	got := consumeKgo(t, ctx, p, topic, "g-small-topic", 2)
+	for _, r := range got {
+		has := slices.ContainsFunc(r.Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
+		if want := len(r.Value) < 100; has != want {
+			t.Errorf("record of %d bytes: pathway header %v, want %v", len(r.Value), has, want)
+		}
 	}
 	guard.check(t)
 }

@@ -204,3 +204,15 @@ func testCtx(t *testing.T) context.Context {
 func uniqueTopic(t *testing.T, prefix string) string {
 	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
 }
+
+func (r *errRecorder) byName(name string) []errtrack.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []errtrack.Event
+	for _, e := range r.events {
+		if e.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}

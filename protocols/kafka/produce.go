@@ -2,7 +2,9 @@ package kafka
 
 import (
 	"encoding/binary"
+	"fmt"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -20,6 +22,7 @@ type producedPart struct {
 	topicID   [16]byte
 	partition int32
 	records   int // records in the partition's batches (from the batch headers)
+	grownTo   int // the partition's records as rewritten, when the proxy added headers
 }
 
 // batchRecordCount sums the record counts of the magic-2 batches in records (a partition's
@@ -70,6 +73,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 			if start, end, ok := s.injectPartition(ci, name, p.partition, records); ok {
 				span = [2]int{start, end}
 				changed = true
+				facts.parts[len(facts.parts)-1].grownTo = end - start
 			}
 		}
 		spans = append(spans, span)
@@ -140,6 +144,15 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 				continue
 			}
 			edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, Topic: part.topic}
+			if p.ErrorCode == kerr.MessageTooLarge.Code && part.grownTo > 0 {
+				// Refused only for what the proxy added, perhaps: later batches of the topic stop
+				// short of this size (topicLimits). This one the client sees refused.
+				s.p.limits.refused(part.topic, part.grownTo)
+				s.p.errs.Report(errtrack.Event{Time: now, Category: errtrack.ProxySkip, Protocol: "kafka",
+					Operation: "Produce", Code: int32(p.ErrorCode), Name: "topic_size_limit", Service: facts.service,
+					Edge: edge, Partition: p.Partition, Messages: part.records,
+					Message: fmt.Sprintf("the broker refused a batch the header grew to %d bytes: the topic's max.message.bytes is lower than max_batch_bytes; its batches now grow only below that size", part.grownTo)})
+			}
 			if p.ErrorCode != 0 {
 				s.p.brokerError(keyProduce, p.ErrorCode, facts.service, edge, p.Partition, part.records)
 				if name, retriable := errorName(p.ErrorCode); !retriable {

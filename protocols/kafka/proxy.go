@@ -131,6 +131,7 @@ type Proxy struct {
 	bootstrap *proxy.Listener
 
 	topics *topicIDs
+	limits *topicLimits
 	groups *groupTracker
 	links  *linkTable
 	stats  counters
@@ -237,6 +238,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.cfg.ObserveQueue = 256
 	}
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
+	p.limits = newTopicLimits(p.cfg.MaxTopicIDs)
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)

@@ -101,6 +101,9 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		p.decodeError("record batch", keyProduce, -1, err)
 		return 0, 0, false
 	}
+	if changed && !p.limits.fits(topic, len(out)-start) {
+		changed, skip = false, skipTopicSizeLimit
+	}
 	if !changed {
 		if skip != "" {
 			p.stats.skipped.Add(1)

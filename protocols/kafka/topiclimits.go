@@ -1,0 +1,36 @@
+package kafka
+
+import "sync"
+
+// topicLimits remembers, per topic, the smallest batch the broker refused as too large after the
+// proxy had grown it: the topic's max.message.bytes (or a broker's lower message.max.bytes) is
+// below it. The proxy cannot read topic configs without the clients' credentials, so it learns
+// them from the one refusal each and keeps later batches of the topic from growing that far.
+type topicLimits struct {
+	mu  sync.Mutex
+	max int
+	m   map[string]int // topic -> smallest refused size
+}
+
+func newTopicLimits(max int) *topicLimits { return &topicLimits{max: max, m: map[string]int{}} }
+
+// refused records that a batch grown to size was too large for topic.
+func (t *topicLimits) refused(topic string, size int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if cur, ok := t.m[topic]; ok && cur <= size {
+		return
+	}
+	if len(t.m) >= t.max {
+		clear(t.m) // bounded; a topic that is refused again is learned again
+	}
+	t.m[topic] = size
+}
+
+// fits reports whether records grown to size may go to topic.
+func (t *topicLimits) fits(topic string, size int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	limit, ok := t.m[topic]
+	return !ok || size < limit
+}
