@@ -17,7 +17,7 @@ import (
 // replica, they dial node ports this proxy has not opened yet, because it opens a node's
 // listener when a response names the node; a Java client that does not re-bootstrap then never
 // gets one. So when node ports are fixed, the proxy asks the cluster for its brokers itself at
-// start. A cluster that wants SASL before Metadata closes such a connection: its nodes open with
+// start, and learns the topic ids clients that cached them produce and fetch by (v13+). A cluster that wants SASL before Metadata closes such a connection: its nodes open with
 // the first client's Metadata, as before.
 
 // discoverRetry bounds the wait between attempts while no bootstrap broker answers.
@@ -54,8 +54,8 @@ type errRefusedMetadata struct{ err error }
 func (e errRefusedMetadata) Error() string { return "metadata refused: " + e.err.Error() }
 func (e errRefusedMetadata) Unwrap() error { return e.err }
 
-// learnNodes asks one bootstrap broker for the cluster's brokers (no topics) and opens each one's
-// listener; it returns how many brokers there are.
+// learnNodes asks one bootstrap broker for the cluster's metadata, opens each broker's listener
+// and learns the topic ids; it returns how many brokers there are.
 func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -86,12 +86,12 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 		return 0, errRefusedMetadata{errors.New("broker lists no Metadata versions")}
 	}
 	md := kmsg.NewPtrMetadataRequest()
-	md.Version = mdVersion
-	md.Topics = []kmsg.MetadataRequestTopic{} // none (nil would be all)
+	md.Version = mdVersion // Topics nil: every topic, whose ids produce and fetch v13+ name them by
 	mr := kmsg.NewPtrMetadataResponse()
 	if err := roundTrip(c, 2, md, mr); err != nil {
 		return 0, errRefusedMetadata{err}
 	}
+	p.learnTopics(mr)
 	for _, b := range mr.Brokers {
 		if _, _, err := p.advertise(b.NodeID, b.Host, b.Port); err != nil {
 			return 0, fmt.Errorf("node %d: %w", b.NodeID, err)

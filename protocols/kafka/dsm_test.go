@@ -303,6 +303,12 @@ func TestNodeListenersOpenAtStart(t *testing.T) {
 			return err == nil
 		})
 	}
+	second.topics.mu.RLock()
+	known := len(second.topics.names)
+	second.topics.mu.RUnlock()
+	if known == 0 {
+		t.Errorf("restarted proxy learned no topic ids")
+	}
 	// A client that only knows the node addresses (as one that cached them) produces through them.
 	cl, err := kgo.NewClient(kgo.SeedBrokers(nodes[0]), kgo.DefaultProduceTopic(topic))
 	if err != nil {
