@@ -186,7 +186,8 @@ func (s *session) pump(r *bufio.Reader, w *bufio.Writer, safe func() bool, handl
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			if safe != nil && s.draining.Load() && r.Buffered() == 0 && safe() {
+			// Bytes the client sent that the kernel still holds are a request to finish first.
+			if safe != nil && s.draining.Load() && r.Buffered() == 0 && safe() && proxy.Unread(s.c.Client) == 0 {
 				return errDrained
 			}
 		}

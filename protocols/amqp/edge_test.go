@@ -558,9 +558,8 @@ func TestShutdownWaitsForTheBody(t *testing.T) {
 		published <- ch.PublishWithContext(context.Background(), "", q.Name, false, false, amqp091.Publishing{Body: body})
 	}()
 	<-gate.held
-	// The proxy has read the publish's content header (what it has not read yet when the drain
-	// starts is not its to finish: the client then sees the connection end).
-	waitFor(t, "the content header at the proxy", func() bool { return p.Stats().Published == 1 })
+	// The proxy may not have read the publish's first frames yet when the drain starts: what the
+	// kernel holds for it counts as begun too.
 	shut := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
