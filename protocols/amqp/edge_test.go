@@ -183,9 +183,10 @@ func TestOtherProtocolHeaderRefused(t *testing.T) {
 	}
 }
 
-// TestShutdownClosesIdleConnection: Shutdown drains a connected idle client without waiting for
-// its context to end.
-func TestShutdownClosesIdleConnection(t *testing.T) {
+// startBareProxy starts a proxy with no observer in front of the local RabbitMQ; the test shuts
+// it down itself.
+func startBareProxy(t *testing.T) *Proxy {
+	t.Helper()
 	needRabbit(t)
 	p, err := New(Config{Listen: "127.0.0.1:0", Upstream: rabbitAddr, Log: zerolog.Nop()})
 	if err != nil {
@@ -194,6 +195,13 @@ func TestShutdownClosesIdleConnection(t *testing.T) {
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// TestShutdownClosesIdleConnection: Shutdown drains a connected idle client without waiting for
+// its context to end.
+func TestShutdownClosesIdleConnection(t *testing.T) {
+	p := startBareProxy(t)
 	c, err := amqp091.Dial("amqp://guest:guest@" + p.Addr().String() + "/")
 	if err != nil {
 		t.Fatal(err)
@@ -517,14 +525,7 @@ func (g *frameGate) Write(p []byte) (int, error) {
 // TestShutdownWaitsForTheBody: a drain that starts while a publish is between two body frames
 // closes the connection only after the last one, so RabbitMQ gets the whole message.
 func TestShutdownWaitsForTheBody(t *testing.T) {
-	needRabbit(t)
-	p, err := New(Config{Listen: "127.0.0.1:0", Upstream: rabbitAddr, Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	p := startBareProxy(t)
 	direct := channel(t, dial(t, directURL, "drain-check", 0))
 	q, err := direct.QueueDeclare(fmt.Sprintf("drain-mid-body-%d", time.Now().UnixNano()), false, true, false, false, nil)
 	if err != nil {

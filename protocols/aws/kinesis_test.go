@@ -95,28 +95,7 @@ func testKinesis(t *testing.T, inject bool) {
 	if err != nil || awssdk.ToInt32(pr.FailedRecordCount) != 0 {
 		t.Fatalf("PutRecords: %v %+v", err, pr)
 	}
-	desc, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: stream})
-	if err != nil {
-		t.Fatal(err)
-	}
-	it, err := kc.GetShardIterator(ctx, &kinesis.GetShardIteratorInput{StreamName: stream, ShardId: desc.StreamDescription.Shards[0].ShardId,
-		ShardIteratorType: ktypes.ShardIteratorTypeTrimHorizon})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var recs []ktypes.Record
-	next := it.ShardIterator
-	for len(recs) < 3 && ctx.Err() == nil {
-		gr, err := kc.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: next})
-		if err != nil {
-			t.Fatalf("GetRecords: %v", err)
-		}
-		recs = append(recs, gr.Records...)
-		next = gr.NextShardIterator
-	}
-	if len(recs) != 3 {
-		t.Fatalf("got %d records, want 3", len(recs))
-	}
+	recs := readShard(t, ctx, kc, stream, 3)
 	// proxied consumers see exactly the producer's bytes
 	want := [][]byte{jsonData, []byte(`{}`), binData}
 	for i, r := range recs {
@@ -350,6 +329,17 @@ func TestKinesisKeepsTheProducersDatadog(t *testing.T) {
 	if _, err := kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: plain, PartitionKey: awssdk.String("p")}); err != nil {
 		t.Fatalf("PutRecord through the proxy: %v", err)
 	}
+	recs := readShard(t, ctx, kc, stream, 2)
+	for i, want := range [][]byte{traced, plain} {
+		if !bytes.Equal(recs[i].Data, want) {
+			t.Errorf("record %d: %s, want %s", i, recs[i].Data, want)
+		}
+	}
+}
+
+// readShard reads the first n records of stream's one shard from its start, through kc.
+func readShard(t *testing.T, ctx context.Context, kc *kinesis.Client, stream *string, n int) []ktypes.Record {
+	t.Helper()
 	desc, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: stream})
 	if err != nil {
 		t.Fatal(err)
@@ -360,19 +350,15 @@ func TestKinesisKeepsTheProducersDatadog(t *testing.T) {
 		t.Fatal(err)
 	}
 	var recs []ktypes.Record
-	for next := it.ShardIterator; len(recs) < 2 && ctx.Err() == nil; {
+	for next := it.ShardIterator; len(recs) < n && ctx.Err() == nil; {
 		gr, err := kc.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: next})
 		if err != nil {
 			t.Fatalf("GetRecords: %v", err)
 		}
 		recs, next = append(recs, gr.Records...), gr.NextShardIterator
 	}
-	if len(recs) != 2 {
-		t.Fatalf("got %d records", len(recs))
+	if len(recs) != n {
+		t.Fatalf("got %d records, want %d", len(recs), n)
 	}
-	for i, want := range [][]byte{traced, plain} {
-		if !bytes.Equal(recs[i].Data, want) {
-			t.Errorf("record %d: %s, want %s", i, recs[i].Data, want)
-		}
-	}
+	return recs
 }

@@ -61,11 +61,19 @@ func (r *errRecorder) Report(e errtrack.Event) {
 }
 
 func (r *errRecorder) byCategory(c errtrack.Category) []errtrack.Event {
+	return r.where(func(e errtrack.Event) bool { return e.Category == c })
+}
+
+func (r *errRecorder) byName(name string) []errtrack.Event {
+	return r.where(func(e errtrack.Event) bool { return e.Name == name })
+}
+
+func (r *errRecorder) where(keep func(errtrack.Event) bool) []errtrack.Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []errtrack.Event
 	for _, e := range r.events {
-		if e.Category == c {
+		if keep(e) {
 			out = append(out, e)
 		}
 	}
@@ -203,16 +211,4 @@ func testCtx(t *testing.T) context.Context {
 
 func uniqueTopic(t *testing.T, prefix string) string {
 	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
-}
-
-func (r *errRecorder) byName(name string) []errtrack.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []errtrack.Event
-	for _, e := range r.events {
-		if e.Name == name {
-			out = append(out, e)
-		}
-	}
-	return out
 }
