@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
@@ -261,5 +262,29 @@ func TestTransactions(t *testing.T) {
 		}
 		return ok == len(next)
 	})
+	guard.check(t)
+}
+
+// TestDescribeClusterAddresses: DescribeCluster (an admin client's view of the brokers), sent by
+// kgo to kfake, names the proxy's node listeners, not the brokers.
+func TestDescribeClusterAddresses(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	cl := kgoClient(t, p)
+	req := kmsg.NewPtrDescribeClusterRequest()
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.ErrorCode != 0 || len(resp.Brokers) != 3 {
+		t.Fatalf("DescribeCluster: error %d, %d brokers", resp.ErrorCode, len(resp.Brokers))
+	}
+	for _, b := range resp.Brokers {
+		a := net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port)))
+		if !p.isProxyAddr(a) {
+			t.Errorf("broker %d advertised as %s, not a proxy listener", b.NodeID, a)
+		}
+	}
 	guard.check(t)
 }
