@@ -3,6 +3,7 @@ package aws
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -297,8 +298,9 @@ func epoch(f float64) time.Time {
 	return time.Unix(int64(sec), int64(frac*1e9))
 }
 
-// kinesisCBOR reads a CBOR request (Java SDKs' default) for checkpoints; the bytes go upstream
-// and back unchanged, so no `_datadog` is injected into CBOR records.
+// kinesisCBOR reads a CBOR request (Java SDKs' default) for checkpoints. Requests go upstream
+// unchanged, so no `_datadog` is injected into CBOR records; a GetRecords answer loses the
+// `_datadog` the proxy added to JSON producers' records, as a JSON one does.
 func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 	switch c.op {
 	case "PutRecord", "PutRecords", "GetShardIterator", "GetRecords":
@@ -384,6 +386,8 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 			p.iters.put(it, stream)
 		}
 		recs, _ := rm["Records"].([]any)
+		var eds []edit
+		from := 0
 		for _, r := range recs {
 			m, _ := r.(map[string]any)
 			if m == nil {
@@ -391,10 +395,60 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 			}
 			data := cborBytes(m["Data"])
 			f, _ := cborNumber(m["ApproximateArrivalTimestamp"])
-			p.kinesisConsume(c, in, data, str(m, "PartitionKey"), epoch(f), false)
+			nd := p.kinesisConsume(c, in, data, str(m, "PartitionKey"), epoch(f), p.cfg.KinesisInjectData)
+			if nd == nil {
+				continue
+			}
+			if ed, ok := cborBlobEdit(resp, from, m["Data"], nd); ok {
+				eds = append(eds, ed)
+				from = ed.E
+			}
 		}
-		return nil
+		if len(eds) == 0 {
+			return nil
+		}
+		return applyEdits(make([]byte, 0, len(resp)), resp, eds)
 	}, nil
+}
+
+// cborBlobEdit replaces the blob member v of a CBOR document, found at or after from, with data,
+// in the form it came in: a byte string, or base64 text (kinesis-mock). It finds the item by its
+// bytes in their shortest encoding, which is how the service and kinesis-mock write them; an item
+// written otherwise is not found and left as it is.
+func cborBlobEdit(doc []byte, from int, v any, data []byte) (edit, bool) {
+	var old, repl []byte
+	switch b := v.(type) {
+	case []byte:
+		old = append(appendCBORHead(nil, 2, len(b)), b...)
+		repl = append(appendCBORHead(nil, 2, len(data)), data...)
+	case string:
+		old = append(appendCBORHead(nil, 3, len(b)), b...)
+		enc := base64.StdEncoding.AppendEncode(nil, data)
+		repl = append(appendCBORHead(nil, 3, len(enc)), enc...)
+	default:
+		return edit{}, false
+	}
+	i := bytes.Index(doc[from:], old)
+	if i < 0 {
+		return edit{}, false
+	}
+	return edit{S: from + i, E: from + i + len(old), New: repl}, true
+}
+
+// appendCBORHead appends the shortest head of a major type with argument n.
+func appendCBORHead(dst []byte, major byte, n int) []byte {
+	m := major << 5
+	switch {
+	case n < 24:
+		return append(dst, m|byte(n))
+	case n <= math.MaxUint8:
+		return append(dst, m|24, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(dst, m|25), uint16(n))
+	case n <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(dst, m|26), uint32(n))
+	}
+	return binary.BigEndian.AppendUint64(append(dst, m|27), uint64(n))
 }
 
 // cborBytes is a blob member: a byte string, or base64 text (kinesis-mock answers that way).

@@ -362,3 +362,68 @@ func readShard(t *testing.T, ctx context.Context, kc *kinesis.Client, stream *st
 	}
 	return recs
 }
+
+// TestKinesisCBORConsumerSeesTheProducersBytes: a JSON producer's record, given `_datadog` by an
+// injecting proxy, reaches a CBOR (Java SDK) consumer through the proxy as the producer wrote it,
+// with the consume checkpoint chained to the produce one.
+func TestKinesisCBORConsumerSeesTheProducersBytes(t *testing.T) {
+	tp, _, kc, ctx := kinesisSetup(t, "mixed", func(c *Config) { c.KinesisInjectData = true })
+	data := []byte(`{"n":1,"s":"` + strings.Repeat("x", 300) + `"}`) // a head of more than one byte
+	if _, err := kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: awssdk.String("mixed"), Data: data, PartitionKey: awssdk.String("p")}); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: awssdk.String("mixed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := cborCall(t, tp.url, "GetShardIterator", map[string]any{"StreamName": "mixed",
+		"ShardId": *desc.StreamDescription.Shards[0].ShardId, "ShardIteratorType": "TRIM_HORIZON"}, false)
+	var recs []any
+	for next, _ := it["ShardIterator"].(string); len(recs) < 1 && ctx.Err() == nil; {
+		gr := cborCall(t, tp.url, "GetRecords", map[string]any{"ShardIterator": next}, false)
+		rs, _ := gr["Records"].([]any)
+		recs = append(recs, rs...)
+		next, _ = gr["NextShardIterator"].(string)
+	}
+	if len(recs) != 1 {
+		t.Fatalf("got %d records", len(recs))
+	}
+	if got := cborBytes(recs[0].(map[string]any)["Data"]); !bytes.Equal(got, data) {
+		t.Errorf("CBOR consumer got %q, want the producer's %q", got, data)
+	}
+	prod := tp.rec.withTags("direction:out", "topic:mixed", "type:kinesis")
+	cons := tp.rec.withTags("direction:in", "topic:mixed", "type:kinesis")
+	if len(prod) != 1 || len(cons) != 1 || cons[0].ParentHash != prod[0].Hash {
+		t.Errorf("produce %v, consume %v: want one each, chained", prod, cons)
+	}
+}
+
+// TestCBORBlobEdit: the real service answers Data as a byte string; the edit replaces exactly
+// that item, its head resized, and leaves a record with an equal Data later in the document to its
+// own edit.
+func TestCBORBlobEdit(t *testing.T) {
+	old := []byte(strings.Repeat("d", 30))
+	doc := cborEnc(nil, map[string]any{"Records": []any{
+		map[string]any{"Data": old, "PartitionKey": "a"}, map[string]any{"Data": old, "PartitionKey": "b"},
+	}}, false)
+	repl := []byte("short")
+	ed, ok := cborBlobEdit(doc, 0, old, repl)
+	if !ok {
+		t.Fatal("byte string not found")
+	}
+	out := applyEdits(nil, doc, []edit{ed})
+	v, err := cborDecode(out)
+	if err != nil {
+		t.Fatalf("edited document: %v", err)
+	}
+	recs := v.(map[string]any)["Records"].([]any)
+	if got := cborBytes(recs[0].(map[string]any)["Data"]); !bytes.Equal(got, repl) {
+		t.Errorf("first record Data %q, want %q", got, repl)
+	}
+	if got := cborBytes(recs[1].(map[string]any)["Data"]); !bytes.Equal(got, old) {
+		t.Errorf("second record Data %q, want it unchanged", got)
+	}
+	if ed2, ok := cborBlobEdit(doc, ed.E, old, repl); !ok || ed2.S < ed.E {
+		t.Errorf("the second record's edit: %v %v", ed2, ok)
+	}
+}

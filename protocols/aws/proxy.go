@@ -87,9 +87,9 @@ type Config struct {
 	// (default DefaultMaxMessageBytes).
 	MaxMessageBytes int
 	// KinesisInjectData splices `_datadog` into JSON-object record data (default off: analytics
-	// consumers read the data). GetRecords in JSON through the proxy removes it again where the
-	// proxy added it to data that had none; consumers reading in CBOR (Java SDKs' default) or
-	// directly see it. Requests in CBOR are checkpointed but never modified.
+	// consumers read the data). GetRecords through the proxy, in JSON or CBOR (Java SDKs'
+	// default), removes it again where the proxy added it to data that had none; consumers
+	// reading directly see it. PutRecord(s) in CBOR are checkpointed but never modified.
 	KinesisInjectData bool
 	// MaxShardIterators bounds the shard iterator -> stream map (default 100000).
 	MaxShardIterators int
