@@ -205,8 +205,8 @@ kafka:
 		t.Fatalf("dsmproxy still running a minute after SIGTERM (drain 5s); logs:\n%s", logs)
 	}
 	pts := agent.Points()
-	prodPts := agenttest.PointsWith(pts, "current", "direction:out", "topic:payments", "type:kafka")
-	consPts := agenttest.PointsWith(pts, "current", "direction:in", "topic:payments", "type:kafka")
+	prodPts := agenttest.PointsWith(pts, "current", "direction:out", "kafka_cluster_id:kfake", "topic:payments", "type:kafka")
+	consPts := agenttest.PointsWith(pts, "current", "direction:in", "kafka_cluster_id:kfake", "topic:payments", "type:kafka")
 	if len(prodPts) != 1 || prodPts[0].Service != "checkout" || len(consPts) != 1 || consPts[0].ParentHash != prodPts[0].Hash {
 		t.Fatalf("the last flush did not bring the produce and consume points: %+v\nlogs:\n%s", pts, logs)
 	}
@@ -233,13 +233,13 @@ func TestDemo(t *testing.T) {
 	squash := func(s string) string { return strings.Join(strings.Fields(s), " ") }
 	s := squash(out.String())
 	for _, want := range []string{
-		"orders   direction:out topic:orders",
-		"billing  direction:in group:billing topic:orders",
-		"billing  direction:out topic:invoices",
-		"mailer   direction:in group:mailer topic:invoices",
+		"orders    direction:out kafka_cluster_id:kfake topic:orders",
+		"billing   direction:in group:billing kafka_cluster_id:kfake topic:orders",
+		"billing   direction:out kafka_cluster_id:kfake topic:invoices",
+		"mailer    direction:in group:mailer kafka_cluster_id:kfake topic:invoices",
 		"CONSUMER GROUP",
 		"TRACKED ERRORS",
-		"auditor   kafka Produce       direction:out topic:audit-log",
+		"auditor   kafka Produce       direction:out kafka_cluster_id:kfake topic:audit-log",
 		"MESSAGE_TOO_LARGE",
 		"shipping   direction:out exchange:dsmproxy-demo has_routing_key:true",
 		"warehouse  direction:in topic:dsmproxy-demo-parcels",

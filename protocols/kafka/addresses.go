@@ -66,6 +66,9 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 			}
 		}
 		p.learnTopics(r)
+		if r.ClusterID != nil {
+			p.noteCluster(*r.ClusterID)
+		}
 	case *kmsg.FindCoordinatorResponse:
 		if r.ErrorCode == 0 {
 			if err := fix(r.NodeID, &r.Host, &r.Port); err != nil {

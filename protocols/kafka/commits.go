@@ -93,10 +93,10 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 				break // unresolved topic id: nothing to report under
 			}
 			if rp.code != 0 {
-				s.p.brokerError(pd.key, rp.code, ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group}, c.partition, 0)
+				s.p.brokerError(pd.key, rp.code, ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group, ClusterID: s.p.cluster()}, c.partition, 0)
 				break
 			}
-			s.p.addOffset(pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group,
+			s.p.addOffset(pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group, ClusterID: s.p.cluster(),
 				Topic: c.topic, Partition: c.partition, Value: c.offset, Time: now})
 			break
 		}

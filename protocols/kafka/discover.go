@@ -92,6 +92,9 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 		return 0, errRefusedMetadata{err}
 	}
 	p.learnTopics(mr)
+	if mr.ClusterID != nil {
+		p.noteCluster(*mr.ClusterID)
+	}
 	for _, b := range mr.Brokers {
 		if _, _, err := p.advertise(b.NodeID, b.Host, b.Port); err != nil {
 			return 0, fmt.Errorf("node %d: %w", b.NodeID, err)

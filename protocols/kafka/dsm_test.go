@@ -28,11 +28,18 @@ func payloadSize(r sentRecord) int64 {
 	return n
 }
 
+// kfakeCluster is the cluster id kfake's Metadata names, which every Kafka checkpoint carries.
+const kfakeCluster = "kfake"
+
+// pointsOn returns the points whose edge tags are tags plus the cluster's, in the tracers' sorted
+// order.
 func pointsOn(p *testProxy, tags ...string) []pathway.Point {
+	want := append(slices.Clone(tags), "kafka_cluster_id:"+kfakeCluster)
+	slices.Sort(want)
 	pts, _ := p.rec.snapshot()
 	var out []pathway.Point
 	for _, pt := range pts {
-		if slices.Equal(pt.EdgeTags, tags) {
+		if slices.Equal(pt.EdgeTags, want) {
 			out = append(out, pt)
 		}
 	}

@@ -101,7 +101,7 @@ func TestListOffsetsErrorEvents(t *testing.T) {
 	if code == 0 {
 		t.Fatal("the broker accepted ListOffsets for a missing partition")
 	}
-	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: topic}
+	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: topic, ClusterID: kfakeCluster}
 	waitFor(t, "ListOffsets error event", func() bool {
 		for _, e := range p.errs.byCategory(errtrack.BrokerError) {
 			if e.Operation == "ListOffsets" && int16(e.Code) == code && e.Edge == edge && e.Partition == 7 && e.Service == "lister" {

@@ -138,13 +138,13 @@ func (p *Proxy) observeFetch(job observeJob) {
 		for pi := range t.Partitions {
 			part := &t.Partitions[pi]
 			group := p.groups.lookup(key, name, part.Partition)
-			edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: name, Group: group}
+			edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: name, Group: group, ClusterID: p.cluster()}
 			if part.ErrorCode != 0 {
 				p.brokerError(keyFetch, part.ErrorCode, ci.service, edge, part.Partition, 0)
 				continue
 			}
 			if part.HighWatermark >= 0 {
-				p.addOffset(pathway.Offset{Kind: pathway.KafkaHighWatermark, Service: ci.service, Topic: name,
+				p.addOffset(pathway.Offset{Kind: pathway.KafkaHighWatermark, Service: ci.service, Topic: name, ClusterID: p.cluster(),
 					Partition: part.Partition, Value: part.HighWatermark, Time: now.UnixNano()})
 			}
 			if len(part.RecordBatches) == 0 {
@@ -178,7 +178,7 @@ func (s *session) listOffsetsResponse(pd *pending, frame []byte) {
 				continue
 			}
 			edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: t.Topic,
-				Group: s.p.groups.lookup(key, t.Topic, part.Partition)}
+				Group: s.p.groups.lookup(key, t.Topic, part.Partition), ClusterID: s.p.cluster()}
 			s.p.brokerError(keyListOffsets, part.ErrorCode, ci.service, edge, part.Partition, 0)
 		}
 	}

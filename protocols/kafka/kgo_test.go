@@ -208,6 +208,9 @@ func checkBacklogs(t *testing.T, p *testProxy, topic, group string, got []*kgo.R
 			if o.Topic != topic || o.Kind == pathway.KafkaCommit && o.Group != group {
 				continue
 			}
+			if o.ClusterID != kfakeCluster {
+				t.Errorf("%v offset of %s without the cluster id: %+v", o.Kind, topic, o)
+			}
 			if seen[o.Kind] == nil {
 				seen[o.Kind] = map[int32]int64{}
 			}

@@ -23,6 +23,7 @@ type producedPart struct {
 	partition int32
 	records   int // records in the partition's batches (from the batch headers)
 	grownTo   int // the partition's records as rewritten, when the proxy added headers
+	size      int // and as the client sent them
 }
 
 // batchRecordCount sums the record counts of the magic-2 batches in records (a partition's
@@ -74,6 +75,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 				span = [2]int{start, end}
 				changed = true
 				facts.parts[len(facts.parts)-1].grownTo = end - start
+				facts.parts[len(facts.parts)-1].size = len(records)
 			}
 		}
 		spans = append(spans, span)
@@ -143,15 +145,16 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 			if part == nil || part.topic == "" {
 				continue
 			}
-			edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, Topic: part.topic}
+			edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, Topic: part.topic, ClusterID: s.p.cluster()}
 			if p.ErrorCode == kerr.MessageTooLarge.Code && part.grownTo > 0 {
-				// Refused only for what the proxy added, perhaps: later batches of the topic stop
-				// short of this size (topicLimits). This one the client sees refused.
+				// Perhaps refused only for what the proxy added (the proxy cannot tell whether the
+				// batch as sent would have fitted): later batches of the topic stop short of this
+				// size (topicLimits). This one the client sees refused.
 				s.p.limits.refused(part.topic, part.grownTo)
 				s.p.errs.Report(errtrack.Event{Time: now, Category: errtrack.ProxySkip, Protocol: "kafka",
 					Operation: "Produce", Code: int32(p.ErrorCode), Name: "topic_size_limit", Service: facts.service,
 					Edge: edge, Partition: p.Partition, Messages: part.records,
-					Message: fmt.Sprintf("the broker refused a batch the header grew to %d bytes: the topic's max.message.bytes is lower than max_batch_bytes; its batches now grow only below that size", part.grownTo)})
+					Message: fmt.Sprintf("the broker refused a batch the header had grown from %d to %d bytes; if the topic's max.message.bytes lies between, the header caused it: later batches of the topic this large go without it", part.size, part.grownTo)})
 			}
 			if p.ErrorCode != 0 {
 				s.p.brokerError(keyProduce, p.ErrorCode, facts.service, edge, p.Partition, part.records)
@@ -164,7 +167,7 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 				continue
 			}
 			if part.records > 0 && p.BaseOffset >= 0 {
-				s.p.addOffset(pathway.Offset{Kind: pathway.KafkaProduce, Service: facts.service, Topic: part.topic,
+				s.p.addOffset(pathway.Offset{Kind: pathway.KafkaProduce, Service: facts.service, Topic: part.topic, ClusterID: s.p.cluster(),
 					Partition: p.Partition, Value: p.BaseOffset + int64(part.records) - 1, Time: now.UnixNano()})
 			}
 		}

@@ -130,11 +130,12 @@ type Proxy struct {
 	baseDial  proxy.DialFunc
 	bootstrap *proxy.Listener
 
-	topics *topicIDs
-	limits *topicLimits
-	groups *groupTracker
-	links  *linkTable
-	stats  counters
+	topics    *topicIDs
+	limits    *topicLimits
+	clusterID atomic.Pointer[string] // from Metadata; see noteCluster
+	groups    *groupTracker
+	links     *linkTable
+	stats     counters
 
 	observeQ  chan observeJob
 	walker    batchCodec  // used by the observation worker only

@@ -50,7 +50,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	}
 	p := s.p
 	now := p.now()
-	edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, Topic: topic}
+	edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, Topic: topic, ClusterID: p.cluster()}
 	var parent pathway.Context
 	if p.cfg.LinkConsumeProduce {
 		parent = p.links.get(linkKey{ci.addr, ci.service}, now, p.cfg.LinkWindow)

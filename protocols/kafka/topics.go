@@ -49,6 +49,27 @@ func (t *topicIDs) get(id [16]byte) (string, bool) {
 	return n, ok
 }
 
+// noteCluster keeps the cluster id Metadata (v2+) names: the tracers tag Kafka checkpoints and
+// offsets with kafka_cluster_id when their client knows it, and it is part of the node hash.
+func (p *Proxy) noteCluster(id string) {
+	if id == "" {
+		return
+	}
+	if old := p.clusterID.Load(); old != nil && *old == id {
+		return
+	}
+	p.clusterID.Store(&id)
+	p.log.Info().Str("kafka_cluster_id", id).Msg("kafka cluster identified")
+}
+
+// cluster is the cluster id, or "" before any Metadata named it.
+func (p *Proxy) cluster() string {
+	if id := p.clusterID.Load(); id != nil {
+		return *id
+	}
+	return ""
+}
+
 func (p *Proxy) learnTopics(r *kmsg.MetadataResponse) {
 	for i := range r.Topics {
 		t := &r.Topics[i]
