@@ -358,8 +358,12 @@ func (s *session) clientMethod(f frame) {
 		if ps.confirm {
 			s.mu.Lock()
 			cs := s.sharedLocked(f.Channel)
-			cs.seq++
-			cs.pubRing[cs.seq%pubRingSize] = ps.edge
+			// No ring when the broker closed the channel while this publish was on its way: the
+			// broker drops it, and no ack or nack will name it.
+			if cs.pubRing != nil {
+				cs.seq++
+				cs.pubRing[cs.seq%pubRingSize] = ps.edge
+			}
 			s.mu.Unlock()
 		}
 	case confirmSel:

@@ -596,3 +596,37 @@ func TestShutdownWaitsForTheBody(t *testing.T) {
 		t.Errorf("RabbitMQ got a %d-byte body, want %d", len(got), len(body))
 	}
 }
+
+// TestPublishesAfterBrokerChannelCloseKeepTheConnection: a confirm-mode channel the broker closes
+// (a publish to a missing exchange) while more publishes are on their way loses only itself: the
+// connection and its other channels go on.
+func TestPublishesAfterBrokerChannelCloseKeepTheConnection(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "pipelined", 0)
+	doomed := channel(t, c)
+	if err := doomed.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("p"), 1024)
+	ctx := context.Background()
+	for i := 0; i < 5000; i++ { // pipelined: many are written before the broker's Close comes back
+		if err := doomed.PublishWithContext(ctx, "no-such-exchange-for-dsmproxy", "k", false, false, amqp091.Publishing{Body: body}); err != nil {
+			break
+		}
+	}
+	other := channel(t, c)
+	if err := other.Confirm(false); err != nil {
+		t.Fatalf("a new channel on the same connection: %v", err)
+	}
+	q, err := other.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatalf("the connection did not survive: %v", err)
+	}
+	conf, err := other.PublishWithDeferredConfirmWithContext(ctx, "", q.Name, false, false, amqp091.Publishing{Body: []byte("ok")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := conf.WaitContext(ctx); err != nil || !ok {
+		t.Fatalf("publish on the other channel: acked %v, %v", ok, err)
+	}
+}
