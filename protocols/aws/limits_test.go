@@ -2,12 +2,15 @@ package aws
 
 import (
 	"context"
+	"errors"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
@@ -142,5 +145,35 @@ func TestSQSDeadLetterSourceQueueURLs(t *testing.T) {
 	}
 	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &ls.QueueUrls[0], MessageBody: awssdk.String("via listed URL")}); err != nil {
 		t.Fatalf("send to the listed URL: %v", err)
+	}
+}
+
+// TestAnswerOverMaxBodyBytes: an answer from the service larger than max_body_bytes reaches the
+// client as a 502 that names the limit, never as a 200 cut short.
+func TestAnswerOverMaxBodyBytes(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.MaxBodyBytes = 4 << 10 })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	direct := sqsClient(up.URL(), testKey, testSecret)
+	cq, err := direct.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("big-answers")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Repeat("b", 6<<10)
+	if _, err := direct.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: &body}); err != nil {
+		t.Fatal(err)
+	}
+	qname := "big-answers"
+	qurl := tp.url + "/000000000000/" + qname
+	if gq, err := sqsClient(tp.url, testKey, testSecret).GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: &qname}); err == nil {
+		qurl = awssdk.ToString(gq.QueueUrl)
+	}
+	// One attempt: the SDK retries a 502, and the retry finds the message in flight (invisible).
+	_, err = sqsClient(tp.url, testKey, testSecret).ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: &qurl, WaitTimeSeconds: 1},
+		func(o *sqs.Options) { o.RetryMaxAttempts = 1 })
+	var re *awshttp.ResponseError
+	if !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusBadGateway || !strings.Contains(err.Error(), "max_body_bytes") {
+		t.Fatalf("ReceiveMessage of a 6 KiB message with a 4 KiB limit: %v, want a 502 naming max_body_bytes", err)
 	}
 }

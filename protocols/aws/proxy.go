@@ -81,7 +81,8 @@ type Config struct {
 	// MaxClockSkew bounds how far a client's X-Amz-Date may be from now (default 15m, as AWS).
 	MaxClockSkew time.Duration
 
-	// MaxBodyBytes bounds a request or response body (default 16 MiB).
+	// MaxBodyBytes bounds a request or response body (default 16 MiB). A larger answer from the
+	// service is refused with a 502 naming the limit, never passed on cut short.
 	MaxBodyBytes int64
 	// MaxMessageBytes: a message whose size with `_datadog` would exceed it is sent unmodified
 	// (default DefaultMaxMessageBytes).
@@ -602,23 +603,33 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	if err := p.signer.SignHTTP(c.r.Context(), creds, req, sum, signingName, region, p.now()); err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s: signing: %w", c.service, c.op, err)
 	}
+	var resp *http.Response
+	var rb []byte
 	if p.upc != nil {
-		resp, rb, err := p.upc.do(req, body, p.cfg.MaxBodyBytes)
-		if err != nil {
+		if resp, rb, err = p.upc.do(req, body, p.cfg.MaxBodyBytes); err != nil {
 			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 		}
-		return resp, rb, nil
+	} else {
+		if resp, err = p.client.Do(req); err != nil {
+			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
+		}
+		defer resp.Body.Close()
+		if rb, err = readBody(resp.Body, resp.ContentLength, p.cfg.MaxBodyBytes); err != nil {
+			return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
+		}
 	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
-	}
-	defer resp.Body.Close()
-	rb, err := readBody(resp.Body, resp.ContentLength, p.cfg.MaxBodyBytes)
-	if err != nil {
-		return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
+	// readBody stops one byte past the limit: the answer would reach the client cut short.
+	if int64(len(rb)) > p.cfg.MaxBodyBytes {
+		return nil, nil, fmt.Errorf("aws %s %s from %s: %w", c.service, c.op, base.Host, errAnswerTooLarge{p.cfg.MaxBodyBytes})
 	}
 	return resp, rb, nil
+}
+
+// errAnswerTooLarge: an upstream answer past MaxBodyBytes, which the proxy holds whole.
+type errAnswerTooLarge struct{ limit int64 }
+
+func (e errAnswerTooLarge) Error() string {
+	return fmt.Sprintf("the answer is larger than max_body_bytes (%d); raise it to relay such answers", e.limit)
 }
 
 // sameSlice reports whether a and b are the same bytes in memory (the request went unmodified).
@@ -646,7 +657,11 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	resp, rb, err := p.forward(c, body)
 	if err != nil {
 		p.log.Warn().Err(err).Msg("upstream request failed")
-		p.writeError(w, c, http.StatusBadGateway, "ServiceUnavailable", "dsmproxy could not reach the upstream: "+err.Error())
+		msg := "dsmproxy could not reach the upstream: "
+		if errors.As(err, new(errAnswerTooLarge)) {
+			msg = "dsmproxy could not relay the upstream's answer: "
+		}
+		p.writeError(w, c, http.StatusBadGateway, "ServiceUnavailable", msg+err.Error())
 		return
 	}
 	if p.tap != nil {
