@@ -196,6 +196,9 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	}
 	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide, m)
 	c.raw = spliced[:0]
+	if cap(spliced) > maxKeptPlain {
+		c.raw = nil // kept for this batch only, as plain is
+	}
 	if err != nil {
 		return dst, false, skipMalformed
 	}
@@ -220,6 +223,9 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 			return dst[:start], false, skipCompression
 		}
 		dst = append(dst, z...)
+		if c.zbuf.Cap() > maxKeptPlain {
+			c.zbuf = bytes.Buffer{}
+		}
 	}
 	return c.finishBatch(dst, start)
 }

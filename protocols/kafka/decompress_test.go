@@ -67,3 +67,21 @@ func TestBoundsRejectLies(t *testing.T) {
 		}
 	}
 }
+
+// TestCodecKeepsNoHugeBuffers: after a batch of many megabytes, the codec keeps none of the
+// buffers it needed for it, so one such batch does not pin them for the connection's life.
+func TestCodecKeepsNoHugeBuffers(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		codec kgo.CompressionCodec
+	}{{"gzip", kgo.GzipCompression()}, {"zstd", kgo.ZstdCompression()}, {"lz4", kgo.Lz4Compression()}} {
+		c := newKgoCodec(64 << 20)
+		batch := buildBatch(t, 100, 100<<10, compressor(t, tc.codec)) // 10 MiB of records
+		if _, changed, skip, err := c.Inject(nil, batch, func(batchMeta, *recordMeta) []byte { return []byte("ctx") }); err != nil || !changed {
+			t.Fatalf("%s: changed %v, skip %q, %v", tc.name, changed, skip, err)
+		}
+		if cap(c.raw) > maxKeptPlain || c.zbuf.Cap() > maxKeptPlain || cap(c.plain.b) > maxKeptPlain {
+			t.Errorf("%s: codec keeps %d, %d and %d bytes of buffers", tc.name, cap(c.raw), c.zbuf.Cap(), cap(c.plain.b))
+		}
+	}
+}

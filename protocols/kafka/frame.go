@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -35,17 +36,27 @@ func readFrameInto(r io.Reader, maxBytes int, buf *[]byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var frame []byte
-	if need := 4 + n; buf != nil && need <= maxReusedFrame {
+	need := 4 + n
+	if buf != nil && need <= maxReusedFrame {
 		if cap(*buf) < need {
 			*buf = make([]byte, need, min(max(need+need/4, 64<<10), maxReusedFrame))
 		}
-		frame = (*buf)[:need]
-	} else {
-		frame = make([]byte, need)
+		frame := (*buf)[:need]
+		copy(frame, sz[:])
+		return frame, readFrameRest(r, frame, 4)
 	}
-	copy(frame, sz[:])
-	return frame, readFrameRest(r, frame, 4)
+	// A bigger frame's buffer grows with what arrives (doubling from 1 MiB), so a size prefix
+	// alone, sent by anyone who can connect, cannot make the proxy allocate up to the limit.
+	frame := append(make([]byte, 0, min(need, maxReusedFrame)), sz[:]...)
+	for len(frame) < need {
+		step := min(need-len(frame), max(len(frame), maxReusedFrame))
+		frame = slices.Grow(frame, step)
+		if _, err := io.ReadFull(r, frame[len(frame):len(frame)+step]); err != nil {
+			return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
+		}
+		frame = frame[:len(frame)+step]
+	}
+	return frame, nil
 }
 
 // readFrameSize reads a frame's size prefix into sz and checks it against the limit.

@@ -57,6 +57,11 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	facts := &produceFacts{service: ci.service, parts: make([]producedPart, 0, len(v.parts))}
 	spans := s.spans[:0]
 	s.scratch = s.scratch[:0]
+	defer func() {
+		if cap(s.scratch) > maxReusedFrame {
+			s.scratch = nil // the spliced batches of a huge request are not kept per connection
+		}
+	}()
 	changed := false
 	for i := range v.parts {
 		p := &v.parts[i]

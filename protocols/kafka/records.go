@@ -92,6 +92,9 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return s.hdr
 	})
 	s.points = pts[:0]
+	if cap(pts) > maxPointRun {
+		s.points = nil // a huge batch's points are not kept per connection
+	}
 	if existing > 0 {
 		p.stats.existing.Add(uint64(existing))
 		p.skip("existing_context", "records already carry "+pathway.HeaderKey+": no second produce checkpoint", ci.service, edge, partition, existing)
