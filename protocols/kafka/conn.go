@@ -86,6 +86,10 @@ type ownContext struct {
 	point    pathway.Point
 }
 
+// maxQueuedRequests bounds the requests of one connection awaiting answers. Clients keep a few in
+// flight (Kafka's max.in.flight.requests.per.connection defaults to 5).
+const maxQueuedRequests = 1000
+
 // ServeConn implements proxy.Handler.
 func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	s := &session{p: p, c: c, log: c.Log, idle: make(chan struct{}, 1), respClosed: make(chan struct{})}
@@ -176,6 +180,16 @@ func (s *session) requests() error {
 			if errors.Is(err, errFrameTooLarge) {
 				s.log.Warn().Err(err).Msg("closing connection: request frame is not valid Kafka framing")
 			}
+			return err
+		}
+		s.mu.Lock()
+		waiting := len(s.queue)
+		s.mu.Unlock()
+		if waiting >= maxQueuedRequests {
+			// Requests the proxy answers itself never reach the broker, so nothing else would hold
+			// back a client that sends them without reading its answers.
+			err := fmt.Errorf("%d requests await their answers (limit %d)", waiting, maxQueuedRequests)
+			s.log.Warn().Err(err).Msg("closing connection")
 			return err
 		}
 		if left := s.rawLeft.Load(); left != 0 {

@@ -2,9 +2,16 @@ package kafka
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"io"
+	"net"
 	"runtime"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // TestFrameBufferGrowsWithTheData: a request frame's size prefix alone does not allocate the
@@ -26,5 +33,63 @@ func TestFrameBufferGrowsWithTheData(t *testing.T) {
 	frame, err := readFrameInto(bytes.NewReader(in), DefaultMaxFrameBytes, nil)
 	if err != nil || !bytes.Equal(frame, in) {
 		t.Fatalf("a whole 3 MiB frame: %d bytes, %v", len(frame), err)
+	}
+}
+
+// stalledConn holds back what the broker sends until released: a broker slow to answer.
+type stalledConn struct {
+	net.Conn
+	release chan struct{}
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func (c *stalledConn) Read(b []byte) (int, error) {
+	select {
+	case <-c.release:
+	case <-c.closed:
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *stalledConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// TestRequestsAwaitingAnswersAreBounded: a client that keeps sending requests the proxy answers
+// itself (ApiVersions of a version from the future) behind one the broker has not answered yet,
+// without reading, has its connection closed once too many wait; before, they queued without end.
+func TestRequestsAwaitingAnswersAreBounded(t *testing.T) {
+	c, _ := startCluster(t)
+	release := make(chan struct{})
+	defer close(release)
+	p := startProxy(t, c, func(cfg *Config) {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(proxySourceIP)}}
+		cfg.Listener.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &stalledConn{Conn: nc, release: release, closed: make(chan struct{})}, nil
+		}
+	})
+	conn, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	f := kmsg.NewRequestFormatter(kmsg.FormatterClientID("flooder"))
+	out := f.AppendRequest(nil, kmsg.NewPtrMetadataRequest(), 1) // forwarded; its answer is held
+	for i := int32(0); i < maxQueuedRequests+100; i++ {
+		av := kmsg.NewPtrApiVersionsRequest()
+		av.Version = 99
+		out = append(out, f.AppendRequest(nil, av, 2+i)...)
+	}
+	go conn.Write(out) // the proxy stops reading once it closes: the write may block until then
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err = io.Copy(io.Discard, conn)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the connection stayed open with more requests awaiting answers than the limit")
 	}
 }
