@@ -26,6 +26,10 @@ const (
 const (
 	DefaultBucketDuration = 10 * time.Second
 	DefaultQueueSize      = 1 << 16
+	// DefaultMaxGroups bounds the groups of every open bucket together. Each holds three sketches
+	// (a few KB); a pathway node makes one per bucket and parent, and parents come from contexts
+	// clients send, so without a bound a client could grow the aggregator at will.
+	DefaultMaxGroups = 50000
 )
 
 // Config configures an Aggregator.
@@ -35,6 +39,7 @@ type Config struct {
 	TracerVersion  string
 	BucketDuration time.Duration // default DefaultBucketDuration
 	QueueSize      int           // bound on points (and, separately, offsets) waiting; default DefaultQueueSize
+	MaxGroups      int           // bound on the groups of all open buckets; default DefaultMaxGroups
 	// DefaultService owns backlogs whose Offset.Service is empty.
 	DefaultService string
 	Clock          func() time.Time
@@ -82,6 +87,7 @@ type Stats struct {
 	Offsets        uint64 // accepted by Offset
 	OffsetsDropped uint64
 	Aggregated     uint64 // points folded into buckets
+	GroupsRefused  uint64 // points not folded into a bucket because MaxGroups groups were open
 	Buckets        uint64 // buckets handed out by Flush
 	OpenBuckets    int
 }
@@ -158,7 +164,8 @@ type Aggregator struct {
 	started atomic.Bool
 	closed  atomic.Bool
 
-	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets atomic.Uint64
+	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets, nGroupsRefused atomic.Uint64
+	groups                                                                                    int // in open buckets; guarded by mu
 
 	mu      sync.Mutex // guards buckets and last
 	buckets map[bucketKey]*bucket
@@ -180,6 +187,9 @@ func New(cfg Config) *Aggregator {
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.MaxGroups <= 0 {
+		cfg.MaxGroups = DefaultMaxGroups
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
@@ -383,7 +393,10 @@ func (a *Aggregator) addPoint(p *pathway.Point) {
 func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, idx *[3]int) {
 	g := b.last
 	if g == nil || !g.matches(p) {
-		g = a.group(b, p)
+		if g = a.group(b, p); g == nil {
+			a.nGroupsRefused.Add(1)
+			return
+		}
 		b.last = g
 	}
 	for i := range idx {
@@ -402,7 +415,7 @@ func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, 
 	}
 }
 
-// group finds or creates p's group in b.
+// group finds or creates p's group in b, or returns nil when MaxGroups groups are open.
 func (a *Aggregator) group(b *bucket, p *pathway.Point) *groupState {
 	k := groupKey{hash: p.Hash, parentHash: p.ParentHash}
 	head := b.groups[k]
@@ -411,6 +424,10 @@ func (a *Aggregator) group(b *bucket, p *pathway.Point) *groupState {
 			return g
 		}
 	}
+	if a.groups >= a.cfg.MaxGroups {
+		return nil
+	}
+	a.groups++
 	g := &groupState{Group: Group{Service: p.Service, EdgeTags: p.EdgeTags, Hash: p.Hash, ParentHash: p.ParentHash}, next: head}
 	g.PathwayLatency, g.pos[0] = a.newSketch()
 	g.EdgeLatency, g.pos[1] = a.newSketch()
@@ -464,6 +481,7 @@ func (a *Aggregator) flushInline(now time.Time, final bool) []Bucket {
 			continue
 		}
 		delete(a.buckets, k)
+		a.groups -= b.n
 		out = append(out, b.export(k, a.width))
 	}
 	a.last = [2]struct {
@@ -505,5 +523,6 @@ func (a *Aggregator) Stats() Stats {
 		Points: a.nPoints.Load(), PointsDropped: a.nPointsDropped.Load(),
 		Offsets: a.nOffsets.Load(), OffsetsDropped: a.nOffsetsDropped.Load(),
 		Aggregated: a.nAggregated.Load(), Buckets: a.nBuckets.Load(), OpenBuckets: open,
+		GroupsRefused: a.nGroupsRefused.Load(),
 	}
 }

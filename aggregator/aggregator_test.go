@@ -1,15 +1,19 @@
 package aggregator
 
 import (
+	"bytes"
+	"context"
 	"encoding/hex"
 	"fmt"
 	"math"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/DataDog/sketches-go/ddsketch"
+	"github.com/rs/zerolog"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -392,4 +396,51 @@ func BenchmarkAddParallel(b *testing.B) {
 	el := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/el.Seconds(), "points/s")
+}
+
+// TestGroupLimit: points that would open a group past MaxGroups are counted, not folded in; the
+// groups already open still take points, and a flush makes room again.
+func TestGroupLimit(t *testing.T) {
+	a := New(Config{MaxGroups: 4})
+	for parent := uint64(1); parent <= 6; parent++ { // each: a group in its current and its origin bucket
+		a.Add(point("s", 1, parent, t0, 0, 0, 1))
+	}
+	a.Add(point("s", 1, 1, t0, 0, 0, 1)) // an open group
+	a.Close()
+	st := a.Stats()
+	if st.GroupsRefused != 8 {
+		t.Errorf("%d points refused, want 8 (parents 3 to 6, in both buckets)", st.GroupsRefused)
+	}
+	if n := currentPoints(a.Flush(t0, true)); n != 3 {
+		t.Errorf("%v points in the current buckets, want 3 (parents 1 and 2, parent 1 twice)", n)
+	}
+	b := New(Config{MaxGroups: 4})
+	for parent := uint64(1); parent <= 2; parent++ {
+		b.Add(point("s", 1, parent, t0, 0, 0, 1))
+	}
+	b.Close()
+	b.Flush(t0, true)
+	if b.groups != 0 {
+		t.Errorf("%d groups counted open after the flush", b.groups)
+	}
+}
+
+// TestFlusherReportsDrops: a flush logs what was dropped since the one before, once.
+func TestFlusherReportsDrops(t *testing.T) {
+	a := New(Config{MaxGroups: 2})
+	var logs bytes.Buffer
+	f := NewFlusher(a, time.Second, zerolog.New(&logs))
+	for parent := uint64(1); parent <= 3; parent++ {
+		a.Add(point("s", 1, parent, t0, 0, 0, 1))
+	}
+	a.Close()
+	f.FlushNow(context.Background(), true)
+	if !strings.Contains(logs.String(), `"points_group_limit":4`) {
+		t.Errorf("first flush logged %q", logs.String())
+	}
+	logs.Reset()
+	f.FlushNow(context.Background(), true)
+	if logs.Len() != 0 {
+		t.Errorf("a flush with nothing new dropped logged %q", logs.String())
+	}
 }

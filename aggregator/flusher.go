@@ -23,6 +23,7 @@ type Flusher struct {
 	sinks    []Sink
 	log      zerolog.Logger
 	mu       sync.Mutex // one flush at a time: Run's tick and a FlushNow at shutdown
+	seen     Stats      // the aggregator's counters at the last flush; guarded by mu
 }
 
 // NewFlusher returns a Flusher for a; interval <= 0 means the aggregator's bucket duration.
@@ -58,11 +59,26 @@ func (f *Flusher) FlushNow(ctx context.Context, final bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	buckets := f.agg.Flush(f.agg.cfg.Clock(), final)
+	f.reportDrops()
 	for _, s := range f.sinks {
 		if err := s.Send(ctx, buckets); err != nil {
 			f.log.Warn().Err(err).Int("buckets", len(buckets)).Msg("DSM flush: sink failed")
 		}
 	}
+}
+
+// reportDrops logs what the aggregator dropped since the last flush: it never blocks the data
+// path, so when it falls behind it drops and counts, and this is where the counts show.
+func (f *Flusher) reportDrops() {
+	st := f.agg.Stats()
+	points, offsets, groups := st.PointsDropped-f.seen.PointsDropped, st.OffsetsDropped-f.seen.OffsetsDropped, st.GroupsRefused-f.seen.GroupsRefused
+	f.seen = st
+	if points == 0 && offsets == 0 && groups == 0 {
+		return
+	}
+	f.log.Warn().Uint64("points_queue_full", points).Uint64("offsets_queue_full", offsets).
+		Uint64("points_group_limit", groups).Int("max_groups", f.agg.cfg.MaxGroups).
+		Msg("DSM checkpoints dropped since the last flush: the aggregator fell behind (queue full) or too many pathway nodes were open at once")
 }
 
 func sortBuckets(bs []Bucket) {
