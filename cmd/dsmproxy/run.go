@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/rs/zerolog/diode"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -38,7 +39,13 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg, stderr)
+	// Log lines go through a ring buffer written by a goroutine of its own: a stalled stderr (a
+	// full pipe to a log shipper) drops lines, counted, instead of holding a connection that logs.
+	lw := diode.NewWriter(stderr, 10000, 10*time.Millisecond, func(missed int) {
+		fmt.Fprintf(stderr, "dsmproxy: %d log lines dropped: the log output did not keep up\n", missed)
+	})
+	defer lw.Close()
+	log, err := newLogger(cfg, lw)
 	if err != nil {
 		return err
 	}
