@@ -3,8 +3,12 @@ package aws
 import (
 	"context"
 	"errors"
+	"fmt"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"io"
+	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +179,44 @@ func TestAnswerOverMaxBodyBytes(t *testing.T) {
 	var re *awshttp.ResponseError
 	if !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusBadGateway || !strings.Contains(err.Error(), "max_body_bytes") {
 		t.Fatalf("ReceiveMessage of a 6 KiB message with a 4 KiB limit: %v, want a 502 naming max_body_bytes", err)
+	}
+}
+
+// TestBodyBufferGrowsWithTheData: a request's Content-Length alone does not allocate the body it
+// announces; a body that does arrive is read whole.
+func TestBodyBufferGrowsWithTheData(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := readBody(strings.NewReader("ten bytes!"), 16<<20, 16<<20)
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		t.Fatal("a body cut short was read")
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Errorf("a 16 MiB Content-Length with 10 bytes behind it allocated %d bytes", grew)
+	}
+	body := strings.Repeat("b", 3<<20+7)
+	got, err := readBody(strings.NewReader(body), int64(len(body)), 16<<20)
+	if err != nil || string(got) != body {
+		t.Fatalf("a whole 3 MiB body: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestSlowBodyTimesOut: a client that announces a body and sends it a few bytes at a time (or
+// not at all) has its connection closed once the body timeout passes, instead of holding it.
+func TestSlowBodyTimesOut(t *testing.T) {
+	defer func(d time.Duration) { bodyTimeout = d }(bodyTimeout)
+	bodyTimeout = 300 * time.Millisecond
+	tp := startProxy(t, nil)
+	c, err := net.Dial("tcp", tp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: 1000\r\n\r\n{\"Queue", tp.Addr())
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err = io.Copy(io.Discard, c)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("a request whose body never came kept its connection for 30 s")
 	}
 }

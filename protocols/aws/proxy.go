@@ -95,8 +95,9 @@ type Config struct {
 	// MaxShardIterators bounds the shard iterator -> stream map (default 100000).
 	MaxShardIterators int
 
-	// Listener carries TLS toward clients (Listener.TLS) and the connection limit (MaxConns);
-	// other fields are ignored.
+	// Listener carries TLS toward clients (Listener.TLS), the connection limit (MaxConns), the
+	// time a connection may wait idle between requests (IdleTimeout, default 5 minutes) and the
+	// upstream dial timeout (DialTimeout, default 30 s); other fields are ignored.
 	Listener proxy.ListenerConfig
 	// Transport sends upstream requests. Default: the front's own HTTP/1.1 client, or a clone of
 	// http.DefaultTransport when an HTTP proxy from the environment applies to an upstream.
@@ -226,6 +227,9 @@ func New(cfg Config) (*Proxy, error) {
 	rt := cfg.Transport
 	if rt == nil && !envProxied(p.up) {
 		p.upc = newUpstreamClient()
+		if d := p.cfg.Listener.DialTimeout; d > 0 {
+			p.upc.dialer.Timeout = d
+		}
 	}
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
@@ -269,8 +273,12 @@ func (p *Proxy) Start(ctx context.Context) error {
 		baseCtx:           ctx,
 		readHeaderTimeout: 30 * time.Second,
 		idleTimeout:       5 * time.Minute,
+		bodyTimeout:       bodyTimeout,
 		maxHeaderBytes:    http.DefaultMaxHeaderBytes + 4096,
 		logErr:            func(msg string) { p.log.Error().Msg(msg) },
+	}
+	if d := p.cfg.Listener.IdleTimeout; d > 0 {
+		srv.idleTimeout = d
 	}
 	p.mu.Lock()
 	p.ln, p.srv = ln, srv
@@ -577,7 +585,11 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 		rd = bytes.NewReader(body)
 	}
 	// built from "" then given u: u.String() and parsing it again would only copy u
-	req, err := http.NewRequestWithContext(c.r.Context(), c.r.Method, "", rd)
+	// The longest wait a client may ask for is a 20 s long poll: an upstream that takes minutes
+	// is gone, and each such request would hold a goroutine and its body.
+	ctx, cancel := context.WithTimeout(c.r.Context(), upstreamTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, c.r.Method, "", rd)
 	if err != nil {
 		return nil, nil, fmt.Errorf("aws %s %s: building upstream request: %w", c.service, c.op, err)
 	}
@@ -637,10 +649,25 @@ func sameSlice(a, b []byte) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
-// readBody reads at most limit+1 bytes, sized up front from Content-Length when it is known.
+// Time limits of the AWS front (see h1Server.bodyTimeout and forward); variables for tests.
+var (
+	bodyTimeout     = 2 * time.Minute
+	upstreamTimeout = 2 * time.Minute
+)
+
+// readBody reads at most limit+1 bytes, sized up front from Content-Length when it is known and
+// at most 1 MiB: past that the buffer grows with what arrives, so a Content-Length alone does not
+// allocate the limit.
 func readBody(r io.Reader, n, limit int64) ([]byte, error) {
 	if n < 0 || n > limit {
 		return io.ReadAll(io.LimitReader(r, limit+1))
+	}
+	if n > 1<<20 {
+		b, err := io.ReadAll(io.LimitReader(r, n))
+		if err == nil && int64(len(b)) < n {
+			err = io.ErrUnexpectedEOF
+		}
+		return b, err
 	}
 	b := make([]byte, n, n+1)
 	if _, err := io.ReadFull(r, b); err != nil {

@@ -29,8 +29,11 @@ type h1Server struct {
 	baseCtx           context.Context
 	readHeaderTimeout time.Duration
 	idleTimeout       time.Duration
-	maxHeaderBytes    int64
-	logErr            func(string)
+	// bodyTimeout bounds reading a request's body and writing its answer, so a client that sends
+	// or reads a byte now and then cannot hold a connection and its buffers for ever.
+	bodyTimeout    time.Duration
+	maxHeaderBytes int64
+	logErr         func(string)
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -199,6 +202,8 @@ func (c *h1Conn) serve() {
 	for {
 		if s.idleTimeout > 0 {
 			c.rwc.SetReadDeadline(time.Now().Add(s.idleTimeout))
+		} else {
+			c.rwc.SetReadDeadline(time.Time{}) // the last request's body deadline is not this one's
 		}
 		budget.n = s.maxHeaderBytes
 		if _, err := br.Peek(1); err != nil {
@@ -224,7 +229,11 @@ func (c *h1Conn) serve() {
 			}
 			return
 		}
-		c.rwc.SetReadDeadline(time.Time{})
+		if s.bodyTimeout > 0 {
+			c.rwc.SetReadDeadline(time.Now().Add(s.bodyTimeout))
+		} else {
+			c.rwc.SetReadDeadline(time.Time{})
+		}
 		budget.n = math.MaxInt64
 		if req.ProtoMajor != 1 {
 			c.writeSimple(http.StatusHTTPVersionNotSupported, "505 HTTP Version Not Supported")
@@ -396,6 +405,9 @@ func (c *h1Conn) writeResponse(req *http.Request, w *h1Response, closeAfter bool
 		b = append(b, w.body...)
 	}
 	*bp = b
+	if c.s.bodyTimeout > 0 {
+		c.rwc.SetWriteDeadline(time.Now().Add(c.s.bodyTimeout))
+	}
 	_, err := c.rwc.Write(b)
 	return err
 }
