@@ -185,7 +185,16 @@ func (l *Listener) Serve(ctx context.Context) error {
 			continue
 		}
 		backoff = 0
+		// Under mu, as closing is set: a connection accepted just as Shutdown began is either
+		// counted before Shutdown waits or closed here, never served after Shutdown returned.
+		l.mu.Lock()
+		if l.closing.Load() {
+			l.mu.Unlock()
+			c.Close()
+			return ErrClosed
+		}
 		l.wg.Add(1)
+		l.mu.Unlock()
 		go l.serve(ctx, c)
 	}
 }
@@ -287,7 +296,7 @@ func (l *Listener) Start(ctx context.Context) error {
 // Shutdown stops accepting, tells every handler to drain, and waits until they return or ctx ends;
 // then it closes whatever is left.
 func (l *Listener) Shutdown(ctx context.Context) error {
-	if l.closing.Swap(true) {
+	if l.setClosing() {
 		return nil
 	}
 	l.ln.Close()
@@ -306,13 +315,20 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 
 // Close stops accepting and closes every connection at once.
 func (l *Listener) Close() error {
-	if !l.closing.Swap(true) {
+	if !l.setClosing() {
 		l.ln.Close()
 		close(l.drain)
 	}
 	l.closeAll()
 	l.wg.Wait()
 	return nil
+}
+
+// setClosing marks the listener closing and reports whether it already was.
+func (l *Listener) setClosing() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closing.Swap(true)
 }
 
 func (l *Listener) closeAll() {
