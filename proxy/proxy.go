@@ -282,6 +282,21 @@ func (l *Listener) serveRecovered(ctx context.Context, c *Conn) (err error) {
 	return l.h.ServeConn(ctx, c)
 }
 
+// Recover runs fn, a connection's second goroutine (the handler's own is recovered by the
+// Listener): a panic in it closes this connection, with a log line and the stack, and comes back
+// as an error, instead of ending the process and every other connection.
+func (c *Conn) Recover(what string, fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.Log.Error().Interface("panic", r).Str("stack", string(debug.Stack())).
+				Msgf("%s panicked; closing this connection only", what)
+			c.closeBoth()
+			err = fmt.Errorf("%s panicked: %v", what, r)
+		}
+	}()
+	return fn()
+}
+
 // Start serves in the background (Serve's errors other than ErrClosed are logged), so a Listener
 // can join a Group.
 func (l *Listener) Start(ctx context.Context) error {

@@ -130,7 +130,9 @@ func (s *session) serve(ctx context.Context) error {
 	}
 	down := make(chan error, 1)
 	go func() {
-		err := s.fromBroker(bufio.NewReaderSize(s.c.Upstream, bufSize), bufio.NewWriterSize(s.c.Client, bufSize))
+		err := s.c.Recover("amqp broker relay", func() error {
+			return s.fromBroker(bufio.NewReaderSize(s.c.Upstream, bufSize), bufio.NewWriterSize(s.c.Client, bufSize))
+		})
 		// The broker ended: the client must see the connection end too.
 		s.c.Client.Close()
 		down <- err

@@ -105,7 +105,7 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 func (s *session) serve(ctx context.Context) error {
 	respErr := make(chan error, 1)
 	go func() {
-		err := s.responses()
+		err := s.c.Recover("kafka response relay", s.responses)
 		close(s.respClosed)
 		// The upstream ended (or failed): the client must see the connection end too.
 		s.c.Client.Close()
