@@ -128,7 +128,7 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 		t.Fatalf("no MESSAGE_TOO_LARGE group in /errors: %+v", doc.Groups)
 	}
 	if tooLarge.Code != 10 || tooLarge.Retriable || tooLarge.Service != "checkout-api" ||
-		tooLarge.Edge != "direction:out,topic:orders,type:kafka" || len(tooLarge.Partitions) != 1 || tooLarge.Partitions[0] != 1 ||
+		tooLarge.Edge != "direction:out,kafka_cluster_id:kfake,topic:orders,type:kafka" || len(tooLarge.Partitions) != 1 || tooLarge.Partitions[0] != 1 ||
 		tooLarge.Count != 1 || tooLarge.Messages != 1 {
 		t.Errorf("MESSAGE_TOO_LARGE group: %+v", *tooLarge)
 	}
@@ -136,7 +136,7 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 	if lost == nil || lost.Messages != 1 {
 		t.Errorf("lost group: %+v", lost)
 	}
-	if len(doc.Lost) != 1 || doc.Lost[0].Service != "checkout-api" || doc.Lost[0].Edge != "direction:out,topic:orders,type:kafka" || doc.Lost[0].Messages != 1 {
+	if len(doc.Lost) != 1 || doc.Lost[0].Service != "checkout-api" || doc.Lost[0].Edge != "direction:out,kafka_cluster_id:kfake,topic:orders,type:kafka" || doc.Lost[0].Messages != 1 {
 		t.Errorf("lost per edge: %+v", doc.Lost)
 	}
 	stale := find("broker_error", "OffsetCommit", "ILLEGAL_GENERATION")
@@ -175,7 +175,7 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 		t.Fatalf("no lost-message span; error types: %v", keys(spans))
 	}
 	meta := lostSpan["meta"].(map[string]any)
-	if lostSpan["service"] != "checkout-api" || lostSpan["resource"] != "direction:out,topic:orders,type:kafka" ||
+	if lostSpan["service"] != "checkout-api" || lostSpan["resource"] != "direction:out,kafka_cluster_id:kfake,topic:orders,type:kafka" ||
 		!strings.Contains(meta["error.message"].(string), "MESSAGE_TOO_LARGE") ||
 		!strings.Contains(meta["events"].(string), `"exception.type":"kafka.lost_message.MESSAGE_TOO_LARGE"`) {
 		t.Errorf("lost span: %v", lostSpan)
@@ -184,7 +184,7 @@ func TestKafkaBrokerErrorsReachView(t *testing.T) {
 		!strings.Contains(sp["meta"].(map[string]any)["error.message"].(string), "larger than the max message size") {
 		t.Errorf("too-large span (its message should carry the broker's description): %v", sp)
 	}
-	if sp := spans["kafka.broker_error.ILLEGAL_GENERATION"]; sp == nil || sp["resource"] != "direction:in,group:billing,topic:orders,type:kafka" {
+	if sp := spans["kafka.broker_error.ILLEGAL_GENERATION"]; sp == nil || sp["resource"] != "direction:in,group:billing,kafka_cluster_id:kfake,topic:orders,type:kafka" {
 		t.Errorf("stale commit span: %v", sp)
 	}
 }
