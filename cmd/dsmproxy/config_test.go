@@ -193,3 +193,28 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatalf("bad flag: exit %d, err %q", code, errb.String())
 	}
 }
+
+// closeRecorder is a stderr that notices being closed, as os.Stderr can be.
+type closeRecorder struct {
+	bytes.Buffer
+	closed bool
+}
+
+func (c *closeRecorder) Close() error { c.closed = true; return nil }
+
+// TestRunStartFailureIsPrinted: when run cannot start (here a Kafka listener on every interface
+// without advertised_host), the reason reaches stderr, which stays open for it.
+func TestRunStartFailureIsPrinted(t *testing.T) {
+	var out bytes.Buffer
+	var errb closeRecorder
+	code := mainArgs([]string{"run", "--kafka", "0.0.0.0:0=127.0.0.1:1"}, &out, &errb)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, errb.String())
+	}
+	if errb.closed {
+		t.Error("run closed stderr")
+	}
+	if !strings.Contains(errb.String(), "dsmproxy run:") || !strings.Contains(errb.String(), "AdvertisedHost") {
+		t.Errorf("stderr does not say why run failed:\n%s", errb.String())
+	}
+}

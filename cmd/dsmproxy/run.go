@@ -41,7 +41,9 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	}
 	// Log lines go through a ring buffer written by a goroutine of its own: a stalled stderr (a
 	// full pipe to a log shipper) drops lines, counted, instead of holding a connection that logs.
-	lw := diode.NewWriter(stderr, 10000, 10*time.Millisecond, func(missed int) {
+	// The diode's Close closes what it wraps when that can close: not stderr, which still has the
+	// error to print once run returns.
+	lw := diode.NewWriter(struct{ io.Writer }{stderr}, 10000, 10*time.Millisecond, func(missed int) {
 		fmt.Fprintf(stderr, "dsmproxy: %d log lines dropped: the log output did not keep up\n", missed)
 	})
 	defer lw.Close()
