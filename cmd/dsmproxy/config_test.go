@@ -218,3 +218,26 @@ func TestRunStartFailureIsPrinted(t *testing.T) {
 		t.Errorf("stderr does not say why run failed:\n%s", errb.String())
 	}
 }
+
+// TestCheckConfigRefusesWhatRunRefuses: check-config builds every front as run does, so the
+// fronts' own checks refuse there too.
+func TestCheckConfigRefusesWhatRunRefuses(t *testing.T) {
+	trusting := filepath.Join(t.TempDir(), "trusting.yaml")
+	if err := os.WriteFile(trusting, []byte("aws:\n  - listen: 0.0.0.0:0\n    upstream: http://127.0.0.1:1\n    trust_clients: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kafka", "0.0.0.0:0=127.0.0.1:1"}, "AdvertisedHost"},
+		{[]string{"--config", trusting}, "trust_clients on non-loopback listener"},
+	} {
+		var out bytes.Buffer
+		var errb bytes.Buffer
+		code := mainArgs(append([]string{"check-config"}, tc.args...), &out, &errb)
+		if code != 1 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("check-config %v: exit %d, stderr %q; want 1 and %q", tc.args, code, errb.String(), tc.want)
+		}
+	}
+}

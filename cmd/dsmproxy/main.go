@@ -10,6 +10,11 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -102,7 +107,7 @@ flags beat the environment, the environment beats the file. Listener flags are r
 when given, replace that protocol's listeners from the file.
 
 Flags:
-  --config FILE             YAML configuration file (reference: README.md, "Configuration")
+  --config FILE             YAML configuration file (reference: README.md, "Configuration reference")
   --kafka LISTEN=BOOTSTRAP  Kafka front: listen address = upstream bootstrap brokers (comma separated),
                             e.g. --kafka 127.0.0.1:19092=kafka-1:9092,kafka-2:9092. Broker nodes get
                             listeners on the next ports (node id + LISTEN's port + 1).
@@ -125,7 +130,7 @@ Environment (Datadog's own variables; flags beat them):
   DD_TRACE_AGENT_PORT       Agent port (default 8126)
   DD_ENV                    env, as --env
   DD_SERVICE                default service, as --service
-  DD_VERSION                version sent in the DSM payload
+  DD_VERSION                version sent in the DSM payload of every proxied service (unset it on a shared proxy)
   DD_ERROR_TRACKING_HANDLED_ERRORS  any value: also report broker errors to the Agent as error spans
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE
                             credentials the AWS front re-signs with (standard AWS chain)
@@ -273,7 +278,14 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := buildServices(cfg); err != nil {
+	services, err := buildServices(cfg)
+	if err != nil {
+		return err
+	}
+	// Built, not started: nothing binds or dials, but every front's own checks run.
+	sh := shared{env: cfg.Env, cp: pathway.NewCheckpointer(cfg.Env, 0), obs: noObserver{}, errs: errtrack.Discard{},
+		services: services, log: zerolog.Nop()}
+	if _, err := buildFronts(cfg, sh); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "configuration OK: %d kafka, %d amqp, %d aws front(s); agent %s; admin %s\n",

@@ -131,29 +131,9 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		env: cfg.Env, cp: pathway.NewCheckpointer(cfg.Env, 0), obs: rt.agg, errs: rt.errs,
 		services: services, log: log,
 	}
-	for _, k := range cfg.Kafka {
-		f, err := buildKafka(k, sh)
-		if err != nil {
-			rt.abort()
-			return nil, err
-		}
-		rt.fronts = append(rt.fronts, f)
-	}
-	for _, a := range cfg.AMQP {
-		f, err := buildAMQP(a, sh)
-		if err != nil {
-			rt.abort()
-			return nil, err
-		}
-		rt.fronts = append(rt.fronts, f)
-	}
-	for _, a := range cfg.AWS {
-		f, err := buildAWS(a, sh)
-		if err != nil {
-			rt.abort()
-			return nil, err
-		}
-		rt.fronts = append(rt.fronts, f)
+	if rt.fronts, err = buildFronts(cfg, sh); err != nil {
+		rt.abort()
+		return nil, err
 	}
 	for _, f := range rt.fronts {
 		// Fronts stop by Shutdown (the drain), not by ctx.

@@ -88,6 +88,41 @@ type shared struct {
 	log      zerolog.Logger
 }
 
+// noObserver drops points and offsets: fronts built only to be checked.
+type noObserver struct{}
+
+func (noObserver) Add(pathway.Point) bool     { return true }
+func (noObserver) Offset(pathway.Offset) bool { return true }
+
+// buildFronts builds every configured front, unstarted: what each front's New refuses (a Kafka
+// listener on every interface without advertised_host, trusted clients off loopback, a TLS file
+// that does not load) is found here, by run and by check-config alike.
+func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
+	var fronts []namedFront
+	for _, k := range cfg.Kafka {
+		f, err := buildKafka(k, sh)
+		if err != nil {
+			return nil, err
+		}
+		fronts = append(fronts, f)
+	}
+	for _, a := range cfg.AMQP {
+		f, err := buildAMQP(a, sh)
+		if err != nil {
+			return nil, err
+		}
+		fronts = append(fronts, f)
+	}
+	for _, a := range cfg.AWS {
+		f, err := buildAWS(a, sh)
+		if err != nil {
+			return nil, err
+		}
+		fronts = append(fronts, f)
+	}
+	return fronts, nil
+}
+
 // listenerTemplate turns a front's limits and TLS settings into the proxy package's listener
 // template; the reloaders it returns are reloaded on SIGHUP.
 func listenerTemplate(l ListenerLimits) (proxy.ListenerConfig, []*proxy.CertReloader, error) {
