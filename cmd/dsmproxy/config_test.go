@@ -5,9 +5,16 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 func envMap(m map[string]string) func(string) (string, bool) {
@@ -238,6 +245,29 @@ func TestCheckConfigRefusesWhatRunRefuses(t *testing.T) {
 		code := mainArgs(append([]string{"check-config"}, tc.args...), &out, &errb)
 		if code != 1 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("check-config %v: exit %d, stderr %q; want 1 and %q", tc.args, code, errb.String(), tc.want)
+		}
+	}
+}
+
+// TestAWSReadinessUpstreams: /readyz dials every service's endpoint as the AWS front resolved it,
+// including AWS's regional ones when no upstream is set (it had nothing to dial then, and the
+// front never became ready).
+func TestAWSReadinessUpstreams(t *testing.T) {
+	sh := shared{cp: pathway.NewCheckpointer("", 0), obs: noObserver{}, errs: errtrack.Discard{}, services: &proxy.Services{}, log: zerolog.Nop()}
+	for _, tc := range []struct {
+		cfg  AWSConfig
+		want []string
+	}{
+		{AWSConfig{Listen: "127.0.0.1:0", Region: "eu-west-1"},
+			[]string{"sqs.eu-west-1.amazonaws.com:443", "sns.eu-west-1.amazonaws.com:443", "kinesis.eu-west-1.amazonaws.com:443"}},
+		{AWSConfig{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:4566"}, []string{"127.0.0.1:4566"}},
+	} {
+		f, err := buildAWS(tc.cfg, sh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(f.upstreams, tc.want) {
+			t.Errorf("upstream %q: readiness dials %v, want %v", tc.cfg.Upstream, f.upstreams, tc.want)
 		}
 	}
 }

@@ -214,21 +214,15 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
+	// What /readyz dials: every service's endpoint as the front resolved it (an empty upstream
+	// means AWS's regional endpoints).
 	var ups []string
-	for _, u := range append([]string{a.Upstream}, mapValues(a.Upstreams)...) {
+	for _, u := range p.Endpoints() {
 		if hp := hostPort(u); hp != "" {
 			ups = append(ups, hp)
 		}
 	}
 	return namedFront{front: p, protocol: "aws", listen: a.Listen, upstreams: ups, reloaders: reloaders}, nil
-}
-
-func mapValues(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for _, v := range m {
-		out = append(out, v)
-	}
-	return out
 }
 
 // hostPort turns an endpoint URL into the host:port /readyz dials.

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -326,6 +327,18 @@ func envProxied(up map[string]*url.URL) bool {
 		}
 	}
 	return false
+}
+
+// Endpoints are the upstream URLs the front sends each service to (SQS, SNS, Kinesis), as
+// resolved from Upstream, Upstreams and Region; the same URL appears once.
+func (p *Proxy) Endpoints() []string {
+	var out []string
+	for _, svc := range []string{ServiceSQS, ServiceSNS, ServiceKinesis} {
+		if u := p.up[svc].String(); !slices.Contains(out, u) {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // serviceEndpoint is raw for svc: raw itself, or, when raw is an AWS regional endpoint of another
