@@ -67,7 +67,7 @@ type ServiceRule struct {
 	Service   string `yaml:"service"`
 	Protocol  string `yaml:"protocol"`   // kafka, amqp, aws
 	ClientID  string `yaml:"client_id"`  // regular expression over Kafka client.id, AMQP connection_name, AWS app id
-	User      string `yaml:"user"`       // AMQP or SASL user
+	User      string `yaml:"user"`       // AMQP login (Kafka SASL users are not matched)
 	AccessKey string `yaml:"access_key"` // AWS access key id
 	CIDR      string `yaml:"cidr"`       // client source network
 
