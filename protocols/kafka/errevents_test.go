@@ -157,3 +157,23 @@ func TestErrorDescription(t *testing.T) {
 		t.Errorf("unknown code described as %q", d)
 	}
 }
+
+// TestErrorNameRetriable: codes clients get past by themselves (idempotent producer sequences and
+// epochs, rebalance steps) are retriable even where kerr says not, so they are never lost messages.
+func TestErrorNameRetriable(t *testing.T) {
+	for _, tc := range []struct {
+		code      int16
+		retriable bool
+	}{
+		{45, true}, {46, true}, {47, true}, {51, true}, {59, true}, // producer sequence, epoch, transactions
+		{22, true}, {25, true}, {27, true}, {110, true}, {113, true}, // rebalance steps
+		{6, true},   // NOT_LEADER_OR_FOLLOWER: kerr's own flag
+		{10, false}, // MESSAGE_TOO_LARGE
+		{29, false}, // TOPIC_AUTHORIZATION_FAILED
+	} {
+		name, retriable := errorName(tc.code)
+		if retriable != tc.retriable {
+			t.Errorf("%d (%s): retriable %v, want %v", tc.code, name, retriable, tc.retriable)
+		}
+	}
+}

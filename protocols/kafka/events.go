@@ -11,7 +11,22 @@ import (
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
-// errorName returns kerr's name and retriable flag for a Kafka error code.
+// clientsRecover are codes kerr marks not retriable that clients nonetheless get past by
+// themselves, so they are no lost messages and no failures to warn about:
+//   - the idempotent producer's sequence and epoch codes: franz-go's producer (kgo/sink.go) retries
+//     OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, UNKNOWN_PRODUCER_ID and
+//     CONCURRENT_TRANSACTIONS and treats DUPLICATE_SEQUENCE_NUMBER as success, as the Java
+//     producer does since KIP-360;
+//   - a consumer group's rebalance steps: the member rejoins.
+var clientsRecover = map[int16]bool{
+	kerr.OutOfOrderSequenceNumber.Code: true, kerr.DuplicateSequenceNumber.Code: true,
+	kerr.InvalidProducerEpoch.Code: true, kerr.UnknownProducerID.Code: true, kerr.ConcurrentTransactions.Code: true,
+	kerr.RebalanceInProgress.Code: true, kerr.IllegalGeneration.Code: true, kerr.UnknownMemberID.Code: true,
+	kerr.FencedMemberEpoch.Code: true, kerr.StaleMemberEpoch.Code: true,
+}
+
+// errorName returns kerr's name for a Kafka error code, and whether clients retry past it (kerr's
+// flag, or clientsRecover).
 func errorName(code int16) (string, bool) {
 	e := kerr.TypedErrorForCode(code)
 	if e == nil {
@@ -20,7 +35,7 @@ func errorName(code int16) (string, bool) {
 	if e == kerr.UnknownServerError && code != kerr.UnknownServerError.Code {
 		return "UNKNOWN_ERROR_CODE_" + strconv.Itoa(int(code)), false
 	}
-	return e.Message, e.Retriable
+	return e.Message, e.Retriable || clientsRecover[code]
 }
 
 // errorDescription is kerr's sentence for a code (a static string: no allocation per event), the
