@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"sync"
+
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -10,7 +12,81 @@ import (
 // kafka_commit backlogs for each partition the response accepts.
 type commitFacts struct {
 	group   string
+	txnID   string // TxnOffsetCommit: the transaction whose EndTxn makes the offsets count
 	offsets []committed
+}
+
+// endTxnFacts is what an EndTxn request says.
+type endTxnFacts struct {
+	txnID  string
+	commit bool
+}
+
+// txnCommits holds the offsets a TxnOffsetCommit sent, per transactional id, until EndTxn says
+// whether the transaction commits them (TxnOffsetCommit goes to the group coordinator, EndTxn to
+// the transaction coordinator: other connections, so the proxy holds them, not the session).
+// Bounded: past maxTxns transactions it starts afresh, losing only unreported commits.
+type txnCommits struct {
+	mu      sync.Mutex
+	pending map[string][]pathway.Offset
+}
+
+const (
+	maxTxns       = 10000
+	maxTxnOffsets = 10000 // per transaction
+)
+
+func (t *txnCommits) hold(txnID string, o pathway.Offset) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pending == nil || len(t.pending) >= maxTxns {
+		t.pending = map[string][]pathway.Offset{}
+	}
+	if len(t.pending[txnID]) < maxTxnOffsets {
+		t.pending[txnID] = append(t.pending[txnID], o)
+	}
+}
+
+// end returns the offsets transaction txnID committed (none when it aborted) and forgets them.
+func (t *txnCommits) end(txnID string, commit bool) []pathway.Offset {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	held := t.pending[txnID]
+	delete(t.pending, txnID)
+	if !commit {
+		return nil
+	}
+	return held
+}
+
+func (s *session) endTxnRequest(h requestHeader, frame []byte, pd *pending) {
+	if !knownVersion(h.Key, h.Version) {
+		return
+	}
+	f, err := parseEndTxn(h, frame)
+	if err != nil {
+		s.requestParseError(h, err)
+		return
+	}
+	pd.facts = f
+}
+
+// endTxnResponse reports the offsets of a transaction that committed as kafka_commit, stamped now.
+func (s *session) endTxnResponse(pd *pending, frame []byte) {
+	f, ok := pd.facts.(endTxnFacts)
+	if !ok {
+		return
+	}
+	resp := kmsg.NewPtrEndTxnResponse()
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+		return
+	}
+	offsets := s.p.txns.end(f.txnID, f.commit && resp.ErrorCode == 0)
+	now := s.p.now().UnixNano()
+	for _, o := range offsets {
+		o.Time = now
+		s.p.addOffset(o)
+	}
 }
 
 type committed struct {
@@ -96,8 +172,13 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 				s.p.brokerError(pd.key, rp.code, ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group, ClusterID: s.p.cluster()}, c.partition, 0)
 				break
 			}
-			s.p.addOffset(pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group, ClusterID: s.p.cluster(),
-				Topic: c.topic, Partition: c.partition, Value: c.offset, Time: now})
+			o := pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group, ClusterID: s.p.cluster(),
+				Topic: c.topic, Partition: c.partition, Value: c.offset, Time: now}
+			if pd.key == keyTxnOffsetCommit {
+				s.p.txns.hold(f.txnID, o) // counts only if the transaction commits
+			} else {
+				s.p.addOffset(o)
+			}
 			break
 		}
 	}

@@ -31,7 +31,7 @@ func FuzzRequestFrame(f *testing.F) {
 	for _, req := range []kmsg.Request{kmsg.NewPtrFetchRequest(), kmsg.NewPtrOffsetCommitRequest(), kmsg.NewPtrTxnOffsetCommitRequest(),
 		kmsg.NewPtrJoinGroupRequest(), kmsg.NewPtrSyncGroupRequest(), kmsg.NewPtrConsumerGroupHeartbeatRequest(),
 		kmsg.NewPtrSASLHandshakeRequest(), kmsg.NewPtrApiVersionsRequest(), kmsg.NewPtrProduceRequest(),
-		kmsg.NewPtrHeartbeatRequest(), kmsg.NewPtrLeaveGroupRequest()} {
+		kmsg.NewPtrHeartbeatRequest(), kmsg.NewPtrLeaveGroupRequest(), kmsg.NewPtrEndTxnRequest()} {
 		for _, v := range []int16{0, req.MaxVersion()} {
 			req.SetVersion(v)
 			f.Add(requestFrame(req, 1))
@@ -63,7 +63,7 @@ func FuzzRequestFrame(f *testing.F) {
 func FuzzResponse(f *testing.F) {
 	for _, key := range []int16{keyProduce, keyFetch, keyMetadata, keyOffsetCommit, keyFindCoordinator, keySyncGroup,
 		keySaslHandshake, keyApiVersions, keyTxnOffsetCommit, keyDescribeCluster, keyCGHeartbeat, keyShareFetch, keyShareAck,
-		keyListOffsets, keyJoinGroup, keyHeartbeat, keyLeaveGroup} {
+		keyListOffsets, keyJoinGroup, keyHeartbeat, keyLeaveGroup, keyEndTxn} {
 		resp := kmsg.ResponseForKey(key)
 		for _, v := range []int16{0, resp.MaxVersion()} {
 			resp.SetVersion(v)

@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"testing"
@@ -284,6 +285,80 @@ func TestDescribeClusterAddresses(t *testing.T) {
 		a := net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port)))
 		if !p.isProxyAddr(a) {
 			t.Errorf("broker %d advertised as %s, not a proxy listener", b.NodeID, a)
+		}
+	}
+	guard.check(t)
+}
+
+// TestTxnOffsetsCountAtEndTxn: offsets a transaction sends with TxnOffsetCommit become a
+// kafka_commit only when its EndTxn commits: not before, and never for an abort. The requests are
+// kgo's, one by one, as a transactional client sends them.
+func TestTxnOffsetsCountAtEndTxn(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "txoff")
+	produceKgo(t, ctx, kgoClient(t, p), topic, testRecords(4, time.UnixMilli(1700000710000)))
+	cl := kgoClient(t, p)
+	md := kmsg.NewPtrMetadataRequest()
+	mt := kmsg.NewMetadataRequestTopic()
+	mt.Topic = &topic
+	md.Topics = append(md.Topics, mt)
+	mr, err := md.RequestWith(ctx, cl)
+	if err != nil || len(mr.Topics) != 1 {
+		t.Fatalf("metadata: %v", err)
+	}
+	topicID := mr.Topics[0].TopicID // TxnOffsetCommit v6 names topics by id
+	commits := func(group string) []pathway.Offset {
+		_, offs := p.rec.snapshot()
+		var out []pathway.Offset
+		for _, o := range offs {
+			if o.Kind == pathway.KafkaCommit && o.Group == group {
+				out = append(out, o)
+			}
+		}
+		return out
+	}
+	for _, commit := range []bool{false, true} {
+		txn, group := fmt.Sprintf("raw-tx-%v", commit), fmt.Sprintf("raw-group-%v", commit)
+		init := kmsg.NewPtrInitProducerIDRequest()
+		init.TransactionalID, init.TransactionTimeoutMillis = &txn, 60000
+		ir, err := init.RequestWith(ctx, cl)
+		if err != nil || ir.ErrorCode != 0 {
+			t.Fatalf("InitProducerID: %v %v", err, ir)
+		}
+		add := kmsg.NewPtrAddOffsetsToTxnRequest()
+		add.TransactionalID, add.ProducerID, add.ProducerEpoch, add.Group = txn, ir.ProducerID, ir.ProducerEpoch, group
+		if ar, err := add.RequestWith(ctx, cl); err != nil || ar.ErrorCode != 0 {
+			t.Fatalf("AddOffsetsToTxn: %v %v", err, ar)
+		}
+		toc := kmsg.NewPtrTxnOffsetCommitRequest()
+		toc.TransactionalID, toc.Group, toc.ProducerID, toc.ProducerEpoch = txn, group, ir.ProducerID, ir.ProducerEpoch
+		tt := kmsg.NewTxnOffsetCommitRequestTopic()
+		tt.Topic, tt.TopicID = topic, topicID
+		tp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+		tp.Partition, tp.Offset = 0, 2
+		tt.Partitions = append(tt.Partitions, tp)
+		toc.Topics = append(toc.Topics, tt)
+		tr, err := toc.RequestWith(ctx, cl)
+		if err != nil || len(tr.Topics) != 1 || tr.Topics[0].Partitions[0].ErrorCode != 0 {
+			t.Fatalf("TxnOffsetCommit: %v %+v", err, tr)
+		}
+		if got := commits(group); len(got) != 0 {
+			t.Errorf("kafka_commit before the transaction ended: %+v", got)
+		}
+		end := kmsg.NewPtrEndTxnRequest()
+		end.TransactionalID, end.ProducerID, end.ProducerEpoch, end.Commit = txn, ir.ProducerID, ir.ProducerEpoch, commit
+		if er, err := end.RequestWith(ctx, cl); err != nil || er.ErrorCode != 0 {
+			t.Fatalf("EndTxn: %v %v", err, er)
+		}
+		// The EndTxn answer passed the proxy before the client got it.
+		got := commits(group)
+		switch {
+		case !commit && len(got) != 0:
+			t.Errorf("kafka_commit from an aborted transaction: %+v", got)
+		case commit && (len(got) != 1 || got[0].Topic != topic || got[0].Value != 2):
+			t.Errorf("committed transaction's kafka_commit: %+v, want offset 2 on %s", got, topic)
 		}
 	}
 	guard.check(t)

@@ -20,6 +20,7 @@ const (
 	keySyncGroup       int16 = 14
 	keySaslHandshake   int16 = 17
 	keyApiVersions     int16 = 18
+	keyEndTxn          int16 = 26
 	keyTxnOffsetCommit int16 = 28
 	keyDescribeCluster int16 = 60
 	keyCGHeartbeat     int16 = 68
@@ -33,6 +34,7 @@ var decodedKeys = map[int16]bool{
 	keyProduce: true, keyFetch: true, keyListOffsets: true, keyMetadata: true, keyOffsetCommit: true, keyFindCoordinator: true,
 	keyJoinGroup: true, keyHeartbeat: true, keyLeaveGroup: true, keySyncGroup: true, keySaslHandshake: true, keyApiVersions: true,
 	keyTxnOffsetCommit: true, keyDescribeCluster: true, keyCGHeartbeat: true, keyShareFetch: true, keyShareAck: true,
+	keyEndTxn: true,
 }
 
 // requestParseError reports a request body the proxy could not read; the request is forwarded.
@@ -68,6 +70,8 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.offsetCommitRequest(h, frame, pd)
 	case keyTxnOffsetCommit:
 		s.txnOffsetCommitRequest(h, frame, pd)
+	case keyEndTxn:
+		s.endTxnRequest(h, frame, pd)
 	case keyJoinGroup, keySyncGroup, keyCGHeartbeat, keyHeartbeat:
 		if group, ok := s.firstString(h, frame); ok {
 			s.p.groups.learn(s.info.Load().key(), group)
@@ -103,6 +107,8 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 		return s.fetchResponse(pd, frame)
 	case keyOffsetCommit, keyTxnOffsetCommit:
 		s.commitResponse(pd, frame)
+	case keyEndTxn:
+		s.endTxnResponse(pd, frame)
 	case keySyncGroup:
 		s.syncGroupResponse(pd, frame)
 	case keyCGHeartbeat:

@@ -133,6 +133,7 @@ type Proxy struct {
 	topics    *topicIDs
 	limits    *topicLimits
 	clusterID atomic.Pointer[string] // from Metadata; see noteCluster
+	txns      txnCommits             // transactional commits awaiting their EndTxn
 	groups    *groupTracker
 	links     *linkTable
 	stats     counters

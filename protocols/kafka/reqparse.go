@@ -151,11 +151,22 @@ func parseOffsetCommit(h requestHeader, frame []byte) (*commitFacts, error) {
 }
 
 // parseTxnOffsetCommit reads group and offsets of a TxnOffsetCommit request.
+// parseEndTxn reads an EndTxn request: which transaction, and whether it commits.
+func parseEndTxn(h requestHeader, frame []byte) (endTxnFacts, error) {
+	w := newWire(h, frame)
+	var f endTxnFacts
+	f.txnID = w.str()
+	w.Int64() // producer id
+	w.Int16() // producer epoch
+	f.commit = w.Bool()
+	return f, w.err(h)
+}
+
 func parseTxnOffsetCommit(h requestHeader, frame []byte) (*commitFacts, error) {
 	w := newWire(h, frame)
 	v := h.Version
-	w.str() // transactional id
-	f := &commitFacts{group: w.str()}
+	txnID := w.str()
+	f := &commitFacts{group: w.str(), txnID: txnID}
 	w.Int64() // producer id
 	w.Int16() // producer epoch
 	if v >= 3 {
