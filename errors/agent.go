@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -53,7 +54,13 @@ type AgentReporter struct {
 	endpoint string // request URL
 	badURL   error
 	client   *http.Client
+
+	mu      sync.Mutex
+	pending [][]span // traces of intervals the Agent could not take yet (down, or 5xx)
 }
+
+// maxPendingTraces bounds the traces kept for an Agent that is down; the oldest go first.
+const maxPendingTraces = 2000
 
 // NewAgentReporter returns the reporter for cfg. A URL it cannot use makes every Send fail with the
 // reason rather than New failing: the proxy keeps running without error spans.
@@ -127,18 +134,28 @@ type nativeStrAttr struct {
 	StringValue string `msgpack:"string_value"`
 }
 
-// Send posts iv's groups, one trace each, in a single request. An empty interval sends nothing.
+// Send posts iv's groups, one trace each, in a single request, after the traces of earlier
+// intervals the Agent could not take (it was unreachable or answered 5xx; at most
+// maxPendingTraces are kept). An empty interval with nothing pending sends nothing.
 func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
-	if len(iv.Groups) == 0 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(iv.Groups) == 0 && len(a.pending) == 0 {
 		return nil
 	}
 	if a.badURL != nil {
 		return fmt.Errorf("errtrack: agent URL: %w", a.badURL)
 	}
-	traces := make([][]span, 0, len(iv.Groups))
+	// What an unreachable or failing Agent did not take goes out first, with this interval.
+	traces := append(a.pending, make([][]span, 0, len(iv.Groups))...)
+	a.pending = nil
 	for i := range iv.Groups {
 		traces = append(traces, []span{a.span(&iv.Groups[i], iv)})
 	}
+	if len(traces) > maxPendingTraces {
+		traces = traces[len(traces)-maxPendingTraces:]
+	}
+	retry := func() { a.pending = traces }
 	body, err := msgpack.Marshal(traces)
 	if err != nil {
 		return fmt.Errorf("errtrack: encode %d error traces for %s: %w", len(traces), TracesPath, err)
@@ -155,10 +172,14 @@ func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
 	req.Header.Set("X-Datadog-Trace-Count", strconv.Itoa(len(traces)))
 	resp, err := a.client.Do(req)
 	if err != nil {
+		retry()
 		return fmt.Errorf("errtrack: agent %s: POST %s: %w", a.cfg.URL, TracesPath, err)
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode >= 500 {
+		retry() // a 4xx would refuse them again: those are dropped
+	}
 	if resp.StatusCode >= 400 {
 		return fmt.Errorf("errtrack: agent %s: POST %s (%d traces): status %d: %s", a.cfg.URL, TracesPath,
 			len(traces), resp.StatusCode, bytes.TrimSpace(msg))

@@ -275,3 +275,34 @@ func TestCollectorToAgent(t *testing.T) {
 		t.Errorf("requests = %d, want 1", reqs)
 	}
 }
+
+// TestAgentReporterKeepsTracesForAFailingAgent: traces an Agent answered 5xx to (or could not be
+// reached for) go out again with the next interval; after a 4xx, which would refuse them again,
+// they do not.
+func TestAgentReporterKeepsTracesForAFailingAgent(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		resent bool
+	}{{http.StatusServiceUnavailable, true}, {http.StatusRequestEntityTooLarge, false}} {
+		fa := &fakeAgent{status: tc.status}
+		srv := httptest.NewServer(fa)
+		r := NewAgentReporter(AgentConfig{URL: srv.URL})
+		if err := r.Send(context.Background(), lostInterval()); err == nil {
+			t.Fatalf("status %d: no error", tc.status)
+		}
+		fa.mu.Lock()
+		fa.status, fa.traces = 0, nil
+		fa.mu.Unlock()
+		if err := r.Send(context.Background(), lostInterval()); err != nil {
+			t.Fatalf("status %d, then a healthy Agent: %v", tc.status, err)
+		}
+		want := 2 // the second interval's two groups
+		if tc.resent {
+			want = 4
+		}
+		if n := len(fa.spans()); n != want {
+			t.Errorf("after a %d: the next send carried %d traces, want %d", tc.status, n, want)
+		}
+		srv.Close()
+	}
+}
