@@ -177,3 +177,21 @@ func TestErrorNameRetriable(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupLookupAmbiguous: when consumers of two groups share a client key and hold the same
+// partition, the fetch's group is unknown: lookup says "" every time, never one group at random;
+// a partition only one of them holds still names it.
+func TestGroupLookupAmbiguous(t *testing.T) {
+	g := newGroupTracker(10)
+	k := clientKey{}
+	g.assign(k, "billing", []topicPartition{{"orders", 0}, {"orders", 1}})
+	g.assign(k, "audit", []topicPartition{{"orders", 0}})
+	for range 50 {
+		if got := g.lookup(k, "orders", 0); got != "" {
+			t.Fatalf("orders/0, held by both groups: %q", got)
+		}
+	}
+	if got := g.lookup(k, "orders", 1); got != "billing" {
+		t.Errorf("orders/1, held by billing only: %q", got)
+	}
+}

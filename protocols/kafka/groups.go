@@ -90,7 +90,10 @@ func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition)
 	cg.groups[group] = set
 }
 
-// lookup returns the group client k consumes topic/partition for, or "".
+// lookup returns the group client k consumes topic/partition for, or "". Consumers of several
+// groups can share a key (one host, the same client.id: librdkafka's default "rdkafka", kgo's
+// "kgo") and hold the same partition; which of them fetched is then unknown, and the answer is
+// "" rather than one group or the other at random.
 func (g *groupTracker) lookup(k clientKey, topic string, partition int32) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -99,14 +102,21 @@ func (g *groupTracker) lookup(k clientKey, topic string, partition int32) string
 		return ""
 	}
 	tp := topicPartition{topic, partition}
-	only := ""
+	found, holders, only := "", 0, ""
 	for name, parts := range cg.groups {
 		if _, ok := parts[tp]; ok {
-			return name
+			found = name
+			holders++
 		}
 		if len(cg.groups) == 1 {
 			only = name
 		}
+	}
+	switch {
+	case holders == 1:
+		return found
+	case holders > 1:
+		return ""
 	}
 	return only
 }
