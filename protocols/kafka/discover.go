@@ -5,11 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -17,8 +15,9 @@ import (
 // replica, they dial node ports this proxy has not opened yet, because it opens a node's
 // listener when a response names the node; a Java client that does not re-bootstrap then never
 // gets one. So when node ports are fixed, the proxy asks the cluster for its brokers itself at
-// start, and learns the topic ids clients that cached them produce and fetch by (v13+). A cluster that wants SASL before Metadata closes such a connection: its nodes open with
-// the first client's Metadata, as before.
+// start, and learns the topic ids clients that cached them produce and fetch by (v13+). A
+// cluster that wants SASL before Metadata closes such a connection: its nodes open with the first
+// client's Metadata, as before.
 
 // discoverRetry bounds the wait between attempts while no bootstrap broker answers.
 const discoverRetry = 30 * time.Second
@@ -91,14 +90,10 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	if err := roundTrip(c, 2, md, mr); err != nil {
 		return 0, errRefusedMetadata{err}
 	}
-	p.learnTopics(mr)
-	if mr.ClusterID != nil {
-		p.noteCluster(*mr.ClusterID)
-	}
-	for _, b := range mr.Brokers {
-		if _, _, err := p.advertise(b.NodeID, b.Host, b.Port); err != nil {
-			return 0, fmt.Errorf("node %d: %w", b.NodeID, err)
-		}
+	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
+	// the cluster id.
+	if _, err := p.rewriteResponseAddresses(mr); err != nil {
+		return 0, err
 	}
 	return len(mr.Brokers), nil
 }
@@ -109,31 +104,17 @@ func roundTrip(c net.Conn, corr int32, req kmsg.Request, resp kmsg.Response) err
 	if _, err := c.Write(frame); err != nil {
 		return err
 	}
-	var size [4]byte
-	if _, err := io.ReadFull(c, size[:]); err != nil {
+	frame, err := readFrameInto(c, DefaultMaxFrameBytes, nil)
+	if err != nil {
 		return err
-	}
-	n := int32(binary.BigEndian.Uint32(size[:]))
-	if n < 4 || n > DefaultMaxFrameBytes {
-		return fmt.Errorf("%s response of %d bytes", kmsg.NameForKey(req.Key()), n)
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c, body); err != nil {
-		return err
-	}
-	r := kbin.Reader{Src: body}
-	if got := r.Int32(); got != corr {
-		return fmt.Errorf("%s response for correlation id %d, sent %d", kmsg.NameForKey(req.Key()), got, corr)
 	}
 	resp.SetVersion(req.GetVersion())
-	if resp.IsFlexible() && req.Key() != kmsg.ApiVersions.Int16() { // ApiVersions keeps header v0
-		for tags := r.Uvarint(); tags > 0; tags-- {
-			r.Uvarint()
-			r.Span(int(r.Uvarint()))
-		}
+	start, err := responseBodyStart(frame, req.Key(), resp.IsFlexible())
+	if err != nil {
+		return fmt.Errorf("%s response: %w", kmsg.NameForKey(req.Key()), err)
 	}
-	if !r.Ok() {
-		return fmt.Errorf("%s response header: %w", kmsg.NameForKey(req.Key()), io.ErrUnexpectedEOF)
+	if got := int32(binary.BigEndian.Uint32(frame[4:])); got != corr {
+		return fmt.Errorf("%s response for correlation id %d, sent %d", kmsg.NameForKey(req.Key()), got, corr)
 	}
-	return resp.ReadFrom(r.Src)
+	return resp.ReadFrom(frame[start:])
 }
