@@ -182,16 +182,6 @@ func (s *session) requests() error {
 			}
 			return err
 		}
-		s.mu.Lock()
-		waiting := len(s.queue)
-		s.mu.Unlock()
-		if waiting >= maxQueuedRequests {
-			// Requests the proxy answers itself never reach the broker, so nothing else would hold
-			// back a client that sends them without reading its answers.
-			err := fmt.Errorf("%d requests await their answers (limit %d)", waiting, maxQueuedRequests)
-			s.log.Warn().Err(err).Msg("closing connection")
-			return err
-		}
 		if left := s.rawLeft.Load(); left != 0 {
 			// SaslHandshake v0: this frame is a raw SASL token with no Kafka header. The handshake's
 			// answer can arrive while this read waits, so an unknown mechanism (left < 0) is seen
@@ -223,7 +213,10 @@ func (s *session) requests() error {
 			continue
 		}
 		if pd.synthetic != nil {
-			s.reply(pd)
+			if err := s.reply(pd); err != nil {
+				s.log.Warn().Err(err).Msg("closing connection")
+				return err
+			}
 			continue
 		}
 		s.push(pd)
@@ -241,20 +234,27 @@ func (s *session) push(pd *pending) {
 }
 
 // reply writes a synthetic response now if nothing is in flight, else queues it behind the
-// requests in flight so the client receives answers in request order.
-func (s *session) reply(pd *pending) {
+// requests in flight so the client receives answers in request order. Such requests never reach
+// the broker, so nothing else would hold back a client that sends them without reading its
+// answers: past maxQueuedRequests awaiting answers, reply refuses.
+func (s *session) reply(pd *pending) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.mu.Lock()
-	if len(s.queue) > 0 {
+	if n := len(s.queue); n > 0 {
+		if n >= maxQueuedRequests {
+			s.mu.Unlock()
+			return fmt.Errorf("%d requests await their answers (limit %d)", n, maxQueuedRequests)
+		}
 		s.queue = append(s.queue, pd)
 		s.mu.Unlock()
-		return
+		return nil
 	}
 	s.mu.Unlock()
 	if _, err := s.c.Client.Write(pd.synthetic); err != nil {
 		s.log.Debug().Err(err).Msg("writing proxy reply")
 	}
+	return nil
 }
 
 // pop removes the request answered by a response with corr (or the raw-token entry at the head).
