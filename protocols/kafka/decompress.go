@@ -24,7 +24,7 @@ var decompressLimit = MaxDecompressedBatchBytes
 var errDecompressedSize = errors.New("batch decompresses past the proxy's limit (MaxDecompressedBatchBytes)")
 
 // boundedDecoders decompress gzip and zstd with a limit on the output; snappy and lz4 state their
-// sizes up front, which decompressedBound reads before kgo decodes them.
+// sizes up front, which snappyBound and lz4Bound read before they are decoded.
 type boundedDecoders struct {
 	gz   *gzip.Reader
 	src  bytes.Reader

@@ -1,15 +1,19 @@
 package kafka
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // topicLimits remembers, per topic, the smallest batch the broker refused as too large after the
 // proxy had grown it: the topic's max.message.bytes (or a broker's lower message.max.bytes) is
 // below it. The proxy cannot read topic configs without the clients' credentials, so it learns
 // them from the one refusal each and keeps later batches of the topic from growing that far.
 type topicLimits struct {
-	mu  sync.Mutex
-	max int
-	m   map[string]int // topic -> smallest refused size
+	mu      sync.Mutex
+	max     int
+	m       map[string]int // topic -> smallest refused size
+	learned atomic.Bool    // any topic at all: until then fits takes no lock (every produce batch asks)
 }
 
 func newTopicLimits(max int) *topicLimits { return &topicLimits{max: max, m: map[string]int{}} }
@@ -25,10 +29,14 @@ func (t *topicLimits) refused(topic string, size int) {
 		clear(t.m) // bounded; a topic that is refused again is learned again
 	}
 	t.m[topic] = size
+	t.learned.Store(true)
 }
 
 // fits reports whether records grown to size may go to topic.
 func (t *topicLimits) fits(topic string, size int) bool {
+	if !t.learned.Load() {
+		return true
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	limit, ok := t.m[topic]
