@@ -793,27 +793,26 @@ func (p *Proxy) skip(c *call, e pathway.Edge, name, msg string) {
 		Name: name, Message: msg, Service: c.svcName, Edge: e, Partition: -1, Messages: 1})
 }
 
-// boundedMap is a string map that is emptied, not grown, when full.
+// boundedMap is a string map bounded to the keys used most recently (proxy.RecentMap): an
+// iterator or queue URL in use is never forgotten because many new ones arrived.
 type boundedMap struct {
-	mu  sync.Mutex
-	max int
-	m   map[string]string
+	mu sync.Mutex
+	m  *proxy.RecentMap[string, string]
 }
 
-func newBoundedMap(max int) *boundedMap { return &boundedMap{max: max, m: map[string]string{}} }
+func newBoundedMap(max int) *boundedMap {
+	return &boundedMap{m: proxy.NewRecentMap[string, string](max)}
+}
 
 func (b *boundedMap) put(k, v string) {
 	b.mu.Lock()
-	if len(b.m) >= b.max {
-		clear(b.m)
-	}
-	b.m[k] = v
+	b.m.Put(k, v)
 	b.mu.Unlock()
 }
 
 func (b *boundedMap) get(k string) (string, bool) {
 	b.mu.Lock()
-	v, ok := b.m[k]
+	v, ok := b.m.Get(k)
 	b.mu.Unlock()
 	return v, ok
 }

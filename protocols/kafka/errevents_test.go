@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -193,5 +194,29 @@ func TestGroupLookupAmbiguous(t *testing.T) {
 	}
 	if got := g.lookup(k, "orders", 1); got != "billing" {
 		t.Errorf("orders/1, held by billing only: %q", got)
+	}
+}
+
+// TestGroupTrackerKeepsActiveClients: a full tracker forgets idle clients, one generation at a
+// time, and never an active one's assignments; it holds at most its limit.
+func TestGroupTrackerKeepsActiveClients(t *testing.T) {
+	g := newGroupTracker(10)
+	active := clientKey{clientID: "active"}
+	idle := clientKey{clientID: "idle"}
+	// Two groups, so lookup needs the assignments, not the only-group fallback.
+	g.assign(active, "billing", []topicPartition{{"orders", 0}})
+	g.assign(active, "audit", []topicPartition{{"orders", 1}})
+	g.assign(idle, "billing", []topicPartition{{"orders", 2}})
+	for i := range 100 {
+		g.learn(clientKey{clientID: fmt.Sprintf("other-%d", i)}, "g")
+		if got := g.lookup(active, "orders", 1); got != "audit" {
+			t.Fatalf("after %d other clients, the active client's orders/1: %q, want audit", i+1, got)
+		}
+		if n := g.clients.Len(); n > 10 {
+			t.Fatalf("after %d other clients the tracker holds %d, limit 10", i+1, n)
+		}
+	}
+	if got := g.lookup(idle, "orders", 2); got != "" {
+		t.Errorf("idle client still known after 100 others: %q", got)
 	}
 }

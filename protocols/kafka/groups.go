@@ -1,13 +1,14 @@
 package kafka
 
 import (
-	"github.com/twmb/franz-go/pkg/kerr"
 	"net/netip"
 	"sync"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // Fetch requests carry no group id, and group traffic goes to the coordinator on another
@@ -32,26 +33,23 @@ type clientGroups struct {
 	groups map[string]map[topicPartition]struct{}
 }
 
-// groupTracker is bounded: when it holds max clients it is emptied and relearned from the next
-// heartbeats and commits (which every group member sends every few seconds).
+// groupTracker is bounded to the clients seen most recently: a client that fetches, commits or
+// heartbeats keeps its assignments however many others come and go (classic consumers learn them
+// only at a rebalance, so forgetting a busy client would cost its group tag until the next one).
 type groupTracker struct {
 	mu      sync.Mutex
-	max     int
-	clients map[clientKey]*clientGroups
+	clients *proxy.RecentMap[clientKey, *clientGroups]
 }
 
-func newGroupTracker(max int) *groupTracker {
-	return &groupTracker{max: max, clients: make(map[clientKey]*clientGroups)}
+func newGroupTracker(limit int) *groupTracker {
+	return &groupTracker{clients: proxy.NewRecentMap[clientKey, *clientGroups](limit)}
 }
 
 func (g *groupTracker) entry(k clientKey) *clientGroups {
-	cg := g.clients[k]
+	cg, _ := g.clients.Get(k)
 	if cg == nil {
-		if len(g.clients) >= g.max {
-			clear(g.clients)
-		}
 		cg = &clientGroups{groups: make(map[string]map[topicPartition]struct{})}
-		g.clients[k] = cg
+		g.clients.Put(k, cg)
 	}
 	return cg
 }
@@ -97,7 +95,7 @@ func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition)
 func (g *groupTracker) lookup(k clientKey, topic string, partition int32) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	cg := g.clients[k]
+	cg, _ := g.clients.Get(k)
 	if cg == nil {
 		return ""
 	}

@@ -21,7 +21,7 @@ import (
 func (p *Proxy) groupOf(clientID, topic string, partition int32) string {
 	p.groups.mu.Lock()
 	var keys []clientKey
-	for k := range p.groups.clients {
+	for k := range p.groups.clients.All() {
 		if k.clientID == clientID {
 			keys = append(keys, k)
 		}

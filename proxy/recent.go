@@ -1,0 +1,65 @@
+package proxy
+
+import (
+	"iter"
+	"maps"
+)
+
+// RecentMap is a map bounded to the keys used most recently, for the state protocols learn from
+// traffic (groups per client, queue URLs, shard iterators). It keeps two generations of at most
+// limit/2 keys: when the current one fills it becomes the previous one and the older is dropped,
+// and a key read from the previous generation moves back into the current one. A key in use
+// therefore survives any number of new keys, and one left unused for a whole generation is
+// forgotten; emptying the whole map at its limit would forget the busy keys with the idle ones.
+// It is not safe for concurrent use.
+type RecentMap[K comparable, V any] struct {
+	genMax   int
+	current  map[K]V
+	previous map[K]V
+}
+
+// NewRecentMap returns a map that holds at most limit keys (at least 2).
+func NewRecentMap[K comparable, V any](limit int) *RecentMap[K, V] {
+	return &RecentMap[K, V]{genMax: max(limit/2, 1), current: make(map[K]V)}
+}
+
+// Get returns k's value and marks k as used.
+func (m *RecentMap[K, V]) Get(k K) (V, bool) {
+	if v, ok := m.current[k]; ok {
+		return v, true
+	}
+	v, ok := m.previous[k]
+	if ok {
+		delete(m.previous, k)
+		m.Put(k, v)
+	}
+	return v, ok
+}
+
+// Put sets k's value and marks k as used.
+func (m *RecentMap[K, V]) Put(k K, v V) {
+	if _, ok := m.current[k]; !ok && len(m.current) >= m.genMax {
+		m.previous, m.current = m.current, make(map[K]V, m.genMax)
+	}
+	delete(m.previous, k)
+	m.current[k] = v
+}
+
+// Len is the number of keys held, at most the limit.
+func (m *RecentMap[K, V]) Len() int { return len(m.current) + len(m.previous) }
+
+// All yields every key and value held, without marking them used.
+func (m *RecentMap[K, V]) All() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for k, v := range maps.All(m.current) {
+			if !yield(k, v) {
+				return
+			}
+		}
+		for k, v := range maps.All(m.previous) {
+			if !yield(k, v) {
+				return
+			}
+		}
+	}
+}

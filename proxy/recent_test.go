@@ -1,0 +1,34 @@
+package proxy
+
+import (
+	"fmt"
+	"testing"
+)
+
+// TestRecentMap: keys in use survive any number of new ones, an unused key is forgotten after
+// two generations, and the map never holds more than its limit.
+func TestRecentMap(t *testing.T) {
+	m := NewRecentMap[string, int](10)
+	m.Put("busy", 1)
+	m.Put("idle", 2)
+	for i := range 100 {
+		m.Put(fmt.Sprint("new-", i), i)
+		if v, ok := m.Get("busy"); !ok || v != 1 {
+			t.Fatalf("after %d new keys, busy = %d, %v", i+1, v, ok)
+		}
+		if m.Len() > 10 {
+			t.Fatalf("after %d new keys the map holds %d, limit 10", i+1, m.Len())
+		}
+	}
+	if _, ok := m.Get("idle"); ok {
+		t.Error("idle key still held after 100 new keys")
+	}
+	// A Put of a key in the previous generation moves it, not copies it.
+	m.Put("busy", 3)
+	if v, _ := m.Get("busy"); v != 3 {
+		t.Errorf("busy = %d after Put 3", v)
+	}
+	if _, ok := m.previous["busy"]; ok {
+		t.Error("busy is held in both generations")
+	}
+}
