@@ -165,12 +165,21 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 			if c.partition != rp.partition || !sameTopic {
 				continue
 			}
-			if c.topic == "" {
-				break // unresolved topic id: nothing to report under
+			if c.topic == "" { // a Metadata answer since the request may have named it
+				c.topic, _ = s.p.topics.get(c.topicID)
 			}
 			if rp.code != 0 {
-				s.p.brokerError(pd.key, rp.code, ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group, ClusterID: s.p.cluster()}, c.partition, 0)
+				// An id that still does not resolve is reported on the group's edge (as the
+				// group errors are): the refusal counts more than the topic it lacks.
+				edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group}
+				if c.topic != "" {
+					edge.ClusterID = s.p.cluster()
+				}
+				s.p.brokerError(pd.key, rp.code, ci.service, edge, c.partition, 0)
 				break
+			}
+			if c.topic == "" {
+				break // unresolved topic id: no topic to report the offset under
 			}
 			o := pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group, ClusterID: s.p.cluster(),
 				Topic: c.topic, Partition: c.partition, Value: c.offset, Time: now}

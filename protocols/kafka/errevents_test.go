@@ -220,3 +220,42 @@ func TestGroupTrackerKeepsActiveClients(t *testing.T) {
 		t.Errorf("idle client still known after 100 others: %q", got)
 	}
 }
+
+// TestCommitErrorOfUnknownTopicID commits (OffsetCommit v10) to a topic id no Metadata named,
+// as a client holding a deleted topic's id does; the broker's per-partition refusal becomes an
+// event on the group's edge, although no topic name is known to report it under.
+func TestCommitErrorOfUnknownTopicID(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	cl := kgoClient(t, p, kgo.ClientID("committer"))
+	const group = "g-unknown-id"
+	req := kmsg.NewPtrOffsetCommitRequest()
+	req.Group, req.Generation = group, -1
+	rt := kmsg.NewOffsetCommitRequestTopic()
+	rt.TopicID = [16]byte{0xde, 0xad, 0xbe, 0xef, 15: 1}
+	rp := kmsg.NewOffsetCommitRequestTopicPartition()
+	rp.Partition, rp.Offset = 3, 42
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatalf("offset commit: %v", err)
+	}
+	if resp.Version < 10 {
+		t.Fatalf("OffsetCommit v%d: the test needs v10, which names topics by id", resp.Version)
+	}
+	code := resp.Topics[0].Partitions[0].ErrorCode
+	if code == 0 {
+		t.Fatal("the broker accepted a commit to an unknown topic id")
+	}
+	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group}
+	waitFor(t, "OffsetCommit error event", func() bool {
+		for _, e := range p.errs.byCategory(errtrack.BrokerError) {
+			if e.Operation == "OffsetCommit" && int16(e.Code) == code && e.Edge == edge && e.Partition == 3 && e.Service == "committer" {
+				return true
+			}
+		}
+		return false
+	})
+}
