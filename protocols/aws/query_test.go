@@ -2,7 +2,9 @@ package aws
 
 import (
 	"context"
+	"crypto/md5"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"os/exec"
 	"strings"
@@ -195,4 +197,40 @@ func TestQueryInjectReplacesTheValue(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestQueryReceiveKeepsCarriageReturns: SQS writes a CR in a body or attribute value as `&#xD;`
+// (XML would turn a raw CR into LF). Stripping `_datadog` from a ReceiveMessage answer must leave
+// those bytes as they are, and the new MD5OfMessageAttributes must be over the decoded value, CR
+// included, as the SDK that checks it decodes it. The npm SQS server writes raw CRs, so this
+// answer is written here the way SQS writes it.
+func TestQueryReceiveKeepsCarriageReturns(t *testing.T) {
+	value := "ac\rme"
+	dd := `{"dd-pathway-ctx-base64":"ocO+LRhP1p+shY3bwGishY3bwGg="}`
+	tenant := attr{Name: "tenant", DataType: "String", String: &value}
+	all := attributesMD5([]attr{tenant, {Name: ddAttr, DataType: "String", String: &dd}})
+	ddElem := `<MessageAttribute><Name>_datadog</Name><Value><StringValue>{&quot;dd-pathway-ctx-base64&quot;:&quot;ocO+LRhP1p+shY3bwGishY3bwGg=&quot;}</StringValue><DataType>String</DataType></Value></MessageAttribute>`
+	resp := `<?xml version="1.0"?><ReceiveMessageResponse xmlns="http://queue.amazonaws.com/doc/2012-11-05/"><ReceiveMessageResult><Message>` +
+		`<MessageId>m1</MessageId><ReceiptHandle>h1</ReceiptHandle><MD5OfBody>` + md5hex("line1\r\nline2") + `</MD5OfBody>` +
+		"<Body>line1&#xD;\nline2</Body>" +
+		`<MessageAttribute><Name>tenant</Name><Value><StringValue>ac&#xD;me</StringValue><DataType>String</DataType></Value></MessageAttribute>` +
+		ddElem + `<MD5OfMessageAttributes>` + all + `</MD5OfMessageAttributes></Message></ReceiveMessageResult>` +
+		`<ResponseMetadata><RequestId>r1</RequestId></ResponseMetadata></ReceiveMessageResponse>`
+	want := strings.Replace(strings.Replace(resp, ddElem, "", 1), all, attributesMD5([]attr{tenant}), 1)
+
+	p := fuzzProxy(t, false)
+	c := fuzzCall(ServiceSQS, "ReceiveMessage", wireQuery,
+		[]byte("Action=ReceiveMessage&QueueUrl=http%3A%2F%2F127.0.0.1%3A4566%2F000000000000%2Forders&MessageAttributeName.1=tenant&Version=2012-11-05"))
+	_, fix := p.rewriteRequest(c)
+	if fix == nil {
+		t.Fatal("no response fixer for ReceiveMessage")
+	}
+	if got := string(fix([]byte(resp))); got != want {
+		t.Errorf("answer to the client:\n got %s\nwant %s", got, want)
+	}
+}
+
+func md5hex(s string) string {
+	sum := md5.Sum([]byte(s))
+	return hex.EncodeToString(sum[:])
 }
