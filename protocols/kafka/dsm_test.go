@@ -369,3 +369,51 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 	}
 	guard.check(t)
 }
+
+// TestConsumeProduceLink: with linking on, a client that consumes and then produces (a router:
+// one kgo client, one service, one address) gets the consume checkpoint as the parent of its
+// produce checkpoint, so the pathway runs on through it; another service producing at the same
+// time does not, and with linking off neither does the router.
+func TestConsumeProduceLink(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprint("link=", on), func(t *testing.T) {
+			c, _ := startCluster(t)
+			p := startProxy(t, c, func(cfg *Config) { cfg.LinkConsumeProduce, cfg.LinkWindow = on, time.Hour })
+			ctx := testCtx(t)
+			in, out := uniqueTopic(t, "link-in"), uniqueTopic(t, "link-out")
+			produceKgo(t, ctx, kgoClient(t, p, kgo.ClientID("source-app")), in, testRecords(4, time.UnixMilli(1700001000000)))
+
+			router := kgoClient(t, p, kgo.ClientID("router"), kgo.ConsumeTopics(in), kgo.ConsumerGroup("g-router"),
+				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+			for got := 0; got < 4; {
+				fs := router.PollFetches(ctx)
+				if err := ctx.Err(); err != nil {
+					t.Fatalf("router consumed %d of 4: %v", got, err)
+				}
+				got += len(fs.Records())
+			}
+			var cons []pathway.Point
+			waitFor(t, "router's consume points", func() bool {
+				cons = pointsOn(p, "direction:in", "group:g-router", "topic:"+in, "type:kafka")
+				return len(cons) == 4
+			})
+			produceKgo(t, ctx, router, out, testRecords(1, time.UnixMilli(1700001000100)))
+			produceKgo(t, ctx, kgoClient(t, p, kgo.ClientID("other-app")), out, testRecords(1, time.UnixMilli(1700001000200)))
+
+			parents := map[string]uint64{}
+			for _, pt := range pointsOn(p, "direction:out", "topic:"+out, "type:kafka") {
+				parents[pt.Service] = pt.ParentHash
+			}
+			wantRouter := uint64(0)
+			if on {
+				wantRouter = cons[0].Hash
+			}
+			if got, ok := parents["router"]; !ok || got != wantRouter {
+				t.Errorf("router's produce parent %d (seen %v), want %d", got, ok, wantRouter)
+			}
+			if got, ok := parents["other-app"]; !ok || got != 0 {
+				t.Errorf("other-app's produce parent %d (seen %v), want none", got, ok)
+			}
+		})
+	}
+}

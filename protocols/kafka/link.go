@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // Consume-to-produce linking (Config.LinkConsumeProduce, off by default).
@@ -31,28 +32,26 @@ type linkEntry struct {
 	at  time.Time
 }
 
-// linkTable is bounded like the group tracker: emptied when full.
+// linkTable is bounded like the group tracker, to the clients seen most recently.
 type linkTable struct {
 	mu   sync.Mutex
-	max  int
-	last map[linkKey]linkEntry
+	last *proxy.RecentMap[linkKey, linkEntry]
 }
 
-func newLinkTable(max int) *linkTable { return &linkTable{max: max, last: make(map[linkKey]linkEntry)} }
+func newLinkTable(limit int) *linkTable {
+	return &linkTable{last: proxy.NewRecentMap[linkKey, linkEntry](limit)}
+}
 
 func (l *linkTable) put(k linkKey, ctx pathway.Context, at time.Time) {
 	l.mu.Lock()
-	if _, ok := l.last[k]; !ok && len(l.last) >= l.max {
-		clear(l.last)
-	}
-	l.last[k] = linkEntry{ctx, at}
+	l.last.Put(k, linkEntry{ctx, at})
 	l.mu.Unlock()
 }
 
 // get returns the context client k consumed last if it was within window of now.
 func (l *linkTable) get(k linkKey, now time.Time, window time.Duration) pathway.Context {
 	l.mu.Lock()
-	e, ok := l.last[k]
+	e, ok := l.last.Get(k)
 	l.mu.Unlock()
 	if !ok || now.Sub(e.at) > window || e.at.After(now) {
 		return pathway.Context{}
