@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,6 +361,65 @@ func TestTxnOffsetsCountAtEndTxn(t *testing.T) {
 		case commit && (len(got) != 1 || got[0].Topic != topic || got[0].Value != 2):
 			t.Errorf("committed transaction's kafka_commit: %+v, want offset 2 on %s", got, topic)
 		}
+	}
+	guard.check(t)
+}
+
+// saslCounter counts a kgo client's connections and SASL handshakes: more handshakes than
+// connections means some connection re-authenticated.
+type saslCounter struct{ connects, handshakes atomic.Int64 }
+
+func (c *saslCounter) OnBrokerConnect(_ kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	if err == nil {
+		c.connects.Add(1)
+	}
+}
+
+func (c *saslCounter) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
+	if key == keySaslHandshake && err == nil {
+		c.handshakes.Add(1)
+	}
+}
+
+// TestSASLReauthentication: the brokers give SASL sessions a 1.5 s lifetime (KIP-368), so kgo
+// re-authenticates its connections while it produces and consumes through the proxy. Records
+// keep arriving intact with their header, and the re-authentications succeed on the same
+// connections.
+func TestSASLReauthentication(t *testing.T) {
+	c, guard := startCluster(t, kfake.EnableSASL(), kfake.Superuser("PLAIN", "plainuser", "plainpw"),
+		kfake.Superuser("SCRAM-SHA-256", "scram256", "pw256"), kfake.BrokerConfigs(map[string]string{"connections.max.reauth.ms": "1500"}))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name string
+		opt  kgo.Opt
+	}{
+		{"plain", kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())},
+		{"scram256", kgo.SASL(scram.Auth{User: "scram256", Pass: "pw256"}.AsSha256Mechanism())},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "reauth-"+tc.name)
+			var count saslCounter
+			cl := kgoClient(t, p, tc.opt, kgo.WithHooks(&count))
+			var sent []sentRecord
+			base := time.UnixMilli(1700000660000)
+			// Until every connection has had its session renewed at least once (~1 s each).
+			for i := 0; count.handshakes.Load() <= count.connects.Load() || i < 3; i++ {
+				if ctx.Err() != nil {
+					t.Fatalf("no re-authentication seen: %d handshakes on %d connections", count.handshakes.Load(), count.connects.Load())
+				}
+				recs := testRecords(2, base.Add(time.Duration(i)*time.Second))
+				produceKgo(t, ctx, cl, topic, recs)
+				sent = append(sent, recs...)
+				time.Sleep(300 * time.Millisecond)
+			}
+			after := testRecords(2, base.Add(time.Minute)) // on a re-authenticated session
+			produceKgo(t, ctx, cl, topic, after)
+			sent = append(sent, after...)
+			got := consumeKgo(t, ctx, p, topic, "reauth-"+tc.name, len(sent), tc.opt)
+			checkRecords(t, sent, got, wantInjected)
+			t.Logf("%d records, %d handshakes on %d connections", len(sent), count.handshakes.Load(), count.connects.Load())
+		})
 	}
 	guard.check(t)
 }
