@@ -3,6 +3,7 @@ package kafka
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -99,4 +100,124 @@ func readRawFrame(r io.Reader) ([]byte, error) {
 	b := make([]byte, binary.BigEndian.Uint32(n[:]))
 	_, err := io.ReadFull(r, b)
 	return b, err
+}
+
+// TestSASLv0KnownMechanisms: after a SaslHandshake v0 for PLAIN, SCRAM or OAUTHBEARER the proxy
+// relays exactly that mechanism's raw exchanges, then parses frames again: the client's next
+// Metadata answer names the proxy's listener, not the broker. Counting one exchange too few
+// would parse a raw token as a request; one too many would relay the Metadata answer unrewritten.
+// The broker side is scripted, as no peer here speaks v0.
+func TestSASLv0KnownMechanisms(t *testing.T) {
+	for _, tc := range []struct {
+		mechanism string
+		client    [][]byte // raw tokens, in order
+		server    [][]byte // the broker's answer to each
+	}{
+		{"PLAIN", [][]byte{[]byte("\x00alice\x00secret")}, [][]byte{{}}},
+		{"SCRAM-SHA-256", [][]byte{[]byte("n,,n=alice,r=abc"), []byte("c=biws,r=abcdef,p=cHJvb2Y=")},
+			[][]byte{[]byte("r=abcdef,s=c2FsdA==,i=4096"), []byte("v=c2lnbmF0dXJl")}},
+		{"OAUTHBEARER", [][]byte{[]byte("n,,\x01auth=Bearer eyJ0\x01\x01")}, [][]byte{{}}},
+		// An error challenge: the client answers it with one more token, %x01.
+		{"OAUTHBEARER", [][]byte{[]byte("n,,\x01auth=Bearer bad\x01\x01"), {0x01}},
+			[][]byte{[]byte(`{"status":"invalid_token"}`), {}}},
+	} {
+		t.Run(fmt.Sprintf("%s_%d_tokens", tc.mechanism, len(tc.client)), func(t *testing.T) {
+			upLn, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer upLn.Close()
+			upPort := upLn.Addr().(*net.TCPAddr).Port
+			brokerErr := make(chan error, 1)
+			go func() { brokerErr <- scriptV0Broker(upLn, tc.mechanism, tc.client, tc.server, int32(upPort)) }()
+			p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{upLn.Addr().String()}, Log: zerolog.Nop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial("tcp", p.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			hs := kmsg.NewPtrSASLHandshakeRequest()
+			hs.Version, hs.Mechanism = 0, tc.mechanism
+			c.Write(requestFrame(hs, 7))
+			if _, err := readRawFrame(c); err != nil {
+				t.Fatalf("handshake answer: %v", err)
+			}
+			for i, tok := range tc.client {
+				c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(tok))), tok...))
+				back, err := readRawFrame(c)
+				if err != nil || !bytes.Equal(back, tc.server[i]) {
+					t.Fatalf("exchange %d: client got %q (%v), want %q", i, back, err, tc.server[i])
+				}
+			}
+			meta := kmsg.NewPtrMetadataRequest()
+			meta.Version = 1
+			c.Write(requestFrame(meta, 8))
+			frame, err := readRawFrame(c)
+			if err != nil {
+				t.Fatalf("metadata answer: %v", err)
+			}
+			if err := <-brokerErr; err != nil {
+				t.Fatalf("scripted broker: %v", err)
+			}
+			resp := kmsg.NewPtrMetadataResponse()
+			resp.Version = 1
+			if len(frame) < 4 || resp.ReadFrom(frame[4:]) != nil || len(resp.Brokers) != 1 {
+				t.Fatalf("metadata answer %x does not decode", frame)
+			}
+			want, ok := p.NodeAddr(1)
+			got := net.JoinHostPort(resp.Brokers[0].Host, fmt.Sprint(resp.Brokers[0].Port))
+			if !ok || got != want.String() {
+				t.Errorf("metadata names %s, want the proxy's listener %v (the proxy did not parse it)", got, want)
+			}
+		})
+	}
+}
+
+// scriptV0Broker plays a pre-1.0 broker for one connection: a SaslHandshake v0 answer, the raw
+// token exchanges, then a Metadata v1 answer naming node 1 at its own port.
+func scriptV0Broker(ln net.Listener, mechanism string, client, server [][]byte, port int32) error {
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	answer := func(req []byte, body []byte) {
+		frame := append(append([]byte{}, req[4:8]...), body...) // correlation id, body
+		c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(frame))), frame...))
+	}
+	req, err := readRawFrame(c)
+	if err != nil || len(req) < 8 {
+		return fmt.Errorf("handshake: %v", err)
+	}
+	hs := kmsg.NewPtrSASLHandshakeResponse()
+	hs.SupportedMechanisms = []string{mechanism}
+	answer(req, hs.AppendTo(nil))
+	for i := range client {
+		tok, err := readRawFrame(c)
+		if err != nil {
+			return fmt.Errorf("token %d: %v", i, err)
+		}
+		if !bytes.Equal(tok, client[i]) {
+			return fmt.Errorf("token %d is %q, want %q", i, tok, client[i])
+		}
+		c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(server[i]))), server[i]...))
+	}
+	req, err = readRawFrame(c)
+	if err != nil || len(req) < 8 || int16(binary.BigEndian.Uint16(req)) != 3 {
+		return fmt.Errorf("the request after the tokens is not Metadata: %x %v", req, err)
+	}
+	meta := kmsg.NewPtrMetadataResponse()
+	meta.Version = 1
+	b := kmsg.NewMetadataResponseBroker()
+	b.NodeID, b.Host, b.Port = 1, "127.0.0.1", port
+	meta.Brokers = append(meta.Brokers, b)
+	answer(req, meta.AppendTo(nil))
+	return nil
 }
