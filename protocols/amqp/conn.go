@@ -73,6 +73,41 @@ type delState struct {
 
 type pendingConsume struct{ queue, tag string }
 
+type target struct {
+	method methodID
+	edge   pathway.Edge
+}
+
+// targetOf is the queue or exchange method m names, when it is one of those whose refusal
+// concerns one: they all start with a reserved short and the name.
+func targetOf(m methodID, payload []byte) (pathway.Edge, bool) {
+	var e pathway.Edge
+	switch {
+	case m == basicConsume || m == basicGet:
+		e.Direction = pathway.In
+	case m>>16 == classQueue && m != queueDeclOk && m&1 == 0:
+	case m == mid(classExchange, 10) || m == mid(classExchange, 20):
+	default:
+		return e, false
+	}
+	_, a, err := methodArgs(payload)
+	if err != nil {
+		return e, false
+	}
+	a.u16()
+	name := string(a.short())
+	if a.err != nil {
+		return e, false
+	}
+	e.Type = pathway.TypeRabbitMQ
+	if m>>16 == classExchange {
+		e.Exchange = name
+	} else {
+		e.Topic = name
+	}
+	return e, true
+}
+
 // chanShared is channel state learned in one direction and used in the other.
 type chanShared struct {
 	consumers    map[string]string // consumer tag -> queue
@@ -80,6 +115,10 @@ type chanShared struct {
 	lastDeclared string
 	getQueue     string
 	lastPub      *pathway.Edge
+	// The queue or exchange the latest other method naming one concerned (Basic.Consume,
+	// Basic.Get, Queue.*, Exchange.Declare/Delete): a broker Channel.Close for that method
+	// concerns it. Such methods are synchronous, so the latest is the one refused.
+	lastTarget target
 	// In confirm mode, the edges of the latest publishes by sequence number, so a nack names
 	// the exchange or queue it concerns.
 	seq     uint64
@@ -339,6 +378,17 @@ func (s *session) clientMethod(f frame) {
 		s.p.decodeError("client method", err)
 		return
 	}
+	if m != basicPublish {
+		if e, ok := targetOf(m, f.Payload); ok {
+			s.mu.Lock()
+			cs := s.sharedLocked(f.Channel)
+			if e.Topic == "" && e.Exchange == "" && m != queueDecl {
+				e.Topic = cs.lastDeclared // "" names the channel's last declared queue
+			}
+			cs.lastTarget = target{m, e}
+			s.mu.Unlock()
+		}
+	}
 	switch m {
 	case basicPublish:
 		a.u16()
@@ -562,19 +612,24 @@ func (s *session) brokerMethod(f frame) {
 		}
 	case chanClose, chanCloseOk, chanOpen:
 		var edge *pathway.Edge
+		var c closeArgs
 		if m == chanClose {
+			c = a.closeArgs()
 			s.mu.Lock()
 			if cs := s.shared[f.Channel]; cs != nil {
-				edge = cs.lastPub
+				if c.Method == basicPublish {
+					edge = cs.lastPub
+				} else if cs.lastTarget.method == c.Method && c.Method != 0 {
+					e := cs.lastTarget.edge
+					edge = &e
+				}
 			}
 			s.mu.Unlock()
 		}
 		delete(s.del, f.Channel)
 		s.resetShared(f.Channel)
-		if m == chanClose {
-			if c := a.closeArgs(); a.err == nil && c.Code != 200 {
-				s.errorCloseEdge("broker", m, f.Channel, c, edge)
-			}
+		if m == chanClose && a.err == nil && c.Code != 200 {
+			s.errorCloseEdge("broker", m, f.Channel, c, edge)
 		}
 	case connClose:
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
@@ -693,8 +748,8 @@ func (s *session) errorClose(side string, m methodID, ch uint16, c closeArgs) {
 	s.errorCloseEdge(side, m, ch, c, nil)
 }
 
-// errorCloseEdge reports a Channel.Close or Connection.Close with an error code; edge is the
-// channel's latest publish when the failed method was a publish.
+// errorCloseEdge reports a Channel.Close or Connection.Close with an error code; edge is what
+// the refused method concerned: the channel's latest publish, or the queue or exchange it named.
 func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs, edge *pathway.Edge) {
 	s.p.stats.errorCloses.Add(1)
 	ev := errtrack.Event{
@@ -708,9 +763,11 @@ func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs
 	if c.Method == 0 {
 		ev.Operation = methodName(m)
 	}
-	if edge != nil && c.Method == basicPublish {
+	if edge != nil {
 		ev.Edge = *edge
-		ev.Messages = 1
+		if c.Method == basicPublish {
+			ev.Messages = 1
+		}
 	}
 	s.p.errs.Report(ev)
 }

@@ -11,10 +11,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -629,4 +631,100 @@ func TestPublishesAfterBrokerChannelCloseKeepTheConnection(t *testing.T) {
 	if ok, err := conf.WaitContext(ctx); err != nil || !ok {
 		t.Fatalf("publish on the other channel: acked %v, %v", ok, err)
 	}
+}
+
+// TestRefusalsNameTheirQueueOrExchange: RabbitMQ closes a channel (404) for a consume, a get or
+// a passive declare of a queue or exchange that does not exist, and refuses a connection to a
+// vhost that does not exist (530). Each becomes a broker error event naming the method the
+// broker refused and the queue or exchange it concerned.
+func TestRefusalsNameTheirQueueOrExchange(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "refused", 0)
+	q, ex := unique("no-such-queue"), unique("no-such-exchange")
+	for _, tc := range []struct {
+		op   string
+		do   func(*amqp091.Channel) error
+		edge pathway.Edge
+	}{
+		{"Basic.Consume", func(ch *amqp091.Channel) error {
+			_, err := ch.Consume(q, "", false, false, false, false, nil)
+			return err
+		}, pathway.Edge{Direction: pathway.In, Type: pathway.TypeRabbitMQ, Topic: q}},
+		{"Basic.Get", func(ch *amqp091.Channel) error {
+			_, _, err := ch.Get(q, false)
+			return err
+		}, pathway.Edge{Direction: pathway.In, Type: pathway.TypeRabbitMQ, Topic: q}},
+		{"Queue.Declare", func(ch *amqp091.Channel) error {
+			_, err := ch.QueueDeclarePassive(q, false, false, false, false, nil)
+			return err
+		}, pathway.Edge{Type: pathway.TypeRabbitMQ, Topic: q}},
+		{"Exchange.Declare", func(ch *amqp091.Channel) error {
+			return ch.ExchangeDeclarePassive(ex, "direct", false, false, false, false, nil)
+		}, pathway.Edge{Type: pathway.TypeRabbitMQ, Exchange: ex}},
+	} {
+		var amqpErr *amqp091.Error
+		if err := tc.do(channel(t, c)); !errors.As(err, &amqpErr) || amqpErr.Code != 404 {
+			t.Fatalf("%s: %v, want NOT_FOUND", tc.op, err)
+		}
+		waitFor(t, tc.op+" refusal event", func() bool {
+			for _, e := range h.errs.events() {
+				if e.Operation == tc.op && e.Code == 404 && e.Name == "NOT_FOUND" && e.Edge == tc.edge && e.Service == "refused" {
+					return true
+				}
+			}
+			return false
+		})
+	}
+
+	vhost := unique("no-such-vhost")
+	if _, err := amqp091.Dial(strings.TrimSuffix(h.url, "/") + "/" + vhost); err == nil {
+		t.Fatal("RabbitMQ accepted a vhost that does not exist")
+	}
+	waitFor(t, "Connection.Open refusal event", func() bool {
+		for _, e := range h.errs.events() {
+			if e.Operation == "Connection.Open" && e.Code == 530 && e.Name == "NOT_ALLOWED" && strings.Contains(e.Message, "Connection.Close") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestChannelFlowMatchesDirect: Channel.Flow passes through untouched, so a client gets what
+// RabbitMQ answers, through the proxy as directly: RabbitMQ accepts active=true and goes on,
+// and refuses active=false (NOT_IMPLEMENTED, which closes the connection).
+func TestChannelFlowMatchesDirect(t *testing.T) {
+	h := startProxy(t, nil)
+	flow := func(url string) []string {
+		var out []string
+		for _, active := range []bool{true, false} {
+			c := dial(t, url, "flow", 0)
+			err := channel(t, c).Flow(active)
+			var amqpErr *amqp091.Error
+			if errors.As(err, &amqpErr) {
+				out = append(out, fmt.Sprintf("flow %v: %d", active, amqpErr.Code))
+			} else {
+				out = append(out, fmt.Sprintf("flow %v: %v", active, err))
+			}
+			if ch, err := c.Channel(); err != nil {
+				out = append(out, "then: "+err.Error())
+			} else if _, err := ch.QueueDeclare("", false, true, true, false, nil); err != nil {
+				out = append(out, "then: "+err.Error())
+			}
+		}
+		return out
+	}
+	direct, proxied := flow("amqp://guest:guest@"+rabbitAddr+"/"), flow(h.url)
+	t.Logf("direct: %q", direct)
+	if !slices.Equal(direct, proxied) {
+		t.Errorf("through the proxy %q, directly %q", proxied, direct)
+	}
+	waitFor(t, "the refusal of Channel.Flow as an event", func() bool {
+		for _, e := range h.errs.events() {
+			if e.Operation == "Channel.Flow" && e.Code == 540 && strings.Contains(e.Message, "broker sent Connection.Close") {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -9,6 +9,7 @@ import (
 const (
 	classConnection = 10
 	classChannel    = 20
+	classExchange   = 40
 	classQueue      = 50
 	classBasic      = 60
 	classConfirm    = 85
