@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -155,6 +156,7 @@ type verifier struct {
 	bad      []string
 	bodies   []string
 	paths    []string
+	scopes   []string // region/service of each request's signature
 }
 
 func startVerifier(t testing.TB, target string) *verifier {
@@ -183,6 +185,9 @@ func (v *verifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	v.requests++
 	v.bodies = append(v.bodies, string(body))
 	v.paths = append(v.paths, r.URL.Path)
+	if a, err := parseAuthorization(r.Header.Get("Authorization")); err == nil {
+		v.scopes = append(v.scopes, a.Region+"/"+a.Service)
+	}
 	v.mu.Unlock()
 	if why := checkSignature(r, body); why != "" {
 		v.mu.Lock()
@@ -233,6 +238,12 @@ func checkSignature(r *http.Request, body []byte) string {
 		return "signature mismatch: got " + got + " want " + want
 	}
 	return ""
+}
+
+func (v *verifier) signedScopes() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.scopes)
 }
 
 func (v *verifier) count() int {
