@@ -417,3 +417,12 @@ func TestConsumeProduceLink(t *testing.T) {
 		})
 	}
 }
+
+// checkConsumeGroup waits for n consume checkpoints on topic that carry group: the proxy tied
+// the client's fetches to the group it joined.
+func checkConsumeGroup(t *testing.T, p *testProxy, topic, group string, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d consume points of %s tagged group:%s", n, topic, group), func() bool {
+		return len(pointsOn(p, "direction:in", "group:"+group, "topic:"+topic, "type:kafka")) >= n
+	})
+}

@@ -94,6 +94,7 @@ func TestKcat(t *testing.T) {
 				}
 			}
 			checkBacklogs(t, p, topic, group, got)
+			checkConsumeGroup(t, p, topic, group, n)
 		})
 	}
 	guard.check(t)

@@ -155,6 +155,7 @@ func TestSarama(t *testing.T) {
 			got := consumeSarama(t, ctx, p, topic, "sarama-"+tc.name, len(sent))
 			checkRecords(t, sent, got, wantInjected)
 			checkBacklogs(t, p, topic, "sarama-"+tc.name, got)
+			checkConsumeGroup(t, p, topic, "sarama-"+tc.name, len(sent))
 		})
 	}
 	guard.check(t)
