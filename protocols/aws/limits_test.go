@@ -2,19 +2,25 @@ package aws
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
@@ -219,4 +225,105 @@ func TestSlowBodyTimesOut(t *testing.T) {
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatal("a request whose body never came kept its connection for 30 s")
 	}
+}
+
+// TestLimitsInQueryAndSNS: the 10-attribute and size limits hold in the Query form (the AWS CLI
+// sending to SQS) and for SNS Publish (aws-sdk-go-v2 against fauxqs): each message that would
+// break one is sent without `_datadog`, succeeds, and is reported as skipped.
+func TestLimitsInQueryAndSNS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ten := map[string]map[string]string{}
+	tenSNS := map[string]snstypes.MessageAttributeValue{}
+	for i := range MaxAttributes {
+		ten[fmt.Sprint("a", i)] = map[string]string{"DataType": "String", "StringValue": "v"}
+		tenSNS[fmt.Sprint("a", i)] = snstypes.MessageAttributeValue{DataType: awssdk.String("String"), StringValue: awssdk.String("v")}
+	}
+	big := strings.Repeat("x", DefaultMaxMessageBytes-10)
+	// injected says whether what the emulator received since request n carries _datadog.
+	injected := func(t *testing.T, up *verifier, since int) bool {
+		t.Helper()
+		up.mu.Lock()
+		defer up.mu.Unlock()
+		if len(up.bodies) <= since {
+			t.Fatal("nothing reached upstream")
+		}
+		for _, b := range up.bodies[since:] {
+			if strings.Contains(b, ddAttr) {
+				return true
+			}
+		}
+		return false
+	}
+	noneInjected := func(t *testing.T, up *verifier, since int, what string) {
+		t.Helper()
+		if injected(t, up, since) {
+			t.Errorf("%s: the upstream request carries _datadog", what)
+		}
+	}
+
+	t.Run("sqs-query", func(t *testing.T) {
+		up := sqsPeer(t)
+		tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+		aws := newCLI(t, tp.url)
+		var cq struct{ QueueUrl string }
+		aws.run(ctx, &cq, "sqs", "create-queue", "--queue-name", "limits")
+		attrs, _ := json.Marshal(ten)
+		n := up.count()
+		aws.run(ctx, nil, "sqs", "send-message", "--queue-url", cq.QueueUrl, "--message-body", "plain")
+		if !injected(t, up, n) {
+			t.Fatal("a plain message went upstream without _datadog")
+		}
+		n = up.count()
+		aws.run(ctx, nil, "sqs", "send-message", "--queue-url", cq.QueueUrl, "--message-body", "ten", "--message-attributes", string(attrs))
+		noneInjected(t, up, n, "10 attributes")
+		bodyFile := filepath.Join(t.TempDir(), "body")
+		if err := os.WriteFile(bodyFile, []byte(big), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n = up.count()
+		aws.run(ctx, nil, "sqs", "send-message", "--queue-url", cq.QueueUrl, "--message-body", "file://"+bodyFile)
+		noneInjected(t, up, n, "near 256 KiB")
+		if a, s := len(tp.ev.named("attribute_limit")), len(tp.ev.named("size_limit")); a != 1 || s != 1 {
+			t.Errorf("%d attribute_limit and %d size_limit events, want 1 each", a, s)
+		}
+		if st := tp.Stats(); st.Injected != 1 || st.Skipped != 2 {
+			t.Errorf("stats %+v", st)
+		}
+	})
+
+	t.Run("sns", func(t *testing.T) {
+		port := startNode(t, nil, "sns-server.js")
+		up := startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+		tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+		sn := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
+			Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, "")})
+		topic, err := sn.CreateTopic(ctx, &sns.CreateTopicInput{Name: awssdk.String("limits")})
+		if err != nil {
+			t.Fatalf("CreateTopic: %v", err)
+		}
+		n := up.count()
+		if _, err := sn.Publish(ctx, &sns.PublishInput{TopicArn: topic.TopicArn, Message: awssdk.String("plain")}); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		if !injected(t, up, n) {
+			t.Fatal("a plain message went upstream without _datadog")
+		}
+		n = up.count()
+		if _, err := sn.Publish(ctx, &sns.PublishInput{TopicArn: topic.TopicArn, Message: awssdk.String("ten"), MessageAttributes: tenSNS}); err != nil {
+			t.Fatalf("Publish with 10 attributes: %v", err)
+		}
+		noneInjected(t, up, n, "10 attributes")
+		n = up.count()
+		if _, err := sn.Publish(ctx, &sns.PublishInput{TopicArn: topic.TopicArn, Message: &big}); err != nil {
+			t.Fatalf("Publish near 256 KiB: %v", err)
+		}
+		noneInjected(t, up, n, "near 256 KiB")
+		if a, s := len(tp.ev.named("attribute_limit")), len(tp.ev.named("size_limit")); a != 1 || s != 1 {
+			t.Errorf("%d attribute_limit and %d size_limit events, want 1 each", a, s)
+		}
+		if st := tp.Stats(); st.Injected != 1 || st.Skipped != 2 {
+			t.Errorf("stats %+v", st)
+		}
+	})
 }
