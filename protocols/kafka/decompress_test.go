@@ -85,3 +85,28 @@ func TestCodecKeepsNoHugeBuffers(t *testing.T) {
 		}
 	}
 }
+
+// TestWalkStopsAtATruncatedLastBatch: a broker fills a Fetch response up to the client's
+// max bytes and may cut the last batch short; that is normal, not an error. Every cut of the
+// second batch, including inside its header, leaves the first batch's records walked.
+func TestWalkStopsAtATruncatedLastBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		codec kgo.CompressionCodec
+	}{{"none", kgo.NoCompression()}, {"zstd", kgo.ZstdCompression()}} {
+		first := buildBatch(t, 7, 100, compressor(t, tc.codec))
+		second := buildBatch(t, 5, 100, compressor(t, tc.codec))
+		c := newKgoCodec(DefaultMaxBatchBytes)
+		for cut := 1; cut < len(second); cut++ {
+			walked := 0
+			err := c.Walk(append(append([]byte{}, first...), second[:cut]...), func(_ batchMeta, r *recordMeta) {
+				if r != nil {
+					walked++
+				}
+			})
+			if err != nil || walked != 7 {
+				t.Fatalf("%s, second batch cut to %d of %d bytes: walked %d records (want 7), %v", tc.name, cut, len(second), walked, err)
+			}
+		}
+	}
+}
