@@ -75,13 +75,25 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), erro
 	return out, func() { s.p.enqueueObserve(job) }, nil
 }
 
+// DefaultObserveQueueBytes is the default bound on the fetch responses waiting to be observed.
+const DefaultObserveQueueBytes = 64 << 20
+
 // enqueueObserve hands a fetch response to the observation worker, or drops it when the queue is
-// full: the client's data path never waits for monitoring. It reports whether the job was queued.
+// full, in responses or in bytes: the client's data path never waits for monitoring. It reports
+// whether the job was queued.
 func (p *Proxy) enqueueObserve(job observeJob) bool {
+	n := int64(len(job.frame))
+	// One response bigger than the whole budget is still observed when nothing else waits.
+	if q := p.queued.Add(n); q > int64(p.cfg.ObserveQueueBytes) && q != n {
+		p.queued.Add(-n)
+		p.stats.observeDropped.Add(1)
+		return false
+	}
 	select {
 	case p.observeQ <- job:
 		return true
 	default:
+		p.queued.Add(-n)
 		p.stats.observeDropped.Add(1)
 		return false
 	}
@@ -90,6 +102,7 @@ func (p *Proxy) enqueueObserve(job observeJob) bool {
 func (p *Proxy) observeLoop() {
 	for job := range p.observeQ {
 		p.observeOne(job)
+		p.queued.Add(-int64(len(job.frame)))
 		if job.pooled {
 			// Nothing observation builds keeps a reference into the frame (contexts are decoded
 			// into values, names copied), so it can take the next response.

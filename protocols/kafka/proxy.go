@@ -88,6 +88,10 @@ type Config struct {
 	// ObserveQueue is the bounded queue of fetch responses waiting to be observed (default 256);
 	// when full, responses are forwarded and not observed (counted in Stats).
 	ObserveQueue int
+	// ObserveQueueBytes bounds the bytes of the responses in that queue together (default
+	// DefaultObserveQueueBytes): consumers catching up get responses of up to fetch.max.bytes
+	// (50 MiB by default) each, and a lagging observer must not hold hundreds of them.
+	ObserveQueueBytes int
 
 	// Tests only: fetch responses from streamFetchMin bytes are forwarded while they arrive,
 	// holding back the last fetchTailHold bytes (defaults in fetchstream.go).
@@ -139,6 +143,7 @@ type Proxy struct {
 	stats     counters
 
 	observeQ  chan observeJob
+	queued    atomic.Int64 // bytes of the frames in observeQ
 	walker    batchCodec  // used by the observation worker only
 	fetchBufs chan []byte // streamed fetch frames, back from observation; see getFetchFrame
 
@@ -238,6 +243,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if p.cfg.ObserveQueue <= 0 {
 		p.cfg.ObserveQueue = 256
+	}
+	if p.cfg.ObserveQueueBytes <= 0 {
+		p.cfg.ObserveQueueBytes = DefaultObserveQueueBytes
 	}
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
 	p.limits = newTopicLimits(p.cfg.MaxTopicIDs)

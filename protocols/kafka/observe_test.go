@@ -1,0 +1,69 @@
+package kafka
+
+import (
+	"sync/atomic"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// stalledObserver stands for an observation worker that has fallen behind: while stalled, Add
+// does not return.
+type stalledObserver struct {
+	stalled atomic.Bool
+	release chan struct{}
+}
+
+func (o *stalledObserver) Add(pathway.Point) bool {
+	if o.stalled.Load() {
+		<-o.release
+	}
+	return true
+}
+
+func (o *stalledObserver) Offset(pathway.Offset) bool { return true }
+
+// TestObserveQueueBoundedInBytes: with the observer stalled, a consumer reading 24 MiB in
+// fetches of up to 4 MiB through the proxy gets every record, while the responses waiting to be
+// observed stay within the byte budget (8 MiB here); the rest are forwarded unobserved and
+// counted.
+func TestObserveQueueBoundedInBytes(t *testing.T) {
+	c, guard := startCluster(t)
+	obs := &stalledObserver{release: make(chan struct{})}
+	const budget = 8 << 20
+	p := startProxy(t, c, func(cfg *Config) { cfg.Observer, cfg.ObserveQueueBytes = obs, budget })
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "observe-bytes")
+	prod := kgoClient(t, p, kgo.DefaultProduceTopic(topic), kgo.ProducerBatchMaxBytes(2<<20), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	value := make([]byte, 256<<10)
+	const records = 96 // 24 MiB
+	for range records {
+		if err := prod.ProduceSync(ctx, &kgo.Record{Value: value}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	obs.stalled.Store(true)
+	defer close(obs.release)
+	cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxBytes(4<<20), kgo.FetchMaxPartitionBytes(4<<20))
+	most := int64(0)
+	for got := 0; got < records; {
+		fs := cons.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("consumed %d of %d records with the observer stalled", got, records)
+		}
+		got += fs.NumRecords()
+		most = max(most, p.queued.Load())
+	}
+	most = max(most, p.queued.Load())
+	if most > budget {
+		t.Errorf("%d bytes waited for observation, budget %d", most, budget)
+	}
+	t.Logf("at most %d bytes queued; stats %+v", most, p.Stats())
+	if p.Stats().ObserveDropped == 0 {
+		t.Error("no response was dropped from observation; the budget was never reached")
+	}
+	guard.check(t)
+}
