@@ -144,8 +144,8 @@ type Proxy struct {
 
 	observeQ  chan observeJob
 	queued    atomic.Int64 // bytes of the frames in observeQ
-	walker    batchCodec  // used by the observation worker only
-	fetchBufs chan []byte // streamed fetch frames, back from observation; see getFetchFrame
+	walker    batchCodec   // used by the observation worker only
+	fetchBufs chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
 
 	mu      sync.Mutex
 	ctx     context.Context
