@@ -58,6 +58,7 @@ type session struct {
 	mu      sync.Mutex
 	queue   []*pending
 	idle    chan struct{} // signalled when the queue empties
+	room    chan struct{} // signalled when the queue is below maxQueuedRequests again
 
 	// SASL v0: raw token exchanges left (-1: unknown mechanism, relay bytes for good).
 	rawLeft    atomic.Int32
@@ -87,12 +88,14 @@ type ownContext struct {
 }
 
 // maxQueuedRequests bounds the requests of one connection awaiting answers. Clients keep a few in
-// flight (Kafka's max.in.flight.requests.per.connection defaults to 5).
+// flight (Kafka's max.in.flight.requests.per.connection defaults to 5); past the bound the proxy
+// reads no more requests until answers come, as a broker would make the client wait, instead of
+// filling every buffer between it and the broker with pending entries.
 const maxQueuedRequests = 1000
 
 // ServeConn implements proxy.Handler.
 func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
-	s := &session{p: p, c: c, log: c.Log, idle: make(chan struct{}, 1), respClosed: make(chan struct{})}
+	s := &session{p: p, c: c, log: c.Log, idle: make(chan struct{}, 1), room: make(chan struct{}, 1), respClosed: make(chan struct{})}
 	if ap, err := netip.ParseAddrPort(c.Client.RemoteAddr().String()); err == nil {
 		s.addr = ap.Addr().Unmap()
 	}
@@ -219,11 +222,44 @@ func (s *session) requests() error {
 			}
 			continue
 		}
+		if !s.waitRoom() {
+			return errUpstreamEnded
+		}
 		s.push(pd)
 		if _, err := s.c.Upstream.Write(out); err != nil {
 			return err
 		}
 	}
+}
+
+var errUpstreamEnded = errors.New("upstream connection ended")
+
+// waitRoom waits while maxQueuedRequests requests await answers; false when the upstream ended.
+func (s *session) waitRoom() bool {
+	for {
+		s.mu.Lock()
+		n := len(s.queue)
+		s.mu.Unlock()
+		if n < maxQueuedRequests {
+			return true
+		}
+		select {
+		case <-s.room:
+		case <-s.respClosed:
+			return false
+		}
+	}
+}
+
+// removeLocked takes entry i out of the queue; answers come in order, so it is nearly always the
+// first, which costs nothing to drop.
+func (s *session) removeLocked(i int) {
+	if i == 0 {
+		s.queue[0] = nil
+		s.queue = s.queue[1:]
+		return
+	}
+	s.queue = append(s.queue[:i], s.queue[i+1:]...)
 }
 
 // push registers a request before it is written upstream, so its response always finds it.
@@ -263,7 +299,7 @@ func (s *session) pop(frame []byte) (*pending, bool) {
 	defer s.mu.Unlock()
 	if len(s.queue) > 0 && s.queue[0].rawToken {
 		pd := s.queue[0]
-		s.queue = s.queue[1:]
+		s.removeLocked(0)
 		return pd, true
 	}
 	if len(frame) < 8 {
@@ -274,7 +310,7 @@ func (s *session) pop(frame []byte) (*pending, bool) {
 		return nil, false
 	}
 	pd := s.queue[i]
-	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	s.removeLocked(i)
 	return pd, true
 }
 
@@ -338,18 +374,24 @@ func (s *session) flushQueued() error {
 	s.mu.Lock()
 	for len(s.queue) > 0 && s.queue[0].synthetic != nil {
 		pd := s.queue[0]
-		s.queue = s.queue[1:]
+		s.removeLocked(0)
 		s.mu.Unlock()
 		if _, err := s.c.Client.Write(pd.synthetic); err != nil {
 			return err
 		}
 		s.mu.Lock()
 	}
-	empty := len(s.queue) == 0
+	n := len(s.queue)
 	s.mu.Unlock()
-	if empty {
+	if n == 0 {
 		select {
 		case s.idle <- struct{}{}:
+		default:
+		}
+	}
+	if n < maxQueuedRequests {
+		select {
+		case s.room <- struct{}{}:
 		default:
 		}
 	}

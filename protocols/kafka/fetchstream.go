@@ -111,7 +111,7 @@ func (s *session) popFetch(corr int32) *pending {
 	if pd.key != keyFetch || !knownVersion(pd.key, pd.version) {
 		return nil
 	}
-	s.queue = append(s.queue[:i], s.queue[i+1:]...)
+	s.removeLocked(i)
 	return pd
 }
 

@@ -155,3 +155,46 @@ func (p *Proxy) inflightOf(clientID string) int {
 	})
 	return n
 }
+
+// TestPipelineBoundedByAnswers: a client that pipelines many small requests without reading its
+// answers gets no more than maxQueuedRequests of them awaiting answers in the proxy: past that the
+// proxy stops reading, as a broker would. Once the client reads, every answer arrives in order.
+func TestPipelineBoundedByAnswers(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	conn, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	meta := kmsg.NewPtrMetadataRequest()
+	meta.Version = 1
+	meta.Topics = []kmsg.MetadataRequestTopic{} // none: the smallest answer
+	const n = 50000
+	var buf []byte
+	for i := range n {
+		buf = append(buf, requestFrame(meta, int32(i))...)
+	}
+	wrote := make(chan error, 1)
+	go func() { _, err := conn.Write(buf); wrote <- err }()
+	waitFor(t, "the proxy to hold a full queue", func() bool { return p.inflightOf("raw") >= maxQueuedRequests-10 })
+	for range 100 {
+		if q := p.inflightOf("raw"); q > maxQueuedRequests {
+			t.Fatalf("%d requests await answers, bound %d", q, maxQueuedRequests)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	conn.SetReadDeadline(time.Now().Add(time.Minute))
+	for i := range n {
+		frame, err := readFrame(conn, DefaultMaxFrameBytes)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		if got := int32(binary.BigEndian.Uint32(frame[4:])); got != int32(i) {
+			t.Fatalf("answer %d has correlation id %d", i, got)
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("writing the requests: %v", err)
+	}
+}
