@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -257,53 +256,3 @@ func TestConnectionsRegistry(t *testing.T) {
 	}
 }
 
-// failingServer is a Server whose Start fails, to see Group undo a partial start.
-type failingServer struct{}
-
-func (failingServer) Start(context.Context) error    { return errors.New("port taken") }
-func (failingServer) Shutdown(context.Context) error { return nil }
-
-func TestGroup(t *testing.T) {
-	up := startEcho(t, nil)
-	newListener := func() *Listener {
-		l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: up.addr()}, HandlerFunc(relay), testLog())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		return l
-	}
-
-	var g Group
-	a, b := newListener(), newListener()
-	g.Add("kafka", a)
-	g.Add("amqp", b)
-	if err := g.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ca, cb := dial(t, a), dial(t, b)
-	roundTrip(t, ca, "to a")
-	roundTrip(t, cb, "to b")
-	// relay ignores Draining, so both hit the one deadline and say which server it was.
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	err := g.Shutdown(ctx)
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "kafka") || !strings.Contains(err.Error(), "amqp") {
-		t.Fatalf("Shutdown = %v, want the deadline for kafka and amqp", err)
-	}
-	expectClosed(t, ca)
-	expectClosed(t, cb)
-
-	var partial Group
-	c := newListener()
-	partial.Add("first", c)
-	partial.Add("broken", failingServer{})
-	err = partial.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "starting broken") || !strings.Contains(err.Error(), "port taken") {
-		t.Fatalf("Start = %v, want the failure of broken", err)
-	}
-	if nc, err := net.Dial("tcp", c.Addr().String()); err == nil {
-		nc.Close()
-		t.Fatal("a listener started before the failure still accepts")
-	}
-}

@@ -297,8 +297,8 @@ func (c *Conn) Recover(what string, fn func() error) (err error) {
 	return fn()
 }
 
-// Start serves in the background (Serve's errors other than ErrClosed are logged), so a Listener
-// can join a Group.
+// Start serves in the background (Serve's errors other than ErrClosed are logged), as the
+// protocol fronts start their listeners.
 func (l *Listener) Start(ctx context.Context) error {
 	go func() {
 		if err := l.Serve(ctx); err != nil && !errors.Is(err, ErrClosed) {

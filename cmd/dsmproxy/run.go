@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -170,12 +171,29 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 func (rt *runtime) abort() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	for _, f := range rt.fronts {
-		_ = f.Shutdown(ctx)
-	}
+	rt.shutdownFronts(ctx)
 	rt.bgStop()
 	<-rt.errDone
 	rt.agg.Close()
+}
+
+// shutdownFronts drains every front at once under ctx: drained one after another, a front that
+// cannot drain would spend the others' drain time, and they would be closed mid-request. Being
+// closed at the deadline is what a drain does, not an error.
+func (rt *runtime) shutdownFronts(ctx context.Context) []error {
+	errs := make([]error, len(rt.fronts))
+	var wg sync.WaitGroup
+	for i, f := range rt.fronts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				errs[i] = fmt.Errorf("%s front %s: %w", f.protocol, f.listen, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
 }
 
 // stop drains: not ready, fronts stop accepting and finish in-flight requests within the drain
@@ -186,12 +204,7 @@ func (rt *runtime) stop() error {
 	rt.log.Info().Dur("drain_timeout", drain).Msg("shutting down: draining connections")
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
-	var errs []error
-	for _, f := range rt.fronts {
-		if err := f.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			errs = append(errs, fmt.Errorf("%s front %s: %w", f.protocol, f.listen, err))
-		}
-	}
+	errs := rt.shutdownFronts(ctx)
 	rt.bgStop()
 	<-rt.errDone // its final flush is done
 	rt.agg.Close()
