@@ -153,9 +153,32 @@ func (s *session) serve(ctx context.Context) error {
 		client = io.TeeReader(client, s.p.tap(s.c.ID))
 	}
 	cr := bufio.NewReaderSize(client, bufSize)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-s.c.Draining():
+			// Wake the client reader; it closes at the next safe frame boundary.
+			s.draining.Store(true)
+			s.c.Client.SetReadDeadline(time.Now())
+		case <-ctx.Done():
+			s.c.Client.Close()
+		case <-stop:
+		}
+	}()
+	// A client that sends nothing would otherwise hold its socket, and one to a broker that has
+	// given up on it, for as long as it stays connected.
+	s.c.Client.SetReadDeadline(time.Now().Add(headerTimeout))
 	var hdr [8]byte
 	if _, err := io.ReadFull(cr, hdr[:]); err != nil {
+		if s.draining.Load() {
+			return nil
+		}
 		return fmt.Errorf("amqp protocol header: %w", err)
+	}
+	s.c.Client.SetReadDeadline(time.Time{})
+	if s.draining.Load() { // the drain's deadline was just cleared: no session yet to keep
+		return nil
 	}
 	if hdr != protocolHeader {
 		// A 0-9-1 server answers any other protocol header with the one it speaks and closes.
@@ -176,19 +199,6 @@ func (s *session) serve(ctx context.Context) error {
 		s.c.Client.Close()
 		down <- err
 	}()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		select {
-		case <-s.c.Draining():
-			// Wake the client reader; it closes at the next safe frame boundary.
-			s.draining.Store(true)
-			s.c.Client.SetReadDeadline(time.Now())
-		case <-ctx.Done():
-			s.c.Client.Close()
-		case <-stop:
-		}
-	}()
 	err := s.fromClient(cr, bufio.NewWriterSize(s.c.Upstream, bufSize))
 	s.c.Upstream.Close()
 	derr := <-down
@@ -208,6 +218,10 @@ func (s *session) serve(ctx context.Context) error {
 func quiet(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
 }
+
+// headerTimeout is how long a client has to send the protocol header (RabbitMQ's own
+// handshake_timeout is 10 s).
+const headerTimeout = 10 * time.Second
 
 // errDrained ends a connection the proxy closed for a graceful shutdown.
 var errDrained = errors.New("closed for proxy shutdown")

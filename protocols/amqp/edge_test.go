@@ -728,3 +728,24 @@ func TestChannelFlowMatchesDirect(t *testing.T) {
 		return false
 	})
 }
+
+// TestSilentClientDoesNotHoldTheDrain: a client that connected and never sent the protocol
+// header is closed by a graceful shutdown at once, not at its deadline.
+func TestSilentClientDoesNotHoldTheDrain(t *testing.T) {
+	p := startBareProxy(t)
+	c, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "the proxy to serve the connection", func() bool { return p.Stats().Connections == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v (a silent client held the drain)", err)
+	}
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Errorf("read %d bytes from a connection the drain should have closed", n)
+	}
+}
