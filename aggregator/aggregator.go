@@ -30,6 +30,9 @@ const (
 	// (a few KB); a pathway node makes one per bucket and parent, and parents come from contexts
 	// clients send, so without a bound a client could grow the aggregator at will.
 	DefaultMaxGroups = 50000
+	// DefaultMaxBacklogs bounds the offsets (one per kind, service, group, topic and partition)
+	// of every open bucket together: Kafka takes commits for any group name, so clients name them.
+	DefaultMaxBacklogs = 200000
 )
 
 // Config configures an Aggregator.
@@ -40,6 +43,7 @@ type Config struct {
 	BucketDuration time.Duration // default DefaultBucketDuration
 	QueueSize      int           // bound on points (and, separately, offsets) waiting; default DefaultQueueSize
 	MaxGroups      int           // bound on the groups of all open buckets; default DefaultMaxGroups
+	MaxBacklogs    int           // bound on the backlogs of all open buckets; default DefaultMaxBacklogs
 	// DefaultService owns backlogs whose Offset.Service is empty.
 	DefaultService string
 	Clock          func() time.Time
@@ -88,6 +92,7 @@ type Stats struct {
 	OffsetsDropped uint64
 	Aggregated     uint64 // points folded into buckets
 	GroupsRefused  uint64 // points not folded into a bucket because MaxGroups groups were open
+	OffsetsRefused uint64 // offsets not kept because MaxBacklogs backlogs were open
 	Buckets        uint64 // buckets handed out by Flush
 	OpenBuckets    int
 }
@@ -164,8 +169,8 @@ type Aggregator struct {
 	started atomic.Bool
 	closed  atomic.Bool
 
-	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets, nGroupsRefused atomic.Uint64
-	groups                                                                                    int // in open buckets; guarded by mu
+	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets, nGroupsRefused, nOffsetsRefused atomic.Uint64
+	groups, backlogs                                                                                           int // in open buckets; guarded by mu
 
 	mu      sync.Mutex // guards buckets and last
 	buckets map[bucketKey]*bucket
@@ -190,6 +195,9 @@ func New(cfg Config) *Aggregator {
 	}
 	if cfg.MaxGroups <= 0 {
 		cfg.MaxGroups = DefaultMaxGroups
+	}
+	if cfg.MaxBacklogs <= 0 {
+		cfg.MaxBacklogs = DefaultMaxBacklogs
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
@@ -451,7 +459,15 @@ func (a *Aggregator) addOffset(o *pathway.Offset) {
 		svc = a.cfg.DefaultService
 	}
 	k := offsetKey{kind: o.Kind, service: svc, group: o.Group, topic: o.Topic, partition: o.Partition, cluster: o.ClusterID}
-	if v, ok := b.backlogs[k]; !ok || o.Value > v {
+	v, ok := b.backlogs[k]
+	if !ok {
+		if a.backlogs >= a.cfg.MaxBacklogs {
+			a.nOffsetsRefused.Add(1)
+			return
+		}
+		a.backlogs++
+	}
+	if !ok || o.Value > v {
 		b.backlogs[k] = o.Value
 	}
 }
@@ -482,6 +498,7 @@ func (a *Aggregator) flushInline(now time.Time, final bool) []Bucket {
 		}
 		delete(a.buckets, k)
 		a.groups -= b.n
+		a.backlogs -= len(b.backlogs)
 		out = append(out, b.export(k, a.width))
 	}
 	a.last = [2]struct {
@@ -523,6 +540,6 @@ func (a *Aggregator) Stats() Stats {
 		Points: a.nPoints.Load(), PointsDropped: a.nPointsDropped.Load(),
 		Offsets: a.nOffsets.Load(), OffsetsDropped: a.nOffsetsDropped.Load(),
 		Aggregated: a.nAggregated.Load(), Buckets: a.nBuckets.Load(), OpenBuckets: open,
-		GroupsRefused: a.nGroupsRefused.Load(),
+		GroupsRefused: a.nGroupsRefused.Load(), OffsetsRefused: a.nOffsetsRefused.Load(),
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -442,5 +443,40 @@ func TestFlusherReportsDrops(t *testing.T) {
 	f.FlushNow(context.Background(), true)
 	if logs.Len() != 0 {
 		t.Errorf("a flush with nothing new dropped logged %q", logs.String())
+	}
+}
+
+// TestBacklogLimit: offsets that would open a backlog past MaxBacklogs are counted, not kept;
+// open backlogs still move forward, a flush makes room again, and the flusher logs the refusals.
+func TestBacklogLimit(t *testing.T) {
+	a := New(Config{MaxBacklogs: 3})
+	var logs bytes.Buffer
+	f := NewFlusher(a, time.Second, zerolog.New(&logs))
+	at := t0.UnixNano()
+	for g := range 5 { // a client committing under made-up group names
+		a.Offset(pathway.Offset{Kind: pathway.KafkaCommit, Group: fmt.Sprint("g", g), Topic: "t", Value: 10, Time: at})
+	}
+	a.Offset(pathway.Offset{Kind: pathway.KafkaCommit, Group: "g0", Topic: "t", Value: 20, Time: at})
+	a.Close()
+	if st := a.Stats(); st.OffsetsRefused != 2 {
+		t.Errorf("%d offsets refused, want 2 (groups g3, g4)", st.OffsetsRefused)
+	}
+	bs := a.Flush(t0.Add(time.Hour), true)
+	var kept []string
+	for _, b := range bs {
+		for _, bl := range b.Backlogs {
+			kept = append(kept, fmt.Sprint(bl.Tags, bl.Value))
+		}
+	}
+	slices.Sort(kept)
+	if len(kept) != 3 || !strings.Contains(kept[0], "group:g0") || !strings.HasSuffix(kept[0], " 20") {
+		t.Errorf("backlogs %q, want g0 (at 20), g1 and g2", kept)
+	}
+	if a.backlogs != 0 {
+		t.Errorf("%d backlogs counted open after the flush", a.backlogs)
+	}
+	f.FlushNow(context.Background(), true)
+	if !strings.Contains(logs.String(), `"offsets_backlog_limit":2`) {
+		t.Errorf("flush logged %q", logs.String())
 	}
 }

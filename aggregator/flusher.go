@@ -72,13 +72,15 @@ func (f *Flusher) FlushNow(ctx context.Context, final bool) {
 func (f *Flusher) reportDrops() {
 	st := f.agg.Stats()
 	points, offsets, groups := st.PointsDropped-f.seen.PointsDropped, st.OffsetsDropped-f.seen.OffsetsDropped, st.GroupsRefused-f.seen.GroupsRefused
+	backlogs := st.OffsetsRefused - f.seen.OffsetsRefused
 	f.seen = st
-	if points == 0 && offsets == 0 && groups == 0 {
+	if points == 0 && offsets == 0 && groups == 0 && backlogs == 0 {
 		return
 	}
 	f.log.Warn().Uint64("points_queue_full", points).Uint64("offsets_queue_full", offsets).
 		Uint64("points_group_limit", groups).Int("max_groups", f.agg.cfg.MaxGroups).
-		Msg("DSM checkpoints dropped since the last flush: the aggregator fell behind (queue full) or too many pathway nodes were open at once")
+		Uint64("offsets_backlog_limit", backlogs).Int("max_backlogs", f.agg.cfg.MaxBacklogs).
+		Msg("DSM checkpoints dropped since the last flush: the aggregator fell behind (queue full) or too many pathway nodes or offsets were open at once")
 }
 
 func sortBuckets(bs []Bucket) {
