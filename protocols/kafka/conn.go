@@ -119,6 +119,7 @@ func (s *session) serve(ctx context.Context) error {
 	go func() {
 		select {
 		case <-s.c.Draining():
+			// Wake the request reader; it stops at the next request boundary (drainReader).
 			s.draining.Store(true)
 			s.c.Client.SetReadDeadline(time.Now())
 		case <-ctx.Done():
@@ -171,14 +172,19 @@ func isClosed(err error) bool {
 // requests reads client frames, acts on the ones the proxy understands and forwards them.
 func (s *session) requests() error {
 	maxBytes := s.p.cfg.MaxFrameBytes
+	in := &drainReader{s: s}
 	for {
 		if s.rawLeft.Load() < 0 {
 			_, err := io.Copy(s.c.Upstream, s.c.Client)
 			return err
 		}
+		if s.draining.Load() && proxy.Unread(s.c.Client) == 0 {
+			return os.ErrDeadlineExceeded // drained: every request the client sent was read
+		}
 		// Every path below forwards (or answers) the frame before the loop reads the next one, and
 		// request handlers copy what they keep, so one read buffer serves the connection.
-		frame, err := readFrameInto(s.c.Client, maxBytes, &s.inBuf)
+		in.boundary = true
+		frame, err := readFrameInto(in, maxBytes, &s.inBuf)
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.log.Warn().Err(err).Msg("closing connection: request frame is not valid Kafka framing")
@@ -233,6 +239,34 @@ func (s *session) requests() error {
 }
 
 var errUpstreamEnded = errors.New("upstream connection ended")
+
+// drainReader reads requests from the client. When a graceful drain wakes it (a read deadline in
+// the past) in the middle of a request, or while the kernel holds bytes the client has sent, it
+// clears the deadline and reads on: a request the client sent is forwarded, not lost, and the
+// connection is not closed on unread bytes (which would reset it, and with it answers the client
+// has not read yet). Only at a request boundary with nothing unread does the drain end reading.
+type drainReader struct {
+	s        *session
+	boundary bool // no byte of the next request read yet
+}
+
+func (r *drainReader) Read(p []byte) (int, error) {
+	for retried := false; ; retried = true {
+		n, err := r.s.c.Client.Read(p)
+		if n > 0 {
+			r.boundary = false
+			return n, err
+		}
+		// A TLS connection keeps a timeout for good: it ends there as it did before the drain.
+		if err == nil || !isTimeout(err) || !r.s.draining.Load() || retried {
+			return n, err
+		}
+		if r.boundary && proxy.Unread(r.s.c.Client) == 0 {
+			return n, err
+		}
+		r.s.c.Client.SetReadDeadline(time.Time{})
+	}
+}
 
 // waitRoom waits while maxQueuedRequests requests await answers; false when the upstream ended.
 func (s *session) waitRoom() bool {
