@@ -83,6 +83,7 @@ func TestKinesisThroughProxy(t *testing.T) {
 func testKinesis(t *testing.T, inject bool) {
 	tp, up, kc, ctx := kinesisSetup(t, "clickstream", func(c *Config) { c.KinesisInjectData = inject })
 	stream := awssdk.String("clickstream")
+	putAt := time.Now()
 	jsonData := []byte(`{"user":"u1","n":1} ` + "\n")
 	binData := []byte{0xf3, 0x89, 0x9a, 0xc2, 0x00}
 	if _, err := kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: jsonData, PartitionKey: awssdk.String("u1")}); err != nil {
@@ -95,7 +96,11 @@ func testKinesis(t *testing.T, inject bool) {
 	if err != nil || awssdk.ToInt32(pr.FailedRecordCount) != 0 {
 		t.Fatalf("PutRecords: %v %+v", err, pr)
 	}
+	// The records wait in the stream a while, so their time there is not lost in rounding.
+	const wait = 300 * time.Millisecond
+	time.Sleep(wait)
 	recs := readShard(t, ctx, kc, stream, 3)
+	inStream := time.Since(putAt) // at most
 	// proxied consumers see exactly the producer's bytes
 	want := [][]byte{jsonData, []byte(`{}`), binData}
 	for i, r := range recs {
@@ -125,6 +130,10 @@ func testKinesis(t *testing.T, inject bool) {
 		for _, c := range cons {
 			if c.PathwayLatency != c.EdgeLatency {
 				t.Errorf("consume without context: pathway latency %d != edge latency %d", c.PathwayLatency, c.EdgeLatency)
+			}
+			// Arrival timestamps have millisecond resolution.
+			if l := time.Duration(c.EdgeLatency); l < wait-10*time.Millisecond || l > inStream+10*time.Millisecond {
+				t.Errorf("consume latency %v from ApproximateArrivalTimestamp, want between %v and %v", l, wait, inStream)
 			}
 		}
 	}
