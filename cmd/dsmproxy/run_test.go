@@ -174,7 +174,7 @@ kafka:
 		t.Fatalf("produce through dsmproxy: %v", err)
 	}
 	cons, err := kgo.NewClient(kgo.SeedBrokers(bootstrap), kgo.ClientID("ledger"), kgo.ConsumeTopics("payments"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		kgo.ConsumerGroup("ledger-group"), kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,6 +186,9 @@ kafka:
 	recs := fs.Records()
 	if len(recs) != 1 || len(recs[0].Headers) != 1 || recs[0].Headers[0].Key != "dd-pathway-ctx-base64" {
 		t.Fatalf("consumed %+v; want the record with one dd-pathway-ctx-base64 header", recs)
+	}
+	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
+		t.Fatalf("commit: %v", err)
 	}
 	// SIGHUP reloads TLS (none here) and must not end the process.
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -206,9 +209,25 @@ kafka:
 	}
 	pts := agent.Points()
 	prodPts := agenttest.PointsWith(pts, "current", "direction:out", "kafka_cluster_id:kfake", "topic:payments", "type:kafka")
-	consPts := agenttest.PointsWith(pts, "current", "direction:in", "kafka_cluster_id:kfake", "topic:payments", "type:kafka")
+	consPts := agenttest.PointsWith(pts, "current", "direction:in", "group:ledger-group", "kafka_cluster_id:kfake", "topic:payments", "type:kafka")
 	if len(prodPts) != 1 || prodPts[0].Service != "checkout" || len(consPts) != 1 || consPts[0].ParentHash != prodPts[0].Hash {
 		t.Fatalf("the last flush did not bring the produce and consume points: %+v\nlogs:\n%s", pts, logs)
+	}
+	// The lag of the pipeline as the Agent gets it: the producer's last offset, the broker's high
+	// watermark the consumer saw and the group's commit (the next offset to read). The cluster id
+	// comes last, as dd-trace-go writes backlog tags.
+	backlogs := map[string]int64{}
+	for _, b := range agent.Backlogs() {
+		backlogs[b.Service+"|"+strings.Join(b.Tags, ",")] = b.Value
+	}
+	for k, v := range map[string]int64{
+		"checkout|partition:0,topic:payments,type:kafka_produce,kafka_cluster_id:kfake":                          0,
+		"ledger|partition:0,topic:payments,type:kafka_high_watermark,kafka_cluster_id:kfake":                     1,
+		"ledger|consumer_group:ledger-group,partition:0,topic:payments,type:kafka_commit,kafka_cluster_id:kfake": 1,
+	} {
+		if got, ok := backlogs[k]; !ok || got != v {
+			t.Errorf("backlog %s = %d (sent: %v), want %d; all: %v", k, got, ok, v, backlogs)
+		}
 	}
 	if !strings.Contains(logs.String(), "shutting down: draining connections") {
 		t.Errorf("no drain log line")
