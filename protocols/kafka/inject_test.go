@@ -3,6 +3,7 @@ package kafka
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"testing"
 	"time"
@@ -232,6 +233,36 @@ func TestInjectAllExistingContext(t *testing.T) {
 		}
 		if st := s.p.Stats(); st.ExistingContext != 3*10 || st.InjectedRecords != 3*4 {
 			t.Errorf("%s: existing %d, injected %d; want 30 and 12", name, st.ExistingContext, st.InjectedRecords)
+		}
+	}
+}
+
+// TestLegacyMessageSetsUntouched: message sets of magic 0 and 1 (pre-0.11 clients, encoded
+// here with kmsg as such a client does, CRC and all) have no headers to carry a context: they
+// are skipped, left byte for byte as they are, and never walked as consumed records.
+func TestLegacyMessageSetsUntouched(t *testing.T) {
+	legacy := map[string][]byte{}
+	var set0, set1 []byte
+	for i := range 3 {
+		m0 := kmsg.MessageV0{Offset: int64(i), Magic: 0, Key: []byte("k"), Value: []byte(fmt.Sprint("v", i))}
+		m0.MessageSize = int32(len(m0.AppendTo(nil)) - 12)
+		m0.CRC = int32(crc32.ChecksumIEEE(m0.AppendTo(nil)[16:]))
+		set0 = m0.AppendTo(set0)
+		m1 := kmsg.MessageV1{Offset: int64(i), Magic: 1, Timestamp: 1700000000000, Key: []byte("k"), Value: []byte(fmt.Sprint("v", i))}
+		m1.MessageSize = int32(len(m1.AppendTo(nil)) - 12)
+		m1.CRC = int32(crc32.ChecksumIEEE(m1.AppendTo(nil)[16:]))
+		set1 = m1.AppendTo(set1)
+	}
+	legacy["magic 0"], legacy["magic 1"] = set0, set1
+	for name, set := range legacy {
+		c := newKgoCodec(DefaultMaxBatchBytes)
+		out, changed, reason, err := c.Inject(nil, set, func(batchMeta, *recordMeta) []byte { return []byte("ctx") })
+		if changed || reason != skipLegacyMagic || err != nil || out != nil {
+			t.Errorf("%s: changed=%v reason=%q err=%v, want it skipped as %q", name, changed, reason, err, skipLegacyMagic)
+		}
+		walked := 0
+		if err := c.Walk(set, func(batchMeta, *recordMeta) { walked++ }); err != nil || walked != 0 {
+			t.Errorf("%s: walked %d records, %v; want none", name, walked, err)
 		}
 	}
 }
