@@ -255,4 +255,3 @@ func TestConnectionsRegistry(t *testing.T) {
 		t.Fatalf("registry %+v: want the first idle 2s and opened 1s before the second", cs)
 	}
 }
-

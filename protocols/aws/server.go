@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // h1Server serves the front's HTTP/1.1 connections. It replaces net/http's server, whose
@@ -304,23 +306,9 @@ func (c *h1Conn) writeSimple(status int, text string) {
 	}
 }
 
-// lingerClose ends the sending side and reads what the client still sends for a moment before
-// the connection closes: closing with unread data sends a TCP reset, which can destroy the answer
-// before the client reads it (net/http waits the same way).
-func (c *h1Conn) lingerClose() {
-	type closeWriter interface{ CloseWrite() error }
-	conn := c.rwc
-	if tc, ok := conn.(*tls.Conn); ok {
-		conn = tc.NetConn()
-	}
-	cw, ok := conn.(closeWriter)
-	if !ok {
-		return
-	}
-	cw.CloseWrite()
-	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	io.Copy(io.Discard, io.LimitReader(conn, 4<<20))
-}
+// lingerClose: closing with unread data would reset the connection and could destroy the answer
+// before the client reads it.
+func (c *h1Conn) lingerClose() { proxy.Linger(c.rwc) }
 
 // h1Response buffers the handler's answer.
 type h1Response struct {

@@ -130,6 +130,9 @@ func (s *session) serve(ctx context.Context) error {
 	err := s.requests()
 	if s.draining.Load() && isTimeout(err) {
 		s.waitIdle()
+		// Requests the client sent after the drain began stay unread: closing on them would reset
+		// the connection and could destroy answers the client has not read yet.
+		proxy.Linger(s.c.Client)
 		err = nil
 	}
 	s.c.Upstream.Close()
@@ -178,8 +181,10 @@ func (s *session) requests() error {
 			_, err := io.Copy(s.c.Upstream, s.c.Client)
 			return err
 		}
-		if s.draining.Load() && proxy.Unread(s.c.Client) == 0 {
-			return os.ErrDeadlineExceeded // drained: every request the client sent was read
+		if s.draining.Load() {
+			// Each request boundary in a drain tries one read that cannot wait: drainReader decides
+			// whether what the client sent before the drain is still to come.
+			s.c.Client.SetReadDeadline(time.Now())
 		}
 		// Every path below forwards (or answers) the frame before the loop reads the next one, and
 		// request handlers copy what they keep, so one read buffer serves the connection.
@@ -229,7 +234,7 @@ func (s *session) requests() error {
 			continue
 		}
 		if !s.waitRoom() {
-			return errUpstreamEnded
+			return nil // the upstream ended: its error, if any, is the one to report
 		}
 		s.push(pd)
 		if _, err := s.c.Upstream.Write(out); err != nil {
@@ -238,33 +243,39 @@ func (s *session) requests() error {
 	}
 }
 
-var errUpstreamEnded = errors.New("upstream connection ended")
-
-// drainReader reads requests from the client. When a graceful drain wakes it (a read deadline in
-// the past) in the middle of a request, or while the kernel holds bytes the client has sent, it
-// clears the deadline and reads on: a request the client sent is forwarded, not lost, and the
-// connection is not closed on unread bytes (which would reset it, and with it answers the client
-// has not read yet). Only at a request boundary with nothing unread does the drain end reading.
+// drainReader reads requests from the client. A graceful drain wakes it with a read deadline in
+// the past; it then reads on what the client sent before the drain began, so that those
+// requests are forwarded and answered, not lost: the rest of a request in progress, and the
+// bytes the kernel held when the drain was first seen (a client that keeps sending would
+// otherwise keep the drain going until its deadline). Data TLS has already decrypted comes back
+// from the read that cannot wait. A client that stalls mid-request for drainGrace ends it.
 type drainReader struct {
 	s        *session
 	boundary bool // no byte of the next request read yet
+	seen     bool // the drain was seen; left is set
+	left     int  // bytes the kernel held then, not read yet
 }
+
+const drainGrace = 2 * time.Second
 
 func (r *drainReader) Read(p []byte) (int, error) {
 	for retried := false; ; retried = true {
 		n, err := r.s.c.Client.Read(p)
 		if n > 0 {
 			r.boundary = false
+			r.left -= n
 			return n, err
 		}
-		// A TLS connection keeps a timeout for good: it ends there as it did before the drain.
 		if err == nil || !isTimeout(err) || !r.s.draining.Load() || retried {
 			return n, err
 		}
-		if r.boundary && proxy.Unread(r.s.c.Client) == 0 {
+		if !r.seen {
+			r.seen, r.left = true, proxy.Unread(r.s.c.Client)
+		}
+		if r.boundary && (r.left <= 0 || proxy.Unread(r.s.c.Client) == 0) {
 			return n, err
 		}
-		r.s.c.Client.SetReadDeadline(time.Time{})
+		r.s.c.Client.SetReadDeadline(time.Now().Add(drainGrace))
 	}
 }
 
@@ -306,15 +317,16 @@ func (s *session) push(pd *pending) {
 // reply writes a synthetic response now if nothing is in flight, else queues it behind the
 // requests in flight so the client receives answers in request order. Such requests never reach
 // the broker, so nothing else would hold back a client that sends them without reading its
-// answers: past maxQueuedRequests awaiting answers, reply refuses.
+// answers: past twice maxQueuedRequests awaiting answers, reply refuses.
 func (s *session) reply(pd *pending) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.mu.Lock()
 	if n := len(s.queue); n > 0 {
-		if n >= maxQueuedRequests {
+		// Forwarded requests alone can fill maxQueuedRequests (waitRoom holds them there).
+		if n >= 2*maxQueuedRequests {
 			s.mu.Unlock()
-			return fmt.Errorf("%d requests await their answers (limit %d)", n, maxQueuedRequests)
+			return fmt.Errorf("%d requests await their answers (limit %d)", n, 2*maxQueuedRequests)
 		}
 		s.queue = append(s.queue, pd)
 		s.mu.Unlock()

@@ -2,13 +2,26 @@ package kafka
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // TestShutdownDrains: a long-polling fetch in flight when Shutdown starts still gets its response,
@@ -128,4 +141,161 @@ func (p *Proxy) anyDraining() bool {
 		return !found
 	})
 	return found
+}
+
+// TestDrainEndsWithABusyClient: a client that never stops sending (a pipelining producer faster
+// than the proxy) always leaves bytes unread; the drain still ends soon, after what the client
+// had sent when it began, and answers everything it forwarded.
+func TestDrainEndsWithABusyClient(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	conn, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	meta := kmsg.NewPtrMetadataRequest()
+	meta.Version = 1
+	meta.Topics = []kmsg.MetadataRequestTopic{}
+	if _, err := conn.Write(requestFrame(meta, 0)); err != nil { // opens the node listeners
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := readFrame(conn, DefaultMaxFrameBytes); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	go func() {
+		for i := int32(1); ; i++ {
+			if _, err := conn.Write(requestFrame(meta, i)); err != nil {
+				return
+			}
+		}
+	}()
+	var answered atomic.Int64
+	readerDone := make(chan error, 1)
+	go func() {
+		for want := int32(1); ; want++ {
+			frame, err := readFrame(conn, DefaultMaxFrameBytes)
+			if err != nil {
+				readerDone <- err
+				return
+			}
+			if got := int32(binary.BigEndian.Uint32(frame[4:])); got != want {
+				readerDone <- fmt.Errorf("answer %d has correlation id %d", want, got)
+				return
+			}
+			answered.Add(1)
+		}
+	}()
+	waitFor(t, "traffic", func() bool { return answered.Load() > 1000 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatalf("the drain of a busy client ran to its deadline: %v", err)
+	}
+	// Every answer before the close came whole and in order: it ended in EOF, not a reset.
+	if err := <-readerDone; !errors.Is(err, io.EOF) {
+		t.Errorf("after %d answers the client read %v, want EOF", answered.Load(), err)
+	}
+}
+
+// TestDrainForwardsWhatTLSHolds: two requests in one TLS record reach the proxy before the drain
+// begins; after the first, the second is in the TLS layer's buffer, where the kernel's count of
+// unread bytes cannot see it. Both are forwarded, over TLS as over plain TCP.
+func TestDrainForwardsWhatTLSHolds(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		t.Run(fmt.Sprint("tls=", useTLS), func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			cert := selfSignedCert(t)
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					accepted <- nil
+					return
+				}
+				if useTLS {
+					tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+					if tc.Handshake() != nil {
+						accepted <- nil
+						return
+					}
+					c = tc
+				}
+				accepted <- c
+			}()
+			raw, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			var client net.Conn = raw
+			if useTLS {
+				tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+				if err := tc.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+				client = tc
+			}
+			server := <-accepted
+			if server == nil {
+				t.Fatal("accept or handshake failed")
+			}
+			defer server.Close()
+			hb := kmsg.NewPtrHeartbeatRequest()
+			if _, err := client.Write(append(requestFrame(hb, 1), requestFrame(hb, 2)...)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the bytes in the proxy's socket", func() bool { return proxy.Unread(server) > 0 })
+
+			p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, Log: zerolog.Nop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			up, upEnd := net.Pipe()
+			forwarded := make(chan int, 1)
+			go func() {
+				n := 0
+				for {
+					up.SetReadDeadline(time.Now().Add(5 * time.Second))
+					if _, err := readFrame(up, DefaultMaxFrameBytes); err != nil {
+						forwarded <- n
+						return
+					}
+					n++
+				}
+			}()
+			s := &session{p: p, c: &proxy.Conn{ID: 1, Protocol: "kafka", Client: server, Upstream: upEnd, Log: zerolog.Nop()},
+				log: zerolog.Nop(), idle: make(chan struct{}, 1), room: make(chan struct{}, 1), respClosed: make(chan struct{})}
+			s.info.Store(&clientInfo{})
+			s.draining.Store(true) // as serve's watcher does when the drain begins
+			server.SetReadDeadline(time.Now())
+			if err := s.requests(); !isTimeout(err) {
+				t.Errorf("requests ended with %v, want the drain's timeout", err)
+			}
+			upEnd.Close()
+			if n := <-forwarded; n != 2 {
+				t.Errorf("%d of the 2 requests sent before the drain were forwarded", n)
+			}
+		})
+	}
+}
+
+// selfSignedCert is a throwaway server certificate (clients here skip verification).
+func selfSignedCert(t *testing.T) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -81,7 +81,7 @@ func TestRequestsAwaitingAnswersAreBounded(t *testing.T) {
 	defer conn.Close()
 	f := kmsg.NewRequestFormatter(kmsg.FormatterClientID("flooder"))
 	out := f.AppendRequest(nil, kmsg.NewPtrMetadataRequest(), 1) // forwarded; its answer is held
-	for i := int32(0); i < maxQueuedRequests+100; i++ {
+	for i := int32(0); i < 2*maxQueuedRequests+100; i++ {
 		av := kmsg.NewPtrApiVersionsRequest()
 		av.Version = 99
 		out = append(out, f.AppendRequest(nil, av, 2+i)...)
