@@ -153,6 +153,10 @@ func (s *session) serve(ctx context.Context) error {
 		client = io.TeeReader(client, s.p.tap(s.c.ID))
 	}
 	cr := bufio.NewReaderSize(client, bufSize)
+	// A client that sends nothing would otherwise hold its socket, and one to a broker that has
+	// given up on it, for as long as it stays connected. Set before the drain watcher starts, so
+	// a drain already under way is not put off by it.
+	s.c.Client.SetReadDeadline(time.Now().Add(headerTimeout))
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -166,9 +170,6 @@ func (s *session) serve(ctx context.Context) error {
 		case <-stop:
 		}
 	}()
-	// A client that sends nothing would otherwise hold its socket, and one to a broker that has
-	// given up on it, for as long as it stays connected.
-	s.c.Client.SetReadDeadline(time.Now().Add(headerTimeout))
 	var hdr [8]byte
 	if _, err := io.ReadFull(cr, hdr[:]); err != nil {
 		if s.draining.Load() {
@@ -396,8 +397,8 @@ func (s *session) clientMethod(f frame) {
 		if e, ok := targetOf(m, f.Payload); ok {
 			s.mu.Lock()
 			cs := s.sharedLocked(f.Channel)
-			if e.Topic == "" && e.Exchange == "" && m != queueDecl {
-				e.Topic = cs.lastDeclared // "" names the channel's last declared queue
+			if e.Topic == "" && m>>16 != classExchange && m != queueDecl {
+				e.Topic = cs.lastDeclared // a queue named "" is the channel's last declared one
 			}
 			cs.lastTarget = target{m, e}
 			s.mu.Unlock()
