@@ -198,3 +198,44 @@ func TestPipelineBoundedByAnswers(t *testing.T) {
 		t.Fatalf("writing the requests: %v", err)
 	}
 }
+
+// TestMetadataEveryVersion: Metadata answers of every version kfake speaks name proxy listeners
+// only, whichever request and response header versions they use.
+func TestMetadataEveryVersion(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	conn, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	for v := int16(0); v <= kmsg.NewPtrMetadataRequest().MaxVersion(); v++ {
+		req := kmsg.NewPtrMetadataRequest()
+		req.Version = v
+		if v == 0 {
+			req.Topics = []kmsg.MetadataRequestTopic{} // v0: an empty list means all topics
+		}
+		if _, err := conn.Write(requestFrame(req, int32(v))); err != nil {
+			t.Fatal(err)
+		}
+		frame, err := readFrame(conn, DefaultMaxFrameBytes)
+		if err != nil {
+			t.Fatalf("v%d: %v", v, err)
+		}
+		resp := kmsg.NewPtrMetadataResponse()
+		resp.SetVersion(v)
+		start, err := responseBodyStart(frame, keyMetadata, resp.IsFlexible())
+		if err != nil || resp.ReadFrom(frame[start:]) != nil {
+			t.Fatalf("v%d: answer does not decode: %v", v, err)
+		}
+		if len(resp.Brokers) != 3 {
+			t.Fatalf("v%d: %d brokers, want 3", v, len(resp.Brokers))
+		}
+		for _, b := range resp.Brokers {
+			if !p.isProxyAddr(net.JoinHostPort(b.Host, strconv.Itoa(int(b.Port)))) {
+				t.Errorf("v%d: broker %d advertised at %s:%d, not a proxy listener", v, b.NodeID, b.Host, b.Port)
+			}
+		}
+	}
+}
