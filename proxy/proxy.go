@@ -67,6 +67,25 @@ func (c *Conn) closeBoth() {
 // Draining is closed when the proxy is shutting down gracefully.
 func (c *Conn) Draining() <-chan struct{} { return c.draining }
 
+// WakeOnDrain watches for a graceful drain and for ctx while a handler reads the client: on a
+// drain it sets draining and puts the client's read deadline in the past, which wakes a blocked
+// read (the handler then stops at a boundary of its protocol); when ctx ends it closes the
+// client. stop ends the watch.
+func (c *Conn) WakeOnDrain(ctx context.Context, draining *atomic.Bool) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-c.draining:
+			draining.Store(true) // before the deadline: a reader woken by it sees the drain
+			c.Client.SetReadDeadline(time.Now())
+		case <-ctx.Done():
+			c.Client.Close()
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
+}
+
 var connIDs atomic.Uint64
 
 // NextConnID returns a process-wide unique connection id.

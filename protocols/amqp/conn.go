@@ -157,19 +157,8 @@ func (s *session) serve(ctx context.Context) error {
 	// given up on it, for as long as it stays connected. Set before the drain watcher starts, so
 	// a drain already under way is not put off by it.
 	s.c.Client.SetReadDeadline(time.Now().Add(headerTimeout))
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		select {
-		case <-s.c.Draining():
-			// Wake the client reader; it closes at the next safe frame boundary.
-			s.draining.Store(true)
-			s.c.Client.SetReadDeadline(time.Now())
-		case <-ctx.Done():
-			s.c.Client.Close()
-		case <-stop:
-		}
-	}()
+	// A drain wakes the client reader; it closes at the next safe frame boundary.
+	defer s.c.WakeOnDrain(ctx, &s.draining)()
 	var hdr [8]byte
 	if _, err := io.ReadFull(cr, hdr[:]); err != nil {
 		if s.draining.Load() {

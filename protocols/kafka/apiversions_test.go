@@ -40,11 +40,7 @@ func rawRequest(t *testing.T, conn net.Conn, key, version int16, corr int32, bod
 func TestApiVersionsCapped(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
-	conn, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rawClient(t, p)
 
 	// A version newer than kmsg knows: the proxy answers itself, UNSUPPORTED_VERSION in a v0 body.
 	tooNew := maxVersion(keyApiVersions) + 3

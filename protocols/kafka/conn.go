@@ -114,19 +114,8 @@ func (s *session) serve(ctx context.Context) error {
 		s.c.Client.Close()
 		respErr <- err
 	}()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		select {
-		case <-s.c.Draining():
-			// Wake the request reader; it stops at the next request boundary (drainReader).
-			s.draining.Store(true)
-			s.c.Client.SetReadDeadline(time.Now())
-		case <-ctx.Done():
-			s.c.Client.Close()
-		case <-stop:
-		}
-	}()
+	// A drain wakes the request reader; it stops at a request boundary (drainReader).
+	defer s.c.WakeOnDrain(ctx, &s.draining)()
 	err := s.requests()
 	if s.draining.Load() && isTimeout(err) {
 		s.waitIdle()

@@ -83,24 +83,9 @@ func TestShutdownDrains(t *testing.T) {
 func TestDrainFinishesAPartlyReadRequest(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
-	conn, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	meta := kmsg.NewPtrMetadataRequest()
-	meta.Version = 1
-	meta.Topics = []kmsg.MetadataRequestTopic{}
-	// A first Metadata opens the node listeners: a drain opens none, and a Metadata answer naming
-	// a node without one closes the connection.
-	if _, err := conn.Write(requestFrame(meta, 76)); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := readFrame(conn, DefaultMaxFrameBytes); err != nil {
-		t.Fatal(err)
-	}
-	req := requestFrame(meta, 77)
+	conn := rawClient(t, p)
+	openNodes(t, conn)
+	req := requestFrame(emptyMetadata(), 77)
 	if _, err := conn.Write(req[:6]); err != nil { // the size and part of the header
 		t.Fatal(err)
 	}
@@ -149,22 +134,9 @@ func (p *Proxy) anyDraining() bool {
 func TestDrainEndsWithABusyClient(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
-	conn, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	meta := kmsg.NewPtrMetadataRequest()
-	meta.Version = 1
-	meta.Topics = []kmsg.MetadataRequestTopic{}
-	if _, err := conn.Write(requestFrame(meta, 0)); err != nil { // opens the node listeners
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := readFrame(conn, DefaultMaxFrameBytes); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Time{})
+	conn := rawClient(t, p)
+	openNodes(t, conn)
+	meta := emptyMetadata()
 	go func() {
 		for i := int32(1); ; i++ {
 			if _, err := conn.Write(requestFrame(meta, i)); err != nil {

@@ -74,11 +74,7 @@ func TestRequestsAwaitingAnswersAreBounded(t *testing.T) {
 			return &stalledConn{Conn: nc, release: release, closed: make(chan struct{})}, nil
 		}
 	})
-	conn, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rawClient(t, p)
 	f := kmsg.NewRequestFormatter(kmsg.FormatterClientID("flooder"))
 	out := f.AppendRequest(nil, kmsg.NewPtrMetadataRequest(), 1) // forwarded; its answer is held
 	for i := int32(0); i < 2*maxQueuedRequests+100; i++ {
@@ -88,7 +84,7 @@ func TestRequestsAwaitingAnswersAreBounded(t *testing.T) {
 	}
 	go conn.Write(out) // the proxy stops reading once it closes: the write may block until then
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	_, err = io.Copy(io.Discard, conn)
+	_, err := io.Copy(io.Discard, conn)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatal("the connection stayed open with more requests awaiting answers than the limit")
 	}

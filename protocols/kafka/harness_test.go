@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -211,4 +212,38 @@ func testCtx(t *testing.T) context.Context {
 
 func uniqueTopic(t *testing.T, prefix string) string {
 	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
+}
+
+// rawClient dials p's bootstrap listener for a test that writes frames by hand; it is closed
+// when the test ends.
+func rawClient(t *testing.T, p *testProxy) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// emptyMetadata is the smallest Metadata request (v1, no topics): its answer names the brokers.
+func emptyMetadata() *kmsg.MetadataRequest {
+	meta := kmsg.NewPtrMetadataRequest()
+	meta.Version = 1
+	meta.Topics = []kmsg.MetadataRequestTopic{}
+	return meta
+}
+
+// openNodes sends conn's first Metadata and reads the answer, which opens the node listeners:
+// a drain opens none, and an answer naming a node without one closes the connection.
+func openNodes(t *testing.T, conn net.Conn) {
+	t.Helper()
+	if _, err := conn.Write(requestFrame(emptyMetadata(), 0)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := readFrame(conn, DefaultMaxFrameBytes); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Time{})
 }

@@ -26,11 +26,7 @@ func requestFrame(req kmsg.Request, corr int32) []byte {
 func TestPipelinedAndAcksZero(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
-	conn, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rawClient(t, p)
 	meta := kmsg.NewPtrMetadataRequest()
 	meta.Version = 12
 	prod := kmsg.NewPtrProduceRequest()
@@ -162,14 +158,8 @@ func (p *Proxy) inflightOf(clientID string) int {
 func TestPipelineBoundedByAnswers(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
-	conn, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	meta := kmsg.NewPtrMetadataRequest()
-	meta.Version = 1
-	meta.Topics = []kmsg.MetadataRequestTopic{} // none: the smallest answer
+	conn := rawClient(t, p)
+	meta := emptyMetadata()
 	const n = 50000
 	var buf []byte
 	for i := range n {
@@ -204,11 +194,7 @@ func TestPipelineBoundedByAnswers(t *testing.T) {
 func TestMetadataEveryVersion(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
-	conn, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rawClient(t, p)
 	conn.SetDeadline(time.Now().Add(time.Minute))
 	for v := int16(0); v <= kmsg.NewPtrMetadataRequest().MaxVersion(); v++ {
 		req := kmsg.NewPtrMetadataRequest()
