@@ -54,31 +54,7 @@ func TestSASLv0UnknownMechanismRelaysTokens(t *testing.T) {
 		c.Write(binary.BigEndian.AppendUint32(nil, uint32(len(reply))))
 		c.Write(reply)
 	}()
-	p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{upLn.Addr().String()}, Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	req := kmsg.NewPtrSASLHandshakeRequest()
-	req.Version, req.Mechanism = 0, "GSSAPI"
-	frame := binary.BigEndian.AppendUint16(nil, uint16(req.Key()))
-	frame = binary.BigEndian.AppendUint16(frame, 0)
-	frame = binary.BigEndian.AppendUint32(frame, 7)                       // correlation id
-	frame = binary.BigEndian.AppendUint16(frame, uint16(len("old-java"))) // client id
-	frame = append(frame, "old-java"...)
-	frame = req.AppendTo(frame)
-	c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(frame))), frame...))
-	if _, err := readRawFrame(c); err != nil {
-		t.Fatalf("handshake answer: %v", err)
-	}
+	_, c := v0Handshake(t, upLn.Addr().String(), "GSSAPI")
 	// The token goes out at once, as a client's does: the proxy may still be reading for the
 	// next request when the handshake's answer tells it what follows.
 	c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(token))), token...))
@@ -130,25 +106,7 @@ func TestSASLv0KnownMechanisms(t *testing.T) {
 			upPort := upLn.Addr().(*net.TCPAddr).Port
 			brokerErr := make(chan error, 1)
 			go func() { brokerErr <- scriptV0Broker(upLn, tc.mechanism, tc.client, tc.server, int32(upPort)) }()
-			p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{upLn.Addr().String()}, Log: zerolog.Nop()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := p.Start(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			c, err := net.Dial("tcp", p.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			hs := kmsg.NewPtrSASLHandshakeRequest()
-			hs.Version, hs.Mechanism = 0, tc.mechanism
-			c.Write(requestFrame(hs, 7))
-			if _, err := readRawFrame(c); err != nil {
-				t.Fatalf("handshake answer: %v", err)
-			}
+			p, c := v0Handshake(t, upLn.Addr().String(), tc.mechanism)
 			for i, tok := range tc.client {
 				c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(tok))), tok...))
 				back, err := readRawFrame(c)
@@ -220,4 +178,30 @@ func scriptV0Broker(ln net.Listener, mechanism string, client, server [][]byte, 
 	meta.Brokers = append(meta.Brokers, b)
 	answer(req, meta.AppendTo(nil))
 	return nil
+}
+
+// v0Handshake starts a proxy in front of upstream and has a client send it a SaslHandshake v0
+// for mechanism, as a pre-1.0 Java client does; it returns once the answer came back.
+func v0Handshake(t *testing.T, upstream, mechanism string) (*Proxy, net.Conn) {
+	t.Helper()
+	p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{upstream}, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	hs := kmsg.NewPtrSASLHandshakeRequest()
+	hs.Version, hs.Mechanism = 0, mechanism
+	c.Write(requestFrame(hs, 7))
+	if _, err := readRawFrame(c); err != nil {
+		t.Fatalf("handshake answer: %v", err)
+	}
+	return p, c
 }
