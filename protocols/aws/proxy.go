@@ -267,7 +267,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		ln = &limitListener{Listener: ln, max: int64(p.cfg.Listener.MaxConns), p: p}
 	}
 	if p.cfg.Listener.TLS != nil {
-		ln = tls.NewListener(ln, p.cfg.Listener.TLS)
+		ln = tls.NewListener(ln, http11Only(p.cfg.Listener.TLS))
 	}
 	srv := &h1Server{
 		handler:           p,
@@ -639,7 +639,11 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 		}
 		defer resp.Body.Close()
-		if rb, err = readBody(resp.Body, resp.ContentLength, p.cfg.MaxBodyBytes); err != nil {
+		size := resp.ContentLength
+		if req.Method == http.MethodHead {
+			size = 0 // a HEAD answer has no body, whatever its Content-Length says
+		}
+		if rb, err = readBody(resp.Body, size, p.cfg.MaxBodyBytes); err != nil {
 			return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
 		}
 	}
@@ -791,6 +795,25 @@ func (p *Proxy) skip(c *call, e pathway.Edge, name, msg string) {
 	p.stats.skipped.Add(1)
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.ProxySkip, Protocol: c.service, Operation: c.op,
 		Name: name, Message: msg, Service: c.svcName, Edge: e, Partition: -1, Messages: 1})
+}
+
+// http11Only is cfg offering only HTTP/1.1 in ALPN: the front speaks nothing else, and a client
+// offered h2 would send the HTTP/2 preface.
+func http11Only(cfg *tls.Config) *tls.Config {
+	cfg = cfg.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	if get := cfg.GetConfigForClient; get != nil {
+		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			if c == nil || err != nil {
+				return c, err
+			}
+			c = c.Clone()
+			c.NextProtos = []string{"http/1.1"}
+			return c, nil
+		}
+	}
+	return cfg
 }
 
 // boundedMap is a string map bounded to the keys used most recently (proxy.RecentMap): an

@@ -245,12 +245,21 @@ func (c *h1Conn) serve() {
 			c.writeSimple(http.StatusBadRequest, "400 Bad Request: missing required Host header")
 			return
 		}
-		if e := req.Header.Get("Expect"); e != "" {
+		// textproto keeps "Content-Length : 5" as a field of its own, which would frame the
+		// request without its body and read that as the next request (RFC 9112 5.1: 400).
+		if why := badFields(req); why != "" {
+			c.writeSimple(http.StatusBadRequest, "400 Bad Request: "+why)
+			return
+		}
+		// HTTP/1.0 clients know no 100 Continue: the expectation is ignored (RFC 9110 10.1.1).
+		if e := req.Header.Get("Expect"); e != "" && req.ProtoAtLeast(1, 1) {
 			if !strings.EqualFold(e, "100-continue") {
 				c.writeSimple(http.StatusExpectationFailed, "417 Expectation Failed")
 				return
 			}
 			if req.ContentLength != 0 {
+				// The last answer's write deadline may have passed while the connection was idle.
+				c.rwc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 				if _, err := io.WriteString(c.rwc, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
 					return
 				}
@@ -263,7 +272,9 @@ func (c *h1Conn) serve() {
 		w.body = (*w.bp)[:0]
 		s.handler.ServeHTTP(w, req)
 		// what the handler left of the body is skipped, up to a point
-		closeAfter := req.Close || !req.ProtoAtLeast(1, 1)
+		// In a drain the answer says so, or the client would send its next request on a
+		// connection that closes under it.
+		closeAfter := req.Close || !req.ProtoAtLeast(1, 1) || s.isShutting()
 		unread := false
 		if req.Body != http.NoBody {
 			var one [1]byte
@@ -278,13 +289,44 @@ func (c *h1Conn) serve() {
 			*w.bp = w.body[:0]
 			respBufs.Put(w.bp)
 		}
-		if err == nil && unread {
+		if err == nil && (unread || closeAfter) {
 			c.lingerClose()
 		}
 		if err != nil || closeAfter || !s.setIdle(c, true) {
 			return
 		}
 	}
+}
+
+// badFields says what is wrong with req's header field names or Host, as net/http's server
+// checks them, or "".
+func badFields(req *http.Request) string {
+	for k := range req.Header {
+		if k == "" || strings.IndexFunc(k, func(r rune) bool { return !isTokenChar(r) }) >= 0 {
+			return "invalid header name " + strconv.Quote(k)
+		}
+	}
+	if strings.IndexFunc(req.Host, func(r rune) bool { return !isHostChar(r) }) >= 0 {
+		return "invalid Host"
+	}
+	return ""
+}
+
+// isTokenChar: a field name is a token (RFC 9110 5.6.2).
+func isTokenChar(r rune) bool {
+	return r < 0x80 && (r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || strings.ContainsRune("!#$%&'*+-.^_`|~", r))
+}
+
+// isHostChar: what a Host field may hold, a URI host and port (RFC 3986 3.2.2: reg-name,
+// IP literals, percent-encoding).
+func isHostChar(r rune) bool {
+	return r < 0x80 && (r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || strings.ContainsRune("-._~%!$&'()*+,;=:[]", r))
+}
+
+func (s *h1Server) isShutting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutting
 }
 
 func toString(v any) string {

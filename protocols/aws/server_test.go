@@ -3,8 +3,13 @@ package aws
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -56,10 +61,15 @@ func TestServerFraming(t *testing.T) {
 	if rs[0].StatusCode != http.StatusContinue || rs[1].StatusCode != http.StatusForbidden {
 		t.Fatalf("100-continue: %d then %d", rs[0].StatusCode, rs[1].StatusCode)
 	}
-	// HTTP/1.0: the connection closes after the answer
+	// HTTP/1.0: the connection closes after the answer, and an Expect is ignored (RFC 9110
+	// 10.1.1): a 1.0 client would take 100 Continue for the answer
 	rs, _ = rawExchange(t, addr, strings.Replace(unsigned, "HTTP/1.1", "HTTP/1.0", 1), 1)
 	if !rs[0].Close {
 		t.Fatal("HTTP/1.0 answer does not close the connection")
+	}
+	rs, _ = rawExchange(t, addr, strings.Replace(strings.Replace(unsigned, "HTTP/1.1", "HTTP/1.0", 1), "Host: x\r\n", "Host: x\r\nExpect: 100-continue\r\n", 1), 1)
+	if rs[0].StatusCode != http.StatusForbidden {
+		t.Fatalf("HTTP/1.0 request with Expect: first answer %d", rs[0].StatusCode)
 	}
 	// malformed, Host-less, conflicting lengths, oversized head, HTTP/2 preface
 	for _, tc := range []struct {
@@ -71,6 +81,11 @@ func TestServerFraming(t *testing.T) {
 		{"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", http.StatusBadRequest},
 		{"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
 		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", http.StatusHTTPVersionNotSupported},
+		// textproto keeps "Content-Length " as its own field: framed without it, the body would
+		// be read as the next request (RFC 9112 5.1 asks for 400)
+		{strings.Replace(unsigned, "Content-Length: 2", "Content-Length : 2", 1) + unsigned, http.StatusBadRequest},
+		{strings.Replace(unsigned, "Content-Length: 2", "Transfer-Encoding : chunked\r\nContent-Length: 2", 1), http.StatusBadRequest},
+		{strings.Replace(unsigned, "Host: x", `Host: a"b`, 1), http.StatusBadRequest},
 	} {
 		rs, _ := rawExchange(t, addr, tc.raw, 1)
 		if rs[0].StatusCode != tc.want || !rs[0].Close {
@@ -97,5 +112,120 @@ func TestServerShutdownClosesIdle(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", tp.Addr().String()); err == nil {
 		t.Fatal("listener still accepts after Shutdown")
+	}
+}
+
+// TestServerContinueAfterIdle: a keep-alive connection idle longer than the last answer's write
+// deadline still gets its 100 Continue, then its answer.
+func TestServerContinueAfterIdle(t *testing.T) {
+	defer func(d time.Duration) { bodyTimeout = d }(bodyTimeout)
+	bodyTimeout = time.Second // for the 2 minutes an idle connection may outlast
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:9"; c.Listener.IdleTimeout = time.Minute })
+	c, err := net.Dial("tcp", tp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	br := bufio.NewReader(c)
+	head := "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n"
+	io.WriteString(c, head+"Content-Length: 2\r\n\r\n{}")
+	if r, err := http.ReadResponse(br, nil); err != nil || r.StatusCode != http.StatusForbidden {
+		t.Fatalf("first request: %v %v", r, err)
+	} else {
+		io.Copy(io.Discard, r.Body)
+	}
+	time.Sleep(1500 * time.Millisecond) // past the answer's write deadline
+	io.WriteString(c, head+"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+	r, err := http.ReadResponse(br, nil)
+	if err != nil || r.StatusCode != http.StatusContinue {
+		t.Fatalf("Expect on a connection idle past the last write deadline: %v %v", r, err)
+	}
+	io.WriteString(c, "{}")
+	if r, err := http.ReadResponse(br, nil); err != nil || r.StatusCode != http.StatusForbidden {
+		t.Fatalf("after 100 Continue: %v %v", r, err)
+	}
+}
+
+// TestServerDrainSaysClose: an answer written during a graceful shutdown carries Connection:
+// close, so the client does not send its next request on a connection about to close.
+func TestServerDrainSaysClose(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.TrustClients = true })
+	c, err := net.Dial("tcp", tp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(time.Minute)
+	c.SetDeadline(deadline)
+	br := bufio.NewReader(c)
+	call := func(op, body string) string {
+		return "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS." + op +
+			fmt.Sprintf("\r\nContent-Length: %d\r\n\r\n", len(body)) + body
+	}
+	io.WriteString(c, call("CreateQueue", `{"QueueName":"drained"}`))
+	r, err := http.ReadResponse(br, nil)
+	if err != nil || r.StatusCode != http.StatusOK {
+		t.Fatalf("CreateQueue: %v %v", r, err)
+	}
+	var cq struct{ QueueUrl string }
+	if err := json.NewDecoder(r.Body).Decode(&cq); err != nil {
+		t.Fatal(err)
+	}
+	// A long poll in flight when the drain begins.
+	io.WriteString(c, call("ReceiveMessage", `{"QueueUrl":"`+cq.QueueUrl+`","WaitTimeSeconds":2}`))
+	for up.count() < 2 { // the long poll reached the emulator
+		if time.Now().After(deadline) {
+			t.Fatal("the long poll never reached upstream")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- tp.Shutdown(ctx)
+	}()
+	r, err = http.ReadResponse(br, nil)
+	if err != nil || r.StatusCode != http.StatusOK {
+		t.Fatalf("the long poll during the drain: %v %v", r, err)
+	}
+	if !r.Close {
+		t.Error("an answer written during the drain does not say Connection: close")
+	}
+	if err := <-done; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// TestServerOffersOnlyHTTP11: whatever ALPN protocols the TLS configuration lists, a client
+// offering h2 is not told h2: the front speaks HTTP/1.1 only.
+func TestServerOffersOnlyHTTP11(t *testing.T) {
+	srvTLS, pool := selfSigned(t)
+	srvTLS.NextProtos = []string{"h2", "http/1.1"}
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:9"; c.Listener.TLS = srvTLS })
+	c, err := tls.Dial("tcp", tp.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Errorf("negotiated %q, want http/1.1", p)
+	}
+}
+
+// TestServerRelaysHead: a HEAD answer states the length of a body it does not have; the proxy
+// relays it instead of waiting for that body and answering 502.
+func TestServerRelaysHead(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer up.Close()
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL; c.TrustClients = true })
+	rs, _ := rawExchange(t, tp.Addr().String(), "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	if rs[0].StatusCode != http.StatusOK {
+		t.Errorf("HEAD answered %d, want the upstream's 200", rs[0].StatusCode)
 	}
 }

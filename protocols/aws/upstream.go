@@ -144,7 +144,11 @@ func (c *upConn) roundTrip(req *http.Request, wire []byte, limit int64) (resp *h
 		}
 		break
 	}
-	rb, err = readBody(resp.Body, resp.ContentLength, limit)
+	size := resp.ContentLength
+	if req.Method == http.MethodHead {
+		size = 0 // the length of the body a GET would get; a HEAD answer has none
+	}
+	rb, err = readBody(resp.Body, size, limit)
 	if err != nil {
 		return nil, nil, false, err
 	}
