@@ -725,14 +725,25 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		p.reportUpstreamError(c, resp, rb)
 	}
 	hdr := w.Header()
-	for k, vs := range resp.Header {
-		switch http.CanonicalHeaderKey(k) {
-		case "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding", "Content-Encoding":
-			continue
-		case "X-Amz-Crc32":
-			if modified {
-				continue
+	// Hop-by-hop fields (RFC 9110 7.6.1), and those the upstream's Connection names, end here.
+	var named map[string]bool
+	for _, v := range resp.Header.Values("Connection") {
+		for _, f := range strings.Split(v, ",") {
+			if named == nil {
+				named = map[string]bool{}
 			}
+			named[http.CanonicalHeaderKey(strings.TrimSpace(f))] = true
+		}
+	}
+	for k, vs := range resp.Header {
+		switch ck := http.CanonicalHeaderKey(k); {
+		case named[ck]:
+			continue
+		case ck == "Content-Length", ck == "Connection", ck == "Keep-Alive", ck == "Transfer-Encoding", ck == "Content-Encoding",
+			ck == "Upgrade", ck == "Trailer", ck == "Te", ck == "Proxy-Connection", ck == "Proxy-Authenticate":
+			continue
+		case ck == "X-Amz-Crc32" && modified:
+			continue
 		}
 		hdr[k] = vs
 	}

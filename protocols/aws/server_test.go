@@ -229,3 +229,28 @@ func TestServerRelaysHead(t *testing.T) {
 		t.Errorf("HEAD answered %d, want the upstream's 200", rs[0].StatusCode)
 	}
 }
+
+// TestHopByHopFieldsStay: the upstream's hop-by-hop fields, and those its Connection names, are
+// not passed on to the client; the others are.
+func TestHopByHopFieldsStay(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Connection", "X-Hop")
+		h.Set("X-Hop", "1")
+		h.Set("Upgrade", "h2c")
+		h.Set("Proxy-Connection", "keep-alive")
+		h.Set("X-Amzn-Requestid", "r1")
+		w.Write([]byte("{}"))
+	}))
+	defer up.Close()
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL; c.TrustClients = true })
+	rs, _ := rawExchange(t, tp.Addr().String(), "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\nContent-Length: 2\r\n\r\n{}", 1)
+	for _, k := range []string{"X-Hop", "Upgrade", "Proxy-Connection"} {
+		if v := rs[0].Header.Get(k); v != "" {
+			t.Errorf("%s: %q reached the client", k, v)
+		}
+	}
+	if rs[0].Header.Get("X-Amzn-Requestid") != "r1" {
+		t.Errorf("an end-to-end field was dropped: %v", rs[0].Header)
+	}
+}
