@@ -117,6 +117,10 @@ func (r *CertReloader) Leaf() *x509.Certificate {
 	return nil
 }
 
+// Current is the configuration for the next handshake, with the material last (re)loaded; for
+// users that dial themselves and must see a reloaded CA file.
+func (r *CertReloader) Current() *tls.Config { return r.conf.Load() }
+
 // Files are the files this reloader reads.
 func (r *CertReloader) Files() TLSFiles { return r.files }
 

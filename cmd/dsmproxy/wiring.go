@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"regexp"
@@ -201,13 +200,11 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 		}
 	}
 	if t := a.UpstreamTLS; t != nil && (t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
-		r, conf, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
+		r, _, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
 		if err != nil {
 			return namedFront{}, fmt.Errorf("aws front %s: upstream_tls: %w", a.Listen, err)
 		}
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = conf
-		ac.Transport = tr
+		ac.UpstreamTLS = r.Current // read at every dial: a reloaded CA file applies
 		reloaders = append(reloaders, r)
 	}
 	p, err := aws.New(ac)

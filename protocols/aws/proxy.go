@@ -103,6 +103,10 @@ type Config struct {
 	// Transport sends upstream requests. Default: the front's own HTTP/1.1 client, or a clone of
 	// http.DefaultTransport when an HTTP proxy from the environment applies to an upstream.
 	Transport http.RoundTripper
+	// UpstreamTLS returns the TLS configuration toward https upstreams; the front's own client
+	// calls it at every dial, so a reloaded CA or certificate applies to new connections (nil:
+	// system roots). ServerName, when empty, is the upstream's host.
+	UpstreamTLS func() *tls.Config
 }
 
 // Stats are the front's counters.
@@ -228,6 +232,7 @@ func New(cfg Config) (*Proxy, error) {
 	rt := cfg.Transport
 	if rt == nil && !envProxied(p.up) {
 		p.upc = newUpstreamClient()
+		p.upc.tlsConfig = cfg.UpstreamTLS
 		if d := p.cfg.Listener.DialTimeout; d > 0 {
 			p.upc.dialer.Timeout = d
 		}
@@ -235,6 +240,10 @@ func New(cfg Config) (*Proxy, error) {
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConnsPerHost = 256
+		if cfg.UpstreamTLS != nil {
+			// Through an HTTP proxy the transport does TLS itself: the material read at start.
+			t.TLSClientConfig = cfg.UpstreamTLS().Clone()
+		}
 		rt = t
 	}
 	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

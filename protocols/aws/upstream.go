@@ -25,8 +25,8 @@ import (
 // signing, with Host and Content-Length.
 type upstreamClient struct {
 	dialer    net.Dialer
-	tlsConfig *tls.Config // nil = system roots
-	maxIdle   int         // idle connections kept per host
+	tlsConfig func() *tls.Config // nil, or nil returned: system roots
+	maxIdle   int                // idle connections kept per host
 	idleFor   time.Duration
 
 	mu     sync.Mutex
@@ -211,7 +211,10 @@ func (u *upstreamClient) get(ctx context.Context, key, addr, tlsHost string, fre
 	}
 	raw = proxy.RawSyscallConn(raw)
 	if tlsHost != "" {
-		cfg := u.tlsConfig.Clone()
+		var cfg *tls.Config
+		if u.tlsConfig != nil {
+			cfg = u.tlsConfig().Clone()
+		}
 		if cfg == nil {
 			cfg = &tls.Config{}
 		}

@@ -2,6 +2,7 @@ package aws
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net/http"
@@ -136,7 +137,8 @@ func TestUpstreamClientTLS(t *testing.T) {
 	defer srv.Close()
 	u := newUpstreamClient()
 	defer u.close()
-	u.tlsConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig
+	conf := srv.Client().Transport.(*http.Transport).TLSClientConfig
+	u.tlsConfig = func() *tls.Config { return conf }
 	for i := 0; i < 2; i++ {
 		_, rb, err := u.do(upstreamReq(t, context.Background(), srv.URL, "hello"), []byte("hello"), 1<<20)
 		if err != nil || string(rb) != "HTTP/1.1:hello" {
