@@ -272,6 +272,9 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 	}
 	var ce *configError
 	if errors.As(err, &ce) {
+		if ce.key == "" && ce.line > 0 { // a value's own check (a duration, a size) knows no key
+			ce.key = keyAtLine(root, ce.line, "")
+		}
 		return ce
 	}
 	if m := reLinePrefix.FindStringSubmatch(err.Error()); m != nil {

@@ -32,6 +32,7 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown inline limit key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_con: 3\n", []string{"line 4", "max_con"}},
 		{"wrong type", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_conns: lots\n", []string{"line 4", "kafka[0].max_conns", "lots"}},
 		{"bad duration", "drain_timeout: soon\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 1", "soon", "duration"}},
+		{"bad duration in a front", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    idle_timeout: 30\n", []string{"line 4", "kafka[0].idle_timeout", "duration"}},
 		{"syntax", "kafka:\n  - listen: [\n", []string{"line"}},
 		{"missing bootstrap", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n", []string{"line 3", "kafka[0].bootstrap"}},
 		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},
@@ -138,6 +139,38 @@ kafka:
 			}
 			tc.check(t, c)
 		})
+	}
+}
+
+// TestFlagsTurnOnWhatTheFileTurnsOff: --admin ADDR and --agent-url URL win over a file that
+// disables the admin listener or the Agent (flags > file); --no-agent still wins over both.
+func TestFlagsTurnOnWhatTheFileTurnsOff(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+	file := "admin: {disabled: true}\nagent: {disabled: true}\nkafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [b:9092]\n"
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args           []string
+		adminOff, sent bool
+	}{
+		{nil, true, false},
+		{[]string{"--admin", "127.0.0.1:9999", "--agent-url", "http://flag-agent:8126"}, false, true},
+		{[]string{"--agent-url", "http://flag-agent:8126", "--no-agent"}, true, false},
+	} {
+		var f runFlags
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		f.register(fs)
+		if err := fs.Parse(append([]string{"--config", path}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		c, err := f.loadConfig(envMap(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.adminOff() != tc.adminOff || c.Agent.Disabled == tc.sent {
+			t.Errorf("%q: admin off %v, agent disabled %v; want %v, %v", tc.args, c.adminOff(), c.Agent.Disabled, tc.adminOff, !tc.sent)
+		}
 	}
 }
 

@@ -233,9 +233,11 @@ func (f *runFlags) apply(cfg *Config) error {
 	}
 	if f.admin != "" {
 		cfg.Admin.Listen = f.admin
+		cfg.Admin.Disabled = false // --admin off turns it off; an address turns it on over the file
 	}
 	if f.agentURL != "" {
 		cfg.Agent.URL = f.agentURL
+		cfg.Agent.Disabled = false // unless --no-agent, below
 	}
 	if f.noAgent {
 		cfg.Agent.Disabled = true
@@ -288,8 +290,12 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if _, err := buildFronts(cfg, sh); err != nil {
 		return err
 	}
+	admin := cfg.Admin.Listen
+	if cfg.adminOff() {
+		admin = "off"
+	}
 	fmt.Fprintf(stdout, "configuration OK: %d kafka, %d amqp, %d aws front(s); agent %s; admin %s\n",
-		len(cfg.Kafka), len(cfg.AMQP), len(cfg.AWS), agentDesc(cfg), cfg.Admin.Listen)
+		len(cfg.Kafka), len(cfg.AMQP), len(cfg.AWS), agentDesc(cfg), admin)
 	return nil
 }
 
