@@ -255,3 +255,27 @@ func TestConnectionsRegistry(t *testing.T) {
 		t.Fatalf("registry %+v: want the first idle 2s and opened 1s before the second", cs)
 	}
 }
+
+// TestDrainDeadlineCutsADial: a client connected while its upstream dial hangs (a black-holed
+// broker); when the drain's time is up the dial is cancelled, not waited for until its timeout.
+func TestDrainDeadlineCutsADial(t *testing.T) {
+	dialEnded := make(chan error, 1)
+	dialing := make(chan struct{})
+	l := startListener(t, ListenerConfig{Upstream: "192.0.2.1:9", DialTimeout: 30 * time.Second,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			close(dialing)
+			<-ctx.Done()
+			dialEnded <- ctx.Err()
+			return nil, ctx.Err()
+		}}, HandlerFunc(relay))
+	dial(t, l)
+	<-dialing
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := l.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown = %v, want the drain deadline", err)
+	}
+	if err := <-dialEnded; !errors.Is(err, context.Canceled) {
+		t.Errorf("the dial ended with %v, want it cancelled at the drain deadline", err)
+	}
+}

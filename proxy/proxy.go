@@ -125,6 +125,10 @@ type Listener struct {
 	ln      net.Listener
 	drain   chan struct{}
 	closing atomic.Bool
+	// cut ends what closing the connections cannot reach, dials and handshakes in progress,
+	// when a drain's time is up or the listener closes.
+	cut    context.Context
+	cutNow context.CancelFunc
 
 	mu    sync.Mutex
 	conns map[uint64]*Conn
@@ -155,7 +159,10 @@ func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error
 		d := &net.Dialer{Timeout: cfg.DialTimeout}
 		cfg.Dial = d.DialContext
 	}
+	cut, cutNow := context.WithCancel(context.Background())
 	return &Listener{
+		cut:       cut,
+		cutNow:    cutNow,
 		cfg:       cfg,
 		h:         h,
 		log:       log.With().Str("protocol", cfg.Protocol).Str("listen", ln.Addr().String()).Logger(),
@@ -252,7 +259,9 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	// upstream dial and gets a log line that says so.
 	if tc != nil {
 		hctx, cancel := context.WithTimeout(ctx, l.cfg.HandshakeTimeout)
+		stop := context.AfterFunc(l.cut, cancel)
 		err := tc.HandshakeContext(hctx)
+		stop()
 		cancel()
 		if err != nil {
 			ev := log.Warn()
@@ -266,7 +275,9 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
+	stop := context.AfterFunc(l.cut, cancel) // a drain out of time does not wait for the dial
 	up, err := l.cfg.Dial(dctx, "tcp", l.cfg.Upstream)
+	stop()
 	cancel()
 	if err != nil {
 		log.Warn().Err(err).Msg("upstream dial failed; closing client connection")
@@ -366,6 +377,7 @@ func (l *Listener) setClosing() bool {
 }
 
 func (l *Listener) closeAll() {
+	l.cutNow()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, c := range l.conns {
