@@ -279,3 +279,33 @@ func TestDrainDeadlineCutsADial(t *testing.T) {
 		t.Errorf("the dial ended with %v, want it cancelled at the drain deadline", err)
 	}
 }
+
+// TestIdleTimeoutSparesALongWrite: one write of 32 MiB to a client that reads steadily but
+// slowly takes longer than the idle timeout; the connection moves bytes all along and is not
+// closed as idle.
+func TestIdleTimeoutSparesALongWrite(t *testing.T) {
+	up := startEcho(t, nil)
+	const size = 32 << 20
+	wrote := make(chan error, 1)
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: 300 * time.Millisecond},
+		HandlerFunc(func(ctx context.Context, c *Conn) error {
+			_, err := c.Client.Write(make([]byte, size))
+			wrote <- err
+			return err
+		}))
+	c := dial(t, l)
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	buf := make([]byte, 64<<10)
+	for got := 0; got < size; {
+		n, err := c.Read(buf)
+		got += n
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v", got, size, err)
+		}
+		time.Sleep(2 * time.Millisecond) // about 30 MB/s: never 300 ms without a byte
+	}
+	if err := <-wrote; err != nil {
+		t.Errorf("the write was cut: %v", err)
+	}
+}

@@ -244,6 +244,9 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		client = tc
 	}
 	tr := &trackedConn{Conn: client, clock: &l.coarse}
+	if l.cfg.IdleTimeout > 0 {
+		tr.chunk = writeChunk
+	}
 	tr.last.Store(l.coarse.Load())
 	c := &Conn{ID: id, Protocol: l.cfg.Protocol, Client: tr, Log: log, draining: l.drain,
 		tracked: tr, tlsConn: tc, since: l.cfg.Clock()}

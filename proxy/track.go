@@ -15,7 +15,14 @@ type trackedConn struct {
 	clock   *atomic.Int64 // the listener's coarse clock
 	in, out atomic.Uint64
 	last    atomic.Int64
+	// chunk, when set (an idle timeout applies), splits big writes so that each part stamps
+	// activity: one write of a large fetch answer to a slow client moves bytes all along, and
+	// must not look idle until it returns.
+	chunk int
 }
+
+// writeChunk is the part of a big write after which activity is stamped.
+const writeChunk = 256 << 10
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
@@ -27,12 +34,28 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 }
 
 func (c *trackedConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	if n > 0 {
-		c.last.Store(c.clock.Load())
-		c.out.Add(uint64(n))
+	if c.chunk == 0 || len(b) <= c.chunk {
+		n, err := c.Conn.Write(b)
+		if n > 0 {
+			c.last.Store(c.clock.Load())
+			c.out.Add(uint64(n))
+		}
+		return n, err
 	}
-	return n, err
+	total := 0
+	for len(b) > 0 {
+		n, err := c.Conn.Write(b[:min(len(b), c.chunk)])
+		if n > 0 {
+			c.last.Store(c.clock.Load())
+			c.out.Add(uint64(n))
+		}
+		total += n
+		if err != nil {
+			return total, err
+		}
+		b = b[n:]
+	}
+	return total, nil
 }
 
 // NetConn returns the wrapped connection (a *tls.Conn when the listener terminates TLS).
