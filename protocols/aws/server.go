@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -74,13 +73,18 @@ func (s *h1Server) serve(ln net.Listener) error {
 			if shutting {
 				return errServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			// Out of descriptors or buffers, an aborted handshake...: the front goes on
+			// accepting, as the other fronts' listeners do, rather than stop while /readyz
+			// still says ready.
+			if delay == 0 || delay == time.Second {
+				s.logErr("accepting connections: " + err.Error() + " (retrying)")
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			time.Sleep(delay)
+			continue
 		}
 		delay = 0
 		c := &h1Conn{s: s, rwc: rw}

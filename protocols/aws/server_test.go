@@ -5,12 +5,15 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -252,5 +255,44 @@ func TestHopByHopFieldsStay(t *testing.T) {
 	}
 	if rs[0].Header.Get("X-Amzn-Requestid") != "r1" {
 		t.Errorf("an end-to-end field was dropped: %v", rs[0].Header)
+	}
+}
+
+// flakyListener fails its first Accepts with a transient error, as a listener out of
+// descriptors or seeing aborted handshakes does.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int32
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, syscall.ECONNABORTED
+	}
+	return l.Listener.Accept()
+}
+
+// TestServerAcceptsAfterTransientErrors: errors from Accept other than a closed listener are
+// retried; the front goes on serving.
+func TestServerAcceptsAfterTransientErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &flakyListener{Listener: ln}
+	fl.fails.Store(3)
+	srv := &h1Server{handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }),
+		baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}}
+	served := make(chan error, 1)
+	go func() { served <- srv.serve(fl) }()
+	rs, bodies := rawExchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	if rs[0].StatusCode != http.StatusOK || bodies[0] != "ok" {
+		t.Errorf("after transient accept errors: %d %q", rs[0].StatusCode, bodies[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.shutdown(ctx)
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("serve ended with %v", err)
 	}
 }
