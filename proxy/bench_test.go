@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
 // sink is the upstream for throughput runs: it reads and counts.
@@ -81,7 +83,7 @@ func BenchmarkRelay(b *testing.B) {
 		}
 	})
 	b.Run("proxy-tls-in", func(b *testing.B) {
-		pki := NewTestPKI(b, "bench CA")
+		pki := testpki.New(b, "bench CA")
 		dir := b.TempDir()
 		certFile, keyFile, _ := pki.IssueFiles(b, dir, "proxy", "proxy")
 		_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})

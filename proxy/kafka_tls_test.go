@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -57,7 +58,7 @@ func (l *guardedLn) Accept() (net.Conn, error) {
 // splices the pathway header into produced batches, and originates TLS with its own client
 // certificate to a kfake cluster that requires one.
 func TestKafkaTLSBothSides(t *testing.T) {
-	pki := proxy.NewTestPKI(t, "kafka test CA")
+	pki := testpki.New(t, "kafka test CA")
 	dir := t.TempDir()
 	caFile := pki.WriteCA(t, dir)
 

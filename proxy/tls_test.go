@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
 // tlsDial connects a crypto/tls client to l and completes the handshake.
@@ -30,7 +32,7 @@ func servedSerial(c *tls.Conn) string {
 // tlsFront is a listener terminating TLS with a fresh test CA's certificate, relaying to an echo
 // upstream.
 type tlsFront struct {
-	pki               *TestPKI
+	pki               *testpki.PKI
 	dir               string
 	certFile, keyFile string
 	leaf              *x509.Certificate
@@ -40,7 +42,7 @@ type tlsFront struct {
 
 func startTLSFront(t *testing.T, h Handler) *tlsFront {
 	t.Helper()
-	f := &tlsFront{pki: NewTestPKI(t, "test CA"), dir: t.TempDir()}
+	f := &tlsFront{pki: testpki.New(t, "test CA"), dir: t.TempDir()}
 	f.certFile, f.keyFile, f.leaf = f.pki.IssueFiles(t, f.dir, "proxy", "proxy")
 	r, conf, err := ServerTLS(TLSFiles{CertFile: f.certFile, KeyFile: f.keyFile})
 	if err != nil {
@@ -90,7 +92,7 @@ func TestTLSTermination(t *testing.T) {
 }
 
 func TestTLSClientAuth(t *testing.T) {
-	pki := NewTestPKI(t, "test CA")
+	pki := testpki.New(t, "test CA")
 	dir := t.TempDir()
 	certFile, keyFile, _ := pki.IssueFiles(t, dir, "proxy", "proxy")
 	caFile := pki.WriteCA(t, dir)
@@ -126,7 +128,7 @@ func TestTLSClientAuth(t *testing.T) {
 }
 
 func TestTLSOrigination(t *testing.T) {
-	pki := NewTestPKI(t, "upstream CA")
+	pki := testpki.New(t, "upstream CA")
 	dir := t.TempDir()
 	_, _, upPair := pki.Issue(t, "broker")
 	upConf := &tls.Config{Certificates: []tls.Certificate{upPair}, ClientCAs: pki.Pool, ClientAuth: tls.RequireAndVerifyClientCert}
@@ -200,7 +202,7 @@ func TestCertReload(t *testing.T) {
 	roundTrip(t, old, "old connection still works")
 
 	// Bad material: the error names the file and the current certificate stays.
-	WriteFileAtomic(t, certFile, []byte("not a certificate"))
+	testpki.WriteFileAtomic(t, certFile, []byte("not a certificate"))
 	err := r.Reload()
 	if err == nil || !strings.Contains(err.Error(), certFile) {
 		t.Fatalf("Reload of a garbage cert = %v, want an error naming %s", err, certFile)
@@ -217,8 +219,8 @@ func TestCertReload(t *testing.T) {
 	}
 	certPEM, _, _ := pki.Issue(t, "proxy")
 	_, otherKey, _ := pki.Issue(t, "proxy")
-	WriteFileAtomic(t, certFile, certPEM)
-	WriteFileAtomic(t, keyFile, otherKey)
+	testpki.WriteFileAtomic(t, certFile, certPEM)
+	testpki.WriteFileAtomic(t, keyFile, otherKey)
 	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), certFile) {
 		t.Fatalf("Reload of a mismatched pair = %v, want an error naming %s", err, certFile)
 	}
@@ -230,7 +232,7 @@ func TestCertReload(t *testing.T) {
 // A reloaded CA file reaches client-certificate checks on the listener and upstream verification
 // in the dialer.
 func TestCAReload(t *testing.T) {
-	oldCA, newCA := NewTestPKI(t, "old CA"), NewTestPKI(t, "new CA")
+	oldCA, newCA := testpki.New(t, "old CA"), testpki.New(t, "new CA")
 	dir := t.TempDir()
 	caFile := oldCA.WriteCA(t, dir)
 	certFile, keyFile, _ := oldCA.IssueFiles(t, dir, "proxy", "proxy")
@@ -258,7 +260,7 @@ func TestCAReload(t *testing.T) {
 	// Dialer side.
 	_, _, upPair := newCA.Issue(t, "broker")
 	tlsUp := startEcho(t, &tls.Config{Certificates: []tls.Certificate{upPair}})
-	WriteFileAtomic(t, caFile, oldCA.CAPEM)
+	testpki.WriteFileAtomic(t, caFile, oldCA.CAPEM)
 	cr, _, err := ClientTLS(TLSFiles{CAFile: caFile})
 	if err != nil {
 		t.Fatal(err)
@@ -268,7 +270,7 @@ func TestCAReload(t *testing.T) {
 		c.Close()
 		t.Fatal("dialer trusted an upstream signed by a CA it was not given")
 	}
-	WriteFileAtomic(t, caFile, newCA.CAPEM)
+	testpki.WriteFileAtomic(t, caFile, newCA.CAPEM)
 	if err := cr.Reload(); err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +311,7 @@ func TestTLSFilesValidation(t *testing.T) {
 	}
 	dir := t.TempDir()
 	empty := dir + "/empty.pem"
-	WriteFileAtomic(t, empty, []byte("no pem here"))
+	testpki.WriteFileAtomic(t, empty, []byte("no pem here"))
 	_, _, err = ClientTLS(TLSFiles{CAFile: empty})
 	if err == nil || !strings.Contains(err.Error(), empty) {
 		t.Errorf("ClientTLS with a CA file without certificates = %v, want an error naming it", err)

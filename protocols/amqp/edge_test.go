@@ -4,17 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"slices"
 	"strings"
@@ -27,6 +21,7 @@ import (
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
@@ -278,8 +273,8 @@ func TestDSMThroughAgent(t *testing.T) {
 // TestAmqpsTerminated: the listener terminates TLS (amqps) toward the client and the message
 // still gets its header.
 func TestAmqpsTerminated(t *testing.T) {
-	cert, pool := selfSigned(t)
-	h := startProxy(t, func(c *Config) { c.Listener.TLS = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	srvTLS, pool := testpki.ServerTLS(t)
+	h := startProxy(t, func(c *Config) { c.Listener.TLS = srvTLS })
 	c, err := amqp091.DialTLS("amqps://guest:guest@"+h.p.Addr().String()+"/", &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
@@ -316,29 +311,6 @@ func TestHeartbeatsAndBlockedPassThrough(t *testing.T) {
 			t.Errorf("%s: %x became %x", name, stream, out.Bytes())
 		}
 	}
-}
-
-// selfSigned makes a certificate for 127.0.0.1 and the pool that trusts it.
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "dsmproxy-test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
 
 // TestNackReported: a queue that rejects publishes when full makes the broker nack; the client

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
 // rawExchange writes raw to a new connection to the proxy and reads the answers.
@@ -205,7 +207,7 @@ func TestServerDrainSaysClose(t *testing.T) {
 // TestServerOffersOnlyHTTP11: whatever ALPN protocols the TLS configuration lists, a client
 // offering h2 is not told h2: the front speaks HTTP/1.1 only.
 func TestServerOffersOnlyHTTP11(t *testing.T) {
-	srvTLS, pool := selfSigned(t)
+	srvTLS, pool := testpki.ServerTLS(t)
 	srvTLS.NextProtos = []string{"h2", "http/1.1"}
 	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:9"; c.Listener.TLS = srvTLS })
 	c, err := tls.Dial("tcp", tp.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"h2", "http/1.1"}})

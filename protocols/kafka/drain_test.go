@@ -2,16 +2,11 @@ package kafka
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -21,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -183,7 +179,7 @@ func TestDrainForwardsWhatTLSHolds(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			cert := selfSignedCert(t)
+			srvTLS, _ := testpki.ServerTLS(t)
 			accepted := make(chan net.Conn, 1)
 			go func() {
 				c, err := ln.Accept()
@@ -192,7 +188,7 @@ func TestDrainForwardsWhatTLSHolds(t *testing.T) {
 					return
 				}
 				if useTLS {
-					tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+					tc := tls.Server(c, srvTLS)
 					if tc.Handshake() != nil {
 						accepted <- nil
 						return
@@ -256,18 +252,4 @@ func TestDrainForwardsWhatTLSHolds(t *testing.T) {
 			}
 		})
 	}
-}
-
-// selfSignedCert is a throwaway server certificate (clients here skip verification).
-func selfSignedCert(t *testing.T) tls.Certificate {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

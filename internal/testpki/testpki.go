@@ -1,4 +1,6 @@
-package proxy
+// Package testpki makes certificate authorities and certificates while tests run, so that no
+// key is ever committed; the tests of every package that speaks TLS use it.
+package testpki
 
 import (
 	"crypto/ecdsa"
@@ -16,17 +18,16 @@ import (
 	"time"
 )
 
-// TestPKI is a certificate authority made at test time; nothing secret is committed. It is
-// exported so the external proxy_test package can use it too.
-type TestPKI struct {
+// PKI is a certificate authority made at test time.
+type PKI struct {
 	cert  *x509.Certificate
 	key   *ecdsa.PrivateKey
 	CAPEM []byte
 	Pool  *x509.CertPool
 }
 
-// NewTestPKI makes a fresh CA named cn.
-func NewTestPKI(t testing.TB, cn string) *TestPKI {
+// New makes a fresh CA named cn.
+func New(t testing.TB, cn string) *PKI {
 	t.Helper()
 	tmpl := certTemplate(t, cn)
 	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
@@ -42,12 +43,12 @@ func NewTestPKI(t testing.TB, cn string) *TestPKI {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
-	return &TestPKI{cert: cert, key: key, CAPEM: pemBlock("CERTIFICATE", der), Pool: pool}
+	return &PKI{cert: cert, key: key, CAPEM: pemBlock("CERTIFICATE", der), Pool: pool}
 }
 
 // Issue signs a leaf for cn, valid for 127.0.0.1 and localhost (or only for hosts, when given), for
 // both server and client use. It returns the PEM pair and the parsed pair.
-func (p *TestPKI) Issue(t testing.TB, cn string, hosts ...string) (certPEM, keyPEM []byte, pair tls.Certificate) {
+func (p *PKI) Issue(t testing.TB, cn string, hosts ...string) (certPEM, keyPEM []byte, pair tls.Certificate) {
 	t.Helper()
 	tmpl := certTemplate(t, cn)
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
@@ -102,7 +103,7 @@ func certTemplate(t testing.TB, cn string) *x509.Certificate {
 }
 
 // WriteCA writes the CA certificate into dir and returns its path.
-func (p *TestPKI) WriteCA(t testing.TB, dir string) string {
+func (p *PKI) WriteCA(t testing.TB, dir string) string {
 	t.Helper()
 	f := filepath.Join(dir, "ca.pem")
 	WriteFileAtomic(t, f, p.CAPEM)
@@ -111,7 +112,7 @@ func (p *TestPKI) WriteCA(t testing.TB, dir string) string {
 
 // IssueFiles issues a leaf for cn and writes it as dir/name.crt and dir/name.key (replacing them
 // atomically, as a certificate rotation would). It returns the paths and the leaf.
-func (p *TestPKI) IssueFiles(t testing.TB, dir, name, cn string, hosts ...string) (certFile, keyFile string, leaf *x509.Certificate) {
+func (p *PKI) IssueFiles(t testing.TB, dir, name, cn string, hosts ...string) (certFile, keyFile string, leaf *x509.Certificate) {
 	t.Helper()
 	certPEM, keyPEM, pair := p.Issue(t, cn, hosts...)
 	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
@@ -134,4 +135,13 @@ func WriteFileAtomic(t testing.TB, path string, data []byte) {
 
 func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// ServerTLS is a server configuration with a fresh CA's certificate for 127.0.0.1 and
+// localhost, and the pool that trusts it.
+func ServerTLS(t testing.TB) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	p := New(t, "dsmproxy test CA")
+	_, _, pair := p.Issue(t, "dsmproxy test")
+	return &tls.Config{Certificates: []tls.Certificate{pair}}, p.Pool
 }
