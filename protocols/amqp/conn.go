@@ -30,6 +30,7 @@ const (
 	contentDeliver
 	contentGetOk
 	contentReturn
+	contentDiscarded // delivered on a channel the client is closing: it discards it
 )
 
 // session is one client connection and its upstream. The client-to-broker goroutine owns pub, the
@@ -119,10 +120,12 @@ type chanShared struct {
 	// Basic.Get, Queue.*, Exchange.Declare/Delete): a broker Channel.Close for that method
 	// concerns it. Such methods are synchronous, so the latest is the one refused.
 	lastTarget target
+	closing    bool // the client sent Channel.Close; the broker's CloseOk has not come
 	// In confirm mode, the edges of the latest publishes by sequence number, so a nack names
 	// the exchange or queue it concerns.
 	seq     uint64
-	pubRing []*pathway.Edge
+	pubRing []*pathway.Edge // cleared as the broker confirms
+	settled uint64          // every tag up to it confirmed by a multiple ack or nack
 }
 
 // pubRingSize bounds the publishes remembered per confirm-mode channel.
@@ -475,11 +478,9 @@ func (s *session) clientMethod(f frame) {
 		s.mu.Unlock()
 	case basicCancel:
 		// Deliveries may follow the client's Cancel until the broker's CancelOk (AMQP 0-9-1,
-		// basic.cancel): the tag keeps its queue until then, unless no CancelOk will come.
-		tag := a.short()
-		if nowait := a.u8()&1 != 0; a.err == nil && nowait {
-			s.dropConsumer(f.Channel, tag)
-		}
+		// basic.cancel): the tag keeps its queue until then. With no-wait no CancelOk comes, and
+		// deliveries already on their way still arrive: the tag stays until the channel ends (the
+		// map is bounded by MaxConsumers).
 	case basicCancOk:
 		s.dropConsumer(f.Channel, a.short())
 	case connStartOk:
@@ -499,19 +500,65 @@ func (s *session) clientMethod(f frame) {
 			return
 		}
 		s.frameMax = fm
-	case chanOpen, chanClose, chanCloseOk:
+	case chanOpen, chanCloseOk:
 		delete(s.pub, f.Channel)
 		s.resetShared(f.Channel)
-		if m == chanClose {
-			if c := a.closeArgs(); a.err == nil && c.Code != 200 {
-				s.errorClose("client", m, f.Channel, c)
-			}
+	case chanClose:
+		// The broker may deliver until its CloseOk, which resets the channel; the client
+		// discards those deliveries (and the broker requeues them), so they are not consumed.
+		delete(s.pub, f.Channel)
+		s.mu.Lock()
+		s.sharedLocked(f.Channel).closing = true
+		s.mu.Unlock()
+		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
+			s.errorClose("client", m, f.Channel, c)
 		}
 	case connClose:
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
 			s.errorClose("client", m, 0, c)
 		}
 	}
+}
+
+// settle clears the publishes a broker ack or nack confirms (tag alone, or every unconfirmed one
+// up to it with multiple: RabbitMQ merges its confirms) and, for a nack, counts them per edge.
+// A publish the ring no longer holds counts on the bare rabbitmq edge.
+func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway.Edge]int {
+	bare := pathway.Edge{Type: pathway.TypeRabbitMQ}
+	var counts map[pathway.Edge]int
+	count := func(e pathway.Edge, n int) {
+		if nack && n > 0 {
+			if counts == nil {
+				counts = map[pathway.Edge]int{}
+			}
+			counts[e] += n
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cs := s.shared[ch]
+	if cs == nil || cs.pubRing == nil || tag == 0 || tag > cs.seq {
+		count(bare, 1)
+		return counts
+	}
+	lo := tag
+	if multiple {
+		lo = cs.settled + 1
+		cs.settled = max(cs.settled, tag)
+	}
+	for k := tag; k >= lo; k-- {
+		if cs.seq-k >= pubRingSize { // older than the ring remembers
+			count(bare, int(k-lo+1))
+			break
+		}
+		if e := cs.pubRing[k%pubRingSize]; e != nil {
+			count(*e, 1)
+			cs.pubRing[k%pubRingSize] = nil
+		} else if !multiple {
+			count(bare, 1)
+		}
+	}
+	return counts
 }
 
 // dropConsumer forgets a cancelled consumer: at CancelOk from either side, the broker's Cancel,
@@ -547,11 +594,16 @@ func (s *session) brokerMethod(f frame) {
 		ds := state(s.del, f.Channel)
 		ds.awaiting = contentDeliver
 		s.mu.Lock()
-		q, ok := "", false
+		q, ok, closing := "", false, false
 		if cs := s.shared[f.Channel]; cs != nil {
 			q, ok = cs.consumers[string(tag)]
+			closing = cs.closing
 		}
 		s.mu.Unlock()
+		if closing {
+			ds.awaiting = contentDiscarded
+			return
+		}
 		if !ok {
 			s.p.stats.unknownQueue.Add(1)
 		}
@@ -580,21 +632,27 @@ func (s *session) brokerMethod(f frame) {
 			Code: int32(code), Name: replyName(code), Message: "returned by the broker: " + string(text),
 			Service: *s.service.Load(), Edge: *publishEdge(string(ex), string(rk)), Partition: -1, Messages: 1,
 		})
+	case basicAck:
+		tag := a.u64()
+		multiple := a.u8()&1 != 0
+		if a.err == nil {
+			s.settle(f.Channel, tag, multiple, false)
+		}
 	case basicNack:
 		tag := a.u64()
 		multiple := a.u8()&1 != 0
-		s.p.stats.nacks.Add(1)
-		s.mu.Lock()
-		edge := pathway.Edge{Type: pathway.TypeRabbitMQ}
-		if cs := s.shared[f.Channel]; cs != nil && cs.pubRing != nil && tag <= cs.seq && cs.seq-tag < pubRingSize && cs.pubRing[tag%pubRingSize] != nil {
-			edge = *cs.pubRing[tag%pubRingSize]
+		if a.err != nil {
+			s.p.decodeError("Basic.Nack", a.err)
+			return
 		}
-		s.mu.Unlock()
+		s.p.stats.nacks.Add(1)
 		msg := fmt.Sprintf("publish nacked by the broker (delivery tag %d, multiple %t)", tag, multiple)
-		s.p.errs.Report(errtrack.Event{
-			Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
-			Name: "NACK", Message: msg, Service: *s.service.Load(), Edge: edge, Partition: -1, Messages: 1,
-		})
+		for edge, n := range s.settle(f.Channel, tag, multiple, true) {
+			s.p.errs.Report(errtrack.Event{
+				Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
+				Name: "NACK", Message: msg, Service: *s.service.Load(), Edge: edge, Partition: -1, Messages: n,
+			})
+		}
 	case basicConsOk:
 		tag := string(a.short())
 		s.mu.Lock()
@@ -730,7 +788,7 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 
 // deliveredHeader checkpoints a delivered message (Deliver or GetOk) with the context it carries.
 func (s *session) deliveredHeader(ds *delState, f frame) {
-	if ds.awaiting == contentReturn {
+	if ds.awaiting == contentReturn || ds.awaiting == contentDiscarded {
 		return
 	}
 	p := s.p

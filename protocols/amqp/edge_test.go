@@ -730,3 +730,102 @@ func TestSilentClientDoesNotHoldTheDrain(t *testing.T) {
 		t.Errorf("read %d bytes from a connection the drain should have closed", n)
 	}
 }
+
+// fullQueue is a queue holding n messages, published directly.
+func fullQueue(t *testing.T, n int) string {
+	t.Helper()
+	dc := dial(t, "amqp://guest:guest@"+rabbitAddr+"/", "filler", 0)
+	q := declareQueue(t, dc, unique("full"))
+	ch := channel(t, dc)
+	for range n {
+		if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Body: []byte("m")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the messages queued", func() bool {
+		qi, err := ch.QueueDeclarePassive(q, false, false, false, false, nil)
+		return err == nil && qi.Messages == n
+	})
+	return q
+}
+
+// TestDeliveriesWhileAChannelCloses: RabbitMQ keeps delivering until it answers a client's
+// Channel.Close or a no-wait Basic.Cancel takes effect. Deliveries after a no-wait Cancel still
+// name their queue; those after the client's Close, which the client discards (and RabbitMQ
+// requeues), are not checkpointed as consumed, and none is counted on an unknown queue.
+func TestDeliveriesWhileAChannelCloses(t *testing.T) {
+	for _, nowaitCancel := range []bool{false, true} {
+		t.Run(fmt.Sprint("nowait cancel ", nowaitCancel), func(t *testing.T) {
+			h := startProxy(t, nil)
+			q := fullQueue(t, 2000)
+			c := dial(t, h.url, "closer", 0)
+			ch := channel(t, c)
+			ds, err := ch.Consume(q, "c1", true, false, false, false, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-ds
+			if nowaitCancel {
+				if err := ch.Cancel("c1", true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Close returns at CloseOk, which the proxy relays after every delivery before it.
+			if err := ch.Close(); err != nil {
+				t.Fatal(err)
+			}
+			st := h.p.Stats()
+			if st.UnknownQueue != 0 {
+				t.Errorf("%d deliveries counted on an unknown queue", st.UnknownQueue)
+			}
+			for _, pt := range with(h.rec.points(), "direction:in") {
+				if !slices.Contains(pt.EdgeTags, "topic:"+q) {
+					t.Fatalf("consume checkpoint %v does not name the queue", pt.EdgeTags)
+				}
+			}
+			if st.Consumed == 0 || st.Consumed >= 2000 {
+				t.Errorf("%d consumed of 2000 (the ones delivered after the Close are not)", st.Consumed)
+			}
+		})
+	}
+}
+
+// TestMultipleNackCountsEveryPublish: RabbitMQ merges nacks (multiple=true); every publish a
+// nack covers is a lost message, on its own edge, as many as the client sees nacked.
+func TestMultipleNackCountsEveryPublish(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "nack-many", 0)
+	ch := channel(t, c)
+	q, err := ch.QueueDeclare(unique("rejecting"), false, true, false, false, amqp091.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	const n = 500
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, n))
+	for range n {
+		if err := ch.PublishWithContext(context.Background(), "", q.Name, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nacked := 0
+	for range n {
+		if cf := <-confirms; !cf.Ack {
+			nacked++
+		}
+	}
+	lost := 0
+	for _, e := range h.errs.events() {
+		if e.Name == "NACK" {
+			if e.Edge.Topic != q.Name {
+				t.Errorf("nack on edge %v, want the queue %s", e.Edge, q.Name)
+			}
+			lost += int(e.Messages)
+		}
+	}
+	if lost != nacked || nacked == 0 {
+		t.Errorf("%d lost messages reported, the client saw %d nacked (in %d Nack frames)", lost, nacked, h.p.Stats().Nacks)
+	}
+}
