@@ -360,6 +360,10 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("small")}).FirstErr(); err != nil {
 		t.Fatalf("small batch: %v", err)
 	}
+	// The refused batch was never stored: only the small record's checkpoint counts.
+	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 1 {
+		t.Errorf("%d produce checkpoints, want 1 (the refused batch is not counted)", n)
+	}
 	got := consumeKgo(t, ctx, p, topic, "g-small-topic", 2)
 	for _, r := range got {
 		has := slices.ContainsFunc(r.Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })

@@ -24,6 +24,9 @@ type producedPart struct {
 	records   int // records in the partition's batches (from the batch headers)
 	grownTo   int // the partition's records as rewritten, when the proxy added headers
 	size      int // and as the client sent them
+	// points are the produce checkpoints of the records, held until the broker stores them:
+	// a batch refused, or sent again by a client that timed out, is not counted (again).
+	points *[]pathway.Point
 }
 
 // batchRecordCount sums the record counts of the magic-2 batches in records (a partition's
@@ -63,6 +66,11 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		}
 	}()
 	changed := false
+	var held *[]pathway.Point
+	hold := &held
+	if pd == nil {
+		hold = nil // acks=0: no answer will say whether the broker stored them
+	}
 	for i := range v.parts {
 		p := &v.parts[i]
 		records := frame[p.recStart:p.recEnd]
@@ -76,11 +84,13 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 			s.p.stats.skipped.Add(1)
 			s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.partition, n)
 		default:
-			if start, end, ok := s.injectPartition(ci, name, p.partition, records); ok {
+			held = nil
+			if start, end, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
 				span = [2]int{start, end}
 				changed = true
 				facts.parts[len(facts.parts)-1].grownTo = end - start
 				facts.parts[len(facts.parts)-1].size = len(records)
+				facts.parts[len(facts.parts)-1].points = held
 			}
 		}
 		spans = append(spans, span)
@@ -124,11 +134,16 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 // error events.
 func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 	resp := kmsg.NewPtrProduceResponse()
+	facts, _ := pd.facts.(*produceFacts)
 	start, ok := s.decodeResponse(pd, frame, resp)
 	if !ok {
+		if facts != nil { // what the broker did is unknown: counted as sent
+			for i := range facts.parts {
+				s.releasePoints(&facts.parts[i], true)
+			}
+		}
 		return frame, nil
 	}
-	facts, _ := pd.facts.(*produceFacts)
 	out := frame
 	if len(resp.Brokers) > 0 {
 		changed, err := s.p.rewriteResponseAddresses(resp)
@@ -161,6 +176,7 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 					Edge: edge, Partition: p.Partition, Messages: part.records,
 					Message: fmt.Sprintf("the broker refused a batch the header had grown from %d to %d bytes; if the topic's max.message.bytes lies between, the header caused it: later batches of the topic this large go without it", part.size, part.grownTo)})
 			}
+			s.releasePoints(part, p.ErrorCode == 0)
 			if p.ErrorCode != 0 {
 				s.p.brokerError(keyProduce, p.ErrorCode, facts.service, edge, p.Partition, part.records)
 				if name, retriable := errorName(p.ErrorCode); !retriable {
@@ -178,6 +194,20 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// releasePoints hands a partition's held checkpoints to the observer when stored, and returns
+// their buffer.
+func (s *session) releasePoints(part *producedPart, stored bool) {
+	if part.points == nil {
+		return
+	}
+	if stored {
+		s.p.addPoints(*part.points)
+	}
+	*part.points = (*part.points)[:0]
+	s.p.pointBufs.Put(part.points)
+	part.points = nil
 }
 
 func (f *produceFacts) find(topic string, id [16]byte, partition int32) *producedPart {

@@ -44,7 +44,10 @@ type batchCodec interface {
 // to s.scratch (it returns where), and records a produce checkpoint for every record that got it.
 // Records that already carry a context are left alone (an instrumented client checkpointed them)
 // and counted.
-func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte) (start, end int, ok bool) {
+//
+// With hold, the checkpoints are not handed over but copied into a pooled buffer *hold points to,
+// for the broker's answer to release.
+func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold **[]pathway.Point) (start, end int, ok bool) {
 	if len(records) == 0 {
 		return 0, 0, false
 	}
@@ -115,7 +118,13 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return 0, 0, false
 	}
 	s.scratch = out
-	p.addPoints(pts)
+	if hold != nil {
+		b := p.pointBufs.Get().(*[]pathway.Point)
+		*b = append((*b)[:0], pts...)
+		*hold = b
+	} else {
+		p.addPoints(pts)
+	}
 	p.stats.injected.Add(uint64(len(pts)))
 	return start, len(out), true
 }
