@@ -53,6 +53,11 @@ type session struct {
 
 	out []byte // rewritten frames (client goroutine)
 	val []byte // header value (client goroutine)
+	// The values the proxy put on this connection's latest publishes (client goroutine): a
+	// returned message carries one back, and a client that publishes it again is republishing
+	// the proxy's own context, not a tracer's.
+	own    [ownValues][pathway.Base64Len]byte
+	ownPos int
 }
 
 // pubState is a channel's publish side.
@@ -753,7 +758,7 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	var parent pathway.Context
 	if h.CtxEnd != 0 {
 		p.stats.existing.Add(1)
-		if p.respect || h.CtxTwice {
+		if h.CtxTwice || p.respect && !s.ownValue(h.Ctx) {
 			return f.Raw
 		}
 		parent, _ = pathway.DecodeBase64(h.Ctx)
@@ -777,6 +782,10 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 		})
 		return f.Raw
 	}
+	if len(s.val) == pathway.Base64Len {
+		copy(s.own[s.ownPos%ownValues][:], s.val)
+		s.ownPos++
+	}
 	out := append(s.out[:0], frameHeader, f.Raw[1], f.Raw[2], 0, 0, 0, 0)
 	out = spliceHeader(out, f.Payload, &h, s.val)
 	binary.BigEndian.PutUint32(out[3:], uint32(len(out)-7))
@@ -784,6 +793,23 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	s.out = out
 	p.stats.injected.Add(1)
 	return out
+}
+
+// ownValues is how many of its latest header values a connection remembers.
+const ownValues = 64
+
+// ownValue reports whether v is a header value the proxy put on one of this connection's latest
+// publishes.
+func (s *session) ownValue(v []byte) bool {
+	if len(v) != pathway.Base64Len {
+		return false
+	}
+	for i := range min(s.ownPos, ownValues) {
+		if bytes.Equal(s.own[i][:], v) {
+			return true
+		}
+	}
+	return false
 }
 
 // deliveredHeader checkpoints a delivered message (Deliver or GetOk) with the context it carries.
