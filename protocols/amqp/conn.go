@@ -66,6 +66,8 @@ type pubState struct {
 	bodyLeft     uint64 // body bytes of the current publish still to come
 	bodyUnknown  bool   // its header was relayed unread: the body ends at the channel's next method
 	confirm      bool   // Confirm.Select: publishes are numbered for acks and nacks
+	tx           bool   // Tx.Select: publishes count when their transaction commits
+	txPoints     []pathway.Point
 	exchange, rk []byte
 	edge         *pathway.Edge // edge of exchange/rk, rebuilt only when they change
 }
@@ -125,6 +127,7 @@ type chanShared struct {
 	// Basic.Get, Queue.*, Exchange.Declare/Delete): a broker Channel.Close for that method
 	// concerns it. Such methods are synchronous, so the latest is the one refused.
 	lastTarget target
+	committing []pathway.Point // publishes of a Tx.Commit waiting for its CommitOk
 	closing    bool // the client sent Channel.Close; the broker's CloseOk has not come
 	// In confirm mode, the edges of the latest publishes by sequence number, so a nack names
 	// the exchange or queue it concerns.
@@ -430,6 +433,17 @@ func (s *session) clientMethod(f frame) {
 			}
 			s.mu.Unlock()
 		}
+	case txSelect:
+		state(s.pub, f.Channel).tx = true
+	case txCommit, txRollback:
+		ps := state(s.pub, f.Channel)
+		if m == txCommit && len(ps.txPoints) > 0 {
+			s.mu.Lock()
+			cs := s.sharedLocked(f.Channel)
+			cs.committing = append(cs.committing, ps.txPoints...)
+			s.mu.Unlock()
+		}
+		ps.txPoints = ps.txPoints[:0] // rolled back: never published
 	case confirmSel:
 		ps := state(s.pub, f.Channel)
 		if !ps.confirm {
@@ -637,6 +651,16 @@ func (s *session) brokerMethod(f frame) {
 			Code: int32(code), Name: replyName(code), Message: "returned by the broker: " + string(text),
 			Service: *s.service.Load(), Edge: *publishEdge(string(ex), string(rk)), Partition: -1, Messages: 1,
 		})
+	case txCommitOk:
+		s.mu.Lock()
+		var pts []pathway.Point
+		if cs := s.shared[f.Channel]; cs != nil {
+			pts, cs.committing = cs.committing, nil
+		}
+		s.mu.Unlock()
+		for _, pt := range pts {
+			s.p.addPoint(pt)
+		}
 	case basicAck:
 		tag := a.u64()
 		multiple := a.u8()&1 != 0
@@ -770,7 +794,11 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 		size += int64(ctxEntryLen(pathway.Base64Len))
 	}
 	pt, ctx := p.cp.Checkpoint(parent, service, *ps.edge, size, now)
-	p.addPoint(pt)
+	if ps.tx && len(ps.txPoints) < maxTxPoints {
+		ps.txPoints = append(ps.txPoints, pt)
+	} else {
+		p.addPoint(pt)
+	}
 	s.val = ctx.AppendBase64(s.val[:0])
 	n := splicedLen(f.Payload, &h, len(s.val))
 	if s.frameMax != 0 && uint64(n)+frameOverhead > uint64(s.frameMax) {
@@ -794,6 +822,10 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	p.stats.injected.Add(1)
 	return out
 }
+
+// maxTxPoints bounds the publishes of one transaction held for its commit; past it they count
+// when sent.
+const maxTxPoints = 10000
 
 // ownValues is how many of its latest header values a connection remembers.
 const ownValues = 64

@@ -868,3 +868,35 @@ func TestRepublishedReturnKeepsThePathway(t *testing.T) {
 		t.Errorf("publish checkpoints %+v then %+v: want the republish to have the first as parent", first, second)
 	}
 }
+
+// TestTransactionalPublishes: in a channel in Tx mode, publishes count when their transaction
+// commits; rolled back ones never reach the queue and are not checkpointed.
+func TestTransactionalPublishes(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "tx-publisher", 0)
+	q := declareQueue(t, c, unique("tx"))
+	ch := channel(t, c)
+	if err := ch.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(body string) {
+		if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("rolled back 1")
+	publish("rolled back 2")
+	if err := ch.TxRollback(); err != nil {
+		t.Fatal(err)
+	}
+	publish("committed")
+	if err := ch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	if d := consumeN(t, channel(t, c), q, 1); string(d[0].Body) != "committed" {
+		t.Fatalf("consumed %q", d[0].Body)
+	}
+	if n := len(with(h.rec.points(), "direction:out", "topic:"+q, "type:rabbitmq")); n != 1 {
+		t.Errorf("%d publish checkpoints, want 1 (the committed publish)", n)
+	}
+}

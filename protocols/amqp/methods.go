@@ -13,6 +13,7 @@ const (
 	classQueue      = 50
 	classBasic      = 60
 	classConfirm    = 85
+	classTx         = 90
 )
 
 // methodID is class << 16 | method.
@@ -46,6 +47,10 @@ var (
 	basicAck     = mid(classBasic, 80)
 	basicNack    = mid(classBasic, 120)
 	confirmSel   = mid(classConfirm, 10)
+	txSelect     = mid(classTx, 10)
+	txCommit     = mid(classTx, 20)
+	txCommitOk   = mid(classTx, 21)
+	txRollback   = mid(classTx, 30)
 )
 
 var methodNames = map[methodID]string{
