@@ -128,7 +128,7 @@ type chanShared struct {
 	// concerns it. Such methods are synchronous, so the latest is the one refused.
 	lastTarget target
 	committing []pathway.Point // publishes of a Tx.Commit waiting for its CommitOk
-	closing    bool // the client sent Channel.Close; the broker's CloseOk has not come
+	closing    bool            // the client sent Channel.Close; the broker's CloseOk has not come
 	// In confirm mode, the edges of the latest publishes by sequence number, so a nack names
 	// the exchange or queue it concerns.
 	seq     uint64
