@@ -114,6 +114,11 @@ func (fr *frameReader) read(size uint32) (frame, error) {
 func (fr *frameReader) copyFrame(w *bufio.Writer, size uint32) error {
 	for left := 7 + int(size); left > 0; {
 		if fr.r.Buffered() == 0 {
+			// What is written so far (earlier frames, this one's start) goes out before the
+			// read waits for the rest: a heartbeat or ack must not wait on a slow body.
+			if err := w.Flush(); err != nil {
+				return err
+			}
 			if _, err := fr.r.Peek(1); err != nil {
 				if fr.again != nil && fr.again(err) {
 					continue

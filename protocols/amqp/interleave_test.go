@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -111,5 +112,42 @@ func TestInterleavedChannels(t *testing.T) {
 		if len(pts) != 1 || pts[0].ParentHash != parent {
 			t.Errorf("consume checkpoints on %s: %+v, want one with parent %x", q, pts, parent)
 		}
+	}
+}
+
+// TestFramesBeforeASlowBodyGoOut: the broker's frames before a body frame that has only partly
+// arrived (a heartbeat here) reach the client without waiting for the rest of the body.
+func TestFramesBeforeASlowBodyGoOut(t *testing.T) {
+	s := offlineSession(t, nil)
+	in, feed := io.Pipe()
+	out, sink := io.Pipe()
+	w := bufio.NewWriter(sink)
+	done := make(chan error, 1)
+	go func() { done <- s.fromBroker(bufio.NewReader(in), w) }()
+	heartbeat := appendFrame(nil, frameHeartbeat, 0, nil)
+	body := appendFrame(nil, frameBody, 1, bytes.Repeat([]byte("b"), 100))
+	go feed.Write(append(append([]byte{}, heartbeat...), body[:50]...)) // the rest of the body waits
+	first := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, len(heartbeat)+50)
+		io.ReadFull(out, b)
+		first <- b
+	}()
+	select {
+	case got := <-first:
+		if !bytes.Equal(got, append(append([]byte{}, heartbeat...), body[:50]...)) {
+			t.Fatalf("client got %x", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the heartbeat waited for the rest of the body frame")
+	}
+	go feed.Write(body[50:])
+	rest := make([]byte, len(body)-50)
+	if _, err := io.ReadFull(out, rest); err != nil || !bytes.Equal(rest, body[50:]) {
+		t.Fatalf("the rest of the body: %x, %v", rest, err)
+	}
+	feed.Close()
+	if err := <-done; err != io.EOF && err != io.ErrUnexpectedEOF {
+		t.Errorf("broker stream ended with %v", err)
 	}
 }
