@@ -101,7 +101,11 @@ func (p *Proxy) enqueueObserve(job observeJob) bool {
 
 func (p *Proxy) observeLoop() {
 	for job := range p.observeQ {
-		p.observeOne(job)
+		if p.observeLate.Load() {
+			p.stats.observeDropped.Add(1)
+		} else {
+			p.observeOne(job)
+		}
 		p.queued.Add(-int64(len(job.frame)))
 		if job.pooled {
 			// Nothing observation builds keeps a reference into the frame (contexts are decoded

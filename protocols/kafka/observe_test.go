@@ -1,8 +1,10 @@
 package kafka
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -66,4 +68,46 @@ func TestObserveQueueBoundedInBytes(t *testing.T) {
 		t.Error("no response was dropped from observation; the budget was never reached")
 	}
 	guard.check(t)
+}
+
+// TestShutdownDropsWhatItCannotObserve: when the drain's time is up while fetch answers still
+// wait for observation, the rest is dropped and counted instead of holding the shutdown.
+func TestShutdownDropsWhatItCannotObserve(t *testing.T) {
+	c, _ := startCluster(t)
+	obs := &stalledObserver{release: make(chan struct{})}
+	p := startProxy(t, c, func(cfg *Config) { cfg.Observer = obs })
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "observe-late")
+	prod := kgoClient(t, p, kgo.DefaultProduceTopic(topic), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	value := make([]byte, 256<<10)
+	const records = 24
+	for range records {
+		if err := prod.ProduceSync(ctx, &kgo.Record{Value: value}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	obs.stalled.Store(true)
+	cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxBytes(1<<20), kgo.FetchMaxPartitionBytes(1<<20))
+	for got := 0; got < records; {
+		fs := cons.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("consumed %d of %d", got, records)
+		}
+		got += fs.NumRecords()
+	}
+	cons.Close()
+	prod.Close()
+	waitFor(t, "answers waiting for observation", func() bool { return len(p.observeQ) > 0 })
+	before := p.Stats().ObserveDropped
+	sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- p.Shutdown(sctx) }()
+	waitFor(t, "the drain to run out of time", p.observeLate.Load)
+	close(obs.release)
+	<-shut
+	if dropped := p.Stats().ObserveDropped - before; dropped == 0 {
+		t.Error("the answers still waiting at the deadline were observed, holding the shutdown")
+	}
 }

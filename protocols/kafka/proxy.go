@@ -142,10 +142,11 @@ type Proxy struct {
 	links     *linkTable
 	stats     counters
 
-	observeQ  chan observeJob
-	queued    atomic.Int64 // bytes of the frames in observeQ
-	walker    batchCodec   // used by the observation worker only
-	fetchBufs chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
+	observeQ    chan observeJob
+	queued      atomic.Int64 // bytes of the frames in observeQ
+	observeLate atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
+	walker      batchCodec   // used by the observation worker only
+	fetchBufs   chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
 
 	mu      sync.Mutex
 	ctx     context.Context
@@ -389,7 +390,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.serveWG.Wait()
 	if started {
 		close(p.observeQ)
-		p.workWG.Wait()
+		observed := make(chan struct{})
+		go func() { p.workWG.Wait(); close(observed) }()
+		select {
+		case <-observed:
+		case <-ctx.Done():
+			p.observeLate.Store(true) // out of time: what still waits is dropped, not observed
+			<-observed
+		}
 	}
 	return errors.Join(errs...)
 }
