@@ -395,7 +395,7 @@ func (a *Aggregator) addPoint(p *pathway.Point) {
 		a.lastVal[i], a.lastIdx[i] = v, idx[i]
 	}
 	a.addToBucket(a.bucketFor(p.Time, false), p, &vals, &idx)
-	a.addToBucket(a.bucketFor(p.OriginTime(), true), p, &vals, &idx)
+	a.addToBucket(a.bucketFor(max(0, p.OriginTime()), true), p, &vals, &idx) // no bucket before 1970: Start is unsigned
 }
 
 func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, idx *[3]int) {

@@ -93,6 +93,15 @@ func (c *Checkpointer) Checkpoint(parent Context, service string, e Edge, payloa
 	if !parent.IsZero() {
 		pathwayStart, edgeStart = parent.PathwayStart, parent.EdgeStart
 	}
+	// Times before 1970 come only from a corrupt or forged context: the hash is kept, the timing
+	// is unknown (an origin bucket would otherwise start before the epoch, which the payload's
+	// unsigned Start wraps into the year 2262).
+	if pathwayStart.UnixNano() <= 0 {
+		pathwayStart = now
+	}
+	if edgeStart.UnixNano() <= 0 {
+		edgeStart = now
+	}
 	hash := HashPathway(n.hash, parent.Hash)
 	p := Point{
 		Service:        service,

@@ -276,3 +276,19 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+// TestContextBeforeTheEpoch: a context whose times lie before 1970 (corrupt or forged; the
+// varint is signed) keeps its hash as the parent but not its timing: latencies are 0 and the
+// pathway starts now, so no origin bucket starts before the epoch.
+func TestContextBeforeTheEpoch(t *testing.T) {
+	c := NewCheckpointer("prod", 0)
+	now := time.Unix(1642544545, 0)
+	parent := Context{Hash: 42, PathwayStart: time.UnixMilli(-5000), EdgeStart: time.UnixMilli(-5000)}
+	p, ctx := c.Checkpoint(parent, "svc", Edge{Direction: In, Topic: "t", Type: TypeKafka}, 1, now)
+	if p.ParentHash != 42 || p.PathwayLatency != 0 || p.EdgeLatency != 0 || p.OriginTime() != now.UnixNano() {
+		t.Errorf("point %+v: want parent 42, no latency, origin now", p)
+	}
+	if !ctx.PathwayStart.Equal(now) {
+		t.Errorf("the context passed on starts at %v, want now", ctx.PathwayStart)
+	}
+}
