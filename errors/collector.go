@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 
@@ -299,7 +300,7 @@ func (g *group) add(e *Event) {
 	g.totThrottle += e.Throttle
 	g.retriable = e.Retriable
 	if e.Message != "" {
-		g.sample = e.Message
+		g.sample = clip(e.Message, maxSample)
 	}
 	// Only Kafka has numeric partitions; other protocols leave the field at its zero value.
 	if e.Partition >= 0 && (e.Edge.Type == pathway.TypeKafka || e.Protocol == "kafka") {
@@ -427,4 +428,20 @@ func sortGroups(gs []Group) {
 			cmp.Compare(a.Name, b.Name),
 		)
 	})
+}
+
+// maxSample bounds the message kept per group: messages come from brokers and services (an AWS
+// error body's Message), and a thousand groups must not hold a megabyte each.
+const maxSample = 512
+
+// clip cuts s to at most n bytes on a UTF-8 boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

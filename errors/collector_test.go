@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -448,5 +449,23 @@ func TestParseCategory(t *testing.T) {
 	}
 	if _, ok := ParseCategory("nope"); ok {
 		t.Error("unknown name parsed")
+	}
+}
+
+// TestSampleBounded: a group keeps at most maxSample bytes of a message, cut on a character
+// boundary: messages come from brokers and services, and a thousand groups hold one each.
+func TestSampleBounded(t *testing.T) {
+	c := New(Config{})
+	long := strings.Repeat("é", 4096) // 8 KiB of two-byte characters
+	e := ev(BrokerError, "SendMessage", 400, "InvalidParameterValue", "svc", ordersOut, 0, 1, 0)
+	e.Message = long
+	c.Report(e)
+	s := c.Snapshot()
+	if len(s.Groups) != 1 {
+		t.Fatalf("%d groups", len(s.Groups))
+	}
+	got := s.Groups[0].Sample
+	if len(got) > maxSample || !utf8.ValidString(got) || !strings.HasPrefix(long, strings.TrimSuffix(got, "…")) {
+		t.Errorf("sample of %d bytes (valid UTF-8 %v)", len(got), utf8.ValidString(got))
 	}
 }
