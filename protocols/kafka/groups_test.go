@@ -106,19 +106,25 @@ func TestShareGroup(t *testing.T) {
 	guard.check(t)
 }
 
+// saslUsers are the kfake options for a cluster that requires SASL, with one user per mechanism;
+// saslLogins are the kgo logins of those users.
+var saslUsers = []kfake.Opt{kfake.EnableSASL(), kfake.Superuser("PLAIN", "plainuser", "plainpw"),
+	kfake.Superuser("SCRAM-SHA-256", "scram256", "pw256"), kfake.Superuser("SCRAM-SHA-512", "scram512", "pw512")}
+
+var saslLogins = []struct {
+	name string
+	opt  kgo.Opt
+}{
+	{"plain", kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())},
+	{"scram256", kgo.SASL(scram.Auth{User: "scram256", Pass: "pw256"}.AsSha256Mechanism())},
+	{"scram512", kgo.SASL(scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism())},
+}
+
 func TestSASLPassthrough(t *testing.T) {
-	c, guard := startCluster(t, kfake.EnableSASL(), kfake.Superuser("PLAIN", "plainuser", "plainpw"),
-		kfake.Superuser("SCRAM-SHA-256", "scram256", "pw256"), kfake.Superuser("SCRAM-SHA-512", "scram512", "pw512"))
+	c, guard := startCluster(t, saslUsers...)
 	p := startProxy(t, c, nil)
 	ctx := testCtx(t)
-	for _, tc := range []struct {
-		name string
-		opt  kgo.Opt
-	}{
-		{"plain", kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())},
-		{"scram256", kgo.SASL(scram.Auth{User: "scram256", Pass: "pw256"}.AsSha256Mechanism())},
-		{"scram512", kgo.SASL(scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism())},
-	} {
+	for _, tc := range saslLogins {
 		t.Run(tc.name, func(t *testing.T) {
 			topic := uniqueTopic(t, "sasl-"+tc.name)
 			cl := kgoClient(t, p, tc.opt)
@@ -386,17 +392,10 @@ func (c *saslCounter) OnBrokerWrite(_ kgo.BrokerMetadata, key int16, _ int, _, _
 // keep arriving intact with their header, and the re-authentications succeed on the same
 // connections.
 func TestSASLReauthentication(t *testing.T) {
-	c, guard := startCluster(t, kfake.EnableSASL(), kfake.Superuser("PLAIN", "plainuser", "plainpw"),
-		kfake.Superuser("SCRAM-SHA-256", "scram256", "pw256"), kfake.BrokerConfigs(map[string]string{"connections.max.reauth.ms": "1500"}))
+	c, guard := startCluster(t, append(saslUsers, kfake.BrokerConfigs(map[string]string{"connections.max.reauth.ms": "1500"}))...)
 	p := startProxy(t, c, nil)
 	ctx := testCtx(t)
-	for _, tc := range []struct {
-		name string
-		opt  kgo.Opt
-	}{
-		{"plain", kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())},
-		{"scram256", kgo.SASL(scram.Auth{User: "scram256", Pass: "pw256"}.AsSha256Mechanism())},
-	} {
+	for _, tc := range saslLogins[:2] { // PLAIN and SCRAM-SHA-256
 		t.Run(tc.name, func(t *testing.T) {
 			topic := uniqueTopic(t, "reauth-"+tc.name)
 			var count saslCounter
