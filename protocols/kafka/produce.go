@@ -66,11 +66,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		}
 	}()
 	changed := false
-	var held *[]pathway.Point
-	hold := &held
-	if pd == nil {
-		hold = nil // acks=0: no answer will say whether the broker stored them
-	}
+	hold := pd != nil // acks=0: no answer will say whether the broker stored them
 	for i := range v.parts {
 		p := &v.parts[i]
 		records := frame[p.recStart:p.recEnd]
@@ -84,13 +80,11 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 			s.p.stats.skipped.Add(1)
 			s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.partition, n)
 		default:
-			held = nil
-			if start, end, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
+			if start, end, held, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
 				span = [2]int{start, end}
 				changed = true
-				facts.parts[len(facts.parts)-1].grownTo = end - start
-				facts.parts[len(facts.parts)-1].size = len(records)
-				facts.parts[len(facts.parts)-1].points = held
+				part := &facts.parts[len(facts.parts)-1]
+				part.grownTo, part.size, part.points = end-start, len(records), held
 			}
 		}
 		spans = append(spans, span)

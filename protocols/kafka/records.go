@@ -45,11 +45,11 @@ type batchCodec interface {
 // Records that already carry a context are left alone (an instrumented client checkpointed them)
 // and counted.
 //
-// With hold, the checkpoints are not handed over but copied into a pooled buffer *hold points to,
-// for the broker's answer to release.
-func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold **[]pathway.Point) (start, end int, ok bool) {
+// With hold, the checkpoints are not handed over but returned in a pooled buffer, for the
+// broker's answer to release.
+func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold bool) (start, end int, held *[]pathway.Point, ok bool) {
 	if len(records) == 0 {
-		return 0, 0, false
+		return 0, 0, nil, false
 	}
 	p := s.p
 	now := p.now()
@@ -105,7 +105,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	if err != nil {
 		p.stats.skipped.Add(1)
 		p.decodeError("record batch", keyProduce, -1, err)
-		return 0, 0, false
+		return 0, 0, nil, false
 	}
 	if changed && !p.limits.fits(topic, len(out)-start) {
 		changed, skip = false, skipTopicSizeLimit
@@ -115,18 +115,17 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 			p.stats.skipped.Add(1)
 			p.skip(skip, "batch forwarded unmodified", ci.service, edge, partition, batchRecordCount(records))
 		}
-		return 0, 0, false
+		return 0, 0, nil, false
 	}
 	s.scratch = out
-	if hold != nil {
-		b := p.pointBufs.Get().(*[]pathway.Point)
-		*b = append((*b)[:0], pts...)
-		*hold = b
+	if hold {
+		held = p.pointBufs.Get().(*[]pathway.Point)
+		*held = append((*held)[:0], pts...)
 	} else {
 		p.addPoints(pts)
 	}
 	p.stats.injected.Add(uint64(len(pts)))
-	return start, len(out), true
+	return start, len(out), held, true
 }
 
 // maxPointRun bounds the points consumeRecords collects before handing them to the observer, so
