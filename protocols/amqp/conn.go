@@ -87,8 +87,9 @@ type target struct {
 }
 
 // targetOf is the queue or exchange method m names, when it is one of those whose refusal
-// concerns one: they all start with a reserved short and the name.
-func targetOf(m methodID, payload []byte) (pathway.Edge, bool) {
+// concerns one: they all start with a reserved short and the name. a is a copy of the method's
+// argument reader, so the caller's own stays at the start.
+func targetOf(m methodID, a args) (pathway.Edge, bool) {
 	var e pathway.Edge
 	switch {
 	case m == basicConsume || m == basicGet:
@@ -96,10 +97,6 @@ func targetOf(m methodID, payload []byte) (pathway.Edge, bool) {
 	case m>>16 == classQueue && m != queueDeclOk && m&1 == 0:
 	case m == mid(classExchange, 10) || m == mid(classExchange, 20):
 	default:
-		return e, false
-	}
-	_, a, err := methodArgs(payload)
-	if err != nil {
 		return e, false
 	}
 	a.u16()
@@ -394,7 +391,7 @@ func (s *session) clientMethod(f frame) {
 		return
 	}
 	if m != basicPublish {
-		if e, ok := targetOf(m, f.Payload); ok {
+		if e, ok := targetOf(m, a); ok {
 			s.mu.Lock()
 			cs := s.sharedLocked(f.Channel)
 			if e.Topic == "" && m>>16 != classExchange && m != queueDecl {
