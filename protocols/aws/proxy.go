@@ -648,11 +648,7 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 		}
 		defer resp.Body.Close()
-		size := resp.ContentLength
-		if req.Method == http.MethodHead {
-			size = 0 // a HEAD answer has no body, whatever its Content-Length says
-		}
-		if rb, err = readBody(resp.Body, size, p.cfg.MaxBodyBytes); err != nil {
+		if rb, err = readBody(resp.Body, answerLength(resp), p.cfg.MaxBodyBytes); err != nil {
 			return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
 		}
 	}

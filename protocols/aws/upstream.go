@@ -144,11 +144,7 @@ func (c *upConn) roundTrip(req *http.Request, wire []byte, limit int64) (resp *h
 		}
 		break
 	}
-	size := resp.ContentLength
-	if req.Method == http.MethodHead {
-		size = 0 // the length of the body a GET would get; a HEAD answer has none
-	}
-	rb, err = readBody(resp.Body, size, limit)
+	rb, err = readBody(resp.Body, answerLength(resp), limit)
 	if err != nil {
 		return nil, nil, false, err
 	}
@@ -335,4 +331,13 @@ func validHeaderValue(v string) bool {
 		}
 	}
 	return true
+}
+
+// answerLength is the body length to read for resp: a HEAD answer's Content-Length is that of
+// the body a GET would get, and it has none.
+func answerLength(resp *http.Response) int64 {
+	if resp.Request != nil && resp.Request.Method == http.MethodHead {
+		return 0
+	}
+	return resp.ContentLength
 }
