@@ -45,6 +45,12 @@ func (m *RecentMap[K, V]) Put(k K, v V) {
 	m.current[k] = v
 }
 
+// Delete forgets k.
+func (m *RecentMap[K, V]) Delete(k K) {
+	delete(m.current, k)
+	delete(m.previous, k)
+}
+
 // Len is the number of keys held, at most the limit.
 func (m *RecentMap[K, V]) Len() int { return len(m.current) + len(m.previous) }
 

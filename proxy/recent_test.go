@@ -31,4 +31,8 @@ func TestRecentMap(t *testing.T) {
 	if _, ok := m.previous["busy"]; ok {
 		t.Error("busy is held in both generations")
 	}
+	m.Delete("busy")
+	if _, ok := m.Get("busy"); ok {
+		t.Error("busy still held after Delete")
+	}
 }

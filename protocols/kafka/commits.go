@@ -6,6 +6,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // commitFacts are the offsets an OffsetCommit or TxnOffsetCommit request commits; they become
@@ -25,10 +26,10 @@ type endTxnFacts struct {
 // txnCommits holds the offsets a TxnOffsetCommit sent, per transactional id, until EndTxn says
 // whether the transaction commits them (TxnOffsetCommit goes to the group coordinator, EndTxn to
 // the transaction coordinator: other connections, so the proxy holds them, not the session).
-// Bounded: past maxTxns transactions it starts afresh, losing only unreported commits.
+// Bounded to the maxTxns transactions seen most recently (proxy.RecentMap).
 type txnCommits struct {
 	mu      sync.Mutex
-	pending map[string][]pathway.Offset
+	pending *proxy.RecentMap[string, []pathway.Offset]
 }
 
 const (
@@ -39,11 +40,11 @@ const (
 func (t *txnCommits) hold(txnID string, o pathway.Offset) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.pending == nil || len(t.pending) >= maxTxns {
-		t.pending = map[string][]pathway.Offset{}
+	if t.pending == nil {
+		t.pending = proxy.NewRecentMap[string, []pathway.Offset](maxTxns)
 	}
-	if len(t.pending[txnID]) < maxTxnOffsets {
-		t.pending[txnID] = append(t.pending[txnID], o)
+	if held, _ := t.pending.Get(txnID); len(held) < maxTxnOffsets {
+		t.pending.Put(txnID, append(held, o))
 	}
 }
 
@@ -51,8 +52,11 @@ func (t *txnCommits) hold(txnID string, o pathway.Offset) {
 func (t *txnCommits) end(txnID string, commit bool) []pathway.Offset {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	held := t.pending[txnID]
-	delete(t.pending, txnID)
+	if t.pending == nil {
+		return nil
+	}
+	held, _ := t.pending.Get(txnID)
+	t.pending.Delete(txnID)
 	if !commit {
 		return nil
 	}

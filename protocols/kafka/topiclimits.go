@@ -3,6 +3,8 @@ package kafka
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // topicLimits remembers, per topic, the smallest batch the broker refused as too large after the
@@ -11,24 +13,22 @@ import (
 // them from the one refusal each and keeps later batches of the topic from growing that far.
 type topicLimits struct {
 	mu      sync.Mutex
-	max     int
-	m       map[string]int // topic -> smallest refused size
-	learned atomic.Bool    // any topic at all: until then fits takes no lock (every produce batch asks)
+	m       *proxy.RecentMap[string, int] // topic -> smallest refused size, for the topics used most recently
+	learned atomic.Bool                   // any topic at all: until then fits takes no lock (every produce batch asks)
 }
 
-func newTopicLimits(max int) *topicLimits { return &topicLimits{max: max, m: map[string]int{}} }
+func newTopicLimits(max int) *topicLimits {
+	return &topicLimits{m: proxy.NewRecentMap[string, int](max)}
+}
 
 // refused records that a batch grown to size was too large for topic.
 func (t *topicLimits) refused(topic string, size int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if cur, ok := t.m[topic]; ok && cur <= size {
+	if cur, ok := t.m.Get(topic); ok && cur <= size {
 		return
 	}
-	if len(t.m) >= t.max {
-		clear(t.m) // bounded; a topic that is refused again is learned again
-	}
-	t.m[topic] = size
+	t.m.Put(topic, size)
 	t.learned.Store(true)
 }
 
@@ -39,6 +39,6 @@ func (t *topicLimits) fits(topic string, size int) bool {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	limit, ok := t.m[topic]
+	limit, ok := t.m.Get(topic)
 	return !ok || size < limit
 }
