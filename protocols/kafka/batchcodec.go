@@ -61,8 +61,12 @@ const (
 	skipMalformed    = "malformed_batch"
 	skipSizeLimit    = "size_limit"
 	skipCompression  = "compression_failed"
-	// skipTopicSizeLimit: the broker refused the topic's batches at this size once (topicLimits).
+	// skipTopicSizeLimit: the topic's max.message.bytes, read from the cluster or learned from a
+	// refusal, is below the grown batch (topicLimits).
 	skipTopicSizeLimit = "topic_size_limit"
+	// skipTopicLimitUnknown: an acks=0 batch to a topic whose limit is not known (yet); see
+	// topicLimits.check.
+	skipTopicLimitUnknown = "topic_limit_unknown"
 	// skipDecompressedSize: the batch decompresses past MaxDecompressedBatchBytes.
 	skipDecompressedSize = "decompressed_size_limit"
 )

@@ -32,7 +32,7 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 			p.log.Info().Int("nodes", n).Msg("broker node listeners opened from the cluster's metadata")
 			return
 		}
-		var refused errRefusedMetadata
+		var refused errRefused
 		if errors.As(err, &refused) {
 			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL?): node listeners open with the first client's Metadata")
 			return
@@ -47,11 +47,12 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 	}
 }
 
-// errRefusedMetadata: a bootstrap broker took the connection and ended it instead of answering.
-type errRefusedMetadata struct{ err error }
+// errRefused: a bootstrap broker took the proxy's own connection and ended it instead of
+// answering, or cannot answer what the proxy asks.
+type errRefused struct{ err error }
 
-func (e errRefusedMetadata) Error() string { return "metadata refused: " + e.err.Error() }
-func (e errRefusedMetadata) Unwrap() error { return e.err }
+func (e errRefused) Error() string { return "refused: " + e.err.Error() }
+func (e errRefused) Unwrap() error { return e.err }
 
 // learnNodes asks one bootstrap broker for the cluster's metadata, opens each broker's listener
 // and learns the topic ids; it returns how many brokers there are.
@@ -70,25 +71,25 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	versions.Version = 0 // every broker answers v0, whatever it supports
 	vr := kmsg.NewPtrApiVersionsResponse()
 	if err := roundTrip(c, 1, versions, vr); err != nil {
-		return 0, errRefusedMetadata{err}
+		return 0, errRefused{fmt.Errorf("ApiVersions: %w", err)}
 	}
 	mdVersion := int16(-1)
 	for _, k := range vr.ApiKeys {
 		if k.ApiKey == kmsg.Metadata.Int16() {
 			mdVersion = min(k.MaxVersion, kmsg.NewPtrMetadataRequest().MaxVersion())
 			if mdVersion < k.MinVersion || mdVersion < 1 {
-				return 0, errRefusedMetadata{fmt.Errorf("broker supports Metadata v%d-v%d only", k.MinVersion, k.MaxVersion)}
+				return 0, errRefused{fmt.Errorf("broker supports Metadata v%d-v%d only", k.MinVersion, k.MaxVersion)}
 			}
 		}
 	}
 	if mdVersion < 0 {
-		return 0, errRefusedMetadata{errors.New("broker lists no Metadata versions")}
+		return 0, errRefused{errors.New("broker lists no Metadata versions")}
 	}
 	md := kmsg.NewPtrMetadataRequest()
 	md.Version = mdVersion // Topics nil: every topic, whose ids produce and fetch v13+ name them by
 	mr := kmsg.NewPtrMetadataResponse()
 	if err := roundTrip(c, 2, md, mr); err != nil {
-		return 0, errRefusedMetadata{err}
+		return 0, errRefused{fmt.Errorf("Metadata v%d: %w", md.Version, err)}
 	}
 	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
 	// the cluster id.

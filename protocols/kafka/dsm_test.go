@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -332,9 +334,10 @@ func TestNodeListenersOpenAtStart(t *testing.T) {
 }
 
 // TestTopicSizeLimitLearned: a topic whose max.message.bytes is below MaxBatchBytes refuses a
-// batch the header grew past it. The client sees that one refusal (the proxy cannot read topic
-// configs); the proxy learns the size, and later batches of the topic that would grow that far go
-// as they came, so they are accepted, while smaller ones still get the header.
+// batch the header grew past it. The client sees that one refusal (its batch asked the proxy to
+// read the topic's config, and an acks=all batch does not wait for the answer); the proxy
+// learns the size, and later batches of the topic that would grow that far go as they came, so
+// they are accepted, while smaller ones still get the header.
 func TestTopicSizeLimitLearned(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
@@ -370,6 +373,124 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 		if want := len(r.Value) < 100; has != want {
 			t.Errorf("record of %d bytes: pathway header %v, want %v", len(r.Value), has, want)
 		}
+	}
+	guard.check(t)
+}
+
+// TestAcksZeroTopicLimit: acks=0 batches that the header would grow past the topic's
+// max.message.bytes would be refused with no answer, their records lost. The proxy reads the
+// topic's limit from the cluster and sends those batches as they came; none is lost, and the
+// smaller ones get the header.
+func TestAcksZeroTopicLimit(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "acks0-small-topic")
+	cl := kgoClient(t, p, kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.DefaultProduceTopic(topic),
+		kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	limit := "2000"
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+		t.Fatal(err)
+	}
+	produce := func(value []byte) {
+		t.Helper()
+		if err := cl.ProduceSync(ctx, &kgo.Record{Value: value}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produce([]byte("first")) // asks for the topic's limit, and goes without the header meanwhile
+	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
+	near := bytes.Repeat([]byte("n"), 1900) // a one-record batch of 1,970 bytes, about 2,020 with the header
+	for range 3 {
+		produce(near)
+		produce([]byte("small"))
+	}
+	produce([]byte("last"))
+
+	cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	var got []*kgo.Record
+	for len(got) == 0 || string(got[len(got)-1].Value) != "last" {
+		fs := cons.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("consumed %d records, never the last one: %v", len(got), err)
+		}
+		got = append(got, fs.Records()...)
+	}
+	var values []string
+	for _, r := range got {
+		has := slices.ContainsFunc(r.Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
+		want := len(r.Value) < 100 && string(r.Value) != "first"
+		if has != want {
+			t.Errorf("record %.10q (%d bytes): pathway header %v, want %v", r.Value, len(r.Value), has, want)
+		}
+		values = append(values, fmt.Sprintf("%.5s", r.Value))
+	}
+	if want := []string{"first", "nnnnn", "small", "nnnnn", "small", "nnnnn", "small", "last"}; !slices.Equal(values, want) {
+		t.Errorf("consumed %q, want %q (acks=0 records lost)", values, want)
+	}
+	if n := len(p.errs.byName("topic_limit_unknown")); n != 1 {
+		t.Errorf("%d topic_limit_unknown events, want 1 (the first batch)", n)
+	}
+	if n := len(p.errs.byName("topic_size_limit")); n != 3 {
+		t.Errorf("%d topic_size_limit events, want 3 (the batches near the limit)", n)
+	}
+	guard.check(t)
+}
+
+// TestTopicConfigsAfterIdleClose: a broker closes idle connections (connections.max.idle.ms),
+// the proxy's own for topic configs too; the next lookup takes a new one, and the proxy does
+// not mistake the close for a cluster that refuses it.
+func TestTopicConfigsAfterIdleClose(t *testing.T) {
+	c, guard := startCluster(t)
+	var logs syncBuffer
+	p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	ctx := testCtx(t)
+	cl := kgoClient(t, p)
+	for i, topic := range []string{uniqueTopic(t, "before-close"), uniqueTopic(t, "after-close")} {
+		if i == 1 {
+			guard.closeAll()
+		}
+		produceKgo(t, ctx, cl, topic, testRecords(1, time.UnixMilli(1700000760000)))
+		waitFor(t, "the proxy to read "+topic+"'s limit", func() bool { return p.limits.known(topic) == DefaultMaxBatchBytes })
+	}
+	if strings.Contains(logs.String(), "does not let the proxy read topic configs") {
+		t.Errorf("an idle close was taken for a refusal:\n%s", logs.String())
+	}
+	guard.check(t)
+}
+
+// TestTopicLimitsUnreadable: a cluster that wants SASL first closes the proxy's own connection,
+// so topic limits stay unknown. acks=0 batches then go without the header, unless the operator
+// vouches for every topic's limit by setting MaxBatchBytes; acks=all batches get it either way.
+func TestTopicLimitsUnreadable(t *testing.T) {
+	c, guard := startCluster(t, saslUsers...)
+	login := kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())
+	for _, tc := range []struct {
+		name     string
+		maxBatch int
+		acks     kgo.Acks
+		want     int
+	}{
+		{"acks0", 0, kgo.NoAck(), 0},
+		{"acks0-vouched", DefaultMaxBatchBytes, kgo.NoAck(), 1},
+		{"acks-all", 0, kgo.AllISRAcks(), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startProxy(t, c, func(cfg *Config) { cfg.MaxBatchBytes = tc.maxBatch })
+			ctx := testCtx(t)
+			topic := uniqueTopic(t, "unreadable-"+tc.name)
+			cl := kgoClient(t, p, login, kgo.RequiredAcks(tc.acks), kgo.DisableIdempotentWrite())
+			if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
+				t.Fatal(err)
+			}
+			sent := testRecords(4, time.UnixMilli(1700000750000))
+			produceKgo(t, ctx, cl, topic, sent)
+			got := consumeKgo(t, ctx, p, topic, "g-unreadable-"+tc.name, len(sent), login)
+			checkRecords(t, sent, got, tc.want)
+			if p.limits.known(topic) != 0 {
+				t.Errorf("the proxy read the topic's limit from a cluster that wants SASL")
+			}
+		})
 	}
 	guard.check(t)
 }

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -87,6 +88,17 @@ type brokerGuard struct {
 	mu       sync.Mutex
 	accepted int
 	direct   []string
+	conns    []net.Conn
+}
+
+// closeAll closes every broker connection accepted so far, as a broker closing idle ones does.
+func (g *brokerGuard) closeAll() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, c := range g.conns {
+		c.Close()
+	}
+	g.conns = nil
 }
 
 func (g *brokerGuard) listen(network, addr string) (net.Listener, error) {
@@ -108,6 +120,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
 		l.g.mu.Lock()
 		l.g.accepted++
+		l.g.conns = append(l.g.conns, c)
 		if host != proxySourceIP {
 			l.g.direct = append(l.g.direct, c.RemoteAddr().String()+" -> "+l.Addr().String())
 		}
@@ -246,4 +259,22 @@ func openNodes(t *testing.T, conn net.Conn) {
 		t.Fatal(err)
 	}
 	conn.SetReadDeadline(time.Time{})
+}
+
+// syncBuffer is a log sink the proxy's goroutines write while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -54,7 +54,9 @@ type Config struct {
 	// outside 1..65535 is an error naming this setting.
 	NodePortBase int
 	// MaxBatchBytes: a batch whose size after injection would exceed it goes upstream unmodified
-	// (default DefaultMaxBatchBytes, the broker's message.max.bytes default).
+	// (default DefaultMaxBatchBytes, the broker's message.max.bytes default). Set, it also vouches
+	// that no topic's max.message.bytes is lower, for acks=0 batches to topics whose limit the
+	// proxy could not read (topiclimits.go).
 	MaxBatchBytes int
 	// MaxFrameBytes bounds one request or response (default DefaultMaxFrameBytes).
 	MaxFrameBytes int
@@ -249,7 +251,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.cfg.ObserveQueueBytes = DefaultObserveQueueBytes
 	}
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
-	p.limits = newTopicLimits(p.cfg.MaxTopicIDs)
+	p.limits = newTopicLimits(p.cfg.MaxTopicIDs, cfg.MaxBatchBytes > 0)
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
@@ -293,6 +295,8 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.mu.Unlock()
 	p.workWG.Add(1)
 	go func() { defer p.workWG.Done(); p.observeLoop() }()
+	p.workWG.Add(1)
+	go func() { defer p.workWG.Done(); (&configReader{p: p}).run(dctx) }()
 	p.serve(ln)
 	if p.portBase != 0 || len(p.cfg.NodeAddrs) > 0 {
 		go p.discoverNodes(dctx) // fixed node addresses: clients may hold them from before (discover.go)

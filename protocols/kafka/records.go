@@ -107,8 +107,11 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		p.decodeError("record batch", keyProduce, -1, err)
 		return 0, 0, nil, false
 	}
-	if changed && !p.limits.fits(topic, len(out)-start) {
-		changed, skip = false, skipTopicSizeLimit
+	if changed {
+		// hold is false exactly for acks=0, whose refusals nobody would see.
+		if why := p.limits.check(topic, len(out)-start, !hold); why != "" {
+			changed, skip = false, why
+		}
 	}
 	if !changed {
 		if skip != "" {

@@ -1,0 +1,206 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// configReader reads the max.message.bytes of the topics clients produce to (topicLimits asks for
+// them), with DescribeConfigs on a connection of the proxy's own to a bootstrap broker: the proxy
+// adds no request to a client's connection. A cluster that wants SASL first, or whose ACLs deny
+// DescribeConfigs to an anonymous client, leaves the limits unknown; topicLimits.check says what
+// that means for a batch.
+type configReader struct {
+	p       *Proxy
+	conn    net.Conn
+	version int16 // DescribeConfigs version the broker and kmsg both speak
+	corr    int32
+	retryAt time.Time     // after a failed or refused connection, no dial before this
+	backoff time.Duration // doubles per failure, up to configMaxBackoff
+	told    bool          // the operator was told the configs cannot be read
+}
+
+const (
+	maxTopicsPerLookup = 100
+	configMaxBackoff   = 5 * time.Minute
+	configTimeout      = 10 * time.Second
+)
+
+// run answers topicLimits' lookups until ctx ends. Topics asked for while a connection may not be
+// tried are dropped: topicLimits asks again after topicAskEvery.
+func (r *configReader) run(ctx context.Context) {
+	defer r.closeConn()
+	ask := r.p.limits.ask
+	for {
+		var topics []string
+		select {
+		case <-ctx.Done():
+			return
+		case t := <-ask:
+			topics = append(topics, t)
+		}
+	more:
+		for len(topics) < maxTopicsPerLookup {
+			select {
+			case t := <-ask:
+				topics = append(topics, t)
+			default:
+				break more
+			}
+		}
+		if time.Now().Before(r.retryAt) {
+			continue
+		}
+		if err := r.lookup(ctx, topics); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.failed(err)
+			continue
+		}
+		r.backoff = 0
+	}
+}
+
+// lookup asks for topics' max.message.bytes and records the answers. A connection that answered
+// before and fails now was probably closed for idleness (connections.max.idle.ms): one retry on
+// a new one.
+func (r *configReader) lookup(ctx context.Context, topics []string) error {
+	reused := r.conn != nil
+	err := r.describe(ctx, topics)
+	if err != nil && reused && ctx.Err() == nil {
+		err = r.describe(ctx, topics)
+	}
+	return err
+}
+
+func (r *configReader) describe(ctx context.Context, topics []string) error {
+	if r.conn == nil {
+		if err := r.connect(ctx); err != nil {
+			return err
+		}
+	}
+	c := r.conn
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	c.SetDeadline(time.Now().Add(configTimeout))
+	req := kmsg.NewPtrDescribeConfigsRequest()
+	req.Version = r.version
+	for _, t := range topics {
+		res := kmsg.NewDescribeConfigsRequestResource()
+		res.ResourceType = kmsg.ConfigResourceTypeTopic
+		res.ResourceName = t
+		res.ConfigNames = []string{"max.message.bytes"}
+		req.Resources = append(req.Resources, res)
+	}
+	resp := kmsg.NewPtrDescribeConfigsResponse()
+	r.corr++
+	if err := roundTrip(c, r.corr, req, resp); err != nil {
+		r.closeConn()
+		err = fmt.Errorf("DescribeConfigs v%d: %w", r.version, err)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			return errRefused{err} // closed instead of answering: SASL first
+		}
+		return err
+	}
+	denied := 0
+	for _, res := range resp.Resources {
+		if res.ErrorCode != 0 {
+			// A topic not created yet, or one the proxy may not describe: asked again later.
+			if errors.Is(kerr.ErrorForCode(res.ErrorCode), kerr.TopicAuthorizationFailed) {
+				denied++
+			}
+			r.p.log.Debug().Str("topic", res.ResourceName).Int16("error_code", res.ErrorCode).Msg("topic config not read")
+			continue
+		}
+		for _, cfg := range res.Configs {
+			if cfg.Name != "max.message.bytes" || cfg.Value == nil {
+				continue
+			}
+			if n, err := strconv.Atoi(*cfg.Value); err == nil && n > 0 {
+				r.p.limits.learned(res.ResourceName, n)
+			}
+		}
+	}
+	if denied > 0 {
+		r.tell(fmt.Errorf("DescribeConfigs of %d topics: %w", denied, kerr.TopicAuthorizationFailed))
+	}
+	return nil
+}
+
+// connect dials a bootstrap broker and learns which DescribeConfigs version to send.
+func (r *configReader) connect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, configTimeout)
+	defer cancel()
+	c, err := r.p.dialBootstrap(ctx, "tcp", "")
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	versions := kmsg.NewPtrApiVersionsRequest()
+	versions.Version = 0 // every broker answers v0
+	vr := kmsg.NewPtrApiVersionsResponse()
+	r.corr++
+	if err := roundTrip(c, r.corr, versions, vr); err != nil {
+		c.Close()
+		return errRefused{fmt.Errorf("ApiVersions: %w", err)}
+	}
+	r.version = -1
+	for _, k := range vr.ApiKeys {
+		if k.ApiKey == kmsg.DescribeConfigs.Int16() {
+			if v := min(k.MaxVersion, kmsg.NewPtrDescribeConfigsRequest().MaxVersion()); v >= k.MinVersion {
+				r.version = v
+			}
+		}
+	}
+	if r.version < 0 {
+		c.Close()
+		return errRefused{errors.New("the broker lists no DescribeConfigs version the proxy speaks")}
+	}
+	r.conn = c
+	return nil
+}
+
+// failed backs off before the next connection and tells the operator once what it means.
+func (r *configReader) failed(err error) {
+	r.backoff = min(max(2*r.backoff, time.Second), configMaxBackoff)
+	r.retryAt = time.Now().Add(r.backoff)
+	var refused errRefused
+	if errors.As(err, &refused) {
+		r.tell(err)
+		return
+	}
+	r.p.log.Debug().Err(err).Dur("retry_in", r.backoff).Msg("reading topic configs")
+}
+
+func (r *configReader) tell(err error) {
+	if r.told {
+		r.p.log.Debug().Err(err).Msg("topic configs not read")
+		return
+	}
+	r.told = true
+	msg := "the cluster does not let the proxy read topic configs (SASL or ACLs?): batches grown past a topic's unknown max.message.bytes are refused once (acks=1/all) and then sent without the header"
+	if r.p.limits.vouched {
+		msg += "; acks=0 batches rely on max_batch_bytes"
+	} else {
+		msg += "; acks=0 batches go without the header unless max_batch_bytes is set"
+	}
+	r.p.log.Info().Err(err).Msg(msg)
+}
+
+func (r *configReader) closeConn() {
+	if r.conn != nil {
+		r.conn.Close()
+		r.conn = nil
+	}
+}

@@ -1,0 +1,100 @@
+package kafka
+
+import (
+	"testing"
+	"time"
+)
+
+func TestTopicLimitsCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		vouched bool
+		read    int // limit read from the cluster (0: none)
+		refused int // grown size a broker refused (0: none)
+		size    int
+		acks0   bool
+		want    string
+	}{
+		{name: "unknown, acks=all", size: 5000, want: ""},
+		{name: "unknown, acks=0", size: 10, acks0: true, want: skipTopicLimitUnknown},
+		{name: "unknown, acks=0, vouched", vouched: true, size: 10, acks0: true, want: ""},
+		{name: "read, within", read: 2000, size: 2000, acks0: true, want: ""},
+		{name: "read, past", read: 2000, size: 2001, want: skipTopicSizeLimit},
+		{name: "read, past, vouched", vouched: true, read: 2000, size: 2001, acks0: true, want: skipTopicSizeLimit},
+		{name: "refused at this size", refused: 2020, size: 2020, want: skipTopicSizeLimit},
+		{name: "below a refusal", refused: 2020, size: 2019, want: ""},
+		{name: "refusal below the read limit", read: 5000, refused: 3000, size: 4000, want: skipTopicSizeLimit},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newTopicLimits(10, tc.vouched)
+			if tc.read > 0 {
+				l.learned("t", tc.read)
+			}
+			if tc.refused > 0 {
+				l.refused("t", tc.refused)
+			}
+			if got := l.check("t", tc.size, tc.acks0); got != tc.want {
+				t.Errorf("check = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestTopicLimitsAsk: a topic is asked for when its limit is missing, at most once per
+// topicAskEvery, and again when what was read is older than topicLimitTTL.
+func TestTopicLimitsAsk(t *testing.T) {
+	l := newTopicLimits(10, false)
+	asked := func() int {
+		n := 0
+		for {
+			select {
+			case <-l.ask:
+				n++
+			default:
+				return n
+			}
+		}
+	}
+	l.check("t", 1, false)
+	l.check("t", 1, true)
+	if n := asked(); n != 1 {
+		t.Fatalf("asked %d times for a missing limit, want 1", n)
+	}
+	l.mu.Lock()
+	e, _ := l.m.Get("t")
+	e.askedAt = e.askedAt.Add(-topicAskEvery - time.Second) // the lookup failed long enough ago
+	l.m.Put("t", e)
+	l.mu.Unlock()
+	l.check("t", 1, false)
+	if n := asked(); n != 1 {
+		t.Fatalf("asked %d times after topicAskEvery, want 1", n)
+	}
+	l.learned("t", 2000)
+	l.check("t", 1, false)
+	if n := asked(); n != 0 {
+		t.Fatalf("asked %d times for a fresh limit, want 0", n)
+	}
+	l.mu.Lock()
+	e, _ = l.m.Get("t")
+	e.readAt = e.readAt.Add(-topicLimitTTL - time.Second)
+	e.askedAt = e.askedAt.Add(-topicAskEvery - time.Second)
+	l.m.Put("t", e)
+	l.mu.Unlock()
+	if got := l.check("t", 2001, true); got != skipTopicSizeLimit {
+		t.Errorf("stale limit not used meanwhile: check = %q", got)
+	}
+	if n := asked(); n != 1 {
+		t.Fatalf("asked %d times for a stale limit, want 1", n)
+	}
+	// A full queue drops the ask and does not mark the topic as asked.
+	for range topicAskQueued {
+		l.ask <- "other"
+	}
+	l.check("u", 1, false)
+	l.mu.Lock()
+	e, _ = l.m.Get("u")
+	l.mu.Unlock()
+	if !e.askedAt.IsZero() {
+		t.Errorf("a dropped ask was recorded as asked")
+	}
+}
