@@ -89,7 +89,7 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	md.Version = mdVersion // Topics nil: every topic, whose ids produce and fetch v13+ name them by
 	mr := kmsg.NewPtrMetadataResponse()
 	if err := roundTrip(c, 2, md, mr); err != nil {
-		return 0, errRefused{fmt.Errorf("Metadata v%d: %w", md.Version, err)}
+		return 0, errRefused{fmt.Errorf("metadata request v%d: %w", md.Version, err)}
 	}
 	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
 	// the cluster id.
