@@ -278,7 +278,12 @@ func (c *h1Conn) serve() {
 		// what the handler left of the body is skipped, up to a point
 		// In a drain the answer says so, or the client would send its next request on a
 		// connection that closes under it.
-		closeAfter := req.Close || !req.ProtoAtLeast(1, 1) || s.isShutting()
+		// A chunked request may have come with a Content-Length as well, which ReadRequest
+		// dropped: an intermediary in front that framed it by that length reads the rest as
+		// another request, so the connection closes after the answer (RFC 9112 6.1: MUST).
+		// SDKs send SQS, SNS and Kinesis requests with a length, so closing after every chunked
+		// one costs them nothing.
+		closeAfter := req.Close || !req.ProtoAtLeast(1, 1) || s.isShutting() || len(req.TransferEncoding) > 0
 		unread := false
 		if req.Body != http.NoBody {
 			var one [1]byte

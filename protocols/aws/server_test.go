@@ -66,6 +66,28 @@ func TestServerFraming(t *testing.T) {
 	if rs[0].StatusCode != http.StatusContinue || rs[1].StatusCode != http.StatusForbidden {
 		t.Fatalf("100-continue: %d then %d", rs[0].StatusCode, rs[1].StatusCode)
 	}
+	// Content-Length and chunked both: framed as chunked, and the connection closes after the
+	// answer (RFC 9112 6.1), so what a length-framing intermediary took for the body's end
+	// cannot become a request here
+	both := "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, both+unsigned); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	if r, err := http.ReadResponse(br, nil); err != nil || r.StatusCode != http.StatusForbidden || !r.Close {
+		t.Fatalf("Content-Length with chunked: %v %v", r, err)
+	} else {
+		io.Copy(io.Discard, r.Body)
+	}
+	if r, err := http.ReadResponse(br, nil); err == nil {
+		t.Fatalf("a request after Content-Length with chunked was answered: %d", r.StatusCode)
+	}
 	// HTTP/1.0: the connection closes after the answer, and an Expect is ignored (RFC 9110
 	// 10.1.1): a 1.0 client would take 100 Continue for the answer
 	rs, _ = rawExchange(t, addr, strings.Replace(unsigned, "HTTP/1.1", "HTTP/1.0", 1), 1)
