@@ -83,12 +83,30 @@ type TLSServer struct {
 
 // TLSClient originates TLS toward the upstream.
 type TLSClient struct {
-	Enabled            bool   `yaml:"enabled"`
+	// Enabled: unset, TLS is on when any other field is set; false with another field set is a
+	// configuration error, not a silent choice between the two.
+	Enabled            *bool  `yaml:"enabled"`
 	CAFile             string `yaml:"ca_file"`
 	CertFile           string `yaml:"cert_file"`
 	KeyFile            string `yaml:"key_file"`
 	ServerName         string `yaml:"server_name"`
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// configured: a field other than enabled is set.
+func (t *TLSClient) configured() bool {
+	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify
+}
+
+// on: TLS toward the upstream is asked for, explicitly or by setting any of its fields.
+func (t *TLSClient) on() bool {
+	if t == nil {
+		return false
+	}
+	if t.Enabled != nil {
+		return *t.Enabled
+	}
+	return t.configured()
 }
 
 // ListenerLimits are shared by every protocol front.
@@ -545,8 +563,13 @@ func (c *Config) checkLimits(line int, p string, l ListenerLimits, bad func(int,
 	if l.TLS != nil && (l.TLS.CertFile == "" || l.TLS.KeyFile == "") {
 		bad(line, p+".tls", "cert_file and key_file are both required to terminate TLS")
 	}
-	if l.UpstreamTLS != nil && (l.UpstreamTLS.CertFile == "") != (l.UpstreamTLS.KeyFile == "") {
-		bad(line, p+".upstream_tls", "a client certificate needs both cert_file and key_file")
+	if t := l.UpstreamTLS; t != nil {
+		if (t.CertFile == "") != (t.KeyFile == "") {
+			bad(line, p+".upstream_tls", "a client certificate needs both cert_file and key_file")
+		}
+		if t.Enabled != nil && !*t.Enabled && t.configured() {
+			bad(line, p+".upstream_tls", "enabled is false but ca_file, cert_file, server_name or insecure_skip_verify is set: remove them, or set enabled: true")
+		}
 	}
 }
 

@@ -41,6 +41,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad rule regexp", "services:\n  - service: a\n    client_id: '('\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"line 2", "services[0].client_id"}},
 		{"bad agent scheme", "agent:\n  url: ftp://x\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "scheme"}},
 		{"nothing to proxy", "env: prod\n", []string{"nothing to proxy"}},
+		{"upstream tls off with a CA", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    upstream_tls:\n      enabled: false\n      ca_file: /ca.pem\n", []string{"kafka[0].upstream_tls", "enabled is false"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
@@ -59,6 +60,27 @@ func TestConfigErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestUpstreamTLSOn: unset, enabled follows the other fields; set, it decides.
+func TestUpstreamTLSOn(t *testing.T) {
+	yes, no := true, false
+	for _, tc := range []struct {
+		name string
+		t    *TLSClient
+		want bool
+	}{
+		{"absent", nil, false},
+		{"empty", &TLSClient{}, false},
+		{"ca only", &TLSClient{CAFile: "ca.pem"}, true},
+		{"server name only", &TLSClient{ServerName: "kafka"}, true},
+		{"enabled only", &TLSClient{Enabled: &yes}, true},
+		{"disabled", &TLSClient{Enabled: &no}, false},
+	} {
+		if got := tc.t.on(); got != tc.want {
+			t.Errorf("%s: on() = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 

@@ -135,7 +135,7 @@ func listenerTemplate(l ListenerLimits) (proxy.ListenerConfig, []*proxy.CertRelo
 		lc.TLS = conf
 		rs = append(rs, r)
 	}
-	if t := l.UpstreamTLS; t != nil && (t.Enabled || t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+	if t := l.UpstreamTLS; t.on() {
 		r, _, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
 		if err != nil {
 			return lc, nil, fmt.Errorf("upstream_tls: %w", err)
@@ -199,7 +199,7 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 			ac.ClientKeys[k.AccessKeyID] = k.SecretAccessKey
 		}
 	}
-	if t := a.UpstreamTLS; t != nil && (t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+	if t := a.UpstreamTLS; t != nil && t.configured() {
 		r, _, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
 		if err != nil {
 			return namedFront{}, fmt.Errorf("aws front %s: upstream_tls: %w", a.Listen, err)
