@@ -791,14 +791,18 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 		size += int64(ctxEntryLen(pathway.Base64Len))
 	}
 	pt, ctx := p.cp.Checkpoint(parent, service, *ps.edge, size, now)
+	s.val = ctx.AppendBase64(s.val[:0])
+	n := splicedLen(f.Payload, &h, len(s.val))
+	fits := s.frameMax == 0 || uint64(n)+frameOverhead <= uint64(s.frameMax)
+	if !fits && h.CtxEnd == 0 {
+		pt.PayloadSize -= int64(ctxEntryLen(pathway.Base64Len)) // the consumer gets it without the entry
+	}
 	if ps.tx && len(ps.txPoints) < maxTxPoints {
 		ps.txPoints = append(ps.txPoints, pt)
 	} else {
 		p.addPoint(pt)
 	}
-	s.val = ctx.AppendBase64(s.val[:0])
-	n := splicedLen(f.Payload, &h, len(s.val))
-	if s.frameMax != 0 && uint64(n)+frameOverhead > uint64(s.frameMax) {
+	if !fits {
 		p.stats.frameMax.Add(1)
 		p.errs.Report(errtrack.Event{
 			Time: now, Category: errtrack.ProxySkip, Protocol: "amqp", Operation: "Basic.Publish", Name: "frame_max",

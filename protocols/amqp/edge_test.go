@@ -3,6 +3,7 @@ package amqp
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -77,6 +78,18 @@ func TestFrameMaxSkipsInjection(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no frame_max skip event: %+v", h.errs.events())
+	}
+	// Sizes as the consumer sees them: body plus headers table entries (name, type, length,
+	// value), the pathway entry only where it was added.
+	val, _ := small.Headers[pathway.HeaderKey].(string)
+	sizes := []int64{int64(len(big.Body) + 1 + len("pad") + 1 + 4 + len(pad)), int64(len(small.Body) + ctxEntryLen(len(val)))}
+	waitFor(t, "two publish points", func() bool { return len(with(h.rec.points(), "direction:out")) == 2 })
+	pts := with(h.rec.points(), "direction:out")
+	slices.SortFunc(pts, func(a, b pathway.Point) int { return cmp.Compare(b.PayloadSize, a.PayloadSize) })
+	for i, pt := range pts {
+		if pt.PayloadSize != sizes[i] {
+			t.Errorf("publish point %d: payload size %d, want %d", i, pt.PayloadSize, sizes[i])
+		}
 	}
 	if err := c.Close(); err != nil {
 		t.Errorf("connection after the skipped message: %v", err)
