@@ -120,17 +120,20 @@ type ListenerLimits struct {
 
 // KafkaConfig is one Kafka front: a bootstrap listener plus one listener per broker node.
 type KafkaConfig struct {
-	Listen                 string           `yaml:"listen"`
-	Bootstrap              []string         `yaml:"bootstrap"`
-	AdvertisedHost         string           `yaml:"advertised_host"`
-	NodePortBase           int              `yaml:"node_port_base"`
-	NodeAddrs              map[int32]string `yaml:"node_addrs"`
-	MaxBatchBytes          int              `yaml:"max_batch_bytes"`
-	MaxFrameBytes          int              `yaml:"max_frame_bytes"`
-	RespectExistingContext *bool            `yaml:"respect_existing_context"`
-	LinkConsumeProduce     bool             `yaml:"link_consume_produce"`
-	LinkWindow             Duration         `yaml:"link_window"`
-	ListenerLimits         `yaml:",inline"`
+	Listen         string           `yaml:"listen"`
+	Bootstrap      []string         `yaml:"bootstrap"`
+	AdvertisedHost string           `yaml:"advertised_host"`
+	NodePortBase   int              `yaml:"node_port_base"`
+	NodeAddrs      map[int32]string `yaml:"node_addrs"`
+	MaxBatchBytes  int              `yaml:"max_batch_bytes"`
+	// InjectAcks0UnknownLimit: acks=0 batches get the header even to topics whose
+	// max.message.bytes the proxy could not read (SASL clusters).
+	InjectAcks0UnknownLimit bool     `yaml:"inject_acks0_unknown_limit"`
+	MaxFrameBytes           int      `yaml:"max_frame_bytes"`
+	RespectExistingContext  *bool    `yaml:"respect_existing_context"`
+	LinkConsumeProduce      bool     `yaml:"link_consume_produce"`
+	LinkWindow              Duration `yaml:"link_window"`
+	ListenerLimits          `yaml:",inline"`
 
 	line int
 }

@@ -29,6 +29,7 @@ type kgoCodec struct {
 	lz4c          lz4.Compressor // reused across batches (its hash table); see lz4Encode
 	lz4t          lz4Transcoder
 	smap          spliceMap
+	grown         grownBatch // the last Inject's output: plain size and codec (size is the caller's)
 }
 
 // maxKeptPlain bounds the decompression buffer a codec keeps between batches (one codec per
@@ -124,6 +125,7 @@ func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMet
 	out := dst
 	changed := false
 	skip := ""
+	c.grown = grownBatch{}
 	for len(records) > 0 {
 		if len(records) < 17 {
 			return dst, false, skipMalformed, nil
@@ -145,6 +147,7 @@ func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMet
 			out, changed = nb, true
 		} else {
 			out = append(out, batch...) // as it was: skipped, or every record carries a context already
+			c.grown.plain += len(batch)
 		}
 	}
 	if !changed {
@@ -191,7 +194,11 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		if n == 0 {
 			return dst[:start], false, "" // nothing needed a header: keep the batch as it was, byte for byte
 		}
-		return c.finishBatch(dst, start)
+		dst, ok, why := c.finishBatch(dst, start)
+		if ok {
+			c.grown.plain += len(dst) - start
+		}
+		return dst, ok, why
 	}
 	var m *spliceMap
 	if codec == 3 {
@@ -231,7 +238,12 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 			c.zbuf = bytes.Buffer{}
 		}
 	}
-	return c.finishBatch(dst, start)
+	dst, ok, why := c.finishBatch(dst, start)
+	if ok {
+		c.grown.plain += 61 + len(spliced)
+		c.grown.codec = codec
+	}
+	return dst, ok, why
 }
 
 // finishBatch checks the size of the rewritten batch dst[start:] and sets its length and CRC.
@@ -522,4 +534,11 @@ func (c *kgoCodec) decompress(b []byte, codec int16) ([]byte, error) {
 	}
 	c.plain.keep(raw)
 	return raw, nil
+}
+
+// Grown implements batchCodec.
+func (c *kgoCodec) Grown(size int) grownBatch {
+	g := c.grown
+	g.size = size
+	return g
 }

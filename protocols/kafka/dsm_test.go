@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -459,24 +461,26 @@ func TestTopicConfigsAfterIdleClose(t *testing.T) {
 	guard.check(t)
 }
 
-// TestTopicLimitsUnreadable: a cluster that wants SASL first closes the proxy's own connection,
-// so topic limits stay unknown. acks=0 batches then go without the header, unless the operator
-// vouches for every topic's limit by setting MaxBatchBytes; acks=all batches get it either way.
+// TestTopicLimitsUnreadable: on a cluster that wants SASL the proxy, which has no credentials,
+// does not read topic configs (each try would be a failed login at the broker), and says so.
+// acks=0 batches then go without the header, unless the operator vouches for every topic's limit
+// (InjectAcks0UnknownLimit); acks=all batches get it either way.
 func TestTopicLimitsUnreadable(t *testing.T) {
 	c, guard := startCluster(t, saslUsers...)
 	login := kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())
 	for _, tc := range []struct {
-		name     string
-		maxBatch int
-		acks     kgo.Acks
-		want     int
+		name    string
+		vouched bool
+		acks    kgo.Acks
+		want    int
 	}{
-		{"acks0", 0, kgo.NoAck(), 0},
-		{"acks0-vouched", DefaultMaxBatchBytes, kgo.NoAck(), 1},
-		{"acks-all", 0, kgo.AllISRAcks(), 1},
+		{"acks0", false, kgo.NoAck(), 0},
+		{"acks0-vouched", true, kgo.NoAck(), 1},
+		{"acks-all", false, kgo.AllISRAcks(), 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := startProxy(t, c, func(cfg *Config) { cfg.MaxBatchBytes = tc.maxBatch })
+			var logs syncBuffer
+			p := startProxy(t, c, func(cfg *Config) { cfg.InjectAcks0UnknownLimit, cfg.Log = tc.vouched, zerolog.New(&logs) })
 			ctx := testCtx(t)
 			topic := uniqueTopic(t, "unreadable-"+tc.name)
 			cl := kgoClient(t, p, login, kgo.RequiredAcks(tc.acks), kgo.DisableIdempotentWrite())
@@ -487,10 +491,131 @@ func TestTopicLimitsUnreadable(t *testing.T) {
 			produceKgo(t, ctx, cl, topic, sent)
 			got := consumeKgo(t, ctx, p, topic, "g-unreadable-"+tc.name, len(sent), login)
 			checkRecords(t, sent, got, tc.want)
-			if p.limits.known(topic) != 0 {
-				t.Errorf("the proxy read the topic's limit from a cluster that wants SASL")
+			waitFor(t, "the proxy to say it does not read topic configs", func() bool {
+				return strings.Contains(logs.String(), "clients authenticate with SASL")
+			})
+			if strings.Contains(logs.String(), "DescribeConfigs") {
+				t.Errorf("the proxy sent DescribeConfigs to a cluster whose clients authenticate:\n%s", logs.String())
 			}
 		})
+	}
+	guard.check(t)
+}
+
+// TestTopicLimitBoundary: a batch the header grows to exactly the topic's max.message.bytes
+// gets it (the broker accepts a batch of that size, log overhead included); one byte more and
+// it goes as it came. The grown size is measured where the broker receives it.
+func TestTopicLimitBoundary(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	var mu sync.Mutex
+	var received []int // partition records sizes the broker got, in order (topics may be named by id)
+	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			for _, part := range tp.Partitions {
+				received = append(received, len(part.Records))
+			}
+		}
+		return nil, nil, false
+	})
+	cl := kgoClient(t, p, kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()))
+	value := bytes.Repeat([]byte("v"), 1500)
+	send := func(topic string) {
+		t.Helper()
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: value}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The grown size of this one-record batch, on a topic with the default limit.
+	probe := uniqueTopic(t, "probe")
+	send(probe)
+	waitFor(t, "the proxy to read the probe topic's limit", func() bool { return p.limits.known(probe) > 0 })
+	send(probe)
+	var bare, grown int
+	waitFor(t, "the broker to get both probe batches", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(received) < 2 {
+			return false
+		}
+		bare, grown = received[0], received[1]
+		return true
+	})
+	if grown <= bare {
+		t.Fatalf("the second probe batch was not grown: %d bytes, then %d", bare, grown)
+	}
+	for _, tc := range []struct {
+		limit  int
+		header bool
+	}{{grown, true}, {grown - 1, false}} {
+		topic := uniqueTopic(t, fmt.Sprintf("limit-%d", tc.limit))
+		limit := strconv.Itoa(tc.limit)
+		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+			t.Fatal(err)
+		}
+		send(topic)
+		waitFor(t, "the proxy to read "+topic+"'s limit", func() bool { return p.limits.known(topic) == tc.limit })
+		send(topic)
+		cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		var got []*kgo.Record
+		for len(got) < 2 {
+			fs := cons.PollFetches(ctx)
+			if err := ctx.Err(); err != nil {
+				t.Fatalf("limit %d: consumed %d of 2 records: %v", tc.limit, len(got), err)
+			}
+			got = append(got, fs.Records()...)
+		}
+		has := slices.ContainsFunc(got[1].Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
+		if has != tc.header {
+			t.Errorf("batch grown to %d bytes, topic limit %d: pathway header %v, want %v", grown, tc.limit, has, tc.header)
+		}
+	}
+	guard.check(t)
+}
+
+// TestTopicLimitRecompressed: a topic whose compression.type is not the batch's codec has the
+// broker recompress the batch and check its size again; the proxy then counts the grown batch
+// uncompressed. An lz4 batch that fits compressed but not uncompressed goes without the header.
+func TestTopicLimitRecompressed(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "recompressed")
+	cl := kgoClient(t, p, kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.DefaultProduceTopic(topic),
+		kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.Lz4Compression()))
+	limit, compression := "2000", "uncompressed"
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit, "compression.type": &compression}, topic); err != nil {
+		t.Fatal(err)
+	}
+	produce := func(value []byte) {
+		t.Helper()
+		if err := cl.ProduceSync(ctx, &kgo.Record{Value: value}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produce([]byte("first"))
+	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
+	produce(bytes.Repeat([]byte("z"), 1950)) // a few dozen bytes lz4-compressed, about 2,070 uncompressed with the header
+	produce([]byte("small"))
+	cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	var got []*kgo.Record
+	for len(got) < 3 {
+		fs := cons.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("consumed %d of 3 records: %v", len(got), err)
+		}
+		got = append(got, fs.Records()...)
+	}
+	for i, want := range []bool{false, false, true} {
+		has := slices.ContainsFunc(got[i].Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
+		if has != want {
+			t.Errorf("record %d (%d bytes): pathway header %v, want %v", i, len(got[i].Value), has, want)
+		}
 	}
 	guard.check(t)
 }

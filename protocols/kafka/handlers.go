@@ -82,6 +82,7 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 			pd.facts = group // for the error event only: a member leaving is not learned
 		}
 	case keySaslHandshake:
+		s.p.saslSeen.Store(true) // the cluster wants credentials the proxy does not have (topicconfig.go)
 		if mech, ok := s.firstString(h, frame); ok {
 			pd.facts = mech
 		}

@@ -54,10 +54,13 @@ type Config struct {
 	// outside 1..65535 is an error naming this setting.
 	NodePortBase int
 	// MaxBatchBytes: a batch whose size after injection would exceed it goes upstream unmodified
-	// (default DefaultMaxBatchBytes, the broker's message.max.bytes default). Set, it also vouches
-	// that no topic's max.message.bytes is lower, for acks=0 batches to topics whose limit the
-	// proxy could not read (topiclimits.go).
+	// (default DefaultMaxBatchBytes, the broker's message.max.bytes default).
 	MaxBatchBytes int
+	// InjectAcks0UnknownLimit: acks=0 batches get the header even to topics whose
+	// max.message.bytes the proxy has not read (a SASL cluster does not let it): the operator
+	// vouches that no topic's limit is below MaxBatchBytes. Off (the default), those batches go
+	// unmodified, because a refusal would lose them without an answer (topiclimits.go).
+	InjectAcks0UnknownLimit bool
 	// MaxFrameBytes bounds one request or response (default DefaultMaxFrameBytes).
 	MaxFrameBytes int
 
@@ -138,6 +141,7 @@ type Proxy struct {
 
 	topics    *topicIDs
 	limits    *topicLimits
+	saslSeen  atomic.Bool // a client sent SaslHandshake: the proxy's own requests would be refused
 	clusterID atomic.Pointer[string] // from Metadata; see noteCluster
 	txns      txnCommits             // transactional commits awaiting their EndTxn
 	groups    *groupTracker
@@ -251,7 +255,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.cfg.ObserveQueueBytes = DefaultObserveQueueBytes
 	}
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
-	p.limits = newTopicLimits(p.cfg.MaxTopicIDs, cfg.MaxBatchBytes > 0)
+	p.limits = newTopicLimits(p.cfg.MaxTopicIDs, cfg.InjectAcks0UnknownLimit)
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)

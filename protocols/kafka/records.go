@@ -38,6 +38,9 @@ type batchCodec interface {
 	// Walk calls fn for every record of the batches in records, and once with a nil record for
 	// each control batch; a truncated last batch is normal.
 	Walk(records []byte, fn func(batchMeta, *recordMeta)) error
+	// Grown describes the last Inject's output (size: its length, which the caller knows): its
+	// size uncompressed and the codec of its rewritten batches.
+	Grown(size int) grownBatch
 }
 
 // injectPartition splices the pathway context into one partition's batch, appending the result
@@ -109,7 +112,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	}
 	if changed {
 		// hold is false exactly for acks=0, whose refusals nobody would see.
-		if why := p.limits.check(topic, len(out)-start, !hold); why != "" {
+		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !hold); why != "" {
 			changed, skip = false, why
 		}
 	}

@@ -14,25 +14,29 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// configReader reads the max.message.bytes of the topics clients produce to (topicLimits asks for
-// them), with DescribeConfigs on a connection of the proxy's own to a bootstrap broker: the proxy
-// adds no request to a client's connection. A cluster that wants SASL first, or whose ACLs deny
-// DescribeConfigs to an anonymous client, leaves the limits unknown; topicLimits.check says what
-// that means for a batch.
+// configReader reads the max.message.bytes and compression.type of the topics clients produce to
+// (topicLimits asks for them), with DescribeConfigs on a connection of the proxy's own to a
+// bootstrap broker: the proxy adds no request to a client's connection. A cluster that wants
+// SASL first, or whose ACLs deny DescribeConfigs to an anonymous client, leaves the limits
+// unknown; topicLimits.check says what that means for a batch. Once a client has sent
+// SaslHandshake the reader stops: every attempt would be a failed authentication in the
+// broker's log and metrics.
 type configReader struct {
 	p       *Proxy
 	conn    net.Conn
+	fresh   bool  // conn has answered nothing but ApiVersions
 	version int16 // DescribeConfigs version the broker and kmsg both speak
 	corr    int32
 	retryAt time.Time     // after a failed or refused connection, no dial before this
-	backoff time.Duration // doubles per failure, up to configMaxBackoff
-	told    bool          // the operator was told the configs cannot be read
+	backoff time.Duration // doubles per failure, up to configMaxBackoff (configRefusedBackoff)
+	told    bool          // the operator was told the configs cannot be read (reset by a success)
 }
 
 const (
-	maxTopicsPerLookup = 100
-	configMaxBackoff   = 5 * time.Minute
-	configTimeout      = 10 * time.Second
+	maxTopicsPerLookup   = 100
+	configMaxBackoff     = 5 * time.Minute
+	configRefusedBackoff = time.Hour // a broker that closes instead of answering: a failed login in its logs each time
+	configTimeout        = 10 * time.Second
 )
 
 // run answers topicLimits' lookups until ctx ends. Topics asked for while a connection may not be
@@ -57,6 +61,10 @@ func (r *configReader) run(ctx context.Context) {
 				break more
 			}
 		}
+		if r.p.saslSeen.Load() {
+			r.p.log.Info().Msg("clients authenticate with SASL, and the proxy has no credentials: topic configs are not read; " + r.consequence())
+			return
+		}
 		if time.Now().Before(r.retryAt) {
 			continue
 		}
@@ -69,6 +77,15 @@ func (r *configReader) run(ctx context.Context) {
 		}
 		r.backoff = 0
 	}
+}
+
+// consequence says what unread topic configs mean for batches.
+func (r *configReader) consequence() string {
+	msg := "batches grown past a topic's unknown max.message.bytes are refused once (acks=1/all) and then sent without the header"
+	if r.p.limits.vouched {
+		return msg + "; acks=0 batches get the header (inject_acks0_unknown_limit)"
+	}
+	return msg + "; acks=0 batches go without the header"
 }
 
 // lookup asks for topics' max.message.bytes and records the answers. A connection that answered
@@ -89,17 +106,18 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 			return err
 		}
 	}
-	c := r.conn
+	c, fresh := r.conn, r.fresh
+	r.fresh = false
+	c.SetDeadline(time.Now().Add(configTimeout)) // before AfterFunc, whose call may come at once
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	c.SetDeadline(time.Now().Add(configTimeout))
 	req := kmsg.NewPtrDescribeConfigsRequest()
 	req.Version = r.version
 	for _, t := range topics {
 		res := kmsg.NewDescribeConfigsRequestResource()
 		res.ResourceType = kmsg.ConfigResourceTypeTopic
 		res.ResourceName = t
-		res.ConfigNames = []string{"max.message.bytes"}
+		res.ConfigNames = []string{"max.message.bytes", "compression.type"}
 		req.Resources = append(req.Resources, res)
 	}
 	resp := kmsg.NewPtrDescribeConfigsResponse()
@@ -107,8 +125,10 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 	if err := roundTrip(c, r.corr, req, resp); err != nil {
 		r.closeConn()
 		err = fmt.Errorf("DescribeConfigs v%d: %w", r.version, err)
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
-			return errRefused{err} // closed instead of answering: SASL first
+		// A new connection that answered ApiVersions and closed at DescribeConfigs: the broker
+		// wants SASL first. On an older one it may have been closed for idleness.
+		if fresh && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
+			return errRefused{err}
 		}
 		return err
 	}
@@ -122,17 +142,26 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 			r.p.log.Debug().Str("topic", res.ResourceName).Int16("error_code", res.ErrorCode).Msg("topic config not read")
 			continue
 		}
+		limit, compression := 0, ""
 		for _, cfg := range res.Configs {
-			if cfg.Name != "max.message.bytes" || cfg.Value == nil {
+			if cfg.Value == nil {
 				continue
 			}
-			if n, err := strconv.Atoi(*cfg.Value); err == nil && n > 0 {
-				r.p.limits.learned(res.ResourceName, n)
+			switch cfg.Name {
+			case "max.message.bytes":
+				limit, _ = strconv.Atoi(*cfg.Value)
+			case "compression.type":
+				compression = *cfg.Value
 			}
+		}
+		if limit > 0 {
+			r.p.limits.learned(res.ResourceName, limit, compression)
 		}
 	}
 	if denied > 0 {
 		r.tell(fmt.Errorf("DescribeConfigs of %d topics: %w", denied, kerr.TopicAuthorizationFailed))
+	} else {
+		r.told = false // a later refusal is news again
 	}
 	return nil
 }
@@ -153,7 +182,7 @@ func (r *configReader) connect(ctx context.Context) error {
 	r.corr++
 	if err := roundTrip(c, r.corr, versions, vr); err != nil {
 		c.Close()
-		return errRefused{fmt.Errorf("ApiVersions: %w", err)}
+		return fmt.Errorf("ApiVersions: %w", err) // every broker answers it: not a refusal
 	}
 	r.version = -1
 	for _, k := range vr.ApiKeys {
@@ -167,20 +196,21 @@ func (r *configReader) connect(ctx context.Context) error {
 		c.Close()
 		return errRefused{errors.New("the broker lists no DescribeConfigs version the proxy speaks")}
 	}
-	r.conn = c
+	r.conn, r.fresh = c, true
 	return nil
 }
 
-// failed backs off before the next connection and tells the operator once what it means.
+// failed backs off before the next connection and tells the operator once what a refusal means.
 func (r *configReader) failed(err error) {
-	r.backoff = min(max(2*r.backoff, time.Second), configMaxBackoff)
-	r.retryAt = time.Now().Add(r.backoff)
 	var refused errRefused
 	if errors.As(err, &refused) {
+		r.backoff = configRefusedBackoff
 		r.tell(err)
-		return
+	} else {
+		r.backoff = min(max(2*r.backoff, time.Second), configMaxBackoff)
+		r.p.log.Debug().Err(err).Dur("retry_in", r.backoff).Msg("reading topic configs")
 	}
-	r.p.log.Debug().Err(err).Dur("retry_in", r.backoff).Msg("reading topic configs")
+	r.retryAt = time.Now().Add(r.backoff)
 }
 
 func (r *configReader) tell(err error) {
@@ -189,13 +219,7 @@ func (r *configReader) tell(err error) {
 		return
 	}
 	r.told = true
-	msg := "the cluster does not let the proxy read topic configs (SASL or ACLs?): batches grown past a topic's unknown max.message.bytes are refused once (acks=1/all) and then sent without the header"
-	if r.p.limits.vouched {
-		msg += "; acks=0 batches rely on max_batch_bytes"
-	} else {
-		msg += "; acks=0 batches go without the header unless max_batch_bytes is set"
-	}
-	r.p.log.Info().Err(err).Msg(msg)
+	r.p.log.Info().Err(err).Msg("the cluster does not let the proxy read topic configs (SASL or ACLs?): " + r.consequence())
 }
 
 func (r *configReader) closeConn() {

@@ -18,8 +18,8 @@ type topicLimits struct {
 	// ask hands topics to look up to the configReader; when it is full the topic is asked for again
 	// by a later batch.
 	ask chan string
-	// vouched: the operator set MaxBatchBytes, which says no topic limit is below it, so acks=0
-	// batches need no known limit.
+	// vouched: the operator says no topic's limit is below MaxBatchBytes, so acks=0 batches need
+	// no known limit (Config.InjectAcks0UnknownLimit).
 	vouched bool
 }
 
@@ -28,25 +28,44 @@ type topicLimit struct {
 	readAt  time.Time // when read: after topicLimitTTL it is asked again (and used meanwhile)
 	askedAt time.Time // last lookup asked for: at most one per topicAskEvery
 	refused int       // smallest grown batch a broker refused as too large; 0: none
+	// compression is the topic's compression.type as a batch codec (0 none ... 4 zstd), or -1 for
+	// "producer" (or not read). A batch in another codec is recompressed by the broker, which
+	// checks the size again after that: the proxy cannot know that size, so it counts the batch
+	// uncompressed.
+	compression int16
 }
 
 const (
-	topicLimitTTL  = 5 * time.Minute  // topic configs change rarely (AlterConfigs)
-	topicAskEvery  = 10 * time.Second // a lookup that failed, or is under way, is not asked again sooner
-	topicAskQueued = 1024
+	// topicLimitTTL: a limit read this long ago is asked for again, and used meanwhile.
+	topicLimitTTL = time.Minute
+	// topicLimitStale: a limit not read again for this long is no longer trusted for acks=0
+	// batches (a topic's limit was lowered, or it was recreated, while lookups failed).
+	topicLimitStale = 3 * time.Minute
+	topicAskEvery   = 10 * time.Second // a lookup that failed, or is under way, is not asked again sooner
+	topicAskQueued  = 1024
 )
 
 func newTopicLimits(max int, vouched bool) *topicLimits {
 	return &topicLimits{m: proxy.NewRecentMap[string, topicLimit](max), ask: make(chan string, topicAskQueued), vouched: vouched}
 }
 
-// check reports why records grown to size must not go to topic ("" when they may). acks0: no
-// answer will come, so a refusal could not be seen; the batch is grown only when the topic's
-// limit is known (or vouched for). A topic whose limit is missing or stale is asked for.
-func (t *topicLimits) check(topic string, size int, acks0 bool) string {
+// grownBatch is a partition's records as the proxy would send them: size bytes in codec, plain
+// bytes uncompressed (batch header included).
+type grownBatch struct {
+	size, plain int
+	codec       int16
+}
+
+// check reports why records grown to b must not go to topic ("" when they may). acks0: no answer
+// will come, so a refusal could not be seen; the batch is grown only when the topic's limit is
+// known and fresh (or vouched for). A topic whose limit is missing or due is asked for.
+func (t *topicLimits) check(topic string, b grownBatch, acks0 bool) string {
 	now := time.Now()
 	t.mu.Lock()
-	e, _ := t.m.Get(topic)
+	e, ok := t.m.Get(topic)
+	if !ok {
+		e.compression = -1
+	}
 	if (e.read == 0 || now.Sub(e.readAt) > topicLimitTTL) && (e.askedAt.IsZero() || now.Sub(e.askedAt) > topicAskEvery) {
 		select {
 		case t.ask <- topic:
@@ -56,12 +75,17 @@ func (t *topicLimits) check(topic string, size int, acks0 bool) string {
 		}
 	}
 	t.mu.Unlock()
+	size := b.size
+	if e.compression >= 0 && e.compression != b.codec {
+		size = b.plain
+	}
+	known := e.read > 0 && (!acks0 || now.Sub(e.readAt) <= topicLimitStale)
 	switch {
-	case e.refused > 0 && size >= e.refused:
+	case e.refused > 0 && b.size >= e.refused:
 		return skipTopicSizeLimit
-	case e.read > 0 && size > e.read:
+	case known && size > e.read:
 		return skipTopicSizeLimit
-	case e.read == 0 && acks0 && !t.vouched:
+	case !known && acks0 && !t.vouched:
 		return skipTopicLimitUnknown
 	}
 	return ""
@@ -71,7 +95,10 @@ func (t *topicLimits) check(topic string, size int, acks0 bool) string {
 func (t *topicLimits) refused(topic string, size int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e, _ := t.m.Get(topic)
+	e, ok := t.m.Get(topic)
+	if !ok {
+		e.compression = -1
+	}
 	if e.refused > 0 && e.refused <= size {
 		return
 	}
@@ -79,14 +106,32 @@ func (t *topicLimits) refused(topic string, size int) {
 	t.m.Put(topic, e)
 }
 
-// learned records topic's limit as the cluster reported it. A refusal learned before stays: the
-// broker that refused may have a lower message.max.bytes than the topic's setting.
-func (t *topicLimits) learned(topic string, limit int) {
+// learned records topic's limit and compression.type as the cluster reported them. A refusal
+// learned before stays: the broker that refused may have a lower message.max.bytes than the
+// topic's setting.
+func (t *topicLimits) learned(topic string, limit int, compression string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e, _ := t.m.Get(topic)
-	e.read, e.readAt = limit, time.Now()
+	e.read, e.readAt, e.compression = limit, time.Now(), codecOf(compression)
 	t.m.Put(topic, e)
+}
+
+// codecOf is a topic's compression.type as a batch codec, -1 for "producer" (keep the batch's).
+func codecOf(compression string) int16 {
+	switch compression {
+	case "uncompressed":
+		return 0
+	case "gzip":
+		return 1
+	case "snappy":
+		return 2
+	case "lz4":
+		return 3
+	case "zstd":
+		return 4
+	}
+	return -1
 }
 
 // known reports topic's limit as read from the cluster (0: not read).

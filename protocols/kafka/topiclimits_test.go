@@ -7,33 +7,46 @@ import (
 
 func TestTopicLimitsCheck(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		vouched bool
-		read    int // limit read from the cluster (0: none)
-		refused int // grown size a broker refused (0: none)
-		size    int
-		acks0   bool
-		want    string
+		name        string
+		vouched     bool
+		read        int    // limit read from the cluster (0: none)
+		compression string // the topic's compression.type, with read
+		age         time.Duration
+		refused     int // grown size a broker refused (0: none)
+		b           grownBatch
+		acks0       bool
+		want        string
 	}{
-		{name: "unknown, acks=all", size: 5000, want: ""},
-		{name: "unknown, acks=0", size: 10, acks0: true, want: skipTopicLimitUnknown},
-		{name: "unknown, acks=0, vouched", vouched: true, size: 10, acks0: true, want: ""},
-		{name: "read, within", read: 2000, size: 2000, acks0: true, want: ""},
-		{name: "read, past", read: 2000, size: 2001, want: skipTopicSizeLimit},
-		{name: "read, past, vouched", vouched: true, read: 2000, size: 2001, acks0: true, want: skipTopicSizeLimit},
-		{name: "refused at this size", refused: 2020, size: 2020, want: skipTopicSizeLimit},
-		{name: "below a refusal", refused: 2020, size: 2019, want: ""},
-		{name: "refusal below the read limit", read: 5000, refused: 3000, size: 4000, want: skipTopicSizeLimit},
+		{name: "unknown, acks=all", b: grownBatch{size: 5000}, want: ""},
+		{name: "unknown, acks=0", b: grownBatch{size: 10}, acks0: true, want: skipTopicLimitUnknown},
+		{name: "unknown, acks=0, vouched", vouched: true, b: grownBatch{size: 10}, acks0: true, want: ""},
+		{name: "read, within", read: 2000, b: grownBatch{size: 2000}, acks0: true, want: ""},
+		{name: "read, past", read: 2000, b: grownBatch{size: 2001}, want: skipTopicSizeLimit},
+		{name: "read, past, vouched", vouched: true, read: 2000, b: grownBatch{size: 2001}, acks0: true, want: skipTopicSizeLimit},
+		{name: "refused at this size", refused: 2020, b: grownBatch{size: 2020}, want: skipTopicSizeLimit},
+		{name: "below a refusal", refused: 2020, b: grownBatch{size: 2019}, want: ""},
+		{name: "refusal below the read limit", read: 5000, refused: 3000, b: grownBatch{size: 4000}, want: skipTopicSizeLimit},
+		{name: "broker recompresses: plain size counts", read: 2000, compression: "uncompressed", b: grownBatch{size: 900, plain: 2500, codec: 3}, acks0: true, want: skipTopicSizeLimit},
+		{name: "broker recompresses, plain fits", read: 2000, compression: "zstd", b: grownBatch{size: 900, plain: 1900, codec: 3}, acks0: true, want: ""},
+		{name: "same codec: sent size counts", read: 2000, compression: "lz4", b: grownBatch{size: 900, plain: 2500, codec: 3}, acks0: true, want: ""},
+		{name: "producer's codec: sent size counts", read: 2000, compression: "producer", b: grownBatch{size: 900, plain: 2500, codec: 3}, acks0: true, want: ""},
+		{name: "stale limit, acks=0", read: 2000, age: topicLimitStale + time.Second, b: grownBatch{size: 10}, acks0: true, want: skipTopicLimitUnknown},
+		{name: "stale limit, acks=all", read: 2000, age: topicLimitStale + time.Second, b: grownBatch{size: 2001}, want: skipTopicSizeLimit},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newTopicLimits(10, tc.vouched)
 			if tc.read > 0 {
-				l.learned("t", tc.read)
+				l.learned("t", tc.read, tc.compression)
+				l.mu.Lock()
+				e, _ := l.m.Get("t")
+				e.readAt = e.readAt.Add(-tc.age)
+				l.m.Put("t", e)
+				l.mu.Unlock()
 			}
 			if tc.refused > 0 {
 				l.refused("t", tc.refused)
 			}
-			if got := l.check("t", tc.size, tc.acks0); got != tc.want {
+			if got := l.check("t", tc.b, tc.acks0); got != tc.want {
 				t.Errorf("check = %q, want %q", got, tc.want)
 			}
 		})
@@ -55,8 +68,8 @@ func TestTopicLimitsAsk(t *testing.T) {
 			}
 		}
 	}
-	l.check("t", 1, false)
-	l.check("t", 1, true)
+	l.check("t", grownBatch{size: 1}, false)
+	l.check("t", grownBatch{size: 1}, true)
 	if n := asked(); n != 1 {
 		t.Fatalf("asked %d times for a missing limit, want 1", n)
 	}
@@ -65,12 +78,12 @@ func TestTopicLimitsAsk(t *testing.T) {
 	e.askedAt = e.askedAt.Add(-topicAskEvery - time.Second) // the lookup failed long enough ago
 	l.m.Put("t", e)
 	l.mu.Unlock()
-	l.check("t", 1, false)
+	l.check("t", grownBatch{size: 1}, false)
 	if n := asked(); n != 1 {
 		t.Fatalf("asked %d times after topicAskEvery, want 1", n)
 	}
-	l.learned("t", 2000)
-	l.check("t", 1, false)
+	l.learned("t", 2000, "producer")
+	l.check("t", grownBatch{size: 1}, false)
 	if n := asked(); n != 0 {
 		t.Fatalf("asked %d times for a fresh limit, want 0", n)
 	}
@@ -80,7 +93,7 @@ func TestTopicLimitsAsk(t *testing.T) {
 	e.askedAt = e.askedAt.Add(-topicAskEvery - time.Second)
 	l.m.Put("t", e)
 	l.mu.Unlock()
-	if got := l.check("t", 2001, true); got != skipTopicSizeLimit {
+	if got := l.check("t", grownBatch{size: 2001}, false); got != skipTopicSizeLimit {
 		t.Errorf("stale limit not used meanwhile: check = %q", got)
 	}
 	if n := asked(); n != 1 {
@@ -90,7 +103,7 @@ func TestTopicLimitsAsk(t *testing.T) {
 	for range topicAskQueued {
 		l.ask <- "other"
 	}
-	l.check("u", 1, false)
+	l.check("u", grownBatch{size: 1}, false)
 	l.mu.Lock()
 	e, _ = l.m.Get("u")
 	l.mu.Unlock()
