@@ -17,6 +17,7 @@ import (
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -34,19 +35,6 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
 }
-
-// syncBuffer collects log lines from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func newPipeline(t *testing.T, url string, clk *fakeClock, log zerolog.Logger, mod func(*aggregator.AgentConfig)) (*aggregator.Aggregator, *aggregator.Flusher, *aggregator.AgentSink) {
 	t.Helper()
@@ -172,7 +160,7 @@ func TestAgentDown(t *testing.T) {
 	ln.Close() // nothing listens: connection refused
 
 	clk := &fakeClock{t: t0}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	const bound = 4096
 	a, f, sink := newPipeline(t, "http://"+addr, clk, zerolog.New(&logs), func(c *aggregator.AgentConfig) { c.MaxPendingBytes = bound })
 	tags := []string{"direction:out", "topic:t", "type:kafka"}
@@ -252,7 +240,7 @@ func TestInfo404(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			agent := agenttest.New(t, tc.opt)
 			clk := &fakeClock{t: t0}
-			var logs syncBuffer
+			var logs syncbuf.Buffer
 			a, f, sink := newPipeline(t, agent.URL(), clk, zerolog.New(&logs), nil)
 			for range 100 {
 				a.Add(pathway.Point{Service: "s", Hash: 1, Time: clk.Now().UnixNano()})

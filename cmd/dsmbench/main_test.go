@@ -8,12 +8,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pierrec/lz4/v4"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 // TestMain lets the test binary play the proxy child process, as dsmbench itself does.
@@ -34,7 +35,7 @@ func TestSmoke(t *testing.T) {
 
 func smokeKafka(t *testing.T, flags ...string) {
 	var out bytes.Buffer
-	var errb lockedBuffer // the child's stderr is copied in by exec's goroutine
+	var errb syncbuf.Buffer // the child's stderr is copied in by exec's goroutine
 	code := run(append([]string{"--protocols", "kafka", "--records", "500", "--rounds", "1", "--codecs", "none,lz4"}, flags...), &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
@@ -57,23 +58,11 @@ func smokeKafka(t *testing.T, flags ...string) {
 // relayLine matches a table line of the relay path.
 var relayLine = regexp.MustCompile(`(?m)^ +relay `)
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 // TestSmokeAMQP: the AMQP workload against the local RabbitMQ, direct, through the child proxy and
 // through the relay, which like the direct path must deliver each context as it was sent.
 func TestSmokeAMQP(t *testing.T) {
 	var out bytes.Buffer
-	var errb lockedBuffer
+	var errb syncbuf.Buffer
 	code := run([]string{"--protocols", "amqp", "--amqp-messages", "400", "--rounds", "1", "--relay"}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())

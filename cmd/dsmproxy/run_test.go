@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 // buildBinary builds dsmproxy once per test binary run.
@@ -238,7 +239,7 @@ kafka:
 // with throughput and chained hashes, for Kafka, AMQP and SQS; a fake Agent fed through
 // --agent-url shows the edge types the table leaves out.
 func TestDemo(t *testing.T) {
-	var out syncWriter
+	var out syncbuf.Buffer
 	agent := agenttest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
@@ -296,15 +297,3 @@ func TestDemo(t *testing.T) {
 		t.Errorf("payments' consume point (parent %016x) does not follow checkout's produce point (%016x)", cons[0].ParentHash, prod[0].Hash)
 	}
 }
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-func (w *syncWriter) String() string { w.mu.Lock(); defer w.mu.Unlock(); return w.b.String() }

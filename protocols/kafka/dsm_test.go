@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -409,19 +410,10 @@ func TestAcksZeroTopicLimit(t *testing.T) {
 	}
 	produce([]byte("last"))
 
-	cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	var got []*kgo.Record
-	for len(got) == 0 || string(got[len(got)-1].Value) != "last" {
-		fs := cons.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			t.Fatalf("consumed %d records, never the last one: %v", len(got), err)
-		}
-		got = append(got, fs.Records()...)
-	}
+	got := readTopic(t, ctx, p, topic, 8) // before the proxy read limits, the "nnn" ones were lost
 	var values []string
 	for _, r := range got {
-		has := slices.ContainsFunc(r.Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
-		want := len(r.Value) < 100 && string(r.Value) != "first"
+		has, want := hasContext(r), len(r.Value) < 100 && string(r.Value) != "first"
 		if has != want {
 			t.Errorf("record %.10q (%d bytes): pathway header %v, want %v", r.Value, len(r.Value), has, want)
 		}
@@ -444,7 +436,7 @@ func TestAcksZeroTopicLimit(t *testing.T) {
 // not mistake the close for a cluster that refuses it.
 func TestTopicConfigsAfterIdleClose(t *testing.T) {
 	c, guard := startCluster(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
 	ctx := testCtx(t)
 	cl := kgoClient(t, p)
@@ -479,7 +471,7 @@ func TestTopicLimitsUnreadable(t *testing.T) {
 		{"acks-all", false, kgo.AllISRAcks(), 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs syncbuf.Buffer
 			p := startProxy(t, c, func(cfg *Config) { cfg.InjectAcks0UnknownLimit, cfg.Log = tc.vouched, zerolog.New(&logs) })
 			ctx := testCtx(t)
 			topic := uniqueTopic(t, "unreadable-"+tc.name)
@@ -561,17 +553,7 @@ func TestTopicLimitBoundary(t *testing.T) {
 		send(topic)
 		waitFor(t, "the proxy to read "+topic+"'s limit", func() bool { return p.limits.known(topic) == tc.limit })
 		send(topic)
-		cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-		var got []*kgo.Record
-		for len(got) < 2 {
-			fs := cons.PollFetches(ctx)
-			if err := ctx.Err(); err != nil {
-				t.Fatalf("limit %d: consumed %d of 2 records: %v", tc.limit, len(got), err)
-			}
-			got = append(got, fs.Records()...)
-		}
-		has := slices.ContainsFunc(got[1].Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
-		if has != tc.header {
+		if has := hasContext(readTopic(t, ctx, p, topic, 2)[1]); has != tc.header {
 			t.Errorf("batch grown to %d bytes, topic limit %d: pathway header %v, want %v", grown, tc.limit, has, tc.header)
 		}
 	}
@@ -602,18 +584,9 @@ func TestTopicLimitRecompressed(t *testing.T) {
 	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
 	produce(bytes.Repeat([]byte("z"), 1950)) // a few dozen bytes lz4-compressed, about 2,070 uncompressed with the header
 	produce([]byte("small"))
-	cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	var got []*kgo.Record
-	for len(got) < 3 {
-		fs := cons.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			t.Fatalf("consumed %d of 3 records: %v", len(got), err)
-		}
-		got = append(got, fs.Records()...)
-	}
+	got := readTopic(t, ctx, p, topic, 3)
 	for i, want := range []bool{false, false, true} {
-		has := slices.ContainsFunc(got[i].Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
-		if has != want {
+		if has := hasContext(got[i]); has != want {
 			t.Errorf("record %d (%d bytes): pathway header %v, want %v", i, len(got[i].Value), has, want)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -120,6 +121,26 @@ func consumeKgo(t *testing.T, ctx context.Context, p *testProxy, topic, group st
 		t.Fatalf("commit: %v", err)
 	}
 	return got
+}
+
+// readTopic reads n records of topic from its start, without a group.
+func readTopic(t *testing.T, ctx context.Context, p *testProxy, topic string, n int) []*kgo.Record {
+	t.Helper()
+	cl := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	var got []*kgo.Record
+	for len(got) < n {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("read %d of %d records from %s: %v", len(got), n, topic, err)
+		}
+		got = append(got, fs.Records()...)
+	}
+	return got
+}
+
+// hasContext: r carries a pathway header.
+func hasContext(r *kgo.Record) bool {
+	return slices.ContainsFunc(r.Headers, func(h kgo.RecordHeader) bool { return h.Key == pathway.HeaderKey })
 }
 
 // checkRecords compares consumed records with sent ones: key, value, timestamp and original

@@ -141,7 +141,7 @@ type Proxy struct {
 
 	topics    *topicIDs
 	limits    *topicLimits
-	saslSeen  atomic.Bool // a client sent SaslHandshake: the proxy's own requests would be refused
+	saslSeen  atomic.Bool            // a client sent SaslHandshake: the proxy's own requests would be refused
 	clusterID atomic.Pointer[string] // from Metadata; see noteCluster
 	txns      txnCommits             // transactional commits awaiting their EndTxn
 	groups    *groupTracker
