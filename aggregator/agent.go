@@ -133,6 +133,7 @@ type AgentSink struct {
 	infoChecked  time.Time
 	infoOK       bool // Agent known to list the endpoint (or /info unknown)
 	warned       string
+	accepted     bool // a payload was accepted once: the first one is logged
 
 	// Mirrors of len(pending), pendingBytes and infoOK, so Stats never waits for a slow Send.
 	statPending, statPendingBytes atomic.Int64
@@ -223,7 +224,7 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 				return e.Str("status", rej.status).Str("body", rej.body)
 			}, "the Agent rejected a DSM payload; dropping it (not retried)")
 		default:
-			return fmt.Errorf("agent %s: %d payload(s) kept for the next flush: %w", s.cfg.URL, len(s.pending), err)
+			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.cfg.URL, len(s.pending), err)
 		}
 		s.popPending()
 	}
@@ -274,10 +275,14 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 			if err == nil {
 				s.payloads.Add(1)
 				s.bytes.Add(uint64(len(body)))
-				if s.warned != "" {
+				switch {
+				case s.warned != "":
 					s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent accepts DSM payloads again")
 					s.warned = ""
+				case !s.accepted:
+					s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent accepted the first DSM payload")
 				}
+				s.accepted = true
 			}
 			return err
 		}
@@ -285,7 +290,7 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 		// Retries stay inside the flush's deadline (the interval): the next flush retries anyway.
 		if dl, ok := ctx.Deadline(); attempt >= s.cfg.Retries || ctx.Err() != nil || ok && time.Until(dl) < wait {
 			s.warnOnce("down", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
-				"the Agent cannot be reached; DSM payloads wait (bounded) and are retried every flush")
+				"the Agent cannot be reached; DSM payloads wait (bounded) and are retried every flush (no Agent here? agent.disabled stops sending; GET /dsm on the admin listener shows the stats)")
 			return err
 		}
 		if s.sleep(ctx, wait) != nil {

@@ -61,8 +61,15 @@ func (f *Flusher) FlushNow(ctx context.Context, final bool) {
 	buckets := f.agg.Flush(f.agg.cfg.Clock(), final)
 	f.reportDrops()
 	for _, s := range f.sinks {
-		if err := s.Send(ctx, buckets); err != nil {
-			f.log.Warn().Err(err).Int("buckets", len(buckets)).Msg("DSM flush: sink failed")
+		err := s.Send(ctx, buckets)
+		switch {
+		case err == nil:
+		case final:
+			f.log.Warn().Err(err).Int("buckets", len(buckets)).Msg("DSM flush at exit failed: what the sink held is not delivered")
+		default:
+			// Sinks warn about their own conditions once (an Agent down for hours would
+			// otherwise log this every flush).
+			f.log.Debug().Err(err).Int("buckets", len(buckets)).Msg("DSM flush: sink failed")
 		}
 	}
 }

@@ -140,7 +140,8 @@ type Listener struct {
 	tickEvery time.Duration
 }
 
-// Listen opens cfg.Addr. Call Serve to start accepting.
+// Listen opens cfg.Addr. Call Serve to start accepting. log, which should name the protocol,
+// is the base of every connection's log lines (with the listener and the connection added).
 func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error) {
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -165,7 +166,7 @@ func Listen(cfg ListenerConfig, h Handler, log zerolog.Logger) (*Listener, error
 		cutNow:    cutNow,
 		cfg:       cfg,
 		h:         h,
-		log:       log.With().Str("protocol", cfg.Protocol).Str("listen", ln.Addr().String()).Logger(),
+		log:       log.With().Str("listen", ln.Addr().String()).Logger(), // the caller's log names the protocol
 		ln:        RawSyscallListener(ln),
 		drain:     make(chan struct{}),
 		conns:     make(map[uint64]*Conn),

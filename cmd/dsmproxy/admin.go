@@ -38,10 +38,16 @@ type frontStatus struct {
 	Protocol  string            `json:"protocol"`
 	Listen    string            `json:"listen"`
 	Upstreams map[string]string `json:"upstreams"` // address -> "ok" or the dial error
+	Problem   string            `json:"problem,omitempty"`
 	Ready     bool              `json:"ready"`
 }
 
-// readyz: listeners up and, for every front, at least one upstream answering a TCP dial.
+// problemReporter is a front that can know clients cannot use it although it listens (a Kafka
+// broker node whose listener could not open).
+type problemReporter interface{ Problem() error }
+
+// readyz: listeners up and, for every front, at least one upstream answering a TCP dial and no
+// problem the front knows of.
 func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.dialTO)
 	defer cancel()
@@ -73,8 +79,13 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	wg.Wait()
 	ready := a.ready.Load()
-	for _, s := range out {
-		ready = ready && s.Ready
+	for i, f := range a.fronts {
+		if pr, ok := f.front.(problemReporter); ok {
+			if err := pr.Problem(); err != nil {
+				out[i].Problem, out[i].Ready = err.Error(), false
+			}
+		}
+		ready = ready && out[i].Ready
 	}
 	code := http.StatusOK
 	if !ready {

@@ -181,8 +181,11 @@ type Duration time.Duration
 // UnmarshalYAML parses a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
-	if err != nil || v < 0 {
+	if err != nil {
 		return &configError{line: n.Line, msg: fmt.Sprintf("%q is not a duration (write it like 10s, 1m30s)", n.Value)}
+	}
+	if v < 0 {
+		return &configError{line: n.Line, msg: fmt.Sprintf("%q is negative: durations here are 0 or more", n.Value)}
 	}
 	*d = Duration(v)
 	return nil
@@ -459,6 +462,12 @@ func (c *Config) Validate() error {
 			bad(0, "agent.url", "%v", err)
 		}
 	}
+	if c.Agent.MaxPendingBytes < 0 {
+		bad(0, "agent.max_pending_bytes", "must be >= 0 (0: the default)")
+	}
+	if d := c.Agent.FlushInterval.D(); d != 0 && d < time.Second {
+		bad(0, "agent.flush_interval", "%s is below 1s: it is also the width of the DSM buckets (Datadog's tracers use 10s)", d)
+	}
 	for _, cat := range c.Errors.Categories {
 		switch cat {
 		case "broker_error", "lost_message", "proxy_skip", "decode_error":
@@ -498,6 +507,10 @@ func (c *Config) Validate() error {
 			bad(line, key, "%q is not host:port", addr)
 			return
 		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			bad(line, key, "%q: the port is not 0..65535", addr)
+			return
+		}
 		if port == "0" { // ephemeral: never a clash
 			return
 		}
@@ -516,17 +529,31 @@ func (c *Config) Validate() error {
 			bad(k.line, p+".bootstrap", "at least one upstream broker (host:port) is required")
 		}
 		for _, b := range k.Bootstrap {
-			if _, _, err := net.SplitHostPort(b); err != nil {
-				bad(k.line, p+".bootstrap", "%q is not host:port", b)
+			if !validHostPort(b) {
+				bad(k.line, p+".bootstrap", "%q is not host:port (port 1..65535)", b)
 			}
+		}
+		// Frames: a Kafka frame holds a whole request or response (fetch responses run to
+		// fetch.max.bytes); an AMQP one, a method or content header (at least frame_min_size 4096).
+		if k.MaxFrameBytes != 0 && k.MaxFrameBytes < 1<<20 {
+			bad(k.line, p+".max_frame_bytes", "%d is below 1 MiB, less than a Kafka client's default fetch of one partition (0: the default, 100 MiB)", k.MaxFrameBytes)
+		}
+		if k.MaxBatchBytes < 0 {
+			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")
+		}
+		if host, _, err := net.SplitHostPort(k.Listen); err == nil && k.AdvertisedHost == "" && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
+			bad(k.line, p+".advertised_host", "required when listen %s binds every interface: it is the host clients are told to reach the broker nodes at (set it in a config file)", k.Listen)
 		}
 		c.checkLimits(k.line, p, k.ListenerLimits, bad)
 	}
 	for i, a := range c.AMQP {
 		p := fmt.Sprintf("amqp[%d]", i)
 		listen(a.line, p+".listen", a.Listen)
-		if _, _, err := net.SplitHostPort(a.Upstream); err != nil {
-			bad(a.line, p+".upstream", "%q is not host:port of the real broker", a.Upstream)
+		if !validHostPort(a.Upstream) {
+			bad(a.line, p+".upstream", "%q is not host:port (port 1..65535) of the real broker", a.Upstream)
+		}
+		if a.MaxFrameBytes != 0 && a.MaxFrameBytes < 4096 {
+			bad(a.line, p+".max_frame_bytes", "%d is below AMQP's frame_min_size 4096 (0: the default, 1 MiB)", a.MaxFrameBytes)
 		}
 		c.checkLimits(a.line, p, a.ListenerLimits, bad)
 	}
@@ -553,6 +580,22 @@ func (c *Config) Validate() error {
 		}
 		c.checkLimits(a.line, p, a.ListenerLimits, bad)
 	}
+	// Broker node N listens on the bootstrap port + 1 + N unless told otherwise: another front
+	// there takes node N's port, and every client then fails at its first Metadata.
+	for i, k := range c.Kafka {
+		host, port, err := net.SplitHostPort(k.Listen)
+		base, _ := strconv.Atoi(port)
+		if err != nil || base == 0 || k.NodePortBase != 0 || len(k.NodeAddrs) > 0 {
+			continue
+		}
+		for addr, key := range seen {
+			h, pt, _ := net.SplitHostPort(addr)
+			n, _ := strconv.Atoi(pt)
+			if key != fmt.Sprintf("kafka[%d].listen", i) && n > base && n <= base+nodePortsChecked && (h == host || wildcard(h) || wildcard(host)) {
+				bad(k.line, fmt.Sprintf("kafka[%d].node_port_base", i), "broker node %d would listen on %s's port %d (node N listens on the listen port + 1 + N): set node_port_base or node_addrs, or move %s", n-base-1, key, n, key)
+			}
+		}
+	}
 	if len(c.Kafka)+len(c.AMQP)+len(c.AWS) == 0 {
 		bad(0, "", "nothing to proxy: give at least one of --kafka, --amqp, --aws (or kafka:, amqp:, aws: in the config file)")
 	}
@@ -574,6 +617,21 @@ func (c *Config) checkLimits(line int, p string, l ListenerLimits, bad func(int,
 			bad(line, p+".upstream_tls", "enabled is false but ca_file, cert_file, server_name or insecure_skip_verify is set: remove them, or set enabled: true")
 		}
 	}
+}
+
+// nodePortsChecked: how many broker node ids (0, 1, ...) the clash check covers; clusters number
+// their brokers from 0 or 1 as a rule.
+const nodePortsChecked = 10
+
+// validHostPort: s is host:port with a port a peer can listen on.
+func validHostPort(s string) bool {
+	h, p, err := net.SplitHostPort(s)
+	n, perr := strconv.Atoi(p)
+	return err == nil && h != "" && perr == nil && n >= 1 && n <= 65535
+}
+
+func wildcard(host string) bool {
+	return host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()
 }
 
 func httpURL(s string) bool {

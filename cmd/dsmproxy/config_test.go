@@ -41,6 +41,13 @@ func TestConfigErrors(t *testing.T) {
 		{"bad rule regexp", "services:\n  - service: a\n    client_id: '('\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"line 2", "services[0].client_id"}},
 		{"bad agent scheme", "agent:\n  url: ftp://x\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "scheme"}},
 		{"nothing to proxy", "env: prod\n", []string{"nothing to proxy"}},
+		{"listen port out of range", "kafka:\n  - listen: 127.0.0.1:99999\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "0..65535"}},
+		{"upstream port 0", "amqp:\n  - listen: 127.0.0.1:25673\n    upstream: 127.0.0.1:0\n", []string{"line 2", "amqp[0].upstream", "1..65535"}},
+		{"wildcard kafka listen without advertised_host", "kafka:\n  - listen: 0.0.0.0:19092\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].advertised_host"}},
+		{"another front on a broker node's port", "kafka:\n  - listen: 127.0.0.1:25092\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:25093\n    upstream: b:5672\n", []string{"line 2", "kafka[0].node_port_base", "broker node 0", "amqp[0].listen"}},
+		{"negative duration", "drain_timeout: -5s\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 1", "negative"}},
+		{"tiny flush interval", "agent:\n  flush_interval: 1ms\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"agent.flush_interval"}},
+		{"tiny kafka frames", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_frame_bytes: 10\n", []string{"kafka[0].max_frame_bytes"}},
 		{"upstream tls off with a CA", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    upstream_tls:\n      enabled: false\n      ca_file: /ca.pem\n", []string{"kafka[0].upstream_tls", "enabled is false"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -276,7 +283,7 @@ func TestRunStartFailureIsPrinted(t *testing.T) {
 	if errb.closed {
 		t.Error("run closed stderr")
 	}
-	if !strings.Contains(errb.String(), "dsmproxy run:") || !strings.Contains(errb.String(), "AdvertisedHost") {
+	if !strings.Contains(errb.String(), "dsmproxy run:") || !strings.Contains(errb.String(), "kafka[0].advertised_host") {
 		t.Errorf("stderr does not say why run failed:\n%s", errb.String())
 	}
 }
@@ -292,7 +299,7 @@ func TestCheckConfigRefusesWhatRunRefuses(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--kafka", "0.0.0.0:0=127.0.0.1:1"}, "AdvertisedHost"},
+		{[]string{"--kafka", "0.0.0.0:0=127.0.0.1:1"}, "kafka[0].advertised_host"},
 		{[]string{"--config", trusting}, "trust_clients on non-loopback listener"},
 	} {
 		var out bytes.Buffer

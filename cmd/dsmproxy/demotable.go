@@ -118,7 +118,7 @@ func (d *demoAgent) printPending() {
 	if n == 0 {
 		return
 	}
-	printTable(d.out, pts, bl, n, size)
+	printTable(d.out, fmt.Sprintf("== the Agent received %d payload(s), %d bytes (msgpack+gzip) ==", n, size), pts, bl)
 	if errs != nil {
 		if s := errs(); s != nil {
 			printErrors(d.out, s)
@@ -133,7 +133,8 @@ func (d *demoAgent) Close() {
 	d.srv.Close()
 }
 
-func printTable(out io.Writer, pts []agentpayload.Point, bl []agentpayload.BacklogEntry, payloads, size int) {
+// printTable prints the current-time points as a pathway table under title, then consumer lag.
+func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agentpayload.BacklogEntry) {
 	var cur []agentpayload.Point
 	for _, p := range pts {
 		if p.TimestampType == "current" {
@@ -144,7 +145,7 @@ func printTable(out io.Writer, pts []agentpayload.Point, bl []agentpayload.Backl
 	slices.SortFunc(cur, func(a, b agentpayload.Point) int {
 		return cmp.Or(a.Start.Compare(b.Start), cmp.Compare(quantile(a.PathwayLatency, 0.5), quantile(b.PathwayLatency, 0.5)), cmp.Compare(a.Service, b.Service))
 	})
-	fmt.Fprintf(out, "== the Agent received %d payload(s), %d bytes (msgpack+gzip) ==\n", payloads, size)
+	fmt.Fprintln(out, title)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
 	for _, p := range cur {

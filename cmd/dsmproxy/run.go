@@ -100,7 +100,8 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		BucketDuration: cfg.Agent.FlushInterval.D(), Log: log.With().Str("component", "aggregator").Logger(),
 	})
 	rt.agg.Start()
-	sinks := append([]aggregator.Sink(nil), extra...)
+	view := &localView{}
+	sinks := append([]aggregator.Sink{view}, extra...)
 	if !cfg.Agent.Disabled {
 		as, err := aggregator.NewAgentSink(aggregator.AgentConfig{
 			URL: cfg.Agent.URL, Env: cfg.Env, Version: cfg.Version, TracerVersion: version,
@@ -120,6 +121,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	go rt.flusher.Run(bg)
 
 	rt.errs = newCollector(cfg, log)
+	view.errs = func() *errtrack.Snapshot { s := rt.errs.Snapshot(); return &s }
 	rt.errDone = make(chan struct{})
 	go func() {
 		defer close(rt.errDone)
@@ -152,6 +154,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	proxy.ReloadOnSIGHUP(bg, log, reloaders...)
 	rt.admin = newAdmin(rt.fronts)
 	rt.admin.Handle("GET /errors", rt.errs.View())
+	rt.admin.Handle("GET /dsm", view)
 	if !cfg.adminOff() {
 		ln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
@@ -161,7 +164,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		rt.adminLn = ln
 		rt.adminHS = &http.Server{Handler: rt.admin.mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = rt.adminHS.Serve(ln) }()
-		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /healthz /readyz /debug/pprof/")
+		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /dsm /errors /healthz /readyz /debug/pprof/")
 	}
 	rt.admin.ready.Store(true)
 	return rt, nil
@@ -201,7 +204,7 @@ func (rt *runtime) shutdownFronts(ctx context.Context) []error {
 func (rt *runtime) stop() error {
 	rt.admin.ready.Store(false)
 	drain := rt.cfg.DrainTimeout.D()
-	rt.log.Info().Dur("drain_timeout", drain).Msg("shutting down: draining connections")
+	rt.log.Info().Str("drain_timeout", drain.String()).Msg("shutting down: draining connections")
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	errs := rt.shutdownFronts(ctx)

@@ -125,6 +125,7 @@ admin:
   listen: 127.0.0.1:0
 agent:
   url: %s
+  flush_interval: 1s
 kafka:
   - listen: 127.0.0.1:0
     bootstrap: [%s]
@@ -148,7 +149,7 @@ kafka:
 		_ = cmd.Process.Kill()
 	})
 
-	admin := logs.field(t, "admin listening: /healthz /readyz /debug/pprof/", "", "listen")
+	admin := logs.field(t, "admin listening: /dsm /errors /healthz /readyz /debug/pprof/", "", "listen")
 	bootstrap := logs.field(t, "front listening", "kafka", "listen")
 	for deadline := time.Now().Add(60 * time.Second); ; {
 		resp, err := http.Get("http://" + admin + "/readyz")
@@ -190,6 +191,25 @@ kafka:
 	}
 	if err := cons.CommitUncommittedOffsets(ctx); err != nil {
 		t.Fatalf("commit: %v", err)
+	}
+	// What DSM sees, for people without an Agent: the pathway and the group's lag at GET /dsm.
+	var view string
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		resp, err := http.Get("http://" + admin + "/dsm")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			view = strings.Join(strings.Fields(string(b)), " ")
+		}
+		if strings.Contains(view, "checkout direction:out kafka_cluster_id:kfake topic:payments") &&
+			strings.Contains(view, "ledger direction:in group:ledger-group kafka_cluster_id:kfake topic:payments") &&
+			strings.Contains(view, "ledger-group payments 1 0") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /dsm never showed the pathway and the lag:\n%s", view)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	// SIGHUP reloads TLS (none here) and must not end the process.
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {

@@ -37,8 +37,8 @@ func TestNodeListenAddr(t *testing.T) {
 		{1001, "127.0.0.1:20094", "proxy.example", ""},
 		{7, "0.0.0.0:30007", "proxy.example", ""}, // explicit, wildcard host -> AdvertisedHost
 		{8, "10.0.0.8:30008", "10.0.0.8", ""},
-		{50000, "", "", "NodePortBase"}, // 19093+50000 > 65535
-		{-1, "", "", "NodePortBase"},
+		{50000, "", "", "node_port_base"}, // 19093+50000 > 65535
+		{-1, "", "", "node_port_base"},
 	} {
 		addr, adv, err := p.nodeListenAddr(tc.id)
 		if tc.err != "" {

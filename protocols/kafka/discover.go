@@ -26,6 +26,7 @@ const discoverRetry = 30 * time.Second
 // broker can be reached, until it succeeds, the cluster refuses, or ctx ends.
 func (p *Proxy) discoverNodes(ctx context.Context) {
 	wait := 500 * time.Millisecond
+	told := ""
 	for {
 		n, err := p.learnNodes(ctx)
 		if err == nil {
@@ -37,7 +38,15 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL?): node listeners open with the first client's Metadata")
 			return
 		}
-		p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
+		var local errNodeListener
+		switch {
+		case errors.As(err, &local) && err.Error() != told:
+			// The proxy's own fault, not the cluster's: clients fail at their first Metadata.
+			p.log.Error().Err(err).Dur("retry_in", wait).Msg("a broker node listener cannot open: clients cannot use the cluster through this proxy")
+			told = err.Error()
+		default:
+			p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -46,6 +55,12 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 		wait = min(2*wait, discoverRetry)
 	}
 }
+
+// errNodeListener: a broker node's listener could not open.
+type errNodeListener struct{ err error }
+
+func (e errNodeListener) Error() string { return e.err.Error() }
+func (e errNodeListener) Unwrap() error { return e.err }
 
 // errRefused: a bootstrap broker took the proxy's own connection and ended it instead of
 // answering, or cannot answer what the proxy asks.
@@ -94,7 +109,7 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
 	// the cluster id.
 	if _, err := p.rewriteResponseAddresses(mr); err != nil {
-		return 0, err
+		return 0, errNodeListener{err}
 	}
 	return len(mr.Brokers), nil
 }

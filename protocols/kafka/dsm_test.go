@@ -336,6 +336,30 @@ func TestNodeListenersOpenAtStart(t *testing.T) {
 	guard.check(t)
 }
 
+// TestNodeListenerProblem: a broker node whose listener cannot open (another process holds its
+// address) is a problem the proxy reports, naming what to change, until the address frees up and
+// the listener opens.
+func TestNodeListenerProblem(t *testing.T) {
+	c, _ := startCluster(t)
+	blocker, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := blocker.Addr().String()
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.NodeAddrs = map[int32]string{0: taken, 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
+	})
+	waitFor(t, "the proxy to report node 0's listener", func() bool { return p.Problem() != nil })
+	if msg := p.Problem().Error(); !strings.Contains(msg, "broker node 0") || !strings.Contains(msg, taken) || !strings.Contains(msg, "node_addrs") {
+		t.Errorf("problem %q does not name the node, its address and the setting", msg)
+	}
+	blocker.Close()
+	waitFor(t, "node 0's listener to open once its address is free", func() bool { return p.Problem() == nil })
+	if _, ok := p.NodeAddr(0); !ok {
+		t.Errorf("node 0 has no listener although the problem cleared")
+	}
+}
+
 // TestTopicSizeLimitLearned: a topic whose max.message.bytes is below MaxBatchBytes refuses a
 // batch the header grew past it. The client sees that one refusal (its batch asked the proxy to
 // read the topic's config, and an acks=all batch does not wait for the answer); the proxy

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,12 +156,13 @@ type Proxy struct {
 	walker      batchCodec   // used by the observation worker only
 	fetchBufs   chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
 
-	mu      sync.Mutex
-	ctx     context.Context
-	nodes   map[int32]*node
-	closed  bool
-	serveWG sync.WaitGroup
-	workWG  sync.WaitGroup
+	mu           sync.Mutex
+	ctx          context.Context
+	nodes        map[int32]*node
+	nodeProblems map[int32]error // nodes whose listener could not open: clients cannot reach them
+	closed       bool
+	serveWG      sync.WaitGroup
+	workWG       sync.WaitGroup
 
 	stopDiscovery context.CancelFunc // ends discoverNodes
 
@@ -190,7 +193,7 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: Listen %q: port: %w", cfg.Listen, err)
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node)}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node), nodeProblems: make(map[int32]error)}
 	p.advHost = cfg.AdvertisedHost
 	if p.advHost == "" {
 		if host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
@@ -442,8 +445,11 @@ func (p *Proxy) advertise(id int32, host string, port int32) (string, int32, err
 	}
 	ln, err := proxy.Listen(lc, p, p.log.With().Int32("node", id).Logger())
 	if err != nil {
-		return "", 0, fmt.Errorf("node %d: %w", id, err)
+		err = fmt.Errorf("broker node %d's listener on %s (where clients are told to find it): %w; set node_port_base, or map the node in node_addrs", id, addr, err)
+		p.nodeProblems[id] = err
+		return "", 0, err
 	}
+	delete(p.nodeProblems, id)
 	n.ln = ln
 	n.advHost = advHost
 	n.advPort = int32(ln.Addr().(*net.TCPAddr).Port)
@@ -452,6 +458,20 @@ func (p *Proxy) advertise(id int32, host string, port int32) (string, int32, err
 	p.log.Info().Int32("node", id).Str("listen", ln.Addr().String()).Str("upstream", up).
 		Str("advertised", net.JoinHostPort(advHost, strconv.Itoa(int(n.advPort)))).Msg("broker node listener opened")
 	return n.advHost, n.advPort, nil
+}
+
+// Problem reports why clients cannot use the front although it listens: broker nodes whose
+// listeners could not open (every Metadata naming one ends the client's connection). Nil when
+// there is none; readiness reports it.
+func (p *Proxy) Problem() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for _, err := range p.nodeProblems {
+		errs = append(errs, err)
+	}
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return errors.Join(errs...)
 }
 
 // nodeListenAddr is where node id's listener binds and the host it advertises.
@@ -469,7 +489,9 @@ func (p *Proxy) nodeListenAddr(id int32) (addr, advHost string, err error) {
 	}
 	port := p.portBase + int(id)
 	if id < 0 || port < 1 || port > 65535 {
-		return "", "", fmt.Errorf("broker node id %d gives port %d outside 1..65535: set NodePortBase (now %d) or map the node in NodeAddrs", id, port, p.portBase)
+		err := fmt.Errorf("broker node id %d gives port %d outside 1..65535: set node_port_base (now %d), or map the node in node_addrs", id, port, p.portBase)
+		p.nodeProblems[id] = err
+		return "", "", err
 	}
 	return net.JoinHostPort(p.listen, strconv.Itoa(port)), p.advHost, nil
 }
