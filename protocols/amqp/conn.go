@@ -43,7 +43,10 @@ type session struct {
 
 	service  atomic.Pointer[string]
 	draining atomic.Bool
-	frameMax uint32 // from Connection.TuneOk; client goroutine only
+	// The connection is open (Connection.OpenOk passed), the client has not begun to close it,
+	// and the proxy closes it for a drain: see closeOrderly.
+	opened, clientClosing, proxyClosing atomic.Bool
+	frameMax                            uint32 // from Connection.TuneOk; client goroutine only
 
 	pub map[uint16]*pubState
 	del map[uint16]*delState
@@ -193,11 +196,21 @@ func (s *session) serve(ctx context.Context) error {
 		err := s.c.Recover("amqp broker relay", func() error {
 			return s.fromBroker(bufio.NewReaderSize(s.c.Upstream, bufSize), bufio.NewWriterSize(s.c.Client, bufSize))
 		})
-		// The broker ended: the client must see the connection end too.
-		s.c.Client.Close()
+		if !errors.Is(err, errClientTold) {
+			// The broker ended: the client must see the connection end too.
+			s.c.Client.Close()
+		}
 		down <- err
 	}()
-	err := s.fromClient(cr, bufio.NewWriterSize(s.c.Upstream, bufSize))
+	uw := bufio.NewWriterSize(s.c.Upstream, bufSize)
+	err := s.fromClient(cr, uw)
+	if errors.Is(err, errDrained) && s.opened.Load() && !s.clientClosing.Load() {
+		derr := s.closeOrderly(cr, uw, down)
+		s.c.Upstream.Close()
+		s.c.Client.Close()
+		s.log.Debug().AnErr("broker", derr).Msg("amqp connection closed for proxy shutdown")
+		return nil
+	}
 	s.c.Upstream.Close()
 	derr := <-down
 	if errors.Is(err, errDrained) {
@@ -223,6 +236,108 @@ const headerTimeout = 10 * time.Second
 
 // errDrained ends a connection the proxy closed for a graceful shutdown.
 var errDrained = errors.New("closed for proxy shutdown")
+
+// errClientTold: the broker relay told the client the connection is closed (closeOrderly).
+var errClientTold = errors.New("client told of the proxy's shutdown")
+
+// closeWait bounds each step of closeOrderly: the broker's CloseOk, then the client's.
+const closeWait = 2 * time.Second
+
+// closeOrderly ends an open connection in a drain as RabbitMQ ends one when it stops, instead of
+// dropping both sockets: the proxy closes the broker side with Connection.Close, so the broker
+// sends the confirms and deliveries already on their way and then CloseOk; the broker relay then
+// tells the client Connection.Close 320 (CONNECTION_FORCED), and the client's CloseOk ends it.
+// Clients then see a server-initiated close, which they handle as a restart, not a network
+// failure. It returns the broker relay's error.
+func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan error) error {
+	// RabbitMQ does not confirm what it has not confirmed by the time a connection closes, though
+	// the queue keeps it: publishes the proxy forwarded get their confirms first.
+	for deadline := time.Now().Add(closeWait); s.unconfirmed() && time.Now().Before(deadline); {
+		select {
+		case derr := <-down:
+			return derr // the broker ended the connection meanwhile
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	s.proxyClosing.Store(true)
+	var derr error
+	if _, err := uw.Write(connCloseFrame(replySuccess, "dsmproxy is shutting down")); err == nil && uw.Flush() == nil {
+		select {
+		case derr = <-down:
+		case <-time.After(closeWait):
+			s.c.Upstream.Close()
+			derr = <-down
+		}
+	} else {
+		s.c.Upstream.Close()
+		derr = <-down
+	}
+	if !errors.Is(derr, errClientTold) {
+		return derr
+	}
+	// After Connection.Close a client sends nothing but CloseOk.
+	s.c.Client.SetReadDeadline(time.Now().Add(closeWait))
+	fr := &frameReader{r: cr, max: s.p.cfg.MaxFrameBytes}
+	for {
+		typ, ch, size, err := fr.header()
+		if err != nil {
+			return derr
+		}
+		if typ != frameMethod || int64(size) > int64(fr.max) {
+			if fr.copyFrame(bufio.NewWriterSize(io.Discard, 16), size) != nil {
+				return derr
+			}
+			continue
+		}
+		f, err := fr.read(size)
+		if err != nil {
+			return derr
+		}
+		if ch == 0 && len(f.Payload) >= 4 && mid(binary.BigEndian.Uint16(f.Payload), binary.BigEndian.Uint16(f.Payload[2:])) == connCloseOk {
+			return derr
+		}
+	}
+}
+
+// unconfirmed reports whether a channel in confirm mode has publishes the broker has not
+// confirmed yet.
+func (s *session) unconfirmed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, cs := range s.shared {
+		if cs.pubRing == nil || cs.seq <= cs.settled {
+			continue
+		}
+		if cs.seq-cs.settled > pubRingSize {
+			return true
+		}
+		for k := cs.settled + 1; k <= cs.seq; k++ {
+			if cs.pubRing[k%pubRingSize] != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// AMQP reply codes the proxy sends.
+const (
+	replySuccess          = 200
+	replyConnectionForced = 320
+)
+
+// connCloseFrame is a Connection.Close method frame on channel 0 (no failing method).
+func connCloseFrame(code uint16, text string) []byte {
+	b := []byte{frameMethod, 0, 0, 0, 0, 0, 0}
+	b = binary.BigEndian.AppendUint16(b, classConnection)
+	b = binary.BigEndian.AppendUint16(b, 50)
+	b = binary.BigEndian.AppendUint16(b, code)
+	b = append(b, byte(len(text)))
+	b = append(b, text...)
+	b = append(b, 0, 0, 0, 0) // class and method id: none
+	binary.BigEndian.PutUint32(b[3:], uint32(len(b)-7))
+	return append(b, frameEnd)
+}
 
 // pump reads frames from r and hands each non-body frame that fits MaxFrameBytes to handle, which
 // forwards it to w; body frames and oversized frames are streamed through, body frames counted
@@ -341,6 +456,17 @@ func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
 		}
 	}
 	return s.pump(r, w, nil, func(ch uint16, f frame) error {
+		if s.proxyClosing.Load() && ch == 0 && f.Type == frameMethod && len(f.Payload) >= 4 && mid(binary.BigEndian.Uint16(f.Payload), binary.BigEndian.Uint16(f.Payload[2:])) == connCloseOk {
+			// The broker closed the connection the proxy asked it to close: the client, which
+			// asked nothing, is told the server closes it, as RabbitMQ tells it when it stops.
+			if _, err := w.Write(connCloseFrame(replyConnectionForced, "CONNECTION_FORCED - dsmproxy is shutting down")); err != nil {
+				return err
+			}
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			return errClientTold
+		}
 		if _, err := w.Write(f.Raw); err != nil {
 			return err
 		}
@@ -530,6 +656,7 @@ func (s *session) clientMethod(f frame) {
 			s.errorClose("client", m, f.Channel, c)
 		}
 	case connClose:
+		s.clientClosing.Store(true)
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
 			s.errorClose("client", m, 0, c)
 		}
@@ -601,6 +728,8 @@ func (s *session) brokerMethod(f frame) {
 		return
 	}
 	switch m {
+	case connOpenOk:
+		s.opened.Store(true)
 	case basicDeliver:
 		tag := a.short()
 		if a.err != nil {

@@ -209,7 +209,8 @@ func startBareProxy(t *testing.T) *Proxy {
 }
 
 // TestShutdownClosesIdleConnection: Shutdown drains a connected idle client without waiting for
-// its context to end.
+// its context to end, and the client is told as RabbitMQ tells it when it stops: a
+// server-initiated Connection.Close 320 (CONNECTION_FORCED), not a dropped socket.
 func TestShutdownClosesIdleConnection(t *testing.T) {
 	p := startBareProxy(t)
 	c, err := amqp091.Dial("amqp://guest:guest@" + p.Addr().String() + "/")
@@ -223,9 +224,89 @@ func TestShutdownClosesIdleConnection(t *testing.T) {
 		t.Fatalf("shutdown: %v", err)
 	}
 	select {
-	case <-closed:
+	case err := <-closed:
+		if err == nil || err.Code != amqp091.ConnectionForced || !err.Server {
+			t.Errorf("the client saw %v, want a server-initiated close 320", err)
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("client not told its connection ended")
+	}
+}
+
+// TestShutdownDeliversConfirms: a publisher with confirms that is publishing when the proxy
+// drains gets the confirm of every message the broker took before the connection ends: the proxy
+// closes the broker side with Connection.Close and relays what comes before its CloseOk. (Closing
+// the socket lost those confirms, and the publisher sent again messages the queue held.)
+func TestShutdownDeliversConfirms(t *testing.T) {
+	p := startBareProxy(t)
+	direct := channel(t, dial(t, directURL, "confirm-drain-check", 0))
+	q, err := direct.QueueDeclare(fmt.Sprintf("drain-confirms-%d", time.Now().UnixNano()), false, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { direct.QueueDelete(q.Name, false, false, false) })
+	c, err := amqp091.Dial("amqp://guest:guest@" + p.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 100000))
+	closed := c.NotifyClose(make(chan *amqp091.Error, 1))
+	stop := make(chan struct{})
+	sent := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { sent <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if ch.PublishWithContext(context.Background(), "", q.Name, false, false, amqp091.Publishing{Body: []byte("m")}) != nil {
+				return
+			}
+			n++
+		}
+	}()
+	waitFor(t, "publishes to flow", func() bool {
+		st, err := direct.QueueDeclarePassive(q.Name, false, true, false, false, nil)
+		return err == nil && st.Messages > 200
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-closed
+	close(stop)
+	<-sent
+	acked := 0
+	for done := false; !done; {
+		select {
+		case cf, ok := <-confirms:
+			if !ok {
+				done = true
+			} else if cf.Ack {
+				acked++
+			}
+		case <-time.After(time.Second):
+			done = true
+		}
+	}
+	st, err := direct.QueueDeclarePassive(q.Name, false, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Messages != acked {
+		t.Errorf("the queue holds %d messages, the publisher got %d confirms", st.Messages, acked)
 	}
 }
 

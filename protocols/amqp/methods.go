@@ -27,6 +27,7 @@ var (
 	connStartOk  = mid(classConnection, 11)
 	connTune     = mid(classConnection, 30)
 	connTuneOk   = mid(classConnection, 31)
+	connOpenOk   = mid(classConnection, 41)
 	connClose    = mid(classConnection, 50)
 	connCloseOk  = mid(classConnection, 51)
 	chanOpen     = mid(classChannel, 10)
