@@ -3,6 +3,7 @@ package kafka
 import (
 	"bytes"
 	"encoding/binary"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"testing"
@@ -169,15 +170,22 @@ func TestLz4Encode(t *testing.T) {
 }
 
 // FuzzLz4Decode: the block decoder never panics, and what it accepts pierrec's reader decodes
-// to the same bytes.
+// to the same bytes. pierrec's reader allocates the block size a frame declares: for 1 and 4 MiB
+// blocks that took up to 11 ms an input (against 1-25 µs for ours); a sixteenth of those inputs,
+// chosen by their checksum, are compared.
 func FuzzLz4Decode(f *testing.F) {
-	for _, frame := range lz4Frames(f, lz4Content(2000, false)) {
+	// Small seeds: the fuzzer minimizes each new input in time that grows with its size, and
+	// kilobyte seeds kept it minimizing for most of a run.
+	for _, frame := range lz4Frames(f, lz4Content(300, false)) {
 		f.Add(frame)
 	}
-	f.Add(lz4Frames(f, lz4Content(1000, true))["proxy"])
+	f.Add(lz4Frames(f, lz4Content(200, true))["proxy"])
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		got, ok := lz4Decode(nil, frame)
 		if !ok {
+			return
+		}
+		if len(frame) > 5 && frame[5]>>4&7 >= 6 && crc32.ChecksumIEEE(frame)%16 != 0 {
 			return
 		}
 		want, err := io.ReadAll(lz4.NewReader(bytes.NewReader(frame)))
