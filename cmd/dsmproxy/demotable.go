@@ -166,7 +166,7 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	if lag := consumerLag(bl); len(lag) > 0 {
 		fmt.Fprintln(out)
 		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS\tLAG (messages)")
+		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS\tLAG (messages past the last commit)")
 		for _, l := range lag {
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", l.group, l.topic, l.partitions, l.lag)
 		}
@@ -181,10 +181,14 @@ func printErrors(out io.Writer, s *errtrack.Snapshot) {
 		return
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRACKED ERRORS\tSERVICE\tOPERATION\tEDGE\tERROR\tCOUNT\tMESSAGES")
+	fmt.Fprintln(tw, "TRACKED ERRORS\tSERVICE\tOPERATION\tEDGE\tERROR\tCOUNT\tMESSAGES (since start)")
 	for _, g := range s.Groups {
+		name := g.Name
+		if g.Code != 0 {
+			name = fmt.Sprintf("%s (%d)", name, g.Code) // the same skip for different broker codes
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\n", g.Category, g.Service, g.Protocol, g.Operation,
-			edgeString(g.Edge.Tags()), g.Name, g.TotalCount, g.TotalMessages)
+			edgeString(g.Edge.Tags()), name, g.TotalCount, g.TotalMessages)
 	}
 	tw.Flush()
 	fmt.Fprintln(out)

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,51 +15,82 @@ import (
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
 )
 
-// localView shows people who run no Agent what DSM sees: GET /dsm prints the pathways, consumer
-// lag and tracked errors of the latest flush that had any, as the demo prints them. It is a sink
-// of the same buckets the Agent gets.
+// localView shows people who run no Agent what DSM sees: GET /dsm prints, as the demo prints
+// them, the pathways and consumer lag of the last minute (each pathway and backlog from its latest
+// bucket) and the tracked errors. It is a sink of the same buckets the Agent gets.
 type localView struct {
 	errs func() *errtrack.Snapshot
 
 	mu  sync.Mutex
-	pts []agentpayload.Point
-	bl  []agentpayload.BacklogEntry
-	at  time.Time // when pts and bl were flushed
+	pts map[string]agentpayload.Point        // current-time points by service, edge and hashes
+	bl  map[string]agentpayload.BacklogEntry // by service and tags
+	at  time.Time                            // the latest flush that brought any
 }
 
-// Send keeps buckets' contents; an empty flush leaves the last traffic on show.
+// localViewWindow: entries from buckets older than this (or three buckets, if longer) go.
+const localViewWindow = time.Minute
+
+// Send keeps buckets' contents, newest per key.
 func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
-	var pts []agentpayload.Point
-	var bl []agentpayload.BacklogEntry
-	for _, b := range buckets {
-		for _, g := range b.Groups {
-			// Copies: the sink must not keep what the flusher hands it.
-			pts = append(pts, agentpayload.Point{Service: g.Service, Start: b.Start, Duration: b.Duration,
-				TimestampType: string(b.TimestampType), EdgeTags: slices.Clone(g.EdgeTags), Hash: g.Hash, ParentHash: g.ParentHash,
-				PathwayLatency: g.PathwayLatency.Copy(), EdgeLatency: g.EdgeLatency.Copy(), PayloadSize: g.PayloadSize.Copy()})
-		}
-		for _, x := range b.Backlogs {
-			bl = append(bl, agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value})
-		}
-	}
-	if len(pts) == 0 && len(bl) == 0 {
-		return nil
-	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.pts, v.bl, v.at = pts, bl, time.Now()
+	if v.pts == nil {
+		v.pts, v.bl = map[string]agentpayload.Point{}, map[string]agentpayload.BacklogEntry{}
+	}
+	now := time.Now()
+	for _, b := range buckets {
+		if len(b.Groups) > 0 || len(b.Backlogs) > 0 {
+			v.at = now
+		}
+		for _, g := range b.Groups {
+			if b.TimestampType != aggregator.Current {
+				continue
+			}
+			k := fmt.Sprintf("%s|%s|%x|%x", g.Service, strings.Join(g.EdgeTags, ","), g.Hash, g.ParentHash)
+			if old, ok := v.pts[k]; ok && old.Start.After(b.Start) {
+				continue
+			}
+			// Copies: the sink must not keep what the flusher hands it.
+			v.pts[k] = agentpayload.Point{Service: g.Service, Start: b.Start, Duration: b.Duration,
+				TimestampType: string(b.TimestampType), EdgeTags: slices.Clone(g.EdgeTags), Hash: g.Hash, ParentHash: g.ParentHash,
+				PathwayLatency: g.PathwayLatency.Copy(), EdgeLatency: g.EdgeLatency.Copy(), PayloadSize: g.PayloadSize.Copy()}
+		}
+		for _, x := range b.Backlogs {
+			k := x.Service + "|" + strings.Join(x.Tags, ",")
+			if old, ok := v.bl[k]; ok && old.Start.After(b.Start) {
+				continue
+			}
+			v.bl[k] = agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value}
+		}
+	}
+	for k, p := range v.pts {
+		if now.Sub(p.Start) > max(localViewWindow, 3*p.Duration) {
+			delete(v.pts, k)
+		}
+	}
+	for k, b := range v.bl {
+		if now.Sub(b.Start) > localViewWindow {
+			delete(v.bl, k)
+		}
+	}
 	return nil
 }
 
 func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	v.mu.Lock()
-	pts, bl, at := v.pts, v.bl, v.at
+	pts := slices.Collect(maps.Values(v.pts))
+	bl := slices.Collect(maps.Values(v.bl))
+	at := v.at
 	v.mu.Unlock()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if at.IsZero() {
+	switch {
+	case at.IsZero():
 		fmt.Fprintln(w, "No DSM checkpoints flushed yet: nothing has gone through the proxy since it started, or the first buckets are not finished (they flush every agent.flush_interval, 10s by default).")
-	} else {
-		printTable(w, fmt.Sprintf("== DSM buckets flushed at %s (%s ago) ==", at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl)
+	case len(pts) == 0 && len(bl) == 0:
+		fmt.Fprintf(w, "No DSM checkpoints in the last %s (the latest came at %s).\n\n", localViewWindow, at.Format(time.TimeOnly))
+	default:
+		printTable(w, fmt.Sprintf("== DSM pathways of the last %s, each from its latest bucket (latest flush %s, %s ago) ==",
+			localViewWindow, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl)
 	}
 	if v.errs != nil {
 		if s := v.errs(); s != nil {

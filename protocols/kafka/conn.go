@@ -447,6 +447,11 @@ func (s *session) setInfo(clientID, software string) {
 	ci.service = s.p.service(s.addr, clientID, software)
 	old := s.info.Swap(ci)
 	if old == nil || old.service != ci.service {
-		s.log.Info().Str("client_id", clientID).Str("software", software).Str("service", ci.service).Msg("kafka client identified")
+		// A client opens a connection per broker and more: its first one says who it is.
+		e := s.log.Debug()
+		if s.p.identified(ci) {
+			e = s.log.Info()
+		}
+		e.Str("client_id", clientID).Str("software", software).Str("service", ci.service).Msg("kafka client identified")
 	}
 }

@@ -143,9 +143,11 @@ type Proxy struct {
 
 	topics    *topicIDs
 	limits    *topicLimits
-	saslSeen  atomic.Bool            // a client sent SaslHandshake: the proxy's own requests would be refused
-	clusterID atomic.Pointer[string] // from Metadata; see noteCluster
-	txns      txnCommits             // transactional commits awaiting their EndTxn
+	saslSeen  atomic.Bool // a client sent SaslHandshake: the proxy's own requests would be refused
+	seenMu    sync.Mutex
+	seen      *proxy.RecentMap[clientServiceKey, struct{}] // clients whose identity was logged at info
+	clusterID atomic.Pointer[string]                       // from Metadata; see noteCluster
+	txns      txnCommits                                   // transactional commits awaiting their EndTxn
 	groups    *groupTracker
 	links     *linkTable
 	stats     counters
@@ -260,6 +262,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
 	p.limits = newTopicLimits(p.cfg.MaxTopicIDs, cfg.InjectAcks0UnknownLimit)
 	p.groups = newGroupTracker(p.cfg.MaxClients)
+	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
 	p.fetchBufs = make(chan []byte, pooledFetchFrames)
@@ -458,6 +461,23 @@ func (p *Proxy) advertise(id int32, host string, port int32) (string, int32, err
 	p.log.Info().Int32("node", id).Str("listen", ln.Addr().String()).Str("upstream", up).
 		Str("advertised", net.JoinHostPort(advHost, strconv.Itoa(int(n.advPort)))).Msg("broker node listener opened")
 	return n.advHost, n.advPort, nil
+}
+
+type clientServiceKey struct {
+	client  clientKey
+	service string
+}
+
+// identified reports whether ci is a client (and service) not seen recently.
+func (p *Proxy) identified(ci *clientInfo) bool {
+	k := clientServiceKey{ci.key(), ci.service}
+	p.seenMu.Lock()
+	defer p.seenMu.Unlock()
+	if _, ok := p.seen.Get(k); ok {
+		return false
+	}
+	p.seen.Put(k, struct{}{})
+	return true
 }
 
 // Problem reports why clients cannot use the front although it listens: broker nodes whose

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/DataDog/sketches-go/ddsketch"
+
+	"github.com/dsmproxy/dsmproxy/aggregator"
+)
+
+func sketchOf(t *testing.T, vs ...float64) *ddsketch.DDSketch {
+	t.Helper()
+	s, err := ddsketch.NewDefaultDDSketch(0.01)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		s.Add(v)
+	}
+	return s
+}
+
+// TestLocalView: /dsm keeps each pathway from its latest bucket while later flushes bring other
+// buckets (origin-time ones, backlogs only, nothing), and forgets pathways older than the window.
+func TestLocalView(t *testing.T) {
+	v := &localView{}
+	group := func(service string, hash uint64) aggregator.Group {
+		return aggregator.Group{Service: service, EdgeTags: []string{"direction:out", "topic:orders", "type:kafka"}, Hash: hash,
+			PathwayLatency: sketchOf(t, 0.5), EdgeLatency: sketchOf(t, 0.1), PayloadSize: sketchOf(t, 100)}
+	}
+	now := time.Now().Truncate(10 * time.Second)
+	send := func(bs ...aggregator.Bucket) {
+		t.Helper()
+		if err := v.Send(context.Background(), bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page := func() string {
+		w := httptest.NewRecorder()
+		v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+		return strings.Join(strings.Fields(w.Body.String()), " ")
+	}
+	if got := page(); !strings.Contains(got, "No DSM checkpoints flushed yet") {
+		t.Errorf("empty view: %s", got)
+	}
+	send(aggregator.Bucket{Start: now.Add(-10 * time.Second), Duration: 10 * time.Second, TimestampType: aggregator.Current,
+		Groups: []aggregator.Group{group("orders", 0xaa)}})
+	send(aggregator.Bucket{Start: now.Add(-10 * time.Second), Duration: 10 * time.Second, TimestampType: aggregator.Origin,
+		Groups: []aggregator.Group{group("ghost", 0xbb)}},
+		aggregator.Bucket{Start: now, Duration: 10 * time.Second, TimestampType: aggregator.Current,
+			Backlogs: []aggregator.Backlog{{Service: "orders", Tags: []string{"partition:0", "topic:orders", "type:kafka_produce"}, Value: 7}}})
+	send()
+	got := page()
+	if !strings.Contains(got, "orders direction:out topic:orders 00000000000000aa") {
+		t.Errorf("the pathway is gone after flushes without it: %s", got)
+	}
+	if strings.Contains(got, "ghost") {
+		t.Errorf("an origin-time bucket is shown: %s", got)
+	}
+	send(aggregator.Bucket{Start: now.Add(-2 * localViewWindow), Duration: 10 * time.Second, TimestampType: aggregator.Current,
+		Groups: []aggregator.Group{group("stale", 0xcc)}})
+	if got := page(); strings.Contains(got, "stale") {
+		t.Errorf("a pathway older than the window is shown: %s", got)
+	}
+}
