@@ -46,6 +46,8 @@ type session struct {
 	// The connection is open (Connection.OpenOk passed), the client has not begun to close it,
 	// and the proxy closes it for a drain: see closeOrderly.
 	opened, clientClosing, proxyClosing atomic.Bool
+	brokerClose                         atomic.Pointer[string] // why the broker closed the connection, with an error code
+	loginSent, tuned                    atomic.Bool            // Connection.StartOk forwarded; Connection.Tune came back
 	frameMax                            uint32 // from Connection.TuneOk; client goroutine only
 
 	pub map[uint16]*pubState
@@ -215,6 +217,17 @@ func (s *session) serve(ctx context.Context) error {
 	derr := <-down
 	if errors.Is(err, errDrained) {
 		s.log.Debug().Msg("amqp connection closed for proxy shutdown")
+		return nil
+	}
+	if why := s.brokerClose.Load(); why != nil {
+		// The broker's reason, not the socket error that followed.
+		s.log.Warn().Str("reason", *why).Msg("the broker closed the connection")
+		return nil
+	}
+	if s.loginSent.Load() && !s.tuned.Load() && !quiet(derr) {
+		// RabbitMQ answers refused credentials by closing the socket, unless the client asked
+		// for a Connection.Close (authentication_failure_close): say what it means, not "reset".
+		s.log.Warn().AnErr("broker", derr).Msg("the broker closed the connection after the client's login, before Connection.Tune: it refused the credentials (or the vhost)")
 		return nil
 	}
 	if quiet(err) {
@@ -626,6 +639,7 @@ func (s *session) clientMethod(f frame) {
 	case basicCancOk:
 		s.dropConsumer(f.Channel, a.short())
 	case connStartOk:
+		s.loginSent.Store(true)
 		props := a.table()
 		mech, resp := a.short(), a.long()
 		if a.err != nil {
@@ -728,6 +742,8 @@ func (s *session) brokerMethod(f frame) {
 		return
 	}
 	switch m {
+	case connTune:
+		s.tuned.Store(true)
 	case connOpenOk:
 		s.opened.Store(true)
 	case basicDeliver:
@@ -851,6 +867,8 @@ func (s *session) brokerMethod(f frame) {
 	case connClose:
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
 			s.errorClose("broker", m, 0, c)
+			why := fmt.Sprintf("%d %s", c.Code, c.Text)
+			s.brokerClose.Store(&why)
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -308,6 +309,22 @@ func TestShutdownDeliversConfirms(t *testing.T) {
 	if st.Messages != acked {
 		t.Errorf("the queue holds %d messages, the publisher got %d confirms", st.Messages, acked)
 	}
+}
+
+// TestRefusedLoginIsLogged: RabbitMQ closes the socket on a refused login (amqp091-go does not ask
+// for a Connection.Close instead); the proxy's log says the login was refused, not "connection
+// reset by peer", and the client gets its 403 as directly.
+func TestRefusedLoginIsLogged(t *testing.T) {
+	var logs syncbuf.Buffer
+	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	_, err := amqp091.Dial("amqp://guest:wrong@" + h.p.Addr().String() + "/")
+	var ae *amqp091.Error
+	if !errors.As(err, &ae) || ae.Code != amqp091.AccessRefused {
+		t.Fatalf("dial with a wrong password: %v, want 403 ACCESS_REFUSED", err)
+	}
+	waitFor(t, "the refusal in the log", func() bool {
+		return strings.Contains(logs.String(), "it refused the credentials")
+	})
 }
 
 // tee hands points to the recorder and the aggregator.
