@@ -48,7 +48,7 @@ type session struct {
 	opened, clientClosing, proxyClosing atomic.Bool
 	brokerClose                         atomic.Pointer[string] // why the broker closed the connection, with an error code
 	loginSent, tuned                    atomic.Bool            // Connection.StartOk forwarded; Connection.Tune came back
-	frameMax                            uint32 // from Connection.TuneOk; client goroutine only
+	frameMax                            uint32                 // from Connection.TuneOk; client goroutine only
 
 	pub map[uint16]*pubState
 	del map[uint16]*delState
