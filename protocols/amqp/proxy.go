@@ -186,7 +186,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 			p.log.Error().Err(err).Msg("amqp listener stopped")
 		}
 	}()
-	p.log.Info().Str("listen", ln.Addr().String()).Str("upstream", p.cfg.Upstream).Msg("amqp proxy listening")
+	p.log.Debug().Str("listen", ln.Addr().String()).Str("upstream", p.cfg.Upstream).Msg("amqp proxy listening") // dsmproxy logs "front listening"
 	return nil
 }
 

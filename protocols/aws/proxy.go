@@ -298,7 +298,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 			p.log.Error().Err(err).Msg("aws listener stopped")
 		}
 	}()
-	p.log.Info().Str("listen", ln.Addr().String()).Msg("aws proxy listening")
+	p.log.Debug().Str("listen", ln.Addr().String()).Msg("aws proxy listening") // dsmproxy logs "front listening"
 	return nil
 }
 

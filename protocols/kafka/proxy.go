@@ -311,7 +311,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.portBase != 0 || len(p.cfg.NodeAddrs) > 0 {
 		go p.discoverNodes(dctx) // fixed node addresses: clients may hold them from before (discover.go)
 	}
-	p.log.Info().Str("listen", ln.Addr().String()).Strs("bootstrap", p.cfg.Bootstrap).Msg("kafka proxy listening")
+	p.log.Debug().Str("listen", ln.Addr().String()).Strs("bootstrap", p.cfg.Bootstrap).Msg("kafka proxy listening") // dsmproxy logs "front listening"
 	return nil
 }
 
