@@ -263,6 +263,54 @@ const closeWait = 2 * time.Second
 // Clients then see a server-initiated close, which they handle as a restart, not a network
 // failure. It returns the broker relay's error.
 func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan error) error {
+	// The client is read on until it answers the proxy's Close: its acks of deliveries (and
+	// heartbeats) go to the broker until the proxy closes that side, or the broker would requeue
+	// messages the client handled. Nothing else is forwarded: no new publish, no method that
+	// would want an answer.
+	var wmu sync.Mutex
+	forward := true
+	clientDone := make(chan struct{})
+	s.c.Client.SetReadDeadline(time.Now().Add(3 * closeWait))
+	go func() {
+		defer close(clientDone)
+		fr := &frameReader{r: cr, max: s.p.cfg.MaxFrameBytes}
+		discard := bufio.NewWriterSize(io.Discard, 16)
+		for {
+			typ, ch, size, err := fr.header()
+			if err != nil {
+				return
+			}
+			if typ != frameMethod && typ != frameHeartbeat || int64(size) > int64(fr.max) {
+				if fr.copyFrame(discard, size) != nil {
+					return
+				}
+				continue
+			}
+			f, err := fr.read(size)
+			if err != nil {
+				return
+			}
+			var m methodID
+			if typ == frameMethod && len(f.Payload) >= 4 {
+				m = mid(binary.BigEndian.Uint16(f.Payload), binary.BigEndian.Uint16(f.Payload[2:]))
+			}
+			if ch == 0 && m == connCloseOk {
+				return
+			}
+			if typ == frameHeartbeat || m == basicAck || m == basicNack || m == mid(classBasic, 90) {
+				wmu.Lock()
+				if forward {
+					uw.Write(f.Raw)
+					uw.Flush()
+				}
+				wmu.Unlock()
+			}
+		}
+	}()
+	defer func() {
+		s.c.Client.SetReadDeadline(time.Now()) // the reader ends, whatever the client does
+		<-clientDone
+	}()
 	// RabbitMQ does not confirm what it has not confirmed by the time a connection closes, though
 	// the queue keeps it: publishes the proxy forwarded get their confirms first.
 	for deadline := time.Now().Add(closeWait); s.unconfirmed() && time.Now().Before(deadline); {
@@ -272,48 +320,38 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	wmu.Lock()
+	forward = false
 	s.proxyClosing.Store(true)
+	_, err := uw.Write(connCloseFrame(replySuccess, "dsmproxy is shutting down"))
+	if err == nil {
+		err = uw.Flush()
+	}
+	wmu.Unlock()
 	var derr error
-	if _, err := uw.Write(connCloseFrame(replySuccess, "dsmproxy is shutting down")); err == nil && uw.Flush() == nil {
-		select {
-		case derr = <-down:
-		case <-time.After(closeWait):
-			s.c.Upstream.Close()
-			derr = <-down
-		}
-	} else {
+	select {
+	case derr = <-down:
+	case <-time.After(closeWait):
+		// No CloseOk: end the broker side, and free the relay if a client that stopped reading
+		// holds it in a write.
 		s.c.Upstream.Close()
+		s.c.Client.SetWriteDeadline(time.Now())
 		derr = <-down
 	}
-	if !errors.Is(derr, errClientTold) {
+	if err != nil || !errors.Is(derr, errClientTold) {
 		return derr
 	}
-	// After Connection.Close a client sends nothing but CloseOk.
-	s.c.Client.SetReadDeadline(time.Now().Add(closeWait))
-	fr := &frameReader{r: cr, max: s.p.cfg.MaxFrameBytes}
-	for {
-		typ, ch, size, err := fr.header()
-		if err != nil {
-			return derr
-		}
-		if typ != frameMethod || int64(size) > int64(fr.max) {
-			if fr.copyFrame(bufio.NewWriterSize(io.Discard, 16), size) != nil {
-				return derr
-			}
-			continue
-		}
-		f, err := fr.read(size)
-		if err != nil {
-			return derr
-		}
-		if ch == 0 && len(f.Payload) >= 4 && mid(binary.BigEndian.Uint16(f.Payload), binary.BigEndian.Uint16(f.Payload[2:])) == connCloseOk {
-			return derr
-		}
+	// The client was told: its CloseOk ends the reader (or closeWait does).
+	select {
+	case <-clientDone:
+	case <-time.After(closeWait):
 	}
+	return derr
 }
 
 // unconfirmed reports whether a channel in confirm mode has publishes the broker has not
-// confirmed yet.
+// confirmed yet, among those the ring still tracks (confirmed ones are cleared from it, by a
+// multiple ack or one by one).
 func (s *session) unconfirmed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -321,10 +359,11 @@ func (s *session) unconfirmed() bool {
 		if cs.pubRing == nil || cs.seq <= cs.settled {
 			continue
 		}
-		if cs.seq-cs.settled > pubRingSize {
-			return true
+		lo := cs.settled + 1
+		if cs.seq >= pubRingSize {
+			lo = max(lo, cs.seq-pubRingSize+1)
 		}
-		for k := cs.settled + 1; k <= cs.seq; k++ {
+		for k := lo; k <= cs.seq; k++ {
 			if cs.pubRing[k%pubRingSize] != nil {
 				return true
 			}

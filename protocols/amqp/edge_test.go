@@ -1011,3 +1011,32 @@ func TestTransactionalPublishes(t *testing.T) {
 		t.Errorf("%d publish checkpoints, want 1 (the committed publish)", n)
 	}
 }
+
+// TestUnconfirmed: publishes confirmed one by one count as confirmed however many there were
+// (a drain waited its whole confirm time after 1024 single confirms), and one still tracked and
+// unconfirmed does not.
+func TestUnconfirmed(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		seq, settled uint64
+		pending      []uint64 // tags still in the ring
+		unconfirmed  bool
+	}{
+		{"none in confirm mode", 0, 0, nil, false},
+		{"all acked one by one, fewer than the ring", 100, 0, nil, false},
+		{"all acked one by one, more than the ring", pubRingSize + 10, 0, nil, false},
+		{"the latest unconfirmed", pubRingSize + 10, 0, []uint64{pubRingSize + 10}, true},
+		{"settled by a multiple ack", 50, 50, nil, false},
+		{"one after a multiple ack", 51, 50, []uint64{51}, true},
+	} {
+		s := &session{shared: map[uint16]*chanShared{}}
+		cs := &chanShared{seq: tc.seq, settled: tc.settled, pubRing: make([]*pathway.Edge, pubRingSize)}
+		for _, k := range tc.pending {
+			cs.pubRing[k%pubRingSize] = &pathway.Edge{Type: pathway.TypeRabbitMQ}
+		}
+		s.shared[1] = cs
+		if got := s.unconfirmed(); got != tc.unconfirmed {
+			t.Errorf("%s: unconfirmed = %v, want %v", tc.name, got, tc.unconfirmed)
+		}
+	}
+}
