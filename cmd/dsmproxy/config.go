@@ -507,8 +507,8 @@ func (c *Config) Validate() error {
 			bad(line, key, "%q is not host:port", addr)
 			return
 		}
-		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-			bad(line, key, "%q: the port is not 0..65535", addr)
+		if _, err := portNumber(port); err != nil {
+			bad(line, key, "%q: %v", addr, err)
 			return
 		}
 		if port == "0" { // ephemeral: never a clash
@@ -530,7 +530,7 @@ func (c *Config) Validate() error {
 		}
 		for _, b := range k.Bootstrap {
 			if !validHostPort(b) {
-				bad(k.line, p+".bootstrap", "%q is not host:port (port 1..65535)", b)
+				bad(k.line, p+".bootstrap", "%q is not host:port (port 1..65535 or a service name)", b)
 			}
 		}
 		// Frames: a Kafka frame holds a whole request or response (fetch responses run to
@@ -550,7 +550,7 @@ func (c *Config) Validate() error {
 		p := fmt.Sprintf("amqp[%d]", i)
 		listen(a.line, p+".listen", a.Listen)
 		if !validHostPort(a.Upstream) {
-			bad(a.line, p+".upstream", "%q is not host:port (port 1..65535) of the real broker", a.Upstream)
+			bad(a.line, p+".upstream", "%q is not host:port (port 1..65535 or a service name) of the real broker", a.Upstream)
 		}
 		if a.MaxFrameBytes != 0 && a.MaxFrameBytes < 4096 {
 			bad(a.line, p+".max_frame_bytes", "%d is below AMQP's frame_min_size 4096 (0: the default, 1 MiB)", a.MaxFrameBytes)
@@ -580,19 +580,29 @@ func (c *Config) Validate() error {
 		}
 		c.checkLimits(a.line, p, a.ListenerLimits, bad)
 	}
-	// Broker node N listens on the bootstrap port + 1 + N unless told otherwise: another front
-	// there takes node N's port, and every client then fails at its first Metadata.
+	// Broker node N listens on node_port_base + N (default: the bootstrap port + 1 + N) unless
+	// node_addrs maps it: another front there takes node N's port, and every client then fails
+	// at its first Metadata. Node ids 0-9 are checked, as clusters number brokers from 0 or 1.
 	for i, k := range c.Kafka {
 		host, port, err := net.SplitHostPort(k.Listen)
-		base, _ := strconv.Atoi(port)
-		if err != nil || base == 0 || k.NodePortBase != 0 || len(k.NodeAddrs) > 0 {
+		lp, _ := portNumber(port)
+		base := k.NodePortBase
+		if base == 0 && lp != 0 {
+			base = lp + 1
+		}
+		if err != nil || base == 0 {
 			continue
 		}
-		for addr, key := range seen {
-			h, pt, _ := net.SplitHostPort(addr)
-			n, _ := strconv.Atoi(pt)
-			if key != fmt.Sprintf("kafka[%d].listen", i) && n > base && n <= base+nodePortsChecked && (h == host || wildcard(h) || wildcard(host)) {
-				bad(k.line, fmt.Sprintf("kafka[%d].node_port_base", i), "broker node %d would listen on %s's port %d (node N listens on the listen port + 1 + N): set node_port_base or node_addrs, or move %s", n-base-1, key, n, key)
+		for id := int32(0); id < nodePortsChecked; id++ {
+			if _, mapped := k.NodeAddrs[id]; mapped {
+				continue
+			}
+			for addr, key := range seen {
+				h, pt, _ := net.SplitHostPort(addr)
+				n, _ := portNumber(pt)
+				if n == base+int(id) && sameHost(h, host) {
+					bad(k.line, fmt.Sprintf("kafka[%d].node_port_base", i), "broker node %d would listen on %s's port %d (node N listens on node_port_base + N, by default the listen port + 1 + N): set node_port_base, map the node in node_addrs, or move %s", id, key, n, key)
+				}
 			}
 		}
 	}
@@ -626,12 +636,31 @@ const nodePortsChecked = 10
 // validHostPort: s is host:port with a port a peer can listen on.
 func validHostPort(s string) bool {
 	h, p, err := net.SplitHostPort(s)
-	n, perr := strconv.Atoi(p)
-	return err == nil && h != "" && perr == nil && n >= 1 && n <= 65535
+	n, perr := portNumber(p)
+	return err == nil && h != "" && perr == nil && n >= 1
+}
+
+// portNumber reads a port as the net package does: a number, or a service name (amqp, 5672).
+func portNumber(p string) (int, error) {
+	n, err := net.LookupPort("tcp", p)
+	if err != nil {
+		return 0, fmt.Errorf("the port is not 0..65535 or a known service name")
+	}
+	return n, nil
 }
 
 func wildcard(host string) bool {
 	return host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()
+}
+
+// sameHost: listeners on a and b can take each other's ports (the same host, a wildcard, or
+// both loopback: localhost, 127.0.0.1, ::1).
+func sameHost(a, b string) bool {
+	loopback := func(h string) bool {
+		ip := net.ParseIP(h)
+		return h == "localhost" || ip != nil && ip.IsLoopback()
+	}
+	return a == b || wildcard(a) || wildcard(b) || loopback(a) && loopback(b)
 }
 
 func httpURL(s string) bool {

@@ -48,6 +48,9 @@ func TestConfigErrors(t *testing.T) {
 		{"negative duration", "drain_timeout: -5s\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 1", "negative"}},
 		{"tiny flush interval", "agent:\n  flush_interval: 1ms\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"agent.flush_interval"}},
 		{"tiny kafka frames", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_frame_bytes: 10\n", []string{"kafka[0].max_frame_bytes"}},
+		{"a front on node 0's port from node_port_base", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_port_base: 29100\namqp:\n  - listen: 127.0.0.1:29100\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 0"}},
+		{"localhost and 127.0.0.1 clash", "kafka:\n  - listen: localhost:29092\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:29093\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 0"}},
+		{"node_addrs leaves node 1 on its default port", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_addrs: {0: 127.0.0.1:30000}\namqp:\n  - listen: 127.0.0.1:29094\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 1"}},
 		{"upstream tls off with a CA", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    upstream_tls:\n      enabled: false\n      ca_file: /ca.pem\n", []string{"kafka[0].upstream_tls", "enabled is false"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

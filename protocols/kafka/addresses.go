@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"slices"
+
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -69,6 +71,7 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 		if r.ClusterID != nil {
 			p.noteCluster(*r.ClusterID)
 		}
+		p.forgetGoneNodes(r.Brokers)
 	case *kmsg.FindCoordinatorResponse:
 		if r.ErrorCode == 0 {
 			if err := fix(r.NodeID, &r.Host, &r.Port); err != nil {
@@ -124,4 +127,16 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 		}
 	}
 	return changed, nil
+}
+
+// forgetGoneNodes drops the listener problems of nodes a Metadata response no longer lists (it
+// lists every live broker): no client is told of them any more.
+func (p *Proxy) forgetGoneNodes(brokers []kmsg.MetadataResponseBroker) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.nodeProblems {
+		if !slices.ContainsFunc(brokers, func(b kmsg.MetadataResponseBroker) bool { return b.NodeID == id }) {
+			delete(p.nodeProblems, id)
+		}
+	}
 }

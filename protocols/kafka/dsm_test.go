@@ -358,6 +358,22 @@ func TestNodeListenerProblem(t *testing.T) {
 	if _, ok := p.NodeAddr(0); !ok {
 		t.Errorf("node 0 has no listener although the problem cleared")
 	}
+
+	// A node that leaves the cluster is no longer a problem: Metadata stops naming it.
+	c2, _ := startCluster(t)
+	blocker2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker2.Close()
+	p2 := startProxy(t, c2, func(cfg *Config) {
+		cfg.NodeAddrs = map[int32]string{0: blocker2.Addr().String(), 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
+	})
+	waitFor(t, "the second proxy to report node 0's listener", func() bool { return p2.Problem() != nil })
+	if err := c2.RemoveNode(0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the problem of a removed node to clear", func() bool { return p2.Problem() == nil })
 }
 
 // TestTopicSizeLimitLearned: a topic whose max.message.bytes is below MaxBatchBytes refuses a
