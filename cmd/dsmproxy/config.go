@@ -544,7 +544,7 @@ func (c *Config) Validate() error {
 		if host, _, err := net.SplitHostPort(k.Listen); err == nil && k.AdvertisedHost == "" && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
 			bad(k.line, p+".advertised_host", "required when listen %s binds every interface: it is the host clients are told to reach the broker nodes at (set it in a config file)", k.Listen)
 		}
-		c.checkLimits(k.line, p, k.ListenerLimits, bad)
+		c.checkLimits(k.line, p, k.ListenerLimits, true, bad)
 	}
 	for i, a := range c.AMQP {
 		p := fmt.Sprintf("amqp[%d]", i)
@@ -555,7 +555,7 @@ func (c *Config) Validate() error {
 		if a.MaxFrameBytes != 0 && a.MaxFrameBytes < 4096 {
 			bad(a.line, p+".max_frame_bytes", "%d is below AMQP's frame_min_size 4096 (0: the default, 1 MiB)", a.MaxFrameBytes)
 		}
-		c.checkLimits(a.line, p, a.ListenerLimits, bad)
+		c.checkLimits(a.line, p, a.ListenerLimits, true, bad)
 	}
 	for i, a := range c.AWS {
 		p := fmt.Sprintf("aws[%d]", i)
@@ -578,7 +578,7 @@ func (c *Config) Validate() error {
 		if a.TrustClientsNonLoopback && !a.TrustClients {
 			bad(a.line, p+".trust_clients_non_loopback", "only means something with trust_clients: true")
 		}
-		c.checkLimits(a.line, p, a.ListenerLimits, bad)
+		c.checkLimits(a.line, p, a.ListenerLimits, false, bad)
 	}
 	// Broker node N listens on node_port_base + N (default: the bootstrap port + 1 + N) unless
 	// node_addrs maps it: another front there takes node N's port, and every client then fails
@@ -612,7 +612,9 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (c *Config) checkLimits(line int, p string, l ListenerLimits, bad func(int, string, string, ...any)) {
+// checkLimits checks the keys every front shares; enabledRead: the front reads
+// upstream_tls.enabled (AWS fronts follow the upstream URL's scheme instead).
+func (c *Config) checkLimits(line int, p string, l ListenerLimits, enabledRead bool, bad func(int, string, string, ...any)) {
 	if l.MaxConns < 0 {
 		bad(line, p+".max_conns", "must be >= 0 (0 = unlimited)")
 	}
@@ -623,7 +625,7 @@ func (c *Config) checkLimits(line int, p string, l ListenerLimits, bad func(int,
 		if (t.CertFile == "") != (t.KeyFile == "") {
 			bad(line, p+".upstream_tls", "a client certificate needs both cert_file and key_file")
 		}
-		if t.Enabled != nil && !*t.Enabled && t.configured() {
+		if enabledRead && t.Enabled != nil && !*t.Enabled && t.configured() {
 			bad(line, p+".upstream_tls", "enabled is false but ca_file, cert_file, server_name or insecure_skip_verify is set: remove them, or set enabled: true")
 		}
 	}

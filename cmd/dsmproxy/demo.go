@@ -52,7 +52,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", usageDemo, stderr)
 	rate := fs.Int("rate", 200, "orders produced per second")
 	duration := fs.Duration("duration", 0, "stop after this long (0 = until Ctrl-C)")
-	flush := fs.Duration("flush", 10*time.Second, "bucket and flush interval")
+	flush := fs.Duration("flush", 10*time.Second, "bucket and flush interval (1s or more)")
 	agentURL := fs.String("agent-url", "", "also send the stats to this real Datadog Agent")
 	amqpUp := fs.String("amqp-upstream", "127.0.0.1:5672", "RabbitMQ for the AMQP part of the demo (guest/guest); used when it answers; off disables")
 	withSQS := fs.Bool("sqs", true, "run the SQS part of the demo (an in-process SQS server behind an AWS front); --sqs=false leaves it out")
@@ -63,6 +63,9 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *flush < time.Second {
+		return fmt.Errorf("--flush %s: 1s or more (it is the width of the DSM buckets)", *flush)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

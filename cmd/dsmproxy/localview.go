@@ -25,6 +25,9 @@ type localView struct {
 	pts map[string]agentpayload.Point        // current-time points by service, edge and hashes
 	bl  map[string]agentpayload.BacklogEntry // by service and tags
 	at  time.Time                            // the latest flush that brought any
+	// width is the latest bucket's: a bucket is flushed once it is over, so entries are kept for
+	// three of them at least (with 60 s buckets, a minute would drop each as it came).
+	width time.Duration
 }
 
 // localViewWindow: entries from buckets older than this (or three buckets, if longer) go.
@@ -42,6 +45,7 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 		if len(b.Groups) > 0 || len(b.Backlogs) > 0 {
 			v.at = now
 		}
+		v.width = max(v.width, b.Duration)
 		for _, g := range b.Groups {
 			if b.TimestampType != aggregator.Current {
 				continue
@@ -63,13 +67,14 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 			v.bl[k] = agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value}
 		}
 	}
+	keep := max(localViewWindow, 3*v.width)
 	for k, p := range v.pts {
-		if now.Sub(p.Start) > max(localViewWindow, 3*p.Duration) {
+		if now.Sub(p.Start) > keep {
 			delete(v.pts, k)
 		}
 	}
 	for k, b := range v.bl {
-		if now.Sub(b.Start) > localViewWindow {
+		if now.Sub(b.Start) > keep {
 			delete(v.bl, k)
 		}
 	}

@@ -66,4 +66,14 @@ func TestLocalView(t *testing.T) {
 	if got := page(); strings.Contains(got, "stale") {
 		t.Errorf("a pathway older than the window is shown: %s", got)
 	}
+
+	// 60-second buckets are flushed once over: their lag stays on show.
+	w := &localView{}
+	if err := w.Send(context.Background(), []aggregator.Bucket{{Start: now.Add(-70 * time.Second), Duration: time.Minute, TimestampType: aggregator.Current,
+		Backlogs: []aggregator.Backlog{{Service: "ledger", Tags: []string{"partition:0", "topic:payments", "type:kafka_high_watermark"}, Value: 9}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.bl) != 1 {
+		t.Errorf("the backlog of a 60 s bucket was dropped as it came")
+	}
 }

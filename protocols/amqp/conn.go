@@ -270,10 +270,21 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 	var wmu sync.Mutex
 	forward := true
 	clientDone := make(chan struct{})
-	s.c.Client.SetReadDeadline(time.Now().Add(3 * closeWait))
+	var stopping atomic.Bool
+	until := time.Now().Add(3 * closeWait)
+	s.c.Client.SetReadDeadline(until)
+	s.c.Upstream.SetWriteDeadline(until) // a broker that stops reading cannot hold the drain
 	go func() {
 		defer close(clientDone)
 		fr := &frameReader{r: cr, max: s.p.cfg.MaxFrameBytes}
+		// The drain watcher may set its wake-up deadline after the one above: read on.
+		fr.again = func(err error) bool {
+			if !errors.Is(err, os.ErrDeadlineExceeded) || stopping.Load() || !time.Now().Before(until) {
+				return false
+			}
+			s.c.Client.SetReadDeadline(until)
+			return true
+		}
 		discard := bufio.NewWriterSize(io.Discard, 16)
 		for {
 			typ, ch, size, err := fr.header()
@@ -308,6 +319,7 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 		}
 	}()
 	defer func() {
+		stopping.Store(true)
 		s.c.Client.SetReadDeadline(time.Now()) // the reader ends, whatever the client does
 		<-clientDone
 	}()

@@ -534,6 +534,24 @@ func TestTopicLimitsUnreadable(t *testing.T) {
 	guard.check(t)
 }
 
+// TestRefusedSASLKeepsConfigReads: one client trying SASL against a cluster that does not speak
+// it (refused) does not stop the proxy reading topic limits, on which acks=0 batches depend.
+func TestRefusedSASLKeepsConfigReads(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	prober := kgoClient(t, p, kgo.SASL(plain.Auth{User: "u", Pass: "p"}.AsMechanism()))
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := prober.Ping(pctx)
+	cancel()
+	if err == nil {
+		t.Fatal("a SASL client was accepted by a cluster without SASL")
+	}
+	topic := uniqueTopic(t, "after-sasl-probe")
+	produceKgo(t, ctx, kgoClient(t, p), topic, testRecords(1, time.UnixMilli(1700000770000)))
+	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) > 0 })
+}
+
 // TestTopicLimitBoundary: a batch the header grows to exactly the topic's max.message.bytes
 // gets it (the broker accepts a batch of that size, log overhead included); one byte more and
 // it goes as it came. The grown size is measured where the broker receives it.

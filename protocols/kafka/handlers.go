@@ -20,6 +20,7 @@ const (
 	keySyncGroup       int16 = 14
 	keySaslHandshake   int16 = 17
 	keyApiVersions     int16 = 18
+	keySaslAuth        int16 = 36
 	keyEndTxn          int16 = 26
 	keyTxnOffsetCommit int16 = 28
 	keyDescribeCluster int16 = 60
@@ -34,7 +35,7 @@ var decodedKeys = map[int16]bool{
 	keyProduce: true, keyFetch: true, keyListOffsets: true, keyMetadata: true, keyOffsetCommit: true, keyFindCoordinator: true,
 	keyJoinGroup: true, keyHeartbeat: true, keyLeaveGroup: true, keySyncGroup: true, keySaslHandshake: true, keyApiVersions: true,
 	keyTxnOffsetCommit: true, keyDescribeCluster: true, keyCGHeartbeat: true, keyShareFetch: true, keyShareAck: true,
-	keyEndTxn: true,
+	keyEndTxn: true, keySaslAuth: true,
 }
 
 // requestParseError reports a request body the proxy could not read; the request is forwarded.
@@ -82,7 +83,6 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 			pd.facts = group // for the error event only: a member leaving is not learned
 		}
 	case keySaslHandshake:
-		s.p.saslSeen.Store(true) // the cluster wants credentials the proxy does not have (topicconfig.go)
 		if mech, ok := s.firstString(h, frame); ok {
 			pd.facts = mech
 		}
@@ -120,6 +120,8 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 		s.listOffsetsResponse(pd, frame)
 	case keySaslHandshake:
 		s.saslHandshakeResponse(pd, frame)
+	case keySaslAuth:
+		s.saslAuthenticateResponse(pd, frame)
 	}
 	return frame, nil, nil
 }

@@ -191,9 +191,9 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: Listen %q: %w", cfg.Listen, err)
 	}
-	port, err := strconv.Atoi(portStr)
+	port, err := net.LookupPort("tcp", portStr) // a number or a service name, as net.Listen takes
 	if err != nil {
-		return nil, fmt.Errorf("kafka: Listen %q: port: %w", cfg.Listen, err)
+		return nil, fmt.Errorf("kafka: listen %q: port: %w", cfg.Listen, err)
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node), nodeProblems: make(map[int32]error)}
 	p.advHost = cfg.AdvertisedHost

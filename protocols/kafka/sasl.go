@@ -26,14 +26,17 @@ func rawExchanges(mechanism string) int32 {
 }
 
 func (s *session) saslHandshakeResponse(pd *pending, frame []byte) {
+	mech, _ := pd.facts.(string)
+	resp := kmsg.NewPtrSASLHandshakeResponse()
 	if pd.version != 0 {
 		return
 	}
-	mech, _ := pd.facts.(string)
-	resp := kmsg.NewPtrSASLHandshakeResponse()
 	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 {
 		return
 	}
+	// v0: the tokens that follow are raw, and no SaslAuthenticate answer will say the login
+	// succeeded; a broker that accepts the handshake authenticates clients.
+	s.p.saslSeen.Store(true)
 	n := rawExchanges(mech)
 	s.rawOAuth = strings.EqualFold(mech, "OAUTHBEARER")
 	s.rawLeft.Store(n)
@@ -49,5 +52,15 @@ func (s *session) rawTokenAnswered(frame []byte) {
 	if s.rawOAuth && len(frame) > 4 && left == 0 {
 		s.rawLeft.Store(1)
 		s.rawOAuth = false
+	}
+}
+
+// saslAuthenticateResponse notes a login the cluster accepted: it authenticates its clients, and
+// the proxy, which has no credentials, would be refused (topicconfig.go). A refused login (a
+// wrong password, or a cluster without SASL) says nothing about the cluster.
+func (s *session) saslAuthenticateResponse(pd *pending, frame []byte) {
+	resp := kmsg.NewPtrSASLAuthenticateResponse()
+	if _, ok := s.decodeResponse(pd, frame, resp); ok && resp.ErrorCode == 0 {
+		s.p.saslSeen.Store(true)
 	}
 }

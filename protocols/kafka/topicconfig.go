@@ -30,6 +30,9 @@ type configReader struct {
 	retryAt time.Time     // after a failed or refused connection, no dial before this
 	backoff time.Duration // doubles per failure, up to configMaxBackoff (configRefusedBackoff)
 	told    bool          // the operator was told the configs cannot be read (reset by a success)
+	// succeeded: a lookup was answered. A cluster that answers the proxy does not need it to
+	// stop when clients authenticate (a listener may accept both).
+	succeeded bool
 }
 
 const (
@@ -61,7 +64,7 @@ func (r *configReader) run(ctx context.Context) {
 				break more
 			}
 		}
-		if r.p.saslSeen.Load() {
+		if r.p.saslSeen.Load() && !r.succeeded {
 			r.p.log.Info().Msg("clients authenticate with SASL, and the proxy has no credentials: topic configs are not read; " + r.consequence())
 			return
 		}
@@ -158,6 +161,7 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 			r.p.limits.learned(res.ResourceName, limit, compression)
 		}
 	}
+	r.succeeded = true
 	if denied > 0 {
 		r.tell(fmt.Errorf("DescribeConfigs of %d topics: %w", denied, kerr.TopicAuthorizationFailed))
 	} else {

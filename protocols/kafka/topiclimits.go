@@ -79,13 +79,14 @@ func (t *topicLimits) check(topic string, b grownBatch, acks0 bool) string {
 	if e.compression >= 0 && e.compression != b.codec {
 		size = b.plain
 	}
-	known := e.read > 0 && (!acks0 || now.Sub(e.readAt) <= topicLimitStale)
+	// A stale limit still bounds a batch; for acks=0 it no longer vouches that one fits.
+	fresh := e.read > 0 && now.Sub(e.readAt) <= topicLimitStale
 	switch {
 	case e.refused > 0 && b.size >= e.refused:
 		return skipTopicSizeLimit
-	case known && size > e.read:
+	case e.read > 0 && size > e.read:
 		return skipTopicSizeLimit
-	case !known && acks0 && !t.vouched:
+	case acks0 && !fresh && !t.vouched:
 		return skipTopicLimitUnknown
 	}
 	return ""

@@ -32,6 +32,8 @@ func TestTopicLimitsCheck(t *testing.T) {
 		{name: "producer's codec: sent size counts", read: 2000, compression: "producer", b: grownBatch{size: 900, plain: 2500, codec: 3}, acks0: true, want: ""},
 		{name: "stale limit, acks=0", read: 2000, age: topicLimitStale + time.Second, b: grownBatch{size: 10}, acks0: true, want: skipTopicLimitUnknown},
 		{name: "stale limit, acks=all", read: 2000, age: topicLimitStale + time.Second, b: grownBatch{size: 2001}, want: skipTopicSizeLimit},
+		{name: "stale limit still bounds vouched acks=0", vouched: true, read: 2000, age: topicLimitStale + time.Second, b: grownBatch{size: 5000}, acks0: true, want: skipTopicSizeLimit},
+		{name: "stale limit, vouched acks=0 within it", vouched: true, read: 2000, age: topicLimitStale + time.Second, b: grownBatch{size: 100}, acks0: true, want: ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newTopicLimits(10, tc.vouched)
