@@ -581,8 +581,22 @@ func (c *Config) Validate() error {
 		c.checkLimits(a.line, p, a.ListenerLimits, false, bad)
 	}
 	// Broker node N listens on node_port_base + N (default: the bootstrap port + 1 + N) unless
-	// node_addrs maps it: another front there takes node N's port, and every client then fails
-	// at its first Metadata. Node ids 0-9 are checked, as clusters number brokers from 0 or 1.
+	// node_addrs maps it: another listener there (a front, the admin, another Kafka front's node)
+	// takes node N's port, and every client then fails at its first Metadata. Node ids 0-9 are
+	// checked, as clusters number brokers from 0 or 1.
+	type claim struct {
+		host      string
+		port      int
+		key, what string
+		line      int
+		node      bool
+	}
+	var claims []claim
+	for addr, key := range seen {
+		h, pt, _ := net.SplitHostPort(addr)
+		n, _ := portNumber(pt)
+		claims = append(claims, claim{host: h, port: n, key: key, what: key})
+	}
 	for i, k := range c.Kafka {
 		host, port, err := net.SplitHostPort(k.Listen)
 		lp, _ := portNumber(port)
@@ -590,20 +604,35 @@ func (c *Config) Validate() error {
 		if base == 0 && lp != 0 {
 			base = lp + 1
 		}
-		if err != nil || base == 0 {
-			continue
-		}
 		for id := int32(0); id < nodePortsChecked; id++ {
-			if _, mapped := k.NodeAddrs[id]; mapped {
+			if a, mapped := k.NodeAddrs[id]; mapped {
+				h, pt, err := net.SplitHostPort(a)
+				if n, _ := portNumber(pt); err == nil && n != 0 {
+					claims = append(claims, claim{host: h, port: n, key: fmt.Sprintf("kafka[%d].node_addrs", i), what: fmt.Sprintf("kafka[%d]'s broker node %d", i, id), line: k.line, node: true})
+				}
+			} else if err == nil && base != 0 {
+				claims = append(claims, claim{host: host, port: base + int(id), key: fmt.Sprintf("kafka[%d].node_port_base", i), what: fmt.Sprintf("kafka[%d]'s broker node %d", i, id), line: k.line, node: true})
+			}
+		}
+	}
+	for i, a := range claims {
+		for _, b := range claims[i+1:] {
+			if a.port != b.port || !sameHost(a.host, b.host) {
 				continue
 			}
-			for addr, key := range seen {
-				h, pt, _ := net.SplitHostPort(addr)
-				n, _ := portNumber(pt)
-				if n == base+int(id) && sameHost(h, host) {
-					bad(k.line, fmt.Sprintf("kafka[%d].node_port_base", i), "broker node %d would listen on %s's port %d (node N listens on node_port_base + N, by default the listen port + 1 + N): set node_port_base, map the node in node_addrs, or move %s", id, key, n, key)
+			if !a.node && !b.node {
+				// Two listen addresses written alike were refused above; written differently
+				// (localhost and 127.0.0.1, a wildcard and a host) they clash as well.
+				if net.JoinHostPort(a.host, strconv.Itoa(a.port)) != net.JoinHostPort(b.host, strconv.Itoa(b.port)) {
+					bad(0, b.key, "port %d on this host is already used by %s", b.port, a.key)
 				}
+				continue
 			}
+			n := b
+			if !n.node {
+				n = a
+			}
+			bad(n.line, n.key, "%s and %s would both listen on port %d (node N listens on node_port_base + N, by default the listen port + 1 + N): set node_port_base, map the node in node_addrs, or move the other", a.what, b.what, a.port)
 		}
 	}
 	if len(c.Kafka)+len(c.AMQP)+len(c.AWS) == 0 {

@@ -51,6 +51,8 @@ func TestConfigErrors(t *testing.T) {
 		{"a front on node 0's port from node_port_base", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_port_base: 29100\namqp:\n  - listen: 127.0.0.1:29100\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 0"}},
 		{"localhost and 127.0.0.1 clash", "kafka:\n  - listen: localhost:29092\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:29093\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 0"}},
 		{"node_addrs leaves node 1 on its default port", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_addrs: {0: 127.0.0.1:30000}\namqp:\n  - listen: 127.0.0.1:29094\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 1"}},
+		{"two Kafka fronts' node ports overlap", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:29080\n    bootstrap: [b:9092]\n    node_port_base: 29095\n", []string{"kafka[0]'s broker node 2", "kafka[1]'s broker node 0", "29095"}},
+		{"one port under two names", "amqp:\n  - listen: localhost:29200\n    upstream: b:5672\n  - listen: 127.0.0.1:29200\n    upstream: c:5672\n", []string{"already used by"}},
 		{"upstream tls off with a CA", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    upstream_tls:\n      enabled: false\n      ca_file: /ca.pem\n", []string{"kafka[0].upstream_tls", "enabled is false"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
