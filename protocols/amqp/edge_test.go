@@ -234,18 +234,26 @@ func TestShutdownClosesIdleConnection(t *testing.T) {
 	}
 }
 
+// directQueue declares a fresh auto-delete queue named from prefix on a direct connection to
+// RabbitMQ, deleted when the test ends; the channel serves to check what the queue holds.
+func directQueue(t *testing.T, prefix string) (*amqp091.Channel, amqp091.Queue) {
+	t.Helper()
+	direct := channel(t, dial(t, directURL, prefix+"-check", 0))
+	q, err := direct.QueueDeclare(fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()), false, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { direct.QueueDelete(q.Name, false, false, false) })
+	return direct, q
+}
+
 // TestShutdownDeliversConfirms: a publisher with confirms that is publishing when the proxy
 // drains gets the confirm of every message the broker took before the connection ends: the proxy
 // closes the broker side with Connection.Close and relays what comes before its CloseOk. (Closing
 // the socket lost those confirms, and the publisher sent again messages the queue held.)
 func TestShutdownDeliversConfirms(t *testing.T) {
 	p := startBareProxy(t)
-	direct := channel(t, dial(t, directURL, "confirm-drain-check", 0))
-	q, err := direct.QueueDeclare(fmt.Sprintf("drain-confirms-%d", time.Now().UnixNano()), false, true, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { direct.QueueDelete(q.Name, false, false, false) })
+	direct, q := directQueue(t, "drain-confirms")
 	c, err := amqp091.Dial("amqp://guest:guest@" + p.Addr().String() + "/")
 	if err != nil {
 		t.Fatal(err)
@@ -611,12 +619,7 @@ func (g *frameGate) Write(p []byte) (int, error) {
 // closes the connection only after the last one, so RabbitMQ gets the whole message.
 func TestShutdownWaitsForTheBody(t *testing.T) {
 	p := startBareProxy(t)
-	direct := channel(t, dial(t, directURL, "drain-check", 0))
-	q, err := direct.QueueDeclare(fmt.Sprintf("drain-mid-body-%d", time.Now().UnixNano()), false, true, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { direct.QueueDelete(q.Name, false, false, false) })
+	direct, q := directQueue(t, "drain-mid-body")
 
 	gate := &frameGate{held: make(chan struct{}), open: make(chan struct{})}
 	c, err := amqp091.DialConfig("amqp://guest:guest@"+p.Addr().String()+"/", amqp091.Config{
