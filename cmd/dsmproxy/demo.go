@@ -3,14 +3,17 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -42,24 +45,25 @@ use aws-sdk-go-v2 and sign with the demo's static keys (demo/demo), which the pr
            (plus, every 3 s, a send to a queue that does not exist: a tracked SQS error)
 
 Every flush (10 s) it prints what the Agent received: pathways with edge and end-to-end latency
-p50/p99, messages/s, consumer lag, and the errors the proxy tracked (also at /errors). billing's consume-to-produce link is made by the proxy's
-optional link_consume_produce setting, on in the demo. Ctrl-C stops it cleanly.
+p50/p99, messages/s, consumer lag, and the errors the proxy tracked (also at /errors). billing's
+consume-to-produce link is made by the proxy's optional link_consume_produce setting, on in the
+demo. Ctrl-C stops it cleanly.
 
 Flags:
 `
 
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", usageDemo, stderr)
-	rate := fs.Int("rate", 200, "orders produced per second")
-	duration := fs.Duration("duration", 0, "stop after this long (0 = until Ctrl-C)")
-	flush := fs.Duration("flush", 10*time.Second, "bucket and flush interval (1s or more)")
-	agentURL := fs.String("agent-url", "", "also send the stats to this real Datadog Agent")
-	amqpUp := fs.String("amqp-upstream", "127.0.0.1:5672", "RabbitMQ for the AMQP part of the demo (guest/guest); used when it answers; off disables")
+	rate := fs.Int("rate", 200, "`N` orders produced per second")
+	duration := fs.Duration("duration", 0, "stop after `DURATION` (0 = until Ctrl-C)")
+	flush := fs.Duration("flush", 10*time.Second, "bucket and flush `INTERVAL` (1s or more)")
+	agentURL := fs.String("agent-url", "", "also send the stats to the real Datadog Agent at `URL`")
+	amqpUp := fs.String("amqp-upstream", "127.0.0.1:5672", "RabbitMQ (`HOST:PORT`, guest/guest) for the AMQP part; used when it answers; off disables")
 	withSQS := fs.Bool("sqs", true, "run the SQS part of the demo (an in-process SQS server behind an AWS front); --sqs=false leaves it out")
-	logLevel := fs.String("log-level", "error", "proxy log level (tracked errors are in the tables and at /errors)")
+	logLevel := fs.String("log-level", "error", "proxy log `LEVEL` (tracked errors are in the tables and at /errors)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), usageDemo, "demo")
-		fs.PrintDefaults()
+		printFlags(fs)
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -377,4 +381,22 @@ func relay(ctx context.Context, bootstrap, group, topic, out string) error {
 			}
 		})
 	}
+}
+
+// printFlags lists fs's flags as run --help writes its own: --name VALUE, then what it does and
+// its default.
+func printFlags(fs *flag.FlagSet) {
+	tw := tabwriter.NewWriter(fs.Output(), 0, 0, 2, ' ', 0)
+	fs.VisitAll(func(f *flag.Flag) {
+		value, usage := flag.UnquoteUsage(f)
+		name := "--" + f.Name
+		if value != "" {
+			name += " " + strings.ToUpper(value)
+		}
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "0s" && f.DefValue != "false" {
+			usage += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\n", name, usage)
+	})
+	tw.Flush()
 }
