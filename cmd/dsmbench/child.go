@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"time"
@@ -63,6 +64,14 @@ func runChild(args []string) int {
 		if f, err := os.Create(path); err == nil {
 			if err := pprof.StartCPUProfile(f); err == nil {
 				defer pprof.StopCPUProfile()
+			}
+		}
+	}
+	// An execution trace shows where the proxy's goroutines waited (go tool trace -pprof=sched).
+	if path := os.Getenv("DSMBENCH_PROXY_TRACE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if err := trace.Start(f); err == nil {
+				defer trace.Stop()
 			}
 		}
 	}

@@ -46,6 +46,10 @@ relay/direct is what one more TCP hop costs on this machine, proxy/relay what th
 protocol work costs beyond it. (With AMQP confirms and consumes, many small frames, the relay
 has used more CPU than the proxy: there it is a plain relay, not a floor.)
 
+To see inside the proxy child: DSMBENCH_PROXY_CPUPROFILE=FILE writes its CPU profile (go tool
+pprof), DSMBENCH_PROXY_TRACE=FILE its execution trace (go tool trace; -pprof=sched or =net for
+where its goroutines waited).
+
 Flags:
 `
 
