@@ -74,31 +74,21 @@ func (e errRefused) Unwrap() error { return e.err }
 func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := p.dialBootstrap(ctx, "tcp", "")
+	c, vr, err := p.dialOwn(ctx)
+	var unanswered errNoApiVersions
+	if errors.As(err, &unanswered) {
+		return 0, errRefused{err}
+	}
 	if err != nil {
-		return 0, err
+		return 0, err // no bootstrap broker reached: retried
 	}
 	defer c.Close()
 	if d, ok := ctx.Deadline(); ok {
 		c.SetDeadline(d)
 	}
-	versions := kmsg.NewPtrApiVersionsRequest()
-	versions.Version = 0 // every broker answers v0, whatever it supports
-	vr := kmsg.NewPtrApiVersionsResponse()
-	if err := roundTrip(c, 1, versions, vr); err != nil {
-		return 0, errRefused{fmt.Errorf("ApiVersions: %w", err)}
-	}
-	mdVersion := int16(-1)
-	for _, k := range vr.ApiKeys {
-		if k.ApiKey == kmsg.Metadata.Int16() {
-			mdVersion = min(k.MaxVersion, kmsg.NewPtrMetadataRequest().MaxVersion())
-			if mdVersion < k.MinVersion || mdVersion < 1 {
-				return 0, errRefused{fmt.Errorf("broker supports Metadata v%d-v%d only", k.MinVersion, k.MaxVersion)}
-			}
-		}
-	}
-	if mdVersion < 0 {
-		return 0, errRefused{errors.New("broker lists no Metadata versions")}
+	mdVersion := ownVersion(vr, kmsg.NewPtrMetadataRequest())
+	if mdVersion < 1 {
+		return 0, errRefused{errors.New("the broker lists no Metadata version from v1 that the proxy speaks")}
 	}
 	md := kmsg.NewPtrMetadataRequest()
 	md.Version = mdVersion // Topics nil: every topic, whose ids produce and fetch v13+ name them by
@@ -112,6 +102,44 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 		return 0, errNodeListener{err}
 	}
 	return len(mr.Brokers), nil
+}
+
+// dialOwn opens a connection of the proxy's own to a bootstrap broker (never a client's) and asks
+// its ApiVersions, v0, which every broker answers, with correlation id 1. A broker that takes the
+// connection and does not answer gives errNoApiVersions.
+func (p *Proxy) dialOwn(ctx context.Context) (net.Conn, *kmsg.ApiVersionsResponse, error) {
+	c, err := p.dialBootstrap(ctx, "tcp", "")
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	versions := kmsg.NewPtrApiVersionsRequest()
+	versions.Version = 0
+	vr := kmsg.NewPtrApiVersionsResponse()
+	if err := roundTrip(c, 1, versions, vr); err != nil {
+		c.Close()
+		return nil, nil, errNoApiVersions{err}
+	}
+	return c, vr, nil
+}
+
+// errNoApiVersions: a bootstrap broker took the connection but did not answer ApiVersions.
+type errNoApiVersions struct{ err error }
+
+func (e errNoApiVersions) Error() string { return "ApiVersions: " + e.err.Error() }
+func (e errNoApiVersions) Unwrap() error { return e.err }
+
+// ownVersion is the highest version of req's API that both the broker (vr) and kmsg speak, or -1.
+func ownVersion(vr *kmsg.ApiVersionsResponse, req kmsg.Request) int16 {
+	for _, k := range vr.ApiKeys {
+		if k.ApiKey == req.Key() {
+			if v := min(k.MaxVersion, req.MaxVersion()); v >= k.MinVersion {
+				return v
+			}
+		}
+	}
+	return -1
 }
 
 // roundTrip sends req on c with correlation id corr and reads its response into resp.

@@ -26,11 +26,11 @@ func rawExchanges(mechanism string) int32 {
 }
 
 func (s *session) saslHandshakeResponse(pd *pending, frame []byte) {
-	mech, _ := pd.facts.(string)
-	resp := kmsg.NewPtrSASLHandshakeResponse()
 	if pd.version != 0 {
 		return
 	}
+	mech, _ := pd.facts.(string)
+	resp := kmsg.NewPtrSASLHandshakeResponse()
 	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 {
 		return
 	}

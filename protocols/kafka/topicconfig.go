@@ -18,9 +18,9 @@ import (
 // (topicLimits asks for them), with DescribeConfigs on a connection of the proxy's own to a
 // bootstrap broker: the proxy adds no request to a client's connection. A cluster that wants
 // SASL first, or whose ACLs deny DescribeConfigs to an anonymous client, leaves the limits
-// unknown; topicLimits.check says what that means for a batch. Once a client has sent
-// SaslHandshake the reader stops: every attempt would be a failed authentication in the
-// broker's log and metrics.
+// unknown; topicLimits.check says what that means for a batch. Once the cluster accepts a
+// client's login, a reader it never answered stops: every attempt would be a failed
+// authentication in the broker's log and metrics.
 type configReader struct {
 	p       *Proxy
 	conn    net.Conn
@@ -174,29 +174,12 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 func (r *configReader) connect(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, configTimeout)
 	defer cancel()
-	c, err := r.p.dialBootstrap(ctx, "tcp", "")
+	c, vr, err := r.p.dialOwn(ctx) // an ApiVersions failure is not a refusal: every broker answers it
 	if err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	versions := kmsg.NewPtrApiVersionsRequest()
-	versions.Version = 0 // every broker answers v0
-	vr := kmsg.NewPtrApiVersionsResponse()
-	r.corr++
-	if err := roundTrip(c, r.corr, versions, vr); err != nil {
-		c.Close()
-		return fmt.Errorf("ApiVersions: %w", err) // every broker answers it: not a refusal
-	}
-	r.version = -1
-	for _, k := range vr.ApiKeys {
-		if k.ApiKey == kmsg.DescribeConfigs.Int16() {
-			if v := min(k.MaxVersion, kmsg.NewPtrDescribeConfigsRequest().MaxVersion()); v >= k.MinVersion {
-				r.version = v
-			}
-		}
-	}
-	if r.version < 0 {
+	r.corr = 1
+	if r.version = ownVersion(vr, kmsg.NewPtrDescribeConfigsRequest()); r.version < 0 {
 		c.Close()
 		return errRefused{errors.New("the broker lists no DescribeConfigs version the proxy speaks")}
 	}

@@ -62,10 +62,7 @@ type grownBatch struct {
 func (t *topicLimits) check(topic string, b grownBatch, acks0 bool) string {
 	now := time.Now()
 	t.mu.Lock()
-	e, ok := t.m.Get(topic)
-	if !ok {
-		e.compression = -1
-	}
+	e := t.entryLocked(topic)
 	if (e.read == 0 || now.Sub(e.readAt) > topicLimitTTL) && (e.askedAt.IsZero() || now.Sub(e.askedAt) > topicAskEvery) {
 		select {
 		case t.ask <- topic:
@@ -92,14 +89,20 @@ func (t *topicLimits) check(topic string, b grownBatch, acks0 bool) string {
 	return ""
 }
 
-// refused records that a batch grown to size was too large for topic.
-func (t *topicLimits) refused(topic string, size int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+// entryLocked is topic's entry, or a new one that knows nothing (compression not read: -1).
+func (t *topicLimits) entryLocked(topic string) topicLimit {
 	e, ok := t.m.Get(topic)
 	if !ok {
 		e.compression = -1
 	}
+	return e
+}
+
+// refused records that a batch grown to size was too large for topic.
+func (t *topicLimits) refused(topic string, size int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.entryLocked(topic)
 	if e.refused > 0 && e.refused <= size {
 		return
 	}
