@@ -496,31 +496,36 @@ func (c *Config) Validate() error {
 			bad(r.line, k+".protocol", "%q is not kafka, amqp or aws", r.Protocol)
 		}
 	}
-	seen := map[string]string{}
+	// Every port the proxy will listen on, to find two that clash (below).
+	type claim struct {
+		host      string
+		port      int
+		key, what string
+		line      int
+		node      bool // a Kafka broker node's listener, opened when the cluster names it
+	}
+	var claims []claim
 	listen := func(line int, key, addr string) {
 		if addr == "" {
 			bad(line, key, "a listen address (host:port) is required")
 			return
 		}
-		_, port, err := net.SplitHostPort(addr)
+		host, port, err := net.SplitHostPort(addr)
 		if err != nil {
 			bad(line, key, "%q is not host:port", addr)
 			return
 		}
-		if _, err := portNumber(port); err != nil {
+		n, err := portNumber(port)
+		if err != nil {
 			bad(line, key, "%q: %v", addr, err)
 			return
 		}
-		if port == "0" { // ephemeral: never a clash
-			return
+		if n != 0 { // ephemeral: never a clash
+			claims = append(claims, claim{host: host, port: n, key: key, what: key, line: line})
 		}
-		if prev, dup := seen[addr]; dup {
-			bad(line, key, "%s is already used by %s", addr, prev)
-		}
-		seen[addr] = key
 	}
-	if !c.adminOff() {
-		seen[c.Admin.Listen] = "admin.listen"
+	if _, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && !c.adminOff() { // else refused above
+		listen(0, "admin.listen", c.Admin.Listen)
 	}
 	for i, k := range c.Kafka {
 		p := fmt.Sprintf("kafka[%d]", i)
@@ -584,19 +589,6 @@ func (c *Config) Validate() error {
 	// node_addrs maps it: another listener there (a front, the admin, another Kafka front's node)
 	// takes node N's port, and every client then fails at its first Metadata. Node ids 0-9 are
 	// checked, as clusters number brokers from 0 or 1.
-	type claim struct {
-		host      string
-		port      int
-		key, what string
-		line      int
-		node      bool
-	}
-	var claims []claim
-	for addr, key := range seen {
-		h, pt, _ := net.SplitHostPort(addr)
-		n, _ := portNumber(pt)
-		claims = append(claims, claim{host: h, port: n, key: key, what: key})
-	}
 	for i, k := range c.Kafka {
 		host, port, err := net.SplitHostPort(k.Listen)
 		lp, _ := portNumber(port)
@@ -621,11 +613,8 @@ func (c *Config) Validate() error {
 				continue
 			}
 			if !a.node && !b.node {
-				// Two listen addresses written alike were refused above; written differently
-				// (localhost and 127.0.0.1, a wildcard and a host) they clash as well.
-				if net.JoinHostPort(a.host, strconv.Itoa(a.port)) != net.JoinHostPort(b.host, strconv.Itoa(b.port)) {
-					bad(0, b.key, "port %d on this host is already used by %s", b.port, a.key)
-				}
+				// Written alike or not (localhost and 127.0.0.1, a wildcard and a host).
+				bad(b.line, b.key, "port %d on this host is already used by %s", b.port, a.key)
 				continue
 			}
 			n := b
