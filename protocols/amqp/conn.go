@@ -302,13 +302,13 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 				return
 			}
 			var m methodID
-			if typ == frameMethod && len(f.Payload) >= 4 {
-				m = mid(binary.BigEndian.Uint16(f.Payload), binary.BigEndian.Uint16(f.Payload[2:]))
+			if typ == frameMethod {
+				m = methodOf(f.Payload)
 			}
 			if ch == 0 && m == connCloseOk {
 				return
 			}
-			if typ == frameHeartbeat || m == basicAck || m == basicNack || m == mid(classBasic, 90) {
+			if typ == frameHeartbeat || m == basicAck || m == basicNack || m == basicReject {
 				wmu.Lock()
 				if forward {
 					uw.Write(f.Raw)
@@ -520,7 +520,7 @@ func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
 		}
 	}
 	return s.pump(r, w, nil, func(ch uint16, f frame) error {
-		if s.proxyClosing.Load() && ch == 0 && f.Type == frameMethod && len(f.Payload) >= 4 && mid(binary.BigEndian.Uint16(f.Payload), binary.BigEndian.Uint16(f.Payload[2:])) == connCloseOk {
+		if s.proxyClosing.Load() && ch == 0 && f.Type == frameMethod && methodOf(f.Payload) == connCloseOk {
 			// The broker closed the connection the proxy asked it to close: the client, which
 			// asked nothing, is told the server closes it, as RabbitMQ tells it when it stops.
 			if _, err := w.Write(connCloseFrame(replyConnectionForced, "CONNECTION_FORCED - dsmproxy is shutting down")); err != nil {

@@ -47,6 +47,7 @@ var (
 	basicGetEmpt = mid(classBasic, 72)
 	basicAck     = mid(classBasic, 80)
 	basicNack    = mid(classBasic, 120)
+	basicReject  = mid(classBasic, 90)
 	confirmSel   = mid(classConfirm, 10)
 	txSelect     = mid(classTx, 10)
 	txCommit     = mid(classTx, 20)
@@ -66,7 +67,7 @@ var methodNames = map[methodID]string{
 	mid(classBasic, 10): "Basic.Qos", basicConsume: "Basic.Consume", basicConsOk: "Basic.ConsumeOk",
 	basicCancel: "Basic.Cancel", basicCancOk: "Basic.CancelOk", basicPublish: "Basic.Publish",
 	basicReturn: "Basic.Return", basicDeliver: "Basic.Deliver", basicGet: "Basic.Get", basicGetOk: "Basic.GetOk",
-	basicGetEmpt: "Basic.GetEmpty", basicAck: "Basic.Ack", mid(classBasic, 90): "Basic.Reject",
+	basicGetEmpt: "Basic.GetEmpty", basicAck: "Basic.Ack", basicReject: "Basic.Reject",
 	mid(classBasic, 110): "Basic.Recover", basicNack: "Basic.Nack", confirmSel: "Confirm.Select",
 	mid(90, 10): "Tx.Select", mid(90, 20): "Tx.Commit", mid(90, 30): "Tx.Rollback",
 }
@@ -205,4 +206,10 @@ func replyName(code uint16) string {
 		return n
 	}
 	return fmt.Sprintf("REPLY_%d", code)
+}
+
+// methodOf is a method frame's method id (0 when the payload is too short to say).
+func methodOf(payload []byte) methodID {
+	m, _, _ := methodArgs(payload)
+	return m
 }
