@@ -133,7 +133,6 @@ type AgentSink struct {
 	infoChecked  time.Time
 	infoOK       bool // Agent known to list the endpoint (or /info unknown)
 	warned       string
-	accepted     bool // a payload was accepted once: the first one is logged
 
 	// Mirrors of len(pending), pendingBytes and infoOK, so Stats never waits for a slow Send.
 	statPending, statPendingBytes atomic.Int64
@@ -273,16 +272,15 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 		var rej *rejectedError
 		if err == nil || errors.As(err, &rej) {
 			if err == nil {
-				s.payloads.Add(1)
+				first := s.payloads.Add(1) == 1
 				s.bytes.Add(uint64(len(body)))
 				switch {
 				case s.warned != "":
 					s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent accepts DSM payloads again")
 					s.warned = ""
-				case !s.accepted:
+				case first:
 					s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent accepted the first DSM payload")
 				}
-				s.accepted = true
 			}
 			return err
 		}

@@ -198,6 +198,10 @@ func TestAgentDown(t *testing.T) {
 	if after := sink.Stats(); after.Pending != 0 || after.PendingBytes != 0 || after.Payloads == 0 {
 		t.Fatalf("after recovery: %+v", after)
 	}
+	// The recovery is logged once as such, not as a first payload.
+	if n := strings.Count(logs.String(), "accepts DSM payloads again"); n != 1 || strings.Contains(logs.String(), "accepted the first") {
+		t.Errorf("recovery logged %d times (want 1), or as a first payload:\n%s", n, logs.String())
+	}
 	t.Logf("peak pending %d bytes (bound %d), dropped %d payloads, recovered %d", peak, bound, st.Dropped, st.Pending)
 }
 

@@ -143,7 +143,7 @@ type Proxy struct {
 
 	topics    *topicIDs
 	limits    *topicLimits
-	saslSeen  atomic.Bool // a client sent SaslHandshake: the proxy's own requests would be refused
+	saslSeen  atomic.Bool // the cluster accepted a client's login: the proxy's own requests would be refused
 	seenMu    sync.Mutex
 	seen      *proxy.RecentMap[clientServiceKey, struct{}] // clients whose identity was logged at info
 	clusterID atomic.Pointer[string]                       // from Metadata; see noteCluster
