@@ -400,12 +400,7 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 	if evs := p.errs.byName("topic_size_limit"); len(evs) == 0 {
 		t.Errorf("no topic_size_limit event for the refused batch")
 	}
-	if err := cl.ProduceSync(ctx, &kgo.Record{Value: near}).FirstErr(); err != nil {
-		t.Fatalf("second batch of the same size: %v", err)
-	}
-	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("small")}).FirstErr(); err != nil {
-		t.Fatalf("small batch: %v", err)
-	}
+	produceEach(t, ctx, cl, topic, near, []byte("small")) // the same size again (accepted now), then a small batch
 	// The refused batch was never stored: only the small record's checkpoint counts.
 	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 1 {
 		t.Errorf("%d produce checkpoints, want 1 (the refused batch is not counted)", n)
@@ -435,20 +430,13 @@ func TestAcksZeroTopicLimit(t *testing.T) {
 	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
 		t.Fatal(err)
 	}
-	produce := func(value []byte) {
-		t.Helper()
-		if err := cl.ProduceSync(ctx, &kgo.Record{Value: value}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	produce([]byte("first")) // asks for the topic's limit, and goes without the header meanwhile
+	produceEach(t, ctx, cl, topic, []byte("first")) // asks for the topic's limit, and goes without the header meanwhile
 	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
 	near := bytes.Repeat([]byte("n"), 1900) // a one-record batch of 1,970 bytes, about 2,020 with the header
 	for range 3 {
-		produce(near)
-		produce([]byte("small"))
+		produceEach(t, ctx, cl, topic, near, []byte("small"))
 	}
-	produce([]byte("last"))
+	produceEach(t, ctx, cl, topic, []byte("last"))
 
 	got := readTopic(t, ctx, p, topic, 8) // before the proxy read limits, the "nnn" ones were lost
 	var values []string
@@ -575,17 +563,11 @@ func TestTopicLimitBoundary(t *testing.T) {
 	cl := kgoClient(t, p, kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0),
 		kgo.ProducerBatchCompression(kgo.NoCompression()))
 	value := bytes.Repeat([]byte("v"), 1500)
-	send := func(topic string) {
-		t.Helper()
-		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: value}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// The grown size of this one-record batch, on a topic with the default limit.
 	probe := uniqueTopic(t, "probe")
-	send(probe)
+	produceEach(t, ctx, cl, probe, value)
 	waitFor(t, "the proxy to read the probe topic's limit", func() bool { return p.limits.known(probe) > 0 })
-	send(probe)
+	produceEach(t, ctx, cl, probe, value)
 	var bare, grown int
 	waitFor(t, "the broker to get both probe batches", func() bool {
 		mu.Lock()
@@ -608,9 +590,9 @@ func TestTopicLimitBoundary(t *testing.T) {
 		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
 			t.Fatal(err)
 		}
-		send(topic)
+		produceEach(t, ctx, cl, topic, value)
 		waitFor(t, "the proxy to read "+topic+"'s limit", func() bool { return p.limits.known(topic) == tc.limit })
-		send(topic)
+		produceEach(t, ctx, cl, topic, value)
 		if has := hasContext(readTopic(t, ctx, p, topic, 2)[1]); has != tc.header {
 			t.Errorf("batch grown to %d bytes, topic limit %d: pathway header %v, want %v", grown, tc.limit, has, tc.header)
 		}
@@ -632,16 +614,10 @@ func TestTopicLimitRecompressed(t *testing.T) {
 	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit, "compression.type": &compression}, topic); err != nil {
 		t.Fatal(err)
 	}
-	produce := func(value []byte) {
-		t.Helper()
-		if err := cl.ProduceSync(ctx, &kgo.Record{Value: value}).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	produce([]byte("first"))
+	produceEach(t, ctx, cl, topic, []byte("first"))
 	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
-	produce(bytes.Repeat([]byte("z"), 1950)) // a few dozen bytes lz4-compressed, about 2,070 uncompressed with the header
-	produce([]byte("small"))
+	produceEach(t, ctx, cl, topic, bytes.Repeat([]byte("z"), 1950)) // a few dozen bytes lz4-compressed, about 2,070 uncompressed with the header
+	produceEach(t, ctx, cl, topic, []byte("small"))
 	got := readTopic(t, ctx, p, topic, 3)
 	for i, want := range []bool{false, false, true} {
 		if has := hasContext(got[i]); has != want {

@@ -123,6 +123,17 @@ func consumeKgo(t *testing.T, ctx context.Context, p *testProxy, topic, group st
 	return got
 }
 
+// produceEach produces each value to topic in a request of its own (with linger 0, a batch of
+// one record), in order.
+func produceEach(t *testing.T, ctx context.Context, cl *kgo.Client, topic string, values ...[]byte) {
+	t.Helper()
+	for _, v := range values {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: v}).FirstErr(); err != nil {
+			t.Fatalf("produce %d bytes to %s: %v", len(v), topic, err)
+		}
+	}
+}
+
 // readTopic reads n records of topic from its start, without a group.
 func readTopic(t *testing.T, ctx context.Context, p *testProxy, topic string, n int) []*kgo.Record {
 	t.Helper()
