@@ -254,15 +254,8 @@ func directQueue(t *testing.T, prefix string) (*amqp091.Channel, amqp091.Queue) 
 func TestShutdownDeliversConfirms(t *testing.T) {
 	p := startBareProxy(t)
 	direct, q := directQueue(t, "drain-confirms")
-	c, err := amqp091.Dial("amqp://guest:guest@" + p.Addr().String() + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dial(t, "amqp://guest:guest@"+p.Addr().String()+"/", "confirming-publisher", 0)
+	ch := channel(t, c)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -634,10 +627,7 @@ func TestShutdownWaitsForTheBody(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ch, err := c.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := channel(t, c)
 	gate.mu.Lock()
 	gate.armed = true
 	gate.mu.Unlock()
