@@ -131,13 +131,15 @@ type childProcess struct {
 	addr  string
 }
 
-func startChild(stderr io.Writer, args ...string) (*childProcess, error) {
+// startChild runs this binary with args; env, when not nil, is the child's whole environment.
+func startChild(stderr io.Writer, env []string, args ...string) (*childProcess, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self, args...)
 	cmd.Stderr = stderr
+	cmd.Env = env
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -160,7 +162,7 @@ func startChild(stderr io.Writer, args ...string) (*childProcess, error) {
 }
 
 func startProxy(protocol, upstream string, stderr io.Writer) (*childProcess, error) {
-	return startChild(stderr, childArg, protocol, upstream)
+	return startChild(stderr, nil, childArg, protocol, upstream)
 }
 
 func (p *childProcess) stop() {

@@ -87,5 +87,5 @@ type benchPath struct {
 }
 
 func startRelay(upstream string, stderr io.Writer) (*childProcess, error) {
-	return startChild(stderr, relayArg, upstream)
+	return startChild(stderr, nil, relayArg, upstream)
 }
