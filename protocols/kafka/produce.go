@@ -27,6 +27,10 @@ type producedPart struct {
 	// points are the produce checkpoints of the records, held until the broker stores them:
 	// a batch refused, or sent again by a client that timed out, is not counted (again).
 	points *[]pathway.Point
+	// An idempotent producer's batch: its producer id and sequence (see producedSequences).
+	producerID int64
+	seq        batchSequence
+	idempotent bool
 }
 
 // batchRecordCount sums the record counts of the magic-2 batches in records (a partition's
@@ -85,6 +89,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 				changed = true
 				part := &facts.parts[len(facts.parts)-1]
 				part.grownTo, part.size, part.points = end-start, len(records), held
+				part.producerID, part.seq, part.idempotent = idempotentBatch(records)
 			}
 		}
 		spans = append(spans, span)
@@ -170,7 +175,14 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 					Edge: edge, Partition: p.Partition, Messages: part.records,
 					Message: fmt.Sprintf("the broker refused a batch the header had grown from %d to %d bytes; if the topic's max.message.bytes lies between, the header caused it: later batches of the topic this large go without it", part.size, part.grownTo)})
 			}
-			s.releasePoints(part, p.ErrorCode == 0)
+			stored := p.ErrorCode == 0
+			if stored && part.idempotent && part.points != nil &&
+				s.p.sequences.stored(sequenceKey{part.producerID, part.topic, p.Partition}, part.seq) {
+				// The broker had stored this batch already: a resend, counted when it was first stored.
+				s.p.stats.resent.Add(1)
+				stored = false
+			}
+			s.releasePoints(part, stored)
 			if p.ErrorCode != 0 {
 				s.p.brokerError(keyProduce, p.ErrorCode, facts.service, edge, p.Partition, part.records)
 				if name, retriable := errorName(p.ErrorCode); !retriable {

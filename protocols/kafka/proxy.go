@@ -119,10 +119,11 @@ type Stats struct {
 	SyntheticReplies uint64 // ApiVersions answers the proxy wrote itself
 	StreamedFetches  uint64 // big fetch responses forwarded while they arrived
 	HiddenEndpoints  uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
+	ResentBatches    uint64 // idempotent batches the broker had stored before: not counted again
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -143,6 +144,7 @@ type Proxy struct {
 
 	topics    *topicIDs
 	limits    *topicLimits
+	sequences *producedSequences
 	saslSeen  atomic.Bool // the cluster accepted a client's login: the proxy's own requests would be refused
 	seenMu    sync.Mutex
 	seen      *proxy.RecentMap[clientServiceKey, struct{}] // clients whose identity was logged at info
@@ -261,6 +263,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
 	p.limits = newTopicLimits(p.cfg.MaxTopicIDs, cfg.InjectAcks0UnknownLimit)
+	p.sequences = newProducedSequences()
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
@@ -370,6 +373,7 @@ func (p *Proxy) Stats() Stats {
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
+		ResentBatches: s.resent.Load(),
 	}
 }
 
