@@ -5,9 +5,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 type fakeClock struct{ ns atomic.Int64 }
@@ -146,7 +151,8 @@ func TestDrainWaitsForInFlight(t *testing.T) {
 		_, err := c.Client.Write(buf)
 		return err
 	})
-	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: upAddr}, h, testLog())
+	var logs syncbuf.Buffer
+	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: upAddr}, h, zerolog.New(&logs))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,17 +194,21 @@ func TestDrainWaitsForInFlight(t *testing.T) {
 	if n := l.Conns(); n != 0 {
 		t.Fatalf("%d connections left after Shutdown", n)
 	}
+	if out := logs.String(); !strings.Contains(out, `"connections":1,"message":"drained: every open connection finished"`) {
+		t.Errorf("no drained line with the connection count in the log:\n%s", out)
+	}
 }
 
 func TestDrainDeadlineForceCloses(t *testing.T) {
 	up := startEcho(t, nil)
-	returned := make(chan struct{})
+	returned := make(chan struct{}, 2)
 	// This handler ignores Draining: only the force-close at the deadline ends it.
 	h := HandlerFunc(func(ctx context.Context, c *Conn) error {
-		defer close(returned)
+		defer func() { returned <- struct{}{} }()
 		return relay(ctx, c)
 	})
-	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: up.addr()}, h, testLog())
+	var logs syncbuf.Buffer
+	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: up.addr()}, h, zerolog.New(&logs))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,16 +217,28 @@ func TestDrainDeadlineForceCloses(t *testing.T) {
 	}
 	c := dial(t, l)
 	roundTrip(t, c, "busy")
+	idle := dial(t, l)
+	roundTrip(t, idle, "idle")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := l.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v, want the drain deadline", err)
 	}
-	<-returned // Shutdown returns only after force-closed handlers are gone
+	for range 2 {
+		select {
+		case <-returned:
+		default:
+			t.Fatal("Shutdown returned before the force-closed handlers")
+		}
+	}
 	expectClosed(t, c)
+	expectClosed(t, idle)
 	if n := l.Conns(); n != 0 {
 		t.Fatalf("%d connections left after Shutdown", n)
+	}
+	if out := logs.String(); !strings.Contains(out, `"connections":2,"closed_at_deadline":2,"message":"drain time is up: closing the connections still open"`) {
+		t.Errorf("no deadline line with the connection counts in the log:\n%s", out)
 	}
 }
 

@@ -349,15 +349,22 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	l.ln.Close()
+	open := l.Conns()
 	close(l.drain)
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		if open > 0 {
+			l.log.Info().Int("connections", open).Msg("drained: every open connection finished")
+		}
 		return nil
 	case <-ctx.Done():
+		// An operator wants to know whether a drain cut clients off, and how many.
+		left := l.Conns()
 		l.closeAll()
 		<-done
+		l.log.Warn().Int("connections", open).Int("closed_at_deadline", left).Msg("drain time is up: closing the connections still open")
 		return ctx.Err()
 	}
 }
