@@ -25,9 +25,11 @@ messages/s, MB/s, p50/p99 round-trip latency, proxy CPU seconds per GB moved, pr
 ratio proxy/direct. Defaults finish in about a minute on 2 cores.
 
 Protocols:
-  kafka  franz-go's kfake broker, in a process of its own (--kafka-in-process: in dsmbench's);
-         produce (acks=all, one batch per request) and fetch, per codec. The proxy injects the
-         pathway header into every record and checkpoints it. Each path fetches what it
+  kafka  franz-go's kfake broker, in a process of its own that keeps the memory it frees mapped
+         (GODEBUG=madvdontneed=0: on VMs that fault pages in slowly, faulting it in again cost
+         the largest phases, the proxy's, polls of 50-100 ms), or with --kafka-in-process in
+         dsmbench's; produce (acks=all, one batch per request) and fetch, per codec. The proxy
+         injects the pathway header into every record and checkpoints it. Each path fetches what it
          produced, so only the proxy's consumer decodes a header per record; the "with ctx" row
          compares fetches of the same records, those produced through the proxy, as a consumer
          of a traced producer reads them.
