@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"runtime"
@@ -115,6 +116,7 @@ type AgentStats struct {
 	Rejected       uint64 // answered 4xx: dropped, not retried
 	Failed         uint64 // send attempts that failed (connection error or 5xx)
 	Dropped        uint64 // payloads dropped to keep pending bytes bounded
+	Unconfirmed    uint64 // payloads the Agent took but did not answer in time: dropped, not sent again
 	Pending        int    // payloads waiting
 	PendingBytes   int
 	EndpointListed bool // the last /info listed /v0.1/pipeline_stats
@@ -138,7 +140,7 @@ type AgentSink struct {
 	statPending, statPendingBytes atomic.Int64
 	statListed                    atomic.Bool
 
-	payloads, bytes, rejected, failed, dropped atomic.Uint64
+	payloads, bytes, rejected, failed, dropped, unconfirmed atomic.Uint64
 }
 
 // NewAgentSink validates cfg and returns the sink.
@@ -222,6 +224,10 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 			s.warnOnce("rejected:"+rej.status, func(e *zerolog.Event) *zerolog.Event {
 				return e.Str("status", rej.status).Str("body", rej.body)
 			}, "the Agent rejected a DSM payload; dropping it (not retried)")
+		case errors.Is(err, errUnconfirmed):
+			s.unconfirmed.Add(1)
+			s.warnOnce("unconfirmed", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
+				"the Agent took a DSM payload and did not answer in time; dropping it rather than sending it again, which could count its buckets twice (the tracers do the same)")
 		default:
 			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.cfg.URL, len(s.pending), err)
 		}
@@ -259,6 +265,12 @@ func (s *AgentSink) enqueue(body []byte) {
 	s.mirror()
 }
 
+// errUnconfirmed marks a send whose request reached the Agent but whose answer did not come in
+// time: the Agent may have taken the payload, and sending it again could count its buckets twice
+// (the Agent does not deduplicate). Connection errors and 5xx answers are retried: there the Agent
+// did not take it.
+var errUnconfirmed = errors.New("the Agent did not answer a payload it received")
+
 type rejectedError struct{ status, body string }
 
 func (e *rejectedError) Error() string { return "rejected: " + e.status }
@@ -270,7 +282,7 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 	for attempt := 0; ; attempt++ {
 		err = s.postOnce(ctx, body)
 		var rej *rejectedError
-		if err == nil || errors.As(err, &rej) {
+		if err == nil || errors.As(err, &rej) || errors.Is(err, errUnconfirmed) {
 			if err == nil {
 				first := s.payloads.Add(1) == 1
 				s.bytes.Add(uint64(len(body)))
@@ -310,8 +322,15 @@ func (s *AgentSink) postOnce(ctx context.Context, body []byte) error {
 	h.Set("Datadog-Meta-Lang-Version", strings.TrimPrefix(runtime.Version(), "go"))
 	h.Set("Datadog-Meta-Lang-Interpreter", runtime.Compiler+"-"+runtime.GOARCH+"-"+runtime.GOOS)
 	h.Set("Datadog-Meta-Tracer-Version", s.cfg.TracerVersion)
+	var wrote atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) { wrote.Store(i.Err == nil) },
+	}))
 	resp, err := s.client.Do(req)
 	if err != nil {
+		if wrote.Load() && isTimeout(err) {
+			return fmt.Errorf("%w: %w", errUnconfirmed, err)
+		}
 		return err
 	}
 	defer resp.Body.Close()
@@ -389,11 +408,20 @@ func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Ev
 	e.Msg(msg)
 }
 
+// URL is the Agent the sink sends to.
+func (s *AgentSink) URL() string { return s.cfg.URL }
+
 // Stats returns the sink's counters.
 func (s *AgentSink) Stats() AgentStats {
 	return AgentStats{
 		Payloads: s.payloads.Load(), Bytes: s.bytes.Load(), Rejected: s.rejected.Load(), Failed: s.failed.Load(),
-		Dropped: s.dropped.Load(), Pending: int(s.statPending.Load()), PendingBytes: int(s.statPendingBytes.Load()),
+		Dropped: s.dropped.Load(), Unconfirmed: s.unconfirmed.Load(), Pending: int(s.statPending.Load()), PendingBytes: int(s.statPendingBytes.Load()),
 		EndpointListed: s.statListed.Load(),
 	}
+}
+
+// isTimeout reports whether err is a deadline: the client's timeout or its context's.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

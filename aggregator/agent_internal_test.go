@@ -141,3 +141,36 @@ func TestCompactInts(t *testing.T) {
 		}
 	}
 }
+
+// TestUnansweredPayloadNotResent: the Agent takes a payload and does not answer before the flush's
+// deadline. The payload is dropped and counted, not sent again with the next flush, which would
+// count its buckets twice; later payloads go as usual. An Agent that cannot be reached at all
+// keeps payloads pending (TestAgentDown), and one that answers 5xx gets them again
+// (TestRetryBackoff).
+func TestUnansweredPayloadNotResent(t *testing.T) {
+	agent := agenttest.New(t)
+	s, waits := retrySink(t, agent, 5, func(int) {})
+	release := agent.HoldAnswers()
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := s.Send(ctx, oneBucket()); err != nil {
+		t.Fatalf("Send = %v; an unanswered payload is dropped, not an error", err)
+	}
+	if st := s.Stats(); st.Unconfirmed != 1 || st.Pending != 0 || st.Payloads != 0 || st.Failed != 0 {
+		t.Fatalf("stats %+v; want the payload unconfirmed and not pending", st)
+	}
+	if len(*waits) != 0 {
+		t.Fatalf("retried %d times", len(*waits))
+	}
+	release()
+	if err := s.Send(context.Background(), oneBucket()); err != nil {
+		t.Fatal(err)
+	}
+	if got := agent.Posts(); got != 2 {
+		t.Fatalf("the Agent got %d posts, want 2: the unanswered payload must not be sent again", got)
+	}
+	if st := s.Stats(); st.Payloads != 1 || st.Unconfirmed != 1 || st.Pending != 0 {
+		t.Fatalf("stats %+v; want the second payload accepted", st)
+	}
+}

@@ -57,6 +57,7 @@ type Agent struct {
 	refused   int
 	decodeErr []error
 	changed   chan struct{}
+	hold      chan struct{} // while set, payloads are taken but not answered until it closes
 }
 
 // New starts a fake Agent; it stops when the test ends. A payload that does not decode fails t.
@@ -116,6 +117,25 @@ func (a *Agent) unlessDown(h http.Handler) http.Handler {
 
 // Refused counts requests dropped while down.
 func (a *Agent) Refused() int { a.mu.Lock(); defer a.mu.Unlock(); return a.refused }
+
+// HoldAnswers makes the Agent take each payload (it is recorded) and then not answer until
+// release is called or the sender gives up: the sender cannot tell whether it was taken, as with
+// an overloaded Agent.
+func (a *Agent) HoldAnswers() (release func()) {
+	ch := make(chan struct{})
+	a.mu.Lock()
+	a.hold = ch
+	a.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			a.mu.Lock()
+			a.hold = nil
+			a.mu.Unlock()
+			close(ch)
+		})
+	}
+}
 
 // SetStatus sets the status code answered to pipeline_stats posts (default 202).
 func (a *Agent) SetStatus(code int) {
@@ -183,6 +203,14 @@ func (a *Agent) servePipelineStats(w http.ResponseWriter, r *http.Request) {
 	}
 	close(a.changed)
 	a.changed = make(chan struct{})
+	if hold := a.hold; hold != nil {
+		a.mu.Unlock()
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+		}
+		a.mu.Lock()
+	}
 	w.WriteHeader(http.StatusAccepted)
 	_, _ = w.Write([]byte(`{"acknowledged":true}`))
 }
