@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
@@ -19,7 +20,8 @@ import (
 // them, the pathways and consumer lag of the last minute (each pathway and backlog from its latest
 // bucket) and the tracked errors. It is a sink of the same buckets the Agent gets.
 type localView struct {
-	errs func() *errtrack.Snapshot
+	errs  func() *errtrack.Snapshot
+	agent *aggregator.AgentSink // nil: agent.disabled
 
 	mu  sync.Mutex
 	pts map[string]agentpayload.Point        // current-time points by service, edge and hashes
@@ -101,5 +103,21 @@ func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		if s := v.errs(); s != nil {
 			printErrors(w, s)
 		}
+	}
+	printAgent(w, v.agent)
+}
+
+// printAgent says where the buckets go and how delivery to the Agent has gone since the start.
+func printAgent(w io.Writer, a *aggregator.AgentSink) {
+	if a == nil {
+		fmt.Fprintln(w, "== Datadog Agent: none (agent.disabled); this page is where the buckets go ==")
+		return
+	}
+	st := a.Stats()
+	fmt.Fprintf(w, "== Datadog Agent %s ==\n", a.URL())
+	fmt.Fprintf(w, "payloads accepted %d (%d bytes); waiting %d (%d bytes); dropped over agent.max_pending_bytes %d; rejected (4xx) %d; taken but not answered in time %d; failed attempts %d\n",
+		st.Payloads, st.Bytes, st.Pending, st.PendingBytes, st.Dropped, st.Rejected, st.Unconfirmed, st.Failed)
+	if !st.EndpointListed {
+		fmt.Fprintln(w, "The Agent's /info does not list /v0.1/pipeline_stats: payloads wait until it does (Data Streams Monitoring needs Agent 7.34 or later).")
 	}
 }

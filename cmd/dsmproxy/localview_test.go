@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/DataDog/sketches-go/ddsketch"
+	"github.com/rs/zerolog"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
+	"github.com/dsmproxy/dsmproxy/internal/agenttest"
 )
 
 func sketchOf(t *testing.T, vs ...float64) *ddsketch.DDSketch {
@@ -75,5 +77,39 @@ func TestLocalView(t *testing.T) {
 	}
 	if len(w.bl) != 1 {
 		t.Errorf("the backlog of a 60 s bucket was dropped as it came")
+	}
+}
+
+// TestLocalViewAgent: /dsm ends with where the buckets go: no Agent, or the Agent's URL and how
+// delivery went.
+func TestLocalViewAgent(t *testing.T) {
+	page := func(v *localView) string {
+		w := httptest.NewRecorder()
+		v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+		return strings.Join(strings.Fields(w.Body.String()), " ")
+	}
+	if got := page(&localView{}); !strings.Contains(got, "== Datadog Agent: none (agent.disabled)") {
+		t.Errorf("view without an Agent: %s", got)
+	}
+	agent := agenttest.New(t)
+	sink, err := aggregator.NewAgentSink(aggregator.AgentConfig{URL: agent.URL(), TracerVersion: "test", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &localView{agent: sink}
+	bucket := aggregator.Bucket{Start: time.Now().Truncate(10 * time.Second), Duration: 10 * time.Second, TimestampType: aggregator.Current,
+		Groups: []aggregator.Group{{Service: "orders", EdgeTags: []string{"direction:out", "topic:orders", "type:kafka"}, Hash: 1,
+			PathwayLatency: sketchOf(t, 0.5), EdgeLatency: sketchOf(t, 0.1), PayloadSize: sketchOf(t, 100)}}}
+	if err := sink.Send(context.Background(), []aggregator.Bucket{bucket}); err != nil {
+		t.Fatal(err)
+	}
+	got := page(v)
+	for _, want := range []string{"== Datadog Agent " + agent.URL() + " ==", "payloads accepted 1 (", "waiting 0 (0 bytes)", "taken but not answered in time 0"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in the view: %s", want, got)
+		}
+	}
+	if strings.Contains(got, "does not list") {
+		t.Errorf("an Agent that lists the endpoint reported as not listing it: %s", got)
 	}
 }

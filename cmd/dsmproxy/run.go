@@ -62,6 +62,7 @@ type runtime struct {
 	cfg     *Config
 	log     zerolog.Logger
 	agg     *aggregator.Aggregator
+	agent   *aggregator.AgentSink // nil: agent.disabled
 	flusher *aggregator.Flusher
 	errs    *errtrack.Collector
 	errDone chan struct{}
@@ -112,6 +113,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 		sinks = append(sinks, as)
+		view.agent, rt.agent = as, as
 	}
 	rt.flusher = aggregator.NewFlusher(rt.agg, cfg.Agent.FlushInterval.D(), log.With().Str("component", "flusher").Logger(), sinks...)
 	// Monitoring outlives the fronts: it stops only after the drain, so the drain's own points and
@@ -217,7 +219,10 @@ func (rt *runtime) stop() error {
 	if rt.adminHS != nil {
 		_ = rt.adminHS.Shutdown(fctx)
 	}
-	st := rt.agg.Stats()
-	rt.log.Info().Interface("aggregator", st).Msg("stopped")
+	e := rt.log.Info().Interface("aggregator", rt.agg.Stats())
+	if rt.agent != nil {
+		e = e.Interface("agent", rt.agent.Stats())
+	}
+	e.Msg("stopped")
 	return errors.Join(errs...)
 }
