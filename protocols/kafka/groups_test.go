@@ -307,15 +307,7 @@ func TestTxnOffsetsCountAtEndTxn(t *testing.T) {
 	topic := uniqueTopic(t, "txoff")
 	produceKgo(t, ctx, kgoClient(t, p), topic, testRecords(4, time.UnixMilli(1700000710000)))
 	cl := kgoClient(t, p)
-	md := kmsg.NewPtrMetadataRequest()
-	mt := kmsg.NewMetadataRequestTopic()
-	mt.Topic = &topic
-	md.Topics = append(md.Topics, mt)
-	mr, err := md.RequestWith(ctx, cl)
-	if err != nil || len(mr.Topics) != 1 {
-		t.Fatalf("metadata: %v", err)
-	}
-	topicID := mr.Topics[0].TopicID // TxnOffsetCommit v6 names topics by id
+	id := topicID(t, ctx, cl, topic) // TxnOffsetCommit v6 names topics by id
 	commits := func(group string) []pathway.Offset {
 		_, offs := p.rec.snapshot()
 		var out []pathway.Offset
@@ -342,7 +334,7 @@ func TestTxnOffsetsCountAtEndTxn(t *testing.T) {
 		toc := kmsg.NewPtrTxnOffsetCommitRequest()
 		toc.TransactionalID, toc.Group, toc.ProducerID, toc.ProducerEpoch = txn, group, ir.ProducerID, ir.ProducerEpoch
 		tt := kmsg.NewTxnOffsetCommitRequestTopic()
-		tt.Topic, tt.TopicID = topic, topicID
+		tt.Topic, tt.TopicID = topic, id
 		tp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
 		tp.Partition, tp.Offset = 0, 2
 		tt.Partitions = append(tt.Partitions, tp)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -236,6 +237,21 @@ func rawClient(t *testing.T, p *testProxy) net.Conn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// topicID asks cl's cluster for topic's id, which requests of the versions that name topics by
+// id need.
+func topicID(t *testing.T, ctx context.Context, cl *kgo.Client, topic string) [16]byte {
+	t.Helper()
+	md := kmsg.NewPtrMetadataRequest()
+	mt := kmsg.NewMetadataRequestTopic()
+	mt.Topic = &topic
+	md.Topics = append(md.Topics, mt)
+	mr, err := md.RequestWith(ctx, cl)
+	if err != nil || len(mr.Topics) != 1 {
+		t.Fatalf("metadata of %s: %v", topic, err)
+	}
+	return mr.Topics[0].TopicID
 }
 
 // emptyMetadata is the smallest Metadata request (v1, no topics): its answer names the brokers.

@@ -35,14 +35,7 @@ func TestIdempotentResendCountedOnce(t *testing.T) {
 	produced := func() int { return len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")) }
 	waitFor(t, "the first record's checkpoint", func() bool { return produced() == 1 })
 
-	md := kmsg.NewPtrMetadataRequest()
-	mt := kmsg.NewMetadataRequestTopic()
-	mt.Topic = &topic
-	md.Topics = append(md.Topics, mt)
-	mr, err := md.RequestWith(ctx, cl)
-	if err != nil || len(mr.Topics) != 1 {
-		t.Fatalf("metadata: %v", err)
-	}
+	id := topicID(t, ctx, cl, topic) // Produce v13 names topics by id
 	init := kmsg.NewPtrInitProducerIDRequest()
 	ir, err := init.RequestWith(ctx, cl)
 	if err != nil || ir.ErrorCode != 0 {
@@ -55,7 +48,7 @@ func TestIdempotentResendCountedOnce(t *testing.T) {
 		req := kmsg.NewPtrProduceRequest()
 		req.Acks, req.TimeoutMillis = -1, 5000
 		rt := kmsg.NewProduceRequestTopic()
-		rt.Topic, rt.TopicID = topic, mr.Topics[0].TopicID // Produce v13 names topics by id
+		rt.Topic, rt.TopicID = topic, id
 		rp := kmsg.NewProduceRequestTopicPartition()
 		rp.Records = withSequence(buildBatch(t, 3, 10, nil), ir.ProducerID, ir.ProducerEpoch, seq)
 		rt.Partitions = append(rt.Partitions, rp)
