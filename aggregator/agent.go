@@ -215,6 +215,11 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 		return nil // warned once; payloads wait, bounded
 	}
 	for len(s.pending) > 0 {
+		if err := ctx.Err(); err != nil {
+			// The flush's time ran out on an earlier payload (one the Agent did not answer): the
+			// rest wait for the next flush, without counting as failures of an Agent that answers.
+			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.cfg.URL, len(s.pending), err)
+		}
 		err := s.post(ctx, s.pending[0])
 		var rej *rejectedError
 		switch {
@@ -265,10 +270,10 @@ func (s *AgentSink) enqueue(body []byte) {
 	s.mirror()
 }
 
-// errUnconfirmed marks a send whose request reached the Agent but whose answer did not come in
-// time: the Agent may have taken the payload, and sending it again could count its buckets twice
-// (the Agent does not deduplicate). Connection errors and 5xx answers are retried: there the Agent
-// did not take it.
+// errUnconfirmed marks a send whose request was written (to the socket: perhaps not yet read)
+// and whose answer did not come in time: the Agent may have taken the payload, and sending it
+// again could count its buckets twice (the Agent does not deduplicate). Connection errors and 5xx
+// answers are retried: there the Agent did not take it.
 var errUnconfirmed = errors.New("the Agent did not answer a payload it received")
 
 type rejectedError struct{ status, body string }
@@ -328,7 +333,9 @@ func (s *AgentSink) postOnce(ctx context.Context, body []byte) error {
 	}))
 	resp, err := s.client.Do(req)
 	if err != nil {
-		if wrote.Load() && isTimeout(err) {
+		// Written and then given up on (the deadline, or a shutdown cancelling the flush): the
+		// Agent may have it. A reset or EOF instead means it closed without taking it.
+		if wrote.Load() && (isTimeout(err) || ctx.Err() != nil) {
 			return fmt.Errorf("%w: %w", errUnconfirmed, err)
 		}
 		return err

@@ -174,3 +174,48 @@ func TestUnansweredPayloadNotResent(t *testing.T) {
 		t.Fatalf("stats %+v; want the second payload accepted", st)
 	}
 }
+
+// TestCancelledSendNotResent: a shutdown cancels the flush while the Agent holds its answer to a
+// payload it received; the final flush must not send that payload again.
+func TestCancelledSendNotResent(t *testing.T) {
+	agent := agenttest.New(t)
+	s, _ := retrySink(t, agent, 5, func(int) {})
+	release := agent.HoldAnswers()
+	ctx, cancel := context.WithCancel(context.Background())
+	sent := make(chan error, 1)
+	go func() { sent <- s.Send(ctx, oneBucket()) }()
+	agent.WaitFor(t, 20*time.Second, "the post", func(a *agenttest.Agent) bool { return a.Posts() == 1 })
+	cancel()
+	if err := <-sent; err != nil {
+		t.Fatalf("Send = %v; a cancelled payload the Agent received is dropped, not an error", err)
+	}
+	release()
+	if err := s.Send(context.Background(), oneBucket()); err != nil {
+		t.Fatal(err)
+	}
+	if got := agent.Posts(); got != 2 {
+		t.Fatalf("the Agent got %d posts, want 2: the payload it received must not be sent again", got)
+	}
+	if st := s.Stats(); st.Unconfirmed != 1 || st.Payloads != 1 || st.Failed != 0 {
+		t.Fatalf("stats %+v; want one unconfirmed and one accepted", st)
+	}
+}
+
+// TestExpiredFlushLeavesTheRest: once a payload goes unanswered until the flush's deadline, the
+// payloads behind it wait for the next flush without counting as failures.
+func TestExpiredFlushLeavesTheRest(t *testing.T) {
+	agent := agenttest.New(t)
+	s, _ := retrySink(t, agent, 5, func(int) {})
+	two := append(oneBucket(), oneBucket()...)
+	two[1].Groups[0].Service = "other" // one payload per service
+	release := agent.HoldAnswers()
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := s.Send(ctx, two); err == nil {
+		t.Fatal("Send = nil with a payload left unsent")
+	}
+	if st := s.Stats(); st.Unconfirmed != 1 || st.Pending != 1 || st.Failed != 0 {
+		t.Fatalf("stats %+v; want one unconfirmed, one pending, no failures", st)
+	}
+}

@@ -71,6 +71,12 @@ func New(t testing.TB, opts ...Option) *Agent {
 	mux.HandleFunc("POST /v0.1/pipeline_stats", a.servePipelineStats)
 	a.srv = httptest.NewServer(a.unlessDown(mux))
 	t.Cleanup(func() {
+		a.mu.Lock()
+		if a.hold != nil { // a held handler would keep Close waiting for the client to give up
+			close(a.hold)
+			a.hold = nil
+		}
+		a.mu.Unlock()
 		a.srv.Close()
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -126,14 +132,13 @@ func (a *Agent) HoldAnswers() (release func()) {
 	a.mu.Lock()
 	a.hold = ch
 	a.mu.Unlock()
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			a.mu.Lock()
-			a.hold = nil
-			a.mu.Unlock()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.hold == ch {
 			close(ch)
-		})
+			a.hold = nil
+		}
 	}
 }
 
