@@ -177,7 +177,7 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 			}
 			stored := p.ErrorCode == 0
 			if stored && part.idempotent && part.points != nil &&
-				s.p.sequences.stored(sequenceKey{part.producerID, part.topic, p.Partition}, part.seq) {
+				s.p.sequences.stored(sequenceKey{part.producerID, part.topic, p.Partition}, part.seq, p.BaseOffset) {
 				// The broker had stored this batch already: a resend, counted when it was first stored.
 				s.p.stats.resent.Add(1)
 				stored = false

@@ -12,14 +12,17 @@ import (
 // and the first copy's offset, so a checkpoint released by each success would count the records
 // twice. producedSequences remembers the batches the broker reported stored, per producer and
 // partition, as the broker does: its duplicate check covers the last five batches of each
-// (max.in.flight.requests.per.connection is at most 5 with idempotence).
+// (max.in.flight.requests.per.connection is at most 5 with idempotence). A success is a resend's
+// only if it also names the offset the first copy got: a broker that forgot the producer
+// (producer.id.expiration.ms) stores a batch with a sequence seen before at a new offset, and that
+// one counts.
 type producedSequences struct {
 	mu      sync.Mutex
 	windows *proxy.RecentMap[sequenceKey, *sequenceWindow]
 }
 
-// maxSequenceWindows bounds the producer-partitions remembered (about 120 bytes each); the least
-// recently produced are forgotten first, and a resend of theirs counts again.
+// maxSequenceWindows bounds the producer-partitions remembered (about 150 bytes each): at least
+// the half of it used most recently are kept, and a resend of one forgotten counts again.
 const maxSequenceWindows = 1 << 16
 
 // brokerDedupWindow is how many recent batches per producer-partition a broker checks a new one
@@ -41,7 +44,12 @@ type batchSequence struct {
 
 type sequenceWindow struct {
 	next    int
-	batches [brokerDedupWindow]batchSequence
+	batches [brokerDedupWindow]storedBatch
+}
+
+type storedBatch struct {
+	seq    batchSequence
+	offset int64 // the base offset the broker gave it
 }
 
 func newProducedSequences() *producedSequences {
@@ -64,9 +72,9 @@ func idempotentBatch(records []byte) (producerID int64, seq batchSequence, ok bo
 	return producerID, seq, producerID >= 0 && seq.first >= 0 && seq.records > 0
 }
 
-// stored records that the broker stored the batch seq for k and reports whether it had already
-// reported storing it: then this success is the answer to a resend.
-func (s *producedSequences) stored(k sequenceKey, seq batchSequence) (resent bool) {
+// stored records that the broker stored the batch seq for k at offset and reports whether it had
+// already reported storing it there: then this success is the answer to a resend.
+func (s *producedSequences) stored(k sequenceKey, seq batchSequence, offset int64) (resent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w, ok := s.windows.Get(k)
@@ -74,12 +82,16 @@ func (s *producedSequences) stored(k sequenceKey, seq batchSequence) (resent boo
 		w = &sequenceWindow{}
 		s.windows.Put(k, w)
 	}
-	for _, b := range w.batches {
-		if b == seq {
-			return true
+	for i, b := range w.batches {
+		if b.seq == seq {
+			if b.offset == offset && offset >= 0 {
+				return true
+			}
+			w.batches[i].offset = offset // stored again: the broker had forgotten the producer
+			return false
 		}
 	}
-	w.batches[w.next] = seq
+	w.batches[w.next] = storedBatch{seq: seq, offset: offset}
 	w.next = (w.next + 1) % brokerDedupWindow
 	return false
 }

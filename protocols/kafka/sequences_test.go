@@ -90,23 +90,27 @@ func TestProducedSequencesWindow(t *testing.T) {
 	steps := []struct {
 		key    sequenceKey
 		seq    batchSequence
+		offset int64
 		resent bool
 	}{
-		{k, b(0, 0), false},
-		{k, b(0, 0), true},                         // the same batch again
-		{k, batchSequence{0, 0, 9}, false},         // same start, other length: another batch
-		{sequenceKey{8, "t", 1}, b(0, 0), false},   // another producer
-		{sequenceKey{7, "t", 2}, b(0, 0), false},   // another partition
-		{sequenceKey{7, "u", 1}, b(0, 0), false},   // another topic
-		{k, b(1, 0), false},                        // a new epoch restarts the sequence
-		{k, b(1, 10), false}, {k, b(1, 20), false}, // fills the window of five with epoch 1
-		{k, b(1, 30), false},
-		{k, b(0, 0), false}, // six batches back: out of the broker's window as well
-		{k, b(1, 30), true},
+		{k, b(0, 0), 100, false},
+		{k, b(0, 0), 100, true},                              // the same batch again, answered with its offset
+		{k, batchSequence{0, 0, 9}, 110, false},              // same start, other length: another batch
+		{sequenceKey{8, "t", 1}, b(0, 0), 100, false},        // another producer
+		{sequenceKey{7, "t", 2}, b(0, 0), 100, false},        // another partition
+		{sequenceKey{7, "u", 1}, b(0, 0), 100, false},        // another topic
+		{k, b(1, 0), 120, false},                             // a new epoch restarts the sequence
+		{k, b(1, 10), 130, false}, {k, b(1, 20), 140, false}, // fills the window of five with epoch 1
+		{k, b(1, 30), 150, false},
+		{k, b(0, 0), 100, false}, // six batches back: out of the broker's window as well
+		{k, b(1, 30), 150, true},
+		{k, b(1, 30), 500, false}, // a sequence seen before, stored at a new offset: the broker forgot the producer
+		{k, b(1, 30), 500, true},
+		{k, b(1, 20), -1, false}, // no offset in the answer: counted
 	}
 	for i, st := range steps {
-		if got := s.stored(st.key, st.seq); got != st.resent {
-			t.Errorf("step %d (%+v %+v): resent = %v, want %v", i, st.key, st.seq, got, st.resent)
+		if got := s.stored(st.key, st.seq, st.offset); got != st.resent {
+			t.Errorf("step %d (%+v %+v at %d): resent = %v, want %v", i, st.key, st.seq, st.offset, got, st.resent)
 		}
 	}
 }
