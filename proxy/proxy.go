@@ -135,6 +135,7 @@ type Listener struct {
 	wg    sync.WaitGroup
 
 	refused   atomic.Uint64
+	serving   atomic.Int64 // connections accepted and not yet ended (including those still dialing)
 	epoch     time.Time
 	coarse    atomic.Int64 // elapsed() as of the last tick
 	tickEvery time.Duration
@@ -221,6 +222,7 @@ func (l *Listener) Serve(ctx context.Context) error {
 			return ErrClosed
 		}
 		l.wg.Add(1)
+		l.serving.Add(1)
 		l.mu.Unlock()
 		go l.serve(ctx, c)
 	}
@@ -228,6 +230,7 @@ func (l *Listener) Serve(ctx context.Context) error {
 
 func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	defer l.wg.Done()
+	defer l.serving.Add(-1)
 	id := NextConnID()
 	log := l.log.With().Uint64("conn", id).Str("client", raw.RemoteAddr().String()).Str("upstream", l.cfg.Upstream).Logger()
 	l.mu.Lock()
@@ -349,22 +352,23 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	l.ln.Close()
-	open := l.Conns()
+	// Serve counts connections under mu and stops once closing is set: serving can only fall now.
+	open := l.serving.Load()
 	close(l.drain)
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 		if open > 0 {
-			l.log.Info().Int("connections", open).Msg("drained: every open connection finished")
+			l.log.Info().Int64("connections", open).Msg("drained: every open connection finished")
 		}
 		return nil
 	case <-ctx.Done():
 		// An operator wants to know whether a drain cut clients off, and how many.
-		left := l.Conns()
+		left := l.serving.Load()
 		l.closeAll()
 		<-done
-		l.log.Warn().Int("connections", open).Int("closed_at_deadline", left).Msg("drain time is up: closing the connections still open")
+		l.log.Warn().Int64("connections", open).Int64("closed_at_deadline", left).Msg("drain time is up: closing the connections still open")
 		return ctx.Err()
 	}
 }
