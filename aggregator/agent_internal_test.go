@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"testing"
@@ -142,62 +143,61 @@ func TestCompactInts(t *testing.T) {
 	}
 }
 
-// TestUnansweredPayloadNotResent: the Agent takes a payload and does not answer before the flush's
-// deadline. The payload is dropped and counted, not sent again with the next flush, which would
-// count its buckets twice; later payloads go as usual. An Agent that cannot be reached at all
-// keeps payloads pending (TestAgentDown), and one that answers 5xx gets them again
-// (TestRetryBackoff).
+// TestUnansweredPayloadNotResent: the Agent takes a payload and does not answer before the
+// flush gives up, at its deadline or cancelled by a shutdown. The payload is dropped and counted,
+// not sent again with the next flush, which would count its buckets twice; later payloads go as
+// usual. An Agent that cannot be reached at all keeps payloads pending (TestAgentDown), and one
+// that answers 5xx gets them again (TestRetryBackoff).
 func TestUnansweredPayloadNotResent(t *testing.T) {
-	agent := agenttest.New(t)
-	s, waits := retrySink(t, agent, 5, func(int) {})
-	release := agent.HoldAnswers()
-	defer release()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	if err := s.Send(ctx, oneBucket()); err != nil {
-		t.Fatalf("Send = %v; an unanswered payload is dropped, not an error", err)
-	}
-	if st := s.Stats(); st.Unconfirmed != 1 || st.Pending != 0 || st.Payloads != 0 || st.Failed != 0 {
-		t.Fatalf("stats %+v; want the payload unconfirmed and not pending", st)
-	}
-	if len(*waits) != 0 {
-		t.Fatalf("retried %d times", len(*waits))
-	}
-	release()
-	if err := s.Send(context.Background(), oneBucket()); err != nil {
-		t.Fatal(err)
-	}
-	if got := agent.Posts(); got != 2 {
-		t.Fatalf("the Agent got %d posts, want 2: the unanswered payload must not be sent again", got)
-	}
-	if st := s.Stats(); st.Payloads != 1 || st.Unconfirmed != 1 || st.Pending != 0 {
-		t.Fatalf("stats %+v; want the second payload accepted", st)
-	}
-}
-
-// TestCancelledSendNotResent: a shutdown cancels the flush while the Agent holds its answer to a
-// payload it received; the final flush must not send that payload again.
-func TestCancelledSendNotResent(t *testing.T) {
-	agent := agenttest.New(t)
-	s, _ := retrySink(t, agent, 5, func(int) {})
-	release := agent.HoldAnswers()
-	ctx, cancel := context.WithCancel(context.Background())
-	sent := make(chan error, 1)
-	go func() { sent <- s.Send(ctx, oneBucket()) }()
-	agent.WaitFor(t, 20*time.Second, "the post", func(a *agenttest.Agent) bool { return a.Posts() == 1 })
-	cancel()
-	if err := <-sent; err != nil {
-		t.Fatalf("Send = %v; a cancelled payload the Agent received is dropped, not an error", err)
-	}
-	release()
-	if err := s.Send(context.Background(), oneBucket()); err != nil {
-		t.Fatal(err)
-	}
-	if got := agent.Posts(); got != 2 {
-		t.Fatalf("the Agent got %d posts, want 2: the payload it received must not be sent again", got)
-	}
-	if st := s.Stats(); st.Unconfirmed != 1 || st.Payloads != 1 || st.Failed != 0 {
-		t.Fatalf("stats %+v; want one unconfirmed and one accepted", st)
+	for _, tc := range []struct {
+		name   string
+		giveUp func(agent *agenttest.Agent) (context.Context, context.CancelFunc)
+	}{
+		{"deadline", func(*agenttest.Agent) (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 300*time.Millisecond)
+		}},
+		{"shutdown", func(agent *agenttest.Agent) (context.Context, context.CancelFunc) {
+			// Cancelled once the Agent has the post; the timeout only bounds a broken test.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			go func() {
+				for agent.Posts() == 0 && ctx.Err() == nil {
+					time.Sleep(5 * time.Millisecond)
+				}
+				cancel()
+			}()
+			return ctx, cancel
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			agent := agenttest.New(t)
+			s, waits := retrySink(t, agent, 5, func(int) {})
+			release := agent.HoldAnswers()
+			defer release()
+			ctx, cancel := tc.giveUp(agent)
+			defer cancel()
+			if err := s.Send(ctx, oneBucket()); err != nil {
+				t.Fatalf("Send = %v; an unanswered payload is dropped, not an error", err)
+			}
+			if tc.name == "shutdown" && !errors.Is(ctx.Err(), context.Canceled) {
+				t.Fatalf("the flush ended by %v, not by the cancel", ctx.Err())
+			}
+			if st := s.Stats(); st.Unconfirmed != 1 || st.Pending != 0 || st.Payloads != 0 || st.Failed != 0 {
+				t.Fatalf("stats %+v; want the payload unconfirmed and not pending", st)
+			}
+			if len(*waits) != 0 {
+				t.Fatalf("retried %d times", len(*waits))
+			}
+			release()
+			if err := s.Send(context.Background(), oneBucket()); err != nil {
+				t.Fatal(err)
+			}
+			if got := agent.Posts(); got != 2 {
+				t.Fatalf("the Agent got %d posts, want 2: the unanswered payload must not be sent again", got)
+			}
+			if st := s.Stats(); st.Payloads != 1 || st.Unconfirmed != 1 || st.Pending != 0 {
+				t.Fatalf("stats %+v; want the second payload accepted", st)
+			}
+		})
 	}
 }
 
