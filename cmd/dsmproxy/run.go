@@ -157,6 +157,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	rt.admin = newAdmin(rt.fronts)
 	rt.admin.Handle("GET /errors", rt.errs.View())
 	rt.admin.Handle("GET /dsm", view)
+	rt.admin.Handle("GET /stats", http.HandlerFunc(rt.stats))
 	if !cfg.adminOff() {
 		ln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
@@ -166,10 +167,33 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		rt.adminLn = ln
 		rt.adminHS = &http.Server{Handler: rt.admin.mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = rt.adminHS.Serve(ln) }()
-		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /dsm /errors /healthz /readyz /debug/pprof/")
+		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /dsm /stats /errors /healthz /readyz /debug/pprof/")
 	}
 	rt.admin.ready.Store(true)
 	return rt, nil
+}
+
+// stats serves every counter the process keeps, as JSON: per front (what was injected, skipped,
+// consumed, not understood), the aggregator's and the Agent sink's.
+func (rt *runtime) stats(w http.ResponseWriter, _ *http.Request) {
+	type frontStats struct {
+		Protocol string `json:"protocol"`
+		Listen   string `json:"listen"`
+		Stats    any    `json:"stats"`
+	}
+	fronts := make([]frontStats, 0, len(rt.fronts))
+	for _, f := range rt.fronts {
+		fs := frontStats{Protocol: f.protocol, Listen: f.listen}
+		if f.stats != nil {
+			fs.Stats = f.stats()
+		}
+		fronts = append(fronts, fs)
+	}
+	out := map[string]any{"fronts": fronts, "aggregator": rt.agg.Stats()}
+	if rt.agent != nil {
+		out["agent"] = rt.agent.Stats()
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // abort undoes a partial start.

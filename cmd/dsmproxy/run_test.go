@@ -149,7 +149,7 @@ kafka:
 		_ = cmd.Process.Kill()
 	})
 
-	admin := logs.field(t, "admin listening: /dsm /errors /healthz /readyz /debug/pprof/", "", "listen")
+	admin := logs.field(t, "admin listening: /dsm /stats /errors /healthz /readyz /debug/pprof/", "", "listen")
 	bootstrap := logs.field(t, "front listening", "kafka", "listen")
 	for deadline := time.Now().Add(60 * time.Second); ; {
 		resp, err := http.Get("http://" + admin + "/readyz")
@@ -210,6 +210,24 @@ kafka:
 			t.Fatalf("GET /dsm never showed the pathway and the lag:\n%s", view)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// Every counter, as JSON: the Kafka front injected and consumed the record.
+	resp, err := http.Get("http://" + admin + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Fronts []struct {
+			Protocol string
+			Stats    struct{ InjectedRecords, ConsumedRecords uint64 }
+		}
+		Agent *struct{ Pending int } // present: an Agent is configured
+	}
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil || len(st.Fronts) != 1 || st.Fronts[0].Protocol != "kafka" || st.Fronts[0].Stats.InjectedRecords == 0 ||
+		st.Fronts[0].Stats.ConsumedRecords == 0 || st.Agent == nil {
+		t.Fatalf("GET /stats = %+v (%v); want the kafka front with the injected and the consumed record, and the Agent sink's counters", st, err)
 	}
 	// SIGHUP reloads TLS (none here) and must not end the process.
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {

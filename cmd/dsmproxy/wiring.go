@@ -34,6 +34,7 @@ type namedFront struct {
 	listen    string
 	upstreams []string // host:port dialed by /readyz
 	reloaders []*proxy.CertReloader
+	stats     func() any // the front's counters, for GET /stats
 }
 
 // observer is what protocol fronts hand their points and offsets to.
@@ -179,7 +180,8 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
-	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders}, nil
+	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders,
+		stats: func() any { return p.Stats() }}, nil
 }
 
 func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
@@ -220,7 +222,8 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 			ups = append(ups, hp)
 		}
 	}
-	return namedFront{front: p, protocol: "aws", listen: a.Listen, upstreams: ups, reloaders: reloaders}, nil
+	return namedFront{front: p, protocol: "aws", listen: a.Listen, upstreams: ups, reloaders: reloaders,
+		stats: func() any { return p.Stats() }}, nil
 }
 
 // hostPort turns an endpoint URL into the host:port /readyz dials.
@@ -251,5 +254,6 @@ func buildAMQP(a AMQPConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
-	return namedFront{front: p, protocol: "amqp", listen: a.Listen, upstreams: []string{a.Upstream}, reloaders: reloaders}, nil
+	return namedFront{front: p, protocol: "amqp", listen: a.Listen, upstreams: []string{a.Upstream}, reloaders: reloaders,
+		stats: func() any { return p.Stats() }}, nil
 }
