@@ -546,7 +546,7 @@ func (c *Config) Validate() error {
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")
 		}
-		if host, _, err := net.SplitHostPort(k.Listen); err == nil && k.AdvertisedHost == "" && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
+		if host, _, err := net.SplitHostPort(k.Listen); err == nil && k.AdvertisedHost == "" && wildcard(host) {
 			bad(k.line, p+".advertised_host", "required when listen %s binds every interface: it is the host clients are told to reach the broker nodes at (set it in a config file)", k.Listen)
 		}
 		c.checkLimits(k.line, p, k.ListenerLimits, true, bad)
