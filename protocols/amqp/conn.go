@@ -135,11 +135,64 @@ type chanShared struct {
 	// the exchange or queue it concerns.
 	seq     uint64
 	pubRing []*pathway.Edge // cleared as the broker confirms
-	settled uint64          // every tag up to it confirmed by a multiple ack or nack
+	settled uint64          // every tag up to it confirmed
+	// Unconfirmed publishes the ring has overwritten, by tag: RabbitMQ confirms one by one
+	// while an older publish waits (a slow queue), and more than pubRingSize later ones can be
+	// confirmed first. Beyond maxEvicted only their number is kept (untracked).
+	evicted   map[uint64]*pathway.Edge
+	untracked int
 }
 
-// pubRingSize bounds the publishes remembered per confirm-mode channel.
-const pubRingSize = 1024
+// pubRingSize bounds the publishes remembered per confirm-mode channel; maxEvicted, those kept
+// after the ring moved past them unconfirmed.
+const (
+	pubRingSize = 1024
+	maxEvicted  = 1024
+)
+
+// trackPublishLocked remembers confirm-mode publish cs.seq+1 and its edge.
+func (cs *chanShared) trackPublishLocked(e *pathway.Edge) {
+	cs.seq++
+	slot := cs.seq % pubRingSize
+	if old := cs.pubRing[slot]; old != nil {
+		switch {
+		case len(cs.evicted) < maxEvicted:
+			if cs.evicted == nil {
+				cs.evicted = map[uint64]*pathway.Edge{}
+			}
+			cs.evicted[cs.seq-pubRingSize] = old
+		default:
+			cs.untracked++
+		}
+	}
+	cs.pubRing[slot] = e
+}
+
+// advanceSettledLocked moves settled past every publish confirmed since, so that a multiple
+// confirm starts at the oldest unconfirmed publish and counts nothing confirmed before.
+func (cs *chanShared) advanceSettledLocked() {
+	for cs.settled < cs.seq {
+		next := cs.settled + 1
+		if cs.seq-next >= pubRingSize { // older than the ring: only evicted ones are unconfirmed
+			if cs.untracked > 0 {
+				return
+			}
+			floor := cs.seq - pubRingSize // the newest tag older than the ring
+			for t := range cs.evicted {
+				floor = min(floor, t-1)
+			}
+			if floor < next {
+				return
+			}
+			cs.settled = floor
+			continue
+		}
+		if cs.pubRing[next%pubRingSize] != nil {
+			return
+		}
+		cs.settled = next
+	}
+}
 
 // ServeConn implements proxy.Handler.
 func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
@@ -374,6 +427,9 @@ func (s *session) unconfirmed() bool {
 		lo := cs.settled + 1
 		if cs.seq >= pubRingSize {
 			lo = max(lo, cs.seq-pubRingSize+1)
+		}
+		if len(cs.evicted) > 0 || cs.untracked > 0 {
+			return true
 		}
 		for k := lo; k <= cs.seq; k++ {
 			if cs.pubRing[k%pubRingSize] != nil {
@@ -615,8 +671,7 @@ func (s *session) clientMethod(f frame) {
 			// No ring when the broker closed the channel while this publish was on its way: the
 			// broker drops it, and no ack or nack will name it.
 			if cs.pubRing != nil {
-				cs.seq++
-				cs.pubRing[cs.seq%pubRingSize] = ps.edge
+				cs.trackPublishLocked(ps.edge)
 			}
 			s.mu.Unlock()
 		}
@@ -749,23 +804,42 @@ func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway
 		count(bare, 1)
 		return counts
 	}
-	lo := tag
-	if multiple {
-		lo = cs.settled + 1
-		cs.settled = max(cs.settled, tag)
-	}
-	for k := tag; k >= lo; k-- {
-		if cs.seq-k >= pubRingSize { // older than the ring remembers
-			count(bare, int(k-lo+1))
-			break
+	defer cs.advanceSettledLocked()
+	inRing := func(k uint64) bool { return cs.seq-k < pubRingSize }
+	if !multiple {
+		switch e, old := cs.evicted[tag]; {
+		case inRing(tag) && cs.pubRing[tag%pubRingSize] != nil:
+			count(*cs.pubRing[tag%pubRingSize], 1)
+			cs.pubRing[tag%pubRingSize] = nil
+		case old:
+			count(*e, 1)
+			delete(cs.evicted, tag)
+		default: // not remembered: an untracked one, or a tag confirmed twice
+			count(bare, 1)
+			if !inRing(tag) && cs.untracked > 0 {
+				cs.untracked--
+			}
 		}
+		return counts
+	}
+	// Every unconfirmed publish up to tag: those the ring holds, then the evicted ones.
+	for k := tag; k > cs.settled && inRing(k); k-- {
 		if e := cs.pubRing[k%pubRingSize]; e != nil {
 			count(*e, 1)
 			cs.pubRing[k%pubRingSize] = nil
-		} else if !multiple {
-			count(bare, 1)
 		}
 	}
+	for t, e := range cs.evicted {
+		if t <= tag {
+			count(*e, 1)
+			delete(cs.evicted, t)
+		}
+	}
+	if cs.untracked > 0 && !inRing(cs.settled+1) && cs.settled < tag {
+		count(bare, cs.untracked) // their tags are unknown; all are older than the ring
+		cs.untracked = 0
+	}
+	cs.settled = max(cs.settled, tag)
 	return counts
 }
 
