@@ -266,8 +266,21 @@ func (s *session) serve(ctx context.Context) error {
 		s.log.Debug().AnErr("broker", derr).Msg("amqp connection closed for proxy shutdown")
 		return nil
 	}
+	var derr error
+	relayDone := false
+	if errors.Is(err, errDrained) && s.clientClosing.Load() {
+		// The client's own Connection.Close is with the broker: the relay forwards its CloseOk,
+		// and the broker then ends the connection, as without the proxy.
+		select {
+		case derr = <-down:
+			relayDone = true
+		case <-time.After(closeWait):
+		}
+	}
 	s.c.Upstream.Close()
-	derr := <-down
+	if !relayDone {
+		derr = <-down
+	}
 	if errors.Is(err, errDrained) {
 		s.log.Debug().Msg("amqp connection closed for proxy shutdown")
 		return nil

@@ -24,6 +24,27 @@ func rabbitEval(t *testing.T, expr string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// waitConnState waits until RabbitMQ lists the connection the client named name (its
+// connection_name property) in state.
+func waitConnState(t *testing.T, name, state string) {
+	t.Helper()
+	var out []byte
+	for range 50 {
+		var err error
+		out, err = exec.Command("rabbitmqctl", "list_connections", "-q", "--no-table-headers", "state", "client_properties").CombinedOutput()
+		if err != nil {
+			t.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && f[0] == state && strings.Contains(l, `{"connection_name","`+name+`"}`) {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("connection %s never %s; rabbitmqctl lists:\n%s", name, state, out)
+}
+
 func queuePidExpr(q string) string {
 	return fmt.Sprintf(`{ok,Q}=rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>,queue,<<"%s">>)), amqqueue:get_pid(Q)`, q)
 }
@@ -104,5 +125,45 @@ func TestNackAfterSingleAcks(t *testing.T) {
 	}
 	if lost != 1 {
 		t.Errorf("%d lost messages reported for 1 nacked publish (of %d published, %d acked)", lost, n+2, n+1)
+	}
+}
+
+// TestDrainLetsAClosingClientFinish: a client that has sent Connection.Close and waits for the
+// broker's CloseOk when the proxy starts a drain still gets that CloseOk (the broker takes a
+// moment: here its channels are suspended), not a dropped socket; without the proxy its Close
+// returns nil.
+func TestDrainLetsAClosingClientFinish(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "closing-at-drain", 0)
+	channel(t, c)
+	rabbitEval(t, `[sys:suspend(P) || P <- rabbit_channel:list()], ok.`)
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			rabbitEval(t, `[catch sys:resume(P) || P <- rabbit_channel:list()], ok.`)
+		}
+	}
+	t.Cleanup(resume)
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	// The broker has the Close (so the proxy has passed it on) when it lists the connection closing.
+	waitConnState(t, "closing-at-drain", "closing")
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		h.p.Shutdown(ctx)
+	}()
+	defer func() { <-drained }()
+	resume()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("client's Connection.Close during a drain: %v (want the broker's CloseOk)", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("client's Close never returned")
 	}
 }
