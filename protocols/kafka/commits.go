@@ -3,6 +3,7 @@ package kafka
 import (
 	"sync"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -12,15 +13,31 @@ import (
 // commitFacts are the offsets an OffsetCommit or TxnOffsetCommit request commits; they become
 // kafka_commit backlogs for each partition the response accepts.
 type commitFacts struct {
-	group   string
-	txnID   string // TxnOffsetCommit: the transaction whose EndTxn makes the offsets count
-	offsets []committed
+	group    string
+	txnID    string      // TxnOffsetCommit: the transaction whose EndTxn makes the offsets count
+	producer txnProducer // TxnOffsetCommit: the producer running that transaction
+	offsets  []committed
+}
+
+// txnProducer is the producer id and epoch a transaction runs under. A transactional id gets a
+// new epoch when a producer (re)starts with it, and the coordinator then aborts the transaction
+// the old epoch left open: offsets held for another producer or epoch never count.
+type txnProducer struct {
+	id    int64
+	epoch int16
 }
 
 // endTxnFacts is what an EndTxn request says.
 type endTxnFacts struct {
-	txnID  string
-	commit bool
+	txnID    string
+	producer txnProducer
+	commit   bool
+}
+
+// heldTxn is the offsets one transaction's TxnOffsetCommits sent.
+type heldTxn struct {
+	producer txnProducer
+	offsets  []pathway.Offset
 }
 
 // txnCommits holds the offsets a TxnOffsetCommit sent, per transactional id, until EndTxn says
@@ -29,7 +46,7 @@ type endTxnFacts struct {
 // Bounded to the maxTxns transactions seen most recently (proxy.RecentMap).
 type txnCommits struct {
 	mu      sync.Mutex
-	pending *proxy.RecentMap[string, []pathway.Offset]
+	pending *proxy.RecentMap[string, heldTxn]
 }
 
 const (
@@ -37,30 +54,42 @@ const (
 	maxTxnOffsets = 10000 // per transaction
 )
 
-func (t *txnCommits) hold(txnID string, o pathway.Offset) {
+func (t *txnCommits) hold(txnID string, producer txnProducer, o pathway.Offset) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.pending == nil {
-		t.pending = proxy.NewRecentMap[string, []pathway.Offset](maxTxns)
-	}
-	if held, _ := t.pending.Get(txnID); len(held) < maxTxnOffsets {
-		t.pending.Put(txnID, append(held, o))
-	}
-}
-
-// end returns the offsets transaction txnID committed (none when it aborted) and forgets them.
-func (t *txnCommits) end(txnID string, commit bool) []pathway.Offset {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.pending == nil {
-		return nil
+		t.pending = proxy.NewRecentMap[string, heldTxn](maxTxns)
 	}
 	held, _ := t.pending.Get(txnID)
-	t.pending.Delete(txnID)
-	if !commit {
+	if held.producer != producer {
+		// Another producer or epoch: the transaction held before has ended, aborted by the
+		// coordinator (or committed through another proxy). Its offsets never count here.
+		held = heldTxn{producer: producer}
+	}
+	if len(held.offsets) < maxTxnOffsets {
+		held.offsets = append(held.offsets, o)
+	}
+	t.pending.Put(txnID, held)
+}
+
+// end returns the offsets transaction txnID committed, given EndTxn's request and answer (code),
+// and forgets them; none when it aborted, failed, or they belong to another producer or epoch.
+// A retriable error keeps them: the client sends EndTxn again, and that one may commit.
+func (t *txnCommits) end(f endTxnFacts, code int16) []pathway.Offset {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pending == nil {
 		return nil
 	}
-	return held
+	held, ok := t.pending.Get(f.txnID)
+	if !ok || code != 0 && kerr.IsRetriable(kerr.ErrorForCode(code)) {
+		return nil
+	}
+	t.pending.Delete(f.txnID)
+	if held.producer != f.producer || !f.commit || code != 0 {
+		return nil
+	}
+	return held.offsets
 }
 
 func (s *session) endTxnRequest(h requestHeader, frame []byte, pd *pending) {
@@ -85,7 +114,7 @@ func (s *session) endTxnResponse(pd *pending, frame []byte) {
 	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
 		return
 	}
-	offsets := s.p.txns.end(f.txnID, f.commit && resp.ErrorCode == 0)
+	offsets := s.p.txns.end(f, resp.ErrorCode)
 	now := s.p.now().UnixNano()
 	for _, o := range offsets {
 		o.Time = now
@@ -188,7 +217,7 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 			o := pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group, ClusterID: s.p.cluster(),
 				Topic: c.topic, Partition: c.partition, Value: c.offset, Time: now}
 			if pd.key == keyTxnOffsetCommit {
-				s.p.txns.hold(f.txnID, o) // counts only if the transaction commits
+				s.p.txns.hold(f.txnID, f.producer, o) // counts only if the transaction commits
 			} else {
 				s.p.addOffset(o)
 			}

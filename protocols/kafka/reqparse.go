@@ -156,8 +156,8 @@ func parseEndTxn(h requestHeader, frame []byte) (endTxnFacts, error) {
 	w := newWire(h, frame)
 	var f endTxnFacts
 	f.txnID = w.str()
-	w.Int64() // producer id
-	w.Int16() // producer epoch
+	f.producer.id = w.Int64()
+	f.producer.epoch = w.Int16()
 	f.commit = w.Bool()
 	return f, w.err(h)
 }
@@ -167,8 +167,8 @@ func parseTxnOffsetCommit(h requestHeader, frame []byte) (*commitFacts, error) {
 	v := h.Version
 	txnID := w.str()
 	f := &commitFacts{group: w.str(), txnID: txnID}
-	w.Int64() // producer id
-	w.Int16() // producer epoch
+	f.producer.id = w.Int64()
+	f.producer.epoch = w.Int16()
 	if v >= 3 {
 		w.Int32()       // generation
 		w.str()         // member id

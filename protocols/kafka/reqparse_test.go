@@ -62,14 +62,25 @@ func TestParseCommitsAllVersions(t *testing.T) {
 		req.Version = v
 		req.TransactionalID = "tx"
 		req.Group = "g2"
+		req.ProducerID, req.ProducerEpoch = 77, 3
 		req.Topics = []kmsg.TxnOffsetCommitRequestTopic{{Topic: "t", TopicID: id, Partitions: []kmsg.TxnOffsetCommitRequestTopicPartition{{Partition: 1, Offset: 7}}}}
 		frame := requestFrame(req, 1)
 		f, err := parseTxnOffsetCommit(headerOf(t, frame), frame)
 		if err != nil {
 			t.Fatalf("TxnOffsetCommit v%d: %v", v, err)
 		}
-		if f.group != "g2" || len(f.offsets) != 1 || f.offsets[0].offset != 7 || (v >= 6) != (f.offsets[0].topicID == id) {
+		if f.group != "g2" || f.txnID != "tx" || f.producer != (txnProducer{77, 3}) || len(f.offsets) != 1 || f.offsets[0].offset != 7 || (v >= 6) != (f.offsets[0].topicID == id) {
 			t.Errorf("TxnOffsetCommit v%d: %+v", v, f)
+		}
+	}
+	for v := int16(0); v <= maxVersion(keyEndTxn); v++ {
+		req := kmsg.NewPtrEndTxnRequest()
+		req.Version = v
+		req.TransactionalID, req.ProducerID, req.ProducerEpoch, req.Commit = "tx", 77, 3, true
+		frame := requestFrame(req, 1)
+		f, err := parseEndTxn(headerOf(t, frame), frame)
+		if err != nil || f != (endTxnFacts{txnID: "tx", producer: txnProducer{77, 3}, commit: true}) {
+			t.Errorf("EndTxn v%d: %+v %v", v, f, err)
 		}
 	}
 }
