@@ -35,7 +35,7 @@ func (s *session) apiVersionsRequest(h requestHeader, frame []byte, pd *pending)
 		return
 	}
 	if h.Version >= 3 {
-		if name, ok := s.firstString(h, frame); ok && name != s.info.Load().software {
+		if name, ok := s.firstString(h, frame); ok && name[:min(len(name), maxIdentityBytes)] != s.info.Load().software {
 			s.setInfo(s.info.Load().clientID, name)
 		}
 	}

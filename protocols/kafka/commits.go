@@ -146,9 +146,6 @@ func (s *session) commitRequest(h requestHeader, frame []byte, pd *pending, pars
 		s.requestParseError(h, err)
 		return
 	}
-	if h.Key == keyOffsetCommit {
-		s.p.groups.learn(s.info.Load().key(), f.group)
-	}
 	for i := range f.offsets {
 		c := &f.offsets[i]
 		c.topic, _ = s.p.topicName(c.topic, c.topicID)
@@ -219,6 +216,7 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 			if pd.key == keyTxnOffsetCommit {
 				s.p.txns.hold(f.txnID, f.producer, o) // counts only if the transaction commits
 			} else {
+				s.p.groups.learn(ci.key(), f.group) // the coordinator took a commit from it
 				s.p.addOffset(o)
 			}
 			break

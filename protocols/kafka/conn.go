@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -436,13 +437,27 @@ func (s *session) flushQueued() error {
 // noteClientID refreshes the connection's client info when the client.id changes (rarely: once).
 func (s *session) noteClientID(id []byte) {
 	ci := s.info.Load()
-	if string(id) == ci.clientID {
+	if string(id[:min(len(id), maxIdentityBytes)]) == ci.clientID {
 		return
 	}
 	s.setInfo(string(id), ci.software)
 }
 
+// maxIdentityBytes caps the client.id and software name kept per client: the proxy remembers
+// thousands of clients (groups, log lines), and any peer that connects can send 32 KiB ids.
+const maxIdentityBytes = 255
+
+// clipIdentity is s cut to maxIdentityBytes, in a copy of its own (a substring would keep the
+// whole frame it was read from).
+func clipIdentity(s string) string {
+	if len(s) <= maxIdentityBytes {
+		return s
+	}
+	return strings.Clone(s[:maxIdentityBytes])
+}
+
 func (s *session) setInfo(clientID, software string) {
+	clientID, software = clipIdentity(clientID), clipIdentity(software)
 	ci := &clientInfo{clientID: clientID, software: software, addr: s.addr}
 	ci.service = s.p.service(s.addr, clientID, software)
 	old := s.info.Swap(ci)

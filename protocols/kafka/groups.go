@@ -54,9 +54,13 @@ func (g *groupTracker) entry(k clientKey) *clientGroups {
 	return cg
 }
 
+// maxGroupNameBytes: longer group ids are not learned (their consumers' checkpoints carry no
+// group tag), so that the names a client sends cannot grow the tracker without bound.
+const maxGroupNameBytes = 255
+
 // learn records that client k is a member of group.
 func (g *groupTracker) learn(k clientKey, group string) {
-	if group == "" {
+	if group == "" || len(group) > maxGroupNameBytes {
 		return
 	}
 	g.mu.Lock()
@@ -72,7 +76,7 @@ func (g *groupTracker) learn(k clientKey, group string) {
 
 // assign replaces the partitions group assigned to client k.
 func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition) {
-	if group == "" {
+	if group == "" || len(group) > maxGroupNameBytes {
 		return
 	}
 	set := make(map[topicPartition]struct{}, len(parts))
@@ -130,6 +134,7 @@ func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 	if resp.ErrorCode != 0 || group == "" {
 		return
 	}
+	s.p.groups.learn(s.info.Load().key(), group)
 	var a kmsg.ConsumerMemberAssignment
 	if len(resp.MemberAssignment) == 0 || a.ReadFrom(resp.MemberAssignment) != nil {
 		return // not the consumer protocol (or an empty assignment): the group is still learned
@@ -151,7 +156,11 @@ func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 		return
 	}
 	s.groupError(pd, resp.ErrorCode)
-	if resp.ErrorCode != 0 || resp.Assignment == nil || group == "" {
+	if resp.ErrorCode != 0 || group == "" {
+		return
+	}
+	s.p.groups.learn(s.info.Load().key(), group)
+	if resp.Assignment == nil {
 		return
 	}
 	var parts []topicPartition
@@ -175,11 +184,13 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 		resp := kmsg.NewPtrJoinGroupResponse()
 		if _, ok := s.decodeResponse(pd, frame, resp); ok {
 			s.groupError(pd, resp.ErrorCode)
+			s.learnGroup(pd, resp.ErrorCode)
 		}
 	case keyHeartbeat:
 		resp := kmsg.NewPtrHeartbeatResponse()
 		if _, ok := s.decodeResponse(pd, frame, resp); ok {
 			s.groupError(pd, resp.ErrorCode)
+			s.learnGroup(pd, resp.ErrorCode)
 		}
 	case keyLeaveGroup:
 		resp := kmsg.NewPtrLeaveGroupResponse()
@@ -190,6 +201,14 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 		for _, m := range resp.Members { // v3+: one code per member leaving
 			s.groupError(pd, m.ErrorCode)
 		}
+	}
+}
+
+// learnGroup records that the client is a member of the request's group, when the coordinator
+// answered without an error.
+func (s *session) learnGroup(pd *pending, code int16) {
+	if group, _ := pd.facts.(string); code == 0 {
+		s.p.groups.learn(s.info.Load().key(), group)
 	}
 }
 

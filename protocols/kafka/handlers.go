@@ -73,14 +73,11 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.txnOffsetCommitRequest(h, frame, pd)
 	case keyEndTxn:
 		s.endTxnRequest(h, frame, pd)
-	case keyJoinGroup, keySyncGroup, keyCGHeartbeat, keyHeartbeat:
+	case keyJoinGroup, keySyncGroup, keyCGHeartbeat, keyHeartbeat, keyLeaveGroup:
+		// Learned from the answer, once the coordinator accepts the member (a member leaving
+		// is not learned): a request alone may come from a client the broker refuses.
 		if group, ok := s.firstString(h, frame); ok {
-			s.p.groups.learn(s.info.Load().key(), group)
 			pd.facts = group
-		}
-	case keyLeaveGroup:
-		if group, ok := s.firstString(h, frame); ok {
-			pd.facts = group // for the error event only: a member leaving is not learned
 		}
 	case keySaslHandshake:
 		if mech, ok := s.firstString(h, frame); ok {

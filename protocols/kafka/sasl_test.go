@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -204,4 +205,54 @@ func v0Handshake(t *testing.T, upstream, mechanism string) (*Proxy, net.Conn) {
 		t.Fatalf("handshake answer: %v", err)
 	}
 	return p, c
+}
+
+// TestUnauthenticatedGroupNames: on a cluster that wants SASL, connections that never
+// authenticate send JoinGroup requests with 1 MiB group ids and 30 KB client ids (the broker
+// refuses them). The proxy must keep neither: an anonymous peer could otherwise fill its memory
+// (MaxClients x 64 groups x MaxFrameBytes).
+func TestUnauthenticatedGroupNames(t *testing.T) {
+	c, _ := startCluster(t, saslUsers...)
+	p := startProxy(t, c, nil)
+	const conns, nameBytes = 32, 1 << 20
+	for i := 0; i < conns; i++ {
+		conn, err := net.Dial("tcp", p.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		join := kmsg.NewPtrJoinGroupRequest()
+		join.Version = 9
+		join.Group = fmt.Sprintf("g%03d-", i) + strings.Repeat("x", nameBytes)
+		join.ProtocolType = "consumer"
+		proto := kmsg.NewJoinGroupRequestProtocol()
+		proto.Name = "range"
+		join.Protocols = append(join.Protocols, proto)
+		id := kmsg.FormatterClientID(fmt.Sprintf("c%03d-", i) + strings.Repeat("y", 30000))
+		if _, err := conn.Write(kmsg.NewRequestFormatter(id).AppendRequest(nil, join, 1)); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, conn) // the broker refuses (closes) an unauthenticated JoinGroup
+		conn.Close()
+	}
+	retained, ids := 0, 0
+	p.groups.mu.Lock()
+	for k, cg := range p.groups.clients.All() {
+		ids += len(k.clientID)
+		for name := range cg.groups {
+			retained += len(name)
+		}
+	}
+	p.groups.mu.Unlock()
+	p.seenMu.Lock()
+	for k := range p.seen.All() {
+		ids += len(k.client.clientID)
+	}
+	p.seenMu.Unlock()
+	if retained > 0 {
+		t.Errorf("the proxy keeps %d bytes of group names sent by connections the broker refused", retained)
+	}
+	if ids > 2*conns*maxIdentityBytes {
+		t.Errorf("the proxy keeps %d bytes of client ids for %d clients", ids, conns)
+	}
 }
