@@ -163,6 +163,7 @@ type AWSConfig struct {
 	Region                  string            `yaml:"region"`
 	MaxMessageBytes         int               `yaml:"max_message_bytes"`
 	KinesisInjectData       bool              `yaml:"kinesis_inject_data"`
+	RespectExistingContext  *bool             `yaml:"respect_existing_context"`
 	ClientKeys              []AWSKey          `yaml:"client_keys"`
 	TrustClients            bool              `yaml:"trust_clients"`
 	TrustClientsNonLoopback bool              `yaml:"trust_clients_non_loopback"`

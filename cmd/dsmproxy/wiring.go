@@ -194,7 +194,8 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
 		TrustClients: a.TrustClients, TrustClientsNonLoopback: a.TrustClientsNonLoopback,
 		MaxBodyBytes: int64(a.MaxBodyBytes), MaxMessageBytes: a.MaxMessageBytes, KinesisInjectData: a.KinesisInjectData,
-		Listener: lc, Credentials: a.credentials,
+		RespectExistingContext: a.RespectExistingContext,
+		Listener:               lc, Credentials: a.credentials,
 	}
 	if len(a.ClientKeys) > 0 {
 		ac.ClientKeys = make(map[string]string, len(a.ClientKeys))

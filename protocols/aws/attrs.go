@@ -128,6 +128,25 @@ func carrierJSON(existing []byte, ctx pathway.Context) []byte {
 }
 
 // contextFromCarrier reads dd-pathway-ctx-base64 out of a `_datadog` JSON value.
+// carrierHasPathway reports whether the `_datadog` JSON object b has a pathway context member
+// (whether or not it decodes: a newer tracer's encoding is not overwritten).
+func carrierHasPathway(b []byte) bool {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return false
+	}
+	ms, _, err := objectMembers(b, i)
+	if err != nil {
+		return false
+	}
+	for j := range ms {
+		if strings.EqualFold(string(ms[j].Key), pathway.HeaderKey) {
+			return true
+		}
+	}
+	return false
+}
+
 func contextFromCarrier(b []byte) pathway.Context {
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {

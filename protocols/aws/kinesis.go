@@ -157,6 +157,10 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 		if dms, dend, err = objectMembers(data, 0); err == nil {
 			isObj = true
 			if d := find(dms, ddAttr); d != nil {
+				if p.respect && carrierHasPathway(data[d.VS:d.VE]) {
+					p.stats.existing.Add(1)
+					return pathway.Point{}, nil // a tracer's record: it checkpointed it
+				}
 				parent = contextFromCarrier(data[d.VS:d.VE])
 			}
 		}

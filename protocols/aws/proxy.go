@@ -88,6 +88,12 @@ type Config struct {
 	// MaxMessageBytes: a message whose size with `_datadog` would exceed it is sent unmodified
 	// (default DefaultMaxMessageBytes).
 	MaxMessageBytes int
+	// RespectExistingContext (default true when nil): a message or Kinesis record whose
+	// `_datadog` already holds a pathway context comes from a tracer, which checkpointed it: it
+	// goes unmodified and gets no produce checkpoint. Off, the proxy checkpoints it with that
+	// context as the parent and replaces the context. A `_datadog` with trace keys only gets the
+	// pathway context merged in either way.
+	RespectExistingContext *bool
 	// KinesisInjectData splices `_datadog` into JSON-object record data (default off: analytics
 	// consumers read the data). GetRecords through the proxy, in JSON or CBOR (Java SDKs'
 	// default), removes it again where the proxy added it to data that had none; consumers
@@ -115,6 +121,7 @@ type Stats struct {
 	AuthFailures   uint64 // refused before forwarding
 	UpstreamErrors uint64 // AWS error responses passed through
 	Injected       uint64 // messages/records that got `_datadog`
+	Existing       uint64 // messages/records left alone: their `_datadog` held a tracer's pathway context
 	Skipped        uint64 // messages sent unmodified (attribute count, size, not JSON)
 	Produced       uint64 // produce checkpoints recorded
 	Consumed       uint64 // consume checkpoints recorded
@@ -124,7 +131,7 @@ type Stats struct {
 }
 
 type counters struct {
-	requests, authFail, upstreamErr, injected, skipped, produced, consumed, decodeErr, dropped, refused atomic.Uint64
+	requests, authFail, upstreamErr, injected, existing, skipped, produced, consumed, decodeErr, dropped, refused atomic.Uint64
 }
 
 // Proxy is one AWS front.
@@ -141,6 +148,8 @@ type Proxy struct {
 	upc    *upstreamClient // nil = client
 	up     map[string]*url.URL
 	stats  counters
+	// respect: messages that already carry a pathway context are left alone (RespectExistingContext).
+	respect bool
 
 	iters *boundedMap // shard iterator -> stream name
 	qurls *boundedMap // queue URL as the proxy handed it out -> upstream queue URL
@@ -182,6 +191,7 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.MaxShardIterators = 100000
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "aws").Logger(), up: map[string]*url.URL{}}
+	p.respect = cfg.RespectExistingContext == nil || *cfg.RespectExistingContext
 	for _, svc := range []string{ServiceSQS, ServiceSNS, ServiceKinesis} {
 		raw := cfg.Upstreams[svc]
 		if raw == "" {
@@ -380,7 +390,7 @@ func (p *Proxy) Stats() Stats {
 	s := &p.stats
 	return Stats{
 		Requests: s.requests.Load(), AuthFailures: s.authFail.Load(), UpstreamErrors: s.upstreamErr.Load(),
-		Injected: s.injected.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
+		Injected: s.injected.Load(), Existing: s.existing.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
 		Consumed: s.consumed.Load(), DecodeErrors: s.decodeErr.Load(), PointsDropped: s.dropped.Load(),
 		RefusedConns: s.refused.Load(),
 	}

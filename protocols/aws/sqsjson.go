@@ -19,7 +19,8 @@ type outMsg struct {
 }
 
 // prepareOut computes a sent message's checkpoint and the carrier to inject; carrier is nil when
-// the message must go unmodified (attribute count or size). dd is the message's own `_datadog`.
+// the message must go unmodified (attribute count or size, or a tracer's context, which also
+// leaves pt zero: no checkpoint). dd is the message's own `_datadog`.
 func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, ddType string) (pt pathway.Point, carrier []byte, dd *attr) {
 	c.edge = e
 	c.sent++
@@ -30,7 +31,6 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 			dd = &attrs[i]
 		}
 	}
-	pt, ctx := p.cp.Checkpoint(contextFromAttr(dd), c.svcName, e, int64(size), c.now)
 	var existing []byte
 	if dd != nil {
 		if dd.String != nil {
@@ -39,6 +39,11 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 			existing = dd.Binary
 		}
 	}
+	if p.respect && carrierHasPathway(existing) {
+		p.stats.existing.Add(1)
+		return pathway.Point{}, nil, dd
+	}
+	pt, ctx := p.cp.Checkpoint(contextFromCarrier(existing), c.svcName, e, int64(size), c.now)
 	carrier = carrierJSON(existing, ctx)
 	if dd == nil && len(attrs) >= MaxAttributes {
 		p.skip(c, e, "attribute_limit", "message already has 10 attributes; sent without _datadog")
@@ -208,7 +213,12 @@ func (p *Proxy) sqsJSONSend(c *call, b []byte, ms []member, end int, queue strin
 	return eds, fix, nil
 }
 
+// produced records a sent message's checkpoint once the service accepted it; a zero pt (a
+// tracer's message, left alone) records nothing.
 func (p *Proxy) produced(c *call, pt pathway.Point) {
+	if pt.Hash == 0 {
+		return
+	}
 	p.stats.produced.Add(1)
 	p.add(pt)
 }
