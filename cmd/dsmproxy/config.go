@@ -168,6 +168,7 @@ type AWSConfig struct {
 	TrustClients            bool              `yaml:"trust_clients"`
 	TrustClientsNonLoopback bool              `yaml:"trust_clients_non_loopback"`
 	MaxBodyBytes            int               `yaml:"max_body_bytes"`
+	MaxAnswerBytes          int               `yaml:"max_answer_bytes"`
 	ListenerLimits          `yaml:",inline"`
 
 	line int

@@ -193,7 +193,7 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 		Listen: a.Listen, Upstream: a.Upstream, Upstreams: a.Upstreams, Region: a.Region,
 		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
 		TrustClients: a.TrustClients, TrustClientsNonLoopback: a.TrustClientsNonLoopback,
-		MaxBodyBytes: int64(a.MaxBodyBytes), MaxMessageBytes: a.MaxMessageBytes, KinesisInjectData: a.KinesisInjectData,
+		MaxBodyBytes: int64(a.MaxBodyBytes), MaxAnswerBytes: int64(a.MaxAnswerBytes), MaxMessageBytes: a.MaxMessageBytes, KinesisInjectData: a.KinesisInjectData,
 		RespectExistingContext: a.RespectExistingContext,
 		Listener:               lc, Credentials: a.credentials,
 	}

@@ -158,11 +158,11 @@ func TestSQSDeadLetterSourceQueueURLs(t *testing.T) {
 	}
 }
 
-// TestAnswerOverMaxBodyBytes: an answer from the service larger than max_body_bytes reaches the
-// client as a 502 that names the limit, never as a 200 cut short.
-func TestAnswerOverMaxBodyBytes(t *testing.T) {
+// TestAnswerOverMaxAnswerBytes: an answer from the service larger than max_answer_bytes reaches
+// the client as a 502 that names the limit, never as a 200 cut short.
+func TestAnswerOverMaxAnswerBytes(t *testing.T) {
 	up := sqsPeer(t)
-	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.MaxBodyBytes = 4 << 10 })
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.MaxAnswerBytes = 4 << 10 })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	direct := sqsClient(up.URL(), testKey, testSecret)
@@ -183,8 +183,8 @@ func TestAnswerOverMaxBodyBytes(t *testing.T) {
 	_, err = sqsClient(tp.url, testKey, testSecret).ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: &qurl, WaitTimeSeconds: 1},
 		func(o *sqs.Options) { o.RetryMaxAttempts = 1 })
 	var re *awshttp.ResponseError
-	if !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusBadGateway || !strings.Contains(err.Error(), "max_body_bytes") {
-		t.Fatalf("ReceiveMessage of a 6 KiB message with a 4 KiB limit: %v, want a 502 naming max_body_bytes", err)
+	if !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusBadGateway || !strings.Contains(err.Error(), "max_answer_bytes") {
+		t.Fatalf("ReceiveMessage of a 6 KiB message with a 4 KiB limit: %v, want a 502 naming max_answer_bytes", err)
 	}
 }
 

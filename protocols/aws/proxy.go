@@ -82,9 +82,13 @@ type Config struct {
 	// MaxClockSkew bounds how far a client's X-Amz-Date may be from now (default 15m, as AWS).
 	MaxClockSkew time.Duration
 
-	// MaxBodyBytes bounds a request or response body (default 16 MiB). A larger answer from the
-	// service is refused with a 502 naming the limit, never passed on cut short.
+	// MaxBodyBytes bounds a request body (default 16 MiB, above every AWS request limit).
 	MaxBodyBytes int64
+	// MaxAnswerBytes bounds an answer, which the proxy holds whole (default 64 MiB: a Kinesis
+	// GetRecords of 10 MB is ~18 MB of JSON, and ten 1 MiB SQS messages in a Query answer can grow
+	// several times by XML escaping). A larger answer is refused with a 502 naming the limit,
+	// never passed on cut short.
+	MaxAnswerBytes int64
 	// MaxMessageBytes: a message whose size with `_datadog` would exceed it is sent unmodified
 	// (default DefaultMaxMessageBytes).
 	MaxMessageBytes int
@@ -183,6 +187,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 16 << 20
+	}
+	if cfg.MaxAnswerBytes <= 0 {
+		cfg.MaxAnswerBytes = 64 << 20
 	}
 	if cfg.MaxMessageBytes <= 0 {
 		cfg.MaxMessageBytes = DefaultMaxMessageBytes
@@ -650,7 +657,7 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	var resp *http.Response
 	var rb []byte
 	if p.upc != nil {
-		if resp, rb, err = p.upc.do(req, body, p.cfg.MaxBodyBytes); err != nil {
+		if resp, rb, err = p.upc.do(req, body, p.cfg.MaxAnswerBytes); err != nil {
 			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 		}
 	} else {
@@ -658,22 +665,22 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 		}
 		defer resp.Body.Close()
-		if rb, err = readBody(resp.Body, answerLength(resp), p.cfg.MaxBodyBytes); err != nil {
+		if rb, err = readBody(resp.Body, answerLength(resp), p.cfg.MaxAnswerBytes); err != nil {
 			return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)
 		}
 	}
 	// readBody stops one byte past the limit: the answer would reach the client cut short.
-	if int64(len(rb)) > p.cfg.MaxBodyBytes {
-		return nil, nil, fmt.Errorf("aws %s %s from %s: %w", c.service, c.op, base.Host, errAnswerTooLarge{p.cfg.MaxBodyBytes})
+	if int64(len(rb)) > p.cfg.MaxAnswerBytes {
+		return nil, nil, fmt.Errorf("aws %s %s from %s: %w", c.service, c.op, base.Host, errAnswerTooLarge{p.cfg.MaxAnswerBytes})
 	}
 	return resp, rb, nil
 }
 
-// errAnswerTooLarge: an upstream answer past MaxBodyBytes, which the proxy holds whole.
+// errAnswerTooLarge: an upstream answer past MaxAnswerBytes, which the proxy holds whole.
 type errAnswerTooLarge struct{ limit int64 }
 
 func (e errAnswerTooLarge) Error() string {
-	return fmt.Sprintf("the answer is larger than max_body_bytes (%d); raise it to relay such answers", e.limit)
+	return fmt.Sprintf("the answer is larger than max_answer_bytes (%d); raise it to relay such answers", e.limit)
 }
 
 // sameSlice reports whether a and b are the same bytes in memory (the request went unmodified).
