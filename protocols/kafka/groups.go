@@ -74,6 +74,32 @@ func (g *groupTracker) learn(k clientKey, group string) {
 	}
 }
 
+// forget drops group from client k's groups: a member left it. (Another process behind the same
+// key that stays in the group is learned again at its next heartbeat, and the rebalance the
+// leave causes gives it its assignment again.)
+func (g *groupTracker) forget(k clientKey, group string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if cg, _ := g.clients.Get(k); cg != nil {
+		delete(cg.groups, group)
+	}
+}
+
+// groupLeave is what a request by which a member leaves its group says (LeaveGroup, or a
+// ConsumerGroupHeartbeat with a negative member epoch): the group.
+type groupLeave string
+
+// factsGroup is the group a group request named.
+func factsGroup(pd *pending) string {
+	switch g := pd.facts.(type) {
+	case string:
+		return g
+	case groupLeave:
+		return string(g)
+	}
+	return ""
+}
+
 // assign replaces the partitions group assigned to client k.
 func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition) {
 	if group == "" || len(group) > maxGroupNameBytes {
@@ -125,7 +151,7 @@ func (g *groupTracker) lookup(k clientKey, topic string, partition int32) string
 
 // syncGroupResponse learns the member's assignment from a classic "consumer" protocol SyncGroup.
 func (s *session) syncGroupResponse(pd *pending, frame []byte) {
-	group, _ := pd.facts.(string)
+	group := factsGroup(pd)
 	resp := kmsg.NewPtrSyncGroupResponse()
 	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
 		return
@@ -150,13 +176,17 @@ func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 
 // heartbeatResponse learns a KIP-848 member's assignment (topic ids) from ConsumerGroupHeartbeat.
 func (s *session) heartbeatResponse(pd *pending, frame []byte) {
-	group, _ := pd.facts.(string)
+	group := factsGroup(pd)
 	resp := kmsg.NewPtrConsumerGroupHeartbeatResponse()
 	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
 		return
 	}
 	s.groupError(pd, resp.ErrorCode)
 	if resp.ErrorCode != 0 || group == "" {
+		return
+	}
+	if _, leaving := pd.facts.(groupLeave); leaving {
+		s.p.groups.forget(s.info.Load().key(), group)
 		return
 	}
 	s.p.groups.learn(s.info.Load().key(), group)
@@ -201,13 +231,16 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 		for _, m := range resp.Members { // v3+: one code per member leaving
 			s.groupError(pd, m.ErrorCode)
 		}
+		if resp.ErrorCode == 0 {
+			s.p.groups.forget(s.info.Load().key(), factsGroup(pd))
+		}
 	}
 }
 
 // learnGroup records that the client is a member of the request's group, when the coordinator
 // answered without an error.
 func (s *session) learnGroup(pd *pending, code int16) {
-	if group, _ := pd.facts.(string); code == 0 {
+	if group, _ := pd.facts.(string); code == 0 { // not a groupLeave
 		s.p.groups.learn(s.info.Load().key(), group)
 	}
 }
@@ -219,7 +252,7 @@ func (s *session) groupError(pd *pending, code int16) {
 	if code == 0 || (pd.key == keyJoinGroup && code == kerr.MemberIDRequired.Code) {
 		return
 	}
-	group, _ := pd.facts.(string)
+	group := factsGroup(pd)
 	s.p.brokerError(pd.key, code, s.info.Load().service,
 		pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group}, -1, 0)
 }

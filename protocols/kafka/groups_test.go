@@ -414,3 +414,40 @@ func TestSASLReauthentication(t *testing.T) {
 	}
 	guard.check(t)
 }
+
+// TestLeftGroupIsForgotten: a consumer leaves group A (kgo's Close: LeaveGroup, or a KIP-848
+// heartbeat with member epoch -1), and a consumer on the same host with the same client.id then
+// reads the same partitions in group B. Its fetches belong to B: A, which it left, must not
+// still claim the partitions (two holders leave the group tag empty).
+func TestLeftGroupIsForgotten(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name string
+		opts []kgo.Opt
+	}{{"classic", nil}, {"kip848", []kgo.Opt{kgo.ServerSideBalancer()}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "leave-"+tc.name)
+			sent := testRecords(6, time.UnixMilli(1700000520000))
+			produceKgo(t, ctx, kgoClient(t, p), topic, sent)
+			first := kgoClient(t, p, append([]kgo.Opt{kgo.ConsumeTopics(topic), kgo.ConsumerGroup("left-" + tc.name),
+				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.ClientID("billing-consumer-1")}, tc.opts...)...)
+			for n := 0; n < len(sent); {
+				fs := first.PollFetches(ctx)
+				if err := ctx.Err(); err != nil {
+					t.Fatalf("group %s read %d of %d records: %v", "left-"+tc.name, n, len(sent), err)
+				}
+				n += len(fs.Records())
+			}
+			first.Close() // leaves the group
+			group := "stays-" + tc.name
+			for _, r := range consumeKgo(t, ctx, p, topic, group, len(sent), tc.opts...) {
+				if g := p.groupOf("billing-consumer-1", topic, r.Partition); g != group {
+					t.Errorf("partition %d: group %q, want %q (the other group was left)", r.Partition, g, group)
+				}
+			}
+		})
+	}
+	guard.check(t)
+}

@@ -73,10 +73,27 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.txnOffsetCommitRequest(h, frame, pd)
 	case keyEndTxn:
 		s.endTxnRequest(h, frame, pd)
-	case keyJoinGroup, keySyncGroup, keyCGHeartbeat, keyHeartbeat, keyLeaveGroup:
-		// Learned from the answer, once the coordinator accepts the member (a member leaving
-		// is not learned): a request alone may come from a client the broker refuses.
+	case keyJoinGroup, keySyncGroup, keyHeartbeat:
+		// Learned from the answer, once the coordinator accepts the member: a request alone
+		// may come from a client the broker refuses.
 		if group, ok := s.firstString(h, frame); ok {
+			pd.facts = group
+		}
+	case keyLeaveGroup:
+		if group, ok := s.firstString(h, frame); ok {
+			pd.facts = groupLeave(group)
+		}
+	case keyCGHeartbeat:
+		if !knownVersion(h.Key, h.Version) {
+			break
+		}
+		group, epoch, err := parseGroupHeartbeat(h, frame)
+		switch {
+		case err != nil:
+			s.requestParseError(h, err)
+		case epoch < 0:
+			pd.facts = groupLeave(group)
+		default:
 			pd.facts = group
 		}
 	case keySaslHandshake:

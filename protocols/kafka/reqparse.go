@@ -198,6 +198,16 @@ func parseTxnOffsetCommit(h requestHeader, frame []byte) (*commitFacts, error) {
 	return f, w.err(h)
 }
 
+// parseGroupHeartbeat reads the group and member epoch of a ConsumerGroupHeartbeat request (a
+// negative epoch: the member leaves).
+func parseGroupHeartbeat(h requestHeader, frame []byte) (string, int32, error) {
+	w := newWire(h, frame)
+	group := w.str()
+	w.str() // member id
+	epoch := w.Int32()
+	return group, epoch, w.err(h)
+}
+
 // parseFirstString reads the first field of a request body, a string: the group of JoinGroup,
 // SyncGroup and ConsumerGroupHeartbeat, the mechanism of SaslHandshake, the client software name
 // of ApiVersions v3+.

@@ -85,6 +85,18 @@ func TestParseCommitsAllVersions(t *testing.T) {
 	}
 }
 
+func TestParseGroupHeartbeat(t *testing.T) {
+	req := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+	req.Group, req.MemberID, req.MemberEpoch = "g", "member-1", -1
+	for v := int16(0); v <= maxVersion(keyCGHeartbeat); v++ {
+		req.SetVersion(v)
+		frame := requestFrame(req, 1)
+		if g, epoch, err := parseGroupHeartbeat(headerOf(t, frame), frame); err != nil || g != "g" || epoch != -1 {
+			t.Errorf("v%d: %q %d %v", v, g, epoch, err)
+		}
+	}
+}
+
 func TestParseFirstString(t *testing.T) {
 	reqs := []kmsg.Request{&kmsg.JoinGroupRequest{Group: "jg"}, &kmsg.SyncGroupRequest{Group: "jg"},
 		&kmsg.ConsumerGroupHeartbeatRequest{Group: "jg"}, &kmsg.SASLHandshakeRequest{Mechanism: "jg"}}
