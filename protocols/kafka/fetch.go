@@ -28,6 +28,7 @@ type observeJob struct {
 	version int16
 	facts   *fetchFacts
 	client  *clientInfo
+	groups  *clientGroups       // the client's groups when the response came (nil: none yet)
 	resp    *kmsg.FetchResponse // already decoded (v16+ node endpoints check), or nil
 	pooled  bool                // frame came from getFetchFrame: put it back once observed
 }
@@ -53,7 +54,8 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), erro
 		return frame, nil, nil
 	}
 	facts, _ := pd.facts.(*fetchFacts)
-	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: s.info.Load()}
+	ci := s.info.Load()
+	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci, groups: s.p.groups.current(ci.key())}
 	out := frame
 	if pd.version >= 16 {
 		resp := kmsg.NewPtrFetchResponse()
@@ -154,7 +156,7 @@ func (p *Proxy) observeFetch(job observeJob) {
 		}
 		for pi := range t.Partitions {
 			part := &t.Partitions[pi]
-			group := p.groups.lookup(key, name, part.Partition)
+			group := p.groups.lookupIn(job.groups, key, name, part.Partition)
 			edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: name, Group: group, ClusterID: p.cluster()}
 			if part.ErrorCode != 0 {
 				p.brokerError(keyFetch, part.ErrorCode, ci.service, edge, part.Partition, 0)

@@ -158,7 +158,9 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 		s.p.decodeError("Fetch response", pd.key, pd.version, err)
 	} else {
 		facts, _ := pd.facts.(*fetchFacts)
-		queued = s.p.enqueueObserve(observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: s.info.Load(), pooled: true})
+		ci := s.info.Load()
+		queued = s.p.enqueueObserve(observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci,
+			groups: s.p.groups.current(ci.key()), pooled: true})
 	}
 	return s.flushQueued()
 }

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"maps"
 	"net/netip"
 	"sync"
 
@@ -77,12 +78,29 @@ func (g *groupTracker) learn(k clientKey, group string) {
 // forget drops group from client k's groups: a member left it. (Another process behind the same
 // key that stays in the group is learned again at its next heartbeat, and the rebalance the
 // leave causes gives it its assignment again.)
+// The groups are replaced, not changed in place: fetches observed after the leave but answered
+// before it were the member's, and look their group up in the groups of their time (current).
 func (g *groupTracker) forget(k clientKey, group string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if cg, _ := g.clients.Get(k); cg != nil {
-		delete(cg.groups, group)
+	cg, _ := g.clients.Get(k)
+	if cg == nil {
+		return
 	}
+	if _, ok := cg.groups[group]; !ok {
+		return
+	}
+	next := &clientGroups{groups: maps.Clone(cg.groups)}
+	delete(next.groups, group)
+	g.clients.Put(k, next)
+}
+
+// current is client k's groups now (nil: none learned), for a lookup later (lookupIn).
+func (g *groupTracker) current(k clientKey) *clientGroups {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cg, _ := g.clients.Get(k)
+	return cg
 }
 
 // groupLeave is what a request by which a member leaves its group says (LeaveGroup, or a
@@ -126,6 +144,20 @@ func (g *groupTracker) lookup(k clientKey, topic string, partition int32) string
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cg, _ := g.clients.Get(k)
+	return g.lookupLocked(cg, topic, partition)
+}
+
+// lookupIn is lookup in groups current returned earlier; with nil, in client k's groups now.
+func (g *groupTracker) lookupIn(cg *clientGroups, k clientKey, topic string, partition int32) string {
+	if cg == nil {
+		return g.lookup(k, topic, partition)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.lookupLocked(cg, topic, partition)
+}
+
+func (g *groupTracker) lookupLocked(cg *clientGroups, topic string, partition int32) string {
 	if cg == nil {
 		return ""
 	}

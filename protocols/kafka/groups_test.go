@@ -451,3 +451,24 @@ func TestLeftGroupIsForgotten(t *testing.T) {
 	}
 	guard.check(t)
 }
+
+// TestGroupsAtFetchTime: a fetch answered while the client was in a group is observed later,
+// after the client left it (the observation worker runs behind the data path, and a consumer
+// such as kcat -c N leaves as soon as it has its records): its checkpoints still carry the group.
+func TestGroupsAtFetchTime(t *testing.T) {
+	g := newGroupTracker(10)
+	k := clientKey{clientID: "kcat-consumer"}
+	g.assign(k, "a", []topicPartition{{"t", 0}})
+	g.learn(k, "b")
+	atFetch := g.current(k)
+	g.forget(k, "a")
+	if got := g.lookupIn(atFetch, k, "t", 0); got != "a" {
+		t.Errorf("group of a fetch answered before the leave: %q, want a", got)
+	}
+	if got := g.lookup(k, "t", 0); got != "b" {
+		t.Errorf("group after the leave: %q, want b (the only one left)", got)
+	}
+	if got := g.lookupIn(nil, k, "t", 0); got != "b" {
+		t.Errorf("group with no groups known at fetch time: %q, want today's b", got)
+	}
+}
