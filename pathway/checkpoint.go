@@ -8,12 +8,15 @@ import (
 
 // Point is one checkpoint's statistics, as the aggregator buckets them.
 type Point struct {
-	Service        string
-	EdgeTags       []string // sorted; shared and read-only
-	Hash           uint64
-	ParentHash     uint64
-	Time           int64 // unix ns of the checkpoint
-	PathwayLatency int64 // ns since the pathway started, >= 0
+	Service    string
+	EdgeTags   []string // sorted; shared and read-only
+	Hash       uint64
+	ParentHash uint64
+	Time       int64 // unix ns of the checkpoint
+	// PathwayLatency is ns since the pathway started: negative when the clock that started it
+	// runs ahead of this one. Sketches take it as 0, but OriginTime stays the pathway start,
+	// where the tracers bucket it (dd-trace-go's Processor.add).
+	PathwayLatency int64
 	EdgeLatency    int64 // ns since the previous checkpoint, >= 0
 	PayloadSize    int64 // bytes
 }
@@ -95,11 +98,11 @@ func (c *Checkpointer) Checkpoint(parent Context, service string, e Edge, payloa
 	}
 	// Times before 1970 come only from a corrupt or forged context: the hash is kept, the timing
 	// is unknown (an origin bucket would otherwise start before the epoch, which the payload's
-	// unsigned Start wraps into the year 2262).
-	if pathwayStart.UnixNano() <= 0 {
+	// unsigned Start wraps into the year 2262). UnixMilli, not UnixNano, which wraps before 1677.
+	if pathwayStart.UnixMilli() <= 0 {
 		pathwayStart = now
 	}
-	if edgeStart.UnixNano() <= 0 {
+	if edgeStart.UnixMilli() <= 0 {
 		edgeStart = now
 	}
 	hash := HashPathway(n.hash, parent.Hash)
@@ -109,7 +112,7 @@ func (c *Checkpointer) Checkpoint(parent Context, service string, e Edge, payloa
 		Hash:           hash,
 		ParentHash:     parent.Hash,
 		Time:           now.UnixNano(),
-		PathwayLatency: max(0, int64(now.Sub(pathwayStart))),
+		PathwayLatency: int64(now.Sub(pathwayStart)),
 		EdgeLatency:    max(0, int64(now.Sub(edgeStart))),
 		PayloadSize:    payloadSize,
 	}
