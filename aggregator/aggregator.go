@@ -149,6 +149,7 @@ func equalTags(a, b []string) bool {
 }
 
 type bucket struct {
+	key      bucketKey
 	groups   map[groupKey]*groupState
 	last     *groupState // the last group hit: points of one edge tend to come in runs
 	n        int         // groups, chained ones included
@@ -174,10 +175,7 @@ type Aggregator struct {
 
 	mu      sync.Mutex // guards buckets and last
 	buckets map[bucketKey]*bucket
-	last    [2]struct { // the last bucket used per timestamp type: most points hit it again
-		key bucketKey
-		b   *bucket
-	}
+	last    [2]lastBucket // the last bucket used per timestamp type: most points hit it again
 	mapping mapping.IndexMapping
 	// The last value and bin index per sketch (pathway latency, edge latency, size): sizes and
 	// zero latencies repeat, and a logarithm is the largest cost of a point.
@@ -355,11 +353,30 @@ func (a *Aggregator) bucketFor(t int64, origin bool) *bucket {
 	}
 	b := a.buckets[k]
 	if b == nil {
-		b = &bucket{groups: make(map[groupKey]*groupState)}
+		b = &bucket{key: k, groups: make(map[groupKey]*groupState)}
 		a.buckets[k] = b
 	}
 	a.last[i].key, a.last[i].b = k, b
 	return b
+}
+
+type lastBucket struct {
+	key bucketKey
+	b   *bucket
+}
+
+// dropIfEmpty forgets b when it holds nothing: a point or offset refused for lack of room must
+// not leave a bucket behind (clients choose the origin windows of their points).
+func (a *Aggregator) dropIfEmpty(b *bucket) {
+	if b.n > 0 || len(b.backlogs) > 0 {
+		return
+	}
+	delete(a.buckets, b.key)
+	for i := range a.last {
+		if a.last[i].b == b {
+			a.last[i] = lastBucket{}
+		}
+	}
 }
 
 // mod is a non-negative remainder, so times before 1970 still land in the right window.
@@ -403,6 +420,7 @@ func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, 
 	if g == nil || !g.matches(p) {
 		if g = a.group(b, p); g == nil {
 			a.nGroupsRefused.Add(1)
+			a.dropIfEmpty(b)
 			return
 		}
 		b.last = g
@@ -463,6 +481,7 @@ func (a *Aggregator) addOffset(o *pathway.Offset) {
 	if !ok {
 		if a.backlogs >= a.cfg.MaxBacklogs {
 			a.nOffsetsRefused.Add(1)
+			a.dropIfEmpty(b)
 			return
 		}
 		a.backlogs++
@@ -501,10 +520,7 @@ func (a *Aggregator) flushInline(now time.Time, final bool) []Bucket {
 		a.backlogs -= len(b.backlogs)
 		out = append(out, b.export(k, a.width))
 	}
-	a.last = [2]struct {
-		key bucketKey
-		b   *bucket
-	}{}
+	a.last = [2]lastBucket{}
 	a.nBuckets.Add(uint64(len(out)))
 	sortBuckets(out)
 	return out
