@@ -56,8 +56,12 @@ func (c *Conn) TLSState() (tls.ConnectionState, bool) {
 }
 
 // closeBoth closes the client and, once dialed, the upstream. Callers hold the listener's mu, which
-// also guards Upstream.
+// also guards Upstream. It cuts: under TLS it closes the socket first, as tls.Conn.Close would
+// write close_notify and block up to 5 s on a client that reads nothing, holding mu.
 func (c *Conn) closeBoth() {
+	if c.tlsConn != nil {
+		c.tlsConn.NetConn().Close()
+	}
 	c.Client.Close()
 	if c.Upstream != nil {
 		c.Upstream.Close()
