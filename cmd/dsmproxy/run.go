@@ -234,6 +234,9 @@ func (rt *runtime) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	errs := rt.shutdownFronts(ctx)
+	// Ending bg stops the SIGHUP reloads, and SIGHUP's default action ends the process: one
+	// sent now (logrotate, a supervisor's reload) would lose the last flush. Ignore it instead.
+	signal.Ignore(syscall.SIGHUP)
 	rt.bgStop()
 	<-rt.errDone // its final flush is done
 	rt.agg.Close()

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// TestSIGHUPDuringFinalFlush: SIGHUP's default action ends the process. stop() cancels the
+// SIGHUP reloads with bg, and a SIGHUP during the last DSM flush (up to 5 s, plus 5 s for the
+// error tracker's) killed the process with the buckets unsent: logrotate's `kill -HUP`, or a
+// supervisor's reload while the pod terminates, was enough. The child's Agent never answers.
+func TestSIGHUPDuringFinalFlush(t *testing.T) {
+	if os.Getenv("DSMPROXY_SIGHUP_CHILD") == "1" {
+		agentLn, err := net.Listen("tcp", "127.0.0.1:0") // an Agent that accepts and never answers
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			var held []net.Conn
+			for {
+				c, err := agentLn.Accept()
+				if err != nil {
+					return
+				}
+				held = append(held, c)
+			}
+		}()
+		cfg := &Config{AMQP: []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1"}}, Admin: AdminConfig{Listen: "off"},
+			Agent: AgentConfig{URL: "http://" + agentLn.Addr().String()}, DrainTimeout: Duration(100 * time.Millisecond)}
+		cfg.Defaults()
+		rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.agg.Add(pathway.Point{Service: "orders", EdgeTags: []string{"direction:out", "topic:t", "type:kafka"}, Hash: 1, Time: time.Now().UnixNano()})
+		fmt.Println("STOPPING")
+		rt.stop()
+		fmt.Println("STOPPED")
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSIGHUPDuringFinalFlush$", "-test.v")
+	cmd.Env = append(os.Environ(), "DSMPROXY_SIGHUP_CHILD=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	var all strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		all.WriteString(line)
+		if strings.HasPrefix(line, "STOPPING") || err != nil {
+			break
+		}
+	}
+	time.Sleep(time.Second) // the drain (100ms) is over; the last flush waits on the Agent
+	cmd.Process.Signal(syscall.SIGHUP)
+	rest, _ := io.ReadAll(br)
+	all.Write(rest)
+	err = cmd.Wait()
+	if !strings.Contains(all.String(), "STOPPED") {
+		t.Errorf("a SIGHUP during the last flush ended the process (%v) before the flush finished; output:\n%s", err, all.String())
+	}
+}
