@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -216,10 +218,15 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 		return namedFront{}, err
 	}
 	// What /readyz dials: every service's endpoint as the front resolved it (an empty upstream
-	// means AWS's regional endpoints).
+	// means AWS's regional endpoints), or the egress proxy (HTTPS_PROXY) the front reaches it by.
 	var ups []string
-	for _, u := range p.Endpoints() {
-		if hp := hostPort(u); hp != "" {
+	for _, e := range p.Endpoints() {
+		if u, err := url.Parse(e); err == nil {
+			if pu, err := http.ProxyFromEnvironment(&http.Request{URL: u}); err == nil && pu != nil {
+				e = pu.String()
+			}
+		}
+		if hp := hostPort(e); hp != "" && !slices.Contains(ups, hp) {
 			ups = append(ups, hp)
 		}
 	}

@@ -257,11 +257,12 @@ func New(cfg Config) (*Proxy, error) {
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConnsPerHost = 256
-		if cfg.UpstreamTLS != nil {
-			// Through an HTTP proxy the transport does TLS itself: the material read at start.
-			t.TLSClientConfig = cfg.UpstreamTLS().Clone()
-		}
 		rt = t
+		if cfg.UpstreamTLS != nil {
+			// Through an HTTP proxy the transport does TLS itself, with the configuration it
+			// was built with: a reload builds another.
+			rt = &tlsFollower{base: t, conf: cfg.UpstreamTLS}
+		}
 	}
 	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
@@ -342,6 +343,36 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		p.upc.close()
 	}
 	return err
+}
+
+// tlsFollower sends requests through a transport built with the current upstream TLS
+// configuration, and builds another when a reload (SIGHUP) replaces it.
+type tlsFollower struct {
+	base *http.Transport
+	conf func() *tls.Config
+
+	mu      sync.Mutex
+	cur     *http.Transport
+	curConf *tls.Config
+}
+
+func (f *tlsFollower) RoundTrip(r *http.Request) (*http.Response, error) {
+	return f.transport().RoundTrip(r)
+}
+
+func (f *tlsFollower) transport() *http.Transport {
+	c := f.conf()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cur == nil || c != f.curConf {
+		if f.cur != nil {
+			f.cur.CloseIdleConnections() // connections made with the old CA or certificate
+		}
+		t := f.base.Clone()
+		t.TLSClientConfig = c.Clone()
+		f.cur, f.curConf = t, c
+	}
+	return f.cur
 }
 
 // envProxied reports whether an HTTP proxy from the environment (HTTPS_PROXY, HTTP_PROXY,
