@@ -678,11 +678,16 @@ func wildcard(host string) bool {
 // sameHost: listeners on a and b can take each other's ports (the same host, a wildcard, or
 // both loopback: localhost, 127.0.0.1, ::1).
 func sameHost(a, b string) bool {
-	loopback := func(h string) bool {
-		ip := net.ParseIP(h)
-		return h == "localhost" || ip != nil && ip.IsLoopback()
+	if a == b || wildcard(a) || wildcard(b) {
+		return true
 	}
-	return a == b || wildcard(a) || wildcard(b) || loopback(a) && loopback(b)
+	ia, ib := net.ParseIP(a), net.ParseIP(b)
+	if ia != nil && ib != nil {
+		return ia.Equal(ib) // 127.0.0.1 and ::1 bind side by side
+	}
+	loopback := func(h string, ip net.IP) bool { return h == "localhost" || ip != nil && ip.IsLoopback() }
+	// localhost is some loopback address: written alike or not (localhost, 127.0.0.1), a clash.
+	return (a == "localhost" || b == "localhost") && loopback(a, ia) && loopback(b, ib)
 }
 
 func httpURL(s string) bool {

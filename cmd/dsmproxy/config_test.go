@@ -338,3 +338,46 @@ func TestAWSReadinessUpstreams(t *testing.T) {
 		}
 	}
 }
+
+// TestSameHost: which two listen hosts may clash on one port. 127.0.0.1 and ::1 bind side by side;
+// localhost is some loopback address, so it clashes with any.
+func TestSameHost(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1", "127.0.0.1", true},
+		{"127.0.0.1", "::1", false},
+		{"::1", "0:0:0:0:0:0:0:1", true},
+		{"localhost", "127.0.0.1", true},
+		{"localhost", "::1", true},
+		{"127.0.0.1", "127.0.0.2", false},
+		{"0.0.0.0", "127.0.0.1", true},
+		{"", "10.0.0.1", true},
+		{"10.0.0.1", "10.0.0.2", false},
+		{"localhost", "10.0.0.1", false},
+	} {
+		if got := sameHost(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameHost(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+	cfg := &Config{AMQP: []AMQPConfig{{Listen: "127.0.0.1:25673", Upstream: "127.0.0.1:5672"}, {Listen: "[::1]:25673", Upstream: "[::1]:5672"}},
+		Admin: AdminConfig{Listen: "off"}}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("listeners on 127.0.0.1:P and [::1]:P refused: %v", err)
+	}
+}
+
+// TestDrainTimeoutFlagZero: 0 is what the file's loader reads as unset, so --drain-timeout 0s
+// would have become the 15s default, neither the flag's value nor the file's: it is refused.
+func TestDrainTimeoutFlagZero(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(f, []byte("drain_timeout: 30s\namqp: [{listen: \"127.0.0.1:25674\", upstream: \"127.0.0.1:5672\"}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rf := runFlags{config: f, drainTimeout: "0s"}
+	if _, err := rf.loadConfig(func(string) (string, bool) { return "", false }); err == nil || !strings.Contains(err.Error(), "--drain-timeout") {
+		t.Errorf("--drain-timeout 0s: %v, want an error naming the flag", err)
+	}
+}

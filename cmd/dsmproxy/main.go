@@ -253,6 +253,9 @@ func (f *runFlags) apply(cfg *Config) error {
 		if err != nil || d < 0 {
 			return fmt.Errorf("--drain-timeout: %q is not a duration (write it like 15s)", f.drainTimeout)
 		}
+		if d == 0 { // 0 means unset in the file, which would make this the default, not 0
+			return fmt.Errorf("--drain-timeout: must be above 0 (1ms closes connections at once)")
+		}
 		cfg.DrainTimeout = Duration(d)
 	}
 	if f.logLevel != "" {
