@@ -120,7 +120,7 @@ Flags:
   --no-agent                aggregate but send nothing to an Agent
   --env ENV                 DSM env (part of every pathway hash)
   --service NAME            service for clients nothing else names (default dsmproxy-client)
-  --drain-timeout DURATION  on SIGTERM, how long in-flight requests may finish (default 15s)
+  --drain-timeout DURATION  on SIGTERM, how long in-flight requests may finish (default 15s; 1ms: at once)
   --log-level LEVEL         trace, debug, info, warn, error (default info)
   --log-format FORMAT       json or console (default json)
 
