@@ -29,7 +29,12 @@ func TestSIGHUPDuringFinalFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 		go func() {
-			var held []net.Conn
+			var held []net.Conn // kept open, unanswered (a collected conn would close)
+			defer func() {
+				for _, c := range held {
+					c.Close()
+				}
+			}()
 			for {
 				c, err := agentLn.Accept()
 				if err != nil {
