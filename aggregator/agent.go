@@ -273,10 +273,10 @@ func (s *AgentSink) enqueue(body []byte) {
 // errUnconfirmed marks a send whose request was written (to the socket: perhaps not yet read)
 // and whose answer did not come in time: the Agent may have taken the payload, and sending it
 // again could count its buckets twice (the Agent does not deduplicate). Connection errors and 5xx
-// answers are retried: the Agent relays the intake's answer, so a 5xx means the main intake did
-// not take it. (The tracers drop such a payload instead. With additional endpoints configured,
-// the Agent may have copied it to them, and a retry counts it twice there: the main intake's
-// data is worth that risk.)
+// answers are retried: the Agent's pipeline_stats handler is a reverse proxy to the intake, so a
+// 5xx is the intake's refusal or the Agent's 502 for an intake it could not reach. (The tracers
+// drop such a payload instead; an Agent that also copied it to other endpoints would count a
+// retried one twice there.)
 var errUnconfirmed = errors.New("the Agent did not answer a payload it received")
 
 type rejectedError struct{ status, body string }
