@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/redact"
 )
 
 // PipelineStatsPath is the Agent endpoint DSM payloads go to.
@@ -75,12 +77,12 @@ func AgentURLFromEnv(getenv func(string) string) (string, error) {
 func parseAgentURL(s string) (base, socket string, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return "", "", fmt.Errorf("agent URL %q: %w", s, err)
+		return "", "", fmt.Errorf("agent URL %q: %w", redact.URL(s), err)
 	}
 	switch u.Scheme {
 	case "http", "https":
 		if u.Host == "" {
-			return "", "", fmt.Errorf("agent URL %q has no host", s)
+			return "", "", fmt.Errorf("agent URL %q has no host", redact.URL(s))
 		}
 		return strings.TrimSuffix(u.String(), "/"), "", nil
 	case "unix":
@@ -89,11 +91,11 @@ func parseAgentURL(s string) (base, socket string, err error) {
 			p = u.Opaque
 		}
 		if p == "" {
-			return "", "", fmt.Errorf("agent URL %q has no socket path", s)
+			return "", "", fmt.Errorf("agent URL %q has no socket path", redact.URL(s))
 		}
 		return "http://agent", p, nil
 	}
-	return "", "", fmt.Errorf("agent URL %q: scheme must be http, https or unix", s)
+	return "", "", fmt.Errorf("agent URL %q: scheme must be http, https or unix", redact.URL(s))
 }
 
 // AgentConfig configures the Agent sink.
@@ -125,6 +127,7 @@ type AgentStats struct {
 // AgentSink sends one msgpack+gzip payload per service to the Agent's /v0.1/pipeline_stats.
 type AgentSink struct {
 	cfg    AgentConfig
+	shown  string // cfg.URL as logs and pages show it (redact.URL)
 	base   string
 	client *http.Client
 	sleep  func(ctx context.Context, d time.Duration) error
@@ -178,7 +181,7 @@ func NewAgentSink(cfg AgentConfig) (*AgentSink, error) {
 		}
 		client = &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	}
-	s := &AgentSink{cfg: cfg, base: base, client: client, sleep: sleepCtx, infoOK: true}
+	s := &AgentSink{cfg: cfg, shown: redact.URL(cfg.URL), base: base, client: client, sleep: sleepCtx, infoOK: true}
 	s.mirror()
 	return s, nil
 }
@@ -218,7 +221,7 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 		if err := ctx.Err(); err != nil {
 			// The flush's time ran out on an earlier payload (one the Agent did not answer): the
 			// rest wait for the next flush, without counting as failures of an Agent that answers.
-			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.cfg.URL, len(s.pending), err)
+			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.shown, len(s.pending), err)
 		}
 		err := s.post(ctx, s.pending[0])
 		var rej *rejectedError
@@ -234,7 +237,7 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 			s.warnOnce("unconfirmed", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
 				"the Agent took a DSM payload and did not answer in time; dropping it rather than sending it again, which could count its buckets twice (the tracers do the same)")
 		default:
-			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.cfg.URL, len(s.pending), err)
+			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.shown, len(s.pending), err)
 		}
 		s.popPending()
 	}
@@ -296,10 +299,10 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 				s.bytes.Add(uint64(len(body)))
 				switch {
 				case s.warned != "":
-					s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent accepts DSM payloads again")
+					s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent accepts DSM payloads again")
 					s.warned = ""
 				case first:
-					s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent accepted the first DSM payload")
+					s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent accepted the first DSM payload")
 				}
 			}
 			return err
@@ -398,7 +401,7 @@ func (s *AgentSink) checkInfo(ctx context.Context) {
 			s.warnOnce("unlisted", func(e *zerolog.Event) *zerolog.Event { return e.Str("agent_version", info.Version) },
 				"the Agent does not list /v0.1/pipeline_stats in /info (DSM needs Agent 7.34+): stats keep aggregating; the oldest are dropped while it cannot receive them")
 		} else if s.warned == "info404" || s.warned == "unlisted" {
-			s.cfg.Log.Info().Str("agent", s.cfg.URL).Msg("the Agent now lists /v0.1/pipeline_stats")
+			s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent now lists /v0.1/pipeline_stats")
 			s.warned = ""
 		}
 	}
@@ -411,7 +414,7 @@ func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Ev
 		return
 	}
 	s.warned = key
-	e := s.cfg.Log.Warn().Str("agent", s.cfg.URL)
+	e := s.cfg.Log.Warn().Str("agent", s.shown)
 	if fields != nil {
 		e = fields(e)
 	}
@@ -419,7 +422,7 @@ func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Ev
 }
 
 // URL is the Agent the sink sends to.
-func (s *AgentSink) URL() string { return s.cfg.URL }
+func (s *AgentSink) URL() string { return s.shown }
 
 // Stats returns the sink's counters.
 func (s *AgentSink) Stats() AgentStats {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,5 +218,19 @@ func TestExpiredFlushLeavesTheRest(t *testing.T) {
 	}
 	if st := s.Stats(); st.Unconfirmed != 1 || st.Pending != 1 || st.Failed != 0 {
 		t.Fatalf("stats %+v; want one unconfirmed, one pending, no failures", st)
+	}
+}
+
+// TestAgentURLSecretStaysOut: a password in the Agent URL never shows in what the sink prints.
+func TestAgentURLSecretStaysOut(t *testing.T) {
+	s, err := NewAgentSink(AgentConfig{URL: "http://dd:s3cret@127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(s.URL(), "s3cret") {
+		t.Errorf("URL() = %q", s.URL())
+	}
+	if _, err := NewAgentSink(AgentConfig{URL: "ftp://dd:s3cret@agent"}); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("refused URL: %v", err)
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/dsmproxy/dsmproxy/internal/redact"
 )
 
 // TracesPath is the Agent's msgpack trace intake the error spans go to.
@@ -72,13 +74,13 @@ func NewAgentReporter(cfg AgentConfig) *AgentReporter {
 		a.badURL = err
 	case u.Scheme == "http" || u.Scheme == "https":
 		if u.Host == "" {
-			a.badURL = fmt.Errorf("%q has no host", cfg.URL)
+			a.badURL = fmt.Errorf("%q has no host", redact.URL(cfg.URL))
 		}
 		a.endpoint = strings.TrimSuffix(u.String(), "/") + TracesPath
 	case u.Scheme == "unix":
 		sock := u.Path
 		if sock == "" {
-			a.badURL = fmt.Errorf("%q has no socket path", cfg.URL)
+			a.badURL = fmt.Errorf("%q has no socket path", redact.URL(cfg.URL))
 		}
 		a.endpoint = "http://localhost" + TracesPath
 		if a.client == nil {
@@ -89,7 +91,7 @@ func NewAgentReporter(cfg AgentConfig) *AgentReporter {
 			a.client = &http.Client{Timeout: 10 * time.Second, Transport: tr}
 		}
 	default:
-		a.badURL = fmt.Errorf("%q: scheme must be http, https or unix", cfg.URL)
+		a.badURL = fmt.Errorf("%q: scheme must be http, https or unix", redact.URL(cfg.URL))
 	}
 	if a.client == nil {
 		a.client = &http.Client{Timeout: 10 * time.Second}
@@ -162,7 +164,7 @@ func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.endpoint, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("errtrack: agent %s: %w", a.cfg.URL, err)
+		return fmt.Errorf("errtrack: agent %s: %w", redact.URL(a.cfg.URL), err)
 	}
 	req.Header.Set("Content-Type", "application/msgpack")
 	req.Header.Set("Datadog-Meta-Lang", "go")
@@ -173,7 +175,7 @@ func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
 	resp, err := a.client.Do(req)
 	if err != nil {
 		retry()
-		return fmt.Errorf("errtrack: agent %s: POST %s: %w", a.cfg.URL, TracesPath, err)
+		return fmt.Errorf("errtrack: agent %s: POST %s: %w", redact.URL(a.cfg.URL), TracesPath, err)
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -181,7 +183,7 @@ func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
 		retry() // a 4xx would refuse them again: those are dropped
 	}
 	if resp.StatusCode >= 400 {
-		return fmt.Errorf("errtrack: agent %s: POST %s (%d traces): status %d: %s", a.cfg.URL, TracesPath,
+		return fmt.Errorf("errtrack: agent %s: POST %s (%d traces): status %d: %s", redact.URL(a.cfg.URL), TracesPath,
 			len(traces), resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	return nil

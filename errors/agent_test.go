@@ -306,3 +306,11 @@ func TestAgentReporterKeepsTracesForAFailingAgent(t *testing.T) {
 		srv.Close()
 	}
 }
+
+// TestAgentURLSecretStaysOutOfErrors: a refused Agent URL's password is masked in Send's error.
+func TestAgentURLSecretStaysOutOfErrors(t *testing.T) {
+	a := NewAgentReporter(AgentConfig{URL: "ftp://dd:s3cret@agent"})
+	if err := a.Send(context.Background(), Interval{Groups: []Group{{}}}); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("Send: %v", err)
+	}
+}

@@ -16,6 +16,8 @@ import (
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"gopkg.in/yaml.v3"
+
+	"github.com/dsmproxy/dsmproxy/internal/redact"
 )
 
 // Config is the whole configuration, as read from the YAML file and then overridden by the
@@ -700,19 +702,19 @@ func (c *Config) adminOff() bool { return c.Admin.Disabled || c.Admin.Listen == 
 func checkAgentURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
-		return fmt.Errorf("%q: %w", s, err)
+		return fmt.Errorf("%q: %w", redact.URL(s), err)
 	}
 	switch u.Scheme {
 	case "http", "https":
 		if u.Host == "" {
-			return fmt.Errorf("%q has no host", s)
+			return fmt.Errorf("%q has no host", redact.URL(s))
 		}
 	case "unix":
 		if u.Path == "" {
-			return fmt.Errorf("%q has no socket path (write unix:///path/to/apm.socket)", s)
+			return fmt.Errorf("%q has no socket path (write unix:///path/to/apm.socket)", redact.URL(s))
 		}
 	default:
-		return fmt.Errorf("%q: scheme must be http, https or unix", s)
+		return fmt.Errorf("%q: scheme must be http, https or unix", redact.URL(s))
 	}
 	return nil
 }

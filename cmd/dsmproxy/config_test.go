@@ -381,3 +381,14 @@ func TestDrainTimeoutFlagZero(t *testing.T) {
 		t.Errorf("--drain-timeout 0s: %v, want an error naming the flag", err)
 	}
 }
+
+// TestAgentURLSecretStaysOut: check-config's summary and a refused Agent URL mask its password.
+func TestAgentURLSecretStaysOut(t *testing.T) {
+	if err := checkAgentURL("ftp://dd:s3cret@agent"); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("refused URL: %v", err)
+	}
+	cfg := &Config{Agent: AgentConfig{URL: "http://dd:s3cret@agent:8126"}}
+	if d := agentDesc(cfg); strings.Contains(d, "s3cret") {
+		t.Errorf("agentDesc = %q", d)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/redact"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -306,5 +307,5 @@ func agentDesc(cfg *Config) string {
 	if cfg.Agent.Disabled {
 		return "disabled"
 	}
-	return cfg.Agent.URL
+	return redact.URL(cfg.Agent.URL)
 }
