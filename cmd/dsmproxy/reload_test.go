@@ -64,6 +64,9 @@ func TestAWSUpstreamCAReload(t *testing.T) {
 	if err := os.WriteFile(caFile, newCA.CAPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if n := len(rt.fronts[0].reloaders); n != 1 {
+		t.Errorf("%d reloaders for one upstream_tls: a SIGHUP reads and logs it %d times", n, n)
+	}
 	if failed := proxy.ReloadAll(zerolog.Nop(), rt.fronts[0].reloaders...); failed != 0 {
 		t.Fatal("reload failed")
 	}

@@ -187,7 +187,11 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 }
 
 func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
-	lc, reloaders, err := listenerTemplate(a.ListenerLimits)
+	// The AWS front dials its upstreams itself (below): the template's upstream TLS would be a
+	// second reloader of the same files, reloaded and logged twice at every SIGHUP.
+	limits := a.ListenerLimits
+	limits.UpstreamTLS = nil
+	lc, reloaders, err := listenerTemplate(limits)
 	if err != nil {
 		return namedFront{}, fmt.Errorf("aws front %s: %w", a.Listen, err)
 	}
