@@ -36,6 +36,9 @@ func newCollector(cfg *Config, log zerolog.Logger) *errtrack.Collector {
 }
 
 func cmdRun(args []string, _, stderr io.Writer) error {
+	// SIGHUP's default action ends the process: until the reloads listen for it (once the fronts
+	// are up), a logrotate or supervisor SIGHUP must not stop a proxy that is starting.
+	signal.Ignore(syscall.SIGHUP)
 	cfg, err := parseRunConfig("run", args, stderr)
 	if err != nil {
 		return err
