@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"io"
 	"log"
@@ -104,19 +103,7 @@ func egressChild(t *testing.T, dir string) {
 		if err := os.WriteFile(caFile, pem, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cfg := &Config{AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: "https://" + egressHost, Region: "us-east-1", TrustClients: true,
-			ListenerLimits: ListenerLimits{UpstreamTLS: &TLSClient{CAFile: caFile}}}}, Admin: AdminConfig{Listen: "off"}}
-		cfg.Agent.Disabled = true
-		cfg.Defaults()
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rt.stop() })
-		return rt, caFile
+		return startTLSAWSFront(t, "https://"+egressHost, caFile), caFile
 	}
 	send := func(rt *runtime) int {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+rt.fronts[0].Addr().String()+"/", strings.NewReader("Action=ListQueues&Version=2012-11-05"))

@@ -36,18 +36,7 @@ func TestAWSUpstreamCAReload(t *testing.T) {
 	if err := os.WriteFile(caFile, oldCA.CAPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &Config{AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: up.URL, TrustClients: true,
-		ListenerLimits: ListenerLimits{UpstreamTLS: &TLSClient{CAFile: caFile}}}}, Admin: AdminConfig{Listen: "off"}}
-	cfg.Agent.Disabled = true
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.stop()
+	rt := startTLSAWSFront(t, up.URL, caFile)
 	send := func() int {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+rt.fronts[0].Addr().String()+"/", strings.NewReader("Action=ListQueues&Version=2012-11-05"))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -73,4 +62,23 @@ func TestAWSUpstreamCAReload(t *testing.T) {
 	if code := send(); code != http.StatusOK {
 		t.Errorf("after the CA file was replaced and reloaded the front answered %d: the old CA is still in use", code)
 	}
+}
+
+// startTLSAWSFront runs an AWS front (trusting its clients) toward upstream, with caFile as its
+// upstream_tls CA, stopped at the test's end.
+func startTLSAWSFront(t *testing.T, upstream, caFile string) *runtime {
+	t.Helper()
+	cfg := &Config{AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: upstream, Region: "us-east-1", TrustClients: true,
+		ListenerLimits: ListenerLimits{UpstreamTLS: &TLSClient{CAFile: caFile}}}}, Admin: AdminConfig{Listen: "off"}}
+	cfg.Agent.Disabled = true
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.stop() })
+	return rt
 }

@@ -308,16 +308,7 @@ func TestTxnOffsetsCountAtEndTxn(t *testing.T) {
 	produceKgo(t, ctx, kgoClient(t, p), topic, testRecords(4, time.UnixMilli(1700000710000)))
 	cl := kgoClient(t, p)
 	id := topicID(t, ctx, cl, topic) // TxnOffsetCommit v6 names topics by id
-	commits := func(group string) []pathway.Offset {
-		_, offs := p.rec.snapshot()
-		var out []pathway.Offset
-		for _, o := range offs {
-			if o.Kind == pathway.KafkaCommit && o.Group == group {
-				out = append(out, o)
-			}
-		}
-		return out
-	}
+	commits := func(group string) []pathway.Offset { return groupCommits(p, group) }
 	for _, commit := range []bool{false, true} {
 		txn, group := fmt.Sprintf("raw-tx-%v", commit), fmt.Sprintf("raw-group-%v", commit)
 		init := kmsg.NewPtrInitProducerIDRequest()

@@ -103,6 +103,7 @@ func (x *txnDriver) committedOffset() int64 {
 	return -1
 }
 
+// groupCommits are the kafka_commit offsets the proxy recorded for group.
 func groupCommits(p *testProxy, group string) []pathway.Offset {
 	_, offs := p.rec.snapshot()
 	var out []pathway.Offset
