@@ -152,6 +152,8 @@ type Proxy struct {
 	upc    *upstreamClient // nil = client
 	up     map[string]*url.URL
 	stats  counters
+	// credsFailures counts failed loads of the proxy's own credentials (their log lines are thinned).
+	credsFailures atomic.Uint64
 	// respect: messages that already carry a pathway context are left alone (RespectExistingContext).
 	respect bool
 
@@ -570,7 +572,7 @@ func (p *Proxy) classify(c *call) {
 // authenticate verifies the client's signature unless clients are trusted.
 func (p *Proxy) authenticate(c *call) *authFailure {
 	if p.cfg.TrustClients {
-		return nil
+		return p.trustedClient(c)
 	}
 	r := c.r
 	if r.URL.Query().Get("X-Amz-Signature") != "" {
@@ -584,11 +586,22 @@ func (p *Proxy) authenticate(c *call) *authFailure {
 		_, err := parseAuthorization(h)
 		return &authFailure{"IncompleteSignature", err.Error()}
 	}
+	// The proxy signs every header it forwards with its own identity: those that say what the
+	// request does must be covered by the client's signature (SigV4 wants Content-Type and every
+	// x-amz-* header signed), or a captured request could be replayed as another operation.
+	for _, hk := range meaningHeaders {
+		if r.Header.Get(hk) != "" && !contains(c.auth.SignedHeaders, strings.ToLower(hk)) {
+			return &authFailure{"IncompleteSignature", "the request's " + hk + " header is not among its SignedHeaders"}
+		}
+	}
 	secret, ok := p.cfg.ClientKeys[c.auth.AccessKey]
 	if !ok {
 		creds, err := p.creds.Retrieve(r.Context())
 		if err != nil {
-			return &authFailure{"InvalidClientTokenId", "the proxy could not load its own credentials to verify the request: " + err.Error()}
+			// The chain's error can quote what a credential helper printed, secrets included:
+			// the client and the log get a fixed text (logCredsError says what to check).
+			p.logCredsError(err)
+			return &authFailure{"InvalidClientTokenId", "the proxy could not load its own AWS credentials to verify the request"}
 		}
 		if creds.AccessKeyID != c.auth.AccessKey {
 			return &authFailure{"InvalidClientTokenId", "The security token included in the request is invalid."}
@@ -627,6 +640,51 @@ func appID(ua string) string {
 		}
 	}
 	return ""
+}
+
+// meaningHeaders are the forwarded headers that change what a request does: a verified client
+// must have signed them.
+var meaningHeaders = []string{"Content-Type", "X-Amz-Target", "X-Amzn-Query-Mode"}
+
+// errNoCredentials: the proxy could not load its own AWS credentials (the reason is logged, not
+// returned: it can quote a credential helper's output).
+var errNoCredentials = errors.New("the proxy could not load its own AWS credentials")
+
+// logCredsError says why the credential chain failed, without the chain's text, which can quote a
+// credential helper's output (credential_process puts it whole in its error): the error's type,
+// and its first line when no secret-looking word is in it.
+func (p *Proxy) logCredsError(err error) {
+	line, _, _ := strings.Cut(err.Error(), "\n")
+	if l := strings.ToLower(line); len(line) > 300 || strings.Contains(l, "secret") || strings.Contains(l, "sessiontoken") ||
+		strings.Contains(l, "accesskey") {
+		line = "(withheld: it may quote a secret)"
+	}
+	if n := p.credsFailures.Add(1); n <= 10 || n%1000 == 0 {
+		p.log.Error().Str("error_type", fmt.Sprintf("%T", err)).Str("reason", line).Uint64("failures", n).
+			Msg("cannot load the proxy's own AWS credentials: check the standard chain (env, shared config, credential_process, web identity, instance role)")
+	}
+}
+
+// trustedClient refuses, in trust_clients mode, what only a web browser sends: a page the user
+// opens can make it POST a form to a loopback port (no CORS preflight for that), and with DNS
+// rebinding read the answers. SDKs send neither Origin nor Sec-Fetch-*, and on a loopback
+// listener they name a loopback host.
+func (p *Proxy) trustedClient(c *call) *authFailure {
+	h := c.r.Header
+	if h.Get("Origin") != "" || h.Get("Sec-Fetch-Site") != "" || h.Get("Sec-Fetch-Mode") != "" {
+		return &authFailure{"AccessDenied", "dsmproxy trusts its clients here and does not take requests from web browsers (Origin or Sec-Fetch-* header)"}
+	}
+	if p.cfg.TrustClientsNonLoopback {
+		return nil
+	}
+	host := c.r.Host
+	if hn, _, err := net.SplitHostPort(host); err == nil {
+		host = hn
+	}
+	if !isLoopback(strings.Trim(host, "[]")) {
+		return &authFailure{"AccessDenied", "dsmproxy trusts only loopback clients here, and the request names host " + c.r.Host + " (DNS rebinding?)"}
+	}
+	return nil
 }
 
 // forwardHeaders are the client headers sent upstream; everything else is dropped, notably the
@@ -671,7 +729,8 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	}
 	creds, err := p.creds.Retrieve(c.r.Context())
 	if err != nil {
-		return nil, nil, fmt.Errorf("aws %s %s: proxy credentials: %w", c.service, c.op, err)
+		p.logCredsError(err)
+		return nil, nil, fmt.Errorf("aws %s %s: %w", c.service, c.op, errNoCredentials)
 	}
 	region, signingName := p.cfg.Region, c.service
 	if c.auth != nil {

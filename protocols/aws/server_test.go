@@ -51,7 +51,7 @@ func rawExchange(t *testing.T, addr, raw string, answers int) ([]*http.Response,
 func TestServerFraming(t *testing.T) {
 	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:9" })
 	addr := tp.Addr().String()
-	unsigned := "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\nContent-Length: 2\r\n\r\n{}"
+	unsigned := "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\nContent-Length: 2\r\n\r\n{}"
 
 	// two pipelined requests on one connection: two answers, each with its length, kept alive
 	rs, bodies := rawExchange(t, addr, unsigned+unsigned, 2)
@@ -62,14 +62,14 @@ func TestServerFraming(t *testing.T) {
 		}
 	}
 	// chunked request body and Expect: 100-continue
-	rs, _ = rawExchange(t, addr, "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 2)
+	rs, _ = rawExchange(t, addr, "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 2)
 	if rs[0].StatusCode != http.StatusContinue || rs[1].StatusCode != http.StatusForbidden {
 		t.Fatalf("100-continue: %d then %d", rs[0].StatusCode, rs[1].StatusCode)
 	}
 	// Content-Length and chunked both: framed as chunked, and the connection closes after the
 	// answer (RFC 9112 6.1), so what a length-framing intermediary took for the body's end
 	// cannot become a request here
-	both := "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+	both := "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func TestServerFraming(t *testing.T) {
 	if !rs[0].Close {
 		t.Fatal("HTTP/1.0 answer does not close the connection")
 	}
-	rs, _ = rawExchange(t, addr, strings.Replace(strings.Replace(unsigned, "HTTP/1.1", "HTTP/1.0", 1), "Host: x\r\n", "Host: x\r\nExpect: 100-continue\r\n", 1), 1)
+	rs, _ = rawExchange(t, addr, strings.Replace(strings.Replace(unsigned, "HTTP/1.1", "HTTP/1.0", 1), "Host: 127.0.0.1\r\n", "Host: 127.0.0.1\r\nExpect: 100-continue\r\n", 1), 1)
 	if rs[0].StatusCode != http.StatusForbidden {
 		t.Fatalf("HTTP/1.0 request with Expect: first answer %d", rs[0].StatusCode)
 	}
@@ -105,14 +105,14 @@ func TestServerFraming(t *testing.T) {
 	}{
 		{"GARBAGE\r\n\r\n", http.StatusBadRequest},
 		{"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", http.StatusBadRequest},
-		{"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", http.StatusBadRequest},
-		{"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", http.StatusBadRequest},
+		{"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
 		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", http.StatusHTTPVersionNotSupported},
 		// textproto keeps "Content-Length " as its own field: framed without it, the body would
 		// be read as the next request (RFC 9112 5.1 asks for 400)
 		{strings.Replace(unsigned, "Content-Length: 2", "Content-Length : 2", 1) + unsigned, http.StatusBadRequest},
 		{strings.Replace(unsigned, "Content-Length: 2", "Transfer-Encoding : chunked\r\nContent-Length: 2", 1), http.StatusBadRequest},
-		{strings.Replace(unsigned, "Host: x", `Host: a"b`, 1), http.StatusBadRequest},
+		{strings.Replace(unsigned, "Host: 127.0.0.1", `Host: a"b`, 1), http.StatusBadRequest},
 	} {
 		rs, _ := rawExchange(t, addr, tc.raw, 1)
 		if rs[0].StatusCode != tc.want || !rs[0].Close {
@@ -155,7 +155,7 @@ func TestServerContinueAfterIdle(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(time.Minute))
 	br := bufio.NewReader(c)
-	head := "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n"
+	head := "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n"
 	io.WriteString(c, head+"Content-Length: 2\r\n\r\n{}")
 	if r, err := http.ReadResponse(br, nil); err != nil || r.StatusCode != http.StatusForbidden {
 		t.Fatalf("first request: %v %v", r, err)
@@ -188,7 +188,7 @@ func TestServerDrainSaysClose(t *testing.T) {
 	c.SetDeadline(deadline)
 	br := bufio.NewReader(c)
 	call := func(op, body string) string {
-		return "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS." + op +
+		return "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS." + op +
 			fmt.Sprintf("\r\nContent-Length: %d\r\n\r\n", len(body)) + body
 	}
 	io.WriteString(c, call("CreateQueue", `{"QueueName":"drained"}`))
@@ -251,7 +251,7 @@ func TestServerRelaysHead(t *testing.T) {
 	}))
 	defer up.Close()
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL; c.TrustClients = true })
-	rs, _ := rawExchange(t, tp.Addr().String(), "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	rs, _ := rawExchange(t, tp.Addr().String(), "HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 1)
 	if rs[0].StatusCode != http.StatusOK {
 		t.Errorf("HEAD answered %d, want the upstream's 200", rs[0].StatusCode)
 	}
@@ -271,7 +271,7 @@ func TestHopByHopFieldsStay(t *testing.T) {
 	}))
 	defer up.Close()
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL; c.TrustClients = true })
-	rs, _ := rawExchange(t, tp.Addr().String(), "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\nContent-Length: 2\r\n\r\n{}", 1)
+	rs, _ := rawExchange(t, tp.Addr().String(), "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.ListQueues\r\nContent-Length: 2\r\n\r\n{}", 1)
 	for _, k := range []string{"X-Hop", "Upgrade", "Proxy-Connection"} {
 		if v := rs[0].Header.Get(k); v != "" {
 			t.Errorf("%s: %q reached the client", k, v)
@@ -309,7 +309,7 @@ func TestServerAcceptsAfterTransientErrors(t *testing.T) {
 		baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}}
 	served := make(chan error, 1)
 	go func() { served <- srv.serve(fl) }()
-	rs, bodies := rawExchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	rs, bodies := rawExchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 1)
 	if rs[0].StatusCode != http.StatusOK || bodies[0] != "ok" {
 		t.Errorf("after transient accept errors: %d %q", rs[0].StatusCode, bodies[0])
 	}
