@@ -179,8 +179,11 @@ func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	if resp.StatusCode >= 500 {
-		retry() // a 4xx would refuse them again: those are dropped
+	// 5xx, and the Agent's own "busy" answers (429: its decoders stayed full; 408: decoding
+	// timed out), refuse for now: the traces go again with the next flush. Other 4xx would
+	// refuse them again: those are dropped.
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
+		retry()
 	}
 	if resp.StatusCode >= 400 {
 		return fmt.Errorf("errtrack: agent %s: POST %s (%d traces): status %d: %s", redact.URL(a.cfg.URL), TracesPath,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -128,10 +129,32 @@ type Snapshot struct {
 	Groups          []Group
 	Overflow        int64 // since start
 	OverflowLost    int64 // since start
+	retired         []EdgeLoss
 }
 
-// Lost sums the LostMessage groups over their whole life per service and edge.
-func (s Snapshot) Lost() []EdgeLoss { return lostPerEdge(s.Groups, true) }
+// Lost sums the lost messages per service and edge since start: those of the LostMessage groups
+// over their whole life, and those of groups dropped after Retain.
+func (s Snapshot) Lost() []EdgeLoss {
+	out := lostPerEdge(s.Groups, true)
+	if len(s.retired) == 0 {
+		return out
+	}
+	idx := make(map[lossKey]int, len(out))
+	for i, l := range out {
+		idx[lossKey{l.Service, l.Edge}] = i
+	}
+	for _, r := range s.retired {
+		if i, ok := idx[lossKey{r.Service, r.Edge}]; ok {
+			out[i].Messages += r.Messages
+			continue
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b EdgeLoss) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Edge.String(), b.Edge.String()))
+	})
+	return out
+}
 
 func lostPerEdge(groups []Group, total bool) []EdgeLoss {
 	type key struct {
@@ -197,7 +220,18 @@ type Collector struct {
 	overflowLost int64
 	totOverflow  int64
 	totOverLost  int64
+	// Lost messages of LostMessage groups dropped after Retain, per service and edge: what
+	// /errors shows is since start. At most maxRetiredEdges; past that they count as overflow.
+	retired map[lossKey]int64
 }
+
+type lossKey struct {
+	service string
+	edge    pathway.Edge
+}
+
+// maxRetiredEdges bounds the edges whose lost messages outlive their groups.
+const maxRetiredEdges = 10000
 
 // New returns a Collector for cfg. The log reporter is always a sink (a zero Log makes it silent);
 // the Agent reporter is one when cfg.Agent.Enabled.
@@ -243,6 +277,7 @@ func (c *Collector) Report(e Event) {
 	}
 	fp := Fingerprint{Category: e.Category, Protocol: e.Protocol, Operation: e.Operation, Code: e.Code,
 		Name: e.Name, Service: e.Service, Edge: e.Edge}
+	fp.clip()
 	c.mu.Lock()
 	g := c.last
 	if g == nil || g.fp != fp {
@@ -259,6 +294,7 @@ func (c *Collector) Report(e Event) {
 					c.mu.Unlock()
 					return
 				}
+				fp.own()
 				g = &group{fp: fp}
 				c.groups[fp] = g
 			}
@@ -268,6 +304,30 @@ func (c *Collector) Report(e Event) {
 	}
 	g.add(&e)
 	c.mu.Unlock()
+}
+
+// maxField bounds each name in a fingerprint: they come from clients and brokers (a queue URL
+// in a request body, a 32 KiB Kafka topic), and each is copied several times into every span.
+const maxField = 256
+
+// clip cuts every name of fp to maxField (in a new string only when one is longer).
+func (fp *Fingerprint) clip() {
+	for _, f := range fp.fields() {
+		*f = clip(*f, maxField)
+	}
+}
+
+// own copies every name of fp, which a new group keeps for its life: a name may be a slice of
+// a frame or body the caller reuses or drops.
+func (fp *Fingerprint) own() {
+	for _, f := range fp.fields() {
+		*f = strings.Clone(*f)
+	}
+}
+
+func (fp *Fingerprint) fields() [8]*string {
+	return [8]*string{&fp.Protocol, &fp.Operation, &fp.Name, &fp.Service, &fp.Edge.Topic, &fp.Edge.Group,
+		&fp.Edge.Exchange, &fp.Edge.ClusterID}
 }
 
 // slot picks fp's cache slot from the fields that usually tell errors apart; a collision only
@@ -353,6 +413,9 @@ func (c *Collector) Close(now time.Time) Interval {
 		g.count, g.msgs, g.throttle = 0, 0, 0
 		g.ivFirst, g.ivLst = 0, 0
 		if now.UnixNano()-g.last > int64(c.cfg.Retain) {
+			if fp.Category == LostMessage && g.totMsgs > 0 {
+				c.retire(lossKey{fp.Service, fp.Edge}, g.totMsgs)
+			}
 			delete(c.groups, fp)
 			c.last = nil
 			clear(c.cache[:]) // rare: refilled from the map by the next events
@@ -361,6 +424,18 @@ func (c *Collector) Close(now time.Time) Interval {
 	c.mu.Unlock()
 	sortGroups(iv.Groups)
 	return iv
+}
+
+// retire keeps n lost messages of a group Close drops, so the totals stay since start.
+func (c *Collector) retire(k lossKey, n int64) {
+	if _, ok := c.retired[k]; !ok && len(c.retired) >= maxRetiredEdges {
+		c.totOverLost += n
+		return
+	}
+	if c.retired == nil {
+		c.retired = map[lossKey]int64{}
+	}
+	c.retired[k] += n
 }
 
 // Flush closes the interval at now and hands it to every sink, returning their errors joined.
@@ -409,6 +484,9 @@ func (c *Collector) Snapshot() Snapshot {
 	s.Groups = make([]Group, 0, len(c.groups))
 	for _, g := range c.groups {
 		s.Groups = append(s.Groups, g.snapshot())
+	}
+	for k, n := range c.retired {
+		s.retired = append(s.retired, EdgeLoss{Service: k.service, Edge: k.edge, Messages: n})
 	}
 	c.mu.Unlock()
 	sortGroups(s.Groups)
