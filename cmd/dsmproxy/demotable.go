@@ -11,6 +11,7 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
@@ -158,7 +159,7 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 			avg = p.PayloadSize.GetSum() / c
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%016x <- %016x\t%.1f\t%s / %s\t%s / %s\t%.0f B\n",
-			p.Start.Format(time.TimeOnly), p.Service, edgeString(p.EdgeTags), p.Hash, p.ParentHash, p.Count()/secs,
+			p.Start.Format(time.TimeOnly), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, p.Count()/secs,
 			ms(quantile(p.EdgeLatency, 0.5)), ms(quantile(p.EdgeLatency, 0.99)),
 			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), avg)
 	}
@@ -168,14 +169,15 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS\tLAG (messages past the last commit)")
 		for _, l := range lag {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", l.group, l.topic, l.partitions, l.lag)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", cell(l.group), cell(l.topic), l.partitions, l.lag)
 		}
 		tw.Flush()
 	}
 	fmt.Fprintln(out)
 }
 
-// printErrors lists the tracked error groups (what GET /errors returns), most recent first.
+// printErrors lists the tracked error groups (what GET /errors returns), in the order of
+// errtrack.Snapshot: by category, protocol, service and edge.
 func printErrors(out io.Writer, s *errtrack.Snapshot) {
 	if len(s.Groups) == 0 {
 		return
@@ -187,11 +189,22 @@ func printErrors(out io.Writer, s *errtrack.Snapshot) {
 		if g.Code != 0 {
 			name = fmt.Sprintf("%s (%d)", name, g.Code) // the same skip for different broker codes
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\n", g.Category, g.Service, g.Protocol, g.Operation,
-			edgeString(g.Edge.Tags()), name, g.TotalCount, g.TotalMessages)
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\n", g.Category, cell(g.Service), g.Protocol, cell(g.Operation),
+			edgeString(g.Edge.Tags()), cell(name), g.TotalCount, g.TotalMessages)
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
+}
+
+// cell is s as one cell of a plain-text table: names come from clients and brokers, and a tab or
+// a line break in one would make columns or rows of its own.
+func cell(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // edgeString shows edge tags without the noise: direction:in topic:orders group:billing.
@@ -203,7 +216,7 @@ func edgeString(tags []string) string {
 		}
 		parts = append(parts, t)
 	}
-	return strings.Join(parts, " ")
+	return cell(strings.Join(parts, " "))
 }
 
 type sketch interface {

@@ -11,7 +11,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 func sketchOf(t *testing.T, vs ...float64) *ddsketch.DDSketch {
@@ -111,5 +113,19 @@ func TestLocalViewAgent(t *testing.T) {
 	}
 	if strings.Contains(got, "does not list") {
 		t.Errorf("an Agent that lists the endpoint reported as not listing it: %s", got)
+	}
+}
+
+// TestPlainTextCells: names from clients and brokers cannot add rows or columns to /dsm's tables.
+func TestPlainTextCells(t *testing.T) {
+	c := errtrack.New(errtrack.Config{})
+	c.Report(errtrack.Event{Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish", Name: "NO_ROUTE",
+		Service: "svc\tFAKE", Messages: 1, Partition: -1,
+		Edge: pathway.Edge{Direction: pathway.Out, Type: pathway.TypeRabbitMQ, Topic: "orders\nlost\tforged row"}})
+	s := c.Snapshot()
+	var out strings.Builder
+	printErrors(&out, &s)
+	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 2 {
+		t.Errorf("one group printed as %d lines:\n%s", len(lines)-1, out.String())
 	}
 }
