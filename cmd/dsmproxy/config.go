@@ -35,6 +35,42 @@ type Config struct {
 	Kafka        []KafkaConfig `yaml:"kafka"`
 	AMQP         []AMQPConfig  `yaml:"amqp"`
 	AWS          []AWSConfig   `yaml:"aws"`
+
+	lines map[string]int    // dotted key -> line of its value in the file (top-level sections)
+	from  map[string]string // dotted key (or kafka, amqp, aws) -> the variable or flag that set it
+	file  string            // the file read, if any
+}
+
+// entryError is err, which building entry key (kafka[0], ...) met, as a configError that says
+// where the entry came from: the file and the line it starts at, or the flag.
+func (c *Config) entryError(key string, line int, err error) error {
+	e := &configError{line: line, key: key, msg: err.Error(), source: c.sourceOf(key)}
+	if e.source != "" {
+		e.line = 0
+	} else {
+		e.file = c.file
+	}
+	return e
+}
+
+// setBy records that src (an environment variable, a flag) set key: its errors name src.
+func (c *Config) setBy(key, src string) {
+	if c.from == nil {
+		c.from = map[string]string{}
+	}
+	c.from[key] = src
+}
+
+// sourceOf is what set key when not the file: "" for the file. A front's keys (kafka[0].listen)
+// belong to the listener flag that replaced that protocol's fronts.
+func (c *Config) sourceOf(key string) string {
+	if src, ok := c.from[key]; ok {
+		return src
+	}
+	if i := strings.IndexByte(key, '['); i > 0 {
+		return c.from[key[:i]]
+	}
+	return ""
 }
 
 // LogConfig sets the process log.
@@ -199,15 +235,23 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // configError is an error tied to a line of the config file.
 type configError struct {
-	line int
-	key  string
-	msg  string
+	line   int
+	key    string
+	msg    string
+	source string // the variable or flag the value came from; "" for the file
+	file   string // the file the value came from (set by loadConfig)
 }
 
 func (e *configError) Error() string {
 	s := ""
+	switch {
+	case e.source != "":
+		s = e.source + ": "
+	case e.file != "":
+		s = "config " + e.file + ": "
+	}
 	if e.line > 0 {
-		s = "line " + strconv.Itoa(e.line) + ": "
+		s += "line " + strconv.Itoa(e.line) + ": "
 	}
 	if e.key != "" {
 		s += "key " + e.key + ": "
@@ -352,8 +396,15 @@ func recordLines(root *yaml.Node, cfg *Config) {
 		return
 	}
 	m := root.Content[0]
+	cfg.lines = map[string]int{}
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		key, val := m.Content[i].Value, m.Content[i+1]
+		cfg.lines[key] = val.Line
+		if val.Kind == yaml.MappingNode { // log:, admin:, agent:, errors:
+			for k := 0; k+1 < len(val.Content); k += 2 {
+				cfg.lines[key+"."+val.Content[k].Value] = val.Content[k+1].Line
+			}
+		}
 		if val.Kind != yaml.SequenceNode {
 			continue
 		}
@@ -395,6 +446,7 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	}
 	if v := get("DD_TRACE_AGENT_URL"); v != "" {
 		c.Agent.URL = v
+		c.setBy("agent.url", "DD_TRACE_AGENT_URL")
 	} else if h, p := get("DD_AGENT_HOST"), get("DD_TRACE_AGENT_PORT"); h != "" || p != "" {
 		if h == "" {
 			h = "localhost"
@@ -403,6 +455,7 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 			p = "8126"
 		}
 		c.Agent.URL = "http://" + net.JoinHostPort(h, p)
+		c.setBy("agent.url", "DD_AGENT_HOST/DD_TRACE_AGENT_PORT")
 	}
 	// Like the tracers: any value, even empty, turns handled-error reporting on.
 	if _, ok := lookup("DD_ERROR_TRACKING_HANDLED_ERRORS"); ok {
@@ -444,7 +497,13 @@ func (c *Config) Defaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(line int, key, format string, a ...any) {
-		errs = append(errs, &configError{line: line, key: key, msg: fmt.Sprintf(format, a...)})
+		e := &configError{line: line, key: key, msg: fmt.Sprintf(format, a...)}
+		if e.source = c.sourceOf(key); e.source != "" {
+			e.line = 0
+		} else if e.line == 0 {
+			e.line = c.lines[key]
+		}
+		errs = append(errs, e)
 	}
 	switch c.Log.Level {
 	case "trace", "debug", "info", "warn", "error":

@@ -392,3 +392,62 @@ func TestAgentURLSecretStaysOut(t *testing.T) {
 		t.Errorf("agentDesc = %q", d)
 	}
 }
+
+// TestConfigErrorSource: a refused value is blamed on where it came from: the file with its line
+// (top-level sections included), or the variable or flag that overrode the file.
+func TestConfigErrorSource(t *testing.T) {
+	const file = "log:\n  level: info\n  format: json\nagent:\n  url: http://localhost:8126\namqp:\n  - listen: 127.0.0.1:25675\n    upstream: 127.0.0.1:5672\n"
+	for _, tc := range []struct {
+		name    string
+		yaml    string
+		env     map[string]string
+		flags   runFlags
+		want    []string
+		notFile bool
+	}{
+		{name: "file, top-level section", yaml: strings.Replace(file, "level: info", "level: loud", 1),
+			want: []string{"line 2: key log.level", "loud"}},
+		{name: "variable", yaml: file, env: map[string]string{"DD_TRACE_AGENT_URL": "localhost:8126"},
+			want: []string{"DD_TRACE_AGENT_URL: key agent.url", "scheme"}, notFile: true},
+		{name: "flag", yaml: file, flags: runFlags{logLevel: "verbose"},
+			want: []string{"--log-level: key log.level", "verbose"}, notFile: true},
+		{name: "listener flag", yaml: file, flags: runFlags{amqp: []string{"127.0.0.1:25676=nope"}},
+			want: []string{"--amqp: key amqp[0].upstream"}, notFile: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+			if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			f := tc.flags
+			f.config = path
+			_, err := f.loadConfig(envMap(tc.env))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), path) == tc.notFile {
+				t.Errorf("error %q: blames the file: %v, want %v", err, !tc.notFile, !tc.notFile)
+			}
+		})
+	}
+}
+
+// TestFrontBuildErrorSource: what a front refuses when it is built (a TLS file that does not load)
+// names the file, the line its entry starts at and the entry; from a listener flag, the flag.
+func TestFrontBuildErrorSource(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+	yaml := "admin:\n  listen: \"off\"\namqp:\n  - listen: 127.0.0.1:25677\n    upstream: 127.0.0.1:5672\n    tls: {cert_file: /nope.crt, key_file: /nope.key}\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := mainArgs([]string{"check-config", "--config", path}, &out, &errb)
+	if want := "config " + path + ": line 4: key amqp[0]: "; code != 1 || !strings.Contains(errb.String(), want) {
+		t.Errorf("exit %d, stderr %q, want it to say %q", code, errb.String(), want)
+	}
+}

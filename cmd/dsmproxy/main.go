@@ -186,6 +186,7 @@ func (f *runFlags) loadConfig(lookup func(string) (string, bool)) (*Config, erro
 			return nil, err
 		}
 		cfg = c
+		cfg.file = f.config
 	}
 	cfg.ApplyEnv(lookup)
 	if err := f.apply(cfg); err != nil {
@@ -193,12 +194,35 @@ func (f *runFlags) loadConfig(lookup func(string) (string, bool)) (*Config, erro
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
-		if f.config != "" {
-			return nil, fmt.Errorf("config %s: %w", f.config, err)
-		}
-		return nil, err
+		return nil, inFile(err, f.config)
 	}
 	return cfg, nil
+}
+
+// inFile names file in each of Validate's errors about a value the file set (those set by a
+// variable or flag name it instead).
+func inFile(err error, file string) error {
+	if file == "" {
+		return err
+	}
+	list := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		list = j.Unwrap()
+	}
+	out := make([]error, len(list))
+	for i, e := range list {
+		var ce *configError
+		switch {
+		case !errors.As(e, &ce):
+			out[i] = fmt.Errorf("config %s: %w", file, e)
+		case ce.source == "":
+			ce.file = file
+			fallthrough
+		default:
+			out[i] = e
+		}
+	}
+	return errors.Join(out...)
 }
 
 // apply overlays flags onto cfg.
@@ -223,6 +247,7 @@ func (f *runFlags) apply(cfg *Config) error {
 	} {
 		if len(l.vals) > 0 {
 			l.reset() // listener flags replace the file's listeners of that protocol
+			cfg.setBy(strings.TrimPrefix(l.flag, "--"), l.flag)
 		}
 		for _, v := range l.vals {
 			listen, up, ok := strings.Cut(v, "=")
@@ -234,10 +259,12 @@ func (f *runFlags) apply(cfg *Config) error {
 	}
 	if f.admin != "" {
 		cfg.Admin.Listen = f.admin
+		cfg.setBy("admin.listen", "--admin")
 		cfg.Admin.Disabled = false // --admin off turns it off; an address turns it on over the file
 	}
 	if f.agentURL != "" {
 		cfg.Agent.URL = f.agentURL
+		cfg.setBy("agent.url", "--agent-url")
 		cfg.Agent.Disabled = false // unless --no-agent, below
 	}
 	if f.noAgent {
@@ -261,9 +288,11 @@ func (f *runFlags) apply(cfg *Config) error {
 	}
 	if f.logLevel != "" {
 		cfg.Log.Level = f.logLevel
+		cfg.setBy("log.level", "--log-level")
 	}
 	if f.logFormat != "" {
 		cfg.Log.Format = f.logFormat
+		cfg.setBy("log.format", "--log-format")
 	}
 	return nil
 }

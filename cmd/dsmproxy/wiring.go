@@ -101,24 +101,24 @@ func (noObserver) Offset(pathway.Offset) bool { return true }
 // that does not load) is found here, by run and by check-config alike.
 func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 	var fronts []namedFront
-	for _, k := range cfg.Kafka {
+	for i, k := range cfg.Kafka {
 		f, err := buildKafka(k, sh)
 		if err != nil {
-			return nil, err
+			return nil, cfg.entryError(fmt.Sprintf("kafka[%d]", i), k.line, err)
 		}
 		fronts = append(fronts, f)
 	}
-	for _, a := range cfg.AMQP {
+	for i, a := range cfg.AMQP {
 		f, err := buildAMQP(a, sh)
 		if err != nil {
-			return nil, err
+			return nil, cfg.entryError(fmt.Sprintf("amqp[%d]", i), a.line, err)
 		}
 		fronts = append(fronts, f)
 	}
-	for _, a := range cfg.AWS {
+	for i, a := range cfg.AWS {
 		f, err := buildAWS(a, sh)
 		if err != nil {
-			return nil, err
+			return nil, cfg.entryError(fmt.Sprintf("aws[%d]", i), a.line, err)
 		}
 		fronts = append(fronts, f)
 	}
