@@ -306,6 +306,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		bodyTimeout:       bodyTimeout,
 		maxHeaderBytes:    http.DefaultMaxHeaderBytes + 4096,
 		logErr:            func(msg string) { p.log.Error().Msg(msg) },
+		log:               p.log,
 	}
 	if d := p.cfg.Listener.IdleTimeout; d > 0 {
 		srv.idleTimeout = d

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -35,6 +37,7 @@ type h1Server struct {
 	bodyTimeout    time.Duration
 	maxHeaderBytes int64
 	logErr         func(string)
+	log            zerolog.Logger // the drain's outcome
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -138,7 +141,8 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 		}
 	}
 	var done chan struct{}
-	if len(s.conns) > 0 {
+	open := len(s.conns) // idle ones included, as the other fronts count them
+	if open > 0 {
 		if s.done == nil {
 			s.done = make(chan struct{})
 		}
@@ -150,13 +154,16 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 	}
 	select {
 	case <-done:
+		s.log.Info().Int("connections", open).Msg("drained: every open connection finished")
 		return nil
 	case <-ctx.Done():
 		s.mu.Lock()
+		left := len(s.conns)
 		for c := range s.conns {
 			c.rwc.Close()
 		}
 		s.mu.Unlock()
+		s.log.Warn().Int("connections", open).Int("closed_at_deadline", left).Msg("drain time is up: closing the connections still open")
 		return ctx.Err()
 	}
 }

@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
@@ -178,7 +181,8 @@ func TestServerContinueAfterIdle(t *testing.T) {
 // close, so the client does not send its next request on a connection about to close.
 func TestServerDrainSaysClose(t *testing.T) {
 	up := sqsPeer(t)
-	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.TrustClients = true })
+	var logs syncbuf.Buffer
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.TrustClients = true; c.Log = zerolog.New(&logs) })
 	c, err := net.Dial("tcp", tp.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -223,6 +227,10 @@ func TestServerDrainSaysClose(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("shutdown: %v", err)
+	}
+	// The drain says how it ended, as every front's does.
+	if l := logs.String(); !strings.Contains(l, `"connections":1,"message":"drained: every open connection finished"`) {
+		t.Errorf("no drain line: %s", l)
 	}
 }
 
