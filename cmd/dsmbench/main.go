@@ -20,9 +20,9 @@ import (
 
 const usage = `Usage: dsmbench [flags]
 
-Runs each workload twice in one run, directly against the broker and through dsmproxy, and prints
-messages/s, MB/s, p50/p99 round-trip latency, proxy CPU seconds per GB moved, proxy peak RSS and the
-ratio proxy/direct. Defaults finish in about a minute on 2 cores.
+Runs each workload directly against the broker and through dsmproxy, alternating for -rounds rounds
+in one run, and prints messages/s, MB/s, p50/p99 round-trip latency, proxy CPU seconds per GB moved,
+proxy peak RSS and the ratio proxy/direct. Defaults finish in about a minute on 2 cores.
 
 Protocols:
   kafka  franz-go's kfake broker, in a process of its own that keeps the memory it frees mapped

@@ -259,6 +259,9 @@ func New(cfg Config) (*Proxy, error) {
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConnsPerHost = 256
+		if d := p.cfg.Listener.DialTimeout; d > 0 { // to the egress proxy, on this path
+			t.DialContext = (&net.Dialer{Timeout: d, KeepAlive: 30 * time.Second}).DialContext
+		}
 		rt = t
 		if cfg.UpstreamTLS != nil {
 			// Through an HTTP proxy the transport does TLS itself, with the configuration it
