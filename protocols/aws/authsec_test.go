@@ -151,3 +151,21 @@ func TestCredentialErrorNotReflected(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestOnlyFrontedServicesSigned: the proxy signs for the service the client's credential scope
+// names; a scope for any other service (iam, s3, sts) is refused, or with an upstream that serves
+// everything (LocalStack) a client key would reach it as the proxy.
+func TestOnlyFrontedServicesSigned(t *testing.T) {
+	up := sqsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	before := up.count()
+	req, _ := http.NewRequest(http.MethodPost, tp.url+"/", strings.NewReader("Action=ListUsers&Version=2010-05-08"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret}
+	if err := v4.NewSigner().SignHTTP(context.Background(), creds, req, sha256Hex([]byte("Action=ListUsers&Version=2010-05-08")), "iam", "us-east-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, rb := do(t, req); st != http.StatusForbidden || !strings.Contains(rb, "iam") || up.count() != before {
+		t.Errorf("an IAM-scoped request: %d %s (%d reached the service)", st, rb, up.count()-before)
+	}
+}

@@ -590,6 +590,14 @@ func (p *Proxy) authenticate(c *call) *authFailure {
 		_, err := parseAuthorization(h)
 		return &authFailure{"IncompleteSignature", err.Error()}
 	}
+	// The proxy signs for the service the client's scope names: only those it fronts (with an
+	// upstream that serves everything, LocalStack, a client key would otherwise reach IAM or S3
+	// as the proxy).
+	switch c.auth.Service {
+	case ServiceSQS, ServiceSNS, ServiceKinesis:
+	default:
+		return &authFailure{"AccessDenied", "dsmproxy fronts SQS, SNS and Kinesis; this request is signed for " + strconv.Quote(c.auth.Service)}
+	}
 	// The proxy signs every header it forwards with its own identity: those that say what the
 	// request does must be covered by the client's signature (SigV4 wants Content-Type and every
 	// x-amz-* header signed), or a captured request could be replayed as another operation.
