@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -206,11 +207,39 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 }
 
 func (s *session) setService(connName, user string) {
-	svc := s.p.cfg.Services.Service(proxy.Identity{Protocol: "amqp", ClientID: connName, User: user, Addr: s.addr, Described: connName})
+	if len(connName) > maxConnNameBytes {
+		connName = strings.Clone(connName[:maxConnNameBytes])
+	}
+	svc := s.p.cfg.Services.Service(proxy.Identity{Protocol: "amqp", ClientID: connName, User: user, Addr: s.addr,
+		Described: describedConnName(connName)})
 	old := s.service.Swap(&svc)
 	if old != nil && *old != svc {
 		s.log.Info().Str("connection_name", connName).Str("user", user).Str("service", svc).Msg("amqp client identified")
 	}
+}
+
+// maxConnNameBytes caps the connection_name kept per connection (and named in checkpoints).
+const maxConnNameBytes = 255
+
+// describedConnName is the service a connection_name suggests. Spring AMQP names connections
+// "<connection factory bean>#<identity hash>:<counter>" unless told otherwise: the hash and
+// counter change with every JVM and reconnect, and its default beans (SpringAMQP, Spring Boot's
+// rabbitConnectionFactory and its .publisher twin) name the library, not a service.
+func describedConnName(name string) string {
+	i := strings.LastIndexByte(name, '#')
+	if i < 0 {
+		return name
+	}
+	hash, n, ok := strings.Cut(name[i+1:], ":")
+	if !ok || hash == "" || n == "" || strings.Trim(hash, "0123456789abcdef") != "" || strings.Trim(n, "0123456789") != "" {
+		return name
+	}
+	bean := strings.TrimSuffix(name[:i], ".publisher")
+	switch bean {
+	case "", "SpringAMQP", "rabbitConnectionFactory":
+		return ""
+	}
+	return bean
 }
 
 func (s *session) serve(ctx context.Context) error {

@@ -19,39 +19,59 @@ func (p *Proxy) service(addr netip.Addr, clientID, software string) string {
 }
 
 // libraryDefaults are client.ids that client libraries send when the application sets none; they
-// name the library, not a service.
+// name the library, not a service. (A version or counter after them is removed first:
+// kafka-python-2.0.2, kafka-python-producer-1, aiokafka-0.11.0.)
 var libraryDefaults = map[string]bool{
-	"kgo": true, "rdkafka": true, "sarama": true, "kafka-python": true, "kafkajs": true,
-	"aiokafka": true, "confluent-kafka": true, "segmentio": true, "kafka-go": true,
+	"kgo": true, "rdkafka": true, "sarama": true, "kafka-python": true, "kafka-python-producer": true,
+	"kafkajs": true, "aiokafka": true, "confluent-kafka": true, "segmentio": true, "kafka-go": true,
 }
+
+// kafkaGoSuffix ends segmentio/kafka-go's default client.id, "<program>@<host> (github.com/segmentio/kafka-go)".
+const kafkaGoSuffix = " (github.com/segmentio/kafka-go)"
 
 // NormalizeClientID turns a Kafka client.id into the service name it suggests, or "" when it
 // suggests none. Generated parts are removed:
 //
 //	orders-api                  -> orders-api
-//	orders-api-3                -> orders-api       (instance counter)
+//	orders-api-3                -> orders-api       (instance counter, up to 7 digits: a PID)
 //	orders-api-5f1c9a2e         -> orders-api       (hex id of 8+ digits)
-//	orders-api-1b4e28ba-2fa1-11d2-883f-0016d3cca427 -> orders-api (UUID)
+//	orders-api-2.4.1            -> orders-api       (version)
+//	orders-api-7d9f8b6c4-x2k9p  -> orders-api       (Kubernetes pod name)
+//	orders-api-1b4e28ba-2fa1-11d2-883f-0016d3cca427 -> orders-api (UUID, and all after it:
+//	wordcount-<uuid>-StreamThread-1-consumer, Kafka Streams' ids, -> wordcount)
 //	consumer-billing-1          -> billing          (Java consumer default: consumer-<group>-<n>)
+//	orders@host-1 (github.com/segmentio/kafka-go) -> orders (kafka-go default: the program)
 //	producer-1, consumer-2      -> ""               (Java defaults without a group)
-//	kgo, rdkafka, sarama        -> ""               (library defaults)
+//	kgo, rdkafka, sarama, kafka-python-2.0.2 -> ""  (library defaults)
+//	1b4e28ba-2fa1-11d2-883f-0016d3cca427     -> ""  (nothing but a UUID)
 func NormalizeClientID(id string) string {
 	s := strings.TrimSpace(id)
+	if prog, ok := strings.CutSuffix(s, kafkaGoSuffix); ok {
+		s, _, _ = strings.Cut(prog, "@")
+	}
+	if i := uuidAt(s); i >= 0 {
+		s = strings.TrimRight(s[:i], "-_.")
+	}
+	pod := false // a Kubernetes pod suffix was removed: a ReplicaSet hash may come before it
 	for {
 		i := strings.LastIndexByte(s, '-')
 		if i <= 0 {
 			break
 		}
-		// UUID first: five dash-separated hex groups 8-4-4-4-12.
-		if trimmed, ok := trimUUID(s); ok {
-			s = trimmed
-			continue
+		tail := s[i+1:]
+		switch {
+		case isCounter(tail) || isHexID(tail) || isVersion(tail):
+		case len(tail) == 5 && !pod && inPodAlphabet(tail):
+			pod = true
+		case len(tail) >= 6 && len(tail) <= 10 && pod && inPodAlphabet(tail):
+			pod = false
+		default:
+			i = -1
 		}
-		if tail := s[i+1:]; isCounter(tail) || isHexID(tail) {
-			s = s[:i]
-			continue
+		if i < 0 {
+			break
 		}
-		break
+		s = s[:i]
 	}
 	switch {
 	case s == "producer" || s == "consumer":
@@ -61,14 +81,15 @@ func NormalizeClientID(id string) string {
 	case strings.HasPrefix(s, "producer-"):
 		s = strings.TrimPrefix(s, "producer-")
 	}
-	if libraryDefaults[s] || isCounter(s) {
+	if libraryDefaults[s] || isCounter(s) || isVersion(s) {
 		return ""
 	}
 	return s
 }
 
+// isCounter: 1 to 7 digits (an instance number, a PID); 8 and more are isHexID's.
 func isCounter(s string) bool {
-	if s == "" || len(s) > 6 {
+	if s == "" || len(s) > 7 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -97,23 +118,60 @@ func isHexID(s string) bool {
 	return digits
 }
 
-func trimUUID(s string) (string, bool) {
-	const n = 36
-	if len(s) <= n+1 || s[len(s)-n-1] != '-' {
-		return s, false
+// isVersion: digits and dots with at least one dot (2.0.2, v1.4, 0.11.0).
+func isVersion(s string) bool {
+	s = strings.TrimPrefix(s, "v")
+	if s == "" || !strings.Contains(s, ".") || s[0] == '.' || s[len(s)-1] == '.' {
+		return false
 	}
-	u := s[len(s)-n:]
-	for i := 0; i < n; i++ {
-		c := u[i]
+	for i := 0; i < len(s); i++ {
+		if (s[i] < '0' || s[i] > '9') && s[i] != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+// inPodAlphabet: every character is one Kubernetes uses for generated name suffixes (no vowels,
+// so real words rarely pass): the ReplicaSet hash and a pod's 5-character suffix.
+func inPodAlphabet(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !strings.ContainsRune("bcdfghjklmnpqrstvwxz2456789", rune(s[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// uuidAt is where the first UUID (8-4-4-4-12 hex digits) in s starts, or -1.
+func uuidAt(s string) int {
+	const n = 36
+	for i := 0; i+n <= len(s); i++ {
+		if i > 0 && isHexDigit(s[i-1]) {
+			continue // inside a longer hex run
+		}
+		if isUUID(s[i:i+n]) && (i+n == len(s) || !isHexDigit(s[i+n])) {
+			return i
+		}
+	}
+	return -1
+}
+
+func isUUID(u string) bool {
+	for i := 0; i < len(u); i++ {
 		if i == 8 || i == 13 || i == 18 || i == 23 {
-			if c != '-' {
-				return s, false
+			if u[i] != '-' {
+				return false
 			}
 			continue
 		}
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-			return s, false
+		if !isHexDigit(u[i]) {
+			return false
 		}
 	}
-	return s[:len(s)-n-1], true
+	return true
+}
+
+func isHexDigit(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
