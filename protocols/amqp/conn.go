@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -121,8 +122,13 @@ func targetOf(m methodID, a args) (pathway.Edge, bool) {
 
 // chanShared is channel state learned in one direction and used in the other.
 type chanShared struct {
-	consumers    map[string]string // consumer tag -> queue
-	pending      []pendingConsume  // Basic.Consume waiting for its ConsumeOk
+	consumers map[string]string // consumer tag -> queue
+	// Tags cancelled with no-wait, still in consumers for deliveries already on their way: the
+	// first evicted when consumers is full (cancelledAt: the cancel each is still valid for).
+	cancelled    []cancelledTag
+	cancelledAt  map[string]uint64
+	cancelSeq    uint64
+	pending      []pendingConsume // Basic.Consume waiting for its ConsumeOk
 	lastDeclared string
 	getQueue     string
 	lastPub      *pathway.Edge
@@ -782,8 +788,14 @@ func (s *session) clientMethod(f frame) {
 	case basicCancel:
 		// Deliveries may follow the client's Cancel until the broker's CancelOk (AMQP 0-9-1,
 		// basic.cancel): the tag keeps its queue until then. With no-wait no CancelOk comes, and
-		// deliveries already on their way still arrive: the tag stays until the channel ends (the
-		// map is bounded by MaxConsumers).
+		// deliveries already on their way still arrive: the tag stays, and is the first to go
+		// when the map is full.
+		tag := string(a.short())
+		if bits := a.u8(); a.err == nil && bits&0x01 != 0 {
+			s.mu.Lock()
+			s.sharedLocked(f.Channel).cancelledNoWait(tag, s.p.cfg.MaxConsumers)
+			s.mu.Unlock()
+		}
 	case basicCancOk:
 		s.dropConsumer(f.Channel, a.short())
 	case connStartOk:
@@ -896,10 +908,43 @@ func (s *session) dropConsumer(ch uint16, tag []byte) {
 }
 
 func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
+	// Full: consumers cancelled with no-wait go first, oldest first; only if every tag is live
+	// is the map started again.
+	for len(cs.consumers) >= s.p.cfg.MaxConsumers && len(cs.cancelled) > 0 {
+		c := cs.cancelled[0]
+		cs.cancelled = cs.cancelled[1:]
+		if cs.cancelledAt[c.tag] == c.seq {
+			delete(cs.consumers, c.tag)
+			delete(cs.cancelledAt, c.tag)
+		}
+	}
 	if len(cs.consumers) >= s.p.cfg.MaxConsumers {
 		clear(cs.consumers)
 	}
+	delete(cs.cancelledAt, tag) // consuming again under a cancelled tag makes it live
 	cs.consumers[tag] = queue
+}
+
+// cancelledTag is a consumer tag the client cancelled with no-wait, in the order of cancels.
+type cancelledTag struct {
+	tag string
+	seq uint64
+}
+
+// cancelledNoWait records that the client cancelled tag with no-wait (at most limit such).
+func (cs *chanShared) cancelledNoWait(tag string, limit int) {
+	if _, ok := cs.consumers[tag]; !ok {
+		return
+	}
+	if cs.cancelledAt == nil {
+		cs.cancelledAt = map[string]uint64{}
+	}
+	cs.cancelSeq++
+	cs.cancelledAt[tag] = cs.cancelSeq
+	cs.cancelled = append(cs.cancelled, cancelledTag{tag, cs.cancelSeq})
+	if len(cs.cancelled) > limit {
+		cs.cancelled = slices.Clone(cs.cancelled[len(cs.cancelled)-limit:])
+	}
 }
 
 func (s *session) brokerMethod(f frame) {
@@ -928,7 +973,9 @@ func (s *session) brokerMethod(f frame) {
 			closing = cs.closing
 		}
 		s.mu.Unlock()
-		if closing {
+		// After the client's Channel.Close or Connection.Close it discards deliveries (the
+		// broker requeues them): they are not consumed.
+		if closing || s.clientClosing.Load() {
 			ds.awaiting = contentDiscarded
 			return
 		}
@@ -940,11 +987,15 @@ func (s *session) brokerMethod(f frame) {
 		ds := state(s.del, f.Channel)
 		ds.awaiting = contentGetOk
 		s.mu.Lock()
-		q := ""
+		q, closing := "", false
 		if cs := s.shared[f.Channel]; cs != nil {
-			q = cs.getQueue
+			q, closing = cs.getQueue, cs.closing
 		}
 		s.mu.Unlock()
+		if closing || s.clientClosing.Load() { // discarded, as a delivery is
+			ds.awaiting = contentDiscarded
+			return
+		}
 		ds.setQueue(q)
 	case basicReturn:
 		state(s.del, f.Channel).awaiting = contentReturn
