@@ -440,7 +440,8 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 }
 
 // Walk implements batchCodec for fetched record batches; a truncated last batch ends the walk. A
-// batch past MaxDecompressedBatchBytes is passed over, and reported when the walk ends.
+// batch past MaxDecompressedBatchBytes is passed over, and reported when the walk ends. A legacy
+// (magic 0/1) message set entry is passed to fn once, as a Legacy batchMeta without a record.
 func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 	var tooBig error
 	for len(records) >= 17 {
@@ -450,8 +451,15 @@ func (c *kgoCodec) Walk(records []byte, fn func(batchMeta, *recordMeta)) error {
 		}
 		batch := records[:12+length]
 		records = records[12+length:]
-		if length < 49 || batch[16] != 2 {
-			continue // legacy message sets carry no headers (and a batch this short is none)
+		if length < 5 {
+			continue // too short to hold a magic byte
+		}
+		if batch[16] != 2 {
+			fn(batchMeta{Legacy: true, BaseOffset: int64(binary.BigEndian.Uint64(batch))}, nil) // once per message set entry
+			continue
+		}
+		if length < 49 {
+			continue // too short to be a record batch
 		}
 		meta, attrs, count, err := batchHeader(batch)
 		if err != nil {

@@ -67,6 +67,12 @@ type session struct {
 	draining   atomic.Bool
 	respClosed chan struct{}
 
+	// The fetch offsets of the connection's fetch session (KIP-227), request goroutine only: an
+	// incremental Fetch leaves out partitions whose offset did not change, and the broker answers
+	// them from these. Replaced, never changed, so a fetch's observation can keep the one of its
+	// time (fetchFacts.session).
+	fetchSession map[fetchKey]int64
+
 	// Produce path buffers, used by the request goroutine only.
 	codec   batchCodec
 	produce produceRequestView

@@ -77,10 +77,15 @@ func (p *Proxy) decodeError(what string, key, version int16, err error) {
 	})
 }
 
-// skip reports messages the proxy left alone.
+// skip reports produced messages the proxy left alone.
 func (p *Proxy) skip(reason, message, service string, edge pathway.Edge, partition int32, msgs int) {
+	p.skipOp("Produce", reason, message, service, edge, partition, msgs)
+}
+
+// skipOp reports messages of operation op the proxy left alone (or could not read).
+func (p *Proxy) skipOp(op, reason, message, service string, edge pathway.Edge, partition int32, msgs int) {
 	p.errs.Report(errtrack.Event{
-		Time: p.now(), Category: errtrack.ProxySkip, Protocol: "kafka", Operation: "Produce",
+		Time: p.now(), Category: errtrack.ProxySkip, Protocol: "kafka", Operation: op,
 		Name: reason, Message: message, Service: service, Edge: edge, Partition: partition, Messages: msgs,
 	})
 }

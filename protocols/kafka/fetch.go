@@ -3,6 +3,7 @@ package kafka
 import (
 	"fmt"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"maps"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -12,7 +13,22 @@ import (
 // the isolation level (read_committed consumers never see aborted records).
 type fetchFacts struct {
 	readCommitted bool
-	offsets       map[fetchKey]int64
+	offsets       map[fetchKey]int64 // the partitions the request names
+	sessionEpoch  int32              // v7+: -1 no session, 0 a new one (full request), else incremental
+	forgotten     []fetchKey         // v7+: partitions an incremental request removes from the session
+	session       map[fetchKey]int64 // the fetch session's offsets, for partitions the request omits
+}
+
+// offset is the fetch offset of partition k: as the request names it, or as the fetch session
+// holds it; -1 when unknown.
+func (f *fetchFacts) offset(k fetchKey) int64 {
+	if off, ok := f.offsets[k]; ok {
+		return off
+	}
+	if off, ok := f.session[k]; ok {
+		return off
+	}
+	return -1
 }
 
 type fetchKey struct {
@@ -42,7 +58,34 @@ func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
 		s.requestParseError(h, err)
 		return
 	}
+	if h.Version >= 7 {
+		s.trackFetchSession(f)
+	}
 	pd.facts = f
+}
+
+// trackFetchSession keeps the offsets of the connection's fetch session (KIP-227) and gives f
+// those of its time. A full request (epoch 0) starts a session with its partitions; an
+// incremental one changes those it names and drops those it forgets; -1 ends it.
+func (s *session) trackFetchSession(f *fetchFacts) {
+	switch {
+	case f.sessionEpoch < 0:
+		s.fetchSession = nil
+	case f.sessionEpoch == 0:
+		s.fetchSession = f.offsets
+	default:
+		next := s.fetchSession
+		if len(f.offsets) > 0 || len(f.forgotten) > 0 {
+			next = make(map[fetchKey]int64, len(s.fetchSession)+len(f.offsets))
+			maps.Copy(next, s.fetchSession)
+			maps.Copy(next, f.offsets)
+			for _, k := range f.forgotten {
+				delete(next, k)
+			}
+		}
+		s.fetchSession = next
+		f.session = next
+	}
 }
 
 // fetchResponse forwards the response as it is, unless KIP-951 node endpoints (Fetch v16+, set
@@ -172,9 +215,7 @@ func (p *Proxy) observeFetch(job observeJob) {
 			from := int64(-1)
 			readCommitted := false
 			if job.facts != nil {
-				if off, ok := job.facts.offsets[fetchKey{t.Topic, t.TopicID, part.Partition}]; ok {
-					from = off
-				}
+				from = job.facts.offset(fetchKey{t.Topic, t.TopicID, part.Partition})
 				readCommitted = job.facts.readCommitted
 			}
 			p.consumeRecords(ci, edge, part, from, readCommitted, now)

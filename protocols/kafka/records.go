@@ -20,6 +20,7 @@ type batchMeta struct {
 	ProducerID    int64
 	Transactional bool
 	Control       bool
+	Legacy        bool // a magic 0/1 message set, whose messages Walk does not read
 }
 
 type recordMeta struct {
@@ -173,7 +174,12 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 	havePrev := false
 	pp := p.pointBufs.Get().(*[]pathway.Point)
 	pts := (*pp)[:0]
+	legacy := 0
 	err := p.walker.Walk(part.RecordBatches, func(b batchMeta, r *recordMeta) {
+		if b.Legacy {
+			legacy++
+			return
+		}
 		if aborting != nil && b.ProducerID >= 0 {
 			for len(pendingAborts) > 0 && pendingAborts[0].FirstOffset <= b.LastOffset {
 				aborting[pendingAborts[0].ProducerID] = true
@@ -216,6 +222,12 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 	p.pointBufs.Put(pp)
 	if err != nil {
 		p.decodeError("fetched record batch", keyFetch, -1, err)
+	}
+	if legacy > 0 {
+		// Old data, or a client fetching below v4: the tracers checkpoint such messages
+		// (without a parent); the proxy does not read them, and says so.
+		p.skipOp("Fetch", skipLegacyMagic, "fetched magic 0/1 message sets are not read: their messages get no consume checkpoint",
+			ci.service, edge, part.Partition, legacy)
 	}
 	p.stats.consumed.Add(uint64(n))
 	if n > 0 && p.cfg.LinkConsumeProduce {

@@ -75,7 +75,9 @@ func parseFetch(h requestHeader, frame []byte) (*fetchFacts, error) {
 	}
 	if v >= 7 {
 		w.Int32() // session id
-		w.Int32() // session epoch
+		f.sessionEpoch = w.Int32()
+	} else {
+		f.sessionEpoch = -1
 	}
 	for ti, nt := 0, w.array(); ti < nt && w.Ok(); ti++ {
 		var k fetchKey
@@ -104,7 +106,22 @@ func parseFetch(h requestHeader, frame []byte) (*fetchFacts, error) {
 		}
 		w.tags()
 	}
-	// Forgotten topics, rack and the top-level tags are not needed.
+	if v >= 7 { // forgotten topics: the partitions an incremental request drops from the session
+		for ti, nt := 0, w.array(); ti < nt && w.Ok(); ti++ {
+			var k fetchKey
+			if v >= 13 {
+				k.id = w.uuid()
+			} else {
+				k.topic = w.str()
+			}
+			for pi, np := 0, w.array(); pi < np && w.Ok(); pi++ {
+				k.partition = w.Int32()
+				f.forgotten = append(f.forgotten, k)
+			}
+			w.tags()
+		}
+	}
+	// Rack and the top-level tags are not needed.
 	return f, w.err(h)
 }
 

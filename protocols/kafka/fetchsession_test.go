@@ -1,0 +1,182 @@
+package kafka
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// TestIncrementalFetchSession: with a KIP-227 fetch session, a partition whose fetch offset did not
+// change is left out of the next (incremental) Fetch request, yet the broker still answers it, from
+// the offset the session holds. When that offset lies inside a batch (a consumer resuming from a
+// committed offset in the middle of a batch), the batch comes back whole: the client drops the
+// records before its fetch offset, and the proxy must too, from the session's offsets.
+func TestIncrementalFetchSession(t *testing.T) {
+	topic := uniqueTopic(t, "fsess")
+	c, _ := startCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, topic))
+	p := startProxy(t, c, nil)
+	conn := rawClient(t, p)
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+
+	gz, err := kgo.DefaultCompressor(kgo.GzipCompression())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Partition 0: one big record; partition 1: one gzip batch of ten records, offsets 0..9.
+	if _, err := conn.Write(produceFrame(9, topic, buildBatch(t, 1, 4000, nil), buildBatch(t, 10, 10, gz))); err != nil {
+		t.Fatal(err)
+	}
+	pf, err := readFrame(conn, DefaultMaxFrameBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	presp := kmsg.NewPtrProduceResponse()
+	presp.SetVersion(9)
+	start, _ := responseBodyStart(pf, keyProduce, true)
+	if err := presp.ReadFrom(pf[start:]); err != nil {
+		t.Fatal(err)
+	}
+	for _, pt := range presp.Topics[0].Partitions {
+		if pt.ErrorCode != 0 {
+			t.Fatalf("produce partition %d: error %d", pt.Partition, pt.ErrorCode)
+		}
+	}
+
+	fetch := func(corr int32, sessionID, epoch int32, maxBytes int32, parts map[int32]int64) *kmsg.FetchResponse {
+		t.Helper()
+		req := kmsg.NewPtrFetchRequest()
+		req.Version = 12
+		req.ReplicaID = -1
+		req.MaxWaitMillis = 200
+		req.MinBytes = 1
+		req.MaxBytes = maxBytes
+		req.SessionID, req.SessionEpoch = sessionID, epoch
+		rt := kmsg.NewFetchRequestTopic()
+		rt.Topic = topic
+		for _, id := range []int32{0, 1} {
+			off, ok := parts[id]
+			if !ok {
+				continue
+			}
+			rp := kmsg.NewFetchRequestTopicPartition()
+			rp.Partition, rp.FetchOffset, rp.PartitionMaxBytes, rp.CurrentLeaderEpoch = id, off, 1<<20, -1
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		if len(rt.Partitions) > 0 {
+			req.Topics = append(req.Topics, rt)
+		}
+		if _, err := conn.Write(requestFrame(req, corr)); err != nil {
+			t.Fatal(err)
+		}
+		frame, err := readFrame(conn, DefaultMaxFrameBytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp := kmsg.NewPtrFetchResponse()
+		resp.SetVersion(12)
+		start, _ := responseBodyStart(frame, keyFetch, true)
+		if err := resp.ReadFrom(frame[start:]); err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	partRecords := func(resp *kmsg.FetchResponse, id int32) []byte {
+		for _, rt := range resp.Topics {
+			for _, rp := range rt.Partitions {
+				if rp.Partition == id {
+					return rp.RecordBatches
+				}
+			}
+		}
+		return nil
+	}
+
+	// Full fetch opening a session: partition 0 from 0, partition 1 from 5 (inside its batch).
+	// A 1-byte response limit lets only partition 0's batch in.
+	r1 := fetch(10, 0, 0, 1, map[int32]int64{0: 0, 1: 5})
+	if r1.ErrorCode != 0 || r1.SessionID == 0 {
+		t.Fatalf("no fetch session: error %d, session %d", r1.ErrorCode, r1.SessionID)
+	}
+	if len(partRecords(r1, 0)) == 0 || len(partRecords(r1, 1)) != 0 {
+		t.Fatalf("setup: want records for partition 0 only, got %d and %d bytes", len(partRecords(r1, 0)), len(partRecords(r1, 1)))
+	}
+	waitFor(t, "partition 0's record observed", func() bool { return p.Stats().ConsumedRecords >= 1 })
+
+	// Incremental fetch: partition 0 moved to 1, partition 1 (still at 5) is not named.
+	r2 := fetch(11, r1.SessionID, 1, 1<<20, map[int32]int64{0: 1})
+	recs := partRecords(r2, 1)
+	if len(recs) < 61 || int64(binary.BigEndian.Uint64(recs)) != 0 {
+		t.Fatalf("setup: want partition 1's batch from offset 0 in the incremental answer, got %d bytes", len(recs))
+	}
+	// The client's fetch offset for partition 1 is 5: it sees offsets 5..9, five records.
+	waitFor(t, "partition 1's records observed", func() bool { return p.Stats().ConsumedRecords >= 1+5 })
+	time.Sleep(300 * time.Millisecond) // let the observer finish the response
+	if got := p.Stats().ConsumedRecords; got != 1+5 {
+		t.Errorf("consume checkpoints: %d, want 6 (1 of partition 0, offsets 5..9 of partition 1): records before the session's fetch offset were counted", got)
+	}
+	pts, _ := p.rec.snapshot()
+	in := 0
+	for _, pt := range pts {
+		if slices.Contains(pt.EdgeTags, "direction:in") && slices.Contains(pt.EdgeTags, "topic:"+topic) {
+			in++
+		}
+	}
+	if in != 1+5 {
+		t.Errorf("%d direction:in points on %s, want 6", in, topic)
+	}
+}
+
+// legacyMessageSet encodes magic-1 messages (offset, size, IEEE CRC, magic, attributes,
+// timestamp, key, value), uncompressed, as a broker returns them for old-format data or old
+// fetch versions.
+func legacyMessageSet(base int64, values ...string) []byte {
+	var out []byte
+	for i, v := range values {
+		var m []byte
+		m = append(m, 1, 0)                                  // magic 1, attributes
+		m = binary.BigEndian.AppendUint64(m, 1700000000000)  // timestamp
+		m = binary.BigEndian.AppendUint32(m, 0xffffffff)     // null key
+		m = binary.BigEndian.AppendUint32(m, uint32(len(v))) // value
+		m = append(m, v...)
+		msg := binary.BigEndian.AppendUint32(nil, crc32.ChecksumIEEE(m))
+		msg = append(msg, m...)
+		out = binary.BigEndian.AppendUint64(out, uint64(base+int64(i)))
+		out = binary.BigEndian.AppendUint32(out, uint32(len(msg)))
+		out = append(out, msg...)
+	}
+	return out
+}
+
+// TestLegacyMessageSetFetched: records fetched as magic 0/1 message sets reach the application like
+// any other (a traced consumer checkpoints each, with no parent), but the proxy does not read them:
+// it says so with a skip event, instead of leaving the consumer's edge silently empty.
+func TestLegacyMessageSetFetched(t *testing.T) {
+	now := time.Unix(1700000100, 0)
+	rec := &recorder{}
+	errs := &errRecorder{}
+	p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, Env: "test", Observer: rec, Errors: errs, Clock: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: "orders", Group: "g"}
+	part := &kmsg.FetchResponseTopicPartition{RecordBatches: legacyMessageSet(40, "alpha", "beta", "gamma")}
+	p.consumeRecords(&clientInfo{service: "svc"}, edge, part, 40, false, now)
+	if got, _ := rec.snapshot(); len(got) != 0 {
+		t.Errorf("%d consume checkpoints for records the proxy does not read", len(got))
+	}
+	skips := errs.where(func(e errtrack.Event) bool {
+		return e.Category == errtrack.ProxySkip && e.Name == skipLegacyMagic && e.Operation == "Fetch"
+	})
+	if len(skips) != 1 || skips[0].Messages != 3 || skips[0].Edge.Topic != "orders" {
+		t.Errorf("skip events %+v, want one for the 3 messages on orders", errs.events)
+	}
+}
