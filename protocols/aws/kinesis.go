@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -228,6 +229,7 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 			eds = append(eds, edit{S: dm.VS, E: dm.VE, New: append(nv, '"')})
 		}
 	}
+	p.reportNoStream(c, e)
 	if len(eds) == 0 {
 		return nil
 	}
@@ -254,6 +256,13 @@ func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, 
 			}
 		}
 	}
+	if e.Topic == "" {
+		// A shard iterator the proxy did not hand out (it restarted, or another instance did):
+		// no stream to name, and a checkpoint without one is a node no tracer makes (dd-trace-py
+		// records nothing then either). Counted, and reported once per answer.
+		c.noStream++
+		return out
+	}
 	pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
 	if parent.IsZero() && !at.IsZero() {
 		// no context: time in the stream stands in for both latencies, as the tracers do
@@ -263,6 +272,19 @@ func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, 
 	p.stats.consumed.Add(1)
 	p.add(pt)
 	return out
+}
+
+// reportNoStream reports the records of a GetRecords answer that got no consume checkpoint for
+// want of a stream name.
+func (p *Proxy) reportNoStream(c *call, e pathway.Edge) {
+	if c.noStream == 0 {
+		return
+	}
+	p.stats.skipped.Add(uint64(c.noStream))
+	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.ProxySkip, Protocol: c.service, Operation: c.op,
+		Name: "unknown_stream", Service: c.svcName, Edge: e, Partition: -1, Messages: c.noStream,
+		Message: "GetRecords with a shard iterator this proxy did not hand out (it restarted, or another instance did): no consume checkpoints until the consumer gets a new iterator through it"})
+	c.noStream = 0
 }
 
 // removeLastAdded deletes member i including the comma before it, the exact inverse of
@@ -408,6 +430,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 				from = ed.E
 			}
 		}
+		p.reportNoStream(c, in)
 		if len(eds) == 0 {
 			return nil
 		}

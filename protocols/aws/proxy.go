@@ -469,6 +469,8 @@ type call struct {
 	// carries there, so an error response can name them and count them lost.
 	edge pathway.Edge
 	sent int
+	// noStream counts records of a GetRecords answer read with a shard iterator of no known stream.
+	noStream int
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
