@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 
 	"github.com/pierrec/lz4/v4"
 	"github.com/twmb/franz-go/pkg/kbin"
@@ -188,7 +189,10 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		// Uncompressed: splice straight after the header in dst, no intermediate copy.
 		dst = append(dst, batch[:61]...)
 		var n int
-		if dst, n, err = spliceHeaders(dst, raw, count, meta, decide, nil); err != nil {
+		if dst, n, err = spliceHeadersMax(dst, raw, count, meta, decide, nil, c.maxBatchBytes); err != nil {
+			if errors.Is(err, errSplicedSize) {
+				return dst[:start], false, skipSizeLimit
+			}
 			return dst[:start], false, skipMalformed
 		}
 		if n == 0 {
@@ -205,10 +209,13 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		c.smap.reset()
 		m = &c.smap
 	}
-	spliced, n, err := spliceHeaders(c.raw[:0], raw, count, meta, decide, m)
+	spliced, n, err := spliceHeadersMax(c.raw[:0], raw, count, meta, decide, m, decompressLimit)
 	c.raw = spliced[:0]
 	if cap(spliced) > maxKeptPlain {
 		c.raw = nil // kept for this batch only, as plain is
+	}
+	if errors.Is(err, errSplicedSize) {
+		return dst, false, skipDecompressedSize
 	}
 	if err != nil {
 		return dst, false, skipMalformed
@@ -370,6 +377,16 @@ func varintSlow(b []byte, i int) (int32, int) {
 // When m is not nil it records which bytes of dst (counted from where spliceHeaders started) are
 // copies of which bytes of raw, and where the inserted headers are, for lz4Transcoder.transcode.
 func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batchMeta, *recordMeta) []byte, m *spliceMap) ([]byte, int, error) {
+	return spliceHeadersMax(dst, raw, count, meta, decide, m, math.MaxInt)
+}
+
+// errSplicedSize: the spliced records passed spliceHeadersMax's limit.
+var errSplicedSize = errors.New("spliced records over the limit")
+
+// spliceHeadersMax is spliceHeaders that stops with errSplicedSize once it has written more than
+// limit bytes: a small compressed batch of tiny records grows by a header per record, and the
+// limit on what a batch decompresses to does not bound what it grows to.
+func spliceHeadersMax(dst, raw []byte, count int, meta batchMeta, decide func(batchMeta, *recordMeta) []byte, m *spliceMap, limit int) ([]byte, int, error) {
 	added := 0
 	rm := new(recordMeta) // one per batch: decide gets a pointer, so it escapes
 	base, all := len(dst), len(raw)
@@ -379,8 +396,11 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 		if at < 0 || l < 0 || l > len(raw)-at {
 			return dst, 0, errBatch
 		}
+		if len(dst)-base > limit {
+			return dst, 0, errSplicedSize
+		}
 		recAt, bodyAt := all-len(raw), all-len(raw)+at
-		body := raw[at : at+l]
+		rec, body := raw[:at+l], raw[at:at+l]
 		raw = raw[at+l:]
 		f, err := parseRecord(body)
 		if err != nil {
@@ -389,11 +409,12 @@ func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batch
 		*rm = recordMeta{OffsetDelta: f.offsetDelta, PayloadSize: f.payload, Context: f.context, HasContext: f.hasContext}
 		hdr := decide(meta, rm)
 		if hdr == nil {
+			// Kept byte for byte, length prefix included (a client may pad its varints): the
+			// lz4 transcoder copies this span from the original.
 			if m != nil {
-				m.kept(recAt, len(dst)-base, bodyAt-recAt+l)
+				m.kept(recAt, len(dst)-base, len(rec))
 			}
-			dst = kbin.AppendVarint(dst, int32(l))
-			dst = append(dst, body...)
+			dst = append(dst, rec...)
 			continue
 		}
 		// A context the record already carries is replaced, not kept beside the new one, as the
