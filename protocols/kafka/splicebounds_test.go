@@ -11,6 +11,7 @@ import (
 	"github.com/pierrec/lz4/v4"
 	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -155,4 +156,26 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// TestUnparsedAcksZeroProduce: a Produce request the proxy cannot parse is forwarded as it is; when
+// its acks (read alone) is 0, no answer will come, and nothing may wait for one (an entry left in
+// the pairing queue held drains and, a thousand later, the connection).
+func TestUnparsedAcksZeroProduce(t *testing.T) {
+	s := offlineSession(t)
+	for _, acks := range []int16{0, -1, 1} {
+		req := kmsg.NewPtrProduceRequest()
+		req.Version, req.Acks = 9, acks
+		frame := requestFrame(req, 7)
+		cut := append([]byte(nil), frame[:len(frame)-1]...) // the topics array's end is missing
+		putSize(cut)
+		h, err := parseRequestHeader(cut)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, pd := s.produceRequest(h, cut, &pending{corr: h.CorrID, key: h.Key, version: h.Version})
+		if !bytes.Equal(out, cut) || (pd == nil) != (acks == 0) {
+			t.Errorf("acks %d: forwarded unchanged %v, waits for an answer %v", acks, bytes.Equal(out, cut), pd != nil)
+		}
+	}
 }
