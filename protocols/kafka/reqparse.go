@@ -80,12 +80,7 @@ func parseFetch(h requestHeader, frame []byte) (*fetchFacts, error) {
 		f.sessionEpoch = -1
 	}
 	for ti, nt := 0, w.array(); ti < nt && w.Ok(); ti++ {
-		var k fetchKey
-		if v >= 13 {
-			k.id = w.uuid()
-		} else {
-			k.topic = w.str()
-		}
+		k := w.fetchTopic(v)
 		for pi, np := 0, w.array(); pi < np && w.Ok(); pi++ {
 			k.partition = w.Int32()
 			if v >= 9 {
@@ -108,12 +103,7 @@ func parseFetch(h requestHeader, frame []byte) (*fetchFacts, error) {
 	}
 	if v >= 7 { // forgotten topics: the partitions an incremental request drops from the session
 		for ti, nt := 0, w.array(); ti < nt && w.Ok(); ti++ {
-			var k fetchKey
-			if v >= 13 {
-				k.id = w.uuid()
-			} else {
-				k.topic = w.str()
-			}
+			k := w.fetchTopic(v)
 			for pi, np := 0, w.array(); pi < np && w.Ok(); pi++ {
 				k.partition = w.Int32()
 				f.forgotten = append(f.forgotten, k)
@@ -213,6 +203,17 @@ func parseTxnOffsetCommit(h requestHeader, frame []byte) (*commitFacts, error) {
 		w.tags()
 	}
 	return f, w.err(h)
+}
+
+// fetchTopic reads a Fetch topic's name (v12 and below) or id (v13+).
+func (w *wire) fetchTopic(v int16) fetchKey {
+	var k fetchKey
+	if v >= 13 {
+		k.id = w.uuid()
+	} else {
+		k.topic = w.str()
+	}
+	return k
 }
 
 // produceAcks reads a Produce request's acks alone, from a request parseProduce refused; -1
