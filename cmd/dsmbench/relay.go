@@ -65,7 +65,11 @@ func relayConn(c *net.TCPConn, upstream string) {
 	u := uc.(*net.TCPConn)
 	defer u.Close()
 	cp := func(dst, src *net.TCPConn) {
-		_, _ = io.CopyBuffer(proxy.RawSyscallConn(dst), proxy.RawSyscallConn(src), make([]byte, relayBuffer))
+		// Wrapped so that io.CopyBuffer finds no ReaderFrom or WriterTo: TCPConn's would splice(2)
+		// through a pipe, which is not what the proxy does with its sockets.
+		w := struct{ io.Writer }{proxy.RawSyscallConn(dst)}
+		r := struct{ io.Reader }{proxy.RawSyscallConn(src)}
+		_, _ = io.CopyBuffer(w, r, make([]byte, relayBuffer))
 		_ = dst.CloseWrite()
 	}
 	var wg sync.WaitGroup

@@ -163,6 +163,12 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 
 	var got, reqs atomic.Int64
 	rlat := newLatencies(o.sqsMsgs)
+	// The window ends when the last message is in: receives still waiting then (an empty queue
+	// answers only at WaitTimeSeconds) are cancelled, not timed.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var once sync.Once
+	var ended result
 	watch = startWatch()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
@@ -170,15 +176,22 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 			defer wg.Done()
 			for got.Load() < int64(o.sqsMsgs) {
 				s := time.Now()
-				rm, err := cl.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, MaxNumberOfMessages: 10,
+				rm, err := cl.ReceiveMessage(rctx, &sqs.ReceiveMessageInput{QueueUrl: q.QueueUrl, MaxNumberOfMessages: 10,
 					MessageAttributeNames: []string{"tenant"}, WaitTimeSeconds: 1})
 				if err != nil {
-					failed.CompareAndSwap(nil, err)
+					if rctx.Err() == nil {
+						failed.CompareAndSwap(nil, err)
+					}
 					return
 				}
 				rlat.add(time.Since(s))
 				reqs.Add(1)
-				got.Add(int64(len(rm.Messages)))
+				if got.Add(int64(len(rm.Messages))) >= int64(o.sqsMsgs) {
+					once.Do(func() {
+						watch.stop(&ended)
+						cancel()
+					})
+				}
 			}
 		}()
 	}
@@ -187,8 +200,10 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 		return send, recv, fmt.Errorf("ReceiveMessage via %s: %w", endpoint, e)
 	}
 	n := int(got.Load())
-	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body))}
-	watch.stop(&recv)
+	if n < o.sqsMsgs {
+		return send, recv, fmt.Errorf("ReceiveMessage via %s: %d of %d messages: %w", endpoint, n, o.sqsMsgs, ctx.Err())
+	}
+	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body)), elapsed: ended.elapsed, busy: ended.busy}
 	recv.p50, recv.p99, recv.proxyCPU = rlat.quantile(0.5), rlat.quantile(0.99), cpu()-cpu1
 	return send, recv, nil
 }
