@@ -65,7 +65,8 @@ func benchAMQP(ctx context.Context, o options, stderr io.Writer) ([]row, error) 
 	fmt.Fprintf(stderr, "amqp: %d messages of %d B published (confirms off and on) and consumed, direct and through the proxy...\n", o.amqpMsgs, o.size)
 	var pubOff, pubOn, cons, ctxOff, ctxOn rounds
 	for round := 0; round < o.rounds; round++ {
-		for i, p := range paths {
+		for _, i := range roundOrder(round, len(paths)) {
+			p := paths[i]
 			r, err := amqpRun(ctx, p.target, i == pathProxy, o, p.proc.cpu)
 			if err != nil {
 				return nil, fmt.Errorf("amqp via %s: %w", p.name, err)
@@ -75,6 +76,9 @@ func benchAMQP(ctx context.Context, o options, stderr io.Writer) ([]row, error) 
 			cons.add(i, r.cons)
 			ctxOff.add(i, r.ctxOff)
 			ctxOn.add(i, r.ctxOn)
+		}
+		for _, r := range []*rounds{&pubOff, &pubOn, &cons, &ctxOff, &ctxOn} {
+			r.endRound()
 		}
 	}
 	rss := pp.peakRSS()

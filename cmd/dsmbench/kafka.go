@@ -143,7 +143,8 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 		// Alternate the paths for several rounds and keep each path's best: on a shared machine
 		// a single run measures the neighbours as much as the proxy.
 		for round := 0; round < o.rounds; round++ {
-			for i, path := range paths {
+			for _, i := range roundOrder(round, len(paths)) {
+				path := paths[i]
 				topic := fmt.Sprintf("bench-%s-%s-%d-%d", name, path.name, round, time.Now().UnixNano())
 				cpu0 := path.proc.cpu()
 				r, err := kafkaProduce(ctx, path, topic, partitions, codec, o)
@@ -181,6 +182,9 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 					return nil, err
 				}
 			}
+			prod.endRound()
+			fetch.endRound()
+			withCtx.endRound()
 		}
 		rss := pp.peakRSS()
 		rows = append(rows,

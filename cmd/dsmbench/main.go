@@ -114,7 +114,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.awsNodeDir, "aws-node-dir", "testdata/aws/node", "SQS: directory of the npm SQS server (npm ci runs there when needed)")
 	fs.IntVar(&o.sqsMsgs, "sqs-messages", 3000, "SQS: messages per phase")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
-	fs.BoolVar(&o.relay, "relay", false, "also run each workload through a plain TCP relay (a child process that forwards bytes and parses nothing), after the proxy in each round: what one more TCP hop costs by itself")
+	fs.BoolVar(&o.relay, "relay", false, "also run each workload through a plain TCP relay (a child process that forwards bytes and parses nothing), in each round: what one more TCP hop costs by itself")
 	pin := fs.Bool("pin", false, "run the proxy child on the last CPU and the clients and brokers dsmbench runs on the others, as a proxy on its own host would be (RabbitMQ, a system service, is not pinned); without it all share every CPU and the ratios include the CPU the proxy takes from them")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {

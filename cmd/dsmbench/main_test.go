@@ -103,17 +103,22 @@ func TestBenchValuesCompressLikeEvents(t *testing.T) {
 }
 
 // TestRounds: each path keeps its best run, and each round's ratio pairs the proxy run with the
-// direct run just before it, not with the best direct run.
+// direct run of the same round, whatever the order, not with the best direct run.
 func TestRounds(t *testing.T) {
 	run := func(msgs int) result { return result{msgs: msgs, elapsed: time.Second} }
 	var r rounds
-	r.add(pathProxy, run(50)) // a proxy run with no direct run before it has no round ratio
-	for _, rd := range [][3]int{{100, 80, 90}, {200, 100, 150}, {150, 120, 75}} {
-		r.add(pathDirect, run(rd[0]))
-		r.add(pathProxy, run(rd[1]))
-		r.add(pathRelay, run(rd[2]))
+	r.add(pathProxy, run(50)) // a round with no direct run has no ratio
+	r.endRound()
+	for round, rd := range [][3]int{{100, 80, 90}, {200, 100, 150}, {150, 120, 75}} {
+		for _, i := range roundOrder(round, 3) {
+			r.add(i, run(rd[i]))
+		}
+		r.endRound()
 	}
 	row := r.row("p", "w", 0, false)
+	if got := roundOrder(1, 3); !slices.Equal(got, []int{2, 1, 0}) {
+		t.Errorf("round 1 runs paths %v, want them reversed", got)
+	}
 	if row.direct.msgs != 200 || row.proxy.msgs != 120 || row.relay.msgs != 150 {
 		t.Errorf("best direct %d, proxy %d, relay %d; want 200, 120, 150", row.direct.msgs, row.proxy.msgs, row.relay.msgs)
 	}

@@ -101,7 +101,8 @@ func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 	}
 	var send, recv rounds
 	for round := 0; round < o.rounds; round++ {
-		for i, p := range paths {
+		for _, i := range roundOrder(round, len(paths)) {
+			p := paths[i]
 			s, r, err := sqsRun(ctx, p.target, o, p.proc.cpu)
 			if err != nil {
 				return nil, err
@@ -109,6 +110,8 @@ func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 			send.add(i, s)
 			recv.add(i, r)
 		}
+		send.endRound()
+		recv.endRound()
 	}
 	rss := pp.peakRSS()
 	return []row{

@@ -33,34 +33,55 @@ func best(a, b result) result {
 // those shows how much the neighbours moved the figures.
 type rounds struct {
 	direct, proxy, relay result
-	lastDirect           result
+	cur                  [3]result // this round's runs, by path (msgs 0: none yet)
 	ratios, relayRatios  []float64
 }
 
-// Paths a run is added under: the relay (--relay) runs after the proxy in each round.
+// Paths a run is added under.
 const (
 	pathDirect = iota
 	pathProxy
 	pathRelay
 )
 
-// add records a run of one path; each ratio is against the round's direct run.
+// roundOrder is the order the n paths run in, in round: as listed in even rounds, reversed in
+// odd ones, so that no path always follows the same one (a broker's state, its caches and
+// collections, carry over from the run before).
+func roundOrder(round, n int) []int {
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+		if round%2 == 1 {
+			order[i] = n - 1 - i
+		}
+	}
+	return order
+}
+
+// add records a run of one path in the current round.
 func (r *rounds) add(path int, res result) {
 	switch path {
 	case pathDirect:
-		r.direct, r.lastDirect = best(r.direct, res), res
-		return
+		r.direct = best(r.direct, res)
 	case pathProxy:
 		r.proxy = best(r.proxy, res)
-		if r.lastDirect.msgs > 0 {
-			r.ratios = append(r.ratios, res.rate()/r.lastDirect.rate())
-		}
 	case pathRelay:
 		r.relay = best(r.relay, res)
-		if r.lastDirect.msgs > 0 {
-			r.relayRatios = append(r.relayRatios, res.rate()/r.lastDirect.rate())
+	}
+	r.cur[path] = res
+}
+
+// endRound takes the round's ratios (against its direct run) and starts the next round.
+func (r *rounds) endRound() {
+	if d := r.cur[pathDirect]; d.msgs > 0 {
+		if p := r.cur[pathProxy]; p.msgs > 0 {
+			r.ratios = append(r.ratios, p.rate()/d.rate())
+		}
+		if l := r.cur[pathRelay]; l.msgs > 0 {
+			r.relayRatios = append(r.relayRatios, l.rate()/d.rate())
 		}
 	}
+	r.cur = [3]result{}
 }
 
 func (r *rounds) row(protocol, workload string, rss int64, perRequest bool) row {
@@ -120,8 +141,9 @@ func printTable(w io.Writer, rows []row) {
 	fmt.Fprintln(w, "CORES BUSY: the whole machine's CPU time (every process and the kernel) per second of the run,")
 	fmt.Fprintln(w, "averaged: near the CPU count, the run was bound by CPU and the proxy's CPU is taken from the")
 	fmt.Fprintln(w, "clients and the broker; below it, part of the run waited on round trips.")
-	fmt.Fprintln(w, "Direct and proxy alternate on the same broker for several rounds; each path's best round is shown, and PER ROUND")
-	fmt.Fprintln(w, "gives the lowest and highest proxy/direct ratio of back-to-back runs in one round. The Kafka")
+	fmt.Fprintln(w, "Direct and proxy alternate on the same broker for several rounds, in reverse order every other round;")
+	fmt.Fprintln(w, "each path's best round is shown, and PER ROUND gives the lowest and highest proxy/direct ratio")
+	fmt.Fprintln(w, "of back-to-back runs in one round. The Kafka")
 	fmt.Fprintln(w, "broker (kfake) runs in a child process (inside dsmbench with --kafka-in-process), SQS (npm")
 	fmt.Fprintln(w, "local-aws-sqs) and RabbitMQ as local servers, the proxy in a child process whose CPU (/proc) and")
 	fmt.Fprintln(w, "peak RSS are shown.")
