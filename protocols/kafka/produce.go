@@ -55,7 +55,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	v := &s.produce
 	if err := parseProduce(h, frame, v); err != nil {
 		s.p.decodeError("Produce request", h.Key, h.Version, err)
-		if produceAcks(h, frame) == 0 {
+		if v.acked && v.acks == 0 {
 			return frame, nil // forwarded as it is; no answer will come to wait for
 		}
 		return frame, pd

@@ -26,6 +26,7 @@ type producePartition struct {
 
 type produceRequestView struct {
 	acks  int16
+	acked bool // acks was read: a request that does not parse past it still says it
 	parts []producePartition
 }
 
@@ -45,6 +46,7 @@ func parseProduce(h requestHeader, frame []byte, v *produceRequestView) error {
 		}
 	}
 	v.acks = r.Int16()
+	v.acked = r.Ok()
 	r.Int32() // timeout
 	nTopics := arrayLen(&r, flex)
 	for ti := 0; ti < nTopics && r.Ok(); ti++ {

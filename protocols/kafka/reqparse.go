@@ -216,19 +216,6 @@ func (w *wire) fetchTopic(v int16) fetchKey {
 	return k
 }
 
-// produceAcks reads a Produce request's acks alone, from a request parseProduce refused; -1
-// when even that cannot be read.
-func produceAcks(h requestHeader, frame []byte) int16 {
-	w := newWire(h, frame)
-	if h.Version >= 3 {
-		w.nullableStr() // transactional id
-	}
-	if acks := w.Int16(); w.Ok() {
-		return acks
-	}
-	return -1
-}
-
 // parseGroupHeartbeat reads the group and member epoch of a ConsumerGroupHeartbeat request (a
 // negative epoch: the member leaves).
 func parseGroupHeartbeat(h requestHeader, frame []byte) (string, int32, error) {
