@@ -931,7 +931,8 @@ type cancelledTag struct {
 	seq uint64
 }
 
-// cancelledNoWait records that the client cancelled tag with no-wait (at most limit such).
+// cancelledNoWait records that the client cancelled tag with no-wait (the newest limit of them,
+// up to twice that between trims).
 func (cs *chanShared) cancelledNoWait(tag string, limit int) {
 	if _, ok := cs.consumers[tag]; !ok {
 		return
@@ -942,7 +943,7 @@ func (cs *chanShared) cancelledNoWait(tag string, limit int) {
 	cs.cancelSeq++
 	cs.cancelledAt[tag] = cs.cancelSeq
 	cs.cancelled = append(cs.cancelled, cancelledTag{tag, cs.cancelSeq})
-	if len(cs.cancelled) > limit {
+	if len(cs.cancelled) > 2*limit { // trimmed to the newest limit now and then, not at every cancel
 		cs.cancelled = slices.Clone(cs.cancelled[len(cs.cancelled)-limit:])
 	}
 }
