@@ -127,51 +127,47 @@ func carrierJSON(existing []byte, ctx pathway.Context) []byte {
 	return b
 }
 
-// contextFromCarrier reads dd-pathway-ctx-base64 out of a `_datadog` JSON value.
-// carrierHasPathway reports whether the `_datadog` JSON object b has a pathway context member
-// (whether or not it decodes: a newer tracer's encoding is not overwritten).
-func carrierHasPathway(b []byte) bool {
+// carrierPathway finds the dd-pathway-ctx-base64 member of the `_datadog` JSON object b (the key
+// compared case-insensitively, as Java does).
+func carrierPathway(b []byte) (member, bool) {
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return false
+		return member{}, false
 	}
 	ms, _, err := objectMembers(b, i)
 	if err != nil {
-		return false
+		return member{}, false
 	}
 	for j := range ms {
 		if strings.EqualFold(string(ms[j].Key), pathway.HeaderKey) {
-			return true
+			return ms[j], true
 		}
 	}
-	return false
+	return member{}, false
 }
 
+// carrierHasPathway reports whether the `_datadog` JSON object b has a pathway context member
+// (whether or not it decodes: a newer tracer's encoding is not overwritten).
+func carrierHasPathway(b []byte) bool {
+	_, ok := carrierPathway(b)
+	return ok
+}
+
+// contextFromCarrier reads dd-pathway-ctx-base64 out of a `_datadog` JSON value.
 func contextFromCarrier(b []byte) pathway.Context {
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
+	m, ok := carrierPathway(b)
+	if !ok {
 		return pathway.Context{}
 	}
-	ms, _, err := objectMembers(b, i)
+	s, ok := jsonString(b, &m)
+	if !ok {
+		return pathway.Context{}
+	}
+	c, err := pathway.DecodeBase64String(s)
 	if err != nil {
 		return pathway.Context{}
 	}
-	for j := range ms {
-		// Java compares the key case-insensitively
-		if !strings.EqualFold(string(ms[j].Key), pathway.HeaderKey) {
-			continue
-		}
-		s, ok := jsonString(b, &ms[j])
-		if !ok {
-			return pathway.Context{}
-		}
-		c, err := pathway.DecodeBase64String(s)
-		if err != nil {
-			return pathway.Context{}
-		}
-		return c
-	}
-	return pathway.Context{}
+	return c
 }
 
 // contextFromAttr reads the context from a `_datadog` attribute, String (SQS) or Binary (SNS raw).
