@@ -157,17 +157,13 @@ func (s Snapshot) Lost() []EdgeLoss {
 }
 
 func lostPerEdge(groups []Group, total bool) []EdgeLoss {
-	type key struct {
-		service string
-		edge    pathway.Edge
-	}
-	idx := map[key]int{}
+	idx := map[lossKey]int{}
 	var out []EdgeLoss
 	for _, g := range groups {
 		if g.Category != LostMessage {
 			continue
 		}
-		k := key{g.Service, g.Edge}
+		k := lossKey{g.Service, g.Edge}
 		i, ok := idx[k]
 		if !ok {
 			i = len(out)
@@ -225,6 +221,7 @@ type Collector struct {
 	retired map[lossKey]int64
 }
 
+// lossKey is what lost messages are summed by: service and edge.
 type lossKey struct {
 	service string
 	edge    pathway.Edge
