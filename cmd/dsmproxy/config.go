@@ -41,16 +41,26 @@ type Config struct {
 	file  string            // the file read, if any
 }
 
-// entryError is err, which building entry key (kafka[0], ...) met, as a configError that says
-// where the entry came from: the file and the line it starts at, or the flag.
-func (c *Config) entryError(key string, line int, err error) error {
-	e := &configError{line: line, key: key, msg: err.Error(), source: c.sourceOf(key)}
-	if e.source != "" {
+// refuse is a configError about key that says where its value came from: the variable or flag
+// that set it, or the file and line (the line given, else the one recorded for key).
+func (c *Config) refuse(line int, key, msg string) *configError {
+	e := &configError{line: line, key: key, msg: msg, source: c.sourceOf(key)}
+	switch {
+	case e.source != "":
 		e.line = 0
-	} else {
+	case e.line == 0:
+		e.line = c.lines[key]
+		fallthrough
+	default:
 		e.file = c.file
 	}
 	return e
+}
+
+// entryError is err, which building entry key (kafka[0], ...) met, as a configError naming the
+// line the entry starts at, or the listener flag.
+func (c *Config) entryError(key string, line int, err error) error {
+	return c.refuse(line, key, err.Error())
 }
 
 // setBy records that src (an environment variable, a flag) set key: its errors name src.
@@ -239,7 +249,7 @@ type configError struct {
 	key    string
 	msg    string
 	source string // the variable or flag the value came from; "" for the file
-	file   string // the file the value came from (set by loadConfig)
+	file   string // the file the value came from
 }
 
 func (e *configError) Error() string {
@@ -497,13 +507,7 @@ func (c *Config) Defaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(line int, key, format string, a ...any) {
-		e := &configError{line: line, key: key, msg: fmt.Sprintf(format, a...)}
-		if e.source = c.sourceOf(key); e.source != "" {
-			e.line = 0
-		} else if e.line == 0 {
-			e.line = c.lines[key]
-		}
-		errs = append(errs, e)
+		errs = append(errs, c.refuse(line, key, fmt.Sprintf(format, a...)))
 	}
 	switch c.Log.Level {
 	case "trace", "debug", "info", "warn", "error":

@@ -196,35 +196,9 @@ func (f *runFlags) loadConfig(lookup func(string) (string, bool)) (*Config, erro
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, inFile(err, f.config)
+		return nil, err
 	}
 	return cfg, nil
-}
-
-// inFile names file in each of Validate's errors about a value the file set (those set by a
-// variable or flag name it instead).
-func inFile(err error, file string) error {
-	if file == "" {
-		return err
-	}
-	list := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		list = j.Unwrap()
-	}
-	out := make([]error, len(list))
-	for i, e := range list {
-		var ce *configError
-		switch {
-		case !errors.As(e, &ce):
-			out[i] = fmt.Errorf("config %s: %w", file, e)
-		case ce.source == "":
-			ce.file = file
-			fallthrough
-		default:
-			out[i] = e
-		}
-	}
-	return errors.Join(out...)
 }
 
 // apply overlays flags onto cfg.
