@@ -158,12 +158,10 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 				if err := settle(); err != nil {
 					return nil, err
 				}
-				cpu0 = path.proc.cpu()
 				r, err = kafkaFetch(ctx, path, topic, o.records)
 				if err != nil {
 					return nil, fmt.Errorf("%s fetch: %w", path.name, err)
 				}
-				r.proxyCPU = path.proc.cpu() - cpu0
 				fetch.add(i, r)
 				if i == pathProxy {
 					// The same records, with the pathway header the proxy put in, read directly:
@@ -300,9 +298,9 @@ func kafkaFetch(ctx context.Context, path benchPath, topic string, n int) (resul
 		}
 		fs.EachRecord(func(r *kgo.Record) { got, size = got+1, size+int64(len(r.Value)) })
 	}
-	first, firstSize := 0, int64(0)
+	first, firstSize, cpu0 := 0, int64(0), path.proc.cpu()
 	if got < n+1 {
-		first, firstSize = got, size
+		first, firstSize, cpu0 = got, size, path.proc.cpu()
 		watch = startWatch()
 	}
 	lat := newLatencies(1024)
@@ -323,6 +321,7 @@ func kafkaFetch(ctx context.Context, path benchPath, topic string, n int) (resul
 	}
 	r := result{msgs: got - first, bytes: size - firstSize}
 	watch.stop(&r)
+	r.proxyCPU = path.proc.cpu() - cpu0 // over the same window
 	r.p50, r.p99 = lat.quantile(0.5), lat.quantile(0.99)
 	return r, nil
 }
