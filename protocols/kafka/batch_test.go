@@ -45,6 +45,11 @@ func buildBatchHeader(t testing.TB, n, valueSize int, codec kgo.Compressor, key 
 		raw = append([]byte(nil), c...)
 		attrs = int16(typ)
 	}
+	return wrapBatch(raw, n, attrs)
+}
+
+// wrapBatch puts n records' bytes raw (compressed when attrs says so) in a magic-2 batch.
+func wrapBatch(raw []byte, n int, attrs int16) []byte {
 	b := make([]byte, 61, 61+len(raw))
 	binary.BigEndian.PutUint64(b[0:], 0)
 	binary.BigEndian.PutUint32(b[8:], uint32(49+len(raw)))

@@ -16,25 +16,6 @@ import (
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
-// r4Batch wraps raw record bytes (already compressed when attrs says so) in a magic-2 batch header.
-func r4Batch(raw []byte, n int, attrs int16) []byte {
-	b := make([]byte, 61, 61+len(raw))
-	binary.BigEndian.PutUint32(b[8:], uint32(49+len(raw)))
-	binary.BigEndian.PutUint32(b[12:], 0xffffffff)
-	b[16] = 2
-	binary.BigEndian.PutUint16(b[21:], uint16(attrs))
-	binary.BigEndian.PutUint32(b[23:], uint32(n-1))
-	binary.BigEndian.PutUint64(b[27:], 1700000000000)
-	binary.BigEndian.PutUint64(b[35:], 1700000000000)
-	binary.BigEndian.PutUint64(b[43:], 0xffffffffffffffff)
-	binary.BigEndian.PutUint16(b[51:], 0xffff)
-	binary.BigEndian.PutUint32(b[53:], 0xffffffff)
-	binary.BigEndian.PutUint32(b[57:], uint32(n))
-	b = append(b, raw...)
-	binary.BigEndian.PutUint32(b[17:], crc32.Checksum(b[21:], crc32.MakeTable(crc32.Castagnoli)))
-	return b
-}
-
 // TestSpliceGrowthBounded: MaxDecompressedBatchBytes keeps "a small batch of zeros compressed a
 // thousandfold" from making the proxy allocate gigabytes, but a batch of minimal 7-byte records
 // that decompresses to just under it grows ~8x with a header per record. The splice stops at the
@@ -52,7 +33,7 @@ func TestSpliceGrowthBounded(t *testing.T) {
 	raw := bytes.Repeat([]byte{12, 0, 0, 0, 1, 0, 0}, n)
 	var buf bytes.Buffer
 	z, typ := compressor(t, kgo.ZstdCompression()).Compress(&buf, raw)
-	batch := r4Batch(append([]byte(nil), z...), n, int16(typ))
+	batch := wrapBatch(append([]byte(nil), z...), n, int16(typ))
 	raw = nil
 	frame := produceFrame(9, "t", batch)
 	s := offlineSession(t)
@@ -116,7 +97,7 @@ func TestLz4KeptRecordWithPaddedLength(t *testing.T) {
 	}
 	w.Write(raw)
 	w.Close()
-	batch := r4Batch(zb.Bytes(), 4, 3)
+	batch := wrapBatch(zb.Bytes(), 4, 3)
 
 	decide := func(_ batchMeta, r *recordMeta) []byte {
 		if r.HasContext {
