@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -52,29 +51,6 @@ func runBroker(args []string) int {
 	return 0
 }
 
-// brokerEnv is the broker process's environment: this one's, with the Go runtime told to return
-// freed memory with MADV_FREE instead of MADV_DONTNEED. The broker holds every phase's records
-// and runs with collections off during a phase; between phases its runtime hands memory back to
-// the kernel, and with MADV_DONTNEED the next phase faults each page in again. On VMs that back
-// guest memory lazily a fault costs ~10 us (9 us per 4 KiB measured on the 2-core CI machine,
-// 25x bare metal), and the phase whose records are largest (the proxy's, which carry the header)
-// paid it: 50,000 faults in one proxy fetch phase, polls of 50-100 ms, the proxy/direct fetch
-// ratio halved. A Kafka broker's records live in the page cache, which no phase gives back.
-func brokerEnv() []string {
-	env := os.Environ()
-	godebug := "madvdontneed=0"
-	for i, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
-			env = slices.Delete(env, i, i+1)
-			if v != "" {
-				godebug = v + "," + godebug
-			}
-			break
-		}
-	}
-	return append(env, "GODEBUG="+godebug)
-}
-
 // kafkaBroker is the cluster a Kafka benchmark runs against.
 type kafkaBroker struct {
 	bootstrap string
@@ -100,7 +76,7 @@ func startBroker(partitions int, inProcess bool, stderr io.Writer) (*kafkaBroker
 			stop:      cluster.Close,
 		}, nil
 	}
-	cp, err := startChild(stderr, brokerEnv(), brokerArg, strconv.Itoa(partitions))
+	cp, err := startChild(stderr, nil, brokerArg, strconv.Itoa(partitions))
 	if err != nil {
 		return nil, err
 	}

@@ -162,7 +162,7 @@ func startChild(stderr io.Writer, env []string, args ...string) (*childProcess, 
 }
 
 func startProxy(protocol, upstream string, stderr io.Writer) (*childProcess, error) {
-	return startChild(stderr, nil, childArg, protocol, upstream)
+	return startChild(stderr, withGODEBUG(os.Environ(), shipMemory), childArg, protocol, upstream)
 }
 
 func (p *childProcess) stop() {

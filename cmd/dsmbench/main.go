@@ -25,9 +25,7 @@ in one run, and prints messages/s, MB/s, p50/p99 round-trip latency, proxy CPU s
 proxy peak RSS and the ratio proxy/direct. Defaults finish in about a minute on 2 cores.
 
 Protocols:
-  kafka  franz-go's kfake broker, in a process of its own that keeps the memory it frees mapped
-         (GODEBUG=madvdontneed=0: on VMs that fault pages in slowly, faulting it in again cost
-         the largest phases, the proxy's, polls of 50-100 ms), or with --kafka-in-process in
+  kafka  franz-go's kfake broker, in a process of its own, or with --kafka-in-process in
          dsmbench's; produce (acks=all, one batch per request) and fetch, per codec. The proxy
          injects the pathway header into every record and checkpoints it. Each path fetches what it
          produced, so only the proxy's consumer decodes a header per record; the "with ctx" row
@@ -47,6 +45,11 @@ that forwards each read as it comes and parses nothing; its CPU shows in the PRO
 relay/direct is what one more TCP hop costs on this machine, proxy/relay what the proxy's
 protocol work costs beyond it. (With AMQP confirms and consumes, many small frames, the relay
 has used more CPU than the proxy: there it is a plain relay, not a floor.)
+
+dsmbench and the broker keep the memory they free mapped (GODEBUG=madvdontneed=0, unless
+GODEBUG sets it): they collect only between timed phases, and on VMs that fault pages in slowly
+faulting freed memory in again cost whole phases half their rate. The proxy and relay children
+run with the Go runtime's default, as dsmproxy ships.
 
 To see inside the proxy child: DSMBENCH_PROXY_CPUPROFILE=FILE writes its CPU profile (go tool
 pprof), DSMBENCH_PROXY_TRACE=FILE its execution trace (go tool trace; -pprof=sched or =net for
@@ -77,6 +80,7 @@ func main() {
 	if code, ok := runAsChild(os.Args[1:]); ok {
 		os.Exit(code)
 	}
+	reexecWithBenchMemory()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -101,7 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var o options
 	protocols := fs.String("protocols", "kafka,sqs,amqp", "comma-separated workloads to run: kafka, sqs, amqp")
-	fs.IntVar(&o.rounds, "rounds", 3, "alternate direct and proxy this many times; the best round of each is shown")
+	fs.IntVar(&o.rounds, "rounds", 3, "alternate direct and proxy this many times; RATIO is the median of the rounds' proxy/direct ratios")
 	fs.IntVar(&o.records, "records", 200000, "Kafka: records per phase (produce or fetch, per codec, per path)")
 	fs.IntVar(&o.size, "size", 1024, "record / message value size in bytes")
 	fs.IntVar(&o.batch, "batch", 100, "Kafka: records per produce batch (one request)")

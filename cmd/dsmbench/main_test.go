@@ -134,6 +134,41 @@ func TestRounds(t *testing.T) {
 	if got := spread(nil); got != "-" {
 		t.Errorf("spread of none %q", got)
 	}
+	for _, c := range []struct {
+		ratios []float64
+		want   string
+	}{{nil, "-"}, {[]float64{0.7}, "0.70"}, {row.ratios, "0.80"}, {row.relayRatios, "0.75"}, {[]float64{0.9, 0.5, 0.6, 1.2}, "0.75"}} {
+		if got := median(c.ratios); got != c.want {
+			t.Errorf("median(%v) = %s, want %s", c.ratios, got, c.want)
+		}
+	}
+}
+
+// TestWithGODEBUG: the setting replaces its key wherever GODEBUG had it and keeps the others.
+func TestWithGODEBUG(t *testing.T) {
+	for _, c := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"PATH=/bin"}, "GODEBUG=madvdontneed=1"},
+		{[]string{"GODEBUG="}, "GODEBUG=madvdontneed=1"},
+		{[]string{"GODEBUG=gctrace=1"}, "GODEBUG=gctrace=1,madvdontneed=1"},
+		{[]string{"GODEBUG=madvdontneed=0,gctrace=1,madvdontneed=0"}, "GODEBUG=gctrace=1,madvdontneed=1"},
+	} {
+		got := withGODEBUG(c.env, shipMemory)
+		var debug, other []string
+		for _, e := range got {
+			if strings.HasPrefix(e, "GODEBUG=") {
+				debug = append(debug, e)
+			} else {
+				other = append(other, e)
+			}
+		}
+		keep := slices.DeleteFunc(slices.Clone(c.env), func(e string) bool { return strings.HasPrefix(e, "GODEBUG=") })
+		if !slices.Equal(debug, []string{c.want}) || !slices.Equal(other, keep) {
+			t.Errorf("withGODEBUG(%q) = %q, want %s and the rest as it was", c.env, got, c.want)
+		}
+	}
 }
 
 // TestStopwatch: the machine's busy time over a run covers at least this process's own CPU in it

@@ -91,5 +91,5 @@ type benchPath struct {
 }
 
 func startRelay(upstream string, stderr io.Writer) (*childProcess, error) {
-	return startChild(stderr, nil, relayArg, upstream)
+	return startChild(stderr, withGODEBUG(os.Environ(), shipMemory), relayArg, upstream)
 }
