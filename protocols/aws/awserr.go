@@ -50,6 +50,16 @@ func (p *Proxy) writeError(w http.ResponseWriter, c *call, status int, code, msg
 		b.WriteString("</Message></Error><RequestId>" + id + "</RequestId></ErrorResponse>")
 		w.WriteHeader(status)
 		w.Write([]byte(b.String()))
+	case wireCBOR:
+		// A CBOR client parses the body with its CBOR reader: a JSON body would leave it the code
+		// (from X-Amzn-Errortype) without the message, which says what to do.
+		h.Set("Content-Type", "application/x-amz-cbor-1.1")
+		h.Set("X-Amzn-Errortype", code)
+		b := appendCBORHead(nil, 5, 2) // a map of two text members, as Kinesis answers
+		b = appendCBORText(appendCBORText(b, "__type"), code)
+		b = appendCBORText(appendCBORText(b, "message"), msg)
+		w.WriteHeader(status)
+		w.Write(b)
 	default:
 		typ := code
 		ct := "application/x-amz-json-1.1"

@@ -462,6 +462,11 @@ func cborBlobEdit(doc []byte, from int, v any, data []byte) (edit, bool) {
 	return edit{S: from + i, E: from + i + len(old), New: repl}, true
 }
 
+// appendCBORText appends s as a definite-length CBOR text string.
+func appendCBORText(dst []byte, s string) []byte {
+	return append(appendCBORHead(dst, 3, len(s)), s...)
+}
+
 // appendCBORHead appends the shortest head of a major type with argument n.
 func appendCBORHead(dst []byte, major byte, n int) []byte {
 	m := major << 5

@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/fxamacker/cbor/v2"
 )
 
 func freePort(t testing.TB) int {
@@ -434,5 +435,49 @@ func TestCBORBlobEdit(t *testing.T) {
 	}
 	if ed2, ok := cborBlobEdit(doc, ed.E, old, repl); !ok || ed2.S < ed.E {
 		t.Errorf("the second record's edit: %v %v", ed2, ok)
+	}
+}
+
+// TestKinesisCBORErrors: the proxy's own refusals of a CBOR request are CBOR, as the stream
+// server's errors are, so a Java SDK reads their message and not only their code. An independent
+// decoder (fxamacker/cbor) reads both.
+func TestKinesisCBORErrors(t *testing.T) {
+	tp, _, _, _ := kinesisSetup(t, "cborerr", nil)
+	send := func(secret, op string, req map[string]any) (int, http.Header, map[string]any) {
+		t.Helper()
+		body := cborEnc(nil, req, false)
+		r, _ := http.NewRequest(http.MethodPost, tp.url+"/", bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/x-amz-cbor-1.1")
+		r.Header.Set("X-Amz-Target", "Kinesis_20131202."+op)
+		creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: secret}
+		if err := v4.NewSigner().SignHTTP(context.Background(), creds, r, sha256Hex(body), "kinesis", "us-east-1", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		st, h, resp := do(t, r)
+		var m map[string]any
+		if err := cbor.Unmarshal([]byte(resp), &m); err != nil {
+			t.Fatalf("%s answer (%d, %s) is not CBOR: %v: %q", op, st, h.Get("Content-Type"), err, resp)
+		}
+		return st, h, m
+	}
+	// From the stream server, through the proxy.
+	st, h, m := send(testSecret, "DescribeStream", map[string]any{"StreamName": "no-such-stream"})
+	if st != 400 || m["__type"] == nil {
+		t.Fatalf("the server's error: %d %v", st, m)
+	}
+	serverType := h.Get("Content-Type")
+	// From the proxy: a wrong secret, never forwarded.
+	st, h, m = send("wrong-secret", "ListStreams", map[string]any{})
+	if st != 400 && st != 403 {
+		t.Errorf("refused signature: status %d", st)
+	}
+	if got := h.Get("Content-Type"); got != serverType {
+		t.Errorf("proxy error Content-Type %q, the server's %q", got, serverType)
+	}
+	if m["__type"] != "InvalidSignatureException" || h.Get("X-Amzn-Errortype") != "InvalidSignatureException" {
+		t.Errorf("proxy error type %v / %q, want InvalidSignatureException", m["__type"], h.Get("X-Amzn-Errortype"))
+	}
+	if msg, _ := m["message"].(string); msg == "" {
+		t.Errorf("proxy error has no message: %v", m)
 	}
 }
