@@ -30,7 +30,9 @@ Protocols:
          injects the pathway header into every record and checkpoints it. Each path fetches what it
          produced, so only the proxy's consumer decodes a header per record; the "with ctx" row
          compares fetches of the same records, those produced through the proxy, as a consumer
-         of a traced producer reads them.
+         of a traced producer reads them. Every timed fetch is a repeat read: each topic is read
+         once, directly and untimed, first (kfake served the first read of records produced
+         through the proxy at about half the rate of their second read, on every path).
   sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
          10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs.
   amqp   the local RabbitMQ at --amqp-url; publish bare messages (confirms off, then on), consume
