@@ -205,17 +205,22 @@ func cborEnc(dst []byte, v any, indefinite bool) []byte {
 }
 
 // cborCall sends a signed Kinesis CBOR request through the proxy, as Java SDKs do by default.
-func cborCall(t *testing.T, url, op string, req map[string]any, indefinite bool) map[string]any {
+// cborRequest is a Kinesis CBOR request as a Java SDK sends it, signed with testKey and secret.
+func cborRequest(t *testing.T, url, op string, body []byte, secret string) *http.Request {
 	t.Helper()
-	body := cborEnc(nil, req, indefinite)
 	r, _ := http.NewRequest(http.MethodPost, url+"/", bytes.NewReader(body))
 	r.Header.Set("Content-Type", "application/x-amz-cbor-1.1")
 	r.Header.Set("X-Amz-Target", "Kinesis_20131202."+op)
-	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret}
+	creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: secret}
 	if err := v4.NewSigner().SignHTTP(context.Background(), creds, r, sha256Hex(body), "kinesis", "us-east-1", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	st, _, resp := do(t, r)
+	return r
+}
+
+func cborCall(t *testing.T, url, op string, req map[string]any, indefinite bool) map[string]any {
+	t.Helper()
+	st, _, resp := do(t, cborRequest(t, url, op, cborEnc(nil, req, indefinite), testSecret))
 	if st != 200 {
 		t.Fatalf("CBOR %s: %d %q", op, st, resp)
 	}
@@ -445,15 +450,7 @@ func TestKinesisCBORErrors(t *testing.T) {
 	tp, _, _, _ := kinesisSetup(t, "cborerr", nil)
 	send := func(secret, op string, req map[string]any) (int, http.Header, map[string]any) {
 		t.Helper()
-		body := cborEnc(nil, req, false)
-		r, _ := http.NewRequest(http.MethodPost, tp.url+"/", bytes.NewReader(body))
-		r.Header.Set("Content-Type", "application/x-amz-cbor-1.1")
-		r.Header.Set("X-Amz-Target", "Kinesis_20131202."+op)
-		creds := awssdk.Credentials{AccessKeyID: testKey, SecretAccessKey: secret}
-		if err := v4.NewSigner().SignHTTP(context.Background(), creds, r, sha256Hex(body), "kinesis", "us-east-1", time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		st, h, resp := do(t, r)
+		st, h, resp := do(t, cborRequest(t, tp.url, op, cborEnc(nil, req, false), secret))
 		var m map[string]any
 		if err := cbor.Unmarshal([]byte(resp), &m); err != nil {
 			t.Fatalf("%s answer (%d, %s) is not CBOR: %v: %q", op, st, h.Get("Content-Type"), err, resp)
