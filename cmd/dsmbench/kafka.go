@@ -102,14 +102,16 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 		}
 		return settle()
 	}
-	// warmRead reads topic once, directly and untimed, before its timed fetches. kfake, which
-	// keeps the log in its heap, served the first read of the records produced through the proxy
-	// at 0.35-0.6 of the rate of their second read, on every path (read directly: 220-440 MB/s
-	// against 560-760 for a first read of records produced directly or through the relay;
-	// 2026-12-05, 1M records a phase). Its CPU profile put the difference in copying the batches
-	// into each response (the same bytes and batch count either way); we did not find why the
-	// first read of those records costs more. A broker serving a log from the page cache has no
-	// such first read, so every timed fetch is a repeat read, on every path alike.
+	// warmRead reads topic once, directly and untimed, before its timed fetches. kfake builds
+	// every fetch response in its heap (about 5 bytes allocated per byte served, collections off
+	// during a phase), and on this VM the first touch of a heap page the Go runtime has handed
+	// back to the kernel costs about 6 µs of user time with MADV_FREE, with no page fault to show
+	// for it. A fetch that outgrew the heap kept from earlier phases paid that: the proxy's, whose
+	// batches are 5% bigger (the header; kfake's appends grow by bigger steps) and whose produce
+	// phase lasts longer (more time for the runtime to hand memory back), ran at 0.35-0.6 of the
+	// rate of a second read of the same records, on any path (2026-12-05). The read before leaves
+	// the heap that read needs, for the timed one; a broker serving its log from the page cache
+	// allocates nothing per fetch.
 	warmRead := func(topic string) error {
 		if err := settle(); err != nil {
 			return err
