@@ -19,6 +19,7 @@ import (
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -102,6 +103,12 @@ func runChild(args []string) int {
 	m.agg.Close()
 	st := m.agg.Stats()
 	fmt.Fprintf(os.Stderr, "proxy: %d points aggregated, %d dropped\n", st.Aggregated, st.PointsDropped)
+	// A proxy that skipped work would look faster: say what it did.
+	if k, ok := f.(*kafka.Proxy); ok {
+		ks := k.Stats()
+		fmt.Fprintf(os.Stderr, "proxy: kafka: %d records given the header, %d checkpointed from fetches, %d fetch responses not observed (queue full), %d batches skipped\n",
+			ks.InjectedRecords, ks.ConsumedRecords, ks.ObserveDropped, ks.SkippedBatches)
+	}
 	return 0
 }
 

@@ -49,11 +49,19 @@ func smokeKafka(t *testing.T, flags ...string) {
 	if !strings.Contains(errb.String(), "points aggregated, 0 dropped") {
 		t.Errorf("the proxy child did not report its aggregation:\n%s", errb.String())
 	}
+	// The proxied path did the proxy's work: every record it produced got the header and was
+	// checkpointed when fetched back.
+	if m := kafkaWork.FindStringSubmatch(errb.String()); m == nil || m[1] != m[2] || m[1] == "0" || m[3] != "0" {
+		t.Errorf("the proxy child's Kafka work (header, fetch checkpoints, unobserved responses): %q\n%s", m, errb.String())
+	}
 	// One relay line under each produce and fetch row, none under "with ctx".
 	if got, want := len(relayLine.FindAllString(s, -1)), 4*strings.Count(strings.Join(flags, " "), "--relay"); got != want {
 		t.Errorf("%d relay lines, want %d:\n%s", got, want, s)
 	}
 }
+
+// kafkaWork matches the proxy child's account of its Kafka work.
+var kafkaWork = regexp.MustCompile(`kafka: (\d+) records given the header, (\d+) checkpointed from fetches, (\d+) fetch responses not observed`)
 
 // relayLine matches a table line of the relay path.
 var relayLine = regexp.MustCompile(`(?m)^ +relay `)
