@@ -87,7 +87,7 @@ type Backlog struct {
 // Stats are the aggregator's counters.
 type Stats struct {
 	Points         uint64 // accepted by Add
-	PointsDropped  uint64 // refused by Add because the queue was full
+	PointsDropped  uint64 // refused by Add because the queue was full, or counted by Dropped
 	Offsets        uint64 // accepted by Offset
 	OffsetsDropped uint64
 	Aggregated     uint64 // points folded into buckets
@@ -241,6 +241,14 @@ func (a *Aggregator) AddAll(ps []pathway.Point) int {
 		a.nPointsDropped.Add(uint64(d))
 	}
 	return n
+}
+
+// Dropped counts n points a caller could not hand over (a bound of its own): they show in
+// Stats().PointsDropped and the flush log with the points the queue refused.
+func (a *Aggregator) Dropped(n int) {
+	if n > 0 {
+		a.nPointsDropped.Add(uint64(n))
+	}
 }
 
 // Offset queues a Kafka offset (produce, commit or high watermark); the bucket keeps the highest

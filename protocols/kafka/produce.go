@@ -27,6 +27,8 @@ type producedPart struct {
 	// points are the produce checkpoints of the records, held until the broker stores them:
 	// a batch refused, or sent again by a client that timed out, is not counted (again).
 	points *[]pathway.Point
+	// unpointed records got the header past maxBatchPoints: checkpoints counted as dropped.
+	unpointed int
 	// An idempotent producer's batch: its producer id and sequence (see producedSequences).
 	producerID int64
 	seq        batchSequence
@@ -87,11 +89,11 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 			s.p.stats.skipped.Add(1)
 			s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.partition, n)
 		default:
-			if start, end, held, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
+			if start, end, held, over, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
 				span = [2]int{start, end}
 				changed = true
 				part := &facts.parts[len(facts.parts)-1]
-				part.grownTo, part.size, part.points = end-start, len(records), held
+				part.grownTo, part.size, part.points, part.unpointed = end-start, len(records), held, over
 				part.producerID, part.seq, part.idempotent = idempotentBatch(records)
 			}
 		}
@@ -213,7 +215,9 @@ func (s *session) releasePoints(part *producedPart, stored bool) {
 	}
 	if stored {
 		s.p.addPoints(*part.points)
+		s.p.dropPoints(part.unpointed)
 	}
+	part.unpointed = 0
 	*part.points = (*part.points)[:0]
 	s.p.pointBufs.Put(part.points)
 	part.points = nil

@@ -545,6 +545,21 @@ func (p *Proxy) addPoints(pts []pathway.Point) {
 	}
 }
 
+// dropCounter is the part of an Observer (the aggregator) that counts checkpoints a caller
+// could not hand over, so they show where its own drops do.
+type dropCounter interface{ Dropped(n int) }
+
+// dropPoints counts n checkpoints that were not taken (maxBatchPoints).
+func (p *Proxy) dropPoints(n int) {
+	if n <= 0 {
+		return
+	}
+	p.stats.dropped.Add(uint64(n))
+	if dc, ok := p.obs.(dropCounter); ok {
+		dc.Dropped(n)
+	}
+}
+
 func (p *Proxy) addOffset(o pathway.Offset) {
 	if !p.obs.Offset(o) {
 		p.stats.dropped.Add(1)

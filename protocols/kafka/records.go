@@ -51,9 +51,17 @@ type batchCodec interface {
 //
 // With hold, the checkpoints are not handed over but returned in a pooled buffer, for the
 // broker's answer to release.
-func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold bool) (start, end int, held *[]pathway.Point, ok bool) {
+// maxBatchPoints bounds the produce checkpoints one partition's batches collect (88 bytes each).
+// The aggregator's queue holds aggregator.DefaultQueueSize (65,536) points and a batch hands its
+// points over at once, so more would be dropped there anyway; unbounded, a small compressed batch
+// of minimal records that decompresses to the 64 MiB limit collected about a million of them, half
+// a gigabyte allocated as the slice grew. Records past the bound still get the header; their
+// checkpoints are counted as dropped when the batch's points are released.
+var maxBatchPoints = 1 << 16
+
+func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold bool) (start, end int, held *[]pathway.Point, over int, ok bool) {
 	if len(records) == 0 {
-		return 0, 0, nil, false
+		return 0, 0, nil, 0, false
 	}
 	p := s.p
 	now := p.now()
@@ -88,10 +96,18 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 				own.hdr = c.AppendBase64(own.hdr[:0])
 				own.ctx, own.have = append(own.ctx[:0], r.Context...), true
 			}
+			if len(pts) >= maxBatchPoints {
+				over++
+				return own.hdr
+			}
 			pt := own.point
 			pt.PayloadSize = r.PayloadSize
 			pts = append(pts, pt)
 			return own.hdr
+		}
+		if len(pts) >= maxBatchPoints {
+			over++
+			return s.hdr
 		}
 		pt := point
 		pt.PayloadSize = r.PayloadSize
@@ -109,7 +125,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	if err != nil {
 		p.stats.skipped.Add(1)
 		p.decodeError("record batch", keyProduce, -1, err)
-		return 0, 0, nil, false
+		return 0, 0, nil, 0, false
 	}
 	if changed {
 		// hold is false exactly for acks=0, whose refusals nobody would see.
@@ -122,7 +138,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 			p.stats.skipped.Add(1)
 			p.skip(skip, "batch forwarded unmodified", ci.service, edge, partition, batchRecordCount(records))
 		}
-		return 0, 0, nil, false
+		return 0, 0, nil, 0, false
 	}
 	s.scratch = out
 	if hold {
@@ -131,8 +147,12 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	} else {
 		p.addPoints(pts)
 	}
-	p.stats.injected.Add(uint64(len(pts)))
-	return start, len(out), held, true
+	p.stats.injected.Add(uint64(len(pts) + over))
+	if !hold {
+		p.dropPoints(over)
+		over = 0
+	}
+	return start, len(out), held, over, true
 }
 
 // maxPointRun bounds the points consumeRecords collects before handing them to the observer, so
