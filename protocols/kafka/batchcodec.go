@@ -209,6 +209,11 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		c.smap.reset()
 		m = &c.smap
 	}
+	// The spliced copy in one allocation where its size can be told: grown a quarter at a time, a
+	// batch that splices to the limit allocated about five times the limit on the way.
+	if est := min(len(raw)+min(count, len(raw)/minRecordBytes)*spliceGrowthPerRecord, decompressLimit+spliceGrowthPerRecord); cap(c.raw) < est {
+		c.raw = make([]byte, 0, est)
+	}
 	spliced, n, err := spliceHeadersMax(c.raw[:0], raw, count, meta, decide, m, decompressLimit)
 	c.raw = spliced[:0]
 	if cap(spliced) > maxKeptPlain {
@@ -379,6 +384,14 @@ func varintSlow(b []byte, i int) (int32, int) {
 func spliceHeaders(dst, raw []byte, count int, meta batchMeta, decide func(batchMeta, *recordMeta) []byte, m *spliceMap) ([]byte, int, error) {
 	return spliceHeadersMax(dst, raw, count, meta, decide, m, math.MaxInt)
 }
+
+// minRecordBytes is the smallest record a batch can hold (length, attributes, timestamp and
+// offset deltas, null key, null value, no headers: one byte each), which bounds the records a
+// batch's bytes can declare; spliceGrowthPerRecord is about what a pathway header adds to one.
+const (
+	minRecordBytes        = 7
+	spliceGrowthPerRecord = 64
+)
 
 // errSplicedSize: the spliced records passed spliceHeadersMax's limit.
 var errSplicedSize = errors.New("spliced records over the limit")

@@ -92,6 +92,7 @@ type ownContext struct {
 	have     bool
 	ctx, hdr []byte
 	point    pathway.Point
+	over     int // records past maxBatchPoints in this partition's batches
 }
 
 // maxQueuedRequests bounds the requests of one connection awaiting answers. Clients keep a few in

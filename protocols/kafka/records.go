@@ -82,7 +82,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	// checkpoint and is replaced (as AMQP does); a traced producer's batch shares one context, so
 	// the checkpoint is taken once per run of equal ones.
 	own := &s.own // kept in the session: variables the closure sets would cost allocations per batch
-	own.have = false
+	own.have, own.over = false, 0
 	out, changed, skip, err := s.codec.Inject(s.scratch, records, func(_ batchMeta, r *recordMeta) []byte {
 		if r.HasContext {
 			if p.respect {
@@ -97,7 +97,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 				own.ctx, own.have = append(own.ctx[:0], r.Context...), true
 			}
 			if len(pts) >= maxBatchPoints {
-				over++
+				own.over++
 				return own.hdr
 			}
 			pt := own.point
@@ -106,7 +106,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 			return own.hdr
 		}
 		if len(pts) >= maxBatchPoints {
-			over++
+			own.over++
 			return s.hdr
 		}
 		pt := point
@@ -147,6 +147,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	} else {
 		p.addPoints(pts)
 	}
+	over = own.over
 	p.stats.injected.Add(uint64(len(pts) + over))
 	if !hold {
 		p.dropPoints(over)

@@ -24,8 +24,9 @@ func TestSpliceGrowthBounded(t *testing.T) {
 	// Scaled down (decompressLimit is lowered by tests) so the test runs in seconds under -race;
 	// before the bound, with the real 64 MiB limit, 9,000,000 records in a 12 KB request made the
 	// proxy allocate 9.3 GiB and forward a batch that decompresses to ~600 MB. Here it was 571 MiB
-	// for the 4 MiB limit; a constant multiple of the limit (decompressing, splicing, a point
-	// per record seen) remains.
+	// for the 4 MiB limit, then 57 MiB; with the checkpoints per batch bounded (maxBatchPoints) and
+	// the spliced copy allocated once, 41 MiB here (a constant part is the codecs' own state), and
+	// 161 MiB for the real 64 MiB limit (941 MiB before those two).
 	old := decompressLimit
 	decompressLimit = 4 << 20
 	t.Cleanup(func() { decompressLimit = old })
@@ -47,8 +48,8 @@ func TestSpliceGrowthBounded(t *testing.T) {
 	alloc := after.TotalAlloc - before.TotalAlloc
 	t.Logf("request %d bytes, rewritten to %d bytes (injected=%v), proxy allocated %d MiB in %v",
 		len(frame), len(out), len(out) != len(frame), alloc>>20, took)
-	if alloc > 20*uint64(decompressLimit) {
-		t.Errorf("one %d-byte produce request made the proxy allocate %d MiB (> 20 x the %d MiB decompression limit)", len(frame), alloc>>20, decompressLimit>>20)
+	if alloc > 12*uint64(decompressLimit) {
+		t.Errorf("one %d-byte produce request made the proxy allocate %d MiB (> 12 x the %d MiB decompression limit)", len(frame), alloc>>20, decompressLimit>>20)
 	}
 	if !bytes.Equal(out, frame) {
 		t.Errorf("the batch was rewritten (%d bytes), want it forwarded as it came", len(out))
