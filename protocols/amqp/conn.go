@@ -50,7 +50,11 @@ type session struct {
 	opened, clientClosing, proxyClosing atomic.Bool
 	brokerClose                         atomic.Pointer[string] // why the broker closed the connection, with an error code
 	loginSent, tuned                    atomic.Bool            // Connection.StartOk forwarded; Connection.Tune came back
-	frameMax                            uint32                 // from Connection.TuneOk; client goroutine only
+	// closeOkSent is closed once the relay has forwarded the broker's CloseOk to a client that
+	// sent Connection.Close: a drain waiting for it need not wait for the broker's socket too.
+	closeOkSent     chan struct{}
+	closeOkSignaled atomic.Bool
+	frameMax        uint32 // from Connection.TuneOk; client goroutine only
 
 	pub map[uint16]*pubState
 	del map[uint16]*delState
@@ -204,7 +208,8 @@ func (cs *chanShared) advanceSettledLocked() {
 // ServeConn implements proxy.Handler.
 func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	p.stats.conns.Add(1)
-	s := &session{p: p, c: c, log: c.Log, pub: map[uint16]*pubState{}, del: map[uint16]*delState{}, shared: map[uint16]*chanShared{}}
+	s := &session{p: p, c: c, log: c.Log, pub: map[uint16]*pubState{}, del: map[uint16]*delState{}, shared: map[uint16]*chanShared{},
+		closeOkSent: make(chan struct{})}
 	if ap, err := netip.ParseAddrPort(c.Client.RemoteAddr().String()); err == nil {
 		s.addr = ap.Addr().Unmap()
 	}
@@ -302,18 +307,20 @@ func (s *session) serve(ctx context.Context) error {
 		return nil
 	}
 	var derr error
-	relayDone := false
 	if errors.Is(err, errDrained) && s.clientClosing.Load() {
 		// The client's own Connection.Close is with the broker: the relay forwards its CloseOk,
-		// and the broker then ends the connection, as without the proxy.
+		// as without the proxy. The broker may take a while (it closes every channel first): the
+		// wait ends there, when the broker ends the connection, or at the drain's deadline, when
+		// the listener closes both sockets. (A fixed 2 s was too short for a busy broker.)
 		select {
 		case derr = <-down:
-			relayDone = true
-		case <-time.After(closeWait):
+			s.c.Upstream.Close()
+		case <-s.closeOkSent:
+			s.c.Upstream.Close() // RabbitMQ waits for the client to hang up first
+			derr = <-down
 		}
-	}
-	s.c.Upstream.Close()
-	if !relayDone {
+	} else {
+		s.c.Upstream.Close()
 		derr = <-down
 	}
 	if errors.Is(err, errDrained) {
@@ -637,6 +644,14 @@ func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
 		}
 		if _, err := w.Write(f.Raw); err != nil {
 			return err
+		}
+		if ch == 0 && f.Type == frameMethod && s.clientClosing.Load() && s.closeOkSent != nil && methodOf(f.Payload) == connCloseOk {
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if !s.closeOkSignaled.Swap(true) {
+				close(s.closeOkSent)
+			}
 		}
 		switch f.Type {
 		case frameMethod:
