@@ -44,13 +44,6 @@ type batchCodec interface {
 	Grown(size int) grownBatch
 }
 
-// injectPartition splices the pathway context into one partition's batch, appending the result
-// to s.scratch (it returns where), and records a produce checkpoint for every record that got it.
-// Records that already carry a context are left alone (an instrumented client checkpointed them)
-// and counted.
-//
-// With hold, the checkpoints are not handed over but returned in a pooled buffer, for the
-// broker's answer to release.
 // maxBatchPoints bounds the produce checkpoints one partition's batches collect (88 bytes each).
 // The aggregator's queue holds aggregator.DefaultQueueSize (65,536) points and a batch hands its
 // points over at once, so more would be dropped there anyway; unbounded, a small compressed batch
@@ -59,6 +52,14 @@ type batchCodec interface {
 // checkpoints are counted as dropped when the batch's points are released.
 var maxBatchPoints = 1 << 16
 
+// injectPartition splices the pathway context into one partition's batch, appending the result
+// to s.scratch (it returns where), and records a produce checkpoint for every record that got it.
+// Records that already carry a context are left alone (an instrumented client checkpointed them)
+// and counted.
+//
+// With hold, the checkpoints are not handed over but returned in a pooled buffer, for the
+// broker's answer to release, with over: the records past maxBatchPoints, whose checkpoints are
+// to be counted as dropped then. Without hold both happen here.
 func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold bool) (start, end int, held *[]pathway.Point, over int, ok bool) {
 	if len(records) == 0 {
 		return 0, 0, nil, 0, false
@@ -96,23 +97,9 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 				own.hdr = c.AppendBase64(own.hdr[:0])
 				own.ctx, own.have = append(own.ctx[:0], r.Context...), true
 			}
-			if len(pts) >= maxBatchPoints {
-				own.over++
-				return own.hdr
-			}
-			pt := own.point
-			pt.PayloadSize = r.PayloadSize
-			pts = append(pts, pt)
-			return own.hdr
+			return own.take(&pts, r.PayloadSize, own.point, own.hdr)
 		}
-		if len(pts) >= maxBatchPoints {
-			own.over++
-			return s.hdr
-		}
-		pt := point
-		pt.PayloadSize = r.PayloadSize
-		pts = append(pts, pt)
-		return s.hdr
+		return own.take(&pts, r.PayloadSize, point, s.hdr)
 	})
 	s.points = pts[:0]
 	if cap(pts) > maxPointRun {
@@ -154,6 +141,18 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		over = 0
 	}
 	return start, len(out), held, over, true
+}
+
+// take records pt, with the record's payload size, as the checkpoint of a record that gets hdr,
+// or counts it in over past maxBatchPoints, and returns hdr.
+func (o *ownContext) take(pts *[]pathway.Point, size int64, pt pathway.Point, hdr []byte) []byte {
+	if len(*pts) >= maxBatchPoints {
+		o.over++
+		return hdr
+	}
+	pt.PayloadSize = size
+	*pts = append(*pts, pt)
+	return hdr
 }
 
 // maxPointRun bounds the points consumeRecords collects before handing them to the observer, so
