@@ -449,7 +449,7 @@ func cborBlobEdit(doc []byte, from int, v any, data []byte) (edit, bool) {
 		old = append(appendCBORHead(nil, 2, len(b)), b...)
 		repl = append(appendCBORHead(nil, 2, len(data)), data...)
 	case string:
-		old = append(appendCBORHead(nil, 3, len(b)), b...)
+		old = appendCBORText(nil, b)
 		enc := base64.StdEncoding.AppendEncode(nil, data)
 		repl = append(appendCBORHead(nil, 3, len(enc)), enc...)
 	default:
