@@ -3,6 +3,7 @@ package kafka
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"net"
 	"slices"
 	"testing"
 	"time"
@@ -35,16 +36,9 @@ func TestIncrementalFetchSession(t *testing.T) {
 	if _, err := conn.Write(produceFrame(9, topic, buildBatch(t, 1, 4000, nil), buildBatch(t, 10, 10, gz))); err != nil {
 		t.Fatal(err)
 	}
-	pf, err := readFrame(conn, DefaultMaxFrameBytes)
-	if err != nil {
-		t.Fatal(err)
-	}
 	presp := kmsg.NewPtrProduceResponse()
 	presp.SetVersion(9)
-	start, _ := responseBodyStart(pf, keyProduce, true)
-	if err := presp.ReadFrom(pf[start:]); err != nil {
-		t.Fatal(err)
-	}
+	readResponse(t, conn, presp)
 	for _, pt := range presp.Topics[0].Partitions {
 		if pt.ErrorCode != 0 {
 			t.Fatalf("produce partition %d: error %d", pt.Partition, pt.ErrorCode)
@@ -77,16 +71,9 @@ func TestIncrementalFetchSession(t *testing.T) {
 		if _, err := conn.Write(requestFrame(req, corr)); err != nil {
 			t.Fatal(err)
 		}
-		frame, err := readFrame(conn, DefaultMaxFrameBytes)
-		if err != nil {
-			t.Fatal(err)
-		}
 		resp := kmsg.NewPtrFetchResponse()
 		resp.SetVersion(12)
-		start, _ := responseBodyStart(frame, keyFetch, true)
-		if err := resp.ReadFrom(frame[start:]); err != nil {
-			t.Fatal(err)
-		}
+		readResponse(t, conn, resp)
 		return resp
 	}
 	partRecords := func(resp *kmsg.FetchResponse, id int32) []byte {
@@ -178,5 +165,21 @@ func TestLegacyMessageSetFetched(t *testing.T) {
 	})
 	if len(skips) != 1 || skips[0].Messages != 3 || skips[0].Edge.Topic != "orders" {
 		t.Errorf("skip events %+v, want one for the 3 messages on orders", errs.events)
+	}
+}
+
+// readResponse reads the next response frame from conn into resp, whose version is set.
+func readResponse(t *testing.T, conn net.Conn, resp kmsg.Response) {
+	t.Helper()
+	frame, err := readFrame(conn, DefaultMaxFrameBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := responseBodyStart(frame, resp.Key(), resp.IsFlexible())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resp.ReadFrom(frame[start:]); err != nil {
+		t.Fatal(err)
 	}
 }
