@@ -2,8 +2,9 @@ package kafka
 
 import (
 	"fmt"
-	"github.com/twmb/franz-go/pkg/kmsg"
 	"maps"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
