@@ -841,11 +841,17 @@ func (s *session) clientMethod(f frame) {
 		s.mu.Lock()
 		s.sharedLocked(f.Channel).closing = true
 		s.mu.Unlock()
+		if s.p.cfg.clientClosed != nil {
+			s.p.cfg.clientClosed()
+		}
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
 			s.errorClose("client", m, f.Channel, c)
 		}
 	case connClose:
 		s.clientClosing.Store(true)
+		if s.p.cfg.clientClosed != nil {
+			s.p.cfg.clientClosed()
+		}
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
 			s.errorClose("client", m, 0, c)
 		}

@@ -199,7 +199,17 @@ func TestGetOkAfterChannelClose(t *testing.T) {
 func TestDeliveriesAfterClientClose(t *testing.T) {
 	for _, closeConn := range []bool{false, true} {
 		t.Run(fmt.Sprint("connection close ", closeConn), func(t *testing.T) {
-			h := startProxy(t, nil)
+			// The proxy's consume count when it takes in the client's Close.
+			closed := make(chan uint64, 1)
+			var h *harness
+			h = startProxy(t, func(c *Config) {
+				c.clientClosed = func() {
+					select {
+					case closed <- h.p.Stats().Consumed:
+					default:
+					}
+				}
+			})
 			const n = 3000
 			dc := dial(t, directURL, "filler", 0)
 			q := declareQueue(t, dc, unique("big"))
@@ -213,14 +223,22 @@ func TestDeliveriesAfterClientClose(t *testing.T) {
 			waitFor(t, "the messages queued", func() bool { return queueDepth(t, q) == n })
 			rc := rawDial(t, h.p.Addr().String())
 			rc.send(appendFrame(nil, frameMethod, 1, method(60, 20, u16b(0), sstr(q), sstr("c1"), []byte{0x08}, lstr(nil)))) // nowait, ack mode
-			time.Sleep(time.Second)                                                                                          // the client reads nothing: the sockets fill, the proxy waits on its write
-			before := h.p.Stats().Consumed
+			// The client reads nothing: the sockets fill and the proxy waits on its write.
+			settledConsumed(t, h)
 			want := mid(20, 41)
 			if closeConn {
 				rc.send(appendFrame(nil, frameMethod, 0, method(10, 50, u16b(200), sstr("bye"), u16b(0), u16b(0))))
 				want = connCloseOk
 			} else {
 				rc.send(appendFrame(nil, frameMethod, 1, method(20, 40, u16b(200), sstr("bye"), u16b(0), u16b(0))))
+			}
+			// Reading before the proxy has taken in the Close would race its two directions:
+			// deliveries unblocked by the client's reads could be observed before the Close is.
+			var before uint64
+			select {
+			case before = <-closed:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the proxy did not take in the client's Close")
 			}
 			delivered := 0
 			for {
@@ -243,4 +261,21 @@ func TestDeliveriesAfterClientClose(t *testing.T) {
 			}
 		})
 	}
+}
+
+// settledConsumed waits until the proxy's consume count is above zero and has not moved for a
+// second: its writes to a client that reads nothing are blocked.
+func settledConsumed(t *testing.T, h *harness) {
+	t.Helper()
+	last, still := uint64(0), 0
+	waitFor(t, "the proxy blocked on the full socket", func() bool {
+		time.Sleep(90 * time.Millisecond)
+		n := h.p.Stats().Consumed
+		if n == 0 || n != last {
+			last, still = n, 0
+			return false
+		}
+		still++
+		return still >= 10
+	})
 }

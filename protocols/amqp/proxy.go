@@ -74,6 +74,10 @@ type Config struct {
 
 	// MaxConsumers bounds the consumer tags remembered per channel (default 4096).
 	MaxConsumers int
+
+	// clientClosed, for tests, runs once the proxy has taken in a client's Channel.Close or
+	// Connection.Close, before passing it on.
+	clientClosed func()
 }
 
 // Stats are the proxy's counters.
