@@ -237,6 +237,10 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 		last = ctx
 		prev, prevCtx, havePrev = pt, append(prevCtx[:0], r.Context...), true
 	})
+	// The link goes in before the last points: whoever sees those points sees the link.
+	if n > 0 && p.cfg.LinkConsumeProduce {
+		p.links.put(lk, last, now)
+	}
 	p.addPoints(pts)
 	*pp = pts[:0]
 	p.pointBufs.Put(pp)
@@ -250,7 +254,4 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 			ci.service, edge, part.Partition, legacy)
 	}
 	p.stats.consumed.Add(uint64(n))
-	if n > 0 && p.cfg.LinkConsumeProduce {
-		p.links.put(lk, last, now)
-	}
 }
