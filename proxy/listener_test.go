@@ -98,7 +98,8 @@ func TestIdleTimeoutExactClock(t *testing.T) {
 
 func TestIdleTimeoutRealClock(t *testing.T) {
 	up := startEcho(t, nil)
-	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: 50 * time.Millisecond}, HandlerFunc(relay))
+	// Long enough that a dial and one echo fit in it on a loaded machine.
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: time.Second}, HandlerFunc(relay))
 	c := dial(t, l)
 	roundTrip(t, c, "then silence")
 	expectClosed(t, c)
@@ -302,14 +303,16 @@ func TestDrainDeadlineCutsADial(t *testing.T) {
 	}
 }
 
-// TestIdleTimeoutSparesALongWrite: one write of 32 MiB to a client that reads steadily but
+// TestIdleTimeoutSparesALongWrite: one write of 6 MiB to a client that reads steadily but
 // slowly takes longer than the idle timeout; the connection moves bytes all along and is not
 // closed as idle.
 func TestIdleTimeoutSparesALongWrite(t *testing.T) {
 	up := startEcho(t, nil)
-	const size = 32 << 20
+	const size = 6 << 20
 	wrote := make(chan error, 1)
-	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: 300 * time.Millisecond},
+	// The write takes 2 s or more and moves a chunk about every 80 ms: only a stall of most of a
+	// second on a loaded machine could look idle.
+	l := startListener(t, ListenerConfig{Upstream: up.addr(), IdleTimeout: time.Second},
 		HandlerFunc(func(ctx context.Context, c *Conn) error {
 			_, err := c.Client.Write(make([]byte, size))
 			wrote <- err
@@ -325,7 +328,7 @@ func TestIdleTimeoutSparesALongWrite(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d of %d bytes: %v", got, size, err)
 		}
-		time.Sleep(2 * time.Millisecond) // about 30 MB/s: never 300 ms without a byte
+		time.Sleep(20 * time.Millisecond) // at most about 3 MB/s
 	}
 	if err := <-wrote; err != nil {
 		t.Errorf("the write was cut: %v", err)
