@@ -154,9 +154,7 @@ func TestUnansweredPayloadNotResent(t *testing.T) {
 		name   string
 		giveUp func(agent *agenttest.Agent) (context.Context, context.CancelFunc)
 	}{
-		{"deadline", func(*agenttest.Agent) (context.Context, context.CancelFunc) {
-			return context.WithTimeout(context.Background(), 300*time.Millisecond)
-		}},
+		{"deadline", expiresOncePosted},
 		{"shutdown", func(agent *agenttest.Agent) (context.Context, context.CancelFunc) {
 			// Cancelled once the Agent has the post; the timeout only bounds a broken test.
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -211,7 +209,7 @@ func TestExpiredFlushLeavesTheRest(t *testing.T) {
 	two[1].Groups[0].Service = "other" // one payload per service
 	release := agent.HoldAnswers()
 	defer release()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	ctx, cancel := expiresOncePosted(agent)
 	defer cancel()
 	if err := s.Send(ctx, two); err == nil {
 		t.Fatal("Send = nil with a payload left unsent")
@@ -233,4 +231,28 @@ func TestAgentURLSecretStaysOut(t *testing.T) {
 	if _, err := NewAgentSink(AgentConfig{URL: "ftp://dd:s3cret@agent"}); err == nil || strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("refused URL: %v", err)
 	}
+}
+
+// expiresOncePosted returns a flush context whose time runs out (Err is DeadlineExceeded) once
+// the Agent holds a post: a fixed short deadline could pass before the post is written on a
+// loaded machine, and the payload would then rightly stay pending.
+func expiresOncePosted(agent *agenttest.Agent) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // bounds a broken test
+	go func() {
+		for agent.Posts() == 0 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+	}()
+	return expiredCtx{ctx}, cancel
+}
+
+// expiredCtx reports the end of its context as a deadline's.
+type expiredCtx struct{ context.Context }
+
+func (c expiredCtx) Err() error {
+	if c.Context.Err() != nil {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
