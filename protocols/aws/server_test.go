@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -149,7 +150,7 @@ func TestServerShutdownClosesIdle(t *testing.T) {
 // deadline still gets its 100 Continue, then its answer.
 func TestServerContinueAfterIdle(t *testing.T) {
 	defer func(d time.Duration) { bodyTimeout = d }(bodyTimeout)
-	bodyTimeout = time.Second // for the 2 minutes an idle connection may outlast
+	bodyTimeout = 3 * time.Second // for the 2 minutes an idle connection may outlast; long enough for a loaded machine to send the body
 	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:9"; c.Listener.IdleTimeout = time.Minute })
 	c, err := net.Dial("tcp", tp.Addr().String())
 	if err != nil {
@@ -165,7 +166,7 @@ func TestServerContinueAfterIdle(t *testing.T) {
 	} else {
 		io.Copy(io.Discard, r.Body)
 	}
-	time.Sleep(1500 * time.Millisecond) // past the answer's write deadline
+	time.Sleep(bodyTimeout + 500*time.Millisecond) // past the answer's write deadline
 	io.WriteString(c, head+"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n")
 	r, err := http.ReadResponse(br, nil)
 	if err != nil || r.StatusCode != http.StatusContinue {
@@ -204,8 +205,9 @@ func TestServerDrainSaysClose(t *testing.T) {
 	if err := json.NewDecoder(r.Body).Decode(&cq); err != nil {
 		t.Fatal(err)
 	}
-	// A long poll in flight when the drain begins.
-	io.WriteString(c, call("ReceiveMessage", `{"QueueUrl":"`+cq.QueueUrl+`","WaitTimeSeconds":2}`))
+	// A long poll in flight when the drain begins. It ends when the test sends a message once the
+	// drain has begun: a short wait could end before a loaded machine got there.
+	io.WriteString(c, call("ReceiveMessage", `{"QueueUrl":"`+cq.QueueUrl+`","WaitTimeSeconds":20}`))
 	for up.count() < 2 { // the long poll reached the emulator
 		if time.Now().After(deadline) {
 			t.Fatal("the long poll never reached upstream")
@@ -218,9 +220,33 @@ func TestServerDrainSaysClose(t *testing.T) {
 		defer cancel()
 		done <- tp.Shutdown(ctx)
 	}()
+	for { // the listener closes once the drain has begun
+		d, err := net.Dial("tcp", tp.Addr().String())
+		if err != nil {
+			break
+		}
+		d.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the drain never began")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Straight to the emulator: the proxy takes no new connections now.
+	qu, err := url.Parse(cq.QueueUrl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qu.Scheme, qu.Host = up.target.Scheme, up.target.Host
+	if _, err := httpPost(up.target.String(), "application/x-amz-json-1.0", map[string]string{"X-Amz-Target": "AmazonSQS.SendMessage"},
+		`{"QueueUrl":"`+qu.String()+`","MessageBody":"wake"}`); err != nil {
+		t.Fatal(err)
+	}
 	r, err = http.ReadResponse(br, nil)
 	if err != nil || r.StatusCode != http.StatusOK {
 		t.Fatalf("the long poll during the drain: %v %v", r, err)
+	}
+	if b, _ := io.ReadAll(r.Body); !strings.Contains(string(b), "wake") {
+		t.Errorf("the long poll's answer lacks the message sent during the drain: %s", b)
 	}
 	if !r.Close {
 		t.Error("an answer written during the drain does not say Connection: close")
