@@ -25,8 +25,14 @@ build:
 demo:
 	$(GO) run ./cmd/dsmproxy demo
 
+# Two runs. First every process shares every CPU, so the proxy's CPU is taken from the clients
+# and the broker. Then --pin gives the proxy a CPU of its own, as it has on its own host or
+# sidecar core: that table is the proxy's cost as deployed. --relay shows what a TCP hop that
+# parses nothing costs in each.
 bench:
-	$(GO) run ./cmd/dsmbench
+	$(GO) run ./cmd/dsmbench --relay
+	@if [ "$$(nproc)" -ge 2 ]; then $(GO) run ./cmd/dsmbench --relay --pin; \
+	else echo "make bench: one CPU here, so no run with the proxy on a CPU of its own (--pin)"; fi
 
 # FUZZTIME per target; every decoder has one. Targets are discovered with `go test -list`.
 # Minimizing each new interesting input is capped at 5 s (Go's default is 60 s, which stalls

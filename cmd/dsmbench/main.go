@@ -22,7 +22,8 @@ const usage = `Usage: dsmbench [flags]
 
 Runs each workload directly against the broker and through dsmproxy, alternating for -rounds rounds
 in one run, and prints messages/s, MB/s, p50/p99 round-trip latency, proxy CPU seconds per GB moved,
-proxy peak RSS and the ratio proxy/direct. Defaults finish in about a minute on 2 cores.
+proxy peak RSS and the ratio proxy/direct. Defaults finish in about two minutes on 2 cores (three
+with --relay).
 
 Protocols:
   kafka  franz-go's kfake broker, in a process of its own, or with --kafka-in-process in
@@ -107,7 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var o options
 	protocols := fs.String("protocols", "kafka,sqs,amqp", "comma-separated workloads to run: kafka, sqs, amqp")
-	fs.IntVar(&o.rounds, "rounds", 3, "alternate direct and proxy this many times; RATIO is the median of the rounds' proxy/direct ratios")
+	fs.IntVar(&o.rounds, "rounds", 5, "alternate direct and proxy this many times; RATIO is the median of the rounds' proxy/direct ratios")
 	fs.IntVar(&o.records, "records", 200000, "Kafka: records per phase (produce or fetch, per codec, per path)")
 	fs.IntVar(&o.size, "size", 1024, "record / message value size in bytes")
 	fs.IntVar(&o.batch, "batch", 100, "Kafka: records per produce batch (one request)")
