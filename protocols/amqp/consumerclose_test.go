@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,15 +202,18 @@ func TestDeliveriesAfterClientClose(t *testing.T) {
 		t.Run(fmt.Sprint("connection close ", closeConn), func(t *testing.T) {
 			// The proxy's consume count when it takes in the client's Close.
 			closed := make(chan uint64, 1)
-			var h *harness
-			h = startProxy(t, func(c *Config) {
+			// Atomic: the proxy reads its sockets with raw system calls, which the race detector
+			// does not see as ordering the test's write before the hook's read.
+			var hp atomic.Pointer[harness]
+			h := startProxy(t, func(c *Config) {
 				c.clientClosed = func() {
 					select {
-					case closed <- h.p.Stats().Consumed:
+					case closed <- hp.Load().p.Stats().Consumed:
 					default:
 					}
 				}
 			})
+			hp.Store(h)
 			const n = 3000
 			dc := dial(t, directURL, "filler", 0)
 			q := declareQueue(t, dc, unique("big"))
