@@ -1180,7 +1180,13 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	pt, ctx := p.cp.Checkpoint(parent, service, *ps.edge, size, now)
 	s.val = ctx.AppendBase64(s.val[:0])
 	n := splicedLen(f.Payload, &h, len(s.val))
-	fits := s.frameMax == 0 || uint64(n)+frameOverhead <= uint64(s.frameMax)
+	limit := uint64(s.frameMax)
+	// The broker hands the header frame as it is to every consumer, whose frame_max may be as
+	// small as minFrameMax: a frame that fitted it must go on fitting it.
+	if len(f.Raw) <= minFrameMax && (limit == 0 || limit > minFrameMax) {
+		limit = minFrameMax
+	}
+	fits := limit == 0 || uint64(n)+frameOverhead <= limit
 	if !fits && h.CtxEnd == 0 {
 		pt.PayloadSize -= int64(ctxEntryLen(pathway.Base64Len)) // the consumer gets it without the entry
 	}
@@ -1193,7 +1199,7 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 		p.stats.frameMax.Add(1)
 		p.errs.Report(errtrack.Event{
 			Time: now, Category: errtrack.ProxySkip, Protocol: "amqp", Operation: "Basic.Publish", Name: "frame_max",
-			Message: fmt.Sprintf("content header of %d bytes with the pathway header would exceed frame_max %d; forwarded unmodified", n+frameOverhead, s.frameMax),
+			Message: frameMaxSkip(n+frameOverhead, limit),
 			Service: service, Edge: *ps.edge, Partition: -1, Messages: 1,
 		})
 		return f.Raw
@@ -1209,6 +1215,17 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	s.out = out
 	p.stats.injected.Add(1)
 	return out
+}
+
+// minFrameMax is AMQP 0-9-1's frame-min-size: the smallest frame_max a peer may negotiate, and
+// the default of Node's amqplib.
+const minFrameMax = 4096
+
+func frameMaxSkip(size int, limit uint64) string {
+	if limit == minFrameMax {
+		return fmt.Sprintf("content header of %d bytes with the pathway header would exceed %d bytes, the smallest frame_max a consumer may have, which it fitted before; forwarded unmodified", size, limit)
+	}
+	return fmt.Sprintf("content header of %d bytes with the pathway header would exceed frame_max %d; forwarded unmodified", size, limit)
 }
 
 // maxTxPoints bounds the publishes of one transaction held for its commit; past it they count

@@ -46,6 +46,42 @@ func consumeN(t *testing.T, ch *amqp091.Channel, q string, n int) []amqp091.Deli
 	return out
 }
 
+// TestInjectionKeepsSmallFramesSmall: the broker passes a content header frame on as it is, and
+// a consumer may have negotiated frame_max 4096 (the minimum; Node's amqplib asks for it) while
+// the publisher has 128 KiB. A header frame that fitted 4096 bytes stays unmodified rather than
+// outgrow them (such a consumer lost its connection on it); one already bigger is limited by the
+// publisher's frame_max alone.
+func TestInjectionKeepsSmallFramesSmall(t *testing.T) {
+	h := startProxy(t, nil)
+	pub := dial(t, h.url, "publisher", 131072)
+	small, big := declareQueue(t, pub, unique("min-frame")), declareQueue(t, pub, unique("big-frame"))
+	ch := channel(t, pub)
+	for _, m := range []struct {
+		q   string
+		pad int
+	}{{small, 3900}, {small, 4020}, {big, 4200}} {
+		// The header frame is the 8-byte frame overhead, 14 bytes of class, weight, size and
+		// flags, and the table: 3900 and 4020 leave it under 4096, 4200 over.
+		hdr := amqp091.Table{"pad": strings.Repeat("p", m.pad)}
+		if err := ch.PublishWithContext(context.Background(), "", m.q, false, false, amqp091.Publishing{Headers: hdr, Body: []byte("b")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := consumeN(t, channel(t, dial(t, directURL, "node-like-consumer", 4096)), small, 2)
+	for i, want := range []bool{true, false} {
+		pad, _ := got[i].Headers["pad"].(string) // none: the consumer lost its connection
+		if _, has := got[i].Headers[pathway.HeaderKey]; has != want || pad == "" {
+			t.Errorf("message %d (pad %d) to a frame_max 4096 consumer: pathway header %v, want %v", i, len(pad), has, want)
+		}
+	}
+	if d := consumeN(t, channel(t, dial(t, directURL, "consumer", 0)), big, 1)[0]; d.Headers[pathway.HeaderKey] == nil {
+		t.Errorf("a header frame already over 4096 bytes did not get the pathway header")
+	}
+	if st := h.p.Stats(); st.SkippedFrameMax != 1 || st.Injected != 2 {
+		t.Errorf("stats %+v; want 1 skipped and 2 injected", st)
+	}
+}
+
 // TestFrameMaxSkipsInjection: with frame_max 4096, a message whose content header would outgrow
 // the frame goes through unmodified (the broker would close the connection otherwise), and the
 // stream stays in step for the next message, which gets its header.

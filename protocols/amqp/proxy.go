@@ -86,7 +86,7 @@ type Stats struct {
 	Published       uint64 // Basic.Publish content headers seen
 	Injected        uint64 // published messages that got a pathway header
 	ExistingContext uint64 // published messages that already carried one
-	SkippedFrameMax uint64 // published messages left alone because the header would exceed frame_max
+	SkippedFrameMax uint64 // published messages left alone because the header would exceed frame_max, or 4096 bytes when it fitted them
 	Consumed        uint64 // Basic.Deliver and Basic.GetOk messages checkpointed
 	UnknownQueue    uint64 // deliveries whose consumer tag matched no known consume (checkpointed without topic)
 	DecodeErrors    uint64 // frames relayed without being understood
