@@ -156,6 +156,7 @@ type verifier struct {
 	bad      []string
 	bodies   []string
 	paths    []string
+	headers  []http.Header
 	scopes   []string // region/service of each request's signature
 }
 
@@ -185,6 +186,7 @@ func (v *verifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	v.requests++
 	v.bodies = append(v.bodies, string(body))
 	v.paths = append(v.paths, r.URL.Path)
+	v.headers = append(v.headers, r.Header.Clone())
 	if a, err := parseAuthorization(r.Header.Get("Authorization")); err == nil {
 		v.scopes = append(v.scopes, a.Region+"/"+a.Service)
 	}
@@ -244,6 +246,13 @@ func (v *verifier) signedScopes() []string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return slices.Clone(v.scopes)
+}
+
+// seen returns the bodies and headers of the requests that reached the upstream check.
+func (v *verifier) seen() ([]string, []http.Header) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.bodies), slices.Clone(v.headers)
 }
 
 func (v *verifier) count() int {
