@@ -112,7 +112,7 @@ func testKinesis(t *testing.T, inject bool) {
 	prod := tp.rec.withTags("direction:out", "topic:clickstream", "type:kinesis")
 	cons := tp.rec.withTags("direction:in", "topic:clickstream", "type:kinesis")
 	if len(prod) != 3 || len(cons) != 3 {
-		t.Fatalf("%d produce and %d consume points, want 3 and 3 (second GetRecords must know the stream from NextShardIterator)", len(prod), len(cons))
+		t.Fatalf("%d produce and %d consume points, want 3 and 3 (GetRecords must know the stream from its shard iterator)", len(prod), len(cons))
 	}
 	chained := 0
 	for i, c := range cons {
