@@ -82,6 +82,44 @@ func TestInjectionKeepsSmallFramesSmall(t *testing.T) {
 	}
 }
 
+// TestNegotiatedFrameMaxSkipsInjection: a publisher's frame_max from Connection.TuneOk bounds
+// the header frame even above 4096 bytes: at 8192, a header frame of 8155 bytes, which the entry
+// would take past it, goes unmodified (RabbitMQ would close the connection with FRAME_ERROR), and
+// a smaller one over 4096 bytes still gets the entry.
+func TestNegotiatedFrameMaxSkipsInjection(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "frame-8192", 8192)
+	q := declareQueue(t, c, unique("framemax8k"))
+	ch := channel(t, c)
+	// 8 bytes of frame, 14 of class, weight, size and flags, 13 of table: 35 + pad.
+	for _, pad := range []int{8120, 5000} {
+		hdr := amqp091.Table{"pad": strings.Repeat("p", pad)}
+		if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Headers: hdr, Body: []byte("b")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds := consumeN(t, ch, q, 2)
+	for i, want := range []bool{false, true} {
+		pad, _ := ds[i].Headers["pad"].(string)
+		if _, has := ds[i].Headers[pathway.HeaderKey]; has != want || pad == "" {
+			t.Errorf("message %d (pad %d): pathway header %v, want %v", i, len(pad), has, want)
+		}
+	}
+	if st := h.p.Stats(); st.SkippedFrameMax != 1 || st.Injected != 1 {
+		t.Errorf("stats %+v; want 1 skipped and 1 injected", st)
+	}
+	found := false
+	for _, e := range h.errs.events() {
+		found = found || e.Name == "frame_max" && strings.Contains(e.Message, "frame_max 8192")
+	}
+	if !found {
+		t.Errorf("no frame_max event naming 8192: %+v", h.errs.events())
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("the publisher's connection did not close cleanly: %v", err)
+	}
+}
+
 // TestFrameMaxSkipsInjection: with frame_max 4096, a message whose content header would outgrow
 // the frame goes through unmodified (the broker would close the connection otherwise), and the
 // stream stays in step for the next message, which gets its header.
