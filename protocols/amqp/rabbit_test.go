@@ -250,6 +250,16 @@ func TestAmqp091ThroughProxyMatchesDirect(t *testing.T) {
 	if ins["topic:"+q1] != 5 || ins["topic:"+q2] != 2 || ins["topic:"+q3] != 3 {
 		t.Errorf("consume points per queue: %v", ins)
 	}
+	// Basic.Get: each GetOk's parent is the publish to that queue, not just any publish.
+	getHashes := map[uint64]bool{}
+	for _, p := range outs["get"] {
+		getHashes[p.Hash] = true
+	}
+	for _, p := range with(pts, "direction:in", "topic:"+q3) {
+		if !getHashes[p.ParentHash] {
+			t.Errorf("GetOk consume point on %s has parent %x, not the hash of a publish to it", q3, p.ParentHash)
+		}
+	}
 	st := h.p.Stats()
 	if st.ExistingContext != 1 || st.Injected != 10 || st.Returns != 1 || st.Consumed != 10 || st.UnknownQueue != 0 || st.DecodeErrors != 0 {
 		t.Errorf("stats %+v", st)
