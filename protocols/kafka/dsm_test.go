@@ -675,6 +675,32 @@ func TestConsumeProduceLink(t *testing.T) {
 	}
 }
 
+// checkChain: the n records produced to topic have n produce points of producer's service, with
+// no parent and one hash (one service, one edge), and the group's n consume points follow it.
+func checkChain(t *testing.T, p *testProxy, topic, group, producer string, n int) {
+	t.Helper()
+	prod := pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")
+	if len(prod) != n {
+		t.Errorf("%d produce points on %s, want %d", len(prod), topic, n)
+		return
+	}
+	for i, pt := range prod {
+		if pt.Service != producer || pt.ParentHash != 0 || pt.Hash != prod[0].Hash {
+			t.Errorf("produce point %d on %s: service %q parent %x hash %x; want %s, none, %x", i, topic, pt.Service, pt.ParentHash, pt.Hash, producer, prod[0].Hash)
+		}
+	}
+	var cons []pathway.Point
+	waitFor(t, fmt.Sprintf("%d consume points of %s on %s", n, group, topic), func() bool {
+		cons = pointsOn(p, "direction:in", "group:"+group, "topic:"+topic, "type:kafka")
+		return len(cons) >= n
+	})
+	for _, pt := range cons {
+		if pt.ParentHash != prod[0].Hash {
+			t.Errorf("consume point of %s on %s has parent %x, not the produce hash %x", group, topic, pt.ParentHash, prod[0].Hash)
+		}
+	}
+}
+
 // checkConsumeGroup waits for n consume checkpoints on topic that carry group: the proxy tied
 // the client's fetches to the group it joined.
 func checkConsumeGroup(t *testing.T, p *testProxy, topic, group string, n int) {

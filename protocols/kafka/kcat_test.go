@@ -95,6 +95,7 @@ func TestKcat(t *testing.T) {
 			}
 			checkBacklogs(t, p, topic, group, got)
 			checkConsumeGroup(t, p, topic, group, n)
+			checkChain(t, p, topic, group, "kcat-producer", n)
 		})
 	}
 	guard.check(t)

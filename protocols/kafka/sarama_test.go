@@ -156,6 +156,7 @@ func TestSarama(t *testing.T) {
 			checkRecords(t, sent, got, wantInjected)
 			checkBacklogs(t, p, topic, "sarama-"+tc.name, got)
 			checkConsumeGroup(t, p, topic, "sarama-"+tc.name, len(sent))
+			checkChain(t, p, topic, "sarama-"+tc.name, "sarama-producer", len(sent))
 		})
 	}
 	guard.check(t)
