@@ -165,6 +165,13 @@ type testProxy struct {
 // startProxy runs a Proxy in front of c on ephemeral ports, dialing from proxySourceIP.
 func startProxy(t *testing.T, c *kfake.Cluster, mod func(*Config)) *testProxy {
 	t.Helper()
+	return startProxyWith(t, c, mod, nil)
+}
+
+// startProxyWith is startProxy with a hook that runs on the Proxy before it starts (setting
+// unexported fields such as tap on a running proxy would race its connections).
+func startProxyWith(t *testing.T, c *kfake.Cluster, mod func(*Config), beforeStart func(*Proxy)) *testProxy {
+	t.Helper()
 	rec, errs := &recorder{}, &errRecorder{}
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(proxySourceIP)}, Timeout: 5 * time.Second}
 	log := zerolog.Nop()
@@ -187,6 +194,9 @@ func startProxy(t *testing.T, c *kfake.Cluster, mod func(*Config)) *testProxy {
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
+	}
+	if beforeStart != nil {
+		beforeStart(p)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := p.Start(ctx); err != nil {

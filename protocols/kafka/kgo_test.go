@@ -178,18 +178,7 @@ func checkRecords(t *testing.T, sent []sentRecord, got []*kgo.Record, wantCtx in
 		if (s.key == nil) != (r.Key == nil) || (s.value == nil) != (r.Value == nil) {
 			t.Errorf("record %q: null-ness of key/value changed", s.key)
 		}
-		var orig []kgo.RecordHeader
-		nctx := 0
-		for _, h := range r.Headers {
-			if h.Key == pathway.HeaderKey {
-				nctx++
-				if _, err := pathway.DecodeBase64(h.Value); err != nil {
-					t.Errorf("record %q: pathway header %q does not decode: %v", s.key, h.Value, err)
-				}
-				continue
-			}
-			orig = append(orig, h)
-		}
+		orig, nctx := pathwayHeaders(t, r)
 		if nctx != wantCtx {
 			t.Errorf("record %q: %d pathway headers, want %d", s.key, nctx, wantCtx)
 		}
@@ -203,6 +192,23 @@ func checkRecords(t *testing.T, sent []sentRecord, got []*kgo.Record, wantCtx in
 			}
 		}
 	}
+}
+
+// pathwayHeaders counts r's pathway headers, failing t for one that does not decode, and
+// returns the others in order.
+func pathwayHeaders(t *testing.T, r *kgo.Record) (others []kgo.RecordHeader, n int) {
+	t.Helper()
+	for _, h := range r.Headers {
+		if h.Key == pathway.HeaderKey {
+			n++
+			if _, err := pathway.DecodeBase64(h.Value); err != nil {
+				t.Errorf("record %q: pathway header %q does not decode: %v", r.Key, h.Value, err)
+			}
+			continue
+		}
+		others = append(others, h)
+	}
+	return others, n
 }
 
 func TestKgoRelay(t *testing.T) {
