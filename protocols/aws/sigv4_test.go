@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -188,6 +189,42 @@ func TestDefaultCredentialChain(t *testing.T) {
 	c, err := p.creds.Retrieve(context.Background())
 	if err != nil || c.AccessKeyID != "AKIDFROMENV000000001" {
 		t.Fatalf("default chain gave %v, %v", c.AccessKeyID, err)
+	}
+}
+
+// TestDefaultChainRefreshesBeforeExpiry: credentials from the SDK's default chain (here the
+// container credentials endpoint, as on ECS or EKS Pod Identity) that come within the refresh
+// window of their expiry are fetched again, and the proxy signs with the new ones.
+func TestDefaultChainRefreshesBeforeExpiry(t *testing.T) {
+	var calls atomic.Int32
+	endpoint := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"AccessKeyId":"AKIDCONTAINER%07d","SecretAccessKey":"secret","Token":"token","Expiration":%q}`,
+			n, time.Now().Add(2*time.Minute).UTC().Format(time.RFC3339))
+	}))
+	defer endpoint.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.URL+"/creds")
+	p, err := New(Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for range 3 {
+		c, err := p.creds.Retrieve(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, c.AccessKeyID)
+	}
+	// 2 minutes left is inside the 5-minute window even with its jitter (at least 2.5 minutes).
+	if n := calls.Load(); n != 3 || keys[0] == keys[2] {
+		t.Fatalf("the endpoint was asked %d times for 3 retrievals of credentials 2 minutes from expiry (keys %v); want 3 and new keys", n, keys)
 	}
 }
 
