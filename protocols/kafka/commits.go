@@ -208,8 +208,10 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 				s.p.brokerError(pd.key, rp.code, ci.service, edge, c.partition, 0)
 				break
 			}
-			if c.topic == "" {
-				break // unresolved topic id: no topic to report the offset under
+			if c.topic == "" { // unresolved topic id: no topic to report the offset under
+				s.p.skipOp(kmsg.NameForKey(pd.key), "unknown_topic_id", "committed offset of a topic id not in any Metadata response seen yet: no kafka_commit backlog for it",
+					ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: f.group}, c.partition, 0)
+				break
 			}
 			o := pathway.Offset{Kind: pathway.KafkaCommit, Service: ci.service, Group: f.group, ClusterID: s.p.cluster(),
 				Topic: c.topic, Partition: c.partition, Value: c.offset, Time: now}

@@ -196,6 +196,8 @@ func (p *Proxy) observeFetch(job observeJob) {
 		t := &resp.Topics[ti]
 		name, ok := p.topicName(t.Topic, t.TopicID)
 		if !ok {
+			p.skipOp("Fetch", "unknown_topic_id", "fetched records of a topic id not in any Metadata response seen yet: no consume checkpoints for them",
+				ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka}, -1, 0)
 			continue
 		}
 		for pi := range t.Partitions {

@@ -12,7 +12,8 @@ import (
 // resolves ids through this cluster-wide map fed by every Metadata response on any connection.
 // Clients always send Metadata (v10+ carries the ids) before they produce or fetch a topic, so
 // misses are rare: a miss never breaks the client -- the batch is forwarded unmodified (produce)
-// or not observed (fetch, commit), and counted (Stats.TopicIDMisses) with a ProxySkip event.
+// or not observed (fetch, commit), and counted (Stats.TopicIDMisses) with a ProxySkip event
+// (unknown_topic_id). A miss while learning a group's assignment is only counted.
 
 // topicIDs is a bounded id -> name map; when full it is emptied and refilled by the next Metadata
 // responses.
