@@ -502,37 +502,60 @@ func TestHeartbeatsAndBlockedPassThrough(t *testing.T) {
 // TestNackReported: a queue that rejects publishes when full makes the broker nack; the client
 // gets the same confirmations as directly and the event names the queue the publish went to.
 func TestNackReported(t *testing.T) {
-	h := startProxy(t, nil)
-	c := dial(t, h.url, "nacked", 0)
-	ch := channel(t, c)
-	q, err := ch.QueueDeclare(unique("full"), false, true, false, false, amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch.Confirm(false)
-	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 4))
-	for range 2 {
-		if err := ch.PublishWithContext(context.Background(), "", q.Name, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var got []amqp091.Confirmation
-	for range 2 {
-		got = append(got, <-confirms)
-	}
-	if got[0] != (amqp091.Confirmation{DeliveryTag: 1, Ack: true}) || got[1] != (amqp091.Confirmation{DeliveryTag: 2, Ack: false}) {
-		t.Errorf("confirmations %+v", got)
-	}
-	waitFor(t, "NACK event", func() bool {
-		for _, e := range h.errs.events() {
-			if e.Name == "NACK" && e.Edge.Topic == q.Name && e.Edge.Direction == pathway.Out {
-				return true
+	for _, named := range []bool{false, true} {
+		t.Run(fmt.Sprint("named exchange ", named), func(t *testing.T) {
+			h := startProxy(t, nil)
+			c := dial(t, h.url, "nacked", 0)
+			ch := channel(t, c)
+			q, err := ch.QueueDeclare(unique("full"), false, true, false, false, amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		return false
-	})
-	if st := h.p.Stats(); st.Nacks != 1 {
-		t.Errorf("stats %+v", st)
+			// The event names where the publish went: the queue for the default exchange, the
+			// exchange (and whether a routing key was given) for a named one.
+			exchange, key := "", q.Name
+			want := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeRabbitMQ, Topic: q.Name}
+			if named {
+				exchange, key = unique("nack-ex"), "k"
+				if err := ch.ExchangeDeclare(exchange, "direct", false, true, false, false, nil); err != nil {
+					t.Fatal(err)
+				}
+				if err := ch.QueueBind(q.Name, key, exchange, false, nil); err != nil {
+					t.Fatal(err)
+				}
+				want = pathway.Edge{Direction: pathway.Out, Type: pathway.TypeRabbitMQ, Exchange: exchange, HasRoutingKey: pathway.RoutingKeyTrue}
+			}
+			ch.Confirm(false)
+			confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 4))
+			for range 2 {
+				if err := ch.PublishWithContext(context.Background(), exchange, key, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got []amqp091.Confirmation
+			for range 2 {
+				got = append(got, <-confirms)
+			}
+			if got[0] != (amqp091.Confirmation{DeliveryTag: 1, Ack: true}) || got[1] != (amqp091.Confirmation{DeliveryTag: 2, Ack: false}) {
+				t.Errorf("confirmations %+v", got)
+			}
+			waitFor(t, "NACK event", func() bool {
+				for _, e := range h.errs.events() {
+					if e.Name == "NACK" {
+						return true
+					}
+				}
+				return false
+			})
+			for _, e := range h.errs.events() {
+				if e.Name == "NACK" && e.Edge != want {
+					t.Errorf("NACK event on %v, want %v", e.Edge, want)
+				}
+			}
+			if st := h.p.Stats(); st.Nacks != 1 {
+				t.Errorf("stats %+v", st)
+			}
+		})
 	}
 }
 
