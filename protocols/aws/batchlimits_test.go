@@ -14,7 +14,6 @@ import (
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 
@@ -403,13 +402,11 @@ func TestBatchLimitsSQSQuery(t *testing.T) {
 func TestBatchLimitsSNSPublishBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	port := startNode(t, nil, "sns-server.js")
-	up := startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+	up := snsPeer(t)
 	for i, tc := range blCases(blDDExtra(true)) {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
-			sn := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
-				Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, "")})
+			sn := snsClient(tp.url, "")
 			name := fmt.Sprint("batchlimits-", i)
 			topic, err := sn.CreateTopic(ctx, &sns.CreateTopicInput{Name: &name})
 			if err != nil {

@@ -218,8 +218,7 @@ func TestKinesisMissingStreamErrorReported(t *testing.T) {
 // emulator, and the proxy reports the refused send on the topic's produce edge. (fauxqs refuses
 // a Publish by TargetArn with InvalidParameter "TopicArn is required", so that form is not here.)
 func TestSNSMissingTopicErrorReported(t *testing.T) {
-	port := startNode(t, nil, "sns-server.js")
-	up := startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+	up := snsPeer(t)
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -383,6 +383,12 @@ func sqsPeer(t testing.TB) *verifier {
 	return startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
 }
 
+// snsPeer is the SNS emulator (fauxqs) behind the upstream check.
+func snsPeer(t testing.TB) *verifier {
+	port := startNode(t, nil, "sns-server.js")
+	return startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+}
+
 func getenv(k string) string { return os.Getenv(k) }
 
 type rawResp struct {

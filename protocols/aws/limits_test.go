@@ -18,7 +18,6 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -293,11 +292,9 @@ func TestLimitsInQueryAndSNS(t *testing.T) {
 	})
 
 	t.Run("sns", func(t *testing.T) {
-		port := startNode(t, nil, "sns-server.js")
-		up := startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+		up := snsPeer(t)
 		tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
-		sn := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
-			Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, "")})
+		sn := snsClient(tp.url, "")
 		topic, err := sn.CreateTopic(ctx, &sns.CreateTopicInput{Name: awssdk.String("limits")})
 		if err != nil {
 			t.Fatalf("CreateTopic: %v", err)

@@ -2,7 +2,6 @@ package aws
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -17,14 +16,19 @@ import (
 
 // TestSNSFanOutToSQS publishes through the proxy to fauxqs, which fans out to one raw and one
 // non-raw SQS subscription; consumers reading through the proxy chain to the publish checkpoints.
+// snsClient is aws-sdk-go-v2's SNS client (Query protocol) for endpoint, signing with the test's
+// keys, with an app id when appID is not empty.
+func snsClient(endpoint, appID string) *sns.Client {
+	return sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(endpoint),
+		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: appID})
+}
+
 func TestSNSFanOutToSQS(t *testing.T) {
-	port := startNode(t, nil, "sns-server.js")
-	up := startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+	up := snsPeer(t)
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sn := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
-		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: "publisher"})
+	sn := snsClient(tp.url, "publisher")
 	sq := sqsClient(tp.url, testKey, testSecret)
 
 	topic, err := sn.CreateTopic(ctx, &sns.CreateTopicInput{Name: awssdk.String("events")})

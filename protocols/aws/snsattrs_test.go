@@ -139,13 +139,11 @@ func snsStrAttr(s string) snstypes.MessageAttributeValue {
 // carries one `_datadog` of DataType Binary whose BinaryValue is the JSON carrier of the
 // message's type:sns produce checkpoint.
 func TestSNSDatadogBinaryAttributeQuery(t *testing.T) {
-	port := startNode(t, nil, "sns-server.js")
-	up := startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+	up := snsPeer(t)
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sn := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
-		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: "publisher"})
+	sn := snsClient(tp.url, "publisher")
 	topic, err := sn.CreateTopic(ctx, &sns.CreateTopicInput{Name: awssdk.String("binattrs")})
 	if err != nil {
 		t.Fatalf("CreateTopic through proxy: %v", err)
@@ -346,13 +344,11 @@ func snsCheckJSONBody(t *testing.T, tc snsJSONCase, body []byte) []pathway.Conte
 // make a produce checkpoint for it; if fauxqs accepts it, the type:sns produce point is required.
 // TestSNSJSONRewriteProducePoint covers the produce point of a successful JSON publish.
 func TestSNSDatadogBinaryAttributeJSON(t *testing.T) {
-	port := startNode(t, nil, "sns-server.js")
-	up := startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+	up := snsPeer(t)
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sn := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
-		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, "")})
+	sn := snsClient(tp.url, "")
 	topic, err := sn.CreateTopic(ctx, &sns.CreateTopicInput{Name: awssdk.String("jsonattrs")})
 	if err != nil {
 		t.Fatalf("CreateTopic through proxy: %v", err)
