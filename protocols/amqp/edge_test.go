@@ -56,29 +56,40 @@ func TestInjectionKeepsSmallFramesSmall(t *testing.T) {
 	pub := dial(t, h.url, "publisher", 131072)
 	small, big := declareQueue(t, pub, unique("min-frame")), declareQueue(t, pub, unique("big-frame"))
 	ch := channel(t, pub)
-	for _, m := range []struct {
-		q   string
-		pad int
-	}{{small, 3900}, {small, 4020}, {big, 4200}} {
-		// The header frame is the 8-byte frame overhead, 14 bytes of class, weight, size and
-		// flags, and the table: 3900 and 4020 leave it under 4096, 4200 over.
-		hdr := amqp091.Table{"pad": strings.Repeat("p", m.pad)}
-		if err := ch.PublishWithContext(context.Background(), "", m.q, false, false, amqp091.Publishing{Headers: hdr, Body: []byte("b")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// 3900 and 4020 leave the header frame under 4096 bytes, 4200 over.
+	publishPadded(t, ch, small, 3900, 4020)
+	publishPadded(t, ch, big, 4200)
 	got := consumeN(t, channel(t, dial(t, directURL, "node-like-consumer", 4096)), small, 2)
-	for i, want := range []bool{true, false} {
-		pad, _ := got[i].Headers["pad"].(string) // none: the consumer lost its connection
-		if _, has := got[i].Headers[pathway.HeaderKey]; has != want || pad == "" {
-			t.Errorf("message %d (pad %d) to a frame_max 4096 consumer: pathway header %v, want %v", i, len(pad), has, want)
-		}
-	}
+	checkPadded(t, got, true, false)
 	if d := consumeN(t, channel(t, dial(t, directURL, "consumer", 0)), big, 1)[0]; d.Headers[pathway.HeaderKey] == nil {
 		t.Errorf("a header frame already over 4096 bytes did not get the pathway header")
 	}
 	if st := h.p.Stats(); st.SkippedFrameMax != 1 || st.Injected != 2 {
 		t.Errorf("stats %+v; want 1 skipped and 2 injected", st)
+	}
+}
+
+// publishPadded publishes one message to q per pad, each with a header entry of that many bytes.
+// Its content header frame is 35 bytes plus the pad: 8 of frame, 14 of class, weight, size and
+// flags, 13 of table.
+func publishPadded(t *testing.T, ch *amqp091.Channel, q string, pads ...int) {
+	t.Helper()
+	for _, pad := range pads {
+		hdr := amqp091.Table{"pad": strings.Repeat("p", pad)}
+		if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Headers: hdr, Body: []byte("b")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// checkPadded: the i-th delivery carries its pad and a pathway header exactly when want[i].
+func checkPadded(t *testing.T, ds []amqp091.Delivery, want ...bool) {
+	t.Helper()
+	for i, w := range want {
+		pad, _ := ds[i].Headers["pad"].(string) // none: the consumer lost its connection
+		if _, has := ds[i].Headers[pathway.HeaderKey]; has != w || pad == "" {
+			t.Errorf("message %d (pad %d): pathway header %v, want %v", i, len(pad), has, w)
+		}
 	}
 }
 
@@ -91,20 +102,8 @@ func TestNegotiatedFrameMaxSkipsInjection(t *testing.T) {
 	c := dial(t, h.url, "frame-8192", 8192)
 	q := declareQueue(t, c, unique("framemax8k"))
 	ch := channel(t, c)
-	// 8 bytes of frame, 14 of class, weight, size and flags, 13 of table: 35 + pad.
-	for _, pad := range []int{8120, 5000} {
-		hdr := amqp091.Table{"pad": strings.Repeat("p", pad)}
-		if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Headers: hdr, Body: []byte("b")}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ds := consumeN(t, ch, q, 2)
-	for i, want := range []bool{false, true} {
-		pad, _ := ds[i].Headers["pad"].(string)
-		if _, has := ds[i].Headers[pathway.HeaderKey]; has != want || pad == "" {
-			t.Errorf("message %d (pad %d): pathway header %v, want %v", i, len(pad), has, want)
-		}
-	}
+	publishPadded(t, ch, q, 8120, 5000)
+	checkPadded(t, consumeN(t, ch, q, 2), false, true)
 	if st := h.p.Stats(); st.SkippedFrameMax != 1 || st.Injected != 1 {
 		t.Errorf("stats %+v; want 1 skipped and 1 injected", st)
 	}
