@@ -286,10 +286,14 @@ func (s *session) serve(ctx context.Context) error {
 	if _, err := s.c.Upstream.Write(hdr[:]); err != nil {
 		return fmt.Errorf("amqp protocol header to %s: %w", s.c.Upstream.RemoteAddr(), err)
 	}
+	var upstream io.Reader = s.c.Upstream
+	if s.p.tapBroker != nil {
+		upstream = io.TeeReader(upstream, s.p.tapBroker(s.c.ID))
+	}
 	down := make(chan error, 1)
 	go func() {
 		err := s.c.Recover("amqp broker relay", func() error {
-			return s.fromBroker(bufio.NewReaderSize(s.c.Upstream, bufSize), bufio.NewWriterSize(s.c.Client, bufSize))
+			return s.fromBroker(bufio.NewReaderSize(upstream, bufSize), bufio.NewWriterSize(s.c.Client, bufSize))
 		})
 		if !errors.Is(err, errClientTold) {
 			// The broker ended: the client must see the connection end too.

@@ -5,14 +5,29 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
-// seedFrames are golden client streams (without the protocol header) for the fuzz corpora.
+// seedFrames are the golden client streams (without the protocol header) and broker streams,
+// for the fuzz corpora.
 func seedFrames(f *testing.F) [][]byte {
 	var seeds [][]byte
 	for _, g := range goldenFiles(f) {
 		seeds = append(seeds, g.stream)
+	}
+	paths, _ := filepath.Glob(filepath.Join(goldenDir, "*.session"))
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		tl, err := decodeTimeline(b)
+		if err != nil {
+			f.Fatalf("%s: %v", p, err)
+		}
+		seeds = append(seeds, tl.side(true))
 	}
 	return seeds
 }

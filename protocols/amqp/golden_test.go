@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -87,17 +89,12 @@ func frames(t testing.TB, b []byte) []frame {
 // published content header differs from the client's only by the added entry.
 func TestGoldenSplice(t *testing.T) {
 	if *update {
-		captureGolden(t)
+		recaptureGolden(t)
 	}
 	for _, g := range goldenFiles(t) {
 		t.Run(g.name, func(t *testing.T) {
 			out, s := replay(t, g.stream)
 			want := filepath.Join(goldenDir, g.name+".proxied")
-			if *update {
-				if err := os.WriteFile(want, out, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
 			wb, err := os.ReadFile(want)
 			if err != nil {
 				t.Fatal(err)
@@ -133,71 +130,177 @@ func TestGoldenSplice(t *testing.T) {
 	}
 }
 
-// captureGolden records what amqp091-go and amqplib send through a proxy (go test -update).
+var captureGoldenOnce sync.Once
+
+// recaptureGolden captures once per run, for whichever golden test runs first.
+func recaptureGolden(t *testing.T) { captureGoldenOnce.Do(func() { captureGolden(t) }) }
+
+// captureGolden records what amqp091-go and amqplib send through a proxy, and the whole
+// conversation of each with the broker (go test -update).
 func captureGolden(t *testing.T) {
 	var mu sync.Mutex
-	taps := map[uint64]*bytes.Buffer{}
-	h := startProxy(t, nil)
-	h.p.tap = func(id uint64) io.Writer {
-		mu.Lock()
-		defer mu.Unlock()
-		taps[id] = &bytes.Buffer{}
-		return lockedWriter{&mu, taps[id]}
+	conns := map[uint64]*timeline{}
+	// The replay's env and clock, so the hashes and times in the captured headers are the ones a
+	// replay computes.
+	h := startProxy(t, func(c *Config) { c.Env, c.Clock = "golden", func() time.Time { return goldenTime } })
+	tap := func(broker bool) func(uint64) io.Writer {
+		return func(id uint64) io.Writer {
+			mu.Lock()
+			defer mu.Unlock()
+			if conns[id] == nil {
+				conns[id] = &timeline{}
+			}
+			return timelineWriter{&mu, conns[id], broker}
+		}
 	}
+	h.p.tap, h.p.tapBroker = tap(false), tap(true)
 	save := func(name string) {
 		mu.Lock()
 		defer mu.Unlock()
-		var biggest *bytes.Buffer
-		for id, b := range taps {
-			if biggest == nil || b.Len() > biggest.Len() {
-				biggest = b
+		var biggest *timeline
+		for id, tl := range conns {
+			if biggest == nil || len(tl.side(false)) > len(biggest.side(false)) {
+				biggest = tl
 			}
-			delete(taps, id)
+			delete(conns, id)
 		}
-		if err := os.WriteFile(filepath.Join(goldenDir, name+".client"), biggest.Bytes(), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(goldenDir, name+".client"), biggest.side(false), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(goldenDir, name+".session"), biggest.encode(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := replay(t, biggest.side(false)[len(protocolHeader):])
+		if err := os.WriteFile(filepath.Join(goldenDir, name+".proxied"), out, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	setup := dial(t, directURL, "setup", 0)
 	q := declareQueue(t, setup, "golden-q")
+	gq := declareQueue(t, setup, "golden-get")
+	full := "golden-full"
+	sch := channel(t, setup)
+	if _, err := sch.QueueDeclare(full, false, false, false, false, amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cleanupBroker(t, func(ch *amqp091.Channel) error { _, err := ch.QueueDelete(full, false, false, false); return err })
+	})
 	ex := "golden-x"
 	declareExchange(t, setup, ex, "direct", q, "rk")
 
 	c := dial(t, h.url, "golden-go", 4096) // small frames: the body below spans several
 	ch := channel(t, c)
 	ch.Confirm(false)
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 16))
+	returns := ch.NotifyReturn(make(chan amqp091.Return, 1))
 	ctx := context.Background()
 	for _, m := range []struct {
-		ex, rk string
-		p      amqp091.Publishing
+		ex, rk    string
+		mandatory bool
+		p         amqp091.Publishing
 	}{
-		{"", q, amqp091.Publishing{Body: []byte("plain")}},
-		{"", q, fullProps("full", richHeaders(1))},
-		{ex, "rk", fullProps("direct", amqp091.Table{"k": "v"})},
-		{ex, "rk", amqp091.Publishing{Body: bytes.Repeat([]byte("b"), 10000), Headers: amqp091.Table{}}},
+		{"", q, false, amqp091.Publishing{Body: []byte("plain")}},
+		{"", q, false, fullProps("full", richHeaders(1))},
+		{ex, "rk", false, fullProps("direct", amqp091.Table{"k": "v"})},
+		{ex, "rk", false, amqp091.Publishing{Body: bytes.Repeat([]byte("b"), 10000), Headers: amqp091.Table{}}},
+		{"", gq, false, amqp091.Publishing{Body: []byte("to get")}},
+		{ex, "nowhere", true, amqp091.Publishing{Body: []byte("returned")}}, // Basic.Return
+		{"", full, false, amqp091.Publishing{Body: []byte("fits")}},
+		{"", full, false, amqp091.Publishing{Body: []byte("rejected")}}, // Basic.Nack
 	} {
-		if err := ch.PublishWithContext(ctx, m.ex, m.rk, false, false, m.p); err != nil {
+		if err := ch.PublishWithContext(ctx, m.ex, m.rk, m.mandatory, false, m.p); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for i := range 8 {
+		if cf := <-confirms; cf.Ack != (i != 7) {
+			t.Fatalf("confirmation %d: %+v", i, cf)
+		}
+	}
+	<-returns
 	consumeN(t, ch, q, 4)
+	gch := channel(t, c)
+	if _, ok, err := gch.Get(gq, true); !ok || err != nil {
+		t.Fatalf("Basic.Get: %v %v", ok, err)
+	}
+	if _, ok, err := gch.Get(gq, true); ok || err != nil { // Basic.GetEmpty
+		t.Fatalf("second Basic.Get: %v %v", ok, err)
+	}
+	ech := channel(t, c)
+	ech.PublishWithContext(ctx, "golden-missing", "k", false, false, amqp091.Publishing{Body: []byte("lost")})
+	if _, ok, err := ech.Get(gq, true); ok || err == nil { // the broker's Channel.Close 404 ends the channel
+		t.Fatalf("channel after publishing to a missing exchange: %v %v", ok, err)
+	}
 	c.Close()
 	waitFor(t, "capture connection closed", func() bool { return h.p.ln.Conns() == 0 })
 	save("amqp091-go")
 
 	needNode(t)
-	runNodePeer(t, h.url, q, declareQueue(t, setup, "golden-get"))
+	runNodePeer(t, h.url, q, declareQueue(t, setup, "golden-get-node"))
 	waitFor(t, "capture connection closed", func() bool { return h.p.ln.Conns() == 0 })
 	save("amqplib")
 }
 
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
+// timeline is one connection's traffic in the order the proxy read it: chunks from the client
+// and from the broker, as each read returned them.
+type timeline struct{ chunks []chunk }
+
+type chunk struct {
+	broker bool
+	b      []byte
 }
 
-func (w lockedWriter) Write(p []byte) (int, error) {
+// side returns everything one side sent.
+func (tl *timeline) side(broker bool) []byte {
+	var out []byte
+	for _, c := range tl.chunks {
+		if c.broker == broker {
+			out = append(out, c.b...)
+		}
+	}
+	return out
+}
+
+// encode writes the chunks as 'c' or 'b', a big-endian uint32 length, the bytes (<name>.session).
+func (tl *timeline) encode() []byte {
+	var out []byte
+	for _, c := range tl.chunks {
+		side := byte('c')
+		if c.broker {
+			side = 'b'
+		}
+		out = binary.BigEndian.AppendUint32(append(out, side), uint32(len(c.b)))
+		out = append(out, c.b...)
+	}
+	return out
+}
+
+func decodeTimeline(b []byte) (*timeline, error) {
+	tl := &timeline{}
+	for len(b) > 0 {
+		if len(b) < 5 || (b[0] != 'c' && b[0] != 'b') {
+			return nil, fmt.Errorf("bad chunk header at %d bytes from the end", len(b))
+		}
+		n := int(binary.BigEndian.Uint32(b[1:]))
+		if 5+n > len(b) {
+			return nil, fmt.Errorf("chunk of %d bytes in %d", n, len(b)-5)
+		}
+		tl.chunks = append(tl.chunks, chunk{broker: b[0] == 'b', b: b[5 : 5+n]})
+		b = b[5+n:]
+	}
+	return tl, nil
+}
+
+type timelineWriter struct {
+	mu     *sync.Mutex
+	tl     *timeline
+	broker bool
+}
+
+func (w timelineWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.b.Write(p)
+	w.tl.chunks = append(w.tl.chunks, chunk{w.broker, append([]byte(nil), p...)})
+	return len(p), nil
 }

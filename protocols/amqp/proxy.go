@@ -113,8 +113,9 @@ type Proxy struct {
 	respect bool
 	stats   counters
 
-	// tap, set by tests before Start, receives every byte a client sends (golden captures).
-	tap func(conn uint64) io.Writer
+	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
+	// byte its broker sends (golden captures).
+	tap, tapBroker func(conn uint64) io.Writer
 
 	mu      sync.Mutex
 	ln      *proxy.Listener
