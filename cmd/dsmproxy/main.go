@@ -101,7 +101,7 @@ type runFlags struct {
 	noAgent      bool
 }
 
-const usageRun = `Usage: dsmproxy %s [flags]
+const usageRunFlags = `Usage: dsmproxy %s [flags]
 
 Configuration comes from a YAML file (--config), the Datadog environment variables and flags;
 flags beat the environment, the environment beats the file. Listener flags are repeatable and,
@@ -137,8 +137,15 @@ Environment (Datadog's own variables; flags beat them):
                             credentials the AWS front re-signs with (standard AWS chain)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY
                             egress proxy the AWS front sends through (/readyz then dials it)
+`
 
+const usageRun = usageRunFlags + `
 Signals: SIGTERM/SIGINT drain and exit 0 after a last flush; SIGHUP reloads TLS certificates.
+`
+
+const usageCheckConfig = usageRunFlags + `
+check-config takes run's flags, file and environment, builds every front as run would (nothing
+listens or dials), prints a one-line summary and exits 0, or names what is wrong and exits 1.
 `
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -276,7 +283,11 @@ func (f *runFlags) apply(cfg *Config) error {
 // parseRunConfig parses run's flags (shared by check-config) into the effective configuration.
 func parseRunConfig(name string, args []string, stderr io.Writer) (*Config, error) {
 	var f runFlags
-	fs := newFlagSet(name, usageRun, stderr)
+	usage := usageRun
+	if name == "check-config" {
+		usage = usageCheckConfig
+	}
+	fs := newFlagSet(name, usage, stderr)
 	f.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
