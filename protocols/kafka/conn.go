@@ -71,7 +71,7 @@ type session struct {
 	// incremental Fetch leaves out partitions whose offset did not change, and the broker answers
 	// them from these. Replaced, never changed, so a fetch's observation can keep the one of its
 	// time (fetchFacts.session).
-	fetchSession map[fetchKey]int64
+	fetchSession *sessionOffsets
 
 	// Produce path buffers, used by the request goroutine only.
 	codec   batchCodec

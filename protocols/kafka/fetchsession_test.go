@@ -3,6 +3,8 @@ package kafka
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"maps"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"testing"
@@ -181,5 +183,108 @@ func readResponse(t *testing.T, conn net.Conn, resp kmsg.Response) {
 	}
 	if err := resp.ReadFrom(frame[start:]); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// BenchmarkTrackFetchSession: an incremental fetch in a session of 1000 partitions that moves
+// the offsets of 10 of them (a consumer that got records from those).
+func BenchmarkTrackFetchSession(b *testing.B) {
+	s := offlineSession(b)
+	full := &fetchFacts{offsets: map[fetchKey]int64{}}
+	for i := range 1000 {
+		full.offsets[fetchKey{topic: "t", partition: int32(i)}] = 0
+	}
+	s.trackFetchSession(full)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		f := &fetchFacts{sessionEpoch: int32(i%1000 + 1), offsets: make(map[fetchKey]int64, 10)}
+		for j := range 10 {
+			f.offsets[fetchKey{topic: "t", partition: int32((i*10 + j) % 1000)}] = int64(i)
+		}
+		s.trackFetchSession(f)
+	}
+}
+
+// TestSessionOffsetsMatchACopiedMap: the chained session gives, after every request, the offsets
+// a session copied in full at every request gives: full and incremental requests, forgotten
+// partitions (a few, many, and named in the same request), and sessions closed and reopened;
+// and a snapshot taken earlier keeps the offsets of its time.
+func TestSessionOffsetsMatchACopiedMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	s := offlineSession(t)
+	var model map[fetchKey]int64
+	type snapshot struct {
+		f    *fetchFacts
+		want map[fetchKey]int64
+	}
+	var snaps []snapshot
+	key := func(i int) fetchKey { return fetchKey{topic: "t", partition: int32(i)} }
+	for req := range 2000 {
+		f := &fetchFacts{offsets: map[fetchKey]int64{}}
+		switch r := rng.IntN(100); {
+		case r < 3:
+			f.sessionEpoch = -1
+		case r < 8:
+			f.sessionEpoch = 0
+			for i := range rng.IntN(50) {
+				f.offsets[key(i)] = rng.Int64N(1000)
+			}
+		default:
+			f.sessionEpoch = int32(req + 1)
+			for range rng.IntN(5) {
+				f.offsets[key(rng.IntN(60))] = rng.Int64N(1000)
+			}
+			n := rng.IntN(3)
+			if rng.IntN(20) == 0 {
+				n = 30 // a rebalance that takes many partitions away
+			}
+			for range n {
+				f.forgotten = append(f.forgotten, key(rng.IntN(60)))
+			}
+		}
+		s.trackFetchSession(f)
+		switch {
+		case f.sessionEpoch < 0:
+			model = nil
+		case f.sessionEpoch == 0:
+			model = maps.Clone(f.offsets)
+		default:
+			next := maps.Clone(model)
+			if next == nil {
+				next = map[fetchKey]int64{}
+			}
+			maps.Copy(next, f.offsets)
+			for _, k := range f.forgotten {
+				delete(next, k)
+			}
+			model = next
+			if len(snaps) < 50 && rng.IntN(10) == 0 {
+				snaps = append(snaps, snapshot{f, model})
+			}
+		}
+		for i := range 60 {
+			k := key(i)
+			want, ok := model[k]
+			if !ok {
+				want = -1
+			}
+			if got := s.fetchSession.offset(k); got != want {
+				t.Fatalf("request %d (epoch %d): partition %d at %d, want %d", req, f.sessionEpoch, i, got, want)
+			}
+		}
+	}
+	for j, sn := range snaps {
+		for i := range 60 {
+			k := key(i)
+			want, ok := sn.f.offsets[k]
+			if !ok {
+				if want, ok = sn.want[k]; !ok {
+					want = -1
+				}
+			}
+			if got := sn.f.offset(k); got != want {
+				t.Fatalf("snapshot %d: partition %d at %d, want %d", j, i, got, want)
+			}
+		}
 	}
 }
