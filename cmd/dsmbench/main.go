@@ -41,7 +41,9 @@ Protocols:
          sends them ("with ctx"; the proxy checkpoints them and replaces it). The entry the proxy
          adds to a bare message costs RabbitMQ itself; with the context on both paths the broker
          does the same work, and the "with ctx" rows show the proxy's own cost. Without confirms,
-         a publish phase ends when the queue holds every message.
+         a publish phase ends when the queue holds every message. The bare messages are consumed
+         with automatic acks, those with a context acknowledged one by one (prefetch 1000), as
+         most consumers read.
 
 With --relay, each round also runs every workload through a plain TCP relay (a child process
 that forwards each read as it comes and parses nothing; its CPU shows in the PROXY CPU column):

@@ -78,13 +78,13 @@ func TestSmokeAMQP(t *testing.T) {
 	if strings.Contains(errb.String(), "skipped") {
 		t.Fatalf("RabbitMQ must answer on 127.0.0.1:5672 (start it with `rabbitmq-server -detached`):\n%s", errb.String())
 	}
-	for _, want := range []string{"publish, confirms off", "publish, confirms on", "consume (2 queues)", "publish with ctx, confirms off", "publish with ctx, confirms on"} {
+	for _, want := range []string{"publish, confirms off", "publish, confirms on", "consume (2 queues)", "publish with ctx, confirms off", "publish with ctx, confirms on", "consume with ctx, acked"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
 	}
-	if got := len(relayLine.FindAllString(out.String(), -1)); got != 5 {
-		t.Errorf("%d relay lines, want 5:\n%s", got, out.String())
+	if got := len(relayLine.FindAllString(out.String(), -1)); got != 6 {
+		t.Errorf("%d relay lines, want 6:\n%s", got, out.String())
 	}
 }
 
