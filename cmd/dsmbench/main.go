@@ -35,7 +35,9 @@ Protocols:
          once, directly and untimed, first (kfake served the first read of records produced
          through the proxy at about half the rate of their second read, on every path).
   sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
-         10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs.
+         10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs. Then
+         SendMessage "with ctx": messages whose _datadog already holds a tracer's context, which
+         the proxy leaves as it is, so the emulator does the same work on both paths.
   amqp   the local RabbitMQ at --amqp-url; publish bare messages (confirms off, then on), consume
          them, then publish messages that already carry a pathway context, as a traced publisher
          sends them ("with ctx"; the proxy checkpoints them and replaces it). The entry the proxy

@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/rs/zerolog"
 
+	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/protocols/aws"
 )
 
@@ -95,74 +96,61 @@ func benchSQS(ctx context.Context, o options, stderr io.Writer) ([]row, error) {
 	small := o
 	small.sqsMsgs = min(o.sqsMsgs, 200)
 	for _, p := range paths {
-		if _, _, err := sqsRun(ctx, p.target, small, p.proc.cpu); err != nil {
+		if _, err := sqsRun(ctx, p.target, small, p.proc.cpu); err != nil {
 			return nil, err
 		}
 	}
-	var send, recv rounds
+	var send, recv, sendCtx rounds
 	for round := 0; round < o.rounds; round++ {
 		for _, i := range roundOrder(round, len(paths)) {
 			p := paths[i]
-			s, r, err := sqsRun(ctx, p.target, o, p.proc.cpu)
+			r, err := sqsRun(ctx, p.target, o, p.proc.cpu)
 			if err != nil {
 				return nil, err
 			}
-			send.add(i, s)
-			recv.add(i, r)
+			send.add(i, r.send)
+			recv.add(i, r.recv)
+			sendCtx.add(i, r.sendCtx)
 		}
 		send.endRound()
 		recv.endRound()
+		sendCtx.endRound()
 	}
 	rss := pp.peakRSS()
 	return []row{
 		send.row("sqs", "SendMessage", rss, true),
 		recv.row("sqs", "ReceiveMessage (10/req)", rss, true),
+		sendCtx.row("sqs", "SendMessage with ctx", rss, true),
 	}, nil
 }
 
-// sqsRun sends o.sqsMsgs messages with one attribute from several workers, then receives them all.
+// sqsPhases is one sqsRun's results. sendCtx sends messages whose _datadog already holds a
+// tracer's pathway context, which the proxy leaves as it is: the emulator then gets the same
+// request on both paths, and the row shows the proxy's own cost (verifying, parsing, re-signing),
+// where SendMessage adds the attribute's cost to the emulator's work.
+type sqsPhases struct{ send, recv, sendCtx result }
+
+// sqsRun sends o.sqsMsgs messages with one attribute from several workers, then receives them
+// all, then sends as many again, each with a tracer's _datadog, to a second queue.
 // cpu reads the proxy process's CPU: each phase gets the CPU the proxy used during it (a
 // ReceiveMessage of 10 messages costs the proxy more than a SendMessage, so splitting the whole
 // run's CPU by request count would charge sends for receives).
-func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Duration) (send, recv result, err error) {
+func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Duration) (r sqsPhases, err error) {
 	cl := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(endpoint),
 		Credentials: credentials.NewStaticCredentialsProvider(benchKey, benchSecret, ""), AppID: "bench-producer"})
 	q, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(fmt.Sprintf("bench-%d", time.Now().UnixNano()))})
 	if err != nil {
-		return send, recv, err
+		return r, err
 	}
 	workers := o.concurrency * 4
 	body := string(benchValue(min(o.size, 1024)))
 	attrs := map[string]types.MessageAttributeValue{"tenant": {DataType: awssdk.String("String"), StringValue: awssdk.String("acme")}}
-	var next atomic.Int64
 	var failed atomic.Value
-	lat := newLatencies(o.sqsMsgs)
 	var wg sync.WaitGroup
-	cpu0 := cpu()
-	watch := startWatch()
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(o.sqsMsgs) {
-				s := time.Now()
-				if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: q.QueueUrl, MessageBody: &body, MessageAttributes: attrs}); err != nil {
-					failed.CompareAndSwap(nil, err)
-					return
-				}
-				lat.add(time.Since(s))
-			}
-		}()
+	if r.send, err = sqsSend(ctx, cl, q.QueueUrl, body, attrs, o.sqsMsgs, workers, cpu); err != nil {
+		return r, fmt.Errorf("SendMessage via %s: %w", endpoint, err)
 	}
-	wg.Wait()
-	send = result{msgs: o.sqsMsgs, reqs: o.sqsMsgs, bytes: int64(o.sqsMsgs * len(body))}
-	watch.stop(&send)
-	if e, _ := failed.Load().(error); e != nil {
-		return send, recv, fmt.Errorf("SendMessage via %s: %w", endpoint, e)
-	}
-	send.p50, send.p99 = lat.quantile(0.5), lat.quantile(0.99)
 	cpu1 := cpu()
-	send.proxyCPU = cpu1 - cpu0
 
 	var got, reqs atomic.Int64
 	rlat := newLatencies(o.sqsMsgs)
@@ -172,7 +160,7 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 	defer cancel()
 	var once sync.Once
 	var ended result
-	watch = startWatch()
+	watch := startWatch()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
@@ -200,13 +188,74 @@ func sqsRun(ctx context.Context, endpoint string, o options, cpu func() time.Dur
 	}
 	wg.Wait()
 	if e, _ := failed.Load().(error); e != nil {
-		return send, recv, fmt.Errorf("ReceiveMessage via %s: %w", endpoint, e)
+		return r, fmt.Errorf("ReceiveMessage via %s: %w", endpoint, e)
 	}
 	n := int(got.Load())
 	if n < o.sqsMsgs {
-		return send, recv, fmt.Errorf("ReceiveMessage via %s: %d of %d messages: %w", endpoint, n, o.sqsMsgs, ctx.Err())
+		return r, fmt.Errorf("ReceiveMessage via %s: %d of %d messages: %w", endpoint, n, o.sqsMsgs, ctx.Err())
 	}
-	recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body)), elapsed: ended.elapsed, busy: ended.busy}
-	recv.p50, recv.p99, recv.proxyCPU = rlat.quantile(0.5), rlat.quantile(0.99), cpu()-cpu1
-	return send, recv, nil
+	r.recv = result{msgs: n, reqs: int(reqs.Load()), bytes: int64(n * len(body)), elapsed: ended.elapsed, busy: ended.busy}
+	r.recv.p50, r.recv.p99, r.recv.proxyCPU = rlat.quantile(0.5), rlat.quantile(0.99), cpu()-cpu1
+	if _, err := cl.DeleteQueue(ctx, &sqs.DeleteQueueInput{QueueUrl: q.QueueUrl}); err != nil {
+		return r, err
+	}
+
+	// A traced producer's messages: the proxy must leave their context as it is.
+	qc, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(fmt.Sprintf("bench-ctx-%d", time.Now().UnixNano()))})
+	if err != nil {
+		return r, err
+	}
+	now := time.Now()
+	carrier := fmt.Sprintf(`{"%s":"%s"}`, pathway.HeaderKey, pathway.Context{Hash: 0x5eed_cafe_f00d_beef, PathwayStart: now, EdgeStart: now})
+	traced := map[string]types.MessageAttributeValue{
+		"tenant":   attrs["tenant"],
+		"_datadog": {DataType: awssdk.String("String"), StringValue: awssdk.String(carrier)},
+	}
+	if r.sendCtx, err = sqsSend(ctx, cl, qc.QueueUrl, body, traced, o.sqsMsgs, workers, cpu); err != nil {
+		return r, fmt.Errorf("SendMessage with ctx via %s: %w", endpoint, err)
+	}
+	m, err := cl.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: qc.QueueUrl, MaxNumberOfMessages: 1, MessageAttributeNames: []string{"_datadog"}})
+	if err != nil || len(m.Messages) != 1 {
+		return r, fmt.Errorf("reading back a message with ctx via %s: %d messages, %v", endpoint, len(m.Messages), err)
+	}
+	if got := m.Messages[0].MessageAttributes["_datadog"].StringValue; got == nil || *got != carrier {
+		return r, fmt.Errorf("via %s: a message sent with _datadog %s arrived with %v", endpoint, carrier, got)
+	}
+	if _, err := cl.DeleteQueue(ctx, &sqs.DeleteQueueInput{QueueUrl: qc.QueueUrl}); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// sqsSend sends n messages from workers goroutines and times it; cpu reads the proxy's CPU.
+func sqsSend(ctx context.Context, cl *sqs.Client, queue *string, body string, attrs map[string]types.MessageAttributeValue, n, workers int, cpu func() time.Duration) (result, error) {
+	var next atomic.Int64
+	var failed atomic.Value
+	lat := newLatencies(n)
+	var wg sync.WaitGroup
+	cpu0 := cpu()
+	watch := startWatch()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				s := time.Now()
+				if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: queue, MessageBody: &body, MessageAttributes: attrs}); err != nil {
+					failed.CompareAndSwap(nil, err)
+					return
+				}
+				lat.add(time.Since(s))
+			}
+		}()
+	}
+	wg.Wait()
+	r := result{msgs: n, reqs: n, bytes: int64(n * len(body))}
+	watch.stop(&r)
+	if e, _ := failed.Load().(error); e != nil {
+		return r, e
+	}
+	r.p50, r.p99 = lat.quantile(0.5), lat.quantile(0.99)
+	r.proxyCPU = cpu() - cpu0
+	return r, nil
 }
