@@ -105,10 +105,9 @@ type amqpPhases struct {
 	ctxOff, ctxOn result
 	// acked consumes the ctx queues as most consumers do, acknowledging every message with a
 	// prefetch of 1000, where consume takes the bare ones with automatic acks. Without acks
-	// RabbitMQ pushes as fast as the socket drains, and one more hop's buffers let it push
-	// faster (consume runs faster through the relay as well); with acks every message also
-	// sends a frame back through the hop, as a real consumer's do. Both paths read messages with
-	// the same headers table.
+	// RabbitMQ pushes as fast as the socket drains, and consume runs faster through any hop, the
+	// relay included (README); with acks every message also sends a frame back through the hop,
+	// as a real consumer's do. Both paths read messages with the same headers table.
 	acked result
 }
 
