@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -29,6 +31,14 @@ func offlineSession(t testing.TB) *session {
 func FuzzRequestFrame(f *testing.F) {
 	for _, frame := range goldenProduces(f) {
 		f.Add(frame)
+	}
+	group, _ := filepath.Glob(filepath.Join(goldenDir, "*-group.*.bin")) // real clients' group requests
+	for _, name := range group {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
 	}
 	for _, req := range []kmsg.Request{kmsg.NewPtrFetchRequest(), kmsg.NewPtrOffsetCommitRequest(), kmsg.NewPtrTxnOffsetCommitRequest(),
 		kmsg.NewPtrJoinGroupRequest(), kmsg.NewPtrSyncGroupRequest(), kmsg.NewPtrConsumerGroupHeartbeatRequest(),

@@ -3,8 +3,10 @@ package kafka
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -20,27 +22,46 @@ var update = flag.Bool("update", false, "recapture the golden client requests un
 
 const goldenDir = "../../testdata/kafka"
 
-// captureProduces records the largest produce request with records of every (client, label): a
-// client's first request may hold one tiny record that no codec shrinks, which it sends uncompressed.
+// captureProduces records, for every (client, label), the largest produce request with records,
+// the largest fetch request naming partitions, and the first OffsetCommit, JoinGroup and SyncGroup:
+// a client's first produce may hold one tiny record that no codec shrinks, which it sends
+// uncompressed, and its first fetch may name no partition yet.
 type captureProduces struct {
 	mu     sync.Mutex
 	label  string
 	frames map[string][]byte
 }
 
+// goldenAPIs are the captured request kinds by key, as named in the fixture files.
+var goldenAPIs = map[int16]string{keyProduce: "produce", keyFetch: "fetch", keyOffsetCommit: "offsetcommit",
+	keyJoinGroup: "joingroup", keySyncGroup: "syncgroup"}
+
 func (c *captureProduces) tap(h requestHeader, frame []byte) {
-	if h.Key != keyProduce {
+	api, ok := goldenAPIs[h.Key]
+	if !ok {
 		return
 	}
-	req := kmsg.NewPtrProduceRequest()
-	req.SetVersion(h.Version)
-	if req.ReadFrom(frame[h.BodyStart:]) != nil || len(req.Topics) == 0 || len(req.Topics[0].Partitions) == 0 || len(req.Topics[0].Partitions[0].Records) == 0 {
-		return
+	biggest := false // keep the largest of its kind rather than the first
+	switch h.Key {
+	case keyProduce:
+		req := kmsg.NewPtrProduceRequest()
+		req.SetVersion(h.Version)
+		if req.ReadFrom(frame[h.BodyStart:]) != nil || len(req.Topics) == 0 || len(req.Topics[0].Partitions) == 0 || len(req.Topics[0].Partitions[0].Records) == 0 {
+			return
+		}
+		biggest = true
+	case keyFetch:
+		req := kmsg.NewPtrFetchRequest()
+		req.SetVersion(h.Version)
+		if req.ReadFrom(frame[h.BodyStart:]) != nil || len(req.Topics) == 0 {
+			return
+		}
+		biggest = true
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	name := fmt.Sprintf("%s.produce-v%d.bin", c.label, h.Version)
-	if len(frame) > len(c.frames[name]) {
+	name := fmt.Sprintf("%s.%s-v%d.bin", c.label, api, h.Version)
+	if old, ok := c.frames[name]; !ok || biggest && len(frame) > len(old) {
 		c.frames[name] = append([]byte(nil), frame...)
 	}
 }
@@ -85,6 +106,15 @@ func TestCaptureGolden(t *testing.T) {
 		runKcat(t, ctx, fmt.Sprintf("k1:%s\nk2:%s\n:%s\n", codecValue(1), codecValue(2), codecValue(3)), "-P", "-b", p.Addr().String(), "-t", "golden", "-K:", "-z", codec,
 			"-H", "h1=v1", "-X", "client.id=golden-kcat")
 	}
+	// Each client reads the topic back in a group of its own and commits.
+	n := 8*5 + 8*3 + 3*2
+	capt.setLabel("kgo-group")
+	consumeKgo(t, ctx, p, "golden", "golden-kgo", n, kgo.ClientID("golden-kgo"))
+	capt.setLabel("sarama-group")
+	consumeSarama(t, ctx, p, "golden", "golden-sarama", n)
+	capt.setLabel("kcat-group")
+	runKcat(t, ctx, "", "-C", "-b", p.Addr().String(), "-G", "golden-kcat", "-c", fmt.Sprint(n), "-X", "auto.offset.reset=earliest",
+		"-X", "client.id=golden-kcat", "golden")
 	if err := os.MkdirAll(goldenDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -184,6 +214,107 @@ func TestGoldenRequestHeaders(t *testing.T) {
 						t.Errorf("%s: partition %d has a batch with codec bits %d, want %d (%s)", name, pp.Partition, b.codec, codecNames[codec], codec)
 					}
 				}
+			}
+		}
+	}
+}
+
+// goldenOf loads the captured requests of one kind (goldenAPIs).
+func goldenOf(t *testing.T, api string) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(goldenDir, "*."+api+"-v*.bin"))
+	if err != nil || len(files) < 3 {
+		t.Fatalf("%d golden %s requests under %s, want one per client (run go test -run TestCaptureGolden -update): %v", len(files), api, goldenDir, err)
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[filepath.Base(f)] = b
+	}
+	return out
+}
+
+// TestGoldenGroupRequests: the hand parsers read the Fetch, OffsetCommit, JoinGroup and SyncGroup
+// requests that kgo, sarama and kcat sent, as kmsg decodes them.
+func TestGoldenGroupRequests(t *testing.T) {
+	for name, frame := range goldenOf(t, "fetch") {
+		h := headerOf(t, frame)
+		f, err := parseFetch(h, frame)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		req := kmsg.NewPtrFetchRequest()
+		req.SetVersion(h.Version)
+		if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
+			t.Fatalf("%s: kmsg: %v", name, err)
+		}
+		want := map[fetchKey]int64{}
+		for _, tp := range req.Topics {
+			for _, pp := range tp.Partitions {
+				k := fetchKey{topic: tp.Topic, partition: pp.Partition}
+				if h.Version >= 13 {
+					k = fetchKey{id: tp.TopicID, partition: pp.Partition}
+				}
+				want[k] = pp.FetchOffset
+			}
+		}
+		epoch := req.SessionEpoch
+		if h.Version < 7 {
+			epoch = -1
+		}
+		if !maps.Equal(f.offsets, want) || f.readCommitted != (req.IsolationLevel == 1) || f.sessionEpoch != epoch || len(want) == 0 {
+			t.Errorf("%s: parsed offsets %v, read_committed %v, epoch %d; kmsg %v, isolation %d, epoch %d",
+				name, f.offsets, f.readCommitted, f.sessionEpoch, want, req.IsolationLevel, epoch)
+		}
+	}
+	for name, frame := range goldenOf(t, "offsetcommit") {
+		h := headerOf(t, frame)
+		f, err := parseOffsetCommit(h, frame)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		req := kmsg.NewPtrOffsetCommitRequest()
+		req.SetVersion(h.Version)
+		if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
+			t.Fatalf("%s: kmsg: %v", name, err)
+		}
+		var want []committed
+		for _, tp := range req.Topics {
+			for _, pp := range tp.Partitions {
+				c := committed{topic: tp.Topic, partition: pp.Partition, offset: pp.Offset}
+				if h.Version >= 10 {
+					c = committed{topicID: tp.TopicID, partition: pp.Partition, offset: pp.Offset}
+				}
+				want = append(want, c)
+			}
+		}
+		if f.group != req.Group || !slices.Equal(f.offsets, want) || len(want) == 0 {
+			t.Errorf("%s: parsed group %q offsets %+v; kmsg %q %+v", name, f.group, f.offsets, req.Group, want)
+		}
+	}
+	for _, api := range []string{"joingroup", "syncgroup"} {
+		for name, frame := range goldenOf(t, api) {
+			h := headerOf(t, frame)
+			got, err := parseFirstString(h, frame)
+			req := kmsg.RequestForKey(h.Key)
+			req.SetVersion(h.Version)
+			if rerr := req.ReadFrom(frame[h.BodyStart:]); rerr != nil {
+				t.Fatalf("%s: kmsg: %v", name, rerr)
+			}
+			var group string
+			switch r := req.(type) {
+			case *kmsg.JoinGroupRequest:
+				group = r.Group
+			case *kmsg.SyncGroupRequest:
+				group = r.Group
+			}
+			if err != nil || got != group || !strings.HasPrefix(group, "golden-") {
+				t.Errorf("%s: parsed group %q (%v), kmsg %q", name, got, err, group)
 			}
 		}
 	}
