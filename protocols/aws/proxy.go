@@ -477,6 +477,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.requests.Add(1)
 	body, err := readBody(r.Body, r.ContentLength, p.cfg.MaxBodyBytes)
 	if err != nil {
+		p.log.Warn().Err(err).Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("could not read a request body; answered 400")
 		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -826,7 +827,7 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	body, fix := p.rewriteRequest(c)
 	resp, rb, err := p.forward(c, body)
 	if err != nil {
-		p.log.Warn().Err(err).Msg("upstream request failed")
+		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("upstream request failed; answered 502")
 		msg := "dsmproxy could not reach the upstream: "
 		if errors.As(err, new(errAnswerTooLarge)) {
 			msg = "dsmproxy could not relay the upstream's answer: "
@@ -912,7 +913,7 @@ func (p *Proxy) rewriteRequest(c *call) ([]byte, respFixer) {
 		p.stats.decodeErr.Add(1)
 		p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.DecodeError, Protocol: c.service, Operation: c.op,
 			Name: "request_decode", Message: err.Error(), Service: c.svcName, Partition: -1})
-		p.log.Debug().Err(err).Str("op", c.op).Msg("request forwarded without rewriting")
+		p.log.Debug().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("request forwarded without rewriting")
 		return c.body, nil
 	}
 	if body == nil {

@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +51,7 @@ type h1Server struct {
 type h1Conn struct {
 	s   *h1Server
 	rwc net.Conn
+	log zerolog.Logger // carries the connection id and the client's address
 }
 
 // errServerClosed mirrors http.ErrServerClosed.
@@ -90,7 +93,7 @@ func (s *h1Server) serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		c := &h1Conn{s: s, rwc: rw}
+		c := &h1Conn{s: s, rwc: rw, log: s.log.With().Uint64("conn", proxy.NextConnID()).Str("client", remoteOf(rw)).Logger()}
 		s.mu.Lock()
 		if s.shutting {
 			s.mu.Unlock()
@@ -194,7 +197,7 @@ func (c *h1Conn) serve() {
 	s := c.s
 	defer func() {
 		if v := recover(); v != nil && v != http.ErrAbortHandler {
-			s.logErr("panic serving " + c.rwc.RemoteAddr().String() + ": " + strings.TrimSpace(toString(v)))
+			c.log.Error().Interface("panic", v).Str("stack", string(debug.Stack())).Msg("panic serving a request; closing this connection only")
 		}
 		c.rwc.Close()
 		s.forget(c)
@@ -203,6 +206,11 @@ func (c *h1Conn) serve() {
 	if tc, ok := c.rwc.(*tls.Conn); ok {
 		tc.SetDeadline(time.Now().Add(s.readHeaderTimeout))
 		if err := tc.HandshakeContext(s.baseCtx); err != nil {
+			ev := c.log.Warn()
+			if errors.Is(err, io.EOF) {
+				ev = c.log.Debug() // port probes and health checks
+			}
+			ev.Err(err).Msg("TLS handshake with client failed; closing connection")
 			return
 		}
 		tc.SetDeadline(time.Time{})
@@ -211,7 +219,7 @@ func (c *h1Conn) serve() {
 	}
 	budget := &headerBudget{r: c.rwc}
 	br := bufio.NewReaderSize(budget, 4096)
-	remote := c.rwc.RemoteAddr().String()
+	remote := remoteOf(c.rwc)
 	for {
 		if s.idleTimeout > 0 {
 			c.rwc.SetReadDeadline(time.Now().Add(s.idleTimeout))
@@ -232,12 +240,15 @@ func (c *h1Conn) serve() {
 		if err != nil {
 			switch {
 			case errors.Is(err, errHeaderTooLarge):
-				c.writeSimple(http.StatusRequestHeaderFieldsTooLarge, "431 Request Header Fields Too Large")
+				c.refuse(http.StatusRequestHeaderFieldsTooLarge, "431 Request Header Fields Too Large", err)
 			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+				c.log.Debug().Err(err).Msg("client closed the connection inside a request head")
 			default:
 				var ne net.Error
 				if !errors.As(err, &ne) {
-					c.writeSimple(http.StatusBadRequest, "400 Bad Request")
+					c.refuse(http.StatusBadRequest, "400 Bad Request", err)
+				} else {
+					c.log.Debug().Err(err).Msg("reading a request head timed out or failed; closing connection")
 				}
 			}
 			return
@@ -249,23 +260,23 @@ func (c *h1Conn) serve() {
 		}
 		budget.n = math.MaxInt64
 		if req.ProtoMajor != 1 {
-			c.writeSimple(http.StatusHTTPVersionNotSupported, "505 HTTP Version Not Supported")
+			c.refuse(http.StatusHTTPVersionNotSupported, "505 HTTP Version Not Supported", fmt.Errorf("%s request", req.Proto))
 			return
 		}
 		if req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != http.MethodConnect {
-			c.writeSimple(http.StatusBadRequest, "400 Bad Request: missing required Host header")
+			c.refuse(http.StatusBadRequest, "400 Bad Request: missing required Host header", nil)
 			return
 		}
 		// textproto keeps "Content-Length : 5" as a field of its own, which would frame the
 		// request without its body and read that as the next request (RFC 9112 5.1: 400).
 		if why := badFields(req); why != "" {
-			c.writeSimple(http.StatusBadRequest, "400 Bad Request: "+why)
+			c.refuse(http.StatusBadRequest, "400 Bad Request: "+why, nil)
 			return
 		}
 		// HTTP/1.0 clients know no 100 Continue: the expectation is ignored (RFC 9110 10.1.1).
 		if e := req.Header.Get("Expect"); e != "" && req.ProtoAtLeast(1, 1) {
 			if !strings.EqualFold(e, "100-continue") {
-				c.writeSimple(http.StatusExpectationFailed, "417 Expectation Failed")
+				c.refuse(http.StatusExpectationFailed, "417 Expectation Failed", fmt.Errorf("expectation %q", e))
 				return
 			}
 			if req.ContentLength != 0 {
@@ -345,14 +356,18 @@ func (s *h1Server) isShutting() bool {
 	return s.shutting
 }
 
-func toString(v any) string {
-	switch x := v.(type) {
-	case error:
-		return x.Error()
-	case string:
-		return x
+// refuse logs why a request could not be taken, then answers it with writeSimple.
+func (c *h1Conn) refuse(status int, text string, err error) {
+	c.log.Warn().Err(err).Int("status", status).Msgf("refused a malformed request (%s); closing connection", text)
+	c.writeSimple(status, text)
+}
+
+// remoteOf is the connection's peer address, or "unknown" when the socket no longer has one.
+func remoteOf(c net.Conn) string {
+	if a := c.RemoteAddr(); a != nil {
+		return a.String()
 	}
-	return "panic"
+	return "unknown"
 }
 
 // writeSimple answers a request that could not be read, then the connection closes.

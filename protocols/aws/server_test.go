@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -352,5 +353,80 @@ func TestServerAcceptsAfterTransientErrors(t *testing.T) {
 	srv.shutdown(ctx)
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		t.Errorf("serve ended with %v", err)
+	}
+}
+
+// TestServerLogsRefusalsAndPanics: a malformed request gets its answer and a log line that names
+// the connection, the client and why; a handler panic closes only its connection, with the stack.
+func TestServerLogsRefusalsAndPanics(t *testing.T) {
+	var logs syncbuf.Buffer
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &h1Server{handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/boom" {
+			panic("handler bug")
+		}
+		w.Write([]byte("ok"))
+	}), baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(&logs)}
+	served := make(chan error, 1)
+	go func() { served <- srv.serve(ln) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.shutdown(ctx)
+		<-served
+	}()
+	for _, tc := range []struct{ raw, status, why string }{
+		{"GET / HTTP/1.1\r\n\r\n", "400", "missing required Host header"},
+		{"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello", "400", "400 Bad Request"},
+		{"GET / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", "417", "expectation"},
+		{"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505", "HTTP/2.0"},
+	} {
+		rs, _ := rawExchange(t, ln.Addr().String(), tc.raw, 1)
+		if got := strconv.Itoa(rs[0].StatusCode); got != tc.status {
+			t.Errorf("%q: status %s, want %s", tc.raw, got, tc.status)
+		}
+		waitForLog(t, &logs, tc.why)
+	}
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("GET /boom HTTP/1.1\r\nHost: x\r\n\r\n"))
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, _ := c.Read(make([]byte, 1)); n != 0 {
+		t.Error("a panicking handler's connection answered")
+	}
+	c.Close()
+	waitForLog(t, &logs, "handler bug")
+	// Still serving.
+	if rs, bodies := rawExchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1); rs[0].StatusCode != 200 || bodies[0] != "ok" {
+		t.Errorf("after the panic: %d %q", rs[0].StatusCode, bodies[0])
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["conn"] == nil || !strings.HasPrefix(fmt.Sprint(m["client"]), "127.0.0.1:") {
+			t.Errorf("log line without its connection: %s", line)
+		}
+		if strings.Contains(line, "handler bug") && !strings.Contains(fmt.Sprint(m["stack"]), "TestServerLogsRefusalsAndPanics") {
+			t.Errorf("panic line without the stack: %s", line)
+		}
+	}
+}
+
+// waitForLog waits until the log holds want (the server logs after it answered).
+func waitForLog(t *testing.T, logs *syncbuf.Buffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q:\n%s", want, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

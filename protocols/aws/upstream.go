@@ -103,7 +103,7 @@ func (u *upstreamClient) do(req *http.Request, body []byte, limit int64) (*http.
 			continue
 		}
 		if errors.Is(err, errClosedIdle) {
-			err = io.ErrUnexpectedEOF
+			err = fmt.Errorf("%w: %w", io.ErrUnexpectedEOF, err)
 		}
 		if cerr := req.Context().Err(); cerr != nil {
 			err = cerr
@@ -123,14 +123,14 @@ func (c *upConn) roundTrip(req *http.Request, wire []byte, limit int64) (resp *h
 	}()
 	if _, err := c.Write(wire); err != nil {
 		if reused {
-			return nil, nil, false, fmt.Errorf("%w: %v", errClosedIdle, err)
+			return nil, nil, false, fmt.Errorf("%w: %w", errClosedIdle, err)
 		}
 		return nil, nil, false, err
 	}
 	for {
 		if reused {
 			if _, err := c.br.Peek(1); err != nil {
-				return nil, nil, false, fmt.Errorf("%w: %v", errClosedIdle, err)
+				return nil, nil, false, fmt.Errorf("%w: %w", errClosedIdle, err)
 			}
 			reused = false
 		}
