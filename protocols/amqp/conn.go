@@ -386,7 +386,7 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 	until := time.Now().Add(3 * closeWait)
 	s.c.Client.SetReadDeadline(until)
 	s.c.Upstream.SetWriteDeadline(until) // a broker that stops reading cannot hold the drain
-	go func() {
+	go s.c.Recover("amqp drain reader", func() error {
 		defer close(clientDone)
 		fr := &frameReader{r: cr, max: s.p.cfg.MaxFrameBytes}
 		// The drain watcher may set its wake-up deadline after the one above: read on.
@@ -401,24 +401,24 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 		for {
 			typ, ch, size, err := fr.header()
 			if err != nil {
-				return
+				return nil
 			}
 			if typ != frameMethod && typ != frameHeartbeat || int64(size) > int64(fr.max) {
 				if fr.copyFrame(discard, size) != nil {
-					return
+					return nil
 				}
 				continue
 			}
 			f, err := fr.read(size)
 			if err != nil {
-				return
+				return nil
 			}
 			var m methodID
 			if typ == frameMethod {
 				m = methodOf(f.Payload)
 			}
 			if ch == 0 && m == connCloseOk {
-				return
+				return nil
 			}
 			if typ == frameHeartbeat || m == basicAck || m == basicNack || m == basicReject {
 				wmu.Lock()
@@ -429,7 +429,7 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 				wmu.Unlock()
 			}
 		}
-	}()
+	})
 	defer func() {
 		stopping.Store(true)
 		s.c.Client.SetReadDeadline(time.Now()) // the reader ends, whatever the client does
