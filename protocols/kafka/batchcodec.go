@@ -31,6 +31,7 @@ type kgoCodec struct {
 	lz4t          lz4Transcoder
 	smap          spliceMap
 	grown         grownBatch // the last Inject's output: plain size and codec (size is the caller's)
+	malformed     error      // why the last Inject said skipMalformed, for the skip event
 }
 
 // maxKeptPlain bounds the decompression buffer a codec keeps between batches (one codec per
@@ -127,8 +128,10 @@ func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMet
 	changed := false
 	skip := ""
 	c.grown = grownBatch{}
+	c.malformed = nil
 	for len(records) > 0 {
 		if len(records) < 17 {
+			c.malformed = fmt.Errorf("%d bytes after the last batch, fewer than a batch header", len(records))
 			return dst, false, skipMalformed, nil
 		}
 		length := int(int32(binary.BigEndian.Uint32(records[8:])))
@@ -136,6 +139,7 @@ func (c *kgoCodec) Inject(dst, records []byte, decide func(batchMeta, *recordMet
 			if records[16] != 2 && len(records) >= 12+length && length >= 0 {
 				return dst, false, skipLegacyMagic, nil
 			}
+			c.malformed = fmt.Errorf("batch length %d in the %d bytes left", length, len(records)-12)
 			return dst, false, skipMalformed, nil
 		}
 		batch := records[:12+length]
@@ -165,6 +169,7 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	}
 	meta, attrs, count, err := batchHeader(batch)
 	if err != nil {
+		c.malformed = fmt.Errorf("batch header: %w", err)
 		return dst, false, skipMalformed
 	}
 	if meta.Control {
@@ -182,6 +187,7 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		return dst, false, skipDecompressedSize
 	}
 	if err != nil {
+		c.malformed = fmt.Errorf("decompressing codec %d: %w", codec, err)
 		return dst, false, skipMalformed
 	}
 	start := len(dst)
@@ -193,6 +199,7 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 			if errors.Is(err, errSplicedSize) {
 				return dst[:start], false, skipSizeLimit
 			}
+			c.malformed = fmt.Errorf("records: %w", err)
 			return dst[:start], false, skipMalformed
 		}
 		if n == 0 {
@@ -223,6 +230,7 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 		return dst, false, skipDecompressedSize
 	}
 	if err != nil {
+		c.malformed = fmt.Errorf("records: %w", err)
 		return dst, false, skipMalformed
 	}
 	if n == 0 {
@@ -579,6 +587,9 @@ func (c *kgoCodec) decompress(b []byte, codec int16) ([]byte, error) {
 }
 
 // Grown implements batchCodec.
+// malformedCause says why the last Inject reported skipMalformed.
+func (c *kgoCodec) malformedCause() error { return c.malformed }
+
 func (c *kgoCodec) Grown(size int) grownBatch {
 	g := c.grown
 	g.size = size

@@ -3,8 +3,10 @@ package kafka
 import (
 	"fmt"
 	"maps"
+	"runtime/debug"
 	"slices"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -97,6 +99,7 @@ type observeJob struct {
 	groups  *clientGroups       // the client's groups when the response came (nil: none yet)
 	resp    *kmsg.FetchResponse // already decoded (v16+ node endpoints check), or nil
 	pooled  bool                // frame came from getFetchFrame: put it back once observed
+	log     *zerolog.Logger     // the connection's
 }
 
 func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
@@ -141,7 +144,7 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), erro
 	}
 	facts, _ := pd.facts.(*fetchFacts)
 	ci := s.info.Load()
-	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci, groups: s.p.groups.current(ci.key())}
+	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci, groups: s.p.groups.current(ci.key()), log: &s.log}
 	out := frame
 	if pd.version >= 16 {
 		resp := kmsg.NewPtrFetchResponse()
@@ -208,6 +211,10 @@ func (p *Proxy) observeLoop() {
 func (p *Proxy) observeOne(job observeJob) {
 	defer func() {
 		if r := recover(); r != nil {
+			if job.log != nil {
+				job.log.Error().Interface("panic", r).Str("stack", string(debug.Stack())).Int16("version", job.version).
+					Msg("observing a Fetch response panicked; that response goes unobserved (it was already forwarded)")
+			}
 			p.decodeError("Fetch response", keyFetch, job.version, fmt.Errorf("observer panicked: %v", r))
 		}
 	}()

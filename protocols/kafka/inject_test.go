@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,6 +159,29 @@ func TestInjectSkips(t *testing.T) {
 		out, changed, reason, err := c.Inject(nil, tc.batch, func(batchMeta, *recordMeta) []byte { return []byte("ctx") })
 		if changed || reason != tc.reason || err != nil || out != nil {
 			t.Errorf("%s: changed=%v reason=%q err=%v, want reason %q", tc.name, changed, reason, err, tc.reason)
+		}
+		// A malformed batch's skip event says what was wrong with it.
+		if cause := c.malformedCause(); (reason == skipMalformed) != (cause != nil) {
+			t.Errorf("%s: malformed cause %v for reason %q", tc.name, cause, reason)
+		}
+	}
+	// Each way a batch can be malformed has its own cause.
+	good3 := buildBatch(t, 3, 10, nil)
+	badRecord := append([]byte(nil), good3...)
+	badRecord[61] = 0x7f // the first record's length varint: 63, past the records
+	binary.BigEndian.PutUint32(badRecord[17:], crc32.Checksum(badRecord[21:], castagnoli))
+	for _, tc := range []struct {
+		name, want string
+		records    []byte
+	}{
+		{"short tail", "fewer than a batch header", append(append([]byte(nil), good3...), 1, 2, 3)},
+		{"truncated", "batch length", good3[:len(good3)-5]},
+		{"bad record", "records:", badRecord},
+	} {
+		c := newKgoCodec(DefaultMaxBatchBytes)
+		_, _, reason, _ := c.Inject(nil, tc.records, func(batchMeta, *recordMeta) []byte { return []byte("ctx") })
+		if cause := c.malformedCause(); reason != skipMalformed || cause == nil || !strings.Contains(cause.Error(), tc.want) {
+			t.Errorf("%s: reason %q, cause %v, want one with %q", tc.name, reason, cause, tc.want)
 		}
 	}
 }

@@ -123,7 +123,11 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	if !changed {
 		if skip != "" {
 			p.stats.skipped.Add(1)
-			p.skip(skip, "batch forwarded unmodified", ci.service, edge, partition, batchRecordCount(records))
+			msg := "batch forwarded unmodified"
+			if mc, ok := s.codec.(interface{ malformedCause() error }); ok && skip == skipMalformed && mc.malformedCause() != nil {
+				msg += ": " + mc.malformedCause().Error()
+			}
+			p.skip(skip, msg, ci.service, edge, partition, batchRecordCount(records))
 		}
 		return 0, 0, nil, 0, false
 	}

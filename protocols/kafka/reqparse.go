@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // Client requests the proxy reads are parsed by hand, reading only the fields it needs: kmsg's
@@ -54,7 +55,7 @@ func (w *wire) err(h requestHeader) error {
 	if w.Ok() {
 		return nil
 	}
-	return fmt.Errorf("v%d body truncated or malformed", h.Version)
+	return fmt.Errorf("%s v%d body truncated or malformed: a field or a length does not fit the frame", kmsg.NameForKey(h.Key), h.Version)
 }
 
 // parseFetch reads the isolation level and every partition's fetch offset.
