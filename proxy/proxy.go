@@ -92,6 +92,15 @@ func (c *Conn) WakeOnDrain(ctx context.Context, draining *atomic.Bool) (stop fun
 
 var connIDs atomic.Uint64
 
+// addrString is a's text, or "unknown" for a socket that has no address (a nil interface would
+// panic in the accept goroutine, outside every connection's recover).
+func addrString(a net.Addr) string {
+	if a == nil {
+		return "unknown"
+	}
+	return a.String()
+}
+
 // NextConnID returns a process-wide unique connection id.
 func NextConnID() uint64 { return connIDs.Add(1) }
 
@@ -236,7 +245,7 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	defer l.wg.Done()
 	defer l.serving.Add(-1)
 	id := NextConnID()
-	log := l.log.With().Uint64("conn", id).Str("client", raw.RemoteAddr().String()).Str("upstream", l.cfg.Upstream).Logger()
+	log := l.log.With().Uint64("conn", id).Str("client", addrString(raw.RemoteAddr())).Str("upstream", l.cfg.Upstream).Logger()
 	l.mu.Lock()
 	if l.cfg.MaxConns > 0 && len(l.conns) >= l.cfg.MaxConns {
 		l.mu.Unlock()
