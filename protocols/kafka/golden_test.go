@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -139,23 +138,7 @@ func goldenRecords() []sentRecord {
 }
 
 // goldenProduces loads every captured produce request.
-func goldenProduces(t testing.TB) map[string][]byte {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(goldenDir, "*.produce-v*.bin"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no golden produce requests under %s (run go test -run TestCaptureGolden -update): %v", goldenDir, err)
-	}
-	sort.Strings(files)
-	out := map[string][]byte{}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[filepath.Base(f)] = b
-	}
-	return out
-}
+func goldenProduces(t testing.TB) map[string][]byte { return goldenOf(t, "produce") }
 
 // TestGoldenRequestHeaders: the fixed header of every captured real-client request parses to the
 // produce key and version in its name and its client id.
@@ -219,8 +202,8 @@ func TestGoldenRequestHeaders(t *testing.T) {
 	}
 }
 
-// goldenOf loads the captured requests of one kind (goldenAPIs).
-func goldenOf(t *testing.T, api string) map[string][]byte {
+// goldenOf loads the captured requests of one kind (goldenAPIs), at least one per client.
+func goldenOf(t testing.TB, api string) map[string][]byte {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(goldenDir, "*."+api+"-v*.bin"))
 	if err != nil || len(files) < 3 {
