@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -332,5 +333,50 @@ func TestIdleTimeoutSparesALongWrite(t *testing.T) {
 	}
 	if err := <-wrote; err != nil {
 		t.Errorf("the write was cut: %v", err)
+	}
+}
+
+// TestLoggedErrorsAreNotLoggedTwice: a handler that logged why it closes a connection returns
+// Logged(err), and the listener then notes the end at Debug; other errors it logs at Warn.
+func TestLoggedErrorsAreNotLoggedTwice(t *testing.T) {
+	up := startEcho(t, nil)
+	for _, tc := range []struct {
+		name  string
+		err   error
+		level string
+	}{{"logged", Logged(fmt.Errorf("bad frame: %w", io.ErrUnexpectedEOF)), "debug"}, {"not logged", errors.New("bad frame"), "warn"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncbuf.Buffer
+			l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: up.addr()},
+				HandlerFunc(func(context.Context, *Conn) error { return tc.err }), zerolog.New(&logs))
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			go func() { served <- l.Serve(context.Background()) }()
+			defer func() { l.Close(); <-served }()
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			c.Read(make([]byte, 1)) // the handler returns at once: the connection closes
+			c.Close()
+			deadline := time.Now().Add(30 * time.Second)
+			for !strings.Contains(logs.String(), "connection closed with") {
+				if time.Now().After(deadline) {
+					t.Fatalf("no closing line:\n%s", logs.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			warned := strings.Contains(logs.String(), `"level":"warn"`)
+			if tc.level == "debug" && (warned || !strings.Contains(logs.String(), "the error logged before")) ||
+				tc.level == "warn" && (!warned || !strings.Contains(logs.String(), "connection closed with error")) {
+				t.Errorf("want the closing line at %s:\n%s", tc.level, logs.String())
+			}
+		})
+	}
+	if !errors.Is(Logged(io.ErrUnexpectedEOF), io.ErrUnexpectedEOF) || Logged(nil) != nil {
+		t.Error("Logged must keep its cause and leave nil alone")
 	}
 }

@@ -92,6 +92,19 @@ func (c *Conn) WakeOnDrain(ctx context.Context, draining *atomic.Bool) (stop fun
 
 var connIDs atomic.Uint64
 
+// Logged marks err as logged already, with its reason, by the handler that returns it: the
+// listener then notes the connection's end at Debug instead of logging the same error again.
+func Logged(err error) error {
+	if err == nil {
+		return nil
+	}
+	return loggedError{err}
+}
+
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
+
 // addrString is a's text, or "unknown" for a socket that has no address (a nil interface would
 // panic in the accept goroutine, outside every connection's recover).
 func addrString(a net.Addr) string {
@@ -313,6 +326,10 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	client.Close()
 	up.Close()
 	if err != nil && !isClosedErr(err) && !c.idleClosed.Load() {
+		if errors.As(err, new(loggedError)) {
+			log.Debug().Err(err).Msg("connection closed with the error logged before")
+			return
+		}
 		log.Warn().Err(err).Msg("connection closed with error")
 		return
 	}

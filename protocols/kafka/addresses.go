@@ -4,6 +4,8 @@ import (
 	"slices"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // rewriteAddresses rewrites the broker addresses of Metadata, FindCoordinator, DescribeCluster,
@@ -33,7 +35,7 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 	changed, err := s.p.rewriteResponseAddresses(resp)
 	if err != nil {
 		s.log.Error().Err(err).Str("api", kmsg.NameForKey(pd.key)).Msg("closing connection: cannot advertise a broker node")
-		return nil, versionErr(pd, err)
+		return nil, proxy.Logged(versionErr(pd, err))
 	}
 	if !changed {
 		return frame, nil

@@ -190,6 +190,7 @@ func (s *session) requests() error {
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.log.Warn().Err(err).Msg("closing connection: request frame is not valid Kafka framing")
+				return proxy.Logged(err)
 			}
 			return err
 		}
@@ -209,7 +210,7 @@ func (s *session) requests() error {
 		if err != nil {
 			s.log.Warn().Err(err).Int("bytes", len(frame)).Msg("closing connection: undecodable request header")
 			s.p.decodeError("request", -1, -1, err)
-			return fmt.Errorf("request header: %w", err)
+			return proxy.Logged(fmt.Errorf("request header: %w", err))
 		}
 		if s.p.tap != nil {
 			s.p.tap(h, frame)
@@ -226,7 +227,7 @@ func (s *session) requests() error {
 		if pd.synthetic != nil {
 			if err := s.reply(pd); err != nil {
 				s.log.Warn().Err(err).Msg("closing connection")
-				return err
+				return proxy.Logged(err)
 			}
 			continue
 		}
@@ -379,6 +380,7 @@ func (s *session) responses() error {
 		if err := s.nextResponse(maxBytes); err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.log.Warn().Err(err).Msg("closing connection: response frame is not valid Kafka framing")
+				return proxy.Logged(err)
 			}
 			return err
 		}

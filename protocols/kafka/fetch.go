@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // fetchFacts is what observing a fetch response needs from its request: where each partition was
@@ -155,7 +156,7 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), erro
 			changed, err := s.p.rewriteResponseAddresses(resp)
 			if err != nil {
 				s.log.Error().Err(err).Msg("closing connection: cannot advertise a broker node")
-				return nil, nil, versionErr(pd, err)
+				return nil, nil, proxy.Logged(versionErr(pd, err))
 			}
 			if changed {
 				out = encodeResponse(frame, start, resp)

@@ -8,6 +8,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // Big Fetch responses (a consumer catching up gets one frame of up to fetch.max.bytes, 50 MB by
@@ -148,7 +150,7 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 	if sent < len(frame) {
 		if err := s.fetchTail(pd, frame, sent); err != nil {
 			s.log.Error().Err(err).Msg("closing connection: cannot hide broker node endpoints")
-			return versionErr(pd, err)
+			return proxy.Logged(versionErr(pd, err))
 		}
 		if _, err := s.c.Client.Write(frame[sent:]); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // produceFacts is what a produce response needs from its request.
@@ -153,7 +154,7 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 		changed, err := s.p.rewriteResponseAddresses(resp)
 		if err != nil {
 			s.log.Error().Err(err).Msg("closing connection: cannot advertise a broker node")
-			return nil, versionErr(pd, err)
+			return nil, proxy.Logged(versionErr(pd, err))
 		}
 		if changed {
 			out = encodeResponse(frame, start, resp)
