@@ -3,6 +3,7 @@ package amqp
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -53,7 +54,10 @@ func TestMain(m *testing.M) {
 // fails rather than skips when the node cannot run.
 func needPrivateRabbit(t *testing.T) *privateRabbit {
 	t.Helper()
-	privateOnce.Do(func() { privateNode, privateErr = startPrivateRabbit(t) })
+	privateOnce.Do(func() {
+		privateErr = errors.New("the test that started it stopped first") // stays if a t.Fatal ends the start
+		privateNode, privateErr = startPrivateRabbit(t)
+	})
 	if privateErr != nil {
 		t.Fatalf("private RabbitMQ node: %v", privateErr)
 	}
