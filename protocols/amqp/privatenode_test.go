@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -32,6 +33,7 @@ type privateRabbit struct {
 	ca      *testpki.PKI
 	dir     string
 	cmd     *exec.Cmd
+	user    rabbitUser
 	log     string // the node's console output
 }
 
@@ -84,25 +86,58 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func startPrivateRabbit(t *testing.T) (*privateRabbit, error) {
-	server, err := exec.LookPath("rabbitmq-server")
-	if err != nil {
-		return nil, fmt.Errorf("rabbitmq-server is not installed (apt-get install rabbitmq-server): %w", err)
-	}
-	// The server script runs the node as the rabbitmq user, which must own the node's files.
+// rabbitBin holds the package's own scripts. /usr/sbin's are a wrapper that, run as root, goes
+// through `su`, which starts a session of its own: the node would then escape the process group
+// the tests kill, and a timeout in rabbitmqctl would leave its client running.
+const rabbitBin = "/usr/lib/rabbitmq/bin"
+
+// rabbitUser is the uid and gid the node and rabbitmqctl run as, and their home (the Erlang
+// cookie rabbitmqctl needs is there).
+type rabbitUser struct {
+	uid, gid uint32
+	home     string
+}
+
+func lookupRabbitUser() (rabbitUser, error) {
 	ru, err := user.Lookup("rabbitmq")
 	if err != nil {
-		return nil, fmt.Errorf("no rabbitmq user (the Debian package creates it): %w", err)
+		return rabbitUser{}, fmt.Errorf("no rabbitmq user (the Debian package creates it): %w", err)
 	}
 	uid, _ := strconv.Atoi(ru.Uid)
 	gid, _ := strconv.Atoi(ru.Gid)
 	if os.Geteuid() != 0 && os.Geteuid() != uid {
-		return nil, fmt.Errorf("rabbitmq-server runs only as root or rabbitmq; the tests run as uid %d", os.Geteuid())
+		return rabbitUser{}, fmt.Errorf("the private node runs as the rabbitmq user, so the tests must run as root or rabbitmq, not uid %d", os.Geteuid())
 	}
+	return rabbitUser{uint32(uid), uint32(gid), ru.HomeDir}, nil
+}
+
+// asRabbit makes cmd run as the rabbitmq user in a process group of its own, ended with SIGTERM
+// (which the server script passes on to the node) if the test process dies first.
+func (u rabbitUser) asRabbit(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if os.Geteuid() == 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: u.uid, Gid: u.gid}
+	}
+	cmd.Env = append(cmd.Env, "HOME="+u.home)
+	cmd.WaitDelay = 5 * time.Second // a grandchild holding the output open cannot hold Wait
+}
+
+func startPrivateRabbit(t *testing.T) (*privateRabbit, error) {
+	server := filepath.Join(rabbitBin, "rabbitmq-server")
+	if _, err := os.Stat(server); err != nil {
+		return nil, fmt.Errorf("rabbitmq-server is not installed (apt-get install rabbitmq-server): %w", err)
+	}
+	// The node runs as the rabbitmq user, which must own the node's files.
+	ru, err := lookupRabbitUser()
+	if err != nil {
+		return nil, err
+	}
+	uid, gid := int(ru.uid), int(ru.gid)
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
 	}
+	removeStaleNodeDirs()
 	dir, err := os.MkdirTemp("", "dsmproxy-rabbit-")
 	if err != nil {
 		return nil, err
@@ -152,7 +187,7 @@ loopback_users = none
 	defer out.Close()
 	r.cmd = exec.Command(server)
 	r.cmd.Stdout, r.cmd.Stderr = out, out
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	r.user = ru
 	r.cmd.Env = append(os.Environ(),
 		"RABBITMQ_NODENAME="+r.node,
 		"RABBITMQ_CONF_ENV_FILE="+filepath.Join(dir, "rabbitmq-env.conf"), // not the machine's, which names its node
@@ -163,6 +198,7 @@ loopback_users = none
 		"RABBITMQ_PID_FILE="+filepath.Join(dir, "node.pid"),
 		fmt.Sprintf("RABBITMQ_DIST_PORT=%d", ports[2]),
 	)
+	ru.asRabbit(r.cmd)
 	if err := r.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%s: %w", server, err)
 	}
@@ -196,22 +232,51 @@ func tail(b []byte, n int) []byte {
 	return bytes.TrimSpace(b)
 }
 
+// removeStaleNodeDirs removes the files of private nodes no longer running: a test process that
+// was killed outright stopped its node (SIGTERM on its death) but could not remove them.
+func removeStaleNodeDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "dsmproxy-rabbit-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "node.pid"))
+		pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || perr != nil || pid <= 1 || syscall.Kill(pid, 0) != nil {
+			if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > 10*time.Minute {
+				os.RemoveAll(d) // old enough not to be a node another test process is starting
+			}
+		}
+	}
+}
+
+// rabbitmqctl returns rabbitmqctl against the node, bounded by timeout.
+func (r *privateRabbit) rabbitmqctl(ctx context.Context, timeout time.Duration, args ...string) *exec.Cmd {
+	args = append([]string{"-n", r.node, "--timeout", strconv.Itoa(int(timeout.Seconds()))}, args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(rabbitBin, "rabbitmqctl"), args...)
+	cmd.Env = os.Environ()
+	r.user.asRabbit(cmd)
+	return cmd
+}
+
 // ctl runs rabbitmqctl against the node.
 func (r *privateRabbit) ctl(t *testing.T, args ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "rabbitmqctl", append([]string{"-n", r.node}, args...)...).CombinedOutput()
-	if err != nil {
+	if out, err := r.rabbitmqctl(ctx, time.Minute, args...).CombinedOutput(); err != nil {
 		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
 	}
 }
 
-// stop asks the node to stop, then ends whatever of its process group is left, and removes its files.
+// stop asks the node to stop, then ends whatever of its process group is left (the node's pid
+// file names the Erlang process, in case it ever leaves the group), and removes its files.
 func (r *privateRabbit) stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	exec.CommandContext(ctx, "rabbitmqctl", "-n", r.node, "stop").Run()
+	r.rabbitmqctl(ctx, 30*time.Second, "stop").Run()
+	if b, err := os.ReadFile(filepath.Join(r.dir, "node.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	if r.cmd != nil && r.cmd.Process != nil {
 		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
 	}
