@@ -105,9 +105,9 @@ type loggedError struct{ error }
 
 func (e loggedError) Unwrap() error { return e.error }
 
-// addrString is a's text, or "unknown" for a socket that has no address (a nil interface would
-// panic in the accept goroutine, outside every connection's recover).
-func addrString(a net.Addr) string {
+// AddrString is a's text, or "unknown" for a socket that has no address (a nil interface would
+// panic, in an accept goroutine outside every connection's recover).
+func AddrString(a net.Addr) string {
 	if a == nil {
 		return "unknown"
 	}
@@ -258,7 +258,7 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	defer l.wg.Done()
 	defer l.serving.Add(-1)
 	id := NextConnID()
-	log := l.log.With().Uint64("conn", id).Str("client", addrString(raw.RemoteAddr())).Str("upstream", l.cfg.Upstream).Logger()
+	log := l.log.With().Uint64("conn", id).Str("client", AddrString(raw.RemoteAddr())).Str("upstream", l.cfg.Upstream).Logger()
 	l.mu.Lock()
 	if l.cfg.MaxConns > 0 && len(l.conns) >= l.cfg.MaxConns {
 		l.mu.Unlock()
@@ -343,7 +343,7 @@ func (l *Listener) serveRecovered(ctx context.Context, c *Conn) (err error) {
 		if r := recover(); r != nil {
 			c.Log.Error().Interface("panic", r).Str("stack", string(debug.Stack())).
 				Msg("protocol handler panicked; closing this connection only")
-			err = fmt.Errorf("%s handler panicked: %v", l.cfg.Protocol, r)
+			err = Logged(fmt.Errorf("%s handler panicked: %v", l.cfg.Protocol, r))
 		}
 	}()
 	return l.h.ServeConn(ctx, c)
@@ -358,7 +358,7 @@ func (c *Conn) Recover(what string, fn func() error) (err error) {
 			c.Log.Error().Interface("panic", r).Str("stack", string(debug.Stack())).
 				Msgf("%s panicked; closing this connection only", what)
 			c.closeBoth()
-			err = fmt.Errorf("%s panicked: %v", what, r)
+			err = Logged(fmt.Errorf("%s panicked: %v", what, r))
 		}
 	}()
 	return fn()

@@ -79,9 +79,9 @@ func (l *Listener) Connections() []ConnInfo {
 	l.mu.Lock()
 	out := make([]ConnInfo, 0, len(l.conns))
 	for _, c := range l.conns {
-		ci := ConnInfo{ID: c.ID, Protocol: c.Protocol, Client: addrString(c.Client.RemoteAddr()), Since: c.since}
+		ci := ConnInfo{ID: c.ID, Protocol: c.Protocol, Client: AddrString(c.Client.RemoteAddr()), Since: c.since}
 		if c.Upstream != nil {
-			ci.Upstream = addrString(c.Upstream.RemoteAddr())
+			ci.Upstream = AddrString(c.Upstream.RemoteAddr())
 		}
 		if t := c.tracked; t != nil {
 			ci.BytesIn, ci.BytesOut = t.in.Load(), t.out.Load()

@@ -210,7 +210,7 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	p.stats.conns.Add(1)
 	s := &session{p: p, c: c, log: c.Log, pub: map[uint16]*pubState{}, del: map[uint16]*delState{}, shared: map[uint16]*chanShared{},
 		closeOkSent: make(chan struct{})}
-	if ap, err := netip.ParseAddrPort(c.Client.RemoteAddr().String()); err == nil {
+	if ap, err := netip.ParseAddrPort(proxy.AddrString(c.Client.RemoteAddr())); err == nil {
 		s.addr = ap.Addr().Unmap()
 	}
 	s.setService("", "")
@@ -421,12 +421,14 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 				return nil
 			}
 			if typ == frameHeartbeat || m == basicAck || m == basicNack || m == basicReject {
-				wmu.Lock()
-				if forward {
-					uw.Write(f.Raw)
-					uw.Flush()
-				}
-				wmu.Unlock()
+				func() {
+					wmu.Lock()
+					defer wmu.Unlock() // held by nobody after a panic, or the close below would wait for ever
+					if forward {
+						uw.Write(f.Raw)
+						uw.Flush()
+					}
+				}()
 			}
 		}
 	})

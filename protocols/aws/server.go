@@ -93,7 +93,7 @@ func (s *h1Server) serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		c := &h1Conn{s: s, rwc: rw, log: s.log.With().Uint64("conn", proxy.NextConnID()).Str("client", remoteOf(rw)).Logger()}
+		c := &h1Conn{s: s, rwc: rw, log: s.log.With().Uint64("conn", proxy.NextConnID()).Str("client", proxy.AddrString(rw.RemoteAddr())).Logger()}
 		s.mu.Lock()
 		if s.shutting {
 			s.mu.Unlock()
@@ -219,7 +219,7 @@ func (c *h1Conn) serve() {
 	}
 	budget := &headerBudget{r: c.rwc}
 	br := bufio.NewReaderSize(budget, 4096)
-	remote := remoteOf(c.rwc)
+	remote := proxy.AddrString(c.rwc.RemoteAddr())
 	for {
 		if s.idleTimeout > 0 {
 			c.rwc.SetReadDeadline(time.Now().Add(s.idleTimeout))
@@ -360,14 +360,6 @@ func (s *h1Server) isShutting() bool {
 func (c *h1Conn) refuse(status int, text string, err error) {
 	c.log.Warn().Err(err).Int("status", status).Msgf("refused a malformed request (%s); closing connection", text)
 	c.writeSimple(status, text)
-}
-
-// remoteOf is the connection's peer address, or "unknown" when the socket no longer has one.
-func remoteOf(c net.Conn) string {
-	if a := c.RemoteAddr(); a != nil {
-		return a.String()
-	}
-	return "unknown"
 }
 
 // writeSimple answers a request that could not be read, then the connection closes.

@@ -380,7 +380,7 @@ func TestServerLogsRefusalsAndPanics(t *testing.T) {
 	}()
 	for _, tc := range []struct{ raw, status, why string }{
 		{"GET / HTTP/1.1\r\n\r\n", "400", "missing required Host header"},
-		{"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello", "400", "400 Bad Request"},
+		{"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello", "400", "invalid header name"},
 		{"GET / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", "417", "expectation"},
 		{"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505", "HTTP/2.0"},
 	} {

@@ -586,10 +586,10 @@ func (c *kgoCodec) decompress(b []byte, codec int16) ([]byte, error) {
 	return raw, nil
 }
 
-// Grown implements batchCodec.
 // malformedCause says why the last Inject reported skipMalformed.
 func (c *kgoCodec) malformedCause() error { return c.malformed }
 
+// Grown implements batchCodec.
 func (c *kgoCodec) Grown(size int) grownBatch {
 	g := c.grown
 	g.size = size

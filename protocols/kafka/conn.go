@@ -104,7 +104,7 @@ const maxQueuedRequests = 1000
 // ServeConn implements proxy.Handler.
 func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	s := &session{p: p, c: c, log: c.Log, idle: make(chan struct{}, 1), room: make(chan struct{}, 1), respClosed: make(chan struct{})}
-	if ap, err := netip.ParseAddrPort(c.Client.RemoteAddr().String()); err == nil {
+	if ap, err := netip.ParseAddrPort(proxy.AddrString(c.Client.RemoteAddr())); err == nil {
 		s.addr = ap.Addr().Unmap()
 	}
 	s.info.Store(&clientInfo{addr: s.addr, service: p.service(s.addr, "", "")})
