@@ -26,23 +26,36 @@ func TestBatchPointsBounded(t *testing.T) {
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "points")
 
+	// Manual flushing: the records wait in the client until Flush, so they go in one batch. With
+	// a linger of 0 a loaded machine let kgo send the first few in a request of their own.
 	cl, err := kgo.NewClient(kgo.SeedBrokers(p.Addr().String()), kgo.DefaultProduceTopic(topic),
-		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(0), kgo.AllowAutoTopicCreation())
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ManualFlushing(), kgo.AllowAutoTopicCreation())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("create")}).FirstErr(); err != nil {
-		t.Fatal(err)
+	produceFlushed := func(recs ...*kgo.Record) {
+		t.Helper()
+		errs := make(chan error, len(recs))
+		for _, r := range recs {
+			cl.Produce(ctx, r, func(_ *kgo.Record, err error) { errs <- err })
+		}
+		if err := cl.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for range recs {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
+	produceFlushed(&kgo.Record{Value: []byte("create")})
 	before := p.Stats()
 	recs := make([]*kgo.Record, n)
 	for i := range recs {
-		recs[i] = &kgo.Record{Value: []byte("v")} // ProduceSync buffers them all: one batch
+		recs[i] = &kgo.Record{Value: []byte("v")}
 	}
-	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
+	produceFlushed(recs...)
 	st := p.Stats()
 	if got := st.InjectedRecords - before.InjectedRecords; got != n {
 		t.Errorf("%d records got the header, want %d", got, n)

@@ -108,7 +108,7 @@ func TestIncrementalFetchSession(t *testing.T) {
 	}
 	// The client's fetch offset for partition 1 is 5: it sees offsets 5..9, five records.
 	waitFor(t, "partition 1's records observed", func() bool { return p.Stats().ConsumedRecords >= 1+5 })
-	time.Sleep(300 * time.Millisecond) // let the observer finish the response
+	waitFor(t, "the observer done with the response", func() bool { return p.queued.Load() == 0 })
 	if got := p.Stats().ConsumedRecords; got != 1+5 {
 		t.Errorf("consume checkpoints: %d, want 6 (1 of partition 0, offsets 5..9 of partition 1): records before the session's fetch offset were counted", got)
 	}
