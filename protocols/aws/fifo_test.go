@@ -106,18 +106,5 @@ func TestSQSFifoThroughProxy(t *testing.T) {
 	}
 	// Every send was checkpointed, the two duplicates the queue dropped included; each delivered
 	// message's consume point chains to one of them.
-	prod := tp.rec.withTags("direction:out", "topic:"+queue)
-	cons := tp.rec.withTags("direction:in", "topic:"+queue)
-	hashes := map[uint64]bool{}
-	for _, p := range prod {
-		hashes[p.Hash] = true
-	}
-	for _, c := range cons {
-		if !hashes[c.ParentHash] {
-			t.Errorf("consume point with parent %d, no produce point", c.ParentHash)
-		}
-	}
-	if len(prod) != len(want)+2 || len(cons) != len(want) {
-		t.Errorf("%d produce and %d consume points, want %d and %d", len(prod), len(cons), len(want)+2, len(want))
-	}
+	assertChainedCounts(t, tp, "sqs", queue, len(want)+2, len(want))
 }

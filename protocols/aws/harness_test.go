@@ -436,6 +436,12 @@ func capture(dir string, c *call, resp []byte) {
 // assertChained checks n produce and n consume points on topic, every consume's parent a produce.
 func assertChained(t *testing.T, tp *testProxy, typ, topic string, n int) {
 	t.Helper()
+	assertChainedCounts(t, tp, typ, topic, n, n)
+}
+
+// assertChainedCounts is assertChained for nProd produce and nCons consume points.
+func assertChainedCounts(t *testing.T, tp *testProxy, typ, topic string, nProd, nCons int) {
+	t.Helper()
 	prod := tp.rec.withTags("direction:out", "topic:"+topic, "type:"+typ)
 	cons := tp.rec.withTags("direction:in", "topic:"+topic)
 	hashes := map[uint64]bool{}
@@ -447,8 +453,8 @@ func assertChained(t *testing.T, tp *testProxy, typ, topic string, n int) {
 			t.Errorf("consume point on %s has parent %d, no produce point", topic, c.ParentHash)
 		}
 	}
-	if len(prod) != n || len(cons) != n {
-		t.Errorf("%s: %d produce and %d consume points, want %d and %d", topic, len(prod), len(cons), n, n)
+	if len(prod) != nProd || len(cons) != nCons {
+		t.Errorf("%s: %d produce and %d consume points, want %d and %d", topic, len(prod), len(cons), nProd, nCons)
 	}
 }
 
