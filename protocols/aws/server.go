@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -40,6 +41,7 @@ type h1Server struct {
 	maxHeaderBytes int64
 	logErr         func(string)
 	log            zerolog.Logger // the drain's outcome
+	refusals       atomic.Uint64  // malformed requests and failed TLS handshakes, for loudWarn
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -206,7 +208,7 @@ func (c *h1Conn) serve() {
 	if tc, ok := c.rwc.(*tls.Conn); ok {
 		tc.SetDeadline(time.Now().Add(s.readHeaderTimeout))
 		if err := tc.HandshakeContext(s.baseCtx); err != nil {
-			ev := c.log.Warn()
+			ev := c.loudWarn()
 			if errors.Is(err, io.EOF) {
 				ev = c.log.Debug() // port probes and health checks
 			}
@@ -358,8 +360,19 @@ func (s *h1Server) isShutting() bool {
 
 // refuse logs why a request could not be taken, then answers it with writeSimple.
 func (c *h1Conn) refuse(status int, text string, err error) {
-	c.log.Warn().Err(err).Int("status", status).Msgf("refused a malformed request (%s); closing connection", text)
+	c.loudWarn().Err(err).Int("status", status).Msgf("refused a malformed request (%s); closing connection", text)
 	c.writeSimple(status, text)
+}
+
+// loudWarn is a Warn event for the first 10 refusals and every 1000th after them (with the total
+// so far), a Debug one for the rest: anyone who can reach the port can send malformed requests,
+// and a scanner would otherwise fill the log.
+func (c *h1Conn) loudWarn() *zerolog.Event {
+	n := c.s.refusals.Add(1)
+	if n <= 10 || n%1000 == 0 {
+		return c.log.Warn().Uint64("refused_total", n)
+	}
+	return c.log.Debug().Uint64("refused_total", n)
 }
 
 // writeSimple answers a request that could not be read, then the connection closes.

@@ -430,3 +430,43 @@ func waitForLog(t *testing.T, logs *syncbuf.Buffer, want string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestServerRefusalsDoNotFloodTheLog: the first 10 refusals are Warn lines, the rest Debug
+// (every 1000th Warn again), so a scanner sending malformed requests cannot fill the log.
+func TestServerRefusalsDoNotFloodTheLog(t *testing.T) {
+	var logs syncbuf.Buffer
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &h1Server{handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), baseCtx: context.Background(),
+		maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(&logs)}
+	served := make(chan error, 1)
+	go func() { served <- srv.serve(ln) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.shutdown(ctx)
+		<-served
+	}()
+	for range 12 {
+		rawExchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\n\r\n", 1)
+	}
+	waitFor := func() bool { return strings.Count(logs.String(), "refused a malformed request") == 12 }
+	deadline := time.Now().Add(30 * time.Second)
+	for !waitFor() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var warn, debug int
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		switch {
+		case strings.Contains(line, `"level":"warn"`):
+			warn++
+		case strings.Contains(line, `"level":"debug"`):
+			debug++
+		}
+	}
+	if warn != 10 || debug != 2 {
+		t.Errorf("%d Warn and %d Debug lines for 12 refusals, want 10 and 2:\n%s", warn, debug, logs.String())
+	}
+}
