@@ -187,12 +187,16 @@ func amqpRun(ctx context.Context, target string, viaProxy bool, o options, cpu f
 }
 
 func amqpPublish(ctx context.Context, conn *amqp091.Connection, queue string, body []byte, headers amqp091.Table, confirms bool, o options) (result, error) {
-	per := o.amqpMsgs / o.concurrency
+	per, rem := o.amqpMsgs/o.concurrency, o.amqpMsgs%o.concurrency
 	lat := newLatencies(o.amqpMsgs)
 	errc := make(chan error, o.concurrency)
 	var wg sync.WaitGroup
 	watch := startWatch()
 	for w := 0; w < o.concurrency; w++ {
+		mine := per
+		if w < rem { // every message is sent, so the consume phases find them all
+			mine++
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -210,7 +214,7 @@ func amqpPublish(ctx context.Context, conn *amqp091.Connection, queue string, bo
 			}
 			var pending []*amqp091.DeferredConfirmation
 			var sent []time.Time
-			for i := 0; i < per; i++ {
+			for i := 0; i < mine; i++ {
 				t0 := time.Now()
 				dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp091.Publishing{Headers: headers, Body: body})
 				if err != nil {
@@ -242,7 +246,7 @@ func amqpPublish(ctx context.Context, conn *amqp091.Connection, queue string, bo
 		}()
 	}
 	wg.Wait()
-	n := per * o.concurrency
+	n := o.amqpMsgs
 	select {
 	case err := <-errc:
 		return result{}, err
