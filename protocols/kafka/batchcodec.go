@@ -31,7 +31,7 @@ type kgoCodec struct {
 	lz4t          lz4Transcoder
 	smap          spliceMap
 	grown         grownBatch // the last Inject's output: plain size and codec (size is the caller's)
-	malformed     error      // why the last Inject said skipMalformed, for the skip event
+	malformed     error      // why the last Inject said skipMalformed (Malformed)
 }
 
 // maxKeptPlain bounds the decompression buffer a codec keeps between batches (one codec per
@@ -586,8 +586,8 @@ func (c *kgoCodec) decompress(b []byte, codec int16) ([]byte, error) {
 	return raw, nil
 }
 
-// malformedCause says why the last Inject reported skipMalformed.
-func (c *kgoCodec) malformedCause() error { return c.malformed }
+// Malformed implements batchCodec.
+func (c *kgoCodec) Malformed() error { return c.malformed }
 
 // Grown implements batchCodec.
 func (c *kgoCodec) Grown(size int) grownBatch {

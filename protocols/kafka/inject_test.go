@@ -161,7 +161,7 @@ func TestInjectSkips(t *testing.T) {
 			t.Errorf("%s: changed=%v reason=%q err=%v, want reason %q", tc.name, changed, reason, err, tc.reason)
 		}
 		// A malformed batch's skip event says what was wrong with it.
-		if cause := c.malformedCause(); (reason == skipMalformed) != (cause != nil) {
+		if cause := c.Malformed(); (reason == skipMalformed) != (cause != nil) {
 			t.Errorf("%s: malformed cause %v for reason %q", tc.name, cause, reason)
 		}
 	}
@@ -180,7 +180,7 @@ func TestInjectSkips(t *testing.T) {
 	} {
 		c := newKgoCodec(DefaultMaxBatchBytes)
 		_, _, reason, _ := c.Inject(nil, tc.records, func(batchMeta, *recordMeta) []byte { return []byte("ctx") })
-		if cause := c.malformedCause(); reason != skipMalformed || cause == nil || !strings.Contains(cause.Error(), tc.want) {
+		if cause := c.Malformed(); reason != skipMalformed || cause == nil || !strings.Contains(cause.Error(), tc.want) {
 			t.Errorf("%s: reason %q, cause %v, want one with %q", tc.name, reason, cause, tc.want)
 		}
 	}

@@ -42,6 +42,8 @@ type batchCodec interface {
 	// Grown describes the last Inject's output (size: its length, which the caller knows): its
 	// size uncompressed and the codec of its rewritten batches.
 	Grown(size int) grownBatch
+	// Malformed says what was wrong when the last Inject reported skipMalformed (nil otherwise).
+	Malformed() error
 }
 
 // maxBatchPoints bounds the produce checkpoints one partition's batches collect (88 bytes each).
@@ -124,8 +126,8 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		if skip != "" {
 			p.stats.skipped.Add(1)
 			msg := "batch forwarded unmodified"
-			if mc, ok := s.codec.(interface{ malformedCause() error }); ok && skip == skipMalformed && mc.malformedCause() != nil {
-				msg += ": " + mc.malformedCause().Error()
+			if cause := s.codec.Malformed(); skip == skipMalformed && cause != nil {
+				msg += ": " + cause.Error()
 			}
 			p.skip(skip, msg, ci.service, edge, partition, batchRecordCount(records))
 		}
