@@ -360,24 +360,12 @@ func TestServerAcceptsAfterTransientErrors(t *testing.T) {
 // the connection, the client and why; a handler panic closes only its connection, with the stack.
 func TestServerLogsRefusalsAndPanics(t *testing.T) {
 	var logs syncbuf.Buffer
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &h1Server{handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ln := serveLogged(t, &logs, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/boom" {
 			panic("handler bug")
 		}
 		w.Write([]byte("ok"))
-	}), baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(&logs)}
-	served := make(chan error, 1)
-	go func() { served <- srv.serve(ln) }()
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.shutdown(ctx)
-		<-served
-	}()
+	}))
 	for _, tc := range []struct{ raw, status, why string }{
 		{"GET / HTTP/1.1\r\n\r\n", "400", "missing required Host header"},
 		{"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello", "400", "invalid header name"},
@@ -435,28 +423,11 @@ func waitForLog(t *testing.T, logs *syncbuf.Buffer, want string) {
 // (every 1000th Warn again), so a scanner sending malformed requests cannot fill the log.
 func TestServerRefusalsDoNotFloodTheLog(t *testing.T) {
 	var logs syncbuf.Buffer
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &h1Server{handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), baseCtx: context.Background(),
-		maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(&logs)}
-	served := make(chan error, 1)
-	go func() { served <- srv.serve(ln) }()
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.shutdown(ctx)
-		<-served
-	}()
+	ln := serveLogged(t, &logs, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	for range 12 {
 		rawExchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\n\r\n", 1)
 	}
-	waitFor := func() bool { return strings.Count(logs.String(), "refused a malformed request") == 12 }
-	deadline := time.Now().Add(30 * time.Second)
-	for !waitFor() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitForLog(t, &logs, `"refused_total":12`) // the server logs after it answered
 	var warn, debug int
 	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		switch {
@@ -469,4 +440,23 @@ func TestServerRefusalsDoNotFloodTheLog(t *testing.T) {
 	if warn != 10 || debug != 2 {
 		t.Errorf("%d Warn and %d Debug lines for 12 refusals, want 10 and 2:\n%s", warn, debug, logs.String())
 	}
+}
+
+// serveLogged runs an h1Server with h, logging to logs, until the test ends; it returns its listener.
+func serveLogged(t *testing.T, logs *syncbuf.Buffer, h http.Handler) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &h1Server{handler: h, baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(logs)}
+	served := make(chan error, 1)
+	go func() { served <- srv.serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.shutdown(ctx)
+		<-served
+	})
+	return ln
 }
