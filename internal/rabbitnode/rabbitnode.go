@@ -1,7 +1,6 @@
 // Package rabbitnode starts a RabbitMQ node of the caller's own from the machine's rabbitmq-server
 // package: its own node name, free ports, config, data and log directory. Tests that raise a
-// resource alarm or need a TLS listener, and benchmarks that must place the broker on chosen CPUs,
-// use one so the machine's shared broker is never touched.
+// resource alarm or need a TLS listener use one, so the machine's shared broker is never touched.
 package rabbitnode
 
 import (
@@ -45,7 +44,7 @@ type Config struct {
 	Boot time.Duration
 }
 
-// Node is a running node. The node inherits the starting process's CPU affinity.
+// Node is a running node.
 type Node struct {
 	Name    string // Erlang node name, for rabbitmqctl -n
 	Addr    string // plain AMQP listener, host:port
