@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"path/filepath"
 	"testing"
 )
@@ -19,15 +18,7 @@ func seedFrames(f *testing.F) [][]byte {
 	}
 	paths, _ := filepath.Glob(filepath.Join(goldenDir, "*.session"))
 	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			f.Fatal(err)
-		}
-		tl, err := decodeTimeline(b)
-		if err != nil {
-			f.Fatalf("%s: %v", p, err)
-		}
-		seeds = append(seeds, tl.side(true))
+		seeds = append(seeds, readTimeline(f, p).side(true))
 	}
 	return seeds
 }

@@ -110,14 +110,7 @@ func TestGoldenSession(t *testing.T) {
 	for _, path := range paths {
 		name := strings.TrimSuffix(filepath.Base(path), ".session")
 		t.Run(name, func(t *testing.T) {
-			raw, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tl, err := decodeTimeline(raw)
-			if err != nil {
-				t.Fatalf("%s: %v", path, err)
-			}
+			tl := readTimeline(t, path)
 			rec, errs := &recorder{}, &errRecorder{}
 			s := offlineSession(t, rec)
 			s.p.errs = errs

@@ -292,6 +292,20 @@ func decodeTimeline(b []byte) (*timeline, error) {
 	return tl, nil
 }
 
+// readTimeline reads and decodes a golden .session file.
+func readTimeline(t testing.TB, path string) *timeline {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, err := decodeTimeline(b)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return tl
+}
+
 type timelineWriter struct {
 	mu     *sync.Mutex
 	tl     *timeline

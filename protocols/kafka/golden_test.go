@@ -259,6 +259,17 @@ func goldenOf(t testing.TB, api string) map[string][]byte {
 	return out
 }
 
+// kmsgOf decodes a golden request with kmsg, the reference the hand parsers are checked against.
+func kmsgOf(t *testing.T, name string, h requestHeader, frame []byte) kmsg.Request {
+	t.Helper()
+	req := kmsg.RequestForKey(h.Key)
+	req.SetVersion(h.Version)
+	if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
+		t.Fatalf("%s: kmsg: %v", name, err)
+	}
+	return req
+}
+
 // TestGoldenGroupRequests: the hand parsers read the Fetch, OffsetCommit, JoinGroup and SyncGroup
 // requests that kgo, sarama and kcat sent, as kmsg decodes them.
 func TestGoldenGroupRequests(t *testing.T) {
@@ -271,11 +282,7 @@ func TestGoldenGroupRequests(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		req := kmsg.NewPtrFetchRequest()
-		req.SetVersion(h.Version)
-		if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
-			t.Fatalf("%s: kmsg: %v", name, err)
-		}
+		req := kmsgOf(t, name, h, frame).(*kmsg.FetchRequest)
 		want := map[fetchKey]int64{}
 		for _, tp := range req.Topics {
 			for _, pp := range tp.Partitions {
@@ -315,11 +322,7 @@ func TestGoldenGroupRequests(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		req := kmsg.NewPtrOffsetCommitRequest()
-		req.SetVersion(h.Version)
-		if err := req.ReadFrom(frame[h.BodyStart:]); err != nil {
-			t.Fatalf("%s: kmsg: %v", name, err)
-		}
+		req := kmsgOf(t, name, h, frame).(*kmsg.OffsetCommitRequest)
 		var want []committed
 		for _, tp := range req.Topics {
 			for _, pp := range tp.Partitions {
@@ -338,13 +341,8 @@ func TestGoldenGroupRequests(t *testing.T) {
 		for name, frame := range goldenOf(t, api) {
 			h := headerOf(t, frame)
 			got, err := parseFirstString(h, frame)
-			req := kmsg.RequestForKey(h.Key)
-			req.SetVersion(h.Version)
-			if rerr := req.ReadFrom(frame[h.BodyStart:]); rerr != nil {
-				t.Fatalf("%s: kmsg: %v", name, rerr)
-			}
 			var group string
-			switch r := req.(type) {
+			switch r := kmsgOf(t, name, h, frame).(type) {
 			case *kmsg.JoinGroupRequest:
 				group = r.Group
 			case *kmsg.SyncGroupRequest:
