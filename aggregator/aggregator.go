@@ -161,9 +161,10 @@ type bucket struct {
 type Aggregator struct {
 	cfg     Config
 	width   int64
-	points  *pointQueue
+	points  *queue[pathway.Point]
 	spare   []pathway.Point // the consumer's empty slice to swap into a shard; guarded by mu
-	offsets chan pathway.Offset
+	offsets *queue[pathway.Offset]
+	spareO  []pathway.Offset // the same for offsets; guarded by mu
 	flushQ  chan flushReq
 	stop    chan struct{}
 	done    chan struct{}
@@ -204,13 +205,14 @@ func New(cfg Config) *Aggregator {
 	if err != nil {
 		panic("aggregator: sketch mapping: " + err.Error()) // constants: cannot happen
 	}
-	q := newPointQueue(cfg.QueueSize)
+	q, oq := newQueue[pathway.Point](cfg.QueueSize), newQueue[pathway.Offset](cfg.QueueSize)
 	return &Aggregator{
 		cfg:     cfg,
 		width:   int64(cfg.BucketDuration),
 		points:  q,
 		spare:   make([]pathway.Point, 0, q.shards[0].limit),
-		offsets: make(chan pathway.Offset, cfg.QueueSize),
+		offsets: oq,
+		spareO:  make([]pathway.Offset, 0, oq.shards[0].limit),
 		flushQ:  make(chan flushReq),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -254,14 +256,12 @@ func (a *Aggregator) Dropped(n int) {
 // Offset queues a Kafka offset (produce, commit or high watermark); the bucket keeps the highest
 // value per key. Non-blocking like Add.
 func (a *Aggregator) Offset(o pathway.Offset) bool {
-	select {
-	case a.offsets <- o:
+	if a.offsets.push(&o) {
 		a.nOffsets.Add(1)
 		return true
-	default:
-		a.nOffsetsDropped.Add(1)
-		return false
 	}
+	a.nOffsetsDropped.Add(1)
+	return false
 }
 
 // Start launches the goroutine that drains the queues. Calling it twice does nothing.
@@ -298,15 +298,12 @@ func (a *Aggregator) loop() {
 		select {
 		case <-a.points.notify:
 			a.drain()
+		case <-a.offsets.notify:
+			a.drain()
 		case <-sweep.C:
-			if a.points.queued() {
+			if a.points.queued() || a.offsets.queued() {
 				a.drain()
 			}
-		case o := <-a.offsets:
-			a.mu.Lock()
-			a.addOffset(&o)
-			a.drainLocked()
-			a.mu.Unlock()
 		case r := <-a.flushQ:
 			// Served here, in order, so a point this goroutine already took off the queue is
 			// folded in before the flush, never after it.
@@ -340,13 +337,13 @@ func (a *Aggregator) drainLocked() {
 		clear(batch) // drop the references to services and tags until the slice is reused
 		a.spare = batch
 	}
-	for {
-		select {
-		case o := <-a.offsets:
-			a.addOffset(&o)
-		default:
-			return
+	for i := range a.offsets.shards {
+		batch := a.offsets.take(i, a.spareO)
+		for j := range batch {
+			a.addOffset(&batch[j])
 		}
+		clear(batch)
+		a.spareO = batch
 	}
 }
 
