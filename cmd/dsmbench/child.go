@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
 	"strconv"
@@ -100,6 +101,15 @@ func runChild(args []string) int {
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
 	_ = f.Shutdown(sctx)
+	// Allocations are what the proxy's heap churns through: each collection's freed pages can go
+	// back to the kernel and fault in again, which on a VM costs more than the allocation.
+	if path := os.Getenv("DSMBENCH_PROXY_MEMPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			runtime.GC() // the profile counts allocations up to the last completed collection
+			_ = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 	m.agg.Close()
 	st := m.agg.Stats()
 	fmt.Fprintf(os.Stderr, "proxy: %d points aggregated, %d dropped\n", st.Aggregated, st.PointsDropped)

@@ -59,8 +59,9 @@ faulting freed memory in again cost whole phases half their rate. The proxy and 
 run with the Go runtime's default, as dsmproxy ships.
 
 To see inside the proxy child: DSMBENCH_PROXY_CPUPROFILE=FILE writes its CPU profile (go tool
-pprof), DSMBENCH_PROXY_TRACE=FILE its execution trace (go tool trace; -pprof=sched or =net for
-where its goroutines waited).
+pprof), DSMBENCH_PROXY_MEMPROFILE=FILE what it allocated (go tool pprof -sample_index=alloc_space),
+DSMBENCH_PROXY_TRACE=FILE its execution trace (go tool trace; -pprof=sched or =net for where its
+goroutines waited).
 
 Flags:
 `
