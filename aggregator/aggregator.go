@@ -161,10 +161,8 @@ type bucket struct {
 type Aggregator struct {
 	cfg     Config
 	width   int64
-	points  *queue[pathway.Point]
-	spare   []pathway.Point // the consumer's empty slice to swap into a shard; guarded by mu
-	offsets *queue[pathway.Offset]
-	spareO  []pathway.Offset // the same for offsets; guarded by mu
+	points  *queue[pathway.Point]  // drained under mu
+	offsets *queue[pathway.Offset] // drained under mu
 	flushQ  chan flushReq
 	stop    chan struct{}
 	done    chan struct{}
@@ -205,14 +203,11 @@ func New(cfg Config) *Aggregator {
 	if err != nil {
 		panic("aggregator: sketch mapping: " + err.Error()) // constants: cannot happen
 	}
-	q, oq := newQueue[pathway.Point](cfg.QueueSize), newQueue[pathway.Offset](cfg.QueueSize)
 	return &Aggregator{
 		cfg:     cfg,
 		width:   int64(cfg.BucketDuration),
-		points:  q,
-		spare:   make([]pathway.Point, 0, q.shards[0].limit),
-		offsets: oq,
-		spareO:  make([]pathway.Offset, 0, oq.shards[0].limit),
+		points:  newQueue[pathway.Point](cfg.QueueSize),
+		offsets: newQueue[pathway.Offset](cfg.QueueSize),
 		flushQ:  make(chan flushReq),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -329,22 +324,8 @@ func (a *Aggregator) drain() {
 }
 
 func (a *Aggregator) drainLocked() {
-	for i := range a.points.shards {
-		batch := a.points.take(i, a.spare)
-		for j := range batch {
-			a.addPoint(&batch[j])
-		}
-		clear(batch) // drop the references to services and tags until the slice is reused
-		a.spare = batch
-	}
-	for i := range a.offsets.shards {
-		batch := a.offsets.take(i, a.spareO)
-		for j := range batch {
-			a.addOffset(&batch[j])
-		}
-		clear(batch)
-		a.spareO = batch
-	}
+	a.points.drain(a.addPoint)
+	a.offsets.drain(a.addOffset)
 }
 
 func (a *Aggregator) bucketFor(t int64, origin bool) *bucket {

@@ -18,9 +18,12 @@ import (
 type queue[T any] struct {
 	shards []shard[T]
 	// notify has room for one signal: a push that fills a shard to its wake mark leaves one.
-	// Below the mark the consumer finds points on its periodic sweep, so a steady trickle does
-	// not cost a goroutine wake-up (a futex call) per point.
+	// Below the mark the consumer finds items on its periodic sweep, so a steady trickle does
+	// not cost a goroutine wake-up (a futex call) per item.
 	notify chan struct{}
+	// spare is the consumer's empty slice, swapped into a shard by drain; only the consumer
+	// touches it, under its own lock.
+	spare []T
 }
 
 type shard[T any] struct {
@@ -48,6 +51,7 @@ func newQueue[T any](size int) *queue[T] {
 		// Allocated up front, like a channel's buffer: pushing never allocates.
 		q.shards[i].buf = make([]T, 0, q.shards[i].limit)
 	}
+	q.spare = make([]T, 0, q.shards[0].limit)
 	return q
 }
 
@@ -148,19 +152,26 @@ func (q *queue[T]) signal() {
 	}
 }
 
-// take swaps shard i's points with spare (emptied) and returns them; the caller hands the
-// returned slice back as the next spare, so steady state allocates nothing.
-func (q *queue[T]) take(i int, spare []T) []T {
-	s := &q.shards[i]
-	s.mu.Lock()
-	out := s.buf
-	s.buf = spare[:0]
-	s.n.Store(0)
-	s.mu.Unlock()
-	return out
+// drain hands every queued item to fold, a shard at a time: it swaps the shard's slice with the
+// spare (one lock per shard) and keeps the emptied slice as the next spare, so steady state
+// allocates nothing. Only the consumer calls it, and never from two goroutines at once.
+func (q *queue[T]) drain(fold func(*T)) {
+	for i := range q.shards {
+		s := &q.shards[i]
+		s.mu.Lock()
+		batch := s.buf
+		s.buf = q.spare[:0]
+		s.n.Store(0)
+		s.mu.Unlock()
+		for j := range batch {
+			fold(&batch[j])
+		}
+		clear(batch) // drop references (services, tags) until the slice is reused
+		q.spare = batch
+	}
 }
 
-// queued reports whether any shard holds points, without locking.
+// queued reports whether any shard holds items, without locking.
 func (q *queue[T]) queued() bool {
 	for i := range q.shards {
 		if q.shards[i].n.Load() > 0 {
