@@ -104,10 +104,10 @@ func runChild(args []string) int {
 	// Allocations are what the proxy's heap churns through: each collection's freed pages can go
 	// back to the kernel and fault in again, which on a VM costs more than the allocation.
 	if path := os.Getenv("DSMBENCH_PROXY_MEMPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
+		if out, err := os.Create(path); err == nil {
 			runtime.GC() // the profile counts allocations up to the last completed collection
-			_ = pprof.Lookup("allocs").WriteTo(f, 0)
-			f.Close()
+			_ = pprof.Lookup("allocs").WriteTo(out, 0)
+			out.Close()
 		}
 	}
 	m.agg.Close()
