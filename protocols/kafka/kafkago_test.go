@@ -1,0 +1,122 @@
+package kafka
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// segmentio/kafka-go has a wire codec of its own: its Writer and its group Reader pick their
+// request versions and build their batches without any code kgo or sarama share.
+
+func produceKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, topic string, codec kafkago.Compression, recs []sentRecord) {
+	t.Helper()
+	w := &kafkago.Writer{
+		Addr:                   kafkago.TCP(p.Addr().String()),
+		Topic:                  topic,
+		Balancer:               &kafkago.RoundRobin{},
+		RequiredAcks:           kafkago.RequireAll,
+		Compression:            codec,
+		AllowAutoTopicCreation: true,
+		BatchTimeout:           10 * time.Millisecond,
+		Transport:              &kafkago.Transport{ClientID: clientID},
+	}
+	defer w.Close()
+	msgs := make([]kafkago.Message, len(recs))
+	for i, r := range recs {
+		msgs[i] = kafkago.Message{Key: r.key, Value: r.value, Time: r.ts}
+		for _, h := range r.headers {
+			msgs[i].Headers = append(msgs[i].Headers, kafkago.Header{Key: h.Key, Value: h.Value})
+		}
+	}
+	// A topic that does not exist yet answers its first writes with a retriable error while the
+	// broker creates it; the Writer's own retries cover that.
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatalf("kafka-go produce to %s: %v", topic, err)
+	}
+}
+
+// consumeKafkaGo reads n messages of topic in group and commits them.
+func consumeKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, topic, group string, n int) []*kgo.Record {
+	t.Helper()
+	dialer := &kafkago.Dialer{Timeout: 10 * time.Second}
+	if clientID != "" {
+		dialer.ClientID = clientID // else kafka-go's default, "<program>@<host> (github.com/segmentio/kafka-go)"
+	}
+	r := kafkago.NewReader(kafkago.ReaderConfig{
+		Brokers:     []string{p.Addr().String()},
+		GroupID:     group,
+		Topic:       topic,
+		StartOffset: kafkago.FirstOffset,
+		MaxWait:     100 * time.Millisecond,
+		Dialer:      dialer,
+	})
+	defer r.Close()
+	var msgs []kafkago.Message
+	var got []*kgo.Record
+	for len(got) < n {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			t.Fatalf("kafka-go consumed %d of %d from %s: %v", len(got), n, topic, err)
+		}
+		msgs = append(msgs, m)
+		rec := &kgo.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key, Value: m.Value, Timestamp: m.Time}
+		for _, h := range m.Headers {
+			rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+		}
+		got = append(got, rec)
+	}
+	if err := r.CommitMessages(ctx, msgs...); err != nil {
+		t.Fatalf("kafka-go commit: %v", err)
+	}
+	return got
+}
+
+func TestKafkaGo(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name  string
+		codec kafkago.Compression
+	}{
+		{"none", 0},
+		{"gzip", kafkago.Gzip},
+		{"snappy", kafkago.Snappy},
+		{"lz4", kafkago.Lz4},
+		{"zstd", kafkago.Zstd},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "kafkago-"+tc.name)
+			group := "kafkago-" + tc.name
+			sent := testRecords(12, time.UnixMilli(1700000200000))
+			produceKafkaGo(t, ctx, p, "kafkago-producer", topic, tc.codec, sent)
+			got := consumeKafkaGo(t, ctx, p, "kafkago-consumer", topic, group, len(sent))
+			checkRecords(t, sent, got, wantInjected)
+			checkBacklogs(t, p, topic, group, got)
+			checkConsumeGroup(t, p, topic, group, len(sent))
+			checkChain(t, p, topic, group, "kafkago-producer", len(sent))
+		})
+	}
+	t.Run("default client id", func(t *testing.T) {
+		// kafka-go's consumer names itself after the program; the proxy takes that as the service.
+		topic := uniqueTopic(t, "kafkago-default-id")
+		group := "kafkago-default-id"
+		sent := testRecords(4, time.UnixMilli(1700000250000))
+		produceKafkaGo(t, ctx, p, "kafkago-producer", topic, 0, sent)
+		consumeKafkaGo(t, ctx, p, "", topic, group, len(sent))
+		checkConsumeGroup(t, p, topic, group, len(sent))
+		want := filepath.Base(os.Args[0])
+		for _, pt := range pointsOn(p, "direction:in", "group:"+group, "topic:"+topic, "type:kafka") {
+			if pt.Service != want {
+				t.Errorf("consume point of kafka-go's default client id %q has service %q, want %q", kafkago.DefaultClientID, pt.Service, want)
+			}
+		}
+	})
+	guard.check(t)
+}
