@@ -1,0 +1,127 @@
+package kafka
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// kafkajsDir holds the kafkajs peer; its node_modules is installed by the test when missing.
+var kafkajsDir = filepath.Join("..", "..", "testdata", "kafka", "node")
+
+// needKafkajs installs kafkajs (npm) for the peer script, failing with what CI must provide.
+func needKafkajs(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"node", "npm"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed: the Kafka tests drive kafkajs too (CI: apt-get install -y nodejs npm)", tool)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(kafkajsDir, "node_modules", "kafkajs")); err == nil {
+		return
+	}
+	cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+	cmd.Dir = kafkajsDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci in %s: %v\n%s", kafkajsDir, err, out)
+	}
+}
+
+// kafkajsRecord is a record as peer.js reads and prints it: bytes in base64 (encoding/json's
+// []byte), null as null.
+type kafkajsRecord struct {
+	Partition int32           `json:"partition,omitempty"`
+	Offset    int64           `json:"offset,omitempty"`
+	TS        int64           `json:"ts"`
+	Key       []byte          `json:"key"`
+	Value     []byte          `json:"value"`
+	Headers   []kafkajsHeader `json:"headers"`
+}
+
+type kafkajsHeader struct {
+	Key   string `json:"k"`
+	Value []byte `json:"v"`
+}
+
+// runKafkajs produces sent with kafkajs through the proxy (codec none or gzip: kafkajs has no
+// other codec without plugins), consumes them in group, commits, and returns what it consumed.
+func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, sent []sentRecord) []*kgo.Record {
+	t.Helper()
+	in := make([]kafkajsRecord, len(sent))
+	for i, s := range sent {
+		in[i] = kafkajsRecord{TS: s.ts.UnixMilli(), Key: s.key, Value: s.value, Headers: []kafkajsHeader{}}
+		for _, h := range s.headers {
+			in[i].Headers = append(in[i].Headers, kafkajsHeader{h.Key, h.Value})
+		}
+	}
+	stdin, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(testCtx(t), "node", "peer.js", p.Addr().String(), topic, group, codec, mode)
+	cmd.Dir = kafkajsDir
+	cmd.Env = append(os.Environ(), "KAFKAJS_NO_PARTITIONER_WARNING=1")
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kafkajs peer: %v\n%s", err, stderr.String())
+	}
+	if stderr.Len() > 0 {
+		t.Logf("kafkajs peer stderr:\n%s", stderr.String())
+	}
+	var got []*kgo.Record
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var r kafkajsRecord
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("kafkajs peer output %q: %v", sc.Text(), err)
+		}
+		rec := &kgo.Record{Topic: topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Timestamp: time.UnixMilli(r.TS)}
+		for _, h := range r.Headers {
+			rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+		}
+		got = append(got, rec)
+	}
+	return got
+}
+
+// TestKafkajs: Node's kafkajs, a client with a wire codec of its own in another language,
+// produces (plain and idempotent, uncompressed and gzip) and consumes in a group through the proxy.
+func TestKafkajs(t *testing.T) {
+	needKafkajs(t)
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	for _, tc := range []struct{ codec, mode string }{
+		{"none", "plain"},
+		{"gzip", "idempotent"},
+	} {
+		t.Run(tc.codec+"-"+tc.mode, func(t *testing.T) {
+			topic := uniqueTopic(t, "kafkajs-"+tc.codec)
+			group := "kafkajs-" + tc.codec
+			sent := testRecords(12, time.UnixMilli(1700000300000))
+			for _, r := range sent {
+				for i := range r.headers {
+					if r.headers[i].Value == nil {
+						r.headers[i].Value = []byte{} // kafkajs cannot send a null header value
+					}
+				}
+			}
+			got := runKafkajs(t, p, topic, group, tc.codec, tc.mode, sent)
+			checkRecords(t, sent, got, wantInjected)
+			checkBacklogs(t, p, topic, group, got)
+			checkConsumeGroup(t, p, topic, group, len(sent))
+			checkChain(t, p, topic, group, "kafkajs-producer", len(sent))
+		})
+	}
+	guard.check(t)
+}

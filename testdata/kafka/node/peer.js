@@ -1,0 +1,63 @@
+// A Kafka client of another language for protocols/kafka tests: kafkajs produces the records it
+// reads as JSON from stdin, then consumes them in a group, commits, and prints each record it
+// received as a JSON line (bytes in base64, null as null; a header is {k, v}).
+// Usage: node peer.js BROKER TOPIC GROUP none|gzip idempotent|plain < records.json
+'use strict';
+const { Kafka, CompressionTypes, logLevel } = require('kafkajs');
+
+// kafkajs logs through console.info by default, which is stdout: the test reads stdout.
+const toStderr = () => ({ namespace, level, log }) => {
+  if (level <= logLevel.WARN) process.stderr.write(`${namespace}: ${log.message}\n`);
+};
+
+const b64 = (b) => (b === null || b === undefined ? null : Buffer.from(b).toString('base64'));
+const buf = (s) => (s === null ? null : Buffer.from(s, 'base64'));
+
+async function main() {
+  const [broker, topic, group, codec, mode] = process.argv.slice(2);
+  const records = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+  const kafka = (clientId) => new Kafka({ clientId, brokers: [broker], logLevel: logLevel.WARN, logCreator: toStderr });
+
+  const producer = kafka('kafkajs-producer').producer({
+    idempotent: mode === 'idempotent', maxInFlightRequests: mode === 'idempotent' ? 1 : undefined,
+    allowAutoTopicCreation: true,
+  });
+  await producer.connect();
+  await producer.send({
+    topic,
+    acks: -1,
+    compression: codec === 'gzip' ? CompressionTypes.GZIP : CompressionTypes.None,
+    messages: records.map((r) => ({
+      key: buf(r.key), value: buf(r.value), timestamp: String(r.ts),
+      headers: Object.fromEntries(r.headers.map(({ k, v }) => [k, buf(v)])),
+    })),
+  });
+  await producer.disconnect();
+
+  const consumer = kafka('kafkajs-consumer').consumer({ groupId: group, maxWaitTimeInMs: 100 });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  const next = new Map();
+  let seen = 0;
+  await new Promise((resolve, reject) => {
+    consumer.run({
+      autoCommit: false,
+      eachMessage: async ({ partition, message }) => {
+        const headers = Object.entries(message.headers || {}).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => ({ k, v: b64(x) })));
+        console.log(JSON.stringify({
+          partition, offset: Number(message.offset), ts: Number(message.timestamp),
+          key: b64(message.key), value: b64(message.value), headers,
+        }));
+        next.set(partition, Math.max(next.get(partition) || 0, Number(message.offset) + 1));
+        if (++seen === records.length) resolve();
+      },
+    }).catch(reject);
+  });
+  await consumer.commitOffsets([...next].map(([partition, offset]) => ({ topic, partition, offset: String(offset) })));
+  await consumer.disconnect();
+}
+
+main().catch((err) => {
+  console.error(err && err.stack ? err.stack : err);
+  process.exit(1);
+});
