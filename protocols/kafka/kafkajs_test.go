@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // kafkajsDir holds the kafkajs peer; its node_modules is installed by the test when missing.
@@ -96,7 +99,8 @@ func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, se
 }
 
 // TestKafkajs: Node's kafkajs, a client with a wire codec of its own in another language,
-// produces (plain and idempotent, uncompressed and gzip) and consumes in a group through the proxy.
+// produces (plain, idempotent and in a transaction that also commits a group's offsets;
+// uncompressed and gzip) and consumes in a group through the proxy.
 func TestKafkajs(t *testing.T) {
 	needKafkajs(t)
 	c, guard := startCluster(t)
@@ -104,10 +108,11 @@ func TestKafkajs(t *testing.T) {
 	for _, tc := range []struct{ codec, mode string }{
 		{"none", "plain"},
 		{"gzip", "idempotent"},
+		{"none", "transactional"},
 	} {
 		t.Run(tc.codec+"-"+tc.mode, func(t *testing.T) {
-			topic := uniqueTopic(t, "kafkajs-"+tc.codec)
-			group := "kafkajs-" + tc.codec
+			topic := uniqueTopic(t, "kafkajs-"+tc.codec+"-"+tc.mode)
+			group := "kafkajs-" + tc.codec + "-" + tc.mode
 			sent := testRecords(12, time.UnixMilli(1700000300000))
 			for _, r := range sent {
 				for i := range r.headers {
@@ -118,10 +123,32 @@ func TestKafkajs(t *testing.T) {
 			}
 			got := runKafkajs(t, p, topic, group, tc.codec, tc.mode, sent)
 			checkRecords(t, sent, got, wantInjected)
-			checkBacklogs(t, p, topic, group, got)
+			markers := int64(0)
+			if tc.mode == "transactional" {
+				markers = 1 // the commit marker after each partition's records
+			}
+			checkBacklogsMarked(t, p, topic, group, got, markers)
 			checkConsumeGroup(t, p, topic, group, len(sent))
 			checkChain(t, p, topic, group, "kafkajs-producer", len(sent))
+			if tc.mode == "transactional" {
+				checkTxnCommit(t, p, topic, group+"-txn", 0, 5)
+			}
 		})
 	}
 	guard.check(t)
+}
+
+// checkTxnCommit waits for the kafka_commit offset a transaction committed for group (its
+// TxnOffsetCommit) on topic's partition.
+func checkTxnCommit(t *testing.T, p *testProxy, topic, group string, partition int32, want int64) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("commit offset %d of %s on %s/%d", want, group, topic, partition), func() bool {
+		_, offs := p.rec.snapshot()
+		for _, o := range offs {
+			if o.Kind == pathway.KafkaCommit && o.Topic == topic && o.Group == group && o.Partition == partition && o.Value == want {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -1,7 +1,7 @@
 // A Kafka client of another language for protocols/kafka tests: kafkajs produces the records it
 // reads as JSON from stdin, then consumes them in a group, commits, and prints each record it
 // received as a JSON line (bytes in base64, null as null; a header is {k, v}).
-// Usage: node peer.js BROKER TOPIC GROUP none|gzip idempotent|plain < records.json
+// Usage: node peer.js BROKER TOPIC GROUP none|gzip plain|idempotent|transactional < records.json
 'use strict';
 const { Kafka, CompressionTypes, logLevel } = require('kafkajs');
 
@@ -18,12 +18,14 @@ async function main() {
   const records = JSON.parse(require('fs').readFileSync(0, 'utf8'));
   const kafka = (clientId) => new Kafka({ clientId, brokers: [broker], logLevel: logLevel.WARN, logCreator: toStderr });
 
+  const txn = mode === 'transactional';
   const producer = kafka('kafkajs-producer').producer({
-    idempotent: mode === 'idempotent', maxInFlightRequests: mode === 'idempotent' ? 1 : undefined,
+    idempotent: mode !== 'plain', maxInFlightRequests: mode !== 'plain' ? 1 : undefined,
+    transactionalId: txn ? `kafkajs-txn-${topic}` : undefined,
     allowAutoTopicCreation: true,
   });
   await producer.connect();
-  await producer.send({
+  const batch = {
     topic,
     acks: -1,
     compression: codec === 'gzip' ? CompressionTypes.GZIP : CompressionTypes.None,
@@ -31,7 +33,17 @@ async function main() {
       key: buf(r.key), value: buf(r.value), timestamp: String(r.ts),
       headers: Object.fromEntries(r.headers.map(({ k, v }) => [k, buf(v)])),
     })),
-  });
+  };
+  if (txn) {
+    // As a consume-transform-produce loop ends a transaction: the output records and the
+    // offsets it read (of another group, here a fixed offset 5 of partition 0) commit together.
+    const t = await producer.transaction();
+    await t.send(batch);
+    await t.sendOffsets({ consumerGroupId: `${group}-txn`, topics: [{ topic, partitions: [{ partition: 0, offset: '5' }] }] });
+    await t.commit();
+  } else {
+    await producer.send(batch);
+  }
   await producer.disconnect();
 
   const consumer = kafka('kafkajs-consumer').consumer({ groupId: group, maxWaitTimeInMs: 100 });
