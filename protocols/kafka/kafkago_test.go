@@ -9,6 +9,8 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // segmentio/kafka-go has a wire codec of its own: its Writer and its group Reader pick their
@@ -103,6 +105,50 @@ func TestKafkaGo(t *testing.T) {
 			checkChain(t, p, topic, group, "kafkago-producer", len(sent))
 		})
 	}
+	t.Run("partition reader", func(t *testing.T) {
+		// Without a group, kafka-go reads one partition over its older Conn API (ListOffsets and
+		// Fetch at versions it picks itself); the consume points then carry no group.
+		topic := uniqueTopic(t, "kafkago-partition")
+		sent := testRecords(12, time.UnixMilli(1700000260000))
+		produceKafkaGo(t, ctx, p, "kafkago-producer", topic, 0, sent)
+		var all []*kgo.Record
+		for _, pt := range []int{0, 1, 2} {
+			r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: []string{p.Addr().String()}, Topic: topic, Partition: pt,
+				MaxWait: 100 * time.Millisecond, Dialer: &kafkago.Dialer{ClientID: "kafkago-reader", Timeout: 10 * time.Second}})
+			hwm, err := r.ReadLag(ctx)
+			if err != nil {
+				r.Close()
+				t.Fatalf("partition %d: lag: %v", pt, err)
+			}
+			var got []*kgo.Record
+			for int64(len(got)) < hwm {
+				m, err := r.ReadMessage(ctx)
+				if err != nil {
+					r.Close()
+					t.Fatalf("partition %d: read %d of %d: %v", pt, len(got), hwm, err)
+				}
+				rec := &kgo.Record{Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key, Value: m.Value, Timestamp: m.Time}
+				for _, h := range m.Headers {
+					rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+				}
+				got = append(got, rec)
+			}
+			r.Close()
+			all = append(all, got...)
+		}
+		checkRecords(t, sent, all, wantInjected)
+		var cons []pathway.Point
+		waitFor(t, "consume points without a group", func() bool {
+			cons = pointsOn(p, "direction:in", "topic:"+topic, "type:kafka")
+			return len(cons) >= len(sent)
+		})
+		prod := pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")
+		for _, pt := range cons {
+			if len(prod) == 0 || pt.ParentHash != prod[0].Hash || pt.Service != "kafkago-reader" {
+				t.Fatalf("consume point %+v: want service kafkago-reader and the produce hash as parent (%d produce points)", pt, len(prod))
+			}
+		}
+	})
 	t.Run("default client id", func(t *testing.T) {
 		// kafka-go's consumer names itself after the program; the proxy takes that as the service.
 		topic := uniqueTopic(t, "kafkago-default-id")
