@@ -1,0 +1,121 @@
+package amqp
+
+import (
+	"bytes"
+	"os/exec"
+	"reflect"
+	"strings"
+	"testing"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// amqpTool finds one of Debian's amqp-tools (rabbitmq-c, a C client) or fails saying how to
+// install it.
+func amqpTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s (amqp-tools, the rabbitmq-c client) is required: install it with `apt-get install -y amqp-tools` (%v)", name, err)
+	}
+	return path
+}
+
+// toolURL is url for rabbitmq-c, which reads "amqp://host/" as the vhost "" where the AMQP URI
+// spec's other clients read "/": without the path it uses "/".
+func toolURL(url string) string { return strings.TrimSuffix(url, "/") }
+
+func runAmqpTool(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), amqpTool(t, name), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, errb.String())
+	}
+	return out.String()
+}
+
+// getDirect takes one message from queue on a direct connection, failing if there is none.
+func getDirect(t *testing.T, c *amqp091.Connection, queue string) amqp091.Delivery {
+	t.Helper()
+	ch := channel(t, c)
+	defer ch.Close()
+	var d amqp091.Delivery
+	waitFor(t, "a message in "+queue, func() bool {
+		var ok bool
+		var err error
+		d, ok, err = ch.Get(queue, true)
+		if err != nil {
+			t.Fatalf("get %s: %v", queue, err)
+		}
+		return ok
+	})
+	return d
+}
+
+// TestAmqpToolsThroughProxy: rabbitmq-c's amqp-publish and amqp-get, a third client with its own
+// framing, publish and get through the proxy. What a direct reader finds in the queue is what
+// the same command publishes directly, plus the pathway header; the get chains to the publish.
+func TestAmqpToolsThroughProxy(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, directURL, "setup", 0)
+	cases := []struct {
+		name string
+		args []string
+	}{
+		{"bare", []string{"-b", "tools-bare"}},
+		{"properties and headers", []string{"-p", "-C", "text/plain", "-E", "utf8", "-t", "reply-q", "-H", "trace: xyz", "-H", "tenant: acme", "-b", "tools-full"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			qd, qp := declareQueue(t, c, unique("tools-direct")), declareQueue(t, c, unique("tools-proxy"))
+			runAmqpTool(t, "amqp-publish", append([]string{"-u", toolURL(directURL), "-r", qd}, tc.args...)...)
+			runAmqpTool(t, "amqp-publish", append([]string{"-u", toolURL(h.url), "-r", qp}, tc.args...)...)
+			d, p := getDirect(t, c, qd), getDirect(t, c, qp)
+			if _, ok := d.Headers[pathway.HeaderKey]; ok {
+				t.Errorf("direct publish carries a pathway header")
+			}
+			v, _ := p.Headers[pathway.HeaderKey].(string)
+			if _, err := pathway.DecodeBase64String(v); err != nil {
+				t.Errorf("pathway header %q through the proxy: %v", v, err)
+			}
+			if !reflect.DeepEqual(publishing(d), publishing(p)) {
+				t.Errorf("message differs:\ndirect %+v\nproxy  %+v", publishing(d), publishing(p))
+			}
+		})
+	}
+	t.Run("get chains to publish", func(t *testing.T) {
+		q := declareQueue(t, c, unique("tools-get"))
+		before := len(h.rec.points())
+		runAmqpTool(t, "amqp-publish", "-u", toolURL(h.url), "-r", q, "-b", "tools-get")
+		var body string
+		waitFor(t, "amqp-get to find the message", func() bool {
+			cmd := exec.CommandContext(t.Context(), amqpTool(t, "amqp-get"), "-u", toolURL(h.url), "-q", q)
+			out, err := cmd.Output()
+			body = string(out)
+			return err == nil
+		})
+		if strings.TrimSpace(body) != "tools-get" {
+			t.Fatalf("amqp-get through the proxy printed %q", body)
+		}
+		var pub, get []pathway.Point
+		waitFor(t, "the publish and the get checkpoints", func() bool {
+			pts := h.rec.points()[before:]
+			pub, get = with(pts, "direction:out", "topic:"+q), with(pts, "direction:in", "topic:"+q)
+			return len(pub) == 1 && len(get) == 1
+		})
+		if get[0].ParentHash != pub[0].Hash {
+			t.Errorf("amqp-get's checkpoint has parent %x, not the publish hash %x", get[0].ParentHash, pub[0].Hash)
+		}
+	})
+}
+
+// publishing is what a publisher set on a delivery, without the pathway header.
+func publishing(d amqp091.Delivery) amqp091.Publishing {
+	return amqp091.Publishing{Headers: withoutCtx(d.Headers), ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
+		DeliveryMode: d.DeliveryMode, Priority: d.Priority, CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo,
+		Expiration: d.Expiration, MessageId: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, UserId: d.UserId, AppId: d.AppId, Body: d.Body}
+}
