@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"testing"
 
+	"github.com/dsmproxy/dsmproxy/internal/npmpeer"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -19,19 +19,7 @@ var nodeDir = filepath.Join("..", "..", "testdata", "amqp", "node")
 // needNode installs amqplib (npm) for the peer script, failing with what CI must provide.
 func needNode(t *testing.T) {
 	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed: the AMQP tests drive RabbitMQ with Node's amqplib too (CI: apt-get install -y nodejs npm)", tool)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(nodeDir, "node_modules", "amqplib")); err == nil {
-		return
-	}
-	cmd := exec.Command("npm", "install", "--no-audit", "--no-fund")
-	cmd.Dir = nodeDir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("npm install in %s: %v\n%s", nodeDir, err, out)
-	}
+	npmpeer.Install(t, nodeDir, "amqplib", "the AMQP tests (Node's amqplib drives RabbitMQ too)")
 }
 
 type nodeMsg struct {

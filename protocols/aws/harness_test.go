@@ -27,6 +27,7 @@ import (
 	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/npmpeer"
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
@@ -44,36 +45,12 @@ func nodeDir(t testing.TB) string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "testdata", "aws", "node")
 }
 
-var npmOnce sync.Once
-var npmErr error
-
 // ensureNode installs the npm peers (emulators, JS SDK) when node_modules is missing. The tests
 // fail, never skip, when node or npm is not there.
 func ensureNode(t testing.TB) string {
 	t.Helper()
 	dir := nodeDir(t)
-	npmOnce.Do(func() {
-		if _, err := exec.LookPath("node"); err != nil {
-			npmErr = fmt.Errorf("node is required by the AWS tests (real SQS/SNS/Kinesis emulators): %w", err)
-			return
-		}
-		if _, err := os.Stat(filepath.Join(dir, "node_modules", "local-aws-sqs")); err == nil {
-			return
-		}
-		if _, err := exec.LookPath("npm"); err != nil {
-			npmErr = fmt.Errorf("npm is required to install the AWS test peers in %s: %w", dir, err)
-			return
-		}
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			npmErr = fmt.Errorf("npm ci in %s: %w\n%s", dir, err, out)
-		}
-	})
-	if npmErr != nil {
-		t.Fatal(npmErr)
-	}
+	npmpeer.Install(t, dir, "local-aws-sqs", "the AWS tests (real SQS/SNS/Kinesis emulators)")
 	return dir
 }
 

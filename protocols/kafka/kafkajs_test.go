@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/dsmproxy/dsmproxy/internal/npmpeer"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -22,19 +23,7 @@ var kafkajsDir = filepath.Join("..", "..", "testdata", "kafka", "node")
 // needKafkajs installs kafkajs (npm) for the peer script, failing with what CI must provide.
 func needKafkajs(t *testing.T) {
 	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed: the Kafka tests drive kafkajs too (CI: apt-get install -y nodejs npm)", tool)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(kafkajsDir, "node_modules", "kafkajs")); err == nil {
-		return
-	}
-	cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-	cmd.Dir = kafkajsDir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci in %s: %v\n%s", kafkajsDir, err, out)
-	}
+	npmpeer.Install(t, kafkajsDir, "kafkajs", "the Kafka tests (they drive kafkajs too)")
 }
 
 // kafkajsRecord is a record as peer.js reads and prints it: bytes in base64 (encoding/json's
