@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -128,12 +129,28 @@ func TestCaptureGolden(t *testing.T) {
 		runKcat(t, ctx, fmt.Sprintf("k1:%s\nk2:%s\n:%s\n", codecValue(1), codecValue(2), codecValue(3)), "-P", "-b", p.Addr().String(), "-t", "golden", "-K:", "-z", codec,
 			"-H", "h1=v1", "-X", "client.id=golden-kcat")
 	}
+	for _, codec := range []struct {
+		name string
+		c    kafkago.Compression
+	}{{"none", 0}, {"gzip", kafkago.Gzip}, {"snappy", kafkago.Snappy}, {"lz4", kafkago.Lz4}, {"zstd", kafkago.Zstd}} {
+		capt.setLabel("kafkago-" + codec.name)
+		produceKafkaGo(t, ctx, p, "golden-kafkago", "golden", codec.c, goldenRecords())
+	}
+	// kafkajs decodes no codec but gzip without plugins: it gets a topic of its own.
+	for _, codec := range []string{"none", "gzip"} {
+		capt.setLabel("kafkajs-" + codec)
+		runKafkajs(t, p, "golden-js", "golden-kafkajs", codec, "plain", kafkajsRecords(goldenRecords()), "PEER_STEPS=produce", "PEER_CLIENT_ID=golden-kafkajs")
+	}
 	// Each client reads the topic back in a group of its own and commits.
-	n := 8*5 + 8*3 + 3*2
+	n := 8*5 + 8*3 + 3*2 + 8*5
 	capt.setLabel("kgo-group")
 	consumeKgo(t, ctx, p, "golden", "golden-kgo", n, kgo.ClientID("golden-kgo"))
 	capt.setLabel("sarama-group")
 	consumeSarama(t, ctx, p, "golden", "golden-sarama", n)
+	capt.setLabel("kafkago-group")
+	consumeKafkaGo(t, ctx, p, "golden-kafkago", "golden", "golden-kafkago", n)
+	capt.setLabel("kafkajs-group")
+	runKafkajs(t, p, "golden-js", "golden-kafkajs", "none", "plain", kafkajsRecords(testRecords(8*2, time.UnixMilli(0))), "PEER_STEPS=consume", "PEER_CLIENT_ID=golden-kafkajs")
 	capt.setLabel("kcat-group")
 	runKcat(t, ctx, "", "-C", "-b", p.Addr().String(), "-G", "golden-kcat", "-c", fmt.Sprint(n), "-X", "auto.offset.reset=earliest",
 		"-X", "client.id=golden-kcat", "golden")
@@ -241,7 +258,7 @@ func TestGoldenRequestHeaders(t *testing.T) {
 func goldenOf(t testing.TB, api string) map[string][]byte {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(goldenDir, "*."+api+"-v*.bin"))
-	want := 3 // one per client
+	want := 5 // one per client: kgo, sarama, kcat, kafka-go, kafkajs
 	if api == "fetchforgotten" {
 		want = 1 // kgo's
 	}
@@ -271,7 +288,7 @@ func kmsgOf(t *testing.T, name string, h requestHeader, frame []byte) kmsg.Reque
 }
 
 // TestGoldenGroupRequests: the hand parsers read the Fetch, OffsetCommit, JoinGroup and SyncGroup
-// requests that kgo, sarama and kcat sent, as kmsg decodes them.
+// requests that kgo, sarama, kcat, kafka-go and kafkajs sent, as kmsg decodes them.
 func TestGoldenGroupRequests(t *testing.T) {
 	fetches := goldenOf(t, "fetch")
 	maps.Copy(fetches, goldenOf(t, "fetchforgotten"))

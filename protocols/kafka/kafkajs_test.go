@@ -44,12 +44,17 @@ type kafkajsHeader struct {
 
 // runKafkajs produces sent with kafkajs through the proxy (codec none or gzip: kafkajs has no
 // other codec without plugins), consumes them in group, commits, and returns what it consumed.
-func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, sent []sentRecord) []*kgo.Record {
+// env is added to the peer's (PEER_STEPS, PEER_CLIENT_ID: see peer.js). kafkajs cannot send a
+// null header value: sent must hold none.
+func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, sent []sentRecord, env ...string) []*kgo.Record {
 	t.Helper()
 	in := make([]kafkajsRecord, len(sent))
 	for i, s := range sent {
 		in[i] = kafkajsRecord{TS: s.ts.UnixMilli(), Key: s.key, Value: s.value, Headers: []kafkajsHeader{}}
 		for _, h := range s.headers {
+			if h.Value == nil {
+				t.Fatalf("record %q: kafkajs cannot send the null value of header %q", s.key, h.Key)
+			}
 			in[i].Headers = append(in[i].Headers, kafkajsHeader{h.Key, h.Value})
 		}
 	}
@@ -59,7 +64,7 @@ func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, se
 	}
 	cmd := exec.CommandContext(testCtx(t), "node", "peer.js", p.Addr().String(), topic, group, codec, mode)
 	cmd.Dir = kafkajsDir
-	cmd.Env = append(os.Environ(), "KAFKAJS_NO_PARTITIONER_WARNING=1")
+	cmd.Env = append(append(os.Environ(), "KAFKAJS_NO_PARTITIONER_WARNING=1"), env...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -102,14 +107,7 @@ func TestKafkajs(t *testing.T) {
 		t.Run(tc.codec+"-"+tc.mode, func(t *testing.T) {
 			topic := uniqueTopic(t, "kafkajs-"+tc.codec+"-"+tc.mode)
 			group := "kafkajs-" + tc.codec + "-" + tc.mode
-			sent := testRecords(12, time.UnixMilli(1700000300000))
-			for _, r := range sent {
-				for i := range r.headers {
-					if r.headers[i].Value == nil {
-						r.headers[i].Value = []byte{} // kafkajs cannot send a null header value
-					}
-				}
-			}
+			sent := kafkajsRecords(testRecords(12, time.UnixMilli(1700000300000)))
 			got := runKafkajs(t, p, topic, group, tc.codec, tc.mode, sent)
 			checkRecords(t, sent, got, wantInjected)
 			markers := int64(0)
@@ -140,4 +138,16 @@ func checkTxnCommit(t *testing.T, p *testProxy, topic, group string, partition i
 		}
 		return false
 	})
+}
+
+// kafkajsRecords is rs with every null header value made empty: kafkajs cannot send one.
+func kafkajsRecords(rs []sentRecord) []sentRecord {
+	for _, r := range rs {
+		for i := range r.headers {
+			if r.headers[i].Value == nil {
+				r.headers[i].Value = []byte{}
+			}
+		}
+	}
+	return rs
 }

@@ -2,6 +2,8 @@
 // reads as JSON from stdin, then consumes them in a group, commits, and prints each record it
 // received as a JSON line (bytes in base64, null as null; a header is {k, v}).
 // Usage: node peer.js BROKER TOPIC GROUP none|gzip plain|idempotent|transactional < records.json
+// PEER_STEPS=produce or =consume runs one step only (the consumer then reads as many records as
+// stdin holds); PEER_CLIENT_ID replaces both clients' ids (kafkajs-producer, kafkajs-consumer).
 'use strict';
 const { Kafka, CompressionTypes, logLevel } = require('kafkajs');
 
@@ -18,8 +20,15 @@ async function main() {
   const records = JSON.parse(require('fs').readFileSync(0, 'utf8'));
   const kafka = (clientId) => new Kafka({ clientId, brokers: [broker], logLevel: logLevel.WARN, logCreator: toStderr });
 
+  const steps = process.env.PEER_STEPS || 'produce,consume';
+  const id = (own) => process.env.PEER_CLIENT_ID || own;
+  if (steps.includes('produce')) await produce(kafka(id('kafkajs-producer')), topic, codec, mode, group, records);
+  if (steps.includes('consume')) await consume(kafka(id('kafkajs-consumer')), topic, group, records.length);
+}
+
+async function produce(kafka, topic, codec, mode, group, records) {
   const txn = mode === 'transactional';
-  const producer = kafka('kafkajs-producer').producer({
+  const producer = kafka.producer({
     idempotent: mode !== 'plain', maxInFlightRequests: mode !== 'plain' ? 1 : undefined,
     transactionalId: txn ? `kafkajs-txn-${topic}` : undefined,
     allowAutoTopicCreation: true,
@@ -45,8 +54,10 @@ async function main() {
     await producer.send(batch);
   }
   await producer.disconnect();
+}
 
-  const consumer = kafka('kafkajs-consumer').consumer({ groupId: group, maxWaitTimeInMs: 100 });
+async function consume(kafka, topic, group, n) {
+  const consumer = kafka.consumer({ groupId: group, maxWaitTimeInMs: 100 });
   await consumer.connect();
   await consumer.subscribe({ topic, fromBeginning: true });
   const next = new Map();
@@ -61,7 +72,7 @@ async function main() {
           key: b64(message.key), value: b64(message.value), headers,
         }));
         next.set(partition, Math.max(next.get(partition) || 0, Number(message.offset) + 1));
-        if (++seen === records.length) resolve();
+        if (++seen === n) resolve();
       },
     }).catch(reject);
   });
