@@ -2,12 +2,16 @@ package kafka
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func saramaConfig(clientID string) *sarama.Config {
@@ -92,7 +96,15 @@ func (h *saramaHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sar
 
 func consumeSarama(t *testing.T, ctx context.Context, p *testProxy, topic, group string, n int) []*kgo.Record {
 	t.Helper()
-	cg, err := sarama.NewConsumerGroup([]string{p.Addr().String()}, group, saramaConfig("sarama-consumer"))
+	return consumeSaramaWith(t, ctx, p, topic, group, n, sarama.V2_8_0_0)
+}
+
+// consumeSaramaWith is consumeSarama with sarama set to Kafka version v.
+func consumeSaramaWith(t *testing.T, ctx context.Context, p *testProxy, topic, group string, n int, v sarama.KafkaVersion) []*kgo.Record {
+	t.Helper()
+	cfg := saramaConfig("sarama-consumer")
+	cfg.Version = v
+	cg, err := sarama.NewConsumerGroup([]string{p.Addr().String()}, group, cfg)
 	if err != nil {
 		t.Fatalf("sarama group: %v", err)
 	}
@@ -157,6 +169,65 @@ func TestSarama(t *testing.T) {
 			checkBacklogs(t, p, topic, "sarama-"+tc.name, got)
 			checkConsumeGroup(t, p, topic, "sarama-"+tc.name, len(sent))
 			checkChain(t, p, topic, "sarama-"+tc.name, "sarama-producer", len(sent))
+		})
+	}
+	guard.check(t)
+}
+
+// TestSaramaVersions: sarama set to older and newer Kafka versions picks other request versions
+// (Produce v3 up, Metadata v1 up, older group APIs), each of which the proxy must read or relay:
+// the same records, backlogs and chain as with V2_8_0_0. The tap records the versions seen.
+func TestSaramaVersions(t *testing.T) {
+	c, guard := startCluster(t)
+	var mu sync.Mutex
+	seen := map[string]map[int16]bool{}
+	label := ""
+	p := startProxyWith(t, c, nil, func(p *Proxy) {
+		p.tap = func(h requestHeader, _ []byte) {
+			mu.Lock()
+			defer mu.Unlock()
+			if seen[label] == nil {
+				seen[label] = map[int16]bool{}
+			}
+			seen[label][h.Key<<8|h.Version] = true
+		}
+	})
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name    string
+		version sarama.KafkaVersion
+		codec   sarama.CompressionCodec
+	}{
+		{"0.11", sarama.V0_11_0_0, sarama.CompressionGZIP},
+		{"1.0", sarama.V1_0_0_0, sarama.CompressionLZ4},
+		{"2.1", sarama.V2_1_0_0, sarama.CompressionZSTD},
+		{"3.6", sarama.V3_6_0_0, sarama.CompressionSnappy},
+		{"4.0", sarama.V4_0_0_0, sarama.CompressionNone},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			label = tc.name
+			mu.Unlock()
+			topic := uniqueTopic(t, "sarama-v"+tc.name)
+			group := "sarama-v" + tc.name
+			cfg := saramaConfig("sarama-producer")
+			cfg.Version = tc.version
+			cfg.Producer.Compression = tc.codec
+			sent := testRecords(12, time.UnixMilli(1700000500000))
+			produceSarama(t, p, cfg, topic, sent)
+			got := consumeSaramaWith(t, ctx, p, topic, group, len(sent), tc.version)
+			checkRecords(t, sent, got, wantInjected)
+			checkBacklogs(t, p, topic, group, got)
+			checkConsumeGroup(t, p, topic, group, len(sent))
+			checkChain(t, p, topic, group, "sarama-producer", len(sent))
+			mu.Lock()
+			var vs []string
+			for kv := range seen[tc.name] {
+				vs = append(vs, fmt.Sprintf("%s v%d", kmsg.NameForKey(kv>>8), kv&0xff))
+			}
+			mu.Unlock()
+			slices.Sort(vs)
+			t.Logf("requests: %s", strings.Join(vs, ", "))
 		})
 	}
 	guard.check(t)
