@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/kversion"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -272,4 +275,74 @@ func checkBacklogsMarked(t *testing.T, p *testProxy, topic, group string, got []
 		}
 		return true
 	})
+}
+
+// TestKgoVersions: kgo capped at older Kafka versions sends older Produce, Fetch (before fetch
+// sessions, before topic ids), Metadata and group requests; consumers in a group get the same
+// records, backlogs and chain as at the newest versions.
+func TestKgoVersions(t *testing.T) {
+	c, guard := startCluster(t)
+	rv := newRequestVersions()
+	p := startProxyWith(t, c, nil, func(p *Proxy) { p.tap = rv.tap })
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name string
+		v    *kversion.Versions
+	}{
+		{"0.11", kversion.V0_11_0()},
+		{"1.1", kversion.V1_1_0()},
+		{"2.4", kversion.V2_4_0()},
+		{"3.0", kversion.V3_0_0()},
+		{"3.5", kversion.V3_5_0()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rv.setLabel(tc.name)
+			topic := uniqueTopic(t, "kgo-v"+tc.name)
+			group := "kgo-v" + tc.name
+			cl := kgoClient(t, p, kgo.ClientID("kgo-producer"), kgo.MaxVersions(tc.v), kgo.ProducerBatchCompression(kgo.GzipCompression()))
+			sent := testRecords(12, time.UnixMilli(1700000600000))
+			produceKgo(t, ctx, cl, topic, sent)
+			got := consumeKgo(t, ctx, p, topic, group, len(sent), kgo.MaxVersions(tc.v))
+			checkRecords(t, sent, got, wantInjected)
+			checkBacklogs(t, p, topic, group, got)
+			checkConsumeGroup(t, p, topic, group, len(sent))
+			checkChain(t, p, topic, group, "kgo-producer", len(sent))
+			t.Logf("requests: %s", rv.of(tc.name))
+		})
+	}
+	guard.check(t)
+}
+
+// requestVersions is a Proxy tap that records which request versions clients sent, under the
+// label set when they sent them.
+type requestVersions struct {
+	mu    sync.Mutex
+	label string
+	seen  map[string]map[string]bool
+}
+
+func newRequestVersions() *requestVersions {
+	return &requestVersions{seen: map[string]map[string]bool{}}
+}
+
+func (rv *requestVersions) setLabel(l string) {
+	rv.mu.Lock()
+	rv.label = l
+	rv.mu.Unlock()
+}
+
+func (rv *requestVersions) tap(h requestHeader, _ []byte) {
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	if rv.seen[rv.label] == nil {
+		rv.seen[rv.label] = map[string]bool{}
+	}
+	rv.seen[rv.label][fmt.Sprintf("%s v%d", kmsg.NameForKey(h.Key), h.Version)] = true
+}
+
+// of lists the requests seen under label, sorted.
+func (rv *requestVersions) of(label string) string {
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	return strings.Join(slices.Sorted(maps.Keys(rv.seen[label])), ", ")
 }

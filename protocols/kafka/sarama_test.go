@@ -2,16 +2,12 @@ package kafka
 
 import (
 	"context"
-	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func saramaConfig(clientID string) *sarama.Config {
@@ -179,19 +175,8 @@ func TestSarama(t *testing.T) {
 // the same records, backlogs and chain as with V2_8_0_0. The tap records the versions seen.
 func TestSaramaVersions(t *testing.T) {
 	c, guard := startCluster(t)
-	var mu sync.Mutex
-	seen := map[string]map[int16]bool{}
-	label := ""
-	p := startProxyWith(t, c, nil, func(p *Proxy) {
-		p.tap = func(h requestHeader, _ []byte) {
-			mu.Lock()
-			defer mu.Unlock()
-			if seen[label] == nil {
-				seen[label] = map[int16]bool{}
-			}
-			seen[label][h.Key<<8|h.Version] = true
-		}
-	})
+	rv := newRequestVersions()
+	p := startProxyWith(t, c, nil, func(p *Proxy) { p.tap = rv.tap })
 	ctx := testCtx(t)
 	for _, tc := range []struct {
 		name    string
@@ -205,11 +190,9 @@ func TestSaramaVersions(t *testing.T) {
 		{"4.0", sarama.V4_0_0_0, sarama.CompressionNone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mu.Lock()
-			label = tc.name
-			mu.Unlock()
 			topic := uniqueTopic(t, "sarama-v"+tc.name)
 			group := "sarama-v" + tc.name
+			rv.setLabel(tc.name)
 			cfg := saramaConfig("sarama-producer")
 			cfg.Version = tc.version
 			cfg.Producer.Compression = tc.codec
@@ -220,14 +203,7 @@ func TestSaramaVersions(t *testing.T) {
 			checkBacklogs(t, p, topic, group, got)
 			checkConsumeGroup(t, p, topic, group, len(sent))
 			checkChain(t, p, topic, group, "sarama-producer", len(sent))
-			mu.Lock()
-			var vs []string
-			for kv := range seen[tc.name] {
-				vs = append(vs, fmt.Sprintf("%s v%d", kmsg.NameForKey(kv>>8), kv&0xff))
-			}
-			mu.Unlock()
-			slices.Sort(vs)
-			t.Logf("requests: %s", strings.Join(vs, ", "))
+			t.Logf("requests: %s", rv.of(tc.name))
 		})
 	}
 	guard.check(t)
