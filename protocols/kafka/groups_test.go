@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	kafkagoscram "github.com/segmentio/kafka-go/sasl/scram"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -146,6 +147,19 @@ func TestSASLPassthrough(t *testing.T) {
 		_ = cl
 		got := consumeKgo(t, ctx, p, topic, "sasl-sarama", len(sent), kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism()))
 		checkRecords(t, sent, got, wantInjected)
+	})
+	t.Run("kafka-go-scram512", func(t *testing.T) {
+		// kafka-go's own SASL client (SaslHandshake v1, SaslAuthenticate), producer and group reader.
+		mech, err := kafkagoscram.Mechanism(kafkagoscram.SHA512, "scram512", "pw512")
+		if err != nil {
+			t.Fatal(err)
+		}
+		topic := uniqueTopic(t, "sasl-kafkago")
+		sent := testRecords(4, time.UnixMilli(1700000660000))
+		produceKafkaGo(t, ctx, p, "kafkago-sasl", topic, 0, sent, mech)
+		got := consumeKafkaGo(t, ctx, p, "kafkago-sasl", topic, "sasl-kafkago", len(sent), mech)
+		checkRecords(t, sent, got, wantInjected)
+		checkConsumeGroup(t, p, topic, "sasl-kafkago", len(sent))
 	})
 	t.Run("bad-password", func(t *testing.T) {
 		cl := kgoClient(t, p, kgo.SASL(plain.Auth{User: "plainuser", Pass: "wrong"}.AsMechanism()))

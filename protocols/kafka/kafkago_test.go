@@ -8,6 +8,7 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -16,8 +17,13 @@ import (
 // segmentio/kafka-go has a wire codec of its own: its Writer and its group Reader pick their
 // request versions and build their batches without any code kgo or sarama share.
 
-func produceKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, topic string, codec kafkago.Compression, recs []sentRecord) {
+// produceKafkaGo writes recs to topic with kafka-go's Writer, logging in with auth when given.
+func produceKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, topic string, codec kafkago.Compression, recs []sentRecord, auth ...sasl.Mechanism) {
 	t.Helper()
+	tr := &kafkago.Transport{ClientID: clientID}
+	if len(auth) > 0 {
+		tr.SASL = auth[0]
+	}
 	w := &kafkago.Writer{
 		Addr:                   kafkago.TCP(p.Addr().String()),
 		Topic:                  topic,
@@ -26,7 +32,7 @@ func produceKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, t
 		Compression:            codec,
 		AllowAutoTopicCreation: true,
 		BatchTimeout:           10 * time.Millisecond,
-		Transport:              &kafkago.Transport{ClientID: clientID},
+		Transport:              tr,
 	}
 	defer w.Close()
 	msgs := make([]kafkago.Message, len(recs))
@@ -43,10 +49,14 @@ func produceKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, t
 	}
 }
 
-// consumeKafkaGo reads n messages of topic in group and commits them.
-func consumeKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, topic, group string, n int) []*kgo.Record {
+// consumeKafkaGo reads n messages of topic in group and commits them, logging in with auth when
+// given.
+func consumeKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, topic, group string, n int, auth ...sasl.Mechanism) []*kgo.Record {
 	t.Helper()
 	dialer := &kafkago.Dialer{Timeout: 10 * time.Second}
+	if len(auth) > 0 {
+		dialer.SASLMechanism = auth[0]
+	}
 	if clientID != "" {
 		dialer.ClientID = clientID // else kafka-go's default, "<program>@<host> (github.com/segmentio/kafka-go)"
 	}
