@@ -236,6 +236,17 @@ func TestKgoRelay(t *testing.T) {
 
 // checkBacklogs checks the three backlog kinds for topic against the consumed records: per
 // partition the last produced offset, the high watermark (next offset) and group's commit.
+// checkDelivered runs the checks every client test makes once a group consumed what producer
+// sent through the proxy: records intact with one pathway header each, the three backlog kinds,
+// consume points tagged with the group, and consume points chained to the produce hash.
+func checkDelivered(t *testing.T, p *testProxy, topic, group, producer string, sent []sentRecord, got []*kgo.Record) {
+	t.Helper()
+	checkRecords(t, sent, got, wantInjected)
+	checkBacklogs(t, p, topic, group, got)
+	checkConsumeGroup(t, p, topic, group, len(sent))
+	checkChain(t, p, topic, group, producer, len(sent))
+}
+
 func checkBacklogs(t *testing.T, p *testProxy, topic, group string, got []*kgo.Record) {
 	t.Helper()
 	checkBacklogsMarked(t, p, topic, group, got, 0)
@@ -303,10 +314,7 @@ func TestKgoVersions(t *testing.T) {
 			sent := testRecords(12, time.UnixMilli(1700000600000))
 			produceKgo(t, ctx, cl, topic, sent)
 			got := consumeKgo(t, ctx, p, topic, group, len(sent), kgo.MaxVersions(tc.v))
-			checkRecords(t, sent, got, wantInjected)
-			checkBacklogs(t, p, topic, group, got)
-			checkConsumeGroup(t, p, topic, group, len(sent))
-			checkChain(t, p, topic, group, "kgo-producer", len(sent))
+			checkDelivered(t, p, topic, group, "kgo-producer", sent, got)
 			t.Logf("requests: %s", rv.of(tc.name))
 		})
 	}

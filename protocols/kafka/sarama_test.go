@@ -161,10 +161,7 @@ func TestSarama(t *testing.T) {
 			sent := testRecords(12, time.UnixMilli(1700000100000))
 			produceSarama(t, p, cfg, topic, sent)
 			got := consumeSarama(t, ctx, p, topic, "sarama-"+tc.name, len(sent))
-			checkRecords(t, sent, got, wantInjected)
-			checkBacklogs(t, p, topic, "sarama-"+tc.name, got)
-			checkConsumeGroup(t, p, topic, "sarama-"+tc.name, len(sent))
-			checkChain(t, p, topic, "sarama-"+tc.name, "sarama-producer", len(sent))
+			checkDelivered(t, p, topic, "sarama-"+tc.name, "sarama-producer", sent, got)
 		})
 	}
 	guard.check(t)
@@ -199,10 +196,7 @@ func TestSaramaVersions(t *testing.T) {
 			sent := testRecords(12, time.UnixMilli(1700000500000))
 			produceSarama(t, p, cfg, topic, sent)
 			got := consumeSaramaWith(t, ctx, p, topic, group, len(sent), tc.version)
-			checkRecords(t, sent, got, wantInjected)
-			checkBacklogs(t, p, topic, group, got)
-			checkConsumeGroup(t, p, topic, group, len(sent))
-			checkChain(t, p, topic, group, "sarama-producer", len(sent))
+			checkDelivered(t, p, topic, group, "sarama-producer", sent, got)
 			t.Logf("requests: %s", rv.of(tc.name))
 		})
 	}
