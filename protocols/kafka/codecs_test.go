@@ -132,7 +132,7 @@ var codecNames = map[string]int16{"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "
 // broker (seen by a kfake control hook on Produce) with the same codec bits after the proxy
 // spliced the pathway header in and recompressed it, and reads back with its values intact and
 // exactly one pathway header per record. kgo, sarama (V2_8_0_0, so zstd is allowed) and kafka-go
-// produce every codec; kcat only none and zstd here (see the table).
+// produce every codec; kafkajs none, gzip and snappy, kcat only none and zstd here (see the table).
 func TestEveryClientCodecReachesTheBrokerCompressed(t *testing.T) {
 	c, guard := startCluster(t)
 	broker := newCodecBatches()
@@ -170,6 +170,9 @@ func TestEveryClientCodecReachesTheBrokerCompressed(t *testing.T) {
 				"lz4": kafkago.Lz4, "zstd": kafkago.Zstd}[codec]
 			produceKafkaGo(t, ctx, p, "codecs-kafkago", topic, cc, sent)
 		},
+		"kafkajs": func(t *testing.T, topic, codec string) {
+			runKafkajs(t, p, topic, "codecs-kafkajs", codec, "plain", sent, "PEER_STEPS=produce", "PEER_CLIENT_ID=codecs-kafkajs")
+		},
 		"kcat": func(t *testing.T, topic, codec string) {
 			runKcat(t, ctx, kcatIn.String(), "-P", "-b", p.Addr().String(), "-t", topic, "-K:", "-z", codec,
 				"-H", "h1=v1", "-X", "client.id=codecs-kcat", "-X", "allow.auto.create.topics=true")
@@ -184,6 +187,7 @@ func TestEveryClientCodecReachesTheBrokerCompressed(t *testing.T) {
 		{"kgo", all, false},
 		{"sarama", all, true},
 		{"kafka-go", all, true},
+		{"kafkajs", []string{"none", "gzip", "snappy"}, false}, // lz4 and zstd are native-built plugins
 		// kcat's gzip, snappy and lz4 are left out: librdkafka 2.0.2 enables those codecs only
 		// when the broker accepts Produce v0, and kfake (like Kafka 4.0, KAFKA-18659) advertises
 		// Produce v3..13, so librdkafka logs "Broker does not support compression type gzip: not

@@ -42,8 +42,9 @@ type kafkajsHeader struct {
 	Value []byte `json:"v"`
 }
 
-// runKafkajs produces sent with kafkajs through the proxy (codec none or gzip: kafkajs has no
-// other codec without plugins), consumes them in group, commits, and returns what it consumed.
+// runKafkajs produces sent with kafkajs through the proxy (codec none, gzip, or snappy with the
+// kafkajs-snappy plugin; lz4 and zstd plugins need native builds), consumes them in group,
+// commits, and returns what it consumed.
 // env is added to the peer's (PEER_STEPS, PEER_CLIENT_ID: see peer.js). kafkajs cannot send a
 // null header value: sent must hold none.
 func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, sent []sentRecord, env ...string) []*kgo.Record {
@@ -94,7 +95,7 @@ func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, se
 
 // TestKafkajs: Node's kafkajs, a client with a wire codec of its own in another language,
 // produces (plain, idempotent and in a transaction that also commits a group's offsets;
-// uncompressed and gzip) and consumes in a group through the proxy.
+// uncompressed, gzip and snappy) and consumes in a group through the proxy.
 func TestKafkajs(t *testing.T) {
 	needKafkajs(t)
 	c, guard := startCluster(t)
@@ -102,6 +103,7 @@ func TestKafkajs(t *testing.T) {
 	for _, tc := range []struct{ codec, mode string }{
 		{"none", "plain"},
 		{"gzip", "idempotent"},
+		{"snappy", "plain"},
 		{"none", "transactional"},
 	} {
 		t.Run(tc.codec+"-"+tc.mode, func(t *testing.T) {

@@ -1,11 +1,16 @@
 // A Kafka client of another language for protocols/kafka tests: kafkajs produces the records it
 // reads as JSON from stdin, then consumes them in a group, commits, and prints each record it
 // received as a JSON line (bytes in base64, null as null; a header is {k, v}).
-// Usage: node peer.js BROKER TOPIC GROUP none|gzip plain|idempotent|transactional < records.json
+// Usage: node peer.js BROKER TOPIC GROUP none|gzip|snappy plain|idempotent|transactional < records.json
 // PEER_STEPS=produce or =consume runs one step only (the consumer then reads as many records as
 // stdin holds); PEER_CLIENT_ID replaces both clients' ids (kafkajs-producer, kafkajs-consumer).
 'use strict';
-const { Kafka, CompressionTypes, logLevel } = require('kafkajs');
+const { Kafka, CompressionTypes, CompressionCodecs, logLevel } = require('kafkajs');
+
+// snappy is a plugin in kafkajs (kafkajs-snappy, on snappyjs): registered, it also lets the
+// consumer read snappy batches.
+CompressionCodecs[CompressionTypes.Snappy] = require('kafkajs-snappy');
+const codecs = { none: CompressionTypes.None, gzip: CompressionTypes.GZIP, snappy: CompressionTypes.Snappy };
 
 // kafkajs logs through console.info by default, which is stdout: the test reads stdout.
 const toStderr = () => ({ namespace, level, log }) => {
@@ -37,7 +42,7 @@ async function produce(kafka, topic, codec, mode, group, records) {
   const batch = {
     topic,
     acks: -1,
-    compression: codec === 'gzip' ? CompressionTypes.GZIP : CompressionTypes.None,
+    compression: codecs[codec],
     messages: records.map((r) => ({
       key: buf(r.key), value: buf(r.value), timestamp: String(r.ts),
       headers: Object.fromEntries(r.headers.map(({ k, v }) => [k, buf(v)])),
