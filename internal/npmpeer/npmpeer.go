@@ -17,31 +17,31 @@ var (
 	done = map[string]error{}
 )
 
-// Install makes sure dir/node_modules holds module, running `npm ci` in dir when it does not.
-// who says which tests need it, for the failure message.
-func Install(t testing.TB, dir, module, who string) {
+// Install makes sure dir/node_modules holds every module, running `npm ci` in dir when it does
+// not. who says which tests need them, for the failure message.
+func Install(t testing.TB, dir, who string, modules ...string) {
 	t.Helper()
-	if err := install(dir, module, who); err != nil {
+	if err := install(dir, who, modules); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func install(dir, module, who string) error {
+func install(dir, who string, modules []string) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if err, ok := done[dir]; ok {
 		return err
 	}
-	err := ci(dir, module, who)
+	err := ci(dir, who, modules)
 	done[dir] = err
 	return err
 }
 
-func ci(dir, module, who string) error {
+func ci(dir, who string, modules []string) error {
 	if _, err := exec.LookPath("node"); err != nil {
 		return fmt.Errorf("node is required by %s (CI: apt-get install -y nodejs npm): %w", who, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", module)); err == nil {
+	if installed(dir, modules) {
 		return nil
 	}
 	if _, err := exec.LookPath("npm"); err != nil {
@@ -53,4 +53,13 @@ func ci(dir, module, who string) error {
 		return fmt.Errorf("npm ci in %s: %w\n%s", dir, err, out)
 	}
 	return nil
+}
+
+func installed(dir string, modules []string) bool {
+	for _, m := range modules {
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", m)); err != nil {
+			return false
+		}
+	}
+	return true
 }

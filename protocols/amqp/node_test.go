@@ -19,7 +19,7 @@ var nodeDir = filepath.Join("..", "..", "testdata", "amqp", "node")
 // needNode installs amqplib (npm) for the peer script, failing with what CI must provide.
 func needNode(t *testing.T) {
 	t.Helper()
-	npmpeer.Install(t, nodeDir, "amqplib", "the AMQP tests (Node's amqplib drives RabbitMQ too)")
+	npmpeer.Install(t, nodeDir, "the AMQP tests (Node's amqplib drives RabbitMQ too)", "amqplib")
 }
 
 type nodeMsg struct {

@@ -50,7 +50,7 @@ func nodeDir(t testing.TB) string {
 func ensureNode(t testing.TB) string {
 	t.Helper()
 	dir := nodeDir(t)
-	npmpeer.Install(t, dir, "local-aws-sqs", "the AWS tests (real SQS/SNS/Kinesis emulators)")
+	npmpeer.Install(t, dir, "the AWS tests (real SQS/SNS/Kinesis emulators)", "local-aws-sqs", "fauxqs", "kinesis-local", "@aws-sdk/client-sqs")
 	return dir
 }
 

@@ -23,7 +23,7 @@ var kafkajsDir = filepath.Join("..", "..", "testdata", "kafka", "node")
 // needKafkajs installs kafkajs (npm) for the peer script, failing with what CI must provide.
 func needKafkajs(t *testing.T) {
 	t.Helper()
-	npmpeer.Install(t, kafkajsDir, "kafkajs", "the Kafka tests (they drive kafkajs too)")
+	npmpeer.Install(t, kafkajsDir, "the Kafka tests (they drive kafkajs too)", "kafkajs", "kafkajs-snappy")
 }
 
 // kafkajsRecord is a record as peer.js reads and prints it: bytes in base64 (encoding/json's
