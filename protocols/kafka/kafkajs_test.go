@@ -49,6 +49,7 @@ type kafkajsHeader struct {
 // null header value: sent must hold none.
 func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, sent []sentRecord, env ...string) []*kgo.Record {
 	t.Helper()
+	needKafkajs(t)
 	in := make([]kafkajsRecord, len(sent))
 	for i, s := range sent {
 		in[i] = kafkajsRecord{TS: s.ts.UnixMilli(), Key: s.key, Value: s.value, Headers: []kafkajsHeader{}}
@@ -97,7 +98,6 @@ func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, se
 // produces (plain, idempotent and in a transaction that also commits a group's offsets;
 // uncompressed, gzip and snappy) and consumes in a group through the proxy.
 func TestKafkajs(t *testing.T) {
-	needKafkajs(t)
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
 	for _, tc := range []struct{ codec, mode string }{
