@@ -22,7 +22,9 @@ func needNode(t *testing.T) {
 	npmpeer.Install(t, nodeDir, "the AMQP tests (Node's amqplib drives RabbitMQ too)", "amqplib")
 }
 
-type nodeMsg struct {
+// peerMsg is a line a peer script (amqplib's, pika's) prints: a message it received, or the
+// outcome of its confirmed publishes.
+type peerMsg struct {
 	Via         string         `json:"via"`
 	Body        string         `json:"body"`
 	DeliveryTag uint64         `json:"deliveryTag"`
@@ -30,22 +32,28 @@ type nodeMsg struct {
 	Confirms    []string       `json:"confirms"`
 }
 
-func runNodePeer(t *testing.T, url, q, gq string) []nodeMsg {
+func runNodePeer(t *testing.T, url, q, gq string) []peerMsg {
 	t.Helper()
 	cmd := exec.Command("node", "peer.js", url, q, gq)
 	cmd.Dir = nodeDir
+	return runPeer(t, cmd)
+}
+
+// runPeer runs a peer script and reads the JSON lines it prints.
+func runPeer(t *testing.T, cmd *exec.Cmd) []peerMsg {
+	t.Helper()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("node peer: %v\n%s", err, stderr.String())
+		t.Fatalf("%s: %v\n%s", cmd, err, stderr.String())
 	}
-	var msgs []nodeMsg
+	var msgs []peerMsg
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
-		var m nodeMsg
+		var m peerMsg
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("node peer output %q: %v", sc.Text(), err)
+			t.Fatalf("%s printed %q: %v", cmd, sc.Text(), err)
 		}
 		msgs = append(msgs, m)
 	}
@@ -58,12 +66,21 @@ func TestAmqplibThroughProxy(t *testing.T) {
 	needNode(t)
 	h := startProxy(t, nil)
 	c := dial(t, directURL, "setup", 0)
-	run := func(url string) []nodeMsg {
+	run := func(url string) []peerMsg {
 		return runNodePeer(t, url, declareQueue(t, c, unique("node-q")), declareQueue(t, c, unique("node-g")))
 	}
 	direct, prox := run(directURL), run(h.url)
-	if len(direct) != 4 || len(prox) != 4 {
-		t.Fatalf("node peer printed %d lines direct, %d through the proxy, want 4", len(direct), len(prox))
+	checkPeerRuns(t, h, direct, prox, 4, "node-peer", 3, 3)
+}
+
+// checkPeerRuns compares what a peer script printed directly and through the proxy (lines each):
+// the same messages, properties, delivery tags and confirms, plus a pathway header that decodes;
+// and the proxy's checkpoints: publishes publish points named after service, each of the
+// consumes consume points chained to a publish.
+func checkPeerRuns(t *testing.T, h *harness, direct, prox []peerMsg, lines int, service string, publishes, consumes int) {
+	t.Helper()
+	if len(direct) != lines || len(prox) != lines {
+		t.Fatalf("the peer printed %d lines direct, %d through the proxy, want %d", len(direct), len(prox), lines)
 	}
 	for i := range direct {
 		d, p := direct[i], prox[i]
@@ -90,14 +107,14 @@ func TestAmqplibThroughProxy(t *testing.T) {
 	}
 	pts := h.rec.points()
 	outs, ins := with(pts, "direction:out"), with(pts, "direction:in")
-	if len(outs) != 3 || len(ins) != 3 {
-		t.Fatalf("%d publish and %d consume points, want 3 each", len(outs), len(ins))
+	if len(outs) != publishes || len(ins) != consumes {
+		t.Fatalf("%d publish and %d consume points, want %d and %d", len(outs), len(ins), publishes, consumes)
 	}
 	hashes := map[uint64]bool{}
 	for _, p := range outs {
 		hashes[p.Hash] = true
-		if p.Service != "node-peer" {
-			t.Errorf("publish service %q, want the amqplib connection_name", p.Service)
+		if p.Service != service {
+			t.Errorf("publish service %q, want the peer's connection_name %q", p.Service, service)
 		}
 	}
 	for _, p := range ins {
