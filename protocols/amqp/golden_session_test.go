@@ -94,7 +94,7 @@ func replaySession(t *testing.T, s *session, tl *timeline) (toBroker, toClient [
 }
 
 // TestGoldenSession replays whole conversations captured between real clients (amqp091-go,
-// amqplib) and RabbitMQ, in the order the proxy read them: the client receives the broker's bytes
+// amqplib, pika) and RabbitMQ, in the order the proxy read them: the client receives the broker's bytes
 // unchanged, the broker receives the recorded proxy output (<name>.proxied), and the checkpoints
 // and error events are the recorded ones (<name>.observed): a consume per Basic.Deliver and
 // Basic.GetOk, tied to its queue and chained to the header the proxy put in, and the broker's

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -84,9 +85,9 @@ func frames(t testing.TB, b []byte) []frame {
 	return fs
 }
 
-// TestGoldenSplice replays client streams captured from amqp091-go and amqplib: the output is the
-// recorded one, has the same frames in the same order (none added, dropped or split), and each
-// published content header differs from the client's only by the added entry.
+// TestGoldenSplice replays client streams captured from amqp091-go, amqplib and pika: the output
+// is the recorded one, has the same frames in the same order (none added, dropped or split), and
+// each published content header differs from the client's only by the added entry.
 func TestGoldenSplice(t *testing.T) {
 	if *update {
 		recaptureGolden(t)
@@ -135,8 +136,9 @@ var captureGoldenOnce sync.Once
 // recaptureGolden captures once per run, for whichever golden test runs first.
 func recaptureGolden(t *testing.T) { captureGoldenOnce.Do(func() { captureGolden(t) }) }
 
-// captureGolden records what amqp091-go and amqplib send through a proxy, and the whole
-// conversation of each with the broker (go test -update).
+// captureGolden records what amqp091-go, amqplib and pika send through a proxy, and the whole
+// conversation of each with the broker (go test -update). amqp-tools is not among them: it
+// publishes and gets in separate processes, so no one connection holds both.
 func captureGolden(t *testing.T) {
 	var mu sync.Mutex
 	conns := map[uint64]*timeline{}
@@ -240,6 +242,12 @@ func captureGolden(t *testing.T) {
 	runNodePeer(t, h.url, q, declareQueue(t, setup, "golden-get-node"))
 	waitFor(t, "capture connection closed", func() bool { return h.p.ln.Conns() == 0 })
 	save("amqplib")
+
+	needPika(t)
+	runPeer(t, exec.Command(debianPython, pikaPeer, h.url, q, declareQueue(t, setup, "golden-get-pika")))
+	waitFor(t, "capture connection closed", func() bool { return h.p.ln.Conns() == 0 })
+	save("pika")
+
 }
 
 // timeline is one connection's traffic in the order the proxy read it: chunks from the client
