@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,7 +58,7 @@ func (l *guardedLn) Accept() (net.Conn, error) {
 
 // A franz-go client speaks TLS to the proxy (with a client certificate), the proxy terminates it,
 // splices the pathway header into produced batches, and originates TLS with its own client
-// certificate to a kfake cluster that requires one.
+// certificate to a kfake cluster that requires one. kcat then does the same over OpenSSL.
 func TestKafkaTLSBothSides(t *testing.T) {
 	pki := testpki.New(t, "kafka test CA")
 	dir := t.TempDir()
@@ -148,6 +150,36 @@ func TestKafkaTLSBothSides(t *testing.T) {
 				t.Fatalf("record %s arrived without %s: the proxy did not see inside TLS", r.Value, pathway.HeaderKey)
 			}
 			seen[string(r.Value)] = true
+		}
+	}
+
+	// kcat (librdkafka on OpenSSL, not Go's TLS) does the same with its own client certificate.
+	kcat, err := exec.LookPath("kcat")
+	if err != nil {
+		t.Fatalf("kcat is required: install it with `apt-get install -y kcat` (%v)", err)
+	}
+	kcatCert, kcatKey, _ := pki.IssueFiles(t, dir, "kcat-client", "kcat")
+	tlsArgs := []string{"-b", p.Addr().String(), "-X", "security.protocol=ssl", "-X", "ssl.ca.location=" + caFile,
+		"-X", "ssl.certificate.location=" + kcatCert, "-X", "ssl.key.location=" + kcatKey,
+		"-X", "ssl.endpoint.identification.algorithm=none"}
+	kcatTopic := topic + "-kcat"
+	prod := exec.CommandContext(ctx, kcat, append([]string{"-P", "-t", kcatTopic, "-X", "allow.auto.create.topics=true"}, tlsArgs...)...)
+	prod.Stdin = strings.NewReader("one\ntwo\nthree\n")
+	if out, err := prod.CombinedOutput(); err != nil {
+		t.Fatalf("kcat produce over TLS through the proxy: %v\n%s", err, out)
+	}
+	cons := exec.CommandContext(ctx, kcat, append([]string{"-C", "-t", kcatTopic, "-o", "beginning", "-c", "3", "-f", "%s|%h\n"}, tlsArgs...)...)
+	out, err := cons.Output()
+	if err != nil {
+		t.Fatalf("kcat consume over TLS through the proxy: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("kcat read %q over TLS, want 3 records", out)
+	}
+	for _, l := range lines {
+		if !strings.Contains(l, "|"+pathway.HeaderKey+"=") {
+			t.Errorf("kcat record %q over TLS carries no %s", l, pathway.HeaderKey)
 		}
 	}
 
