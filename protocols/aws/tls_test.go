@@ -82,3 +82,30 @@ func TestMaxConns(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestTLSTowardCLI: Debian's awscli (Python on OpenSSL, not Go's TLS) verifies the proxy's
+// certificate against a CA bundle and sends through the HTTPS listener.
+func TestTLSTowardCLI(t *testing.T) {
+	up := sqsPeer(t)
+	pki := testpki.New(t, "aws test CA")
+	caFile := pki.WriteCA(t, t.TempDir())
+	_, _, pair := pki.Issue(t, "dsmproxy")
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream = up.URL()
+		c.Listener.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	endpoint := "https://" + tp.Addr().String()
+	aws := newCLI(t, endpoint)
+	aws.env = append(aws.env, "AWS_CA_BUNDLE="+caFile)
+	var cq struct{ QueueUrl string }
+	aws.run(ctx, &cq, "sqs", "create-queue", "--queue-name", "secure-cli")
+	if !strings.HasPrefix(cq.QueueUrl, endpoint+"/") {
+		t.Fatalf("queue URL %s, want it under %s", cq.QueueUrl, endpoint)
+	}
+	aws.run(ctx, nil, "sqs", "send-message", "--queue-url", cq.QueueUrl, "--message-body", "over tls")
+	if n := len(tp.rec.withTags("direction:out", "topic:secure-cli")); n != 1 {
+		t.Errorf("%d produce points", n)
+	}
+}
