@@ -93,28 +93,33 @@ func TestAmqpToolsThroughProxy(t *testing.T) {
 	}
 	t.Run("get chains to publish", func(t *testing.T) {
 		q := declareQueue(t, c, unique("tools-get"))
-		before := len(h.rec.points())
 		runAmqpTool(t, "amqp-publish", "-u", toolURL(h.url), "-r", q, "-b", "tools-get")
-		var body string
-		waitFor(t, "amqp-get to find the message", func() bool {
-			cmd := exec.CommandContext(t.Context(), amqpTool(t, "amqp-get"), "-u", toolURL(h.url), "-q", q)
-			out, err := cmd.Output()
-			body = string(out)
-			return err == nil
-		})
-		if strings.TrimSpace(body) != "tools-get" {
-			t.Fatalf("amqp-get through the proxy printed %q", body)
-		}
-		var pub, get []pathway.Point
-		waitFor(t, "the publish and the get checkpoints", func() bool {
-			pts := h.rec.points()[before:]
-			pub, get = with(pts, "direction:out", "topic:"+q), with(pts, "direction:in", "topic:"+q)
-			return len(pub) == 1 && len(get) == 1
-		})
-		if get[0].ParentHash != pub[0].Hash {
-			t.Errorf("amqp-get's checkpoint has parent %x, not the publish hash %x", get[0].ParentHash, pub[0].Hash)
-		}
+		getChains(t, h, q, "tools-get", "-u", toolURL(h.url))
 	})
+}
+
+// getChains runs amqp-get on queue with args (URL, TLS) until it gets a message, wants its body,
+// and checks that the get's checkpoint chains to the queue's publishes.
+func getChains(t *testing.T, h *harness, queue, body string, args ...string) {
+	t.Helper()
+	var out []byte
+	waitFor(t, "amqp-get to find a message in "+queue, func() bool {
+		var err error
+		out, err = exec.CommandContext(t.Context(), amqpTool(t, "amqp-get"), append(args, "-q", queue)...).Output()
+		return err == nil // amqp-get fails on an empty queue
+	})
+	if got := strings.TrimSpace(string(out)); got != body {
+		t.Fatalf("amqp-get through the proxy printed %q, want %q", got, body)
+	}
+	var pub, get []pathway.Point
+	waitFor(t, "the get checkpoint on "+queue, func() bool {
+		pts := h.rec.points()
+		pub, get = with(pts, "direction:out", "topic:"+queue), with(pts, "direction:in", "topic:"+queue)
+		return len(get) == 1 && len(pub) > 0
+	})
+	if get[0].ParentHash != pub[0].Hash {
+		t.Errorf("amqp-get's checkpoint has parent %x, not the publish hash %x", get[0].ParentHash, pub[0].Hash)
+	}
 }
 
 // publishing is what a publisher set on a delivery, without the pathway header.
@@ -142,23 +147,5 @@ func TestAmqpToolsOverTLS(t *testing.T) {
 		t.Fatalf("amqp-publish over TLS: body %q headers %v", d.Body, d.Headers)
 	}
 	runAmqpTool(t, "amqp-publish", "--ssl", "--cacert="+caFile, "-u", url, "-r", q, "-b", "again")
-	waitFor(t, "the second message in "+q, func() bool { return len(with(h.rec.points(), "direction:out", "topic:"+q)) == 2 })
-	var body string
-	waitFor(t, "amqp-get over TLS to find the message", func() bool {
-		out, err := exec.CommandContext(t.Context(), amqpTool(t, "amqp-get"), "--ssl", "--cacert="+caFile, "-u", url, "-q", q).Output()
-		body = string(out)
-		return err == nil
-	})
-	if strings.TrimSpace(body) != "again" {
-		t.Fatalf("amqp-get over TLS printed %q", body)
-	}
-	var pub, get []pathway.Point
-	waitFor(t, "the get checkpoint", func() bool {
-		pts := h.rec.points()
-		pub, get = with(pts, "direction:out", "topic:"+q), with(pts, "direction:in", "topic:"+q)
-		return len(get) == 1
-	})
-	if get[0].ParentHash != pub[1].Hash {
-		t.Errorf("amqp-get over TLS: parent %x, not the publish hash %x", get[0].ParentHash, pub[1].Hash)
-	}
+	getChains(t, h, q, "again", "--ssl", "--cacert="+caFile, "-u", url)
 }

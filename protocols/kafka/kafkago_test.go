@@ -77,16 +77,21 @@ func consumeKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, t
 			t.Fatalf("kafka-go consumed %d of %d from %s: %v", len(got), n, topic, err)
 		}
 		msgs = append(msgs, m)
-		rec := &kgo.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key, Value: m.Value, Timestamp: m.Time}
-		for _, h := range m.Headers {
-			rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
-		}
-		got = append(got, rec)
+		got = append(got, kafkaGoRecord(m))
 	}
 	if err := r.CommitMessages(ctx, msgs...); err != nil {
 		t.Fatalf("kafka-go commit: %v", err)
 	}
 	return got
+}
+
+// kafkaGoRecord is m as a kgo.Record, for the checks the client tests share.
+func kafkaGoRecord(m kafkago.Message) *kgo.Record {
+	rec := &kgo.Record{Topic: m.Topic, Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key, Value: m.Value, Timestamp: m.Time}
+	for _, h := range m.Headers {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+	}
+	return rec
 }
 
 func TestKafkaGo(t *testing.T) {
@@ -118,31 +123,25 @@ func TestKafkaGo(t *testing.T) {
 		topic := uniqueTopic(t, "kafkago-partition")
 		sent := testRecords(12, time.UnixMilli(1700000260000))
 		produceKafkaGo(t, ctx, p, "kafkago-producer", topic, 0, sent)
-		var all []*kgo.Record
-		for _, pt := range []int{0, 1, 2} {
+		read := func(pt int) []*kgo.Record {
 			r := kafkago.NewReader(kafkago.ReaderConfig{Brokers: []string{p.Addr().String()}, Topic: topic, Partition: pt,
 				MaxWait: 100 * time.Millisecond, Dialer: &kafkago.Dialer{ClientID: "kafkago-reader", Timeout: 10 * time.Second}})
+			defer r.Close()
 			hwm, err := r.ReadLag(ctx)
 			if err != nil {
-				r.Close()
 				t.Fatalf("partition %d: lag: %v", pt, err)
 			}
 			var got []*kgo.Record
 			for int64(len(got)) < hwm {
 				m, err := r.ReadMessage(ctx)
 				if err != nil {
-					r.Close()
 					t.Fatalf("partition %d: read %d of %d: %v", pt, len(got), hwm, err)
 				}
-				rec := &kgo.Record{Partition: int32(m.Partition), Offset: m.Offset, Key: m.Key, Value: m.Value, Timestamp: m.Time}
-				for _, h := range m.Headers {
-					rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
-				}
-				got = append(got, rec)
+				got = append(got, kafkaGoRecord(m))
 			}
-			r.Close()
-			all = append(all, got...)
+			return got
 		}
+		all := append(append(read(0), read(1)...), read(2)...)
 		checkRecords(t, sent, all, wantInjected)
 		var cons []pathway.Point
 		waitFor(t, "consume points without a group", func() bool {
