@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -64,6 +65,48 @@ func TestMaxConnsRefusal(t *testing.T) {
 	waitFor(t, "the first connection to leave the registry", func() bool { return l.Conns() == 0 })
 	third := dial(t, l)
 	roundTrip(t, third, "room again")
+}
+
+// TestMaxConnsRefusalLogThrottled: anyone who reaches the port can cause refusals, so only the
+// first 10 (and every 1000th) log at Warn; the rest go to Debug, all with the running total.
+func TestMaxConnsRefusalLogThrottled(t *testing.T) {
+	up := startEcho(t, nil)
+	var logs syncbuf.Buffer
+	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: up.addr(), MaxConns: 1}, HandlerFunc(relay), zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(context.Background()) }()
+	defer func() {
+		l.Close()
+		<-served
+	}()
+	first := dial(t, l)
+	roundTrip(t, first, "one")
+	const refusals = 13
+	for range refusals {
+		expectClosed(t, dial(t, l))
+	}
+	waitFor(t, "every refusal counted", func() bool { return l.Refused() == refusals })
+	levels := map[string]int{}
+	var last struct {
+		Level        string `json:"level"`
+		RefusedTotal uint64 `json:"refused_total"`
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if !strings.Contains(line, "listener is at its connection limit") {
+			continue
+		}
+		if err := json.Unmarshal([]byte(line), &last); err != nil {
+			t.Fatal(err)
+		}
+		levels[last.Level]++
+	}
+	if levels["warn"] != 10 || levels["debug"] != refusals-10 || last.RefusedTotal != refusals {
+		t.Fatalf("refusal log lines by level %v, last refused_total %d; want 10 warn, %d debug, total %d\n%s",
+			levels, last.RefusedTotal, refusals-10, refusals, logs.String())
+	}
 }
 
 func TestIdleTimeoutExactClock(t *testing.T) {

@@ -262,8 +262,14 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	l.mu.Lock()
 	if l.cfg.MaxConns > 0 && len(l.conns) >= l.cfg.MaxConns {
 		l.mu.Unlock()
-		l.refused.Add(1)
-		log.Warn().Int("max_conns", l.cfg.MaxConns).Msg("connection refused: listener is at its connection limit")
+		// The first 10 and every 1000th at Warn, the rest at Debug: whoever can reach the port
+		// could otherwise fill the log. Stats counts them all.
+		n := l.refused.Add(1)
+		ev := log.Debug()
+		if n <= 10 || n%1000 == 0 {
+			ev = log.Warn()
+		}
+		ev.Int("max_conns", l.cfg.MaxConns).Uint64("refused_total", n).Msg("connection refused: listener is at its connection limit")
 		raw.Close()
 		return
 	}

@@ -95,6 +95,7 @@ type Stats struct {
 	ErrorCloses     uint64 // Channel.Close or Connection.Close with an error code
 	PointsDropped   uint64 // Observer.Add returned false
 	RefusedProtocol uint64 // clients that opened with another protocol header
+	RefusedConns    uint64 // connections closed at once because the listener was at MaxConns
 }
 
 type counters struct {
@@ -232,8 +233,17 @@ func (p *Proxy) Stats() Stats {
 		ExistingContext: s.existing.Load(), SkippedFrameMax: s.frameMax.Load(), Consumed: s.consumed.Load(),
 		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
-		RefusedProtocol: s.refused.Load(),
+		RefusedProtocol: s.refused.Load(), RefusedConns: p.refusedConns(),
 	}
+}
+
+func (p *Proxy) refusedConns() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln == nil {
+		return 0
+	}
+	return p.ln.Refused()
 }
 
 func (p *Proxy) addPoint(pt pathway.Point) {

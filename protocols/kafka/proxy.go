@@ -120,6 +120,7 @@ type Stats struct {
 	StreamedFetches  uint64 // big fetch responses forwarded while they arrived
 	HiddenEndpoints  uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
 	ResentBatches    uint64 // idempotent batches the broker had stored before: not counted again
+	RefusedConns     uint64 // connections closed at once because their listener was at MaxConns
 }
 
 type counters struct {
@@ -373,8 +374,25 @@ func (p *Proxy) Stats() Stats {
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
-		ResentBatches: s.resent.Load(),
+		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(),
 	}
+}
+
+// refusedConns sums the refusals of the bootstrap and node listeners (node listeners live until
+// Shutdown, so none is lost).
+func (p *Proxy) refusedConns() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n uint64
+	if p.bootstrap != nil {
+		n = p.bootstrap.Refused()
+	}
+	for _, nd := range p.nodes {
+		if nd.ln != nil {
+			n += nd.ln.Refused()
+		}
+	}
+	return n
 }
 
 // Shutdown drains every listener (clients finish their in-flight requests) and stops the

@@ -1,0 +1,28 @@
+package amqp
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// TestRefusedConnsCounted: connections refused because the listener was at MaxConns show in
+// Stats, which /stats and /metrics serve.
+func TestRefusedConnsCounted(t *testing.T) {
+	h := startProxy(t, func(cfg *Config) { cfg.Listener.MaxConns = 1 })
+	held := dial(t, h.url, "held", 0) // open: registered before the next one arrives
+	defer held.Close()
+	refused, err := net.Dial("tcp", h.p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer refused.Close()
+	refused.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := refused.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a connection past MaxConns read %v, want EOF", err)
+	}
+	if got := h.p.Stats().RefusedConns; got != 1 {
+		t.Fatalf("RefusedConns = %d, want 1", got)
+	}
+}
