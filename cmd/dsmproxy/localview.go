@@ -83,12 +83,15 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 	return nil
 }
 
-func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+// contents returns what the view holds and when the latest flush that brought any came.
+func (v *localView) contents() ([]agentpayload.Point, []agentpayload.BacklogEntry, time.Time) {
 	v.mu.Lock()
-	pts := slices.Collect(maps.Values(v.pts))
-	bl := slices.Collect(maps.Values(v.bl))
-	at := v.at
-	v.mu.Unlock()
+	defer v.mu.Unlock()
+	return slices.Collect(maps.Values(v.pts)), slices.Collect(maps.Values(v.bl)), v.at
+}
+
+func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	pts, bl, at := v.contents()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	switch {
 	case at.IsZero():

@@ -115,7 +115,7 @@ Flags:
   --aws LISTEN=URL          SQS/SNS/Kinesis front: listen address = real endpoint URL,
                             e.g. --aws 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com
   --amqp LISTEN=UPSTREAM    AMQP 0-9-1 front, e.g. --amqp 127.0.0.1:5673=rabbitmq:5672
-  --admin LISTEN            admin HTTP listener: /dsm /stats /errors /healthz /readyz /debug/pprof/
+  --admin LISTEN            admin HTTP listener: /dsm /metrics /stats /errors /healthz /readyz /debug/pprof/
                             (default 127.0.0.1:8790; "off" disables it)
   --agent-url URL           Datadog Agent: http://host:8126, https://..., unix:///var/run/datadog/apm.socket
   --no-agent                aggregate but send nothing to an Agent

@@ -161,6 +161,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	rt.admin.Handle("GET /errors", rt.errs.View())
 	rt.admin.Handle("GET /dsm", view)
 	rt.admin.Handle("GET /stats", http.HandlerFunc(rt.stats))
+	rt.admin.Handle("GET /metrics", &metricsPage{view: view, stats: rt.snapshot})
 	if !cfg.adminOff() {
 		ln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
@@ -170,33 +171,33 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		rt.adminLn = ln
 		rt.adminHS = &http.Server{Handler: rt.admin.mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = rt.adminHS.Serve(ln) }()
-		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /dsm /stats /errors /healthz /readyz /debug/pprof/")
+		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /dsm /metrics /stats /errors /healthz /readyz /debug/pprof/")
 	}
 	rt.admin.ready.Store(true)
 	return rt, nil
 }
 
-// stats serves every counter the process keeps, as JSON: per front (what was injected, skipped,
-// consumed, not understood), the aggregator's and the Agent sink's.
-func (rt *runtime) stats(w http.ResponseWriter, _ *http.Request) {
-	type frontStats struct {
-		Protocol string `json:"protocol"`
-		Listen   string `json:"listen"`
-		Stats    any    `json:"stats"`
-	}
-	fronts := make([]frontStats, 0, len(rt.fronts))
+// snapshot is every counter the process keeps: per front (what was injected, skipped, consumed,
+// not understood), the aggregator's and the Agent sink's.
+func (rt *runtime) snapshot() statsSnapshot {
+	st := statsSnapshot{Fronts: make([]frontStats, 0, len(rt.fronts)), Aggregator: rt.agg.Stats()}
 	for _, f := range rt.fronts {
 		fs := frontStats{Protocol: f.protocol, Listen: f.listen}
 		if f.stats != nil {
 			fs.Stats = f.stats()
 		}
-		fronts = append(fronts, fs)
+		st.Fronts = append(st.Fronts, fs)
 	}
-	out := map[string]any{"fronts": fronts, "aggregator": rt.agg.Stats()}
 	if rt.agent != nil {
-		out["agent"] = rt.agent.Stats()
+		a := rt.agent.Stats()
+		st.Agent = &a
 	}
-	writeJSON(w, http.StatusOK, out)
+	return st
+}
+
+// stats serves the snapshot as JSON.
+func (rt *runtime) stats(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, rt.snapshot())
 }
 
 // abort undoes a partial start.

@@ -149,7 +149,7 @@ kafka:
 		_ = cmd.Process.Kill()
 	})
 
-	admin := logs.field(t, "admin listening: /dsm /stats /errors /healthz /readyz /debug/pprof/", "", "listen")
+	admin := logs.field(t, "admin listening: /dsm /metrics /stats /errors /healthz /readyz /debug/pprof/", "", "listen")
 	bootstrap := logs.field(t, "front listening", "kafka", "listen")
 	for deadline := time.Now().Add(60 * time.Second); ; {
 		resp, err := http.Get("http://" + admin + "/readyz")
@@ -228,6 +228,27 @@ kafka:
 	if err != nil || len(st.Fronts) != 1 || st.Fronts[0].Protocol != "kafka" || st.Fronts[0].Stats.InjectedRecords == 0 ||
 		st.Fronts[0].Stats.ConsumedRecords == 0 || st.Agent == nil {
 		t.Fatalf("GET /stats = %+v (%v); want the kafka front with the injected and the consumed record, and the Agent sink's counters", st, err)
+	}
+	// The same for a Prometheus scraper, parsed by Prometheus's own text parser.
+	fams := scrapeMetrics(t, "http://"+admin+"/metrics")
+	for _, want := range []struct {
+		family string
+		labels map[string]string
+		check  func(float64) bool
+	}{
+		{"dsmproxy_kafka_injected_records_total", map[string]string{"listen": "127.0.0.1:0"}, func(v float64) bool { return v >= 1 }},
+		{"dsmproxy_kafka_consumed_records_total", nil, func(v float64) bool { return v >= 1 }},
+		{"dsmproxy_pathway_messages_per_second", map[string]string{"service": "checkout",
+			"edge_tags": "direction:out,kafka_cluster_id:kfake,topic:payments,type:kafka"}, func(v float64) bool { return v > 0 }},
+		{"dsmproxy_pathway_latency_seconds", map[string]string{"service": "ledger", "quantile": "0.99"}, func(v float64) bool { return v >= 0 }},
+		{"dsmproxy_kafka_consumer_lag_messages", map[string]string{"consumer_group": "ledger-group", "topic": "payments"}, func(v float64) bool { return v == 0 }},
+		{"dsmproxy_kafka_offset", map[string]string{"service": "ledger", "type": "kafka_high_watermark", "topic": "payments", "partition": "0"}, func(v float64) bool { return v == 1 }},
+		{"dsmproxy_aggregator_points_total", nil, func(v float64) bool { return v >= 2 }},
+		{"dsmproxy_agent_pending", nil, func(v float64) bool { return v >= 0 }},
+	} {
+		if v, ok := metricValue(fams, want.family, want.labels); !ok || !want.check(v) {
+			t.Errorf("GET /metrics: %s%v = %v (found: %v)", want.family, want.labels, v, ok)
+		}
 	}
 	// SIGHUP reloads TLS (none here) and must not end the process.
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {

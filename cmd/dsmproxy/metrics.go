@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/dsmproxy/dsmproxy/aggregator"
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
+)
+
+// metricsPage serves GET /metrics: what /dsm and /stats show, in the Prometheus text format
+// (version 0.0.4), for people who scrape metrics instead of running an Agent. Pathways and
+// backlogs come from the same local view as /dsm (each from its latest bucket, so they are
+// gauges); the process's counters are counters.
+type metricsPage struct {
+	view  *localView
+	stats func() statsSnapshot
+}
+
+// statsSnapshot is what GET /stats serves.
+type statsSnapshot struct {
+	Fronts     []frontStats           `json:"fronts"`
+	Aggregator aggregator.Stats       `json:"aggregator"`
+	Agent      *aggregator.AgentStats `json:"agent,omitempty"`
+}
+
+type frontStats struct {
+	Protocol string `json:"protocol"`
+	Listen   string `json:"listen"`
+	Stats    any    `json:"stats"`
+}
+
+const metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
+
+func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	var e exposition
+	if m.view != nil {
+		pts, bl, _ := m.view.contents()
+		e.pathways(pts)
+		e.backlogs(bl)
+		if m.view.errs != nil {
+			if s := m.view.errs(); s != nil {
+				e.trackedErrors(s)
+			}
+		}
+	}
+	if m.stats != nil {
+		st := m.stats()
+		for _, f := range st.Fronts {
+			e.counters("dsmproxy_"+f.Protocol+"_", f.Stats, "listen", f.Listen)
+		}
+		e.counters("dsmproxy_aggregator_", st.Aggregator)
+		if st.Agent != nil {
+			e.counters("dsmproxy_agent_", *st.Agent)
+		}
+	}
+	w.Header().Set("Content-Type", metricsContentType)
+	bw := bufio.NewWriter(w)
+	e.write(bw)
+	_ = bw.Flush()
+}
+
+// exposition collects samples and writes them grouped by family, as the format requires: all
+// samples of a metric name together, after its HELP and TYPE lines.
+type exposition struct {
+	order    []string
+	families map[string]*family
+}
+
+type family struct {
+	typ, help string
+	samples   []sample
+}
+
+type sample struct {
+	labels []string // name, value, name, value...
+	value  float64
+}
+
+func (e *exposition) add(name, typ, help string, v float64, labels ...string) {
+	if e.families == nil {
+		e.families = map[string]*family{}
+	}
+	f := e.families[name]
+	if f == nil {
+		f = &family{typ: typ, help: help}
+		e.families[name] = f
+		e.order = append(e.order, name)
+	}
+	f.samples = append(f.samples, sample{labels: labels, value: v})
+}
+
+func (e *exposition) write(w *bufio.Writer) {
+	for _, name := range e.order {
+		f := e.families[name]
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, escapeHelp(f.help), name, f.typ)
+		for _, s := range f.samples {
+			w.WriteString(name)
+			if len(s.labels) > 0 {
+				w.WriteByte('{')
+				for i := 0; i+1 < len(s.labels); i += 2 {
+					if i > 0 {
+						w.WriteByte(',')
+					}
+					w.WriteString(s.labels[i])
+					w.WriteString(`="`)
+					w.WriteString(escapeLabel(s.labels[i+1]))
+					w.WriteByte('"')
+				}
+				w.WriteByte('}')
+			}
+			w.WriteByte(' ')
+			w.WriteString(formatValue(s.value))
+			w.WriteByte('\n')
+		}
+	}
+}
+
+// pathways: one series per pathway (service, edge tags, hash, parent) from its latest bucket.
+func (e *exposition) pathways(pts []agentpayload.Point) {
+	slices.SortFunc(pts, func(a, b agentpayload.Point) int {
+		return strings.Compare(a.Service+strings.Join(a.EdgeTags, ","), b.Service+strings.Join(b.EdgeTags, ","))
+	})
+	for _, p := range pts {
+		if p.TimestampType != string(aggregator.Current) {
+			continue
+		}
+		secs := p.Duration.Seconds()
+		if secs <= 0 {
+			secs = 10
+		}
+		l := []string{"service", p.Service, "edge_tags", strings.Join(p.EdgeTags, ","),
+			"hash", fmt.Sprintf("%016x", p.Hash), "parent_hash", fmt.Sprintf("%016x", p.ParentHash)}
+		e.add("dsmproxy_pathway_messages_per_second", "gauge",
+			"Checkpoints per second on the pathway, in its latest bucket.", p.Count()/secs, l...)
+		for _, q := range []float64{0.5, 0.99} {
+			ql := append(slices.Clone(l), "quantile", strconv.FormatFloat(q, 'g', -1, 64))
+			e.add("dsmproxy_pathway_edge_latency_seconds", "gauge",
+				"Edge latency (since the previous checkpoint) at the quantile, in the pathway's latest bucket.", quantile(p.EdgeLatency, q), ql...)
+			e.add("dsmproxy_pathway_latency_seconds", "gauge",
+				"End-to-end latency (since the pathway began) at the quantile, in the pathway's latest bucket.", quantile(p.PathwayLatency, q), ql...)
+		}
+		avg := 0.0
+		if c := p.PayloadSize.GetCount(); c > 0 {
+			avg = p.PayloadSize.GetSum() / c
+		}
+		e.add("dsmproxy_pathway_payload_bytes_average", "gauge",
+			"Average payload size on the pathway, in its latest bucket.", avg, l...)
+	}
+}
+
+// backlogs: the Kafka offsets (produce, high watermark, commit) per partition, and the consumer
+// lag /dsm shows (high watermark - commit, summed over a group's partitions of a topic).
+func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
+	slices.SortFunc(bl, func(a, b agentpayload.BacklogEntry) int {
+		return strings.Compare(a.Service+strings.Join(a.Tags, ","), b.Service+strings.Join(b.Tags, ","))
+	})
+	for _, b := range bl {
+		l := []string{"service", b.Service}
+		for _, t := range b.Tags {
+			k, v, _ := strings.Cut(t, ":")
+			l = append(l, labelName(k), v)
+		}
+		e.add("dsmproxy_kafka_offset", "gauge",
+			"Latest Kafka offset per kind (type: kafka_produce, kafka_high_watermark, kafka_commit) and partition.", float64(b.Value), l...)
+	}
+	for _, r := range consumerLag(bl) {
+		e.add("dsmproxy_kafka_consumer_lag_messages", "gauge",
+			"Messages past the group's last commit, summed over the topic's partitions it committed.", float64(r.lag),
+			"consumer_group", r.group, "topic", r.topic)
+	}
+}
+
+// trackedErrors: the error groups of GET /errors, counted over each group's life.
+func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
+	for _, g := range s.Groups {
+		l := []string{"category", string(g.Category), "protocol", g.Protocol, "service", g.Service, "operation", g.Operation,
+			"edge_tags", strings.Join(g.Edge.Tags(), ","), "error", g.Name, "code", strconv.Itoa(int(g.Code))}
+		e.add("dsmproxy_tracked_errors_total", "counter", "Tracked error events (broker errors, lost messages, proxy skips, decode errors).", float64(g.TotalCount), l...)
+		e.add("dsmproxy_tracked_error_messages_total", "counter", "Messages the tracked error events concerned.", float64(g.TotalMessages), l...)
+	}
+}
+
+// counters adds every exported field of the struct st: unsigned integers count since the start
+// (counters, named _total), signed ones are levels (gauges), booleans are 0 or 1.
+func (e *exposition) counters(prefix string, st any, labels ...string) {
+	v := reflect.ValueOf(st)
+	if v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return
+	}
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name := prefix + snakeCase(f.Name)
+		fv := v.Field(i)
+		switch fv.Kind() {
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			e.add(name+"_total", "counter", "Since the process started: see GET /stats and README.md.", float64(fv.Uint()), labels...)
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			e.add(name, "gauge", "Current level: see GET /stats and README.md.", float64(fv.Int()), labels...)
+		case reflect.Bool:
+			b := 0.0
+			if fv.Bool() {
+				b = 1
+			}
+			e.add(name, "gauge", "1 when true: see GET /stats and README.md.", b, labels...)
+		}
+	}
+}
+
+// snakeCase: InjectedRecords -> injected_records, UnknownCorrIDs -> unknown_corr_ids.
+func snakeCase(s string) string {
+	s = strings.ReplaceAll(s, "IDs", "Ids")
+	r := []rune(s)
+	var b strings.Builder
+	for i, c := range r {
+		if unicode.IsUpper(c) {
+			if i > 0 && (unicode.IsLower(r[i-1]) || unicode.IsDigit(r[i-1]) || i+1 < len(r) && unicode.IsLower(r[i+1])) {
+				b.WriteByte('_')
+			}
+			c = unicode.ToLower(c)
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// labelName makes a tag key a valid label name ([a-zA-Z_][a-zA-Z0-9_]*).
+func labelName(k string) string {
+	b := []byte(k)
+	for i, c := range b {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			b[i] = '_'
+		}
+	}
+	if len(b) == 0 {
+		return "_"
+	}
+	return string(b)
+}
+
+var (
+	labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+	helpEscaper  = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
+)
+
+// escapeLabel: names come from clients and brokers; a label value must not end its quotes or line.
+func escapeLabel(s string) string { return labelEscaper.Replace(strings.ToValidUTF8(s, "\uFFFD")) }
+func escapeHelp(s string) string  { return helpEscaper.Replace(s) }
+
+func formatValue(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "NaN"
+	case math.IsInf(v, 1):
+		return "+Inf"
+	case math.IsInf(v, -1):
+		return "-Inf"
+	}
+	return strconv.FormatFloat(v, 'g', -1, 64)
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/dsmproxy/dsmproxy/aggregator"
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// scrapeMetrics GETs url and parses it with Prometheus's own text parser, under the classic
+// (legacy) name rules every scraper accepts.
+func scrapeMetrics(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != metricsContentType {
+		t.Errorf("Content-Type %q, want %q", ct, metricsContentType)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: Prometheus's parser refuses it: %v", url, err)
+	}
+	return fams
+}
+
+// metricValue is the value of the first series of family whose labels include want.
+func metricValue(fams map[string]*dto.MetricFamily, family string, want map[string]string) (float64, bool) {
+	f := fams[family]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if got[k] != v {
+				continue next
+			}
+		}
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			return m.GetCounter().GetValue(), true
+		case dto.MetricType_GAUGE:
+			return m.GetGauge().GetValue(), true
+		default:
+			return m.GetUntyped().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+type fakeFrontStats struct {
+	InjectedRecords uint64
+	UnknownCorrIDs  uint64
+	OpenThings      int
+	Listed          bool
+	hidden          uint64
+}
+
+// TestMetricsPage: names from clients with quotes, backslashes, line breaks and invalid UTF-8
+// still give a page Prometheus parses; each family has its type; values are those /dsm and
+// /stats show.
+func TestMetricsPage(t *testing.T) {
+	v := &localView{}
+	hostile := "svc\"with\\odd\nname\xff"
+	now := time.Now().Truncate(10 * time.Second)
+	edge := []string{"direction:in", "group:g\"1", "topic:orders", "type:kafka"}
+	if err := v.Send(context.Background(), []aggregator.Bucket{{
+		Start: now.Add(-10 * time.Second), Duration: 10 * time.Second, TimestampType: aggregator.Current,
+		Groups: []aggregator.Group{
+			{Service: hostile, EdgeTags: edge, Hash: 0xab, ParentHash: 0xcd,
+				PathwayLatency: sketchOf(t, 2, 2, 2, 2), EdgeLatency: sketchOf(t, 0.5, 0.5, 0.5, 0.5), PayloadSize: sketchOf(t, 100, 300, 100, 300)},
+		},
+		Backlogs: []aggregator.Backlog{
+			{Service: "ledger", Tags: []string{"partition:0", "topic:orders", "type:kafka_high_watermark"}, Value: 10},
+			{Service: "ledger", Tags: []string{"consumer_group:g1", "partition:0", "topic:orders", "type:kafka_commit"}, Value: 4},
+		},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	v.errs = func() *errtrack.Snapshot {
+		return &errtrack.Snapshot{Groups: []errtrack.Group{{
+			Fingerprint: errtrack.Fingerprint{Category: errtrack.BrokerError, Protocol: "kafka", Service: hostile, Operation: "produce",
+				Edge: pathway.Edge{Direction: pathway.Out, Topic: "orders", Type: "kafka"}, Name: "NOT_LEADER_OR_FOLLOWER", Code: 6},
+			TotalCount: 3, TotalMessages: 300,
+		}}}
+	}
+	page := &metricsPage{view: v, stats: func() statsSnapshot {
+		return statsSnapshot{
+			Fronts: []frontStats{
+				{Protocol: "kafka", Listen: ":9092", Stats: fakeFrontStats{InjectedRecords: 7, UnknownCorrIDs: 1, OpenThings: 2, Listed: true, hidden: 9}},
+				{Protocol: "kafka", Listen: ":9192", Stats: fakeFrontStats{InjectedRecords: 5}},
+			},
+			Aggregator: aggregator.Stats{Points: 11, OpenBuckets: 3},
+		}
+	}}
+	srv := httptest.NewServer(page)
+	defer srv.Close()
+	fams := scrapeMetrics(t, srv.URL)
+
+	cleaned := strings.ToValidUTF8(hostile, "\uFFFD")
+	for _, c := range []struct {
+		family string
+		typ    dto.MetricType
+		labels map[string]string
+		want   float64
+	}{
+		{"dsmproxy_pathway_messages_per_second", dto.MetricType_GAUGE, map[string]string{"service": cleaned,
+			"edge_tags": strings.Join(edge, ","), "hash": "00000000000000ab", "parent_hash": "00000000000000cd"}, 0.4},
+		{"dsmproxy_pathway_latency_seconds", dto.MetricType_GAUGE, map[string]string{"quantile": "0.99"}, 2},
+		{"dsmproxy_pathway_edge_latency_seconds", dto.MetricType_GAUGE, map[string]string{"quantile": "0.5"}, 0.5},
+		{"dsmproxy_pathway_payload_bytes_average", dto.MetricType_GAUGE, nil, 200},
+		{"dsmproxy_kafka_offset", dto.MetricType_GAUGE, map[string]string{"service": "ledger", "type": "kafka_commit", "consumer_group": "g1", "partition": "0"}, 4},
+		{"dsmproxy_kafka_consumer_lag_messages", dto.MetricType_GAUGE, map[string]string{"consumer_group": "g1", "topic": "orders"}, 6},
+		{"dsmproxy_tracked_errors_total", dto.MetricType_COUNTER, map[string]string{"service": cleaned, "error": "NOT_LEADER_OR_FOLLOWER", "code": "6",
+			"edge_tags": "direction:out,topic:orders,type:kafka"}, 3},
+		{"dsmproxy_tracked_error_messages_total", dto.MetricType_COUNTER, nil, 300},
+		{"dsmproxy_kafka_injected_records_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 7},
+		{"dsmproxy_kafka_injected_records_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9192"}, 5},
+		{"dsmproxy_kafka_unknown_corr_ids_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 1},
+		{"dsmproxy_kafka_open_things", dto.MetricType_GAUGE, map[string]string{"listen": ":9092"}, 2},
+		{"dsmproxy_kafka_listed", dto.MetricType_GAUGE, map[string]string{"listen": ":9092"}, 1},
+		{"dsmproxy_aggregator_points_total", dto.MetricType_COUNTER, nil, 11},
+		{"dsmproxy_aggregator_open_buckets", dto.MetricType_GAUGE, nil, 3},
+	} {
+		got, ok := metricValue(fams, c.family, c.labels)
+		if !ok {
+			t.Errorf("%s%v: no such series", c.family, c.labels)
+			continue
+		}
+		if typ := fams[c.family].GetType(); typ != c.typ {
+			t.Errorf("%s is a %v, want %v", c.family, typ, c.typ)
+		}
+		if math.Abs(got-c.want) > 0.02*math.Abs(c.want) { // sketches are 1% accurate
+			t.Errorf("%s%v = %v, want %v", c.family, c.labels, got, c.want)
+		}
+	}
+	for name := range fams {
+		if strings.Contains(name, "hidden") {
+			t.Errorf("unexported field exported as %s", name)
+		}
+	}
+	if _, ok := fams["dsmproxy_agent_pending"]; ok {
+		t.Errorf("agent metrics without an Agent")
+	}
+}
+
+func TestSnakeCase(t *testing.T) {
+	for in, want := range map[string]string{
+		"InjectedRecords": "injected_records", "UnknownCorrIDs": "unknown_corr_ids", "Points": "points",
+		"SkippedFrameMax": "skipped_frame_max", "HTTPErrors": "http_errors", "Pending": "pending",
+	} {
+		if got := snakeCase(in); got != want {
+			t.Errorf("snakeCase(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
