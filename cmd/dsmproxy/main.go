@@ -32,7 +32,7 @@ Usage:
   dsmproxy check-config [flags]   validate configuration (file, env, flags) without listening
   dsmproxy version                print the version
 
-Every subcommand explains itself with --help.
+run, demo and check-config explain themselves with --help.
 `
 
 func main() {
@@ -132,7 +132,8 @@ Environment (Datadog's own variables; flags beat them):
   DD_ENV                    env, as --env
   DD_SERVICE                default service, as --service
   DD_VERSION                version sent in the DSM payload of every proxied service (unset it on a shared proxy)
-  DD_ERROR_TRACKING_HANDLED_ERRORS  any value: also report broker errors to the Agent as error spans
+  DD_ERROR_TRACKING_HANDLED_ERRORS  any value: also send every tracked error group (broker errors,
+                            lost messages, proxy skips, decode errors) to the Agent as error spans
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE
                             credentials the AWS front re-signs with (standard AWS chain)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY
@@ -145,7 +146,8 @@ Signals: SIGTERM/SIGINT drain and exit 0 after a last flush; SIGHUP reloads TLS 
 
 const usageCheckConfig = usageRunFlags + `
 check-config takes run's flags, file and environment, builds every front as run would (nothing
-listens or dials), prints a one-line summary and exits 0, or names what is wrong and exits 1.
+listens or dials), prints a one-line summary and exits 0, or names what is wrong and exits 1
+(2 for a flag it does not know or an extra argument).
 `
 
 func (f *runFlags) register(fs *flag.FlagSet) {
