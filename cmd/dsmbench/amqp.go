@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strconv"
 	"sync"
 	"time"
 
@@ -42,6 +43,15 @@ func benchAMQP(ctx context.Context, o options, stderr io.Writer) ([]row, error) 
 		return nil, nil
 	} else {
 		c.Close()
+	}
+	if len(o.pinned) > 0 {
+		// RabbitMQ is a system service, not dsmbench's child: without this it would run on the
+		// proxy's CPU too, and --pin would not give the proxy a CPU of its own.
+		if restore, err := pinBroker(u.Host, o.pinned, stderr); err == nil {
+			defer restore()
+		} else {
+			fmt.Fprintf(stderr, "amqp: RabbitMQ not pinned, it may run on the proxy's CPU: %v\n", err)
+		}
 	}
 	pp, err := startProxy("amqp", u.Host, stderr)
 	if err != nil {
@@ -337,4 +347,25 @@ func amqpConsume(ctx context.Context, conn *amqp091.Connection, queues []string,
 	r := result{msgs: got, bytes: int64(got * size)}
 	watch.stop(&r)
 	return r, nil
+}
+
+// pinBroker moves the process listening at hostport (on this machine) to cpus.
+func pinBroker(hostport string, cpus []int, stderr io.Writer) (restore func(), err error) {
+	_, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return nil, err
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, err
+	}
+	pid, err := listenerPID(n)
+	if err != nil {
+		return nil, err
+	}
+	if restore, err = pinProcess(strconv.Itoa(pid), cpus); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(stderr, "amqp: RabbitMQ (pid %d) on CPUs %v for the AMQP runs\n", pid, cpus)
+	return restore, nil
 }

@@ -82,6 +82,7 @@ type options struct {
 	sqsMsgs        int
 	amqpMsgs       int
 	timeout        time.Duration
+	pinned         []int // --pin: the clients' and brokers' CPUs
 }
 
 func main() {
@@ -127,7 +128,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.sqsMsgs, "sqs-messages", 3000, "SQS: messages per phase")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	fs.BoolVar(&o.relay, "relay", false, "also run each workload through a plain TCP relay (a child process that forwards bytes and parses nothing), in each round: what one more TCP hop costs by itself")
-	pin := fs.Bool("pin", false, "run the proxy child on the last CPU and the clients and brokers dsmbench runs on the others, as a proxy on its own host would be (RabbitMQ, a system service, is not pinned); without it all share every CPU and the ratios include the CPU the proxy takes from them")
+	pin := fs.Bool("pin", false, "run the proxy child on the last CPU and the clients and brokers on the others, as a proxy on its own host would be (RabbitMQ, a system service, is moved to their CPUs for the AMQP runs and given its own affinity back after them); without it all share every CPU and the ratios include the CPU the proxy takes from them")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -150,6 +151,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			list = append(list, strconv.Itoa(c))
 		}
 		os.Setenv(pinEnv, strings.Join(list, ","))
+		o.pinned = bench
 		fmt.Fprintf(stderr, "dsmbench: clients and brokers on CPUs %v, the proxy on CPUs %v\n", bench, proxyCPUs)
 	}
 	o.protocols = strings.Split(*protocols, ",")

@@ -4,8 +4,12 @@ package main
 
 import "errors"
 
-func pinCPUs() (bench, proxy []int, err error) {
-	return nil, nil, errors.New("--pin is supported on Linux only")
-}
+var errPinLinux = errors.New("--pin is supported on Linux only")
 
-func pinSelf([]int) error { return errors.New("--pin is supported on Linux only") }
+func pinCPUs() (bench, proxy []int, err error) { return nil, nil, errPinLinux }
+
+func pinSelf([]int) error { return errPinLinux }
+
+func pinProcess(string, []int) (func(), error) { return nil, errPinLinux }
+
+func listenerPID(int) (int, error) { return 0, errPinLinux }
