@@ -177,7 +177,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		services = append(services, sqsSvcs...)
 	}
 	fmt.Fprintf(stdout, "dsmproxy demo: Kafka (kfake, 3 brokers) at %v, dsmproxy at %s\n", cluster.ListenAddrs(), bootstrap)
-	fmt.Fprintf(stdout, "admin: http://%s/errors (tracked errors), /readyz, /debug/pprof/\n", rt.adminLn.Addr())
+	fmt.Fprintf(stdout, "admin: http://%s/dsm (what DSM sees), /metrics (Prometheus), /errors (tracked errors), /stats, /readyz, /debug/pprof/\n", rt.adminLn.Addr())
 	fmt.Fprintf(stdout, "pipeline: orders -> [orders] -> billing -> [invoices] -> mailer, %d orders/s; first table in about %s. Ctrl-C stops.\n\n", o.rate, 2*o.flush)
 
 	var wg sync.WaitGroup

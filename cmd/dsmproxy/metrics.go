@@ -182,7 +182,7 @@ func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
 // trackedErrors: the error groups of GET /errors, counted over each group's life.
 func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
 	for _, g := range s.Groups {
-		l := []string{"category", string(g.Category), "protocol", g.Protocol, "service", g.Service, "operation", g.Operation,
+		l := []string{"category", g.Category.String(), "protocol", g.Protocol, "service", g.Service, "operation", g.Operation,
 			"edge_tags", strings.Join(g.Edge.Tags(), ","), "error", g.Name, "code", strconv.Itoa(int(g.Code))}
 		e.add("dsmproxy_tracked_errors_total", "counter", "Tracked error events (broker errors, lost messages, proxy skips, decode errors).", float64(g.TotalCount), l...)
 		e.add("dsmproxy_tracked_error_messages_total", "counter", "Messages the tracked error events concerned.", float64(g.TotalMessages), l...)

@@ -130,7 +130,7 @@ func TestMetricsPage(t *testing.T) {
 		{"dsmproxy_pathway_payload_bytes_average", dto.MetricType_GAUGE, nil, 200},
 		{"dsmproxy_kafka_offset", dto.MetricType_GAUGE, map[string]string{"service": "ledger", "type": "kafka_commit", "consumer_group": "g1", "partition": "0"}, 4},
 		{"dsmproxy_kafka_consumer_lag_messages", dto.MetricType_GAUGE, map[string]string{"consumer_group": "g1", "topic": "orders"}, 6},
-		{"dsmproxy_tracked_errors_total", dto.MetricType_COUNTER, map[string]string{"service": cleaned, "error": "NOT_LEADER_OR_FOLLOWER", "code": "6",
+		{"dsmproxy_tracked_errors_total", dto.MetricType_COUNTER, map[string]string{"category": "broker_error", "protocol": "kafka", "operation": "produce", "service": cleaned, "error": "NOT_LEADER_OR_FOLLOWER", "code": "6",
 			"edge_tags": "direction:out,topic:orders,type:kafka"}, 3},
 		{"dsmproxy_tracked_error_messages_total", dto.MetricType_COUNTER, nil, 300},
 		{"dsmproxy_kafka_injected_records_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 7},
