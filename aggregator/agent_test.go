@@ -109,6 +109,13 @@ func TestEndToEnd(t *testing.T) {
 	if prod[0].Service != "orders" || cons[0].Service != "billing" {
 		t.Errorf("services %q %q", prod[0].Service, cons[0].Service)
 	}
+	// Start and Duration are nanoseconds on the wire (dsm-protocol.md): decoded as such, the
+	// bucket is the 10 s from t0, a bucket boundary.
+	for _, p := range append(prod, cons...) {
+		if !p.Start.Equal(t0) || p.Duration != 10*time.Second {
+			t.Errorf("bucket of %s: start %v, duration %v; want %v and 10s", p.Service, p.Start, p.Duration, t0)
+		}
+	}
 	if got := agenttest.PointsWith(pts, "origin", "direction:in", "group:billing", "topic:orders", "type:kafka"); len(got) != 1 || got[0].Count() != 200 {
 		t.Errorf("origin consume points: %+v", got)
 	}
