@@ -264,6 +264,8 @@ func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, 
 		return out
 	}
 	pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
+	// With a context, its own starts are the producer's checkpoint times, which are exact: kept,
+	// although dd-trace-py replaces both with the arrival time even then (dsm-protocol.md 3.5).
 	if parent.IsZero() && !at.IsZero() {
 		// no context: time in the stream stands in for both latencies, as the tracers do
 		l := max(0, int64(c.now.Sub(at)))
