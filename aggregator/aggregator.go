@@ -92,6 +92,7 @@ type Stats struct {
 	OffsetsDropped uint64
 	Aggregated     uint64 // points folded into buckets
 	GroupsRefused  uint64 // points not folded into a bucket because MaxGroups groups were open
+	OriginsClamped uint64 // points whose pathway start lay over maxOriginAhead past their checkpoint
 	OffsetsRefused uint64 // offsets not kept because MaxBacklogs backlogs were open
 	Buckets        uint64 // buckets handed out by Flush
 	OpenBuckets    int
@@ -169,8 +170,8 @@ type Aggregator struct {
 	started atomic.Bool
 	closed  atomic.Bool
 
-	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets, nGroupsRefused, nOffsetsRefused atomic.Uint64
-	groups, backlogs                                                                                           int // in open buckets; guarded by mu
+	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets, nGroupsRefused, nOffsetsRefused, nOriginsClamped atomic.Uint64
+	groups, backlogs                                                                                                            int // in open buckets; guarded by mu
 
 	mu      sync.Mutex // guards buckets and last
 	buckets map[bucketKey]*bucket
@@ -398,8 +399,19 @@ func (a *Aggregator) addPoint(p *pathway.Point) {
 		a.lastVal[i], a.lastIdx[i] = v, idx[i]
 	}
 	a.addToBucket(a.bucketFor(p.Time, false), p, &vals, &idx)
-	a.addToBucket(a.bucketFor(max(0, p.OriginTime()), true), p, &vals, &idx) // no bucket before 1970: Start is unsigned
+	origin := max(0, p.OriginTime()) // no bucket before 1970: Start is unsigned
+	if origin > p.Time+maxOriginAhead {
+		origin = p.Time
+		a.nOriginsClamped.Add(1)
+	}
+	a.addToBucket(a.bucketFor(origin, true), p, &vals, &idx)
 }
+
+// maxOriginAhead bounds how far past its checkpoint a pathway start may file a point's origin
+// stats. A bucket is flushed once its window is over, so a start far ahead (a producer's clock
+// hours fast, or a forged context) would hold its group, and room under MaxGroups, until then.
+// Skew within it keeps dd-trace-go's unclamped origin; beyond it the checkpoint time stands in.
+const maxOriginAhead = int64(time.Minute)
 
 func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, idx *[3]int) {
 	g := b.last
@@ -543,5 +555,6 @@ func (a *Aggregator) Stats() Stats {
 		Offsets: a.nOffsets.Load(), OffsetsDropped: a.nOffsetsDropped.Load(),
 		Aggregated: a.nAggregated.Load(), Buckets: a.nBuckets.Load(), OpenBuckets: open,
 		GroupsRefused: a.nGroupsRefused.Load(), OffsetsRefused: a.nOffsetsRefused.Load(),
+		OriginsClamped: a.nOriginsClamped.Load(),
 	}
 }

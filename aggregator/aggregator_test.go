@@ -480,3 +480,33 @@ func TestBacklogLimit(t *testing.T) {
 		t.Errorf("flush logged %q", logs.String())
 	}
 }
+
+// TestOriginFarAheadIsClamped: a pathway start a few seconds ahead of the checkpoint (clock skew)
+// keeps its origin bucket, as dd-trace-go files it; one hours ahead is filed at the checkpoint's
+// own time and counted, so its bucket, and its room under MaxGroups, is freed at the next flush
+// instead of hours later.
+func TestOriginFarAheadIsClamped(t *testing.T) {
+	a := New(Config{})
+	a.Start()
+	defer a.Close()
+	in := []string{"direction:in", "topic:orders", "type:kafka"}
+	a.Add(point("skewed", 1, 9, t0.Add(time.Second), -5*time.Second, 0, 10, in...))   // start t0+6s: same window
+	a.Add(point("skewed", 2, 9, t0.Add(9*time.Second), -5*time.Second, 0, 10, in...)) // start t0+14s: next window
+	a.Add(point("forged", 3, 9, t0.Add(2*time.Second), -3*time.Hour, 0, 10, in...))   // start 3 h ahead
+	got := a.Flush(t0.Add(10*time.Second), false)
+	origins := map[string]bool{}
+	for _, b := range got {
+		if b.TimestampType != Origin {
+			continue
+		}
+		for _, g := range b.Groups {
+			origins[fmt.Sprintf("%s@%v", g.Service, b.Start.Sub(t0))] = true
+		}
+	}
+	if !origins["skewed@0s"] || !origins["forged@0s"] || len(origins) != 2 {
+		t.Errorf("origin groups flushed at t0+10s: %v; want skewed@0s and forged@0s (clamped)", origins)
+	}
+	if st := a.Stats(); st.OriginsClamped != 1 || st.OpenBuckets != 1 {
+		t.Errorf("OriginsClamped %d, OpenBuckets %d; want 1 and 1 (the 4 s skewed point's origin window)", st.OriginsClamped, st.OpenBuckets)
+	}
+}
