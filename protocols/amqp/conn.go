@@ -930,6 +930,7 @@ func (s *session) dropConsumer(ch uint16, tag []byte) {
 	s.mu.Lock()
 	if cs := s.shared[ch]; cs != nil {
 		delete(cs.consumers, string(tag))
+		delete(cs.cancelledAt, string(tag)) // its entry in cancelled is stale now, skipped when reached
 	}
 	s.mu.Unlock()
 }
@@ -947,6 +948,8 @@ func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
 	}
 	if len(cs.consumers) >= s.p.cfg.MaxConsumers {
 		clear(cs.consumers)
+		clear(cs.cancelledAt)
+		cs.cancelled = nil
 	}
 	delete(cs.cancelledAt, tag) // consuming again under a cancelled tag makes it live
 	cs.consumers[tag] = queue
@@ -971,7 +974,15 @@ func (cs *chanShared) cancelledNoWait(tag string, limit int) {
 	cs.cancelledAt[tag] = cs.cancelSeq
 	cs.cancelled = append(cs.cancelled, cancelledTag{tag, cs.cancelSeq})
 	if len(cs.cancelled) > 2*limit { // trimmed to the newest limit now and then, not at every cancel
-		cs.cancelled = slices.Clone(cs.cancelled[len(cs.cancelled)-limit:])
+		old := len(cs.cancelled) - limit
+		for _, c := range cs.cancelled[:old] {
+			// Forgotten as cancelled, so cancelledAt, which must not outgrow cancelled, forgets it
+			// too: a tag still consumed stays live, as before its no-wait cancel.
+			if cs.cancelledAt[c.tag] == c.seq {
+				delete(cs.cancelledAt, c.tag)
+			}
+		}
+		cs.cancelled = slices.Clone(cs.cancelled[old:])
 	}
 }
 

@@ -2,11 +2,13 @@ package amqp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -282,4 +284,33 @@ func settledConsumed(t *testing.T, h *harness) {
 		still++
 		return still >= 10
 	})
+}
+
+// TestNoWaitCancelsStayBounded: a client that consumes with no-wait, cancels with no-wait and
+// then cancels again and gets the broker's CancelOk (RabbitMQ answers one for a tag it no longer
+// knows) must not grow the channel's record of no-wait cancels: it stays within twice
+// MaxConsumers however long the loop runs.
+func TestNoWaitCancelsStayBounded(t *testing.T) {
+	s := offlineSession(t, &recorder{})
+	s.p.cfg.MaxConsumers = 8
+	const loops = 200
+	for i := range loops {
+		tag := sstr(fmt.Sprintf("churn-%d", i))
+		client := slices.Concat(
+			appendFrame(nil, frameMethod, 1, method(classBasic, 20, []byte{0, 0}, sstr("q"), tag, []byte{0x08}, lstr(nil))), // no-wait
+			appendFrame(nil, frameMethod, 1, method(classBasic, 30, tag, []byte{0x01})),                                     // no-wait
+			appendFrame(nil, frameMethod, 1, method(classBasic, 30, tag, []byte{0x00})))
+		if err := s.fromClient(bufio.NewReader(bytes.NewReader(client)), bufio.NewWriter(io.Discard)); err != io.EOF {
+			t.Fatalf("client frames: %v", err)
+		}
+		ok := appendFrame(nil, frameMethod, 1, method(classBasic, 31, tag))
+		if err := s.fromBroker(bufio.NewReader(bytes.NewReader(ok)), bufio.NewWriter(io.Discard)); err != io.EOF {
+			t.Fatalf("broker frames: %v", err)
+		}
+	}
+	cs := s.shared[1]
+	if limit := 2 * s.p.cfg.MaxConsumers; len(cs.cancelledAt) > limit || len(cs.cancelled) > limit || len(cs.consumers) > s.p.cfg.MaxConsumers {
+		t.Errorf("after %d loops: %d consumers, %d cancelled, %d cancelledAt; want at most %d, %d, %d",
+			loops, len(cs.consumers), len(cs.cancelled), len(cs.cancelledAt), s.p.cfg.MaxConsumers, limit, limit)
+	}
 }
