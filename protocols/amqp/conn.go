@@ -751,8 +751,14 @@ func (s *session) clientMethod(f frame) {
 		if m == txCommit && len(ps.txPoints) > 0 {
 			s.mu.Lock()
 			cs := s.sharedLocked(f.Channel)
-			cs.committing = append(cs.committing, ps.txPoints...)
+			// Commits sent before their CommitOks come (or never come) hold at most maxTxPoints
+			// in all; the rest count now, as past the limit of one transaction.
+			keep := min(len(ps.txPoints), max(0, maxTxPoints-len(cs.committing)))
+			cs.committing = append(cs.committing, ps.txPoints[:keep]...)
 			s.mu.Unlock()
+			for _, pt := range ps.txPoints[keep:] {
+				s.p.addPoint(pt)
+			}
 		}
 		ps.txPoints = ps.txPoints[:0] // rolled back: never published
 	case confirmSel:
@@ -1245,8 +1251,8 @@ func frameMaxSkip(size int, limit uint64) string {
 	return fmt.Sprintf("content header of %d bytes with the pathway header would exceed frame_max %d; forwarded unmodified", size, limit)
 }
 
-// maxTxPoints bounds the publishes of one transaction held for its commit; past it they count
-// when sent.
+// maxTxPoints bounds the publishes of one transaction held for its commit, and those of the
+// commits awaiting their CommitOks on a channel; past it they count when sent or committed.
 const maxTxPoints = 10000
 
 // ownValues is how many of its latest header values a connection remembers.

@@ -314,3 +314,41 @@ func TestNoWaitCancelsStayBounded(t *testing.T) {
 			loops, len(cs.consumers), len(cs.cancelled), len(cs.cancelledAt), s.p.cfg.MaxConsumers, limit, limit)
 	}
 }
+
+// TestUnansweredCommitsStayBounded: commits whose CommitOks have not come hold at most
+// maxTxPoints publishes for them; the rest are checkpointed at once, and the CommitOks bring
+// the held ones, so every publish is counted exactly once.
+func TestUnansweredCommitsStayBounded(t *testing.T) {
+	rec := &recorder{}
+	s := offlineSession(t, rec)
+	const perCommit, commits = 4000, 4
+	publish := slices.Concat(
+		appendFrame(nil, frameMethod, 1, method(classBasic, 40, []byte{0, 0}, sstr(""), sstr("q"), []byte{0})),
+		appendFrame(nil, frameHeader, 1, contentPayload(1, 0)),
+		appendFrame(nil, frameBody, 1, []byte("x")))
+	stream := appendFrame(nil, frameMethod, 1, method(90, 10)) // Tx.Select
+	for range commits {
+		for range perCommit {
+			stream = append(stream, publish...)
+		}
+		stream = appendFrame(stream, frameMethod, 1, method(90, 20)) // Tx.Commit, no CommitOk yet
+	}
+	if err := s.fromClient(bufio.NewReader(bytes.NewReader(stream)), bufio.NewWriter(io.Discard)); err != io.EOF {
+		t.Fatalf("client frames: %v", err)
+	}
+	held := len(s.shared[1].committing)
+	if early := len(rec.points()); held > maxTxPoints || held+early != perCommit*commits {
+		t.Fatalf("%d publish points held for CommitOks and %d counted; want at most %d held and %d in all",
+			held, early, maxTxPoints, perCommit*commits)
+	}
+	var oks []byte
+	for range commits {
+		oks = appendFrame(oks, frameMethod, 1, method(90, 21))
+	}
+	if err := s.fromBroker(bufio.NewReader(bytes.NewReader(oks)), bufio.NewWriter(io.Discard)); err != io.EOF {
+		t.Fatalf("broker frames: %v", err)
+	}
+	if n := len(rec.points()); n != perCommit*commits {
+		t.Errorf("%d publish points after the CommitOks, want %d", n, perCommit*commits)
+	}
+}
