@@ -81,8 +81,18 @@ func (so *sessionOffsets) next(offsets map[fetchKey]int64, forgotten []fetchKey)
 			delete(flat, k)
 		}
 	}
+	if len(flat) > maxSessionPartitions {
+		// Only a client naming new partitions in request after request gets here: the session is
+		// forgotten (its offsets unknown, as for a session begun before the proxy) and starts again
+		// from the partitions later requests name.
+		return nil
+	}
 	return &sessionOffsets{named: flat}
 }
+
+// maxSessionPartitions bounds the partitions a connection's fetch session keeps offsets for, far
+// above what a consumer fetches from one broker.
+const maxSessionPartitions = 1 << 17
 
 type fetchKey struct {
 	topic     string

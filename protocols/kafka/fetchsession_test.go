@@ -288,3 +288,27 @@ func TestSessionOffsetsMatchACopiedMap(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchSessionBounded: incremental requests that each name new partitions (no consumer does;
+// a buggy or hostile client can) do not grow the connection's session past maxSessionPartitions
+// (plus the requests not yet flattened).
+func TestFetchSessionBounded(t *testing.T) {
+	s := offlineSession(t)
+	const perRequest = 5000
+	next := 0
+	for req := range 2 * maxSessionPartitions / perRequest {
+		f := &fetchFacts{sessionEpoch: int32(req), offsets: make(map[fetchKey]int64, perRequest)}
+		for range perRequest {
+			f.offsets[fetchKey{topic: "t", partition: int32(next)}] = 1
+			next++
+		}
+		s.trackFetchSession(f)
+		held := 0
+		for so := s.fetchSession; so != nil; so = so.parent {
+			held += len(so.named)
+		}
+		if limit := maxSessionPartitions + maxSessionDepth*perRequest; held > limit {
+			t.Fatalf("after request %d: the session holds %d offsets, over %d", req, held, limit)
+		}
+	}
+}
