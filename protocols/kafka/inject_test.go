@@ -301,3 +301,25 @@ func TestLegacyMessageSetsUntouched(t *testing.T) {
 		}
 	}
 }
+
+// TestOverlongTopicNotCheckpointed: a produce to a topic name longer than Kafka allows (the
+// broker refuses it) goes upstream as it came, with no checkpoint to fill the caches with its
+// name; one at the limit is injected as usual.
+func TestOverlongTopicNotCheckpointed(t *testing.T) {
+	for _, c := range []struct {
+		topic  string
+		inject bool
+	}{
+		{strings.Repeat("t", maxTopicNameBytes), true},
+		{strings.Repeat("t", maxTopicNameBytes+1), false},
+		{strings.Repeat("t", 32000), false},
+	} {
+		s := offlineSession(t)
+		frame := produceFrame(9, c.topic, buildBatch(t, 3, 10, nil))
+		out := rewrite(t, s, frame)
+		skipped := s.p.Stats().SkippedBatches
+		if injected := !bytes.Equal(out, frame); injected != c.inject || (skipped == 1) == c.inject {
+			t.Errorf("topic of %d bytes: injected %v, skipped batches %d; want injected %v", len(c.topic), injected, skipped, c.inject)
+		}
+	}
+}

@@ -54,6 +54,9 @@ func batchRecordCount(records []byte) int {
 // produceRequest injects the pathway context into every batch it can and remembers per partition
 // how many records went out, for the response's offsets and errors. It returns a nil pending for
 // acks=0, which gets no response.
+// maxTopicNameBytes is Kafka's limit on topic names (249 characters, all ASCII).
+const maxTopicNameBytes = 249
+
 func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]byte, *pending) {
 	v := &s.produce
 	if err := parseProduce(h, frame, v); err != nil {
@@ -89,6 +92,11 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		case !ok:
 			s.p.stats.skipped.Add(1)
 			s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.partition, n)
+		case len(name) > maxTopicNameBytes:
+			// No such topic can exist and the broker refuses it; checkpointing it would let a
+			// client fill the checkpoint caches with names of up to 32 KiB.
+			s.p.stats.skipped.Add(1)
+			s.p.skip("invalid_topic", fmt.Sprintf("topic name of %d bytes, over Kafka's %d", len(name), maxTopicNameBytes), ci.service, pathway.Edge{}, p.partition, n)
 		default:
 			if start, end, held, over, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
 				span = [2]int{start, end}
