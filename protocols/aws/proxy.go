@@ -651,11 +651,19 @@ func (p *Proxy) identity(c *call) proxy.Identity {
 func appID(ua string) string {
 	for f := range strings.FieldsSeq(ua) {
 		if v, ok := strings.CutPrefix(f, "app/"); ok {
-			return v
+			if len(v) > maxAppIDBytes {
+				// The SDKs allow 50 characters; a longer one would be a service name of up to
+				// the header's size in every cache keyed by service.
+				v = strings.ToValidUTF8(v[:maxAppIDBytes], "")
+			}
+			return strings.Clone(v) // not the whole header
 		}
 	}
 	return ""
 }
+
+// maxAppIDBytes caps the app id kept as a service name.
+const maxAppIDBytes = 255
 
 // meaningHeaders are the forwarded headers that change what a request does: a verified client
 // must have signed them.

@@ -237,6 +237,9 @@ func TestAppID(t *testing.T) {
 		"myapp/x lang/go":                        "",
 		"a\u00a0app/nbsp b":                      "nbsp",
 		"app/":                                   "",
+		// Capped, and not cut inside a character: 254 bytes, then a 2-byte é across the cap.
+		"app/" + strings.Repeat("a", 254) + "é" + strings.Repeat("b", 1<<20): strings.Repeat("a", 254),
+		"app/" + strings.Repeat("c", 300):                                    strings.Repeat("c", 255),
 	} {
 		if got := appID(ua); got != want {
 			t.Errorf("appID(%q) = %q, want %q", ua, got, want)
