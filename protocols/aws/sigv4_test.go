@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -243,6 +244,30 @@ func TestAppID(t *testing.T) {
 	} {
 		if got := appID(ua); got != want {
 			t.Errorf("appID(%q) = %q, want %q", ua, got, want)
+		}
+	}
+}
+
+// TestLongHostNotRemembered: queue URLs are handed out under the Host the client used; under a
+// Host no DNS name could be, the rewritten URL is not kept in the bounded map (whose 10,000
+// entries would each hold it), and still maps back upstream by its host.
+func TestLongHostNotRemembered(t *testing.T) {
+	up, _ := url.Parse("http://upstream:4566")
+	for _, c := range []struct {
+		host     string
+		remember bool
+	}{{"127.0.0.1:4566", true}, {strings.Repeat("h", maxRememberedHost+1), false}} {
+		p := &Proxy{qurls: newBoundedMap(10), up: map[string]*url.URL{ServiceSQS: up}}
+		cl := &call{r: &http.Request{Host: c.host}, service: ServiceSQS}
+		out := p.toProxyURL(cl, "http://upstream:4566/123456789012/q")
+		if out != "http://"+c.host+"/123456789012/q" {
+			t.Errorf("host of %d bytes: handed out %.80q", len(c.host), out)
+		}
+		if got := p.qurls.m.Len() == 1; got != c.remember {
+			t.Errorf("host of %d bytes: remembered %v, want %v", len(c.host), got, c.remember)
+		}
+		if back, ok := p.toUpstreamURL(cl, out); !ok || back != "http://upstream:4566/123456789012/q" {
+			t.Errorf("host of %d bytes: maps back to %q, %v", len(c.host), back, ok)
 		}
 	}
 }

@@ -543,11 +543,15 @@ func (p *Proxy) toProxyURL(c *call, s string) string {
 	if u.RawQuery != "" {
 		out += "?" + u.RawQuery
 	}
-	if out != s {
+	if out != s && len(c.r.Host) <= maxRememberedHost {
 		p.qurls.put(out, s)
 	}
 	return out
 }
+
+// maxRememberedHost: URLs handed out under a longer Host (no DNS name is) are not remembered, so
+// 10,000 of them cannot hold a megabyte-long Host each; toUpstreamURL maps them back by host.
+const maxRememberedHost = 300
 
 // toUpstreamURL maps a queue URL that points at the proxy back to the upstream one.
 func (p *Proxy) toUpstreamURL(c *call, s string) (string, bool) {
