@@ -168,6 +168,9 @@ func signingKey(secret, date, region, service string) []byte {
 		return k
 	}
 	k = deriveKey(secret, date, region, service)
+	if len(date)+len(region)+len(service) > maxCachedScope {
+		return k // no AWS scope is that long: a client's own, not kept 1,024 times over
+	}
 	signingKeys.Lock()
 	if len(signingKeys.m) >= 1024 {
 		clear(signingKeys.m)
@@ -176,6 +179,10 @@ func signingKey(secret, date, region, service string) []byte {
 	signingKeys.Unlock()
 	return k
 }
+
+// maxCachedScope bounds the scope text (date, region, service) of a cached signing key: the
+// scope comes from the client, and a request may carry up to a megabyte of it.
+const maxCachedScope = 128
 
 func deriveKey(secret, date, region, service string) []byte {
 	k := hmacSHA256([]byte("AWS4"+secret), []byte(date))

@@ -271,3 +271,25 @@ func TestLongHostNotRemembered(t *testing.T) {
 		}
 	}
 }
+
+// TestLongScopeNotCached: signing keys are cached per scope; a scope no AWS region and service
+// make (the client chooses it) is derived but not kept.
+func TestLongScopeNotCached(t *testing.T) {
+	cached := func(region string) bool {
+		signingKey("secret", "20261205", region, "sqs")
+		signingKeys.Lock()
+		defer signingKeys.Unlock()
+		_, ok := signingKeys.m[signingKeyID{"secret", "20261205", region, "sqs"}]
+		return ok
+	}
+	if !cached("us-east-1") {
+		t.Error("the key of a real scope is not cached")
+	}
+	long := strings.Repeat("r", 1<<16)
+	if cached(long) {
+		t.Error("the key of a 64 KiB region is cached")
+	}
+	if !bytes.Equal(signingKey("secret", "20261205", long, "sqs"), deriveKey("secret", "20261205", long, "sqs")) {
+		t.Error("the uncached key differs from the derived one")
+	}
+}
