@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -157,6 +158,14 @@ func (s *session) commitRequest(h requestHeader, frame []byte, pd *pending, pars
 func (s *session) commitResponse(pd *pending, frame []byte) {
 	f, _ := pd.facts.(*commitFacts)
 	if f == nil {
+		return
+	}
+	if len(f.group) > maxGroupNameBytes {
+		// Not learned for consume checkpoints either, so a backlog under it would join nothing,
+		// and its names (up to 32 KiB) would fill the aggregator's backlogs.
+		s.p.skipOp(kmsg.NameForKey(pd.key), "long_group_name",
+			fmt.Sprintf("group id of %d bytes, over %d: no kafka_commit backlog for it", len(f.group), maxGroupNameBytes),
+			s.info.Load().service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka}, -1, 0)
 		return
 	}
 	type part struct {

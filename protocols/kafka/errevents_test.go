@@ -259,3 +259,49 @@ func TestCommitErrorOfUnknownTopicID(t *testing.T) {
 		return false
 	})
 }
+
+// TestLongGroupCommitNoBacklog: a commit under a group id longer than the proxy learns (whose
+// consumers' checkpoints carry no group) reaches the broker and its answer the client, but
+// gives no kafka_commit backlog, only a long_group_name skip; a normal group's commit does.
+func TestLongGroupCommitNoBacklog(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "long-group")
+	cl := kgoClient(t, p, kgo.ClientID("committer"), kgo.AllowAutoTopicCreation())
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("v")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("g", maxGroupNameBytes+1)
+	id := topicID(t, ctx, cl, topic) // OffsetCommit v10 names topics by id
+	for _, group := range []string{"short-group", long} {
+		req := kmsg.NewPtrOffsetCommitRequest()
+		req.Group, req.Generation = group, -1
+		rt := kmsg.NewOffsetCommitRequestTopic()
+		rt.Topic, rt.TopicID = topic, id
+		rp := kmsg.NewOffsetCommitRequestTopicPartition()
+		rp.Partition, rp.Offset = 0, 1
+		rt.Partitions = append(rt.Partitions, rp)
+		req.Topics = append(req.Topics, rt)
+		resp, err := req.RequestWith(ctx, cl)
+		if err != nil || resp.Topics[0].Partitions[0].ErrorCode != 0 {
+			t.Fatalf("commit for a group of %d bytes: %v, %+v", len(group), err, resp)
+		}
+	}
+	waitFor(t, "the short group's backlog and the long one's skip", func() bool {
+		_, offs := p.rec.snapshot()
+		short := false
+		for _, o := range offs {
+			if o.Kind == pathway.KafkaCommit && o.Group == "short-group" {
+				short = true
+			}
+		}
+		return short && len(p.errs.byName("long_group_name")) == 1
+	})
+	_, offs := p.rec.snapshot()
+	for _, o := range offs {
+		if o.Kind == pathway.KafkaCommit && o.Group == long {
+			t.Errorf("a kafka_commit backlog under the %d-byte group", len(long))
+		}
+	}
+}
