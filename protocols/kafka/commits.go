@@ -3,6 +3,7 @@ package kafka
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -48,6 +49,7 @@ type heldTxn struct {
 type txnCommits struct {
 	mu      sync.Mutex
 	pending *proxy.RecentMap[string, heldTxn]
+	dropped atomic.Uint64 // offsets past maxTxnOffsets in one transaction: no backlog for them
 }
 
 const (
@@ -69,6 +71,8 @@ func (t *txnCommits) hold(txnID string, producer txnProducer, o pathway.Offset) 
 	}
 	if len(held.offsets) < maxTxnOffsets {
 		held.offsets = append(held.offsets, o)
+	} else {
+		t.dropped.Add(1)
 	}
 	t.pending.Put(txnID, held)
 }

@@ -305,3 +305,16 @@ func TestLongGroupCommitNoBacklog(t *testing.T) {
 		}
 	}
 }
+
+// TestTxnOffsetsPastTheCapCounted: a transaction's offsets past maxTxnOffsets are not held for
+// its EndTxn, and each one left out is counted (Stats.TxnOffsetsDropped).
+func TestTxnOffsetsPastTheCapCounted(t *testing.T) {
+	var tc txnCommits
+	for i := range maxTxnOffsets + 5 {
+		tc.hold("txn", txnProducer{}, pathway.Offset{Kind: pathway.KafkaCommit, Partition: int32(i)})
+	}
+	held, _ := tc.pending.Get("txn")
+	if len(held.offsets) != maxTxnOffsets || tc.dropped.Load() != 5 {
+		t.Errorf("held %d, dropped %d; want %d and 5", len(held.offsets), tc.dropped.Load(), maxTxnOffsets)
+	}
+}

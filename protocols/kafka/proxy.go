@@ -107,20 +107,21 @@ type Config struct {
 
 // Stats are the proxy's counters.
 type Stats struct {
-	UnknownCorrIDs   uint64 // responses whose correlation id matched no request (forwarded as they were)
-	ObserveDropped   uint64 // fetch responses not observed because the queue was full
-	DecodeErrors     uint64 // requests/responses forwarded without being understood
-	InjectedRecords  uint64 // records that got a pathway header
-	ExistingContext  uint64 // records that already carried one
-	SkippedBatches   uint64 // batches forwarded unmodified (any reason)
-	ConsumedRecords  uint64 // records checkpointed from fetch responses
-	TopicIDMisses    uint64 // topic ids not (yet) in the map
-	PointsDropped    uint64 // Observer.Add / Offset returned false
-	SyntheticReplies uint64 // ApiVersions answers the proxy wrote itself
-	StreamedFetches  uint64 // big fetch responses forwarded while they arrived
-	HiddenEndpoints  uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
-	ResentBatches    uint64 // idempotent batches the broker had stored before: not counted again
-	RefusedConns     uint64 // connections closed at once because their listener was at MaxConns
+	UnknownCorrIDs    uint64 // responses whose correlation id matched no request (forwarded as they were)
+	ObserveDropped    uint64 // fetch responses not observed because the queue was full
+	DecodeErrors      uint64 // requests/responses forwarded without being understood
+	InjectedRecords   uint64 // records that got a pathway header
+	ExistingContext   uint64 // records that already carried one
+	SkippedBatches    uint64 // batches forwarded unmodified (any reason)
+	ConsumedRecords   uint64 // records checkpointed from fetch responses
+	TopicIDMisses     uint64 // topic ids not (yet) in the map
+	PointsDropped     uint64 // Observer.Add / Offset returned false
+	SyntheticReplies  uint64 // ApiVersions answers the proxy wrote itself
+	StreamedFetches   uint64 // big fetch responses forwarded while they arrived
+	HiddenEndpoints   uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
+	ResentBatches     uint64 // idempotent batches the broker had stored before: not counted again
+	RefusedConns      uint64 // connections closed at once because their listener was at MaxConns
+	TxnOffsetsDropped uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
 }
 
 type counters struct {
@@ -374,7 +375,7 @@ func (p *Proxy) Stats() Stats {
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
-		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(),
+		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(),
 	}
 }
 
