@@ -27,9 +27,15 @@ type metricsPage struct {
 
 // statsSnapshot is what GET /stats serves.
 type statsSnapshot struct {
-	Fronts     []frontStats           `json:"fronts"`
-	Aggregator aggregator.Stats       `json:"aggregator"`
-	Agent      *aggregator.AgentStats `json:"agent,omitempty"`
+	Fronts       []frontStats           `json:"fronts"`
+	Aggregator   aggregator.Stats       `json:"aggregator"`
+	Checkpointer checkpointerStats      `json:"checkpointer"`
+	Agent        *aggregator.AgentStats `json:"agent,omitempty"`
+}
+
+// checkpointerStats: the node cache (hashes per service and edge) is started again when full.
+type checkpointerStats struct {
+	CacheResets uint64
 }
 
 type frontStats struct {
@@ -58,6 +64,7 @@ func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 			e.counters("dsmproxy_"+f.Protocol+"_", f.Stats, "listen", f.Listen)
 		}
 		e.counters("dsmproxy_aggregator_", st.Aggregator)
+		e.counters("dsmproxy_checkpointer_", st.Checkpointer)
 		if st.Agent != nil {
 			e.counters("dsmproxy_agent_", *st.Agent)
 		}

@@ -109,7 +109,8 @@ func TestMetricsPage(t *testing.T) {
 				{Protocol: "kafka", Listen: ":9092", Stats: fakeFrontStats{InjectedRecords: 7, UnknownCorrIDs: 1, OpenThings: 2, Listed: true, hidden: 9}},
 				{Protocol: "kafka", Listen: ":9192", Stats: fakeFrontStats{InjectedRecords: 5}},
 			},
-			Aggregator: aggregator.Stats{Points: 11, OpenBuckets: 3},
+			Aggregator:   aggregator.Stats{Points: 11, OpenBuckets: 3},
+			Checkpointer: checkpointerStats{CacheResets: 2},
 		}
 	}}
 	srv := httptest.NewServer(page)
@@ -140,6 +141,7 @@ func TestMetricsPage(t *testing.T) {
 		{"dsmproxy_kafka_listed", dto.MetricType_GAUGE, map[string]string{"listen": ":9092"}, 1},
 		{"dsmproxy_aggregator_points_total", dto.MetricType_COUNTER, nil, 11},
 		{"dsmproxy_aggregator_open_buckets", dto.MetricType_GAUGE, nil, 3},
+		{"dsmproxy_checkpointer_cache_resets_total", dto.MetricType_COUNTER, nil, 2},
 	} {
 		got, ok := metricValue(fams, c.family, c.labels)
 		if !ok {

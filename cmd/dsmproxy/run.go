@@ -68,6 +68,7 @@ type runtime struct {
 	agent   *aggregator.AgentSink // nil: agent.disabled
 	flusher *aggregator.Flusher
 	errs    *errtrack.Collector
+	cp      *pathway.Checkpointer
 	errDone chan struct{}
 	bgStop  context.CancelFunc // stops the flusher and the error collector, after the drain
 	fronts  []namedFront
@@ -135,8 +136,9 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		}
 	}()
 
+	rt.cp = pathway.NewCheckpointer(cfg.Env, 0)
 	sh := shared{
-		env: cfg.Env, cp: pathway.NewCheckpointer(cfg.Env, 0), obs: rt.agg, errs: rt.errs,
+		env: cfg.Env, cp: rt.cp, obs: rt.agg, errs: rt.errs,
 		services: services, log: log,
 	}
 	if rt.fronts, err = buildFronts(cfg, sh); err != nil {
@@ -180,7 +182,8 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 // snapshot is every counter the process keeps: per front (what was injected, skipped, consumed,
 // not understood), the aggregator's and the Agent sink's.
 func (rt *runtime) snapshot() statsSnapshot {
-	st := statsSnapshot{Fronts: make([]frontStats, 0, len(rt.fronts)), Aggregator: rt.agg.Stats()}
+	st := statsSnapshot{Fronts: make([]frontStats, 0, len(rt.fronts)), Aggregator: rt.agg.Stats(),
+		Checkpointer: checkpointerStats{CacheResets: rt.cp.CacheResets()}}
 	for _, f := range rt.fronts {
 		fs := frontStats{Protocol: f.protocol, Listen: f.listen}
 		if f.stats != nil {

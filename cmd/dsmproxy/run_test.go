@@ -221,12 +221,13 @@ kafka:
 			Protocol string
 			Stats    struct{ InjectedRecords, ConsumedRecords uint64 }
 		}
-		Agent *struct{ Pending int } // present: an Agent is configured
+		Agent        *struct{ Pending int } // present: an Agent is configured
+		Checkpointer *struct{ CacheResets uint64 }
 	}
 	err = json.NewDecoder(resp.Body).Decode(&st)
 	resp.Body.Close()
 	if err != nil || len(st.Fronts) != 1 || st.Fronts[0].Protocol != "kafka" || st.Fronts[0].Stats.InjectedRecords == 0 ||
-		st.Fronts[0].Stats.ConsumedRecords == 0 || st.Agent == nil {
+		st.Fronts[0].Stats.ConsumedRecords == 0 || st.Agent == nil || st.Checkpointer == nil {
 		t.Fatalf("GET /stats = %+v (%v); want the kafka front with the injected and the consumed record, and the Agent sink's counters", st, err)
 	}
 	// The same for a Prometheus scraper, parsed by Prometheus's own text parser.
