@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -59,7 +60,12 @@ type AgentReporter struct {
 
 	mu      sync.Mutex
 	pending [][]span // traces of intervals the Agent could not take yet (down, or 5xx)
+	dropped atomic.Int64
 }
+
+// Dropped is how many error traces were dropped since the start because more than
+// maxPendingTraces waited for the Agent.
+func (a *AgentReporter) Dropped() int64 { return a.dropped.Load() }
 
 // maxPendingTraces bounds the traces kept for an Agent that is down; the oldest go first.
 const maxPendingTraces = 2000
@@ -155,6 +161,7 @@ func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
 		traces = append(traces, []span{a.span(&iv.Groups[i], iv)})
 	}
 	if len(traces) > maxPendingTraces {
+		a.dropped.Add(int64(len(traces) - maxPendingTraces))
 		traces = traces[len(traces)-maxPendingTraces:]
 	}
 	retry := func() { a.pending = traces }

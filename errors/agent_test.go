@@ -314,3 +314,26 @@ func TestAgentURLSecretStaysOutOfErrors(t *testing.T) {
 		t.Errorf("Send: %v", err)
 	}
 }
+
+// TestAgentReporterCountsDroppedTraces: past maxPendingTraces waiting for a failing Agent, the
+// oldest traces go, and each one is counted (Dropped, and /errors' agent_traces_dropped).
+func TestAgentReporterCountsDroppedTraces(t *testing.T) {
+	srv := httptest.NewServer(&fakeAgent{status: http.StatusServiceUnavailable})
+	defer srv.Close()
+	r := NewAgentReporter(AgentConfig{URL: srv.URL})
+	iv := lostInterval()
+	for len(iv.Groups) < 700 {
+		iv.Groups = append(iv.Groups, iv.Groups[:2]...)
+	}
+	for range 3 {
+		_ = r.Send(context.Background(), iv)
+	}
+	if got, want := r.Dropped(), int64(3*len(iv.Groups)-maxPendingTraces); got != want {
+		t.Errorf("Dropped = %d after %d traces, want %d over the %d kept", got, 3*len(iv.Groups), want, maxPendingTraces)
+	}
+	c := New(Config{Agent: AgentConfig{Enabled: true, URL: srv.URL}})
+	c.agent.dropped.Store(7)
+	if doc := c.Snapshot().JSON(); doc.AgentTracesDropped != 7 {
+		t.Errorf("/errors agent_traces_dropped = %d, want 7", doc.AgentTracesDropped)
+	}
+}

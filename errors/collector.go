@@ -129,6 +129,7 @@ type Snapshot struct {
 	Groups          []Group
 	Overflow        int64 // since start
 	OverflowLost    int64 // since start
+	TracesDropped   int64 // error traces the Agent reporter dropped since start (over its pending limit)
 	retired         []EdgeLoss
 }
 
@@ -204,6 +205,7 @@ type Collector struct {
 	cats  uint64 // bit per collected Category
 	now   func() time.Time
 	sinks []Sink
+	agent *AgentReporter // nil without one
 
 	seed maphash.Seed
 
@@ -257,7 +259,8 @@ func New(cfg Config) *Collector {
 	}
 	c.sinks = append(c.sinks, LogReporter{Log: cfg.Log})
 	if cfg.Agent.Enabled {
-		c.sinks = append(c.sinks, NewAgentReporter(cfg.Agent))
+		c.agent = NewAgentReporter(cfg.Agent)
+		c.sinks = append(c.sinks, c.agent)
 	}
 	c.sinks = append(c.sinks, cfg.Sinks...)
 	c.ivStart = c.now()
@@ -486,6 +489,9 @@ func (c *Collector) Snapshot() Snapshot {
 		s.retired = append(s.retired, EdgeLoss{Service: k.service, Edge: k.edge, Messages: n})
 	}
 	c.mu.Unlock()
+	if c.agent != nil {
+		s.TracesDropped = c.agent.Dropped()
+	}
 	sortGroups(s.Groups)
 	return s
 }

@@ -188,6 +188,8 @@ func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
 
 // trackedErrors: the error groups of GET /errors, counted over each group's life.
 func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
+	e.add("dsmproxy_error_traces_dropped_total", "counter",
+		"Error traces dropped because more than 2,000 waited for the Agent.", float64(s.TracesDropped))
 	for _, g := range s.Groups {
 		l := []string{"category", g.Category.String(), "protocol", g.Protocol, "service", g.Service, "operation", g.Operation,
 			"edge_tags", strings.Join(g.Edge.Tags(), ","), "error", g.Name, "code", strconv.Itoa(int(g.Code))}

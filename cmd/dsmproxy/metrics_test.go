@@ -101,7 +101,7 @@ func TestMetricsPage(t *testing.T) {
 			Fingerprint: errtrack.Fingerprint{Category: errtrack.BrokerError, Protocol: "kafka", Service: hostile, Operation: "produce",
 				Edge: pathway.Edge{Direction: pathway.Out, Topic: "orders", Type: "kafka"}, Name: "NOT_LEADER_OR_FOLLOWER", Code: 6},
 			TotalCount: 3, TotalMessages: 300,
-		}}}
+		}}, TracesDropped: 4}
 	}
 	page := &metricsPage{view: v, stats: func() statsSnapshot {
 		return statsSnapshot{
@@ -134,6 +134,7 @@ func TestMetricsPage(t *testing.T) {
 		{"dsmproxy_tracked_errors_total", dto.MetricType_COUNTER, map[string]string{"category": "broker_error", "protocol": "kafka", "operation": "produce", "service": cleaned, "error": "NOT_LEADER_OR_FOLLOWER", "code": "6",
 			"edge_tags": "direction:out,topic:orders,type:kafka"}, 3},
 		{"dsmproxy_tracked_error_messages_total", dto.MetricType_COUNTER, nil, 300},
+		{"dsmproxy_error_traces_dropped_total", dto.MetricType_COUNTER, nil, 4},
 		{"dsmproxy_kafka_injected_records_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 7},
 		{"dsmproxy_kafka_injected_records_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9192"}, 5},
 		{"dsmproxy_kafka_unknown_corr_ids_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 1},
