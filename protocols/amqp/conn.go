@@ -956,6 +956,7 @@ func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
 		clear(cs.consumers)
 		clear(cs.cancelledAt)
 		cs.cancelled = nil
+		s.p.stats.consumerResets.Add(1)
 	}
 	delete(cs.cancelledAt, tag) // consuming again under a cancelled tag makes it live
 	cs.consumers[tag] = queue

@@ -352,3 +352,22 @@ func TestUnansweredCommitsStayBounded(t *testing.T) {
 		t.Errorf("%d publish points after the CommitOks, want %d", n, perCommit*commits)
 	}
 }
+
+// TestConsumerMapResetCounted: when a channel holds MaxConsumers live tags (none cancelled to
+// evict first), its map is started again and that is counted (Stats.ConsumerResets): the
+// deliveries of the forgotten consumers show only as UnknownQueue otherwise.
+func TestConsumerMapResetCounted(t *testing.T) {
+	s := offlineSession(t, &recorder{})
+	s.p.cfg.MaxConsumers = 2
+	var client []byte
+	for i := range 3 {
+		tag := sstr(fmt.Sprintf("live-%d", i))
+		client = appendFrame(client, frameMethod, 1, method(classBasic, 20, []byte{0, 0}, sstr("q"), tag, []byte{0x08}, lstr(nil))) // no-wait
+	}
+	if err := s.fromClient(bufio.NewReader(bytes.NewReader(client)), bufio.NewWriter(io.Discard)); err != io.EOF {
+		t.Fatalf("client frames: %v", err)
+	}
+	if got := s.p.Stats().ConsumerResets; got != 1 {
+		t.Errorf("ConsumerResets = %d after a third live tag with room for 2, want 1", got)
+	}
+}

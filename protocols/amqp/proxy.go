@@ -96,11 +96,12 @@ type Stats struct {
 	PointsDropped   uint64 // Observer.Add returned false
 	RefusedProtocol uint64 // clients that opened with another protocol header
 	RefusedConns    uint64 // connections closed at once because the listener was at MaxConns
+	ConsumerResets  uint64 // channels' consumer tag maps started again because MaxConsumers tags were live
 }
 
 type counters struct {
 	conns, published, injected, existing, frameMax, consumed, unknownQueue, decodeErrors,
-	returns, nacks, errorCloses, dropped, refused atomic.Uint64
+	returns, nacks, errorCloses, dropped, refused, consumerResets atomic.Uint64
 }
 
 // Proxy is one AMQP front: one listener, one upstream broker.
@@ -233,7 +234,7 @@ func (p *Proxy) Stats() Stats {
 		ExistingContext: s.existing.Load(), SkippedFrameMax: s.frameMax.Load(), Consumed: s.consumed.Load(),
 		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
-		RefusedProtocol: s.refused.Load(), RefusedConns: p.refusedConns(),
+		RefusedProtocol: s.refused.Load(), RefusedConns: p.refusedConns(), ConsumerResets: s.consumerResets.Load(),
 	}
 }
 
