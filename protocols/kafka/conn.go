@@ -84,6 +84,10 @@ type session struct {
 	own     ownContext
 	points  []pathway.Point
 	scratch []byte
+
+	// heldPoints counts the produce checkpoints this connection's requests hold for their answers
+	// (added by the request goroutine, released by the response one).
+	heldPoints atomic.Int64
 }
 
 // ownContext is the last context a record carried in a batch and what replaces it, when

@@ -323,3 +323,35 @@ func TestOverlongTopicNotCheckpointed(t *testing.T) {
 		}
 	}
 }
+
+// TestConnHeldPointsBounded: a connection's requests hold their checkpoints for the broker's
+// answers up to maxConnHeldPoints; a batch past it is checkpointed when sent (and counted), and
+// answers free the room again.
+func TestConnHeldPointsBounded(t *testing.T) {
+	defer func(old int64) { maxConnHeldPoints = old }(maxConnHeldPoints)
+	maxConnHeldPoints = 15
+	s := offlineSession(t)
+	send := func() *producedPart {
+		t.Helper()
+		frame := produceFrame(9, "orders", buildBatch(t, 10, 10, nil))
+		h, err := parseRequestHeader(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version}
+		if out, _ := s.produceRequest(h, frame, pd); bytes.Equal(out, frame) {
+			t.Fatal("the batch did not get the header")
+		}
+		return &pd.facts.(*produceFacts).parts[0]
+	}
+	first := send()
+	second := send()
+	if first.points == nil || second.points != nil || s.heldPoints.Load() != 10 || s.p.Stats().UnheldBatches != 1 {
+		t.Fatalf("held: first %v, second %v, %d points held, %d unheld batches; want the first only, 10, 1",
+			first.points != nil, second.points != nil, s.heldPoints.Load(), s.p.Stats().UnheldBatches)
+	}
+	s.releasePoints(first, true) // its answer came
+	if third := send(); third.points == nil || s.heldPoints.Load() != 10 {
+		t.Errorf("after the answer: third held %v, %d points held; want held, 10", third.points != nil, s.heldPoints.Load())
+	}
+}

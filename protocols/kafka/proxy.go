@@ -122,10 +122,11 @@ type Stats struct {
 	ResentBatches     uint64 // idempotent batches the broker had stored before: not counted again
 	RefusedConns      uint64 // connections closed at once because their listener was at MaxConns
 	TxnOffsetsDropped uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
+	UnheldBatches     uint64 // batches checkpointed when sent, not at the answer: their connection held maxConnHeldPoints
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -376,6 +377,7 @@ func (p *Proxy) Stats() Stats {
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
 		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(),
+		UnheldBatches: s.unheld.Load(),
 	}
 }
 

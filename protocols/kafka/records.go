@@ -54,6 +54,12 @@ type batchCodec interface {
 // checkpoints are counted as dropped when the batch's points are released.
 var maxBatchPoints = 1 << 16
 
+// maxConnHeldPoints bounds the produce checkpoints one connection's requests hold for the
+// broker's answers (88 bytes each: 23 MiB). Each partition's batches hold up to maxBatchPoints,
+// and a connection may queue many requests of many partitions; past this, a batch's checkpoints
+// count when it is sent (Stats.UnheldBatches).
+var maxConnHeldPoints int64 = 1 << 18
+
 // injectPartition splices the pathway context into one partition's batch, appending the result
 // to s.scratch (it returns where), and records a produce checkpoint for every record that got it.
 // Records that already carry a context are left alone (an instrumented client checkpointed them)
@@ -134,9 +140,16 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return 0, 0, nil, 0, false
 	}
 	s.scratch = out
+	if hold && s.heldPoints.Load()+int64(len(pts)) > maxConnHeldPoints {
+		// The connection already holds its share: these count now, as if the broker stores
+		// them, instead of growing what waits for answers.
+		hold = false
+		p.stats.unheld.Add(1)
+	}
 	if hold {
 		held = p.pointBufs.Get().(*[]pathway.Point)
 		*held = append((*held)[:0], pts...)
+		s.heldPoints.Add(int64(len(pts)))
 	} else {
 		p.addPoints(pts)
 	}
