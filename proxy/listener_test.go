@@ -423,3 +423,15 @@ func TestLoggedErrorsAreNotLoggedTwice(t *testing.T) {
 		t.Error("Logged must keep its cause and leave nil alone")
 	}
 }
+
+// TestLogNth: the first 10 events of a kind are logged loudly, then every 1000th.
+func TestLogNth(t *testing.T) {
+	for _, tc := range []struct {
+		n    uint64
+		want bool
+	}{{1, true}, {10, true}, {11, false}, {999, false}, {1000, true}, {1001, false}, {2000, true}} {
+		if got := LogNth(tc.n); got != tc.want {
+			t.Errorf("LogNth(%d) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}

@@ -262,11 +262,10 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	l.mu.Lock()
 	if l.cfg.MaxConns > 0 && len(l.conns) >= l.cfg.MaxConns {
 		l.mu.Unlock()
-		// The first 10 and every 1000th at Warn, the rest at Debug: whoever can reach the port
-		// could otherwise fill the log. Stats counts them all.
+		// Loud only now and then: whoever can reach the port could otherwise fill the log.
 		n := l.refused.Add(1)
 		ev := log.Debug()
-		if n <= 10 || n%1000 == 0 {
+		if LogNth(n) {
 			ev = log.Warn()
 		}
 		ev.Int("max_conns", l.cfg.MaxConns).Uint64("refused_total", n).Msg("connection refused: listener is at its connection limit")
@@ -439,3 +438,8 @@ func (l *Listener) closeAll() {
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled)
 }
+
+// LogNth says whether the nth event of a kind a client can repeat at will is logged loudly: the
+// first 10, then one in a thousand, so a misconfigured or hostile client cannot flood the log.
+// Counters keep them all.
+func LogNth(n uint64) bool { return n <= 10 || n%1000 == 0 }

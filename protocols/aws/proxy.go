@@ -490,7 +490,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f := p.authenticate(c); f != nil {
 		// the first refusals are logged, then one in a thousand, so a misconfigured or hostile
 		// client cannot flood the log; Stats counts them all
-		if n := p.stats.authFail.Add(1); logNth(n) {
+		if n := p.stats.authFail.Add(1); proxy.LogNth(n) {
 			p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr).
 				Uint64("refused_total", n).Msg("request refused: " + f.Message)
 		}
@@ -682,7 +682,7 @@ func (p *Proxy) logCredsError(err error) {
 		strings.Contains(l, "accesskey") {
 		line = "(withheld: it may quote a secret)"
 	}
-	if n := p.credsFailures.Add(1); logNth(n) {
+	if n := p.credsFailures.Add(1); proxy.LogNth(n) {
 		p.log.Error().Str("error_type", fmt.Sprintf("%T", err)).Str("reason", line).Uint64("failures", n).
 			Msg("cannot load the proxy's own AWS credentials: check the standard chain (env, shared config, credential_process, web identity, instance role)")
 	}
@@ -1004,7 +1004,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		if l.open.Add(1) > l.max {
 			l.open.Add(-1)
-			if n := l.p.stats.refused.Add(1); logNth(n) {
+			if n := l.p.stats.refused.Add(1); proxy.LogNth(n) {
 				l.p.log.Warn().Int64("max_conns", l.max).Str("client", proxy.AddrString(c.RemoteAddr())).Uint64("refused_total", n).
 					Msg("connection refused: listener is at its connection limit")
 			}

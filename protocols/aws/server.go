@@ -364,16 +364,12 @@ func (c *h1Conn) refuse(status int, text string, err error) {
 	c.writeSimple(status, text)
 }
 
-// logNth says whether the nth event of a kind a client can repeat at will is logged loudly: the
-// first 10, then one in a thousand, so a misconfigured or hostile client cannot flood the log.
-func logNth(n uint64) bool { return n <= 10 || n%1000 == 0 }
-
 // loudWarn is a Warn event for the first 10 refusals and every 1000th after them (with the total
 // so far), a Debug one for the rest: anyone who can reach the port can send malformed requests,
 // and a scanner would otherwise fill the log.
 func (c *h1Conn) loudWarn() *zerolog.Event {
 	n := c.s.refusals.Add(1)
-	if logNth(n) {
+	if proxy.LogNth(n) {
 		return c.log.Warn().Uint64("refused_total", n)
 	}
 	return c.log.Debug().Uint64("refused_total", n)

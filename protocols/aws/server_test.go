@@ -466,15 +466,3 @@ func serveLogged(t *testing.T, logs *syncbuf.Buffer, h http.Handler) net.Listene
 	})
 	return ln
 }
-
-// TestLogNth: the first 10 events of a kind are logged loudly, then every 1000th.
-func TestLogNth(t *testing.T) {
-	for _, tc := range []struct {
-		n    uint64
-		want bool
-	}{{1, true}, {10, true}, {11, false}, {999, false}, {1000, true}, {1001, false}, {2000, true}} {
-		if got := logNth(tc.n); got != tc.want {
-			t.Errorf("logNth(%d) = %v, want %v", tc.n, got, tc.want)
-		}
-	}
-}
