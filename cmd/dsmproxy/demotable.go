@@ -150,18 +150,10 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
 	for _, p := range cur {
-		secs := p.Duration.Seconds()
-		if secs <= 0 {
-			secs = 10
-		}
-		avg := 0.0
-		if c := p.PayloadSize.GetCount(); c > 0 {
-			avg = p.PayloadSize.GetSum() / c
-		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%016x <- %016x\t%.1f\t%s / %s\t%s / %s\t%.0f B\n",
-			p.Start.Format(time.TimeOnly), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, p.Count()/secs,
+			p.Start.Format(time.TimeOnly), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, ratePerSecond(p),
 			ms(quantile(p.EdgeLatency, 0.5)), ms(quantile(p.EdgeLatency, 0.99)),
-			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), avg)
+			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), averageSize(p))
 	}
 	tw.Flush()
 	if lag := consumerLag(bl); len(lag) > 0 {
@@ -217,6 +209,23 @@ func edgeString(tags []string) string {
 		parts = append(parts, t)
 	}
 	return cell(strings.Join(parts, " "))
+}
+
+// ratePerSecond is the point's checkpoints per second of its bucket (10 s when it names none).
+func ratePerSecond(p agentpayload.Point) float64 {
+	secs := p.Duration.Seconds()
+	if secs <= 0 {
+		secs = 10
+	}
+	return p.Count() / secs
+}
+
+// averageSize is the point's average payload size, 0 without any.
+func averageSize(p agentpayload.Point) float64 {
+	if c := p.PayloadSize.GetCount(); c > 0 {
+		return p.PayloadSize.GetSum() / c
+	}
+	return 0
 }
 
 type sketch interface {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"math"
 	"net/http"
@@ -134,20 +135,16 @@ func (e *exposition) write(w *bufio.Writer) {
 // pathways: one series per pathway (service, edge tags, hash, parent) from its latest bucket.
 func (e *exposition) pathways(pts []agentpayload.Point) {
 	slices.SortFunc(pts, func(a, b agentpayload.Point) int {
-		return strings.Compare(a.Service+strings.Join(a.EdgeTags, ","), b.Service+strings.Join(b.EdgeTags, ","))
+		return cmp.Or(strings.Compare(a.Service, b.Service), slices.Compare(a.EdgeTags, b.EdgeTags), cmp.Compare(a.Hash, b.Hash))
 	})
 	for _, p := range pts {
 		if p.TimestampType != string(aggregator.Current) {
 			continue
 		}
-		secs := p.Duration.Seconds()
-		if secs <= 0 {
-			secs = 10
-		}
 		l := []string{"service", p.Service, "edge_tags", strings.Join(p.EdgeTags, ","),
 			"hash", fmt.Sprintf("%016x", p.Hash), "parent_hash", fmt.Sprintf("%016x", p.ParentHash)}
 		e.add("dsmproxy_pathway_messages_per_second", "gauge",
-			"Checkpoints per second on the pathway, in its latest bucket.", p.Count()/secs, l...)
+			"Checkpoints per second on the pathway, in its latest bucket.", ratePerSecond(p), l...)
 		for _, q := range []float64{0.5, 0.99} {
 			ql := append(slices.Clone(l), "quantile", strconv.FormatFloat(q, 'g', -1, 64))
 			e.add("dsmproxy_pathway_edge_latency_seconds", "gauge",
@@ -155,12 +152,8 @@ func (e *exposition) pathways(pts []agentpayload.Point) {
 			e.add("dsmproxy_pathway_latency_seconds", "gauge",
 				"End-to-end latency (since the pathway began) at the quantile, in the pathway's latest bucket.", quantile(p.PathwayLatency, q), ql...)
 		}
-		avg := 0.0
-		if c := p.PayloadSize.GetCount(); c > 0 {
-			avg = p.PayloadSize.GetSum() / c
-		}
 		e.add("dsmproxy_pathway_payload_bytes_average", "gauge",
-			"Average payload size on the pathway, in its latest bucket.", avg, l...)
+			"Average payload size on the pathway, in its latest bucket.", averageSize(p), l...)
 	}
 }
 
@@ -168,7 +161,7 @@ func (e *exposition) pathways(pts []agentpayload.Point) {
 // lag /dsm shows (high watermark - commit, summed over a group's partitions of a topic).
 func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
 	slices.SortFunc(bl, func(a, b agentpayload.BacklogEntry) int {
-		return strings.Compare(a.Service+strings.Join(a.Tags, ","), b.Service+strings.Join(b.Tags, ","))
+		return cmp.Or(strings.Compare(a.Service, b.Service), slices.Compare(a.Tags, b.Tags))
 	})
 	for _, b := range bl {
 		l := []string{"service", b.Service}
