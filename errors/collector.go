@@ -220,7 +220,10 @@ type Collector struct {
 	totOverLost  int64
 	// Lost messages of LostMessage groups dropped after Retain, per service and edge: what
 	// /errors shows is since start. At most maxRetiredEdges; past that they count as overflow.
+	// Guarded by retMu and mu both: Close changes it holding both, Snapshot walks it holding only
+	// retMu, which Report never takes, so a scrape does not hold up the data path for the walk.
 	retired map[lossKey]int64
+	retMu   sync.Mutex // taken before mu
 }
 
 // lossKey is what lost messages are summed by: service and edge.
@@ -399,6 +402,8 @@ func (g *group) snapshot() Group {
 // Close ends the open interval at now and returns it; groups idle longer than Retain are dropped.
 // It does no I/O; Flush calls it and then the sinks.
 func (c *Collector) Close(now time.Time) Interval {
+	c.retMu.Lock()
+	defer c.retMu.Unlock()
 	c.mu.Lock()
 	iv := Interval{Start: c.ivStart, End: now, Overflow: c.overflow, OverflowLost: c.overflowLost}
 	c.totOverflow += c.overflow
@@ -476,19 +481,30 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 }
 
-// Snapshot returns every retained group with the open interval's counts, sorted.
+// Snapshot returns every retained group with the open interval's counts, sorted. Report waits
+// only while the groups are copied as they are; the rest is done after.
 func (c *Collector) Snapshot() Snapshot {
+	c.mu.Lock()
+	n := len(c.groups)
+	c.mu.Unlock()
+	raw := make([]group, 0, n) // allocated outside the lock; append grows it if groups came since
+	c.retMu.Lock()
 	c.mu.Lock()
 	s := Snapshot{Time: c.now(), IntervalStart: c.ivStart, Interval: c.cfg.Interval, MaxFingerprints: c.cfg.MaxFingerprints,
 		Overflow: c.totOverflow + c.overflow, OverflowLost: c.totOverLost + c.overflowLost}
-	s.Groups = make([]Group, 0, len(c.groups))
 	for _, g := range c.groups {
-		s.Groups = append(s.Groups, g.snapshot())
+		raw = append(raw, *g)
 	}
+	c.mu.Unlock()
+	s.retired = make([]EdgeLoss, 0, len(c.retired))
 	for k, n := range c.retired {
 		s.retired = append(s.retired, EdgeLoss{Service: k.service, Edge: k.edge, Messages: n})
 	}
-	c.mu.Unlock()
+	c.retMu.Unlock()
+	s.Groups = make([]Group, len(raw))
+	for i := range raw {
+		s.Groups[i] = raw[i].snapshot()
+	}
 	if c.agent != nil {
 		s.TracesDropped = c.agent.Dropped()
 	}
@@ -498,17 +514,32 @@ func (c *Collector) Snapshot() Snapshot {
 
 // sortGroups orders groups the same way on every call so logs, spans and /errors are stable.
 func sortGroups(gs []Group) {
-	slices.SortFunc(gs, func(a, b Group) int {
+	// Each edge's text once, not twice per comparison: a full /errors page sorts a thousand groups.
+	type keyed struct {
+		edge string
+		g    *Group
+	}
+	ks := make([]keyed, len(gs))
+	for i := range gs {
+		ks[i] = keyed{gs[i].Edge.String(), &gs[i]}
+	}
+	slices.SortFunc(ks, func(x, y keyed) int {
+		a, b := x.g, y.g
 		return cmp.Or(
 			cmp.Compare(a.Category, b.Category),
 			cmp.Compare(a.Protocol, b.Protocol),
 			cmp.Compare(a.Service, b.Service),
-			cmp.Compare(a.Edge.String(), b.Edge.String()),
+			cmp.Compare(x.edge, y.edge),
 			cmp.Compare(a.Operation, b.Operation),
 			cmp.Compare(a.Code, b.Code),
 			cmp.Compare(a.Name, b.Name),
 		)
 	})
+	sorted := make([]Group, len(gs))
+	for i, k := range ks {
+		sorted[i] = *k.g
+	}
+	copy(gs, sorted)
 }
 
 // maxSample bounds the message kept per group: messages come from brokers and services (an AWS
