@@ -25,7 +25,7 @@ func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 	switch c.op {
 	case "Publish":
 		attrs := f.queryAttrs("MessageAttributes.entry.")
-		pt, carrier, _ := p.prepareOut(c, e, len(f.get("Message"))+len(f.get("Subject")), plainAttrs(attrs), "Binary")
+		pt, carrier, _ := p.prepareOut(c, e, snsBodySize(f.get("Message"), f.get("Subject")), plainAttrs(attrs), "Binary")
 		if carrier != nil {
 			queryInject(f, "MessageAttributes.entry.", attrs, carrier, true)
 			p.stats.injected.Add(1)
@@ -87,7 +87,7 @@ func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
 		}
 		msg, _ := jsonString(b, find(ems, "Message"))
 		subj, _ := jsonString(b, find(ems, "Subject"))
-		pt, carrier, _ := p.prepareOut(c, e, len(msg)+len(subj), attrs, "Binary")
+		pt, carrier, _ := p.prepareOut(c, e, snsBodySize(msg, subj), attrs, "Binary")
 		if carrier != nil {
 			more, err := jsonInjectEdits(b, ems, eend, "MessageAttributes", carrier, true)
 			if err != nil {
@@ -143,3 +143,9 @@ func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
 	}
 	return applyEdits(make([]byte, 0, len(b)+128), b, eds), fix, nil
 }
+
+// snsBodySize is the message part of an SNS publish's payload size. dd-trace-go counts Message
+// alone, dd-trace-py Message and Subject (dsm-protocol.md 3.4). The proxy counts the Subject too:
+// it travels with the message (in the JSON envelope SQS and HTTP subscribers get, and as an
+// email's subject). A Go-traced publisher of the same messages shows len(Subject) fewer bytes.
+func snsBodySize(msg, subject string) int { return len(msg) + len(subject) }

@@ -275,7 +275,7 @@ func queryEntries(c *call, entryPrefix, bodyKey, attrPrefix string) []queryEntry
 		if !ok {
 			break
 		}
-		en := queryEntry{id: id, attrPrefix: pre + attrPrefix, bodyLen: len(f.vals[pre+bodyKey]) + len(f.vals[pre+"Subject"])}
+		en := queryEntry{id: id, attrPrefix: pre + attrPrefix, bodyLen: snsBodySize(f.vals[pre+bodyKey], f.vals[pre+"Subject"])} // SQS entries have no Subject
 		en.attrs = f.queryAttrs(en.attrPrefix)
 		total += en.bodyLen
 		for i := range en.attrs {
