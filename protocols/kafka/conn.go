@@ -138,6 +138,13 @@ func (s *session) serve(ctx context.Context) error {
 	}
 	s.c.Upstream.Close()
 	rerr := <-respErr
+	s.mu.Lock()
+	unanswered := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	for _, pd := range unanswered {
+		s.abandon(pd)
+	}
 	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
 		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
 			return rerr
@@ -145,6 +152,23 @@ func (s *session) serve(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// abandon gives up a request whose answer will not come: the connection ended first. Whether the
+// broker stored its batches is unknown, and a client that resends them is counted then, so the
+// checkpoints its batches held count as dropped, and their room is free again.
+func (s *session) abandon(pd *pending) {
+	facts, ok := pd.facts.(*produceFacts)
+	if !ok {
+		return
+	}
+	for i := range facts.parts {
+		part := &facts.parts[i]
+		if part.points != nil {
+			s.p.dropPoints(len(*part.points) + part.unpointed)
+			s.releasePoints(part, false)
+		}
+	}
 }
 
 // waitIdle waits until every request sent upstream has been answered, or the upstream ends.
@@ -236,6 +260,7 @@ func (s *session) requests() error {
 			continue
 		}
 		if !s.waitRoom() {
+			s.abandon(pd)
 			return nil // the upstream ended: its error, if any, is the one to report
 		}
 		s.push(pd)

@@ -122,7 +122,7 @@ type Stats struct {
 	ResentBatches     uint64 // idempotent batches the broker had stored before: not counted again
 	RefusedConns      uint64 // connections closed at once because their listener was at MaxConns
 	TxnOffsetsDropped uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
-	UnheldBatches     uint64 // batches checkpointed when sent, not at the answer: their connection held maxConnHeldPoints
+	UnheldBatches     uint64 // batches checkpointed when sent, not at the answer: their connection held maxConnHeldPoints, or all held maxHeldPoints
 }
 
 type counters struct {
@@ -159,6 +159,7 @@ type Proxy struct {
 
 	observeQ    chan observeJob
 	queued      atomic.Int64 // bytes of the frames in observeQ
+	heldPoints  atomic.Int64 // produce checkpoints all connections hold for answers (maxHeldPoints)
 	observeLate atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
 	walker      batchCodec   // used by the observation worker only
 	fetchBufs   chan []byte  // streamed fetch frames, back from observation; see getFetchFrame

@@ -60,6 +60,23 @@ var maxBatchPoints = 1 << 16
 // count when it is sent (Stats.UnheldBatches).
 var maxConnHeldPoints int64 = 1 << 18
 
+// maxHeldPoints bounds what all connections hold together (92 MiB), so the memory does not
+// grow with the number of connections, which is unlimited unless max_conns is set.
+var maxHeldPoints int64 = 1 << 20
+
+// holdRoom takes room for n held checkpoints under both bounds, or reports that there is none.
+func (s *session) holdRoom(n int64) bool {
+	if s.heldPoints.Load()+n > maxConnHeldPoints {
+		return false
+	}
+	if s.p.heldPoints.Add(n) > maxHeldPoints {
+		s.p.heldPoints.Add(-n)
+		return false
+	}
+	s.heldPoints.Add(n)
+	return true
+}
+
 // injectPartition splices the pathway context into one partition's batch, appending the result
 // to s.scratch (it returns where), and records a produce checkpoint for every record that got it.
 // Records that already carry a context are left alone (an instrumented client checkpointed them)
@@ -140,16 +157,15 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return 0, 0, nil, 0, false
 	}
 	s.scratch = out
-	if hold && s.heldPoints.Load()+int64(len(pts)) > maxConnHeldPoints {
-		// The connection already holds its share: these count now, as if the broker stores
-		// them, instead of growing what waits for answers.
+	if hold && !s.holdRoom(int64(len(pts))) {
+		// The connection, or the proxy, already holds its share: these count now, as if the
+		// broker stores them, instead of growing what waits for answers.
 		hold = false
 		p.stats.unheld.Add(1)
 	}
 	if hold {
 		held = p.pointBufs.Get().(*[]pathway.Point)
 		*held = append((*held)[:0], pts...)
-		s.heldPoints.Add(int64(len(pts)))
 	} else {
 		p.addPoints(pts)
 	}

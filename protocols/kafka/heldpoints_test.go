@@ -1,0 +1,95 @@
+package kafka
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// sendHeld runs one 10-record produce request through s and returns its partition, held or not.
+func sendHeld(t *testing.T, s *session) (*producedPart, *pending) {
+	t.Helper()
+	frame := produceFrame(9, "orders", buildBatch(t, 10, 10, nil))
+	h, err := parseRequestHeader(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version}
+	if out, _ := s.produceRequest(h, frame, pd); bytes.Equal(out, frame) {
+		t.Fatal("the batch did not get the header")
+	}
+	return &pd.facts.(*produceFacts).parts[0], pd
+}
+
+// TestProxyHeldPointsBounded: all connections together hold at most maxHeldPoints checkpoints
+// for answers, each well under its own bound; past it a batch counts when sent, and an answer
+// on any connection frees the room.
+func TestProxyHeldPointsBounded(t *testing.T) {
+	defer func(old int64) { maxHeldPoints = old }(maxHeldPoints)
+	maxHeldPoints = 25
+	a := offlineSession(t)
+	b := *a // a second connection of the same proxy
+	b.heldPoints.Store(0)
+	first, _ := sendHeld(t, a)
+	second, _ := sendHeld(t, &b)
+	third, _ := sendHeld(t, a)
+	if first.points == nil || second.points == nil || third.points != nil {
+		t.Fatalf("held: %v %v %v; want the first two only (25 points for all connections)", first.points != nil, second.points != nil, third.points != nil)
+	}
+	if got := a.p.heldPoints.Load(); got != 20 || a.p.Stats().UnheldBatches != 1 {
+		t.Fatalf("%d points held by the proxy, %d unheld batches; want 20, 1", got, a.p.Stats().UnheldBatches)
+	}
+	b.releasePoints(second, true)
+	if fourth, _ := sendHeld(t, a); fourth.points == nil || a.p.heldPoints.Load() != 20 || a.heldPoints.Load() != 20 {
+		t.Errorf("after an answer on the other connection: held %v, %d by the proxy, %d by the connection; want held, 20, 20",
+			fourth.points != nil, a.p.heldPoints.Load(), a.heldPoints.Load())
+	}
+}
+
+// TestAbandonedRequestFreesHeldPoints: a request whose answer never comes gives its held
+// checkpoints up as dropped, and its room back.
+func TestAbandonedRequestFreesHeldPoints(t *testing.T) {
+	s := offlineSession(t)
+	part, pd := sendHeld(t, s)
+	if part.points == nil || s.p.heldPoints.Load() != 10 {
+		t.Fatalf("held %v, %d points; want held, 10", part.points != nil, s.p.heldPoints.Load())
+	}
+	s.abandon(pd)
+	if st := s.p.Stats(); s.p.heldPoints.Load() != 0 || s.heldPoints.Load() != 0 || st.PointsDropped != 10 {
+		t.Errorf("after abandon: proxy holds %d, connection %d, %d dropped; want 0, 0, 10",
+			s.p.heldPoints.Load(), s.heldPoints.Load(), st.PointsDropped)
+	}
+}
+
+// TestProduceConnectionLostBeforeAnswer: the broker closes the connection on a Produce before
+// answering it. kgo resends the batch on a new connection and the broker stores it then: it is
+// counted once (the resend), the first sending's held checkpoints count as dropped, and nothing
+// stays held once the connections are gone.
+func TestProduceConnectionLostBeforeAnswer(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "lost-answer")
+	cl := kgoClient(t, p, kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0))
+	produceEach(t, ctx, cl, topic, []byte("creates the topic"))
+	c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		return nil, errors.New("connection lost before the answer"), true // once: the resend goes through
+	})
+	recs := make([]*kgo.Record, 5)
+	for i := range recs {
+		recs[i] = &kgo.Record{Topic: topic, Value: []byte{'a' + byte(i)}}
+	}
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	waitFor(t, "the lost sending's checkpoints to count as dropped", func() bool { return p.Stats().PointsDropped == 5 })
+	cl.Close()
+	waitFor(t, "no checkpoint held", func() bool { return p.heldPoints.Load() == 0 })
+	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 6 {
+		t.Errorf("%d produce checkpoints for %s, want 6 (the first record, and the 5 once)", n, topic)
+	}
+	guard.check(t)
+}
