@@ -45,6 +45,7 @@ type session struct {
 
 	service  atomic.Pointer[string]
 	draining atomic.Bool
+	heldTx   atomic.Int64 // this connection's share of Proxy.heldTx
 	// The connection is open (Connection.OpenOk passed), the client has not begun to close it,
 	// and the proxy closes it for a drain: see closeOrderly.
 	opened, clientClosing, proxyClosing atomic.Bool
@@ -214,6 +215,8 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 		s.addr = ap.Addr().Unmap()
 	}
 	s.setService("", "")
+	// Whatever the connection still holds when it ends goes with it.
+	defer func() { s.p.heldTx.Add(-s.heldTx.Swap(0)) }()
 	return s.serve(ctx)
 }
 
@@ -692,11 +695,51 @@ func (s *session) sharedLocked(ch uint16) *chanShared {
 	return cs
 }
 
-// resetShared forgets everything about ch (Channel.Open, Close, CloseOk).
+// resetShared forgets everything about ch (Channel.Open, Close, CloseOk). A commit whose
+// CommitOk did not come before the channel closed is not known to be stored: its publishes are
+// not counted.
 func (s *session) resetShared(ch uint16) {
 	s.mu.Lock()
+	n := 0
+	if cs := s.shared[ch]; cs != nil {
+		n = len(cs.committing)
+	}
 	delete(s.shared, ch)
 	s.mu.Unlock()
+	s.releaseTx(n)
+}
+
+// dropPub forgets ch's publish side; an open transaction's publishes are discarded with it.
+func (s *session) dropPub(ch uint16) {
+	if ps := s.pub[ch]; ps != nil {
+		s.releaseTx(len(ps.txPoints))
+		delete(s.pub, ch)
+	}
+}
+
+// maxHeldTxPoints bounds the transactional publishes all connections hold for their commits
+// (88 bytes each: 92 MiB), which maxTxPoints bounds only per channel: a connection may open
+// thousands of channels, and connections are unlimited unless max_conns is set. Past it a
+// publish counts when sent (Stats.TxUnheld).
+var maxHeldTxPoints int64 = 1 << 20
+
+// holdTx takes room for n held publishes, or reports that there is none.
+func (s *session) holdTx(n int) bool {
+	if s.p.heldTx.Add(int64(n)) > maxHeldTxPoints {
+		s.p.heldTx.Add(-int64(n))
+		s.p.stats.txUnheld.Add(uint64(n))
+		return false
+	}
+	s.heldTx.Add(int64(n))
+	return true
+}
+
+// releaseTx gives back the room of n held publishes.
+func (s *session) releaseTx(n int) {
+	if n > 0 {
+		s.heldTx.Add(-int64(n))
+		s.p.heldTx.Add(-int64(n))
+	}
 }
 
 func (s *session) clientMethod(f frame) {
@@ -759,8 +802,11 @@ func (s *session) clientMethod(f frame) {
 			for _, pt := range ps.txPoints[keep:] {
 				s.p.addPoint(pt)
 			}
+			s.releaseTx(len(ps.txPoints) - keep)
+		} else {
+			s.releaseTx(len(ps.txPoints)) // rolled back: never published
 		}
-		ps.txPoints = ps.txPoints[:0] // rolled back: never published
+		ps.txPoints = ps.txPoints[:0]
 	case confirmSel:
 		ps := state(s.pub, f.Channel)
 		if !ps.confirm {
@@ -844,12 +890,12 @@ func (s *session) clientMethod(f frame) {
 		}
 		s.frameMax = fm
 	case chanOpen, chanCloseOk:
-		delete(s.pub, f.Channel)
+		s.dropPub(f.Channel)
 		s.resetShared(f.Channel)
 	case chanClose:
 		// The broker may deliver until its CloseOk, which resets the channel; the client
 		// discards those deliveries (and the broker requeues them), so they are not consumed.
-		delete(s.pub, f.Channel)
+		s.dropPub(f.Channel)
 		s.mu.Lock()
 		s.sharedLocked(f.Channel).closing = true
 		s.mu.Unlock()
@@ -1067,6 +1113,7 @@ func (s *session) brokerMethod(f frame) {
 		for _, pt := range pts {
 			s.p.addPoint(pt)
 		}
+		s.releaseTx(len(pts))
 	case basicAck:
 		tag := a.u64()
 		multiple := a.u8()&1 != 0
@@ -1214,7 +1261,7 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	if !fits && h.CtxEnd == 0 {
 		pt.PayloadSize -= int64(ctxEntryLen(pathway.Base64Len)) // the consumer gets it without the entry
 	}
-	if ps.tx && len(ps.txPoints) < maxTxPoints {
+	if ps.tx && len(ps.txPoints) < maxTxPoints && s.holdTx(1) {
 		ps.txPoints = append(ps.txPoints, pt)
 	} else {
 		p.addPoint(pt)
