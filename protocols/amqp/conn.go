@@ -46,6 +46,7 @@ type session struct {
 	service  atomic.Pointer[string]
 	draining atomic.Bool
 	heldTx   atomic.Int64 // this connection's share of Proxy.heldTx
+	tags     int          // this connection's share of Proxy.tags; guarded by mu
 	// The connection is open (Connection.OpenOk passed), the client has not begun to close it,
 	// and the proxy closes it for a drain: see closeOrderly.
 	opened, clientClosing, proxyClosing atomic.Bool
@@ -216,7 +217,12 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	}
 	s.setService("", "")
 	// Whatever the connection still holds when it ends goes with it.
-	defer func() { s.p.heldTx.Add(-s.heldTx.Swap(0)) }()
+	defer func() {
+		s.p.heldTx.Add(-s.heldTx.Swap(0))
+		s.mu.Lock()
+		s.untagLocked(s.tags)
+		s.mu.Unlock()
+	}()
 	return s.serve(ctx)
 }
 
@@ -703,6 +709,7 @@ func (s *session) resetShared(ch uint16) {
 	n := 0
 	if cs := s.shared[ch]; cs != nil {
 		n = len(cs.committing)
+		s.untagLocked(len(cs.consumers))
 	}
 	delete(s.shared, ch)
 	s.mu.Unlock()
@@ -981,7 +988,10 @@ func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway
 func (s *session) dropConsumer(ch uint16, tag []byte) {
 	s.mu.Lock()
 	if cs := s.shared[ch]; cs != nil {
-		delete(cs.consumers, string(tag))
+		if _, ok := cs.consumers[string(tag)]; ok {
+			delete(cs.consumers, string(tag))
+			s.untagLocked(1)
+		}
 		delete(cs.cancelledAt, string(tag)) // its entry in cancelled is stale now, skipped when reached
 	}
 	s.mu.Unlock()
@@ -996,16 +1006,37 @@ func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
 		if cs.cancelledAt[c.tag] == c.seq {
 			delete(cs.consumers, c.tag)
 			delete(cs.cancelledAt, c.tag)
+			s.untagLocked(1)
 		}
 	}
 	if len(cs.consumers) >= s.p.cfg.MaxConsumers {
+		s.untagLocked(len(cs.consumers))
 		clear(cs.consumers)
 		clear(cs.cancelledAt)
 		cs.cancelled = nil
 		s.p.stats.consumerResets.Add(1)
 	}
 	delete(cs.cancelledAt, tag) // consuming again under a cancelled tag makes it live
+	if _, ok := cs.consumers[tag]; !ok {
+		if s.p.tags.Add(1) > maxConsumerTags {
+			s.p.tags.Add(-1)
+			s.p.stats.untrackedConsumers.Add(1)
+			return
+		}
+		s.tags++
+	}
 	cs.consumers[tag] = queue
+}
+
+// maxConsumerTags bounds the consumer tags all connections remember (a tag and a queue name of
+// up to 255 bytes each), which MaxConsumers bounds only per channel: a connection may open
+// thousands of channels, and connections are unlimited unless max_conns is set.
+var maxConsumerTags int64 = 1 << 18
+
+// untagLocked gives back the room of n forgotten consumer tags; s.mu is held.
+func (s *session) untagLocked(n int) {
+	s.tags -= n
+	s.p.tags.Add(-int64(n))
 }
 
 // cancelledTag is a consumer tag the client cancelled with no-wait, in the order of cancels.

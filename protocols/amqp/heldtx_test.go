@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/rabbitmq/amqp091-go"
@@ -71,4 +72,55 @@ func TestHeldTxPublishesBounded(t *testing.T) {
 	if n := points(); n != 4 {
 		t.Errorf("%d publish checkpoints, want still 4: uncommitted publishes are never counted", n)
 	}
+}
+
+// TestConsumerTagsBounded: all connections together remember at most maxConsumerTags consumer
+// tags; a consumer past it is counted (Stats.UntrackedConsumers) and its deliveries count as
+// UnknownQueue. CancelOks, channel closes and connection ends give the room back.
+func TestConsumerTagsBounded(t *testing.T) {
+	defer func(old int64) { maxConsumerTags = old }(maxConsumerTags)
+	maxConsumerTags = 3
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "tags-bounded", 0)
+	q1 := declareQueue(t, c, unique("tags1"))
+	q2 := declareQueue(t, c, unique("tags2"))
+	tags := func(n int64) func() bool { return func() bool { return h.p.tags.Load() == n } }
+	consume := func(ch *amqp091.Channel, q, tag string) <-chan amqp091.Delivery {
+		t.Helper()
+		ds, err := ch.Consume(q, tag, true, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+
+	ch := channel(t, c)
+	for i := range 3 {
+		consume(ch, q1, fmt.Sprintf("tracked-%d", i))
+	}
+	over := consume(ch, q2, "untracked")
+	waitFor(t, "3 tags remembered, 1 not", func() bool { return h.p.tags.Load() == 3 && h.p.Stats().UntrackedConsumers == 1 })
+	pub := channel(t, c)
+	if err := pub.PublishWithContext(context.Background(), "", q2, false, false, amqp091.Publishing{Body: []byte("m")}); err != nil {
+		t.Fatal(err)
+	}
+	<-over
+	waitFor(t, "the untracked consumer's delivery to count as UnknownQueue", func() bool { return h.p.Stats().UnknownQueue == 1 })
+
+	if err := ch.Cancel("tracked-0", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the CancelOk to free a tag", tags(2))
+	if err := ch.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the channel close to free its tags", tags(0))
+
+	c2 := dial(t, h.url, "tags-bounded-2", 0)
+	ch2 := channel(t, c2)
+	consume(ch2, q1, "a")
+	consume(ch2, q1, "b")
+	waitFor(t, "2 tags", tags(2))
+	c2.Close()
+	waitFor(t, "the connection's end to free its tags", tags(0))
 }

@@ -98,11 +98,14 @@ type Stats struct {
 	RefusedConns    uint64 // connections closed at once because the listener was at MaxConns
 	ConsumerResets  uint64 // channels' consumer tag maps started again because MaxConsumers tags were live
 	TxUnheld        uint64 // transactional publishes counted when sent: all connections held maxHeldTxPoints
+	// Consumers whose tag was not remembered, all connections holding maxConsumerTags: their
+	// deliveries count as UnknownQueue.
+	UntrackedConsumers uint64
 }
 
 type counters struct {
 	conns, published, injected, existing, frameMax, consumed, unknownQueue, decodeErrors,
-	returns, nacks, errorCloses, dropped, refused, consumerResets, txUnheld atomic.Uint64
+	returns, nacks, errorCloses, dropped, refused, consumerResets, txUnheld, untrackedConsumers atomic.Uint64
 }
 
 // Proxy is one AMQP front: one listener, one upstream broker.
@@ -116,6 +119,7 @@ type Proxy struct {
 	respect bool
 	stats   counters
 	heldTx  atomic.Int64 // transactional publishes all connections hold for commits (maxHeldTxPoints)
+	tags    atomic.Int64 // consumer tags all connections remember (maxConsumerTags)
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -236,7 +240,7 @@ func (p *Proxy) Stats() Stats {
 		ExistingContext: s.existing.Load(), SkippedFrameMax: s.frameMax.Load(), Consumed: s.consumed.Load(),
 		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
-		RefusedProtocol: s.refused.Load(), RefusedConns: p.refusedConns(), ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(),
+		RefusedProtocol: s.refused.Load(), RefusedConns: p.refusedConns(), ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
 	}
 }
 
