@@ -72,6 +72,7 @@ type session struct {
 	// them from these. Replaced, never changed, so a fetch's observation can keep the one of its
 	// time (fetchFacts.session).
 	fetchSession *sessionOffsets
+	sessionSize  int64 // its share of Proxy.sessionEntries
 
 	// Produce path buffers, used by the request goroutine only.
 	codec   batchCodec
@@ -145,6 +146,7 @@ func (s *session) serve(ctx context.Context) error {
 	for _, pd := range unanswered {
 		s.abandon(pd)
 	}
+	s.p.sessionEntries.Add(-s.sessionSize)
 	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
 		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
 			return rerr

@@ -46,6 +46,7 @@ type sessionOffsets struct {
 	forgotten []fetchKey // win over named, as the broker removes them after adding
 	parent    *sessionOffsets
 	depth     int
+	size      int // offsets held in the chain, a partition named twice counted twice
 }
 
 // offset is partition k's offset in the session, or -1 when the session does not hold it.
@@ -63,9 +64,10 @@ func (so *sessionOffsets) offset(k fetchKey) int64 {
 
 // next is the session after a request that named offsets and forgot forgotten.
 func (so *sessionOffsets) next(offsets map[fetchKey]int64, forgotten []fetchKey) *sessionOffsets {
-	n := &sessionOffsets{named: offsets, forgotten: forgotten, parent: so}
+	n := &sessionOffsets{named: offsets, forgotten: forgotten, parent: so, size: len(offsets)}
 	if so != nil {
 		n.depth = so.depth + 1
+		n.size += so.size
 	}
 	if n.depth < maxSessionDepth && len(forgotten) <= 16 { // a long list is searched at every lookup
 		return n
@@ -87,12 +89,17 @@ func (so *sessionOffsets) next(offsets map[fetchKey]int64, forgotten []fetchKey)
 		// from the partitions later requests name.
 		return nil
 	}
-	return &sessionOffsets{named: flat}
+	return &sessionOffsets{named: flat, size: len(flat)}
 }
 
 // maxSessionPartitions bounds the partitions a connection's fetch session keeps offsets for, far
 // above what a consumer fetches from one broker.
 const maxSessionPartitions = 1 << 17
+
+// maxSessionEntries bounds the fetch session offsets all connections hold together, so their
+// memory does not grow with the number of connections, which is unlimited unless max_conns is
+// set. A session that would pass it is forgotten.
+var maxSessionEntries int64 = 1 << 20
 
 type fetchKey struct {
 	topic     string
@@ -139,10 +146,37 @@ func (s *session) trackFetchSession(f *fetchFacts) {
 		s.fetchSession = (*sessionOffsets)(nil).next(f.offsets, nil)
 	default:
 		if len(f.offsets) > 0 || len(f.forgotten) > 0 {
-			s.fetchSession = s.fetchSession.next(f.offsets, f.forgotten)
+			had := s.fetchSession != nil
+			if s.fetchSession = s.fetchSession.next(f.offsets, f.forgotten); had && s.fetchSession == nil {
+				s.p.stats.forgottenSessions.Add(1) // past maxSessionPartitions
+			}
 		}
+	}
+	s.accountSession()
+	if f.sessionEpoch > 0 {
 		f.session = s.fetchSession
 	}
+}
+
+// accountSession brings the proxy's count of session offsets up to date with the connection's
+// session, and forgets the session instead when all connections would hold over
+// maxSessionEntries.
+func (s *session) accountSession() {
+	size := int64(0)
+	if s.fetchSession != nil {
+		size = int64(s.fetchSession.size)
+	}
+	d := size - s.sessionSize
+	if d > 0 && s.p.sessionEntries.Add(d) > maxSessionEntries {
+		s.p.sessionEntries.Add(-d - s.sessionSize)
+		s.fetchSession, s.sessionSize = nil, 0
+		s.p.stats.forgottenSessions.Add(1)
+		return
+	}
+	if d < 0 {
+		s.p.sessionEntries.Add(d)
+	}
+	s.sessionSize = size
 }
 
 // fetchResponse forwards the response as it is, unless KIP-951 node endpoints (Fetch v16+, set

@@ -310,5 +310,47 @@ func TestFetchSessionBounded(t *testing.T) {
 		if limit := maxSessionPartitions + maxSessionDepth*perRequest; held > limit {
 			t.Fatalf("after request %d: the session holds %d offsets, over %d", req, held, limit)
 		}
+		if int64(held) != s.p.sessionEntries.Load() {
+			t.Fatalf("after request %d: the session holds %d offsets, the proxy counts %d", req, held, s.p.sessionEntries.Load())
+		}
+	}
+	if s.p.Stats().ForgottenSessions == 0 {
+		t.Error("the session was forgotten without a count (Stats.ForgottenSessions)")
+	}
+}
+
+// TestFetchSessionsBoundedForAll: the sessions of all connections hold at most
+// maxSessionEntries offsets together; a session that would pass it is forgotten and counted,
+// and a session's end gives its room back.
+func TestFetchSessionsBoundedForAll(t *testing.T) {
+	defer func(old int64) { maxSessionEntries = old }(maxSessionEntries)
+	maxSessionEntries = 10
+	full := func(s *session, epoch int32, from, n int) *fetchFacts {
+		f := &fetchFacts{sessionEpoch: epoch, offsets: map[fetchKey]int64{}}
+		for i := range n {
+			f.offsets[fetchKey{topic: "t", partition: int32(from + i)}] = 7
+		}
+		s.trackFetchSession(f)
+		return f
+	}
+	a := offlineSession(t)
+	b := secondSession(a)
+	full(a, 0, 0, 6)
+	full(b, 0, 100, 6)
+	if got, st := a.p.sessionEntries.Load(), a.p.Stats(); got != 6 || b.fetchSession != nil || a.fetchSession == nil || st.ForgottenSessions != 1 {
+		t.Fatalf("%d offsets held, sessions kept: a %v, b %v, %d forgotten; want 6, a only, 1",
+			got, a.fetchSession != nil, b.fetchSession != nil, st.ForgottenSessions)
+	}
+	if f := full(a, 1, 6, 2); f.session.offset(fetchKey{topic: "t", partition: 7}) != 7 || a.p.sessionEntries.Load() != 8 {
+		t.Errorf("an incremental request of a's: partition 7 at %d, %d offsets held; want 7, 8",
+			f.session.offset(fetchKey{topic: "t", partition: 7}), a.p.sessionEntries.Load())
+	}
+	full(a, -1, 0, 0) // the session ends
+	if got := a.p.sessionEntries.Load(); got != 0 {
+		t.Errorf("%d offsets held after a's session ended, want 0", got)
+	}
+	full(b, 0, 100, 6)
+	if b.fetchSession == nil || a.p.sessionEntries.Load() != 6 {
+		t.Errorf("b's new session kept %v, %d offsets held; want kept, 6", b.fetchSession != nil, a.p.sessionEntries.Load())
 	}
 }

@@ -31,10 +31,9 @@ func TestProxyHeldPointsBounded(t *testing.T) {
 	defer func(old int64) { maxHeldPoints = old }(maxHeldPoints)
 	maxHeldPoints = 25
 	a := offlineSession(t)
-	b := *a // a second connection of the same proxy
-	b.heldPoints.Store(0)
+	b := secondSession(a)
 	first, _ := sendHeld(t, a)
-	second, _ := sendHeld(t, &b)
+	second, _ := sendHeld(t, b)
 	third, _ := sendHeld(t, a)
 	if first.points == nil || second.points == nil || third.points != nil {
 		t.Fatalf("held: %v %v %v; want the first two only (25 points for all connections)", first.points != nil, second.points != nil, third.points != nil)
@@ -47,6 +46,13 @@ func TestProxyHeldPointsBounded(t *testing.T) {
 		t.Errorf("after an answer on the other connection: held %v, %d by the proxy, %d by the connection; want held, 20, 20",
 			fourth.points != nil, a.p.heldPoints.Load(), a.heldPoints.Load())
 	}
+}
+
+// secondSession is another connection of s's proxy, from the same client.
+func secondSession(s *session) *session {
+	b := &session{p: s.p, log: s.log, idle: make(chan struct{}, 1), respClosed: make(chan struct{}), addr: s.addr}
+	b.info.Store(s.info.Load())
+	return b
 }
 
 // TestAbandonedRequestFreesHeldPoints: a request whose answer never comes gives its held
@@ -91,5 +97,27 @@ func TestProduceConnectionLostBeforeAnswer(t *testing.T) {
 	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 6 {
 		t.Errorf("%d produce checkpoints for %s, want 6 (the first record, and the 5 once)", n, topic)
 	}
+	guard.check(t)
+}
+
+// TestFetchSessionRoomFreedAtConnectionEnd: a consumer's fetch session offsets count against
+// maxSessionEntries while its connection lasts, and not after.
+func TestFetchSessionRoomFreedAtConnectionEnd(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "session-room")
+	produceEach(t, ctx, kgoClient(t, p), topic, []byte("a"), []byte("b"))
+	cl := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	for n := 0; n < 2; {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("read %d of 2 records: %v", n, err)
+		}
+		n += len(fs.Records())
+	}
+	waitFor(t, "the consumer's fetch session to be counted", func() bool { return p.sessionEntries.Load() > 0 })
+	cl.Close()
+	waitFor(t, "its room to be free after the connection ended", func() bool { return p.sessionEntries.Load() == 0 })
 	guard.check(t)
 }

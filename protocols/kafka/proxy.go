@@ -122,11 +122,14 @@ type Stats struct {
 	ResentBatches     uint64 // idempotent batches the broker had stored before: not counted again
 	RefusedConns      uint64 // connections closed at once because their listener was at MaxConns
 	TxnOffsetsDropped uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
+	// Fetch sessions forgotten: over 2^17 partitions on one connection, or 2^20 offsets on all.
+	// Their incremental fetches are observed as a session begun before the proxy.
+	ForgottenSessions uint64
 	UnheldBatches     uint64 // batches checkpointed when sent, not at the answer: their connection held maxConnHeldPoints, or all held maxHeldPoints
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -157,12 +160,13 @@ type Proxy struct {
 	links     *linkTable
 	stats     counters
 
-	observeQ    chan observeJob
-	queued      atomic.Int64 // bytes of the frames in observeQ
-	heldPoints  atomic.Int64 // produce checkpoints all connections hold for answers (maxHeldPoints)
-	observeLate atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
-	walker      batchCodec   // used by the observation worker only
-	fetchBufs   chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
+	observeQ       chan observeJob
+	queued         atomic.Int64 // bytes of the frames in observeQ
+	heldPoints     atomic.Int64 // produce checkpoints all connections hold for answers (maxHeldPoints)
+	sessionEntries atomic.Int64 // fetch session offsets all connections hold (maxSessionEntries)
+	observeLate    atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
+	walker         batchCodec   // used by the observation worker only
+	fetchBufs      chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
 
 	mu           sync.Mutex
 	ctx          context.Context
@@ -377,7 +381,7 @@ func (p *Proxy) Stats() Stats {
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
-		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(),
+		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
 		UnheldBatches: s.unheld.Load(),
 	}
 }
