@@ -307,7 +307,8 @@ func jsonEntries(c *call, b []byte, elems [][2]int, bodyKey string) ([]jsonEntry
 		}
 		id, _ := jsonString(b, find(ems, "Id"))
 		body, _ := jsonString(b, find(ems, bodyKey))
-		total += len(body)
+		subj, _ := jsonString(b, find(ems, "Subject")) // SQS entries have none
+		total += snsBodySize(body, subj)
 		for i := range attrs {
 			total += attrSize(&attrs[i])
 		}
