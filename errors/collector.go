@@ -410,9 +410,10 @@ func (c *Collector) Close(now time.Time) Interval {
 	c.totOverLost += c.overflowLost
 	c.overflow, c.overflowLost = 0, 0
 	c.ivStart = now
+	active := make([]group, 0, len(c.groups)) // copied as they are; made Groups after the lock
 	for fp, g := range c.groups {
 		if g.count > 0 {
-			iv.Groups = append(iv.Groups, g.snapshot())
+			active = append(active, *g)
 		}
 		g.lastCount = g.count
 		g.count, g.msgs, g.throttle = 0, 0, 0
@@ -427,6 +428,12 @@ func (c *Collector) Close(now time.Time) Interval {
 		}
 	}
 	c.mu.Unlock()
+	if len(active) > 0 {
+		iv.Groups = make([]Group, len(active))
+		for i := range active {
+			iv.Groups[i] = active[i].snapshot()
+		}
+	}
 	sortGroups(iv.Groups)
 	return iv
 }

@@ -78,3 +78,19 @@ func BenchmarkReportDuringSnapshot(b *testing.B) {
 	<-done
 	b.ReportMetric(float64(worst.Nanoseconds()), "worst-ns/op")
 }
+
+// BenchmarkCloseFull: the interval's close at the bounds, under the lock Report takes, every
+// Interval (10 s by default).
+func BenchmarkCloseFull(b *testing.B) {
+	c := fullCollector(b)
+	now := c.now()
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for g := range c.groups { // every group active in the interval, as in a storm of varied errors
+			c.groups[g].count = 1
+		}
+		b.StartTimer()
+		_ = c.Close(now)
+	}
+}
