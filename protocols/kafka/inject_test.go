@@ -331,19 +331,7 @@ func TestConnHeldPointsBounded(t *testing.T) {
 	defer func(old int64) { maxConnHeldPoints = old }(maxConnHeldPoints)
 	maxConnHeldPoints = 15
 	s := offlineSession(t)
-	send := func() *producedPart {
-		t.Helper()
-		frame := produceFrame(9, "orders", buildBatch(t, 10, 10, nil))
-		h, err := parseRequestHeader(frame)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version}
-		if out, _ := s.produceRequest(h, frame, pd); bytes.Equal(out, frame) {
-			t.Fatal("the batch did not get the header")
-		}
-		return &pd.facts.(*produceFacts).parts[0]
-	}
+	send := func() *producedPart { part, _ := sendHeld(t, s); return part }
 	first := send()
 	second := send()
 	if first.points == nil || second.points != nil || s.heldPoints.Load() != 10 || s.p.Stats().UnheldBatches != 1 {
