@@ -263,7 +263,11 @@ func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, 
 		c.noStream++
 		return out
 	}
-	pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
+	seen := data
+	if out != nil {
+		seen = out // the consumer gets the data without the proxy's `_datadog`, as its produce size was
+	}
+	pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(seen)+len(pk)), c.now)
 	// With a context, its own starts are the producer's checkpoint times, which are exact: kept,
 	// although dd-trace-py replaces both with the arrival time even then (dsm-protocol.md 3.5).
 	if parent.IsZero() && !at.IsZero() {

@@ -74,6 +74,11 @@ func TestKinesisConsumeLatencies(t *testing.T) {
 			cons[0].ParentHash, cons[1].ParentHash, prod[0].Hash, tctx.Hash)
 	}
 
+	if proxied.PayloadSize != prod[0].PayloadSize {
+		t.Errorf("proxied record: consume size %d, produce size %d; want them equal (the consumer gets the data without the proxy's _datadog)",
+			proxied.PayloadSize, prod[0].PayloadSize)
+	}
+
 	window := after.Sub(before)
 	pl, el := time.Duration(proxied.PathwayLatency), time.Duration(proxied.EdgeLatency)
 	if el < 0 || pl < el || pl > window {
