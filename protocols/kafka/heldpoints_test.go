@@ -121,3 +121,27 @@ func TestFetchSessionRoomFreedAtConnectionEnd(t *testing.T) {
 	waitFor(t, "its room to be free after the connection ended", func() bool { return p.sessionEntries.Load() == 0 })
 	guard.check(t)
 }
+
+// TestHugeProduceBuffersNotKept: a produce request naming many partitions grows the
+// connection's parse buffers once; they are not kept for its later requests.
+func TestHugeProduceBuffersNotKept(t *testing.T) {
+	s := offlineSession(t)
+	batches := make([][]byte, 3*maxReusedParts)
+	batches[0] = buildBatch(t, 2, 10, nil) // one partition with records, the rest null
+	frame := produceFrame(9, "orders", batches...)
+	h, err := parseRequestHeader(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version}
+	if out, _ := s.produceRequest(h, frame, pd); bytes.Equal(out, frame) {
+		t.Fatal("the batch did not get the header")
+	}
+	if n := len(pd.facts.(*produceFacts).parts); n != len(batches) {
+		t.Fatalf("%d partitions in the request's facts, want %d", n, len(batches))
+	}
+	if cap(s.produce.parts) > maxReusedParts || cap(s.spans) > maxReusedParts || cap(s.repl) > maxReusedParts {
+		t.Errorf("kept after the request: %d parsed partitions, %d spans, %d replacements; want at most %d each",
+			cap(s.produce.parts), cap(s.spans), cap(s.repl), maxReusedParts)
+	}
+}

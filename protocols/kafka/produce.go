@@ -59,6 +59,7 @@ const maxTopicNameBytes = 249
 
 func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]byte, *pending) {
 	v := &s.produce
+	defer s.trimProduceBuffers()
 	if err := parseProduce(h, frame, v); err != nil {
 		s.p.decodeError("Produce request", h.Key, h.Version, err)
 		if v.acked && v.acks == 0 {
@@ -73,11 +74,6 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	facts := &produceFacts{service: ci.service, parts: make([]producedPart, 0, len(v.parts))}
 	spans := s.spans[:0]
 	s.scratch = s.scratch[:0]
-	defer func() {
-		if cap(s.scratch) > maxReusedFrame {
-			s.scratch = nil // the spliced batches of a huge request are not kept per connection
-		}
-	}()
 	changed := false
 	hold := pd != nil // acks=0: no answer will say whether the broker stored them
 	for i := range v.parts {
@@ -141,6 +137,28 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	clear(repl)
 	s.repl = repl[:0]
 	return out, pd
+}
+
+// maxReusedParts bounds the per-partition buffers a connection keeps between produce requests.
+// A request may name partitions of a few bytes each, and a 100 MiB one of them parses into
+// about a gigabyte of entries: that is paid once, not kept for the connection's life.
+const maxReusedParts = 4096
+
+// trimProduceBuffers drops the buffers a huge produce request grew, so the connection does not
+// keep them.
+func (s *session) trimProduceBuffers() {
+	if cap(s.produce.parts) > maxReusedParts {
+		s.produce.parts = nil
+	}
+	if cap(s.spans) > maxReusedParts {
+		s.spans = nil
+	}
+	if cap(s.repl) > maxReusedParts {
+		s.repl = nil
+	}
+	if cap(s.scratch) > maxReusedFrame {
+		s.scratch = nil // the spliced batches of a huge request
+	}
 }
 
 // produceResponse rewrites KIP-951 node endpoints and turns partitions into produce offsets or
