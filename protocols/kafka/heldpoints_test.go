@@ -145,3 +145,31 @@ func TestHugeProduceBuffersNotKept(t *testing.T) {
 			cap(s.produce.parts), cap(s.spans), cap(s.repl), maxReusedParts)
 	}
 }
+
+// TestTooManyPartitionsForwardedUnmodified: a produce request naming more than
+// maxProducePartitions partitions goes upstream as it came, with no checkpoints and nothing held
+// for its answer, and the skip is counted.
+func TestTooManyPartitionsForwardedUnmodified(t *testing.T) {
+	defer func(old int) { maxProducePartitions = old }(maxProducePartitions)
+	maxProducePartitions = 100
+	for _, tc := range []struct {
+		partitions int
+		inject     bool
+	}{{100, true}, {101, false}} {
+		s := offlineSession(t)
+		batches := make([][]byte, tc.partitions)
+		batches[0] = buildBatch(t, 3, 10, nil)
+		frame := produceFrame(9, "orders", batches...)
+		h, err := parseRequestHeader(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version}
+		out, _ := s.produceRequest(h, frame, pd)
+		injected := !bytes.Equal(out, frame)
+		if st := s.p.Stats(); injected != tc.inject || (st.SkippedBatches == 1) == tc.inject || (pd.facts == nil) == tc.inject || s.heldPoints.Load() != map[bool]int64{true: 3}[tc.inject] {
+			t.Errorf("%d partitions: injected %v, %d skips, facts %v, %d points held; want injected %v",
+				tc.partitions, injected, st.SkippedBatches, pd.facts != nil, s.heldPoints.Load(), tc.inject)
+		}
+	}
+}

@@ -71,6 +71,18 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		pd = nil
 	}
 	ci := s.info.Load()
+	if len(v.parts) > maxProducePartitions {
+		// Its facts, held until the answer, would grow with the partition count (a 100 MiB
+		// request of tiny partitions: gigabytes). No client sends so many; it goes as it came.
+		n := 0
+		for i := range v.parts {
+			n += batchRecordCount(frame[v.parts[i].recStart:v.parts[i].recEnd])
+		}
+		s.p.stats.skipped.Add(1)
+		s.p.skip("too_many_partitions", fmt.Sprintf("produce request naming %d partitions, over %d: forwarded unmodified, no checkpoints", len(v.parts), maxProducePartitions),
+			ci.service, pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKafka, ClusterID: s.p.cluster()}, -1, n)
+		return frame, pd
+	}
 	facts := &produceFacts{service: ci.service, parts: make([]producedPart, 0, len(v.parts))}
 	spans := s.spans[:0]
 	s.scratch = s.scratch[:0]
@@ -138,6 +150,10 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	s.repl = repl[:0]
 	return out, pd
 }
+
+// maxProducePartitions bounds the partitions of a produce request the proxy reads: a request
+// naming more goes upstream unmodified (a too_many_partitions skip).
+var maxProducePartitions = 1 << 16
 
 // maxReusedParts bounds the per-partition buffers a connection keeps between produce requests.
 // A request may name partitions of a few bytes each, and a 100 MiB one of them parses into
