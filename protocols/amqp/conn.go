@@ -45,8 +45,8 @@ type session struct {
 
 	service  atomic.Pointer[string]
 	draining atomic.Bool
-	heldTx   atomic.Int64 // this connection's share of Proxy.heldTx
-	tags     int          // this connection's share of Proxy.tags; guarded by mu
+	heldTx   proxy.Share // this connection's part of Proxy.heldTx
+	tags     proxy.Share // and of Proxy.tags
 	// The connection is open (Connection.OpenOk passed), the client has not begun to close it,
 	// and the proxy closes it for a drain: see closeOrderly.
 	opened, clientClosing, proxyClosing atomic.Bool
@@ -218,10 +218,8 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	s.setService("", "")
 	// Whatever the connection still holds when it ends goes with it.
 	defer func() {
-		s.p.heldTx.Add(-s.heldTx.Swap(0))
-		s.mu.Lock()
-		s.untagLocked(s.tags)
-		s.mu.Unlock()
+		s.p.heldTx.Release(&s.heldTx)
+		s.p.tags.Release(&s.tags)
 	}()
 	return s.serve(ctx)
 }
@@ -709,7 +707,7 @@ func (s *session) resetShared(ch uint16) {
 	n := 0
 	if cs := s.shared[ch]; cs != nil {
 		n = len(cs.committing)
-		s.untagLocked(len(cs.consumers))
+		s.untag(len(cs.consumers))
 	}
 	delete(s.shared, ch)
 	s.mu.Unlock()
@@ -730,24 +728,17 @@ func (s *session) dropPub(ch uint16) {
 // publish counts when sent (Stats.TxUnheld).
 var maxHeldTxPoints int64 = 1 << 20
 
-// holdTx takes room for n held publishes, or reports that there is none.
+// holdTx takes room for n held publishes, or counts them as unheld.
 func (s *session) holdTx(n int) bool {
-	if s.p.heldTx.Add(int64(n)) > maxHeldTxPoints {
-		s.p.heldTx.Add(-int64(n))
-		s.p.stats.txUnheld.Add(uint64(n))
-		return false
+	if s.p.heldTx.Take(&s.heldTx, int64(n)) {
+		return true
 	}
-	s.heldTx.Add(int64(n))
-	return true
+	s.p.stats.txUnheld.Add(uint64(n))
+	return false
 }
 
 // releaseTx gives back the room of n held publishes.
-func (s *session) releaseTx(n int) {
-	if n > 0 {
-		s.heldTx.Add(-int64(n))
-		s.p.heldTx.Add(-int64(n))
-	}
-}
+func (s *session) releaseTx(n int) { s.p.heldTx.Give(&s.heldTx, int64(n)) }
 
 func (s *session) clientMethod(f frame) {
 	m, a, err := methodArgs(f.Payload)
@@ -990,7 +981,7 @@ func (s *session) dropConsumer(ch uint16, tag []byte) {
 	if cs := s.shared[ch]; cs != nil {
 		if _, ok := cs.consumers[string(tag)]; ok {
 			delete(cs.consumers, string(tag))
-			s.untagLocked(1)
+			s.untag(1)
 		}
 		delete(cs.cancelledAt, string(tag)) // its entry in cancelled is stale now, skipped when reached
 	}
@@ -1006,24 +997,20 @@ func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
 		if cs.cancelledAt[c.tag] == c.seq {
 			delete(cs.consumers, c.tag)
 			delete(cs.cancelledAt, c.tag)
-			s.untagLocked(1)
+			s.untag(1)
 		}
 	}
 	if len(cs.consumers) >= s.p.cfg.MaxConsumers {
-		s.untagLocked(len(cs.consumers))
+		s.untag(len(cs.consumers))
 		clear(cs.consumers)
 		clear(cs.cancelledAt)
 		cs.cancelled = nil
 		s.p.stats.consumerResets.Add(1)
 	}
 	delete(cs.cancelledAt, tag) // consuming again under a cancelled tag makes it live
-	if _, ok := cs.consumers[tag]; !ok {
-		if s.p.tags.Add(1) > maxConsumerTags {
-			s.p.tags.Add(-1)
-			s.p.stats.untrackedConsumers.Add(1)
-			return
-		}
-		s.tags++
+	if _, ok := cs.consumers[tag]; !ok && !s.p.tags.Take(&s.tags, 1) {
+		s.p.stats.untrackedConsumers.Add(1)
+		return
 	}
 	cs.consumers[tag] = queue
 }
@@ -1033,11 +1020,8 @@ func (s *session) addConsumerLocked(cs *chanShared, tag, queue string) {
 // thousands of channels, and connections are unlimited unless max_conns is set.
 var maxConsumerTags int64 = 1 << 18
 
-// untagLocked gives back the room of n forgotten consumer tags; s.mu is held.
-func (s *session) untagLocked(n int) {
-	s.tags -= n
-	s.p.tags.Add(-int64(n))
-}
+// untag gives back the room of n forgotten consumer tags.
+func (s *session) untag(n int) { s.p.tags.Give(&s.tags, int64(n)) }
 
 // cancelledTag is a consumer tag the client cancelled with no-wait, in the order of cancels.
 type cancelledTag struct {

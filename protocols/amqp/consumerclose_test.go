@@ -370,7 +370,7 @@ func TestConsumerMapResetCounted(t *testing.T) {
 	if got := s.p.Stats().ConsumerResets; got != 1 {
 		t.Errorf("ConsumerResets = %d after a third live tag with room for 2, want 1", got)
 	}
-	if got, kept := s.p.tags.Load(), len(s.shared[1].consumers); got != int64(kept) || kept != 1 {
+	if got, kept := s.p.tags.Used(), len(s.shared[1].consumers); got != int64(kept) || kept != 1 {
 		t.Errorf("the proxy counts %d tags, the channel keeps %d; want 1 and 1 (maxConsumerTags)", got, kept)
 	}
 }

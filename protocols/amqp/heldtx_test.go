@@ -34,13 +34,13 @@ func TestHeldTxPublishesBounded(t *testing.T) {
 			}
 		}
 	}
-	held := func(n int64) func() bool { return func() bool { return h.p.heldTx.Load() == n } }
+	held := func(n int64) func() bool { return func() bool { return h.p.heldTx.Used() == n } }
 	points := func() int { return len(with(h.rec.points(), "direction:out", "topic:"+q, "type:rabbitmq")) }
 
 	ch := txChannel(c)
 	publish(ch, 5)
 	waitFor(t, "5 publishes read, 3 held", func() bool { return h.p.Stats().Published == 5 })
-	if got, unheld, early := h.p.heldTx.Load(), h.p.Stats().TxUnheld, points(); got != 3 || unheld != 2 || early != 2 {
+	if got, unheld, early := h.p.heldTx.Used(), h.p.Stats().TxUnheld, points(); got != 3 || unheld != 2 || early != 2 {
 		t.Fatalf("held %d, TxUnheld %d, %d counted when sent; want 3, 2, 2", got, unheld, early)
 	}
 	if err := ch.TxRollback(); err != nil {
@@ -84,7 +84,7 @@ func TestConsumerTagsBounded(t *testing.T) {
 	c := dial(t, h.url, "tags-bounded", 0)
 	q1 := declareQueue(t, c, unique("tags1"))
 	q2 := declareQueue(t, c, unique("tags2"))
-	tags := func(n int64) func() bool { return func() bool { return h.p.tags.Load() == n } }
+	tags := func(n int64) func() bool { return func() bool { return h.p.tags.Used() == n } }
 	consume := func(ch *amqp091.Channel, q, tag string) <-chan amqp091.Delivery {
 		t.Helper()
 		ds, err := ch.Consume(q, tag, true, false, false, false, nil)
@@ -99,7 +99,7 @@ func TestConsumerTagsBounded(t *testing.T) {
 		consume(ch, q1, fmt.Sprintf("tracked-%d", i))
 	}
 	over := consume(ch, q2, "untracked")
-	waitFor(t, "3 tags remembered, 1 not", func() bool { return h.p.tags.Load() == 3 && h.p.Stats().UntrackedConsumers == 1 })
+	waitFor(t, "3 tags remembered, 1 not", func() bool { return h.p.tags.Used() == 3 && h.p.Stats().UntrackedConsumers == 1 })
 	pub := channel(t, c)
 	if err := pub.PublishWithContext(context.Background(), "", q2, false, false, amqp091.Publishing{Body: []byte("m")}); err != nil {
 		t.Fatal(err)

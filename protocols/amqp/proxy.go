@@ -118,8 +118,8 @@ type Proxy struct {
 	errs    errtrack.Reporter
 	respect bool
 	stats   counters
-	heldTx  atomic.Int64 // transactional publishes all connections hold for commits (maxHeldTxPoints)
-	tags    atomic.Int64 // consumer tags all connections remember (maxConsumerTags)
+	heldTx  proxy.Budget // transactional publishes held for commits (maxHeldTxPoints)
+	tags    proxy.Budget // consumer tags remembered (maxConsumerTags)
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -143,6 +143,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger()}
+	p.heldTx.Max, p.tags.Max = maxHeldTxPoints, maxConsumerTags
 	if p.cfg.MaxFrameBytes <= 0 {
 		p.cfg.MaxFrameBytes = DefaultMaxFrameBytes
 	}

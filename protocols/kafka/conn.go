@@ -72,7 +72,7 @@ type session struct {
 	// them from these. Replaced, never changed, so a fetch's observation can keep the one of its
 	// time (fetchFacts.session).
 	fetchSession *sessionOffsets
-	sessionSize  int64 // its share of Proxy.sessionEntries
+	sessionShare proxy.Share // its part of Proxy.sessionEntries
 
 	// Produce path buffers, used by the request goroutine only.
 	codec   batchCodec
@@ -86,9 +86,9 @@ type session struct {
 	points  []pathway.Point
 	scratch []byte
 
-	// heldPoints counts the produce checkpoints this connection's requests hold for their answers
-	// (added by the request goroutine, released by the response one).
-	heldPoints atomic.Int64
+	// heldPoints is the produce checkpoints this connection's requests hold for their answers
+	// (taken by the request goroutine, given back by the response one).
+	heldPoints proxy.Share
 }
 
 // ownContext is the last context a record carried in a batch and what replaces it, when
@@ -146,7 +146,8 @@ func (s *session) serve(ctx context.Context) error {
 	for _, pd := range unanswered {
 		s.abandon(pd)
 	}
-	s.p.sessionEntries.Add(-s.sessionSize)
+	s.p.sessionEntries.Release(&s.sessionShare)
+	s.p.heldPoints.Release(&s.heldPoints) // abandon gave back all it knew of
 	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
 		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
 			return rerr

@@ -166,17 +166,14 @@ func (s *session) accountSession() {
 	if s.fetchSession != nil {
 		size = int64(s.fetchSession.size)
 	}
-	d := size - s.sessionSize
-	if d > 0 && s.p.sessionEntries.Add(d) > maxSessionEntries {
-		s.p.sessionEntries.Add(-d - s.sessionSize)
-		s.fetchSession, s.sessionSize = nil, 0
+	d := size - s.sessionShare.Held()
+	if d > 0 && !s.p.sessionEntries.Take(&s.sessionShare, d) {
+		s.p.sessionEntries.Release(&s.sessionShare)
+		s.fetchSession = nil
 		s.p.stats.forgottenSessions.Add(1)
 		return
 	}
-	if d < 0 {
-		s.p.sessionEntries.Add(d)
-	}
-	s.sessionSize = size
+	s.p.sessionEntries.Give(&s.sessionShare, -d)
 }
 
 // fetchResponse forwards the response as it is, unless KIP-951 node endpoints (Fetch v16+, set

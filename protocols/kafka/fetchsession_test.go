@@ -310,8 +310,8 @@ func TestFetchSessionBounded(t *testing.T) {
 		if limit := maxSessionPartitions + maxSessionDepth*perRequest; held > limit {
 			t.Fatalf("after request %d: the session holds %d offsets, over %d", req, held, limit)
 		}
-		if int64(held) != s.p.sessionEntries.Load() {
-			t.Fatalf("after request %d: the session holds %d offsets, the proxy counts %d", req, held, s.p.sessionEntries.Load())
+		if int64(held) != s.p.sessionEntries.Used() {
+			t.Fatalf("after request %d: the session holds %d offsets, the proxy counts %d", req, held, s.p.sessionEntries.Used())
 		}
 	}
 	if s.p.Stats().ForgottenSessions == 0 {
@@ -337,20 +337,20 @@ func TestFetchSessionsBoundedForAll(t *testing.T) {
 	b := secondSession(a)
 	full(a, 0, 0, 6)
 	full(b, 0, 100, 6)
-	if got, st := a.p.sessionEntries.Load(), a.p.Stats(); got != 6 || b.fetchSession != nil || a.fetchSession == nil || st.ForgottenSessions != 1 {
+	if got, st := a.p.sessionEntries.Used(), a.p.Stats(); got != 6 || b.fetchSession != nil || a.fetchSession == nil || st.ForgottenSessions != 1 {
 		t.Fatalf("%d offsets held, sessions kept: a %v, b %v, %d forgotten; want 6, a only, 1",
 			got, a.fetchSession != nil, b.fetchSession != nil, st.ForgottenSessions)
 	}
-	if f := full(a, 1, 6, 2); f.session.offset(fetchKey{topic: "t", partition: 7}) != 7 || a.p.sessionEntries.Load() != 8 {
+	if f := full(a, 1, 6, 2); f.session.offset(fetchKey{topic: "t", partition: 7}) != 7 || a.p.sessionEntries.Used() != 8 {
 		t.Errorf("an incremental request of a's: partition 7 at %d, %d offsets held; want 7, 8",
-			f.session.offset(fetchKey{topic: "t", partition: 7}), a.p.sessionEntries.Load())
+			f.session.offset(fetchKey{topic: "t", partition: 7}), a.p.sessionEntries.Used())
 	}
 	full(a, -1, 0, 0) // the session ends
-	if got := a.p.sessionEntries.Load(); got != 0 {
+	if got := a.p.sessionEntries.Used(); got != 0 {
 		t.Errorf("%d offsets held after a's session ended, want 0", got)
 	}
 	full(b, 0, 100, 6)
-	if b.fetchSession == nil || a.p.sessionEntries.Load() != 6 {
-		t.Errorf("b's new session kept %v, %d offsets held; want kept, 6", b.fetchSession != nil, a.p.sessionEntries.Load())
+	if b.fetchSession == nil || a.p.sessionEntries.Used() != 6 {
+		t.Errorf("b's new session kept %v, %d offsets held; want kept, 6", b.fetchSession != nil, a.p.sessionEntries.Used())
 	}
 }

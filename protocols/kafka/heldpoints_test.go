@@ -38,13 +38,13 @@ func TestProxyHeldPointsBounded(t *testing.T) {
 	if first.points == nil || second.points == nil || third.points != nil {
 		t.Fatalf("held: %v %v %v; want the first two only (25 points for all connections)", first.points != nil, second.points != nil, third.points != nil)
 	}
-	if got := a.p.heldPoints.Load(); got != 20 || a.p.Stats().UnheldBatches != 1 {
+	if got := a.p.heldPoints.Used(); got != 20 || a.p.Stats().UnheldBatches != 1 {
 		t.Fatalf("%d points held by the proxy, %d unheld batches; want 20, 1", got, a.p.Stats().UnheldBatches)
 	}
 	b.releasePoints(second, true)
-	if fourth, _ := sendHeld(t, a); fourth.points == nil || a.p.heldPoints.Load() != 20 || a.heldPoints.Load() != 20 {
+	if fourth, _ := sendHeld(t, a); fourth.points == nil || a.p.heldPoints.Used() != 20 || a.heldPoints.Held() != 20 {
 		t.Errorf("after an answer on the other connection: held %v, %d by the proxy, %d by the connection; want held, 20, 20",
-			fourth.points != nil, a.p.heldPoints.Load(), a.heldPoints.Load())
+			fourth.points != nil, a.p.heldPoints.Used(), a.heldPoints.Held())
 	}
 }
 
@@ -60,13 +60,13 @@ func secondSession(s *session) *session {
 func TestAbandonedRequestFreesHeldPoints(t *testing.T) {
 	s := offlineSession(t)
 	part, pd := sendHeld(t, s)
-	if part.points == nil || s.p.heldPoints.Load() != 10 {
-		t.Fatalf("held %v, %d points; want held, 10", part.points != nil, s.p.heldPoints.Load())
+	if part.points == nil || s.p.heldPoints.Used() != 10 {
+		t.Fatalf("held %v, %d points; want held, 10", part.points != nil, s.p.heldPoints.Used())
 	}
 	s.abandon(pd)
-	if st := s.p.Stats(); s.p.heldPoints.Load() != 0 || s.heldPoints.Load() != 0 || st.PointsDropped != 10 {
+	if st := s.p.Stats(); s.p.heldPoints.Used() != 0 || s.heldPoints.Held() != 0 || st.PointsDropped != 10 {
 		t.Errorf("after abandon: proxy holds %d, connection %d, %d dropped; want 0, 0, 10",
-			s.p.heldPoints.Load(), s.heldPoints.Load(), st.PointsDropped)
+			s.p.heldPoints.Used(), s.heldPoints.Held(), st.PointsDropped)
 	}
 }
 
@@ -93,7 +93,7 @@ func TestProduceConnectionLostBeforeAnswer(t *testing.T) {
 	}
 	waitFor(t, "the lost sending's checkpoints to count as dropped", func() bool { return p.Stats().PointsDropped == 5 })
 	cl.Close()
-	waitFor(t, "no checkpoint held", func() bool { return p.heldPoints.Load() == 0 })
+	waitFor(t, "no checkpoint held", func() bool { return p.heldPoints.Used() == 0 })
 	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 6 {
 		t.Errorf("%d produce checkpoints for %s, want 6 (the first record, and the 5 once)", n, topic)
 	}
@@ -116,9 +116,9 @@ func TestFetchSessionRoomFreedAtConnectionEnd(t *testing.T) {
 		}
 		n += len(fs.Records())
 	}
-	waitFor(t, "the consumer's fetch session to be counted", func() bool { return p.sessionEntries.Load() > 0 })
+	waitFor(t, "the consumer's fetch session to be counted", func() bool { return p.sessionEntries.Used() > 0 })
 	cl.Close()
-	waitFor(t, "its room to be free after the connection ended", func() bool { return p.sessionEntries.Load() == 0 })
+	waitFor(t, "its room to be free after the connection ended", func() bool { return p.sessionEntries.Used() == 0 })
 	guard.check(t)
 }
 
@@ -167,9 +167,9 @@ func TestTooManyPartitionsForwardedUnmodified(t *testing.T) {
 		pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version}
 		out, _ := s.produceRequest(h, frame, pd)
 		injected := !bytes.Equal(out, frame)
-		if st := s.p.Stats(); injected != tc.inject || (st.SkippedBatches == 1) == tc.inject || (pd.facts == nil) == tc.inject || s.heldPoints.Load() != map[bool]int64{true: 3}[tc.inject] {
+		if st := s.p.Stats(); injected != tc.inject || (st.SkippedBatches == 1) == tc.inject || (pd.facts == nil) == tc.inject || s.heldPoints.Held() != map[bool]int64{true: 3}[tc.inject] {
 			t.Errorf("%d partitions: injected %v, %d skips, facts %v, %d points held; want injected %v",
-				tc.partitions, injected, st.SkippedBatches, pd.facts != nil, s.heldPoints.Load(), tc.inject)
+				tc.partitions, injected, st.SkippedBatches, pd.facts != nil, s.heldPoints.Held(), tc.inject)
 		}
 	}
 }

@@ -334,12 +334,12 @@ func TestConnHeldPointsBounded(t *testing.T) {
 	send := func() *producedPart { part, _ := sendHeld(t, s); return part }
 	first := send()
 	second := send()
-	if first.points == nil || second.points != nil || s.heldPoints.Load() != 10 || s.p.Stats().UnheldBatches != 1 {
+	if first.points == nil || second.points != nil || s.heldPoints.Held() != 10 || s.p.Stats().UnheldBatches != 1 {
 		t.Fatalf("held: first %v, second %v, %d points held, %d unheld batches; want the first only, 10, 1",
-			first.points != nil, second.points != nil, s.heldPoints.Load(), s.p.Stats().UnheldBatches)
+			first.points != nil, second.points != nil, s.heldPoints.Held(), s.p.Stats().UnheldBatches)
 	}
 	s.releasePoints(first, true) // its answer came
-	if third := send(); third.points == nil || s.heldPoints.Load() != 10 {
-		t.Errorf("after the answer: third held %v, %d points held; want held, 10", third.points != nil, s.heldPoints.Load())
+	if third := send(); third.points == nil || s.heldPoints.Held() != 10 {
+		t.Errorf("after the answer: third held %v, %d points held; want held, 10", third.points != nil, s.heldPoints.Held())
 	}
 }

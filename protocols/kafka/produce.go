@@ -261,8 +261,7 @@ func (s *session) releasePoints(part *producedPart, stored bool) {
 		s.p.dropPoints(part.unpointed)
 	}
 	part.unpointed = 0
-	s.heldPoints.Add(-int64(len(*part.points)))
-	s.p.heldPoints.Add(-int64(len(*part.points)))
+	s.p.heldPoints.Give(&s.heldPoints, int64(len(*part.points)))
 	*part.points = (*part.points)[:0]
 	s.p.pointBufs.Put(part.points)
 	part.points = nil

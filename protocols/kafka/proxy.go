@@ -162,8 +162,8 @@ type Proxy struct {
 
 	observeQ       chan observeJob
 	queued         atomic.Int64 // bytes of the frames in observeQ
-	heldPoints     atomic.Int64 // produce checkpoints all connections hold for answers (maxHeldPoints)
-	sessionEntries atomic.Int64 // fetch session offsets all connections hold (maxSessionEntries)
+	heldPoints     proxy.Budget // produce checkpoints held for answers (maxHeldPoints)
+	sessionEntries proxy.Budget // fetch session offsets (maxSessionEntries)
 	observeLate    atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
 	walker         batchCodec   // used by the observation worker only
 	fetchBufs      chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
@@ -206,6 +206,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("kafka: listen %q: port: %w", cfg.Listen, err)
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node), nodeProblems: make(map[int32]error)}
+	p.heldPoints.Max, p.sessionEntries.Max = maxHeldPoints, maxSessionEntries
 	p.advHost = cfg.AdvertisedHost
 	if p.advHost == "" {
 		if host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {

@@ -66,15 +66,7 @@ var maxHeldPoints int64 = 1 << 20
 
 // holdRoom takes room for n held checkpoints under both bounds, or reports that there is none.
 func (s *session) holdRoom(n int64) bool {
-	if s.heldPoints.Load()+n > maxConnHeldPoints {
-		return false
-	}
-	if s.p.heldPoints.Add(n) > maxHeldPoints {
-		s.p.heldPoints.Add(-n)
-		return false
-	}
-	s.heldPoints.Add(n)
-	return true
+	return s.heldPoints.Held()+n <= maxConnHeldPoints && s.p.heldPoints.Take(&s.heldPoints, n)
 }
 
 // injectPartition splices the pathway context into one partition's batch, appending the result
