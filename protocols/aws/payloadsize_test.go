@@ -38,6 +38,19 @@ func numAttr(v string) types.MessageAttributeValue {
 	return types.MessageAttributeValue{DataType: awssdk.String("Number"), StringValue: awssdk.String(v)}
 }
 
+// checkBatchSizes compares the produce sizes got after the first singles (which the caller
+// checked in order) with want's: a batch's points follow the answer's order, so as sorted lists.
+func checkBatchSizes(t *testing.T, what string, got, want []int64, singles int) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: %d produce points, want %d", what, len(got), len(want))
+		return
+	}
+	if gb, wb := slices.Sorted(slices.Values(got[singles:])), slices.Sorted(slices.Values(want[singles:])); !slices.Equal(gb, wb) {
+		t.Errorf("%s: produce sizes %v, want %v", what, gb, wb)
+	}
+}
+
 func pointSizes(t *testing.T, tp *testProxy, typ, topic string) []int64 {
 	t.Helper()
 	var out []int64
@@ -99,17 +112,7 @@ func TestPayloadSizeSQSSend(t *testing.T) {
 	if err != nil || len(out.Failed) != 0 || len(out.Successful) != len(batch) {
 		t.Fatalf("SendMessageBatch: %v %+v", err, out)
 	}
-	got := pointSizes(t, tp, "sqs", "sizes")
-	if len(got) != len(want) {
-		t.Fatalf("%d SQS produce points, want %d", len(got), len(want))
-	}
-	// The batch's points may come in any order: compare them as sorted lists.
-	gb, wb := slices.Clone(got[len(single):]), slices.Clone(want[len(single):])
-	slices.Sort(gb)
-	slices.Sort(wb)
-	if !slices.Equal(gb, wb) {
-		t.Errorf("SendMessageBatch produce sizes %v, want %v", gb, wb)
-	}
+	checkBatchSizes(t, "SendMessageBatch", pointSizes(t, tp, "sqs", "sizes"), want, len(single))
 	if want[1] != 140 || want[2] != 6+(8+6+56)+(5+6+1) {
 		// A guard that the rule itself is the doc's: the second message by hand is 25 body
 		// bytes + color 5+6+9 + count 5+6+6 + blob 4+6+6 + kind 4+13+1 + weight 6+12+4
@@ -160,16 +163,7 @@ func TestPayloadSizeKinesisPut(t *testing.T) {
 	if err != nil || awssdk.ToInt32(pr.FailedRecordCount) != 0 {
 		t.Fatalf("PutRecords: %v %+v", err, pr)
 	}
-	got := pointSizes(t, tp, "kinesis", "sizes")
-	if len(got) != len(want) {
-		t.Fatalf("%d Kinesis produce points, want %d", len(got), len(want))
-	}
-	gb, wb := slices.Clone(got[len(single):]), slices.Clone(want[len(single):])
-	slices.Sort(gb)
-	slices.Sort(wb)
-	if !slices.Equal(gb, wb) {
-		t.Errorf("PutRecords produce sizes %v, want %v", gb, wb)
-	}
+	checkBatchSizes(t, "PutRecords", pointSizes(t, tp, "kinesis", "sizes"), want, len(single))
 	if want[1] != 9 || want[3] != 45 {
 		t.Errorf("rule self-check: sizes %v, want 9 (5 data + 4 key bytes) and 45 (30 + 15)", want)
 	}

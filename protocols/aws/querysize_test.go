@@ -125,20 +125,8 @@ func TestPayloadSizeSQSQuery(t *testing.T) {
 	if err != nil || len(out.Failed) != 0 || len(out.Successful) != len(batch) {
 		t.Fatalf("JSON SendMessageBatch: %v %+v", err, out)
 	}
-	wb := slices.Clone(want[len(single):])
-	slices.Sort(wb)
 	for _, q := range []string{"qsizes", "qsizesjson"} {
-		got := pointSizes(t, tp, "sqs", q)
-		if len(got) != len(want) {
-			t.Errorf("%s: %d produce points, want %d", q, len(got), len(want))
-			continue
-		}
-		// The batch's points follow the answer's order: compare them as sorted lists.
-		gb := slices.Clone(got[len(single):])
-		slices.Sort(gb)
-		if !slices.Equal(gb, wb) {
-			t.Errorf("%s: SendMessageBatch produce sizes %v, want %v", q, gb, wb)
-		}
+		checkBatchSizes(t, q+": SendMessageBatch", pointSizes(t, tp, "sqs", q), want, len(single))
 	}
 	if want[1] != 113 {
 		// A guard that the rule is the doc's, by hand: the body is 34 bytes ("a&b=c+d %20 100% "

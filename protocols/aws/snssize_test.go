@@ -131,17 +131,7 @@ func TestPayloadSizeSNSPublish(t *testing.T) {
 	if err != nil || len(pb.Failed) != 0 || len(pb.Successful) != len(batch) {
 		t.Fatalf("PublishBatch: %v %+v", err, pb)
 	}
-	got := pointSizes(t, tp, "sns", "snssizes")
-	if len(got) != len(want) {
-		t.Fatalf("%d SNS produce points, want %d", len(got), len(want))
-	}
-	// The batch's points follow the answer's order: compare them as sorted lists.
-	gb, wb := slices.Clone(got[len(single):]), slices.Clone(want[len(single):])
-	slices.Sort(gb)
-	slices.Sort(wb)
-	if !slices.Equal(gb, wb) {
-		t.Errorf("PublishBatch produce sizes %v, want %v", gb, wb)
-	}
+	checkBatchSizes(t, "PublishBatch", pointSizes(t, tp, "sns", "snssizes"), want, len(single))
 	snsSizeSelfCheck(t, want)
 
 	// The messages were really sent in the Query form, Subject and all, and injected.
