@@ -155,7 +155,9 @@ func (s *session) commitRequest(h requestHeader, frame []byte, pd *pending, pars
 		c := &f.offsets[i]
 		c.topic, _ = s.p.topicName(c.topic, c.topicID)
 	}
-	pd.facts = f
+	if s.keepFacts(pd, len(f.offsets)) {
+		pd.facts = f
+	}
 }
 
 // commitResponse turns accepted commits into kafka_commit offsets and errors into events.

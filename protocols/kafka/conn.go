@@ -31,6 +31,7 @@ type pending struct {
 	synthetic []byte // a response the proxy writes itself instead of forwarding the request
 	rawToken  bool   // a SaslHandshake v0 raw token: the response has no Kafka header
 	facts     any    // what the response handler needs from the request
+	entries   int64  // the partitions facts names, taken from Proxy.facts (keepFacts)
 }
 
 // clientInfo is what a connection knows about its client; it is replaced, never mutated.
@@ -89,6 +90,7 @@ type session struct {
 	// heldPoints is the produce checkpoints this connection's requests hold for their answers
 	// (taken by the request goroutine, given back by the response one).
 	heldPoints proxy.Share
+	factShare  proxy.Share // its requests' part of Proxy.facts
 }
 
 // ownContext is the last context a record carried in a batch and what replaces it, when
@@ -105,6 +107,37 @@ type ownContext struct {
 // reads no more requests until answers come, as a broker would make the client wait, instead of
 // filling every buffer between it and the broker with pending entries.
 const maxQueuedRequests = 1000
+
+// maxConnFacts bounds the partitions named in what one connection's requests awaiting answers
+// keep for those answers (produce, fetch and commit facts, about 100 bytes a partition): a
+// connection may have maxQueuedRequests in flight, each naming tens of thousands of partitions.
+// maxFacts bounds all connections together (about 100 MiB). A request past either goes upstream
+// as usual, and its answer is read without it (Stats.UnkeptFacts): no produce or commit offsets,
+// and its fetch's records are all observed, including any before the fetch offset.
+var (
+	maxConnFacts int64 = 1 << 18
+	maxFacts     int64 = 1 << 20
+)
+
+// keepFacts takes room for facts naming n partitions under both bounds, or counts that there is
+// none.
+func (s *session) keepFacts(pd *pending, n int) bool {
+	if n == 0 {
+		return true
+	}
+	if s.factShare.Held()+int64(n) > maxConnFacts || !s.p.facts.Take(&s.factShare, int64(n)) {
+		s.p.stats.unkeptFacts.Add(1)
+		return false
+	}
+	pd.entries = int64(n)
+	return true
+}
+
+// settle gives back the room pd's facts took; their answer has come, or will not.
+func (s *session) settle(pd *pending) {
+	s.p.facts.Give(&s.factShare, pd.entries)
+	pd.entries = 0
+}
 
 // ServeConn implements proxy.Handler.
 func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
@@ -148,6 +181,7 @@ func (s *session) serve(ctx context.Context) error {
 	}
 	s.p.sessionEntries.Release(&s.sessionShare)
 	s.p.heldPoints.Release(&s.heldPoints) // abandon gave back all it knew of
+	s.p.facts.Release(&s.factShare)
 	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
 		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
 			return rerr
@@ -161,6 +195,7 @@ func (s *session) serve(ctx context.Context) error {
 // broker stored its batches is unknown, and a client that resends them is counted then, so the
 // checkpoints its batches held count as dropped, and their room is free again.
 func (s *session) abandon(pd *pending) {
+	s.settle(pd)
 	facts, ok := pd.facts.(*produceFacts)
 	if !ok {
 		return
@@ -387,6 +422,7 @@ func (s *session) pop(frame []byte) (*pending, bool) {
 	}
 	pd := s.queue[i]
 	s.removeLocked(i)
+	s.settle(pd)
 	return pd, true
 }
 

@@ -118,7 +118,12 @@ type observeJob struct {
 	resp    *kmsg.FetchResponse // already decoded (v16+ node endpoints check), or nil
 	pooled  bool                // frame came from getFetchFrame: put it back once observed
 	log     *zerolog.Logger     // the connection's
+	cost    int64               // what it counts against ObserveQueueBytes (enqueueObserve)
 }
+
+// factBytes is about what one partition of a request's facts takes in memory (a map entry of a
+// fetchKey and an offset), for the observe queue's byte bound.
+const factBytes = 100
 
 func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
 	if !knownVersion(h.Key, h.Version) {
@@ -132,7 +137,9 @@ func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
 	if h.Version >= 7 {
 		s.trackFetchSession(f)
 	}
-	pd.facts = f
+	if s.keepFacts(pd, len(f.offsets)+len(f.forgotten)) {
+		pd.facts = f
+	}
 }
 
 // trackFetchSession keeps the offsets of the connection's fetch session (KIP-227) and gives f
@@ -215,7 +222,12 @@ const DefaultObserveQueueBytes = 64 << 20
 // full, in responses or in bytes: the client's data path never waits for monitoring. It reports
 // whether the job was queued.
 func (p *Proxy) enqueueObserve(job observeJob) bool {
+	// The request's facts wait with the frame: a fetch may name more partitions than it has bytes.
 	n := int64(len(job.frame))
+	if job.facts != nil {
+		n += factBytes * int64(len(job.facts.offsets)+len(job.facts.forgotten))
+	}
+	job.cost = n
 	// One response bigger than the whole budget is still observed when nothing else waits.
 	if q := p.queued.Add(n); q > int64(p.cfg.ObserveQueueBytes) && q != n {
 		p.queued.Add(-n)
@@ -239,7 +251,7 @@ func (p *Proxy) observeLoop() {
 		} else {
 			p.observeOne(job)
 		}
-		p.queued.Add(-int64(len(job.frame)))
+		p.queued.Add(-job.cost)
 		if job.pooled {
 			// Nothing observation builds keeps a reference into the frame (contexts are decoded
 			// into values, names copied), so it can take the next response.

@@ -87,7 +87,9 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	spans := s.spans[:0]
 	s.scratch = s.scratch[:0]
 	changed := false
-	hold := pd != nil // acks=0: no answer will say whether the broker stored them
+	// acks=0: no answer will say whether the broker stored them. Unkept facts: no answer will
+	// be read for it.
+	hold := pd != nil && s.keepFacts(pd, len(v.parts))
 	for i := range v.parts {
 		p := &v.parts[i]
 		records := frame[p.recStart:p.recEnd]
@@ -106,7 +108,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 			s.p.stats.skipped.Add(1)
 			s.p.skip("invalid_topic", fmt.Sprintf("topic name of %d bytes, over Kafka's %d", len(name), maxTopicNameBytes), ci.service, pathway.Edge{}, p.partition, n)
 		default:
-			if start, end, held, over, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
+			if start, end, held, over, ok := s.injectPartition(ci, name, p.partition, records, pd != nil, hold); ok {
 				span = [2]int{start, end}
 				changed = true
 				part := &facts.parts[len(facts.parts)-1]
@@ -117,7 +119,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		spans = append(spans, span)
 	}
 	s.spans = spans
-	if pd != nil {
+	if hold {
 		pd.facts = facts
 	}
 	if !changed {

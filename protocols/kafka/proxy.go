@@ -126,10 +126,13 @@ type Stats struct {
 	// Their incremental fetches are observed as a session begun before the proxy.
 	ForgottenSessions uint64
 	UnheldBatches     uint64 // batches checkpointed when sent, not at the answer: their connection held maxConnHeldPoints, or all held maxHeldPoints
+	// Requests answered without what the proxy keeps from them (their connection's requests
+	// awaiting answers named maxConnFacts partitions, or all connections' maxFacts).
+	UnkeptFacts uint64
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions, unkeptFacts atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -164,6 +167,7 @@ type Proxy struct {
 	queued         atomic.Int64 // bytes of the frames in observeQ
 	heldPoints     proxy.Budget // produce checkpoints held for answers (maxHeldPoints)
 	sessionEntries proxy.Budget // fetch session offsets (maxSessionEntries)
+	facts          proxy.Budget // partitions named by requests awaiting answers (maxFacts)
 	observeLate    atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
 	walker         batchCodec   // used by the observation worker only
 	fetchBufs      chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
@@ -206,7 +210,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("kafka: listen %q: port: %w", cfg.Listen, err)
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node), nodeProblems: make(map[int32]error)}
-	p.heldPoints.Max, p.sessionEntries.Max = maxHeldPoints, maxSessionEntries
+	p.heldPoints.Max, p.sessionEntries.Max, p.facts.Max = maxHeldPoints, maxSessionEntries, maxFacts
 	p.advHost = cfg.AdvertisedHost
 	if p.advHost == "" {
 		if host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
@@ -383,6 +387,7 @@ func (p *Proxy) Stats() Stats {
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
 		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
+		UnkeptFacts:   s.unkeptFacts.Load(),
 		UnheldBatches: s.unheld.Load(),
 	}
 }

@@ -76,8 +76,9 @@ func (s *session) holdRoom(n int64) bool {
 //
 // With hold, the checkpoints are not handed over but returned in a pooled buffer, for the
 // broker's answer to release, with over: the records past maxBatchPoints, whose checkpoints are
-// to be counted as dropped then. Without hold both happen here.
-func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold bool) (start, end int, held *[]pathway.Point, over int, ok bool) {
+// to be counted as dropped then. Without hold both happen here. answered is false for acks=0,
+// which gets no answer (hold is false then too).
+func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, answered, hold bool) (start, end int, held *[]pathway.Point, over int, ok bool) {
 	if len(records) == 0 {
 		return 0, 0, nil, 0, false
 	}
@@ -132,8 +133,8 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return 0, 0, nil, 0, false
 	}
 	if changed {
-		// hold is false exactly for acks=0, whose refusals nobody would see.
-		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !hold); why != "" {
+		// An acks=0 batch's refusal nobody would see.
+		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !answered); why != "" {
 			changed, skip = false, why
 		}
 	}

@@ -1,0 +1,228 @@
+package kafka
+
+import (
+	"context"
+	"encoding/binary"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// partitionsRequest is a request of kind key naming n partitions of one topic, as a client
+// encodes it.
+func partitionsRequest(t *testing.T, key int16, n int) (requestHeader, []byte) {
+	t.Helper()
+	var req kmsg.Request
+	switch key {
+	case keyFetch:
+		r := kmsg.NewPtrFetchRequest()
+		r.Version = 11
+		ft := kmsg.NewFetchRequestTopic()
+		ft.Topic = "orders"
+		for i := range n {
+			p := kmsg.NewFetchRequestTopicPartition()
+			p.Partition = int32(i)
+			ft.Partitions = append(ft.Partitions, p)
+		}
+		r.Topics = append(r.Topics, ft)
+		req = r
+	case keyOffsetCommit:
+		r := kmsg.NewPtrOffsetCommitRequest()
+		r.Version = 8
+		r.Group = "billing"
+		ct := kmsg.NewOffsetCommitRequestTopic()
+		ct.Topic = "orders"
+		for i := range n {
+			p := kmsg.NewOffsetCommitRequestTopicPartition()
+			p.Partition, p.Offset = int32(i), 42
+			ct.Partitions = append(ct.Partitions, p)
+		}
+		r.Topics = append(r.Topics, ct)
+		req = r
+	default:
+		t.Fatalf("no request of key %d", key)
+	}
+	frame := requestFrame(req, 7)
+	h, err := parseRequestHeader(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, frame
+}
+
+// answer pairs a response with pd the way the response goroutine does.
+func answer(t *testing.T, s *session, pd *pending) {
+	t.Helper()
+	s.push(pd)
+	frame := binary.BigEndian.AppendUint32([]byte{0, 0, 0, 4}, uint32(pd.corr))
+	if got, ok := s.pop(frame); !ok || got != pd {
+		t.Fatal("the response did not find its request")
+	}
+}
+
+// TestFactsBounded: what requests awaiting answers keep for them is bounded per connection and
+// for all connections, in partitions, for produce, fetch and commit alike. A request past a bound
+// is still rewritten, its answer is read without its facts and that is counted; an answer, or the
+// end of the connection, gives the room back.
+func TestFactsBounded(t *testing.T) {
+	defer func(conn, all int64) { maxConnFacts, maxFacts = conn, all }(maxConnFacts, maxFacts)
+	maxConnFacts, maxFacts = 150, 250
+	a := offlineSession(t)
+	b := secondSession(a)
+	c := secondSession(a)
+	produce := func(s *session) (bool, *pending) {
+		batches := make([][]byte, 100)
+		batches[0] = buildBatch(t, 3, 10, nil)
+		injected, pd := produceThrough(t, s, batches...)
+		if !injected {
+			t.Fatal("the batch did not get the header")
+		}
+		return pd.facts != nil, pd
+	}
+	other := func(s *session, key int16) (bool, *pending) {
+		h, frame := partitionsRequest(t, key, 100)
+		_, pd := s.handleRequest(h, frame)
+		return pd.facts != nil, pd
+	}
+	type step struct {
+		name    string
+		s       *session
+		send    func(*session) (bool, *pending)
+		kept    bool
+		unkept  uint64 // Stats.UnkeptFacts after it
+		used    int64  // partitions all connections' requests keep after it
+		pointsA int64  // produce checkpoints a holds for answers after it
+	}
+	var held []*pending
+	for _, st := range []step{
+		{"a produce", a, produce, true, 0, 100, 3},
+		{"a produce over its connection's bound", a, produce, false, 1, 100, 3},
+		{"b fetch", b, func(s *session) (bool, *pending) { return other(s, keyFetch) }, true, 1, 200, 3},
+		{"c commit over all connections' bound", c, func(s *session) (bool, *pending) { return other(s, keyOffsetCommit) }, false, 2, 200, 3},
+	} {
+		kept, pd := st.send(st.s)
+		if kept {
+			held = append(held, pd)
+		}
+		if got := a.p.Stats().UnkeptFacts; kept != st.kept || got != st.unkept || a.p.facts.Used() != st.used || a.heldPoints.Held() != st.pointsA {
+			t.Fatalf("%s: kept %v, %d unkept, %d partitions kept, a holds %d points; want %v, %d, %d, %d",
+				st.name, kept, got, a.p.facts.Used(), a.heldPoints.Held(), st.kept, st.unkept, st.used, st.pointsA)
+		}
+	}
+	answer(t, b, held[1]) // the fetch's answer frees room on every connection
+	if kept, _ := other(c, keyOffsetCommit); !kept || a.p.facts.Used() != 200 {
+		t.Fatalf("after the fetch's answer: commit kept %v, %d partitions kept; want true, 200", kept, a.p.facts.Used())
+	}
+	a.abandon(held[0])
+	if a.factShare.Held() != 0 || a.p.facts.Used() != 100 {
+		t.Fatalf("after a's request was abandoned: a keeps %d, all %d; want 0, 100", a.factShare.Held(), a.p.facts.Used())
+	}
+	if kept, _ := produce(a); !kept {
+		t.Fatal("a's produce was not kept once its room was back")
+	}
+	a.p.facts.Release(&a.factShare) // a's connection ends: what its requests took is back
+	a.p.facts.Release(&c.factShare)
+	if got := a.p.facts.Used(); got != 0 {
+		t.Errorf("%d partitions kept after the connections ended, want 0", got)
+	}
+}
+
+// TestUnkeptFactsThroughProxy: with no room for any request's facts, kgo's producer and group
+// consumer work through the proxy as before: every record gets the header and both checkpoints,
+// only the offsets the answers would have given are missing, and each such request is counted.
+// With room, a producer's answered requests keep nothing.
+func TestUnkeptFactsThroughProxy(t *testing.T) {
+	defer func(old int64) { maxFacts = old }(maxFacts)
+	for _, room := range []bool{false, true} {
+		maxFacts = map[bool]int64{false: 0, true: 1 << 20}[room]
+		c, guard := startCluster(t)
+		p := startProxy(t, c, nil)
+		ctx := testCtx(t)
+		topic := uniqueTopic(t, "unkept")
+		prod := kgoClient(t, p, kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0))
+		for i := range 5 {
+			produceEach(t, ctx, prod, topic, []byte{'a' + byte(i)})
+			if got := p.facts.Used(); got != 0 {
+				t.Fatalf("room %v: %d partitions kept after the produce was answered, want 0", room, got)
+			}
+		}
+		group := "unkept-" + map[bool]string{false: "none", true: "room"}[room]
+		cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+			kgo.DisableAutoCommit())
+		for got := 0; got < 5; {
+			fs := cons.PollFetches(ctx)
+			if err := ctx.Err(); err != nil {
+				t.Fatalf("room %v: read %d of 5 records: %v", room, got, err)
+			}
+			for _, r := range fs.Records() {
+				n := 0
+				for _, h := range r.Headers {
+					if h.Key == "dd-pathway-ctx-base64" {
+						n++
+					}
+				}
+				if n != 1 {
+					t.Errorf("room %v: record %q has %d pathway headers, want 1", room, r.Value, n)
+				}
+				got++
+			}
+		}
+		if err := cons.CommitUncommittedOffsets(context.WithoutCancel(ctx)); err != nil {
+			t.Fatalf("room %v: commit: %v", room, err)
+		}
+		cons.Close()
+		prod.Close()
+		waitFor(t, "the consume checkpoints", func() bool {
+			return len(pointsOn(p, "direction:in", "group:"+group, "topic:"+topic, "type:kafka")) == 5
+		})
+		if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 5 {
+			t.Errorf("room %v: %d produce checkpoints, want 5", room, n)
+		}
+		_, offsets := p.rec.snapshot()
+		kinds := map[pathway.OffsetKind]int{}
+		for _, o := range offsets {
+			if o.Topic == topic && (o.Kind != pathway.KafkaCommit || o.Group == group) {
+				kinds[o.Kind]++
+			}
+		}
+		if got := kinds[pathway.KafkaProduce] > 0 && kinds[pathway.KafkaCommit] > 0; got != room {
+			t.Errorf("room %v: produce and commit offsets %v, want %v", room, kinds, room)
+		}
+		if got := p.Stats().UnkeptFacts > 0; got == room {
+			t.Errorf("room %v: %d requests unkept", room, p.Stats().UnkeptFacts)
+		}
+		waitFor(t, "no room taken once the connections ended", func() bool { return p.facts.Used() == 0 })
+		guard.check(t)
+	}
+}
+
+// TestObserveQueueCountsFacts: a fetch response waiting for observation counts its request's
+// facts against ObserveQueueBytes as well as its bytes: a small response to a request naming many
+// partitions is not free.
+func TestObserveQueueCountsFacts(t *testing.T) {
+	s := offlineSession(t)
+	p := s.p
+	p.cfg.ObserveQueueBytes = 10 * factBytes
+	h, frame := partitionsRequest(t, keyFetch, 10)
+	_, pd := s.handleRequest(h, frame)
+	f, _ := pd.facts.(*fetchFacts)
+	if f == nil || len(f.offsets) != 10 {
+		t.Fatalf("fetch facts %+v, want 10 partitions", f)
+	}
+	small := make([]byte, 64)
+	if !p.enqueueObserve(observeJob{frame: small}) {
+		t.Fatal("a 64-byte response was not queued")
+	}
+	if p.enqueueObserve(observeJob{frame: small, facts: f}) {
+		t.Errorf("a 64-byte response with 10 partitions' facts queued behind another (%d bytes), budget %d", p.queued.Load(), p.cfg.ObserveQueueBytes)
+	}
+	if got, want := p.queued.Load(), int64(len(small)); got != want {
+		t.Errorf("%d bytes queued, want %d", got, want)
+	}
+	if p.Stats().ObserveDropped != 1 {
+		t.Errorf("%d responses dropped from observation, want 1", p.Stats().ObserveDropped)
+	}
+}
