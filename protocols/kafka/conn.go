@@ -361,9 +361,10 @@ func (s *session) waitRoom() bool {
 	}
 }
 
-// removeLocked takes entry i out of the queue; answers come in order, so it is nearly always the
-// first, which costs nothing to drop.
+// removeLocked takes entry i out of the queue, its answer come, and gives back the room its facts
+// took. Answers come in order, so it is nearly always the first, which costs nothing to drop.
 func (s *session) removeLocked(i int) {
+	s.settle(s.queue[i])
 	if i == 0 {
 		s.queue[0] = nil
 		s.queue = s.queue[1:]
@@ -422,7 +423,6 @@ func (s *session) pop(frame []byte) (*pending, bool) {
 	}
 	pd := s.queue[i]
 	s.removeLocked(i)
-	s.settle(pd)
 	return pd, true
 }
 

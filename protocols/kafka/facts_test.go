@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"testing"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -224,5 +226,57 @@ func TestObserveQueueCountsFacts(t *testing.T) {
 	}
 	if p.Stats().ObserveDropped != 1 {
 		t.Errorf("%d responses dropped from observation, want 1", p.Stats().ObserveDropped)
+	}
+}
+
+// TestAnsweredRequestsKeepNothing: once a client has its answers, on a connection still open,
+// no room stays taken: produce and commit answers, and fetch answers forwarded whole or streamed
+// while they arrive (two different ways of taking a request off the queue).
+func TestAnsweredRequestsKeepNothing(t *testing.T) {
+	for _, streamed := range []bool{false, true} {
+		topic := uniqueTopic(t, "answered")
+		c, guard := startCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, topic))
+		var opt func(*Config)
+		if streamed {
+			opt = streamAll
+		}
+		p := startProxy(t, c, opt)
+		conn := rawClient(t, p)
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := conn.Write(produceFrame(9, topic, buildBatch(t, 3, 10, nil), buildBatch(t, 2, 10, nil))); err != nil {
+			t.Fatal(err)
+		}
+		presp := kmsg.NewPtrProduceResponse()
+		presp.SetVersion(9)
+		readResponse(t, conn, presp)
+		if got := p.facts.Used(); got != 0 {
+			t.Fatalf("streamed %v: %d partitions kept after the produce answer, want 0", streamed, got)
+		}
+		req := kmsg.NewPtrFetchRequest()
+		req.Version, req.ReplicaID, req.MaxBytes, req.SessionEpoch = 11, -1, 1<<20, -1
+		rt := kmsg.NewFetchRequestTopic()
+		rt.Topic = topic
+		for id := range int32(2) {
+			rp := kmsg.NewFetchRequestTopicPartition()
+			rp.Partition, rp.PartitionMaxBytes, rp.CurrentLeaderEpoch = id, 1<<20, -1
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		req.Topics = append(req.Topics, rt)
+		if _, err := conn.Write(requestFrame(req, 2)); err != nil {
+			t.Fatal(err)
+		}
+		resp := kmsg.NewPtrFetchResponse()
+		resp.SetVersion(11)
+		readResponse(t, conn, resp)
+		if n := len(resp.Topics); n != 1 || len(resp.Topics[0].Partitions) != 2 {
+			t.Fatalf("streamed %v: fetch answer %+v", streamed, resp)
+		}
+		if got := p.facts.Used(); got != 0 {
+			t.Errorf("streamed %v: %d partitions kept after the fetch answer, want 0", streamed, got)
+		}
+		if got := p.Stats().StreamedFetches > 0; got != streamed {
+			t.Errorf("streamed %v: %d fetch answers streamed", streamed, p.Stats().StreamedFetches)
+		}
+		guard.check(t)
 	}
 }
