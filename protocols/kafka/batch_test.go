@@ -20,7 +20,8 @@ func buildBatch(t testing.TB, n, valueSize int, codec kgo.Compressor) []byte {
 	return buildBatchHeader(t, n, valueSize, codec, "h", []byte("x"))
 }
 
-// buildBatchHeader is buildBatch with one header, key: value, on every record.
+// buildBatchHeader is buildBatch with one header, key: value, on every record (none when key is
+// empty).
 func buildBatchHeader(t testing.TB, n, valueSize int, codec kgo.Compressor, key string, value []byte) []byte {
 	t.Helper()
 	var raw []byte
@@ -32,9 +33,13 @@ func buildBatchHeader(t testing.TB, n, valueSize int, codec kgo.Compressor, key 
 		body = kbin.AppendVarint(body, int32(i))                        // offset delta
 		body = kbin.AppendVarintBytes(body, []byte{byte('k'), byte(i)}) // key
 		body = kbin.AppendVarintBytes(body, v)
-		body = kbin.AppendVarint(body, 1) // one header
-		body = kbin.AppendVarintString(body, key)
-		body = kbin.AppendVarintBytes(body, value)
+		if key == "" {
+			body = kbin.AppendVarint(body, 0)
+		} else {
+			body = kbin.AppendVarint(body, 1) // one header
+			body = kbin.AppendVarintString(body, key)
+			body = kbin.AppendVarintBytes(body, value)
+		}
 		raw = kbin.AppendVarint(raw, int32(len(body)))
 		raw = append(raw, body...)
 	}

@@ -213,6 +213,8 @@ func BenchmarkProduceRewrite(b *testing.B) {
 				for i := range pd.facts.(*produceFacts).parts {
 					s.releasePoints(&pd.facts.(*produceFacts).parts[i], true)
 				}
+				s.settle(pd)
+				pd.facts = nil
 			}
 		})
 	}
