@@ -112,8 +112,10 @@ const maxQueuedRequests = 1000
 // keep for those answers (produce, fetch and commit facts, about 100 bytes a partition): a
 // connection may have maxQueuedRequests in flight, each naming tens of thousands of partitions.
 // maxFacts bounds all connections together (about 100 MiB). A request past either goes upstream
-// as usual, and its answer is read without it (Stats.UnkeptFacts): no produce or commit offsets,
-// and its fetch's records are all observed, including any before the fetch offset.
+// and its answer is read without its facts (Stats.UnkeptFacts): a produce is treated as acks=0
+// (its batches grow only under a topic limit known to fit, and count when sent), no produce or
+// commit offsets come from the answer, and a fetch's records are all observed, those before the
+// fetch offset and those of aborted transactions included.
 var (
 	maxConnFacts int64 = 1 << 18
 	maxFacts     int64 = 1 << 20

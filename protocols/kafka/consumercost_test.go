@@ -17,7 +17,7 @@ import (
 func BenchmarkKgoConsumerDecode(b *testing.B) {
 	bare := buildBatchHeader(b, 100, 1024, nil, "", nil)
 	s := offlineSession(b)
-	start, end, _, _, ok := s.injectPartition(s.info.Load(), "bench", 0, bare, true, false)
+	start, end, _, _, ok := s.injectPartition(s.info.Load(), "bench", 0, bare, true)
 	if !ok {
 		b.Fatal("the batch did not get the header")
 	}

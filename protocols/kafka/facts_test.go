@@ -1,14 +1,19 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -66,56 +71,64 @@ func answer(t *testing.T, s *session, pd *pending) {
 }
 
 // TestFactsBounded: what requests awaiting answers keep for them is bounded per connection and
-// for all connections, in partitions, for produce, fetch and commit alike. A request past a bound
-// is still rewritten, its answer is read without its facts and that is counted; an answer, or the
-// end of the connection, gives the room back.
+// for all connections, in partitions, for produce, fetch and commit alike. A produce past a bound
+// is handled as acks=0: its batch grows only where the topic's limit is known. Each request past
+// a bound is counted; an answer, or the end of the connection, gives the room back.
 func TestFactsBounded(t *testing.T) {
 	defer func(conn, all int64) { maxConnFacts, maxFacts = conn, all }(maxConnFacts, maxFacts)
 	maxConnFacts, maxFacts = 150, 250
 	a := offlineSession(t)
 	b := secondSession(a)
 	c := secondSession(a)
+	injected := false
 	produce := func(s *session) (bool, *pending) {
 		batches := make([][]byte, 100)
 		batches[0] = buildBatch(t, 3, 10, nil)
-		injected, pd := produceThrough(t, s, batches...)
-		if !injected {
-			t.Fatal("the batch did not get the header")
-		}
+		var pd *pending
+		injected, pd = produceThrough(t, s, batches...)
 		return pd.facts != nil, pd
 	}
-	other := func(s *session, key int16) (bool, *pending) {
-		h, frame := partitionsRequest(t, key, 100)
-		_, pd := s.handleRequest(h, frame)
-		return pd.facts != nil, pd
+	other := func(key int16) func(*session) (bool, *pending) {
+		return func(s *session) (bool, *pending) {
+			h, frame := partitionsRequest(t, key, 100)
+			_, pd := s.handleRequest(h, frame)
+			injected = false
+			return pd.facts != nil, pd
+		}
 	}
 	type step struct {
-		name    string
-		s       *session
-		send    func(*session) (bool, *pending)
-		kept    bool
-		unkept  uint64 // Stats.UnkeptFacts after it
-		used    int64  // partitions all connections' requests keep after it
-		pointsA int64  // produce checkpoints a holds for answers after it
+		name     string
+		s        *session
+		send     func(*session) (bool, *pending)
+		kept     bool
+		injected bool
+		unkept   uint64 // Stats.UnkeptFacts after it
+		used     int64  // partitions all connections' requests keep after it
+		pointsA  int64  // produce checkpoints a holds for answers after it
 	}
 	var held []*pending
 	for _, st := range []step{
-		{"a produce", a, produce, true, 0, 100, 3},
-		{"a produce over its connection's bound", a, produce, false, 1, 100, 3},
-		{"b fetch", b, func(s *session) (bool, *pending) { return other(s, keyFetch) }, true, 1, 200, 3},
-		{"c commit over all connections' bound", c, func(s *session) (bool, *pending) { return other(s, keyOffsetCommit) }, false, 2, 200, 3},
+		{"a produce", a, produce, true, true, 0, 100, 3},
+		{"a produce over its connection's bound, topic limit unknown", a, produce, false, false, 1, 100, 3},
+		{"b fetch", b, other(keyFetch), true, false, 1, 200, 3},
+		{"c commit over all connections' bound", c, other(keyOffsetCommit), false, false, 2, 200, 3},
 	} {
 		kept, pd := st.send(st.s)
 		if kept {
 			held = append(held, pd)
 		}
-		if got := a.p.Stats().UnkeptFacts; kept != st.kept || got != st.unkept || a.p.facts.Used() != st.used || a.heldPoints.Held() != st.pointsA {
-			t.Fatalf("%s: kept %v, %d unkept, %d partitions kept, a holds %d points; want %v, %d, %d, %d",
-				st.name, kept, got, a.p.facts.Used(), a.heldPoints.Held(), st.kept, st.unkept, st.used, st.pointsA)
+		if got := a.p.Stats().UnkeptFacts; kept != st.kept || injected != st.injected || got != st.unkept || a.p.facts.Used() != st.used || a.heldPoints.Held() != st.pointsA {
+			t.Fatalf("%s: kept %v, injected %v, %d unkept, %d partitions kept, a holds %d points; want %v, %v, %d, %d, %d",
+				st.name, kept, injected, got, a.p.facts.Used(), a.heldPoints.Held(), st.kept, st.injected, st.unkept, st.used, st.pointsA)
 		}
 	}
+	a.p.limits.learned("orders", 1<<20, "producer")
+	if kept, _ := produce(a); kept || !injected || a.heldPoints.Held() != 3 {
+		t.Fatalf("unkept produce to a topic of known limit: kept %v, injected %v, a holds %d points; want false, true, 3 (counted when sent)",
+			kept, injected, a.heldPoints.Held())
+	}
 	answer(t, b, held[1]) // the fetch's answer frees room on every connection
-	if kept, _ := other(c, keyOffsetCommit); !kept || a.p.facts.Used() != 200 {
+	if kept, _ := other(keyOffsetCommit)(c); !kept || a.p.facts.Used() != 200 {
 		t.Fatalf("after the fetch's answer: commit kept %v, %d partitions kept; want true, 200", kept, a.p.facts.Used())
 	}
 	a.abandon(held[0])
@@ -133,9 +146,10 @@ func TestFactsBounded(t *testing.T) {
 }
 
 // TestUnkeptFactsThroughProxy: with no room for any request's facts, kgo's producer and group
-// consumer work through the proxy as before: every record gets the header and both checkpoints,
-// only the offsets the answers would have given are missing, and each such request is counted.
-// With room, a producer's answered requests keep nothing.
+// consumer work through the proxy as before. A produce is handled as acks=0: a batch gets the
+// header once the topic's size limit is known (the first, before that, goes as it came), and its
+// checkpoints count when sent; only the offsets the answers would have given are missing, and
+// each such request is counted. With room, a producer's answered requests keep nothing.
 func TestUnkeptFactsThroughProxy(t *testing.T) {
 	defer func(old int64) { maxFacts = old }(maxFacts)
 	for _, room := range []bool{false, true} {
@@ -145,6 +159,11 @@ func TestUnkeptFactsThroughProxy(t *testing.T) {
 		ctx := testCtx(t)
 		topic := uniqueTopic(t, "unkept")
 		prod := kgoClient(t, p, kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0))
+		if _, err := kadm.NewClient(prod).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
+			t.Fatal(err)
+		}
+		produceEach(t, ctx, prod, topic, []byte("w")) // before the proxy knows the topic's limit
+		waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) > 0 })
 		for i := range 5 {
 			produceEach(t, ctx, prod, topic, []byte{'a' + byte(i)})
 			if got := p.facts.Used(); got != 0 {
@@ -154,20 +173,20 @@ func TestUnkeptFactsThroughProxy(t *testing.T) {
 		group := "unkept-" + map[bool]string{false: "none", true: "room"}[room]
 		cons := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 			kgo.DisableAutoCommit())
-		for got := 0; got < 5; {
+		for got := 0; got < 6; {
 			fs := cons.PollFetches(ctx)
 			if err := ctx.Err(); err != nil {
-				t.Fatalf("room %v: read %d of 5 records: %v", room, got, err)
+				t.Fatalf("room %v: read %d of 6 records: %v", room, got, err)
 			}
 			for _, r := range fs.Records() {
 				n := 0
 				for _, h := range r.Headers {
-					if h.Key == "dd-pathway-ctx-base64" {
+					if h.Key == pathway.HeaderKey {
 						n++
 					}
 				}
-				if n != 1 {
-					t.Errorf("room %v: record %q has %d pathway headers, want 1", room, r.Value, n)
+				if want := map[bool]int{true: 1}[room || string(r.Value) != "w"]; n != want {
+					t.Errorf("room %v: record %q has %d pathway headers, want %d", room, r.Value, n, want)
 				}
 				got++
 			}
@@ -178,10 +197,10 @@ func TestUnkeptFactsThroughProxy(t *testing.T) {
 		cons.Close()
 		prod.Close()
 		waitFor(t, "the consume checkpoints", func() bool {
-			return len(pointsOn(p, "direction:in", "group:"+group, "topic:"+topic, "type:kafka")) == 5
+			return len(pointsOn(p, "direction:in", "group:"+group, "topic:"+topic, "type:kafka")) == 6
 		})
-		if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 5 {
-			t.Errorf("room %v: %d produce checkpoints, want 5", room, n)
+		if n, want := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")), map[bool]int{false: 5, true: 6}[room]; n != want {
+			t.Errorf("room %v: %d produce checkpoints, want %d", room, n, want)
 		}
 		_, offsets := p.rec.snapshot()
 		kinds := map[pathway.OffsetKind]int{}
@@ -201,9 +220,9 @@ func TestUnkeptFactsThroughProxy(t *testing.T) {
 	}
 }
 
-// TestObserveQueueCountsFacts: a fetch response waiting for observation counts its request's
-// facts against ObserveQueueBytes as well as its bytes: a small response to a request naming many
-// partitions is not free.
+// TestObserveQueueCountsFacts: a fetch answer waiting for observation counts its request's facts
+// against ObserveQueueBytes as well as its bytes (a small answer to a request naming many
+// partitions is not free), and the worker gives back the same amount once it is done.
 func TestObserveQueueCountsFacts(t *testing.T) {
 	s := offlineSession(t)
 	p := s.p
@@ -215,23 +234,42 @@ func TestObserveQueueCountsFacts(t *testing.T) {
 		t.Fatalf("fetch facts %+v, want 10 partitions", f)
 	}
 	small := make([]byte, 64)
-	if !p.enqueueObserve(observeJob{frame: small}) {
-		t.Fatal("a 64-byte response was not queued")
+	// Over the budget, but alone: an answer bigger than the budget is observed when none waits.
+	if !p.enqueueObserve(observeJob{frame: small, facts: f, client: s.info.Load()}) {
+		t.Fatal("a 64-byte answer with 10 partitions' facts was not queued with nothing else waiting")
 	}
-	if p.enqueueObserve(observeJob{frame: small, facts: f}) {
-		t.Errorf("a 64-byte response with 10 partitions' facts queued behind another (%d bytes), budget %d", p.queued.Load(), p.cfg.ObserveQueueBytes)
-	}
-	if got, want := p.queued.Load(), int64(len(small)); got != want {
+	if got, want := p.queued.Load(), int64(len(small)+10*factBytes); got != want {
 		t.Errorf("%d bytes queued, want %d", got, want)
 	}
+	if p.enqueueObserve(observeJob{frame: small, client: s.info.Load()}) {
+		t.Errorf("a 64-byte answer queued behind %d bytes, budget %d", p.queued.Load(), p.cfg.ObserveQueueBytes)
+	}
 	if p.Stats().ObserveDropped != 1 {
-		t.Errorf("%d responses dropped from observation, want 1", p.Stats().ObserveDropped)
+		t.Errorf("%d answers dropped from observation, want 1", p.Stats().ObserveDropped)
+	}
+	close(p.observeQ) // the proxy was never started: no worker reads it
+	p.observeLoop()
+	if got := p.queued.Load(); got != 0 {
+		t.Errorf("%d bytes still counted once the worker was done, want 0", got)
 	}
 }
 
-// TestAnsweredRequestsKeepNothing: once a client has its answers, on a connection still open,
-// no room stays taken: produce and commit answers, and fetch answers forwarded whole or streamed
-// while they arrive (two different ways of taking a request off the queue).
+// holdNext makes kfake wait, before it handles the next request of key, until the returned
+// function is called.
+func holdNext(c *kfake.Cluster, key int16) (release func()) {
+	ch := make(chan struct{})
+	c.ControlKey(key, func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.DropControl()
+		c.SleepControl(func() { <-ch })
+		return nil, nil, false
+	})
+	return func() { close(ch) }
+}
+
+// TestAnsweredRequestsKeepNothing: a produce and a fetch keep their partitions while the broker
+// holds them, and once the client has their answers, on a connection still open, nothing stays
+// kept: fetch answers forwarded whole or streamed while they arrive (two different ways of
+// taking a request off the queue).
 func TestAnsweredRequestsKeepNothing(t *testing.T) {
 	for _, streamed := range []bool{false, true} {
 		topic := uniqueTopic(t, "answered")
@@ -243,9 +281,16 @@ func TestAnsweredRequestsKeepNothing(t *testing.T) {
 		p := startProxy(t, c, opt)
 		conn := rawClient(t, p)
 		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		inFlight := func(what string, release func()) {
+			t.Helper()
+			waitFor(t, what+" to keep its 2 partitions while the broker holds it", func() bool { return p.facts.Used() == 2 })
+			release()
+		}
+		release := holdNext(c, kmsg.Produce.Int16())
 		if _, err := conn.Write(produceFrame(9, topic, buildBatch(t, 3, 10, nil), buildBatch(t, 2, 10, nil))); err != nil {
 			t.Fatal(err)
 		}
+		inFlight("the produce", release)
 		presp := kmsg.NewPtrProduceResponse()
 		presp.SetVersion(9)
 		readResponse(t, conn, presp)
@@ -262,9 +307,11 @@ func TestAnsweredRequestsKeepNothing(t *testing.T) {
 			rt.Partitions = append(rt.Partitions, rp)
 		}
 		req.Topics = append(req.Topics, rt)
+		release = holdNext(c, kmsg.Fetch.Int16())
 		if _, err := conn.Write(requestFrame(req, 2)); err != nil {
 			t.Fatal(err)
 		}
+		inFlight("the fetch", release)
 		resp := kmsg.NewPtrFetchResponse()
 		resp.SetVersion(11)
 		readResponse(t, conn, resp)
@@ -276,6 +323,41 @@ func TestAnsweredRequestsKeepNothing(t *testing.T) {
 		}
 		if got := p.Stats().StreamedFetches > 0; got != streamed {
 			t.Errorf("streamed %v: %d fetch answers streamed", streamed, p.Stats().StreamedFetches)
+		}
+		guard.check(t)
+	}
+}
+
+// TestUnkeptProduceNotRefused: on a SASL cluster the proxy cannot read topic configs and learns a
+// topic's size limit only from a refusal of a batch the header grew past it. With room, one
+// near-limit batch is refused and the rest get through. With no room for facts the refusal would
+// go unread and every such batch would be refused: those batches go as they came instead.
+func TestUnkeptProduceNotRefused(t *testing.T) {
+	defer func(old int64) { maxFacts = old }(maxFacts)
+	for _, room := range []bool{true, false} {
+		maxFacts = map[bool]int64{false: 0, true: 1 << 20}[room]
+		c, guard := startCluster(t, saslUsers...)
+		login := kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())
+		p := startProxy(t, c, nil)
+		ctx := testCtx(t)
+		topic := uniqueTopic(t, "unkept-limit")
+		cl := kgoClient(t, p, login, kgo.DisableIdempotentWrite(), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0),
+			kgo.ProducerBatchCompression(kgo.NoCompression()))
+		limit := "2000"
+		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+			t.Fatal(err)
+		}
+		near := bytes.Repeat([]byte("n"), 1900)
+		refused := 0
+		for range 4 {
+			if err := cl.ProduceSync(ctx, &kgo.Record{Value: near}).FirstErr(); errors.Is(err, kerr.MessageTooLarge) {
+				refused++
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if want := map[bool]int{true: 1}[room]; refused != want {
+			t.Errorf("room %v: %d of 4 near-limit batches refused, want %d (UnkeptFacts %d)", room, refused, want, p.Stats().UnkeptFacts)
 		}
 		guard.check(t)
 	}

@@ -108,7 +108,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 			s.p.stats.skipped.Add(1)
 			s.p.skip("invalid_topic", fmt.Sprintf("topic name of %d bytes, over Kafka's %d", len(name), maxTopicNameBytes), ci.service, pathway.Edge{}, p.partition, n)
 		default:
-			if start, end, held, over, ok := s.injectPartition(ci, name, p.partition, records, pd != nil, hold); ok {
+			if start, end, held, over, ok := s.injectPartition(ci, name, p.partition, records, hold); ok {
 				span = [2]int{start, end}
 				changed = true
 				part := &facts.parts[len(facts.parts)-1]

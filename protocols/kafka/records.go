@@ -76,9 +76,9 @@ func (s *session) holdRoom(n int64) bool {
 //
 // With hold, the checkpoints are not handed over but returned in a pooled buffer, for the
 // broker's answer to release, with over: the records past maxBatchPoints, whose checkpoints are
-// to be counted as dropped then. Without hold both happen here. answered is false for acks=0,
-// which gets no answer (hold is false then too).
-func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, answered, hold bool) (start, end int, held *[]pathway.Point, over int, ok bool) {
+// to be counted as dropped then. Without hold both happen here: no answer will be read for the
+// batch (acks=0, or the request's facts were not kept).
+func (s *session) injectPartition(ci *clientInfo, topic string, partition int32, records []byte, hold bool) (start, end int, held *[]pathway.Point, over int, ok bool) {
 	if len(records) == 0 {
 		return 0, 0, nil, 0, false
 	}
@@ -133,8 +133,10 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		return 0, 0, nil, 0, false
 	}
 	if changed {
-		// An acks=0 batch's refusal nobody would see.
-		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !answered); why != "" {
+		// Without hold, a refusal would not be read, so the proxy could not learn the topic's limit
+		// from it (its only way on clusters whose topic configs it cannot read): the batch grows
+		// only under a limit known to fit.
+		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !hold); why != "" {
 			changed, skip = false, why
 		}
 	}
