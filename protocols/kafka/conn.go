@@ -114,8 +114,8 @@ const maxQueuedRequests = 1000
 // maxFacts bounds all connections together (about 100 MiB). A request past either goes upstream
 // and its answer is read without its facts (Stats.UnkeptFacts): a produce is treated as acks=0
 // (its batches grow only under a topic limit known to fit, and count when sent), no produce or
-// commit offsets come from the answer, and a fetch's records are all observed, those before the
-// fetch offset and those of aborted transactions included.
+// commit offsets come from the answer, and a fetch outside a fetch session (whose offsets the
+// proxy keeps anyway) has its records all observed, those before the fetch offset included.
 var (
 	maxConnFacts int64 = 1 << 18
 	maxFacts     int64 = 1 << 20

@@ -362,3 +362,40 @@ func TestUnkeptProduceNotRefused(t *testing.T) {
 		guard.check(t)
 	}
 }
+
+// TestUnkeptFetchUsesSession: with no room for a fetch's facts, a fetch in a fetch session is
+// still observed from its fetch offsets, which the session keeps anyway, and with its isolation
+// level; one outside a session has no fetch offsets to go by.
+func TestUnkeptFetchUsesSession(t *testing.T) {
+	defer func(old int64) { maxFacts = old }(maxFacts)
+	maxFacts = 0
+	for _, tc := range []struct {
+		epoch int32
+		want  int64 // partition 1's fetch offset as observation sees it
+	}{{0, 20}, {-1, -1}} {
+		s := offlineSession(t)
+		req := kmsg.NewPtrFetchRequest()
+		req.Version, req.ReplicaID, req.IsolationLevel, req.SessionEpoch = 11, -1, 1, tc.epoch
+		rt := kmsg.NewFetchRequestTopic()
+		rt.Topic = "orders"
+		for i := range int32(3) {
+			rp := kmsg.NewFetchRequestTopicPartition()
+			rp.Partition, rp.FetchOffset = i, 10*int64(i+1)
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		req.Topics = append(req.Topics, rt)
+		frame := requestFrame(req, 3)
+		h, err := parseRequestHeader(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, pd := s.handleRequest(h, frame)
+		f, _ := pd.facts.(*fetchFacts)
+		if f == nil || len(f.offsets) != 0 || !f.readCommitted || s.p.Stats().UnkeptFacts != 1 {
+			t.Fatalf("epoch %d: facts %+v, %d unkept; want no offsets of its own, read committed, 1 unkept", tc.epoch, f, s.p.Stats().UnkeptFacts)
+		}
+		if got := f.offset(fetchKey{topic: "orders", partition: 1}); got != tc.want {
+			t.Errorf("epoch %d: partition 1 observed from offset %d, want %d", tc.epoch, got, tc.want)
+		}
+	}
+}

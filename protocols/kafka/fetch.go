@@ -139,7 +139,15 @@ func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
 	}
 	if s.keepFacts(pd, len(f.offsets)+len(f.forgotten)) {
 		pd.facts = f
+		return
 	}
+	// No room for what the request names. A fetch session holds those offsets anyway (counted in
+	// sessionEntries), so a session's fetch is still observed from its fetch offsets.
+	kept := &fetchFacts{readCommitted: f.readCommitted, sessionEpoch: f.sessionEpoch}
+	if f.sessionEpoch >= 0 {
+		kept.session = s.fetchSession
+	}
+	pd.facts = kept
 }
 
 // trackFetchSession keeps the offsets of the connection's fetch session (KIP-227) and gives f
