@@ -118,6 +118,7 @@ func errorCode(resp *http.Response, body []byte) (code, msg string) {
 func (p *Proxy) reportUpstreamError(c *call, resp *http.Response, body []byte) {
 	p.stats.upstreamErr.Add(1)
 	code, msg := errorCode(resp, body)
+	p.sizes.noteRefusal(c, code, msg)
 	retriable := resp.StatusCode >= 500 || strings.Contains(code, "Throttl") || code == "RequestThrottled" ||
 		code == "ProvisionedThroughputExceededException" || code == "LimitExceededException"
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.BrokerError, Protocol: c.service, Operation: c.op,
@@ -134,6 +135,7 @@ func (p *Proxy) reportUpstreamError(c *call, resp *http.Response, body []byte) {
 
 // reportFailedEntry reports one failed batch entry (SendMessageBatch, PublishBatch, PutRecords).
 func (p *Proxy) reportFailedEntry(c *call, code, msg string, senderFault bool, n int) {
+	p.sizes.noteRefusal(c, code, msg)
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.LostMessage, Protocol: c.service, Operation: c.op,
 		Name: code, Message: msg, Retriable: !senderFault, Service: c.svcName, Edge: c.edge, Partition: -1, Messages: n})
 }

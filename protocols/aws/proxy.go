@@ -159,6 +159,7 @@ type Proxy struct {
 
 	iters *boundedMap // shard iterator -> stream name
 	qurls *boundedMap // queue URL as the proxy handed it out -> upstream queue URL
+	sizes *queueLimits
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -272,6 +273,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
 	p.qurls = newBoundedMap(10000)
+	p.sizes = newQueueLimits()
 	return p, nil
 }
 
@@ -834,6 +836,9 @@ type respFixer func(resp []byte) []byte
 func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	body, fix := p.rewriteRequest(c)
 	resp, rb, err := p.forward(c, body)
+	if err == nil && p.resendUnmodified(c, body, resp, rb) {
+		resp, rb, err = p.forward(c, c.body)
+	}
 	if err != nil {
 		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("upstream request failed; answered 502")
 		msg := "dsmproxy could not reach the upstream: "

@@ -56,7 +56,7 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 	if dd != nil {
 		extra -= attrSize(dd)
 	}
-	if size+extra > p.cfg.MaxMessageBytes {
+	if size+extra > p.sizes.limit(c, e, p.cfg.MaxMessageBytes) {
 		p.skip(c, e, "size_limit", "message with _datadog would exceed the size limit; sent without it")
 		return pt, nil, dd
 	}
