@@ -132,10 +132,13 @@ type Stats struct {
 	DecodeErrors   uint64 // bodies forwarded without being understood
 	PointsDropped  uint64 // Observer.Add returned false
 	RefusedConns   uint64 // connections closed at once because MaxConns were open
+	// SendMessages refused as over their queue's own size limit with `_datadog`, and sent again
+	// without it.
+	SentAgain uint64
 }
 
 type counters struct {
-	requests, authFail, upstreamErr, injected, existing, skipped, produced, consumed, decodeErr, dropped, refused atomic.Uint64
+	requests, authFail, upstreamErr, injected, existing, skipped, produced, consumed, decodeErr, dropped, refused, sentAgain atomic.Uint64
 }
 
 // Proxy is one AWS front.
@@ -438,7 +441,7 @@ func (p *Proxy) Stats() Stats {
 		Requests: s.requests.Load(), AuthFailures: s.authFail.Load(), UpstreamErrors: s.upstreamErr.Load(),
 		Injected: s.injected.Load(), Existing: s.existing.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
 		Consumed: s.consumed.Load(), DecodeErrors: s.decodeErr.Load(), PointsDropped: s.dropped.Load(),
-		RefusedConns: s.refused.Load(),
+		RefusedConns: s.refused.Load(), SentAgain: s.sentAgain.Load(),
 	}
 }
 
@@ -471,6 +474,8 @@ type call struct {
 	// carries there, so an error response can name them and count them lost.
 	edge pathway.Edge
 	sent int
+	// injected counts the messages the rewrite gave `_datadog`.
+	injected int
 	// noStream counts records of a GetRecords answer read with a shard iterator of no known stream.
 	noStream int
 }
@@ -836,8 +841,18 @@ type respFixer func(resp []byte) []byte
 func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	body, fix := p.rewriteRequest(c)
 	resp, rb, err := p.forward(c, body)
-	if err == nil && p.resendUnmodified(c, body, resp, rb) {
-		resp, rb, err = p.forward(c, c.body)
+	if err == nil && p.refusedOverQueueLimit(c, resp, rb) {
+		// The queue's limit is known now, so the rewrite leaves `_datadog` out and keeps what
+		// else it changes (the queue URL). The Query rewrite edits the parsed form in place: it
+		// starts again from the client's body.
+		c.sent, c.batchAdded, c.injected = 0, 0, 0
+		if c.form != nil {
+			if c.form, err = parseForm(c.body); err != nil {
+				c.form = nil // parsed once already; cannot happen
+			}
+		}
+		body, fix = p.rewriteRequest(c)
+		resp, rb, err = p.forward(c, body)
 	}
 	if err != nil {
 		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("upstream request failed; answered 502")

@@ -2,7 +2,9 @@ package aws
 
 import (
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
@@ -11,12 +13,13 @@ import (
 
 // TestSQSQueueOwnSizeLimit: a queue whose MaximumMessageSize (1 KiB here) is below the proxy's
 // limit takes a message that fits only without `_datadog`. Through the proxy the send still
-// succeeds, in both wire forms: the refused rewrite is sent again as the client sent it, and
-// later such messages to that queue go without `_datadog` at once. Messages that fit with it
-// still get it. A batch entry refused so is the client's to see (as a direct send of an entry
-// over the limit would be), and teaches the proxy that queue's limit too.
+// succeeds, in both wire forms: the refused rewrite is sent again without `_datadog` (and with
+// the queue URL still translated for the upstream), and later such messages to that queue go
+// without it at once. Messages that fit with it still get it. A batch entry refused so is the
+// client's to see (as a direct send of an entry over the limit would be), and teaches the proxy
+// that queue's limit too.
 func TestSQSQueueOwnSizeLimit(t *testing.T) {
-	tp, _, cl, _, ctx := sqsSetup(t, "own-limit-base", nil)
+	tp, up, cl, _, ctx := sqsSetup(t, "own-limit-base", nil)
 	small := func(name string) string {
 		t.Helper()
 		cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(name),
@@ -36,13 +39,23 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qurl, MessageBody: awssdk.String("short")}); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(tp.ev.named("queue_size_limit")); n != 1 {
-		t.Errorf("%d queue_size_limit skips (refused and sent again), want 1: the second and third should not have been tried", n)
+	if st := tp.Stats(); st.SentAgain != 1 {
+		t.Errorf("%d sends refused and sent again, want 1: the second and third should not have been tried with _datadog", st.SentAgain)
 	}
-	if n := len(tp.ev.named("size_limit")); n != 2 {
-		t.Errorf("%d size_limit skips, want 2", n)
+	if n := len(tp.ev.named("queue_size_limit")); n != 3 {
+		t.Errorf("%d queue_size_limit skips, want 3", n)
+	}
+	proxyHost := strings.TrimPrefix(tp.url, "http://")
+	bodies, _ := up.seen()
+	for _, b := range bodies {
+		if strings.Contains(b, "own-limit") && strings.Contains(b, proxyHost) {
+			t.Errorf("a request reached the upstream with the proxy's queue URL: %.200s", b)
+		}
 	}
 	got := receiveAll(ctx, t, cl, qurl, 4, []string{"All"})
+	if len(got) != 4 {
+		t.Errorf("%d messages stored, want 4", len(got))
+	}
 	carried := 0
 	for _, m := range got {
 		if _, ok := m.MessageAttributes[ddAttr]; ok {
@@ -62,6 +75,24 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 		t.Errorf("stats %+v: want 1 injected and no upstream error reaching the client", st)
 	}
 
+	// A message over the queue's limit on its own is refused as it would be directly, and is not
+	// sent twice.
+	before := tp.Stats()
+	tooBig := strings.Repeat("b", 2000)
+	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qurl, MessageBody: &tooBig}); err == nil || !strings.Contains(err.Error(), "Message must be shorter than 1024 bytes") {
+		t.Errorf("a 2000-byte message to a 1024-byte queue: %v, want SQS's refusal", err)
+	}
+	if st := tp.Stats(); st.SentAgain != before.SentAgain || st.Injected != before.Injected {
+		t.Errorf("after a message too big on its own: %d sent again, %d injected; want %d, %d", st.SentAgain, st.Injected, before.SentAgain, before.Injected)
+	}
+	fresh := small("own-limit-fresh") // the same before its limit is known: tried with _datadog, then as sent
+	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &fresh, MessageBody: &tooBig}); err == nil {
+		t.Error("a 2000-byte message to a fresh 1024-byte queue was taken")
+	}
+	if st := tp.Stats(); st.Injected != before.Injected {
+		t.Errorf("%d injected after a refused message, want %d", st.Injected, before.Injected)
+	}
+
 	// The Query form (Debian's awscli), on a queue of its own.
 	aws := newCLI(t, tp.url)
 	qq := small("own-limit-query")
@@ -72,8 +103,13 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 			t.Fatal("Query send-message answered no MessageId")
 		}
 	}
-	if n := len(tp.ev.named("queue_size_limit")); n != 2 {
-		t.Errorf("%d queue_size_limit skips after the Query sends, want 2", n)
+	if st := tp.Stats(); st.SentAgain != 3 {
+		t.Errorf("after the Query sends: %d sent again, want 3 (the fresh queue's, and the Query queue's first)", st.SentAgain)
+	}
+	for _, m := range receiveAll(ctx, t, cl, qq, 2, []string{"All"}) {
+		if _, ok := m.MessageAttributes[ddAttr]; ok || len(awssdk.ToString(m.Body)) != len(near) {
+			t.Errorf("Query send stored as %d bytes, _datadog %v; want %d bytes without it", len(awssdk.ToString(m.Body)), ok, len(near))
+		}
 	}
 
 	// A batch: the entry over the limit with _datadog fails as SQS says, and the queue's limit
@@ -82,13 +118,42 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 	bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: &qb, Entries: []types.SendMessageBatchRequestEntry{
 		{Id: awssdk.String("near"), MessageBody: &near}, {Id: awssdk.String("short"), MessageBody: awssdk.String("short")},
 	}})
-	if err != nil || len(bm.Failed) != 1 || awssdk.ToString(bm.Failed[0].Id) != "near" {
+	if err != nil || len(bm.Failed) != 1 || awssdk.ToString(bm.Failed[0].Id) != "near" || len(bm.Successful) != 1 || awssdk.ToString(bm.Successful[0].Id) != "short" {
 		t.Fatalf("batch: %v %+v", err, bm)
 	}
 	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qb, MessageBody: &near}); err != nil {
 		t.Fatalf("send after the batch: %v", err)
 	}
-	if n := len(tp.ev.named("queue_size_limit")); n != 2 {
-		t.Errorf("%d queue_size_limit skips after the batch, want still 2: its limit was known", n)
+	if st := tp.Stats(); st.SentAgain != 3 {
+		t.Errorf("%d sent again after the batch, want still 3: its limit was known", st.SentAgain)
+	}
+}
+
+// TestSQSQueueLimitTriedAgain: a queue's learned limit is tried again after queueLimitTTL, so a
+// queue whose limit was raised gets `_datadog` again; one whose limit stayed costs one more
+// refused request, which the client does not see.
+func TestSQSQueueLimitTriedAgain(t *testing.T) {
+	var ahead atomic.Int64
+	tp, _, cl, _, ctx := sqsSetup(t, "tried-again-base", func(c *Config) {
+		c.Clock = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+		c.MaxClockSkew = 3 * queueLimitTTL // the clients sign with the real time
+	})
+	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("tried-again"),
+		Attributes: map[string]string{"MaximumMessageSize": "1024"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	near := strings.Repeat("n", 1000)
+	for i, tc := range []struct {
+		ahead time.Duration
+		again uint64 // SentAgain after the send
+	}{{0, 1}, {queueLimitTTL / 2, 1}, {queueLimitTTL + time.Minute, 2}} {
+		ahead.Store(int64(tc.ahead))
+		if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: &near}); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		if got := tp.Stats().SentAgain; got != tc.again {
+			t.Errorf("send %d, %v ahead: %d sent again, want %d", i, tc.ahead, got, tc.again)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -12,37 +13,48 @@ import (
 
 // queueLimits are SQS queues' own message size limits (MaximumMessageSize, which a queue may set
 // anywhere from 1 KiB up), as refusals have shown them. A SendMessage that fits its queue only
-// without `_datadog` is refused once and sent again as the client sent it (resendUnmodified);
+// without `_datadog` is refused once and sent again without it (refusedOverQueueLimit);
 // later messages to that queue that would not fit with `_datadog` go without it. A batch entry
 // refused so is the client's to resend, as the other entries stored. Queues are
 // keyed by the Host the client used and their name; two queues of one name behind one Host only
 // share the lower limit, which can cost injections, never a send.
 type queueLimits struct {
 	mu sync.Mutex
-	m  *proxy.RecentMap[string, int]
+	m  *proxy.RecentMap[string, queueLimit]
 }
 
-// maxQueueLimits bounds the queues whose limits are remembered (the ones used most recently).
-const maxQueueLimits = 10000
+type queueLimit struct {
+	n  int       // bytes
+	at time.Time // when a refusal said so
+}
+
+const (
+	// maxQueueLimits bounds the queues whose limits are remembered (the ones used most recently).
+	maxQueueLimits = 10000
+	// queueLimitTTL: a limit learned this long ago is tried again, so that a queue whose limit was
+	// raised, or which was made again, gets `_datadog` again. Trying costs a single send one more
+	// request, and a batch one refused entry, once per queue and TTL.
+	queueLimitTTL = time.Hour
+)
 
 func newQueueLimits() *queueLimits {
-	return &queueLimits{m: proxy.NewRecentMap[string, int](maxQueueLimits)}
+	return &queueLimits{m: proxy.NewRecentMap[string, queueLimit](maxQueueLimits)}
 }
 
 func queueLimitKey(c *call, e pathway.Edge) string { return c.r.Host + "\x00" + e.Topic }
 
-// limit is the size a message sent in c to queue e must stay within.
-func (q *queueLimits) limit(c *call, e pathway.Edge, configured int) int {
+// learned is queue e's own limit as a refusal showed it, 0 when none did.
+func (q *queueLimits) learned(c *call, e pathway.Edge) int {
 	if c.service != ServiceSQS {
-		return configured
+		return 0
 	}
 	q.mu.Lock()
-	n, ok := q.m.Get(queueLimitKey(c, e))
-	q.mu.Unlock()
-	if ok && n < configured {
-		return n
+	defer q.mu.Unlock()
+	l, ok := q.m.Get(queueLimitKey(c, e))
+	if !ok || c.now.Sub(l.at) > queueLimitTTL {
+		return 0
 	}
-	return configured
+	return l.n
 }
 
 // sizeRefusal is the text SQS (and the emulators) give a message over its queue's limit.
@@ -66,25 +78,23 @@ func (q *queueLimits) noteRefusal(c *call, code, msg string) bool {
 		return false
 	}
 	q.mu.Lock()
-	if old, ok := q.m.Get(queueLimitKey(c, c.edge)); !ok || n < old {
-		q.m.Put(queueLimitKey(c, c.edge), n)
-	}
+	q.m.Put(queueLimitKey(c, c.edge), queueLimit{n: n, at: c.now})
 	q.mu.Unlock()
 	return true
 }
 
-// resendUnmodified reports whether a SendMessage the proxy rewrote (sent as body) was refused as
-// over its queue's size limit, which it then knows; the client's own request is to go instead,
-// as it would have without the proxy. The refusal stored nothing, so the resend cannot
-// duplicate a message.
-func (p *Proxy) resendUnmodified(c *call, body []byte, resp *http.Response, rb []byte) bool {
-	if c.op != "SendMessage" || resp.StatusCode != http.StatusBadRequest || sameSlice(body, c.body) {
+// refusedOverQueueLimit reports whether a SendMessage the proxy gave `_datadog` was refused
+// as over its queue's size limit, which it then knows: the request is to be rewritten and sent
+// again without `_datadog`, as the client would have sent it without the proxy. The refusal
+// stored nothing, so sending again cannot duplicate a message.
+func (p *Proxy) refusedOverQueueLimit(c *call, resp *http.Response, rb []byte) bool {
+	if c.op != "SendMessage" || resp.StatusCode != http.StatusBadRequest || c.injected == 0 {
 		return false
 	}
 	if code, msg := errorCode(resp, rb); !p.sizes.noteRefusal(c, code, msg) {
 		return false
 	}
-	p.stats.injected.Add(^uint64(0)) // it goes without _datadog after all
-	p.skip(c, c.edge, "queue_size_limit", "message with _datadog is over its queue's own size limit; sent again without it")
+	p.stats.injected.Add(^uint64(c.injected - 1)) // their `_datadog` never reached the queue
+	p.stats.sentAgain.Add(1)
 	return true
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -56,8 +57,12 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 	if dd != nil {
 		extra -= attrSize(dd)
 	}
-	if size+extra > p.sizes.limit(c, e, p.cfg.MaxMessageBytes) {
+	if size+extra > p.cfg.MaxMessageBytes {
 		p.skip(c, e, "size_limit", "message with _datadog would exceed the size limit; sent without it")
+		return pt, nil, dd
+	}
+	if n := p.sizes.learned(c, e); n > 0 && size+extra > n {
+		p.skip(c, e, "queue_size_limit", "message with _datadog would exceed its queue's own size limit of "+strconv.Itoa(n)+" bytes; sent without it")
 		return pt, nil, dd
 	}
 	if c.batchTotal > 0 && c.batchTotal+c.batchAdded+extra > p.cfg.MaxMessageBytes {
@@ -65,6 +70,7 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 		return pt, nil, dd
 	}
 	c.batchAdded += extra
+	c.injected++
 	return pt, carrier, dd
 }
 
