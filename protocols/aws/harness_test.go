@@ -298,6 +298,12 @@ func (e *events) Report(ev errtrack.Event) {
 	e.mu.Unlock()
 }
 
+func (e *events) all() []errtrack.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.ev)
+}
+
 func (e *events) named(name string) []errtrack.Event {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -474,8 +474,10 @@ type call struct {
 	// carries there, so an error response can name them and count them lost.
 	edge pathway.Edge
 	sent int
-	// injected counts the messages the rewrite gave `_datadog`.
+	// injected counts the messages the rewrite gave `_datadog`; with noInject it gives none (a
+	// send again after its queue refused it with `_datadog`).
 	injected int
+	noInject bool
 	// noStream counts records of a GetRecords answer read with a shard iterator of no known stream.
 	noStream int
 }
@@ -842,10 +844,10 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	body, fix := p.rewriteRequest(c)
 	resp, rb, err := p.forward(c, body)
 	if err == nil && p.refusedOverQueueLimit(c, resp, rb) {
-		// The queue's limit is known now, so the rewrite leaves `_datadog` out and keeps what
-		// else it changes (the queue URL). The Query rewrite edits the parsed form in place: it
-		// starts again from the client's body.
-		c.sent, c.batchAdded, c.injected = 0, 0, 0
+		// Rewritten again without `_datadog`, keeping what else the rewrite changes (the queue
+		// URL). The Query rewrite edits the parsed form in place: it starts again from the
+		// client's body.
+		c.sent, c.noInject = 0, true
 		if c.form != nil {
 			if c.form, err = parseForm(c.body); err != nil {
 				c.form = nil // parsed once already; cannot happen

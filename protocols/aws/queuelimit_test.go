@@ -1,6 +1,9 @@
 package aws
 
 import (
+	"net/http/httptest"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -9,6 +12,9 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // TestSQSQueueOwnSizeLimit: a queue whose MaximumMessageSize (1 KiB here) is below the proxy's
@@ -45,13 +51,7 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 	if n := len(tp.ev.named("queue_size_limit")); n != 3 {
 		t.Errorf("%d queue_size_limit skips, want 3", n)
 	}
-	proxyHost := strings.TrimPrefix(tp.url, "http://")
-	bodies, _ := up.seen()
-	for _, b := range bodies {
-		if strings.Contains(b, "own-limit") && strings.Contains(b, proxyHost) {
-			t.Errorf("a request reached the upstream with the proxy's queue URL: %.200s", b)
-		}
-	}
+	checkUpstreamURLs(t, tp, up)
 	got := receiveAll(ctx, t, cl, qurl, 4, []string{"All"})
 	if len(got) != 4 {
 		t.Errorf("%d messages stored, want 4", len(got))
@@ -92,6 +92,30 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 	if st := tp.Stats(); st.Injected != before.Injected {
 		t.Errorf("%d injected after a refused message, want %d", st.Injected, before.Injected)
 	}
+	for _, ev := range tp.ev.all() {
+		if ev.Edge.Topic == "own-limit-fresh" && ev.Category != errtrack.ProxySkip && ev.Messages != 1 {
+			t.Errorf("the refused message reported as %d messages (%s %s), want 1", ev.Messages, ev.Category, ev.Name)
+		}
+	}
+
+	// A message the proxy counts smaller than the queue does (the emulator counts a Binary value
+	// as its base64 text): the send again carries no _datadog whatever the proxy's count says.
+	binQ := small("own-limit-binary")
+	again := tp.Stats().SentAgain
+	for i := range 2 {
+		if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &binQ, MessageBody: awssdk.String(strings.Repeat("b", 180)),
+			MessageAttributes: map[string]types.MessageAttributeValue{"blob": binAttr(make([]byte, 600))}}); err != nil {
+			t.Fatalf("send %d of a message that fits its queue by the queue's count: %v", i, err)
+		}
+	}
+	if got := tp.Stats().SentAgain - again; got != 2 {
+		t.Errorf("%d sent again, want 2 (the proxy's count lets each be tried with _datadog)", got)
+	}
+	for _, m := range receiveAll(ctx, t, cl, binQ, 2, []string{"All"}) {
+		if _, ok := m.MessageAttributes[ddAttr]; ok {
+			t.Error("a message stored with _datadog in a queue that refused it")
+		}
+	}
 
 	// The Query form (Debian's awscli), on a queue of its own.
 	aws := newCLI(t, tp.url)
@@ -103,9 +127,10 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 			t.Fatal("Query send-message answered no MessageId")
 		}
 	}
-	if st := tp.Stats(); st.SentAgain != 3 {
-		t.Errorf("after the Query sends: %d sent again, want 3 (the fresh queue's, and the Query queue's first)", st.SentAgain)
+	if st := tp.Stats(); st.SentAgain != 5 {
+		t.Errorf("after the Query sends: %d sent again, want 5 (the fresh queue's, the binary queue's two, and the Query queue's first)", st.SentAgain)
 	}
+	checkUpstreamURLs(t, tp, up)
 	for _, m := range receiveAll(ctx, t, cl, qq, 2, []string{"All"}) {
 		if _, ok := m.MessageAttributes[ddAttr]; ok || len(awssdk.ToString(m.Body)) != len(near) {
 			t.Errorf("Query send stored as %d bytes, _datadog %v; want %d bytes without it", len(awssdk.ToString(m.Body)), ok, len(near))
@@ -124,8 +149,8 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qb, MessageBody: &near}); err != nil {
 		t.Fatalf("send after the batch: %v", err)
 	}
-	if st := tp.Stats(); st.SentAgain != 3 {
-		t.Errorf("%d sent again after the batch, want still 3: its limit was known", st.SentAgain)
+	if st := tp.Stats(); st.SentAgain != 5 {
+		t.Errorf("%d sent again after the batch, want still 5: its limit was known", st.SentAgain)
 	}
 }
 
@@ -154,6 +179,42 @@ func TestSQSQueueLimitTriedAgain(t *testing.T) {
 		}
 		if got := tp.Stats().SentAgain; got != tc.again {
 			t.Errorf("send %d, %v ahead: %d sent again, want %d", i, tc.ahead, got, tc.again)
+		}
+	}
+}
+
+// checkUpstreamURLs fails if a request reached the upstream naming a queue by the URL the proxy
+// handed out (as JSON writes it, or form-encoded).
+func checkUpstreamURLs(t *testing.T, tp *testProxy, up *verifier) {
+	t.Helper()
+	host := strings.TrimPrefix(tp.url, "http://")
+	bodies, _ := up.seen()
+	for _, b := range bodies {
+		if strings.Contains(b, "own-limit") && (strings.Contains(b, host) || strings.Contains(b, url.QueryEscape(host))) {
+			t.Errorf("a request reached the upstream with the proxy's queue URL: %.200s", b)
+		}
+	}
+}
+
+// TestQueueLimitKeepsLower: of two limits learned for one key within queueLimitTTL the lower
+// stays (two queues of one name behind one Host share it instead of taking turns); a raised one
+// is taken once the old has expired.
+func TestQueueLimitKeepsLower(t *testing.T) {
+	q := newQueueLimits()
+	t0 := time.Unix(1700000000, 0)
+	c := &call{r: httptest.NewRequest("POST", "http://sqs.local/", nil), service: ServiceSQS,
+		edge: pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSQS, Topic: "orders"}}
+	for _, st := range []struct {
+		at   time.Duration
+		n    int
+		want int
+	}{{0, 2048, 2048}, {time.Minute, 1024, 1024}, {2 * time.Minute, 4096, 1024}, {queueLimitTTL + 2*time.Minute, 4096, 4096}} {
+		c.now = t0.Add(st.at)
+		if !q.noteRefusal(c, "InvalidParameterValue", "One or more parameters are invalid. Reason: Message must be shorter than "+strconv.Itoa(st.n)+" bytes.") {
+			t.Fatal("the refusal was not read")
+		}
+		if got := q.learned(c, c.edge); got != st.want {
+			t.Errorf("after %d at +%v: limit %d, want %d", st.n, st.at, got, st.want)
 		}
 	}
 }

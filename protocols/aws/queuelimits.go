@@ -16,8 +16,8 @@ import (
 // without `_datadog` is refused once and sent again without it (refusedOverQueueLimit);
 // later messages to that queue that would not fit with `_datadog` go without it. A batch entry
 // refused so is the client's to resend, as the other entries stored. Queues are
-// keyed by the Host the client used and their name; two queues of one name behind one Host only
-// share the lower limit, which can cost injections, never a send.
+// keyed by the Host the client used and their name; two queues of one name behind one Host share
+// the lower limit, which can cost injections, never a send.
 type queueLimits struct {
 	mu sync.Mutex
 	m  *proxy.RecentMap[string, queueLimit]
@@ -78,7 +78,13 @@ func (q *queueLimits) noteRefusal(c *call, code, msg string) bool {
 		return false
 	}
 	q.mu.Lock()
-	q.m.Put(queueLimitKey(c, c.edge), queueLimit{n: n, at: c.now})
+	// The lower of two limits still current stays: two queues of one name behind one Host (other
+	// accounts) then share it instead of taking turns. A raised limit is taken once the old one
+	// has expired.
+	k := queueLimitKey(c, c.edge)
+	if old, ok := q.m.Get(k); !ok || c.now.Sub(old.at) > queueLimitTTL || n <= old.n {
+		q.m.Put(k, queueLimit{n: n, at: c.now})
+	}
 	q.mu.Unlock()
 	return true
 }

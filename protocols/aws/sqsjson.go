@@ -61,6 +61,11 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 		p.skip(c, e, "size_limit", "message with _datadog would exceed the size limit; sent without it")
 		return pt, nil, dd
 	}
+	if c.noInject {
+		// The queue refused it with `_datadog`: whatever the proxy's count of its size says.
+		p.skip(c, e, "queue_size_limit", "message with _datadog was refused as over its queue's own size limit; sent again without it")
+		return pt, nil, dd
+	}
 	if n := p.sizes.learned(c, e); n > 0 && size+extra > n {
 		p.skip(c, e, "queue_size_limit", "message with _datadog would exceed its queue's own size limit of "+strconv.Itoa(n)+" bytes; sent without it")
 		return pt, nil, dd
