@@ -15,7 +15,11 @@ import (
 // anywhere from 1 KiB up), as refusals have shown them. A SendMessage that fits its queue only
 // without `_datadog` is refused once and sent again without it (refusedOverQueueLimit);
 // later messages to that queue that would not fit with `_datadog` go without it. A batch entry
-// refused so is the client's to resend, as the other entries stored. Queues are
+// refused so fails for the client (SenderFault), where a direct send would have stored it: the
+// batch's other entries are stored, and sending that entry again in a batch of its own and
+// merging the answers is not done. That happens to each such entry until the limit is learned,
+// again after queueLimitTTL, and always where the proxy counts a message smaller than the queue
+// does. Queues are
 // keyed by the Host the client used and their name; two queues of one name behind one Host share
 // the lower limit, which can cost injections, never a send.
 type queueLimits struct {
@@ -33,7 +37,7 @@ const (
 	maxQueueLimits = 10000
 	// queueLimitTTL: a limit learned this long ago is tried again, so that a queue whose limit was
 	// raised, or which was made again, gets `_datadog` again. Trying costs a single send one more
-	// request, and a batch one refused entry, once per queue and TTL.
+	// request, and fails the batch entries that need it (see queueLimits), once per queue and TTL.
 	queueLimitTTL = time.Hour
 )
 
