@@ -849,9 +849,7 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		// client's body.
 		c.sent, c.noInject = 0, true
 		if c.form != nil {
-			if c.form, err = parseForm(c.body); err != nil {
-				c.form = nil // parsed once already; cannot happen
-			}
+			c.form, _ = parseForm(c.body) // it parsed before, so it parses again
 		}
 		body, fix = p.rewriteRequest(c)
 		resp, rb, err = p.forward(c, body)

@@ -19,9 +19,8 @@ import (
 // batch's other entries are stored, and sending that entry again in a batch of its own and
 // merging the answers is not done. That happens to each such entry until the limit is learned,
 // again after queueLimitTTL, and always where the proxy counts a message smaller than the queue
-// does. Queues are
-// keyed by the Host the client used and their name; two queues of one name behind one Host share
-// the lower limit, which can cost injections, never a send.
+// does. Queues are keyed by the Host the client used and their name; two queues of one name
+// behind one Host share the lower limit, which can cost injections, never a send.
 type queueLimits struct {
 	mu sync.Mutex
 	m  *proxy.RecentMap[string, queueLimit]

@@ -24,6 +24,10 @@ type fetchFacts struct {
 	session       *sessionOffsets    // the fetch session's offsets, for partitions the request omits
 }
 
+// partitions is how many partitions the request names, fetched or forgotten: what its facts
+// count against Proxy.facts and the observe queue.
+func (f *fetchFacts) partitions() int { return len(f.offsets) + len(f.forgotten) }
+
 // offset is the fetch offset of partition k: as the request names it, or as the fetch session
 // holds it; -1 when unknown.
 func (f *fetchFacts) offset(k fetchKey) int64 {
@@ -137,7 +141,7 @@ func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
 	if h.Version >= 7 {
 		s.trackFetchSession(f)
 	}
-	if s.keepFacts(pd, len(f.offsets)+len(f.forgotten)) {
+	if s.keepFacts(pd, f.partitions()) {
 		pd.facts = f
 		return
 	}
@@ -233,7 +237,7 @@ func (p *Proxy) enqueueObserve(job observeJob) bool {
 	// The request's facts wait with the frame: a fetch may name more partitions than it has bytes.
 	n := int64(len(job.frame))
 	if job.facts != nil {
-		n += factBytes * int64(len(job.facts.offsets)+len(job.facts.forgotten))
+		n += factBytes * int64(job.facts.partitions())
 	}
 	job.cost = n
 	// One response bigger than the whole budget is still observed when nothing else waits.
