@@ -174,6 +174,28 @@ func FuzzXMLTree(f *testing.F) {
 	})
 }
 
+// FuzzMergeBatchAnswers merges arbitrary upstream batch answers: an error or, from valid JSON,
+// valid JSON.
+func FuzzMergeBatchAnswers(f *testing.F) {
+	f.Add([]byte(`{"Successful":[{"Id":"a"}],"Failed":[{"Id":"b"}]}`), []byte(`{"Successful":[{"Id":"b"}]}`), false)
+	f.Add([]byte(`<R><SendMessageBatchResult><BatchResultErrorEntry><Id>b</Id></BatchResultErrorEntry></SendMessageBatchResult></R>`),
+		[]byte(`<R><SendMessageBatchResult><SendMessageBatchResultEntry><Id>b</Id></SendMessageBatchResultEntry></SendMessageBatchResult></R>`), true)
+	again := map[string]bool{"b": true}
+	f.Fuzz(func(t *testing.T, a, b []byte, query bool) {
+		w := wireJSON10
+		if query {
+			w = wireQuery
+		}
+		got, err := mergeBatchAnswers(w, a, b, again)
+		if err != nil || query {
+			return
+		}
+		if json.Valid(a) && json.Valid(b) && !json.Valid(got) {
+			t.Fatalf("merged %q and %q into invalid JSON %q", a, b, got)
+		}
+	})
+}
+
 // FuzzSNSEnvelope reads contexts from arbitrary SQS bodies (SNS non-raw delivery).
 func FuzzSNSEnvelope(f *testing.F) {
 	c := pathway.Context{Hash: 7, PathwayStart: time.UnixMilli(1), EdgeStart: time.UnixMilli(2)}

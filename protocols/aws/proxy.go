@@ -132,8 +132,9 @@ type Stats struct {
 	DecodeErrors   uint64 // bodies forwarded without being understood
 	PointsDropped  uint64 // Observer.Add returned false
 	RefusedConns   uint64 // connections closed at once because MaxConns were open
-	// SendMessages refused as over their queue's own size limit with `_datadog`, and sent again
-	// without it.
+	// SendMessages, and SendMessageBatches with entries, refused as over their queue's own size
+	// limit with `_datadog`, and sent again without it (a batch's refused entries in a batch of
+	// their own).
 	SentAgain uint64
 }
 
@@ -478,6 +479,10 @@ type call struct {
 	// send again after its queue refused it with `_datadog`).
 	injected int
 	noInject bool
+	// out is a SendMessageBatch's entries by Id, as its rewrite left them; resent names those
+	// refused as over their queue's size limit with `_datadog` and sent again (sendBatchAgain).
+	out    map[string]*outMsg
+	resent map[string]bool
 	// noStream counts records of a GetRecords answer read with a shard iterator of no known stream.
 	noStream int
 }
@@ -847,7 +852,7 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		// Rewritten again without `_datadog`, keeping what else the rewrite changes (the queue
 		// URL). The Query rewrite edits the parsed form in place: it starts again from the
 		// client's body.
-		c.sent, c.noInject = 0, true
+		c.sent, c.injected, c.batchAdded, c.out, c.noInject = 0, 0, 0, nil, true
 		if c.form != nil {
 			c.form, _ = parseForm(c.body) // it parsed before, so it parses again
 		}
@@ -871,7 +876,9 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	c.now = p.now()
 	modified := false
 	if resp.StatusCode/100 == 2 {
-		if fix != nil {
+		if again, ok := p.sendBatchAgain(c, rb, fix); ok {
+			rb, modified = again, true
+		} else if fix != nil {
 			if nb := fix(rb); nb != nil {
 				rb, modified = nb, true
 			}

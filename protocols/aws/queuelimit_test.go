@@ -21,9 +21,7 @@ import (
 // limit takes a message that fits only without `_datadog`. Through the proxy the send still
 // succeeds, in both wire forms: the refused rewrite is sent again without `_datadog` (and with
 // the queue URL still translated for the upstream), and later such messages to that queue go
-// without it at once. Messages that fit with it still get it. A batch entry refused so is the
-// client's to see (as a direct send of an entry over the limit would be), and teaches the proxy
-// that queue's limit too.
+// without it at once. Messages that fit with it still get it (batches: TestSQSBatchEntriesSentAgain).
 func TestSQSQueueOwnSizeLimit(t *testing.T) {
 	tp, up, cl, _, ctx := sqsSetup(t, "own-limit-base", nil)
 	small := func(name string) string {
@@ -137,21 +135,6 @@ func TestSQSQueueOwnSizeLimit(t *testing.T) {
 		}
 	}
 
-	// A batch: the entry over the limit with _datadog fails as SQS says, and the queue's limit
-	// is learned from it.
-	qb := small("own-limit-batch")
-	bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: &qb, Entries: []types.SendMessageBatchRequestEntry{
-		{Id: awssdk.String("near"), MessageBody: &near}, {Id: awssdk.String("short"), MessageBody: awssdk.String("short")},
-	}})
-	if err != nil || len(bm.Failed) != 1 || awssdk.ToString(bm.Failed[0].Id) != "near" || len(bm.Successful) != 1 || awssdk.ToString(bm.Successful[0].Id) != "short" {
-		t.Fatalf("batch: %v %+v", err, bm)
-	}
-	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qb, MessageBody: &near}); err != nil {
-		t.Fatalf("send after the batch: %v", err)
-	}
-	if st := tp.Stats(); st.SentAgain != 5 {
-		t.Errorf("%d sent again after the batch, want still 5: its limit was known", st.SentAgain)
-	}
 }
 
 // TestSQSQueueLimitTriedAgain: a queue's learned limit is tried again after queueLimitTTL, so a

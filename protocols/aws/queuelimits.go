@@ -12,15 +12,13 @@ import (
 )
 
 // queueLimits are SQS queues' own message size limits (MaximumMessageSize, which a queue may set
-// anywhere from 1 KiB up), as refusals have shown them. A SendMessage that fits its queue only
-// without `_datadog` is refused once and sent again without it (refusedOverQueueLimit);
-// later messages to that queue that would not fit with `_datadog` go without it. A batch entry
-// refused so fails for the client (SenderFault), where a direct send would have stored it: the
-// batch's other entries are stored, and sending that entry again in a batch of its own and
-// merging the answers is not done. That happens to each such entry until the limit is learned,
-// again after queueLimitTTL, and always where the proxy counts a message smaller than the queue
-// does. Queues are keyed by the Host the client used and their name; two queues of one name
-// behind one Host share the lower limit, which can cost injections, never a send.
+// anywhere from 1 KiB up), as refusals have shown them. A send that fits its queue only without
+// `_datadog` is refused once and sent again without it (refusedOverQueueLimit, and
+// sendBatchAgain for a batch's entries); later messages to that queue that would not fit with
+// `_datadog` go without it. That send again happens until the limit is learned, again after
+// queueLimitTTL, and always where the proxy counts a message smaller than the queue does.
+// Queues are keyed by the Host the client used and their name; two queues of one name behind one
+// Host share the lower limit, which can cost injections, never a send.
 type queueLimits struct {
 	mu sync.Mutex
 	m  *proxy.RecentMap[string, queueLimit]
@@ -35,8 +33,8 @@ const (
 	// maxQueueLimits bounds the queues whose limits are remembered (the ones used most recently).
 	maxQueueLimits = 10000
 	// queueLimitTTL: a limit learned this long ago is tried again, so that a queue whose limit was
-	// raised, or which was made again, gets `_datadog` again. Trying costs a single send one more
-	// request, and fails the batch entries that need it (see queueLimits), once per queue and TTL.
+	// raised, or which was made again, gets `_datadog` again. Trying costs one more request, once
+	// per queue and TTL.
 	queueLimitTTL = time.Hour
 )
 
@@ -92,12 +90,13 @@ func (q *queueLimits) noteRefusal(c *call, code, msg string) bool {
 	return true
 }
 
-// refusedOverQueueLimit reports whether a SendMessage the proxy gave `_datadog` was refused
-// as over its queue's size limit, which it then knows: the request is to be rewritten and sent
-// again without `_datadog`, as the client would have sent it without the proxy. The refusal
-// stored nothing, so sending again cannot duplicate a message.
+// refusedOverQueueLimit reports whether a SendMessage, or a whole SendMessageBatch (as FIFO
+// batches are refused), the proxy gave `_datadog` was refused as over its queue's size limit,
+// which it then knows: the request is to be rewritten and sent again without `_datadog`, as the
+// client would have sent it without the proxy. The refusal stored nothing, so sending again
+// cannot duplicate a message, nor reorder a FIFO group.
 func (p *Proxy) refusedOverQueueLimit(c *call, resp *http.Response, rb []byte) bool {
-	if c.op != "SendMessage" || resp.StatusCode != http.StatusBadRequest || c.injected == 0 {
+	if c.op != "SendMessage" && c.op != "SendMessageBatch" || resp.StatusCode != http.StatusBadRequest || c.injected == 0 {
 		return false
 	}
 	if code, msg := errorCode(resp, rb); !p.sizes.noteRefusal(c, code, msg) {

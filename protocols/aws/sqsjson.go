@@ -265,6 +265,7 @@ func (p *Proxy) sqsJSONSendBatch(c *call, b []byte, ms []member, queue string) (
 		}
 		msgs[id] = m
 	}
+	c.out = msgs
 	fix := func(resp []byte) []byte {
 		rms, _, err := objectMembers(resp, 0)
 		if err != nil {
@@ -331,22 +332,32 @@ func jsonEntries(c *call, b []byte, elems [][2]int, bodyKey string) ([]jsonEntry
 
 // jsonBatchFailures reports each entry of a batch response's Failed list.
 func (p *Proxy) jsonBatchFailures(c *call, resp []byte, rms []member, key string) {
+	for _, f := range jsonFailedEntries(resp, rms, key) {
+		if !c.resent[f.ID] {
+			p.reportFailedEntry(c, f.Code, "entry "+f.ID+": "+f.Message, f.SenderFault, 1)
+		}
+	}
+}
+
+// failedEntry is one entry of a batch answer's failures.
+type failedEntry struct {
+	ID          string `json:"Id"`
+	Code        string `json:"Code"`
+	Message     string `json:"Message"`
+	SenderFault bool   `json:"SenderFault"`
+}
+
+// jsonFailedEntries decodes the failures list under key of a JSON batch answer.
+func jsonFailedEntries(resp []byte, rms []member, key string) []failedEntry {
 	fm := find(rms, key)
 	if fm == nil || resp[fm.VS] != '[' {
-		return
+		return nil
 	}
-	var failed []struct {
-		ID          string `json:"Id"`
-		Code        string `json:"Code"`
-		Message     string `json:"Message"`
-		SenderFault bool   `json:"SenderFault"`
-	}
+	var failed []failedEntry
 	if json.Unmarshal(resp[fm.VS:fm.VE], &failed) != nil {
-		return
+		return nil
 	}
-	for _, f := range failed {
-		p.reportFailedEntry(c, f.Code, "entry "+f.ID+": "+f.Message, f.SenderFault, 1)
-	}
+	return failed
 }
 
 func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue string) ([]edit, respFixer, error) {

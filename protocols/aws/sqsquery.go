@@ -127,6 +127,7 @@ func (p *Proxy) sqsQuerySendBatch(c *call, queue string) respFixer {
 		}
 		msgs[en.id] = m
 	}
+	c.out = msgs
 	return func(resp []byte) []byte {
 		root, err := parseXML(resp)
 		if err != nil {
@@ -154,6 +155,9 @@ func (p *Proxy) sqsQuerySendBatch(c *call, queue string) respFixer {
 // xmlBatchFailures reports each failed entry of a Query batch response.
 func (p *Proxy) xmlBatchFailures(c *call, root *xnode, name string) {
 	for _, f := range root.findAll(name, nil) {
+		if c.resent[f.childText("Id")] {
+			continue
+		}
 		p.reportFailedEntry(c, f.childText("Code"), "entry "+f.childText("Id")+": "+f.childText("Message"), f.childText("SenderFault") == "true", 1)
 	}
 }
