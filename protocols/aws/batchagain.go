@@ -15,7 +15,7 @@ import (
 // the group without a word to the client, where a failed entry at least says so.
 
 // errBatchAnswer: a batch answer without the list the merge needs.
-var errBatchAnswer = errors.New("batch answer without SendMessageBatchResult")
+var errBatchAnswer = errors.New("batch answer without its list of results or failures")
 
 // sendBatchAgain sends again the entries of c (a SendMessageBatch answered rb) that its queue
 // refused with `_datadog`, and returns the merged answer the client gets, already fixed; false
@@ -38,7 +38,14 @@ func (p *Proxy) sendBatchAgain(c *call, rb []byte, fix respFixer) ([]byte, bool)
 		}
 	}
 	body2, fix2 := p.rewriteRequest(c2)
+	// Whatever comes of it, their `_datadog` never reached the queue.
+	p.stats.injected.Add(^uint64(len(ids) - 1))
+	p.stats.sentAgain.Add(1)
 	resp2, rb2, err := p.forward(c2, body2)
+	// Where the send again fails, the client gets the first answer, and the first failures are
+	// what is reported lost (c.resent stays nil); the second refusal is reported as the
+	// service's error only.
+	c2.sent = 0
 	if err != nil {
 		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).Int("entries", len(ids)).
 			Msg("could not send again the batch entries refused as over their queue's size limit; the client sees them failed")
@@ -47,6 +54,12 @@ func (p *Proxy) sendBatchAgain(c *call, rb []byte, fix respFixer) ([]byte, bool)
 	c2.now = p.now()
 	if resp2.StatusCode/100 != 2 {
 		p.reportUpstreamError(c2, resp2, rb2)
+		return nil, false
+	}
+	if missing := answerLacks(c.wire, rb2, ids); missing != "" {
+		p.stats.decodeErr.Add(1)
+		p.log.Error().Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).Str("entry", missing).
+			Msg("the answer to batch entries sent again does not name them all; the client gets the first answer, which has them failed")
 		return nil, false
 	}
 	c.resent = ids // their first failures are not the client's: not reported
@@ -61,9 +74,42 @@ func (p *Proxy) sendBatchAgain(c *call, rb []byte, fix respFixer) ([]byte, bool)
 			Msg("could not merge the answers of a batch and its entries sent again; the client sees stored entries as failed")
 		return a, true
 	}
-	p.stats.injected.Add(^uint64(len(ids) - 1)) // their `_datadog` never reached the queue
-	p.stats.sentAgain.Add(1)
 	return merged, true
+}
+
+// answerLacks returns an Id of ids that a batch answer names in neither of its lists, "" when it
+// names them all (or cannot be read: the merge says so).
+func answerLacks(w wire, rb []byte, ids map[string]bool) string {
+	named := map[string]bool{}
+	if w == wireQuery {
+		root, err := parseXML(rb)
+		if err != nil {
+			return ""
+		}
+		for _, name := range []string{"SendMessageBatchResultEntry", "BatchResultErrorEntry"} {
+			for _, e := range root.findAll(name, nil) {
+				named[e.childText("Id")] = true
+			}
+		}
+	} else {
+		ms, _, err := objectMembers(rb, 0)
+		if err != nil {
+			return ""
+		}
+		for _, key := range []string{"Successful", "Failed"} {
+			objs, _ := arrayObjects(rb, ms, key)
+			for _, o := range objs {
+				id, _ := jsonString(rb, find(o.ms, "Id"))
+				named[id] = true
+			}
+		}
+	}
+	for id := range ids {
+		if !named[id] {
+			return id
+		}
+	}
+	return ""
 }
 
 // applyFix returns fix's rewrite of resp, or resp when it has none.
@@ -205,6 +251,9 @@ func mergeJSONBatch(a, b []byte, again map[string]bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if find(ams, "Failed") == nil {
+		return nil, errBatchAnswer // it held the failures sent again
+	}
 	bms, _, err := objectMembers(b, 0)
 	if err != nil {
 		return nil, err
@@ -255,22 +304,7 @@ func mergeJSONBatch(a, b []byte, again map[string]bool) ([]byte, error) {
 			eds = append(eds, appendMember(ams, aend, key, list))
 		}
 	}
-	// Two edits may both append at aend; applyEdits keeps them in order only if they are one.
-	return applyEdits(make([]byte, 0, len(a)+len(b)), a, joinEdits(eds)), nil
-}
-
-// joinEdits merges edits that insert at one offset into one, in their order (applyEdits drops an
-// edit that starts before the previous one ends).
-func joinEdits(eds []edit) []edit {
-	out := eds[:0:0]
-	for _, e := range eds {
-		if n := len(out); n > 0 && e.S == e.E && out[n-1].S == e.S && out[n-1].E == e.E {
-			out[n-1].New = append(append([]byte(nil), out[n-1].New...), e.New...)
-			continue
-		}
-		out = append(out, e)
-	}
-	return out
+	return applyEdits(make([]byte, 0, len(a)+len(b)), a, eds), nil
 }
 
 func mergeXMLBatch(a, b []byte, again map[string]bool) ([]byte, error) {

@@ -218,6 +218,10 @@ func TestMergeBatchAnswers(t *testing.T) {
 		b:    `{"Successful":[{"Id":"b"},{"Id":"c"}]}`,
 		want: `{"Failed":[],"Successful":[{"Id":"b"},{"Id":"c"}]}`,
 	}, {
+		name: "json without Failed",
+		w:    wireJSON10,
+		a:    `{}`, b: `{}`, wantErr: true,
+	}, {
 		name: "json not an object",
 		w:    wireJSON10,
 		a:    `[]`, b: `{}`, wantErr: true,
@@ -273,5 +277,63 @@ func TestBatchSubset(t *testing.T) {
 		"&SendMessageBatchRequestEntry.2.MessageAttribute.1.Name=k&Version=2012-11-05"
 	if err != nil || string(got) != want {
 		t.Errorf("Query: %s (%v), want %s", got, err, want)
+	}
+}
+
+// TestSQSBatchSentAgainFails: when the send again fails (the service errs, or answers without
+// naming the entries), the client gets the first answer, its refused entries failed there and reported lost once each;
+// their `_datadog` is not counted as injected.
+func TestSQSBatchSentAgainFails(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+		answer string
+	}{
+		{"server error", 500, `{"__type":"com.amazonaws.sqs#InternalError","message":"We encountered an internal error."}`},
+		{"refused", 400, `{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}`},
+		{"answer names none", 200, `{"Successful":[]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp, up, cl, _, ctx := sqsSetup(t, "again-fails-base", nil)
+			cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("again-fails"),
+				Attributes: map[string]string{"MaximumMessageSize": "1024"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			batches := 0
+			up.setIntercept(func(body string) (int, string) {
+				if strings.Contains(body, `"Entries"`) {
+					if batches++; batches == 2 {
+						return tc.status, tc.answer
+					}
+				}
+				return 0, ""
+			})
+			near := strings.Repeat("n", 1000)
+			bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: cq.QueueUrl, Entries: []types.SendMessageBatchRequestEntry{
+				{Id: awssdk.String("near"), MessageBody: &near}, {Id: awssdk.String("short"), MessageBody: awssdk.String("short")},
+			}})
+			if err != nil {
+				t.Fatalf("batch: %v", err)
+			}
+			if len(bm.Failed) != 1 || awssdk.ToString(bm.Failed[0].Id) != "near" || len(bm.Successful) != 1 {
+				t.Fatalf("batch answered %+v, want near failed (the first answer)", bm)
+			}
+			if batches != 2 {
+				t.Fatalf("%d batches reached the upstream, want 2", batches)
+			}
+			lost := 0
+			for _, ev := range tp.ev.all() {
+				if ev.Category == errtrack.LostMessage {
+					lost += ev.Messages
+				}
+			}
+			if lost != 1 {
+				t.Errorf("%d messages reported lost, want 1 (near, once)", lost)
+			}
+			if st := tp.Stats(); st.Injected != 1 || st.SentAgain != 1 {
+				t.Errorf("stats %+v: want 1 injected (short) and 1 sent again", st)
+			}
+		})
 	}
 }

@@ -135,6 +135,9 @@ type verifier struct {
 	paths    []string
 	headers  []http.Header
 	scopes   []string // region/service of each request's signature
+	// intercept, when set, may answer a request in place of the emulator (status 0: it does not),
+	// for the upstream failures no emulator gives on demand.
+	intercept func(body string) (status int, answer string)
 }
 
 func startVerifier(t testing.TB, target string) *verifier {
@@ -157,6 +160,12 @@ func startVerifier(t testing.TB, target string) *verifier {
 
 func (v *verifier) URL() string { return "http://" + v.addr }
 
+func (v *verifier) setIntercept(f func(body string) (int, string)) {
+	v.mu.Lock()
+	v.intercept = f
+	v.mu.Unlock()
+}
+
 func (v *verifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	v.mu.Lock()
@@ -175,6 +184,17 @@ func (v *verifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusForbidden)
 		fmt.Fprintf(w, `{"__type":"SignatureDoesNotMatch","message":%q}`, why)
 		return
+	}
+	v.mu.Lock()
+	intercept := v.intercept
+	v.mu.Unlock()
+	if intercept != nil {
+		if status, answer := intercept(string(body)); status != 0 {
+			w.Header().Set("Content-Type", "application/x-amz-json-1.0")
+			w.WriteHeader(status)
+			io.WriteString(w, answer)
+			return
+		}
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.Host = v.target.Host
