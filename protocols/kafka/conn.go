@@ -73,6 +73,9 @@ type session struct {
 	// them from these. Replaced, never changed, so a fetch's observation can keep the one of its
 	// time (fetchFacts.session).
 	fetchSession *sessionOffsets
+	// limitWait: until when the produce request being rewritten may wait for its topics' first
+	// size limits (topicLimits.check); request goroutine only.
+	limitWait    time.Time
 	sessionShare proxy.Share // its part of Proxy.sessionEntries
 
 	// Produce path buffers, used by the request goroutine only.

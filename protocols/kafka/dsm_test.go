@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -376,26 +377,47 @@ func TestNodeListenerProblem(t *testing.T) {
 	waitFor(t, "the problem of a removed node to clear", func() bool { return p2.Problem() == nil })
 }
 
-// TestTopicSizeLimitLearned: a topic whose max.message.bytes is below MaxBatchBytes refuses a
-// batch the header grew past it. The client sees that one refusal (its batch asked the proxy to
-// read the topic's config, and an acks=all batch does not wait for the answer); the proxy
-// learns the size, and later batches of the topic that would grow that far go as they came, so
-// they are accepted, while smaller ones still get the header.
+// TestTopicSizeLimitLearned: a topic whose max.message.bytes is below MaxBatchBytes would refuse
+// a batch the header grew past it, which the client would not have had without the proxy. The
+// first batch to the topic waits for the proxy's lookup of the topic's limit and goes as it came.
+// When the lookup does not answer in time (the broker holds it here), the batch goes with the
+// header and the client sees the refusal once; the proxy learns the size from it, and later
+// batches of the topic that would grow that far go as they came, while smaller ones still get
+// the header.
 func TestTopicSizeLimitLearned(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
 	ctx := testCtx(t)
-	topic := uniqueTopic(t, "small-topic")
-	cl := kgoClient(t, p, kgo.DisableIdempotentWrite(), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0),
-		kgo.ProducerBatchCompression(kgo.NoCompression()))
+	cl := kgoClient(t, p, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.NoCompression()))
 	limit := "2000"
-	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
-		t.Fatal(err)
+	small := func(name string) string {
+		topic := uniqueTopic(t, name)
+		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+			t.Fatal(err)
+		}
+		return topic
 	}
 	near := bytes.Repeat([]byte("n"), 1900) // a one-record batch of 1,970 bytes, about 2,020 with the header
-	err := cl.ProduceSync(ctx, &kgo.Record{Value: near}).FirstErr()
+
+	// The lookup answers: nothing is refused.
+	first := small("small-topic-first")
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: first, Value: near}).FirstErr(); err != nil {
+		t.Fatalf("first batch to a topic whose limit the header would pass: %v", err)
+	}
+	if p.limits.waits.Load() == 0 {
+		t.Error("the first batch did not wait for its topic's limit")
+	}
+	if r := readTopic(t, ctx, p, first, 1)[0]; hasContext(r) {
+		t.Error("the first batch was grown past its topic's limit")
+	}
+
+	// The lookup is held at the broker past topicLimitWait.
+	topic := small("small-topic")
+	release := holdNext(c, kmsg.DescribeConfigs.Int16())
+	err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: near}).FirstErr()
+	release()
 	if !errors.Is(err, kerr.MessageTooLarge) {
-		t.Fatalf("first batch grown past the topic's limit: %v, want MESSAGE_TOO_LARGE", err)
+		t.Fatalf("first batch grown past the topic's limit, its lookup unanswered: %v, want MESSAGE_TOO_LARGE", err)
 	}
 	if evs := p.errs.byName("topic_size_limit"); len(evs) == 0 {
 		t.Errorf("no topic_size_limit event for the refused batch")
@@ -430,7 +452,7 @@ func TestAcksZeroTopicLimit(t *testing.T) {
 	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
 		t.Fatal(err)
 	}
-	produceEach(t, ctx, cl, topic, []byte("first")) // asks for the topic's limit, and goes without the header meanwhile
+	produceEach(t, ctx, cl, topic, []byte("first")) // asks for the topic's limit, and waits for it
 	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
 	near := bytes.Repeat([]byte("n"), 1900) // a one-record batch of 1,970 bytes, about 2,020 with the header
 	for range 3 {
@@ -441,7 +463,7 @@ func TestAcksZeroTopicLimit(t *testing.T) {
 	got := readTopic(t, ctx, p, topic, 8) // before the proxy read limits, the "nnn" ones were lost
 	var values []string
 	for _, r := range got {
-		has, want := hasContext(r), len(r.Value) < 100 && string(r.Value) != "first"
+		has, want := hasContext(r), len(r.Value) < 100
 		if has != want {
 			t.Errorf("record %.10q (%d bytes): pathway header %v, want %v", r.Value, len(r.Value), has, want)
 		}
@@ -450,8 +472,8 @@ func TestAcksZeroTopicLimit(t *testing.T) {
 	if want := []string{"first", "nnnnn", "small", "nnnnn", "small", "nnnnn", "small", "last"}; !slices.Equal(values, want) {
 		t.Errorf("consumed %q, want %q (acks=0 records lost)", values, want)
 	}
-	if n := len(p.errs.byName("topic_limit_unknown")); n != 1 {
-		t.Errorf("%d topic_limit_unknown events, want 1 (the first batch)", n)
+	if n := len(p.errs.byName("topic_limit_unknown")); n != 0 {
+		t.Errorf("%d topic_limit_unknown events, want 0 (the first batch waited for the limit)", n)
 	}
 	if n := len(p.errs.byName("topic_size_limit")); n != 3 {
 		t.Errorf("%d topic_size_limit events, want 3 (the batches near the limit)", n)
@@ -547,39 +569,54 @@ func TestTopicLimitBoundary(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
 	ctx := testCtx(t)
-	var mu sync.Mutex
-	var received []int // partition records sizes the broker got, in order (topics may be named by id)
-	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
-			for _, part := range tp.Partitions {
-				received = append(received, len(part.Records))
+	received := func(c *kfake.Cluster) func() []int {
+		var mu sync.Mutex
+		var sizes []int // partition records sizes the broker got, in order (topics may be named by id)
+		c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+			c.KeepControl()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+				for _, part := range tp.Partitions {
+					sizes = append(sizes, len(part.Records))
+				}
 			}
-		}
-		return nil, nil, false
-	})
-	cl := kgoClient(t, p, kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0),
-		kgo.ProducerBatchCompression(kgo.NoCompression()))
+			return nil, nil, false
+		})
+		return func() []int { mu.Lock(); defer mu.Unlock(); return slices.Clone(sizes) }
+	}
+	viaProxy := received(c)
+	opts := []kgo.Opt{kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression())}
+	cl := kgoClient(t, p, opts...)
 	value := bytes.Repeat([]byte("v"), 1500)
-	// The grown size of this one-record batch, on a topic with the default limit.
+	// The size of this one-record batch as the client sends it (to a cluster of its own, reached
+	// directly), then grown through the proxy, on a topic with the default limit.
+	bareCluster, _ := startCluster(t)
+	sentBare := received(bareCluster)
+	direct, err := kgo.NewClient(append(opts, kgo.SeedBrokers(bareCluster.ListenAddrs()...))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
 	probe := uniqueTopic(t, "probe")
-	produceEach(t, ctx, cl, probe, value)
-	waitFor(t, "the proxy to read the probe topic's limit", func() bool { return p.limits.known(probe) > 0 })
-	produceEach(t, ctx, cl, probe, value)
+	for _, cl := range []*kgo.Client{direct, cl} {
+		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, probe); err != nil {
+			t.Fatal(err)
+		}
+		produceEach(t, ctx, cl, probe, value)
+	}
 	var bare, grown int
-	waitFor(t, "the broker to get both probe batches", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(received) < 2 {
+	waitFor(t, "the brokers to get both probe batches", func() bool {
+		b, g := sentBare(), viaProxy()
+		if len(b) < 1 || len(g) < 1 {
 			return false
 		}
-		bare, grown = received[0], received[1]
+		bare, grown = b[0], g[0]
 		return true
 	})
 	if grown <= bare {
-		t.Fatalf("the second probe batch was not grown: %d bytes, then %d", bare, grown)
+		t.Fatalf("the probe batch was not grown: %d bytes, then %d", bare, grown)
 	}
 	for _, tc := range []struct {
 		limit  int
@@ -590,10 +627,8 @@ func TestTopicLimitBoundary(t *testing.T) {
 		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
 			t.Fatal(err)
 		}
-		produceEach(t, ctx, cl, topic, value)
-		waitFor(t, "the proxy to read "+topic+"'s limit", func() bool { return p.limits.known(topic) == tc.limit })
-		produceEach(t, ctx, cl, topic, value)
-		if has := hasContext(readTopic(t, ctx, p, topic, 2)[1]); has != tc.header {
+		produceEach(t, ctx, cl, topic, value) // waits for the topic's limit
+		if has := hasContext(readTopic(t, ctx, p, topic, 1)[0]); has != tc.header {
 			t.Errorf("batch grown to %d bytes, topic limit %d: pathway header %v, want %v", grown, tc.limit, has, tc.header)
 		}
 	}
@@ -614,12 +649,11 @@ func TestTopicLimitRecompressed(t *testing.T) {
 	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit, "compression.type": &compression}, topic); err != nil {
 		t.Fatal(err)
 	}
-	produceEach(t, ctx, cl, topic, []byte("first"))
-	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
+	produceEach(t, ctx, cl, topic, []byte("first"))                 // waits for the topic's limit
 	produceEach(t, ctx, cl, topic, bytes.Repeat([]byte("z"), 1950)) // a few dozen bytes lz4-compressed, about 2,070 uncompressed with the header
 	produceEach(t, ctx, cl, topic, []byte("small"))
 	got := readTopic(t, ctx, p, topic, 3)
-	for i, want := range []bool{false, false, true} {
+	for i, want := range []bool{true, false, true} {
 		if has := hasContext(got[i]); has != want {
 			t.Errorf("record %d (%d bytes): pathway header %v, want %v", i, len(got[i].Value), has, want)
 		}

@@ -147,9 +147,9 @@ func TestFactsBounded(t *testing.T) {
 
 // TestUnkeptFactsThroughProxy: with no room for any request's facts, kgo's producer and group
 // consumer work through the proxy as before. A produce is handled as acks=0: a batch gets the
-// header once the topic's size limit is known (the first, before that, goes as it came), and its
-// checkpoints count when sent; only the offsets the answers would have given are missing, and
-// each such request is counted. With room, a producer's answered requests keep nothing.
+// header once the topic's size limit is known (the first, sent while the broker holds the
+// proxy's lookup of it, goes as it came), and its checkpoints count when sent; only the offsets
+// the answers would have given are missing, and each such request is counted. With room, a producer's answered requests keep nothing.
 func TestUnkeptFactsThroughProxy(t *testing.T) {
 	defer func(old int64) { maxFacts = old }(maxFacts)
 	for _, room := range []bool{false, true} {
@@ -162,7 +162,10 @@ func TestUnkeptFactsThroughProxy(t *testing.T) {
 		if _, err := kadm.NewClient(prod).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
 			t.Fatal(err)
 		}
-		produceEach(t, ctx, prod, topic, []byte("w")) // before the proxy knows the topic's limit
+		// Before the proxy knows the topic's limit: the broker holds the lookup past the wait.
+		release := holdNext(c, kmsg.DescribeConfigs.Int16())
+		produceEach(t, ctx, prod, topic, []byte("w"))
+		release()
 		waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) > 0 })
 		for i := range 5 {
 			produceEach(t, ctx, prod, topic, []byte{'a' + byte(i)})

@@ -3,6 +3,7 @@ package kafka
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -70,6 +71,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	if v.acks == 0 {
 		pd = nil
 	}
+	s.limitWait = time.Now().Add(topicLimitWait) // for all of the request's first lookups together
 	ci := s.info.Load()
 	if len(v.parts) > maxProducePartitions {
 		// Its facts, held until the answer, would grow with the partition count (a 100 MiB

@@ -136,7 +136,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		// Without hold, a refusal would not be read, so the proxy could not learn the topic's limit
 		// from it (its only way on clusters whose topic configs it cannot read): the batch grows
 		// only under a limit known to fit.
-		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !hold); why != "" {
+		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !hold, s.limitWait); why != "" {
 			changed, skip = false, why
 		}
 	}

@@ -46,6 +46,8 @@ const (
 // tried are dropped: topicLimits asks again after topicAskEvery.
 func (r *configReader) run(ctx context.Context) {
 	defer r.closeConn()
+	r.p.limits.noReader.Store(false)
+	defer func() { r.p.limits.noReader.Store(true); r.p.limits.settle(nil) }() // no batch waits for it any more
 	ask := r.p.limits.ask
 	for {
 		var topics []string
@@ -69,16 +71,21 @@ func (r *configReader) run(ctx context.Context) {
 			return
 		}
 		if time.Now().Before(r.retryAt) {
+			r.p.limits.settle(topics)
 			continue
 		}
-		if err := r.lookup(ctx, topics); err != nil {
+		unread, err := r.lookup(ctx, topics)
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			r.failed(err)
+			r.p.limits.settle(topics)
 			continue
 		}
 		r.backoff = 0
+		r.p.limits.downUntil.Store(0)
+		r.p.limits.settle(unread)
 	}
 }
 
@@ -91,22 +98,22 @@ func (r *configReader) consequence() string {
 	return msg + "; acks=0 batches go without the header"
 }
 
-// lookup asks for topics' max.message.bytes and records the answers. A connection that answered
-// before and fails now was probably closed for idleness (connections.max.idle.ms): one retry on
-// a new one.
-func (r *configReader) lookup(ctx context.Context, topics []string) error {
+// lookup asks for topics' max.message.bytes, records the answers and returns the topics whose
+// limit it did not learn. A connection that answered before and fails now was probably closed for
+// idleness (connections.max.idle.ms): one retry on a new one.
+func (r *configReader) lookup(ctx context.Context, topics []string) ([]string, error) {
 	reused := r.conn != nil
-	err := r.describe(ctx, topics)
+	unread, err := r.describe(ctx, topics)
 	if err != nil && reused && ctx.Err() == nil {
-		err = r.describe(ctx, topics)
+		unread, err = r.describe(ctx, topics)
 	}
-	return err
+	return unread, err
 }
 
-func (r *configReader) describe(ctx context.Context, topics []string) error {
+func (r *configReader) describe(ctx context.Context, topics []string) (unread []string, err error) {
 	if r.conn == nil {
 		if err := r.connect(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	c, fresh := r.conn, r.fresh
@@ -131,11 +138,12 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 		// A new connection that answered ApiVersions and closed at DescribeConfigs: the broker
 		// wants SASL first. On an older one it may have been closed for idleness.
 		if fresh && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
-			return errRefused{err}
+			return nil, errRefused{err}
 		}
-		return err
+		return nil, err
 	}
 	denied := 0
+	learned := make(map[string]bool, len(topics))
 	for _, res := range resp.Resources {
 		if res.ErrorCode != 0 {
 			// A topic not created yet, or one the proxy may not describe: asked again later.
@@ -159,6 +167,12 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 		}
 		if limit > 0 {
 			r.p.limits.learned(res.ResourceName, limit, compression)
+			learned[res.ResourceName] = true
+		}
+	}
+	for _, t := range topics {
+		if !learned[t] {
+			unread = append(unread, t) // refused, not created yet, or not in the answer
 		}
 	}
 	r.succeeded = true
@@ -167,7 +181,7 @@ func (r *configReader) describe(ctx context.Context, topics []string) error {
 	} else {
 		r.told = false // a later refusal is news again
 	}
-	return nil
+	return unread, nil
 }
 
 // connect dials a bootstrap broker and learns which DescribeConfigs version to send.
@@ -198,6 +212,7 @@ func (r *configReader) failed(err error) {
 		r.p.log.Debug().Err(err).Dur("retry_in", r.backoff).Msg("reading topic configs")
 	}
 	r.retryAt = time.Now().Add(r.backoff)
+	r.p.limits.downUntil.Store(r.retryAt.UnixNano())
 }
 
 func (r *configReader) tell(err error) {

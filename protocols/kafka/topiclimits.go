@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -21,6 +22,14 @@ type topicLimits struct {
 	// vouched: the operator says no topic's limit is below MaxBatchBytes, so acks=0 batches need
 	// no known limit (Config.InjectAcks0UnknownLimit).
 	vouched bool
+	// settled is closed, and replaced, each time the configReader finishes a lookup, answered or
+	// not: batches waiting for a topic's first limit (await) look again.
+	settled chan struct{}
+	// downUntil (unix ns): the reader backs off and looks nothing up before then; noReader: none
+	// runs (not yet, or it stopped: SASL). Batches do not wait for lookups that will not come.
+	downUntil atomic.Int64
+	noReader  atomic.Bool
+	waits     atomic.Uint64 // batches that waited for a lookup (tests)
 }
 
 type topicLimit struct {
@@ -28,6 +37,9 @@ type topicLimit struct {
 	readAt  time.Time // when read: after topicLimitTTL it is asked again (and used meanwhile)
 	askedAt time.Time // last lookup asked for: at most one per topicAskEvery
 	refused int       // smallest grown batch a broker refused as too large; 0: none
+	// failedAt: a lookup of the topic came back without its limit (an error, the topic not
+	// created yet, no connection); batches stop waiting for it until it is asked again.
+	failedAt time.Time
 	// compression is the topic's compression.type as a batch codec (0 none ... 4 zstd), or -1 for
 	// "producer" (or not read). A batch in another codec is recompressed by the broker, which
 	// checks the size again after that: the proxy cannot know that size, so it counts the batch
@@ -45,8 +57,17 @@ const (
 	topicAskQueued  = 1024
 )
 
+// topicLimitWait bounds how long a produce request waits for its topics' first lookups: a
+// DescribeConfigs round trip on the proxy's own connection, which a broker answers in a few
+// milliseconds (its first use also dials and sends ApiVersions). Past it the batches go as if
+// no lookup were under way.
+var topicLimitWait = 500 * time.Millisecond
+
 func newTopicLimits(max int, vouched bool) *topicLimits {
-	return &topicLimits{m: proxy.NewRecentMap[string, topicLimit](max), ask: make(chan string, topicAskQueued), vouched: vouched}
+	t := &topicLimits{m: proxy.NewRecentMap[string, topicLimit](max), ask: make(chan string, topicAskQueued), vouched: vouched,
+		settled: make(chan struct{})}
+	t.noReader.Store(true) // until a configReader runs
+	return t
 }
 
 // grownBatch is a partition's records as the proxy would send them: size bytes in codec, plain
@@ -58,8 +79,12 @@ type grownBatch struct {
 
 // check reports why records grown to b must not go to topic ("" when they may). acks0: no answer
 // will come, so a refusal could not be seen; the batch is grown only when the topic's limit is
-// known and fresh (or vouched for). A topic whose limit is missing or due is asked for.
-func (t *topicLimits) check(topic string, b grownBatch, acks0 bool) string {
+// known and fresh (or vouched for). A topic whose limit is missing or due is asked for. A
+// topic never read waits for its lookup until wait: the first batches to a topic whose limit is
+// below MaxBatchBytes would otherwise be grown past it and refused, a refusal the client would
+// not have had without the proxy (kgo fails such records; the Java producer splits the batch,
+// and fails a batch of one).
+func (t *topicLimits) check(topic string, b grownBatch, acks0 bool, wait time.Time) string {
 	now := time.Now()
 	t.mu.Lock()
 	e := t.entryLocked(topic)
@@ -72,6 +97,13 @@ func (t *topicLimits) check(topic string, b grownBatch, acks0 bool) string {
 		}
 	}
 	t.mu.Unlock()
+	if e.read == 0 {
+		t.await(topic, wait)
+		t.mu.Lock()
+		e = t.entryLocked(topic) // learned meanwhile, maybe before the wait began
+		t.mu.Unlock()
+		now = time.Now()
+	}
 	size := b.size
 	if e.compression >= 0 && e.compression != b.codec {
 		size = b.plain
@@ -87,6 +119,53 @@ func (t *topicLimits) check(topic string, b grownBatch, acks0 bool) string {
 		return skipTopicLimitUnknown
 	}
 	return ""
+}
+
+// await waits until deadline while a lookup of topic's limit is under way and the reader can
+// answer it.
+func (t *topicLimits) await(topic string, deadline time.Time) {
+	waited := false
+	for {
+		now := time.Now()
+		if t.noReader.Load() || now.UnixNano() < t.downUntil.Load() || !now.Before(deadline) {
+			return
+		}
+		t.mu.Lock()
+		e, ok := t.m.Get(topic)
+		pending := ok && e.read == 0 && !e.askedAt.IsZero() && now.Sub(e.askedAt) <= topicAskEvery && e.failedAt.Before(e.askedAt)
+		ch := t.settled
+		t.mu.Unlock()
+		if !pending {
+			return
+		}
+		if !waited {
+			waited = true
+			t.waits.Add(1)
+		}
+		timer := time.NewTimer(deadline.Sub(now))
+		select {
+		case <-ch:
+			timer.Stop()
+		case <-timer.C:
+			return
+		}
+	}
+}
+
+// settle ends a lookup: the topics it did not learn are marked failed, and waiting batches look
+// again.
+func (t *topicLimits) settle(unread []string) {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, topic := range unread {
+		if e, ok := t.m.Get(topic); ok {
+			e.failedAt = now
+			t.m.Put(topic, e)
+		}
+	}
+	close(t.settled)
+	t.settled = make(chan struct{})
 }
 
 // entryLocked is topic's entry, or a new one that knows nothing (compression not read: -1).

@@ -48,7 +48,7 @@ func TestTopicLimitsCheck(t *testing.T) {
 			if tc.refused > 0 {
 				l.refused("t", tc.refused)
 			}
-			if got := l.check("t", tc.b, tc.acks0); got != tc.want {
+			if got := l.check("t", tc.b, tc.acks0, time.Time{}); got != tc.want {
 				t.Errorf("check = %q, want %q", got, tc.want)
 			}
 		})
@@ -70,8 +70,8 @@ func TestTopicLimitsAsk(t *testing.T) {
 			}
 		}
 	}
-	l.check("t", grownBatch{size: 1}, false)
-	l.check("t", grownBatch{size: 1}, true)
+	l.check("t", grownBatch{size: 1}, false, time.Time{})
+	l.check("t", grownBatch{size: 1}, true, time.Time{})
 	if n := asked(); n != 1 {
 		t.Fatalf("asked %d times for a missing limit, want 1", n)
 	}
@@ -80,12 +80,12 @@ func TestTopicLimitsAsk(t *testing.T) {
 	e.askedAt = e.askedAt.Add(-topicAskEvery - time.Second) // the lookup failed long enough ago
 	l.m.Put("t", e)
 	l.mu.Unlock()
-	l.check("t", grownBatch{size: 1}, false)
+	l.check("t", grownBatch{size: 1}, false, time.Time{})
 	if n := asked(); n != 1 {
 		t.Fatalf("asked %d times after topicAskEvery, want 1", n)
 	}
 	l.learned("t", 2000, "producer")
-	l.check("t", grownBatch{size: 1}, false)
+	l.check("t", grownBatch{size: 1}, false, time.Time{})
 	if n := asked(); n != 0 {
 		t.Fatalf("asked %d times for a fresh limit, want 0", n)
 	}
@@ -95,7 +95,7 @@ func TestTopicLimitsAsk(t *testing.T) {
 	e.askedAt = e.askedAt.Add(-topicAskEvery - time.Second)
 	l.m.Put("t", e)
 	l.mu.Unlock()
-	if got := l.check("t", grownBatch{size: 2001}, false); got != skipTopicSizeLimit {
+	if got := l.check("t", grownBatch{size: 2001}, false, time.Time{}); got != skipTopicSizeLimit {
 		t.Errorf("stale limit not used meanwhile: check = %q", got)
 	}
 	if n := asked(); n != 1 {
@@ -105,11 +105,61 @@ func TestTopicLimitsAsk(t *testing.T) {
 	for range topicAskQueued {
 		l.ask <- "other"
 	}
-	l.check("u", grownBatch{size: 1}, false)
+	l.check("u", grownBatch{size: 1}, false, time.Time{})
 	l.mu.Lock()
 	e, _ = l.m.Get("u")
 	l.mu.Unlock()
 	if !e.askedAt.IsZero() {
 		t.Errorf("a dropped ask was recorded as asked")
+	}
+}
+
+// TestTopicLimitsAwait: a batch to a topic never read waits for its lookup while one is under
+// way and the reader can answer it: until the lookup settles (learned or failed), or the
+// deadline. It does not wait without a reader (none runs, or it stopped: SASL), for one backing
+// off, or for a topic whose lookup failed, nor past its deadline.
+func TestTopicLimitsAwait(t *testing.T) {
+	far := time.Now().Add(time.Hour) // the tests end by settling, never by the deadline
+	for _, tc := range []struct {
+		name    string
+		prepare func(l *topicLimits)
+		settle  func(l *topicLimits) // from another goroutine, while the batch waits
+		want    string
+		waited  bool
+	}{
+		{name: "learned", settle: func(l *topicLimits) { l.learned("t", 1000, "producer"); l.settle(nil) }, want: skipTopicSizeLimit, waited: true},
+		{name: "lookup failed", settle: func(l *topicLimits) { l.settle([]string{"t"}) }, want: "", waited: true},
+		{name: "no reader", prepare: func(l *topicLimits) { l.noReader.Store(true) }, want: ""},
+		{name: "reader backing off", prepare: func(l *topicLimits) { l.downUntil.Store(time.Now().Add(time.Minute).UnixNano()) }, want: ""},
+	} {
+		l := newTopicLimits(10, false)
+		l.noReader.Store(false) // as a running configReader does
+		if tc.prepare != nil {
+			tc.prepare(l)
+		}
+		if tc.settle != nil {
+			go func() {
+				for l.waits.Load() == 0 { // the batch waits (it asked first)
+					time.Sleep(time.Millisecond)
+				}
+				<-l.ask
+				tc.settle(l)
+			}()
+		}
+		if got := l.check("t", grownBatch{size: 2000}, false, far); got != tc.want {
+			t.Errorf("%s: check = %q, want %q", tc.name, got, tc.want)
+		}
+		if waited := l.waits.Load() > 0; waited != tc.waited {
+			t.Errorf("%s: waited %v, want %v", tc.name, waited, tc.waited)
+		}
+	}
+	// After a failed lookup, the topic's batches go at once until it is asked again.
+	l := newTopicLimits(10, false)
+	l.noReader.Store(false)
+	l.check("t", grownBatch{size: 1}, false, time.Time{}) // asks, no time to wait
+	<-l.ask
+	l.settle([]string{"t"})
+	if got := l.check("t", grownBatch{size: 2000}, false, far); got != "" || l.waits.Load() != 0 {
+		t.Errorf("after a failed lookup: check = %q, %d waits; want no wait", got, l.waits.Load())
 	}
 }
