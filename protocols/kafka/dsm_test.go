@@ -401,7 +401,10 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 
 	// The lookup answers: nothing is refused.
 	first := small("small-topic-first")
-	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: first, Value: near}).FirstErr(); err != nil {
+	answeredLimits(p)
+	err := cl.ProduceSync(ctx, &kgo.Record{Topic: first, Value: near}).FirstErr()
+	p.limits.wait.Store(int64(topicLimitWait))
+	if err != nil {
 		t.Fatalf("first batch to a topic whose limit the header would pass: %v", err)
 	}
 	if p.limits.waits.Load() == 0 {
@@ -414,7 +417,7 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 	// The lookup is held at the broker past topicLimitWait.
 	topic := small("small-topic")
 	release := holdNext(c, kmsg.DescribeConfigs.Int16())
-	err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: near}).FirstErr()
+	err = cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: near}).FirstErr()
 	release()
 	if !errors.Is(err, kerr.MessageTooLarge) {
 		t.Fatalf("first batch grown past the topic's limit, its lookup unanswered: %v, want MESSAGE_TOO_LARGE", err)
@@ -444,6 +447,7 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 func TestAcksZeroTopicLimit(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
+	answeredLimits(p)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "acks0-small-topic")
 	cl := kgoClient(t, p, kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.DefaultProduceTopic(topic),
@@ -568,6 +572,7 @@ func TestRefusedSASLKeepsConfigReads(t *testing.T) {
 func TestTopicLimitBoundary(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
+	answeredLimits(p)
 	ctx := testCtx(t)
 	received := func(c *kfake.Cluster) func() []int {
 		var mu sync.Mutex
@@ -641,6 +646,7 @@ func TestTopicLimitBoundary(t *testing.T) {
 func TestTopicLimitRecompressed(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
+	answeredLimits(p)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "recompressed")
 	cl := kgoClient(t, p, kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite(), kgo.DefaultProduceTopic(topic),

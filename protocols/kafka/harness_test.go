@@ -285,3 +285,7 @@ func openNodes(t *testing.T, conn net.Conn) {
 	}
 	conn.SetReadDeadline(time.Time{})
 }
+
+// answeredLimits makes p's produce requests wait for their topics' first size limits as long as
+// it takes, for tests that need the answer in, however loaded the machine.
+func answeredLimits(p *testProxy) { p.limits.wait.Store(int64(time.Minute)) }

@@ -80,6 +80,7 @@ func TestPipelinedAndAcksZero(t *testing.T) {
 func TestAcksZeroProducer(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
+	answeredLimits(p)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "acks0")
 	cl := kgoClient(t, p, kgo.ClientID("fire-and-forget"), kgo.RequiredAcks(kgo.NoAck()), kgo.DisableIdempotentWrite())

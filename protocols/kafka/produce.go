@@ -71,7 +71,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	if v.acks == 0 {
 		pd = nil
 	}
-	s.limitWait = time.Now().Add(topicLimitWait) // for all of the request's first lookups together
+	s.limitWait = time.Now().Add(time.Duration(s.p.limits.wait.Load())) // for all of the request's first lookups together
 	ci := s.info.Load()
 	if len(v.parts) > maxProducePartitions {
 		// Its facts, held until the answer, would grow with the partition count (a 100 MiB

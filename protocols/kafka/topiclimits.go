@@ -30,6 +30,11 @@ type topicLimits struct {
 	downUntil atomic.Int64
 	noReader  atomic.Bool
 	waits     atomic.Uint64 // batches that waited for a lookup (tests)
+	wait      atomic.Int64  // topicLimitWait, in ns (tests wait longer)
+	// timedOut: a batch waited until its deadline and the lookup under way did not settle; the
+	// reader does one lookup at a time, so later batches do not wait until one settles (a reader
+	// stuck dialing would otherwise cost every produce request the whole wait). Guarded by mu.
+	timedOut bool
 }
 
 type topicLimit struct {
@@ -61,12 +66,13 @@ const (
 // DescribeConfigs round trip on the proxy's own connection, which a broker answers in a few
 // milliseconds (its first use also dials and sends ApiVersions). Past it the batches go as if
 // no lookup were under way.
-var topicLimitWait = 500 * time.Millisecond
+const topicLimitWait = 500 * time.Millisecond
 
 func newTopicLimits(max int, vouched bool) *topicLimits {
 	t := &topicLimits{m: proxy.NewRecentMap[string, topicLimit](max), ask: make(chan string, topicAskQueued), vouched: vouched,
 		settled: make(chan struct{})}
 	t.noReader.Store(true) // until a configReader runs
+	t.wait.Store(int64(topicLimitWait))
 	return t
 }
 
@@ -127,13 +133,19 @@ func (t *topicLimits) await(topic string, deadline time.Time) {
 	waited := false
 	for {
 		now := time.Now()
-		if t.noReader.Load() || now.UnixNano() < t.downUntil.Load() || !now.Before(deadline) {
+		if !now.Before(deadline) {
 			return
 		}
 		t.mu.Lock()
+		ch := t.settled
+		// Read with ch, under mu: a reader stops or backs off before the settle that follows, so
+		// a waiter sees that or gets the channel the settle closes.
+		if t.timedOut || t.noReader.Load() || now.UnixNano() < t.downUntil.Load() {
+			t.mu.Unlock()
+			return
+		}
 		e, ok := t.m.Get(topic)
 		pending := ok && e.read == 0 && !e.askedAt.IsZero() && now.Sub(e.askedAt) <= topicAskEvery && e.failedAt.Before(e.askedAt)
-		ch := t.settled
 		t.mu.Unlock()
 		if !pending {
 			return
@@ -147,6 +159,11 @@ func (t *topicLimits) await(topic string, deadline time.Time) {
 		case <-ch:
 			timer.Stop()
 		case <-timer.C:
+			t.mu.Lock()
+			if t.settled == ch {
+				t.timedOut = true
+			}
+			t.mu.Unlock()
 			return
 		}
 	}
@@ -164,6 +181,7 @@ func (t *topicLimits) settle(unread []string) {
 			t.m.Put(topic, e)
 		}
 	}
+	t.timedOut = false
 	close(t.settled)
 	t.settled = make(chan struct{})
 }

@@ -153,6 +153,27 @@ func TestTopicLimitsAwait(t *testing.T) {
 			t.Errorf("%s: waited %v, want %v", tc.name, waited, tc.waited)
 		}
 	}
+	// A wait that reaches its deadline: the lookup is still under way, so the next batches do not
+	// wait for it (the reader is stuck) until a lookup settles.
+	l0 := newTopicLimits(10, false)
+	l0.noReader.Store(false)
+	if got := l0.check("t", grownBatch{size: 2000}, false, time.Now().Add(20*time.Millisecond)); got != "" || l0.waits.Load() != 1 {
+		t.Errorf("a wait to its deadline: check = %q, %d waits; want \"\", 1", got, l0.waits.Load())
+	}
+	soon := time.Now().Add(2 * time.Second) // not far: were they to wait, the test would still end
+	l0.check("t", grownBatch{size: 2000}, false, soon)
+	l0.check("u", grownBatch{size: 2000}, false, soon)
+	if n := l0.waits.Load(); n != 1 {
+		t.Errorf("%d waits after one reached its deadline, want still 1", n)
+	}
+	// A deadline already past: no wait.
+	l1 := newTopicLimits(10, false)
+	l1.noReader.Store(false)
+	l1.check("t", grownBatch{size: 2000}, false, time.Now().Add(-time.Second))
+	if n := l1.waits.Load(); n != 0 {
+		t.Errorf("%d waits with the deadline past, want 0", n)
+	}
+
 	// After a failed lookup, the topic's batches go at once until it is asked again.
 	l := newTopicLimits(10, false)
 	l.noReader.Store(false)
