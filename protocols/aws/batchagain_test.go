@@ -19,21 +19,10 @@ import (
 // again without it in a batch of their own and merges the answers, so the client sees what a
 // direct batch gets: every such entry stored, an entry too big on its own failed with SQS's
 // reason, and MD5s that match what it sent (the SDKs check them). In both wire forms. A FIFO
-// queue's refused entry is not sent again (it would land behind its group's later entries).
+// batch, refused whole, is sent again whole, in its order.
 func TestSQSBatchEntriesSentAgain(t *testing.T) {
 	tp, up, cl, _, ctx := sqsSetup(t, "own-limit-batch-base", nil)
-	small := func(name string, attrs map[string]string) string {
-		t.Helper()
-		a := map[string]string{"MaximumMessageSize": "1024"}
-		for k, v := range attrs {
-			a[k] = v
-		}
-		cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(name), Attributes: a})
-		if err != nil {
-			t.Fatalf("CreateQueue %s: %v", name, err)
-		}
-		return *cq.QueueUrl
-	}
+	small := func(name string, attrs map[string]string) string { return smallQueue(ctx, t, cl, name, attrs) }
 	near := strings.Repeat("n", 1000)   // fits 1024 alone, not with _datadog
 	tooBig := strings.Repeat("b", 2000) // fits neither way
 	ids := func(s []types.SendMessageBatchResultEntry, f []types.BatchResultErrorEntry) (ok, failed []string) {
@@ -295,11 +284,7 @@ func TestSQSBatchSentAgainFails(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp, up, cl, _, ctx := sqsSetup(t, "again-fails-base", nil)
-			cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("again-fails"),
-				Attributes: map[string]string{"MaximumMessageSize": "1024"}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			qurl := smallQueue(ctx, t, cl, "again-fails", nil)
 			batches := 0
 			up.setIntercept(func(body string) (int, string) {
 				if strings.Contains(body, `"Entries"`) {
@@ -310,7 +295,7 @@ func TestSQSBatchSentAgainFails(t *testing.T) {
 				return 0, ""
 			})
 			near := strings.Repeat("n", 1000)
-			bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: cq.QueueUrl, Entries: []types.SendMessageBatchRequestEntry{
+			bm, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: &qurl, Entries: []types.SendMessageBatchRequestEntry{
 				{Id: awssdk.String("near"), MessageBody: &near}, {Id: awssdk.String("short"), MessageBody: awssdk.String("short")},
 			}})
 			if err != nil {

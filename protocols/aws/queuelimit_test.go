@@ -1,6 +1,8 @@
 package aws
 
 import (
+	"context"
+	"maps"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
@@ -24,15 +26,7 @@ import (
 // without it at once. Messages that fit with it still get it (batches: TestSQSBatchEntriesSentAgain).
 func TestSQSQueueOwnSizeLimit(t *testing.T) {
 	tp, up, cl, _, ctx := sqsSetup(t, "own-limit-base", nil)
-	small := func(name string) string {
-		t.Helper()
-		cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(name),
-			Attributes: map[string]string{"MaximumMessageSize": "1024"}})
-		if err != nil {
-			t.Fatalf("CreateQueue %s: %v", name, err)
-		}
-		return *cq.QueueUrl
-	}
+	small := func(name string) string { return smallQueue(ctx, t, cl, name, nil) }
 	near := strings.Repeat("n", 1000) // fits 1024 alone, not with _datadog
 	qurl := small("own-limit")
 	for i := range 3 {
@@ -146,24 +140,33 @@ func TestSQSQueueLimitTriedAgain(t *testing.T) {
 		c.Clock = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
 		c.MaxClockSkew = 3 * queueLimitTTL // the clients sign with the real time
 	})
-	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("tried-again"),
-		Attributes: map[string]string{"MaximumMessageSize": "1024"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	qurl := smallQueue(ctx, t, cl, "tried-again", nil)
 	near := strings.Repeat("n", 1000)
 	for i, tc := range []struct {
 		ahead time.Duration
 		again uint64 // SentAgain after the send
 	}{{0, 1}, {queueLimitTTL / 2, 1}, {queueLimitTTL + time.Minute, 2}} {
 		ahead.Store(int64(tc.ahead))
-		if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: &near}); err != nil {
+		if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qurl, MessageBody: &near}); err != nil {
 			t.Fatalf("send %d: %v", i, err)
 		}
 		if got := tp.Stats().SentAgain; got != tc.again {
 			t.Errorf("send %d, %v ahead: %d sent again, want %d", i, tc.ahead, got, tc.again)
 		}
 	}
+}
+
+// smallQueue creates queue name, with attrs, through cl with a MaximumMessageSize of 1 KiB, and
+// returns its URL.
+func smallQueue(ctx context.Context, t *testing.T, cl *sqs.Client, name string, attrs map[string]string) string {
+	t.Helper()
+	a := map[string]string{"MaximumMessageSize": "1024"}
+	maps.Copy(a, attrs)
+	cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(name), Attributes: a})
+	if err != nil {
+		t.Fatalf("CreateQueue %s: %v", name, err)
+	}
+	return *cq.QueueUrl
 }
 
 // checkUpstreamURLs fails if a request reached the upstream naming a queue by the URL the proxy
