@@ -407,7 +407,7 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first batch to a topic whose limit the header would pass: %v", err)
 	}
-	if p.limits.waits.Load() == 0 {
+	if p.Stats().TopicLimitWaits == 0 {
 		t.Error("the first batch did not wait for its topic's limit")
 	}
 	if r := readTopic(t, ctx, p, first, 1)[0]; hasContext(r) {

@@ -129,6 +129,9 @@ type Stats struct {
 	// Requests answered without what the proxy keeps from them (their connection's requests
 	// awaiting answers named maxConnFacts partitions, or all connections' maxFacts).
 	UnkeptFacts uint64
+	// Produce batches that waited for their topic's first size limit (topicLimits.check): at
+	// most 500 ms per request, once per topic while the lookups answer.
+	TopicLimitWaits uint64
 }
 
 type counters struct {
@@ -388,7 +391,7 @@ func (p *Proxy) Stats() Stats {
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
 		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
 		UnkeptFacts:   s.unkeptFacts.Load(),
-		UnheldBatches: s.unheld.Load(),
+		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
 	}
 }
 

@@ -29,7 +29,7 @@ type topicLimits struct {
 	// runs (not yet, or it stopped: SASL). Batches do not wait for lookups that will not come.
 	downUntil atomic.Int64
 	noReader  atomic.Bool
-	waits     atomic.Uint64 // batches that waited for a lookup (tests)
+	waits     atomic.Uint64 // batches that waited for a lookup (Stats.TopicLimitWaits)
 	wait      atomic.Int64  // topicLimitWait, in ns (tests wait longer)
 	// timedOut: a batch waited until its deadline and the lookup under way did not settle; the
 	// reader does one lookup at a time, so later batches do not wait until one settles (a reader
