@@ -103,7 +103,7 @@ func (t *topicLimits) check(topic string, b grownBatch, acks0 bool, wait time.Ti
 		}
 	}
 	t.mu.Unlock()
-	if e.read == 0 {
+	if e.read == 0 && !t.noReader.Load() { // (read again under mu in await) SASL: no locking per batch
 		t.await(topic, wait)
 		t.mu.Lock()
 		e = t.entryLocked(topic) // learned meanwhile, maybe before the wait began
