@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -436,6 +437,54 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 		if want := len(r.Value) < 100; has != want {
 			t.Errorf("record of %d bytes: pathway header %v, want %v", len(r.Value), has, want)
 		}
+	}
+	guard.check(t)
+}
+
+// TestTopicLimitsOneLookupPerRequest: a produce request naming many topics never read asks for
+// all of them before its first batch waits, so one lookup (or a few, as the reader drains its
+// queue) answers them, not one round trip per topic, which would use up the request's wait and
+// leave the last topics' batches to be refused.
+func TestTopicLimitsOneLookupPerRequest(t *testing.T) {
+	c, guard := startCluster(t, kfake.NumBrokers(1))
+	p := startProxy(t, c, nil)
+	answeredLimits(p)
+	ctx := testCtx(t)
+	cl := kgoClient(t, p, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(200*time.Millisecond),
+		kgo.ProducerBatchCompression(kgo.NoCompression()))
+	limit := "2000"
+	var topics []string
+	for i := range 30 {
+		topic := uniqueTopic(t, fmt.Sprintf("many-%02d", i))
+		if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+			t.Fatal(err)
+		}
+		topics = append(topics, topic)
+	}
+	var lookups, produces atomic.Int64
+	c.ControlKey(kmsg.DescribeConfigs.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		lookups.Add(1)
+		return nil, nil, false
+	})
+	c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		produces.Add(1)
+		return nil, nil, false
+	})
+	near := bytes.Repeat([]byte("n"), 1900) // a one-record batch of 1,970 bytes, about 2,020 with the header
+	var recs []*kgo.Record
+	for _, topic := range topics {
+		recs = append(recs, &kgo.Record{Topic: topic, Value: near})
+	}
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatalf("produce to %d topics whose limit the header would pass: %v", len(topics), err)
+	}
+	if n := produces.Load(); n != 1 {
+		t.Skipf("kgo sent %d produce requests, not the one this test is about", n)
+	}
+	if n := lookups.Load(); n > 3 {
+		t.Errorf("%d DescribeConfigs lookups for one request's %d topics, want at most 3", n, len(topics))
 	}
 	guard.check(t)
 }

@@ -55,6 +55,29 @@ func batchRecordCount(records []byte) int {
 // produceRequest injects the pathway context into every batch it can and remembers per partition
 // how many records went out, for the response's offsets and errors. It returns a nil pending for
 // acks=0, which gets no response.
+// askTopics asks for the size limits of a produce request's topics (once per run of a topic's
+// partitions, as a request lists them) before its first batch may wait for one: one lookup then
+// answers them all, where asking as each batch comes would cost a round trip per new topic.
+// Topic ids not (yet) known are left to the loop, which counts them.
+func (s *session) askTopics(parts []producePartition) {
+	if s.p.limits.noReader.Load() {
+		return
+	}
+	var last string
+	for i := range parts {
+		p := &parts[i]
+		name := p.topic
+		if name == "" {
+			name, _ = s.p.topics.get(p.topicID)
+		}
+		if name == "" || name == last || len(name) > maxTopicNameBytes || p.null {
+			continue
+		}
+		last = name
+		s.p.limits.askFor(name)
+	}
+}
+
 // maxTopicNameBytes is Kafka's limit on topic names (249 characters, all ASCII).
 const maxTopicNameBytes = 249
 
@@ -92,6 +115,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	// acks=0: no answer will say whether the broker stored them. Unkept facts: no answer will
 	// be read for it.
 	hold := pd != nil && s.keepFacts(pd, len(v.parts))
+	s.askTopics(v.parts)
 	for i := range v.parts {
 		p := &v.parts[i]
 		records := frame[p.recStart:p.recEnd]

@@ -129,8 +129,9 @@ type Stats struct {
 	// Requests answered without what the proxy keeps from them (their connection's requests
 	// awaiting answers named maxConnFacts partitions, or all connections' maxFacts).
 	UnkeptFacts uint64
-	// Produce batches that waited for their topic's first size limit (topicLimits.check): at
-	// most 500 ms per request, once per topic while the lookups answer.
+	// Produce batches that waited for their topic's first size limit (topicLimits.check), at
+	// most 500 ms per request: each batch to a topic not read yet while its lookup is under way
+	// (again every 10 s for a topic whose lookup comes back without its limit).
 	TopicLimitWaits uint64
 }
 
@@ -325,6 +326,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.workWG.Add(1)
 	go func() { defer p.workWG.Done(); p.observeLoop() }()
 	p.workWG.Add(1)
+	p.limits.noReader.Store(false) // before the first connection: its produce may wait for the reader
 	go func() { defer p.workWG.Done(); (&configReader{p: p}).run(dctx) }()
 	p.serve(ln)
 	if p.portBase != 0 || len(p.cfg.NodeAddrs) > 0 {

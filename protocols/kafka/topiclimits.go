@@ -93,15 +93,7 @@ type grownBatch struct {
 func (t *topicLimits) check(topic string, b grownBatch, acks0 bool, wait time.Time) string {
 	now := time.Now()
 	t.mu.Lock()
-	e := t.entryLocked(topic)
-	if (e.read == 0 || now.Sub(e.readAt) > topicLimitTTL) && (e.askedAt.IsZero() || now.Sub(e.askedAt) > topicAskEvery) {
-		select {
-		case t.ask <- topic:
-			e.askedAt = now
-			t.m.Put(topic, e)
-		default:
-		}
-	}
+	e := t.askLocked(topic, now)
 	t.mu.Unlock()
 	if e.read == 0 && !t.noReader.Load() { // (read again under mu in await) SASL: no locking per batch
 		t.await(topic, wait)
@@ -125,6 +117,29 @@ func (t *topicLimits) check(topic string, b grownBatch, acks0 bool, wait time.Ti
 		return skipTopicLimitUnknown
 	}
 	return ""
+}
+
+// askLocked asks for topic's limit when it is missing or due and not asked for lately, and
+// returns topic's entry.
+func (t *topicLimits) askLocked(topic string, now time.Time) topicLimit {
+	e := t.entryLocked(topic)
+	if (e.read == 0 || now.Sub(e.readAt) > topicLimitTTL) && (e.askedAt.IsZero() || now.Sub(e.askedAt) > topicAskEvery) {
+		select {
+		case t.ask <- topic:
+			e.askedAt = now
+			t.m.Put(topic, e)
+		default:
+		}
+	}
+	return e
+}
+
+// askFor asks for topic's limit as check would, without checking anything: a produce request
+// asks for all its topics before its first batch waits, so that one lookup answers them all.
+func (t *topicLimits) askFor(topic string) {
+	t.mu.Lock()
+	t.askLocked(topic, time.Now())
+	t.mu.Unlock()
 }
 
 // await waits until deadline while a lookup of topic's limit is under way and the reader can
