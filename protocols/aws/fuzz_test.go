@@ -196,6 +196,47 @@ func FuzzMergeBatchAnswers(f *testing.F) {
 	})
 }
 
+// FuzzBatchSubset cuts arbitrary client batch bodies down to the entries named "a" and "c": no
+// panic, and a Query body keeps exactly the entries so named, numbered from 1.
+func FuzzBatchSubset(f *testing.F) {
+	f.Add([]byte(`{"QueueUrl":"u","Entries":[{"Id":"a","MessageBody":"1"},{"Id":"b","MessageBody":"2"}]}`), false)
+	f.Add([]byte("Action=SendMessageBatch&SendMessageBatchRequestEntry.1.Id=b&SendMessageBatchRequestEntry.2.Id=a&SendMessageBatchRequestEntry.2.MessageBody=x"), true)
+	ids := map[string]bool{"a": true, "c": true}
+	f.Fuzz(func(t *testing.T, body []byte, query bool) {
+		c := &call{wire: wireJSON10, body: body}
+		if query {
+			c.wire = wireQuery
+		}
+		got, err := batchSubset(c, ids)
+		if err != nil || !query {
+			return
+		}
+		in, _ := parseForm(body)
+		out, err := parseForm(got)
+		if err != nil {
+			t.Fatalf("subset %q of %q does not parse: %v", got, body, err)
+		}
+		want := 0
+		for n := 1; ; n++ {
+			id, ok := in.vals[queryBatchEntry+itoa(n)+".Id"]
+			if !ok {
+				break
+			}
+			if ids[id] {
+				want++
+			}
+		}
+		for n := 1; n <= want; n++ {
+			if !ids[out.vals[queryBatchEntry+itoa(n)+".Id"]] {
+				t.Fatalf("subset %q of %q: entry %d is %q", got, body, n, out.vals[queryBatchEntry+itoa(n)+".Id"])
+			}
+		}
+		if _, ok := out.vals[queryBatchEntry+itoa(want+1)+".Id"]; ok {
+			t.Fatalf("subset %q of %q has more than the %d entries named", got, body, want)
+		}
+	})
+}
+
 // FuzzSNSEnvelope reads contexts from arbitrary SQS bodies (SNS non-raw delivery).
 func FuzzSNSEnvelope(f *testing.F) {
 	c := pathway.Context{Hash: 7, PathwayStart: time.UnixMilli(1), EdgeStart: time.UnixMilli(2)}
