@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"bytes"
 	"errors"
 	"net/url"
 	"strings"
@@ -10,9 +11,10 @@ import (
 // whose own MaximumMessageSize is below max_message_bytes, while the batch's other entries are
 // stored. Sending such entries again, without `_datadog`, in a batch of their own and merging
 // the two answers gives the client the answer a direct batch would have had. A refused entry
-// stored nothing, so this cannot duplicate one. FIFO queues are left out: the entries after a
-// refused one in its message group are stored already, and storing it after them would reorder
-// the group without a word to the client, where a failed entry at least says so.
+// stored nothing, so this cannot duplicate one. A batch refused whole (as FIFO batches are) is
+// sent again whole by refusedOverQueueLimit. A FIFO entry refused alone is not sent again: the
+// entries after it in its message group are stored already, and storing it after them would
+// reorder the group without a word to the client, where a failed entry at least says so.
 
 // errBatchAnswer: a batch answer without the list the merge needs.
 var errBatchAnswer = errors.New("batch answer without its list of results or failures")
@@ -30,12 +32,9 @@ func (p *Proxy) sendBatchAgain(c *call, rb []byte, fix respFixer) ([]byte, bool)
 	if err != nil {
 		return nil, false // it parsed for the rewrite, so it parses again
 	}
-	c2 := &call{r: c.r, wire: c.wire, service: c.service, op: c.op, body: body, auth: c.auth,
-		svcName: c.svcName, now: c.now, noInject: true}
-	if c.wire == wireQuery {
-		if c2.form, err = parseForm(body); err != nil {
-			return nil, false
-		}
+	c2, err := c.again(body)
+	if err != nil {
+		return nil, false
 	}
 	body2, fix2 := p.rewriteRequest(c2)
 	// Whatever comes of it, their `_datadog` never reached the queue.
@@ -125,8 +124,10 @@ func applyFix(fix respFixer, resp []byte) []byte {
 // batchEntriesOverQueueLimit returns the Ids of c's entries that were given `_datadog` and
 // refused as over their queue's own size limit, which the proxy then knows.
 func (p *Proxy) batchEntriesOverQueueLimit(c *call, rb []byte) map[string]bool {
+	// The text is looked for first: every batch the proxy gave `_datadog` passes here, and
+	// parsing its answer twice (the fixer parses it too) would be for nothing nearly always.
 	if c.service != ServiceSQS || c.op != "SendMessageBatch" || c.noInject || c.injected == 0 ||
-		strings.HasSuffix(c.edge.Topic, ".fifo") {
+		strings.HasSuffix(c.edge.Topic, ".fifo") || !bytes.Contains(rb, []byte(sizeRefusal)) {
 		return nil
 	}
 	var ids map[string]bool

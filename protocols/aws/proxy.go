@@ -487,6 +487,24 @@ type call struct {
 	noStream int
 }
 
+// again is a fresh call for body (c's, or a part of it) to send again without `_datadog`: as c's
+// client sent it, before any rewrite (the Query rewrite edits its parsed form in place).
+func (c *call) again(body []byte) (*call, error) {
+	a := &call{r: c.r, wire: c.wire, service: c.service, op: c.op, body: body, auth: c.auth,
+		svcName: c.svcName, now: c.now, noInject: true}
+	if sameSlice(body, c.body) {
+		a.bodyHash = c.bodyHash
+	}
+	if c.form != nil {
+		f, err := parseForm(body)
+		if err != nil {
+			return nil, err
+		}
+		a.form = f
+	}
+	return a, nil
+}
+
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.requests.Add(1)
 	body, err := readBody(r.Body, r.ContentLength, p.cfg.MaxBodyBytes)
@@ -850,14 +868,12 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	resp, rb, err := p.forward(c, body)
 	if err == nil && p.refusedOverQueueLimit(c, resp, rb) {
 		// Rewritten again without `_datadog`, keeping what else the rewrite changes (the queue
-		// URL). The Query rewrite edits the parsed form in place: it starts again from the
-		// client's body.
-		c.sent, c.injected, c.batchAdded, c.out, c.noInject = 0, 0, 0, nil, true
-		if c.form != nil {
-			c.form, _ = parseForm(c.body) // it parsed before, so it parses again
+		// URL).
+		if again, aerr := c.again(c.body); aerr == nil { // it parsed before, so it parses again
+			c = again
+			body, fix = p.rewriteRequest(c)
+			resp, rb, err = p.forward(c, body)
 		}
-		body, fix = p.rewriteRequest(c)
-		resp, rb, err = p.forward(c, body)
 	}
 	if err != nil {
 		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("upstream request failed; answered 502")
