@@ -52,9 +52,6 @@ func batchRecordCount(records []byte) int {
 	return n
 }
 
-// produceRequest injects the pathway context into every batch it can and remembers per partition
-// how many records went out, for the response's offsets and errors. It returns a nil pending for
-// acks=0, which gets no response.
 // askTopics asks for the size limits of a produce request's topics (once per run of a topic's
 // partitions, as a request lists them) before its first batch may wait for one: one lookup then
 // answers them all, where asking as each batch comes would cost a round trip per new topic.
@@ -81,6 +78,9 @@ func (s *session) askTopics(parts []producePartition) {
 // maxTopicNameBytes is Kafka's limit on topic names (249 characters, all ASCII).
 const maxTopicNameBytes = 249
 
+// produceRequest injects the pathway context into every batch it can and remembers per partition
+// how many records went out, for the response's offsets and errors. It returns a nil pending for
+// acks=0, which gets no response.
 func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]byte, *pending) {
 	v := &s.produce
 	defer s.trimProduceBuffers()
