@@ -16,8 +16,8 @@ import (
 // listener when a response names the node; a Java client that does not re-bootstrap then never
 // gets one. So when node ports are fixed, the proxy asks the cluster for its brokers itself at
 // start, and learns the topic ids clients that cached them produce and fetch by (v13+). A
-// cluster that wants SASL before Metadata closes such a connection: its nodes open with the first
-// client's Metadata, as before.
+// cluster that wants SASL before Metadata closes such a connection unless the proxy has a login
+// of its own (Config.SASL): its nodes open with the first client's Metadata, as before.
 
 // discoverRetry bounds the wait between attempts while no bootstrap broker answers.
 const discoverRetry = 30 * time.Second
@@ -35,7 +35,7 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 		}
 		var refused errRefused
 		if errors.As(err, &refused) {
-			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL?): node listeners open with the first client's Metadata")
+			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL without the proxy's own login, or a refused one?): node listeners open with the first client's Metadata")
 			return
 		}
 		var local errNodeListener
@@ -74,7 +74,7 @@ func (e errRefused) Unwrap() error { return e.err }
 func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, vr, err := p.dialOwn(ctx)
+	c, err := p.dialOwn(ctx)
 	var unanswered errNoApiVersions
 	if errors.As(err, &unanswered) {
 		return 0, errRefused{err}
@@ -86,14 +86,14 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	if d, ok := ctx.Deadline(); ok {
 		c.SetDeadline(d)
 	}
-	mdVersion := ownVersion(vr, kmsg.NewPtrMetadataRequest())
+	mdVersion := ownVersion(c.versions, kmsg.NewPtrMetadataRequest())
 	if mdVersion < 1 {
 		return 0, errRefused{errors.New("the broker lists no Metadata version from v1 that the proxy speaks")}
 	}
 	md := kmsg.NewPtrMetadataRequest()
 	md.Version = mdVersion // Topics nil: every topic, whose ids produce and fetch v13+ name them by
 	mr := kmsg.NewPtrMetadataResponse()
-	if err := roundTrip(c, 2, md, mr); err != nil {
+	if err := c.roundTrip(md, mr); err != nil {
 		return 0, errRefused{fmt.Errorf("metadata request v%d: %w", md.Version, err)}
 	}
 	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
@@ -104,24 +104,30 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	return len(mr.Brokers), nil
 }
 
-// dialOwn opens a connection of the proxy's own to a bootstrap broker (never a client's) and asks
-// its ApiVersions, v0, which every broker answers, with correlation id 1. A broker that takes the
-// connection and does not answer gives errNoApiVersions.
-func (p *Proxy) dialOwn(ctx context.Context) (net.Conn, *kmsg.ApiVersionsResponse, error) {
+// dialOwn opens a connection of the proxy's own to a bootstrap broker (never a client's), asks
+// its ApiVersions, v0, which every broker answers, and logs in when Config.SASL is set. A broker
+// that takes the connection and does not answer gives errNoApiVersions; a failed login, errRefused.
+func (p *Proxy) dialOwn(ctx context.Context) (*ownConn, error) {
 	c, err := p.dialBootstrap(ctx, "tcp", "")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
+	oc := &ownConn{Conn: c, versions: kmsg.NewPtrApiVersionsResponse()}
 	versions := kmsg.NewPtrApiVersionsRequest()
 	versions.Version = 0
-	vr := kmsg.NewPtrApiVersionsResponse()
-	if err := roundTrip(c, 1, versions, vr); err != nil {
+	if err := oc.roundTrip(versions, oc.versions); err != nil {
 		c.Close()
-		return nil, nil, errNoApiVersions{err}
+		return nil, errNoApiVersions{err}
 	}
-	return c, vr, nil
+	if p.cfg.SASL != nil {
+		if err := p.login(ctx, oc); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return oc, nil
 }
 
 // errNoApiVersions: a bootstrap broker took the connection but did not answer ApiVersions.

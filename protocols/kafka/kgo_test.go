@@ -137,10 +137,10 @@ func produceEach(t *testing.T, ctx context.Context, cl *kgo.Client, topic string
 	}
 }
 
-// readTopic reads n records of topic from its start, without a group.
-func readTopic(t *testing.T, ctx context.Context, p *testProxy, topic string, n int) []*kgo.Record {
+// readTopic reads n records of topic from its start, without a group (opts: a login, say).
+func readTopic(t *testing.T, ctx context.Context, p *testProxy, topic string, n int, opts ...kgo.Opt) []*kgo.Record {
 	t.Helper()
-	cl := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl := kgoClient(t, p, append([]kgo.Opt{kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
 	var got []*kgo.Record
 	for len(got) < n {
 		fs := cl.PollFetches(ctx)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/sasl"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -65,6 +66,11 @@ type Config struct {
 	InjectAcks0UnknownLimit bool
 	// MaxFrameBytes bounds one request or response (default DefaultMaxFrameBytes).
 	MaxFrameBytes int
+	// SASL is the proxy's own login, for its own connections to the cluster: topic configs
+	// (DescribeConfigs) and node discovery (Metadata). Clients' logins pass through and are never
+	// borrowed. Nil: those connections do not log in, and a cluster that wants SASL refuses
+	// them. Client-first mechanisms only (PLAIN, SCRAM).
+	SASL sasl.Mechanism
 
 	Env          string
 	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)

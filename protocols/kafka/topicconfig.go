@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"syscall"
 	"time"
@@ -16,17 +15,17 @@ import (
 
 // configReader reads the max.message.bytes and compression.type of the topics clients produce to
 // (topicLimits asks for them), with DescribeConfigs on a connection of the proxy's own to a
-// bootstrap broker: the proxy adds no request to a client's connection. A cluster that wants
-// SASL first, or whose ACLs deny DescribeConfigs to an anonymous client, leaves the limits
-// unknown; topicLimits.check says what that means for a batch. Once the cluster accepts a
-// client's login, a reader it never answered stops: every attempt would be a failed
-// authentication in the broker's log and metrics.
+// bootstrap broker: the proxy adds no request to a client's connection. That connection logs in
+// with Config.SASL when it is set. Without it, a cluster that wants SASL first, or whose ACLs
+// deny DescribeConfigs to an anonymous client, leaves the limits unknown; topicLimits.check says
+// what that means for a batch. Once the cluster accepts a client's login, a reader without
+// credentials that it never answered stops: every attempt would be a failed authentication in
+// the broker's log and metrics.
 type configReader struct {
 	p       *Proxy
-	conn    net.Conn
-	fresh   bool  // conn has answered nothing but ApiVersions
-	version int16 // DescribeConfigs version the broker and kmsg both speak
-	corr    int32
+	conn    *ownConn
+	fresh   bool          // conn has answered nothing but ApiVersions (and the proxy's login)
+	version int16         // DescribeConfigs version the broker and kmsg both speak
 	retryAt time.Time     // after a failed or refused connection, no dial before this
 	backoff time.Duration // doubles per failure, up to configMaxBackoff (configRefusedBackoff)
 	told    bool          // the operator was told the configs cannot be read (reset by a success)
@@ -66,8 +65,8 @@ func (r *configReader) run(ctx context.Context) {
 				break more
 			}
 		}
-		if r.p.saslSeen.Load() && !r.succeeded {
-			r.p.log.Info().Msg("clients authenticate with SASL, and the proxy has no credentials: topic configs are not read; " + r.consequence())
+		if r.p.saslSeen.Load() && !r.succeeded && r.p.cfg.SASL == nil {
+			r.p.log.Info().Msg("clients authenticate with SASL, and the proxy has no credentials of its own (sasl: in its Kafka config): topic configs are not read; " + r.consequence())
 			return
 		}
 		if time.Now().Before(r.retryAt) {
@@ -111,6 +110,9 @@ func (r *configReader) lookup(ctx context.Context, topics []string) ([]string, e
 }
 
 func (r *configReader) describe(ctx context.Context, topics []string) (unread []string, err error) {
+	if r.conn != nil && r.conn.expired(time.Now()) {
+		r.closeConn() // a new login, before the broker ends this one
+	}
 	if r.conn == nil {
 		if err := r.connect(ctx); err != nil {
 			return nil, err
@@ -131,8 +133,7 @@ func (r *configReader) describe(ctx context.Context, topics []string) (unread []
 		req.Resources = append(req.Resources, res)
 	}
 	resp := kmsg.NewPtrDescribeConfigsResponse()
-	r.corr++
-	if err := roundTrip(c, r.corr, req, resp); err != nil {
+	if err := c.roundTrip(req, resp); err != nil {
 		r.closeConn()
 		err = fmt.Errorf("DescribeConfigs v%d: %w", r.version, err)
 		// A new connection that answered ApiVersions and closed at DescribeConfigs: the broker
@@ -188,12 +189,11 @@ func (r *configReader) describe(ctx context.Context, topics []string) (unread []
 func (r *configReader) connect(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, configTimeout)
 	defer cancel()
-	c, vr, err := r.p.dialOwn(ctx) // an ApiVersions failure is not a refusal: every broker answers it
+	c, err := r.p.dialOwn(ctx) // an ApiVersions failure is not a refusal: every broker answers it
 	if err != nil {
 		return err
 	}
-	r.corr = 1
-	if r.version = ownVersion(vr, kmsg.NewPtrDescribeConfigsRequest()); r.version < 0 {
+	if r.version = ownVersion(c.versions, kmsg.NewPtrDescribeConfigsRequest()); r.version < 0 {
 		c.Close()
 		return errRefused{errors.New("the broker lists no DescribeConfigs version the proxy speaks")}
 	}
@@ -221,7 +221,7 @@ func (r *configReader) tell(err error) {
 		return
 	}
 	r.told = true
-	r.p.log.Info().Err(err).Msg("the cluster does not let the proxy read topic configs (SASL or ACLs?): " + r.consequence())
+	r.p.log.Info().Err(err).Msg("the cluster does not let the proxy read topic configs (SASL without the proxy's own login, a refused login, or ACLs?): " + r.consequence())
 }
 
 func (r *configReader) closeConn() {

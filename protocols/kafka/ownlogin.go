@@ -1,0 +1,106 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// ownConn is a connection of the proxy's own to a bootstrap broker (topic configs, node
+// discovery), after ApiVersions and, when Config.SASL is set, its login.
+type ownConn struct {
+	net.Conn
+	versions *kmsg.ApiVersionsResponse
+	corr     int32     // the last correlation id sent
+	expires  time.Time // KIP-368: the broker ends the login then (zero: never)
+}
+
+// roundTrip sends req with the next correlation id and reads its response into resp.
+func (c *ownConn) roundTrip(req kmsg.Request, resp kmsg.Response) error {
+	c.corr++
+	return roundTrip(c.Conn, c.corr, req, resp)
+}
+
+// expired reports whether the broker may have ended the connection's login by now (with a
+// margin for the round trip about to start): such a connection is closed, not used.
+func (c *ownConn) expired(now time.Time) bool {
+	return !c.expires.IsZero() && now.After(c.expires)
+}
+
+// maxLoginSteps bounds the SaslAuthenticate round trips of one login; SCRAM takes two.
+const maxLoginSteps = 8
+
+// login authenticates c with the proxy's own credentials (Config.SASL): SaslHandshake v1, then
+// SaslAuthenticate until the mechanism is done. Clients' logins are never borrowed: they pass
+// through the proxy untouched. Every failure is a refusal: trying again at once would be one more
+// failed login in the broker's log.
+func (p *Proxy) login(ctx context.Context, c *ownConn) error {
+	m := p.cfg.SASL
+	fail := func(err error) error {
+		return errRefused{fmt.Errorf("the proxy's own SASL login (%s): %w", m.Name(), err)}
+	}
+	hs := kmsg.NewPtrSASLHandshakeRequest()
+	if hs.Version = ownVersion(c.versions, hs); hs.Version < 1 {
+		// v0 would have the login's tokens sent without Kafka framing; brokers from 1.0 speak v1.
+		return fail(errors.New("the broker lists no SaslHandshake v1"))
+	}
+	hs.Mechanism = m.Name()
+	hsr := kmsg.NewPtrSASLHandshakeResponse()
+	if err := c.roundTrip(hs, hsr); err != nil {
+		return fail(fmt.Errorf("SaslHandshake v%d: %w", hs.Version, err))
+	}
+	if err := kerr.ErrorForCode(hsr.ErrorCode); err != nil {
+		return fail(fmt.Errorf("SaslHandshake v%d: %w (the broker enables %v)", hs.Version, err, hsr.SupportedMechanisms))
+	}
+	authVersion := ownVersion(c.versions, kmsg.NewPtrSASLAuthenticateRequest())
+	if authVersion < 0 {
+		return fail(errors.New("the broker lists no SaslAuthenticate version the proxy speaks"))
+	}
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	session, msg, err := m.Authenticate(ctx, host)
+	if err != nil {
+		return fail(err)
+	}
+	if len(msg) == 0 {
+		return fail(errors.New("the mechanism has no first message (only client-first mechanisms are supported)"))
+	}
+	sent := time.Now()
+	var lifetime int64
+	for step, done := 0, false; !done || len(msg) > 0; step++ {
+		if step == maxLoginSteps {
+			return fail(fmt.Errorf("not done after %d SaslAuthenticate round trips", step))
+		}
+		req := kmsg.NewPtrSASLAuthenticateRequest()
+		req.Version, req.SASLAuthBytes = authVersion, msg
+		resp := kmsg.NewPtrSASLAuthenticateResponse()
+		sent = time.Now()
+		if err := c.roundTrip(req, resp); err != nil {
+			return fail(fmt.Errorf("SaslAuthenticate v%d: %w", authVersion, err))
+		}
+		if err := kerr.ErrorForCode(resp.ErrorCode); err != nil {
+			if resp.ErrorMessage != nil {
+				err = fmt.Errorf("%w: %s", err, *resp.ErrorMessage)
+			}
+			return fail(fmt.Errorf("SaslAuthenticate v%d: %w", authVersion, err))
+		}
+		lifetime = resp.SessionLifetimeMillis
+		msg = nil
+		if !done {
+			if done, msg, err = session.Challenge(resp.SASLAuthBytes); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if lifetime > 0 {
+		// Counted from before the last request, and ended early by a tenth (at least a second):
+		// a connection past it is replaced before a lookup, not found closed by one.
+		d := time.Duration(min(lifetime, int64(365*24*time.Hour/time.Millisecond))) * time.Millisecond
+		c.expires = sent.Add(d - max(d/10, time.Second))
+	}
+	return nil
+}
