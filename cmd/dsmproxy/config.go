@@ -181,9 +181,20 @@ type KafkaConfig struct {
 	RespectExistingContext  *bool    `yaml:"respect_existing_context"`
 	LinkConsumeProduce      bool     `yaml:"link_consume_produce"`
 	LinkWindow              Duration `yaml:"link_window"`
-	ListenerLimits          `yaml:",inline"`
+	// SASL is the proxy's own login, for its own connections to the cluster.
+	SASL           *KafkaSASL `yaml:"sasl"`
+	ListenerLimits `yaml:",inline"`
 
 	line int
+}
+
+// KafkaSASL is the proxy's own SASL login to a Kafka cluster, used only on the connections the
+// proxy opens itself (topic configs, node discovery); clients' logins pass through untouched.
+type KafkaSASL struct {
+	Mechanism    string `yaml:"mechanism"` // PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"` // read at start; one trailing newline is dropped
 }
 
 // AMQPConfig is one AMQP 0-9-1 front.
@@ -299,7 +310,7 @@ var (
 var sectionName = map[string]string{
 	"Config": "top level", "LogConfig": "log", "AdminConfig": "admin", "AgentConfig": "agent",
 	"ErrorsConfig": "errors", "ServiceRule": "services[]", "KafkaConfig": "kafka[]", "AMQPConfig": "amqp[]",
-	"AWSConfig": "aws[]", "AWSKey": "aws[].client_keys[]", "TLSServer": "tls", "TLSClient": "upstream_tls",
+	"AWSConfig": "aws[]", "AWSKey": "aws[].client_keys[]", "KafkaSASL": "kafka[].sasl", "TLSServer": "tls", "TLSClient": "upstream_tls",
 }
 
 // ParseConfig decodes YAML bytes (strict) and records the line of every list entry for later errors.
@@ -612,6 +623,19 @@ func (c *Config) Validate() error {
 		}
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")
+		}
+		if a := k.SASL; a != nil {
+			switch strings.ToUpper(a.Mechanism) {
+			case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+			default:
+				bad(k.line, p+".sasl.mechanism", "%q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", a.Mechanism)
+			}
+			if a.Username == "" {
+				bad(k.line, p+".sasl.username", "required: the user the proxy logs in as (it needs Describe on topics, for DescribeConfigs, and Metadata)")
+			}
+			if (a.Password == "") == (a.PasswordFile == "") {
+				bad(k.line, p+".sasl", "set one of password and password_file")
+			}
 		}
 		if host, _, err := net.SplitHostPort(k.Listen); err == nil && k.AdvertisedHost == "" && wildcard(host) {
 			bad(k.line, p+".advertised_host", "required when listen %s binds every interface: it is the host clients are told to reach the broker nodes at (set it in a config file)", k.Listen)

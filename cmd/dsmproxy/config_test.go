@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"os"
 	"path/filepath"
@@ -53,6 +54,11 @@ func TestConfigErrors(t *testing.T) {
 		{"node_addrs leaves node 1 on its default port", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_addrs: {0: 127.0.0.1:30000}\namqp:\n  - listen: 127.0.0.1:29094\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 1"}},
 		{"two Kafka fronts' node ports overlap", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:29080\n    bootstrap: [b:9092]\n    node_port_base: 29095\n", []string{"kafka[0]'s broker node 2", "kafka[1]'s broker node 0", "29095"}},
 		{"one port under two names", "amqp:\n  - listen: localhost:29200\n    upstream: b:5672\n  - listen: 127.0.0.1:29200\n    upstream: c:5672\n", []string{"already used by"}},
+		{"kafka sasl mechanism", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: GSSAPI, username: u, password: p}\n", []string{"line 2", "kafka[0].sasl.mechanism", "GSSAPI"}},
+		{"kafka sasl without a user", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, password: p}\n", []string{"kafka[0].sasl.username"}},
+		{"kafka sasl without a password", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, username: u}\n", []string{"kafka[0].sasl", "one of password and password_file"}},
+		{"kafka sasl with two passwords", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, username: u, password: p, password_file: /f}\n", []string{"kafka[0].sasl", "one of password and password_file"}},
+		{"kafka sasl unknown key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, user: u, password: p}\n", []string{"line 4", "user", "kafka[].sasl"}},
 		{"upstream tls off with a CA", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    upstream_tls:\n      enabled: false\n      ca_file: /ca.pem\n", []string{"kafka[0].upstream_tls", "enabled is false"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -300,12 +306,17 @@ func TestCheckConfigRefusesWhatRunRefuses(t *testing.T) {
 	if err := os.WriteFile(trusting, []byte("aws:\n  - listen: 0.0.0.0:0\n    upstream: http://127.0.0.1:1\n    trust_clients: true\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	noPassword := filepath.Join(t.TempDir(), "nopassword.yaml")
+	if err := os.WriteFile(noPassword, []byte("kafka:\n  - listen: 127.0.0.1:0\n    bootstrap: [127.0.0.1:1]\n    sasl: {mechanism: PLAIN, username: u, password_file: /nonexistent/kafka-password}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"--kafka", "0.0.0.0:0=127.0.0.1:1"}, "kafka[0].advertised_host"},
 		{[]string{"--config", trusting}, "trust_clients on non-loopback listener"},
+		{[]string{"--config", noPassword}, "sasl: password_file"},
 	} {
 		var out bytes.Buffer
 		var errb bytes.Buffer
@@ -449,5 +460,61 @@ func TestFrontBuildErrorSource(t *testing.T) {
 	code := mainArgs([]string{"check-config", "--config", path}, &out, &errb)
 	if want := "config " + path + ": line 4: key amqp[0]: "; code != 1 || !strings.Contains(errb.String(), want) {
 		t.Errorf("exit %d, stderr %q, want it to say %q", code, errb.String(), want)
+	}
+}
+
+// TestKafkaLogin: the proxy's own Kafka login is built from the config, its password read from
+// password_file without the file's trailing newline.
+func TestKafkaLogin(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	for _, tc := range []struct {
+		name    string
+		cfg     *KafkaSASL
+		want    string // mechanism name, "" for none
+		message string // PLAIN's first message, when the mechanism is PLAIN
+		err     string
+	}{
+		{"none", nil, "", "", ""},
+		{"plain", &KafkaSASL{Mechanism: "plain", Username: "u", Password: "p"}, "PLAIN", "\x00u\x00p", ""},
+		{"plain from a file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: file("pw", "s3cret\r\n")}, "PLAIN", "\x00u\x00s3cret", ""},
+		{"scram-256", &KafkaSASL{Mechanism: "SCRAM-SHA-256", Username: "u", Password: "p"}, "SCRAM-SHA-256", "", ""},
+		{"scram-512", &KafkaSASL{Mechanism: "scram-sha-512", Username: "u", Password: "p"}, "SCRAM-SHA-512", "", ""},
+		{"empty file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: file("empty", "\n")}, "", "", "is empty"},
+		{"missing file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: filepath.Join(dir, "absent")}, "", "", "password_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := kafkaLogin(tc.cfg)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want == "" {
+				if m != nil {
+					t.Fatalf("a mechanism %s without sasl", m.Name())
+				}
+				return
+			}
+			if m.Name() != tc.want {
+				t.Fatalf("mechanism %s, want %s", m.Name(), tc.want)
+			}
+			if tc.message != "" {
+				_, first, err := m.Authenticate(context.Background(), "broker")
+				if err != nil || string(first) != tc.message {
+					t.Errorf("first message %q (%v), want %q", first, err, tc.message)
+				}
+			}
+		})
 	}
 }
