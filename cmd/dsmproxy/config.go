@@ -631,7 +631,7 @@ func (c *Config) Validate() error {
 				bad(k.line, p+".sasl.mechanism", "%q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", a.Mechanism)
 			}
 			if a.Username == "" {
-				bad(k.line, p+".sasl.username", "required: the user the proxy logs in as (it needs Describe on topics, for DescribeConfigs, and Metadata)")
+				bad(k.line, p+".sasl.username", "required: the user the proxy logs in as (it needs Describe and DescribeConfigs on the topics)")
 			}
 			if (a.Password == "") == (a.PasswordFile == "") {
 				bad(k.line, p+".sasl", "set one of password and password_file")

@@ -518,3 +518,32 @@ func TestKafkaLogin(t *testing.T) {
 		})
 	}
 }
+
+// TestKafkaPlainWarning: a PLAIN login without upstream_tls, which sends the proxy's password
+// unencrypted, is warned about when the front is built; SCRAM, or PLAIN over TLS, is not.
+func TestKafkaPlainWarning(t *testing.T) {
+	on := true
+	for _, tc := range []struct {
+		name string
+		sasl *KafkaSASL
+		tls  *TLSClient
+		warn bool
+	}{
+		{"plain", &KafkaSASL{Mechanism: "PLAIN", Username: "u", Password: "p"}, nil, true},
+		{"plain over tls", &KafkaSASL{Mechanism: "PLAIN", Username: "u", Password: "p"}, &TLSClient{Enabled: &on}, false},
+		{"scram", &KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: "u", Password: "p"}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			sh := shared{cp: pathway.NewCheckpointer("", 0), obs: noObserver{}, errs: errtrack.Discard{}, services: &proxy.Services{}, log: zerolog.New(&logs)}
+			k := KafkaConfig{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, SASL: tc.sasl}
+			k.UpstreamTLS = tc.tls
+			if _, err := buildKafka(k, sh); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(logs.String(), "unencrypted"); got != tc.warn {
+				t.Errorf("warned %v, want %v:\n%s", got, tc.warn, logs.String())
+			}
+		})
+	}
+}

@@ -167,6 +167,9 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, fmt.Errorf("kafka front %s: sasl: %w", k.Listen, err)
 	}
+	if own != nil && own.Name() == "PLAIN" && !k.UpstreamTLS.on() {
+		sh.log.Warn().Str("listen", k.Listen).Msg("kafka front: sasl PLAIN without upstream_tls sends the proxy's own password to the brokers unencrypted")
+	}
 	kc := kafka.Config{
 		SASL:                    own,
 		Listen:                  k.Listen,

@@ -108,13 +108,13 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 // its ApiVersions, v0, which every broker answers, and logs in when Config.SASL is set. A broker
 // that takes the connection and does not answer gives errNoApiVersions; a failed login, errRefused.
 func (p *Proxy) dialOwn(ctx context.Context) (*ownConn, error) {
-	c, err := p.dialBootstrap(ctx, "tcp", "")
+	c, addr, err := p.dialBootstrapAddr(ctx, "tcp")
 	if err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	oc := &ownConn{Conn: c, versions: kmsg.NewPtrApiVersionsResponse()}
+	oc := &ownConn{Conn: c, addr: addr, versions: kmsg.NewPtrApiVersionsResponse()}
 	versions := kmsg.NewPtrApiVersionsRequest()
 	versions.Version = 0
 	if err := oc.roundTrip(versions, oc.versions); err != nil {

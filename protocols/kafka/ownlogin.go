@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -15,6 +17,7 @@ import (
 // discovery), after ApiVersions and, when Config.SASL is set, its login.
 type ownConn struct {
 	net.Conn
+	addr     string // the bootstrap address dialed
 	versions *kmsg.ApiVersionsResponse
 	corr     int32     // the last correlation id sent
 	expires  time.Time // KIP-368: the broker ends the login then (zero: never)
@@ -37,12 +40,18 @@ const maxLoginSteps = 8
 
 // login authenticates c with the proxy's own credentials (Config.SASL): SaslHandshake v1, then
 // SaslAuthenticate until the mechanism is done. Clients' logins are never borrowed: they pass
-// through the proxy untouched. Every failure is a refusal: trying again at once would be one more
-// failed login in the broker's log.
+// through the proxy untouched. A broker that answers with an error refuses the login (errRefused):
+// trying again soon would be one more failed login in its log. A connection that breaks or times
+// out during the login is not a refusal (Kafka answers a wrong password with
+// SASL_AUTHENTICATION_FAILED before it closes).
 func (p *Proxy) login(ctx context.Context, c *ownConn) error {
 	m := p.cfg.SASL
 	fail := func(err error) error {
-		return errRefused{fmt.Errorf("the proxy's own SASL login (%s): %w", m.Name(), err)}
+		err = fmt.Errorf("the proxy's own SASL login (%s): %w", m.Name(), err)
+		if isNetErr(err) {
+			return err
+		}
+		return errRefused{err}
 	}
 	hs := kmsg.NewPtrSASLHandshakeRequest()
 	if hs.Version = ownVersion(c.versions, hs); hs.Version < 1 {
@@ -61,8 +70,7 @@ func (p *Proxy) login(ctx context.Context, c *ownConn) error {
 	if authVersion < 0 {
 		return fail(errors.New("the broker lists no SaslAuthenticate version the proxy speaks"))
 	}
-	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-	session, msg, err := m.Authenticate(ctx, host)
+	session, msg, err := m.Authenticate(ctx, c.addr)
 	if err != nil {
 		return fail(err)
 	}
@@ -103,4 +111,12 @@ func (p *Proxy) login(ctx context.Context, c *ownConn) error {
 		c.expires = sent.Add(d - max(d/10, time.Second))
 	}
 	return nil
+}
+
+// isNetErr reports whether err came from the connection (a timeout, a broken or closed socket)
+// rather than from the broker's answer or the mechanism.
+func isNetErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }

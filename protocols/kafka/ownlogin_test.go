@@ -1,6 +1,9 @@
 package kafka
 
 import (
+	"context"
+	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -8,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -32,6 +36,17 @@ func countLogins(c *kfake.Cluster, mechanism string) *atomic.Int64 {
 	return &n
 }
 
+// hostRecorder is a mechanism that records the host its Authenticate is given.
+type hostRecorder struct {
+	sasl.Mechanism
+	host atomic.Pointer[string]
+}
+
+func (m *hostRecorder) Authenticate(ctx context.Context, host string) (sasl.Session, []byte, error) {
+	m.host.Store(&host)
+	return m.Mechanism.Authenticate(ctx, host)
+}
+
 // TestOwnSASLLogin: on a cluster that wants SASL, a proxy given credentials of its own (Config.SASL)
 // logs in on its own connections: it can learn the brokers (node discovery) and reads topic
 // limits, so a batch the header would grow past its topic's max.message.bytes goes without it and
@@ -50,11 +65,15 @@ func TestOwnSASLLogin(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs syncbuf.Buffer
-			p := startProxy(t, c, func(cfg *Config) { cfg.SASL, cfg.Log = tc.own, zerolog.New(&logs) })
+			own := &hostRecorder{Mechanism: tc.own}
+			p := startProxy(t, c, func(cfg *Config) { cfg.SASL, cfg.Log = own, zerolog.New(&logs) })
 			answeredLimits(p)
 			ctx := testCtx(t)
 			if n, err := p.learnNodes(ctx); err != nil || n != 3 {
 				t.Fatalf("the proxy's own Metadata: %d brokers, %v; want 3", n, err)
+			}
+			if h := own.host.Load(); h == nil || !slices.Contains(c.ListenAddrs(), *h) {
+				t.Errorf("the mechanism was given %v, want a bootstrap address (host:port) of %v", h, c.ListenAddrs())
 			}
 			cl := kgoClient(t, p, login, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.NoCompression()))
 			limit := "2000"
@@ -83,15 +102,38 @@ func TestOwnSASLLogin(t *testing.T) {
 	guard.check(t)
 }
 
+// refuseLogins makes the cluster answer the proxy's SCRAM logins (a client-first message "n,,...";
+// clients here use PLAIN) while refuse is set as Kafka answers a wrong password: an error code
+// and message. kfake closes the connection instead. It returns the count of logins refused.
+func refuseLogins(c *kfake.Cluster, refuse *atomic.Bool) *atomic.Int64 {
+	var n atomic.Int64
+	c.ControlKey(kmsg.SASLAuthenticate.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		r := req.(*kmsg.SASLAuthenticateRequest)
+		if !refuse.Load() || !strings.HasPrefix(string(r.SASLAuthBytes), "n,,") {
+			return nil, nil, false
+		}
+		n.Add(1)
+		resp := r.ResponseKind().(*kmsg.SASLAuthenticateResponse)
+		resp.ErrorCode = kerr.SaslAuthenticationFailed.Code
+		msg := "Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512"
+		resp.ErrorMessage = &msg
+		return resp, nil, true
+	})
+	return &n
+}
+
 // TestOwnSASLLoginRefused: credentials the cluster refuses are said once in the log, with the
-// broker's reason; the proxy tries them no more than once per connection kind (not once per
-// topic: each try is a failed login in the broker's log), and clients are served as without them.
+// broker's reason, and not tried again for an hour (each try is a failed login in the broker's
+// log), however many topics are produced to; clients are served as without them.
 func TestOwnSASLLoginRefused(t *testing.T) {
 	c, guard := startCluster(t, saslUsers...)
-	logins := countLogins(c, "SCRAM-SHA-512")
+	var refuse atomic.Bool
+	refuse.Store(true)
+	refused := refuseLogins(c, &refuse)
 	var logs syncbuf.Buffer
 	p := startProxy(t, c, func(cfg *Config) {
-		cfg.SASL, cfg.Log = scram.Auth{User: "scram512", Pass: "wrong"}.AsSha512Mechanism(), zerolog.New(&logs)
+		cfg.SASL, cfg.Log = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism(), zerolog.New(&logs)
 	})
 	answeredLimits(p)
 	ctx := testCtx(t)
@@ -103,40 +145,77 @@ func TestOwnSASLLoginRefused(t *testing.T) {
 	waitFor(t, "the refused login in the log", func() bool {
 		return strings.Contains(logs.String(), "the proxy's own SASL login (SCRAM-SHA-512)")
 	})
+	if s := logs.String(); !strings.Contains(s, "invalid credentials") || strings.Count(s, "the proxy's own SASL login") != 1 {
+		t.Errorf("the refusal, with the broker's reason, was not told exactly once:\n%s", s)
+	}
 	// A refusal: the next try is an hour away (configRefusedBackoff), not seconds.
 	if wait := time.Until(time.Unix(0, p.limits.downUntil.Load())); wait < 30*time.Minute {
 		t.Errorf("the topic configs' connection is tried again in %v after a refused login", wait)
 	}
-	if n := logins.Load(); n > 2 {
-		t.Errorf("%d logins with refused credentials, want at most 2 (node discovery, topic configs)", n)
+	if n := refused.Load(); n != 1 {
+		t.Errorf("%d logins refused, want 1 (the topic configs' connection, once)", n)
 	}
-	if s := logs.String(); strings.Count(s, "the proxy's own SASL login") > 2 {
-		t.Errorf("the refusal was told more than once per connection kind:\n%s", s)
+	var r errRefused
+	if _, err := p.learnNodes(ctx); !errors.As(err, &r) {
+		t.Errorf("node discovery after a refused login: %v, want a refusal", err)
 	}
 	guard.check(t)
 }
 
+// TestOwnSASLLoginBroken: a connection the broker ends in the middle of the proxy's login (a
+// restart, say) is not a refused login: the next try logs in.
+func TestOwnSASLLoginBroken(t *testing.T) {
+	c, _ := startCluster(t, saslUsers...)
+	p := startProxy(t, c, func(cfg *Config) { cfg.SASL = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism() })
+	ctx := testCtx(t)
+	c.ControlKey(kmsg.SASLHandshake.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		return nil, errors.New("closed by the test"), true // kfake closes the connection
+	})
+	_, err := p.learnNodes(ctx)
+	var r errRefused
+	if err == nil || errors.As(err, &r) {
+		t.Fatalf("a login cut short: %v, want an error that is not a refusal", err)
+	}
+	if n, err := p.learnNodes(ctx); err != nil || n != 3 {
+		t.Fatalf("the next try: %d brokers, %v; want 3", n, err)
+	}
+}
+
 // TestOwnSASLLoginExpires: a login the broker gives a lifetime (KIP-368,
 // connections.max.reauth.ms) is replaced by a new connection before it ends, instead of the
-// lookup finding the connection closed.
+// lookup finding the connection closed; if the new login is refused (a password rotated at the
+// cluster), it is tried once, not again at once as a connection closed for idleness is.
 func TestOwnSASLLoginExpires(t *testing.T) {
 	c, guard := startCluster(t, append(saslUsers, kfake.BrokerConfigs(map[string]string{"connections.max.reauth.ms": "1500"}))...)
 	logins := countLogins(c, "SCRAM-SHA-512")
-	p := startProxy(t, c, func(cfg *Config) { cfg.SASL = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism() })
+	var refuse atomic.Bool
+	refused := refuseLogins(c, &refuse)
+	var logs syncbuf.Buffer
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.SASL, cfg.Log = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism(), zerolog.New(&logs)
+	})
 	answeredLimits(p)
 	ctx := testCtx(t)
 	cl := kgoClient(t, p, kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism()), kgo.DisableIdempotentWrite())
+	// The login's lifetime, 1.5 s, less the proxy's margin (1 s), is past 0.5 s after it.
+	past := func() { time.Sleep(700 * time.Millisecond) }
 	first := uniqueTopic(t, "reauth-first")
 	produceEach(t, ctx, cl, first, []byte("v"))
 	waitFor(t, first+"'s limit", func() bool { return p.limits.known(first) > 0 })
 	before := logins.Load()
-	// The login's lifetime, 1.5 s, less the proxy's margin (1 s): past it after 0.5 s.
-	time.Sleep(700 * time.Millisecond)
+	past()
 	second := uniqueTopic(t, "reauth-second")
 	produceEach(t, ctx, cl, second, []byte("v"))
 	waitFor(t, second+"'s limit", func() bool { return p.limits.known(second) > 0 })
 	if after := logins.Load(); after <= before {
 		t.Errorf("%d logins before the lifetime ran out, %d after a lookup past it; want a new one", before, after)
+	}
+	refuse.Store(true)
+	past()
+	produceEach(t, ctx, cl, uniqueTopic(t, "reauth-refused"), []byte("v"))
+	waitFor(t, "the refused login in the log", func() bool { return strings.Contains(logs.String(), "the proxy's own SASL login") })
+	if n := refused.Load(); n != 1 {
+		t.Errorf("%d refused logins for one lookup, want 1", n)
 	}
 	guard.check(t)
 }

@@ -69,7 +69,8 @@ type Config struct {
 	// SASL is the proxy's own login, for its own connections to the cluster: topic configs
 	// (DescribeConfigs) and node discovery (Metadata). Clients' logins pass through and are never
 	// borrowed. Nil: those connections do not log in, and a cluster that wants SASL refuses
-	// them. Client-first mechanisms only (PLAIN, SCRAM).
+	// them. Client-first mechanisms only (PLAIN, SCRAM; OAUTHBEARER with a token source). Its
+	// Authenticate gets the bootstrap address dialed, host:port, as kgo gives it.
 	SASL sasl.Mechanism
 
 	Env          string
@@ -164,7 +165,7 @@ type Proxy struct {
 	topics    *topicIDs
 	limits    *topicLimits
 	sequences *producedSequences
-	saslSeen  atomic.Bool // the cluster accepted a client's login: the proxy's own requests would be refused
+	saslSeen  atomic.Bool // the cluster accepted a client's login: the proxy's own requests need Config.SASL
 	seenMu    sync.Mutex
 	seen      *proxy.RecentMap[clientServiceKey, struct{}] // clients whose identity was logged at info
 	clusterID atomic.Pointer[string]                       // from Metadata; see noteCluster
@@ -354,6 +355,12 @@ func (p *Proxy) serve(ln *proxy.Listener) {
 
 // dialBootstrap tries the bootstrap brokers in turn, starting from a rotating index.
 func (p *Proxy) dialBootstrap(ctx context.Context, network, _ string) (net.Conn, error) {
+	c, _, err := p.dialBootstrapAddr(ctx, network)
+	return c, err
+}
+
+// dialBootstrapAddr is dialBootstrap, which also says which bootstrap address answered.
+func (p *Proxy) dialBootstrapAddr(ctx context.Context, network string) (net.Conn, string, error) {
 	n := len(p.cfg.Bootstrap)
 	start := int(p.bootIdx.Add(1))
 	var errs []error
@@ -361,11 +368,11 @@ func (p *Proxy) dialBootstrap(ctx context.Context, network, _ string) (net.Conn,
 		addr := p.cfg.Bootstrap[(start+i)%n]
 		c, err := p.baseDial(ctx, network, addr)
 		if err == nil {
-			return c, nil
+			return c, addr, nil
 		}
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("no bootstrap broker answered: %w", errors.Join(errs...))
+	return nil, "", fmt.Errorf("no bootstrap broker answered: %w", errors.Join(errs...))
 }
 
 // Addr is the bootstrap listener's address (nil before Start).

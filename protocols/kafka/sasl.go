@@ -56,7 +56,8 @@ func (s *session) rawTokenAnswered(frame []byte) {
 }
 
 // saslAuthenticateResponse notes a login the cluster accepted: it authenticates its clients, and
-// the proxy, which has no credentials, would be refused (topicconfig.go). A refused login (a
+// the proxy's own requests would be refused unless it has a login of its own (Config.SASL,
+// topicconfig.go). A refused login (a
 // wrong password, or a cluster without SASL) says nothing about the cluster.
 func (s *session) saslAuthenticateResponse(pd *pending, frame []byte) {
 	resp := kmsg.NewPtrSASLAuthenticateResponse()

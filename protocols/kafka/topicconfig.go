@@ -101,7 +101,10 @@ func (r *configReader) consequence() string {
 // limit it did not learn. A connection that answered before and fails now was probably closed for
 // idleness (connections.max.idle.ms): one retry on a new one.
 func (r *configReader) lookup(ctx context.Context, topics []string) ([]string, error) {
-	reused := r.conn != nil
+	if r.conn != nil && r.conn.expired(time.Now()) {
+		r.closeConn() // a new login, before the broker ends this one
+	}
+	reused := r.conn != nil // not a new one: a refused login would be tried twice
 	unread, err := r.describe(ctx, topics)
 	if err != nil && reused && ctx.Err() == nil {
 		unread, err = r.describe(ctx, topics)
@@ -110,9 +113,6 @@ func (r *configReader) lookup(ctx context.Context, topics []string) ([]string, e
 }
 
 func (r *configReader) describe(ctx context.Context, topics []string) (unread []string, err error) {
-	if r.conn != nil && r.conn.expired(time.Now()) {
-		r.closeConn() // a new login, before the broker ends this one
-	}
 	if r.conn == nil {
 		if err := r.connect(ctx); err != nil {
 			return nil, err
@@ -137,8 +137,9 @@ func (r *configReader) describe(ctx context.Context, topics []string) (unread []
 		r.closeConn()
 		err = fmt.Errorf("DescribeConfigs v%d: %w", r.version, err)
 		// A new connection that answered ApiVersions and closed at DescribeConfigs: the broker
-		// wants SASL first. On an older one it may have been closed for idleness.
-		if fresh && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
+		// wants SASL first (after a login of the proxy's own, it cannot mean that). On an older
+		// one it may have been closed for idleness.
+		if fresh && r.p.cfg.SASL == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
 			return nil, errRefused{err}
 		}
 		return nil, err
