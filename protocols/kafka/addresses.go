@@ -8,9 +8,9 @@ import (
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
-// rewriteAddresses rewrites the broker addresses of Metadata, FindCoordinator, DescribeCluster,
-// ShareFetch and ShareAcknowledge responses to the proxy's per-node listeners (opening them as
-// needed). Metadata also feeds the topic id map. An error (a node the proxy cannot listen for)
+// rewriteAddresses rewrites the broker addresses of Metadata, FindCoordinator and DescribeCluster
+// responses to the proxy's per-node listeners (opening them as needed); ShareFetch and
+// ShareAcknowledge responses come through rewriteDecoded (sharefetch.go). Metadata also feeds the topic id map. An error (a node the proxy cannot listen for)
 // closes the connection: forwarding the real address would let the client bypass the proxy.
 func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 	var resp kmsg.Response
@@ -21,10 +21,6 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 		resp = kmsg.NewPtrFindCoordinatorResponse()
 	case keyDescribeCluster:
 		resp = kmsg.NewPtrDescribeClusterResponse()
-	case keyShareFetch:
-		resp = kmsg.NewPtrShareFetchResponse()
-	case keyShareAck:
-		resp = kmsg.NewPtrShareAcknowledgeResponse()
 	default:
 		return frame, nil
 	}
@@ -32,6 +28,11 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 	if !ok {
 		return frame, nil
 	}
+	return s.rewriteDecoded(pd, frame, start, resp)
+}
+
+// rewriteDecoded is rewriteAddresses for a response already decoded (its body at start).
+func (s *session) rewriteDecoded(pd *pending, frame []byte, start int, resp kmsg.Response) ([]byte, error) {
 	changed, err := s.p.rewriteResponseAddresses(resp)
 	if err != nil {
 		s.log.Error().Err(err).Str("api", kmsg.NameForKey(pd.key)).Msg("closing connection: cannot advertise a broker node")

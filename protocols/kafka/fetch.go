@@ -120,9 +120,13 @@ type observeJob struct {
 	client  *clientInfo
 	groups  *clientGroups       // the client's groups when the response came (nil: none yet)
 	resp    *kmsg.FetchResponse // already decoded (v16+ node endpoints check), or nil
-	pooled  bool                // frame came from getFetchFrame: put it back once observed
-	log     *zerolog.Logger     // the connection's
-	cost    int64               // what it counts against ObserveQueueBytes (enqueueObserve)
+	// share: a ShareFetch response, decoded (and frame is its bytes, for the queue's bound);
+	// shareGroup its request's group.
+	share      *kmsg.ShareFetchResponse
+	shareGroup string
+	pooled     bool            // frame came from getFetchFrame: put it back once observed
+	log        *zerolog.Logger // the connection's
+	cost       int64           // what it counts against ObserveQueueBytes (enqueueObserve)
 }
 
 // factBytes is about what one partition of a request's facts takes in memory (a map entry of a
@@ -277,13 +281,21 @@ func (p *Proxy) observeLoop() {
 func (p *Proxy) observeOne(job observeJob) {
 	defer func() {
 		if r := recover(); r != nil {
+			key := keyFetch
+			if job.share != nil {
+				key = keyShareFetch
+			}
 			if job.log != nil {
 				job.log.Error().Interface("panic", r).Str("stack", string(debug.Stack())).Int16("version", job.version).
-					Msg("observing a Fetch response panicked; that response goes unobserved (it was already forwarded)")
+					Msgf("observing a %s response panicked; that response goes unobserved (it was already forwarded)", kmsg.NameForKey(key))
 			}
-			p.decodeError("Fetch response", keyFetch, job.version, fmt.Errorf("observer panicked: %v", r))
+			p.decodeError(kmsg.NameForKey(key)+" response", key, job.version, fmt.Errorf("observer panicked: %v", r))
 		}
 	}()
+	if job.share != nil {
+		p.observeShareFetch(job)
+		return
+	}
 	p.observeFetch(job)
 }
 

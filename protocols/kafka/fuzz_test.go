@@ -9,6 +9,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // offlineSession is a session with no connections, for fuzzing and benchmarks of the request and
@@ -38,7 +40,7 @@ func FuzzRequestFrame(f *testing.F) {
 	for _, req := range []kmsg.Request{kmsg.NewPtrFetchRequest(), kmsg.NewPtrOffsetCommitRequest(), kmsg.NewPtrTxnOffsetCommitRequest(),
 		kmsg.NewPtrJoinGroupRequest(), kmsg.NewPtrSyncGroupRequest(), kmsg.NewPtrConsumerGroupHeartbeatRequest(),
 		kmsg.NewPtrSASLHandshakeRequest(), kmsg.NewPtrApiVersionsRequest(), kmsg.NewPtrProduceRequest(),
-		kmsg.NewPtrHeartbeatRequest(), kmsg.NewPtrLeaveGroupRequest(), kmsg.NewPtrEndTxnRequest()} {
+		kmsg.NewPtrHeartbeatRequest(), kmsg.NewPtrLeaveGroupRequest(), kmsg.NewPtrEndTxnRequest(), kmsg.NewPtrShareFetchRequest()} {
 		for _, v := range []int16{0, req.MaxVersion()} {
 			req.SetVersion(v)
 			f.Add(requestFrame(req, 1))
@@ -69,6 +71,9 @@ func FuzzRequestFrame(f *testing.F) {
 	})
 }
 
+// fuzzTopicID is a topic id FuzzResponse's proxy knows.
+var fuzzTopicID = [16]byte{0xf}
+
 func FuzzResponse(f *testing.F) {
 	for _, key := range []int16{keyProduce, keyFetch, keyMetadata, keyOffsetCommit, keyFindCoordinator, keySyncGroup,
 		keySaslHandshake, keyApiVersions, keyTxnOffsetCommit, keyDescribeCluster, keyCGHeartbeat, keyShareFetch, keyShareAck,
@@ -87,6 +92,17 @@ func FuzzResponse(f *testing.F) {
 		}
 	}
 	f.Add(keyMetadata, int16(13), endlessTags)
+	// A share fetch of records on the topic id s knows (fuzzTopicID), in two acquired ranges.
+	share := kmsg.NewPtrShareFetchResponse()
+	share.SetVersion(share.MaxVersion())
+	share.Topics = []kmsg.ShareFetchResponseTopic{{TopicID: fuzzTopicID, Partitions: []kmsg.ShareFetchResponseTopicPartition{{
+		Records:         buildBatchHeader(f, 6, 8, nil, pathway.HeaderKey, pathway.Context{Hash: 7}.AppendBase64(nil)),
+		AcquiredRecords: []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 4, LastOffset: 5, DeliveryCount: 1}, {FirstOffset: 0, LastOffset: 1, DeliveryCount: 3}},
+	}}}}
+	shareFrame := append(binary.BigEndian.AppendUint32(make([]byte, 4), 1), 0)
+	shareFrame = share.AppendTo(shareFrame)
+	putSize(shareFrame)
+	f.Add(keyShareFetch, share.MaxVersion(), shareFrame)
 	f.Fuzz(func(t *testing.T, key, version int16, frame []byte) {
 		if len(frame) < 8 || !interesting(key) || !knownVersion(key, version) {
 			return
@@ -94,6 +110,7 @@ func FuzzResponse(f *testing.F) {
 		frame = append([]byte(nil), frame...)
 		putSize(frame)
 		s := offlineSession(t)
+		s.p.topics.put(fuzzTopicID, "fuzz") // so that records named by it are walked
 		pd := &pending{corr: int32(binary.BigEndian.Uint32(frame[4:])), key: key, version: version, flexible: isFlexible(key, version)}
 		out, after, err := s.handleResponse(pd, frame)
 		if err != nil {

@@ -64,7 +64,8 @@ func TestGroupLearning(t *testing.T) {
 }
 
 // TestShareGroup consumes through a KIP-932 share group: ShareFetch/ShareAcknowledge responses
-// carry node endpoints the proxy rewrites.
+// carry node endpoints the proxy rewrites, and each delivered record gets a consume checkpoint
+// tagged with the share group, whose parent is its produce checkpoint.
 func TestShareGroup(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
@@ -102,6 +103,20 @@ func TestShareGroup(t *testing.T) {
 	for _, r := range got {
 		if string(r.Key) != "share" || string(r.Value) != "v" {
 			t.Errorf("share record %q=%q", r.Key, r.Value)
+		}
+	}
+	var cons []pathway.Point
+	waitFor(t, fmt.Sprintf("%d consume checkpoints of share-g", len(got)), func() bool {
+		cons = pointsOn(p, "direction:in", "group:share-g", "topic:"+topic, "type:kafka")
+		return len(cons) >= len(got)
+	})
+	prod := pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")
+	if len(prod) == 0 {
+		t.Fatal("no produce checkpoints")
+	}
+	for _, pt := range cons {
+		if pt.ParentHash != prod[0].Hash {
+			t.Errorf("share consume checkpoint's parent %x, want the produce checkpoint %x", pt.ParentHash, prod[0].Hash)
 		}
 	}
 	guard.check(t)

@@ -100,6 +100,15 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		if mech, ok := s.firstString(h, frame); ok {
 			pd.facts = mech
 		}
+	case keyShareFetch, keyShareAck:
+		if !knownVersion(h.Key, h.Version) {
+			break
+		}
+		if group, err := parseShareGroup(h, frame); err != nil {
+			s.requestParseError(h, err)
+		} else {
+			pd.facts = shareGroup(group)
+		}
 	}
 	return frame, pd
 }
@@ -112,7 +121,12 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 	switch pd.key {
 	case keyApiVersions:
 		return s.apiVersionsResponse(pd, frame), nil, nil
-	case keyMetadata, keyFindCoordinator, keyDescribeCluster, keyShareFetch, keyShareAck:
+	case keyShareFetch:
+		return s.shareFetchResponse(pd, frame)
+	case keyShareAck:
+		out, err = s.shareAckResponse(pd, frame)
+		return out, nil, err
+	case keyMetadata, keyFindCoordinator, keyDescribeCluster:
 		out, err = s.rewriteAddresses(pd, frame)
 		return out, nil, err
 	case keyProduce:

@@ -205,10 +205,30 @@ func newPointBuffers() *pointBuffers {
 // starts at its FirstOffset, once a batch reaches it, and ends at the producer's next control
 // batch (its abort marker). Later transactions of the producer, committed, count again.
 func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.FetchResponseTopicPartition, from int64, readCommitted bool, now time.Time) {
+	p.checkpointRecords(ci, edge, fetchedPartition{partition: part.Partition, records: part.RecordBatches, aborted: part.AbortedTransactions,
+		from: from, readCommitted: readCommitted}, now)
+}
+
+// fetchedPartition is one partition's records as a consumer receives them.
+type fetchedPartition struct {
+	partition     int32
+	records       []byte
+	aborted       []kmsg.FetchResponseTopicPartitionAbortedTransaction
+	from          int64 // the fetch offset; records before it are not delivered (-1: unknown)
+	readCommitted bool
+	// acquired, for a share fetch (KIP-932): the offset ranges the consumer acquired, sorted;
+	// only their records are delivered.
+	acquired []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord
+	share    bool
+}
+
+// checkpointRecords is consumeRecords for any fetched partition (fetch or share fetch).
+func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedPartition, now time.Time) {
+	acquired := fp.acquired
 	var pendingAborts []kmsg.FetchResponseTopicPartitionAbortedTransaction // by FirstOffset
 	var aborting map[int64]bool                                            // producers inside an aborted transaction
-	if readCommitted && len(part.AbortedTransactions) > 0 {
-		pendingAborts = slices.SortedFunc(slices.Values(part.AbortedTransactions), func(a, b kmsg.FetchResponseTopicPartitionAbortedTransaction) int {
+	if fp.readCommitted && len(fp.aborted) > 0 {
+		pendingAborts = slices.SortedFunc(slices.Values(fp.aborted), func(a, b kmsg.FetchResponseTopicPartitionAbortedTransaction) int {
 			return cmp.Compare(a.FirstOffset, b.FirstOffset)
 		})
 		aborting = map[int64]bool{}
@@ -225,7 +245,7 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 	pp := p.pointBufs.Get().(*[]pathway.Point)
 	pts := (*pp)[:0]
 	legacy := 0
-	err := p.walker.Walk(part.RecordBatches, func(b batchMeta, r *recordMeta) {
+	err := p.walker.Walk(fp.records, func(b batchMeta, r *recordMeta) {
 		if b.Legacy {
 			legacy++
 			return
@@ -245,8 +265,16 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 			return
 		}
 		off := b.BaseOffset + int64(r.OffsetDelta)
-		if off < from {
+		if off < fp.from {
 			return
+		}
+		if fp.share {
+			for len(acquired) > 0 && acquired[0].LastOffset < off {
+				acquired = acquired[1:]
+			}
+			if len(acquired) == 0 || off < acquired[0].FirstOffset {
+				return // not acquired: the share consumer does not get it
+			}
 		}
 		n++
 		if len(pts) >= maxPointRun {
@@ -281,7 +309,7 @@ func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.Fet
 		// Old data, or a client fetching below v4: the tracers checkpoint such messages
 		// (without a parent); the proxy does not read them, and says so.
 		p.skipOp("Fetch", skipLegacyMagic, "fetched magic 0/1 message sets are not read: their messages get no consume checkpoint",
-			ci.service, edge, part.Partition, legacy)
+			ci.service, edge, fp.partition, legacy)
 	}
 	p.stats.consumed.Add(uint64(n))
 }

@@ -230,6 +230,21 @@ func parseGroupHeartbeat(h requestHeader, frame []byte) (string, int32, error) {
 // parseFirstString reads the first field of a request body, a string: the group of JoinGroup,
 // SyncGroup and ConsumerGroupHeartbeat, the mechanism of SaslHandshake, the client software name
 // of ApiVersions v3+.
+// parseShareGroup reads a ShareFetch or ShareAcknowledge request's group id ("" when null).
+func parseShareGroup(h requestHeader, frame []byte) (string, error) {
+	w := newWire(h, frame)
+	var g *string
+	if w.flex {
+		g = w.CompactNullableString()
+	} else {
+		g = w.NullableString()
+	}
+	if err := w.err(h); err != nil || g == nil {
+		return "", err
+	}
+	return *g, nil
+}
+
 func parseFirstString(h requestHeader, frame []byte) (string, error) {
 	w := newWire(h, frame)
 	s := w.str()

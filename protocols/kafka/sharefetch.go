@@ -1,0 +1,115 @@
+package kafka
+
+import (
+	"cmp"
+	"slices"
+
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// Share groups (KIP-932) consume with ShareFetch: the broker hands each consumer ranges of
+// records it acquired, and a record may be delivered again (to the same or another consumer)
+// when its lock runs out or the consumer releases it. Each delivery is a consume, as a tracer in
+// the consumer would see it: a checkpoint per acquired record, tagged with the share group.
+// Share groups have no committed offsets, so no kafka_commit backlog comes from them.
+
+// shareGroup is a ShareFetch or ShareAcknowledge request's group id, kept for its response.
+type shareGroup string
+
+// shareFetchResponse rewrites the response's node endpoints like the other address-carrying
+// responses and queues it to be observed once it is forwarded.
+func (s *session) shareFetchResponse(pd *pending, frame []byte) ([]byte, func(), error) {
+	resp := kmsg.NewPtrShareFetchResponse()
+	start, ok := s.decodeResponse(pd, frame, resp)
+	if !ok {
+		return frame, nil, nil
+	}
+	out, err := s.rewriteDecoded(pd, frame, start, resp)
+	if err != nil {
+		return nil, nil, err
+	}
+	group, _ := pd.facts.(shareGroup)
+	ci := s.info.Load()
+	// resp refers to frame's bytes, which nothing reuses (only streamed Fetch frames are pooled).
+	job := observeJob{frame: frame, version: pd.version, client: ci, share: resp, shareGroup: string(group), log: &s.log}
+	return out, func() { s.p.enqueueObserve(job) }, nil
+}
+
+// observeShareFetch records a consume checkpoint per record the response delivers, and the
+// partition errors, including those acknowledging earlier deliveries (a share consumer's
+// acknowledgements ride on its next ShareFetch).
+func (p *Proxy) observeShareFetch(job observeJob) {
+	resp, ci, now := job.share, job.client, p.now()
+	base := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: job.shareGroup, ClusterID: p.cluster()}
+	if resp.ErrorCode != 0 {
+		p.brokerError(keyShareFetch, resp.ErrorCode, ci.service, base, -1, 0)
+	}
+	for ti := range resp.Topics {
+		t := &resp.Topics[ti]
+		name, ok := p.topicName("", t.TopicID)
+		if !ok {
+			if slices.ContainsFunc(t.Partitions, func(pt kmsg.ShareFetchResponseTopicPartition) bool { return len(pt.AcquiredRecords) > 0 }) {
+				p.skipOp("ShareFetch", "unknown_topic_id", "share-fetched records of a topic id not in any Metadata response seen yet: no consume checkpoints for them",
+					ci.service, base, -1, 0)
+			}
+			continue
+		}
+		edge := base
+		edge.Topic = name
+		for pi := range t.Partitions {
+			part := &t.Partitions[pi]
+			if part.AcknowledgeErrorCode != 0 {
+				p.brokerError(keyShareAck, part.AcknowledgeErrorCode, ci.service, edge, part.Partition, 0)
+			}
+			if part.ErrorCode != 0 {
+				p.brokerError(keyShareFetch, part.ErrorCode, ci.service, edge, part.Partition, 0)
+				continue
+			}
+			if len(part.Records) == 0 || len(part.AcquiredRecords) == 0 {
+				continue
+			}
+			acquired := part.AcquiredRecords
+			if !slices.IsSortedFunc(acquired, byFirstOffset) {
+				acquired = slices.SortedFunc(slices.Values(acquired), byFirstOffset)
+			}
+			p.checkpointRecords(ci, edge, fetchedPartition{partition: part.Partition, records: part.Records, from: -1,
+				acquired: acquired, share: true}, now)
+		}
+	}
+}
+
+func byFirstOffset(a, b kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) int {
+	return cmp.Compare(a.FirstOffset, b.FirstOffset)
+}
+
+// shareAckResponse rewrites a ShareAcknowledge response's node endpoints and tracks its errors:
+// acknowledgements a share consumer's client may retry or drop without the application knowing.
+func (s *session) shareAckResponse(pd *pending, frame []byte) ([]byte, error) {
+	resp := kmsg.NewPtrShareAcknowledgeResponse()
+	start, ok := s.decodeResponse(pd, frame, resp)
+	if !ok {
+		return frame, nil
+	}
+	out, err := s.rewriteDecoded(pd, frame, start, resp)
+	if err != nil {
+		return nil, err
+	}
+	group, _ := pd.facts.(shareGroup)
+	service := s.info.Load().service
+	base := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: string(group), ClusterID: s.p.cluster()}
+	if resp.ErrorCode != 0 {
+		s.p.brokerError(keyShareAck, resp.ErrorCode, service, base, -1, 0)
+	}
+	for _, t := range resp.Topics {
+		edge := base
+		edge.Topic, _ = s.p.topicName("", t.TopicID) // unknown: the error is still tracked, without the topic
+		for _, part := range t.Partitions {
+			if part.ErrorCode != 0 {
+				s.p.brokerError(keyShareAck, part.ErrorCode, service, edge, part.Partition, 0)
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,88 @@
+package kafka
+
+import (
+	"encoding/binary"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// TestShareFetchAcquired: a share fetch delivers only the records in its acquired ranges, which
+// may come in any order; each gets a consume checkpoint tagged with the share group. Partition
+// and acknowledgement errors are broker errors, and a topic id no Metadata named is a skip.
+func TestShareFetchAcquired(t *testing.T) {
+	now := time.Unix(1700000900, 0)
+	rec, errs := &recorder{}, &errRecorder{}
+	p, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, Env: "test", Observer: rec, Errors: errs,
+		Clock: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := [16]byte{1, 2, 3}
+	p.topics.put(id, "jobs")
+	var records []byte
+	for base := int64(0); base < 10; base += 5 { // offsets 0-4, then 5-9
+		b := buildBatchHeader(t, 5, 16, nil, "", nil)
+		binary.BigEndian.PutUint64(b, uint64(base))
+		records = append(records, b...)
+	}
+	resp := kmsg.NewPtrShareFetchResponse()
+	resp.Topics = []kmsg.ShareFetchResponseTopic{
+		{TopicID: id, Partitions: []kmsg.ShareFetchResponseTopicPartition{
+			{Partition: 0, Records: records, AcknowledgeErrorCode: kerr.InvalidRecordState.Code,
+				AcquiredRecords: []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 7, LastOffset: 8, DeliveryCount: 1}, {FirstOffset: 1, LastOffset: 2, DeliveryCount: 2}}},
+			{Partition: 1, ErrorCode: kerr.NotLeaderForPartition.Code},
+		}},
+		{TopicID: [16]byte{9}, Partitions: []kmsg.ShareFetchResponseTopicPartition{
+			{Partition: 0, Records: records, AcquiredRecords: []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 0, LastOffset: 9, DeliveryCount: 1}}},
+		}},
+	}
+	p.observeShareFetch(observeJob{share: resp, shareGroup: "workers", client: &clientInfo{service: "svc"}})
+	pts, _ := rec.snapshot()
+	if len(pts) != 4 {
+		t.Fatalf("%d consume checkpoints, want 4 (offsets 1, 2, 7 and 8)", len(pts))
+	}
+	want := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: "jobs", Group: "workers"}.Tags()
+	for _, pt := range pts {
+		if !slices.Equal(pt.EdgeTags, want) || pt.Service != "svc" {
+			t.Errorf("checkpoint %v of %s, want %v of svc", pt.EdgeTags, pt.Service, want)
+		}
+	}
+	for _, name := range []string{kerr.NotLeaderForPartition.Message, kerr.InvalidRecordState.Message, "unknown_topic_id"} {
+		if len(errs.byName(name)) != 1 {
+			t.Errorf("%d %s events, want 1", len(errs.byName(name)), name)
+		}
+	}
+}
+
+// TestShareAckErrors: a ShareAcknowledge response's errors are tracked with the share group and
+// the topic; the response goes to the client unchanged.
+func TestShareAckErrors(t *testing.T) {
+	s := offlineSession(t)
+	errs := &errRecorder{}
+	s.p.errs = errs
+	id := [16]byte{4}
+	s.p.topics.put(id, "jobs")
+	resp := kmsg.NewPtrShareAcknowledgeResponse()
+	resp.SetVersion(resp.MaxVersion())
+	resp.Topics = []kmsg.ShareAcknowledgeResponseTopic{{TopicID: id, Partitions: []kmsg.ShareAcknowledgeResponseTopicPartition{
+		{Partition: 2, ErrorCode: kerr.InvalidRecordState.Code}, {Partition: 3},
+	}}}
+	frame := append(binary.BigEndian.AppendUint32(make([]byte, 4), 5), 0)
+	frame = resp.AppendTo(frame)
+	putSize(frame)
+	pd := &pending{corr: 5, key: keyShareAck, version: resp.Version, flexible: true, facts: shareGroup("workers")}
+	out, _, err := s.handleResponse(pd, slices.Clone(frame))
+	if err != nil || !slices.Equal(out, frame) {
+		t.Fatalf("response changed (%v)", err)
+	}
+	evs := errs.byName(kerr.InvalidRecordState.Message)
+	if len(evs) != 1 || evs[0].Operation != "ShareAcknowledge" || evs[0].Partition != 2 || evs[0].Edge.Topic != "jobs" || evs[0].Edge.Group != "workers" {
+		t.Fatalf("events %+v, want one ShareAcknowledge error on jobs/2 of workers", evs)
+	}
+}
