@@ -205,12 +205,13 @@ func newPointBuffers() *pointBuffers {
 // starts at its FirstOffset, once a batch reaches it, and ends at the producer's next control
 // batch (its abort marker). Later transactions of the producer, committed, count again.
 func (p *Proxy) consumeRecords(ci *clientInfo, edge pathway.Edge, part *kmsg.FetchResponseTopicPartition, from int64, readCommitted bool, now time.Time) {
-	p.checkpointRecords(ci, edge, fetchedPartition{partition: part.Partition, records: part.RecordBatches, aborted: part.AbortedTransactions,
-		from: from, readCommitted: readCommitted}, now)
+	p.checkpointRecords(ci, edge, fetchedPartition{op: keyFetch, partition: part.Partition, records: part.RecordBatches,
+		aborted: part.AbortedTransactions, from: from, readCommitted: readCommitted}, now)
 }
 
 // fetchedPartition is one partition's records as a consumer receives them.
 type fetchedPartition struct {
+	op            int16 // the API that fetched them (keyFetch, keyShareFetch), for events
 	partition     int32
 	records       []byte
 	aborted       []kmsg.FetchResponseTopicPartitionAbortedTransaction
@@ -303,12 +304,12 @@ func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedP
 	*pp = pts[:0]
 	p.pointBufs.Put(pp)
 	if err != nil {
-		p.decodeError("fetched record batch", keyFetch, -1, err)
+		p.decodeError("fetched record batch", fp.op, -1, err)
 	}
 	if legacy > 0 {
 		// Old data, or a client fetching below v4: the tracers checkpoint such messages
 		// (without a parent); the proxy does not read them, and says so.
-		p.skipOp("Fetch", skipLegacyMagic, "fetched magic 0/1 message sets are not read: their messages get no consume checkpoint",
+		p.skipOp(kmsg.NameForKey(fp.op), skipLegacyMagic, "fetched magic 0/1 message sets are not read: their messages get no consume checkpoint",
 			ci.service, edge, fp.partition, legacy)
 	}
 	p.stats.consumed.Add(uint64(n))

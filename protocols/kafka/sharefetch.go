@@ -48,16 +48,13 @@ func (p *Proxy) observeShareFetch(job observeJob) {
 	}
 	for ti := range resp.Topics {
 		t := &resp.Topics[ti]
-		name, ok := p.topicName("", t.TopicID)
-		if !ok {
-			if slices.ContainsFunc(t.Partitions, func(pt kmsg.ShareFetchResponseTopicPartition) bool { return len(pt.AcquiredRecords) > 0 }) {
-				p.skipOp("ShareFetch", "unknown_topic_id", "share-fetched records of a topic id not in any Metadata response seen yet: no consume checkpoints for them",
-					ci.service, base, -1, 0)
-			}
-			continue
-		}
 		edge := base
-		edge.Topic = name
+		name, known := p.topicName("", t.TopicID)
+		edge.Topic = name // unknown: errors are still tracked, without the topic
+		if !known && slices.ContainsFunc(t.Partitions, func(pt kmsg.ShareFetchResponseTopicPartition) bool { return len(pt.AcquiredRecords) > 0 }) {
+			p.skipOp("ShareFetch", "unknown_topic_id", "share-fetched records of a topic id not in any Metadata response seen yet: no consume checkpoints for them",
+				ci.service, base, -1, 0)
+		}
 		for pi := range t.Partitions {
 			part := &t.Partitions[pi]
 			if part.AcknowledgeErrorCode != 0 {
@@ -67,17 +64,29 @@ func (p *Proxy) observeShareFetch(job observeJob) {
 				p.brokerError(keyShareFetch, part.ErrorCode, ci.service, edge, part.Partition, 0)
 				continue
 			}
-			if len(part.Records) == 0 || len(part.AcquiredRecords) == 0 {
+			if !known || len(part.Records) == 0 {
 				continue
 			}
-			acquired := part.AcquiredRecords
-			if !slices.IsSortedFunc(acquired, byFirstOffset) {
-				acquired = slices.SortedFunc(slices.Values(acquired), byFirstOffset)
+			if acquired := acquiredRanges(part.AcquiredRecords); len(acquired) > 0 {
+				p.checkpointRecords(ci, edge, fetchedPartition{op: keyShareFetch, partition: part.Partition, records: part.Records, from: -1,
+					acquired: acquired, share: true}, now)
 			}
-			p.checkpointRecords(ci, edge, fetchedPartition{partition: part.Partition, records: part.Records, from: -1,
-				acquired: acquired, share: true}, now)
 		}
 	}
+}
+
+// acquiredRanges is the valid ranges of a response, sorted by first offset. A range starting
+// below 0 or ending before it starts is dropped, as kgo's share consumer drops it.
+func acquiredRanges(rs []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord {
+	valid := func(r kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) bool {
+		return r.FirstOffset >= 0 && r.LastOffset >= r.FirstOffset
+	}
+	if slices.IsSortedFunc(rs, byFirstOffset) && !slices.ContainsFunc(rs, func(r kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) bool { return !valid(r) }) {
+		return rs
+	}
+	out := slices.DeleteFunc(slices.Clone(rs), func(r kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) bool { return !valid(r) })
+	slices.SortFunc(out, byFirstOffset)
+	return out
 }
 
 func byFirstOffset(a, b kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) int {

@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -31,15 +32,22 @@ func TestShareFetchAcquired(t *testing.T) {
 		binary.BigEndian.PutUint64(b, uint64(base))
 		records = append(records, b...)
 	}
+	badCodec := buildBatchHeader(t, 1, 16, nil, "", nil)
+	badCodec[22] |= 7 // attributes: codec 7, which no Kafka version defines
 	resp := kmsg.NewPtrShareFetchResponse()
 	resp.Topics = []kmsg.ShareFetchResponseTopic{
 		{TopicID: id, Partitions: []kmsg.ShareFetchResponseTopicPartition{
 			{Partition: 0, Records: records, AcknowledgeErrorCode: kerr.InvalidRecordState.Code,
-				AcquiredRecords: []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 7, LastOffset: 8, DeliveryCount: 1}, {FirstOffset: 1, LastOffset: 2, DeliveryCount: 2}}},
+				AcquiredRecords: []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 7, LastOffset: 8, DeliveryCount: 1},
+					{FirstOffset: -1, LastOffset: 4}, {FirstOffset: 6, LastOffset: 5}, // invalid: dropped, as kgo drops them
+					{FirstOffset: 1, LastOffset: 2, DeliveryCount: 2}}},
 			{Partition: 1, ErrorCode: kerr.NotLeaderForPartition.Code},
+			{Partition: 2, Records: badCodec,
+				AcquiredRecords: []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 0, LastOffset: 0}}},
 		}},
 		{TopicID: [16]byte{9}, Partitions: []kmsg.ShareFetchResponseTopicPartition{
 			{Partition: 0, Records: records, AcquiredRecords: []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 0, LastOffset: 9, DeliveryCount: 1}}},
+			{Partition: 1, ErrorCode: kerr.UnknownTopicID.Code},
 		}},
 	}
 	p.observeShareFetch(observeJob{share: resp, shareGroup: "workers", client: &clientInfo{service: "svc"}})
@@ -53,10 +61,19 @@ func TestShareFetchAcquired(t *testing.T) {
 			t.Errorf("checkpoint %v of %s, want %v of svc", pt.EdgeTags, pt.Service, want)
 		}
 	}
-	for _, name := range []string{kerr.NotLeaderForPartition.Message, kerr.InvalidRecordState.Message, "unknown_topic_id"} {
-		if len(errs.byName(name)) != 1 {
-			t.Errorf("%d %s events, want 1", len(errs.byName(name)), name)
+	for _, want := range []struct{ name, op, topic string }{
+		{kerr.NotLeaderForPartition.Message, "ShareFetch", "jobs"},
+		{kerr.InvalidRecordState.Message, "ShareAcknowledge", "jobs"},
+		{kerr.UnknownTopicID.Message, "ShareFetch", ""}, // of a topic the proxy cannot name
+		{"unknown_topic_id", "ShareFetch", ""},
+	} {
+		evs := errs.byName(want.name)
+		if len(evs) != 1 || evs[0].Operation != want.op || evs[0].Edge.Topic != want.topic || evs[0].Edge.Group != "workers" {
+			t.Errorf("%s events %+v, want one of %s on topic %q of group workers", want.name, evs, want.op, want.topic)
 		}
+	}
+	if evs := errs.byCategory(errtrack.DecodeError); len(evs) != 1 || evs[0].Operation != "ShareFetch" {
+		t.Errorf("decode error events %+v, want one of ShareFetch (partition 2's records)", evs)
 	}
 }
 
