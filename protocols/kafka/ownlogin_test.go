@@ -123,6 +123,17 @@ func refuseLogins(c *kfake.Cluster, refuse *atomic.Bool) *atomic.Int64 {
 	return &n
 }
 
+// ownLoginProxy starts a proxy that logs in as the cluster's scram512 user itself (clients here
+// log in with PLAIN), logging to logs.
+func ownLoginProxy(t *testing.T, c *kfake.Cluster, logs *syncbuf.Buffer) *testProxy {
+	t.Helper()
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.SASL, cfg.Log = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism(), zerolog.New(logs)
+	})
+	answeredLimits(p)
+	return p
+}
+
 // TestOwnSASLLoginRefused: credentials the cluster refuses are said once in the log, with the
 // broker's reason, and not tried again for an hour (each try is a failed login in the broker's
 // log), however many topics are produced to; clients are served as without them.
@@ -132,10 +143,7 @@ func TestOwnSASLLoginRefused(t *testing.T) {
 	refuse.Store(true)
 	refused := refuseLogins(c, &refuse)
 	var logs syncbuf.Buffer
-	p := startProxy(t, c, func(cfg *Config) {
-		cfg.SASL, cfg.Log = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism(), zerolog.New(&logs)
-	})
-	answeredLimits(p)
+	p := ownLoginProxy(t, c, &logs)
 	ctx := testCtx(t)
 	login := kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())
 	cl := kgoClient(t, p, login, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0))
@@ -166,7 +174,7 @@ func TestOwnSASLLoginRefused(t *testing.T) {
 // restart, say) is not a refused login: the next try logs in.
 func TestOwnSASLLoginBroken(t *testing.T) {
 	c, _ := startCluster(t, saslUsers...)
-	p := startProxy(t, c, func(cfg *Config) { cfg.SASL = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism() })
+	p := ownLoginProxy(t, c, &syncbuf.Buffer{})
 	ctx := testCtx(t)
 	c.ControlKey(kmsg.SASLHandshake.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
 		return nil, errors.New("closed by the test"), true // kfake closes the connection
@@ -191,10 +199,7 @@ func TestOwnSASLLoginExpires(t *testing.T) {
 	var refuse atomic.Bool
 	refused := refuseLogins(c, &refuse)
 	var logs syncbuf.Buffer
-	p := startProxy(t, c, func(cfg *Config) {
-		cfg.SASL, cfg.Log = scram.Auth{User: "scram512", Pass: "pw512"}.AsSha512Mechanism(), zerolog.New(&logs)
-	})
-	answeredLimits(p)
+	p := ownLoginProxy(t, c, &logs)
 	ctx := testCtx(t)
 	cl := kgoClient(t, p, kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism()), kgo.DisableIdempotentWrite())
 	// The login's lifetime, 1.5 s, less the proxy's margin (1 s), is past 0.5 s after it.
