@@ -1,8 +1,11 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
+	"net"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -20,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
 // countLogins counts the SaslHandshake requests for mechanism the cluster receives (the proxy's
@@ -223,4 +227,40 @@ func TestOwnSASLLoginExpires(t *testing.T) {
 		t.Errorf("%d refused logins for one lookup, want 1", n)
 	}
 	guard.check(t)
+}
+
+// TestOwnSASLLoginOverTLS: SASL_SSL, as managed clusters such as Confluent Cloud (PLAIN over TLS)
+// run it: the proxy's own connections do TLS, then ApiVersions, then the login, and read topic
+// limits, so a batch the header would grow past its topic's limit is stored as it came.
+func TestOwnSASLLoginOverTLS(t *testing.T) {
+	pki := testpki.New(t, "kafka sasl_ssl test CA")
+	_, _, brokerPair := pki.Issue(t, "kfake")
+	c, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
+		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{brokerPair}})}, saslUsers...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	up := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: pki.Pool}}
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.SASL = plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism()
+		cfg.Listener.Dial = up.DialContext
+	})
+	answeredLimits(p)
+	ctx := testCtx(t)
+	if n, err := p.learnNodes(ctx); err != nil || n != 1 {
+		t.Fatalf("the proxy's own Metadata over TLS: %d brokers, %v; want 1", n, err)
+	}
+	login := kgo.SASL(scram.Auth{User: "scram256", Pass: "pw256"}.AsSha256Mechanism())
+	cl := kgoClient(t, p, login, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	limit := "2000"
+	topic := uniqueTopic(t, "sasl-ssl")
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+		t.Fatal(err)
+	}
+	produceEach(t, ctx, cl, topic, bytes.Repeat([]byte("n"), 1900), []byte("small"))
+	got := readTopic(t, ctx, p, topic, 2, login)
+	if hasContext(got[0]) || !hasContext(got[1]) {
+		t.Errorf("pathway header on the near-limit record %v, on the small one %v; want false, true", hasContext(got[0]), hasContext(got[1]))
+	}
 }
