@@ -157,23 +157,36 @@ type chanShared struct {
 }
 
 // pubRingSize bounds the publishes remembered per confirm-mode channel; maxEvicted, those kept
-// after the ring moved past them unconfirmed.
+// after the ring moved past them unconfirmed. A ring starts at pubRingMin and doubles, up to
+// pubRingSize, when the publishes still unconfirmed would not fit: a publisher that keeps a few
+// unconfirmed costs a few hundred bytes a channel, not 8 KiB (channels are up to 2047 a
+// connection, and connections are unlimited unless max_conns is set).
 const (
+	pubRingMin  = 64
 	pubRingSize = 1024
 	maxEvicted  = 1024
 )
 
+// ringLen is the number of publishes cs's ring holds: the tags seq-ringLen+1 .. seq. Older
+// unconfirmed ones are in evicted (or counted in untracked); a ring grows instead of evicting
+// until it is pubRingSize long.
+func (cs *chanShared) ringLen() uint64 { return uint64(len(cs.pubRing)) }
+
 // trackPublishLocked remembers confirm-mode publish cs.seq+1 and its edge.
 func (cs *chanShared) trackPublishLocked(e *pathway.Edge) {
 	cs.seq++
-	slot := cs.seq % pubRingSize
+	if cs.pubRing[cs.seq%cs.ringLen()] != nil && len(cs.pubRing) < pubRingSize {
+		cs.growRingLocked()
+	}
+	n := cs.ringLen()
+	slot := cs.seq % n
 	if old := cs.pubRing[slot]; old != nil {
 		switch {
 		case len(cs.evicted) < maxEvicted:
 			if cs.evicted == nil {
 				cs.evicted = map[uint64]*pathway.Edge{}
 			}
-			cs.evicted[cs.seq-pubRingSize] = old
+			cs.evicted[cs.seq-n] = old
 		default:
 			cs.untracked++
 		}
@@ -181,16 +194,28 @@ func (cs *chanShared) trackPublishLocked(e *pathway.Edge) {
 	cs.pubRing[slot] = e
 }
 
+// growRingLocked doubles the ring for publish cs.seq, whose slot holds publish cs.seq-n, still
+// unconfirmed: every publish the ring holds (cs.seq-n .. cs.seq-1) moves to its slot in the new
+// one, where none collides with cs.seq.
+func (cs *chanShared) growRingLocked() {
+	old, n := cs.pubRing, cs.ringLen()
+	cs.pubRing = make([]*pathway.Edge, min(2*n, pubRingSize))
+	m := cs.ringLen()
+	for k := cs.seq - n; k < cs.seq; k++ {
+		cs.pubRing[k%m] = old[k%n]
+	}
+}
+
 // advanceSettledLocked moves settled past every publish confirmed since, so that a multiple
 // confirm starts at the oldest unconfirmed publish and counts nothing confirmed before.
 func (cs *chanShared) advanceSettledLocked() {
 	for cs.settled < cs.seq {
 		next := cs.settled + 1
-		if cs.seq-next >= pubRingSize { // older than the ring: only evicted ones are unconfirmed
+		if cs.seq-next >= cs.ringLen() { // older than the ring: only evicted ones are unconfirmed
 			if cs.untracked > 0 {
 				return
 			}
-			floor := cs.seq - pubRingSize // the newest tag older than the ring
+			floor := cs.seq - cs.ringLen() // the newest tag older than the ring
 			for t := range cs.evicted {
 				floor = min(floor, t-1)
 			}
@@ -200,7 +225,7 @@ func (cs *chanShared) advanceSettledLocked() {
 			cs.settled = floor
 			continue
 		}
-		if cs.pubRing[next%pubRingSize] != nil {
+		if cs.pubRing[next%cs.ringLen()] != nil {
 			return
 		}
 		cs.settled = next
@@ -493,14 +518,14 @@ func (s *session) unconfirmed() bool {
 			continue
 		}
 		lo := cs.settled + 1
-		if cs.seq >= pubRingSize {
-			lo = max(lo, cs.seq-pubRingSize+1)
+		if n := cs.ringLen(); cs.seq >= n {
+			lo = max(lo, cs.seq-n+1)
 		}
 		if len(cs.evicted) > 0 || cs.untracked > 0 {
 			return true
 		}
 		for k := lo; k <= cs.seq; k++ {
-			if cs.pubRing[k%pubRingSize] != nil {
+			if cs.pubRing[k%cs.ringLen()] != nil {
 				return true
 			}
 		}
@@ -810,7 +835,7 @@ func (s *session) clientMethod(f frame) {
 		if !ps.confirm {
 			ps.confirm = true
 			s.mu.Lock()
-			s.sharedLocked(f.Channel).pubRing = make([]*pathway.Edge, pubRingSize)
+			s.sharedLocked(f.Channel).pubRing = make([]*pathway.Edge, pubRingMin)
 			s.mu.Unlock()
 		}
 	case queueDecl:
@@ -936,12 +961,13 @@ func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway
 		return counts
 	}
 	defer cs.advanceSettledLocked()
-	inRing := func(k uint64) bool { return cs.seq-k < pubRingSize }
+	n := cs.ringLen()
+	inRing := func(k uint64) bool { return cs.seq-k < n }
 	if !multiple {
 		switch e, old := cs.evicted[tag]; {
-		case inRing(tag) && cs.pubRing[tag%pubRingSize] != nil:
-			count(*cs.pubRing[tag%pubRingSize], 1)
-			cs.pubRing[tag%pubRingSize] = nil
+		case inRing(tag) && cs.pubRing[tag%n] != nil:
+			count(*cs.pubRing[tag%n], 1)
+			cs.pubRing[tag%n] = nil
 		case old:
 			count(*e, 1)
 			delete(cs.evicted, tag)
@@ -955,9 +981,9 @@ func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway
 	}
 	// Every unconfirmed publish up to tag: those the ring holds, then the evicted ones.
 	for k := tag; k > cs.settled && inRing(k); k-- {
-		if e := cs.pubRing[k%pubRingSize]; e != nil {
+		if e := cs.pubRing[k%n]; e != nil {
 			count(*e, 1)
-			cs.pubRing[k%pubRingSize] = nil
+			cs.pubRing[k%n] = nil
 		}
 	}
 	for t, e := range cs.evicted {

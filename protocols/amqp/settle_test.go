@@ -1,7 +1,10 @@
 package amqp
 
 import (
+	"fmt"
 	"maps"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -98,37 +101,95 @@ func TestSettle(t *testing.T) {
 			want: map[pathway.Edge]int{b: 1},
 		},
 	}
+	// A ring that starts small (as Confirm.Select makes it) and grows must settle as one made
+	// full size at once.
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := &session{shared: map[uint16]*chanShared{1: {pubRing: make([]*pathway.Edge, pubRingSize)}}}
-			cs := s.shared[1]
-			got := map[pathway.Edge]int{}
-			for _, st := range tt.steps {
-				for range st.publish {
-					e := st.edge
-					cs.trackPublishLocked(&e)
-				}
-				var cf []confirm
-				if st.ackEach[0] != 0 {
-					for k := st.ackEach[0]; k <= st.ackEach[1]; k++ {
-						cf = append(cf, confirm{tag: k})
+		for _, start := range []int{pubRingMin, pubRingSize} {
+			t.Run(fmt.Sprintf("%s/ring %d", tt.name, start), func(t *testing.T) {
+				s := &session{shared: map[uint16]*chanShared{1: {pubRing: make([]*pathway.Edge, start)}}}
+				cs := s.shared[1]
+				got := map[pathway.Edge]int{}
+				for _, st := range tt.steps {
+					for range st.publish {
+						e := st.edge
+						cs.trackPublishLocked(&e)
+					}
+					var cf []confirm
+					if st.ackEach[0] != 0 {
+						for k := st.ackEach[0]; k <= st.ackEach[1]; k++ {
+							cf = append(cf, confirm{tag: k})
+						}
+					}
+					for _, c := range append(cf, st.confirms...) {
+						for e, n := range s.settle(1, c.tag, c.multiple, c.nack) {
+							got[e] += n
+						}
 					}
 				}
-				for _, c := range append(cf, st.confirms...) {
-					for e, n := range s.settle(1, c.tag, c.multiple, c.nack) {
-						got[e] += n
-					}
+				if !maps.Equal(got, tt.want) {
+					t.Errorf("nacked %v, want %v", got, tt.want)
 				}
+				if u := s.unconfirmed(); u != tt.unconfirmed {
+					t.Errorf("unconfirmed() = %v, want %v", u, tt.unconfirmed)
+				}
+				if len(cs.evicted) != tt.wantEvicted || cs.untracked != tt.wantUntracked {
+					t.Errorf("evicted %d, untracked %d; want %d, %d", len(cs.evicted), cs.untracked, tt.wantEvicted, tt.wantUntracked)
+				}
+			})
+		}
+	}
+}
+
+// TestRingGrowth: random publishes and out-of-order acks and nacks on a ring that starts at
+// pubRingMin give the same nacked counts per edge, the same evictions and the same
+// unconfirmed() as on a ring of pubRingSize from the start; the small one grows only as far as
+// the publishes left unconfirmed need.
+func TestRingGrowth(t *testing.T) {
+	edges := []pathway.Edge{{Type: pathway.TypeRabbitMQ, Topic: "a"}, {Type: pathway.TypeRabbitMQ, Topic: "b"}, {Type: pathway.TypeRabbitMQ, Topic: "c"}}
+	for seed := range uint64(200) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		window := 1 + rng.IntN(1500) // how far behind the broker's confirms run
+		grown := &session{shared: map[uint16]*chanShared{1: {pubRing: make([]*pathway.Edge, pubRingMin)}}}
+		full := &session{shared: map[uint16]*chanShared{1: {pubRing: make([]*pathway.Edge, pubRingSize)}}}
+		gotG, gotF := map[pathway.Edge]int{}, map[pathway.Edge]int{}
+		var open []uint64 // unconfirmed tags
+		seq := uint64(0)
+		for range 3000 {
+			if len(open) < window && rng.IntN(3) > 0 {
+				seq++
+				e := edges[rng.IntN(len(edges))]
+				grown.shared[1].trackPublishLocked(&e)
+				full.shared[1].trackPublishLocked(&e)
+				open = append(open, seq)
+				continue
 			}
-			if !maps.Equal(got, tt.want) {
-				t.Errorf("nacked %v, want %v", got, tt.want)
+			if len(open) == 0 {
+				continue
 			}
-			if u := s.unconfirmed(); u != tt.unconfirmed {
-				t.Errorf("unconfirmed() = %v, want %v", u, tt.unconfirmed)
+			i := rng.IntN(len(open))
+			if rng.IntN(4) == 0 {
+				i = 0 // the oldest, as a slow queue confirms it at last
 			}
-			if len(cs.evicted) != tt.wantEvicted || cs.untracked != tt.wantUntracked {
-				t.Errorf("evicted %d, untracked %d; want %d, %d", len(cs.evicted), cs.untracked, tt.wantEvicted, tt.wantUntracked)
+			tag, multiple, nack := open[i], rng.IntN(5) == 0, rng.IntN(6) == 0
+			if multiple {
+				open = slices.DeleteFunc(open, func(k uint64) bool { return k <= tag })
+			} else {
+				open = slices.Delete(open, i, i+1)
 			}
-		})
+			for e, n := range grown.settle(1, tag, multiple, nack) {
+				gotG[e] += n
+			}
+			for e, n := range full.settle(1, tag, multiple, nack) {
+				gotF[e] += n
+			}
+		}
+		g, f := grown.shared[1], full.shared[1]
+		if !maps.Equal(gotG, gotF) || len(g.evicted) != len(f.evicted) || g.untracked != f.untracked || grown.unconfirmed() != full.unconfirmed() {
+			t.Fatalf("seed %d (window %d): grown ring nacked %v, evicted %d, untracked %d, unconfirmed %v; full ring %v, %d, %d, %v",
+				seed, window, gotG, len(g.evicted), g.untracked, grown.unconfirmed(), gotF, len(f.evicted), f.untracked, full.unconfirmed())
+		}
+		if window < pubRingMin/2 && len(g.pubRing) > pubRingMin {
+			t.Errorf("seed %d: the ring grew to %d with at most %d publishes unconfirmed", seed, len(g.pubRing), window)
+		}
 	}
 }
