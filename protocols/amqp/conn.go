@@ -160,7 +160,8 @@ type chanShared struct {
 // after the ring moved past them unconfirmed. A ring starts at pubRingMin and doubles, up to
 // pubRingSize, when the publishes still unconfirmed would not fit: a publisher that keeps a few
 // unconfirmed costs a few hundred bytes a channel, not 8 KiB (channels are up to 2047 a
-// connection, and connections are unlimited unless max_conns is set).
+// connection, and connections are unlimited unless max_conns is set). A ring does not shrink:
+// one publish left unconfirmed behind hundreds of later ones keeps its channel's ring large.
 const (
 	pubRingMin  = 64
 	pubRingSize = 1024

@@ -141,41 +141,25 @@ func TestSettle(t *testing.T) {
 }
 
 // TestRingGrowth: random publishes and out-of-order acks and nacks on a ring that starts at
-// pubRingMin give the same nacked counts per edge, the same evictions and the same
-// unconfirmed() as on a ring of pubRingSize from the start; the small one grows only as far as
-// the publishes left unconfirmed need.
+// pubRingMin leave the same state after every step (nacked counts per edge, evictions,
+// untracked, settled, unconfirmed()) as on a ring of pubRingSize from the start. Some runs keep a
+// publish unconfirmed past the full ring, so both evict; confirms of tag 0, of tags never
+// published and of tags already confirmed come in too. The small ring grows only as far as the
+// publishes left unconfirmed need.
 func TestRingGrowth(t *testing.T) {
 	edges := []pathway.Edge{{Type: pathway.TypeRabbitMQ, Topic: "a"}, {Type: pathway.TypeRabbitMQ, Topic: "b"}, {Type: pathway.TypeRabbitMQ, Topic: "c"}}
+	evicting := 0
 	for seed := range uint64(200) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		window := 1 + rng.IntN(1500) // how far behind the broker's confirms run
+		stuck := seed%4 == 0         // the first publish stays unconfirmed until late
 		grown := &session{shared: map[uint16]*chanShared{1: {pubRing: make([]*pathway.Edge, pubRingMin)}}}
 		full := &session{shared: map[uint16]*chanShared{1: {pubRing: make([]*pathway.Edge, pubRingSize)}}}
+		g, f := grown.shared[1], full.shared[1]
 		gotG, gotF := map[pathway.Edge]int{}, map[pathway.Edge]int{}
 		var open []uint64 // unconfirmed tags
 		seq := uint64(0)
-		for range 3000 {
-			if len(open) < window && rng.IntN(3) > 0 {
-				seq++
-				e := edges[rng.IntN(len(edges))]
-				grown.shared[1].trackPublishLocked(&e)
-				full.shared[1].trackPublishLocked(&e)
-				open = append(open, seq)
-				continue
-			}
-			if len(open) == 0 {
-				continue
-			}
-			i := rng.IntN(len(open))
-			if rng.IntN(4) == 0 {
-				i = 0 // the oldest, as a slow queue confirms it at last
-			}
-			tag, multiple, nack := open[i], rng.IntN(5) == 0, rng.IntN(6) == 0
-			if multiple {
-				open = slices.DeleteFunc(open, func(k uint64) bool { return k <= tag })
-			} else {
-				open = slices.Delete(open, i, i+1)
-			}
+		confirm := func(tag uint64, multiple, nack bool) {
 			for e, n := range grown.settle(1, tag, multiple, nack) {
 				gotG[e] += n
 			}
@@ -183,13 +167,60 @@ func TestRingGrowth(t *testing.T) {
 				gotF[e] += n
 			}
 		}
-		g, f := grown.shared[1], full.shared[1]
-		if !maps.Equal(gotG, gotF) || len(g.evicted) != len(f.evicted) || g.untracked != f.untracked || grown.unconfirmed() != full.unconfirmed() {
-			t.Fatalf("seed %d (window %d): grown ring nacked %v, evicted %d, untracked %d, unconfirmed %v; full ring %v, %d, %d, %v",
-				seed, window, gotG, len(g.evicted), g.untracked, grown.unconfirmed(), gotF, len(f.evicted), f.untracked, full.unconfirmed())
+		for step := range 4000 {
+			switch {
+			case stuck && step == 3500 && len(open) > 0:
+				confirm(open[0], false, true) // the stuck one, nacked at last
+				open = open[1:]
+			case rng.IntN(50) == 0:
+				// Confirms naming nothing unconfirmed: tag 0, a tag not published yet, or (single) one
+				// already confirmed.
+				tag := []uint64{0, seq + 1 + uint64(rng.IntN(3))}[rng.IntN(2)]
+				if k := 1 + uint64(rng.IntN(int(seq)+1)); k <= seq && !slices.Contains(open, k) && rng.IntN(2) == 0 {
+					confirm(k, false, rng.IntN(2) == 0)
+					break
+				}
+				confirm(tag, rng.IntN(2) == 0, rng.IntN(2) == 0)
+			case len(open) < window+map[bool]int{true: 1}[stuck] && rng.IntN(3) > 0:
+				seq++
+				e := edges[rng.IntN(len(edges))]
+				g.trackPublishLocked(&e)
+				f.trackPublishLocked(&e)
+				open = append(open, seq)
+			case len(open) > 0:
+				lo := 0
+				if stuck && open[0] == 1 {
+					lo = 1 // leave the stuck one
+				}
+				if lo >= len(open) {
+					continue
+				}
+				i := lo + rng.IntN(len(open)-lo)
+				if rng.IntN(4) == 0 {
+					i = lo // the oldest, as a slow queue confirms it at last
+				}
+				tag, multiple, nack := open[i], rng.IntN(5) == 0 && lo == 0, rng.IntN(6) == 0
+				if multiple {
+					open = slices.DeleteFunc(open, func(k uint64) bool { return k <= tag })
+				} else {
+					open = slices.Delete(open, i, i+1)
+				}
+				confirm(tag, multiple, nack)
+			}
+			if step == 3499 && (len(f.evicted) > 0 || f.untracked > 0) {
+				evicting++
+			}
+			if !maps.Equal(gotG, gotF) || !maps.Equal(g.evicted, f.evicted) || g.untracked != f.untracked || g.settled != f.settled ||
+				grown.unconfirmed() != full.unconfirmed() {
+				t.Fatalf("seed %d (window %d) step %d: grown ring nacked %v, evicted %d, untracked %d, settled %d, unconfirmed %v; full ring %v, %d, %d, %d, %v",
+					seed, window, step, gotG, len(g.evicted), g.untracked, g.settled, grown.unconfirmed(), gotF, len(f.evicted), f.untracked, f.settled, full.unconfirmed())
+			}
 		}
-		if window < pubRingMin/2 && len(g.pubRing) > pubRingMin {
+		if window < pubRingMin/2 && !stuck && len(g.pubRing) > pubRingMin {
 			t.Errorf("seed %d: the ring grew to %d with at most %d publishes unconfirmed", seed, len(g.pubRing), window)
 		}
+	}
+	if evicting < 10 {
+		t.Errorf("%d runs evicted a publish: the full ring's paths went almost untested", evicting)
 	}
 }
