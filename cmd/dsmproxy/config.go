@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/dsmproxy/dsmproxy/internal/redact"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 )
 
 // Config is the whole configuration, as read from the YAML file and then overridden by the
@@ -176,11 +177,14 @@ type KafkaConfig struct {
 	MaxBatchBytes  int              `yaml:"max_batch_bytes"`
 	// InjectAcks0UnknownLimit: acks=0 batches get the header even to topics whose
 	// max.message.bytes the proxy could not read (SASL clusters).
-	InjectAcks0UnknownLimit bool     `yaml:"inject_acks0_unknown_limit"`
-	MaxFrameBytes           int      `yaml:"max_frame_bytes"`
-	RespectExistingContext  *bool    `yaml:"respect_existing_context"`
-	LinkConsumeProduce      bool     `yaml:"link_consume_produce"`
-	LinkWindow              Duration `yaml:"link_window"`
+	InjectAcks0UnknownLimit bool `yaml:"inject_acks0_unknown_limit"`
+	// TopicLimitWait: how long a produce request may wait for its topics' first size limits
+	// (unset: 500ms; 0s: never).
+	TopicLimitWait         *Duration `yaml:"topic_limit_wait"`
+	MaxFrameBytes          int       `yaml:"max_frame_bytes"`
+	RespectExistingContext *bool     `yaml:"respect_existing_context"`
+	LinkConsumeProduce     bool      `yaml:"link_consume_produce"`
+	LinkWindow             Duration  `yaml:"link_window"`
 	// SASL is the proxy's own login, for its own connections to the cluster.
 	SASL           *KafkaSASL `yaml:"sasl"`
 	ListenerLimits `yaml:",inline"`
@@ -620,6 +624,9 @@ func (c *Config) Validate() error {
 		// fetch.max.bytes); an AMQP one, a method or content header (at least frame_min_size 4096).
 		if k.MaxFrameBytes != 0 && k.MaxFrameBytes < 1<<20 {
 			bad(k.line, p+".max_frame_bytes", "%d is below 1 MiB, less than a Kafka client's default fetch of one partition (0: the default, 100 MiB)", k.MaxFrameBytes)
+		}
+		if w := k.TopicLimitWait; w != nil && w.D() > kafka.MaxTopicLimitWait {
+			bad(k.line, p+".topic_limit_wait", "%v is over %v: clients give up on a request after request.timeout.ms (30 s by default), and every produce to a new topic would wait that long while the cluster does not answer (0s: never wait)", w.D(), kafka.MaxTopicLimitWait)
 		}
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")

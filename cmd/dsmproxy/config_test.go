@@ -54,6 +54,7 @@ func TestConfigErrors(t *testing.T) {
 		{"node_addrs leaves node 1 on its default port", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_addrs: {0: 127.0.0.1:30000}\namqp:\n  - listen: 127.0.0.1:29094\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 1"}},
 		{"two Kafka fronts' node ports overlap", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:29080\n    bootstrap: [b:9092]\n    node_port_base: 29095\n", []string{"kafka[0]'s broker node 2", "kafka[1]'s broker node 0", "29095"}},
 		{"one port under two names", "amqp:\n  - listen: localhost:29200\n    upstream: b:5672\n  - listen: 127.0.0.1:29200\n    upstream: c:5672\n", []string{"already used by"}},
+		{"kafka topic_limit_wait over its bound", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    topic_limit_wait: 30s\n", []string{"line 2", "kafka[0].topic_limit_wait", "over 5s"}},
 		{"kafka sasl mechanism", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: GSSAPI, username: u, password: p}\n", []string{"line 2", "kafka[0].sasl.mechanism", "GSSAPI"}},
 		{"kafka sasl without a user", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, password: p}\n", []string{"kafka[0].sasl.username"}},
 		{"kafka sasl without a password", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, username: u}\n", []string{"kafka[0].sasl", "one of password and password_file"}},
@@ -545,5 +546,34 @@ func TestKafkaPlainWarning(t *testing.T) {
 				t.Errorf("warned %v, want %v:\n%s", got, tc.warn, logs.String())
 			}
 		})
+	}
+}
+
+// TestKafkaTopicLimitWait: topic_limit_wait reaches the Kafka front as set, 0s included (no wait),
+// and unset leaves the front's default.
+func TestKafkaTopicLimitWait(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want *time.Duration
+	}{
+		{"", nil},
+		{"    topic_limit_wait: 0s\n", new(time.Duration)},
+		{"    topic_limit_wait: 2s\n", func() *time.Duration { d := 2 * time.Second; return &d }()},
+	} {
+		c, err := ParseConfig([]byte("kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n" + tc.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := c.Kafka[0].TopicLimitWait
+		if (got == nil) != (tc.want == nil) || got != nil && got.D() != *tc.want {
+			t.Errorf("%q: topic_limit_wait %v, want %v", tc.yaml, got, tc.want)
+		}
+	}
+	// The front gets it: one past the front's own bound is refused there (the file's check is
+	// bypassed here).
+	sh := shared{cp: pathway.NewCheckpointer("", 0), obs: noObserver{}, errs: errtrack.Discard{}, services: &proxy.Services{}, log: zerolog.Nop()}
+	over := Duration(6 * time.Second)
+	if _, err := buildKafka(KafkaConfig{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, TopicLimitWait: &over}, sh); err == nil || !strings.Contains(err.Error(), "TopicLimitWait") {
+		t.Errorf("a front built with topic_limit_wait 6s: %v, want the front's refusal", err)
 	}
 }

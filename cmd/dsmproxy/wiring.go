@@ -170,8 +170,14 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if own != nil && own.Name() == "PLAIN" && !k.UpstreamTLS.on() {
 		sh.log.Warn().Str("listen", k.Listen).Msg("kafka front: sasl PLAIN without upstream_tls sends the proxy's own password to the brokers unencrypted")
 	}
+	var limitWait *time.Duration
+	if w := k.TopicLimitWait; w != nil {
+		d := w.D()
+		limitWait = &d
+	}
 	kc := kafka.Config{
 		SASL:                    own,
+		TopicLimitWait:          limitWait,
 		Listen:                  k.Listen,
 		Bootstrap:               k.Bootstrap,
 		AdvertisedHost:          k.AdvertisedHost,

@@ -405,7 +405,7 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 	first := small("small-topic-first")
 	answeredLimits(p)
 	err := cl.ProduceSync(ctx, &kgo.Record{Topic: first, Value: near}).FirstErr()
-	p.limits.wait.Store(int64(topicLimitWait))
+	p.limits.wait.Store(int64(DefaultTopicLimitWait))
 	if err != nil {
 		t.Fatalf("first batch to a topic whose limit the header would pass: %v", err)
 	}
@@ -413,7 +413,7 @@ func TestTopicSizeLimitLearned(t *testing.T) {
 		t.Error("the first batch was grown past its topic's limit")
 	}
 
-	// The lookup is held at the broker past topicLimitWait.
+	// The lookup is held at the broker past DefaultTopicLimitWait.
 	topic := small("small-topic")
 	release := holdNext(c, kmsg.DescribeConfigs.Int16())
 	err = cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: near}).FirstErr()

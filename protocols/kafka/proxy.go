@@ -64,6 +64,10 @@ type Config struct {
 	// vouches that no topic's limit is below MaxBatchBytes. Off (the default), those batches go
 	// unmodified, because a refusal would lose them without an answer (topiclimits.go).
 	InjectAcks0UnknownLimit bool
+	// TopicLimitWait bounds how long a produce request naming topics whose limits were never read
+	// waits for their lookup (nil: DefaultTopicLimitWait; 0: it never waits, and a first batch
+	// the header grows past a topic's lower limit may be refused). MaxTopicLimitWait at most.
+	TopicLimitWait *time.Duration
 	// MaxFrameBytes bounds one request or response (default DefaultMaxFrameBytes).
 	MaxFrameBytes int
 	// SASL is the proxy's own login, for its own connections to the cluster: topic configs
@@ -287,6 +291,12 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
 	p.limits = newTopicLimits(p.cfg.MaxTopicIDs, cfg.InjectAcks0UnknownLimit)
+	if w := cfg.TopicLimitWait; w != nil {
+		if *w < 0 || *w > MaxTopicLimitWait {
+			return nil, fmt.Errorf("kafka: TopicLimitWait %v: from 0 to %v (a client gives up on a request after request.timeout.ms, 30 s by default)", *w, MaxTopicLimitWait)
+		}
+		p.limits.wait.Store(int64(*w))
+	}
 	p.sequences = newProducedSequences()
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)

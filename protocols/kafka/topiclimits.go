@@ -30,7 +30,7 @@ type topicLimits struct {
 	downUntil atomic.Int64
 	noReader  atomic.Bool
 	waits     atomic.Uint64 // batches that waited for a lookup (Stats.TopicLimitWaits)
-	wait      atomic.Int64  // topicLimitWait, in ns (tests wait longer)
+	wait      atomic.Int64  // Config.TopicLimitWait, in ns (tests wait longer)
 	// timedOut: a batch waited until its deadline and the lookup under way did not settle; the
 	// reader does one lookup at a time, so later batches do not wait until one settles (a reader
 	// stuck dialing would otherwise cost every produce request the whole wait). Guarded by mu.
@@ -62,17 +62,21 @@ const (
 	topicAskQueued  = 1024
 )
 
-// topicLimitWait bounds how long a produce request waits for its topics' first lookups: a
+// DefaultTopicLimitWait bounds how long a produce request waits for its topics' first lookups: a
 // DescribeConfigs round trip on the proxy's own connection, which a broker answers in a few
-// milliseconds (its first use also dials and sends ApiVersions). Past it the batches go as if
-// no lookup were under way.
-const topicLimitWait = 500 * time.Millisecond
+// milliseconds (its first use also dials, sends ApiVersions and logs in). Past it the batches go
+// as if no lookup were under way. Config.TopicLimitWait sets another bound, up to
+// MaxTopicLimitWait.
+const (
+	DefaultTopicLimitWait = 500 * time.Millisecond
+	MaxTopicLimitWait     = 5 * time.Second
+)
 
 func newTopicLimits(max int, vouched bool) *topicLimits {
 	t := &topicLimits{m: proxy.NewRecentMap[string, topicLimit](max), ask: make(chan string, topicAskQueued), vouched: vouched,
 		settled: make(chan struct{})}
 	t.noReader.Store(true) // until a configReader runs
-	t.wait.Store(int64(topicLimitWait))
+	t.wait.Store(int64(DefaultTopicLimitWait))
 	return t
 }
 

@@ -1,8 +1,16 @@
 package kafka
 
 import (
+	"bytes"
+	"errors"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func TestTopicLimitsCheck(t *testing.T) {
@@ -182,5 +190,46 @@ func TestTopicLimitsAwait(t *testing.T) {
 	l.settle([]string{"t"})
 	if got := l.check("t", grownBatch{size: 2000}, false, far); got != "" || l.waits.Load() != 0 {
 		t.Errorf("after a failed lookup: check = %q, %d waits; want no wait", got, l.waits.Load())
+	}
+}
+
+// TestTopicLimitWaitOff: with TopicLimitWait 0 the data path never waits for a topic's first
+// limit: a batch goes while its lookup is under way (held at the broker here), gets the header
+// and, grown past the topic's limit, is refused, as the README says that setting costs.
+func TestTopicLimitWaitOff(t *testing.T) {
+	c, guard := startCluster(t)
+	none := time.Duration(0)
+	p := startProxy(t, c, func(cfg *Config) { cfg.TopicLimitWait = &none })
+	ctx := testCtx(t)
+	cl := kgoClient(t, p, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.NoCompression()))
+	limit := "2000"
+	topic := uniqueTopic(t, "no-wait")
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+		t.Fatal(err)
+	}
+	release := holdNext(c, kmsg.DescribeConfigs.Int16())
+	err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: bytes.Repeat([]byte("n"), 1900)}).FirstErr()
+	release()
+	if !errors.Is(err, kerr.MessageTooLarge) {
+		t.Fatalf("a near-limit first batch with no wait: %v, want MESSAGE_TOO_LARGE", err)
+	}
+	if n := p.Stats().TopicLimitWaits; n != 0 {
+		t.Errorf("%d batches waited with TopicLimitWait 0", n)
+	}
+	guard.check(t)
+}
+
+// TestTopicLimitWaitBounds: New refuses a wait below 0 or above MaxTopicLimitWait.
+func TestTopicLimitWaitBounds(t *testing.T) {
+	for _, w := range []time.Duration{-time.Millisecond, MaxTopicLimitWait + time.Millisecond} {
+		_, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, TopicLimitWait: &w})
+		if err == nil || !strings.Contains(err.Error(), "TopicLimitWait") {
+			t.Errorf("TopicLimitWait %v: %v, want an error naming it", w, err)
+		}
+	}
+	for _, w := range []time.Duration{0, MaxTopicLimitWait} {
+		if _, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, TopicLimitWait: &w}); err != nil {
+			t.Errorf("TopicLimitWait %v: %v", w, err)
+		}
 	}
 }
