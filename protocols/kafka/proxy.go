@@ -141,7 +141,7 @@ type Stats struct {
 	// awaiting answers named maxConnFacts partitions, or all connections' maxFacts).
 	UnkeptFacts uint64
 	// Produce batches that waited for their topic's first size limit (topicLimits.check), at
-	// most 500 ms per request: each batch to a topic not read yet while its lookup is under way
+	// most Config.TopicLimitWait (500 ms) per request: each batch to a topic not read yet while its lookup is under way
 	// (again every 10 s for a topic whose lookup comes back without its limit).
 	TopicLimitWaits uint64
 }
