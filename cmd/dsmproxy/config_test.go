@@ -564,8 +564,8 @@ func TestKafkaTopicLimitWait(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := c.Kafka[0].TopicLimitWait
-		if (got == nil) != (tc.want == nil) || got != nil && got.D() != *tc.want {
+		got := durationPtr(c.Kafka[0].TopicLimitWait) // as buildKafka hands it to the front
+		if (got == nil) != (tc.want == nil) || got != nil && *got != *tc.want {
 			t.Errorf("%q: topic_limit_wait %v, want %v", tc.yaml, got, tc.want)
 		}
 	}

@@ -170,14 +170,9 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if own != nil && own.Name() == "PLAIN" && !k.UpstreamTLS.on() {
 		sh.log.Warn().Str("listen", k.Listen).Msg("kafka front: sasl PLAIN without upstream_tls sends the proxy's own password to the brokers unencrypted")
 	}
-	var limitWait *time.Duration
-	if w := k.TopicLimitWait; w != nil {
-		d := w.D()
-		limitWait = &d
-	}
 	kc := kafka.Config{
 		SASL:                    own,
-		TopicLimitWait:          limitWait,
+		TopicLimitWait:          durationPtr(k.TopicLimitWait),
 		Listen:                  k.Listen,
 		Bootstrap:               k.Bootstrap,
 		AdvertisedHost:          k.AdvertisedHost,
@@ -203,6 +198,15 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	}
 	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders,
 		stats: func() any { return p.Stats() }}, nil
+}
+
+// durationPtr is d as a *time.Duration: nil (unset) stays nil, and 0 stays a set 0.
+func durationPtr(d *Duration) *time.Duration {
+	if d == nil {
+		return nil
+	}
+	v := d.D()
+	return &v
 }
 
 // kafkaLogin builds the proxy's own SASL mechanism from a validated config (nil: none).
