@@ -98,6 +98,10 @@ func TestOwnSASLLogin(t *testing.T) {
 			if hasContext(got[0]) || !hasContext(got[1]) {
 				t.Errorf("pathway header on the near-limit record %v, on the small acks=0 record %v; want false, true", hasContext(got[0]), hasContext(got[1]))
 			}
+			waitFor(t, "an answered lookup in Stats", func() bool { return p.Stats().TopicConfigLookups > 0 })
+			if n := p.Stats().TopicConfigFailures; n != 0 {
+				t.Errorf("%d topic config lookups failed, want none", n)
+			}
 			if s := logs.String(); strings.Contains(s, "does not let the proxy read topic configs") || strings.Contains(s, "topic configs are not read") {
 				t.Errorf("the proxy did not read topic configs with its own login:\n%s", s)
 			}
@@ -166,6 +170,9 @@ func TestOwnSASLLoginRefused(t *testing.T) {
 	}
 	if n := refused.Load(); n != 1 {
 		t.Errorf("%d logins refused, want 1 (the topic configs' connection, once)", n)
+	}
+	if st := p.Stats(); st.TopicConfigLookups != 0 || st.TopicConfigFailures != 1 {
+		t.Errorf("%d topic config lookups answered, %d failed; want none, 1", st.TopicConfigLookups, st.TopicConfigFailures)
 	}
 	var r errRefused
 	if _, err := p.learnNodes(ctx); !errors.As(err, &r) {

@@ -144,6 +144,10 @@ type Stats struct {
 	// most Config.TopicLimitWait (500 ms) per request: each batch to a topic not read yet while its lookup is under way
 	// (again every 10 s for a topic whose lookup comes back without its limit).
 	TopicLimitWaits uint64
+	// DescribeConfigs lookups of topic limits the cluster answered on the proxy's own connection,
+	// and those that failed (no connection, a refused login or request). On a SASL cluster,
+	// answered lookups show that the proxy's own login (Config.SASL) works.
+	TopicConfigLookups, TopicConfigFailures uint64
 }
 
 type counters struct {
@@ -417,6 +421,7 @@ func (p *Proxy) Stats() Stats {
 		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
 		UnkeptFacts:   s.unkeptFacts.Load(),
 		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
+		TopicConfigLookups: p.limits.lookups.Load(), TopicConfigFailures: p.limits.lookupFailures.Load(),
 	}
 }
 

@@ -78,10 +78,12 @@ func (r *configReader) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			r.p.limits.lookupFailures.Add(1)
 			r.failed(err)
 			r.p.limits.settle(topics)
 			continue
 		}
+		r.p.limits.lookups.Add(1)
 		r.backoff = 0
 		r.p.limits.downUntil.Store(0)
 		r.p.limits.settle(unread)

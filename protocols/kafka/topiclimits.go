@@ -30,7 +30,9 @@ type topicLimits struct {
 	downUntil atomic.Int64
 	noReader  atomic.Bool
 	waits     atomic.Uint64 // batches that waited for a lookup (Stats.TopicLimitWaits)
-	wait      atomic.Int64  // Config.TopicLimitWait, in ns (tests wait longer)
+	// lookups the cluster answered, and those that failed (Stats.TopicConfigLookups, ...Failures)
+	lookups, lookupFailures atomic.Uint64
+	wait                    atomic.Int64 // Config.TopicLimitWait, in ns (tests wait longer)
 	// timedOut: a batch waited until its deadline and the lookup under way did not settle; the
 	// reader does one lookup at a time, so later batches do not wait until one settles (a reader
 	// stuck dialing would otherwise cost every produce request the whole wait). Guarded by mu.
