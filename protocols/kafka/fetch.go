@@ -243,6 +243,9 @@ func (p *Proxy) enqueueObserve(job observeJob) bool {
 	if job.facts != nil {
 		n += factBytes * int64(job.facts.partitions())
 	}
+	if job.share != nil {
+		n += shareCost(job.share) // decoded: a partition or a range takes more than on the wire
+	}
 	job.cost = n
 	// One response bigger than the whole budget is still observed when nothing else waits.
 	if q := p.queued.Add(n); q > int64(p.cfg.ObserveQueueBytes) && q != n {

@@ -89,6 +89,19 @@ func acquiredRanges(rs []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) []
 	return out
 }
 
+// shareCost is about what a decoded ShareFetch response holds in memory beyond its frame's bytes:
+// a kmsg partition struct (about 100 bytes) per partition, an acquired range (32) per range.
+func shareCost(r *kmsg.ShareFetchResponse) int64 {
+	var n int64
+	for _, t := range r.Topics {
+		n += factBytes * int64(len(t.Partitions))
+		for _, p := range t.Partitions {
+			n += 32 * int64(len(p.AcquiredRecords))
+		}
+	}
+	return n
+}
+
 func byFirstOffset(a, b kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) int {
 	return cmp.Compare(a.FirstOffset, b.FirstOffset)
 }

@@ -103,3 +103,30 @@ func TestShareAckErrors(t *testing.T) {
 		t.Fatalf("events %+v, want one ShareAcknowledge error on jobs/2 of workers", evs)
 	}
 }
+
+// TestShareFetchQueueCost: a share fetch waiting for observation counts its decoded partitions
+// and acquired ranges against ObserveQueueBytes, not only its frame's bytes, and the worker gives
+// back the same amount.
+func TestShareFetchQueueCost(t *testing.T) {
+	s := offlineSession(t)
+	p := s.p
+	resp := kmsg.NewPtrShareFetchResponse()
+	parts := make([]kmsg.ShareFetchResponseTopicPartition, 1000)
+	for i := range parts {
+		parts[i].Partition = int32(i)
+		parts[i].AcquiredRecords = []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord{{FirstOffset: 0, LastOffset: 0}}
+	}
+	resp.Topics = []kmsg.ShareFetchResponseTopic{{Partitions: parts}}
+	frame := make([]byte, 64)
+	if !p.enqueueObserve(observeJob{frame: frame, share: resp, client: s.info.Load()}) {
+		t.Fatal("not queued")
+	}
+	if got, want := p.queued.Load(), int64(len(frame))+1000*(factBytes+32); got != want {
+		t.Errorf("%d bytes queued, want %d", got, want)
+	}
+	close(p.observeQ)
+	p.observeLoop()
+	if got := p.queued.Load(); got != 0 {
+		t.Errorf("%d bytes still counted once the worker was done, want 0", got)
+	}
+}
