@@ -29,8 +29,9 @@ func (c *ownConn) roundTrip(req kmsg.Request, resp kmsg.Response) error {
 	return roundTrip(c.Conn, c.corr, req, resp)
 }
 
-// expired reports whether the broker may have ended the connection's login by now (with a
-// margin for the round trip about to start): such a connection is closed, not used.
+// expired reports whether the broker may have ended the connection's login by now (expires is set
+// early, by login, to leave room for the round trip about to start): such a connection is closed,
+// not used.
 func (c *ownConn) expired(now time.Time) bool {
 	return !c.expires.IsZero() && now.After(c.expires)
 }
@@ -77,7 +78,7 @@ func (p *Proxy) login(ctx context.Context, c *ownConn) error {
 	if len(msg) == 0 {
 		return fail(errors.New("the mechanism has no first message (only client-first mechanisms are supported)"))
 	}
-	sent := time.Now()
+	var sent time.Time // before the last SaslAuthenticate: the lifetime counts from its answer
 	var lifetime int64
 	for step, done := 0, false; !done || len(msg) > 0; step++ {
 		if step == maxLoginSteps {

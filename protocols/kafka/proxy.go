@@ -141,8 +141,9 @@ type Stats struct {
 	// awaiting answers named maxConnFacts partitions, or all connections' maxFacts).
 	UnkeptFacts uint64
 	// Produce batches that waited for their topic's first size limit (topicLimits.check), at
-	// most Config.TopicLimitWait (500 ms) per request: each batch to a topic not read yet while its lookup is under way
-	// (again every 10 s for a topic whose lookup comes back without its limit).
+	// most Config.TopicLimitWait (500 ms) per request: each batch to a topic not read yet while
+	// its lookup is under way (again every 10 s for a topic whose lookup comes back without its
+	// limit).
 	TopicLimitWaits uint64
 	// DescribeConfigs lookups of topic limits the cluster answered on the proxy's own connection,
 	// and those that failed (no connection, a refused login or request). On a SASL cluster,

@@ -217,15 +217,14 @@ type fetchedPartition struct {
 	aborted       []kmsg.FetchResponseTopicPartitionAbortedTransaction
 	from          int64 // the fetch offset; records before it are not delivered (-1: unknown)
 	readCommitted bool
-	// acquired, for a share fetch (KIP-932): the offset ranges the consumer acquired, sorted;
-	// only their records are delivered.
+	// acquired, for a share fetch (op keyShareFetch, KIP-932): the offset ranges the consumer
+	// acquired, sorted; only their records are delivered.
 	acquired []kmsg.ShareFetchResponseTopicPartitionAcquiredRecord
-	share    bool
 }
 
 // checkpointRecords is consumeRecords for any fetched partition (fetch or share fetch).
 func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedPartition, now time.Time) {
-	acquired := fp.acquired
+	acquired, share := fp.acquired, fp.op == keyShareFetch
 	var pendingAborts []kmsg.FetchResponseTopicPartitionAbortedTransaction // by FirstOffset
 	var aborting map[int64]bool                                            // producers inside an aborted transaction
 	if fp.readCommitted && len(fp.aborted) > 0 {
@@ -269,7 +268,7 @@ func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedP
 		if off < fp.from {
 			return
 		}
-		if fp.share {
+		if share {
 			for len(acquired) > 0 && acquired[0].LastOffset < off {
 				acquired = acquired[1:]
 			}

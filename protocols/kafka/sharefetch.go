@@ -69,7 +69,7 @@ func (p *Proxy) observeShareFetch(job observeJob) {
 			}
 			if acquired := acquiredRanges(part.AcquiredRecords); len(acquired) > 0 {
 				p.checkpointRecords(ci, edge, fetchedPartition{op: keyShareFetch, partition: part.Partition, records: part.Records, from: -1,
-					acquired: acquired, share: true}, now)
+					acquired: acquired}, now)
 			}
 		}
 	}
