@@ -6,12 +6,14 @@ package rabbitnode
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -89,6 +91,9 @@ func (u account) own(cmd *exec.Cmd) {
 	cmd.WaitDelay = 5 * time.Second // a grandchild holding the output open cannot hold Wait
 }
 
+// pickPorts is freePorts; tests replace it to hand a node a port already taken.
+var pickPorts = freePorts
+
 // freePorts returns n ports that were free a moment ago.
 func freePorts(n int) ([]int, error) {
 	var ports []int
@@ -127,7 +132,29 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	// The ports were free a moment before the node binds them; another process (a test's
+	// outgoing connection on an ephemeral port) may take one meanwhile. The node then exits at
+	// once, saying so, and is started again on other ports.
+	for attempt := 1; ; attempt++ {
+		n, err := startOnce(cfg, server, ru)
+		if err == nil || attempt == maxPortAttempts || !errors.Is(err, errPortTaken) {
+			return n, err
+		}
+	}
+}
+
+// maxPortAttempts bounds the starts of a node whose ports another process took first.
+const maxPortAttempts = 3
+
+// errPortTaken: the node exited because one of its ports was in use.
+var errPortTaken = errors.New("a port the node was given was taken before it bound it")
+
+// portTakenLog is what RabbitMQ logs when a listener's or the distribution's port is in use.
+var portTakenLog = [][]byte{[]byte("dist_port_already_used"), []byte("eaddrinuse")}
+
+// startOnce is Start on one set of free ports.
+func startOnce(cfg Config, server string, ru account) (*Node, error) {
+	ports, err := pickPorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +210,11 @@ func Start(cfg Config) (*Node, error) {
 		case <-exited:
 			b, _ := os.ReadFile(n.log)
 			n.Stop()
-			return nil, fmt.Errorf("node %s exited before it answered on %s: %s", n.Name, n.Addr, tail(b, 2000))
+			err := fmt.Errorf("node %s exited before it answered on %s: %s", n.Name, n.Addr, tail(b, 2000))
+			if slices.ContainsFunc(portTakenLog, func(s []byte) bool { return bytes.Contains(b, s) }) {
+				err = fmt.Errorf("%w: %w", errPortTaken, err)
+			}
+			return nil, err
 		case <-time.After(200 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {

@@ -3,6 +3,7 @@ package rabbitnode
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -115,4 +116,38 @@ func processesNaming(s string) []int {
 		}
 	}
 	return pids
+}
+
+// TestStartAgainWhenAPortIsTaken: a node whose distribution port another process took between
+// the pick and the bind (what made a CI run fail: "dist_port_already_used") is started again on
+// other ports, and answers.
+func TestStartAgainWhenAPortIsTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "0.0.0.0:0") // the node binds its distribution port on every interface
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	picks := 0
+	pickPorts = func(n int) ([]int, error) {
+		picks++
+		ports, err := freePorts(n)
+		if err == nil && picks == 1 {
+			ports[2] = taken.Addr().(*net.TCPAddr).Port // the distribution port
+		}
+		return ports, err
+	}
+	t.Cleanup(func() { pickPorts = freePorts })
+	n, err := Start(Config{Name: "rabbitnode-port-test"})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer n.Stop()
+	if picks != 2 {
+		t.Errorf("%d port picks, want 2 (the taken one, then another)", picks)
+	}
+	c, err := amqp091.Dial(n.URL())
+	if err != nil {
+		t.Fatalf("the node started again: %v", err)
+	}
+	c.Close()
 }
