@@ -198,7 +198,7 @@ type KafkaSASL struct {
 	Mechanism    string `yaml:"mechanism"` // PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
 	Username     string `yaml:"username"`
 	Password     string `yaml:"password"`
-	PasswordFile string `yaml:"password_file"` // read at start; one trailing newline is dropped
+	PasswordFile string `yaml:"password_file"` // must exist at start; read at every login; one trailing newline dropped
 }
 
 // AMQPConfig is one AMQP 0-9-1 front.

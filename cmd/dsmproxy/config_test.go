@@ -14,7 +14,9 @@ import (
 	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -491,7 +493,7 @@ func TestKafkaLogin(t *testing.T) {
 		{"missing file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: filepath.Join(dir, "absent")}, "", "", "password_file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := kafkaLogin(tc.cfg)
+			m, err := kafkaLogin(tc.cfg, zerolog.Nop())
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("error %v, want one saying %q", err, tc.err)
@@ -519,6 +521,74 @@ func TestKafkaLogin(t *testing.T) {
 		})
 	}
 }
+
+// TestKafkaPasswordFile: a password_file is read again at every login, so a rotated secret needs
+// no restart; a read that fails keeps the password read before and is logged once. The version
+// the kafka front compares after a refused login changes with the password, and only then.
+func TestKafkaPasswordFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pw")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("first\n")
+	var logs syncbuf.Buffer
+	m, err := kafkaLogin(&KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: path}, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, ok := m.(kafka.CredentialVersioner)
+	if !ok {
+		t.Fatal("a login from a password_file is not a kafka.CredentialVersioner")
+	}
+	steps := []struct {
+		write   *string // nil: remove the file
+		pass    string  // in the next login's first message
+		changed bool    // the version moved
+		log     string  // a line the step adds to the log
+	}{
+		{ptr("first\n"), "first", false, ""},
+		{ptr("second\n"), "second", true, "holds a new password"},
+		{nil, "second", false, "cannot be read"},
+		{ptr("\n"), "second", false, ""}, // still failing: said once
+		{ptr("third"), "third", true, "can be read again"},
+	}
+	last := v.CredentialVersion()
+	for i, st := range steps {
+		before := logs.String()
+		if st.write == nil {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			write(*st.write)
+		}
+		_, first, err := m.Authenticate(context.Background(), "broker:9092")
+		if want := "\x00u\x00" + st.pass; err != nil || string(first) != want {
+			t.Errorf("step %d: first message %q (%v), want %q", i, first, err, want)
+		}
+		now := v.CredentialVersion()
+		if (now != last) != st.changed {
+			t.Errorf("step %d: version %d after %d, want changed=%v", i, now, last, st.changed)
+		}
+		last = now
+		added := strings.TrimPrefix(logs.String(), before)
+		if st.log == "" && added != "" || !strings.Contains(added, st.log) {
+			t.Errorf("step %d logged %q, want a line saying %q", i, added, st.log)
+		}
+	}
+	inline, err := kafkaLogin(&KafkaSASL{Mechanism: "SCRAM-SHA-256", Username: "u", Password: "p"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := inline.(kafka.CredentialVersioner); ok {
+		t.Error("an inline password, which cannot change, is a CredentialVersioner")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // TestKafkaPlainWarning: a PLAIN login without upstream_tls, which sends the proxy's password
 // unencrypted, is warned about when the front is built; SCRAM, or PLAIN over TLS, is not.

@@ -8,16 +8,11 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/twmb/franz-go/pkg/sasl"
-	"github.com/twmb/franz-go/pkg/sasl/plain"
-	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -163,7 +158,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, fmt.Errorf("kafka front %s: %w", k.Listen, err)
 	}
-	own, err := kafkaLogin(k.SASL)
+	own, err := kafkaLogin(k.SASL, sh.log)
 	if err != nil {
 		return namedFront{}, fmt.Errorf("kafka front %s: sasl: %w", k.Listen, err)
 	}
@@ -207,33 +202,6 @@ func durationPtr(d *Duration) *time.Duration {
 	}
 	v := d.D()
 	return &v
-}
-
-// kafkaLogin builds the proxy's own SASL mechanism from a validated config (nil: none).
-func kafkaLogin(a *KafkaSASL) (sasl.Mechanism, error) {
-	if a == nil {
-		return nil, nil
-	}
-	pass := a.Password
-	if a.PasswordFile != "" {
-		b, err := os.ReadFile(a.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("password_file: %w", err)
-		}
-		pass = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-		if pass == "" {
-			return nil, fmt.Errorf("password_file %s is empty", a.PasswordFile)
-		}
-	}
-	switch strings.ToUpper(a.Mechanism) {
-	case "PLAIN":
-		return plain.Auth{User: a.Username, Pass: pass}.AsMechanism(), nil
-	case "SCRAM-SHA-256":
-		return scram.Auth{User: a.Username, Pass: pass}.AsSha256Mechanism(), nil
-	case "SCRAM-SHA-512":
-		return scram.Auth{User: a.Username, Pass: pass}.AsSha512Mechanism(), nil
-	}
-	return nil, fmt.Errorf("mechanism %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", a.Mechanism)
 }
 
 func buildAWS(a AWSConfig, sh shared) (namedFront, error) {

@@ -36,6 +36,23 @@ func (c *ownConn) expired(now time.Time) bool {
 	return !c.expires.IsZero() && now.After(c.expires)
 }
 
+// CredentialVersioner is a Config.SASL mechanism whose credentials can change while the proxy
+// runs, such as a password file that an orchestrator rotates. A refused login is otherwise tried
+// again an hour later (each try is a failed login in the broker's log); with a new version, it is
+// tried at the next lookup.
+type CredentialVersioner interface {
+	// CredentialVersion changes when the credentials the next login would use change.
+	CredentialVersion() uint64
+}
+
+// credentialVersion is the version of Config.SASL's credentials (0 when it cannot tell).
+func (p *Proxy) credentialVersion() uint64 {
+	if v, ok := p.cfg.SASL.(CredentialVersioner); ok {
+		return v.CredentialVersion()
+	}
+	return 0
+}
+
 // maxLoginSteps bounds the SaslAuthenticate round trips of one login; SCRAM takes two.
 const maxLoginSteps = 8
 

@@ -181,6 +181,56 @@ func TestOwnSASLLoginRefused(t *testing.T) {
 	guard.check(t)
 }
 
+// rotatingLogin is a SCRAM-SHA-512 login whose credentials the test replaces, as a rotated
+// password file would be: a CredentialVersioner.
+type rotatingLogin struct {
+	sasl.Mechanism
+	auth    atomic.Pointer[scram.Auth]
+	version atomic.Uint64
+}
+
+func newRotatingLogin(a scram.Auth) *rotatingLogin {
+	l := &rotatingLogin{}
+	l.auth.Store(&a)
+	l.Mechanism = scram.Sha512(func(context.Context) (scram.Auth, error) { return *l.auth.Load(), nil })
+	return l
+}
+
+func (l *rotatingLogin) rotate(a scram.Auth) { l.auth.Store(&a); l.version.Add(1) }
+
+func (l *rotatingLogin) CredentialVersion() uint64 { return l.version.Load() }
+
+// TestOwnSASLLoginNewCredentials: after a refused login, credentials that change (a rotated
+// password file) are tried at the next lookup, not an hour later.
+func TestOwnSASLLoginNewCredentials(t *testing.T) {
+	c, guard := startCluster(t, saslUsers...)
+	var refuse atomic.Bool
+	refuse.Store(true)
+	refused := refuseLogins(c, &refuse)
+	var logs syncbuf.Buffer
+	own := newRotatingLogin(scram.Auth{User: "scram512", Pass: "an old password"})
+	p := startProxy(t, c, func(cfg *Config) { cfg.SASL, cfg.Log = own, zerolog.New(&logs) })
+	answeredLimits(p)
+	ctx := testCtx(t)
+	login := kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism())
+	cl := kgoClient(t, p, login, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0))
+	produceEach(t, ctx, cl, uniqueTopic(t, "rotated-before"), []byte("v"))
+	waitFor(t, "the refused login", func() bool { return p.Stats().TopicConfigFailures == 1 })
+
+	refuse.Store(false) // the cluster now knows the new password only
+	own.rotate(scram.Auth{User: "scram512", Pass: "pw512"})
+	after := uniqueTopic(t, "rotated-after")
+	produceEach(t, ctx, cl, after, []byte("v"))
+	waitFor(t, "a lookup answered with the new credentials", func() bool { return p.limits.known(after) > 0 })
+	if st := p.Stats(); st.TopicConfigLookups == 0 || st.TopicConfigFailures != 1 || refused.Load() != 1 {
+		t.Errorf("%d lookups answered, %d failed, %d logins refused; want some, 1, 1", st.TopicConfigLookups, st.TopicConfigFailures, refused.Load())
+	}
+	if s := logs.String(); !strings.Contains(s, "credentials changed") {
+		t.Errorf("the retry with new credentials is not in the log:\n%s", s)
+	}
+	guard.check(t)
+}
+
 // TestOwnSASLLoginBroken: a connection the broker ends in the middle of the proxy's login (a
 // restart, say) is not a refused login: the next try logs in.
 func TestOwnSASLLoginBroken(t *testing.T) {

@@ -74,7 +74,8 @@ type Config struct {
 	// (DescribeConfigs) and node discovery (Metadata). Clients' logins pass through and are never
 	// borrowed. Nil: those connections do not log in, and a cluster that wants SASL refuses
 	// them. Client-first mechanisms only (PLAIN, SCRAM; OAUTHBEARER with a token source). Its
-	// Authenticate gets the bootstrap address dialed, host:port, as kgo gives it.
+	// Authenticate gets the bootstrap address dialed, host:port, as kgo gives it. One that is
+	// also a CredentialVersioner is tried again soon after a refusal, once its credentials change.
 	SASL sasl.Mechanism
 
 	Env          string

@@ -29,6 +29,10 @@ type configReader struct {
 	retryAt time.Time     // after a failed or refused connection, no dial before this
 	backoff time.Duration // doubles per failure, up to configMaxBackoff (configRefusedBackoff)
 	told    bool          // the operator was told the configs cannot be read (reset by a success)
+	// refusedWith: the credential version a login was refused with (refused: one was, since
+	// the last success); new credentials end the refusal's backoff.
+	refused     bool
+	refusedWith uint64
 	// succeeded: a lookup was answered. A cluster that answers the proxy does not need it to
 	// stop when clients authenticate (a listener may accept both).
 	succeeded bool
@@ -69,22 +73,23 @@ func (r *configReader) run(ctx context.Context) {
 			r.p.log.Info().Msg("clients authenticate with SASL, and the proxy has no credentials of its own (sasl: in its Kafka config): topic configs are not read; " + r.consequence())
 			return
 		}
-		if time.Now().Before(r.retryAt) {
+		if time.Now().Before(r.retryAt) && !r.newCredentials() {
 			r.p.limits.settle(topics)
 			continue
 		}
+		creds := r.p.credentialVersion() // before the login: credentials that change during it are new
 		unread, err := r.lookup(ctx, topics)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			r.p.limits.lookupFailures.Add(1)
-			r.failed(err)
+			r.failed(err, creds)
 			r.p.limits.settle(topics)
 			continue
 		}
 		r.p.limits.lookups.Add(1)
-		r.backoff = 0
+		r.backoff, r.refused = 0, false
 		r.p.limits.downUntil.Store(0)
 		r.p.limits.settle(unread)
 	}
@@ -205,10 +210,14 @@ func (r *configReader) connect(ctx context.Context) error {
 }
 
 // failed backs off before the next connection and tells the operator once what a refusal means.
-func (r *configReader) failed(err error) {
+// creds is the version of the credentials the login was tried with.
+func (r *configReader) failed(err error, creds uint64) {
 	var refused errRefused
 	if errors.As(err, &refused) {
 		r.backoff = configRefusedBackoff
+		if r.p.cfg.SASL != nil {
+			r.refused, r.refusedWith = true, creds
+		}
 		r.tell(err)
 	} else {
 		r.backoff = min(max(2*r.backoff, time.Second), configMaxBackoff)
@@ -216,6 +225,17 @@ func (r *configReader) failed(err error) {
 	}
 	r.retryAt = time.Now().Add(r.backoff)
 	r.p.limits.downUntil.Store(r.retryAt.UnixNano())
+}
+
+// newCredentials reports whether the proxy's own login was refused and its credentials have
+// changed since.
+func (r *configReader) newCredentials() bool {
+	if !r.refused || r.p.credentialVersion() == r.refusedWith {
+		return false
+	}
+	r.p.log.Info().Msg("the proxy's own SASL credentials changed since the cluster refused them: reading topic configs again")
+	r.refused, r.told = false, false // a refusal of the new ones is news
+	return true
 }
 
 func (r *configReader) tell(err error) {
