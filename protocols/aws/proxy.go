@@ -132,6 +132,9 @@ type Stats struct {
 	DecodeErrors   uint64 // bodies forwarded without being understood
 	PointsDropped  uint64 // Observer.Add returned false
 	RefusedConns   uint64 // connections closed at once because MaxConns were open
+	// MalformedRequests: requests refused as malformed HTTP (400, 417, 431, 505) and failed TLS
+	// handshakes with clients; each closed its connection.
+	MalformedRequests uint64
 	// SendMessages, and SendMessageBatches with entries, refused as over their queue's own size
 	// limit with `_datadog`, and sent again without it (a batch's refused entries in a batch of
 	// their own).
@@ -139,7 +142,7 @@ type Stats struct {
 }
 
 type counters struct {
-	requests, authFail, upstreamErr, injected, existing, skipped, produced, consumed, decodeErr, dropped, refused, sentAgain atomic.Uint64
+	requests, authFail, upstreamErr, injected, existing, skipped, produced, consumed, decodeErr, dropped, refused, sentAgain, malformed atomic.Uint64
 }
 
 // Proxy is one AWS front.
@@ -316,6 +319,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		maxHeaderBytes:    http.DefaultMaxHeaderBytes + 4096,
 		logErr:            func(msg string) { p.log.Error().Msg(msg) },
 		log:               p.log,
+		refusals:          &p.stats.malformed,
 	}
 	if d := p.cfg.Listener.IdleTimeout; d > 0 {
 		srv.idleTimeout = d
@@ -442,7 +446,7 @@ func (p *Proxy) Stats() Stats {
 		Requests: s.requests.Load(), AuthFailures: s.authFail.Load(), UpstreamErrors: s.upstreamErr.Load(),
 		Injected: s.injected.Load(), Existing: s.existing.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
 		Consumed: s.consumed.Load(), DecodeErrors: s.decodeErr.Load(), PointsDropped: s.dropped.Load(),
-		RefusedConns: s.refused.Load(), SentAgain: s.sentAgain.Load(),
+		RefusedConns: s.refused.Load(), SentAgain: s.sentAgain.Load(), MalformedRequests: s.malformed.Load(),
 	}
 }
 

@@ -41,7 +41,7 @@ type h1Server struct {
 	maxHeaderBytes int64
 	logErr         func(string)
 	log            zerolog.Logger // the drain's outcome
-	refusals       atomic.Uint64  // malformed requests and failed TLS handshakes, for loudWarn
+	refusals       *atomic.Uint64 // malformed requests and failed TLS handshakes (Stats), for loudWarn
 
 	mu       sync.Mutex
 	ln       net.Listener

@@ -346,7 +346,7 @@ func TestServerAcceptsAfterTransientErrors(t *testing.T) {
 	}
 	fl := &flakyListener{Listener: ln}
 	fl.fails.Store(3)
-	srv := &h1Server{handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }),
+	srv := &h1Server{refusals: new(atomic.Uint64), handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }),
 		baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}}
 	served := make(chan error, 1)
 	go func() { served <- srv.serve(fl) }()
@@ -455,7 +455,7 @@ func serveLogged(t *testing.T, logs *syncbuf.Buffer, h http.Handler) net.Listene
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &h1Server{handler: h, baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(logs)}
+	srv := &h1Server{handler: h, baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(logs), refusals: new(atomic.Uint64)}
 	served := make(chan error, 1)
 	go func() { served <- srv.serve(ln) }()
 	t.Cleanup(func() {
@@ -465,4 +465,19 @@ func serveLogged(t *testing.T, logs *syncbuf.Buffer, h http.Handler) net.Listene
 		<-served
 	})
 	return ln
+}
+
+// TestMalformedRequestsInStats: the front's Stats count the requests its server refused as
+// malformed, which never reach the handler (Requests).
+func TestMalformedRequestsInStats(t *testing.T) {
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:1" })
+	addr := tp.Addr().String()
+	for _, raw := range []string{"GET / HTTP/1.1\r\n\r\n", "GARBAGE / HTTP/9.9\r\n\r\n"} {
+		if rs, _ := rawExchange(t, addr, raw, 1); rs[0].StatusCode < 400 {
+			t.Fatalf("%q answered %d", raw, rs[0].StatusCode)
+		}
+	}
+	if st := tp.Stats(); st.MalformedRequests != 2 || st.Requests != 0 {
+		t.Errorf("MalformedRequests %d, Requests %d; want 2, 0", st.MalformedRequests, st.Requests)
+	}
 }
