@@ -27,6 +27,7 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/smithy-go/logging"
 	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -247,7 +248,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.creds = cfg.Credentials
 	if p.creds == nil {
-		ac, err := awsconfig.LoadDefaultConfig(context.Background(), awsconfig.WithRegion(cfg.Region), awsconfig.WithCredentialsCacheOptions(window))
+		ac, err := awsconfig.LoadDefaultConfig(context.Background(), awsconfig.WithRegion(cfg.Region),
+			awsconfig.WithCredentialsCacheOptions(window), awsconfig.WithLogger(sdkLogger(p.log)))
 		if err != nil {
 			return nil, fmt.Errorf("aws: default credential chain: %w", err)
 		}
@@ -332,8 +334,24 @@ func (p *Proxy) Start(ctx context.Context) error {
 			p.log.Error().Err(err).Msg("aws listener stopped")
 		}
 	}()
+	go p.checkCredentials(ctx)
 	p.log.Debug().Str("listen", ln.Addr().String()).Msg("aws proxy listening") // dsmproxy logs "front listening"
 	return nil
+}
+
+// checkCredentials loads the proxy's own credentials once at start, so that an operator whose
+// host has none reads so at start, not at the first client's request (which fails until they
+// can be loaded). The source is logged, never the key.
+func (p *Proxy) checkCredentials(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	creds, err := p.creds.Retrieve(ctx)
+	switch {
+	case err == nil:
+		p.log.Info().Str("source", creds.Source).Msg("the proxy's own AWS credentials are loaded")
+	case ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded):
+		p.logCredsError(err)
+	}
 }
 
 // Addr is the listener's address (nil before Start).
@@ -1080,4 +1098,17 @@ func (c *limitedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// sdkLogger writes the AWS SDK's own log lines (an IMDS fallback, a credential source that
+// failed) into the proxy's log, not as plain text between its JSON lines on stderr.
+func sdkLogger(log zerolog.Logger) logging.Logger {
+	log = log.With().Str("source", "aws-sdk").Logger()
+	return logging.LoggerFunc(func(c logging.Classification, format string, v ...any) {
+		ev := log.Debug()
+		if c == logging.Warn {
+			ev = log.Warn()
+		}
+		ev.Msgf(format, v...)
+	})
 }
