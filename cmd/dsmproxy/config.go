@@ -354,11 +354,30 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 				}
 				e = fmt.Sprintf("line %s: key %s: unknown key in %s (see `dsmproxy run --help` and the README's config reference)", m[1], m[2], sec)
 			} else if m := reLinePrefix.FindStringSubmatch(e); m != nil {
-				e = "line " + m[1] + ": "
-				if k := keyAtLine(root, atoi(m[1]), ""); k != "" {
-					e += "key " + k + ": "
+				line, msg, key := atoi(m[1]), m[2], ""
+				if w := reWrongType.FindStringSubmatch(msg); w != nil {
+					// The node's line is where its value starts: for a mapping or a list written
+					// on the lines below its key, the key's own line is the one to name.
+					if k, kl := keyOfValueAt(root, line, yamlKinds[w[1]], ""); k != "" {
+						key, line = k, kl
+					}
+					what := yamlTagWords[w[1]]
+					if what == "" {
+						what = "!!" + w[1]
+					}
+					if w[2] != "" {
+						what += " (" + strings.TrimSpace(w[2]) + ")"
+					}
+					msg = fmt.Sprintf("is %s, but must be %s", what, goTypeWords(w[3]))
 				}
-				e += m[2]
+				if key == "" {
+					key = keyAtLine(root, line, "")
+				}
+				e = "line " + strconv.Itoa(line) + ": "
+				if key != "" {
+					e += "key " + key + ": "
+				}
+				e += msg
 			}
 			msgs = append(msgs, e)
 		}
@@ -383,6 +402,69 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
 // keyAtLine returns the dotted path (kafka[0].max_conns) of the mapping key on line, if any.
+// reWrongType is yaml's message for a value of the wrong kind ("cannot unmarshal !!map into
+// []main.KafkaConfig"), which names Go types a user never wrote.
+var reWrongType = regexp.MustCompile("^cannot unmarshal !!(\\w+) (`[^`]*` )?into (\\S+)$")
+
+var (
+	yamlKinds    = map[string]yaml.Kind{"map": yaml.MappingNode, "seq": yaml.SequenceNode}
+	yamlTagWords = map[string]string{"map": "a mapping", "seq": "a list", "str": "a string",
+		"int": "a whole number", "float": "a number", "bool": "true or false", "null": "empty"}
+)
+
+// goTypeWords says what a config field of Go type t takes, in the file's terms.
+func goTypeWords(t string) string {
+	switch {
+	case strings.HasPrefix(t, "[]"):
+		return "a list (each entry starting with `- `)"
+	case strings.HasPrefix(t, "map["):
+		return "a mapping (key: value lines)"
+	case strings.HasPrefix(t, "main.") || strings.HasPrefix(t, "*main."):
+		return "a mapping (key: value lines)"
+	case t == "string":
+		return "a string"
+	case t == "bool":
+		return "true or false"
+	case strings.HasPrefix(t, "int") || strings.HasPrefix(t, "uint"):
+		return "a whole number"
+	case strings.HasPrefix(t, "float"):
+		return "a number"
+	}
+	return "of type " + t
+}
+
+// keyOfValueAt finds the key whose value is a node of kind starting at line (any kind when kind
+// is 0), and the key's own line.
+func keyOfValueAt(n *yaml.Node, line int, kind yaml.Kind, path string) (string, int) {
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := path
+			if n.Kind == yaml.SequenceNode {
+				p = fmt.Sprintf("%s[%d]", path, i)
+			}
+			if k, l := keyOfValueAt(c, line, kind, p); k != "" {
+				return k, l
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			if v.Line == line && (kind == 0 || v.Kind == kind) {
+				return p, k.Line
+			}
+			if r, l := keyOfValueAt(v, line, kind, p); r != "" {
+				return r, l
+			}
+		}
+	}
+	return "", 0
+}
+
 func keyAtLine(n *yaml.Node, line int, path string) string {
 	switch n.Kind {
 	case yaml.DocumentNode:

@@ -37,6 +37,10 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration", "drain_timeout: soon\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 1", "soon", "duration"}},
 		{"bad duration in a front", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    idle_timeout: 30\n", []string{"line 4", "kafka[0].idle_timeout", "duration"}},
 		{"syntax", "kafka:\n  - listen: [\n", []string{"line"}},
+		{"a front as a mapping", "env: x\nkafka:\n  listen: 127.0.0.1:19092\n  bootstrap: [a:9092]\n", []string{"line 2: key kafka: is a mapping", "must be a list (each entry starting with `- `)"}},
+		{"a list as a string", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: a:9092\n", []string{"line 3: key kafka[0].bootstrap: is a string (`a:9092`), but must be a list"}},
+		{"a mapping as a list", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl:\n      - PLAIN\n", []string{"line 4: key kafka[0].sasl: is a list, but must be a mapping"}},
+		{"a flag as a word", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    link_consume_produce: maybe\n", []string{"line 4: key kafka[0].link_consume_produce: is a string (`maybe`), but must be true or false"}},
 		{"missing bootstrap", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n", []string{"line 3", "kafka[0].bootstrap"}},
 		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},
 		{"duplicate listen", "kafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:1\n    upstream: b:5672\n", []string{"line 5", "amqp[0].listen", "already used by kafka[0].listen"}},
@@ -75,6 +79,9 @@ func TestConfigErrors(t *testing.T) {
 				t.Fatalf("no error for:\n%s", tc.yaml)
 			}
 			msg := err.Error()
+			if strings.Contains(msg, "main.") || strings.Contains(msg, "!!") {
+				t.Errorf("error %q names Go types or YAML tags", msg)
+			}
 			for _, w := range append([]string{path}, tc.want...) {
 				if !strings.Contains(msg, w) {
 					t.Errorf("error %q does not mention %q", msg, w)
