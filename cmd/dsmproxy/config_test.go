@@ -282,6 +282,21 @@ func TestCheckConfig(t *testing.T) {
 	if code := mainArgs([]string{"check-config", "--kafka", "nonsense"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "LISTEN=BOOTSTRAP") {
 		t.Fatalf("bad flag: exit %d, err %q", code, errb.String())
 	}
+	if strings.Contains(out.String()+errb.String(), "warning") {
+		t.Errorf("a warning for a config without any: %q %q", out.String(), errb.String())
+	}
+	// What run warns about at start is printed, and the file still passes.
+	out.Reset()
+	errb.Reset()
+	path := filepath.Join(t.TempDir(), "plain.yaml")
+	if err := os.WriteFile(path, []byte("kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [127.0.0.1:9092]\n    sasl: {mechanism: PLAIN, username: u, password: p}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code = mainArgs([]string{"check-config", "--config", path, "--admin", "off"}, &out, &errb)
+	if code != 0 || !strings.Contains(out.String(), "configuration OK with 1 warning(s)") ||
+		!strings.Contains(errb.String(), "WRN kafka front: sasl PLAIN without upstream_tls") {
+		t.Errorf("PLAIN without TLS: exit %d, out %q, err %q", code, out.String(), errb.String())
+	}
 }
 
 // closeRecorder is a stderr that notices being closed, as os.Stderr can be.

@@ -146,8 +146,9 @@ Signals: SIGTERM/SIGINT drain and exit 0 after a last flush; SIGHUP reloads TLS 
 
 const usageCheckConfig = usageRunFlags + `
 check-config takes run's flags, file and environment, builds every front as run would (nothing
-listens or dials), prints a one-line summary and exits 0, or names what is wrong and exits 1
-(2 for a flag it does not know or an extra argument).
+listens or dials), prints what run would warn about at start (on stderr) and a one-line summary
+and exits 0, or names what is wrong and exits 1 (2 for a flag it does not know or an extra
+argument).
 `
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -307,8 +308,12 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Built, not started: nothing binds or dials, but every front's own checks run.
+	// What building a front warns about (run logs it at start) is printed too.
+	var warnings warnCounter
+	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, PartsExclude: []string{zerolog.TimestampFieldName}}).
+		Level(zerolog.WarnLevel).Hook(&warnings)
 	sh := shared{env: cfg.Env, cp: pathway.NewCheckpointer(cfg.Env, 0), obs: noObserver{}, errs: errtrack.Discard{},
-		services: services, log: zerolog.Nop()}
+		services: services, log: log}
 	if _, err := buildFronts(cfg, sh); err != nil {
 		return err
 	}
@@ -316,9 +321,22 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if cfg.adminOff() {
 		admin = "off"
 	}
-	fmt.Fprintf(stdout, "configuration OK: %d kafka, %d amqp, %d aws front(s); agent %s; admin %s\n",
-		len(cfg.Kafka), len(cfg.AMQP), len(cfg.AWS), agentDesc(cfg), admin)
+	ok := "configuration OK"
+	if warnings.n > 0 {
+		ok += fmt.Sprintf(" with %d warning(s)", warnings.n)
+	}
+	fmt.Fprintf(stdout, "%s: %d kafka, %d amqp, %d aws front(s); agent %s; admin %s\n",
+		ok, len(cfg.Kafka), len(cfg.AMQP), len(cfg.AWS), agentDesc(cfg), admin)
 	return nil
+}
+
+// warnCounter counts the warnings logged through it.
+type warnCounter struct{ n int }
+
+func (w *warnCounter) Run(_ *zerolog.Event, level zerolog.Level, _ string) {
+	if level >= zerolog.WarnLevel {
+		w.n++
+	}
 }
 
 func agentDesc(cfg *Config) string {
