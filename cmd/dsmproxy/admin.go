@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,10 +21,13 @@ type admin struct {
 	dialTO  time.Duration
 	mux     *http.ServeMux
 	started time.Time
+	pages   []string // the paths served, for the index at /
 }
 
 func newAdmin(fronts []namedFront) *admin {
 	a := &admin{fronts: fronts, dialTO: 2 * time.Second, mux: http.NewServeMux(), started: time.Now()}
+	a.mux.HandleFunc("GET /{$}", a.index)
+	a.pages = append(a.pages, "/healthz", "/readyz", "/debug/pprof/")
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "version": version, "uptime_s": int(time.Since(a.started).Seconds())})
 	})
@@ -95,7 +101,25 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 }
 
 // Handle registers an extra page (errors, pathways).
-func (a *admin) Handle(pattern string, h http.Handler) { a.mux.Handle(pattern, h) }
+func (a *admin) Handle(pattern string, h http.Handler) {
+	a.mux.Handle(pattern, h)
+	path := pattern
+	if _, p, ok := strings.Cut(pattern, " "); ok {
+		path = p // without the method
+	}
+	a.pages = append(a.pages, path)
+}
+
+// index lists the admin's pages, for someone who opens the admin address itself.
+func (a *admin) index(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "dsmproxy %s admin\n\n", version)
+	pages := slices.Clone(a.pages)
+	slices.Sort(pages)
+	for _, p := range pages {
+		fmt.Fprintln(w, p)
+	}
+}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -787,6 +787,13 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	// Two fronts whose node ports overlap clash on every node id: said once per pair of keys.
+	type nodeClash struct {
+		a, b, n claim
+		more    int
+	}
+	var nodeClashes []*nodeClash
+	clashOf := map[string]*nodeClash{}
 	for i, a := range claims {
 		for _, b := range claims[i+1:] {
 			if a.port != b.port || !sameHost(a.host, b.host) {
@@ -801,8 +808,21 @@ func (c *Config) Validate() error {
 			if !n.node {
 				n = a
 			}
-			bad(n.line, n.key, "%s and %s would both listen on port %d (node N listens on node_port_base + N, by default the listen port + 1 + N): set node_port_base, map the node in node_addrs, or move the other", a.what, b.what, a.port)
+			if nc := clashOf[a.key+"|"+b.key]; nc != nil {
+				nc.more++
+				continue
+			}
+			nc := &nodeClash{a: a, b: b, n: n}
+			clashOf[a.key+"|"+b.key] = nc
+			nodeClashes = append(nodeClashes, nc)
 		}
+	}
+	for _, nc := range nodeClashes {
+		more := ""
+		if nc.more > 0 {
+			more = fmt.Sprintf(", and so would %d more of their node ports", nc.more)
+		}
+		bad(nc.n.line, nc.n.key, "%s and %s would both listen on port %d%s (node N listens on node_port_base + N, by default the listen port + 1 + N): set node_port_base, map the node in node_addrs, or move the other", nc.a.what, nc.b.what, nc.a.port, more)
 	}
 	if len(c.Kafka)+len(c.AMQP)+len(c.AWS) == 0 {
 		bad(0, "", "nothing to proxy: give at least one of --kafka, --amqp, --aws (or kafka:, amqp:, aws: in the config file)")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -58,7 +59,7 @@ func TestConfigErrors(t *testing.T) {
 		{"a front on node 0's port from node_port_base", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_port_base: 29100\namqp:\n  - listen: 127.0.0.1:29100\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 0"}},
 		{"localhost and 127.0.0.1 clash", "kafka:\n  - listen: localhost:29092\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:29093\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 0"}},
 		{"node_addrs leaves node 1 on its default port", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_addrs: {0: 127.0.0.1:30000}\namqp:\n  - listen: 127.0.0.1:29094\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 1"}},
-		{"two Kafka fronts' node ports overlap", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:29080\n    bootstrap: [b:9092]\n    node_port_base: 29095\n", []string{"kafka[0]'s broker node 2", "kafka[1]'s broker node 0", "29095"}},
+		{"two Kafka fronts' node ports overlap", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:29080\n    bootstrap: [b:9092]\n    node_port_base: 29095\n", []string{"kafka[0]'s broker node 2", "kafka[1]'s broker node 0", "29095", "and so would 7 more of their node ports"}},
 		{"one port under two names", "amqp:\n  - listen: localhost:29200\n    upstream: b:5672\n  - listen: 127.0.0.1:29200\n    upstream: c:5672\n", []string{"already used by"}},
 		{"kafka topic_limit_wait over its bound", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    topic_limit_wait: 30s\n", []string{"line 2", "kafka[0].topic_limit_wait", "over 5s"}},
 		{"kafka sasl mechanism", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: GSSAPI, username: u, password: p}\n", []string{"line 2", "kafka[0].sasl.mechanism", "GSSAPI"}},
@@ -667,5 +668,32 @@ func TestKafkaTopicLimitWait(t *testing.T) {
 	over := Duration(6 * time.Second)
 	if _, err := buildKafka(KafkaConfig{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, TopicLimitWait: &over}, sh); err == nil || !strings.Contains(err.Error(), "TopicLimitWait") {
 		t.Errorf("a front built with topic_limit_wait 6s: %v, want the front's refusal", err)
+	}
+}
+
+// TestConsoleLogWithoutColours: the console log format writes no colour codes where they would
+// land as bytes (a buffer, a file, a pipe).
+func TestConsoleLogWithoutColours(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	for _, w := range []io.Writer{&buf, f} {
+		log, err := newLogger(&Config{Log: LogConfig{Level: "info", Format: "console"}}, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Warn().Str("listen", "127.0.0.1:1").Msg("hello")
+	}
+	b, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, out := range []string{buf.String(), string(b)} {
+		if !strings.Contains(out, "WRN hello") || strings.Contains(out, "\x1b[") {
+			t.Errorf("console log %q: want the line without escape codes", out)
+		}
 	}
 }

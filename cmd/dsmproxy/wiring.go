@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"time"
@@ -51,9 +52,20 @@ func newLogger(cfg *Config, w io.Writer) (zerolog.Logger, error) {
 		return zerolog.Nop(), fmt.Errorf("log level %q: %w", cfg.Log.Level, err)
 	}
 	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !colorTerminal(w)}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// colorTerminal reports whether w is a terminal that should get colours: not a file or a pipe
+// (escape codes would land in them), and NO_COLOR (no-color.org) unset.
+func colorTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // buildServices turns the configured rules into the resolver every front shares.

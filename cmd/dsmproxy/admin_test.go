@@ -1,0 +1,44 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestAdminIndex: the admin address itself lists the pages served, those registered later
+// included; other unknown paths stay 404.
+func TestAdminIndex(t *testing.T) {
+	a := newAdmin(nil)
+	ok := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	a.Handle("GET /stats", ok)
+	a.Handle("/plain", ok)
+	srv := httptest.NewServer(a.mux)
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/")
+	if code != http.StatusOK {
+		t.Fatalf("GET / answered %d", code)
+	}
+	for _, p := range []string{"\n/healthz\n", "\n/readyz\n", "\n/debug/pprof/\n", "\n/stats\n", "\n/plain\n"} {
+		if !strings.Contains(body, p) {
+			t.Errorf("the index does not list %q:\n%s", strings.TrimSpace(p), body)
+		}
+	}
+	if strings.Contains(body, "GET ") {
+		t.Errorf("the index shows methods:\n%s", body)
+	}
+	if code, _ := get("/nope"); code != http.StatusNotFound {
+		t.Errorf("GET /nope answered %d, want 404", code)
+	}
+}
