@@ -244,13 +244,15 @@ type AWSConfig struct {
 type Duration time.Duration
 
 // UnmarshalYAML parses a Go duration string.
+// A bad value is a yaml.TypeError, as a value of the wrong kind is: decoding goes on, and every
+// such value in the file is reported at once.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return &configError{line: n.Line, msg: fmt.Sprintf("%q is not a duration (write it like 10s, 1m30s)", n.Value)}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration (write it like 10s, 1m30s)", n.Line, n.Value)}}
 	}
 	if v < 0 {
-		return &configError{line: n.Line, msg: fmt.Sprintf("%q is negative: durations here are 0 or more", n.Value)}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is negative: durations here are 0 or more", n.Line, n.Value)}}
 	}
 	*d = Duration(v)
 	return nil
@@ -300,6 +302,13 @@ func LoadConfigFile(path string) (*Config, error) {
 	}
 	cfg, err := ParseConfig(b)
 	if err != nil {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			var errs []error
+			for _, e := range j.Unwrap() {
+				errs = append(errs, fmt.Errorf("config %s: %w", path, e))
+			}
+			return nil, errors.Join(errs...)
+		}
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
@@ -384,7 +393,11 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 		if errors.As(err, &ce) {
 			msgs = append(msgs, ce.Error())
 		}
-		return errors.New(strings.Join(msgs, "; "))
+		errs := make([]error, len(msgs))
+		for i, m := range msgs {
+			errs[i] = errors.New(m)
+		}
+		return errors.Join(errs...) // one line each, as validation's errors are
 	}
 	var ce *configError
 	if errors.As(err, &ce) {

@@ -41,6 +41,7 @@ func TestConfigErrors(t *testing.T) {
 		{"a front as a mapping", "env: x\nkafka:\n  listen: 127.0.0.1:19092\n  bootstrap: [a:9092]\n", []string{"line 2: key kafka: is a mapping", "must be a list (each entry starting with `- `)"}},
 		{"a list as a string", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: a:9092\n", []string{"line 3: key kafka[0].bootstrap: is a string (`a:9092`), but must be a list"}},
 		{"a mapping as a list", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl:\n      - PLAIN\n", []string{"line 4: key kafka[0].sasl: is a list, but must be a mapping"}},
+		{"every bad value at once", "drain_timeout: abc\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    idle_timeout: -5s\n    max_conns: lots\n", []string{"line 1: key drain_timeout: \"abc\" is not a duration", "line 5: key kafka[0].idle_timeout: \"-5s\" is negative", "line 6: key kafka[0].max_conns: is a string (`lots`)"}},
 		{"a flag as a word", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    link_consume_produce: maybe\n", []string{"line 4: key kafka[0].link_consume_produce: is a string (`maybe`), but must be true or false"}},
 		{"missing bootstrap", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n", []string{"line 3", "kafka[0].bootstrap"}},
 		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},
