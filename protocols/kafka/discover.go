@@ -63,8 +63,13 @@ func (e errNodeListener) Error() string { return e.err.Error() }
 func (e errNodeListener) Unwrap() error { return e.err }
 
 // errRefused: a bootstrap broker took the proxy's own connection and ended it instead of
-// answering, or cannot answer what the proxy asks.
-type errRefused struct{ err error }
+// answering, or cannot answer what the proxy asks. login: it refused the proxy's own login,
+// tried with the credentials of version creds (CredentialVersioner).
+type errRefused struct {
+	err   error
+	login bool
+	creds uint64
+}
 
 func (e errRefused) Error() string { return "refused: " + e.err.Error() }
 func (e errRefused) Unwrap() error { return e.err }
@@ -77,7 +82,7 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	c, err := p.dialOwn(ctx)
 	var unanswered errNoApiVersions
 	if errors.As(err, &unanswered) {
-		return 0, errRefused{err}
+		return 0, errRefused{err: err}
 	}
 	if err != nil {
 		return 0, err // no bootstrap broker reached: retried
@@ -88,13 +93,13 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	}
 	mdVersion := ownVersion(c.versions, kmsg.NewPtrMetadataRequest())
 	if mdVersion < 1 {
-		return 0, errRefused{errors.New("the broker lists no Metadata version from v1 that the proxy speaks")}
+		return 0, errRefused{err: errors.New("the broker lists no Metadata version from v1 that the proxy speaks")}
 	}
 	md := kmsg.NewPtrMetadataRequest()
 	md.Version = mdVersion // Topics nil: every topic, whose ids produce and fetch v13+ name them by
 	mr := kmsg.NewPtrMetadataResponse()
 	if err := c.roundTrip(md, mr); err != nil {
-		return 0, errRefused{fmt.Errorf("metadata request v%d: %w", md.Version, err)}
+		return 0, errRefused{err: fmt.Errorf("metadata request v%d: %w", md.Version, err)}
 	}
 	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
 	// the cluster id.

@@ -41,7 +41,9 @@ func (c *ownConn) expired(now time.Time) bool {
 // again an hour later (each try is a failed login in the broker's log); with a new version, it is
 // tried at the next lookup.
 type CredentialVersioner interface {
-	// CredentialVersion changes when the credentials the next login would use change.
+	// CredentialVersion changes when the credentials the next login would use change. It is
+	// called before each login and, while a refused login waits, for each batch of topics
+	// asked for (each topic at most every 10 s): it must be cheap and must not block.
 	CredentialVersion() uint64
 }
 
@@ -64,12 +66,13 @@ const maxLoginSteps = 8
 // SASL_AUTHENTICATION_FAILED before it closes).
 func (p *Proxy) login(ctx context.Context, c *ownConn) error {
 	m := p.cfg.SASL
+	creds := p.credentialVersion() // before Authenticate: credentials that change during it are new
 	fail := func(err error) error {
 		err = fmt.Errorf("the proxy's own SASL login (%s): %w", m.Name(), err)
 		if isNetErr(err) {
 			return err
 		}
-		return errRefused{err}
+		return errRefused{err: err, login: true, creds: creds}
 	}
 	hs := kmsg.NewPtrSASLHandshakeRequest()
 	if hs.Version = ownVersion(c.versions, hs); hs.Version < 1 {

@@ -191,9 +191,18 @@ type rotatingLogin struct {
 
 func newRotatingLogin(a scram.Auth) *rotatingLogin {
 	l := &rotatingLogin{}
+	l.version.Store(1) // as a password file's: 0 is no version
 	l.auth.Store(&a)
 	l.Mechanism = scram.Sha512(func(context.Context) (scram.Auth, error) { return *l.auth.Load(), nil })
 	return l
+}
+
+// lookupFailed reports whether the topic config reader has given up a lookup of topic.
+func lookupFailed(p *testProxy, topic string) bool {
+	p.limits.mu.Lock()
+	defer p.limits.mu.Unlock()
+	e, _ := p.limits.m.Get(topic)
+	return !e.failedAt.IsZero()
 }
 
 func (l *rotatingLogin) rotate(a scram.Auth) { l.auth.Store(&a); l.version.Add(1) }
@@ -216,6 +225,13 @@ func TestOwnSASLLoginNewCredentials(t *testing.T) {
 	cl := kgoClient(t, p, login, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0))
 	produceEach(t, ctx, cl, uniqueTopic(t, "rotated-before"), []byte("v"))
 	waitFor(t, "the refused login", func() bool { return p.Stats().TopicConfigFailures == 1 })
+	// The same credentials are not tried again for another topic.
+	again := uniqueTopic(t, "rotated-not-yet")
+	produceEach(t, ctx, cl, again, []byte("v"))
+	waitFor(t, "the reader to pass over the next topic", func() bool { return lookupFailed(p, again) })
+	if n := refused.Load(); n != 1 {
+		t.Fatalf("%d logins refused with unchanged credentials, want 1", n)
+	}
 
 	refuse.Store(false) // the cluster now knows the new password only
 	own.rotate(scram.Auth{User: "scram512", Pass: "pw512"})

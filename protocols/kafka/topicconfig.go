@@ -29,8 +29,8 @@ type configReader struct {
 	retryAt time.Time     // after a failed or refused connection, no dial before this
 	backoff time.Duration // doubles per failure, up to configMaxBackoff (configRefusedBackoff)
 	told    bool          // the operator was told the configs cannot be read (reset by a success)
-	// refusedWith: the credential version a login was refused with (refused: one was, since
-	// the last success); new credentials end the refusal's backoff.
+	// refusedWith: the credential version the proxy's own login was refused with (refused: it
+	// was, since the last success); new credentials end the refusal's backoff.
 	refused     bool
 	refusedWith uint64
 	// succeeded: a lookup was answered. A cluster that answers the proxy does not need it to
@@ -77,14 +77,13 @@ func (r *configReader) run(ctx context.Context) {
 			r.p.limits.settle(topics)
 			continue
 		}
-		creds := r.p.credentialVersion() // before the login: credentials that change during it are new
 		unread, err := r.lookup(ctx, topics)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			r.p.limits.lookupFailures.Add(1)
-			r.failed(err, creds)
+			r.failed(err)
 			r.p.limits.settle(topics)
 			continue
 		}
@@ -147,7 +146,7 @@ func (r *configReader) describe(ctx context.Context, topics []string) (unread []
 		// wants SASL first (after a login of the proxy's own, it cannot mean that). On an older
 		// one it may have been closed for idleness.
 		if fresh && r.p.cfg.SASL == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
-			return nil, errRefused{err}
+			return nil, errRefused{err: err}
 		}
 		return nil, err
 	}
@@ -203,20 +202,19 @@ func (r *configReader) connect(ctx context.Context) error {
 	}
 	if r.version = ownVersion(c.versions, kmsg.NewPtrDescribeConfigsRequest()); r.version < 0 {
 		c.Close()
-		return errRefused{errors.New("the broker lists no DescribeConfigs version the proxy speaks")}
+		return errRefused{err: errors.New("the broker lists no DescribeConfigs version the proxy speaks")}
 	}
 	r.conn, r.fresh = c, true
 	return nil
 }
 
 // failed backs off before the next connection and tells the operator once what a refusal means.
-// creds is the version of the credentials the login was tried with.
-func (r *configReader) failed(err error, creds uint64) {
+func (r *configReader) failed(err error) {
 	var refused errRefused
 	if errors.As(err, &refused) {
 		r.backoff = configRefusedBackoff
-		if r.p.cfg.SASL != nil {
-			r.refused, r.refusedWith = true, creds
+		if refused.login {
+			r.refused, r.refusedWith = true, refused.creds
 		}
 		r.tell(err)
 	} else {
