@@ -367,17 +367,21 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 				if w := reWrongType.FindStringSubmatch(msg); w != nil {
 					// The node's line is where its value starts: for a mapping or a list written
 					// on the lines below its key, the key's own line is the one to name.
-					if k, kl := keyOfValueAt(root, line, yamlKinds[w[1]], ""); k != "" {
+					if k, kl := keyOfValueAt(root, line, yamlKinds[w[1]], w[2]); k != "" {
 						key, line = k, kl
 					}
-					what := yamlTagWords[w[1]]
+					what, want := yamlTagWords[w[1]], goTypeWords(w[3])
 					if what == "" {
-						what = "!!" + w[1]
+						what = "a value of another kind"
 					}
 					if w[2] != "" {
 						what += " (" + strings.TrimSpace(w[2]) + ")"
 					}
-					msg = fmt.Sprintf("is %s, but must be %s", what, goTypeWords(w[3]))
+					msg = fmt.Sprintf("is %s, but must be %s", what, want)
+					if want == "a whole number" && (w[1] == "int" || w[1] == "float" && wholeDigits(w[2])) {
+						// yaml reads a whole number past 64 bits as a float.
+						msg = fmt.Sprintf("is %s, out of range for this key", what)
+					}
 				}
 				if key == "" {
 					key = keyAtLine(root, line, "")
@@ -414,7 +418,6 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
-// keyAtLine returns the dotted path (kafka[0].max_conns) of the mapping key on line, if any.
 // reWrongType is yaml's message for a value of the wrong kind ("cannot unmarshal !!map into
 // []main.KafkaConfig"), which names Go types a user never wrote.
 var reWrongType = regexp.MustCompile("^cannot unmarshal !!(\\w+) (`[^`]*` )?into (\\S+)$")
@@ -422,7 +425,8 @@ var reWrongType = regexp.MustCompile("^cannot unmarshal !!(\\w+) (`[^`]*` )?into
 var (
 	yamlKinds    = map[string]yaml.Kind{"map": yaml.MappingNode, "seq": yaml.SequenceNode}
 	yamlTagWords = map[string]string{"map": "a mapping", "seq": "a list", "str": "a string",
-		"int": "a whole number", "float": "a number", "bool": "true or false", "null": "empty"}
+		"int": "a whole number", "float": "a number", "bool": "true or false", "null": "empty",
+		"timestamp": "a date", "binary": "binary data"}
 )
 
 // goTypeWords says what a config field of Go type t takes, in the file's terms.
@@ -446,38 +450,66 @@ func goTypeWords(t string) string {
 	return "of type " + t
 }
 
-// keyOfValueAt finds the key whose value is a node of kind starting at line (any kind when kind
-// is 0), and the key's own line.
-func keyOfValueAt(n *yaml.Node, line int, kind yaml.Kind, path string) (string, int) {
-	switch n.Kind {
-	case yaml.DocumentNode, yaml.SequenceNode:
-		for i, c := range n.Content {
-			p := path
-			if n.Kind == yaml.SequenceNode {
-				p = fmt.Sprintf("%s[%d]", path, i)
+// keyOfValueAt finds the value yaml could not decode: the deepest node starting at line that is
+// of kind (for a mapping or a list) or, for a scalar (kind 0), is a scalar whose text is quoted
+// (yaml shortens long ones to 7 characters and "..."). It returns the value's path (a key, or a
+// list entry: kafka[0]) and the line of its key (of the entry itself for a list entry).
+func keyOfValueAt(n *yaml.Node, line int, kind yaml.Kind, quoted string) (string, int) {
+	var walk func(n *yaml.Node, path string, keyLine int) (string, int)
+	walk = func(n *yaml.Node, path string, keyLine int) (string, int) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				if k, l := walk(c, path, keyLine); k != "" {
+					return k, l
+				}
 			}
-			if k, l := keyOfValueAt(c, line, kind, p); k != "" {
-				return k, l
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if r, l := walk(v, p, k.Line); r != "" {
+					return r, l
+				}
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				if r, l := walk(c, fmt.Sprintf("%s[%d]", path, i), c.Line); r != "" {
+					return r, l
+				}
 			}
 		}
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			p := k.Value
-			if path != "" {
-				p = path + "." + k.Value
-			}
-			if v.Line == line && (kind == 0 || v.Kind == kind) {
-				return p, k.Line
-			}
-			if r, l := keyOfValueAt(v, line, kind, p); r != "" {
-				return r, l
-			}
+		if path == "" || n.Line != line {
+			return "", 0
 		}
+		if kind != 0 && n.Kind == kind || kind == 0 && n.Kind == yaml.ScalarNode && scalarQuoted(n.Value, quoted) {
+			return path, keyLine
+		}
+		return "", 0
 	}
-	return "", 0
+	return walk(n, "", 0)
 }
 
+// wholeDigits reports whether yaml's quoted text ("`123...`") is written as a whole number.
+func wholeDigits(q string) bool {
+	q = strings.TrimSuffix(strings.Trim(strings.TrimSpace(q), "`"), "...")
+	q = strings.TrimPrefix(q, "-")
+	return q != "" && strings.Trim(q, "0123456789") == ""
+}
+
+// scalarQuoted reports whether yaml's message quoted text as q ("`lots`", or "`1234567...`").
+func scalarQuoted(text, q string) bool {
+	q = strings.Trim(strings.TrimSpace(q), "`")
+	if short, ok := strings.CutSuffix(q, "..."); ok && len(text) > 10 {
+		return strings.HasPrefix(text, short)
+	}
+	return q == "" || text == q
+}
+
+// keyAtLine returns the dotted path (kafka[0].max_conns) of the mapping key on line, if any.
 func keyAtLine(n *yaml.Node, line int, path string) string {
 	switch n.Kind {
 	case yaml.DocumentNode:
@@ -803,7 +835,7 @@ func (c *Config) Validate() error {
 	// Two fronts whose node ports overlap clash on every node id: said once per pair of keys.
 	type nodeClash struct {
 		a, b, n claim
-		more    int
+		ports   map[int]bool // every port they clash on
 	}
 	var nodeClashes []*nodeClash
 	clashOf := map[string]*nodeClash{}
@@ -822,18 +854,18 @@ func (c *Config) Validate() error {
 				n = a
 			}
 			if nc := clashOf[a.key+"|"+b.key]; nc != nil {
-				nc.more++
+				nc.ports[a.port] = true
 				continue
 			}
-			nc := &nodeClash{a: a, b: b, n: n}
+			nc := &nodeClash{a: a, b: b, n: n, ports: map[int]bool{a.port: true}}
 			clashOf[a.key+"|"+b.key] = nc
 			nodeClashes = append(nodeClashes, nc)
 		}
 	}
 	for _, nc := range nodeClashes {
 		more := ""
-		if nc.more > 0 {
-			more = fmt.Sprintf(", and so would %d more of their node ports", nc.more)
+		if n := len(nc.ports) - 1; n > 0 {
+			more = fmt.Sprintf(", and so would %d more of their node ports", n)
 		}
 		bad(nc.n.line, nc.n.key, "%s and %s would both listen on port %d%s (node N listens on node_port_base + N, by default the listen port + 1 + N): set node_port_base, map the node in node_addrs, or move the other", nc.a.what, nc.b.what, nc.a.port, more)
 	}

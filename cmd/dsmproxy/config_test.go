@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -42,6 +41,12 @@ func TestConfigErrors(t *testing.T) {
 		{"a list as a string", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: a:9092\n", []string{"line 3: key kafka[0].bootstrap: is a string (`a:9092`), but must be a list"}},
 		{"a mapping as a list", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl:\n      - PLAIN\n", []string{"line 4: key kafka[0].sasl: is a list, but must be a mapping"}},
 		{"every bad value at once", "drain_timeout: abc\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    idle_timeout: -5s\n    max_conns: lots\n", []string{"line 1: key drain_timeout: \"abc\" is not a duration", "line 5: key kafka[0].idle_timeout: \"-5s\" is negative", "line 6: key kafka[0].max_conns: is a string (`lots`)"}},
+		{"a list entry's first key", "kafka:\n  - max_conns: lots\n    listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 2: key kafka[0].max_conns: is a string (`lots`), but must be a whole number"}},
+		{"a flow entry", "kafka:\n  - {listen: 127.0.0.1:19092, bootstrap: [a:9092], max_conns: lots}\n", []string{"line 2: key kafka[0].max_conns: is a string (`lots`)"}},
+		{"a list where an entry should be", "kafka:\n  - - listen: 127.0.0.1:19092\n", []string{"line 2: key kafka[0]: is a list, but must be a mapping"}},
+		{"a list in a rule's first key", "services:\n  - service: [a]\n    match: {client_id: x}\n", []string{"line 2: key services[0].service: is a list, but must be a string"}},
+		{"a date", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_conns: 2024-01-01\n", []string{"line 4: key kafka[0].max_conns: is a date (`2024-01-01`), but must be a whole number"}},
+		{"a number out of range", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_conns: 99999999999999999999\n", []string{"line 4: key kafka[0].max_conns: is a ", "out of range"}},
 		{"a flag as a word", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    link_consume_produce: maybe\n", []string{"line 4: key kafka[0].link_consume_produce: is a string (`maybe`), but must be true or false"}},
 		{"missing bootstrap", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n", []string{"line 3", "kafka[0].bootstrap"}},
 		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},
@@ -279,13 +284,13 @@ func TestCheckConfig(t *testing.T) {
 	if code != 0 || !strings.Contains(out.String(), "configuration OK") {
 		t.Fatalf("exit %d, out %q, err %q", code, out.String(), errb.String())
 	}
+	if strings.Contains(out.String()+errb.String(), "warning") {
+		t.Errorf("a warning for a config without any: %q %q", out.String(), errb.String())
+	}
 	out.Reset()
 	errb.Reset()
 	if code := mainArgs([]string{"check-config", "--kafka", "nonsense"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "LISTEN=BOOTSTRAP") {
 		t.Fatalf("bad flag: exit %d, err %q", code, errb.String())
-	}
-	if strings.Contains(out.String()+errb.String(), "warning") {
-		t.Errorf("a warning for a config without any: %q %q", out.String(), errb.String())
 	}
 	// What run warns about at start is printed, and the file still passes.
 	out.Reset()
@@ -669,32 +674,5 @@ func TestKafkaTopicLimitWait(t *testing.T) {
 	over := Duration(6 * time.Second)
 	if _, err := buildKafka(KafkaConfig{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, TopicLimitWait: &over}, sh); err == nil || !strings.Contains(err.Error(), "TopicLimitWait") {
 		t.Errorf("a front built with topic_limit_wait 6s: %v, want the front's refusal", err)
-	}
-}
-
-// TestConsoleLogWithoutColours: the console log format writes no colour codes where they would
-// land as bytes (a buffer, a file, a pipe).
-func TestConsoleLogWithoutColours(t *testing.T) {
-	f, err := os.Create(filepath.Join(t.TempDir(), "log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var buf bytes.Buffer
-	for _, w := range []io.Writer{&buf, f} {
-		log, err := newLogger(&Config{Log: LogConfig{Level: "info", Format: "console"}}, w)
-		if err != nil {
-			t.Fatal(err)
-		}
-		log.Warn().Str("listen", "127.0.0.1:1").Msg("hello")
-	}
-	b, err := os.ReadFile(f.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, out := range []string{buf.String(), string(b)} {
-		if !strings.Contains(out, "WRN hello") || strings.Contains(out, "\x1b[") {
-			t.Errorf("console log %q: want the line without escape codes", out)
-		}
 	}
 }
