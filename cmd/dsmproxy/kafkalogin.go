@@ -81,7 +81,7 @@ func readPassword(path string) (string, error) {
 	}
 	pass := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 	if pass == "" {
-		return "", fmt.Errorf("password_file %s is empty", path)
+		return "", fmt.Errorf("%s is empty", path)
 	}
 	return pass, nil
 }
@@ -97,7 +97,7 @@ func (f *passwordFile) read() (string, uint64) {
 	switch {
 	case err != nil:
 		if !f.failing {
-			f.log.Warn().Err(err).Str("password_file", f.path).Msg("kafka sasl: the password file cannot be read: the proxy's own logins use the password read before")
+			f.log.Warn().Err(err).Str("password_file", f.path).Msg("kafka sasl: the password file cannot be read, or is empty: the proxy's own logins use the password read before")
 		}
 		f.failing = true
 		return f.pass, f.version
