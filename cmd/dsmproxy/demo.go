@@ -132,7 +132,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log, err := newLogger(cfg, stderr)
+	log, err := newLogger(cfg, stderr, colorTerminal(stderr))
 	if err != nil {
 		return err
 	}

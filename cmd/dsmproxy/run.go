@@ -51,7 +51,7 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "dsmproxy: %d log lines dropped: the log output did not keep up\n", missed)
 	})
 	defer lw.Close()
-	log, err := newLogger(cfg, lw)
+	log, err := newLogger(cfg, lw, colorTerminal(stderr)) // lw is no terminal: stderr may be
 	if err != nil {
 		return err
 	}

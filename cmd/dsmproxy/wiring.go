@@ -46,13 +46,15 @@ type observer interface {
 	Offset(pathway.Offset) bool
 }
 
-func newLogger(cfg *Config, w io.Writer) (zerolog.Logger, error) {
+// newLogger writes cfg's log to w; color: the console format may colour it (w reaches a
+// terminal: colorTerminal of the writer w wraps, if it wraps one).
+func newLogger(cfg *Config, w io.Writer, color bool) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(cfg.Log.Level)
 	if err != nil {
 		return zerolog.Nop(), fmt.Errorf("log level %q: %w", cfg.Log.Level, err)
 	}
 	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !colorTerminal(w)}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !color}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }

@@ -208,11 +208,11 @@ func (c *h1Conn) serve() {
 	if tc, ok := c.rwc.(*tls.Conn); ok {
 		tc.SetDeadline(time.Now().Add(s.readHeaderTimeout))
 		if err := tc.HandshakeContext(s.baseCtx); err != nil {
-			ev := c.loudWarn()
-			if errors.Is(err, io.EOF) {
-				ev = c.log.Debug() // port probes and health checks
+			if errors.Is(err, io.EOF) { // port probes and TCP health checks: not counted
+				c.log.Debug().Err(err).Msg("TLS handshake with client failed; closing connection")
+				return
 			}
-			ev.Err(err).Msg("TLS handshake with client failed; closing connection")
+			c.loudWarn().Err(err).Msg("TLS handshake with client failed; closing connection")
 			return
 		}
 		tc.SetDeadline(time.Time{})

@@ -481,3 +481,45 @@ func TestMalformedRequestsInStats(t *testing.T) {
 		t.Errorf("MalformedRequests %d, Requests %d; want 2, 0", st.MalformedRequests, st.Requests)
 	}
 }
+
+// TestTLSHandshakeFailuresInStats: a TLS front counts a client whose handshake fails, and not a
+// connection closed before its first byte (a port probe or TCP health check).
+func TestTLSHandshakeFailuresInStats(t *testing.T) {
+	srvTLS, _ := testpki.ServerTLS(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:1"; c.Listener.TLS = srvTLS })
+	addr := tp.Addr().String()
+	dial := func(send string) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if send != "" {
+			c.Write([]byte(send))
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			io.Copy(io.Discard, c) // until the server closes
+		}
+	}
+	for range 3 {
+		dial("") // probes
+	}
+	for i := range 2 {
+		dial("GET / HTTP/1.1\r\nHost: x\r\n\r\n") // plain HTTP to a TLS port
+		waitFor(t, "the failed handshake in Stats", func() bool { return tp.Stats().MalformedRequests >= uint64(i+1) })
+	}
+	if n := tp.Stats().MalformedRequests; n != 2 {
+		t.Errorf("MalformedRequests %d after 3 probes and 2 failed handshakes, want 2", n)
+	}
+}
+
+// waitFor waits until cond holds (a server counts after its client saw the close).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
