@@ -27,6 +27,7 @@ const discoverRetry = 30 * time.Second
 func (p *Proxy) discoverNodes(ctx context.Context) {
 	wait := 500 * time.Millisecond
 	told := ""
+	cuts := 0
 	for {
 		n, err := p.learnNodes(ctx)
 		if err == nil {
@@ -36,6 +37,15 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 		var refused errRefused
 		if errors.As(err, &refused) {
 			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL without the proxy's own login, or a refused one?): node listeners open with the first client's Metadata")
+			return
+		}
+		cuts++
+		if !errors.As(err, new(errLoginCut)) {
+			cuts = 0
+		}
+		if cuts == loginCutsTold {
+			// Each try would be one more failed login in the broker's log.
+			p.log.Info().Err(err).Int("tries", cuts).Msg(loginCutMsg + ": node listeners open with the first client's Metadata")
 			return
 		}
 		var local errNodeListener

@@ -70,7 +70,7 @@ func (p *Proxy) login(ctx context.Context, c *ownConn) error {
 	fail := func(err error) error {
 		err = fmt.Errorf("the proxy's own SASL login (%s): %w", m.Name(), err)
 		if isNetErr(err) {
-			return err
+			return errLoginCut{err: err, creds: creds}
 		}
 		return errRefused{err: err, login: true, creds: creds}
 	}
@@ -133,6 +133,24 @@ func (p *Proxy) login(ctx context.Context, c *ownConn) error {
 	}
 	return nil
 }
+
+// errLoginCut: the connection broke during the proxy's own login (tried with credentials of
+// version creds), after it had answered ApiVersions. Once is a restart or a network fault; every
+// time, a broker that closes instead of answering a wrong password (kfake does): loginCutsTold in
+// a row are told and then taken as a refusal.
+type errLoginCut struct {
+	err   error
+	creds uint64
+}
+
+func (e errLoginCut) Error() string { return e.err.Error() }
+func (e errLoginCut) Unwrap() error { return e.err }
+
+// loginCutsTold: logins cut in a row before the proxy says its credentials may be wrong.
+const loginCutsTold = 3
+
+// loginCutMsg says what logins cut every time may mean.
+const loginCutMsg = "the broker closed the connection during the proxy's own SASL login each time it tried (a broker that closes instead of answering a wrong password? check kafka sasl: username and password)"
 
 // isNetErr reports whether err came from the connection (a timeout, a broken or closed socket)
 // rather than from the broker's answer or the mechanism.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -179,6 +180,49 @@ func TestOwnSASLLoginRefused(t *testing.T) {
 		t.Errorf("node discovery after a refused login: %v, want a refusal", err)
 	}
 	guard.check(t)
+}
+
+// TestOwnSASLLoginCutEveryTime: kfake closes the connection on a wrong password instead of
+// answering it, as some brokers do. Three logins cut in a row are told once, with what to check,
+// and taken as a refusal: node discovery stops, and topic configs wait an hour (or new credentials)
+// instead of trying a login every few minutes, each a failed login in the broker's log.
+func TestOwnSASLLoginCutEveryTime(t *testing.T) {
+	c, _ := startCluster(t, saslUsers...)
+	var logs syncbuf.Buffer
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.SASL, cfg.Log = scram.Auth{User: "scram512", Pass: "not the password"}.AsSha512Mechanism(), zerolog.New(&logs)
+	})
+	ctx := testCtx(t)
+	_, err := p.learnNodes(ctx)
+	if !errors.As(err, new(errLoginCut)) {
+		t.Fatalf("a wrong password at kfake: %v, want a login cut", err)
+	}
+	done := make(chan struct{})
+	go func() { p.discoverNodes(ctx); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("node discovery still trying logins the broker cuts every time")
+	}
+	if s := logs.String(); !strings.Contains(s, "closed the connection during the proxy's own SASL login each time") || !strings.Contains(s, `"tries":3`) {
+		t.Errorf("the cut logins were not told:\n%s", s)
+	}
+
+	r := &configReader{p: p.Proxy}
+	cut := errLoginCut{err: err, creds: 7}
+	for i := 1; i <= loginCutsTold; i++ {
+		r.failed(cut)
+		if refused := r.backoff == configRefusedBackoff; refused != (i == loginCutsTold) || r.refused != refused {
+			t.Errorf("after %d cut logins: backoff %v, refused %v", i, r.backoff, r.refused)
+		}
+	}
+	if r.refusedWith != 7 {
+		t.Errorf("the cut logins' credentials were version %d, want 7", r.refusedWith)
+	}
+	r.failed(io.EOF) // not during a login: counting starts again
+	if r.loginCuts != 0 || r.backoff == configRefusedBackoff {
+		t.Errorf("a failure outside a login: %d cuts counted, backoff %v", r.loginCuts, r.backoff)
+	}
 }
 
 // rotatingLogin is a SCRAM-SHA-512 login whose credentials the test replaces, as a rotated

@@ -33,6 +33,7 @@ type configReader struct {
 	// was, since the last success); new credentials end the refusal's backoff.
 	refused     bool
 	refusedWith uint64
+	loginCuts   int // logins cut in a row (errLoginCut)
 	// succeeded: a lookup was answered. A cluster that answers the proxy does not need it to
 	// stop when clients authenticate (a listener may accept both).
 	succeeded bool
@@ -88,7 +89,7 @@ func (r *configReader) run(ctx context.Context) {
 			continue
 		}
 		r.p.limits.lookups.Add(1)
-		r.backoff, r.refused = 0, false
+		r.backoff, r.refused, r.loginCuts = 0, false, 0
 		r.p.limits.downUntil.Store(0)
 		r.p.limits.settle(unread)
 	}
@@ -211,13 +212,25 @@ func (r *configReader) connect(ctx context.Context) error {
 // failed backs off before the next connection and tells the operator once what a refusal means.
 func (r *configReader) failed(err error) {
 	var refused errRefused
-	if errors.As(err, &refused) {
+	var cut errLoginCut
+	if r.loginCuts++; !errors.As(err, &cut) {
+		r.loginCuts = 0
+	}
+	switch {
+	case errors.As(err, &refused):
 		r.backoff = configRefusedBackoff
 		if refused.login {
 			r.refused, r.refusedWith = true, refused.creds
 		}
 		r.tell(err)
-	} else {
+	case r.loginCuts >= loginCutsTold:
+		// As a refusal: each try would be one more failed login in the broker's log.
+		r.backoff = configRefusedBackoff
+		r.refused, r.refusedWith = true, cut.creds
+		if r.loginCuts == loginCutsTold {
+			r.p.log.Info().Err(err).Int("tries", r.loginCuts).Msg(loginCutMsg + ": " + r.consequence())
+		}
+	default:
 		r.backoff = min(max(2*r.backoff, time.Second), configMaxBackoff)
 		r.p.log.Debug().Err(err).Dur("retry_in", r.backoff).Msg("reading topic configs")
 	}
@@ -232,7 +245,7 @@ func (r *configReader) newCredentials() bool {
 		return false
 	}
 	r.p.log.Info().Msg("the proxy's own SASL credentials changed since the cluster refused them: reading topic configs again")
-	r.refused, r.told = false, false // a refusal of the new ones is news
+	r.refused, r.told, r.loginCuts = false, false, 0 // a refusal of the new ones is news
 	return true
 }
 
