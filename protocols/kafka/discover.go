@@ -23,8 +23,12 @@ import (
 const discoverRetry = 30 * time.Second
 
 // discoverNodes opens a listener for every broker of the cluster, retrying while no bootstrap
-// broker can be reached, until it succeeds, the cluster refuses, or ctx ends.
-func (p *Proxy) discoverNodes(ctx context.Context) {
+// broker can be reached, until it succeeds, the cluster refuses, or ctx ends. A refused own login
+// is tried again once its credentials change (CredentialVersioner).
+func (p *Proxy) discoverNodes(ctx context.Context) { p.discover(ctx, discoverRetry) }
+
+// discover is discoverNodes, looking at refused credentials every poll.
+func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 	wait := 500 * time.Millisecond
 	told := ""
 	cuts := 0
@@ -35,18 +39,24 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 			return
 		}
 		var refused errRefused
-		if errors.As(err, &refused) {
-			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL without the proxy's own login, or a refused one?): node listeners open with the first client's Metadata")
-			return
-		}
-		cuts++
-		if !errors.As(err, new(errLoginCut)) {
+		var cut errLoginCut
+		if cuts++; !errors.As(err, &cut) {
 			cuts = 0
 		}
-		if cuts == loginCutsTold {
+		switch {
+		case errors.As(err, &refused):
+			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL without the proxy's own login, or a refused one?): node listeners open with the first client's Metadata")
+		case cuts == loginCutsTold:
 			// Each try would be one more failed login in the broker's log.
 			p.log.Info().Err(err).Int("tries", cuts).Msg(loginCutMsg + ": node listeners open with the first client's Metadata")
-			return
+			refused = errRefused{login: true, creds: cut.creds}
+		}
+		if refused.err != nil || cuts == loginCutsTold {
+			if !refused.login || !p.awaitNewCredentials(ctx, refused.creds, poll) {
+				return
+			}
+			wait, cuts = 500*time.Millisecond, 0
+			continue
 		}
 		var local errNodeListener
 		switch {
@@ -63,6 +73,25 @@ func (p *Proxy) discoverNodes(ctx context.Context) {
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, discoverRetry)
+	}
+}
+
+// awaitNewCredentials waits until Config.SASL's credentials are no longer those of version
+// creds, looking every poll; false when they cannot change or ctx ends first.
+func (p *Proxy) awaitNewCredentials(ctx context.Context, creds uint64, poll time.Duration) bool {
+	if _, ok := p.cfg.SASL.(CredentialVersioner); !ok {
+		return false
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(poll):
+		}
+		if p.credentialVersion() != creds {
+			p.log.Info().Msg("the proxy's own SASL credentials changed since the cluster refused them: learning the broker nodes again")
+			return true
+		}
 	}
 }
 

@@ -225,6 +225,36 @@ func TestOwnSASLLoginCutEveryTime(t *testing.T) {
 	}
 }
 
+// TestOwnSASLDiscoveryNewCredentials: node discovery, stopped by logins the cluster refuses
+// (here kfake cutting them, as it does for a wrong password), starts again when the credentials
+// change, and learns the brokers with the new ones.
+func TestOwnSASLDiscoveryNewCredentials(t *testing.T) {
+	c, _ := startCluster(t, saslUsers...)
+	var logs syncbuf.Buffer
+	own := newRotatingLogin(scram.Auth{User: "scram512", Pass: "an old password"})
+	p := startProxy(t, c, func(cfg *Config) { cfg.SASL, cfg.Log = own, zerolog.New(&logs) })
+	ctx := testCtx(t)
+	done := make(chan struct{})
+	go func() { p.discover(ctx, 20*time.Millisecond); close(done) }()
+	waitFor(t, "the cut logins told", func() bool {
+		return strings.Contains(logs.String(), "closed the connection during the proxy's own SASL login each time")
+	})
+	select {
+	case <-done:
+		t.Fatal("discovery ended although its credentials can change")
+	default:
+	}
+	own.rotate(scram.Auth{User: "scram512", Pass: "pw512"})
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("discovery did not end after the credentials changed")
+	}
+	if s := logs.String(); !strings.Contains(s, "learning the broker nodes again") || !strings.Contains(s, "broker node listeners opened") {
+		t.Errorf("discovery did not learn the brokers with the new credentials:\n%s", s)
+	}
+}
+
 // rotatingLogin is a SCRAM-SHA-512 login whose credentials the test replaces, as a rotated
 // password file would be: a CredentialVersioner.
 type rotatingLogin struct {
