@@ -161,6 +161,7 @@ type Listener struct {
 	wg    sync.WaitGroup
 
 	refused   atomic.Uint64
+	tlsFailed atomic.Uint64
 	serving   atomic.Int64 // connections accepted and not yet ended (including those still dialing)
 	epoch     time.Time
 	coarse    atomic.Int64 // elapsed() as of the last tick
@@ -217,6 +218,10 @@ func (l *Listener) Conns() int {
 
 // Refused counts connections closed because MaxConns was reached.
 func (l *Listener) Refused() uint64 { return l.refused.Load() }
+
+// TLSFailures counts clients whose TLS handshake failed (not connections closed before sending a
+// byte of one: port probes and TCP health checks).
+func (l *Listener) TLSFailures() uint64 { return l.tlsFailed.Load() }
 
 // Serve accepts connections until Shutdown or Close; it returns ErrClosed then.
 func (l *Listener) Serve(ctx context.Context) error {
@@ -302,11 +307,18 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		stop()
 		cancel()
 		if err != nil {
-			ev := log.Warn()
-			if errors.Is(err, io.EOF) {
-				ev = log.Debug() // port probes and health checks
+			if errors.Is(err, io.EOF) { // port probes and TCP health checks: not counted
+				log.Debug().Err(err).Msg("TLS handshake with client failed; closing client connection")
+				raw.Close()
+				return
 			}
-			ev.Err(err).Msg("TLS handshake with client failed; closing client connection")
+			// Loud only now and then, as refusals are: anyone who reaches the port can fail one.
+			n := l.tlsFailed.Add(1)
+			ev := log.Debug()
+			if LogNth(n) {
+				ev = log.Warn()
+			}
+			ev.Err(err).Uint64("tls_failures_total", n).Msg("TLS handshake with client failed; closing client connection")
 			raw.Close()
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -11,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
@@ -320,5 +324,64 @@ func TestTLSFilesValidation(t *testing.T) {
 	_, conf, err := ClientTLS(TLSFiles{})
 	if err != nil || conf.RootCAs != nil || conf.GetClientCertificate != nil {
 		t.Errorf("ClientTLS{} = %+v, %v", conf, err)
+	}
+}
+
+// TestTLSFailuresCountedQuietly: clients whose TLS handshake fails are counted and logged at Warn
+// for the first 10 only (anyone who reaches the port can fail one); connections closed before
+// their first byte (port probes, TCP health checks) are neither.
+func TestTLSFailuresCountedQuietly(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	certFile, keyFile, _ := pki.IssueFiles(t, t.TempDir(), "proxy", "proxy")
+	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
+		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(context.Background()) }()
+	defer func() { l.Close(); <-served }()
+	dial := func(send string) {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if send != "" {
+			c.Write([]byte(send))
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			io.Copy(io.Discard, c) // until the listener closes it
+		}
+	}
+	for range 3 {
+		dial("")
+	}
+	const failures = 12
+	for i := range failures {
+		dial("\x00\x00\x00\x10not a handshake!")
+		deadline := time.Now().Add(30 * time.Second)
+		for l.TLSFailures() < uint64(i+1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d TLS failures counted after %d", l.TLSFailures(), i+1)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if n := l.TLSFailures(); n != failures {
+		t.Errorf("TLSFailures %d after 3 probes and %d failed handshakes, want %d", n, failures, failures)
+	}
+	var warn int
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "TLS handshake with client failed") {
+			warn++
+		}
+	}
+	if warn != 10 {
+		t.Errorf("%d Warn lines for %d failed handshakes, want 10:\n%s", warn, failures, logs.String())
 	}
 }

@@ -96,8 +96,10 @@ type Stats struct {
 	PointsDropped   uint64 // Observer.Add returned false
 	RefusedProtocol uint64 // clients that opened with another protocol header
 	RefusedConns    uint64 // connections closed at once because the listener was at MaxConns
-	ConsumerResets  uint64 // channels' consumer tag maps started again because MaxConsumers tags were live
-	TxUnheld        uint64 // transactional publishes counted when sent: all connections held maxHeldTxPoints
+	// TLSHandshakeFailures: clients whose TLS handshake failed (not port probes closed first).
+	TLSHandshakeFailures uint64
+	ConsumerResets       uint64 // channels' consumer tag maps started again because MaxConsumers tags were live
+	TxUnheld             uint64 // transactional publishes counted when sent: all connections held maxHeldTxPoints
 	// Consumers whose tag was not remembered, all connections holding maxConsumerTags: their
 	// deliveries count as UnknownQueue.
 	UntrackedConsumers uint64
@@ -236,22 +238,24 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
+	refused, tlsFailed := p.listenerCounts()
 	return Stats{
 		Connections: s.conns.Load(), Published: s.published.Load(), Injected: s.injected.Load(),
 		ExistingContext: s.existing.Load(), SkippedFrameMax: s.frameMax.Load(), Consumed: s.consumed.Load(),
 		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
-		RefusedProtocol: s.refused.Load(), RefusedConns: p.refusedConns(), ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
+		RefusedProtocol: s.refused.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
 	}
 }
 
-func (p *Proxy) refusedConns() uint64 {
+// listenerCounts is the listener's refusals and failed TLS handshakes.
+func (p *Proxy) listenerCounts() (refused, tlsFailed uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln == nil {
-		return 0
+		return 0, 0
 	}
-	return p.ln.Refused()
+	return p.ln.Refused(), p.ln.TLSFailures()
 }
 
 func (p *Proxy) addPoint(pt pathway.Point) {

@@ -119,21 +119,23 @@ type Config struct {
 
 // Stats are the proxy's counters.
 type Stats struct {
-	UnknownCorrIDs    uint64 // responses whose correlation id matched no request (forwarded as they were)
-	ObserveDropped    uint64 // fetch responses not observed because the queue was full
-	DecodeErrors      uint64 // requests/responses forwarded without being understood
-	InjectedRecords   uint64 // records that got a pathway header
-	ExistingContext   uint64 // records that already carried one
-	SkippedBatches    uint64 // batches forwarded unmodified (any reason)
-	ConsumedRecords   uint64 // records checkpointed from fetch responses
-	TopicIDMisses     uint64 // topic ids not (yet) in the map
-	PointsDropped     uint64 // Observer.Add / Offset returned false
-	SyntheticReplies  uint64 // ApiVersions answers the proxy wrote itself
-	StreamedFetches   uint64 // big fetch responses forwarded while they arrived
-	HiddenEndpoints   uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
-	ResentBatches     uint64 // idempotent batches the broker had stored before: not counted again
-	RefusedConns      uint64 // connections closed at once because their listener was at MaxConns
-	TxnOffsetsDropped uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
+	UnknownCorrIDs   uint64 // responses whose correlation id matched no request (forwarded as they were)
+	ObserveDropped   uint64 // fetch responses not observed because the queue was full
+	DecodeErrors     uint64 // requests/responses forwarded without being understood
+	InjectedRecords  uint64 // records that got a pathway header
+	ExistingContext  uint64 // records that already carried one
+	SkippedBatches   uint64 // batches forwarded unmodified (any reason)
+	ConsumedRecords  uint64 // records checkpointed from fetch responses
+	TopicIDMisses    uint64 // topic ids not (yet) in the map
+	PointsDropped    uint64 // Observer.Add / Offset returned false
+	SyntheticReplies uint64 // ApiVersions answers the proxy wrote itself
+	StreamedFetches  uint64 // big fetch responses forwarded while they arrived
+	HiddenEndpoints  uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
+	ResentBatches    uint64 // idempotent batches the broker had stored before: not counted again
+	RefusedConns     uint64 // connections closed at once because their listener was at MaxConns
+	// TLSHandshakeFailures: clients whose TLS handshake failed (not port probes closed first).
+	TLSHandshakeFailures uint64
+	TxnOffsetsDropped    uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
 	// Fetch sessions forgotten: over 2^17 partitions on one connection, or 2^20 offsets on all.
 	// Their incremental fetches are observed as a session begun before the proxy.
 	ForgottenSessions uint64
@@ -415,33 +417,34 @@ func (p *Proxy) NodeAddr(id int32) (net.Addr, bool) {
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
+	refused, tlsFailed := p.listenerCounts()
 	return Stats{
 		UnknownCorrIDs: s.unknownCorr.Load(), ObserveDropped: s.observeDropped.Load(), DecodeErrors: s.decodeErrors.Load(),
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
-		ResentBatches: s.resent.Load(), RefusedConns: p.refusedConns(), TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
+		ResentBatches: s.resent.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
 		UnkeptFacts:   s.unkeptFacts.Load(),
 		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
 		TopicConfigLookups: p.limits.lookups.Load(), TopicConfigFailures: p.limits.lookupFailures.Load(),
 	}
 }
 
-// refusedConns sums the refusals of the bootstrap and node listeners (node listeners live until
-// Shutdown, so none is lost).
-func (p *Proxy) refusedConns() uint64 {
+// listenerCounts sums the refusals and failed TLS handshakes of the bootstrap and node listeners
+// (node listeners live until Shutdown, so none is lost).
+func (p *Proxy) listenerCounts() (refused, tlsFailed uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var n uint64
 	if p.bootstrap != nil {
-		n = p.bootstrap.Refused()
+		refused, tlsFailed = p.bootstrap.Refused(), p.bootstrap.TLSFailures()
 	}
 	for _, nd := range p.nodes {
 		if nd.ln != nil {
-			n += nd.ln.Refused()
+			refused += nd.ln.Refused()
+			tlsFailed += nd.ln.TLSFailures()
 		}
 	}
-	return n
+	return refused, tlsFailed
 }
 
 // Shutdown drains every listener (clients finish their in-flight requests) and stops the
