@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -44,6 +45,10 @@ func ReloadAll(log zerolog.Logger, reloaders ...*CertReloader) int {
 			continue
 		}
 		ev := log.Info().Str("cert_file", f.CertFile).Str("ca_file", f.CAFile)
+		problem := r.Problem(time.Now())
+		if problem != "" {
+			ev = log.Warn().Str("cert_file", f.CertFile).Str("ca_file", f.CAFile).Str("problem", problem)
+		}
 		if leaf := r.Leaf(); leaf != nil {
 			ev = ev.Str("subject", leaf.Subject.String()).Time("not_after", leaf.NotAfter)
 		}

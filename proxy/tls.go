@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // TLSFiles names the PEM files of one TLS side. For termination toward clients (ServerTLS),
@@ -115,6 +116,27 @@ func (r *CertReloader) Leaf() *x509.Certificate {
 		return c.Leaf
 	}
 	return nil
+}
+
+// certSoon: a certificate that ends within it is worth a warning.
+const certSoon = 7 * 24 * time.Hour
+
+// Problem says what is wrong at now with the certificate served or presented (expired, not valid
+// yet, or ending within a week), or "": peers refuse such a certificate, and nothing else would
+// tell the operator before they do.
+func (r *CertReloader) Problem(now time.Time) string {
+	leaf := r.Leaf()
+	switch {
+	case leaf == nil:
+		return ""
+	case now.After(leaf.NotAfter):
+		return "the certificate expired at " + leaf.NotAfter.UTC().Format(time.RFC3339) + ": peers refuse it"
+	case now.Before(leaf.NotBefore):
+		return "the certificate is not valid before " + leaf.NotBefore.UTC().Format(time.RFC3339) + ": peers refuse it until then"
+	case leaf.NotAfter.Sub(now) < certSoon:
+		return "the certificate expires at " + leaf.NotAfter.UTC().Format(time.RFC3339) + ", within a week: replace it and send SIGHUP"
+	}
+	return ""
 }
 
 // Current is the configuration for the next handshake, with the material last (re)loaded; for

@@ -385,3 +385,35 @@ func TestTLSFailuresCountedQuietly(t *testing.T) {
 		t.Errorf("%d Warn lines for %d failed handshakes, want 10:\n%s", warn, failures, logs.String())
 	}
 }
+
+// TestCertProblem: an expired certificate, one not valid yet and one ending within a week are
+// named; one valid for longer is not, and neither is a side without a certificate.
+func TestCertProblem(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	certFile, keyFile, leaf := pki.IssueFiles(t, t.TempDir(), "proxy", "proxy")
+	r, _, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		now  time.Time
+		want string
+	}{
+		{"valid", leaf.NotAfter.Add(-30 * 24 * time.Hour), ""},
+		{"expired", leaf.NotAfter.Add(time.Second), "expired"},
+		{"not yet valid", leaf.NotBefore.Add(-time.Second), "not valid before"},
+		{"ending soon", leaf.NotAfter.Add(-24 * time.Hour), "within a week"},
+	} {
+		if got := r.Problem(tc.now); tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want one saying %q", tc.name, got, tc.want)
+		}
+	}
+	caOnly, _, err := ClientTLS(TLSFiles{CAFile: pki.WriteCA(t, t.TempDir())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := caOnly.Problem(time.Now().Add(100 * 365 * 24 * time.Hour)); got != "" {
+		t.Errorf("a side without a certificate: %q", got)
+	}
+}

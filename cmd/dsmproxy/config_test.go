@@ -15,6 +15,7 @@ import (
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -548,6 +549,26 @@ func TestKafkaLogin(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExpiredCertificateWarned: a certificate that peers would refuse (expired here) is warned
+// about when the fronts are built, so check-config prints it and run logs it at start.
+func TestExpiredCertificateWarned(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	pki.LeafNotAfter = time.Now().Add(-time.Hour)
+	dir := t.TempDir()
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "front", "front")
+	path := filepath.Join(dir, "tls.yaml")
+	cfg := "amqp:\n  - listen: 127.0.0.1:15673\n    upstream: 127.0.0.1:5672\n    tls: {cert_file: " + certFile + ", key_file: " + keyFile + "}\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := mainArgs([]string{"check-config", "--config", path, "--admin", "off"}, &out, &errb)
+	if code != 0 || !strings.Contains(out.String(), "with 1 warning(s)") || !strings.Contains(errb.String(), "the certificate expired at") ||
+		!strings.Contains(errb.String(), "cert_file="+certFile) {
+		t.Errorf("exit %d, out %q, err %q", code, out.String(), errb.String())
 	}
 }
 

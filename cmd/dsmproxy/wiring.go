@@ -136,6 +136,14 @@ func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 		}
 		fronts = append(fronts, f)
 	}
+	now := time.Now()
+	for _, f := range fronts {
+		for _, r := range f.reloaders {
+			if problem := r.Problem(now); problem != "" {
+				sh.log.Warn().Str("protocol", f.protocol).Str("listen", f.listen).Str("cert_file", r.Files().CertFile).Msg(problem)
+			}
+		}
+	}
 	return fronts, nil
 }
 

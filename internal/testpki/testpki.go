@@ -24,6 +24,9 @@ type PKI struct {
 	key   *ecdsa.PrivateKey
 	CAPEM []byte
 	Pool  *x509.CertPool
+	// LeafNotAfter, when set, ends the validity of the leaves issued from now on (an expired
+	// certificate, say); otherwise they are valid for a year.
+	LeafNotAfter time.Time
 }
 
 // New makes a fresh CA named cn.
@@ -51,6 +54,9 @@ func New(t testing.TB, cn string) *PKI {
 func (p *PKI) Issue(t testing.TB, cn string, hosts ...string) (certPEM, keyPEM []byte, pair tls.Certificate) {
 	t.Helper()
 	tmpl := certTemplate(t, cn)
+	if !p.LeafNotAfter.IsZero() {
+		tmpl.NotBefore, tmpl.NotAfter = p.LeafNotAfter.Add(-24*time.Hour), p.LeafNotAfter
+	}
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	if len(hosts) == 0 {
@@ -88,7 +94,7 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 	return key
 }
 
-// certTemplate is valid from an hour ago for a day, with a random serial so rotations differ.
+// certTemplate is valid from an hour ago for a year, with a random serial so rotations differ.
 func certTemplate(t testing.TB, cn string) *x509.Certificate {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
 	if err != nil {
@@ -98,7 +104,7 @@ func certTemplate(t testing.TB, cn string) *x509.Certificate {
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
 	}
 }
 
