@@ -386,9 +386,10 @@ func sqsPeer(t testing.TB) *verifier {
 	return startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
 }
 
-// snsPeer is the SNS emulator (fauxqs) behind the upstream check.
+// snsPeer is the SNS emulator (fauxqs) behind the upstream check. fauxqs binds every interface
+// whatever host it is given: the preload keeps it on 127.0.0.1.
 func snsPeer(t testing.TB) *verifier {
-	port := startNode(t, nil, "sns-server.js")
+	port := startNode(t, nil, "-r", "./loopback-only.js", "sns-server.js")
 	return startVerifier(t, fmt.Sprintf("http://127.0.0.1:%d", port))
 }
 
