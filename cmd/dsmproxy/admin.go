@@ -66,8 +66,12 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 			wg.Add(1)
 			go func(i int, up string) {
 				defer wg.Done()
-				var d net.Dialer
-				c, err := d.DialContext(ctx, "tcp", up)
+				dial := f.readyDials[up]
+				if dial == nil {
+					var d net.Dialer
+					dial = d.DialContext
+				}
+				c, err := dial(ctx, "tcp", up)
 				st := "ok"
 				if err != nil {
 					st = err.Error()

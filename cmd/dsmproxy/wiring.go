@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -36,8 +38,11 @@ type namedFront struct {
 	protocol  string
 	listen    string
 	upstreams []string // host:port dialed by /readyz
-	reloaders []*proxy.CertReloader
-	stats     func() any // the front's counters, for GET /stats
+	// readyDials: the dial /readyz makes to an upstream the front reaches over TLS, handshake
+	// included, so that a wrong CA or server name shows there (absent: a TCP dial).
+	readyDials map[string]proxy.DialFunc
+	reloaders  []*proxy.CertReloader
+	stats      func() any // the front's counters, for GET /stats
 }
 
 // observer is what protocol fronts hand their points and offsets to.
@@ -213,7 +218,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
-	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders,
+	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders, readyDials: tlsDials(k.Bootstrap, lc.Dial),
 		stats: func() any { return p.Stats() }}, nil
 }
 
@@ -249,12 +254,14 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 			ac.ClientKeys[k.AccessKeyID] = k.SecretAccessKey
 		}
 	}
+	upTLS := func() *tls.Config { return nil } // system roots
 	if t := a.UpstreamTLS; t != nil && t.configured() {
 		r, _, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
 		if err != nil {
 			return namedFront{}, fmt.Errorf("aws front %s: upstream_tls: %w", a.Listen, err)
 		}
 		ac.UpstreamTLS = r.Current // read at every dial: a reloaded CA file applies
+		upTLS = r.Current
 		reloaders = append(reloaders, r)
 	}
 	p, err := aws.New(ac)
@@ -264,18 +271,37 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 	// What /readyz dials: every service's endpoint as the front resolved it (an empty upstream
 	// means AWS's regional endpoints), or the egress proxy (HTTPS_PROXY) the front reaches it by.
 	var ups []string
+	dials := map[string]proxy.DialFunc{}
 	for _, e := range p.Endpoints() {
+		egress := false
 		if u, err := url.Parse(e); err == nil {
 			if pu, err := http.ProxyFromEnvironment(&http.Request{URL: u}); err == nil && pu != nil {
-				e = pu.String()
+				e, egress = pu.String(), true
 			}
 		}
 		if hp := hostPort(e); hp != "" && !slices.Contains(ups, hp) {
 			ups = append(ups, hp)
+			if strings.HasPrefix(e, "https://") && !egress {
+				dials[hp] = func(ctx context.Context, network, addr string) (net.Conn, error) {
+					return proxy.DialTLS(nil, upTLS())(ctx, network, addr)
+				}
+			}
 		}
 	}
-	return namedFront{front: p, protocol: "aws", listen: a.Listen, upstreams: ups, reloaders: reloaders,
+	return namedFront{front: p, protocol: "aws", listen: a.Listen, upstreams: ups, reloaders: reloaders, readyDials: dials,
 		stats: func() any { return p.Stats() }}, nil
+}
+
+// tlsDials is dial for each of addrs, when the front dials its upstreams over TLS (dial set).
+func tlsDials(addrs []string, dial proxy.DialFunc) map[string]proxy.DialFunc {
+	if dial == nil {
+		return nil
+	}
+	m := make(map[string]proxy.DialFunc, len(addrs))
+	for _, a := range addrs {
+		m[a] = dial
+	}
+	return m
 }
 
 // hostPort turns an endpoint URL into the host:port /readyz dials.
@@ -306,6 +332,6 @@ func buildAMQP(a AMQPConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
-	return namedFront{front: p, protocol: "amqp", listen: a.Listen, upstreams: []string{a.Upstream}, reloaders: reloaders,
+	return namedFront{front: p, protocol: "amqp", listen: a.Listen, upstreams: []string{a.Upstream}, reloaders: reloaders, readyDials: tlsDials([]string{a.Upstream}, lc.Dial),
 		stats: func() any { return p.Stats() }}, nil
 }

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
+)
+
+// TestReadyzTLSUpstream: a front that reaches its upstream over TLS is ready only when the
+// handshake succeeds, so a wrong CA or server name shows in /readyz, not first at a client's
+// connection; a plain TCP dial would answer "ok" for both.
+func TestReadyzTLSUpstream(t *testing.T) {
+	dir := t.TempDir()
+	good, other := testpki.New(t, "upstream CA"), testpki.New(t, "another CA")
+	_, _, pair := good.Issue(t, "upstream")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	up := ln.Addr().String()
+	sh := shared{cp: pathway.NewCheckpointer("", 0), obs: noObserver{}, errs: errtrack.Discard{}, services: &proxy.Services{}, log: zerolog.Nop()}
+	for _, tc := range []struct {
+		name  string
+		tls   *TLSClient
+		ready bool
+		says  string
+	}{
+		{"right CA", &TLSClient{CAFile: good.WriteCA(t, t.TempDir())}, true, "ok"},
+		{"wrong CA", &TLSClient{CAFile: other.WriteCA(t, dir)}, false, "certificate signed by unknown authority"},
+		{"wrong server name", &TLSClient{CAFile: good.WriteCA(t, t.TempDir()), ServerName: "elsewhere"}, false, "elsewhere"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: up, ListenerLimits: ListenerLimits{UpstreamTLS: tc.tls}}, sh)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := newAdmin([]namedFront{f})
+			a.ready.Store(true)
+			rec := httptest.NewRecorder()
+			a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+			var body struct {
+				Ready  bool
+				Fronts []frontStatus
+			}
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+				t.Fatal(err)
+			}
+			status := body.Fronts[0].Upstreams[up]
+			if body.Ready != tc.ready || (rec.Code == http.StatusOK) != tc.ready || !strings.Contains(status, tc.says) {
+				t.Errorf("ready %v (%d), upstream %q; want ready %v, saying %q", body.Ready, rec.Code, status, tc.ready, tc.says)
+			}
+		})
+	}
+	// Without upstream_tls the dial stays a TCP one: the TLS listener answers it.
+	f, err := buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: up}, sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.readyDials != nil {
+		t.Errorf("a front without upstream TLS has TLS readiness dials")
+	}
+}
