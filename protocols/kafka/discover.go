@@ -2,6 +2,8 @@ package kafka
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -63,6 +65,11 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 		case errors.As(err, &local) && err.Error() != told:
 			// The proxy's own fault, not the cluster's: clients fail at their first Metadata.
 			p.log.Error().Err(err).Dur("retry_in", wait).Msg("a broker node listener cannot open: clients cannot use the cluster through this proxy")
+			told = err.Error()
+		case tlsRefused(err) && err.Error() != told:
+			// Most likely the proxy's upstream TLS settings: every client's connection would fail
+			// the same way.
+			p.log.Warn().Err(err).Dur("retry_in", wait).Msg("the TLS handshake with a bootstrap broker failed (upstream_tls: ca_file, server_name, client certificate?): clients' connections will fail the same way")
 			told = err.Error()
 		default:
 			p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
@@ -211,4 +218,19 @@ func roundTrip(c net.Conn, corr int32, req kmsg.Request, resp kmsg.Response) err
 		return fmt.Errorf("%s response for correlation id %d, sent %d", kmsg.NameForKey(req.Key()), got, corr)
 	}
 	return resp.ReadFrom(frame[start:])
+}
+
+// tlsRefused reports whether err is a TLS handshake that one side refused (a certificate not
+// trusted or not matching, an alert, a peer that does not speak TLS) rather than a network fault.
+func tlsRefused(err error) bool {
+	var (
+		verify   *tls.CertificateVerificationError
+		alert    tls.AlertError
+		header   tls.RecordHeaderError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+	)
+	return errors.As(err, &verify) || errors.As(err, &alert) || errors.As(err, &header) ||
+		errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid)
 }

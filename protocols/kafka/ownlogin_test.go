@@ -255,6 +255,36 @@ func TestOwnSASLDiscoveryNewCredentials(t *testing.T) {
 	}
 }
 
+// TestDiscoveryTellsTLSRefusal: upstream TLS settings the cluster's certificate fails (a CA that
+// did not sign it) are a Warn line at start, from node discovery, not Debug lines until the first
+// client's connection fails the same way.
+func TestDiscoveryTellsTLSRefusal(t *testing.T) {
+	pki, other := testpki.New(t, "kafka test CA"), testpki.New(t, "another CA")
+	_, _, brokerPair := pki.Issue(t, "kfake")
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{brokerPair}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	var logs syncbuf.Buffer
+	up := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: other.Pool}}
+	p := startProxy(t, c, func(cfg *Config) { cfg.Listener.Dial, cfg.Log = up.DialContext, zerolog.New(&logs) })
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan struct{})
+	go func() { p.discover(ctx, time.Second); close(done) }()
+	waitFor(t, "the TLS refusal told", func() bool {
+		return strings.Contains(logs.String(), "the TLS handshake with a bootstrap broker failed")
+	})
+	cancel()
+	<-done
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "the TLS handshake with a bootstrap broker failed") &&
+			(!strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, "certificate signed by unknown authority")) {
+			t.Errorf("the refusal is told as %s", line)
+		}
+	}
+}
+
 // rotatingLogin is a SCRAM-SHA-512 login whose credentials the test replaces, as a rotated
 // password file would be: a CredentialVersioner.
 type rotatingLogin struct {
