@@ -151,7 +151,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 			rt.abort()
 			return nil, fmt.Errorf("%s front %s: %w", f.protocol, f.listen, err)
 		}
-		log.Info().Str("protocol", f.protocol).Str("listen", f.Addr().String()).Strs("upstream", f.upstreams).Msg("front listening")
+		log.Info().Str("protocol", f.protocol).Str("listen", f.Addr().String()).Bool("tls", f.clientTLS).Strs("upstream", f.upstreams).Msg("front listening")
 	}
 	var reloaders []*proxy.CertReloader
 	for _, f := range rt.fronts {

@@ -42,6 +42,7 @@ type namedFront struct {
 	// included, so that a wrong CA or server name shows there (absent: a TCP dial).
 	readyDials map[string]proxy.DialFunc
 	reloaders  []*proxy.CertReloader
+	clientTLS  bool       // the front terminates TLS toward its clients
 	stats      func() any // the front's counters, for GET /stats
 }
 
@@ -180,11 +181,20 @@ func listenerTemplate(l ListenerLimits) (proxy.ListenerConfig, []*proxy.CertRelo
 	return lc, rs, nil
 }
 
+// warnInsecure warns at start about upstream TLS that verifies nothing.
+func warnInsecure(log zerolog.Logger, protocol, listen string, t *TLSClient) {
+	if t != nil && t.InsecureSkipVerify {
+		log.Warn().Str("protocol", protocol).Str("listen", listen).
+			Msg("upstream_tls.insecure_skip_verify is set: the upstream's certificate is not checked, so anyone on the path can read and change the traffic")
+	}
+}
+
 func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	lc, reloaders, err := listenerTemplate(k.ListenerLimits)
 	if err != nil {
 		return namedFront{}, fmt.Errorf("kafka front %s: %w", k.Listen, err)
 	}
+	warnInsecure(sh.log, "kafka", k.Listen, k.UpstreamTLS)
 	own, err := kafkaLogin(k.SASL, sh.log)
 	if err != nil {
 		return namedFront{}, fmt.Errorf("kafka front %s: sasl: %w", k.Listen, err)
@@ -218,7 +228,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
-	return namedFront{front: p, protocol: "kafka", listen: k.Listen, upstreams: k.Bootstrap, reloaders: reloaders, readyDials: tlsDials(k.Bootstrap, lc.Dial),
+	return namedFront{front: p, protocol: "kafka", listen: k.Listen, clientTLS: lc.TLS != nil, upstreams: k.Bootstrap, reloaders: reloaders, readyDials: tlsDials(k.Bootstrap, lc.Dial),
 		stats: func() any { return p.Stats() }}, nil
 }
 
@@ -240,6 +250,7 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, fmt.Errorf("aws front %s: %w", a.Listen, err)
 	}
+	warnInsecure(sh.log, "aws", a.Listen, a.UpstreamTLS)
 	ac := aws.Config{
 		Listen: a.Listen, Upstream: a.Upstream, Upstreams: a.Upstreams, Region: a.Region,
 		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
@@ -268,6 +279,10 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
+	if a.UpstreamTLS != nil && !slices.ContainsFunc(p.Endpoints(), func(e string) bool { return strings.HasPrefix(e, "https://") }) {
+		sh.log.Warn().Str("protocol", "aws").Str("listen", a.Listen).
+			Msg("upstream_tls is set, but every upstream is an http:// URL: nothing uses it, and the traffic to the upstreams is not encrypted (the URL's scheme decides)")
+	}
 	// What /readyz dials: every service's endpoint as the front resolved it (an empty upstream
 	// means AWS's regional endpoints), or the egress proxy (HTTPS_PROXY) the front reaches it by.
 	var ups []string
@@ -288,7 +303,7 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 			}
 		}
 	}
-	return namedFront{front: p, protocol: "aws", listen: a.Listen, upstreams: ups, reloaders: reloaders, readyDials: dials,
+	return namedFront{front: p, protocol: "aws", listen: a.Listen, clientTLS: lc.TLS != nil, upstreams: ups, reloaders: reloaders, readyDials: dials,
 		stats: func() any { return p.Stats() }}, nil
 }
 
@@ -324,6 +339,7 @@ func buildAMQP(a AMQPConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, fmt.Errorf("amqp front %s: %w", a.Listen, err)
 	}
+	warnInsecure(sh.log, "amqp", a.Listen, a.UpstreamTLS)
 	p, err := amqp.New(amqp.Config{
 		Listen: a.Listen, Upstream: a.Upstream, MaxFrameBytes: a.MaxFrameBytes, RespectExistingContext: a.RespectExistingContext,
 		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
@@ -332,6 +348,6 @@ func buildAMQP(a AMQPConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
-	return namedFront{front: p, protocol: "amqp", listen: a.Listen, upstreams: []string{a.Upstream}, reloaders: reloaders, readyDials: tlsDials([]string{a.Upstream}, lc.Dial),
+	return namedFront{front: p, protocol: "amqp", listen: a.Listen, clientTLS: lc.TLS != nil, upstreams: []string{a.Upstream}, reloaders: reloaders, readyDials: tlsDials([]string{a.Upstream}, lc.Dial),
 		stats: func() any { return p.Stats() }}, nil
 }
