@@ -229,7 +229,7 @@ func (c *h1Conn) serve() {
 			c.rwc.SetReadDeadline(time.Time{}) // the last request's body deadline is not this one's
 		}
 		budget.n = s.maxHeaderBytes
-		if _, err := br.Peek(1); err != nil {
+		if !skipEmptyLines(br) {
 			return
 		}
 		if !s.setIdle(c, false) {
@@ -356,6 +356,37 @@ func (s *h1Server) isShutting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.shutting
+}
+
+// maxEmptyLines bounds the empty lines skipped before a request line.
+const maxEmptyLines = 4
+
+// skipEmptyLines waits for a request and skips the empty lines before it (RFC 9112 2.2: a server
+// SHOULD ignore at least one; `echo | openssl s_client` sends one); false when the connection ends
+// first. More than maxEmptyLines are left for ReadRequest to refuse.
+func skipEmptyLines(br *bufio.Reader) bool {
+	for range maxEmptyLines {
+		b, err := br.Peek(1)
+		if err != nil {
+			return false
+		}
+		switch {
+		case b[0] == '\n':
+			br.Discard(1)
+		case b[0] == '\r':
+			if b, err = br.Peek(2); err != nil {
+				return false
+			}
+			if b[1] != '\n' {
+				return true
+			}
+			br.Discard(2)
+		default:
+			return true
+		}
+	}
+	_, err := br.Peek(1)
+	return err == nil
 }
 
 // refuse logs why a request could not be taken, then answers it with writeSimple.

@@ -523,3 +523,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestServerSkipsEmptyLines: a few empty lines before a request line are ignored (RFC 9112 2.2);
+// more are refused.
+func TestServerSkipsEmptyLines(t *testing.T) {
+	var logs syncbuf.Buffer
+	ln := serveLogged(t, &logs, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	for _, pre := range []string{"\r\n", "\n", "\r\n\r\n\n"} {
+		rs, bodies := rawExchange(t, ln.Addr().String(), pre+"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+		if rs[0].StatusCode != 200 || bodies[0] != "ok" {
+			t.Errorf("%q before the request: %d %q", pre, rs[0].StatusCode, bodies[0])
+		}
+	}
+	if rs, _ := rawExchange(t, ln.Addr().String(), strings.Repeat("\r\n", maxEmptyLines+1)+"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1); rs[0].StatusCode != 400 {
+		t.Errorf("%d empty lines before the request: %d, want 400", maxEmptyLines+1, rs[0].StatusCode)
+	}
+}
