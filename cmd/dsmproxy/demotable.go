@@ -199,17 +199,9 @@ func cell(s string) string {
 	}, s)
 }
 
-// edgeString shows edge tags without the noise: direction:in topic:orders group:billing.
-func edgeString(tags []string) string {
-	var parts []string
-	for _, t := range tags {
-		if strings.HasPrefix(t, "type:") {
-			continue
-		}
-		parts = append(parts, t)
-	}
-	return cell(strings.Join(parts, " "))
-}
+// edgeString shows edge tags as one cell: direction:in group:billing topic:orders type:kafka. The
+// type stays: a Kafka topic and an SNS topic may share a name.
+func edgeString(tags []string) string { return cell(strings.Join(tags, " ")) }
 
 // ratePerSecond is the point's checkpoints per second of its bucket (10 s when it names none).
 func ratePerSecond(p agentpayload.Point) float64 {

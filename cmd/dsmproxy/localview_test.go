@@ -59,7 +59,7 @@ func TestLocalView(t *testing.T) {
 			Backlogs: []aggregator.Backlog{{Service: "orders", Tags: []string{"partition:0", "topic:orders", "type:kafka_produce"}, Value: 7}}})
 	send()
 	got := page()
-	if !strings.Contains(got, "orders direction:out topic:orders 00000000000000aa") {
+	if !strings.Contains(got, "orders direction:out topic:orders type:kafka 00000000000000aa") {
 		t.Errorf("the pathway is gone after flushes without it: %s", got)
 	}
 	if strings.Contains(got, "ghost") {
