@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestConsoleLogColours: the console log format colours its lines only for a terminal (the one
@@ -44,13 +45,39 @@ func TestConsoleLogColours(t *testing.T) {
 			t.Errorf("color=%v: console line %q", color, buf.String())
 		}
 	}
-	if tty := openTerminal(t); tty != nil {
-		if !colorTerminal(tty) {
-			t.Error("a terminal is not taken for one")
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	if colorTerminal(devNull) {
+		t.Errorf("%s, a character device, is taken for a terminal", os.DevNull)
+	}
+	tty, leader := openTerminal(t)
+	if tty == nil {
+		return
+	}
+	// run's own logger, with the terminal as stderr: its ring buffer is no terminal, but stderr is.
+	log, closeLog, err := newRunLogger(&Config{Log: LogConfig{Level: "info", Format: "console"}}, tty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Warn().Msg("hello")
+	closeLog()
+	leader.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var got []byte
+	for buf := make([]byte, 4096); !bytes.Contains(got, []byte("hello")); {
+		n, err := leader.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("reading the terminal: %v (so far %q)", err, got)
 		}
-		t.Setenv("NO_COLOR", "1")
-		if colorTerminal(tty) {
-			t.Error("NO_COLOR is set, and a terminal still gets colours")
-		}
+	}
+	if !bytes.Contains(got, []byte("\x1b[")) {
+		t.Errorf("run's console log on a terminal has no colours: %q", got)
+	}
+	t.Setenv("NO_COLOR", "1")
+	if colorTerminal(tty) {
+		t.Error("NO_COLOR is set, and a terminal still gets colours")
 	}
 }

@@ -519,7 +519,7 @@ func TestKafkaLogin(t *testing.T) {
 		{"plain from a file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: file("pw", "s3cret\r\n")}, "PLAIN", "\x00u\x00s3cret", ""},
 		{"scram-256", &KafkaSASL{Mechanism: "SCRAM-SHA-256", Username: "u", Password: "p"}, "SCRAM-SHA-256", "", ""},
 		{"scram-512", &KafkaSASL{Mechanism: "scram-sha-512", Username: "u", Password: "p"}, "SCRAM-SHA-512", "", ""},
-		{"empty file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: file("empty", "\n")}, "", "", "is empty"},
+		{"empty file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: file("empty", "\n")}, "", "", "password_file: " + filepath.Join(dir, "empty") + " is empty"},
 		{"missing file", &KafkaSASL{Mechanism: "PLAIN", Username: "u", PasswordFile: filepath.Join(dir, "absent")}, "", "", "password_file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

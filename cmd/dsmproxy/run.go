@@ -43,18 +43,11 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// Log lines go through a ring buffer written by a goroutine of its own: a stalled stderr (a
-	// full pipe to a log shipper) drops lines, counted, instead of holding a connection that logs.
-	// The diode's Close closes what it wraps when that can close: not stderr, which still has the
-	// error to print once run returns.
-	lw := diode.NewWriter(struct{ io.Writer }{stderr}, 10000, 10*time.Millisecond, func(missed int) {
-		fmt.Fprintf(stderr, "dsmproxy: %d log lines dropped: the log output did not keep up\n", missed)
-	})
-	defer lw.Close()
-	log, err := newLogger(cfg, lw, colorTerminal(stderr)) // lw is no terminal: stderr may be
+	log, closeLog, err := newRunLogger(cfg, stderr)
 	if err != nil {
 		return err
 	}
+	defer closeLog()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return run(ctx, cfg, log, nil)
@@ -259,4 +252,21 @@ func (rt *runtime) stop() error {
 	}
 	e.Msg("stopped")
 	return errors.Join(errs...)
+}
+
+// newRunLogger is run's logger. Log lines go through a ring buffer written by a goroutine of its
+// own: a stalled stderr (a full pipe to a log shipper) drops lines, counted, instead of holding a
+// connection that logs. Colours are decided by stderr itself (the buffer is no terminal). The
+// returned close flushes the buffer; it closes what the buffer wraps when that can close: not
+// stderr, which still has the error to print once run returns.
+func newRunLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func(), error) {
+	lw := diode.NewWriter(struct{ io.Writer }{stderr}, 10000, 10*time.Millisecond, func(missed int) {
+		fmt.Fprintf(stderr, "dsmproxy: %d log lines dropped: the log output did not keep up\n", missed)
+	})
+	log, err := newLogger(cfg, lw, colorTerminal(stderr))
+	if err != nil {
+		lw.Close()
+		return zerolog.Nop(), nil, err
+	}
+	return log, func() { lw.Close() }, nil
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/term"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -65,15 +66,11 @@ func newLogger(cfg *Config, w io.Writer, color bool) (zerolog.Logger, error) {
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
 
-// colorTerminal reports whether w is a terminal that should get colours: not a file or a pipe
-// (escape codes would land in them), and NO_COLOR (no-color.org) unset.
+// colorTerminal reports whether w is a terminal that should get colours: not a file, a pipe or
+// /dev/null (escape codes would land in them), and NO_COLOR (no-color.org) unset.
 func colorTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok || os.Getenv("NO_COLOR") != "" {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return ok && os.Getenv("NO_COLOR") == "" && term.IsTerminal(int(f.Fd()))
 }
 
 // buildServices turns the configured rules into the resolver every front shares.

@@ -43,7 +43,9 @@ func (c *ownConn) expired(now time.Time) bool {
 type CredentialVersioner interface {
 	// CredentialVersion changes when the credentials the next login would use change. It is
 	// called before each login and, while a refused login waits, for each batch of topics
-	// asked for (each topic at most every 10 s): it must be cheap and must not block.
+	// asked for (each topic at most every 10 s) and by node discovery every 30 s: reading a
+	// small local file is fine; a call that can block for long (a network mount that hangs)
+	// holds up topic config lookups and Shutdown.
 	CredentialVersion() uint64
 }
 
