@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"runtime/debug"
 	"sync"
@@ -280,7 +279,7 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	var client net.Conn = raw
 	var tc *tls.Conn
 	if l.cfg.TLS != nil {
-		tc = tls.Server(raw, l.cfg.TLS)
+		tc = tls.Server(&FirstByteConn{Conn: raw}, l.cfg.TLS)
 		client = tc
 	}
 	tr := &trackedConn{Conn: client, clock: &l.coarse}
@@ -307,7 +306,7 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		stop()
 		cancel()
 		if err != nil {
-			if errors.Is(err, io.EOF) { // port probes and TCP health checks: not counted
+			if !SpokeFirst(tc) { // port probes and TCP health checks: not counted
 				log.Debug().Err(err).Msg("TLS handshake with client failed; closing client connection")
 				raw.Close()
 				return

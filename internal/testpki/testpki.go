@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -150,4 +151,51 @@ func ServerTLS(t testing.TB) (*tls.Config, *x509.CertPool) {
 	p := New(t, "dsmproxy test CA")
 	_, _, pair := p.Issue(t, "dsmproxy test")
 	return &tls.Config{Certificates: []tls.Certificate{pair}}, p.Pool
+}
+
+// ClientHello is the first record a crypto/tls client sends: a client that sends it and then
+// hangs up, without an alert, fails the server's handshake with a plain EOF.
+func ClientHello(t testing.TB) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() {
+		tls.Client(a, &tls.Config{ServerName: "localhost", MinVersion: tls.VersionTLS12}).Handshake()
+		a.Close()
+	}()
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(b, hdr); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	if _, err := io.ReadFull(b, body); err != nil {
+		t.Fatal(err)
+	}
+	return append(hdr, body...)
+}
+
+// HelloAndHangUp connects to addr, sends a ClientHello, reads the server's answer until it stops
+// for a moment, and closes without an alert: the server's handshake ends with a plain EOF (with
+// the answer read, the close is not a reset).
+func HelloAndHangUp(t testing.TB, addr string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(ClientHello(t)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16<<10)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Read(buf); err != nil {
+		t.Fatalf("no answer to a ClientHello: %v", err)
+	}
+	for {
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+	}
 }

@@ -311,7 +311,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		ln = &limitListener{Listener: ln, max: int64(p.cfg.Listener.MaxConns), p: p}
 	}
 	if p.cfg.Listener.TLS != nil {
-		ln = tls.NewListener(ln, http11Only(p.cfg.Listener.TLS))
+		ln = tls.NewListener(proxy.FirstByteListener{Listener: ln}, http11Only(p.cfg.Listener.TLS))
 	}
 	srv := &h1Server{
 		handler:           p,

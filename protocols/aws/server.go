@@ -208,7 +208,7 @@ func (c *h1Conn) serve() {
 	if tc, ok := c.rwc.(*tls.Conn); ok {
 		tc.SetDeadline(time.Now().Add(s.readHeaderTimeout))
 		if err := tc.HandshakeContext(s.baseCtx); err != nil {
-			if errors.Is(err, io.EOF) { // port probes and TCP health checks: not counted
+			if !proxy.SpokeFirst(tc) { // port probes and TCP health checks: not counted
 				c.log.Debug().Err(err).Msg("TLS handshake with client failed; closing connection")
 				return
 			}
