@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -355,6 +356,7 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 	if errors.As(err, &te) {
 		var ce *configError
 		msgs := make([]string, 0, len(te.Errors))
+		used := map[*yaml.Node]bool{} // values named so far (valueAt)
 		for _, e := range te.Errors {
 			if m := reUnknownField.FindStringSubmatch(e); m != nil {
 				sec := sectionName[m[3]]
@@ -367,7 +369,7 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 				if w := reWrongType.FindStringSubmatch(msg); w != nil {
 					// The node's line is where its value starts: for a mapping or a list written
 					// on the lines below its key, the key's own line is the one to name.
-					if k, kl := keyOfValueAt(root, line, yamlKinds[w[1]], w[2]); k != "" {
+					if k, kl := valueAt(root, line, w[1], w[2], w[3], used); k != "" {
 						key, line = k, kl
 					}
 					what, want := yamlTagWords[w[1]], goTypeWords(w[3])
@@ -378,8 +380,9 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 						what += " (" + strings.TrimSpace(w[2]) + ")"
 					}
 					msg = fmt.Sprintf("is %s, but must be %s", what, want)
-					if want == "a whole number" && (w[1] == "int" || w[1] == "float" && wholeDigits(w[2])) {
-						// yaml reads a whole number past 64 bits as a float.
+					if want == "a whole number" && (w[1] == "int" || w[1] == "float") {
+						// yaml takes a float that fits into an integer field: one it refuses is
+						// past the field's range (a whole number past 64 bits is read as a float).
 						msg = fmt.Sprintf("is %s, out of range for this key", what)
 					}
 				}
@@ -423,7 +426,6 @@ func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 var reWrongType = regexp.MustCompile("^cannot unmarshal !!(\\w+) (`[^`]*` )?into (\\S+)$")
 
 var (
-	yamlKinds    = map[string]yaml.Kind{"map": yaml.MappingNode, "seq": yaml.SequenceNode}
 	yamlTagWords = map[string]string{"map": "a mapping", "seq": "a list", "str": "a string",
 		"int": "a whole number", "float": "a number", "bool": "true or false", "null": "empty",
 		"timestamp": "a date", "binary": "binary data"}
@@ -450,63 +452,98 @@ func goTypeWords(t string) string {
 	return "of type " + t
 }
 
-// keyOfValueAt finds the value yaml could not decode: the deepest node starting at line that is
-// of kind (for a mapping or a list) or, for a scalar (kind 0), is a scalar whose text is quoted
-// (yaml shortens long ones to 7 characters and "..."). It returns the value's path (a key, or a
-// list entry: kafka[0]) and the line of its key (of the entry itself for a list entry).
-func keyOfValueAt(n *yaml.Node, line int, kind yaml.Kind, quoted string) (string, int) {
-	var walk func(n *yaml.Node, path string, keyLine int) (string, int)
-	walk = func(n *yaml.Node, path string, keyLine int) (string, int) {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				if k, l := walk(c, path, keyLine); k != "" {
-					return k, l
-				}
-			}
-		case yaml.MappingNode:
+// valueAt finds the value yaml could not decode into a field of Go type typ (as its message
+// names it: "[]main.KafkaConfig", "int") starting at line, by walking the file's nodes alongside
+// the Config type, in document order as yaml decodes. used holds the values already named, so
+// that a second identical error on one line names the second such value. It returns the value's
+// path (a key, or a list entry: kafka[0]) and its key's line (the entry's own for a list entry).
+func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[*yaml.Node]bool) (string, int) {
+	fits := func(n *yaml.Node) bool { // what yaml's message says of the value
+		switch tag {
+		case "map":
+			return n.Kind == yaml.MappingNode
+		case "seq":
+			return n.Kind == yaml.SequenceNode
+		}
+		return n.Kind == yaml.ScalarNode && scalarQuoted(n.Value, quoted)
+	}
+	var walk func(n *yaml.Node, t reflect.Type, path string, keyLine int) (string, int)
+	walk = func(n *yaml.Node, t reflect.Type, path string, keyLine int) (string, int) {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if n.Kind == yaml.AliasNode && n.Alias != nil {
+			n = n.Alias
+		}
+		if path != "" && n.Line == line && t.String() == typ && fits(n) && !used[n] {
+			used[n] = true
+			return path, keyLine
+		}
+		switch {
+		case n.Kind == yaml.DocumentNode && len(n.Content) == 1:
+			return walk(n.Content[0], t, path, keyLine)
+		case n.Kind == yaml.MappingNode && (t.Kind() == reflect.Struct || t.Kind() == reflect.Map):
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				k, v := n.Content[i], n.Content[i+1]
+				ft := t
+				if t.Kind() == reflect.Map {
+					ft = t.Elem()
+				} else if ft = yamlField(t, k.Value); ft == nil {
+					continue
+				}
 				p := k.Value
 				if path != "" {
 					p = path + "." + k.Value
 				}
-				if r, l := walk(v, p, k.Line); r != "" {
+				if r, l := walk(v, ft, p, k.Line); r != "" {
 					return r, l
 				}
 			}
-		case yaml.SequenceNode:
+		case n.Kind == yaml.SequenceNode && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array):
 			for i, c := range n.Content {
-				if r, l := walk(c, fmt.Sprintf("%s[%d]", path, i), c.Line); r != "" {
+				if r, l := walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), c.Line); r != "" {
 					return r, l
 				}
 			}
-		}
-		if path == "" || n.Line != line {
-			return "", 0
-		}
-		if kind != 0 && n.Kind == kind || kind == 0 && n.Kind == yaml.ScalarNode && scalarQuoted(n.Value, quoted) {
-			return path, keyLine
 		}
 		return "", 0
 	}
-	return walk(n, "", 0)
+	return walk(root, reflect.TypeOf(Config{}), "", 0)
 }
 
-// wholeDigits reports whether yaml's quoted text ("`123...`") is written as a whole number.
-func wholeDigits(q string) bool {
-	q = strings.TrimSuffix(strings.Trim(strings.TrimSpace(q), "`"), "...")
-	q = strings.TrimPrefix(q, "-")
-	return q != "" && strings.Trim(q, "0123456789") == ""
-}
-
-// scalarQuoted reports whether yaml's message quoted text as q ("`lots`", or "`1234567...`").
+// scalarQuoted reports whether yaml's message quoted text as q ("`lots` ", or "`1234567...` " for
+// text over 10 bytes; "" when it quoted nothing).
 func scalarQuoted(text, q string) bool {
 	q = strings.Trim(strings.TrimSpace(q), "`")
 	if short, ok := strings.CutSuffix(q, "..."); ok && len(text) > 10 {
 		return strings.HasPrefix(text, short)
 	}
 	return q == "" || text == q
+}
+
+// yamlField is the type of struct t's field that key decodes into (inline structs looked
+// through), or nil.
+func yamlField(t reflect.Type, key string) reflect.Type {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if strings.Contains(opts, "inline") {
+			if ft := yamlField(f.Type, key); ft != nil {
+				return ft
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		if name == key {
+			return f.Type
+		}
+	}
+	return nil
 }
 
 // keyAtLine returns the dotted path (kafka[0].max_conns) of the mapping key on line, if any.
