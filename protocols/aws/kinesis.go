@@ -474,8 +474,8 @@ func appendCBORText(dst []byte, s string) []byte {
 }
 
 // appendCBORHead appends the shortest head of a major type with argument n.
-func appendCBORHead(dst []byte, major byte, n int) []byte {
-	m := major << 5
+func appendCBORHead(dst []byte, major byte, length int) []byte {
+	m, n := major<<5, uint64(length) // uint64: MaxUint32 does not fit a 32-bit int
 	switch {
 	case n < 24:
 		return append(dst, m|byte(n))
@@ -486,7 +486,7 @@ func appendCBORHead(dst []byte, major byte, n int) []byte {
 	case n <= math.MaxUint32:
 		return binary.BigEndian.AppendUint32(append(dst, m|26), uint32(n))
 	}
-	return binary.BigEndian.AppendUint64(append(dst, m|27), uint64(n))
+	return binary.BigEndian.AppendUint64(append(dst, m|27), n)
 }
 
 // cborBytes is a blob member: a byte string, or base64 text (kinesis-mock answers that way).
