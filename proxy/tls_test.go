@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -346,24 +345,13 @@ func TestTLSFailuresCountedQuietly(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- l.Serve(context.Background()) }()
 	defer func() { l.Close(); <-served }()
-	dial := func(send string) {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if send != "" {
-			c.Write([]byte(send))
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			io.Copy(io.Discard, c) // until the listener closes it
-		}
-	}
+
 	for range 3 {
-		dial("")
+		testpki.Knock(t, l.Addr().String(), "")
 	}
 	const failures = 12
 	for i := range failures {
-		dial("\x00\x00\x00\x10not a handshake!")
+		testpki.Knock(t, l.Addr().String(), "\x00\x00\x00\x10not a handshake!")
 		deadline := time.Now().Add(30 * time.Second)
 		for l.TLSFailures() < uint64(i+1) {
 			if time.Now().After(deadline) {

@@ -199,3 +199,20 @@ func HelloAndHangUp(t testing.TB, addr string) {
 		}
 	}
 }
+
+// Knock connects to addr and sends data: nothing, as a port probe or TCP health check does, or
+// bytes that are not TLS. It then reads until the server closes the connection.
+func Knock(t testing.TB, addr, data string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if data == "" {
+		return
+	}
+	c.Write([]byte(data))
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	io.Copy(io.Discard, c)
+}

@@ -488,23 +488,12 @@ func TestTLSHandshakeFailuresInStats(t *testing.T) {
 	srvTLS, _ := testpki.ServerTLS(t)
 	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:1"; c.Listener.TLS = srvTLS })
 	addr := tp.Addr().String()
-	dial := func(send string) {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if send != "" {
-			c.Write([]byte(send))
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			io.Copy(io.Discard, c) // until the server closes
-		}
-	}
+
 	for range 3 {
-		dial("") // probes
+		testpki.Knock(t, addr, "") // probes
 	}
 	for i := range 2 {
-		dial("GET / HTTP/1.1\r\nHost: x\r\n\r\n") // plain HTTP to a TLS port
+		testpki.Knock(t, addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // plain HTTP to a TLS port
 		waitFor(t, "the failed handshake in Stats", func() bool { return tp.Stats().MalformedRequests >= uint64(i+1) })
 	}
 	// A hello cut off without an alert (a plain EOF) was spoken: it counts.
