@@ -46,6 +46,10 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			cuts = 0
 		}
 		switch {
+		case tlsRefused(err):
+			// Told below and tried again: a TLS refusal can end before the first request (a
+			// client certificate missing in TLS 1.3) and look like a broker refusing the proxy.
+			// Its cause is the upstream TLS settings, which a SIGHUP can reload.
 		case errors.As(err, &refused):
 			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL without the proxy's own login, or a refused one?): node listeners open with the first client's Metadata")
 		case cuts == loginCutsTold:
@@ -53,7 +57,7 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			p.log.Info().Err(err).Int("tries", cuts).Msg(loginCutMsg + ": node listeners open with the first client's Metadata")
 			refused = errRefused{login: true, creds: cut.creds}
 		}
-		if refused.err != nil || cuts == loginCutsTold {
+		if !tlsRefused(err) && (refused.err != nil || cuts == loginCutsTold) {
 			if !refused.login || !p.awaitNewCredentials(ctx, refused.creds, poll) {
 				return
 			}
@@ -221,16 +225,18 @@ func roundTrip(c net.Conn, corr int32, req kmsg.Request, resp kmsg.Response) err
 }
 
 // tlsRefused reports whether err is a TLS handshake that one side refused (a certificate not
-// trusted or not matching, an alert, a peer that does not speak TLS) rather than a network fault.
+// trusted or not matching, an alert from the broker, a peer that does not speak TLS) rather than
+// a network fault.
 func tlsRefused(err error) bool {
 	var (
 		verify   *tls.CertificateVerificationError
-		alert    tls.AlertError
 		header   tls.RecordHeaderError
 		unknown  x509.UnknownAuthorityError
 		hostname x509.HostnameError
 		invalid  x509.CertificateInvalidError
+		op       *net.OpError
 	)
-	return errors.As(err, &verify) || errors.As(err, &alert) || errors.As(err, &header) ||
-		errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid)
+	// An alert the peer sent arrives as a *net.OpError "remote error" (tls.AlertError is QUIC's).
+	return errors.As(err, &verify) || errors.As(err, &header) || errors.As(err, &unknown) ||
+		errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &op) && op.Op == "remote error"
 }

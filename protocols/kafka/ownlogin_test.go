@@ -255,33 +255,47 @@ func TestOwnSASLDiscoveryNewCredentials(t *testing.T) {
 	}
 }
 
-// TestDiscoveryTellsTLSRefusal: upstream TLS settings the cluster's certificate fails (a CA that
-// did not sign it) are a Warn line at start, from node discovery, not Debug lines until the first
-// client's connection fails the same way.
+// TestDiscoveryTellsTLSRefusal: upstream TLS settings the cluster refuses are a Warn line at
+// start, from node discovery, not Debug lines until the first client's connection fails the same
+// way: a CA that did not sign the broker's certificate, and no client certificate for a broker
+// that requires one (its alert).
 func TestDiscoveryTellsTLSRefusal(t *testing.T) {
 	pki, other := testpki.New(t, "kafka test CA"), testpki.New(t, "another CA")
 	_, _, brokerPair := pki.Issue(t, "kfake")
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{brokerPair}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	var logs syncbuf.Buffer
-	up := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: other.Pool}}
-	p := startProxy(t, c, func(cfg *Config) { cfg.Listener.Dial, cfg.Log = up.DialContext, zerolog.New(&logs) })
-	ctx, cancel := context.WithCancel(testCtx(t))
-	done := make(chan struct{})
-	go func() { p.discover(ctx, time.Second); close(done) }()
-	waitFor(t, "the TLS refusal told", func() bool {
-		return strings.Contains(logs.String(), "the TLS handshake with a bootstrap broker failed")
-	})
-	cancel()
-	<-done
-	for _, line := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(line, "the TLS handshake with a bootstrap broker failed") &&
-			(!strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, "certificate signed by unknown authority")) {
-			t.Errorf("the refusal is told as %s", line)
-		}
+	for _, tc := range []struct {
+		name   string
+		broker *tls.Config
+		proxy  *tls.Config
+		says   string
+	}{
+		{"untrusted CA", &tls.Config{Certificates: []tls.Certificate{brokerPair}}, &tls.Config{RootCAs: other.Pool}, "certificate signed by unknown authority"},
+		{"client certificate required", &tls.Config{Certificates: []tls.Certificate{brokerPair}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pki.Pool},
+			&tls.Config{RootCAs: pki.Pool}, "remote error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(tc.broker))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+			var logs syncbuf.Buffer
+			up := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: tc.proxy}
+			p := startProxy(t, c, func(cfg *Config) { cfg.Listener.Dial, cfg.Log = up.DialContext, zerolog.New(&logs) })
+			ctx, cancel := context.WithCancel(testCtx(t))
+			done := make(chan struct{})
+			go func() { p.discover(ctx, time.Second); close(done) }()
+			waitFor(t, "the TLS refusal told", func() bool {
+				return strings.Contains(logs.String(), "the TLS handshake with a bootstrap broker failed")
+			})
+			cancel()
+			<-done
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, "the TLS handshake with a bootstrap broker failed") &&
+					(!strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, tc.says)) {
+					t.Errorf("the refusal is told as %s", line)
+				}
+			}
+		})
 	}
 }
 

@@ -355,7 +355,8 @@ func (p *Proxy) Start(ctx context.Context) error {
 	go func() { defer p.workWG.Done(); (&configReader{p: p}).run(dctx) }()
 	p.serve(ln)
 	if p.portBase != 0 || len(p.cfg.NodeAddrs) > 0 {
-		go p.discoverNodes(dctx) // fixed node addresses: clients may hold them from before (discover.go)
+		p.workWG.Add(1) // fixed node addresses: clients may hold them from before (discover.go)
+		go func() { defer p.workWG.Done(); p.discoverNodes(dctx) }()
 	}
 	p.log.Debug().Str("listen", ln.Addr().String()).Strs("bootstrap", p.cfg.Bootstrap).Msg("kafka proxy listening") // dsmproxy logs "front listening"
 	return nil
