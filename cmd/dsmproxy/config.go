@@ -356,7 +356,7 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 	if errors.As(err, &te) {
 		var ce *configError
 		msgs := make([]string, 0, len(te.Errors))
-		used := map[*yaml.Node]bool{} // values named so far (valueAt)
+		used := map[string]bool{} // values named so far (valueAt)
 		for _, e := range te.Errors {
 			if m := reUnknownField.FindStringSubmatch(e); m != nil {
 				sec := sectionName[m[3]]
@@ -457,7 +457,7 @@ func goTypeWords(t string) string {
 // the Config type, in document order as yaml decodes. used holds the values already named, so
 // that a second identical error on one line names the second such value. It returns the value's
 // path (a key, or a list entry: kafka[0]) and its key's line (the entry's own for a list entry).
-func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[*yaml.Node]bool) (string, int) {
+func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[string]bool) (string, int) {
 	fits := func(n *yaml.Node) bool { // what yaml's message says of the value
 		switch tag {
 		case "map":
@@ -475,8 +475,8 @@ func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[*yaml.
 		if n.Kind == yaml.AliasNode && n.Alias != nil {
 			n = n.Alias
 		}
-		if path != "" && n.Line == line && t.String() == typ && fits(n) && !used[n] {
-			used[n] = true
+		if path != "" && n.Line == line && t.String() == typ && fits(n) && !used[path] {
+			used[path] = true // by path: an anchor's value aliased twice is two values
 			return path, keyLine
 		}
 		switch {
@@ -485,6 +485,18 @@ func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[*yaml.
 		case n.Kind == yaml.MappingNode && (t.Kind() == reflect.Struct || t.Kind() == reflect.Map):
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				k, v := n.Content[i], n.Content[i+1]
+				if k.Tag == "!!merge" { // <<: a mapping (or a list of them) whose keys are this one's
+					merged := []*yaml.Node{v}
+					if v.Kind == yaml.SequenceNode {
+						merged = v.Content
+					}
+					for _, m := range merged {
+						if r, l := walk(m, t, path, k.Line); r != "" {
+							return r, l
+						}
+					}
+					continue
+				}
 				ft := t
 				if t.Kind() == reflect.Map {
 					ft = t.Elem()
@@ -531,8 +543,14 @@ func yamlField(t reflect.Type, key string) reflect.Type {
 		}
 		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
 		if strings.Contains(opts, "inline") {
-			if ft := yamlField(f.Type, key); ft != nil {
-				return ft
+			it := f.Type
+			for it.Kind() == reflect.Pointer {
+				it = it.Elem()
+			}
+			if it.Kind() == reflect.Struct {
+				if ft := yamlField(it, key); ft != nil {
+					return ft
+				}
 			}
 			continue
 		}

@@ -54,6 +54,8 @@ func TestConfigErrors(t *testing.T) {
 		{"two wrong list entries on one line", "services: [[a], [b]]\n", []string{"key services[0]: is a list", "key services[1]: is a list"}},
 		{"a mapping inside the wrong mapping", "kafka: {sasl: {mechanism: PLAIN}}\n", []string{"line 1: key kafka: is a mapping, but must be a list"}},
 		{"a list beside strings", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, username: [u], password: p}\n", []string{"line 4: key kafka[0].sasl.username: is a list, but must be a string"}},
+		{"a merge key", "aws:\n  - listen: 127.0.0.1:1\n    upstream: http://127.0.0.1:2\n    <<: {max_conns: lots}\n", []string{"line 4: key aws[0].max_conns: is a string (`lots`)"}},
+		{"an anchor aliased", "kafka:\n  - &x {listen: 127.0.0.1:1, bootstrap: [a:1], max_conns: lots}\n  - *x\n", []string{"key kafka[0].max_conns: is a string", "key kafka[1].max_conns: is a string"}},
 		{"a flag as a word", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    link_consume_produce: maybe\n", []string{"line 4: key kafka[0].link_consume_produce: is a string (`maybe`), but must be true or false"}},
 		{"missing bootstrap", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n", []string{"line 3", "kafka[0].bootstrap"}},
 		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},

@@ -21,6 +21,7 @@ func FuzzParseConfig(f *testing.F) {
 		"aws:\n  - listen: 127.0.0.1:1\n    upstreams: {sqs: [x]}\n    client_keys: {a: b}\n",
 		"kafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:1]\n    node_addrs: {x: [1], 2: {a: b}}\n",
 		"<<: {env: x}\nlog: hello\n",
+		"aws:\n  - listen: 127.0.0.1:1\n    <<: [{max_conns: lots}, *b]\n",
 		"- 1\n- 2\n",
 		"drain_timeout: [1]\n",
 	} {

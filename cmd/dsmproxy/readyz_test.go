@@ -49,27 +49,39 @@ func TestReadyzTLSUpstream(t *testing.T) {
 		{"wrong CA", &TLSClient{CAFile: other.WriteCA(t, dir)}, false, "certificate signed by unknown authority"},
 		{"wrong server name", &TLSClient{CAFile: good.WriteCA(t, t.TempDir()), ServerName: "elsewhere"}, false, "elsewhere"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f, err := buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: up, ListenerLimits: ListenerLimits{UpstreamTLS: tc.tls}}, sh)
+		for _, build := range []func() (namedFront, error){
+			func() (namedFront, error) {
+				return buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: up, ListenerLimits: ListenerLimits{UpstreamTLS: tc.tls}}, sh)
+			},
+			func() (namedFront, error) {
+				return buildKafka(KafkaConfig{Listen: "127.0.0.1:0", Bootstrap: []string{up}, ListenerLimits: ListenerLimits{UpstreamTLS: tc.tls}}, sh)
+			},
+			func() (namedFront, error) {
+				return buildAWS(AWSConfig{Listen: "127.0.0.1:0", Upstream: "https://" + up, ListenerLimits: ListenerLimits{UpstreamTLS: tc.tls}}, sh)
+			},
+		} {
+			f, err := build()
 			if err != nil {
 				t.Fatal(err)
 			}
-			a := newAdmin([]namedFront{f})
-			a.ready.Store(true)
-			rec := httptest.NewRecorder()
-			a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
-			var body struct {
-				Ready  bool
-				Fronts []frontStatus
-			}
-			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
-				t.Fatal(err)
-			}
-			status := body.Fronts[0].Upstreams[up]
-			if body.Ready != tc.ready || (rec.Code == http.StatusOK) != tc.ready || !strings.Contains(status, tc.says) {
-				t.Errorf("ready %v (%d), upstream %q; want ready %v, saying %q", body.Ready, rec.Code, status, tc.ready, tc.says)
-			}
-		})
+			t.Run(tc.name+" "+f.protocol, func(t *testing.T) {
+				a := newAdmin([]namedFront{f})
+				a.ready.Store(true)
+				rec := httptest.NewRecorder()
+				a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+				var body struct {
+					Ready  bool
+					Fronts []frontStatus
+				}
+				if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+					t.Fatal(err)
+				}
+				status := body.Fronts[0].Upstreams[up]
+				if body.Ready != tc.ready || (rec.Code == http.StatusOK) != tc.ready || !strings.Contains(status, tc.says) {
+					t.Errorf("ready %v (%d), upstream %q; want ready %v, saying %q", body.Ready, rec.Code, status, tc.ready, tc.says)
+				}
+			})
+		}
 	}
 	// Without upstream_tls the dial stays a TCP one: the TLS listener answers it.
 	f, err := buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: up}, sh)
