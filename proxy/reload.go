@@ -38,16 +38,19 @@ func ReloadAll(log zerolog.Logger, reloaders ...*CertReloader) int {
 	failed := 0
 	for _, r := range reloaders {
 		f := r.Files()
+		rlog := log.With().Str("cert_file", f.CertFile).Str("ca_file", f.CAFile).Logger()
+		if r.Owner != "" {
+			rlog = rlog.With().Str("for", r.Owner).Logger()
+		}
 		if err := r.Reload(); err != nil {
 			failed++
-			log.Error().Err(err).Str("cert_file", f.CertFile).Str("ca_file", f.CAFile).
-				Msg("TLS reload failed; the previous certificate stays in use")
+			rlog.Error().Err(err).Msg("TLS reload failed; the previous certificate stays in use")
 			continue
 		}
-		ev := log.Info().Str("cert_file", f.CertFile).Str("ca_file", f.CAFile)
+		ev := rlog.Info()
 		problem := r.Problem(time.Now())
 		if problem != "" {
-			ev = log.Warn().Str("cert_file", f.CertFile).Str("ca_file", f.CAFile).Str("problem", problem)
+			ev = rlog.Warn().Str("problem", problem)
 		}
 		if leaf := r.Leaf(); leaf != nil {
 			ev = ev.Str("subject", leaf.Subject.String()).Time("not_after", leaf.NotAfter)

@@ -39,6 +39,9 @@ type TLSFiles struct {
 type CertReloader struct {
 	files  TLSFiles
 	server bool
+	// Owner names what uses the files in reload log lines ("kafka 127.0.0.1:19092 tls"), since
+	// several fronts may share one certificate. Set it before reloads start.
+	Owner string
 
 	mu   sync.Mutex // one Reload at a time
 	cert atomic.Pointer[tls.Certificate]
@@ -142,6 +145,10 @@ func (r *CertReloader) Problem(now time.Time) string {
 // Current is the configuration for the next handshake, with the material last (re)loaded; for
 // users that dial themselves and must see a reloaded CA file.
 func (r *CertReloader) Current() *tls.Config { return r.conf.Load() }
+
+// ServerSide reports whether the reloader terminates TLS toward clients (ServerTLS), not toward
+// an upstream (ClientTLS).
+func (r *CertReloader) ServerSide() bool { return r.server }
 
 // Files are the files this reloader reads.
 func (r *CertReloader) Files() TLSFiles { return r.files }

@@ -412,3 +412,33 @@ func TestCertProblem(t *testing.T) {
 		t.Errorf("a side without a certificate: %q", got)
 	}
 }
+
+// TestReloadAllLogs: each reload's line names what uses the files (two fronts may share them), and
+// says at Warn when the certificate it loaded is one peers refuse, and at Error when it failed.
+func TestReloadAllLogs(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	dir := t.TempDir()
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "proxy", "proxy")
+	r, _, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Owner = "kafka 127.0.0.1:19092 tls"
+	reload := func() string {
+		var logs syncbuf.Buffer
+		ReloadAll(zerolog.New(&logs), r)
+		return logs.String()
+	}
+	if got := reload(); !strings.Contains(got, `"level":"info"`) || !strings.Contains(got, `"for":"kafka 127.0.0.1:19092 tls"`) {
+		t.Errorf("a good reload logged %s", got)
+	}
+	pki.LeafNotAfter = time.Now().Add(-time.Hour)
+	pki.IssueFiles(t, dir, "proxy", "proxy")
+	if got := reload(); !strings.Contains(got, `"level":"warn"`) || !strings.Contains(got, "expired") {
+		t.Errorf("an expired certificate's reload logged %s", got)
+	}
+	testpki.WriteFileAtomic(t, certFile, []byte("not a certificate"))
+	if got := reload(); !strings.Contains(got, `"level":"error"`) || !strings.Contains(got, `"for":"kafka 127.0.0.1:19092 tls"`) {
+		t.Errorf("a failed reload logged %s", got)
+	}
+}

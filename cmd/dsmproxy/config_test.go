@@ -580,6 +580,28 @@ func TestExpiredCertificateWarned(t *testing.T) {
 	}
 }
 
+// TestReloaderOwners: each front's certificate files are named by the front in reload lines.
+func TestReloaderOwners(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	dir := t.TempDir()
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "front", "front")
+	ca := pki.WriteCA(t, dir)
+	cfg := &Config{AMQP: []AMQPConfig{{Listen: "127.0.0.1:15673", Upstream: "127.0.0.1:5671", ListenerLimits: ListenerLimits{
+		TLS: &TLSServer{CertFile: certFile, KeyFile: keyFile}, UpstreamTLS: &TLSClient{CAFile: ca}}}}}
+	sh := shared{cp: pathway.NewCheckpointer("", 0), obs: noObserver{}, errs: errtrack.Discard{}, services: &proxy.Services{}, log: zerolog.Nop()}
+	fronts, err := buildFronts(cfg, sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owners []string
+	for _, r := range fronts[0].reloaders {
+		owners = append(owners, r.Owner)
+	}
+	if want := []string{"amqp 127.0.0.1:15673 tls", "amqp 127.0.0.1:15673 upstream_tls"}; !slices.Equal(owners, want) {
+		t.Errorf("reloaders named %q, want %q", owners, want)
+	}
+}
+
 // TestKafkaPasswordFile: a password_file is read again at every login, so a rotated secret needs
 // no restart; a read that fails keeps the password read before and is logged once. The version
 // the kafka front compares after a refused login changes with the password, and only then.

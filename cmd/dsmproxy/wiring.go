@@ -142,6 +142,10 @@ func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 	now := time.Now()
 	for _, f := range fronts {
 		for _, r := range f.reloaders {
+			r.Owner = f.protocol + " " + f.listen + " upstream_tls"
+			if r.ServerSide() {
+				r.Owner = f.protocol + " " + f.listen + " tls"
+			}
 			if problem := r.Problem(now); problem != "" {
 				sh.log.Warn().Str("protocol", f.protocol).Str("listen", f.listen).Str("cert_file", r.Files().CertFile).Msg(problem)
 			}
