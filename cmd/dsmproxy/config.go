@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -346,6 +347,9 @@ func ParseConfig(b []byte) (*Config, error) {
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err == nil {
+		if errs := fractions(&root); len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
 		recordLines(&root, &cfg)
 	}
 	return &cfg, nil
@@ -467,17 +471,34 @@ func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[string
 		}
 		return n.Kind == yaml.ScalarNode && scalarQuoted(n.Value, quoted)
 	}
-	var walk func(n *yaml.Node, t reflect.Type, path string, keyLine int) (string, int)
-	walk = func(n *yaml.Node, t reflect.Type, path string, keyLine int) (string, int) {
+	var found string
+	var foundLine int
+	walkConfig(root, func(n *yaml.Node, t reflect.Type, path string, keyLine int) bool {
+		if n.Line != line || t.String() != typ || !fits(n) || used[path] {
+			return false
+		}
+		used[path] = true // by path: an anchor's value aliased twice is two values
+		found, foundLine = path, keyLine
+		return true
+	})
+	return found, foundLine
+}
+
+// walkConfig visits the file's values beside the Config type, in document order as yaml decodes
+// them: each value with the Go type it decodes into (pointers looked through), its path (a key,
+// or a list entry: kafka[0]) and its key's line (the entry's own for a list entry). Merge keys
+// and aliases are followed; keys Config does not have are skipped. It stops when visit says so.
+func walkConfig(root *yaml.Node, visit func(n *yaml.Node, t reflect.Type, path string, keyLine int) bool) {
+	var walk func(n *yaml.Node, t reflect.Type, path string, keyLine int) bool
+	walk = func(n *yaml.Node, t reflect.Type, path string, keyLine int) bool {
 		for t.Kind() == reflect.Pointer {
 			t = t.Elem()
 		}
 		if n.Kind == yaml.AliasNode && n.Alias != nil {
 			n = n.Alias
 		}
-		if path != "" && n.Line == line && t.String() == typ && fits(n) && !used[path] {
-			used[path] = true // by path: an anchor's value aliased twice is two values
-			return path, keyLine
+		if path != "" && visit(n, t, path, keyLine) {
+			return true
 		}
 		switch {
 		case n.Kind == yaml.DocumentNode && len(n.Content) == 1:
@@ -491,8 +512,8 @@ func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[string
 						merged = v.Content
 					}
 					for _, m := range merged {
-						if r, l := walk(m, t, path, k.Line); r != "" {
-							return r, l
+						if walk(m, t, path, k.Line) {
+							return true
 						}
 					}
 					continue
@@ -507,20 +528,43 @@ func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[string
 				if path != "" {
 					p = path + "." + k.Value
 				}
-				if r, l := walk(v, ft, p, k.Line); r != "" {
-					return r, l
+				if walk(v, ft, p, k.Line) {
+					return true
 				}
 			}
 		case n.Kind == yaml.SequenceNode && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array):
 			for i, c := range n.Content {
-				if r, l := walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), c.Line); r != "" {
-					return r, l
+				if walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), c.Line) {
+					return true
 				}
 			}
 		}
-		return "", 0
+		return false
 	}
-	return walk(root, reflect.TypeOf(Config{}), "", 0)
+	walk(root, reflect.TypeOf(Config{}), "", 0)
+}
+
+// fractions finds numbers with a fraction written for whole-number keys: yaml decodes 12.5 into
+// an integer field as 12, without a word.
+func fractions(root *yaml.Node) []error {
+	var errs []error
+	walkConfig(root, func(n *yaml.Node, t reflect.Type, path string, keyLine int) bool {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!float" {
+			return false
+		}
+		switch t.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		default:
+			return false
+		}
+		if f, err := strconv.ParseFloat(n.Value, 64); err == nil && f == math.Trunc(f) {
+			return false
+		}
+		errs = append(errs, &configError{line: keyLine, key: path, msg: fmt.Sprintf("is a number with a fraction (`%s`), but must be a whole number", n.Value)})
+		return false
+	})
+	return errs
 }
 
 // scalarQuoted reports whether yaml's message quoted text as q ("`lots` ", or "`1234567...` " for

@@ -56,6 +56,7 @@ func TestConfigErrors(t *testing.T) {
 		{"a list beside strings", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, username: [u], password: p}\n", []string{"line 4: key kafka[0].sasl.username: is a list, but must be a string"}},
 		{"a merge key", "aws:\n  - listen: 127.0.0.1:1\n    upstream: http://127.0.0.1:2\n    <<: {max_conns: lots}\n", []string{"line 4: key aws[0].max_conns: is a string (`lots`)"}},
 		{"an anchor aliased", "kafka:\n  - &x {listen: 127.0.0.1:1, bootstrap: [a:1], max_conns: lots}\n  - *x\n", []string{"key kafka[0].max_conns: is a string", "key kafka[1].max_conns: is a string"}},
+		{"numbers with a fraction", "kafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:1]\n    max_conns: 12.5\n  - {listen: 127.0.0.1:3, bootstrap: [a:1], max_frame_bytes: 2.5}\n", []string{"line 4: key kafka[0].max_conns: is a number with a fraction (`12.5`)", "line 5: key kafka[1].max_frame_bytes: is a number with a fraction (`2.5`)"}},
 		{"a flag as a word", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    link_consume_produce: maybe\n", []string{"line 4: key kafka[0].link_consume_produce: is a string (`maybe`), but must be true or false"}},
 		{"missing bootstrap", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n", []string{"line 3", "kafka[0].bootstrap"}},
 		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},
@@ -577,6 +578,14 @@ func TestExpiredCertificateWarned(t *testing.T) {
 	if code != 0 || !strings.Contains(out.String(), "with 1 warning(s)") || !strings.Contains(errb.String(), "the certificate expired at") ||
 		!strings.Contains(errb.String(), "cert_file="+certFile) {
 		t.Errorf("exit %d, out %q, err %q", code, out.String(), errb.String())
+	}
+}
+
+// TestWholeFloatAccepted: a whole number written as a float (1000.0) is taken for an integer key.
+func TestWholeFloatAccepted(t *testing.T) {
+	cfg, err := ParseConfig([]byte("kafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:1]\n    max_conns: 1000.0\n"))
+	if err != nil || cfg.Kafka[0].MaxConns != 1000 {
+		t.Fatalf("max_conns: 1000.0 gave %v, %v", cfg, err)
 	}
 }
 
