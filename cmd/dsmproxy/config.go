@@ -355,11 +355,12 @@ func ParseConfig(b []byte) (*Config, error) {
 	return &cfg, nil
 }
 
+// friendlyYAMLError turns yaml's decoding errors into the file's terms, one error per line of
+// the file at fault, each naming its line and key.
 func friendlyYAMLError(err error, root *yaml.Node) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
-		var ce *configError
-		msgs := make([]string, 0, len(te.Errors))
+		errs := make([]error, 0, len(te.Errors))
 		used := map[string]bool{} // values named so far (valueAt)
 		for _, e := range te.Errors {
 			if m := reUnknownField.FindStringSubmatch(e); m != nil {
@@ -367,55 +368,41 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 				if sec == "" {
 					sec = m[3]
 				}
-				e = fmt.Sprintf("line %s: key %s: unknown key in %s (see `dsmproxy run --help` and the README's config reference)", m[1], m[2], sec)
-			} else if m := reLinePrefix.FindStringSubmatch(e); m != nil {
-				line, msg, key := atoi(m[1]), m[2], ""
-				if w := reWrongType.FindStringSubmatch(msg); w != nil {
-					// The node's line is where its value starts: for a mapping or a list written
-					// on the lines below its key, the key's own line is the one to name.
-					if k, kl := valueAt(root, line, w[1], w[2], w[3], used); k != "" {
-						key, line = k, kl
-					}
-					what, want := yamlTagWords[w[1]], goTypeWords(w[3])
-					if what == "" {
-						what = "a value of another kind"
-					}
-					if w[2] != "" {
-						what += " (" + strings.TrimSpace(w[2]) + ")"
-					}
-					msg = fmt.Sprintf("is %s, but must be %s", what, want)
-					if want == "a whole number" && (w[1] == "int" || w[1] == "float") {
-						// yaml takes a float that fits into an integer field: one it refuses is
-						// past the field's range (a whole number past 64 bits is read as a float).
-						msg = fmt.Sprintf("is %s, out of range for this key", what)
-					}
-				}
-				if key == "" {
-					key = keyAtLine(root, line, "")
-				}
-				e = "line " + strconv.Itoa(line) + ": "
-				if key != "" {
-					e += "key " + key + ": "
-				}
-				e += msg
+				errs = append(errs, &configError{line: atoi(m[1]), key: m[2], msg: "unknown key in " + sec + " (see `dsmproxy run --help` and the README's config reference)"})
+				continue
 			}
-			msgs = append(msgs, e)
-		}
-		if errors.As(err, &ce) {
-			msgs = append(msgs, ce.Error())
-		}
-		errs := make([]error, len(msgs))
-		for i, m := range msgs {
-			errs[i] = errors.New(m)
+			m := reLinePrefix.FindStringSubmatch(e)
+			if m == nil {
+				errs = append(errs, errors.New(e))
+				continue
+			}
+			line, msg, key := atoi(m[1]), m[2], ""
+			if w := reWrongType.FindStringSubmatch(msg); w != nil {
+				// The node's line is where its value starts: for a mapping or a list written on
+				// the lines below its key, the key's own line is the one to name.
+				if k, kl := valueAt(root, line, w[1], w[2], w[3], used); k != "" {
+					key, line = k, kl
+				}
+				what, want := yamlTagWords[w[1]], goTypeWords(w[3])
+				if what == "" {
+					what = "a value of another kind"
+				}
+				if w[2] != "" {
+					what += " (" + strings.TrimSpace(w[2]) + ")"
+				}
+				msg = fmt.Sprintf("is %s, but must be %s", what, want)
+				if want == "a whole number" && (w[1] == "int" || w[1] == "float") {
+					// yaml takes a float that fits into an integer field: one it refuses is
+					// past the field's range (a whole number past 64 bits is read as a float).
+					msg = fmt.Sprintf("is %s, out of range for this key", what)
+				}
+			}
+			if key == "" {
+				key = keyAtLine(root, line, "")
+			}
+			errs = append(errs, &configError{line: line, key: key, msg: msg})
 		}
 		return errors.Join(errs...) // one line each, as validation's errors are
-	}
-	var ce *configError
-	if errors.As(err, &ce) {
-		if ce.key == "" && ce.line > 0 { // a value's own check (a duration, a size) knows no key
-			ce.key = keyAtLine(root, ce.line, "")
-		}
-		return ce
 	}
 	if m := reLinePrefix.FindStringSubmatch(err.Error()); m != nil {
 		return &configError{line: atoi(m[1]), msg: m[2]}
@@ -429,20 +416,17 @@ func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 // []main.KafkaConfig"), which names Go types a user never wrote.
 var reWrongType = regexp.MustCompile("^cannot unmarshal !!(\\w+) (`[^`]*` )?into (\\S+)$")
 
-var (
-	yamlTagWords = map[string]string{"map": "a mapping", "seq": "a list", "str": "a string",
-		"int": "a whole number", "float": "a number", "bool": "true or false", "null": "empty",
-		"timestamp": "a date", "binary": "binary data"}
-)
+// yamlTagWords says what a YAML tag in yaml's messages is, in the file's terms.
+var yamlTagWords = map[string]string{"map": "a mapping", "seq": "a list", "str": "a string",
+	"int": "a whole number", "float": "a number", "bool": "true or false", "null": "empty",
+	"timestamp": "a date", "binary": "binary data"}
 
 // goTypeWords says what a config field of Go type t takes, in the file's terms.
 func goTypeWords(t string) string {
 	switch {
 	case strings.HasPrefix(t, "[]"):
 		return "a list (each entry starting with `- `)"
-	case strings.HasPrefix(t, "map["):
-		return "a mapping (key: value lines)"
-	case strings.HasPrefix(t, "main.") || strings.HasPrefix(t, "*main."):
+	case strings.HasPrefix(t, "map["), strings.HasPrefix(t, "main."): // a struct (yaml names it without its pointer)
 		return "a mapping (key: value lines)"
 	case t == "string":
 		return "a string"
