@@ -42,38 +42,37 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 		}
 		var refused errRefused
 		var cut errLoginCut
+		var local errNodeListener
 		if cuts++; !errors.As(err, &cut) {
 			cuts = 0
 		}
 		switch {
 		case tlsRefused(err):
-			// Told below and tried again: a TLS refusal can end before the first request (a
-			// client certificate missing in TLS 1.3) and look like a broker refusing the proxy.
-			// Its cause is the upstream TLS settings, which a SIGHUP can reload.
-		case errors.As(err, &refused):
-			p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL without the proxy's own login, or a refused one?): node listeners open with the first client's Metadata")
-		case cuts == loginCutsTold:
-			// Each try would be one more failed login in the broker's log.
-			p.log.Info().Err(err).Int("tries", cuts).Msg(loginCutMsg + ": node listeners open with the first client's Metadata")
-			refused = errRefused{login: true, creds: cut.creds}
-		}
-		if !tlsRefused(err) && (refused.err != nil || cuts == loginCutsTold) {
+			// Before the refusal below: a TLS refusal can end before the first request (a client
+			// certificate missing in TLS 1.3) and look like a broker refusing the proxy. Its cause
+			// is the upstream TLS settings, which a SIGHUP can reload: tried again.
+			if err.Error() != told {
+				p.log.Warn().Err(err).Dur("retry_in", wait).Msg("the TLS handshake with a bootstrap broker failed (upstream_tls: ca_file, server_name, client certificate?): clients' connections will fail the same way")
+				told = err.Error()
+			} else {
+				p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
+			}
+		case errors.As(err, &refused) || cuts == loginCutsTold:
+			if refused.err != nil {
+				p.log.Info().Err(err).Msg("the cluster answered no Metadata to the proxy itself (SASL without the proxy's own login, or a refused one?): node listeners open with the first client's Metadata")
+			} else {
+				// Each try would be one more failed login in the broker's log.
+				p.log.Info().Err(err).Int("tries", cuts).Msg(loginCutMsg + ": node listeners open with the first client's Metadata")
+				refused = errRefused{login: true, creds: cut.creds}
+			}
 			if !refused.login || !p.awaitNewCredentials(ctx, refused.creds, poll) {
 				return
 			}
 			wait, cuts = 500*time.Millisecond, 0
 			continue
-		}
-		var local errNodeListener
-		switch {
 		case errors.As(err, &local) && err.Error() != told:
 			// The proxy's own fault, not the cluster's: clients fail at their first Metadata.
 			p.log.Error().Err(err).Dur("retry_in", wait).Msg("a broker node listener cannot open: clients cannot use the cluster through this proxy")
-			told = err.Error()
-		case tlsRefused(err) && err.Error() != told:
-			// Most likely the proxy's upstream TLS settings: every client's connection would fail
-			// the same way.
-			p.log.Warn().Err(err).Dur("retry_in", wait).Msg("the TLS handshake with a bootstrap broker failed (upstream_tls: ca_file, server_name, client certificate?): clients' connections will fail the same way")
 			told = err.Error()
 		default:
 			p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
