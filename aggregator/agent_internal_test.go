@@ -6,12 +6,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -125,7 +127,7 @@ func TestOversizePayload(t *testing.T) {
 // TestCompactInts: integers go out in their shortest msgpack form, as the Go tracer's msgp
 // writes them, and large hashes as uint64.
 func TestCompactInts(t *testing.T) {
-	p := statsPayload{Stats: []statsBucket{{Duration: 10e9, Stats: []statsPoint{{Hash: 5, ParentHash: 1 << 63}}, Backlogs: []backlog{{Value: 42}}}}}
+	p := statsPayload{Stats: []statsBucket{{Duration: 10e9, Stats: []statsPoint{{Hash: 5, ParentHash: 1 << 63}}, Backlogs: []backlog{{Value: 200}}}}}
 	body, err := encodePayload(&p)
 	if err != nil {
 		t.Fatal(err)
@@ -136,10 +138,45 @@ func TestCompactInts(t *testing.T) {
 	}
 	raw, _ := io.ReadAll(zr)
 	for _, want := range []string{
-		"\xa4Hash\x05", "\xaaParentHash\xcf\x80\x00\x00\x00\x00\x00\x00\x00", "\xa5Value\x2a", "\xa8Duration\xcf\x00\x00\x00\x02\x54\x0b\xe4\x00",
+		"\xa4Hash\x05", "\xaaParentHash\xcf\x80\x00\x00\x00\x00\x00\x00\x00", "\xa5Value\xd1\x00\xc8", "\xa8Duration\xcf\x00\x00\x00\x02\x54\x0b\xe4\x00",
 	} {
 		if !bytes.Contains(raw, []byte(want)) {
 			t.Errorf("payload lacks %q", want)
+		}
+	}
+}
+
+// TestBacklogValueSigned: Backlog.Value takes msgp's WriteInt64 forms, the Go tracer's bytes
+// (payload_msgp.go), which are signed where vmihailenco's compact ints are unsigned.
+func TestBacklogValueSigned(t *testing.T) {
+	for _, tc := range []struct {
+		v    int64
+		want string
+	}{
+		{0, "\x00"},
+		{127, "\x7f"},
+		{128, "\xd1\x00\x80"},
+		{200, "\xd1\x00\xc8"},
+		{32767, "\xd1\x7f\xff"},
+		{32768, "\xd2\x00\x00\x80\x00"},
+		{70000, "\xd2\x00\x01\x11\x70"},
+		{math.MaxInt32, "\xd2\x7f\xff\xff\xff"},
+		{math.MaxInt32 + 1, "\xd3\x00\x00\x00\x00\x80\x00\x00\x00"},
+		{-1, "\xff"},
+		{-32, "\xe0"},
+		{-33, "\xd0\xdf"},
+		{-129, "\xd1\xff\x7f"},
+	} {
+		got, err := msgpack.Marshal(signedInt64(tc.v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != tc.want {
+			t.Errorf("%d: % x, want % x", tc.v, got, tc.want)
+		}
+		var back int64
+		if err := msgpack.Unmarshal(got, &back); err != nil || back != tc.v {
+			t.Errorf("%d: decoded %d, %v", tc.v, back, err)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
+	"math"
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/vmihailenco/msgpack/v5"
@@ -43,8 +44,26 @@ type statsPoint struct {
 }
 
 type backlog struct {
-	Tags  []string `msgpack:"Tags"`
-	Value int64    `msgpack:"Value"`
+	Tags  []string    `msgpack:"Tags"`
+	Value signedInt64 `msgpack:"Value"`
+}
+
+// signedInt64 is written as msgp's WriteInt64 writes the Go tracer's Backlog.Value: in the
+// shortest signed type (200 is int16 d1 00 c8), where vmihailenco's compact form would use an
+// unsigned one (cc c8). Readers take either; the tracer's bytes are the reference.
+type signedInt64 int64
+
+func (n signedInt64) EncodeMsgpack(enc *msgpack.Encoder) error {
+	switch v := int64(n); {
+	case v < 0, v <= math.MaxInt8:
+		return enc.EncodeInt(v) // fixints and negatives are msgp's forms already
+	case v <= math.MaxInt16:
+		return enc.EncodeInt16(int16(v))
+	case v <= math.MaxInt32:
+		return enc.EncodeInt32(int32(v))
+	default:
+		return enc.EncodeInt64(v)
+	}
 }
 
 // productDSM is the ProductMask bit for Data Streams. The proxy runs no APM tracer, so it does not
@@ -98,7 +117,7 @@ func buildPayloads(meta payloadMeta, buckets []Bucket) []statsPayload {
 		}
 		for _, bl := range b.Backlogs {
 			s := sb(bl.Service)
-			s.Backlogs = append(s.Backlogs, backlog{Tags: bl.Tags, Value: bl.Value})
+			s.Backlogs = append(s.Backlogs, backlog{Tags: bl.Tags, Value: signedInt64(bl.Value)})
 		}
 		for _, svc := range order {
 			p := get(svc)
@@ -120,7 +139,8 @@ func encodeSketch(s *ddsketch.DDSketch) []byte {
 }
 
 // encodePayload is msgpack then gzip (BestSpeed, as the Go tracer). Integers take their shortest
-// form, as the Go tracer's msgp writes them (vmihailenco's default is full width).
+// form, as the Go tracer's msgp writes them (vmihailenco's default is full width): unsigned for
+// the tracer's uint64 fields, signed for Backlog.Value (signedInt64).
 func encodePayload(p *statsPayload) ([]byte, error) {
 	var mp bytes.Buffer
 	enc := msgpack.NewEncoder(&mp)
