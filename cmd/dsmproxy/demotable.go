@@ -252,11 +252,12 @@ type lagRow struct {
 	lag          int64
 }
 
-// consumerLag joins high watermarks and commits per (topic, partition): lag = high watermark -
-// committed offset, summed over partitions per group and topic.
+// consumerLag joins log ends and commits per (topic, partition): lag = log end - committed offset,
+// summed over partitions per group and topic. The log end is the high watermark fetches brought
+// or the offset after the last one produced, whichever is later.
 func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	type tp struct{ topic, partition string }
-	hw := map[tp]int64{}
+	end := map[tp]int64{}
 	type gtp struct {
 		group string
 		tp
@@ -279,7 +280,11 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 		}
 		switch typ {
 		case "kafka_high_watermark":
-			hw[tp{topic, part}] = max(hw[tp{topic, part}], b.Value)
+			end[tp{topic, part}] = max(end[tp{topic, part}], b.Value)
+		case "kafka_produce":
+			// The last offset a producer got: the log ends after it. Fetches bring the high
+			// watermark, and with no consumer fetching it would stand still while the log grows.
+			end[tp{topic, part}] = max(end[tp{topic, part}], b.Value+1)
 		case "kafka_commit":
 			k := gtp{group, tp{topic, part}}
 			commits[k] = max(commits[k], b.Value)
@@ -287,7 +292,7 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	}
 	rows := map[[2]string]*lagRow{}
 	for k, c := range commits {
-		h, ok := hw[k.tp]
+		h, ok := end[k.tp]
 		if !ok {
 			continue
 		}

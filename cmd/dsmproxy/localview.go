@@ -17,8 +17,8 @@ import (
 )
 
 // localView shows people who run no Agent what DSM sees: GET /dsm prints, as the demo prints
-// them, the pathways and consumer lag of the last minute (each pathway and backlog from its latest
-// bucket) and the tracked errors. It is a sink of the same buckets the Agent gets.
+// them, the pathways of the last minute (each from its latest bucket), consumer lag from the last
+// known Kafka offsets, and the tracked errors. It is a sink of the same buckets the Agent gets.
 type localView struct {
 	errs  func() *errtrack.Snapshot
 	agent *aggregator.AgentSink // nil: agent.disabled
@@ -32,8 +32,17 @@ type localView struct {
 	width time.Duration
 }
 
-// localViewWindow: entries from buckets older than this (or three buckets, if longer) go.
+// localViewWindow: pathways from buckets older than this (or three buckets, if longer) go.
 const localViewWindow = time.Minute
+
+// Kafka offsets are kept far longer than pathways: a client commits or produces only what moved,
+// so a stuck partition's commit, or a stopped consumer's, is exactly the one not seen again, and
+// its lag must grow on show rather than vanish. A week of no update is Kafka's own
+// offsets.retention.minutes default; past maxViewBacklogs, the least recently updated go first.
+const (
+	offsetRetention = 7 * 24 * time.Hour
+	maxViewBacklogs = 100_000
+)
 
 // Send keeps buckets' contents, newest per key.
 func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
@@ -76,7 +85,13 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 		}
 	}
 	for k, b := range v.bl {
-		if now.Sub(b.Start) > keep {
+		if now.Sub(b.Start) > offsetRetention {
+			delete(v.bl, k)
+		}
+	}
+	if over := len(v.bl) - maxViewBacklogs; over > 0 {
+		oldest := slices.SortedFunc(maps.Keys(v.bl), func(a, b string) int { return v.bl[a].Start.Compare(v.bl[b].Start) })
+		for _, k := range oldest[:over] {
 			delete(v.bl, k)
 		}
 	}
@@ -99,7 +114,7 @@ func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	case len(pts) == 0 && len(bl) == 0:
 		fmt.Fprintf(w, "No DSM checkpoints in the last %s (the latest came at %s).\n\n", localViewWindow, at.Format(time.TimeOnly))
 	default:
-		printTable(w, fmt.Sprintf("== DSM pathways of the last %s, each from its latest bucket (latest flush %s, %s ago) ==",
+		printTable(w, fmt.Sprintf("== DSM pathways of the last %s, each from its latest bucket (the latest bucket with traffic was flushed at %s, %s ago; buckets flush every agent.flush_interval) ==",
 			localViewWindow, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl)
 	}
 	if v.errs != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -79,6 +80,84 @@ func TestLocalView(t *testing.T) {
 	}
 	if len(w.bl) != 1 {
 		t.Errorf("the backlog of a 60 s bucket was dropped as it came")
+	}
+}
+
+// TestLocalViewLag: lag comes from the last known offsets, not from the latest bucket's. A
+// partition whose consumer stopped committing, or a group that stopped altogether, keeps its commit
+// on show while the log end moves on, by fetches (high watermark) or by produces alone.
+func TestLocalViewLag(t *testing.T) {
+	now := time.Now().Truncate(10 * time.Second)
+	bl := func(typ string, part int, value int64) aggregator.Backlog {
+		tags := []string{fmt.Sprintf("partition:%d", part), "topic:orders", "type:" + typ}
+		if typ == "kafka_commit" {
+			tags = append([]string{"consumer_group:billing"}, tags...)
+		}
+		return aggregator.Backlog{Service: "billing", Tags: tags, Value: value}
+	}
+	at := func(ago time.Duration, bls ...aggregator.Backlog) aggregator.Bucket {
+		return aggregator.Bucket{Start: now.Add(-ago), Duration: 10 * time.Second, TimestampType: aggregator.Current, Backlogs: bls}
+	}
+	for _, tc := range []struct {
+		name    string
+		flushes []aggregator.Bucket
+		want    string // the lag row, or "" for none
+	}{
+		{"only the moved partition committed last",
+			[]aggregator.Bucket{
+				at(10*time.Minute, bl("kafka_commit", 0, 55), bl("kafka_commit", 1, 15)),
+				at(10*time.Second, bl("kafka_commit", 0, 60), bl("kafka_high_watermark", 0, 65), bl("kafka_high_watermark", 1, 25)),
+			}, "billing orders 2 15"},
+		{"stopped consumer, produces go on",
+			[]aggregator.Bucket{
+				at(time.Hour, bl("kafka_commit", 0, 30), bl("kafka_high_watermark", 0, 45)),
+				at(10*time.Second, bl("kafka_produce", 0, 54)),
+			}, "billing orders 1 25"},
+		{"high watermark later than produces",
+			[]aggregator.Bucket{at(10*time.Second, bl("kafka_commit", 0, 30), bl("kafka_produce", 0, 40), bl("kafka_high_watermark", 0, 45))},
+			"billing orders 1 15"},
+		{"a week without an update",
+			[]aggregator.Bucket{at(offsetRetention+time.Hour, bl("kafka_commit", 0, 30), bl("kafka_high_watermark", 0, 45))},
+			""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := &localView{}
+			for _, b := range tc.flushes {
+				if err := v.Send(context.Background(), []aggregator.Bucket{b}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w := httptest.NewRecorder()
+			v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+			page := strings.Join(strings.Fields(w.Body.String()), " ")
+			switch {
+			case tc.want == "" && strings.Contains(page, "CONSUMER GROUP"):
+				t.Errorf("lag shown from offsets past their retention: %s", page)
+			case tc.want != "" && !strings.Contains(page, "(messages past the last commit) "+tc.want):
+				t.Errorf("want lag row %q: %s", tc.want, page)
+			}
+		})
+	}
+}
+
+// TestLocalViewOffsetsBounded: past maxViewBacklogs offsets, the least recently updated go.
+func TestLocalViewOffsetsBounded(t *testing.T) {
+	v := &localView{}
+	now := time.Now().Truncate(10 * time.Second)
+	old := aggregator.Bucket{Start: now.Add(-time.Hour), Duration: 10 * time.Second, TimestampType: aggregator.Current,
+		Backlogs: []aggregator.Backlog{{Service: "s", Tags: []string{"partition:0", "topic:old", "type:kafka_produce"}, Value: 1}}}
+	fresh := aggregator.Bucket{Start: now, Duration: 10 * time.Second, TimestampType: aggregator.Current}
+	for i := range maxViewBacklogs {
+		fresh.Backlogs = append(fresh.Backlogs, aggregator.Backlog{Service: "s", Tags: []string{fmt.Sprintf("partition:%d", i), "topic:new", "type:kafka_produce"}, Value: 1})
+	}
+	if err := v.Send(context.Background(), []aggregator.Bucket{old, fresh}); err != nil {
+		t.Fatal(err)
+	}
+	if _, bl, _ := v.contents(); len(bl) != maxViewBacklogs {
+		t.Fatalf("%d offsets kept, want %d", len(bl), maxViewBacklogs)
+	}
+	if _, ok := v.bl["s|partition:0,topic:old,type:kafka_produce"]; ok {
+		t.Errorf("the least recently updated offset was kept over a newer one")
 	}
 }
 

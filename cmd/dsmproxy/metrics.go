@@ -158,7 +158,8 @@ func (e *exposition) pathways(pts []agentpayload.Point) {
 }
 
 // backlogs: the Kafka offsets (produce, high watermark, commit) per partition, and the consumer
-// lag /dsm shows (high watermark - commit, summed over a group's partitions of a topic).
+// lag /dsm shows (log end - commit, summed over a group's partitions of a topic), from the last
+// known offsets (localView keeps them for offsetRetention).
 func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
 	slices.SortFunc(bl, func(a, b agentpayload.BacklogEntry) int {
 		return cmp.Or(strings.Compare(a.Service, b.Service), slices.Compare(a.Tags, b.Tags))
@@ -170,11 +171,11 @@ func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
 			l = append(l, labelName(k), v)
 		}
 		e.add("dsmproxy_kafka_offset", "gauge",
-			"Latest Kafka offset per kind (type: kafka_produce, kafka_high_watermark, kafka_commit) and partition.", float64(b.Value), l...)
+			"Last known Kafka offset per kind (type: kafka_produce, kafka_high_watermark, kafka_commit) and partition, kept a week after its last update.", float64(b.Value), l...)
 	}
 	for _, r := range consumerLag(bl) {
 		e.add("dsmproxy_kafka_consumer_lag_messages", "gauge",
-			"Messages past the group's last commit, summed over the topic's partitions it committed.", float64(r.lag),
+			"Messages past the group's last commit, summed over the topic's partitions it committed (log end: the later of the high watermark and the last produced offset + 1).", float64(r.lag),
 			"consumer_group", r.group, "topic", r.topic)
 	}
 }
