@@ -46,7 +46,10 @@ type session struct {
 	service  atomic.Pointer[string]
 	draining atomic.Bool
 	heldTx   proxy.Share // this connection's part of Proxy.heldTx
-	tags     proxy.Share // and of Proxy.tags
+	// and of Proxy.heldConfirms; acked is confirmHeld's buffer (broker goroutine)
+	heldConfirms proxy.Share
+	acked        []pathway.Point
+	tags         proxy.Share // and of Proxy.tags
 	// The connection is open (Connection.OpenOk passed), the client has not begun to close it,
 	// and the proxy closes it for a drain: see closeOrderly.
 	opened, clientClosing, proxyClosing atomic.Bool
@@ -154,6 +157,9 @@ type chanShared struct {
 	// confirmed first. Beyond maxEvicted only their number is kept (untracked).
 	evicted   map[uint64]*pathway.Edge
 	untracked int
+	// Confirm mode: the publishes' checkpoints awaiting acks, by tag (confirms.go).
+	held     []heldPub
+	heldHead int
 }
 
 // pubRingSize bounds the publishes remembered per confirm-mode channel; maxEvicted, those kept
@@ -244,6 +250,7 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	s.setService("", "")
 	// Whatever the connection still holds when it ends goes with it.
 	defer func() {
+		s.endConnHeld()
 		s.p.heldTx.Release(&s.heldTx)
 		s.p.tags.Release(&s.tags)
 	}()
@@ -697,7 +704,11 @@ func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
 			s.brokerMethod(f)
 		case frameHeader:
 			if ds := s.del[ch]; ds != nil && ds.awaiting != contentNone {
-				s.deliveredHeader(ds, f)
+				if ds.awaiting == contentReturn {
+					s.returnedHeader(ch, f)
+				} else {
+					s.deliveredHeader(ds, f)
+				}
 				ds.awaiting = contentNone
 			}
 		}
@@ -727,17 +738,30 @@ func (s *session) sharedLocked(ch uint16) *chanShared {
 
 // resetShared forgets everything about ch (Channel.Open, Close, CloseOk). A commit whose
 // CommitOk did not come before the channel closed is not known to be stored: its publishes are
-// not counted.
-func (s *session) resetShared(ch uint16) {
+// not counted. Unconfirmed publishes count only where the client closed the channel
+// (clientClosed: the broker's CloseOk).
+func (s *session) resetShared(ch uint16, clientClosed bool) {
 	s.mu.Lock()
-	n := 0
+	n, pts, held := 0, []pathway.Point(nil), 0
 	if cs := s.shared[ch]; cs != nil {
 		n = len(cs.committing)
 		s.untag(len(cs.consumers))
+		pts, held = cs.endHeldLocked(clientClosed, nil)
 	}
 	delete(s.shared, ch)
 	s.mu.Unlock()
 	s.releaseTx(n)
+	s.endHeld(pts, held)
+}
+
+// endHeld counts pts, what ended channels held for acks and their client closed, and gives
+// back the room of all held of them.
+func (s *session) endHeld(pts []pathway.Point, held int) {
+	s.p.heldConfirms.Give(&s.heldConfirms, int64(held))
+	s.p.stats.unconfirmed.Add(uint64(held - len(pts)))
+	for _, pt := range pts {
+		s.p.addPoint(pt)
+	}
 }
 
 // dropPub forgets ch's publish side; an open transaction's publishes are discarded with it.
@@ -915,7 +939,7 @@ func (s *session) clientMethod(f frame) {
 		s.frameMax = fm
 	case chanOpen, chanCloseOk:
 		s.dropPub(f.Channel)
-		s.resetShared(f.Channel)
+		s.resetShared(f.Channel, false)
 	case chanClose:
 		// The broker may deliver until its CloseOk, which resets the channel; the client
 		// discards those deliveries (and the broker requeues them), so they are not consumed.
@@ -1142,7 +1166,7 @@ func (s *session) brokerMethod(f frame) {
 		s.p.stats.returns.Add(1)
 		s.p.errs.Report(errtrack.Event{
 			Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
-			Code: int32(code), Name: replyName(code), Message: "returned by the broker: " + string(text),
+			Code: int32(code), Name: replyName(code), Message: fmt.Sprintf("returned by the broker: %s (routing key %q)", text, rk),
 			Service: *s.service.Load(), Edge: *publishEdge(string(ex), string(rk)), Partition: -1, Messages: 1,
 		})
 	case txCommitOk:
@@ -1161,6 +1185,7 @@ func (s *session) brokerMethod(f frame) {
 		multiple := a.u8()&1 != 0
 		if a.err == nil {
 			s.settle(f.Channel, tag, multiple, false)
+			s.confirmHeld(f.Channel, tag, multiple, false)
 		}
 	case basicNack:
 		tag := a.u64()
@@ -1171,6 +1196,7 @@ func (s *session) brokerMethod(f frame) {
 		}
 		s.p.stats.nacks.Add(1)
 		msg := fmt.Sprintf("publish nacked by the broker (delivery tag %d, multiple %t)", tag, multiple)
+		s.confirmHeld(f.Channel, tag, multiple, true)
 		for edge, n := range s.settle(f.Channel, tag, multiple, true) {
 			s.p.errs.Report(errtrack.Event{
 				Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
@@ -1213,7 +1239,7 @@ func (s *session) brokerMethod(f frame) {
 			s.mu.Unlock()
 		}
 		delete(s.del, f.Channel)
-		s.resetShared(f.Channel)
+		s.resetShared(f.Channel, m == chanCloseOk)
 		if m == chanClose && a.err == nil && c.Code != 200 {
 			s.errorCloseEdge("broker", m, f.Channel, c, edge)
 		}
@@ -1303,9 +1329,12 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	if !fits && h.CtxEnd == 0 {
 		pt.PayloadSize -= int64(ctxEntryLen(pathway.Base64Len)) // the consumer gets it without the entry
 	}
-	if ps.tx && len(ps.txPoints) < maxTxPoints && s.holdTx(1) {
+	switch {
+	case ps.tx && len(ps.txPoints) < maxTxPoints && s.holdTx(1):
 		ps.txPoints = append(ps.txPoints, pt)
-	} else {
+	case ps.confirm:
+		s.holdConfirm(f.Channel, pt)
+	default:
 		p.addPoint(pt)
 	}
 	if !fits {
@@ -1363,8 +1392,23 @@ func (s *session) ownValue(v []byte) bool {
 }
 
 // deliveredHeader checkpoints a delivered message (Deliver or GetOk) with the context it carries.
+// returnedHeader finds the publish a Basic.Return brings back by the pathway context the proxy
+// gave it, so that its held checkpoint is not counted at its ack.
+func (s *session) returnedHeader(ch uint16, f frame) {
+	h, err := parseContentHeader(f.Payload)
+	if err != nil {
+		s.p.decodeError("Basic.Return content header", err)
+		return
+	}
+	if h.Ctx != nil {
+		if ctx, err := pathway.DecodeBase64(h.Ctx); err == nil {
+			s.returnHeld(ch, ctx, int64(h.BodySize)+int64(h.TableBytes()))
+		}
+	}
+}
+
 func (s *session) deliveredHeader(ds *delState, f frame) {
-	if ds.awaiting == contentReturn || ds.awaiting == contentDiscarded {
+	if ds.awaiting == contentDiscarded {
 		return
 	}
 	p := s.p
@@ -1408,6 +1452,13 @@ func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs
 		}
 	}
 	s.p.errs.Report(ev)
+	if side == "broker" && c.Method == basicPublish {
+		// The publish the broker closed the channel over is dropped: a lost message, as a
+		// return or a nack is, and as an SQS send to a missing queue is.
+		ev.Category = errtrack.LostMessage
+		ev.Operation, ev.Messages = "Basic.Publish", 1
+		s.p.errs.Report(ev)
+	}
 }
 
 // decodeError reports a frame the proxy relayed without understanding it.

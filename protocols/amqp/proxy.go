@@ -100,6 +100,12 @@ type Stats struct {
 	TLSHandshakeFailures uint64
 	ConsumerResets       uint64 // channels' consumer tag maps started again because MaxConsumers tags were live
 	TxUnheld             uint64 // transactional publishes counted when sent: all connections held maxHeldTxPoints
+	// Confirm-mode publishes counted when sent: their channel held maxHeldPerChannel, or all
+	// connections maxHeldConfirms.
+	ConfirmUnheld uint64
+	// Confirm-mode publishes not counted: their channel or connection ended, not by the client,
+	// before the broker confirmed them, so whether they were stored is unknown.
+	Unconfirmed uint64
 	// Consumers whose tag was not remembered, all connections holding maxConsumerTags: their
 	// deliveries count as UnknownQueue.
 	UntrackedConsumers uint64
@@ -107,7 +113,8 @@ type Stats struct {
 
 type counters struct {
 	conns, published, injected, existing, frameMax, consumed, unknownQueue, decodeErrors,
-	returns, nacks, errorCloses, dropped, refused, consumerResets, txUnheld, untrackedConsumers atomic.Uint64
+	returns, nacks, errorCloses, dropped, refused, consumerResets, txUnheld, untrackedConsumers,
+	confirmUnheld, unconfirmed atomic.Uint64
 }
 
 // Proxy is one AMQP front: one listener, one upstream broker.
@@ -121,7 +128,9 @@ type Proxy struct {
 	respect bool
 	stats   counters
 	heldTx  proxy.Budget // transactional publishes held for commits (maxHeldTxPoints)
-	tags    proxy.Budget // consumer tags remembered (maxConsumerTags)
+	// confirm-mode publishes held for acks (maxHeldConfirms)
+	heldConfirms proxy.Budget
+	tags         proxy.Budget // consumer tags remembered (maxConsumerTags)
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -145,7 +154,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger()}
-	p.heldTx.Max, p.tags.Max = maxHeldTxPoints, maxConsumerTags
+	p.heldTx.Max, p.tags.Max, p.heldConfirms.Max = maxHeldTxPoints, maxConsumerTags, maxHeldConfirms
 	if p.cfg.MaxFrameBytes <= 0 {
 		p.cfg.MaxFrameBytes = DefaultMaxFrameBytes
 	}
@@ -245,6 +254,7 @@ func (p *Proxy) Stats() Stats {
 		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
 		RefusedProtocol: s.refused.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
+		ConfirmUnheld: s.confirmUnheld.Load(), Unconfirmed: s.unconfirmed.Load(),
 	}
 }
 

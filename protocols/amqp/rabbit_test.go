@@ -221,7 +221,9 @@ func TestAmqp091ThroughProxyMatchesDirect(t *testing.T) {
 		"fanout0": with(pts, "direction:out", "exchange:"+prox.exchanges[2], "has_routing_key:false", "type:rabbitmq"),
 		"get":     with(pts, "direction:out", "topic:"+q3, "type:rabbitmq"),
 	}
-	wantOut := map[string]int{"default": 2, "direct": 2, "topic": 1, "fanout0": 1, "get": 3}
+	// One publish to the direct exchange came back (mandatory, unroutable): its confirm channel's
+	// ack follows the return, and it is not counted as produced.
+	wantOut := map[string]int{"default": 2, "direct": 1, "topic": 1, "fanout0": 1, "get": 3}
 	for k, n := range wantOut {
 		if len(outs[k]) != n {
 			t.Errorf("%s publish points: %d, want %d (%v)", k, len(outs[k]), n, outs[k])
@@ -285,7 +287,6 @@ func TestAmqp091ThroughProxyMatchesDirect(t *testing.T) {
 			sizes[p.PayloadSize]++
 		}
 	}
-	sizes[int64(len("returned")+len("\x01r")+1+4)+int64(ctxEntryLen(pathway.Base64Len))]-- // published, returned, never consumed
 	for size, n := range sizes {
 		if n%2 != 0 {
 			t.Errorf("%d points of %d bytes: publish and consume sizes of a message differ (%v)", n, size, sizes)
