@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os"
@@ -123,10 +124,44 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		l.g.conns = append(l.g.conns, c)
 		if host != proxySourceIP {
 			l.g.direct = append(l.g.direct, c.RemoteAddr().String()+" -> "+l.Addr().String())
+			c = &directConn{Conn: c, g: l.g, at: len(l.g.direct) - 1}
 		}
 		l.g.mu.Unlock()
 	}
 	return c, err
+}
+
+// directConn is a connection that bypassed the proxy: the client id of its first request is added
+// to its entry in the guard's list, which names the client when the check fails.
+type directConn struct {
+	net.Conn
+	g    *brokerGuard
+	at   int    // index in g.direct
+	head []byte // the first request's bytes so far, until its header is read
+	done bool
+}
+
+func (c *directConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.done || n == 0 {
+		return n, err
+	}
+	c.head = append(c.head, b[:n]...)
+	if len(c.head) < 14 { // size, api key, version, correlation id, client id length
+		return n, err
+	}
+	id, l := "null", int(int16(binary.BigEndian.Uint16(c.head[12:14])))
+	if l >= 0 {
+		if len(c.head) < 14+l {
+			return n, err
+		}
+		id = fmt.Sprintf("%q", c.head[14:14+l])
+	}
+	c.g.mu.Lock()
+	c.g.direct[c.at] += fmt.Sprintf(" (api key %d, client id %s)", int16(binary.BigEndian.Uint16(c.head[4:6])), id)
+	c.g.mu.Unlock()
+	c.head, c.done = nil, true
+	return n, err
 }
 
 // check fails the test if any client reached a broker without the proxy.

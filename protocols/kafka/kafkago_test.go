@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +26,10 @@ func produceKafkaGo(t *testing.T, ctx context.Context, p *testProxy, clientID, t
 	if len(auth) > 0 {
 		tr.SASL = auth[0]
 	}
+	// Writer.Close leaves a Transport it was given open, and an open Transport refreshes its
+	// metadata from the bootstrap address every few seconds, forever: after this test it would
+	// keep dialing the proxy's freed port, which the OS may hand to a later test's broker.
+	defer tr.CloseIdleConnections()
 	w := &kafkago.Writer{
 		Addr:                   kafkago.TCP(p.Addr().String()),
 		Topic:                  topic,
@@ -171,4 +177,41 @@ func TestKafkaGo(t *testing.T) {
 		}
 	})
 	guard.check(t)
+}
+
+// kafkaGoRefreshers counts the metadata refreshers of kafka-go transports still open in this
+// process: each dials its bootstrap address every few seconds for as long as it lives.
+func kafkaGoRefreshers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "kafka-go.(*connPool).discover")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// TestKafkaGoLeavesNoTransport: produceKafkaGo closes the Transport it gives its Writer. Left
+// open, the transport kept dialing the proxy's address after its test; when the OS gave that
+// port to a later test's broker, that test's brokerGuard saw a client bypass the proxy.
+func TestKafkaGoLeavesNoTransport(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	waitFor(t, "earlier tests' kafka-go transports to close", func() bool { return kafkaGoRefreshers() == 0 })
+	// The count sees an open transport (else it would pass whatever leaks).
+	tr := &kafkago.Transport{ClientID: "kafkago-refresher"}
+	defer tr.CloseIdleConnections() // on a failure below; closing twice is harmless
+	if _, err := (&kafkago.Client{Addr: kafkago.TCP(p.Addr().String()), Transport: tr}).Metadata(ctx, &kafkago.MetadataRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := kafkaGoRefreshers(); n != 1 {
+		t.Fatalf("%d kafka-go metadata refreshers with one transport open", n)
+	}
+	tr.CloseIdleConnections()
+	waitFor(t, "the closed transport's refresher to stop", func() bool { return kafkaGoRefreshers() == 0 })
+
+	produceKafkaGo(t, ctx, p, "kafkago-producer", uniqueTopic(t, "kafkago-closed"), 0, testRecords(4, time.UnixMilli(1700000270000)))
+	waitFor(t, "produceKafkaGo's transport to close", func() bool { return kafkaGoRefreshers() == 0 })
 }
