@@ -72,7 +72,7 @@ func TestSQSMissingQueueLost(t *testing.T) {
 		if e.Edge.Topic != "absent" || string(e.Edge.Direction) != want.dir || e.Messages != want.messages {
 			t.Errorf("%s %s: edge %+v, %d messages; want topic absent, direction %s, %d messages", want.cat, want.op, e.Edge, e.Messages, want.dir, want.messages)
 		}
-		if e.Name != "AWS.SimpleQueueService.NonExistentQueue" && e.Name != "QueueDoesNotExist" {
+		if e.Name != "AWS.SimpleQueueService.NonExistentQueue" {
 			t.Errorf("%s %s: error name %q", want.cat, want.op, e.Name)
 		}
 	}
@@ -114,25 +114,33 @@ type errorString string
 
 func (e errorString) Error() string { return string(e) }
 
-// TestErrorCode reads the code and message of each error shape an upstream may answer with.
+// TestErrorCode reads the code and message of each error shape an upstream may answer with. SQS
+// codes come out as Query names them, over either wire form.
 func TestErrorCode(t *testing.T) {
+	const sqsMissing = `{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"gone"}`
 	for _, tc := range []struct {
-		name, body, header, hval, code, msg string
+		name, service, body, header, hval, code, msg string
 	}{
-		{"json 1.0", `{"__type":"com.amazon.coral.service#AWS.SimpleQueueService.NonExistentQueue","message":"gone"}`, "", "", "AWS.SimpleQueueService.NonExistentQueue", "gone"},
-		{"json 1.1", `{"__type":"ResourceNotFoundException","message":"no stream"}`, "", "", "ResourceNotFoundException", "no stream"},
-		{"query header wins over nothing", `{"message":"m"}`, "X-Amzn-Query-Error", "QueueDoesNotExist;Sender", "QueueDoesNotExist", "m"},
-		{"error type header", `{}`, "X-Amzn-Errortype", "ThrottlingException:http://internal", "ThrottlingException", ""},
-		{"goaws json", `{"Type":"Not Found","Code":"AWS.SimpleQueueService.NonExistentQueue","Message":"The specified queue does not exist for this wsdl version."}`, "", "", "AWS.SimpleQueueService.NonExistentQueue", "The specified queue does not exist for this wsdl version."},
-		{"xml", `<?xml version="1.0"?><ErrorResponse><Error><Type>Sender</Type><Code>InvalidParameterValue</Code><Message>bad</Message></Error></ErrorResponse>`, "", "", "InvalidParameterValue", "bad"},
-		{"garbage", `<<<`, "", "", "", ""},
+		{"json 1.0", ServiceSQS, `{"__type":"com.amazon.coral.service#AWS.SimpleQueueService.NonExistentQueue","message":"gone"}`, "", "", "AWS.SimpleQueueService.NonExistentQueue", "gone"},
+		{"json 1.1", ServiceKinesis, `{"__type":"ResourceNotFoundException","message":"no stream"}`, "", "", "ResourceNotFoundException", "no stream"},
+		{"query header wins over nothing", ServiceSQS, `{"message":"m"}`, "X-Amzn-Query-Error", "ReceiptHandleIsInvalid;Sender", "ReceiptHandleIsInvalid", "m"},
+		{"sqs query header wins over __type", ServiceSQS, sqsMissing, "X-Amzn-Query-Error", "AWS.SimpleQueueService.NonExistentQueue;Sender", "AWS.SimpleQueueService.NonExistentQueue", "gone"},
+		{"sqs query header names what no table lists", ServiceSQS, `{"__type":"com.amazonaws.sqs#SomeNewError","message":"m"}`, "X-Amzn-Query-Error", "AWS.SimpleQueueService.SomeNewError;Receiver", "AWS.SimpleQueueService.SomeNewError", "m"},
+		{"sqs __type without the header", ServiceSQS, sqsMissing, "", "", "AWS.SimpleQueueService.NonExistentQueue", "gone"},
+		{"sqs common error without the header", ServiceSQS, `{"__type":"com.amazon.coral.service#InvalidParameterValueException","message":"too long"}`, "", "", "InvalidParameterValue", "too long"},
+		{"sqs name the same in both", ServiceSQS, `{"__type":"com.amazonaws.sqs#ReceiptHandleIsInvalid","message":"bad"}`, "", "", "ReceiptHandleIsInvalid", "bad"},
+		{"not sqs: __type as it is", ServiceKinesis, `{"__type":"QueueDoesNotExist","message":"m"}`, "", "", "QueueDoesNotExist", "m"},
+		{"error type header", ServiceKinesis, `{}`, "X-Amzn-Errortype", "ThrottlingException:http://internal", "ThrottlingException", ""},
+		{"goaws json", ServiceSQS, `{"Type":"Not Found","Code":"AWS.SimpleQueueService.NonExistentQueue","Message":"The specified queue does not exist for this wsdl version."}`, "", "", "AWS.SimpleQueueService.NonExistentQueue", "The specified queue does not exist for this wsdl version."},
+		{"xml", ServiceSQS, `<?xml version="1.0"?><ErrorResponse><Error><Type>Sender</Type><Code>InvalidParameterValue</Code><Message>bad</Message></Error></ErrorResponse>`, "", "", "InvalidParameterValue", "bad"},
+		{"garbage", ServiceSQS, `<<<`, "", "", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := &http.Response{Header: http.Header{}}
 			if tc.header != "" {
 				resp.Header.Set(tc.header, tc.hval)
 			}
-			code, msg := errorCode(resp, []byte(tc.body))
+			code, msg := errorCode(tc.service, resp, []byte(tc.body))
 			if code != tc.code || msg != tc.msg {
 				t.Errorf("got %q, %q; want %q, %q", code, msg, tc.code, tc.msg)
 			}

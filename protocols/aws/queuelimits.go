@@ -64,9 +64,8 @@ const sizeRefusal = "Message must be shorter than "
 // noteRefusal learns the limit of c's queue from a refusal saying it (code and msg of an error
 // answer or a failed batch entry), and reports whether it was one.
 func (q *queueLimits) noteRefusal(c *call, code, msg string) bool {
-	// JSON answers name the exception (…#InvalidParameterValueException), Query answers and
-	// batch entries the Query code.
-	if c.service != ServiceSQS || code != "InvalidParameterValue" && code != "InvalidParameterValueException" {
+	// errorCode gives JSON answers' code as Query names it, as batch entries do.
+	if c.service != ServiceSQS || code != "InvalidParameterValue" {
 		return false
 	}
 	_, rest, ok := strings.Cut(msg, sizeRefusal)
@@ -99,7 +98,7 @@ func (p *Proxy) refusedOverQueueLimit(c *call, resp *http.Response, rb []byte) b
 	if c.op != "SendMessage" && c.op != "SendMessageBatch" || resp.StatusCode != http.StatusBadRequest || c.injected == 0 {
 		return false
 	}
-	if code, msg := errorCode(resp, rb); !p.sizes.noteRefusal(c, code, msg) {
+	if code, msg := errorCode(c.service, resp, rb); !p.sizes.noteRefusal(c, code, msg) {
 		return false
 	}
 	p.stats.injected.Add(^uint64(c.injected - 1)) // their `_datadog` never reached the queue

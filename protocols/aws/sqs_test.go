@@ -256,7 +256,7 @@ func TestSQSUpstreamErrorPassedThrough(t *testing.T) {
 		t.Fatalf("send to a missing queue: %v, want *types.QueueDoesNotExist", err)
 	}
 	var broker []errtrack.Event
-	for _, e := range tp.ev.named("QueueDoesNotExist") {
+	for _, e := range tp.ev.named("AWS.SimpleQueueService.NonExistentQueue") {
 		if e.Category == errtrack.BrokerError {
 			broker = append(broker, e)
 		}

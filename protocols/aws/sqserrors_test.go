@@ -1,0 +1,123 @@
+package aws
+
+import (
+	"context"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// sqsQueues are the queues of one wire form's run: present exists, small exists with a
+// MaximumMessageSize of 1 KiB, missing does not exist.
+type sqsQueues struct {
+	present, small, missing string // URLs through the proxy
+}
+
+// sqsErrCase is one failing SQS call, made once by aws-sdk-go-v2 (AWS JSON 1.0) and once by
+// Debian's aws CLI 2.9 (AWS Query).
+type sqsErrCase struct {
+	op    string
+	sdk   func(context.Context, *sqs.Client, sqsQueues) error
+	cli   func(sqsQueues) []string
+	name  string // the code both clients show, and the error's name in /errors
+	queue func(sqsQueues) string
+	dir   pathway.Direction // of the error's edge
+}
+
+var (
+	smallQ   = func(q sqsQueues) string { return q.small }
+	missingQ = func(q sqsQueues) string { return q.missing }
+)
+
+// cliErrorCode matches the code in the aws CLI's error line.
+var cliErrorCode = regexp.MustCompile(`An error occurred \(([^)]+)\) when calling the (\w+) operation`)
+
+// fail runs a command that must fail and returns the error code and operation it printed.
+func (c *cli) fail(ctx context.Context, args ...string) (code, op string) {
+	c.t.Helper()
+	args = append(args, "--endpoint-url", c.endpoint, "--output", "json")
+	cmd := exec.CommandContext(ctx, debianAWS, args...)
+	cmd.Env = c.env
+	b, err := cmd.CombinedOutput()
+	if err == nil {
+		c.t.Fatalf("aws %s succeeded, want an error:\n%s", strings.Join(args, " "), b)
+	}
+	m := cliErrorCode.FindSubmatch(b)
+	if m == nil {
+		c.t.Fatalf("aws %s: %v, no error code in its output:\n%s", strings.Join(args, " "), err, b)
+	}
+	return string(m[1]), string(m[2])
+}
+
+// TestSQSErrorsSameInBothWires: each failure is made by a JSON client and by a Query client
+// against local-aws-sqs through the proxy. Both clients must show the same code, and the proxy
+// must report it as one broker error under that name, on an edge naming the queue, whichever
+// wire form carried it.
+func TestSQSErrorsSameInBothWires(t *testing.T) {
+	tp, _, cl, qurl, ctx := sqsSetup(t, "errs-setup", nil)
+	base := strings.TrimSuffix(qurl, "errs-setup")
+	tooLong := strings.Repeat("x", 2000)
+	cases := []sqsErrCase{
+		{op: "SendMessage", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ, dir: pathway.Out,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &q.missing, MessageBody: awssdk.String("nowhere")})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "send-message", "--queue-url", q.missing, "--message-body", "nowhere"}
+			}},
+		{op: "SendMessage", name: "InvalidParameterValue", queue: smallQ, dir: pathway.Out,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &q.small, MessageBody: &tooLong})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "send-message", "--queue-url", q.small, "--message-body", tooLong}
+			}},
+	}
+	aws := newCLI(t, tp.url)
+	for _, wire := range []string{"json", "query"} {
+		q := sqsQueues{present: base + "present-" + wire, small: smallQueue(ctx, t, cl, "small-"+wire, nil), missing: base + "missing-" + wire}
+		if _, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("present-" + wire)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range cases {
+			t.Run(wire+"/"+tc.op+"/"+tc.name, func(t *testing.T) {
+				n := tp.ev.len()
+				var code string
+				if wire == "json" {
+					ae, ok := apiErrOf(tc.sdk(ctx, cl, q))
+					if !ok {
+						t.Fatalf("%s over JSON did not fail with an API error", tc.op)
+					}
+					code = ae.code
+				} else {
+					var op string
+					if code, op = aws.fail(ctx, tc.cli(q)...); op != tc.op {
+						t.Fatalf("the CLI ran %s, want %s", op, tc.op)
+					}
+				}
+				if code != tc.name {
+					t.Errorf("the %s client shows %s, want %s (the same in both wire forms)", wire, code, tc.name)
+				}
+				var broker []errtrack.Event
+				for _, e := range tp.ev.since(n) {
+					if e.Category == errtrack.BrokerError {
+						broker = append(broker, e)
+					}
+				}
+				edge := pathway.Edge{Direction: tc.dir, Type: pathway.TypeSQS, Topic: queueName(tc.queue(q))}
+				if len(broker) != 1 || broker[0].Operation != tc.op || broker[0].Name != tc.name || broker[0].Edge != edge {
+					t.Errorf("broker errors %+v; want one for %s named %s on %s", broker, tc.op, tc.name, edge)
+				}
+			})
+		}
+	}
+}
