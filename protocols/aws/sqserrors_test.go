@@ -9,6 +9,7 @@ import (
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -32,6 +33,7 @@ type sqsErrCase struct {
 }
 
 var (
+	presentQ = func(q sqsQueues) string { return q.present }
 	smallQ   = func(q sqsQueues) string { return q.small }
 	missingQ = func(q sqsQueues) string { return q.missing }
 )
@@ -58,8 +60,8 @@ func (c *cli) fail(ctx context.Context, args ...string) (code, op string) {
 
 // TestSQSErrorsSameInBothWires: each failure is made by a JSON client and by a Query client
 // against local-aws-sqs through the proxy. Both clients must show the same code, and the proxy
-// must report it as one broker error under that name, on an edge naming the queue, whichever
-// wire form carried it.
+// must report it as one broker error under that name, on an edge naming the queue (from the
+// request's QueueUrl, or QueueName), whichever wire form carried it.
 func TestSQSErrorsSameInBothWires(t *testing.T) {
 	tp, _, cl, qurl, ctx := sqsSetup(t, "errs-setup", nil)
 	base := strings.TrimSuffix(qurl, "errs-setup")
@@ -81,8 +83,87 @@ func TestSQSErrorsSameInBothWires(t *testing.T) {
 			cli: func(q sqsQueues) []string {
 				return []string{"sqs", "send-message", "--queue-url", q.small, "--message-body", tooLong}
 			}},
+		// A consumer's calls after a receive, on the queue's consume edge.
+		{op: "DeleteMessage", name: "ReceiptHandleIsInvalid", queue: presentQ, dir: pathway.In,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: &q.present, ReceiptHandle: awssdk.String("bogus")})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "delete-message", "--queue-url", q.present, "--receipt-handle", "bogus"}
+			}},
+		{op: "ChangeMessageVisibility", name: "ReceiptHandleIsInvalid", queue: presentQ, dir: pathway.In,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{QueueUrl: &q.present,
+					ReceiptHandle: awssdk.String("bogus"), VisibilityTimeout: 5})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "change-message-visibility", "--queue-url", q.present, "--receipt-handle", "bogus", "--visibility-timeout", "5"}
+			}},
+		{op: "DeleteMessageBatch", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ, dir: pathway.In,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{QueueUrl: &q.missing,
+					Entries: []types.DeleteMessageBatchRequestEntry{{Id: awssdk.String("x"), ReceiptHandle: awssdk.String("bad")}}})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "delete-message-batch", "--queue-url", q.missing, "--entries", `[{"Id":"x","ReceiptHandle":"bad"}]`}
+			}},
+		{op: "ChangeMessageVisibilityBatch", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ, dir: pathway.In,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: &q.missing,
+					Entries: []types.ChangeMessageVisibilityBatchRequestEntry{{Id: awssdk.String("x"), ReceiptHandle: awssdk.String("bad"), VisibilityTimeout: 5}}})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "change-message-visibility-batch", "--queue-url", q.missing, "--entries", `[{"Id":"x","ReceiptHandle":"bad","VisibilityTimeout":5}]`}
+			}},
+		// Managing the queue: its edge has no direction.
+		{op: "GetQueueAttributes", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: &q.missing, AttributeNames: []types.QueueAttributeName{"All"}})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "get-queue-attributes", "--queue-url", q.missing, "--attribute-names", "All"}
+			}},
+		{op: "SetQueueAttributes", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.SetQueueAttributes(ctx, &sqs.SetQueueAttributesInput{QueueUrl: &q.missing, Attributes: map[string]string{"VisibilityTimeout": "5"}})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "set-queue-attributes", "--queue-url", q.missing, "--attributes", `{"VisibilityTimeout":"5"}`}
+			}},
+		{op: "PurgeQueue", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.PurgeQueue(ctx, &sqs.PurgeQueueInput{QueueUrl: &q.missing})
+				return err
+			},
+			cli: func(q sqsQueues) []string { return []string{"sqs", "purge-queue", "--queue-url", q.missing} }},
+		{op: "DeleteQueue", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.DeleteQueue(ctx, &sqs.DeleteQueueInput{QueueUrl: &q.missing})
+				return err
+			},
+			cli: func(q sqsQueues) []string { return []string{"sqs", "delete-queue", "--queue-url", q.missing} }},
+		{op: "ListQueueTags", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.ListQueueTags(ctx, &sqs.ListQueueTagsInput{QueueUrl: &q.missing})
+				return err
+			},
+			cli: func(q sqsQueues) []string { return []string{"sqs", "list-queue-tags", "--queue-url", q.missing} }},
+		// Named by QueueName, not QueueUrl.
+		{op: "GetQueueUrl", name: "AWS.SimpleQueueService.NonExistentQueue", queue: missingQ,
+			sdk: func(ctx context.Context, cl *sqs.Client, q sqsQueues) error {
+				_, err := cl.GetQueueUrl(ctx, &sqs.GetQueueUrlInput{QueueName: awssdk.String(queueName(q.missing))})
+				return err
+			},
+			cli: func(q sqsQueues) []string {
+				return []string{"sqs", "get-queue-url", "--queue-name", queueName(q.missing)}
+			}},
 	}
-	aws := newCLI(t, tp.url)
 	for _, wire := range []string{"json", "query"} {
 		q := sqsQueues{present: base + "present-" + wire, small: smallQueue(ctx, t, cl, "small-"+wire, nil), missing: base + "missing-" + wire}
 		if _, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String("present-" + wire)}); err != nil {
@@ -100,7 +181,7 @@ func TestSQSErrorsSameInBothWires(t *testing.T) {
 					code = ae.code
 				} else {
 					var op string
-					if code, op = aws.fail(ctx, tc.cli(q)...); op != tc.op {
+					if code, op = newCLI(t, tp.url).fail(ctx, tc.cli(q)...); op != tc.op {
 						t.Fatalf("the CLI ran %s, want %s", op, tc.op)
 					}
 				}

@@ -153,6 +153,23 @@ func (p *Proxy) queueURLEdit(c *call, b []byte, ms []member) (string, []edit) {
 	return queueName(up), []edit{{S: m.VS, E: m.VE, New: appendJSONString(nil, up)}}
 }
 
+// sqsEdge is the edge a request's errors are reported on: its queue, `direction:out` for sends,
+// `direction:in` for what consumers do (receive, then delete or change visibility, as Kafka's
+// commits are), no direction for managing the queue (as AMQP's Queue.* methods).
+func sqsEdge(op, queue string) pathway.Edge {
+	if queue == "" {
+		return pathway.Edge{}
+	}
+	e := pathway.Edge{Type: pathway.TypeSQS, Topic: queue}
+	switch op {
+	case "SendMessage", "SendMessageBatch":
+		e.Direction = pathway.Out
+	case "ReceiveMessage", "DeleteMessage", "DeleteMessageBatch", "ChangeMessageVisibility", "ChangeMessageVisibilityBatch":
+		e.Direction = pathway.In
+	}
+	return e
+}
+
 func queueFromPath(c *call) string {
 	if path := strings.Trim(c.r.URL.Path, "/"); strings.Contains(path, "/") {
 		return queueName(path)
@@ -167,6 +184,10 @@ func (p *Proxy) sqsJSON(c *call) ([]byte, respFixer, error) {
 		return nil, nil, err
 	}
 	queue, eds := p.queueURLEdit(c, b, ms)
+	if queue == "" {
+		queue, _ = jsonString(b, find(ms, "QueueName")) // GetQueueUrl, CreateQueue
+	}
+	c.edge = sqsEdge(c.op, queue)
 	var fix respFixer
 	switch c.op {
 	case "SendMessage":

@@ -52,6 +52,10 @@ func (p *Proxy) queryQueue(c *call) string {
 func (p *Proxy) sqsQuery(c *call) ([]byte, respFixer, error) {
 	f := c.form
 	queue := p.queryQueue(c)
+	if queue == "" {
+		queue = f.get("QueueName") // GetQueueUrl, CreateQueue
+	}
+	c.edge = sqsEdge(c.op, queue)
 	var fix respFixer
 	switch c.op {
 	case "SendMessage":
