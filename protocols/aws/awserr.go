@@ -180,3 +180,11 @@ func (p *Proxy) reportFailedEntry(c *call, code, msg string, senderFault bool, n
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.LostMessage, Protocol: c.service, Operation: c.op,
 		Name: code, Message: msg, Retriable: !senderFault, Service: c.svcName, Edge: c.edge, Partition: -1, Messages: n})
 }
+
+// reportEntryError reports one failed entry of a DeleteMessageBatch or
+// ChangeMessageVisibilityBatch on the queue's edge: a broker error, not a loss, since the message
+// stays in the queue (one not deleted is delivered again).
+func (p *Proxy) reportEntryError(c *call, code, msg string, senderFault bool) {
+	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.BrokerError, Protocol: c.service, Operation: c.op,
+		Name: code, Message: msg, Retriable: !senderFault, Service: c.svcName, Edge: c.edge, Partition: -1, Messages: 1})
+}

@@ -202,3 +202,87 @@ func TestSQSErrorsSameInBothWires(t *testing.T) {
 		}
 	}
 }
+
+// TestSQSFailedAckEntriesTracked: a DeleteMessageBatch or ChangeMessageVisibilityBatch with one
+// good receipt handle and one bad, by a JSON and a Query client through the proxy to
+// local-aws-sqs. The failed entry (a message not deleted is delivered again) is one broker error
+// with its code on the queue's consume edge; the good one is nothing.
+func TestSQSFailedAckEntriesTracked(t *testing.T) {
+	tp, _, cl, qurl, ctx := sqsSetup(t, "acks", nil)
+	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeSQS, Topic: "acks"}
+	cases := []struct {
+		op  string
+		sdk func(good string) ([]types.BatchResultErrorEntry, error)
+		cli func(good string) []string
+	}{
+		{"ChangeMessageVisibilityBatch",
+			func(good string) ([]types.BatchResultErrorEntry, error) {
+				out, err := cl.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: &qurl,
+					Entries: []types.ChangeMessageVisibilityBatchRequestEntry{
+						{Id: awssdk.String("good"), ReceiptHandle: &good, VisibilityTimeout: 60},
+						{Id: awssdk.String("bad"), ReceiptHandle: awssdk.String("bogus"), VisibilityTimeout: 60}}})
+				if err != nil {
+					return nil, err
+				}
+				return out.Failed, nil
+			},
+			func(good string) []string {
+				return []string{"sqs", "change-message-visibility-batch", "--queue-url", qurl, "--entries",
+					`[{"Id":"good","ReceiptHandle":"` + good + `","VisibilityTimeout":60},{"Id":"bad","ReceiptHandle":"bogus","VisibilityTimeout":60}]`}
+			}},
+		{"DeleteMessageBatch",
+			func(good string) ([]types.BatchResultErrorEntry, error) {
+				out, err := cl.DeleteMessageBatch(ctx, &sqs.DeleteMessageBatchInput{QueueUrl: &qurl,
+					Entries: []types.DeleteMessageBatchRequestEntry{
+						{Id: awssdk.String("good"), ReceiptHandle: &good}, {Id: awssdk.String("bad"), ReceiptHandle: awssdk.String("bogus")}}})
+				if err != nil {
+					return nil, err
+				}
+				return out.Failed, nil
+			},
+			func(good string) []string {
+				return []string{"sqs", "delete-message-batch", "--queue-url", qurl, "--entries",
+					`[{"Id":"good","ReceiptHandle":"` + good + `"},{"Id":"bad","ReceiptHandle":"bogus"}]`}
+			}},
+	}
+	for _, wire := range []string{"json", "query"} {
+		for _, tc := range cases {
+			t.Run(wire+"/"+tc.op, func(t *testing.T) {
+				if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qurl, MessageBody: awssdk.String(wire + " " + tc.op)}); err != nil {
+					t.Fatal(err)
+				}
+				got := receiveAll(ctx, t, cl, qurl, 1, nil)
+				good := awssdk.ToString(got[0].ReceiptHandle)
+				n := tp.ev.len()
+				var failed []string
+				if wire == "json" {
+					fs, err := tc.sdk(good)
+					if err != nil {
+						t.Fatalf("%s: %v", tc.op, err)
+					}
+					for _, f := range fs {
+						failed = append(failed, awssdk.ToString(f.Id)+" "+awssdk.ToString(f.Code))
+					}
+				} else {
+					var out struct{ Failed []struct{ Id, Code string } }
+					newCLI(t, tp.url).run(ctx, &out, tc.cli(good)...)
+					for _, f := range out.Failed {
+						failed = append(failed, f.Id+" "+f.Code)
+					}
+				}
+				if len(failed) != 1 || failed[0] != "bad ReceiptHandleIsInvalid" {
+					t.Fatalf("%s answered failures %q, want only bad ReceiptHandleIsInvalid; the emulator changed", tc.op, failed)
+				}
+				evs := tp.ev.since(n)
+				if len(evs) != 1 {
+					t.Fatalf("%d events %+v, want one broker error for entry bad", len(evs), evs)
+				}
+				e := evs[0]
+				if e.Category != errtrack.BrokerError || e.Operation != tc.op || e.Name != "ReceiptHandleIsInvalid" || e.Edge != edge ||
+					e.Messages != 1 || e.Retriable || !strings.Contains(e.Message, "entry bad") {
+					t.Errorf("event %+v; want a broker error for %s, ReceiptHandleIsInvalid, on %s, 1 message, not retriable, naming entry bad", e, tc.op, edge)
+				}
+			})
+		}
+	}
+}

@@ -204,6 +204,15 @@ func (p *Proxy) sqsJSON(c *call) ([]byte, respFixer, error) {
 		eds = append(eds, more...)
 	case "GetQueueUrl", "CreateQueue", "ListQueues", "ListDeadLetterSourceQueues":
 		fix = func(resp []byte) []byte { return p.jsonQueueURLs(c, resp) }
+	case "DeleteMessageBatch", "ChangeMessageVisibilityBatch":
+		fix = func(resp []byte) []byte {
+			if rms, _, err := objectMembers(resp, 0); err == nil {
+				for _, f := range jsonFailedEntries(resp, rms, "Failed") {
+					p.reportEntryError(c, f.Code, "entry "+f.ID+": "+f.Message, f.SenderFault)
+				}
+			}
+			return nil
+		}
 	}
 	if err != nil {
 		return nil, nil, err

@@ -66,6 +66,15 @@ func (p *Proxy) sqsQuery(c *call) ([]byte, respFixer, error) {
 		fix = p.sqsQueryReceive(c, queue)
 	case "GetQueueUrl", "CreateQueue", "ListQueues", "ListDeadLetterSourceQueues":
 		fix = func(resp []byte) []byte { return p.xmlQueueURLs(c, resp) }
+	case "DeleteMessageBatch", "ChangeMessageVisibilityBatch":
+		fix = func(resp []byte) []byte {
+			if root, err := parseXML(resp); err == nil {
+				for _, e := range root.findAll("BatchResultErrorEntry", nil) {
+					p.reportEntryError(c, e.childText("Code"), "entry "+e.childText("Id")+": "+e.childText("Message"), e.childText("SenderFault") == "true")
+				}
+			}
+			return nil
+		}
 	}
 	if !f.changed() {
 		return nil, fix, nil
