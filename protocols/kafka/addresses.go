@@ -11,7 +11,7 @@ import (
 // rewriteAddresses rewrites the broker addresses of Metadata, FindCoordinator and DescribeCluster
 // responses to the proxy's per-node listeners (opening them as needed); ShareFetch and
 // ShareAcknowledge responses come through rewriteDecoded (sharefetch.go). Metadata also feeds
-// the topic id map. An error (a node the proxy cannot listen for) closes the connection:
+// the topic id map, and its per-topic error codes are reported (metadataErrors). An error (a node the proxy cannot listen for) closes the connection:
 // forwarding the real address would let the client bypass the proxy.
 func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 	var resp kmsg.Response
@@ -29,7 +29,11 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 	if !ok {
 		return frame, nil
 	}
-	return s.rewriteDecoded(pd, frame, start, resp)
+	out, err := s.rewriteDecoded(pd, frame, start, resp)
+	if md, ok := resp.(*kmsg.MetadataResponse); ok && err == nil { // after rewriteDecoded: it notes the cluster id
+		s.metadataErrors(md)
+	}
+	return out, err
 }
 
 // rewriteDecoded is rewriteAddresses for a response already decoded (its body at start).

@@ -49,10 +49,15 @@ func errorDescription(code int16) string {
 
 // brokerError reports a per-partition (or top-level, partition -1) error code from a response.
 func (p *Proxy) brokerError(op int16, code int16, service string, edge pathway.Edge, partition int32, msgs int) {
+	p.brokerErrorMessage(op, code, errorDescription(code), service, edge, partition, msgs)
+}
+
+// brokerErrorMessage is brokerError with a message of the caller's instead of kerr's sentence.
+func (p *Proxy) brokerErrorMessage(op int16, code int16, message, service string, edge pathway.Edge, partition int32, msgs int) {
 	name, retriable := errorName(code)
 	p.errs.Report(errtrack.Event{
 		Time: p.now(), Category: errtrack.BrokerError, Protocol: "kafka", Operation: kmsg.NameForKey(op),
-		Code: int32(code), Name: name, Message: errorDescription(code), Retriable: retriable, Service: service,
+		Code: int32(code), Name: name, Message: message, Retriable: retriable, Service: service,
 		Edge: edge, Partition: partition, Messages: msgs,
 	})
 }

@@ -1,9 +1,13 @@
 package kafka
 
 import (
+	"encoding/base64"
 	"sync"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // Topic ids. Produce v13, Fetch v13+, OffsetCommit v10 and TxnOffsetCommit v6 name topics by id only.
@@ -90,4 +94,45 @@ func (p *Proxy) topicName(name string, id [16]byte) (string, bool) {
 		p.stats.topicMiss.Add(1)
 	}
 	return n, ok
+}
+
+// metadataErrors reports the per-topic error codes of a Metadata answer to a client. They are
+// the only sign of a topic the client cannot use: a producer sends no Produce for it (its records
+// time out inside the client) and a consumer no Fetch. Metadata does not say whether the client
+// produces or consumes, so the edge carries no direction rather than a guess. While a topic is
+// missing clients ask again every 100 ms to a few seconds; each answer is one more event of the
+// same group, which the collector counts and logs once per interval.
+func (s *session) metadataErrors(r *kmsg.MetadataResponse) {
+	for i := range r.Topics {
+		t := &r.Topics[i]
+		if t.ErrorCode == 0 || !trackedMetadataCode(t.ErrorCode) {
+			continue
+		}
+		edge := pathway.Edge{Type: pathway.TypeKafka, ClusterID: s.p.cluster()}
+		msg := errorDescription(t.ErrorCode)
+		switch {
+		case t.Topic != nil && *t.Topic != "":
+			edge.Topic = *t.Topic
+		case t.TopicID != [16]byte{}:
+			// v12+ asked by id: the answer names no topic (UNKNOWN_TOPIC_ID). The id may be one
+			// a Metadata answer named before the topic was deleted.
+			if name, ok := s.p.topics.get(t.TopicID); ok {
+				edge.Topic = name
+			} else {
+				msg += " (topic id " + base64.RawURLEncoding.EncodeToString(t.TopicID[:]) + ")" // as Kafka prints ids
+			}
+		}
+		s.p.brokerErrorMessage(keyMetadata, t.ErrorCode, msg, s.info.Load().service, edge, -1, 0)
+	}
+}
+
+// trackedMetadataCode: every per-topic code but LEADER_NOT_AVAILABLE, which a broker answers
+// while it creates the topic (auto-creation's first answer, and for a few hundred ms after
+// CreateTopics), so seeing it is normal. The others say the topic cannot be used:
+// UNKNOWN_TOPIC_OR_PARTITION, TOPIC_AUTHORIZATION_FAILED, INVALID_TOPIC_EXCEPTION,
+// UNKNOWN_TOPIC_ID, and whatever a failed auto-creation returns (INVALID_REPLICATION_FACTOR,
+// POLICY_VIOLATION...). Per-partition codes are not read: they are leadership states clients
+// wait out (LEADER_NOT_AVAILABLE in an election, REPLICA_NOT_AVAILABLE with a follower down).
+func trackedMetadataCode(code int16) bool {
+	return code != kerr.LeaderNotAvailable.Code
 }
