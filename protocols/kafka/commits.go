@@ -216,10 +216,8 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 			if rp.code != 0 {
 				// An id that still does not resolve is reported on the group's edge (as the
 				// group errors are): the refusal counts more than the topic it lacks.
-				edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group}
-				if c.topic != "" {
-					edge.ClusterID = s.p.cluster()
-				}
+				edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: c.topic, Group: f.group,
+					ClusterID: s.p.cluster()}
 				s.p.brokerError(pd.key, rp.code, ci.service, edge, c.partition, 0)
 				break
 			}

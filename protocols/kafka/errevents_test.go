@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -15,63 +16,97 @@ import (
 )
 
 // TestGroupErrorEvents sends group requests a real coordinator refuses (a member it never saw, a
-// generation it never had) and checks each refusal becomes a broker error event on the group's edge
-// carrying the code the client received.
+// generation it never had) and checks each refusal becomes a broker error event on the group's edge,
+// with the cluster id as the topic edges of commit and fetch errors carry it, and the code the
+// client received.
 func TestGroupErrorEvents(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
-	ctx := testCtx(t)
 	cl := kgoClient(t, p, kgo.ClientID("grouper"))
-	const group = "g-errors"
-
-	join := kmsg.NewPtrJoinGroupRequest()
-	join.Group, join.MemberID, join.ProtocolType = group, "ghost-member", "consumer"
-	join.SessionTimeoutMillis, join.RebalanceTimeoutMillis = 10000, 10000
-	jp := kmsg.NewJoinGroupRequestProtocol()
-	jp.Name, jp.Metadata = "range", []byte{0, 0}
-	join.Protocols = append(join.Protocols, jp)
-	jr, err := join.RequestWith(ctx, cl)
-	if err != nil {
-		t.Fatalf("join: %v", err)
-	}
-
-	hb := kmsg.NewPtrHeartbeatRequest()
-	hb.Group, hb.Generation, hb.MemberID = group, 42, "ghost-member"
-	hr, err := hb.RequestWith(ctx, cl)
-	if err != nil {
-		t.Fatalf("heartbeat: %v", err)
-	}
-
-	leave := kmsg.NewPtrLeaveGroupRequest()
-	leave.Group, leave.MemberID = group, "ghost-member"
-	lm := kmsg.NewLeaveGroupRequestMember()
-	lm.MemberID = "ghost-member"
-	leave.Members = append(leave.Members, lm)
-	lr, err := leave.RequestWith(ctx, cl)
-	if err != nil {
-		t.Fatalf("leave: %v", err)
-	}
-	leaveCode := lr.ErrorCode
-	if leaveCode == 0 && len(lr.Members) > 0 {
-		leaveCode = lr.Members[0].ErrorCode
-	}
-
-	want := map[string]int16{"JoinGroup": jr.ErrorCode, "Heartbeat": hr.ErrorCode, "LeaveGroup": leaveCode}
-	for op, code := range want {
-		if code == 0 {
-			t.Fatalf("%s was accepted; the test needs the coordinator to refuse it", op)
-		}
-	}
-	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group}
-	waitFor(t, "group error events", func() bool {
-		seen := map[string]bool{}
-		for _, e := range p.errs.byCategory(errtrack.BrokerError) {
-			if code, ok := want[e.Operation]; ok && int16(e.Code) == code && e.Edge == edge && e.Service == "grouper" && e.Name != "" {
-				seen[e.Operation] = true
+	const group, ghost = "g-errors", "ghost-member"
+	for _, tc := range []struct {
+		op   string
+		send func(context.Context) (int16, error) // the code the client received
+	}{
+		{"JoinGroup", func(ctx context.Context) (int16, error) {
+			join := kmsg.NewPtrJoinGroupRequest()
+			join.Group, join.MemberID, join.ProtocolType = group, ghost, "consumer"
+			join.SessionTimeoutMillis, join.RebalanceTimeoutMillis = 10000, 10000
+			jp := kmsg.NewJoinGroupRequestProtocol()
+			jp.Name, jp.Metadata = "range", []byte{0, 0}
+			join.Protocols = append(join.Protocols, jp)
+			r, err := join.RequestWith(ctx, cl)
+			if err != nil {
+				return 0, err
 			}
-		}
-		return len(seen) == len(want)
-	})
+			return r.ErrorCode, nil
+		}},
+		{"SyncGroup", func(ctx context.Context) (int16, error) {
+			sync := kmsg.NewPtrSyncGroupRequest()
+			sync.Group, sync.Generation, sync.MemberID = group, 42, ghost
+			sync.ProtocolType, sync.Protocol = kmsg.StringPtr("consumer"), kmsg.StringPtr("range")
+			r, err := sync.RequestWith(ctx, cl)
+			if err != nil {
+				return 0, err
+			}
+			return r.ErrorCode, nil
+		}},
+		{"Heartbeat", func(ctx context.Context) (int16, error) {
+			hb := kmsg.NewPtrHeartbeatRequest()
+			hb.Group, hb.Generation, hb.MemberID = group, 42, ghost
+			r, err := hb.RequestWith(ctx, cl)
+			if err != nil {
+				return 0, err
+			}
+			return r.ErrorCode, nil
+		}},
+		{"LeaveGroup", func(ctx context.Context) (int16, error) {
+			leave := kmsg.NewPtrLeaveGroupRequest()
+			leave.Group, leave.MemberID = group, ghost
+			lm := kmsg.NewLeaveGroupRequestMember()
+			lm.MemberID = ghost
+			leave.Members = append(leave.Members, lm)
+			r, err := leave.RequestWith(ctx, cl)
+			if err != nil {
+				return 0, err
+			}
+			if r.ErrorCode == 0 && len(r.Members) > 0 {
+				return r.Members[0].ErrorCode, nil
+			}
+			return r.ErrorCode, nil
+		}},
+		{"ConsumerGroupHeartbeat", func(ctx context.Context) (int16, error) {
+			hb := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+			hb.Group, hb.MemberID, hb.MemberEpoch = group+"-848", ghost, 7
+			r, err := hb.RequestWith(ctx, cl)
+			if err != nil {
+				return 0, err
+			}
+			return r.ErrorCode, nil
+		}},
+	} {
+		t.Run(tc.op, func(t *testing.T) {
+			code, err := tc.send(testCtx(t))
+			if err != nil {
+				t.Fatalf("%s: %v", tc.op, err)
+			}
+			if code == 0 {
+				t.Fatalf("%s was accepted; the test needs the coordinator to refuse it", tc.op)
+			}
+			edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group, ClusterID: kfakeCluster}
+			if tc.op == "ConsumerGroupHeartbeat" {
+				edge.Group = group + "-848" // a group of the new protocol: the classic one's would refuse it
+			}
+			waitFor(t, tc.op+" error event on "+edge.String(), func() bool {
+				for _, e := range p.errs.byCategory(errtrack.BrokerError) {
+					if e.Operation == tc.op && int16(e.Code) == code && e.Edge == edge && e.Service == "grouper" && e.Name != "" {
+						return true
+					}
+				}
+				return false
+			})
+		})
+	}
 }
 
 // TestListOffsetsErrorEvents asks a real broker for the offsets of a partition the topic does not
@@ -223,7 +258,8 @@ func TestGroupTrackerKeepsActiveClients(t *testing.T) {
 
 // TestCommitErrorOfUnknownTopicID commits (OffsetCommit v10) to a topic id no Metadata named,
 // as a client holding a deleted topic's id does; the broker's per-partition refusal becomes an
-// event on the group's edge, although no topic name is known to report it under.
+// event on the group's edge (with the cluster id, as the group errors), although no topic name is
+// known to report it under.
 func TestCommitErrorOfUnknownTopicID(t *testing.T) {
 	c, _ := startCluster(t)
 	p := startProxy(t, c, nil)
@@ -249,7 +285,7 @@ func TestCommitErrorOfUnknownTopicID(t *testing.T) {
 	if code == 0 {
 		t.Fatal("the broker accepted a commit to an unknown topic id")
 	}
-	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group}
+	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group, ClusterID: kfakeCluster}
 	waitFor(t, "OffsetCommit error event", func() bool {
 		for _, e := range p.errs.byCategory(errtrack.BrokerError) {
 			if e.Operation == "OffsetCommit" && int16(e.Code) == code && e.Edge == edge && e.Partition == 3 && e.Service == "committer" {

@@ -277,7 +277,8 @@ func (s *session) learnGroup(pd *pending, code int16) {
 	}
 }
 
-// groupError reports a group coordination error; the edge names the group, not a topic.
+// groupError reports a group coordination error; the edge names the group, not a topic, and the
+// cluster, as commit and fetch error edges do (a group id is unique only within its cluster).
 func (s *session) groupError(pd *pending, code int16) {
 	// MEMBER_ID_REQUIRED is a step of the JoinGroup handshake (KIP-394): every new member gets it
 	// once and rejoins with the id it carries. Not an error anyone needs to see.
@@ -286,5 +287,5 @@ func (s *session) groupError(pd *pending, code int16) {
 	}
 	group := factsGroup(pd)
 	s.p.brokerError(pd.key, code, s.info.Load().service,
-		pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group}, -1, 0)
+		pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group, ClusterID: s.p.cluster()}, -1, 0)
 }
