@@ -11,8 +11,9 @@ import (
 // rewriteAddresses rewrites the broker addresses of Metadata, FindCoordinator and DescribeCluster
 // responses to the proxy's per-node listeners (opening them as needed); ShareFetch and
 // ShareAcknowledge responses come through rewriteDecoded (sharefetch.go). Metadata also feeds
-// the topic id map, and its per-topic error codes are reported (metadataErrors). An error (a node the proxy cannot listen for) closes the connection:
-// forwarding the real address would let the client bypass the proxy.
+// the topic id map, and its per-topic error codes are reported (metadataErrors). An error (a
+// node the proxy cannot listen for) closes the connection: forwarding the real address would
+// let the client bypass the proxy.
 func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 	var resp kmsg.Response
 	switch pd.key {
