@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"cmp"
+	"math"
 	"slices"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -35,33 +36,57 @@ var maxHeldConfirms int64 = 1 << 20
 // with no ring was closed by the broker while the publish was on its way: the broker drops it,
 // and it is not counted.
 func (s *session) holdConfirm(ch uint16, pt pathway.Point) {
+	if held, closed := s.tryHold(ch, pt); !held && !closed {
+		s.p.stats.confirmUnheld.Add(1)
+		s.p.addPoint(pt)
+	}
+}
+
+func (s *session) tryHold(ch uint16, pt pathway.Point) (held, closed bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	cs := s.shared[ch]
 	if cs == nil || cs.pubRing == nil {
-		s.mu.Unlock()
-		return
+		return false, true
 	}
-	if len(cs.held)-cs.heldHead < maxHeldPerChannel && s.p.heldConfirms.Take(&s.heldConfirms, 1) {
-		cs.held = append(cs.held, heldPub{tag: cs.seq, pt: pt})
-		s.mu.Unlock()
-		return
+	if cs.heldLive >= maxHeldPerChannel || !s.p.heldConfirms.Take(&s.heldConfirms, 1) {
+		return false, false
 	}
-	s.mu.Unlock()
-	s.p.stats.confirmUnheld.Add(1)
-	s.p.addPoint(pt)
+	cs.held = append(cs.held, heldPub{tag: cs.seq, pt: pt})
+	cs.heldLive++
+	return true, false
 }
 
 // confirmHeld settles the held checkpoints an ack or nack of tag names (with multiple, every
-// one up to it): an ack counts those not returned, a nack none.
+// one up to it; tag 0 with multiple is every one outstanding): an ack counts those not
+// returned, a nack none.
 func (s *session) confirmHeld(ch uint16, tag uint64, multiple, nack bool) {
+	if multiple && tag == 0 {
+		tag = math.MaxUint64
+	}
+	pts, n := s.settleHeld(ch, tag, multiple, nack)
+	s.p.heldConfirms.Give(&s.heldConfirms, int64(n))
+	for _, pt := range pts {
+		s.p.addPoint(pt)
+	}
+	clear(pts) // the points' strings and tags are not kept past their use
+	if cap(pts) > heldKeep {
+		pts = nil // a burst's buffer is not kept for the connection's life
+	}
+	s.acked = pts[:0]
+}
+
+// settleHeld marks what confirmHeld settles; it returns the points to count and how many
+// publishes it settled.
+func (s *session) settleHeld(ch uint16, tag uint64, multiple, nack bool) ([]pathway.Point, int) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	pts, n := s.acked[:0], 0
 	cs := s.shared[ch]
 	if cs == nil || cs.heldHead == len(cs.held) {
-		s.mu.Unlock()
-		return
+		return pts, 0
 	}
 	q := cs.held[cs.heldHead:]
-	pts, n := s.acked[:0], 0
 	settle := func(h *heldPub) {
 		if h.done {
 			return
@@ -79,15 +104,15 @@ func (s *session) confirmHeld(ch uint16, tag uint64, multiple, nack bool) {
 	} else if i, ok := slices.BinarySearchFunc(q, tag, func(h heldPub, t uint64) int { return cmp.Compare(h.tag, t) }); ok {
 		settle(&q[i])
 	}
+	cs.heldLive -= n
 	cs.trimHeldLocked()
-	s.mu.Unlock()
-	s.p.heldConfirms.Give(&s.heldConfirms, int64(n))
-	for _, pt := range pts {
-		s.p.addPoint(pt)
-	}
-	clear(pts) // the points' strings and tags are not kept past their use
-	s.acked = pts[:0]
+	return pts, n
 }
+
+// heldKeep is the capacity a settled channel's queue (and the ack buffer) keeps: past it, the
+// memory a burst of unconfirmed publishes took is given back once they are settled, so that
+// channels which each had a burst do not keep their peaks.
+const heldKeep = 1024
 
 // trimHeldLocked drops settled publishes from the front of cs.held, and moves the rest down once
 // the dead front is the bigger part.
@@ -96,13 +121,21 @@ func (cs *chanShared) trimHeldLocked() {
 		cs.held[cs.heldHead] = heldPub{}
 		cs.heldHead++
 	}
+	live := cs.held[cs.heldHead:]
 	switch {
-	case cs.heldHead == len(cs.held):
+	case len(live) == 0 && cap(cs.held) > heldKeep:
+		cs.held, cs.heldHead = nil, 0
+	case len(live) == 0:
 		cs.held, cs.heldHead = cs.held[:0], 0
-	case cs.heldHead > 1024 && 2*cs.heldHead > len(cs.held):
-		n := copy(cs.held, cs.held[cs.heldHead:])
-		clear(cs.held[n:])
-		cs.held, cs.heldHead = cs.held[:n], 0
+	case cs.heldHead > heldKeep && 2*cs.heldHead > len(cs.held):
+		if cap(cs.held) > 4*len(live) {
+			cs.held = append(make([]heldPub, 0, 2*len(live)), live...)
+		} else {
+			n := copy(cs.held, live)
+			clear(cs.held[n:])
+			cs.held = cs.held[:n]
+		}
+		cs.heldHead = 0
 	}
 }
 
@@ -140,20 +173,26 @@ func (s *session) returnHeld(ch uint16, ctx pathway.Context, size int64) {
 }
 
 // endHeldLocked settles what cs still holds when its channel ends: counted when the client
-// closed it, not counted when the broker did. It returns the points to count and how many
-// were held.
-func (cs *chanShared) endHeldLocked(count bool, pts []pathway.Point) ([]pathway.Point, int) {
-	n := 0
+// closed it, not counted when the broker did. It returns the points to count, how many were
+// held and how many of those go uncounted for want of a confirm (returned ones are not).
+func (cs *chanShared) endHeldLocked(count bool, pts []pathway.Point) ([]pathway.Point, int, int) {
+	held, unconfirmed := 0, 0
 	for i := cs.heldHead; i < len(cs.held); i++ {
-		if h := &cs.held[i]; !h.done {
-			n++
-			if count && !h.returned {
-				pts = append(pts, h.pt)
-			}
+		h := &cs.held[i]
+		if h.done {
+			continue
+		}
+		held++
+		switch {
+		case h.returned:
+		case count:
+			pts = append(pts, h.pt)
+		default:
+			unconfirmed++
 		}
 	}
-	cs.held, cs.heldHead = nil, 0
-	return pts, n
+	cs.held, cs.heldHead, cs.heldLive = nil, 0, 0
+	return pts, held, unconfirmed
 }
 
 // endConnHeld settles what the connection's channels hold when it ends: counted where the
@@ -161,14 +200,14 @@ func (cs *chanShared) endHeldLocked(count bool, pts []pathway.Point) ([]pathway.
 func (s *session) endConnHeld() {
 	count := s.closeOkSignaled.Load()
 	var pts []pathway.Point
-	held := 0
+	held, unconfirmed := 0, 0
 	s.mu.Lock()
 	for _, cs := range s.shared {
-		var n int
-		pts, n = cs.endHeldLocked(count, pts)
-		held += n
+		var h, u int
+		pts, h, u = cs.endHeldLocked(count, pts)
+		held, unconfirmed = held+h, unconfirmed+u
 	}
 	s.mu.Unlock()
-	s.endHeld(pts, held)
+	s.endHeld(pts, held, unconfirmed)
 	s.p.heldConfirms.Release(&s.heldConfirms)
 }

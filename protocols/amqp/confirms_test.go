@@ -7,6 +7,7 @@ import (
 	"github.com/rabbitmq/amqp091-go"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // TestConfirmedPublishesCount: on a confirm channel a publish counts as produced once RabbitMQ
@@ -101,11 +102,12 @@ func TestConfirmedPublishesCount(t *testing.T) {
 	waitFor(t, "no room held", func() bool { return h.p.heldConfirms.Used() == 0 })
 }
 
-// TestHeldConfirmsBounded: past maxHeldConfirms held in all, a confirm-mode publish counts when
-// sent (Stats.ConfirmUnheld); the others still wait for their acks.
+// TestHeldConfirmsBounded: with no room left of maxHeldConfirms, a confirm-mode publish counts
+// when sent (Stats.ConfirmUnheld), and none is lost. (How many of a few publishes find room
+// while acks free it depends on timing, so the bound here is none at all.)
 func TestHeldConfirmsBounded(t *testing.T) {
 	defer func(old int64) { maxHeldConfirms = old }(maxHeldConfirms)
-	maxHeldConfirms = 2
+	maxHeldConfirms = 0
 	h := startProxy(t, nil)
 	c := dial(t, h.url, "confirms-bounded", 0)
 	q := declareQueue(t, c, unique("confirm-bounded"))
@@ -127,8 +129,55 @@ func TestHeldConfirmsBounded(t *testing.T) {
 		}
 	}
 	waitFor(t, "all 10 counted", func() bool { return len(with(h.rec.points(), "direction:out", "topic:"+q)) == 10 })
-	if st := h.p.Stats(); st.ConfirmUnheld < 8 || st.ConfirmUnheld > 10 {
-		t.Errorf("ConfirmUnheld %d, want 8 or more of 10 with room for 2", st.ConfirmUnheld)
+	if st := h.p.Stats(); st.ConfirmUnheld != 10 {
+		t.Errorf("ConfirmUnheld %d, want all 10 with no room", st.ConfirmUnheld)
 	}
 	waitFor(t, "no room held", func() bool { return h.p.heldConfirms.Used() == 0 })
+}
+
+// TestHeldQueueGivesMemoryBack: once a burst of confirm-mode publishes is settled, the channel's
+// queue does not keep its peak (each of many channels would keep its own, beyond what
+// maxHeldConfirms counts), and publishes settled behind one slow to be confirmed do not count
+// against the channel's maxHeldPerChannel.
+func TestHeldQueueGivesMemoryBack(t *testing.T) {
+	p := &Proxy{obs: &recorder{}}
+	p.heldConfirms.Max = 1 << 20
+	cs := &chanShared{pubRing: make([]*pathway.Edge, pubRingMin)}
+	s := &session{p: p, shared: map[uint16]*chanShared{1: cs}}
+	hold := func(n int) {
+		t.Helper()
+		for range n {
+			cs.seq++
+			if held, _ := s.tryHold(1, pathway.Point{Hash: cs.seq}); !held {
+				t.Fatalf("publish %d not held with %d unsettled", cs.seq, cs.heldLive)
+			}
+		}
+	}
+	hold(maxHeldPerChannel)
+	s.confirmHeld(1, 1, false, false)                     // the oldest first: the rest stays behind it
+	s.confirmHeld(1, maxHeldPerChannel-1000, true, false) // all but the last 1000
+	if live := cs.heldLive; live != 1000 || cap(cs.held) > 2*live {
+		t.Errorf("after settling all but 1000 of %d: queue capacity %d, %d unsettled", maxHeldPerChannel, cap(cs.held), live)
+	}
+
+	// One publish left unconfirmed while the next 20,000 are: only it counts against the limit.
+	s.confirmHeld(1, 0, true, false)
+	hold(1)
+	slow := cs.seq
+	for range 20000 / 1000 {
+		hold(1000)
+		for tag := cs.seq - 999; tag <= cs.seq; tag++ {
+			s.confirmHeld(1, tag, false, false)
+		}
+	}
+	if cs.heldLive != 1 {
+		t.Errorf("%d unsettled, want the slow one", cs.heldLive)
+	}
+	s.confirmHeld(1, slow, false, false)
+	if cs.held != nil || p.heldConfirms.Used() != 0 {
+		t.Errorf("all settled: queue %d long (capacity %d), %d held in the budget", len(cs.held), cap(cs.held), p.heldConfirms.Used())
+	}
+	if cap(s.acked) > heldKeep {
+		t.Errorf("the ack buffer kept a capacity of %d", cap(s.acked))
+	}
 }

@@ -160,6 +160,7 @@ type chanShared struct {
 	// Confirm mode: the publishes' checkpoints awaiting acks, by tag (confirms.go).
 	held     []heldPub
 	heldHead int
+	heldLive int // of held, those not settled yet
 }
 
 // pubRingSize bounds the publishes remembered per confirm-mode channel; maxEvicted, those kept
@@ -699,6 +700,8 @@ func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
 				close(s.closeOkSent)
 			}
 		}
+		// The frame is handled before pump flushes it to the client: a client's Channel.Open
+		// after the CloseOk below cannot come before the reset the CloseOk makes.
 		switch f.Type {
 		case frameMethod:
 			s.brokerMethod(f)
@@ -742,23 +745,23 @@ func (s *session) sharedLocked(ch uint16) *chanShared {
 // (clientClosed: the broker's CloseOk).
 func (s *session) resetShared(ch uint16, clientClosed bool) {
 	s.mu.Lock()
-	n, pts, held := 0, []pathway.Point(nil), 0
+	n, pts, held, unconfirmed := 0, []pathway.Point(nil), 0, 0
 	if cs := s.shared[ch]; cs != nil {
 		n = len(cs.committing)
 		s.untag(len(cs.consumers))
-		pts, held = cs.endHeldLocked(clientClosed, nil)
+		pts, held, unconfirmed = cs.endHeldLocked(clientClosed, nil)
 	}
 	delete(s.shared, ch)
 	s.mu.Unlock()
 	s.releaseTx(n)
-	s.endHeld(pts, held)
+	s.endHeld(pts, held, unconfirmed)
 }
 
-// endHeld counts pts, what ended channels held for acks and their client closed, and gives
-// back the room of all held of them.
-func (s *session) endHeld(pts []pathway.Point, held int) {
+// endHeld counts pts, what ended channels held for acks and their client closed, gives back
+// the room of all held of them, and counts those not known to be stored.
+func (s *session) endHeld(pts []pathway.Point, held, unconfirmed int) {
 	s.p.heldConfirms.Give(&s.heldConfirms, int64(held))
-	s.p.stats.unconfirmed.Add(uint64(held - len(pts)))
+	s.p.stats.unconfirmed.Add(uint64(unconfirmed))
 	for _, pt := range pts {
 		s.p.addPoint(pt)
 	}
