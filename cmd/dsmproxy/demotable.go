@@ -159,9 +159,9 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	if lag := consumerLag(bl); len(lag) > 0 {
 		fmt.Fprintln(out)
 		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS\tLAG (messages past the last commit)")
+		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS\tLAG (messages past the last commit)\tKAFKA CLUSTER")
 		for _, l := range lag {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", cell(l.group), cell(l.topic), l.partitions, l.lag)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", cell(l.group), cell(l.topic), l.partitions, l.lag, cell(l.cluster))
 		}
 		tw.Flush()
 	}
@@ -247,16 +247,17 @@ func ms(seconds float64) string {
 }
 
 type lagRow struct {
-	group, topic string
-	partitions   int
-	lag          int64
+	group, topic, cluster string
+	partitions            int
+	lag                   int64
 }
 
 // consumerLag joins log ends and commits per (topic, partition): lag = log end - committed offset,
 // summed over partitions per group and topic. The log end is the high watermark fetches brought
 // or the offset after the last one produced, whichever is later.
 func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
-	type tp struct{ topic, partition string }
+	// Offsets of one topic and group on two clusters (two Kafka fronts) are two lags.
+	type tp struct{ cluster, topic, partition string }
 	end := map[tp]int64{}
 	type gtp struct {
 		group string
@@ -264,7 +265,7 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	}
 	commits := map[gtp]int64{}
 	for _, b := range bl {
-		var typ, topic, part, group string
+		var typ, topic, part, group, cluster string
 		for _, t := range b.Tags {
 			k, v, _ := strings.Cut(t, ":")
 			switch k {
@@ -276,30 +277,32 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 				part = v
 			case "consumer_group":
 				group = v
+			case "kafka_cluster_id":
+				cluster = v
 			}
 		}
 		switch typ {
 		case "kafka_high_watermark":
-			end[tp{topic, part}] = max(end[tp{topic, part}], b.Value)
+			end[tp{cluster, topic, part}] = max(end[tp{cluster, topic, part}], b.Value)
 		case "kafka_produce":
 			// The last offset a producer got: the log ends after it. Fetches bring the high
 			// watermark, and with no consumer fetching it would stand still while the log grows.
-			end[tp{topic, part}] = max(end[tp{topic, part}], b.Value+1)
+			end[tp{cluster, topic, part}] = max(end[tp{cluster, topic, part}], b.Value+1)
 		case "kafka_commit":
-			k := gtp{group, tp{topic, part}}
+			k := gtp{group, tp{cluster, topic, part}}
 			commits[k] = max(commits[k], b.Value)
 		}
 	}
-	rows := map[[2]string]*lagRow{}
+	rows := map[[3]string]*lagRow{}
 	for k, c := range commits {
 		h, ok := end[k.tp]
 		if !ok {
 			continue
 		}
-		key := [2]string{k.group, k.topic}
+		key := [3]string{k.group, k.topic, k.cluster}
 		r := rows[key]
 		if r == nil {
-			r = &lagRow{group: k.group, topic: k.topic}
+			r = &lagRow{group: k.group, topic: k.topic, cluster: k.cluster}
 			rows[key] = r
 		}
 		r.partitions++
@@ -309,6 +312,8 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	for _, r := range rows {
 		out = append(out, *r)
 	}
-	slices.SortFunc(out, func(a, b lagRow) int { return cmp.Or(cmp.Compare(a.group, b.group), cmp.Compare(a.topic, b.topic)) })
+	slices.SortFunc(out, func(a, b lagRow) int {
+		return cmp.Or(cmp.Compare(a.group, b.group), cmp.Compare(a.topic, b.topic), cmp.Compare(a.cluster, b.cluster))
+	})
 	return out
 }

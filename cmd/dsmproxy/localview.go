@@ -38,7 +38,8 @@ const localViewWindow = time.Minute
 // Kafka offsets are kept far longer than pathways: a client commits or produces only what moved,
 // so a stuck partition's commit, or a stopped consumer's, is exactly the one not seen again, and
 // its lag must grow on show rather than vanish. A week of no update is Kafka's own
-// offsets.retention.minutes default; past maxViewBacklogs, the least recently updated go first.
+// offsets.retention.minutes default; past maxViewBacklogs, the least recently updated go first
+// (evictOffsets).
 const (
 	offsetRetention = 7 * 24 * time.Hour
 	maxViewBacklogs = 100_000
@@ -89,13 +90,27 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 			delete(v.bl, k)
 		}
 	}
-	if over := len(v.bl) - maxViewBacklogs; over > 0 {
-		oldest := slices.SortedFunc(maps.Keys(v.bl), func(a, b string) int { return v.bl[a].Start.Compare(v.bl[b].Start) })
-		for _, k := range oldest[:over] {
-			delete(v.bl, k)
-		}
+	if len(v.bl) > maxViewBacklogs {
+		v.evictOffsets()
 	}
 	return nil
+}
+
+// evictOffsets cuts the offsets kept to nine tenths of maxViewBacklogs, least recently updated
+// first: a tenth of room, so that a view at its bound does not sort them all at every flush.
+func (v *localView) evictOffsets() {
+	type aged struct {
+		key   string
+		start time.Time
+	}
+	all := make([]aged, 0, len(v.bl))
+	for k, b := range v.bl {
+		all = append(all, aged{k, b.Start})
+	}
+	slices.SortFunc(all, func(a, b aged) int { return a.start.Compare(b.start) })
+	for _, a := range all[:len(all)-maxViewBacklogs*9/10] {
+		delete(v.bl, a.key)
+	}
 }
 
 // contents returns what the view holds and when the latest flush that brought any came.

@@ -88,13 +88,17 @@ func TestLocalView(t *testing.T) {
 // on show while the log end moves on, by fetches (high watermark) or by produces alone.
 func TestLocalViewLag(t *testing.T) {
 	now := time.Now().Truncate(10 * time.Second)
-	bl := func(typ string, part int, value int64) aggregator.Backlog {
+	inCluster := func(cluster, typ string, part int, value int64) aggregator.Backlog {
 		tags := []string{fmt.Sprintf("partition:%d", part), "topic:orders", "type:" + typ}
 		if typ == "kafka_commit" {
 			tags = append([]string{"consumer_group:billing"}, tags...)
 		}
+		if cluster != "" {
+			tags = append(tags, "kafka_cluster_id:"+cluster)
+		}
 		return aggregator.Backlog{Service: "billing", Tags: tags, Value: value}
 	}
+	bl := func(typ string, part int, value int64) aggregator.Backlog { return inCluster("", typ, part, value) }
 	at := func(ago time.Duration, bls ...aggregator.Backlog) aggregator.Bucket {
 		return aggregator.Bucket{Start: now.Add(-ago), Duration: 10 * time.Second, TimestampType: aggregator.Current, Backlogs: bls}
 	}
@@ -116,6 +120,11 @@ func TestLocalViewLag(t *testing.T) {
 		{"high watermark later than produces",
 			[]aggregator.Bucket{at(10*time.Second, bl("kafka_commit", 0, 30), bl("kafka_produce", 0, 40), bl("kafka_high_watermark", 0, 45))},
 			"billing orders 1 15"},
+		{"one topic and group on two clusters",
+			[]aggregator.Bucket{at(10*time.Second,
+				inCluster("east", "kafka_commit", 0, 50), inCluster("east", "kafka_high_watermark", 0, 100),
+				inCluster("west", "kafka_commit", 0, 5000), inCluster("west", "kafka_high_watermark", 0, 5000))},
+			"billing orders 1 50 east billing orders 1 0 west"},
 		{"a week without an update",
 			[]aggregator.Bucket{at(offsetRetention+time.Hour, bl("kafka_commit", 0, 30), bl("kafka_high_watermark", 0, 45))},
 			""},
@@ -133,14 +142,15 @@ func TestLocalViewLag(t *testing.T) {
 			switch {
 			case tc.want == "" && strings.Contains(page, "CONSUMER GROUP"):
 				t.Errorf("lag shown from offsets past their retention: %s", page)
-			case tc.want != "" && !strings.Contains(page, "(messages past the last commit) "+tc.want):
+			case tc.want != "" && !strings.Contains(page, "KAFKA CLUSTER "+tc.want):
 				t.Errorf("want lag row %q: %s", tc.want, page)
 			}
 		})
 	}
 }
 
-// TestLocalViewOffsetsBounded: past maxViewBacklogs offsets, the least recently updated go.
+// TestLocalViewOffsetsBounded: past maxViewBacklogs offsets, the least recently updated go, down
+// to nine tenths of the bound.
 func TestLocalViewOffsetsBounded(t *testing.T) {
 	v := &localView{}
 	now := time.Now().Truncate(10 * time.Second)
@@ -153,8 +163,8 @@ func TestLocalViewOffsetsBounded(t *testing.T) {
 	if err := v.Send(context.Background(), []aggregator.Bucket{old, fresh}); err != nil {
 		t.Fatal(err)
 	}
-	if _, bl, _ := v.contents(); len(bl) != maxViewBacklogs {
-		t.Fatalf("%d offsets kept, want %d", len(bl), maxViewBacklogs)
+	if _, bl, _ := v.contents(); len(bl) != maxViewBacklogs*9/10 {
+		t.Fatalf("%d offsets kept, want %d (a tenth of room made)", len(bl), maxViewBacklogs*9/10)
 	}
 	if _, ok := v.bl["s|partition:0,topic:old,type:kafka_produce"]; ok {
 		t.Errorf("the least recently updated offset was kept over a newer one")

@@ -176,7 +176,7 @@ func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
 	for _, r := range consumerLag(bl) {
 		e.add("dsmproxy_kafka_consumer_lag_messages", "gauge",
 			"Messages past the group's last commit, summed over the topic's partitions it committed (log end: the later of the high watermark and the last produced offset + 1).", float64(r.lag),
-			"consumer_group", r.group, "topic", r.topic)
+			"consumer_group", r.group, "topic", r.topic, "kafka_cluster_id", r.cluster)
 	}
 }
 
