@@ -128,6 +128,9 @@ type groupState struct {
 	next *groupState // same hashes, other service or edge tags
 }
 
+// matches keys groups as the Java and Python tracers do, by edge tags as well as hashes: a tag
+// left out of the hash (AMQP's has_routing_key) makes a group of its own (dsm-protocol.md 4.2;
+// Go keys by hash alone, first point's tags winning, and has no RabbitMQ integration).
 func (g *groupState) matches(p *pathway.Point) bool {
 	return g.Hash == p.Hash && g.ParentHash == p.ParentHash && g.Service == p.Service && equalTags(g.EdgeTags, p.EdgeTags)
 }
