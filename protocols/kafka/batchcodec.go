@@ -67,6 +67,9 @@ const (
 	// skipTopicSizeLimit: the topic's max.message.bytes, read from the cluster or learned from a
 	// refusal, is below the grown batch (topicLimits).
 	skipTopicSizeLimit = "topic_size_limit"
+	// skipOverLimitAsSent: the batch was over the topic's limit before the header; the broker
+	// refuses it whatever the proxy does, and that refusal is the event, not a skip.
+	skipOverLimitAsSent = "over_limit_as_sent"
 	// skipTopicLimitUnknown: an acks=0 batch to a topic whose limit is not known (yet); see
 	// topicLimits.check.
 	skipTopicLimitUnknown = "topic_limit_unknown"

@@ -537,6 +537,50 @@ func TestAcksZeroTopicLimit(t *testing.T) {
 	guard.check(t)
 }
 
+// TestOverLimitAsSentNoSkip: a batch already over its topic's max.message.bytes as the client
+// sent it is refused whatever the proxy does: the client's MESSAGE_TOO_LARGE is tracked, and the
+// proxy, which leaves it as it came, reports no topic_size_limit skip of its own (a batch the
+// header alone would push over still does).
+func TestOverLimitAsSentNoSkip(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	answeredLimits(p)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "over-as-sent")
+	cl := kgoClient(t, p, kgo.DisableIdempotentWrite(), kgo.ProducerLinger(0), kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.RecordRetries(0))
+	limit := "2000"
+	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+		t.Fatal(err)
+	}
+	produceEach(t, ctx, cl, topic, []byte("first"))
+	waitFor(t, "the proxy to read the topic's limit", func() bool { return p.limits.known(topic) == 2000 })
+
+	for range 2 {
+		err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: bytes.Repeat([]byte("b"), 3000)}).FirstErr()
+		if !errors.Is(err, kerr.MessageTooLarge) {
+			t.Fatalf("a 3,000-byte record to a topic of 2,000: %v, want MESSAGE_TOO_LARGE", err)
+		}
+	}
+	waitFor(t, "both refusals tracked", func() bool {
+		n := 0
+		for _, e := range p.errs.byCategory(errtrack.BrokerError) {
+			if e.Name == "MESSAGE_TOO_LARGE" && e.Edge.Topic == topic {
+				n++
+			}
+		}
+		return n == 2
+	})
+	if evs := p.errs.byName("topic_size_limit"); len(evs) != 0 {
+		t.Errorf("%d topic_size_limit skips for batches over the limit as sent, want 0: %+v", len(evs), evs)
+	}
+	produceEach(t, ctx, cl, topic, bytes.Repeat([]byte("n"), 1900)) // about 2,020 with the header
+	if n := len(p.errs.byName("topic_size_limit")); n != 1 {
+		t.Errorf("%d topic_size_limit skips for a batch the header would push over, want 1", n)
+	}
+	guard.check(t)
+}
+
 // TestTopicConfigsAfterIdleClose: a broker closes idle connections (connections.max.idle.ms),
 // the proxy's own for topic configs too; the next lookup takes a new one, and the proxy does
 // not mistake the close for a cluster that refuses it.

@@ -136,12 +136,16 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		// Without hold, a refusal would not be read, so the proxy could not learn the topic's limit
 		// from it (its only way on clusters whose topic configs it cannot read): the batch grows
 		// only under a limit known to fit.
-		if why := p.limits.check(topic, s.codec.Grown(len(out)-start), !hold, s.limitWait); why != "" {
+		g := s.codec.Grown(len(out) - start)
+		g.orig = len(records)
+		if why := p.limits.check(topic, g, !hold, s.limitWait); why != "" {
 			changed, skip = false, why
 		}
 	}
 	if !changed {
-		if skip != "" {
+		if skip == skipOverLimitAsSent {
+			p.stats.skipped.Add(1)
+		} else if skip != "" {
 			p.stats.skipped.Add(1)
 			msg := "batch forwarded unmodified"
 			if cause := s.codec.Malformed(); skip == skipMalformed && cause != nil {

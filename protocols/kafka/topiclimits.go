@@ -87,6 +87,7 @@ func newTopicLimits(max int, vouched bool) *topicLimits {
 type grownBatch struct {
 	size, plain int
 	codec       int16
+	orig        int // the batch's size as the client sent it
 }
 
 // check reports why records grown to b must not go to topic ("" when they may). acks0: no answer
@@ -114,7 +115,13 @@ func (t *topicLimits) check(topic string, b grownBatch, acks0 bool, wait time.Ti
 	}
 	// A stale limit still bounds a batch; for acks=0 it no longer vouches that one fits.
 	fresh := e.read > 0 && now.Sub(e.readAt) <= topicLimitStale
+	// A batch the broker refuses as it came (the limit applies to its own codec's size) is no
+	// skip of the proxy's: its MESSAGE_TOO_LARGE is what the client gets either way.
+	tooBig := b.orig > 0 && (e.compression < 0 || e.compression == b.codec) &&
+		(e.refused > 0 && b.orig >= e.refused || e.read > 0 && b.orig > e.read)
 	switch {
+	case tooBig:
+		return skipOverLimitAsSent
 	case e.refused > 0 && b.size >= e.refused:
 		return skipTopicSizeLimit
 	case e.read > 0 && size > e.read:
