@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,6 +141,17 @@ func expectClosed(t *testing.T, c net.Conn) {
 	var ne net.Error
 	if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
 		t.Fatalf("connection still open: %v", err)
+	}
+}
+
+// expectReset is expectClosed for a connection the proxy refuses: closed with a TCP reset, as a
+// refused connection reads to a client, not with a clean end of stream.
+func expectReset(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read %v, want a connection reset", err)
 	}
 }
 

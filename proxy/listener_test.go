@@ -55,7 +55,7 @@ func TestMaxConnsRefusal(t *testing.T) {
 	roundTrip(t, first, "one")
 
 	second := dial(t, l)
-	expectClosed(t, second)
+	expectReset(t, second)
 	if got := l.Refused(); got != 1 {
 		t.Fatalf("Refused = %d, want 1", got)
 	}
@@ -287,6 +287,8 @@ func TestDrainDeadlineForceCloses(t *testing.T) {
 	}
 }
 
+// TestUpstreamDialFailureClosesClient: with its upstream down, a client's connection is reset, as
+// a direct one would be refused: clients retry that, not a clean close (kgo fails its records).
 func TestUpstreamDialFailureClosesClient(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -295,7 +297,10 @@ func TestUpstreamDialFailureClosesClient(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 	l := startListener(t, ListenerConfig{Upstream: dead}, HandlerFunc(relay))
-	expectClosed(t, dial(t, l))
+	expectReset(t, dial(t, l))
+	if n := l.DialFailures(); n != 1 {
+		t.Errorf("DialFailures = %d, want 1", n)
+	}
 }
 
 func TestConnectionsRegistry(t *testing.T) {

@@ -159,12 +159,13 @@ type Listener struct {
 	conns map[uint64]*Conn
 	wg    sync.WaitGroup
 
-	refused   atomic.Uint64
-	tlsFailed atomic.Uint64
-	serving   atomic.Int64 // connections accepted and not yet ended (including those still dialing)
-	epoch     time.Time
-	coarse    atomic.Int64 // elapsed() as of the last tick
-	tickEvery time.Duration
+	refused    atomic.Uint64
+	tlsFailed  atomic.Uint64
+	dialFailed atomic.Uint64
+	serving    atomic.Int64 // connections accepted and not yet ended (including those still dialing)
+	epoch      time.Time
+	coarse     atomic.Int64 // elapsed() as of the last tick
+	tickEvery  time.Duration
 }
 
 // Listen opens cfg.Addr. Call Serve to start accepting. log, which should name the protocol,
@@ -273,7 +274,7 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 			ev = log.Warn()
 		}
 		ev.Int("max_conns", l.cfg.MaxConns).Uint64("refused_total", n).Msg("connection refused: listener is at its connection limit")
-		raw.Close()
+		resetClose(raw)
 		return
 	}
 	var client net.Conn = raw
@@ -329,8 +330,14 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	stop()
 	cancel()
 	if err != nil {
-		log.Warn().Err(err).Msg("upstream dial failed; closing client connection")
-		client.Close()
+		// Loud only now and then: during a broker outage every client retries, many a second.
+		n := l.dialFailed.Add(1)
+		ev := log.Debug()
+		if LogNth(n) {
+			ev = log.Warn()
+		}
+		ev.Err(err).Uint64("dial_failures_total", n).Msg("upstream dial failed; resetting client connection")
+		resetClose(raw)
 		return
 	}
 	l.mu.Lock()
@@ -449,6 +456,28 @@ func (l *Listener) closeAll() {
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled)
 }
+
+// resetClose closes a client connection the proxy cannot serve (no upstream, or at max_conns)
+// with a TCP reset, not a FIN: where the broker is down, a direct client's connection is
+// refused, which clients retry, while a clean close right after connecting reads to them as a
+// broker speaking another protocol (kgo fails the buffered records: "is TLS missing?").
+func resetClose(c net.Conn) {
+	inner := c
+	for {
+		w, ok := inner.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		inner = w.NetConn()
+	}
+	if tc, ok := inner.(interface{ SetLinger(int) error }); ok {
+		_ = tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// DialFailures counts client connections reset because the upstream dial failed.
+func (l *Listener) DialFailures() uint64 { return l.dialFailed.Load() }
 
 // LogNth says whether the nth event of a kind a client can repeat at will is logged loudly: the
 // first 10, then one in a thousand, so a misconfigured or hostile client cannot flood the log.

@@ -311,7 +311,9 @@ func (s *session) serve(ctx context.Context) error {
 		if s.draining.Load() {
 			return nil
 		}
-		return fmt.Errorf("amqp protocol header: %w", err)
+		// A port probe or TCP health check connects and sends nothing: not worth a Warn each.
+		s.log.Debug().Err(err).Msg("closing connection: the client sent no AMQP protocol header")
+		return proxy.Logged(fmt.Errorf("amqp protocol header: %w", err))
 	}
 	s.c.Client.SetReadDeadline(time.Time{})
 	if s.draining.Load() { // the drain's deadline was just cleared: no session yet to keep
@@ -319,8 +321,13 @@ func (s *session) serve(ctx context.Context) error {
 	}
 	if hdr != protocolHeader {
 		// A 0-9-1 server answers any other protocol header with the one it speaks and closes.
-		s.p.stats.refused.Add(1)
-		s.log.Warn().Hex("header", hdr[:]).Msg("client opened with a protocol other than AMQP 0-9-1; refused")
+		// Loud only now and then: anyone who reaches the port can send an HTTP request.
+		n := s.p.stats.refused.Add(1)
+		ev := s.log.Debug()
+		if proxy.LogNth(n) {
+			ev = s.log.Warn()
+		}
+		ev.Hex("header", hdr[:]).Uint64("refused_protocol_total", n).Msg("client opened with a protocol other than AMQP 0-9-1; refused")
 		s.c.Client.Write(protocolHeader[:])
 		return nil
 	}

@@ -1,8 +1,9 @@
 package amqp
 
 import (
-	"io"
+	"errors"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -19,8 +20,8 @@ func TestRefusedConnsCounted(t *testing.T) {
 	}
 	defer refused.Close()
 	refused.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := refused.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("a connection past MaxConns read %v, want EOF", err)
+	if _, err := refused.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a connection past MaxConns read %v, want a reset, as a refused connection", err)
 	}
 	if got := h.p.Stats().RefusedConns; got != 1 {
 		t.Fatalf("RefusedConns = %d, want 1", got)

@@ -260,7 +260,13 @@ func (s *session) requests() error {
 		frame, err := readFrameInto(in, maxBytes, &s.inBuf)
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
-				s.log.Warn().Err(err).Msg("closing connection: request frame is not valid Kafka framing")
+				// Loud only now and then: anyone who reaches the port can send an HTTP request.
+				n := s.p.stats.invalidFrames.Add(1)
+				ev := s.log.Debug()
+				if proxy.LogNth(n) {
+					ev = s.log.Warn()
+				}
+				ev.Err(err).Uint64("invalid_frames_total", n).Msg("closing connection: request frame is not valid Kafka framing")
 				return proxy.Logged(err)
 			}
 			return err

@@ -213,9 +213,13 @@ func startProxyWith(t *testing.T, c *kfake.Cluster, mod func(*Config), beforeSta
 	if os.Getenv("KAFKA_PROXY_LOG") != "" {
 		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).With().Timestamp().Logger()
 	}
+	var bootstrap []string
+	if c != nil { // else mod names it
+		bootstrap = c.ListenAddrs()
+	}
 	cfg := Config{
 		Listen:    "127.0.0.1:0",
-		Bootstrap: c.ListenAddrs(),
+		Bootstrap: bootstrap,
 		Env:       "test",
 		Observer:  rec,
 		Errors:    errs,

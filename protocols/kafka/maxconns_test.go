@@ -1,8 +1,9 @@
 package kafka
 
 import (
-	"io"
+	"errors"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -42,8 +43,8 @@ func TestRefusedConnsCounted(t *testing.T) {
 			t.Fatal(err)
 		}
 		refused.SetReadDeadline(time.Now().Add(20 * time.Second))
-		if _, err := refused.Read(make([]byte, 1)); err != io.EOF {
-			t.Fatalf("%s: a connection past MaxConns read %v, want EOF", addr, err)
+		if _, err := refused.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("%s: a connection past MaxConns read %v, want a reset, as a refused connection", addr, err)
 		}
 		refused.Close()
 		if got, want := p.Stats().RefusedConns, uint64(i+1); got != want {

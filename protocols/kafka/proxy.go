@@ -119,9 +119,12 @@ type Config struct {
 
 // Stats are the proxy's counters.
 type Stats struct {
-	UnknownCorrIDs   uint64 // responses whose correlation id matched no request (forwarded as they were)
-	ObserveDropped   uint64 // fetch responses not observed because the queue was full
-	DecodeErrors     uint64 // requests/responses forwarded without being understood
+	UnknownCorrIDs uint64 // responses whose correlation id matched no request (forwarded as they were)
+	ObserveDropped uint64 // fetch responses not observed because the queue was full
+	DecodeErrors   uint64 // requests/responses forwarded without being understood
+	// Connections closed because a client's bytes were not Kafka framing (an HTTP request, a TLS
+	// hello to a plaintext front, a size over max_frame_bytes).
+	InvalidFrames    uint64
 	InjectedRecords  uint64 // records that got a pathway header
 	ExistingContext  uint64 // records that already carried one
 	SkippedBatches   uint64 // batches forwarded unmodified (any reason)
@@ -155,7 +158,7 @@ type Stats struct {
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions, unkeptFacts atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions, unkeptFacts, invalidFrames atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -420,7 +423,7 @@ func (p *Proxy) Stats() Stats {
 	s := &p.stats
 	refused, tlsFailed := p.listenerCounts()
 	return Stats{
-		UnknownCorrIDs: s.unknownCorr.Load(), ObserveDropped: s.observeDropped.Load(), DecodeErrors: s.decodeErrors.Load(),
+		UnknownCorrIDs: s.unknownCorr.Load(), ObserveDropped: s.observeDropped.Load(), DecodeErrors: s.decodeErrors.Load(), InvalidFrames: s.invalidFrames.Load(),
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),

@@ -1,0 +1,84 @@
+package kafka
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kversion"
+)
+
+// dialFailures sums the client connections the bootstrap and node listeners reset because their
+// upstream dial failed.
+func (p *Proxy) dialFailures() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.bootstrap.DialFailures()
+	for _, nd := range p.nodes {
+		if nd.ln != nil {
+			n += nd.ln.DialFailures()
+		}
+	}
+	return n
+}
+
+// TestBrokerRestartClientRetries: while the cluster is down, a client's connections to the proxy
+// are reset, as direct ones are refused, and kgo retries until the cluster is back; a clean close
+// instead made kgo fail the buffered records ("broker closed the connection immediately ... is
+// TLS missing?") where a direct producer lost none. kfake restarts on the same ports with new
+// topic ids, so the client stays at Kafka 2.4, before topic ids (a direct client would fail too).
+func TestBrokerRestartClientRetries(t *testing.T) {
+	var ports []int
+	for range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		n, _ := strconv.Atoi(port)
+		ports = append(ports, n)
+		ln.Close()
+	}
+	g := &brokerGuard{}
+	start := func() *kfake.Cluster {
+		t.Helper()
+		c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.Ports(ports...), kfake.ListenFn(g.listen), kfake.AllowAutoTopicCreation())
+		if err != nil {
+			t.Fatalf("kfake on the reserved ports: %v", err)
+		}
+		return c
+	}
+	c := start()
+	p := startProxy(t, c, nil)
+	ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Minute)
+	defer cancel()
+	topic := uniqueTopic(t, "broker-restart")
+	opts := []kgo.Opt{kgo.AllowAutoTopicCreation(), kgo.MaxVersions(kversion.V2_4_0()), kgo.DefaultProduceTopic(topic),
+		kgo.DisableIdempotentWrite()} // a restarted kfake knows no producer ids
+	if err := kgoClient(t, p, opts...).ProduceSync(ctx, &kgo.Record{Value: []byte("before")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	// A client that starts while the cluster is down (one whose connections the close cut could
+	// see that close as a direct one would).
+	cl := kgoClient(t, p, opts...)
+	done := make(chan error, 1)
+	go func() { done <- cl.ProduceSync(ctx, &kgo.Record{Value: []byte("while down")}).FirstErr() }()
+	waitFor(t, "the client's connections reset while the cluster is down", func() bool { return p.dialFailures() >= 30 })
+	select {
+	case err := <-done:
+		t.Fatalf("the record failed while the cluster was down: %v", err)
+	default:
+	}
+	c = start()
+	t.Cleanup(c.Close)
+	if err := <-done; err != nil {
+		t.Fatalf("the record failed once the cluster was back: %v", err)
+	}
+	g.check(t)
+}

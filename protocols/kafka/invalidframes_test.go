@@ -1,0 +1,44 @@
+package kafka
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
+)
+
+// TestInvalidFramesCountedQuietly: bytes that are not Kafka framing (an HTTP request) close
+// their connection; each is counted (Stats.InvalidFrames) and logged at Warn for the first 10
+// and every 1000th only, since anyone who reaches the port can send them.
+func TestInvalidFramesCountedQuietly(t *testing.T) {
+	c, guard := startCluster(t)
+	var logs syncbuf.Buffer
+	p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	for range 12 {
+		conn, err := net.Dial("tcp", p.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if n, _ := conn.Read(make([]byte, 1)); n != 0 {
+			t.Error("an HTTP request got an answer")
+		}
+		conn.Close()
+	}
+	waitFor(t, "12 invalid frames counted", func() bool { return p.Stats().InvalidFrames == 12 })
+	warns := 0
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, `"level":"warn"`) && strings.Contains(l, "not valid Kafka framing") {
+			warns++
+		}
+	}
+	if warns != 10 {
+		t.Errorf("%d Warn lines for 12 HTTP requests, want 10", warns)
+	}
+	guard.check(t)
+}
