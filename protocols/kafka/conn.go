@@ -67,6 +67,7 @@ type session struct {
 	rawOAuth   bool
 	draining   atomic.Bool
 	respClosed chan struct{}
+	spoke      bool // the client's first request was read (request goroutine)
 
 	// The fetch offsets of the connection's fetch session (KIP-227), request goroutine only: an
 	// incremental Fetch leaves out partitions whose offset did not change, and the broker answers
@@ -165,6 +166,10 @@ func (s *session) serve(ctx context.Context) error {
 		s.c.Client.Close()
 		respErr <- err
 	}()
+	// A client that sends nothing would hold its socket, and one to a broker, for as long as it
+	// stays connected (a few of them could fill max_conns): every Kafka client sends its first
+	// request at once. Set before the drain watcher starts, so a drain is not put off by it.
+	s.c.Client.SetReadDeadline(time.Now().Add(firstRequestTimeout))
 	// A drain wakes the request reader; it stops at a request boundary (drainReader).
 	defer s.c.WakeOnDrain(ctx, &s.draining)()
 	err := s.requests()
@@ -231,6 +236,9 @@ func (s *session) waitIdle() {
 	}
 }
 
+// firstRequestTimeout is how long a client has to send its first request.
+var firstRequestTimeout = 10 * time.Second
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
@@ -258,6 +266,17 @@ func (s *session) requests() error {
 		// request handlers copy what they keep, so one read buffer serves the connection.
 		in.boundary = true
 		frame, err := readFrameInto(in, maxBytes, &s.inBuf)
+		if err == nil && !s.spoke {
+			s.spoke = true
+			s.c.Client.SetReadDeadline(time.Time{})
+			if s.draining.Load() { // the drain's wake-up was just cleared
+				s.c.Client.SetReadDeadline(time.Now())
+			}
+		}
+		if err != nil && !s.spoke && isTimeout(err) && !s.draining.Load() {
+			s.log.Debug().Dur("timeout", firstRequestTimeout).Msg("closing connection: the client sent no request")
+			return proxy.Logged(err)
+		}
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				// Loud only now and then: anyone who reaches the port can send an HTTP request.

@@ -42,3 +42,43 @@ func TestInvalidFramesCountedQuietly(t *testing.T) {
 	}
 	guard.check(t)
 }
+
+// TestSilentClientClosed: a connection that sends no request is closed after
+// firstRequestTimeout, quietly (a few of them would otherwise fill max_conns for good); one that
+// spoke stays open past it.
+func TestSilentClientClosed(t *testing.T) {
+	defer func(old time.Duration) { firstRequestTimeout = old }(firstRequestTimeout)
+	firstRequestTimeout = 300 * time.Millisecond
+	c, guard := startCluster(t)
+	var logs syncbuf.Buffer
+	p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	silent, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("a silent connection read %v, want it closed by the proxy", err)
+	}
+	if strings.Contains(logs.String(), `"level":"warn"`) {
+		t.Errorf("a silent connection's close logged at Warn:\n%s", logs.String())
+	}
+
+	spoke, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spoke.Close()
+	for i := range 2 {
+		if _, err := spoke.Write(requestFrame(emptyMetadata(), int32(i+1))); err != nil {
+			t.Fatal(err)
+		}
+		spoke.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := readFrame(spoke, DefaultMaxFrameBytes); err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		time.Sleep(2 * firstRequestTimeout) // not a timing assertion: the connection must outlive it
+	}
+	guard.check(t)
+}
