@@ -144,14 +144,19 @@ func expectClosed(t *testing.T, c net.Conn) {
 	}
 }
 
-// expectReset is expectClosed for a connection the proxy refuses: closed with a TCP reset, as a
-// refused connection reads to a client, not with a clean end of stream.
-func expectReset(t *testing.T, c net.Conn) {
+// expectReset connects to addr and expects the proxy to refuse the connection with a TCP reset,
+// as a refused connection reads to a client, not with a clean end of stream. The reset can come
+// before the client's connect returns, which then fails with it.
+func expectReset(t *testing.T, addr string) {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	_, err := c.Read(make([]byte, 1))
+	c, err := net.Dial("tcp", addr)
+	if err == nil {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+	}
 	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("read %v, want a connection reset", err)
+		t.Fatalf("connecting and reading gave %v, want a connection reset", err)
 	}
 }
 

@@ -162,6 +162,7 @@ type Listener struct {
 	refused    atomic.Uint64
 	tlsFailed  atomic.Uint64
 	dialFailed atomic.Uint64
+	dialWorked atomic.Bool  // the latest upstream dial succeeded
 	serving    atomic.Int64 // connections accepted and not yet ended (including those still dialing)
 	epoch      time.Time
 	coarse     atomic.Int64 // elapsed() as of the last tick
@@ -330,16 +331,22 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	stop()
 	cancel()
 	if err != nil {
-		// Loud only now and then: during a broker outage every client retries, many a second.
+		if l.cut.Err() != nil || ctx.Err() != nil { // cut by a shutdown, not the broker's failure
+			resetClose(raw)
+			return
+		}
+		// Loud only now and then, as during an outage every client retries, many a second; but
+		// always the first failure after a dial that worked, so that each outage is told.
 		n := l.dialFailed.Add(1)
 		ev := log.Debug()
-		if LogNth(n) {
+		if l.dialWorked.Swap(false) || LogNth(n) {
 			ev = log.Warn()
 		}
 		ev.Err(err).Uint64("dial_failures_total", n).Msg("upstream dial failed; resetting client connection")
 		resetClose(raw)
 		return
 	}
+	l.dialWorked.Store(true)
 	l.mu.Lock()
 	up = RawSyscallConn(up)
 	c.Upstream = up

@@ -96,6 +96,7 @@ type Stats struct {
 	PointsDropped   uint64 // Observer.Add returned false
 	RefusedProtocol uint64 // clients that opened with another protocol header
 	RefusedConns    uint64 // connections closed at once because the listener was at MaxConns
+	DialFailures    uint64 // client connections reset because the upstream dial failed
 	// TLSHandshakeFailures: clients whose TLS handshake failed (not port probes closed first).
 	TLSHandshakeFailures uint64
 	ConsumerResets       uint64 // channels' consumer tag maps started again because MaxConsumers tags were live
@@ -247,25 +248,25 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
-	refused, tlsFailed := p.listenerCounts()
+	refused, tlsFailed, dialFailed := p.listenerCounts()
 	return Stats{
 		Connections: s.conns.Load(), Published: s.published.Load(), Injected: s.injected.Load(),
 		ExistingContext: s.existing.Load(), SkippedFrameMax: s.frameMax.Load(), Consumed: s.consumed.Load(),
 		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
-		RefusedProtocol: s.refused.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
+		RefusedProtocol: s.refused.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
 		ConfirmUnheld: s.confirmUnheld.Load(), Unconfirmed: s.unconfirmed.Load(),
 	}
 }
 
-// listenerCounts is the listener's refusals and failed TLS handshakes.
-func (p *Proxy) listenerCounts() (refused, tlsFailed uint64) {
+// listenerCounts is the listener's refusals, failed TLS handshakes and failed upstream dials.
+func (p *Proxy) listenerCounts() (refused, tlsFailed, dialFailed uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln == nil {
-		return 0, 0
+		return 0, 0, 0
 	}
-	return p.ln.Refused(), p.ln.TLSFailures()
+	return p.ln.Refused(), p.ln.TLSFailures(), p.ln.DialFailures()
 }
 
 func (p *Proxy) addPoint(pt pathway.Point) {

@@ -12,20 +12,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kversion"
 )
 
-// dialFailures sums the client connections the bootstrap and node listeners reset because their
-// upstream dial failed.
-func (p *Proxy) dialFailures() uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := p.bootstrap.DialFailures()
-	for _, nd := range p.nodes {
-		if nd.ln != nil {
-			n += nd.ln.DialFailures()
-		}
-	}
-	return n
-}
-
 // TestBrokerRestartClientRetries: while the cluster is down, a client's connections to the proxy
 // are reset, as direct ones are refused, and kgo retries until the cluster is back; a clean close
 // instead made kgo fail the buffered records ("broker closed the connection immediately ... is
@@ -69,7 +55,7 @@ func TestBrokerRestartClientRetries(t *testing.T) {
 	cl := kgoClient(t, p, opts...)
 	done := make(chan error, 1)
 	go func() { done <- cl.ProduceSync(ctx, &kgo.Record{Value: []byte("while down")}).FirstErr() }()
-	waitFor(t, "the client's connections reset while the cluster is down", func() bool { return p.dialFailures() >= 30 })
+	waitFor(t, "the client's connections reset while the cluster is down", func() bool { return p.Stats().DialFailures >= 30 })
 	select {
 	case err := <-done:
 		t.Fatalf("the record failed while the cluster was down: %v", err)

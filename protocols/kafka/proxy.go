@@ -136,6 +136,7 @@ type Stats struct {
 	HiddenEndpoints  uint64 // streamed fetch responses whose KIP-951 node endpoints were hidden
 	ResentBatches    uint64 // idempotent batches the broker had stored before: not counted again
 	RefusedConns     uint64 // connections closed at once because their listener was at MaxConns
+	DialFailures     uint64 // client connections reset because their upstream dial failed
 	// TLSHandshakeFailures: clients whose TLS handshake failed (not port probes closed first).
 	TLSHandshakeFailures uint64
 	TxnOffsetsDropped    uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
@@ -421,34 +422,35 @@ func (p *Proxy) NodeAddr(id int32) (net.Addr, bool) {
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
-	refused, tlsFailed := p.listenerCounts()
+	refused, tlsFailed, dialFailed := p.listenerCounts()
 	return Stats{
 		UnknownCorrIDs: s.unknownCorr.Load(), ObserveDropped: s.observeDropped.Load(), DecodeErrors: s.decodeErrors.Load(), InvalidFrames: s.invalidFrames.Load(),
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
-		ResentBatches: s.resent.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
+		ResentBatches: s.resent.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
 		UnkeptFacts:   s.unkeptFacts.Load(),
 		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
 		TopicConfigLookups: p.limits.lookups.Load(), TopicConfigFailures: p.limits.lookupFailures.Load(),
 	}
 }
 
-// listenerCounts sums the refusals and failed TLS handshakes of the bootstrap and node listeners
-// (node listeners live until Shutdown, so none is lost).
-func (p *Proxy) listenerCounts() (refused, tlsFailed uint64) {
+// listenerCounts sums the refusals, failed TLS handshakes and failed upstream dials of the
+// bootstrap and node listeners (node listeners live until Shutdown, so none is lost).
+func (p *Proxy) listenerCounts() (refused, tlsFailed, dialFailed uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bootstrap != nil {
-		refused, tlsFailed = p.bootstrap.Refused(), p.bootstrap.TLSFailures()
+		refused, tlsFailed, dialFailed = p.bootstrap.Refused(), p.bootstrap.TLSFailures(), p.bootstrap.DialFailures()
 	}
 	for _, nd := range p.nodes {
 		if nd.ln != nil {
 			refused += nd.ln.Refused()
 			tlsFailed += nd.ln.TLSFailures()
+			dialFailed += nd.ln.DialFailures()
 		}
 	}
-	return refused, tlsFailed
+	return refused, tlsFailed, dialFailed
 }
 
 // Shutdown drains every listener (clients finish their in-flight requests) and stops the
