@@ -440,3 +440,53 @@ func TestLogNth(t *testing.T) {
 		}
 	}
 }
+
+// TestEachOutageTold: dial failures are a Warn for the first 10 and every 1000th, but also the
+// first one after a dial that worked, so that an outage after an earlier one is told.
+func TestEachOutageTold(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var logs syncbuf.Buffer
+	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: addr}, HandlerFunc(relay), zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(context.Background()) }()
+	defer func() {
+		l.Close()
+		<-served
+	}()
+	for range 11 { // the first outage: 10 Warn, 1 Debug
+		expectReset(t, l.Addr().String())
+	}
+	up, err := net.Listen("tcp", addr) // the broker is back
+	if err != nil {
+		t.Skipf("the upstream's port was taken meanwhile: %v", err)
+	}
+	go func() {
+		if c, err := up.Accept(); err == nil {
+			io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	c := dial(t, l)
+	roundTrip(t, c, "back")
+	c.Close()
+	up.Close()
+	expectReset(t, l.Addr().String()) // the second outage's first failure
+	waitFor(t, "12 dial failures counted", func() bool { return l.DialFailures() == 12 })
+	warns := 0
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "upstream dial failed") && strings.Contains(line, `"level":"warn"`) {
+			warns++
+		}
+	}
+	if warns != 11 {
+		t.Errorf("%d Warn lines for two outages of 11 and 1 failures, want 11", warns)
+	}
+}
