@@ -92,13 +92,19 @@ func testLog() zerolog.Logger {
 // startListener listens on an ephemeral port and serves; cleanup closes it.
 func startListener(t *testing.T, cfg ListenerConfig, h Handler) *Listener {
 	t.Helper()
+	return startListenerLog(t, cfg, h, testLog())
+}
+
+// startListenerLog is startListener logging to log.
+func startListenerLog(t *testing.T, cfg ListenerConfig, h Handler, log zerolog.Logger) *Listener {
+	t.Helper()
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
 	if cfg.Protocol == "" {
 		cfg.Protocol = "test"
 	}
-	l, err := Listen(cfg, h, testLog())
+	l, err := Listen(cfg, h, log)
 	if err != nil {
 		t.Fatal(err)
 	}

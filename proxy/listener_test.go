@@ -71,16 +71,7 @@ func TestMaxConnsRefusal(t *testing.T) {
 func TestMaxConnsRefusalLogThrottled(t *testing.T) {
 	up := startEcho(t, nil)
 	var logs syncbuf.Buffer
-	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: up.addr(), MaxConns: 1}, HandlerFunc(relay), zerolog.New(&logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- l.Serve(context.Background()) }()
-	defer func() {
-		l.Close()
-		<-served
-	}()
+	l := startListenerLog(t, ListenerConfig{Upstream: up.addr(), MaxConns: 1}, HandlerFunc(relay), zerolog.New(&logs))
 	first := dial(t, l)
 	roundTrip(t, first, "one")
 	const refusals = 13
@@ -451,16 +442,7 @@ func TestEachOutageTold(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	var logs syncbuf.Buffer
-	l, err := Listen(ListenerConfig{Protocol: "test", Addr: "127.0.0.1:0", Upstream: addr}, HandlerFunc(relay), zerolog.New(&logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- l.Serve(context.Background()) }()
-	defer func() {
-		l.Close()
-		<-served
-	}()
+	l := startListenerLog(t, ListenerConfig{Upstream: addr}, HandlerFunc(relay), zerolog.New(&logs))
 	for range 11 { // the first outage: 10 Warn, 1 Debug
 		expectReset(t, l.Addr().String())
 	}
