@@ -169,7 +169,7 @@ func (s *session) serve(ctx context.Context) error {
 	// A client that sends nothing would hold its socket, and one to a broker, for as long as it
 	// stays connected (a few of them could fill max_conns): every Kafka client sends its first
 	// request at once. Set before the drain watcher starts, so a drain is not put off by it.
-	s.c.Client.SetReadDeadline(time.Now().Add(firstRequestTimeout))
+	s.c.Client.SetReadDeadline(time.Now().Add(s.p.firstRequestTimeout))
 	// A drain wakes the request reader; it stops at a request boundary (drainReader).
 	defer s.c.WakeOnDrain(ctx, &s.draining)()
 	err := s.requests()
@@ -236,8 +236,9 @@ func (s *session) waitIdle() {
 	}
 }
 
-// firstRequestTimeout is how long a client has to send its first request.
-var firstRequestTimeout = 10 * time.Second
+// firstRequestTimeout is how long a client has to send its first request (Proxy's, which tests
+// shorten before Start).
+const firstRequestTimeout = 10 * time.Second
 
 func isTimeout(err error) bool {
 	var ne net.Error
@@ -274,7 +275,7 @@ func (s *session) requests() error {
 			}
 		}
 		if err != nil && !s.spoke && isTimeout(err) && !s.draining.Load() {
-			s.log.Debug().Dur("timeout", firstRequestTimeout).Msg("closing connection: the client sent no complete request in time")
+			s.log.Debug().Dur("timeout", s.p.firstRequestTimeout).Msg("closing connection: the client sent no complete request in time")
 			return proxy.Logged(err)
 		}
 		if err != nil {

@@ -44,14 +44,13 @@ func TestInvalidFramesCountedQuietly(t *testing.T) {
 }
 
 // TestSilentClientClosed: a connection that sends no request is closed after
-// firstRequestTimeout, quietly (a few of them would otherwise fill max_conns for good); one that
+// the first-request timeout, quietly (a few of them would otherwise fill max_conns for good); one that
 // spoke stays open past it.
 func TestSilentClientClosed(t *testing.T) {
-	defer func(old time.Duration) { firstRequestTimeout = old }(firstRequestTimeout)
-	firstRequestTimeout = 300 * time.Millisecond
+	const timeout = 300 * time.Millisecond
 	c, guard := startCluster(t)
 	var logs syncbuf.Buffer
-	p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	p := startProxyWith(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) }, func(p *Proxy) { p.firstRequestTimeout = timeout })
 	silent, err := net.Dial("tcp", p.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +77,7 @@ func TestSilentClientClosed(t *testing.T) {
 		if _, err := readFrame(spoke, DefaultMaxFrameBytes); err != nil {
 			t.Fatalf("request %d: %v", i+1, err)
 		}
-		time.Sleep(2 * firstRequestTimeout) // not a timing assertion: the connection must outlive it
+		time.Sleep(2 * timeout) // not a timing assertion: the connection must outlive it
 	}
 	guard.check(t)
 }

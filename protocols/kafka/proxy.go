@@ -164,19 +164,22 @@ type counters struct {
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
 type Proxy struct {
-	cfg       Config
-	log       zerolog.Logger
-	now       func() time.Time
-	cp        *pathway.Checkpointer
-	obs       Observer
-	pointBufs *pointBuffers
-	errs      errtrack.Reporter
-	respect   bool
-	listen    string // host of Listen
-	advHost   string
-	portBase  int // 0 = ephemeral node ports
-	baseDial  proxy.DialFunc
-	bootstrap *proxy.Listener
+	cfg Config
+	log zerolog.Logger
+	// firstRequestTimeout: how long a client has to send its first request (a test shortens it
+	// before Start).
+	firstRequestTimeout time.Duration
+	now                 func() time.Time
+	cp                  *pathway.Checkpointer
+	obs                 Observer
+	pointBufs           *pointBuffers
+	errs                errtrack.Reporter
+	respect             bool
+	listen              string // host of Listen
+	advHost             string
+	portBase            int // 0 = ephemeral node ports
+	baseDial            proxy.DialFunc
+	bootstrap           *proxy.Listener
 
 	topics    *topicIDs
 	limits    *topicLimits
@@ -236,7 +239,8 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: listen %q: port: %w", cfg.Listen, err)
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node), nodeProblems: make(map[int32]error)}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node), nodeProblems: make(map[int32]error),
+		firstRequestTimeout: firstRequestTimeout}
 	p.heldPoints.Max, p.sessionEntries.Max, p.facts.Max = maxHeldPoints, maxSessionEntries, maxFacts
 	p.advHost = cfg.AdvertisedHost
 	if p.advHost == "" {
