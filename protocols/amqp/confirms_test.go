@@ -44,6 +44,9 @@ func TestConfirmedPublishesCount(t *testing.T) {
 		if _, err := sc.QueueDeclare(full, false, true, false, false, amqp091.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() {
+			cleanupBroker(t, func(ch *amqp091.Channel) error { _, err := ch.QueueDelete(full, false, false, false); return err })
+		})
 		ch, confirms := confirmChannel()
 		for range 3 {
 			if err := ch.PublishWithContext(ctx, "", full, false, false, amqp091.Publishing{Body: []byte("no room")}); err != nil {
