@@ -18,13 +18,22 @@ func openTerminal(t *testing.T) (tty, leader *os.File) {
 		return nil, nil
 	}
 	t.Cleanup(func() { ptmx.Close() })
-	var unlock int32
-	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, ptmx.Fd(), syscall.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
-		t.Fatalf("unlocking the pseudo-terminal: %v", e)
+	// Through SyscallConn, not Fd: Fd puts the file in blocking mode, where read deadlines are
+	// not kept, and a read of the leader that found nothing hung the test until its timeout.
+	rc, err := ptmx.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
 	}
+	var unlock int32
 	var n uint32
-	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, ptmx.Fd(), syscall.TIOCGPTN, uintptr(unsafe.Pointer(&n))); e != 0 {
-		t.Fatalf("numbering the pseudo-terminal: %v", e)
+	var e syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		if _, _, e = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
+			return
+		}
+		_, _, e = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCGPTN, uintptr(unsafe.Pointer(&n)))
+	}); err != nil || e != 0 {
+		t.Fatalf("unlocking and numbering the pseudo-terminal: %v %v", err, e)
 	}
 	tty, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
