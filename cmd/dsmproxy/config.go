@@ -182,11 +182,14 @@ type KafkaConfig struct {
 	InjectAcks0UnknownLimit bool `yaml:"inject_acks0_unknown_limit"`
 	// TopicLimitWait: how long a produce request may wait for its topics' first size limits
 	// (unset: 500ms; 0s: never).
-	TopicLimitWait         *Duration `yaml:"topic_limit_wait"`
-	MaxFrameBytes          int       `yaml:"max_frame_bytes"`
-	RespectExistingContext *bool     `yaml:"respect_existing_context"`
-	LinkConsumeProduce     bool      `yaml:"link_consume_produce"`
-	LinkWindow             Duration  `yaml:"link_window"`
+	TopicLimitWait *Duration `yaml:"topic_limit_wait"`
+	MaxFrameBytes  int       `yaml:"max_frame_bytes"`
+	// FrameBudgetBytes: what all connections together hold of requests over 1 MiB (counted
+	// twice: read and rewritten); a request past it is relayed unread.
+	FrameBudgetBytes       int64    `yaml:"frame_budget_bytes"`
+	RespectExistingContext *bool    `yaml:"respect_existing_context"`
+	LinkConsumeProduce     bool     `yaml:"link_consume_produce"`
+	LinkWindow             Duration `yaml:"link_window"`
 	// SASL is the proxy's own login, for its own connections to the cluster.
 	SASL           *KafkaSASL `yaml:"sasl"`
 	ListenerLimits `yaml:",inline"`
@@ -837,6 +840,9 @@ func (c *Config) Validate() error {
 		}
 		if w := k.TopicLimitWait; w != nil && w.D() > kafka.MaxTopicLimitWait {
 			bad(k.line, p+".topic_limit_wait", "%v is over %v: clients give up on a request after request.timeout.ms (30 s by default), and every produce to a new topic would wait that long while the cluster does not answer (0s: never wait)", w.D(), kafka.MaxTopicLimitWait)
+		}
+		if k.FrameBudgetBytes < 0 {
+			bad(k.line, p+".frame_budget_bytes", "must be >= 0 (0: the default, 512 MiB)")
 		}
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")

@@ -214,6 +214,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 		MaxBatchBytes:           k.MaxBatchBytes,
 		InjectAcks0UnknownLimit: k.InjectAcks0UnknownLimit,
 		MaxFrameBytes:           k.MaxFrameBytes,
+		FrameBudgetBytes:        k.FrameBudgetBytes,
 		Env:                     sh.env,
 		Checkpointer:            sh.cp,
 		Observer:                sh.obs,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -95,6 +96,7 @@ type session struct {
 	// (taken by the request goroutine, given back by the response one).
 	heldPoints proxy.Share
 	factShare  proxy.Share // its requests' part of Proxy.facts
+	frameShare proxy.Share // the request frame being read's part of Proxy.frames
 }
 
 // ownContext is the last context a record carried in a batch and what replaces it, when
@@ -192,6 +194,7 @@ func (s *session) serve(ctx context.Context) error {
 	s.p.sessionEntries.Release(&s.sessionShare)
 	s.p.heldPoints.Release(&s.heldPoints) // abandon gave back all it knew of
 	s.p.facts.Release(&s.factShare)
+	s.p.frames.Release(&s.frameShare)
 	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
 		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
 			return rerr
@@ -266,7 +269,7 @@ func (s *session) requests() error {
 		// Every path below forwards (or answers) the frame before the loop reads the next one, and
 		// request handlers copy what they keep, so one read buffer serves the connection.
 		in.boundary = true
-		frame, err := readFrameInto(in, maxBytes, &s.inBuf)
+		frame, rest, err := s.readRequest(in, maxBytes)
 		if err == nil && !s.spoke {
 			s.spoke = true
 			s.c.Client.SetReadDeadline(time.Time{})
@@ -298,7 +301,7 @@ func (s *session) requests() error {
 			if left > 0 {
 				s.push(&pending{rawToken: true})
 			}
-			if _, err := s.c.Upstream.Write(frame); err != nil {
+			if err := s.forwardRest(frame, rest, in); err != nil {
 				return err
 			}
 			continue
@@ -309,10 +312,16 @@ func (s *session) requests() error {
 			s.p.decodeError("request", -1, -1, err)
 			return proxy.Logged(fmt.Errorf("request header: %w", err))
 		}
+		s.noteClientID(h.ClientID)
+		if rest > 0 {
+			if err := s.forwardUnread(h, frame, rest, in); err != nil {
+				return err
+			}
+			continue
+		}
 		if s.p.tap != nil {
 			s.p.tap(h, frame)
 		}
-		s.noteClientID(h.ClientID)
 		out, pd := s.handleRequest(h, frame)
 		if pd == nil {
 			// acks=0 produce: no response will come.
@@ -337,6 +346,102 @@ func (s *session) requests() error {
 			return err
 		}
 	}
+}
+
+// readRequest reads the next request frame. One over maxReusedFrame is read whole only while the
+// proxy's frame budget has room for twice its size (a produce is rewritten into a second buffer
+// of about its size): otherwise its first unreadHead bytes come back, and rest is the number of
+// its bytes still to come, which forwardUnread relays as they arrive.
+func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, err error) {
+	s.p.frames.Release(&s.frameShare) // the previous frame has been forwarded
+	var sz [4]byte
+	n, err := readFrameSize(r, maxBytes, sz[:])
+	if err != nil {
+		return nil, 0, err
+	}
+	if 4+n <= maxReusedFrame || s.p.frames.Take(&s.frameShare, 2*int64(4+n)) {
+		frame, err = readFrameBody(r, sz, n, &s.inBuf)
+		return frame, 0, err
+	}
+	head := growBuf(&s.inBuf, unreadHead)
+	copy(head, sz[:])
+	if err := readFrameRest(r, head, 4); err != nil {
+		return nil, 0, err
+	}
+	return head, 4 + n - len(head), nil
+}
+
+// unreadHead is what the proxy reads of a request it relays unread: enough for the request header
+// (a client id is at most 32 KiB) and, for a produce, its acks.
+const unreadHead = 64 << 10
+
+// forwardUnread relays a request too big for the frame budget as it arrives, head first, and
+// waits for its answer without facts, as for a request the proxy does not decode: a produce's
+// batches go without the header and without checkpoints (SkippedBatches cannot count them: they
+// are not read). Nothing is lost, and memory stays bounded.
+func (s *session) forwardUnread(h requestHeader, head []byte, rest int, in io.Reader) error {
+	pd := &pending{corr: h.CorrID, key: h.Key, version: h.Version, flexible: h.Flexible}
+	switch h.Key {
+	case keyProduce:
+		v := &s.produce
+		_ = parseProduce(h, head, v) // cut short by design; acks comes before the topics
+		if v.acked && v.acks == 0 {
+			pd = nil
+		}
+	case keyFetch:
+		// The request may change the fetch session in ways the proxy does not see.
+		if s.fetchSession != nil {
+			s.fetchSession = nil
+			s.accountSession()
+			s.p.stats.forgottenSessions.Add(1)
+		}
+	}
+	size := len(head) + rest
+	n := s.p.stats.unreadRequests.Add(1)
+	ev := s.log.Debug()
+	if proxy.LogNth(n) {
+		ev = s.log.Warn()
+	}
+	op := kmsg.NameForKey(h.Key)
+	ev.Str("api", op).Int16("version", h.Version).Int("bytes", size).Int64("frame_budget_bytes", s.p.frames.Max).
+		Uint64("unread_requests_total", n).Msg("request relayed unread: the frame budget is taken by other big requests")
+	ci := s.info.Load()
+	s.p.skipOp(op, "frame_budget", fmt.Sprintf("%s request of %d bytes relayed unread: frame_budget_bytes (%d) taken by other requests in progress", op, size, s.p.frames.Max),
+		ci.service, pathway.Edge{}, -1, 0)
+	if pd != nil {
+		if !s.waitRoom() {
+			return nil // the upstream ended: its error, if any, is the one to report
+		}
+		s.push(pd)
+	}
+	return s.forwardRest(head, rest, in)
+}
+
+// forwardRest writes head upstream, then the rest bytes that follow it from in.
+func (s *session) forwardRest(head []byte, rest int, in io.Reader) error {
+	if _, err := s.c.Upstream.Write(head); err != nil {
+		return err
+	}
+	if rest == 0 {
+		return nil
+	}
+	buf := s.inBuf[:cap(s.inBuf)]
+	for rest > 0 {
+		k, err := in.Read(buf[:min(rest, len(buf))])
+		if k > 0 {
+			rest -= k
+			if _, werr := s.c.Upstream.Write(buf[:k]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil && rest > 0 {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("request cut short with %d bytes to come: %w", rest, err)
+		}
+	}
+	return nil
 }
 
 // drainReader reads requests from the client. A graceful drain wakes it with a read deadline in

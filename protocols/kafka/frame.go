@@ -15,6 +15,11 @@ import (
 // default is 100 MiB; a larger size prefix means the stream is not Kafka (or is broken).
 const DefaultMaxFrameBytes = 100 << 20
 
+// DefaultFrameBudgetBytes is Config.FrameBudgetBytes's default: room for two requests of the
+// default MaxFrameBytes being rewritten at once, or hundreds of the 1 MiB requests clients send by
+// default (max.request.size).
+const DefaultFrameBudgetBytes = 512 << 20
+
 // errFrameTooLarge is returned by readFrame when the size prefix is over the limit.
 var errFrameTooLarge = errors.New("frame size over the limit")
 
@@ -36,12 +41,15 @@ func readFrameInto(r io.Reader, maxBytes int, buf *[]byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return readFrameBody(r, sz, n, buf)
+}
+
+// readFrameBody reads the n bytes of a frame whose size prefix sz was read, reusing *buf (when not
+// nil) for frames up to maxReusedFrame.
+func readFrameBody(r io.Reader, sz [4]byte, n int, buf *[]byte) ([]byte, error) {
 	need := 4 + n
 	if buf != nil && need <= maxReusedFrame {
-		if cap(*buf) < need {
-			*buf = make([]byte, need, min(max(need+need/4, 64<<10), maxReusedFrame))
-		}
-		frame := (*buf)[:need]
+		frame := growBuf(buf, need)
 		copy(frame, sz[:])
 		return frame, readFrameRest(r, frame, 4)
 	}
@@ -57,6 +65,15 @@ func readFrameInto(r io.Reader, maxBytes int, buf *[]byte) ([]byte, error) {
 		frame = frame[:len(frame)+step]
 	}
 	return frame, nil
+}
+
+// growBuf is (*buf)[:need], reallocated with some room to spare when too small (need is at most
+// maxReusedFrame).
+func growBuf(buf *[]byte, need int) []byte {
+	if cap(*buf) < need {
+		*buf = make([]byte, need, min(max(need+need/4, 64<<10), maxReusedFrame))
+	}
+	return (*buf)[:need]
 }
 
 // readFrameSize reads a frame's size prefix into sz and checks it against the limit.
