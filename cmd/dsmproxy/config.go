@@ -185,7 +185,8 @@ type KafkaConfig struct {
 	TopicLimitWait *Duration `yaml:"topic_limit_wait"`
 	MaxFrameBytes  int       `yaml:"max_frame_bytes"`
 	// FrameBudgetBytes: what all connections together hold of requests over 1 MiB (counted
-	// twice: read and rewritten); a request past it is relayed unread.
+	// twice: read and rewritten) and of fetch responses streaming; past it they are relayed
+	// unread.
 	FrameBudgetBytes       int64    `yaml:"frame_budget_bytes"`
 	RespectExistingContext *bool    `yaml:"respect_existing_context"`
 	LinkConsumeProduce     bool     `yaml:"link_consume_produce"`

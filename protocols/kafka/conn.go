@@ -97,6 +97,7 @@ type session struct {
 	heldPoints proxy.Share
 	factShare  proxy.Share // its requests' part of Proxy.facts
 	frameShare proxy.Share // the request frame being read's part of Proxy.frames
+	fetchShare proxy.Share // the fetch response being streamed's part of Proxy.frames
 }
 
 // ownContext is the last context a record carried in a batch and what replaces it, when

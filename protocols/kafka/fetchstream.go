@@ -121,6 +121,11 @@ func (s *session) popFetch(corr int32) *pending {
 // as it arrives, keeps the whole frame for the observation worker, and queues it there.
 func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 	s.p.stats.streamed.Add(1)
+	if !s.p.frames.Take(&s.fetchShare, int64(4+n)) {
+		return s.relayUnobserved(pd, hdr, n)
+	}
+	// Once queued, the frame counts against the observation queue's own bound.
+	defer s.p.frames.Release(&s.fetchShare)
 	frame := s.p.getFetchFrame(4 + n)
 	copy(frame, hdr[:])
 	queued := false
@@ -167,6 +172,43 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 	return s.flushQueued()
 }
 
+// relayUnobserved relays a Fetch response too big for the frame budget through a small buffer,
+// unobserved: its records get no consume checkpoints and its offsets are not read. On v16+ the
+// walk still finds its node endpoints, at the end, and hides them.
+func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
+	c := s.p.stats.unobservedFetches.Add(1)
+	ev := s.log.Debug()
+	if proxy.LogNth(c) {
+		ev = s.log.Warn()
+	}
+	ev.Int("bytes", 4+n).Int64("frame_budget_bytes", s.p.frames.Max).Uint64("unobserved_fetches_total", c).
+		Msg("fetch response relayed unobserved: the frame budget is taken by other big frames")
+	w := newStreamWalk(s.c.Upstream, s.c.Client, 4+n-len(hdr), hdr[:], make([]byte, max(2*s.p.cfg.fetchTailHold, 64<<10)))
+	if pd.version >= 16 {
+		skipTagsR(w) // response header
+		if walkFetchBody(w, pd.version) {
+			tail, err := w.rest()
+			if err != nil {
+				if w.err != nil {
+					return fmt.Errorf("fetch response of %d bytes: %w", n, err)
+				}
+				s.log.Error().Err(err).Msg("closing connection: cannot hide broker node endpoints")
+				return proxy.Logged(versionErr(pd, err))
+			}
+			if at, err := nodeEndpointsTag(tail); err == nil && at >= 0 {
+				tail[at] = hiddenTag
+				s.p.stats.hiddenEndpoints.Add(1)
+			}
+		} else if w.err == nil {
+			s.p.decodeError("Fetch response", pd.key, pd.version, errShortFetch)
+		}
+	}
+	if err := w.copyRest(); err != nil {
+		return fmt.Errorf("fetch response of %d bytes cut short: %w", n, err)
+	}
+	return s.flushQueued()
+}
+
 // fetchTail hides KIP-951 node endpoints in the held-back end of a streamed v16+ response. The
 // size prefix is already out, so they cannot be rewritten to proxy addresses of another length;
 // renamed to an unknown tag they are skipped, and the client refreshes Metadata through the
@@ -205,34 +247,48 @@ func fetchTailStart(body []byte, version int16) (int, error) {
 	if version < 12 {
 		return 0, fmt.Errorf("fetch v%d has no tagged fields", version)
 	}
-	r := kbin.Reader{Src: body}
-	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
-	for t := compactLen(&r); t > 0 && r.Ok(); t-- {
-		if version >= 13 {
-			r.Span(16) // topic_id
-		} else {
-			r.Span(compactLen(&r)) // topic name
-		}
-		for p := compactLen(&r); p > 0 && r.Ok(); p-- {
-			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
-			for a := compactLen(&r); a > 0 && r.Ok(); a-- {
-				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
-				skipTagsR(&r)
-			}
-			r.Span(4)              // preferred_read_replica
-			r.Span(compactLen(&r)) // records
-			skipTagsR(&r)
-		}
-		skipTagsR(&r)
-	}
-	if !r.Ok() {
+	r := &kbin.Reader{Src: body}
+	if !walkFetchBody(r, version) {
 		return 0, errShortFetch
 	}
 	return len(body) - len(r.Src), nil
 }
 
+// spanReader is what the length-only walkers need of their input: a frame in memory
+// (kbin.Reader) or a response passing through (streamWalk).
+type spanReader interface {
+	Span(n int) []byte
+	Uvarint() uint32
+	Ok() bool
+}
+
+// walkFetchBody skips a flexible Fetch response body up to its top-level tagged fields, and
+// reports whether it got there.
+func walkFetchBody(r spanReader, version int16) bool {
+	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
+	for t := compactLen(r); t > 0 && r.Ok(); t-- {
+		if version >= 13 {
+			r.Span(16) // topic_id
+		} else {
+			r.Span(compactLen(r)) // topic name
+		}
+		for p := compactLen(r); p > 0 && r.Ok(); p-- {
+			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
+			for a := compactLen(r); a > 0 && r.Ok(); a-- {
+				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
+				skipTagsR(r)
+			}
+			r.Span(4)             // preferred_read_replica
+			r.Span(compactLen(r)) // records
+			skipTagsR(r)
+		}
+		skipTagsR(r)
+	}
+	return r.Ok()
+}
+
 // compactLen reads a compact array/bytes/string length (uvarint n+1; 0 is null).
-func compactLen(r *kbin.Reader) int {
+func compactLen(r spanReader) int {
 	n := int(r.Uvarint())
 	if n == 0 {
 		return 0
@@ -240,7 +296,7 @@ func compactLen(r *kbin.Reader) int {
 	return n - 1
 }
 
-func skipTagsR(r *kbin.Reader) {
+func skipTagsR(r spanReader) {
 	for n := r.Uvarint(); n > 0 && r.Ok(); n-- {
 		r.Uvarint()
 		r.Span(int(r.Uvarint()))

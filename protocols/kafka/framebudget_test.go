@@ -3,7 +3,9 @@ package kafka
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // TestFrameBudgetBigProduces: kgo produce requests of about 2.7 MiB (three partitions' batches of
@@ -162,4 +166,153 @@ func bigProduceFrame(size int) []byte {
 	rt.Partitions = append(rt.Partitions, rp)
 	req.Topics = append(req.Topics, rt)
 	return requestFrame(req, 7)
+}
+
+// TestFrameBudgetUnobservedFetches: with no room in the frame budget, kgo (Fetch v16+: walked for
+// node endpoints), sarama (older versions) and kcat consume every record, with its header,
+// through fetch responses relayed unobserved.
+func TestFrameBudgetUnobservedFetches(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, func(cfg *Config) {
+		streamAll(cfg)
+		cfg.FrameBudgetBytes = 1
+	})
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "unobserved")
+	cl := kgoClient(t, p, kgo.ProducerBatchCompression(kgo.Lz4Compression()))
+	sent := testRecords(60, time.UnixMilli(1700000500000))
+	produceKgo(t, ctx, cl, topic, sent)
+
+	checkRecords(t, sent, consumeKgo(t, ctx, p, topic, "g-unobserved-kgo", len(sent)), wantInjected)
+	checkRecords(t, sent, consumeSarama(t, ctx, p, topic, "g-unobserved-sarama", len(sent)), wantInjected)
+	out := runKcat(t, ctx, "", "-C", "-b", p.Addr().String(), "-G", "g-unobserved-kcat", "-c", fmt.Sprint(len(sent)),
+		"-X", "auto.offset.reset=earliest", "-f", "%k|%s|%h\n", topic)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != len(sent) {
+		t.Fatalf("kcat consumed %d records, want %d:\n%s", len(lines), len(sent), out)
+	}
+	st := p.Stats()
+	if st.UnobservedFetches == 0 || st.ConsumedRecords != 0 {
+		t.Fatalf("UnobservedFetches %d, ConsumedRecords %d: want fetches relayed unobserved, none checkpointed", st.UnobservedFetches, st.ConsumedRecords)
+	}
+	if used := p.frames.Used(); used != 0 {
+		t.Fatalf("frame budget holds %d bytes after the fetches", used)
+	}
+	guard.check(t)
+}
+
+// TestRelayUnobserved: a Fetch response walked as it passes, through a buffer smaller than its
+// records and read a few bytes at a time, reaches the client byte for byte, but for node
+// endpoints hidden on v16+.
+func TestRelayUnobserved(t *testing.T) {
+	for v := int16(4); v <= (&kmsg.FetchResponse{}).MaxVersion(); v++ {
+		for _, brokers := range []bool{false, true} {
+			if brokers && v < 16 {
+				continue
+			}
+			resp := testFetchResponse(v, brokers)
+			resp.Topics[1].Partitions[2].RecordBatches = bytes.Repeat([]byte("big"), 100<<10)
+			frame := []byte{0, 0, 0, 0, 0, 0, 0, 7}
+			if v >= 12 {
+				frame = append(frame, 0) // header tags
+			}
+			frame = resp.AppendTo(frame)
+			putSize(frame)
+			want := bytes.Clone(frame)
+			s := offlineSession(t)
+			pd := &pending{key: keyFetch, version: v, flexible: v >= 12}
+			if brokers {
+				if err := s.fetchTail(pd, want, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			up, upPeer := net.Pipe()
+			cl, clPeer := net.Pipe()
+			s.c = &proxy.Conn{Client: cl, Upstream: up}
+			go func() {
+				for rest := frame[8:]; len(rest) > 0; {
+					k := min(len(rest), 7)
+					if _, err := upPeer.Write(rest[:k]); err != nil {
+						return
+					}
+					rest = rest[k:]
+				}
+			}()
+			got := make(chan []byte, 1)
+			go func() {
+				b := make([]byte, len(frame))
+				n, _ := io.ReadFull(clPeer, b)
+				got <- b[:n]
+			}()
+			if err := s.relayUnobserved(pd, [8]byte(frame[:8]), len(frame)-4); err != nil {
+				t.Fatalf("v%d brokers=%v: %v", v, brokers, err)
+			}
+			if b := <-got; !bytes.Equal(b, want) {
+				t.Fatalf("v%d brokers=%v: the client got %d bytes, not the %d expected (equal length: %v)", v, brokers, len(b), len(want), len(b) == len(want))
+			}
+			if hidden := s.p.Stats().HiddenEndpoints; hidden != uint64(2*btoi(brokers)) { // fetchTail's and the relay's
+				t.Fatalf("v%d brokers=%v: HiddenEndpoints %d", v, brokers, hidden)
+			}
+			up.Close()
+			upPeer.Close()
+			cl.Close()
+			clPeer.Close()
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// FuzzStreamWalk: walking a body as it streams, through a small buffer and short reads, agrees
+// with the in-memory walk on whether and where it reaches the tagged fields, and passes every
+// byte on unchanged.
+func FuzzStreamWalk(f *testing.F) {
+	for v := int16(12); v <= 18; v++ {
+		for _, brokers := range []bool{false, true} {
+			f.Add(v, uint8(3), fetchResponseFrame(testFetchResponse(v, brokers))[9:])
+		}
+	}
+	f.Fuzz(func(t *testing.T, v int16, chunk uint8, body []byte) {
+		if v < 12 {
+			return
+		}
+		var out bytes.Buffer
+		src := &chunkReader{b: body, n: int(chunk)%16 + 1}
+		w := newStreamWalk(src, &out, len(body), nil, make([]byte, 64))
+		ok := walkFetchBody(w, v)
+		want, err := fetchTailStart(body, v)
+		if ok != (err == nil) {
+			t.Fatalf("streamed walk ok=%v, in memory: %v", ok, err)
+		}
+		if ok {
+			if walked := len(body) - w.left - (w.end - w.out); walked != want {
+				t.Fatalf("streamed walk stopped at %d, in memory at %d", walked, want)
+			}
+		}
+		if err := w.copyRest(); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(out.Bytes(), body) {
+			t.Fatalf("passed on %d bytes, not the %d read", out.Len(), len(body))
+		}
+	})
+}
+
+// chunkReader reads b at most n bytes at a time.
+type chunkReader struct {
+	b []byte
+	n int
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	k := copy(p[:min(len(p), r.n)], r.b)
+	r.b = r.b[k:]
+	return k, nil
 }

@@ -71,10 +71,11 @@ type Config struct {
 	// MaxFrameBytes bounds one request or response (default DefaultMaxFrameBytes).
 	MaxFrameBytes int
 	// FrameBudgetBytes bounds what all connections together hold of request frames over 1 MiB
-	// while they are read and rewritten, counted at twice the frame (default
-	// DefaultFrameBudgetBytes). A request that does not fit is relayed unread as it arrives
-	// (Stats.UnreadRequests), so that many clients sending big requests at once, or stalling
-	// half-way through them, cannot make the proxy hold max_frame_bytes per connection.
+	// while they are read and rewritten (counted at twice the frame) and of fetch responses over
+	// 256 KiB while they stream (default DefaultFrameBudgetBytes). A request that does not fit
+	// is relayed unread as it arrives (Stats.UnreadRequests), a fetch response unobserved
+	// (Stats.UnobservedFetches), so that many clients sending or fetching big frames at once, or
+	// stalling half-way through them, cannot make the proxy hold max_frame_bytes per connection.
 	FrameBudgetBytes int64
 	// SASL is the proxy's own login, for its own connections to the cluster: topic configs
 	// (DescribeConfigs) and node discovery (Metadata). Clients' logins pass through and are never
@@ -156,6 +157,9 @@ type Stats struct {
 	// Requests over 1 MiB relayed unread because Config.FrameBudgetBytes was taken by other
 	// requests in progress: a produce's batches went without the header or checkpoints.
 	UnreadRequests uint64
+	// Fetch responses over 256 KiB relayed unobserved because Config.FrameBudgetBytes was taken:
+	// their records got no consume checkpoints.
+	UnobservedFetches uint64
 	// Produce batches that waited for their topic's first size limit (topicLimits.check), at
 	// most Config.TopicLimitWait (500 ms) per request: each batch to a topic not read yet while
 	// its lookup is under way (again every 10 s for a topic whose lookup comes back without its
@@ -168,7 +172,7 @@ type Stats struct {
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions, unkeptFacts, invalidFrames, unreadRequests atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions, unkeptFacts, invalidFrames, unreadRequests, unobservedFetches atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -207,7 +211,7 @@ type Proxy struct {
 	heldPoints     proxy.Budget // produce checkpoints held for answers (maxHeldPoints)
 	sessionEntries proxy.Budget // fetch session offsets (maxSessionEntries)
 	facts          proxy.Budget // partitions named by requests awaiting answers (maxFacts)
-	frames         proxy.Budget // request frames over maxReusedFrame being read (FrameBudgetBytes)
+	frames         proxy.Budget // big request frames being read and fetch responses being streamed (FrameBudgetBytes)
 	observeLate    atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
 	walker         batchCodec   // used by the observation worker only
 	fetchBufs      chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
@@ -447,7 +451,7 @@ func (p *Proxy) Stats() Stats {
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
 		ResentBatches: s.resent.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
-		UnkeptFacts: s.unkeptFacts.Load(), UnreadRequests: s.unreadRequests.Load(),
+		UnkeptFacts: s.unkeptFacts.Load(), UnreadRequests: s.unreadRequests.Load(), UnobservedFetches: s.unobservedFetches.Load(),
 		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
 		TopicConfigLookups: p.limits.lookups.Load(), TopicConfigFailures: p.limits.lookupFailures.Load(),
 	}
