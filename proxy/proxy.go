@@ -210,7 +210,8 @@ func (l *Listener) elapsed() int64 { return int64(l.cfg.Clock().Sub(l.epoch)) }
 // Addr is the address the listener is bound to.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Conns is the number of open client connections.
+// Conns is the number of open client connections, those still in their TLS handshake or
+// upstream dial included: what MaxConns counts.
 func (l *Listener) Conns() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 )
 
 // metricsPage serves GET /metrics: what /dsm and /stats show, in the Prometheus text format
@@ -43,6 +44,8 @@ type frontStats struct {
 	Protocol string `json:"protocol"`
 	Listen   string `json:"listen"`
 	Stats    any    `json:"stats"`
+	// Listeners: a Kafka front's open connections per listener (Stats has their sum).
+	Listeners []kafka.ListenerConnections `json:"listeners,omitempty"`
 }
 
 const metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
@@ -63,6 +66,7 @@ func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		st := m.stats()
 		for _, f := range st.Fronts {
 			e.counters("dsmproxy_"+f.Protocol+"_", f.Stats, "listen", f.Listen)
+			e.listeners("dsmproxy_"+f.Protocol+"_", f.Listen, f.Listeners)
 		}
 		e.counters("dsmproxy_aggregator_", st.Aggregator)
 		e.counters("dsmproxy_checkpointer_", st.Checkpointer)
@@ -189,6 +193,20 @@ func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
 			"edge_tags", strings.Join(g.Edge.Tags(), ","), "error", g.Name, "code", strconv.Itoa(int(g.Code))}
 		e.add("dsmproxy_tracked_errors_total", "counter", "Tracked error events (broker errors, lost messages, proxy skips, decode errors).", float64(g.TotalCount), l...)
 		e.add("dsmproxy_tracked_error_messages_total", "counter", "Messages the tracked error events concerned.", float64(g.TotalMessages), l...)
+	}
+}
+
+// listeners: one series per listener of a front that has several (Kafka: the bootstrap one and
+// one per broker node), as max_conns limits each; the front's own open_connections is their sum.
+func (e *exposition) listeners(prefix, listen string, ls []kafka.ListenerConnections) {
+	for _, l := range ls {
+		node := "bootstrap"
+		if l.Node >= 0 {
+			node = strconv.Itoa(int(l.Node))
+		}
+		e.add(prefix+"listener_open_connections", "gauge",
+			"Client connections open now on one listener of the front (bootstrap, or a broker node's); max_conns limits each listener.",
+			float64(l.Open), "listen", listen, "listener", l.Listen, "node", node)
 	}
 }
 

@@ -9,13 +9,22 @@ import (
 	"testing"
 	"time"
 
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/sqsserver"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 )
 
 // scrapeMetrics GETs url and parses it with Prometheus's own text parser, under the classic
@@ -106,7 +115,8 @@ func TestMetricsPage(t *testing.T) {
 	page := &metricsPage{view: v, stats: func() statsSnapshot {
 		return statsSnapshot{
 			Fronts: []frontStats{
-				{Protocol: "kafka", Listen: ":9092", Stats: fakeFrontStats{InjectedRecords: 7, UnknownCorrIDs: 1, OpenThings: 2, Listed: true, hidden: 9}},
+				{Protocol: "kafka", Listen: ":9092", Stats: fakeFrontStats{InjectedRecords: 7, UnknownCorrIDs: 1, OpenThings: 2, Listed: true, hidden: 9},
+					Listeners: []kafka.ListenerConnections{{Listen: "127.0.0.1:9092", Node: -1, Open: 1}, {Listen: "127.0.0.1:9093", Node: 0, Open: 4}}},
 				{Protocol: "kafka", Listen: ":9192", Stats: fakeFrontStats{InjectedRecords: 5}},
 			},
 			Aggregator:   aggregator.Stats{Points: 11, OpenBuckets: 3},
@@ -140,6 +150,8 @@ func TestMetricsPage(t *testing.T) {
 		{"dsmproxy_kafka_unknown_corr_ids_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 1},
 		{"dsmproxy_kafka_open_things", dto.MetricType_GAUGE, map[string]string{"listen": ":9092"}, 2},
 		{"dsmproxy_kafka_listed", dto.MetricType_GAUGE, map[string]string{"listen": ":9092"}, 1},
+		{"dsmproxy_kafka_listener_open_connections", dto.MetricType_GAUGE, map[string]string{"listen": ":9092", "listener": "127.0.0.1:9092", "node": "bootstrap"}, 1},
+		{"dsmproxy_kafka_listener_open_connections", dto.MetricType_GAUGE, map[string]string{"listen": ":9092", "listener": "127.0.0.1:9093", "node": "0"}, 4},
 		{"dsmproxy_aggregator_points_total", dto.MetricType_COUNTER, nil, 11},
 		{"dsmproxy_aggregator_open_buckets", dto.MetricType_GAUGE, nil, 3},
 		{"dsmproxy_checkpointer_cache_resets_total", dto.MetricType_COUNTER, nil, 2},
@@ -175,4 +187,149 @@ func TestSnakeCase(t *testing.T) {
 			t.Errorf("snakeCase(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestOpenConnectionsGauge: each front's open_connections gauge follows real clients through it
+// (amqp091-go to RabbitMQ, kgo to kfake, the SQS SDK to goaws): up while they are connected,
+// back to 0 once they close. A Kafka front also has one series per listener, summing to its gauge.
+func TestOpenConnectionsGauge(t *testing.T) {
+	if !answers("127.0.0.1:5672") {
+		t.Fatal("RabbitMQ does not answer on 127.0.0.1:5672: start it with `rabbitmq-server -detached`")
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	sqsSrv, err := sqsserver.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sqsSrv.Close()
+	cfg := &Config{
+		Admin: AdminConfig{Listen: "127.0.0.1:0"},
+		AMQP:  []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:5672"}},
+		Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs()}},
+		AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: sqsSrv.URL(), TrustClients: true,
+			credentials: credentials.NewStaticCredentialsProvider("proxy", "proxy", "")}},
+	}
+	cfg.Agent.Disabled = true
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.stop()
+	metricsURL := "http://" + rt.adminLn.Addr().String() + "/metrics"
+	front := map[string]string{}
+	for _, f := range rt.fronts {
+		front[f.protocol] = f.Addr().String()
+	}
+	// waitOpen scrapes until the front's gauge is want: connections are counted and forgotten by
+	// the proxy's goroutines, after the client's call returns.
+	waitOpen := func(protocol string, want float64) map[string]*dto.MetricFamily {
+		t.Helper()
+		family := "dsmproxy_" + protocol + "_open_connections"
+		var got float64
+		var found bool
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			fams := scrapeMetrics(t, metricsURL)
+			if got, found = metricValue(fams, family, map[string]string{"listen": "127.0.0.1:0"}); found && got == want {
+				if typ := fams[family].GetType(); typ != dto.MetricType_GAUGE {
+					t.Errorf("%s is a %v, want a gauge", family, typ)
+				}
+				return fams
+			}
+		}
+		t.Fatalf("%s = %v (found: %v), want %v", family, got, found, want)
+		return nil
+	}
+
+	t.Run("amqp", func(t *testing.T) {
+		const n = 3
+		var conns []*amqp091.Connection
+		for range n {
+			c, err := amqp091.Dial("amqp://guest:guest@" + front["amqp"] + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conns = append(conns, c)
+		}
+		waitOpen("amqp", n)
+		for _, c := range conns {
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitOpen("amqp", 0)
+	})
+
+	t.Run("kafka", func(t *testing.T) {
+		// kgo connects to the bootstrap listener, then to the node listener Metadata names; no
+		// idle reaping while the test looks.
+		cl, err := kgo.NewClient(kgo.SeedBrokers(front["kafka"]), kgo.AllowAutoTopicCreation(), kgo.ConnIdleTimeout(15*time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "conns", Value: []byte("v")}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		// The gauge and the listener series come from one scrape but two reads: poll until they
+		// agree, with the produce's node listener holding a connection.
+		var total, sum, node0 float64
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			fams := scrapeMetrics(t, metricsURL)
+			total, _ = metricValue(fams, "dsmproxy_kafka_open_connections", map[string]string{"listen": "127.0.0.1:0"})
+			sum, node0 = 0, 0
+			for _, m := range fams["dsmproxy_kafka_listener_open_connections"].GetMetric() {
+				sum += m.GetGauge().GetValue()
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "node" && l.GetValue() == "0" {
+						node0 = m.GetGauge().GetValue()
+					}
+				}
+			}
+			if total > 0 && total == sum && node0 > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("open_connections %v, sum of the listener series %v, node 0's %v: want them equal, node 0's above 0", total, sum, node0)
+			}
+		}
+		cl.Close()
+		fams := waitOpen("kafka", 0)
+		for _, m := range fams["dsmproxy_kafka_listener_open_connections"].GetMetric() {
+			if v := m.GetGauge().GetValue(); v != 0 {
+				t.Errorf("a listener still has %v open connections after the client closed: %v", v, m.GetLabel())
+			}
+		}
+	})
+
+	t.Run("aws", func(t *testing.T) {
+		// Each client keeps its connection open (HTTP keep-alive) after its answer.
+		const n = 2
+		var transports []*http.Transport
+		for range n {
+			tr := &http.Transport{}
+			defer tr.CloseIdleConnections()
+			transports = append(transports, tr)
+			cl := sqs.NewFromConfig(awssdk.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("client", "client", ""),
+				HTTPClient: &http.Client{Transport: tr}}, func(o *sqs.Options) { o.BaseEndpoint = awssdk.String("http://" + front["aws"]) })
+			if _, err := cl.ListQueues(context.Background(), &sqs.ListQueuesInput{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitOpen("aws", n)
+		for _, tr := range transports {
+			tr.CloseIdleConnections()
+		}
+		waitOpen("aws", 0)
+	})
 }

@@ -182,6 +182,9 @@ func (rt *runtime) snapshot() statsSnapshot {
 		if f.stats != nil {
 			fs.Stats = f.stats()
 		}
+		if f.listeners != nil {
+			fs.Listeners = f.listeners()
+		}
 		st.Fronts = append(st.Fronts, fs)
 	}
 	if rt.agent != nil {

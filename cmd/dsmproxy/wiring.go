@@ -45,6 +45,9 @@ type namedFront struct {
 	reloaders  []*proxy.CertReloader
 	clientTLS  bool       // the front terminates TLS toward its clients
 	stats      func() any // the front's counters, for GET /stats
+	// listeners: a Kafka front's open connections per listener (bootstrap and broker nodes),
+	// as max_conns limits each; nil for fronts of one listener.
+	listeners func() []kafka.ListenerConnections
 }
 
 // observer is what protocol fronts hand their points and offsets to.
@@ -231,7 +234,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 		return namedFront{}, err
 	}
 	return namedFront{front: p, protocol: "kafka", listen: k.Listen, clientTLS: lc.TLS != nil, upstreams: k.Bootstrap, reloaders: reloaders, readyDials: tlsDials(k.Bootstrap, lc.Dial),
-		stats: func() any { return p.Stats() }}, nil
+		stats: func() any { return p.Stats() }, listeners: p.ListenerConnections}, nil
 }
 
 // durationPtr is d as a *time.Duration: nil (unset) stays nil, and 0 stays a set 0.

@@ -110,6 +110,9 @@ type Stats struct {
 	// Consumers whose tag was not remembered, all connections holding maxConsumerTags: their
 	// deliveries count as UnknownQueue.
 	UntrackedConsumers uint64
+	// OpenConnections: client connections open now, those still dialing the broker included
+	// (what max_conns counts). Signed: a level, not a count since the start.
+	OpenConnections int64
 }
 
 type counters struct {
@@ -248,7 +251,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
-	refused, tlsFailed, dialFailed := p.listenerCounts()
+	refused, tlsFailed, dialFailed, open := p.listenerCounts()
 	return Stats{
 		Connections: s.conns.Load(), Published: s.published.Load(), Injected: s.injected.Load(),
 		ExistingContext: s.existing.Load(), SkippedFrameMax: s.frameMax.Load(), Consumed: s.consumed.Load(),
@@ -256,17 +259,19 @@ func (p *Proxy) Stats() Stats {
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
 		RefusedProtocol: s.refused.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
 		ConfirmUnheld: s.confirmUnheld.Load(), Unconfirmed: s.unconfirmed.Load(),
+		OpenConnections: int64(open),
 	}
 }
 
-// listenerCounts is the listener's refusals, failed TLS handshakes and failed upstream dials.
-func (p *Proxy) listenerCounts() (refused, tlsFailed, dialFailed uint64) {
+// listenerCounts is the listener's refusals, failed TLS handshakes and failed upstream dials,
+// and its open connections.
+func (p *Proxy) listenerCounts() (refused, tlsFailed, dialFailed uint64, open int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln == nil {
-		return 0, 0, 0
+		return 0, 0, 0, 0
 	}
-	return p.ln.Refused(), p.ln.TLSFailures(), p.ln.DialFailures()
+	return p.ln.Refused(), p.ln.TLSFailures(), p.ln.DialFailures(), p.ln.Conns()
 }
 
 func (p *Proxy) addPoint(pt pathway.Point) {

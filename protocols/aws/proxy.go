@@ -141,6 +141,9 @@ type Stats struct {
 	// limit with `_datadog`, and sent again without it (a batch's refused entries in a batch of
 	// their own).
 	SentAgain uint64
+	// OpenConnections: client connections open now, idle keep-alive ones included (what
+	// max_conns counts). Signed: a level, not a count since the start.
+	OpenConnections int64
 }
 
 type counters struct {
@@ -458,6 +461,17 @@ func serviceEndpoint(raw, svc string) string {
 	return u.String()
 }
 
+// openConns is the number of client connections open now (0 before Start).
+func (p *Proxy) openConns() int {
+	p.mu.Lock()
+	srv := p.srv
+	p.mu.Unlock()
+	if srv == nil {
+		return 0
+	}
+	return srv.open()
+}
+
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
@@ -466,6 +480,7 @@ func (p *Proxy) Stats() Stats {
 		Injected: s.injected.Load(), Existing: s.existing.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
 		Consumed: s.consumed.Load(), DecodeErrors: s.decodeErr.Load(), PointsDropped: s.dropped.Load(),
 		RefusedConns: s.refused.Load(), SentAgain: s.sentAgain.Load(), MalformedRequests: s.malformed.Load(),
+		OpenConnections: int64(p.openConns()),
 	}
 }
 

@@ -120,6 +120,14 @@ func (s *h1Server) setIdle(c *h1Conn, idle bool) bool {
 	return true
 }
 
+// open is the number of client connections the server holds, idle and in their TLS handshake
+// included.
+func (s *h1Server) open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 func (s *h1Server) forget(c *h1Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)

@@ -7,6 +7,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -169,6 +170,10 @@ type Stats struct {
 	// and those that failed (no connection, a refused login or request). On a SASL cluster,
 	// answered lookups show that the proxy's own login (Config.SASL) works.
 	TopicConfigLookups, TopicConfigFailures uint64
+	// OpenConnections: client connections open now on the bootstrap and every node listener
+	// together, those still dialing the broker included. max_conns limits each listener on its
+	// own: ListenerConnections has them one by one. Signed: a level, not a count since the start.
+	OpenConnections int64
 }
 
 type counters struct {
@@ -444,7 +449,7 @@ func (p *Proxy) NodeAddr(id int32) (net.Addr, bool) {
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
-	refused, tlsFailed, dialFailed := p.listenerCounts()
+	refused, tlsFailed, dialFailed, open := p.listenerCounts()
 	return Stats{
 		UnknownCorrIDs: s.unknownCorr.Load(), ObserveDropped: s.observeDropped.Load(), DecodeErrors: s.decodeErrors.Load(), InvalidFrames: s.invalidFrames.Load(),
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
@@ -454,25 +459,53 @@ func (p *Proxy) Stats() Stats {
 		UnkeptFacts: s.unkeptFacts.Load(), UnreadRequests: s.unreadRequests.Load(), UnobservedFetches: s.unobservedFetches.Load(),
 		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
 		TopicConfigLookups: p.limits.lookups.Load(), TopicConfigFailures: p.limits.lookupFailures.Load(),
+		OpenConnections: int64(open),
 	}
 }
 
-// listenerCounts sums the refusals, failed TLS handshakes and failed upstream dials of the
-// bootstrap and node listeners (node listeners live until Shutdown, so none is lost).
-func (p *Proxy) listenerCounts() (refused, tlsFailed, dialFailed uint64) {
+// listenerCounts sums the refusals, failed TLS handshakes, failed upstream dials and open
+// connections of the bootstrap and node listeners (node listeners live until Shutdown, so no
+// count is lost).
+func (p *Proxy) listenerCounts() (refused, tlsFailed, dialFailed uint64, open int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.bootstrap != nil {
-		refused, tlsFailed, dialFailed = p.bootstrap.Refused(), p.bootstrap.TLSFailures(), p.bootstrap.DialFailures()
+		refused, tlsFailed, dialFailed, open = p.bootstrap.Refused(), p.bootstrap.TLSFailures(), p.bootstrap.DialFailures(), p.bootstrap.Conns()
 	}
 	for _, nd := range p.nodes {
 		if nd.ln != nil {
 			refused += nd.ln.Refused()
 			tlsFailed += nd.ln.TLSFailures()
 			dialFailed += nd.ln.DialFailures()
+			open += nd.ln.Conns()
 		}
 	}
-	return refused, tlsFailed, dialFailed
+	return refused, tlsFailed, dialFailed, open
+}
+
+// ListenerConnections are one listener's open client connections.
+type ListenerConnections struct {
+	Listen string // the address it is bound to
+	Node   int32  // the broker node it stands for; -1 for the bootstrap listener
+	Open   int
+}
+
+// ListenerConnections lists the open client connections of the bootstrap listener, then of each
+// node listener by node id: max_conns limits each one on its own.
+func (p *Proxy) ListenerConnections() []ListenerConnections {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]ListenerConnections, 0, len(p.nodes)+1)
+	if p.bootstrap != nil {
+		out = append(out, ListenerConnections{Listen: p.bootstrap.Addr().String(), Node: -1, Open: p.bootstrap.Conns()})
+	}
+	for id, nd := range p.nodes {
+		if nd.ln != nil {
+			out = append(out, ListenerConnections{Listen: nd.ln.Addr().String(), Node: id, Open: nd.ln.Conns()})
+		}
+	}
+	slices.SortFunc(out, func(a, b ListenerConnections) int { return cmp.Compare(a.Node, b.Node) })
+	return out
 }
 
 // Shutdown drains every listener (clients finish their in-flight requests) and stops the
