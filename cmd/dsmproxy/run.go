@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -48,9 +49,58 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 		return err
 	}
 	defer closeLog()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := shutdownSignals(log, cfg.DrainTimeout.D(), func() { closeLog(); os.Exit(1) })
 	defer stop()
 	return run(ctx, cfg, log, nil)
+}
+
+// shutdownSignals returns a context that ends at the first SIGTERM or SIGINT: run then drains.
+// A second one during the drain or the last flush calls exit (which ends the process) after a
+// log line: whoever sends it, Ctrl-C pressed again, wants out now, not up to drain_timeout and
+// a flush later, and would otherwise need SIGKILL. stop releases the signals; once it returns,
+// exit is not called.
+func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx context.Context, stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	ctx, cancel := context.WithCancel(context.Background())
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		var first os.Signal
+		select {
+		case first = <-sigs:
+		case <-done:
+			return
+		}
+		began := time.Now()
+		log.Info().Str("signal", signalName(first)).Msg("shutting down; SIGTERM or SIGINT again exits at once")
+		cancel()
+		select {
+		case again := <-sigs:
+			left := max(drain-time.Since(began), 0)
+			log.Warn().Str("signal", signalName(again)).Str("drain_left", left.Round(time.Second).String()).
+				Msg("second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent")
+			exit()
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		<-finished
+		cancel()
+	}
+}
+
+// signalName is the name operators send a signal by (SIGTERM), not its description (terminated).
+func signalName(s os.Signal) string {
+	switch s {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return s.String()
 }
 
 // runtime is a started dsmproxy: what run() tears down at the end.

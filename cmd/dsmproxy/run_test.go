@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -383,5 +385,83 @@ poll:
 	prod, cons := sqsEdge(pts, "checkout", "out"), sqsEdge(pts, "payments", "in")
 	if cons[0].ParentHash != prod[0].Hash {
 		t.Errorf("payments' consume point (parent %016x) does not follow checkout's produce point (%016x)", cons[0].ParentHash, prod[0].Hash)
+	}
+}
+
+// TestRunSecondSignalExitsNow: a second SIGINT or SIGTERM during the drain ends the process at
+// once with exit code 1 and a log line saying so, where it used to be ignored until the drain
+// time (10 minutes here, held by a request the upstream never answers) was up.
+func TestRunSecondSignalExitsNow(t *testing.T) {
+	bin := dsmproxyBinary(t)
+	for _, sigs := range [][2]syscall.Signal{{syscall.SIGINT, syscall.SIGINT}, {syscall.SIGTERM, syscall.SIGINT}} {
+		t.Run(signalName(sigs[0])+" then "+signalName(sigs[1]), func(t *testing.T) {
+			arrived, release := make(chan struct{}, 1), make(chan struct{})
+			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				arrived <- struct{}{}
+				<-release
+			}))
+			defer upstream.Close()
+			defer close(release) // before Close, which waits for the handler
+			cfgFile := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+			cfg := fmt.Sprintf("drain_timeout: 10m\nadmin: {listen: \"off\"}\nagent: {disabled: true}\naws:\n  - listen: 127.0.0.1:0\n    upstream: %s\n    trust_clients: true\n", upstream.URL)
+			if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "run", "--config", cfgFile)
+			cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY=secret", "AWS_REGION=us-east-1")
+			stderr, err := cmd.StderrPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			logs := watchLogs(stderr)
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			t.Cleanup(func() { _ = cmd.Process.Kill() })
+
+			// A request in flight holds the drain.
+			front := logs.field(t, "front listening", "aws", "listen")
+			answered := make(chan error, 1)
+			go func() {
+				resp, err := http.Post("http://"+front+"/", "application/x-www-form-urlencoded", strings.NewReader("Action=ListQueues&Version=2012-11-05"))
+				if err == nil {
+					resp.Body.Close()
+				}
+				answered <- err
+			}()
+			select {
+			case <-arrived:
+			case err := <-answered:
+				t.Fatalf("the request was answered (%v) before it reached the upstream; logs:\n%s", err, logs)
+			case <-time.After(60 * time.Second):
+				t.Fatalf("the request never reached the upstream; logs:\n%s", logs)
+			}
+
+			if err := cmd.Process.Signal(sigs[0]); err != nil {
+				t.Fatal(err)
+			}
+			// The second signal must come once the first was taken: two pending ones would be one.
+			logs.field(t, "shutting down: draining connections", "", "drain_timeout")
+			if err := cmd.Process.Signal(sigs[1]); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-exited:
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+					t.Fatalf("dsmproxy exited with %v after the second signal, want exit code 1; logs:\n%s", err, logs)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatalf("dsmproxy still draining a minute after the second signal (drain time 10m); logs:\n%s", logs)
+			}
+			if got, want := logs.field(t, "second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent", "", "signal"), signalName(sigs[1]); got != want {
+				t.Errorf("the exit line names signal %q, want %q", got, want)
+			}
+			if got, want := logs.field(t, "shutting down; SIGTERM or SIGINT again exits at once", "", "signal"), signalName(sigs[0]); got != want {
+				t.Errorf("the shutdown line names signal %q, want %q", got, want)
+			}
+		})
 	}
 }
