@@ -354,7 +354,9 @@ func (s *session) requests() error {
 // of about its size): otherwise its first unreadHead bytes come back, and rest is the number of
 // its bytes still to come, which forwardUnread relays as they arrive.
 func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, err error) {
-	s.p.frames.Release(&s.frameShare) // the previous frame has been forwarded
+	if s.frameShare.Held() != 0 { // (a shared counter is not written per request)
+		s.p.frames.Release(&s.frameShare) // the previous frame has been forwarded
+	}
 	var sz [4]byte
 	n, err := readFrameSize(r, maxBytes, sz[:])
 	if err != nil {
