@@ -234,7 +234,7 @@ type Proxy struct {
 	bootIdx  atomic.Uint32
 	sessions sync.Map // *session -> struct{}: open connections
 
-	tap func(h requestHeader, frame []byte) // tests: sees every request as the client sent it
+	tap func(h requestHeader, frame []byte) // tests: sees every request read whole, as the client sent it
 }
 
 type node struct {
