@@ -166,6 +166,9 @@ type Proxy struct {
 	stats  counters
 	// credsFailures counts failed loads of the proxy's own credentials (their log lines are thinned).
 	credsFailures atomic.Uint64
+	// credsMissing: the latest load of the proxy's own credentials failed (Problem); credsRetry: a
+	// load that Problem started is under way.
+	credsMissing, credsRetry atomic.Bool
 	// respect: messages that already carry a pathway context are left alone (RespectExistingContext).
 	respect bool
 
@@ -349,13 +352,45 @@ func (p *Proxy) Start(ctx context.Context) error {
 func (p *Proxy) checkCredentials(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	creds, err := p.creds.Retrieve(ctx)
+	creds, err := p.loadCreds(ctx)
 	switch {
 	case err == nil:
 		p.log.Info().Str("source", creds.Source).Msg("the proxy's own AWS credentials are loaded")
 	case ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded):
 		p.logCredsError(err)
 	}
+}
+
+// loadCreds is p.creds.Retrieve, remembering for Problem whether the load failed (not when ctx
+// ended first: a client that went away says nothing about the credentials).
+func (p *Proxy) loadCreds(ctx context.Context) (awssdk.Credentials, error) {
+	creds, err := p.creds.Retrieve(ctx)
+	if err == nil || ctx.Err() == nil {
+		p.credsMissing.Store(err != nil)
+	}
+	return creds, err
+}
+
+// Problem reports why clients cannot use the front although it listens (GET /readyz): the
+// latest load of the proxy's own credentials failed, and every request is answered 502 (or
+// refused, where the proxy verifies signatures with them) until one works. While that lasts,
+// each call starts a load of its own in the background (one at a time), so that the front is
+// seen ready again once the credentials are back, even if no client sends a request meanwhile.
+func (p *Proxy) Problem() error {
+	if !p.credsMissing.Load() {
+		return nil
+	}
+	if p.credsRetry.CompareAndSwap(false, true) {
+		go func() {
+			defer p.credsRetry.Store(false)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := p.loadCreds(ctx); err != nil {
+				p.logCredsError(err)
+			}
+		}()
+	}
+	return errors.New("the proxy cannot load its own AWS credentials, which it signs every request with (the log says why; standard AWS chain: env, shared config, credential_process, web identity, instance role): requests are answered 502")
 }
 
 // Addr is the listener's address (nil before Start).
@@ -681,7 +716,7 @@ func (p *Proxy) authenticate(c *call) *authFailure {
 	}
 	secret, ok := p.cfg.ClientKeys[c.auth.AccessKey]
 	if !ok {
-		creds, err := p.creds.Retrieve(r.Context())
+		creds, err := p.loadCreds(r.Context())
 		if err != nil {
 			// The chain's error can quote what a credential helper printed, secrets included:
 			// the client and the log get a fixed text (logCredsError says what to check).
@@ -820,7 +855,7 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 			req.Header[h] = v
 		}
 	}
-	creds, err := p.creds.Retrieve(c.r.Context())
+	creds, err := p.loadCreds(c.r.Context())
 	if err != nil {
 		p.logCredsError(err)
 		return nil, nil, fmt.Errorf("aws %s %s: %w", c.service, c.op, errNoCredentials)

@@ -1,0 +1,55 @@
+package aws
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/credentials/processcreds"
+)
+
+// TestMissingCredentialsAreAProblem: a front that cannot load its own AWS credentials answers
+// every request 502, so it must not look ready: Problem (what GET /readyz shows) says so while
+// the credentials are missing, and nothing once they can be loaded again, without a client's
+// request in between. Against local-aws-sqs, with the credentials a credential_process reads
+// from a file that appears only later.
+func TestMissingCredentialsAreAProblem(t *testing.T) {
+	up := sqsPeer(t)
+	file := filepath.Join(t.TempDir(), "creds.json")
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream = up.URL()
+		c.TrustClients = true
+		c.Credentials = processcreds.NewProvider("cat " + file)
+	})
+	listQueues := func() int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, tp.url+"/", strings.NewReader("{}"))
+		req.Header.Set("X-Amz-Target", "AmazonSQS.ListQueues")
+		req.Header.Set("Content-Type", "application/x-amz-json-1.0")
+		st, _, _ := do(t, req)
+		return st
+	}
+	// The load at start fails (no file); the problem shows once it has.
+	waitFor(t, "Problem to report the missing credentials", func() bool { return tp.Problem() != nil })
+	if err := tp.Problem(); !strings.Contains(err.Error(), "cannot load its own AWS credentials") {
+		t.Errorf("Problem: %v", err)
+	}
+	if st := listQueues(); st != http.StatusBadGateway {
+		t.Errorf("ListQueues without the proxy's credentials: %d, want 502", st)
+	}
+	if tp.Problem() == nil {
+		t.Error("no problem after a request failed for want of credentials")
+	}
+	// The credentials appear; no client asks meanwhile: Problem's own loads find them.
+	js := fmt.Sprintf(`{"Version":1,"AccessKeyId":%q,"SecretAccessKey":%q}`, testKey, testSecret)
+	if err := os.WriteFile(file, []byte(js), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "Problem to clear once the credentials load", func() bool { return tp.Problem() == nil })
+	if st := listQueues(); st != http.StatusOK {
+		t.Errorf("ListQueues with the proxy's credentials back: %d, want 200", st)
+	}
+}
