@@ -290,6 +290,9 @@ func (s *session) requests() error {
 				if proxy.LogNth(n) {
 					ev = s.log.Warn()
 				}
+				if hint := framingHint(err, true); hint != "" {
+					ev = ev.Str("hint", hint)
+				}
 				ev.Err(err).Uint64("invalid_frames_total", n).Msg("closing connection: request frame is not valid Kafka framing")
 				return proxy.Logged(err)
 			}
@@ -586,7 +589,11 @@ func (s *session) responses() error {
 		}
 		if err := s.nextResponse(maxBytes); err != nil {
 			if errors.Is(err, errFrameTooLarge) {
-				s.log.Warn().Err(err).Msg("closing connection: response frame is not valid Kafka framing")
+				ev := s.log.Warn().Err(err)
+				if hint := framingHint(err, false); hint != "" {
+					ev = ev.Str("hint", hint)
+				}
+				ev.Msg("closing connection: response frame is not valid Kafka framing")
 				return proxy.Logged(err)
 			}
 			return err

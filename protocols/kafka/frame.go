@@ -9,6 +9,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // DefaultMaxFrameBytes bounds one request or response frame. Kafka's own socket.request.max.bytes
@@ -83,9 +85,52 @@ func readFrameSize(r io.Reader, maxBytes int, sz []byte) (int, error) {
 	}
 	n := int32(binary.BigEndian.Uint32(sz))
 	if n < 0 || int(n) > maxBytes {
-		return 0, fmt.Errorf("%w: size prefix %d, limit %d", errFrameTooLarge, n, maxBytes)
+		e := &frameSizeError{size: n, limit: maxBytes}
+		copy(e.head[:], sz)
+		return 0, e
 	}
 	return int(n), nil
+}
+
+// frameSizeError is errFrameTooLarge with the size prefix, which when the peer speaks another
+// protocol (TLS, AMQP, HTTP) says which: the usual cause of such a prefix is a front pointed at
+// the wrong port or with TLS on one side only.
+type frameSizeError struct {
+	size  int32
+	limit int
+	head  [4]byte
+}
+
+func (e *frameSizeError) Error() string {
+	s := fmt.Sprintf("%v: size prefix %d, limit %d", errFrameTooLarge, e.size, e.limit)
+	if what := proxy.LooksLike(e.head[:]); what != "" {
+		s += "; the bytes begin " + what + ", not a Kafka frame"
+	}
+	return s
+}
+
+func (e *frameSizeError) Is(target error) bool { return target == errFrameTooLarge }
+
+// framingHint says what to change when err is a frameSizeError whose bytes are another protocol's:
+// fromClient, the client sent them; else the upstream did. "" when there is nothing to say.
+func framingHint(err error, fromClient bool) string {
+	var fe *frameSizeError
+	if !errors.As(err, &fe) {
+		return ""
+	}
+	what := proxy.LooksLike(fe.head[:])
+	switch {
+	case what == "":
+		return ""
+	case fromClient && proxy.IsTLS(what):
+		return "the client speaks TLS and this listener does not: give the front tls {cert_file, key_file}, or have the client connect in plaintext"
+	case fromClient:
+		return "the client does not speak Kafka: is it pointed at the wrong port?"
+	case proxy.IsTLS(what):
+		return "the broker speaks TLS: set upstream_tls on this front"
+	default:
+		return "the upstream is not a Kafka broker: check the front's bootstrap addresses"
+	}
 }
 
 // readFrameRest fills frame from offset have on.

@@ -1,0 +1,29 @@
+package proxy
+
+import "bytes"
+
+// LooksLike names what the first bytes a peer sent begin, when it is a protocol a front is
+// commonly pointed at or reached with by mistake, or "": a TLS record (a client speaking TLS to a
+// plaintext listener, or a TLS listener answering plaintext with an alert), AMQP's protocol
+// header, HTTP. Four bytes are enough.
+func LooksLike(b []byte) string {
+	switch {
+	case len(b) >= 2 && b[0] == 0x16 && b[1] == 0x03:
+		return "a TLS handshake"
+	case len(b) >= 2 && b[0] == 0x15 && b[1] == 0x03:
+		return "a TLS alert"
+	case bytes.HasPrefix(b, []byte("AMQP")):
+		return "an AMQP protocol header"
+	case bytes.HasPrefix(b, []byte("HTTP")):
+		return "an HTTP response"
+	case bytes.HasPrefix(b, []byte("GET ")), bytes.HasPrefix(b, []byte("POST")), bytes.HasPrefix(b, []byte("PUT ")),
+		bytes.HasPrefix(b, []byte("HEAD")), bytes.HasPrefix(b, []byte("PRI ")):
+		return "an HTTP request"
+	case bytes.HasPrefix(b, []byte("SSH-")):
+		return "an SSH banner"
+	}
+	return ""
+}
+
+// IsTLS reports whether LooksLike named a TLS record.
+func IsTLS(what string) bool { return what == "a TLS handshake" || what == "a TLS alert" }
