@@ -6,10 +6,41 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
+
+// TestTLSBrokerWithoutUpstreamTLSTold: a front without upstream_tls in front of a TLS listener
+// gets no answer to its own ApiVersions. Brokers answer ApiVersions before any login, so the
+// start-up line says to look at the listener and upstream_tls, at Warn (every client fails the
+// same way), and does not blame SASL.
+func TestTLSBrokerWithoutUpstreamTLSTold(t *testing.T) {
+	pki := testpki.New(t, "kafka test CA")
+	_, _, brokerPair := pki.Issue(t, "kfake")
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{brokerPair}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	var logs syncbuf.Buffer
+	p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	p.discover(testCtx(t), 0) // returns once it has given up on the proxy's own Metadata
+	var told bool
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "did not answer the proxy's ApiVersions") {
+			told = strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "upstream_tls")
+		}
+		if strings.Contains(line, "SASL") {
+			t.Errorf("a TLS listener's silence is put down to SASL: %s", line)
+		}
+	}
+	if !told {
+		t.Errorf("no Warn naming upstream_tls:\n%s", logs.String())
+	}
+}
 
 // TestTLSClientOnPlaintextFrontTold: a client that speaks TLS to a plaintext front (kgo with a
 // TLS dialer, against kfake) is refused, and the Warn line says it spoke TLS and which setting to
