@@ -17,6 +17,7 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -98,6 +99,9 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		return fmt.Errorf("starting the in-process Kafka cluster: %w", err)
 	}
 	defer cluster.Close()
+	if err := createAuditLog(ctx, cluster.ListenAddrs()); err != nil {
+		return fmt.Errorf("creating the demo's audit-log topic: %w", err)
+	}
 
 	recv := newDemoAgent(stdout)
 	defer recv.Close()
@@ -356,6 +360,25 @@ func demoAMQPServices(url string, rate int) []func(context.Context) error {
 
 // demoMaxMessageBytes is the demo cluster's message.max.bytes.
 const demoMaxMessageBytes = 64 << 10
+
+// createAuditLog creates the auditor's topic with max.message.bytes set to the cluster's
+// message.max.bytes. On Kafka a topic without its own max.message.bytes takes the broker's; a
+// kfake topic describes 1 MiB whatever the broker's limit, and the proxy, which reads the topic's
+// limit, would take the auditor's refused records for refusals the header caused and report
+// topic_size_limit skips that a real cluster would not show.
+func createAuditLog(ctx context.Context, brokers []string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	limit := strconv.Itoa(demoMaxMessageBytes)
+	resp, err := kadm.NewClient(cl).CreateTopic(ctx, 3, 1, map[string]*string{"max.message.bytes": &limit}, "audit-log")
+	if err != nil {
+		return err
+	}
+	return resp.Err
+}
 
 // relay consumes topic in group (= client id) and, when out is set, produces every record to out.
 func relay(ctx context.Context, bootstrap, group, topic, out string) error {
