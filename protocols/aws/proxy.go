@@ -596,8 +596,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// the first refusals are logged, then one in a thousand, so a misconfigured or hostile
 		// client cannot flood the log; Stats counts them all
 		if n := p.stats.authFail.Add(1); proxy.LogNth(n) {
-			p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr).
-				Uint64("refused_total", n).Msg("request refused: " + f.Message)
+			ev := p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr)
+			if f.Message == unknownKeyMessage {
+				// Neither the proxy's key nor a client key (those are kept out of the log): it
+				// says which client, and what would let it in.
+				ev = ev.Str("access_key", c.auth.AccessKey).
+					Str("hint", "the key is neither the proxy's own nor one of this front's client_keys: add it to client_keys (with its secret), or, for a loopback sidecar, set trust_clients")
+			}
+			ev.Uint64("refused_total", n).Msg("request refused: " + f.Message)
 		}
 		status := http.StatusForbidden
 		if c.service == ServiceKinesis {
@@ -724,7 +730,7 @@ func (p *Proxy) authenticate(c *call) *authFailure {
 			return &authFailure{"InvalidClientTokenId", "the proxy could not load its own AWS credentials to verify the request"}
 		}
 		if creds.AccessKeyID != c.auth.AccessKey {
-			return &authFailure{"InvalidClientTokenId", "The security token included in the request is invalid."}
+			return &authFailure{"InvalidClientTokenId", unknownKeyMessage}
 		}
 		secret = creds.SecretAccessKey
 	}
@@ -734,6 +740,9 @@ func (p *Proxy) authenticate(c *call) *authFailure {
 	}
 	return nil
 }
+
+// unknownKeyMessage is AWS's answer to an access key it does not know (InvalidClientTokenId).
+const unknownKeyMessage = "The security token included in the request is invalid."
 
 // identity is what the service rules match a request on.
 func (p *Proxy) identity(c *call) proxy.Identity {
