@@ -83,6 +83,13 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			// The proxy's own fault, not the cluster's: clients fail at their first Metadata.
 			p.log.Error().Err(err).Dur("retry_in", wait).Msg("a broker node listener cannot open: clients cannot use the cluster through this proxy")
 			told = err.Error()
+		case err.Error() != told:
+			// Once per cause, so that a wrong or unreachable bootstrap is in the log at start,
+			// not only at the first client's connection: the bootstrap is unreachable, or does
+			// not answer in time.
+			p.log.Warn().Err(err).Strs("bootstrap", p.cfg.Bootstrap).Dur("retry_in", wait).
+				Msg("cannot learn the broker nodes from the bootstrap brokers yet (is bootstrap right, and are they up?): trying again; clients' connections fail meanwhile")
+			told = err.Error()
 		default:
 			p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
 		}

@@ -1,9 +1,11 @@
 package kafka
 
 import (
+	"context"
 	"crypto/tls"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -64,6 +66,33 @@ func TestTLSClientOnPlaintextFrontTold(t *testing.T) {
 			(!strings.Contains(line, "a TLS handshake") || !strings.Contains(line, `"hint":"the client speaks TLS`) ||
 				!strings.Contains(line, "tls {cert_file, key_file}")) {
 			t.Errorf("the refusal does not say the client speaks TLS and what to set: %s", line)
+		}
+	}
+}
+
+// TestUnreachableBootstrapTold: with no broker at the bootstrap address (a kfake cluster that
+// was closed), discovery says so at Warn, naming the address, instead of only at Debug: a wrong
+// bootstrap is in the log at start, not only once a client connects.
+func TestUnreachableBootstrapTold(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := c.ListenAddrs()
+	c.Close()
+	var logs syncbuf.Buffer
+	p := startProxy(t, nil, func(cfg *Config) { cfg.Bootstrap, cfg.Log = gone, zerolog.New(&logs) })
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan struct{})
+	go func() { p.discover(ctx, time.Second); close(done) }()
+	waitFor(t, "the unreachable bootstrap told", func() bool {
+		return strings.Contains(logs.String(), "cannot learn the broker nodes from the bootstrap brokers")
+	})
+	cancel()
+	<-done
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "cannot learn the broker nodes") && (!strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, gone[0])) {
+			t.Errorf("told as %s", line)
 		}
 	}
 }
