@@ -311,7 +311,7 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 		// Retries stay inside the flush's deadline (the interval): the next flush retries anyway.
 		if dl, ok := ctx.Deadline(); attempt >= s.cfg.Retries || ctx.Err() != nil || ok && time.Until(dl) < wait {
 			s.warnOnce("down", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
-				"the Agent cannot be reached; DSM payloads wait (bounded) and are retried every flush (no Agent here? agent.disabled stops sending; GET /dsm on the admin listener shows the stats)")
+				"the Agent cannot be reached; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (no Agent here? agent.disabled stops sending; GET /dsm on the admin listener shows the stats)")
 			return err
 		}
 		if s.sleep(ctx, wait) != nil {
