@@ -38,7 +38,7 @@ func (r LogReporter) Send(_ context.Context, iv Interval) error {
 			ev = ev.Int64("messages", g.Messages)
 		}
 		if g.Throttle > 0 {
-			ev = ev.Dur("throttled", g.Throttle)
+			ev = ev.Stringer("throttled", g.Throttle)
 		}
 		if g.Sample != "" {
 			ev = ev.Str("sample", g.Sample)

@@ -49,7 +49,7 @@ func (l *Listener) reapIdle(now int64) {
 		if t == nil || now-t.last.Load() < limit || c.idleClosed.Swap(true) {
 			continue
 		}
-		c.Log.Info().Dur("idle_timeout", l.cfg.IdleTimeout).
+		c.Log.Info().Stringer("idle_timeout", l.cfg.IdleTimeout).
 			Msg("closing connection: no bytes either way for the idle timeout")
 		c.closeBoth()
 	}

@@ -241,7 +241,7 @@ func (l *Listener) Serve(ctx context.Context) error {
 			// Out of file descriptors, an aborted handshake: wait and keep serving rather than
 			// leave the port dead.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.log.Error().Err(err).Dur("retry_in", backoff).Msg("accept failed")
+			l.log.Error().Err(err).Stringer("retry_in", backoff).Msg("accept failed")
 			time.Sleep(backoff)
 			continue
 		}

@@ -279,7 +279,7 @@ func (s *session) requests() error {
 			}
 		}
 		if err != nil && !s.spoke && isTimeout(err) && !s.draining.Load() {
-			s.log.Debug().Dur("timeout", s.p.firstRequestTimeout).Msg("closing connection: the client sent no complete request in time")
+			s.log.Debug().Stringer("timeout", s.p.firstRequestTimeout).Msg("closing connection: the client sent no complete request in time")
 			return proxy.Logged(err)
 		}
 		if err != nil {

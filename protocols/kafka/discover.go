@@ -52,10 +52,10 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			// certificate missing in TLS 1.3) and look like a broker refusing the proxy. Its cause
 			// is the upstream TLS settings, which a SIGHUP can reload: tried again.
 			if err.Error() != told {
-				p.log.Warn().Err(err).Dur("retry_in", wait).Msg("the TLS handshake with a bootstrap broker failed (upstream_tls: ca_file, server_name, client certificate?): clients' connections will fail the same way")
+				p.log.Warn().Err(err).Stringer("retry_in", wait).Msg("the TLS handshake with a bootstrap broker failed (upstream_tls: ca_file, server_name, client certificate?): clients' connections will fail the same way")
 				told = err.Error()
 			} else {
-				p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
+				p.log.Debug().Err(err).Stringer("retry_in", wait).Msg("learning the broker nodes")
 			}
 		case errors.As(err, &refused) && errors.As(err, new(errNoApiVersions)):
 			// Not a login matter: brokers answer ApiVersions before any login, SASL or not. Every
@@ -81,17 +81,17 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			continue
 		case errors.As(err, &local) && err.Error() != told:
 			// The proxy's own fault, not the cluster's: clients fail at their first Metadata.
-			p.log.Error().Err(err).Dur("retry_in", wait).Msg("a broker node listener cannot open: clients cannot use the cluster through this proxy")
+			p.log.Error().Err(err).Stringer("retry_in", wait).Msg("a broker node listener cannot open: clients cannot use the cluster through this proxy")
 			told = err.Error()
 		case err.Error() != told:
 			// Once per cause, so that a wrong or unreachable bootstrap is in the log at start,
 			// not only at the first client's connection: the bootstrap is unreachable, or does
 			// not answer in time.
-			p.log.Warn().Err(err).Strs("bootstrap", p.cfg.Bootstrap).Dur("retry_in", wait).
+			p.log.Warn().Err(err).Strs("bootstrap", p.cfg.Bootstrap).Stringer("retry_in", wait).
 				Msg("cannot learn the broker nodes from the bootstrap brokers yet (is bootstrap right, and are they up?): trying again; clients' connections fail meanwhile")
 			told = err.Error()
 		default:
-			p.log.Debug().Err(err).Dur("retry_in", wait).Msg("learning the broker nodes")
+			p.log.Debug().Err(err).Stringer("retry_in", wait).Msg("learning the broker nodes")
 		}
 		select {
 		case <-ctx.Done():

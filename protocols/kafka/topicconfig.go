@@ -232,7 +232,7 @@ func (r *configReader) failed(err error) {
 		}
 	default:
 		r.backoff = min(max(2*r.backoff, time.Second), configMaxBackoff)
-		r.p.log.Debug().Err(err).Dur("retry_in", r.backoff).Msg("reading topic configs")
+		r.p.log.Debug().Err(err).Stringer("retry_in", r.backoff).Msg("reading topic configs")
 	}
 	r.retryAt = time.Now().Add(r.backoff)
 	r.p.limits.downUntil.Store(r.retryAt.UnixNano())
