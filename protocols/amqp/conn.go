@@ -347,7 +347,11 @@ func (s *session) serve(ctx context.Context) error {
 	down := make(chan error, 1)
 	go func() {
 		err := s.c.Recover("amqp broker relay", func() error {
-			return s.fromBroker(bufio.NewReaderSize(upstream, bufSize), bufio.NewWriterSize(s.c.Client, bufSize))
+			br := bufio.NewReaderSize(upstream, bufSize)
+			if err := s.brokerSpeaksAMQP(br); err != nil {
+				return err
+			}
+			return s.fromBroker(br, bufio.NewWriterSize(s.c.Client, bufSize))
 		})
 		if !errors.Is(err, errClientTold) {
 			// The broker ended: the client must see the connection end too.
@@ -407,6 +411,35 @@ func (s *session) serve(ctx context.Context) error {
 
 func quiet(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// brokerSpeaksAMQP waits for the upstream's first bytes, which a broker sends at once (Connection.Start,
+// or its own protocol header), and ends the connection when they are another protocol's: a front
+// whose upstream is another service's port would otherwise leave each client waiting for its own
+// timeout, or reading an HTTP answer as frames, with nothing said. An upstream silent for
+// Config.upstreamWait (headerTimeout) is told once per connection, and waited for: a broker
+// may be slow.
+func (s *session) brokerSpeaksAMQP(br *bufio.Reader) error {
+	s.c.Upstream.SetReadDeadline(time.Now().Add(s.p.cfg.upstreamWait))
+	b, err := br.Peek(7)
+	s.c.Upstream.SetReadDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		s.log.Warn().Stringer("waited", s.p.cfg.upstreamWait).
+			Msg("the upstream has not answered the AMQP protocol header (a broker sends Connection.Start at once): is the front's upstream an AMQP 0-9-1 broker, and does it want TLS (upstream_tls)?")
+		b, err = br.Peek(7)
+	}
+	if err != nil {
+		return nil // the relay reads the same end and reports it
+	}
+	if b[0] == frameMethod && b[1] == 0 && b[2] == 0 || bytes.HasPrefix(b, []byte("AMQP")) {
+		return nil
+	}
+	ev := s.log.Warn().Hex("first_bytes", b)
+	if what := proxy.LooksLike(b); what != "" {
+		ev = ev.Str("looks_like", what)
+	}
+	ev.Msg("closing connection: the upstream answered the AMQP protocol header with another protocol; is the front's upstream an AMQP 0-9-1 broker (and, for a TLS one, is upstream_tls set)?")
+	return proxy.Logged(errors.New("the upstream does not speak AMQP 0-9-1"))
 }
 
 // headerTimeout is how long a client has to send the protocol header (RabbitMQ's own

@@ -75,6 +75,10 @@ type Config struct {
 	// MaxConsumers bounds the consumer tags remembered per channel (default 4096).
 	MaxConsumers int
 
+	// upstreamWait, for tests: how long the upstream may be silent after the protocol header
+	// before a Warn (default headerTimeout).
+	upstreamWait time.Duration
+
 	// clientClosed, for tests, runs once the proxy has taken in a client's Channel.Close or
 	// Connection.Close, before passing it on.
 	clientClosed func()
@@ -159,6 +163,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger()}
 	p.heldTx.Max, p.tags.Max, p.heldConfirms.Max = maxHeldTxPoints, maxConsumerTags, maxHeldConfirms
+	if p.cfg.upstreamWait <= 0 {
+		p.cfg.upstreamWait = headerTimeout
+	}
 	if p.cfg.MaxFrameBytes <= 0 {
 		p.cfg.MaxFrameBytes = DefaultMaxFrameBytes
 	}
