@@ -75,6 +75,10 @@ type Group struct {
 	Hash, ParentHash uint64
 	// Latencies in seconds, size in bytes.
 	PathwayLatency, EdgeLatency, PayloadSize *ddsketch.DDSketch
+	// PayloadBytes is the exact sum of the points' payload sizes: the sketch's sum is only as
+	// accurate as its bins (under 1%). It is for the local view's byte counter; the Agent gets
+	// the sketch alone.
+	PayloadBytes uint64
 }
 
 // Backlog is the highest offset seen for one key in a bucket.
@@ -426,6 +430,7 @@ func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, 
 		}
 		b.last = g
 	}
+	g.PayloadBytes += uint64(max(p.PayloadSize, 0))
 	for i := range idx {
 		if idx[i] != noIndex {
 			g.pos[i].Add(idx[i])

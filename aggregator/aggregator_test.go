@@ -78,6 +78,9 @@ func TestBuckets(t *testing.T) {
 	if s := cur.Groups[0].PayloadSize.GetSum(); math.Abs(s-400)/400 > 0.008 {
 		t.Errorf("payload size sum %v, want ~400", s)
 	}
+	if b := cur.Groups[0].PayloadBytes; b != 400 {
+		t.Errorf("exact payload bytes %d, want 400", b)
+	}
 	// The origin bucket of t0 has the produce and the consume whose pathway started at t0+2s.
 	if len(org.Groups) != 2 {
 		t.Fatalf("origin groups: %d, want 2", len(org.Groups))
@@ -298,6 +301,9 @@ func TestNegativeValuesClamp(t *testing.T) {
 		if s.GetZeroCount() != 1 {
 			t.Errorf("negative value not clamped to 0: zero count %v", s.GetZeroCount())
 		}
+	}
+	if g.PayloadBytes != 0 {
+		t.Errorf("negative size counted as %d bytes", g.PayloadBytes)
 	}
 }
 
