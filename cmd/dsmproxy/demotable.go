@@ -119,7 +119,7 @@ func (d *demoAgent) printPending() {
 	if n == 0 {
 		return
 	}
-	printTable(d.out, fmt.Sprintf("== the Agent received %d payload(s), %d bytes (msgpack+gzip) ==", n, size), pts, bl)
+	printTable(d.out, fmt.Sprintf("== the Agent received %d payload(s), %d bytes (msgpack+gzip) ==", n, size), pts, bl, nil)
 	if errs != nil {
 		if s := errs(); s != nil {
 			printErrors(d.out, s)
@@ -135,7 +135,8 @@ func (d *demoAgent) Close() {
 }
 
 // printTable prints the current-time points as a pathway table under title, then consumer lag.
-func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agentpayload.BacklogEntry) {
+// With totals (the local view's, by pathwayKey), the table has a column of messages since the start.
+func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agentpayload.BacklogEntry, totals map[string]pathwayTotal) {
 	var cur []agentpayload.Point
 	for _, p := range pts {
 		if p.TimestampType == "current" {
@@ -148,14 +149,24 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	})
 	fmt.Fprintln(out, title)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
+	total := ""
+	if totals != nil {
+		total = "\tMESSAGES*"
+	}
+	fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S"+total+"\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
 	for _, p := range cur {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%016x <- %016x\t%.1f\t%s / %s\t%s / %s\t%.0f B\n",
-			p.Start.Format(time.TimeOnly), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, ratePerSecond(p),
+		if totals != nil {
+			total = fmt.Sprintf("\t%d", totals[pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)].Messages)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%016x <- %016x\t%.1f%s\t%s / %s\t%s / %s\t%.0f B\n",
+			p.Start.Format(time.TimeOnly), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, ratePerSecond(p), total,
 			ms(quantile(p.EdgeLatency, 0.5)), ms(quantile(p.EdgeLatency, 0.99)),
 			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), averageSize(p))
 	}
 	tw.Flush()
+	if totals != nil && len(cur) > 0 {
+		fmt.Fprintln(out, "MESSAGES*: checkpoints on the pathway since the proxy started, up to its latest flushed bucket (one that drops off this page and comes back counts again from 0).")
+	}
 	if lag := consumerLag(bl); len(lag) > 0 {
 		fmt.Fprintln(out)
 		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)

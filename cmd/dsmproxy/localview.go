@@ -24,7 +24,7 @@ type localView struct {
 	agent *aggregator.AgentSink // nil: agent.disabled
 
 	mu  sync.Mutex
-	pts map[string]agentpayload.Point        // current-time points by service, edge and hashes
+	pts map[string]viewPathway               // current-time points and totals, by pathwayKey
 	bl  map[string]agentpayload.BacklogEntry // by service and tags
 	at  time.Time                            // the latest flush that brought any
 	// width is the latest bucket's: a bucket is flushed once it is over, so entries are kept for
@@ -34,6 +34,41 @@ type localView struct {
 
 // localViewWindow: pathways from buckets older than this (or three buckets, if longer) go.
 const localViewWindow = time.Minute
+
+// viewPathway is one pathway of the view: its latest bucket's point, and its totals.
+type viewPathway struct {
+	pt    agentpayload.Point
+	total pathwayTotal
+}
+
+// pathwayTotal counts a pathway's checkpoints and payload bytes over every current-time bucket
+// flushed since it came into the view. A bucket is flushed once its window is over, with every
+// point the aggregator folded into it, so the totals are exact up to the latest flushed bucket:
+// they lag traffic by up to a bucket and a flush (two agent.flush_interval), and leave out only
+// what the aggregator itself dropped (dsmproxy_aggregator_points_dropped_total,
+// _groups_refused_total). Each checkpoint is in one current-time and one origin-time bucket;
+// only the first counts.
+//
+// The totals live in the pathway's entry, so they are bounded as the pathways are: a pathway with
+// no checkpoint for localViewWindow (or three buckets) goes with its totals, and if it comes back
+// they start again from 0. On /metrics that is a series that stops and, later, a counter that
+// restarts, which Prometheus's rate() and increase() take as a reset.
+type pathwayTotal struct {
+	Messages, Bytes uint64
+}
+
+// pathwayKey identifies a pathway in the view: service, edge tags and hashes.
+func pathwayKey(service string, edgeTags []string, hash, parentHash uint64) string {
+	return fmt.Sprintf("%s|%s|%x|%x", service, strings.Join(edgeTags, ","), hash, parentHash)
+}
+
+// viewContents is a copy of what the view holds.
+type viewContents struct {
+	pts    []agentpayload.Point
+	totals map[string]pathwayTotal // by pathwayKey of pts
+	bl     []agentpayload.BacklogEntry
+	at     time.Time // the latest flush that brought any
+}
 
 // Kafka offsets are kept far longer than pathways: a client commits or produces only what moved,
 // so a stuck partition's commit, or a stopped consumer's, is exactly the one not seen again, and
@@ -50,7 +85,7 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.pts == nil {
-		v.pts, v.bl = map[string]agentpayload.Point{}, map[string]agentpayload.BacklogEntry{}
+		v.pts, v.bl = map[string]viewPathway{}, map[string]agentpayload.BacklogEntry{}
 	}
 	now := time.Now()
 	for _, b := range buckets {
@@ -62,14 +97,18 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 			if b.TimestampType != aggregator.Current {
 				continue
 			}
-			k := fmt.Sprintf("%s|%s|%x|%x", g.Service, strings.Join(g.EdgeTags, ","), g.Hash, g.ParentHash)
-			if old, ok := v.pts[k]; ok && old.Start.After(b.Start) {
-				continue
+			k := pathwayKey(g.Service, g.EdgeTags, g.Hash, g.ParentHash)
+			p, ok := v.pts[k]
+			// Every bucket counts, an earlier one flushed late too; only the latest is shown.
+			p.total.Messages += uint64(g.EdgeLatency.GetCount())
+			p.total.Bytes += g.PayloadBytes
+			if !ok || !p.pt.Start.After(b.Start) {
+				// Copies: the sink must not keep what the flusher hands it.
+				p.pt = agentpayload.Point{Service: g.Service, Start: b.Start, Duration: b.Duration,
+					TimestampType: string(b.TimestampType), EdgeTags: slices.Clone(g.EdgeTags), Hash: g.Hash, ParentHash: g.ParentHash,
+					PathwayLatency: g.PathwayLatency.Copy(), EdgeLatency: g.EdgeLatency.Copy(), PayloadSize: g.PayloadSize.Copy()}
 			}
-			// Copies: the sink must not keep what the flusher hands it.
-			v.pts[k] = agentpayload.Point{Service: g.Service, Start: b.Start, Duration: b.Duration,
-				TimestampType: string(b.TimestampType), EdgeTags: slices.Clone(g.EdgeTags), Hash: g.Hash, ParentHash: g.ParentHash,
-				PathwayLatency: g.PathwayLatency.Copy(), EdgeLatency: g.EdgeLatency.Copy(), PayloadSize: g.PayloadSize.Copy()}
+			v.pts[k] = p
 		}
 		for _, x := range b.Backlogs {
 			k := x.Service + "|" + strings.Join(x.Tags, ",")
@@ -81,7 +120,7 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 	}
 	keep := max(localViewWindow, 3*v.width)
 	for k, p := range v.pts {
-		if now.Sub(p.Start) > keep {
+		if now.Sub(p.pt.Start) > keep { // and its totals with it
 			delete(v.pts, k)
 		}
 	}
@@ -114,14 +153,21 @@ func (v *localView) evictOffsets() {
 }
 
 // contents returns what the view holds and when the latest flush that brought any came.
-func (v *localView) contents() ([]agentpayload.Point, []agentpayload.BacklogEntry, time.Time) {
+func (v *localView) contents() viewContents {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return slices.Collect(maps.Values(v.pts)), slices.Collect(maps.Values(v.bl)), v.at
+	c := viewContents{pts: make([]agentpayload.Point, 0, len(v.pts)), totals: make(map[string]pathwayTotal, len(v.pts)),
+		bl: slices.Collect(maps.Values(v.bl)), at: v.at}
+	for k, p := range v.pts {
+		c.pts = append(c.pts, p.pt)
+		c.totals[k] = p.total
+	}
+	return c
 }
 
 func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	pts, bl, at := v.contents()
+	c := v.contents()
+	pts, bl, at := c.pts, c.bl, c.at
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	switch {
 	case at.IsZero():
@@ -130,7 +176,7 @@ func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "No DSM checkpoints in the last %s (the latest came at %s).\n\n", localViewWindow, at.Format(time.TimeOnly))
 	default:
 		printTable(w, fmt.Sprintf("== DSM pathways of the last %s, each from its latest bucket (the latest bucket with traffic was flushed at %s, %s ago; buckets flush every agent.flush_interval) ==",
-			localViewWindow, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl)
+			localViewWindow, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl, c.totals)
 	}
 	if v.errs != nil {
 		if s := v.errs(); s != nil {

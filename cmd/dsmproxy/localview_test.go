@@ -163,7 +163,7 @@ func TestLocalViewOffsetsBounded(t *testing.T) {
 	if err := v.Send(context.Background(), []aggregator.Bucket{old, fresh}); err != nil {
 		t.Fatal(err)
 	}
-	if _, bl, _ := v.contents(); len(bl) != maxViewBacklogs*9/10 {
+	if bl := v.contents().bl; len(bl) != maxViewBacklogs*9/10 {
 		t.Fatalf("%d offsets kept, want %d (a tenth of room made)", len(bl), maxViewBacklogs*9/10)
 	}
 	if _, ok := v.bl["s|partition:0,topic:old,type:kafka_produce"]; ok {
@@ -216,5 +216,71 @@ func TestPlainTextCells(t *testing.T) {
 	printErrors(&out, &s)
 	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 2 {
 		t.Errorf("one group printed as %d lines:\n%s", len(lines)-1, out.String())
+	}
+}
+
+// TestLocalViewTotals: a pathway's totals add up every current-time bucket flushed (one flushed
+// late, after a newer one, too) and no origin-time one; /dsm shows the count beside the latest
+// bucket's rate; a pathway that drops out of the view takes its totals with it, and one that
+// comes back counts from 0 again.
+func TestLocalViewTotals(t *testing.T) {
+	v := &localView{}
+	edge := []string{"direction:out", "topic:orders", "type:kafka"}
+	group := func(n int) aggregator.Group {
+		g := aggregator.Group{Service: "orders", EdgeTags: edge, Hash: 0xaa, PathwayLatency: sketchOf(t), EdgeLatency: sketchOf(t), PayloadSize: sketchOf(t)}
+		for range n {
+			g.PathwayLatency.Add(0.5)
+			g.EdgeLatency.Add(0.1)
+			g.PayloadSize.Add(100)
+			g.PayloadBytes += 100
+		}
+		return g
+	}
+	bucket := func(start time.Time, typ aggregator.TimestampType, n int) aggregator.Bucket {
+		return aggregator.Bucket{Start: start, Duration: 10 * time.Second, TimestampType: typ, Groups: []aggregator.Group{group(n)}}
+	}
+	send := func(bs ...aggregator.Bucket) {
+		t.Helper()
+		if err := v.Send(context.Background(), bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := pathwayKey("orders", edge, 0xaa, 0)
+	total := func() (pathwayTotal, bool) {
+		t.Helper()
+		tot, ok := v.contents().totals[key]
+		return tot, ok
+	}
+	now := time.Now().Truncate(10 * time.Second)
+	send(bucket(now.Add(-30*time.Second), aggregator.Current, 20), bucket(now.Add(-30*time.Second), aggregator.Origin, 20))
+	send(bucket(now.Add(-10*time.Second), aggregator.Current, 11), bucket(now.Add(-20*time.Second), aggregator.Origin, 11))
+	send(bucket(now.Add(-20*time.Second), aggregator.Current, 6)) // flushed after a newer one
+	if got, _ := total(); got != (pathwayTotal{Messages: 37, Bytes: 3700}) {
+		t.Errorf("totals %+v, want 37 messages, 3700 bytes", got)
+	}
+	if pts := v.contents().pts; len(pts) != 1 || pts[0].Count() != 11 {
+		t.Errorf("the view shows %+v: want one point, the latest bucket's (11 checkpoints)", pts)
+	}
+	w := httptest.NewRecorder()
+	v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+	page := strings.Join(strings.Fields(w.Body.String()), " ")
+	if !strings.Contains(page, "MSG/S MESSAGES* EDGE") || !strings.Contains(page, "<- 0000000000000000 1.1 37 ") ||
+		!strings.Contains(page, "MESSAGES*: checkpoints on the pathway since the proxy started") {
+		t.Errorf("/dsm does not show 37 messages beside the rate: %s", page)
+	}
+
+	// Gone over the window: the totals go with the pathway, and start again if it comes back.
+	v.mu.Lock()
+	p := v.pts[key]
+	p.pt.Start = now.Add(-2 * localViewWindow) // as if its latest bucket were that old
+	v.pts[key] = p
+	v.mu.Unlock()
+	send()
+	if got, ok := total(); ok {
+		t.Errorf("a pathway gone from the view kept its totals %+v", got)
+	}
+	send(bucket(now, aggregator.Current, 2))
+	if got, _ := total(); got != (pathwayTotal{Messages: 2, Bytes: 200}) {
+		t.Errorf("totals of a pathway back in the view %+v, want 2 messages, 200 bytes", got)
 	}
 }

@@ -21,7 +21,8 @@ import (
 // metricsPage serves GET /metrics: what /dsm and /stats show, in the Prometheus text format
 // (version 0.0.4), for people who scrape metrics instead of running an Agent. Pathways and
 // backlogs come from the same local view as /dsm (each from its latest bucket, so they are
-// gauges); the process's counters are counters.
+// gauges, beside the pathways' totals since the start, counters); the process's counters are
+// counters.
 type metricsPage struct {
 	view  *localView
 	stats func() statsSnapshot
@@ -53,9 +54,9 @@ const metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
 func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	var e exposition
 	if m.view != nil {
-		pts, bl, _ := m.view.contents()
-		e.pathways(pts)
-		e.backlogs(bl)
+		c := m.view.contents()
+		e.pathways(c.pts, c.totals)
+		e.backlogs(c.bl)
 		if m.view.errs != nil {
 			if s := m.view.errs(); s != nil {
 				e.trackedErrors(s)
@@ -136,8 +137,9 @@ func (e *exposition) write(w *bufio.Writer) {
 	}
 }
 
-// pathways: one series per pathway (service, edge tags, hash, parent) from its latest bucket.
-func (e *exposition) pathways(pts []agentpayload.Point) {
+// pathways: one series per pathway (service, edge tags, hash, parent) from its latest bucket,
+// and its totals (see pathwayTotal) as counters.
+func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwayTotal) {
 	slices.SortFunc(pts, func(a, b agentpayload.Point) int {
 		return cmp.Or(strings.Compare(a.Service, b.Service), slices.Compare(a.EdgeTags, b.EdgeTags), cmp.Compare(a.Hash, b.Hash))
 	})
@@ -158,6 +160,12 @@ func (e *exposition) pathways(pts []agentpayload.Point) {
 		}
 		e.add("dsmproxy_pathway_payload_bytes_average", "gauge",
 			"Average payload size on the pathway, in its latest bucket.", averageSize(p), l...)
+		if t, ok := totals[pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)]; ok {
+			e.add("dsmproxy_pathway_messages_total", "counter",
+				"Checkpoints on the pathway in every bucket flushed since it came into the view (since the start, or since it came back after dropping out of /dsm): exact up to the latest flushed bucket.", float64(t.Messages), l...)
+			e.add("dsmproxy_pathway_payload_bytes_total", "counter",
+				"Payload bytes on the pathway in every bucket flushed since it came into the view (since the start, or since it came back after dropping out of /dsm): exact up to the latest flushed bucket.", float64(t.Bytes), l...)
+		}
 	}
 }
 

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -96,7 +100,7 @@ func TestMetricsPage(t *testing.T) {
 		Start: now.Add(-10 * time.Second), Duration: 10 * time.Second, TimestampType: aggregator.Current,
 		Groups: []aggregator.Group{
 			{Service: hostile, EdgeTags: edge, Hash: 0xab, ParentHash: 0xcd,
-				PathwayLatency: sketchOf(t, 2, 2, 2, 2), EdgeLatency: sketchOf(t, 0.5, 0.5, 0.5, 0.5), PayloadSize: sketchOf(t, 100, 300, 100, 300)},
+				PathwayLatency: sketchOf(t, 2, 2, 2, 2), EdgeLatency: sketchOf(t, 0.5, 0.5, 0.5, 0.5), PayloadSize: sketchOf(t, 100, 300, 100, 300), PayloadBytes: 800},
 		},
 		Backlogs: []aggregator.Backlog{
 			{Service: "ledger", Tags: []string{"partition:0", "topic:orders", "type:kafka_high_watermark"}, Value: 10},
@@ -139,6 +143,9 @@ func TestMetricsPage(t *testing.T) {
 		{"dsmproxy_pathway_latency_seconds", dto.MetricType_GAUGE, map[string]string{"quantile": "0.99"}, 2},
 		{"dsmproxy_pathway_edge_latency_seconds", dto.MetricType_GAUGE, map[string]string{"quantile": "0.5"}, 0.5},
 		{"dsmproxy_pathway_payload_bytes_average", dto.MetricType_GAUGE, nil, 200},
+		{"dsmproxy_pathway_messages_total", dto.MetricType_COUNTER, map[string]string{"service": cleaned,
+			"edge_tags": strings.Join(edge, ","), "hash": "00000000000000ab", "parent_hash": "00000000000000cd"}, 4},
+		{"dsmproxy_pathway_payload_bytes_total", dto.MetricType_COUNTER, nil, 800},
 		{"dsmproxy_kafka_offset", dto.MetricType_GAUGE, map[string]string{"service": "ledger", "type": "kafka_commit", "consumer_group": "g1", "partition": "0"}, 4},
 		{"dsmproxy_kafka_consumer_lag_messages", dto.MetricType_GAUGE, map[string]string{"consumer_group": "g1", "topic": "orders"}, 6},
 		{"dsmproxy_tracked_errors_total", dto.MetricType_COUNTER, map[string]string{"category": "broker_error", "protocol": "kafka", "operation": "produce", "service": cleaned, "error": "NOT_LEADER_OR_FOLLOWER", "code": "6",
@@ -331,5 +338,218 @@ func TestOpenConnectionsGauge(t *testing.T) {
 			tr.CloseIdleConnections()
 		}
 		waitOpen("aws", 0)
+	})
+}
+
+// TestPathwayMessagesTotal: exactly 37 messages through each front (kgo to kfake, produced and
+// fetched; amqp091-go to RabbitMQ; the SQS SDK to goaws, singly and in batches), sent in two runs
+// with a flushed bucket between them, give 37 on dsmproxy_pathway_messages_total, and still 37
+// once every bucket is flushed: each message counted once, whichever bucket it fell in. Buckets
+// are 1 s wide (agent.flush_interval at its least), so the 37 span several.
+func TestPathwayMessagesTotal(t *testing.T) {
+	if !answers("127.0.0.1:5672") {
+		t.Fatal("RabbitMQ does not answer on 127.0.0.1:5672: start it with `rabbitmq-server -detached`")
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	sqsSrv, err := sqsserver.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sqsSrv.Close()
+	cfg := &Config{
+		Admin: AdminConfig{Listen: "127.0.0.1:0"},
+		AMQP:  []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:5672"}},
+		Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs()}},
+		AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: sqsSrv.URL(), TrustClients: true,
+			credentials: credentials.NewStaticCredentialsProvider("proxy", "proxy", "")}},
+	}
+	cfg.Agent.Disabled = true
+	cfg.Agent.FlushInterval = Duration(time.Second)
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.stop()
+	metricsURL := "http://" + rt.adminLn.Addr().String() + "/metrics"
+	front := map[string]string{}
+	for _, f := range rt.fronts {
+		front[f.protocol] = f.Addr().String()
+	}
+	const n, firstRun = 37, 20
+	body := func(i int) []byte { return fmt.Appendf(nil, "message-%02d", i) } // 10 bytes
+	const bodySize = 10
+
+	// counted sums the counters of the pathways whose edge has every tag of edge (a front's
+	// messages may go several pathways: other services or parents).
+	counted := func(t *testing.T, fams map[string]*dto.MetricFamily, edge ...string) (msgs, bytes float64) {
+		for family, sum := range map[string]*float64{"dsmproxy_pathway_messages_total": &msgs, "dsmproxy_pathway_payload_bytes_total": &bytes} {
+			f := fams[family]
+			if f != nil && f.GetType() != dto.MetricType_COUNTER {
+				t.Errorf("%s is a %v, want a counter", family, f.GetType())
+			}
+		series:
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() != "edge_tags" {
+						continue
+					}
+					for _, tag := range edge {
+						if !slices.Contains(strings.Split(l.GetValue(), ","), tag) {
+							continue series
+						}
+					}
+					*sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return msgs, bytes
+	}
+	// waitCounted scrapes until the pathways of edge count want messages; flushes come every second.
+	waitCounted := func(t *testing.T, want float64, edge ...string) {
+		t.Helper()
+		var got float64
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if got, _ = counted(t, scrapeMetrics(t, metricsURL), edge...); got >= want {
+				break
+			}
+		}
+		if got != want {
+			t.Fatalf("dsmproxy_pathway_messages_total{edge_tags ⊇ %v} = %v, want %v", edge, got, want)
+		}
+	}
+	// settled flushes every bucket, open ones too, and returns the counts then: nothing is left to
+	// add to them.
+	settled := func(t *testing.T, edge ...string) (msgs, bytes float64) {
+		t.Helper()
+		rt.flusher.FlushNow(context.Background(), true)
+		return counted(t, scrapeMetrics(t, metricsURL), edge...)
+	}
+
+	t.Run("kafka", func(t *testing.T) {
+		const topic = "counted"
+		cl, err := kgo.NewClient(kgo.SeedBrokers(front["kafka"]), kgo.AllowAutoTopicCreation(), kgo.DefaultProduceTopic(topic),
+			kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		produce := func(from, to int) {
+			t.Helper()
+			var rs []*kgo.Record
+			for i := from; i < to; i++ {
+				rs = append(rs, &kgo.Record{Value: body(i)})
+			}
+			if err := cl.ProduceSync(ctx, rs...).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := []string{"direction:out", "topic:" + topic, "type:kafka"}
+		produce(0, firstRun)
+		waitCounted(t, firstRun, out...) // a bucket with the first run is flushed
+		produce(firstRun, n)
+		waitCounted(t, n, out...)
+		for got := 0; got < n; {
+			fs := cl.PollFetches(ctx)
+			if err := fs.Err0(); err != nil {
+				t.Fatal(err)
+			}
+			got += fs.NumRecords()
+		}
+		in := []string{"direction:in", "topic:" + topic, "type:kafka"}
+		waitCounted(t, n, in...)
+		if msgs, bytes := settled(t, out...); msgs != n || bytes != n*bodySize {
+			t.Errorf("produced: %v messages, %v bytes counted; want %d, %d (values alone: no key, no header)", msgs, bytes, n, n*bodySize)
+		}
+		if msgs, bytes := settled(t, in...); msgs != n || bytes < n*bodySize {
+			t.Errorf("fetched: %v messages, %v bytes counted; want %d, %d bytes at least", msgs, bytes, n, n*bodySize)
+		}
+	})
+
+	t.Run("amqp", func(t *testing.T) {
+		c, err := amqp091.Dial("amqp://guest:guest@" + front["amqp"] + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ch, err := c.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := ch.QueueDeclare("", false, true, true, false, nil) // server-named, gone with the connection
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ch.Confirm(false); err != nil {
+			t.Fatal(err)
+		}
+		publish := func(from, to int) {
+			t.Helper()
+			for i := from; i < to; i++ {
+				dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", q.Name, true, false, amqp091.Publishing{Body: body(i)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
+					t.Fatalf("publish %d: acked %v, %v", i, ok, err)
+				}
+			}
+		}
+		out := []string{"direction:out", "type:rabbitmq"}
+		publish(0, firstRun)
+		waitCounted(t, firstRun, out...)
+		publish(firstRun, n)
+		waitCounted(t, n, out...)
+		if msgs, bytes := settled(t, out...); msgs != n || bytes < n*bodySize {
+			t.Errorf("published: %v messages, %v bytes counted; want %d, %d bytes at least", msgs, bytes, n, n*bodySize)
+		}
+	})
+
+	t.Run("sqs", func(t *testing.T) {
+		cl := sqs.NewFromConfig(awssdk.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("client", "client", "")},
+			func(o *sqs.Options) { o.BaseEndpoint = awssdk.String("http://" + front["aws"]) })
+		ctx := context.Background()
+		const queue = "counted"
+		cq, err := cl.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: awssdk.String(queue)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// send: ten in one SendMessageBatch, the rest one by one.
+		send := func(from, to int) {
+			t.Helper()
+			var entries []sqstypes.SendMessageBatchRequestEntry
+			for i := from; i < from+10; i++ {
+				entries = append(entries, sqstypes.SendMessageBatchRequestEntry{Id: awssdk.String(strconv.Itoa(i)), MessageBody: awssdk.String(string(body(i)))})
+			}
+			out, err := cl.SendMessageBatch(ctx, &sqs.SendMessageBatchInput{QueueUrl: cq.QueueUrl, Entries: entries})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(out.Successful) != 10 {
+				t.Fatalf("SendMessageBatch: %d sent, %d failed", len(out.Successful), len(out.Failed))
+			}
+			for i := from + 10; i < to; i++ {
+				if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: cq.QueueUrl, MessageBody: awssdk.String(string(body(i)))}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		out := []string{"direction:out", "topic:" + queue, "type:sqs"}
+		send(0, firstRun)
+		waitCounted(t, firstRun, out...)
+		send(firstRun, n)
+		waitCounted(t, n, out...)
+		if msgs, bytes := settled(t, out...); msgs != n || bytes < n*bodySize {
+			t.Errorf("sent: %v messages, %v bytes counted; want %d, %d bytes at least", msgs, bytes, n, n*bodySize)
+		}
 	})
 }
