@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -469,7 +470,14 @@ func isClosedErr(err error) bool {
 // with a TCP reset, not a FIN: where the broker is down, a direct client's connection is
 // refused, which clients retry, while a clean close right after connecting reads to them as a
 // broker speaking another protocol (kgo fails the buffered records: "is TLS missing?").
-func resetClose(c net.Conn) {
+func resetClose(c net.Conn) { ResetClose(c) }
+
+// ResetClose closes c with a TCP reset (SO_LINGER 0), looking through wrappers with NetConn: the
+// socket itself is closed first, so that a TLS connection sends no close_notify, which a client
+// reads as a clean end. A protocol handler uses it to pass on an upstream's reset: clients tell
+// a reset from a clean close (kgo retries a request cut by a reset, and fails one cut by a clean
+// close before the connection's first answer: "is SASL missing?").
+func ResetClose(c net.Conn) {
 	inner := c
 	for {
 		w, ok := inner.(interface{ NetConn() net.Conn })
@@ -481,7 +489,16 @@ func resetClose(c net.Conn) {
 	if tc, ok := inner.(interface{ SetLinger(int) error }); ok {
 		_ = tc.SetLinger(0)
 	}
-	c.Close()
+	inner.Close()
+	if inner != c {
+		c.Close()
+	}
+}
+
+// IsReset reports whether err is a TCP reset from the peer: ECONNRESET on a read, or EPIPE on a
+// write to a connection the peer has reset.
+func IsReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // DialFailures counts client connections reset because the upstream dial failed.
