@@ -3,12 +3,14 @@ package kafka
 import (
 	"context"
 	"net"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/kversion"
 )
 
@@ -71,6 +73,53 @@ func TestBrokerRestartClientRetries(t *testing.T) {
 	t.Cleanup(c.Close)
 	if err := <-done; err != nil {
 		t.Fatalf("the record failed once the cluster was back: %v", err)
+	}
+	g.check(t)
+}
+
+// TestBrokerResetReachesClient: a broker that resets its connection while a request waits for its
+// answer, the first on that connection after ApiVersions, resets the client's connection to the
+// proxy too. kgo retries a request cut by a reset, as it does direct; a clean close there made kgo
+// fail it ("broker closed the connection immediately after a request was issued ... is SASL
+// missing?"), and when that request is a producer's metadata load, the buffered records with it.
+func TestBrokerResetReachesClient(t *testing.T) {
+	c, g := startCluster(t)
+	p := startProxy(t, c, nil)
+	topic := uniqueTopic(t, "broker-reset")
+	// Hold the client's Metadata for the topic (the proxy's own ones go on) until the reset.
+	arrived, release := make(chan struct{}), make(chan struct{})
+	c.ControlKey(kmsg.Metadata.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		named := func(mt kmsg.MetadataRequestTopic) bool { return mt.Topic != nil && *mt.Topic == topic }
+		if !slices.ContainsFunc(req.(*kmsg.MetadataRequest).Topics, named) {
+			return nil, nil, false
+		}
+		c.DropControl()
+		close(arrived)
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	c.KeepControl()
+	cl := kgoClient(t, p) // a new client: its connection has answered nothing but ApiVersions
+	ctx, cancel := context.WithTimeout(testCtx(t), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		req := kmsg.NewPtrMetadataRequest()
+		mt := kmsg.NewMetadataRequestTopic()
+		mt.Topic = &topic
+		req.Topics = append(req.Topics, mt)
+		_, err := req.RequestWith(ctx, cl)
+		done <- err
+	}()
+	select {
+	case <-arrived:
+	case err := <-done:
+		t.Fatalf("the metadata request ended before the broker held it: %v", err)
+	}
+	g.resetAll()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("the metadata request cut by the broker's reset failed, want it retried: %v", err)
 	}
 	g.check(t)
 }

@@ -165,8 +165,16 @@ func (s *session) serve(ctx context.Context) error {
 	go func() {
 		err := s.c.Recover("kafka response relay", s.responses)
 		close(s.respClosed)
-		// The upstream ended (or failed): the client must see the connection end too.
-		s.c.Client.Close()
+		// The upstream ended (or failed): the client must see the connection end too, and end as
+		// the broker's did. A broker's reset reaches the client as a reset: a clean close instead
+		// makes kgo fail a request cut before the connection's first answer ("closed immediately
+		// after a request was issued ... is SASL missing?"; a metadata request's failure fails the
+		// buffered records), where a direct client, reset, retries it.
+		if proxy.IsReset(err) {
+			proxy.ResetClose(s.c.Client)
+		} else {
+			s.c.Client.Close()
+		}
 		respErr <- err
 	}()
 	// A client that sends nothing would hold its socket, and one to a broker, for as long as it

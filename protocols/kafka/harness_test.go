@@ -102,6 +102,23 @@ func (g *brokerGuard) closeAll() {
 	g.conns = nil
 }
 
+// resetAll resets every broker connection accepted so far, as a broker host that drops them
+// does (SO_LINGER 0).
+func (g *brokerGuard) resetAll() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, c := range g.conns {
+		if d, ok := c.(*directConn); ok {
+			c = d.Conn
+		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	g.conns = nil
+}
+
 func (g *brokerGuard) listen(network, addr string) (net.Listener, error) {
 	ln, err := net.Listen(network, addr)
 	if err != nil {
