@@ -365,18 +365,24 @@ func (s *session) requests() error {
 // of about its size): otherwise its first unreadHead bytes come back, and rest is the number of
 // its bytes still to come, which forwardUnread relays as they arrive.
 func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, err error) {
+	// The previous request has been forwarded.
 	if s.frameShare.Held() != 0 { // (a shared counter is not written per request)
-		s.p.frames.Release(&s.frameShare) // the previous frame has been forwarded
+		s.p.frames.Release(&s.frameShare)
 	}
+	s.shedBuffers()
 	var sz [4]byte
 	n, err := readFrameSize(r, maxBytes, sz[:])
 	if err != nil {
 		return nil, 0, err
 	}
 	if 4+n <= maxReusedFrame || s.p.frames.Take(&s.frameShare, 2*int64(4+n)) {
+		if 4+n <= maxReusedFrame {
+			s.bigBuf(&s.inBuf, 4+n)
+		}
 		frame, err = readFrameBody(r, sz, n, &s.inBuf)
 		return frame, 0, err
 	}
+	s.bigBuf(&s.inBuf, unreadHead)
 	head := growBuf(&s.inBuf, unreadHead)
 	copy(head, sz[:])
 	if err := readFrameRest(r, head, 4); err != nil {

@@ -290,3 +290,28 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	r.b = r.b[k:]
 	return k, nil
 }
+
+// TestRequestBuffersListed: once a connection's produce request of about 800 KB has gone
+// upstream, the buffers it took (the frame read, the spliced batches, the rewritten frame) are
+// the front's again, not the idle connection's, and the next big request reuses them.
+func TestRequestBuffersListed(t *testing.T) {
+	c, _ := startCluster(t, kfake.NumBrokers(1))
+	p := startProxy(t, c, nil)
+	answeredLimits(p)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "buffers")
+	for i := range 2 {
+		cl := kgoClient(t, p, kgo.ProducerBatchCompression(kgo.NoCompression()), kgo.ProducerLinger(time.Second))
+		recs := make([]*kgo.Record, 800)
+		for j := range recs {
+			recs[j] = &kgo.Record{Topic: topic, Value: bytes.Repeat([]byte{byte(j)}, 1000)}
+		}
+		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("producer %d's buffers listed", i+1), func() bool { return len(p.bufs.free) == 3 })
+	}
+	if st := p.Stats(); st.InjectedRecords < 1600 {
+		t.Fatalf("%d records injected, want the 1600 produced", st.InjectedRecords)
+	}
+}

@@ -110,7 +110,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 	}
 	facts := &produceFacts{service: ci.service, parts: make([]producedPart, 0, len(v.parts))}
 	spans := s.spans[:0]
-	s.scratch = s.scratch[:0]
+	s.scratch = s.bigBuf(&s.scratch, len(frame)+len(frame)/16) // the spliced batches: about the frame, grown
 	changed := false
 	// acks=0: no answer will say whether the broker stored them. Unkept facts: no answer will
 	// be read for it.
@@ -162,18 +162,12 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		repl = append(repl, s.scratch[sp[0]:sp[1]])
 		grow += sp[1] - sp[0] - (v.parts[i].recEnd - v.parts[i].recStart) + 4
 	}
-	// The rewritten frame is written upstream before the next request is read, so one buffer per
-	// session serves every produce: no 100 KB allocation (and page faults) per request. Requests
-	// over maxReusedFrame get their own, so a rare huge one is not kept per connection.
+	// The rewritten frame is written upstream before the next request is read, so buffers are
+	// reused: no 100 KB allocation (and page faults) per request (bufList). One over
+	// maxListedBuf is not kept.
 	need := len(frame) + grow
-	if cap(s.outBuf) < need {
-		s.outBuf = make([]byte, 0, need+need/4)
-	}
-	out := spliceRecords(s.outBuf[:0], frame, h.Version >= 9, v.parts, repl)
-	s.outBuf = out[:0]
-	if cap(s.outBuf) > maxReusedFrame {
-		s.outBuf = nil
-	}
+	out := spliceRecords(s.bigBuf(&s.outBuf, need), frame, h.Version >= 9, v.parts, repl)
+	s.outBuf = out[:0] // listed or dropped by shedBuffers, as its size says
 	clear(repl)
 	s.repl = repl[:0]
 	return out, pd
@@ -199,9 +193,6 @@ func (s *session) trimProduceBuffers() {
 	}
 	if cap(s.repl) > maxReusedParts {
 		s.repl = nil
-	}
-	if cap(s.scratch) > maxReusedFrame {
-		s.scratch = nil // the spliced batches of a huge request
 	}
 }
 

@@ -220,6 +220,7 @@ type Proxy struct {
 	observeLate    atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
 	walker         batchCodec   // used by the observation worker only
 	fetchBufs      chan []byte  // streamed fetch frames, back from observation; see getFetchFrame
+	bufs           bufList      // request-path buffers between requests
 
 	mu           sync.Mutex
 	ctx          context.Context
@@ -342,6 +343,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
 	p.fetchBufs = make(chan []byte, pooledFetchFrames)
+	p.bufs = newBufList()
 	p.walker = newCodec(p.cfg.MaxBatchBytes)
 	p.baseDial = cfg.Listener.Dial
 	if p.baseDial == nil {
