@@ -80,8 +80,8 @@ func (p *Proxy) writeError(w http.ResponseWriter, c *call, status int, code, msg
 	}
 }
 
-// errorCode pulls the AWS error code out of an error response (X-Amzn-Query-Error, JSON __type or
-// XML <Code>); SQS codes are given as Query names, whichever wire form the answer came in.
+// errorCode pulls the AWS error code out of an error response (X-Amzn-Query-Error, JSON or CBOR
+// __type, or XML <Code>); SQS codes are given as Query names, whichever wire form the answer came in.
 func errorCode(service string, resp *http.Response, body []byte) (code, msg string) {
 	// SQS over JSON (awsQueryCompatible) names the Query code of the error in this header beside
 	// __type, and the SDKs show that code: it is the name the same failure has over Query.
@@ -104,6 +104,19 @@ func errorCode(service string, resp *http.Response, body []byte) (code, msg stri
 				msg = m
 			} else if m, ok := jsonString(body, find(ms, "Message")); ok {
 				msg = m
+			}
+		}
+	} else if strings.Contains(resp.Header.Get("Content-Type"), "cbor") {
+		// Kinesis's answers to the Java SDKs: a CBOR map with the same members as JSON's.
+		if v, err := cborDecode(body); err == nil {
+			m, _ := v.(map[string]any)
+			if t, ok := m["__type"].(string); ok && code == "" {
+				code = t[strings.LastIndexByte(t, '#')+1:]
+			}
+			if s, ok := m["message"].(string); ok {
+				msg = s
+			} else if s, ok := m["Message"].(string); ok {
+				msg = s
 			}
 		}
 	} else if root, err := parseXML(body); err == nil {

@@ -277,3 +277,51 @@ func directThenProxied(t *testing.T, tp *testProxy, up *verifier, ec errCase, er
 	checkErrorPassedAndReported(t, ec, errType, directErr, proxyErr, directLog.all(), proxyLog.all(),
 		up.count()-before, tp.ev.since(n), protocol, edge, service)
 }
+
+// TestKinesisCBORErrorNamed: PutRecord and PutRecords as a Java SDK sends them (CBOR) to a stream
+// kinesis-local does not have. Its CBOR error answer names the error in the body only (`__type`,
+// `message`), as a Java SDK reads it: the refusal is tracked under that name and with that
+// message, as the same refusal of a JSON client is, not as a nameless 400.
+func TestKinesisCBORErrorNamed(t *testing.T) {
+	tp, up, _, _ := kinesisSetup(t, "present", nil)
+	const missing = "absent"
+	out := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeKinesis, Topic: missing}
+	for _, tc := range []struct {
+		op       string
+		req      map[string]any
+		messages int
+	}{
+		{"PutRecord", map[string]any{"StreamName": missing, "Data": []byte(`{"n":1}`), "PartitionKey": "p1"}, 1},
+		{"PutRecords", map[string]any{"StreamName": missing, "Records": []any{
+			map[string]any{"Data": []byte(`{"n":2}`), "PartitionKey": "p2"},
+			map[string]any{"Data": []byte{0xff, 0x00}, "PartitionKey": "p3"},
+		}}, 2},
+	} {
+		n := len(tp.ev.all())
+		st, _, resp := do(t, cborRequest(t, tp.url, tc.op, cborEnc(nil, tc.req, false), testSecret))
+		v, err := cborDecode([]byte(resp))
+		m, _ := v.(map[string]any)
+		if st != 400 || err != nil || m["__type"] == nil {
+			t.Fatalf("%s to a missing stream: %d %v %q; want kinesis-local's CBOR error", tc.op, st, err, resp)
+		}
+		msg, _ := m["message"].(string)
+		var broker, lost []errtrack.Event
+		for _, e := range tp.ev.all()[n:] {
+			switch e.Category {
+			case errtrack.BrokerError:
+				broker = append(broker, e)
+			case errtrack.LostMessage:
+				lost = append(lost, e)
+			}
+		}
+		for _, evs := range [][]errtrack.Event{broker, lost} {
+			if len(evs) != 1 || evs[0].Name != "ResourceNotFoundException" || !strings.Contains(evs[0].Message, msg) || msg == "" ||
+				evs[0].Edge != out || evs[0].Messages != tc.messages || evs[0].Operation != tc.op {
+				t.Errorf("%s: events %+v; want ResourceNotFoundException with message %q on %v, %d messages", tc.op, evs, msg, out, tc.messages)
+			}
+		}
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}
