@@ -325,3 +325,55 @@ func TestKinesisCBORErrorNamed(t *testing.T) {
 		t.Fatalf("upstream signature failures: %v", bad)
 	}
 }
+
+// TestKinesisStreamCallErrorsOnStreamEdge: a consumer's GetShardIterator and a DescribeStream for a
+// stream kinesis-local does not have, from aws-sdk-go-v2 (JSON) and as a Java SDK sends them
+// (CBOR). Each refusal is tracked on the stream's edge: `direction:in` for the consumer's
+// GetShardIterator, no direction for DescribeStream, as SQS's queue calls are; not on an edge
+// without a stream, where /errors cannot tell which stream is missing.
+func TestKinesisStreamCallErrorsOnStreamEdge(t *testing.T) {
+	tp, up, kc, ctx := kinesisSetup(t, "present", nil)
+	const missing = "absent"
+	in := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKinesis, Topic: missing}
+	managed := pathway.Edge{Type: pathway.TypeKinesis, Topic: missing}
+	check := func(what string, n int, want pathway.Edge) {
+		t.Helper()
+		evs := tp.ev.all()[n:]
+		if len(evs) != 1 || evs[0].Name != "ResourceNotFoundException" || evs[0].Category != errtrack.BrokerError ||
+			evs[0].Edge != want || evs[0].Messages != 0 {
+			t.Errorf("%s: events %+v; want one ResourceNotFoundException broker_error on %v", what, evs, want)
+		}
+	}
+
+	n := len(tp.ev.all())
+	_, err := kc.GetShardIterator(ctx, &kinesis.GetShardIteratorInput{StreamName: awssdk.String(missing),
+		ShardId: awssdk.String("shardId-000000000000"), ShardIteratorType: ktypes.ShardIteratorTypeTrimHorizon})
+	var nf *ktypes.ResourceNotFoundException
+	if !errors.As(err, &nf) {
+		t.Fatalf("GetShardIterator of a missing stream: %v, want ResourceNotFoundException", err)
+	}
+	check("JSON GetShardIterator", n, in)
+
+	n = len(tp.ev.all())
+	if _, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: awssdk.String(missing)}); !errors.As(err, &nf) {
+		t.Fatalf("DescribeStream of a missing stream: %v, want ResourceNotFoundException", err)
+	}
+	check("JSON DescribeStream", n, managed)
+
+	n = len(tp.ev.all())
+	arn := "arn:aws:kinesis:us-east-1:000000000000:stream/" + missing
+	if st, _, _ := do(t, cborRequest(t, tp.url, "GetShardIterator", cborEnc(nil, map[string]any{"StreamARN": arn,
+		"ShardId": "shardId-000000000000", "ShardIteratorType": "TRIM_HORIZON"}, false), testSecret)); st != 400 {
+		t.Fatalf("CBOR GetShardIterator of a missing stream: status %d, want 400", st)
+	}
+	check("CBOR GetShardIterator", n, in)
+
+	n = len(tp.ev.all())
+	if st, _, _ := do(t, cborRequest(t, tp.url, "DescribeStream", cborEnc(nil, map[string]any{"StreamName": missing}, false), testSecret)); st != 400 {
+		t.Fatalf("CBOR DescribeStream of a missing stream: status %d, want 400", st)
+	}
+	check("CBOR DescribeStream", n, managed)
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}

@@ -36,6 +36,11 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 	switch c.op {
 	case "PutRecord", "PutRecords", "GetShardIterator", "GetRecords":
 	default:
+		// Managing a stream (DescribeStream, ListShards...): its errors go on the stream's edge,
+		// with no direction, as SQS's queue calls.
+		if ms, _, err := objectMembers(c.body, 0); err == nil {
+			c.edge = kinesisEdge("", kinesisStream(c.body, ms))
+		}
 		return nil, nil, nil
 	}
 	b := c.body
@@ -103,6 +108,7 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 		}
 		return applyEdits(make([]byte, 0, len(b)+96*len(eds)), b, eds), fix, nil
 	case "GetShardIterator":
+		c.edge = kinesisEdge(pathway.In, stream) // a consumer's call: a missing stream is told there
 		return nil, func(resp []byte) []byte {
 			rms, _, err := objectMembers(resp, 0)
 			if err == nil {
@@ -123,6 +129,14 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 	e = pathway.Edge{Direction: pathway.In, Type: pathway.TypeKinesis, Topic: stream}
 	c.edge = e
 	return nil, func(resp []byte) []byte { return p.kinesisGetRecords(c, e, resp) }, nil
+}
+
+// kinesisEdge is the edge a Kinesis call's errors are reported on; none without a stream.
+func kinesisEdge(d pathway.Direction, stream string) pathway.Edge {
+	if stream == "" {
+		return pathway.Edge{}
+	}
+	return pathway.Edge{Direction: d, Type: pathway.TypeKinesis, Topic: stream}
 }
 
 // putRecordBytes is what one put record counts against Kinesis's limits: its data (decoded)
@@ -334,17 +348,24 @@ func epoch(f float64) time.Time {
 // unchanged, so no `_datadog` is injected into CBOR records; a GetRecords answer loses the
 // `_datadog` the proxy added to JSON producers' records, as a JSON one does.
 func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
+	managing := false
 	switch c.op {
 	case "PutRecord", "PutRecords", "GetShardIterator", "GetRecords":
 	default:
-		return nil, nil, nil
+		managing = true
 	}
 	v, err := cborDecode(c.body)
 	if err != nil {
+		if managing {
+			return nil, nil, nil
+		}
 		return nil, nil, err
 	}
 	req, ok := v.(map[string]any)
 	if !ok {
+		if managing {
+			return nil, nil, nil
+		}
 		return nil, nil, fmt.Errorf("%w: request is a %T, not a map", errCBOR, v)
 	}
 	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
@@ -353,6 +374,10 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 		if arn := str(req, "StreamARN"); arn != "" {
 			stream = arn[strings.LastIndexByte(arn, '/')+1:]
 		}
+	}
+	if managing {
+		c.edge = kinesisEdge("", stream) // as kinesisJSON: the stream's edge, no direction
+		return nil, nil, nil
 	}
 	decodeResp := func(resp []byte) map[string]any {
 		v, err := cborDecode(resp)
@@ -400,6 +425,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 			return nil
 		}, nil
 	case "GetShardIterator":
+		c.edge = kinesisEdge(pathway.In, stream)
 		return nil, func(resp []byte) []byte {
 			if it := str(decodeResp(resp), "ShardIterator"); it != "" && stream != "" {
 				p.iters.put(it, stream)
