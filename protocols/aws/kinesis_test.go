@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,7 +19,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/aws/smithy-go"
 	"github.com/fxamacker/cbor/v2"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 func freePort(t testing.TB) int {
@@ -476,5 +481,43 @@ func TestKinesisCBORErrors(t *testing.T) {
 	}
 	if msg, _ := m["message"].(string); msg == "" {
 		t.Errorf("proxy error has no message: %v", m)
+	}
+}
+
+// TestKinesisSubscribeToShardRefused: aws-sdk-go-v2's SubscribeToShard (enhanced fan-out) through
+// the proxy to kinesis-local. Its answer is an event stream that stays open for minutes, which
+// the front cannot relay: the client gets, at once, an error that says so and what to use, and
+// /errors has it on the stream's consume edge. Forwarded, it waited with no event until the
+// upstream timeout (2 minutes), got a 502 and retried the same.
+func TestKinesisSubscribeToShardRefused(t *testing.T) {
+	tp, up, kc, ctx := kinesisSetup(t, "fanout", nil)
+	d, err := kc.DescribeStream(ctx, &kinesis.DescribeStreamInput{StreamName: awssdk.String("fanout")})
+	if err != nil {
+		t.Fatalf("DescribeStream: %v", err)
+	}
+	rc, err := kc.RegisterStreamConsumer(ctx, &kinesis.RegisterStreamConsumerInput{StreamARN: d.StreamDescription.StreamARN,
+		ConsumerName: awssdk.String("fan")})
+	if err != nil {
+		t.Fatalf("RegisterStreamConsumer through the proxy: %v", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second) // a bound for the old behaviour; not a timing assertion
+	defer cancel()
+	out, err := kc.SubscribeToShard(sctx, &kinesis.SubscribeToShardInput{ConsumerARN: rc.Consumer.ConsumerARN,
+		ShardId: d.StreamDescription.Shards[0].ShardId, StartingPosition: &ktypes.StartingPosition{Type: ktypes.ShardIteratorTypeTrimHorizon}})
+	if err == nil {
+		out.GetStream().Close()
+		t.Fatal("SubscribeToShard through the proxy succeeded; want the proxy's refusal")
+	}
+	var ae smithy.APIError
+	if !errors.As(err, &ae) || ae.ErrorCode() != "SubscribeToShardNotSupportedException" || !strings.Contains(ae.ErrorMessage(), "GetRecords") {
+		t.Fatalf("SubscribeToShard: %v; want SubscribeToShardNotSupportedException naming GetRecords", err)
+	}
+	evs := tp.ev.named("not_relayed")
+	want := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKinesis, Topic: "fanout"}
+	if len(evs) != 1 || evs[0].Category != errtrack.ProxySkip || evs[0].Operation != "SubscribeToShard" || evs[0].Edge != want {
+		t.Errorf("events %+v; want one proxy_skip not_relayed SubscribeToShard on %v", evs, want)
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
 	}
 }

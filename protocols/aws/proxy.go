@@ -618,7 +618,41 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.svcName = p.cfg.Services.Service(p.identity(c))
+	if c.service == ServiceKinesis && c.op == "SubscribeToShard" {
+		p.refuseSubscribe(w, c)
+		return
+	}
 	p.handle(w, c)
+}
+
+// refuseSubscribe answers SubscribeToShard at once. Its answer is an event stream that stays
+// open for minutes, which the front, holding answers whole, cannot relay: forwarded, the client
+// would wait with no event until the upstream timeout, then get a 502 and retry the same.
+func (p *Proxy) refuseSubscribe(w http.ResponseWriter, c *call) {
+	const msg = "dsmproxy does not relay SubscribeToShard (enhanced fan-out's event stream): read the shard through it with GetShardIterator and GetRecords (the KCL: polling, not fan-out), or send SubscribeToShard to Kinesis directly"
+	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.ProxySkip, Protocol: c.service, Operation: c.op,
+		Name: "not_relayed", Message: msg, Service: c.svcName, Edge: kinesisEdge(pathway.In, consumerStream(c)), Partition: -1})
+	p.writeError(w, c, http.StatusBadRequest, "SubscribeToShardNotSupportedException", msg)
+}
+
+// consumerStream is the stream of a SubscribeToShard's ConsumerARN
+// (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME/consumer/CONSUMER:TIME), "" when it has none.
+func consumerStream(c *call) string {
+	var arn string
+	if c.wire == wireCBOR {
+		if v, err := cborDecode(c.body); err == nil {
+			m, _ := v.(map[string]any)
+			arn, _ = m["ConsumerARN"].(string)
+		}
+	} else if ms, _, err := objectMembers(c.body, 0); err == nil {
+		arn, _ = jsonString(c.body, find(ms, "ConsumerARN"))
+	}
+	_, rest, ok := strings.Cut(arn, ":stream/")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(rest, "/")
+	return name
 }
 
 // kinesisAuthCode maps the SQS/SNS auth error codes to Kinesis's names.
