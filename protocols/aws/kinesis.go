@@ -215,8 +215,8 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 	return pt, &edit{S: dm.VS, E: dm.VE, New: nv}
 }
 
-// kinesisGetRecords checkpoints each record, remembers the next iterator's stream and, when the
-// proxy injects, removes `_datadog` so consumers see the bytes the producer sent.
+// kinesisGetRecords checkpoints each record, remembers the next iterator's stream and removes
+// the `_datadog` a proxy added, so consumers see the bytes the producer sent.
 func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 	rms, _, err := objectMembers(resp, 0)
 	if err != nil {
@@ -237,7 +237,7 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 		raw, _ := jsonString(resp, dm)
 		data, _ := base64.StdEncoding.DecodeString(raw)
 		pk, _ := jsonString(resp, find(ems, "PartitionKey"))
-		nd := p.kinesisConsume(c, e, data, pk, arrival(resp, find(ems, "ApproximateArrivalTimestamp")), p.cfg.KinesisInjectData)
+		nd := p.kinesisConsume(c, e, data, pk, arrival(resp, find(ems, "ApproximateArrivalTimestamp")))
 		if nd != nil && dm != nil {
 			nv := append([]byte{'"'}, base64.StdEncoding.AppendEncode(nil, nd)...)
 			eds = append(eds, edit{S: dm.VS, E: dm.VE, New: append(nv, '"')})
@@ -250,9 +250,10 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 	return applyEdits(make([]byte, 0, len(resp)), resp, eds)
 }
 
-// kinesisConsume records one received record's checkpoint. With strip, it returns the data
-// without `_datadog` (nil when there was none to remove).
-func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, at time.Time, strip bool) []byte {
+// kinesisConsume records one received record's checkpoint and returns the data without the
+// `_datadog` a proxy added (nil when there was none to remove). Whether this front injects does
+// not matter: the record may have come through another one (a producer's sidecar) that does.
+func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, at time.Time) []byte {
 	var parent pathway.Context
 	var out []byte
 	if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && bytes.Contains(t, []byte(ddAttr)) {
@@ -264,7 +265,7 @@ func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, 
 				parent = contextFromCarrier(data[dms[i].VS:dms[i].VE])
 				// Only the shape the proxy adds to data that had none: a `_datadog` with more in it
 				// came from the producer (trace ids of a tracer), and its consumer's tracer reads it.
-				if cms, _, err := objectMembers(data, dms[i].VS); strip && err == nil && len(cms) == 1 && cms[0].is(pathway.HeaderKey) {
+				if cms, _, err := objectMembers(data, dms[i].VS); err == nil && len(cms) == 1 && cms[0].is(pathway.HeaderKey) {
 					out = applyEdits(make([]byte, 0, len(data)), data, []edit{removeLastAdded(data, dms, i)})
 				}
 			}
@@ -453,7 +454,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 			}
 			data := cborBytes(m["Data"])
 			f, _ := cborNumber(m["ApproximateArrivalTimestamp"])
-			nd := p.kinesisConsume(c, in, data, str(m, "PartitionKey"), epoch(f), p.cfg.KinesisInjectData)
+			nd := p.kinesisConsume(c, in, data, str(m, "PartitionKey"), epoch(f))
 			if nd == nil {
 				continue
 			}

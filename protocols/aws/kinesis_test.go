@@ -521,3 +521,55 @@ func TestKinesisSubscribeToShardRefused(t *testing.T) {
 		t.Fatalf("upstream signature failures: %v", bad)
 	}
 }
+
+// TestKinesisConsumerFrontWithoutInjectionStrips: the producer's sidecar injects (kinesis_inject_data
+// on), the consumer's does not (the default), both in front of one kinesis-local. The consumer
+// reading through its own proxy gets the bytes the producer sent, not the producer's proxy's
+// `_datadog`, and its consume checkpoint is the produce's child with the produce's size.
+func TestKinesisConsumerFrontWithoutInjectionStrips(t *testing.T) {
+	up := kinesisPeer(t)
+	prodProxy := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.KinesisInjectData = true })
+	consProxy := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pc, cc := kinesisClient(prodProxy.url), kinesisClient(consProxy.url)
+	stream := awssdk.String("split")
+	if _, err := pc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: stream, ShardCount: awssdk.Int32(1)}); err != nil {
+		t.Fatalf("CreateStream: %v", err)
+	}
+	w := kinesis.NewStreamExistsWaiter(pc, func(o *kinesis.StreamExistsWaiterOptions) {
+		o.MinDelay, o.MaxDelay = 100*time.Millisecond, time.Second
+	})
+	if err := w.Wait(ctx, &kinesis.DescribeStreamInput{StreamName: stream}, time.Minute); err != nil {
+		t.Fatalf("stream never became active: %v", err)
+	}
+	sent := [][]byte{[]byte(`{"order":1}`), []byte(`{"order":2,"items":[1,2]}` + "\n")}
+	for i, d := range sent {
+		if _, err := pc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: d, PartitionKey: awssdk.String(fmt.Sprint("k", i))}); err != nil {
+			t.Fatalf("PutRecord: %v", err)
+		}
+	}
+	if n := prodProxy.Stats().Injected; n != 2 {
+		t.Fatalf("the producer's proxy injected %d records, want 2", n)
+	}
+	recs := readShard(t, ctx, cc, stream, len(sent))
+	for i, r := range recs {
+		if !bytes.Equal(r.Data, sent[i]) {
+			t.Errorf("record %d read through the consumer's proxy: %q, want the producer's %q", i, r.Data, sent[i])
+		}
+	}
+	prod := prodProxy.rec.withTags("direction:out", "topic:split", "type:kinesis")
+	cons := consProxy.rec.withTags("direction:in", "topic:split", "type:kinesis")
+	if len(prod) != len(sent) || len(cons) != len(sent) {
+		t.Fatalf("%d produce and %d consume points, want %d each", len(prod), len(cons), len(sent))
+	}
+	for i := range cons {
+		if cons[i].ParentHash != prod[i].Hash || cons[i].PayloadSize != prod[i].PayloadSize {
+			t.Errorf("consume %d: parent %x size %d; want the produce's hash %x and size %d",
+				i, cons[i].ParentHash, cons[i].PayloadSize, prod[i].Hash, prod[i].PayloadSize)
+		}
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}
