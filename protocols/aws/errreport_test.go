@@ -377,3 +377,49 @@ func TestKinesisStreamCallErrorsOnStreamEdge(t *testing.T) {
 		t.Fatalf("upstream signature failures: %v", bad)
 	}
 }
+
+// TestSNSTopicCallErrorsOnTopicEdge: GetTopicAttributes and Subscribe for a topic fauxqs does not
+// have, from aws-sdk-go-v2. The refusals are tracked on the topic's edge with no direction, as
+// SQS's queue calls and Kinesis's stream calls are, not on an edge without a topic, where
+// /errors could not tell which topic is missing.
+func TestSNSTopicCallErrorsOnTopicEdge(t *testing.T) {
+	up := snsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := sns.New(sns.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
+		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: "admin"})
+	topic, err := cl.CreateTopic(ctx, &sns.CreateTopicInput{Name: awssdk.String("present")})
+	if err != nil {
+		t.Fatalf("CreateTopic through the proxy: %v", err)
+	}
+	arn := strings.TrimSuffix(*topic.TopicArn, "present") + "absent"
+	want := pathway.Edge{Type: pathway.TypeSNS, Topic: "absent"}
+	for _, tc := range []struct {
+		op   string
+		call func() error
+	}{
+		{"GetTopicAttributes", func() error {
+			_, err := cl.GetTopicAttributes(ctx, &sns.GetTopicAttributesInput{TopicArn: &arn})
+			return err
+		}},
+		{"Subscribe", func() error {
+			_, err := cl.Subscribe(ctx, &sns.SubscribeInput{TopicArn: &arn, Protocol: awssdk.String("sqs"),
+				Endpoint: awssdk.String("arn:aws:sqs:us-east-1:000000000000:somewhere")})
+			return err
+		}},
+	} {
+		n := len(tp.ev.all())
+		var nf *snstypes.NotFoundException
+		if err := tc.call(); !errors.As(err, &nf) {
+			t.Fatalf("%s of a missing topic: %v, want NotFoundException", tc.op, err)
+		}
+		evs := tp.ev.all()[n:]
+		if len(evs) != 1 || evs[0].Operation != tc.op || evs[0].Category != errtrack.BrokerError || evs[0].Name != "NotFound" || evs[0].Edge != want {
+			t.Errorf("%s: events %+v; want one NotFound broker_error on %v", tc.op, evs, want)
+		}
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}

@@ -15,6 +15,15 @@ func snsTopic(get func(string) string) string {
 	return topicName(arn)
 }
 
+// snsManageEdge is the edge the errors of a call managing a topic (Subscribe,
+// GetTopicAttributes...) are reported on: the topic's, with no direction, as SQS's queue calls.
+func snsManageEdge(topic string) pathway.Edge {
+	if topic == "" {
+		return pathway.Edge{}
+	}
+	return pathway.Edge{Type: pathway.TypeSNS, Topic: topic}
+}
+
 func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 	f := c.form
 	e := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSNS, Topic: snsTopic(f.get)}
@@ -23,6 +32,8 @@ func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 	}
 	var fix respFixer
 	switch c.op {
+	default:
+		c.edge = snsManageEdge(e.Topic)
 	case "Publish":
 		attrs := f.queryAttrs("MessageAttributes.entry.")
 		pt, carrier, _ := p.prepareOut(c, e, snsBodySize(f.get("Message"), f.get("Subject")), plainAttrs(attrs), "Binary")
@@ -67,6 +78,9 @@ func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 
 func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
 	if c.op != "Publish" && c.op != "PublishBatch" {
+		if ms, _, err := objectMembers(c.body, 0); err == nil {
+			c.edge = snsManageEdge(snsTopic(func(k string) string { s, _ := jsonString(c.body, find(ms, k)); return s }))
+		}
 		return nil, nil, nil
 	}
 	b := c.body
