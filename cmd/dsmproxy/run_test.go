@@ -54,17 +54,47 @@ func dsmproxyBinary(t *testing.T) string {
 	return buildOnce.path
 }
 
+// startWatched starts cmd with its stderr watched, and reports its exit once every line it wrote
+// has been read. (exec's StderrPipe would not do: Wait closes that pipe, and the last lines,
+// written just before the exit, could be lost to the watcher.)
+func startWatched(t *testing.T, cmd *exec.Cmd) (*logWatcher, <-chan error) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = w
+	err = cmd.Start()
+	w.Close() // the child holds its own copy: the reader ends when the child does
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	logs := watchLogs(r)
+	exited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		<-logs.done
+		r.Close()
+		exited <- err
+	}()
+	return logs, exited
+}
+
 // logWatcher reads the JSON log lines of a dsmproxy process and hands out fields of chosen messages.
 type logWatcher struct {
 	mu    sync.Mutex
 	lines []map[string]any
 	raw   bytes.Buffer
 	more  chan struct{}
+	done  chan struct{} // closed when the output ended
 }
 
 func watchLogs(r io.Reader) *logWatcher {
-	w := &logWatcher{more: make(chan struct{}, 1)}
+	w := &logWatcher{more: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
+		defer close(w.done)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			var m map[string]any
@@ -137,19 +167,7 @@ kafka:
 	}
 	cmd := exec.Command(bin, "run", "--config", cfgFile, "--log-level", "debug")
 	cmd.Env = append(os.Environ(), "DD_SERVICE=fallback-svc")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	logs := watchLogs(stderr)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-	})
+	logs, exited := startWatched(t, cmd)
 
 	admin := logs.field(t, "admin listening: /dsm /metrics /stats /errors /healthz /readyz /debug/pprof/", "", "listen")
 	bootstrap := logs.field(t, "front listening", "kafka", "listen")
@@ -414,17 +432,7 @@ func TestRunSecondSignalExitsNow(t *testing.T) {
 			}
 			cmd := exec.Command(bin, "run", "--config", cfgFile)
 			cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY=secret", "AWS_REGION=us-east-1")
-			stderr, err := cmd.StderrPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			logs := watchLogs(stderr)
-			exited := make(chan error, 1)
-			go func() { exited <- cmd.Wait() }()
-			t.Cleanup(func() { _ = cmd.Process.Kill() })
+			logs, exited := startWatched(t, cmd)
 
 			// A request in flight holds the drain.
 			front := logs.field(t, "front listening", "aws", "listen")
