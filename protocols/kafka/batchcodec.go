@@ -26,6 +26,7 @@ type kgoCodec struct {
 	raw           []byte // spliced records, reused
 	zbuf          bytes.Buffer
 	plain         plainBuf // decompressed records, reused
+	bufs          bufList  // where buffers over keptBufBytes go when the connection is idle (Shed)
 	bounded       boundedDecoders
 	lz4c          lz4.Compressor // reused across batches (its hash table); see lz4Encode
 	lz4t          lz4Transcoder
@@ -107,7 +108,30 @@ func (c *kgoCodec) compressor(codec int16) kgo.Compressor {
 	return c.comp[codec]
 }
 
-func newCodec(maxBatchBytes int) batchCodec { return newKgoCodec(maxBatchBytes) }
+// newCodec is a connection's codec: its batch buffers over keptBufBytes go to bufs when the
+// connection is idle (Shed).
+func newCodec(maxBatchBytes int, bufs bufList) batchCodec {
+	c := newKgoCodec(maxBatchBytes)
+	c.bufs = bufs
+	return c
+}
+
+// Shed implements batchCodec.
+func (c *kgoCodec) Shed() {
+	if cap(c.raw) > keptBufBytes {
+		c.bufs.put(c.raw)
+		c.raw = nil
+	}
+	if cap(c.plain.b) > keptBufBytes {
+		c.bufs.put(c.plain.b)
+		c.plain.b = nil
+	}
+	if c.zbuf.Cap() > keptBufBytes {
+		b := c.zbuf.Bytes() // what nothing refers to any more: its output was copied out
+		c.zbuf = bytes.Buffer{}
+		c.bufs.put(b[:0])
+	}
+}
 
 var errBatch = errors.New("malformed record batch")
 

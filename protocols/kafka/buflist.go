@@ -1,18 +1,23 @@
 package kafka
 
-// Request-path buffers over keptBufBytes (the frame read, the spliced batches, the rewritten
-// frame) are not kept by a connection between requests: they go back to its front's bufList,
-// and the next request of any connection takes them from there. Kept per connection, an idle
-// producer that had sent requests of 800 KB held about 3 MiB for the rest of its life: 100 of
-// them took the proxy from 26 to 322 MB of RSS. Memory for them now follows the requests in
-// progress, not the connections open.
+import "time"
+
+// A connection idle for idleShed gives the request path's buffers over keptBufBytes (the frame
+// read, the spliced batches, the rewritten frame, and a compressed batch's records decompressed
+// and spliced) to its front's bufList, and a connection's next big request takes them from
+// there. Kept for good, an idle producer that had sent requests of 800 KB held about 3 MiB for
+// the rest of its life: 100 of them took the proxy from 26 to 322 MB of RSS. A busy connection
+// keeps its buffers: handing them over at every request made a compressed batch's buffers, sized
+// by the batch before it, be reallocated for each request.
 const (
 	keptBufBytes   = 64 << 10
 	maxListedBuf   = maxReusedFrame + maxReusedFrame/4 // what growth leaves of a 1 MiB request's buffers
-	listedBufCount = 32                                // about 40 MiB at most, kept for busy connections
+	listedBufCount = 32                                // about 40 MiB at most
+	idleShed       = time.Second
 )
 
-// bufList is a bounded free list of buffers between keptBufBytes and maxListedBuf bytes.
+// bufList is a bounded free list of buffers between keptBufBytes and maxListedBuf bytes. The zero
+// bufList lists nothing: get allocates and put drops.
 type bufList struct{ free chan []byte }
 
 func newBufList() bufList { return bufList{free: make(chan []byte, listedBufCount)} }
@@ -42,14 +47,60 @@ func (l bufList) put(b []byte) {
 	}
 }
 
-// shedBuffers gives the request path's big buffers back to the front's list: the request that
-// used them has gone upstream.
+// shedBuffers gives the request path's big buffers to the front's list. The request goroutine
+// calls it only while no other can (shedIdle holds bufMu, which the request goroutine takes
+// before it touches a buffer again).
 func (s *session) shedBuffers() {
 	for _, b := range [...]*[]byte{&s.inBuf, &s.outBuf, &s.scratch} {
 		if cap(*b) > keptBufBytes {
 			s.p.bufs.put(*b)
 			*b = nil
 		}
+	}
+	if s.codec != nil {
+		s.codec.Shed()
+	}
+}
+
+// holdsBig says whether the connection holds a buffer worth giving back when idle.
+func (s *session) holdsBig() bool {
+	return cap(s.inBuf) > keptBufBytes || cap(s.outBuf) > keptBufBytes || cap(s.scratch) > keptBufBytes || s.codec != nil
+}
+
+// armShed is called by the request goroutine before it waits for the next request: unless a
+// request starts (disarmShed) within idleShed, the buffers go back.
+func (s *session) armShed() {
+	if !s.holdsBig() {
+		return
+	}
+	s.bufMu.Lock()
+	s.shedArmed = true
+	s.bufMu.Unlock()
+	if s.idleTimer == nil {
+		s.idleTimer = time.AfterFunc(idleShed, s.shedIdle)
+	} else {
+		s.idleTimer.Reset(idleShed)
+	}
+}
+
+// disarmShed is called by the request goroutine when a request starts: from here on it uses its
+// buffers, which a shedIdle that fired meanwhile has handed over already or will not touch.
+func (s *session) disarmShed() {
+	if s.idleTimer == nil {
+		return
+	}
+	s.bufMu.Lock()
+	s.shedArmed = false
+	s.bufMu.Unlock()
+	s.idleTimer.Stop()
+}
+
+func (s *session) shedIdle() {
+	s.bufMu.Lock()
+	defer s.bufMu.Unlock()
+	if s.shedArmed {
+		s.shedArmed = false
+		s.shedBuffers()
 	}
 }
 

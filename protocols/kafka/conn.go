@@ -97,6 +97,11 @@ type session struct {
 	heldPoints proxy.Share
 	factShare  proxy.Share // its requests' part of Proxy.facts
 	frameShare proxy.Share // the request frame being read's part of Proxy.frames
+	// Idle buffers (buflist.go): shedArmed, under bufMu, while the request goroutine waits for
+	// a request and idleTimer may hand its buffers over.
+	bufMu      sync.Mutex
+	shedArmed  bool
+	idleTimer  *time.Timer
 	fetchShare proxy.Share // the fetch response being streamed's part of Proxy.frames
 }
 
@@ -204,6 +209,8 @@ func (s *session) serve(ctx context.Context) error {
 	s.p.heldPoints.Release(&s.heldPoints) // abandon gave back all it knew of
 	s.p.facts.Release(&s.factShare)
 	s.p.frames.Release(&s.frameShare)
+	s.disarmShed()
+	s.shedBuffers() // a closed connection's buffers serve others
 	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
 		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
 			return rerr
@@ -369,9 +376,10 @@ func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int
 	if s.frameShare.Held() != 0 { // (a shared counter is not written per request)
 		s.p.frames.Release(&s.frameShare)
 	}
-	s.shedBuffers()
+	s.armShed()
 	var sz [4]byte
 	n, err := readFrameSize(r, maxBytes, sz[:])
+	s.disarmShed()
 	if err != nil {
 		return nil, 0, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"testing"
@@ -291,27 +292,52 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	return k, nil
 }
 
-// TestRequestBuffersListed: once a connection's produce request of about 800 KB has gone
-// upstream, the buffers it took (the frame read, the spliced batches, the rewritten frame) are
-// the front's again, not the idle connection's, and the next big request reuses them.
+// TestRequestBuffersListed: once a connection that sent a produce request of about 800 KB is idle,
+// the buffers it took (the frame read, the spliced batches, the rewritten frame, and for lz4 the
+// records decompressed and spliced) are the front's again, not the idle connection's.
 func TestRequestBuffersListed(t *testing.T) {
-	c, _ := startCluster(t, kfake.NumBrokers(1))
-	p := startProxy(t, c, nil)
-	answeredLimits(p)
-	ctx := testCtx(t)
-	topic := uniqueTopic(t, "buffers")
-	for i := range 2 {
-		cl := kgoClient(t, p, kgo.ProducerBatchCompression(kgo.NoCompression()), kgo.ProducerLinger(time.Second))
-		recs := make([]*kgo.Record, 800)
-		for j := range recs {
-			recs[j] = &kgo.Record{Topic: topic, Value: bytes.Repeat([]byte{byte(j)}, 1000)}
-		}
-		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, fmt.Sprintf("producer %d's buffers listed", i+1), func() bool { return len(p.bufs.free) == 3 })
-	}
-	if st := p.Stats(); st.InjectedRecords < 1600 {
-		t.Fatalf("%d records injected, want the 1600 produced", st.InjectedRecords)
+	for _, tc := range []struct {
+		name  string
+		codec kgo.CompressionCodec
+		min   int
+	}{
+		{"none", kgo.NoCompression(), 3},
+		{"lz4", kgo.Lz4Compression(), 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := startCluster(t, kfake.NumBrokers(1))
+			p := startProxy(t, c, nil)
+			answeredLimits(p)
+			ctx := testCtx(t)
+			topic := uniqueTopic(t, "buffers")
+			// Half random: lz4 halves the batch (kgo sends a batch compression does not shrink
+			// uncompressed), and the frame stays over what a connection keeps.
+			rng := rand.New(rand.NewPCG(1, 2))
+			listed := 0
+			for i := range 2 {
+				cl := kgoClient(t, p, kgo.ProducerBatchCompression(tc.codec), kgo.ProducerLinger(time.Second))
+				recs := make([]*kgo.Record, 800)
+				for j := range recs {
+					v := make([]byte, 1000)
+					for k := range v[:500] {
+						v[k] = byte(rng.Uint32())
+					}
+					recs[j] = &kgo.Record{Topic: topic, Value: v}
+				}
+				if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+					t.Fatal(err)
+				}
+				if i == 0 {
+					waitFor(t, "the first producer's buffers listed", func() bool { return len(p.bufs.free) >= tc.min })
+					listed = len(p.bufs.free)
+				} else {
+					// It took the frame's three from the list; idle, it lists them again with its own.
+					waitFor(t, "the second producer's buffers listed again", func() bool { return len(p.bufs.free) >= listed })
+				}
+			}
+			if st := p.Stats(); st.InjectedRecords < 1600 {
+				t.Fatalf("%d records injected, want the 1600 produced", st.InjectedRecords)
+			}
+		})
 	}
 }

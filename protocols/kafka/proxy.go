@@ -344,7 +344,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
 	p.fetchBufs = make(chan []byte, pooledFetchFrames)
 	p.bufs = newBufList()
-	p.walker = newCodec(p.cfg.MaxBatchBytes)
+	p.walker = newCodec(p.cfg.MaxBatchBytes, bufList{}) // one, kept: observation is one goroutine
 	p.baseDial = cfg.Listener.Dial
 	if p.baseDial == nil {
 		timeout := cfg.Listener.DialTimeout

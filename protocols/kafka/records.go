@@ -44,6 +44,8 @@ type batchCodec interface {
 	Grown(size int) grownBatch
 	// Malformed says what was wrong when the last Inject reported skipMalformed (nil otherwise).
 	Malformed() error
+	// Shed gives the buffers over keptBufBytes to the front's list: the connection is idle.
+	Shed()
 }
 
 // maxBatchPoints bounds the produce checkpoints one partition's batches collect (88 bytes each).
@@ -94,7 +96,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	pts := s.points[:0] // one per record that gets the header, handed over if the batch is rewritten
 	existing := 0
 	if s.codec == nil {
-		s.codec = newCodec(p.cfg.MaxBatchBytes)
+		s.codec = newCodec(p.cfg.MaxBatchBytes, p.bufs)
 	}
 	start = len(s.scratch)
 	// Without respect for existing contexts, a record's own context is the parent of its

@@ -25,7 +25,7 @@ func FuzzBatchSplice(f *testing.F) {
 	f.Add([]byte{})
 	hdr := []byte("AAAAAAAAAAAAAAAA")
 	f.Fuzz(func(t *testing.T, records []byte) {
-		c := newCodec(DefaultMaxBatchBytes)
+		c := newCodec(DefaultMaxBatchBytes, bufList{})
 		injected := 0
 		out, changed, _, err := c.Inject(nil, records, func(_ batchMeta, r *recordMeta) []byte {
 			if r.HasContext {
