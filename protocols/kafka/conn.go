@@ -317,10 +317,13 @@ func (s *session) requests() error {
 			// SaslHandshake v0: this frame is a raw SASL token with no Kafka header. The handshake's
 			// answer can arrive while this read waits, so an unknown mechanism (left < 0) is seen
 			// here as well as at the top: this token goes as it is, the rest as bytes.
+			var pd *pending
 			if left > 0 {
-				s.push(&pending{rawToken: true})
+				pd = &pending{rawToken: true}
+				s.push(pd)
 			}
 			if err := s.forwardRest(frame, rest, in); err != nil {
+				s.unpush(pd)
 				return err
 			}
 			continue
@@ -442,7 +445,28 @@ func (s *session) forwardUnread(h requestHeader, head []byte, rest int, in io.Re
 		}
 		s.push(pd)
 	}
-	return s.forwardRest(head, rest, in)
+	if err := s.forwardRest(head, rest, in); err != nil {
+		s.unpush(pd)
+		return err
+	}
+	return nil
+}
+
+// unpush takes back pd (nil: none), pushed for a request that forwardRest could not finish: the
+// broker has only part of it and will not answer it, so a drain must not wait for that answer
+// (waitIdle) past what the client sent before the drain.
+func (s *session) unpush(pd *pending) {
+	if pd == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, q := range s.queue {
+		if q == pd {
+			s.removeLocked(i)
+			return
+		}
+	}
 }
 
 // forwardRest writes head upstream, then the rest bytes that follow it from in.

@@ -253,3 +253,34 @@ func TestDrainForwardsWhatTLSHolds(t *testing.T) {
 		})
 	}
 }
+
+// TestDrainEndsWithAStalledUnreadRequest: a drain that finds a client stalled half-way through a
+// request relayed unread (the frame budget taken) ends after drainGrace, as for a request read
+// whole: the broker has only part of that request and will never answer it, so the drain must
+// not wait for its answer until drain_timeout. An answer to a complete request sent before it
+// still comes.
+func TestDrainEndsWithAStalledUnreadRequest(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, func(cfg *Config) { cfg.FrameBudgetBytes = 1 })
+	conn := rawClient(t, p)
+	openNodes(t, conn) // node listeners cannot open once Shutdown has begun
+	frame := bigProduceFrame(3 << 20)
+	first := append(requestFrame(emptyMetadata(), 5), frame[:len(frame)/2]...)
+	if _, err := conn.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the request relayed unread", func() bool { return p.Stats().UnreadRequests == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatalf("the drain waited for an answer to a request the broker has only part of: %v", err)
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := readFrame(conn, DefaultMaxFrameBytes)
+	if err != nil {
+		t.Fatalf("no answer to the complete request sent before: %v", err)
+	}
+	if corr := int32(binary.BigEndian.Uint32(resp[4:])); corr != 5 {
+		t.Fatalf("answer's correlation id %d, want 5", corr)
+	}
+}
