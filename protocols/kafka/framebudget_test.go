@@ -251,6 +251,8 @@ func FuzzStreamWalk(f *testing.F) {
 			f.Add(v, uint8(3), fetchResponseFrame(testFetchResponse(v, brokers))[9:])
 		}
 	}
+	// A five-byte uvarint whose last byte has bits past 32: kbin's walk stops there.
+	f.Add(int16(12), uint8(3), []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x81, 0x80, 0x80, 0x80, 0x10, 0})
 	f.Fuzz(func(t *testing.T, v int16, chunk uint8, body []byte) {
 		if v < 12 {
 			return

@@ -85,12 +85,15 @@ func (w *streamWalk) Uvarint() uint32 {
 		}
 		b := w.buf[w.out]
 		w.out++
+		if shift == 28 && b > 0x0f {
+			break // bits past 32 (or a sixth byte): kbin.Uvarint's overflow, the walk's end
+		}
 		v |= uint32(b&0x7f) << shift
 		if b < 0x80 {
 			return v
 		}
 	}
-	w.bad = true // over five bytes: no uvarint32
+	w.bad = true // no uvarint32
 	return 0
 }
 
