@@ -185,7 +185,7 @@ type KafkaConfig struct {
 	TopicLimitWait *Duration `yaml:"topic_limit_wait"`
 	MaxFrameBytes  int       `yaml:"max_frame_bytes"`
 	// FrameBudgetBytes: what all connections together hold of requests over 1 MiB (counted
-	// twice: read and rewritten) and of fetch responses streaming; past it they are relayed
+	// three times: read, spliced and rewritten) and of fetch responses streaming; past it they are relayed
 	// unread.
 	FrameBudgetBytes       int64    `yaml:"frame_budget_bytes"`
 	RespectExistingContext *bool    `yaml:"respect_existing_context"`

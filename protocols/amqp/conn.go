@@ -424,7 +424,14 @@ func (s *session) brokerSpeaksAMQP(br *bufio.Reader) error {
 	b, err := br.Peek(7)
 	s.c.Upstream.SetReadDeadline(time.Time{})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		s.log.Warn().Stringer("waited", s.p.cfg.upstreamWait).
+		// Per connection, so loud only now and then: every client of a front pointed at the
+		// wrong port meets it.
+		n := s.p.stats.silentUpstreams.Add(1)
+		ev := s.log.Debug()
+		if proxy.LogNth(n) {
+			ev = s.log.Warn()
+		}
+		ev.Stringer("waited", s.p.cfg.upstreamWait).Uint64("silent_upstreams_total", n).
 			Msg("the upstream has not answered the AMQP protocol header (a broker sends Connection.Start at once): is the front's upstream an AMQP 0-9-1 broker, and does it want TLS (upstream_tls)?")
 		b, err = br.Peek(7)
 	}

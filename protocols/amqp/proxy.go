@@ -122,7 +122,7 @@ type Stats struct {
 type counters struct {
 	conns, published, injected, existing, frameMax, consumed, unknownQueue, decodeErrors,
 	returns, nacks, errorCloses, dropped, refused, consumerResets, txUnheld, untrackedConsumers,
-	confirmUnheld, unconfirmed atomic.Uint64
+	confirmUnheld, unconfirmed, silentUpstreams atomic.Uint64
 }
 
 // Proxy is one AMQP front: one listener, one upstream broker.

@@ -274,6 +274,7 @@ func (s *session) requests() error {
 	in := &drainReader{s: s}
 	for {
 		if s.rawLeft.Load() < 0 {
+			s.p.frames.Release(&s.frameShare) // bytes from here on: no frame is held
 			_, err := io.Copy(s.c.Upstream, s.c.Client)
 			return err
 		}
@@ -371,8 +372,8 @@ func (s *session) requests() error {
 }
 
 // readRequest reads the next request frame. One over maxReusedFrame is read whole only while the
-// proxy's frame budget has room for twice its size (a produce is rewritten into a second buffer
-// of about its size): otherwise its first unreadHead bytes come back, and rest is the number of
+// proxy's frame budget has room for three times its size (a produce's spliced batches and its
+// rewritten frame are each about as big): otherwise its first unreadHead bytes come back, and rest is the number of
 // its bytes still to come, which forwardUnread relays as they arrive.
 func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, err error) {
 	// The previous request has been forwarded.
@@ -386,7 +387,7 @@ func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int
 	if err != nil {
 		return nil, 0, err
 	}
-	if 4+n <= maxReusedFrame || s.p.frames.Take(&s.frameShare, 2*int64(4+n)) {
+	if 4+n <= maxReusedFrame || s.p.frames.Take(&s.frameShare, 3*int64(4+n)) {
 		if 4+n <= maxReusedFrame {
 			s.bigBuf(&s.inBuf, 4+n)
 		}

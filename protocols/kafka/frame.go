@@ -17,9 +17,9 @@ import (
 // default is 100 MiB; a larger size prefix means the stream is not Kafka (or is broken).
 const DefaultMaxFrameBytes = 100 << 20
 
-// DefaultFrameBudgetBytes is Config.FrameBudgetBytes's default: room for two requests of the
-// default MaxFrameBytes being rewritten at once, or hundreds of the 1 MiB requests clients send by
-// default (max.request.size).
+// DefaultFrameBudgetBytes is Config.FrameBudgetBytes's default: room for a request of the default
+// MaxFrameBytes being rewritten, or for 170 of just over 1 MiB at once (1 MiB is what clients'
+// max.request.size lets a request be by default).
 const DefaultFrameBudgetBytes = 512 << 20
 
 // errFrameTooLarge is returned by readFrame when the size prefix is over the limit.

@@ -92,7 +92,7 @@ func TestFrameBudgetStalledRequests(t *testing.T) {
 	c, _ := startCluster(t)
 	const size = 3 << 20
 	frame := bigProduceFrame(size)
-	p := startProxy(t, c, func(cfg *Config) { cfg.FrameBudgetBytes = 2*int64(len(frame)) + 1 })
+	p := startProxy(t, c, func(cfg *Config) { cfg.FrameBudgetBytes = 3*int64(len(frame)) + 1 })
 	var conns []net.Conn
 	for i := range 3 {
 		conn := rawClient(t, p)
@@ -102,7 +102,7 @@ func TestFrameBudgetStalledRequests(t *testing.T) {
 		}
 		switch i {
 		case 0:
-			waitFor(t, "the first request taking the budget", func() bool { return p.frames.Used() == 2*int64(len(frame)) })
+			waitFor(t, "the first request taking the budget", func() bool { return p.frames.Used() == 3*int64(len(frame)) })
 		default:
 			waitFor(t, fmt.Sprintf("request %d relayed unread", i+1), func() bool { return p.Stats().UnreadRequests == uint64(i) })
 		}
