@@ -60,7 +60,7 @@ func cmdRun(args []string, _, stderr io.Writer) error {
 // a flush later, and would otherwise need SIGKILL. stop releases the signals; once it returns,
 // exit is not called.
 func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx context.Context, stop func()) {
-	sigs := make(chan os.Signal, 1)
+	sigs := make(chan os.Signal, 2) // a SIGTERM and a SIGINT sent back to back: both kept
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	ctx, cancel := context.WithCancel(context.Background())
 	done, finished := make(chan struct{}), make(chan struct{})
