@@ -201,41 +201,7 @@ func TestSnakeCase(t *testing.T) {
 // (amqp091-go to RabbitMQ, kgo to kfake, the SQS SDK to goaws): up while they are connected,
 // back to 0 once they close. A Kafka front also has one series per listener, summing to its gauge.
 func TestOpenConnectionsGauge(t *testing.T) {
-	if !answers("127.0.0.1:5672") {
-		t.Fatal("RabbitMQ does not answer on 127.0.0.1:5672: start it with `rabbitmq-server -detached`")
-	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	sqsSrv, err := sqsserver.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sqsSrv.Close()
-	cfg := &Config{
-		Admin: AdminConfig{Listen: "127.0.0.1:0"},
-		AMQP:  []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:5672"}},
-		Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs()}},
-		AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: sqsSrv.URL(), TrustClients: true,
-			credentials: credentials.NewStaticCredentialsProvider("proxy", "proxy", "")}},
-	}
-	cfg.Agent.Disabled = true
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.stop()
-	metricsURL := "http://" + rt.adminLn.Addr().String() + "/metrics"
-	front := map[string]string{}
-	for _, f := range rt.fronts {
-		front[f.protocol] = f.Addr().String()
-	}
+	_, metricsURL, front := startThreeFronts(t, nil)
 	// waitOpen scrapes until the front's gauge is want: connections are counted and forgotten by
 	// the proxy's goroutines, after the client's call returns.
 	waitOpen := func(t *testing.T, protocol string, want float64) map[string]*dto.MetricFamily {
@@ -347,42 +313,7 @@ func TestOpenConnectionsGauge(t *testing.T) {
 // once every bucket is flushed: each message counted once, whichever bucket it fell in. Buckets
 // are 1 s wide (agent.flush_interval at its least), so the 37 span several.
 func TestPathwayMessagesTotal(t *testing.T) {
-	if !answers("127.0.0.1:5672") {
-		t.Fatal("RabbitMQ does not answer on 127.0.0.1:5672: start it with `rabbitmq-server -detached`")
-	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	sqsSrv, err := sqsserver.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sqsSrv.Close()
-	cfg := &Config{
-		Admin: AdminConfig{Listen: "127.0.0.1:0"},
-		AMQP:  []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:5672"}},
-		Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs()}},
-		AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: sqsSrv.URL(), TrustClients: true,
-			credentials: credentials.NewStaticCredentialsProvider("proxy", "proxy", "")}},
-	}
-	cfg.Agent.Disabled = true
-	cfg.Agent.FlushInterval = Duration(time.Second)
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.stop()
-	metricsURL := "http://" + rt.adminLn.Addr().String() + "/metrics"
-	front := map[string]string{}
-	for _, f := range rt.fronts {
-		front[f.protocol] = f.Addr().String()
-	}
+	rt, metricsURL, front := startThreeFronts(t, func(cfg *Config) { cfg.Agent.FlushInterval = Duration(time.Second) })
 	const n, firstRun = 37, 20
 	body := func(i int) []byte { return fmt.Appendf(nil, "message-%02d", i) } // 10 bytes
 	const bodySize = 10
@@ -552,4 +483,49 @@ func TestPathwayMessagesTotal(t *testing.T) {
 			t.Errorf("sent: %v messages, %v bytes counted; want %d, %d bytes at least", msgs, bytes, n, n*bodySize)
 		}
 	})
+}
+
+// startThreeFronts runs a proxy with a front of each protocol, before the local RabbitMQ, a kfake
+// cluster and goaws, its Agent off (mod may change the config first). It returns the proxy, its
+// /metrics address and the fronts' addresses by protocol; all of it stops when the test ends.
+func startThreeFronts(t *testing.T, mod func(*Config)) (*runtime, string, map[string]string) {
+	t.Helper()
+	if !answers("127.0.0.1:5672") {
+		t.Fatal("RabbitMQ does not answer on 127.0.0.1:5672: start it with `rabbitmq-server -detached`")
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	sqsSrv, err := sqsserver.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sqsSrv.Close() })
+	cfg := &Config{
+		Admin: AdminConfig{Listen: "127.0.0.1:0"},
+		AMQP:  []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:5672"}},
+		Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: cluster.ListenAddrs()}},
+		AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: sqsSrv.URL(), TrustClients: true,
+			credentials: credentials.NewStaticCredentialsProvider("proxy", "proxy", "")}},
+	}
+	cfg.Agent.Disabled = true
+	if mod != nil {
+		mod(cfg)
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.stop() })
+	front := map[string]string{}
+	for _, f := range rt.fronts {
+		front[f.protocol] = f.Addr().String()
+	}
+	return rt, "http://" + rt.adminLn.Addr().String() + "/metrics", front
 }
