@@ -97,12 +97,12 @@ type session struct {
 	heldPoints proxy.Share
 	factShare  proxy.Share // its requests' part of Proxy.facts
 	frameShare proxy.Share // the request frame being read's part of Proxy.frames
+	fetchShare proxy.Share // the fetch response being streamed's part of Proxy.frames
 	// Idle buffers (buflist.go): shedArmed, under bufMu, while the request goroutine waits for
 	// a request and idleTimer may hand its buffers over.
-	bufMu      sync.Mutex
-	shedArmed  bool
-	idleTimer  *time.Timer
-	fetchShare proxy.Share // the fetch response being streamed's part of Proxy.frames
+	bufMu     sync.Mutex
+	shedArmed bool
+	idleTimer *time.Timer
 }
 
 // ownContext is the last context a record carried in a batch and what replaces it, when
@@ -373,8 +373,8 @@ func (s *session) requests() error {
 
 // readRequest reads the next request frame. One over maxReusedFrame is read whole only while the
 // proxy's frame budget has room for three times its size (a produce's spliced batches and its
-// rewritten frame are each about as big): otherwise its first unreadHead bytes come back, and rest is the number of
-// its bytes still to come, which forwardUnread relays as they arrive.
+// rewritten frame are each about as big): otherwise its first unreadHead bytes come back, and
+// rest is the number of its bytes still to come, which forwardUnread relays as they arrive.
 func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, err error) {
 	// The previous request has been forwarded.
 	if s.frameShare.Held() != 0 { // (a shared counter is not written per request)
@@ -387,15 +387,15 @@ func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int
 	if err != nil {
 		return nil, 0, err
 	}
-	if 4+n <= maxReusedFrame || s.p.frames.Take(&s.frameShare, 3*int64(4+n)) {
-		if 4+n <= maxReusedFrame {
-			s.bigBuf(&s.inBuf, 4+n)
-		}
-		frame, err = readFrameBody(r, sz, n, &s.inBuf)
+	switch {
+	case 4+n <= maxReusedFrame:
+		frame, err = readFrameBody(r, sz, n, s.bigBuf(&s.inBuf, 4+n))
+		return frame, 0, err
+	case s.p.frames.Take(&s.frameShare, 3*int64(4+n)):
+		frame, err = readFrameBody(r, sz, n, nil) // not kept: see maxReusedFrame
 		return frame, 0, err
 	}
-	s.bigBuf(&s.inBuf, unreadHead)
-	head := growBuf(&s.inBuf, unreadHead)
+	head := s.bigBuf(&s.inBuf, unreadHead)[:unreadHead]
 	copy(head, sz[:])
 	if err := readFrameRest(r, head, 4); err != nil {
 		return nil, 0, err

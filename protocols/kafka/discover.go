@@ -224,7 +224,7 @@ func roundTrip(c net.Conn, corr int32, req kmsg.Request, resp kmsg.Response) err
 	if _, err := c.Write(frame); err != nil {
 		return err
 	}
-	frame, err := readFrameInto(c, DefaultMaxFrameBytes, nil)
+	frame, err := readFrame(c, DefaultMaxFrameBytes)
 	if err != nil {
 		return err
 	}

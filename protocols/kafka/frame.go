@@ -28,30 +28,24 @@ var errFrameTooLarge = errors.New("frame size over the limit")
 // readFrame reads one size-prefixed frame into a buffer it allocates (the frame is handed to other
 // goroutines afterwards, so it is never reused). The result includes the 4-byte size prefix.
 func readFrame(r io.Reader, maxBytes int) ([]byte, error) {
-	return readFrameInto(r, maxBytes, nil)
-}
-
-// maxReusedFrame bounds the read buffer a session keeps between frames; bigger frames get their
-// own allocation so an occasional huge request does not pin its size per connection.
-const maxReusedFrame = 1 << 20
-
-// readFrameInto is readFrame reusing *buf (when not nil) for frames up to maxReusedFrame. The
-// frame is valid until the next call: callers forward it before reading the next one.
-func readFrameInto(r io.Reader, maxBytes int, buf *[]byte) ([]byte, error) {
 	var sz [4]byte
 	n, err := readFrameSize(r, maxBytes, sz[:])
 	if err != nil {
 		return nil, err
 	}
-	return readFrameBody(r, sz, n, buf)
+	return readFrameBody(r, sz, n, nil)
 }
 
-// readFrameBody reads the n bytes of a frame whose size prefix sz was read, reusing *buf (when not
-// nil) for frames up to maxReusedFrame.
-func readFrameBody(r io.Reader, sz [4]byte, n int, buf *[]byte) ([]byte, error) {
+// maxReusedFrame bounds the frames a session reads into a buffer it reuses; bigger frames get
+// their own allocation so an occasional huge request does not pin its size.
+const maxReusedFrame = 1 << 20
+
+// readFrameBody reads the n bytes of a frame whose size prefix sz was read: into buf when it has
+// room for them (the frame is then valid until buf is reused), else into a new buffer.
+func readFrameBody(r io.Reader, sz [4]byte, n int, buf []byte) ([]byte, error) {
 	need := 4 + n
-	if buf != nil && need <= maxReusedFrame {
-		frame := growBuf(buf, need)
+	if cap(buf) >= need {
+		frame := buf[:need]
 		copy(frame, sz[:])
 		return frame, readFrameRest(r, frame, 4)
 	}
@@ -67,15 +61,6 @@ func readFrameBody(r io.Reader, sz [4]byte, n int, buf *[]byte) ([]byte, error) 
 		frame = frame[:len(frame)+step]
 	}
 	return frame, nil
-}
-
-// growBuf is (*buf)[:need], reallocated with some room to spare when too small (need is at most
-// maxReusedFrame).
-func growBuf(buf *[]byte, need int) []byte {
-	if cap(*buf) < need {
-		*buf = make([]byte, need, min(max(need+need/4, 64<<10), maxReusedFrame))
-	}
-	return (*buf)[:need]
 }
 
 // readFrameSize reads a frame's size prefix into sz and checks it against the limit.

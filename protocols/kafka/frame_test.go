@@ -20,7 +20,7 @@ func TestFrameBufferGrowsWithTheData(t *testing.T) {
 	claim := binary.BigEndian.AppendUint32(nil, 100<<20)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	_, err := readFrameInto(bytes.NewReader(append(claim, "only this"...)), DefaultMaxFrameBytes, nil)
+	_, err := readFrame(bytes.NewReader(append(claim, "only this"...)), DefaultMaxFrameBytes)
 	runtime.ReadMemStats(&after)
 	if err == nil {
 		t.Fatal("a frame cut short was read")
@@ -30,7 +30,7 @@ func TestFrameBufferGrowsWithTheData(t *testing.T) {
 	}
 	body := bytes.Repeat([]byte("f"), 3<<20+5)
 	in := append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...)
-	frame, err := readFrameInto(bytes.NewReader(in), DefaultMaxFrameBytes, nil)
+	frame, err := readFrame(bytes.NewReader(in), DefaultMaxFrameBytes)
 	if err != nil || !bytes.Equal(frame, in) {
 		t.Fatalf("a whole 3 MiB frame: %d bytes, %v", len(frame), err)
 	}

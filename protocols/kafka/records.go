@@ -145,10 +145,10 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		}
 	}
 	if !changed {
-		if skip == skipOverLimitAsSent {
+		if skip != "" {
 			p.stats.skipped.Add(1)
-		} else if skip != "" {
-			p.stats.skipped.Add(1)
+		}
+		if skip != "" && skip != skipOverLimitAsSent { // that refusal is the broker's event
 			msg := "batch forwarded unmodified"
 			if cause := s.codec.Malformed(); skip == skipMalformed && cause != nil {
 				msg += ": " + cause.Error()
