@@ -183,7 +183,9 @@ func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	}
 	ev.Int("bytes", 4+n).Int64("frame_budget_bytes", s.p.frames.Max).Uint64("unobserved_fetches_total", c).
 		Msg("fetch response relayed unobserved: the frame budget is taken by other big frames")
-	w := newStreamWalk(s.c.Upstream, s.c.Client, 4+n-len(hdr), hdr[:], make([]byte, max(2*s.p.cfg.fetchTailHold, 64<<10)))
+	buf := s.p.bufs.get(max(2*s.p.cfg.fetchTailHold, 128<<10))
+	defer s.p.bufs.put(buf)
+	w := newStreamWalk(s.c.Upstream, s.c.Client, 4+n-len(hdr), hdr[:], buf)
 	if pd.version >= 16 {
 		skipTagsR(w) // response header
 		if walkFetchBody(w, pd.version) {
