@@ -353,7 +353,13 @@ func (s *session) serve(ctx context.Context) error {
 			}
 			return s.fromBroker(br, bufio.NewWriterSize(s.c.Client, bufSize))
 		})
-		if !errors.Is(err, errClientTold) {
+		switch {
+		case errors.Is(err, errClientTold):
+		case proxy.IsReset(err):
+			// The broker's reset reaches the client as a reset, as it does direct: clients report
+			// the two differently (amqp091-go: "connection reset by peer" against "EOF").
+			proxy.ResetClose(s.c.Client)
+		default:
 			// The broker ended: the client must see the connection end too.
 			s.c.Client.Close()
 		}
