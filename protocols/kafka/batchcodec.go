@@ -28,11 +28,14 @@ type kgoCodec struct {
 	plain         plainBuf // decompressed records, reused
 	bufs          bufList  // where buffers over keptBufBytes go when the connection is idle (Shed)
 	bounded       boundedDecoders
-	lz4c          lz4.Compressor // reused across batches (its hash table); see lz4Encode
-	lz4t          lz4Transcoder
-	smap          spliceMap
-	grown         grownBatch // the last Inject's output: plain size and codec (size is the caller's)
-	malformed     error      // why the last Inject said skipMalformed (Malformed)
+	// lz4c is the fallback encoder's 136 KiB hash table (lz4Encode), made when a batch first needs
+	// it and dropped when the connection is idle: every producing connection has a codec, and most
+	// never take that path (lz4 batches are transcoded), or none at all (uncompressed ones).
+	lz4c      *lz4.Compressor
+	lz4t      lz4Transcoder
+	smap      spliceMap
+	grown     grownBatch // the last Inject's output: plain size and codec (size is the caller's)
+	malformed error      // why the last Inject said skipMalformed (Malformed)
 }
 
 // maxKeptPlain bounds the decompression buffer a codec keeps between batches (one codec per
@@ -118,6 +121,7 @@ func newCodec(maxBatchBytes int, bufs bufList) batchCodec {
 
 // Shed implements batchCodec.
 func (c *kgoCodec) Shed() {
+	c.lz4c = nil
 	if cap(c.raw) > keptBufBytes {
 		c.bufs.put(c.raw)
 		c.raw = nil
@@ -270,7 +274,10 @@ func (c *kgoCodec) injectBatch(dst, batch []byte, decide func(batchMeta, *record
 	case 3:
 		var ok bool
 		if dst, ok = c.lz4t.transcode(dst, batch[61:], raw, spliced, m); !ok {
-			dst = lz4Encode(dst, spliced, &c.lz4c) // straight into dst: no copy of the compressed body
+			if c.lz4c == nil {
+				c.lz4c = new(lz4.Compressor)
+			}
+			dst = lz4Encode(dst, spliced, c.lz4c) // straight into dst: no copy of the compressed body
 		}
 	default:
 		c.zbuf.Reset()

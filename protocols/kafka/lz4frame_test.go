@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"io"
+	"math/bits"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 
 	"github.com/pierrec/lz4/v4"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -193,4 +195,55 @@ func FuzzLz4Decode(f *testing.F) {
 			t.Fatalf("decoded %d bytes, pierrec %d", len(got), len(want))
 		}
 	})
+}
+
+// TestInjectLz4LinkedBlocks: a frame of linked blocks (liblz4's default, which python-kafka's
+// lz4.frame writes) is one the transcoder does not walk; the batch is decompressed and encoded
+// afresh (lz4Encode). That encoder's hash table is the biggest thing a codec holds, so it is made
+// when first needed and dropped when the connection idles (Shed), and made again after.
+func TestInjectLz4LinkedBlocks(t *testing.T) {
+	const n = 40
+	raw := jsonRecords(3, n, 300)
+	var lc lz4.Compressor
+	lz := lz4Encode(nil, raw, &lc)
+	lz[4] &^= lz4FlgIndep
+	lz[6] = byte(xxh32Small(lz[4:6]) >> 8) // the descriptor's checksum
+	if got, err := io.ReadAll(lz4.NewReader(bytes.NewReader(lz))); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("the linked-block frame does not decode with pierrec's reader: %v", err)
+	}
+	frame := produceFrame(9, "t", wrapBatch(lz, n, 3))
+	s := offlineSession(t)
+	for round := range 2 {
+		checkInjected(t, "lz4 linked blocks", frame, rewrite(t, s, frame))
+		c := s.codec.(*kgoCodec)
+		if c.lz4c == nil {
+			t.Fatalf("round %d: the batch was not encoded afresh (no encoder table made)", round)
+		}
+		c.Shed()
+		if c.lz4c != nil {
+			t.Fatalf("round %d: an idle connection's codec keeps the lz4 encoder table", round)
+		}
+	}
+	if size := unsafe.Sizeof(kgoCodec{}); size > 4<<10 {
+		t.Errorf("a codec is %d bytes before it is used: every producing connection holds one, so tables belong behind pointers", size)
+	}
+}
+
+// xxh32Small is XXH32 with seed 0 for inputs under 16 bytes (an LZ4 frame descriptor).
+func xxh32Small(b []byte) uint32 {
+	const p1, p2, p3, p4, p5 = 2654435761, 2246822519, 3266489917, 668265263, 374761393
+	h := uint32(p5) + uint32(len(b))
+	for ; len(b) >= 4; b = b[4:] {
+		h += binary.LittleEndian.Uint32(b) * p3
+		h = bits.RotateLeft32(h, 17) * p4
+	}
+	for _, c := range b {
+		h += uint32(c) * p5
+		h = bits.RotateLeft32(h, 11) * p1
+	}
+	h ^= h >> 15
+	h *= p2
+	h ^= h >> 13
+	h *= p3
+	return h ^ h>>16
 }
