@@ -28,12 +28,15 @@ type rawSyscallConn struct {
 	rd, wr   rawCall
 }
 
-// rawCall is one read or write: the buffer, how far it got, and the error number.
+// rawCall is one read or write: the buffer, how far it got, and the error number. A parked read
+// takes its buffer from pb at each try, and calls pb.Park before each wait.
 type rawCall struct {
-	b     []byte
-	n     int
-	errno syscall.Errno
-	fn    func(fd uintptr) bool
+	b      []byte
+	n      int
+	errno  syscall.Errno
+	pb     ParkBuffer
+	fn     func(fd uintptr) bool
+	parked func(fd uintptr) bool
 }
 
 // RawSyscallConn returns c reading and writing with raw system calls when c is a *net.TCPConn
@@ -48,7 +51,7 @@ func RawSyscallConn(c net.Conn) net.Conn {
 		return c
 	}
 	rs := &rawSyscallConn{TCPConn: tc, rc: rc}
-	rs.rd.fn, rs.wr.fn = rs.rd.read, rs.wr.write
+	rs.rd.fn, rs.wr.fn, rs.rd.parked = rs.rd.read, rs.wr.write, rs.rd.readParked
 	return rs
 }
 
@@ -65,6 +68,17 @@ func (r *rawCall) read(fd uintptr) bool {
 		r.n, r.errno = int(n), e
 		return true
 	}
+}
+
+// readParked is read with the buffer pb gives; before a wait, pb.Park may take that buffer back.
+func (r *rawCall) readParked(fd uintptr) bool {
+	r.b = r.pb.Buf()
+	if !r.read(fd) {
+		r.b = nil
+		r.pb.Park()
+		return false
+	}
+	return true
 }
 
 // write writes all of b from n on; false (socket buffer full) waits in the poller.
@@ -115,6 +129,40 @@ func (c *rawSyscallConn) Read(b []byte) (int, error) {
 	}
 	raceAcquireIO()
 	return n, nil
+}
+
+// ReadParked implements Parkable.
+func (c *rawSyscallConn) ReadParked(pb ParkBuffer) (int, error) {
+	c.rmu.Lock()
+	c.rd.pb, c.rd.n, c.rd.errno = pb, 0, 0
+	err := c.rc.Read(c.rd.parked)
+	n, errno := c.rd.n, c.rd.errno
+	c.rd.b, c.rd.pb = nil, nil
+	c.rmu.Unlock()
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case errno != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", errno))
+	case n == 0:
+		return 0, io.EOF
+	}
+	raceAcquireIO()
+	return n, nil
+}
+
+// Parking returns c as a Parkable when it reads with raw system calls, directly or under the
+// listener's byte counter; nil otherwise.
+func Parking(c net.Conn) Parkable {
+	switch c := c.(type) {
+	case *rawSyscallConn:
+		return c
+	case *trackedConn:
+		if _, ok := c.Conn.(*rawSyscallConn); ok {
+			return c
+		}
+	}
+	return nil
 }
 
 // Write writes all of b (or fails), like net.TCPConn; concurrent writes do not interleave.

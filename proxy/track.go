@@ -33,6 +33,16 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// ReadParked implements Parkable for a connection Parking returned.
+func (c *trackedConn) ReadParked(pb ParkBuffer) (int, error) {
+	n, err := c.Conn.(Parkable).ReadParked(pb)
+	if n > 0 {
+		c.last.Store(c.clock.Load())
+		c.in.Add(uint64(n))
+	}
+	return n, err
+}
+
 func (c *trackedConn) Write(b []byte) (int, error) {
 	if c.chunk == 0 || len(b) <= c.chunk {
 		n, err := c.Conn.Write(b)

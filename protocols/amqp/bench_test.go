@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -77,13 +76,13 @@ func BenchmarkClientPath(b *testing.B) {
 	stream := publishStream(1000)
 	s := offlineSession(b, nil)
 	r := bytes.NewReader(stream)
-	br := bufio.NewReaderSize(r, bufSize)
-	w := bufio.NewWriterSize(io.Discard, bufSize)
+	br := newConnReader(r, nil)
+	w := newConnWriter(io.Discard)
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for b.Loop() {
 		r.Reset(stream)
-		br.Reset(r)
+		br.r, br.w = 0, 0
 		if err := s.fromClient(br, w); err != io.EOF {
 			b.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -152,7 +151,7 @@ func TestSplitFrame(t *testing.T) {
 	if _, _, err := splitFrame(bad); !errors.Is(err, errFrameEnd) {
 		t.Errorf("bad end octet: %v", err)
 	}
-	fr := &frameReader{r: bufio.NewReader(bytes.NewReader(bad)), max: 100}
+	fr := &frameReader{r: newConnReader(bytes.NewReader(bad), nil), max: 100}
 	_, _, size, _ := fr.header()
 	if _, err := fr.read(size); !errors.Is(err, errFrameEnd) {
 		t.Errorf("reader, bad end octet: %v", err)

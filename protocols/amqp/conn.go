@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -295,11 +294,12 @@ func describedConnName(name string) string {
 }
 
 func (s *session) serve(ctx context.Context) error {
-	var client io.Reader = s.c.Client
+	cr := newConnReader(s.c.Client, proxy.Parking(s.c.Client))
+	cr.held = bufCount{&s.p.relayBufs}
 	if s.p.tap != nil {
-		client = io.TeeReader(client, s.p.tap(s.c.ID))
+		cr.tee = s.p.tap(s.c.ID)
 	}
-	cr := bufio.NewReaderSize(client, bufSize)
+	defer cr.release()
 	// A client that sends nothing would otherwise hold its socket, and one to a broker that has
 	// given up on it, for as long as it stays connected. Set before the drain watcher starts, so
 	// a drain already under way is not put off by it.
@@ -340,18 +340,22 @@ func (s *session) serve(ctx context.Context) error {
 	if _, err := s.c.Upstream.Write(hdr[:]); err != nil {
 		return fmt.Errorf("amqp protocol header to %s: %w", s.c.Upstream.RemoteAddr(), err)
 	}
-	var upstream io.Reader = s.c.Upstream
-	if s.p.tapBroker != nil {
-		upstream = io.TeeReader(upstream, s.p.tapBroker(s.c.ID))
-	}
 	down := make(chan error, 1)
 	go func() {
 		err := s.c.Recover("amqp broker relay", func() error {
-			br := bufio.NewReaderSize(upstream, bufSize)
+			br := newConnReader(s.c.Upstream, proxy.Parking(s.c.Upstream))
+			br.held = bufCount{&s.p.relayBufs}
+			if s.p.tapBroker != nil {
+				br.tee = s.p.tapBroker(s.c.ID)
+			}
+			cw := newConnWriter(s.c.Client)
+			cw.held = bufCount{&s.p.relayBufs}
+			br.onPark = cw.park
+			defer func() { br.release(); cw.release() }()
 			if err := s.brokerSpeaksAMQP(br); err != nil {
 				return err
 			}
-			return s.fromBroker(br, bufio.NewWriterSize(s.c.Client, bufSize))
+			return s.fromBroker(br, cw)
 		})
 		switch {
 		case errors.Is(err, errClientTold):
@@ -365,7 +369,10 @@ func (s *session) serve(ctx context.Context) error {
 		}
 		down <- err
 	}()
-	uw := bufio.NewWriterSize(s.c.Upstream, bufSize)
+	uw := newConnWriter(s.c.Upstream)
+	uw.held = bufCount{&s.p.relayBufs}
+	cr.onPark = uw.park
+	defer uw.release()
 	err := s.fromClient(cr, uw)
 	if errors.Is(err, errDrained) && s.opened.Load() && !s.clientClosing.Load() {
 		derr := s.closeOrderly(cr, uw, down)
@@ -425,7 +432,7 @@ func quiet(err error) bool {
 // timeout, or reading an HTTP answer as frames, with nothing said. An upstream silent for
 // Config.upstreamWait (headerTimeout) is told once per connection, and waited for: a broker
 // may be slow.
-func (s *session) brokerSpeaksAMQP(br *bufio.Reader) error {
+func (s *session) brokerSpeaksAMQP(br *connReader) error {
 	s.c.Upstream.SetReadDeadline(time.Now().Add(s.p.cfg.upstreamWait))
 	b, err := br.Peek(7)
 	s.c.Upstream.SetReadDeadline(time.Time{})
@@ -474,7 +481,8 @@ const closeWait = 2 * time.Second
 // tells the client Connection.Close 320 (CONNECTION_FORCED), and the client's CloseOk ends it.
 // Clients then see a server-initiated close, which they handle as a restart, not a network
 // failure. It returns the broker relay's error.
-func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan error) error {
+func (s *session) closeOrderly(cr *connReader, uw *connWriter, down <-chan error) error {
+	cr.onPark = nil // uw is written from two goroutines below, under wmu: it keeps its buffer
 	// The client is read on until it answers the proxy's Close: its acks of deliveries (and
 	// heartbeats) go to the broker until the proxy closes that side, or the broker would requeue
 	// messages the client handled. Nothing else is forwarded: no new publish, no method that
@@ -497,7 +505,7 @@ func (s *session) closeOrderly(cr *bufio.Reader, uw *bufio.Writer, down <-chan e
 			s.c.Client.SetReadDeadline(until)
 			return true
 		}
-		discard := bufio.NewWriterSize(io.Discard, 16)
+		discard := newConnWriter(io.Discard)
 		for {
 			typ, ch, size, err := fr.header()
 			if err != nil {
@@ -625,7 +633,7 @@ func connCloseFrame(code uint16, text string) []byte {
 // by body when it is not nil. Before a read could block, what is buffered for w is flushed, so
 // frames are batched only while more are waiting. When safe is non-nil and the proxy drains,
 // pump returns errDrained at the first frame boundary where safe says no message is half through.
-func (s *session) pump(r *bufio.Reader, w *bufio.Writer, safe func() bool, handle func(ch uint16, f frame) error, skipped func(ch uint16, typ byte), body func(ch uint16, size uint32)) error {
+func (s *session) pump(r *connReader, w *connWriter, safe func() bool, handle func(ch uint16, f frame) error, skipped func(ch uint16, typ byte), body func(ch uint16, size uint32)) error {
 	fr := &frameReader{r: r, max: s.p.cfg.MaxFrameBytes}
 	if safe != nil {
 		fr.again = s.wakeUp
@@ -686,7 +694,7 @@ func (s *session) wakeUp(err error) bool {
 }
 
 // fromClient relays client frames to the broker, splicing published content headers.
-func (s *session) fromClient(r *bufio.Reader, w *bufio.Writer) error {
+func (s *session) fromClient(r *connReader, w *connWriter) error {
 	// A drain must not cut a publish between its method frame and its body's last byte: the
 	// broker would drop the message and a publisher without confirms would never know.
 	safe := func() bool {
@@ -730,7 +738,7 @@ func (s *session) fromClient(r *bufio.Reader, w *bufio.Writer) error {
 }
 
 // fromBroker relays broker frames to the client, observing deliveries after forwarding them.
-func (s *session) fromBroker(r *bufio.Reader, w *bufio.Writer) error {
+func (s *session) fromBroker(r *connReader, w *connWriter) error {
 	skipped := func(ch uint16, typ byte) {
 		if ds := s.del[ch]; ds != nil && typ == frameHeader {
 			ds.awaiting = contentNone

@@ -300,11 +300,11 @@ func TestNoWaitCancelsStayBounded(t *testing.T) {
 			appendFrame(nil, frameMethod, 1, method(classBasic, 20, []byte{0, 0}, sstr("q"), tag, []byte{0x08}, lstr(nil))), // no-wait
 			appendFrame(nil, frameMethod, 1, method(classBasic, 30, tag, []byte{0x01})),                                     // no-wait
 			appendFrame(nil, frameMethod, 1, method(classBasic, 30, tag, []byte{0x00})))
-		if err := s.fromClient(bufio.NewReader(bytes.NewReader(client)), bufio.NewWriter(io.Discard)); err != io.EOF {
+		if err := s.fromClient(newConnReader(bytes.NewReader(client), nil), newConnWriter(io.Discard)); err != io.EOF {
 			t.Fatalf("client frames: %v", err)
 		}
 		ok := appendFrame(nil, frameMethod, 1, method(classBasic, 31, tag))
-		if err := s.fromBroker(bufio.NewReader(bytes.NewReader(ok)), bufio.NewWriter(io.Discard)); err != io.EOF {
+		if err := s.fromBroker(newConnReader(bytes.NewReader(ok), nil), newConnWriter(io.Discard)); err != io.EOF {
 			t.Fatalf("broker frames: %v", err)
 		}
 	}
@@ -333,7 +333,7 @@ func TestUnansweredCommitsStayBounded(t *testing.T) {
 		}
 		stream = appendFrame(stream, frameMethod, 1, method(90, 20)) // Tx.Commit, no CommitOk yet
 	}
-	if err := s.fromClient(bufio.NewReader(bytes.NewReader(stream)), bufio.NewWriter(io.Discard)); err != io.EOF {
+	if err := s.fromClient(newConnReader(bytes.NewReader(stream), nil), newConnWriter(io.Discard)); err != io.EOF {
 		t.Fatalf("client frames: %v", err)
 	}
 	held := len(s.shared[1].committing)
@@ -345,7 +345,7 @@ func TestUnansweredCommitsStayBounded(t *testing.T) {
 	for range commits {
 		oks = appendFrame(oks, frameMethod, 1, method(90, 21))
 	}
-	if err := s.fromBroker(bufio.NewReader(bytes.NewReader(oks)), bufio.NewWriter(io.Discard)); err != io.EOF {
+	if err := s.fromBroker(newConnReader(bytes.NewReader(oks), nil), newConnWriter(io.Discard)); err != io.EOF {
 		t.Fatalf("broker frames: %v", err)
 	}
 	if n := len(rec.points()); n != perCommit*commits {
@@ -364,7 +364,7 @@ func TestConsumerMapResetCounted(t *testing.T) {
 		tag := sstr(fmt.Sprintf("live-%d", i))
 		client = appendFrame(client, frameMethod, 1, method(classBasic, 20, []byte{0, 0}, sstr("q"), tag, []byte{0x08}, lstr(nil))) // no-wait
 	}
-	if err := s.fromClient(bufio.NewReader(bytes.NewReader(client)), bufio.NewWriter(io.Discard)); err != io.EOF {
+	if err := s.fromClient(newConnReader(bytes.NewReader(client), nil), newConnWriter(io.Discard)); err != io.EOF {
 		t.Fatalf("client frames: %v", err)
 	}
 	if got := s.p.Stats().ConsumerResets; got != 1 {

@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -484,12 +483,13 @@ func TestHeartbeatsAndBlockedPassThrough(t *testing.T) {
 	stream = append(stream, blocked...)
 	stream = appendFrame(stream, frameMethod, 0, []byte{0, 10, 0, 61})
 	stream = appendFrame(stream, frameHeartbeat, 0, nil)
-	for name, run := range map[string]func(*session, *bufio.Reader, *bufio.Writer) error{
+	for name, run := range map[string]func(*session, *connReader, *connWriter) error{
 		"from broker": (*session).fromBroker, "from client": (*session).fromClient,
 	} {
 		s := offlineSession(t, nil)
 		var out bytes.Buffer
-		if err := run(s, bufio.NewReader(bytes.NewReader(stream)), bufio.NewWriter(&out)); err != io.EOF {
+		w := newConnWriter(&out)
+		if err := run(s, newConnReader(bytes.NewReader(stream), nil), w); err != io.EOF {
 			t.Fatalf("%s: %v", name, err)
 		}
 		if !bytes.Equal(out.Bytes(), stream) {

@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -55,7 +54,7 @@ func splitFrame(b []byte) (frame, []byte, error) {
 // frameReader reads frames from a buffered stream into one reused buffer. Body frames are not
 // buffered: the caller streams them through with copyFrame.
 type frameReader struct {
-	r   *bufio.Reader
+	r   *connReader
 	buf []byte
 	max int // largest non-body frame payload read into memory
 	// again says whether a read error is a wake-up (a drain deadline) after which reading the
@@ -111,7 +110,7 @@ func (fr *frameReader) read(size uint32) (frame, error) {
 // copyFrame streams a frame whose header was just peeked from the reader to w without holding it
 // in memory (bodies and oversized frames), chunk by chunk from the reader's buffer. The end octet
 // is checked after the copy.
-func (fr *frameReader) copyFrame(w *bufio.Writer, size uint32) error {
+func (fr *frameReader) copyFrame(w *connWriter, size uint32) error {
 	for left := 7 + int(size); left > 0; {
 		if fr.r.Buffered() == 0 {
 			// What is written so far (earlier frames, this one's start) goes out before the

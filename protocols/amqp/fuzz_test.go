@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -32,7 +31,7 @@ func FuzzSplitFrame(f *testing.F) {
 	f.Add([]byte{8, 0, 0, 0, 0, 0, 0, 0xCE})
 	f.Add([]byte{3, 0, 1, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fr := &frameReader{r: bufio.NewReaderSize(bytes.NewReader(b), 16), max: 1 << 16}
+		fr := &frameReader{r: newConnReader(shortReads{bytes.NewReader(b)}, nil), max: 1 << 16}
 		rest := b
 		for {
 			sf, next, serr := splitFrame(rest)
@@ -131,3 +130,9 @@ func FuzzSpliceHeader(f *testing.F) {
 		}
 	})
 }
+
+// shortReads returns at most 16 bytes a read, so frames span many reads (and body frames are
+// streamed in many chunks) as on a slow socket.
+type shortReads struct{ r io.Reader }
+
+func (s shortReads) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p), 16)]) }

@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -66,8 +65,8 @@ func replaySession(t *testing.T, s *session, tl *timeline) (toBroker, toClient [
 	cr, br := newStepReader(), newStepReader()
 	var cout, bout bytes.Buffer
 	done := make(chan error, 2)
-	go func() { done <- s.fromClient(bufio.NewReader(cr), bufio.NewWriter(&cout)) }()
-	go func() { done <- s.fromBroker(bufio.NewReader(br), bufio.NewWriter(&bout)) }()
+	go func() { done <- s.fromClient(newConnReader(cr, nil), newConnWriter(&cout)) }()
+	go func() { done <- s.fromBroker(newConnReader(br, nil), newConnWriter(&bout)) }()
 	cr.wait(t, "client start")
 	br.wait(t, "broker start")
 	skip := len(protocolHeader) // the session reads the protocol header before the pumps start

@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -65,8 +64,8 @@ func offlineSession(t testing.TB, obs Observer) *session {
 func replay(t testing.TB, stream []byte) ([]byte, *session) {
 	s := offlineSession(t, nil)
 	var out bytes.Buffer
-	w := bufio.NewWriter(&out)
-	if err := s.fromClient(bufio.NewReader(bytes.NewReader(stream)), w); err != io.EOF {
+	w := newConnWriter(&out)
+	if err := s.fromClient(newConnReader(bytes.NewReader(stream), nil), w); err != io.EOF {
 		t.Fatalf("replay ended with %v", err)
 	}
 	return out.Bytes(), s

@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"io"
@@ -47,8 +46,8 @@ func TestInterleavedChannels(t *testing.T) {
 		rec := &recorder{}
 		s := offlineSession(t, rec)
 		var out bytes.Buffer
-		w := bufio.NewWriter(&out)
-		if err := s.fromClient(bufio.NewReader(bytes.NewReader(stream)), w); err != io.EOF {
+		w := newConnWriter(&out)
+		if err := s.fromClient(newConnReader(bytes.NewReader(stream), nil), w); err != io.EOF {
 			t.Fatalf("client stream: %v", err)
 		}
 		w.Flush()
@@ -79,7 +78,7 @@ func TestInterleavedChannels(t *testing.T) {
 	for ch, q := range map[uint16]string{1: "q1", 2: "q2"} {
 		consume = appendFrame(consume, frameMethod, ch, method(classBasic, 20, []byte{0, 0}, sstr(q), sstr("tag-"+q), []byte{0}, lstr(nil)))
 	}
-	if err := s.fromClient(bufio.NewReader(bytes.NewReader(consume)), bufio.NewWriter(io.Discard)); err != io.EOF {
+	if err := s.fromClient(newConnReader(bytes.NewReader(consume), nil), newConnWriter(io.Discard)); err != io.EOF {
 		t.Fatalf("consume stream: %v", err)
 	}
 	ctx1 := pathway.Context{Hash: 0x1111, PathwayStart: testCtx.PathwayStart, EdgeStart: testCtx.EdgeStart}
@@ -99,8 +98,8 @@ func TestInterleavedChannels(t *testing.T) {
 		appendFrame(nil, frameHeader, 2, withCtx(ctx2)), appendFrame(nil, frameHeader, 1, withCtx(ctx1)),
 		appendFrame(nil, frameBody, 1, []byte("aaa")), appendFrame(nil, frameBody, 2, []byte("bbb")))
 	var out bytes.Buffer
-	w := bufio.NewWriter(&out)
-	if err := s.fromBroker(bufio.NewReader(bytes.NewReader(broker)), w); err != io.EOF {
+	w := newConnWriter(&out)
+	if err := s.fromBroker(newConnReader(bytes.NewReader(broker), nil), w); err != io.EOF {
 		t.Fatalf("broker stream: %v", err)
 	}
 	w.Flush()
@@ -121,9 +120,9 @@ func TestFramesBeforeASlowBodyGoOut(t *testing.T) {
 	s := offlineSession(t, nil)
 	in, feed := io.Pipe()
 	out, sink := io.Pipe()
-	w := bufio.NewWriter(sink)
+	w := newConnWriter(sink)
 	done := make(chan error, 1)
-	go func() { done <- s.fromBroker(bufio.NewReader(in), w) }()
+	go func() { done <- s.fromBroker(newConnReader(in, nil), w) }()
 	heartbeat := appendFrame(nil, frameHeartbeat, 0, nil)
 	body := appendFrame(nil, frameBody, 1, bytes.Repeat([]byte("b"), 100))
 	go feed.Write(append(append([]byte{}, heartbeat...), body[:50]...)) // the rest of the body waits

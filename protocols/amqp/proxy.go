@@ -117,6 +117,10 @@ type Stats struct {
 	// OpenConnections: client connections open now, those still dialing the broker included
 	// (what max_conns counts). Signed: a level, not a count since the start.
 	OpenConnections int64
+	// RelayBuffers: the 64 KiB buffers connections hold now, up to four a busy one (a reader
+	// and a writer each way). An idle connection holds none over plain TCP; a direction read
+	// over TLS, which cannot wait without a buffer, keeps its two.
+	RelayBuffers int64
 }
 
 type counters struct {
@@ -135,7 +139,9 @@ type Proxy struct {
 	errs    errtrack.Reporter
 	respect bool
 	stats   counters
-	heldTx  proxy.Budget // transactional publishes held for commits (maxHeldTxPoints)
+	// relayBufs counts the relay buffers connections hold (Stats.RelayBuffers).
+	relayBufs atomic.Int64
+	heldTx    proxy.Budget // transactional publishes held for commits (maxHeldTxPoints)
 	// confirm-mode publishes held for acks (maxHeldConfirms)
 	heldConfirms proxy.Budget
 	tags         proxy.Budget // consumer tags remembered (maxConsumerTags)
@@ -266,7 +272,7 @@ func (p *Proxy) Stats() Stats {
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
 		RefusedProtocol: s.refused.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
 		ConfirmUnheld: s.confirmUnheld.Load(), Unconfirmed: s.unconfirmed.Load(),
-		OpenConnections: int64(open),
+		OpenConnections: int64(open), RelayBuffers: p.relayBufs.Load(),
 	}
 }
 

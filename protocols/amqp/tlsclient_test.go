@@ -1,7 +1,6 @@
 package amqp
 
 import (
-	"bufio"
 	"crypto/tls"
 	"net"
 	"net/http"
@@ -82,7 +81,7 @@ func TestBrokerSpeaksAMQP(t *testing.T) {
 				peer.Write([]byte(tc.first))
 				peer.Close()
 			}()
-			err := s.brokerSpeaksAMQP(bufio.NewReader(up))
+			err := s.brokerSpeaksAMQP(newConnReader(up, nil))
 			if (err == nil) != tc.ok {
 				t.Fatalf("err %v, want ok: %v", err, tc.ok)
 			}
