@@ -153,6 +153,14 @@ func (s *session) returnHeld(ch uint16, ctx pathway.Context, size int64) {
 	if cs == nil {
 		return
 	}
+	// In Tx mode RabbitMQ routes a transaction's publishes at its commit and returns the
+	// unroutable mandatory ones before its CommitOk: they reached no queue, so they leave the
+	// commit's checkpoints, as a returned publish is not counted in confirm mode either.
+	if i := returnedPoint(cs.committing, ctx.Hash, ms, size); i >= 0 {
+		cs.committing = slices.Delete(cs.committing, i, i+1)
+		s.releaseTx(1)
+		return
+	}
 	var alike *heldPub
 	for i := cs.heldHead; i < len(cs.held); i++ {
 		h := &cs.held[i]
@@ -210,4 +218,22 @@ func (s *session) endConnHeld() {
 	s.mu.Unlock()
 	s.endHeld(pts, held, unconfirmed)
 	s.p.heldConfirms.Release(&s.heldConfirms)
+}
+
+// returnedPoint is the index in pts of the checkpoint a returned message's context names (hash
+// and time to the millisecond), preferring one of the returned size; -1 when none is.
+func returnedPoint(pts []pathway.Point, hash uint64, ms, size int64) int {
+	alike := -1
+	for i, pt := range pts {
+		if pt.Hash != hash || pt.Time/1e6 != ms {
+			continue
+		}
+		if pt.PayloadSize == size {
+			return i
+		}
+		if alike < 0 {
+			alike = i
+		}
+	}
+	return alike
 }
