@@ -1375,10 +1375,18 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	var parent pathway.Context
 	if h.CtxEnd != 0 {
 		p.stats.existing.Add(1)
-		if h.CtxTwice || p.respect && !s.ownValue(h.Ctx) {
+		if h.CtxTwice {
 			return f.Raw
 		}
-		parent, _ = pathway.DecodeBase64(h.Ctx)
+		// A context delivered lately is forwarded by this client, not written by its tracer.
+		fwd, forwarded := p.delivered.parent(h.Ctx, service)
+		if p.respect && !forwarded && !s.ownValue(h.Ctx) {
+			return f.Raw
+		}
+		parent = fwd
+		if !forwarded {
+			parent, _ = pathway.DecodeBase64(h.Ctx)
+		}
 	}
 	now := p.now()
 	// Counted as the consumer will see it: body plus headers table with the pathway entry.
@@ -1491,7 +1499,11 @@ func (s *session) deliveredHeader(ds *delState, f frame) {
 	if h.Ctx != nil {
 		parent, _ = pathway.DecodeBase64(h.Ctx)
 	}
-	pt, _ := p.cp.Checkpoint(parent, *s.service.Load(), *ds.edge, int64(h.BodySize)+int64(h.TableBytes()), p.now())
+	service := *s.service.Load()
+	pt, ctx := p.cp.Checkpoint(parent, service, *ds.edge, int64(h.BodySize)+int64(h.TableBytes()), p.now())
+	if h.Ctx != nil {
+		p.delivered.add(h.Ctx, service, ctx)
+	}
 	p.stats.consumed.Add(1)
 	p.addPoint(pt)
 }

@@ -144,7 +144,8 @@ type Proxy struct {
 	heldTx    proxy.Budget // transactional publishes held for commits (maxHeldTxPoints)
 	// confirm-mode publishes held for acks (maxHeldConfirms)
 	heldConfirms proxy.Budget
-	tags         proxy.Budget // consumer tags remembered (maxConsumerTags)
+	tags         proxy.Budget  // consumer tags remembered (maxConsumerTags)
+	delivered    deliveredCtxs // contexts delivered lately, to tell a forward (forwarded.go)
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
