@@ -99,33 +99,69 @@ type pendingConsume struct{ queue, tag string }
 type target struct {
 	method methodID
 	edge   pathway.Edge
+	// dest is an Exchange.Bind or Unbind's destination; edge names its source.
+	dest string
 }
 
+// The exchange methods, and the bindings: a binding's refusal concerns the exchange as much as
+// the queue or destination exchange (most often the exchange is not declared yet).
+var (
+	exchDeclare = mid(classExchange, 10)
+	exchDelete  = mid(classExchange, 20)
+	exchBind    = mid(classExchange, 30)
+	exchUnbind  = mid(classExchange, 40)
+	queueBind   = mid(classQueue, 20)
+	queueUnbind = mid(classQueue, 50)
+)
+
+// namesTwoExch: Exchange.Bind and Unbind name a destination and a source exchange.
+func namesTwoExch(m methodID) bool { return m == exchBind || m == exchUnbind }
+
 // targetOf is the queue or exchange method m names, when it is one of those whose refusal
-// concerns one: they all start with a reserved short and the name. a is a copy of the method's
-// argument reader, so the caller's own stays at the start.
-func targetOf(m methodID, a args) (pathway.Edge, bool) {
-	var e pathway.Edge
+// concerns one: they all start with a reserved short and the name (Queue.Bind and Unbind then
+// the exchange, Exchange.Bind and Unbind the destination then the source). a is a copy of the
+// method's argument reader, so the caller's own stays at the start.
+func targetOf(m methodID, a args) (target, bool) {
+	t := target{method: m}
+	e := &t.edge
 	switch {
 	case m == basicConsume || m == basicGet:
 		e.Direction = pathway.In
 	case m>>16 == classQueue && m != queueDeclOk && m&1 == 0:
-	case m == mid(classExchange, 10) || m == mid(classExchange, 20):
+	case m == exchDeclare || m == exchDelete || namesTwoExch(m):
 	default:
-		return e, false
+		return t, false
 	}
 	a.u16()
 	name := string(a.short())
+	var second string
+	if m == queueBind || m == queueUnbind || namesTwoExch(m) {
+		second = string(a.short())
+	}
 	if a.err != nil {
-		return e, false
+		return t, false
 	}
 	e.Type = pathway.TypeRabbitMQ
-	if m>>16 == classExchange {
+	switch {
+	case namesTwoExch(m):
+		e.Exchange, t.dest = second, name
+	case m>>16 == classExchange:
 		e.Exchange = name
-	} else {
-		e.Topic = name
+	default:
+		e.Topic, e.Exchange = name, second
 	}
-	return e, true
+	return t, true
+}
+
+// refused is the edge a broker's refusal of t concerns: of an exchange binding's two
+// exchanges, the destination when the broker's text names it ("no exchange 'x' in vhost"),
+// else the source.
+func (t target) refused(text []byte) pathway.Edge {
+	e := t.edge
+	if t.dest != "" && t.dest != e.Exchange && bytes.Contains(text, []byte("'"+t.dest+"'")) {
+		e.Exchange = t.dest
+	}
+	return e
 }
 
 // chanShared is channel state learned in one direction and used in the other.
@@ -867,13 +903,13 @@ func (s *session) clientMethod(f frame) {
 		return
 	}
 	if m != basicPublish {
-		if e, ok := targetOf(m, a); ok {
+		if t, ok := targetOf(m, a); ok {
 			s.mu.Lock()
 			cs := s.sharedLocked(f.Channel)
-			if e.Topic == "" && m>>16 != classExchange && m != queueDecl {
-				e.Topic = cs.lastDeclared // a queue named "" is the channel's last declared one
+			if t.edge.Topic == "" && m>>16 != classExchange && m != queueDecl {
+				t.edge.Topic = cs.lastDeclared // a queue named "" is the channel's last declared one
 			}
-			cs.lastTarget = target{m, e}
+			cs.lastTarget = t
 			s.mu.Unlock()
 		}
 	}
@@ -1302,7 +1338,7 @@ func (s *session) brokerMethod(f frame) {
 				if c.Method == basicPublish {
 					edge = cs.lastPub
 				} else if cs.lastTarget.method == c.Method && c.Method != 0 {
-					e := cs.lastTarget.edge
+					e := cs.lastTarget.refused(c.Text)
 					edge = &e
 				}
 			}
