@@ -970,11 +970,12 @@ func (s *session) clientMethod(f frame) {
 			s.mu.Unlock()
 		}
 	case queueDecl:
-		// A declare with no-wait gets no DeclareOk to learn the name from; an empty name would be
-		// the server's to choose, which no-wait cannot report.
+		// A declare with no-wait gets no DeclareOk to learn the name from. An empty name is the
+		// server's to choose, which no-wait cannot report: the channel's last declared queue is
+		// then unknown ("" queue names stay unnamed), no longer the one declared before.
 		a.u16()
 		q := a.short()
-		if nowait := a.u8()&0x10 != 0; a.err == nil && nowait && len(q) > 0 {
+		if nowait := a.u8()&0x10 != 0; a.err == nil && nowait {
 			s.mu.Lock()
 			s.sharedLocked(f.Channel).lastDeclared = string(q)
 			s.mu.Unlock()
@@ -1243,7 +1244,7 @@ func (s *session) brokerMethod(f frame) {
 			ds.awaiting = contentDiscarded
 			return
 		}
-		if !ok {
+		if !ok || q == "" { // "" only for a queue the server named on a no-wait declare
 			s.p.stats.unknownQueue.Add(1)
 		}
 		ds.setQueue(q)

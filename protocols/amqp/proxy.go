@@ -92,7 +92,7 @@ type Stats struct {
 	ExistingContext uint64 // published messages that already carried one
 	SkippedFrameMax uint64 // published messages left alone because the header would exceed frame_max, or 4096 bytes when it fitted them
 	Consumed        uint64 // Basic.Deliver and Basic.GetOk messages checkpointed
-	UnknownQueue    uint64 // deliveries whose consumer tag matched no known consume (checkpointed without topic)
+	UnknownQueue    uint64 // deliveries whose consumer tag matched no known consume, or whose queue the server named on a no-wait declare (checkpointed without topic)
 	DecodeErrors    uint64 // frames relayed without being understood
 	Returns         uint64 // Basic.Return from the broker
 	Nacks           uint64 // Basic.Nack from the broker
