@@ -1320,7 +1320,25 @@ func (s *session) brokerMethod(f frame) {
 			s.addConsumerLocked(cs, tag, pc.queue)
 		}
 		s.mu.Unlock()
-	case basicCancel, basicCancOk:
+	case basicCancel:
+		// RabbitMQ cancels a consumer whose queue was deleted or lost its leader: the client
+		// just stops receiving, which many never notice. Tracked on the queue's consume edge.
+		tag := a.short()
+		s.mu.Lock()
+		q, ok := "", false
+		if cs := s.shared[f.Channel]; cs != nil {
+			q, ok = cs.consumers[string(tag)]
+		}
+		s.mu.Unlock()
+		s.dropConsumer(f.Channel, tag)
+		if a.err == nil && ok {
+			s.p.errs.Report(errtrack.Event{
+				Time: s.p.now(), Category: errtrack.BrokerError, Protocol: "amqp", Operation: "Basic.Cancel",
+				Name: "CONSUMER_CANCELLED", Message: fmt.Sprintf("the broker cancelled consumer %q: its queue was deleted or is unavailable", tag),
+				Service: *s.service.Load(), Edge: pathway.Edge{Direction: pathway.In, Type: pathway.TypeRabbitMQ, Topic: q}, Partition: -1,
+			})
+		}
+	case basicCancOk:
 		s.dropConsumer(f.Channel, a.short())
 	case queueDeclOk:
 		q := string(a.short())
