@@ -1359,6 +1359,8 @@ func (s *session) brokerMethod(f frame) {
 				} else if cs.lastTarget.method == c.Method && c.Method != 0 {
 					e := cs.lastTarget.refused(c.Text)
 					edge = &e
+				} else if c.Method == basicAck || c.Method == basicNack || c.Method == basicReject {
+					edge = cs.consumedQueueLocked()
 				}
 			}
 			s.mu.Unlock()
@@ -1375,6 +1377,23 @@ func (s *session) brokerMethod(f frame) {
 			s.brokerClose.Store(&why)
 		}
 	}
+}
+
+// consumedQueueLocked is the consume edge of the one queue the channel's consumers read, nil
+// when they read several or none: a refused ack (an unknown delivery tag, acked twice or on
+// another channel) concerns a delivery the proxy does not map to its queue.
+func (cs *chanShared) consumedQueueLocked() *pathway.Edge {
+	q := ""
+	for _, cq := range cs.consumers {
+		if cq == "" || q != "" && cq != q {
+			return nil
+		}
+		q = cq
+	}
+	if q == "" {
+		return nil
+	}
+	return &pathway.Edge{Direction: pathway.In, Type: pathway.TypeRabbitMQ, Topic: q}
 }
 
 func (ds *delState) setQueue(q string) {
