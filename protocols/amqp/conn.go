@@ -1555,6 +1555,9 @@ func (s *session) returnedHeader(ch uint16, f frame) {
 	if h.Ctx != nil {
 		if ctx, err := pathway.DecodeBase64(h.Ctx); err == nil {
 			s.returnHeld(ch, ctx, int64(h.BodySize)+int64(h.TableBytes()))
+			// A retry may come after more publishes than ownValue remembers: the returned
+			// context stays known as the proxy's, the retry's parent.
+			s.p.delivered.add(h.Ctx, *s.service.Load(), ctx)
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 // put there at this hop: a tracer writes a new one at every produce. So a publish carrying a
 // context the proxy delivered lately is checkpointed as the worker's produce, its parent the
 // worker's consume of it (as a tracer links them), not left alone as an instrumented client's.
+// A returned message's context is remembered the same way, its own context the parent of a
+// retry however many publishes later.
 
 // maxDelivered bounds the delivered contexts remembered (about 160 bytes each: 10 MiB), in
 // deliveredShards shards so that connections delivering at once seldom wait on each other.
