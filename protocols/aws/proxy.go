@@ -169,6 +169,8 @@ type Proxy struct {
 	// credsMissing: the latest load of the proxy's own credentials failed (Problem); credsRetry: a
 	// load that Problem started is under way.
 	credsMissing, credsRetry atomic.Bool
+	// own: the proxy's recent credentials, for clients that sign with them across a rotation.
+	own ownKeys
 	// respect: messages that already carry a pathway context are left alone (RespectExistingContext).
 	respect bool
 
@@ -367,6 +369,9 @@ func (p *Proxy) loadCreds(ctx context.Context) (awssdk.Credentials, error) {
 	creds, err := p.creds.Retrieve(ctx)
 	if err == nil || ctx.Err() == nil {
 		p.credsMissing.Store(err != nil)
+	}
+	if err == nil {
+		p.own.note(creds)
 	}
 	return creds, err
 }
@@ -763,10 +768,9 @@ func (p *Proxy) authenticate(c *call) *authFailure {
 			p.logCredsError(err)
 			return &authFailure{"InvalidClientTokenId", "the proxy could not load its own AWS credentials to verify the request"}
 		}
-		if creds.AccessKeyID != c.auth.AccessKey {
+		if secret, ok = p.ownSecret(r.Context(), c, creds, c.auth.AccessKey); !ok {
 			return &authFailure{"InvalidClientTokenId", unknownKeyMessage}
 		}
-		secret = creds.SecretAccessKey
 	}
 	c.bodyHash = sha256Hex(c.body)
 	if f := verifyWithHash(r, c.auth, secret, c.bodyHash, c.now, p.cfg.MaxClockSkew); f != nil {
