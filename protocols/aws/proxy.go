@@ -177,6 +177,8 @@ type Proxy struct {
 	iters *boundedMap // shard iterator -> stream name
 	qurls *boundedMap // queue URL as the proxy handed it out -> upstream queue URL
 	sizes *queueLimits
+	// handed: contexts consumers were handed, to know them when sent on (handed.go).
+	handed *handedContexts
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -292,6 +294,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
 	p.qurls = newBoundedMap(10000)
 	p.sizes = newQueueLimits()
+	p.handed = newHandedContexts()
 	return p, nil
 }
 

@@ -40,11 +40,15 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 			existing = dd.Binary
 		}
 	}
-	if p.respect && carrierHasPathway(existing) {
+	parent := contextFromCarrier(existing)
+	if cc, ok := p.handed.consumed(c.svcName, parent); ok {
+		// The context this service's consumer was handed, sent on: its next hop.
+		parent = cc
+	} else if p.respect && carrierHasPathway(existing) {
 		p.stats.existing.Add(1)
 		return pathway.Point{}, nil, dd
 	}
-	pt, ctx := p.cp.Checkpoint(contextFromCarrier(existing), c.svcName, e, int64(size), c.now)
+	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(size), c.now)
 	carrier = carrierJSON(existing, ctx)
 	if dd == nil && len(attrs) >= MaxAttributes {
 		p.skip(c, e, "attribute_limit", "message already has 10 attributes; sent without _datadog")
@@ -432,7 +436,7 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 				continue
 			}
 			body, _ := jsonString(resp, find(ems, "Body"))
-			p.consumeSQS(c, e, body, attrs)
+			p.consumeSQS(c, e, body, attrs, !strip)
 			if strip {
 				if ed, ok := jsonStripDD(resp, ems, m.Start, eend, attrs); ok {
 					reds = append(reds, ed)
@@ -447,8 +451,9 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 	return eds, fix, nil
 }
 
-// consumeSQS records the consume checkpoint of one received message.
-func (p *Proxy) consumeSQS(c *call, e pathway.Edge, body string, attrs []attr) {
+// consumeSQS records the consume checkpoint of one received message; handed: its `_datadog` goes
+// to the client.
+func (p *Proxy) consumeSQS(c *call, e pathway.Edge, body string, attrs []attr, handed bool) {
 	var dd *attr
 	size := len(body)
 	for i := range attrs {
@@ -458,10 +463,14 @@ func (p *Proxy) consumeSQS(c *call, e pathway.Edge, body string, attrs []attr) {
 		size += attrSize(&attrs[i])
 	}
 	parent := contextFromAttr(dd)
-	if parent.IsZero() {
+	fromAttr := !parent.IsZero()
+	if !fromAttr {
 		parent = contextFromSNSEnvelope(body)
 	}
-	pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(size), c.now)
+	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(size), c.now)
+	if handed && fromAttr {
+		p.handed.put(c.svcName, parent, ctx)
+	}
 	p.stats.consumed.Add(1)
 	p.add(pt)
 }

@@ -200,7 +200,7 @@ func (p *Proxy) sqsQueryReceive(c *call, queue string) respFixer {
 		var eds []edit
 		for _, m := range root.findAll("Message", nil) {
 			attrs, nodes := xmlMessageAttrs(m)
-			p.consumeSQS(c, e, m.childText("Body"), attrs)
+			p.consumeSQS(c, e, m.childText("Body"), attrs, !strip)
 			if !strip {
 				continue
 			}
