@@ -1452,14 +1452,14 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 		if h.CtxTwice {
 			return f.Raw
 		}
+		parent, _ = pathway.DecodeBase64(h.Ctx)
 		// A context delivered lately is forwarded by this client, not written by its tracer.
-		fwd, forwarded := p.delivered.parent(h.Ctx, service)
+		fwd, forwarded := p.handed.Parent(parent, service)
 		if p.respect && !forwarded && !s.ownValue(h.Ctx) {
 			return f.Raw
 		}
-		parent = fwd
-		if !forwarded {
-			parent, _ = pathway.DecodeBase64(h.Ctx)
+		if forwarded {
+			parent = fwd
 		}
 	}
 	now := p.now()
@@ -1557,7 +1557,7 @@ func (s *session) returnedHeader(ch uint16, f frame) {
 			s.returnHeld(ch, ctx, int64(h.BodySize)+int64(h.TableBytes()))
 			// A retry may come after more publishes than ownValue remembers: the returned
 			// context stays known as the proxy's, the retry's parent.
-			s.p.delivered.add(h.Ctx, *s.service.Load(), ctx)
+			s.p.handed.Put(ctx, *s.service.Load(), ctx)
 		}
 	}
 }
@@ -1578,9 +1578,7 @@ func (s *session) deliveredHeader(ds *delState, f frame) {
 	}
 	service := *s.service.Load()
 	pt, ctx := p.cp.Checkpoint(parent, service, *ds.edge, int64(h.BodySize)+int64(h.TableBytes()), p.now())
-	if h.Ctx != nil {
-		p.delivered.add(h.Ctx, service, ctx)
-	}
+	p.handed.Put(parent, service, ctx)
 	p.stats.consumed.Add(1)
 	p.addPoint(pt)
 }

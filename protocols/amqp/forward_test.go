@@ -3,7 +3,6 @@ package amqp
 import (
 	"context"
 	"testing"
-	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
@@ -43,34 +42,5 @@ func TestForwardedHeadersCheckpointed(t *testing.T) {
 	}
 	if forwarded[0].Service != "forwarder" || forwarded[0].ParentHash != consumed[0].Hash || sunk[0].ParentHash != forwarded[0].Hash {
 		t.Errorf("forward %+v, sink %+v: want the forward's parent the worker's consume %d and the sink's the forward", forwarded[0], sunk[0], consumed[0].Hash)
-	}
-}
-
-// TestDeliveredContextsBounded: the delivered contexts stay within maxDelivered, the oldest
-// forgotten first; a value consumed under another service name parents a forward with itself.
-func TestDeliveredContextsBounded(t *testing.T) {
-	var d deliveredCtxs
-	value := func(i int) []byte {
-		return pathway.Context{Hash: uint64(i) + 1, PathwayStart: time.UnixMilli(1e12), EdgeStart: time.UnixMilli(1e12)}.AppendBase64(nil)
-	}
-	consumed := pathway.Context{Hash: 42}
-	for i := range 2 * maxDelivered {
-		d.add(value(i), "worker", consumed)
-	}
-	n := 0
-	for i := range d.shards {
-		n += len(d.shards[i].m)
-	}
-	if n > maxDelivered {
-		t.Errorf("%d delivered contexts kept, want at most %d", n, maxDelivered)
-	}
-	if _, ok := d.parent(value(0), "worker"); ok {
-		t.Error("the oldest delivered context is still remembered")
-	}
-	if p, ok := d.parent(value(2*maxDelivered-1), "worker"); !ok || p != consumed {
-		t.Errorf("the latest: parent %v, %v; want the consume's", p, ok)
-	}
-	if p, ok := d.parent(value(2*maxDelivered-1), "other"); !ok || p.Hash != uint64(2*maxDelivered) {
-		t.Errorf("under another service: parent %v, %v; want the delivered context itself", p, ok)
 	}
 }

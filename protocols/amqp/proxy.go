@@ -144,8 +144,8 @@ type Proxy struct {
 	heldTx    proxy.Budget // transactional publishes held for commits (maxHeldTxPoints)
 	// confirm-mode publishes held for acks (maxHeldConfirms)
 	heldConfirms proxy.Budget
-	tags         proxy.Budget  // consumer tags remembered (maxConsumerTags)
-	delivered    deliveredCtxs // contexts delivered lately, to tell a forward (forwarded.go)
+	tags         proxy.Budget    // consumer tags remembered (maxConsumerTags)
+	handed       *pathway.Handed // contexts delivered or returned lately (32,768), to tell a forward
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -168,7 +168,7 @@ func New(cfg Config) (*Proxy, error) {
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger()}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: pathway.NewHanded(1 << 16)}
 	p.heldTx.Max, p.tags.Max, p.heldConfirms.Max = maxHeldTxPoints, maxConsumerTags, maxHeldConfirms
 	if p.cfg.upstreamWait <= 0 {
 		p.cfg.upstreamWait = headerTimeout

@@ -177,8 +177,9 @@ type Proxy struct {
 	iters *boundedMap // shard iterator -> stream name
 	qurls *boundedMap // queue URL as the proxy handed it out -> upstream queue URL
 	sizes *queueLimits
-	// handed: contexts consumers were handed, to know them when sent on (handed.go).
-	handed *handedContexts
+	// handed: contexts consumers were handed (the latest 16,384 consumes), to know them when
+	// sent on.
+	handed *pathway.Handed
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -294,7 +295,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
 	p.qurls = newBoundedMap(10000)
 	p.sizes = newQueueLimits()
-	p.handed = newHandedContexts()
+	p.handed = pathway.NewHanded(1 << 15)
 	return p, nil
 }
 

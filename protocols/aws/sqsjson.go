@@ -41,8 +41,8 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 		}
 	}
 	parent := contextFromCarrier(existing)
-	if cc, ok := p.handed.consumed(c.svcName, parent); ok {
-		// The context this service's consumer was handed, sent on: its next hop.
+	if cc, ok := p.handed.Parent(parent, c.svcName); ok {
+		// A context a consumer was handed, sent on: its next hop.
 		parent = cc
 	} else if p.respect && carrierHasPathway(existing) {
 		p.stats.existing.Add(1)
@@ -469,7 +469,7 @@ func (p *Proxy) consumeSQS(c *call, e pathway.Edge, body string, attrs []attr, h
 	}
 	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(size), c.now)
 	if handed && fromAttr {
-		p.handed.put(c.svcName, parent, ctx)
+		p.handed.Put(parent, c.svcName, ctx)
 	}
 	p.stats.consumed.Add(1)
 	p.add(pt)
