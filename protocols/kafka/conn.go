@@ -105,10 +105,11 @@ type session struct {
 	idleTimer *time.Timer
 }
 
-// ownContext is the last context a record carried in a batch and what replaces it, when
-// RespectExistingContext is off.
+// ownContext is the last context a record carried in a batch and what replaces it, unless the
+// record is left alone (left: a tracer's, with RespectExistingContext on).
 type ownContext struct {
 	have     bool
+	left     bool
 	ctx, hdr []byte
 	point    pathway.Point
 	over     int // records past maxBatchPoints in this partition's batches

@@ -209,6 +209,7 @@ type Proxy struct {
 	txns      txnCommits                                   // transactional commits awaiting their EndTxn
 	groups    *groupTracker
 	links     *linkTable
+	handed    *pathway.Handed // contexts consumers were handed lately (32,768), to tell a relay
 	stats     counters
 
 	observeQ       chan observeJob
@@ -341,6 +342,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
+	p.handed = pathway.NewHanded(1 << 16)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
 	p.fetchBufs = make(chan []byte, pooledFetchFrames)
 	p.bufs = newBufList()

@@ -106,16 +106,24 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 	own.have, own.over = false, 0
 	out, changed, skip, err := s.codec.Inject(s.scratch, records, func(_ batchMeta, r *recordMeta) []byte {
 		if r.HasContext {
-			if p.respect {
+			if !own.have || !bytes.Equal(own.ctx, r.Context) {
+				own.ctx, own.have = append(own.ctx[:0], r.Context...), true
+				parent, _ := pathway.DecodeBase64(r.Context) // undecodable: no parent, as the tracers do
+				// A context the proxy handed a consumer lately is sent on by a client without a
+				// tracer (a relay copying headers): its next hop, not a tracer's checkpoint.
+				fwd, forwarded := p.handed.Parent(parent, ci.service)
+				if own.left = p.respect && !forwarded; !own.left {
+					if forwarded {
+						parent = fwd
+					}
+					var c pathway.Context
+					own.point, c = p.cp.Checkpoint(parent, ci.service, edge, 0, now)
+					own.hdr = c.AppendBase64(own.hdr[:0])
+				}
+			}
+			if own.left {
 				existing++
 				return nil
-			}
-			if !own.have || !bytes.Equal(own.ctx, r.Context) {
-				parent, _ := pathway.DecodeBase64(r.Context) // undecodable: no parent, as the tracers do
-				var c pathway.Context
-				own.point, c = p.cp.Checkpoint(parent, ci.service, edge, 0, now)
-				own.hdr = c.AppendBase64(own.hdr[:0])
-				own.ctx, own.have = append(own.ctx[:0], r.Context...), true
 			}
 			return own.take(&pts, r.PayloadSize, own.point, own.hdr)
 		}
@@ -297,6 +305,7 @@ func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedP
 			parent, _ = pathway.DecodeBase64(r.Context) // undecodable: no parent, as the tracers do
 		}
 		pt, ctx := p.cp.Checkpoint(parent, ci.service, edge, r.PayloadSize, now)
+		p.handed.Put(parent, ci.service, ctx) // before the point: whoever sees it can forward
 		pts = append(pts, pt)
 		last = ctx
 		prev, prevCtx, havePrev = pt, append(prevCtx[:0], r.Context...), true
