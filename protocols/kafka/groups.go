@@ -28,10 +28,38 @@ type topicPartition struct {
 	partition int32
 }
 
-const maxGroupsPerClient = 64
+const (
+	maxGroupsPerClient = 64
+	maxMembersPerGroup = 64 // per client key
+)
 
 type clientGroups struct {
-	groups map[string]map[topicPartition]struct{}
+	groups map[string]*groupMembers // nil: a member of the group, its assignment unknown
+}
+
+// groupMembers is what each member of one group behind one client key was assigned. Processes
+// on one host with the same client.id share a key, and each holds its part of the group's
+// partitions: the group holds a partition when any of them does.
+type groupMembers struct {
+	gen     int32 // latest classic generation seen; 0 for KIP-848 members
+	members map[string]memberParts
+}
+
+type memberParts struct {
+	gen   int32
+	parts map[topicPartition]struct{}
+}
+
+func (gm *groupMembers) holds(tp topicPartition) bool {
+	if gm == nil {
+		return false
+	}
+	for _, m := range gm.members {
+		if _, ok := m.parts[tp]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // groupTracker is bounded to the clients seen most recently: a client that fetches, commits or
@@ -49,7 +77,7 @@ func newGroupTracker(limit int) *groupTracker {
 func (g *groupTracker) entry(k clientKey) *clientGroups {
 	cg, _ := g.clients.Get(k)
 	if cg == nil {
-		cg = &clientGroups{groups: make(map[string]map[topicPartition]struct{})}
+		cg = &clientGroups{groups: make(map[string]*groupMembers)}
 		g.clients.Put(k, cg)
 	}
 	return cg
@@ -75,23 +103,34 @@ func (g *groupTracker) learn(k clientKey, group string) {
 	}
 }
 
-// forget drops group from client k's groups: a member left it. (Another process behind the same
-// key that stays in the group is learned again at its next heartbeat, and the rebalance the
-// leave causes gives it its assignment again.)
+// forget drops the members that left group from client k's groups, and the group with the last
+// of them (or with no members named). (Another process behind the same key that stays in the
+// group without an assignment seen is learned again at its next heartbeat.)
 // The groups are replaced, not changed in place: fetches observed after the leave but answered
 // before it were the member's, and look their group up in the groups of their time (current).
-func (g *groupTracker) forget(k clientKey, group string) {
+func (g *groupTracker) forget(k clientKey, group string, members []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cg, _ := g.clients.Get(k)
 	if cg == nil {
 		return
 	}
-	if _, ok := cg.groups[group]; !ok {
+	gm, ok := cg.groups[group]
+	if !ok {
 		return
 	}
 	next := &clientGroups{groups: maps.Clone(cg.groups)}
-	delete(next.groups, group)
+	left := 0
+	if gm != nil {
+		rest := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members)}
+		for _, m := range members {
+			delete(rest.members, m)
+		}
+		next.groups[group], left = rest, len(rest.members)
+	}
+	if left == 0 || len(members) == 0 {
+		delete(next.groups, group)
+	}
 	g.clients.Put(k, next)
 }
 
@@ -103,24 +142,43 @@ func (g *groupTracker) current(k clientKey) *clientGroups {
 	return cg
 }
 
-// groupLeave is what a request by which a member leaves its group says (LeaveGroup, or a
-// ConsumerGroupHeartbeat with a negative member epoch): the group.
-type groupLeave string
+// groupMember is what a SyncGroup or ConsumerGroupHeartbeat request says: the group, the member
+// and its classic generation (0 for ConsumerGroupHeartbeat).
+type groupMember struct {
+	group, member string
+	gen           int32
+}
+
+// groupLeave is what a request by which members leave their group says (LeaveGroup, or a
+// ConsumerGroupHeartbeat with a negative member epoch): the group and the members.
+type groupLeave struct {
+	group   string
+	members []string
+}
 
 // factsGroup is the group a group request named.
 func factsGroup(pd *pending) string {
 	switch g := pd.facts.(type) {
 	case string:
 		return g
+	case groupMember:
+		return g.group
 	case groupLeave:
-		return string(g)
+		return g.group
 	}
 	return ""
 }
 
-// assign replaces the partitions group assigned to client k.
+// assign replaces the partitions group assigned to client k (one member, for tests).
 func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition) {
-	if group == "" || len(group) > maxGroupNameBytes {
+	g.assignMember(k, groupMember{group: group}, parts)
+}
+
+// assignMember replaces the partitions group assigned to one member behind client k. A classic
+// member of an older generation than the previous one has not joined since, and is dropped: it
+// left without a LeaveGroup (or has a new member id), and its partitions went to others.
+func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPartition) {
+	if m.group == "" || len(m.group) > maxGroupNameBytes {
 		return
 	}
 	set := make(map[topicPartition]struct{}, len(parts))
@@ -130,10 +188,26 @@ func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cg := g.entry(k)
-	if _, ok := cg.groups[group]; !ok && len(cg.groups) >= maxGroupsPerClient {
+	old, ok := cg.groups[m.group]
+	if !ok && len(cg.groups) >= maxGroupsPerClient {
 		clear(cg.groups)
 	}
-	cg.groups[group] = set
+	gm := &groupMembers{gen: m.gen, members: make(map[string]memberParts)}
+	// A generation older than the one before: the group was deleted and created again (its
+	// generations start over), and its old members are gone.
+	if old != nil && m.gen >= old.gen-1 {
+		gm.gen = max(old.gen, m.gen)
+		for id, mp := range old.members {
+			if mp.gen >= gm.gen-1 {
+				gm.members[id] = mp
+			}
+		}
+	}
+	if _, ok := gm.members[m.member]; !ok && len(gm.members) >= maxMembersPerGroup {
+		clear(gm.members)
+	}
+	gm.members[m.member] = memberParts{gen: m.gen, parts: set}
+	cg.groups[m.group] = gm
 }
 
 // lookup returns the group client k consumes topic/partition for, or "". Consumers of several
@@ -163,8 +237,8 @@ func (g *groupTracker) lookupLocked(cg *clientGroups, topic string, partition in
 	}
 	tp := topicPartition{topic, partition}
 	found, holders, only := "", 0, ""
-	for name, parts := range cg.groups {
-		if _, ok := parts[tp]; ok {
+	for name, gm := range cg.groups {
+		if gm.holds(tp) {
 			found = name
 			holders++
 		}
@@ -193,9 +267,10 @@ func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 		return
 	}
 	s.p.groups.learn(s.info.Load().key(), group)
+	m, _ := pd.facts.(groupMember)
 	var a kmsg.ConsumerMemberAssignment
-	if len(resp.MemberAssignment) == 0 || a.ReadFrom(resp.MemberAssignment) != nil {
-		return // not the consumer protocol (or an empty assignment): the group is still learned
+	if len(resp.MemberAssignment) > 0 && a.ReadFrom(resp.MemberAssignment) != nil {
+		return // not the consumer protocol: the group is still learned
 	}
 	var parts []topicPartition
 	for _, t := range a.Topics {
@@ -203,7 +278,7 @@ func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 			parts = append(parts, topicPartition{t.Topic, p})
 		}
 	}
-	s.p.groups.assign(s.info.Load().key(), group, parts)
+	s.p.groups.assignMember(s.info.Load().key(), m, parts)
 }
 
 // heartbeatResponse learns a KIP-848 member's assignment (topic ids) from ConsumerGroupHeartbeat.
@@ -217,13 +292,17 @@ func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 	if resp.ErrorCode != 0 || group == "" {
 		return
 	}
-	if _, leaving := pd.facts.(groupLeave); leaving {
-		s.p.groups.forget(s.info.Load().key(), group)
+	if leave, leaving := pd.facts.(groupLeave); leaving {
+		s.p.groups.forget(s.info.Load().key(), group, leave.members)
 		return
 	}
 	s.p.groups.learn(s.info.Load().key(), group)
 	if resp.Assignment == nil {
-		return
+		return // unchanged
+	}
+	m, _ := pd.facts.(groupMember)
+	if resp.MemberID != nil && *resp.MemberID != "" { // v0: the coordinator names a new member
+		m.member = *resp.MemberID
 	}
 	var parts []topicPartition
 	for _, t := range resp.Assignment.Topics {
@@ -235,7 +314,7 @@ func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 			parts = append(parts, topicPartition{name, p})
 		}
 	}
-	s.p.groups.assign(s.info.Load().key(), group, parts)
+	s.p.groups.assignMember(s.info.Load().key(), m, parts)
 }
 
 // groupResponse reports the error codes of JoinGroup, Heartbeat and LeaveGroup responses: the
@@ -263,8 +342,8 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 		for _, m := range resp.Members { // v3+: one code per member leaving
 			s.groupError(pd, m.ErrorCode)
 		}
-		if resp.ErrorCode == 0 {
-			s.p.groups.forget(s.info.Load().key(), factsGroup(pd))
+		if leave, ok := pd.facts.(groupLeave); ok && resp.ErrorCode == 0 {
+			s.p.groups.forget(s.info.Load().key(), leave.group, leave.members)
 		}
 	}
 }

@@ -484,7 +484,7 @@ func TestGroupsAtFetchTime(t *testing.T) {
 	g.assign(k, "a", []topicPartition{{"t", 0}})
 	g.learn(k, "b")
 	atFetch := g.current(k)
-	g.forget(k, "a")
+	g.forget(k, "a", []string{""})
 	if got := g.lookupIn(atFetch, k, "t", 0); got != "a" {
 		t.Errorf("group of a fetch answered before the leave: %q, want a", got)
 	}

@@ -73,28 +73,42 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.txnOffsetCommitRequest(h, frame, pd)
 	case keyEndTxn:
 		s.endTxnRequest(h, frame, pd)
-	case keyJoinGroup, keySyncGroup, keyHeartbeat:
+	case keyJoinGroup, keyHeartbeat:
 		// Learned from the answer, once the coordinator accepts the member: a request alone
 		// may come from a client the broker refuses.
 		if group, ok := s.firstString(h, frame); ok {
 			pd.facts = group
 		}
+	case keySyncGroup:
+		if !knownVersion(h.Key, h.Version) {
+			break
+		}
+		if m, err := parseSyncGroup(h, frame); err != nil {
+			s.requestParseError(h, err)
+		} else {
+			pd.facts = m
+		}
 	case keyLeaveGroup:
-		if group, ok := s.firstString(h, frame); ok {
-			pd.facts = groupLeave(group)
+		if !knownVersion(h.Key, h.Version) {
+			break
+		}
+		if leave, err := parseLeaveGroup(h, frame); err != nil {
+			s.requestParseError(h, err)
+		} else {
+			pd.facts = leave
 		}
 	case keyCGHeartbeat:
 		if !knownVersion(h.Key, h.Version) {
 			break
 		}
-		group, epoch, err := parseGroupHeartbeat(h, frame)
+		m, epoch, err := parseGroupHeartbeat(h, frame)
 		switch {
 		case err != nil:
 			s.requestParseError(h, err)
 		case epoch < 0:
-			pd.facts = groupLeave(group)
+			pd.facts = groupLeave{group: m.group, members: []string{m.member}}
 		default:
-			pd.facts = group
+			pd.facts = m
 		}
 	case keySaslHandshake:
 		if mech, ok := s.firstString(h, frame); ok {

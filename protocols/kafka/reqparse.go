@@ -217,14 +217,44 @@ func (w *wire) fetchTopic(v int16) fetchKey {
 	return k
 }
 
-// parseGroupHeartbeat reads the group and member epoch of a ConsumerGroupHeartbeat request (a
-// negative epoch: the member leaves).
-func parseGroupHeartbeat(h requestHeader, frame []byte) (string, int32, error) {
+// parseGroupHeartbeat reads the group, member and member epoch of a ConsumerGroupHeartbeat
+// request (a negative epoch: the member leaves).
+func parseGroupHeartbeat(h requestHeader, frame []byte) (groupMember, int32, error) {
 	w := newWire(h, frame)
-	group := w.str()
-	w.str() // member id
+	var m groupMember
+	m.group = w.str()
+	m.member = w.str()
 	epoch := w.Int32()
-	return group, epoch, w.err(h)
+	return m, epoch, w.err(h)
+}
+
+// parseSyncGroup reads a SyncGroup request's group, generation and member id.
+func parseSyncGroup(h requestHeader, frame []byte) (groupMember, error) {
+	w := newWire(h, frame)
+	var m groupMember
+	m.group = w.str()
+	m.gen = w.Int32()
+	m.member = w.str()
+	return m, w.err(h)
+}
+
+// parseLeaveGroup reads a LeaveGroup request's group and the members leaving it.
+func parseLeaveGroup(h requestHeader, frame []byte) (groupLeave, error) {
+	w := newWire(h, frame)
+	l := groupLeave{group: w.str()}
+	if h.Version < 3 {
+		l.members = []string{w.str()}
+		return l, w.err(h)
+	}
+	for i, n := 0, w.array(); i < n && w.Ok(); i++ {
+		l.members = append(l.members, w.str())
+		w.nullableStr() // instance id
+		if h.Version >= 5 {
+			w.nullableStr() // reason
+		}
+		w.tags()
+	}
+	return l, w.err(h)
 }
 
 // parseFirstString reads the first field of a request body, a string: the group of JoinGroup,

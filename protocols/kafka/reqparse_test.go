@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -91,8 +92,35 @@ func TestParseGroupHeartbeat(t *testing.T) {
 	for v := int16(0); v <= maxVersion(keyCGHeartbeat); v++ {
 		req.SetVersion(v)
 		frame := requestFrame(req, 1)
-		if g, epoch, err := parseGroupHeartbeat(headerOf(t, frame), frame); err != nil || g != "g" || epoch != -1 {
-			t.Errorf("v%d: %q %d %v", v, g, epoch, err)
+		if g, epoch, err := parseGroupHeartbeat(headerOf(t, frame), frame); err != nil || g.group != "g" || g.member != "member-1" || epoch != -1 {
+			t.Errorf("v%d: %+v %d %v", v, g, epoch, err)
+		}
+	}
+}
+
+func TestParseSyncAndLeaveGroup(t *testing.T) {
+	sync := kmsg.NewPtrSyncGroupRequest()
+	sync.Group, sync.Generation, sync.MemberID = "g", 7, "member-1"
+	for v := int16(0); v <= maxVersion(keySyncGroup); v++ {
+		sync.SetVersion(v)
+		frame := requestFrame(sync, 1)
+		if m, err := parseSyncGroup(headerOf(t, frame), frame); err != nil || m != (groupMember{"g", "member-1", 7}) {
+			t.Errorf("SyncGroup v%d: %+v %v", v, m, err)
+		}
+	}
+	leave := kmsg.NewPtrLeaveGroupRequest()
+	leave.Group, leave.MemberID = "g", "member-1"
+	reason := "bye"
+	leave.Members = []kmsg.LeaveGroupRequestMember{{MemberID: "member-1", Reason: &reason}, {MemberID: "member-2"}}
+	for v := int16(0); v <= maxVersion(keyLeaveGroup); v++ {
+		leave.SetVersion(v)
+		frame := requestFrame(leave, 1)
+		want := []string{"member-1", "member-2"}
+		if v < 3 {
+			want = want[:1]
+		}
+		if l, err := parseLeaveGroup(headerOf(t, frame), frame); err != nil || l.group != "g" || !slices.Equal(l.members, want) {
+			t.Errorf("LeaveGroup v%d: %+v %v", v, l, err)
 		}
 	}
 }
