@@ -43,11 +43,28 @@ type clientGroups struct {
 type groupMembers struct {
 	gen     int32 // latest classic generation seen; 0 for KIP-848 members
 	members map[string]memberParts
+	full    bool // members were dropped at maxMembersPerGroup: theirs are not known
 }
 
 type memberParts struct {
-	gen   int32
-	parts map[topicPartition]struct{}
+	gen     int32
+	parts   map[topicPartition]struct{}
+	prev    map[topicPartition]struct{} // its assignment before: fetches sent then may still answer
+	partial bool                        // some of its partitions are unknown (not seen assigned, or topic ids unresolved)
+}
+
+// known: every member's partitions are known, so a partition none holds (nor held before) is not
+// the group's.
+func (gm *groupMembers) known() bool {
+	if gm == nil || len(gm.members) == 0 || gm.full {
+		return false
+	}
+	for _, m := range gm.members {
+		if m.partial {
+			return false
+		}
+	}
+	return true
 }
 
 func (gm *groupMembers) holds(tp topicPartition) bool {
@@ -56,6 +73,20 @@ func (gm *groupMembers) holds(tp topicPartition) bool {
 	}
 	for _, m := range gm.members {
 		if _, ok := m.parts[tp]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// held: a member holds tp or held it before its latest assignment (a fetch sent before a
+// rebalance took the partition away answers after it).
+func (gm *groupMembers) held(tp topicPartition) bool {
+	if gm.holds(tp) {
+		return true
+	}
+	for _, m := range gm.members {
+		if _, ok := m.prev[tp]; ok {
 			return true
 		}
 	}
@@ -122,7 +153,7 @@ func (g *groupTracker) forget(k clientKey, group string, members []string) {
 	next := &clientGroups{groups: maps.Clone(cg.groups)}
 	left := 0
 	if gm != nil {
-		rest := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members)}
+		rest := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members), full: gm.full}
 		for _, m := range members {
 			delete(rest.members, m)
 		}
@@ -171,13 +202,52 @@ func factsGroup(pd *pending) string {
 
 // assign replaces the partitions group assigned to client k (one member, for tests).
 func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition) {
-	g.assignMember(k, groupMember{group: group}, parts)
+	g.assignMember(k, groupMember{group: group}, parts, false)
+}
+
+// heard records a member of group behind client k that heartbeats: one whose assignment was
+// not seen (given before the proxy started, or unchanged since) holds partitions not known.
+func (g *groupTracker) heard(k clientKey, m groupMember) {
+	if m.group == "" || len(m.group) > maxGroupNameBytes {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cg, _ := g.clients.Get(k)
+	if cg == nil {
+		return
+	}
+	gm, ok := cg.groups[m.group]
+	if !ok {
+		return // learned first, from the same answer
+	}
+	if gm == nil {
+		// Remembered even so: when another member's assignment comes first, this one's
+		// partitions stay the group's.
+		gm = &groupMembers{gen: m.gen}
+	}
+	if m.gen < gm.gen-1 {
+		return // a stale generation
+	}
+	if _, ok := gm.members[m.member]; ok || gm.full {
+		return
+	}
+	next := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members)}
+	if next.members == nil {
+		next.members = make(map[string]memberParts)
+	}
+	if len(next.members) >= maxMembersPerGroup {
+		next.full = true
+	} else {
+		next.members[m.member] = memberParts{gen: m.gen, partial: true}
+	}
+	cg.groups[m.group] = next
 }
 
 // assignMember replaces the partitions group assigned to one member behind client k. A classic
 // member of an older generation than the previous one has not joined since, and is dropped: it
 // left without a LeaveGroup (or has a new member id), and its partitions went to others.
-func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPartition) {
+func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPartition, partial bool) {
 	if m.group == "" || len(m.group) > maxGroupNameBytes {
 		return
 	}
@@ -196,7 +266,7 @@ func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPar
 	// A generation older than the one before: the group was deleted and created again (its
 	// generations start over), and its old members are gone.
 	if old != nil && m.gen >= old.gen-1 {
-		gm.gen = max(old.gen, m.gen)
+		gm.gen, gm.full = max(old.gen, m.gen), old.full
 		for id, mp := range old.members {
 			if mp.gen >= gm.gen-1 {
 				gm.members[id] = mp
@@ -205,8 +275,9 @@ func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPar
 	}
 	if _, ok := gm.members[m.member]; !ok && len(gm.members) >= maxMembersPerGroup {
 		clear(gm.members)
+		gm.full = true
 	}
-	gm.members[m.member] = memberParts{gen: m.gen, parts: set}
+	gm.members[m.member] = memberParts{gen: m.gen, parts: set, prev: gm.members[m.member].parts, partial: partial}
 	cg.groups[m.group] = gm
 }
 
@@ -242,7 +313,9 @@ func (g *groupTracker) lookupLocked(cg *clientGroups, topic string, partition in
 			found = name
 			holders++
 		}
-		if len(cg.groups) == 1 {
+		// A group whose partitions are all known does not read one none of its members holds
+		// (the client reads it with no group, or in a group the proxy did not see it join).
+		if len(cg.groups) == 1 && (!gm.known() || gm.held(tp)) {
 			only = name
 		}
 	}
@@ -278,7 +351,7 @@ func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 			parts = append(parts, topicPartition{t.Topic, p})
 		}
 	}
-	s.p.groups.assignMember(s.info.Load().key(), m, parts)
+	s.p.groups.assignMember(s.info.Load().key(), m, parts, false)
 }
 
 // heartbeatResponse learns a KIP-848 member's assignment (topic ids) from ConsumerGroupHeartbeat.
@@ -297,24 +370,27 @@ func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 		return
 	}
 	s.p.groups.learn(s.info.Load().key(), group)
-	if resp.Assignment == nil {
-		return // unchanged
-	}
 	m, _ := pd.facts.(groupMember)
 	if resp.MemberID != nil && *resp.MemberID != "" { // v0: the coordinator names a new member
 		m.member = *resp.MemberID
 	}
+	if resp.Assignment == nil { // unchanged
+		s.p.groups.heard(s.info.Load().key(), m)
+		return
+	}
+	partial := false
 	var parts []topicPartition
 	for _, t := range resp.Assignment.Topics {
 		name, ok := s.p.topicName("", t.TopicID)
 		if !ok {
+			partial = true
 			continue
 		}
 		for _, p := range t.Partitions {
 			parts = append(parts, topicPartition{name, p})
 		}
 	}
-	s.p.groups.assignMember(s.info.Load().key(), m, parts)
+	s.p.groups.assignMember(s.info.Load().key(), m, parts, partial)
 }
 
 // groupResponse reports the error codes of JoinGroup, Heartbeat and LeaveGroup responses: the
@@ -351,8 +427,15 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 // learnGroup records that the client is a member of the request's group, when the coordinator
 // answered without an error.
 func (s *session) learnGroup(pd *pending, code int16) {
-	if group, _ := pd.facts.(string); code == 0 { // not a groupLeave
-		s.p.groups.learn(s.info.Load().key(), group)
+	if code != 0 {
+		return
+	}
+	switch f := pd.facts.(type) {
+	case string:
+		s.p.groups.learn(s.info.Load().key(), f)
+	case groupMember: // Heartbeat
+		s.p.groups.learn(s.info.Load().key(), f.group)
+		s.p.groups.heard(s.info.Load().key(), f)
 	}
 }
 

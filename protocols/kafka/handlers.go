@@ -73,13 +73,13 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.txnOffsetCommitRequest(h, frame, pd)
 	case keyEndTxn:
 		s.endTxnRequest(h, frame, pd)
-	case keyJoinGroup, keyHeartbeat:
+	case keyJoinGroup:
 		// Learned from the answer, once the coordinator accepts the member: a request alone
 		// may come from a client the broker refuses.
 		if group, ok := s.firstString(h, frame); ok {
 			pd.facts = group
 		}
-	case keySyncGroup:
+	case keySyncGroup, keyHeartbeat: // both begin with group, generation, member id
 		if !knownVersion(h.Key, h.Version) {
 			break
 		}

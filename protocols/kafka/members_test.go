@@ -2,6 +2,8 @@ package kafka
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -9,6 +11,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // TestGroupMembersOnOneHost: two processes of group g1 run on one host with the client.id
@@ -107,5 +111,116 @@ func membersOnOneHost(t *testing.T, p *testProxy, name string, opts []kgo.Opt) {
 			}
 		}
 		t.Errorf("%d consume checkpoints of %s tagged group:%s, want %d", got, t1, g1, len(sent)+1)
+	}
+}
+
+// TestAssignedReaderBesideGroup: a process reads one topic in a group and another by partition
+// (no group), with kgo's default client.id for both. The group's assignment is known and does
+// not hold the other topic: its records are no group's, as a tracer reports them.
+func TestAssignedReaderBesideGroup(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name string
+		opts []kgo.Opt
+	}{{"classic", nil}, {"kip848", []kgo.Opt{kgo.ServerSideBalancer()}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			inGroup, direct := uniqueTopic(t, "beside-group-"+tc.name), uniqueTopic(t, "beside-direct-"+tc.name)
+			group := "beside-" + tc.name
+			prod := kgoClient(t, p)
+			produceKgo(t, ctx, prod, inGroup, testRecords(6, time.UnixMilli(1700000700000)))
+			produceKgo(t, ctx, prod, direct, testRecords(6, time.UnixMilli(1700000700000)))
+			member := kgoClient(t, p, append([]kgo.Opt{kgo.ConsumeTopics(inGroup), kgo.ConsumerGroup(group),
+				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, tc.opts...)...)
+			for n := 0; n < 6; {
+				fs := member.PollFetches(ctx)
+				if err := ctx.Err(); err != nil {
+					t.Fatalf("group read %d of 6: %v", n, err)
+				}
+				n += len(fs.Records())
+			}
+			checkConsumeGroup(t, p, inGroup, group, 6)
+			readTopic(t, ctx, p, direct, 6)
+			in := func(pt pathway.Point) bool {
+				return slices.Contains(pt.EdgeTags, "topic:"+direct) && slices.Contains(pt.EdgeTags, "direction:in")
+			}
+			waitFor(t, "consume points of "+direct, func() bool {
+				pts, _ := p.rec.snapshot()
+				n := 0
+				for _, pt := range pts {
+					if in(pt) {
+						n++
+					}
+				}
+				return n >= 6
+			})
+			if got := len(pointsOn(p, "direction:in", "topic:"+direct, "type:kafka")); got != 6 {
+				pts, _ := p.rec.snapshot()
+				if i := slices.IndexFunc(pts, in); i >= 0 {
+					t.Logf("consume point: %v", pts[i].EdgeTags)
+				}
+				t.Errorf("%d consume checkpoints of %s without a group, want 6", got, direct)
+			}
+		})
+	}
+	guard.check(t)
+}
+
+// TestGroupFallbackOnlyWhenPartsUnknown: a client's only group names a partition none of its
+// members holds only while some member's partitions are unknown (a member heard heartbeating
+// whose assignment was not seen, as after a proxy restart).
+func TestGroupFallbackOnlyWhenPartsUnknown(t *testing.T) {
+	g := newGroupTracker(10)
+	k := clientKey{clientID: "kgo"}
+	g.learn(k, "g")
+	if got := g.lookup(k, "t", 1); got != "g" {
+		t.Errorf("assignment unknown: %q, want g", got)
+	}
+	g.assignMember(k, groupMember{"g", "m1", 2}, []topicPartition{{"t", 0}, {"t", 3}}, false)
+	g.assignMember(k, groupMember{"g", "m1", 3}, []topicPartition{{"t", 0}}, false)
+	if got := g.lookup(k, "t", 1); got != "" {
+		t.Errorf("t/1, held by no member: %q, want none", got)
+	}
+	if got := g.lookup(k, "t", 3); got != "g" {
+		t.Errorf("t/3, m1's before the rebalance (a fetch sent then answers after): %q, want g", got)
+	}
+	g.heard(k, groupMember{"g", "m2", 3})
+	if got := g.lookup(k, "t", 1); got != "g" {
+		t.Errorf("t/1 with m2's partitions unknown: %q, want g", got)
+	}
+	g.assignMember(k, groupMember{"g", "m2", 4}, []topicPartition{{"t", 2}}, false)
+	g.assignMember(k, groupMember{"g", "m1", 5}, []topicPartition{{"t", 0}}, false)
+	if got := g.lookup(k, "t", 2); got != "g" {
+		t.Errorf("t/2, m2's at the generation before: %q, want g", got)
+	}
+	g.assignMember(k, groupMember{"g", "m1", 6}, []topicPartition{{"t", 0}}, false)
+	if got := g.lookup(k, "t", 2); got != "" {
+		t.Errorf("t/2, m2's two generations ago: %q, want none", got)
+	}
+	// Members heard before any assignment is seen (after a proxy restart): one assigned does not
+	// make the others' partitions none of the group's.
+	k2 := clientKey{clientID: "restarted"}
+	g.learn(k2, "g")
+	g.heard(k2, groupMember{"g", "a", 0})
+	g.heard(k2, groupMember{"g", "b", 0})
+	g.assignMember(k2, groupMember{"g", "a", 0}, []topicPartition{{"t", 0}}, false)
+	if got := g.lookup(k2, "t", 1); got != "g" {
+		t.Errorf("t/1 after a restart, b's partitions unknown: %q, want g", got)
+	}
+	// The group deleted and created again: its generations start over.
+	g.assignMember(k, groupMember{"g", "m3", 1}, []topicPartition{{"u", 0}}, false)
+	if got := g.lookup(k, "t", 0); got != "" {
+		t.Errorf("t/0, m1's before the group was created again: %q, want none", got)
+	}
+	if got := g.lookup(k, "u", 0); got != "g" {
+		t.Errorf("u/0, m3's in the group created again: %q, want g", got)
+	}
+	// Past maxMembersPerGroup members behind one key, some members' partitions are dropped.
+	for i := range maxMembersPerGroup + 1 {
+		g.assignMember(k, groupMember{"g", fmt.Sprint("many-", i), 1}, []topicPartition{{"t", int32(100 + i)}}, false)
+	}
+	if got := g.lookup(k, "t", 100); got != "g" {
+		t.Errorf("t/100, a member dropped at the bound: %q, want g", got)
 	}
 }

@@ -228,7 +228,7 @@ func parseGroupHeartbeat(h requestHeader, frame []byte) (groupMember, int32, err
 	return m, epoch, w.err(h)
 }
 
-// parseSyncGroup reads a SyncGroup request's group, generation and member id.
+// parseSyncGroup reads a SyncGroup (or Heartbeat) request's group, generation and member id.
 func parseSyncGroup(h requestHeader, frame []byte) (groupMember, error) {
 	w := newWire(h, frame)
 	var m groupMember
