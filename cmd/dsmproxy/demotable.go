@@ -265,7 +265,9 @@ type lagRow struct {
 
 // consumerLag joins log ends and commits per (topic, partition): lag = log end - committed offset,
 // summed over partitions per group and topic. The log end is the high watermark fetches brought
-// or the offset after the last one produced, whichever is later.
+// or the offset after the last one produced, whichever is later. The commit is the latest one:
+// a group's offsets reset back and committed by another service (an admin tool, a new
+// deployment) replace the higher ones committed before.
 func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	// Offsets of one topic and group on two clusters (two Kafka fronts) are two lags.
 	type tp struct{ cluster, topic, partition string }
@@ -274,7 +276,11 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 		group string
 		tp
 	}
-	commits := map[gtp]int64{}
+	type commit struct {
+		at    time.Time
+		value int64
+	}
+	commits := map[gtp]commit{}
 	for _, b := range bl {
 		var typ, topic, part, group, cluster string
 		for _, t := range b.Tags {
@@ -301,7 +307,9 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 			end[tp{cluster, topic, part}] = max(end[tp{cluster, topic, part}], b.Value+1)
 		case "kafka_commit":
 			k := gtp{group, tp{cluster, topic, part}}
-			commits[k] = max(commits[k], b.Value)
+			if c, ok := commits[k]; !ok || b.Start.After(c.at) || b.Start.Equal(c.at) && b.Value > c.value {
+				commits[k] = commit{b.Start, b.Value}
+			}
 		}
 	}
 	rows := map[[3]string]*lagRow{}
@@ -317,7 +325,7 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 			rows[key] = r
 		}
 		r.partitions++
-		r.lag += max(h-c, 0)
+		r.lag += max(h-c.value, 0)
 	}
 	out := make([]lagRow, 0, len(rows))
 	for _, r := range rows {

@@ -125,6 +125,12 @@ func TestLocalViewLag(t *testing.T) {
 				inCluster("east", "kafka_commit", 0, 50), inCluster("east", "kafka_high_watermark", 0, 100),
 				inCluster("west", "kafka_commit", 0, 5000), inCluster("west", "kafka_high_watermark", 0, 5000))},
 			"billing orders 1 50 east billing orders 1 0 west"},
+		{"offsets reset, then committed by another service",
+			[]aggregator.Bucket{
+				at(10*time.Minute, bl("kafka_commit", 0, 100)),
+				at(10*time.Second, aggregator.Backlog{Service: "replay", Tags: []string{"consumer_group:billing", "partition:0", "topic:orders", "type:kafka_commit"}, Value: 10},
+					bl("kafka_high_watermark", 0, 110)),
+			}, "billing orders 1 100"},
 		{"a week without an update",
 			[]aggregator.Bucket{at(offsetRetention+time.Hour, bl("kafka_commit", 0, 30), bl("kafka_high_watermark", 0, 45))},
 			""},
