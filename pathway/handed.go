@@ -47,7 +47,16 @@ func keyOf(c Context, service string) handedKey {
 	return handedKey{c.Hash, c.PathwayStart.UnixMilli(), c.EdgeStart.UnixMilli(), service}
 }
 
-func (h *Handed) shard(c Context) *handedShard { return &h.shards[c.Hash%handedShards] }
+// shard spreads contexts by their hash and times: the contexts of one pathway (one producer on
+// one queue) all share a hash, and by the hash alone would fill one shard, a sixteenth of the
+// bound, behind one lock.
+func (h *Handed) shard(c Context) *handedShard {
+	x := c.Hash ^ uint64(c.PathwayStart.UnixMilli())*0x9e3779b97f4a7c15 ^ uint64(c.EdgeStart.UnixMilli())*0xc2b2ae3d27d4eb4f
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	return &h.shards[x%handedShards]
+}
 
 // Put records that a consumer of service was handed carried and checkpointed it as consumed.
 func (h *Handed) Put(carried Context, service string, consumed Context) {

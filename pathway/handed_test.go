@@ -74,3 +74,28 @@ func TestHandedMemory(t *testing.T) {
 	}
 	runtime.KeepAlive(h)
 }
+
+// TestHandedOnePathway: the contexts of one pathway (one producer on one queue, as most are)
+// share their hash and differ in their times. The bound still holds about capacity/2 consumes
+// of them, not the one sixteenth a store sharded by hash alone kept.
+func TestHandedOnePathway(t *testing.T) {
+	const capacity = 1 << 10
+	h := NewHanded(capacity)
+	ctxAt := func(i int) Context {
+		tm := time.UnixMilli(1.7e12 + int64(i))
+		return Context{Hash: 0xfeedface, PathwayStart: tm, EdgeStart: tm}
+	}
+	const consumes = capacity / 2
+	for i := range consumes {
+		h.Put(ctxAt(i), "orders-worker", ctxAt(1e6+i))
+	}
+	known := 0
+	for i := consumes - capacity/4; i < consumes; i++ {
+		if _, ok := h.Parent(ctxAt(i), "orders-worker"); ok {
+			known++
+		}
+	}
+	if known != capacity/4 {
+		t.Errorf("%d of the latest %d consumes of one pathway known (capacity %d), want all", known, capacity/4, capacity)
+	}
+}
