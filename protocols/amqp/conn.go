@@ -542,6 +542,7 @@ func (s *session) closeOrderly(cr *connReader, uw *connWriter, down <-chan error
 			return true
 		}
 		discard := newConnWriter(io.Discard)
+		defer discard.release()
 		for {
 			typ, ch, size, err := fr.header()
 			if err != nil {
