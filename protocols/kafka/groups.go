@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -43,7 +44,8 @@ type clientGroups struct {
 type groupMembers struct {
 	gen     int32 // latest classic generation seen; 0 for KIP-848 members
 	members map[string]memberParts
-	full    bool // members were dropped at maxMembersPerGroup: theirs are not known
+	full    bool      // members were dropped at maxMembersPerGroup: theirs are not known
+	fullAt  time.Time // when: after memberSilence, the members heard since are all there are
 }
 
 type memberParts struct {
@@ -51,6 +53,29 @@ type memberParts struct {
 	parts   map[topicPartition]struct{}
 	prev    map[topicPartition]struct{} // its assignment before: fetches sent then may still answer
 	partial bool                        // some of its partitions are unknown (not seen assigned, or topic ids unresolved)
+	heard   time.Time                   // its latest heartbeat or assignment (KIP-848 members)
+}
+
+// memberSilence: a KIP-848 member not heard from for this long left without a leave (a process
+// killed, or restarted under a new member id): its broker dropped it after its session timeout
+// (45 s by default), and its partitions went to others. Classic members are dropped by
+// generation instead.
+const memberSilence = time.Minute
+
+// live is gm without the KIP-848 members silent past memberSilence, and no longer full once
+// every member has had that long to be heard again; gm itself when nothing changes.
+func (gm *groupMembers) live(now time.Time) *groupMembers {
+	stale := func(mp memberParts) bool { return mp.gen == 0 && now.Sub(mp.heard) > memberSilence }
+	expired, silent := gm.full && now.Sub(gm.fullAt) > memberSilence, false
+	for _, mp := range gm.members {
+		silent = silent || stale(mp)
+	}
+	if !expired && !silent {
+		return gm
+	}
+	next := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members), full: gm.full && !expired, fullAt: gm.fullAt}
+	maps.DeleteFunc(next.members, func(_ string, mp memberParts) bool { return stale(mp) })
+	return next
 }
 
 // known: every member's partitions are known, so a partition none holds (nor held before) is not
@@ -99,10 +124,11 @@ func (gm *groupMembers) held(tp topicPartition) bool {
 type groupTracker struct {
 	mu      sync.Mutex
 	clients *proxy.RecentMap[clientKey, *clientGroups]
+	now     func() time.Time
 }
 
 func newGroupTracker(limit int) *groupTracker {
-	return &groupTracker{clients: proxy.NewRecentMap[clientKey, *clientGroups](limit)}
+	return &groupTracker{clients: proxy.NewRecentMap[clientKey, *clientGroups](limit), now: time.Now}
 }
 
 func (g *groupTracker) entry(k clientKey) *clientGroups {
@@ -229,7 +255,15 @@ func (g *groupTracker) heard(k clientKey, m groupMember) {
 	if m.gen < gm.gen-1 {
 		return // a stale generation
 	}
-	if _, ok := gm.members[m.member]; ok || gm.full {
+	now := g.now()
+	gm = gm.live(now)
+	cg.groups[m.group] = gm
+	if mp, ok := gm.members[m.member]; ok {
+		mp.heard = now // in place: lookups of earlier groups read no times
+		gm.members[m.member] = mp
+		return
+	}
+	if gm.full {
 		return
 	}
 	next := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members)}
@@ -237,9 +271,9 @@ func (g *groupTracker) heard(k clientKey, m groupMember) {
 		next.members = make(map[string]memberParts)
 	}
 	if len(next.members) >= maxMembersPerGroup {
-		next.full = true
+		next.full, next.fullAt = true, now
 	} else {
-		next.members[m.member] = memberParts{gen: m.gen, partial: true}
+		next.members[m.member] = memberParts{gen: m.gen, partial: true, heard: now}
 	}
 	cg.groups[m.group] = next
 }
@@ -262,11 +296,13 @@ func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPar
 	if !ok && len(cg.groups) >= maxGroupsPerClient {
 		clear(cg.groups)
 	}
+	now := g.now()
 	gm := &groupMembers{gen: m.gen, members: make(map[string]memberParts)}
 	// A generation older than the one before: the group was deleted and created again (its
 	// generations start over), and its old members are gone.
 	if old != nil && m.gen >= old.gen-1 {
-		gm.gen, gm.full = max(old.gen, m.gen), old.full
+		old = old.live(now)
+		gm.gen, gm.full, gm.fullAt = max(old.gen, m.gen), old.full, old.fullAt
 		for id, mp := range old.members {
 			if mp.gen >= gm.gen-1 {
 				gm.members[id] = mp
@@ -275,9 +311,9 @@ func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPar
 	}
 	if _, ok := gm.members[m.member]; !ok && len(gm.members) >= maxMembersPerGroup {
 		clear(gm.members)
-		gm.full = true
+		gm.full, gm.fullAt = true, now
 	}
-	gm.members[m.member] = memberParts{gen: m.gen, parts: set, prev: gm.members[m.member].parts, partial: partial}
+	gm.members[m.member] = memberParts{gen: m.gen, parts: set, prev: gm.members[m.member].parts, partial: partial, heard: now}
 	cg.groups[m.group] = gm
 }
 

@@ -224,3 +224,47 @@ func TestGroupFallbackOnlyWhenPartsUnknown(t *testing.T) {
 		t.Errorf("t/100, a member dropped at the bound: %q, want g", got)
 	}
 }
+
+// TestSilentKip848MembersExpire: a KIP-848 member that stops heartbeating without a leave (a
+// process killed, restarted under a new member id) is dropped after memberSilence, so its old
+// partitions stop counting as the group's; and a group that passed maxMembersPerGroup, whose
+// members' partitions were unknown, is known again once that long has passed.
+func TestSilentKip848MembersExpire(t *testing.T) {
+	g := newGroupTracker(10)
+	now := time.Unix(1700000000, 0)
+	g.now = func() time.Time { return now }
+	k := clientKey{clientID: "kgo"}
+	g.learn(k, "g")
+	g.assignMember(k, groupMember{"g", "killed", 0}, []topicPartition{{"t", 0}}, false)
+	g.assignMember(k, groupMember{"g", "alive", 0}, []topicPartition{{"t", 1}}, false)
+	if got := g.lookup(k, "t", 0); got != "g" {
+		t.Fatalf("t/0, the first member's: %q, want g", got)
+	}
+	for range 3 { // only "alive" heartbeats from here on
+		now = now.Add(memberSilence / 2)
+		g.heard(k, groupMember{"g", "alive", 0})
+	}
+	if got := g.lookup(k, "t", 0); got != "" {
+		t.Errorf("t/0 of a member silent for %v: %q, want none", 3*memberSilence/2, got)
+	}
+	if got := g.lookup(k, "t", 1); got != "g" {
+		t.Errorf("t/1 of the member that heartbeats: %q, want g", got)
+	}
+
+	k2 := clientKey{clientID: "crowded"}
+	g.learn(k2, "g")
+	for i := range maxMembersPerGroup + 1 {
+		g.assignMember(k2, groupMember{"g", fmt.Sprint("m", i), 0}, []topicPartition{{"t", int32(i)}}, false)
+	}
+	if got := g.lookup(k2, "t", 1000); got != "g" {
+		t.Fatalf("past the member bound, partitions are unknown: %q, want g", got)
+	}
+	now = now.Add(2 * memberSilence)
+	g.assignMember(k2, groupMember{"g", "survivor", 0}, []topicPartition{{"t", 7}}, false)
+	if got := g.lookup(k2, "t", 1000); got != "" {
+		t.Errorf("t/1000 once the silent members expired: %q, want none", got)
+	}
+	if got := g.lookup(k2, "t", 7); got != "g" {
+		t.Errorf("t/7 of the member assigned since: %q, want g", got)
+	}
+}

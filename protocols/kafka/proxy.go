@@ -340,6 +340,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.sequences = newProducedSequences()
 	p.groups = newGroupTracker(p.cfg.MaxClients)
+	p.groups.now = p.now
 	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.handed = pathway.NewHanded(1 << 16)
