@@ -114,30 +114,24 @@ func (c *rawSyscallConn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	c.rmu.Lock()
-	c.rd.b, c.rd.n, c.rd.errno = b, 0, 0
-	err := c.rc.Read(c.rd.fn)
-	n, errno := c.rd.n, c.rd.errno
-	c.rd.b = nil // do not keep the caller's buffer alive
-	c.rmu.Unlock()
-	switch {
-	case err != nil:
-		return 0, c.opError("read", err)
-	case errno != 0:
-		return 0, c.opError("read", os.NewSyscallError("read", errno))
-	case n == 0:
-		return 0, io.EOF
-	}
-	raceAcquireIO()
-	return n, nil
+	c.rd.b = b
+	return c.readWith(c.rd.fn)
 }
 
 // ReadParked implements Parkable.
 func (c *rawSyscallConn) ReadParked(pb ParkBuffer) (int, error) {
 	c.rmu.Lock()
-	c.rd.pb, c.rd.n, c.rd.errno = pb, 0, 0
-	err := c.rc.Read(c.rd.parked)
+	c.rd.pb = pb
+	return c.readWith(c.rd.parked)
+}
+
+// readWith makes one read with fn, called with rmu held, which it releases, and reports it as
+// net.TCPConn would.
+func (c *rawSyscallConn) readWith(fn func(fd uintptr) bool) (int, error) {
+	c.rd.n, c.rd.errno = 0, 0
+	err := c.rc.Read(fn)
 	n, errno := c.rd.n, c.rd.errno
-	c.rd.b, c.rd.pb = nil, nil
+	c.rd.b, c.rd.pb = nil, nil // do not keep the caller's buffer alive
 	c.rmu.Unlock()
 	switch {
 	case err != nil:
