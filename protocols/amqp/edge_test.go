@@ -506,7 +506,7 @@ func TestNackReported(t *testing.T) {
 			h := startProxy(t, nil)
 			c := dial(t, h.url, "nacked", 0)
 			ch := channel(t, c)
-			q, err := ch.QueueDeclare(unique("full"), false, true, false, false, amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
+			q, err := ch.QueueDeclare(unique("full"), false, true, true, false, amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -633,7 +633,7 @@ func TestNowaitDeclareNamesTheQueue(t *testing.T) {
 	c := dial(t, h.url, "nowait-declare", 0)
 	ch := channel(t, c)
 	name := fmt.Sprintf("nowait-declare-%d", time.Now().UnixNano())
-	if _, err := ch.QueueDeclare(name, false, true, false, true, nil); err != nil {
+	if _, err := ch.QueueDeclare(name, false, true, true, true, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := ch.PublishWithContext(context.Background(), "", name, false, false, amqp091.Publishing{Body: []byte("x")}); err != nil {
@@ -996,7 +996,7 @@ func TestMultipleNackCountsEveryPublish(t *testing.T) {
 	h := startProxy(t, nil)
 	c := dial(t, h.url, "nack-many", 0)
 	ch := channel(t, c)
-	q, err := ch.QueueDeclare(unique("rejecting"), false, true, false, false, amqp091.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
+	q, err := ch.QueueDeclare(unique("rejecting"), false, true, true, false, amqp091.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,7 +59,7 @@ func TestNackAfterSingleAcks(t *testing.T) {
 	slow := declareQueue(t, c, unique("slow"))
 	fast := declareQueue(t, c, unique("fast"))
 	ch := channel(t, c)
-	rej, err := ch.QueueDeclare(unique("rejecting"), false, true, false, false, amqp091.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
+	rej, err := ch.QueueDeclare(unique("rejecting"), false, true, true, false, amqp091.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"})
 	if err != nil {
 		t.Fatal(err)
 	}
