@@ -14,7 +14,7 @@ import (
 // the proxy's cache minutes before expiry, an SDK at expiry or earlier, so for minutes around
 // every rotation one side holds the new pair and the other the old. AWS takes both until the old
 // one expires; the proxy takes a previous pair of its own until then, and, when a client signs
-// with a temporary key it does not know, loads its credentials again (at most once a minute) in
+// with a temporary key it does not know, loads its credentials again (at most once in 10 s) in
 // case the role's have rotated under it.
 
 // ownKeys remembers the proxy's recent credentials.
@@ -30,7 +30,9 @@ const (
 	// maxPrevKeys bounds the earlier pairs kept (a rotation a few hours; they expire within one).
 	maxPrevKeys = 4
 	// ownReloadEvery bounds the loads an unknown temporary key can cause: anyone can send one.
-	ownReloadEvery = time.Minute
+	// Short, as a stream of made-up keys takes every slot: a real client signing with rotated
+	// credentials just after one is refused until the next (AWS SDKs do not retry the refusal).
+	ownReloadEvery = 10 * time.Second
 )
 
 // note records creds as the proxy's current pair; the pair it replaces is kept while it is valid.
