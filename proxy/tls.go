@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,10 @@ type CertReloader struct {
 	// Owner names what uses the files in reload log lines ("kafka 127.0.0.1:19092 tls"), since
 	// several fronts may share one certificate. Set it before reloads start.
 	Owner string
+	// Hosts (server side) are hosts the proxy itself tells clients to dial it at (a Kafka front's
+	// advertised broker hosts): clients verify the certificate against them, so Problem names
+	// those it is not valid for. Set it before reloads start.
+	Hosts []string
 
 	mu   sync.Mutex // one Reload at a time
 	cert atomic.Pointer[tls.Certificate]
@@ -125,21 +130,35 @@ func (r *CertReloader) Leaf() *x509.Certificate {
 const certSoon = 7 * 24 * time.Hour
 
 // Problem says what is wrong at now with the certificate served or presented (expired, not valid
-// yet, or ending within a week), or "": peers refuse such a certificate, and nothing else would
-// tell the operator before they do.
+// yet, or ending within a week; on the server side, not valid for one of Hosts), or "": peers
+// refuse such a certificate, and nothing else would tell the operator before they do.
 func (r *CertReloader) Problem(now time.Time) string {
 	leaf := r.Leaf()
-	switch {
-	case leaf == nil:
+	if leaf == nil {
 		return ""
-	case now.After(leaf.NotAfter):
-		return "the certificate expired at " + leaf.NotAfter.UTC().Format(time.RFC3339) + ": peers refuse it"
-	case now.Before(leaf.NotBefore):
-		return "the certificate is not valid before " + leaf.NotBefore.UTC().Format(time.RFC3339) + ": peers refuse it until then"
-	case leaf.NotAfter.Sub(now) < certSoon:
-		return "the certificate expires at " + leaf.NotAfter.UTC().Format(time.RFC3339) + ", within a week: replace it and send SIGHUP"
 	}
-	return ""
+	var problems []string
+	switch {
+	case now.After(leaf.NotAfter):
+		problems = append(problems, "the certificate expired at "+leaf.NotAfter.UTC().Format(time.RFC3339)+": peers refuse it")
+	case now.Before(leaf.NotBefore):
+		problems = append(problems, "the certificate is not valid before "+leaf.NotBefore.UTC().Format(time.RFC3339)+": peers refuse it until then")
+	case leaf.NotAfter.Sub(now) < certSoon:
+		problems = append(problems, "the certificate expires at "+leaf.NotAfter.UTC().Format(time.RFC3339)+", within a week: replace it and send SIGHUP")
+	}
+	if r.server {
+		var unnamed []string
+		for _, h := range r.Hosts {
+			if leaf.VerifyHostname(h) != nil {
+				unnamed = append(unnamed, h)
+			}
+		}
+		if len(unnamed) > 0 {
+			problems = append(problems, "the certificate does not name "+strings.Join(unnamed, ", ")+
+				", which clients are told to reach the proxy at: clients that verify host names refuse it there (add the names to the certificate, or set advertised_host or node_addrs to names it has)")
+		}
+	}
+	return strings.Join(problems, "; ")
 }
 
 // Current is the configuration for the next handshake, with the material last (re)loaded; for

@@ -404,6 +404,20 @@ func TestCertProblem(t *testing.T) {
 			t.Errorf("%s: %q, want one saying %q", tc.name, got, tc.want)
 		}
 	}
+	// Hosts the proxy tells clients to dial (a Kafka front's advertised hosts): the certificate
+	// (issued for localhost and 127.0.0.1) must name each of them.
+	r.Hosts = []string{"localhost", "kafka-1.example", "10.0.0.7", "127.0.0.1"}
+	valid := leaf.NotAfter.Add(-30 * 24 * time.Hour)
+	if got := r.Problem(valid); !strings.Contains(got, "does not name kafka-1.example, 10.0.0.7,") {
+		t.Errorf("hosts the certificate lacks: %q", got)
+	}
+	if got := r.Problem(leaf.NotAfter.Add(time.Second)); !strings.Contains(got, "expired") || !strings.Contains(got, "does not name") {
+		t.Errorf("expired and hosts lacking: %q, want both said", got)
+	}
+	r.Hosts = []string{"localhost", "127.0.0.1"}
+	if got := r.Problem(valid); got != "" {
+		t.Errorf("a certificate naming every host: %q", got)
+	}
 	caOnly, _, err := ClientTLS(TLSFiles{CAFile: pki.WriteCA(t, t.TempDir())})
 	if err != nil {
 		t.Fatal(err)

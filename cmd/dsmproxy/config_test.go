@@ -736,3 +736,47 @@ func TestKafkaTopicLimitWait(t *testing.T) {
 		t.Errorf("a front built with topic_limit_wait 6s: %v, want the front's refusal", err)
 	}
 }
+
+// TestKafkaCertNamesAdvertisedHosts: a Kafka front tells clients the host to reach each broker
+// node at (advertised_host, node_addrs), and clients check the front's certificate against it.
+// A certificate that does not name such a host is warned about when the fronts are built (so
+// check-config prints it and run logs it at start); one that names them all is not.
+func TestKafkaCertNamesAdvertisedHosts(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	dir := t.TempDir()
+	wrongCert, wrongKey, _ := pki.IssueFiles(t, dir, "wrong", "proxy", "proxy.internal")
+	rightCert, rightKey, _ := pki.IssueFiles(t, dir, "right", "proxy", "kafka-proxy.example", "10.1.2.3")
+	for _, tc := range []struct {
+		name, cert, key string
+		warn            []string
+	}{
+		{"wrong host", wrongCert, wrongKey, []string{"kafka-proxy.example", "10.1.2.3", "does not name"}},
+		{"right hosts", rightCert, rightKey, nil},
+	} {
+		path := filepath.Join(dir, tc.name+".yaml")
+		cfg := "kafka:\n  - listen: 0.0.0.0:0\n    bootstrap: [127.0.0.1:9092]\n    advertised_host: kafka-proxy.example\n" +
+			"    node_addrs: {3: \"10.1.2.3:0\"}\n    tls: {cert_file: " + tc.cert + ", key_file: " + tc.key + "}\n"
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errb bytes.Buffer
+		code := mainArgs([]string{"check-config", "--config", path, "--admin", "off"}, &out, &errb)
+		if code != 0 {
+			t.Fatalf("%s: exit %d, err %q", tc.name, code, errb.String())
+		}
+		if tc.warn == nil {
+			if errb.Len() != 0 || strings.Contains(out.String(), "warning") {
+				t.Errorf("%s: warned: out %q, err %q", tc.name, out.String(), errb.String())
+			}
+			continue
+		}
+		for _, w := range tc.warn {
+			if !strings.Contains(errb.String(), w) {
+				t.Errorf("%s: stderr %q does not say %q", tc.name, errb.String(), w)
+			}
+		}
+		if !strings.Contains(out.String(), "with 1 warning(s)") {
+			t.Errorf("%s: summary %q", tc.name, out.String())
+		}
+	}
+}

@@ -233,6 +233,11 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	if err != nil {
 		return namedFront{}, err
 	}
+	for _, r := range reloaders {
+		if r.ServerSide() {
+			r.Hosts = p.AdvertisedHosts() // checked at start (buildFronts) and at every reload
+		}
+	}
 	return namedFront{front: p, protocol: "kafka", listen: k.Listen, clientTLS: lc.TLS != nil, upstreams: k.Bootstrap, reloaders: reloaders, readyDials: tlsDials(k.Bootstrap, lc.Dial),
 		stats: func() any { return p.Stats() }, listeners: p.ListenerConnections}, nil
 }

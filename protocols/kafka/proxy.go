@@ -635,6 +635,20 @@ func (p *Proxy) Problem() error {
 }
 
 // nodeListenAddr is where node id's listener binds and the host it advertises.
+// AdvertisedHosts are the hosts the front tells clients to reach its broker nodes at:
+// advertised_host (or the listen host) and the hosts of node_addrs, each once, sorted. A client
+// checks the front's certificate against them.
+func (p *Proxy) AdvertisedHosts() []string {
+	hosts := []string{p.advHost}
+	for id := range p.cfg.NodeAddrs {
+		if _, h, err := p.nodeListenAddr(id); err == nil && !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	slices.Sort(hosts)
+	return hosts
+}
+
 func (p *Proxy) nodeListenAddr(id int32) (addr, advHost string, err error) {
 	if a, ok := p.cfg.NodeAddrs[id]; ok {
 		h, _, _ := net.SplitHostPort(a)
