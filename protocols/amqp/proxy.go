@@ -114,6 +114,10 @@ type Stats struct {
 	// Consumers whose tag was not remembered, all connections holding maxConsumerTags: their
 	// deliveries count as UnknownQueue.
 	UntrackedConsumers uint64
+	// SilentUpstreams: connections whose upstream had not answered the protocol header within
+	// 10 s (a broker answers at once: the front's upstream may be another service's port, or
+	// want TLS). The Warn line about it is logged for the first 10 and every 1000th.
+	SilentUpstreams uint64
 	// OpenConnections: client connections open now, those still dialing the broker included
 	// (what max_conns counts). Signed: a level, not a count since the start.
 	OpenConnections int64
@@ -272,7 +276,7 @@ func (p *Proxy) Stats() Stats {
 		UnknownQueue: s.unknownQueue.Load(), DecodeErrors: s.decodeErrors.Load(), Returns: s.returns.Load(),
 		Nacks: s.nacks.Load(), ErrorCloses: s.errorCloses.Load(), PointsDropped: s.dropped.Load(),
 		RefusedProtocol: s.refused.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, ConsumerResets: s.consumerResets.Load(), TxUnheld: s.txUnheld.Load(), UntrackedConsumers: s.untrackedConsumers.Load(),
-		ConfirmUnheld: s.confirmUnheld.Load(), Unconfirmed: s.unconfirmed.Load(),
+		ConfirmUnheld: s.confirmUnheld.Load(), Unconfirmed: s.unconfirmed.Load(), SilentUpstreams: s.silentUpstreams.Load(),
 		OpenConnections: int64(open), RelayBuffers: p.relayBufs.Load(),
 	}
 }

@@ -53,6 +53,11 @@ func TestSilentUpstreamTold(t *testing.T) {
 	waitFor(t, "the silent upstream in the log", func() bool {
 		return strings.Contains(logs.String(), "the upstream has not answered the AMQP protocol header")
 	})
+	// Counted in /stats (and /metrics) too, as the log line's running total says: after the
+	// first 10 the log says it once in 1000.
+	if got := h.p.Stats().SilentUpstreams; got != 1 {
+		t.Errorf("SilentUpstreams = %d, want 1", got)
+	}
 }
 
 // TestBrokerSpeaksAMQP: what the upstream answers the protocol header with decides whether the
