@@ -848,6 +848,15 @@ func (c *Config) Validate() error {
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")
 		}
+		// Broker node N listens on node_port_base + N: a base that is no port gives no node one,
+		// and every client would fail at its first Metadata.
+		if k.NodePortBase < 0 || k.NodePortBase > 65535 {
+			bad(k.line, p+".node_port_base", "%d is not a port (1..65535; 0: the listen port + 1): broker node N listens on node_port_base + N", k.NodePortBase)
+		} else if _, port, err := net.SplitHostPort(k.Listen); err == nil && k.NodePortBase == 0 {
+			if lp, err := portNumber(port); err == nil && lp == 65535 {
+				bad(k.line, p+".node_port_base", "unset, it is the listen port + 1, 65536, which is no port: set node_port_base (broker node N listens on node_port_base + N)")
+			}
+		}
 		if a := k.SASL; a != nil {
 			switch strings.ToUpper(a.Mechanism) {
 			case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":

@@ -780,3 +780,34 @@ func TestKafkaCertNamesAdvertisedHosts(t *testing.T) {
 		}
 	}
 }
+
+// TestNodePortBaseRange: a node_port_base (or, unset, the listen port + 1) outside 1..65535
+// gives no broker node a port it can listen on, so every client fails at its first Metadata:
+// check-config and run refuse it, naming the key, instead of finding it node by node at run time.
+func TestNodePortBaseRange(t *testing.T) {
+	for _, tc := range []struct {
+		front string
+		ok    bool
+	}{
+		{"listen: 127.0.0.1:19092\n    node_port_base: 70000", false},
+		{"listen: 127.0.0.1:19092\n    node_port_base: -5", false},
+		{"listen: 127.0.0.1:65535", false}, // node 0 would be on 65536
+		{"listen: 127.0.0.1:19092\n    node_port_base: 65535", true},
+		{"listen: 127.0.0.1:19092\n    node_port_base: 29093", true},
+		{"listen: 127.0.0.1:0", true}, // tests: ephemeral node ports
+	} {
+		cfg, err := ParseConfig([]byte("kafka:\n  - " + tc.front + "\n    bootstrap: [127.0.0.1:9092]\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Admin.Disabled = true
+		cfg.Defaults()
+		err = cfg.Validate()
+		if tc.ok != (err == nil) {
+			t.Errorf("%q: %v, want ok: %v", tc.front, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "kafka[0].node_port_base") {
+			t.Errorf("%q: %v does not name node_port_base", tc.front, err)
+		}
+	}
+}
