@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -847,6 +849,16 @@ func (c *Config) Validate() error {
 		}
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")
+		}
+		for _, id := range slices.Sorted(maps.Keys(k.NodeAddrs)) {
+			a := k.NodeAddrs[id]
+			_, port, err := net.SplitHostPort(a)
+			if err == nil {
+				_, err = portNumber(port)
+			}
+			if err != nil {
+				bad(k.line, fmt.Sprintf("%s.node_addrs.%d", p, id), "%q is not host:port (port 0..65535; an empty or wildcard host is advertised as advertised_host)", a)
+			}
 		}
 		// Broker node N listens on node_port_base + N: a base that is no port gives no node one,
 		// and every client would fail at its first Metadata.

@@ -811,3 +811,31 @@ func TestNodePortBaseRange(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeAddrsChecked: a node_addrs address that is not host:port with a port 0..65535 is
+// refused by check-config and run, naming the key and node in the file's terms.
+func TestNodeAddrsChecked(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		ok   bool
+	}{
+		{`"127.0.0.1:99999"`, false},
+		{`"nonsense"`, false},
+		{`"127.0.0.1:29095"`, true},
+		{`":0"`, true},
+	} {
+		cfg, err := ParseConfig([]byte("kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [127.0.0.1:9092]\n    node_addrs: {1: " + tc.addr + "}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Admin.Disabled = true
+		cfg.Defaults()
+		err = cfg.Validate()
+		if tc.ok != (err == nil) {
+			t.Errorf("%s: %v, want ok: %v", tc.addr, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "kafka[0].node_addrs.1") {
+			t.Errorf("%s: %v does not name node_addrs.1", tc.addr, err)
+		}
+	}
+}
