@@ -353,7 +353,7 @@ func ParseConfig(b []byte) (*Config, error) {
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err == nil {
-		if errs := fractions(&root); len(errs) > 0 {
+		if errs := append(fractions(&root), emptyTLS(&root)...); len(errs) > 0 {
 			return nil, errors.Join(errs...)
 		}
 		recordLines(&root, &cfg)
@@ -552,6 +552,27 @@ func fractions(root *yaml.Node) []error {
 			return false
 		}
 		errs = append(errs, &configError{line: keyLine, key: path, msg: fmt.Sprintf("is a number with a fraction (`%s`), but must be a whole number", n.Value)})
+		return false
+	})
+	return errs
+}
+
+// emptyTLS finds tls: and upstream_tls: keys with nothing under them (null: their keys commented
+// out, say). yaml leaves such a key's pointer nil, the same as no key at all, and the front would
+// run in plaintext although the file asks for TLS.
+func emptyTLS(root *yaml.Node) []error {
+	server, client := reflect.TypeOf(TLSServer{}), reflect.TypeOf(TLSClient{})
+	var errs []error
+	walkConfig(root, func(n *yaml.Node, t reflect.Type, path string, keyLine int) bool {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!null" {
+			return false
+		}
+		switch t {
+		case server:
+			errs = append(errs, &configError{line: keyLine, key: path, msg: "is empty: give cert_file and key_file to terminate TLS toward clients, or remove the key for plaintext"})
+		case client:
+			errs = append(errs, &configError{line: keyLine, key: path, msg: "is empty: set enabled: true (system roots) or its other keys for TLS toward the upstream, or remove the key for plaintext"})
+		}
 		return false
 	})
 	return errs

@@ -839,3 +839,22 @@ func TestNodeAddrsChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyTLSRefused: a tls: or upstream_tls: key with nothing under it (its keys commented
+// out, say) asks for TLS and gives nothing to do it with; read as absent, it ran the front in
+// plaintext with "configuration OK". It is refused, naming the key and its line, as tls: {} is.
+func TestEmptyTLSRefused(t *testing.T) {
+	for _, tc := range []struct{ yaml, key string }{
+		{"kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:1]\n    tls:\n      # cert_file: /etc/dsmproxy/tls.pem\n", "kafka[0].tls"},
+		{"amqp:\n  - listen: 127.0.0.1:5673\n    upstream: rabbitmq:5671\n    upstream_tls: ~\n", "amqp[0].upstream_tls"},
+		{"aws:\n  - listen: 127.0.0.1:4566\n    upstream: https://sqs.us-east-1.amazonaws.com\n    tls:\n", "aws[0].tls"},
+	} {
+		_, err := ParseConfig([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), "key "+tc.key+": ") || !strings.Contains(err.Error(), "line 4") {
+			t.Errorf("%q: %v, want an error naming %s at line 4", tc.yaml, err, tc.key)
+		}
+	}
+	if _, err := ParseConfig([]byte("amqp:\n  - listen: 127.0.0.1:5673\n    upstream: rabbitmq:5671\n    upstream_tls: {enabled: true}\n")); err != nil {
+		t.Errorf("upstream_tls with enabled only: %v", err)
+	}
+}
