@@ -634,7 +634,6 @@ func (p *Proxy) Problem() error {
 	return errors.Join(errs...)
 }
 
-// nodeListenAddr is where node id's listener binds and the host it advertises.
 // AdvertisedHosts are the hosts the front tells clients to reach its broker nodes at:
 // advertised_host (or the listen host) and the hosts of node_addrs, each once, sorted. A client
 // checks the front's certificate against them.
@@ -649,6 +648,7 @@ func (p *Proxy) AdvertisedHosts() []string {
 	return hosts
 }
 
+// nodeListenAddr is where node id's listener binds and the host it advertises.
 func (p *Proxy) nodeListenAddr(id int32) (addr, advHost string, err error) {
 	if a, ok := p.cfg.NodeAddrs[id]; ok {
 		h, _, _ := net.SplitHostPort(a)
