@@ -41,13 +41,27 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 func (s *session) rewriteDecoded(pd *pending, frame []byte, start int, resp kmsg.Response) ([]byte, error) {
 	changed, err := s.p.rewriteResponseAddresses(resp)
 	if err != nil {
-		s.log.Error().Err(err).Str("api", kmsg.NameForKey(pd.key)).Msg("closing connection: cannot advertise a broker node")
+		s.advertiseFailed(pd, err)
 		return nil, proxy.Logged(versionErr(pd, err))
 	}
 	if !changed {
 		return frame, nil
 	}
 	return encodeResponse(frame, start, resp), nil
+}
+
+// advertiseFailed logs a connection closed because its answer names a broker node that has no
+// listener (its address is taken, say). While the node's listener cannot open every client's
+// Metadata meets it, and clients retry many times a second: the first 10 and every 1000th are
+// logged at Error with the running total, the rest at Debug (the discovery's own line and
+// /readyz say it too).
+func (s *session) advertiseFailed(pd *pending, err error) {
+	n := s.p.advertiseFailures.Add(1)
+	ev := s.log.Debug()
+	if proxy.LogNth(n) {
+		ev = s.log.Error()
+	}
+	ev.Err(err).Str("api", kmsg.NameForKey(pd.key)).Uint64("advertise_failures_total", n).Msg("closing connection: cannot advertise a broker node")
 }
 
 // rewriteResponseAddresses replaces every broker host/port in resp (a decoded response of an API

@@ -219,7 +219,7 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), erro
 		if len(resp.Brokers) > 0 {
 			changed, err := s.p.rewriteResponseAddresses(resp)
 			if err != nil {
-				s.log.Error().Err(err).Msg("closing connection: cannot advertise a broker node")
+				s.advertiseFailed(pd, err)
 				return nil, nil, proxy.Logged(versionErr(pd, err))
 			}
 			if changed {

@@ -214,7 +214,7 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 	if len(resp.Brokers) > 0 {
 		changed, err := s.p.rewriteResponseAddresses(resp)
 		if err != nil {
-			s.log.Error().Err(err).Msg("closing connection: cannot advertise a broker node")
+			s.advertiseFailed(pd, err)
 			return nil, proxy.Logged(versionErr(pd, err))
 		}
 		if changed {

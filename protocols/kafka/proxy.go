@@ -211,6 +211,9 @@ type Proxy struct {
 	links     *linkTable
 	handed    *pathway.Handed // contexts consumers were handed lately (32,768), to tell a relay
 	stats     counters
+	// advertiseFailures: connections closed because their answer named a broker node without a
+	// listener (for how loudly that is logged).
+	advertiseFailures atomic.Uint64
 
 	observeQ       chan observeJob
 	queued         atomic.Int64 // bytes of the frames in observeQ

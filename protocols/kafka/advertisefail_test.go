@@ -1,0 +1,57 @@
+package kafka
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
+)
+
+// TestAdvertiseFailureLogBounded: while a broker node's listener cannot open (another process
+// holds its address), every client's Metadata ends its connection, and clients retry many times
+// a second. The connections' Error lines are bounded as the other per-connection failures are
+// (the first 10, then every 1000th, with the running total); the rest go to Debug.
+func TestAdvertiseFailureLogBounded(t *testing.T) {
+	c, _ := startCluster(t)
+	blocker, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close()
+	var logs syncbuf.Buffer
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.NodeAddrs = map[int32]string{0: blocker.Addr().String(), 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
+		cfg.Log = zerolog.New(&logs).Level(zerolog.InfoLevel)
+	})
+	waitFor(t, "the proxy to report node 0's listener", func() bool { return p.Problem() != nil })
+	const tries = 30
+	for range tries {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(p.Addr().String()), kgo.RequestRetries(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := kmsg.NewPtrMetadataRequest()
+		if _, err := req.RequestWith(context.Background(), cl); err == nil {
+			t.Errorf("a Metadata naming a node without a listener was answered")
+		}
+		cl.Close()
+	}
+	lines := 0
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "cannot advertise a broker node") {
+			lines++
+		}
+	}
+	if lines == 0 || lines > 10 {
+		t.Errorf("%d log lines for %d connections that could not be served, want 1..10:\n%s", lines, tries, logs.String())
+	}
+	if !strings.Contains(logs.String(), `"advertise_failures_total":1,`) {
+		t.Errorf("the lines do not carry the running total:\n%s", logs.String())
+	}
+}
