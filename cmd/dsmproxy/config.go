@@ -787,6 +787,9 @@ func (c *Config) Validate() error {
 	if d := c.Agent.FlushInterval.D(); d != 0 && d < time.Second {
 		bad(0, "agent.flush_interval", "%s is below 1s: it is also the width of the DSM buckets (Datadog's tracers use 10s)", d)
 	}
+	if d := c.Errors.Interval.D(); d != 0 && d < time.Second {
+		bad(0, "errors.interval", "%s is below 1s: every tracked error group is logged (and sent to the Agent, with errors.agent) once an interval", d)
+	}
 	for _, cat := range c.Errors.Categories {
 		switch cat {
 		case "broker_error", "lost_message", "proxy_skip", "decode_error":

@@ -858,3 +858,24 @@ func TestEmptyTLSRefused(t *testing.T) {
 		t.Errorf("upstream_tls with enabled only: %v", err)
 	}
 }
+
+// TestErrorsIntervalBelowASecondRefused: errors.interval is how often every tracked error group
+// is logged (and sent to the Agent as error spans): 10ms, a slip for 10s, would log each group a
+// hundred times a second. Below 1s is refused, as agent.flush_interval is; 0 is the default.
+func TestErrorsIntervalBelowASecondRefused(t *testing.T) {
+	for _, tc := range []struct {
+		interval string
+		ok       bool
+	}{{"10ms", false}, {"999ms", false}, {"1s", true}, {"0s", true}, {"30s", true}} {
+		cfg, err := ParseConfig([]byte("errors:\n  interval: " + tc.interval + "\namqp:\n  - listen: 127.0.0.1:15673\n    upstream: 127.0.0.1:5672\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Admin.Disabled = true
+		cfg.Defaults()
+		err = cfg.Validate()
+		if tc.ok != (err == nil) || err != nil && !strings.Contains(err.Error(), "line 2: key errors.interval") {
+			t.Errorf("interval %s: %v, want ok: %v (naming errors.interval at line 2)", tc.interval, err, tc.ok)
+		}
+	}
+}
