@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -250,11 +252,11 @@ func dialTLS(base DialFunc, conf func() *tls.Config) DialFunc {
 func loadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: reading TLS certificate file: %w", err)
+		return nil, fmt.Errorf("proxy: reading TLS certificate file: %w%s", err, relativeNote(certFile, err))
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: reading TLS key file: %w", err)
+		return nil, fmt.Errorf("proxy: reading TLS key file: %w%s", err, relativeNote(keyFile, err))
 	}
 	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
@@ -266,11 +268,24 @@ func loadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
 func loadPool(caFile string) (*x509.CertPool, error) {
 	pemBytes, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: reading TLS CA file: %w", err)
+		return nil, fmt.Errorf("proxy: reading TLS CA file: %w%s", err, relativeNote(caFile, err))
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pemBytes) {
 		return nil, fmt.Errorf("proxy: TLS CA file %s holds no PEM certificate", caFile)
 	}
 	return pool, nil
+}
+
+// relativeNote says, for a relative path that does not exist, which directory it was read from:
+// the process's working directory (/ under systemd), not the config file's.
+func relativeNote(path string, err error) string {
+	if filepath.IsAbs(path) || !errors.Is(err, fs.ErrNotExist) {
+		return ""
+	}
+	wd, werr := os.Getwd()
+	if werr != nil {
+		return " (relative paths are read from the working directory)"
+	}
+	return " (relative paths are read from the working directory, " + wd + ")"
 }

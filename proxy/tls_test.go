@@ -312,6 +312,15 @@ func TestTLSFilesValidation(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/ca.pem") {
 		t.Errorf("ClientTLS with a missing CA file = %v, want an error naming it", err)
 	}
+	// A relative path is read from the working directory (/ under systemd), not the config
+	// file's: a missing one says so, and which directory that is.
+	wd, _ := os.Getwd()
+	for _, files := range []TLSFiles{{CAFile: "certs/missing-ca.pem"}, {CertFile: "certs/missing.pem", KeyFile: "certs/missing.key"}} {
+		_, _, err = ClientTLS(files)
+		if err == nil || !strings.Contains(err.Error(), "relative paths are read from the working directory, "+wd) {
+			t.Errorf("ClientTLS(%+v) = %v, want an error naming the working directory", files, err)
+		}
+	}
 	dir := t.TempDir()
 	empty := dir + "/empty.pem"
 	testpki.WriteFileAtomic(t, empty, []byte("no pem here"))
