@@ -313,8 +313,14 @@ func (rt *runtime) stop() error {
 // returned close flushes the buffer; it closes what the buffer wraps when that can close: not
 // stderr, which still has the error to print once run returns.
 func newRunLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func(), error) {
+	// The count of dropped lines is written past the buffer (by the goroutine that writes the
+	// others, so the two never interleave), in the log's own format: a JSON pipeline reads it too.
+	direct, err := newLogger(cfg, stderr, colorTerminal(stderr))
+	if err != nil {
+		return zerolog.Nop(), nil, err
+	}
 	lw := diode.NewWriter(struct{ io.Writer }{stderr}, 10000, 10*time.Millisecond, func(missed int) {
-		fmt.Fprintf(stderr, "dsmproxy: %d log lines dropped: the log output did not keep up\n", missed)
+		direct.Warn().Int("dropped", missed).Msg("log lines dropped: the log output did not keep up")
 	})
 	log, err := newLogger(cfg, lw, colorTerminal(stderr))
 	if err != nil {
