@@ -1037,7 +1037,7 @@ const nodePortsChecked = 10
 func validHostPort(s string) bool {
 	h, p, err := net.SplitHostPort(s)
 	n, perr := portNumber(p)
-	return err == nil && h != "" && perr == nil && n >= 1
+	return err == nil && h != "" && strings.TrimSpace(h) == h && perr == nil && n >= 1
 }
 
 // portNumber reads a port as the net package does: a number, or a service name (amqp, 5672).

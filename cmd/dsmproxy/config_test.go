@@ -879,3 +879,31 @@ func TestErrorsIntervalBelowASecondRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestKafkaFlagBootstrapSpaces: --kafka LISTEN=a:1, b:2 (a list written as lists usually are)
+// gives the brokers without the space; kept, " b:2" passed validation and failed every dial
+// with a lookup of " b".
+func TestKafkaFlagBootstrapSpaces(t *testing.T) {
+	f := runFlags{kafka: listFlag{"127.0.0.1:19092=127.0.0.1:9092, 127.0.0.1:9093 ,kafka-3:9092"}, admin: "off"}
+	c, err := f.loadConfig(envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"127.0.0.1:9092", "127.0.0.1:9093", "kafka-3:9092"}; !slices.Equal(c.Kafka[0].Bootstrap, want) {
+		t.Errorf("bootstrap %q, want %q", c.Kafka[0].Bootstrap, want)
+	}
+	f = runFlags{kafka: listFlag{"127.0.0.1:19092=127.0.0.1:9092,,"}, admin: "off"}
+	if _, err := f.loadConfig(envMap(nil)); err == nil || !strings.Contains(err.Error(), "kafka[0].bootstrap") {
+		t.Errorf("an empty broker in the list: %v, want refused", err)
+	}
+	// A quoted address in the file keeps its space: refused, not dialed as " kafka-1".
+	cfg, err := ParseConfig([]byte("kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [\" kafka-1:9092\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Admin.Disabled = true
+	cfg.Defaults()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "kafka[0].bootstrap") {
+		t.Errorf("bootstrap \" kafka-1:9092\": %v, want refused", err)
+	}
+}

@@ -222,7 +222,11 @@ func (f *runFlags) apply(cfg *Config) error {
 	}{
 		{"--kafka", "LISTEN=BOOTSTRAP, e.g. 127.0.0.1:19092=127.0.0.1:9092", f.kafka,
 			func(l, up string) {
-				cfg.Kafka = append(cfg.Kafka, KafkaConfig{Listen: l, Bootstrap: strings.Split(up, ",")})
+				brokers := strings.Split(up, ",")
+				for i, b := range brokers { // "a:9092, b:9092", as lists are written
+					brokers[i] = strings.TrimSpace(b)
+				}
+				cfg.Kafka = append(cfg.Kafka, KafkaConfig{Listen: l, Bootstrap: brokers})
 			},
 			func() { cfg.Kafka = nil }},
 		{"--aws", "LISTEN=URL, e.g. 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com", f.aws,
