@@ -1006,6 +1006,13 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 			msg = "dsmproxy could not relay the upstream's answer: "
 		}
 		p.writeError(w, c, http.StatusBadGateway, "ServiceUnavailable", msg+err.Error())
+		// The client gets an SQS, SNS or Kinesis error as any other (the SDKs retry it): it is
+		// tracked on the request's edge like the upstream's own, or an outage of the upstream
+		// would show nowhere but this log.
+		c.now = p.now()
+		p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.BrokerError, Protocol: c.service, Operation: c.op,
+			Code: http.StatusBadGateway, Name: "ServiceUnavailable", Message: msg + err.Error(), Retriable: true,
+			Service: c.svcName, Edge: c.edge, Partition: -1, Messages: c.sent})
 		return
 	}
 	if p.tap != nil {
