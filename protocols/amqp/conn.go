@@ -432,7 +432,16 @@ func (s *session) serve(ctx context.Context) error {
 		}
 	} else {
 		s.c.Upstream.Close()
-		derr = <-down
+		select {
+		case derr = <-down:
+		case <-time.After(closeWait):
+			// The broker relay is stuck writing to a client that reads nothing (its reader
+			// stalled), and the broker side is over: the relay would never read the end, and the
+			// client, whose writes the proxy's socket still takes, would never learn of it. Direct,
+			// its next write (a heartbeat) would fail: the relay ends, and the client is closed.
+			s.c.Client.SetWriteDeadline(time.Now())
+			derr = <-down
+		}
 	}
 	if errors.Is(err, errDrained) {
 		s.log.Debug().Msg("amqp connection closed for proxy shutdown")
