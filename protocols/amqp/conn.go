@@ -58,6 +58,9 @@ type session struct {
 	// sent Connection.Close: a drain waiting for it need not wait for the broker's socket too.
 	closeOkSent     chan struct{}
 	closeOkSignaled atomic.Bool
+	// brokerSaidClose: the broker sent Connection.Close, which the client was given (the broker
+	// relay's goroutine only).
+	brokerSaidClose bool
 	frameMax        uint32 // from Connection.TuneOk; client goroutine only
 
 	pub map[uint16]*pubState
@@ -391,7 +394,17 @@ func (s *session) serve(ctx context.Context) error {
 			if err := s.brokerSpeaksAMQP(br); err != nil {
 				return err
 			}
-			return s.fromBroker(br, cw)
+			err := s.fromBroker(br, cw)
+			if s.proxyClosing.Load() && !errors.Is(err, errClientTold) && br.ended && !s.brokerSaidClose {
+				// The proxy closed the broker side without its CloseOk (a broker that reads
+				// nothing, in a memory alarm, never answers), or the broker ended meanwhile:
+				// the client is told all the same, between two frames, as RabbitMQ tells it
+				// when it stops, and not dropped as by a network failure.
+				if _, werr := cw.Write(connCloseFrame(replyConnectionForced, "CONNECTION_FORCED - dsmproxy is shutting down")); werr == nil && cw.Flush() == nil {
+					return errClientTold
+				}
+			}
+			return err
 		})
 		switch {
 		case errors.Is(err, errClientTold):
@@ -612,10 +625,10 @@ func (s *session) closeOrderly(cr *connReader, uw *connWriter, down <-chan error
 	select {
 	case derr = <-down:
 	case <-time.After(closeWait):
-		// No CloseOk: end the broker side, and free the relay if a client that stopped reading
-		// holds it in a write.
+		// No CloseOk: end the broker side (the relay then tells the client), and free the
+		// relay, in time, if a client that stopped reading holds it in a write.
 		s.c.Upstream.Close()
-		s.c.Client.SetWriteDeadline(time.Now())
+		s.c.Client.SetWriteDeadline(time.Now().Add(closeWait))
 		derr = <-down
 	}
 	if err != nil || !errors.Is(derr, errClientTold) {
@@ -700,6 +713,7 @@ func (s *session) pump(r *connReader, w *connWriter, safe func() bool, handle fu
 				continue
 			}
 			w.Flush()
+			r.ended = true
 			return err
 		}
 		switch {
@@ -1381,6 +1395,7 @@ func (s *session) brokerMethod(f frame) {
 			s.errorCloseEdge("broker", m, f.Channel, c, edge)
 		}
 	case connClose:
+		s.brokerSaidClose = true
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
 			s.errorClose("broker", m, 0, c)
 			why := fmt.Sprintf("%d %s", c.Code, c.Text)

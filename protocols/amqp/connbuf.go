@@ -53,6 +53,9 @@ type connReader struct {
 	// onPark is called before a wait without a buffer: the writer this side feeds, flushed by
 	// then, gives its buffer back.
 	onPark func()
+	// ended: pump met the end of this side between two frames, so what it forwarded ended
+	// with a whole frame.
+	ended bool
 }
 
 // newConnReader reads src, parking on park when it is not nil.
