@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/xml"
 	"net/http"
+	"strconv"
 	"strings"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -173,6 +174,14 @@ func (p *Proxy) reportUpstreamError(c *call, resp *http.Response, body []byte) {
 	p.stats.upstreamErr.Add(1)
 	code, msg := errorCode(c.service, resp, body)
 	p.sizes.noteRefusal(c, code, msg)
+	if code == "" {
+		// No AWS shape (a load balancer's HTML page, an empty body): named by its status, so
+		// that the event groups and reads as something.
+		code = "HTTP " + strconv.Itoa(resp.StatusCode)
+		if msg == "" {
+			msg = http.StatusText(resp.StatusCode)
+		}
+	}
 	retriable := resp.StatusCode >= 500 || strings.Contains(code, "Throttl") || code == "RequestThrottled" ||
 		code == "ProvisionedThroughputExceededException" || code == "LimitExceededException"
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.BrokerError, Protocol: c.service, Operation: c.op,

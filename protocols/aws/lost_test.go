@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // TestSQSMissingQueueLost: sends refused by the service (the queue does not exist) are a broker
@@ -171,5 +172,22 @@ func TestKinesisPutRecordsFailedRecords(t *testing.T) {
 	}
 	if n := len(tp.rec.withTags("direction:out", "topic:clicks", "type:kinesis")); n != 2 {
 		t.Errorf("%d produce checkpoints, want 2 (the records that went in)", n)
+	}
+}
+
+// TestUnnamedUpstreamErrorNamedByStatus: an upstream error with no AWS shape (a load balancer's
+// HTML 502) is tracked under its HTTP status, not under an empty name.
+func TestUnnamedUpstreamErrorNamedByStatus(t *testing.T) {
+	tp := startProxy(t, nil)
+	edge := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSQS, Topic: "orders"}
+	c := &call{service: ServiceSQS, op: "SendMessage", svcName: "checkout", now: time.Now(), edge: edge, sent: 1}
+	resp := &http.Response{StatusCode: http.StatusBadGateway, Header: http.Header{"Content-Type": {"text/html"}}}
+	tp.reportUpstreamError(c, resp, []byte("<html><body><h1>502 Bad Gateway</h1></body></html>"))
+	evs := tp.ev.all()
+	if len(evs) != 1 {
+		t.Fatalf("%d events, want the retriable broker error alone: %+v", len(evs), evs)
+	}
+	if ev := evs[0]; ev.Name != "HTTP 502" || ev.Message != "Bad Gateway" || !ev.Retriable || ev.Edge.Topic != "orders" {
+		t.Errorf("event %q %q retriable %v on %v; want HTTP 502, Bad Gateway, retriable, on orders", ev.Name, ev.Message, ev.Retriable, ev.Edge)
 	}
 }
