@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -72,11 +74,13 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 					dial = d.DialContext
 				}
 				c, err := dial(ctx, "tcp", up)
+				if err == nil {
+					err = tlsRefusal(c)
+					c.Close()
+				}
 				st := "ok"
 				if err != nil {
 					st = err.Error()
-				} else {
-					c.Close()
 				}
 				mu.Lock()
 				out[i].Upstreams[up] = st
@@ -102,6 +106,28 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, map[string]any{"ready": ready, "listening": a.ready.Load(), "fronts": out})
+}
+
+// tlsAlertWait is how long /readyz listens after a TLS 1.3 handshake for the server's refusal.
+const tlsAlertWait = 100 * time.Millisecond
+
+// tlsRefusal reports a TLS 1.3 server's refusal of the client that comes after the client's side
+// of the handshake is done: a server that requires a client certificate, given none (upstream_tls
+// without cert_file), sends its alert with its first flight after the handshake, and every real
+// connection then fails. A server that sends nothing, or closes, within tlsAlertWait is taken as
+// ready (brokers speak only when spoken to).
+func tlsRefusal(c net.Conn) error {
+	tc, ok := c.(*tls.Conn)
+	if !ok || tc.ConnectionState().Version < tls.VersionTLS13 {
+		return nil
+	}
+	tc.SetReadDeadline(time.Now().Add(tlsAlertWait))
+	_, err := tc.Read(make([]byte, 1))
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "remote error" {
+		return fmt.Errorf("TLS handshake with upstream %s: the server refused the client after it: %w", c.RemoteAddr(), err)
+	}
+	return nil
 }
 
 // Handle registers an extra page (errors, pathways).

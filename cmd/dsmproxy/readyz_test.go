@@ -83,8 +83,36 @@ func TestReadyzTLSUpstream(t *testing.T) {
 			})
 		}
 	}
+	// A broker that requires a client certificate (TLS 1.3) refuses one given none only after
+	// the client's side of the handshake is done.
+	mtls, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}, ClientAuth: tls.RequireAnyClientCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mtls.Close()
+	go func() {
+		for {
+			c, err := mtls.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	f, err := buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: mtls.Addr().String(),
+		ListenerLimits: ListenerLimits{UpstreamTLS: &TLSClient{CAFile: good.WriteCA(t, t.TempDir())}}}, sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAdmin([]namedFront{f})
+	a.ready.Store(true)
+	rec := httptest.NewRecorder()
+	a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "certificate required") {
+		t.Errorf("upstream requiring a client certificate, none configured: %d %s; want 503 naming it", rec.Code, rec.Body)
+	}
 	// Without upstream_tls the dial stays a TCP one: the TLS listener answers it.
-	f, err := buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: up}, sh)
+	f, err = buildAMQP(AMQPConfig{Listen: "127.0.0.1:0", Upstream: up}, sh)
 	if err != nil {
 		t.Fatal(err)
 	}
