@@ -679,6 +679,19 @@ func TestKafkaPasswordFile(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+// validateYAML parses a config file's text, applies the defaults and validates it, as
+// check-config does (without the admin listener).
+func validateYAML(t *testing.T, text string) error {
+	t.Helper()
+	cfg, err := ParseConfig([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Admin.Disabled = true
+	cfg.Defaults()
+	return cfg.Validate()
+}
+
 // TestKafkaPlainWarning: a PLAIN login without upstream_tls, which sends the proxy's password
 // unencrypted, is warned about when the front is built; SCRAM, or PLAIN over TLS, is not.
 func TestKafkaPlainWarning(t *testing.T) {
@@ -796,13 +809,7 @@ func TestNodePortBaseRange(t *testing.T) {
 		{"listen: 127.0.0.1:19092\n    node_port_base: 29093", true},
 		{"listen: 127.0.0.1:0", true}, // tests: ephemeral node ports
 	} {
-		cfg, err := ParseConfig([]byte("kafka:\n  - " + tc.front + "\n    bootstrap: [127.0.0.1:9092]\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Admin.Disabled = true
-		cfg.Defaults()
-		err = cfg.Validate()
+		err := validateYAML(t, "kafka:\n  - "+tc.front+"\n    bootstrap: [127.0.0.1:9092]\n")
 		if tc.ok != (err == nil) {
 			t.Errorf("%q: %v, want ok: %v", tc.front, err, tc.ok)
 		}
@@ -824,13 +831,7 @@ func TestNodeAddrsChecked(t *testing.T) {
 		{`"127.0.0.1:29095"`, true},
 		{`":0"`, true},
 	} {
-		cfg, err := ParseConfig([]byte("kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [127.0.0.1:9092]\n    node_addrs: {1: " + tc.addr + "}\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Admin.Disabled = true
-		cfg.Defaults()
-		err = cfg.Validate()
+		err := validateYAML(t, "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [127.0.0.1:9092]\n    node_addrs: {1: "+tc.addr+"}\n")
 		if tc.ok != (err == nil) {
 			t.Errorf("%s: %v, want ok: %v", tc.addr, err, tc.ok)
 		}
@@ -867,13 +868,7 @@ func TestErrorsIntervalBelowASecondRefused(t *testing.T) {
 		interval string
 		ok       bool
 	}{{"10ms", false}, {"999ms", false}, {"1s", true}, {"0s", true}, {"30s", true}} {
-		cfg, err := ParseConfig([]byte("errors:\n  interval: " + tc.interval + "\namqp:\n  - listen: 127.0.0.1:15673\n    upstream: 127.0.0.1:5672\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Admin.Disabled = true
-		cfg.Defaults()
-		err = cfg.Validate()
+		err := validateYAML(t, "errors:\n  interval: "+tc.interval+"\namqp:\n  - listen: 127.0.0.1:15673\n    upstream: 127.0.0.1:5672\n")
 		if tc.ok != (err == nil) || err != nil && !strings.Contains(err.Error(), "line 2: key errors.interval") {
 			t.Errorf("interval %s: %v, want ok: %v (naming errors.interval at line 2)", tc.interval, err, tc.ok)
 		}
@@ -897,13 +892,7 @@ func TestKafkaFlagBootstrapSpaces(t *testing.T) {
 		t.Errorf("an empty broker in the list: %v, want refused", err)
 	}
 	// A quoted address in the file keeps its space: refused, not dialed as " kafka-1".
-	cfg, err := ParseConfig([]byte("kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [\" kafka-1:9092\"]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Admin.Disabled = true
-	cfg.Defaults()
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "kafka[0].bootstrap") {
+	if err := validateYAML(t, "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [\" kafka-1:9092\"]\n"); err == nil || !strings.Contains(err.Error(), "kafka[0].bootstrap") {
 		t.Errorf("bootstrap \" kafka-1:9092\": %v, want refused", err)
 	}
 }
