@@ -27,6 +27,19 @@ func killBrokerSide(t *testing.T, local *net.TCPAddr) {
 	}
 }
 
+// recordDials makes the proxy report each upstream connection it dials to record.
+func recordDials(record func(net.Conn)) func(*Config) {
+	return func(c *Config) {
+		c.Listener.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				record(conn)
+			}
+			return conn, err
+		}
+	}
+}
+
 // TestBrokerResetReachesClient: a broker connection that RabbitMQ's host resets reaches the client
 // as a reset, as it does direct, not as a clean close: a client may read the two differently
 // (amqp091-go reports "connection reset by peer" against "EOF", and retry logic keys on it).
@@ -39,15 +52,7 @@ func TestBrokerResetReachesClient(t *testing.T) {
 			if path == "direct" {
 				url = directURL
 			} else {
-				h := startProxy(t, func(c *Config) {
-					c.Listener.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-						conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-						if err == nil {
-							record(conn)
-						}
-						return conn, err
-					}
-				})
+				h := startProxy(t, recordDials(record))
 				url = h.url
 			}
 			cfg := amqp091.Config{Heartbeat: time.Minute, Dial: func(network, addr string) (net.Conn, error) {

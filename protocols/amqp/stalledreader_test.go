@@ -37,15 +37,7 @@ func TestStalledReaderLearnsOfBrokerReset(t *testing.T) {
 			url := directURL
 			var h *harness
 			if path == "proxy" {
-				h = startProxy(t, func(c *Config) {
-					c.Listener.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-						conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-						if err == nil {
-							record(conn)
-						}
-						return conn, err
-					}
-				})
+				h = startProxy(t, recordDials(record))
 				url = h.url
 			}
 			sc := &stallConn{}
