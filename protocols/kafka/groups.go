@@ -263,10 +263,12 @@ func (g *groupTracker) heard(k clientKey, m groupMember) {
 		gm.members[m.member] = mp
 		return
 	}
-	if gm.full {
+	if gm.full && len(gm.members) >= maxMembersPerGroup {
 		return
 	}
-	next := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members)}
+	// Recorded while the group is full too: once its memberSilence is over, the members heard
+	// since are taken for all there are, and one that only heartbeats is one of them.
+	next := &groupMembers{gen: gm.gen, members: maps.Clone(gm.members), full: gm.full, fullAt: gm.fullAt}
 	if next.members == nil {
 		next.members = make(map[string]memberParts)
 	}

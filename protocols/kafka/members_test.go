@@ -268,3 +268,26 @@ func TestSilentKip848MembersExpire(t *testing.T) {
 		t.Errorf("t/7 of the member assigned since: %q, want g", got)
 	}
 }
+
+// TestFullGroupKeepsMembersHeardMeanwhile: a KIP-848 member that only heartbeats while its group
+// is past maxMembersPerGroup is one of the members heard since: when the bound's memberSilence
+// is over its partitions are still not known, and a partition it reads stays the group's.
+func TestFullGroupKeepsMembersHeardMeanwhile(t *testing.T) {
+	g := newGroupTracker(10)
+	now := time.Unix(1700000000, 0)
+	g.now = func() time.Time { return now }
+	k := clientKey{clientID: "crowded"}
+	g.learn(k, "g")
+	for i := range maxMembersPerGroup + 1 {
+		g.assignMember(k, groupMember{"g", fmt.Sprint("m", i), 0}, []topicPartition{{"t", int32(i)}}, false)
+	}
+	for range 2 { // "steady" heartbeats with an unchanged assignment (it holds t/500)
+		now = now.Add(memberSilence / 2)
+		g.heard(k, groupMember{"g", "steady", 0})
+	}
+	now = now.Add(memberSilence / 4)
+	g.assignMember(k, groupMember{"g", "survivor", 0}, []topicPartition{{"t", 7}}, false)
+	if got := g.lookup(k, "t", 500); got != "g" {
+		t.Errorf("t/500 of a member heard %v ago: %q, want g", memberSilence/4, got)
+	}
+}
