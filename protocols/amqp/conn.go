@@ -807,7 +807,12 @@ func (s *session) fromBroker(r *connReader, w *connWriter) error {
 	return s.pump(r, w, nil, func(ch uint16, f frame) error {
 		if s.proxyClosing.Load() && ch == 0 && f.Type == frameMethod && methodOf(f.Payload) == connCloseOk {
 			// The broker closed the connection the proxy asked it to close: the client, which
-			// asked nothing, is told the server closes it, as RabbitMQ tells it when it stops.
+			// asked nothing, is told the server closes it, as RabbitMQ tells it when it stops;
+			// unless the broker closed it first (RabbitMQ, closing, answers a Close with CloseOk):
+			// the client has its Close, and direct it gets no other.
+			if s.brokerSaidClose {
+				return errClientTold
+			}
 			if _, err := w.Write(connCloseFrame(replyConnectionForced, "CONNECTION_FORCED - dsmproxy is shutting down")); err != nil {
 				return err
 			}
