@@ -17,18 +17,25 @@ type Handed struct {
 
 const handedShards = 16
 
-// handedKey is a carried context (times in milliseconds, as encoded) and a consuming service;
-// the empty service marks that any service consumed it.
-type handedKey struct {
-	hash                    uint64
-	pathwayStart, edgeStart int64
-	service                 string
-}
-
-// handedCtx is a consume checkpoint's context, its times in milliseconds (as encoded).
+// handedCtx is a context with its times in milliseconds, as encoded.
 type handedCtx struct {
 	hash                    uint64
 	pathwayStart, edgeStart int64
+}
+
+func toHanded(c Context) handedCtx {
+	return handedCtx{c.Hash, c.PathwayStart.UnixMilli(), c.EdgeStart.UnixMilli()}
+}
+
+func (c handedCtx) context() Context {
+	return Context{Hash: c.hash, PathwayStart: time.UnixMilli(c.pathwayStart), EdgeStart: time.UnixMilli(c.edgeStart)}
+}
+
+// handedKey is a carried context and a consuming service; the empty service marks that any
+// service consumed it.
+type handedKey struct {
+	carried handedCtx
+	service string
 }
 
 type handedShard struct {
@@ -43,15 +50,11 @@ func NewHanded(capacity int) *Handed {
 	return &Handed{per: max(capacity/handedShards, 2)}
 }
 
-func keyOf(c Context, service string) handedKey {
-	return handedKey{c.Hash, c.PathwayStart.UnixMilli(), c.EdgeStart.UnixMilli(), service}
-}
-
 // shard spreads contexts by their hash and times: the contexts of one pathway (one producer on
 // one queue) all share a hash, and by the hash alone would fill one shard, a sixteenth of the
 // bound, behind one lock.
-func (h *Handed) shard(c Context) *handedShard {
-	x := c.Hash ^ uint64(c.PathwayStart.UnixMilli())*0x9e3779b97f4a7c15 ^ uint64(c.EdgeStart.UnixMilli())*0xc2b2ae3d27d4eb4f
+func (h *Handed) shard(c handedCtx) *handedShard {
+	x := c.hash ^ uint64(c.pathwayStart)*0x9e3779b97f4a7c15 ^ uint64(c.edgeStart)*0xc2b2ae3d27d4eb4f
 	x ^= x >> 33
 	x *= 0xff51afd7ed558ccd
 	x ^= x >> 33
@@ -63,14 +66,15 @@ func (h *Handed) Put(carried Context, service string, consumed Context) {
 	if carried.IsZero() {
 		return
 	}
-	sh := h.shard(carried)
+	k := toHanded(carried)
+	sh := h.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.m == nil {
 		sh.m = make(map[handedKey]handedCtx)
 	}
-	sh.put(h.per, keyOf(carried, service), handedCtx{consumed.Hash, consumed.PathwayStart.UnixMilli(), consumed.EdgeStart.UnixMilli()})
-	sh.put(h.per, keyOf(carried, ""), handedCtx{})
+	sh.put(h.per, handedKey{k, service}, toHanded(consumed))
+	sh.put(h.per, handedKey{k, ""}, handedCtx{})
 }
 
 func (sh *handedShard) put(per int, k handedKey, v handedCtx) {
@@ -94,13 +98,14 @@ func (h *Handed) Parent(carried Context, service string) (parent Context, ok boo
 	if carried.IsZero() {
 		return Context{}, false
 	}
-	sh := h.shard(carried)
+	k := toHanded(carried)
+	sh := h.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if c, ok := sh.m[keyOf(carried, service)]; ok && service != "" {
-		return Context{Hash: c.hash, PathwayStart: time.UnixMilli(c.pathwayStart), EdgeStart: time.UnixMilli(c.edgeStart)}, true
+	if c, ok := sh.m[handedKey{k, service}]; ok && service != "" {
+		return c.context(), true
 	}
-	if _, ok := sh.m[keyOf(carried, "")]; ok {
+	if _, ok := sh.m[handedKey{k, ""}]; ok {
 		return carried, true
 	}
 	return Context{}, false
