@@ -333,12 +333,8 @@ func describedConnName(name string) string {
 }
 
 func (s *session) serve(ctx context.Context) error {
-	cr := newConnReader(s.c.Client, proxy.Parking(s.c.Client))
-	cr.held = bufCount{&s.p.relayBufs}
-	if s.p.tap != nil {
-		cr.tee = s.p.tap(s.c.ID)
-	}
-	defer cr.release()
+	cr, uw := s.relay(s.c.Client, s.c.Upstream, s.p.tap)
+	defer func() { cr.release(); uw.release() }()
 	// A client that sends nothing would otherwise hold its socket, and one to a broker that has
 	// given up on it, for as long as it stays connected. Set before the drain watcher starts, so
 	// a drain already under way is not put off by it.
@@ -382,14 +378,7 @@ func (s *session) serve(ctx context.Context) error {
 	down := make(chan error, 1)
 	go func() {
 		err := s.c.Recover("amqp broker relay", func() error {
-			br := newConnReader(s.c.Upstream, proxy.Parking(s.c.Upstream))
-			br.held = bufCount{&s.p.relayBufs}
-			if s.p.tapBroker != nil {
-				br.tee = s.p.tapBroker(s.c.ID)
-			}
-			cw := newConnWriter(s.c.Client)
-			cw.held = bufCount{&s.p.relayBufs}
-			br.onPark = cw.park
+			br, cw := s.relay(s.c.Upstream, s.c.Client, s.p.tapBroker)
 			defer func() { br.release(); cw.release() }()
 			if err := s.brokerSpeaksAMQP(br); err != nil {
 				return err
@@ -400,7 +389,7 @@ func (s *session) serve(ctx context.Context) error {
 				// nothing, in a memory alarm, never answers), or the broker ended meanwhile:
 				// the client is told all the same, between two frames, as RabbitMQ tells it
 				// when it stops, and not dropped as by a network failure.
-				if _, werr := cw.Write(connCloseFrame(replyConnectionForced, "CONNECTION_FORCED - dsmproxy is shutting down")); werr == nil && cw.Flush() == nil {
+				if _, werr := cw.Write(forcedCloseFrame); werr == nil && cw.Flush() == nil {
 					return errClientTold
 				}
 			}
@@ -418,10 +407,6 @@ func (s *session) serve(ctx context.Context) error {
 		}
 		down <- err
 	}()
-	uw := newConnWriter(s.c.Upstream)
-	uw.held = bufCount{&s.p.relayBufs}
-	cr.onPark = uw.park
-	defer uw.release()
 	err := s.fromClient(cr, uw)
 	if errors.Is(err, errDrained) && s.opened.Load() && !s.clientClosing.Load() {
 		derr := s.closeOrderly(cr, uw, down)
@@ -478,6 +463,19 @@ func (s *session) serve(ctx context.Context) error {
 		return fmt.Errorf("amqp from broker %s: %w", s.c.Upstream.RemoteAddr(), derr)
 	}
 	return fmt.Errorf("amqp from client: %w", err)
+}
+
+// relay is the reader of one side and the writer to the other, their buffers counted in the
+// front's RelayBuffers: the writer gives its buffer back when the reader parks. tap, when set
+// (tests), sees every byte read.
+func (s *session) relay(from, to net.Conn, tap func(conn uint64) io.Writer) (*connReader, *connWriter) {
+	r, w := newConnReader(from, proxy.Parking(from)), newConnWriter(to)
+	r.held, w.held = bufCount{&s.p.relayBufs}, bufCount{&s.p.relayBufs}
+	r.onPark = w.park
+	if tap != nil {
+		r.tee = tap(s.c.ID)
+	}
+	return r, w
 }
 
 func quiet(err error) bool {
@@ -674,6 +672,9 @@ const (
 	replyConnectionForced = 320
 )
 
+// forcedCloseFrame tells a client the proxy is shutting down, as RabbitMQ tells it when it stops.
+var forcedCloseFrame = connCloseFrame(replyConnectionForced, "CONNECTION_FORCED - dsmproxy is shutting down")
+
 // connCloseFrame is a Connection.Close method frame on channel 0 (no failing method).
 func connCloseFrame(code uint16, text string) []byte {
 	b := []byte{frameMethod, 0, 0, 0, 0, 0, 0}
@@ -813,7 +814,7 @@ func (s *session) fromBroker(r *connReader, w *connWriter) error {
 			if s.brokerSaidClose {
 				return errClientTold
 			}
-			if _, err := w.Write(connCloseFrame(replyConnectionForced, "CONNECTION_FORCED - dsmproxy is shutting down")); err != nil {
+			if _, err := w.Write(forcedCloseFrame); err != nil {
 				return err
 			}
 			if err := w.Flush(); err != nil {
