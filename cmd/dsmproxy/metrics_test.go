@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -514,15 +513,7 @@ func startThreeFronts(t *testing.T, mod func(*Config)) (*runtime, string, map[st
 	if mod != nil {
 		mod(cfg)
 	}
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.stop() })
+	rt := startRuntime(t, cfg)
 	front := map[string]string{}
 	for _, f := range rt.fronts {
 		front[f.protocol] = f.Addr().String()

@@ -71,6 +71,12 @@ func startTLSAWSFront(t *testing.T, upstream, caFile string) *runtime {
 	cfg := &Config{AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: upstream, Region: "us-east-1", TrustClients: true,
 		ListenerLimits: ListenerLimits{UpstreamTLS: &TLSClient{CAFile: caFile}}}}, Admin: AdminConfig{Listen: "off"}}
 	cfg.Agent.Disabled = true
+	return startRuntime(t, cfg)
+}
+
+// startRuntime defaults, validates and starts cfg as run does, and stops it at the test's end.
+func startRuntime(t *testing.T, cfg *Config) *runtime {
+	t.Helper()
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
