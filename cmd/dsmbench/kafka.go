@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 )
 
@@ -141,7 +142,7 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 	// paths once, untimed, first.
 	for _, path := range paths {
 		topic := fmt.Sprintf("bench-warmup-%d", time.Now().UnixNano())
-		if _, err := kafkaProduce(ctx, path, topic, partitions, kgo.NoCompression(), o); err != nil {
+		if _, err := kafkaProduce(ctx, path, topic, partitions, kgo.NoCompression(), nil, o); err != nil {
 			return nil, fmt.Errorf("warm-up produce: %w", err)
 		}
 		if _, err := kafkaFetch(ctx, path, topic, o.records); err != nil {
@@ -151,6 +152,8 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 			return nil, err
 		}
 	}
+	now := time.Now()
+	traced := []kgo.RecordHeader{{Key: pathway.HeaderKey, Value: []byte(pathway.Context{Hash: 0x5eed_cafe_f00d_beef, PathwayStart: now, EdgeStart: now}.String())}}
 	var rows []row
 	for _, name := range o.codecs {
 		codec, ok := codecsByName[strings.TrimSpace(name)]
@@ -158,7 +161,7 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 			return nil, fmt.Errorf("unknown codec %q", name)
 		}
 		fmt.Fprintf(stderr, "kafka %s: producing and fetching %d records of %d B, direct and through the proxy...\n", name, o.records, o.size)
-		var prod, fetch, withCtx rounds
+		var prod, fetch, withCtx, prodCtx rounds
 		// Alternate the paths for several rounds and keep each path's best: on a shared machine
 		// a single run measures the neighbours as much as the proxy.
 		for round := 0; round < o.rounds; round++ {
@@ -166,7 +169,7 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 				path := paths[i]
 				topic := fmt.Sprintf("bench-%s-%s-%d-%d", name, path.name, round, time.Now().UnixNano())
 				cpu0 := path.proc.cpu()
-				r, err := kafkaProduce(ctx, path, topic, partitions, codec, o)
+				r, err := kafkaProduce(ctx, path, topic, partitions, codec, nil, o)
 				if err != nil {
 					return nil, fmt.Errorf("%s produce: %w", path.name, err)
 				}
@@ -200,13 +203,31 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 					return nil, err
 				}
 			}
+			// Records that already carry a context, as a traced producer sends them: the broker
+			// stores the same bytes on both paths, and the proxy observes them without splicing.
+			for _, i := range roundOrder(round, 2) {
+				path := paths[i]
+				topic := fmt.Sprintf("bench-%s-ctx-%s-%d-%d", name, path.name, round, time.Now().UnixNano())
+				cpu0 := path.proc.cpu()
+				r, err := kafkaProduce(ctx, path, topic, partitions, codec, traced, o)
+				if err != nil {
+					return nil, fmt.Errorf("%s produce with ctx: %w", path.name, err)
+				}
+				r.proxyCPU = path.proc.cpu() - cpu0
+				prodCtx.add(i, r)
+				if err := dropTopic(topic); err != nil {
+					return nil, err
+				}
+			}
 			prod.endRound()
 			fetch.endRound()
 			withCtx.endRound()
+			prodCtx.endRound()
 		}
 		rss := pp.peakRSS()
 		rows = append(rows,
 			prod.row("kafka", fmt.Sprintf("produce %s, %d/batch", name, o.batch), rss, false),
+			prodCtx.row("kafka", fmt.Sprintf("produce %s, with ctx", name), rss, false),
 			fetch.row("kafka", fmt.Sprintf("fetch %s", name), rss, false),
 			withCtx.row("kafka", fmt.Sprintf("fetch %s, with ctx", name), rss, false))
 	}
@@ -229,7 +250,7 @@ func kafkaClientOpts(p benchPath) []kgo.Opt {
 // kafkaProduce sends o.records records, o.batch consecutive records per partition so batches hold
 // about o.batch records, asynchronously (the client pipelines requests as real producers do), and
 // times each record from Produce to its acknowledgement.
-func kafkaProduce(ctx context.Context, path benchPath, topic string, partitions int, codec kgo.CompressionCodec, o options) (result, error) {
+func kafkaProduce(ctx context.Context, path benchPath, topic string, partitions int, codec kgo.CompressionCodec, headers []kgo.RecordHeader, o options) (result, error) {
 	cl, err := kgo.NewClient(append(kafkaClientOpts(path), kgo.ClientID("bench-producer"), kgo.DefaultProduceTopic(topic),
 		kgo.ProducerBatchCompression(codec), kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		// Room for o.batch records and no more, so a batch closes at about o.batch records.
@@ -240,7 +261,7 @@ func kafkaProduce(ctx context.Context, path benchPath, topic string, partitions 
 	}
 	defer cl.Close()
 	// Create the topic (and learn its leaders) before timing.
-	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("warm-up")}).FirstErr(); err != nil {
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("warm-up"), Headers: headers}).FirstErr(); err != nil {
 		return result{}, err
 	}
 	values := benchValues(o.size, 256)
@@ -251,7 +272,7 @@ func kafkaProduce(ctx context.Context, path benchPath, topic string, partitions 
 	for i := 0; i < o.records; i++ {
 		t0 := time.Now()
 		wg.Add(1)
-		r := &kgo.Record{Key: []byte(strconv.Itoa(i)), Value: values[i%len(values)], Partition: int32((i / o.batch) % partitions)}
+		r := &kgo.Record{Key: []byte(strconv.Itoa(i)), Value: values[i%len(values)], Headers: headers, Partition: int32((i / o.batch) % partitions)}
 		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
 			defer wg.Done()
 			if err != nil {

@@ -29,11 +29,15 @@ Protocols:
   kafka  franz-go's kfake broker, in a process of its own, or with --kafka-in-process in
          dsmbench's; produce (acks=all, one batch per request) and fetch, per codec. The proxy
          injects the pathway header into every record and checkpoints it. Each path fetches what it
-         produced, so only the proxy's consumer decodes a header per record; the "with ctx" row
-         compares fetches of the same records, those produced through the proxy, as a consumer
-         of a traced producer reads them. Every timed fetch is a repeat read: each topic is read
-         once, directly and untimed, first (kfake served the first read of records produced
-         through the proxy at about half the rate of their second read, on every path).
+         produced, so only the proxy's consumer decodes a header per record; the "fetch with ctx"
+         row compares fetches of the same records, those produced through the proxy, as a
+         consumer of a traced producer reads them. The "produce with ctx" row sends records that
+         already carry a context, as a traced producer does: the broker stores the same bytes on
+         both paths and the proxy reads every record without splicing, so its direct rate against
+         the bare produce's shows what the header itself costs the broker. Every timed fetch is a
+         repeat read: each topic is read once, directly and untimed, first (kfake served the first
+         read of records produced through the proxy at about half the rate of their second read,
+         on every path).
   sqs    npm's local-aws-sqs server (node required); SendMessage with an attribute, ReceiveMessage
          10 at a time, from several workers; the proxy verifies, injects _datadog, re-signs. Then
          SendMessage "with ctx": messages whose _datadog already holds a tracer's context, which

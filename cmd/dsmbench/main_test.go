@@ -41,7 +41,7 @@ func smokeKafka(t *testing.T, flags ...string) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 	s := out.String()
-	for _, want := range []string{"produce none, 100/batch", "fetch lz4", "fetch none, with ctx", "direct", "proxy", "CORES BUSY", "PROXY CPU", "s/GB", "MiB", "PER ROUND"} {
+	for _, want := range []string{"produce none, 100/batch", "produce lz4, with ctx", "fetch lz4", "fetch none, with ctx", "direct", "proxy", "CORES BUSY", "PROXY CPU", "s/GB", "MiB", "PER ROUND"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("table lacks %q:\n%s", want, s)
 		}
@@ -54,7 +54,7 @@ func smokeKafka(t *testing.T, flags ...string) {
 	if m := kafkaWork.FindStringSubmatch(errb.String()); m == nil || m[1] != m[2] || m[1] == "0" || m[3] != "0" {
 		t.Errorf("the proxy child's Kafka work (header, fetch checkpoints, unobserved responses): %q\n%s", m, errb.String())
 	}
-	// One relay line under each produce and fetch row, none under "with ctx".
+	// One relay line under each produce and fetch row, none under the "with ctx" ones.
 	if got, want := len(relayLine.FindAllString(s, -1)), 4*strings.Count(strings.Join(flags, " "), "--relay"); got != want {
 		t.Errorf("%d relay lines, want %d:\n%s", got, want, s)
 	}
