@@ -12,10 +12,15 @@ import (
 // checkpoint to leave alone. Safe for concurrent use; bounded, the oldest forgotten first.
 type Handed struct {
 	shards [handedShards]handedShard
-	per    int // entries a shard keeps
+	per    int // contexts a shard keeps
 }
 
-const handedShards = 16
+const (
+	handedShards = 16
+	// handedServices is how many consuming services a context keeps (a fan-out's); a further
+	// one replaces the oldest, whose relay then gets the carried context as its parent.
+	handedServices = 4
+)
 
 // handedCtx is a context with its times in milliseconds, as encoded.
 type handedCtx struct {
@@ -31,23 +36,25 @@ func (c handedCtx) context() Context {
 	return Context{Hash: c.hash, PathwayStart: time.UnixMilli(c.pathwayStart), EdgeStart: time.UnixMilli(c.edgeStart)}
 }
 
-// handedKey is a carried context and a consuming service; the empty service marks that any
-// service consumed it.
-type handedKey struct {
-	carried handedCtx
-	service string
+// handedEntry is one carried context and the services that consumed it, each with its consume
+// checkpoint. Entries live in a ring, so the map's key and value stay small and fixed-size.
+type handedEntry struct {
+	carried  handedCtx
+	services [handedServices]string
+	consumed [handedServices]handedCtx
+	n, next  uint8 // services kept; the slot the next new one takes once all are used
 }
 
 type handedShard struct {
 	mu   sync.Mutex
-	m    map[handedKey]handedCtx // the service's consume checkpoint
-	ring []handedKey             // insertion order, the oldest overwritten first
+	m    map[handedCtx]int32 // carried context -> its entry in ring
+	ring []handedEntry       // insertion order, the oldest overwritten first
 	next int
 }
 
-// NewHanded remembers about capacity entries, two per consume: one for the service, one for any.
-func NewHanded(capacity int) *Handed {
-	return &Handed{per: max(capacity/handedShards, 2)}
+// NewHanded remembers the latest contexts handed to consumers, about n of them.
+func NewHanded(n int) *Handed {
+	return &Handed{per: max(n/handedShards, 1)}
 }
 
 // shard spreads contexts by their hash and times: the contexts of one pathway (one producer on
@@ -70,24 +77,43 @@ func (h *Handed) Put(carried Context, service string, consumed Context) {
 	sh := h.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.m == nil {
-		sh.m = make(map[handedKey]handedCtx)
-	}
-	sh.put(h.per, handedKey{k, service}, toHanded(consumed))
-	sh.put(h.per, handedKey{k, ""}, handedCtx{})
-}
-
-func (sh *handedShard) put(per int, k handedKey, v handedCtx) {
-	if _, ok := sh.m[k]; !ok {
-		if len(sh.ring) < per {
-			sh.ring = append(sh.ring, k)
-		} else {
-			delete(sh.m, sh.ring[sh.next])
-			sh.ring[sh.next] = k
-			sh.next = (sh.next + 1) % len(sh.ring)
+	e := sh.entry(h.per, k)
+	c := toHanded(consumed)
+	for i := range e.n {
+		if e.services[i] == service {
+			e.consumed[i] = c // a redelivery's: the latest
+			return
 		}
 	}
-	sh.m[k] = v // a redelivery's: the latest
+	i := e.n
+	if e.n < handedServices {
+		e.n++
+	} else {
+		i = e.next
+		e.next = (e.next + 1) % handedServices
+	}
+	e.services[i], e.consumed[i] = service, c
+}
+
+// entry is k's entry, made in the oldest's place when k is new.
+func (sh *handedShard) entry(per int, k handedCtx) *handedEntry {
+	if i, ok := sh.m[k]; ok {
+		return &sh.ring[i]
+	}
+	if sh.m == nil {
+		sh.m = make(map[handedCtx]int32)
+	}
+	i := len(sh.ring)
+	if i < per {
+		sh.ring = append(sh.ring, handedEntry{})
+	} else {
+		i = sh.next
+		sh.next = (sh.next + 1) % len(sh.ring)
+		delete(sh.m, sh.ring[i].carried)
+	}
+	sh.ring[i] = handedEntry{carried: k}
+	sh.m[k] = int32(i)
+	return &sh.ring[i]
 }
 
 // Parent is the parent of a produce by service that carries carried, when carried was handed to
@@ -102,11 +128,15 @@ func (h *Handed) Parent(carried Context, service string) (parent Context, ok boo
 	sh := h.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if c, ok := sh.m[handedKey{k, service}]; ok && service != "" {
-		return c.context(), true
+	i, ok := sh.m[k]
+	if !ok {
+		return Context{}, false
 	}
-	if _, ok := sh.m[handedKey{k, ""}]; ok {
-		return carried, true
+	e := &sh.ring[i]
+	for j := range e.n {
+		if e.services[j] == service && service != "" {
+			return e.consumed[j].context(), true
+		}
 	}
-	return Context{}, false
+	return carried, true
 }

@@ -172,7 +172,7 @@ func New(cfg Config) (*Proxy, error) {
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: pathway.NewHanded(1 << 16)}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: pathway.NewHanded(1 << 15)}
 	p.heldTx.Max, p.tags.Max, p.heldConfirms.Max = maxHeldTxPoints, maxConsumerTags, maxHeldConfirms
 	if p.cfg.upstreamWait <= 0 {
 		p.cfg.upstreamWait = headerTimeout

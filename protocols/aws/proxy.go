@@ -295,7 +295,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
 	p.qurls = newBoundedMap(10000)
 	p.sizes = newQueueLimits()
-	p.handed = pathway.NewHanded(1 << 15)
+	p.handed = pathway.NewHanded(1 << 14)
 	return p, nil
 }
 

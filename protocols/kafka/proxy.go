@@ -346,7 +346,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.groups.now = p.now
 	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
-	p.handed = pathway.NewHanded(1 << 16)
+	p.handed = pathway.NewHanded(1 << 15)
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
 	p.fetchBufs = make(chan []byte, pooledFetchFrames)
 	p.bufs = newBufList()
