@@ -63,7 +63,7 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for i, f := range a.fronts {
-		out[i] = frontStatus{Protocol: f.protocol, Listen: f.listen, Upstreams: map[string]string{}}
+		out[i] = frontStatus{Protocol: f.protocol, Listen: f.bound(), Upstreams: map[string]string{}}
 		for _, up := range f.upstreams {
 			wg.Add(1)
 			go func(i int, up string) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
@@ -210,7 +211,7 @@ func TestOpenConnectionsGauge(t *testing.T) {
 		var found bool
 		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 			fams := scrapeMetrics(t, metricsURL)
-			if got, found = metricValue(fams, family, map[string]string{"listen": "127.0.0.1:0"}); found && got == want {
+			if got, found = metricValue(fams, family, map[string]string{"listen": front[protocol]}); found && got == want {
 				if typ := fams[family].GetType(); typ != dto.MetricType_GAUGE {
 					t.Errorf("%s is a %v, want a gauge", family, typ)
 				}
@@ -259,7 +260,7 @@ func TestOpenConnectionsGauge(t *testing.T) {
 		var total, sum, node0 float64
 		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 			fams := scrapeMetrics(t, metricsURL)
-			total, _ = metricValue(fams, "dsmproxy_kafka_open_connections", map[string]string{"listen": "127.0.0.1:0"})
+			total, _ = metricValue(fams, "dsmproxy_kafka_open_connections", map[string]string{"listen": front["kafka"]})
 			sum, node0 = 0, 0
 			for _, m := range fams["dsmproxy_kafka_listener_open_connections"].GetMetric() {
 				sum += m.GetGauge().GetValue()
@@ -519,4 +520,65 @@ func startThreeFronts(t *testing.T, mod func(*Config)) (*runtime, string, map[st
 		front[f.protocol] = f.Addr().String()
 	}
 	return rt, "http://" + rt.adminLn.Addr().String() + "/metrics", front
+}
+
+// TestFrontLabelsNameBoundAddress: two fronts on port 0 are told apart by the address each is
+// bound to, in /metrics (label listen), /stats and /readyz: their listen setting, the same for
+// both, would make one series of two fronts.
+func TestFrontLabelsNameBoundAddress(t *testing.T) {
+	// Nothing dials an AMQP front's upstream until a client connects; port 9 (discard) answers
+	// nothing either way.
+	cfg := &Config{
+		Admin: AdminConfig{Listen: "127.0.0.1:0"},
+		AMQP: []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9"},
+			{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9"}},
+	}
+	cfg.Agent.Disabled = true
+	rt := startRuntime(t, cfg)
+	var want []string
+	for _, f := range rt.fronts {
+		want = append(want, f.Addr().String())
+	}
+	slices.Sort(want)
+	base := "http://" + rt.adminLn.Addr().String()
+
+	var metrics []string
+	for _, m := range scrapeMetrics(t, base+"/metrics")["dsmproxy_amqp_open_connections"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "listen" {
+				metrics = append(metrics, l.GetValue())
+			}
+		}
+	}
+	var stats statsSnapshot
+	var ready struct {
+		Fronts []frontStatus `json:"fronts"`
+	}
+	for path, v := range map[string]any{"/stats": &stats, "/readyz": &ready} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(v)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+	}
+	var fromStats, fromReady []string
+	for _, f := range stats.Fronts {
+		fromStats = append(fromStats, f.Listen)
+	}
+	for _, f := range ready.Fronts {
+		fromReady = append(fromReady, f.Listen)
+	}
+	for _, tc := range []struct {
+		page string
+		got  []string
+	}{{"/metrics listen label", metrics}, {"/stats listen", fromStats}, {"/readyz listen", fromReady}} {
+		slices.Sort(tc.got)
+		if !slices.Equal(tc.got, want) {
+			t.Errorf("%s: %q, want the bound addresses %q", tc.page, tc.got, want)
+		}
+	}
 }

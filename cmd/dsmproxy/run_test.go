@@ -257,7 +257,7 @@ kafka:
 		labels map[string]string
 		check  func(float64) bool
 	}{
-		{"dsmproxy_kafka_injected_records_total", map[string]string{"listen": "127.0.0.1:0"}, func(v float64) bool { return v >= 1 }},
+		{"dsmproxy_kafka_injected_records_total", map[string]string{"listen": bootstrap}, func(v float64) bool { return v >= 1 }},
 		{"dsmproxy_kafka_consumed_records_total", nil, func(v float64) bool { return v >= 1 }},
 		{"dsmproxy_pathway_messages_per_second", map[string]string{"service": "checkout",
 			"edge_tags": "direction:out,kafka_cluster_id:kfake,topic:payments,type:kafka"}, func(v float64) bool { return v > 0 }},

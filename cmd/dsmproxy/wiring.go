@@ -50,6 +50,17 @@ type namedFront struct {
 	listeners func() []kafka.ListenerConnections
 }
 
+// bound is the address the front listens on once started, else its listen setting: fronts on
+// port 0 share the setting, and a label or key made of it would merge them.
+func (f namedFront) bound() string {
+	if f.front != nil {
+		if a := f.Addr(); a != nil {
+			return a.String()
+		}
+	}
+	return f.listen
+}
+
 // observer is what protocol fronts hand their points and offsets to.
 type observer interface {
 	Add(pathway.Point) bool
