@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -288,8 +289,35 @@ var (
 )
 
 // escapeLabel: names come from clients and brokers; a label value must not end its quotes or line.
-func escapeLabel(s string) string { return labelEscaper.Replace(strings.ToValidUTF8(s, "\uFFFD")) }
+func escapeLabel(s string) string { return labelEscaper.Replace(validLabel(s)) }
 func escapeHelp(s string) string  { return helpEscaper.Replace(s) }
+
+// validLabel makes s valid UTF-8, as the format requires, without merging names: replacing
+// invalid bytes by U+FFFD alone made "t\xff" and "t\xfe" one series. Each invalid byte becomes
+// U+FFFD and its hex ("t\xff" -> "t\uFFFDff") and a U+FFFD of the name itself is doubled, so the
+// value still reads back to one name only.
+func validLabel(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsRune(s, utf8.RuneError) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1: // an invalid byte
+			const hex = "0123456789abcdef"
+			b.WriteRune(utf8.RuneError)
+			b.WriteByte(hex[s[i]>>4])
+			b.WriteByte(hex[s[i]&0xf])
+		case r == utf8.RuneError: // the name's own U+FFFD
+			b.WriteString("\uFFFD\uFFFD")
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
 
 func formatValue(v float64) string {
 	switch {

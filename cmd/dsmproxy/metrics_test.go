@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -132,7 +133,7 @@ func TestMetricsPage(t *testing.T) {
 	defer srv.Close()
 	fams := scrapeMetrics(t, srv.URL)
 
-	cleaned := strings.ToValidUTF8(hostile, "\uFFFD")
+	cleaned := "svc\"with\\odd\nname\uFFFDff" // the invalid byte shown as U+FFFD and its hex
 	for _, c := range []struct {
 		family string
 		typ    dto.MetricType
@@ -580,5 +581,64 @@ func TestFrontLabelsNameBoundAddress(t *testing.T) {
 		if !slices.Equal(tc.got, want) {
 			t.Errorf("%s: %q, want the bound addresses %q", tc.page, tc.got, want)
 		}
+	}
+}
+
+// TestLabelValuesKeepNamesApart: names with invalid UTF-8 (a Kafka topic or client.id is bytes)
+// give valid label values, and two different names never the same value: Prometheus would
+// take their series for one.
+func TestLabelValuesKeepNamesApart(t *testing.T) {
+	for _, tc := range []struct{ a, b string }{
+		{"t\xff", "t\xfe"},
+		{"t\xff", "t\xff\xff"},
+		{"t\xff\xfe", "t\xfe\xff"},
+		{"t\xff", "t\uFFFD"},
+		{"t\xff", "t\uFFFDff"},
+		{"t\uFFFD", "t\uFFFD\uFFFD"},
+		{"t\xe2\x82", "t\xe2"}, // a rune cut short, and shorter
+		{"t\xff", "t"},
+		{"t\\xff", "t\xff"},
+	} {
+		a, b := escapeLabel(tc.a), escapeLabel(tc.b)
+		if a == b {
+			t.Errorf("%q and %q both give the label value %q", tc.a, tc.b, a)
+		}
+		for _, v := range []string{a, b} {
+			if !utf8.ValidString(v) {
+				t.Errorf("label value %q is not valid UTF-8", v)
+			}
+		}
+	}
+	for _, s := range []string{"orders", "Bestellungen-ä", "日本"} { // valid names stay as they are
+		if escapeLabel(s) != s {
+			t.Errorf("valid name %q changed to %q", s, escapeLabel(s))
+		}
+	}
+
+	// On the page: two topics that differ only in invalid bytes are two series, and Prometheus's
+	// own parser reads the page.
+	v := &localView{}
+	now := time.Now().Truncate(10 * time.Second)
+	if err := v.Send(context.Background(), []aggregator.Bucket{{
+		Start: now.Add(-10 * time.Second), Duration: 10 * time.Second, TimestampType: aggregator.Current,
+		Backlogs: []aggregator.Backlog{
+			{Service: "s", Tags: []string{"partition:0", "topic:t\xff", "type:kafka_high_watermark"}, Value: 1},
+			{Service: "s", Tags: []string{"partition:0", "topic:t\xfe", "type:kafka_high_watermark"}, Value: 2},
+		},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(&metricsPage{view: v})
+	defer srv.Close()
+	topics := map[string]float64{}
+	for _, m := range scrapeMetrics(t, srv.URL)["dsmproxy_kafka_offset"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "topic" {
+				topics[l.GetValue()] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if len(topics) != 2 {
+		t.Errorf("dsmproxy_kafka_offset topics %v: want two, one per topic", topics)
 	}
 }
