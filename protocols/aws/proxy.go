@@ -60,7 +60,8 @@ type Config struct {
 	Upstream string
 	// Upstreams overrides Upstream per service (keys ServiceSQS, ServiceSNS, ServiceKinesis).
 	Upstreams map[string]string
-	// Region signs requests whose credential scope names none (default us-east-1).
+	// Region signs requests whose credential scope names none, and names the endpoints when
+	// Upstream is empty (default: the SDK chain's, AWS_REGION..., else us-east-1).
 	Region string
 
 	Env          string
@@ -201,6 +202,16 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.TrustClients && !cfg.TrustClientsNonLoopback && !isLoopback(host) {
 		return nil, fmt.Errorf("aws: trust_clients on non-loopback listener %q lets anyone reach AWS as the proxy's identity; set trust_clients_non_loopback too if that is really wanted", cfg.Listen)
+	}
+	if cfg.Region == "" && cfg.Credentials == nil {
+		// As the SDKs do, and as the proxy's own credentials come: AWS_REGION, AWS_DEFAULT_REGION
+		// or the profile's region. Read apart from the credentials, which are loaded for the
+		// region settled here (an STS endpoint needs one).
+		ac, err := awsconfig.LoadDefaultConfig(context.Background(), awsconfig.WithLogger(sdkLogger(cfg.Log.With().Str("protocol", "aws").Logger())))
+		if err != nil {
+			return nil, fmt.Errorf("aws: default config (region): %w", err)
+		}
+		cfg.Region = ac.Region
 	}
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1"

@@ -193,6 +193,40 @@ func TestDefaultCredentialChain(t *testing.T) {
 	}
 }
 
+// TestRegionFromDefaultChain: with no Region set, the region comes from the SDK's chain
+// (AWS_REGION, AWS_DEFAULT_REGION, the profile) as the README says, before us-east-1: a proxy
+// given AWS_REGION=eu-west-1 and no upstream must not send to us-east-1's endpoints.
+func TestRegionFromDefaultChain(t *testing.T) {
+	for _, tc := range []struct {
+		name, region, env, want string
+	}{
+		{"env", "", "eu-west-1", "eu-west-1"},
+		{"config wins", "ap-south-1", "eu-west-1", "ap-south-1"},
+		{"neither", "", "", "us-east-1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("AWS_REGION", tc.env)
+			t.Setenv("AWS_DEFAULT_REGION", "")
+			t.Setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV000000001")
+			t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+			t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+			t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+			p, err := New(Config{Listen: "127.0.0.1:0", Region: tc.region})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.cfg.Region != tc.want {
+				t.Errorf("region %q, want %q", p.cfg.Region, tc.want)
+			}
+			for svc, u := range p.up {
+				if want := svc + "." + tc.want + ".amazonaws.com"; u.Host != want {
+					t.Errorf("%s endpoint %s, want %s", svc, u.Host, want)
+				}
+			}
+		})
+	}
+}
+
 // TestDefaultChainRefreshesBeforeExpiry: credentials from the SDK's default chain (here the
 // container credentials endpoint, as on ECS or EKS Pod Identity) that come within the refresh
 // window of their expiry are fetched again, and the proxy signs with the new ones.
