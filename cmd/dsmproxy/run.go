@@ -192,7 +192,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		// Fronts stop by Shutdown (the drain), not by ctx.
 		if err := f.Start(bg); err != nil {
 			rt.abort()
-			return nil, fmt.Errorf("%s front %s: %w", f.protocol, f.listen, err)
+			return nil, fmt.Errorf("%s front %s: %w%s", f.protocol, f.listen, err, cfg.inUseHint(err, f.listen, f.key+".listen"))
 		}
 		log.Info().Str("protocol", f.protocol).Str("listen", f.Addr().String()).Bool("tls", f.clientTLS).Strs("upstream", f.upstreams).Msg("front listening")
 	}
@@ -211,7 +211,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		ln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			rt.abort()
-			return nil, fmt.Errorf("admin listener %s: %w", cfg.Admin.Listen, err)
+			return nil, fmt.Errorf("admin listener %s: %w%s", cfg.Admin.Listen, err, cfg.inUseHint(err, cfg.Admin.Listen, "admin.listen"))
 		}
 		rt.adminLn = ln
 		rt.adminHS = &http.Server{Handler: rt.admin.mux, ReadHeaderTimeout: 10 * time.Second}
@@ -220,6 +220,22 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	}
 	rt.admin.ready.Store(true)
 	return rt, nil
+}
+
+// inUseHint says what to change when addr, set by key, is taken: the bind error names no
+// setting, and the admin listener's is taken without being set (a second proxy on one host).
+func (c *Config) inUseHint(err error, addr, key string) string {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return ""
+	}
+	change := "set " + key + " to another address"
+	switch src := c.sourceOf(key); {
+	case key == "admin.listen":
+		change = "set --admin or admin.listen to another address, or to off"
+	case src != "":
+		change = "give " + src + " another listen address"
+	}
+	return fmt.Sprintf(" (another process listens on %s: stop it, or %s)", addr, change)
 }
 
 // snapshot is every counter the process keeps: per front (what was injected, skipped, consumed,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -474,6 +476,56 @@ func TestRunSecondSignalExitsNow(t *testing.T) {
 			}
 			if got, want := logs.field(t, "shutting down; SIGTERM or SIGINT again exits at once", "", "signal"), signalName(sigs[0]); got != want {
 				t.Errorf("the shutdown line names signal %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestListenAddressInUse: a listen address another process holds fails the start with what to
+// change, for every front and the admin listener: the bind error alone names no setting.
+func TestListenAddressInUse(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	addr := taken.Addr().String()
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"kafka", Config{Kafka: []KafkaConfig{{Listen: addr, Bootstrap: []string{"127.0.0.1:9"}}}},
+			[]string{"kafka front " + addr, "address already in use", "another process listens on " + addr, "kafka[0].listen"}},
+		{"amqp", Config{AMQP: []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9"}, {Listen: addr, Upstream: "127.0.0.1:9"}}},
+			[]string{"amqp front " + addr, "another process listens on " + addr, "amqp[1].listen"}},
+		{"aws", Config{AWS: []AWSConfig{{Listen: addr, Upstream: "http://127.0.0.1:9", credentials: demoSQSCreds}}},
+			[]string{"aws front " + addr, "another process listens on " + addr, "aws[0].listen"}},
+		{"admin", Config{Admin: AdminConfig{Listen: addr}, AMQP: []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9"}}},
+			[]string{"admin listener " + addr, "another process listens on " + addr, "--admin", "admin.listen", "or to off"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			if cfg.Admin.Listen == "" {
+				cfg.Admin.Listen = "off"
+			}
+			cfg.Agent.Disabled = true
+			cfg.Defaults()
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			rt, err := start(context.Background(), &cfg, zerolog.Nop(), nil)
+			if err == nil {
+				rt.stop()
+				t.Fatal("started on an address in use")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if !errors.Is(err, syscall.EADDRINUSE) {
+				t.Errorf("error %q does not wrap EADDRINUSE", err)
 			}
 		})
 	}

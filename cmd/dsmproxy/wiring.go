@@ -38,6 +38,7 @@ type namedFront struct {
 	front
 	protocol  string
 	listen    string
+	key       string   // its entry in the config: kafka[0], amqp[1]...
 	upstreams []string // host:port dialed by /readyz
 	// readyDials: the dial /readyz makes to an upstream the front reaches over TLS, handshake
 	// included, so that a wrong CA or server name shows there (absent: a TCP dial).
@@ -137,6 +138,7 @@ func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 		if err != nil {
 			return nil, cfg.entryError(fmt.Sprintf("kafka[%d]", i), k.line, err)
 		}
+		f.key = fmt.Sprintf("kafka[%d]", i)
 		fronts = append(fronts, f)
 	}
 	for i, a := range cfg.AMQP {
@@ -144,6 +146,7 @@ func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 		if err != nil {
 			return nil, cfg.entryError(fmt.Sprintf("amqp[%d]", i), a.line, err)
 		}
+		f.key = fmt.Sprintf("amqp[%d]", i)
 		fronts = append(fronts, f)
 	}
 	for i, a := range cfg.AWS {
@@ -151,6 +154,7 @@ func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 		if err != nil {
 			return nil, cfg.entryError(fmt.Sprintf("aws[%d]", i), a.line, err)
 		}
+		f.key = fmt.Sprintf("aws[%d]", i)
 		fronts = append(fronts, f)
 	}
 	now := time.Now()
