@@ -374,7 +374,15 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 				if sec == "" {
 					sec = m[3]
 				}
-				errs = append(errs, &configError{line: atoi(m[1]), key: m[2], msg: "unknown key in " + sec + " (see `dsmproxy run --help` and the README's config reference)"})
+				msg := "unknown key in " + sec
+				near := keyMeant[m[3]][m[2]]
+				if near == "" {
+					near = nearestKey(m[2], sectionKeys(m[3]))
+				}
+				if near != "" {
+					msg += ": did you mean " + near + "?"
+				}
+				errs = append(errs, &configError{line: atoi(m[1]), key: m[2], msg: msg + " (every key: the README's config reference)"})
 				continue
 			}
 			m := reLinePrefix.FindStringSubmatch(e)
@@ -417,6 +425,101 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// keyMeant: keys of one front written in another's terms, which no spelling rule finds (a Kafka
+// front's upstream would read as upstream_tls).
+var keyMeant = map[string]map[string]string{
+	"KafkaConfig": {"upstream": "bootstrap", "upstreams": "bootstrap", "brokers": "bootstrap"},
+	"AMQPConfig":  {"bootstrap": "upstream"},
+	"AWSConfig":   {"bootstrap": "upstream", "endpoint": "upstream", "endpoint_url": "upstream"},
+}
+
+// sectionKeys lists the keys of the config struct yaml's message names (KafkaConfig), inline
+// ones included.
+func sectionKeys(typeName string) []string {
+	var found reflect.Type
+	seen := map[reflect.Type]bool{}
+	var find func(t reflect.Type)
+	find = func(t reflect.Type) {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Map {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct || seen[t] || found != nil {
+			return
+		}
+		seen[t] = true
+		if t.Name() == typeName {
+			found = t
+			return
+		}
+		for i := range t.NumField() {
+			find(t.Field(i).Type)
+		}
+	}
+	find(reflect.TypeOf(Config{}))
+	var keys []string
+	var collect func(t reflect.Type)
+	collect = func(t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if strings.Contains(opts, "inline") {
+				collect(f.Type)
+			} else if name != "" {
+				keys = append(keys, name)
+			}
+		}
+	}
+	if found != nil {
+		collect(found)
+	}
+	return keys
+}
+
+// nearestKey is the known key a mistyped one most likely meant ("" if none is close): within two
+// edits (kafak, max_con), or the same but for its end (max_connections, ca, bootstrap_servers).
+func nearestKey(key string, known []string) string {
+	best, bestD := "", math.MaxInt
+	for _, k := range known {
+		d := editDistance(key, k)
+		p := 0
+		for p < len(key) && p < len(k) && key[p] == k[p] {
+			p++
+		}
+		if (d <= 2 || p >= 2 && p >= min(len(key), len(k))-1) && d < bestD {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b, with a swap of two neighbours as one edit.
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
+}
 
 // reWrongType is yaml's message for a value of the wrong kind ("cannot unmarshal !!map into
 // []main.KafkaConfig"), which names Go types a user never wrote.
@@ -914,7 +1017,9 @@ func (c *Config) Validate() error {
 	for i, a := range c.AMQP {
 		p := fmt.Sprintf("amqp[%d]", i)
 		listen(a.line, p+".listen", a.Listen)
-		if !validHostPort(a.Upstream) {
+		if a.Upstream == "" {
+			bad(a.line, p+".upstream", "required: the real broker's host:port")
+		} else if !validHostPort(a.Upstream) {
 			bad(a.line, p+".upstream", "%q is not host:port (port 1..65535 or a service name) of the real broker", a.Upstream)
 		}
 		if a.MaxFrameBytes != 0 && a.MaxFrameBytes < 4096 {
