@@ -135,7 +135,8 @@ Environment (Datadog's own variables; flags beat them):
   DD_ERROR_TRACKING_HANDLED_ERRORS  any value: also send every tracked error group (broker errors,
                             lost messages, proxy skips, decode errors) to the Agent as error spans
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE
-                            credentials the AWS front re-signs with (standard AWS chain)
+                            credentials the AWS front re-signs with, and its region where the file
+                            sets none (standard AWS chain)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY
                             egress proxy the AWS front sends through (/readyz then dials it)
 `
