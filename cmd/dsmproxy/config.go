@@ -1181,6 +1181,11 @@ func httpURL(s string) bool {
 func (c *Config) adminOff() bool { return c.Admin.Disabled || c.Admin.Listen == "off" }
 
 func checkAgentURL(s string) error {
+	if !strings.Contains(s, "://") { // host:port, as DD_AGENT_HOST and DD_TRACE_AGENT_PORT are given
+		// Read as the http URL it was meant to be, so that a user:password in it is masked.
+		shown := strings.TrimPrefix(redact.URL("http://"+s), "http://")
+		return fmt.Errorf("%q has no scheme: write http://%s (or https://..., unix:///path/to/apm.socket)", shown, shown)
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return fmt.Errorf("%q: %w", redact.URL(s), err)

@@ -64,6 +64,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad aws upstream", "aws:\n  - listen: 127.0.0.1:4566\n    upstream: sqs.amazonaws.com\n", []string{"line 2", "aws[0].upstream"}},
 		{"bad rule regexp", "services:\n  - service: a\n    client_id: '('\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"line 2", "services[0].client_id"}},
 		{"bad agent scheme", "agent:\n  url: ftp://x\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "scheme"}},
+		{"agent url without a scheme", "agent:\n  url: localhost:8126\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "write http://localhost:8126"}},
+		{"agent address without a scheme", "agent:\n  url: 127.0.0.1:8126\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "write http://127.0.0.1:8126"}},
 		{"nothing to proxy", "env: prod\n", []string{"nothing to proxy"}},
 		{"listen port out of range", "kafka:\n  - listen: 127.0.0.1:99999\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "0..65535"}},
 		{"missing amqp upstream", "amqp:\n  - listen: 127.0.0.1:25673\n", []string{"line 2", "amqp[0].upstream", "required"}},
@@ -442,8 +444,10 @@ func TestDrainTimeoutFlagZero(t *testing.T) {
 
 // TestAgentURLSecretStaysOut: check-config's summary and a refused Agent URL mask its password.
 func TestAgentURLSecretStaysOut(t *testing.T) {
-	if err := checkAgentURL("ftp://dd:s3cret@agent"); err == nil || strings.Contains(err.Error(), "s3cret") {
-		t.Errorf("refused URL: %v", err)
+	for _, u := range []string{"ftp://dd:s3cret@agent", "dd:s3cret@agent:8126"} {
+		if err := checkAgentURL(u); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("refused URL: %v", err)
+		}
 	}
 	cfg := &Config{Agent: AgentConfig{URL: "http://dd:s3cret@agent:8126"}}
 	if d := agentDesc(cfg); strings.Contains(d, "s3cret") {
