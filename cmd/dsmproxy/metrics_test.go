@@ -642,3 +642,34 @@ func TestLabelValuesKeepNamesApart(t *testing.T) {
 		t.Errorf("dsmproxy_kafka_offset topics %v: want two, one per topic", topics)
 	}
 }
+
+// boundFront is a front bound to addr.
+type boundFront struct {
+	stubFront
+	addr net.Addr
+}
+
+func (f boundFront) Addr() net.Addr { return f.addr }
+
+// TestBoundKeepsTheSetting: a front's name is its listen setting as written, port 0 replaced by
+// the port it got, so labels match the configuration (Go names a wildcard listener [::]).
+func TestBoundKeepsTheSetting(t *testing.T) {
+	wild := &net.TCPAddr{IP: net.IPv6unspecified, Port: 19092}
+	for _, tc := range []struct {
+		listen string
+		addr   net.Addr
+		want   string
+	}{
+		{"0.0.0.0:19092", wild, "0.0.0.0:19092"},
+		{":19092", wild, ":19092"},
+		{"localhost:19092", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 19092}, "localhost:19092"},
+		{"127.0.0.1:0", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 38973}, "127.0.0.1:38973"},
+		{":0", &net.TCPAddr{IP: net.IPv6unspecified, Port: 40001}, ":40001"},
+		{"127.0.0.1:0", nil, "127.0.0.1:0"}, // not started
+	} {
+		f := namedFront{front: boundFront{addr: tc.addr}, listen: tc.listen}
+		if got := f.bound(); got != tc.want {
+			t.Errorf("listen %q bound at %v: named %q, want %q", tc.listen, tc.addr, got, tc.want)
+		}
+	}
+}

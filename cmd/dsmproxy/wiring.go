@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,13 +52,17 @@ type namedFront struct {
 	listeners func() []kafka.ListenerConnections
 }
 
-// bound is the address the front listens on once started, else its listen setting: fronts on
-// port 0 share the setting, and a label or key made of it would merge them.
+// bound is the front's listen setting with port 0 replaced by the port it got once started:
+// fronts on port 0 share the setting, and a label or key made of it would merge them. Any other
+// setting stays as written (Go would show 0.0.0.0:19092 as [::]:19092), so the labels of a
+// dashboard written against the configuration keep matching.
 func (f namedFront) bound() string {
-	if f.front != nil {
-		if a := f.Addr(); a != nil {
-			return a.String()
-		}
+	host, port, err := net.SplitHostPort(f.listen)
+	if err != nil || port != "0" || f.front == nil {
+		return f.listen
+	}
+	if a, ok := f.Addr().(*net.TCPAddr); ok && a != nil {
+		return net.JoinHostPort(host, strconv.Itoa(a.Port))
 	}
 	return f.listen
 }
