@@ -279,7 +279,10 @@ func TestHelpDocumentsEverything(t *testing.T) {
 	if code := mainArgs([]string{"run", "--help"}, &out, &errb); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	help := errb.String()
+	help := out.String()
+	if errb.Len() > 0 {
+		t.Errorf("run --help wrote to stderr: %q", errb.String())
+	}
 	var f runFlags
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	f.register(fs)

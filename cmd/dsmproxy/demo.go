@@ -66,7 +66,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(fs.Output(), usageDemo, "demo")
 		printFlags(fs)
 	}
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *flush < time.Second {

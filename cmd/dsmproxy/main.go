@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -175,11 +176,21 @@ func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
+// parseFlags parses args into fs. The help a --help asks for goes to stdout, as the top-level
+// --help's does (so `dsmproxy run --help | less` works); a mistake and the usage after it go to
+// fs's output, stderr.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	var msg bytes.Buffer
+	out := fs.Output()
+	fs.SetOutput(&msg)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		stdout.Write(msg.Bytes())
+		return err
+	}
+	out.Write(msg.Bytes())
+	if err != nil {
 		return errUsage
 	}
 	if fs.NArg() > 0 {
@@ -290,7 +301,7 @@ func (f *runFlags) apply(cfg *Config) error {
 }
 
 // parseRunConfig parses run's flags (shared by check-config) into the effective configuration.
-func parseRunConfig(name string, args []string, stderr io.Writer) (*Config, error) {
+func parseRunConfig(name string, args []string, stdout, stderr io.Writer) (*Config, error) {
 	var f runFlags
 	usage := usageRun
 	if name == "check-config" {
@@ -298,14 +309,14 @@ func parseRunConfig(name string, args []string, stderr io.Writer) (*Config, erro
 	}
 	fs := newFlagSet(name, usage, stderr)
 	f.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return nil, err
 	}
 	return f.loadConfig(os.LookupEnv)
 }
 
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseRunConfig("check-config", args, stderr)
+	cfg, err := parseRunConfig("check-config", args, stdout, stderr)
 	if err != nil {
 		return err
 	}

@@ -36,11 +36,11 @@ func newCollector(cfg *Config, log zerolog.Logger) *errtrack.Collector {
 	return errtrack.New(ec)
 }
 
-func cmdRun(args []string, _, stderr io.Writer) error {
+func cmdRun(args []string, stdout, stderr io.Writer) error {
 	// SIGHUP's default action ends the process: until the reloads listen for it (once the fronts
 	// are up), a logrotate or supervisor SIGHUP must not stop a proxy that is starting.
 	signal.Ignore(syscall.SIGHUP)
-	cfg, err := parseRunConfig("run", args, stderr)
+	cfg, err := parseRunConfig("run", args, stdout, stderr)
 	if err != nil {
 		return err
 	}
