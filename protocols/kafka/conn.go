@@ -198,7 +198,18 @@ func (s *session) serve(ctx context.Context) error {
 		err = nil
 	}
 	s.c.Upstream.Close()
-	rerr := <-respErr
+	var rerr error
+	select {
+	case rerr = <-respErr:
+	case <-time.After(stalledClientWait):
+		// The response relay is stuck writing to a client that reads nothing, and the upstream
+		// is over: the relay would never read its end, and the client, whose writes nobody
+		// reads any more, would never learn of it while the session (and its shares of the
+		// proxy's bounds) stayed. Direct, its next write would fail on the broker's reset.
+		s.log.Debug().Stringer("wait", stalledClientWait).Msg("resetting connection: the client read no answer after its requests ended")
+		proxy.ResetClose(s.c.Client)
+		rerr = <-respErr
+	}
 	s.mu.Lock()
 	unanswered := s.queue
 	s.queue = nil
@@ -255,6 +266,10 @@ func (s *session) waitIdle() {
 		}
 	}
 }
+
+// stalledClientWait bounds how long a session whose requests ended waits for the client to read
+// the answers the relay is still writing: past it the client is taken to have stalled.
+const stalledClientWait = 5 * time.Second
 
 // firstRequestTimeout is how long a client has to send its first request (Proxy's, which tests
 // shorten before Start).
