@@ -456,10 +456,49 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 		for _, m := range resp.Members { // v3+: one code per member leaving
 			s.groupError(pd, m.ErrorCode)
 		}
-		if leave, ok := pd.facts.(groupLeave); ok && resp.ErrorCode == 0 {
-			s.p.groups.forget(s.info.Load().key(), leave.group, leave.members)
+		if leave, ok := pd.facts.(groupLeave); ok {
+			if gone := leftMembers(leave, pd.version, resp); len(gone) > 0 || len(leave.members) == 0 {
+				s.p.groups.forget(s.info.Load().key(), leave.group, gone)
+			}
 		}
 	}
+}
+
+// leftMembers is the members of leave out of the group by the coordinator's answer. v0-2 name
+// one member and carry its code at the top level; v3+ carry one code per member, and a top-level
+// one for the group.
+func leftMembers(leave groupLeave, version int16, resp *kmsg.LeaveGroupResponse) []string {
+	if !outOfGroup(resp.ErrorCode) {
+		return nil
+	}
+	if version < 3 || resp.ErrorCode != 0 {
+		return leave.members
+	}
+	var gone []string
+	for i, m := range resp.Members {
+		if !outOfGroup(m.ErrorCode) {
+			continue
+		}
+		id := m.MemberID // the broker's echo, resolved for a static member named by instance id
+		if id == "" && i < len(leave.members) {
+			id = leave.members[i]
+		}
+		gone = append(gone, id)
+	}
+	return gone
+}
+
+// outOfGroup: a leave answered with code left the member out of the group. It left, or the
+// coordinator does not know it: UNKNOWN_MEMBER_ID (its session expired, or the group is gone),
+// GROUP_ID_NOT_FOUND, FENCED_INSTANCE_ID (another member holds its static identity). Any other
+// code (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, an authorization failure) refused the leave:
+// the member is still in the group with its partitions, and the client retries elsewhere.
+func outOfGroup(code int16) bool {
+	switch code {
+	case 0, kerr.UnknownMemberID.Code, kerr.GroupIDNotFound.Code, kerr.FencedInstanceID.Code:
+		return true
+	}
+	return false
 }
 
 // learnGroup records that the client is a member of the request's group, when the coordinator
