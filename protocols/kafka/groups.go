@@ -400,11 +400,14 @@ func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 		return
 	}
 	s.groupError(pd, resp.ErrorCode)
-	if resp.ErrorCode != 0 || group == "" {
+	if leave, leaving := pd.facts.(groupLeave); leaving {
+		// kgo's leave848 too takes UNKNOWN_MEMBER_ID and GROUP_ID_NOT_FOUND for a leave done.
+		if group != "" && outOfGroup(resp.ErrorCode) {
+			s.p.groups.forget(s.info.Load().key(), group, leave.members)
+		}
 		return
 	}
-	if leave, leaving := pd.facts.(groupLeave); leaving {
-		s.p.groups.forget(s.info.Load().key(), group, leave.members)
+	if resp.ErrorCode != 0 || group == "" {
 		return
 	}
 	s.p.groups.learn(s.info.Load().key(), group)

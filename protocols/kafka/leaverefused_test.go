@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,7 +19,8 @@ import (
 // group all the same, and the proxy must forget it; one whose leave the coordinator could not
 // take (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, an authorization failure) is still in the
 // group, holding its partitions. LeaveGroup v0-2 names one member and puts its error in the
-// top-level code; v3+ has one code per member, the top-level one for the whole group.
+// top-level code; v3+ has one code per member, the top-level one for the whole group. A KIP-848
+// member leaves with a heartbeat of member epoch -1, answered by one code.
 func TestLeaveAnsweredWithError(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
@@ -26,6 +28,7 @@ func TestLeaveAnsweredWithError(t *testing.T) {
 	topic := uniqueTopic(t, "leave-refused")
 	produceKgo(t, ctx, kgoClient(t, p), topic, testRecords(6, time.UnixMilli(1700000700000)))
 	v2 := kgo.MaxVersions(kversion.V2_3_0()) // LeaveGroup v2
+	kip848 := kgo.ServerSideBalancer()
 	// member: the fault answers the leaving member (v0-2 carry its code at the top level);
 	// else the whole request.
 	for _, tc := range []struct {
@@ -46,6 +49,10 @@ func TestLeaveAnsweredWithError(t *testing.T) {
 		{"v5 group not found", nil, kerr.UnknownMemberID, false, false, true},
 		{"v5 group id not found", nil, kerr.GroupIDNotFound, false, false, true},
 		{"v5 coordinator not available", nil, kerr.CoordinatorNotAvailable, false, true, false},
+		// KIP-848: the leave is a ConsumerGroupHeartbeat with member epoch -1.
+		{"kip848 unknown member", kip848, kerr.UnknownMemberID, false, false, true},
+		{"kip848 group id not found", kip848, kerr.GroupIDNotFound, false, false, true},
+		{"kip848 not coordinator", kip848, kerr.NotCoordinator, false, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			group, id := uniqueTopic(t, "leave-refused-g"), uniqueTopic(t, "leave-refused-c")
@@ -69,6 +76,10 @@ func TestLeaveAnsweredWithError(t *testing.T) {
 				t.Fatalf("before the leave: group %q, want %q", g, group)
 			}
 			f := kfake.Fault{Keys: []kmsg.Key{kmsg.LeaveGroup}, Group: group, Err: tc.err, Count: -1, TopLevel: !tc.member}
+			if strings.HasPrefix(tc.name, "kip848") {
+				f.Keys = []kmsg.Key{kmsg.ConsumerGroupHeartbeat}
+				f.When = func(req kmsg.Request) bool { return req.(*kmsg.ConsumerGroupHeartbeatRequest).MemberEpoch < 0 }
+			}
 			if tc.member {
 				f.Resource, _ = cl.GroupMetadata()
 			}
