@@ -49,10 +49,14 @@ type groupMembers struct {
 }
 
 type memberParts struct {
-	gen     int32
-	parts   map[topicPartition]struct{}
+	gen   int32
+	parts map[topicPartition]struct{}
+	// ids: partitions assigned under topic ids the proxy could not name then (KIP-848). A
+	// KIP-848 assignment is sent again only when it changes, so lookups name them once a later
+	// Metadata answer taught the proxy the id (resolveLocked).
+	ids     map[[16]byte][]int32
 	prev    map[topicPartition]struct{} // its assignment before: fetches sent then may still answer
-	partial bool                        // some of its partitions are unknown (not seen assigned, or topic ids unresolved)
+	partial bool                        // its partitions are unknown (heard, not seen assigned)
 	heard   time.Time                   // its latest heartbeat or assignment (KIP-848 members)
 }
 
@@ -85,7 +89,7 @@ func (gm *groupMembers) known() bool {
 		return false
 	}
 	for _, m := range gm.members {
-		if m.partial {
+		if m.partial || len(m.ids) > 0 {
 			return false
 		}
 	}
@@ -125,6 +129,7 @@ type groupTracker struct {
 	mu      sync.Mutex
 	clients *proxy.RecentMap[clientKey, *clientGroups]
 	now     func() time.Time
+	names   func(id [16]byte) (string, bool) // the proxy's topic ids (nil: none)
 }
 
 func newGroupTracker(limit int) *groupTracker {
@@ -228,7 +233,7 @@ func factsGroup(pd *pending) string {
 
 // assign replaces the partitions group assigned to client k (one member, for tests).
 func (g *groupTracker) assign(k clientKey, group string, parts []topicPartition) {
-	g.assignMember(k, groupMember{group: group}, parts, false)
+	g.assignMember(k, groupMember{group: group}, parts, nil)
 }
 
 // heard records a member of group behind client k that heartbeats: one whose assignment was
@@ -280,10 +285,11 @@ func (g *groupTracker) heard(k clientKey, m groupMember) {
 	cg.groups[m.group] = next
 }
 
-// assignMember replaces the partitions group assigned to one member behind client k. A classic
-// member of an older generation than the previous one has not joined since, and is dropped: it
-// left without a LeaveGroup (or has a new member id), and its partitions went to others.
-func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPartition, partial bool) {
+// assignMember replaces the partitions group assigned to one member behind client k, ids those
+// of topics not named yet. A classic member of an older generation than the previous one has
+// not joined since, and is dropped: it left without a LeaveGroup (or has a new member id), and
+// its partitions went to others.
+func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPartition, ids map[[16]byte][]int32) {
 	if m.group == "" || len(m.group) > maxGroupNameBytes {
 		return
 	}
@@ -315,7 +321,9 @@ func (g *groupTracker) assignMember(k clientKey, m groupMember, parts []topicPar
 		clear(gm.members)
 		gm.full, gm.fullAt = true, now
 	}
-	gm.members[m.member] = memberParts{gen: m.gen, parts: set, prev: gm.members[m.member].parts, partial: partial, heard: now}
+	was := gm.members[m.member]
+	g.resolveLocked(&was) // the partitions it held under ids named since
+	gm.members[m.member] = memberParts{gen: m.gen, parts: set, ids: ids, prev: was.parts, heard: now}
 	cg.groups[m.group] = gm
 }
 
@@ -347,6 +355,13 @@ func (g *groupTracker) lookupLocked(cg *clientGroups, topic string, partition in
 	tp := topicPartition{topic, partition}
 	found, holders, only := "", 0, ""
 	for name, gm := range cg.groups {
+		if gm != nil {
+			for id, mp := range gm.members {
+				if len(mp.ids) > 0 && g.resolveLocked(&mp) {
+					gm.members[id] = mp
+				}
+			}
+		}
 		if gm.holds(tp) {
 			found = name
 			holders++
@@ -364,6 +379,33 @@ func (g *groupTracker) lookupLocked(cg *clientGroups, topic string, partition in
 		return ""
 	}
 	return only
+}
+
+// resolveLocked moves the partitions of mp's topic ids the proxy can name now into its parts,
+// and reports whether any moved. In place: an id names one topic, in the groups of any time.
+func (g *groupTracker) resolveLocked(mp *memberParts) bool {
+	if len(mp.ids) == 0 || g.names == nil {
+		return false
+	}
+	moved := false
+	for id, ps := range mp.ids {
+		name, ok := g.names(id)
+		if !ok {
+			continue
+		}
+		if mp.parts == nil {
+			mp.parts = make(map[topicPartition]struct{}, len(ps))
+		}
+		for _, p := range ps {
+			mp.parts[topicPartition{name, p}] = struct{}{}
+		}
+		delete(mp.ids, id)
+		moved = true
+	}
+	if len(mp.ids) == 0 {
+		mp.ids = nil
+	}
+	return moved
 }
 
 // syncGroupResponse learns the member's assignment from a classic "consumer" protocol SyncGroup.
@@ -389,7 +431,7 @@ func (s *session) syncGroupResponse(pd *pending, frame []byte) {
 			parts = append(parts, topicPartition{t.Topic, p})
 		}
 	}
-	s.p.groups.assignMember(s.info.Load().key(), m, parts, false)
+	s.p.groups.assignMember(s.info.Load().key(), m, parts, nil)
 }
 
 // heartbeatResponse learns a KIP-848 member's assignment (topic ids) from ConsumerGroupHeartbeat.
@@ -419,19 +461,22 @@ func (s *session) heartbeatResponse(pd *pending, frame []byte) {
 		s.p.groups.heard(s.info.Load().key(), m)
 		return
 	}
-	partial := false
 	var parts []topicPartition
+	var ids map[[16]byte][]int32
 	for _, t := range resp.Assignment.Topics {
 		name, ok := s.p.topicName("", t.TopicID)
 		if !ok {
-			partial = true
+			if ids == nil {
+				ids = make(map[[16]byte][]int32)
+			}
+			ids[t.TopicID] = append(ids[t.TopicID], t.Partitions...)
 			continue
 		}
 		for _, p := range t.Partitions {
 			parts = append(parts, topicPartition{name, p})
 		}
 	}
-	s.p.groups.assignMember(s.info.Load().key(), m, parts, partial)
+	s.p.groups.assignMember(s.info.Load().key(), m, parts, ids)
 }
 
 // groupResponse reports the error codes of JoinGroup, Heartbeat and LeaveGroup responses: the

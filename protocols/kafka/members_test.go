@@ -177,8 +177,8 @@ func TestGroupFallbackOnlyWhenPartsUnknown(t *testing.T) {
 	if got := g.lookup(k, "t", 1); got != "g" {
 		t.Errorf("assignment unknown: %q, want g", got)
 	}
-	g.assignMember(k, groupMember{"g", "m1", 2}, []topicPartition{{"t", 0}, {"t", 3}}, false)
-	g.assignMember(k, groupMember{"g", "m1", 3}, []topicPartition{{"t", 0}}, false)
+	g.assignMember(k, groupMember{"g", "m1", 2}, []topicPartition{{"t", 0}, {"t", 3}}, nil)
+	g.assignMember(k, groupMember{"g", "m1", 3}, []topicPartition{{"t", 0}}, nil)
 	if got := g.lookup(k, "t", 1); got != "" {
 		t.Errorf("t/1, held by no member: %q, want none", got)
 	}
@@ -189,12 +189,12 @@ func TestGroupFallbackOnlyWhenPartsUnknown(t *testing.T) {
 	if got := g.lookup(k, "t", 1); got != "g" {
 		t.Errorf("t/1 with m2's partitions unknown: %q, want g", got)
 	}
-	g.assignMember(k, groupMember{"g", "m2", 4}, []topicPartition{{"t", 2}}, false)
-	g.assignMember(k, groupMember{"g", "m1", 5}, []topicPartition{{"t", 0}}, false)
+	g.assignMember(k, groupMember{"g", "m2", 4}, []topicPartition{{"t", 2}}, nil)
+	g.assignMember(k, groupMember{"g", "m1", 5}, []topicPartition{{"t", 0}}, nil)
 	if got := g.lookup(k, "t", 2); got != "g" {
 		t.Errorf("t/2, m2's at the generation before: %q, want g", got)
 	}
-	g.assignMember(k, groupMember{"g", "m1", 6}, []topicPartition{{"t", 0}}, false)
+	g.assignMember(k, groupMember{"g", "m1", 6}, []topicPartition{{"t", 0}}, nil)
 	if got := g.lookup(k, "t", 2); got != "" {
 		t.Errorf("t/2, m2's two generations ago: %q, want none", got)
 	}
@@ -204,12 +204,12 @@ func TestGroupFallbackOnlyWhenPartsUnknown(t *testing.T) {
 	g.learn(k2, "g")
 	g.heard(k2, groupMember{"g", "a", 0})
 	g.heard(k2, groupMember{"g", "b", 0})
-	g.assignMember(k2, groupMember{"g", "a", 0}, []topicPartition{{"t", 0}}, false)
+	g.assignMember(k2, groupMember{"g", "a", 0}, []topicPartition{{"t", 0}}, nil)
 	if got := g.lookup(k2, "t", 1); got != "g" {
 		t.Errorf("t/1 after a restart, b's partitions unknown: %q, want g", got)
 	}
 	// The group deleted and created again: its generations start over.
-	g.assignMember(k, groupMember{"g", "m3", 1}, []topicPartition{{"u", 0}}, false)
+	g.assignMember(k, groupMember{"g", "m3", 1}, []topicPartition{{"u", 0}}, nil)
 	if got := g.lookup(k, "t", 0); got != "" {
 		t.Errorf("t/0, m1's before the group was created again: %q, want none", got)
 	}
@@ -218,7 +218,7 @@ func TestGroupFallbackOnlyWhenPartsUnknown(t *testing.T) {
 	}
 	// Past maxMembersPerGroup members behind one key, some members' partitions are dropped.
 	for i := range maxMembersPerGroup + 1 {
-		g.assignMember(k, groupMember{"g", fmt.Sprint("many-", i), 1}, []topicPartition{{"t", int32(100 + i)}}, false)
+		g.assignMember(k, groupMember{"g", fmt.Sprint("many-", i), 1}, []topicPartition{{"t", int32(100 + i)}}, nil)
 	}
 	if got := g.lookup(k, "t", 100); got != "g" {
 		t.Errorf("t/100, a member dropped at the bound: %q, want g", got)
@@ -235,8 +235,8 @@ func TestSilentKip848MembersExpire(t *testing.T) {
 	g.now = func() time.Time { return now }
 	k := clientKey{clientID: "kgo"}
 	g.learn(k, "g")
-	g.assignMember(k, groupMember{"g", "killed", 0}, []topicPartition{{"t", 0}}, false)
-	g.assignMember(k, groupMember{"g", "alive", 0}, []topicPartition{{"t", 1}}, false)
+	g.assignMember(k, groupMember{"g", "killed", 0}, []topicPartition{{"t", 0}}, nil)
+	g.assignMember(k, groupMember{"g", "alive", 0}, []topicPartition{{"t", 1}}, nil)
 	if got := g.lookup(k, "t", 0); got != "g" {
 		t.Fatalf("t/0, the first member's: %q, want g", got)
 	}
@@ -254,13 +254,13 @@ func TestSilentKip848MembersExpire(t *testing.T) {
 	k2 := clientKey{clientID: "crowded"}
 	g.learn(k2, "g")
 	for i := range maxMembersPerGroup + 1 {
-		g.assignMember(k2, groupMember{"g", fmt.Sprint("m", i), 0}, []topicPartition{{"t", int32(i)}}, false)
+		g.assignMember(k2, groupMember{"g", fmt.Sprint("m", i), 0}, []topicPartition{{"t", int32(i)}}, nil)
 	}
 	if got := g.lookup(k2, "t", 1000); got != "g" {
 		t.Fatalf("past the member bound, partitions are unknown: %q, want g", got)
 	}
 	now = now.Add(2 * memberSilence)
-	g.assignMember(k2, groupMember{"g", "survivor", 0}, []topicPartition{{"t", 7}}, false)
+	g.assignMember(k2, groupMember{"g", "survivor", 0}, []topicPartition{{"t", 7}}, nil)
 	if got := g.lookup(k2, "t", 1000); got != "" {
 		t.Errorf("t/1000 once the silent members expired: %q, want none", got)
 	}
@@ -279,14 +279,14 @@ func TestFullGroupKeepsMembersHeardMeanwhile(t *testing.T) {
 	k := clientKey{clientID: "crowded"}
 	g.learn(k, "g")
 	for i := range maxMembersPerGroup + 1 {
-		g.assignMember(k, groupMember{"g", fmt.Sprint("m", i), 0}, []topicPartition{{"t", int32(i)}}, false)
+		g.assignMember(k, groupMember{"g", fmt.Sprint("m", i), 0}, []topicPartition{{"t", int32(i)}}, nil)
 	}
 	for range 2 { // "steady" heartbeats with an unchanged assignment (it holds t/500)
 		now = now.Add(memberSilence / 2)
 		g.heard(k, groupMember{"g", "steady", 0})
 	}
 	now = now.Add(memberSilence / 4)
-	g.assignMember(k, groupMember{"g", "survivor", 0}, []topicPartition{{"t", 7}}, false)
+	g.assignMember(k, groupMember{"g", "survivor", 0}, []topicPartition{{"t", 7}}, nil)
 	if got := g.lookup(k, "t", 500); got != "g" {
 		t.Errorf("t/500 of a member heard %v ago: %q, want g", memberSilence/4, got)
 	}

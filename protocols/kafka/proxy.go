@@ -343,6 +343,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.sequences = newProducedSequences()
 	p.groups = newGroupTracker(p.cfg.MaxClients)
+	p.groups.names = p.topics.get
 	p.groups.now = p.now
 	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)

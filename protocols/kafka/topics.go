@@ -17,7 +17,8 @@ import (
 // Clients always send Metadata (v10+ carries the ids) before they produce or fetch a topic, so
 // misses are rare: a miss never breaks the client -- the batch is forwarded unmodified (produce)
 // or not observed (fetch, commit), and counted (Stats.TopicIDMisses) with a ProxySkip event
-// (unknown_topic_id). A miss while learning a group's assignment is only counted.
+// (unknown_topic_id). A miss while learning a group's assignment is counted, and the id is
+// named again at each group lookup until a later Metadata answer teaches it.
 
 // topicIDs is a bounded id -> name map; when full it is emptied and refilled by the next Metadata
 // responses.
