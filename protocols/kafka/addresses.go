@@ -1,8 +1,10 @@
 package kafka
 
 import (
+	"errors"
 	"slices"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/proxy"
@@ -11,10 +13,8 @@ import (
 // rewriteAddresses rewrites the broker addresses of Metadata, FindCoordinator and DescribeCluster
 // responses to the proxy's per-node listeners (opening them as needed); ShareFetch and
 // ShareAcknowledge responses come through rewriteDecoded (sharefetch.go). Metadata also feeds
-// the topic id map, and its per-topic error codes are reported (metadataErrors). An error (a
-// node the proxy cannot listen for) closes the connection: forwarding the real address would
-// let the client bypass the proxy.
-func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
+// the topic id map, and its per-topic error codes are reported (metadataErrors).
+func (s *session) rewriteAddresses(pd *pending, frame []byte) []byte {
 	var resp kmsg.Response
 	switch pd.key {
 	case keyMetadata:
@@ -24,141 +24,186 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) ([]byte, error) {
 	case keyDescribeCluster:
 		resp = kmsg.NewPtrDescribeClusterResponse()
 	default:
-		return frame, nil
+		return frame
 	}
 	start, ok := s.decodeResponse(pd, frame, resp)
 	if !ok {
-		return frame, nil
+		return frame
 	}
-	out, err := s.rewriteDecoded(pd, frame, start, resp)
-	if md, ok := resp.(*kmsg.MetadataResponse); ok && err == nil { // after rewriteDecoded: it notes the cluster id
+	out := s.rewriteDecoded(pd, frame, start, resp)
+	if md, ok := resp.(*kmsg.MetadataResponse); ok { // after rewriteDecoded: it notes the cluster id
 		s.metadataErrors(md)
 	}
-	return out, err
+	return out
 }
 
 // rewriteDecoded is rewriteAddresses for a response already decoded (its body at start).
-func (s *session) rewriteDecoded(pd *pending, frame []byte, start int, resp kmsg.Response) ([]byte, error) {
+func (s *session) rewriteDecoded(pd *pending, frame []byte, start int, resp kmsg.Response) []byte {
+	if !s.rewriteNodes(pd, resp) {
+		return frame
+	}
+	return encodeResponse(frame, start, resp)
+}
+
+// rewriteNodes is rewriteResponseAddresses for a client's answer; it tells of the nodes left out.
+func (s *session) rewriteNodes(pd *pending, resp kmsg.Response) (changed bool) {
 	changed, err := s.p.rewriteResponseAddresses(resp)
 	if err != nil {
 		s.advertiseFailed(pd, err)
-		return nil, proxy.Logged(versionErr(pd, err))
 	}
-	if !changed {
-		return frame, nil
-	}
-	return encodeResponse(frame, start, resp), nil
+	return changed
 }
 
-// advertiseFailed logs a connection closed because its answer names a broker node that has no
-// listener (its address is taken, say). While the node's listener cannot open every client's
-// Metadata meets it, and clients retry many times a second: the first 10 and every 1000th are
-// logged at Error with the running total, the rest at Debug (the discovery's own line and
-// /readyz say it too).
+// advertiseFailed logs an answer that named a broker node without a listener (its address is
+// taken, say), left out of it. While the node's listener cannot open every client's Metadata
+// meets it, and clients ask again many times a second: the first 10 and every 1000th are logged
+// at Error with the running total, the rest at Debug (the discovery's own line and /readyz say it
+// too).
 func (s *session) advertiseFailed(pd *pending, err error) {
 	n := s.p.advertiseFailures.Add(1)
 	ev := s.log.Debug()
 	if proxy.LogNth(n) {
 		ev = s.log.Error()
 	}
-	ev.Err(err).Str("api", kmsg.NameForKey(pd.key)).Uint64("advertise_failures_total", n).Msg("closing connection: cannot advertise a broker node")
+	ev.Err(err).Str("api", kmsg.NameForKey(pd.key)).Uint64("advertise_failures_total", n).
+		Msg("cannot advertise a broker node: it is left out of the answer, as a broker that is down")
 }
 
 // rewriteResponseAddresses replaces every broker host/port in resp (a decoded response of an API
-// that carries them) with the node's proxy address. It reports whether anything changed.
+// that carries them) with the node's proxy address. It reports whether anything changed. A node
+// the proxy cannot listen for is left out, as a broker that is down would be (err says which;
+// resp is still fit to forward): the real address would let the client bypass the proxy, and
+// ending the connection instead made every client of the cluster fail, all of whose answers name
+// every node.
 func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 	changed := false
-	fix := func(id int32, host *string, port *int32) error {
+	var failed []int32
+	var errs []error
+	fix := func(id int32, host *string, port *int32) bool {
 		if id < 0 || *host == "" {
-			return nil
+			return true
 		}
 		h, pt, err := p.advertise(id, *host, *port)
 		if err != nil {
-			return err
+			if !slices.Contains(failed, id) {
+				failed, errs = append(failed, id), append(errs, err)
+			}
+			changed = true
+			return false
 		}
 		if h != *host || pt != *port {
 			*host, *port = h, pt
 			changed = true
 		}
-		return nil
+		return true
 	}
+	gone := func(id int32) bool { return slices.Contains(failed, id) }
 	switch r := resp.(type) {
 	case *kmsg.MetadataResponse:
-		for i := range r.Brokers {
-			b := &r.Brokers[i]
-			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
-				return false, err
+		r.Brokers = keepNodes(r.Brokers, func(b *kmsg.MetadataResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
+		if len(failed) > 0 {
+			// What a broker answers for a partition whose leader is offline.
+			for i := range r.Topics {
+				for j := range r.Topics[i].Partitions {
+					pt := &r.Topics[i].Partitions[j]
+					if gone(pt.Leader) {
+						pt.Leader = -1
+						if pt.ErrorCode == 0 {
+							pt.ErrorCode = kerr.LeaderNotAvailable.Code
+						}
+					}
+				}
+			}
+			if gone(r.ControllerID) {
+				r.ControllerID = -1
 			}
 		}
 		p.learnTopics(r)
 		if r.ClusterID != nil {
 			p.noteCluster(*r.ClusterID)
 		}
-		p.forgetGoneNodes(r.Brokers)
+		p.forgetGoneNodes(r.Brokers, failed)
 	case *kmsg.FindCoordinatorResponse:
-		if r.ErrorCode == 0 {
-			if err := fix(r.NodeID, &r.Host, &r.Port); err != nil {
-				return false, err
+		noCoordinator := func(code *int16, id *int32, host *string, port *int32) {
+			if *code == 0 && !fix(*id, host, port) {
+				*code, *id, *host, *port = kerr.CoordinatorNotAvailable.Code, -1, "", -1
 			}
 		}
+		noCoordinator(&r.ErrorCode, &r.NodeID, &r.Host, &r.Port)
 		for i := range r.Coordinators {
 			c := &r.Coordinators[i]
-			if c.ErrorCode == 0 {
-				if err := fix(c.NodeID, &c.Host, &c.Port); err != nil {
-					return false, err
-				}
-			}
+			noCoordinator(&c.ErrorCode, &c.NodeID, &c.Host, &c.Port)
 		}
 	case *kmsg.DescribeClusterResponse:
 		// EndpointType 2 lists controllers (bootstrap.controllers clients talk to them directly, not
 		// through this proxy); their ids are not broker node ids, so they are left alone.
 		if r.EndpointType != 2 {
-			for i := range r.Brokers {
-				b := &r.Brokers[i]
-				if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
-					return false, err
+			r.Brokers = keepNodes(r.Brokers, func(b *kmsg.DescribeClusterResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
+			if gone(r.ControllerID) {
+				r.ControllerID = -1
+			}
+		}
+	// KIP-951 leader hints: a hint naming a node left out is no hint (-1), and the client asks
+	// Metadata.
+	case *kmsg.ProduceResponse:
+		r.Brokers = keepNodes(r.Brokers, func(b *kmsg.ProduceResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
+		for i := range r.Topics {
+			for j := range r.Topics[i].Partitions {
+				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
+					l.LeaderID, l.LeaderEpoch = -1, -1
 				}
 			}
 		}
-	case *kmsg.ProduceResponse:
-		for i := range r.Brokers {
-			b := &r.Brokers[i]
-			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
-				return false, err
-			}
-		}
 	case *kmsg.FetchResponse:
-		for i := range r.Brokers {
-			b := &r.Brokers[i]
-			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
-				return false, err
+		r.Brokers = keepNodes(r.Brokers, func(b *kmsg.FetchResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
+		for i := range r.Topics {
+			for j := range r.Topics[i].Partitions {
+				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
+					l.LeaderID, l.LeaderEpoch = -1, -1
+				}
 			}
 		}
 	case *kmsg.ShareFetchResponse:
-		for i := range r.NodeEndpoints {
-			b := &r.NodeEndpoints[i]
-			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
-				return false, err
+		r.NodeEndpoints = keepNodes(r.NodeEndpoints, func(b *kmsg.ShareFetchResponseNodeEndpoint) bool { return fix(b.NodeID, &b.Host, &b.Port) })
+		for i := range r.Topics {
+			for j := range r.Topics[i].Partitions {
+				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
+					l.LeaderID, l.LeaderEpoch = -1, -1
+				}
 			}
 		}
 	case *kmsg.ShareAcknowledgeResponse:
-		for i := range r.NodeEndpoints {
-			b := &r.NodeEndpoints[i]
-			if err := fix(b.NodeID, &b.Host, &b.Port); err != nil {
-				return false, err
+		r.NodeEndpoints = keepNodes(r.NodeEndpoints, func(b *kmsg.ShareAcknowledgeResponseNodeEndpoint) bool { return fix(b.NodeID, &b.Host, &b.Port) })
+		for i := range r.Topics {
+			for j := range r.Topics[i].Partitions {
+				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
+					l.LeaderID, l.LeaderEpoch = -1, -1
+				}
 			}
 		}
 	}
-	return changed, nil
+	return changed, errors.Join(errs...)
+}
+
+// keepNodes is list without the nodes fix refuses (fix rewrites the others in place).
+func keepNodes[E any](list []E, fix func(*E) bool) []E {
+	kept := list[:0]
+	for i := range list {
+		if fix(&list[i]) {
+			kept = append(kept, list[i])
+		}
+	}
+	return kept
 }
 
 // forgetGoneNodes drops the listener problems of nodes a Metadata response no longer lists (it
-// lists every live broker): no client is told of them any more.
-func (p *Proxy) forgetGoneNodes(brokers []kmsg.MetadataResponseBroker) {
+// lists every live broker; left out: those the proxy left out of it): no client is told of them
+// any more.
+func (p *Proxy) forgetGoneNodes(brokers []kmsg.MetadataResponseBroker, leftOut []int32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for id := range p.nodeProblems {
-		if !slices.ContainsFunc(brokers, func(b kmsg.MetadataResponseBroker) bool { return b.NodeID == id }) {
+		if !slices.Contains(leftOut, id) && !slices.ContainsFunc(brokers, func(b kmsg.MetadataResponseBroker) bool { return b.NodeID == id }) {
 			delete(p.nodeProblems, id)
 		}
 	}

@@ -80,8 +80,8 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			wait, cuts = 500*time.Millisecond, 0
 			continue
 		case errors.As(err, &local) && err.Error() != told:
-			// The proxy's own fault, not the cluster's: clients fail at their first Metadata.
-			p.log.Error().Err(err).Stringer("retry_in", wait).Msg("a broker node listener cannot open: clients cannot use the cluster through this proxy")
+			// The proxy's own fault, not the cluster's: clients' answers leave the node out.
+			p.log.Error().Err(err).Stringer("retry_in", wait).Msg("a broker node listener cannot open: clients cannot reach that node through this proxy, as if it were down")
 			told = err.Error()
 		case err.Error() != told:
 			// Once per cause, so that a wrong or unreachable bootstrap is in the log at start,

@@ -10,7 +10,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
-	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // fetchFacts is what observing a fetch response needs from its request: where each partition was
@@ -201,11 +200,11 @@ func (s *session) accountSession() {
 
 // fetchResponse forwards the response as it is, unless KIP-951 node endpoints (Fetch v16+, set
 // only on leader changes) must be rewritten, and queues it for observation after it is written.
-func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), error) {
+func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func()) {
 	start, err := responseBodyStart(frame, pd.key, pd.flexible)
 	if err != nil {
 		s.p.decodeError("Fetch response", pd.key, pd.version, err)
-		return frame, nil, nil
+		return frame, nil
 	}
 	facts, _ := pd.facts.(*fetchFacts)
 	ci := s.info.Load()
@@ -214,21 +213,14 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func(), erro
 	if pd.version >= 16 {
 		resp := kmsg.NewPtrFetchResponse()
 		if _, ok := s.decodeResponse(pd, frame, resp); !ok {
-			return frame, nil, nil
+			return frame, nil
 		}
-		if len(resp.Brokers) > 0 {
-			changed, err := s.p.rewriteResponseAddresses(resp)
-			if err != nil {
-				s.advertiseFailed(pd, err)
-				return nil, nil, proxy.Logged(versionErr(pd, err))
-			}
-			if changed {
-				out = encodeResponse(frame, start, resp)
-			}
+		if len(resp.Brokers) > 0 && s.rewriteNodes(pd, resp) {
+			out = encodeResponse(frame, start, resp)
 		}
 		job.resp = resp
 	}
-	return out, func() { s.p.enqueueObserve(job) }, nil
+	return out, func() { s.p.enqueueObserve(job) }
 }
 
 // DefaultObserveQueueBytes is the default bound on the fetch responses waiting to be observed.

@@ -136,18 +136,17 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 	case keyApiVersions:
 		return s.apiVersionsResponse(pd, frame), nil, nil
 	case keyShareFetch:
-		return s.shareFetchResponse(pd, frame)
+		out, after = s.shareFetchResponse(pd, frame)
+		return out, after, nil
 	case keyShareAck:
-		out, err = s.shareAckResponse(pd, frame)
-		return out, nil, err
+		return s.shareAckResponse(pd, frame), nil, nil
 	case keyMetadata, keyFindCoordinator, keyDescribeCluster:
-		out, err = s.rewriteAddresses(pd, frame)
-		return out, nil, err
+		return s.rewriteAddresses(pd, frame), nil, nil
 	case keyProduce:
-		out, err = s.produceResponse(pd, frame)
-		return out, nil, err
+		return s.produceResponse(pd, frame), nil, nil
 	case keyFetch:
-		return s.fetchResponse(pd, frame)
+		out, after = s.fetchResponse(pd, frame)
+		return out, after, nil
 	case keyOffsetCommit, keyTxnOffsetCommit:
 		s.commitResponse(pd, frame)
 	case keyEndTxn:

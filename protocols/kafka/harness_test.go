@@ -329,7 +329,7 @@ func emptyMetadata() *kmsg.MetadataRequest {
 }
 
 // openNodes sends conn's first Metadata and reads the answer, which opens the node listeners:
-// a drain opens none, and an answer naming a node without one closes the connection.
+// a drain opens none, and an answer naming a node without one leaves it out.
 func openNodes(t *testing.T, conn net.Conn) {
 	t.Helper()
 	if _, err := conn.Write(requestFrame(emptyMetadata(), 0)); err != nil {

@@ -10,7 +10,6 @@ import (
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/pathway"
-	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // produceFacts is what a produce response needs from its request.
@@ -198,7 +197,7 @@ func (s *session) trimProduceBuffers() {
 
 // produceResponse rewrites KIP-951 node endpoints and turns partitions into produce offsets or
 // error events.
-func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
+func (s *session) produceResponse(pd *pending, frame []byte) []byte {
 	resp := kmsg.NewPtrProduceResponse()
 	facts, _ := pd.facts.(*produceFacts)
 	start, ok := s.decodeResponse(pd, frame, resp)
@@ -208,21 +207,14 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 				s.releasePoints(&facts.parts[i], true)
 			}
 		}
-		return frame, nil
+		return frame
 	}
 	out := frame
-	if len(resp.Brokers) > 0 {
-		changed, err := s.p.rewriteResponseAddresses(resp)
-		if err != nil {
-			s.advertiseFailed(pd, err)
-			return nil, proxy.Logged(versionErr(pd, err))
-		}
-		if changed {
-			out = encodeResponse(frame, start, resp)
-		}
+	if len(resp.Brokers) > 0 && s.rewriteNodes(pd, resp) {
+		out = encodeResponse(frame, start, resp)
 	}
 	if facts == nil {
-		return out, nil
+		return out
 	}
 	now := s.p.now()
 	for _, t := range resp.Topics {
@@ -266,7 +258,7 @@ func (s *session) produceResponse(pd *pending, frame []byte) ([]byte, error) {
 			}
 		}
 	}
-	return out, nil
+	return out
 }
 
 // releasePoints hands a partition's held checkpoints to the observer when stored, and returns

@@ -211,8 +211,8 @@ type Proxy struct {
 	links     *linkTable
 	handed    *pathway.Handed // contexts consumers were handed lately (32,768), to tell a relay
 	stats     counters
-	// advertiseFailures: connections closed because their answer named a broker node without a
-	// listener (for how loudly that is logged).
+	// advertiseFailures: answers that named a broker node without a listener, left out of them
+	// (for how loudly that is logged).
 	advertiseFailures atomic.Uint64
 
 	observeQ       chan observeJob
@@ -624,8 +624,8 @@ func (p *Proxy) identified(ci *clientInfo) bool {
 	return true
 }
 
-// Problem reports why clients cannot use the front although it listens: broker nodes whose
-// listeners could not open (every Metadata naming one ends the client's connection). Nil when
+// Problem reports why clients cannot use the front fully although it listens: broker nodes
+// whose listeners could not open (answers leave them out, as brokers that are down). Nil when
 // there is none; readiness reports it.
 func (p *Proxy) Problem() error {
 	p.mu.Lock()

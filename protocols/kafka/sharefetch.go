@@ -20,21 +20,18 @@ type shareGroup string
 
 // shareFetchResponse rewrites the response's node endpoints like the other address-carrying
 // responses and queues it to be observed once it is forwarded.
-func (s *session) shareFetchResponse(pd *pending, frame []byte) ([]byte, func(), error) {
+func (s *session) shareFetchResponse(pd *pending, frame []byte) ([]byte, func()) {
 	resp := kmsg.NewPtrShareFetchResponse()
 	start, ok := s.decodeResponse(pd, frame, resp)
 	if !ok {
-		return frame, nil, nil
+		return frame, nil
 	}
-	out, err := s.rewriteDecoded(pd, frame, start, resp)
-	if err != nil {
-		return nil, nil, err
-	}
+	out := s.rewriteDecoded(pd, frame, start, resp)
 	group, _ := pd.facts.(shareGroup)
 	ci := s.info.Load()
 	// resp refers to frame's bytes, which nothing reuses (only streamed Fetch frames are pooled).
 	job := observeJob{frame: frame, version: pd.version, client: ci, share: resp, shareGroup: string(group), log: &s.log}
-	return out, func() { s.p.enqueueObserve(job) }, nil
+	return out, func() { s.p.enqueueObserve(job) }
 }
 
 // observeShareFetch records a consume checkpoint per record the response delivers, and the
@@ -108,16 +105,13 @@ func byFirstOffset(a, b kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) int
 
 // shareAckResponse rewrites a ShareAcknowledge response's node endpoints and tracks its errors:
 // acknowledgements a share consumer's client may retry or drop without the application knowing.
-func (s *session) shareAckResponse(pd *pending, frame []byte) ([]byte, error) {
+func (s *session) shareAckResponse(pd *pending, frame []byte) []byte {
 	resp := kmsg.NewPtrShareAcknowledgeResponse()
 	start, ok := s.decodeResponse(pd, frame, resp)
 	if !ok {
-		return frame, nil
+		return frame
 	}
-	out, err := s.rewriteDecoded(pd, frame, start, resp)
-	if err != nil {
-		return nil, err
-	}
+	out := s.rewriteDecoded(pd, frame, start, resp)
 	group, _ := pd.facts.(shareGroup)
 	service := s.info.Load().service
 	base := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: string(group), ClusterID: s.p.cluster()}
@@ -133,5 +127,5 @@ func (s *session) shareAckResponse(pd *pending, frame []byte) ([]byte, error) {
 			}
 		}
 	}
-	return out, nil
+	return out
 }
