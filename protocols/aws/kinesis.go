@@ -165,19 +165,14 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 	}
 	pk, _ := jsonString(b, find(ms, "PartitionKey"))
 	parent := pathway.Context{}
-	var dms []member
-	var dend int
-	isObj := false
-	if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && t[len(t)-1] == '}' && json.Valid(t) {
-		if dms, dend, err = objectMembers(data, 0); err == nil {
-			isObj = true
-			if d := find(dms, ddAttr); d != nil {
-				if p.respect && carrierHasPathway(data[d.VS:d.VE]) {
-					p.stats.existing.Add(1)
-					return pathway.Point{}, nil // a tracer's record: it checkpointed it
-				}
-				parent = contextFromCarrier(data[d.VS:d.VE])
+	dms, dend, isObj := jsonObjectMembers(data)
+	if isObj {
+		if d := find(dms, ddAttr); d != nil {
+			if p.respect && carrierHasPathway(data[d.VS:d.VE]) {
+				p.stats.existing.Add(1)
+				return pathway.Point{}, nil // a tracer's record: it checkpointed it
 			}
+			parent = contextFromCarrier(data[d.VS:d.VE])
 		}
 	}
 	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
@@ -213,6 +208,17 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 	nv = base64.StdEncoding.AppendEncode(nv, nd)
 	nv = append(nv, '"')
 	return pt, &edit{S: dm.VS, E: dm.VE, New: nv}
+}
+
+// jsonObjectMembers returns the members of record data that is one JSON object (with
+// whitespace around it), the only data `_datadog` goes into; ok false for any other data.
+func jsonObjectMembers(data []byte) (ms []member, end int, ok bool) {
+	t := bytes.TrimSpace(data)
+	if len(t) < 2 || t[0] != '{' || t[len(t)-1] != '}' || !json.Valid(t) {
+		return nil, 0, false
+	}
+	ms, end, err := objectMembers(data, 0)
+	return ms, end, err == nil
 }
 
 // kinesisGetRecords checkpoints each record, remembers the next iterator's stream and removes
@@ -395,6 +401,14 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 		c.sent++
 		data := cborBytes(r["Data"])
 		pt, _ := p.cp.Checkpoint(pathway.Context{}, c.svcName, out, int64(len(data)+len(str(r, "PartitionKey"))), c.now)
+		if p.cfg.KinesisInjectData {
+			// Counted as the JSON path counts the records it cannot give `_datadog`.
+			if _, _, obj := jsonObjectMembers(data); obj {
+				p.skip(c, out, "cbor", "record put in CBOR (the Java SDKs' default), which the proxy does not rewrite; sent without _datadog")
+			} else {
+				p.skip(c, out, "not_json", "record data is not a JSON object; sent without _datadog")
+			}
+		}
 		return pt
 	}
 	switch c.op {

@@ -128,7 +128,7 @@ type Stats struct {
 	UpstreamErrors uint64 // AWS error responses passed through
 	Injected       uint64 // messages/records that got `_datadog`
 	Existing       uint64 // messages/records left alone: their `_datadog` held a tracer's pathway context
-	Skipped        uint64 // messages sent unmodified (attribute count, size, not JSON)
+	Skipped        uint64 // messages sent unmodified (attribute count, size, not JSON, Kinesis CBOR)
 	Produced       uint64 // produce checkpoints recorded
 	Consumed       uint64 // consume checkpoints recorded
 	DecodeErrors   uint64 // bodies forwarded without being understood
