@@ -164,16 +164,10 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 		data = nil
 	}
 	pk, _ := jsonString(b, find(ms, "PartitionKey"))
-	parent := pathway.Context{}
 	dms, dend, isObj := jsonObjectMembers(data)
-	if isObj {
-		if d := find(dms, ddAttr); d != nil {
-			if p.respect && carrierHasPathway(data[d.VS:d.VE]) {
-				p.stats.existing.Add(1)
-				return pathway.Point{}, nil // a tracer's record: it checkpointed it
-			}
-			parent = contextFromCarrier(data[d.VS:d.VE])
-		}
+	parent, traced := p.kinesisPutParent(data, dms)
+	if traced {
+		return pathway.Point{}, nil
 	}
 	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(len(data)+len(pk)), c.now)
 	if !p.cfg.KinesisInjectData || dm == nil {
@@ -219,6 +213,21 @@ func jsonObjectMembers(data []byte) (ms []member, end int, ok bool) {
 	}
 	ms, end, err := objectMembers(data, 0)
 	return ms, end, err == nil
+}
+
+// kinesisPutParent is the parent of a put record's produce checkpoint: the context in the
+// `_datadog` of its JSON-object data (dms, nil for other data). traced means that context is a
+// tracer's, which checkpointed the record: it gets no checkpoint of the proxy's (counted).
+func (p *Proxy) kinesisPutParent(data []byte, dms []member) (parent pathway.Context, traced bool) {
+	d := find(dms, ddAttr)
+	if d == nil {
+		return pathway.Context{}, false
+	}
+	if p.respect && carrierHasPathway(data[d.VS:d.VE]) {
+		p.stats.existing.Add(1)
+		return pathway.Context{}, true
+	}
+	return contextFromCarrier(data[d.VS:d.VE]), false
 }
 
 // kinesisGetRecords checkpoints each record, remembers the next iterator's stream and removes
@@ -400,10 +409,15 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 		c.edge = out
 		c.sent++
 		data := cborBytes(r["Data"])
-		pt, _ := p.cp.Checkpoint(pathway.Context{}, c.svcName, out, int64(len(data)+len(str(r, "PartitionKey"))), c.now)
+		dms, _, obj := jsonObjectMembers(data)
+		parent, traced := p.kinesisPutParent(data, dms) // as a JSON client's record
+		if traced {
+			return pathway.Point{}
+		}
+		pt, _ := p.cp.Checkpoint(parent, c.svcName, out, int64(len(data)+len(str(r, "PartitionKey"))), c.now)
 		if p.cfg.KinesisInjectData {
 			// Counted as the JSON path counts the records it cannot give `_datadog`.
-			if _, _, obj := jsonObjectMembers(data); obj {
+			if obj {
 				p.skip(c, out, "cbor", "record put in CBOR (the Java SDKs' default), which the proxy does not rewrite; sent without _datadog")
 			} else {
 				p.skip(c, out, "not_json", "record data is not a JSON object; sent without _datadog")

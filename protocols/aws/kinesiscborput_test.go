@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // TestKinesisCBORPutCountsSkips: with kinesis_inject_data, a record put in CBOR (the Java SDKs'
@@ -52,6 +53,44 @@ func TestKinesisCBORPutCountsSkips(t *testing.T) {
 			}
 			if st := tp.Stats(); st.Skipped != uint64(total) || st.Produced != 4 || st.Injected != 0 {
 				t.Errorf("Stats: skipped %d (events %d), produced %d, injected %d; want produced 4, injected 0", st.Skipped, total, st.Produced, st.Injected)
+			}
+		})
+	}
+}
+
+// TestKinesisCBORRespectsTracerContext: a record put in CBOR whose JSON data carries a tracer's
+// `_datadog` is treated as the same record put in JSON: by default the tracer checkpointed it, so
+// the proxy records no produce checkpoint (and counts it as existing, not as a skip); with
+// respect_existing_context off its produce checkpoint has the tracer's as parent.
+func TestKinesisCBORRespectsTracerContext(t *testing.T) {
+	tctx := tracerContext(pathway.TypeKinesis, "cbortraced")
+	traced := []byte(`{"a":1,"_datadog":{"x-datadog-trace-id":"1","dd-pathway-ctx-base64":"` + tctx.String() + `"}}`)
+	off := false
+	tests := []struct {
+		name     string
+		respect  *bool
+		produced bool
+	}{
+		{name: "left to the tracer"},
+		{name: "respect off", respect: &off, produced: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tp, _, _, _ := kinesisSetup(t, "cbortraced", func(c *Config) {
+				c.KinesisInjectData = true
+				c.RespectExistingContext = tt.respect
+			})
+			cborCall(t, tp.url, "PutRecord", map[string]any{"StreamName": "cbortraced", "Data": traced, "PartitionKey": "p"}, false)
+			prod := tp.rec.withTags("direction:out", "topic:cbortraced")
+			st := tp.Stats()
+			if !tt.produced {
+				if len(prod) != 0 || st.Existing != 1 || st.Skipped != 0 {
+					t.Errorf("%d produce checkpoints, existing %d, skipped %d; want 0, 1, 0", len(prod), st.Existing, st.Skipped)
+				}
+				return
+			}
+			if len(prod) != 1 || prod[0].ParentHash != tctx.Hash {
+				t.Errorf("produce checkpoints %+v, want one with the tracer's parent %d", prod, tctx.Hash)
 			}
 		})
 	}
