@@ -53,7 +53,7 @@ func nodeDir(t testing.TB) string {
 func ensureNode(t testing.TB) string {
 	t.Helper()
 	dir := nodeDir(t)
-	npmpeer.Install(t, dir, "the AWS tests (real SQS/SNS/Kinesis emulators)", "local-aws-sqs", "fauxqs", "kinesis-local", "@aws-sdk/client-sqs")
+	npmpeer.Install(t, dir, "the AWS tests (real SQS/SNS/Kinesis emulators)", "local-aws-sqs", "fauxqs", "kinesis-local", "@aws-sdk/client-sqs", "@aws-sdk/client-kinesis")
 	return dir
 }
 

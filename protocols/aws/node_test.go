@@ -78,3 +78,57 @@ func TestSQSNodeClient(t *testing.T) {
 		t.Fatalf("upstream signature failures: %v", bad)
 	}
 }
+
+// TestKinesisNodeClient runs @aws-sdk/client-kinesis (JS v3), which speaks HTTP/2 to every
+// endpoint (h2c to this http one), through the proxy with injection on: its calls succeed, its
+// reads return the records as it put them, and the JSON ones' consume checkpoints are chained.
+func TestKinesisNodeClient(t *testing.T) {
+	up := kinesisPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.KinesisInjectData = true })
+	dir := ensureNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "kinesis-client.js", "nodestream")
+	cmd.Dir = dir
+	cmd.Env = []string{
+		"PATH=" + getenv("PATH"), "HOME=" + t.TempDir(),
+		"AWS_ENDPOINT_URL_KINESIS=" + tp.url, "AWS_REGION=us-east-1",
+		"AWS_ACCESS_KEY_ID=" + testKey, "AWS_SECRET_ACCESS_KEY=" + testSecret,
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("node client: %v\n%s\n%s", err, out, stderr)
+	}
+	var res struct {
+		ShardID, SequenceNumber string
+		Failed                  int
+		Records                 []struct{ PartitionKey, Data string }
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("node output %s: %v", out, err)
+	}
+	if res.ShardID == "" || res.SequenceNumber == "" || res.Failed != 0 {
+		t.Errorf("puts: %+v", res)
+	}
+	want := []string{`{"from":"node"}`, `{"batch":1}`, "\xf3\x89\x9a\xc2\x00"}
+	if len(res.Records) != len(want) {
+		t.Fatalf("read %d records, want %d", len(res.Records), len(want))
+	}
+	for i, r := range res.Records {
+		if got, _ := decodeB64(r.Data); string(got) != want[i] {
+			t.Errorf("record %d (%s): %q, want the producer's %q", i, r.PartitionKey, got, want[i])
+		}
+	}
+	prod := tp.rec.withTags("direction:out", "topic:nodestream", "type:kinesis")
+	cons := tp.rec.withTags("direction:in", "topic:nodestream", "type:kinesis")
+	if len(prod) != 3 || len(cons) != 3 || cons[0].ParentHash != prod[0].Hash || cons[1].ParentHash != prod[1].Hash {
+		t.Errorf("%d produce and %d consume checkpoints, want 3 and 3, the JSON records' chained", len(prod), len(cons))
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}

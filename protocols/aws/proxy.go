@@ -334,7 +334,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		ln = &limitListener{Listener: ln, max: int64(p.cfg.Listener.MaxConns), p: p}
 	}
 	if p.cfg.Listener.TLS != nil {
-		ln = tls.NewListener(proxy.FirstByteListener{Listener: ln}, http11Only(p.cfg.Listener.TLS))
+		ln = tls.NewListener(proxy.FirstByteListener{Listener: ln}, alpnProtocols(p.cfg.Listener.TLS))
 	}
 	srv := &h1Server{
 		handler:           p,
@@ -350,6 +350,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if d := p.cfg.Listener.IdleTimeout; d > 0 {
 		srv.idleTimeout = d
 	}
+	srv.enableH2(ln.Addr())
 	p.mu.Lock()
 	p.ln, p.srv = ln, srv
 	p.mu.Unlock()
@@ -1128,11 +1129,12 @@ func (p *Proxy) skip(c *call, e pathway.Edge, name, msg string) {
 		Name: name, Message: msg, Service: c.svcName, Edge: e, Partition: -1, Messages: 1})
 }
 
-// http11Only is cfg offering only HTTP/1.1 in ALPN: the front speaks nothing else, and a client
-// offered h2 would send the HTTP/2 preface.
-func http11Only(cfg *tls.Config) *tls.Config {
+// alpnProtocols is cfg offering, in ALPN, HTTP/1.1 first and HTTP/2 to the clients that offer
+// nothing else (the JavaScript SDK's KinesisClient): the protocols the front speaks, whatever cfg
+// lists. A client offering both keeps HTTP/1.1, the front's common path.
+func alpnProtocols(cfg *tls.Config) *tls.Config {
 	cfg = cfg.Clone()
-	cfg.NextProtos = []string{"http/1.1"}
+	cfg.NextProtos = []string{"http/1.1", "h2"}
 	if get := cfg.GetConfigForClient; get != nil {
 		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			c, err := get(hello)
@@ -1140,7 +1142,7 @@ func http11Only(cfg *tls.Config) *tls.Config {
 				return c, err
 			}
 			c = c.Clone()
-			c.NextProtos = []string{"http/1.1"}
+			c.NextProtos = []string{"http/1.1", "h2"}
 			return c, nil
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"math"
 	"net"
 	"net/http"
@@ -30,6 +31,8 @@ import (
 // handler's response is buffered whole and written in one write with its Content-Length.
 // Differences from net/http: HTTP/1.0 connections are closed after each answer, and a client
 // that goes away is noticed when the answer is written, not while the upstream is asked.
+// Connections that speak HTTP/2 (h2c prior knowledge, or h2 in ALPN) go to net/http's HTTP/2
+// server instead (serveH2), still counted and drained here.
 type h1Server struct {
 	handler           http.Handler
 	baseCtx           context.Context
@@ -42,6 +45,9 @@ type h1Server struct {
 	logErr         func(string)
 	log            zerolog.Logger // the drain's outcome
 	refusals       *atomic.Uint64 // malformed requests and failed TLS handshakes (Stats), for loudWarn
+
+	// h2 serves the connections of clients that speak HTTP/2 (serveH2); nil: none are served.
+	h2 *h2Handoff
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -108,6 +114,136 @@ func (s *h1Server) serve(ln net.Listener) error {
 	}
 }
 
+// maxH2Streams bounds the requests of one HTTP/2 connection at a time: each holds its body (up
+// to max_body_bytes) in the front, so a connection runs a few, not the hundreds net/http allows.
+const maxH2Streams = 32
+
+// enableH2 sets the server up to serve HTTP/2 connections (serveH2) with net/http's server,
+// which gets them from h2Handoff, not from a socket of its own.
+func (s *h1Server) enableH2(addr net.Addr) {
+	s.h2 = &h2Handoff{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{}), done: map[net.Conn]chan struct{}{}}
+	s.h2.srv = &http.Server{
+		Handler:        s.handler,
+		MaxHeaderBytes: int(s.maxHeaderBytes),
+		// Per stream, from its start: its body, then the upstream's answer, then writing it.
+		ReadTimeout:  s.bodyTimeout,
+		WriteTimeout: 2*s.bodyTimeout + upstreamTimeout,
+		IdleTimeout:  s.idleTimeout,
+		HTTP2:        &http.HTTP2Config{MaxConcurrentStreams: maxH2Streams},
+		ErrorLog:     log.New(h2Log{s.log}, "", 0),
+		BaseContext:  func(net.Listener) context.Context { return s.baseCtx },
+		ConnState:    s.h2.connState,
+	}
+	s.h2.srv.Protocols = new(http.Protocols)
+	s.h2.srv.Protocols.SetHTTP2(true)
+	s.h2.srv.Protocols.SetUnencryptedHTTP2(true) // and no HTTP/1: h1Server serves that
+	go s.h2.srv.Serve(s.h2)
+}
+
+// h2Handoff is the listener net/http's HTTP/2 server takes connections from: those h1Server found
+// speaking HTTP/2. Each connection's serveH2 waits until that server closes it.
+type h2Handoff struct {
+	srv    *http.Server
+	addr   net.Addr
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+
+	mu   sync.Mutex
+	done map[net.Conn]chan struct{} // closed when the server is done with the connection
+}
+
+func (h *h2Handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.conns:
+		return c, nil
+	case <-h.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *h2Handoff) Close() error {
+	h.once.Do(func() { close(h.closed) })
+	return nil
+}
+
+func (h *h2Handoff) Addr() net.Addr { return h.addr }
+
+func (h *h2Handoff) connState(c net.Conn, st http.ConnState) {
+	if st != http.StateClosed && st != http.StateHijacked {
+		return
+	}
+	h.mu.Lock()
+	d := h.done[c]
+	delete(h.done, c)
+	h.mu.Unlock()
+	if d != nil {
+		close(d)
+	}
+}
+
+// serve hands conn to the server and waits until it is done with it (false: the server is
+// shut down and conn was not taken).
+func (h *h2Handoff) serve(conn net.Conn) bool {
+	d := make(chan struct{})
+	h.mu.Lock()
+	h.done[conn] = d
+	h.mu.Unlock()
+	select {
+	case h.conns <- conn:
+		<-d
+		return true
+	case <-h.closed:
+		h.mu.Lock()
+		delete(h.done, conn)
+		h.mu.Unlock()
+		return false
+	}
+}
+
+// h2Log writes the HTTP/2 server's own lines (a client's protocol error, a handler's panic) into
+// the front's log.
+type h2Log struct{ log zerolog.Logger }
+
+func (l h2Log) Write(p []byte) (int, error) {
+	l.log.Debug().Str("source", "http2").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// h2Preface is what an HTTP/2 client with prior knowledge sends first (RFC 9113 3.4); "PRI" is no
+// HTTP/1 method.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// isH2Preface reports whether a cleartext connection starts with the HTTP/2 preface, reading no
+// further than a request line needs unless it does.
+func isH2Preface(br *bufio.Reader) bool {
+	if b, err := br.Peek(3); err != nil || string(b) != h2Preface[:3] {
+		return false
+	}
+	b, err := br.Peek(len(h2Preface))
+	return err == nil && string(b) == h2Preface
+}
+
+// serveH2 serves an HTTP/2 connection until it ends: the JavaScript SDK v3's KinesisClient
+// speaks nothing else, and the Java SDK v2's KinesisAsyncClient does by default. Its requests go
+// to the same handler (SubscribeToShard, an event stream, is still refused there).
+func (c *h1Conn) serveH2(conn net.Conn) {
+	s := c.s
+	if s.h2 == nil || !s.setIdle(c, false) { // never idle: a drain sends it a GOAWAY instead
+		return
+	}
+	conn.SetDeadline(time.Time{}) // the HTTP/2 server keeps its own time limits
+	s.h2.serve(conn)
+}
+
+// prefacedConn reads what a buffered reader already holds of a connection before the rest.
+type prefacedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *prefacedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
 // setIdle records whether c waits for a request; false means the server is shutting down and c
 // must close.
 func (s *h1Server) setIdle(c *h1Conn, idle bool) bool {
@@ -152,6 +288,11 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 		if idle {
 			c.rwc.Close()
 		}
+	}
+	if s.h2 != nil {
+		// Each HTTP/2 connection gets a GOAWAY and closes once its streams end, which the wait
+		// below sees; past the deadline it is closed with the rest.
+		go s.h2.srv.Shutdown(ctx)
 	}
 	var done chan struct{}
 	open := len(s.conns) // idle ones included, as the other fronts count them
@@ -226,11 +367,15 @@ func (c *h1Conn) serve() {
 		tc.SetDeadline(time.Time{})
 		st := tc.ConnectionState()
 		tlsState = &st
+		if st.NegotiatedProtocol == "h2" {
+			c.serveH2(tc)
+			return
+		}
 	}
 	budget := &headerBudget{r: c.rwc}
 	br := bufio.NewReaderSize(budget, 4096)
 	remote := proxy.AddrString(c.rwc.RemoteAddr())
-	for {
+	for first := true; ; first = false {
 		if s.idleTimeout > 0 {
 			c.rwc.SetReadDeadline(time.Now().Add(s.idleTimeout))
 		} else {
@@ -238,6 +383,11 @@ func (c *h1Conn) serve() {
 		}
 		budget.n = s.maxHeaderBytes
 		if !skipEmptyLines(br) {
+			return
+		}
+		if first && tlsState == nil && isH2Preface(br) {
+			budget.n = math.MaxInt64
+			c.serveH2(&prefacedConn{Conn: c.rwc, r: br})
 			return
 		}
 		if !s.setIdle(c, false) {

@@ -66,7 +66,8 @@ func parseAuthorization(v string) (authHeader, error) {
 	if !sort.StringsAreSorted(a.SignedHeaders) {
 		return a, fmt.Errorf("%w: SignedHeaders are not sorted", errAuth)
 	}
-	if !contains(a.SignedHeaders, "host") {
+	// Over HTTP/2 the JavaScript SDK signs the host as the :authority pseudo-header.
+	if !contains(a.SignedHeaders, "host") && !contains(a.SignedHeaders, ":authority") {
 		return a, fmt.Errorf("%w: host is not signed", errAuth)
 	}
 	return a, nil
@@ -208,7 +209,7 @@ func appendCanonicalRequest(b []byte, r *http.Request, signed []string, bodyHash
 		b = append(b, h...)
 		b = append(b, ':')
 		switch h {
-		case "host":
+		case "host", ":authority": // the request's host, from either field in HTTP/2
 			b = append(b, stripSpaces(r.Host)...)
 		case "content-length":
 			if v := r.Header.Get("Content-Length"); v != "" {
