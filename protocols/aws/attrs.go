@@ -127,6 +127,21 @@ func carrierJSON(existing []byte, ctx pathway.Context) []byte {
 	return b
 }
 
+// isCarrier reports whether a `_datadog` value is a trace carrier the pathway context can be
+// merged into: a JSON object with members (tracers put trace ids there). Any other value (a
+// string, null, an empty object) is the application's own, which merging would replace.
+func isCarrier(b []byte) bool {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' || !json.Valid(b) {
+		return false
+	}
+	ms, _, err := objectMembers(b, i)
+	return err == nil && len(ms) > 0
+}
+
+// notCarrierMessage says why a message whose `_datadog` is no trace carrier goes unmodified.
+const notCarrierMessage = "the message's own _datadog is no trace carrier (not a JSON object with members): sent as it is, without the pathway context"
+
 // carrierPathway finds the dd-pathway-ctx-base64 member of the `_datadog` JSON object b (the key
 // compared case-insensitively, as Java does).
 func carrierPathway(b []byte) (member, bool) {

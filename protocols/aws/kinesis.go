@@ -179,6 +179,11 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 	}
 	var ed edit
 	if d := find(dms, ddAttr); d != nil {
+		if !isCarrier(data[d.VS:d.VE]) {
+			// Replaced, it would also be taken for the proxy's and dropped on consume.
+			p.skip(c, e, "datadog_not_carrier", notCarrierMessage)
+			return pt, nil
+		}
 		ed = edit{S: d.VS, E: d.VE, New: carrierJSON(data[d.VS:d.VE], ctx)}
 	} else {
 		ed = appendMember(dms, dend, ddAttr, carrierJSON(nil, ctx))

@@ -49,6 +49,10 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 		return pathway.Point{}, nil, dd
 	}
 	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(size), c.now)
+	if dd != nil && !isCarrier(existing) {
+		p.skip(c, e, "datadog_not_carrier", notCarrierMessage)
+		return pt, nil, dd
+	}
 	carrier = carrierJSON(existing, ctx)
 	if dd == nil && len(attrs) >= MaxAttributes {
 		p.skip(c, e, "attribute_limit", "message already has 10 attributes; sent without _datadog")
