@@ -77,7 +77,7 @@ func AgentURLFromEnv(getenv func(string) string) (string, error) {
 func parseAgentURL(s string) (base, socket string, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return "", "", fmt.Errorf("agent URL %q: %w", redact.URL(s), err)
+		return "", "", fmt.Errorf("agent URL %q: %w", redact.URL(s), redact.ParseError(s, err))
 	}
 	switch u.Scheme {
 	case "http", "https":

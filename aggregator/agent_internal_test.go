@@ -265,8 +265,11 @@ func TestAgentURLSecretStaysOut(t *testing.T) {
 	if strings.Contains(s.URL(), "s3cret") {
 		t.Errorf("URL() = %q", s.URL())
 	}
-	if _, err := NewAgentSink(AgentConfig{URL: "ftp://dd:s3cret@agent"}); err == nil || strings.Contains(err.Error(), "s3cret") {
-		t.Errorf("refused URL: %v", err)
+	// unparsable (an unencoded '%' or '#' in the password) or with no "//" (scheme "dd")
+	for _, u := range []string{"ftp://dd:s3cret@agent", "http://dd:s3cret%@agent:8126", "http://dd:s3cret#x@agent:8126", "dd:s3cret@agent:8126"} {
+		if _, err := NewAgentSink(AgentConfig{URL: u}); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("refused URL %q: %v", u, err)
+		}
 	}
 }
 

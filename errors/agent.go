@@ -77,7 +77,7 @@ func NewAgentReporter(cfg AgentConfig) *AgentReporter {
 	u, err := url.Parse(cfg.URL)
 	switch {
 	case err != nil:
-		a.badURL = err
+		a.badURL = fmt.Errorf("%q: %w", redact.URL(cfg.URL), redact.ParseError(cfg.URL, err))
 	case u.Scheme == "http" || u.Scheme == "https":
 		if u.Host == "" {
 			a.badURL = fmt.Errorf("%q has no host", redact.URL(cfg.URL))

@@ -309,9 +309,11 @@ func TestAgentReporterKeepsTracesForAFailingAgent(t *testing.T) {
 
 // TestAgentURLSecretStaysOutOfErrors: a refused Agent URL's password is masked in Send's error.
 func TestAgentURLSecretStaysOutOfErrors(t *testing.T) {
-	a := NewAgentReporter(AgentConfig{URL: "ftp://dd:s3cret@agent"})
-	if err := a.Send(context.Background(), Interval{Groups: []Group{{}}}); err == nil || strings.Contains(err.Error(), "s3cret") {
-		t.Errorf("Send: %v", err)
+	for _, u := range []string{"ftp://dd:s3cret@agent", "http://dd:s3cret%@agent:8126", "http://dd:s3cret#x@agent:8126", "dd:s3cret@agent:8126"} {
+		a := NewAgentReporter(AgentConfig{URL: u})
+		if err := a.Send(context.Background(), Interval{Groups: []Group{{}}}); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Send with %q: %v", u, err)
+		}
 	}
 }
 

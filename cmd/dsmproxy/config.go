@@ -1188,7 +1188,7 @@ func checkAgentURL(s string) error {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return fmt.Errorf("%q: %w", redact.URL(s), err)
+		return fmt.Errorf("%q: %w", redact.URL(s), redact.ParseError(s, err))
 	}
 	switch u.Scheme {
 	case "http", "https":

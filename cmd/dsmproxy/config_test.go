@@ -908,3 +908,13 @@ func TestKafkaFlagBootstrapSpaces(t *testing.T) {
 		t.Errorf("bootstrap \" kafka-1:9092\": %v, want refused", err)
 	}
 }
+
+// TestAgentURLUnparsableSecretStaysOut: an Agent URL that does not parse (its password has a '%',
+// '#' or space) is refused without its password, with or without a scheme.
+func TestAgentURLUnparsableSecretStaysOut(t *testing.T) {
+	for _, u := range []string{"http://dd:s3cret%@agent:8126", "dd:s3cret%@agent:8126", "http://dd:s3cret#x@agent:8126", "dd:s3cret x@agent:8126"} {
+		if err := checkAgentURL(u); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("refused URL %q: %v", u, err)
+		}
+	}
+}

@@ -15,3 +15,19 @@ func TestURL(t *testing.T) {
 		}
 	}
 }
+
+// TestURLUnparsable: a URL that url.Parse refuses (a password with '%', '#', '/' or a space in it)
+// still has what comes before its '@' masked, with or without a scheme.
+func TestURLUnparsable(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"http://dd:s3cr%et@agent:8126", "http://xxxxx@agent:8126"},
+		{"http://dd:s3c#ret@agent:8126", "http://xxxxx@agent:8126"},
+		{"http://dd:s3 cret@agent:8126/path", "http://xxxxx@agent:8126/path"},
+		{"dd:s3cr%et@agent:8126", "xxxxx@agent:8126"},
+		{"http://agent:8126/%zz", "http://agent:8126/%zz"},
+	} {
+		if got := URL(tc.in); got != tc.want {
+			t.Errorf("URL(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
