@@ -214,14 +214,20 @@ func (l h2Log) Write(p []byte) (int, error) {
 // HTTP/1 method.
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-// isH2Preface reports whether a cleartext connection starts with the HTTP/2 preface, reading no
-// further than a request line needs unless it does.
+// isH2Preface reports whether a cleartext connection starts with the HTTP/2 preface. It waits
+// for more bytes only while those received are the preface's start: an HTTP/1 request shorter
+// than the preface ("PRI / HTTP/1.0\r\n\r\n") is not kept waiting for bytes that never come.
 func isH2Preface(br *bufio.Reader) bool {
-	if b, err := br.Peek(3); err != nil || string(b) != h2Preface[:3] {
-		return false
+	for n := 1; ; {
+		b, err := br.Peek(n)
+		if string(b) != h2Preface[:len(b)] || err != nil {
+			return false
+		}
+		if n == len(h2Preface) {
+			return true
+		}
+		n = min(max(br.Buffered(), n+1), len(h2Preface))
 	}
-	b, err := br.Peek(len(h2Preface))
-	return err == nil && string(b) == h2Preface
 }
 
 // serveH2 serves an HTTP/2 connection until it ends: the JavaScript SDK v3's KinesisClient

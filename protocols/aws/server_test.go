@@ -532,3 +532,23 @@ func TestServerSkipsEmptyLines(t *testing.T) {
 		t.Errorf("%d empty lines before the request: %d, want 400", maxEmptyLines+1, rs[0].StatusCode)
 	}
 }
+
+// TestServerShortPRIRequest: a request whose method is PRI but which is no HTTP/2 preface is read
+// as the HTTP/1 request it is, however short: the preface check reads no further than the first
+// byte that differs. Before, a request shorter than the preface's 24 bytes waited for bytes that
+// never came, until the idle timeout (5 minutes).
+func TestServerShortPRIRequest(t *testing.T) {
+	tp := startProxy(t, func(c *Config) { c.Upstream = "http://127.0.0.1:9" })
+	for _, tc := range []struct {
+		raw  string
+		want int
+	}{
+		{"PRI / HTTP/1.0\r\n\r\n", http.StatusForbidden}, // unsigned
+		{"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n", http.StatusHTTPVersionNotSupported},
+	} {
+		rs, _ := rawExchange(t, tp.Addr().String(), tc.raw, 1)
+		if rs[0].StatusCode != tc.want {
+			t.Errorf("%q: %d, want %d", tc.raw, rs[0].StatusCode, tc.want)
+		}
+	}
+}
