@@ -130,7 +130,7 @@ func (s *h1Server) enableH2(addr net.Addr) {
 		WriteTimeout: 2*s.bodyTimeout + upstreamTimeout,
 		IdleTimeout:  s.idleTimeout,
 		HTTP2:        &http.HTTP2Config{MaxConcurrentStreams: maxH2Streams},
-		ErrorLog:     log.New(h2Log{s.log}, "", 0),
+		ErrorLog:     log.New(h2Log{s}, "", 0),
 		BaseContext:  func(net.Listener) context.Context { return s.baseCtx },
 		ConnState:    s.h2.connState,
 	}
@@ -201,12 +201,34 @@ func (h *h2Handoff) serve(conn net.Conn) bool {
 	}
 }
 
-// h2Log writes the HTTP/2 server's own lines (a client's protocol error, a handler's panic) into
-// the front's log.
-type h2Log struct{ log zerolog.Logger }
+// h2Log writes the HTTP/2 server's own lines into the front's log, as h1Server logs the same
+// events: a connection that breaks the protocol is a refusal (counted, and a Warn line as
+// loudWarn makes them), a handler's panic an Error line with its stack; the rest is Debug.
+// net/http's server tells of these only through its ErrorLog, whose lines are matched here.
+type h2Log struct{ s *h1Server }
 
 func (l h2Log) Write(p []byte) (int, error) {
-	l.log.Debug().Str("source", "http2").Msg(strings.TrimSpace(string(p)))
+	line := strings.TrimSpace(string(p))
+	log := l.s.log
+	switch {
+	case strings.HasPrefix(line, "http2: panic serving"):
+		msg, stack, _ := strings.Cut(line, "\n")
+		log.Error().Str("source", "http2").Str("panic", msg).Str("stack", stack).Msg("panic serving an HTTP/2 request; its stream is reset")
+	case strings.HasPrefix(line, "http2: server connection error from"), // PROTOCOL_ERROR, ENHANCE_YOUR_CALM...
+		strings.HasPrefix(line, "http2: server: error reading preface"), // h2 in ALPN, then no preface
+		strings.HasPrefix(line, "timeout waiting for SETTINGS frames"):  // a preface and nothing after it
+		ev := log.Debug()
+		if l.s.refusals != nil {
+			n := l.s.refusals.Add(1)
+			if proxy.LogNth(n) {
+				ev = log.Warn()
+			}
+			ev = ev.Uint64("refused_total", n)
+		}
+		ev.Str("source", "http2").Str("error", line).Msg("refused a malformed HTTP/2 connection; closing it")
+	default:
+		log.Debug().Str("source", "http2").Msg(line)
+	}
 	return len(p), nil
 }
 

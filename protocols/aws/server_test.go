@@ -457,6 +457,7 @@ func serveLogged(t *testing.T, logs *syncbuf.Buffer, h http.Handler) net.Listene
 		t.Fatal(err)
 	}
 	srv := &h1Server{handler: h, baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(logs), refusals: new(atomic.Uint64)}
+	srv.enableH2(ln.Addr()) // as Proxy.Start does
 	served := make(chan error, 1)
 	go func() { served <- srv.serve(ln) }()
 	t.Cleanup(func() {
@@ -550,5 +551,83 @@ func TestServerShortPRIRequest(t *testing.T) {
 		if rs[0].StatusCode != tc.want {
 			t.Errorf("%q: %d, want %d", tc.raw, rs[0].StatusCode, tc.want)
 		}
+	}
+}
+
+// TestServerH2RefusalsAndPanics: an HTTP/2 connection that breaks the protocol is refused as a
+// malformed HTTP/1.1 request is, counted (Stats' MalformedRequests) and logged at Warn; a handler
+// that panics on an HTTP/2 request is logged at Error, as on HTTP/1.1, and the server serves on.
+func TestServerH2RefusalsAndPanics(t *testing.T) {
+	var logs syncbuf.Buffer
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/boom" {
+			panic("h2 handler bug")
+		}
+		w.Write([]byte("ok"))
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &h1Server{handler: h, baseCtx: context.Background(), maxHeaderBytes: 1 << 20, logErr: func(string) {}, log: zerolog.New(&logs), refusals: new(atomic.Uint64)}
+	srv.enableH2(ln.Addr())
+	served := make(chan error, 1)
+	go func() { served <- srv.serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.shutdown(ctx)
+		<-served
+	})
+
+	// The preface, then a PING where the SETTINGS frame must come: a connection error
+	// (PROTOCOL_ERROR).
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.Write([]byte(h2Preface + "\x00\x00\x08\x06\x00\x00\x00\x00\x00" + "pingping"))
+	io.Copy(io.Discard, c) // the server's SETTINGS and GOAWAY, then its close
+	c.Close()
+	waitFor(t, "the refused HTTP/2 connection counted", func() bool { return srv.refusals.Load() == 1 })
+	waitForLog(t, &logs, `"level":"warn"`)
+
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr}
+	if resp, err := cl.Get("http://" + ln.Addr().String() + "/boom"); err == nil {
+		resp.Body.Close()
+		t.Errorf("a panicking handler's request answered %d", resp.StatusCode)
+	}
+	waitForLog(t, &logs, "h2 handler bug")
+	resp, err := cl.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatalf("after the panic: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ok" || resp.ProtoMajor != 2 {
+		t.Errorf("after the panic: %s %d %q", resp.Proto, resp.StatusCode, b)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		switch {
+		case strings.Contains(line, "h2 handler bug"):
+			if m["level"] != "error" || !strings.Contains(line, "TestServerH2RefusalsAndPanics") {
+				t.Errorf("panic line not an Error with its stack: %s", line)
+			}
+		case strings.Contains(line, "PROTOCOL_ERROR"):
+			if m["level"] != "warn" || m["refused_total"] != 1.0 {
+				t.Errorf("refusal line not a Warn with its count: %s", line)
+			}
+		}
+	}
+	if srv.refusals.Load() != 1 {
+		t.Errorf("%d refusals, want 1", srv.refusals.Load())
 	}
 }
