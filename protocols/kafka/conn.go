@@ -68,7 +68,9 @@ type session struct {
 	rawOAuth   bool
 	draining   atomic.Bool
 	respClosed chan struct{}
-	spoke      bool // the client's first request was read (request goroutine)
+	// awaitingAnswers: the drain found answers in flight and waits for them (waitIdle).
+	awaitingAnswers atomic.Bool
+	spoke           bool // the client's first request was read (request goroutine)
 
 	// The fetch offsets of the connection's fetch session (KIP-227), request goroutine only: an
 	// incremental Fetch leaves out partitions whose offset did not change, and the broker answers
@@ -257,8 +259,17 @@ func (s *session) waitIdle() {
 		n := len(s.queue)
 		s.mu.Unlock()
 		if n == 0 {
+			// An answer's request leaves the queue before the answer is written under writeMu:
+			// wait for one still on its way (a big fetch to a slow reader), which the Linger
+			// after this would cut. It ends, or fails when the drain's deadline closes both ends.
+			if !s.writeMu.TryLock() {
+				s.awaitingAnswers.Store(true)
+				s.writeMu.Lock()
+			}
+			s.writeMu.Unlock()
 			return
 		}
+		s.awaitingAnswers.Store(true)
 		select {
 		case <-s.idle:
 		case <-s.respClosed:

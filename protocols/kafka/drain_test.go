@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
@@ -283,4 +286,78 @@ func TestDrainEndsWithAStalledUnreadRequest(t *testing.T) {
 	if corr := int32(binary.BigEndian.Uint32(resp[4:])); corr != 5 {
 		t.Fatalf("answer's correlation id %d, want 5", corr)
 	}
+}
+
+// TestDrainDeliversAnAnswerBeingWritten: a drain that begins while a big fetch response is being
+// written to a client that reads slowly lets the write finish before it ends the connection. The
+// request behind that answer has left the proxy's queue already; a drain that took the empty
+// queue for "nothing in flight" half-closed the connection in the middle of the answer.
+func TestDrainDeliversAnAnswerBeingWritten(t *testing.T) {
+	// Well over what the sockets between client and proxy hold (default buffers, autotuned up to
+	// 6 MiB received and 4 MiB sent): the client reads nothing until the drain has begun. (A
+	// small SO_RCVBUF would not do: loopback's 64 KiB segments never fit the window it opens,
+	// and the rest would crawl on zero-window probes.)
+	const total = 32 << 20
+	topic := uniqueTopic(t, "drain-answer")
+	c, _ := startCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	value := bytes.Repeat([]byte("v"), 256<<10)
+	recs := make([]*kgo.Record, total/len(value))
+	for i := range recs {
+		recs[i] = &kgo.Record{Topic: topic, Value: value}
+	}
+	cl := kgoClient(t, p, kgo.ProducerBatchCompression(kgo.NoCompression()))
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+
+	conn, err := net.Dial("tcp", p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := kmsg.NewPtrFetchRequest()
+	req.Version = 11
+	req.ReplicaID, req.MinBytes, req.MaxBytes = -1, 1, 2*total
+	rt := kmsg.NewFetchRequestTopic()
+	rt.Topic = topic
+	rp := kmsg.NewFetchRequestTopicPartition()
+	rp.PartitionMaxBytes, rp.CurrentLeaderEpoch = 2*total, -1
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	if _, err := conn.Write(requestFrame(req, 5)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first bytes of the fetch response", func() bool { return proxy.Unread(conn) > 0 })
+
+	shut := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		shut <- p.Shutdown(sctx)
+	}()
+	// The drain either waits for the answer or (the defect) has ended the session under it.
+	waitFor(t, "the drain to reach the answer in flight", func() bool { return p.sessionCount() == 0 || p.awaitingAnswers() })
+	conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	frame, err := readFrame(conn, 4*total)
+	if err != nil {
+		t.Fatalf("the fetch answer being written when the drain began was cut: %v", err)
+	}
+	if corr := int32(binary.BigEndian.Uint32(frame[4:])); corr != 5 || len(frame) < total {
+		t.Fatalf("answer: correlation id %d, %d bytes; want 5, over %d", corr, len(frame), total)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+}
+
+func (p *Proxy) awaitingAnswers() bool {
+	found := false
+	p.sessions.Range(func(k, _ any) bool {
+		found = found || k.(*session).awaitingAnswers.Load()
+		return !found
+	})
+	return found
 }
