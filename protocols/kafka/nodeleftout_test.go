@@ -3,6 +3,7 @@ package kafka
 import (
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +108,50 @@ func TestNodeWithoutListenerLeftOut(t *testing.T) {
 		}
 		n += len(fs.Records())
 	}
+	guard.check(t)
+}
+
+// TestNodeLeftOutGroupClients: with node 0 left out (its listener cannot open), kcat consumes in
+// a group coordinated by another node, reading the partitions of the other nodes and committing,
+// as it would direct with node 0 down; its checkpoints carry the group. (A sarama consumer group
+// fails Consume with LEADER_NOT_AVAILABLE for node 0's partition, as it does direct with a
+// leaderless partition.)
+func TestNodeLeftOutGroupClients(t *testing.T) {
+	topic := uniqueTopic(t, "node-left-out-clients")
+	c, guard := startCluster(t, kfake.SeedTopics(3, topic))
+	blocker, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Close()
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.NodeAddrs = map[int32]string{0: blocker.Addr().String(), 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
+	})
+	waitFor(t, "the proxy to report node 0's listener", func() bool { return p.Problem() != nil })
+	for part, node := range map[int32]int32{0: 0, 1: 1, 2: 2} {
+		if err := c.MoveTopicPartition(topic, part, node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	groupOn := func(prefix string) string {
+		for i := 0; ; i++ {
+			if g := fmt.Sprintf("%s-%s-g%d", topic, prefix, i); c.CoordinatorFor(g) != 0 {
+				return g
+			}
+		}
+	}
+	ctx := testCtx(t)
+	cl := kgoClient(t, p, kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ClientID("left-out-producer"))
+	for i := 0; i < 10; i++ {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: int32(1 + i%2), Value: []byte(fmt.Sprint("v", i))}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kg := groupOn("kcat")
+	out := runKcat(t, ctx, "", "-C", "-b", p.Addr().String(), "-G", kg, "-c", "10", "-X", "auto.offset.reset=earliest", "-f", "%p|%o\n", topic)
+	if n := len(strings.Split(strings.TrimSpace(out), "\n")); n != 10 {
+		t.Errorf("kcat read %d of 10: %s", n, out)
+	}
+	checkConsumeGroup(t, p, topic, kg, 10)
 	guard.check(t)
 }
