@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -15,9 +16,11 @@ import (
 // acknowledged is in the topic once, the consumer reads each of them and commits its end.
 func TestDrainUnderClients(t *testing.T) {
 	c, guard := startCluster(t)
+	// The second proxy must listen where the first did, so the addresses are fixed for the test.
+	free := freeAddrs(t, 4)
 	addrs := func(cfg *Config) {
-		cfg.Listen = "127.0.0.1:39311"
-		cfg.NodeAddrs = map[int32]string{0: "127.0.0.1:39312", 1: "127.0.0.1:39313", 2: "127.0.0.1:39314"}
+		cfg.Listen = free[0]
+		cfg.NodeAddrs = map[int32]string{0: free[1], 1: free[2], 2: free[3]}
 	}
 	p1 := startProxy(t, c, addrs)
 	ctx := testCtx(t)
@@ -26,12 +29,12 @@ func TestDrainUnderClients(t *testing.T) {
 	if _, err := adm.CreateTopic(ctx, 3, 1, nil, topic); err != nil {
 		t.Fatal(err)
 	}
-	pcl, err := kgo.NewClient(kgo.SeedBrokers("127.0.0.1:39311"), kgo.ClientID("drain-producer"))
+	pcl, err := kgo.NewClient(kgo.SeedBrokers(free[0]), kgo.ClientID("drain-producer"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pcl.Close()
-	ccl, err := kgo.NewClient(kgo.SeedBrokers("127.0.0.1:39311"), kgo.ClientID("drain-consumer"), kgo.ConsumeTopics(topic),
+	ccl, err := kgo.NewClient(kgo.SeedBrokers(free[0]), kgo.ClientID("drain-consumer"), kgo.ConsumeTopics(topic),
 		kgo.ConsumerGroup(group), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
@@ -104,4 +107,19 @@ func TestDrainUnderClients(t *testing.T) {
 	}
 	t.Logf("%d acknowledged, %d in the topic, %d read by the group consumer (%d before the drain)", want, len(all), len(seen), before)
 	guard.check(t)
+}
+
+// freeAddrs returns n loopback addresses whose ports were free a moment ago.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close() // all held until every port is chosen, so none repeats
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs
 }
