@@ -13,24 +13,7 @@ import (
 func TestSQSNodeClient(t *testing.T) {
 	up := sqsPeer(t)
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
-	dir := ensureNode(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "sqs-client.js", "nodeq")
-	cmd.Dir = dir
-	cmd.Env = []string{
-		"PATH=" + getenv("PATH"), "HOME=" + t.TempDir(),
-		"AWS_ENDPOINT_URL_SQS=" + tp.url, "AWS_REGION=us-east-1",
-		"AWS_ACCESS_KEY_ID=" + testKey, "AWS_SECRET_ACCESS_KEY=" + testSecret,
-	}
-	out, err := cmd.Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("node client: %v\n%s\n%s", err, out, stderr)
-	}
+	out := runNodeClient(t, "AWS_ENDPOINT_URL_SQS="+tp.url, "sqs-client.js", "nodeq")
 	var res struct {
 		QueueURL string `json:"queueUrl"`
 		Send     struct {
@@ -85,24 +68,7 @@ func TestSQSNodeClient(t *testing.T) {
 func TestKinesisNodeClient(t *testing.T) {
 	up := kinesisPeer(t)
 	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL(); c.KinesisInjectData = true })
-	dir := ensureNode(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "kinesis-client.js", "nodestream")
-	cmd.Dir = dir
-	cmd.Env = []string{
-		"PATH=" + getenv("PATH"), "HOME=" + t.TempDir(),
-		"AWS_ENDPOINT_URL_KINESIS=" + tp.url, "AWS_REGION=us-east-1",
-		"AWS_ACCESS_KEY_ID=" + testKey, "AWS_SECRET_ACCESS_KEY=" + testSecret,
-	}
-	out, err := cmd.Output()
-	if err != nil {
-		var stderr string
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		t.Fatalf("node client: %v\n%s\n%s", err, out, stderr)
-	}
+	out := runNodeClient(t, "AWS_ENDPOINT_URL_KINESIS="+tp.url, "kinesis-client.js", "nodestream")
 	var res struct {
 		ShardID, SequenceNumber string
 		Failed                  int
@@ -131,4 +97,28 @@ func TestKinesisNodeClient(t *testing.T) {
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream signature failures: %v", bad)
 	}
+}
+
+// runNodeClient runs one of testdata/aws/node's client scripts with args, its endpoint set by
+// endpointEnv (AWS_ENDPOINT_URL_<SERVICE>=url) and the test's credentials, and returns its stdout.
+func runNodeClient(t *testing.T, endpointEnv, script string, args ...string) []byte {
+	t.Helper()
+	dir := ensureNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{script}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = []string{
+		"PATH=" + getenv("PATH"), "HOME=" + t.TempDir(), endpointEnv, "AWS_REGION=us-east-1",
+		"AWS_ACCESS_KEY_ID=" + testKey, "AWS_SECRET_ACCESS_KEY=" + testSecret,
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("node client %s: %v\n%s\n%s", script, err, out, stderr)
+	}
+	return out
 }

@@ -318,15 +318,7 @@ func TestDrainDeliversAnAnswerBeingWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	req := kmsg.NewPtrFetchRequest()
-	req.Version = 11
-	req.ReplicaID, req.MinBytes, req.MaxBytes = -1, 1, 2*total
-	rt := kmsg.NewFetchRequestTopic()
-	rt.Topic = topic
-	rp := kmsg.NewFetchRequestTopicPartition()
-	rp.PartitionMaxBytes, rp.CurrentLeaderEpoch = 2*total, -1
-	rt.Partitions = append(rt.Partitions, rp)
-	req.Topics = append(req.Topics, rt)
+	req := wholeFetch(topic, 2*total)
 	if _, err := conn.Write(requestFrame(req, 5)); err != nil {
 		t.Fatal(err)
 	}

@@ -20,22 +20,7 @@ import (
 // leader, a group it coordinates no coordinator, and everything else works.
 func TestNodeWithoutListenerLeftOut(t *testing.T) {
 	topic := uniqueTopic(t, "node-left-out")
-	c, guard := startCluster(t, kfake.SeedTopics(3, topic))
-	blocker, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Close()
-	p := startProxy(t, c, func(cfg *Config) {
-		cfg.NodeAddrs = map[int32]string{0: blocker.Addr().String(), 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
-	})
-	waitFor(t, "the proxy to report node 0's listener", func() bool { return p.Problem() != nil })
-	leaders := map[int32]int32{0: 0, 1: 1, 2: 2}
-	for part, node := range leaders {
-		if err := c.MoveTopicPartition(topic, part, node); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c, guard, p := startNodeLeftOut(t, topic)
 	var group string // one node 0 coordinates
 	for i := 0; group == "" || c.CoordinatorFor(group) != 0; i++ {
 		group = fmt.Sprintf("%s-g%d", topic, i)
@@ -63,7 +48,7 @@ func TestNodeWithoutListenerLeftOut(t *testing.T) {
 		t.Fatalf("answer: %d brokers, %d topics, want 2 and 1", len(mr.Brokers), len(mr.Topics))
 	}
 	for _, pt := range mr.Topics[0].Partitions {
-		want, wantCode := leaders[pt.Partition], int16(0)
+		want, wantCode := pt.Partition, int16(0) // partition i is led by node i
 		if want == 0 {
 			want, wantCode = -1, kerr.LeaderNotAvailable.Code
 		}
@@ -95,7 +80,7 @@ func TestNodeWithoutListenerLeftOut(t *testing.T) {
 	cl := kgoClient(t, p, kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	for _, part := range []int32{1, 2} {
 		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: part, Value: []byte("v")}).FirstErr(); err != nil {
-			t.Fatalf("produce to partition %d (node %d): %v", part, leaders[part], err)
+			t.Fatalf("produce to partition %d (node %d): %v", part, part, err)
 		}
 	}
 	cons := kgoClient(t, p, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{
@@ -118,21 +103,7 @@ func TestNodeWithoutListenerLeftOut(t *testing.T) {
 // leaderless partition.)
 func TestNodeLeftOutGroupClients(t *testing.T) {
 	topic := uniqueTopic(t, "node-left-out-clients")
-	c, guard := startCluster(t, kfake.SeedTopics(3, topic))
-	blocker, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Close()
-	p := startProxy(t, c, func(cfg *Config) {
-		cfg.NodeAddrs = map[int32]string{0: blocker.Addr().String(), 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
-	})
-	waitFor(t, "the proxy to report node 0's listener", func() bool { return p.Problem() != nil })
-	for part, node := range map[int32]int32{0: 0, 1: 1, 2: 2} {
-		if err := c.MoveTopicPartition(topic, part, node); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c, guard, p := startNodeLeftOut(t, topic)
 	groupOn := func(prefix string) string {
 		for i := 0; ; i++ {
 			if g := fmt.Sprintf("%s-%s-g%d", topic, prefix, i); c.CoordinatorFor(g) != 0 {
@@ -154,4 +125,26 @@ func TestNodeLeftOutGroupClients(t *testing.T) {
 	}
 	checkConsumeGroup(t, p, topic, kg, 10)
 	guard.check(t)
+}
+
+// startNodeLeftOut starts a 3-node cluster whose topic has partition i led by node i, and a proxy
+// that cannot open node 0's listener (another listener holds its address until the test ends).
+func startNodeLeftOut(t *testing.T, topic string) (*kfake.Cluster, *brokerGuard, *testProxy) {
+	t.Helper()
+	c, guard := startCluster(t, kfake.SeedTopics(3, topic))
+	blocker, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { blocker.Close() })
+	p := startProxy(t, c, func(cfg *Config) {
+		cfg.NodeAddrs = map[int32]string{0: blocker.Addr().String(), 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
+	})
+	waitFor(t, "the proxy to report node 0's listener", func() bool { return p.Problem() != nil })
+	for part := range int32(3) {
+		if err := c.MoveTopicPartition(topic, part, part); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c, guard, p
 }

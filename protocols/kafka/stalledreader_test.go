@@ -52,15 +52,7 @@ func TestStalledReaderLearnsOfBrokerClose(t *testing.T) {
 			}
 			defer conn.Close()
 			conn.(*net.TCPConn).SetReadBuffer(4 << 10)
-			req := kmsg.NewPtrFetchRequest()
-			req.Version = 11
-			req.ReplicaID, req.MinBytes, req.MaxBytes = -1, 1, 2*total
-			rt := kmsg.NewFetchRequestTopic()
-			rt.Topic = topic
-			rp := kmsg.NewFetchRequestTopicPartition()
-			rp.PartitionMaxBytes, rp.CurrentLeaderEpoch = 2*total, -1
-			rt.Partitions = append(rt.Partitions, rp)
-			req.Topics = append(req.Topics, rt)
+			req := wholeFetch(topic, 2*total)
 			if _, err := conn.Write(requestFrame(req, 1)); err != nil {
 				t.Fatal(err)
 			}
@@ -88,4 +80,18 @@ func TestStalledReaderLearnsOfBrokerClose(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wholeFetch is a Fetch v11 of partition 0 of topic from offset 0, for up to maxBytes.
+func wholeFetch(topic string, maxBytes int32) *kmsg.FetchRequest {
+	req := kmsg.NewPtrFetchRequest()
+	req.Version = 11
+	req.ReplicaID, req.MinBytes, req.MaxBytes = -1, 1, maxBytes
+	rt := kmsg.NewFetchRequestTopic()
+	rt.Topic = topic
+	rp := kmsg.NewFetchRequestTopicPartition()
+	rp.PartitionMaxBytes, rp.CurrentLeaderEpoch = maxBytes, -1
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	return req
 }
