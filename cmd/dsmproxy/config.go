@@ -458,23 +458,11 @@ func sectionKeys(typeName string) []string {
 	}
 	find(reflect.TypeOf(Config{}))
 	var keys []string
-	var collect func(t reflect.Type)
-	collect = func(t reflect.Type) {
-		for i := range t.NumField() {
-			f := t.Field(i)
-			if !f.IsExported() {
-				continue
-			}
-			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if strings.Contains(opts, "inline") {
-				collect(f.Type)
-			} else if name != "" {
-				keys = append(keys, name)
-			}
-		}
-	}
 	if found != nil {
-		collect(found)
+		yamlFields(found, func(key string, _ reflect.StructField) bool {
+			keys = append(keys, key)
+			return true
+		})
 	}
 	return keys
 }
@@ -693,33 +681,47 @@ func scalarQuoted(text, q string) bool {
 
 // yamlField is the type of struct t's field that key decodes into (inline structs looked
 // through), or nil.
-func yamlField(t reflect.Type, key string) reflect.Type {
+func yamlField(t reflect.Type, key string) (ft reflect.Type) {
+	yamlFields(t, func(k string, f reflect.StructField) bool {
+		if k == key {
+			ft = f.Type
+		}
+		return ft == nil
+	})
+	return ft
+}
+
+// yamlFields calls fn with the key and field of each field of struct t that the YAML decoder
+// fills, the fields of inline structs as t's own, until fn returns false (then so does it).
+func yamlFields(t reflect.Type, fn func(key string, f reflect.StructField) bool) bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return true
+	}
 	for i := range t.NumField() {
 		f := t.Field(i)
 		if !f.IsExported() {
 			continue
 		}
 		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if strings.Contains(opts, "inline") {
-			it := f.Type
-			for it.Kind() == reflect.Pointer {
-				it = it.Elem()
-			}
-			if it.Kind() == reflect.Struct {
-				if ft := yamlField(it, key); ft != nil {
-					return ft
-				}
+		switch {
+		case name == "-":
+			continue
+		case strings.Contains(opts, "inline"):
+			if !yamlFields(f.Type, fn) {
+				return false
 			}
 			continue
+		case name == "":
+			name = strings.ToLower(f.Name) // the decoder's default
 		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		if name == key {
-			return f.Type
+		if !fn(name, f) {
+			return false
 		}
 	}
-	return nil
+	return true
 }
 
 // keyAtLine returns the dotted path (kafka[0].max_conns) of the mapping key on line, if any.

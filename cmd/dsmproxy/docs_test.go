@@ -22,19 +22,11 @@ func configKeys() []string {
 		if t.Kind() != reflect.Struct || t == reflect.TypeOf(Duration(0)) {
 			return
 		}
-		for i := range t.NumField() {
-			f := t.Field(i)
-			if !f.IsExported() {
-				continue
-			}
-			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if strings.Contains(opts, "inline") {
-				walk(f.Type, prefix)
-				continue
-			}
-			keys = append(keys, prefix+name)
-			walk(f.Type, prefix+name+".")
-		}
+		yamlFields(t, func(key string, f reflect.StructField) bool {
+			keys = append(keys, prefix+key)
+			walk(f.Type, prefix+key+".")
+			return true
+		})
 	}
 	walk(reflect.TypeOf(Config{}), "")
 	return keys
