@@ -62,7 +62,8 @@ func (s *session) rewriteNodes(pd *pending, resp kmsg.Response) (changed bool) {
 func (s *session) advertiseFailed(pd *pending, err error) {
 	n := s.p.advertiseFailures.Add(1)
 	ev := s.log.Debug()
-	if proxy.LogNth(n) {
+	// During a drain a node that appears gets no listener on purpose: no fault to raise.
+	if proxy.LogNth(n) && !errors.Is(err, errNotRunning) {
 		ev = s.log.Error()
 	}
 	ev.Err(err).Str("api", kmsg.NameForKey(pd.key)).Uint64("advertise_failures_total", n).

@@ -1,7 +1,10 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -59,5 +62,25 @@ func TestAdvertiseFailureLogBounded(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"advertise_failures_total":1,`) {
 		t.Errorf("the lines do not carry the running total:\n%s", logs.String())
+	}
+}
+
+// TestAdvertiseFailureLevels: an answer naming a node without a listener is an Error while the
+// proxy runs (an address taken, a port out of range), and Debug once a drain has begun, when a
+// node that appears gets no listener on purpose.
+func TestAdvertiseFailureLevels(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("node 4: %w", errNotRunning), `"level":"debug"`},
+		{errors.New("listen tcp 127.0.0.1:19096: bind: address already in use"), `"level":"error"`},
+	} {
+		var buf bytes.Buffer
+		s := &session{p: &Proxy{}, log: zerolog.New(&buf)}
+		s.advertiseFailed(&pending{key: int16(kmsg.Metadata)}, errors.Join(tc.err))
+		if !strings.Contains(buf.String(), tc.want) {
+			t.Errorf("%v: logged %s, want %s", tc.err, buf.String(), tc.want)
+		}
 	}
 }

@@ -563,6 +563,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // advertise returns the address to write for node id whose real address is host:port, opening its
 // listener if needed. It is called before the response naming the node is forwarded, so the
 // listener accepts by the time a client dials it.
+// errNotRunning: the proxy opens no listener before Start or once Shutdown began.
+var errNotRunning = errors.New("kafka proxy is not running")
+
 func (p *Proxy) advertise(id int32, host string, port int32) (string, int32, error) {
 	up := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	p.mu.Lock()
@@ -575,7 +578,7 @@ func (p *Proxy) advertise(id int32, host string, port int32) (string, int32, err
 		return n.advHost, n.advPort, nil
 	}
 	if p.closed || p.ctx == nil {
-		return "", 0, errors.New("kafka proxy is not running")
+		return "", 0, errNotRunning
 	}
 	addr, advHost, err := p.nodeListenAddr(id)
 	if err != nil {
