@@ -99,6 +99,13 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 		return true
 	}
 	gone := func(id int32) bool { return slices.Contains(failed, id) }
+	// KIP-951 leader hints: a hint naming a node left out is no hint (-1), and the client asks
+	// Metadata.
+	noHint := func(id, epoch *int32) {
+		if gone(*id) {
+			*id, *epoch = -1, -1
+		}
+	}
 	switch r := resp.(type) {
 	case *kmsg.MetadataResponse:
 		r.Brokers = keepNodes(r.Brokers, func(b *kmsg.MetadataResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
@@ -144,42 +151,36 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 				r.ControllerID = -1
 			}
 		}
-	// KIP-951 leader hints: a hint naming a node left out is no hint (-1), and the client asks
-	// Metadata.
 	case *kmsg.ProduceResponse:
 		r.Brokers = keepNodes(r.Brokers, func(b *kmsg.ProduceResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
 		for i := range r.Topics {
 			for j := range r.Topics[i].Partitions {
-				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
-					l.LeaderID, l.LeaderEpoch = -1, -1
-				}
+				l := &r.Topics[i].Partitions[j].CurrentLeader
+				noHint(&l.LeaderID, &l.LeaderEpoch)
 			}
 		}
 	case *kmsg.FetchResponse:
 		r.Brokers = keepNodes(r.Brokers, func(b *kmsg.FetchResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
 		for i := range r.Topics {
 			for j := range r.Topics[i].Partitions {
-				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
-					l.LeaderID, l.LeaderEpoch = -1, -1
-				}
+				l := &r.Topics[i].Partitions[j].CurrentLeader
+				noHint(&l.LeaderID, &l.LeaderEpoch)
 			}
 		}
 	case *kmsg.ShareFetchResponse:
 		r.NodeEndpoints = keepNodes(r.NodeEndpoints, func(b *kmsg.ShareFetchResponseNodeEndpoint) bool { return fix(b.NodeID, &b.Host, &b.Port) })
 		for i := range r.Topics {
 			for j := range r.Topics[i].Partitions {
-				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
-					l.LeaderID, l.LeaderEpoch = -1, -1
-				}
+				l := &r.Topics[i].Partitions[j].CurrentLeader
+				noHint(&l.LeaderID, &l.LeaderEpoch)
 			}
 		}
 	case *kmsg.ShareAcknowledgeResponse:
 		r.NodeEndpoints = keepNodes(r.NodeEndpoints, func(b *kmsg.ShareAcknowledgeResponseNodeEndpoint) bool { return fix(b.NodeID, &b.Host, &b.Port) })
 		for i := range r.Topics {
 			for j := range r.Topics[i].Partitions {
-				if l := &r.Topics[i].Partitions[j].CurrentLeader; gone(l.LeaderID) {
-					l.LeaderID, l.LeaderEpoch = -1, -1
-				}
+				l := &r.Topics[i].Partitions[j].CurrentLeader
+				noHint(&l.LeaderID, &l.LeaderEpoch)
 			}
 		}
 	}
