@@ -139,6 +139,9 @@ func isCarrier(b []byte) bool {
 	return err == nil && len(ms) > 0
 }
 
+// notJSONMessage says why a Kinesis record whose data is no JSON object goes without `_datadog`.
+const notJSONMessage = "record data is not a JSON object; sent without _datadog"
+
 // notCarrierMessage says why a message whose `_datadog` is no trace carrier goes unmodified.
 const notCarrierMessage = "the message's own _datadog is no trace carrier (not a JSON object with members): sent as it is, without the pathway context"
 

@@ -174,7 +174,7 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 		return pt, nil
 	}
 	if !isObj {
-		p.skip(c, e, "not_json", "record data is not a JSON object; sent without _datadog")
+		p.skip(c, e, "not_json", notJSONMessage)
 		return pt, nil
 	}
 	var ed edit
@@ -425,7 +425,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 			if obj {
 				p.skip(c, out, "cbor", "record put in CBOR (the Java SDKs' default), which the proxy does not rewrite; sent without _datadog")
 			} else {
-				p.skip(c, out, "not_json", "record data is not a JSON object; sent without _datadog")
+				p.skip(c, out, "not_json", notJSONMessage)
 			}
 		}
 		return pt
