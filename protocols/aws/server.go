@@ -217,15 +217,7 @@ func (l h2Log) Write(p []byte) (int, error) {
 	case strings.HasPrefix(line, "http2: server connection error from"), // PROTOCOL_ERROR, ENHANCE_YOUR_CALM...
 		strings.HasPrefix(line, "http2: server: error reading preface"), // h2 in ALPN, then no preface
 		strings.HasPrefix(line, "timeout waiting for SETTINGS frames"):  // a preface and nothing after it
-		ev := log.Debug()
-		if l.s.refusals != nil {
-			n := l.s.refusals.Add(1)
-			if proxy.LogNth(n) {
-				ev = log.Warn()
-			}
-			ev = ev.Uint64("refused_total", n)
-		}
-		ev.Str("source", "http2").Str("error", line).Msg("refused a malformed HTTP/2 connection; closing it")
+		l.s.loudWarn(log).Str("source", "http2").Str("error", line).Msg("refused a malformed HTTP/2 connection; closing it")
 	default:
 		log.Debug().Str("source", "http2").Msg(line)
 	}
@@ -584,12 +576,18 @@ func (c *h1Conn) refuse(status int, text string, err error) {
 // loudWarn is a Warn event for the first 10 refusals and every 1000th after them (with the total
 // so far), a Debug one for the rest: anyone who can reach the port can send malformed requests,
 // and a scanner would otherwise fill the log.
-func (c *h1Conn) loudWarn() *zerolog.Event {
-	n := c.s.refusals.Add(1)
-	if proxy.LogNth(n) {
-		return c.log.Warn().Uint64("refused_total", n)
+func (c *h1Conn) loudWarn() *zerolog.Event { return c.s.loudWarn(c.log) }
+
+// loudWarn is h1Conn's loudWarn on log, for refusals with no h1Conn (HTTP/2's, h2Log).
+func (s *h1Server) loudWarn(log zerolog.Logger) *zerolog.Event {
+	if s.refusals == nil {
+		return log.Debug()
 	}
-	return c.log.Debug().Uint64("refused_total", n)
+	n := s.refusals.Add(1)
+	if proxy.LogNth(n) {
+		return log.Warn().Uint64("refused_total", n)
+	}
+	return log.Debug().Uint64("refused_total", n)
 }
 
 // writeSimple answers a request that could not be read, then the connection closes.
