@@ -196,7 +196,7 @@ func TestRemainingMemberAfterLeaveSarama(t *testing.T) {
 	var total atomic.Int64
 	var second atomic.Int64
 	var claims [2]atomic.Int64
-	member := func(i int) (sarama.ConsumerGroup, chan error, context.CancelFunc) {
+	member := func(i int) (sarama.ConsumerGroup, <-chan error, context.CancelFunc) {
 		cfg := saramaConfig("sarama-rest")
 		cfg.Consumer.Offsets.AutoCommit.Enable = true
 		cg, err := sarama.NewConsumerGroup([]string{p.Addr().String()}, group, cfg)
@@ -205,17 +205,7 @@ func TestRemainingMemberAfterLeaveSarama(t *testing.T) {
 		}
 		h := &countHandler{total: &total, second: &second, claims: &claims[i]}
 		cctx, cancel := context.WithCancel(ctx)
-		errc := make(chan error, 1)
-		go func() {
-			for cctx.Err() == nil {
-				if err := cg.Consume(cctx, []string{topic}, h); err != nil {
-					errc <- err
-					return
-				}
-			}
-			errc <- nil
-		}()
-		return cg, errc, cancel
+		return cg, consumeUntilDone(cctx, cg, topic, h), cancel
 	}
 	a, aerrc, acancel := member(0)
 	b, berrc, bcancel := member(1)

@@ -108,16 +108,7 @@ func consumeSaramaWith(t *testing.T, ctx context.Context, p *testProxy, topic, g
 	h := &saramaHandler{n: n, seen: map[[2]int64]int32{}, done: make(chan struct{})}
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 1)
-	go func() {
-		for cctx.Err() == nil {
-			if err := cg.Consume(cctx, []string{topic}, h); err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- nil
-	}()
+	errc := consumeUntilDone(cctx, cg, topic, h)
 	select {
 	case <-h.done:
 	case err := <-errc:
@@ -201,4 +192,20 @@ func TestSaramaVersions(t *testing.T) {
 		})
 	}
 	guard.check(t)
+}
+
+// consumeUntilDone runs cg's Consume of topic again after each rebalance until ctx is done, and
+// reports its first error, or nil once ctx ended it.
+func consumeUntilDone(ctx context.Context, cg sarama.ConsumerGroup, topic string, h sarama.ConsumerGroupHandler) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		for ctx.Err() == nil {
+			if err := cg.Consume(ctx, []string{topic}, h); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	return errc
 }
