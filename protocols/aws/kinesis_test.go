@@ -26,19 +26,27 @@ import (
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
-func freePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// freePorts returns n distinct loopback ports that were free a moment ago: each is held until all
+// are chosen, so that two calls in a row cannot return one port twice (kinesis-local, given the
+// same port for plain and TLS, failed with EADDRINUSE).
+func freePorts(t testing.TB, n int) []int {
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // kinesisPeer starts kinesis-local (kinesis-mock compiled to JS) on loopback behind a verifier.
 func kinesisPeer(t testing.TB) *verifier {
 	dir := ensureNode(t)
-	plain, tlsPort := freePort(t), freePort(t)
+	ports := freePorts(t, 2)
+	plain, tlsPort := ports[0], ports[1]
 	env := []string{
 		"KINESIS_MOCK_CERT_PATH=" + filepath.Join(dir, "node_modules", "kinesis-local", "server.json"),
 		fmt.Sprintf("KINESIS_MOCK_PLAIN_PORT=%d", plain), fmt.Sprintf("KINESIS_MOCK_TLS_PORT=%d", tlsPort),
