@@ -106,25 +106,27 @@ func parseJSONAttrs(raw []byte) ([]attr, error) {
 	return out, nil
 }
 
-// carrier is the `_datadog` JSON object: existing keys are kept, the pathway key is set.
+// carrierJSON is the `_datadog` JSON object carrying ctx: existing, when it is a trace carrier,
+// with its pathway member set, else a new object holding only that member.
 func carrierJSON(existing []byte, ctx pathway.Context) []byte {
-	m := map[string]json.RawMessage{}
-	if len(existing) > 0 {
-		if json.Unmarshal(existing, &m) != nil {
-			m = map[string]json.RawMessage{}
+	val := make([]byte, 0, 48)
+	val = append(val, '"')
+	val = append(ctx.AppendBase64(val), '"')
+	// A tracer's carrier keeps its bytes (member order, spacing, escapes): only the context's
+	// value is replaced, or the member added before its '}'.
+	if isCarrier(existing) {
+		if ms, end, err := objectMembers(existing, 0); err == nil {
+			ed := appendMember(ms, end, pathway.HeaderKey, val)
+			if m, ok := pathwayMember(ms); ok {
+				ed = edit{S: m.VS, E: m.VE, New: val}
+			}
+			return applyEdits(make([]byte, 0, len(existing)+len(ed.New)), existing, []edit{ed})
 		}
 	}
-	if len(m) == 0 {
-		// the common case: build it without reflection
-		b := make([]byte, 0, 64)
-		b = append(b, `{"`+pathway.HeaderKey+`":"`...)
-		b = ctx.AppendBase64(b)
-		return append(b, `"}`...)
-	}
-	v := appendJSONString(nil, ctx.String())
-	m[pathway.HeaderKey] = v
-	b, _ := json.Marshal(m)
-	return b
+	b := make([]byte, 0, len(val)+32)
+	b = append(b, `{"`+pathway.HeaderKey+`":`...)
+	b = append(b, val...)
+	return append(b, '}')
 }
 
 // isCarrier reports whether a `_datadog` value is a trace carrier the pathway context can be
@@ -156,6 +158,11 @@ func carrierPathway(b []byte) (member, bool) {
 	if err != nil {
 		return member{}, false
 	}
+	return pathwayMember(ms)
+}
+
+// pathwayMember is the first of a carrier's members named dd-pathway-ctx-base64, in any case.
+func pathwayMember(ms []member) (member, bool) {
 	for j := range ms {
 		if strings.EqualFold(string(ms[j].Key), pathway.HeaderKey) {
 			return ms[j], true

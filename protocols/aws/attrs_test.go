@@ -57,14 +57,36 @@ func TestWantsAttr(t *testing.T) {
 	}
 }
 
-func TestCarrierMergesExistingKeys(t *testing.T) {
+// TestCarrierKeepsTheTracersBytes: the pathway context goes into a tracer's `_datadog` without
+// re-encoding the rest of it: member order, spacing and escapes stay as the tracer wrote them.
+func TestCarrierKeepsTheTracersBytes(t *testing.T) {
 	c := pathway.Context{Hash: 42}
-	got := carrierJSON([]byte(`{"x-datadog-trace-id":"1","dd-pathway-ctx-base64":"old"}`), c)
-	if want := `{"dd-pathway-ctx-base64":"` + c.String() + `","x-datadog-trace-id":"1"}`; string(got) != want {
-		t.Errorf("merged carrier %s, want %s", got, want)
+	v := `"` + c.String() + `"`
+	cases := []struct{ name, existing, want string }{
+		{"none", ``, `{"dd-pathway-ctx-base64":` + v + `}`},
+		{"not a carrier", `"text"`, `{"dd-pathway-ctx-base64":` + v + `}`},
+		{"replaced in place", `{"x-datadog-trace-id":"1","dd-pathway-ctx-base64":"old","z":2}`,
+			`{"x-datadog-trace-id":"1","dd-pathway-ctx-base64":` + v + `,"z":2}`},
+		{"added last, order kept", `{"x-datadog-trace-id":"1","a":"b"}`,
+			`{"x-datadog-trace-id":"1","a":"b","dd-pathway-ctx-base64":` + v + `}`},
+		{"spacing and escapes kept", "{ \"t\" : \"<a&b>\\u00e9\" }",
+			"{ \"t\" : \"<a&b>\\u00e9\" ,\"dd-pathway-ctx-base64\":" + v + "}"},
+		{"key in another case replaced", `{"Dd-Pathway-Ctx-Base64":"old","x-datadog-trace-id":"1"}`,
+			`{"Dd-Pathway-Ctx-Base64":` + v + `,"x-datadog-trace-id":"1"}`},
 	}
-	if back := contextFromCarrier(got); back.Hash != 42 {
-		t.Errorf("round trip hash %d", back.Hash)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := carrierJSON([]byte(tc.existing), c)
+			if string(got) != tc.want {
+				t.Errorf("carrier %s, want %s", got, tc.want)
+			}
+			if !json.Valid(got) {
+				t.Errorf("carrier %s is not JSON", got)
+			}
+			if back := contextFromCarrier(got); back.Hash != 42 {
+				t.Errorf("round trip hash %d", back.Hash)
+			}
+		})
 	}
 }
 

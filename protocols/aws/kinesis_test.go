@@ -365,6 +365,26 @@ func TestKinesisKeepsTheProducersDatadog(t *testing.T) {
 	}
 }
 
+// TestKinesisMergeKeepsTheTracersBytes: a traced producer's `_datadog` without a pathway context
+// (trace ids only) gains the proxy's context, and the rest of the record's bytes stay as the
+// producer wrote them (no re-encoding: member order and `<>&` kept).
+func TestKinesisMergeKeepsTheTracersBytes(t *testing.T) {
+	_, up, kc, ctx := kinesisSetup(t, "merged", func(c *Config) { c.KinesisInjectData = true })
+	stream := awssdk.String("merged")
+	head := `{"z":"<&>","_datadog":{"x-datadog-trace-id":"7","a":"<b>"`
+	if _, err := kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: stream, Data: []byte(head + `},"b":1}`), PartitionKey: awssdk.String("m")}); err != nil {
+		t.Fatalf("PutRecord through the proxy: %v", err)
+	}
+	got := string(readShard(t, ctx, kinesisClient(up.URL()), stream, 1)[0].Data)
+	added, ok := strings.CutPrefix(got, head+`,"`+pathway.HeaderKey+`":"`)
+	if !ok || !strings.HasSuffix(added, `"},"b":1}`) {
+		t.Fatalf("stored %s, want %s,\"%s\":\"<context>\"},\"b\":1}", got, head, pathway.HeaderKey)
+	}
+	if c := contextFromCarrier([]byte(`{"` + pathway.HeaderKey + `":"` + strings.TrimSuffix(added, `"},"b":1}`) + `"}`)); c.Hash == 0 {
+		t.Errorf("stored context %q does not decode", added)
+	}
+}
+
 // readShard reads the first n records of stream's one shard from its start, through kc.
 func readShard(t *testing.T, ctx context.Context, kc *kinesis.Client, stream *string, n int) []ktypes.Record {
 	t.Helper()
