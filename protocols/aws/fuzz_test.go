@@ -314,3 +314,37 @@ func FuzzCBOR(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCarrierJSON: whatever `_datadog` value a message brings, the carrier the proxy sends is JSON
+// whose pathway member decodes to the context put in; a trace carrier's other members survive.
+func FuzzCarrierJSON(f *testing.F) {
+	for _, s := range []string{``, `{}`, `null`, `"x"`, `{"x-datadog-trace-id":"1"}`,
+		`{"dd-pathway-ctx-base64":"old","a":[1,{"b":"}"}]}`, ` { "DD-PATHWAY-CTX-BASE64" : 1 } `, `{"a":1,}`} {
+		f.Add([]byte(s))
+	}
+	ctx := pathway.Context{Hash: 0x0123456789abcdef, PathwayStart: time.Unix(1700000000, 0), EdgeStart: time.Unix(1700000001, 0)}
+	f.Fuzz(func(t *testing.T, existing []byte) {
+		got := carrierJSON(existing, ctx)
+		if !json.Valid(got) {
+			t.Fatalf("carrierJSON(%q) = %q, not JSON", existing, got)
+		}
+		if back := contextFromCarrier(got); back.Hash != ctx.Hash {
+			t.Fatalf("carrierJSON(%q) = %q: context hash %x, want %x", existing, got, back.Hash, ctx.Hash)
+		}
+		if !isCarrier(existing) {
+			return
+		}
+		var in, out map[string]json.RawMessage
+		if json.Unmarshal(existing, &in) != nil || json.Unmarshal(got, &out) != nil {
+			return // duplicate or odd keys: encoding/json's reading is not the proxy's
+		}
+		for k, v := range in {
+			if strings.EqualFold(k, pathway.HeaderKey) {
+				continue
+			}
+			if w, ok := out[k]; !ok || !bytes.Equal(w, v) {
+				t.Fatalf("carrierJSON(%q) = %q lost member %q", existing, got, k)
+			}
+		}
+	})
+}
