@@ -1377,7 +1377,7 @@ func (s *session) brokerMethod(f frame) {
 			s.sharedLocked(f.Channel).lastDeclared = q
 			s.mu.Unlock()
 		}
-	case chanClose, chanCloseOk, chanOpen:
+	case chanClose, chanCloseOk:
 		var edge *pathway.Edge
 		var c closeArgs
 		if m == chanClose {
