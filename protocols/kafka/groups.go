@@ -504,7 +504,9 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 		for _, m := range resp.Members { // v3+: one code per member leaving
 			s.groupError(pd, m.ErrorCode)
 		}
-		if leave, ok := pd.facts.(groupLeave); ok {
+		// A leave refused for the whole group (NOT_COORDINATOR, say) took nobody out, a leave
+		// naming no member included.
+		if leave, ok := pd.facts.(groupLeave); ok && outOfGroup(resp.ErrorCode) {
 			if gone := leftMembers(leave, pd.version, resp); len(gone) > 0 || len(leave.members) == 0 {
 				s.p.groups.forget(s.info.Load().key(), leave.group, gone)
 			}

@@ -104,3 +104,63 @@ func TestLeaveAnsweredWithError(t *testing.T) {
 	}
 	guard.check(t)
 }
+
+// TestLeaveNoMembersRefused: a LeaveGroup v3+ naming no member (an admin's "remove these
+// members" with an empty list) that the coordinator refuses for the whole group (NOT_COORDINATOR,
+// COORDINATOR_LOAD_IN_PROGRESS) took nobody out of the group: the proxy must keep the group of
+// the client that sent it. A refusal is the only case told here; an empty leave the coordinator
+// takes is still a leave.
+func TestLeaveNoMembersRefused(t *testing.T) {
+	c, guard := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "leave-empty")
+	produceKgo(t, ctx, kgoClient(t, p), topic, testRecords(6, time.UnixMilli(1700000800000)))
+	for _, refusal := range []*kerr.Error{kerr.NotCoordinator, kerr.CoordinatorLoadInProgress} {
+		t.Run(refusal.Message, func(t *testing.T) {
+			group, id := uniqueTopic(t, "leave-empty-g"), uniqueTopic(t, "leave-empty-c")
+			cl := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group), kgo.ClientID(id),
+				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+			var part int32 = -1
+			for part < 0 {
+				fs := cl.PollFetches(ctx)
+				if err := ctx.Err(); err != nil {
+					t.Fatalf("no records in group %s: %v", group, err)
+				}
+				if rs := fs.Records(); len(rs) > 0 {
+					part = rs[0].Partition
+				}
+			}
+			if g := p.groupOf(id, topic, part); g != group {
+				t.Fatalf("before the leave: group %q, want %q", g, group)
+			}
+			fc := kmsg.NewPtrFindCoordinatorRequest()
+			fc.CoordinatorKey = group
+			fr, err := fc.RequestWith(ctx, cl)
+			if err != nil || fr.ErrorCode != 0 {
+				t.Fatalf("FindCoordinator %s: %v (code %d)", group, err, fr.ErrorCode)
+			}
+			coord := fr.NodeID
+			if len(fr.Coordinators) > 0 {
+				coord = fr.Coordinators[0].NodeID
+			}
+			h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.LeaveGroup}, Group: group, Err: refusal, TopLevel: true, Count: -1})
+			defer h.Remove()
+			leave := kmsg.NewPtrLeaveGroupRequest()
+			leave.Version = 5
+			leave.Group = group
+			// Sent to the coordinator as it is: kgo's cl.Request would retry the refusal.
+			resp, err := cl.Broker(int(coord)).Request(ctx, leave)
+			if err != nil {
+				t.Fatalf("LeaveGroup v5 with no members: %v", err)
+			}
+			if code := resp.(*kmsg.LeaveGroupResponse).ErrorCode; code != refusal.Code {
+				t.Fatalf("LeaveGroup answered code %d, want %d (%v)", code, refusal.Code, refusal)
+			}
+			if g := p.groupOf(id, topic, part); g != group {
+				t.Errorf("after a leave of no members refused with %v: group %q, want %q (kept)", refusal, g, group)
+			}
+		})
+	}
+	guard.check(t)
+}
