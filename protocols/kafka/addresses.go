@@ -1,9 +1,11 @@
 package kafka
 
 import (
+	"encoding/binary"
 	"errors"
 	"slices"
 
+	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -209,4 +211,76 @@ func (p *Proxy) forgetGoneNodes(brokers []kmsg.MetadataResponseBroker, leftOut [
 			delete(p.nodeProblems, id)
 		}
 	}
+}
+
+// leftOutNodes is the test for a broker node the proxy leaves out of its answers (its listener
+// could not open, or a drain is under way and it has none), or nil when no node is left out.
+func (p *Proxy) leftOutNodes() func(id int32) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	draining := p.closed || p.ctx == nil
+	if len(p.nodeProblems) == 0 && !draining {
+		return nil
+	}
+	open := make(map[int32]bool, len(p.nodes))
+	for id := range p.nodes {
+		open[id] = true
+	}
+	problems := make(map[int32]bool, len(p.nodeProblems))
+	for id := range p.nodeProblems {
+		problems[id] = true
+	}
+	return func(id int32) bool { return !open[id] && (draining || problems[id]) }
+}
+
+// clearLeftOutReplicas sets to -1 ("read from the leader") each preferred read replica (Fetch
+// v11+, KIP-392) of body, a Fetch response body, that names a node left out: a broker names only
+// replicas the client can reach, and the client would look for a node it was never told of. It
+// changes body in place (the field has a fixed width), and reports how many it cleared and
+// whether the walk got through body.
+func clearLeftOutReplicas(body []byte, version int16, leftOut func(int32) bool) (cleared int, ok bool) {
+	if version < 11 {
+		return 0, true
+	}
+	flexible := version >= 12
+	r := &kbin.Reader{Src: body}
+	count := func() int { // an array's length; null (-1) is none
+		if flexible {
+			return compactLen(r)
+		}
+		return int(r.Int32())
+	}
+	tags := func() {
+		if flexible {
+			skipTagsR(r)
+		}
+	}
+	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
+	for t := count(); t > 0 && r.Ok(); t-- {
+		switch {
+		case version >= 13:
+			r.Span(16) // topic_id
+		case flexible:
+			r.Span(compactLen(r))
+		default:
+			r.Span(int(r.Int16()))
+		}
+		for p := count(); p > 0 && r.Ok(); p-- {
+			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
+			for a := count(); a > 0 && r.Ok(); a-- {
+				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
+				tags()
+			}
+			if rep := r.Span(4); rep != nil {
+				if id := int32(binary.BigEndian.Uint32(rep)); id >= 0 && leftOut(id) {
+					binary.BigEndian.PutUint32(rep, 0xffffffff)
+					cleared++
+				}
+			}
+			r.Span(max(count(), 0)) // records (null: none)
+			tags()
+		}
+		tags()
+	}
+	return cleared, r.Ok()
 }

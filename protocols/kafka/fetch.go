@@ -199,7 +199,8 @@ func (s *session) accountSession() {
 }
 
 // fetchResponse forwards the response as it is, unless KIP-951 node endpoints (Fetch v16+, set
-// only on leader changes) must be rewritten, and queues it for observation after it is written.
+// only on leader changes) must be rewritten or a preferred read replica names a node left out,
+// and queues it for observation after it is written.
 func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func()) {
 	start, err := responseBodyStart(frame, pd.key, pd.flexible)
 	if err != nil {
@@ -210,6 +211,7 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func()) {
 	ci := s.info.Load()
 	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci, groups: s.p.groups.current(ci.key()), log: &s.log}
 	out := frame
+	s.clearReplicas(pd, frame[start:], s.p.leftOutNodes())
 	if pd.version >= 16 {
 		resp := kmsg.NewPtrFetchResponse()
 		if _, ok := s.decodeResponse(pd, frame, resp); !ok {
@@ -221,6 +223,17 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func()) {
 		job.resp = resp
 	}
 	return out, func() { s.p.enqueueObserve(job) }
+}
+
+// clearReplicas is clearLeftOutReplicas on a client's answer (nothing when leftOut is nil: no
+// node is left out); a body it cannot walk goes on as it is, and the observer reports it.
+func (s *session) clearReplicas(pd *pending, body []byte, leftOut func(int32) bool) {
+	if leftOut == nil || pd.version < 11 {
+		return
+	}
+	if n, _ := clearLeftOutReplicas(body, pd.version, leftOut); n > 0 {
+		s.log.Debug().Int("partitions", n).Msg("fetch answer's preferred read replica names a node left out: cleared, the client reads from the leader")
+	}
 }
 
 // DefaultObserveQueueBytes is the default bound on the fetch responses waiting to be observed.

@@ -138,6 +138,14 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 	if pd.version >= 16 {
 		hold = min(s.p.cfg.fetchTailHold, len(frame))
 	}
+	// While a node is left out, a preferred read replica anywhere in the answer may name it: the
+	// whole answer waits, to be walked (a rare, logged fault; streaming resumes with the node).
+	var leftOut func(int32) bool
+	if pd.version >= 11 {
+		if leftOut = s.p.leftOutNodes(); leftOut != nil {
+			hold = len(frame)
+		}
+	}
 	got, sent := len(hdr), 0
 	for got < len(frame) {
 		k, err := s.c.Upstream.Read(frame[got:])
@@ -152,11 +160,18 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 			return fmt.Errorf("fetch response of %d bytes cut short (%d forwarded): %w", n, sent, err)
 		}
 	}
-	if sent < len(frame) {
+	if leftOut != nil {
+		if start, err := responseBodyStart(frame, pd.key, pd.flexible); err == nil {
+			s.clearReplicas(pd, frame[start:], leftOut)
+		}
+	}
+	if sent < len(frame) && pd.version >= 16 {
 		if err := s.fetchTail(pd, frame, sent); err != nil {
 			s.log.Error().Err(err).Msg("closing connection: cannot hide broker node endpoints")
 			return proxy.Logged(versionErr(pd, err))
 		}
+	}
+	if sent < len(frame) {
 		if _, err := s.c.Client.Write(frame[sent:]); err != nil {
 			return err
 		}
@@ -174,7 +189,8 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 
 // relayUnobserved relays a Fetch response too big for the frame budget through a small buffer,
 // unobserved: its records get no consume checkpoints and its offsets are not read. On v16+ the
-// walk still finds its node endpoints, at the end, and hides them.
+// walk still finds its node endpoints, at the end, and hides them. A preferred read replica naming
+// a node left out goes on as it is (this walk reads no values): the client falls back to the leader.
 func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	c := s.p.stats.unobservedFetches.Add(1)
 	ev := s.log.Debug()

@@ -128,8 +128,9 @@ func TestNodeLeftOutGroupClients(t *testing.T) {
 }
 
 // startNodeLeftOut starts a 3-node cluster whose topic has partition i led by node i, and a proxy
-// that cannot open node 0's listener (another listener holds its address until the test ends).
-func startNodeLeftOut(t *testing.T, topic string) (*kfake.Cluster, *brokerGuard, *testProxy) {
+// that cannot open node 0's listener (another listener holds its address until the test ends);
+// mods change the proxy's config further.
+func startNodeLeftOut(t *testing.T, topic string, mods ...func(*Config)) (*kfake.Cluster, *brokerGuard, *testProxy) {
 	t.Helper()
 	c, guard := startCluster(t, kfake.SeedTopics(3, topic))
 	blocker, err := net.Listen("tcp", "127.0.0.1:0")
@@ -139,6 +140,9 @@ func startNodeLeftOut(t *testing.T, topic string) (*kfake.Cluster, *brokerGuard,
 	t.Cleanup(func() { blocker.Close() })
 	p := startProxy(t, c, func(cfg *Config) {
 		cfg.NodeAddrs = map[int32]string{0: blocker.Addr().String(), 1: "127.0.0.1:0", 2: "127.0.0.1:0"}
+		for _, mod := range mods {
+			mod(cfg)
+		}
 	})
 	waitFor(t, "the proxy to report node 0's listener", func() bool { return p.Problem() != nil })
 	for part := range int32(3) {
