@@ -1,0 +1,190 @@
+package kafka
+
+// What consumers of each isolation level get of committed and aborted transactions through the
+// proxy, and what is checkpointed of them.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// txnRounds are the transactions the tests below produce, in order: aborted ones are odd keys'
+// rounds.
+var txnRounds = []kgo.TransactionEndTry{kgo.TryAbort, kgo.TryCommit, kgo.TryAbort, kgo.TryCommit}
+
+const txnRecords = 3 // records a transaction produces
+
+// produceTxnRounds produces txnRounds through cl (transactional), txnRecords records each, key
+// "<round>-<i>", to partition 0 of cl's default topic.
+func produceTxnRounds(t *testing.T, ctx context.Context, cl *kgo.Client) {
+	t.Helper()
+	for i, end := range txnRounds {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for j := range txnRecords {
+			r := &kgo.Record{Key: fmt.Appendf(nil, "%d-%d", i, j), Value: []byte("value-" + strconv.Itoa(j)), Partition: 0}
+			if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.EndTransaction(ctx, end); err != nil {
+			t.Fatalf("ending transaction %d: %v", i, err)
+		}
+	}
+}
+
+// abortedKey: the record of key k was produced in an aborted transaction of txnRounds.
+func abortedKey(k []byte) bool {
+	round, _ := strconv.Atoi(string(k[:bytes.IndexByte(k, '-')]))
+	return txnRounds[round] == kgo.TryAbort
+}
+
+// TestTxnIsolationCheckpoints: a kgo transactional producer aborts and commits transactions
+// through the proxy. Every record produced gets a produce checkpoint, the aborted ones included
+// (a tracer checkpoints at send, before the outcome, as the README says). A read_committed
+// consumer gets the committed records only and a read_uncommitted one every record; each gets
+// exactly one consume checkpoint per record it gets, with the produce checkpoint as parent, and
+// none for the commit and abort markers.
+func TestTxnIsolationCheckpoints(t *testing.T) {
+	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "txiso")
+	cl := kgoClient(t, p, kgo.ClientID("txn-writer"), kgo.TransactionalID("txiso-"+topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(topic))
+	produceTxnRounds(t, ctx, cl)
+	total := len(txnRounds) * txnRecords
+
+	prod := pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")
+	if len(prod) != total {
+		t.Errorf("%d produce checkpoints, want %d (aborted transactions' records included)", len(prod), total)
+	}
+	for _, pt := range prod {
+		if pt.Service != "txn-writer" || pt.ParentHash != 0 || pt.Hash != prod[0].Hash {
+			t.Errorf("produce checkpoint %+v", pt)
+		}
+	}
+
+	for _, tc := range []struct {
+		name      string
+		isolation kgo.IsolationLevel
+		want      int
+	}{{"read_committed", kgo.ReadCommitted(), total / 2}, {"read_uncommitted", kgo.ReadUncommitted(), total}} {
+		t.Run(tc.name, func(t *testing.T) {
+			group := "g-" + tc.name
+			got := consumeKgo(t, ctx, p, topic, group, tc.want, kgo.FetchIsolationLevel(tc.isolation), kgo.ClientID("reader-"+tc.name))
+			aborted := 0
+			for _, r := range got {
+				if abortedKey(r.Key) {
+					aborted++
+				}
+				if _, n := pathwayHeaders(t, r); n != 1 {
+					t.Errorf("record %s: %d pathway headers", r.Key, n)
+				}
+			}
+			if len(got) != tc.want || (tc.want == total) != (aborted == total/2) || (tc.want < total && aborted != 0) {
+				t.Errorf("consumer got %d records, %d of them aborted; want %d", len(got), aborted, tc.want)
+			}
+			tags := []string{"direction:in", "group:" + group, "topic:" + topic, "type:kafka"}
+			waitFor(t, "a consume checkpoint per record", func() bool { return len(pointsOn(p, tags...)) >= tc.want })
+			cons := pointsOn(p, tags...)
+			if len(cons) != len(got) {
+				t.Errorf("%d consume checkpoints for %d records", len(cons), len(got))
+			}
+			for _, pt := range cons {
+				if pt.ParentHash != prod[0].Hash || pt.Service != "reader-"+tc.name {
+					t.Errorf("consume checkpoint %+v: want parent %d, service reader-%s", pt, prod[0].Hash, tc.name)
+				}
+			}
+		})
+	}
+	waitFor(t, "the consumed records counted", func() bool { return p.Stats().ConsumedRecords >= uint64(total/2+total) })
+	if n := p.Stats().ConsumedRecords; n != uint64(total/2+total) {
+		t.Errorf("Stats.ConsumedRecords = %d, want %d", n, total/2+total)
+	}
+	guard.check(t)
+}
+
+// TestTxnFetchBytesIntact: the answers to raw Fetch requests of both isolation levels through
+// the proxy carry the same record batches (commit and abort markers included) and the same
+// aborted transactions list as the broker's own answers to the same requests.
+func TestTxnFetchBytesIntact(t *testing.T) {
+	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "txbytes")
+	produceTxnRounds(t, ctx, kgoClient(t, p, kgo.TransactionalID("txbytes-"+topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.DefaultProduceTopic(topic)))
+
+	through := kgoClient(t, p)
+	ref := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(proxySourceIP)}} // the guard allows the proxy's address
+	direct, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()[0]), kgo.Dialer(ref.DialContext))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	id := topicID(t, ctx, through, topic)
+	for _, isolation := range []int8{0, 1} {
+		req := kmsg.NewPtrFetchRequest()
+		req.ReplicaID, req.MaxWaitMillis, req.MaxBytes, req.IsolationLevel, req.SessionEpoch = -1, 0, 1<<20, isolation, -1
+		rt := kmsg.NewFetchRequestTopic()
+		rt.Topic, rt.TopicID = topic, id
+		rp := kmsg.NewFetchRequestTopicPartition()
+		rp.PartitionMaxBytes = 1 << 20
+		rt.Partitions = append(rt.Partitions, rp)
+		req.Topics = append(req.Topics, rt)
+		fetch := func(cl *kgo.Client) kmsg.FetchResponseTopicPartition {
+			t.Helper()
+			resp, err := req.RequestWith(ctx, cl)
+			if err != nil || resp.ErrorCode != 0 || len(resp.Topics) != 1 || len(resp.Topics[0].Partitions) != 1 {
+				t.Fatalf("isolation %d: fetch: %v %+v", isolation, err, resp)
+			}
+			return resp.Topics[0].Partitions[0]
+		}
+		want, got := fetch(direct), fetch(through)
+		if !bytes.Equal(got.RecordBatches, want.RecordBatches) || len(want.RecordBatches) == 0 {
+			t.Errorf("isolation %d: %d bytes of batches through the proxy differ from the broker's %d", isolation, len(got.RecordBatches), len(want.RecordBatches))
+		}
+		if fmt.Sprint(got.AbortedTransactions) != fmt.Sprint(want.AbortedTransactions) || got.LastStableOffset != want.LastStableOffset || got.HighWatermark != want.HighWatermark {
+			t.Errorf("isolation %d: aborted %+v LSO %d HW %d through the proxy, broker's %+v %d %d", isolation,
+				got.AbortedTransactions, got.LastStableOffset, got.HighWatermark, want.AbortedTransactions, want.LastStableOffset, want.HighWatermark)
+		}
+		// The markers are in what the client got, and kgo reads them as such.
+		var markers []string
+		fp, _ := kgo.ProcessFetchPartition(kgo.ProcessFetchPartitionOpts{KeepControlRecords: true, Topic: topic, IsolationLevel: isolationLevel(isolation)}, &got, kgo.DefaultDecompressor(), nil)
+		for _, r := range fp.Records {
+			if r.Attrs.IsControl() {
+				markers = append(markers, fmt.Sprintf("%x", r.Key))
+			}
+		}
+		// Control record keys: version 0, then type 0 for an abort, 1 for a commit.
+		if want := []string{"00000000", "00000001", "00000000", "00000001"}; !slices.Equal(markers, want) {
+			t.Errorf("isolation %d: markers %v, want %v", isolation, markers, want)
+		}
+	}
+	// read_uncommitted: every record; read_committed: the committed half.
+	want := len(txnRounds)*txnRecords + len(txnRounds)*txnRecords/2
+	cons := func() int { return len(pointsOn(p, "direction:in", "topic:"+topic, "type:kafka")) }
+	waitFor(t, "the fetches' consume checkpoints", func() bool { return cons() >= want })
+	if n := cons(); n != want {
+		t.Errorf("%d consume checkpoints for the fetches, want %d", n, want)
+	}
+	guard.check(t)
+}
+
+func isolationLevel(l int8) kgo.IsolationLevel {
+	if l == 1 {
+		return kgo.ReadCommitted()
+	}
+	return kgo.ReadUncommitted()
+}
