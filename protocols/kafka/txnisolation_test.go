@@ -10,11 +10,15 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
+	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // txnRounds are the transactions the tests below produce, in order: aborted ones are odd keys'
@@ -187,4 +191,176 @@ func isolationLevel(l int8) kgo.IsolationLevel {
 		return kgo.ReadCommitted()
 	}
 	return kgo.ReadUncommitted()
+}
+
+// TestSaramaTxnIsolation: sarama's transactional producer commits, aborts and commits through
+// the proxy; sarama consumers of each isolation level get what they should, and the proxy
+// counts a consume checkpoint per message each gets and a produce checkpoint per message sent.
+func TestSaramaTxnIsolation(t *testing.T) {
+	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "sarama-txn")
+	cfg := saramaConfig("sarama-txn-writer")
+	cfg.Producer.Idempotent = true
+	cfg.Producer.Transaction.ID = "sarama-txn-" + topic
+	cfg.Net.MaxOpenRequests = 1
+	prod, err := sarama.NewSyncProducer([]string{p.Addr().String()}, cfg)
+	if err != nil {
+		t.Fatalf("sarama transactional producer: %v", err)
+	}
+	defer prod.Close()
+	for i, end := range txnRounds {
+		if err := prod.BeginTxn(); err != nil {
+			t.Fatal(err)
+		}
+		for j := range txnRecords {
+			m := &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(fmt.Sprintf("%d-%d", i, j)), Value: sarama.StringEncoder("v")}
+			if _, _, err := prod.SendMessage(m); err != nil {
+				t.Fatalf("transaction %d: %v", i, err)
+			}
+		}
+		if end == kgo.TryCommit {
+			err = prod.CommitTxn()
+		} else {
+			err = prod.AbortTxn()
+		}
+		if err != nil {
+			t.Fatalf("ending transaction %d: %v", i, err)
+		}
+	}
+	total := len(txnRounds) * txnRecords
+	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != total {
+		t.Errorf("%d produce checkpoints, want %d", n, total)
+	}
+	for _, tc := range []struct {
+		name      string
+		isolation sarama.IsolationLevel
+		want      int
+	}{{"read_committed", sarama.ReadCommitted, total / 2}, {"read_uncommitted", sarama.ReadUncommitted, total}} {
+		t.Run(tc.name, func(t *testing.T) {
+			service := "sarama-reader-" + tc.name
+			ccfg := saramaConfig(service)
+			ccfg.Consumer.IsolationLevel = tc.isolation
+			cons, err := sarama.NewConsumer([]string{p.Addr().String()}, ccfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cons.Close()
+			pc, err := cons.ConsumePartition(topic, 0, sarama.OffsetOldest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			var keys []string
+			aborted := 0
+			for len(keys) < tc.want {
+				select {
+				case m := <-pc.Messages():
+					keys = append(keys, string(m.Key))
+					if abortedKey(m.Key) {
+						aborted++
+					}
+				case <-ctx.Done():
+					t.Fatalf("got %d of %d messages: %v", len(keys), tc.want, keys)
+				}
+			}
+			if (tc.want == total) != (aborted == total/2) || (tc.want < total && aborted != 0) {
+				t.Errorf("got %v: %d aborted", keys, aborted)
+			}
+			var cons2 []pathway.Point
+			count := func() int {
+				cons2 = nil
+				for _, pt := range pointsOn(p, "direction:in", "topic:"+topic, "type:kafka") {
+					if pt.Service == service {
+						cons2 = append(cons2, pt)
+					}
+				}
+				return len(cons2)
+			}
+			waitFor(t, "a consume checkpoint per message", func() bool { return count() >= tc.want })
+			if n := count(); n != tc.want {
+				t.Errorf("%d consume checkpoints for %d messages", n, tc.want)
+			}
+		})
+	}
+	guard.check(t)
+}
+
+// TestKcatTxnIsolation: kcat (librdkafka 2.0.2) produces in transactions through the proxy,
+// committed when its input ends, between transactions of a kgo producer that aborts them (kcat
+// aborts only when interrupted, and then drops what it has not sent); kcat consumers of each
+// isolation level get the committed records, or all of them, and a consume checkpoint each.
+func TestKcatTxnIsolation(t *testing.T) {
+	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "kcat-txn")
+	produced := func() int { return len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")) }
+	args := []string{"-P", "-b", p.Addr().String(), "-t", topic, "-K:", "-X", "client.id=kcat-txn-writer",
+		"-X", "transactional.id=kcat-" + topic, "-X", "allow.auto.create.topics=true"}
+	lines := func(round int) string {
+		var b strings.Builder
+		for j := range txnRecords {
+			fmt.Fprintf(&b, "%d-%d:v\n", round, j)
+		}
+		return b.String()
+	}
+	aborter := kgoClient(t, p, kgo.ClientID("kgo-txn-aborter"), kgo.TransactionalID("kgo-"+topic), kgo.DefaultProduceTopic(topic))
+	for i, end := range txnRounds {
+		if end == kgo.TryCommit {
+			runKcat(t, ctx, lines(i), args...)
+			continue
+		}
+		if err := aborter.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for j := range txnRecords {
+			if err := aborter.ProduceSync(ctx, &kgo.Record{Key: fmt.Appendf(nil, "%d-%d", i, j), Value: []byte("v")}).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := aborter.EndTransaction(ctx, kgo.TryAbort); err != nil {
+			t.Fatal(err)
+		}
+	}
+	total := len(txnRounds) * txnRecords
+	if n := produced(); n != total {
+		t.Errorf("%d produce checkpoints, want %d", n, total)
+	}
+	for _, tc := range []struct{ isolation string }{{"read_committed"}, {"read_uncommitted"}} {
+		t.Run(tc.isolation, func(t *testing.T) {
+			service := "kcat-reader-" + strings.ReplaceAll(tc.isolation, "_", "-")
+			out := runKcat(t, ctx, "", "-C", "-b", p.Addr().String(), "-t", topic, "-e", "-o", "beginning", "-f", "%k\n",
+				"-X", "client.id="+service, "-X", "isolation.level="+tc.isolation)
+			keys := strings.Fields(out)
+			aborted := 0
+			for _, k := range keys {
+				if abortedKey([]byte(k)) {
+					aborted++
+				}
+			}
+			want, wantAborted := total/2, 0
+			if tc.isolation == "read_uncommitted" {
+				want, wantAborted = total, total/2
+			}
+			if len(keys) != want || aborted != wantAborted {
+				t.Errorf("kcat got %d records (%v), %d aborted; want %d, %d aborted", len(keys), keys, aborted, want, wantAborted)
+			}
+			count := func() int {
+				n := 0
+				for _, pt := range pointsOn(p, "direction:in", "topic:"+topic, "type:kafka") {
+					if pt.Service == service {
+						n++
+					}
+				}
+				return n
+			}
+			waitFor(t, "a consume checkpoint per record", func() bool { return count() >= len(keys) })
+			if n := count(); n != len(keys) {
+				t.Errorf("%d consume checkpoints for %d records", n, len(keys))
+			}
+		})
+	}
+	guard.check(t)
 }
