@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -361,6 +362,75 @@ func TestKcatTxnIsolation(t *testing.T) {
 				t.Errorf("%d consume checkpoints for %d records", n, len(keys))
 			}
 		})
+	}
+	guard.check(t)
+}
+
+// TestGroupTransactSessionAbort: kgo's consume-transform-produce session aborts its first
+// transaction, then reads the same input again and commits. The input offsets give a
+// kafka_commit only for the committed transaction; the session's consumer gets every input
+// record twice and so has two consume checkpoints each; the output holds the aborted copies
+// (produce checkpoints, as at a tracer's send) and a read_committed reader gets only the
+// committed ones.
+func TestGroupTransactSessionAbort(t *testing.T) {
+	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	in, out := uniqueTopic(t, "etlin"), uniqueTopic(t, "etlout")
+	const n = 8
+	produceKgo(t, ctx, kgoClient(t, p), in, testRecords(n, time.UnixMilli(1700000730000)))
+	sess, err := kgo.NewGroupTransactSession(kgo.SeedBrokers(p.Addr().String()), kgo.AllowAutoTopicCreation(),
+		kgo.TransactionalID("etl-"+in), kgo.ConsumerGroup("etl-group"), kgo.ConsumeTopics(in), kgo.ClientID("etl-app"),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	transform := func(end kgo.TransactionEndTry) {
+		t.Helper()
+		var recs []*kgo.Record
+		for len(recs) < n {
+			fs := sess.PollFetches(ctx)
+			if ctx.Err() != nil {
+				t.Fatalf("session got %d of %d records", len(recs), n)
+			}
+			recs = append(recs, fs.Records()...)
+		}
+		if err := sess.Begin(); err != nil {
+			t.Fatal(err)
+		}
+		outs := make([]*kgo.Record, len(recs))
+		for i, r := range recs {
+			outs[i] = &kgo.Record{Topic: out, Key: r.Key, Value: r.Value}
+		}
+		// Stored before the end: an abort drops records kgo still buffers.
+		if err := sess.ProduceSync(ctx, outs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		committed, err := sess.End(ctx, end)
+		if err != nil || committed != (end == kgo.TryCommit) {
+			t.Fatalf("End(%v): committed=%v %v", end, committed, err)
+		}
+	}
+	transform(kgo.TryAbort)
+	if got := groupCommits(p, "etl-group"); len(got) != 0 {
+		t.Errorf("kafka_commit after an aborted transaction: %+v", got)
+	}
+	transform(kgo.TryCommit)
+	if got := groupCommits(p, "etl-group"); len(got) != 1 || got[0].Topic != in || got[0].Value != n {
+		t.Errorf("kafka_commit after the committed transaction: %+v, want offset %d of %s", got, n, in)
+	}
+	consumed := func() int { return len(pointsOn(p, "direction:in", "group:etl-group", "topic:"+in, "type:kafka")) }
+	waitFor(t, "the session's consume checkpoints", func() bool { return consumed() >= 2*n })
+	if got := consumed(); got != 2*n {
+		t.Errorf("%d consume checkpoints for the session's 2x%d records", got, n)
+	}
+	if got := len(pointsOn(p, "direction:out", "topic:"+out, "type:kafka")); got != 2*n {
+		t.Errorf("%d produce checkpoints on the output, want %d (aborted copies included)", got, 2*n)
+	}
+	got := consumeKgo(t, ctx, p, out, "etl-reader", n, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ClientID("etl-reader"))
+	if len(got) != n || got[0].Offset < n {
+		t.Errorf("read_committed reader got %d records from offset %d, want the %d committed ones after the aborted %d", len(got), got[0].Offset, n, n)
 	}
 	guard.check(t)
 }
