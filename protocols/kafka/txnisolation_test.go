@@ -434,3 +434,67 @@ func TestGroupTransactSessionAbort(t *testing.T) {
 	}
 	guard.check(t)
 }
+
+// TestInterleavedTxnsReadCommitted: two transactional producers write to one partition with
+// their transactions interleaved, each aborting one and committing the other. A read_committed
+// consumer gets the committed records only, and the proxy, which follows each producer's
+// aborted range as the consumer does, checkpoints exactly those.
+func TestInterleavedTxnsReadCommitted(t *testing.T) {
+	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "txmix")
+	a := kgoClient(t, p, kgo.TransactionalID("a-"+topic), kgo.DefaultProduceTopic(topic))
+	b := kgoClient(t, p, kgo.TransactionalID("b-"+topic), kgo.DefaultProduceTopic(topic))
+	begin := func(cl *kgo.Client) {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send := func(cl *kgo.Client, key string) {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte(key), Value: []byte("v")}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end := func(cl *kgo.Client, e kgo.TransactionEndTry) {
+		if err := cl.EndTransaction(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	begin(a)
+	begin(b)
+	send(a, "a0-aborted")
+	send(b, "b0")
+	send(a, "a1-aborted")
+	send(b, "b1")
+	end(a, kgo.TryAbort)
+	send(b, "b2")
+	begin(a)
+	send(a, "a2")
+	end(b, kgo.TryCommit)
+	begin(b)
+	send(b, "b3-aborted")
+	send(a, "a3")
+	send(b, "b4-aborted")
+	end(a, kgo.TryCommit)
+	end(b, kgo.TryAbort)
+	// Something after the last abort, so the reader knows it has read everything.
+	begin(a)
+	send(a, "a4")
+	end(a, kgo.TryCommit)
+
+	got := consumeKgo(t, ctx, p, topic, "g-txmix", 6, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ClientID("mix-reader"))
+	var keys []string
+	for _, r := range got {
+		keys = append(keys, string(r.Key))
+	}
+	if want := []string{"b0", "b1", "b2", "a2", "a3", "a4"}; !slices.Equal(keys, want) {
+		t.Errorf("read_committed consumer got %v, want %v", keys, want)
+	}
+	tags := []string{"direction:in", "group:g-txmix", "topic:" + topic, "type:kafka"}
+	waitFor(t, "a consume checkpoint per record", func() bool { return len(pointsOn(p, tags...)) >= len(got) })
+	if n := len(pointsOn(p, tags...)); n != len(got) {
+		t.Errorf("%d consume checkpoints for %d records", n, len(got))
+	}
+	guard.check(t)
+}
