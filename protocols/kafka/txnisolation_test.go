@@ -60,9 +60,19 @@ func abortedKey(k []byte) bool {
 // consumer gets the committed records only and a read_uncommitted one every record; each gets
 // exactly one consume checkpoint per record it gets, with the produce checkpoint as parent, and
 // none for the commit and abort markers.
+// Fetch answers are observed whole, or while they pass (streamed, from 64 bytes here).
 func TestTxnIsolationCheckpoints(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+	}{{"buffered", nil}, {"streamed", func(cfg *Config) { cfg.streamFetchMin = 64 }}} {
+		t.Run(tc.name, func(t *testing.T) { txnIsolationCheckpoints(t, tc.mod) })
+	}
+}
+
+func txnIsolationCheckpoints(t *testing.T, mod func(*Config)) {
 	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
-	p := startProxy(t, c, nil)
+	p := startProxy(t, c, mod)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "txiso")
 	cl := kgoClient(t, p, kgo.ClientID("txn-writer"), kgo.TransactionalID("txiso-"+topic),
@@ -116,6 +126,9 @@ func TestTxnIsolationCheckpoints(t *testing.T) {
 	waitFor(t, "the consumed records counted", func() bool { return p.Stats().ConsumedRecords >= uint64(total/2+total) })
 	if n := p.Stats().ConsumedRecords; n != uint64(total/2+total) {
 		t.Errorf("Stats.ConsumedRecords = %d, want %d", n, total/2+total)
+	}
+	if streamed := p.Stats().StreamedFetches > 0; streamed != (mod != nil) {
+		t.Errorf("fetch answers streamed: %v, want %v", streamed, mod != nil)
 	}
 	guard.check(t)
 }
