@@ -60,17 +60,31 @@ func abortedKey(k []byte) bool {
 // consumer gets the committed records only and a read_uncommitted one every record; each gets
 // exactly one consume checkpoint per record it gets, with the produce checkpoint as parent, and
 // none for the commit and abort markers.
-// Fetch answers are observed whole, or while they pass (streamed, from 64 bytes here).
+// Fetch answers are observed whole, or while they pass (streamed, from 64 bytes here), or
+// without their requests' facts (the bounds on them full): the isolation level is then the
+// answer's, as a broker sends aborted transactions to read_committed fetches only.
 func TestTxnIsolationCheckpoints(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		mod  func(*Config)
-	}{{"buffered", nil}, {"streamed", func(cfg *Config) { cfg.streamFetchMin = 64 }}} {
-		t.Run(tc.name, func(t *testing.T) { txnIsolationCheckpoints(t, tc.mod) })
+		name         string
+		mod          func(*Config)
+		streamed     bool
+		withoutFacts bool
+	}{
+		{"buffered", nil, false, false},
+		{"streamed", func(cfg *Config) { cfg.streamFetchMin = 64 }, true, false},
+		{"without facts", nil, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.withoutFacts {
+				defer func(conn, all int64) { maxConnFacts, maxFacts = conn, all }(maxConnFacts, maxFacts)
+				maxConnFacts, maxFacts = 0, 0
+			}
+			txnIsolationCheckpoints(t, tc.mod, tc.streamed, tc.withoutFacts)
+		})
 	}
 }
 
-func txnIsolationCheckpoints(t *testing.T, mod func(*Config)) {
+func txnIsolationCheckpoints(t *testing.T, mod func(*Config), streamed, withoutFacts bool) {
 	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
 	p := startProxy(t, c, mod)
 	ctx := testCtx(t)
@@ -97,7 +111,11 @@ func txnIsolationCheckpoints(t *testing.T, mod func(*Config)) {
 	}{{"read_committed", kgo.ReadCommitted(), total / 2}, {"read_uncommitted", kgo.ReadUncommitted(), total}} {
 		t.Run(tc.name, func(t *testing.T) {
 			group := "g-" + tc.name
-			got := consumeKgo(t, ctx, p, topic, group, tc.want, kgo.FetchIsolationLevel(tc.isolation), kgo.ClientID("reader-"+tc.name))
+			opts := []kgo.Opt{kgo.FetchIsolationLevel(tc.isolation), kgo.ClientID("reader-" + tc.name)}
+			if withoutFacts {
+				opts = append(opts, kgo.DisableFetchSessions()) // a session's offsets are kept anyway
+			}
+			got := consumeKgo(t, ctx, p, topic, group, tc.want, opts...)
 			aborted := 0
 			for _, r := range got {
 				if abortedKey(r.Key) {
@@ -127,8 +145,11 @@ func txnIsolationCheckpoints(t *testing.T, mod func(*Config)) {
 	if n := p.Stats().ConsumedRecords; n != uint64(total/2+total) {
 		t.Errorf("Stats.ConsumedRecords = %d, want %d", n, total/2+total)
 	}
-	if streamed := p.Stats().StreamedFetches > 0; streamed != (mod != nil) {
-		t.Errorf("fetch answers streamed: %v, want %v", streamed, mod != nil)
+	if got := p.Stats().StreamedFetches > 0; got != streamed {
+		t.Errorf("fetch answers streamed: %v, want %v", got, streamed)
+	}
+	if got := p.Stats().UnkeptFacts > 0; got != withoutFacts {
+		t.Errorf("requests without their facts: %v, want %v", got, withoutFacts)
 	}
 	guard.check(t)
 }
