@@ -353,7 +353,7 @@ func ParseConfig(b []byte) (*Config, error) {
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err == nil {
-		if errs := append(fractions(&root), emptyTLS(&root)...); len(errs) > 0 {
+		if errs := slices.Concat(fractions(&root), emptyTLS(&root), emptyEntries(&root)); len(errs) > 0 {
 			return nil, errors.Join(errs...)
 		}
 		recordLines(&root, &cfg)
@@ -663,6 +663,20 @@ func emptyTLS(root *yaml.Node) []error {
 			errs = append(errs, &configError{line: keyLine, key: path, msg: "is empty: give cert_file and key_file to terminate TLS toward clients, or remove the key for plaintext"})
 		case client:
 			errs = append(errs, &configError{line: keyLine, key: path, msg: "is empty: set enabled: true (system roots) or its other keys for TLS toward the upstream, or remove the key for plaintext"})
+		}
+		return false
+	})
+	return errs
+}
+
+// emptyEntries finds list entries with nothing in them (a "-" alone, its keys commented out or
+// indented under the next entry). yaml drops such an entry without a word: the front or rule is
+// not there, and the entries after it get the numbers and lines of the ones before.
+func emptyEntries(root *yaml.Node) []error {
+	var errs []error
+	walkConfig(root, func(n *yaml.Node, t reflect.Type, path string, keyLine int) bool {
+		if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" && t.Kind() == reflect.Struct && strings.HasSuffix(path, "]") {
+			errs = append(errs, &configError{line: keyLine, key: path, msg: "is an empty entry: give it its keys (indented under its `- `), or remove the line"})
 		}
 		return false
 	})

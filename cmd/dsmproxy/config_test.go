@@ -872,6 +872,24 @@ func TestEmptyTLSRefused(t *testing.T) {
 	}
 }
 
+// TestEmptyListEntryRefused: a "-" with nothing after it (its keys commented out, or indented
+// wrong) was dropped by the decoder without a word: the front was missing, check-config said
+// "configuration OK", and the entries after it took the numbers and lines of the ones before
+// (an error in the third entry named amqp[1] and the second entry's line).
+func TestEmptyListEntryRefused(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"amqp:\n  -\n  - listen: 127.0.0.1:29673\n    upstream: 127.0.0.1:5672\n", "line 2: key amqp[0]: is an empty entry"},
+		{"kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:1]\n  - ~\n", "line 4: key kafka[1]: is an empty entry"},
+		{"services:\n  -\n    # service: orders\namqp:\n  - {listen: 127.0.0.1:29673, upstream: 127.0.0.1:5672}\n", "line 2: key services[0]: is an empty entry"},
+		{"aws:\n  - listen: 127.0.0.1:4566\n    client_keys:\n      -\n", "line 4: key aws[0].client_keys[0]: is an empty entry"},
+	} {
+		_, err := ParseConfig([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
 // TestErrorsIntervalBelowASecondRefused: errors.interval is how often every tracked error group
 // is logged (and sent to the Agent as error spans): 10ms, a slip for 10s, would log each group a
 // hundred times a second. Below 1s is refused, as agent.flush_interval is; 0 is the default.
