@@ -14,6 +14,12 @@ import (
 // listening for the signal when it returns. A reload that fails keeps the old certificate and is
 // logged with the file at fault; the others still reload.
 func ReloadOnSIGHUP(ctx context.Context, log zerolog.Logger, reloaders ...*CertReloader) {
+	OnSIGHUP(ctx, func() { ReloadAll(log, reloaders...) })
+}
+
+// OnSIGHUP calls fn each time the process gets SIGHUP, one call at a time, until ctx ends. It is
+// listening for the signal when it returns.
+func OnSIGHUP(ctx context.Context, fn func()) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGHUP)
 	go func() {
@@ -23,7 +29,7 @@ func ReloadOnSIGHUP(ctx context.Context, log zerolog.Logger, reloaders ...*CertR
 			case <-ctx.Done():
 				return
 			case <-sig:
-				ReloadAll(log, reloaders...)
+				fn()
 			}
 		}
 	}()

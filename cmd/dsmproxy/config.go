@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 
 	"github.com/dsmproxy/dsmproxy/internal/redact"
@@ -44,6 +46,25 @@ type Config struct {
 	lines map[string]int    // dotted key -> line of its value in the file (top-level sections)
 	from  map[string]string // dotted key (or kafka, amqp, aws) -> the variable or flag that set it
 	file  string            // the file read, if any
+	sum   [sha256.Size]byte // of the file's bytes as read at start
+}
+
+// warnFileChanged warns, at a SIGHUP, when the config file is no longer what was read at start:
+// SIGHUP reloads only TLS files, and an operator who edited the file and sent it would otherwise
+// take the "reloaded" lines for the new settings being in force.
+func (c *Config) warnFileChanged(log zerolog.Logger) {
+	if c.file == "" {
+		return
+	}
+	b, err := os.ReadFile(c.file)
+	if err == nil && sha256.Sum256(b) == c.sum {
+		return
+	}
+	ev := log.Warn().Str("config", c.file)
+	if err != nil {
+		ev = ev.Err(err)
+	}
+	ev.Msg("SIGHUP: the config file is not what was read at start, and SIGHUP reloads only TLS certificates, keys and CAs: restart dsmproxy to apply the file (check-config checks it first)")
 }
 
 // refuse is a configError about key that says where its value came from: the variable or flag
@@ -309,6 +330,9 @@ func LoadConfigFile(path string) (*Config, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	cfg, err := ParseConfig(b)
+	if err == nil {
+		cfg.sum = sha256.Sum256(b)
+	}
 	if err != nil {
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
 			var errs []error

@@ -144,7 +144,8 @@ Environment (Datadog's own variables; flags beat them):
 
 const usageRun = usageRunFlags + `
 Signals: SIGTERM/SIGINT drain and exit 0 after a last flush; a second SIGTERM/SIGINT meanwhile
-exits at once with code 1 (connections cut, no last flush); SIGHUP reloads TLS certificates.
+exits at once with code 1 (connections cut, no last flush); SIGHUP reloads TLS certificates,
+keys and CAs only (the config file is read at start: restart to apply a change to it).
 `
 
 const usageCheckConfig = usageRunFlags + `

@@ -201,7 +201,10 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		reloaders = append(reloaders, f.reloaders...)
 	}
 	// Always taken: SIGHUP's default action would end the process.
-	proxy.ReloadOnSIGHUP(bg, log, reloaders...)
+	proxy.OnSIGHUP(bg, func() {
+		cfg.warnFileChanged(log)
+		proxy.ReloadAll(log, reloaders...)
+	})
 	rt.admin = newAdmin(rt.fronts)
 	rt.admin.Handle("GET /errors", rt.errs.View())
 	rt.admin.Handle("GET /dsm", view)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -81,5 +83,46 @@ func TestSIGHUPDuringFinalFlush(t *testing.T) {
 	err = cmd.Wait()
 	if !strings.Contains(all.String(), "STOPPED") {
 		t.Errorf("a SIGHUP during the last flush ended the process (%v) before the flush finished; output:\n%s", err, all.String())
+	}
+}
+
+// TestSIGHUPSaysTheEditedFileIsNotApplied: SIGHUP reloads only TLS files. An operator who edited
+// the config file and sent SIGHUP got "no TLS certificates configured, nothing to reload" (or
+// "TLS certificates reloaded") and nothing about the file: the edit seemed applied and was not.
+func TestSIGHUPSaysTheEditedFileIsNotApplied(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+	write := func(upstream string) {
+		body := "admin: {listen: \"off\"}\nagent: {disabled: true}\namqp:\n  - listen: 127.0.0.1:0\n    upstream: " + upstream + "\n"
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("127.0.0.1:1")
+	cfg, err := (&runFlags{config: path}).loadConfig(envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	rt, err := start(context.Background(), cfg, zerolog.New(&logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.stop()
+	hup := func() string { // the log lines of one SIGHUP, once its reload line is written
+		before := strings.Count(logs.String(), "nothing to reload")
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		for strings.Count(logs.String(), "nothing to reload") == before {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return logs.String()
+	}
+	if out := hup(); strings.Contains(out, "not what was read at start") {
+		t.Errorf("SIGHUP with the file unchanged warned that it changed:\n%s", out)
+	}
+	write("127.0.0.1:2")
+	if out := hup(); !strings.Contains(out, "not what was read at start") || !strings.Contains(out, `"config":"`+path+`"`) {
+		t.Errorf("SIGHUP after the config file was edited did not say the edit is not applied:\n%s", out)
 	}
 }
