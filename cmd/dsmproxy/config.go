@@ -47,6 +47,33 @@ type Config struct {
 	from  map[string]string // dotted key (or kafka, amqp, aws) -> the variable or flag that set it
 	file  string            // the file read, if any
 	sum   [sha256.Size]byte // of the file's bytes as read at start
+	// agentHost and agentPort: DD_AGENT_HOST and DD_TRACE_AGENT_PORT (defaults filled in), when
+	// they made agent.url, so that a mistake in one is named in its own terms.
+	agentHost, agentPort string
+}
+
+// agentHostPortVars is the source of an agent.url made from DD_AGENT_HOST and DD_TRACE_AGENT_PORT.
+const agentHostPortVars = "DD_AGENT_HOST/DD_TRACE_AGENT_PORT"
+
+// checkAgentHostPort refuses a DD_AGENT_HOST that is a URL or carries a port, and a
+// DD_TRACE_AGENT_PORT that is no port: joined into a URL, they read as a bracketed host that
+// url.Parse refuses with words about IPv6 addresses.
+func (c *Config) checkAgentHostPort() error {
+	bad := func(v, msg string) error { return &configError{source: v, key: "agent.url", msg: msg} }
+	h, p := c.agentHost, c.agentPort
+	if strings.Contains(h, "://") {
+		return bad("DD_AGENT_HOST", fmt.Sprintf("%q is a URL: give the host alone (its port as DD_TRACE_AGENT_PORT), or the URL as DD_TRACE_AGENT_URL", redact.URL(h)))
+	}
+	if hh, hp, err := net.SplitHostPort(h); err == nil {
+		return bad("DD_AGENT_HOST", fmt.Sprintf("%q has a port: give the host alone (%s) and the port as DD_TRACE_AGENT_PORT (%s)", redact.URL("http://" + h)[len("http://"):], hh, hp))
+	}
+	if strings.TrimSpace(h) != h || strings.ContainsAny(h, "/@ ") {
+		return bad("DD_AGENT_HOST", fmt.Sprintf("%q is not a host name or IP address", redact.URL("http://" + h)[len("http://"):]))
+	}
+	if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+		return bad("DD_TRACE_AGENT_PORT", fmt.Sprintf("%q is not a port (1..65535)", p))
+	}
+	return nil
 }
 
 // warnFileChanged warns, at a SIGHUP, when the config file is no longer what was read at start:
@@ -860,7 +887,8 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 			p = "8126"
 		}
 		c.Agent.URL = "http://" + net.JoinHostPort(h, p)
-		c.setBy("agent.url", "DD_AGENT_HOST/DD_TRACE_AGENT_PORT")
+		c.setBy("agent.url", agentHostPortVars)
+		c.agentHost, c.agentPort = h, p
 	}
 	// Like the tracers: any value, even empty, turns handled-error reporting on.
 	if _, ok := lookup("DD_ERROR_TRACKING_HANDLED_ERRORS"); ok {
@@ -920,7 +948,13 @@ func (c *Config) Validate() error {
 		}
 	}
 	if !c.Agent.Disabled {
-		if err := checkAgentURL(c.Agent.URL); err != nil {
+		var envErr error
+		if c.sourceOf("agent.url") == agentHostPortVars {
+			envErr = c.checkAgentHostPort()
+		}
+		if envErr != nil {
+			errs = append(errs, envErr)
+		} else if err := checkAgentURL(c.Agent.URL); err != nil {
 			bad(0, "agent.url", "%v", err)
 		}
 	}

@@ -474,6 +474,14 @@ func TestConfigErrorSource(t *testing.T) {
 			want: []string{"line 2: key log.level", "loud"}},
 		{name: "variable", yaml: file, env: map[string]string{"DD_TRACE_AGENT_URL": "localhost:8126"},
 			want: []string{"DD_TRACE_AGENT_URL: key agent.url", "scheme"}, notFile: true},
+		// Joined into http://[h]:p, these were refused as `invalid host: ParseAddr("agent:8126")`
+		// and `missing ']' in host`, under both variables' names.
+		{name: "agent host with a port", yaml: file, env: map[string]string{"DD_AGENT_HOST": "agent:8126"},
+			want: []string{"DD_AGENT_HOST: key agent.url", `"agent:8126" has a port`, "DD_TRACE_AGENT_PORT (8126)"}, notFile: true},
+		{name: "agent host as a URL", yaml: file, env: map[string]string{"DD_AGENT_HOST": "http://agent"},
+			want: []string{"DD_AGENT_HOST: key agent.url", "is a URL", "DD_TRACE_AGENT_URL"}, notFile: true},
+		{name: "agent port", yaml: file, env: map[string]string{"DD_AGENT_HOST": "agent", "DD_TRACE_AGENT_PORT": "abc"},
+			want: []string{"DD_TRACE_AGENT_PORT: key agent.url", `"abc" is not a port`}, notFile: true},
 		{name: "flag", yaml: file, flags: runFlags{logLevel: "verbose"},
 			want: []string{"--log-level: key log.level", "verbose"}, notFile: true},
 		{name: "listener flag", yaml: file, flags: runFlags{amqp: []string{"127.0.0.1:25676=nope"}},
