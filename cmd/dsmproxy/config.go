@@ -396,7 +396,7 @@ func ParseConfig(b []byte) (*Config, error) {
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		var root yaml.Node
 		_ = yaml.Unmarshal(b, &root)
-		return nil, friendlyYAMLError(err, &root)
+		return nil, tabHint(friendlyYAMLError(err, &root), b)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
@@ -410,6 +410,24 @@ func ParseConfig(b []byte) (*Config, error) {
 		recordLines(&root, &cfg)
 	}
 	return &cfg, nil
+}
+
+// tabHint adds to a syntax error on a line indented with a tab that YAML indents with spaces:
+// yaml says only "found character that cannot start any token", and an editor shows the tab as
+// the spaces it meant.
+func tabHint(err error, b []byte) error {
+	var ce *configError
+	if !errors.As(err, &ce) || ce.line <= 0 || ce.key != "" {
+		return err
+	}
+	lines := bytes.Split(b, []byte("\n"))
+	if ce.line > len(lines) {
+		return err
+	}
+	if indent := lines[ce.line-1][:len(lines[ce.line-1])-len(bytes.TrimLeft(lines[ce.line-1], " \t"))]; bytes.IndexByte(indent, '\t') >= 0 {
+		ce.msg += " (the line is indented with a tab: YAML indents with spaces only)"
+	}
+	return err
 }
 
 // friendlyYAMLError turns yaml's decoding errors into the file's terms, one error per line of

@@ -38,6 +38,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration", "drain_timeout: soon\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 1", "soon", "duration"}},
 		{"bad duration in a front", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    idle_timeout: 30\n", []string{"line 4", "kafka[0].idle_timeout", "duration"}},
 		{"syntax", "kafka:\n  - listen: [\n", []string{"line"}},
+		{"a tab for indentation", "amqp:\n\t- listen: 127.0.0.1:25673\n", []string{"line 2: ", "indented with a tab"}},
 		{"a front as a mapping", "env: x\nkafka:\n  listen: 127.0.0.1:19092\n  bootstrap: [a:9092]\n", []string{"line 2: key kafka: is a mapping", "must be a list (each entry starting with `- `)"}},
 		{"a list as a string", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: a:9092\n", []string{"line 3: key kafka[0].bootstrap: is a string (`a:9092`), but must be a list"}},
 		{"a mapping as a list", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl:\n      - PLAIN\n", []string{"line 4: key kafka[0].sasl: is a list, but must be a mapping"}},
