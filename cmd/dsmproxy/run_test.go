@@ -530,3 +530,60 @@ func TestListenAddressInUse(t *testing.T) {
 		})
 	}
 }
+
+// TestKafkaDiscoveryStopsQuietly: a stop (SIGTERM, or another front failing to start) while
+// the proxy was still asking the cluster for its brokers logged the cancelled request as the
+// cluster's failure: "a bootstrap broker did not answer the proxy's ApiVersions ... is it a
+// Kafka listener, and does it want TLS?" (i/o timeout), or "cannot learn the broker nodes ...
+// trying again" (operation was canceled): false leads in the log of a proxy being stopped.
+func TestKafkaDiscoveryStopsQuietly(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0") // a bootstrap that accepts and never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	dialed := make(chan struct{}, 1)
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+			select {
+			case dialed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	base, err := net.Listen("tcp", "127.0.0.1:0") // a fixed node port base: discovery runs
+	if err != nil {
+		t.Fatal(err)
+	}
+	basePort := base.Addr().(*net.TCPAddr).Port
+	base.Close()
+	cfg := &Config{Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: []string{silent.Addr().String()}, NodePortBase: basePort}},
+		Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	rt, err := start(context.Background(), cfg, zerolog.New(&logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-dialed // discovery is waiting on the cluster
+	if err := rt.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), `"level":"warn"`) {
+		t.Errorf("stopping the proxy logged its cancelled node discovery as a failure:\n%s", logs.String())
+	}
+}

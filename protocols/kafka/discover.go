@@ -40,6 +40,11 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			p.log.Info().Int("nodes", n).Msg("broker node listeners opened from the cluster's metadata")
 			return
 		}
+		if ctx.Err() != nil {
+			// Stopped (a drain, or another front that failed to start): the request was cut
+			// by the proxy, and says nothing of the cluster.
+			return
+		}
 		var refused errRefused
 		var cut errLoginCut
 		var local errNodeListener
