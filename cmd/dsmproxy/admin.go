@@ -11,7 +11,6 @@ import (
 	"net/http/pprof"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -55,19 +54,26 @@ type frontStatus struct {
 type problemReporter interface{ Problem() error }
 
 // readyz: listeners up and, for every front, at least one upstream answering a TCP dial and no
-// problem the front knows of.
+// problem the front knows of. It answers once that is decided: a front with one upstream that
+// answered does not wait for another that hangs (a broker whose host is down), as a probe's
+// timeout (Kubernetes: 1 s) would otherwise take a proxy that works for one that is not ready.
 func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.dialTO)
-	defer cancel()
+	defer cancel() // ends the dials still waiting
+	type dialResult struct {
+		front int
+		up    string
+		err   error
+	}
 	out := make([]frontStatus, len(a.fronts))
-	var wg sync.WaitGroup
-	var mu sync.Mutex
+	okFronts, pending := 0, 0
+	results := make(chan dialResult, 64)
 	for i, f := range a.fronts {
 		out[i] = frontStatus{Protocol: f.protocol, Listen: f.bound(), Upstreams: map[string]string{}}
 		for _, up := range f.upstreams {
-			wg.Add(1)
-			go func(i int, up string) {
-				defer wg.Done()
+			pending++
+			out[i].Upstreams[up] = "no answer yet (another upstream of the front answered first)"
+			go func() {
 				dial := f.readyDials[up]
 				if dial == nil {
 					var d net.Dialer
@@ -78,20 +84,25 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 					err = tlsRefusal(c)
 					c.Close()
 				}
-				st := "ok"
-				if err != nil {
-					st = err.Error()
+				select {
+				case results <- dialResult{i, up, err}:
+				case <-ctx.Done(): // answered already: nobody reads on
 				}
-				mu.Lock()
-				out[i].Upstreams[up] = st
-				if err == nil {
-					out[i].Ready = true
-				}
-				mu.Unlock()
-			}(i, up)
+			}()
 		}
 	}
-	wg.Wait()
+	for ; pending > 0 && okFronts < len(a.fronts); pending-- {
+		res := <-results // every dial ends by ctx's deadline
+		st := "ok"
+		if res.err != nil {
+			st = res.err.Error()
+		}
+		out[res.front].Upstreams[res.up] = st
+		if res.err == nil && !out[res.front].Ready {
+			out[res.front].Ready = true
+			okFronts++
+		}
+	}
 	ready := a.ready.Load()
 	for i, f := range a.fronts {
 		if pr, ok := f.front.(problemReporter); ok {

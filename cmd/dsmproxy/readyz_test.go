@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -119,4 +122,45 @@ func TestReadyzTLSUpstream(t *testing.T) {
 	if f.readyDials != nil {
 		t.Errorf("a front without upstream TLS has TLS readiness dials")
 	}
+}
+
+// TestReadyzDoesNotWaitForAHungUpstream: a Kafka front with three bootstrap brokers, one of
+// them on a host that is down (its dial hangs until the timeout), works through the other two.
+// /readyz waited for the hung dial (2 s), past a probe's timeout (Kubernetes: 1 s), so a proxy
+// that works was taken out of service. Here the hung dial is released only when the request
+// ends: /readyz must answer without it.
+func TestReadyzDoesNotWaitForAHungUpstream(t *testing.T) {
+	released := make(chan struct{})
+	hang := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		<-ctx.Done()
+		close(released)
+		return nil, ctx.Err()
+	}
+	answer := func(context.Context, string, string) (net.Conn, error) {
+		c, peer := net.Pipe()
+		peer.Close()
+		return c, nil
+	}
+	f := namedFront{front: boundFront{addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 19092}}, protocol: "kafka", listen: "127.0.0.1:19092",
+		upstreams:  []string{"kafka-1:9092", "kafka-2:9092", "kafka-3:9092"},
+		readyDials: map[string]proxy.DialFunc{"kafka-1:9092": answer, "kafka-2:9092": hang, "kafka-3:9092": answer}}
+	a := newAdmin([]namedFront{f})
+	a.dialTO = 10 * time.Second // before the fix, the test's cost: /readyz waited this long
+	a.ready.Store(true)
+	rec := httptest.NewRecorder()
+	a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	var body struct {
+		Ready  bool
+		Fronts []frontStatus
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusOK || !body.Ready {
+		t.Errorf("/readyz %d %s: want 200, ready", rec.Code, rec.Body)
+	}
+	if got := body.Fronts[0].Upstreams["kafka-2:9092"]; !strings.HasPrefix(got, "no answer yet") {
+		t.Errorf("the hung upstream says %q: /readyz waited for its dial to time out", got)
+	}
+	<-released // the request's end released the hung dial
 }
