@@ -194,7 +194,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 			rt.abort()
 			return nil, fmt.Errorf("%s front %s: %w%s", f.protocol, f.listen, err, cfg.inUseHint(err, f.listen, f.key+".listen"))
 		}
-		log.Info().Str("protocol", f.protocol).Str("listen", f.Addr().String()).Bool("tls", f.clientTLS).Strs("upstream", f.upstreams).Msg("front listening")
+		log.Info().Str("front", f.key).Str("protocol", f.protocol).Str("listen", f.Addr().String()).Bool("tls", f.clientTLS).Strs("upstream", f.upstreams).Msg("front listening")
 	}
 	var reloaders []*proxy.CertReloader
 	for _, f := range rt.fronts {

@@ -587,3 +587,52 @@ func TestKafkaDiscoveryStopsQuietly(t *testing.T) {
 		t.Errorf("stopping the proxy logged its cancelled node discovery as a failure:\n%s", logs.String())
 	}
 }
+
+// TestFrontLogLinesNameTheFront: with two AWS fronts, the line about a malformed request named
+// the protocol, conn and client but not the front it reached (the AWS front's lines carry no
+// listen address), nor did a Kafka front's lines about itself (its cluster identified, its node
+// discovery) say which of two Kafka fronts they were about.
+func TestFrontLogLinesNameTheFront(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	cfg := &Config{AWS: []AWSConfig{
+		{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", Region: "us-east-1", TrustClients: true},
+		{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", Region: "us-east-1", TrustClients: true},
+	}, Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	rt, err := start(context.Background(), cfg, zerolog.New(&logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.stop()
+	c, err := net.Dial("tcp", rt.fronts[1].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "garbage\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(c); err != nil { // the 400, then the close
+		t.Fatal(err)
+	}
+	var line string
+	for line == "" {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "malformed request") {
+				line = l
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(line, `"front":"aws[1]"`) {
+		t.Errorf("the line about a malformed request to aws[1] does not name that front:\n%s", line)
+	}
+	if !strings.Contains(logs.String(), `"front":"aws[1]","protocol":"aws","listen":"`+rt.fronts[1].Addr().String()+`"`) {
+		t.Errorf("no front listening line names aws[1] beside its address:\n%s", logs.String())
+	}
+}

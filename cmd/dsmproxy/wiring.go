@@ -133,33 +133,45 @@ type noObserver struct{}
 func (noObserver) Add(pathway.Point) bool     { return true }
 func (noObserver) Offset(pathway.Offset) bool { return true }
 
+// forFront is sh for the front of config entry key (kafka[0], aws[1]): every line the front logs
+// names it as "front", so that lines about the front as a whole (a cluster identified, a
+// discovery retry) and the AWS front's lines about a request, which carry no listen address,
+// say which of several fronts of a protocol they are about.
+func (sh shared) forFront(key string) shared {
+	sh.log = sh.log.With().Str("front", key).Logger()
+	return sh
+}
+
 // buildFronts builds every configured front, unstarted: what each front's New refuses (a Kafka
 // listener on every interface without advertised_host, trusted clients off loopback, a TLS file
 // that does not load) is found here, by run and by check-config alike.
 func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 	var fronts []namedFront
 	for i, k := range cfg.Kafka {
-		f, err := buildKafka(k, sh)
+		key := fmt.Sprintf("kafka[%d]", i)
+		f, err := buildKafka(k, sh.forFront(key))
 		if err != nil {
-			return nil, cfg.entryError(fmt.Sprintf("kafka[%d]", i), k.line, err)
+			return nil, cfg.entryError(key, k.line, err)
 		}
-		f.key = fmt.Sprintf("kafka[%d]", i)
+		f.key = key
 		fronts = append(fronts, f)
 	}
 	for i, a := range cfg.AMQP {
-		f, err := buildAMQP(a, sh)
+		key := fmt.Sprintf("amqp[%d]", i)
+		f, err := buildAMQP(a, sh.forFront(key))
 		if err != nil {
-			return nil, cfg.entryError(fmt.Sprintf("amqp[%d]", i), a.line, err)
+			return nil, cfg.entryError(key, a.line, err)
 		}
-		f.key = fmt.Sprintf("amqp[%d]", i)
+		f.key = key
 		fronts = append(fronts, f)
 	}
 	for i, a := range cfg.AWS {
-		f, err := buildAWS(a, sh)
+		key := fmt.Sprintf("aws[%d]", i)
+		f, err := buildAWS(a, sh.forFront(key))
 		if err != nil {
-			return nil, cfg.entryError(fmt.Sprintf("aws[%d]", i), a.line, err)
+			return nil, cfg.entryError(key, a.line, err)
 		}
-		f.key = fmt.Sprintf("aws[%d]", i)
+		f.key = key
 		fronts = append(fronts, f)
 	}
 	now := time.Now()
@@ -170,7 +182,7 @@ func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 				r.Owner = f.protocol + " " + f.listen + " tls"
 			}
 			if problem := r.Problem(now); problem != "" {
-				sh.log.Warn().Str("protocol", f.protocol).Str("listen", f.listen).Str("cert_file", r.Files().CertFile).Msg(problem)
+				sh.log.Warn().Str("front", f.key).Str("protocol", f.protocol).Str("listen", f.listen).Str("cert_file", r.Files().CertFile).Msg(problem)
 			}
 		}
 	}
