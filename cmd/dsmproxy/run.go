@@ -40,6 +40,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	// SIGHUP's default action ends the process: until the reloads listen for it (once the fronts
 	// are up), a logrotate or supervisor SIGHUP must not stop a proxy that is starting.
 	signal.Ignore(syscall.SIGHUP)
+	// A write to a stdout or stderr whose reader is gone (a log shipper behind a pipe that
+	// exited) would end the process with SIGPIPE, and every proxied connection with it: the
+	// data path must not depend on the logs. Ignored, such a write fails and the line is lost,
+	// as systemd's IgnoreSIGPIPE does for its services.
+	signal.Ignore(syscall.SIGPIPE)
 	cfg, err := parseRunConfig("run", args, stdout, stderr)
 	if err != nil {
 		return err

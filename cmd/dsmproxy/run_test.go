@@ -636,3 +636,35 @@ func TestFrontLogLinesNameTheFront(t *testing.T) {
 		t.Errorf("no front listening line names aws[1] beside its address:\n%s", logs.String())
 	}
 }
+
+// TestRunOutlivesItsLogReader: dsmproxy's stderr is often a pipe to a log shipper (`2>&1 |
+// logger`, a sidecar). When the reader went away, the next log line killed the process with
+// SIGPIPE (exit 141), Go's default for fd 1 and 2, and every proxied connection with it: the
+// data path depended on the logs. Here the reader closes after the first line; the SIGTERM that
+// follows is logged ("shutting down"), so the process writes to the closed pipe either way.
+func TestRunOutlivesItsLogReader(t *testing.T) {
+	bin := dsmproxyBinary(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--amqp", "127.0.0.1:0=127.0.0.1:1", "--admin", "off", "--no-agent")
+	cmd.Stderr = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	first, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil || !strings.Contains(first, "front listening") {
+		t.Fatalf("first log line %q, %v", first, err)
+	}
+	r.Close() // the log reader is gone
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	if err != nil {
+		t.Errorf("after its log reader went away, SIGTERM ended dsmproxy with %v (%s), want a clean exit", err, cmd.ProcessState)
+	}
+}
