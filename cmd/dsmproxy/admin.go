@@ -9,10 +9,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/dsmproxy/dsmproxy/internal/redact"
 )
 
 // admin serves /healthz, /readyz and /debug/pprof/, plus whatever pages other parts register.
@@ -34,11 +37,23 @@ func newAdmin(fronts []namedFront) *admin {
 	})
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	a.mux.HandleFunc("/debug/pprof/", pprof.Index)
-	a.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	a.mux.HandleFunc("/debug/pprof/cmdline", cmdline)
 	a.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	a.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	a.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return a
+}
+
+// cmdline is pprof's /cmdline (the arguments, NUL-separated) with the secret of every URL's user
+// info masked: --agent-url may carry one, and the admin page may be reachable from other hosts.
+func cmdline(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	args := make([]string, len(os.Args))
+	for i, arg := range os.Args {
+		args[i] = redact.URL(arg)
+	}
+	fmt.Fprint(w, strings.Join(args, "\x00"))
 }
 
 type frontStatus struct {

@@ -4,6 +4,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -40,5 +42,25 @@ func TestAdminIndex(t *testing.T) {
 	}
 	if code, _ := get("/nope"); code != http.StatusNotFound {
 		t.Errorf("GET /nope answered %d, want 404", code)
+	}
+}
+
+// TestPprofCmdlineMasksSecrets: /debug/pprof/cmdline shows the arguments as pprof does, but an
+// Agent URL's password or token is masked, in either flag form.
+func TestPprofCmdlineMasksSecrets(t *testing.T) {
+	defer func(args []string) { os.Args = args }(os.Args)
+	os.Args = []string{"dsmproxy", "run", "--agent-url", "https://dd:s3cret@agent:8126", "--agent-url=http://t0ken@agent", "--config", "/etc/dsmproxy.yaml"}
+	srv := httptest.NewServer(newAdmin(nil).mux)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	got := strings.Split(string(b), "\x00")
+	want := []string{"dsmproxy", "run", "--agent-url", "https://dd:xxxxx@agent:8126", "--agent-url=http://xxxxx@agent", "--config", "/etc/dsmproxy.yaml"}
+	if !slices.Equal(got, want) {
+		t.Errorf("cmdline %q, want %q", got, want)
 	}
 }
