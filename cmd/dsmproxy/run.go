@@ -197,7 +197,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		// Fronts stop by Shutdown (the drain), not by ctx.
 		if err := f.Start(bg); err != nil {
 			rt.abort()
-			return nil, fmt.Errorf("%s front %s: %w%s", f.protocol, f.listen, err, cfg.inUseHint(err, f.listen, f.key+".listen"))
+			return nil, fmt.Errorf("%s front %s: %w%s", f.protocol, f.listen, err, cfg.listenHint(err, f.listen, f.key+".listen"))
 		}
 		log.Info().Str("front", f.key).Str("protocol", f.protocol).Str("listen", f.Addr().String()).Bool("tls", f.clientTLS).Strs("upstream", f.upstreams).Msg("front listening")
 	}
@@ -219,7 +219,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		ln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			rt.abort()
-			return nil, fmt.Errorf("admin listener %s: %w%s", cfg.Admin.Listen, err, cfg.inUseHint(err, cfg.Admin.Listen, "admin.listen"))
+			return nil, fmt.Errorf("admin listener %s: %w%s", cfg.Admin.Listen, err, cfg.listenHint(err, cfg.Admin.Listen, "admin.listen"))
 		}
 		rt.adminLn = ln
 		rt.adminHS = &http.Server{Handler: rt.admin.mux, ReadHeaderTimeout: 10 * time.Second}
@@ -230,12 +230,10 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	return rt, nil
 }
 
-// inUseHint says what to change when addr, set by key, is taken: the bind error names no
-// setting, and the admin listener's is taken without being set (a second proxy on one host).
-func (c *Config) inUseHint(err error, addr, key string) string {
-	if !errors.Is(err, syscall.EADDRINUSE) {
-		return ""
-	}
+// listenHint says what to change when addr, set by key, cannot be listened on: the bind error
+// names no setting, and the admin listener's fails without being set (a second proxy on one
+// host).
+func (c *Config) listenHint(err error, addr, key string) string {
 	change := "set " + key + " to another address"
 	switch src := c.sourceOf(key); {
 	case key == "admin.listen":
@@ -243,7 +241,15 @@ func (c *Config) inUseHint(err error, addr, key string) string {
 	case src != "":
 		change = "give " + src + " another listen address"
 	}
-	return fmt.Sprintf(" (another process listens on %s: stop it, or %s)", addr, change)
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Sprintf(" (another process listens on %s: stop it, or %s)", addr, change)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Sprintf(" (a port below 1024 needs root or the CAP_NET_BIND_SERVICE capability: grant it, or use a port of 1024 or more: %s)", change)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Sprintf(" (no network interface of this host has %s's IP address: %s, such as :port for every interface)", addr, change)
+	}
+	return ""
 }
 
 // snapshot is every counter the process keeps: per front (what was injected, skipped, consumed,

@@ -531,6 +531,39 @@ func TestListenAddressInUse(t *testing.T) {
 	}
 }
 
+// TestListenAddressUnusable: a listen address on no interface of this host, or a port the
+// process may not bind, fails the start with why and what to change. The tests run as root, so
+// the refused port is the kernel's error put to the hint as bind returns it.
+func TestListenAddressUnusable(t *testing.T) {
+	cfg := Config{Kafka: []KafkaConfig{{Listen: "192.0.2.1:0", Bootstrap: []string{"127.0.0.1:9"}}}, Admin: AdminConfig{Listen: "off"}}
+	cfg.Agent.Disabled = true
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := start(context.Background(), &cfg, zerolog.Nop(), nil)
+	if err == nil {
+		rt.stop()
+		t.Fatal("started on 192.0.2.1 (TEST-NET-1), which no interface here has")
+	}
+	for _, w := range []string{"kafka front 192.0.2.1:0", "no network interface of this host has 192.0.2.1:0's IP address", "kafka[0].listen", ":port"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not say %q", err, w)
+		}
+	}
+
+	denied := &net.OpError{Op: "listen", Net: "tcp", Err: os.NewSyscallError("bind", syscall.EACCES)}
+	hint := cfg.listenHint(denied, ":443", "aws[0].listen")
+	for _, w := range []string{"below 1024", "CAP_NET_BIND_SERVICE", "aws[0].listen"} {
+		if !strings.Contains(hint, w) {
+			t.Errorf("hint %q does not say %q", hint, w)
+		}
+	}
+	if h := cfg.listenHint(errors.New("other"), ":1", "aws[0].listen"); h != "" {
+		t.Errorf("hint for another error: %q", h)
+	}
+}
+
 // TestKafkaDiscoveryStopsQuietly: a stop (SIGTERM, or another front failing to start) while
 // the proxy was still asking the cluster for its brokers logged the cancelled request as the
 // cluster's failure: "a bootstrap broker did not answer the proxy's ApiVersions ... is it a
