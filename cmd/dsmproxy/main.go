@@ -31,9 +31,10 @@ Usage:
   dsmproxy run [flags]            proxy traffic (see dsmproxy run --help)
   dsmproxy demo [flags]           in-process Kafka, proxy, example services and a stand-in Agent
   dsmproxy check-config [flags]   validate configuration (file, env, flags) without listening
+  dsmproxy probe [flags]          exit 0 if a running dsmproxy is ready (a container health check)
   dsmproxy version                print the version
 
-run, demo and check-config explain themselves with --help.
+run, demo, check-config and probe explain themselves with --help.
 `
 
 func main() {
@@ -54,6 +55,8 @@ func mainArgs(args []string, stdout, stderr io.Writer) int {
 		err = cmdDemo(args[1:], stdout, stderr)
 	case "check-config":
 		err = cmdCheckConfig(args[1:], stdout, stderr)
+	case "probe":
+		err = cmdProbe(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "dsmproxy %s\n", version)
 		return 0

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	neturl "net/url"
+	"time"
+)
+
+const usageProbe = `Usage: dsmproxy %s [flags]
+
+Asks a running dsmproxy whether it is ready (GET /readyz on its admin listener: every front
+listens and has an upstream that answers) and exits 0 when it answered 200, else 1, with the
+answer or the error on stderr. It is the health check for images with no HTTP client in them,
+such as the distroless one the Dockerfile builds:
+  HEALTHCHECK CMD ["/usr/local/bin/dsmproxy", "probe", "--admin", "127.0.0.1:8790"]
+
+Flags:
+  --admin ADDR        the admin listener (default 127.0.0.1:8790; 0.0.0.0 or :PORT is asked on
+                      127.0.0.1)
+  --live              ask /healthz instead: the process serves, whatever its upstreams do
+  --timeout DURATION  how long to wait for the answer (default 5s; /readyz dials for up to 2s)
+`
+
+// cmdProbe asks a running proxy's admin listener for /readyz (or /healthz).
+func cmdProbe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("probe", usageProbe, stderr)
+	admin := fs.String("admin", defaultAdmin, "admin listener address")
+	live := fs.Bool("live", false, "ask /healthz instead of /readyz")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	path := "/readyz"
+	if *live {
+		path = "/healthz"
+	}
+	addr, err := probeAddr(*admin)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	url := "http://" + addr + path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	// No environment proxy: the admin listener is this host's.
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Do(req)
+	if err != nil {
+		if ue, ok := err.(*neturl.Error); ok {
+			err = ue.Err // it repeats the URL
+		}
+		return fmt.Errorf("GET %s: %w (is dsmproxy running with its admin listener there? --admin says where)", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		var line bytes.Buffer // one line for a health check's log
+		if json.Compact(&line, body) != nil {
+			line.Reset()
+			line.Write(bytes.TrimSpace(body))
+		}
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, line.Bytes())
+	}
+	return nil
+}
+
+// probeAddr is the address to ask for the admin listener addr: a wildcard host is asked on
+// loopback, where a listener on every interface answers too.
+func probeAddr(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("--admin %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return net.JoinHostPort(host, port), nil
+}
