@@ -148,7 +148,7 @@ func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwa
 		if p.TimestampType != string(aggregator.Current) {
 			continue
 		}
-		l := []string{"service", p.Service, "edge_tags", strings.Join(p.EdgeTags, ","),
+		l := []string{"service", p.Service, "edge_tags", edgeTagsLabel(p.EdgeTags),
 			"hash", fmt.Sprintf("%016x", p.Hash), "parent_hash", fmt.Sprintf("%016x", p.ParentHash)}
 		e.add("dsmproxy_pathway_messages_per_second", "gauge",
 			"Checkpoints per second on the pathway, in its latest bucket.", ratePerSecond(p), l...)
@@ -199,7 +199,7 @@ func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
 		"Error traces dropped because more than 2,000 waited for the Agent.", float64(s.TracesDropped))
 	for _, g := range s.Groups {
 		l := []string{"category", g.Category.String(), "protocol", g.Protocol, "service", g.Service, "operation", g.Operation,
-			"edge_tags", strings.Join(g.Edge.Tags(), ","), "error", g.Name, "code", strconv.Itoa(int(g.Code))}
+			"edge_tags", edgeTagsLabel(g.Edge.Tags()), "error", g.Name, "code", strconv.Itoa(int(g.Code))}
 		e.add("dsmproxy_tracked_errors_total", "counter", "Tracked error events (broker errors, lost messages, proxy skips, decode errors).", float64(g.TotalCount), l...)
 		e.add("dsmproxy_tracked_error_messages_total", "counter", "Messages the tracked error events concerned.", float64(g.TotalMessages), l...)
 	}
@@ -330,3 +330,20 @@ func formatValue(v float64) string {
 	}
 	return strconv.FormatFloat(v, 'g', -1, 64)
 }
+
+// edgeTagsLabel is the edge_tags label: the tags joined by commas, as before, with each tag's
+// own backslashes and commas escaped (\\, \,). Names such as a consumer group or a RabbitMQ
+// exchange or queue may hold commas, and error series have no hash to keep two edges apart:
+// unescaped, a group "g,topic:t" read as group g on topic t.
+func edgeTagsLabel(tags []string) string {
+	var b strings.Builder
+	for i, t := range tags {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		edgeTagEscaper.WriteString(&b, t)
+	}
+	return b.String()
+}
+
+var edgeTagEscaper = strings.NewReplacer(`\`, `\\`, `,`, `\,`)

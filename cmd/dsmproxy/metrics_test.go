@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -671,5 +672,45 @@ func TestBoundKeepsTheSetting(t *testing.T) {
 		if got := f.bound(); got != tc.want {
 			t.Errorf("listen %q bound at %v: named %q, want %q", tc.listen, tc.addr, got, tc.want)
 		}
+	}
+}
+
+// TestEdgeTagsKeepEdgesApart: error series carry no pathway hash, so their edge_tags label alone
+// tells edges apart. A consumer group or RabbitMQ name may hold a comma: joined as they are,
+// a group-level error of group "g,topic:t" (no topic) and a partition error of group "g" on topic
+// t (the cluster id unknown to the proxy: clients that send Metadata v0/v1) read as one series.
+func TestEdgeTagsKeepEdgesApart(t *testing.T) {
+	fp := func(e pathway.Edge) errtrack.Group {
+		return errtrack.Group{Fingerprint: errtrack.Fingerprint{Category: errtrack.BrokerError, Protocol: "kafka", Service: "s",
+			Operation: "OffsetCommit", Edge: e, Name: "GROUP_AUTHORIZATION_FAILED", Code: 30}, TotalCount: 1}
+	}
+	for _, pair := range [][2]pathway.Edge{
+		{{Direction: pathway.In, Type: "kafka", Group: "g,topic:t"}, {Direction: pathway.In, Type: "kafka", Group: "g", Topic: "t"}},
+		{{Direction: pathway.In, Type: "kafka", Group: `g\,topic:t`}, {Direction: pathway.In, Type: "kafka", Group: `g\`, Topic: "t"}},
+	} {
+		v := &localView{errs: func() *errtrack.Snapshot {
+			return &errtrack.Snapshot{Groups: []errtrack.Group{fp(pair[0]), fp(pair[1])}}
+		}}
+		srv := httptest.NewServer(&metricsPage{view: v})
+		labels := map[string]bool{}
+		for _, m := range scrapeMetrics(t, srv.URL)["dsmproxy_tracked_errors_total"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "edge_tags" {
+					labels[l.GetValue()] = true
+				}
+			}
+		}
+		srv.Close()
+		if len(labels) != 2 {
+			t.Errorf("edges %v and %v: edge_tags %q, want two values", pair[0].Tags(), pair[1].Tags(), slices.Collect(maps.Keys(labels)))
+		}
+	}
+	// Tags without a comma or backslash keep the value they always had.
+	if got, want := edgeTagsLabel([]string{"direction:out", "exchange:ex.1", "has_routing_key:true", "type:rabbitmq"}),
+		"direction:out,exchange:ex.1,has_routing_key:true,type:rabbitmq"; got != want {
+		t.Errorf("edge_tags %q, want %q", got, want)
+	}
+	if got, want := edgeTagsLabel([]string{"direction:in", `group:a\b,c`, "type:kafka"}), `direction:in,group:a\\b\,c,type:kafka`; got != want {
+		t.Errorf("edge_tags %q, want %q", got, want)
 	}
 }
