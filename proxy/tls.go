@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -249,30 +250,71 @@ func dialTLS(base DialFunc, conf func() *tls.Config) DialFunc {
 	}
 }
 
+// TLSFile names one of the files of TLSFiles.
+type TLSFile int
+
+// The files of TLSFiles.
+const (
+	TLSCertFile TLSFile = iota
+	TLSKeyFile
+	TLSCAFile
+)
+
+// TLSFileError is a file of TLSFiles that could not be read or used; File says which, so that a
+// configuration error can name its key.
+type TLSFileError struct {
+	File TLSFile
+	Err  error
+}
+
+func (e *TLSFileError) Error() string { return e.Err.Error() }
+func (e *TLSFileError) Unwrap() error { return e.Err }
+
 func loadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: reading TLS certificate file: %w%s", err, relativeNote(certFile, err))
+		return nil, &TLSFileError{TLSCertFile, fmt.Errorf("proxy: reading TLS certificate file: %w%s", err, relativeNote(certFile, err))}
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: reading TLS key file: %w%s", err, relativeNote(keyFile, err))
+		return nil, &TLSFileError{TLSKeyFile, fmt.Errorf("proxy: reading TLS key file: %w%s", err, relativeNote(keyFile, err))}
 	}
 	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: TLS certificate file %s with key file %s: %w", certFile, keyFile, err)
+		// A certificate file that holds a certificate leaves the key at fault: unreadable, or
+		// not the certificate's.
+		at := TLSKeyFile
+		if !holdsCertificate(certPEM) {
+			at = TLSCertFile
+		}
+		return nil, &TLSFileError{at, fmt.Errorf("proxy: TLS certificate file %s with key file %s: %w", certFile, keyFile, err)}
 	}
 	return &c, nil
+}
+
+// holdsCertificate: the first CERTIFICATE block of pemBytes parses.
+func holdsCertificate(pemBytes []byte) bool {
+	for {
+		var b *pem.Block
+		b, pemBytes = pem.Decode(pemBytes)
+		if b == nil {
+			return false
+		}
+		if b.Type == "CERTIFICATE" {
+			_, err := x509.ParseCertificate(b.Bytes)
+			return err == nil
+		}
+	}
 }
 
 func loadPool(caFile string) (*x509.CertPool, error) {
 	pemBytes, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("proxy: reading TLS CA file: %w%s", err, relativeNote(caFile, err))
+		return nil, &TLSFileError{TLSCAFile, fmt.Errorf("proxy: reading TLS CA file: %w%s", err, relativeNote(caFile, err))}
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("proxy: TLS CA file %s holds no PEM certificate", caFile)
+		return nil, &TLSFileError{TLSCAFile, fmt.Errorf("proxy: TLS CA file %s holds no PEM certificate", caFile)}
 	}
 	return pool, nil
 }

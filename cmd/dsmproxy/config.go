@@ -111,8 +111,12 @@ func (c *Config) refuse(line int, key, msg string) *configError {
 }
 
 // entryError is err, which building entry key (kafka[0], ...) met, as a configError naming the
-// line the entry starts at, or the listener flag.
+// line the entry starts at, or the listener flag, and the key under the entry when err says
+// which (a keyError: amqp[0].tls.cert_file).
 func (c *Config) entryError(key string, line int, err error) error {
+	if ke := (*keyError)(nil); errors.As(err, &ke) {
+		key += "." + ke.key
+	}
 	return c.refuse(line, key, err.Error())
 }
 

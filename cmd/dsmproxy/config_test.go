@@ -512,7 +512,8 @@ func TestConfigErrorSource(t *testing.T) {
 }
 
 // TestFrontBuildErrorSource: what a front refuses when it is built (a TLS file that does not load)
-// names the file, the line its entry starts at and the entry; from a listener flag, the flag.
+// names the file, the line its entry starts at and the key under the entry; from a listener
+// flag, the flag.
 func TestFrontBuildErrorSource(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
 	yaml := "admin:\n  listen: \"off\"\namqp:\n  - listen: 127.0.0.1:25677\n    upstream: 127.0.0.1:5672\n    tls: {cert_file: /nope.crt, key_file: /nope.key}\n"
@@ -521,8 +522,51 @@ func TestFrontBuildErrorSource(t *testing.T) {
 	}
 	var out, errb bytes.Buffer
 	code := mainArgs([]string{"check-config", "--config", path}, &out, &errb)
-	if want := "config " + path + ": line 4: key amqp[0]: "; code != 1 || !strings.Contains(errb.String(), want) {
+	if want := "config " + path + ": line 4: key amqp[0].tls.cert_file: "; code != 1 || !strings.Contains(errb.String(), want) {
 		t.Errorf("exit %d, stderr %q, want it to say %q", code, errb.String(), want)
+	}
+}
+
+// TestTLSFileErrorKey: a TLS file that does not load is blamed on its own key
+// (amqp[0].tls.cert_file), not only on the entry, whichever of a front's TLS files it is.
+func TestTLSFileErrorKey(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	dir := t.TempDir()
+	cert, key, _ := pki.IssueFiles(t, dir, "front", "front")
+	otherCert, _, _ := pki.IssueFiles(t, dir, "other", "other")
+	ca := pki.WriteCA(t, dir)
+	missing, notPEM := filepath.Join(dir, "missing.pem"), filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not PEM\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	amqp := "amqp:\n  - listen: 127.0.0.1:25678\n    upstream: 127.0.0.1:5672\n"
+	for _, tc := range []struct {
+		name, yaml, key string
+	}{
+		{"cert_file missing", amqp + "    tls: {cert_file: " + missing + ", key_file: " + key + "}\n", "amqp[0].tls.cert_file"},
+		{"cert_file not PEM", amqp + "    tls: {cert_file: " + notPEM + ", key_file: " + key + "}\n", "amqp[0].tls.cert_file"},
+		{"key_file missing", amqp + "    tls: {cert_file: " + cert + ", key_file: " + missing + "}\n", "amqp[0].tls.key_file"},
+		{"key_file of another certificate", amqp + "    tls: {cert_file: " + otherCert + ", key_file: " + key + "}\n", "amqp[0].tls.key_file"},
+		{"client_ca_file missing", amqp + "    tls: {cert_file: " + cert + ", key_file: " + key + ", client_ca_file: " + missing + "}\n", "amqp[0].tls.client_ca_file"},
+		{"upstream cert_file missing", amqp + "    upstream_tls: {cert_file: " + missing + ", key_file: " + key + "}\n", "amqp[0].upstream_tls.cert_file"},
+		{"upstream key_file not PEM", amqp + "    upstream_tls: {cert_file: " + cert + ", key_file: " + notPEM + "}\n", "amqp[0].upstream_tls.key_file"},
+		{"upstream ca_file without certificates", amqp + "    upstream_tls: {ca_file: " + notPEM + "}\n", "amqp[0].upstream_tls.ca_file"},
+		{"kafka upstream ca_file missing", "kafka:\n  - listen: 127.0.0.1:25679\n    bootstrap: [127.0.0.1:1]\n    upstream_tls: {ca_file: " + missing + "}\n", "kafka[0].upstream_tls.ca_file"},
+		{"aws upstream ca_file missing", "aws:\n  - listen: 127.0.0.1:25680\n    upstream: https://127.0.0.1:1\n    upstream_tls: {ca_file: " + missing + "}\n", "aws[0].upstream_tls.ca_file"},
+		{"aws tls cert_file missing", "aws:\n  - listen: 127.0.0.1:25680\n    upstream: https://127.0.0.1:1\n    tls: {cert_file: " + missing + ", key_file: " + key + "}\n", "aws[0].tls.cert_file"},
+		{"second entry", amqp + "  - listen: 127.0.0.1:25681\n    upstream: 127.0.0.1:5672\n    upstream_tls: {ca_file: " + ca + ", cert_file: " + cert + ", key_file: " + missing + "}\n", "amqp[1].upstream_tls.key_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, "dsmproxy.yaml")
+			if err := os.WriteFile(path, []byte("admin:\n  listen: \"off\"\n"+tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out, errb bytes.Buffer
+			code := mainArgs([]string{"check-config", "--config", path}, &out, &errb)
+			if want := "key " + tc.key + ": "; code != 1 || !strings.Contains(errb.String(), want) {
+				t.Errorf("exit %d, stderr %q, want it to say %q", code, errb.String(), want)
+			}
+		})
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -197,7 +198,7 @@ func listenerTemplate(l ListenerLimits) (proxy.ListenerConfig, []*proxy.CertRelo
 	if t := l.TLS; t != nil {
 		r, conf, err := proxy.ServerTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.ClientCAFile, ClientAuth: t.ClientCAFile != ""})
 		if err != nil {
-			return lc, nil, fmt.Errorf("tls: %w", err)
+			return lc, nil, tlsFileKey("tls", fmt.Errorf("tls: %w", err))
 		}
 		lc.TLS = conf
 		rs = append(rs, r)
@@ -205,7 +206,7 @@ func listenerTemplate(l ListenerLimits) (proxy.ListenerConfig, []*proxy.CertRelo
 	if t := l.UpstreamTLS; t.on() {
 		r, _, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
 		if err != nil {
-			return lc, nil, fmt.Errorf("upstream_tls: %w", err)
+			return lc, nil, tlsFileKey("upstream_tls", fmt.Errorf("upstream_tls: %w", err))
 		}
 		var d net.Dialer
 		if l.DialTimeout > 0 {
@@ -215,6 +216,35 @@ func listenerTemplate(l ListenerLimits) (proxy.ListenerConfig, []*proxy.CertRelo
 		rs = append(rs, r)
 	}
 	return lc, rs, nil
+}
+
+// keyError is an error about one key under a front's entry (tls.cert_file): entryError names
+// the whole key (amqp[0].tls.cert_file).
+type keyError struct {
+	key string
+	err error
+}
+
+func (e *keyError) Error() string { return e.err.Error() }
+func (e *keyError) Unwrap() error { return e.err }
+
+// tlsFileKey is err, met loading the files of section (tls or upstream_tls), naming the key of
+// the file at fault when the proxy package says which it is.
+func tlsFileKey(section string, err error) error {
+	var fe *proxy.TLSFileError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	name := "ca_file"
+	switch {
+	case fe.File == proxy.TLSCertFile:
+		name = "cert_file"
+	case fe.File == proxy.TLSKeyFile:
+		name = "key_file"
+	case section == "tls": // the server side's CA verifies clients
+		name = "client_ca_file"
+	}
+	return &keyError{key: section + "." + name, err: err}
 }
 
 // warnInsecure warns at start about upstream TLS that verifies nothing.
@@ -311,7 +341,7 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 	if t := a.UpstreamTLS; t != nil && t.configured() {
 		r, _, err := proxy.ClientTLS(proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify})
 		if err != nil {
-			return namedFront{}, fmt.Errorf("aws front %s: upstream_tls: %w", a.Listen, err)
+			return namedFront{}, tlsFileKey("upstream_tls", fmt.Errorf("aws front %s: upstream_tls: %w", a.Listen, err))
 		}
 		ac.UpstreamTLS = r.Current // read at every dial: a reloaded CA file applies
 		upTLS = r.Current
