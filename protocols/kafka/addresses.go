@@ -246,7 +246,7 @@ func clearLeftOutReplicas(body []byte, version int16, leftOut func(int32) bool) 
 	r := &kbin.Reader{Src: body}
 	count := func() int { // an array's length; null (-1) is none
 		if flexible {
-			return compactLen(r)
+			return compactArrayLen(r)
 		}
 		return int(r.Int32())
 	}

@@ -284,15 +284,15 @@ type spanReader interface {
 // reports whether it got there.
 func walkFetchBody(r spanReader, version int16) bool {
 	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
-	for t := compactLen(r); t > 0 && r.Ok(); t-- {
+	for t := compactArrayLen(r); t > 0 && r.Ok(); t-- {
 		if version >= 13 {
 			r.Span(16) // topic_id
 		} else {
 			r.Span(compactLen(r)) // topic name
 		}
-		for p := compactLen(r); p > 0 && r.Ok(); p-- {
+		for p := compactArrayLen(r); p > 0 && r.Ok(); p-- {
 			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
-			for a := compactLen(r); a > 0 && r.Ok(); a-- {
+			for a := compactArrayLen(r); a > 0 && r.Ok(); a-- {
 				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
 				skipTagsR(r)
 			}
@@ -305,7 +305,14 @@ func walkFetchBody(r spanReader, version int16) bool {
 	return r.Ok()
 }
 
-// compactLen reads a compact array/bytes/string length (uvarint n+1; 0 is null).
+// compactArrayLen reads a compact array length as kmsg does: the uvarint as an int32, less one.
+// A length of 2^31 or more is then no elements, and kgo decodes the rest of the answer; read as
+// billions, the walk would go on through the bytes that follow and fail where kgo does not.
+func compactArrayLen(r spanReader) int {
+	return int(int32(r.Uvarint()) - 1)
+}
+
+// compactLen reads a compact bytes/string length (uvarint n+1; 0 is null).
 func compactLen(r spanReader) int {
 	n := int(r.Uvarint())
 	if n == 0 {

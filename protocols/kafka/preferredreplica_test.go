@@ -194,3 +194,35 @@ func TestClearLeftOutReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchWalkersHugeArrayLen: a compact array length of 2^31 or more is, to kmsg (and so kgo),
+// negative: no elements. An answer whose topic count says 2^32-1 before its node endpoints decodes
+// with kmsg, so the length-only walkers must get through it as kmsg does, not walk billions of
+// topics through the tagged fields.
+func TestFetchWalkersHugeArrayLen(t *testing.T) {
+	for _, v := range []int16{12, 16, 18} {
+		resp := kmsg.NewPtrFetchResponse()
+		resp.SetVersion(v)
+		if v >= 16 {
+			resp.Brokers = []kmsg.FetchResponseBroker{{NodeID: 0, Host: "b0", Port: 9092}}
+		}
+		enc := resp.AppendTo(nil)
+		const topicsAt = 4 + 2 + 4
+		if enc[topicsAt] != 1 {
+			t.Fatalf("v%d: topic count byte %#x, want 1 (none)", v, enc[topicsAt])
+		}
+		body := append(append(bytes.Clone(enc[:topicsAt]), 0xff, 0xff, 0xff, 0xff, 0x0f), enc[topicsAt+1:]...)
+		got := kmsg.NewPtrFetchResponse()
+		got.SetVersion(v)
+		if err := got.ReadFrom(body); err != nil || len(got.Topics) != 0 || len(got.Brokers) != len(resp.Brokers) {
+			t.Fatalf("v%d: kmsg reads %d topics, %d brokers, %v: the test tests nothing", v, len(got.Topics), len(got.Brokers), err)
+		}
+		walked := bytes.Clone(body)
+		if _, ok := clearLeftOutReplicas(walked, v, func(int32) bool { return true }); !ok || !bytes.Equal(walked, body) {
+			t.Errorf("v%d: clearing replicas: walked through %v, bytes kept %v", v, ok, bytes.Equal(walked, body))
+		}
+		if tail, err := fetchTailStart(body, v); err != nil || tail != topicsAt+5 {
+			t.Errorf("v%d: tagged fields found at %d (%v), want %d", v, tail, err, topicsAt+5)
+		}
+	}
+}
