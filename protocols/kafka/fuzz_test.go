@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -154,4 +155,147 @@ func TestEndlessTaggedFieldCount(t *testing.T) {
 	case <-time.After(20 * time.Second): // microseconds when the decoder stops at the data's end
 		t.Fatal("decoding 29 bytes still runs after 20 s: the tagged-field loop does not stop at the end of the data")
 	}
+}
+
+// FuzzClearLeftOutReplicas: the in-place walk that clears preferred read replicas naming a node
+// left out (left: a bit per node 0..7) never panics and never changes the length; every byte it
+// changes is in a 4-byte field that held a left-out node id and now holds -1, one field per
+// replica it says it cleared. An answer kmsg decodes at that version is walked through, and
+// decodes after the walk to the same answer but for those replicas, each left-out one now -1.
+func FuzzClearLeftOutReplicas(f *testing.F) {
+	for v := int16(11); v <= 18; v++ {
+		for _, resp := range fuzzFetchAnswers(f, v) {
+			body := resp.AppendTo(nil)
+			f.Add(v, uint8(0b1000_0101), body) // nodes 0, 2 and 7 left out
+			f.Add(v, uint8(0xff), body)
+		}
+	}
+	f.Add(int16(12), uint8(1), []byte{})
+	f.Fuzz(func(t *testing.T, version int16, left uint8, in []byte) {
+		if version < 0 || version > kmsg.NewPtrFetchResponse().MaxVersion() {
+			return
+		}
+		leftOut := func(id int32) bool { return id >= 0 && id < 8 && left&(1<<id) != 0 }
+		body := bytes.Clone(in) // the fuzzer's input must stay as it was given
+		cleared, ok := clearLeftOutReplicas(body, version, leftOut)
+		if len(body) != len(in) {
+			t.Fatalf("v%d: %d bytes became %d", version, len(in), len(body))
+		}
+		// A left-out id is not negative, so a cleared field's first byte always changes (to 0xff).
+		fields := 0
+		for i := 0; i < len(body); i++ {
+			if body[i] == in[i] {
+				continue
+			}
+			if i+4 > len(body) || binary.BigEndian.Uint32(body[i:]) != 0xffffffff || !leftOut(int32(binary.BigEndian.Uint32(in[i:]))) {
+				t.Fatalf("v%d: byte %d changed from %#x to %#x, not in a left-out replica cleared to -1", version, i, in[i], body[i])
+			}
+			fields++
+			i += 3
+		}
+		if fields != cleared {
+			t.Fatalf("v%d: %d fields changed, the walk says it cleared %d", version, fields, cleared)
+		}
+		before := kmsg.NewPtrFetchResponse()
+		before.SetVersion(version)
+		if before.ReadFrom(in) != nil {
+			return
+		}
+		if !ok {
+			t.Fatalf("v%d: kmsg decodes the answer, the walk did not get through it", version)
+		}
+		after := kmsg.NewPtrFetchResponse()
+		after.SetVersion(version)
+		if err := after.ReadFrom(body); err != nil {
+			t.Fatalf("v%d: the answer decoded before the walk, not after: %v", version, err)
+		}
+		if len(after.Topics) != len(before.Topics) {
+			t.Fatalf("v%d: %d topics before the walk, %d after", version, len(before.Topics), len(after.Topics))
+		}
+		changed := 0
+		for ti := range after.Topics {
+			pb, pa := before.Topics[ti].Partitions, after.Topics[ti].Partitions
+			if len(pa) != len(pb) {
+				t.Fatalf("v%d topic %d: %d partitions before the walk, %d after", version, ti, len(pb), len(pa))
+			}
+			for pi := range pa {
+				want := pb[pi].PreferredReadReplica
+				if version >= 11 && leftOut(want) {
+					want = -1
+				}
+				if pa[pi].PreferredReadReplica != want {
+					t.Fatalf("v%d topic %d partition %d: preferred replica %d became %d, want %d", version, ti, pi, pb[pi].PreferredReadReplica, pa[pi].PreferredReadReplica, want)
+				}
+				if pa[pi].PreferredReadReplica != pb[pi].PreferredReadReplica {
+					changed++
+				}
+				pa[pi].PreferredReadReplica = pb[pi].PreferredReadReplica
+			}
+		}
+		if changed != cleared {
+			t.Fatalf("v%d: %d preferred replicas changed, the walk says it cleared %d", version, changed, cleared)
+		}
+		if !reflect.DeepEqual(before, after) {
+			t.Fatalf("v%d: the walk changed more than preferred replicas:\nbefore %+v\nafter  %+v", version, before, after)
+		}
+	})
+}
+
+// fuzzFetchAnswers are Fetch answers at version v for FuzzClearLeftOutReplicas: partitions with
+// and without aborted transactions and records (null, empty, real batches), preferred replicas
+// naming nodes left out or not (0..7), none (-1) and a node the fuzzer never leaves out (1000),
+// the partition tagged fields and the brokers of v16+, and unknown tags where flexible.
+func fuzzFetchAnswers(t testing.TB, v int16) []*kmsg.FetchResponse {
+	batch := buildBatch(t, 3, 10, nil)
+	many := kmsg.NewPtrFetchResponse()
+	many.SetVersion(v)
+	many.SessionID = 9
+	for ti, name := range []string{"orders", "p"} {
+		rt := kmsg.NewFetchResponseTopic()
+		rt.Topic, rt.TopicID = name, [16]byte{byte(ti + 1), 0xee}
+		for pi, rep := range []int32{0, 1, -1, 7, 2, 1000, 5, 0} {
+			pt := kmsg.NewFetchResponseTopicPartition()
+			pt.Partition, pt.HighWatermark, pt.LastStableOffset, pt.LogStartOffset = int32(pi), 100, 90, 3
+			pt.PreferredReadReplica = rep
+			switch pi % 4 {
+			case 0:
+				pt.AbortedTransactions = []kmsg.FetchResponseTopicPartitionAbortedTransaction{{ProducerID: 5, FirstOffset: 6}, {ProducerID: 7, FirstOffset: 8}}
+				pt.RecordBatches = batch
+			case 1:
+				pt.RecordBatches = []byte{} // empty, not null
+				pt.AbortedTransactions = []kmsg.FetchResponseTopicPartitionAbortedTransaction{}
+			case 2:
+				pt.RecordBatches = append(bytes.Clone(batch), batch...)
+			}
+			if v >= 12 && pi == 3 {
+				pt.DivergingEpoch.Epoch, pt.DivergingEpoch.EndOffset = 4, 50
+				pt.CurrentLeader.LeaderID, pt.CurrentLeader.LeaderEpoch = 2, 6
+				pt.SnapshotID.EndOffset, pt.SnapshotID.Epoch = 40, 3
+				pt.UnknownTags.Set(99, []byte("tag"))
+			}
+			rt.Partitions = append(rt.Partitions, pt)
+		}
+		if v >= 12 {
+			rt.UnknownTags.Set(7, []byte{0, 0, 0, 0})
+		}
+		many.Topics = append(many.Topics, rt)
+	}
+	if v >= 16 {
+		many.Brokers = []kmsg.FetchResponseBroker{{NodeID: 2, Host: "b2", Port: 9092}, {NodeID: 0, Host: "b0", Port: 9093}}
+	}
+	if v >= 12 {
+		many.UnknownTags.Set(42, []byte{0xff})
+	}
+	// One partition: the answer a Kafka leader gives when its replica selector picks a follower.
+	one := kmsg.NewPtrFetchResponse()
+	one.SetVersion(v)
+	rt := kmsg.NewFetchResponseTopic()
+	rt.Topic, rt.TopicID = "t", [16]byte{9}
+	pt := kmsg.NewFetchResponseTopicPartition()
+	pt.Partition, pt.HighWatermark, pt.PreferredReadReplica = 1, 5, 2
+	rt.Partitions = append(rt.Partitions, pt)
+	one.Topics = append(one.Topics, rt)
+	none := kmsg.NewPtrFetchResponse() // no topics: an empty answer to a fetch session
+	none.SetVersion(v)
+	return []*kmsg.FetchResponse{many, one, none}
 }
