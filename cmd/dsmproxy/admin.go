@@ -82,11 +82,15 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]frontStatus, len(a.fronts))
 	okFronts, pending := 0, 0
-	results := make(chan dialResult, 64)
+	for _, f := range a.fronts {
+		pending += len(f.upstreams)
+	}
+	// Room for every result: a dial sends its own without waiting, and none is dropped, as
+	// the loop below counts them all until it has its answer.
+	results := make(chan dialResult, pending)
 	for i, f := range a.fronts {
 		out[i] = frontStatus{Protocol: f.protocol, Listen: f.bound(), Upstreams: map[string]string{}}
 		for _, up := range f.upstreams {
-			pending++
 			out[i].Upstreams[up] = "no answer yet (another upstream of the front answered first)"
 			go func() {
 				dial := f.readyDials[up]
@@ -99,10 +103,7 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 					err = tlsRefusal(c)
 					c.Close()
 				}
-				select {
-				case results <- dialResult{i, up, err}:
-				case <-ctx.Done(): // answered already: nobody reads on
-				}
+				results <- dialResult{i, up, err}
 			}()
 		}
 	}

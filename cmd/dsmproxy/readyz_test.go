@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,4 +165,48 @@ func TestReadyzDoesNotWaitForAHungUpstream(t *testing.T) {
 		t.Errorf("the hung upstream says %q: /readyz waited for its dial to time out", got)
 	}
 	<-released // the request's end released the hung dial
+}
+
+// TestReadyzAnswersWhenEveryDialFails: a front whose upstreams all hang until /readyz's dials
+// end (hosts that are down) is answered 503, each upstream with its error. A dial that ended
+// with the request's context dropped its result (its select saw the context done as well as
+// room to send, and picked at random), and /readyz then waited on the results forever: before
+// the fix this test hung until go test's timeout, in readyz at <-results.
+func TestReadyzAnswersWhenEveryDialFails(t *testing.T) {
+	const n = 16 // each dropped with odds 1/2: the hang was all but sure
+	var started sync.WaitGroup
+	started.Add(n)
+	hang := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		started.Done()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	f := namedFront{front: boundFront{addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 19092}}, protocol: "kafka", listen: "127.0.0.1:19092",
+		readyDials: map[string]proxy.DialFunc{}}
+	for i := range n {
+		up := fmt.Sprintf("kafka-%d:9092", i)
+		f.upstreams = append(f.upstreams, up)
+		f.readyDials[up] = hang
+	}
+	a := newAdmin([]namedFront{f})
+	a.ready.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { started.Wait(); cancel() }() // the dials end as at their deadline, no clock involved
+	rec := httptest.NewRecorder()
+	a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil).WithContext(ctx))
+	var body struct {
+		Ready  bool
+		Fronts []frontStatus
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != http.StatusServiceUnavailable || body.Ready {
+		t.Errorf("/readyz %d %s: want 503, not ready", rec.Code, rec.Body)
+	}
+	for up, st := range body.Fronts[0].Upstreams {
+		if !strings.Contains(st, "context canceled") {
+			t.Errorf("upstream %s says %q, want its dial's error", up, st)
+		}
+	}
 }
