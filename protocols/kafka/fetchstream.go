@@ -190,7 +190,9 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 // relayUnobserved relays a Fetch response too big for the frame budget through a small buffer,
 // unobserved: its records get no consume checkpoints and its offsets are not read. On v16+ the
 // walk still finds its node endpoints, at the end, and hides them. A preferred read replica naming
-// a node left out goes on as it is (this walk reads no values): the client falls back to the leader.
+// a node left out goes on as it is (this walk reads no values): a client that follows it (kgo)
+// waits for a broker it is never told of, and gets no records of that partition from this answer
+// on, as TestPreferredReplicaLeftOut showed without the clearing.
 func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	c := s.p.stats.unobservedFetches.Add(1)
 	ev := s.log.Debug()
