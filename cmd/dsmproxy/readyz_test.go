@@ -72,15 +72,7 @@ func TestReadyzTLSUpstream(t *testing.T) {
 			t.Run(tc.name+" "+f.protocol, func(t *testing.T) {
 				a := newAdmin([]namedFront{f})
 				a.ready.Store(true)
-				rec := httptest.NewRecorder()
-				a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
-				var body struct {
-					Ready  bool
-					Fronts []frontStatus
-				}
-				if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
-					t.Fatal(err)
-				}
+				rec, body := getReadyz(t, a, context.Background())
 				status := body.Fronts[0].Upstreams[up]
 				if body.Ready != tc.ready || (rec.Code == http.StatusOK) != tc.ready || !strings.Contains(status, tc.says) {
 					t.Errorf("ready %v (%d), upstream %q; want ready %v, saying %q", body.Ready, rec.Code, status, tc.ready, tc.says)
@@ -149,15 +141,7 @@ func TestReadyzDoesNotWaitForAHungUpstream(t *testing.T) {
 	a := newAdmin([]namedFront{f})
 	a.dialTO = 10 * time.Second // before the fix, the test's cost: /readyz waited this long
 	a.ready.Store(true)
-	rec := httptest.NewRecorder()
-	a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
-	var body struct {
-		Ready  bool
-		Fronts []frontStatus
-	}
-	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
-		t.Fatal(err)
-	}
+	rec, body := getReadyz(t, a, context.Background())
 	if rec.Code != http.StatusOK || !body.Ready {
 		t.Errorf("/readyz %d %s: want 200, ready", rec.Code, rec.Body)
 	}
@@ -192,15 +176,7 @@ func TestReadyzAnswersWhenEveryDialFails(t *testing.T) {
 	a.ready.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { started.Wait(); cancel() }() // the dials end as at their deadline, no clock involved
-	rec := httptest.NewRecorder()
-	a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil).WithContext(ctx))
-	var body struct {
-		Ready  bool
-		Fronts []frontStatus
-	}
-	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
-		t.Fatal(err)
-	}
+	rec, body := getReadyz(t, a, ctx)
 	if rec.Code != http.StatusServiceUnavailable || body.Ready {
 		t.Errorf("/readyz %d %s: want 503, not ready", rec.Code, rec.Body)
 	}
@@ -209,4 +185,22 @@ func TestReadyzAnswersWhenEveryDialFails(t *testing.T) {
 			t.Errorf("upstream %s says %q, want its dial's error", up, st)
 		}
 	}
+}
+
+// readyzBody is the part of /readyz's JSON the tests read.
+type readyzBody struct {
+	Ready  bool
+	Fronts []frontStatus
+}
+
+// getReadyz asks a's /readyz, with ctx as the request's context, and decodes the answer.
+func getReadyz(t *testing.T, a *admin, ctx context.Context) (*httptest.ResponseRecorder, readyzBody) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	a.mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil).WithContext(ctx))
+	var body readyzBody
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatalf("/readyz %d %s: %v", rec.Code, rec.Body, err)
+	}
+	return rec, body
 }
