@@ -17,8 +17,8 @@ const usageProbe = `Usage: dsmproxy %s [flags]
 Asks a running dsmproxy whether it is ready (GET /readyz on its admin listener: every front
 listens and has an upstream that answers) and exits 0 when it answered 200, else 1, with the
 answer or the error on stderr. It is the health check for images with no HTTP client in them,
-such as the distroless one the Dockerfile builds:
-  HEALTHCHECK CMD ["/usr/local/bin/dsmproxy", "probe", "--admin", "127.0.0.1:8790"]
+such as the distroless one the Dockerfile builds, which asks with --live:
+  HEALTHCHECK CMD ["/usr/local/bin/dsmproxy", "probe", "--live", "--admin", "127.0.0.1:8790"]
 
 Flags:
   --admin ADDR        the admin listener (default 127.0.0.1:8790; 0.0.0.0 or :PORT is asked on
