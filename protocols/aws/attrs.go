@@ -118,7 +118,10 @@ func carrierJSON(existing []byte, ctx pathway.Context) []byte {
 		if ms, end, err := objectMembers(existing, 0); err == nil {
 			ed := appendMember(ms, end, pathway.HeaderKey, val)
 			if m, ok := pathwayMember(ms); ok {
-				ed = edit{S: m.VS, E: m.VE, New: val}
+				// The whole member, so that a key in another case becomes the one Go and
+				// Python tracers look up.
+				ed = appendMember(nil, m.MS, pathway.HeaderKey, val)
+				ed.E = m.VE
 			}
 			return applyEdits(make([]byte, 0, len(existing)+len(ed.New)), existing, []edit{ed})
 		}

@@ -72,7 +72,9 @@ func TestCarrierKeepsTheTracersBytes(t *testing.T) {
 		{"spacing and escapes kept", "{ \"t\" : \"<a&b>\\u00e9\" }",
 			"{ \"t\" : \"<a&b>\\u00e9\" ,\"dd-pathway-ctx-base64\":" + v + "}"},
 		{"key in another case replaced", `{"Dd-Pathway-Ctx-Base64":"old","x-datadog-trace-id":"1"}`,
-			`{"Dd-Pathway-Ctx-Base64":` + v + `,"x-datadog-trace-id":"1"}`},
+			`{"dd-pathway-ctx-base64":` + v + `,"x-datadog-trace-id":"1"}`},
+		{"spacing around the replaced member kept", `{ "a":1 , "dd-pathway-ctx-base64" : "old" }`,
+			`{ "a":1 , "dd-pathway-ctx-base64":` + v + ` }`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
