@@ -509,16 +509,7 @@ func TestListenAddressInUse(t *testing.T) {
 			if cfg.Admin.Listen == "" {
 				cfg.Admin.Listen = "off"
 			}
-			cfg.Agent.Disabled = true
-			cfg.Defaults()
-			if err := cfg.Validate(); err != nil {
-				t.Fatal(err)
-			}
-			rt, err := start(context.Background(), &cfg, zerolog.Nop(), nil)
-			if err == nil {
-				rt.stop()
-				t.Fatal("started on an address in use")
-			}
+			err := startFails(t, &cfg, "an address in use")
 			for _, w := range tc.want {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not say %q", err, w)
@@ -531,21 +522,29 @@ func TestListenAddressInUse(t *testing.T) {
 	}
 }
 
-// TestListenAddressUnusable: a listen address on no interface of this host, or a port the
-// process may not bind, fails the start with why and what to change. The tests run as root, so
-// the refused port is the kernel's error put to the hint as bind returns it.
-func TestListenAddressUnusable(t *testing.T) {
-	cfg := Config{Kafka: []KafkaConfig{{Listen: "192.0.2.1:0", Bootstrap: []string{"127.0.0.1:9"}}}, Admin: AdminConfig{Listen: "off"}}
+// startFails starts cfg (no Agent) and returns the error it must fail with; where says where
+// it must not have started.
+func startFails(t *testing.T, cfg *Config, where string) error {
+	t.Helper()
 	cfg.Agent.Disabled = true
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	rt, err := start(context.Background(), &cfg, zerolog.Nop(), nil)
+	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
 	if err == nil {
 		rt.stop()
-		t.Fatal("started on 192.0.2.1 (TEST-NET-1), which no interface here has")
+		t.Fatalf("started on %s", where)
 	}
+	return err
+}
+
+// TestListenAddressUnusable: a listen address on no interface of this host, or a port the
+// process may not bind, fails the start with why and what to change. The tests run as root, so
+// the refused port is the kernel's error put to the hint as bind returns it.
+func TestListenAddressUnusable(t *testing.T) {
+	cfg := Config{Kafka: []KafkaConfig{{Listen: "192.0.2.1:0", Bootstrap: []string{"127.0.0.1:9"}}}, Admin: AdminConfig{Listen: "off"}}
+	err := startFails(t, &cfg, "192.0.2.1 (TEST-NET-1), which no interface here has")
 	for _, w := range []string{"kafka front 192.0.2.1:0", "no network interface of this host has 192.0.2.1:0's IP address", "kafka[0].listen", ":port"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error %q does not say %q", err, w)
@@ -564,44 +563,51 @@ func TestListenAddressUnusable(t *testing.T) {
 	}
 }
 
-// TestKafkaDiscoveryStopsQuietly: a stop (SIGTERM, or another front failing to start) while
-// the proxy was still asking the cluster for its brokers logged the cancelled request as the
-// cluster's failure: "a bootstrap broker did not answer the proxy's ApiVersions ... is it a
-// Kafka listener, and does it want TLS?" (i/o timeout), or "cannot learn the broker nodes ...
-// trying again" (operation was canceled): false leads in the log of a proxy being stopped.
-func TestKafkaDiscoveryStopsQuietly(t *testing.T) {
-	silent, err := net.Listen("tcp", "127.0.0.1:0") // a bootstrap that accepts and never answers
+// silentListener accepts connections and never answers them (holding them open until the test
+// ends): its address, and a channel that gets a value when a connection came (not one each).
+func silentListener(t *testing.T) (string, <-chan struct{}) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer silent.Close()
-	dialed := make(chan struct{}, 1)
+	t.Cleanup(func() { ln.Close() })
+	came := make(chan struct{}, 1)
 	go func() {
-		var held []net.Conn
+		var held []net.Conn // kept open, unanswered (a collected conn would close)
 		defer func() {
 			for _, c := range held {
 				c.Close()
 			}
 		}()
 		for {
-			c, err := silent.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			held = append(held, c)
 			select {
-			case dialed <- struct{}{}:
+			case came <- struct{}{}:
 			default:
 			}
 		}
 	}()
+	return ln.Addr().String(), came
+}
+
+// TestKafkaDiscoveryStopsQuietly: a stop (SIGTERM, or another front failing to start) while
+// the proxy was still asking the cluster for its brokers logged the cancelled request as the
+// cluster's failure: "a bootstrap broker did not answer the proxy's ApiVersions ... is it a
+// Kafka listener, and does it want TLS?" (i/o timeout), or "cannot learn the broker nodes ...
+// trying again" (operation was canceled): false leads in the log of a proxy being stopped.
+func TestKafkaDiscoveryStopsQuietly(t *testing.T) {
+	silent, dialed := silentListener(t)           // a bootstrap that accepts and never answers
 	base, err := net.Listen("tcp", "127.0.0.1:0") // a fixed node port base: discovery runs
 	if err != nil {
 		t.Fatal(err)
 	}
 	basePort := base.Addr().(*net.TCPAddr).Port
 	base.Close()
-	cfg := &Config{Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: []string{silent.Addr().String()}, NodePortBase: basePort}},
+	cfg := &Config{Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: []string{silent}, NodePortBase: basePort}},
 		Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {

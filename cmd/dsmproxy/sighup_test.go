@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,27 +25,9 @@ import (
 // supervisor's reload while the pod terminates, was enough. The child's Agent never answers.
 func TestSIGHUPDuringFinalFlush(t *testing.T) {
 	if os.Getenv("DSMPROXY_SIGHUP_CHILD") == "1" {
-		agentLn, err := net.Listen("tcp", "127.0.0.1:0") // an Agent that accepts and never answers
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			var held []net.Conn // kept open, unanswered (a collected conn would close)
-			defer func() {
-				for _, c := range held {
-					c.Close()
-				}
-			}()
-			for {
-				c, err := agentLn.Accept()
-				if err != nil {
-					return
-				}
-				held = append(held, c)
-			}
-		}()
+		agentAddr, _ := silentListener(t) // an Agent that accepts and never answers
 		cfg := &Config{AMQP: []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1"}}, Admin: AdminConfig{Listen: "off"},
-			Agent: AgentConfig{URL: "http://" + agentLn.Addr().String()}, DrainTimeout: Duration(100 * time.Millisecond)}
+			Agent: AgentConfig{URL: "http://" + agentAddr}, DrainTimeout: Duration(100 * time.Millisecond)}
 		cfg.Defaults()
 		rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
 		if err != nil {
