@@ -62,16 +62,7 @@ func TestLeaveAnsweredWithError(t *testing.T) {
 				opts = append(opts, tc.opt)
 			}
 			cl := kgoClient(t, p, opts...)
-			var part int32 = -1
-			for part < 0 {
-				fs := cl.PollFetches(ctx)
-				if err := ctx.Err(); err != nil {
-					t.Fatalf("no records in group %s: %v", group, err)
-				}
-				if rs := fs.Records(); len(rs) > 0 {
-					part = rs[0].Partition
-				}
-			}
+			part := firstPolledPartition(t, ctx, cl, group)
 			if g := p.groupOf(id, topic, part); g != group {
 				t.Fatalf("before the leave: group %q, want %q", g, group)
 			}
@@ -121,16 +112,7 @@ func TestLeaveNoMembersRefused(t *testing.T) {
 			group, id := uniqueTopic(t, "leave-empty-g"), uniqueTopic(t, "leave-empty-c")
 			cl := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group), kgo.ClientID(id),
 				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-			var part int32 = -1
-			for part < 0 {
-				fs := cl.PollFetches(ctx)
-				if err := ctx.Err(); err != nil {
-					t.Fatalf("no records in group %s: %v", group, err)
-				}
-				if rs := fs.Records(); len(rs) > 0 {
-					part = rs[0].Partition
-				}
-			}
+			part := firstPolledPartition(t, ctx, cl, group)
 			if g := p.groupOf(id, topic, part); g != group {
 				t.Fatalf("before the leave: group %q, want %q", g, group)
 			}
@@ -163,4 +145,19 @@ func TestLeaveNoMembersRefused(t *testing.T) {
 		})
 	}
 	guard.check(t)
+}
+
+// firstPolledPartition polls cl, a member of group, until it gets records, and returns the
+// partition of the first.
+func firstPolledPartition(t *testing.T, ctx context.Context, cl *kgo.Client, group string) int32 {
+	t.Helper()
+	for {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("no records in group %s: %v", group, err)
+		}
+		if rs := fs.Records(); len(rs) > 0 {
+			return rs[0].Partition
+		}
+	}
 }
