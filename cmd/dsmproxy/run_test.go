@@ -522,15 +522,32 @@ func TestListenAddressInUse(t *testing.T) {
 	}
 }
 
+// prepare fills cfg's defaults and fails the test if it is not valid, as run does.
+func prepare(t *testing.T, cfg *Config) {
+	t.Helper()
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startLogged starts cfg with its log lines (JSON) kept in the buffer returned.
+func startLogged(t *testing.T, cfg *Config) (*runtime, *syncbuf.Buffer) {
+	t.Helper()
+	logs := new(syncbuf.Buffer)
+	rt, err := start(context.Background(), cfg, zerolog.New(logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt, logs
+}
+
 // startFails starts cfg (no Agent) and returns the error it must fail with; where says where
 // it must not have started.
 func startFails(t *testing.T, cfg *Config, where string) error {
 	t.Helper()
 	cfg.Agent.Disabled = true
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	prepare(t, cfg)
 	rt, err := start(context.Background(), cfg, zerolog.Nop(), nil)
 	if err == nil {
 		rt.stop()
@@ -609,15 +626,8 @@ func TestKafkaDiscoveryStopsQuietly(t *testing.T) {
 	base.Close()
 	cfg := &Config{Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: []string{silent}, NodePortBase: basePort}},
 		Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	var logs syncbuf.Buffer
-	rt, err := start(context.Background(), cfg, zerolog.New(&logs), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prepare(t, cfg)
+	rt, logs := startLogged(t, cfg)
 	<-dialed // discovery is waiting on the cluster
 	if err := rt.stop(); err != nil {
 		t.Fatal(err)
@@ -638,15 +648,8 @@ func TestFrontLogLinesNameTheFront(t *testing.T) {
 		{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", Region: "us-east-1", TrustClients: true},
 		{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", Region: "us-east-1", TrustClients: true},
 	}, Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	var logs syncbuf.Buffer
-	rt, err := start(context.Background(), cfg, zerolog.New(&logs), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prepare(t, cfg)
+	rt, logs := startLogged(t, cfg)
 	defer rt.stop()
 	c, err := net.Dial("tcp", rt.fronts[1].Addr().String())
 	if err != nil {

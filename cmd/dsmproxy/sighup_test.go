@@ -15,7 +15,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -83,11 +82,7 @@ func TestSIGHUPSaysTheEditedFileIsNotApplied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncbuf.Buffer
-	rt, err := start(context.Background(), cfg, zerolog.New(&logs), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rt, logs := startLogged(t, cfg)
 	defer rt.stop()
 	hup := func() string { // the log lines of one SIGHUP, once its reload line is written
 		before := strings.Count(logs.String(), "nothing to reload")
