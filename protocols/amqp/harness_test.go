@@ -99,6 +99,12 @@ type harness struct {
 // startProxy runs a proxy in front of the local RabbitMQ.
 func startProxy(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
+	return startProxyWith(t, mod, nil)
+}
+
+// startProxyWith is startProxy with before run on the proxy before it starts (test hooks).
+func startProxyWith(t testing.TB, mod func(*Config), before func(*Proxy)) *harness {
+	t.Helper()
 	needRabbit(t)
 	h := &harness{rec: &recorder{}, errs: &errRecorder{}}
 	cfg := Config{Listen: "127.0.0.1:0", Upstream: rabbitAddr, Env: "test", Observer: h.rec, Errors: h.errs,
@@ -109,6 +115,9 @@ func startProxy(t testing.TB, mod func(*Config)) *harness {
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(p)
 	}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)

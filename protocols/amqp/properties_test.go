@@ -13,10 +13,8 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"github.com/rs/zerolog"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
-	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 var pikaPublisher = filepath.Join("..", "..", "testdata", "amqp", "python", "publish.py")
@@ -70,25 +68,7 @@ func (c *contentHeaders) payloads(t *testing.T) [][]byte {
 // startTappedProxy is startProxy with tapBroker set before the proxy starts.
 func startTappedProxy(t *testing.T, tapBroker func(uint64) io.Writer) *harness {
 	t.Helper()
-	h := &harness{rec: &recorder{}, errs: &errRecorder{}}
-	p, err := New(Config{Listen: "127.0.0.1:0", Upstream: rabbitAddr, Env: "test", Observer: h.rec, Errors: h.errs,
-		Services: &proxy.Services{Default: "default-svc"}, Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.tapBroker = tapBroker
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := p.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	h.p, h.url = p, "amqp://guest:guest@"+p.Addr().String()+"/"
-	return h
+	return startProxyWith(t, nil, func(p *Proxy) { p.tapBroker = tapBroker })
 }
 
 // getAll fetches every message of q.
