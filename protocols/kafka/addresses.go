@@ -242,45 +242,11 @@ func clearLeftOutReplicas(body []byte, version int16, leftOut func(int32) bool) 
 	if version < 11 {
 		return 0, true
 	}
-	flexible := version >= 12
-	r := &kbin.Reader{Src: body}
-	count := func() int { // an array's length; null (-1) is none
-		if flexible {
-			return compactArrayLen(r)
+	ok = walkFetchBody(&kbin.Reader{Src: body}, version, func(f []byte) {
+		if id := int32At(f); len(f) == 4 && id >= 0 && leftOut(id) {
+			binary.BigEndian.PutUint32(f, 0xffffffff)
+			cleared++
 		}
-		return int(r.Int32())
-	}
-	tags := func() {
-		if flexible {
-			skipTagsR(r)
-		}
-	}
-	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
-	for t := count(); t > 0 && r.Ok(); t-- {
-		switch {
-		case version >= 13:
-			r.Span(16) // topic_id
-		case flexible:
-			r.Span(compactLen(r))
-		default:
-			r.Span(int(r.Int16()))
-		}
-		for p := count(); p > 0 && r.Ok(); p-- {
-			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
-			for a := count(); a > 0 && r.Ok(); a-- {
-				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
-				tags()
-			}
-			if rep := r.Span(4); rep != nil {
-				if id := int32(binary.BigEndian.Uint32(rep)); id >= 0 && leftOut(id) {
-					binary.BigEndian.PutUint32(rep, 0xffffffff)
-					cleared++
-				}
-			}
-			r.Span(max(count(), 0)) // records (null: none)
-			tags()
-		}
-		tags()
-	}
-	return cleared, r.Ok()
+	})
+	return cleared, ok
 }

@@ -206,7 +206,7 @@ func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	w := newStreamWalk(s.c.Upstream, s.c.Client, 4+n-len(hdr), hdr[:], buf)
 	if pd.version >= 16 {
 		skipTagsR(w) // response header
-		if walkFetchBody(w, pd.version) {
+		if walkFetchBody(w, pd.version, nil) {
 			tail, err := w.rest()
 			if err != nil {
 				if w.err != nil {
@@ -268,7 +268,7 @@ func fetchTailStart(body []byte, version int16) (int, error) {
 		return 0, fmt.Errorf("fetch v%d has no tagged fields", version)
 	}
 	r := &kbin.Reader{Src: body}
-	if !walkFetchBody(r, version) {
+	if !walkFetchBody(r, version, nil) {
 		return 0, errShortFetch
 	}
 	return len(body) - len(r.Src), nil
@@ -282,29 +282,68 @@ type spanReader interface {
 	Ok() bool
 }
 
-// walkFetchBody skips a flexible Fetch response body up to its top-level tagged fields, and
-// reports whether it got there.
-func walkFetchBody(r spanReader, version int16) bool {
-	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
-	for t := compactArrayLen(r); t > 0 && r.Ok(); t-- {
-		if version >= 13 {
-			r.Span(16) // topic_id
-		} else {
-			r.Span(compactLen(r)) // topic name
+// walkFetchBody skips a Fetch response body (v11+; flexible from v12) up to its top-level tagged
+// fields, and reports whether it got there. replica, when not nil, gets each partition's
+// preferred_read_replica field as r holds it, to read or change in place (nil from a streamWalk,
+// which keeps nothing; it walks flexible bodies only).
+func walkFetchBody(r spanReader, version int16, replica func(field []byte)) bool {
+	flexible := version >= 12
+	count := func() int { // an array's length; null (-1) is none
+		if flexible {
+			return compactArrayLen(r)
 		}
-		for p := compactArrayLen(r); p > 0 && r.Ok(); p-- {
-			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
-			for a := compactArrayLen(r); a > 0 && r.Ok(); a-- {
-				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
-				skipTagsR(r)
-			}
-			r.Span(4)             // preferred_read_replica
-			r.Span(compactLen(r)) // records
+		return int(int32At(r.Span(4)))
+	}
+	tags := func() {
+		if flexible {
 			skipTagsR(r)
 		}
-		skipTagsR(r)
+	}
+	r.Span(4 + 2 + 4) // throttle_time_ms, error_code, session_id
+	for t := count(); t > 0 && r.Ok(); t-- {
+		switch {
+		case version >= 13:
+			r.Span(16) // topic_id
+		case flexible:
+			r.Span(compactLen(r)) // topic name
+		default:
+			r.Span(int(int16At(r.Span(2)))) // topic name
+		}
+		for p := count(); p > 0 && r.Ok(); p-- {
+			r.Span(4 + 2 + 8 + 8 + 8) // partition, error_code, high watermark, last stable offset, log start offset
+			for a := count(); a > 0 && r.Ok(); a-- {
+				r.Span(8 + 8) // aborted transaction: producer_id, first_offset
+				tags()
+			}
+			if f := r.Span(4); replica != nil { // preferred_read_replica
+				replica(f)
+			}
+			if flexible { // records (null: none)
+				r.Span(compactLen(r))
+			} else {
+				r.Span(max(int(int32At(r.Span(4))), 0))
+			}
+			tags()
+		}
+		tags()
 	}
 	return r.Ok()
+}
+
+// int32At and int16At are the big-endian integers b holds (0 when b is short: a walk that
+// failed, or a streamWalk, which keeps nothing).
+func int32At(b []byte) int32 {
+	if len(b) < 4 {
+		return 0
+	}
+	return int32(binary.BigEndian.Uint32(b))
+}
+
+func int16At(b []byte) int16 {
+	if len(b) < 2 {
+		return 0
+	}
+	return int16(binary.BigEndian.Uint16(b))
 }
 
 // compactArrayLen reads a compact array length as kmsg does: the uvarint as an int32, less one.

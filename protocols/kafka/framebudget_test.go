@@ -260,7 +260,7 @@ func FuzzStreamWalk(f *testing.F) {
 		var out bytes.Buffer
 		src := &chunkReader{b: body, n: int(chunk)%16 + 1}
 		w := newStreamWalk(src, &out, len(body), nil, make([]byte, 64))
-		ok := walkFetchBody(w, v)
+		ok := walkFetchBody(w, v, nil)
 		want, err := fetchTailStart(body, v)
 		if ok != (err == nil) {
 			t.Fatalf("streamed walk ok=%v, in memory: %v", ok, err)
