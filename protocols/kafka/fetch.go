@@ -211,7 +211,9 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func()) {
 	ci := s.info.Load()
 	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci, groups: s.p.groups.current(ci.key()), log: &s.log}
 	out := frame
-	s.clearReplicas(pd, frame[start:], s.p.leftOutNodes())
+	if pd.version >= 11 { // no preferred read replica before
+		s.clearReplicas(pd, frame[start:], s.p.leftOutNodes())
+	}
 	if pd.version >= 16 {
 		resp := kmsg.NewPtrFetchResponse()
 		if _, ok := s.decodeResponse(pd, frame, resp); !ok {
