@@ -61,14 +61,15 @@ const agentHostPortVars = "DD_AGENT_HOST/DD_TRACE_AGENT_PORT"
 func (c *Config) checkAgentHostPort() error {
 	bad := func(v, msg string) error { return &configError{source: v, key: "agent.url", msg: msg} }
 	h, p := c.agentHost, c.agentPort
+	shown := redact.URL("http://" + h)[len("http://"):] // h with any user info masked
 	if strings.Contains(h, "://") {
 		return bad("DD_AGENT_HOST", fmt.Sprintf("%q is a URL: give the host alone (its port as DD_TRACE_AGENT_PORT), or the URL as DD_TRACE_AGENT_URL", redact.URL(h)))
 	}
 	if hh, hp, err := net.SplitHostPort(h); err == nil {
-		return bad("DD_AGENT_HOST", fmt.Sprintf("%q has a port: give the host alone (%s) and the port as DD_TRACE_AGENT_PORT (%s)", redact.URL("http://" + h)[len("http://"):], hh, hp))
+		return bad("DD_AGENT_HOST", fmt.Sprintf("%q has a port: give the host alone (%s) and the port as DD_TRACE_AGENT_PORT (%s)", shown, hh, hp))
 	}
 	if strings.TrimSpace(h) != h || strings.ContainsAny(h, "/@ ") {
-		return bad("DD_AGENT_HOST", fmt.Sprintf("%q is not a host name or IP address", redact.URL("http://" + h)[len("http://"):]))
+		return bad("DD_AGENT_HOST", fmt.Sprintf("%q is not a host name or IP address", shown))
 	}
 	if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
 		return bad("DD_TRACE_AGENT_PORT", fmt.Sprintf("%q is not a port (1..65535)", p))
@@ -428,7 +429,8 @@ func tabHint(err error, b []byte) error {
 	if ce.line > len(lines) {
 		return err
 	}
-	if indent := lines[ce.line-1][:len(lines[ce.line-1])-len(bytes.TrimLeft(lines[ce.line-1], " \t"))]; bytes.IndexByte(indent, '\t') >= 0 {
+	line := lines[ce.line-1]
+	if indent := line[:len(line)-len(bytes.TrimLeft(line, " \t"))]; bytes.IndexByte(indent, '\t') >= 0 {
 		ce.msg += " (the line is indented with a tab: YAML indents with spaces only)"
 	}
 	return err
