@@ -242,11 +242,16 @@ func clearLeftOutReplicas(body []byte, version int16, leftOut func(int32) bool) 
 	if version < 11 {
 		return 0, true
 	}
-	ok = walkFetchBody(&kbin.Reader{Src: body}, version, func(f []byte) {
-		if id := int32At(f); len(f) == 4 && id >= 0 && leftOut(id) {
-			binary.BigEndian.PutUint32(f, 0xffffffff)
-			cleared++
-		}
-	})
+	ok = walkFetchBody(&kbin.Reader{Src: body}, version, func(f []byte) { cleared += clearLeftOutReplica(f, leftOut) })
 	return cleared, ok
+}
+
+// clearLeftOutReplica sets a preferred_read_replica field naming a node left out to -1, and
+// reports 1 if it did.
+func clearLeftOutReplica(f []byte, leftOut func(int32) bool) int {
+	if id := int32At(f); len(f) == 4 && id >= 0 && leftOut(id) {
+		binary.BigEndian.PutUint32(f, 0xffffffff)
+		return 1
+	}
+	return 0
 }

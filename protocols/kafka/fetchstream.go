@@ -188,11 +188,11 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 }
 
 // relayUnobserved relays a Fetch response too big for the frame budget through a small buffer,
-// unobserved: its records get no consume checkpoints and its offsets are not read. On v16+ the
-// walk still finds its node endpoints, at the end, and hides them. A preferred read replica naming
-// a node left out goes on as it is (this walk reads no values): a client that follows it (kgo)
-// waits for a broker it is never told of, and gets no records of that partition from this answer
-// on, as TestPreferredReplicaLeftOut showed without the clearing.
+// unobserved: its records get no consume checkpoints and its offsets are not read. The walk still
+// does what a client must not miss: on v16+ it finds the node endpoints, at the end, and hides
+// them; while a node is left out (v11+), it clears preferred read replicas naming it, which a
+// client (kgo) would follow to a broker it is never told of, getting no records of that partition
+// from then on.
 func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	c := s.p.stats.unobservedFetches.Add(1)
 	ev := s.log.Debug()
@@ -204,9 +204,17 @@ func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	buf := s.p.bufs.get(max(2*s.p.cfg.fetchTailHold, 128<<10))
 	defer s.p.bufs.put(buf)
 	w := newStreamWalk(s.c.Upstream, s.c.Client, 4+n-len(hdr), hdr[:], buf)
-	if pd.version >= 16 {
+	var replica func([]byte)
+	cleared := 0
+	if pd.version >= 11 {
+		if leftOut := s.p.leftOutNodes(); leftOut != nil {
+			replica = func(f []byte) { cleared += clearLeftOutReplica(f, leftOut) }
+		}
+	}
+	switch {
+	case pd.version >= 16:
 		skipTagsR(w) // response header
-		if walkFetchBody(w, pd.version, nil) {
+		if walkFetchBody(w, pd.version, replica) {
 			tail, err := w.rest()
 			if err != nil {
 				if w.err != nil {
@@ -222,6 +230,16 @@ func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 		} else if w.err == nil {
 			s.p.decodeError("Fetch response", pd.key, pd.version, errShortFetch)
 		}
+	case replica != nil:
+		if pd.flexible {
+			skipTagsR(w) // response header
+		}
+		if !walkFetchBody(w, pd.version, replica) && w.err == nil {
+			s.p.decodeError("Fetch response", pd.key, pd.version, errShortFetch)
+		}
+	}
+	if cleared > 0 {
+		s.log.Debug().Int("partitions", cleared).Msg("fetch answer's preferred read replica names a node left out: cleared, the client reads from the leader")
 	}
 	if err := w.copyRest(); err != nil {
 		return fmt.Errorf("fetch response of %d bytes cut short: %w", n, err)
@@ -284,8 +302,8 @@ type spanReader interface {
 
 // walkFetchBody skips a Fetch response body (v11+; flexible from v12) up to its top-level tagged
 // fields, and reports whether it got there. replica, when not nil, gets each partition's
-// preferred_read_replica field as r holds it, to read or change in place (nil from a streamWalk,
-// which keeps nothing; it walks flexible bodies only).
+// preferred_read_replica field as r holds it, to read or change in place (a streamWalk's stays
+// changeable until its next span).
 func walkFetchBody(r spanReader, version int16, replica func(field []byte)) bool {
 	flexible := version >= 12
 	count := func() int { // an array's length; null (-1) is none
@@ -331,7 +349,7 @@ func walkFetchBody(r spanReader, version int16, replica func(field []byte)) bool
 }
 
 // int32At and int16At are the big-endian integers b holds (0 when b is short: a walk that
-// failed, or a streamWalk, which keeps nothing).
+// failed).
 func int32At(b []byte) int32 {
 	if len(b) < 4 {
 		return 0

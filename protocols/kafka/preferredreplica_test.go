@@ -23,24 +23,30 @@ import (
 // preferred replica itself: its control hook gives the answer a Kafka leader gives, once, and
 // kfake serves the fetches after it. kgo logs every preferred replica a fetch answer names
 // ("fetch partitions returned preferred replicas"); it must log none, and consume everything.
-// Both the stored and the streamed fetch paths, at Fetch v11 (the first with the field, not
-// flexible) and the newest.
+// The stored, the streamed and the unobserved (frame budget taken) fetch paths, at Fetch v11 (the
+// first with the field, not flexible) and the newest.
 func TestPreferredReplicaLeftOut(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		stream bool
-		max    *kversion.Versions
+		name       string
+		stream     bool
+		unobserved bool // the frame budget is taken: streamed through a small buffer, unobserved
+		max        *kversion.Versions
 	}{
-		{"stored newest", false, nil},
-		{"streamed newest", true, nil},
-		{"stored v11", false, kversion.V2_4_0()},
-		{"streamed v11", true, kversion.V2_4_0()},
+		{"stored newest", false, false, nil},
+		{"streamed newest", true, false, nil},
+		{"unobserved newest", true, true, nil},
+		{"stored v11", false, false, kversion.V2_4_0()},
+		{"streamed v11", true, false, kversion.V2_4_0()},
+		{"unobserved v11", true, true, kversion.V2_4_0()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			topic := uniqueTopic(t, "preferred-left-out")
 			var mods []func(*Config)
 			if tc.stream {
 				mods = append(mods, streamAll)
+			}
+			if tc.unobserved {
+				mods = append(mods, func(c *Config) { c.FrameBudgetBytes = 1 })
 			}
 			c, guard, p := startNodeLeftOut(t, topic, mods...)
 			ctx := testCtx(t)
@@ -99,6 +105,9 @@ func TestPreferredReplicaLeftOut(t *testing.T) {
 			}
 			if !answered.Load() {
 				t.Fatal("kfake's control never answered with a preferred replica: the test tested nothing")
+			}
+			if st := p.Stats(); tc.unobserved && st.UnobservedFetches == 0 {
+				t.Fatal("no fetch answer was relayed unobserved: the case tested the streamed path")
 			}
 			for _, l := range strings.Split(logs.String(), "\n") {
 				if strings.Contains(l, "preferred replica") || strings.Contains(l, "not yet known") {

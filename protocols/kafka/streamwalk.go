@@ -97,8 +97,21 @@ func (w *streamWalk) Uvarint() uint32 {
 	return 0
 }
 
-// Span passes n bytes on. It returns nil: nothing walked is kept.
+// maxFieldSpan is the longest span returned as bytes: fixed-size fields (lengths, ids), which
+// walkers read or change.
+const maxFieldSpan = 16
+
+// Span passes n bytes on. A span of up to maxFieldSpan bytes is returned, still unwritten: the
+// caller may read or change it until its next call. Longer ones are copied through buf and
+// return nil.
 func (w *streamWalk) Span(n int) []byte {
+	if n >= 0 && n <= maxFieldSpan {
+		if n == 0 || !w.fill(n) {
+			return nil
+		}
+		w.out += n
+		return w.buf[w.out-n : w.out]
+	}
 	for n > 0 && w.Ok() {
 		if w.end == w.out && !w.fill(1) {
 			return nil
