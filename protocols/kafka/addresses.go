@@ -122,6 +122,13 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 							pt.ErrorCode = kerr.LeaderNotAvailable.Code
 						}
 					}
+					// A replica on a node that is down stays assigned, out of sync and offline.
+					pt.ISR = slices.DeleteFunc(pt.ISR, gone)
+					for _, id := range pt.Replicas {
+						if gone(id) && !slices.Contains(pt.OfflineReplicas, id) {
+							pt.OfflineReplicas = append(pt.OfflineReplicas, id)
+						}
+					}
 				}
 			}
 			if gone(r.ControllerID) {

@@ -3,6 +3,7 @@ package kafka
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,13 @@ func TestNodeWithoutListenerLeftOut(t *testing.T) {
 		if pt.Leader != want || pt.ErrorCode != wantCode {
 			t.Errorf("partition %d: leader %d, error %d; want %d, %d", pt.Partition, pt.Leader, pt.ErrorCode, want, wantCode)
 		}
+		// As for a broker that is down: still a replica, no longer in sync, listed offline.
+		if slices.Contains(pt.Replicas, 0) && (slices.Contains(pt.ISR, 0) || !slices.Contains(pt.OfflineReplicas, 0)) {
+			t.Errorf("partition %d: replicas %v, isr %v, offline %v; want node 0 out of the isr and offline", pt.Partition, pt.Replicas, pt.ISR, pt.OfflineReplicas)
+		}
+	}
+	if !slices.ContainsFunc(mr.Topics[0].Partitions, func(pt kmsg.MetadataResponseTopicPartition) bool { return slices.Contains(pt.Replicas, 0) }) {
+		t.Error("no partition names node 0 as a replica: the check above tested nothing")
 	}
 	for _, v := range []int16{3, 4} { // one coordinator, and KIP-699's list
 		fc := kmsg.NewPtrFindCoordinatorRequest()
