@@ -504,10 +504,10 @@ func (s *session) groupResponse(pd *pending, frame []byte) {
 		for _, m := range resp.Members { // v3+: one code per member leaving
 			s.groupError(pd, m.ErrorCode)
 		}
-		// A leave refused for the whole group (NOT_COORDINATOR, say) took nobody out, a leave
-		// naming no member included.
+		// A leave refused for the whole group (NOT_COORDINATOR, say) took nobody out, and so
+		// did one naming no member (v3+), even answered without an error.
 		if leave, ok := pd.facts.(groupLeave); ok && outOfGroup(resp.ErrorCode) {
-			if gone := leftMembers(leave, pd.version, resp); len(gone) > 0 || len(leave.members) == 0 {
+			if gone := leftMembers(leave, pd.version, resp); len(gone) > 0 {
 				s.p.groups.forget(s.info.Load().key(), leave.group, gone)
 			}
 		}

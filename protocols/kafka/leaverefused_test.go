@@ -97,18 +97,22 @@ func TestLeaveAnsweredWithError(t *testing.T) {
 }
 
 // TestLeaveNoMembersRefused: a LeaveGroup v3+ naming no member (an admin's "remove these
-// members" with an empty list) that the coordinator refuses for the whole group (NOT_COORDINATOR,
-// COORDINATOR_LOAD_IN_PROGRESS) took nobody out of the group: the proxy must keep the group of
-// the client that sent it. A refusal is the only case told here; an empty leave the coordinator
-// takes is still a leave.
+// members" with an empty list) takes nobody out of the group, whether the coordinator refuses it
+// for the whole group (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS) or answers it without an
+// error and with no members, as Kafka's and kfake's coordinators do: the proxy must keep the
+// group of the client that sent it.
 func TestLeaveNoMembersRefused(t *testing.T) {
 	c, guard := startCluster(t)
 	p := startProxy(t, c, nil)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "leave-empty")
 	produceKgo(t, ctx, kgoClient(t, p), topic, testRecords(6, time.UnixMilli(1700000800000)))
-	for _, refusal := range []*kerr.Error{kerr.NotCoordinator, kerr.CoordinatorLoadInProgress} {
-		t.Run(refusal.Message, func(t *testing.T) {
+	for _, refusal := range []*kerr.Error{nil, kerr.NotCoordinator, kerr.CoordinatorLoadInProgress} {
+		name := "accepted"
+		if refusal != nil {
+			name = refusal.Message
+		}
+		t.Run(name, func(t *testing.T) {
 			group, id := uniqueTopic(t, "leave-empty-g"), uniqueTopic(t, "leave-empty-c")
 			cl := kgoClient(t, p, kgo.ConsumeTopics(topic), kgo.ConsumerGroup(group), kgo.ClientID(id),
 				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -126,8 +130,12 @@ func TestLeaveNoMembersRefused(t *testing.T) {
 			if len(fr.Coordinators) > 0 {
 				coord = fr.Coordinators[0].NodeID
 			}
-			h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.LeaveGroup}, Group: group, Err: refusal, TopLevel: true, Count: -1})
-			defer h.Remove()
+			wantCode := int16(0)
+			if refusal != nil {
+				h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.LeaveGroup}, Group: group, Err: refusal, TopLevel: true, Count: -1})
+				defer h.Remove()
+				wantCode = refusal.Code
+			}
 			leave := kmsg.NewPtrLeaveGroupRequest()
 			leave.Version = 5
 			leave.Group = group
@@ -136,11 +144,11 @@ func TestLeaveNoMembersRefused(t *testing.T) {
 			if err != nil {
 				t.Fatalf("LeaveGroup v5 with no members: %v", err)
 			}
-			if code := resp.(*kmsg.LeaveGroupResponse).ErrorCode; code != refusal.Code {
-				t.Fatalf("LeaveGroup answered code %d, want %d (%v)", code, refusal.Code, refusal)
+			if r := resp.(*kmsg.LeaveGroupResponse); r.ErrorCode != wantCode || len(r.Members) != 0 {
+				t.Fatalf("LeaveGroup answered code %d and %d members, want %d and none (%v)", r.ErrorCode, len(r.Members), wantCode, refusal)
 			}
 			if g := p.groupOf(id, topic, part); g != group {
-				t.Errorf("after a leave of no members refused with %v: group %q, want %q (kept)", refusal, g, group)
+				t.Errorf("after a leave of no members answered %d: group %q, want %q (kept)", wantCode, g, group)
 			}
 		})
 	}
