@@ -878,16 +878,32 @@ func (s *session) sharedLocked(ch uint16) *chanShared {
 // (clientClosed: the broker's CloseOk).
 func (s *session) resetShared(ch uint16, clientClosed bool) {
 	s.mu.Lock()
-	n, pts, held, unconfirmed := 0, []pathway.Point(nil), 0, 0
+	r := s.forgetLocked(ch, clientClosed)
+	s.mu.Unlock()
+	s.release(r)
+}
+
+// forgotten is what a channel held when it was forgotten, to give back outside the lock.
+type forgotten struct {
+	committing, held, unconfirmed int
+	pts                           []pathway.Point
+}
+
+// forgetLocked deletes ch's shared state; s.mu is held.
+func (s *session) forgetLocked(ch uint16, clientClosed bool) (r forgotten) {
 	if cs := s.shared[ch]; cs != nil {
-		n = len(cs.committing)
+		r.committing = len(cs.committing)
 		s.untag(len(cs.consumers))
-		pts, held, unconfirmed = cs.endHeldLocked(clientClosed, nil)
+		r.pts, r.held, r.unconfirmed = cs.endHeldLocked(clientClosed, nil)
 	}
 	delete(s.shared, ch)
-	s.mu.Unlock()
-	s.releaseTx(n)
-	s.endHeld(pts, held, unconfirmed)
+	return r
+}
+
+// release gives back what forgetLocked took out.
+func (s *session) release(r forgotten) {
+	s.releaseTx(r.committing)
+	s.endHeld(r.pts, r.held, r.unconfirmed)
 }
 
 // endHeld counts pts, what ended channels held for acks and their client closed, gives back
