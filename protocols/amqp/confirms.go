@@ -158,6 +158,7 @@ func (s *session) returnHeld(ch uint16, ctx pathway.Context, size int64) {
 	// commit's checkpoints, as a returned publish is not counted in confirm mode either.
 	if i := returnedPoint(cs.committing, ctx.Hash, ms, size); i >= 0 {
 		cs.committing = slices.Delete(cs.committing, i, i+1)
+		cs.committingMsgs-- // reported lost as returned, not again if the channel closes
 		s.releaseTx(1)
 		return
 	}

@@ -86,6 +86,9 @@ type pubState struct {
 	confirm      bool   // Confirm.Select: publishes are numbered for acks and nacks
 	tx           bool   // Tx.Select: publishes count when their transaction commits
 	txPoints     []pathway.Point
+	txSent       int  // publishes since the last Tx.Commit or Rollback, held or not
+	discard      bool // the current publish came after the broker closed the channel
+	tally        pubTally
 	exchange, rk []byte
 	edge         *pathway.Edge // edge of exchange/rk, rebuilt only when they change
 }
@@ -184,7 +187,14 @@ type chanShared struct {
 	// concerns it. Such methods are synchronous, so the latest is the one refused.
 	lastTarget target
 	committing []pathway.Point // publishes of a Tx.Commit waiting for its CommitOk
-	closing    bool            // the client sent Channel.Close; the broker's CloseOk has not come
+	// committingMsgs counts those publishes, held or not; tally is the publish side's (discard.go).
+	committingMsgs int
+	tally          *pubTally
+	closing        bool // the client sent Channel.Close; the broker's CloseOk has not come
+	// The broker closed the channel (with closeCode) and the client's CloseOk has not come: the
+	// broker discards what the client sends on it meanwhile.
+	brokerClosed bool
+	closeCode    uint16
 	// In confirm mode, the edges of the latest publishes by sequence number, so a nack names
 	// the exchange or queue it concerns.
 	seq     uint64
@@ -967,8 +977,12 @@ func (s *session) clientMethod(f frame) {
 			s.p.decodeError("Basic.Publish", a.err)
 			return
 		}
-		ps := state(s.pub, f.Channel)
+		ps := s.pubOf(f.Channel)
 		ps.awaiting = true
+		if ps.tx {
+			ps.txSent++
+		}
+		ps.discard = ps.tally.publish(ps.tx)
 		if ps.edge == nil || !bytes.Equal(ex, ps.exchange) || !bytes.Equal(rk, ps.rk) {
 			ps.exchange = append(ps.exchange[:0], ex...)
 			ps.rk = append(ps.rk[:0], rk...)
@@ -976,6 +990,10 @@ func (s *session) clientMethod(f frame) {
 			s.mu.Lock()
 			s.sharedLocked(f.Channel).lastPub = ps.edge
 			s.mu.Unlock()
+		}
+		if ps.discard {
+			s.discardedPublish(f.Channel, ps)
+			return
 		}
 		if ps.confirm {
 			s.mu.Lock()
@@ -988,27 +1006,16 @@ func (s *session) clientMethod(f frame) {
 			s.mu.Unlock()
 		}
 	case txSelect:
-		state(s.pub, f.Channel).tx = true
-	case txCommit, txRollback:
-		ps := state(s.pub, f.Channel)
-		if m == txCommit && len(ps.txPoints) > 0 {
-			s.mu.Lock()
-			cs := s.sharedLocked(f.Channel)
-			// Commits sent before their CommitOks come (or never come) hold at most maxTxPoints
-			// in all; the rest count now, as past the limit of one transaction.
-			keep := min(len(ps.txPoints), max(0, maxTxPoints-len(cs.committing)))
-			cs.committing = append(cs.committing, ps.txPoints[:keep]...)
-			s.mu.Unlock()
-			for _, pt := range ps.txPoints[keep:] {
-				s.p.addPoint(pt)
-			}
-			s.releaseTx(len(ps.txPoints) - keep)
-		} else {
-			s.releaseTx(len(ps.txPoints)) // rolled back: never published
-		}
-		ps.txPoints = ps.txPoints[:0]
+		s.pubOf(f.Channel).tx = true
+	case txCommit:
+		s.commit(f.Channel, s.pubOf(f.Channel))
+	case txRollback:
+		ps := s.pubOf(f.Channel)
+		s.releaseTx(len(ps.txPoints)) // never published
+		ps.tally.uncount(ps.txSent)
+		ps.txPoints, ps.txSent = ps.txPoints[:0], 0
 	case confirmSel:
-		ps := state(s.pub, f.Channel)
+		ps := s.pubOf(f.Channel)
 		if !ps.confirm {
 			ps.confirm = true
 			s.mu.Lock()
@@ -1115,6 +1122,34 @@ func (s *session) clientMethod(f frame) {
 			s.errorClose("client", m, 0, c)
 		}
 	}
+}
+
+// commit hands the transaction's publishes on ch to the channel, to count at the CommitOk. A
+// commit sent after the broker closed the channel is discarded with them.
+func (s *session) commit(ch uint16, ps *pubState) {
+	if ps.txSent == 0 {
+		return
+	}
+	s.mu.Lock()
+	keep, closed := 0, ps.tally.closed()
+	if !closed {
+		cs := s.sharedLocked(ch)
+		// Commits sent before their CommitOks come (or never come) hold at most maxTxPoints
+		// in all; the rest count now, as past the limit of one transaction.
+		keep = min(len(ps.txPoints), max(0, maxTxPoints-len(cs.committing)))
+		cs.committing = append(cs.committing, ps.txPoints[:keep]...)
+		// Under the lock with the tally: a broker's close counts each publish once.
+		cs.committingMsgs += ps.txSent
+		ps.tally.uncount(ps.txSent)
+	}
+	s.mu.Unlock()
+	if !closed {
+		for _, pt := range ps.txPoints[keep:] {
+			s.p.addPoint(pt)
+		}
+	}
+	s.releaseTx(len(ps.txPoints) - keep)
+	ps.txPoints, ps.txSent = ps.txPoints[:0], 0
 }
 
 // settle clears the publishes a broker ack or nack confirms (tag alone, or every unconfirmed one
@@ -1326,7 +1361,7 @@ func (s *session) brokerMethod(f frame) {
 		s.mu.Lock()
 		var pts []pathway.Point
 		if cs := s.shared[f.Channel]; cs != nil {
-			pts, cs.committing = cs.committing, nil
+			pts, cs.committing, cs.committingMsgs = cs.committing, nil, 0
 		}
 		s.mu.Unlock()
 		for _, pt := range pts {
@@ -1393,29 +1428,17 @@ func (s *session) brokerMethod(f frame) {
 			s.sharedLocked(f.Channel).lastDeclared = q
 			s.mu.Unlock()
 		}
-	case chanClose, chanCloseOk:
-		var edge *pathway.Edge
-		var c closeArgs
-		if m == chanClose {
-			c = a.closeArgs()
-			s.mu.Lock()
-			if cs := s.shared[f.Channel]; cs != nil {
-				if c.Method == basicPublish {
-					edge = cs.lastPub
-				} else if cs.lastTarget.method == c.Method && c.Method != 0 {
-					e := cs.lastTarget.refused(c.Text)
-					edge = &e
-				} else if c.Method == basicAck || c.Method == basicNack || c.Method == basicReject {
-					edge = cs.consumedQueueLocked()
-				}
-			}
-			s.mu.Unlock()
-		}
+	case chanClose:
+		c := a.closeArgs()
 		delete(s.del, f.Channel)
-		s.resetShared(f.Channel, m == chanCloseOk)
-		if m == chanClose && a.err == nil && c.Code != 200 {
-			s.errorCloseEdge("broker", m, f.Channel, c, edge)
+		refused, pub, discarded := s.closedByBroker(f.Channel, c)
+		if a.err == nil && c.Code != 200 {
+			s.errorCloseEdge("broker", m, f.Channel, c, refused)
+			s.closeLost(f.Channel, c, refused, pub, discarded)
 		}
+	case chanCloseOk:
+		delete(s.del, f.Channel)
+		s.resetShared(f.Channel, true)
 	case connClose:
 		s.brokerSaidClose = true
 		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
@@ -1487,6 +1510,9 @@ func saslUser(mech, resp []byte) string {
 func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	p := s.p
 	p.stats.published.Add(1)
+	if ps.discard { // the broker closed the channel: it reaches no queue
+		return f.Raw
+	}
 	h, err := parseContentHeader(f.Payload)
 	if err != nil {
 		p.decodeError("Basic.Publish content header", err)
@@ -1656,9 +1682,9 @@ func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs
 		}
 	}
 	s.p.errs.Report(ev)
-	if side == "broker" && c.Method == basicPublish {
-		// The publish the broker closed the channel over is dropped: a lost message, as a
-		// return or a nack is, and as an SQS send to a missing queue is.
+	if side == "broker" && m == connClose && c.Method == basicPublish {
+		// The publish the broker closed the connection over is dropped: a lost message, as a
+		// return or a nack is, and as an SQS send to a missing queue is (a channel's: closeLost).
 		ev.Category = errtrack.LostMessage
 		ev.Operation, ev.Messages = "Basic.Publish", 1
 		s.p.errs.Report(ev)

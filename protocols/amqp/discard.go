@@ -1,0 +1,144 @@
+package amqp
+
+import (
+	"fmt"
+	"math"
+	"sync/atomic"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
+)
+
+// A channel the broker closes discards what the client sends on it until the client's
+// Channel.CloseOk (AMQP 0-9-1 channel.close), and with it the publishes of a transaction not
+// committed yet. The broker relay reads the close; the client relay, which owns the publish
+// side, learns of it from one shared word, without waiting for anything.
+
+// tallyClosed is the bit of a pubTally set once the broker closed its channel.
+const tallyClosed = math.MinInt64
+
+// pubTally is shared by a channel's publish side (client goroutine) and its chanShared (broker
+// goroutine): in Tx mode the publishes sent since the last Tx.Commit or Rollback, and
+// tallyClosed once the broker closed the channel. One word, so that each publish is in exactly
+// one of the broker's count at its close and the client relay's discarded publishes, however
+// the two goroutines interleave.
+type pubTally struct {
+	v    atomic.Int64
+	code atomic.Uint32 // the broker's reply code, stored before tallyClosed is set
+}
+
+// publish counts a publish (in the uncommitted ones when inTx); it reports whether the broker
+// closed the channel before it, which then discards it.
+func (t *pubTally) publish(inTx bool) bool {
+	if inTx {
+		return t.v.Add(1) < 0
+	}
+	return t.v.Load() < 0
+}
+
+func (t *pubTally) closed() bool { return t.v.Load() < 0 }
+
+// uncount takes n publishes out of the uncommitted ones (committed or rolled back).
+func (t *pubTally) uncount(n int) { t.v.Add(-int64(n)) }
+
+// close marks the channel closed by the broker with code; it returns the uncommitted
+// publishes the close discards.
+func (t *pubTally) close(code uint16) int {
+	t.code.Store(uint32(code))
+	if old := t.v.Or(tallyClosed); old > 0 {
+		return int(old)
+	}
+	return 0
+}
+
+// pubOf is channel ch's publish side, created with its tally linked to the channel's shared
+// state; closed at once if the broker closed the channel before the client's first publish
+// method on it.
+func (s *session) pubOf(ch uint16) *pubState {
+	if ps := s.pub[ch]; ps != nil {
+		return ps
+	}
+	ps := &pubState{}
+	s.pub[ch] = ps
+	s.mu.Lock()
+	cs := s.sharedLocked(ch)
+	cs.tally = &ps.tally
+	if cs.brokerClosed {
+		ps.tally.close(cs.closeCode)
+	}
+	s.mu.Unlock()
+	return ps
+}
+
+// closedByBroker forgets channel ch at the broker's Channel.Close, as resetShared does, and keeps
+// that the broker closed it until the client's CloseOk. It returns the edge of the method the
+// broker refused, the edge of the channel's latest publish, and the publishes the close
+// discards: a transaction's uncommitted ones and those of commits whose CommitOk has not come.
+func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.Edge, discarded int) {
+	s.mu.Lock()
+	var tally *pubTally
+	if cs := s.shared[ch]; cs != nil {
+		refused, pub, tally = cs.refusedLocked(c), cs.lastPub, cs.tally
+		discarded = cs.committingMsgs
+		if tally != nil {
+			discarded += tally.close(c.Code)
+		}
+	}
+	r := s.forgetLocked(ch, false)
+	cs := s.sharedLocked(ch)
+	cs.brokerClosed, cs.closeCode, cs.tally = true, c.Code, tally
+	s.mu.Unlock()
+	s.release(r)
+	return refused, pub, discarded
+}
+
+// refusedLocked is the edge the method a broker's Channel.Close refused concerned: the
+// channel's latest publish, or the queue or exchange the latest method naming one named.
+func (cs *chanShared) refusedLocked(c closeArgs) *pathway.Edge {
+	switch {
+	case c.Method == basicPublish:
+		return cs.lastPub
+	case cs.lastTarget.method == c.Method && c.Method != 0:
+		e := cs.lastTarget.refused(c.Text)
+		return &e
+	case c.Method == basicAck || c.Method == basicNack || c.Method == basicReject:
+		return cs.consumedQueueLocked()
+	}
+	return nil
+}
+
+// closeLost reports the publishes a broker's Channel.Close on ch discarded: the one it refused,
+// on its edge, and a transaction's publishes not committed, on the edge of the latest publish.
+func (s *session) closeLost(ch uint16, c closeArgs, refused, pub *pathway.Edge, discarded int) {
+	edge, n := pub, discarded
+	if c.Method == basicPublish {
+		edge, n = refused, max(n, 1)
+	}
+	if n == 0 {
+		return
+	}
+	msg := fmt.Sprintf("broker sent Channel.Close on channel %d: %s", ch, c.Text)
+	if discarded > 0 {
+		msg += fmt.Sprintf("; %d publishes of its transaction discarded", discarded)
+	}
+	ev := errtrack.Event{
+		Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
+		Code: int32(c.Code), Name: replyName(c.Code), Message: msg, Service: *s.service.Load(),
+		Edge: pathway.Edge{Type: pathway.TypeRabbitMQ}, Partition: -1, Messages: n,
+	}
+	if edge != nil {
+		ev.Edge = *edge
+	}
+	s.p.errs.Report(ev)
+}
+
+// discardedPublish reports the current publish on ch, sent after the broker closed the channel
+// and before the client read the close: the broker discards it.
+func (s *session) discardedPublish(ch uint16, ps *pubState) {
+	code := uint16(ps.tally.code.Load())
+	s.p.errs.Report(errtrack.Event{
+		Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
+		Code: int32(code), Name: replyName(code), Service: *s.service.Load(), Edge: *ps.edge, Partition: -1, Messages: 1,
+		Message: fmt.Sprintf("published on channel %d after the broker closed it, before the client read the close: discarded", ch),
+	})
+}

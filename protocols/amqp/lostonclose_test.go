@@ -1,0 +1,164 @@
+package amqp
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+)
+
+// lostMessages sums the lost messages the proxy reported.
+func lostMessages(h *harness) (n int) {
+	for _, e := range h.errs.events() {
+		if e.Category == errtrack.LostMessage {
+			n += e.Messages
+		}
+	}
+	return n
+}
+
+// TestTxChannelCloseCountsUncommitted: RabbitMQ discards a transaction's publishes with its
+// channel. When it closes a Tx channel over a publish (404, a missing exchange), every publish
+// since the last Tx.Commit is lost, the refused one included, and none is counted as produced;
+// the committed ones are. Against RabbitMQ with amqp091-go.
+func TestTxChannelCloseCountsUncommitted(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "tx-close", 0)
+	q := declareQueue(t, c, unique("tx-close"))
+	ch := channel(t, c)
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	if err := ch.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(ex, rk string) {
+		t.Helper()
+		if err := ch.PublishWithContext(context.Background(), ex, rk, false, false, amqp091.Publishing{Body: []byte("m")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("", q)
+	publish("", q)
+	if err := ch.TxCommit(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		publish("", q)
+	}
+	publish(unique("tx-no-exchange"), "k")
+	if e := <-closed; e == nil || e.Code != amqp091.NotFound {
+		t.Fatalf("channel closed with %v, want 404", e)
+	}
+	// The proxy handles a frame before relaying it: the close is reported by now.
+	if n := lostMessages(h); n != 4 {
+		t.Errorf("%d lost messages reported, want 4 (3 uncommitted publishes and the refused one)", n)
+	}
+	waitFor(t, "the uncommitted publishes released", func() bool { return h.p.heldTx.Used() == 0 })
+	if n := len(with(h.rec.points(), "direction:out")); n != 2 {
+		t.Errorf("%d publish checkpoints, want 2 (the committed ones)", n)
+	}
+}
+
+// TestTxChannelCloseOverAnotherMethod: a Tx channel RabbitMQ closes over a method other than a
+// publish (a passive declare of a missing queue) discards the uncommitted publishes all the
+// same: lost, on the edge they were published to.
+func TestTxChannelCloseOverAnotherMethod(t *testing.T) {
+	h := startProxy(t, nil)
+	c := dial(t, h.url, "tx-close-declare", 0)
+	q := declareQueue(t, c, unique("tx-close-declare"))
+	ch := channel(t, c)
+	if err := ch.Tx(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp091.Publishing{Body: []byte("m")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ch.QueueDeclarePassive(unique("tx-no-queue"), false, false, false, false, nil); err == nil {
+		t.Fatal("RabbitMQ declared a missing queue passively")
+	}
+	lost := 0
+	for _, e := range h.errs.events() {
+		if e.Category == errtrack.LostMessage && e.Edge.Topic == q && e.Code == amqp091.NotFound {
+			lost += e.Messages
+		}
+	}
+	if lost != 3 {
+		t.Errorf("%d lost messages on %s, want 3 (the uncommitted publishes)", lost, q)
+	}
+	waitFor(t, "the uncommitted publishes released", func() bool { return h.p.heldTx.Used() == 0 })
+	if n := len(with(h.rec.points(), "direction:out")); n != 0 {
+		t.Errorf("%d publish checkpoints, want 0", n)
+	}
+}
+
+// TestPublishesAfterBrokerCloseDiscarded: RabbitMQ discards what a client sends on a channel
+// after its Channel.Close until the client's CloseOk. Publishes the client sent before it read
+// the close reach no queue: they are lost, never produced. A transaction's publishes and its
+// Tx.Commit pipelined behind the refused publish are discarded with it. A raw client, so the
+// publishes after the close are sent once the proxy relayed it.
+func TestPublishesAfterBrokerCloseDiscarded(t *testing.T) {
+	publish := func(ex, rk string) []byte {
+		return slices.Concat(
+			appendFrame(nil, frameMethod, 1, method(classBasic, 40, u16b(0), sstr(ex), sstr(rk), []byte{0})),
+			appendFrame(nil, frameHeader, 1, contentPayload(1, 0)),
+			appendFrame(nil, frameBody, 1, []byte("x")))
+	}
+	txCommit := appendFrame(nil, frameMethod, 1, method(classTx, 20))
+	passiveDeclare := appendFrame(nil, frameMethod, 1, method(classQueue, 10, u16b(0), sstr(unique("no-queue")), []byte{0x01}, u32b(0)))
+	for _, tc := range []struct {
+		name              string
+		mode              uint16                  // classTx or classConfirm for their Select first, 0 for none
+		refused           func(q string) [][]byte // sent together; the broker closes the channel over the last publish or method
+		produced, lostNow int                     // checkpoints and lost messages by the time the close is read
+	}{
+		{"plain", 0, func(q string) [][]byte {
+			return [][]byte{publish("", q), publish("", q), publish(unique("no-exchange"), "k")}
+		}, 2, 1},
+		{"transaction", classTx, func(q string) [][]byte {
+			return [][]byte{publish("", q), publish("", q), publish(unique("no-exchange"), "k"), txCommit}
+		}, 0, 3},
+		{"confirm", classConfirm, func(string) [][]byte { return [][]byte{publish(unique("no-exchange"), "k")} }, 0, 1},
+		// The channel's first publish comes after a close over another method.
+		{"after a refused declare", 0, func(string) [][]byte { return [][]byte{passiveDeclare} }, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startProxy(t, nil)
+			q := declareQueue(t, dial(t, h.url, "setup", 0), unique("after-close"))
+			rc := rawDial(t, h.p.Addr().String())
+			if tc.mode != 0 {
+				var noWait []byte // Confirm.Select has a no-wait bit, Tx.Select no arguments
+				if tc.mode == classConfirm {
+					noWait = []byte{0}
+				}
+				rc.send(appendFrame(nil, frameMethod, 1, method(tc.mode, 10, noWait)))
+				rc.expect(mid(tc.mode, 11))
+			}
+			rc.send(tc.refused(q)...)
+			rc.expect(chanClose)
+			produced := func() int { return len(with(h.rec.points(), "direction:out", "topic:"+q)) }
+			if n, lost := produced(), lostMessages(h); n != tc.produced || lost != tc.lostNow {
+				t.Fatalf("at the close: %d produced, %d lost; want %d, %d", n, lost, tc.produced, tc.lostNow)
+			}
+			// Sent before the client read the close: the broker discards them.
+			rc.send(publish("", q), publish("", q), appendFrame(nil, frameMethod, 1, method(classChannel, 41)))
+			rc.send(appendFrame(nil, frameMethod, 1, method(classChannel, 10, sstr(""))))
+			rc.expect(mid(classChannel, 11)) // the proxy read every frame before the Open
+			if n := produced(); n != tc.produced {
+				t.Errorf("%d produced, want %d: publishes the broker discarded were checkpointed", n, tc.produced)
+			}
+			if lost := lostMessages(h); lost != tc.lostNow+2 {
+				t.Errorf("%d lost messages, want %d", lost, tc.lostNow+2)
+			}
+			if n := h.p.heldTx.Used(); n != 0 {
+				t.Errorf("%d transactional publishes still held", n)
+			}
+			if d := queueDepth(t, q); d != tc.produced {
+				t.Errorf("the queue holds %d messages, want %d", d, tc.produced)
+			}
+		})
+	}
+}
