@@ -1,13 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
 // configKeys lists every YAML key Config accepts, as dotted paths (kafka.sasl.password_file;
@@ -112,4 +118,117 @@ func TestDocumentedKeysExist(t *testing.T) {
 			t.Errorf("README.md yaml block is refused: %v\n%s", err, b[1])
 		}
 	}
+}
+
+// TestREADMEExamplesPassCheckConfig: what the README tells a user to write or run is what
+// check-config accepts, through every front's own checks (TLS files loaded, SASL files read),
+// not the YAML decoding alone. Each yaml block's file-valued keys are pointed at real files of
+// their kind (the README's paths are the user's), and each `dsmproxy run` line of its sh
+// blocks is checked with the same arguments.
+func TestREADMEExamplesPassCheckConfig(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := exampleFiles(t)
+	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
+	fileKey := regexp.MustCompile(`\b([a-z_]+_file):[ \t]*([^\s,}#]+)`)
+	for i, b := range blocks {
+		var missing []string
+		snippet := fileKey.ReplaceAllStringFunc(b[1], func(kv string) string {
+			key := fileKey.FindStringSubmatch(kv)[1]
+			path, ok := files[key]
+			if !ok {
+				missing = append(missing, key)
+			}
+			return key + ": " + path
+		})
+		if len(missing) > 0 {
+			t.Errorf("README yaml block %d: no stand-in file for %v: add one to exampleFiles", i+1, missing)
+			continue
+		}
+		path := filepath.Join(t.TempDir(), "readme.yaml")
+		if err := os.WriteFile(path, []byte(snippet), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		checkConfigPasses(t, fmt.Sprintf("README yaml block %d", i+1), []string{"--config", path})
+	}
+	runs := 0
+	for _, sh := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(string(readme), -1) {
+		for _, line := range strings.Split(sh[1], "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			args, ok := strings.CutPrefix(strings.TrimSpace(line), "dsmproxy run ")
+			if !ok {
+				continue
+			}
+			runs++
+			checkConfigPasses(t, "README: "+strings.TrimSpace(line), strings.Fields(args))
+		}
+	}
+	if len(blocks) == 0 || runs == 0 {
+		t.Fatalf("found %d yaml blocks and %d `dsmproxy run` lines in README.md: update this test", len(blocks), runs)
+	}
+}
+
+// TestComposeCommandPassesCheckConfig: docker-compose.yml's dsmproxy command, with the config
+// file its volume mounts, is accepted by check-config: a flag or path renamed in the binary
+// fails here rather than in a user's `docker compose up`.
+func TestComposeCommandPassesCheckConfig(t *testing.T) {
+	b, err := os.ReadFile("../../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Command []string `yaml:"command"`
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(b, &compose); err != nil {
+		t.Fatal(err)
+	}
+	svc, ok := compose.Services["dsmproxy"]
+	if !ok || len(svc.Command) == 0 || svc.Command[0] != "run" {
+		t.Fatalf("docker-compose.yml: no dsmproxy service running `run`: %+v", svc)
+	}
+	mounts := map[string]string{} // container path -> host path
+	for _, v := range svc.Volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) >= 2 {
+			mounts[parts[1]] = filepath.Join("../..", parts[0])
+		}
+	}
+	args := slices.Clone(svc.Command[1:])
+	for i, a := range args {
+		if host, ok := mounts[a]; ok {
+			args[i] = host
+		} else if i > 0 && args[i-1] == "--config" {
+			t.Fatalf("docker-compose.yml: --config %s is not a path its volumes mount", a)
+		}
+	}
+	checkConfigPasses(t, "docker-compose.yml command", args)
+}
+
+// checkConfigPasses runs check-config with args and fails the test unless it accepts them.
+func checkConfigPasses(t *testing.T, what string, args []string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	if code := mainArgs(append([]string{"check-config"}, args...), &out, &errb); code != 0 || !strings.Contains(out.String(), "configuration OK") {
+		msg, _, _ := strings.Cut(errb.String(), "Usage:") // a flag mistake is followed by the whole usage
+		t.Errorf("%s: check-config exit %d: %s%s", what, code, out.String(), msg)
+	}
+}
+
+// exampleFiles writes a real file for each file-valued config key: a password, a certificate
+// and its key, a CA.
+func exampleFiles(t *testing.T) map[string]string {
+	dir := t.TempDir()
+	pki := testpki.New(t, "docs example CA")
+	cert, key, _ := pki.IssueFiles(t, dir, "example", "localhost")
+	ca := pki.WriteCA(t, dir)
+	password := filepath.Join(dir, "password")
+	if err := os.WriteFile(password, []byte("example-password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"password_file": password, "cert_file": cert, "key_file": key, "ca_file": ca, "client_ca_file": ca}
 }
