@@ -333,10 +333,7 @@ func (s *session) requests() error {
 				if proxy.LogNth(n) {
 					ev = s.log.Warn()
 				}
-				if hint := framingHint(err, true); hint != "" {
-					ev = ev.Str("hint", hint)
-				}
-				ev.Err(err).Uint64("invalid_frames_total", n).Msg("closing connection: request frame is not valid Kafka framing")
+				framingFields(ev, err, true).Err(err).Uint64("invalid_frames_total", n).Msg("closing connection: request frame is not valid Kafka framing")
 				return proxy.Logged(err)
 			}
 			return err
@@ -663,11 +660,8 @@ func (s *session) responses() error {
 		}
 		if err := s.nextResponse(maxBytes); err != nil {
 			if errors.Is(err, errFrameTooLarge) {
-				ev := s.log.Warn().Err(err)
-				if hint := framingHint(err, false); hint != "" {
-					ev = ev.Str("hint", hint)
-				}
-				ev.Msg("closing connection: response frame is not valid Kafka framing")
+				framingFields(s.log.Warn().Err(err), err, false).
+					Msg("closing connection: response frame is not valid Kafka framing")
 				return proxy.Logged(err)
 			}
 			return err

@@ -65,11 +65,7 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 		case errors.As(err, &refused) && errors.As(err, new(errNoApiVersions)):
 			// Not a login matter: brokers answer ApiVersions before any login, SASL or not. Every
 			// client asks it first too, and fails the same way.
-			ev := p.log.Warn().Err(err)
-			if hint := framingHint(err, false); hint != "" {
-				ev = ev.Str("hint", hint)
-			}
-			ev.Msg("a bootstrap broker did not answer the proxy's ApiVersions, which every Kafka listener answers before any login: is it a Kafka listener, and does it want TLS (upstream_tls)? Clients will fail the same way; node listeners open with the first client's Metadata")
+			framingFields(p.log.Warn().Err(err), err, false).Msg("a bootstrap broker did not answer the proxy's ApiVersions, which every Kafka listener answers before any login: is it a Kafka listener, and does it want TLS (upstream_tls)? Clients will fail the same way; node listeners open with the first client's Metadata")
 			return
 		case errors.As(err, &refused) || cuts == loginCutsTold:
 			if refused.err != nil {

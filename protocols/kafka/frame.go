@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kbin"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -95,6 +96,23 @@ func (e *frameSizeError) Error() string {
 }
 
 func (e *frameSizeError) Is(target error) bool { return target == errFrameTooLarge }
+
+// framingFields adds to ev, when err is a frameSizeError whose bytes are another protocol's, what
+// they look like (looks_like, the field the AMQP front's lines carry too) and what to change
+// (hint); fromClient as for framingHint.
+func framingFields(ev *zerolog.Event, err error, fromClient bool) *zerolog.Event {
+	var fe *frameSizeError
+	if !errors.As(err, &fe) {
+		return ev
+	}
+	if what := proxy.LooksLike(fe.head[:]); what != "" {
+		ev = ev.Str("looks_like", what)
+	}
+	if hint := framingHint(err, fromClient); hint != "" {
+		ev = ev.Str("hint", hint)
+	}
+	return ev
+}
 
 // framingHint says what to change when err is a frameSizeError whose bytes are another protocol's:
 // fromClient, the client sent them; else the upstream did. "" when there is nothing to say.

@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -45,8 +46,8 @@ func TestTLSBrokerWithoutUpstreamTLSTold(t *testing.T) {
 }
 
 // TestTLSClientOnPlaintextFrontTold: a client that speaks TLS to a plaintext front (kgo with a
-// TLS dialer, against kfake) is refused, and the Warn line says it spoke TLS and which setting to
-// change.
+// TLS dialer, against kfake) is refused, and the Warn line says it spoke TLS (looks_like, the
+// field the README names for every front) and which setting to change.
 func TestTLSClientOnPlaintextFrontTold(t *testing.T) {
 	c, _ := startCluster(t)
 	var logs syncbuf.Buffer
@@ -63,7 +64,7 @@ func TestTLSClientOnPlaintextFrontTold(t *testing.T) {
 	waitFor(t, "the refusal logged", func() bool { return strings.Contains(logs.String(), "not valid Kafka framing") })
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, "not valid Kafka framing") &&
-			(!strings.Contains(line, "a TLS handshake") || !strings.Contains(line, `"hint":"the client speaks TLS`) ||
+			(!strings.Contains(line, `"looks_like":"a TLS handshake"`) || !strings.Contains(line, `"hint":"the client speaks TLS`) ||
 				!strings.Contains(line, "tls {cert_file, key_file}")) {
 			t.Errorf("the refusal does not say the client speaks TLS and what to set: %s", line)
 		}
@@ -93,6 +94,39 @@ func TestUnreachableBootstrapTold(t *testing.T) {
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, "cannot learn the broker nodes") && (!strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, gone[0])) {
 			t.Errorf("told as %s", line)
+		}
+	}
+}
+
+// TestAMQPBrokerAsBootstrapTold: a Kafka front whose bootstrap is a RabbitMQ port (the local
+// RabbitMQ, which answers any other protocol with its AMQP header) says so in the field the
+// README names for every front, looks_like, with the hint, on the client connection's Warn line
+// and on discovery's.
+func TestAMQPBrokerAsBootstrapTold(t *testing.T) {
+	const rabbit = "127.0.0.1:5672"
+	if c, err := net.DialTimeout("tcp", rabbit, 5*time.Second); err != nil {
+		t.Fatalf("this test needs the local RabbitMQ on %s (rabbitmq-server -detached): %v", rabbit, err)
+	} else {
+		c.Close()
+	}
+	var logs syncbuf.Buffer
+	p := startProxy(t, nil, func(cfg *Config) { cfg.Bootstrap, cfg.Log = []string{rabbit}, zerolog.New(&logs) })
+	p.discover(testCtx(t), 0) // returns once it has given up on the proxy's own Metadata
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.Addr().String()), kgo.RequestRetries(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.Ping(testCtx(t)); err == nil {
+		t.Fatal("a Kafka client got an answer from RabbitMQ through the proxy")
+	}
+	for _, msg := range []string{"response frame is not valid Kafka framing", "did not answer the proxy's ApiVersions"} {
+		waitFor(t, msg, func() bool { return strings.Contains(logs.String(), msg) })
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, msg) && (!strings.Contains(line, `"looks_like":"an AMQP protocol header"`) ||
+				!strings.Contains(line, `"hint":"the upstream is not a Kafka broker`)) {
+				t.Errorf("the line does not name the AMQP header in looks_like, with the hint: %s", line)
+			}
 		}
 	}
 }
