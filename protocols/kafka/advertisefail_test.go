@@ -19,7 +19,8 @@ import (
 // TestAdvertiseFailureLogBounded: while a broker node's listener cannot open (another process
 // holds its address), every client's Metadata answer leaves the node out, and clients ask again
 // many times a second. The answers' Error lines are bounded as the per-connection failures are
-// (the first 10, then every 1000th, with the running total); the rest go to Debug.
+// (the first 10, then every 1000th, with the running total); the rest go to Debug. The total is
+// in Stats too, as the README says /stats counts every such refusal.
 func TestAdvertiseFailureLogBounded(t *testing.T) {
 	c, _ := startCluster(t)
 	blocker, err := net.Listen("tcp", "127.0.0.1:0")
@@ -62,6 +63,9 @@ func TestAdvertiseFailureLogBounded(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"advertise_failures_total":1,`) {
 		t.Errorf("the lines do not carry the running total:\n%s", logs.String())
+	}
+	if got := p.Stats().AdvertiseFailures; got < tries {
+		t.Errorf("Stats().AdvertiseFailures = %d after %d answers that left node 0 out", got, tries)
 	}
 }
 

@@ -145,6 +145,9 @@ type Stats struct {
 	ResentBatches    uint64 // idempotent batches the broker had stored before: not counted again
 	RefusedConns     uint64 // connections closed at once because their listener was at MaxConns
 	DialFailures     uint64 // client connections reset because their upstream dial failed
+	// AdvertiseFailures: answers that named a broker node whose listener could not open, left
+	// out of them (logged with advertise_failures_total).
+	AdvertiseFailures uint64
 	// TLSHandshakeFailures: clients whose TLS handshake failed (not port probes closed first).
 	TLSHandshakeFailures uint64
 	TxnOffsetsDropped    uint64 // TxnOffsetCommit offsets past 10,000 in one transaction: no backlog
@@ -464,7 +467,7 @@ func (p *Proxy) Stats() Stats {
 		InjectedRecords: s.injected.Load(), ExistingContext: s.existing.Load(), SkippedBatches: s.skipped.Load(),
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
-		ResentBatches: s.resent.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
+		ResentBatches: s.resent.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, AdvertiseFailures: p.advertiseFailures.Load(), TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
 		UnkeptFacts: s.unkeptFacts.Load(), UnreadRequests: s.unreadRequests.Load(), UnobservedFetches: s.unobservedFetches.Load(),
 		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
 		TopicConfigLookups: p.limits.lookups.Load(), TopicConfigFailures: p.limits.lookupFailures.Load(),
