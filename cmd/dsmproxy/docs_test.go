@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,7 +14,11 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/dsmproxy/dsmproxy/aggregator"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
+	"github.com/dsmproxy/dsmproxy/protocols/amqp"
+	"github.com/dsmproxy/dsmproxy/protocols/aws"
+	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 )
 
 // configKeys lists every YAML key Config accepts, as dotted paths (kafka.sasl.password_file;
@@ -231,4 +236,42 @@ func exampleFiles(t *testing.T) map[string]string {
 		t.Fatal(err)
 	}
 	return map[string]string{"password_file": password, "cert_file": cert, "key_file": key, "ca_file": ca, "client_ca_file": ca}
+}
+
+// TestMetricLevelsDocumented: the README names /metrics' counters by a rule
+// (dsmproxy_<front>_<counter>_total), but a level is a gauge without _total, which a user
+// looking for the rule's name would not find: every gauge the /stats structs give is named in
+// the README, in full or by its part after the front's prefix (`open_buckets`,
+// `dsmproxy_<front>_open_connections`).
+func TestMetricLevelsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := &metricsPage{stats: func() statsSnapshot {
+		return statsSnapshot{
+			Fronts: []frontStats{
+				{Protocol: "kafka", Listen: "k", Stats: kafka.Stats{}, Listeners: []kafka.ListenerConnections{{Node: -1}}},
+				{Protocol: "amqp", Listen: "a", Stats: amqp.Stats{}},
+				{Protocol: "aws", Listen: "w", Stats: aws.Stats{}},
+			},
+			Agent: &aggregator.AgentStats{},
+		}
+	}}
+	rec := httptest.NewRecorder()
+	page.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	prefix := regexp.MustCompile(`^dsmproxy_(kafka|amqp|aws|aggregator|checkpointer|agent)_`)
+	gauges := 0
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (\S+) gauge$`).FindAllStringSubmatch(rec.Body.String(), -1) {
+		gauges++
+		name := m[1]
+		part := prefix.ReplaceAllString(name, "")
+		if !bytes.Contains(readme, []byte("`"+name+"`")) && !bytes.Contains(readme, []byte("`"+part+"`")) &&
+			!bytes.Contains(readme, []byte("_"+part+"`")) {
+			t.Errorf("gauge %s is not named in README.md (as %s or `%s` among the levels)", name, name, part)
+		}
+	}
+	if gauges == 0 {
+		t.Fatal("no gauge in /metrics: update this test")
+	}
 }
