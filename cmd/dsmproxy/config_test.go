@@ -292,7 +292,7 @@ func TestHelpDocumentsEverything(t *testing.T) {
 			t.Errorf("run --help does not document --%s", fl.Name)
 		}
 	})
-	for _, v := range []string{"DD_TRACE_AGENT_URL", "DD_AGENT_HOST", "DD_TRACE_AGENT_PORT", "DD_ENV", "DD_SERVICE", "DD_VERSION", "DD_ERROR_TRACKING_HANDLED_ERRORS"} {
+	for _, v := range []string{"DD_TRACE_AGENT_URL", "DD_AGENT_HOST", "DD_TRACE_AGENT_PORT", "DD_ENV", "DD_SERVICE", "DD_VERSION", "DD_ERROR_TRACKING_HANDLED_ERRORS", "NO_COLOR"} {
 		if !strings.Contains(help, v) {
 			t.Errorf("run --help does not document %s", v)
 		}

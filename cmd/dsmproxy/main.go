@@ -143,6 +143,7 @@ Environment (Datadog's own variables; flags beat them):
                             sets none (standard AWS chain)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY
                             egress proxy the AWS front sends through (/readyz then dials it)
+  NO_COLOR                  not empty: --log-format console writes no colours (it colours only a terminal)
 `
 
 const usageRun = usageRunFlags + `
