@@ -132,7 +132,8 @@ var codecNames = map[string]int16{"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "
 // broker (seen by a kfake control hook on Produce) with the same codec bits after the proxy
 // spliced the pathway header in and recompressed it, and reads back with its values intact and
 // exactly one pathway header per record. kgo, sarama (V2_8_0_0, so zstd is allowed) and kafka-go
-// produce every codec; kafkajs none, gzip and snappy, kcat only none and zstd here (see the table).
+// produce every codec; kafkajs none, gzip and snappy, kcat only none and zstd, kafka-python none,
+// gzip and lz4 here (see the table).
 func TestEveryClientCodecReachesTheBrokerCompressed(t *testing.T) {
 	c, guard := startCluster(t)
 	broker := newCodecBatches()
@@ -177,6 +178,10 @@ func TestEveryClientCodecReachesTheBrokerCompressed(t *testing.T) {
 			runKcat(t, ctx, kcatIn.String(), "-P", "-b", p.Addr().String(), "-t", topic, "-K:", "-z", codec,
 				"-H", "h1=v1", "-X", "client.id=codecs-kcat", "-X", "allow.auto.create.topics=true")
 		},
+		"kafka-python": func(t *testing.T, topic, codec string) {
+			runKafkaPython(t, p.Addr().String(), topic, "", codec, "create", nil)
+			runKafkaPython(t, p.Addr().String(), topic, "", codec, "produce", sent)
+		},
 	}
 	all := []string{"none", "gzip", "snappy", "lz4", "zstd"}
 	for _, tc := range []struct {
@@ -194,6 +199,7 @@ func TestEveryClientCodecReachesTheBrokerCompressed(t *testing.T) {
 		// compressing batch" and sends them uncompressed, directly to kfake as through the proxy
 		// (whose ApiVersions cap never touches minimum versions). zstd needs only Produce v7.
 		{"kcat", []string{"none", "zstd"}, false},
+		{"kafka-python", kafkaPythonCodecs, false},
 	} {
 		cl := tc.client
 		for _, codec := range tc.codecs {
