@@ -88,7 +88,9 @@ func benchKafka(ctx context.Context, o options, stderr io.Writer) ([]row, error)
 		return nil, err
 	}
 	defer broker.stop()
-	defer offPhaseGC()()
+	if !o.kafkaClientGC || o.kafkaInProcess { // in process, the broker's heap is this one
+		defer offPhaseGC()()
+	}
 	bootstrap := broker.bootstrap
 	// dropTopic deletes a phase's topic, which kfake keeps in memory, and collects this process
 	// and the broker's once each before the next timed phase (a second collection in a row once

@@ -79,6 +79,7 @@ type options struct {
 	concurrency    int
 	kafkaBuffered  int
 	kafkaInProcess bool
+	kafkaClientGC  bool
 	relay          bool
 	rounds         int
 	amqpURL        string
@@ -126,6 +127,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.concurrency, "concurrency", 4, "AMQP: concurrent publishers; SQS: 4x this many workers")
 	fs.IntVar(&o.kafkaBuffered, "kafka-buffered", 10000, "Kafka: records the producer buffers before Produce waits (kgo's default); a buffer of a few batches measures round-trip latency more than throughput")
 	fs.BoolVar(&o.kafkaInProcess, "kafka-in-process", false, "Kafka: run kfake inside dsmbench, beside the clients, instead of in its own process; clients and broker then share one Go scheduler, which makes the direct path faster than a real deployment's")
+	fs.BoolVar(&o.kafkaClientGC, "kafka-client-gc", false, "Kafka: leave the collector of the clients' process on during timed phases, as a real client runs (by default it is off and the heap collected between phases, which steadies the rounds but makes every allocation touch memory not used since the last phase, which costs most where a path allocates most: the consumer decoding a header per record); the broker's stays off either way")
 	fs.StringVar(&o.amqpURL, "amqp-url", "amqp://guest:guest@127.0.0.1:5672/", "AMQP: the broker the direct path uses")
 	fs.IntVar(&o.amqpMsgs, "amqp-messages", 20000, "AMQP: messages per phase")
 	fs.StringVar(&o.awsNodeDir, "aws-node-dir", "testdata/aws/node", "SQS: directory of the npm SQS server (npm ci runs there when needed)")
