@@ -68,6 +68,10 @@ type session struct {
 
 	mu     sync.Mutex
 	shared map[uint16]*chanShared
+	// The broker sent Connection.Close (with connCloseCode): it discards what the client sends on
+	// any channel until its CloseOk (under mu, as shared).
+	connClosed    bool
+	connCloseCode uint16
 
 	out []byte // rewritten frames (client goroutine)
 	val []byte // header value (client goroutine)
@@ -1441,7 +1445,9 @@ func (s *session) brokerMethod(f frame) {
 		s.resetShared(f.Channel, true)
 	case connClose:
 		s.brokerSaidClose = true
-		if c := a.closeArgs(); a.err == nil && c.Code != 200 {
+		c := a.closeArgs()
+		s.connClosedByBroker(c)
+		if a.err == nil && c.Code != 200 {
 			s.errorClose("broker", m, 0, c)
 			why := fmt.Sprintf("%d %s", c.Code, c.Text)
 			s.brokerClose.Store(&why)

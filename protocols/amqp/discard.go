@@ -11,8 +11,9 @@ import (
 
 // A channel the broker closes discards what the client sends on it until the client's
 // Channel.CloseOk (AMQP 0-9-1 channel.close), and with it the publishes of a transaction not
-// committed yet. The broker relay reads the close; the client relay, which owns the publish
-// side, learns of it from one shared word, without waiting for anything.
+// committed yet; a connection the broker closes, on all its channels until Connection.CloseOk.
+// The broker relay reads the close; the client relay, which owns the publish side, learns of it
+// from one shared word, without waiting for anything.
 
 // tallyClosed is the bit of a pubTally set once the broker closed its channel.
 const tallyClosed = math.MinInt64
@@ -65,6 +66,8 @@ func (s *session) pubOf(ch uint16) *pubState {
 	cs.tally = &ps.tally
 	if cs.brokerClosed {
 		ps.tally.close(cs.closeCode)
+	} else if s.connClosed {
+		ps.tally.close(s.connCloseCode)
 	}
 	s.mu.Unlock()
 	return ps
@@ -90,6 +93,36 @@ func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.
 	s.mu.Unlock()
 	s.release(r)
 	return refused, pub, discarded
+}
+
+// connClosedByBroker marks every channel closed at the broker's Connection.Close, which discards
+// what the client sends on any of them until its CloseOk, and reports lost the publishes of the
+// transactions it ends: those not committed and those of commits whose CommitOk had not come. A
+// channel the client was closing is left out: its client rolled its transaction back.
+func (s *session) connClosedByBroker(c closeArgs) {
+	type chanLost struct {
+		ch  uint16
+		pub *pathway.Edge
+		n   int
+	}
+	var lost []chanLost
+	s.mu.Lock()
+	s.connClosed, s.connCloseCode = true, c.Code
+	for ch, cs := range s.shared {
+		n := cs.committingMsgs
+		if cs.tally != nil {
+			n += cs.tally.close(c.Code)
+		}
+		cs.committingMsgs = 0
+		if n > 0 && !cs.closing {
+			lost = append(lost, chanLost{ch, cs.lastPub, n})
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range lost {
+		msg := fmt.Sprintf("broker sent Connection.Close: %s; %d publishes of the transaction on channel %d discarded", c.Text, l.n, l.ch)
+		s.reportLost(c.Code, l.pub, l.n, msg)
+	}
 }
 
 // refusedLocked is the edge the method a broker's Channel.Close refused concerned: the
@@ -121,9 +154,15 @@ func (s *session) closeLost(ch uint16, c closeArgs, refused, pub *pathway.Edge, 
 	if discarded > 0 {
 		msg += fmt.Sprintf("; %d publishes of its transaction discarded", discarded)
 	}
+	s.reportLost(c.Code, edge, n, msg)
+}
+
+// reportLost reports n publishes a broker's close with code discarded, on edge (nil: the bare
+// rabbitmq edge).
+func (s *session) reportLost(code uint16, edge *pathway.Edge, n int, msg string) {
 	ev := errtrack.Event{
 		Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
-		Code: int32(c.Code), Name: replyName(c.Code), Message: msg, Service: *s.service.Load(),
+		Code: int32(code), Name: replyName(code), Message: msg, Service: *s.service.Load(),
 		Edge: pathway.Edge{Type: pathway.TypeRabbitMQ}, Partition: -1, Messages: n,
 	}
 	if edge != nil {
@@ -133,12 +172,8 @@ func (s *session) closeLost(ch uint16, c closeArgs, refused, pub *pathway.Edge, 
 }
 
 // discardedPublish reports the current publish on ch, sent after the broker closed the channel
-// and before the client read the close: the broker discards it.
+// or the connection and before the client read the close: the broker discards it.
 func (s *session) discardedPublish(ch uint16, ps *pubState) {
-	code := uint16(ps.tally.code.Load())
-	s.p.errs.Report(errtrack.Event{
-		Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
-		Code: int32(code), Name: replyName(code), Service: *s.service.Load(), Edge: *ps.edge, Partition: -1, Messages: 1,
-		Message: fmt.Sprintf("published on channel %d after the broker closed it, before the client read the close: discarded", ch),
-	})
+	s.reportLost(uint16(ps.tally.code.Load()), ps.edge, 1,
+		fmt.Sprintf("published on channel %d after the broker closed it or its connection, before the client read the close: discarded", ch))
 }

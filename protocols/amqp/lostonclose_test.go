@@ -162,3 +162,52 @@ func TestPublishesAfterBrokerCloseDiscarded(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishesAfterBrokerConnectionCloseDiscarded: after its Connection.Close RabbitMQ discards
+// every frame but the client's CloseOk (AMQP 0-9-1 connection.close), on every channel. Publishes
+// the client sent before it read the close reach no queue: lost, never produced; so are a
+// transaction's uncommitted publishes. RabbitMQ closes the connection here over a declare on a
+// channel never opened (504 CHANNEL_ERROR). A raw client, so the publishes after the close are
+// sent once the proxy relayed it.
+func TestPublishesAfterBrokerConnectionCloseDiscarded(t *testing.T) {
+	publish := func(ex, rk string) []byte {
+		return slices.Concat(
+			appendFrame(nil, frameMethod, 1, method(classBasic, 40, u16b(0), sstr(ex), sstr(rk), []byte{0})),
+			appendFrame(nil, frameHeader, 1, contentPayload(1, 0)),
+			appendFrame(nil, frameBody, 1, []byte("x")))
+	}
+	for _, tc := range []struct {
+		name        string
+		tx          bool
+		uncommitted int // publishes of an open transaction when RabbitMQ closes the connection
+	}{{"plain", false, 0}, {"transaction", true, 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startProxy(t, nil)
+			q := declareQueue(t, dial(t, h.url, "setup", 0), unique("after-conn-close"))
+			rc := rawDial(t, h.p.Addr().String())
+			if tc.tx {
+				rc.send(appendFrame(nil, frameMethod, 1, method(classTx, 10)))
+				rc.expect(mid(classTx, 11))
+				for range tc.uncommitted {
+					rc.send(publish("", q))
+				}
+			}
+			rc.send(appendFrame(nil, frameMethod, 5, method(classQueue, 10, u16b(0), sstr(q), []byte{0x01}, u32b(0))))
+			rc.expect(connClose)
+			rc.send(publish("", q), publish("", q), appendFrame(nil, frameMethod, 0, method(classConnection, 51)))
+			if _, _, _, err := rc.next(); err == nil { // RabbitMQ closes the socket at the CloseOk
+				t.Fatal("a frame after Connection.CloseOk")
+			}
+			if n := len(with(h.rec.points(), "direction:out", "topic:"+q)); n != 0 {
+				t.Errorf("%d produced, want 0: publishes RabbitMQ discarded were checkpointed", n)
+			}
+			if lost := lostMessages(h); lost != tc.uncommitted+2 {
+				t.Errorf("%d lost messages, want %d", lost, tc.uncommitted+2)
+			}
+			waitFor(t, "the connection's held publishes released", func() bool { return h.p.heldTx.Used() == 0 })
+			if d := queueDepth(t, q); d != 0 {
+				t.Errorf("the queue holds %d messages, want 0", d)
+			}
+		})
+	}
+}
