@@ -1,7 +1,6 @@
 package kafka
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -77,21 +76,7 @@ func runKafkajs(t *testing.T, p *testProxy, topic, group, codec, mode string, se
 	if stderr.Len() > 0 {
 		t.Logf("kafkajs peer stderr:\n%s", stderr.String())
 	}
-	var got []*kgo.Record
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var r kafkajsRecord
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			t.Fatalf("kafkajs peer output %q: %v", sc.Text(), err)
-		}
-		rec := &kgo.Record{Topic: topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Timestamp: time.UnixMilli(r.TS)}
-		for _, h := range r.Headers {
-			rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
-		}
-		got = append(got, rec)
-	}
-	return got
+	return parsePeerRecords(t, topic, out)
 }
 
 // TestKafkajs: Node's kafkajs, a client with a wire codec of its own in another language,
