@@ -82,6 +82,11 @@ func TestRotatedRoleCredentialsAccepted(t *testing.T) {
 			if tp.Problem() != nil {
 				t.Fatal(tp.Problem())
 			}
+			// Retrieve has returned, but the cache may not have stored the pair yet: an Invalidate
+			// then would be undone, or the next Retrieve join that first load. This one waits it out.
+			if got, err := tp.creds.Retrieve(ctx); err != nil || got.AccessKeyID != oldC.AccessKeyID {
+				t.Fatalf("proxy credentials at start: %v %v", got.AccessKeyID, err)
+			}
 			if tc.proxyRotated {
 				// The proxy's cache refreshes (early, before expiry) and gets the new pair.
 				rc.rotate()
