@@ -82,10 +82,7 @@ func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.
 	var tally *pubTally
 	if cs := s.shared[ch]; cs != nil {
 		refused, pub, tally = cs.refusedLocked(c), cs.lastPub, cs.tally
-		discarded = cs.committingMsgs
-		if tally != nil {
-			discarded += tally.close(c.Code)
-		}
+		discarded = cs.discardLocked(c.Code)
 	}
 	r := s.forgetLocked(ch, false)
 	cs := s.sharedLocked(ch)
@@ -93,6 +90,18 @@ func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.
 	s.mu.Unlock()
 	s.release(r)
 	return refused, pub, discarded
+}
+
+// discardLocked marks the channel's publish side closed by the broker with code, and returns
+// the publishes the close discards: a transaction's uncommitted ones and those of commits whose
+// CommitOk has not come. s.mu is held.
+func (cs *chanShared) discardLocked(code uint16) int {
+	n := cs.committingMsgs
+	cs.committingMsgs = 0
+	if cs.tally != nil {
+		n += cs.tally.close(code)
+	}
+	return n
 }
 
 // connClosedByBroker marks every channel closed at the broker's Connection.Close, which discards
@@ -109,12 +118,7 @@ func (s *session) connClosedByBroker(c closeArgs) {
 	s.mu.Lock()
 	s.connClosed, s.connCloseCode = true, c.Code
 	for ch, cs := range s.shared {
-		n := cs.committingMsgs
-		if cs.tally != nil {
-			n += cs.tally.close(c.Code)
-		}
-		cs.committingMsgs = 0
-		if n > 0 && !cs.closing {
+		if n := cs.discardLocked(c.Code); n > 0 && !cs.closing {
 			lost = append(lost, chanLost{ch, cs.lastPub, n})
 		}
 	}
