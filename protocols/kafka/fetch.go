@@ -233,7 +233,14 @@ func (s *session) clearReplicas(pd *pending, body []byte, leftOut func(int32) bo
 	if leftOut == nil || pd.version < 11 {
 		return
 	}
-	if n, _ := clearLeftOutReplicas(body, pd.version, leftOut); n > 0 {
+	n, _ := clearLeftOutReplicas(body, pd.version, leftOut)
+	s.replicasCleared(n)
+}
+
+// replicasCleared logs that n partitions of a client's fetch answer had their preferred read
+// replica cleared (nothing for none).
+func (s *session) replicasCleared(n int) {
+	if n > 0 {
 		s.log.Debug().Int("partitions", n).Msg("fetch answer's preferred read replica names a node left out: cleared, the client reads from the leader")
 	}
 }

@@ -238,9 +238,7 @@ func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 			s.p.decodeError("Fetch response", pd.key, pd.version, errShortFetch)
 		}
 	}
-	if cleared > 0 {
-		s.log.Debug().Int("partitions", cleared).Msg("fetch answer's preferred read replica names a node left out: cleared, the client reads from the leader")
-	}
+	s.replicasCleared(cleared)
 	if err := w.copyRest(); err != nil {
 		return fmt.Errorf("fetch response of %d bytes cut short: %w", n, err)
 	}
