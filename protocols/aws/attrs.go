@@ -116,12 +116,14 @@ func carrierJSON(existing []byte, ctx pathway.Context) []byte {
 	// value is replaced, or the member added before its '}'.
 	if isCarrier(existing) {
 		if ms, end, err := objectMembers(existing, 0); err == nil {
-			ed := appendMember(ms, end, pathway.HeaderKey, val)
+			var ed edit
 			if m, ok := pathwayMember(ms); ok {
 				// The whole member, so that a key in another case becomes the one Go and
 				// Python tracers look up.
 				ed = appendMember(nil, m.MS, pathway.HeaderKey, val)
 				ed.E = m.VE
+			} else {
+				ed = appendMember(ms, end, pathway.HeaderKey, val)
 			}
 			return applyEdits(make([]byte, 0, len(existing)+len(ed.New)), existing, []edit{ed})
 		}
