@@ -64,3 +64,30 @@ func TestPprofCmdlineMasksSecrets(t *testing.T) {
 		t.Errorf("cmdline %q, want %q", got, want)
 	}
 }
+
+// TestAdminOffLoopbackWarned: the admin pages answer whoever connects, so a listener that other
+// hosts can reach (0.0.0.0, as in a container) is told at Warn; the default, on loopback, is not.
+func TestAdminOffLoopbackWarned(t *testing.T) {
+	const warning = "admin listener reachable from other hosts"
+	for _, tc := range []struct {
+		listen string
+		warned bool
+	}{
+		{"127.0.0.1:0", false},
+		{"0.0.0.0:0", true},
+	} {
+		t.Run(tc.listen, func(t *testing.T) {
+			cfg := &Config{
+				Admin: AdminConfig{Listen: tc.listen},
+				AMQP:  []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9"}},
+			}
+			cfg.Agent.Disabled = true
+			prepare(t, cfg)
+			rt, logs := startLogged(t, cfg)
+			defer rt.stop()
+			if got := strings.Contains(logs.String(), warning); got != tc.warned {
+				t.Errorf("admin on %s: warned %v, want %v; logs:\n%s", tc.listen, got, tc.warned, logs.String())
+			}
+		})
+	}
+}

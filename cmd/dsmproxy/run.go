@@ -225,6 +225,11 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		rt.adminHS = &http.Server{Handler: rt.admin.mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = rt.adminHS.Serve(ln) }()
 		log.Info().Str("listen", ln.Addr().String()).Msg("admin listening: /dsm /metrics /stats /errors /healthz /readyz /debug/pprof/")
+		if !loopbackOnly(ln.Addr()) {
+			// Nothing there asks who is calling: pprof's profiles and traces cost CPU, and
+			// /errors and /dsm name the topics, queues and services.
+			log.Warn().Str("listen", ln.Addr().String()).Msg("admin listener reachable from other hosts: its pages answer anyone who connects, unauthenticated; keep the port on a private network, or set admin.listen to 127.0.0.1:PORT")
+		}
 	}
 	rt.admin.ready.Store(true)
 	return rt, nil
@@ -358,4 +363,10 @@ func newRunLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func(), error)
 		return zerolog.Nop(), nil, err
 	}
 	return log, func() { lw.Close() }, nil
+}
+
+// loopbackOnly reports whether a listener bound to addr is reachable from this host alone.
+func loopbackOnly(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
