@@ -62,6 +62,9 @@ type session struct {
 	// relay's goroutine only).
 	brokerSaidClose bool
 	frameMax        uint32 // from Connection.TuneOk; client goroutine only
+	// The channel of the client's latest Basic.Publish: a broker's Connection.Close over a
+	// publish names no channel (discard.go).
+	lastPubCh atomic.Uint32
 
 	pub map[uint16]*pubState
 	del map[uint16]*delState
@@ -983,6 +986,9 @@ func (s *session) clientMethod(f frame) {
 		}
 		ps := s.pubOf(f.Channel)
 		ps.awaiting = true
+		if s.lastPubCh.Load() != uint32(f.Channel) {
+			s.lastPubCh.Store(uint32(f.Channel))
+		}
 		if ps.tx {
 			ps.txSent++
 		}
@@ -1446,7 +1452,7 @@ func (s *session) brokerMethod(f frame) {
 	case connClose:
 		s.brokerSaidClose = true
 		c := a.closeArgs()
-		s.connClosedByBroker(c)
+		s.connClosedByBroker(c, a.err == nil && c.Code != 200 && c.Method == basicPublish)
 		if a.err == nil && c.Code != 200 {
 			s.errorClose("broker", m, 0, c)
 			why := fmt.Sprintf("%d %s", c.Code, c.Text)
@@ -1688,13 +1694,6 @@ func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs
 		}
 	}
 	s.p.errs.Report(ev)
-	if side == "broker" && m == connClose && c.Method == basicPublish {
-		// The publish the broker closed the connection over is dropped: a lost message, as a
-		// return or a nack is, and as an SQS send to a missing queue is (a channel's: closeLost).
-		ev.Category = errtrack.LostMessage
-		ev.Operation, ev.Messages = "Basic.Publish", 1
-		s.p.errs.Report(ev)
-	}
 }
 
 // decodeError reports a frame the proxy relayed without understanding it.

@@ -108,24 +108,35 @@ func (cs *chanShared) discardLocked(code uint16) int {
 // what the client sends on any of them until its CloseOk, and reports lost the publishes of the
 // transactions it ends: those not committed and those of commits whose CommitOk had not come. A
 // channel the client was closing is left out: its client rolled its transaction back.
-func (s *session) connClosedByBroker(c closeArgs) {
+// refusedPublish: the broker closed the connection over a Basic.Publish, which is lost too, as a
+// return or a nack is (a channel's: closeLost). The close names no channel: the refused publish
+// is taken to be the client's latest, counted with its channel's transaction when it has one.
+func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
 	type chanLost struct {
 		ch  uint16
 		pub *pathway.Edge
 		n   int
 	}
 	var lost []chanLost
+	refusedCh, refusedCounted := uint16(s.lastPubCh.Load()), false
 	s.mu.Lock()
 	s.connClosed, s.connCloseCode = true, c.Code
 	for ch, cs := range s.shared {
 		if n := cs.discardLocked(c.Code); n > 0 && !cs.closing {
 			lost = append(lost, chanLost{ch, cs.lastPub, n})
+			refusedCounted = refusedCounted || refusedPublish && ch == refusedCh
 		}
 	}
 	s.mu.Unlock()
 	for _, l := range lost {
 		msg := fmt.Sprintf("broker sent Connection.Close: %s; %d publishes of the transaction on channel %d discarded", c.Text, l.n, l.ch)
+		if refusedCounted && l.ch == refusedCh {
+			msg += ", the refused one included"
+		}
 		s.reportLost(c.Code, l.pub, l.n, msg)
+	}
+	if refusedPublish && !refusedCounted {
+		s.reportLost(c.Code, nil, 1, fmt.Sprintf("broker sent Connection.Close over a publish: %s", c.Text))
 	}
 }
 

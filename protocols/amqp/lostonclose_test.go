@@ -211,3 +211,86 @@ func TestPublishesAfterBrokerConnectionCloseDiscarded(t *testing.T) {
 		})
 	}
 }
+
+// TestBrokerConnectionCloseOverPublishCountedOnce: RabbitMQ closes the connection (not the
+// channel) over a Basic.Publish with immediate=true (540 NOT_IMPLEMENTED) or over a publish whose
+// content header does not follow its method (505 UNEXPECTED_FRAME), naming basic.publish and no
+// channel. On a channel in Tx mode the refused publish is one of the transaction's uncommitted
+// publishes: counted with them, not once more on its own. On a channel without Tx it is counted
+// on its own, beside another channel's uncommitted publishes. A raw client, to send those frames.
+func TestBrokerConnectionCloseOverPublishCountedOnce(t *testing.T) {
+	publish := func(ch uint16, bits byte, rk string) []byte {
+		return slices.Concat(
+			appendFrame(nil, frameMethod, ch, method(classBasic, 40, u16b(0), sstr(""), sstr(rk), []byte{bits})),
+			appendFrame(nil, frameHeader, ch, contentPayload(1, 0)),
+			appendFrame(nil, frameBody, ch, []byte("x")))
+	}
+	const immediate = 0x02
+	headerless := func(ch uint16, rk string) []byte { // the method, then another method where its content header belongs
+		return slices.Concat(
+			appendFrame(nil, frameMethod, ch, method(classBasic, 40, u16b(0), sstr(""), sstr(rk), []byte{0})),
+			appendFrame(nil, frameMethod, ch, method(classBasic, 10, u32b(0), u16b(0), []byte{0})))
+	}
+	for _, tc := range []struct {
+		name   string
+		tx     []uint16 // channels in Tx mode
+		frames func(q string) [][]byte
+		code   uint16
+		lost   int
+		allTx  bool // every publish was in a transaction: none counts as produced
+	}{
+		{"immediate in a transaction", []uint16{1}, func(q string) [][]byte {
+			return [][]byte{publish(1, 0, q), publish(1, immediate, q)}
+		}, 540, 2, true},
+		{"content header missing in a transaction", []uint16{1}, func(q string) [][]byte {
+			return [][]byte{publish(1, 0, q), headerless(1, q)}
+		}, 505, 2, true},
+		{"immediate without a transaction", nil, func(q string) [][]byte {
+			return [][]byte{publish(1, immediate, q)}
+		}, 540, 1, false},
+		{"immediate beside another channel's transaction", []uint16{2}, func(q string) [][]byte {
+			return [][]byte{publish(2, 0, q), publish(2, 0, q), publish(1, immediate, q)}
+		}, 540, 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startProxy(t, nil)
+			q := declareQueue(t, dial(t, h.url, "setup", 0), unique("conn-close-publish"))
+			rc := rawDial(t, h.p.Addr().String())
+			rc.send(appendFrame(nil, frameMethod, 2, method(classChannel, 10, sstr(""))))
+			rc.expect(mid(classChannel, 11))
+			for _, ch := range tc.tx {
+				rc.send(appendFrame(nil, frameMethod, ch, method(classTx, 10)))
+				rc.expect(mid(classTx, 11))
+			}
+			rc.send(tc.frames(q)...)
+			typ, _, m, err := rc.next()
+			if err != nil || typ != frameMethod || m != connClose {
+				t.Fatalf("RabbitMQ answered %d %s (%v), want Connection.Close", typ, methodName(m), err)
+			}
+			rc.send(appendFrame(nil, frameMethod, 0, method(classConnection, 51)))
+			if _, _, _, err := rc.next(); err == nil {
+				t.Fatal("a frame after Connection.CloseOk")
+			}
+			var closes []errtrack.Event
+			for _, e := range h.errs.events() {
+				if e.Category == errtrack.BrokerError && e.Operation == "Basic.Publish" {
+					closes = append(closes, e)
+				}
+			}
+			if len(closes) != 1 || closes[0].Code != int32(tc.code) {
+				t.Fatalf("broker errors over Basic.Publish: %+v, want one %d", closes, tc.code)
+			}
+			if lost := lostMessages(h); lost != tc.lost {
+				t.Errorf("%d lost messages reported, want %d", lost, tc.lost)
+			}
+			if d := queueDepth(t, q); d != 0 {
+				t.Errorf("the queue holds %d messages, want 0", d)
+			}
+			if tc.allTx {
+				if n := len(with(h.rec.points(), "direction:out", "topic:"+q)); n != 0 {
+					t.Errorf("%d produced, want 0", n)
+				}
+			}
+		})
+	}
+}
