@@ -75,8 +75,8 @@ func (s *session) pubOf(ch uint16) *pubState {
 
 // closedByBroker forgets channel ch at the broker's Channel.Close, as resetShared does, and keeps
 // that the broker closed it until the client's CloseOk. It returns the edge of the method the
-// broker refused, the edge of the channel's latest publish, and the publishes the close
-// discards: a transaction's uncommitted ones and those of commits whose CommitOk has not come.
+// broker refused, the edge of the channel's latest publish, and the publishes of its
+// transactions the close discards (discardLocked).
 func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.Edge, discarded int) {
 	s.mu.Lock()
 	var tally *pubTally
@@ -94,20 +94,24 @@ func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.
 
 // discardLocked marks the channel's publish side closed by the broker with code, and returns
 // the publishes the close discards: a transaction's uncommitted ones and those of commits whose
-// CommitOk has not come. s.mu is held.
+// CommitOk has not come. Not the uncommitted ones of a channel the client was closing when the
+// broker's close crossed its own: the client abandoned them, as with Tx.Rollback, while it had
+// sent its commits to be stored. s.mu is held.
 func (cs *chanShared) discardLocked(code uint16) int {
 	n := cs.committingMsgs
 	cs.committingMsgs = 0
 	if cs.tally != nil {
-		n += cs.tally.close(code)
+		if u := cs.tally.close(code); !cs.closing {
+			n += u
+		}
 	}
 	return n
 }
 
 // connClosedByBroker marks every channel closed at the broker's Connection.Close, which discards
 // what the client sends on any of them until its CloseOk, and reports lost the publishes of the
-// transactions it ends: those not committed and those of commits whose CommitOk had not come. A
-// channel the client was closing is left out: its client rolled its transaction back.
+// transactions it ends: those not committed and those of commits whose CommitOk had not come
+// (but not those a client closing the channel abandoned: discardLocked).
 // refusedPublish: the broker closed the connection over a Basic.Publish, which is lost too, as a
 // return or a nack is (a channel's: closeLost). The close names no channel: the refused publish
 // is taken to be the client's latest, counted with its channel's transaction when it has one.
@@ -122,7 +126,7 @@ func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
 	s.mu.Lock()
 	s.connClosed, s.connCloseCode = true, c.Code
 	for ch, cs := range s.shared {
-		if n := cs.discardLocked(c.Code); n > 0 && !cs.closing {
+		if n := cs.discardLocked(c.Code); n > 0 {
 			lost = append(lost, chanLost{ch, cs.lastPub, n})
 			refusedCounted = refusedCounted || refusedPublish && ch == refusedCh
 		}

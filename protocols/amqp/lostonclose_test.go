@@ -294,3 +294,68 @@ func TestBrokerConnectionCloseOverPublishCountedOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestCrossingClosesAbandonTransaction: a client that closes a Tx channel itself abandons the
+// publishes it has not committed, as with Tx.Rollback, even when RabbitMQ's own close, over an
+// earlier method, crosses it: those are not lost. The publish RabbitMQ refused is lost all the
+// same, and so are those of a Tx.Commit the client sent before its close, which RabbitMQ
+// discarded; alike when RabbitMQ closes the connection (505, a content header no publish came
+// before, which stops it reading at once). A raw client, so the client's close is on its way
+// before the broker's is read.
+func TestCrossingClosesAbandonTransaction(t *testing.T) {
+	publish := func(ex, rk string) []byte {
+		return slices.Concat(
+			appendFrame(nil, frameMethod, 1, method(classBasic, 40, u16b(0), sstr(ex), sstr(rk), []byte{0})),
+			appendFrame(nil, frameHeader, 1, contentPayload(1, 0)),
+			appendFrame(nil, frameBody, 1, []byte("x")))
+	}
+	noExchange := func() []byte { return publish(unique("no-exchange"), "k") }
+	txCommit := appendFrame(nil, frameMethod, 1, method(classTx, 20))
+	clientClose := appendFrame(nil, frameMethod, 1, method(classChannel, 40, u16b(200), sstr("done"), u16b(0), u16b(0)))
+	passiveDeclare := appendFrame(nil, frameMethod, 1, method(classQueue, 10, u16b(0), sstr(unique("no-queue")), []byte{0x01}, u32b(0)))
+	strayHeader := appendFrame(nil, frameHeader, 5, contentPayload(1, 0))
+	for _, tc := range []struct {
+		name   string
+		frames func(q string) [][]byte // sent together
+		conn   bool                    // RabbitMQ closes the connection, not the channel
+		lost   int
+	}{
+		{"refused publish", func(q string) [][]byte { return [][]byte{publish("", q), publish("", q), noExchange(), clientClose} }, false, 1},
+		{"refused declare", func(q string) [][]byte { return [][]byte{publish("", q), publish("", q), passiveDeclare, clientClose} }, false, 0},
+		{"commit before the close", func(q string) [][]byte { return [][]byte{publish("", q), noExchange(), txCommit, clientClose} }, false, 2},
+		{"connection closed", func(q string) [][]byte { return [][]byte{publish("", q), publish("", q), clientClose, strayHeader} }, true, 0},
+		{"connection closed, commit before the close", func(q string) [][]byte {
+			return [][]byte{publish("", q), publish("", q), strayHeader, txCommit, clientClose}
+		}, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startProxy(t, nil)
+			q := declareQueue(t, dial(t, h.url, "setup", 0), unique("crossing"))
+			rc := rawDial(t, h.p.Addr().String())
+			rc.send(appendFrame(nil, frameMethod, 1, method(classTx, 10)))
+			rc.expect(mid(classTx, 11))
+			rc.send(tc.frames(q)...)
+			if tc.conn {
+				rc.expect(connClose)
+				rc.send(appendFrame(nil, frameMethod, 0, method(classConnection, 51)))
+				if _, _, _, err := rc.next(); err == nil { // RabbitMQ closes the socket at the CloseOk
+					t.Fatal("a frame after Connection.CloseOk")
+				}
+			} else {
+				rc.expect(chanClose)
+				rc.expect(mid(classChannel, 41)) // RabbitMQ's answer to the client's close
+				rc.send(appendFrame(nil, frameMethod, 1, method(classChannel, 41)))
+			}
+			if lost := lostMessages(h); lost != tc.lost {
+				t.Errorf("%d lost messages reported, want %d", lost, tc.lost)
+			}
+			if n := len(with(h.rec.points(), "direction:out", "topic:"+q)); n != 0 {
+				t.Errorf("%d produced, want 0", n)
+			}
+			waitFor(t, "the transaction's held publishes released", func() bool { return h.p.heldTx.Used() == 0 })
+			if d := queueDepth(t, q); d != 0 {
+				t.Errorf("the queue holds %d messages, want 0", d)
+			}
+		})
+	}
+}
