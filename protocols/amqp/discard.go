@@ -122,9 +122,13 @@ func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
 		n   int
 	}
 	var lost []chanLost
+	var refusedEdge *pathway.Edge
 	refusedCh, refusedCounted := uint16(s.lastPubCh.Load()), false
 	s.mu.Lock()
 	s.connClosed, s.connCloseCode = true, c.Code
+	if cs := s.shared[refusedCh]; cs != nil {
+		refusedEdge = cs.lastPub
+	}
 	for ch, cs := range s.shared {
 		if n := cs.discardLocked(c.Code); n > 0 {
 			lost = append(lost, chanLost{ch, cs.lastPub, n})
@@ -140,7 +144,7 @@ func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
 		s.reportLost(c.Code, l.pub, l.n, msg)
 	}
 	if refusedPublish && !refusedCounted {
-		s.reportLost(c.Code, nil, 1, fmt.Sprintf("broker sent Connection.Close over a publish: %s", c.Text))
+		s.reportLost(c.Code, refusedEdge, 1, fmt.Sprintf("broker sent Connection.Close over a publish: %s", c.Text))
 	}
 }
 

@@ -283,6 +283,11 @@ func TestBrokerConnectionCloseOverPublishCountedOnce(t *testing.T) {
 			if lost := lostMessages(h); lost != tc.lost {
 				t.Errorf("%d lost messages reported, want %d", lost, tc.lost)
 			}
+			for _, e := range h.errs.events() {
+				if e.Category == errtrack.LostMessage && e.Edge.Topic != q {
+					t.Errorf("lost messages reported on edge %+v, want the publishes' topic %s", e.Edge, q)
+				}
+			}
 			if d := queueDepth(t, q); d != 0 {
 				t.Errorf("the queue holds %d messages, want 0", d)
 			}
