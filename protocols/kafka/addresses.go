@@ -240,6 +240,14 @@ func (p *Proxy) leftOutNodes() func(id int32) bool {
 	return func(id int32) bool { return !open[id] && (draining || problems[id]) }
 }
 
+// listenersMissing reports whether a broker node is left out because its listener could not open
+// (not for a drain, whose nodes left out are new ones that get none on purpose).
+func (p *Proxy) listenersMissing() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.nodeProblems) > 0
+}
+
 // clearLeftOutReplicas sets to -1 ("read from the leader") each preferred read replica (Fetch
 // v11+, KIP-392) of body, a Fetch response body, that names a node left out: a broker names only
 // replicas the client can reach, and the client would look for a node it was never told of. It

@@ -81,6 +81,7 @@ type session struct {
 	// size limits (topicLimits.check); request goroutine only.
 	limitWait    time.Time
 	sessionShare proxy.Share // its part of Proxy.sessionEntries
+	rackDropped  bool        // a fetch request's rack id was dropped (dropRack), logged; request goroutine only
 
 	// Produce path buffers, used by the request goroutine only.
 	codec   batchCodec

@@ -132,21 +132,30 @@ type observeJob struct {
 // fetchKey and an offset), for the observe queue's byte bound.
 const factBytes = 100
 
-func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
+// fetchRequest reads what the answer's observation needs, and returns the frame to forward: the
+// client's, or it without its rack id (dropRack).
+func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) []byte {
 	if !knownVersion(h.Key, h.Version) {
-		return
+		return frame
 	}
-	f, err := parseFetch(h, frame)
+	f, rack, err := parseFetch(h, frame)
 	if err != nil {
 		s.requestParseError(h, err)
-		return
+		return frame
+	}
+	if rack[1] > rack[0] && s.p.listenersMissing() {
+		frame = dropRack(frame, rack, h.Flexible)
+		if !s.rackDropped { // once a connection: a consumer fetches many times a second
+			s.rackDropped = true
+			s.log.Debug().Msg("fetch requests' rack id dropped while a broker node is left out: the leader serves them, instead of naming a follower the client cannot reach")
+		}
 	}
 	if h.Version >= 7 {
 		s.trackFetchSession(f)
 	}
 	if s.keepFacts(pd, f.partitions()) {
 		pd.facts = f
-		return
+		return frame
 	}
 	// No room for what the request names. A fetch session holds those offsets anyway (counted in
 	// sessionEntries), so a session's fetch is still observed from its fetch offsets.
@@ -155,6 +164,29 @@ func (s *session) fetchRequest(h requestHeader, frame []byte, pd *pending) {
 		kept.session = s.fetchSession
 	}
 	pd.facts = kept
+	return frame
+}
+
+// dropRack empties the rack id (Fetch v11+, KIP-392) at rack in frame, in place, and returns the
+// shorter frame. A Kafka leader's rack-aware replica selector names a follower in the client's
+// rack as the preferred read replica, and sends that partition no records; when the follower is
+// a node left out, the proxy clears that id to -1 (clearLeftOutReplicas) and the client asks the
+// leader again, which names the same follower again: the consumer would get nothing for as long
+// as the node is left out. With no rack the selector picks the leader. The rack id is the last
+// field before the request's tagged fields, and a fetch session (KIP-227) does not keep it.
+func dropRack(frame []byte, rack [2]int, flexible bool) []byte {
+	at := rack[0]
+	if flexible {
+		frame[at] = 1 // compact string: length + 1
+		at++
+	} else {
+		frame[at], frame[at+1] = 0, 0
+		at += 2
+	}
+	n := at + copy(frame[at:], frame[rack[1]:])
+	frame = frame[:n]
+	putSize(frame)
+	return frame
 }
 
 // trackFetchSession keeps the offsets of the connection's fetch session (KIP-227) and gives f

@@ -3,6 +3,7 @@ package kafka
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -47,6 +48,13 @@ func FuzzRequestFrame(f *testing.F) {
 			f.Add(requestFrame(req, 1))
 		}
 	}
+	for _, v := range []int16{11, maxVersion(keyFetch)} { // a rack id to drop (dropRack)
+		req := kmsg.NewPtrFetchRequest()
+		req.SetVersion(v)
+		req.Topics = []kmsg.FetchRequestTopic{{Topic: "t", Partitions: []kmsg.FetchRequestTopicPartition{{Partition: 1}}}}
+		req.Rack = "rack-a"
+		f.Add(requestFrame(req, 1))
+	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		if len(frame) < 4 {
 			return
@@ -55,6 +63,8 @@ func FuzzRequestFrame(f *testing.F) {
 		frame = append([]byte(nil), frame...)
 		putSize(frame)
 		s := offlineSession(t)
+		// A node left out: fetch requests' rack ids are dropped.
+		s.p.nodeProblems[0] = errors.New("node 0's listener could not open")
 		h, err := parseRequestHeader(frame)
 		if err != nil {
 			return
@@ -62,6 +72,7 @@ func FuzzRequestFrame(f *testing.F) {
 		if h.BodyStart > len(frame) {
 			t.Fatalf("body start %d past frame %d", h.BodyStart, len(frame))
 		}
+		orig := bytes.Clone(frame)
 		out, pd := s.handleRequest(h, frame)
 		if len(out) < 12 || int(binary.BigEndian.Uint32(out))+4 != len(out) {
 			t.Fatalf("forwarded frame with bad size prefix")
@@ -69,7 +80,39 @@ func FuzzRequestFrame(f *testing.F) {
 		if pd != nil && pd.corr != h.CorrID {
 			t.Fatalf("pending corr %d, header %d", pd.corr, h.CorrID)
 		}
+		if h.Key == keyFetch && knownVersion(h.Key, h.Version) {
+			checkDroppedRack(t, h, orig, out)
+		}
 	})
+}
+
+// checkDroppedRack: a Fetch request forwarded is the client's, or it with its rack id emptied:
+// it reads as the client's did, with no rack id, and no other byte changed.
+func checkDroppedRack(t *testing.T, h requestHeader, in, out []byte) {
+	t.Helper()
+	f, rack, err := parseFetch(h, in)
+	if err != nil || rack == [2]int{} {
+		if !bytes.Equal(out, in) {
+			t.Fatalf("a fetch request with no rack id to drop (%v) was changed", err)
+		}
+		return
+	}
+	h2, err := parseRequestHeader(out)
+	if err != nil {
+		t.Fatalf("the forwarded fetch request's header: %v", err)
+	}
+	f2, rack2, err := parseFetch(h2, out)
+	if err != nil || rack2 != [2]int{} || !reflect.DeepEqual(f.offsets, f2.offsets) || !reflect.DeepEqual(f.forgotten, f2.forgotten) ||
+		f.sessionEpoch != f2.sessionEpoch || f.readCommitted != f2.readCommitted {
+		t.Fatalf("the forwarded fetch request reads otherwise: %v, rack %v, %+v, want %+v", err, rack2, f2, f)
+	}
+	empty := 2
+	if h.Flexible {
+		empty = 1
+	}
+	if !bytes.Equal(out[4:rack[0]], in[4:rack[0]]) || !bytes.Equal(out[rack[0]+empty:], in[rack[1]:]) {
+		t.Fatalf("the forwarded fetch request changed outside its rack id")
+	}
 }
 
 // fuzzTopicID is a topic id FuzzResponse's proxy knows.

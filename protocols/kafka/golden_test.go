@@ -294,7 +294,7 @@ func TestGoldenGroupRequests(t *testing.T) {
 	maps.Copy(fetches, goldenOf(t, "fetchforgotten"))
 	for name, frame := range fetches {
 		h := headerOf(t, frame)
-		f, err := parseFetch(h, frame)
+		f, _, err := parseFetch(h, frame)
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue

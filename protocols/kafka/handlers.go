@@ -64,7 +64,7 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 	case keyProduce:
 		return s.produceRequest(h, frame, pd)
 	case keyFetch:
-		s.fetchRequest(h, frame, pd)
+		frame = s.fetchRequest(h, frame, pd)
 	case keyApiVersions:
 		s.apiVersionsRequest(h, frame, pd)
 	case keyOffsetCommit:

@@ -2,11 +2,14 @@ package kafka
 
 import (
 	"bytes"
+	"context"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/kversion"
@@ -113,6 +116,125 @@ func TestPreferredReplicaLeftOut(t *testing.T) {
 				if strings.Contains(l, "preferred replica") || strings.Contains(l, "not yet known") {
 					t.Errorf("the client was told of node 0, left out: %s", l)
 				}
+			}
+			guard.check(t)
+		})
+	}
+}
+
+// TestRackAwareLeaderLeftOut: the leader of partition 1 (node 1) behaves as a Kafka leader with
+// RackAwareReplicaSelector (replica.selector.class, KIP-392) does when its follower in the client's
+// rack is node 0: it answers every fetch whose rack id is not empty with node 0 as the preferred
+// read replica and no records for the partition, and serves an empty rack id itself. Node 0 left
+// out, the proxy clears that id (TestPreferredReplicaLeftOut), and a consumer with client.rack set
+// would ask the leader again and again and get nothing: the proxy must drop fetches' rack id while
+// a node is left out. The hook gives up after maxStarved such answers (the consumer starves). With
+// every node's listener open, the rack id must reach the broker as the client sent it. Fetch v11
+// (the first with the field, not flexible) and the newest, with and without fetch sessions.
+func TestRackAwareLeaderLeftOut(t *testing.T) {
+	const maxStarved = 20
+	for _, tc := range []struct {
+		name     string
+		leftOut  bool
+		sessions bool
+		max      *kversion.Versions
+	}{
+		{"left out newest", true, true, nil},
+		{"left out newest no sessions", true, false, nil},
+		{"left out v11", true, true, kversion.V2_4_0()},
+		{"left out v11 no sessions", true, false, kversion.V2_4_0()},
+		{"all open newest", false, true, nil},
+		{"all open v11", false, true, kversion.V2_4_0()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := uniqueTopic(t, "rack-left-out")
+			var c *kfake.Cluster
+			var guard *brokerGuard
+			var p *testProxy
+			if tc.leftOut {
+				c, guard, p = startNodeLeftOut(t, topic)
+			} else {
+				c, guard = startCluster(t, kfake.SeedTopics(3, topic))
+				p = startProxy(t, c, nil)
+			}
+			ctx := testCtx(t)
+			prod := kgoClient(t, p, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+			const n = 5
+			produce := func() {
+				for i := range n {
+					if err := prod.ProduceSync(ctx, &kgo.Record{Topic: topic, Partition: 1, Value: []byte{byte('a' + i)}}).FirstErr(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			produce()
+			ti := c.TopicInfo(topic)
+			pollCtx, starve := context.WithCancel(ctx)
+			defer starve()
+			var mu sync.Mutex
+			racks := map[string]int{} // the rack ids of the Fetch v11+ requests the brokers saw
+			var named atomic.Int64    // answers naming node 0
+			var incremental atomic.Int64
+			c.ControlKey(int16(kmsg.Fetch), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+				c.KeepControl()
+				req := kreq.(*kmsg.FetchRequest)
+				if req.Version < 11 {
+					return nil, nil, false
+				}
+				mu.Lock()
+				racks[req.Rack]++
+				mu.Unlock()
+				if req.SessionEpoch > 0 {
+					incremental.Add(1)
+				}
+				if !tc.leftOut || req.Rack == "" || c.CurrentNode() != 1 {
+					return nil, nil, false
+				}
+				if named.Add(1) >= maxStarved {
+					starve()
+				}
+				pi := c.PartitionInfo(topic, 1)
+				resp := req.ResponseKind().(*kmsg.FetchResponse)
+				rt := kmsg.NewFetchResponseTopic()
+				rt.Topic, rt.TopicID = topic, ti.TopicID
+				pt := kmsg.NewFetchResponseTopicPartition()
+				pt.Partition, pt.HighWatermark, pt.LastStableOffset = 1, pi.HighWatermark, pi.LastStableOffset
+				pt.PreferredReadReplica = 0
+				rt.Partitions = append(rt.Partitions, pt)
+				resp.Topics = append(resp.Topics, rt)
+				return resp, nil, true
+			})
+			opts := []kgo.Opt{kgo.Rack("r0"), kgo.FetchMaxWait(100 * time.Millisecond),
+				kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {1: kgo.NewOffset().AtStart()}})}
+			if !tc.sessions {
+				opts = append(opts, kgo.DisableFetchSessions())
+			}
+			if tc.max != nil {
+				opts = append(opts, kgo.MaxVersions(tc.max))
+			}
+			cons := kgoClient(t, p, opts...)
+			// Two rounds: with fetch sessions, the second is read through incremental requests.
+			for got := 0; got < 2*n; {
+				fs := cons.PollFetches(pollCtx)
+				if err := pollCtx.Err(); err != nil {
+					t.Fatalf("consumed %d of %d: the leader named node 0, left out, in %d answers: %v", got, 2*n, named.Load(), err)
+				}
+				if got < n && got+len(fs.Records()) >= n {
+					produce()
+				}
+				got += len(fs.Records())
+			}
+			if tc.sessions && incremental.Load() == 0 {
+				t.Error("no incremental fetch request reached the brokers: the fetch session was not tested")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			want := "r0"
+			if tc.leftOut {
+				want = ""
+			}
+			if len(racks) != 1 || racks[want] == 0 {
+				t.Errorf("the brokers saw fetches with rack ids %v, want only %q", racks, want)
 			}
 			guard.check(t)
 		})

@@ -58,8 +58,9 @@ func (w *wire) err(h requestHeader) error {
 	return fmt.Errorf("%s v%d body truncated or malformed: a field or a length does not fit the frame", kmsg.NameForKey(h.Key), h.Version)
 }
 
-// parseFetch reads the isolation level and every partition's fetch offset.
-func parseFetch(h requestHeader, frame []byte) (*fetchFacts, error) {
+// parseFetch reads the isolation level and every partition's fetch offset, and where in frame the
+// rack id (v11+) lies when it is not empty (zero when it is, or the version has none).
+func parseFetch(h requestHeader, frame []byte) (*fetchFacts, [2]int, error) {
 	w := newWire(h, frame)
 	v := h.Version
 	if v <= 14 {
@@ -112,8 +113,15 @@ func parseFetch(h requestHeader, frame []byte) (*fetchFacts, error) {
 			w.tags()
 		}
 	}
-	// Rack and the top-level tags are not needed.
-	return f, w.err(h)
+	var rack [2]int
+	if r := *w; v >= 11 && r.Ok() { // read apart: a bad rack id costs the request its rewrite only
+		at := len(frame) - len(r.Src)
+		if r.str() != "" && r.Ok() {
+			rack = [2]int{at, len(frame) - len(r.Src)}
+		}
+	}
+	// The top-level tags are not needed.
+	return f, rack, w.err(h)
 }
 
 // parseOffsetCommit reads group and offsets of an OffsetCommit request.

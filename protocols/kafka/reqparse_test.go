@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"bytes"
+	"errors"
 	"slices"
 	"testing"
 
@@ -26,7 +28,7 @@ func TestParseFetchAllVersions(t *testing.T) {
 		req.Topics = []kmsg.FetchRequestTopic{{Topic: "a", TopicID: id, Partitions: []kmsg.FetchRequestTopicPartition{{Partition: 2, FetchOffset: 77}, {Partition: 5, FetchOffset: 9}}}}
 		req.ForgottenTopics = []kmsg.FetchRequestForgottenTopic{{Topic: "b", Partitions: []int32{1}}}
 		frame := requestFrame(req, 1)
-		f, err := parseFetch(headerOf(t, frame), frame)
+		f, _, err := parseFetch(headerOf(t, frame), frame)
 		if err != nil {
 			t.Fatalf("v%d: %v", v, err)
 		}
@@ -141,5 +143,57 @@ func TestParseFirstString(t *testing.T) {
 	frame := requestFrame(api, 1)
 	if got, _ := parseFirstString(headerOf(t, frame), frame); got != "jg" {
 		t.Errorf("ApiVersions: %q", got)
+	}
+}
+
+// TestDropRack: while a node's listener is missing, a Fetch request's rack id goes upstream empty
+// and every other field as the client sent it, at every version with the field: the request is
+// what kmsg encodes for the same request with no rack, through forgotten topics, the tagged
+// fields after the rack (cluster id, replica state, unknown tags) and partition tags. With every
+// listener open, or with no rack, the request goes as it is.
+func TestDropRack(t *testing.T) {
+	id := [16]byte{4, 5}
+	for v := int16(0); v <= maxVersion(keyFetch); v++ {
+		for _, rack := range []string{"us-east-1a", "r", ""} {
+			req := kmsg.NewPtrFetchRequest()
+			req.Version = v
+			req.SessionID, req.SessionEpoch = 12, 3
+			req.Topics = []kmsg.FetchRequestTopic{{Topic: "a", TopicID: id, Partitions: []kmsg.FetchRequestTopicPartition{{Partition: 2, FetchOffset: 77}}}}
+			req.ForgottenTopics = []kmsg.FetchRequestForgottenTopic{{Topic: "b", TopicID: id, Partitions: []int32{1}}}
+			req.Rack = rack
+			cluster := "cluster"
+			req.ClusterID = &cluster
+			req.ReplicaState.Epoch = 9
+			req.UnknownTags.Set(7, []byte("tag"))
+			req.Topics[0].Partitions[0].UnknownTags.Set(5, []byte("p"))
+			frame := requestFrame(req, 7)
+			req.Rack = ""
+			want := requestFrame(req, 7)
+			if v < 11 || rack == "" {
+				want = frame
+			}
+			for _, missing := range []bool{false, true} {
+				s := offlineSession(t)
+				if missing {
+					s.p.nodeProblems[0] = errors.New("node 0's listener could not open")
+				}
+				in := bytes.Clone(frame)
+				out, pd := s.handleRequest(headerOf(t, in), in)
+				exp := frame
+				if missing {
+					exp = want
+				}
+				if !bytes.Equal(out, exp) {
+					t.Errorf("v%d rack %q, listener missing %v: forwarded\n%x\nwant\n%x", v, rack, missing, out, exp)
+				}
+				k := fetchKey{topic: "a", partition: 2}
+				if v >= 13 {
+					k = fetchKey{id: id, partition: 2}
+				}
+				if f, ok := pd.facts.(*fetchFacts); !ok || f.offsets[k] != 77 {
+					t.Errorf("v%d rack %q, listener missing %v: facts %+v", v, rack, missing, pd.facts)
+				}
+			}
+		}
 	}
 }
