@@ -148,8 +148,9 @@ Environment (Datadog's own variables; flags beat them):
 
 const usageRun = usageRunFlags + `
 Signals: SIGTERM/SIGINT drain and exit 0 after a last flush; a second SIGTERM/SIGINT meanwhile
-exits at once with code 1 (connections cut, no last flush); SIGHUP reloads TLS certificates,
-keys and CAs only (the config file is read at start: restart to apply a change to it).
+exits at once with code 1 (connections cut, no last flush), but the first one again within 1s
+is its copy (timeout(1) delivers it twice); SIGHUP reloads TLS certificates, keys and CAs only
+(the config file is read at start: restart to apply a change to it).
 `
 
 const usageCheckConfig = usageRunFlags + `

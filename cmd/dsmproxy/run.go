@@ -62,8 +62,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 // shutdownSignals returns a context that ends at the first SIGTERM or SIGINT: run then drains.
 // A second one during the drain or the last flush calls exit (which ends the process) after a
 // log line: whoever sends it, Ctrl-C pressed again, wants out now, not up to drain_timeout and
-// a flush later, and would otherwise need SIGKILL. stop releases the signals; once it returns,
-// exit is not called.
+// a flush later, and would otherwise need SIGKILL. The first signal again within repeatWindow
+// is its copy, not a second request: `timeout` signals the process and then its process group,
+// and a wrapper script that forwards Ctrl-C repeats the SIGINT the terminal sent the whole group.
+// stop releases the signals; once it returns, exit is not called.
 func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx context.Context, stop func()) {
 	sigs := make(chan os.Signal, 2) // a SIGTERM and a SIGINT sent back to back: both kept
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -80,13 +82,20 @@ func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx 
 		began := time.Now()
 		log.Info().Str("signal", signalName(first)).Msg("shutting down; SIGTERM or SIGINT again exits at once")
 		cancel()
-		select {
-		case again := <-sigs:
-			left := max(drain-time.Since(began), 0)
-			log.Warn().Str("signal", signalName(again)).Str("drain_left", left.Round(time.Second).String()).
-				Msg("second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent")
-			exit()
-		case <-done:
+		for {
+			select {
+			case again := <-sigs:
+				if again == first && time.Since(began) < repeatWindow {
+					log.Info().Str("signal", signalName(again)).Msg(repeatedSignalMsg)
+					continue
+				}
+				left := max(drain-time.Since(began), 0)
+				log.Warn().Str("signal", signalName(again)).Str("drain_left", left.Round(time.Second).String()).
+					Msg("second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent")
+				exit()
+			case <-done:
+			}
+			return
 		}
 	}()
 	return ctx, func() {
@@ -96,6 +105,13 @@ func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx 
 		cancel()
 	}
 }
+
+// repeatWindow: the signal that began the shutdown, again within this time, is its copy, not a
+// second request (see shutdownSignals).
+const repeatWindow = time.Second
+
+// repeatedSignalMsg logs a copy of the first shutdown signal.
+const repeatedSignalMsg = "the same shutdown signal again within a second: taken as a copy of the first (timeout and wrappers that forward Ctrl-C deliver it twice); send it again to exit at once"
 
 // signalName is the name operators send a signal by (SIGTERM), not its description (terminated).
 func signalName(s os.Signal) string {

@@ -413,52 +413,65 @@ poll:
 	}
 }
 
+// startHeldDrain starts the binary with an AWS front and one request in flight through it, which
+// its upstream holds until release is called: a drain begun meanwhile lasts until then (its
+// drain time is 10 minutes).
+func startHeldDrain(t *testing.T) (cmd *exec.Cmd, logs *logWatcher, exited <-chan error, release func()) {
+	t.Helper()
+	bin := dsmproxyBinary(t)
+	arrived, held := make(chan struct{}, 1), make(chan struct{})
+	release = sync.OnceFunc(func() { close(held) })
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-held
+	}))
+	t.Cleanup(upstream.Close)
+	t.Cleanup(release) // before Close (cleanups run last first), which waits for the handler
+	cfgFile := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+	cfg := fmt.Sprintf("drain_timeout: 10m\nadmin: {listen: \"off\"}\nagent: {disabled: true}\naws:\n  - listen: 127.0.0.1:0\n    upstream: %s\n    trust_clients: true\n", upstream.URL)
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bin, "run", "--config", cfgFile)
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY=secret", "AWS_REGION=us-east-1")
+	logs, exited = startWatched(t, cmd)
+
+	front := logs.field(t, "front listening", "aws", "listen")
+	answered := make(chan error, 1)
+	go func() {
+		resp, err := http.Post("http://"+front+"/", "application/x-www-form-urlencoded", strings.NewReader("Action=ListQueues&Version=2012-11-05"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		answered <- err
+	}()
+	select {
+	case <-arrived:
+	case err := <-answered:
+		t.Fatalf("the request was answered (%v) before it reached the upstream; logs:\n%s", err, logs)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the request never reached the upstream; logs:\n%s", logs)
+	}
+	return cmd, logs, exited, release
+}
+
 // TestRunSecondSignalExitsNow: a second SIGINT or SIGTERM during the drain ends the process at
 // once with exit code 1 and a log line saying so, where it used to be ignored until the drain
 // time (10 minutes here, held by a request the upstream never answers) was up.
 func TestRunSecondSignalExitsNow(t *testing.T) {
-	bin := dsmproxyBinary(t)
 	for _, sigs := range [][2]syscall.Signal{{syscall.SIGINT, syscall.SIGINT}, {syscall.SIGTERM, syscall.SIGINT}} {
 		t.Run(signalName(sigs[0])+" then "+signalName(sigs[1]), func(t *testing.T) {
-			arrived, release := make(chan struct{}, 1), make(chan struct{})
-			upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				arrived <- struct{}{}
-				<-release
-			}))
-			defer upstream.Close()
-			defer close(release) // before Close, which waits for the handler
-			cfgFile := filepath.Join(t.TempDir(), "dsmproxy.yaml")
-			cfg := fmt.Sprintf("drain_timeout: 10m\nadmin: {listen: \"off\"}\nagent: {disabled: true}\naws:\n  - listen: 127.0.0.1:0\n    upstream: %s\n    trust_clients: true\n", upstream.URL)
-			if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			cmd := exec.Command(bin, "run", "--config", cfgFile)
-			cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY=secret", "AWS_REGION=us-east-1")
-			logs, exited := startWatched(t, cmd)
-
-			// A request in flight holds the drain.
-			front := logs.field(t, "front listening", "aws", "listen")
-			answered := make(chan error, 1)
-			go func() {
-				resp, err := http.Post("http://"+front+"/", "application/x-www-form-urlencoded", strings.NewReader("Action=ListQueues&Version=2012-11-05"))
-				if err == nil {
-					resp.Body.Close()
-				}
-				answered <- err
-			}()
-			select {
-			case <-arrived:
-			case err := <-answered:
-				t.Fatalf("the request was answered (%v) before it reached the upstream; logs:\n%s", err, logs)
-			case <-time.After(60 * time.Second):
-				t.Fatalf("the request never reached the upstream; logs:\n%s", logs)
-			}
-
+			cmd, logs, exited, _ := startHeldDrain(t)
 			if err := cmd.Process.Signal(sigs[0]); err != nil {
 				t.Fatal(err)
 			}
-			// The second signal must come once the first was taken: two pending ones would be one.
+			// The second signal must come once the first was taken: two pending ones would be
+			// one. The same signal again must also come after repeatWindow, or it is the first
+			// one's copy (TestRunRepeatedSignalIsOneRequest).
 			logs.field(t, "shutting down: draining connections", "", "drain_timeout")
+			if sigs[1] == sigs[0] {
+				time.Sleep(repeatWindow + 100*time.Millisecond)
+			}
 			if err := cmd.Process.Signal(sigs[1]); err != nil {
 				t.Fatal(err)
 			}
@@ -479,6 +492,63 @@ func TestRunSecondSignalExitsNow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRunRepeatedSignalIsOneRequest: the same signal twice at once is one request to stop.
+// `timeout` sends its signal to the process and then to its process group, and a wrapper script
+// that forwards Ctrl-C repeats the SIGINT its terminal sent the whole group: the proxy must
+// drain and exit 0, where it took the copy for a second signal and exited 1 at once, cutting
+// connections and skipping the last flush, about one run in three under `timeout`.
+func TestRunRepeatedSignalIsOneRequest(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(signalName(sig), func(t *testing.T) {
+			cmd, logs, exited, release := startHeldDrain(t)
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			// The copy must come once the first was taken (two pending ones would be one),
+			// which is when the process is most likely to mistake it for a second request.
+			logs.field(t, "shutting down: draining connections", "", "drain_timeout")
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.After(60 * time.Second); !logs.has(repeatedSignalMsg); {
+				select {
+				case err := <-exited:
+					t.Fatalf("dsmproxy exited (%v) at the signal's copy, with a request still in flight; logs:\n%s", err, logs)
+				case <-logs.more:
+				case <-time.After(100 * time.Millisecond):
+				case <-deadline:
+					t.Fatalf("no log line %q a minute after the signal's copy; logs:\n%s", repeatedSignalMsg, logs)
+				}
+			}
+			release()
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Fatalf("dsmproxy exited with %v once its drain finished, want 0; logs:\n%s", err, logs)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatalf("dsmproxy still draining a minute after its last request was answered; logs:\n%s", logs)
+			}
+			logs.field(t, "stopped", "", "message")
+			if logs.has("second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent") {
+				t.Errorf("the copy was taken for a second signal; logs:\n%s", logs)
+			}
+		})
+	}
+}
+
+// has reports whether a log line with message msg has been read.
+func (w *logWatcher) has(msg string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range w.lines {
+		if l["message"] == msg {
+			return true
+		}
+	}
+	return false
 }
 
 // TestListenAddressInUse: a listen address another process holds fails the start with what to
