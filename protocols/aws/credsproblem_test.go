@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials/processcreds"
 )
@@ -51,5 +52,32 @@ func TestMissingCredentialsAreAProblem(t *testing.T) {
 	waitFor(t, "Problem to clear once the credentials load", func() bool { return tp.Problem() == nil })
 	if st := listQueues(); st != http.StatusOK {
 		t.Errorf("ListQueues with the proxy's credentials back: %d, want 200", st)
+	}
+}
+
+// TestMissingCredentialsProblemSaysRefused: where the front verifies signatures (the default),
+// a front without its own credentials cannot verify them, and refuses a signed request with 403
+// InvalidClientTokenId: Problem (GET /readyz) must say so, not only "502", which that client
+// never sees. Against local-aws-sqs, with a credential_process that finds no file.
+func TestMissingCredentialsProblemSaysRefused(t *testing.T) {
+	up := sqsPeer(t)
+	file := filepath.Join(t.TempDir(), "creds.json")
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream = up.URL()
+		c.Credentials = processcreds.NewProvider("cat " + file)
+	})
+	waitFor(t, "Problem to report the missing credentials", func() bool { return tp.Problem() != nil })
+	st, _, body := do(t, signedRaw(t, tp.url+"/", "AmazonSQS.ListQueues", "{}", time.Now(), ""))
+	if st != http.StatusForbidden || !strings.Contains(body, "InvalidClientTokenId") {
+		t.Errorf("a signed ListQueues without the proxy's credentials: %d %s, want 403 InvalidClientTokenId", st, body)
+	}
+	err := tp.Problem()
+	if err == nil {
+		t.Fatal("no problem after a request was refused for want of credentials")
+	}
+	for _, want := range []string{"cannot load its own AWS credentials", "403 InvalidClientTokenId", "502"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Problem %q does not say %q", err, want)
+		}
 	}
 }

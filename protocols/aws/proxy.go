@@ -411,7 +411,7 @@ func (p *Proxy) Problem() error {
 			}
 		}()
 	}
-	return errors.New("the proxy cannot load its own AWS credentials, which it signs every request with (the log says why; standard AWS chain: env, shared config, credential_process, web identity, instance role): requests are answered 502")
+	return errors.New("the proxy cannot load its own AWS credentials, which it signs every request with (the log says why; standard AWS chain: env, shared config, credential_process, web identity, instance role): signed requests are refused (403 InvalidClientTokenId: the front cannot verify them), and those it need not verify with them (client_keys, trust_clients) answered 502")
 }
 
 // Addr is the listener's address (nil before Start).
