@@ -34,11 +34,20 @@ func (s *session) apiVersionsRequest(h requestHeader, frame []byte, pd *pending)
 		s.log.Debug().Int16("version", h.Version).Int16("max", max).Msg("ApiVersions version too new: answered UNSUPPORTED_VERSION")
 		return
 	}
+	software := s.info.Load().software
 	if h.Version >= 3 {
-		if name, ok := s.firstString(h, frame); ok && name[:min(len(name), maxIdentityBytes)] != s.info.Load().software {
-			s.setInfo(s.info.Load().clientID, name)
+		if name, ok := s.firstString(h, frame); ok {
+			software = name
 		}
 	}
+	// Both at once: the client is identified (and logged) once, with its software name.
+	s.noteClientID(h.ClientID, software)
+}
+
+// namesSoftware reports whether h is a request whose body apiVersionsRequest reads the client
+// software name from (ApiVersions v3+, at a version the proxy decodes).
+func namesSoftware(h requestHeader) bool {
+	return h.Key == keyApiVersions && h.Version >= 3 && h.Version <= maxVersion(keyApiVersions)
 }
 
 // apiVersionsResponse caps what the broker advertises so clients only use versions the proxy can

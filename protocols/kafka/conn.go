@@ -360,7 +360,9 @@ func (s *session) requests() error {
 			s.p.decodeError("request", -1, -1, err)
 			return proxy.Logged(fmt.Errorf("request header: %w", err))
 		}
-		s.noteClientID(h.ClientID)
+		if rest > 0 || !namesSoftware(h) {
+			s.noteClientID(h.ClientID, s.info.Load().software)
+		} // else apiVersionsRequest learns the client.id with the software name its body carries
 		if rest > 0 {
 			if err := s.forwardUnread(h, frame, rest, in); err != nil {
 				return err
@@ -726,13 +728,14 @@ func (s *session) flushQueued() error {
 	return nil
 }
 
-// noteClientID refreshes the connection's client info when the client.id changes (rarely: once).
-func (s *session) noteClientID(id []byte) {
+// noteClientID refreshes the connection's client info when the client.id or the software name
+// changes (rarely: once).
+func (s *session) noteClientID(id []byte, software string) {
 	ci := s.info.Load()
-	if string(id[:min(len(id), maxIdentityBytes)]) == ci.clientID {
+	if string(id[:min(len(id), maxIdentityBytes)]) == ci.clientID && software[:min(len(software), maxIdentityBytes)] == ci.software {
 		return
 	}
-	s.setInfo(string(id), ci.software)
+	s.setInfo(string(id), software)
 }
 
 // maxIdentityBytes caps the client.id and software name kept per client: the proxy remembers
