@@ -5,9 +5,11 @@ import "bytes"
 // LooksLike names what the first bytes a peer sent begin, when it is a protocol a front is
 // commonly pointed at or reached with by mistake, or "": a TLS record (a client speaking TLS to a
 // plaintext listener, or a TLS listener answering plaintext with an alert), AMQP's protocol
-// header, HTTP. Four bytes are enough.
+// header, HTTP. Four bytes are enough, but a Kafka client's first request takes eight.
 func LooksLike(b []byte) string {
 	switch {
+	case isKafkaOpening(b):
+		return KafkaRequest
 	case len(b) >= 2 && b[0] == 0x16 && b[1] == 0x03:
 		return "a TLS handshake"
 	case len(b) >= 2 && b[0] == 0x15 && b[1] == 0x03:
@@ -27,3 +29,16 @@ func LooksLike(b []byte) string {
 
 // IsTLS reports whether LooksLike named a TLS record.
 func IsTLS(what string) bool { return what == "a TLS handshake" || what == "a TLS alert" }
+
+// KafkaRequest is what LooksLike names a Kafka client's first request.
+const KafkaRequest = "a Kafka request"
+
+// isKafkaOpening reports whether b begins a request a Kafka client opens a connection with: a
+// size prefix under 64 KiB, then ApiVersions (18), or Metadata (3) or SaslHandshake (17) from an
+// older client, at a version under 256.
+func isKafkaOpening(b []byte) bool {
+	if len(b) < 8 || b[0] != 0 || b[1] != 0 || int(b[2])<<8|int(b[3]) < 8 || b[4] != 0 || b[6] != 0 {
+		return false
+	}
+	return b[5] == 18 || b[5] == 3 || b[5] == 17
+}
