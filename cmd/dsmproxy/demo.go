@@ -55,7 +55,7 @@ Flags:
 
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", usageDemo, stderr)
-	rate := fs.Int("rate", 200, "`N` orders produced per second")
+	rate := fs.Int("rate", 200, "`N` orders produced per second (1 to 1000000)")
 	duration := fs.Duration("duration", 0, "stop after `DURATION` (0 = until Ctrl-C)")
 	flush := fs.Duration("flush", 10*time.Second, "bucket and flush `INTERVAL` (1s or more)")
 	agentURL := fs.String("agent-url", "", "also send the stats to the real Datadog Agent at `URL`")
@@ -72,6 +72,10 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	if *flush < time.Second {
 		return fmt.Errorf("--flush %s: 1s or more (it is the width of the DSM buckets)", *flush)
 	}
+	if *rate < 1 || *rate > maxDemoRate {
+		// The services tick at a second divided by the rate: past a billion that is no time.
+		return fmt.Errorf("--rate %d: 1 to %d orders a second", *rate, maxDemoRate)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if *duration > 0 {
@@ -81,6 +85,9 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	}
 	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, agentURL: *agentURL, logLevel: *logLevel, amqpUpstream: *amqpUp, sqs: *withSQS}, stdout, stderr)
 }
+
+// maxDemoRate bounds --rate: far more orders a second than the demo's one producer sends.
+const maxDemoRate = 1_000_000
 
 type demoOptions struct {
 	rate         int
