@@ -170,6 +170,8 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		amqpAddr := rt.fronts[1].Addr().String()
 		fmt.Fprintf(stdout, "RabbitMQ at %s, dsmproxy AMQP front at %s: shipping -> [exchange dsmproxy-demo] -> warehouse\n", o.amqpUpstream, amqpAddr)
 		services = append(services, demoAMQPServices("amqp://guest:guest@"+amqpAddr+"/", max(o.rate/10, 1))...)
+	} else if o.amqpUpstream == "off" || o.amqpUpstream == "" {
+		fmt.Fprintln(stdout, "(--amqp-upstream off: the AMQP part of the demo is off)")
 	} else {
 		fmt.Fprintf(stdout, "(no RabbitMQ answers on %s: the AMQP part of the demo is off)\n", o.amqpUpstream)
 	}

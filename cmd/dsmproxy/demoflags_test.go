@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"io"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 // TestDemoRateRefused: a --rate the demo cannot produce at is refused with what to give, before
@@ -15,5 +19,31 @@ func TestDemoRateRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--rate "+rate) || !strings.Contains(err.Error(), "1 to 1000000") {
 			t.Errorf("--rate %s: %v, want it refused with the range to give", rate, err)
 		}
+	}
+}
+
+// TestDemoAMQPOffSaysSo: with --amqp-upstream off the banner says the AMQP part was turned off,
+// not "no RabbitMQ answers on off", as if "off" were an address that did not answer.
+func TestDemoAMQPOffSaysSo(t *testing.T) {
+	var out syncbuf.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- runDemo(ctx, demoOptions{rate: 10, flush: time.Second, logLevel: "error", amqpUpstream: "off"}, &out, io.Discard)
+	}()
+	for !strings.Contains(out.String(), "pipeline:") {
+		select {
+		case err := <-done:
+			t.Fatalf("the demo ended (%v) before its banner:\n%s", err, out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	if s := out.String(); strings.Contains(s, "answers on off") || !strings.Contains(s, "--amqp-upstream off") {
+		t.Errorf("the banner does not say --amqp-upstream off turned the AMQP part off:\n%s", s)
 	}
 }
