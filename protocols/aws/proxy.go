@@ -336,9 +336,11 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.cfg.Listener.TLS != nil {
 		ln = tls.NewListener(proxy.FirstByteListener{Listener: ln}, alpnProtocols(p.cfg.Listener.TLS))
 	}
+	reqCtx, endRequests := context.WithCancelCause(ctx)
 	srv := &h1Server{
 		handler:           p,
-		baseCtx:           ctx,
+		baseCtx:           reqCtx,
+		endRequests:       endRequests,
 		readHeaderTimeout: 30 * time.Second,
 		idleTimeout:       5 * time.Minute,
 		bodyTimeout:       bodyTimeout,
@@ -1011,6 +1013,10 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 			resp, rb, err = p.forward(c, body)
 		}
 	}
+	if err != nil && c.r.Context().Err() != nil {
+		p.requestEnded(w, c, err)
+		return
+	}
 	if err != nil {
 		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("upstream request failed; answered 502")
 		msg := "dsmproxy could not reach the upstream: "
@@ -1075,6 +1081,22 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	w.Write(rb)
+}
+
+// requestEnded answers a request whose own context ended before the upstream answered: the
+// proxy's drain time ran out (a long-polled ReceiveMessage waits up to 20 s), or an HTTP/2
+// client reset its stream or closed its connection. Neither is the upstream's failure, so
+// neither is tracked as one; the messages a cut-off ReceiveMessage was handed are delivered
+// again after their visibility timeout.
+func (p *Proxy) requestEnded(w http.ResponseWriter, c *call, err error) {
+	msg := "the request ended before the upstream answered (the client went away, or the front was stopped)"
+	ev := p.log.Debug().Err(err)
+	if errors.Is(context.Cause(c.r.Context()), errDrainEnded) {
+		msg = "dsmproxy is shutting down, and its drain time ran out before the upstream answered; send the request again"
+		ev = p.log.Info()
+	}
+	ev.Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg(msg + " (answered 503)")
+	p.writeError(w, c, http.StatusServiceUnavailable, "ServiceUnavailable", msg)
 }
 
 // bodyAllowed reports whether a response with this status may carry a body.

@@ -34,8 +34,12 @@ import (
 // Connections that speak HTTP/2 (h2c prior knowledge, or h2 in ALPN) go to net/http's HTTP/2
 // server instead (serveH2), still counted and drained here.
 type h1Server struct {
-	handler           http.Handler
+	handler http.Handler
+	// baseCtx is every request's context; endRequests, when set, ends it with errDrainEnded when
+	// the drain time runs out, so that requests still waiting for the upstream stop and are
+	// answered (their handlers tell the client why) before their connections close.
 	baseCtx           context.Context
+	endRequests       context.CancelCauseFunc
 	readHeaderTimeout time.Duration
 	idleTimeout       time.Duration
 	// bodyTimeout bounds reading a request's body and writing its answer, so a client that sends
@@ -295,7 +299,9 @@ func (s *h1Server) forget(c *h1Conn) {
 }
 
 // shutdown stops accepting, closes idle connections, lets requests in flight finish (their
-// connections close after the answer) and waits for them or ctx.
+// connections close after the answer) and waits for them or ctx. When ctx ends first, the
+// requests still in flight are stopped (endRequests) and get drainAnswerTime to answer, then
+// every connection left is closed.
 func (s *h1Server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.shutting {
@@ -333,6 +339,20 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		left := len(s.conns)
+		s.mu.Unlock()
+		if s.endRequests != nil {
+			// Requests still waiting for the upstream stop now and are answered, briefly: a
+			// connection that cut off says nothing, and the client cannot tell the proxy's
+			// shutdown from a network failure.
+			s.endRequests(errDrainEnded)
+			t := time.NewTimer(drainAnswerTime)
+			select {
+			case <-done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		s.mu.Lock()
 		for c := range s.conns {
 			c.rwc.Close()
 		}
@@ -341,6 +361,14 @@ func (s *h1Server) shutdown(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// errDrainEnded ends the requests still in flight when the drain time runs out (h1Server.endRequests):
+// the proxy's own shutdown, not the upstream, cut them off.
+var errDrainEnded = errors.New("the drain time ran out")
+
+// drainAnswerTime is how long requests stopped by errDrainEnded get to write their answers
+// before their connections are closed (a variable for tests).
+var drainAnswerTime = time.Second
 
 // headerBudget limits what reading a request's head may consume from the connection.
 type headerBudget struct {
