@@ -620,11 +620,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// client cannot flood the log; Stats counts them all
 		if n := p.stats.authFail.Add(1); proxy.LogNth(n) {
 			ev := p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr)
+			if c.auth != nil {
+				// The key id says which of several clients is misconfigured; it is no secret
+				// (AWS's own logs show it). Never the secret, nor the signature.
+				ev = ev.Str("access_key", c.auth.AccessKey)
+			}
 			if f.Message == unknownKeyMessage {
-				// Neither the proxy's key nor a client key (those are kept out of the log): it
-				// says which client, and what would let it in.
-				ev = ev.Str("access_key", c.auth.AccessKey).
-					Str("hint", "the key is neither the proxy's own nor one of this front's client_keys: add it to client_keys (with its secret), or, for a loopback sidecar, set trust_clients")
+				// Neither the proxy's key nor a client key: what would let it in.
+				ev = ev.Str("hint", "the key is neither the proxy's own nor one of this front's client_keys: add it to client_keys (with its secret), or, for a loopback sidecar, set trust_clients")
 			}
 			ev.Uint64("refused_total", n).Msg("request refused: " + f.Message)
 		}
