@@ -248,6 +248,64 @@ func isH2Preface(br *bufio.Reader) bool {
 	}
 }
 
+// maxMethodSniff bounds the bytes notHTTP looks at: methods are short.
+const maxMethodSniff = 32
+
+// notHTTP reports whether a connection's first bytes cannot begin an HTTP/1 request, whose
+// request line (and the HTTP/2 preface, "PRI * ...") starts with a method: a token, then a space
+// (RFC 9112 3). Another protocol's client (AMQP's header, a Kafka request, a TLS ClientHello)
+// sends a byte no token holds within its first few, and would otherwise wait for a line end that
+// never comes. It waits for more bytes only while those received are a method not yet ended,
+// which an HTTP client ends at once: no HTTP client is kept waiting.
+func notHTTP(br *bufio.Reader) bool {
+	for n := 1; ; {
+		b, err := br.Peek(n)
+		if err != nil {
+			return false // ReadRequest says what is wrong
+		}
+		for _, c := range b {
+			switch {
+			case c == ' ':
+				return false
+			case !isTokenChar(rune(c)):
+				return true
+			}
+		}
+		if n == maxMethodSniff {
+			return false
+		}
+		n = min(max(br.Buffered(), n+1), maxMethodSniff)
+	}
+}
+
+// refuseProtocol refuses a client that opened with another protocol than HTTP (notHTTP), naming
+// it (looks_like) and what to change (hint) as the Kafka and AMQP fronts do, and answers 400:
+// the client fails at once, and Kafka clients, reading "HTTP" as a size, say so.
+func (c *h1Conn) refuseProtocol(br *bufio.Reader) {
+	if br.Buffered() < 8 {
+		// LooksLike takes eight bytes for a Kafka request, which a client writes at once:
+		// wait a moment for them, not for a client that sends no more.
+		c.rwc.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+		br.Peek(8)
+	}
+	head, _ := br.Peek(min(br.Buffered(), 8))
+	ev := c.loudWarn()
+	if what := proxy.LooksLike(head); what != "" {
+		hint := "the client does not speak HTTP: is it pointed at the wrong port?"
+		switch {
+		case proxy.IsTLS(what):
+			hint = "the client speaks TLS (https) and this listener does not: give the front tls {cert_file, key_file}, or have the client use http://"
+		case what == proxy.KafkaRequest:
+			hint = "the client speaks Kafka: point it at a Kafka front's listen address, not at this AWS one"
+		case strings.HasPrefix(what, "an AMQP"):
+			hint = "the client speaks AMQP: point it at an AMQP front's listen address, not at this AWS one"
+		}
+		ev = ev.Str("looks_like", what).Str("hint", hint)
+	}
+	ev.Hex("header", head).Int("status", http.StatusBadRequest).Msg("client opened with a protocol other than HTTP; refused (400 Bad Request), closing connection")
+	c.writeSimple(http.StatusBadRequest, "400 Bad Request: this is dsmproxy's AWS front, which speaks HTTP (SQS, SNS and Kinesis APIs)")
+}
+
 // serveH2 serves an HTTP/2 connection until it ends: the JavaScript SDK v3's KinesisClient
 // speaks nothing else, and the Java SDK v2's KinesisAsyncClient does by default. Its requests go
 // to the same handler (SubscribeToShard, an event stream, is still refused there).
@@ -443,6 +501,10 @@ func (c *h1Conn) serve() {
 		}
 		if s.readHeaderTimeout > 0 {
 			c.rwc.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
+		}
+		if first && notHTTP(br) {
+			c.refuseProtocol(br)
+			return
 		}
 		req, err := http.ReadRequest(br)
 		if err != nil {
