@@ -733,13 +733,15 @@ func TestFrontLogLinesNameTheFront(t *testing.T) {
 		t.Fatal(err)
 	}
 	var line string
-	for line == "" {
+	for deadline := time.Now().Add(30 * time.Second); line == ""; time.Sleep(10 * time.Millisecond) {
 		for _, l := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(l, "malformed request") {
 				line = l
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("no line about a malformed request; logs:\n%s", logs.String())
+		}
 	}
 	if !strings.Contains(line, `"front":"aws[1]"`) {
 		t.Errorf("the line about a malformed request to aws[1] does not name that front:\n%s", line)

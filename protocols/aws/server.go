@@ -265,7 +265,9 @@ func notHTTP(br *bufio.Reader) bool {
 		}
 		for _, c := range b {
 			switch {
-			case c == ' ':
+			case c == ' ' || c == '\r' || c == '\n':
+				// A line without a method is malformed HTTP, not another protocol:
+				// ReadRequest says what is wrong.
 				return false
 			case !isTokenChar(rune(c)):
 				return true

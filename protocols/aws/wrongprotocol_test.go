@@ -129,3 +129,27 @@ func TestWrongProtocolClientTold(t *testing.T) {
 		t.Errorf("an HTTP client was refused as another protocol:\n%s", l)
 	}
 }
+
+// TestNotHTTPLeavesMalformedHTTP: notHTTP names only what cannot begin an HTTP request line;
+// a line with no method (garbage, an empty line first) is malformed HTTP, which ReadRequest
+// refuses with its own reason, as before the check.
+func TestNotHTTPLeavesMalformedHTTP(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		notHTTP bool
+	}{
+		{"GET / HTTP/1.1\r\n", false},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false},
+		{"garbage\r\n\r\n", false},
+		{"\r\nGET / HTTP/1.1\r\n", false},
+		{"get\n", false},
+		{"AMQP\x00\x00\x09\x01", true},
+		{"\x00\x00\x00\x24\x00\x12\x00\x03", true},
+		{"\x16\x03\x01\x02\x00", true},
+	} {
+		br := bufio.NewReader(strings.NewReader(tc.in))
+		if got := notHTTP(br); got != tc.notHTTP {
+			t.Errorf("notHTTP(%q) = %v, want %v", tc.in, got, tc.notHTTP)
+		}
+	}
+}
