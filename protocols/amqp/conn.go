@@ -65,6 +65,8 @@ type session struct {
 	// The channel of the client's latest Basic.Publish: a broker's Connection.Close over a
 	// publish names no channel (discard.go).
 	lastPubCh atomic.Uint32
+	// Broker acks and nacks seen: a drain waits for confirms while they keep coming (closeOrderly).
+	confirmsSeen atomic.Uint64
 
 	pub map[uint16]*pubState
 	del map[uint16]*delState
@@ -567,14 +569,20 @@ func (s *session) closeOrderly(cr *connReader, uw *connWriter, down <-chan error
 	forward := true
 	clientDone := make(chan struct{})
 	var stopping atomic.Bool
-	until := time.Now().Add(3 * closeWait)
-	s.c.Client.SetReadDeadline(until)
-	s.c.Upstream.SetWriteDeadline(until) // a broker that stops reading cannot hold the drain
+	var untilNs atomic.Int64 // moved on while the broker keeps confirming (below)
+	extend := func() {
+		until := time.Now().Add(3 * closeWait)
+		untilNs.Store(until.UnixNano())
+		s.c.Client.SetReadDeadline(until)
+		s.c.Upstream.SetWriteDeadline(until) // a broker that stops reading cannot hold the drain
+	}
+	extend()
 	go s.c.Recover("amqp drain reader", func() error {
 		defer close(clientDone)
 		fr := &frameReader{r: cr, max: s.p.cfg.MaxFrameBytes}
 		// The drain watcher may set its wake-up deadline after the one above: read on.
 		fr.again = func(err error) bool {
+			until := time.Unix(0, untilNs.Load())
 			if !errors.Is(err, os.ErrDeadlineExceeded) || stopping.Load() || !time.Now().Before(until) {
 				return false
 			}
@@ -623,12 +631,20 @@ func (s *session) closeOrderly(cr *connReader, uw *connWriter, down <-chan error
 		<-clientDone
 	}()
 	// RabbitMQ does not confirm what it has not confirmed by the time a connection closes, though
-	// the queue keeps it: publishes the proxy forwarded get their confirms first.
-	for deadline := time.Now().Add(closeWait); s.unconfirmed() && time.Now().Before(deadline); {
+	// the queue keeps it: publishes the proxy forwarded get their confirms first. A busy broker
+	// may still have thousands of them to read from its socket, so the wait goes on while
+	// confirms keep coming, and ends closeWait after the last one (or at the drain's deadline,
+	// which closes both sockets).
+	seen, lastConfirm := s.confirmsSeen.Load(), time.Now()
+	for s.unconfirmed() && time.Since(lastConfirm) < closeWait {
 		select {
 		case derr := <-down:
 			return derr // the broker ended the connection meanwhile
 		case <-time.After(5 * time.Millisecond):
+		}
+		if n := s.confirmsSeen.Load(); n != seen {
+			seen, lastConfirm = n, time.Now()
+			extend()
 		}
 	}
 	wmu.Lock()
@@ -1385,6 +1401,7 @@ func (s *session) brokerMethod(f frame) {
 		tag := a.u64()
 		multiple := a.u8()&1 != 0
 		if a.err == nil {
+			s.confirmsSeen.Add(1)
 			s.settle(f.Channel, tag, multiple, false)
 			s.confirmHeld(f.Channel, tag, multiple, false)
 		}
@@ -1396,6 +1413,7 @@ func (s *session) brokerMethod(f frame) {
 			return
 		}
 		s.p.stats.nacks.Add(1)
+		s.confirmsSeen.Add(1)
 		msg := fmt.Sprintf("publish nacked by the broker (delivery tag %d, multiple %t)", tag, multiple)
 		s.confirmHeld(f.Channel, tag, multiple, true)
 		for edge, n := range s.settle(f.Channel, tag, multiple, true) {
