@@ -1462,10 +1462,10 @@ func (s *session) brokerMethod(f frame) {
 	case chanClose:
 		c := a.closeArgs()
 		delete(s.del, f.Channel)
-		refused, pub, discarded := s.closedByBroker(f.Channel, c)
+		refused, pub, discarded, lastIn := s.closedByBroker(f.Channel, c)
 		if a.err == nil && c.Code != 200 {
 			s.errorCloseEdge("broker", m, f.Channel, c, refused)
-			s.closeLost(f.Channel, c, refused, pub, discarded)
+			s.closeLost(f.Channel, c, refused, pub, discarded, lastIn)
 		}
 	case chanCloseOk:
 		delete(s.del, f.Channel)

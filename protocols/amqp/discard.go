@@ -75,37 +75,41 @@ func (s *session) pubOf(ch uint16) *pubState {
 
 // closedByBroker forgets channel ch at the broker's Channel.Close, as resetShared does, and keeps
 // that the broker closed it until the client's CloseOk. It returns the edge of the method the
-// broker refused, the edge of the channel's latest publish, and the publishes of its
-// transactions the close discards (discardLocked).
-func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.Edge, discarded int) {
+// broker refused, the edge of the channel's latest publish, the publishes of its transactions
+// the close discards, and whether the latest publish is among them (discardLocked).
+func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.Edge, discarded int, lastIn bool) {
 	s.mu.Lock()
 	var tally *pubTally
 	if cs := s.shared[ch]; cs != nil {
 		refused, pub, tally = cs.refusedLocked(c), cs.lastPub, cs.tally
-		discarded = cs.discardLocked(c.Code)
+		discarded, lastIn = cs.discardLocked(c.Code)
 	}
 	r := s.forgetLocked(ch, false)
 	cs := s.sharedLocked(ch)
 	cs.brokerClosed, cs.closeCode, cs.tally = true, c.Code, tally
 	s.mu.Unlock()
 	s.release(r)
-	return refused, pub, discarded
+	return refused, pub, discarded, lastIn
 }
 
 // discardLocked marks the channel's publish side closed by the broker with code, and returns
 // the publishes the close discards: a transaction's uncommitted ones and those of commits whose
 // CommitOk has not come. Not the uncommitted ones of a channel the client was closing when the
 // broker's close crossed its own: the client abandoned them, as with Tx.Rollback, while it had
-// sent its commits to be stored. s.mu is held.
-func (cs *chanShared) discardLocked(code uint16) int {
-	n := cs.committingMsgs
+// sent its commits to be stored. lastIn reports whether the channel's latest publish, the one a
+// close over Basic.Publish refused, is among them: it is the last uncommitted one, or, with none
+// since, the last of a commit. s.mu is held.
+func (cs *chanShared) discardLocked(code uint16) (n int, lastIn bool) {
+	n = cs.committingMsgs
 	cs.committingMsgs = 0
+	u := 0
 	if cs.tally != nil {
-		if u := cs.tally.close(code); !cs.closing {
-			n += u
-		}
+		u = cs.tally.close(code)
 	}
-	return n
+	if !cs.closing {
+		n += u
+	}
+	return n, u > 0 && !cs.closing || u == 0 && n > 0
 }
 
 // connClosedByBroker marks every channel closed at the broker's Connection.Close, which discards
@@ -130,9 +134,9 @@ func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
 		refusedEdge = cs.lastPub
 	}
 	for ch, cs := range s.shared {
-		if n := cs.discardLocked(c.Code); n > 0 {
+		if n, lastIn := cs.discardLocked(c.Code); n > 0 {
 			lost = append(lost, chanLost{ch, cs.lastPub, n})
-			refusedCounted = refusedCounted || refusedPublish && ch == refusedCh
+			refusedCounted = refusedCounted || refusedPublish && ch == refusedCh && lastIn
 		}
 	}
 	s.mu.Unlock()
@@ -165,10 +169,14 @@ func (cs *chanShared) refusedLocked(c closeArgs) *pathway.Edge {
 
 // closeLost reports the publishes a broker's Channel.Close on ch discarded: the one it refused,
 // on its edge, and a transaction's publishes not committed, on the edge of the latest publish.
-func (s *session) closeLost(ch uint16, c closeArgs, refused, pub *pathway.Edge, discarded int) {
+// lastIn: the refused publish is among the discarded ones (closedByBroker).
+func (s *session) closeLost(ch uint16, c closeArgs, refused, pub *pathway.Edge, discarded int, lastIn bool) {
 	edge, n := pub, discarded
 	if c.Method == basicPublish {
-		edge, n = refused, max(n, 1)
+		edge = refused
+		if !lastIn {
+			n++
+		}
 	}
 	if n == 0 {
 		return

@@ -6,8 +6,10 @@ import (
 	"testing"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // lostMessages sums the lost messages the proxy reported.
@@ -360,6 +362,63 @@ func TestCrossingClosesAbandonTransaction(t *testing.T) {
 			waitFor(t, "the transaction's held publishes released", func() bool { return h.p.heldTx.Used() == 0 })
 			if d := queueDepth(t, q); d != 0 {
 				t.Errorf("the queue holds %d messages, want 0", d)
+			}
+		})
+	}
+}
+
+// TestRefusedPublishAfterPendingCommitLost: a Tx channel's client commits a publish, publishes
+// once more (the publish RabbitMQ refuses) and closes the channel itself, and RabbitMQ's close
+// (of the channel, 404, or of the connection, 505, which names no channel) crosses the client's
+// before the CommitOk comes. Both publishes are lost (README, "What the proxy can and cannot
+// see"): the commit's, and the refused one, which the closing channel's uncommitted ones, not
+// counted, hold. It was counted as one of the commit's. Whether the CommitOk or the close comes
+// first is up to RabbitMQ's processes, so the session is fed that order itself.
+func TestRefusedPublishAfterPendingCommitLost(t *testing.T) {
+	publish := appendFrame(nil, frameMethod, 1, method(classBasic, 40, u16b(0), sstr(""), sstr("q"), []byte{0}))
+	client := [][]byte{
+		appendFrame(nil, frameMethod, 1, method(classTx, 10)),
+		publish,
+		appendFrame(nil, frameMethod, 1, method(classTx, 20)),
+		publish,
+		appendFrame(nil, frameMethod, 1, method(classChannel, 40, u16b(200), sstr("done"), u16b(0), u16b(0))),
+	}
+	for _, tc := range []struct {
+		name  string
+		close []byte
+	}{
+		{"channel closed", appendFrame(nil, frameMethod, 1, method(classChannel, 40, u16b(404), sstr("NOT_FOUND - no exchange"), u16b(classBasic), u16b(40)))},
+		{"connection closed", appendFrame(nil, frameMethod, 0, method(classConnection, 50, u16b(505), sstr("UNEXPECTED_FRAME"), u16b(classBasic), u16b(40)))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := &errRecorder{}
+			p, err := New(Config{Listen: "127.0.0.1:0", Upstream: rabbitAddr, Observer: &recorder{}, Errors: errs,
+				Services: &proxy.Services{Default: "svc"}, Log: zerolog.Nop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &session{p: p, log: zerolog.Nop(), pub: map[uint16]*pubState{}, del: map[uint16]*delState{}, shared: map[uint16]*chanShared{}}
+			s.setService("", "")
+			for _, raw := range client {
+				f, _, err := splitFrame(raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.clientMethod(f)
+			}
+			f, _, err := splitFrame(tc.close)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.brokerMethod(f)
+			lost := 0
+			for _, e := range errs.events() {
+				if e.Category == errtrack.LostMessage {
+					lost += e.Messages
+				}
+			}
+			if lost != 2 {
+				t.Errorf("%d lost messages reported, want 2 (the commit's publish and the refused one): %+v", lost, errs.events())
 			}
 		})
 	}
