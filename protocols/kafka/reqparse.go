@@ -26,6 +26,14 @@ func (w *wire) str() string {
 	return w.String()
 }
 
+// strLen reads a string and returns its length; it copies nothing (str would, for each call).
+func (w *wire) strLen() int {
+	if w.flex {
+		return len(w.UnsafeCompactString())
+	}
+	return len(w.UnsafeString())
+}
+
 func (w *wire) nullableStr() {
 	if w.flex {
 		w.CompactNullableString()
@@ -116,7 +124,7 @@ func parseFetch(h requestHeader, frame []byte) (*fetchFacts, [2]int, error) {
 	var rack [2]int
 	if r := *w; v >= 11 && r.Ok() { // read apart: a bad rack id costs the request its rewrite only
 		at := len(frame) - len(r.Src)
-		if r.str() != "" && r.Ok() {
+		if r.strLen() > 0 && r.Ok() { // every fetch of a consumer with client.rack: no copy
 			rack = [2]int{at, len(frame) - len(r.Src)}
 		}
 	}

@@ -197,3 +197,24 @@ func TestDropRack(t *testing.T) {
 		}
 	}
 }
+
+// TestParseFetchRackNoAlloc: finding a fetch request's rack id costs no allocation. Every fetch
+// of a consumer with client.rack set is parsed, whether or not a node is left out, and only
+// where the id lies is needed, not a copy of it.
+func TestParseFetchRackNoAlloc(t *testing.T) {
+	for _, v := range []int16{11, maxVersion(keyFetch)} { // the first with the field, and flexible
+		allocs := map[string]float64{}
+		for _, rack := range []string{"", "us-east-1a"} {
+			req := kmsg.NewPtrFetchRequest()
+			req.Version = v
+			req.Topics = []kmsg.FetchRequestTopic{{Topic: "a", TopicID: [16]byte{1}, Partitions: []kmsg.FetchRequestTopicPartition{{Partition: 2, FetchOffset: 77}}}}
+			req.Rack = rack
+			frame := requestFrame(req, 1)
+			h := headerOf(t, frame)
+			allocs[rack] = testing.AllocsPerRun(50, func() { _, _, _ = parseFetch(h, frame) })
+		}
+		if allocs["us-east-1a"] != allocs[""] {
+			t.Errorf("v%d: parseFetch allocates %.0f times with a rack id, %.0f without", v, allocs["us-east-1a"], allocs[""])
+		}
+	}
+}
