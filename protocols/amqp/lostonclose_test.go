@@ -22,6 +22,15 @@ func lostMessages(h *harness) (n int) {
 	return n
 }
 
+// rawPublish is a Basic.Publish of a one-byte message on ch, as a raw client sends it: the
+// method, with bits (0x01 mandatory, 0x02 immediate), its content header and its body.
+func rawPublish(ch uint16, bits byte, ex, rk string) []byte {
+	return slices.Concat(
+		appendFrame(nil, frameMethod, ch, method(classBasic, 40, u16b(0), sstr(ex), sstr(rk), []byte{bits})),
+		appendFrame(nil, frameHeader, ch, contentPayload(1, 0)),
+		appendFrame(nil, frameBody, ch, []byte("x")))
+}
+
 // TestTxChannelCloseCountsUncommitted: RabbitMQ discards a transaction's publishes with its
 // channel. When it closes a Tx channel over a publish (404, a missing exchange), every publish
 // since the last Tx.Commit is lost, the refused one included, and none is counted as produced;
@@ -103,12 +112,7 @@ func TestTxChannelCloseOverAnotherMethod(t *testing.T) {
 // Tx.Commit pipelined behind the refused publish are discarded with it. A raw client, so the
 // publishes after the close are sent once the proxy relayed it.
 func TestPublishesAfterBrokerCloseDiscarded(t *testing.T) {
-	publish := func(ex, rk string) []byte {
-		return slices.Concat(
-			appendFrame(nil, frameMethod, 1, method(classBasic, 40, u16b(0), sstr(ex), sstr(rk), []byte{0})),
-			appendFrame(nil, frameHeader, 1, contentPayload(1, 0)),
-			appendFrame(nil, frameBody, 1, []byte("x")))
-	}
+	publish := func(ex, rk string) []byte { return rawPublish(1, 0, ex, rk) }
 	txCommit := appendFrame(nil, frameMethod, 1, method(classTx, 20))
 	passiveDeclare := appendFrame(nil, frameMethod, 1, method(classQueue, 10, u16b(0), sstr(unique("no-queue")), []byte{0x01}, u32b(0)))
 	for _, tc := range []struct {
@@ -172,12 +176,7 @@ func TestPublishesAfterBrokerCloseDiscarded(t *testing.T) {
 // channel never opened (504 CHANNEL_ERROR). A raw client, so the publishes after the close are
 // sent once the proxy relayed it.
 func TestPublishesAfterBrokerConnectionCloseDiscarded(t *testing.T) {
-	publish := func(ex, rk string) []byte {
-		return slices.Concat(
-			appendFrame(nil, frameMethod, 1, method(classBasic, 40, u16b(0), sstr(ex), sstr(rk), []byte{0})),
-			appendFrame(nil, frameHeader, 1, contentPayload(1, 0)),
-			appendFrame(nil, frameBody, 1, []byte("x")))
-	}
+	publish := func(ex, rk string) []byte { return rawPublish(1, 0, ex, rk) }
 	for _, tc := range []struct {
 		name        string
 		tx          bool
@@ -221,12 +220,7 @@ func TestPublishesAfterBrokerConnectionCloseDiscarded(t *testing.T) {
 // publishes: counted with them, not once more on its own. On a channel without Tx it is counted
 // on its own, beside another channel's uncommitted publishes. A raw client, to send those frames.
 func TestBrokerConnectionCloseOverPublishCountedOnce(t *testing.T) {
-	publish := func(ch uint16, bits byte, rk string) []byte {
-		return slices.Concat(
-			appendFrame(nil, frameMethod, ch, method(classBasic, 40, u16b(0), sstr(""), sstr(rk), []byte{bits})),
-			appendFrame(nil, frameHeader, ch, contentPayload(1, 0)),
-			appendFrame(nil, frameBody, ch, []byte("x")))
-	}
+	publish := func(ch uint16, bits byte, rk string) []byte { return rawPublish(ch, bits, "", rk) }
 	const immediate = 0x02
 	headerless := func(ch uint16, rk string) []byte { // the method, then another method where its content header belongs
 		return slices.Concat(
@@ -310,12 +304,7 @@ func TestBrokerConnectionCloseOverPublishCountedOnce(t *testing.T) {
 // before, which stops it reading at once). A raw client, so the client's close is on its way
 // before the broker's is read.
 func TestCrossingClosesAbandonTransaction(t *testing.T) {
-	publish := func(ex, rk string) []byte {
-		return slices.Concat(
-			appendFrame(nil, frameMethod, 1, method(classBasic, 40, u16b(0), sstr(ex), sstr(rk), []byte{0})),
-			appendFrame(nil, frameHeader, 1, contentPayload(1, 0)),
-			appendFrame(nil, frameBody, 1, []byte("x")))
-	}
+	publish := func(ex, rk string) []byte { return rawPublish(1, 0, ex, rk) }
 	noExchange := func() []byte { return publish(unique("no-exchange"), "k") }
 	txCommit := appendFrame(nil, frameMethod, 1, method(classTx, 20))
 	clientClose := appendFrame(nil, frameMethod, 1, method(classChannel, 40, u16b(200), sstr("done"), u16b(0), u16b(0)))
