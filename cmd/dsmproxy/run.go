@@ -110,7 +110,8 @@ func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx 
 // second request (see shutdownSignals).
 const repeatWindow = time.Second
 
-// repeatedSignalMsg logs a copy of the first shutdown signal.
+// repeatedSignalMsg is the Info line for a copy of the first shutdown signal, named so that
+// tests can wait for it.
 const repeatedSignalMsg = "the same shutdown signal again within a second: taken as a copy of the first (timeout and wrappers that forward Ctrl-C deliver it twice); send it again to exit at once"
 
 // signalName is the name operators send a signal by (SIGTERM), not its description (terminated).

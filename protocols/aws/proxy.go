@@ -135,8 +135,9 @@ type Stats struct {
 	PointsDropped  uint64 // Observer.Add returned false
 	RefusedConns   uint64 // connections closed at once because MaxConns were open
 	// MalformedRequests: requests refused as malformed HTTP (400, 417, 431, 505), clients that
-	// opened with another protocol (400), and failed TLS handshakes with clients (not connections closed before a byte of one, such as TCP health
-	// checks); each closed its connection.
+	// opened with another protocol (400), and failed TLS handshakes with clients (not
+	// connections closed before a byte of one, such as TCP health checks); each closed its
+	// connection.
 	MalformedRequests uint64
 	// SendMessages, and SendMessageBatches with entries, refused as over their queue's own size
 	// limit with `_datadog`, and sent again without it (a batch's refused entries in a batch of
