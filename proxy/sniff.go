@@ -15,7 +15,7 @@ func LooksLike(b []byte) string {
 	case len(b) >= 2 && b[0] == 0x15 && b[1] == 0x03:
 		return "a TLS alert"
 	case bytes.HasPrefix(b, []byte("AMQP")):
-		return "an AMQP protocol header"
+		return AMQPHeader
 	case bytes.HasPrefix(b, []byte("HTTP")):
 		return "an HTTP response"
 	case bytes.HasPrefix(b, []byte("GET ")), bytes.HasPrefix(b, []byte("POST")), bytes.HasPrefix(b, []byte("PUT ")),
@@ -30,8 +30,30 @@ func LooksLike(b []byte) string {
 // IsTLS reports whether LooksLike named a TLS record.
 func IsTLS(what string) bool { return what == "a TLS handshake" || what == "a TLS alert" }
 
-// KafkaRequest is what LooksLike names a Kafka client's first request.
-const KafkaRequest = "a Kafka request"
+// KafkaRequest and AMQPHeader are what LooksLike names a Kafka client's first request and
+// AMQP's protocol header.
+const (
+	KafkaRequest = "a Kafka request"
+	AMQPHeader   = "an AMQP protocol header"
+)
+
+// OtherFrontHint says where a client whose first bytes LooksLike named what belongs, when it is
+// a client of another front than this one ("Kafka", "AMQP" or "AWS"); "" otherwise.
+func OtherFrontHint(what, this string) string {
+	var name, front string
+	switch what {
+	case KafkaRequest:
+		name, front = "Kafka", "a Kafka front"
+	case AMQPHeader:
+		name, front = "AMQP", "an AMQP front"
+	default:
+		return ""
+	}
+	if name == this {
+		return ""
+	}
+	return "the client speaks " + name + ": point it at " + front + "'s listen address, not at this " + this + " one"
+}
 
 // isKafkaOpening reports whether b begins a request a Kafka client opens a connection with: a
 // size prefix under 64 KiB, then ApiVersions (18), or Metadata (3) or SaslHandshake (17) from an

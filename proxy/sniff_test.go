@@ -25,3 +25,17 @@ func TestLooksLike(t *testing.T) {
 		}
 	}
 }
+
+func TestOtherFrontHint(t *testing.T) {
+	for _, tc := range []struct{ what, this, want string }{
+		{KafkaRequest, "AMQP", "the client speaks Kafka: point it at a Kafka front's listen address, not at this AMQP one"},
+		{KafkaRequest, "AWS", "the client speaks Kafka: point it at a Kafka front's listen address, not at this AWS one"},
+		{AMQPHeader, "AWS", "the client speaks AMQP: point it at an AMQP front's listen address, not at this AWS one"},
+		{AMQPHeader, "AMQP", ""},
+		{"a TLS handshake", "AWS", ""},
+	} {
+		if got := OtherFrontHint(tc.what, tc.this); got != tc.want {
+			t.Errorf("OtherFrontHint(%q, %q) = %q, want %q", tc.what, tc.this, got, tc.want)
+		}
+	}
+}

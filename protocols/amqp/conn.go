@@ -383,11 +383,11 @@ func (s *session) serve(ctx context.Context) error {
 		}
 		if what := proxy.LooksLike(hdr[:]); what != "" {
 			ev = ev.Str("looks_like", what)
-			switch {
+			switch hint := proxy.OtherFrontHint(what, "AMQP"); {
 			case proxy.IsTLS(what):
 				ev = ev.Str("hint", "the client speaks TLS (amqps) and this listener does not: give the front tls {cert_file, key_file}, or have the client use amqp://")
-			case what == proxy.KafkaRequest:
-				ev = ev.Str("hint", "the client speaks Kafka: point it at a Kafka front's listen address, not at this AMQP one")
+			case hint != "":
+				ev = ev.Str("hint", hint)
 			}
 		}
 		ev.Hex("header", hdr[:]).Uint64("refused_protocol_total", n).Msg("client opened with a protocol other than AMQP 0-9-1; refused")

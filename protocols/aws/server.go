@@ -293,14 +293,12 @@ func (c *h1Conn) refuseProtocol(br *bufio.Reader) {
 	head, _ := br.Peek(min(br.Buffered(), 8))
 	ev := c.loudWarn()
 	if what := proxy.LooksLike(head); what != "" {
-		hint := "the client does not speak HTTP: is it pointed at the wrong port?"
+		hint := proxy.OtherFrontHint(what, "AWS")
 		switch {
 		case proxy.IsTLS(what):
 			hint = "the client speaks TLS (https) and this listener does not: give the front tls {cert_file, key_file}, or have the client use http://"
-		case what == proxy.KafkaRequest:
-			hint = "the client speaks Kafka: point it at a Kafka front's listen address, not at this AWS one"
-		case strings.HasPrefix(what, "an AMQP"):
-			hint = "the client speaks AMQP: point it at an AMQP front's listen address, not at this AWS one"
+		case hint == "":
+			hint = "the client does not speak HTTP: is it pointed at the wrong port?"
 		}
 		ev = ev.Str("looks_like", what).Str("hint", hint)
 	}
