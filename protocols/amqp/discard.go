@@ -100,16 +100,18 @@ func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.
 // close over Basic.Publish refused, is among them: it is the last uncommitted one, or, with none
 // since, the last of a commit. s.mu is held.
 func (cs *chanShared) discardLocked(code uint16) (n int, lastIn bool) {
-	n = cs.committingMsgs
-	cs.committingMsgs = 0
+	n, cs.committingMsgs = cs.committingMsgs, 0
 	u := 0
 	if cs.tally != nil {
 		u = cs.tally.close(code)
 	}
-	if !cs.closing {
-		n += u
+	switch {
+	case u > 0 && cs.closing:
+		return n, false // the latest is among those the client abandoned
+	case u > 0:
+		return n + u, true
 	}
-	return n, u > 0 && !cs.closing || u == 0 && n > 0
+	return n, n > 0 // none since the last commit: the latest is that commit's last
 }
 
 // connClosedByBroker marks every channel closed at the broker's Connection.Close, which discards
