@@ -310,14 +310,18 @@ func TestAnsweredRequestsKeepNothing(t *testing.T) {
 			rt.Partitions = append(rt.Partitions, rp)
 		}
 		req.Topics = append(req.Topics, rt)
+		// The fetch on a connection of its own: kfake keeps one queue of held requests per
+		// connection, and two holds in a row on one race in kfake itself (bsleep.waitQueue).
+		fconn := rawClient(t, p)
+		fconn.SetDeadline(time.Now().Add(30 * time.Second))
 		release = holdNext(c, kmsg.Fetch.Int16())
-		if _, err := conn.Write(requestFrame(req, 2)); err != nil {
+		if _, err := fconn.Write(requestFrame(req, 2)); err != nil {
 			t.Fatal(err)
 		}
 		inFlight("the fetch", release)
 		resp := kmsg.NewPtrFetchResponse()
 		resp.SetVersion(11)
-		readResponse(t, conn, resp)
+		readResponse(t, fconn, resp)
 		if n := len(resp.Topics); n != 1 || len(resp.Topics[0].Partitions) != 2 {
 			t.Fatalf("streamed %v: fetch answer %+v", streamed, resp)
 		}
