@@ -16,7 +16,9 @@ import (
 // the batch again on a new connection and the broker answers it as the copy it stored. The topic
 // holds every record once, each with one pathway header; the proxy counts one produce checkpoint
 // per record: the cut batch's checkpoints count as dropped (whether it was stored is unknown
-// when the connection ends), its resend's count.
+// when the connection ends), its resend's count. How kgo splits the 5 records into batches, and
+// how often it sends a batch again, varies with timing: a batch it sends again after the broker
+// stored it is answered as a duplicate and counted once (ResentBatches).
 func TestIdempotentRetryAfterReset(t *testing.T) {
 	c, g := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
 	p := startProxy(t, c, nil)
@@ -36,7 +38,7 @@ func TestIdempotentRetryAfterReset(t *testing.T) {
 
 	// Hold the next produce of the topic until its connection is reset, then let the broker
 	// store it; count every produce of the topic the broker gets.
-	var produces atomic.Int32
+	var produces, held atomic.Int32
 	arrived, release := make(chan struct{}), make(chan struct{})
 	c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		ours := slices.ContainsFunc(req.(*kmsg.ProduceRequest).Topics, func(rt kmsg.ProduceRequestTopic) bool { return rt.Topic == topic || rt.TopicID != [16]byte{} })
@@ -44,6 +46,7 @@ func TestIdempotentRetryAfterReset(t *testing.T) {
 			return nil, nil, false
 		}
 		if produces.Add(1) == 1 {
+			held.Store(int32(producedRecords(t, req.(*kmsg.ProduceRequest))))
 			close(arrived)
 			c.SleepControl(func() { <-release })
 		}
@@ -83,9 +86,34 @@ func TestIdempotentRetryAfterReset(t *testing.T) {
 	if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 15 {
 		t.Errorf("%d produce checkpoints for 15 records", n)
 	}
-	if st := p.Stats(); st.PointsDropped != 5 || st.ResentBatches != 0 {
-		t.Errorf("PointsDropped %d, ResentBatches %d; want the cut batch's 5, 0", st.PointsDropped, st.ResentBatches)
+	// The held batch was cut; a batch pipelined behind it on the same connection may have been too.
+	st := p.Stats()
+	if h := uint64(held.Load()); st.PointsDropped < h || st.PointsDropped > 5 {
+		t.Errorf("PointsDropped %d; want the held batch's %d records, or up to the 5 of every batch cut with it", st.PointsDropped, h)
 	}
-	t.Logf("broker got %d produces of the topic after the first batch", produces.Load())
+	if extra := uint64(produces.Load() - 3); st.ResentBatches > extra {
+		t.Errorf("ResentBatches %d, but the broker got only %d produces beyond the cut one, its resend and the last", st.ResentBatches, extra)
+	}
+	t.Logf("broker got %d produces of the topic after the first batch, the held one with %d records; PointsDropped %d, ResentBatches %d",
+		produces.Load(), held.Load(), st.PointsDropped, st.ResentBatches)
 	g.check(t)
+}
+
+// producedRecords counts the records of every batch in req.
+func producedRecords(t *testing.T, req *kmsg.ProduceRequest) int {
+	n := 0
+	for _, rt := range req.Topics {
+		for _, rp := range rt.Partitions {
+			for b := rp.Records; len(b) > 0; {
+				var rb kmsg.RecordBatch
+				if err := rb.ReadFrom(b); err != nil {
+					t.Errorf("produce request's batch: %v", err)
+					return n
+				}
+				n += int(rb.NumRecords)
+				b = b[12+int(rb.Length):]
+			}
+		}
+	}
+	return n
 }
