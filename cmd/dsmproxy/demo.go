@@ -56,7 +56,7 @@ Flags:
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", usageDemo, stderr)
 	rate := fs.Int("rate", 200, "`N` orders produced per second (1 to 1000000)")
-	duration := fs.Duration("duration", 0, "stop after `DURATION` (0 = until Ctrl-C)")
+	duration := fs.Duration("duration", 0, "stop after `DURATION` of traffic, counted once the services start (0 = until Ctrl-C)")
 	flush := fs.Duration("flush", 10*time.Second, "bucket and flush `INTERVAL` (1s or more)")
 	agentURL := fs.String("agent-url", "", "also send the stats to the real Datadog Agent at `URL`")
 	amqpUp := fs.String("amqp-upstream", "127.0.0.1:5672", "RabbitMQ (`HOST:PORT`, guest/guest) for the AMQP part; used when it answers; off disables")
@@ -76,14 +76,12 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 		// The services tick at a second divided by the rate: past a billion that is no time.
 		return fmt.Errorf("--rate %d: 1 to %d orders a second", *rate, maxDemoRate)
 	}
+	if *duration < 0 {
+		return fmt.Errorf("--duration %s: 0 (until Ctrl-C) or more", *duration)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if *duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *duration)
-		defer cancel()
-	}
-	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, agentURL: *agentURL, logLevel: *logLevel, amqpUpstream: *amqpUp, sqs: *withSQS}, stdout, stderr)
+	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, duration: *duration, agentURL: *agentURL, logLevel: *logLevel, amqpUpstream: *amqpUp, sqs: *withSQS}, stdout, stderr)
 }
 
 // maxDemoRate bounds --rate: far more orders a second than the demo's one producer sends.
@@ -92,6 +90,7 @@ const maxDemoRate = 1_000_000
 type demoOptions struct {
 	rate         int
 	flush        time.Duration
+	duration     time.Duration // of traffic; 0: until ctx ends
 	agentURL     string
 	logLevel     string
 	amqpUpstream string // RabbitMQ host:port, or "off"
@@ -193,6 +192,13 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "admin: http://%s/dsm (what DSM sees), /metrics (Prometheus), /errors (tracked errors), /stats, /readyz, /debug/pprof/\n", rt.adminLn.Addr())
 	fmt.Fprintf(stdout, "pipeline: orders -> [orders] -> billing -> [invoices] -> mailer, %d orders/s; first table in about %s. Ctrl-C stops.\n\n", o.rate, 2*o.flush)
 
+	// Timed from here, not from the start: setting up (the cluster, its topics, the SQS queue)
+	// takes a second or two, and a short --duration used to end inside it with an error.
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, len(services))
 	for _, svc := range services {

@@ -47,3 +47,20 @@ func TestDemoAMQPOffSaysSo(t *testing.T) {
 		t.Errorf("the banner does not say --amqp-upstream off turned the AMQP part off:\n%s", s)
 	}
 }
+
+// TestDemoShortDurationRunsTraffic: --duration counts from when the services start. It used to
+// count from the process start, and `demo --duration 1ms` failed with "creating the demo's
+// audit-log topic: context deadline exceeded" before any traffic.
+func TestDemoShortDurationRunsTraffic(t *testing.T) {
+	var out syncbuf.Buffer
+	err := cmdDemo([]string{"--duration", "1ms", "--sqs=false", "--amqp-upstream", "off"}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("demo --duration 1ms: %v\n%s", err, out.String())
+	}
+	if s := out.String(); !strings.Contains(s, "pipeline:") || !strings.Contains(s, "stopping:") {
+		t.Errorf("demo --duration 1ms did not start the pipeline and stop it:\n%s", s)
+	}
+	if err := cmdDemo([]string{"--duration", "-1s"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--duration -1s") {
+		t.Errorf("--duration -1s: %v, want it refused", err)
+	}
+}
