@@ -445,9 +445,11 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 		used := map[string]bool{} // values named so far (valueAt)
 		for _, e := range te.Errors {
 			if m := reUnknownField.FindStringSubmatch(e); m != nil {
-				sec := sectionName[m[3]]
+				sec := sectionAt(root, atoi(m[1]), m[2], m[3])
 				if sec == "" {
-					sec = m[3]
+					if sec = sectionName[m[3]]; sec == "" {
+						sec = m[3]
+					}
 				}
 				msg := "unknown key in " + sec
 				near := keyMeant[m[3]][m[2]]
@@ -638,6 +640,26 @@ func valueAt(root *yaml.Node, line int, tag, quoted, typ string, used map[string
 		return true
 	})
 	return found, foundLine
+}
+
+// sectionAt finds the mapping of Go type typ (as yaml's message names it: "KafkaConfig") that
+// holds key at line, and returns its path (kafka[1], kafka[0].sasl): with several fronts of a
+// protocol, "kafka[]" would not say which. It returns "" when none is found (top level included).
+func sectionAt(root *yaml.Node, line int, key, typ string) string {
+	var found string
+	walkConfig(root, func(n *yaml.Node, t reflect.Type, path string, _ int) bool {
+		if n.Kind != yaml.MappingNode || t.Name() != typ {
+			return false
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Line == line && k.Value == key {
+				found = path
+				return true
+			}
+		}
+		return false
+	})
+	return found
 }
 
 // walkConfig visits the file's values beside the Config type, in document order as yaml decodes

@@ -32,7 +32,7 @@ func TestConfigErrors(t *testing.T) {
 		want       []string
 	}{
 		{"unknown top key", "env: prod\nkafak:\n  - listen: 127.0.0.1:19092\n", []string{"line 2", "kafak", "unknown key"}},
-		{"unknown nested key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrp: [a:9092]\n", []string{"line 3", "bootstrp", "kafka[]"}},
+		{"unknown nested key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrp: [a:9092]\n", []string{"line 3", "bootstrp", "kafka[0]"}},
 		{"unknown inline limit key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_con: 3\n", []string{"line 4", "max_con"}},
 		{"wrong type", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_conns: lots\n", []string{"line 4", "kafka[0].max_conns", "lots"}},
 		{"bad duration", "drain_timeout: soon\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n", []string{"line 1", "soon", "duration"}},
@@ -73,7 +73,7 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown key near a known one", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_connections: 3\n", []string{"line 4", "max_connections", "did you mean max_conns?"}},
 		{"unknown top key near a known one", "kafak:\n  - listen: 127.0.0.1:19092\n", []string{"line 1", "kafak", "did you mean kafka?"}},
 		{"another front's upstream key", "kafka:\n  - listen: 127.0.0.1:19092\n    upstream: a:9092\n", []string{"line 3", "upstream", "did you mean bootstrap?"}},
-		{"unknown key in upstream_tls", "amqp:\n  - listen: 127.0.0.1:25673\n    upstream: b:5672\n    upstream_tls: {ca: /ca.pem}\n", []string{"line 4", "ca", "did you mean ca_file?"}},
+		{"unknown key in upstream_tls", "amqp:\n  - listen: 127.0.0.1:25673\n    upstream: b:5672\n    upstream_tls: {ca: /ca.pem}\n", []string{"line 4", "ca", "unknown key in amqp[0].upstream_tls: did you mean ca_file?"}},
 		{"upstream port 0", "amqp:\n  - listen: 127.0.0.1:25673\n    upstream: 127.0.0.1:0\n", []string{"line 2", "amqp[0].upstream", "1..65535"}},
 		{"wildcard kafka listen without advertised_host", "kafka:\n  - listen: 0.0.0.0:19092\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].advertised_host"}},
 		{"another front on a broker node's port", "kafka:\n  - listen: 127.0.0.1:25092\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:25093\n    upstream: b:5672\n", []string{"line 2", "kafka[0].node_port_base", "broker node 0", "amqp[0].listen"}},
@@ -90,7 +90,8 @@ func TestConfigErrors(t *testing.T) {
 		{"kafka sasl without a user", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, password: p}\n", []string{"kafka[0].sasl.username"}},
 		{"kafka sasl without a password", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, username: u}\n", []string{"kafka[0].sasl", "one of password and password_file"}},
 		{"kafka sasl with two passwords", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, username: u, password: p, password_file: /f}\n", []string{"kafka[0].sasl", "one of password and password_file"}},
-		{"kafka sasl unknown key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, user: u, password: p}\n", []string{"line 4", "user", "kafka[].sasl"}},
+		{"kafka sasl unknown key", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, user: u, password: p}\n", []string{"line 4", "user", "unknown key in kafka[0].sasl"}},
+		{"unknown key in the second front", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:19192\n    bootstrapp: [a:9092]\n", []string{"line 5", "unknown key in kafka[1]: did you mean bootstrap?"}},
 		{"upstream tls off with a CA", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    upstream_tls:\n      enabled: false\n      ca_file: /ca.pem\n", []string{"kafka[0].upstream_tls", "enabled is false"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
