@@ -89,8 +89,9 @@ func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx 
 					log.Info().Str("signal", signalName(again)).Msg(repeatedSignalMsg)
 					continue
 				}
-				left := max(drain-time.Since(began), 0)
-				log.Warn().Str("signal", signalName(again)).Str("drain_left", left.Round(time.Second).String()).
+				since := time.Since(began)
+				left := max(drain-since, 0)
+				log.Warn().Str("signal", signalName(again)).Str("after", since.Round(time.Millisecond).String()).Str("drain_left", left.Round(time.Second).String()).
 					Msg("second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent")
 				exit()
 			case <-done:

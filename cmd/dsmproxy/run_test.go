@@ -484,7 +484,7 @@ func TestRunSecondSignalExitsNow(t *testing.T) {
 			case <-time.After(60 * time.Second):
 				t.Fatalf("dsmproxy still draining a minute after the second signal (drain time 10m); logs:\n%s", logs)
 			}
-			if got, want := logs.field(t, "second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent", "", "signal"), signalName(sigs[1]); got != want {
+			if got, want := logs.field(t, secondSignalMsg, "", "signal"), signalName(sigs[1]); got != want {
 				t.Errorf("the exit line names signal %q, want %q", got, want)
 			}
 			if got, want := logs.field(t, "shutting down; SIGTERM or SIGINT again exits at once", "", "signal"), signalName(sigs[0]); got != want {
@@ -502,41 +502,78 @@ func TestRunSecondSignalExitsNow(t *testing.T) {
 func TestRunRepeatedSignalIsOneRequest(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(signalName(sig), func(t *testing.T) {
-			cmd, logs, exited, release := startHeldDrain(t)
-			if err := cmd.Process.Signal(sig); err != nil {
-				t.Fatal(err)
-			}
-			// The copy must come once the first was taken (two pending ones would be one),
-			// which is when the process is most likely to mistake it for a second request.
-			logs.field(t, "shutting down: draining connections", "", "drain_timeout")
-			if err := cmd.Process.Signal(sig); err != nil {
-				t.Fatal(err)
-			}
-			for deadline := time.After(60 * time.Second); !logs.has(repeatedSignalMsg); {
-				select {
-				case err := <-exited:
-					t.Fatalf("dsmproxy exited (%v) at the signal's copy, with a request still in flight; logs:\n%s", err, logs)
-				case <-logs.more:
-				case <-time.After(100 * time.Millisecond):
-				case <-deadline:
-					t.Fatalf("no log line %q a minute after the signal's copy; logs:\n%s", repeatedSignalMsg, logs)
+			// On a loaded machine the copy may be sent more than the window after the first was
+			// taken; the proxy's line says when it came, and such an attempt proves nothing.
+			for attempt := 1; ; attempt++ {
+				if repeatedSignalAttempt(t, sig) {
+					return
 				}
-			}
-			release()
-			select {
-			case err := <-exited:
-				if err != nil {
-					t.Fatalf("dsmproxy exited with %v once its drain finished, want 0; logs:\n%s", err, logs)
+				if attempt == 3 {
+					t.Fatalf("in 3 attempts the signal's copy never reached dsmproxy within %s of the first", repeatWindow)
 				}
-			case <-time.After(60 * time.Second):
-				t.Fatalf("dsmproxy still draining a minute after its last request was answered; logs:\n%s", logs)
-			}
-			logs.field(t, "stopped", "", "message")
-			if logs.has("second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent") {
-				t.Errorf("the copy was taken for a second signal; logs:\n%s", logs)
 			}
 		})
 	}
+}
+
+// repeatedSignalAttempt sends sig twice to a draining dsmproxy and checks the second is taken as
+// a copy; it reports false, having checked nothing, when the copy came after repeatWindow.
+func repeatedSignalAttempt(t *testing.T, sig syscall.Signal) bool {
+	cmd, logs, exited, release := startHeldDrain(t)
+	if err := cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	// The copy must come once the first was taken (two pending ones would be one),
+	// which is when the process is most likely to mistake it for a second request.
+	logs.field(t, "shutting down: draining connections", "", "drain_timeout")
+	if err := cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.After(60 * time.Second); !logs.has(repeatedSignalMsg); {
+		select {
+		case err := <-exited:
+			if after, perr := time.ParseDuration(logs.value(secondSignalMsg, "after")); perr == nil && after >= repeatWindow {
+				t.Logf("the copy reached dsmproxy %s after the first signal, past the %s window: trying again", after, repeatWindow)
+				return false
+			}
+			t.Fatalf("dsmproxy exited (%v) at the signal's copy, with a request still in flight; logs:\n%s", err, logs)
+		case <-logs.more:
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("no log line %q a minute after the signal's copy; logs:\n%s", repeatedSignalMsg, logs)
+		}
+	}
+	release()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("dsmproxy exited with %v once its drain finished, want 0; logs:\n%s", err, logs)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("dsmproxy still draining a minute after its last request was answered; logs:\n%s", logs)
+	}
+	logs.field(t, "stopped", "", "message")
+	if logs.has(secondSignalMsg) {
+		t.Errorf("the copy was taken for a second signal; logs:\n%s", logs)
+	}
+	return true
+}
+
+// secondSignalMsg is dsmproxy's Warn line for a second shutdown signal.
+const secondSignalMsg = "second shutdown signal: exiting now, exit code 1; open connections are cut and the last DSM flush is not sent"
+
+// value returns key of the first log line with message msg read so far, or "".
+func (w *logWatcher) value(msg, key string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range w.lines {
+		if l["message"] == msg {
+			if v, ok := l[key]; ok {
+				return fmt.Sprint(v)
+			}
+		}
+	}
+	return ""
 }
 
 // has reports whether a log line with message msg has been read.
