@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,12 +89,18 @@ func TestBrokerResetReachesClient(t *testing.T) {
 	topic := uniqueTopic(t, "broker-reset")
 	// Hold the client's Metadata for the topic (the proxy's own ones go on) until the reset.
 	arrived, release := make(chan struct{}), make(chan struct{})
+	var held atomic.Bool
 	c.ControlKey(kmsg.Metadata.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		named := func(mt kmsg.MetadataRequestTopic) bool { return mt.Topic != nil && *mt.Topic == topic }
 		if !slices.ContainsFunc(req.(*kmsg.MetadataRequest).Topics, named) {
 			return nil, nil, false
 		}
 		c.DropControl()
+		// DropControl takes effect when this returns: a retried Metadata that arrives while
+		// this one sleeps comes here too, and goes on.
+		if !held.CompareAndSwap(false, true) {
+			return nil, nil, false
+		}
 		close(arrived)
 		c.SleepControl(func() { <-release })
 		return nil, nil, false
