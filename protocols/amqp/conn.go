@@ -1705,7 +1705,11 @@ func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs
 		Edge:      pathway.Edge{Type: pathway.TypeRabbitMQ},
 		Partition: -1,
 	}
-	if c.Method == 0 {
+	switch {
+	case c.Method == 0 && m == connClose && side == "broker" && s.loginSent.Load() && !s.tuned.Load():
+		// RabbitMQ's close of a refused login names no method: it answers the StartOk.
+		ev.Operation = methodName(connStartOk)
+	case c.Method == 0:
 		ev.Operation = methodName(m)
 	}
 	if edge != nil {
