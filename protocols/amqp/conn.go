@@ -474,8 +474,18 @@ func (s *session) serve(ctx context.Context) error {
 	}
 	if s.loginSent.Load() && !s.tuned.Load() && !quiet(derr) {
 		// RabbitMQ answers refused credentials by closing the socket, unless the client asked
-		// for a Connection.Close (authentication_failure_close): say what it means, not "reset".
-		s.log.Warn().AnErr("broker", derr).Msg("the broker closed the connection after the client's login, before Connection.Tune: it refused the credentials (or the vhost)")
+		// for a Connection.Close (authentication_failure_close): say what it means, not "reset",
+		// and track it as that close would be (the client reports 403 too). The vhost comes
+		// later, in Connection.Open, and its refusal is a close.
+		s.p.errs.Report(errtrack.Event{
+			Time: s.p.now(), Category: errtrack.BrokerError, Protocol: "amqp", Operation: methodName(connStartOk),
+			Code: replyAccessRefused, Name: replyName(replyAccessRefused),
+			Message:   "the broker closed the socket after the login, before Connection.Tune: it refused the credentials",
+			Service:   *s.service.Load(),
+			Edge:      pathway.Edge{Type: pathway.TypeRabbitMQ},
+			Partition: -1,
+		})
+		s.log.Warn().AnErr("broker", derr).Msg("the broker closed the connection after the client's login, before Connection.Tune: it refused the credentials")
 		return nil
 	}
 	if quiet(err) {
@@ -702,10 +712,11 @@ func (s *session) unconfirmed() bool {
 	return false
 }
 
-// AMQP reply codes the proxy sends.
+// AMQP reply codes the proxy sends, or tracks where the broker said it without one.
 const (
 	replySuccess          = 200
 	replyConnectionForced = 320
+	replyAccessRefused    = 403
 )
 
 // forcedCloseFrame tells a client the proxy is shutting down, as RabbitMQ tells it when it stops.

@@ -1,10 +1,16 @@
 package amqp
 
 import (
+	"errors"
 	"os/exec"
+	"strings"
 	"testing"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 // refusals returns the tracked ACCESS_REFUSED events.
@@ -33,5 +39,31 @@ func TestRefusedLoginWithCloseNamesStartOk(t *testing.T) {
 	ev := refusals(h)[0]
 	if ev.Category != errtrack.BrokerError || ev.Name != "ACCESS_REFUSED" || ev.Operation != "Connection.StartOk" {
 		t.Errorf("tracked %s %s on %q (%s), want broker_error ACCESS_REFUSED on Connection.StartOk", ev.Category, ev.Name, ev.Operation, ev.Message)
+	}
+}
+
+// TestRefusedLoginWithoutCloseTracked: amqp091-go does not ask for a Connection.Close, so
+// RabbitMQ refuses its login by closing the socket. The refusal is tracked as the one of a client
+// that asked (same operation, code and name: one group per service), and the Warn line blames
+// the credentials only: RabbitMQ checks the vhost later, at Connection.Open, with a close of its
+// own.
+func TestRefusedLoginWithoutCloseTracked(t *testing.T) {
+	var logs syncbuf.Buffer
+	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	_, err := amqp091.DialConfig("amqp://guest:wrong@"+h.p.Addr().String()+"/",
+		amqp091.Config{Properties: amqp091.Table{"connection_name": "refused-go"}})
+	var ae *amqp091.Error
+	if !errors.As(err, &ae) || ae.Code != amqp091.AccessRefused {
+		t.Fatalf("dial with a wrong password: %v, want 403 ACCESS_REFUSED", err)
+	}
+	waitFor(t, "the refusal tracked", func() bool { return len(refusals(h)) > 0 })
+	ev := refusals(h)[0]
+	if ev.Category != errtrack.BrokerError || ev.Name != "ACCESS_REFUSED" || ev.Operation != "Connection.StartOk" || ev.Service != "refused-go" {
+		t.Errorf("tracked %s %s on %q for %q (%s), want broker_error ACCESS_REFUSED on Connection.StartOk for refused-go",
+			ev.Category, ev.Name, ev.Operation, ev.Service, ev.Message)
+	}
+	waitFor(t, "the refusal in the log", func() bool { return strings.Contains(logs.String(), "refused the credentials") })
+	if strings.Contains(logs.String(), "vhost") {
+		t.Errorf("the log blames the vhost, which RabbitMQ checks at Connection.Open: %s", logs.String())
 	}
 }
