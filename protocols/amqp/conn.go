@@ -54,6 +54,7 @@ type session struct {
 	opened, clientClosing, proxyClosing atomic.Bool
 	brokerClose                         atomic.Pointer[string] // why the broker closed the connection, with an error code
 	loginSent, tuned                    atomic.Bool            // Connection.StartOk forwarded; Connection.Tune came back
+	user                                atomic.Pointer[string] // the login's user, from Connection.StartOk
 	// closeOkSent is closed once the relay has forwarded the broker's CloseOk to a client that
 	// sent Connection.Close: a drain waiting for it need not wait for the broker's socket too.
 	closeOkSent     chan struct{}
@@ -469,7 +470,7 @@ func (s *session) serve(ctx context.Context) error {
 	}
 	if why := s.brokerClose.Load(); why != nil {
 		// The broker's reason, not the socket error that followed.
-		s.log.Warn().Str("reason", *why).Msg("the broker closed the connection")
+		s.log.Warn().Str("reason", *why).Str("user", s.loginUser()).Msg("the broker closed the connection")
 		return nil
 	}
 	if s.loginSent.Load() && !s.tuned.Load() && !quiet(derr) {
@@ -485,7 +486,7 @@ func (s *session) serve(ctx context.Context) error {
 			Edge:      pathway.Edge{Type: pathway.TypeRabbitMQ},
 			Partition: -1,
 		})
-		s.log.Warn().AnErr("broker", derr).Msg("the broker closed the connection after the client's login, before Connection.Tune: it refused the credentials")
+		s.log.Warn().AnErr("broker", derr).Str("user", s.loginUser()).Msg("the broker closed the connection after the client's login, before Connection.Tune: it refused the credentials")
 		return nil
 	}
 	if quiet(err) {
@@ -508,6 +509,15 @@ func (s *session) relay(from, to net.Conn, tap func(conn uint64) io.Writer) (*co
 		r.tee = tap(s.c.ID)
 	}
 	return r, w
+}
+
+// loginUser is the user the client logged in as, for the lines about the broker's refusals: of
+// several clients, it tells the misconfigured one ("" before Connection.StartOk).
+func (s *session) loginUser() string {
+	if u := s.user.Load(); u != nil {
+		return *u
+	}
+	return ""
 }
 
 func quiet(err error) bool {
@@ -1128,7 +1138,10 @@ func (s *session) clientMethod(f frame) {
 			return
 		}
 		name, _ := tableString(props, "connection_name")
-		s.setService(string(name), saslUser(mech, resp))
+		user := saslUser(mech, resp)
+		logged := user[:min(len(user), maxConnNameBytes)] // a copy already: kept for the log only
+		s.user.Store(&logged)
+		s.setService(string(name), user)
 	case connTuneOk:
 		a.u16()
 		fm := a.u32()

@@ -63,7 +63,29 @@ func TestRefusedLoginWithoutCloseTracked(t *testing.T) {
 			ev.Category, ev.Name, ev.Operation, ev.Service, ev.Message)
 	}
 	waitFor(t, "the refusal in the log", func() bool { return strings.Contains(logs.String(), "refused the credentials") })
+	if !strings.Contains(logs.String(), `"user":"guest"`) {
+		t.Errorf("the log does not name the user: %s", logs.String())
+	}
 	if strings.Contains(logs.String(), "vhost") {
 		t.Errorf("the log blames the vhost, which RabbitMQ checks at Connection.Open: %s", logs.String())
+	}
+}
+
+// TestRefusedLoginLogNamesUser: the Warn line about a refused login names the user the client
+// logged in as, so that of several clients the misconfigured one shows, also for a client that
+// sends no connection_name (rabbitmq-c), whose login no other line names.
+func TestRefusedLoginLogNamesUser(t *testing.T) {
+	var logs syncbuf.Buffer
+	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	user := unique("nobody")
+	url := toolURL("amqp://" + user + ":wrong@" + h.p.Addr().String() + "/")
+	if out, err := exec.CommandContext(t.Context(), amqpTool(t, "amqp-declare-queue"), "-u", url, "-q", unique("refused")).CombinedOutput(); err == nil {
+		t.Fatalf("amqp-declare-queue as an unknown user succeeded: %s", out)
+	}
+	waitFor(t, "the refusal in the log", func() bool { return strings.Contains(logs.String(), "ACCESS_REFUSED") })
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, "ACCESS_REFUSED") && !strings.Contains(line, `"user":"`+user+`"`) {
+			t.Errorf("the refusal's line does not name the user %s: %s", user, line)
+		}
 	}
 }
