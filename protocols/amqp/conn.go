@@ -383,8 +383,17 @@ func (s *session) serve(ctx context.Context) error {
 			ev = s.log.Warn()
 		}
 		if what := proxy.LooksLike(hdr[:]); what != "" {
+			version := ""
+			if what == proxy.AMQPHeader {
+				version = amqpVersion(hdr)
+				what = "an AMQP " + version + " protocol header"
+			}
 			ev = ev.Str("looks_like", what)
 			switch hint := proxy.OtherFrontHint(what, "AMQP"); {
+			case version == "1.0":
+				ev = ev.Str("hint", "the client speaks AMQP 1.0 (served by RabbitMQ 4 on the 0-9-1 port, or by its amqp1_0 plugin); this front speaks 0-9-1 only: connect AMQP 1.0 clients to the broker directly")
+			case version != "":
+				ev = ev.Str("hint", "this front speaks AMQP 0-9-1 only")
 			case proxy.IsTLS(what):
 				ev = ev.Str("hint", "the client speaks TLS (amqps) and this listener does not: give the front tls {cert_file, key_file}, or have the client use amqp://")
 			case hint != "":
@@ -509,6 +518,20 @@ func (s *session) relay(from, to net.Conn, tap func(conn uint64) io.Writer) (*co
 		r.tee = tap(s.c.ID)
 	}
 	return r, w
+}
+
+// amqpVersion names the protocol a header other than 0-9-1's asks for ("1.0", "0-10", ...), or
+// the header's bytes after "AMQP" when they name none.
+func amqpVersion(h [8]byte) string {
+	switch {
+	case (h[4] == 0 || h[4] == 2 || h[4] == 3) && h[5] == 1 && h[6] == 0 && h[7] == 0:
+		return "1.0" // protocol id 0 plain, 2 TLS, 3 SASL
+	case h[4] == 1 && h[5] == 1 && h[6] == 8 && h[7] == 0:
+		return "0-8"
+	case h[4] == 1 && h[5] == 1 && h[6] == 0:
+		return fmt.Sprintf("0-%d", h[7]) // 0-9, 0-10
+	}
+	return fmt.Sprintf("%d.%d.%d.%d", h[4], h[5], h[6], h[7])
 }
 
 // loginUser is the user the client logged in as, for the lines about the broker's refusals: of

@@ -16,10 +16,10 @@ import (
 // nodeDir holds the amqplib peer; its node_modules is installed by the test when missing.
 var nodeDir = filepath.Join("..", "..", "testdata", "amqp", "node")
 
-// needNode installs amqplib (npm) for the peer script, failing with what CI must provide.
+// needNode installs amqplib and rhea (npm) for the peer scripts, failing with what CI must provide.
 func needNode(t *testing.T) {
 	t.Helper()
-	npmpeer.Install(t, nodeDir, "the AMQP tests (Node's amqplib drives RabbitMQ too)", "amqplib")
+	npmpeer.Install(t, nodeDir, "the AMQP tests (Node's amqplib drives RabbitMQ too)", "amqplib", "rhea")
 }
 
 // peerMsg is a line a peer script (amqplib's, pika's) prints: a message it received, or the
