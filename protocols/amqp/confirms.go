@@ -23,6 +23,7 @@ type heldPub struct {
 	pt       pathway.Point
 	done     bool // acked, nacked or returned: only still in the queue for its order
 	returned bool
+	refused  bool // the broker closed the channel or connection over it: lost, not of unknown fate
 }
 
 // maxHeldPerChannel bounds the checkpoints one channel holds for acks; maxHeldConfirms those of
@@ -193,7 +194,7 @@ func (cs *chanShared) endHeldLocked(count bool, pts []pathway.Point) ([]pathway.
 		}
 		held++
 		switch {
-		case h.returned:
+		case h.returned, h.refused:
 		case count:
 			pts = append(pts, h.pt)
 		default:
@@ -202,6 +203,15 @@ func (cs *chanShared) endHeldLocked(count bool, pts []pathway.Point) ([]pathway.
 	}
 	cs.held, cs.heldHead, cs.heldLive = nil, 0, 0
 	return pts, held, unconfirmed
+}
+
+// refuseLatestLocked marks the channel's latest publish, which a broker's close over
+// Basic.Publish refused, when it is held: it is reported lost, so it is not also Unconfirmed.
+// (One whose content header the proxy has not read yet is not held: it is never counted.)
+func (cs *chanShared) refuseLatestLocked() {
+	if n := len(cs.held); n > cs.heldHead && cs.held[n-1].tag == cs.seq {
+		cs.held[n-1].refused = true
+	}
 }
 
 // endConnHeld settles what the connection's channels hold when it ends: counted where the

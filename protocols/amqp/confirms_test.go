@@ -65,22 +65,58 @@ func TestConfirmedPublishesCount(t *testing.T) {
 		ch.Close()
 	})
 
+	// The refused publish is known lost (a lost message), not of unknown fate: it is not
+	// Unconfirmed, which would count it twice. The channel's next-to-last one, not acked when
+	// the close came, is.
 	t.Run("channel closed by the broker", func(t *testing.T) {
 		ghost := unique("confirm-ghost")
+		q := declareQueue(t, setup, unique("confirm-ghost-q"))
 		ch, _ := confirmChannel()
+		before := h.p.Stats().Unconfirmed
 		closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+		// Stored: it counts as produced or, if its ack had not come before the close, as
+		// Unconfirmed.
+		if err := ch.PublishWithContext(ctx, "", q, false, false, amqp091.Publishing{Body: []byte("stored")}); err != nil {
+			t.Fatal(err)
+		}
 		if err := ch.PublishWithContext(ctx, ghost, "k", false, false, amqp091.Publishing{Body: []byte("nowhere")}); err != nil {
 			t.Fatal(err)
 		}
 		if e := <-closed; e == nil || e.Code != amqp091.NotFound {
 			t.Fatalf("channel closed with %v, want 404", e)
 		}
-		waitFor(t, "the refused publish counted unconfirmed", func() bool { return h.p.Stats().Unconfirmed == 1 })
+		waitFor(t, "the refused publish reported lost", func() bool { return lost("NOT_FOUND") == 1 })
+		waitFor(t, "the channel forgotten", func() bool { return h.p.heldConfirms.Used() == 0 })
+		settled := points("topic:"+q) + int(h.p.Stats().Unconfirmed-before)
+		if settled != 1 || h.p.Stats().Unconfirmed-before > 1 {
+			t.Errorf("the stored publish: %d produce points, %d more Unconfirmed; want one of them, and the refused publish in neither",
+				points("topic:"+q), h.p.Stats().Unconfirmed-before)
+		}
 		if n := points("exchange:" + ghost); n != 0 {
 			t.Errorf("a publish to a missing exchange counted as produced %d times", n)
 		}
-		if n := lost("NOT_FOUND"); n != 1 {
-			t.Errorf("%d lost messages for the 404, want 1", n)
+	})
+
+	t.Run("connection closed by the broker over a publish", func(t *testing.T) {
+		q := declareQueue(t, setup, unique("confirm-immediate"))
+		cc := dial(t, h.url, "confirms-immediate", 0)
+		ch := channel(t, cc)
+		if err := ch.Confirm(false); err != nil {
+			t.Fatal(err)
+		}
+		before := h.p.Stats().Unconfirmed
+		closed := cc.NotifyClose(make(chan *amqp091.Error, 1))
+		// RabbitMQ closes the connection over immediate=true (540 NOT_IMPLEMENTED).
+		if err := ch.PublishWithContext(ctx, "", q, false, true, amqp091.Publishing{Body: []byte("immediate")}); err != nil {
+			t.Fatal(err)
+		}
+		if e := <-closed; e == nil || e.Code != amqp091.NotImplemented {
+			t.Fatalf("connection closed with %v, want 540", e)
+		}
+		waitFor(t, "the refused publish reported lost", func() bool { return lost("NOT_IMPLEMENTED") == 1 })
+		waitFor(t, "the connection forgotten", func() bool { return h.p.heldConfirms.Used() == 0 })
+		if got := h.p.Stats().Unconfirmed; got != before {
+			t.Errorf("Unconfirmed went from %d to %d: the refused publish, reported lost, counted as of unknown fate too", before, got)
 		}
 	})
 

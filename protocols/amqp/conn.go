@@ -986,14 +986,15 @@ func (s *session) release(r forgotten) {
 	s.endHeld(r.pts, r.held, r.unconfirmed)
 }
 
-// endHeld counts pts, what ended channels held for acks and their client closed, gives back
-// the room of all held of them, and counts those not known to be stored.
+// endHeld counts pts, what ended channels held for acks and their client closed, counts those
+// not known to be stored, and then gives back the room of all held of them (last, so that the
+// room given back says the counts are in).
 func (s *session) endHeld(pts []pathway.Point, held, unconfirmed int) {
-	s.p.heldConfirms.Give(&s.heldConfirms, int64(held))
 	s.p.stats.unconfirmed.Add(uint64(unconfirmed))
 	for _, pt := range pts {
 		s.p.addPoint(pt)
 	}
+	s.p.heldConfirms.Give(&s.heldConfirms, int64(held))
 }
 
 // dropPub forgets ch's publish side; an open transaction's publishes are discarded with it.

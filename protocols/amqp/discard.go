@@ -83,6 +83,9 @@ func (s *session) closedByBroker(ch uint16, c closeArgs) (refused, pub *pathway.
 	if cs := s.shared[ch]; cs != nil {
 		refused, pub, tally = cs.refusedLocked(c), cs.lastPub, cs.tally
 		discarded, lastIn = cs.discardLocked(c.Code)
+		if c.Method == basicPublish && c.Code != replySuccess {
+			cs.refuseLatestLocked()
+		}
 	}
 	r := s.forgetLocked(ch, false)
 	cs := s.sharedLocked(ch)
@@ -134,6 +137,9 @@ func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
 	s.connClosed, s.connCloseCode = true, c.Code
 	if cs := s.shared[refusedCh]; cs != nil {
 		refusedEdge = cs.lastPub
+		if refusedPublish {
+			cs.refuseLatestLocked()
+		}
 	}
 	for ch, cs := range s.shared {
 		if n, lastIn := cs.discardLocked(c.Code); n > 0 {

@@ -109,7 +109,8 @@ type Stats struct {
 	// connections maxHeldConfirms.
 	ConfirmUnheld uint64
 	// Confirm-mode publishes not counted: their channel or connection ended, not by the client,
-	// before the broker confirmed them, so whether they were stored is unknown.
+	// before the broker confirmed them, so whether they were stored is unknown (not the publish
+	// the broker closed it over: that one is a lost message).
 	Unconfirmed uint64
 	// Consumers whose tag was not remembered, all connections holding maxConsumerTags: their
 	// deliveries count as UnknownQueue.
