@@ -120,11 +120,22 @@ func NextConnID() uint64 { return connIDs.Add(1) }
 // DialFunc dials an upstream; Listener uses it for every accepted connection.
 type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
+type dialedKey struct{}
+
+// DialedAddr is for a DialFunc that picks its own address among several (Kafka's bootstrap
+// list): it tells the Listener which one it reached, so that the connection's log lines name
+// that one as `upstream` rather than ListenerConfig.Upstream.
+func DialedAddr(ctx context.Context, addr string) {
+	if p, ok := ctx.Value(dialedKey{}).(*string); ok {
+		*p = addr
+	}
+}
+
 // ListenerConfig configures one listener.
 type ListenerConfig struct {
 	Protocol    string // kafka, amqp, ... (log field)
 	Addr        string // address to listen on
-	Upstream    string // host:port dialed for every accepted connection
+	Upstream    string // host:port dialed for every accepted connection (see DialedAddr)
 	MaxConns    int    // 0 = unlimited; further connections are closed at once and logged
 	DialTimeout time.Duration
 	Dial        DialFunc    // nil = net.Dialer; set for TLS origination
@@ -266,7 +277,8 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 	defer l.wg.Done()
 	defer l.serving.Add(-1)
 	id := NextConnID()
-	log := l.log.With().Uint64("conn", id).Str("client", AddrString(raw.RemoteAddr())).Str("upstream", l.cfg.Upstream).Logger()
+	base := l.log.With().Uint64("conn", id).Str("client", AddrString(raw.RemoteAddr())).Logger()
+	log := base.With().Str("upstream", l.cfg.Upstream).Logger()
 	l.mu.Lock()
 	if l.cfg.MaxConns > 0 && len(l.conns) >= l.cfg.MaxConns {
 		l.mu.Unlock()
@@ -329,7 +341,8 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
 	stop := context.AfterFunc(l.cut, cancel) // a drain out of time does not wait for the dial
-	up, err := l.cfg.Dial(dctx, "tcp", l.cfg.Upstream)
+	var dialed string
+	up, err := l.cfg.Dial(context.WithValue(dctx, dialedKey{}, &dialed), "tcp", l.cfg.Upstream)
 	stop()
 	cancel()
 	if err != nil {
@@ -349,9 +362,13 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		return
 	}
 	l.dialWorked.Store(true)
+	if dialed != "" && dialed != l.cfg.Upstream {
+		log = base.With().Str("upstream", dialed).Logger()
+	}
 	l.mu.Lock()
 	up = RawSyscallConn(up)
 	c.Upstream = up
+	c.Log = log // read under mu by reapIdle
 	l.mu.Unlock()
 	log.Debug().Msg("connection opened")
 	err = l.serveRecovered(ctx, c)

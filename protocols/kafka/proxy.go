@@ -379,7 +379,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	lc := p.cfg.Listener
 	lc.Protocol = "kafka"
 	lc.Addr = p.cfg.Listen
-	lc.Upstream = p.cfg.Bootstrap[0]
+	lc.Upstream = strings.Join(p.cfg.Bootstrap, ",") // until a dial reached one (dialBootstrap)
 	lc.Dial = p.dialBootstrap
 	ln, err := proxy.Listen(lc, p, p.log)
 	if err != nil {
@@ -417,7 +417,10 @@ func (p *Proxy) serve(ln *proxy.Listener) {
 
 // dialBootstrap tries the bootstrap brokers in turn, starting from a rotating index.
 func (p *Proxy) dialBootstrap(ctx context.Context, network, _ string) (net.Conn, error) {
-	c, _, err := p.dialBootstrapAddr(ctx, network)
+	c, addr, err := p.dialBootstrapAddr(ctx, network)
+	if err == nil {
+		proxy.DialedAddr(ctx, addr) // the connection's log lines name it
+	}
 	return c, err
 }
 
