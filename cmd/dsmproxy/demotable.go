@@ -119,7 +119,7 @@ func (d *demoAgent) printPending() {
 	if n == 0 {
 		return
 	}
-	printTable(d.out, fmt.Sprintf("== the Agent received %d payload(s), %d bytes (msgpack+gzip) ==", n, size), pts, bl, nil)
+	printTable(d.out, fmt.Sprintf("== the Agent received %d payload(s), %d bytes (msgpack+gzip) ==", n, size), pts, bl, nil, nil)
 	if errs != nil {
 		if s := errs(); s != nil {
 			printErrors(d.out, s)
@@ -135,8 +135,9 @@ func (d *demoAgent) Close() {
 }
 
 // printTable prints the current-time points as a pathway table under title, then consumer lag.
-// With totals (the local view's, by pathwayKey), the table has a column of messages since the start.
-func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agentpayload.BacklogEntry, totals map[string]pathwayTotal) {
+// With totals (the local view's, by pathwayKey), the table has a column of messages since the start;
+// sizes (likewise) are exact average sizes, where the Agent's payload has only the size sketch.
+func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agentpayload.BacklogEntry, totals map[string]pathwayTotal, sizes map[string]float64) {
 	var cur []agentpayload.Point
 	for _, p := range pts {
 		if p.TimestampType == "current" {
@@ -155,13 +156,14 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	}
 	fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S"+total+"\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
 	for _, p := range cur {
+		key := pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)
 		if totals != nil {
-			total = fmt.Sprintf("\t%d", totals[pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)].Messages)
+			total = fmt.Sprintf("\t%d", totals[key].Messages)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%016x <- %016x\t%.1f%s\t%s / %s\t%s / %s\t%.0f B\n",
 			p.Start.Format(time.TimeOnly), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, ratePerSecond(p), total,
 			ms(quantile(p.EdgeLatency, 0.5)), ms(quantile(p.EdgeLatency, 0.99)),
-			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), averageSize(p))
+			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), averageSize(p, sizes, key))
 	}
 	tw.Flush()
 	if totals != nil && len(cur) > 0 {
@@ -223,8 +225,12 @@ func ratePerSecond(p agentpayload.Point) float64 {
 	return p.Count() / secs
 }
 
-// averageSize is the point's average payload size, 0 without any.
-func averageSize(p agentpayload.Point) float64 {
+// averageSize is the point's average payload size, 0 without any: from sizes[key] where it is
+// there, else from the size sketch (within 1%).
+func averageSize(p agentpayload.Point, sizes map[string]float64, key string) float64 {
+	if s, ok := sizes[key]; ok {
+		return s
+	}
 	if c := p.PayloadSize.GetCount(); c > 0 {
 		return p.PayloadSize.GetSum() / c
 	}

@@ -39,6 +39,7 @@ const localViewWindow = time.Minute
 type viewPathway struct {
 	pt    agentpayload.Point
 	total pathwayTotal
+	bytes uint64 // pt's bucket's exact payload bytes: its average size (the sketch's sum is within 1%)
 }
 
 // pathwayTotal counts a pathway's checkpoints and payload bytes over every current-time bucket
@@ -66,6 +67,7 @@ func pathwayKey(service string, edgeTags []string, hash, parentHash uint64) stri
 type viewContents struct {
 	pts    []agentpayload.Point
 	totals map[string]pathwayTotal // by pathwayKey of pts
+	sizes  map[string]float64      // by pathwayKey of pts: the exact average payload size of its bucket
 	bl     []agentpayload.BacklogEntry
 	at     time.Time // the latest flush that brought any
 }
@@ -107,6 +109,7 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 				p.pt = agentpayload.Point{Service: g.Service, Start: b.Start, Duration: b.Duration,
 					TimestampType: string(b.TimestampType), EdgeTags: slices.Clone(g.EdgeTags), Hash: g.Hash, ParentHash: g.ParentHash,
 					PathwayLatency: g.PathwayLatency.Copy(), EdgeLatency: g.EdgeLatency.Copy(), PayloadSize: g.PayloadSize.Copy()}
+				p.bytes = g.PayloadBytes
 			}
 			v.pts[k] = p
 		}
@@ -157,10 +160,13 @@ func (v *localView) contents() viewContents {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	c := viewContents{pts: make([]agentpayload.Point, 0, len(v.pts)), totals: make(map[string]pathwayTotal, len(v.pts)),
-		bl: slices.Collect(maps.Values(v.bl)), at: v.at}
+		sizes: make(map[string]float64, len(v.pts)), bl: slices.Collect(maps.Values(v.bl)), at: v.at}
 	for k, p := range v.pts {
 		c.pts = append(c.pts, p.pt)
 		c.totals[k] = p.total
+		if n := p.pt.PayloadSize.GetCount(); n > 0 {
+			c.sizes[k] = float64(p.bytes) / n
+		}
 	}
 	return c
 }
@@ -176,7 +182,7 @@ func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "No DSM checkpoints in the last %s (the latest came at %s).\n\n", localViewWindow, at.Format(time.TimeOnly))
 	default:
 		printTable(w, fmt.Sprintf("== DSM pathways of the last %s, each from its latest bucket (the latest bucket with traffic was flushed at %s, %s ago; buckets flush every agent.flush_interval) ==",
-			localViewWindow, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl, c.totals)
+			localViewWindow, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl, c.totals, c.sizes)
 	}
 	if v.errs != nil {
 		if s := v.errs(); s != nil {

@@ -56,7 +56,7 @@ func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	var e exposition
 	if m.view != nil {
 		c := m.view.contents()
-		e.pathways(c.pts, c.totals)
+		e.pathways(c.pts, c.totals, c.sizes)
 		e.backlogs(c.bl)
 		if m.view.errs != nil {
 			if s := m.view.errs(); s != nil {
@@ -140,7 +140,7 @@ func (e *exposition) write(w *bufio.Writer) {
 
 // pathways: one series per pathway (service, edge tags, hash, parent) from its latest bucket,
 // and its totals (see pathwayTotal) as counters.
-func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwayTotal) {
+func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwayTotal, sizes map[string]float64) {
 	slices.SortFunc(pts, func(a, b agentpayload.Point) int {
 		return cmp.Or(strings.Compare(a.Service, b.Service), slices.Compare(a.EdgeTags, b.EdgeTags), cmp.Compare(a.Hash, b.Hash))
 	})
@@ -159,9 +159,10 @@ func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwa
 			e.add("dsmproxy_pathway_latency_seconds", "gauge",
 				"End-to-end latency (since the pathway began) at the quantile, in the pathway's latest bucket.", quantile(p.PathwayLatency, q), ql...)
 		}
+		key := pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)
 		e.add("dsmproxy_pathway_payload_bytes_average", "gauge",
-			"Average payload size on the pathway, in its latest bucket.", averageSize(p), l...)
-		if t, ok := totals[pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)]; ok {
+			"Average payload size on the pathway, in its latest bucket.", averageSize(p, sizes, key), l...)
+		if t, ok := totals[key]; ok {
 			e.add("dsmproxy_pathway_messages_total", "counter",
 				"Checkpoints on the pathway in every bucket flushed since it came into the view (since the start, or since it came back after dropping out of /dsm): exact up to the latest flushed bucket.", float64(t.Messages), l...)
 			e.add("dsmproxy_pathway_payload_bytes_total", "counter",
