@@ -172,7 +172,7 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	if lag := consumerLag(bl); len(lag) > 0 {
 		fmt.Fprintln(out)
 		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS\tLAG (messages past the last commit)\tKAFKA CLUSTER")
+		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS COMMITTED\tLAG (messages past the last commit)\tKAFKA CLUSTER")
 		for _, l := range lag {
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", cell(l.group), cell(l.topic), l.partitions, l.lag, cell(l.cluster))
 		}

@@ -290,3 +290,33 @@ func TestLocalViewTotals(t *testing.T) {
 		t.Errorf("totals of a pathway back in the view %+v, want 2 messages, 200 bytes", got)
 	}
 }
+
+// TestLocalViewLagCommittedOnly: a partition the group never committed (kgo commits none for a
+// partition it read nothing from) adds nothing to the lag, and the table's header says its
+// partitions are the committed ones: kadm's Lag, which counts such a partition from its start,
+// showed 35 where /dsm showed 8 over "PARTITIONS 2" of a 3-partition topic.
+func TestLocalViewLagCommittedOnly(t *testing.T) {
+	now := time.Now().Truncate(10 * time.Second)
+	bl := func(typ string, part int, value int64) aggregator.Backlog {
+		tags := []string{fmt.Sprintf("partition:%d", part), "topic:orders", "type:" + typ}
+		if typ == "kafka_commit" {
+			tags = append([]string{"consumer_group:billing"}, tags...)
+		}
+		return aggregator.Backlog{Service: "billing", Tags: tags, Value: value}
+	}
+	v := &localView{}
+	if err := v.Send(context.Background(), []aggregator.Bucket{{Start: now.Add(-10 * time.Second), Duration: 10 * time.Second,
+		TimestampType: aggregator.Current, Backlogs: []aggregator.Backlog{
+			bl("kafka_commit", 1, 20), bl("kafka_high_watermark", 1, 20),
+			bl("kafka_commit", 2, 5), bl("kafka_high_watermark", 2, 13),
+			bl("kafka_high_watermark", 0, 27), // never committed
+		}}}); err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+	page := strings.Join(strings.Fields(w.Body.String()), " ")
+	if !strings.Contains(page, "CONSUMER GROUP TOPIC PARTITIONS COMMITTED LAG (messages past the last commit) KAFKA CLUSTER billing orders 2 8") {
+		t.Errorf("want the lag of the 2 committed partitions, 8, under a header that says so: %s", page)
+	}
+}
