@@ -990,3 +990,30 @@ func TestAgentURLUnparsableSecretStaysOut(t *testing.T) {
 		}
 	}
 }
+
+// TestNodePortOnBootstrapWarned: a Kafka front listening one port below its broker on the same
+// host (a broker on 127.0.0.1:25801, --kafka 127.0.0.1:25800=127.0.0.1:25801) puts broker node
+// 0's listener on the broker's own address: it cannot open while the broker runs, and every
+// client times out after its first Metadata. check-config said "configuration OK"; it warns now.
+// A broker on another host, or on another port of this one, is no such case.
+func TestNodePortOnBootstrapWarned(t *testing.T) {
+	for _, c := range []struct {
+		kafka string
+		warn  bool
+	}{
+		{"127.0.0.1:25800=127.0.0.1:25801,127.0.0.1:25802", true},
+		{"localhost:25800=127.0.0.1:25801", true},
+		{"127.0.0.1:25800=kafka-1:25801", false},
+		{"127.0.0.1:19092=127.0.0.1:9092", false},
+	} {
+		var out, errb bytes.Buffer
+		code := mainArgs([]string{"check-config", "--kafka", c.kafka, "--admin", "off"}, &out, &errb)
+		if code != 0 {
+			t.Fatalf("%s: exit %d, out %q, err %q", c.kafka, code, out.String(), errb.String())
+		}
+		warned := strings.Contains(errb.String(), "broker node 0's listener would be on") && strings.Contains(errb.String(), "127.0.0.1:25801")
+		if warned != c.warn || strings.Contains(out.String(), "warning") != c.warn {
+			t.Errorf("%s: warned %v, want %v: out %q, err %q", c.kafka, warned, c.warn, out.String(), errb.String())
+		}
+	}
+}

@@ -255,12 +255,65 @@ func warnInsecure(log zerolog.Logger, protocol, listen string, t *TLSClient) {
 	}
 }
 
+// warnNodeOnBootstrap warns when a broker node's listener would take the address of one of the
+// front's own bootstrap brokers on this host (listen one port below a local broker): while the
+// broker runs that node's listener cannot open, and clients fail after their first Metadata.
+// Node ids 0-9 are looked at, as the config check's clash check does.
+func warnNodeOnBootstrap(log zerolog.Logger, k KafkaConfig) {
+	host, port, err := net.SplitHostPort(k.Listen)
+	lp, perr := portNumber(port)
+	if err != nil || perr != nil {
+		return
+	}
+	base := k.NodePortBase
+	if base == 0 && lp != 0 {
+		base = lp + 1
+	}
+	for id := int32(0); id < nodePortsChecked; id++ {
+		nh, np := host, base+int(id)
+		if base == 0 {
+			np = 0 // listen port 0: node listeners on ports of their own
+		}
+		if a, ok := k.NodeAddrs[id]; ok {
+			h, pt, err := net.SplitHostPort(a)
+			n, perr := portNumber(pt)
+			if err != nil || perr != nil {
+				continue
+			}
+			nh, np = h, n
+		}
+		for _, b := range k.Bootstrap {
+			bh, bp, err := net.SplitHostPort(b)
+			if n, perr := portNumber(bp); err != nil || perr != nil || n != np || np == 0 || !onThisHost(nh, bh) {
+				continue
+			}
+			log.Warn().Str("listen", k.Listen).Int32("node", id).Str("bootstrap", b).
+				Msgf("kafka front: broker node %d's listener would be on port %d, where bootstrap broker %s listens on this host (node N listens on node_port_base + N, by default the listen port + 1 + N): if the cluster has a node %d, its listener cannot open and clients fail after their first Metadata; set node_port_base, or map the node in node_addrs (config file keys)", id, np, b, id)
+		}
+	}
+}
+
+// onThisHost: a listener on host listen would take the port of a broker dialed at host broker,
+// both on this host: the same host written alike, or a loopback broker and a listener on
+// loopback or every interface. A broker named by any other host may be another machine.
+func onThisHost(listen, broker string) bool {
+	if listen == broker && listen != "" {
+		return true
+	}
+	ip := net.ParseIP(broker)
+	if broker != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return false
+	}
+	return sameHost(listen, broker)
+}
+
 func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 	lc, reloaders, err := listenerTemplate(k.ListenerLimits)
 	if err != nil {
 		return namedFront{}, fmt.Errorf("kafka front %s: %w", k.Listen, err)
 	}
 	warnInsecure(sh.log, "kafka", k.Listen, k.UpstreamTLS)
+	warnNodeOnBootstrap(sh.log, k)
 	own, err := kafkaLogin(k.SASL, sh.log)
 	if err != nil {
 		return namedFront{}, fmt.Errorf("kafka front %s: sasl: %w", k.Listen, err)

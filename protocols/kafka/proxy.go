@@ -601,7 +601,7 @@ func (p *Proxy) advertise(id int32, host string, port int32) (string, int32, err
 	}
 	ln, err := proxy.Listen(lc, p, p.log.With().Int32("node", id).Logger())
 	if err != nil {
-		err = fmt.Errorf("broker node %d's listener on %s (where clients are told to find it): %w; set node_port_base, or map the node in node_addrs", id, addr, err)
+		err = fmt.Errorf("broker node %d's listener on %s (where clients are told to find it): %w; set node_port_base, or map the node in node_addrs (config file keys)", id, addr, err)
 		p.nodeProblems[id] = err
 		return "", 0, err
 	}
