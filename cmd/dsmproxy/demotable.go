@@ -149,12 +149,21 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 		return cmp.Or(a.Start.Compare(b.Start), cmp.Compare(quantile(a.PathwayLatency, 0.5), quantile(b.PathwayLatency, 0.5)), cmp.Compare(a.Service, b.Service))
 	})
 	fmt.Fprintln(out, title)
+	if len(cur) == 0 { // lag, kept far longer than pathways, may be all there is
+		if totals != nil {
+			fmt.Fprintf(out, "No pathway had a checkpoint in the last %s.\n", localViewWindow)
+		} else {
+			fmt.Fprintln(out, "No pathway in these payloads.")
+		}
+	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	total := ""
 	if totals != nil {
 		total = "\tMESSAGES*"
 	}
-	fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S"+total+"\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
+	if len(cur) > 0 {
+		fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S"+total+"\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
+	}
 	for _, p := range cur {
 		key := pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)
 		if totals != nil {

@@ -320,3 +320,23 @@ func TestLocalViewLagCommittedOnly(t *testing.T) {
 		t.Errorf("want the lag of the 2 committed partitions, 8, under a header that says so: %s", page)
 	}
 }
+
+// TestLocalViewLagWithoutPathways: a minute after the last checkpoint, lag (kept a week) is still
+// on show; the pathway table then says it has none rather than printing a header with no rows.
+func TestLocalViewLagWithoutPathways(t *testing.T) {
+	v := &localView{}
+	if err := v.Send(context.Background(), []aggregator.Bucket{{Start: time.Now().Add(-5 * time.Minute), Duration: 10 * time.Second,
+		TimestampType: aggregator.Current, Backlogs: []aggregator.Backlog{
+			{Service: "billing", Tags: []string{"consumer_group:billing", "partition:0", "topic:orders", "type:kafka_commit"}, Value: 4},
+			{Service: "billing", Tags: []string{"partition:0", "topic:orders", "type:kafka_high_watermark"}, Value: 10},
+		}}}); err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+	page := w.Body.String()
+	if strings.Contains(page, "BUCKET") || !strings.Contains(page, "No pathway had a checkpoint in the last 1m0s") ||
+		!strings.Contains(strings.Join(strings.Fields(page), " "), "KAFKA CLUSTER billing orders 1 6") {
+		t.Errorf("want no pathway header, a line saying there is none, and the lag row:\n%s", page)
+	}
+}
