@@ -143,7 +143,7 @@ func (s *session) keepFacts(pd *pending, n int) bool {
 	if n == 0 {
 		return true
 	}
-	if s.factShare.Held()+int64(n) > maxConnFacts || !s.p.facts.Take(&s.factShare, int64(n)) {
+	if s.factShare.Held()+int64(n) > s.p.connFactsMax || !s.p.facts.Take(&s.factShare, int64(n)) {
 		s.p.stats.unkeptFacts.Add(1)
 		return false
 	}

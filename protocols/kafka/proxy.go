@@ -223,6 +223,7 @@ type Proxy struct {
 	heldPoints     proxy.Budget // produce checkpoints held for answers (maxHeldPoints)
 	sessionEntries proxy.Budget // fetch session offsets (maxSessionEntries)
 	facts          proxy.Budget // partitions named by requests awaiting answers (maxFacts)
+	connFactsMax   int64        // maxConnFacts when the proxy was made: tests change the variable
 	frames         proxy.Budget // big request frames being read and fetch responses being streamed (FrameBudgetBytes)
 	observeLate    atomic.Bool  // Shutdown ran out of time: observeQ is emptied unobserved
 	walker         batchCodec   // used by the observation worker only
@@ -268,7 +269,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "kafka").Logger(), listen: host, nodes: make(map[int32]*node), nodeProblems: make(map[int32]error),
 		firstRequestTimeout: firstRequestTimeout}
-	p.heldPoints.Max, p.sessionEntries.Max, p.facts.Max = maxHeldPoints, maxSessionEntries, maxFacts
+	p.heldPoints.Max, p.sessionEntries.Max, p.facts.Max, p.connFactsMax = maxHeldPoints, maxSessionEntries, maxFacts, maxConnFacts
 	p.advHost = cfg.AdvertisedHost
 	if p.advHost == "" {
 		if host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
