@@ -333,6 +333,15 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 			if LogNth(n) {
 				ev = log.Warn()
 			}
+			var rh tls.RecordHeaderError
+			if errors.As(err, &rh) && rh.Conn != nil {
+				// Not a TLS record at all: a client without TLS. Say so, as a TLS client at a
+				// plain front is told, and with what its bytes look like.
+				if what := LooksLike(rh.RecordHeader[:]); what != "" {
+					ev = ev.Str("looks_like", what)
+				}
+				ev = ev.Hex("header", rh.RecordHeader[:]).Str("hint", "the client does not speak TLS and this front expects it: have the client use TLS (Kafka security.protocol=SSL, amqps://, https://), or remove the front's tls")
+			}
 			ev.Err(err).Uint64("tls_failures_total", n).Msg("TLS handshake with client failed; closing client connection")
 			raw.Close()
 			return
