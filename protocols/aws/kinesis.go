@@ -240,7 +240,7 @@ func (p *Proxy) kinesisPutParent(data []byte, dms []member) (parent pathway.Cont
 func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 	rms, _, err := objectMembers(resp, 0)
 	if err != nil {
-		p.stats.decodeErr.Add(1)
+		p.answerUndecoded(c, e, err)
 		return nil
 	}
 	if it, ok := jsonString(resp, find(rms, "NextShardIterator")); ok && e.Topic != "" {
@@ -248,6 +248,7 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 	}
 	recs, err := arrayObjects(resp, rms, "Records")
 	if err != nil {
+		p.answerUndecoded(c, e, err)
 		return nil
 	}
 	var eds []edit
@@ -403,7 +404,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 	decodeResp := func(resp []byte) map[string]any {
 		v, err := cborDecode(resp)
 		if err != nil {
-			p.stats.decodeErr.Add(1)
+			p.answerUndecoded(c, c.edge, err)
 			return nil
 		}
 		m, _ := v.(map[string]any)

@@ -1149,6 +1149,15 @@ func (p *Proxy) add(pt pathway.Point) {
 }
 
 // skip reports a message sent without `_datadog`.
+// answerUndecoded counts an answer the proxy could not read, passed on as it came, and tracks it
+// on e: the messages in it got no consume checkpoint.
+func (p *Proxy) answerUndecoded(c *call, e pathway.Edge, err error) {
+	p.stats.decodeErr.Add(1)
+	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.DecodeError, Protocol: c.service, Operation: c.op,
+		Name: "answer_decode", Message: err.Error(), Service: c.svcName, Edge: e, Partition: -1})
+	p.log.Debug().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("answer passed on without reading it")
+}
+
 func (p *Proxy) skip(c *call, e pathway.Edge, name, msg string) {
 	p.stats.skipped.Add(1)
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.ProxySkip, Protocol: c.service, Operation: c.op,

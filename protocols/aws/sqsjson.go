@@ -425,10 +425,12 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 	fix := func(resp []byte) []byte {
 		rms, _, err := objectMembers(resp, 0)
 		if err != nil {
+			p.answerUndecoded(c, e, err)
 			return nil
 		}
 		msgs, err := arrayObjects(resp, rms, "Messages")
 		if err != nil {
+			p.answerUndecoded(c, e, err)
 			return nil
 		}
 		var reds []edit
@@ -436,7 +438,7 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 			ems, eend := m.ms, m.End
 			attrs, err := jsonMessageAttrs(resp, ems, "MessageAttributes")
 			if err != nil {
-				p.stats.decodeErr.Add(1)
+				p.answerUndecoded(c, e, err)
 				continue
 			}
 			body, _ := jsonString(resp, find(ems, "Body"))

@@ -194,7 +194,7 @@ func (p *Proxy) sqsQueryReceive(c *call, queue string) respFixer {
 	return func(resp []byte) []byte {
 		root, err := parseXML(resp)
 		if err != nil {
-			p.stats.decodeErr.Add(1)
+			p.answerUndecoded(c, e, err)
 			return nil
 		}
 		var eds []edit
