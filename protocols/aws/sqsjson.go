@@ -55,7 +55,12 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 	}
 	carrier = carrierJSON(existing, ctx)
 	if dd == nil && len(attrs) >= MaxAttributes {
-		p.skip(c, e, "attribute_limit", "message already has 10 attributes; sent without _datadog")
+		msg := "message already has 10 attributes; sent without _datadog"
+		if len(attrs) > MaxAttributes {
+			// SQS refuses it whatever the proxy does: say so rather than "10".
+			msg = "message has " + strconv.Itoa(len(attrs)) + " attributes, over SQS's 10; sent as it is, for the service to refuse"
+		}
+		p.skip(c, e, "attribute_limit", msg)
 		return pt, nil, dd
 	}
 	extra := len(carrier) + len(ddAttr) + len(ddType)
