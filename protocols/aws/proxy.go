@@ -619,8 +619,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f := p.authenticate(c); f != nil {
 		// the first refusals are logged, then one in a thousand, so a misconfigured or hostile
 		// client cannot flood the log; Stats counts them all
+		code := kinesisAuthCode(c, f.Code) // the code the client is told, which the log names too
 		if n := p.stats.authFail.Add(1); proxy.LogNth(n) {
-			ev := p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", f.Code).Str("client", r.RemoteAddr)
+			ev := p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", code).Str("client", r.RemoteAddr)
 			if c.auth != nil {
 				// The key id says which of several clients is misconfigured; it is no secret
 				// (AWS's own logs show it). Never the secret, nor the signature.
@@ -636,7 +637,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if c.service == ServiceKinesis {
 			status = http.StatusBadRequest
 		}
-		p.writeError(w, c, status, kinesisAuthCode(c, f.Code), f.Message)
+		p.writeError(w, c, status, code, f.Message)
 		return
 	}
 	if c.wire == wireCBOR && c.service != ServiceKinesis {
