@@ -1023,7 +1023,11 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		return
 	}
 	if err != nil {
-		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("upstream request failed; answered 502")
+		ev := p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
+		if c.edge.Topic != "" { // of many queues behind one front, whose requests fail
+			ev = ev.Str("topic", c.edge.Topic)
+		}
+		ev.Msg("upstream request failed; answered 502")
 		msg := "dsmproxy could not reach the upstream: "
 		if errors.As(err, new(errAnswerTooLarge)) {
 			msg = "dsmproxy could not relay the upstream's answer: "

@@ -1,12 +1,15 @@
 package aws
 
 import (
+	"strings"
 	"testing"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -15,7 +18,8 @@ import (
 // tracked on its queue's edge, as the upstream's own errors are: a send on the produce edge
 // with its message, a long poll on the consume edge.
 func TestUnreachableUpstreamErrorsTracked(t *testing.T) {
-	tp, up, _, qurl, ctx := sqsSetup(t, "gone-upstream", nil)
+	var logs syncbuf.Buffer
+	tp, up, _, qurl, ctx := sqsSetup(t, "gone-upstream", func(c *Config) { c.Log = zerolog.New(&logs) })
 	cl := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
 		Credentials: sqsClient(tp.url, testKey, testSecret).Options().Credentials, AppID: "orders-api", RetryMaxAttempts: 1})
 	if _, err := cl.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qurl, MessageBody: awssdk.String("before")}); err != nil {
@@ -52,5 +56,12 @@ func TestUnreachableUpstreamErrorsTracked(t *testing.T) {
 	}
 	if ev := got["SendMessage"]; ev.Messages != 1 {
 		t.Errorf("SendMessage's 502 tracked with %d messages, want 1", ev.Messages)
+	}
+	// With many queues behind one front, the line says whose requests fail.
+	waitForLog(t, &logs, "upstream request failed; answered 502")
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "answered 502") && !strings.Contains(line, `"topic":"gone-upstream"`) {
+			t.Errorf("the 502 line does not name the queue:\n%s", line)
+		}
 	}
 }
