@@ -92,19 +92,7 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 		out[i] = frontStatus{Protocol: f.protocol, Listen: f.bound(), Upstreams: map[string]string{}}
 		for _, up := range f.upstreams {
 			out[i].Upstreams[up] = "no answer yet (another upstream of the front answered first)"
-			go func() {
-				dial := f.readyDials[up]
-				if dial == nil {
-					var d net.Dialer
-					dial = d.DialContext
-				}
-				c, err := dial(ctx, "tcp", up)
-				if err == nil {
-					err = tlsRefusal(c)
-					c.Close()
-				}
-				results <- dialResult{i, up, err}
-			}()
+			go func() { results <- dialResult{i, up, f.dialUpstream(ctx, up)} }()
 		}
 	}
 	for ; pending > 0 && okFronts < len(a.fronts); pending-- {
@@ -143,6 +131,22 @@ const tlsAlertWait = 100 * time.Millisecond
 // without cert_file), sends its alert with its first flight after the handshake, and every real
 // connection then fails. A server that sends nothing, or closes, within tlsAlertWait is taken as
 // ready (brokers speak only when spoken to).
+// dialUpstream dials one of the front's upstreams as its connections do (TLS included) and
+// hangs up: nil when it answered.
+func (f namedFront) dialUpstream(ctx context.Context, up string) error {
+	dial := f.readyDials[up]
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	c, err := dial(ctx, "tcp", up)
+	if err == nil {
+		err = tlsRefusal(c)
+		c.Close()
+	}
+	return err
+}
+
 func tlsRefusal(c net.Conn) error {
 	tc, ok := c.(*tls.Conn)
 	if !ok || tc.ConnectionState().Version < tls.VersionTLS13 {

@@ -107,6 +107,29 @@ func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx 
 	}
 }
 
+// warnUnreachableAtStart dials each of an AMQP or AWS front's upstreams once as the front
+// starts: one that does not answer gets a Warn, where otherwise nothing would be said until a
+// client connected and was cut off (its request answered 502, its AMQP connection reset).
+func warnUnreachableAtStart(ctx context.Context, log zerolog.Logger, f namedFront) {
+	ctx, cancel := context.WithTimeout(ctx, startDialTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, up := range f.upstreams {
+		wg.Go(func() {
+			err := f.dialUpstream(ctx, up)
+			if err == nil || errors.Is(err, context.Canceled) { // answered, or the proxy is stopping
+				return
+			}
+			log.Warn().Str("front", f.key).Str("protocol", f.protocol).Str("upstream", up).AnErr("dial", err).
+				Msg("upstream not reachable at start: clients of this front fail until it answers (/readyz says when it does)")
+		})
+	}
+	wg.Wait()
+}
+
+// startDialTimeout bounds warnUnreachableAtStart's dials.
+const startDialTimeout = 10 * time.Second
+
 // repeatWindow: the signal that began the shutdown, again within this time, is its copy, not a
 // second request (see shutdownSignals).
 const repeatWindow = time.Second
@@ -218,6 +241,9 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 			return nil, fmt.Errorf("%s front %s: %w%s", f.protocol, f.listen, err, cfg.listenHint(err, f.listen, f.key+".listen"))
 		}
 		log.Info().Str("front", f.key).Str("protocol", f.protocol).Str("listen", f.Addr().String()).Bool("tls", f.clientTLS).Strs("upstream", f.upstreams).Msg("front listening")
+		if f.protocol != "kafka" { // the Kafka front's discovery of its brokers says so already
+			go warnUnreachableAtStart(bg, log, f)
+		}
 	}
 	var reloaders []*proxy.CertReloader
 	for _, f := range rt.fronts {

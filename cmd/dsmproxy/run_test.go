@@ -819,3 +819,40 @@ func TestRunOutlivesItsLogReader(t *testing.T) {
 		t.Errorf("after its log reader went away, SIGTERM ended dsmproxy with %v (%s), want a clean exit", err, cmd.ProcessState)
 	}
 }
+
+// TestUnreachableUpstreamWarnedAtStart: an AMQP front whose broker does not answer is warned
+// about as the proxy starts; nothing used to be said until a client connected and was reset.
+// The front whose broker (the local RabbitMQ) answers gets no such line.
+func TestUnreachableUpstreamWarnedAtStart(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := closed.Addr().String()
+	closed.Close()
+	cfg := &Config{AMQP: []AMQPConfig{
+		{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:5672"},
+		{Listen: "127.0.0.1:0", Upstream: down},
+	}, Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
+	prepare(t, cfg)
+	rt, logs := startLogged(t, cfg)
+	defer rt.stop()
+	const msg = "upstream not reachable at start"
+	var line string
+	for deadline := time.Now().Add(30 * time.Second); line == ""; time.Sleep(10 * time.Millisecond) {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, msg) {
+				line = l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line saying amqp[1]'s upstream %s is not reachable; logs:\n%s", down, logs.String())
+		}
+	}
+	if !strings.Contains(line, `"front":"amqp[1]"`) || !strings.Contains(line, `"upstream":"`+down+`"`) || !strings.Contains(line, `"level":"warn"`) {
+		t.Errorf("the Warn does not name amqp[1] and its upstream %s:\n%s", down, line)
+	}
+	if strings.Contains(logs.String(), msg+`","front":"amqp[0]"`) || strings.Count(logs.String(), msg) != 1 {
+		t.Errorf("a front whose broker answers was warned about:\n%s", logs.String())
+	}
+}
