@@ -107,6 +107,17 @@ func shutdownSignals(log zerolog.Logger, drain time.Duration, exit func()) (ctx 
 	}
 }
 
+// listenCause is the listen error inside a front's start error, which names the address itself:
+// the protocol package's wrapping named the front and its address twice more ("amqp front A:
+// amqp: amqp listener on A: listen tcp A: ..."). Any other error is returned whole.
+func listenCause(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "listen" {
+		return op
+	}
+	return err
+}
+
 // warnUnreachableAtStart dials each of an AMQP or AWS front's upstreams once as the front
 // starts: one that does not answer gets a Warn, where otherwise nothing would be said until a
 // client connected and was cut off (its request answered 502, its AMQP connection reset).
@@ -238,7 +249,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		// Fronts stop by Shutdown (the drain), not by ctx.
 		if err := f.Start(bg); err != nil {
 			rt.abort()
-			return nil, fmt.Errorf("%s front %s: %w%s", f.protocol, f.listen, err, cfg.listenHint(err, f.listen, f.key+".listen"))
+			return nil, fmt.Errorf("%s front %s: %w%s", f.protocol, f.listen, listenCause(err), cfg.listenHint(err, f.listen, f.key+".listen"))
 		}
 		log.Info().Str("front", f.key).Str("protocol", f.protocol).Str("listen", f.Addr().String()).Bool("tls", f.clientTLS).Strs("upstream", f.upstreams).Msg("front listening")
 		if f.protocol != "kafka" { // the Kafka front's discovery of its brokers says so already

@@ -625,6 +625,11 @@ func TestListenAddressInUse(t *testing.T) {
 			if !errors.Is(err, syscall.EADDRINUSE) {
 				t.Errorf("error %q does not wrap EADDRINUSE", err)
 			}
+			if n := strings.Count(err.Error(), addr); tc.name != "admin" && n != 3 {
+				// the front, the listen error, the hint: the protocol package's own wrapping
+				// named it twice more
+				t.Errorf("error %q names %s %d times, want 3", err, addr, n)
+			}
 		})
 	}
 }
