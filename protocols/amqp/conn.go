@@ -1163,7 +1163,9 @@ func (s *session) clientMethod(f frame) {
 		}
 		name, _ := tableString(props, "connection_name")
 		user := saslUser(mech, resp)
-		logged := user[:min(len(user), maxConnNameBytes)] // a copy already: kept for the log only
+		// A clone: a slice would keep the whole decoded user (up to MaxFrameBytes) for the
+		// connection's life. Kept for the log only.
+		logged := strings.Clone(user[:min(len(user), maxConnNameBytes)])
 		s.user.Store(&logged)
 		s.setService(string(name), user)
 	case connTuneOk:
