@@ -126,11 +126,6 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 // tlsAlertWait is how long /readyz listens after a TLS 1.3 handshake for the server's refusal.
 const tlsAlertWait = 100 * time.Millisecond
 
-// tlsRefusal reports a TLS 1.3 server's refusal of the client that comes after the client's side
-// of the handshake is done: a server that requires a client certificate, given none (upstream_tls
-// without cert_file), sends its alert with its first flight after the handshake, and every real
-// connection then fails. A server that sends nothing, or closes, within tlsAlertWait is taken as
-// ready (brokers speak only when spoken to).
 // dialUpstream dials one of the front's upstreams as its connections do (TLS included) and
 // hangs up: nil when it answered.
 func (f namedFront) dialUpstream(ctx context.Context, up string) error {
@@ -147,6 +142,11 @@ func (f namedFront) dialUpstream(ctx context.Context, up string) error {
 	return err
 }
 
+// tlsRefusal reports a TLS 1.3 server's refusal of the client that comes after the client's side
+// of the handshake is done: a server that requires a client certificate, given none (upstream_tls
+// without cert_file), sends its alert with its first flight after the handshake, and every real
+// connection then fails. A server that sends nothing, or closes, within tlsAlertWait is taken as
+// ready (brokers speak only when spoken to).
 func tlsRefusal(c net.Conn) error {
 	tc, ok := c.(*tls.Conn)
 	if !ok || tc.ConnectionState().Version < tls.VersionTLS13 {

@@ -1153,7 +1153,6 @@ func (p *Proxy) add(pt pathway.Point) {
 	}
 }
 
-// skip reports a message sent without `_datadog`.
 // answerUndecoded counts an answer the proxy could not read, passed on as it came, and tracks it
 // on e: the messages in it got no consume checkpoint.
 func (p *Proxy) answerUndecoded(c *call, e pathway.Edge, err error) {
@@ -1163,6 +1162,7 @@ func (p *Proxy) answerUndecoded(c *call, e pathway.Edge, err error) {
 	p.log.Debug().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("answer passed on without reading it")
 }
 
+// skip reports a message sent without `_datadog`.
 func (p *Proxy) skip(c *call, e pathway.Edge, name, msg string) {
 	p.stats.skipped.Add(1)
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.ProxySkip, Protocol: c.service, Operation: c.op,
