@@ -857,7 +857,9 @@ func TestUnreachableUpstreamWarnedAtStart(t *testing.T) {
 	if !strings.Contains(line, `"front":"amqp[1]"`) || !strings.Contains(line, `"upstream":"`+down+`"`) || !strings.Contains(line, `"level":"warn"`) {
 		t.Errorf("the Warn does not name amqp[1] and its upstream %s:\n%s", down, line)
 	}
-	if strings.Contains(logs.String(), msg+`","front":"amqp[0]"`) || strings.Count(logs.String(), msg) != 1 {
-		t.Errorf("a front whose broker answers was warned about:\n%s", logs.String())
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, msg) && !strings.Contains(l, `"front":"amqp[1]"`) {
+			t.Errorf("a front whose broker answers was warned about:\n%s", l)
+		}
 	}
 }
