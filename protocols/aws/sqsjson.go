@@ -58,7 +58,7 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 		msg := "message already has 10 attributes; sent without _datadog"
 		if len(attrs) > MaxAttributes {
 			// SQS refuses it whatever the proxy does: say so rather than "10".
-			msg = "message has " + strconv.Itoa(len(attrs)) + " attributes, over SQS's 10; sent as it is, for the service to refuse"
+			msg = "message has " + strconv.Itoa(len(attrs)) + " attributes, over the 10 SQS and SNS allow; sent as it is, for the service to refuse"
 		}
 		p.skip(c, e, "attribute_limit", msg)
 		return pt, nil, dd
