@@ -335,25 +335,33 @@ func TestTLSFilesValidation(t *testing.T) {
 	}
 }
 
-// TestTLSFailuresCountedQuietly: clients whose TLS handshake fails are counted and logged at Warn
-// for the first 10 only (anyone who reaches the port can fail one); connections closed before
-// their first byte (port probes, TCP health checks) are neither.
-func TestTLSFailuresCountedQuietly(t *testing.T) {
+// startTLSListener serves TLS on a loopback port with a certificate of a test CA, logging to the
+// returned buffer; its connections' handler does nothing. It stops when the test ends.
+func startTLSListener(t *testing.T) (*Listener, *syncbuf.Buffer) {
+	t.Helper()
 	pki := testpki.New(t, "test CA")
 	certFile, keyFile, _ := pki.IssueFiles(t, t.TempDir(), "proxy", "proxy")
 	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncbuf.Buffer
+	logs := new(syncbuf.Buffer)
 	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
-		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(&logs))
+		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(logs))
 	if err != nil {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- l.Serve(context.Background()) }()
-	defer func() { l.Close(); <-served }()
+	t.Cleanup(func() { l.Close(); <-served })
+	return l, logs
+}
+
+// TestTLSFailuresCountedQuietly: clients whose TLS handshake fails are counted and logged at Warn
+// for the first 10 only (anyone who reaches the port can fail one); connections closed before
+// their first byte (port probes, TCP health checks) are neither.
+func TestTLSFailuresCountedQuietly(t *testing.T) {
+	l, logs := startTLSListener(t)
 
 	for range 3 {
 		testpki.Knock(t, l.Addr().String(), "")

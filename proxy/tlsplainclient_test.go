@@ -7,11 +7,7 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
-	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
 // TestPlainClientAtTLSFrontTold: a client that does not speak TLS at a front that expects it
@@ -19,21 +15,7 @@ import (
 // "tls: first record does not look like a TLS handshake", where a TLS client at a plain front is
 // told what to change.
 func TestPlainClientAtTLSFrontTold(t *testing.T) {
-	pki := testpki.New(t, "test CA")
-	certFile, keyFile, _ := pki.IssueFiles(t, t.TempDir(), "proxy", "proxy")
-	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs syncbuf.Buffer
-	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
-		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(&logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- l.Serve(context.Background()) }()
-	defer func() { l.Close(); <-served }()
+	l, logs := startTLSListener(t)
 	addr := l.Addr().String()
 
 	for _, tc := range []struct {
