@@ -151,7 +151,7 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	fmt.Fprintln(out, title)
 	if len(cur) == 0 { // lag, kept far longer than pathways, may be all there is
 		if totals != nil {
-			fmt.Fprintf(out, "No pathway had a checkpoint in the last %s.\n", localViewWindow)
+			fmt.Fprintln(out, "No pathway had a checkpoint in that time.") // the title says how long
 		} else {
 			fmt.Fprintln(out, "No pathway in these payloads.")
 		}

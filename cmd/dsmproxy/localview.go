@@ -69,7 +69,8 @@ type viewContents struct {
 	totals map[string]pathwayTotal // by pathwayKey of pts
 	sizes  map[string]float64      // by pathwayKey of pts: the exact average payload size of its bucket
 	bl     []agentpayload.BacklogEntry
-	at     time.Time // the latest flush that brought any
+	at     time.Time     // the latest flush that brought any
+	window time.Duration // how long a pathway stays after its latest checkpoint
 }
 
 // Kafka offsets are kept far longer than pathways: a client commits or produces only what moved,
@@ -121,7 +122,7 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 			v.bl[k] = agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value}
 		}
 	}
-	keep := max(localViewWindow, 3*v.width)
+	keep := v.windowLocked()
 	for k, p := range v.pts {
 		if now.Sub(p.pt.Start) > keep { // and its totals with it
 			delete(v.pts, k)
@@ -155,12 +156,16 @@ func (v *localView) evictOffsets() {
 	}
 }
 
+// windowLocked is how long the view keeps a pathway after its latest checkpoint: localViewWindow,
+// or three buckets when they are longer (agent.flush_interval over 20 s).
+func (v *localView) windowLocked() time.Duration { return max(localViewWindow, 3*v.width) }
+
 // contents returns what the view holds and when the latest flush that brought any came.
 func (v *localView) contents() viewContents {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	c := viewContents{pts: make([]agentpayload.Point, 0, len(v.pts)), totals: make(map[string]pathwayTotal, len(v.pts)),
-		sizes: make(map[string]float64, len(v.pts)), bl: slices.Collect(maps.Values(v.bl)), at: v.at}
+		sizes: make(map[string]float64, len(v.pts)), bl: slices.Collect(maps.Values(v.bl)), at: v.at, window: v.windowLocked()}
 	for k, p := range v.pts {
 		c.pts = append(c.pts, p.pt)
 		c.totals[k] = p.total
@@ -179,10 +184,10 @@ func (v *localView) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	case at.IsZero():
 		fmt.Fprintln(w, "No DSM checkpoints flushed yet: nothing has gone through the proxy since it started, or the first buckets are not finished (they flush every agent.flush_interval, 10s by default).")
 	case len(pts) == 0 && len(bl) == 0:
-		fmt.Fprintf(w, "No DSM checkpoints in the last %s (the latest came at %s).\n\n", localViewWindow, at.Format(time.TimeOnly))
+		fmt.Fprintf(w, "No DSM checkpoints in the last %s (the latest came at %s).\n\n", c.window, at.Format(time.TimeOnly))
 	default:
 		printTable(w, fmt.Sprintf("== DSM pathways of the last %s, each from its latest bucket (the latest bucket with traffic was flushed at %s, %s ago; buckets flush every agent.flush_interval) ==",
-			localViewWindow, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl, c.totals, c.sizes)
+			c.window, at.Format(time.TimeOnly), time.Since(at).Round(time.Second)), pts, bl, c.totals, c.sizes)
 	}
 	if v.errs != nil {
 		if s := v.errs(); s != nil {
