@@ -1175,21 +1175,12 @@ func (c *Config) Validate() error {
 	// takes node N's port, and every client then fails at its first Metadata. Node ids 0-9 are
 	// checked, as clusters number brokers from 0 or 1.
 	for i, k := range c.Kafka {
-		host, port, err := net.SplitHostPort(k.Listen)
-		lp, _ := portNumber(port)
-		base := k.NodePortBase
-		if base == 0 && lp != 0 {
-			base = lp + 1
-		}
-		for id := int32(0); id < nodePortsChecked; id++ {
-			if a, mapped := k.NodeAddrs[id]; mapped {
-				h, pt, err := net.SplitHostPort(a)
-				if n, _ := portNumber(pt); err == nil && n != 0 {
-					claims = append(claims, claim{host: h, port: n, key: fmt.Sprintf("kafka[%d].node_addrs", i), what: fmt.Sprintf("kafka[%d]'s broker node %d", i, id), line: k.line, node: true})
-				}
-			} else if err == nil && base != 0 {
-				claims = append(claims, claim{host: host, port: base + int(id), key: fmt.Sprintf("kafka[%d].node_port_base", i), what: fmt.Sprintf("kafka[%d]'s broker node %d", i, id), line: k.line, node: true})
+		for _, n := range k.nodeListeners() {
+			key := "node_port_base"
+			if n.mapped {
+				key = "node_addrs"
 			}
+			claims = append(claims, claim{host: n.host, port: n.port, key: fmt.Sprintf("kafka[%d].%s", i, key), what: fmt.Sprintf("kafka[%d]'s broker node %d", i, n.id), line: k.line, node: true})
 		}
 	}
 	// Two fronts whose node ports overlap clash on every node id: said once per pair of keys.
@@ -1252,6 +1243,38 @@ func (c *Config) checkLimits(line int, p string, l ListenerLimits, enabledRead b
 			bad(line, p+".upstream_tls", "enabled is false but ca_file, cert_file, server_name or insecure_skip_verify is set: remove them, or set enabled: true")
 		}
 	}
+}
+
+// nodeListener is where a Kafka front's broker node listens, as the configuration places it.
+type nodeListener struct {
+	id     int32
+	host   string
+	port   int
+	mapped bool // by node_addrs; else node_port_base + id
+}
+
+// nodeListeners places broker nodes 0 to nodePortsChecked-1: node_addrs entries, else
+// node_port_base + id (by default the listen port + 1 + id). Nodes whose port is picked when
+// they open (listen port 0 without node_port_base, or a mapped port 0) are left out.
+func (k KafkaConfig) nodeListeners() []nodeListener {
+	host, port, err := net.SplitHostPort(k.Listen)
+	lp, _ := portNumber(port)
+	base := k.NodePortBase
+	if base == 0 && lp != 0 {
+		base = lp + 1
+	}
+	var out []nodeListener
+	for id := int32(0); id < nodePortsChecked; id++ {
+		if a, mapped := k.NodeAddrs[id]; mapped {
+			h, pt, err := net.SplitHostPort(a)
+			if n, _ := portNumber(pt); err == nil && n != 0 {
+				out = append(out, nodeListener{id: id, host: h, port: n, mapped: true})
+			}
+		} else if err == nil && base != 0 {
+			out = append(out, nodeListener{id: id, host: host, port: base + int(id)})
+		}
+	}
+	return out
 }
 
 // nodePortsChecked: how many broker node ids (0, 1, ...) the clash check covers; clusters number

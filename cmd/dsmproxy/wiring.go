@@ -260,35 +260,14 @@ func warnInsecure(log zerolog.Logger, protocol, listen string, t *TLSClient) {
 // broker runs that node's listener cannot open, and clients fail after their first Metadata.
 // Node ids 0-9 are looked at, as the config check's clash check does.
 func warnNodeOnBootstrap(log zerolog.Logger, k KafkaConfig) {
-	host, port, err := net.SplitHostPort(k.Listen)
-	lp, perr := portNumber(port)
-	if err != nil || perr != nil {
-		return
-	}
-	base := k.NodePortBase
-	if base == 0 && lp != 0 {
-		base = lp + 1
-	}
-	for id := int32(0); id < nodePortsChecked; id++ {
-		nh, np := host, base+int(id)
-		if base == 0 {
-			np = 0 // listen port 0: node listeners on ports of their own
-		}
-		if a, ok := k.NodeAddrs[id]; ok {
-			h, pt, err := net.SplitHostPort(a)
-			n, perr := portNumber(pt)
-			if err != nil || perr != nil {
-				continue
-			}
-			nh, np = h, n
-		}
+	for _, n := range k.nodeListeners() {
 		for _, b := range k.Bootstrap {
 			bh, bp, err := net.SplitHostPort(b)
-			if n, perr := portNumber(bp); err != nil || perr != nil || n != np || np == 0 || !onThisHost(nh, bh) {
+			if p, perr := portNumber(bp); err != nil || perr != nil || p != n.port || !onThisHost(n.host, bh) {
 				continue
 			}
-			log.Warn().Str("listen", k.Listen).Int32("node", id).Str("bootstrap", b).
-				Msgf("kafka front: broker node %d's listener would be on port %d, where bootstrap broker %s listens on this host (node N listens on node_port_base + N, by default the listen port + 1 + N): if the cluster has a node %d, its listener cannot open and clients fail after their first Metadata; set node_port_base, or map the node in node_addrs (config file keys)", id, np, b, id)
+			log.Warn().Str("listen", k.Listen).Int32("node", n.id).Str("bootstrap", b).
+				Msgf("kafka front: broker node %d's listener would be on port %d, where bootstrap broker %s listens on this host (node N listens on node_port_base + N, by default the listen port + 1 + N): if the cluster has a node %d, its listener cannot open and clients fail after their first Metadata; set node_port_base, or map the node in node_addrs (config file keys)", n.id, n.port, b, n.id)
 		}
 	}
 }
