@@ -1324,7 +1324,9 @@ func httpURL(s string) bool {
 func (c *Config) adminOff() bool { return c.Admin.Disabled || c.Admin.Listen == "off" }
 
 func checkAgentURL(s string) error {
-	if !strings.Contains(s, "://") { // host:port, as DD_AGENT_HOST and DD_TRACE_AGENT_PORT are given
+	// host:port, as DD_AGENT_HOST and DD_TRACE_AGENT_PORT are given. unix:/path has no "//" and
+	// is a URL all the same: the tracers take it (url.Parse puts the socket in its Path).
+	if !strings.Contains(s, "://") && !strings.HasPrefix(s, "unix:") {
 		// Read as the http URL it was meant to be, so that a user:password in it is masked.
 		shown := strings.TrimPrefix(redact.URL("http://"+s), "http://")
 		return fmt.Errorf("%q has no scheme: write http://%s (or https://..., unix:///path/to/apm.socket)", shown, shown)

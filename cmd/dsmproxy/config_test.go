@@ -1017,3 +1017,33 @@ func TestNodePortOnBootstrapWarned(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckAgentURLForms: the URL forms the tracers take from DD_TRACE_AGENT_URL (dd-trace-go
+// parses it with url.Parse and keeps any http, https or unix URL) are taken, and what is refused
+// gets a hint that would work.
+func TestCheckAgentURLForms(t *testing.T) {
+	for _, tc := range []struct {
+		url      string
+		wantErr  string // "" = accepted
+		notInErr string
+	}{
+		{url: "http://agent:8126"},
+		{url: "https://agent"},
+		{url: "unix:///var/run/datadog/apm.socket"},
+		{url: "unix:/var/run/datadog/apm.socket"}, // no authority: url.Parse's Path all the same
+		{url: "agent:8126", wantErr: "write http://agent:8126"},
+		{url: "unix:apm.socket", wantErr: "has no socket path", notInErr: "http://unix"},
+		{url: "unix://", wantErr: "has no socket path"},
+		{url: "ftp://agent", wantErr: "scheme must be http, https or unix"},
+	} {
+		err := checkAgentURL(tc.url)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%s: %v, want it accepted", tc.url, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%s: %v, want an error with %q", tc.url, err, tc.wantErr)
+		case tc.notInErr != "" && err != nil && strings.Contains(err.Error(), tc.notInErr):
+			t.Errorf("%s: %v, should not suggest %q", tc.url, err, tc.notInErr)
+		}
+	}
+}
