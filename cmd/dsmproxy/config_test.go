@@ -1047,3 +1047,31 @@ func TestCheckAgentURLForms(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckConfigWarnsOfAReachableAdmin: run warns at start of an admin listener other hosts can
+// reach (deploy/dsmproxy.compose.yaml has one), and check-config, which prints run's start
+// warnings, says so too; a loopback one is no warning.
+func TestCheckConfigWarnsOfAReachableAdmin(t *testing.T) {
+	for _, c := range []struct {
+		admin string
+		warn  bool
+	}{
+		{"0.0.0.0:28790", true},
+		{":28790", true},
+		{"[::]:28790", true},
+		{"127.0.0.1:28790", false},
+		{"localhost:28790", false},
+		{"[::1]:28790", false},
+		{"off", false},
+	} {
+		var out, errb bytes.Buffer
+		code := mainArgs([]string{"check-config", "--amqp", "127.0.0.1:25673=127.0.0.1:5672", "--admin", c.admin}, &out, &errb)
+		if code != 0 {
+			t.Fatalf("--admin %s: exit %d, out %q, err %q", c.admin, code, out.String(), errb.String())
+		}
+		warned := strings.Contains(errb.String(), "admin listener reachable from other hosts")
+		if warned != c.warn || strings.Contains(out.String(), "warning") != c.warn {
+			t.Errorf("--admin %s: warned %v, want %v: out %q, err %q", c.admin, warned, c.warn, out.String(), errb.String())
+		}
+	}
+}

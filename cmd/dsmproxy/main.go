@@ -343,6 +343,8 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	admin := cfg.Admin.Listen
 	if cfg.adminOff() {
 		admin = "off"
+	} else if !loopbackListen(admin) {
+		log.Warn().Str("listen", admin).Msg(adminReachableMsg)
 	}
 	ok := "configuration OK"
 	if warnings.n > 0 {

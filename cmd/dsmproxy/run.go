@@ -283,7 +283,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		if !loopbackOnly(ln.Addr()) {
 			// Nothing there asks who is calling: pprof's profiles and traces cost CPU, and
 			// /errors and /dsm name the topics, queues and services.
-			log.Warn().Str("listen", ln.Addr().String()).Msg("admin listener reachable from other hosts: its pages answer anyone who connects, unauthenticated; keep the port on a private network, or set admin.listen to 127.0.0.1:PORT")
+			log.Warn().Str("listen", ln.Addr().String()).Msg(adminReachableMsg)
 		}
 	}
 	rt.admin.ready.Store(true)
@@ -418,6 +418,28 @@ func newRunLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func(), error)
 		return zerolog.Nop(), nil, err
 	}
 	return log, func() { lw.Close() }, nil
+}
+
+// adminReachableMsg is run's start warning (and check-config's) for an admin listener that
+// other hosts can reach.
+const adminReachableMsg = "admin listener reachable from other hosts: its pages answer anyone who connects, unauthenticated; keep the port on a private network, or set admin.listen to 127.0.0.1:PORT"
+
+// loopbackListen reports whether listening on listen (host:port, not bound yet) would be
+// reachable from this host alone, as loopbackOnly says of the bound listener; a host name is
+// looked up. An address that cannot be read or looked up says true: run refuses it anyway.
+func loopbackListen(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "localhost" {
+		return true
+	}
+	if ip := net.ParseIP(host); ip != nil || host == "" {
+		return ip != nil && ip.IsLoopback()
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil || len(ips) == 0 {
+		return true
+	}
+	return ips[0].IsLoopback() // what net.Listen binds: the first address
 }
 
 // loopbackOnly reports whether a listener bound to addr is reachable from this host alone.
