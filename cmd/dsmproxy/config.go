@@ -15,6 +15,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -401,7 +402,22 @@ func ParseConfig(b []byte) (*Config, error) {
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		var root yaml.Node
 		_ = yaml.Unmarshal(b, &root)
-		return nil, tabHint(friendlyYAMLError(err, &root), b)
+		var te *yaml.TypeError
+		syntax := !errors.As(err, &te)
+		err = friendlyYAMLError(err, &root)
+		var ce *configError
+		if syntax && !errors.As(err, &ce) {
+			// Said of the file's first line, yaml.v3's message names none (its line 0 reads
+			// as unknown).
+			if msg, ok := strings.CutPrefix(err.Error(), "yaml: "); ok {
+				ce = &configError{msg: msg}
+				err = ce
+			}
+		}
+		if syntax && ce != nil {
+			ce.line = syntaxErrorLine(b, ce.msg, ce.line)
+		}
+		return nil, tabHint(err, b)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
@@ -499,6 +515,39 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 		return &configError{line: atoi(m[1]), msg: m[2]}
 	}
 	return err
+}
+
+// syntaxErrorLine is the line a YAML syntax error is at. yaml.v3 names the line its parser was
+// in when it failed, the start of the enclosing list or mapping counted from 0 (a key indented
+// one space less than its list entry's is reported on the line above the list), or, for a
+// quoted string never closed, the end of the file. A flow list or mapping never closed ([a,)
+// is best named where it opened, the line after the reported one. Otherwise the line is found
+// again as the end of the shortest run of the file's first lines that fails with the same
+// message: a run that ends before the line at fault parses, or fails otherwise, and every run
+// that includes it fails there, so a binary search finds it. reported is kept when no run
+// fails so.
+func syntaxErrorLine(b []byte, msg string, reported int) int {
+	if strings.HasPrefix(msg, "did not find expected ',' or ") {
+		return reported + 1
+	}
+	lines := bytes.SplitAfter(b, []byte("\n"))
+	fails := func(n int) bool { // the first n lines fail with msg
+		var v any
+		err := yaml.Unmarshal(bytes.Join(lines[:n], nil), &v)
+		if err == nil {
+			return false
+		}
+		e := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := reLinePrefix.FindStringSubmatch(e); m != nil {
+			e = m[2]
+		}
+		return e == msg
+	}
+	n := sort.Search(len(lines), func(i int) bool { return fails(i + 1) })
+	if n >= len(lines) {
+		return reported
+	}
+	return n + 1
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
