@@ -310,8 +310,11 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 		s.failed.Add(1)
 		// Retries stay inside the flush's deadline (the interval): the next flush retries anyway.
 		if dl, ok := ctx.Deadline(); attempt >= s.cfg.Retries || ctx.Err() != nil || ok && time.Until(dl) < wait {
-			s.warnOnce("down", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
-				"the Agent cannot be reached; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (no Agent here? agent.disabled stops sending; GET /dsm on the admin listener shows the stats)")
+			msg := "the Agent cannot be reached; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (no Agent here? agent.disabled stops sending; GET /dsm on the admin listener shows the stats)"
+			if errors.As(err, new(*serverError)) { // reached: the intake's refusal, or its forwarder is off
+				msg = "the Agent answered a DSM payload with a server error; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (the Agent's own log says why)"
+			}
+			s.warnOnce("down", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) }, msg)
 			return err
 		}
 		if s.sleep(ctx, wait) != nil {
@@ -354,8 +357,18 @@ func (s *AgentSink) postOnce(ctx context.Context, body []byte) error {
 	case resp.StatusCode < 500:
 		return &rejectedError{status: resp.Status, body: strings.TrimSpace(string(msg))}
 	default:
-		return fmt.Errorf("agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+		return &serverError{status: resp.Status, body: strings.TrimSpace(string(msg))}
 	}
+}
+
+// serverError is a 5xx answer: kept and sent again, as a connection error is.
+type serverError struct{ status, body string }
+
+func (e *serverError) Error() string {
+	if e.body == "" {
+		return "agent answered " + e.status
+	}
+	return "agent answered " + e.status + ": " + e.body
 }
 
 // checkInfo asks /info (at the first send and every InfoInterval) whether the Agent lists the DSM

@@ -349,3 +349,43 @@ func TestFlusherRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestAgentFailureWarning: the Warn line for payloads kept for later says what happened: an
+// Agent that answered with a server error was reached (its 500 is the intake's refusal, or
+// "Pipeline stats forwarder is OFF"), one that could not be dialed was not.
+func TestAgentFailureWarning(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		agent     func(t *testing.T) string // URL
+		want, not string
+	}{
+		{"server error", func(t *testing.T) string {
+			agent := agenttest.New(t)
+			agent.SetStatus(http.StatusInternalServerError)
+			return agent.URL()
+		}, "the Agent answered a DSM payload with a server error", "cannot be reached"},
+		{"nothing listening", func(t *testing.T) string {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln.Close()
+			return "http://" + ln.Addr().String()
+		}, "the Agent cannot be reached", "server error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncbuf.Buffer
+			clk := &fakeClock{t: t0}
+			a, f, sink := newPipeline(t, tc.agent(t), clk, zerolog.New(&logs), nil)
+			a.Add(pathway.Point{Service: "s", Hash: 1, Time: t0.UnixNano()})
+			clk.Add(10 * time.Second)
+			f.FlushNow(context.Background(), false)
+			if st := sink.Stats(); st.Pending != 1 {
+				t.Fatalf("stats %+v; want the payload kept", st)
+			}
+			if l := logs.String(); !strings.Contains(l, tc.want) || strings.Contains(l, tc.not) {
+				t.Errorf("log %q: want %q, not %q", l, tc.want, tc.not)
+			}
+		})
+	}
+}
