@@ -45,6 +45,9 @@ func ReloadAll(log zerolog.Logger, reloaders ...*CertReloader) int {
 	for _, r := range reloaders {
 		f := r.Files()
 		rlog := log.With().Str("cert_file", f.CertFile).Str("ca_file", f.CAFile).Logger()
+		if r.Front != "" {
+			rlog = rlog.With().Str("front", r.Front).Logger()
+		}
 		if r.Owner != "" {
 			rlog = rlog.With().Str("for", r.Owner).Logger()
 		}

@@ -46,6 +46,9 @@ type CertReloader struct {
 	// Owner names what uses the files in reload log lines ("kafka 127.0.0.1:19092 tls"), since
 	// several fronts may share one certificate. Set it before reloads start.
 	Owner string
+	// Front is the configuration entry (kafka[0]) of the front that uses the files: reload log
+	// lines carry it as front, as every line about a front does. Set it before reloads start.
+	Front string
 	// Hosts (server side) are hosts the proxy itself tells clients to dial it at (a Kafka front's
 	// advertised broker hosts): clients verify the certificate against them, so Problem names
 	// those it is not valid for. Set it before reloads start.

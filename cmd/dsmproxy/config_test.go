@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -1081,5 +1082,30 @@ func TestCheckConfigWarnsOfAReachableAdmin(t *testing.T) {
 		if warned != c.warn || strings.Contains(out.String(), "warning") != c.warn {
 			t.Errorf("--admin %s: warned %v, want %v: out %q, err %q", c.admin, warned, c.warn, out.String(), errb.String())
 		}
+	}
+}
+
+// TestReloadLinesNameTheFront: a SIGHUP's reload lines carry front, the configuration entry, as
+// every line about a front does (README: "Every line a front logs carries front").
+func TestReloadLinesNameTheFront(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	dir := t.TempDir()
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "front", "front")
+	cfg := &Config{AMQP: []AMQPConfig{
+		{Listen: "127.0.0.1:15673", Upstream: "127.0.0.1:5672"},
+		{Listen: "127.0.0.1:15674", Upstream: "127.0.0.1:5672", ListenerLimits: ListenerLimits{TLS: &TLSServer{CertFile: certFile, KeyFile: keyFile}}}}}
+	sh := shared{cp: pathway.NewCheckpointer("", 0), obs: noObserver{}, errs: errtrack.Discard{}, services: &proxy.Services{}, log: zerolog.Nop()}
+	fronts, err := buildFronts(cfg, sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	proxy.ReloadAll(zerolog.New(&logs), fronts[1].reloaders...)
+	var line map[string]any
+	if err := json.Unmarshal(logs.Bytes(), &line); err != nil {
+		t.Fatalf("%v: %q", err, logs.String())
+	}
+	if line["message"] != "TLS certificates reloaded" || line["front"] != "amqp[1]" {
+		t.Errorf("reload line %v, want front amqp[1]", line)
 	}
 }

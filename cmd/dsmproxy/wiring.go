@@ -178,6 +178,7 @@ func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 	now := time.Now()
 	for _, f := range fronts {
 		for _, r := range f.reloaders {
+			r.Front = f.key
 			r.Owner = f.protocol + " " + f.listen + " upstream_tls"
 			if r.ServerSide() {
 				r.Owner = f.protocol + " " + f.listen + " tls"
