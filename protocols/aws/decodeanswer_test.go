@@ -9,6 +9,8 @@ import (
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 )
@@ -68,6 +70,41 @@ func TestQueryReceiveUndecodableAnswerTracked(t *testing.T) {
 	}
 	if len(got) != 1 || got[0].Operation != "ReceiveMessage" || got[0].Edge.Topic != "badxml" || got[0].Protocol != "sqs" {
 		t.Fatalf("decode error events %+v; want one for ReceiveMessage on queue badxml", got)
+	}
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream check: %v", bad)
+	}
+}
+
+// TestSNSPublishBatchUndecodableAnswerTracked: fauxqs echoes a PublishBatch entry's Id into its
+// XML answer unescaped (`<Id>a<b&c</Id>`; SNS itself refuses such an Id). The proxy cannot read
+// that answer, so the published message gets no produce checkpoint: as for a ReceiveMessage
+// answer, that must show as a tracked decode error on the topic's edge, not vanish.
+func TestSNSPublishBatchUndecodableAnswerTracked(t *testing.T) {
+	up := snsPeer(t)
+	tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sn := snsClient(tp.url, "")
+	topic, err := sn.CreateTopic(ctx, &sns.CreateTopicInput{Name: awssdk.String("badxml-topic")})
+	if err != nil {
+		t.Fatalf("CreateTopic: %v", err)
+	}
+	// The SDK cannot read the answer either: its error is expected, the proxy's tracking is the test.
+	sn.PublishBatch(ctx, &sns.PublishBatchInput{TopicArn: topic.TopicArn, PublishBatchRequestEntries: []snstypes.PublishBatchRequestEntry{
+		{Id: awssdk.String("a<b&c"), Message: awssdk.String("m1")},
+	}})
+	if n := tp.Stats().DecodeErrors; n != 1 {
+		t.Errorf("DecodeErrors %d, want 1", n)
+	}
+	var got []errtrack.Event
+	for _, ev := range tp.ev.all() {
+		if ev.Category == errtrack.DecodeError {
+			got = append(got, ev)
+		}
+	}
+	if len(got) != 1 || got[0].Operation != "PublishBatch" || got[0].Edge.Topic != "badxml-topic" || got[0].Protocol != "sns" {
+		t.Fatalf("decode error events %+v; want one for PublishBatch on topic badxml-topic", got)
 	}
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream check: %v", bad)

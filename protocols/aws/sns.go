@@ -55,6 +55,7 @@ func (p *Proxy) snsQuery(c *call) ([]byte, respFixer, error) {
 		fix = func(resp []byte) []byte {
 			root, err := parseXML(resp)
 			if err != nil {
+				p.answerUndecoded(c, e, err) // the batch was published: its checkpoints are lost
 				return nil
 			}
 			if s := root.find("Successful"); s != nil {
@@ -139,6 +140,7 @@ func (p *Proxy) snsJSON(c *call) ([]byte, respFixer, error) {
 		fix = func(resp []byte) []byte {
 			rms, _, err := objectMembers(resp, 0)
 			if err != nil {
+				p.answerUndecoded(c, e, err)
 				return nil
 			}
 			ok, _ := arrayObjects(resp, rms, "Successful")
