@@ -307,6 +307,13 @@ func TestHelpDocumentsEverything(t *testing.T) {
 			t.Errorf("run --help does not document %s", v)
 		}
 	}
+	// --aws takes one URL; a user with SNS and Kinesis on separate emulators, or whose Kinesis
+	// consumes show no parent, needs to know the file keys that do those.
+	for _, k := range []string{"upstreams", "kinesis_inject_data"} {
+		if !strings.Contains(help, k) {
+			t.Errorf("run --help does not say that the config file's %s exists", k)
+		}
+	}
 }
 
 func TestCheckConfig(t *testing.T) {

@@ -117,7 +117,10 @@ Flags:
                             e.g. --kafka 127.0.0.1:19092=kafka-1:9092,kafka-2:9092. Broker nodes get
                             listeners on the next ports (node id + LISTEN's port + 1).
   --aws LISTEN=URL          SQS/SNS/Kinesis front: listen address = real endpoint URL,
-                            e.g. --aws 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com
+                            e.g. --aws 127.0.0.1:4566=https://sqs.us-east-1.amazonaws.com (an AWS
+                            regional endpoint: SNS and Kinesis go to theirs in its region; any other
+                            URL, an emulator's, serves all three). The config file sets one URL per
+                            service (upstreams) and kinesis_inject_data (links Kinesis consumes to puts).
   --amqp LISTEN=UPSTREAM    AMQP 0-9-1 front, e.g. --amqp 127.0.0.1:5673=rabbitmq:5672
   --admin LISTEN            admin HTTP listener: /dsm /metrics /stats /errors /healthz /readyz /debug/pprof/
                             (default 127.0.0.1:8790; "off" disables it)
