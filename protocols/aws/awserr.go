@@ -184,6 +184,15 @@ func (p *Proxy) reportUpstreamError(c *call, resp *http.Response, body []byte) {
 	}
 	retriable := resp.StatusCode >= 500 || strings.Contains(code, "Throttl") || code == "RequestThrottled" ||
 		code == "ProvisionedThroughputExceededException" || code == "LimitExceededException"
+	// The tracked error names the edge and the reason, not the client: on a shared front every
+	// unnamed client is one service. Debug, as a throttled client may retry many times a second.
+	if ev := p.log.Debug(); ev.Enabled() {
+		ev = ev.Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
+		if c.edge.Topic != "" {
+			ev = ev.Str("topic", c.edge.Topic)
+		}
+		ev.Int("status", resp.StatusCode).Str("code", code).Str("error", msg).Msg("the service refused the request")
+	}
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.BrokerError, Protocol: c.service, Operation: c.op,
 		Code: int32(resp.StatusCode), Name: code, Message: msg, Retriable: retriable, Service: c.svcName,
 		Edge: c.edge, Partition: -1, Messages: c.sent})

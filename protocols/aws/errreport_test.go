@@ -21,8 +21,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sns"
 	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 	"github.com/aws/smithy-go"
+	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -421,5 +423,54 @@ func TestSNSTopicCallErrorsOnTopicEdge(t *testing.T) {
 	}
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream signature failures: %v", bad)
+	}
+}
+
+// TestServiceRefusalLoggedWithClient: the tracked error says why (code, message) and on which
+// edge, but not which client: on a shared front every unnamed client is dsmproxy-client. At
+// Debug, each answer with an error gets a line naming its client (SNS Publish to a topic fauxqs
+// does not have, Kinesis PutRecord to a stream kinesis-local does not have).
+func TestServiceRefusalLoggedWithClient(t *testing.T) {
+	cases := []struct {
+		name string
+		peer func(testing.TB) *verifier
+		send func(ctx context.Context, url string) error
+		want []string
+	}{
+		{"sns", snsPeer, func(ctx context.Context, url string) error {
+			_, err := snsClient(url, "").Publish(ctx, &sns.PublishInput{TopicArn: awssdk.String("arn:aws:sns:us-east-1:000000000000:no-such-topic"), Message: awssdk.String("m")})
+			return err
+		}, []string{`"service":"sns"`, `"op":"Publish"`, `"topic":"no-such-topic"`, `"code":"NotFound"`, `"status":404`}},
+		{"kinesis", kinesisPeer, func(ctx context.Context, url string) error {
+			_, err := kinesisClient(url).PutRecord(ctx, &kinesis.PutRecordInput{StreamName: awssdk.String("no-such-stream"), PartitionKey: awssdk.String("k"), Data: []byte("{}")})
+			return err
+		}, []string{`"service":"kinesis"`, `"op":"PutRecord"`, `"topic":"no-such-stream"`, `"code":"ResourceNotFoundException"`, `"status":400`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			up := tc.peer(t)
+			var logs syncbuf.Buffer
+			tp := startProxy(t, func(c *Config) { c.Upstream, c.Log = up.URL(), zerolog.New(&logs).Level(zerolog.DebugLevel) })
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := tc.send(ctx, tp.url); err == nil {
+				t.Fatal("the send succeeded; want the service's refusal")
+			}
+			// Logged before the answer is written.
+			var line string
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, "the service refused the request") {
+					line = l
+				}
+			}
+			if line == "" {
+				t.Fatalf("no line for the refused request; log:\n%s", logs.String())
+			}
+			for _, w := range append(tc.want, `"client":"127.0.0.1:`) {
+				if !strings.Contains(line, w) {
+					t.Errorf("the refusal's line lacks %s: %s", w, line)
+				}
+			}
+		})
 	}
 }
