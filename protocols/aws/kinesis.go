@@ -88,7 +88,8 @@ func (p *Proxy) kinesisJSON(c *call) ([]byte, respFixer, error) {
 			var out struct {
 				Records []struct{ ErrorCode, ErrorMessage string }
 			}
-			if json.Unmarshal(resp, &out) != nil {
+			if err := json.Unmarshal(resp, &out); err != nil {
+				p.answerUndecoded(c, e, err) // which records were stored is unknown: no checkpoints
 				return nil
 			}
 			for i, r := range out.Records {

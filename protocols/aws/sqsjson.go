@@ -260,6 +260,7 @@ func (p *Proxy) sqsJSONSend(c *call, b []byte, ms []member, end int, queue strin
 		}
 		rms, rend, err := objectMembers(resp, 0)
 		if err != nil {
+			p.answerUndecoded(c, e, err) // its MD5OfMessageAttributes is the injected attribute's
 			return nil
 		}
 		return applyEdits(nil, resp, fixSendMD5(resp, rms, rend, msg.OrigMD5))
@@ -312,11 +313,13 @@ func (p *Proxy) sqsJSONSendBatch(c *call, b []byte, ms []member, queue string) (
 	fix := func(resp []byte) []byte {
 		rms, _, err := objectMembers(resp, 0)
 		if err != nil {
+			p.answerUndecoded(c, e, err) // which entries were stored is unknown: no checkpoints
 			return nil
 		}
 		var reds []edit
 		ok, err := arrayObjects(resp, rms, "Successful")
 		if err != nil {
+			p.answerUndecoded(c, e, err)
 			return nil
 		}
 		for _, o := range ok {

@@ -101,6 +101,7 @@ func (p *Proxy) sqsQuerySend(c *call, queue string) respFixer {
 		}
 		root, err := parseXML(resp)
 		if err != nil {
+			p.answerUndecoded(c, e, err) // its MD5OfMessageAttributes is the injected attribute's
 			return nil
 		}
 		res := root.find("SendMessageResult")
@@ -144,6 +145,7 @@ func (p *Proxy) sqsQuerySendBatch(c *call, queue string) respFixer {
 	return func(resp []byte) []byte {
 		root, err := parseXML(resp)
 		if err != nil {
+			p.answerUndecoded(c, e, err) // which entries were stored is unknown: no checkpoints
 			return nil
 		}
 		var eds []edit
