@@ -5,14 +5,18 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/kversion"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 // TestBrokerRestartClientRetries: while the cluster is down, a client's connections to the proxy
@@ -129,4 +133,91 @@ func TestBrokerResetReachesClient(t *testing.T) {
 		t.Fatalf("the metadata request cut by the broker's reset failed, want it retried: %v", err)
 	}
 	g.check(t)
+}
+
+// TestBrokerCutLogged: a broker that ends a connection (a clean close or a reset, as one that
+// crashes or restarts does) while a request on it waits for its answer is told at Warn, with the
+// connection's fields and the requests it left unanswered: the client sees the connection end and
+// retries, and without the line the log showed nothing until the next dials failed. A broker that
+// ends idle connections (connections.max.idle.ms) cuts no request, and is no Warn.
+func TestBrokerCutLogged(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reset bool
+		held  bool // a Metadata request waits for its answer when the broker ends the connection
+	}{
+		{"close with a request waiting", false, true},
+		{"reset with a request waiting", true, true},
+		{"close when idle", false, false},
+		{"reset when idle", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, g := startCluster(t)
+			var logs syncbuf.Buffer
+			p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+			topic := uniqueTopic(t, "broker-cut")
+			arrived, release := make(chan struct{}), make(chan struct{})
+			var held atomic.Bool
+			c.ControlKey(kmsg.Metadata.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+				named := func(mt kmsg.MetadataRequestTopic) bool { return mt.Topic != nil && *mt.Topic == topic }
+				if !tc.held || !slices.ContainsFunc(req.(*kmsg.MetadataRequest).Topics, named) {
+					return nil, nil, false
+				}
+				c.DropControl()
+				if !held.CompareAndSwap(false, true) {
+					return nil, nil, false
+				}
+				close(arrived)
+				c.SleepControl(func() { <-release })
+				return nil, nil, false
+			})
+			c.KeepControl()
+			cl := kgoClient(t, p, kgo.RequestRetries(0))
+			ctx := testCtx(t)
+			if err := cl.Ping(ctx); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			if tc.held {
+				go func() {
+					req := kmsg.NewPtrMetadataRequest()
+					mt := kmsg.NewMetadataRequestTopic()
+					mt.Topic = &topic
+					req.Topics = append(req.Topics, mt)
+					_, err := req.RequestWith(ctx, cl)
+					done <- err
+				}()
+				<-arrived
+			}
+			if tc.reset {
+				g.resetAll()
+			} else {
+				g.closeAll()
+			}
+			close(release)
+			if tc.held {
+				<-done // answered on a retry or failed: the client's business
+			}
+			const told = "the broker ended the connection with requests unanswered"
+			if !tc.held {
+				waitFor(t, "the client connections to end", func() bool { return p.Stats().OpenConnections == 0 })
+				if strings.Contains(logs.String(), told) {
+					t.Fatalf("idle connections the broker ended were told at Warn:\n%s", logs.String())
+				}
+				return
+			}
+			waitFor(t, "the cut told", func() bool { return strings.Contains(logs.String(), told) })
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if !strings.Contains(line, told) {
+					continue
+				}
+				for _, want := range []string{`"level":"warn"`, `"conn":`, `"client":`, `"upstream":`, `"unanswered":1`, `"requests":["Metadata v`} {
+					if !strings.Contains(line, want) {
+						t.Errorf("the line lacks %s: %s", want, line)
+					}
+				}
+			}
+			g.check(t)
+		})
+	}
 }

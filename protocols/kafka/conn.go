@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,9 @@ type session struct {
 	rawOAuth   bool
 	draining   atomic.Bool
 	respClosed chan struct{}
+	// requestsEnded: the client's side ended (or a drain stopped reading it); brokerEnded: the
+	// broker ended the connection before that, so what it left unanswered is its doing.
+	requestsEnded, brokerEnded atomic.Bool
 	// awaitingAnswers: the drain found answers in flight and waits for them (waitIdle).
 	awaitingAnswers atomic.Bool
 	spoke           bool // the client's first request was read (request goroutine)
@@ -173,6 +177,7 @@ func (s *session) serve(ctx context.Context) error {
 	respErr := make(chan error, 1)
 	go func() {
 		err := s.c.Recover("kafka response relay", s.responses)
+		s.brokerEnded.Store(!s.requestsEnded.Load() && endedByBroker(err))
 		close(s.respClosed)
 		// The upstream ended (or failed): the client must see the connection end too, and end as
 		// the broker's did. A broker's reset reaches the client as a reset: a clean close instead
@@ -193,6 +198,7 @@ func (s *session) serve(ctx context.Context) error {
 	// A drain wakes the request reader; it stops at a request boundary (drainReader).
 	defer s.c.WakeOnDrain(ctx, &s.draining)()
 	err := s.requests()
+	s.requestsEnded.Store(true)
 	if s.draining.Load() && isTimeout(err) {
 		s.waitIdle()
 		// Requests the client sent after the drain began stay unread: closing on them would reset
@@ -217,6 +223,9 @@ func (s *session) serve(ctx context.Context) error {
 	unanswered := s.queue
 	s.queue = nil
 	s.mu.Unlock()
+	if s.brokerEnded.Load() {
+		s.tellBrokerCut(unanswered, rerr)
+	}
 	for _, pd := range unanswered {
 		s.abandon(pd)
 	}
@@ -233,6 +242,48 @@ func (s *session) serve(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// endedByBroker says whether the response relay ended on the broker's side: its clean close or
+// reset, not a failed write to the client.
+func endedByBroker(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "write" {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || proxy.IsReset(err)
+}
+
+// maxCutRequestsLogged bounds the requests a broker-cut line names (a client pipelines at most a
+// few per connection; a misbehaving one could queue maxQueuedRequests).
+const maxCutRequestsLogged = 10
+
+// tellBrokerCut logs a connection the broker ended while requests on it waited for their answers
+// (it crashed, restarted or dropped the connection): the client sees the connection end and
+// retries them, and without this line nothing told of it until the next dials failed. Loud for the
+// first 10 and every 1000th, as every connection to a broker that goes down ends at once.
+func (s *session) tellBrokerCut(unanswered []*pending, err error) {
+	var names []string
+	n := 0
+	for _, pd := range unanswered {
+		if pd.synthetic != nil { // answered by the proxy itself, not waiting for the broker
+			continue
+		}
+		n++
+		if len(names) < maxCutRequestsLogged {
+			names = append(names, kmsg.NameForKey(pd.key)+" v"+strconv.Itoa(int(pd.version)))
+		}
+	}
+	if n == 0 {
+		return // an idle connection the broker closed (connections.max.idle.ms): routine
+	}
+	total := s.p.stats.brokerCuts.Add(1)
+	ev := s.log.Debug()
+	if proxy.LogNth(total) {
+		ev = s.log.Warn()
+	}
+	ev.Err(err).Int("unanswered", n).Strs("requests", names).Uint64("broker_cuts_total", total).
+		Msg("the broker ended the connection with requests unanswered")
 }
 
 // abandon gives up a request whose answer will not come: the connection ended first. Whether the

@@ -164,6 +164,9 @@ type Stats struct {
 	// Fetch responses over 256 KiB relayed unobserved because Config.FrameBudgetBytes was taken:
 	// their records got no consume checkpoints.
 	UnobservedFetches uint64
+	// Client connections the broker ended (closed or reset) while requests on them waited for
+	// its answers: a broker that crashed, restarted or dropped them. The client retries them.
+	BrokerCuts uint64
 	// Produce batches that waited for their topic's first size limit (topicLimits.check), at
 	// most Config.TopicLimitWait (500 ms) per request: each batch to a topic not read yet while
 	// its lookup is under way (again every 10 s for a topic whose lookup comes back without its
@@ -180,7 +183,7 @@ type Stats struct {
 }
 
 type counters struct {
-	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions, unkeptFacts, invalidFrames, unreadRequests, unobservedFetches atomic.Uint64
+	unknownCorr, observeDropped, decodeErrors, injected, existing, skipped, consumed, topicMiss, dropped, synthetic, streamed, hiddenEndpoints, resent, unheld, forgottenSessions, unkeptFacts, invalidFrames, unreadRequests, unobservedFetches, brokerCuts atomic.Uint64
 }
 
 // Proxy is one Kafka front: a bootstrap listener plus one listener per broker node.
@@ -472,7 +475,7 @@ func (p *Proxy) Stats() Stats {
 		ConsumedRecords: s.consumed.Load(), TopicIDMisses: s.topicMiss.Load(), PointsDropped: s.dropped.Load(),
 		SyntheticReplies: s.synthetic.Load(), StreamedFetches: s.streamed.Load(), HiddenEndpoints: s.hiddenEndpoints.Load(),
 		ResentBatches: s.resent.Load(), RefusedConns: refused, TLSHandshakeFailures: tlsFailed, DialFailures: dialFailed, AdvertiseFailures: p.advertiseFailures.Load(), TxnOffsetsDropped: p.txns.dropped.Load(), ForgottenSessions: s.forgottenSessions.Load(),
-		UnkeptFacts: s.unkeptFacts.Load(), UnreadRequests: s.unreadRequests.Load(), UnobservedFetches: s.unobservedFetches.Load(),
+		UnkeptFacts: s.unkeptFacts.Load(), UnreadRequests: s.unreadRequests.Load(), UnobservedFetches: s.unobservedFetches.Load(), BrokerCuts: s.brokerCuts.Load(),
 		UnheldBatches: s.unheld.Load(), TopicLimitWaits: p.limits.waits.Load(),
 		TopicConfigLookups: p.limits.lookups.Load(), TopicConfigFailures: p.limits.lookupFailures.Load(),
 		OpenConnections: int64(open),
