@@ -223,9 +223,7 @@ func (s *session) serve(ctx context.Context) error {
 	unanswered := s.queue
 	s.queue = nil
 	s.mu.Unlock()
-	if s.brokerEnded.Load() {
-		s.tellBrokerCut(unanswered, rerr)
-	}
+	cutTold := s.brokerEnded.Load() && s.tellBrokerCut(unanswered, rerr)
 	for _, pd := range unanswered {
 		s.abandon(pd)
 	}
@@ -235,13 +233,29 @@ func (s *session) serve(ctx context.Context) error {
 	s.p.frames.Release(&s.frameShare)
 	s.disarmShed()
 	s.shedBuffers() // a closed connection's buffers serve others
+	if clientReset(err, "read") || clientReset(rerr, "write") {
+		// The client's choice, as a clean close is: librdkafka's and kafkajs's consumers reset at
+		// their close, as does any process that exits with an answer unread.
+		s.log.Debug().Err(err).AnErr("answer_error", rerr).Msg("the client reset the connection")
+		return nil
+	}
 	if err == nil || errors.Is(err, io.EOF) || isClosed(err) {
 		if rerr != nil && !errors.Is(rerr, io.EOF) && !isClosed(rerr) {
+			if cutTold {
+				return proxy.Logged(rerr)
+			}
 			return rerr
 		}
 		return nil
 	}
 	return err
+}
+
+// clientReset says whether err is the client's reset, seen on the client connection's op side:
+// "read" for the requests, "write" for the answers.
+func clientReset(err error, op string) bool {
+	var oe *net.OpError
+	return proxy.IsReset(err) && errors.As(err, &oe) && oe.Op == op
 }
 
 // endedByBroker says whether the response relay ended on the broker's side: its clean close or
@@ -262,7 +276,8 @@ const maxCutRequestsLogged = 10
 // (it crashed, restarted or dropped the connection): the client sees the connection end and
 // retries them, and without this line nothing told of it until the next dials failed. Loud for the
 // first 10 and every 1000th, as every connection to a broker that goes down ends at once.
-func (s *session) tellBrokerCut(unanswered []*pending, err error) {
+// It says whether it logged at Warn.
+func (s *session) tellBrokerCut(unanswered []*pending, err error) bool {
 	var names []string
 	n := 0
 	for _, pd := range unanswered {
@@ -275,15 +290,17 @@ func (s *session) tellBrokerCut(unanswered []*pending, err error) {
 		}
 	}
 	if n == 0 {
-		return // an idle connection the broker closed (connections.max.idle.ms): routine
+		return false // an idle connection the broker closed (connections.max.idle.ms): routine
 	}
 	total := s.p.stats.brokerCuts.Add(1)
+	loud := proxy.LogNth(total)
 	ev := s.log.Debug()
-	if proxy.LogNth(total) {
+	if loud {
 		ev = s.log.Warn()
 	}
 	ev.Err(err).Int("unanswered", n).Strs("requests", names).Uint64("broker_cuts_total", total).
 		Msg("the broker ended the connection with requests unanswered")
+	return loud
 }
 
 // abandon gives up a request whose answer will not come: the connection ended first. Whether the

@@ -81,3 +81,40 @@ func TestSilentClientClosed(t *testing.T) {
 	}
 	guard.check(t)
 }
+
+// TestClientResetQuiet: a client that resets its connection (SO_LINGER 0, or a close with an
+// answer unread: librdkafka's and kafkajs's consumers at their close, any process that exits) ends
+// it as a clean close does, at Debug: direct, a broker logs neither, and a Warn for each client
+// that stops reads as trouble in the proxy.
+func TestClientResetQuiet(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		read bool // the client reads its answer before the reset
+	}{
+		{"after its answer", true},
+		{"with its answer unread", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, guard := startCluster(t)
+			var logs syncbuf.Buffer
+			p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+			conn, err := net.Dial("tcp", p.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			openNodes(t, conn) // the session is open: its end is waited for below
+			if !tc.read {
+				if _, err := conn.Write(requestFrame(emptyMetadata(), 1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+			waitFor(t, "the connection to end", func() bool { return p.Stats().OpenConnections == 0 })
+			if strings.Contains(logs.String(), `"level":"warn"`) {
+				t.Errorf("a client's reset logged at Warn:\n%s", logs.String())
+			}
+			guard.check(t)
+		})
+	}
+}
