@@ -46,6 +46,7 @@ type AgentConfig struct {
 // AgentEnabledFromEnv reports whether the environment turns the Agent reporter on. Like dd-trace-py,
 // any value of DD_ERROR_TRACKING_HANDLED_ERRORS (user, third_party, all) or of
 // DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE enables it; the proxy has no user/third-party split.
+// (cmd/dsmproxy reads the same two variables, and takes an empty one as set too.)
 func AgentEnabledFromEnv(getenv func(string) string) bool {
 	return getenv("DD_ERROR_TRACKING_HANDLED_ERRORS") != "" || getenv("DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE") != ""
 }

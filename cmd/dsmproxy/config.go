@@ -164,7 +164,7 @@ type AgentConfig struct {
 
 // ErrorsConfig configures error tracking.
 type ErrorsConfig struct {
-	Agent      *bool    `yaml:"agent"`      // report error spans to the Agent (also DD_ERROR_TRACKING_HANDLED_ERRORS)
+	Agent      *bool    `yaml:"agent"`      // report error spans to the Agent (also DD_ERROR_TRACKING_HANDLED_ERRORS[_INCLUDE])
 	Categories []string `yaml:"categories"` // broker_error, lost_message, proxy_skip, decode_error
 	Interval   Duration `yaml:"interval"`
 }
@@ -985,10 +985,13 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 		c.setBy("agent.url", agentHostPortVars)
 		c.agentHost, c.agentPort = h, p
 	}
-	// Like the tracers: any value, even empty, turns handled-error reporting on.
-	if _, ok := lookup("DD_ERROR_TRACKING_HANDLED_ERRORS"); ok {
-		on := true
-		c.Errors.Agent = &on
+	// Like the tracers: any value, even empty, of either variable turns handled-error reporting
+	// on (dd-trace-py reads both; the proxy has no user/third-party or module split).
+	for _, v := range []string{"DD_ERROR_TRACKING_HANDLED_ERRORS", "DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE"} {
+		if _, ok := lookup(v); ok {
+			on := true
+			c.Errors.Agent = &on
+		}
 	}
 }
 

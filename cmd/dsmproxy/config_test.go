@@ -210,6 +210,13 @@ kafka:
 				t.Errorf("errors.agent not enabled by DD_ERROR_TRACKING_HANDLED_ERRORS")
 			}
 		}},
+		// dd-trace-py turns handled-error reporting on with either variable, and so does the
+		// errors package (AgentEnabledFromEnv): a fleet configured for the tracer gets the spans.
+		{"handled errors include variable", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE": "kafka"}, nil, func(t *testing.T, c *Config) {
+			if c.Errors.Agent == nil || !*c.Errors.Agent {
+				t.Errorf("errors.agent not enabled by DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE")
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var f runFlags
@@ -302,7 +309,7 @@ func TestHelpDocumentsEverything(t *testing.T) {
 			t.Errorf("run --help does not document --%s", fl.Name)
 		}
 	})
-	for _, v := range []string{"DD_TRACE_AGENT_URL", "DD_AGENT_HOST", "DD_TRACE_AGENT_PORT", "DD_ENV", "DD_SERVICE", "DD_VERSION", "DD_ERROR_TRACKING_HANDLED_ERRORS", "NO_COLOR"} {
+	for _, v := range []string{"DD_TRACE_AGENT_URL", "DD_AGENT_HOST", "DD_TRACE_AGENT_PORT", "DD_ENV", "DD_SERVICE", "DD_VERSION", "DD_ERROR_TRACKING_HANDLED_ERRORS", "DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE", "NO_COLOR"} {
 		if !strings.Contains(help, v) {
 			t.Errorf("run --help does not document %s", v)
 		}
