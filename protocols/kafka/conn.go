@@ -67,6 +67,7 @@ type session struct {
 	// SASL v0: raw token exchanges left (-1: unknown mechanism, relay bytes for good).
 	rawLeft    atomic.Int32
 	rawOAuth   bool
+	saslMech   string // the mechanism of the latest SaslHandshake (request goroutine only)
 	draining   atomic.Bool
 	respClosed chan struct{}
 	// requestsEnded: the client's side ended (or a drain stopped reading it); brokerEnded: the
@@ -177,7 +178,10 @@ func (s *session) serve(ctx context.Context) error {
 	respErr := make(chan error, 1)
 	go func() {
 		err := s.c.Recover("kafka response relay", s.responses)
-		s.brokerEnded.Store(!s.requestsEnded.Load() && endedByBroker(err))
+		// A login the broker refused by closing is tracked as that, not also told as a cut.
+		if !s.loginClosed(err) {
+			s.brokerEnded.Store(!s.requestsEnded.Load() && endedByBroker(err))
+		}
 		close(s.respClosed)
 		// The upstream ended (or failed): the client must see the connection end too, and end as
 		// the broker's did. A broker's reset reaches the client as a reset: a clean close instead

@@ -113,7 +113,10 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 	case keySaslHandshake:
 		if mech, ok := s.firstString(h, frame); ok {
 			pd.facts = mech
+			s.saslMech = mech
 		}
+	case keySaslAuth:
+		pd.facts = saslLogin(s.saslMech)
 	case keyShareFetch, keyShareAck:
 		if !knownVersion(h.Key, h.Version) {
 			break

@@ -1,9 +1,16 @@
 package kafka
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // SASL passes through untouched. SaslHandshake v1 is followed by SaslAuthenticate requests, which
@@ -26,12 +33,19 @@ func rawExchanges(mechanism string) int32 {
 }
 
 func (s *session) saslHandshakeResponse(pd *pending, frame []byte) {
-	if pd.version != 0 {
-		return
-	}
 	mech, _ := pd.facts.(string)
 	resp := kmsg.NewPtrSASLHandshakeResponse()
-	if _, ok := s.decodeResponse(pd, frame, resp); !ok || resp.ErrorCode != 0 {
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+		return
+	}
+	if resp.ErrorCode != 0 {
+		// UNSUPPORTED_SASL_MECHANISM: the client's login cannot start. It reconnects and asks
+		// again; its application sees at most a timeout.
+		s.loginRefused(keySaslHandshake, resp.ErrorCode, fmt.Sprintf("mechanism %s refused; the broker offers %s",
+			mech, strings.Join(resp.SupportedMechanisms, ", ")))
+		return
+	}
+	if pd.version != 0 {
 		return
 	}
 	// v0: the tokens that follow are raw, and no SaslAuthenticate answer will say the login
@@ -55,13 +69,59 @@ func (s *session) rawTokenAnswered(frame []byte) {
 	}
 }
 
+// saslLogin is the facts of a SaslAuthenticate request: the mechanism its handshake named.
+type saslLogin string
+
 // saslAuthenticateResponse notes a login the cluster accepted: it authenticates its clients, and
 // the proxy's own requests would be refused unless it has a login of its own (Config.SASL,
-// topicconfig.go). A refused login (a
-// wrong password, or a cluster without SASL) says nothing about the cluster.
+// topicconfig.go). A refused login (a wrong password, or a cluster without SASL) says nothing
+// about the cluster, and is tracked.
 func (s *session) saslAuthenticateResponse(pd *pending, frame []byte) {
 	resp := kmsg.NewPtrSASLAuthenticateResponse()
-	if _, ok := s.decodeResponse(pd, frame, resp); ok && resp.ErrorCode == 0 {
-		s.p.saslSeen.Store(true)
+	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
+		return
 	}
+	if resp.ErrorCode == 0 {
+		s.p.saslSeen.Store(true)
+		return
+	}
+	mech, _ := pd.facts.(saslLogin)
+	msg := "mechanism " + string(mech)
+	if resp.ErrorMessage != nil && *resp.ErrorMessage != "" {
+		msg += ": " + *resp.ErrorMessage
+	}
+	s.loginRefused(keySaslAuth, resp.ErrorCode, msg)
+}
+
+// loginClosed reports a login the broker ended the connection over: Kafka answers a refused
+// SaslAuthenticate and then closes, but some brokers (kfake among them) close without the
+// answer, and the client shows no more than a lost connection, and tries again. err is how
+// the response relay ended: only the upstream's own end (EOF, a reset) counts, not the proxy's
+// close after the client left. It says whether it reported one.
+func (s *session) loginClosed(err error) bool {
+	if !errors.Is(err, io.EOF) && !proxy.IsReset(err) {
+		return false
+	}
+	s.mu.Lock()
+	var mech saslLogin
+	found := false
+	for _, pd := range s.queue {
+		if pd.key == keySaslAuth && pd.synthetic == nil && !pd.rawToken {
+			mech, _ = pd.facts.(saslLogin)
+			found = true
+			break
+		}
+	}
+	s.mu.Unlock()
+	if found {
+		s.loginRefused(keySaslAuth, kerr.SaslAuthenticationFailed.Code,
+			"mechanism "+string(mech)+": the broker closed the connection without answering SaslAuthenticate: it refused the login")
+	}
+	return found
+}
+
+// loginRefused tracks a refused client login on the cluster's edge: a login names no topic.
+func (s *session) loginRefused(op, code int16, message string) {
+	s.p.brokerErrorMessage(op, code, message, s.info.Load().service,
+		pathway.Edge{Type: pathway.TypeKafka, ClusterID: s.p.cluster()}, -1, 0)
 }
