@@ -1523,9 +1523,9 @@ func (s *session) brokerMethod(f frame) {
 	case connClose:
 		s.brokerSaidClose = true
 		c := a.closeArgs()
-		s.connClosedByBroker(c, a.err == nil && c.Code != 200 && c.Method == basicPublish)
+		refused := s.connClosedByBroker(c, a.err == nil && c.Code != 200 && c.Method == basicPublish)
 		if a.err == nil && c.Code != 200 {
-			s.errorClose("broker", m, 0, c)
+			s.errorCloseEdge("broker", m, 0, c, refused)
 			why := fmt.Sprintf("%d %s", c.Code, c.Text)
 			s.brokerClose.Store(&why)
 		}

@@ -124,7 +124,9 @@ func (cs *chanShared) discardLocked(code uint16) (n int, lastIn bool) {
 // refusedPublish: the broker closed the connection over a Basic.Publish, which is lost too, as a
 // return or a nack is (a channel's: closeLost). The close names no channel: the refused publish
 // is taken to be the client's latest, counted with its channel's transaction when it has one.
-func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
+// It returns that publish's edge (nil when the close was over no publish, or none is known), where
+// the close itself is tracked too.
+func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) *pathway.Edge {
 	type chanLost struct {
 		ch  uint16
 		pub *pathway.Edge
@@ -155,9 +157,13 @@ func (s *session) connClosedByBroker(c closeArgs, refusedPublish bool) {
 		}
 		s.reportLost(c.Code, l.pub, l.n, msg)
 	}
-	if refusedPublish && !refusedCounted {
+	if !refusedPublish {
+		return nil
+	}
+	if !refusedCounted {
 		s.reportLost(c.Code, refusedEdge, 1, fmt.Sprintf("broker sent Connection.Close over a publish: %s", c.Text))
 	}
+	return refusedEdge
 }
 
 // refusedLocked is the edge the method a broker's Channel.Close refused concerned: the

@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -283,6 +284,12 @@ func TestBrokerConnectionCloseOverPublishCountedOnce(t *testing.T) {
 				if e.Category == errtrack.LostMessage && e.Edge.Topic != q {
 					t.Errorf("lost messages reported on edge %+v, want the publishes' topic %s", e.Edge, q)
 				}
+			}
+			// The close is tracked where the publish it refused went, as a Channel.Close over a
+			// publish is: not on a bare type:rabbitmq edge beside its lost message's.
+			want := pathway.Edge{Direction: pathway.Out, Type: pathway.TypeRabbitMQ, Topic: q}
+			if closes[0].Edge != want || closes[0].Messages != 1 {
+				t.Errorf("the close over the publish tracked on edge %s for %d messages, want %s and 1", closes[0].Edge, closes[0].Messages, want)
 			}
 			if d := queueDepth(t, q); d != 0 {
 				t.Errorf("the queue holds %d messages, want 0", d)
