@@ -180,24 +180,28 @@ func (a *AgentReporter) Send(ctx context.Context, iv Interval) error {
 	req.Header.Set("Datadog-Meta-Lang-Interpreter", runtime.Compiler+"-"+runtime.GOARCH+"-"+runtime.GOOS)
 	req.Header.Set("Datadog-Meta-Tracer-Version", "dsmproxy")
 	req.Header.Set("X-Datadog-Trace-Count", strconv.Itoa(len(traces)))
+	// The error is what the log says of the flush: it tells whether the traces are kept.
+	kept := fmt.Sprintf("%d error traces wait for the next flush", len(traces))
 	resp, err := a.client.Do(req)
 	if err != nil {
 		retry()
-		return fmt.Errorf("errtrack: agent %s: POST %s: %w", redact.URL(a.cfg.URL), TracesPath, err)
+		return fmt.Errorf("errtrack: agent %s: POST %s: %w; %s", redact.URL(a.cfg.URL), TracesPath, err, kept)
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode < 400 {
+		return nil
+	}
 	// 5xx, and the Agent's own "busy" answers (429: its decoders stayed full; 408: decoding
 	// timed out), refuse for now: the traces go again with the next flush. Other 4xx would
 	// refuse them again: those are dropped.
+	fate := fmt.Sprintf("%d error traces dropped", len(traces))
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
 		retry()
+		fate = kept
 	}
-	if resp.StatusCode >= 400 {
-		return fmt.Errorf("errtrack: agent %s: POST %s (%d traces): status %d: %s", redact.URL(a.cfg.URL), TracesPath,
-			len(traces), resp.StatusCode, bytes.TrimSpace(msg))
-	}
-	return nil
+	return fmt.Errorf("errtrack: agent %s: POST %s: status %d: %s; %s", redact.URL(a.cfg.URL), TracesPath,
+		resp.StatusCode, bytes.TrimSpace(msg), fate)
 }
 
 // ErrorType is the error.type / exception.type of a group: protocol, category and name, the

@@ -287,8 +287,15 @@ func TestAgentReporterKeepsTracesForAFailingAgent(t *testing.T) {
 		fa := &fakeAgent{status: tc.status}
 		srv := httptest.NewServer(fa)
 		r := NewAgentReporter(AgentConfig{URL: srv.URL})
-		if err := r.Send(context.Background(), lostInterval()); err == nil {
+		err := r.Send(context.Background(), lostInterval())
+		if err == nil {
 			t.Fatalf("status %d: no error", tc.status)
+		}
+		// The error is the log line ("error tracking: flush failed"): it says what became of
+		// the traces, which a failed flush alone does not.
+		if fate := "2 error traces wait for the next flush"; tc.resent != strings.Contains(err.Error(), fate) ||
+			!tc.resent && !strings.Contains(err.Error(), "2 error traces dropped") {
+			t.Errorf("status %d: error %q does not say whether the traces are sent again", tc.status, err)
 		}
 		fa.mu.Lock()
 		fa.status, fa.traces = 0, nil
@@ -304,6 +311,12 @@ func TestAgentReporterKeepsTracesForAFailingAgent(t *testing.T) {
 			t.Errorf("after a %d: the next send carried %d traces, want %d", tc.status, n, want)
 		}
 		srv.Close()
+	}
+	gone := httptest.NewServer(&fakeAgent{})
+	gone.Close()
+	err := NewAgentReporter(AgentConfig{URL: gone.URL}).Send(context.Background(), lostInterval())
+	if err == nil || !strings.Contains(err.Error(), "2 error traces wait for the next flush") {
+		t.Errorf("an Agent that cannot be reached: error %v does not say the traces are sent again", err)
 	}
 }
 
