@@ -57,6 +57,7 @@ func cmdline(w http.ResponseWriter, _ *http.Request) {
 }
 
 type frontStatus struct {
+	Front     string            `json:"front"` // the config entry, as log lines name it: amqp[1]
 	Protocol  string            `json:"protocol"`
 	Listen    string            `json:"listen"`
 	Upstreams map[string]string `json:"upstreams"` // address -> "ok" or the dial error
@@ -89,7 +90,7 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 	// the loop below counts them all until it has its answer.
 	results := make(chan dialResult, pending)
 	for i, f := range a.fronts {
-		out[i] = frontStatus{Protocol: f.protocol, Listen: f.bound(), Upstreams: map[string]string{}}
+		out[i] = frontStatus{Front: f.key, Protocol: f.protocol, Listen: f.bound(), Upstreams: map[string]string{}}
 		for _, up := range f.upstreams {
 			out[i].Upstreams[up] = "no answer yet (another upstream of the front answered first)"
 			go func() { results <- dialResult{i, up, f.dialUpstream(ctx, up)} }()

@@ -43,6 +43,7 @@ type checkpointerStats struct {
 }
 
 type frontStats struct {
+	Front    string `json:"front"` // the config entry, as log lines name it: amqp[1]
 	Protocol string `json:"protocol"`
 	Listen   string `json:"listen"`
 	Stats    any    `json:"stats"`

@@ -567,12 +567,20 @@ func TestFrontLabelsNameBoundAddress(t *testing.T) {
 			t.Fatalf("%s: %v", path, err)
 		}
 	}
-	var fromStats, fromReady []string
+	var fromStats, fromReady, keysStats, keysReady []string
 	for _, f := range stats.Fronts {
 		fromStats = append(fromStats, f.Listen)
+		keysStats = append(keysStats, f.Front)
 	}
 	for _, f := range ready.Fronts {
 		fromReady = append(fromReady, f.Listen)
+		keysReady = append(keysReady, f.Front)
+	}
+	// And each names its config entry, as every log line of the front does.
+	for page, keys := range map[string][]string{"/stats": keysStats, "/readyz": keysReady} {
+		if slices.Sort(keys); !slices.Equal(keys, []string{"amqp[0]", "amqp[1]"}) {
+			t.Errorf("%s fronts named %q, want amqp[0] and amqp[1]", page, keys)
+		}
 	}
 	for _, tc := range []struct {
 		page string

@@ -318,7 +318,7 @@ func (rt *runtime) snapshot() statsSnapshot {
 	st := statsSnapshot{Fronts: make([]frontStats, 0, len(rt.fronts)), Aggregator: rt.agg.Stats(),
 		Checkpointer: checkpointerStats{CacheResets: rt.cp.CacheResets()}}
 	for _, f := range rt.fronts {
-		fs := frontStats{Protocol: f.protocol, Listen: f.bound()}
+		fs := frontStats{Front: f.key, Protocol: f.protocol, Listen: f.bound()}
 		if f.stats != nil {
 			fs.Stats = f.stats()
 		}
