@@ -215,7 +215,8 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 	}
 	s.checkInfo(ctx)
 	if !s.infoOK {
-		return nil // warned once; payloads wait, bounded
+		// Warned once; payloads wait, bounded. The error tells a flush at exit that they are lost.
+		return fmt.Errorf("agent %s: %d payload(s) waiting: its /info said it cannot take DSM", s.shown, len(s.pending))
 	}
 	for len(s.pending) > 0 {
 		if err := ctx.Err(); err != nil {

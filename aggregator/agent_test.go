@@ -274,6 +274,11 @@ func TestInfo404(t *testing.T) {
 			if st := sink.Stats(); st.EndpointListed || st.PendingBytes > aggregator.DefaultMaxPendingBytes {
 				t.Errorf("stats %+v", st)
 			}
+			// At exit the payloads still waiting are lost: that is said, not only counted.
+			f.FlushNow(context.Background(), true)
+			if l := logs.String(); !strings.Contains(l, "DSM flush at exit failed") || !strings.Contains(l, "payload(s) waiting") {
+				t.Errorf("no warning that the waiting payloads are lost at exit; logs:\n%s", l)
+			}
 		})
 	}
 }
