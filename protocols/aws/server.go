@@ -306,6 +306,35 @@ func (c *h1Conn) refuseProtocol(br *bufio.Reader) {
 	c.writeSimple(http.StatusBadRequest, "400 Bad Request: this is dsmproxy's AWS front, which speaks HTTP (SQS, SNS and Kinesis APIs)")
 }
 
+// refusePlain refuses a client that does not speak TLS at a front with tls, naming what it
+// spoke (looks_like) and what to change (hint), as the Kafka and AMQP fronts do. An HTTP client
+// (an SDK or CLI given an http:// endpoint) is answered 400 in plain HTTP, as net/http's servers
+// answer one, so that it says what happened instead of "connection closed".
+func (c *h1Conn) refusePlain(rh tls.RecordHeaderError) {
+	head := rh.RecordHeader[:]
+	ev := c.loudWarn()
+	what := proxy.LooksLike(head)
+	if what != "" {
+		ev = ev.Str("looks_like", what)
+	}
+	hint := "the client does not speak TLS and this front expects it: have the client use https:// (--endpoint-url https://...), or remove the front's tls"
+	if h := proxy.OtherFrontHint(what, "AWS"); h != "" {
+		hint = h
+	}
+	ev = ev.Hex("header", head).Str("hint", hint)
+	if what != "an HTTP request" {
+		ev.Msg("TLS handshake with client failed: the client does not speak TLS; closing connection")
+		return
+	}
+	ev.Int("status", http.StatusBadRequest).Msg("TLS handshake with client failed: the client sent a plain HTTP request; refused (400 Bad Request), closing connection")
+	rh.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	const text = "400 Bad Request: client sent an HTTP request to an HTTPS server (dsmproxy's AWS front has tls: use https://)"
+	if _, err := io.WriteString(rh.Conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: "+
+		strconv.Itoa(len(text))+"\r\n\r\n"+text); err == nil {
+		proxy.Linger(rh.Conn)
+	}
+}
+
 // serveH2 serves an HTTP/2 connection until it ends: the JavaScript SDK v3's KinesisClient
 // speaks nothing else, and the Java SDK v2's KinesisAsyncClient does by default. Its requests go
 // to the same handler (SubscribeToShard, an event stream, is still refused there).
@@ -465,6 +494,11 @@ func (c *h1Conn) serve() {
 		if err := tc.HandshakeContext(s.baseCtx); err != nil {
 			if !proxy.SpokeFirst(tc) { // port probes and TCP health checks: not counted
 				c.log.Debug().Err(err).Msg("TLS handshake with client failed; closing connection")
+				return
+			}
+			var rh tls.RecordHeaderError
+			if errors.As(err, &rh) && rh.Conn != nil {
+				c.refusePlain(rh)
 				return
 			}
 			c.loudWarn().Err(err).Msg("TLS handshake with client failed; closing connection")

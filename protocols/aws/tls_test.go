@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -10,9 +11,13 @@ import (
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
 )
 
@@ -107,5 +112,35 @@ func TestTLSTowardCLI(t *testing.T) {
 	aws.run(ctx, nil, "sqs", "send-message", "--queue-url", cq.QueueUrl, "--message-body", "over tls")
 	if n := len(tp.rec.withTags("direction:out", "topic:secure-cli")); n != 1 {
 		t.Errorf("%d produce points", n)
+	}
+}
+
+// TestPlainClientAtTLSFrontTold: an SDK given an http:// endpoint for a front with tls is
+// answered 400 in plain HTTP (as net/http's servers answer: "Client sent an HTTP request to an
+// HTTPS server") rather than having its connection closed with nothing, which the CLIs report
+// only as "Connection was closed before we received a valid response"; and the proxy's Warn line
+// says what the client spoke and what to change, as the Kafka and AMQP fronts' lines do.
+func TestPlainClientAtTLSFrontTold(t *testing.T) {
+	var logs syncbuf.Buffer
+	srvTLS, _ := testpki.ServerTLS(t)
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream, c.Listener.TLS, c.Log = "http://127.0.0.1:9", srvTLS, zerolog.New(&logs)
+	})
+	cl := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String("http://" + tp.Addr().String()),
+		Credentials:      credentials.NewStaticCredentialsProvider(testKey, testSecret, ""),
+		RetryMaxAttempts: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := cl.ListQueues(ctx, &sqs.ListQueuesInput{})
+	var re *awshttp.ResponseError
+	if !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusBadRequest {
+		t.Errorf("a plain HTTP client at the TLS front got %v, want a 400 answer", err)
+	}
+	line := refusalLine(t, &logs, "an HTTP request")
+	if !strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, "https://") || !strings.Contains(line, `"header":`) {
+		t.Errorf("the refusal is no Warn line with the client's header and a hint at https://: %s", line)
+	}
+	if n := tp.Stats().MalformedRequests; n != 1 {
+		t.Errorf("MalformedRequests %d, want 1", n)
 	}
 }
