@@ -49,3 +49,33 @@ func TestFirstByteConnLookedThrough(t *testing.T) {
 		t.Errorf("after Linger the client reads %v, want EOF (a half-close)", err)
 	}
 }
+
+// TestPlaintextAlert: the alert is found however the reads split the client's last bytes, and
+// only when those bytes are an unencrypted alert record.
+func TestPlaintextAlert(t *testing.T) {
+	alert := []byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 45}
+	for _, tc := range []struct {
+		name  string
+		reads [][]byte
+		want  bool
+	}{
+		{"one read", [][]byte{alert}, true},
+		{"after other records", [][]byte{append([]byte{0x14, 0x03, 0x03, 0x00, 0x01, 0x01}, alert...)}, true},
+		{"in pieces", [][]byte{{0x16, 0x03}, alert[:3], alert[3:5], alert[5:]}, true},
+		{"byte by byte", [][]byte{alert[:1], alert[1:2], alert[2:3], alert[3:4], alert[4:5], alert[5:6], alert[6:]}, true},
+		{"a handshake record", [][]byte{{0x16, 0x03, 0x03, 0x00, 0x02, 0x02, 45}}, false},
+		{"short", [][]byte{alert[1:]}, false},
+		{"more after the alert", [][]byte{alert, {0x17}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c FirstByteConn
+			for _, r := range tc.reads {
+				c.keepTail(r)
+			}
+			got, ok := c.PlaintextAlert()
+			if ok != tc.want || (ok && got != tls.AlertError(45)) {
+				t.Errorf("PlaintextAlert() = %v, %v; want found %v", got, ok, tc.want)
+			}
+		})
+	}
+}

@@ -49,6 +49,9 @@ type h1Server struct {
 	logErr         func(string)
 	log            zerolog.Logger // the drain's outcome
 	refusals       *atomic.Uint64 // malformed requests and failed TLS handshakes (Stats), for loudWarn
+	// tls serves the certificate toward clients (nil: plain HTTP), for the lines about clients
+	// that refuse it.
+	tlsConf *tls.Config
 
 	// h2 serves the connections of clients that speak HTTP/2 (serveH2); nil: none are served.
 	h2 *h2Handoff
@@ -501,8 +504,18 @@ func (c *h1Conn) serve() {
 				c.refusePlain(rh)
 				return
 			}
-			c.loudWarn().Err(err).Msg("TLS handshake with client failed; closing connection")
+			ev := c.loudWarn()
+			if alert, problem, ok := proxy.RefusedCertificate(err, tc, s.tlsConf, time.Now()); ok {
+				ev = ev.Str("client_alert", alert).Str("hint", proxy.RefusedCertHint)
+				if problem != "" {
+					ev = ev.Str("problem", problem)
+				}
+			}
+			ev.Err(err).Msg("TLS handshake with client failed; closing connection")
 			return
+		}
+		if fb, ok := tc.NetConn().(*proxy.FirstByteConn); ok {
+			fb.HandshakeDone()
 		}
 		tc.SetDeadline(time.Time{})
 		st := tc.ConnectionState()

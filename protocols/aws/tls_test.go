@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -142,5 +143,35 @@ func TestPlainClientAtTLSFrontTold(t *testing.T) {
 	}
 	if n := tp.Stats().MalformedRequests; n != 1 {
 		t.Errorf("MalformedRequests %d, want 1", n)
+	}
+}
+
+// TestCLIRefusingCertificateTold: the aws CLI (OpenSSL) refusing the front's expired certificate
+// gets a Warn line that names its alert and says the client refused the front's certificate, and
+// why; Go's handshake alone reads OpenSSL's unencrypted TLS 1.3 alert as "bad record MAC".
+func TestCLIRefusingCertificateTold(t *testing.T) {
+	var logs syncbuf.Buffer
+	pki := testpki.New(t, "aws test CA")
+	pki.LeafNotAfter = time.Now().Add(-time.Hour)
+	caFile := pki.WriteCA(t, t.TempDir())
+	_, _, pair := pki.Issue(t, "dsmproxy")
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream, c.Log = "http://127.0.0.1:9", zerolog.New(&logs)
+		c.Listener.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	aws := newCLI(t, "https://"+tp.Addr().String())
+	cmd := exec.CommandContext(ctx, debianAWS, "sqs", "list-queues", "--endpoint-url", aws.endpoint)
+	cmd.Env = append(aws.env, "AWS_CA_BUNDLE="+caFile, "AWS_MAX_ATTEMPTS=1")
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("the CLI accepted an expired certificate: %s", out)
+	}
+	waitForLog(t, &logs, "TLS handshake with client failed")
+	line, _, _ := strings.Cut(logs.String()[strings.Index(logs.String(), `{"level":"warn"`):], "\n")
+	for _, want := range []string{`"client_alert":"expired certificate"`, "refused the certificate this front serves", `"problem":"the certificate expired at`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("the line has no %s:\n%s", want, line)
+		}
 	}
 }

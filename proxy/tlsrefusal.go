@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"strings"
+	"time"
+)
+
+// RefusedCertHint is the hint of a line about a client that refused the front's certificate.
+const RefusedCertHint = "the client refused the certificate this front serves: it must be valid now, name the host the client dials, " +
+	"and be signed by a CA the client trusts (Kafka ssl.ca.location, the Java truststore, the AMQP client's CA file, AWS_CA_BUNDLE); " +
+	"replace tls.cert_file and key_file, then send SIGHUP"
+
+// certAlerts are the alerts a client sends when it refuses the server's certificate.
+var certAlerts = []tls.AlertError{42, 43, 44, 45, 46, 48} // bad, unsupported, revoked, expired, unknown certificate; unknown CA
+
+// RefusedCertificate reports whether err, from a failed handshake of tc with a client, is the
+// client refusing the certificate the front served (conf's): the alert the client sent and what
+// the proxy can tell is wrong with the certificate ("" when nothing). Go names an alert OpenSSL
+// clients send unencrypted in TLS 1.3 only "bad record MAC": the bytes read say which it was.
+func RefusedCertificate(err error, tc *tls.Conn, conf *tls.Config, now time.Time) (alert, problem string, ok bool) {
+	var a error
+	var oe *net.OpError
+	switch {
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		a = oe.Err
+	default:
+		if fb, isFB := tc.NetConn().(*FirstByteConn); isFB && strings.Contains(err.Error(), "bad record MAC") {
+			if pa, found := fb.PlaintextAlert(); found {
+				a = pa
+			}
+		}
+	}
+	if a == nil {
+		return "", "", false
+	}
+	name := a.Error()
+	refused := false
+	for _, ca := range certAlerts {
+		refused = refused || name == ca.Error()
+	}
+	if !refused {
+		return "", "", false
+	}
+	return strings.TrimPrefix(name, "tls: "), servedProblem(conf, tc.ConnectionState().ServerName, now), true
+}
+
+// servedProblem says what is wrong at now with the certificate conf serves: expired, not valid
+// yet, or not naming sni (the host the client asked for; IP clients send none); "" otherwise.
+func servedProblem(conf *tls.Config, sni string, now time.Time) string {
+	leaf := servedLeaf(conf)
+	if leaf == nil {
+		return ""
+	}
+	var problems []string
+	switch {
+	case now.After(leaf.NotAfter):
+		problems = append(problems, "the certificate expired at "+leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		problems = append(problems, "the certificate is not valid before "+leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	if sni != "" && leaf.VerifyHostname(sni) != nil {
+		problems = append(problems, "the certificate does not name "+sni+", the host the client asked for")
+	}
+	return strings.Join(problems, "; ")
+}
+
+// servedLeaf is the certificate conf serves now (ServerTLS's serves the last one loaded).
+func servedLeaf(conf *tls.Config) *x509.Certificate {
+	if conf == nil {
+		return nil
+	}
+	if conf.GetConfigForClient != nil {
+		if c, err := conf.GetConfigForClient(&tls.ClientHelloInfo{}); err == nil && c != nil {
+			conf = c
+		}
+	}
+	if len(conf.Certificates) == 0 {
+		return nil
+	}
+	return conf.Certificates[0].Leaf
+}

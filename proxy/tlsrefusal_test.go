@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
+	"github.com/dsmproxy/dsmproxy/internal/testpki"
+)
+
+// TestClientRefusingCertificateTold: a client that refuses the certificate the front serves (here
+// an expired one) gets a Warn line that names the client's alert, says the client refused the
+// front's certificate, and what is wrong with it. OpenSSL clients (kcat, Python, the aws CLI)
+// send that alert in plaintext in TLS 1.3, which Go's handshake reads as "bad record MAC": the
+// line said only that, which reads as a corrupted connection.
+func TestClientRefusingCertificateTold(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	pki.LeafNotAfter = time.Now().Add(-time.Hour)
+	dir := t.TempDir()
+	caFile := pki.WriteCA(t, dir)
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "proxy", "proxy")
+	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := new(syncbuf.Buffer)
+	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
+		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(context.Background()) }()
+	t.Cleanup(func() { l.Close(); <-served })
+	addr := l.Addr().String()
+	kcat, err := exec.LookPath("kcat")
+	if err != nil {
+		t.Fatalf("kcat is required: install it with `apt-get install -y kcat` (%v)", err)
+	}
+
+	for _, tc := range []struct {
+		name, alert, err string // err: Go's handshake error
+		connect          func(ctx context.Context)
+	}{
+		{"kcat (OpenSSL)", "expired certificate", "bad record MAC", func(ctx context.Context) {
+			exec.CommandContext(ctx, kcat, "-L", "-m", "2", "-b", addr, "-X", "security.protocol=ssl",
+				"-X", "ssl.ca.location="+caFile).Run()
+		}},
+		{"kgo (Go)", "bad certificate", "remote error: tls: bad certificate", func(ctx context.Context) {
+			cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.RequestRetries(0), kgo.DialTLSConfig(&tls.Config{RootCAs: pki.Pool}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			_ = cl.Ping(ctx) // refused: the line is what counts
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			tc.connect(ctx)
+			// The line with the client's error: a client that gives up mid-handshake adds others.
+			var line string
+			for deadline := time.Now().Add(30 * time.Second); line == ""; time.Sleep(10 * time.Millisecond) {
+				for _, l := range strings.Split(logs.String(), "\n") {
+					if strings.Contains(l, tc.err) {
+						line = l
+						break
+					}
+				}
+				if line == "" && time.Now().After(deadline) {
+					t.Fatalf("no failed TLS handshake logged with %q; logs:\n%s", tc.err, logs.String())
+				}
+			}
+			for _, want := range []string{`"client_alert":"` + tc.alert + `"`, "refused the certificate this front serves", `"problem":"the certificate expired at`} {
+				if !strings.Contains(line, want) {
+					t.Errorf("the line has no %s:\n%s", want, line)
+				}
+			}
+		})
+	}
+}
