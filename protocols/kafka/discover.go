@@ -80,6 +80,10 @@ func (p *Proxy) discover(ctx context.Context, poll time.Duration) {
 			}
 			wait, cuts = 500*time.Millisecond, 0
 			continue
+		case errors.As(err, &cut):
+			// A login cut once is a restart or a network fault; every time, a wrong password
+			// (told above at the third): either way no bootstrap that is wrong or down.
+			p.log.Debug().Err(err).Int("tries", cuts).Stringer("retry_in", wait).Msg("the broker closed the connection during the proxy's own SASL login")
 		case errors.As(err, &local) && err.Error() != told:
 			// The proxy's own fault, not the cluster's: clients' answers leave the node out.
 			p.log.Error().Err(err).Stringer("retry_in", wait).Msg("a broker node listener cannot open: clients cannot reach that node through this proxy, as if it were down")

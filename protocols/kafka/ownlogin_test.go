@@ -207,6 +207,10 @@ func TestOwnSASLLoginCutEveryTime(t *testing.T) {
 	if s := logs.String(); !strings.Contains(s, "closed the connection during the proxy's own SASL login each time") || !strings.Contains(s, `"tries":3`) {
 		t.Errorf("the cut logins were not told:\n%s", s)
 	}
+	// The cuts before the third are no unreachable bootstrap: no line says so.
+	if s := logs.String(); strings.Contains(s, "is bootstrap right") {
+		t.Errorf("a cut login was told as a bootstrap broker that is wrong or down:\n%s", s)
+	}
 
 	r := &configReader{p: p.Proxy}
 	cut := errLoginCut{err: err, creds: 7}
