@@ -346,6 +346,11 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 				if problem != "" {
 					ev = ev.Str("problem", problem)
 				}
+			} else if hint, subject, ok := RefusedClientCertificate(err); ok {
+				if subject != "" {
+					ev = ev.Str("client_cert", subject)
+				}
+				ev = ev.Str("hint", hint)
 			}
 			ev.Err(err).Uint64("tls_failures_total", n).Msg("TLS handshake with client failed; closing client connection")
 			raw.Close()

@@ -83,3 +83,24 @@ func servedLeaf(conf *tls.Config) *x509.Certificate {
 	}
 	return conf.Certificates[0].Leaf
 }
+
+// RefusedClientCertificate reports whether err, from a failed handshake with a client, is the
+// front (client_ca_file) refusing the client's certificate or its lack of one: the hint to log,
+// and the subject of the certificate refused ("" when the client sent none). Go's "certificate
+// signed by unknown authority" alone reads like the client refusing the front's certificate.
+func RefusedClientCertificate(err error) (hint, subject string, ok bool) {
+	var cve *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &cve):
+		if len(cve.UnverifiedCertificates) > 0 {
+			subject = cve.UnverifiedCertificates[0].Subject.String()
+		}
+		return "the front refused the client's certificate: it must be valid now and signed by a CA in the front's tls.client_ca_file " +
+			"(issue the client one from that CA, or add its CA to client_ca_file and send SIGHUP)", subject, true
+	case strings.Contains(err.Error(), "client didn't provide a certificate"):
+		return "the front requires the client's certificate (tls.client_ca_file) and the client sent none: give the client a certificate " +
+			"signed by that CA (Kafka ssl.certificate.location and ssl.key.location, Java keystore, the AMQP client's cert and key files), " +
+			"or remove client_ca_file", "", true
+	}
+	return "", "", false
+}

@@ -87,3 +87,77 @@ func TestClientRefusingCertificateTold(t *testing.T) {
 		})
 	}
 }
+
+// TestClientCertificateRefusalTold: at a front with client_ca_file, a client with no certificate
+// (kcat without ssl.certificate.location) or with one another CA signed (kgo) gets a line that
+// says it is the client's certificate at fault, which one, and what to change: Go's own error
+// for the second, "certificate signed by unknown authority", reads like the client refusing the
+// front's certificate.
+func TestClientCertificateRefusalTold(t *testing.T) {
+	pki := testpki.New(t, "test CA")
+	dir := t.TempDir()
+	caFile := pki.WriteCA(t, dir)
+	certFile, keyFile, _ := pki.IssueFiles(t, dir, "proxy", "proxy")
+	_, conf, err := ServerTLS(TLSFiles{CertFile: certFile, KeyFile: keyFile, CAFile: caFile, ClientAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := new(syncbuf.Buffer)
+	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
+		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(context.Background()) }()
+	t.Cleanup(func() { l.Close(); <-served })
+	addr := l.Addr().String()
+	kcat, err := exec.LookPath("kcat")
+	if err != nil {
+		t.Fatalf("kcat is required: install it with `apt-get install -y kcat` (%v)", err)
+	}
+	_, _, stranger := testpki.New(t, "another CA").Issue(t, "stranger")
+
+	for _, tc := range []struct {
+		name, err string // err: Go's handshake error
+		want      []string
+		connect   func(ctx context.Context)
+	}{
+		{"kcat without a certificate", "client didn't provide a certificate", []string{"client_ca_file", "ssl.certificate.location"}, func(ctx context.Context) {
+			exec.CommandContext(ctx, kcat, "-L", "-m", "2", "-b", addr, "-X", "security.protocol=ssl", "-X", "ssl.ca.location="+caFile).Run()
+		}},
+		{"kgo with another CA's certificate", "certificate signed by unknown authority", []string{"client_ca_file", `"client_cert":"CN=stranger"`}, func(ctx context.Context) {
+			cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.RequestRetries(0),
+				// GetClientCertificate: Go's client leaves out a certificate the front's CA list does not name.
+				kgo.DialTLSConfig(&tls.Config{RootCAs: pki.Pool, GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &stranger, nil }}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			_ = cl.Ping(ctx) // refused: the line is what counts
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			tc.connect(ctx)
+			var line string
+			for deadline := time.Now().Add(30 * time.Second); line == ""; time.Sleep(10 * time.Millisecond) {
+				for _, l := range strings.Split(logs.String(), "\n") {
+					if strings.Contains(l, tc.err) {
+						line = l
+						break
+					}
+				}
+				if line == "" && time.Now().After(deadline) {
+					t.Fatalf("no failed TLS handshake logged with %q; logs:\n%s", tc.err, logs.String())
+				}
+			}
+			for _, want := range append(tc.want, "the client's certificate") {
+				if !strings.Contains(line, want) {
+					t.Errorf("the line has no %s:\n%s", want, line)
+				}
+			}
+		})
+	}
+}

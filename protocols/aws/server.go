@@ -510,6 +510,11 @@ func (c *h1Conn) serve() {
 				if problem != "" {
 					ev = ev.Str("problem", problem)
 				}
+			} else if hint, subject, ok := proxy.RefusedClientCertificate(err); ok {
+				if subject != "" {
+					ev = ev.Str("client_cert", subject)
+				}
+				ev = ev.Str("hint", hint)
 			}
 			ev.Err(err).Msg("TLS handshake with client failed; closing connection")
 			return

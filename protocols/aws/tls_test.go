@@ -175,3 +175,27 @@ func TestCLIRefusingCertificateTold(t *testing.T) {
 		}
 	}
 }
+
+// TestClientWithoutCertificateTold: at a front with client_ca_file, an SDK that presents no
+// certificate gets a Warn line that says the front wants one and from which setting.
+func TestClientWithoutCertificateTold(t *testing.T) {
+	var logs syncbuf.Buffer
+	pki := testpki.New(t, "aws test CA")
+	_, _, pair := pki.Issue(t, "dsmproxy")
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream, c.Log = "http://127.0.0.1:9", zerolog.New(&logs)
+		c.Listener.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: pki.Pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	})
+	cl := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String("https://" + tp.Addr().String()),
+		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), RetryMaxAttempts: 1,
+		HTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}}}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := cl.ListQueues(ctx, &sqs.ListQueuesInput{}); err == nil {
+		t.Fatal("a client without a certificate was served")
+	}
+	waitForLog(t, &logs, "client didn't provide a certificate")
+	if s := logs.String(); !strings.Contains(s, "client_ca_file") {
+		t.Errorf("the line does not name client_ca_file:\n%s", s)
+	}
+}
