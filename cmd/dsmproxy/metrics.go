@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -35,6 +36,16 @@ type statsSnapshot struct {
 	Aggregator   aggregator.Stats       `json:"aggregator"`
 	Checkpointer checkpointerStats      `json:"checkpointer"`
 	Agent        *aggregator.AgentStats `json:"agent,omitempty"`
+	// Certificates: each certificate a front serves or presents upstream, as last loaded. A front
+	// serving an expired one stays ready (see /readyz): this is what to alert on.
+	Certificates []certificateStatus `json:"certificates,omitempty"`
+}
+
+type certificateStatus struct {
+	Front    string    `json:"front"`
+	For      string    `json:"for"` // the front's listener or its upstream connections
+	CertFile string    `json:"cert_file"`
+	NotAfter time.Time `json:"not_after"`
 }
 
 // checkpointerStats: the node cache (hashes per service and edge) is started again when full.
@@ -75,6 +86,11 @@ func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		e.counters("dsmproxy_checkpointer_", st.Checkpointer)
 		if st.Agent != nil {
 			e.counters("dsmproxy_agent_", *st.Agent)
+		}
+		for _, c := range st.Certificates {
+			e.add("dsmproxy_tls_certificate_not_after_seconds", "gauge",
+				"End of validity (Unix seconds) of a certificate a front serves or presents, as last loaded (start or SIGHUP).",
+				float64(c.NotAfter.Unix()), "front", c.Front, "for", c.For, "cert_file", c.CertFile)
 		}
 	}
 	w.Header().Set("Content-Type", metricsContentType)

@@ -326,6 +326,12 @@ func (rt *runtime) snapshot() statsSnapshot {
 			fs.Listeners = f.listeners()
 		}
 		st.Fronts = append(st.Fronts, fs)
+		for _, r := range f.reloaders {
+			if leaf := r.Leaf(); leaf != nil { // nil: a CA file only
+				st.Certificates = append(st.Certificates, certificateStatus{Front: r.Front, For: r.Owner,
+					CertFile: r.Files().CertFile, NotAfter: leaf.NotAfter})
+			}
+		}
 	}
 	if rt.agent != nil {
 		a := rt.agent.Stats()
