@@ -296,3 +296,42 @@ func parseFirstString(h requestHeader, frame []byte) (string, error) {
 	s := w.str()
 	return s, w.err(h)
 }
+
+// parseFindCoordinator reads the key type and, before v4 (whose answer echoes each key), the key.
+func parseFindCoordinator(h requestHeader, frame []byte) (coordinatorKey, error) {
+	w := newWire(h, frame)
+	var k coordinatorKey
+	if h.Version < 4 {
+		k.key = w.str()
+	}
+	if h.Version >= 1 {
+		k.keyType = w.Int8()
+	}
+	return k, w.err(h)
+}
+
+// parseInitProducerID reads the transactional id ("" for an idempotent producer's null).
+func parseInitProducerID(h requestHeader, frame []byte) (txnFacts, error) {
+	w := newWire(h, frame)
+	var id *string
+	if w.flex {
+		id = w.CompactNullableString()
+	} else {
+		id = w.NullableString()
+	}
+	var f txnFacts
+	if id != nil {
+		f.txnID = *id
+	}
+	return f, w.err(h)
+}
+
+// parseAddOffsetsToTxn reads the transactional id and the group whose offsets join it.
+func parseAddOffsetsToTxn(h requestHeader, frame []byte) (txnFacts, error) {
+	w := newWire(h, frame)
+	f := txnFacts{txnID: w.str()}
+	w.Int64() // producer id
+	w.Int16() // producer epoch
+	f.group = w.str()
+	return f, w.err(h)
+}

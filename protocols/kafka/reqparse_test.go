@@ -218,3 +218,57 @@ func TestParseFetchRackNoAlloc(t *testing.T) {
 		}
 	}
 }
+
+// TestParseCoordinatorRequests reads what the coordinator and transaction answers do not say, at
+// every version kmsg knows.
+func TestParseCoordinatorRequests(t *testing.T) {
+	for v := int16(0); v <= maxVersion(keyFindCoordinator); v++ {
+		req := kmsg.NewPtrFindCoordinatorRequest()
+		req.Version, req.CoordinatorKey, req.CoordinatorKeys, req.CoordinatorType = v, "tx", []string{"tx"}, 1
+		frame := requestFrame(req, 1)
+		want := coordinatorKey{key: "tx", keyType: 1}
+		switch {
+		case v == 0:
+			want = coordinatorKey{key: "tx"}
+		case v >= 4:
+			want = coordinatorKey{keyType: 1} // the answer echoes each key
+		}
+		if k, err := parseFindCoordinator(headerOf(t, frame), frame); err != nil || k != want {
+			t.Errorf("FindCoordinator v%d: %+v %v, want %+v", v, k, err, want)
+		}
+	}
+	for v := int16(0); v <= maxVersion(keyInitProducerID); v++ {
+		for _, id := range []*string{kmsg.StringPtr("tx"), nil} {
+			req := kmsg.NewPtrInitProducerIDRequest()
+			req.Version, req.TransactionalID = v, id
+			frame := requestFrame(req, 1)
+			want := txnFacts{}
+			if id != nil {
+				want.txnID = *id
+			}
+			if f, err := parseInitProducerID(headerOf(t, frame), frame); err != nil || f != want {
+				t.Errorf("InitProducerID v%d: %+v %v, want %+v", v, f, err, want)
+			}
+		}
+	}
+	for v := int16(0); v <= maxVersion(keyAddOffsetsToTxn); v++ {
+		req := kmsg.NewPtrAddOffsetsToTxnRequest()
+		req.Version, req.TransactionalID, req.ProducerID, req.ProducerEpoch, req.Group = v, "tx", 77, 3, "g"
+		frame := requestFrame(req, 1)
+		if f, err := parseAddOffsetsToTxn(headerOf(t, frame), frame); err != nil || f != (txnFacts{txnID: "tx", group: "g"}) {
+			t.Errorf("AddOffsetsToTxn v%d: %+v %v", v, f, err)
+		}
+	}
+	for _, req := range []kmsg.Request{&kmsg.OffsetFetchRequest{Group: "jg"}, &kmsg.AddPartitionsToTxnRequest{TransactionalID: "jg"}} {
+		for v := int16(0); v <= req.MaxVersion(); v++ {
+			if req.Key() == keyOffsetFetch && v >= 8 || req.Key() == keyAddPartitionsToTxn && v >= 4 {
+				break // the answer names it (OffsetFetch), or the form brokers send (AddPartitionsToTxn)
+			}
+			req.SetVersion(v)
+			frame := requestFrame(req, 1)
+			if got, err := parseFirstString(headerOf(t, frame), frame); err != nil || got != "jg" {
+				t.Errorf("%s v%d: %q %v", kmsg.NameForKey(req.Key()), v, got, err)
+			}
+		}
+	}
+}
