@@ -33,8 +33,11 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) []byte {
 		return frame
 	}
 	out := s.rewriteDecoded(pd, frame, start, resp)
-	if md, ok := resp.(*kmsg.MetadataResponse); ok { // after rewriteDecoded: it notes the cluster id
-		s.metadataErrors(md)
+	switch r := resp.(type) {
+	case *kmsg.MetadataResponse: // after rewriteDecoded: it notes the cluster id
+		s.metadataErrors(r)
+	case *kmsg.FindCoordinatorResponse:
+		s.findCoordinatorErrors(pd, r)
 	}
 	return out
 }

@@ -119,6 +119,15 @@ func (s *session) endTxnResponse(pd *pending, frame []byte) {
 	if _, ok := s.decodeResponse(pd, frame, resp); !ok {
 		return
 	}
+	if resp.ErrorCode != 0 {
+		// No lost messages even for a commit refused for good: the transaction's records were
+		// stored and counted as produced, as those of a transaction its producer aborts.
+		what := "abort"
+		if f.commit {
+			what = "commit"
+		}
+		s.txnError(pd.key, resp.ErrorCode, "transactional id "+f.txnID+", "+what)
+	}
 	offsets := s.p.txns.end(f, resp.ErrorCode)
 	now := s.p.now().UnixNano()
 	for _, o := range offsets {

@@ -42,7 +42,9 @@ func FuzzRequestFrame(f *testing.F) {
 	for _, req := range []kmsg.Request{kmsg.NewPtrFetchRequest(), kmsg.NewPtrOffsetCommitRequest(), kmsg.NewPtrTxnOffsetCommitRequest(),
 		kmsg.NewPtrJoinGroupRequest(), kmsg.NewPtrSyncGroupRequest(), kmsg.NewPtrConsumerGroupHeartbeatRequest(),
 		kmsg.NewPtrSASLHandshakeRequest(), kmsg.NewPtrApiVersionsRequest(), kmsg.NewPtrProduceRequest(),
-		kmsg.NewPtrHeartbeatRequest(), kmsg.NewPtrLeaveGroupRequest(), kmsg.NewPtrEndTxnRequest(), kmsg.NewPtrShareFetchRequest()} {
+		kmsg.NewPtrHeartbeatRequest(), kmsg.NewPtrLeaveGroupRequest(), kmsg.NewPtrEndTxnRequest(), kmsg.NewPtrShareFetchRequest(),
+		kmsg.NewPtrFindCoordinatorRequest(), kmsg.NewPtrOffsetFetchRequest(), kmsg.NewPtrInitProducerIDRequest(),
+		kmsg.NewPtrAddPartitionsToTxnRequest(), kmsg.NewPtrAddOffsetsToTxnRequest()} {
 		for _, v := range []int16{0, req.MaxVersion()} {
 			req.SetVersion(v)
 			f.Add(requestFrame(req, 1))
@@ -121,7 +123,8 @@ var fuzzTopicID = [16]byte{0xf}
 func FuzzResponse(f *testing.F) {
 	for _, key := range []int16{keyProduce, keyFetch, keyMetadata, keyOffsetCommit, keyFindCoordinator, keySyncGroup,
 		keySaslHandshake, keyApiVersions, keyTxnOffsetCommit, keyDescribeCluster, keyCGHeartbeat, keyShareFetch, keyShareAck,
-		keyListOffsets, keyJoinGroup, keyHeartbeat, keyLeaveGroup, keyEndTxn} {
+		keyListOffsets, keyJoinGroup, keyHeartbeat, keyLeaveGroup, keyEndTxn, keyOffsetFetch, keyInitProducerID,
+		keyAddPartitionsToTxn, keyAddOffsetsToTxn} {
 		resp := kmsg.ResponseForKey(key)
 		for _, v := range []int16{0, resp.MaxVersion()} {
 			resp.SetVersion(v)
@@ -156,6 +159,14 @@ func FuzzResponse(f *testing.F) {
 		s := offlineSession(t)
 		s.p.topics.put(fuzzTopicID, "fuzz") // so that records named by it are walked
 		pd := &pending{corr: int32(binary.BigEndian.Uint32(frame[4:])), key: key, version: version, flexible: isFlexible(key, version)}
+		switch key { // what their requests would have left, so that the answers are read
+		case keyFindCoordinator:
+			pd.facts = coordinatorKey{key: "k", keyType: int8(version % 3)}
+		case keyOffsetFetch:
+			pd.facts = offsetFetchGroup("g")
+		case keyInitProducerID, keyAddPartitionsToTxn, keyAddOffsetsToTxn:
+			pd.facts = txnFacts{txnID: "tx", group: "g"}
+		}
 		out, after, err := s.handleResponse(pd, frame)
 		if err != nil {
 			return

@@ -73,6 +73,8 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.txnOffsetCommitRequest(h, frame, pd)
 	case keyEndTxn:
 		s.endTxnRequest(h, frame, pd)
+	case keyFindCoordinator, keyOffsetFetch, keyInitProducerID, keyAddPartitionsToTxn, keyAddOffsetsToTxn:
+		s.coordinatorRequest(h, frame, pd)
 	case keyJoinGroup:
 		// Learned from the answer, once the coordinator accepts the member: a request alone
 		// may come from a client the broker refuses.
@@ -154,6 +156,8 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 		s.commitResponse(pd, frame)
 	case keyEndTxn:
 		s.endTxnResponse(pd, frame)
+	case keyOffsetFetch, keyInitProducerID, keyAddPartitionsToTxn, keyAddOffsetsToTxn:
+		s.coordinatorResponse(pd, frame)
 	case keySyncGroup:
 		s.syncGroupResponse(pd, frame)
 	case keyCGHeartbeat:
@@ -170,7 +174,8 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 	return frame, nil, nil
 }
 
-func interesting(key int16) bool { return decodedKeys[key] }
+// interesting: the proxy reads key's answers (decodedKeys, or observedKeys for their codes only).
+func interesting(key int16) bool { return decodedKeys[key] || observedKeys[key] }
 
 // decodeResponse reads a response body; false (with a DecodeError event) when it cannot. It
 // returns where the body starts so a rewrite can keep the header bytes.
