@@ -227,3 +227,50 @@ func commitOne(t *testing.T, ctx context.Context, cl *kgo.Client, group, topic s
 		t.Fatalf("commit for %s: %v %+v", group, err, resp)
 	}
 }
+
+// TestTxnProducerRetriesTracked: a kgo transactional producer whose coordinator is still loading,
+// and whose transaction is still ending, once each (kfake's faults), retries past them and commits
+// without its application seeing anything; the proxy tracks each answer, retriable, and no message
+// as lost. (kgo adds partitions to kfake's transactions with Produce, KIP-890: no
+// AddPartitionsToTxn here; TestCoordinatorErrorEvents sends one.)
+func TestTxnProducerRetriesTracked(t *testing.T) {
+	c, _ := startCluster(t)
+	p := startProxy(t, c, nil)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "txn-retries")
+	const txn = "tx-retries"
+	faults := map[kmsg.Key]*kerr.Error{
+		kmsg.FindCoordinator: kerr.CoordinatorLoadInProgress,
+		kmsg.InitProducerID:  kerr.ConcurrentTransactions,
+		kmsg.EndTxn:          kerr.ConcurrentTransactions,
+	}
+	for key, err := range faults {
+		t.Cleanup(c.Fault(kfake.Fault{Keys: []kmsg.Key{key}, TxnID: txn, Err: err}).Remove)
+	}
+	cl := kgoClient(t, p, kgo.ClientID("txn-retrier"), kgo.TransactionalID(txn), kgo.DefaultProduceTopic(topic))
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("v")}).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	waitFor(t, "an event for each retried answer", func() bool {
+		seen := 0
+		for key, err := range faults {
+			for _, e := range p.errs.byCategory(errtrack.BrokerError) {
+				if e.Operation == kmsg.NameForKey(int16(key)) && int16(e.Code) == err.Code && e.Retriable && e.Service == "txn-retrier" &&
+					strings.Contains(e.Message, txn) {
+					seen++
+					break
+				}
+			}
+		}
+		return seen == len(faults)
+	})
+	if lost := p.errs.byCategory(errtrack.LostMessage); len(lost) != 0 {
+		t.Errorf("lost messages %+v", lost)
+	}
+}
