@@ -417,7 +417,8 @@ func (s *session) requests() error {
 			// here as well as at the top: this token goes as it is, the rest as bytes.
 			var pd *pending
 			if left > 0 {
-				pd = &pending{rawToken: true}
+				// A login too: a refused one ends with the broker's close (loginClosed).
+				pd = &pending{rawToken: true, facts: saslLogin(s.saslMech)}
 				s.push(pd)
 			}
 			if err := s.forwardRest(frame, rest, in); err != nil {

@@ -95,7 +95,9 @@ func (s *session) saslAuthenticateResponse(pd *pending, frame []byte) {
 
 // loginClosed reports a login the broker ended the connection over: Kafka answers a refused
 // SaslAuthenticate and then closes, but some brokers (kfake among them) close without the
-// answer, and the client shows no more than a lost connection, and tries again. err is how
+// answer, and the client shows no more than a lost connection, and tries again. After a
+// SaslHandshake v0 the broker can say no otherwise: a raw token it refuses is never answered,
+// and the connection closes. err is how
 // the response relay ended: only the upstream's own end (EOF, a reset) counts, not the proxy's
 // close after the client left. It says whether it reported one.
 func (s *session) loginClosed(err error) bool {
@@ -103,21 +105,25 @@ func (s *session) loginClosed(err error) bool {
 		return false
 	}
 	s.mu.Lock()
-	var mech saslLogin
-	found := false
+	var login *pending
 	for _, pd := range s.queue {
-		if pd.key == keySaslAuth && pd.synthetic == nil && !pd.rawToken {
-			mech, _ = pd.facts.(saslLogin)
-			found = true
+		if (pd.key == keySaslAuth || pd.rawToken) && pd.synthetic == nil {
+			login = pd
 			break
 		}
 	}
 	s.mu.Unlock()
-	if found {
-		s.loginRefused(keySaslAuth, kerr.SaslAuthenticationFailed.Code,
-			"mechanism "+string(mech)+": the broker closed the connection without answering SaslAuthenticate: it refused the login")
+	if login == nil {
+		return false
 	}
-	return found
+	mech, _ := login.facts.(saslLogin)
+	what := "SaslAuthenticate"
+	if login.rawToken {
+		what = "the client's raw token (SaslHandshake v0)"
+	}
+	s.loginRefused(keySaslAuth, kerr.SaslAuthenticationFailed.Code,
+		"mechanism "+string(mech)+": the broker closed the connection without answering "+what+": it refused the login")
+	return true
 }
 
 // loginRefused tracks a refused client login on the cluster's edge: a login names no topic.

@@ -12,6 +12,9 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 // TestSASLv0UnknownMechanismRelaysTokens: after a SaslHandshake v0 for a mechanism the proxy
@@ -254,5 +257,67 @@ func TestUnauthenticatedGroupNames(t *testing.T) {
 	}
 	if ids > 2*conns*maxIdentityBytes {
 		t.Errorf("the proxy keeps %d bytes of client ids for %d clients", ids, conns)
+	}
+}
+
+// TestSASLv0RefusedLoginTracked: a pre-1.0 broker refuses a SaslHandshake v0 login (a wrong
+// PLAIN password) by closing the connection after the client's raw token: there is no answer to
+// carry an error. That is a refused login, tracked as the SaslAuthenticate refusals are, and not
+// a broker cut: the raw token has no Kafka header, and the cut's Warn named it "Produce v0".
+// The broker side is scripted, as no peer here speaks v0.
+func TestSASLv0RefusedLoginTracked(t *testing.T) {
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer upLn.Close()
+	brokerErr := make(chan error, 1)
+	go func() {
+		c, err := upLn.Accept()
+		if err != nil {
+			brokerErr <- err
+			return
+		}
+		defer c.Close()
+		req, err := readRawFrame(c)
+		if err != nil || len(req) < 8 {
+			brokerErr <- fmt.Errorf("handshake: %v", err)
+			return
+		}
+		hs := kmsg.NewPtrSASLHandshakeResponse()
+		hs.SupportedMechanisms = []string{"PLAIN"}
+		frame := append(append([]byte{}, req[4:8]...), hs.AppendTo(nil)...)
+		c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(frame))), frame...))
+		_, err = readRawFrame(c) // the token: refused, so the connection ends unanswered
+		brokerErr <- err
+	}()
+	var logs syncbuf.Buffer
+	p := startProxy(t, nil, func(cfg *Config) {
+		cfg.Bootstrap = []string{upLn.Addr().String()}
+		cfg.Log = zerolog.New(&logs)
+	})
+	c := rawClient(t, p)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	hs := kmsg.NewPtrSASLHandshakeRequest()
+	hs.Version, hs.Mechanism = 0, "PLAIN"
+	c.Write(requestFrame(hs, 7))
+	if _, err := readRawFrame(c); err != nil {
+		t.Fatalf("handshake answer: %v", err)
+	}
+	tok := []byte("\x00alice\x00wrong")
+	c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(tok))), tok...))
+	if err := <-brokerErr; err != nil {
+		t.Fatalf("scripted broker: %v", err)
+	}
+	if b, err := readRawFrame(c); err == nil {
+		t.Fatalf("the client got %x after its refused token, want the connection's end", b)
+	}
+	waitFor(t, "the connection to end", func() bool { return p.Stats().OpenConnections == 0 })
+	refused := p.errs.where(func(e errtrack.Event) bool { return e.Name == "SASL_AUTHENTICATION_FAILED" })
+	if len(refused) != 1 || !strings.Contains(refused[0].Message, "PLAIN") {
+		t.Errorf("refused login events %+v; want one SASL_AUTHENTICATION_FAILED naming PLAIN", refused)
+	}
+	if n := p.Stats().BrokerCuts; n != 0 || strings.Contains(logs.String(), "requests unanswered") {
+		t.Errorf("the refused login was told as a broker cut (BrokerCuts %d):\n%s", n, logs.String())
 	}
 }
