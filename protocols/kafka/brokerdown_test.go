@@ -216,6 +216,9 @@ func TestBrokerCutLogged(t *testing.T) {
 						t.Errorf("the line lacks %s: %s", want, line)
 					}
 				}
+				if strings.Contains(line, "SASL") { // the connection had its answers: no missing login
+					t.Errorf("the cut of a connection that was answered hints at SASL: %s", line)
+				}
 			}
 			g.check(t)
 		})

@@ -73,6 +73,10 @@ type session struct {
 	// requestsEnded: the client's side ended (or a drain stopped reading it); brokerEnded: the
 	// broker ended the connection before that, so what it left unanswered is its doing.
 	requestsEnded, brokerEnded atomic.Bool
+	// answered: a request other than ApiVersions was answered (response relay; serve reads it
+	// once the relay ended). A cut before that, of a client that sent no SASL login to a
+	// cluster that takes logins, is most likely that cluster closing it (tellBrokerCut).
+	answered bool
 	// awaitingAnswers: the drain found answers in flight and waits for them (waitIdle).
 	awaitingAnswers atomic.Bool
 	spoke           bool // the client's first request was read (request goroutine)
@@ -301,6 +305,13 @@ func (s *session) tellBrokerCut(unanswered []*pending, err error) bool {
 	ev := s.log.Debug()
 	if loud {
 		ev = s.log.Warn()
+	}
+	// A fresh connection's first request cut is also what a crash looks like: only a cluster
+	// known to take logins makes the missing one the likelier cause.
+	if !s.answered && s.saslMech == "" && s.p.saslSeen.Load() {
+		ev = ev.Str("hint", "the cluster takes SASL logins, and this client sent none and got no answer but ApiVersions: a cluster "+
+			"that wants SASL closes such a client at its first other request; give the client its SASL settings (librdkafka "+
+			"sasl.mechanisms, sasl.username, sasl.password; Java sasl.jaas.config), else the broker crashed or restarted")
 	}
 	ev.Err(err).Int("unanswered", n).Strs("requests", names).Uint64("broker_cuts_total", total).
 		Msg("the broker ended the connection with requests unanswered")
@@ -756,6 +767,9 @@ func (s *session) response(frame []byte) error {
 	case pd.rawToken:
 		s.rawTokenAnswered(frame)
 	default:
+		if pd.key != keyApiVersions {
+			s.answered = true
+		}
 		var err error
 		out, after, err = s.handleResponse(pd, frame)
 		if err != nil {

@@ -6,12 +6,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
@@ -63,6 +65,45 @@ func TestSASLLoginRefusalsTracked(t *testing.T) {
 	// Each refusal is told as that: the connection kfake closes over it is not also a broker cut.
 	if n := p.Stats().BrokerCuts; n != 0 {
 		t.Errorf("BrokerCuts %d after refused logins, want 0", n)
+	}
+	guard.check(t)
+}
+
+// TestClientWithoutSASLCutHinted: a cluster that wants SASL closes a client that sends none at
+// its first request past ApiVersions. The proxy's broker-cut line is the one line about it, and
+// read alone it says the broker crashed or restarted: once the cluster is known to take logins
+// (another client logged in), it must say the likelier cause, the client's missing login (kgo
+// says "is SASL missing?").
+func TestClientWithoutSASLCutHinted(t *testing.T) {
+	c, guard := startCluster(t, saslUsers...)
+	var logs syncbuf.Buffer
+	p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	in := kgoClient(t, p, kgo.SASL(plain.Auth{User: "plainuser", Pass: "plainpw"}.AsMechanism()))
+	if err := in.Ping(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
+	cl := kgoClient(t, p, kgo.ClientID("no-sasl"))
+	ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
+	defer cancel()
+	if err := cl.Ping(ctx); err == nil {
+		t.Fatal("the cluster served a client without SASL")
+	}
+	cl.Close()
+	waitFor(t, "the client connections to end", func() bool { return p.Stats().OpenConnections == 0 })
+	var cuts []string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "the broker ended the connection with requests unanswered") {
+			cuts = append(cuts, l)
+		}
+	}
+	if len(cuts) == 0 {
+		t.Fatalf("no broker-cut line; logs:\n%s", logs.String())
+	}
+	for _, l := range cuts {
+		if !strings.Contains(l, `"hint":`) || !strings.Contains(l, "SASL") {
+			t.Errorf("the cut of a client without SASL has no hint at its missing login: %s", l)
+		}
 	}
 	guard.check(t)
 }
