@@ -311,11 +311,11 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 		s.failed.Add(1)
 		// Retries stay inside the flush's deadline (the interval): the next flush retries anyway.
 		if dl, ok := ctx.Deadline(); attempt >= s.cfg.Retries || ctx.Err() != nil || ok && time.Until(dl) < wait {
-			msg := "the Agent cannot be reached; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (no Agent here? agent.disabled stops sending; GET /dsm on the admin listener shows the stats)"
+			key, msg := "down", "the Agent cannot be reached; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (no Agent here? agent.disabled stops sending; GET /dsm on the admin listener shows the stats)"
 			if errors.As(err, new(*serverError)) { // reached: the intake's refusal, or its forwarder is off
-				msg = "the Agent answered a DSM payload with a server error; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (the Agent's own log says why)"
+				key, msg = "server_error", "the Agent answered a DSM payload with a server error; DSM payloads wait (bounded) and are sent again at every flush, with a few tries within each (the Agent's own log says why)"
 			}
-			s.warnOnce("down", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) }, msg)
+			s.warnOnce(key, func(e *zerolog.Event) *zerolog.Event { return e.Err(err) }, msg)
 			return err
 		}
 		if s.sleep(ctx, wait) != nil {

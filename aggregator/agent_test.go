@@ -394,3 +394,30 @@ func TestAgentFailureWarning(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentFailureWarningFollowsTheCause: an Agent that could not be reached and then answers with
+// server errors (or the reverse) gets a warning for each: one warning for both left the first
+// cause in the log while the Agent's own log was where to look.
+func TestAgentFailureWarningFollowsTheCause(t *testing.T) {
+	agent := agenttest.New(t, agenttest.Down())
+	var logs syncbuf.Buffer
+	clk := &fakeClock{t: t0}
+	a, f, _ := newPipeline(t, agent.URL(), clk, zerolog.New(&logs), nil)
+	flush := func() {
+		a.Add(pathway.Point{Service: "s", Hash: 1, Time: clk.Now().UnixNano()})
+		clk.Add(10 * time.Second)
+		f.FlushNow(context.Background(), false)
+	}
+	flush()
+	agent.SetDown(false)
+	agent.SetStatus(http.StatusInternalServerError)
+	flush()
+	agent.SetDown(true)
+	flush()
+	l := logs.String()
+	for what, want := range map[string]int{"the Agent cannot be reached": 2, "the Agent answered a DSM payload with a server error": 1} {
+		if n := strings.Count(l, what); n != want {
+			t.Errorf("%d warnings %q, want %d; logs:\n%s", n, what, want, l)
+		}
+	}
+}
