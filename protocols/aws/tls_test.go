@@ -168,7 +168,11 @@ func TestCLIRefusingCertificateTold(t *testing.T) {
 		t.Fatalf("the CLI accepted an expired certificate: %s", out)
 	}
 	waitForLog(t, &logs, "TLS handshake with client failed")
-	line, _, _ := strings.Cut(logs.String()[strings.Index(logs.String(), `{"level":"warn"`):], "\n")
+	i := strings.Index(logs.String(), `{"level":"warn"`)
+	if i < 0 {
+		t.Fatalf("the refusal was not logged at Warn:\n%s", logs.String())
+	}
+	line, _, _ := strings.Cut(logs.String()[i:], "\n")
 	for _, want := range []string{`"client_alert":"expired certificate"`, "refused the certificate this front serves", `"problem":"the certificate expired at`} {
 		if !strings.Contains(line, want) {
 			t.Errorf("the line has no %s:\n%s", want, line)

@@ -1,16 +1,13 @@
 package kafka
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
-	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // SASL passes through untouched. SaslHandshake v1 is followed by SaslAuthenticate requests, which
@@ -101,7 +98,7 @@ func (s *session) saslAuthenticateResponse(pd *pending, frame []byte) {
 // the response relay ended: only the upstream's own end (EOF, a reset) counts, not the proxy's
 // close after the client left. It says whether it reported one.
 func (s *session) loginClosed(err error) bool {
-	if !errors.Is(err, io.EOF) && !proxy.IsReset(err) {
+	if !endedByBroker(err) {
 		return false
 	}
 	s.mu.Lock()
