@@ -30,20 +30,8 @@ func TestClientRefusingCertificateTold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := new(syncbuf.Buffer)
-	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
-		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- l.Serve(context.Background()) }()
-	t.Cleanup(func() { l.Close(); <-served })
-	addr := l.Addr().String()
-	kcat, err := exec.LookPath("kcat")
-	if err != nil {
-		t.Fatalf("kcat is required: install it with `apt-get install -y kcat` (%v)", err)
-	}
+	addr, logs := startLoggedTLSListener(t, conf)
+	kcat := lookKcat(t)
 
 	for _, tc := range []struct {
 		name, alert, err string // err: Go's handshake error
@@ -66,19 +54,7 @@ func TestClientRefusingCertificateTold(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			tc.connect(ctx)
-			// The line with the client's error: a client that gives up mid-handshake adds others.
-			var line string
-			for deadline := time.Now().Add(30 * time.Second); line == ""; time.Sleep(10 * time.Millisecond) {
-				for _, l := range strings.Split(logs.String(), "\n") {
-					if strings.Contains(l, tc.err) {
-						line = l
-						break
-					}
-				}
-				if line == "" && time.Now().After(deadline) {
-					t.Fatalf("no failed TLS handshake logged with %q; logs:\n%s", tc.err, logs.String())
-				}
-			}
+			line := handshakeLine(t, logs, tc.err)
 			for _, want := range []string{`"client_alert":"` + tc.alert + `"`, "refused the certificate this front serves", `"problem":"the certificate expired at`} {
 				if !strings.Contains(line, want) {
 					t.Errorf("the line has no %s:\n%s", want, line)
@@ -102,20 +78,8 @@ func TestClientCertificateRefusalTold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := new(syncbuf.Buffer)
-	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
-		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(logs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- l.Serve(context.Background()) }()
-	t.Cleanup(func() { l.Close(); <-served })
-	addr := l.Addr().String()
-	kcat, err := exec.LookPath("kcat")
-	if err != nil {
-		t.Fatalf("kcat is required: install it with `apt-get install -y kcat` (%v)", err)
-	}
+	addr, logs := startLoggedTLSListener(t, conf)
+	kcat := lookKcat(t)
 	_, _, stranger := testpki.New(t, "another CA").Issue(t, "stranger")
 
 	for _, tc := range []struct {
@@ -141,23 +105,53 @@ func TestClientCertificateRefusalTold(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			tc.connect(ctx)
-			var line string
-			for deadline := time.Now().Add(30 * time.Second); line == ""; time.Sleep(10 * time.Millisecond) {
-				for _, l := range strings.Split(logs.String(), "\n") {
-					if strings.Contains(l, tc.err) {
-						line = l
-						break
-					}
-				}
-				if line == "" && time.Now().After(deadline) {
-					t.Fatalf("no failed TLS handshake logged with %q; logs:\n%s", tc.err, logs.String())
-				}
-			}
+			line := handshakeLine(t, logs, tc.err)
 			for _, want := range append(tc.want, "the client's certificate") {
 				if !strings.Contains(line, want) {
 					t.Errorf("the line has no %s:\n%s", want, line)
 				}
 			}
 		})
+	}
+}
+
+// startLoggedTLSListener serves a TLS listener with conf whose handler does nothing, logging to
+// the buffer it returns, until the test ends.
+func startLoggedTLSListener(t *testing.T, conf *tls.Config) (string, *syncbuf.Buffer) {
+	t.Helper()
+	logs := new(syncbuf.Buffer)
+	l, err := Listen(ListenerConfig{Addr: "127.0.0.1:0", Protocol: "test", Upstream: startEcho(t, nil).addr(), TLS: conf},
+		HandlerFunc(func(context.Context, *Conn) error { return nil }), zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- l.Serve(context.Background()) }()
+	t.Cleanup(func() { l.Close(); <-served })
+	return l.Addr().String(), logs
+}
+
+func lookKcat(t *testing.T) string {
+	t.Helper()
+	kcat, err := exec.LookPath("kcat")
+	if err != nil {
+		t.Fatalf("kcat is required: install it with `apt-get install -y kcat` (%v)", err)
+	}
+	return kcat
+}
+
+// handshakeLine waits for the log line holding goErr, Go's handshake error: a client that gives
+// up mid-handshake adds other lines.
+func handshakeLine(t *testing.T, logs *syncbuf.Buffer, goErr string) string {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, goErr) {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failed TLS handshake logged with %q; logs:\n%s", goErr, logs.String())
+		}
 	}
 }
