@@ -59,18 +59,7 @@ func TestQueryReceiveUndecodableAnswerTracked(t *testing.T) {
 	if st != 200 || !strings.Contains(resp, "<Body>a <&> b</Body>") {
 		t.Fatalf("ReceiveMessage: %d %s; want the emulator's unescaped body passed through", st, resp)
 	}
-	if n := tp.Stats().DecodeErrors; n != 1 {
-		t.Errorf("DecodeErrors %d, want 1", n)
-	}
-	var got []errtrack.Event
-	for _, ev := range tp.ev.all() {
-		if ev.Category == errtrack.DecodeError {
-			got = append(got, ev)
-		}
-	}
-	if len(got) != 1 || got[0].Operation != "ReceiveMessage" || got[0].Edge.Topic != "badxml" || got[0].Protocol != "sqs" {
-		t.Fatalf("decode error events %+v; want one for ReceiveMessage on queue badxml", got)
-	}
+	checkOneAnswerDecode(t, tp, "sqs", "ReceiveMessage", "badxml")
 	if bad := up.failures(); len(bad) > 0 {
 		t.Fatalf("upstream check: %v", bad)
 	}
@@ -94,6 +83,16 @@ func TestSNSPublishBatchUndecodableAnswerTracked(t *testing.T) {
 	sn.PublishBatch(ctx, &sns.PublishBatchInput{TopicArn: topic.TopicArn, PublishBatchRequestEntries: []snstypes.PublishBatchRequestEntry{
 		{Id: awssdk.String("a<b&c"), Message: awssdk.String("m1")},
 	}})
+	checkOneAnswerDecode(t, tp, "sns", "PublishBatch", "badxml-topic")
+	if bad := up.failures(); len(bad) > 0 {
+		t.Fatalf("upstream check: %v", bad)
+	}
+}
+
+// checkOneAnswerDecode: the proxy counted one answer it could not read, and tracked it as a
+// decode error of service's op on topic's edge.
+func checkOneAnswerDecode(t *testing.T, tp *testProxy, service, op, topic string) {
+	t.Helper()
 	if n := tp.Stats().DecodeErrors; n != 1 {
 		t.Errorf("DecodeErrors %d, want 1", n)
 	}
@@ -103,10 +102,7 @@ func TestSNSPublishBatchUndecodableAnswerTracked(t *testing.T) {
 			got = append(got, ev)
 		}
 	}
-	if len(got) != 1 || got[0].Operation != "PublishBatch" || got[0].Edge.Topic != "badxml-topic" || got[0].Protocol != "sns" {
-		t.Fatalf("decode error events %+v; want one for PublishBatch on topic badxml-topic", got)
-	}
-	if bad := up.failures(); len(bad) > 0 {
-		t.Fatalf("upstream check: %v", bad)
+	if len(got) != 1 || got[0].Operation != op || got[0].Edge.Topic != topic || got[0].Protocol != service {
+		t.Fatalf("decode error events %+v; want one for %s on %s", got, op, topic)
 	}
 }
