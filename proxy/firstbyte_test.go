@@ -79,3 +79,34 @@ func TestPlaintextAlert(t *testing.T) {
 		})
 	}
 }
+
+// FuzzKeepTail: whatever the reads' sizes, the kept tail is the last bytes read, and
+// PlaintextAlert finds an alert exactly when those are an unencrypted alert record.
+func FuzzKeepTail(f *testing.F) {
+	f.Add([]byte{0x16, 0x03, 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 45}, []byte{2, 3, 1})
+	f.Add([]byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0}, []byte{7})
+	f.Add([]byte("GET / HTTP/1.1\r\n"), []byte{1, 1, 20})
+	f.Fuzz(func(t *testing.T, data, cuts []byte) {
+		var c FirstByteConn
+		rest := data
+		for _, n := range cuts {
+			if len(rest) == 0 {
+				break
+			}
+			k := min(int(n)%16+1, len(rest))
+			c.keepTail(rest[:k])
+			rest = rest[k:]
+		}
+		if len(rest) > 0 {
+			c.keepTail(rest)
+		}
+		want := data[max(0, len(data)-plainAlertLen):]
+		if got := c.tail[:c.tailN]; string(got) != string(want) {
+			t.Fatalf("tail %x after reading %x, want %x", got, data, want)
+		}
+		isAlert := len(want) == plainAlertLen && want[0] == 0x15 && want[1] == 0x03 && want[3] == 0 && want[4] == 2
+		if got, ok := c.PlaintextAlert(); ok != isAlert || ok && got != tls.AlertError(want[6]) {
+			t.Fatalf("PlaintextAlert() = %v, %v for tail %x", got, ok, want)
+		}
+	})
+}
