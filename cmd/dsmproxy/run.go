@@ -218,6 +218,10 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		}
 		sinks = append(sinks, as)
 		view.agent, rt.agent = as, as
+		log.Info().Str("agent", as.URL()).Str("flush_interval", cfg.Agent.FlushInterval.D().String()).
+			Msg("DSM stats go to the Datadog Agent; the first flush says whether it took them")
+	} else if len(extra) == 0 { // the demo's --agent-url is an extra sink
+		log.Info().Msg("no Datadog Agent (agent.disabled): DSM stats show only on the admin listener (/dsm, /metrics)")
 	}
 	rt.flusher = aggregator.NewFlusher(rt.agg, cfg.Agent.FlushInterval.D(), log.With().Str("component", "flusher").Logger(), sinks...)
 	// Monitoring outlives the fronts: it stops only after the drain, so the drain's own points and

@@ -796,7 +796,7 @@ func TestFrontLogLinesNameTheFront(t *testing.T) {
 // TestRunOutlivesItsLogReader: dsmproxy's stderr is often a pipe to a log shipper (`2>&1 |
 // logger`, a sidecar). When the reader went away, the next log line killed the process with
 // SIGPIPE (exit 141), Go's default for fd 1 and 2, and every proxied connection with it: the
-// data path depended on the logs. Here the reader closes after the first line; the SIGTERM that
+// data path depended on the logs. Here the reader closes once the front listens; the SIGTERM that
 // follows is logged ("shutting down"), so the process writes to the closed pipe either way.
 func TestRunOutlivesItsLogReader(t *testing.T) {
 	bin := dsmproxyBinary(t)
@@ -811,9 +811,15 @@ func TestRunOutlivesItsLogReader(t *testing.T) {
 	}
 	w.Close()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	first, err := bufio.NewReader(r).ReadString('\n')
-	if err != nil || !strings.Contains(first, "front listening") {
-		t.Fatalf("first log line %q, %v", first, err)
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("log ended before the front listened: %q, %v", line, err)
+		}
+		if strings.Contains(line, "front listening") {
+			break
+		}
 	}
 	r.Close() // the log reader is gone
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
