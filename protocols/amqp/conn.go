@@ -63,6 +63,8 @@ type session struct {
 	// relay's goroutine only).
 	brokerSaidClose bool
 	frameMax        uint32 // from Connection.TuneOk; client goroutine only
+	// consumerFrameMax is frameMax for the broker goroutine, which fits deliveries to it.
+	consumerFrameMax atomic.Uint32
 	// The channel of the client's latest Basic.Publish: a broker's Connection.Close over a
 	// publish names no channel (discard.go).
 	lastPubCh atomic.Uint32
@@ -79,8 +81,9 @@ type session struct {
 	connClosed    bool
 	connCloseCode uint16
 
-	out []byte // rewritten frames (client goroutine)
-	val []byte // header value (client goroutine)
+	out    []byte // rewritten frames (client goroutine)
+	delOut []byte // rewritten frames (broker goroutine)
+	val    []byte // header value (client goroutine)
 	// The values the proxy put on this connection's latest publishes (client goroutine): a
 	// returned message carries one back, and a client that publishes it again is republishing
 	// the proxy's own context, not a tracer's.
@@ -902,7 +905,7 @@ func (s *session) fromBroker(r *connReader, w *connWriter) error {
 			}
 			return errClientTold
 		}
-		if _, err := w.Write(f.Raw); err != nil {
+		if _, err := w.Write(s.fitDelivery(ch, f)); err != nil {
 			return err
 		}
 		if ch == 0 && f.Type == frameMethod && s.clientClosing.Load() && s.closeOkSent != nil && methodOf(f.Payload) == connCloseOk {
@@ -1176,6 +1179,7 @@ func (s *session) clientMethod(f frame) {
 			return
 		}
 		s.frameMax = fm
+		s.consumerFrameMax.Store(fm)
 	case chanOpen, chanCloseOk:
 		s.dropPub(f.Channel)
 		s.resetShared(f.Channel, false)
@@ -1697,6 +1701,42 @@ func (s *session) ownValue(v []byte) bool {
 		}
 	}
 	return false
+}
+
+// fitDelivery returns the frame to forward to the client: a delivered content header that the
+// pathway entry takes past the client's frame_max comes without the entry (the broker passes a
+// header frame on as it was published, and the publisher's frame_max may be larger), so that the
+// client gets what it would get direct instead of losing its connection. deliveredHeader still
+// reads the entry from f.
+func (s *session) fitDelivery(ch uint16, f frame) []byte {
+	limit := s.consumerFrameMax.Load()
+	if f.Type != frameHeader || limit == 0 || uint64(len(f.Raw)) <= uint64(limit) {
+		return f.Raw
+	}
+	ds := s.del[ch]
+	if ds == nil || (ds.awaiting != contentDeliver && ds.awaiting != contentGetOk) {
+		return f.Raw
+	}
+	h, err := parseContentHeader(f.Payload)
+	if err != nil || h.CtxEnd == 0 || h.CtxTwice || uint64(len(f.Raw)-(h.CtxEnd-h.CtxAt)) > uint64(limit) {
+		return f.Raw // over the limit direct too: the client answers it as it would
+	}
+	out := append(s.delOut[:0], frameHeader, f.Raw[1], f.Raw[2], 0, 0, 0, 0)
+	out = stripCtx(out, f.Payload, &h)
+	binary.BigEndian.PutUint32(out[3:], uint32(len(out)-7))
+	out = append(out, frameEnd)
+	s.delOut = out
+	p := s.p
+	edge := pathway.Edge{Type: pathway.TypeRabbitMQ}
+	if ds.edge != nil {
+		edge = *ds.edge
+	}
+	p.errs.Report(errtrack.Event{
+		Time: p.now(), Category: errtrack.ProxySkip, Protocol: "amqp", Operation: "Basic.Deliver", Name: "frame_max",
+		Message: fmt.Sprintf("delivered content header of %d bytes with the pathway header exceeds the client's frame_max %d; delivered without it", len(f.Raw), limit),
+		Service: *s.service.Load(), Edge: edge, Partition: -1, Messages: 1,
+	})
+	return out
 }
 
 // deliveredHeader checkpoints a delivered message (Deliver or GetOk) with the context it carries.

@@ -118,6 +118,36 @@ func TestNegotiatedFrameMaxSkipsInjection(t *testing.T) {
 	}
 }
 
+// TestDeliveryFitsConsumerFrameMax: a consumer may have negotiated a frame_max between 4096 and
+// the publisher's. A header frame of 8155 bytes fits a consumer's 8192, but not with the entry
+// the proxy added at the publish (amqp091-go closed the connection on it: "frame size exceeds
+// negotiated frame_max"). Delivered through the proxy, the entry comes out again, so the consumer
+// gets what it would get direct, and its consume is still checkpointed with the publish as parent.
+func TestDeliveryFitsConsumerFrameMax(t *testing.T) {
+	h := startProxy(t, nil)
+	pub := dial(t, h.url, "publisher", 131072)
+	q := declareQueue(t, pub, unique("consumer-frame-8k"))
+	publishPadded(t, channel(t, pub), q, 8120, 5000)
+	con := dial(t, h.url, "consumer-8k", 8192)
+	checkPadded(t, consumeN(t, channel(t, con), q, 2), false, true)
+	if err := con.Close(); err != nil {
+		t.Errorf("the consumer's connection did not close cleanly: %v", err)
+	}
+	waitFor(t, "two consume points", func() bool { return len(with(h.rec.points(), "direction:in")) == 2 })
+	for _, p := range with(h.rec.points(), "direction:in") {
+		if p.ParentHash == 0 {
+			t.Errorf("consume point %+v has no parent: the stripped entry was not read", p)
+		}
+	}
+	found := false
+	for _, e := range h.errs.events() {
+		found = found || e.Name == "frame_max" && e.Operation == "Basic.Deliver" && strings.Contains(e.Message, "frame_max 8192")
+	}
+	if !found {
+		t.Errorf("no Basic.Deliver frame_max event naming 8192: %+v", h.errs.events())
+	}
+}
+
 // TestFrameMaxSkipsInjection: with frame_max 4096, a message whose content header would outgrow
 // the frame goes through unmodified (the broker would close the connection otherwise), and the
 // stream stays in step for the next message, which gets its header.

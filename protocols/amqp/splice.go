@@ -149,3 +149,12 @@ func appendCtxEntry(dst, value []byte) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(value)))
 	return append(dst, value...)
 }
+
+// stripCtx appends to dst the payload p without its pathway entry (h.CtxEnd != 0); every other
+// byte is kept, the table's length shrinks by the entry's.
+func stripCtx(dst, p []byte, h *contentHeader) []byte {
+	dst = append(dst, p[:h.TableAt]...)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(h.TableEnd-h.TableAt-4-(h.CtxEnd-h.CtxAt)))
+	dst = append(dst, p[h.TableAt+4:h.CtxAt]...)
+	return append(dst, p[h.CtxEnd:]...)
+}
