@@ -116,6 +116,34 @@ func TestSpliceReplacesExisting(t *testing.T) {
 	}
 }
 
+// TestStripCtxKeepsEveryOtherByte: stripCtx takes the pathway entry out of a delivered header
+// wherever it sits in the table, and leaves the rest, later properties included, as it was.
+func TestStripCtxKeepsEveryOtherByte(t *testing.T) {
+	ctx := entry(pathway.HeaderKey, 'S', lstr(testCtx.AppendBase64(nil)))
+	a, z := entry("a", 'S', lstr([]byte("1"))), entry("z", 'F', table(entry("in", 't', []byte{1})))
+	cases := []struct {
+		name       string
+		with, want []byte
+	}{
+		{"entry alone", contentPayload(1, flagHeaders, table(ctx)), contentPayload(1, flagHeaders, table())},
+		{"entry last", contentPayload(1, flagHeaders, table(a, z, ctx)), contentPayload(1, flagHeaders, table(a, z))},
+		{"entry first", contentPayload(1, flagHeaders, table(ctx, a, z)), contentPayload(1, flagHeaders, table(a, z))},
+		{"entry between, props after", contentPayload(9, flagContentType|flagHeaders|0x1000, sstr("ct"), table(a, ctx, z), []byte{2}),
+			contentPayload(9, flagContentType|flagHeaders|0x1000, sstr("ct"), table(a, z), []byte{2})},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h, err := parseContentHeader(c.with)
+			if err != nil || h.CtxEnd == 0 {
+				t.Fatalf("%+v %v", h, err)
+			}
+			if got := stripCtx(nil, c.with, &h); !bytes.Equal(got, c.want) {
+				t.Errorf("got  %x\nwant %x", got, c.want)
+			}
+		})
+	}
+}
+
 func TestTableSkipperRejects(t *testing.T) {
 	for name, b := range map[string][]byte{
 		"length past end":   {0, 0, 0, 9, 1, 'k'},

@@ -111,6 +111,7 @@ type delState struct {
 	awaiting int
 	queue    string
 	edge     *pathway.Edge
+	stripped int // bytes of the pathway entry fitDelivery took out of the header being delivered
 }
 
 type pendingConsume struct{ queue, tag string }
@@ -1726,6 +1727,7 @@ func (s *session) fitDelivery(ch uint16, f frame) []byte {
 	binary.BigEndian.PutUint32(out[3:], uint32(len(out)-7))
 	out = append(out, frameEnd)
 	s.delOut = out
+	ds.stripped = h.CtxEnd - h.CtxAt
 	p := s.p
 	edge := pathway.Edge{Type: pathway.TypeRabbitMQ}
 	if ds.edge != nil {
@@ -1773,7 +1775,10 @@ func (s *session) deliveredHeader(ds *delState, f frame) {
 		parent, _ = pathway.DecodeBase64(h.Ctx)
 	}
 	service := *s.service.Load()
-	pt, ctx := p.cp.Checkpoint(parent, service, *ds.edge, int64(h.BodySize)+int64(h.TableBytes()), p.now())
+	// Counted as the consumer got it: without an entry fitDelivery took out.
+	size := int64(h.BodySize) + int64(h.TableBytes()) - int64(ds.stripped)
+	ds.stripped = 0
+	pt, ctx := p.cp.Checkpoint(parent, service, *ds.edge, size, p.now())
 	p.handed.Put(parent, service, ctx)
 	p.stats.consumed.Add(1)
 	p.addPoint(pt)

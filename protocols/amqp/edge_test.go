@@ -134,9 +134,14 @@ func TestDeliveryFitsConsumerFrameMax(t *testing.T) {
 		t.Errorf("the consumer's connection did not close cleanly: %v", err)
 	}
 	waitFor(t, "two consume points", func() bool { return len(with(h.rec.points(), "direction:in")) == 2 })
+	// Sizes as the consumer got them: body plus pad entry, the pathway entry only where it stayed.
+	want := map[int64]bool{1 + 9 + 8120: true, 1 + 9 + 5000 + int64(ctxEntryLen(pathway.Base64Len)): true}
 	for _, p := range with(h.rec.points(), "direction:in") {
 		if p.ParentHash == 0 {
 			t.Errorf("consume point %+v has no parent: the stripped entry was not read", p)
+		}
+		if !want[p.PayloadSize] {
+			t.Errorf("consume point of %d bytes; want one of %v", p.PayloadSize, want)
 		}
 	}
 	found := false
