@@ -46,10 +46,18 @@ type AgentConfig struct {
 // AgentEnabledFromEnv reports whether the environment turns the Agent reporter on. Like dd-trace-py,
 // any value of DD_ERROR_TRACKING_HANDLED_ERRORS (user, third_party, all) or of
 // DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE enables it; the proxy has no user/third-party split.
-// (cmd/dsmproxy reads the same two variables, and takes an empty one as set too.)
+// (cmd/dsmproxy reads HandledErrorsVars too, but takes an empty one as set.)
 func AgentEnabledFromEnv(getenv func(string) string) bool {
-	return getenv("DD_ERROR_TRACKING_HANDLED_ERRORS") != "" || getenv("DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE") != ""
+	for _, v := range HandledErrorsVars {
+		if getenv(v) != "" {
+			return true
+		}
+	}
+	return false
 }
+
+// HandledErrorsVars are the tracers' variables that turn handled-error reporting on.
+var HandledErrorsVars = []string{"DD_ERROR_TRACKING_HANDLED_ERRORS", "DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE"}
 
 // AgentReporter sends every group of an interval as a one-span error trace to the Agent, tagged the
 // way dd-trace-py tags handled exceptions so Datadog's Error Tracking groups them.

@@ -24,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 
+	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/redact"
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
 )
@@ -987,7 +988,7 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	}
 	// Like the tracers: any value, even empty, of either variable turns handled-error reporting
 	// on (dd-trace-py reads both; the proxy has no user/third-party or module split).
-	for _, v := range []string{"DD_ERROR_TRACKING_HANDLED_ERRORS", "DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE"} {
+	for _, v := range errtrack.HandledErrorsVars {
 		if _, ok := lookup(v); ok {
 			on := true
 			c.Errors.Agent = &on
