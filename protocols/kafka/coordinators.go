@@ -1,8 +1,6 @@
 package kafka
 
 import (
-	"encoding/base64"
-
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -184,7 +182,8 @@ func (s *session) offsetFetchResponse(pd *pending, frame []byte) {
 	}
 }
 
-// groupCodeError tracks a group coordinator's code for a whole group on the group's edge.
+// groupCodeError tracks a group coordinator's code for a whole group on the group's edge (the
+// cluster's too: a group id is unique only within its cluster). groupError uses it as well.
 func (s *session) groupCodeError(key int16, group string, code int16) {
 	if code == 0 {
 		return
@@ -201,10 +200,9 @@ func (s *session) fetchedOffsetError(group, topic string, id [16]byte, partition
 	}
 	msg := errorDescription(code)
 	if topic == "" && id != [16]byte{} {
-		var ok bool
-		if topic, ok = s.p.topics.get(id); !ok {
-			msg += " (topic id " + base64.RawURLEncoding.EncodeToString(id[:]) + ")"
-		}
+		var note string
+		topic, note = s.p.topicByID(id)
+		msg += note
 	}
 	edge := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Topic: topic, Group: group, ClusterID: s.p.cluster()}
 	s.p.brokerErrorMessage(keyOffsetFetch, code, msg, s.info.Load().service, edge, partition, 0)

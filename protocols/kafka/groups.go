@@ -9,7 +9,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -574,7 +573,5 @@ func (s *session) groupError(pd *pending, code int16) {
 	if code == 0 || (pd.key == keyJoinGroup && code == kerr.MemberIDRequired.Code) {
 		return
 	}
-	group := factsGroup(pd)
-	s.p.brokerError(pd.key, code, s.info.Load().service,
-		pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: group, ClusterID: s.p.cluster()}, -1, 0)
+	s.groupCodeError(pd.key, factsGroup(pd), code)
 }

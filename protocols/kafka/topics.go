@@ -97,6 +97,15 @@ func (p *Proxy) topicName(name string, id [16]byte) (string, bool) {
 	return n, ok
 }
 
+// topicByID names the topic of id for an error event: its name when a Metadata answer gave it,
+// else "" and a note for the event's message that names the id, as Kafka prints ids.
+func (p *Proxy) topicByID(id [16]byte) (topic, note string) {
+	if name, ok := p.topics.get(id); ok {
+		return name, ""
+	}
+	return "", " (topic id " + base64.RawURLEncoding.EncodeToString(id[:]) + ")"
+}
+
 // metadataErrors reports the per-topic error codes of a Metadata answer to a client. They are
 // the only sign of a topic the client cannot use: a producer sends no Produce for it (its records
 // time out inside the client) and a consumer no Fetch. Metadata does not say whether the client
@@ -117,11 +126,9 @@ func (s *session) metadataErrors(r *kmsg.MetadataResponse) {
 		case t.TopicID != [16]byte{}:
 			// v12+ asked by id: the answer names no topic (UNKNOWN_TOPIC_ID). The id may be one
 			// a Metadata answer named before the topic was deleted.
-			if name, ok := s.p.topics.get(t.TopicID); ok {
-				edge.Topic = name
-			} else {
-				msg += " (topic id " + base64.RawURLEncoding.EncodeToString(t.TopicID[:]) + ")" // as Kafka prints ids
-			}
+			var note string
+			edge.Topic, note = s.p.topicByID(t.TopicID)
+			msg += note
 		}
 		s.p.brokerErrorMessage(keyMetadata, t.ErrorCode, msg, s.info.Load().service, edge, -1, 0)
 	}
