@@ -768,8 +768,7 @@ func connCloseFrame(code uint16, text string) []byte {
 	b = append(b, byte(len(text)))
 	b = append(b, text...)
 	b = append(b, 0, 0, 0, 0) // class and method id: none
-	binary.BigEndian.PutUint32(b[3:], uint32(len(b)-7))
-	return append(b, frameEnd)
+	return endFrame(b)
 }
 
 // pump reads frames from r and hands each non-body frame that fits MaxFrameBytes to handle, which
@@ -1663,10 +1662,7 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 		copy(s.own[s.ownPos%ownValues][:], s.val)
 		s.ownPos++
 	}
-	out := append(s.out[:0], frameHeader, f.Raw[1], f.Raw[2], 0, 0, 0, 0)
-	out = spliceHeader(out, f.Payload, &h, s.val)
-	binary.BigEndian.PutUint32(out[3:], uint32(len(out)-7))
-	out = append(out, frameEnd)
+	out := endFrame(spliceHeader(startFrame(s.out, f), f.Payload, &h, s.val))
 	s.out = out
 	p.stats.injected.Add(1)
 	return out
@@ -1722,10 +1718,7 @@ func (s *session) fitDelivery(ch uint16, f frame) []byte {
 	if err != nil || h.CtxEnd == 0 || h.CtxTwice || uint64(len(f.Raw)-(h.CtxEnd-h.CtxAt)) > uint64(limit) {
 		return f.Raw // over the limit direct too: the client answers it as it would
 	}
-	out := append(s.delOut[:0], frameHeader, f.Raw[1], f.Raw[2], 0, 0, 0, 0)
-	out = stripCtx(out, f.Payload, &h)
-	binary.BigEndian.PutUint32(out[3:], uint32(len(out)-7))
-	out = append(out, frameEnd)
+	out := endFrame(stripCtx(startFrame(s.delOut, f), f.Payload, &h))
 	s.delOut = out
 	ds.stripped = h.CtxEnd - h.CtxAt
 	p := s.p

@@ -153,6 +153,17 @@ func (fr *frameReader) copyFrame(w *connWriter, size uint32) error {
 	}
 }
 
+// startFrame begins in buf (from its start) a frame of f's type and channel whose payload the
+// caller appends; endFrame then sets its size and ends it. For payloads built in place.
+func startFrame(buf []byte, f frame) []byte {
+	return append(buf[:0], f.Raw[0], f.Raw[1], f.Raw[2], 0, 0, 0, 0)
+}
+
+func endFrame(out []byte) []byte {
+	binary.BigEndian.PutUint32(out[3:], uint32(len(out)-7))
+	return append(out, frameEnd)
+}
+
 // appendFrame appends a frame of type typ on channel ch with payload p.
 func appendFrame(dst []byte, typ byte, ch uint16, p []byte) []byte {
 	dst = append(dst, typ)
