@@ -341,16 +341,8 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 					ev = ev.Str("looks_like", what)
 				}
 				ev = ev.Hex("header", rh.RecordHeader[:]).Str("hint", "the client does not speak TLS and this front expects it: have the client use TLS (Kafka security.protocol=SSL, amqps://, https://), or remove the front's tls")
-			} else if alert, problem, ok := RefusedCertificate(err, tc, l.cfg.TLS, time.Now()); ok {
-				ev = ev.Str("client_alert", alert).Str("hint", RefusedCertHint)
-				if problem != "" {
-					ev = ev.Str("problem", problem)
-				}
-			} else if hint, subject, ok := RefusedClientCertificate(err); ok {
-				if subject != "" {
-					ev = ev.Str("client_cert", subject)
-				}
-				ev = ev.Str("hint", hint)
+			} else {
+				ev = CertRefusalFields(ev, err, tc, l.cfg.TLS)
 			}
 			ev.Err(err).Uint64("tls_failures_total", n).Msg("TLS handshake with client failed; closing client connection")
 			raw.Close()

@@ -7,21 +7,42 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
-// RefusedCertHint is the hint of a line about a client that refused the front's certificate.
-const RefusedCertHint = "the client refused the certificate this front serves: it must be valid now, name the host the client dials, " +
+// CertRefusalFields adds to ev, a line about a failed TLS handshake of tc with a client, what can
+// be told of a refused certificate: the client refusing the front's (client_alert, hint, and
+// problem: what is wrong with the one conf serves), or the front refusing the client's
+// (client_cert, hint). Other failures add nothing.
+func CertRefusalFields(ev *zerolog.Event, err error, tc *tls.Conn, conf *tls.Config) *zerolog.Event {
+	if alert, problem, ok := refusedCertificate(err, tc, conf, time.Now()); ok {
+		ev = ev.Str("client_alert", alert).Str("hint", refusedCertHint)
+		if problem != "" {
+			ev = ev.Str("problem", problem)
+		}
+	} else if hint, subject, ok := refusedClientCertificate(err); ok {
+		if subject != "" {
+			ev = ev.Str("client_cert", subject)
+		}
+		ev = ev.Str("hint", hint)
+	}
+	return ev
+}
+
+// refusedCertHint is the hint of a line about a client that refused the front's certificate.
+const refusedCertHint = "the client refused the certificate this front serves: it must be valid now, name the host the client dials, " +
 	"and be signed by a CA the client trusts (Kafka ssl.ca.location, the Java truststore, the AMQP client's CA file, AWS_CA_BUNDLE); " +
 	"replace tls.cert_file and key_file, then send SIGHUP"
 
 // certAlerts are the alerts a client sends when it refuses the server's certificate.
 var certAlerts = []tls.AlertError{42, 43, 44, 45, 46, 48} // bad, unsupported, revoked, expired, unknown certificate; unknown CA
 
-// RefusedCertificate reports whether err, from a failed handshake of tc with a client, is the
+// refusedCertificate reports whether err, from a failed handshake of tc with a client, is the
 // client refusing the certificate the front served (conf's): the alert the client sent and what
 // the proxy can tell is wrong with the certificate ("" when nothing). Go names an alert OpenSSL
 // clients send unencrypted in TLS 1.3 only "bad record MAC": the bytes read say which it was.
-func RefusedCertificate(err error, tc *tls.Conn, conf *tls.Config, now time.Time) (alert, problem string, ok bool) {
+func refusedCertificate(err error, tc *tls.Conn, conf *tls.Config, now time.Time) (alert, problem string, ok bool) {
 	var a error
 	var oe *net.OpError
 	switch {
@@ -84,11 +105,11 @@ func servedLeaf(conf *tls.Config) *x509.Certificate {
 	return conf.Certificates[0].Leaf
 }
 
-// RefusedClientCertificate reports whether err, from a failed handshake with a client, is the
+// refusedClientCertificate reports whether err, from a failed handshake with a client, is the
 // front (client_ca_file) refusing the client's certificate or its lack of one: the hint to log,
 // and the subject of the certificate refused ("" when the client sent none). Go's "certificate
 // signed by unknown authority" alone reads like the client refusing the front's certificate.
-func RefusedClientCertificate(err error) (hint, subject string, ok bool) {
+func refusedClientCertificate(err error) (hint, subject string, ok bool) {
 	var cve *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &cve):

@@ -504,19 +504,7 @@ func (c *h1Conn) serve() {
 				c.refusePlain(rh)
 				return
 			}
-			ev := c.loudWarn()
-			if alert, problem, ok := proxy.RefusedCertificate(err, tc, s.tlsConf, time.Now()); ok {
-				ev = ev.Str("client_alert", alert).Str("hint", proxy.RefusedCertHint)
-				if problem != "" {
-					ev = ev.Str("problem", problem)
-				}
-			} else if hint, subject, ok := proxy.RefusedClientCertificate(err); ok {
-				if subject != "" {
-					ev = ev.Str("client_cert", subject)
-				}
-				ev = ev.Str("hint", hint)
-			}
-			ev.Err(err).Msg("TLS handshake with client failed; closing connection")
+			proxy.CertRefusalFields(c.loudWarn(), err, tc, s.tlsConf).Err(err).Msg("TLS handshake with client failed; closing connection")
 			return
 		}
 		if fb, ok := tc.NetConn().(*proxy.FirstByteConn); ok {
