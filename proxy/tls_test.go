@@ -164,12 +164,7 @@ func TestTLSOrigination(t *testing.T) {
 	_, _, otherPair := pki.Issue(t, "elsewhere", "elsewhere.example")
 	other := startEcho(t, &tls.Config{Certificates: []tls.Certificate{otherPair}})
 	bad := startListener(t, ListenerConfig{Upstream: other.addr(), Dial: r.DialFunc(nil)}, HandlerFunc(relay))
-	c2, err := net.Dial("tcp", bad.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	expectClosed(t, c2)
+	expectReset(t, bad.Addr().String())
 
 	// An explicit ServerName is checked instead of the host.
 	byName := DialTLS(nil, &tls.Config{RootCAs: pki.Pool, ServerName: "elsewhere.example"})
