@@ -1704,14 +1704,16 @@ func (s *session) ownValue(v []byte) bool {
 // pathway entry takes past the client's frame_max comes without the entry (the broker passes a
 // header frame on as it was published, and the publisher's frame_max may be larger), so that the
 // client gets what it would get direct instead of losing its connection. deliveredHeader still
-// reads the entry from f.
+// reads the entry from f. A delivery on a channel the client is closing is fitted too: the client
+// discards it, but reads its frames first, and amqp091-go ends the whole connection on one over
+// its frame_max.
 func (s *session) fitDelivery(ch uint16, f frame) []byte {
 	limit := s.consumerFrameMax.Load()
 	if f.Type != frameHeader || limit == 0 || uint64(len(f.Raw)) <= uint64(limit) {
 		return f.Raw
 	}
 	ds := s.del[ch]
-	if ds == nil || (ds.awaiting != contentDeliver && ds.awaiting != contentGetOk) {
+	if ds == nil || (ds.awaiting != contentDeliver && ds.awaiting != contentGetOk && ds.awaiting != contentDiscarded) {
 		return f.Raw
 	}
 	h, err := parseContentHeader(f.Payload)
@@ -1720,6 +1722,9 @@ func (s *session) fitDelivery(ch uint16, f frame) []byte {
 	}
 	out := endFrame(stripCtx(startFrame(s.delOut, f), f.Payload, &h))
 	s.delOut = out
+	if ds.awaiting == contentDiscarded {
+		return out // not consumed: no checkpoint to size, no skip to count
+	}
 	ds.stripped = h.CtxEnd - h.CtxAt
 	p := s.p
 	edge := pathway.Edge{Type: pathway.TypeRabbitMQ}
