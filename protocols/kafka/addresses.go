@@ -32,12 +32,14 @@ func (s *session) rewriteAddresses(pd *pending, frame []byte) []byte {
 	if !ok {
 		return frame
 	}
-	out := s.rewriteDecoded(pd, frame, start, resp)
-	switch r := resp.(type) {
-	case *kmsg.MetadataResponse: // after rewriteDecoded: it notes the cluster id
-		s.metadataErrors(r)
-	case *kmsg.FindCoordinatorResponse:
+	if r, ok := resp.(*kmsg.FindCoordinatorResponse); ok {
+		// The broker's codes, before rewriteDecoded: a coordinator whose node has no listener
+		// becomes the proxy's own COORDINATOR_NOT_AVAILABLE, told as an advertise failure.
 		s.findCoordinatorErrors(pd, r)
+	}
+	out := s.rewriteDecoded(pd, frame, start, resp)
+	if r, ok := resp.(*kmsg.MetadataResponse); ok { // after rewriteDecoded: it notes the cluster id
+		s.metadataErrors(r)
 	}
 	return out
 }
