@@ -43,20 +43,26 @@ type AgentConfig struct {
 	Client *http.Client
 }
 
-// AgentEnabledFromEnv reports whether the environment turns the Agent reporter on. Like dd-trace-py,
-// any value of DD_ERROR_TRACKING_HANDLED_ERRORS (user, third_party, all) or of
-// DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE enables it; the proxy has no user/third-party split.
-// (cmd/dsmproxy reads HandledErrorsVars too, but takes an empty one as set.)
+// AgentEnabledFromEnv reports whether the environment turns the Agent reporter on, as dd-trace-py
+// reads its variables: DD_ERROR_TRACKING_HANDLED_ERRORS set to user, third_party or all, or
+// DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE naming at least one module (a comma-separated list).
+// Any other value, empty or "false" included, leaves reporting off in the tracer, and here. The
+// proxy has no user/third-party or module split, so which value it was does not matter.
 func AgentEnabledFromEnv(getenv func(string) string) bool {
-	for _, v := range HandledErrorsVars {
-		if getenv(v) != "" {
+	switch getenv(HandledErrorsVars[0]) {
+	case "user", "third_party", "all":
+		return true
+	}
+	for _, m := range strings.Split(getenv(HandledErrorsVars[1]), ",") {
+		if strings.TrimSpace(m) != "" {
 			return true
 		}
 	}
 	return false
 }
 
-// HandledErrorsVars are the tracers' variables that turn handled-error reporting on.
+// HandledErrorsVars are the tracers' variables that turn handled-error reporting on: the mode,
+// and the modules to report.
 var HandledErrorsVars = []string{"DD_ERROR_TRACKING_HANDLED_ERRORS", "DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE"}
 
 // AgentReporter sends every group of an interval as a one-span error trace to the Agent, tagged the

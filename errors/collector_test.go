@@ -283,9 +283,14 @@ func TestAgentEnabledFromEnv(t *testing.T) {
 		{nil, false},
 		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "all"}, true},
 		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "user"}, true},
-		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "anything"}, true},
+		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "third_party"}, true},
 		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE": "kafka"}, true},
+		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE": "a, b"}, true},
+		// dd-trace-py reads these as off: any other value of the first, no module in the second.
 		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": ""}, false},
+		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "false"}, false},
+		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "anything"}, false},
+		{map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE": " , "}, false},
 	} {
 		if got := AgentEnabledFromEnv(func(k string) string { return tt.env[k] }); got != tt.want {
 			t.Errorf("%v: %v, want %v", tt.env, got, tt.want)

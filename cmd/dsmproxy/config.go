@@ -986,13 +986,11 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 		c.setBy("agent.url", agentHostPortVars)
 		c.agentHost, c.agentPort = h, p
 	}
-	// Like the tracers: any value, even empty, of either variable turns handled-error reporting
-	// on (dd-trace-py reads both; the proxy has no user/third-party or module split).
-	for _, v := range errtrack.HandledErrorsVars {
-		if _, ok := lookup(v); ok {
-			on := true
-			c.Errors.Agent = &on
-		}
+	// As dd-trace-py reads them (AgentEnabledFromEnv): a fleet configured for the tracer gets the
+	// spans, and one that set the variables to turn it off ("", "false") does not.
+	if errtrack.AgentEnabledFromEnv(get) {
+		on := true
+		c.Errors.Agent = &on
 	}
 }
 

@@ -147,6 +147,15 @@ func TestUpstreamTLSOn(t *testing.T) {
 	}
 }
 
+// handledErrors checks whether the handled-error variables turned errors.agent on.
+func handledErrors(want bool) func(t *testing.T, c *Config) {
+	return func(t *testing.T, c *Config) {
+		if got := c.Errors.Agent != nil && *c.Errors.Agent; got != want {
+			t.Errorf("errors.agent on: %v, want %v", got, want)
+		}
+	}
+}
+
 // TestConfigPrecedence: flags beat env, env beats file, defaults fill the rest.
 func TestConfigPrecedence(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
@@ -205,18 +214,13 @@ kafka:
 				eq(t, "drain", c.DrainTimeout.D(), 3*time.Second)
 				eq(t, "admin off", c.adminOff(), true)
 			}},
-		{"handled errors variable, even empty", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": ""}, nil, func(t *testing.T, c *Config) {
-			if c.Errors.Agent == nil || !*c.Errors.Agent {
-				t.Errorf("errors.agent not enabled by DD_ERROR_TRACKING_HANDLED_ERRORS")
-			}
-		}},
-		// dd-trace-py turns handled-error reporting on with either variable, and so does the
-		// errors package (AgentEnabledFromEnv): a fleet configured for the tracer gets the spans.
-		{"handled errors include variable", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE": "kafka"}, nil, func(t *testing.T, c *Config) {
-			if c.Errors.Agent == nil || !*c.Errors.Agent {
-				t.Errorf("errors.agent not enabled by DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE")
-			}
-		}},
+		// dd-trace-py turns handled-error reporting on with either variable, as the proxy does: a
+		// fleet configured for the tracer gets the spans, and one that turned it off does not.
+		{"handled errors variable", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "all"}, nil, handledErrors(true)},
+		{"handled errors include variable", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE": "kafka"}, nil, handledErrors(true)},
+		{"handled errors variable empty", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": ""}, nil, handledErrors(false)},
+		{"handled errors variable false", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS": "false"}, nil, handledErrors(false)},
+		{"handled errors include empty", map[string]string{"DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE": " , "}, nil, handledErrors(false)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var f runFlags

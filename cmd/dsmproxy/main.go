@@ -139,9 +139,10 @@ Environment (Datadog's own variables; flags beat them):
   DD_ENV                    env, as --env
   DD_SERVICE                default service, as --service
   DD_VERSION                version sent in the DSM payload of every proxied service (unset it on a shared proxy)
-  DD_ERROR_TRACKING_HANDLED_ERRORS  any value: also send every tracked error group (broker errors,
-                            lost messages, proxy skips, decode errors) to the Agent as error spans
-  DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE  any value: the same (its module list is not read)
+  DD_ERROR_TRACKING_HANDLED_ERRORS  user, third_party or all: also send every tracked error group
+                            (broker errors, lost messages, proxy skips, decode errors) to the Agent
+                            as error spans (other values, empty or false, leave it off, as dd-trace-py)
+  DD_ERROR_TRACKING_HANDLED_ERRORS_INCLUDE  a module list: the same (which modules is not read)
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE
                             credentials the AWS front re-signs with, and its region where the file
                             sets none (standard AWS chain)
