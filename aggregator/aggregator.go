@@ -81,11 +81,15 @@ type Group struct {
 	PayloadBytes uint64
 }
 
-// Backlog is the highest offset seen for one key in a bucket.
+// Backlog is the highest offset seen for one key in a bucket (Value, what the tracers send), and
+// the one seen last (Last, at LastAt). A commit can go back (offsets reset by an admin tool, a
+// consumer that seeks back): the highest then hides the group's position, the last does not.
 type Backlog struct {
 	Service string
 	Tags    []string
 	Value   int64
+	Last    int64
+	LastAt  time.Time
 }
 
 // Stats are the aggregator's counters.
@@ -117,6 +121,11 @@ type offsetKey struct {
 	topic     string
 	partition int32
 	cluster   string
+}
+
+// backlogValue is a backlog's highest offset in a bucket and its latest one, seen at lastAt (unix ns).
+type backlogValue struct {
+	max, last, lastAt int64
 }
 
 type bucketKey struct {
@@ -161,7 +170,7 @@ type bucket struct {
 	groups   map[groupKey]*groupState
 	last     *groupState // the last group hit: points of one edge tend to come in runs
 	n        int         // groups, chained ones included
-	backlogs map[offsetKey]int64
+	backlogs map[offsetKey]backlogValue
 }
 
 // Aggregator accepts points and offsets without blocking and folds them into buckets on its own
@@ -476,7 +485,7 @@ func (a *Aggregator) addOffset(o *pathway.Offset) {
 	}
 	b := a.bucketFor(t, false)
 	if b.backlogs == nil {
-		b.backlogs = make(map[offsetKey]int64)
+		b.backlogs = make(map[offsetKey]backlogValue)
 	}
 	svc := o.Service
 	if svc == "" {
@@ -492,9 +501,14 @@ func (a *Aggregator) addOffset(o *pathway.Offset) {
 		}
 		a.backlogs++
 	}
-	if !ok || o.Value > v {
-		b.backlogs[k] = o.Value
+	if !ok {
+		v = backlogValue{max: o.Value, last: o.Value, lastAt: t}
 	}
+	v.max = max(v.max, o.Value)
+	if t >= v.lastAt {
+		v.last, v.lastAt = o.Value, t
+	}
+	b.backlogs[k] = v
 }
 
 // Flush removes and returns the buckets whose window ended at or before now; with final, every
@@ -546,7 +560,7 @@ func (b *bucket) export(k bucketKey, width int64) Bucket {
 	}
 	for k, v := range b.backlogs {
 		o := pathway.Offset{Kind: k.kind, Group: k.group, Topic: k.topic, Partition: k.partition, ClusterID: k.cluster}
-		out.Backlogs = append(out.Backlogs, Backlog{Service: k.service, Tags: o.Tags(), Value: v})
+		out.Backlogs = append(out.Backlogs, Backlog{Service: k.service, Tags: o.Tags(), Value: v.max, Last: v.last, LastAt: time.Unix(0, v.lastAt)})
 	}
 	sortGroups(out.Groups)
 	sortBacklogs(out.Backlogs)

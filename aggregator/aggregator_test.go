@@ -85,16 +85,17 @@ func TestBuckets(t *testing.T) {
 	if len(org.Groups) != 2 {
 		t.Fatalf("origin groups: %d, want 2", len(org.Groups))
 	}
+	// The highest offset is what the Agent gets; the last one (a commit can go back) is kept beside it.
 	wantBacklogs := []Backlog{
-		{Service: "orders", Tags: []string{"partition:0", "topic:orders", "type:kafka_produce"}, Value: 45},
-		{Service: "proxy", Tags: []string{"partition:0", "topic:orders", "type:kafka_high_watermark"}, Value: 46},
+		{Service: "orders", Tags: []string{"partition:0", "topic:orders", "type:kafka_produce"}, Value: 45, Last: 43, LastAt: t0.Add(3 * time.Second)},
+		{Service: "proxy", Tags: []string{"partition:0", "topic:orders", "type:kafka_high_watermark"}, Value: 46, Last: 46, LastAt: t0.Add(3 * time.Second)},
 	}
 	if len(cur.Backlogs) != len(wantBacklogs) {
 		t.Fatalf("backlogs %+v, want %+v", cur.Backlogs, wantBacklogs)
 	}
 	for i, w := range wantBacklogs {
 		g := cur.Backlogs[i]
-		if g.Service != w.Service || g.Value != w.Value || len(g.Tags) != len(w.Tags) {
+		if g.Service != w.Service || g.Value != w.Value || g.Last != w.Last || !g.LastAt.Equal(w.LastAt) || len(g.Tags) != len(w.Tags) {
 			t.Errorf("backlog %d = %+v, want %+v", i, g, w)
 		}
 	}

@@ -280,9 +280,10 @@ type lagRow struct {
 
 // consumerLag joins log ends and commits per (topic, partition): lag = log end - committed offset,
 // summed over partitions per group and topic. The log end is the high watermark fetches brought
-// or the offset after the last one produced, whichever is later. The commit is the latest one:
-// a group's offsets reset back and committed by another service (an admin tool, a new
-// deployment) replace the higher ones committed before.
+// or the offset after the last one produced, whichever is later. The commit is the latest one
+// (by when it was seen where the view knows it, else by bucket): a group's offsets reset back,
+// by its consumer or by another service (an admin tool, a new deployment), replace the higher
+// ones committed before, in the same bucket too.
 func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	// Offsets of one topic and group on two clusters (two Kafka fronts) are two lags.
 	type tp struct{ cluster, topic, partition string }
@@ -322,8 +323,8 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 			end[tp{cluster, topic, part}] = max(end[tp{cluster, topic, part}], b.Value+1)
 		case "kafka_commit":
 			k := gtp{group, tp{cluster, topic, part}}
-			if c, ok := commits[k]; !ok || b.Start.After(c.at) || b.Start.Equal(c.at) && b.Value > c.value {
-				commits[k] = commit{b.Start, b.Value}
+			if c, ok := commits[k]; !ok || b.Seen().After(c.at) || b.Seen().Equal(c.at) && b.Value > c.value {
+				commits[k] = commit{b.Seen(), b.Value}
 			}
 		}
 	}

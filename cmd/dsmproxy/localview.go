@@ -116,10 +116,16 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 		}
 		for _, x := range b.Backlogs {
 			k := x.Service + "|" + strings.Join(x.Tags, ",")
-			if old, ok := v.bl[k]; ok && old.Start.After(b.Start) {
+			e := agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value, At: x.LastAt}
+			if !x.LastAt.IsZero() && slices.Contains(x.Tags, "type:kafka_commit") {
+				// A commit can go back (a reset, a seek): the group's position is the last one,
+				// not the bucket's highest. Log ends only grow: their highest is the latest.
+				e.Value = x.Last
+			}
+			if old, ok := v.bl[k]; ok && old.Seen().After(e.Seen()) {
 				continue
 			}
-			v.bl[k] = agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value}
+			v.bl[k] = e
 		}
 	}
 	keep := v.windowLocked()

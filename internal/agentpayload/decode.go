@@ -80,6 +80,15 @@ type BacklogEntry struct {
 	Start   time.Time
 	Tags    []string
 	Value   int64
+	At      time.Time // when Value was seen, where known (dsmproxy's own view); zero from a payload
+}
+
+// Seen is when the entry's value was seen: At, else the start of its bucket.
+func (e BacklogEntry) Seen() time.Time {
+	if !e.At.IsZero() {
+		return e.At
+	}
+	return e.Start
 }
 
 // Required keys per map, checked on the raw msgpack before typed decoding.
