@@ -53,3 +53,25 @@ func (o Offset) Tags() []string {
 	}
 	return tags
 }
+
+// OffsetsGone says Kafka offsets observed before Time no longer hold: the cluster deleted a
+// topic, or one was created again under its name (its offsets start over), a consumer group,
+// or a group's offsets of a partition. Whatever keeps last known offsets (the proxy's own view)
+// forgets those of the scope seen before Time; the Agent, which files offsets by bucket, gets
+// nothing.
+type OffsetsGone struct {
+	ClusterID string
+	Topic     string // "": every topic (a group deleted)
+	Group     string // "": every kind of offset of Topic; else only this group's commits
+	Partition int32  // -1: every partition
+	Time      int64  // unix ns
+}
+
+// Covers reports whether the offset of kind on (cluster, topic, partition), committed by group
+// for a commit, is one g says is gone (whenever it was seen).
+func (g OffsetsGone) Covers(kind OffsetKind, cluster, group, topic string, partition int32) bool {
+	return cluster == g.ClusterID &&
+		(g.Topic == "" || topic == g.Topic) &&
+		(g.Group == "" || kind == KafkaCommit && group == g.Group) &&
+		(g.Partition < 0 || partition == g.Partition)
+}

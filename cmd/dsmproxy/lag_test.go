@@ -163,3 +163,105 @@ func TestLagFollowsCommitsBack(t *testing.T) {
 		})
 	}
 }
+
+// TestLagForgetsWhatTheClusterDeleted: offsets the cluster no longer has leave /dsm and /metrics
+// when the proxy sees them go: a group deleted (kadm DeleteGroups, as kafka-consumer-groups.sh
+// --delete), a group's offsets of a topic deleted (kadm DeleteOffsets), a topic deleted through
+// the proxy, or deleted anywhere and created again under its name (a Metadata answer then names
+// it with a new topic id), whose offsets start over. Each showed its last lag for a week: a
+// recreated topic's group the old log end minus its new commit (17 where kadm showed 0), and a
+// group that had committed only on the old topic its old lag, which kadm no longer shows.
+func TestLagForgetsWhatTheClusterDeleted(t *testing.T) {
+	h := startLagHarness(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 20
+	admin := func(t *testing.T, direct bool) *kadm.Client {
+		if !direct {
+			return kadm.NewClient(h.client(t, kgo.ClientID("ops")))
+		}
+		cl, err := kgo.NewClient(kgo.SeedBrokers(h.brokers...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cl.Close)
+		return kadm.NewClient(cl)
+	}
+	check := func(t *testing.T, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		// remove deletes what the cluster forgets; then kept is the group that goes on (its
+		// lag must be kadm's), and gone the one whose commits the cluster no longer has.
+		remove     func(t *testing.T, topic, kept, gone string)
+		keptGoesOn bool
+	}{
+		{"group deleted", func(t *testing.T, topic, _, gone string) {
+			r, err := admin(t, false).DeleteGroups(ctx, gone)
+			if err == nil {
+				err = r.Error()
+			}
+			check(t, err)
+		}, false},
+		{"group's offsets of the topic deleted", func(t *testing.T, topic, _, gone string) {
+			r, err := admin(t, false).DeleteOffsets(ctx, gone, kadm.TopicsSet{topic: {0: {}}})
+			if err == nil {
+				err = r.Error()
+			}
+			check(t, err)
+		}, false},
+		{"topic deleted through the proxy and created again", func(t *testing.T, topic, _, _ string) {
+			r, err := admin(t, false).DeleteTopics(ctx, topic)
+			if err == nil {
+				err = r.Error()
+			}
+			check(t, err)
+			_, err = admin(t, false).CreateTopic(ctx, 1, 1, nil, topic)
+			check(t, err)
+		}, true},
+		{"topic deleted and created again past the proxy", func(t *testing.T, topic, _, _ string) {
+			r, err := admin(t, true).DeleteTopics(ctx, topic)
+			if err == nil {
+				err = r.Error()
+			}
+			check(t, err)
+			_, err = admin(t, true).CreateTopic(ctx, 1, 1, nil, topic)
+			check(t, err)
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := time.Now().UnixNano()
+			topic, kept, gone := fmt.Sprintf("deleted-%d", id), fmt.Sprintf("kept-%d", id), fmt.Sprintf("gone-%d", id)
+			_, err := admin(t, false).CreateTopic(ctx, 1, 1, nil, topic)
+			check(t, err)
+			h.produceN(t, ctx, topic, n)
+			h.consumeAll(t, ctx, kept, topic, n).Close()
+			h.consumeAll(t, ctx, gone, topic, n).Close()
+			h.produceN(t, ctx, topic, 5)
+			for _, g := range []string{kept, gone} {
+				if got, ok := h.shown(t, g, topic); !ok || got != 5 {
+					t.Fatalf("group %s before the deletion: lag %v (shown %v), want 5", g, got, ok)
+				}
+			}
+			tc.remove(t, topic, kept, gone)
+			if tc.keptGoesOn { // the topic starts over: 3 records, read and committed by kept
+				h.produceN(t, ctx, topic, 3)
+				h.consumeAll(t, ctx, kept, topic, 3).Close()
+			}
+			if got, ok := h.shown(t, gone, topic); ok {
+				t.Errorf("group %s, whose commits the cluster deleted, still shows lag %v", gone, got)
+			}
+			if !tc.keptGoesOn {
+				return
+			}
+			want := h.truth(t, ctx, kept, topic)
+			if got, ok := h.shown(t, kept, topic); !ok || got != float64(want) {
+				t.Errorf("group %s on the new topic: lag %v (shown %v), want kadm's %d", kept, got, ok, want)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // localView shows people who run no Agent what DSM sees: GET /dsm prints, as the demo prints
@@ -30,6 +32,119 @@ type localView struct {
 	// width is the latest bucket's: a bucket is flushed once it is over, so entries are kept for
 	// three of them at least (with 60 s buckets, a minute would drop each as it came).
 	width time.Duration
+	// gone are the deletions Kafka fronts saw lately (offsetsGone), by goneKey: offsets of
+	// their scope seen before them still come in buckets flushed after, for up to a bucket and
+	// a flush. Kept for the pathways' window.
+	gone map[string][]pathway.OffsetsGone
+
+	goneMu  sync.Mutex
+	goneNew []pathway.OffsetsGone // told since the last Send; applied there, under mu
+}
+
+// maxGoneWaiting bounds the deletions told between two flushes; past it (some thousands of
+// topics deleted within a flush interval) the rest are not applied.
+const maxGoneWaiting = 10_000
+
+// offsetsGone is kafka.Config.OffsetsGone: what a Kafka front saw the cluster delete (a topic,
+// also one created again, a group, a group's offsets) leaves the view at the next flush. It
+// does not wait for a flush in progress.
+func (v *localView) offsetsGone(g pathway.OffsetsGone) {
+	v.goneMu.Lock()
+	defer v.goneMu.Unlock()
+	if len(v.goneNew) < maxGoneWaiting {
+		v.goneNew = append(v.goneNew, g)
+	}
+}
+
+// goneKey indexes a deletion by its topic, or by its group when it covers every topic.
+func goneKey(topic, group string) string {
+	if topic != "" {
+		return "t|" + topic
+	}
+	return "g|" + group
+}
+
+// goneBefore reports whether a deletion the view knows of covers the backlog with tags, seen
+// at seen; and, if the latest such deletion came after seen, whether it came after start
+// (afterStart: the bucket began before it, so its highest offset may be from before it).
+func (v *localView) goneBefore(tags []string, seen, start time.Time) (gone, afterStart bool) {
+	if len(v.gone) == 0 {
+		return false, false
+	}
+	o := offsetOfTags(tags)
+	for _, k := range []string{goneKey(o.Topic, ""), goneKey("", o.Group)} {
+		for _, g := range v.gone[k] {
+			if !g.Covers(o.Kind, o.ClusterID, o.Group, o.Topic, o.Partition) {
+				continue
+			}
+			at := time.Unix(0, g.Time)
+			if !seen.After(at) {
+				return true, false
+			}
+			afterStart = afterStart || at.After(start)
+		}
+	}
+	return false, afterStart
+}
+
+// offsetOfTags reads a backlog's tags back into what they say.
+func offsetOfTags(tags []string) pathway.Offset {
+	o := pathway.Offset{Partition: -1}
+	for _, t := range tags {
+		k, val, _ := strings.Cut(t, ":")
+		switch k {
+		case "type":
+			for _, kind := range []pathway.OffsetKind{pathway.KafkaProduce, pathway.KafkaCommit, pathway.KafkaHighWatermark} {
+				if kind.String() == val {
+					o.Kind = kind
+				}
+			}
+		case "topic":
+			o.Topic = val
+		case "partition":
+			if p, err := strconv.ParseInt(val, 10, 32); err == nil {
+				o.Partition = int32(p)
+			}
+		case "consumer_group":
+			o.Group = val
+		case "kafka_cluster_id":
+			o.ClusterID = val
+		}
+	}
+	return o
+}
+
+// takeGone applies the deletions told since the last flush: offsets of their scope seen before
+// them leave the view. Under mu.
+func (v *localView) takeGone(now time.Time) {
+	v.goneMu.Lock()
+	fresh := v.goneNew
+	v.goneNew = nil
+	v.goneMu.Unlock()
+	keep := v.windowLocked()
+	for k, gs := range v.gone {
+		gs = slices.DeleteFunc(gs, func(g pathway.OffsetsGone) bool { return now.Sub(time.Unix(0, g.Time)) > keep })
+		if len(gs) == 0 {
+			delete(v.gone, k)
+		} else {
+			v.gone[k] = gs
+		}
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	if v.gone == nil {
+		v.gone = map[string][]pathway.OffsetsGone{}
+	}
+	for _, g := range fresh {
+		k := goneKey(g.Topic, g.Group)
+		v.gone[k] = append(v.gone[k], g)
+	}
+	for k, e := range v.bl {
+		if gone, _ := v.goneBefore(e.Tags, e.Seen(), e.Start); gone {
+			delete(v.bl, k)
+		}
+	}
 }
 
 // localViewWindow: pathways from buckets older than this (or three buckets, if longer) go.
@@ -91,6 +206,7 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 		v.pts, v.bl = map[string]viewPathway{}, map[string]agentpayload.BacklogEntry{}
 	}
 	now := time.Now()
+	v.takeGone(now)
 	for _, b := range buckets {
 		if len(b.Groups) > 0 || len(b.Backlogs) > 0 {
 			v.at = now
@@ -117,9 +233,14 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 		for _, x := range b.Backlogs {
 			k := x.Service + "|" + strings.Join(x.Tags, ",")
 			e := agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value, At: x.LastAt}
-			if !x.LastAt.IsZero() && slices.Contains(x.Tags, "type:kafka_commit") {
+			gone, afterStart := v.goneBefore(x.Tags, e.Seen(), b.Start)
+			if gone {
+				continue
+			}
+			if !x.LastAt.IsZero() && (afterStart || slices.Contains(x.Tags, "type:kafka_commit")) {
 				// A commit can go back (a reset, a seek): the group's position is the last one,
-				// not the bucket's highest. Log ends only grow: their highest is the latest.
+				// not the bucket's highest. Log ends only grow, so their highest is the latest,
+				// but for a topic deleted within the bucket: its highest may be the old topic's.
 				e.Value = x.Last
 			}
 			if old, ok := v.bl[k]; ok && old.Seen().After(e.Seen()) {

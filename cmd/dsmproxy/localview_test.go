@@ -351,3 +351,61 @@ func TestLocalViewLagWithoutPathways(t *testing.T) {
 		t.Errorf("want no pathway header, a line saying there is none, and the lag row:\n%s", page)
 	}
 }
+
+// TestLocalViewForgetsGone: what a Kafka front says is gone leaves the view: offsets kept from
+// before, those of the bucket the deletion fell in that were seen before it (flushed after it),
+// and that bucket's highest log end, which may be the old topic's: its last one, seen after
+// the deletion, counts. Another topic's and another group's offsets stay.
+func TestLocalViewForgetsGone(t *testing.T) {
+	now := time.Now().Truncate(10 * time.Second)
+	v := &localView{}
+	tags := func(typ, group, topic string) []string {
+		tt := []string{"partition:0", "topic:" + topic, "type:" + typ, "kafka_cluster_id:c1"}
+		if group != "" {
+			tt = append([]string{"consumer_group:" + group}, tt...)
+		}
+		return tt
+	}
+	bl := func(typ, group, topic string, value, last int64, at time.Time) aggregator.Backlog {
+		return aggregator.Backlog{Service: "svc", Tags: tags(typ, group, topic), Value: value, Last: last, LastAt: at}
+	}
+	send := func(start time.Time, bls ...aggregator.Backlog) {
+		t.Helper()
+		if err := v.Send(context.Background(), []aggregator.Bucket{{Start: start, Duration: 10 * time.Second,
+			TimestampType: aggregator.Current, Backlogs: bls}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Before: orders read to 20 by billing and audit, 25 long; payments read by audit.
+	send(now.Add(-30*time.Second),
+		bl("kafka_commit", "billing", "orders", 20, 20, now.Add(-25*time.Second)),
+		bl("kafka_commit", "audit", "orders", 20, 20, now.Add(-25*time.Second)),
+		bl("kafka_high_watermark", "", "orders", 25, 25, now.Add(-25*time.Second)),
+		bl("kafka_commit", "audit", "payments", 4, 4, now.Add(-25*time.Second)),
+		bl("kafka_high_watermark", "", "payments", 9, 9, now.Add(-25*time.Second)))
+	// orders is deleted and created again 5 s into the bucket of now-10s; the group ledger is deleted.
+	deleted := now.Add(-5 * time.Second)
+	v.offsetsGone(pathway.OffsetsGone{ClusterID: "c1", Topic: "orders", Partition: -1, Time: deleted.UnixNano()})
+	v.offsetsGone(pathway.OffsetsGone{ClusterID: "c1", Group: "ledger", Partition: -1, Time: deleted.UnixNano()})
+	// That bucket: the old topic's high watermark 25 seen before, 3 after; billing's commit of the
+	// new topic, 3; ledger's commit seen before its deletion, flushed after.
+	send(now.Add(-10*time.Second),
+		bl("kafka_high_watermark", "", "orders", 25, 3, now.Add(-2*time.Second)),
+		bl("kafka_commit", "billing", "orders", 20, 3, now.Add(-time.Second)),
+		bl("kafka_commit", "ledger", "payments", 2, 2, now.Add(-8*time.Second)))
+	page := func() string {
+		w := httptest.NewRecorder()
+		v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+		return strings.Join(strings.Fields(w.Body.String()), " ")
+	}()
+	for _, want := range []string{"billing orders 1 0 c1", "audit payments 1 5 c1"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("want lag row %q: %s", want, page)
+		}
+	}
+	for _, gone := range []string{"audit orders", "ledger"} {
+		if strings.Contains(page, gone) {
+			t.Errorf("%s is shown after its deletion: %s", gone, page)
+		}
+	}
+}

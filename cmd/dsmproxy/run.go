@@ -242,7 +242,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 
 	rt.cp = pathway.NewCheckpointer(cfg.Env, 0)
 	sh := shared{
-		env: cfg.Env, cp: rt.cp, obs: rt.agg, errs: rt.errs,
+		env: cfg.Env, cp: rt.cp, obs: rt.agg, gone: view.offsetsGone, errs: rt.errs,
 		services: services, log: log,
 	}
 	if rt.fronts, err = buildFronts(cfg, sh); err != nil {

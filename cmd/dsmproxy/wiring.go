@@ -123,6 +123,7 @@ type shared struct {
 	env      string
 	cp       *pathway.Checkpointer
 	obs      observer
+	gone     func(pathway.OffsetsGone) // nil: fronts built only to be checked
 	errs     errtrack.Reporter
 	services *proxy.Services
 	log      zerolog.Logger
@@ -316,6 +317,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 		Env:                     sh.env,
 		Checkpointer:            sh.cp,
 		Observer:                sh.obs,
+		OffsetsGone:             sh.gone,
 		Errors:                  sh.errs,
 		Services:                sh.services,
 		Log:                     sh.log,

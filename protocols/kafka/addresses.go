@@ -140,10 +140,10 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 				r.ControllerID = -1
 			}
 		}
-		p.learnTopics(r)
-		if r.ClusterID != nil {
+		if r.ClusterID != nil { // first: a topic created again is told with its cluster
 			p.noteCluster(*r.ClusterID)
 		}
+		p.learnTopics(r)
 		p.forgetGoneNodes(r.Brokers, failed)
 	case *kmsg.FindCoordinatorResponse:
 		noCoordinator := func(code *int16, id *int32, host *string, port *int32) {

@@ -19,13 +19,14 @@ const (
 	keyAddOffsetsToTxn    int16 = 25
 )
 
-// observedKeys are APIs whose answers the proxy only reads, for their error codes, and never
-// rewrites: ApiVersions leaves their versions as the broker offers them (capping InitProducerID
+// observedKeys are APIs whose answers the proxy only reads, for their error codes or for what
+// they deleted (deletions.go), and never rewrites: ApiVersions leaves their versions as the broker offers them (capping InitProducerID
 // at kmsg's v5 would take Kafka 4.1's two-phase commit, v6, from clients for the sake of an error
 // count). A version kmsg does not know is relayed unread (handleRequest and handleResponse check
 // knownVersion), so its codes are not tracked.
 var observedKeys = map[int16]bool{
 	keyOffsetFetch: true, keyInitProducerID: true, keyAddPartitionsToTxn: true, keyAddOffsetsToTxn: true,
+	keyDeleteTopics: true, keyDeleteGroups: true, keyOffsetDelete: true,
 }
 
 // coordinatorKey is what a FindCoordinator request asks for: its key type (0 a group, 1 a

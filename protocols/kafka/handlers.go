@@ -75,6 +75,8 @@ func (s *session) handleRequest(h requestHeader, frame []byte) ([]byte, *pending
 		s.endTxnRequest(h, frame, pd)
 	case keyFindCoordinator, keyOffsetFetch, keyInitProducerID, keyAddPartitionsToTxn, keyAddOffsetsToTxn:
 		s.coordinatorRequest(h, frame, pd)
+	case keyOffsetDelete:
+		s.offsetDeleteRequest(h, frame, pd)
 	case keyJoinGroup:
 		// Learned from the answer, once the coordinator accepts the member: a request alone
 		// may come from a client the broker refuses.
@@ -166,6 +168,8 @@ func (s *session) handleResponse(pd *pending, frame []byte) (out []byte, after f
 		s.groupResponse(pd, frame)
 	case keyListOffsets:
 		s.listOffsetsResponse(pd, frame)
+	case keyDeleteTopics, keyDeleteGroups, keyOffsetDelete:
+		s.deletionResponse(pd, frame)
 	case keySaslHandshake:
 		s.saslHandshakeResponse(pd, frame)
 	case keySaslAuth:

@@ -89,10 +89,14 @@ type Config struct {
 	Env          string
 	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)
 	Observer     Observer              // nil = checkpoints and offsets are computed and dropped
-	Errors       errtrack.Reporter     // nil = errtrack.Discard
-	Services     *proxy.Services
-	Clock        func() time.Time // default time.Now
-	Log          zerolog.Logger
+	// OffsetsGone is told of offsets the cluster no longer has (a topic, a group or a group's
+	// offsets deleted, a topic created again), so that a view of last known offsets forgets
+	// them. It must not block; nil: nobody is told.
+	OffsetsGone func(pathway.OffsetsGone)
+	Errors      errtrack.Reporter // nil = errtrack.Discard
+	Services    *proxy.Services
+	Clock       func() time.Time // default time.Now
+	Log         zerolog.Logger
 
 	// Listener is the template for every listener: TLS toward clients, Dial (TLS origination),
 	// MaxConns, DialTimeout. Protocol, Addr and Upstream are set per listener.
@@ -724,6 +728,15 @@ func (p *Proxy) dropPoints(n int) {
 	p.stats.dropped.Add(uint64(n))
 	if dc, ok := p.obs.(dropCounter); ok {
 		dc.Dropped(n)
+	}
+}
+
+// offsetsGone tells cfg.OffsetsGone that the offsets of topic (every topic: "") committed by
+// group (every kind of offset: "") on partition (every one: -1) are gone from the cluster.
+func (p *Proxy) offsetsGone(topic, group string, partition int32) {
+	if p.cfg.OffsetsGone != nil {
+		p.cfg.OffsetsGone(pathway.OffsetsGone{ClusterID: p.cluster(), Topic: topic, Group: group, Partition: partition,
+			Time: p.now().UnixNano()})
 	}
 }
 

@@ -21,31 +21,55 @@ import (
 // named again at each group lookup until a later Metadata answer teaches it.
 
 // topicIDs is a bounded id -> name map; when full it is emptied and refilled by the next Metadata
-// responses.
+// responses. It also keeps each name's latest id: a name answered with another id is a topic
+// deleted and created again, whose offsets start over.
 type topicIDs struct {
 	mu    sync.RWMutex
 	max   int
 	names map[[16]byte]string
+	ids   map[string][16]byte // name -> its latest id
+	// retired are ids a name had before its latest: a broker whose metadata lags the deletion
+	// may still answer one, which is no new topic.
+	retired map[[16]byte]struct{}
 }
 
-func newTopicIDs(max int) *topicIDs { return &topicIDs{max: max, names: make(map[[16]byte]string)} }
+func newTopicIDs(max int) *topicIDs {
+	return &topicIDs{max: max, names: make(map[[16]byte]string), ids: make(map[string][16]byte), retired: make(map[[16]byte]struct{})}
+}
 
-func (t *topicIDs) put(id [16]byte, name string) {
+// put learns that id names name; recreated is true when name had another id before, which this
+// one replaces (the topic was deleted and created again).
+func (t *topicIDs) put(id [16]byte, name string) (recreated bool) {
 	if id == ([16]byte{}) || name == "" {
-		return
+		return false
 	}
 	t.mu.RLock()
 	cur, ok := t.names[id]
+	latest := t.ids[name]
 	t.mu.RUnlock()
-	if ok && cur == name {
-		return
+	if ok && cur == name && latest == id {
+		return false
 	}
 	t.mu.Lock()
-	if len(t.names) >= t.max {
+	defer t.mu.Unlock()
+	if len(t.names) >= t.max || len(t.retired) >= t.max {
 		clear(t.names)
+		clear(t.ids)
+		clear(t.retired)
 	}
 	t.names[id] = name
-	t.mu.Unlock()
+	if _, old := t.retired[id]; old {
+		return false
+	}
+	prev, known := t.ids[name]
+	if known && prev == id {
+		return false
+	}
+	t.ids[name] = id
+	if known {
+		t.retired[prev] = struct{}{}
+	}
+	return known
 }
 
 func (t *topicIDs) get(id [16]byte) (string, bool) {
@@ -79,8 +103,9 @@ func (p *Proxy) cluster() string {
 func (p *Proxy) learnTopics(r *kmsg.MetadataResponse) {
 	for i := range r.Topics {
 		t := &r.Topics[i]
-		if t.Topic != nil && t.ErrorCode == 0 {
-			p.topics.put(t.TopicID, *t.Topic)
+		if t.Topic != nil && t.ErrorCode == 0 && p.topics.put(t.TopicID, *t.Topic) {
+			p.log.Info().Str("topic", *t.Topic).Msg("topic created again under its name (a new topic id): its offsets start over")
+			p.offsetsGone(*t.Topic, "", -1)
 		}
 	}
 }
