@@ -52,6 +52,14 @@ type handedShard struct {
 	next int
 }
 
+// The contexts a front's consumers add to a Handed it shares with the process's other fronts
+// (or keeps alone): what it is sized by, front by front.
+const (
+	HandedPerKafkaFront = 1 << 15
+	HandedPerAMQPFront  = 1 << 15
+	HandedPerAWSFront   = 1 << 14
+)
+
 // NewHanded remembers the latest contexts handed to consumers, about n of them.
 func NewHanded(n int) *Handed {
 	return &Handed{per: max(n/handedShards, 1)}

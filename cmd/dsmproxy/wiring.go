@@ -127,6 +127,9 @@ type shared struct {
 	errs     errtrack.Reporter
 	services *proxy.Services
 	log      zerolog.Logger
+	// handed: the contexts every front's consumers were handed, one table for all, so that a
+	// client consuming from one front and sending on through another is known as a relay.
+	handed *pathway.Handed
 }
 
 // noObserver drops points and offsets: fronts built only to be checked.
@@ -149,6 +152,8 @@ func (sh shared) forFront(key string) shared {
 // that does not load) is found here, by run and by check-config alike.
 func buildFronts(cfg *Config, sh shared) ([]namedFront, error) {
 	var fronts []namedFront
+	// Sized as the fronts would size tables of their own: the same memory, in one table.
+	sh.handed = pathway.NewHanded(len(cfg.Kafka)*pathway.HandedPerKafkaFront + len(cfg.AMQP)*pathway.HandedPerAMQPFront + len(cfg.AWS)*pathway.HandedPerAWSFront)
 	for i, k := range cfg.Kafka {
 		key := fmt.Sprintf("kafka[%d]", i)
 		f, err := buildKafka(k, sh.forFront(key))
@@ -316,6 +321,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 		FrameBudgetBytes:        k.FrameBudgetBytes,
 		Env:                     sh.env,
 		Checkpointer:            sh.cp,
+		Handed:                  sh.handed,
 		Observer:                sh.obs,
 		OffsetsGone:             sh.gone,
 		Errors:                  sh.errs,
@@ -360,7 +366,7 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 	warnInsecure(sh.log, "aws", a.Listen, a.UpstreamTLS)
 	ac := aws.Config{
 		Listen: a.Listen, Upstream: a.Upstream, Upstreams: a.Upstreams, Region: a.Region,
-		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
+		Env: sh.env, Checkpointer: sh.cp, Handed: sh.handed, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
 		TrustClients: a.TrustClients, TrustClientsNonLoopback: a.TrustClientsNonLoopback,
 		MaxBodyBytes: int64(a.MaxBodyBytes), MaxAnswerBytes: int64(a.MaxAnswerBytes), MaxMessageBytes: a.MaxMessageBytes, KinesisInjectData: a.KinesisInjectData,
 		RespectExistingContext: a.RespectExistingContext,
@@ -449,7 +455,7 @@ func buildAMQP(a AMQPConfig, sh shared) (namedFront, error) {
 	warnInsecure(sh.log, "amqp", a.Listen, a.UpstreamTLS)
 	p, err := amqp.New(amqp.Config{
 		Listen: a.Listen, Upstream: a.Upstream, MaxFrameBytes: a.MaxFrameBytes, RespectExistingContext: a.RespectExistingContext,
-		Env: sh.env, Checkpointer: sh.cp, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
+		Env: sh.env, Checkpointer: sh.cp, Handed: sh.handed, Observer: sh.obs, Errors: sh.errs, Services: sh.services, Log: sh.log,
 		Listener: lc,
 	})
 	if err != nil {

@@ -62,11 +62,16 @@ type Config struct {
 
 	Env          string
 	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)
-	Observer     Observer              // nil = checkpoints are computed and dropped
-	Errors       errtrack.Reporter     // nil = errtrack.Discard
-	Services     *proxy.Services
-	Clock        func() time.Time // default time.Now
-	Log          zerolog.Logger
+	// Handed: the contexts consumers were handed lately, to tell a client that sends one on (a
+	// relay) from a tracer. The process's fronts share one, so that a relay from one front to
+	// another (Kafka to RabbitMQ) is known too. Default: one of this front's own, of
+	// pathway.HandedPerAMQPFront contexts.
+	Handed   *pathway.Handed
+	Observer Observer          // nil = checkpoints are computed and dropped
+	Errors   errtrack.Reporter // nil = errtrack.Discard
+	Services *proxy.Services
+	Clock    func() time.Time // default time.Now
+	Log      zerolog.Logger
 
 	// Listener is the listener template: TLS toward clients (amqps), Dial (TLS toward the broker),
 	// MaxConns, timeouts. Protocol, Addr and Upstream are set from the fields above.
@@ -150,7 +155,7 @@ type Proxy struct {
 	// confirm-mode publishes held for acks (maxHeldConfirms)
 	heldConfirms proxy.Budget
 	tags         proxy.Budget    // consumer tags remembered (maxConsumerTags)
-	handed       *pathway.Handed // contexts delivered or returned lately (32,768), to tell a forward
+	handed       *pathway.Handed // contexts delivered or returned lately (Config.Handed), to tell a forward
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -173,7 +178,10 @@ func New(cfg Config) (*Proxy, error) {
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: pathway.NewHanded(1 << 15)}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: cfg.Handed}
+	if p.handed == nil {
+		p.handed = pathway.NewHanded(pathway.HandedPerAMQPFront)
+	}
 	p.heldTx.Max, p.tags.Max, p.heldConfirms.Max = maxHeldTxPoints, maxConsumerTags, maxHeldConfirms
 	if p.cfg.upstreamWait <= 0 {
 		p.cfg.upstreamWait = headerTimeout

@@ -66,11 +66,16 @@ type Config struct {
 
 	Env          string
 	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)
-	Observer     Observer              // nil = checkpoints are computed and dropped
-	Errors       errtrack.Reporter     // nil = errtrack.Discard
-	Services     *proxy.Services
-	Clock        func() time.Time // default time.Now
-	Log          zerolog.Logger
+	// Handed: the contexts consumers were handed lately, to tell a client that sends one on (a
+	// relay) from a tracer. The process's fronts share one, so that a relay from one front to
+	// another (Kafka to RabbitMQ) is known too. Default: one of this front's own, of
+	// pathway.HandedPerAWSFront contexts.
+	Handed   *pathway.Handed
+	Observer Observer          // nil = checkpoints are computed and dropped
+	Errors   errtrack.Reporter // nil = errtrack.Discard
+	Services *proxy.Services
+	Clock    func() time.Time // default time.Now
+	Log      zerolog.Logger
 
 	// Credentials sign upstream requests. nil = aws-sdk-go-v2's default chain (env, shared
 	// config, web identity, ECS/EC2 roles), cached and refreshed before expiry.
@@ -179,7 +184,7 @@ type Proxy struct {
 	iters *boundedMap // shard iterator -> stream name
 	qurls *boundedMap // queue URL as the proxy handed it out -> upstream queue URL
 	sizes *queueLimits
-	// handed: contexts consumers were handed (the latest 16,384 consumes), to know them when
+	// handed: contexts consumers were handed (Config.Handed), to know them when
 	// sent on.
 	handed *pathway.Handed
 
@@ -307,7 +312,10 @@ func New(cfg Config) (*Proxy, error) {
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
 	p.qurls = newBoundedMap(10000)
 	p.sizes = newQueueLimits()
-	p.handed = pathway.NewHanded(1 << 14)
+	p.handed = cfg.Handed
+	if p.handed == nil {
+		p.handed = pathway.NewHanded(pathway.HandedPerAWSFront)
+	}
 	return p, nil
 }
 

@@ -88,7 +88,12 @@ type Config struct {
 
 	Env          string
 	Checkpointer *pathway.Checkpointer // default pathway.NewCheckpointer(Env, 0)
-	Observer     Observer              // nil = checkpoints and offsets are computed and dropped
+	// Handed: the contexts consumers were handed lately, to tell a client that sends one on (a
+	// relay) from a tracer. The process's fronts share one, so that a relay from one front to
+	// another (Kafka to RabbitMQ) is known too. Default: one of this front's own, of
+	// pathway.HandedPerKafkaFront contexts.
+	Handed   *pathway.Handed
+	Observer Observer // nil = checkpoints and offsets are computed and dropped
 	// OffsetsGone is told of offsets the cluster no longer has (a topic, a group or a group's
 	// offsets deleted, a topic created again), so that a view of last known offsets forgets
 	// them. It must not block; nil: nobody is told.
@@ -219,7 +224,7 @@ type Proxy struct {
 	txns      txnCommits                                   // transactional commits awaiting their EndTxn
 	groups    *groupTracker
 	links     *linkTable
-	handed    *pathway.Handed // contexts consumers were handed lately (32,768), to tell a relay
+	handed    *pathway.Handed // contexts consumers were handed lately (Config.Handed), to tell a relay
 	stats     counters
 	// advertiseFailures: answers that named a broker node without a listener, left out of them
 	// (for how loudly that is logged).
@@ -358,7 +363,10 @@ func New(cfg Config) (*Proxy, error) {
 	p.groups.now = p.now
 	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
-	p.handed = pathway.NewHanded(1 << 15)
+	p.handed = cfg.Handed
+	if p.handed == nil {
+		p.handed = pathway.NewHanded(pathway.HandedPerKafkaFront)
+	}
 	p.observeQ = make(chan observeJob, p.cfg.ObserveQueue)
 	p.fetchBufs = make(chan []byte, pooledFetchFrames)
 	p.bufs = newBufList()
