@@ -144,10 +144,7 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 			cur = append(cur, p)
 		}
 	}
-	// Upstream hops first: by end-to-end latency, then service.
-	slices.SortFunc(cur, func(a, b agentpayload.Point) int {
-		return cmp.Or(a.Start.Compare(b.Start), cmp.Compare(quantile(a.PathwayLatency, 0.5), quantile(b.PathwayLatency, 0.5)), cmp.Compare(a.Service, b.Service))
-	})
+	cur, depth := pathwayOrder(cur)
 	fmt.Fprintln(out, title)
 	if len(cur) == 0 { // lag, kept far longer than pathways, may be all there is
 		if totals != nil {
@@ -164,17 +161,20 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 	if len(cur) > 0 {
 		fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S"+total+"\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
 	}
-	for _, p := range cur {
+	for i, p := range cur {
 		key := pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)
 		if totals != nil {
 			total = fmt.Sprintf("\t%d", totals[key].Messages)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%016x <- %016x\t%.1f%s\t%s / %s\t%s / %s\t%.0f B\n",
-			p.Start.Format(time.TimeOnly), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, ratePerSecond(p), total,
+		fmt.Fprintf(tw, "%s\t%s%s\t%s\t%016x <- %016x\t%.1f%s\t%s / %s\t%s / %s\t%.0f B\n",
+			p.Start.Format(time.TimeOnly), strings.Repeat("  ", min(depth[i], maxIndent)), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, ratePerSecond(p), total,
 			ms(quantile(p.EdgeLatency, 0.5)), ms(quantile(p.EdgeLatency, 0.99)),
 			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), averageSize(p, sizes, key))
 	}
 	tw.Flush()
+	if len(cur) > 0 {
+		fmt.Fprintln(out, "Each row is indented under the row of its parent (the row whose HASH is its PARENT). A row at the left starts a pathway here (PARENT 0000000000000000), or continues one whose previous checkpoint is not on this page: a traced service's, another proxy's, or too old.")
+	}
 	if totals != nil && len(cur) > 0 {
 		fmt.Fprintln(out, "MESSAGES*: checkpoints on the pathway since the proxy started, up to its latest flushed bucket (one that drops off this page and comes back counts again from 0).")
 	}
@@ -188,6 +188,63 @@ func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agen
 		tw.Flush()
 	}
 	fmt.Fprintln(out)
+}
+
+// maxIndent bounds the indent of a long pathway's rows, so its last hops still fit a terminal.
+const maxIndent = 8
+
+// pathwayOrder orders pts as pathways read: each point right under its parent's (the point whose
+// Hash is its ParentHash), children by end-to-end latency, then service and edge, and each
+// pathway's points together. Points whose parent is not among pts head their pathway: it starts
+// at them (parent 0), or its earlier checkpoints are elsewhere (a tracer's, another proxy's, an
+// older bucket's). Points of one node in several buckets (the demo's table) go together, oldest
+// first. depth[i] is how many parents of pts[i] are shown above it.
+func pathwayOrder(pts []agentpayload.Point) (ordered []agentpayload.Point, depth []int) {
+	slices.SortFunc(pts, func(a, b agentpayload.Point) int {
+		return cmp.Or(cmp.Compare(quantile(a.PathwayLatency, 0.5), quantile(b.PathwayLatency, 0.5)), cmp.Compare(a.Service, b.Service),
+			slices.Compare(a.EdgeTags, b.EdgeTags), cmp.Compare(a.Hash, b.Hash), a.Start.Compare(b.Start))
+	})
+	nodes := map[uint64][]int{} // hash -> its points, in pts's order
+	var hashes []uint64         // in order of their first point
+	for i, p := range pts {
+		if _, ok := nodes[p.Hash]; !ok {
+			hashes = append(hashes, p.Hash)
+		}
+		nodes[p.Hash] = append(nodes[p.Hash], i)
+	}
+	children := map[uint64][]uint64{}
+	var roots []uint64
+	for _, h := range hashes {
+		parent := pts[nodes[h][0]].ParentHash
+		if _, shown := nodes[parent]; shown && parent != h {
+			children[parent] = append(children[parent], h)
+		} else {
+			roots = append(roots, h)
+		}
+	}
+	ordered, depth = make([]agentpayload.Point, 0, len(pts)), make([]int, 0, len(pts))
+	done := make(map[uint64]bool, len(hashes))
+	var walk func(h uint64, d int)
+	walk = func(h uint64, d int) {
+		if done[h] {
+			return
+		}
+		done[h] = true
+		for _, i := range slices.SortedFunc(slices.Values(nodes[h]), func(a, b int) int { return pts[a].Start.Compare(pts[b].Start) }) {
+			ordered, depth = append(ordered, pts[i]), append(depth, d)
+		}
+		for _, c := range children[h] {
+			walk(c, d+1)
+		}
+	}
+	for _, h := range roots {
+		walk(h, 0)
+	}
+	// Hashes in a cycle (a forged or colliding hash) have no root: shown at the left, after.
+	for _, h := range hashes {
+		walk(h, 0)
+	}
+	return ordered, depth
 }
 
 // printErrors lists the tracked error groups (what GET /errors returns), in the order of

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -407,5 +408,86 @@ func TestLocalViewForgetsGone(t *testing.T) {
 		if strings.Contains(page, gone) {
 			t.Errorf("%s is shown after its deletion: %s", gone, page)
 		}
+	}
+}
+
+// TestLocalViewPathwayOrder: /dsm reads as the pipeline it shows. With several pathways on show
+// (the hops a proxy cannot link start pathways of their own: a RabbitMQ publish after a Kafka
+// consume, an SQS send after a RabbitMQ consume; a traced producer's records continue its
+// tracer's), each row comes right under its parent's row, indented one step more, and each
+// pathway's rows stay together. Found with kafka-python, pika, amqp091-go and the AWS CLI through
+// one proxy: rows were sorted by end-to-end latency alone, so every pathway's first hop came
+// first and the hops of four pathways were interleaved below them.
+func TestLocalViewPathwayOrder(t *testing.T) {
+	cp := pathway.NewCheckpointer("prod", 0)
+	start := time.Now().Truncate(10 * time.Second).Add(-10 * time.Second)
+	type hop struct {
+		service string
+		edge    pathway.Edge
+		after   time.Duration // since the pathway's start
+	}
+	kafka := func(dir pathway.Direction, topic, group string) pathway.Edge {
+		return pathway.Edge{Direction: dir, Type: pathway.TypeKafka, Topic: topic, Group: group}
+	}
+	// A tracer's produce, upstream of the traced pathway: checkpointed by its tracer, not here.
+	_, traced := cp.Checkpoint(pathway.Context{}, "traced-api", kafka(pathway.Out, "t4", ""), 0, start)
+	pathways := []struct {
+		parent pathway.Context
+		hops   []hop
+	}{
+		{hops: []hop{{"orders-api", kafka(pathway.Out, "t1", ""), 0}, {"billing", kafka(pathway.In, "t1", "billing"), 500 * time.Millisecond},
+			{"billing", kafka(pathway.Out, "t2", ""), 520 * time.Millisecond}, {"auditor", kafka(pathway.In, "t2", "auditor"), 7 * time.Second}}},
+		{hops: []hop{{"billing", pathway.Edge{Direction: pathway.Out, Type: pathway.TypeRabbitMQ, Exchange: "ex", HasRoutingKey: pathway.RoutingKeyTrue}, 0},
+			{"shipping", pathway.Edge{Direction: pathway.In, Type: pathway.TypeRabbitMQ, Topic: "q"}, 2 * time.Millisecond}}},
+		{hops: []hop{{"shipping", pathway.Edge{Direction: pathway.Out, Type: pathway.TypeSQS, Topic: "sq"}, 0},
+			{"receiver", pathway.Edge{Direction: pathway.In, Type: pathway.TypeSQS, Topic: "sq"}, 5 * time.Second}}},
+		{parent: traced, hops: []hop{{"billing", kafka(pathway.In, "t4", "billing"), 2600 * time.Millisecond},
+			{"billing", kafka(pathway.Out, "t5", ""), 2700 * time.Millisecond}, {"auditor", kafka(pathway.In, "t5", "auditor"), 3800 * time.Millisecond}}},
+	}
+	var groups []aggregator.Group
+	var want []string
+	for _, pw := range pathways {
+		parent := pw.parent
+		for depth, h := range pw.hops {
+			pt, ctx := cp.Checkpoint(parent, h.service, h.edge, 10, start.Add(h.after))
+			parent = ctx
+			groups = append(groups, aggregator.Group{Service: pt.Service, EdgeTags: pt.EdgeTags, Hash: pt.Hash, ParentHash: pt.ParentHash,
+				PathwayLatency: sketchOf(t, time.Duration(pt.PathwayLatency).Seconds()), EdgeLatency: sketchOf(t, time.Duration(pt.EdgeLatency).Seconds()),
+				PayloadSize: sketchOf(t, 10), PayloadBytes: 10})
+			want = append(want, strings.Repeat("  ", depth)+h.service+" "+strings.Join(pt.EdgeTags, " "))
+		}
+	}
+	v := &localView{}
+	if err := v.Send(context.Background(), []aggregator.Bucket{{Start: start, Duration: 10 * time.Second, TimestampType: aggregator.Current, Groups: groups}}); err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	v.ServeHTTP(w, httptest.NewRequest("GET", "/dsm", nil))
+	var got []string
+	for _, line := range strings.Split(w.Body.String(), "\n") {
+		// BUCKET, then the service cell with its indent, then the edge tags up to the hashes.
+		_, rest, ok := strings.Cut(line, start.Format(time.TimeOnly)+"  ")
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(rest)
+		indent := rest[:len(rest)-len(strings.TrimLeft(rest, " "))]
+		var edge []string
+		for _, f := range fields[1:] {
+			if !strings.Contains(f, ":") {
+				break
+			}
+			edge = append(edge, f)
+		}
+		got = append(got, indent+fields[0]+" "+strings.Join(edge, " "))
+	}
+	wantOrder := []string{
+		want[4], want[5], // billing's RabbitMQ publish, then its consumer
+		want[0], want[1], want[2], want[3], // orders-api's pathway, hop by hop
+		want[6], want[7], // shipping's SQS send, then its receiver
+		want[8], want[9], want[10], // the traced pathway, last: its end-to-end latency is the longest of the first rows
+	}
+	if !slices.Equal(got, wantOrder) {
+		t.Errorf("/dsm rows:\n%s\nwant:\n%s\npage:\n%s", strings.Join(got, "\n"), strings.Join(wantOrder, "\n"), w.Body.String())
 	}
 }
