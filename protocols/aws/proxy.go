@@ -187,6 +187,9 @@ type Proxy struct {
 	// handed: contexts consumers were handed (Config.Handed), to know them when
 	// sent on.
 	handed *pathway.Handed
+	// seen: clients whose service was logged at Info, once each while they keep coming.
+	seenMu sync.Mutex
+	seen   *proxy.RecentMap[seenClient, struct{}]
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -311,6 +314,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
 	p.qurls = newBoundedMap(10000)
+	p.seen = proxy.NewRecentMap[seenClient, struct{}](maxSeenClients)
 	p.sizes = newQueueLimits()
 	p.handed = cfg.Handed
 	if p.handed == nil {
@@ -654,7 +658,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"dsmproxy does not read the CBOR protocol; turn CBOR off in the client: AWS_CBOR_DISABLE=true (Java SDK v1), CBOR_ENABLED=false or -Daws.cborEnabled=false (Java SDK v2)")
 		return
 	}
-	c.svcName = p.cfg.Services.Service(p.identity(c))
+	id := p.identity(c)
+	c.svcName = p.cfg.Services.Service(id)
+	p.logIdentified(c, id)
 	if c.service == ServiceKinesis && c.op == "SubscribeToShard" {
 		p.refuseSubscribe(w, c)
 		return
@@ -829,6 +835,37 @@ func (p *Proxy) identity(c *call) proxy.Identity {
 		id.Addr = ap.Addr().Unmap()
 	}
 	return id
+}
+
+// seenClient is one client as the log names it: its address, key, app id and the service they
+// gave it.
+type seenClient struct {
+	addr                      netip.Addr
+	accessKey, appID, service string
+}
+
+// maxSeenClients bounds the clients remembered as logged (about 200 bytes each).
+const maxSeenClients = 10000
+
+// logIdentified says at Info which service a client was named and from what, the first time it
+// comes (and again after a long absence), as the Kafka and AMQP fronts do for theirs.
+func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
+	k := seenClient{id.Addr, id.AccessKey, id.ClientID, c.svcName}
+	p.seenMu.Lock()
+	_, seen := p.seen.Get(k)
+	if !seen {
+		p.seen.Put(k, struct{}{})
+	}
+	p.seenMu.Unlock()
+	if seen {
+		return
+	}
+	sdk, _, _ := strings.Cut(c.r.Header.Get("User-Agent"), " ")
+	if len(sdk) > 64 { // the client's own text: its first token is enough to tell SDKs apart
+		sdk = strings.ToValidUTF8(sdk[:64], "")
+	}
+	p.log.Info().Str("client", c.r.RemoteAddr).Str("access_key", id.AccessKey).Str("app_id", id.ClientID).Str("sdk", sdk).
+		Str("service", c.svcName).Msg("aws client identified")
 }
 
 // appID is the `app/<id>` token SDKs add to User-Agent when an application id is configured.
