@@ -16,11 +16,13 @@ import (
 // parent of what the same client produces within LinkWindow. "Same client" is the same service
 // name (after rules and client.id normalization) from the same source address.
 //
-// It is right for a single-threaded consume-transform-produce loop (one input stream per process,
-// each output caused by the last input: stream processors, enrichers, routers). It is wrong, and
-// must stay off, when a process consumes several unrelated topics, produces on its own schedule
-// (timers, HTTP requests), or batches many inputs into one output: the parent would be whichever
-// record happened to be consumed last, and the pathway graph would show edges that do not exist.
+// "Last" is the last record of the last fetch answer: clients fetch ahead of the record the
+// application handles. It is right for a consume-transform-produce loop whose input is one
+// pathway (one upstream producer's), each output caused by an input. It is wrong, and must stay
+// off, when the input carries several pathways (several producers into the topic, several
+// topics), when a process produces on its own schedule (timers, HTTP requests), or batches many
+// inputs into one output: the parent would be whichever record happened to be fetched last, and
+// the pathway graph would show edges that do not exist.
 
 type linkKey struct {
 	addr    netip.Addr
