@@ -166,7 +166,7 @@ func (p *Proxy) kinesisPut(c *call, e pathway.Edge, b []byte, ms []member, room 
 	}
 	pk, _ := jsonString(b, find(ms, "PartitionKey"))
 	dms, dend, isObj := jsonObjectMembers(data)
-	parent, traced := p.kinesisPutParent(data, dms)
+	parent, traced := p.kinesisPutParent(c, data, dms)
 	if traced {
 		return pathway.Point{}, nil
 	}
@@ -223,17 +223,23 @@ func jsonObjectMembers(data []byte) (ms []member, end int, ok bool) {
 
 // kinesisPutParent is the parent of a put record's produce checkpoint: the context in the
 // `_datadog` of its JSON-object data (dms, nil for other data). traced means that context is a
-// tracer's, which checkpointed the record: it gets no checkpoint of the proxy's (counted).
-func (p *Proxy) kinesisPutParent(data []byte, dms []member) (parent pathway.Context, traced bool) {
+// tracer's, which checkpointed the record: it gets no checkpoint of the proxy's (counted). A
+// context some front handed a consumer is no tracer's: the client sends the message on (a relay
+// from SQS, say), and its consume of it is the parent.
+func (p *Proxy) kinesisPutParent(c *call, data []byte, dms []member) (parent pathway.Context, traced bool) {
 	d := find(dms, ddAttr)
 	if d == nil {
 		return pathway.Context{}, false
+	}
+	parent = contextFromCarrier(data[d.VS:d.VE])
+	if cc, ok := p.handed.Parent(parent, c.svcName); ok {
+		return cc, false
 	}
 	if p.respect && carrierHasPathway(data[d.VS:d.VE]) {
 		p.stats.existing.Add(1)
 		return pathway.Context{}, true
 	}
-	return contextFromCarrier(data[d.VS:d.VE]), false
+	return parent, false
 }
 
 // kinesisGetRecords checkpoints each record, remembers the next iterator's stream and removes
@@ -417,7 +423,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 		c.sent++
 		data := cborBytes(r["Data"])
 		dms, _, obj := jsonObjectMembers(data)
-		parent, traced := p.kinesisPutParent(data, dms) // as a JSON client's record
+		parent, traced := p.kinesisPutParent(c, data, dms) // as a JSON client's record
 		if traced {
 			return pathway.Point{}
 		}
