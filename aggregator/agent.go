@@ -138,6 +138,7 @@ type AgentSink struct {
 	infoChecked  time.Time
 	infoOK       bool // Agent known to list the endpoint (or /info unknown)
 	warned       string
+	enc          payloadEncoder
 
 	// Mirrors of len(pending), pendingBytes and infoOK, so Stats never waits for a slow Send.
 	statPending, statPendingBytes atomic.Int64
@@ -203,7 +204,7 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, p := range buildPayloads(payloadMeta{Env: s.cfg.Env, Version: s.cfg.Version, TracerVersion: s.cfg.TracerVersion}, buckets) {
-		body, err := encodePayload(&p)
+		body, err := s.enc.encode(&p)
 		if err != nil {
 			s.cfg.Log.Error().Err(err).Str("service", p.Service).Msg("DSM payload could not be encoded; dropped")
 			continue

@@ -128,7 +128,8 @@ func TestOversizePayload(t *testing.T) {
 // writes them, and large hashes as uint64.
 func TestCompactInts(t *testing.T) {
 	p := statsPayload{Stats: []statsBucket{{Duration: 10e9, Stats: []statsPoint{{Hash: 5, ParentHash: 1 << 63}}, Backlogs: []backlog{{Value: 200}}}}}
-	body, err := encodePayload(&p)
+	var enc payloadEncoder
+	body, err := enc.encode(&p)
 	if err != nil {
 		t.Fatal(err)
 	}

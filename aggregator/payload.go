@@ -138,26 +138,38 @@ func encodeSketch(s *ddsketch.DDSketch) []byte {
 	return b
 }
 
-// encodePayload is msgpack then gzip (BestSpeed, as the Go tracer). Integers take their shortest
-// form, as the Go tracer's msgp writes them (vmihailenco's default is full width): unsigned for
-// the tracer's uint64 fields, signed for Backlog.Value (signedInt64).
-func encodePayload(p *statsPayload) ([]byte, error) {
-	var mp bytes.Buffer
-	enc := msgpack.NewEncoder(&mp)
+// payloadEncoder encodes payloads: msgpack then gzip (BestSpeed, as the Go tracer). Integers take
+// their shortest form, as the Go tracer's msgp writes them (vmihailenco's default is full width):
+// unsigned for the tracer's uint64 fields, signed for Backlog.Value (signedInt64). A flush sends a
+// payload per service, so its one gzip writer is reset for each: a new one costs about 1.1 MB of
+// allocations, 5.7 GB per flush for 5,000 services. Not safe for concurrent use.
+type payloadEncoder struct {
+	mp bytes.Buffer
+	zw *gzip.Writer
+}
+
+// encode returns p's body, in a buffer of its own.
+func (e *payloadEncoder) encode(p *statsPayload) ([]byte, error) {
+	e.mp.Reset()
+	enc := msgpack.NewEncoder(&e.mp)
 	enc.UseCompactInts(true)
 	if err := enc.Encode(p); err != nil {
 		return nil, fmt.Errorf("msgpack: %w", err)
 	}
-	raw := mp.Bytes()
 	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	if err != nil {
-		return nil, err
+	if e.zw == nil {
+		zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+		if err != nil {
+			return nil, err
+		}
+		e.zw = zw
+	} else {
+		e.zw.Reset(&buf)
 	}
-	if _, err := zw.Write(raw); err != nil {
+	if _, err := e.zw.Write(e.mp.Bytes()); err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
-	if err := zw.Close(); err != nil {
+	if err := e.zw.Close(); err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
 	return buf.Bytes(), nil
