@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // fetchFacts is what observing a fetch response needs from its request: where each partition was
@@ -277,6 +278,10 @@ func (s *session) replicasCleared(n int) {
 	}
 }
 
+// observeDroppedMessage is the log line of a fetch answer forwarded without consume checkpoints
+// because the observation queue was full.
+const observeDroppedMessage = "fetch answer forwarded without consume checkpoints: the queue of answers waiting to be observed is full"
+
 // DefaultObserveQueueBytes is the default bound on the fetch responses waiting to be observed.
 const DefaultObserveQueueBytes = 64 << 20
 
@@ -296,7 +301,7 @@ func (p *Proxy) enqueueObserve(job observeJob) bool {
 	// One response bigger than the whole budget is still observed when nothing else waits.
 	if q := p.queued.Add(n); q > int64(p.cfg.ObserveQueueBytes) && q != n {
 		p.queued.Add(-n)
-		p.stats.observeDropped.Add(1)
+		p.observeDropped(job, q-n)
 		return false
 	}
 	select {
@@ -304,9 +309,25 @@ func (p *Proxy) enqueueObserve(job observeJob) bool {
 		return true
 	default:
 		p.queued.Add(-n)
-		p.stats.observeDropped.Add(1)
+		p.observeDropped(job, p.queued.Load())
 		return false
 	}
+}
+
+// observeDropped counts a fetch answer the queue had no room for, and logs it at Warn for the
+// first 10 and every 1000th (Debug otherwise): its records reached the client, but their consume
+// checkpoints are lost, which /dsm and the Agent would otherwise show only as a dip.
+func (p *Proxy) observeDropped(job observeJob, queued int64) {
+	n := p.stats.observeDropped.Add(1)
+	if job.log == nil {
+		return
+	}
+	ev := job.log.Debug()
+	if proxy.LogNth(n) {
+		ev = job.log.Warn()
+	}
+	ev.Int("bytes", len(job.frame)).Int64("queued_bytes", queued).Int("observe_queue_bytes", p.cfg.ObserveQueueBytes).
+		Int("observe_queue", cap(p.observeQ)).Uint64("observe_dropped_total", n).Msg(observeDroppedMessage)
 }
 
 func (p *Proxy) observeLoop() {
