@@ -37,6 +37,19 @@ func (l bufList) get(n int) []byte {
 	return make([]byte, 0, n+n/4)
 }
 
+// listed returns a listed buffer with room for n bytes, emptied, or nil: it never allocates.
+func (l bufList) listed(n int) []byte {
+	select {
+	case b := <-l.free:
+		if cap(b) >= n {
+			return b
+		}
+		l.put(b)
+	default:
+	}
+	return nil
+}
+
 // put lists b, which nothing refers to any more, if it is in the listed sizes and the list has room.
 func (l bufList) put(b []byte) {
 	if cap(b) <= keptBufBytes || cap(b) > maxListedBuf {

@@ -41,6 +41,10 @@ func readFrame(r io.Reader, maxBytes int) ([]byte, error) {
 // their own allocation so an occasional huge request does not pin its size.
 const maxReusedFrame = 1 << 20
 
+// growFrom is the first buffer of a frame read as it arrives. It was 1 MiB: 40 connections that
+// each sent a size prefix of a few MiB and stalled held 1 MiB each.
+const growFrom = 64 << 10
+
 // readFrameBody reads the n bytes of a frame whose size prefix sz was read: into buf when it has
 // room for them (the frame is then valid until buf is reused), else into a new buffer.
 func readFrameBody(r io.Reader, sz [4]byte, n int, buf []byte) ([]byte, error) {
@@ -50,11 +54,11 @@ func readFrameBody(r io.Reader, sz [4]byte, n int, buf []byte) ([]byte, error) {
 		copy(frame, sz[:])
 		return frame, readFrameRest(r, frame, 4)
 	}
-	// A bigger frame's buffer grows with what arrives (doubling from 1 MiB), so a size prefix
-	// alone, sent by anyone who can connect, cannot make the proxy allocate up to the limit.
-	frame := append(make([]byte, 0, min(need, maxReusedFrame)), sz[:]...)
+	// A bigger frame's buffer grows with what arrives (doubling from growFrom), so a size prefix
+	// alone, sent by anyone who can connect, cannot make the proxy allocate what it claims.
+	frame := append(make([]byte, 0, min(need, growFrom)), sz[:]...)
 	for len(frame) < need {
-		step := min(need-len(frame), max(len(frame), maxReusedFrame))
+		step := min(need-len(frame), max(len(frame), growFrom))
 		frame = slices.Grow(frame, step)
 		if _, err := io.ReadFull(r, frame[len(frame):len(frame)+step]); err != nil {
 			return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
