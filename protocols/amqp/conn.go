@@ -328,8 +328,37 @@ func (s *session) setService(connName, user string) {
 		Described: describedConnName(connName)})
 	old := s.service.Swap(&svc)
 	if old != nil && *old != svc {
-		s.log.Info().Str("connection_name", connName).Str("user", user).Str("service", svc).Msg("amqp client identified")
+		// A client may open a connection per message: its first one says who it is.
+		e := s.log.Debug()
+		if s.p.identified(clientIdentity{addr: s.addr, connName: connName, user: user, service: svc}) {
+			e = s.log.Info()
+		}
+		e.Str("connection_name", connName).Str("user", user).Str("service", svc).Msg("amqp client identified")
 	}
+}
+
+// clientIdentity is what makes a client new to the log: its host, name, login and service.
+type clientIdentity struct {
+	addr                    netip.Addr
+	connName, user, service string
+}
+
+// maxIdentified bounds the clients remembered as identified at Info; a client forgotten is
+// logged at Info again.
+const maxIdentified = 10000
+
+// identified reports whether id is new, remembering it.
+func (p *Proxy) identified(id clientIdentity) bool {
+	if p.seen == nil { // a Proxy not made by New (tests)
+		return true
+	}
+	p.seenMu.Lock()
+	defer p.seenMu.Unlock()
+	if _, ok := p.seen.Get(id); ok {
+		return false
+	}
+	p.seen.Put(id, struct{}{})
+	return true
 }
 
 // maxConnNameBytes caps the connection_name kept per connection (and named in checkpoints).

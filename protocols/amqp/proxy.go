@@ -156,6 +156,8 @@ type Proxy struct {
 	heldConfirms proxy.Budget
 	tags         proxy.Budget    // consumer tags remembered (maxConsumerTags)
 	handed       *pathway.Handed // contexts delivered or returned lately (Config.Handed), to tell a forward
+	seenMu       sync.Mutex
+	seen         *proxy.RecentMap[clientIdentity, struct{}] // clients whose identity was logged at Info
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -178,7 +180,8 @@ func New(cfg Config) (*Proxy, error) {
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: cfg.Handed}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: cfg.Handed,
+		seen: proxy.NewRecentMap[clientIdentity, struct{}](maxIdentified)}
 	if p.handed == nil {
 		p.handed = pathway.NewHanded(pathway.HandedPerAMQPFront)
 	}
