@@ -805,7 +805,7 @@ func connCloseFrame(code uint16, text string) []byte {
 // by body when it is not nil. Before a read could block, what is buffered for w is flushed, so
 // frames are batched only while more are waiting. When safe is non-nil and the proxy drains,
 // pump returns errDrained at the first frame boundary where safe says no message is half through.
-func (s *session) pump(r *connReader, w *connWriter, safe func() bool, handle func(ch uint16, f frame) error, skipped func(ch uint16, typ byte), body func(ch uint16, size uint32)) error {
+func (s *session) pump(side string, r *connReader, w *connWriter, safe func() bool, handle func(ch uint16, f frame) error, skipped func(ch uint16, typ byte), body func(ch uint16, size uint32)) error {
 	fr := &frameReader{r: r, max: s.p.cfg.MaxFrameBytes}
 	if safe != nil {
 		fr.again = s.wakeUp
@@ -836,7 +836,15 @@ func (s *session) pump(r *connReader, w *connWriter, safe func() bool, handle fu
 			}
 			err = fr.copyFrame(w, size)
 		case int64(size) > int64(fr.max):
-			s.p.decodeError("frame", fmt.Errorf("%d-byte frame of type %d on channel %d exceeds MaxFrameBytes %d; relayed unread", size, typ, ch, fr.max))
+			n := s.p.decodeError("frame", fmt.Errorf("%d-byte frame of type %d on channel %d exceeds MaxFrameBytes %d; relayed unread", size, typ, ch, fr.max))
+			// On the connection too: when the peer then ends it (RabbitMQ resets one whose frame
+			// passes its frame_max), its line names only that, not the frame.
+			ev := s.log.Debug()
+			if proxy.LogNth(n) {
+				ev = s.log.Warn()
+			}
+			ev.Str("from", side).Uint32("size", size).Uint8("type", typ).Uint16("channel", ch).Int("max_frame_bytes", fr.max).
+				Uint64("decode_errors_total", n).Msg("frame over max_frame_bytes relayed unread: the other side decides whether it takes it")
 			skipped(ch, typ)
 			err = fr.copyFrame(w, size)
 		default:
@@ -888,7 +896,7 @@ func (s *session) fromClient(r *connReader, w *connWriter) error {
 			ps.bodyLeft -= min(ps.bodyLeft, uint64(size))
 		}
 	}
-	return s.pump(r, w, safe, func(ch uint16, f frame) error {
+	return s.pump("client", r, w, safe, func(ch uint16, f frame) error {
 		out := f.Raw
 		switch f.Type {
 		case frameMethod:
@@ -917,7 +925,7 @@ func (s *session) fromBroker(r *connReader, w *connWriter) error {
 			ds.awaiting = contentNone
 		}
 	}
-	return s.pump(r, w, nil, func(ch uint16, f frame) error {
+	return s.pump("broker", r, w, nil, func(ch uint16, f frame) error {
 		if s.proxyClosing.Load() && ch == 0 && f.Type == frameMethod && methodOf(f.Payload) == connCloseOk {
 			// The broker closed the connection the proxy asked it to close: the client, which
 			// asked nothing, is told the server closes it, as RabbitMQ tells it when it stops;
@@ -1844,10 +1852,11 @@ func (s *session) errorCloseEdge(side string, m methodID, ch uint16, c closeArgs
 }
 
 // decodeError reports a frame the proxy relayed without understanding it.
-func (p *Proxy) decodeError(what string, err error) {
-	p.stats.decodeErrors.Add(1)
+func (p *Proxy) decodeError(what string, err error) uint64 {
+	n := p.stats.decodeErrors.Add(1)
 	p.errs.Report(errtrack.Event{
 		Time: p.now(), Category: errtrack.DecodeError, Protocol: "amqp", Operation: what,
 		Name: "undecodable", Message: err.Error(), Partition: -1,
 	})
+	return n
 }

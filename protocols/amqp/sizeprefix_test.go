@@ -1,12 +1,18 @@
 package amqp
 
 import (
+	"bufio"
 	"encoding/binary"
+	"encoding/json"
 	"io"
 	"net"
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
 // TestFrameSizeAloneAllocatesLittle: a frame header claiming up to max_frame_bytes, with a few
@@ -66,4 +72,48 @@ func framesUnderway() int {
 		}
 	}
 	return n
+}
+
+// TestOversizedFrameNamedOnItsConnection: a frame header claiming more than max_frame_bytes is
+// relayed unread (the broker decides: RabbitMQ resets a connection whose frame passes its
+// frame_max), and the connection's own log says so. Only an error-tracking line without the
+// connection did: in a soak run the connection's line read "amqp from broker: connection reset by
+// peer", which does not say that its client had sent a 4 GiB frame.
+func TestOversizedFrameNamedOnItsConnection(t *testing.T) {
+	var logs syncbuf.Buffer
+	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+	conn, err := net.Dial("tcp", h.p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(protocolHeader[:]); err != nil {
+		t.Fatal(err)
+	}
+	var fh [7]byte
+	if _, err := io.ReadFull(conn, fh[:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, binary.BigEndian.Uint32(fh[3:])+1)); err != nil {
+		t.Fatal(err)
+	}
+	head := binary.BigEndian.AppendUint32([]byte{frameMethod, 0, 0}, 0xFFFFFFFF)
+	if _, err := conn.Write(append(head, make([]byte, 100)...)); err != nil {
+		t.Fatal(err)
+	}
+	var line map[string]any
+	waitFor(t, "a line about the frame on its connection", func() bool {
+		sc := bufio.NewScanner(strings.NewReader(logs.String()))
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m["size"] != nil && m["conn"] != nil {
+				line = m
+				return true
+			}
+		}
+		return false
+	})
+	if line["level"] != "warn" || line["from"] != "client" || line["size"] != float64(0xFFFFFFFF) || line["max_frame_bytes"] != float64(DefaultMaxFrameBytes) {
+		t.Errorf("the oversized frame's line: %v", line)
+	}
 }
