@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -329,4 +330,47 @@ func TestLimitsInQueryAndSNS(t *testing.T) {
 			t.Errorf("stats %+v", st)
 		}
 	})
+}
+
+// TestOverLimitContentLengthAnsweredAtOnce: a request that announces a body over max_body_bytes
+// is answered 413 as soon as its header is read, in its wire form, and its connection closes.
+// It waited for the limit's worth of bytes or the 2-minute body timeout, holding the connection,
+// before saying what it could have said at once (found in a soak run with nc).
+func TestOverLimitContentLengthAnsweredAtOnce(t *testing.T) {
+	tp := startProxy(t, func(cfg *Config) { cfg.MaxBodyBytes = 1 << 20 })
+	for _, tc := range []struct {
+		name, header, want string
+	}{
+		{"json", "Content-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.SendMessage\r\n", `"__type":"com.amazon.coral.service#RequestEntityTooLarge"`},
+		{"query", "Content-Type: application/x-www-form-urlencoded\r\n", "<Code>RequestEntityTooLarge</Code>"},
+		{"far over", "X-Amz-Target: AmazonSQS.SendMessage\r\nContent-Type: application/x-amz-json-1.0\r\n", "RequestEntityTooLarge"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", tp.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			length := 1<<20 + 1
+			if tc.name == "far over" {
+				length = 10_000_000_000
+			}
+			fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\nabc", tp.Addr(), tc.header, length)
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no answer to a request announcing %d bytes over a limit of 1 MiB: %v", length, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), tc.want) {
+				t.Fatalf("answer %d %s, want 413 with %s", resp.StatusCode, body, tc.want)
+			}
+			if !resp.Close {
+				t.Error("the answer did not say the connection closes")
+			}
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatal("the connection stayed open after a body it did not read")
+			}
+		})
+	}
 }

@@ -617,6 +617,20 @@ func (c *call) again(body []byte) (*call, error) {
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.requests.Add(1)
+	if r.ContentLength > p.cfg.MaxBodyBytes {
+		// Said at once: waiting for the body would hold the connection for up to the body
+		// timeout, or the limit's worth of bytes, only to say the same. The body is left unread,
+		// so an HTTP/1 connection closes after the answer, without waiting to skip it (an HTTP/2
+		// stream ends by itself).
+		c := &call{r: r, now: p.now()}
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		p.classify(c)
+		p.writeError(w, c, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge",
+			fmt.Sprintf("request body of %d bytes exceeds the proxy's limit of %d bytes (max_body_bytes)", r.ContentLength, p.cfg.MaxBodyBytes))
+		return
+	}
 	body, err := readBody(r.Body, r.ContentLength, p.cfg.MaxBodyBytes)
 	if err != nil {
 		p.log.Warn().Err(err).Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("could not read a request body; answered 400")

@@ -613,7 +613,11 @@ func (c *h1Conn) serve() {
 		// one costs them nothing.
 		closeAfter := req.Close || !req.ProtoAtLeast(1, 1) || s.isShutting() || len(req.TransferEncoding) > 0
 		unread := false
-		if req.Body != http.NoBody {
+		if w.hdr.Get("Connection") == "close" {
+			// The handler will not take the rest of the body (it is over the limit): the
+			// connection closes without waiting for bytes the client may be slow to send.
+			closeAfter, unread = true, req.Body != http.NoBody
+		} else if req.Body != http.NoBody {
 			var one [1]byte
 			if n, err := req.Body.Read(one[:]); n != 0 || err != io.EOF {
 				if n, err := io.CopyN(io.Discard, req.Body, 256<<10); err != io.EOF || n >= 256<<10 {
