@@ -3,6 +3,7 @@ package proxy
 import (
 	"iter"
 	"maps"
+	"sync"
 )
 
 // RecentMap is a map bounded to the keys used most recently, for the state protocols learn from
@@ -68,4 +69,41 @@ func (m *RecentMap[K, V]) All() iter.Seq2[K, V] {
 			}
 		}
 	}
+}
+
+// FirstSeen is a set of the keys seen most recently (a RecentMap), safe for concurrent use, for
+// what a front logs once per client.
+type FirstSeen[K comparable] struct {
+	mu sync.Mutex
+	m  *RecentMap[K, struct{}]
+}
+
+// NewFirstSeen returns a FirstSeen that remembers at most limit keys.
+func NewFirstSeen[K comparable](limit int) *FirstSeen[K] {
+	return &FirstSeen[K]{m: NewRecentMap[K, struct{}](limit)}
+}
+
+// Add reports whether k is new, remembering it. A nil FirstSeen remembers nothing: every key is new.
+func (s *FirstSeen[K]) Add(k K) bool {
+	if s == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m.Get(k); ok {
+		return false
+	}
+	s.m.Put(k, struct{}{})
+	return true
+}
+
+// Keys returns the keys remembered, in no order.
+func (s *FirstSeen[K]) Keys() []K {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ks []K
+	for k := range s.m.All() {
+		ks = append(ks, k)
+	}
+	return ks
 }

@@ -36,3 +36,19 @@ func TestRecentMap(t *testing.T) {
 		t.Error("busy still held after Delete")
 	}
 }
+
+func TestFirstSeen(t *testing.T) {
+	var none *FirstSeen[string]
+	if !none.Add("a") || !none.Add("a") {
+		t.Fatal("a nil FirstSeen did not take every key as new")
+	}
+	s := NewFirstSeen[string](4) // two generations of two
+	for _, tc := range []struct {
+		key  string
+		want bool
+	}{{"a", true}, {"a", false}, {"b", true}, {"c", true}, {"a", false}, {"d", true}, {"e", true}, {"b", true}} {
+		if got := s.Add(tc.key); got != tc.want {
+			t.Fatalf("Add(%q) = %v, want %v (keys %v)", tc.key, got, tc.want, s.Keys())
+		}
+	}
+}

@@ -349,16 +349,7 @@ const maxIdentified = 10000
 
 // identified reports whether id is new, remembering it.
 func (p *Proxy) identified(id clientIdentity) bool {
-	if p.seen == nil { // a Proxy not made by New (tests)
-		return true
-	}
-	p.seenMu.Lock()
-	defer p.seenMu.Unlock()
-	if _, ok := p.seen.Get(id); ok {
-		return false
-	}
-	p.seen.Put(id, struct{}{})
-	return true
+	return p.seen.Add(id) // nil in a Proxy not made by New (tests): every client is new
 }
 
 // maxConnNameBytes caps the connection_name kept per connection (and named in checkpoints).

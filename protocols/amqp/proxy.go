@@ -154,10 +154,9 @@ type Proxy struct {
 	heldTx    proxy.Budget // transactional publishes held for commits (maxHeldTxPoints)
 	// confirm-mode publishes held for acks (maxHeldConfirms)
 	heldConfirms proxy.Budget
-	tags         proxy.Budget    // consumer tags remembered (maxConsumerTags)
-	handed       *pathway.Handed // contexts delivered or returned lately (Config.Handed), to tell a forward
-	seenMu       sync.Mutex
-	seen         *proxy.RecentMap[clientIdentity, struct{}] // clients whose identity was logged at Info
+	tags         proxy.Budget                     // consumer tags remembered (maxConsumerTags)
+	handed       *pathway.Handed                  // contexts delivered or returned lately (Config.Handed), to tell a forward
+	seen         *proxy.FirstSeen[clientIdentity] // clients whose identity was logged at Info
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -181,7 +180,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: cfg.Handed,
-		seen: proxy.NewRecentMap[clientIdentity, struct{}](maxIdentified)}
+		seen: proxy.NewFirstSeen[clientIdentity](maxIdentified)}
 	if p.handed == nil {
 		p.handed = pathway.NewHanded(pathway.HandedPerAMQPFront)
 	}

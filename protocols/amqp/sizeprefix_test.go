@@ -32,22 +32,7 @@ func TestFrameSizeAloneAllocatesLittle(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for range conns {
-		conn, err := net.Dial("tcp", h.p.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		if _, err := conn.Write(protocolHeader[:]); err != nil {
-			t.Fatal(err)
-		}
-		// The broker's Connection.Start: the connection is set up and the proxy reads the client.
-		var fh [7]byte
-		if _, err := io.ReadFull(conn, fh[:]); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(conn, make([]byte, binary.BigEndian.Uint32(fh[3:])+1)); err != nil {
-			t.Fatal(err)
-		}
+		conn := startedConn(t, h)
 		if _, err := conn.Write(head); err != nil {
 			t.Fatal(err)
 		}
@@ -59,6 +44,28 @@ func TestFrameSizeAloneAllocatesLittle(t *testing.T) {
 	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 16<<20 {
 		t.Errorf("%d connections that each sent a frame header claiming %d bytes and 4 bytes hold %d bytes of heap", conns, DefaultMaxFrameBytes-frameOverhead, grew)
 	}
+}
+
+// startedConn connects to the proxy and reads the broker's Connection.Start: the connection is
+// set up and the proxy reads the client.
+func startedConn(t *testing.T, h *harness) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", h.p.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := conn.Write(protocolHeader[:]); err != nil {
+		t.Fatal(err)
+	}
+	var fh [7]byte
+	if _, err := io.ReadFull(conn, fh[:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, binary.BigEndian.Uint32(fh[3:])+1)); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
 
 // framesUnderway counts the proxy's goroutines reading a frame past its header.
@@ -82,21 +89,7 @@ func framesUnderway() int {
 func TestOversizedFrameNamedOnItsConnection(t *testing.T) {
 	var logs syncbuf.Buffer
 	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
-	conn, err := net.Dial("tcp", h.p.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.Write(protocolHeader[:]); err != nil {
-		t.Fatal(err)
-	}
-	var fh [7]byte
-	if _, err := io.ReadFull(conn, fh[:]); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(conn, make([]byte, binary.BigEndian.Uint32(fh[3:])+1)); err != nil {
-		t.Fatal(err)
-	}
+	conn := startedConn(t, h)
 	head := binary.BigEndian.AppendUint32([]byte{frameMethod, 0, 0}, 0xFFFFFFFF)
 	if _, err := conn.Write(append(head, make([]byte, 100)...)); err != nil {
 		t.Fatal(err)

@@ -188,8 +188,7 @@ type Proxy struct {
 	// sent on.
 	handed *pathway.Handed
 	// seen: clients whose service was logged at Info, once each while they keep coming.
-	seenMu sync.Mutex
-	seen   *proxy.RecentMap[seenClient, struct{}]
+	seen *proxy.FirstSeen[seenClient]
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -314,7 +313,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	p.iters = newBoundedMap(cfg.MaxShardIterators)
 	p.qurls = newBoundedMap(10000)
-	p.seen = proxy.NewRecentMap[seenClient, struct{}](maxSeenClients)
+	p.seen = proxy.NewFirstSeen[seenClient](maxSeenClients)
 	p.sizes = newQueueLimits()
 	p.handed = cfg.Handed
 	if p.handed == nil {
@@ -865,13 +864,7 @@ const maxSeenClients = 10000
 // comes (and again after a long absence), as the Kafka and AMQP fronts do for theirs.
 func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
 	k := seenClient{id.Addr, id.AccessKey, id.ClientID, c.svcName}
-	p.seenMu.Lock()
-	_, seen := p.seen.Get(k)
-	if !seen {
-		p.seen.Put(k, struct{}{})
-	}
-	p.seenMu.Unlock()
-	if seen {
+	if !p.seen.Add(k) {
 		return
 	}
 	sdk, _, _ := strings.Cut(c.r.Header.Get("User-Agent"), " ")

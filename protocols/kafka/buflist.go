@@ -26,13 +26,8 @@ func newBufList() bufList { return bufList{free: make(chan []byte, listedBufCoun
 // get returns an empty buffer with room for at least n bytes: a listed one when the one it finds
 // is big enough (a smaller one goes back), else a new one with a quarter to spare.
 func (l bufList) get(n int) []byte {
-	select {
-	case b := <-l.free:
-		if cap(b) >= n {
-			return b
-		}
-		l.put(b)
-	default:
+	if b := l.listed(n); b != nil {
+		return b
 	}
 	return make([]byte, 0, n+n/4)
 }

@@ -217,11 +217,10 @@ type Proxy struct {
 	topics    *topicIDs
 	limits    *topicLimits
 	sequences *producedSequences
-	saslSeen  atomic.Bool // the cluster accepted a client's login: the proxy's own requests need Config.SASL
-	seenMu    sync.Mutex
-	seen      *proxy.RecentMap[clientServiceKey, struct{}] // clients whose identity was logged at info
-	clusterID atomic.Pointer[string]                       // from Metadata; see noteCluster
-	txns      txnCommits                                   // transactional commits awaiting their EndTxn
+	saslSeen  atomic.Bool                        // the cluster accepted a client's login: the proxy's own requests need Config.SASL
+	seen      *proxy.FirstSeen[clientServiceKey] // clients whose identity was logged at info
+	clusterID atomic.Pointer[string]             // from Metadata; see noteCluster
+	txns      txnCommits                         // transactional commits awaiting their EndTxn
 	groups    *groupTracker
 	links     *linkTable
 	handed    *pathway.Handed // contexts consumers were handed lately (Config.Handed), to tell a relay
@@ -361,7 +360,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.groups = newGroupTracker(p.cfg.MaxClients)
 	p.groups.names = p.topics.get
 	p.groups.now = p.now
-	p.seen = proxy.NewRecentMap[clientServiceKey, struct{}](p.cfg.MaxClients)
+	p.seen = proxy.NewFirstSeen[clientServiceKey](p.cfg.MaxClients)
 	p.links = newLinkTable(p.cfg.MaxClients)
 	p.handed = cfg.Handed
 	if p.handed == nil {
@@ -640,13 +639,7 @@ type clientServiceKey struct {
 // identified reports whether ci is a client (and service) not seen recently.
 func (p *Proxy) identified(ci *clientInfo) bool {
 	k := clientServiceKey{ci.key(), ci.service}
-	p.seenMu.Lock()
-	defer p.seenMu.Unlock()
-	if _, ok := p.seen.Get(k); ok {
-		return false
-	}
-	p.seen.Put(k, struct{}{})
-	return true
+	return p.seen.Add(k)
 }
 
 // Problem reports why clients cannot use the front fully although it listens: broker nodes
