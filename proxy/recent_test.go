@@ -39,8 +39,10 @@ func TestRecentMap(t *testing.T) {
 
 func TestFirstSeen(t *testing.T) {
 	var none *FirstSeen[string]
-	if !none.Add("a") || !none.Add("a") {
-		t.Fatal("a nil FirstSeen did not take every key as new")
+	for range 2 {
+		if !none.Add("a") {
+			t.Fatal("a nil FirstSeen did not take every key as new")
+		}
 	}
 	s := NewFirstSeen[string](4) // two generations of two
 	for _, tc := range []struct {
