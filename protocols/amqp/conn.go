@@ -528,6 +528,17 @@ func (s *session) serve(ctx context.Context) error {
 		}
 		return fmt.Errorf("amqp from broker %s: %w", s.c.Upstream.RemoteAddr(), derr)
 	}
+	return clientRelayError(err, s.c.Upstream.RemoteAddr())
+}
+
+// clientRelayError names what ended the client-to-broker relay: a write to the broker that failed
+// is the broker's side (RabbitMQ resets a connection whose client reads too slowly, at its send
+// timeout), which "from client" misread in the log.
+func clientRelayError(err error, broker net.Addr) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "write" && op.Addr != nil && broker != nil && op.Addr.String() == broker.String() {
+		return fmt.Errorf("amqp to broker %s: %w", broker, err)
+	}
 	return fmt.Errorf("amqp from client: %w", err)
 }
 
