@@ -34,12 +34,12 @@ func (w *wire) strLen() int {
 	return len(w.UnsafeString())
 }
 
-func (w *wire) nullableStr() {
+// nullableStr reads a nullable string: nil for null.
+func (w *wire) nullableStr() *string {
 	if w.flex {
-		w.CompactNullableString()
-	} else {
-		w.NullableString()
+		return w.CompactNullableString()
 	}
+	return w.NullableString()
 }
 
 func (w *wire) array() int { return arrayLen(&w.Reader, w.flex) }
@@ -273,24 +273,19 @@ func parseLeaveGroup(h requestHeader, frame []byte) (groupLeave, error) {
 	return l, w.err(h)
 }
 
-// parseFirstString reads the first field of a request body, a string: the group of JoinGroup,
-// SyncGroup and ConsumerGroupHeartbeat, the mechanism of SaslHandshake, the client software name
-// of ApiVersions v3+.
 // parseShareGroup reads a ShareFetch or ShareAcknowledge request's group id ("" when null).
 func parseShareGroup(h requestHeader, frame []byte) (string, error) {
 	w := newWire(h, frame)
-	var g *string
-	if w.flex {
-		g = w.CompactNullableString()
-	} else {
-		g = w.NullableString()
-	}
+	g := w.nullableStr()
 	if err := w.err(h); err != nil || g == nil {
 		return "", err
 	}
 	return *g, nil
 }
 
+// parseFirstString reads the first field of a request body, a string: the group of JoinGroup,
+// SyncGroup and ConsumerGroupHeartbeat, the mechanism of SaslHandshake, the client software name
+// of ApiVersions v3+.
 func parseFirstString(h requestHeader, frame []byte) (string, error) {
 	w := newWire(h, frame)
 	s := w.str()
@@ -313,12 +308,7 @@ func parseFindCoordinator(h requestHeader, frame []byte) (coordinatorKey, error)
 // parseInitProducerID reads the transactional id ("" for an idempotent producer's null).
 func parseInitProducerID(h requestHeader, frame []byte) (txnFacts, error) {
 	w := newWire(h, frame)
-	var id *string
-	if w.flex {
-		id = w.CompactNullableString()
-	} else {
-		id = w.NullableString()
-	}
+	id := w.nullableStr()
 	var f txnFacts
 	if id != nil {
 		f.txnID = *id
