@@ -15,6 +15,7 @@ import (
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // demoAgent stands in for the Datadog Agent in the demo: it serves /info, decodes every
@@ -343,7 +344,10 @@ type lagRow struct {
 // ones committed before, in the same bucket too.
 func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	// Offsets of one topic and group on two clusters (two Kafka fronts) are two lags.
-	type tp struct{ cluster, topic, partition string }
+	type tp struct {
+		cluster, topic string
+		partition      int32
+	}
 	end := map[tp]int64{}
 	type gtp struct {
 		group string
@@ -355,31 +359,17 @@ func consumerLag(bl []agentpayload.BacklogEntry) []lagRow {
 	}
 	commits := map[gtp]commit{}
 	for _, b := range bl {
-		var typ, topic, part, group, cluster string
-		for _, t := range b.Tags {
-			k, v, _ := strings.Cut(t, ":")
-			switch k {
-			case "type":
-				typ = v
-			case "topic":
-				topic = v
-			case "partition":
-				part = v
-			case "consumer_group":
-				group = v
-			case "kafka_cluster_id":
-				cluster = v
-			}
-		}
-		switch typ {
-		case "kafka_high_watermark":
-			end[tp{cluster, topic, part}] = max(end[tp{cluster, topic, part}], b.Value)
-		case "kafka_produce":
+		o := offsetOfTags(b.Tags)
+		at := tp{o.ClusterID, o.Topic, o.Partition}
+		switch o.Kind {
+		case pathway.KafkaHighWatermark:
+			end[at] = max(end[at], b.Value)
+		case pathway.KafkaProduce:
 			// The last offset a producer got: the log ends after it. Fetches bring the high
 			// watermark, and with no consumer fetching it would stand still while the log grows.
-			end[tp{cluster, topic, part}] = max(end[tp{cluster, topic, part}], b.Value+1)
-		case "kafka_commit":
-			k := gtp{group, tp{cluster, topic, part}}
+			end[at] = max(end[at], b.Value+1)
+		case pathway.KafkaCommit:
+			k := gtp{o.Group, at}
 			if c, ok := commits[k]; !ok || b.Seen().After(c.at) || b.Seen().Equal(c.at) && b.Value > c.value {
 				commits[k] = commit{b.Seen(), b.Value}
 			}
