@@ -515,10 +515,10 @@ func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int
 }
 
 // readReused reads a request of at most maxReusedFrame bytes whose size prefix sz was read into
-// the connection's buffer (s.inBuf). When that has no room for it and the front lists no buffer
-// that has, the buffer grows with the bytes as they arrive, doubling from keptBufBytes: a size
-// prefix alone (a client that stalls after it, or sends a byte a second) made the proxy allocate
-// the 1.25 MiB it claims at once, 270 MB for 300 such connections in a soak run.
+// the connection's buffer (s.inBuf), or into one the front lists. When neither has room for it,
+// readFrameBody grows a buffer with the bytes as they arrive, which the connection then keeps: a
+// size prefix alone (a client that stalls after it, or sends a byte a second) made the proxy
+// allocate the 1.25 MiB it claims at once, 270 MB for 300 such connections in a soak run.
 func (s *session) readReused(r io.Reader, sz [4]byte, n int) ([]byte, error) {
 	need := 4 + n
 	if need <= max(cap(s.inBuf), keptBufBytes) {
@@ -528,24 +528,12 @@ func (s *session) readReused(r io.Reader, sz [4]byte, n int) ([]byte, error) {
 		s.inBuf = b
 		return readFrameBody(r, sz, n, b)
 	}
-	frame := append(s.bigBuf(&s.inBuf, keptBufBytes), sz[:]...)
-	for {
-		if _, err := io.ReadFull(r, frame[len(frame):min(need, cap(frame))]); err != nil {
-			return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
-		}
-		frame = frame[:min(need, cap(frame))]
-		if len(frame) == need {
-			return frame, nil
-		}
-		var grown []byte
-		if 2*cap(frame) >= need {
-			grown = s.p.bufs.get(need) // the last step: sized as bigBuf sizes it, to be kept
-		} else {
-			grown = make([]byte, 0, 2*cap(frame))
-		}
-		frame = append(grown, frame...)
-		s.inBuf = frame[:0]
+	frame, err := readFrameBody(r, sz, n, nil)
+	if err != nil {
+		return nil, err
 	}
+	s.inBuf = frame[:0]
+	return frame, nil
 }
 
 // unreadHead is what the proxy reads of a request it relays unread: enough for the request header
