@@ -19,7 +19,11 @@ type Identity struct {
 
 // ServiceRule maps clients to a service name. Every non-empty matcher must match.
 type ServiceRule struct {
-	Service   string
+	Service string // empty: the client's description or the default names it
+	// Traced: the client runs a Datadog tracer with Data Streams Monitoring on, which checkpoints
+	// what it consumes; the proxy then takes no consume checkpoint for it (else the same consume
+	// would be counted under two nodes).
+	Traced    bool
 	Protocol  string         // exact, empty = any
 	ClientID  *regexp.Regexp // matched against Identity.ClientID
 	User      string         // exact
@@ -56,21 +60,37 @@ type Services struct {
 // DefaultService is used when nothing else names a client's service.
 const DefaultService = "dsmproxy-client"
 
-// Service returns the service name for id. Protocol code calls it once per connection or client,
-// not per message.
-func (s *Services) Service(id Identity) string {
+// Client is what the proxy makes of a client: the service its checkpoints name, and whether its
+// own tracer checkpoints what it consumes.
+type Client struct {
+	Service string
+	Traced  bool
+}
+
+// Client resolves id: the first rule that matches decides; a rule that names no service leaves
+// the name to the client's description, then the default. Protocol code calls it once per
+// connection or client, not per message.
+func (s *Services) Client(id Identity) Client {
+	var c Client
 	if s != nil {
 		for i := range s.Rules {
 			if s.Rules[i].match(id) {
-				return s.Rules[i].Service
+				c = Client{Service: s.Rules[i].Service, Traced: s.Rules[i].Traced}
+				break
 			}
 		}
 	}
-	if id.Described != "" {
-		return id.Described
+	switch {
+	case c.Service != "":
+	case id.Described != "":
+		c.Service = id.Described
+	case s != nil && s.Default != "":
+		c.Service = s.Default
+	default:
+		c.Service = DefaultService
 	}
-	if s != nil && s.Default != "" {
-		return s.Default
-	}
-	return DefaultService
+	return c
 }
+
+// Service is Client's service name.
+func (s *Services) Service(id Identity) string { return s.Client(id).Service }

@@ -178,6 +178,9 @@ type ServiceRule struct {
 	User      string `yaml:"user"`       // AMQP login (Kafka SASL users are not matched)
 	AccessKey string `yaml:"access_key"` // AWS access key id
 	CIDR      string `yaml:"cidr"`       // client source network
+	// Traced: the matched clients' own Datadog tracer checkpoints what they consume; the proxy
+	// takes no consume checkpoint for them.
+	Traced bool `yaml:"traced"`
 
 	line int
 }
@@ -1073,8 +1076,8 @@ func (c *Config) Validate() error {
 	}
 	for i, r := range c.Services {
 		k := fmt.Sprintf("services[%d]", i)
-		if r.Service == "" {
-			bad(r.line, k+".service", "a rule needs the service it maps to")
+		if r.Service == "" && !r.Traced {
+			bad(r.line, k+".service", "a rule needs the service it maps to (or traced: true)")
 		}
 		if r.ClientID != "" {
 			if _, err := regexp.Compile(r.ClientID); err != nil {

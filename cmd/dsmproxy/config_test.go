@@ -72,6 +72,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad listen", "kafka:\n  - listen: nope\n    bootstrap: [a:9092]\n", []string{"line 2", "kafka[0].listen", "host:port"}},
 		{"duplicate listen", "kafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\namqp:\n  - listen: 127.0.0.1:1\n    upstream: b:5672\n", []string{"line 5", "amqp[0].listen", "already used by kafka[0].listen"}},
 		{"bad aws upstream", "aws:\n  - listen: 127.0.0.1:4566\n    upstream: sqs.amazonaws.com\n", []string{"line 2", "aws[0].upstream"}},
+		{"a rule without a service", "services:\n  - client_id: '^a$'\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"line 2", "services[0].service", "or traced: true"}},
 		{"bad rule regexp", "services:\n  - service: a\n    client_id: '('\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"line 2", "services[0].client_id"}},
 		{"bad agent scheme", "agent:\n  url: ftp://x\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "scheme"}},
 		{"agent url without a scheme", "agent:\n  url: localhost:8126\nkafka:\n  - listen: 127.0.0.1:1\n    bootstrap: [a:9092]\n", []string{"agent.url", "write http://localhost:8126"}},
@@ -291,6 +292,30 @@ func TestShippedConfigs(t *testing.T) {
 		}
 		if _, err := buildServices(c); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestTracedRule: the example's traced rule, which names no service, marks its clients traced
+// and leaves their name to their client id.
+func TestTracedRule(t *testing.T) {
+	c, err := (&runFlags{config: filepath.Join("testdata", "dsmproxy.example.yaml")}).loadConfig(envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := buildServices(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id   proxy.Identity
+		want proxy.Client
+	}{
+		{proxy.Identity{Protocol: "kafka", ClientID: "reports-2", Described: "reports"}, proxy.Client{Service: "reports", Traced: true}},
+		{proxy.Identity{Protocol: "kafka", ClientID: "checkout-1", Described: "checkout"}, proxy.Client{Service: "checkout"}},
+	} {
+		if got := s.Client(tc.id); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.id.ClientID, got, tc.want)
 		}
 	}
 }

@@ -98,7 +98,7 @@ func colorTerminal(w io.Writer) bool {
 func buildServices(cfg *Config) (*proxy.Services, error) {
 	s := &proxy.Services{Default: cfg.Service}
 	for i, r := range cfg.Services {
-		rule := proxy.ServiceRule{Service: r.Service, Protocol: r.Protocol, User: r.User, AccessKey: r.AccessKey}
+		rule := proxy.ServiceRule{Service: r.Service, Traced: r.Traced, Protocol: r.Protocol, User: r.User, AccessKey: r.AccessKey}
 		if r.ClientID != "" {
 			re, err := regexp.Compile(r.ClientID)
 			if err != nil {

@@ -43,6 +43,7 @@ type session struct {
 	addr netip.Addr
 
 	service  atomic.Pointer[string]
+	traced   atomic.Bool // its own tracer checkpoints what it consumes (a services rule says so)
 	draining atomic.Bool
 	heldTx   proxy.Share // this connection's part of Proxy.heldTx
 	// and of Proxy.heldConfirms; acked is confirmHeld's buffer (broker goroutine)
@@ -324,14 +325,19 @@ func (s *session) setService(connName, user string) {
 	if len(connName) > maxConnNameBytes {
 		connName = strings.Clone(connName[:maxConnNameBytes])
 	}
-	svc := s.p.cfg.Services.Service(proxy.Identity{Protocol: "amqp", ClientID: connName, User: user, Addr: s.addr,
+	cl := s.p.cfg.Services.Client(proxy.Identity{Protocol: "amqp", ClientID: connName, User: user, Addr: s.addr,
 		Described: describedConnName(connName)})
+	svc := cl.Service
+	wasTraced := s.traced.Swap(cl.Traced)
 	old := s.service.Swap(&svc)
-	if old != nil && *old != svc {
+	if old != nil && (*old != svc || wasTraced != cl.Traced) {
 		// A client may open a connection per message: its first one says who it is.
 		e := s.log.Debug()
 		if s.p.identified(clientIdentity{addr: s.addr, connName: connName, user: user, service: svc}) {
 			e = s.log.Info()
+		}
+		if cl.Traced {
+			e = e.Bool("traced", true)
 		}
 		e.Str("connection_name", connName).Str("user", user).Str("service", svc).Msg("amqp client identified")
 	}
@@ -1800,6 +1806,10 @@ func (s *session) returnedHeader(ch uint16, f frame) {
 func (s *session) deliveredHeader(ds *delState, f frame) {
 	if ds.awaiting == contentDiscarded {
 		return
+	}
+	if s.traced.Load() {
+		ds.stripped = 0
+		return // its tracer checkpoints what it consumes
 	}
 	p := s.p
 	h, err := parseContentHeader(f.Payload)

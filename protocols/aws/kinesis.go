@@ -282,6 +282,11 @@ func (p *Proxy) kinesisGetRecords(c *call, e pathway.Edge, resp []byte) []byte {
 // `_datadog` a proxy added (nil when there was none to remove). Whether this front injects does
 // not matter: the record may have come through another one (a producer's sidecar) that does.
 func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, at time.Time) []byte {
+	if c.traced {
+		// Its tracer checkpoints what it consumes, with the context it reads from `_datadog`:
+		// left in the data, as a traced producer's is.
+		return nil
+	}
 	var parent pathway.Context
 	var out []byte
 	if t := bytes.TrimSpace(data); len(t) > 1 && t[0] == '{' && bytes.Contains(t, []byte(ddAttr)) {

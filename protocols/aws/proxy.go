@@ -575,6 +575,7 @@ type call struct {
 	form    *form // wireQuery only
 	auth    *authHeader
 	svcName string // DSM service of the client
+	traced  bool   // the client's own tracer checkpoints what it consumes (a services rule says so)
 	now     time.Time
 	// batchTotal is the payload of a whole batch (SQS and SNS limit the sum too); batchAdded is
 	// what injection has added to it so far.
@@ -600,7 +601,7 @@ type call struct {
 // client sent it, before any rewrite (the Query rewrite edits its parsed form in place).
 func (c *call) again(body []byte) (*call, error) {
 	a := &call{r: c.r, wire: c.wire, service: c.service, op: c.op, body: body, auth: c.auth,
-		svcName: c.svcName, now: c.now, noInject: true}
+		svcName: c.svcName, traced: c.traced, now: c.now, noInject: true}
 	if sameSlice(body, c.body) {
 		a.bodyHash = c.bodyHash
 	}
@@ -672,7 +673,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := p.identity(c)
-	c.svcName = p.cfg.Services.Service(id)
+	cl := p.cfg.Services.Client(id)
+	c.svcName, c.traced = cl.Service, cl.Traced
 	p.logIdentified(c, id)
 	if c.service == ServiceKinesis && c.op == "SubscribeToShard" {
 		p.refuseSubscribe(w, c)
@@ -871,7 +873,11 @@ func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
 	if len(sdk) > 64 { // the client's own text: its first token is enough to tell SDKs apart
 		sdk = strings.ToValidUTF8(sdk[:64], "")
 	}
-	p.log.Info().Str("client", c.r.RemoteAddr).Str("access_key", id.AccessKey).Str("app_id", id.ClientID).Str("sdk", sdk).
+	e := p.log.Info()
+	if c.traced {
+		e = e.Bool("traced", true)
+	}
+	e.Str("client", c.r.RemoteAddr).Str("access_key", id.AccessKey).Str("app_id", id.ClientID).Str("sdk", sdk).
 		Str("service", c.svcName).Msg("aws client identified")
 }
 

@@ -468,6 +468,9 @@ func (p *Proxy) sqsJSONReceive(c *call, b []byte, ms []member, end int, queue st
 // consumeSQS records the consume checkpoint of one received message; handed: its `_datadog` goes
 // to the client.
 func (p *Proxy) consumeSQS(c *call, e pathway.Edge, body string, attrs []attr, handed bool) {
+	if c.traced {
+		return // its tracer checkpoints what it consumes
+	}
 	var dd *attr
 	size := len(body)
 	for i := range attrs {

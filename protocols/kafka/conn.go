@@ -41,6 +41,7 @@ type clientInfo struct {
 	clientID string
 	software string // ApiVersions v3+ ClientSoftwareName
 	service  string
+	traced   bool // its own tracer checkpoints its consumes (a services rule says so)
 	addr     netip.Addr
 }
 
@@ -172,7 +173,8 @@ func (p *Proxy) ServeConn(ctx context.Context, c *proxy.Conn) error {
 	if ap, err := netip.ParseAddrPort(proxy.AddrString(c.Client.RemoteAddr())); err == nil {
 		s.addr = ap.Addr().Unmap()
 	}
-	s.info.Store(&clientInfo{addr: s.addr, service: p.service(s.addr, "", "")})
+	cl := p.client(s.addr, "", "")
+	s.info.Store(&clientInfo{addr: s.addr, service: cl.Service, traced: cl.Traced})
 	p.sessions.Store(s, struct{}{})
 	defer p.sessions.Delete(s)
 	return s.serve(ctx)
@@ -863,13 +865,17 @@ func clipIdentity(s string) string {
 func (s *session) setInfo(clientID, software string) {
 	clientID, software = clipIdentity(clientID), clipIdentity(software)
 	ci := &clientInfo{clientID: clientID, software: software, addr: s.addr}
-	ci.service = s.p.service(s.addr, clientID, software)
+	cl := s.p.client(s.addr, clientID, software)
+	ci.service, ci.traced = cl.Service, cl.Traced
 	old := s.info.Swap(ci)
-	if old == nil || old.service != ci.service {
+	if old == nil || old.service != ci.service || old.traced != ci.traced {
 		// A client opens a connection per broker and more: its first one says who it is.
 		e := s.log.Debug()
 		if s.p.identified(ci) {
 			e = s.log.Info()
+		}
+		if ci.traced {
+			e = e.Bool("traced", true)
 		}
 		e.Str("client_id", clientID).Str("software", software).Str("service", ci.service).Msg("kafka client identified")
 	}

@@ -238,6 +238,9 @@ type fetchedPartition struct {
 
 // checkpointRecords is consumeRecords for any fetched partition (fetch or share fetch).
 func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedPartition, now time.Time) {
+	if ci.traced {
+		return // its tracer checkpoints what it consumes
+	}
 	acquired, share := fp.acquired, fp.op == keyShareFetch
 	var pendingAborts []kmsg.FetchResponseTopicPartitionAbortedTransaction // by FirstOffset
 	var aborting map[int64]bool                                            // producers inside an aborted transaction

@@ -7,10 +7,10 @@ import (
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
-// service resolves a client to its service name through the configured proxy.Services: rules
-// first, then the client.id normalized by NormalizeClientID, then the default service.
-func (p *Proxy) service(addr netip.Addr, clientID, software string) string {
-	return p.cfg.Services.Service(proxy.Identity{
+// client resolves a client through the configured proxy.Services: rules first, then the
+// client.id normalized by NormalizeClientID, then the default service.
+func (p *Proxy) client(addr netip.Addr, clientID, software string) proxy.Client {
+	return p.cfg.Services.Client(proxy.Identity{
 		Protocol:  "kafka",
 		ClientID:  clientID,
 		Addr:      addr,
