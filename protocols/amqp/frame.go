@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // Frame types (AMQP 0-9-1 section 4.2.3).
@@ -92,36 +94,30 @@ func (fr *frameReader) full(b []byte) error {
 	return nil
 }
 
-// growFrom is the least a frame's buffer grows by while the frame arrives.
-const growFrom = 64 << 10
-
 // read reads a whole frame whose header was just peeked into the reused buffer; the frame is
-// valid until the next read. A buffer without room for it grows as the frame's bytes arrive,
-// doubling (by growFrom at least), so that a header alone, from a client that stalls after it or
-// sends a byte a second, cannot make the proxy allocate the size it claims: 300 such connections
-// held 310 MB when the whole size was taken at once.
+// valid until the next read. A buffer without room for it grows as the frame's bytes arrive
+// (proxy.ReadGrowing): a header alone, from a client that stalls after it or sends a byte a
+// second, does not make the proxy allocate the size it claims.
 func (fr *frameReader) read(size uint32) (frame, error) {
-	n := 7 + int(size) + 1
-	target := n // what the buffer ends up with: room to spare for the next, as before
-	if cap(fr.buf) < n {
-		target = max(n, 2*cap(fr.buf))
+	b, err := proxy.ReadGrowing(fullReader{fr}, fr.buf[:0], 7+int(size)+1)
+	if cap(b) > cap(fr.buf) {
+		fr.buf = b[:0]
 	}
-	b := fr.buf[:0]
-	for len(b) < n {
-		if len(b) == cap(b) {
-			grown := make([]byte, len(b), min(target, max(2*cap(b), growFrom)))
-			copy(grown, b)
-			b = grown
-			fr.buf = b
-		}
-		step := min(n, cap(b))
-		if err := fr.full(b[len(b):step]); err != nil {
-			return frame{}, err
-		}
-		b = b[:step]
+	if err != nil {
+		return frame{}, err
 	}
 	f, _, err := splitFrame(b)
 	return f, err
+}
+
+// fullReader reads with frameReader.full: a read fills its buffer or fails.
+type fullReader struct{ fr *frameReader }
+
+func (r fullReader) Read(b []byte) (int, error) {
+	if err := r.fr.full(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // copyFrame streams a frame whose header was just peeked from the reader to w without holding it

@@ -1041,33 +1041,18 @@ var (
 	upstreamTimeout = 2 * time.Minute
 )
 
-// readBody reads at most limit+1 bytes. The buffer grows with what arrives, doubling from
-// growFrom up to the Content-Length when it is known, so a Content-Length alone does not allocate
-// the body it announces: one of up to 1 MiB was allocated whole at once, and 300 connections that
-// announced 1 MiB and sent nothing more held 310 MB for the body timeout.
+// readBody reads at most limit+1 bytes; with a Content-Length (n) within the limit, into a
+// buffer that grows as the body arrives (proxy.ReadGrowing).
 func readBody(r io.Reader, n, limit int64) ([]byte, error) {
 	if n < 0 || n > limit {
 		return io.ReadAll(io.LimitReader(r, limit+1))
 	}
-	b := make([]byte, 0, min(n, growFrom))
-	for int64(len(b)) < n {
-		if len(b) == cap(b) {
-			b = slices.Grow(b, int(min(n, 2*int64(cap(b))))-len(b))
-		}
-		m, err := io.ReadFull(r, b[len(b):int(min(n, int64(cap(b))))])
-		b = b[:len(b)+m]
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return b, err
-		}
+	b, err := proxy.ReadGrowing(r, nil, int(n))
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
 	}
-	return b, nil
+	return b, err
 }
-
-// growFrom is the first buffer of a request body read as it arrives.
-const growFrom = 64 << 10
 
 // respFixer rewrites a successful response body; it returns nil to leave it alone.
 type respFixer func(resp []byte) []byte

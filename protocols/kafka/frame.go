@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kbin"
@@ -41,29 +40,13 @@ func readFrame(r io.Reader, maxBytes int) ([]byte, error) {
 // their own allocation so an occasional huge request does not pin its size.
 const maxReusedFrame = 1 << 20
 
-// growFrom is the first buffer of a frame read as it arrives. It was 1 MiB: 40 connections that
-// each sent a size prefix of a few MiB and stalled held 1 MiB each.
-const growFrom = 64 << 10
-
 // readFrameBody reads the n bytes of a frame whose size prefix sz was read: into buf when it has
-// room for them (the frame is then valid until buf is reused), else into a new buffer.
+// room for them (the frame is then valid until buf is reused), else into a buffer that grows as
+// they arrive (proxy.ReadGrowing).
 func readFrameBody(r io.Reader, sz [4]byte, n int, buf []byte) ([]byte, error) {
-	need := 4 + n
-	if cap(buf) >= need {
-		frame := buf[:need]
-		copy(frame, sz[:])
-		return frame, readFrameRest(r, frame, 4)
-	}
-	// A bigger frame's buffer grows with what arrives (doubling from growFrom), so a size prefix
-	// alone, sent by anyone who can connect, cannot make the proxy allocate what it claims.
-	frame := append(make([]byte, 0, min(need, growFrom)), sz[:]...)
-	for len(frame) < need {
-		step := min(need-len(frame), max(len(frame), growFrom))
-		frame = slices.Grow(frame, step)
-		if _, err := io.ReadFull(r, frame[len(frame):len(frame)+step]); err != nil {
-			return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
-		}
-		frame = frame[:len(frame)+step]
+	frame, err := proxy.ReadGrowing(r, append(buf[:0], sz[:]...), n)
+	if err != nil {
+		return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
 	}
 	return frame, nil
 }
