@@ -169,11 +169,14 @@ func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwa
 			"hash", fmt.Sprintf("%016x", p.Hash), "parent_hash", fmt.Sprintf("%016x", p.ParentHash)}
 		e.add("dsmproxy_pathway_messages_per_second", "gauge",
 			"Checkpoints per second on the pathway, in its latest bucket.", ratePerSecond(p), l...)
+		// Summaries of quantiles alone (no _sum or _count: a sketch keeps neither exactly), as
+		// the format wants a quantile label only on a summary (promtool: "non-summary metrics
+		// should not have quantile label").
 		for _, q := range []float64{0.5, 0.99} {
 			ql := append(slices.Clone(l), "quantile", strconv.FormatFloat(q, 'g', -1, 64))
-			e.add("dsmproxy_pathway_edge_latency_seconds", "gauge",
+			e.add("dsmproxy_pathway_edge_latency_seconds", "summary",
 				"Edge latency (since the previous checkpoint) at the quantile, in the pathway's latest bucket.", quantile(p.EdgeLatency, q), ql...)
-			e.add("dsmproxy_pathway_latency_seconds", "gauge",
+			e.add("dsmproxy_pathway_latency_seconds", "summary",
 				"End-to-end latency (since the pathway began) at the quantile, in the pathway's latest bucket.", quantile(p.PathwayLatency, q), ql...)
 		}
 		key := pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)

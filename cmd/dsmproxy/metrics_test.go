@@ -67,6 +67,9 @@ next:
 			got[l.GetName()] = l.GetValue()
 		}
 		for k, v := range want {
+			if k == "quantile" && f.GetType() == dto.MetricType_SUMMARY {
+				continue // the parser keeps it with the value, below
+			}
 			if got[k] != v {
 				continue next
 			}
@@ -76,6 +79,13 @@ next:
 			return m.GetCounter().GetValue(), true
 		case dto.MetricType_GAUGE:
 			return m.GetGauge().GetValue(), true
+		case dto.MetricType_SUMMARY:
+			for _, q := range m.GetSummary().GetQuantile() {
+				if strconv.FormatFloat(q.GetQuantile(), 'g', -1, 64) == want["quantile"] {
+					return q.GetValue(), true
+				}
+			}
+			continue
 		default:
 			return m.GetUntyped().GetValue(), true
 		}
@@ -143,8 +153,8 @@ func TestMetricsPage(t *testing.T) {
 	}{
 		{"dsmproxy_pathway_messages_per_second", dto.MetricType_GAUGE, map[string]string{"service": cleaned,
 			"edge_tags": strings.Join(edge, ","), "hash": "00000000000000ab", "parent_hash": "00000000000000cd"}, 0.4},
-		{"dsmproxy_pathway_latency_seconds", dto.MetricType_GAUGE, map[string]string{"quantile": "0.99"}, 2},
-		{"dsmproxy_pathway_edge_latency_seconds", dto.MetricType_GAUGE, map[string]string{"quantile": "0.5"}, 0.5},
+		{"dsmproxy_pathway_latency_seconds", dto.MetricType_SUMMARY, map[string]string{"quantile": "0.99"}, 2},
+		{"dsmproxy_pathway_edge_latency_seconds", dto.MetricType_SUMMARY, map[string]string{"quantile": "0.5"}, 0.5},
 		{"dsmproxy_pathway_payload_bytes_average", dto.MetricType_GAUGE, nil, 200},
 		{"dsmproxy_pathway_messages_total", dto.MetricType_COUNTER, map[string]string{"service": cleaned,
 			"edge_tags": strings.Join(edge, ","), "hash": "00000000000000ab", "parent_hash": "00000000000000cd"}, 4},
