@@ -241,7 +241,8 @@ func (e *exposition) listeners(prefix, listen string, ls []kafka.ListenerConnect
 }
 
 // counters adds every exported field of the struct st: unsigned integers count since the start
-// (counters, named _total), signed ones are levels (gauges), booleans are 0 or 1.
+// (counters, named _total), signed ones are levels (gauges), booleans are 0 or 1. Each has its
+// HELP from statsHelp.
 func (e *exposition) counters(prefix string, st any, labels ...string) {
 	v := reflect.ValueOf(st)
 	if v.Kind() == reflect.Pointer {
@@ -257,18 +258,28 @@ func (e *exposition) counters(prefix string, st any, labels ...string) {
 			continue
 		}
 		name := prefix + snakeCase(f.Name)
+		help, known := statsHelp[t.String()+"."+f.Name]
 		fv := v.Field(i)
 		switch fv.Kind() {
 		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-			e.add(name+"_total", "counter", "Since the process started: see GET /stats and README.md.", float64(fv.Uint()), labels...)
+			if !known {
+				help = "Since the process started: see GET /stats and README.md."
+			}
+			e.add(name+"_total", "counter", help, float64(fv.Uint()), labels...)
 		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-			e.add(name, "gauge", "Current level: see GET /stats and README.md.", float64(fv.Int()), labels...)
+			if !known {
+				help = "Current level: see GET /stats and README.md."
+			}
+			e.add(name, "gauge", help, float64(fv.Int()), labels...)
 		case reflect.Bool:
+			if !known {
+				help = "1 when true: see GET /stats and README.md."
+			}
 			b := 0.0
 			if fv.Bool() {
 				b = 1
 			}
-			e.add(name, "gauge", "1 when true: see GET /stats and README.md.", b, labels...)
+			e.add(name, "gauge", help, b, labels...)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +69,37 @@ func TestMetricsLint(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestMetricsHelpSaysWhatItCounts: every family's HELP says what it counts, not only where to
+// look it up: a scraper's users see the HELP beside the series, not /stats or README.md.
+func TestMetricsHelpSaysWhatItCounts(t *testing.T) {
+	fams := 0
+	for _, line := range strings.Split(fullMetricsPage(t), "\n") {
+		name, help, ok := strings.Cut(strings.TrimPrefix(line, "# HELP "), " ")
+		if !ok || !strings.HasPrefix(line, "# HELP ") {
+			continue
+		}
+		fams++
+		if help == "" || strings.Contains(help, "see GET /stats and README.md") {
+			t.Errorf("%s: HELP %q says nothing of its own", name, help)
+		}
+	}
+	if fams < 50 {
+		t.Fatalf("only %d families on the page: update fullMetricsPage", fams)
+	}
+	// And no HELP is kept for a field that is gone.
+	fields := map[string]bool{}
+	for _, st := range []any{kafka.Stats{}, amqp.Stats{}, aws.Stats{}, aggregator.Stats{}, aggregator.AgentStats{}, checkpointerStats{}} {
+		typ := reflect.TypeOf(st)
+		for i := range typ.NumField() {
+			fields[typ.String()+"."+typ.Field(i).Name] = true
+		}
+	}
+	for k := range statsHelp {
+		if !fields[k] {
+			t.Errorf("statsHelp has %s, which no stats struct has", k)
+		}
 	}
 }
