@@ -49,6 +49,9 @@ type Config struct {
 	from  map[string]string // dotted key (or kafka, amqp, aws) -> the variable or flag that set it
 	file  string            // the file read, if any
 	sum   [sha256.Size]byte // of the file's bytes as read at start
+	// recheck loads the file again with the flags and environment of the start and checks it
+	// as check-config does (nil: not loaded from flags, as in tests that build a Config).
+	recheck func() error
 	// agentHost and agentPort: DD_AGENT_HOST and DD_TRACE_AGENT_PORT (defaults filled in), when
 	// they made agent.url, so that a mistake in one is named in its own terms.
 	agentHost, agentPort string
@@ -81,7 +84,8 @@ func (c *Config) checkAgentHostPort() error {
 
 // warnFileChanged warns, at a SIGHUP, when the config file is no longer what was read at start:
 // SIGHUP reloads only TLS files, and an operator who edited the file and sent it would otherwise
-// take the "reloaded" lines for the new settings being in force.
+// take the "reloaded" lines for the new settings being in force. An edited file a restart would
+// refuse is named at Error, with why.
 func (c *Config) warnFileChanged(log zerolog.Logger) {
 	if c.file == "" {
 		return
@@ -89,6 +93,14 @@ func (c *Config) warnFileChanged(log zerolog.Logger) {
 	b, err := os.ReadFile(c.file)
 	if err == nil && sha256.Sum256(b) == c.sum {
 		return
+	}
+	if err == nil && c.recheck != nil {
+		// A restart with a file the proxy refuses would stop the proxy that runs: say so now.
+		if err := c.recheck(); err != nil {
+			log.Error().Str("config", c.file).Err(err).
+				Msg("SIGHUP: the config file was edited, and a restart would refuse it: fix it before restarting; the configuration read at start stays in force (SIGHUP reloads only TLS certificates, keys and CAs)")
+			return
+		}
 	}
 	ev := log.Warn().Str("config", c.file)
 	if err != nil {

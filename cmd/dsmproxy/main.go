@@ -232,6 +232,15 @@ func (f *runFlags) loadConfig(lookup func(string) (string, bool)) (*Config, erro
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.file != "" {
+		cfg.recheck = func() error {
+			c, err := f.loadConfig(lookup)
+			if err != nil {
+				return err
+			}
+			return checkBuild(c, zerolog.Nop())
+		}
+	}
 	return cfg, nil
 }
 
@@ -331,18 +340,11 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	services, err := buildServices(cfg)
-	if err != nil {
-		return err
-	}
-	// Built, not started: nothing binds or dials, but every front's own checks run.
 	// What building a front warns about (run logs it at start) is printed too.
 	var warnings warnCounter
 	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, PartsExclude: []string{zerolog.TimestampFieldName}}).
 		Level(zerolog.WarnLevel).Hook(&warnings)
-	sh := shared{env: cfg.Env, cp: pathway.NewCheckpointer(cfg.Env, 0), obs: noObserver{}, errs: errtrack.Discard{},
-		services: services, log: log}
-	if _, err := buildFronts(cfg, sh); err != nil {
+	if err := checkBuild(cfg, log); err != nil {
 		return err
 	}
 	admin := cfg.Admin.Listen
@@ -358,6 +360,20 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "%s: %d kafka, %d amqp, %d aws front(s); agent %s; admin %s\n",
 		ok, len(cfg.Kafka), len(cfg.AMQP), len(cfg.AWS), agentDesc(cfg), admin)
 	return nil
+}
+
+// checkBuild builds what run would start from cfg, its services rules and fronts, and starts
+// nothing: nothing binds or dials, but every front's own checks run (check-config, and a SIGHUP
+// after the file was edited). What building warns about goes to log.
+func checkBuild(cfg *Config, log zerolog.Logger) error {
+	services, err := buildServices(cfg)
+	if err != nil {
+		return err
+	}
+	sh := shared{env: cfg.Env, cp: pathway.NewCheckpointer(cfg.Env, 0), obs: noObserver{}, errs: errtrack.Discard{},
+		services: services, log: log}
+	_, err = buildFronts(cfg, sh)
+	return err
 }
 
 // warnCounter counts the warnings logged through it.

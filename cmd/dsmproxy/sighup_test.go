@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -101,4 +102,68 @@ func TestSIGHUPSaysTheEditedFileIsNotApplied(t *testing.T) {
 	if out := hup(); !strings.Contains(out, "not what was read at start") || !strings.Contains(out, `"config":"`+path+`"`) {
 		t.Errorf("SIGHUP after the config file was edited did not say the edit is not applied:\n%s", out)
 	}
+}
+
+// TestSIGHUPChecksTheEditedFile: SIGHUP applies no edit of the config file, so an operator who
+// edited it learns at the SIGHUP to restart; a restart with a file the proxy refuses would then
+// stop the proxy that was running. So the SIGHUP checks the edited file as check-config would
+// (with the flags and environment of the start) and names what a restart would refuse, at
+// Error; the configuration of the start stays in force, its front still serving.
+func TestSIGHUPChecksTheEditedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
+	const good = "admin: {listen: \"off\"}\nagent: {disabled: true}\namqp:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n"
+	write := func(body string) {
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(good)
+	cfg, err := (&runFlags{config: path}).loadConfig(envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, logs := startLogged(t, cfg)
+	defer rt.stop()
+	hups := 0
+	hup := func() string { // the log lines of one SIGHUP, once its reload line is written
+		hups++
+		before := len(logs.String())
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		for strings.Count(logs.String(), "nothing to reload") < hups {
+			time.Sleep(10 * time.Millisecond)
+		}
+		return logs.String()[before:]
+	}
+	for _, tc := range []struct {
+		name, body string
+		want       []string // in the SIGHUP's lines; none: the edit passes
+	}{
+		{"an edit the proxy takes", strings.Replace(good, "127.0.0.1:1", "127.0.0.1:2", 1), nil},
+		{"a mistyped key", good + "servces: []\n", []string{`"level":"error"`, "restart", "servces", "services"}},
+		{"a YAML syntax error", good + "kafka:\n  - listen: [oops\n", []string{`"level":"error"`, "restart", "line 7"}},
+		{"a services rule that does not compile", good + "services:\n  - {service: s, client_id: '('}\n", []string{`"level":"error"`, "restart", "client_id"}},
+		{"nothing to proxy", "admin: {listen: \"off\"}\n", []string{`"level":"error"`, "restart", "nothing to proxy"}},
+	} {
+		write(tc.body)
+		out := hup()
+		if !strings.Contains(out, "not what was read at start") && tc.want == nil {
+			t.Errorf("%s: the SIGHUP did not say the edit is not applied:\n%s", tc.name, out)
+		}
+		if tc.want == nil && strings.Contains(out, `"level":"error"`) {
+			t.Errorf("%s: an edit a restart would take was reported as refused:\n%s", tc.name, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: the SIGHUP's lines lack %q:\n%s", tc.name, w, out)
+			}
+		}
+	}
+	// The configuration of the start still serves.
+	conn, err := net.Dial("tcp", rt.fronts[0].Addr().String())
+	if err != nil {
+		t.Fatalf("the front stopped listening after SIGHUPs with broken files: %v", err)
+	}
+	conn.Close()
 }
