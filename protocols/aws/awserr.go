@@ -187,7 +187,7 @@ func (p *Proxy) reportUpstreamError(c *call, resp *http.Response, body []byte) {
 	// The tracked error names the edge and the reason, not the client: on a shared front every
 	// unnamed client is one service. Debug, as a throttled client may retry many times a second.
 	if ev := p.log.Debug(); ev.Enabled() {
-		ev = ev.Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
+		ev = ev.Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
 		if c.edge.Topic != "" {
 			ev = ev.Str("topic", c.edge.Topic)
 		}

@@ -46,7 +46,7 @@ func (p *Proxy) sendBatchAgain(c *call, rb []byte, fix respFixer) ([]byte, bool)
 	// service's error only.
 	c2.sent = 0
 	if err != nil {
-		p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).Int("entries", len(ids)).
+		p.log.Warn().Err(err).Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).Int("entries", len(ids)).
 			Msg("could not send again the batch entries refused as over their queue's size limit; the client sees them failed")
 		return nil, false
 	}
@@ -57,7 +57,7 @@ func (p *Proxy) sendBatchAgain(c *call, rb []byte, fix respFixer) ([]byte, bool)
 	}
 	if missing := answerLacks(c.wire, rb2, ids); missing != "" {
 		p.stats.decodeErr.Add(1)
-		p.log.Error().Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).Str("entry", missing).
+		p.log.Error().Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).Str("entry", missing).
 			Msg("the answer to batch entries sent again does not name them all; the client gets the first answer, which has them failed")
 		return nil, false
 	}
@@ -69,7 +69,7 @@ func (p *Proxy) sendBatchAgain(c *call, rb []byte, fix respFixer) ([]byte, bool)
 		// Not seen: both answers were just read. The entries are stored, and the answer says
 		// they failed; a client that sends them again stores them twice.
 		p.stats.decodeErr.Add(1)
-		p.log.Error().Err(err).Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).
+		p.log.Error().Err(err).Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("queue", c.edge.Topic).
 			Msg("could not merge the answers of a batch and its entries sent again; the client sees stored entries as failed")
 		return a, true
 	}

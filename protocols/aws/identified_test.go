@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -46,8 +47,15 @@ func TestClientIdentifiedLogged(t *testing.T) {
 		}
 		var lines []map[string]string
 		for _, line := range strings.Split(logs.String(), "\n") {
-			var m map[string]string
-			if json.Unmarshal([]byte(line), &m) == nil && m["message"] == "aws client identified" && m["service"] == tc.service {
+			var raw map[string]any
+			if json.Unmarshal([]byte(line), &raw) != nil {
+				continue
+			}
+			m := map[string]string{}
+			for k, v := range raw {
+				m[k] = fmt.Sprint(v)
+			}
+			if m["message"] == "aws client identified" && m["service"] == tc.service {
 				lines = append(lines, m)
 			}
 		}

@@ -633,7 +633,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := readBody(r.Body, r.ContentLength, p.cfg.MaxBodyBytes)
 	if err != nil {
-		p.log.Warn().Err(err).Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("could not read a request body; answered 400")
+		p.log.Warn().Err(err).Uint64("conn", connOf(r)).Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("could not read a request body; answered 400")
 		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -648,7 +648,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// client cannot flood the log; Stats counts them all
 		code := kinesisAuthCode(c, f.Code) // the code the client is told, which the log names too
 		if n := p.stats.authFail.Add(1); proxy.LogNth(n) {
-			ev := p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", code).Str("client", r.RemoteAddr)
+			ev := p.log.Warn().Str("service", c.service).Str("op", c.op).Str("code", code).Uint64("conn", connOf(r)).Str("client", r.RemoteAddr)
 			if c.auth != nil {
 				// The key id says which of several clients is misconfigured; it is no secret
 				// (AWS's own logs show it). Never the secret, nor the signature.
@@ -877,7 +877,7 @@ func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
 	if c.traced {
 		e = e.Bool("traced", true)
 	}
-	e.Str("client", c.r.RemoteAddr).Str("access_key", id.AccessKey).Str("app_id", id.ClientID).Str("sdk", sdk).
+	e.Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("access_key", id.AccessKey).Str("app_id", id.ClientID).Str("sdk", sdk).
 		Str("service", c.svcName).Msg("aws client identified")
 }
 
@@ -1074,7 +1074,7 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		return
 	}
 	if err != nil {
-		ev := p.log.Warn().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
+		ev := p.log.Warn().Err(err).Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
 		if c.edge.Topic != "" { // of many queues behind one front, whose requests fail
 			ev = ev.Str("topic", c.edge.Topic)
 		}
@@ -1155,7 +1155,7 @@ func (p *Proxy) requestEnded(w http.ResponseWriter, c *call, err error) {
 		msg = "dsmproxy is shutting down, and its drain time ran out before the upstream answered; send the request again"
 		ev = p.log.Info()
 	}
-	ev.Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg(msg + " (answered 503)")
+	ev.Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg(msg + " (answered 503)")
 	p.writeError(w, c, http.StatusServiceUnavailable, "ServiceUnavailable", msg)
 }
 
@@ -1189,7 +1189,7 @@ func (p *Proxy) rewriteRequest(c *call) ([]byte, respFixer) {
 		p.stats.decodeErr.Add(1)
 		p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.DecodeError, Protocol: c.service, Operation: c.op,
 			Name: "request_decode", Message: err.Error(), Service: c.svcName, Partition: -1})
-		p.log.Debug().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("request forwarded without rewriting")
+		p.log.Debug().Err(err).Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("request forwarded without rewriting")
 		return c.body, nil
 	}
 	if body == nil {
@@ -1210,7 +1210,7 @@ func (p *Proxy) answerUndecoded(c *call, e pathway.Edge, err error) {
 	p.stats.decodeErr.Add(1)
 	p.errs.Report(errtrack.Event{Time: c.now, Category: errtrack.DecodeError, Protocol: c.service, Operation: c.op,
 		Name: "answer_decode", Message: err.Error(), Service: c.svcName, Edge: e, Partition: -1})
-	p.log.Debug().Err(err).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("answer passed on without reading it")
+	p.log.Debug().Err(err).Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op).Msg("answer passed on without reading it")
 }
 
 // skip reports a message sent without `_datadog`.

@@ -66,7 +66,23 @@ type h1Server struct {
 type h1Conn struct {
 	s   *h1Server
 	rwc net.Conn
-	log zerolog.Logger // carries the connection id and the client's address
+	id  uint64          // process-wide connection id (proxy.NextConnID)
+	log zerolog.Logger  // carries the connection id and the client's address
+	ctx context.Context // its requests' context: the server's, with id (connOf); set by serve
+}
+
+// connIDKey keys a request context's connection id (withConnID, connOf).
+type connIDKey struct{}
+
+func withConnID(ctx context.Context, id uint64) context.Context {
+	return context.WithValue(ctx, connIDKey{}, id)
+}
+
+// connOf is the id of the client connection r came on, as the connection's own lines name it
+// (`conn`); 0 for a request that came some other way (tests calling the handler).
+func connOf(r *http.Request) uint64 {
+	id, _ := r.Context().Value(connIDKey{}).(uint64)
+	return id
 }
 
 // errServerClosed mirrors http.ErrServerClosed.
@@ -108,7 +124,8 @@ func (s *h1Server) serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		c := &h1Conn{s: s, rwc: rw, log: s.log.With().Uint64("conn", proxy.NextConnID()).Str("client", proxy.AddrString(rw.RemoteAddr())).Logger()}
+		id := proxy.NextConnID()
+		c := &h1Conn{s: s, rwc: rw, id: id, log: s.log.With().Uint64("conn", id).Str("client", proxy.AddrString(rw.RemoteAddr())).Logger()}
 		s.mu.Lock()
 		if s.shutting {
 			s.mu.Unlock()
@@ -128,7 +145,7 @@ const maxH2Streams = 32
 // enableH2 sets the server up to serve HTTP/2 connections (serveH2) with net/http's server,
 // which gets them from h2Handoff, not from a socket of its own.
 func (s *h1Server) enableH2(addr net.Addr) {
-	s.h2 = &h2Handoff{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{}), done: map[net.Conn]chan struct{}{}}
+	s.h2 = &h2Handoff{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{}), done: map[net.Conn]chan struct{}{}, ids: map[net.Conn]uint64{}}
 	s.h2.srv = &http.Server{
 		Handler:        s.handler,
 		MaxHeaderBytes: int(s.maxHeaderBytes),
@@ -139,6 +156,7 @@ func (s *h1Server) enableH2(addr net.Addr) {
 		HTTP2:        &http.HTTP2Config{MaxConcurrentStreams: maxH2Streams},
 		ErrorLog:     log.New(h2Log{s}, "", 0),
 		BaseContext:  func(net.Listener) context.Context { return s.baseCtx },
+		ConnContext:  s.h2.connContext,
 		ConnState:    s.h2.connState,
 	}
 	s.h2.srv.Protocols = new(http.Protocols)
@@ -158,6 +176,7 @@ type h2Handoff struct {
 
 	mu   sync.Mutex
 	done map[net.Conn]chan struct{} // closed when the server is done with the connection
+	ids  map[net.Conn]uint64        // the connection's id, for its requests (connContext)
 }
 
 func (h *h2Handoff) Accept() (net.Conn, error) {
@@ -176,6 +195,14 @@ func (h *h2Handoff) Close() error {
 
 func (h *h2Handoff) Addr() net.Addr { return h.addr }
 
+// connContext gives a connection's requests its id, as h1Conn gives those it serves itself.
+func (h *h2Handoff) connContext(ctx context.Context, c net.Conn) context.Context {
+	h.mu.Lock()
+	id := h.ids[c]
+	h.mu.Unlock()
+	return withConnID(ctx, id)
+}
+
 func (h *h2Handoff) connState(c net.Conn, st http.ConnState) {
 	if st != http.StateClosed && st != http.StateHijacked {
 		return
@@ -183,18 +210,20 @@ func (h *h2Handoff) connState(c net.Conn, st http.ConnState) {
 	h.mu.Lock()
 	d := h.done[c]
 	delete(h.done, c)
+	delete(h.ids, c)
 	h.mu.Unlock()
 	if d != nil {
 		close(d)
 	}
 }
 
-// serve hands conn to the server and waits until it is done with it (false: the server is
-// shut down and conn was not taken).
-func (h *h2Handoff) serve(conn net.Conn) bool {
+// serve hands conn, whose id is id, to the server and waits until it is done with it (false:
+// the server is shut down and conn was not taken).
+func (h *h2Handoff) serve(conn net.Conn, id uint64) bool {
 	d := make(chan struct{})
 	h.mu.Lock()
 	h.done[conn] = d
+	h.ids[conn] = id
 	h.mu.Unlock()
 	select {
 	case h.conns <- conn:
@@ -203,6 +232,7 @@ func (h *h2Handoff) serve(conn net.Conn) bool {
 	case <-h.closed:
 		h.mu.Lock()
 		delete(h.done, conn)
+		delete(h.ids, conn)
 		h.mu.Unlock()
 		return false
 	}
@@ -347,7 +377,7 @@ func (c *h1Conn) serveH2(conn net.Conn) {
 		return
 	}
 	conn.SetDeadline(time.Time{}) // the HTTP/2 server keeps its own time limits
-	s.h2.serve(conn)
+	s.h2.serve(conn, c.id)
 }
 
 // prefacedConn reads what a buffered reader already holds of a connection before the rest.
@@ -599,7 +629,10 @@ func (c *h1Conn) serve() {
 		}
 		req.RemoteAddr = remote
 		req.TLS = tlsState
-		req = req.WithContext(s.baseCtx)
+		if c.ctx == nil {
+			c.ctx = withConnID(s.baseCtx, c.id)
+		}
+		req = req.WithContext(c.ctx)
 		w := &h1Response{hdr: make(http.Header, 8), bp: respBufs.Get().(*[]byte)}
 		w.body = (*w.bp)[:0]
 		s.handler.ServeHTTP(w, req)
