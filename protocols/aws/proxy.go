@@ -173,6 +173,11 @@ type Proxy struct {
 	stats  counters
 	// credsFailures counts failed loads of the proxy's own credentials (their log lines are thinned).
 	credsFailures atomic.Uint64
+	// upstreamFailed counts requests answered 502 because the upstream could not be reached (or
+	// its answer relayed), upstreamWorked says the latest request got an answer: their log lines
+	// are thinned as failed dials are on the other fronts.
+	upstreamFailed atomic.Uint64
+	upstreamWorked atomic.Bool
 	// credsMissing: the latest load of the proxy's own credentials failed (Problem); credsRetry: a
 	// load that Problem started is under way.
 	credsMissing, credsRetry atomic.Bool
@@ -1074,11 +1079,19 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		return
 	}
 	if err != nil {
-		ev := p.log.Warn().Err(err).Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
+		// Loud only now and then, as while the service cannot be reached every client sends
+		// (and retries) each message; but always the first failure after a request that got
+		// through, so that each outage is told. The tracked error counts them all.
+		n := p.upstreamFailed.Add(1)
+		ev := p.log.Debug()
+		if p.upstreamWorked.Swap(false) || proxy.LogNth(n) {
+			ev = p.log.Warn()
+		}
+		ev = ev.Err(err).Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("service", c.service).Str("op", c.op)
 		if c.edge.Topic != "" { // of many queues behind one front, whose requests fail
 			ev = ev.Str("topic", c.edge.Topic)
 		}
-		ev.Msg("upstream request failed; answered 502")
+		ev.Uint64("upstream_failures_total", n).Msg("upstream request failed; answered 502")
 		msg := "dsmproxy could not reach the upstream: "
 		if errors.As(err, new(errAnswerTooLarge)) {
 			msg = "dsmproxy could not relay the upstream's answer: "
@@ -1092,6 +1105,9 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 			Code: http.StatusBadGateway, Name: "ServiceUnavailable", Message: msg + err.Error(), Retriable: true,
 			Service: c.svcName, Edge: c.edge, Partition: -1, Messages: c.sent})
 		return
+	}
+	if !p.upstreamWorked.Load() { // a store per request would bounce the line between cores
+		p.upstreamWorked.Store(true)
 	}
 	if p.tap != nil {
 		p.tap(c, rb)
