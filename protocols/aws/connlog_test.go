@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -87,4 +88,37 @@ func TestRequestLinesNameTheirConnection(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRefusedConnectionNamed: a connection refused at max_conns gets a conn id in its line, as
+// the Kafka and AMQP fronts give theirs.
+func TestRefusedConnectionNamed(t *testing.T) {
+	var logs syncbuf.Buffer
+	tp := startProxy(t, func(c *Config) {
+		c.Upstream, c.Listener.MaxConns, c.Log = "http://127.0.0.1:1", 1, zerolog.New(&logs)
+	})
+	first, err := net.Dial("tcp", tp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := net.Dial("tcp", tp.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	second.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := second.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the second connection was served")
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["message"] == "connection refused: listener is at its connection limit" {
+			if id, _ := m["conn"].(float64); id == 0 {
+				t.Errorf("the refusal names no connection: %s", line)
+			}
+			return
+		}
+	}
+	t.Fatalf("no line for the refused connection:\n%s", logs.String())
 }

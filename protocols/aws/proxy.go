@@ -1299,7 +1299,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if l.open.Add(1) > l.max {
 			l.open.Add(-1)
 			if n := l.p.stats.refused.Add(1); proxy.LogNth(n) {
-				l.p.log.Warn().Int64("max_conns", l.max).Str("client", proxy.AddrString(c.RemoteAddr())).Uint64("refused_total", n).
+				l.p.log.Warn().Uint64("conn", proxy.NextConnID()).Str("client", proxy.AddrString(c.RemoteAddr())).Int64("max_conns", l.max).Uint64("refused_total", n).
 					Msg("connection refused: listener is at its connection limit")
 			}
 			c.Close()
