@@ -5,6 +5,7 @@ import (
 	"maps"
 	"runtime/debug"
 	"slices"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -127,6 +128,10 @@ type observeJob struct {
 	pooled     bool            // frame came from getFetchFrame: put it back once observed
 	log        *zerolog.Logger // the connection's
 	cost       int64           // what it counts against ObserveQueueBytes (enqueueObserve)
+	// at is when the answer came (zero: when it is observed). Its high watermarks are the log
+	// ends of that moment: observed later (the queue may wait), they must not read as newer
+	// than a deletion of their topic told meanwhile (Config.OffsetsGone).
+	at time.Time
 }
 
 // factBytes is about what one partition of a request's facts takes in memory (a map entry of a
@@ -242,7 +247,8 @@ func (s *session) fetchResponse(pd *pending, frame []byte) ([]byte, func()) {
 	}
 	facts, _ := pd.facts.(*fetchFacts)
 	ci := s.info.Load()
-	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci, groups: s.p.groups.current(ci.key()), log: &s.log}
+	job := observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci, groups: s.p.groups.current(ci.key()), log: &s.log,
+		at: s.p.now()}
 	out := frame
 	if pd.version >= 11 { // no preferred read replica before
 		s.clearReplicas(pd, frame[start:], s.p.leftOutNodes())
@@ -382,6 +388,10 @@ func (p *Proxy) observeFetch(job observeJob) {
 	}
 	ci := job.client
 	now := p.now()
+	answered := job.at
+	if answered.IsZero() {
+		answered = now
+	}
 	if resp.ThrottleMillis > 0 {
 		p.throttled(keyFetch, resp.ThrottleMillis, ci.service)
 	}
@@ -410,7 +420,7 @@ func (p *Proxy) observeFetch(job observeJob) {
 			}
 			if part.HighWatermark >= 0 {
 				p.addOffset(pathway.Offset{Kind: pathway.KafkaHighWatermark, Service: ci.service, Topic: name, ClusterID: p.cluster(),
-					Partition: part.Partition, Value: part.HighWatermark, Time: now.UnixNano()})
+					Partition: part.Partition, Value: part.HighWatermark, Time: answered.UnixNano()})
 			}
 			if len(part.RecordBatches) == 0 {
 				continue

@@ -182,7 +182,7 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 		facts, _ := pd.facts.(*fetchFacts)
 		ci := s.info.Load()
 		queued = s.p.enqueueObserve(observeJob{frame: frame, start: start, version: pd.version, facts: facts, client: ci,
-			groups: s.p.groups.current(ci.key()), pooled: true, log: &s.log})
+			groups: s.p.groups.current(ci.key()), pooled: true, log: &s.log, at: s.p.now()})
 	}
 	return s.flushQueued()
 }
