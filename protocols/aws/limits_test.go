@@ -335,7 +335,9 @@ func TestLimitsInQueryAndSNS(t *testing.T) {
 // TestOverLimitContentLengthAnsweredAtOnce: a request that announces a body over max_body_bytes
 // is answered 413 as soon as its header is read, in its wire form, and its connection closes.
 // It waited for the limit's worth of bytes or the 2-minute body timeout, holding the connection,
-// before saying what it could have said at once (found in a soak run with nc).
+// before saying what it could have said at once (found in a soak run with nc). A client that
+// waits for 100 Continue before it sends the body (Expect: 100-continue, as curl does for big
+// bodies) gets the 413 in its place: told to go on, it would start sending what is refused.
 func TestOverLimitContentLengthAnsweredAtOnce(t *testing.T) {
 	tp := startProxy(t, func(cfg *Config) { cfg.MaxBodyBytes = 1 << 20 })
 	for _, tc := range []struct {
@@ -344,6 +346,7 @@ func TestOverLimitContentLengthAnsweredAtOnce(t *testing.T) {
 		{"json", "Content-Type: application/x-amz-json-1.0\r\nX-Amz-Target: AmazonSQS.SendMessage\r\n", `"__type":"com.amazon.coral.service#RequestEntityTooLarge"`},
 		{"query", "Content-Type: application/x-www-form-urlencoded\r\n", "<Code>RequestEntityTooLarge</Code>"},
 		{"far over", "X-Amz-Target: AmazonSQS.SendMessage\r\nContent-Type: application/x-amz-json-1.0\r\n", "RequestEntityTooLarge"},
+		{"expects 100-continue", "Expect: 100-continue\r\nX-Amz-Target: AmazonSQS.SendMessage\r\nContent-Type: application/x-amz-json-1.0\r\n", "RequestEntityTooLarge"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := net.Dial("tcp", tp.Addr().String())

@@ -362,6 +362,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		idleTimeout:       5 * time.Minute,
 		bodyTimeout:       bodyTimeout,
 		maxHeaderBytes:    http.DefaultMaxHeaderBytes + 4096,
+		maxBodyBytes:      p.cfg.MaxBodyBytes,
 		tlsConf:           p.cfg.Listener.TLS,
 		logErr:            func(msg string) { p.log.Error().Msg(msg) },
 		log:               p.log,

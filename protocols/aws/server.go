@@ -46,9 +46,12 @@ type h1Server struct {
 	// or reads a byte now and then cannot hold a connection and its buffers for ever.
 	bodyTimeout    time.Duration
 	maxHeaderBytes int64
-	logErr         func(string)
-	log            zerolog.Logger // the drain's outcome
-	refusals       *atomic.Uint64 // malformed requests and failed TLS handshakes (Stats), for loudWarn
+	// maxBodyBytes is the handler's body limit (0: none): a request that announces more gets no
+	// 100 Continue, as its handler answers 413 without reading the body (Proxy.ServeHTTP).
+	maxBodyBytes int64
+	logErr       func(string)
+	log          zerolog.Logger // the drain's outcome
+	refusals     *atomic.Uint64 // malformed requests and failed TLS handshakes (Stats), for loudWarn
 	// tls serves the certificate toward clients (nil: plain HTTP), for the lines about clients
 	// that refuse it.
 	tlsConf *tls.Config
@@ -619,7 +622,10 @@ func (c *h1Conn) serve() {
 				c.refuse(http.StatusExpectationFailed, "417 Expectation Failed", fmt.Errorf("expectation %q", e))
 				return
 			}
-			if req.ContentLength != 0 {
+			// Over the limit, the 413 comes in the 100's place (RFC 9110 10.1.1: a final status
+			// the header section decides is sent at once): told to go on, the client would start
+			// sending a body nobody reads.
+			if req.ContentLength != 0 && (s.maxBodyBytes <= 0 || req.ContentLength <= s.maxBodyBytes) {
 				// The last answer's write deadline may have passed while the connection was idle.
 				c.rwc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 				if _, err := io.WriteString(c.rwc, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
