@@ -868,10 +868,21 @@ type seenClient struct {
 // maxSeenClients bounds the clients remembered as logged (about 200 bytes each).
 const maxSeenClients = 10000
 
+// maxAccessKeyBytes caps the access key a remembered client and its line keep (AWS's are 16 to
+// 128 characters), as the app id (maxAppIDBytes) and the Kafka front's client.id are.
+const maxAccessKeyBytes = 255
+
 // logIdentified says at Info which service a client was named and from what, the first time it
 // comes (and again after a long absence), as the Kafka and AMQP fronts do for theirs.
 func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
-	k := seenClient{id.Addr, id.AccessKey, id.ClientID, c.svcName}
+	// The key is the client's own text, as long as its Authorization header where the front
+	// trusts its clients; a substring of it would keep the whole header for each client kept.
+	key := id.AccessKey
+	if len(key) > maxAccessKeyBytes {
+		key = strings.ToValidUTF8(key[:maxAccessKeyBytes], "")
+	}
+	key = strings.Clone(key)
+	k := seenClient{id.Addr, key, id.ClientID, c.svcName}
 	if !p.seen.Add(k) {
 		return
 	}
@@ -883,7 +894,7 @@ func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
 	if c.traced {
 		e = e.Bool("traced", true)
 	}
-	e.Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("access_key", id.AccessKey).Str("app_id", id.ClientID).Str("sdk", sdk).
+	e.Uint64("conn", connOf(c.r)).Str("client", c.r.RemoteAddr).Str("access_key", key).Str("app_id", id.ClientID).Str("sdk", sdk).
 		Str("service", c.svcName).Msg("aws client identified")
 }
 
