@@ -331,6 +331,10 @@ func (s *session) setService(connName, user string) {
 	wasTraced := s.traced.Swap(cl.Traced)
 	old := s.service.Swap(&svc)
 	if old != nil && (*old != svc || wasTraced != cl.Traced) {
+		// The login comes before the broker takes it, as long as a frame (a substring of the
+		// client's SASL response): the clients remembered below (after their connections end)
+		// and the line keep a copy of its first bytes.
+		user = strings.Clone(user[:min(len(user), maxConnNameBytes)])
 		// A client may open a connection per message: its first one says who it is.
 		e := s.log.Debug()
 		if s.p.identified(clientIdentity{addr: s.addr, connName: connName, user: user, service: svc}) {
