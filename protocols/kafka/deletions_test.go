@@ -3,6 +3,7 @@ package kafka
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -169,5 +170,43 @@ func TestTopicIDsRecreated(t *testing.T) {
 		if name, ok := ids.get(id); !ok || name != "orders" {
 			t.Errorf("id %x names %q (%v), want orders: requests naming an old id still resolve", id[0], name, ok)
 		}
+	}
+}
+
+// TestOffsetsGoneNotForLongNames: a group id or topic name over 255 bytes has no offsets in the
+// view (such a group's commits give no backlog, and Kafka's topic names stop at 249), so its
+// deletion, or an answer that it is not there, is not told: the view keeps what it is told for a
+// minute, and a client deleting thousands of 32 KiB names that do not exist made it hold
+// gigabytes.
+func TestOffsetsGoneNotForLongNames(t *testing.T) {
+	c, _ := startCluster(t)
+	rec := &goneRecorder{}
+	p := startProxy(t, c, func(cfg *Config) { cfg.OffsetsGone = rec.tell })
+	ctx := testCtx(t)
+	adm := kadm.NewClient(kgoClient(t, p, kgo.ClientID("ops")))
+	long := strings.Repeat("x", 32<<10)
+	if _, err := adm.DeleteGroups(ctx, "g"+long); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.DeleteTopics(ctx, "t"+long); err != nil {
+		t.Fatal(err)
+	}
+	// A short name not there is told (its offsets are no more the cluster's): the answers came.
+	if _, err := adm.DeleteGroups(ctx, "short-group"); err != nil {
+		t.Fatal(err)
+	}
+	short := false
+	for _, g := range rec.take() {
+		switch {
+		case len(g.Group) > 255 || len(g.Topic) > 255:
+			t.Errorf("told gone a name of %d bytes (group) or %d (topic)", len(g.Group), len(g.Topic))
+		case g.Group == "short-group":
+			short = true
+		default:
+			t.Errorf("told gone %+v", g)
+		}
+	}
+	if !short {
+		t.Error("a short group not there was not told gone")
 	}
 }

@@ -735,6 +735,12 @@ func (p *Proxy) dropPoints(n int) {
 // offsetsGone tells cfg.OffsetsGone that the offsets of topic (every topic: "") committed by
 // group (every kind of offset: "") on partition (every one: -1) are gone from the cluster.
 func (p *Proxy) offsetsGone(topic, group string, partition int32) {
+	// A longer name has no offsets to forget (a group's commits give none, maxGroupNameBytes;
+	// Kafka's topic names stop at 249 bytes), and what is told is kept a while: a client deleting
+	// names of 32 KiB that are not there would fill the view's memory.
+	if len(topic) > maxGroupNameBytes || len(group) > maxGroupNameBytes {
+		return
+	}
 	if p.cfg.OffsetsGone != nil {
 		p.cfg.OffsetsGone(pathway.OffsetsGone{ClusterID: p.cluster(), Topic: topic, Group: group, Partition: partition,
 			Time: p.now().UnixNano()})
