@@ -128,9 +128,10 @@ type observeJob struct {
 	pooled     bool            // frame came from getFetchFrame: put it back once observed
 	log        *zerolog.Logger // the connection's
 	cost       int64           // what it counts against ObserveQueueBytes (enqueueObserve)
-	// at is when the answer came (zero: when it is observed). Its high watermarks are the log
-	// ends of that moment: observed later (the queue may wait), they must not read as newer
-	// than a deletion of their topic told meanwhile (Config.OffsetsGone).
+	// at is when the answer came (zero: when it is observed), the time of its checkpoints and
+	// offsets: the queue may wait, and its high watermarks must not read as newer than a deletion
+	// of their topic told meanwhile (Config.OffsetsGone), nor its records as consumed later
+	// than the client had them.
 	at time.Time
 }
 
@@ -387,10 +388,11 @@ func (p *Proxy) observeFetch(job observeJob) {
 		}
 	}
 	ci := job.client
-	now := p.now()
-	answered := job.at
-	if answered.IsZero() {
-		answered = now
+	// What the answer says is as of when it came: its records reached the client then, and its
+	// high watermarks were the log ends then.
+	now := job.at
+	if now.IsZero() {
+		now = p.now()
 	}
 	if resp.ThrottleMillis > 0 {
 		p.throttled(keyFetch, resp.ThrottleMillis, ci.service)
@@ -420,7 +422,7 @@ func (p *Proxy) observeFetch(job observeJob) {
 			}
 			if part.HighWatermark >= 0 {
 				p.addOffset(pathway.Offset{Kind: pathway.KafkaHighWatermark, Service: ci.service, Topic: name, ClusterID: p.cluster(),
-					Partition: part.Partition, Value: part.HighWatermark, Time: answered.UnixNano()})
+					Partition: part.Partition, Value: part.HighWatermark, Time: now.UnixNano()})
 			}
 			if len(part.RecordBatches) == 0 {
 				continue

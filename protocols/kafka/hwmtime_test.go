@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,9 +19,13 @@ type stallingRecorder struct {
 	release chan struct{}
 	mu      sync.Mutex
 	offsets []pathway.Offset
+	points  []pathway.Point
 }
 
-func (o *stallingRecorder) Add(pathway.Point) bool {
+func (o *stallingRecorder) Add(pt pathway.Point) bool {
+	o.mu.Lock()
+	o.points = append(o.points, pt)
+	o.mu.Unlock()
 	if o.stalled.Load() {
 		<-o.release
 	}
@@ -73,6 +78,25 @@ func TestHighWatermarkTimedAtItsAnswer(t *testing.T) {
 		}
 		got += fs.NumRecords()
 	}
+	// Two more records, produced past the proxy (its produce checkpoints would wait on the
+	// stalled observer), come in an answer that waits in the queue.
+	direct, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := direct.ProduceSync(ctx, &kgo.Record{Value: []byte("w")}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	direct.Close()
+	for got := 0; got < 2; {
+		fs := cons.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("consumed %d of 2 later records", got)
+		}
+		got += fs.NumRecords()
+	}
 	waitFor(t, "a fetch answer to wait for observation", func() bool { return len(p.observeQ) > 0 })
 	// Every answer of the consumer is in; none can come after the deletion.
 	cons.Close()
@@ -110,5 +134,19 @@ func TestHighWatermarkTimedAtItsAnswer(t *testing.T) {
 	}
 	if n == 0 {
 		t.Error("no high watermark of the topic was recorded")
+	}
+	// So are its records: the consumer had them when the answer came.
+	n = 0
+	for _, pt := range obs.points {
+		if !slices.Contains(pt.EdgeTags, "direction:in") {
+			continue
+		}
+		n++
+		if pt.Time > deleted {
+			t.Errorf("a consume checkpoint of a record answered before the topic was deleted is timed %d ns after the deletion", pt.Time-deleted)
+		}
+	}
+	if n != 5 {
+		t.Errorf("%d consume checkpoints, want 5", n)
 	}
 }

@@ -30,7 +30,7 @@ func (s *session) shareFetchResponse(pd *pending, frame []byte) ([]byte, func())
 	group, _ := pd.facts.(shareGroup)
 	ci := s.info.Load()
 	// resp refers to frame's bytes, which nothing reuses (only streamed Fetch frames are pooled).
-	job := observeJob{frame: frame, version: pd.version, client: ci, share: resp, shareGroup: string(group), log: &s.log}
+	job := observeJob{frame: frame, version: pd.version, client: ci, share: resp, shareGroup: string(group), log: &s.log, at: s.p.now()}
 	return out, func() { s.p.enqueueObserve(job) }
 }
 
@@ -38,7 +38,10 @@ func (s *session) shareFetchResponse(pd *pending, frame []byte) ([]byte, func())
 // partition errors, including those acknowledging earlier deliveries (a share consumer's
 // acknowledgements ride on its next ShareFetch).
 func (p *Proxy) observeShareFetch(job observeJob) {
-	resp, ci, now := job.share, job.client, p.now()
+	resp, ci, now := job.share, job.client, job.at
+	if now.IsZero() {
+		now = p.now()
+	}
 	base := pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: job.shareGroup, ClusterID: p.cluster()}
 	if resp.ErrorCode != 0 {
 		p.brokerError(keyShareFetch, resp.ErrorCode, ci.service, base, -1, 0)
