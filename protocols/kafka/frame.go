@@ -46,9 +46,18 @@ const maxReusedFrame = 1 << 20
 func readFrameBody(r io.Reader, sz [4]byte, n int, buf []byte) ([]byte, error) {
 	frame, err := proxy.ReadGrowing(r, append(buf[:0], sz[:]...), n)
 	if err != nil {
-		return nil, fmt.Errorf("frame of %d bytes cut short: %w", n, err)
+		return nil, cutShort(n, err)
 	}
 	return frame, nil
+}
+
+// cutShort is the error of a frame of n bytes that ended early: never io.EOF, which reads as a
+// clean close, whatever point of the frame the stream ended at.
+func cutShort(n int, err error) error {
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("frame of %d bytes cut short: %w", n, err)
 }
 
 // readFrameSize reads a frame's size prefix into sz and checks it against the limit.
@@ -126,7 +135,7 @@ func framingHint(err error, fromClient bool) string {
 // readFrameRest fills frame from offset have on.
 func readFrameRest(r io.Reader, frame []byte, have int) error {
 	if _, err := io.ReadFull(r, frame[have:]); err != nil {
-		return fmt.Errorf("frame of %d bytes cut short: %w", len(frame)-4, err)
+		return cutShort(len(frame)-4, err)
 	}
 	return nil
 }

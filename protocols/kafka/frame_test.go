@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"runtime"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
 // TestFrameBufferGrowsWithTheData: a request frame's size prefix alone does not allocate the
@@ -33,6 +36,20 @@ func TestFrameBufferGrowsWithTheData(t *testing.T) {
 	frame, err := readFrame(bytes.NewReader(in), DefaultMaxFrameBytes)
 	if err != nil || !bytes.Equal(frame, in) {
 		t.Fatalf("a whole 3 MiB frame: %d bytes, %v", len(frame), err)
+	}
+}
+
+// TestFrameCutShortIsNotAClose: a frame that ends early is an error, not the clean close an
+// io.EOF reads as, wherever it ends: right after its size prefix, at a step of the buffer's
+// growth, or within one.
+func TestFrameCutShortIsNotAClose(t *testing.T) {
+	for _, sent := range []int{0, proxy.GrowFrom - 4, proxy.GrowFrom - 4 + 10, 3 * proxy.GrowFrom} {
+		in := binary.BigEndian.AppendUint32(nil, 4<<20)
+		in = append(in, bytes.Repeat([]byte("f"), sent)...)
+		_, err := readFrame(bytes.NewReader(in), DefaultMaxFrameBytes)
+		if !errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			t.Errorf("%d bytes of 4 MiB: %v, want io.ErrUnexpectedEOF and not io.EOF", sent, err)
+		}
 	}
 }
 
