@@ -97,8 +97,11 @@ func (s *FirstSeen[K]) Add(k K) bool {
 	return true
 }
 
-// Keys returns the keys remembered, in no order.
+// Keys returns the keys remembered, in no order (none for a nil FirstSeen).
 func (s *FirstSeen[K]) Keys() []K {
+	if s == nil {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var ks []K

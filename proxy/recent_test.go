@@ -44,6 +44,9 @@ func TestFirstSeen(t *testing.T) {
 			t.Fatal("a nil FirstSeen did not take every key as new")
 		}
 	}
+	if ks := none.Keys(); len(ks) != 0 {
+		t.Errorf("a nil FirstSeen has keys %v", ks)
+	}
 	s := NewFirstSeen[string](4) // two generations of two
 	for _, tc := range []struct {
 		key  string
