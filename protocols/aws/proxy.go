@@ -139,10 +139,10 @@ type Stats struct {
 	DecodeErrors   uint64 // bodies forwarded without being understood
 	PointsDropped  uint64 // Observer.Add returned false
 	RefusedConns   uint64 // connections closed at once because MaxConns were open
-	// MalformedRequests: requests refused as malformed HTTP (400, 417, 431, 505), clients that
-	// opened with another protocol (400), and failed TLS handshakes with clients (not
-	// connections closed before a byte of one, such as TCP health checks); each closed its
-	// connection.
+	// MalformedRequests: requests refused as malformed HTTP (400, 417, 431, 505) or whose body
+	// ended before its Content-Length (400), clients that opened with another protocol (400),
+	// and failed TLS handshakes with clients (not connections closed before a byte of one, such
+	// as TCP health checks); each closed its connection.
 	MalformedRequests uint64
 	// SendMessages, and SendMessageBatches with entries, refused as over their queue's own size
 	// limit with `_datadog`, and sent again without it (a batch's refused entries in a batch of
@@ -639,7 +639,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := readBody(r.Body, r.ContentLength, p.cfg.MaxBodyBytes)
 	if err != nil {
-		p.log.Warn().Err(err).Uint64("conn", connOf(r)).Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("could not read a request body; answered 400")
+		// Any client can cut a body short: counted with the malformed requests, and logged as
+		// they are, at Warn now and then.
+		e := p.log.Debug()
+		if n := p.stats.malformed.Add(1); proxy.LogNth(n) {
+			e = p.log.Warn().Uint64("refused_total", n)
+		}
+		e.Err(err).Uint64("conn", connOf(r)).Str("client", r.RemoteAddr).Str("path", r.URL.Path).Msg("could not read a request body; answered 400")
 		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
