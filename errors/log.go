@@ -48,7 +48,7 @@ func (r LogReporter) Send(_ context.Context, iv Interval) error {
 	}
 	if iv.Overflow > 0 {
 		r.Log.Warn().Int64("events", iv.Overflow).Int64("lost_messages", iv.OverflowLost).Float64("interval_s", secs).
-			Msg("error tracking: too many distinct errors, events not grouped (raise max fingerprints)")
+			Msg("error tracking: too many distinct errors (the most groups kept at once already existed), events not grouped")
 	}
 	return nil
 }

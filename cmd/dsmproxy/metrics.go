@@ -218,6 +218,10 @@ func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
 func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
 	e.add("dsmproxy_error_traces_dropped_total", "counter",
 		"Error traces dropped because more than 2,000 waited for the Agent.", float64(s.TracesDropped))
+	e.add("dsmproxy_tracked_errors_overflow_total", "counter",
+		"Error events not grouped because the most error groups kept at once (1,000) already existed; each interval's Warn line counts them too.", float64(s.Overflow))
+	e.add("dsmproxy_tracked_errors_overflow_messages_total", "counter",
+		"Lost messages among the error events counted by dsmproxy_tracked_errors_overflow_total.", float64(s.OverflowLost))
 	for _, g := range s.Groups {
 		l := []string{"category", g.Category.String(), "protocol", g.Protocol, "service", g.Service, "operation", g.Operation,
 			"edge_tags", edgeTagsLabel(g.Edge.Tags()), "error", g.Name, "code", strconv.Itoa(int(g.Code))}
