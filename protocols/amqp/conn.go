@@ -513,7 +513,7 @@ func (s *session) serve(ctx context.Context) error {
 	}
 	if why := s.brokerClose.Load(); why != nil {
 		// The broker's reason, not the socket error that followed.
-		s.log.Warn().Str("reason", *why).Str("user", s.loginUser()).Msg("the broker closed the connection")
+		s.brokerCloseLine(*why).Str("reason", *why).Str("user", s.loginUser()).Msg("the broker closed the connection")
 		return nil
 	}
 	if s.loginSent.Load() && !s.tuned.Load() && !quiet(derr) {
@@ -529,7 +529,7 @@ func (s *session) serve(ctx context.Context) error {
 			Edge:      pathway.Edge{Type: pathway.TypeRabbitMQ},
 			Partition: -1,
 		})
-		s.log.Warn().AnErr("broker", derr).Str("user", s.loginUser()).Msg("the broker closed the connection after the client's login, before Connection.Tune: it refused the credentials")
+		s.brokerCloseLine("refused login").AnErr("broker", derr).Str("user", s.loginUser()).Msg("the broker closed the connection after the client's login, before Connection.Tune: it refused the credentials")
 		return nil
 	}
 	if quiet(err) {
@@ -581,6 +581,24 @@ func amqpVersion(h [8]byte) string {
 
 // loginUser is the user the client logged in as, for the lines about the broker's refusals: of
 // several clients, it tells the misconfigured one ("" before Connection.StartOk).
+// brokerCloseKey is what makes a broker's close of a connection new to the log.
+type brokerCloseKey struct {
+	addr         netip.Addr
+	user, reason string
+}
+
+// brokerCloseLine is the line for the broker's close of this connection: Warn the first time
+// its client, login and reason come together (and every 1000th close), Debug else, so that a
+// client retrying a refused login in a loop does not write a Warn line a try. The tracked
+// errors count every close.
+func (s *session) brokerCloseLine(reason string) *zerolog.Event {
+	n := s.p.closes.Add(1)
+	if s.p.closesSeen.Add(brokerCloseKey{s.addr, s.loginUser(), reason}) || n%1000 == 0 {
+		return s.log.Warn().Uint64("broker_closes_total", n)
+	}
+	return s.log.Debug().Uint64("broker_closes_total", n)
+}
+
 func (s *session) loginUser() string {
 	if u := s.user.Load(); u != nil {
 		return *u

@@ -1,7 +1,9 @@
 package amqp
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -87,5 +89,45 @@ func TestRefusedLoginLogNamesUser(t *testing.T) {
 		if strings.Contains(line, "ACCESS_REFUSED") && !strings.Contains(line, `"user":"`+user+`"`) {
 			t.Errorf("the refusal's line does not name the user %s: %s", user, line)
 		}
+	}
+}
+
+// TestRefusedLoginRetriesLoggedOnce: a client that retries a refused login in a loop (amqp091-go,
+// whose login RabbitMQ refuses by closing the socket, and rabbitmq-c, which asks for a
+// Connection.Close) writes one Warn line for it, not one a try; every try is still tracked and
+// logged at Debug.
+func TestRefusedLoginRetriesLoggedOnce(t *testing.T) {
+	var logs syncbuf.Buffer
+	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs).Level(zerolog.DebugLevel) })
+	const tries = 6
+	for range tries {
+		if _, err := amqp091.Dial("amqp://guest:wrong@" + h.p.Addr().String() + "/"); err == nil {
+			t.Fatal("dial with a wrong password succeeded")
+		}
+		url := toolURL("amqp://guest:wrong@" + h.p.Addr().String() + "/")
+		if out, err := exec.CommandContext(t.Context(), amqpTool(t, "amqp-declare-queue"), "-u", url, "-q", unique("refused")).CombinedOutput(); err == nil {
+			t.Fatalf("amqp-declare-queue with a wrong password succeeded: %s", out)
+		}
+	}
+	waitFor(t, "every refusal tracked", func() bool { return len(refusals(h)) >= 2*tries })
+	count := func(prefix string) (warn, all int) {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) != nil || !strings.HasPrefix(fmt.Sprint(m["message"]), prefix) {
+				continue
+			}
+			all++
+			if m["level"] == "warn" {
+				warn++
+			}
+		}
+		return
+	}
+	waitFor(t, "every close logged", func() bool { _, all := count("the broker closed the connection"); return all >= 2*tries })
+	if warn, all := count("the broker closed the connection after the client's login"); warn != 1 || all != tries {
+		t.Errorf("socket closes (amqp091-go): %d Warn lines of %d, want 1 of %d", warn, all, tries)
+	}
+	if warn, all := count("the broker closed the connection"); warn != 2 || all != 2*tries {
+		t.Errorf("all closes: %d Warn lines of %d, want 2 (one a client and reason) of %d", warn, all, 2*tries)
 	}
 }

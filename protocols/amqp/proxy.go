@@ -157,6 +157,10 @@ type Proxy struct {
 	tags         proxy.Budget                     // consumer tags remembered (maxConsumerTags)
 	handed       *pathway.Handed                  // contexts delivered or returned lately (Config.Handed), to tell a forward
 	seen         *proxy.FirstSeen[clientIdentity] // clients whose identity was logged at Info
+	// closesSeen: the broker's closes of a client's connections logged at Warn, by client, login
+	// and reason; closes counts them all (for the line's broker_closes_total).
+	closesSeen *proxy.FirstSeen[brokerCloseKey]
+	closes     atomic.Uint64
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
@@ -180,7 +184,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("amqp: Listen %q: %w", cfg.Listen, err)
 	}
 	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "amqp").Logger(), handed: cfg.Handed,
-		seen: proxy.NewFirstSeen[clientIdentity](maxIdentified)}
+		seen: proxy.NewFirstSeen[clientIdentity](maxIdentified), closesSeen: proxy.NewFirstSeen[brokerCloseKey](maxIdentified)}
 	if p.handed == nil {
 		p.handed = pathway.NewHanded(pathway.HandedPerAMQPFront)
 	}
