@@ -17,7 +17,8 @@ import (
 // replica, they dial node ports this proxy has not opened yet, because it opens a node's
 // listener when a response names the node; a Java client that does not re-bootstrap then never
 // gets one. So when node ports are fixed, the proxy asks the cluster for its brokers itself at
-// start, and learns the topic ids clients that cached them produce and fetch by (v13+). A
+// start, and learns the topic ids clients that cached them produce and fetch by (v13+; a topic
+// created since is asked for at its first miss, topics.go). A
 // cluster that wants SASL before Metadata closes such a connection unless the proxy has a login
 // of its own (Config.SASL): its nodes open with the first client's Metadata, as before.
 

@@ -55,14 +55,17 @@ func (r *configReader) run(ctx context.Context) {
 	ask := r.p.limits.ask
 	for {
 		var topics []string
+		names := false // topic ids missed (topics.go): learn every topic's from the cluster
 		select {
 		case <-ctx.Done():
 			return
 		case t := <-ask:
 			topics = append(topics, t)
+		case <-r.p.topics.want:
+			names = true
 		}
 	more:
-		for len(topics) < maxTopicsPerLookup {
+		for !names && len(topics) < maxTopicsPerLookup {
 			select {
 			case t := <-ask:
 				topics = append(topics, t)
@@ -71,11 +74,23 @@ func (r *configReader) run(ctx context.Context) {
 			}
 		}
 		if r.p.saslSeen.Load() && !r.succeeded && r.p.cfg.SASL == nil {
-			r.p.log.Info().Msg("clients authenticate with SASL, and the proxy has no credentials of its own (sasl: in its Kafka config): topic configs are not read; " + r.consequence())
+			r.p.log.Info().Msg("clients authenticate with SASL, and the proxy has no credentials of its own (sasl: in its Kafka config): topic configs are not read, nor topic ids asked for; " + r.consequence())
 			return
 		}
 		if time.Now().Before(r.retryAt) && !r.newCredentials() {
-			r.p.limits.settle(topics)
+			r.p.limits.settle(topics) // an id missed later asks again
+			continue
+		}
+		if names {
+			if err := r.learnTopicIDs(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				r.failed(err)
+				continue
+			}
+			r.backoff, r.refused, r.loginCuts = 0, false, 0
+			r.p.limits.downUntil.Store(0)
 			continue
 		}
 		unread, err := r.lookup(ctx, topics)
@@ -191,6 +206,59 @@ func (r *configReader) describe(ctx context.Context, topics []string) (unread []
 		r.told = false // a later refusal is news again
 	}
 	return unread, nil
+}
+
+// learnTopicIDs asks the cluster for every topic (Metadata, as discovery at start does) and
+// learns their ids and the cluster id, as from a Metadata answer relayed to a client. A connection
+// that answered before and fails now was probably closed for idleness: one retry on a new one.
+func (r *configReader) learnTopicIDs(ctx context.Context) error {
+	if r.conn != nil && r.conn.expired(time.Now()) {
+		r.closeConn()
+	}
+	reused := r.conn != nil
+	n, err := r.metadata(ctx)
+	if err != nil && reused && ctx.Err() == nil {
+		n, err = r.metadata(ctx)
+	}
+	if err == nil {
+		r.p.log.Debug().Int("topics", n).Msg("learned the cluster's topic ids after a request named one not seen in a Metadata answer")
+	}
+	return err
+}
+
+func (r *configReader) metadata(ctx context.Context) (topics int, err error) {
+	if r.conn == nil {
+		if err := r.connect(ctx); err != nil {
+			return 0, err
+		}
+	}
+	c, fresh := r.conn, r.fresh
+	r.fresh = false
+	v := ownVersion(c.versions, kmsg.NewPtrMetadataRequest())
+	if v < 1 {
+		return 0, errors.New("the broker lists no Metadata version from v1 that the proxy speaks")
+	}
+	c.SetDeadline(time.Now().Add(configTimeout)) // before AfterFunc, whose call may come at once
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	req := kmsg.NewPtrMetadataRequest()
+	req.Version = v // Topics nil: every topic
+	resp := kmsg.NewPtrMetadataResponse()
+	if err := c.roundTrip(req, resp); err != nil {
+		r.closeConn()
+		err = fmt.Errorf("metadata request v%d: %w", v, err)
+		// As for DescribeConfigs: a new connection closed at its first request wants SASL.
+		if fresh && r.p.cfg.SASL == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
+			return 0, errRefused{err: err}
+		}
+		return 0, err
+	}
+	if resp.ClusterID != nil {
+		r.p.noteCluster(*resp.ClusterID)
+	}
+	r.p.learnTopics(resp)
+	r.succeeded = true
+	return len(resp.Topics), nil
 }
 
 // connect dials a bootstrap broker and learns which DescribeConfigs version to send.

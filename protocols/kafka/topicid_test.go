@@ -197,7 +197,8 @@ func TestTopicIDMissProduceV13ForwardedUnmodified(t *testing.T) {
 // raw connection through a fresh proxy that has seen no Metadata naming the topic. The client
 // gets the batches the broker stored, byte for byte but for the base offset and leader epoch the
 // broker assigns; the fresh proxy counts one topic-id miss per response and observes nothing of
-// the topic: no consume checkpoint, no high watermark.
+// the topic: no consume checkpoint, no high watermark. (It is kept from asking the cluster for
+// the id, which would name it after the first miss: TestReplicaNamesTopicIDsItDidNotSee.)
 func TestTopicIDMissFetchByIDUnchanged(t *testing.T) {
 	c, guard := startCluster(t, kfake.NumBrokers(1), kfake.DefaultNumPartitions(1))
 	ctx := testCtx(t)
@@ -216,7 +217,7 @@ func TestTopicIDMissFetchByIDUnchanged(t *testing.T) {
 		t.Fatal("the broker saw no batch of the produced records")
 	}
 
-	p := startProxy(t, c, nil)
+	p := startProxyWith(t, c, nil, func(p *Proxy) { p.topics.askedAt.Store(time.Now().Add(time.Hour).UnixNano()) })
 	if name, ok := p.topics.get(id); ok {
 		t.Fatalf("the fresh proxy already maps topic id %x to %q", id, name)
 	}

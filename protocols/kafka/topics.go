@@ -3,6 +3,8 @@ package kafka
 import (
 	"encoding/base64"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -15,10 +17,18 @@ import (
 // v16+ and transactions v2 on Produce v12+, and caps age badly as brokers drop old versions) and
 // resolves ids through this cluster-wide map fed by every Metadata response on any connection.
 // Clients always send Metadata (v10+ carries the ids) before they produce or fetch a topic, so
-// misses are rare: a miss never breaks the client -- the batch is forwarded unmodified (produce)
-// or not observed (fetch, commit), and counted (Stats.TopicIDMisses) with a ProxySkip event
-// (unknown_topic_id). A miss while learning a group's assignment is counted, and the id is
-// named again at each group lookup until a later Metadata answer teaches it.
+// misses are rare through one proxy: a miss never breaks the client -- the batch is forwarded
+// unmodified (produce) or not observed (fetch, commit), and counted (Stats.TopicIDMisses) with a
+// ProxySkip event (unknown_topic_id). A miss while learning a group's assignment is counted, and
+// the id is named again at each group lookup until a later Metadata answer teaches it.
+//
+// With several proxy instances in front of one cluster, a client's Metadata may have gone through
+// another instance (it bootstrapped there; its connections are balanced one by one behind a name
+// both share; that instance went down and the client reconnected to the same addresses), and a
+// topic created after this instance started is not in what it learned from the cluster then
+// (discover.go). So a miss also asks the cluster itself for every topic (Metadata, on the
+// configReader's connection), at most once per topicIDAskEvery: what follows the first requests
+// naming the topic is then injected and observed.
 
 // topicIDs is a bounded id -> name map; when full it is emptied and refilled by the next Metadata
 // responses. It also keeps each name's latest id: a name answered with another id is a topic
@@ -31,10 +41,33 @@ type topicIDs struct {
 	// retired are ids a name had before its latest: a broker whose metadata lags the deletion
 	// may still answer one, which is no new topic.
 	retired map[[16]byte]struct{}
+
+	// want asks the configReader to learn every topic's id from the cluster (see above); askedAt
+	// is when it was last asked (unix ns).
+	want    chan struct{}
+	askedAt atomic.Int64
 }
 
+// topicIDAskEvery bounds how often misses ask the cluster for its topics: an id it does not know
+// either (a topic deleted since a client's Metadata) is missed again until the client asks for
+// Metadata, and each ask is an answer naming every topic.
+const topicIDAskEvery = 10 * time.Second
+
 func newTopicIDs(max int) *topicIDs {
-	return &topicIDs{max: max, names: make(map[[16]byte]string), ids: make(map[string][16]byte), retired: make(map[[16]byte]struct{})}
+	return &topicIDs{max: max, names: make(map[[16]byte]string), ids: make(map[string][16]byte), retired: make(map[[16]byte]struct{}),
+		want: make(chan struct{}, 1)}
+}
+
+// missed asks for the cluster's topics after a miss, unless it was asked within topicIDAskEvery.
+func (t *topicIDs) missed(now time.Time) {
+	last, n := t.askedAt.Load(), now.UnixNano()
+	if last != 0 && n-last < int64(topicIDAskEvery) || !t.askedAt.CompareAndSwap(last, n) {
+		return
+	}
+	select {
+	case t.want <- struct{}{}:
+	default: // an ask is waiting already
+	}
 }
 
 // put learns that id names name; recreated is true when name had another id before, which this
@@ -118,6 +151,7 @@ func (p *Proxy) topicName(name string, id [16]byte) (string, bool) {
 	n, ok := p.topics.get(id)
 	if !ok {
 		p.stats.topicMiss.Add(1)
+		p.topics.missed(time.Now())
 	}
 	return n, ok
 }
