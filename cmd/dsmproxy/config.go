@@ -256,9 +256,9 @@ type KafkaConfig struct {
 	// (unset: 500ms; 0s: never).
 	TopicLimitWait *Duration `yaml:"topic_limit_wait"`
 	MaxFrameBytes  int       `yaml:"max_frame_bytes"`
-	// FrameBudgetBytes: what all connections together hold of requests over 1 MiB (counted
-	// three times: read, spliced and rewritten) and of fetch responses streaming; past it they are relayed
-	// unread.
+	// FrameBudgetBytes: what all connections together hold of requests over 1 MiB (three
+	// times the bytes that arrived, for read, spliced and rewritten) and of fetch responses
+	// streaming; past it they are relayed unread.
 	FrameBudgetBytes       int64    `yaml:"frame_budget_bytes"`
 	RespectExistingContext *bool    `yaml:"respect_existing_context"`
 	LinkConsumeProduce     bool     `yaml:"link_consume_produce"`

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -485,9 +486,10 @@ func (s *session) requests() error {
 }
 
 // readRequest reads the next request frame. One over maxReusedFrame is read whole only while the
-// proxy's frame budget has room for three times its size (a produce's spliced batches and its
-// rewritten frame are each about as big): otherwise its first unreadHead bytes come back, and
-// rest is the number of its bytes still to come, which forwardUnread relays as they arrive.
+// proxy's frame budget has room for three times its bytes (a produce's spliced batches and its
+// rewritten frame are each about as big), taken as they arrive (readCounted): otherwise the part
+// read comes back, and rest is the number of its bytes still to come, which forwardUnread relays
+// as they arrive.
 func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, err error) {
 	// The previous request has been forwarded.
 	if s.frameShare.Held() != 0 { // (a shared counter is not written per request)
@@ -504,16 +506,53 @@ func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int
 	case 4+n <= maxReusedFrame:
 		frame, err = s.readReused(r, sz, n)
 		return frame, 0, err
-	case s.p.frames.Take(&s.frameShare, 3*int64(4+n)):
-		frame, err = readFrameBody(r, sz, n, nil) // not kept: see maxReusedFrame
-		return frame, 0, err
+	case 3*int64(4+n) <= s.p.frames.Max:
+		frame, err = s.readCounted(r, sz, n)
+		if err != nil {
+			return nil, 0, err
+		}
+		return frame, 4 + n - len(frame), nil
 	}
+	// Even the whole budget could not hold it: only its head is read.
 	head := s.bigBuf(&s.inBuf, unreadHead)[:unreadHead]
 	copy(head, sz[:])
 	if err := readFrameRest(r, head, 4); err != nil {
 		return nil, 0, err
 	}
 	return head, 4 + n - len(head), nil
+}
+
+// readCounted reads a request frame over maxReusedFrame whose size prefix sz was read, into a
+// buffer that grows as its bytes arrive (as proxy.ReadGrowing's: by 64 KiB, then doubling), and
+// takes the frame budget for three times its bytes as they arrive: none for its first unreadHead
+// bytes until they are all in (a request relayed unread is read that far anyway), then, at each
+// read, for what came. When the budget refuses a read's bytes, it stops there: the frame is then
+// the part read (unreadHead bytes or more, the request header in them), and the rest is for
+// forwardUnread. So the budget follows what clients send, as memory does, not what their size
+// prefixes claim: a client that sends a prefix and stalls holds none of it, one that stalls half
+// way through a request holds three times that half, and the buffer (at most twice what came)
+// stays within what it holds.
+func (s *session) readCounted(r io.Reader, sz [4]byte, n int) ([]byte, error) {
+	end := 4 + n
+	b := append(make([]byte, 0, 4+proxy.GrowFrom), sz[:]...)
+	counted := 0 // of b's bytes, those the budget holds (three times)
+	for len(b) < end {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(end-len(b), len(b)))
+		}
+		m, err := r.Read(b[len(b):min(end, cap(b))])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < end {
+			return nil, cutShort(n, err)
+		}
+		if len(b) >= unreadHead && len(b) > counted {
+			if !s.p.frames.Take(&s.frameShare, 3*int64(len(b)-counted)) {
+				return b, nil
+			}
+			counted = len(b)
+		}
+	}
+	return b, nil
 }
 
 // readReused reads a request of at most maxReusedFrame bytes whose size prefix sz was read into
@@ -538,11 +577,12 @@ func (s *session) readReused(r io.Reader, sz [4]byte, n int) ([]byte, error) {
 	return frame, nil
 }
 
-// unreadHead is what the proxy reads of a request it relays unread: enough for the request header
-// (a client id is at most 32 KiB) and, for a produce, its acks.
+// unreadHead is the least the proxy reads of a request it relays unread (more when the budget ran
+// out part way through it, readCounted): enough for the request header (a client id is at most
+// 32 KiB) and, for a produce, its acks.
 const unreadHead = 64 << 10
 
-// forwardUnread relays a request too big for the frame budget as it arrives, head first, and
+// forwardUnread relays a request the frame budget had no room for as it arrives, head first, and
 // waits for its answer without facts, as for a request the proxy does not decode: a produce's
 // batches go without the header and without checkpoints (SkippedBatches cannot count them: they
 // are not read). Nothing is lost, and memory stays bounded.
@@ -605,7 +645,8 @@ func (s *session) unpush(pd *pending) {
 	}
 }
 
-// forwardRest writes head upstream, then the rest bytes that follow it from in.
+// forwardRest writes head upstream, then the rest bytes that follow it from in, through the
+// connection's own buffer.
 func (s *session) forwardRest(head []byte, rest int, in io.Reader) error {
 	if _, err := s.c.Upstream.Write(head); err != nil {
 		return err
@@ -613,7 +654,13 @@ func (s *session) forwardRest(head []byte, rest int, in io.Reader) error {
 	if rest == 0 {
 		return nil
 	}
-	buf := s.inBuf[:cap(s.inBuf)]
+	// A head readCounted read is written: the budget its bytes took is free while the rest
+	// streams, however long the client takes to send it.
+	if s.frameShare.Held() != 0 {
+		s.p.frames.Release(&s.frameShare)
+	}
+	buf := s.bigBuf(&s.inBuf, unreadHead) // head may be in it: written, it is free
+	buf = buf[:cap(buf)]
 	for rest > 0 {
 		k, err := in.Read(buf[:min(rest, len(buf))])
 		if k > 0 {

@@ -6,10 +6,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -85,34 +88,38 @@ func TestFrameBudgetBigProduces(t *testing.T) {
 	}
 }
 
-// TestFrameBudgetStalledRequests: clients that send half of a big request and stall hold at most
-// the frame budget together; the request past it is relayed as it comes, and closing the
-// connections gives the budget back.
+// TestFrameBudgetStalledRequests: a client that sends half of a big request and stalls holds the
+// frame budget for that half (three times it); another whose request outgrows what is left is
+// relayed from there as it comes, and gives back what it took once its head is written; closing
+// the connections gives the budget back.
 func TestFrameBudgetStalledRequests(t *testing.T) {
 	c, _ := startCluster(t)
 	const size = 3 << 20
 	frame := bigProduceFrame(size)
+	half := len(frame) / 2
 	p := startProxy(t, c, func(cfg *Config) { cfg.FrameBudgetBytes = 3*int64(len(frame)) + 1 })
 	var conns []net.Conn
-	for i := range 3 {
+	for i, part := range []int{half, len(frame) * 3 / 4} {
 		conn := rawClient(t, p)
 		conns = append(conns, conn)
-		if _, err := conn.Write(frame[:len(frame)/2]); err != nil {
+		if _, err := conn.Write(frame[:part]); err != nil {
 			t.Fatal(err)
 		}
 		switch i {
 		case 0:
-			waitFor(t, "the first request taking the budget", func() bool { return p.frames.Used() == 3*int64(len(frame)) })
+			waitFor(t, "the first request holding what it sent", func() bool { return p.frames.Used() == 3*int64(half) })
 		default:
-			waitFor(t, fmt.Sprintf("request %d relayed unread", i+1), func() bool { return p.Stats().UnreadRequests == uint64(i) })
+			waitFor(t, "the second request relayed unread, its part given back", func() bool {
+				return p.Stats().UnreadRequests == 1 && p.frames.Used() == 3*int64(half)
+			})
 		}
 	}
 	if used := p.frames.Used(); used > p.frames.Max {
 		t.Fatalf("stalled requests hold %d bytes of a %d-byte budget", used, p.frames.Max)
 	}
-	// The unread ones went on to the broker as far as they came; completing one gets its answer.
-	conn := conns[2]
-	if _, err := conn.Write(frame[len(frame)/2:]); err != nil {
+	// The unread one went on to the broker as far as it came; completing it gets its answer.
+	conn := conns[1]
+	if _, err := conn.Write(frame[len(frame)*3/4:]); err != nil {
 		t.Fatal(err)
 	}
 	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -127,6 +134,102 @@ func TestFrameBudgetStalledRequests(t *testing.T) {
 		conn.Close()
 	}
 	waitFor(t, "the frame budget given back", func() bool { return p.frames.Used() == 0 })
+}
+
+// TestFrameBudgetStalledPrefixes: connections that send the start of a big request and stall
+// hold the frame budget for the bytes they sent, not for the size their prefixes claim. Eight of
+// them, each claiming 1.25 MiB and sending 100 KiB, leave a kgo producer's batch of 1.2 MiB, sent
+// meanwhile, the room to be read and rewritten: its records reach the broker with the pathway
+// header, and their produce checkpoints are recorded. (Taken for the claimed sizes, three of them
+// took 11.25 MiB of the 14 MiB budget, and the batch went upstream unread, unheaded.) With room for
+// only part of the batch, its request is read that far, then relayed from there as it comes:
+// every record arrives as sent, without the header.
+func TestFrameBudgetStalledPrefixes(t *testing.T) {
+	const stalled, sent = 8, 100 << 10 // more than the 64 KiB head any request is read to
+	for _, tc := range []struct {
+		name     string
+		budget   int64
+		injected bool
+	}{
+		{"room left: read and rewritten", 14 << 20, true},
+		{"room for part: relayed unread from there", stalled*3*sent + 2<<20, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, guard := startCluster(t)
+			var biggest atomic.Int64 // the most batch bytes a produce request brought the broker
+			c.ControlKey(kmsg.Produce.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+				c.KeepControl()
+				n := 0
+				for _, rt := range req.(*kmsg.ProduceRequest).Topics {
+					for _, rp := range rt.Partitions {
+						n += len(rp.Records)
+					}
+				}
+				if int64(n) > biggest.Load() { // control functions run one at a time
+					biggest.Store(int64(n))
+				}
+				return nil, nil, false // observe only: the cluster handles the request
+			})
+			p := startProxy(t, c, func(cfg *Config) { cfg.FrameBudgetBytes, cfg.MaxBatchBytes = tc.budget, 4<<20 })
+			answeredLimits(p)
+
+			frame := bigProduceFrame(5 << 18) // 1.25 MiB: three times it fits either budget
+			for i := range stalled {
+				conn := rawClient(t, p)
+				used, unread := p.frames.Used(), p.Stats().UnreadRequests
+				if _, err := conn.Write(frame[:sent]); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, fmt.Sprintf("stalled request %d read", i+1), func() bool {
+					return p.frames.Used() >= used+3*sent || p.Stats().UnreadRequests > unread
+				})
+			}
+			if used := p.frames.Used(); used != stalled*3*sent {
+				t.Errorf("%d stalled connections that sent %d bytes each hold %d bytes of the frame budget, want %d", stalled, sent, used, stalled*3*sent)
+			}
+			unread := p.Stats().UnreadRequests
+
+			ctx := testCtx(t)
+			topic := uniqueTopic(t, "stalled-prefixes")
+			cl := kgoClient(t, p, kgo.ProducerBatchMaxBytes(2<<20), kgo.ProducerLinger(time.Second),
+				kgo.ProducerBatchCompression(kgo.NoCompression()))
+			limit := strconv.Itoa(4 << 20)
+			if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": &limit}, topic); err != nil {
+				t.Fatal(err)
+			}
+			const records = 12
+			value := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i)}, 100<<10) }
+			recs := make([]*kgo.Record, records)
+			for i := range recs {
+				recs[i] = &kgo.Record{Topic: topic, Value: value(i)}
+			}
+			if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+			if b := biggest.Load(); b <= maxReusedFrame {
+				t.Fatalf("the biggest produce request brought the broker %d bytes of batches, not the batch over 1 MiB this test is about", b)
+			}
+			if n, want := p.Stats().UnreadRequests-unread, uint64(btoi(!tc.injected)); n != want {
+				t.Errorf("%d requests relayed unread, want %d", n, want)
+			}
+			for i, r := range readTopic(t, ctx, p, topic, records) {
+				if r.Offset != int64(i) || !bytes.Equal(r.Value, value(i)) {
+					t.Fatalf("record %d: offset %d, %d bytes, not the %d-byte value sent", i, r.Offset, len(r.Value), len(value(i)))
+				}
+				if hasContext(r) != tc.injected || len(r.Headers) > btoi(tc.injected) {
+					t.Fatalf("record at offset %d has headers %v, want the pathway header: %v", r.Offset, r.Headers, tc.injected)
+				}
+			}
+			if tc.injected {
+				waitFor(t, "the batch's produce checkpoints", func() bool {
+					return len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")) == records
+				})
+			} else if n := len(pointsOn(p, "direction:out", "topic:"+topic, "type:kafka")); n != 0 {
+				t.Errorf("%d produce checkpoints for a batch relayed unread", n)
+			}
+			guard.check(t)
+		})
+	}
 }
 
 // bigProduceFrame is a Produce v7 request (correlation id 7, acks -1) of about size bytes. Its

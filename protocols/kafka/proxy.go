@@ -72,9 +72,11 @@ type Config struct {
 	// MaxFrameBytes bounds one request or response (default DefaultMaxFrameBytes).
 	MaxFrameBytes int
 	// FrameBudgetBytes bounds what all connections together hold of request frames over 1 MiB
-	// while they are read and rewritten (counted at three times the frame: the spliced batches and the rewritten frame are as big) and of fetch responses over
-	// 256 KiB while they stream (default DefaultFrameBudgetBytes). A request that does not fit
-	// is relayed unread as it arrives (Stats.UnreadRequests), a fetch response unobserved
+	// while they are read and rewritten (three times the bytes that arrived, taken as they
+	// arrive, not the size the prefix claims: the spliced batches and the rewritten frame are as
+	// big) and of fetch responses over 256 KiB while they stream (default
+	// DefaultFrameBudgetBytes). A request whose bytes stop fitting is relayed unread from there
+	// as it arrives (Stats.UnreadRequests), a fetch response unobserved
 	// (Stats.UnobservedFetches), so that many clients sending or fetching big frames at once, or
 	// stalling half-way through them, cannot make the proxy hold max_frame_bytes per connection.
 	FrameBudgetBytes int64
