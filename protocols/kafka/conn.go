@@ -79,6 +79,10 @@ type session struct {
 	// once the relay ended). A cut before that, of a client that sent no SASL login to a
 	// cluster that takes logins, is most likely that cluster closing it (tellBrokerCut).
 	answered bool
+	// streaming: the Fetch whose answer is being forwarded as it arrives (nextResponse), out of
+	// the queue before its bytes came; nil once they all came. Response relay only; serve reads
+	// it once the relay ended: a broker that cut the answer off left that Fetch unanswered.
+	streaming *pending
 	// awaitingAnswers: the drain found answers in flight and waits for them (waitIdle).
 	awaitingAnswers atomic.Bool
 	spoke           bool // the client's first request was read (request goroutine)
@@ -234,6 +238,9 @@ func (s *session) serve(ctx context.Context) error {
 	unanswered := s.queue
 	s.queue = nil
 	s.mu.Unlock()
+	if s.streaming != nil { // asked before those still queued
+		unanswered = append([]*pending{s.streaming}, unanswered...)
+	}
 	cutTold := s.brokerEnded.Load() && s.tellBrokerCut(unanswered, rerr)
 	for _, pd := range unanswered {
 		s.abandon(pd)

@@ -81,7 +81,7 @@ func (s *session) nextResponse(maxBytes int) error {
 		return s.response(frame)
 	}
 	if _, err := io.ReadFull(s.c.Upstream, hdr[4:]); err != nil {
-		return fmt.Errorf("frame of %d bytes cut short: %w", n, err)
+		return cutShort(n, err)
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -94,6 +94,7 @@ func (s *session) nextResponse(maxBytes int) error {
 		}
 		return s.response(frame)
 	}
+	s.streaming = pd
 	return s.streamFetch(pd, hdr, n)
 }
 
@@ -157,9 +158,13 @@ func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
 			sent = safe
 		}
 		if err != nil && got < len(frame) {
+			if errors.Is(err, io.EOF) { // not the clean close it reads as
+				err = io.ErrUnexpectedEOF
+			}
 			return fmt.Errorf("fetch response of %d bytes cut short (%d forwarded): %w", n, sent, err)
 		}
 	}
+	s.streaming = nil // all came: answered, whatever happens to its writing
 	if leftOut != nil {
 		if start, err := responseBodyStart(frame, pd.key, pd.flexible); err == nil {
 			s.clearReplicas(pd, frame[start:], leftOut)
@@ -242,6 +247,7 @@ func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	if err := w.copyRest(); err != nil {
 		return fmt.Errorf("fetch response of %d bytes cut short: %w", n, err)
 	}
+	s.streaming = nil
 	return s.flushQueued()
 }
 
