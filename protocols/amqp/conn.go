@@ -588,12 +588,13 @@ type brokerCloseKey struct {
 }
 
 // brokerCloseLine is the line for the broker's close of this connection: Warn the first time
-// its client, login and reason come together (and every 1000th close), Debug else, so that a
-// client retrying a refused login in a loop does not write a Warn line a try. The tracked
-// errors count every close.
+// its client, login and reason come together (the first 10 such, then every 1000th, so that
+// a client trying a new login each time cannot flood the log either) and every 1000th close,
+// Debug else, so that a client retrying a refused login in a loop does not write a Warn line
+// a try. The tracked errors count every close.
 func (s *session) brokerCloseLine(reason string) *zerolog.Event {
 	n := s.p.closes.Add(1)
-	if s.p.closesSeen.Add(brokerCloseKey{s.addr, s.loginUser(), reason}) || n%1000 == 0 {
+	if s.p.closesSeen.Add(brokerCloseKey{s.addr, s.loginUser(), reason}) && proxy.LogNth(s.p.newCloses.Add(1)) || n%1000 == 0 {
 		return s.log.Warn().Uint64("broker_closes_total", n)
 	}
 	return s.log.Debug().Uint64("broker_closes_total", n)

@@ -131,3 +131,35 @@ func TestRefusedLoginRetriesLoggedOnce(t *testing.T) {
 		t.Errorf("all closes: %d Warn lines of %d, want 2 (one a client and reason) of %d", warn, all, 2*tries)
 	}
 }
+
+// TestRefusedLoginScanLoggedSparingly: a client that tries a new login each time (a scanner)
+// makes each close new to the log; those too are Warn lines for the first 10 only.
+func TestRefusedLoginScanLoggedSparingly(t *testing.T) {
+	var logs syncbuf.Buffer
+	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs).Level(zerolog.DebugLevel) })
+	const tries = 14
+	for i := range tries {
+		if _, err := amqp091.Dial(fmt.Sprintf("amqp://scan%d:wrong@%s/", i, h.p.Addr())); err == nil {
+			t.Fatal("dial with a made-up login succeeded")
+		}
+	}
+	waitFor(t, "every refusal tracked", func() bool { return len(refusals(h)) >= tries })
+	warn, all := 0, 0
+	waitFor(t, "every close logged", func() bool {
+		warn, all = 0, 0
+		for _, l := range strings.Split(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) != nil || !strings.HasPrefix(fmt.Sprint(m["message"]), "the broker closed the connection") {
+				continue
+			}
+			all++
+			if m["level"] == "warn" {
+				warn++
+			}
+		}
+		return all >= tries
+	})
+	if warn != 10 || all != tries {
+		t.Errorf("%d made-up logins: %d Warn lines of %d, want 10 of %d", tries, warn, all, tries)
+	}
+}
