@@ -139,6 +139,9 @@ type Stats struct {
 	DecodeErrors   uint64 // bodies forwarded without being understood
 	PointsDropped  uint64 // Observer.Add returned false
 	RefusedConns   uint64 // connections closed at once because MaxConns were open
+	// UpstreamFailures: requests answered 502 ServiceUnavailable because the upstream could not
+	// be reached, or its answer relayed (logged with upstream_failures_total).
+	UpstreamFailures uint64
 	// MalformedRequests: requests refused as malformed HTTP (400, 417, 431, 505) or whose body
 	// ended before its Content-Length (400), clients that opened with another protocol (400),
 	// and failed TLS handshakes with clients (not connections closed before a byte of one, such
@@ -557,7 +560,8 @@ func (p *Proxy) Stats() Stats {
 		Injected: s.injected.Load(), Existing: s.existing.Load(), Skipped: s.skipped.Load(), Produced: s.produced.Load(),
 		Consumed: s.consumed.Load(), DecodeErrors: s.decodeErr.Load(), PointsDropped: s.dropped.Load(),
 		RefusedConns: s.refused.Load(), SentAgain: s.sentAgain.Load(), MalformedRequests: s.malformed.Load(),
-		OpenConnections: int64(p.openConns()),
+		UpstreamFailures: p.upstreamFailed.Load(),
+		OpenConnections:  int64(p.openConns()),
 	}
 }
 

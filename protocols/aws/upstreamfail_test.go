@@ -32,7 +32,8 @@ func (d *downable) RoundTrip(r *http.Request) (*http.Response, error) {
 // SDK sends (and retries) was answered 502 with a Warn line of its own, so an outage under
 // load wrote a Warn per message. As the Kafka and AMQP fronts log their failed upstream dials,
 // the first 10 and every 1000th are Warn, the rest Debug, each with upstream_failures_total;
-// and always the first after a request that got through, so that each outage is told.
+// and always the first after a request that got through, so that each outage is told. /stats
+// counts them all (UpstreamFailures), as it counts the other fronts' failed dials.
 func TestUpstreamFailuresDoNotFloodTheLog(t *testing.T) {
 	up := sqsPeer(t)
 	tr := &downable{}
@@ -66,6 +67,9 @@ func TestUpstreamFailuresDoNotFloodTheLog(t *testing.T) {
 	}
 	if warn, all, last := lines(); warn != 10 || all != 15 || last["upstream_failures_total"] != float64(15) {
 		t.Fatalf("15 failed requests: %d Warn lines of %d, the last %v; want 10 of 15, the last with upstream_failures_total 15", warn, all, last)
+	}
+	if n := tp.Stats().UpstreamFailures; n != 15 {
+		t.Fatalf("15 requests answered 502 for an unreachable upstream: UpstreamFailures %d in /stats, want 15", n)
 	}
 	tr.down.Store(false)
 	if _, err := cl.ListQueues(ctx, &sqs.ListQueuesInput{}); err != nil {
