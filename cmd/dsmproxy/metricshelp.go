@@ -28,7 +28,7 @@ var statsHelp = map[string]string{
 	"kafka.Stats.ForgottenSessions":    "Fetch sessions forgotten past 2^17 partitions on a connection or 2^20 in all.",
 	"kafka.Stats.UnheldBatches":        "Produce batches checkpointed when sent, not at the broker's answer, as the held checkpoints were at their bound.",
 	"kafka.Stats.UnkeptFacts":          "Requests answered without what the proxy keeps from them, as the partitions awaiting answers were at their bound.",
-	"kafka.Stats.UnreadRequests":       "Requests over 1 MiB relayed unread (no header, no checkpoints) because frame_budget_bytes was taken.",
+	"kafka.Stats.UnreadRequests":       "Requests over 1 MiB relayed unread (no header, no checkpoints) because frame_budget_bytes was taken, or is below three times their size.",
 	"kafka.Stats.UnobservedFetches":    "Fetch responses over 256 KiB relayed without consume checkpoints because frame_budget_bytes was taken.",
 	"kafka.Stats.BrokerCuts":           "Client connections the broker ended (closed or reset) while requests on them awaited its answers.",
 	"kafka.Stats.TopicLimitWaits":      "Produce batches that waited for their topic's size limit to be read (topic_limit_wait).",

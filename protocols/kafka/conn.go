@@ -617,10 +617,16 @@ func (s *session) forwardUnread(h requestHeader, head []byte, rest int, in io.Re
 		ev = s.log.Warn()
 	}
 	op := kmsg.NameForKey(h.Key)
+	// Why: other requests held the budget, or this one alone (three times its size) is over
+	// all of it, which no wait would change (a budget set below three times max_frame_bytes).
+	why, skipWhy := "the frame budget is taken by other big requests", "frame_budget_bytes (%d) taken by other requests in progress"
+	if 3*int64(size) > s.p.frames.Max {
+		why, skipWhy = "three times its size is over the whole frame budget", "three times its size is over the whole frame_budget_bytes (%d)"
+	}
 	ev.Str("api", op).Int16("version", h.Version).Int("bytes", size).Int64("frame_budget_bytes", s.p.frames.Max).
-		Uint64("unread_requests_total", n).Msg("request relayed unread: the frame budget is taken by other big requests")
+		Uint64("unread_requests_total", n).Msg("request relayed unread: " + why)
 	ci := s.info.Load()
-	s.p.skipOp(op, "frame_budget", fmt.Sprintf("%s request of %d bytes relayed unread: frame_budget_bytes (%d) taken by other requests in progress", op, size, s.p.frames.Max),
+	s.p.skipOp(op, "frame_budget", fmt.Sprintf("%s request of %d bytes relayed unread: "+skipWhy, op, size, s.p.frames.Max),
 		ci.service, pathway.Edge{}, -1, 0)
 	if pd != nil {
 		if !s.waitRoom() {

@@ -83,6 +83,12 @@ func TestFrameBudgetBigProduces(t *testing.T) {
 			if st.UnreadRequests != want || uint64(len(skips)) != want {
 				t.Fatalf("UnreadRequests %d, %d frame_budget events; want %d", st.UnreadRequests, len(skips), want)
 			}
+			// Nothing else was in progress: the request was over the whole budget by itself.
+			for _, e := range skips {
+				if strings.Contains(e.Message, "taken by other") || !strings.Contains(e.Message, "whole frame_budget_bytes") {
+					t.Errorf("frame_budget event %q: want it to say the request alone is over the whole frame_budget_bytes", e.Message)
+				}
+			}
 			waitFor(t, "the frame budget given back", func() bool { return p.frames.Used() == 0 })
 		})
 	}
@@ -132,6 +138,9 @@ func TestFrameBudgetStalledRequests(t *testing.T) {
 	}
 	for _, conn := range conns {
 		conn.Close()
+	}
+	if skips := p.errs.byName("frame_budget"); len(skips) != 1 || !strings.Contains(skips[0].Message, "taken by other requests") {
+		t.Errorf("frame_budget events %v: want one that says other requests took the budget", skips)
 	}
 	waitFor(t, "the frame budget given back", func() bool { return p.frames.Used() == 0 })
 }

@@ -170,7 +170,8 @@ type Stats struct {
 	// awaiting answers named maxConnFacts partitions, or all connections' maxFacts).
 	UnkeptFacts uint64
 	// Requests over 1 MiB relayed unread because Config.FrameBudgetBytes was taken by other
-	// requests in progress: a produce's batches went without the header or checkpoints.
+	// requests in progress, or is below three times the request's size: a produce's batches
+	// went without the header or checkpoints.
 	UnreadRequests uint64
 	// Fetch responses over 256 KiB relayed unobserved because Config.FrameBudgetBytes was taken:
 	// their records got no consume checkpoints.
