@@ -74,7 +74,7 @@ var statsHelp = map[string]string{
 	"aws.Stats.DecodeErrors":      "Requests and answers forwarded without being understood.",
 	"aws.Stats.PointsDropped":     "Checkpoints the aggregator refused because its queue was full.",
 	"aws.Stats.RefusedConns":      "Client connections closed at once because the listener was at max_conns.",
-	"aws.Stats.UpstreamFailures":  "Requests answered 502 because the upstream could not be reached (or its answer relayed).",
+	"aws.Stats.UpstreamFailures":  "Requests answered 502 because the upstream could not be reached or its answer relayed, or the front had no credentials of its own to sign them.",
 	"aws.Stats.MalformedRequests": "Client connections closed for malformed HTTP, a body cut short, another protocol or a failed TLS handshake.",
 	"aws.Stats.SentAgain":         "Sends refused as over their queue's size limit with _datadog, and sent again without it.",
 	"aws.Stats.OpenConnections":   "Client connections open now, idle keep-alive ones included (what max_conns counts).",

@@ -140,7 +140,8 @@ type Stats struct {
 	PointsDropped  uint64 // Observer.Add returned false
 	RefusedConns   uint64 // connections closed at once because MaxConns were open
 	// UpstreamFailures: requests answered 502 ServiceUnavailable because the upstream could not
-	// be reached, or its answer relayed (logged with upstream_failures_total).
+	// be reached or its answer relayed, or the front could not sign them for want of its own
+	// credentials (logged with upstream_failures_total).
 	UpstreamFailures uint64
 	// MalformedRequests: requests refused as malformed HTTP (400, 417, 431, 505) or whose body
 	// ended before its Content-Length (400), clients that opened with another protocol (400),
