@@ -2,11 +2,13 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,26 +28,35 @@ import (
 // topic ids, so the client stays at Kafka 2.4, before topic ids (a direct client would fail too).
 func TestBrokerRestartClientRetries(t *testing.T) {
 	var ports []int
-	for range 3 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	reserve := func() {
+		ports = ports[:0]
+		for range 3 {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			n, _ := strconv.Atoi(port)
+			ports = append(ports, n)
+			ln.Close()
 		}
-		_, port, _ := net.SplitHostPort(ln.Addr().String())
-		n, _ := strconv.Atoi(port)
-		ports = append(ports, n)
-		ln.Close()
 	}
 	g := &brokerGuard{}
-	start := func() *kfake.Cluster {
-		t.Helper()
-		c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.Ports(ports...), kfake.ListenFn(g.listen), kfake.AllowAutoTopicCreation())
-		if err != nil {
-			t.Fatalf("kfake on the reserved ports: %v", err)
-		}
-		return c
+	start := func() (*kfake.Cluster, error) {
+		return kfake.NewCluster(kfake.NumBrokers(3), kfake.Ports(ports...), kfake.ListenFn(g.listen), kfake.AllowAutoTopicCreation())
 	}
-	c := start()
+	// A port given back may be taken by another package's test before kfake binds it: new ones.
+	var c *kfake.Cluster
+	var err error
+	for range 5 {
+		reserve()
+		if c, err = start(); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("kfake on the reserved ports: %v", err)
+	}
 	p := startProxy(t, c, nil)
 	ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Minute)
 	defer cancel()
@@ -74,7 +85,16 @@ func TestBrokerRestartClientRetries(t *testing.T) {
 		t.Fatalf("the record failed while the cluster was down: %v", err)
 	default:
 	}
-	c = start()
+	// Back on the same ports; one may be some other connection's for a moment.
+	for i := 0; ; i++ {
+		if c, err = start(); err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || i == 50 {
+			t.Fatalf("kfake back on its ports: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	t.Cleanup(c.Close)
 	if err := <-done; err != nil {
 		t.Fatalf("the record failed once the cluster was back: %v", err)
