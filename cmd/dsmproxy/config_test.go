@@ -290,7 +290,7 @@ func TestShippedConfigs(t *testing.T) {
 		if len(c.Kafka) == 0 || len(c.AMQP) == 0 || len(c.AWS) == 0 {
 			t.Fatalf("%s does not show every protocol: %+v", path, c)
 		}
-		if _, err := buildServices(c); err != nil {
+		if _, err := buildServices(c, zerolog.Nop()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -303,7 +303,7 @@ func TestTracedRule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := buildServices(c)
+	s, err := buildServices(c, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,6 +317,40 @@ func TestTracedRule(t *testing.T) {
 		if got := s.Client(tc.id); got != tc.want {
 			t.Errorf("%s: %+v, want %+v", tc.id.ClientID, got, tc.want)
 		}
+	}
+}
+
+// TestShadowedRulesWarned: a services rule an earlier one always matches first never applies
+// (a traced rule under a service rule for the same client_id); check-config and run warn of it.
+func TestShadowedRulesWarned(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rules []ServiceRule
+		want  []shadowed
+	}{
+		{"traced under a service rule for the same client", []ServiceRule{{Service: "r", ClientID: "^reports-"}, {ClientID: "^reports-", Traced: true}}, []shadowed{{1, 0}}},
+		{"anything under a catch-all", []ServiceRule{{Service: "all"}, {Service: "b", User: "u"}, {Service: "c", CIDR: "10.0.0.0/8"}}, []shadowed{{1, 0}, {2, 0}}},
+		{"a narrower rule first", []ServiceRule{{Service: "k", ClientID: "^x$", Protocol: "kafka"}, {Service: "any", ClientID: "^x$"}}, nil},
+		{"the earlier rule more specific in one key", []ServiceRule{{Service: "a", ClientID: "^x$", User: "u"}, {Service: "b", ClientID: "^x$", Protocol: "amqp"}}, nil},
+		{"same matchers and more", []ServiceRule{{Service: "a", ClientID: "^x$"}, {Service: "b", ClientID: "^x$", Protocol: "amqp"}}, []shadowed{{1, 0}}},
+		{"different regexps", []ServiceRule{{Service: "a", ClientID: "^x"}, {Service: "b", ClientID: "^xy"}}, nil},
+	} {
+		if got := shadowedRules(tc.rules); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "shadow.yaml")
+	yaml := "services:\n  - service: reports\n    client_id: '^reports-'\n  - client_id: '^reports-'\n    traced: true\n" +
+		"kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [127.0.0.1:9092]\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := mainArgs([]string{"check-config", "--config", path, "--admin", "off"}, &out, &errb)
+	if code != 0 || !strings.Contains(out.String(), "configuration OK with 1 warning(s)") ||
+		!strings.Contains(errb.String(), "services rule never applies") || !strings.Contains(errb.String(), "rule=services[1]") ||
+		!strings.Contains(errb.String(), "by=services[0]") || !strings.Contains(errb.String(), "line=4") {
+		t.Errorf("exit %d, out %q, err %q", code, out.String(), errb.String())
 	}
 }
 

@@ -366,7 +366,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 // nothing: nothing binds or dials, but every front's own checks run (check-config, and a SIGHUP
 // after the file was edited). What building warns about goes to log.
 func checkBuild(cfg *Config, log zerolog.Logger) error {
-	services, err := buildServices(cfg)
+	services, err := buildServices(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -194,7 +194,7 @@ func run(ctx context.Context, cfg *Config, log zerolog.Logger, started func(*run
 // start wires and starts the aggregator, flusher, fronts and admin listener. extra sinks (the demo's
 // table) get every flushed bucket too.
 func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggregator.Sink) (*runtime, error) {
-	services, err := buildServices(cfg)
+	services, err := buildServices(cfg, log)
 	if err != nil {
 		return nil, err
 	}

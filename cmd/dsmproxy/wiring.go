@@ -94,8 +94,14 @@ func colorTerminal(w io.Writer) bool {
 	return ok && os.Getenv("NO_COLOR") == "" && term.IsTerminal(int(f.Fd()))
 }
 
-// buildServices turns the configured rules into the resolver every front shares.
-func buildServices(cfg *Config) (*proxy.Services, error) {
+// buildServices turns the configured rules into the resolver every front shares, and warns of
+// rules that can never apply.
+func buildServices(cfg *Config, log zerolog.Logger) (*proxy.Services, error) {
+	for _, sh := range shadowedRules(cfg.Services) {
+		log.Warn().Str("rule", fmt.Sprintf("services[%d]", sh.rule)).Int("line", cfg.Services[sh.rule].line).
+			Str("by", fmt.Sprintf("services[%d]", sh.by)).Int("by_line", cfg.Services[sh.by].line).
+			Msg("services rule never applies: an earlier rule matches every client it matches, and the first rule that matches decides")
+	}
 	s := &proxy.Services{Default: cfg.Service}
 	for i, r := range cfg.Services {
 		rule := proxy.ServiceRule{Service: r.Service, Traced: r.Traced, Protocol: r.Protocol, User: r.User, AccessKey: r.AccessKey}
@@ -116,6 +122,30 @@ func buildServices(cfg *Config) (*proxy.Services, error) {
 		s.Rules = append(s.Rules, rule)
 	}
 	return s, nil
+}
+
+// shadowed is a services rule (its index) that an earlier one (by) always matches first.
+type shadowed struct{ rule, by int }
+
+// shadowedRules finds the rules that can never apply: an earlier rule whose every matcher the
+// later one has too, the same (so it matches every client the later one does; a rule with no
+// matcher matches every client). Regular expressions are compared as written, so this finds
+// the plain cases only (a rule copied below a catch-all, a traced rule under a service rule for
+// the same client_id).
+func shadowedRules(rules []ServiceRule) []shadowed {
+	var out []shadowed
+	for j := range rules {
+		for i := range j {
+			a, b := rules[i], rules[j]
+			if (a.Protocol == "" || a.Protocol == b.Protocol) && (a.ClientID == "" || a.ClientID == b.ClientID) &&
+				(a.User == "" || a.User == b.User) && (a.AccessKey == "" || a.AccessKey == b.AccessKey) &&
+				(a.CIDR == "" || a.CIDR == b.CIDR) {
+				out = append(out, shadowed{rule: j, by: i})
+				break
+			}
+		}
+	}
+	return out
 }
 
 // shared is what every front gets from the binary.
