@@ -39,3 +39,28 @@ func TestOtherFrontHint(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLooksLike: LooksLike reads no more than 8 bytes, names only what it knows, and never
+// changes its mind as more bytes come: what a prefix was named, the whole is.
+func FuzzLooksLike(f *testing.F) {
+	for _, s := range []string{"\x16\x03\x01\x02", "AMQP\x00\x00\x09\x01", "GET / HTTP/1.1", "PRI * HTTP/2.0",
+		"\x00\x00\x00\x24\x00\x12\x00\x03\x00\x05kcat", "SSH-2.0-OpenSSH", "\x01\x00\x00\x00"} {
+		f.Add([]byte(s))
+	}
+	known := map[string]bool{"": true, KafkaRequest: true, AMQPHeader: true, "a TLS handshake": true, "a TLS alert": true,
+		"an HTTP response": true, "an HTTP request": true, "an SSH banner": true}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got := LooksLike(b)
+		if !known[got] {
+			t.Fatalf("LooksLike(%q) = %q, a name it does not know", b, got)
+		}
+		if len(b) > 8 && LooksLike(b[:8]) != got {
+			t.Fatalf("LooksLike(%q) = %q, but its first 8 bytes give %q", b, got, LooksLike(b[:8]))
+		}
+		for n := range len(b) {
+			if p := LooksLike(b[:n]); p != "" && p != got {
+				t.Fatalf("LooksLike(%q) = %q, but its first %d bytes were named %q", b, got, n, p)
+			}
+		}
+	})
+}
