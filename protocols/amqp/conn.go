@@ -579,8 +579,6 @@ func amqpVersion(h [8]byte) string {
 	return fmt.Sprintf("%d.%d.%d.%d", h[4], h[5], h[6], h[7])
 }
 
-// loginUser is the user the client logged in as, for the lines about the broker's refusals: of
-// several clients, it tells the misconfigured one ("" before Connection.StartOk).
 // brokerCloseKey is what makes a broker's close of a connection new to the log.
 type brokerCloseKey struct {
 	addr         netip.Addr
@@ -600,6 +598,8 @@ func (s *session) brokerCloseLine(reason string) *zerolog.Event {
 	return s.log.Debug().Uint64("broker_closes_total", n)
 }
 
+// loginUser is the user the client logged in as, for the lines about the broker's refusals: of
+// several clients, it tells the misconfigured one ("" before Connection.StartOk).
 func (s *session) loginUser() string {
 	if u := s.user.Load(); u != nil {
 		return *u
