@@ -97,6 +97,18 @@ func (s *FirstSeen[K]) Add(k K) bool {
 	return true
 }
 
+// Has reports whether k is remembered, marking it used; a nil FirstSeen remembers nothing. For
+// a caller that copies a new key before Add keeps it: only the first time.
+func (s *FirstSeen[K]) Has(k K) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.m.Get(k)
+	return ok
+}
+
 // Keys returns the keys remembered, in no order (none for a nil FirstSeen).
 func (s *FirstSeen[K]) Keys() []K {
 	if s == nil {

@@ -44,7 +44,7 @@ func TestFirstSeen(t *testing.T) {
 			t.Fatal("a nil FirstSeen did not take every key as new")
 		}
 	}
-	if ks := none.Keys(); len(ks) != 0 {
+	if ks := none.Keys(); len(ks) != 0 || none.Has("a") {
 		t.Errorf("a nil FirstSeen has keys %v", ks)
 	}
 	s := NewFirstSeen[string](4) // two generations of two
@@ -55,5 +55,12 @@ func TestFirstSeen(t *testing.T) {
 		if got := s.Add(tc.key); got != tc.want {
 			t.Fatalf("Add(%q) = %v, want %v (keys %v)", tc.key, got, tc.want, s.Keys())
 		}
+	}
+	// Has tells without adding, and keeps a key it finds in use, as Add does.
+	if s.Has("z") || s.Add("z") != true {
+		t.Error("Has added a key, or found one never added")
+	}
+	if !s.Has("e") || s.Add("e") {
+		t.Error("Has or Add did not find a key just added")
 	}
 }

@@ -892,8 +892,12 @@ func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
 	if len(key) > maxAccessKeyBytes {
 		key = strings.ToValidUTF8(key[:maxAccessKeyBytes], "")
 	}
-	key = strings.Clone(key)
 	k := seenClient{id.Addr, key, id.ClientID, c.svcName}
+	if p.seen.Has(k) { // as every request of a known client: no copy
+		return
+	}
+	key = strings.Clone(key)
+	k.accessKey = key
 	if !p.seen.Add(k) {
 		return
 	}
