@@ -162,15 +162,9 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	if d, ok := ctx.Deadline(); ok {
 		c.SetDeadline(d)
 	}
-	mdVersion := ownVersion(c.versions, kmsg.NewPtrMetadataRequest())
-	if mdVersion < 1 {
-		return 0, errRefused{err: errors.New("the broker lists no Metadata version from v1 that the proxy speaks")}
-	}
-	md := kmsg.NewPtrMetadataRequest()
-	md.Version = mdVersion // Topics nil: every topic, whose ids produce and fetch v13+ name them by
-	mr := kmsg.NewPtrMetadataResponse()
-	if err := c.roundTrip(md, mr); err != nil {
-		return 0, errRefused{err: fmt.Errorf("metadata request v%d: %w", md.Version, err)}
+	mr, err := c.allTopics() // their ids are what produce and fetch v13+ name them by
+	if err != nil {
+		return 0, errRefused{err: err}
 	}
 	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
 	// the cluster id.
@@ -178,6 +172,24 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 		return 0, errNodeListener{err}
 	}
 	return len(mr.Brokers), nil
+}
+
+// errNoMetadataVersion: the broker lists no Metadata version from v1 that the proxy speaks.
+var errNoMetadataVersion = errors.New("the broker lists no Metadata version from v1 that the proxy speaks")
+
+// allTopics asks c for the metadata of every topic, at the highest version both speak.
+func (c *ownConn) allTopics() (*kmsg.MetadataResponse, error) {
+	v := ownVersion(c.versions, kmsg.NewPtrMetadataRequest())
+	if v < 1 {
+		return nil, errNoMetadataVersion
+	}
+	req := kmsg.NewPtrMetadataRequest()
+	req.Version = v // Topics nil: every topic
+	resp := kmsg.NewPtrMetadataResponse()
+	if err := c.roundTrip(req, resp); err != nil {
+		return nil, fmt.Errorf("metadata request v%d: %w", v, err)
+	}
+	return resp, nil
 }
 
 // dialOwn opens a connection of the proxy's own to a bootstrap broker (never a client's), asks

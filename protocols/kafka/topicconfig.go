@@ -234,19 +234,15 @@ func (r *configReader) metadata(ctx context.Context) (topics int, err error) {
 	}
 	c, fresh := r.conn, r.fresh
 	r.fresh = false
-	v := ownVersion(c.versions, kmsg.NewPtrMetadataRequest())
-	if v < 1 {
-		return 0, errors.New("the broker lists no Metadata version from v1 that the proxy speaks")
-	}
 	c.SetDeadline(time.Now().Add(configTimeout)) // before AfterFunc, whose call may come at once
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	req := kmsg.NewPtrMetadataRequest()
-	req.Version = v // Topics nil: every topic
-	resp := kmsg.NewPtrMetadataResponse()
-	if err := c.roundTrip(req, resp); err != nil {
+	resp, err := c.allTopics()
+	if errors.Is(err, errNoMetadataVersion) {
+		return 0, err
+	}
+	if err != nil {
 		r.closeConn()
-		err = fmt.Errorf("metadata request v%d: %w", v, err)
 		// As for DescribeConfigs: a new connection closed at its first request wants SASL.
 		if fresh && r.p.cfg.SASL == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) {
 			return 0, errRefused{err: err}
