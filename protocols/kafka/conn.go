@@ -407,7 +407,7 @@ func (s *session) requests() error {
 		// Every path below forwards (or answers) the frame before the loop reads the next one, and
 		// request handlers copy what they keep, so one read buffer serves the connection.
 		in.boundary = true
-		frame, rest, err := s.readRequest(in, maxBytes)
+		frame, rest, unread, err := s.readRequest(in, maxBytes)
 		if err == nil && !s.spoke {
 			s.spoke = true
 			s.c.Client.SetReadDeadline(time.Time{})
@@ -454,10 +454,10 @@ func (s *session) requests() error {
 			s.p.decodeError("request", -1, -1, err)
 			return proxy.Logged(fmt.Errorf("request header: %w", err))
 		}
-		if rest > 0 || !namesSoftware(h) {
+		if unread || !namesSoftware(h) {
 			s.noteClientID(h.ClientID, s.info.Load().software)
 		} // else apiVersionsRequest learns the client.id with the software name its body carries
-		if rest > 0 {
+		if unread {
 			if err := s.forwardUnread(h, frame, rest, in); err != nil {
 				return err
 			}
@@ -495,9 +495,9 @@ func (s *session) requests() error {
 // readRequest reads the next request frame. One over maxReusedFrame is read whole only while the
 // proxy's frame budget has room for three times its bytes (a produce's spliced batches and its
 // rewritten frame are each about as big), taken as they arrive (readCounted): otherwise the part
-// read comes back, and rest is the number of its bytes still to come, which forwardUnread relays
-// as they arrive.
-func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, err error) {
+// read comes back with unread set, and rest is the number of its bytes still to come (none when
+// the budget refused the read that completed it), which forwardUnread relays as they arrive.
+func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int, unread bool, err error) {
 	// The previous request has been forwarded.
 	if s.frameShare.Held() != 0 { // (a shared counter is not written per request)
 		s.p.frames.Release(&s.frameShare)
@@ -507,39 +507,40 @@ func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int
 	n, err := readFrameSize(r, maxBytes, sz[:])
 	s.disarmShed()
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	switch {
 	case 4+n <= maxReusedFrame:
 		frame, err = s.readReused(r, sz, n)
-		return frame, 0, err
+		return frame, 0, false, err
 	case 3*int64(4+n) <= s.p.frames.Max:
-		frame, err = s.readCounted(r, sz, n)
+		frame, unread, err = s.readCounted(r, sz, n)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, false, err
 		}
-		return frame, 4 + n - len(frame), nil
+		return frame, 4 + n - len(frame), unread, nil
 	}
 	// Even the whole budget could not hold it: only its head is read.
 	head := s.bigBuf(&s.inBuf, unreadHead)[:unreadHead]
 	copy(head, sz[:])
 	if err := readFrameRest(r, head, 4); err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
-	return head, 4 + n - len(head), nil
+	return head, 4 + n - len(head), true, nil
 }
 
 // readCounted reads a request frame over maxReusedFrame whose size prefix sz was read, into a
 // buffer that grows as its bytes arrive (as proxy.ReadGrowing's: by 64 KiB, then doubling), and
 // takes the frame budget for three times its bytes as they arrive: none for its first unreadHead
 // bytes until they are all in (a request relayed unread is read that far anyway), then, at each
-// read, for what came. When the budget refuses a read's bytes, it stops there: the frame is then
-// the part read (unreadHead bytes or more, the request header in them), and the rest is for
-// forwardUnread. So the budget follows what clients send, as memory does, not what their size
+// read, for what came. When the budget refuses a read's bytes, it stops there and says so
+// (refused): the frame is then the part read (unreadHead bytes or more, the request header in
+// them; all of it when that read completed it, which is relayed unread too, or its last read's
+// bytes and their copies would be held outside the budget), and the rest is for forwardUnread. So the budget follows what clients send, as memory does, not what their size
 // prefixes claim: a client that sends a prefix and stalls holds none of it, one that stalls half
 // way through a request holds three times that half, and the buffer (at most twice what came)
 // stays within what it holds.
-func (s *session) readCounted(r io.Reader, sz [4]byte, n int) ([]byte, error) {
+func (s *session) readCounted(r io.Reader, sz [4]byte, n int) (_ []byte, refused bool, _ error) {
 	end := 4 + n
 	b := append(make([]byte, 0, 4+proxy.GrowFrom), sz[:]...)
 	counted := 0 // of b's bytes, those the budget holds (three times)
@@ -550,16 +551,16 @@ func (s *session) readCounted(r io.Reader, sz [4]byte, n int) ([]byte, error) {
 		m, err := r.Read(b[len(b):min(end, cap(b))])
 		b = b[:len(b)+m]
 		if err != nil && len(b) < end {
-			return nil, cutShort(n, err)
+			return nil, false, cutShort(n, err)
 		}
 		if len(b) >= unreadHead && len(b) > counted {
 			if !s.p.frames.Take(&s.frameShare, 3*int64(len(b)-counted)) {
-				return b, nil
+				return b, true, nil
 			}
 			counted = len(b)
 		}
 	}
-	return b, nil
+	return b, false, nil
 }
 
 // readReused reads a request of at most maxReusedFrame bytes whose size prefix sz was read into
@@ -664,13 +665,13 @@ func (s *session) forwardRest(head []byte, rest int, in io.Reader) error {
 	if _, err := s.c.Upstream.Write(head); err != nil {
 		return err
 	}
-	if rest == 0 {
-		return nil
-	}
 	// A head readCounted read is written: the budget its bytes took is free while the rest
 	// streams, however long the client takes to send it.
 	if s.frameShare.Held() != 0 {
 		s.p.frames.Release(&s.frameShare)
+	}
+	if rest == 0 {
+		return nil
 	}
 	buf := s.bigBuf(&s.inBuf, unreadHead) // head may be in it: written, it is free
 	buf = buf[:cap(buf)]

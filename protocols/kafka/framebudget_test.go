@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -142,6 +143,48 @@ func TestFrameBudgetStalledRequests(t *testing.T) {
 	if skips := p.errs.byName("frame_budget"); len(skips) != 1 || !strings.Contains(skips[0].Message, "taken by other requests") {
 		t.Errorf("frame_budget events %v: want one that says other requests took the budget", skips)
 	}
+	waitFor(t, "the frame budget given back", func() bool { return p.frames.Used() == 0 })
+}
+
+// TestFrameBudgetRefusedLastRead: a request whose last bytes the frame budget has no room for is
+// relayed unread, as one refused part way through is: had it been read and rewritten, its last
+// read's bytes (and the copies a rewrite makes of them) would be held outside the budget. One
+// connection sends all of a request but its last 16 bytes, another takes what is left of the
+// budget but less than three times those, then the first sends them.
+func TestFrameBudgetRefusedLastRead(t *testing.T) {
+	c, _ := startCluster(t)
+	const last, other = 16, 1 << 20
+	frame, otherFrame := bigProduceFrame(3<<20), bigProduceFrame(2<<20)
+	held := 3 * int64(len(frame)-last)
+	p := startProxy(t, c, func(cfg *Config) { cfg.FrameBudgetBytes = held + 3*other + 3*last - 1 })
+	conn, otherConn := rawClient(t, p), rawClient(t, p)
+	if _, err := conn.Write(frame[:len(frame)-last]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the request held but for its last bytes", func() bool { return p.frames.Used() == held })
+	if _, err := otherConn.Write(otherFrame[:other]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the other request holding what it sent", func() bool { return p.frames.Used() == held+3*other })
+	if _, err := conn.Write(frame[len(frame)-last:]); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := readFrame(conn, DefaultMaxFrameBytes)
+	if err != nil {
+		t.Fatalf("no answer to the request: %v", err)
+	}
+	if corr := int32(binary.BigEndian.Uint32(resp[4:])); corr != 7 {
+		t.Fatalf("answer's correlation id %d, want 7", corr)
+	}
+	if n := p.Stats().UnreadRequests; n != 1 {
+		t.Errorf("UnreadRequests %d, want 1: the request whose last %d bytes the budget refused was read and rewritten past it", n, last)
+	}
+	if skips := p.errs.byName("frame_budget"); len(skips) != 1 || !strings.Contains(skips[0].Message, "taken by other requests") {
+		t.Errorf("frame_budget events %v: want one that says other requests took the budget", skips)
+	}
+	waitFor(t, "the answered request's part of the budget given back", func() bool { return p.frames.Used() == 3*other })
+	otherConn.Close()
 	waitFor(t, "the frame budget given back", func() bool { return p.frames.Used() == 0 })
 }
 
