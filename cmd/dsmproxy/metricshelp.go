@@ -29,7 +29,7 @@ var statsHelp = map[string]string{
 	"kafka.Stats.UnheldBatches":        "Produce batches checkpointed when sent, not at the broker's answer, as the held checkpoints were at their bound.",
 	"kafka.Stats.UnkeptFacts":          "Requests answered without what the proxy keeps from them, as the partitions awaiting answers were at their bound.",
 	"kafka.Stats.UnreadRequests":       "Requests over 1 MiB relayed unread (no header, no checkpoints) because frame_budget_bytes was taken, or is below three times their size.",
-	"kafka.Stats.UnobservedFetches":    "Fetch responses over 256 KiB relayed without consume checkpoints because frame_budget_bytes was taken.",
+	"kafka.Stats.UnobservedFetches":    "Fetch responses over 256 KiB relayed without consume checkpoints because frame_budget_bytes was taken, or is below their size.",
 	"kafka.Stats.BrokerCuts":           "Client connections the broker ended (closed or reset) while requests on them awaited its answers.",
 	"kafka.Stats.TopicLimitWaits":      "Produce batches that waited for their topic's size limit to be read (topic_limit_wait).",
 	"kafka.Stats.TopicConfigLookups":   "Topic config lookups (DescribeConfigs) the cluster answered on the proxy's own connection.",

@@ -204,8 +204,14 @@ func (s *session) relayUnobserved(pd *pending, hdr [8]byte, n int) error {
 	if proxy.LogNth(c) {
 		ev = s.log.Warn()
 	}
+	// Why: other frames held the budget, or this one alone is over all of it, which no wait
+	// would change (a budget set below the size of consumers' fetch answers).
+	why := "the frame budget is taken by other big frames"
+	if int64(4+n) > s.p.frames.Max {
+		why = "its size is over the whole frame budget"
+	}
 	ev.Int("bytes", 4+n).Int64("frame_budget_bytes", s.p.frames.Max).Uint64("unobserved_fetches_total", c).
-		Msg("fetch response relayed unobserved: the frame budget is taken by other big frames")
+		Msg("fetch response relayed unobserved: " + why)
 	buf := s.p.bufs.get(max(2*s.p.cfg.fetchTailHold, 128<<10))
 	defer s.p.bufs.put(buf)
 	w := newStreamWalk(s.c.Upstream, s.c.Client, 4+n-len(hdr), hdr[:], buf)

@@ -13,11 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -300,12 +302,15 @@ func bigProduceFrame(size int) []byte {
 
 // TestFrameBudgetUnobservedFetches: with no room in the frame budget, kgo (Fetch v16+: walked for
 // node endpoints), sarama (older versions) and kcat consume every record, with its header,
-// through fetch responses relayed unobserved.
+// through fetch responses relayed unobserved. Each is over the whole budget by itself, and its
+// line says so: no other frame took the budget, and no wait would change it.
 func TestFrameBudgetUnobservedFetches(t *testing.T) {
 	c, guard := startCluster(t)
+	var logs syncbuf.Buffer
 	p := startProxy(t, c, func(cfg *Config) {
 		streamAll(cfg)
 		cfg.FrameBudgetBytes = 1
+		cfg.Log = zerolog.New(&logs)
 	})
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "unobserved")
@@ -326,6 +331,19 @@ func TestFrameBudgetUnobservedFetches(t *testing.T) {
 	}
 	if used := p.frames.Used(); used != 0 {
 		t.Fatalf("frame budget holds %d bytes after the fetches", used)
+	}
+	lines := 0
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(line, "fetch response relayed unobserved") {
+			continue
+		}
+		lines++
+		if strings.Contains(line, "taken by other") || !strings.Contains(line, "over the whole frame budget") {
+			t.Errorf("want the line to say the response alone is over the whole frame budget: %s", line)
+		}
+	}
+	if lines == 0 {
+		t.Error("no line told of a fetch response relayed unobserved")
 	}
 	guard.check(t)
 }

@@ -173,8 +173,8 @@ type Stats struct {
 	// requests in progress, or is below three times the request's size: a produce's batches
 	// went without the header or checkpoints.
 	UnreadRequests uint64
-	// Fetch responses over 256 KiB relayed unobserved because Config.FrameBudgetBytes was taken:
-	// their records got no consume checkpoints.
+	// Fetch responses over 256 KiB relayed unobserved because Config.FrameBudgetBytes was taken,
+	// or is below their size: their records got no consume checkpoints.
 	UnobservedFetches uint64
 	// Client connections the broker ended (closed or reset) while requests on them waited for
 	// its answers: a broker that crashed, restarted or dropped them. The client retries them.
