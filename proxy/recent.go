@@ -24,7 +24,8 @@ func NewRecentMap[K comparable, V any](limit int) *RecentMap[K, V] {
 	return &RecentMap[K, V]{genMax: max(limit/2, 1), current: make(map[K]V)}
 }
 
-// Get returns k's value and marks k as used.
+// Get returns k's value and marks k as used. A key found in the previous generation is moved
+// back as k, which the map then keeps: k must not share memory with more than it needs.
 func (m *RecentMap[K, V]) Get(k K) (V, bool) {
 	if v, ok := m.current[k]; ok {
 		return v, true
@@ -97,15 +98,18 @@ func (s *FirstSeen[K]) Add(k K) bool {
 	return true
 }
 
-// Has reports whether k is remembered, marking it used; a nil FirstSeen remembers nothing. For
-// a caller that copies a new key before Add keeps it: only the first time.
+// Has reports whether k is among the keys used most recently (the current generation), and
+// keeps nothing of k; a nil FirstSeen remembers nothing. For a caller that copies a new key
+// before Add keeps it: only the first time. A key found only in the previous generation reads as
+// not there: moving it back keeps the key given (Get), which must be the caller's copy, given to
+// Add, not k, which may share memory with what it came from (a request's header).
 func (s *FirstSeen[K]) Has(k K) bool {
 	if s == nil {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.m.Get(k)
+	_, ok := s.m.current[k]
 	return ok
 }
 

@@ -56,11 +56,22 @@ func TestFirstSeen(t *testing.T) {
 			t.Fatalf("Add(%q) = %v, want %v (keys %v)", tc.key, got, tc.want, s.Keys())
 		}
 	}
-	// Has tells without adding, and keeps a key it finds in use, as Add does.
+	// Has tells without adding; a key in the previous generation it leaves there, for Add (with
+	// the caller's own copy) to move back.
 	if s.Has("z") || s.Add("z") != true {
 		t.Error("Has added a key, or found one never added")
 	}
-	if !s.Has("e") || s.Add("e") {
+	if !s.Has("z") || s.Add("z") {
 		t.Error("Has or Add did not find a key just added")
+	}
+	s.Add("y") // a new generation: "b" and "z" are the previous one
+	if s.Has("z") {
+		t.Error("Has found a key of the previous generation")
+	}
+	if _, ok := s.m.previous["z"]; !ok {
+		t.Error("Has moved a key of the previous generation")
+	}
+	if s.Add("z") || !s.Has("z") {
+		t.Error("Add did not move back a key of the previous generation")
 	}
 }

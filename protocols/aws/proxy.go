@@ -893,7 +893,7 @@ func (p *Proxy) logIdentified(c *call, id proxy.Identity) {
 		key = strings.ToValidUTF8(key[:maxAccessKeyBytes], "")
 	}
 	k := seenClient{id.Addr, key, id.ClientID, c.svcName}
-	if p.seen.Has(k) { // as every request of a known client: no copy
+	if p.seen.Has(k) { // as every request of a client seen lately: no copy
 		return
 	}
 	key = strings.Clone(key)
