@@ -25,12 +25,14 @@ func TestMissingCredentialsAreAProblem(t *testing.T) {
 		c.TrustClients = true
 		c.Credentials = processcreds.NewProvider("cat " + file)
 	})
+	var body string
 	listQueues := func() int {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPost, tp.url+"/", strings.NewReader("{}"))
 		req.Header.Set("X-Amz-Target", "AmazonSQS.ListQueues")
 		req.Header.Set("Content-Type", "application/x-amz-json-1.0")
-		st, _, _ := do(t, req)
+		var st int
+		st, _, body = do(t, req)
 		return st
 	}
 	// The load at start fails (no file); the problem shows once it has.
@@ -40,6 +42,10 @@ func TestMissingCredentialsAreAProblem(t *testing.T) {
 	}
 	if st := listQueues(); st != http.StatusBadGateway {
 		t.Errorf("ListQueues without the proxy's credentials: %d, want 502", st)
+	}
+	// The upstream was never tried: the answer and the line say what failed.
+	if strings.Contains(body, "could not reach") || !strings.Contains(body, "could not sign") {
+		t.Errorf("the 502 for want of the proxy's own credentials says %q, want that it could not sign the request", body)
 	}
 	if tp.Problem() == nil {
 		t.Error("no problem after a request failed for want of credentials")

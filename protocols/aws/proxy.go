@@ -1120,8 +1120,11 @@ func (p *Proxy) handle(w http.ResponseWriter, c *call) {
 		}
 		ev.Uint64("upstream_failures_total", n).Msg("upstream request failed; answered 502")
 		msg := "dsmproxy could not reach the upstream: "
-		if errors.As(err, new(errAnswerTooLarge)) {
+		switch {
+		case errors.As(err, new(errAnswerTooLarge)):
 			msg = "dsmproxy could not relay the upstream's answer: "
+		case errors.Is(err, errNoCredentials): // the upstream was not tried
+			msg = "dsmproxy could not sign the request for the upstream: "
 		}
 		p.writeError(w, c, http.StatusBadGateway, "ServiceUnavailable", msg+err.Error())
 		// The client gets an SQS, SNS or Kinesis error as any other (the SDKs retry it): it is
