@@ -586,16 +586,33 @@ type brokerCloseKey struct {
 }
 
 // brokerCloseLine is the line for the broker's close of this connection: Warn the first time
-// its client, login and reason come together (the first 10 such, then every 1000th, so that
-// a client trying a new login each time cannot flood the log either) and every 1000th close,
-// Debug else, so that a client retrying a refused login in a loop does not write a Warn line
-// a try. The tracked errors count every close.
+// its client, login and reason come together (for up to 10 such a minute, so that a client
+// trying a new login each time cannot flood the log either) and every 1000th close, Debug
+// else, so that a client retrying a refused login in a loop does not write a Warn line a try.
+// The tracked errors count every close.
 func (s *session) brokerCloseLine(reason string) *zerolog.Event {
 	n := s.p.closes.Add(1)
-	if s.p.closesSeen.Add(brokerCloseKey{s.addr, s.loginUser(), reason}) && proxy.LogNth(s.p.newCloses.Add(1)) || n%1000 == 0 {
+	if s.p.closesSeen.Add(brokerCloseKey{s.addr, s.loginUser(), reason}) && s.p.newCloseWarns() || n%1000 == 0 {
 		return s.log.Warn().Uint64("broker_closes_total", n)
 	}
 	return s.log.Debug().Uint64("broker_closes_total", n)
+}
+
+// maxNewCloseWarns is how many closes new to the log are Warn lines in a minute. A minute, not
+// the process's life: a broker restart closes every client at once, and each is new, so a
+// lifetime's few would be spent on it, and a login refused days later would be Debug only.
+const maxNewCloseWarns = 10
+
+// newCloseWarns counts a close new to the log and says whether it may be a Warn line.
+func (p *Proxy) newCloseWarns() bool {
+	now := p.now()
+	p.newClosesMu.Lock()
+	defer p.newClosesMu.Unlock()
+	if now.Sub(p.newClosesSince) >= time.Minute || now.Before(p.newClosesSince) {
+		p.newClosesSince, p.newCloses = now, 0
+	}
+	p.newCloses++
+	return p.newCloses <= maxNewCloseWarns
 }
 
 // loginUser is the user the client logged in as, for the lines about the broker's refusals: of

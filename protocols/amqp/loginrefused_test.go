@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
@@ -133,33 +135,50 @@ func TestRefusedLoginRetriesLoggedOnce(t *testing.T) {
 }
 
 // TestRefusedLoginScanLoggedSparingly: a client that tries a new login each time (a scanner)
-// makes each close new to the log; those too are Warn lines for the first 10 only.
+// makes each close new to the log; those are Warn lines for the first 10 a minute only. A
+// minute later, a close new to the log is a Warn line again (a broker restart, whose closes
+// are all new, must not leave the next refused login at Debug for the process's life).
 func TestRefusedLoginScanLoggedSparingly(t *testing.T) {
 	var logs syncbuf.Buffer
-	h := startProxy(t, func(cfg *Config) { cfg.Log = zerolog.New(&logs).Level(zerolog.DebugLevel) })
-	const tries = 14
-	for i := range tries {
-		if _, err := amqp091.Dial(fmt.Sprintf("amqp://scan%d:wrong@%s/", i, h.p.Addr())); err == nil {
-			t.Fatal("dial with a made-up login succeeded")
-		}
-	}
-	waitFor(t, "every refusal tracked", func() bool { return len(refusals(h)) >= tries })
-	warn, all := 0, 0
-	waitFor(t, "every close logged", func() bool {
-		warn, all = 0, 0
-		for _, l := range strings.Split(logs.String(), "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) != nil || !strings.HasPrefix(fmt.Sprint(m["message"]), "the broker closed the connection") {
-				continue
-			}
-			all++
-			if m["level"] == "warn" {
-				warn++
-			}
-		}
-		return all >= tries
+	var clock atomic.Int64
+	clock.Store(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC).UnixNano())
+	h := startProxy(t, func(cfg *Config) {
+		cfg.Log = zerolog.New(&logs).Level(zerolog.DebugLevel)
+		cfg.Clock = func() time.Time { return time.Unix(0, clock.Load()) }
 	})
-	if warn != 10 || all != tries {
+	scan := func(from, to int) {
+		for i := from; i < to; i++ {
+			if _, err := amqp091.Dial(fmt.Sprintf("amqp://scan%d:wrong@%s/", i, h.p.Addr())); err == nil {
+				t.Fatal("dial with a made-up login succeeded")
+			}
+		}
+		waitFor(t, "every refusal tracked", func() bool { return len(refusals(h)) >= to })
+	}
+	closeLines := func(want int) (warn, all int) {
+		waitFor(t, "every close logged", func() bool {
+			warn, all = 0, 0
+			for _, l := range strings.Split(logs.String(), "\n") {
+				var m map[string]any
+				if json.Unmarshal([]byte(l), &m) != nil || !strings.HasPrefix(fmt.Sprint(m["message"]), "the broker closed the connection") {
+					continue
+				}
+				all++
+				if m["level"] == "warn" {
+					warn++
+				}
+			}
+			return all >= want
+		})
+		return warn, all
+	}
+	const tries = 14
+	scan(0, tries)
+	if warn, all := closeLines(tries); warn != 10 || all != tries {
 		t.Errorf("%d made-up logins: %d Warn lines of %d, want 10 of %d", tries, warn, all, tries)
+	}
+	clock.Add(int64(61 * time.Second))
+	scan(tries, tries+2)
+	if warn, all := closeLines(tries + 2); warn != 12 || all != tries+2 {
+		t.Errorf("two more made-up logins a minute later: %d Warn lines of %d in all, want 12 of %d", warn, all, tries+2)
 	}
 }

@@ -158,9 +158,13 @@ type Proxy struct {
 	handed       *pathway.Handed                  // contexts delivered or returned lately (Config.Handed), to tell a forward
 	seen         *proxy.FirstSeen[clientIdentity] // clients whose identity was logged at Info
 	// closesSeen: the broker's closes of a client's connections logged at Warn, by client, login
-	// and reason; newCloses counts those new to it, closes all of them (broker_closes_total).
-	closesSeen        *proxy.FirstSeen[brokerCloseKey]
-	closes, newCloses atomic.Uint64
+	// and reason; closes counts all of them (broker_closes_total). newCloses counts those new to
+	// closesSeen in the minute from newClosesSince.
+	closesSeen     *proxy.FirstSeen[brokerCloseKey]
+	closes         atomic.Uint64
+	newClosesMu    sync.Mutex
+	newClosesSince time.Time
+	newCloses      int
 
 	// tap and tapBroker, set by tests before Start, receive every byte a client sends and every
 	// byte its broker sends (golden captures).
