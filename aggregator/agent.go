@@ -35,6 +35,10 @@ const (
 	defaultRetries         = 3
 	defaultBackoff         = 100 * time.Millisecond
 	maxBackoff             = 2 * time.Second
+	// maxPostsInFlight bounds the payloads a flush posts at once. The Agent answers each only
+	// after forwarding it to the intake, and a flush posts one per service: one at a time, a
+	// few hundred services and a slow intake would fill the interval with waiting.
+	maxPostsInFlight = 16
 )
 
 // DefaultAgentSocket is the Agent's unix socket the tracers use when nothing is configured and
@@ -137,8 +141,10 @@ type AgentSink struct {
 	pendingBytes int
 	infoChecked  time.Time
 	infoOK       bool // Agent known to list the endpoint (or /info unknown)
-	warned       string
 	enc          payloadEncoder
+
+	warnMu sync.Mutex // the posts of a flush run at once and warn
+	warned string
 
 	// Mirrors of len(pending), pendingBytes and infoOK, so Stats never waits for a slow Send.
 	statPending, statPendingBytes atomic.Int64
@@ -173,7 +179,8 @@ func NewAgentSink(cfg AgentConfig) (*AgentSink, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		tr := &http.Transport{MaxIdleConns: 4, IdleConnTimeout: 90 * time.Second}
+		// A connection per post in flight stays open for the next flush.
+		tr := &http.Transport{MaxIdleConns: maxPostsInFlight, MaxIdleConnsPerHost: maxPostsInFlight, IdleConnTimeout: 90 * time.Second}
 		if socket != "" {
 			tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
@@ -219,31 +226,79 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 		// Warned once; payloads wait, bounded. The error tells a flush at exit that they are lost.
 		return fmt.Errorf("agent %s: %d payload(s) waiting: its /info said it cannot take DSM", s.shown, len(s.pending))
 	}
-	for len(s.pending) > 0 {
-		if err := ctx.Err(); err != nil {
-			// The flush's time ran out on an earlier payload (one the Agent did not answer): the
-			// rest wait for the next flush, without counting as failures of an Agent that answers.
-			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.shown, len(s.pending), err)
+	return s.postPending(ctx)
+}
+
+// postPending posts the pending payloads, oldest first: one, and once the Agent has answered one,
+// up to maxPostsInFlight at once. It starts no more once the flush's time is out or a post failed
+// (the Agent cannot be reached, or answers 5xx): those and the ones not started wait for the next
+// flush, in their order.
+func (s *AgentSink) postPending(ctx context.Context) error {
+	type posted struct {
+		i   int
+		err error
+	}
+	results := make(chan posted)
+	gone := make([]bool, len(s.pending)) // sent, or dropped for good
+	next, inFlight, window := 0, 0, 1
+	var stop error // why no more are started
+	for {
+		for stop == nil && inFlight < window && next < len(s.pending) {
+			if err := ctx.Err(); err != nil {
+				// The flush's time ran out on an earlier payload (one the Agent did not answer): the
+				// rest wait for the next flush, without counting as failures of an Agent that answers.
+				stop = err
+				break
+			}
+			i, body := next, s.pending[next]
+			next++
+			inFlight++
+			go func() { results <- posted{i, s.post(ctx, body)} }()
 		}
-		err := s.post(ctx, s.pending[0])
+		if inFlight == 0 {
+			break
+		}
+		r := <-results
+		inFlight--
 		var rej *rejectedError
 		switch {
-		case err == nil:
-		case errors.As(err, &rej):
+		case r.err == nil:
+			window = maxPostsInFlight
+		case errors.As(r.err, &rej):
 			s.rejected.Add(1)
 			s.warnOnce("rejected:"+rej.status, func(e *zerolog.Event) *zerolog.Event {
 				return e.Str("status", rej.status).Str("body", rej.body)
 			}, "the Agent rejected a DSM payload; dropping it (not retried)")
-		case errors.Is(err, errUnconfirmed):
+		case errors.Is(r.err, errUnconfirmed):
 			s.unconfirmed.Add(1)
-			s.warnOnce("unconfirmed", func(e *zerolog.Event) *zerolog.Event { return e.Err(err) },
+			s.warnOnce("unconfirmed", func(e *zerolog.Event) *zerolog.Event { return e.Err(r.err) },
 				"the Agent took a DSM payload and did not answer in time; dropping it rather than sending it again, which could count its buckets twice (the tracers do the same)")
 		default:
-			return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.shown, len(s.pending), err)
+			if stop == nil {
+				stop = r.err
+			}
+			continue
 		}
-		s.popPending()
+		gone[r.i] = true
+		s.pendingBytes -= len(s.pending[r.i])
+		s.statPending.Add(-1)
+		s.statPendingBytes.Store(int64(s.pendingBytes))
 	}
-	s.pending = nil
+	kept := s.pending[:0]
+	for i, body := range s.pending {
+		if !gone[i] {
+			kept = append(kept, body)
+		}
+	}
+	clear(s.pending[len(kept):])
+	s.pending = kept
+	if len(s.pending) == 0 {
+		s.pending = nil
+	}
+	s.mirror()
+	if len(s.pending) > 0 {
+		return fmt.Errorf("agent %s: %d payload(s) not sent: %w", s.shown, len(s.pending), stop)
+	}
 	return nil
 }
 
@@ -299,6 +354,7 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 			if err == nil {
 				first := s.payloads.Add(1) == 1
 				s.bytes.Add(uint64(len(body)))
+				s.warnMu.Lock()
 				switch {
 				case s.warned != "":
 					s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent accepts DSM payloads again")
@@ -306,6 +362,7 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 				case first:
 					s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent accepted the first DSM payload")
 				}
+				s.warnMu.Unlock()
 			}
 			return err
 		}
@@ -415,9 +472,13 @@ func (s *AgentSink) checkInfo(ctx context.Context) {
 		if !listed {
 			s.warnOnce("unlisted", func(e *zerolog.Event) *zerolog.Event { return e.Str("agent_version", info.Version) },
 				"the Agent does not list /v0.1/pipeline_stats in /info (DSM needs Agent 7.34+): stats keep aggregating; the oldest are dropped while it cannot receive them")
-		} else if s.warned == "info404" || s.warned == "unlisted" {
-			s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent now lists /v0.1/pipeline_stats")
-			s.warned = ""
+		} else {
+			s.warnMu.Lock()
+			if s.warned == "info404" || s.warned == "unlisted" {
+				s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent now lists /v0.1/pipeline_stats")
+				s.warned = ""
+			}
+			s.warnMu.Unlock()
 		}
 	}
 }
@@ -425,6 +486,8 @@ func (s *AgentSink) checkInfo(ctx context.Context) {
 // warnOnce logs a warning the first time a condition appears; it logs again only after the
 // condition changed.
 func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Event, msg string) {
+	s.warnMu.Lock()
+	defer s.warnMu.Unlock()
 	if s.warned == key {
 		return
 	}

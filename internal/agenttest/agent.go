@@ -58,6 +58,7 @@ type Agent struct {
 	decodeErr []error
 	changed   chan struct{}
 	hold      chan struct{} // while set, payloads are taken but not answered until it closes
+	holdFrom  int           // posts up to this one are answered all the same (HoldAnswersAfter)
 }
 
 // New starts a fake Agent; it stops when the test ends. A payload that does not decode fails t.
@@ -127,10 +128,15 @@ func (a *Agent) Refused() int { a.mu.Lock(); defer a.mu.Unlock(); return a.refus
 // HoldAnswers makes the Agent take each payload (it is recorded) and then not answer until
 // release is called or the sender gives up: the sender cannot tell whether it was taken, as with
 // an overloaded Agent.
-func (a *Agent) HoldAnswers() (release func()) {
+func (a *Agent) HoldAnswers() (release func()) { return a.HoldAnswersAfter(0) }
+
+// HoldAnswersAfter is HoldAnswers for the posts after the next n, which are answered as usual:
+// an Agent that answers, then is slow to.
+func (a *Agent) HoldAnswersAfter(n int) (release func()) {
 	ch := make(chan struct{})
 	a.mu.Lock()
 	a.hold = ch
+	a.holdFrom = a.posts + n
 	a.mu.Unlock()
 	return func() {
 		a.mu.Lock()
@@ -208,7 +214,7 @@ func (a *Agent) servePipelineStats(w http.ResponseWriter, r *http.Request) {
 	}
 	close(a.changed)
 	a.changed = make(chan struct{})
-	if hold := a.hold; hold != nil {
+	if hold := a.hold; hold != nil && a.posts > a.holdFrom {
 		a.mu.Unlock()
 		select {
 		case <-hold:
