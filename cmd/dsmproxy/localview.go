@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
@@ -24,6 +26,7 @@ import (
 type localView struct {
 	errs  func() *errtrack.Snapshot
 	agent *aggregator.AgentSink // nil: agent.disabled
+	log   zerolog.Logger
 
 	mu  sync.Mutex
 	pts map[string]viewPathway               // current-time points and totals, by pathwayKey
@@ -37,12 +40,13 @@ type localView struct {
 	// a flush. Kept for the pathways' window.
 	gone map[string][]pathway.OffsetsGone
 
-	goneMu  sync.Mutex
-	goneNew []pathway.OffsetsGone // told since the last Send; applied there, under mu
+	goneMu      sync.Mutex
+	goneNew     []pathway.OffsetsGone // told since the last Send; applied there, under mu
+	goneDropped int                   // told since the last Send past maxGoneWaiting: not applied
 }
 
 // maxGoneWaiting bounds the deletions told between two flushes; past it (some thousands of
-// topics deleted within a flush interval) the rest are not applied.
+// topics deleted within a flush interval) the rest are not applied, and the flush says how many.
 const maxGoneWaiting = 10_000
 
 // offsetsGone is kafka.Config.OffsetsGone: what a Kafka front saw the cluster delete (a topic,
@@ -53,6 +57,8 @@ func (v *localView) offsetsGone(g pathway.OffsetsGone) {
 	defer v.goneMu.Unlock()
 	if len(v.goneNew) < maxGoneWaiting {
 		v.goneNew = append(v.goneNew, g)
+	} else {
+		v.goneDropped++
 	}
 }
 
@@ -118,9 +124,13 @@ func offsetOfTags(tags []string) pathway.Offset {
 // them leave the view. Under mu.
 func (v *localView) takeGone(now time.Time) {
 	v.goneMu.Lock()
-	fresh := v.goneNew
-	v.goneNew = nil
+	fresh, dropped := v.goneNew, v.goneDropped
+	v.goneNew, v.goneDropped = nil, 0
 	v.goneMu.Unlock()
+	if dropped > 0 {
+		v.log.Warn().Int("deletions_not_applied", dropped).Int("max_deletions", maxGoneWaiting).
+			Msg("the cluster confirmed more deletions (DeleteGroups, DeleteTopics, OffsetDelete) within a flush interval than the view of offsets takes: the offsets of the rest stay in /dsm and /metrics (a deleted group's lag keeps growing there) for the week offsets are kept")
+	}
 	keep := v.windowLocked()
 	for k, gs := range v.gone {
 		gs = slices.DeleteFunc(gs, func(g pathway.OffsetsGone) bool { return now.Sub(time.Unix(0, g.Time)) > keep })

@@ -491,3 +491,31 @@ func TestLocalViewPathwayOrder(t *testing.T) {
 		t.Errorf("/dsm rows:\n%s\nwant:\n%s\npage:\n%s", strings.Join(got, "\n"), strings.Join(wantOrder, "\n"), w.Body.String())
 	}
 }
+
+// TestLocalViewGoneOverflowWarns: deletions told between two flushes are bounded
+// (maxGoneWaiting), and one past the bound is not applied: the lag of that group stays on show.
+// The flush says so, with how many, rather than leaving a deleted group's growing lag
+// unexplained.
+func TestLocalViewGoneOverflowWarns(t *testing.T) {
+	now := time.Now().Truncate(10 * time.Second)
+	var logs strings.Builder
+	v := &localView{log: zerolog.New(&logs)}
+	commit := aggregator.Backlog{Service: "svc", Tags: []string{"consumer_group:last", "partition:0", "topic:t", "type:kafka_commit", "kafka_cluster_id:c1"},
+		Value: 1, Last: 1, LastAt: now.Add(-25 * time.Second)}
+	if err := v.Send(context.Background(), []aggregator.Bucket{{Start: now.Add(-30 * time.Second), Duration: 10 * time.Second,
+		TimestampType: aggregator.Current, Backlogs: []aggregator.Backlog{commit}}}); err != nil {
+		t.Fatal(err)
+	}
+	// A DeleteGroups of maxGoneWaiting names that have no offsets here, then of "last".
+	deleted := now.Add(-5 * time.Second).UnixNano()
+	for i := range maxGoneWaiting {
+		v.offsetsGone(pathway.OffsetsGone{ClusterID: "c1", Group: fmt.Sprintf("g%d", i), Partition: -1, Time: deleted})
+	}
+	v.offsetsGone(pathway.OffsetsGone{ClusterID: "c1", Group: "last", Partition: -1, Time: deleted})
+	if err := v.Send(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), `"level":"warn","deletions_not_applied":1,`) {
+		t.Fatalf("no Warn line counting the deletion not applied; log: %q", logs.String())
+	}
+}

@@ -205,7 +205,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 		BucketDuration: cfg.Agent.FlushInterval.D(), Log: log.With().Str("component", "aggregator").Logger(),
 	})
 	rt.agg.Start()
-	view := &localView{}
+	view := &localView{log: log.With().Str("component", "view").Logger()}
 	sinks := append([]aggregator.Sink{view}, extra...)
 	if !cfg.Agent.Disabled {
 		as, err := aggregator.NewAgentSink(aggregator.AgentConfig{
