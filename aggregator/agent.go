@@ -145,6 +145,10 @@ type AgentSink struct {
 
 	warnMu sync.Mutex // the posts of a flush run at once and warn
 	warned string
+	// warnedAt is when each condition was last a Warn line; quiet says the current one came back
+	// within rewarnAfter of it, so it and its end are Debug lines.
+	warnedAt map[string]time.Time
+	quiet    bool
 
 	// Mirrors of len(pending), pendingBytes and infoOK, so Stats never waits for a slow Send.
 	statPending, statPendingBytes atomic.Int64
@@ -357,8 +361,7 @@ func (s *AgentSink) post(ctx context.Context, body []byte) error {
 				s.warnMu.Lock()
 				switch {
 				case s.warned != "":
-					s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent accepts DSM payloads again")
-					s.warned = ""
+					s.recovered("the Agent accepts DSM payloads again")
 				case first:
 					s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent accepted the first DSM payload")
 				}
@@ -475,16 +478,21 @@ func (s *AgentSink) checkInfo(ctx context.Context) {
 		} else {
 			s.warnMu.Lock()
 			if s.warned == "info404" || s.warned == "unlisted" {
-				s.cfg.Log.Info().Str("agent", s.shown).Msg("the Agent now lists /v0.1/pipeline_stats")
-				s.warned = ""
+				s.recovered("the Agent now lists /v0.1/pipeline_stats")
 			}
 			s.warnMu.Unlock()
 		}
 	}
 }
 
+// rewarnAfter is how long after its Warn line a condition that comes back is a Debug line, and so
+// is its end: an Agent that flaps (down at one flush and up at the next, or answering just past
+// the flush's deadline) would write two lines a flush. The counters count every time.
+const rewarnAfter = 10 * time.Minute
+
 // warnOnce logs a warning the first time a condition appears; it logs again only after the
-// condition changed.
+// condition changed (another one, or a payload accepted), and then at Warn only if its last Warn
+// line is rewarnAfter old. The caller holds no lock.
 func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Event, msg string) {
 	s.warnMu.Lock()
 	defer s.warnMu.Unlock()
@@ -492,11 +500,33 @@ func (s *AgentSink) warnOnce(key string, fields func(*zerolog.Event) *zerolog.Ev
 		return
 	}
 	s.warned = key
-	e := s.cfg.Log.Warn().Str("agent", s.shown)
+	now := s.cfg.Clock()
+	e := s.cfg.Log.Warn()
+	if last, ok := s.warnedAt[key]; ok && now.Sub(last) < rewarnAfter && !now.Before(last) {
+		s.quiet = true
+		e = s.cfg.Log.Debug()
+	} else {
+		if s.warnedAt == nil {
+			s.warnedAt = map[string]time.Time{}
+		}
+		s.warnedAt[key], s.quiet = now, false
+	}
+	e = e.Str("agent", s.shown)
 	if fields != nil {
 		e = fields(e)
 	}
 	e.Msg(msg)
+}
+
+// recovered logs the end of the warned condition, at Debug if it was a Debug line itself. The
+// caller holds warnMu.
+func (s *AgentSink) recovered(msg string) {
+	e := s.cfg.Log.Info()
+	if s.quiet {
+		e = s.cfg.Log.Debug()
+	}
+	e.Str("agent", s.shown).Msg(msg)
+	s.warned, s.quiet = "", false
 }
 
 // URL is the Agent the sink sends to.

@@ -421,3 +421,36 @@ func TestAgentFailureWarningFollowsTheCause(t *testing.T) {
 		}
 	}
 }
+
+// TestFlappingAgentLoggedSparingly: an Agent that is down at one flush and back at the next (as
+// one that answers just past the flush's deadline is) writes one Warn line and one line of its
+// recovery, not two lines a flush; a condition that comes back 10 minutes after its last Warn
+// line is a Warn line again.
+func TestFlappingAgentLoggedSparingly(t *testing.T) {
+	agent := agenttest.New(t)
+	clk := &fakeClock{t: t0}
+	var logs syncbuf.Buffer
+	a, f, _ := newPipeline(t, agent.URL(), clk, zerolog.New(&logs).Level(zerolog.InfoLevel), nil)
+	tags := []string{"direction:out", "topic:t", "type:kafka"}
+	flush := func(i int, down bool) {
+		agent.SetDown(down)
+		a.Add(pathway.Point{Service: "svc", EdgeTags: tags, Hash: uint64(i + 1), Time: clk.Now().UnixNano(), PayloadSize: 10})
+		clk.Add(10 * time.Second)
+		f.FlushNow(context.Background(), false)
+	}
+	count := func() (down, again int) {
+		return strings.Count(logs.String(), "the Agent cannot be reached"), strings.Count(logs.String(), "accepts DSM payloads again")
+	}
+	for i := range 30 { // 5 minutes: down, up, down, up...
+		flush(i, i%2 == 0)
+	}
+	if down, again := count(); down != 1 || again != 1 {
+		t.Errorf("15 outages in 5 minutes: %d 'cannot be reached' and %d 'accepts again' lines, want 1 and 1", down, again)
+	}
+	clk.Add(11 * time.Minute)
+	flush(30, true)
+	flush(31, false)
+	if down, again := count(); down != 2 || again != 2 {
+		t.Errorf("an outage 11 minutes later: %d 'cannot be reached' and %d 'accepts again' lines in all, want 2 and 2", down, again)
+	}
+}
