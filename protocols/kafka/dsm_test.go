@@ -288,16 +288,16 @@ func TestOversizeBatch(t *testing.T) {
 // from before the restart (a Java client does not go back to the bootstrap) find them open.
 func TestNodeListenersOpenAtStart(t *testing.T) {
 	c, guard := startCluster(t)
-	nodes := map[int32]string{}
-	for id := int32(0); id < 3; id++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes[id] = ln.Addr().String()
-		ln.Close()
+	// Every address the proxies listen on is picked at once: picked one by one, or left to the
+	// kernel (127.0.0.1:0) after the nodes' were freed, one can be a port already picked, and
+	// that node's listener never opens (its partitions answer LEADER_NOT_AVAILABLE).
+	free := freeAddrs(t, 4)
+	nodes := map[int32]string{0: free[1], 1: free[2], 2: free[3]}
+	addrs := func(cfg *Config) {
+		cfg.Listen = free[0]
+		cfg.NodeAddrs = nodes
 	}
-	first := startProxy(t, c, func(cfg *Config) { cfg.NodeAddrs = nodes })
+	first := startProxy(t, c, addrs)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "restart")
 	produceKgo(t, ctx, kgoClient(t, first), topic, testRecords(3, time.UnixMilli(1700002000000)))
@@ -312,7 +312,7 @@ func TestNodeListenersOpenAtStart(t *testing.T) {
 			t.Fatalf("node %d still listening at %s after shutdown", id, a)
 		}
 	}
-	second := startProxy(t, c, func(cfg *Config) { cfg.NodeAddrs = nodes })
+	second := startProxy(t, c, addrs)
 	for id, a := range nodes {
 		waitFor(t, fmt.Sprintf("node %d listening at %s", id, a), func() bool {
 			conn, err := net.Dial("tcp", a)

@@ -17,7 +17,8 @@ import (
 )
 
 // replicaPair is two proxies in front of one cluster, each with fixed node addresses of its own
-// (so that each opens every node's listener at start, as a second instance does).
+// (so that each opens every node's listener at start, as a second instance does). Their bootstrap
+// addresses are picked with the nodes' (freeAddrs), so that neither takes a node's port.
 type replicaPair struct {
 	first, second *testProxy
 	// toSecond maps the first one's node addresses to the second one's, node by node.
@@ -26,12 +27,12 @@ type replicaPair struct {
 
 func startReplicaPair(t *testing.T, start func(mod func(*Config)) *testProxy) *replicaPair {
 	t.Helper()
-	free := freeAddrs(t, 6)
+	free := freeAddrs(t, 8)
 	firstNodes := map[int32]string{0: free[0], 1: free[1], 2: free[2]}
 	secondNodes := map[int32]string{0: free[3], 1: free[4], 2: free[5]}
 	rp := &replicaPair{
-		first:    start(func(cfg *Config) { cfg.NodeAddrs = firstNodes }),
-		second:   start(func(cfg *Config) { cfg.NodeAddrs = secondNodes }),
+		first:    start(func(cfg *Config) { cfg.Listen, cfg.NodeAddrs = free[6], firstNodes }),
+		second:   start(func(cfg *Config) { cfg.Listen, cfg.NodeAddrs = free[7], secondNodes }),
 		toSecond: map[string]string{},
 	}
 	for id, a := range secondNodes {
