@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -160,10 +161,14 @@ func TestSIGHUPChecksTheEditedFile(t *testing.T) {
 			}
 		}
 	}
-	// The configuration of the start still serves.
+	// The configuration of the start still serves. Its upstream refuses, so the front resets
+	// each connection it accepts, at times before the dial has returned: a reset is an answer
+	// from a listening front (a port nothing listens on refuses the connection instead).
 	conn, err := net.Dial("tcp", rt.fronts[0].Addr().String())
-	if err != nil {
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("the front stopped listening after SIGHUPs with broken files: %v", err)
 	}
-	conn.Close()
+	if conn != nil {
+		conn.Close()
+	}
 }
