@@ -22,24 +22,7 @@ func TestIdentifiedAccessKeyClipped(t *testing.T) {
 	var logs syncbuf.Buffer
 	tp := startProxy(t, func(c *Config) { c.TrustClients, c.Log = true, zerolog.New(&logs) })
 	const clients, keyBytes = 40, 256 << 10
-	send := func(i int) {
-		key := fmt.Sprintf("%d%s", i, strings.Repeat("K", keyBytes))
-		req, err := http.NewRequest(http.MethodPost, tp.url, strings.NewReader("{}"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/x-amz-json-1.1")
-		req.Header.Set("X-Amz-Target", "Kinesis_20131202.SubscribeToShard") // answered by the front itself
-		req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential="+key+"/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature="+strings.Repeat("0", 64))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Fatalf("SubscribeToShard answered %d, want 400", resp.StatusCode)
-		}
-	}
+	send := func(i int) { sendUnderKey(t, tp.url, fmt.Sprintf("%d%s", i, strings.Repeat("K", keyBytes))) }
 	send(-1) // the connection and the front's buffers, before the count
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -79,24 +62,7 @@ func TestIdentifiedAccessKeyClipped(t *testing.T) {
 func TestIdentifiedAccessKeyKeptAfterAGeneration(t *testing.T) {
 	tp := startProxy(t, func(c *Config) { c.TrustClients = true })
 	const clients, keyBytes = 40, 256 << 10
-	send := func(key string) {
-		t.Helper()
-		req, err := http.NewRequest(http.MethodPost, tp.url, strings.NewReader("{}"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/x-amz-json-1.1")
-		req.Header.Set("X-Amz-Target", "Kinesis_20131202.SubscribeToShard") // answered by the front itself
-		req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential="+key+"/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature="+strings.Repeat("0", 64))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Fatalf("SubscribeToShard answered %d, want 400", resp.StatusCode)
-		}
-	}
+	send := func(key string) { sendUnderKey(t, tp.url, key) }
 	bigKey := func(i int) string { return fmt.Sprintf("%d%s", i, strings.Repeat("K", keyBytes)) }
 	for i := range clients {
 		send(bigKey(i))
@@ -118,5 +84,25 @@ func TestIdentifiedAccessKeyKeptAfterAGeneration(t *testing.T) {
 	t.Logf("heap grew by %d bytes", grew)
 	if grew > 4<<20 {
 		t.Errorf("%d clients that came back with access keys of %d bytes hold %d bytes of heap", clients, keyBytes, grew)
+	}
+}
+
+// sendUnderKey sends a request the front answers itself (400), signed under the access key key.
+func sendUnderKey(t *testing.T, url, key string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
+	req.Header.Set("X-Amz-Target", "Kinesis_20131202.SubscribeToShard") // answered by the front itself
+	req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential="+key+"/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date, Signature="+strings.Repeat("0", 64))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("SubscribeToShard answered %d, want 400", resp.StatusCode)
 	}
 }
