@@ -536,10 +536,11 @@ func (s *session) readRequest(r io.Reader, maxBytes int) (frame []byte, rest int
 // read, for what came. When the budget refuses a read's bytes, it stops there and says so
 // (refused): the frame is then the part read (unreadHead bytes or more, the request header in
 // them; all of it when that read completed it, which is relayed unread too, or its last read's
-// bytes and their copies would be held outside the budget), and the rest is for forwardUnread. So the budget follows what clients send, as memory does, not what their size
-// prefixes claim: a client that sends a prefix and stalls holds none of it, one that stalls half
-// way through a request holds three times that half, and the buffer (at most twice what came)
-// stays within what it holds.
+// bytes and their copies would be held outside the budget), and the rest is for forwardUnread.
+// So the budget follows what clients send, as memory does, not what their size prefixes claim:
+// a client that sends a prefix and stalls holds none of it, one that stalls half way through a
+// request holds three times that half, and the buffer (at most twice what came) stays within
+// what it holds.
 func (s *session) readCounted(r io.Reader, sz [4]byte, n int) (_ []byte, refused bool, _ error) {
 	end := 4 + n
 	b := append(make([]byte, 0, 4+proxy.GrowFrom), sz[:]...)
