@@ -115,6 +115,13 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 	}
 	switch r := resp.(type) {
 	case *kmsg.MetadataResponse:
+		// The ids before the listeners open: a client that cached the node addresses produces
+		// and fetches by id as soon as a listener takes its connection, with no Metadata of its
+		// own. The cluster first: a topic created again is told with its cluster.
+		if r.ClusterID != nil {
+			p.noteCluster(*r.ClusterID)
+		}
+		p.learnTopics(r)
 		r.Brokers = keepNodes(r.Brokers, func(b *kmsg.MetadataResponseBroker) bool { return fix(b.NodeID, &b.Host, &b.Port) })
 		if len(failed) > 0 {
 			// What a broker answers for a partition whose leader is offline.
@@ -140,10 +147,6 @@ func (p *Proxy) rewriteResponseAddresses(resp kmsg.Response) (bool, error) {
 				r.ControllerID = -1
 			}
 		}
-		if r.ClusterID != nil { // first: a topic created again is told with its cluster
-			p.noteCluster(*r.ClusterID)
-		}
-		p.learnTopics(r)
 		p.forgetGoneNodes(r.Brokers, failed)
 	case *kmsg.FindCoordinatorResponse:
 		noCoordinator := func(code *int16, id *int32, host *string, port *int32) {

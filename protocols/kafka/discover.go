@@ -166,13 +166,8 @@ func (p *Proxy) learnNodes(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, errRefused{err: err}
 	}
-	// What a relayed Metadata response does: open the nodes' listeners, learn the topic ids and
-	// the cluster id. The ids first: a client that cached the node addresses produces and
-	// fetches by id as soon as a listener takes its connection, with no Metadata of its own.
-	if mr.ClusterID != nil {
-		p.noteCluster(*mr.ClusterID)
-	}
-	p.learnTopics(mr)
+	// What a relayed Metadata response does: learn the cluster id and the topic ids, then open
+	// the nodes' listeners.
 	if _, err := p.rewriteResponseAddresses(mr); err != nil {
 		return 0, errNodeListener{err}
 	}
