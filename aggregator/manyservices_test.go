@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/dsmproxy/dsmproxy/aggregator"
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -20,14 +21,7 @@ import (
 // run), and every payload still decodes.
 func TestManyServicesFlushCostsLittle(t *testing.T) {
 	const services = 300
-	agent := agenttest.New(t)
-	clk := &fakeClock{t: t0}
-	a, f, sink := newPipeline(t, agent.URL(), clk, zerolog.Nop(), nil)
-	for i := range services {
-		a.Add(pathway.Point{Service: fmt.Sprintf("svc-%d", i), Hash: uint64(i + 1), EdgeTags: []string{"direction:out", "topic:t", "type:kafka"},
-			Time: t0.Add(time.Second).UnixNano(), EdgeLatency: int64(time.Millisecond), PathwayLatency: int64(time.Millisecond), PayloadSize: 100})
-	}
-	clk.Add(10 * time.Second)
+	agent, f, sink := pipelineOfServices(t, services)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -53,14 +47,7 @@ func TestManyServicesFlushCostsLittle(t *testing.T) {
 // reaches it.
 func TestSlowAgentGetsPayloadsAtOnce(t *testing.T) {
 	const services = 20
-	agent := agenttest.New(t)
-	clk := &fakeClock{t: t0}
-	a, f, sink := newPipeline(t, agent.URL(), clk, zerolog.Nop(), nil)
-	for i := range services {
-		a.Add(pathway.Point{Service: fmt.Sprintf("svc-%d", i), Hash: uint64(i + 1), EdgeTags: []string{"direction:out", "topic:t", "type:kafka"},
-			Time: t0.Add(time.Second).UnixNano(), EdgeLatency: int64(time.Millisecond), PathwayLatency: int64(time.Millisecond), PayloadSize: 100})
-	}
-	clk.Add(10 * time.Second)
+	agent, f, sink := pipelineOfServices(t, services)
 	release := agent.HoldAnswersAfter(1)
 	defer release()
 	flushed := make(chan struct{})
@@ -76,4 +63,19 @@ func TestSlowAgentGetsPayloadsAtOnce(t *testing.T) {
 	if st := sink.Stats(); st.Payloads != services || st.Pending != 0 || st.Unconfirmed != 0 {
 		t.Fatalf("sink stats %+v, want %d payloads sent", st, services)
 	}
+}
+
+// pipelineOfServices is a pipeline to a fake Agent whose next flush holds a point of each of n
+// services (svc-0...), the bucket already over.
+func pipelineOfServices(t *testing.T, n int) (*agenttest.Agent, *aggregator.Flusher, *aggregator.AgentSink) {
+	t.Helper()
+	agent := agenttest.New(t)
+	clk := &fakeClock{t: t0}
+	a, f, sink := newPipeline(t, agent.URL(), clk, zerolog.Nop(), nil)
+	for i := range n {
+		a.Add(pathway.Point{Service: fmt.Sprintf("svc-%d", i), Hash: uint64(i + 1), EdgeTags: []string{"direction:out", "topic:t", "type:kafka"},
+			Time: t0.Add(time.Second).UnixNano(), EdgeLatency: int64(time.Millisecond), PathwayLatency: int64(time.Millisecond), PayloadSize: 100})
+	}
+	clk.Add(10 * time.Second)
+	return agent, f, sink
 }
