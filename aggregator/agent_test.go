@@ -17,6 +17,7 @@ import (
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/internal/closedport"
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -159,12 +160,8 @@ func TestEndToEnd(t *testing.T) {
 // TestAgentDown: ten minutes of flushes with the Agent unreachable keep pending bytes under the
 // bound (oldest dropped, counted); when it comes back the pending payloads arrive.
 func TestAgentDown(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens: connection refused
+	down := closedport.New(t) // nothing listens: connection refused
+	addr := down.Addr()
 
 	clk := &fakeClock{t: t0}
 	var logs syncbuf.Buffer
@@ -198,6 +195,7 @@ func TestAgentDown(t *testing.T) {
 	}
 	// The Agent comes back on the same address.
 	agent := agenttest.New(t)
+	down.Release()
 	proxyTo(t, addr, agent.URL())
 	clk.Add(10 * time.Second)
 	f.FlushNow(context.Background(), false)
@@ -370,12 +368,7 @@ func TestAgentFailureWarning(t *testing.T) {
 			return agent.URL()
 		}, "the Agent answered a DSM payload with a server error", "cannot be reached"},
 		{"nothing listening", func(t *testing.T) string {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			ln.Close()
-			return "http://" + ln.Addr().String()
+			return "http://" + closedport.New(t).Addr()
 		}, "the Agent cannot be reached", "server error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

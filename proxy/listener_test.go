@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/dsmproxy/dsmproxy/internal/closedport"
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
@@ -280,12 +281,7 @@ func TestDrainDeadlineForceCloses(t *testing.T) {
 // TestUpstreamDialFailureClosesClient: with its upstream down, a client's connection is reset, as
 // a direct one would be refused: clients retry that, not a clean close (kgo fails its records).
 func TestUpstreamDialFailureClosesClient(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := closedport.New(t).Addr()
 	l := startListener(t, ListenerConfig{Upstream: dead}, HandlerFunc(relay))
 	expectReset(t, l.Addr().String())
 	expectReset(t, l.Addr().String())
@@ -435,17 +431,14 @@ func TestLogNth(t *testing.T) {
 // TestEachOutageTold: dial failures are a Warn for the first 10 and every 1000th, but also the
 // first one after a dial that worked, so that an outage after an earlier one is told.
 func TestEachOutageTold(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	down := closedport.New(t)
+	addr := down.Addr()
 	var logs syncbuf.Buffer
 	l := startListenerLog(t, ListenerConfig{Upstream: addr}, HandlerFunc(relay), zerolog.New(&logs))
 	for range 11 { // the first outage: 10 Warn, 1 Debug
 		expectReset(t, l.Addr().String())
 	}
+	down.Release()
 	up, err := net.Listen("tcp", addr) // the broker is back
 	if err != nil {
 		t.Skipf("the upstream's port was taken meanwhile: %v", err)

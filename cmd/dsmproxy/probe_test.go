@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/dsmproxy/dsmproxy/internal/closedport"
 )
 
 // TestProbe: `dsmproxy probe` exits 0 when the admin listener says ready, 1 with the answer when
@@ -21,12 +23,7 @@ func TestProbe(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	gone, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	goneAddr := gone.Addr().String()
-	gone.Close()
+	goneAddr := closedport.New(t).Addr()
 
 	for _, tc := range []struct {
 		name   string

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/dsmproxy/dsmproxy/internal/agenttest"
+	"github.com/dsmproxy/dsmproxy/internal/closedport"
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
@@ -729,13 +731,9 @@ func silentListener(t *testing.T) (string, <-chan struct{}) {
 // Kafka listener, and does it want TLS?" (i/o timeout), or "cannot learn the broker nodes ...
 // trying again" (operation was canceled): false leads in the log of a proxy being stopped.
 func TestKafkaDiscoveryStopsQuietly(t *testing.T) {
-	silent, dialed := silentListener(t)           // a bootstrap that accepts and never answers
-	base, err := net.Listen("tcp", "127.0.0.1:0") // a fixed node port base: discovery runs
-	if err != nil {
-		t.Fatal(err)
-	}
-	basePort := base.Addr().(*net.TCPAddr).Port
-	base.Close()
+	silent, dialed := silentListener(t)                       // a bootstrap that accepts and never answers
+	_, port, _ := net.SplitHostPort(closedport.New(t).Addr()) // a fixed node port base: discovery runs
+	basePort, _ := strconv.Atoi(port)
 	cfg := &Config{Kafka: []KafkaConfig{{Listen: "127.0.0.1:0", Bootstrap: []string{silent}, NodePortBase: basePort}},
 		Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
 	prepare(t, cfg)
@@ -835,12 +833,7 @@ func TestRunOutlivesItsLogReader(t *testing.T) {
 // about as the proxy starts; nothing used to be said until a client connected and was reset.
 // The front whose broker (the local RabbitMQ) answers gets no such line.
 func TestUnreachableUpstreamWarnedAtStart(t *testing.T) {
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	down := closed.Addr().String()
-	closed.Close()
+	down := closedport.New(t).Addr()
 	cfg := &Config{AMQP: []AMQPConfig{
 		{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:5672"},
 		{Listen: "127.0.0.1:0", Upstream: down},

@@ -3,7 +3,6 @@ package kafka
 import (
 	"bufio"
 	"encoding/json"
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/dsmproxy/dsmproxy/internal/closedport"
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 )
 
@@ -21,12 +21,7 @@ import (
 // from 9093; here the first address is a closed port that no connection can have reached.
 func TestBootstrapConnLogsDialedBroker(t *testing.T) {
 	c, guard := startCluster(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := closedport.New(t).Addr()
 	var logs syncbuf.Buffer
 	p := startProxy(t, c, func(cfg *Config) {
 		cfg.Bootstrap = append([]string{dead}, cfg.Bootstrap...)
