@@ -41,8 +41,10 @@ type Config struct {
 	Categories []Category
 	// Agent configures the Datadog Agent reporter; it is used only when Agent.Enabled.
 	Agent AgentConfig
-	// MaxFingerprints bounds the groups kept at once (default DefaultMaxFingerprints). Events of a
-	// new fingerprint beyond it are counted as overflow and otherwise dropped.
+	// MaxFingerprints bounds the groups kept at once (default DefaultMaxFingerprints). When it is
+	// reached, a new fingerprint takes the place of the least recently seen group that had no
+	// event in the open interval (its counts went out with the last flush); only when every group
+	// had one are its events counted as overflow and otherwise dropped.
 	MaxFingerprints int
 	// Retain is how long a group stays after its last event (default DefaultRetain, at least one
 	// Interval), so /errors shows recent trouble and the fingerprint bound frees up over time.
@@ -112,9 +114,14 @@ type EdgeLoss struct {
 type Interval struct {
 	Start, End time.Time
 	Groups     []Group
-	// Overflow counts events dropped because MaxFingerprints groups already existed; OverflowLost
-	// the lost messages among them, so the lost figure stays a lower bound rather than vanishing.
+	// Overflow counts events dropped because MaxFingerprints groups already existed, each with an
+	// event in the interval; OverflowLost the lost messages among them, so the lost figure stays
+	// a lower bound rather than vanishing.
 	Overflow, OverflowLost int64
+	// Evicted counts groups dropped before Retain to make room for new fingerprints.
+	Evicted int64
+	// MaxFingerprints is the bound Overflow and Evicted concern.
+	MaxFingerprints int
 }
 
 // Lost sums the LostMessage groups of the interval per service and edge.
@@ -129,6 +136,7 @@ type Snapshot struct {
 	Groups          []Group
 	Overflow        int64 // since start
 	OverflowLost    int64 // since start
+	Evicted         int64 // groups dropped before Retain to make room for new ones, since start
 	TracesDropped   int64 // error traces the Agent reporter dropped since start (over its pending limit)
 	retired         []EdgeLoss
 }
@@ -145,10 +153,12 @@ func (s Snapshot) Lost() []EdgeLoss {
 		idx[lossKey{l.Service, l.Edge}] = i
 	}
 	for _, r := range s.retired {
-		if i, ok := idx[lossKey{r.Service, r.Edge}]; ok {
+		k := lossKey{r.Service, r.Edge}
+		if i, ok := idx[k]; ok {
 			out[i].Messages += r.Messages
 			continue
 		}
+		idx[k] = len(out) // retired may hold an edge twice: from Close and from evictions since
 		out = append(out, r)
 	}
 	slices.SortFunc(out, func(a, b EdgeLoss) int {
@@ -218,6 +228,15 @@ type Collector struct {
 	overflowLost int64
 	totOverflow  int64
 	totOverLost  int64
+	// idle is a min-heap by last event of the groups kept at the last flush; those still without
+	// an event in the open interval make room for new fingerprints when the bound is reached.
+	// Built at flush, popped at most once per entry: Report never scans the groups.
+	idle       []idleGroup
+	evicted    int64 // open interval
+	totEvicted int64
+	// Lost messages of LostMessage groups evicted in the open interval: Report holds only mu, so
+	// they wait here for Close to retire them. At most one entry per group kept at the last flush.
+	evictedLost []EdgeLoss
 	// Lost messages of LostMessage groups dropped after Retain, per service and edge: what
 	// /errors shows is since start. At most maxRetiredEdges; past that they count as overflow.
 	// Guarded by retMu and mu both: Close changes it holding both, Snapshot walks it holding only
@@ -289,7 +308,7 @@ func (c *Collector) Report(e Event) {
 		if g == nil || g.fp != fp {
 			g = c.groups[fp]
 			if g == nil {
-				if len(c.groups) >= c.cfg.MaxFingerprints {
+				if len(c.groups) >= c.cfg.MaxFingerprints && !c.evictIdle() {
 					c.overflow++
 					if e.Category == LostMessage {
 						c.overflowLost += int64(e.Messages)
@@ -307,6 +326,70 @@ func (c *Collector) Report(e Event) {
 	}
 	g.add(&e)
 	c.mu.Unlock()
+}
+
+// idleGroup is an entry of Collector.idle: the group and its last event as of the flush, a key
+// that stays put even if the group has events since.
+type idleGroup struct {
+	last int64
+	g    *group
+}
+
+// evictIdle drops the least recently seen group without an event since the last flush, so a new
+// fingerprint can take its place; false when every group had one. Called with mu held.
+func (c *Collector) evictIdle() bool {
+	for len(c.idle) > 0 {
+		g := c.popIdle()
+		if g.count > 0 { // active again since the flush: not a candidate until the next one
+			continue
+		}
+		delete(c.groups, g.fp)
+		if c.last == g {
+			c.last = nil
+		}
+		// A group is cached in its own slot only; left there, its fingerprint's next event
+		// would be counted in a group no longer kept.
+		if slot := c.slot(&g.fp); c.cache[slot] == g {
+			c.cache[slot] = nil
+		}
+		if g.fp.Category == LostMessage && g.totMsgs > 0 {
+			c.evictedLost = append(c.evictedLost, EdgeLoss{Service: g.fp.Service, Edge: g.fp.Edge, Messages: g.totMsgs})
+		}
+		c.evicted++
+		return true
+	}
+	return false
+}
+
+// popIdle removes and returns the group of c.idle's root, the least recently seen.
+func (c *Collector) popIdle() *group {
+	h := c.idle
+	g := h[0].g
+	n := len(h) - 1
+	h[0] = h[n]
+	h[n] = idleGroup{}
+	h = h[:n]
+	siftDown(h, 0)
+	c.idle = h
+	return g
+}
+
+// siftDown moves h[i] down until neither child has an earlier last event.
+func siftDown(h []idleGroup, i int) {
+	for {
+		least, l := i, 2*i+1
+		if l < len(h) && h[l].last < h[least].last {
+			least = l
+		}
+		if r := l + 1; r < len(h) && h[r].last < h[least].last {
+			least = r
+		}
+		if least == i {
+			return
+		}
+		h[i], h[least] = h[least], h[i]
+		i = least
+	}
 }
 
 // maxField bounds each name in a fingerprint: they come from clients and brokers (a queue URL
@@ -405,11 +488,21 @@ func (c *Collector) Close(now time.Time) Interval {
 	c.retMu.Lock()
 	defer c.retMu.Unlock()
 	c.mu.Lock()
-	iv := Interval{Start: c.ivStart, End: now, Overflow: c.overflow, OverflowLost: c.overflowLost}
+	iv := Interval{Start: c.ivStart, End: now, Overflow: c.overflow, OverflowLost: c.overflowLost,
+		Evicted: c.evicted, MaxFingerprints: c.cfg.MaxFingerprints}
 	c.totOverflow += c.overflow
 	c.totOverLost += c.overflowLost
-	c.overflow, c.overflowLost = 0, 0
+	c.totEvicted += c.evicted
+	c.overflow, c.overflowLost, c.evicted = 0, 0, 0
+	for _, l := range c.evictedLost {
+		c.retire(lossKey{l.Service, l.Edge}, l.Messages)
+	}
+	clear(c.evictedLost)
+	c.evictedLost = c.evictedLost[:0]
 	c.ivStart = now
+	// Every group kept is idle in the interval now opening until its next event.
+	clear(c.idle)
+	c.idle = c.idle[:0]
 	active := make([]group, 0, len(c.groups)) // copied as they are; made Groups after the lock
 	for fp, g := range c.groups {
 		if g.count > 0 {
@@ -425,7 +518,12 @@ func (c *Collector) Close(now time.Time) Interval {
 			delete(c.groups, fp)
 			c.last = nil
 			clear(c.cache[:]) // rare: refilled from the map by the next events
+			continue
 		}
+		c.idle = append(c.idle, idleGroup{g.last, g})
+	}
+	for i := len(c.idle)/2 - 1; i >= 0; i-- {
+		siftDown(c.idle, i)
 	}
 	c.mu.Unlock()
 	if len(active) > 0 {
@@ -498,12 +596,14 @@ func (c *Collector) Snapshot() Snapshot {
 	c.retMu.Lock()
 	c.mu.Lock()
 	s := Snapshot{Time: c.now(), IntervalStart: c.ivStart, Interval: c.cfg.Interval, MaxFingerprints: c.cfg.MaxFingerprints,
-		Overflow: c.totOverflow + c.overflow, OverflowLost: c.totOverLost + c.overflowLost}
+		Overflow: c.totOverflow + c.overflow, OverflowLost: c.totOverLost + c.overflowLost,
+		Evicted: c.totEvicted + c.evicted}
 	for _, g := range c.groups {
 		raw = append(raw, *g)
 	}
+	s.retired = slices.Clone(c.evictedLost) // evicted since the last flush, not yet retired
 	c.mu.Unlock()
-	s.retired = make([]EdgeLoss, 0, len(c.retired))
+	s.retired = slices.Grow(s.retired, len(c.retired))
 	for k, n := range c.retired {
 		s.retired = append(s.retired, EdgeLoss{Service: k.service, Edge: k.edge, Messages: n})
 	}

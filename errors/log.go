@@ -12,7 +12,8 @@ type LogReporter struct {
 	Log zerolog.Logger
 }
 
-// Send logs iv's groups and, when the fingerprint bound was hit, how much was not grouped.
+// Send logs iv's groups and, when the fingerprint bound was hit, one line each for the groups
+// dropped to make room and for the events not grouped.
 func (r LogReporter) Send(_ context.Context, iv Interval) error {
 	secs := iv.End.Sub(iv.Start).Seconds()
 	for i := range iv.Groups {
@@ -46,9 +47,20 @@ func (r LogReporter) Send(_ context.Context, iv Interval) error {
 		ev.Int64("count", g.Count).Float64("interval_s", secs).
 			Time("first", g.IntervalFirst).Time("last", g.IntervalLast).Msg("error tracking")
 	}
+	if iv.Evicted > 0 {
+		r.Log.Warn().Int64("groups", iv.Evicted).Int("max_fingerprints", iv.MaxFingerprints).Float64("interval_s", secs).
+			Msg("error tracking: too many distinct errors: groups with no event this interval were dropped, least recently " +
+				"seen first, to make room for new ones (raise " + MaxFingerprintsKey + " to keep them longer)")
+	}
 	if iv.Overflow > 0 {
-		r.Log.Warn().Int64("events", iv.Overflow).Int64("lost_messages", iv.OverflowLost).Float64("interval_s", secs).
-			Msg("error tracking: too many distinct errors (the most groups kept at once already existed), events not grouped")
+		r.Log.Warn().Int64("events", iv.Overflow).Int64("lost_messages", iv.OverflowLost).Int("max_fingerprints", iv.MaxFingerprints).
+			Float64("interval_s", secs).
+			Msg("error tracking: too many distinct errors: every group kept had an event this interval, events of new ones " +
+				"not grouped (raise " + MaxFingerprintsKey + ")")
 	}
 	return nil
 }
+
+// MaxFingerprintsKey is the dsmproxy configuration key that sets Config.MaxFingerprints, which
+// the log lines about the bound name.
+const MaxFingerprintsKey = "errors.max_fingerprints"

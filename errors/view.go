@@ -23,6 +23,7 @@ type ViewJSON struct {
 	MaxFingerprints      int         `json:"max_fingerprints"`
 	OverflowEvents       int64       `json:"overflow_events"`
 	OverflowLostMessages int64       `json:"overflow_lost_messages"`
+	EvictedGroups        int64       `json:"evicted_groups"`
 	AgentTracesDropped   int64       `json:"agent_traces_dropped"`
 	Lost                 []LostJSON  `json:"lost"`
 	Groups               []GroupJSON `json:"groups"`
@@ -64,7 +65,7 @@ type GroupJSON struct {
 func (s Snapshot) JSON() ViewJSON {
 	out := ViewJSON{Time: s.Time.UTC(), IntervalStart: s.IntervalStart.UTC(), IntervalSeconds: s.Interval.Seconds(),
 		Fingerprints: len(s.Groups), MaxFingerprints: s.MaxFingerprints,
-		OverflowEvents: s.Overflow, OverflowLostMessages: s.OverflowLost, AgentTracesDropped: s.TracesDropped,
+		OverflowEvents: s.Overflow, OverflowLostMessages: s.OverflowLost, EvictedGroups: s.Evicted, AgentTracesDropped: s.TracesDropped,
 		Lost: []LostJSON{}, Groups: make([]GroupJSON, 0, len(s.Groups))}
 	for _, l := range s.Lost() {
 		out.Lost = append(out.Lost, LostJSON{Service: l.Service, Edge: l.Edge.String(), EdgeTags: l.Edge.Tags(), Messages: l.Messages})

@@ -43,12 +43,20 @@ func viewCollector(t *testing.T) (*Collector, *clock) {
 	if err := c.Flush(context.Background(), t0.Add(10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	// Open interval: more of the Kafka error and a decode error; then the bound is reached.
+	// Open interval: more of the Kafka error and a decode error; then the bound is reached. The
+	// next new error takes the place of the AMQP one, the least recently seen without an event
+	// since the flush; once every group had one, the one after is overflow.
 	c.Report(ev(BrokerError, "Produce", 6, "NOT_LEADER_FOR_PARTITION", "orders-api", ordersOut, 0, 10, 11*time.Second))
 	c.Report(Event{Time: t0.Add(12 * time.Second), Category: DecodeError, Protocol: "kafka", Operation: "Fetch",
 		Name: "undecodable", Message: "Fetch response v17: short buffer", Partition: -1})
 	c.Report(Event{Time: t0.Add(13 * time.Second), Category: LostMessage, Protocol: "sqs", Operation: "SendMessageBatch",
-		Name: "InvalidParameterValue", Service: "billing", Edge: sqsEdge, Partition: -1, Messages: 2}) // over the bound
+		Name: "InvalidParameterValue", Service: "billing", Edge: sqsEdge, Partition: -1, Messages: 2}) // evicts NO_ROUTE
+	c.Report(Event{Time: t0.Add(13 * time.Second), Category: BrokerError, Protocol: "sqs", Operation: "SendMessage", Code: 400,
+		Name: "AWS.SimpleQueueService.NonExistentQueue", Message: "The specified queue does not exist.", Service: "billing",
+		Edge: sqsEdge, Partition: -1, Messages: 1})
+	c.Report(Event{Time: t0.Add(13 * time.Second), Category: ProxySkip, Protocol: "kafka", Operation: "Produce",
+		Name: "size_limit", Message: "batch forwarded unmodified", Service: "orders-api", Edge: ordersOut, Partition: 1, Messages: 50})
+	c.Report(ev(LostMessage, "Produce", 10, "MESSAGE_TOO_LARGE", "orders-api", ordersOut, 0, 3, 14*time.Second)) // overflow
 	clk.Set(t0.Add(15 * time.Second))
 	return c, clk
 }
@@ -86,7 +94,8 @@ func TestViewGolden(t *testing.T) {
 	if err := json.Unmarshal(body, &doc); err != nil {
 		t.Fatal(err)
 	}
-	if doc.Fingerprints != 5 || doc.OverflowEvents != 1 || doc.OverflowLostMessages != 2 || len(doc.Lost) != 1 || doc.Lost[0].Messages != 1 {
+	if doc.Fingerprints != 5 || doc.OverflowEvents != 1 || doc.OverflowLostMessages != 3 || doc.EvictedGroups != 1 ||
+		len(doc.Lost) != 2 || doc.Lost[0].Messages != 2 || doc.Lost[1].Messages != 1 {
 		t.Errorf("document summary: %+v", doc)
 	}
 
