@@ -180,6 +180,8 @@ type ErrorsConfig struct {
 	Agent      *bool    `yaml:"agent"`      // report error spans to the Agent (also DD_ERROR_TRACKING_HANDLED_ERRORS[_INCLUDE])
 	Categories []string `yaml:"categories"` // broker_error, lost_message, proxy_skip, decode_error
 	Interval   Duration `yaml:"interval"`
+	// MaxFingerprints bounds the error groups kept at once (0: errtrack.DefaultMaxFingerprints).
+	MaxFingerprints int `yaml:"max_fingerprints"`
 }
 
 // ServiceRule maps clients to a service name; every non-empty matcher must match.
@@ -1078,6 +1080,9 @@ func (c *Config) Validate() error {
 	}
 	if d := c.Errors.Interval.D(); d != 0 && d < time.Second {
 		bad(0, "errors.interval", "%s is below 1s: every tracked error group is logged (and sent to the Agent, with errors.agent) once an interval", d)
+	}
+	if c.Errors.MaxFingerprints < 0 {
+		bad(0, "errors.max_fingerprints", "must be >= 0 (0: the default, %d)", errtrack.DefaultMaxFingerprints)
 	}
 	for _, cat := range c.Errors.Categories {
 		switch cat {

@@ -1045,6 +1045,37 @@ func TestErrorsIntervalBelowASecondRefused(t *testing.T) {
 	}
 }
 
+// TestErrorsMaxFingerprints: errors.max_fingerprints, which the error tracking's Warn lines name
+// as the setting to raise when groups are evicted or events not grouped, sets the collector's
+// bound; 0 is the default and a negative value is refused.
+func TestErrorsMaxFingerprints(t *testing.T) {
+	for _, tc := range []struct {
+		value string
+		want  int // 0: refused
+	}{{"5", 5}, {"0", errtrack.DefaultMaxFingerprints}, {"-1", 0}} {
+		text := "errors:\n  max_fingerprints: " + tc.value + "\namqp:\n  - listen: 127.0.0.1:15673\n    upstream: 127.0.0.1:5672\n"
+		cfg, err := ParseConfig([]byte(text))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.value, err)
+		}
+		cfg.Admin.Disabled = true
+		cfg.Defaults()
+		err = cfg.Validate()
+		if tc.want == 0 {
+			if err == nil || !strings.Contains(err.Error(), "line 2: key errors.max_fingerprints") {
+				t.Errorf("%s: %v, want a refusal naming errors.max_fingerprints at line 2", tc.value, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.value, err)
+		}
+		if got := newCollector(cfg, zerolog.Nop()).Snapshot().MaxFingerprints; got != tc.want {
+			t.Errorf("%s: the collector keeps %d groups, want %d", tc.value, got, tc.want)
+		}
+	}
+}
+
 // TestKafkaFlagBootstrapSpaces: --kafka LISTEN=a:1, b:2 (a list written as lists usually are)
 // gives the brokers without the space; kept, " b:2" passed validation and failed every dial
 // with a lookup of " b".

@@ -219,7 +219,9 @@ func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
 	e.add("dsmproxy_error_traces_dropped_total", "counter",
 		"Error traces dropped because more than 2,000 waited for the Agent.", float64(s.TracesDropped))
 	e.add("dsmproxy_tracked_errors_overflow_total", "counter",
-		"Error events not grouped because the most error groups kept at once (1,000) already existed; each interval's Warn line counts them too.", float64(s.Overflow))
+		"Error events not grouped because the most error groups kept at once (errors.max_fingerprints, default 1,000) already existed, each with an event in the interval; each interval's Warn line counts them too.", float64(s.Overflow))
+	e.add("dsmproxy_tracked_errors_evicted_total", "counter",
+		"Error groups dropped before their hour to make room for new ones, least recently seen first, when errors.max_fingerprints groups existed; each interval's Warn line counts them too.", float64(s.Evicted))
 	e.add("dsmproxy_tracked_errors_overflow_messages_total", "counter",
 		"Lost messages among the error events counted by dsmproxy_tracked_errors_overflow_total.", float64(s.OverflowLost))
 	for _, g := range s.Groups {

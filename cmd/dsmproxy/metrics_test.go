@@ -127,7 +127,7 @@ func TestMetricsPage(t *testing.T) {
 			Fingerprint: errtrack.Fingerprint{Category: errtrack.BrokerError, Protocol: "kafka", Service: hostile, Operation: "produce",
 				Edge: pathway.Edge{Direction: pathway.Out, Topic: "orders", Type: "kafka"}, Name: "NOT_LEADER_OR_FOLLOWER", Code: 6},
 			TotalCount: 3, TotalMessages: 300,
-		}}, TracesDropped: 4, Overflow: 12, OverflowLost: 1200}
+		}}, TracesDropped: 4, Overflow: 12, OverflowLost: 1200, Evicted: 7}
 	}
 	page := &metricsPage{view: v, stats: func() statsSnapshot {
 		return statsSnapshot{
@@ -167,6 +167,7 @@ func TestMetricsPage(t *testing.T) {
 		{"dsmproxy_error_traces_dropped_total", dto.MetricType_COUNTER, nil, 4},
 		{"dsmproxy_tracked_errors_overflow_total", dto.MetricType_COUNTER, nil, 12},
 		{"dsmproxy_tracked_errors_overflow_messages_total", dto.MetricType_COUNTER, nil, 1200},
+		{"dsmproxy_tracked_errors_evicted_total", dto.MetricType_COUNTER, nil, 7},
 		{"dsmproxy_kafka_injected_records_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 7},
 		{"dsmproxy_kafka_injected_records_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9192"}, 5},
 		{"dsmproxy_kafka_unknown_corr_ids_total", dto.MetricType_COUNTER, map[string]string{"listen": ":9092"}, 1},

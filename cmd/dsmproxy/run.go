@@ -24,7 +24,8 @@ import (
 
 // newCollector builds error tracking from the config: logs and /errors always, the Agent when asked.
 func newCollector(cfg *Config, log zerolog.Logger) *errtrack.Collector {
-	ec := errtrack.Config{Interval: cfg.Errors.Interval.D(), Log: log.With().Str("component", "errors").Logger()}
+	ec := errtrack.Config{Interval: cfg.Errors.Interval.D(), MaxFingerprints: cfg.Errors.MaxFingerprints,
+		Log: log.With().Str("component", "errors").Logger()}
 	for _, c := range cfg.Errors.Categories {
 		if cat, ok := errtrack.ParseCategory(c); ok { // Validate refused unknown names
 			ec.Categories = append(ec.Categories, cat)
