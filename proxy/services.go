@@ -13,7 +13,8 @@ type Identity struct {
 	AccessKey string     // AWS access key id
 	Addr      netip.Addr // client source address
 	// Described is the service the client's own self-description suggests, already normalized by the
-	// protocol package (for example a Kafka client.id with its generated suffixes removed). May be empty.
+	// protocol package (its generated parts removed: TrimGenerated, and a protocol's own, such as a
+	// Kafka client.id's consumer- prefix). May be empty.
 	Described string
 }
 

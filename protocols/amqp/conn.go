@@ -326,7 +326,7 @@ func (s *session) setService(connName, user string) {
 		connName = strings.Clone(connName[:maxConnNameBytes])
 	}
 	cl := s.p.cfg.Services.Client(proxy.Identity{Protocol: "amqp", ClientID: connName, User: user, Addr: s.addr,
-		Described: describedConnName(connName)})
+		Described: proxy.TrimGenerated(describedConnName(connName))})
 	svc := cl.Service
 	wasTraced := s.traced.Swap(cl.Traced)
 	old := s.service.Swap(&svc)

@@ -22,6 +22,13 @@ func TestConnectionNameService(t *testing.T) {
 		{"SpringAMQP#5e4c3b2a:0", "fallback"},
 		{"billingFactory#5e4c3b2a:3", "billingFactory"},
 		{"team#1:a", "team#1:a"},
+		// Instance parts go, as from a Kafka client.id (proxy.TrimGenerated): a pod's host name
+		// is a common connection_name.
+		{"orders-api-7d9f8b6c4-x2k9p", "orders-api"},
+		{"worker-3", "worker"},
+		{"billing-1b4e28ba-2fa1-11d2-883f-0016d3cca427", "billing"},
+		{"billingFactory-2#5e4c3b2a:3", "billingFactory"},
+		{"12345", "fallback"},
 		{"", "fallback"},
 		{strings.Repeat("n", 70000), strings.Repeat("n", maxConnNameBytes)},
 	} {

@@ -39,8 +39,9 @@ func TestSQSDSMThroughAgent(t *testing.T) {
 	flusher := aggregator.NewFlusher(agg, 10*time.Second, zerolog.Nop(), sink)
 	rec := &recorder{}
 	tp, _, producer, qurl, ctx := sqsSetup(t, "dsmq", func(c *Config) { c.Observer = tee{rec, agg} })
+	// An app id set to the pod's name names the service its replicas share (proxy.TrimGenerated).
 	consumer := sqs.New(sqs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(tp.url),
-		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: "billing"})
+		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), AppID: "billing-7d9f8b6c4-x2k9p"})
 	for _, body := range []string{"a", "b", "c"} {
 		if _, err := producer.SendMessage(ctx, &sqs.SendMessageInput{QueueUrl: &qurl, MessageBody: awssdk.String(body)}); err != nil {
 			t.Fatal(err)

@@ -862,7 +862,7 @@ func (p *Proxy) identity(c *call) proxy.Identity {
 	if id.ClientID == "" {
 		id.ClientID = appID(c.r.Header.Get("X-Amz-User-Agent"))
 	}
-	id.Described = id.ClientID
+	id.Described = proxy.TrimGenerated(id.ClientID)
 	if ap, err := netip.ParseAddrPort(c.r.RemoteAddr); err == nil {
 		id.Addr = ap.Addr().Unmap()
 	}
