@@ -191,6 +191,7 @@ func pathwayKey(service string, edgeTags []string, hash, parentHash uint64) stri
 // viewContents is a copy of what the view holds.
 type viewContents struct {
 	pts    []agentpayload.Point
+	keys   []string                // pathwayKey of each of pts
 	totals map[string]pathwayTotal // by pathwayKey of pts
 	sizes  map[string]float64      // by pathwayKey of pts: the exact average payload size of its bucket
 	bl     []agentpayload.BacklogEntry
@@ -301,10 +302,12 @@ func (v *localView) windowLocked() time.Duration { return max(localViewWindow, 3
 func (v *localView) contents() viewContents {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	c := viewContents{pts: make([]agentpayload.Point, 0, len(v.pts)), totals: make(map[string]pathwayTotal, len(v.pts)),
-		sizes: make(map[string]float64, len(v.pts)), bl: slices.Collect(maps.Values(v.bl)), at: v.at, window: v.windowLocked()}
+	c := viewContents{pts: make([]agentpayload.Point, 0, len(v.pts)), keys: make([]string, 0, len(v.pts)), totals: make(map[string]pathwayTotal, len(v.pts)),
+		sizes: make(map[string]float64, len(v.pts)), bl: slices.AppendSeq(make([]agentpayload.BacklogEntry, 0, len(v.bl)), maps.Values(v.bl)),
+		at: v.at, window: v.windowLocked()}
 	for k, p := range v.pts {
 		c.pts = append(c.pts, p.pt)
+		c.keys = append(c.keys, k)
 		c.totals[k] = p.total
 		if n := p.pt.PayloadSize.GetCount(); n > 0 {
 			c.sizes[k] = float64(p.bytes) / n

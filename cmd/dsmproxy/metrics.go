@@ -3,7 +3,7 @@ package main
 import (
 	"bufio"
 	"cmp"
-	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"reflect"
@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/DataDog/sketches-go/ddsketch"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
@@ -65,18 +67,24 @@ type frontStats struct {
 const metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
 
 func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	var e exposition
+	w.Header().Set("Content-Type", metricsContentType)
+	// Written as it goes: with tens of thousands of pathways, a page built first took tens of MB
+	// and seconds per scrape.
+	p := &promWriter{w: bufio.NewWriterSize(w, 64<<10)}
 	if m.view != nil {
 		c := m.view.contents()
-		e.pathways(c.pts, c.totals, c.sizes)
-		e.backlogs(c.bl)
+		p.pathways(c.pts, c.keys, c.totals, c.sizes)
+		p.backlogs(c.bl)
 		if m.view.errs != nil {
 			if s := m.view.errs(); s != nil {
-				e.trackedErrors(s)
+				p.trackedErrors(s)
 			}
 		}
 	}
 	if m.stats != nil {
+		// A few hundred series at most, but fronts of one protocol share families, so these are
+		// collected and grouped before they are written.
+		var e exposition
 		st := m.stats()
 		for _, f := range st.Fronts {
 			e.counters("dsmproxy_"+f.Protocol+"_", f.Stats, "listen", f.Listen)
@@ -92,11 +100,98 @@ func (m *metricsPage) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 				"End of validity (Unix seconds) of a certificate a front serves or presents, as last loaded (start or SIGHUP).",
 				float64(c.NotAfter.Unix()), "front", c.Front, "for", c.For, "cert_file", c.CertFile)
 		}
+		e.write(p)
 	}
-	w.Header().Set("Content-Type", metricsContentType)
-	bw := bufio.NewWriter(w)
-	e.write(bw)
-	_ = bw.Flush()
+	_ = p.w.Flush()
+}
+
+// promWriter writes the text format as it goes: a family's HELP and TYPE lines, then its samples
+// (begin, label..., end). The format wants all samples of a family together, so the view's
+// families are written one after another, each in a pass over what the view holds.
+type promWriter struct {
+	w      *bufio.Writer
+	labels int    // labels of the sample begun
+	num    []byte // scratch for numbers
+}
+
+func (p *promWriter) family(name, typ, help string) {
+	p.w.WriteString("# HELP ")
+	p.w.WriteString(name)
+	p.w.WriteByte(' ')
+	p.w.WriteString(escapeHelp(help))
+	p.w.WriteString("\n# TYPE ")
+	p.w.WriteString(name)
+	p.w.WriteByte(' ')
+	p.w.WriteString(typ)
+	p.w.WriteByte('\n')
+}
+
+func (p *promWriter) begin(name string) {
+	p.w.WriteString(name)
+	p.labels = 0
+}
+
+// labelSep opens the labels or separates a label from the one before.
+func (p *promWriter) labelSep() {
+	if p.labels == 0 {
+		p.w.WriteByte('{')
+	} else {
+		p.w.WriteByte(',')
+	}
+	p.labels++
+}
+
+// labelStart writes what comes before a label's value; the caller writes the value and its
+// closing quote.
+func (p *promWriter) labelStart(name string) {
+	p.labelSep()
+	p.w.WriteString(name)
+	p.w.WriteString(`="`)
+}
+
+func (p *promWriter) label(name, value string) {
+	p.labelStart(name)
+	writeLabelValue(p.w, value)
+	p.w.WriteByte('"')
+}
+
+// hexLabel is a hash as 16 hex digits.
+func (p *promWriter) hexLabel(name string, v uint64) {
+	p.labelStart(name)
+	p.num = strconv.AppendUint(p.num[:0], v, 16)
+	for range 16 - len(p.num) {
+		p.w.WriteByte('0')
+	}
+	p.w.Write(p.num)
+	p.w.WriteByte('"')
+}
+
+// edgeTagsLabel writes the edge_tags label (see edgeTagsLabel).
+func (p *promWriter) edgeTagsLabel(tags []string) {
+	p.labelStart("edge_tags")
+	if slices.ContainsFunc(tags, func(t string) bool { return strings.ContainsAny(t, `\,`) }) {
+		writeLabelValue(p.w, edgeTagsLabel(tags))
+	} else {
+		// Nothing to escape between the tags: each can be made a label value on its own, as
+		// an invalid byte or U+FFFD never spans a comma.
+		for i, t := range tags {
+			if i > 0 {
+				p.w.WriteByte(',')
+			}
+			writeLabelValue(p.w, t)
+		}
+	}
+	p.w.WriteByte('"')
+}
+
+func (p *promWriter) end(v float64) {
+	if p.labels > 0 {
+		p.w.WriteByte('}')
+	}
+	p.w.WriteByte(' ')
+	p.num = appendValue(p.num[:0], v)
+	p.w.Write(p.num)
+	p.w.WriteByte('\n')
 }
 
 // exposition collects samples and writes them grouped by family, as the format requires: all
@@ -129,64 +224,107 @@ func (e *exposition) add(name, typ, help string, v float64, labels ...string) {
 	f.samples = append(f.samples, sample{labels: labels, value: v})
 }
 
-func (e *exposition) write(w *bufio.Writer) {
+func (e *exposition) write(p *promWriter) {
 	for _, name := range e.order {
 		f := e.families[name]
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, escapeHelp(f.help), name, f.typ)
+		p.family(name, f.typ, f.help)
 		for _, s := range f.samples {
-			w.WriteString(name)
-			if len(s.labels) > 0 {
-				w.WriteByte('{')
-				for i := 0; i+1 < len(s.labels); i += 2 {
-					if i > 0 {
-						w.WriteByte(',')
-					}
-					w.WriteString(s.labels[i])
-					w.WriteString(`="`)
-					w.WriteString(escapeLabel(s.labels[i+1]))
-					w.WriteByte('"')
-				}
-				w.WriteByte('}')
+			p.begin(name)
+			for i := 0; i+1 < len(s.labels); i += 2 {
+				p.label(s.labels[i], s.labels[i+1])
 			}
-			w.WriteByte(' ')
-			w.WriteString(formatValue(s.value))
-			w.WriteByte('\n')
+			p.end(s.value)
 		}
 	}
 }
 
+// pathwayRow is a pathway of the view and its pathwayKey.
+type pathwayRow struct {
+	pt  *agentpayload.Point
+	key string
+}
+
+var pathwayQuantiles = [...]struct {
+	q     float64
+	label string
+}{{0.5, "0.5"}, {0.99, "0.99"}}
+
 // pathways: one series per pathway (service, edge tags, hash, parent) from its latest bucket,
-// and its totals (see pathwayTotal) as counters.
-func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwayTotal, sizes map[string]float64) {
-	slices.SortFunc(pts, func(a, b agentpayload.Point) int {
-		return cmp.Or(strings.Compare(a.Service, b.Service), slices.Compare(a.EdgeTags, b.EdgeTags), cmp.Compare(a.Hash, b.Hash))
+// and its totals (see pathwayTotal) as counters. keys are the pathwayKey of each of pts.
+func (p *promWriter) pathways(pts []agentpayload.Point, keys []string, totals map[string]pathwayTotal, sizes map[string]float64) {
+	rows := make([]pathwayRow, 0, len(pts))
+	for i := range pts {
+		if pts[i].TimestampType == string(aggregator.Current) {
+			rows = append(rows, pathwayRow{&pts[i], keys[i]})
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	slices.SortFunc(rows, func(a, b pathwayRow) int {
+		return cmp.Or(strings.Compare(a.pt.Service, b.pt.Service), slices.Compare(a.pt.EdgeTags, b.pt.EdgeTags), cmp.Compare(a.pt.Hash, b.pt.Hash))
 	})
-	for _, p := range pts {
-		if p.TimestampType != string(aggregator.Current) {
-			continue
+	sample := func(name string, r pathwayRow, quantile string, v float64) {
+		p.begin(name)
+		p.label("service", r.pt.Service)
+		p.edgeTagsLabel(r.pt.EdgeTags)
+		p.hexLabel("hash", r.pt.Hash)
+		p.hexLabel("parent_hash", r.pt.ParentHash)
+		if quantile != "" {
+			p.label("quantile", quantile)
 		}
-		l := []string{"service", p.Service, "edge_tags", edgeTagsLabel(p.EdgeTags),
-			"hash", fmt.Sprintf("%016x", p.Hash), "parent_hash", fmt.Sprintf("%016x", p.ParentHash)}
-		e.add("dsmproxy_pathway_messages_per_second", "gauge",
-			"Checkpoints per second on the pathway, in its latest bucket.", ratePerSecond(p), l...)
-		// Summaries of quantiles alone (no _sum or _count: a sketch keeps neither exactly), as
-		// the format wants a quantile label only on a summary (promtool: "non-summary metrics
-		// should not have quantile label").
-		for _, q := range []float64{0.5, 0.99} {
-			ql := append(slices.Clone(l), "quantile", strconv.FormatFloat(q, 'g', -1, 64))
-			e.add("dsmproxy_pathway_edge_latency_seconds", "summary",
-				"Edge latency (since the previous checkpoint) at the quantile, in the pathway's latest bucket.", quantile(p.EdgeLatency, q), ql...)
-			e.add("dsmproxy_pathway_latency_seconds", "summary",
-				"End-to-end latency (since the pathway began) at the quantile, in the pathway's latest bucket.", quantile(p.PathwayLatency, q), ql...)
+		p.end(v)
+	}
+
+	const rate = "dsmproxy_pathway_messages_per_second"
+	p.family(rate, "gauge", "Checkpoints per second on the pathway, in its latest bucket.")
+	for _, r := range rows {
+		sample(rate, r, "", ratePerSecond(*r.pt))
+	}
+	// Summaries of quantiles alone (no _sum or _count: a sketch keeps neither exactly), as the
+	// format wants a quantile label only on a summary (promtool: "non-summary metrics should
+	// not have quantile label").
+	for _, f := range []struct {
+		name, help string
+		sketch     func(*agentpayload.Point) *ddsketch.DDSketch
+	}{
+		{"dsmproxy_pathway_edge_latency_seconds", "Edge latency (since the previous checkpoint) at the quantile, in the pathway's latest bucket.",
+			func(pt *agentpayload.Point) *ddsketch.DDSketch { return pt.EdgeLatency }},
+		{"dsmproxy_pathway_latency_seconds", "End-to-end latency (since the pathway began) at the quantile, in the pathway's latest bucket.",
+			func(pt *agentpayload.Point) *ddsketch.DDSketch { return pt.PathwayLatency }},
+	} {
+		p.family(f.name, "summary", f.help)
+		for _, r := range rows {
+			for _, q := range pathwayQuantiles {
+				sample(f.name, r, q.label, quantile(f.sketch(r.pt), q.q))
+			}
 		}
-		key := pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)
-		e.add("dsmproxy_pathway_payload_bytes_average", "gauge",
-			"Average payload size on the pathway, in its latest bucket.", averageSize(p, sizes, key), l...)
-		if t, ok := totals[key]; ok {
-			e.add("dsmproxy_pathway_messages_total", "counter",
-				"Checkpoints on the pathway in every bucket flushed since it came into the view (since the start, or since it came back after dropping out of /dsm): exact up to the latest flushed bucket.", float64(t.Messages), l...)
-			e.add("dsmproxy_pathway_payload_bytes_total", "counter",
-				"Payload bytes on the pathway in every bucket flushed since it came into the view (since the start, or since it came back after dropping out of /dsm): exact up to the latest flushed bucket.", float64(t.Bytes), l...)
+	}
+	const average = "dsmproxy_pathway_payload_bytes_average"
+	p.family(average, "gauge", "Average payload size on the pathway, in its latest bucket.")
+	for _, r := range rows {
+		sample(average, r, "", averageSize(*r.pt, sizes, r.key))
+	}
+	for _, f := range []struct {
+		name, help string
+		value      func(pathwayTotal) uint64
+	}{
+		{"dsmproxy_pathway_messages_total", "Checkpoints on the pathway in every bucket flushed since it came into the view (since the start, or since it came back after dropping out of /dsm): exact up to the latest flushed bucket.",
+			func(t pathwayTotal) uint64 { return t.Messages }},
+		{"dsmproxy_pathway_payload_bytes_total", "Payload bytes on the pathway in every bucket flushed since it came into the view (since the start, or since it came back after dropping out of /dsm): exact up to the latest flushed bucket.",
+			func(t pathwayTotal) uint64 { return t.Bytes }},
+	} {
+		started := false
+		for _, r := range rows {
+			t, ok := totals[r.key]
+			if !ok {
+				continue
+			}
+			if !started {
+				p.family(f.name, "counter", f.help)
+				started = true
+			}
+			sample(f.name, r, "", float64(f.value(t)))
 		}
 	}
 }
@@ -194,41 +332,82 @@ func (e *exposition) pathways(pts []agentpayload.Point, totals map[string]pathwa
 // backlogs: the Kafka offsets (produce, high watermark, commit) per partition, and the consumer
 // lag /dsm shows (log end - commit, summed over a group's partitions of a topic), from the last
 // known offsets (localView keeps them for offsetRetention).
-func (e *exposition) backlogs(bl []agentpayload.BacklogEntry) {
+func (p *promWriter) backlogs(bl []agentpayload.BacklogEntry) {
 	slices.SortFunc(bl, func(a, b agentpayload.BacklogEntry) int {
 		return cmp.Or(strings.Compare(a.Service, b.Service), slices.Compare(a.Tags, b.Tags))
 	})
+	const offset = "dsmproxy_kafka_offset"
+	if len(bl) > 0 {
+		p.family(offset, "gauge",
+			"Last known Kafka offset per kind (type: kafka_produce, kafka_high_watermark, kafka_commit) and partition, kept a week after its last update.")
+	}
 	for _, b := range bl {
-		l := []string{"service", b.Service}
+		p.begin(offset)
+		p.label("service", b.Service)
 		for _, t := range b.Tags {
 			k, v, _ := strings.Cut(t, ":")
-			l = append(l, labelName(k), v)
+			p.labelSep()
+			writeLabelName(p.w, k)
+			p.w.WriteString(`="`)
+			writeLabelValue(p.w, v)
+			p.w.WriteByte('"')
 		}
-		e.add("dsmproxy_kafka_offset", "gauge",
-			"Last known Kafka offset per kind (type: kafka_produce, kafka_high_watermark, kafka_commit) and partition, kept a week after its last update.", float64(b.Value), l...)
+		p.end(float64(b.Value))
 	}
-	for _, r := range consumerLag(bl) {
-		e.add("dsmproxy_kafka_consumer_lag_messages", "gauge",
-			"Messages past the group's last commit, summed over the topic's partitions it committed (log end: the later of the high watermark and the last produced offset + 1).", float64(r.lag),
-			"consumer_group", r.group, "topic", r.topic, "kafka_cluster_id", r.cluster)
+	const lag = "dsmproxy_kafka_consumer_lag_messages"
+	for i, r := range consumerLag(bl) {
+		if i == 0 {
+			p.family(lag, "gauge",
+				"Messages past the group's last commit, summed over the topic's partitions it committed (log end: the later of the high watermark and the last produced offset + 1).")
+		}
+		p.begin(lag)
+		p.label("consumer_group", r.group)
+		p.label("topic", r.topic)
+		p.label("kafka_cluster_id", r.cluster)
+		p.end(float64(r.lag))
 	}
 }
 
 // trackedErrors: the error groups of GET /errors, counted over each group's life.
-func (e *exposition) trackedErrors(s *errtrack.Snapshot) {
-	e.add("dsmproxy_error_traces_dropped_total", "counter",
-		"Error traces dropped because more than 2,000 waited for the Agent.", float64(s.TracesDropped))
-	e.add("dsmproxy_tracked_errors_overflow_total", "counter",
-		"Error events not grouped because the most error groups kept at once (errors.max_fingerprints, default 1,000) already existed, each with an event in the interval; each interval's Warn line counts them too.", float64(s.Overflow))
-	e.add("dsmproxy_tracked_errors_evicted_total", "counter",
-		"Error groups dropped before their hour to make room for new ones, least recently seen first, when errors.max_fingerprints groups existed; each interval's Warn line counts them too.", float64(s.Evicted))
-	e.add("dsmproxy_tracked_errors_overflow_messages_total", "counter",
-		"Lost messages among the error events counted by dsmproxy_tracked_errors_overflow_total.", float64(s.OverflowLost))
-	for _, g := range s.Groups {
-		l := []string{"category", g.Category.String(), "protocol", g.Protocol, "service", g.Service, "operation", g.Operation,
-			"edge_tags", edgeTagsLabel(g.Edge.Tags()), "error", g.Name, "code", strconv.Itoa(int(g.Code))}
-		e.add("dsmproxy_tracked_errors_total", "counter", "Tracked error events (broker errors, lost messages, proxy skips, decode errors).", float64(g.TotalCount), l...)
-		e.add("dsmproxy_tracked_error_messages_total", "counter", "Messages the tracked error events concerned.", float64(g.TotalMessages), l...)
+func (p *promWriter) trackedErrors(s *errtrack.Snapshot) {
+	for _, c := range []struct {
+		name, help string
+		v          int64
+	}{
+		{"dsmproxy_error_traces_dropped_total", "Error traces dropped because more than 2,000 waited for the Agent.", s.TracesDropped},
+		{"dsmproxy_tracked_errors_overflow_total", "Error events not grouped because the most error groups kept at once (errors.max_fingerprints, default 1,000) already existed, each with an event in the interval; each interval's Warn line counts them too.", s.Overflow},
+		{"dsmproxy_tracked_errors_evicted_total", "Error groups dropped before their hour to make room for new ones, least recently seen first, when errors.max_fingerprints groups existed; each interval's Warn line counts them too.", s.Evicted},
+		{"dsmproxy_tracked_errors_overflow_messages_total", "Lost messages among the error events counted by dsmproxy_tracked_errors_overflow_total.", s.OverflowLost},
+	} {
+		p.family(c.name, "counter", c.help)
+		p.begin(c.name)
+		p.end(float64(c.v))
+	}
+	if len(s.Groups) == 0 {
+		return
+	}
+	for _, f := range []struct {
+		name, help string
+		value      func(*errtrack.Group) float64
+	}{
+		{"dsmproxy_tracked_errors_total", "Tracked error events (broker errors, lost messages, proxy skips, decode errors).",
+			func(g *errtrack.Group) float64 { return float64(g.TotalCount) }},
+		{"dsmproxy_tracked_error_messages_total", "Messages the tracked error events concerned.",
+			func(g *errtrack.Group) float64 { return float64(g.TotalMessages) }},
+	} {
+		p.family(f.name, "counter", f.help)
+		for i := range s.Groups {
+			g := &s.Groups[i]
+			p.begin(f.name)
+			p.label("category", g.Category.String())
+			p.label("protocol", g.Protocol)
+			p.label("service", g.Service)
+			p.label("operation", g.Operation)
+			p.edgeTagsLabel(g.Edge.Tags())
+			p.label("error", g.Name)
+			p.label("code", strconv.Itoa(int(g.Code)))
+			p.end(f.value(g))
+		}
 	}
 }
 
@@ -307,28 +486,58 @@ func snakeCase(s string) string {
 	return b.String()
 }
 
-// labelName makes a tag key a valid label name ([a-zA-Z_][a-zA-Z0-9_]*).
-func labelName(k string) string {
-	b := []byte(k)
-	for i, c := range b {
-		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
-			b[i] = '_'
-		}
-	}
-	if len(b) == 0 {
-		return "_"
-	}
-	return string(b)
+// textWriter is what label values are written to: the page's buffer, or a string.
+type textWriter interface {
+	io.ByteWriter
+	io.StringWriter
 }
 
-var (
-	labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-	helpEscaper  = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
-)
+// writeLabelName writes a tag key as a valid label name ([a-zA-Z_][a-zA-Z0-9_]*).
+func writeLabelName(w textWriter, k string) {
+	if k == "" {
+		w.WriteByte('_')
+		return
+	}
+	for i := range len(k) {
+		c := k[i]
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			c = '_'
+		}
+		w.WriteByte(c)
+	}
+}
 
-// escapeLabel: names come from clients and brokers; a label value must not end its quotes or line.
-func escapeLabel(s string) string { return labelEscaper.Replace(validLabel(s)) }
-func escapeHelp(s string) string  { return helpEscaper.Replace(s) }
+var helpEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
+
+// writeLabelValue writes s as a label value, without its quotes: names come from clients and
+// brokers; a label value must not end its quotes or line.
+func writeLabelValue(w textWriter, s string) {
+	s = validLabel(s)
+	for {
+		i := strings.IndexAny(s, "\\\"\n")
+		if i < 0 {
+			w.WriteString(s)
+			return
+		}
+		w.WriteString(s[:i])
+		if s[i] == '\n' {
+			w.WriteString(`\n`)
+		} else {
+			w.WriteByte('\\')
+			w.WriteByte(s[i])
+		}
+		s = s[i+1:]
+	}
+}
+
+// escapeLabel is s as writeLabelValue writes it.
+func escapeLabel(s string) string {
+	var b strings.Builder
+	writeLabelValue(&b, s)
+	return b.String()
+}
+
+func escapeHelp(s string) string { return helpEscaper.Replace(s) }
 
 // validLabel makes s valid UTF-8, as the format requires, without merging names: replacing
 // invalid bytes by U+FFFD alone made "t\xff" and "t\xfe" one series. Each invalid byte becomes
@@ -357,16 +566,16 @@ func validLabel(s string) string {
 	return b.String()
 }
 
-func formatValue(v float64) string {
+func appendValue(b []byte, v float64) []byte {
 	switch {
 	case math.IsNaN(v):
-		return "NaN"
+		return append(b, "NaN"...)
 	case math.IsInf(v, 1):
-		return "+Inf"
+		return append(b, "+Inf"...)
 	case math.IsInf(v, -1):
-		return "-Inf"
+		return append(b, "-Inf"...)
 	}
-	return strconv.FormatFloat(v, 'g', -1, 64)
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
 }
 
 // edgeTagsLabel is the edge_tags label: the tags joined by commas, as before, with each tag's
