@@ -188,6 +188,9 @@ type Aggregator struct {
 
 	nPoints, nPointsDropped, nOffsets, nOffsetsDropped, nAggregated, nBuckets, nGroupsRefused, nOffsetsRefused, nOriginsClamped atomic.Uint64
 	groups, backlogs                                                                                                            int // in open buckets; guarded by mu
+	// openBuckets mirrors len(buckets), so Stats never waits for a flush, which holds mu while it
+	// exports its buckets (seconds with tens of thousands of groups).
+	openBuckets atomic.Int64
 
 	mu      sync.Mutex // guards buckets and last
 	buckets map[bucketKey]*bucket
@@ -358,6 +361,7 @@ func (a *Aggregator) bucketFor(t int64, origin bool) *bucket {
 	if b == nil {
 		b = &bucket{key: k, groups: make(map[groupKey]*groupState)}
 		a.buckets[k] = b
+		a.openBuckets.Store(int64(len(a.buckets)))
 	}
 	a.last[i].key, a.last[i].b = k, b
 	return b
@@ -375,6 +379,7 @@ func (a *Aggregator) dropIfEmpty(b *bucket) {
 		return
 	}
 	delete(a.buckets, b.key)
+	a.openBuckets.Store(int64(len(a.buckets)))
 	for i := range a.last {
 		if a.last[i].b == b {
 			a.last[i] = lastBucket{}
@@ -536,6 +541,7 @@ func (a *Aggregator) flushInline(now time.Time, final bool) []Bucket {
 			continue
 		}
 		delete(a.buckets, k)
+		a.openBuckets.Store(int64(len(a.buckets)))
 		a.groups -= b.n
 		a.backlogs -= len(b.backlogs)
 		out = append(out, b.export(k, a.width))
@@ -567,11 +573,9 @@ func (b *bucket) export(k bucketKey, width int64) Bucket {
 	return out
 }
 
-// Stats returns the counters.
+// Stats returns the counters. It takes no lock: GET /stats must answer while a flush runs.
 func (a *Aggregator) Stats() Stats {
-	a.mu.Lock()
-	open := len(a.buckets)
-	a.mu.Unlock()
+	open := int(a.openBuckets.Load())
 	return Stats{
 		Points: a.nPoints.Load(), PointsDropped: a.nPointsDropped.Load(),
 		Offsets: a.nOffsets.Load(), OffsetsDropped: a.nOffsetsDropped.Load(),
