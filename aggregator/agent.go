@@ -222,6 +222,7 @@ func (s *AgentSink) Send(ctx context.Context, buckets []Bucket) error {
 		}
 		s.enqueue(body)
 	}
+	s.enc.release()
 	if len(s.pending) == 0 {
 		return nil
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
+	"io"
 	"math"
 
 	"github.com/DataDog/sketches-go/ddsketch"
@@ -146,6 +147,23 @@ func encodeSketch(s *ddsketch.DDSketch) []byte {
 type payloadEncoder struct {
 	mp bytes.Buffer
 	zw *gzip.Writer
+}
+
+// maxKeptPayloadBuffer is the largest msgpack buffer the encoder keeps from one flush to the next:
+// a service's payload is usually far smaller, and one that a huge flush grew (16 MB in a soak with
+// 60,000 pathway contexts) would otherwise be held for good.
+const maxKeptPayloadBuffer = 1 << 20
+
+// release runs once a flush's payloads are encoded. It lets the msgpack buffer go if it grew past
+// maxKeptPayloadBuffer (the next flush grows a new one if it needs to), and points the gzip writer
+// away from the last body, which it would otherwise hold until the next flush.
+func (e *payloadEncoder) release() {
+	if e.mp.Cap() > maxKeptPayloadBuffer {
+		e.mp = bytes.Buffer{}
+	}
+	if e.zw != nil {
+		e.zw.Reset(io.Discard)
+	}
 }
 
 // encode returns p's body, in a buffer of its own.
