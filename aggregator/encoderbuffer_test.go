@@ -79,3 +79,23 @@ func sketch(t *testing.T, v float64) *ddsketch.DDSketch {
 	}
 	return s
 }
+
+// TestPayloadBodyHasNoSlack: a body waits for a down Agent counted by its length
+// (MaxPendingBytes), so the memory behind it must be about that length; a buffer that doubled
+// as gzip wrote into it held up to twice the bound.
+func TestPayloadBodyHasNoSlack(t *testing.T) {
+	var enc payloadEncoder
+	for _, n := range []int{1, 10, 100, 1000, 5000} {
+		p := &statsPayload{Service: "svc"}
+		for i := range n {
+			p.Stats = append(p.Stats, statsBucket{Stats: []statsPoint{{Hash: uint64(i)*0x9e3779b97f4a7c15 + 1, EdgeTags: []string{fmt.Sprintf("topic:t-%d", i)}}}})
+		}
+		body, err := enc.encode(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, l := cap(body), len(body); c > l+l/4+64 {
+			t.Errorf("%d points: a %d-byte body holds %d bytes", n, l, c)
+		}
+	}
+}

@@ -190,5 +190,10 @@ func (e *payloadEncoder) encode(p *statsPayload) ([]byte, error) {
 	if err := e.zw.Close(); err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
+	// A body may wait for a down Agent, counted by its length (MaxPendingBytes): the buffer gzip
+	// grew by doubling could hold up to twice that.
+	if body := buf.Bytes(); cap(body) > len(body)+len(body)/8 {
+		return bytes.Clone(body), nil
+	}
 	return buf.Bytes(), nil
 }
