@@ -258,6 +258,9 @@ type KafkaConfig struct {
 	// (unset: 500ms; 0s: never).
 	TopicLimitWait *Duration `yaml:"topic_limit_wait"`
 	MaxFrameBytes  int       `yaml:"max_frame_bytes"`
+	// MaxTopicIDs: the topic ids (and their names) kept from Metadata answers, for the requests
+	// that name topics by id only (unset: 100000).
+	MaxTopicIDs int `yaml:"max_topic_ids"`
 	// FrameBudgetBytes: what all connections together hold of requests over 1 MiB (three
 	// times the bytes that arrived, for read, spliced and rewritten) and of fetch responses
 	// streaming; past it they are relayed unread.
@@ -1164,6 +1167,9 @@ func (c *Config) Validate() error {
 		}
 		if k.FrameBudgetBytes < 0 {
 			bad(k.line, p+".frame_budget_bytes", "must be >= 0 (0: the default, 512 MiB)")
+		}
+		if k.MaxTopicIDs < 0 {
+			bad(k.line, p+".max_topic_ids", "must be >= 0 (0: the default, 100000)")
 		}
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")

@@ -95,6 +95,7 @@ func TestConfigErrors(t *testing.T) {
 		{"node_addrs leaves node 1 on its default port", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n    node_addrs: {0: 127.0.0.1:30000}\namqp:\n  - listen: 127.0.0.1:29094\n    upstream: b:5672\n", []string{"kafka[0].node_port_base", "broker node 1"}},
 		{"two Kafka fronts' node ports overlap", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:29080\n    bootstrap: [b:9092]\n    node_port_base: 29095\n", []string{"kafka[0]'s broker node 2", "kafka[1]'s broker node 0", "29095", "and so would 7 more of their node ports"}},
 		{"one port under two names", "amqp:\n  - listen: localhost:29200\n    upstream: b:5672\n  - listen: 127.0.0.1:29200\n    upstream: c:5672\n", []string{"already used by"}},
+		{"kafka max_topic_ids negative", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_topic_ids: -1\n", []string{"line 2", "kafka[0].max_topic_ids", ">= 0"}},
 		{"kafka topic_limit_wait over its bound", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    topic_limit_wait: 30s\n", []string{"line 2", "kafka[0].topic_limit_wait", "over 5s"}},
 		{"kafka sasl mechanism", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: GSSAPI, username: u, password: p}\n", []string{"line 2", "kafka[0].sasl.mechanism", "GSSAPI"}},
 		{"kafka sasl without a user", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, password: p}\n", []string{"kafka[0].sasl.username"}},
@@ -899,6 +900,26 @@ func TestKafkaTopicLimitWait(t *testing.T) {
 	over := Duration(6 * time.Second)
 	if _, err := buildKafka(KafkaConfig{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, TopicLimitWait: &over}, sh); err == nil || !strings.Contains(err.Error(), "TopicLimitWait") {
 		t.Errorf("a front built with topic_limit_wait 6s: %v, want the front's refusal", err)
+	}
+}
+
+// TestKafkaMaxTopicIDs: max_topic_ids is a key of Kafka fronts, for clusters with more topics
+// than the front keeps ids of by default (the proxy warns naming it), and reaches the front.
+func TestKafkaMaxTopicIDs(t *testing.T) {
+	c, err := ParseConfig([]byte("kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_topic_ids: 250000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Kafka[0].MaxTopicIDs; got != 250000 {
+		t.Errorf("max_topic_ids %d, want 250000", got)
+	}
+	sh := shared{cp: pathway.NewCheckpointer("", 0), obs: noObserver{}, errs: errtrack.Discard{}, services: &proxy.Services{}, log: zerolog.Nop()}
+	f, err := buildKafka(c.Kafka[0], sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.front.(*kafka.Proxy).MaxTopicIDs(); got != 250000 {
+		t.Errorf("the front keeps %d topic ids, want 250000", got)
 	}
 }
 

@@ -348,6 +348,7 @@ func buildKafka(k KafkaConfig, sh shared) (namedFront, error) {
 		MaxBatchBytes:           k.MaxBatchBytes,
 		InjectAcks0UnknownLimit: k.InjectAcks0UnknownLimit,
 		MaxFrameBytes:           k.MaxFrameBytes,
+		MaxTopicIDs:             k.MaxTopicIDs,
 		FrameBudgetBytes:        k.FrameBudgetBytes,
 		Env:                     sh.env,
 		Checkpointer:            sh.cp,

@@ -458,6 +458,9 @@ func (p *Proxy) dialBootstrapAddr(ctx context.Context, network string) (net.Conn
 	return nil, "", fmt.Errorf("no bootstrap broker answered: %w", errors.Join(errs...))
 }
 
+// MaxTopicIDs is the bound of its topic id map: Config.MaxTopicIDs, or the default.
+func (p *Proxy) MaxTopicIDs() int { return p.cfg.MaxTopicIDs }
+
 // Addr is the bootstrap listener's address (nil before Start).
 func (p *Proxy) Addr() net.Addr {
 	p.mu.Lock()
