@@ -322,10 +322,7 @@ func TestNodeListenersOpenAtStart(t *testing.T) {
 			return err == nil
 		})
 	}
-	second.topics.mu.RLock()
-	known := len(second.topics.names)
-	second.topics.mu.RUnlock()
-	if known == 0 {
+	if second.topics.held() == 0 {
 		t.Errorf("restarted proxy learned no topic ids")
 	}
 	// A client that only knows the node addresses (as one that cached them) produces through them.

@@ -119,7 +119,9 @@ type Config struct {
 	// is checkpointed with its context as the parent, and the new context replaces it.
 	RespectExistingContext *bool
 
-	// MaxTopicIDs bounds the cluster-wide topic id -> name map (default 100000).
+	// MaxTopicIDs bounds the cluster-wide topic id -> name map (default 100000), which holds up
+	// to twice as many ids: the latest answers' and those requests named lately (topics.go).
+	// The topics whose size limits are kept (topiclimits.go) are bounded by it too.
 	MaxTopicIDs int
 	// MaxClients bounds the client -> consumer group map (default 10000).
 	MaxClients int
@@ -352,6 +354,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.cfg.ObserveQueueBytes = DefaultObserveQueueBytes
 	}
 	p.topics = newTopicIDs(p.cfg.MaxTopicIDs)
+	p.topics.now = p.now
 	p.limits = newTopicLimits(p.cfg.MaxTopicIDs, cfg.InjectAcks0UnknownLimit)
 	if w := cfg.TopicLimitWait; w != nil {
 		if *w < 0 || *w > MaxTopicLimitWait {

@@ -17,7 +17,7 @@ import (
 // v16+ and transactions v2 on Produce v12+, and caps age badly as brokers drop old versions) and
 // resolves ids through this cluster-wide map fed by every Metadata response on any connection.
 // Clients always send Metadata (v10+ carries the ids) before they produce or fetch a topic, so
-// misses are rare through one proxy: a miss never breaks the client -- the batch is forwarded
+// misses are rare through one proxy, however many topics the cluster has (topicIDs): a miss never breaks the client -- the batch is forwarded
 // unmodified (produce) or not observed (fetch, commit), and counted (Stats.TopicIDMisses) with a
 // ProxySkip event (unknown_topic_id). A miss while learning a group's assignment is counted, and
 // the id is named again at each group lookup until a later Metadata answer teaches it.
@@ -30,17 +30,33 @@ import (
 // configReader's connection), at most once per topicIDAskEvery: what follows the first requests
 // naming the topic is then injected and observed.
 
-// topicIDs is a bounded id -> name map; when full it is emptied and refilled by the next Metadata
-// responses. It also keeps each name's latest id: a name answered with another id is a topic
-// deleted and created again, whose offsets start over.
+// topicIDs is the id -> name map, bounded to about twice max ids. A cluster can have more topics
+// than that, and full Metadata answers (the proxy's own asks, regex consumers, admin tools) then
+// name more ids than it keeps; the ids requests name must survive them. So ids live in two
+// generations: a new id goes into cur, and when cur holds max the ids a request named within
+// topicIDKeepUsed (up to max/2 of them) start the next cur, the rest of cur becomes prev, and
+// what prev held is forgotten. An id no request names is kept until two turnovers pass; one in
+// use, for as long as it is used. An id a request named before any answer did is kept as used
+// when an answer names it (wanted), so that the ask a miss makes teaches it however many
+// topics the answer names.
+//
+// It also keeps each name's latest id: a name answered with another id is a topic deleted and
+// created again, whose offsets start over. That is kept for the names of the ids held.
 type topicIDs struct {
-	mu    sync.RWMutex
-	max   int
-	names map[[16]byte]string
-	ids   map[string][16]byte // name -> its latest id
-	// retired are ids a name had before its latest: a broker whose metadata lags the deletion
-	// may still answer one, which is no new topic.
-	retired map[[16]byte]struct{}
+	mu        sync.RWMutex
+	max       int
+	cur, prev map[[16]byte]*topicIDEntry
+	latest    map[string][16]byte // name -> its latest id
+	// retired are ids a name had before its latest (-> the name): a broker whose metadata lags
+	// the deletion may still answer one, which is no new topic.
+	retired map[[16]byte]string
+	wanted  map[[16]byte]struct{} // ids requests named that no answer had shown (topicIDWantedMax)
+	now     func() time.Time
+
+	// turnedAt is the last turnover; warnedAt the last one warned of (churn); both under mu.
+	turnedAt, warnedAt time.Time
+	churn              atomic.Bool // a turnover came within topicIDChurn of the one before, not yet logged
+	turnovers          atomic.Uint64
 
 	// want asks the configReader to learn every topic's id from the cluster (see above); askedAt
 	// is when it was last asked (unix ns).
@@ -48,18 +64,46 @@ type topicIDs struct {
 	askedAt atomic.Int64
 }
 
-// topicIDAskEvery bounds how often misses ask the cluster for its topics: an id it does not know
-// either (a topic deleted since a client's Metadata) is missed again until the client asks for
-// Metadata, and each ask is an answer naming every topic.
-const topicIDAskEvery = 10 * time.Second
+type topicIDEntry struct {
+	name   string
+	usedAt atomic.Int64 // unix seconds when a request last named the id; 0: none did
+}
+
+const (
+	// topicIDAskEvery bounds how often misses ask the cluster for its topics: an id it does not
+	// know either (a topic deleted since a client's Metadata) is missed again until the client
+	// asks for Metadata, and each ask is an answer naming every topic.
+	topicIDAskEvery = 10 * time.Second
+	// topicIDKeepUsed: an id a request named within it outlives turnovers. Clients ask for
+	// their topics' Metadata every 5 minutes (metadata.max.age.ms), which teaches an id again.
+	topicIDKeepUsed = 10 * time.Minute
+	// topicIDChurn: turnovers closer than this mean the cluster names more ids than the bound
+	// holds; that is logged at most once per topicIDChurn.
+	topicIDChurn = 10 * time.Minute
+	// topicIDWantedMax bounds the ids missed and not answered yet; past it they are forgotten.
+	topicIDWantedMax = 4096
+)
 
 func newTopicIDs(max int) *topicIDs {
-	return &topicIDs{max: max, names: make(map[[16]byte]string), ids: make(map[string][16]byte), retired: make(map[[16]byte]struct{}),
+	return &topicIDs{max: max, cur: make(map[[16]byte]*topicIDEntry), latest: make(map[string][16]byte),
+		retired: make(map[[16]byte]string), wanted: make(map[[16]byte]struct{}), now: time.Now,
 		want: make(chan struct{}, 1)}
 }
 
-// missed asks for the cluster's topics after a miss, unless it was asked within topicIDAskEvery.
-func (t *topicIDs) missed(now time.Time) {
+// missed notes that a request named id, which the map does not hold, and asks for the cluster's
+// topics, unless it was asked within topicIDAskEvery.
+func (t *topicIDs) missed(id [16]byte, now time.Time) {
+	t.mu.RLock()
+	_, noted := t.wanted[id]
+	t.mu.RUnlock()
+	if !noted {
+		t.mu.Lock()
+		if len(t.wanted) >= topicIDWantedMax {
+			clear(t.wanted)
+		}
+		t.wanted[id] = struct{}{}
+		t.mu.Unlock()
+	}
 	last, n := t.askedAt.Load(), now.UnixNano()
 	if last != 0 && n-last < int64(topicIDAskEvery) || !t.askedAt.CompareAndSwap(last, n) {
 		return
@@ -77,39 +121,150 @@ func (t *topicIDs) put(id [16]byte, name string) (recreated bool) {
 		return false
 	}
 	t.mu.RLock()
-	cur, ok := t.names[id]
-	latest := t.ids[name]
+	e := t.entryLocked(id)
+	latest := t.latest[name]
 	t.mu.RUnlock()
-	if ok && cur == name && latest == id {
+	if e != nil && e.name == name && latest == id {
 		return false
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.names) >= t.max || len(t.retired) >= t.max {
-		clear(t.names)
-		clear(t.ids)
-		clear(t.retired)
+	if e = t.entryLocked(id); e == nil || e.name != name {
+		if e != nil && t.latest[e.name] == id {
+			delete(t.latest, e.name) // an id names one topic: the name it had is no more its
+		}
+		t.insertLocked(id, name, e)
 	}
-	t.names[id] = name
-	if _, old := t.retired[id]; old {
+	if n, old := t.retired[id]; old && n == name {
 		return false
 	}
-	prev, known := t.ids[name]
+	prev, known := t.latest[name]
 	if known && prev == id {
 		return false
 	}
-	t.ids[name] = id
+	if known && len(t.retired) >= t.max {
+		// Only after a name was recreated this often: forget both, as a retired id
+		// without its name's latest would be taken for a new topic.
+		clear(t.latest)
+		clear(t.retired)
+		known = false
+	}
+	t.latest[name] = id
 	if known {
-		t.retired[prev] = struct{}{}
+		t.retired[prev] = name
 	}
 	return known
 }
 
+func (t *topicIDs) entryLocked(id [16]byte) *topicIDEntry {
+	if e := t.cur[id]; e != nil {
+		return e
+	}
+	return t.prev[id]
+}
+
+// insertLocked makes id name name; old is id's entry, if it has one under another name.
+func (t *topicIDs) insertLocked(id [16]byte, name string, old *topicIDEntry) {
+	now := t.now()
+	e := &topicIDEntry{name: name}
+	if _, ok := t.wanted[id]; ok {
+		delete(t.wanted, id)
+		e.usedAt.Store(now.Unix())
+	} else if old != nil {
+		e.usedAt.Store(old.usedAt.Load())
+	}
+	if _, ok := t.prev[id]; ok {
+		t.prev[id] = e
+		return
+	}
+	if _, ok := t.cur[id]; !ok && len(t.cur) >= t.max {
+		t.turnOverLocked(now)
+	}
+	t.cur[id] = e
+}
+
+// turnOverLocked starts a new generation (see topicIDs).
+func (t *topicIDs) turnOverLocked(now time.Time) {
+	since := now.Add(-topicIDKeepUsed).Unix()
+	next := make(map[[16]byte]*topicIDEntry)
+	room := t.max / 2
+	for id, e := range t.cur {
+		if room == 0 {
+			break
+		}
+		if u := e.usedAt.Load(); u != 0 && u >= since {
+			next[id] = e
+			delete(t.cur, id)
+			room--
+		}
+	}
+	for id, e := range t.prev {
+		if room == 0 {
+			break
+		}
+		if u := e.usedAt.Load(); u != 0 && u >= since {
+			next[id] = e
+			room--
+		}
+	}
+	t.prev, t.cur = t.cur, next
+	// A name's ids are kept while the map holds one of them: a lagging broker's retired id
+	// after its name was forgotten would be taken for a new topic.
+	var named map[string]bool // names of retired ids held
+	for id, name := range t.retired {
+		if t.entryLocked(id) != nil {
+			if named == nil {
+				named = make(map[string]bool)
+			}
+			named[name] = true
+		}
+	}
+	for name, id := range t.latest {
+		if t.entryLocked(id) == nil && !named[name] {
+			delete(t.latest, name)
+		}
+	}
+	for id, name := range t.retired {
+		if _, ok := t.latest[name]; !ok {
+			delete(t.retired, id)
+		}
+	}
+	t.turnovers.Add(1)
+	if !t.turnedAt.IsZero() && now.Sub(t.turnedAt) < topicIDChurn && (t.warnedAt.IsZero() || now.Sub(t.warnedAt) >= topicIDChurn) {
+		t.warnedAt = now
+		t.churn.Store(true)
+	}
+	t.turnedAt = now
+}
+
+// churned reports, once, that the map turned over twice within topicIDChurn, and how many times
+// in all. Without locking: every Metadata answer asks.
+func (t *topicIDs) churned() (turnovers uint64, ok bool) {
+	if !t.churn.Swap(false) {
+		return 0, false
+	}
+	return t.turnovers.Load(), true
+}
+
+// get names id, and notes that a request named it.
 func (t *topicIDs) get(id [16]byte) (string, bool) {
 	t.mu.RLock()
+	e := t.entryLocked(id)
+	t.mu.RUnlock()
+	if e == nil {
+		return "", false
+	}
+	if now := t.now().Unix(); e.usedAt.Load() != now {
+		e.usedAt.Store(now)
+	}
+	return e.name, true
+}
+
+// held is how many ids the map holds.
+func (t *topicIDs) held() int {
+	t.mu.RLock()
 	defer t.mu.RUnlock()
-	n, ok := t.names[id]
-	return n, ok
+	return len(t.cur) + len(t.prev)
 }
 
 // noteCluster keeps the cluster id Metadata (v2+) names: the tracers tag Kafka checkpoints and
@@ -141,6 +296,10 @@ func (p *Proxy) learnTopics(r *kmsg.MetadataResponse) {
 			p.offsetsGone(*t.Topic, "", -1)
 		}
 	}
+	if n, ok := p.topics.churned(); ok {
+		p.log.Warn().Int("max_topic_ids", p.topics.max).Uint64("turnovers", n).
+			Msg("the cluster's Metadata answers name more topics than max_topic_ids: topic ids no request named lately are forgotten, and a request naming one by id (Produce v13, Fetch v13+) goes without the header or unobserved until the proxy has asked the cluster again; raise max_topic_ids")
+	}
 }
 
 // topicName returns name, or the name of id when name is empty (topic-id versions).
@@ -151,7 +310,7 @@ func (p *Proxy) topicName(name string, id [16]byte) (string, bool) {
 	n, ok := p.topics.get(id)
 	if !ok {
 		p.stats.topicMiss.Add(1)
-		p.topics.missed(time.Now())
+		p.topics.missed(id, time.Now())
 	}
 	return n, ok
 }

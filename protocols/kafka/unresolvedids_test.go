@@ -11,8 +11,9 @@ import (
 )
 
 // TestAssignedTopicIDLearnedLater: a KIP-848 heartbeat names its member's topics by id, and the
-// proxy's id map lost the id (it is emptied when full, at max_topic_ids; here 1, so each id it
-// learns evicts the other) whenever the assignment comes. The client knows the id and does not
+// proxy's id map lost the id (here max_topic_ids is 1: it keeps two ids, in two generations and
+// none as used, so an answer naming three it does not hold evicts every other) whenever the
+// assignment comes. The client knows the id and does not
 // ask again, and the assignment does not change again, so it is sent no more. When a later
 // Metadata answer (the client's periodic refresh) teaches the proxy the id, the member's
 // partitions must become known: with another group behind the same client key (one host, one
@@ -31,13 +32,21 @@ func TestAssignedTopicIDLearnedLater(t *testing.T) {
 	prod := kgoClient(t, p)
 	produceKgo(t, ctx, prod, other, testRecords(3, time.UnixMilli(1700000800000)))
 	produceKgo(t, ctx, prod, topic, testRecords(3, time.UnixMilli(1700000800000)))
-	metadata := func(name string) {
+	evict1, evict2 := prefix+"-evict1", prefix+"-evict2"
+	for _, e := range []string{evict1, evict2} {
+		if err := c.CreateTopic(e, 1, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	metadata := func(names ...string) {
 		req := kmsg.NewPtrMetadataRequest()
-		rt := kmsg.NewMetadataRequestTopic()
-		rt.Topic = kmsg.StringPtr(name)
-		req.Topics = append(req.Topics, rt)
+		for _, name := range names {
+			rt := kmsg.NewMetadataRequestTopic()
+			rt.Topic = kmsg.StringPtr(name)
+			req.Topics = append(req.Topics, rt)
+		}
 		if _, err := req.RequestWith(ctx, prod); err != nil {
-			t.Errorf("metadata of %s: %v", name, err)
+			t.Errorf("metadata of %s: %v", names, err)
 		}
 	}
 
@@ -52,13 +61,14 @@ func TestAssignedTopicIDLearnedLater(t *testing.T) {
 		n += len(fs.Records())
 	}
 
-	// Before the coordinator answers each of group a's heartbeats, a Metadata answer naming the
-	// other topic evicts a's topic from the proxy's map.
+	// Before the coordinator answers each of group a's heartbeats, a Metadata answer naming two
+	// topics no client uses, then the other topic (which group b's fetches keep naming), evicts
+	// a's topic from the proxy's map.
 	var evict atomic.Bool
 	evict.Store(true)
 	c.ControlKey(kmsg.ConsumerGroupHeartbeat.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		if req.(*kmsg.ConsumerGroupHeartbeatRequest).Group == groupA && evict.Load() {
-			c.SleepControl(func() { metadata(other) })
+			c.SleepControl(func() { metadata(evict1, evict2, other) })
 		}
 		return nil, nil, false
 	})
