@@ -121,7 +121,8 @@ type Config struct {
 
 	// MaxTopicIDs bounds the cluster-wide topic id -> name map (default 100000), which holds up
 	// to twice as many ids: the latest answers' and those requests named lately (topics.go).
-	// The topics whose size limits are kept (topiclimits.go) are bounded by it too.
+	// The size limits of the last MaxTopicIDs topics produced to are kept, in as much memory
+	// (topiclimits.go).
 	MaxTopicIDs int
 	// MaxClients bounds the client -> consumer group map (default 10000).
 	MaxClients int

@@ -15,7 +15,10 @@ import (
 // and the smallest grown batch a broker refused, and check decides before a batch is rewritten.
 type topicLimits struct {
 	mu sync.Mutex
-	m  *proxy.RecentMap[string, topicLimit] // for the topics produced to most recently
+	// m holds the topics produced to most recently, the last max (MaxTopicIDs) at least: it is a
+	// RecentMap of 2*max, as one of max keeps generations of max/2, and a client producing to
+	// more topics in turn had each looked up again, its batches waiting for that.
+	m *proxy.RecentMap[string, topicLimit]
 	// ask hands topics to look up to the configReader; when it is full the topic is asked for again
 	// by a later batch.
 	ask chan string
@@ -75,7 +78,7 @@ const (
 )
 
 func newTopicLimits(max int, vouched bool) *topicLimits {
-	t := &topicLimits{m: proxy.NewRecentMap[string, topicLimit](max), ask: make(chan string, topicAskQueued), vouched: vouched,
+	t := &topicLimits{m: proxy.NewRecentMap[string, topicLimit](2 * max), ask: make(chan string, topicAskQueued), vouched: vouched,
 		settled: make(chan struct{})}
 	t.noReader.Store(true) // until a configReader runs
 	t.wait.Store(int64(DefaultTopicLimitWait))

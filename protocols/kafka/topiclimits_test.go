@@ -3,6 +3,7 @@ package kafka
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -230,6 +231,25 @@ func TestTopicLimitWaitBounds(t *testing.T) {
 	for _, w := range []time.Duration{0, MaxTopicLimitWait} {
 		if _, err := New(Config{Listen: "127.0.0.1:0", Bootstrap: []string{"127.0.0.1:1"}, TopicLimitWait: &w}); err != nil {
 			t.Errorf("TopicLimitWait %v: %v", w, err)
+		}
+	}
+}
+
+// TestTopicLimitsKeepTheBound: the limits of as many topics as the bound (MaxTopicIDs) that a
+// client produces to in turn stay known. The map kept half of them: a topic whose limit it
+// forgot is looked up again, and its produce requests wait for that lookup (topic_limit_wait).
+func TestTopicLimitsKeepTheBound(t *testing.T) {
+	for _, bound := range []int{2, 10, 101} {
+		l := newTopicLimits(bound, false)
+		for i := range bound {
+			l.learned(fmt.Sprintf("topic-%d", i), 1000+i, "producer")
+		}
+		for round := range 3 {
+			for i := range bound {
+				if got := l.known(fmt.Sprintf("topic-%d", i)); got != 1000+i {
+					t.Fatalf("bound %d, round %d: topic-%d's limit %d, want %d", bound, round, i, got, 1000+i)
+				}
+			}
 		}
 	}
 }
