@@ -28,21 +28,30 @@ type localView struct {
 	agent *aggregator.AgentSink // nil: agent.disabled
 	log   zerolog.Logger
 
-	mu  sync.Mutex
+	// sendMu makes Send the one writer of what mu guards, so Send reads pts, bl and width
+	// without mu: it works out a flush's changes (keys, tag and sketch copies, deletions) first
+	// and holds mu only to apply them. /dsm and /metrics (contents) wait for that alone, not for
+	// the copying of tens of thousands of pathways' sketches.
+	sendMu sync.Mutex
+	// gone are the deletions Kafka fronts saw lately (offsetsGone), by goneKey: offsets of
+	// their scope seen before them still come in buckets flushed after, for up to a bucket and
+	// a flush. Kept for the pathways' window. Only Send uses it, under sendMu.
+	gone map[string][]pathway.OffsetsGone
+
+	mu  sync.Mutex                           // written under sendMu too
 	pts map[string]viewPathway               // current-time points and totals, by pathwayKey
 	bl  map[string]agentpayload.BacklogEntry // by service and tags
 	at  time.Time                            // the latest flush that brought any
-	// width is the latest bucket's: a bucket is flushed once it is over, so entries are kept for
+	// width is the widest bucket's: a bucket is flushed once it is over, so entries are kept for
 	// three of them at least (with 60 s buckets, a minute would drop each as it came).
 	width time.Duration
-	// gone are the deletions Kafka fronts saw lately (offsetsGone), by goneKey: offsets of
-	// their scope seen before them still come in buckets flushed after, for up to a bucket and
-	// a flush. Kept for the pathways' window.
-	gone map[string][]pathway.OffsetsGone
 
 	goneMu      sync.Mutex
-	goneNew     []pathway.OffsetsGone // told since the last Send; applied there, under mu
+	goneNew     []pathway.OffsetsGone // told since the last Send; applied there
 	goneDropped int                   // told since the last Send past maxGoneWaiting: not applied
+
+	// pathwayCopied, set by tests only, is called for each pathway whose point Send copies.
+	pathwayCopied func()
 }
 
 // maxGoneWaiting bounds the deletions told between two flushes; past it (some thousands of
@@ -120,9 +129,9 @@ func offsetOfTags(tags []string) pathway.Offset {
 	return o
 }
 
-// takeGone applies the deletions told since the last flush: offsets of their scope seen before
-// them leave the view. Under mu.
-func (v *localView) takeGone(now time.Time) {
+// takeGone takes in the deletions told since the last flush and returns the keys of the
+// offsets kept that they cover (seen before them), which leave the view. Under sendMu.
+func (v *localView) takeGone(now time.Time) map[string]bool {
 	v.goneMu.Lock()
 	fresh, dropped := v.goneNew, v.goneDropped
 	v.goneNew, v.goneDropped = nil, 0
@@ -131,7 +140,7 @@ func (v *localView) takeGone(now time.Time) {
 		v.log.Warn().Int("deletions_not_applied", dropped).Int("max_deletions", maxGoneWaiting).
 			Msg("the cluster confirmed more deletions (DeleteGroups, DeleteTopics, OffsetDelete) within a flush interval than the view of offsets takes: the offsets of the rest stay in /dsm and /metrics (a deleted group's lag keeps growing there) for the week offsets are kept")
 	}
-	keep := v.windowLocked()
+	keep := viewWindow(v.width)
 	for k, gs := range v.gone {
 		gs = slices.DeleteFunc(gs, func(g pathway.OffsetsGone) bool { return now.Sub(time.Unix(0, g.Time)) > keep })
 		if len(gs) == 0 {
@@ -141,7 +150,7 @@ func (v *localView) takeGone(now time.Time) {
 		}
 	}
 	if len(fresh) == 0 {
-		return
+		return nil
 	}
 	if v.gone == nil {
 		v.gone = map[string][]pathway.OffsetsGone{}
@@ -150,11 +159,13 @@ func (v *localView) takeGone(now time.Time) {
 		k := goneKey(g.Topic, g.Group)
 		v.gone[k] = append(v.gone[k], g)
 	}
+	covered := map[string]bool{}
 	for k, e := range v.bl {
 		if gone, _ := v.goneBefore(e.Tags, e.Seen(), e.Start); gone {
-			delete(v.bl, k)
+			covered[k] = true
 		}
 	}
+	return covered
 }
 
 // localViewWindow: pathways from buckets older than this (or three buckets, if longer) go.
@@ -209,41 +220,132 @@ const (
 	maxViewBacklogs = 100_000
 )
 
-// Send keeps buckets' contents, newest per key.
+// Send keeps buckets' contents, newest per key. It works out every change under sendMu alone
+// and holds mu only to apply them.
 func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
+	v.sendMu.Lock()
+	defer v.sendMu.Unlock()
+	now := time.Now()
+	covered := v.takeGone(now)
+	width, brought := v.width, false
+	for _, b := range buckets {
+		width = max(width, b.Duration)
+		brought = brought || len(b.Groups) > 0 || len(b.Backlogs) > 0
+	}
+	pts, ptsGone := v.pathwayChanges(buckets, now, viewWindow(width))
+	bl, blGone := v.backlogChanges(buckets, now, covered)
+
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.pts == nil {
 		v.pts, v.bl = map[string]viewPathway{}, map[string]agentpayload.BacklogEntry{}
 	}
-	now := time.Now()
-	v.takeGone(now)
+	if brought {
+		v.at = now
+	}
+	v.width = width
+	// Deletions first: an offset a deletion covered may be set again by this flush.
+	for _, k := range ptsGone {
+		delete(v.pts, k)
+	}
+	for _, kp := range pts {
+		v.pts[kp.key] = kp.p
+	}
+	for k := range blGone {
+		delete(v.bl, k)
+	}
+	maps.Copy(v.bl, bl)
+	return nil
+}
+
+// pathwayChanges works out what the current-time groups of buckets make of the view's
+// pathways: the pathways to set (totals counted from every bucket, a late one too; the point
+// from the latest, unless the view's is later) and the pathways to delete, whose latest bucket
+// is older than keep. Under sendMu: it reads pts without mu.
+func (v *localView) pathwayChanges(buckets []aggregator.Bucket, now time.Time, keep time.Duration) (set []keyedPathway, del []string) {
+	type latest struct {
+		key   string
+		b     *aggregator.Bucket
+		g     *aggregator.Group
+		total pathwayTotal
+	}
+	groups := 0
 	for _, b := range buckets {
-		if len(b.Groups) > 0 || len(b.Backlogs) > 0 {
-			v.at = now
+		if b.TimestampType == aggregator.Current {
+			groups += len(b.Groups)
 		}
-		v.width = max(v.width, b.Duration)
-		for _, g := range b.Groups {
-			if b.TimestampType != aggregator.Current {
-				continue
-			}
+	}
+	ls := make([]latest, 0, groups)
+	index := make(map[string]int, groups) // into ls, by pathwayKey
+	for i := range buckets {
+		b := &buckets[i]
+		if b.TimestampType != aggregator.Current {
+			continue
+		}
+		for j := range b.Groups {
+			g := &b.Groups[j]
 			k := pathwayKey(g.Service, g.EdgeTags, g.Hash, g.ParentHash)
-			p, ok := v.pts[k]
-			// Every bucket counts, an earlier one flushed late too; only the latest is shown.
-			p.total.Messages += uint64(g.EdgeLatency.GetCount())
-			p.total.Bytes += g.PayloadBytes
-			if !ok || !p.pt.Start.After(b.Start) {
-				// Copies: the sink must not keep what the flusher hands it.
-				p.pt = agentpayload.Point{Service: g.Service, Start: b.Start, Duration: b.Duration,
-					TimestampType: string(b.TimestampType), EdgeTags: slices.Clone(g.EdgeTags), Hash: g.Hash, ParentHash: g.ParentHash,
-					PathwayLatency: g.PathwayLatency.Copy(), EdgeLatency: g.EdgeLatency.Copy(), PayloadSize: g.PayloadSize.Copy()}
-				p.bytes = g.PayloadBytes
+			n, ok := index[k]
+			if !ok {
+				n = len(ls)
+				index[k] = n
+				ls = append(ls, latest{key: k})
 			}
-			v.pts[k] = p
+			l := &ls[n]
+			l.total.Messages += uint64(g.EdgeLatency.GetCount())
+			l.total.Bytes += g.PayloadBytes
+			if l.b == nil || !l.b.Start.After(b.Start) { // the last of the latest, as one at a time would keep
+				l.b, l.g = b, g
+			}
 		}
+	}
+	set = make([]keyedPathway, 0, len(ls))
+	for _, l := range ls {
+		p, ok := v.pts[l.key]
+		p.total.Messages += l.total.Messages
+		p.total.Bytes += l.total.Bytes
+		if !ok || !p.pt.Start.After(l.b.Start) {
+			b, g := l.b, l.g
+			// Copies: the sink must not keep what the flusher hands it.
+			p.pt = agentpayload.Point{Service: g.Service, Start: b.Start, Duration: b.Duration,
+				TimestampType: string(b.TimestampType), EdgeTags: slices.Clone(g.EdgeTags), Hash: g.Hash, ParentHash: g.ParentHash,
+				PathwayLatency: g.PathwayLatency.Copy(), EdgeLatency: g.EdgeLatency.Copy(), PayloadSize: g.PayloadSize.Copy()}
+			p.bytes = g.PayloadBytes
+			if v.pathwayCopied != nil {
+				v.pathwayCopied()
+			}
+		}
+		if now.Sub(p.pt.Start) > keep { // and its totals with it
+			del = append(del, l.key)
+			continue
+		}
+		set = append(set, keyedPathway{l.key, p})
+	}
+	for k, p := range v.pts {
+		if _, ok := index[k]; !ok && now.Sub(p.pt.Start) > keep {
+			del = append(del, k)
+		}
+	}
+	return set, del
+}
+
+// keyedPathway is a pathway of the view with its pathwayKey.
+type keyedPathway struct {
+	key string
+	p   viewPathway
+}
+
+// backlogChanges works out what buckets' backlogs make of the offsets kept: the entries to set
+// (newest seen per key) and the keys to delete: covered (by deletions), past offsetRetention,
+// and past maxViewBacklogs. Under sendMu: it reads bl without mu.
+func (v *localView) backlogChanges(buckets []aggregator.Bucket, now time.Time, covered map[string]bool) (set map[string]agentpayload.BacklogEntry, del map[string]bool) {
+	set, del = map[string]agentpayload.BacklogEntry{}, covered
+	if del == nil {
+		del = map[string]bool{}
+	}
+	for _, b := range buckets {
 		for _, x := range b.Backlogs {
-			k := x.Service + "|" + strings.Join(x.Tags, ",")
-			e := agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: slices.Clone(x.Tags), Value: x.Value, At: x.LastAt}
+			e := agentpayload.BacklogEntry{Service: x.Service, Start: b.Start, Tags: x.Tags, Value: x.Value, At: x.LastAt}
 			gone, afterStart := v.goneBefore(x.Tags, e.Seen(), b.Start)
 			if gone {
 				continue
@@ -254,49 +356,76 @@ func (v *localView) Send(_ context.Context, buckets []aggregator.Bucket) error {
 				// but for a topic deleted within the bucket: its highest may be the old topic's.
 				e.Value = x.Last
 			}
-			if old, ok := v.bl[k]; ok && old.Seen().After(e.Seen()) {
+			k := x.Service + "|" + strings.Join(x.Tags, ",")
+			old, ok := set[k]
+			if !ok && !del[k] {
+				old, ok = v.bl[k]
+			}
+			if ok && old.Seen().After(e.Seen()) {
 				continue
 			}
-			v.bl[k] = e
+			e.Tags = slices.Clone(x.Tags) // the sink must not keep what the flusher hands it
+			set[k] = e
 		}
 	}
-	keep := v.windowLocked()
-	for k, p := range v.pts {
-		if now.Sub(p.pt.Start) > keep { // and its totals with it
-			delete(v.pts, k)
+	kept := 0
+	for k, e := range set {
+		if now.Sub(e.Start) > offsetRetention {
+			delete(set, k)
+			del[k] = true
+		} else {
+			kept++
 		}
 	}
-	for k, b := range v.bl {
-		if now.Sub(b.Start) > offsetRetention {
-			delete(v.bl, k)
+	for k, e := range v.bl {
+		if _, ok := set[k]; ok || del[k] {
+			continue
+		}
+		if now.Sub(e.Start) > offsetRetention {
+			del[k] = true
+		} else {
+			kept++
 		}
 	}
-	if len(v.bl) > maxViewBacklogs {
-		v.evictOffsets()
+	if kept > maxViewBacklogs {
+		for _, k := range v.evictOffsets(set, del, kept) {
+			delete(set, k)
+			del[k] = true
+		}
 	}
-	return nil
+	return set, del
 }
 
-// evictOffsets cuts the offsets kept to nine tenths of maxViewBacklogs, least recently updated
-// first: a tenth of room, so that a view at its bound does not sort them all at every flush.
-func (v *localView) evictOffsets() {
+// evictOffsets returns which of the kept offsets to evict, least recently updated first, to cut
+// them to nine tenths of maxViewBacklogs: a tenth of room, so that a view at its bound does not
+// sort them all at every flush. The kept ones are set and those of bl neither set nor in del.
+// Under sendMu: it reads bl without mu.
+func (v *localView) evictOffsets(set map[string]agentpayload.BacklogEntry, del map[string]bool, kept int) []string {
 	type aged struct {
 		key   string
 		start time.Time
 	}
-	all := make([]aged, 0, len(v.bl))
-	for k, b := range v.bl {
+	all := make([]aged, 0, kept)
+	for k, b := range set {
 		all = append(all, aged{k, b.Start})
 	}
-	slices.SortFunc(all, func(a, b aged) int { return a.start.Compare(b.start) })
-	for _, a := range all[:len(all)-maxViewBacklogs*9/10] {
-		delete(v.bl, a.key)
+	for k, b := range v.bl {
+		if _, ok := set[k]; !ok && !del[k] {
+			all = append(all, aged{k, b.Start})
+		}
 	}
+	slices.SortFunc(all, func(a, b aged) int { return a.start.Compare(b.start) })
+	evict := make([]string, 0, len(all)-maxViewBacklogs*9/10)
+	for _, a := range all[:len(all)-maxViewBacklogs*9/10] {
+		evict = append(evict, a.key)
+	}
+	return evict
 }
 
-// windowLocked is how long the view keeps a pathway after its latest checkpoint: localViewWindow,
-// or three buckets when they are longer (agent.flush_interval over 20 s).
-func (v *localView) windowLocked() time.Duration { return max(localViewWindow, 3*v.width) }
+// viewWindow is how long the view keeps a pathway after its latest checkpoint, with buckets as
+// wide as width: localViewWindow, or three buckets when they are longer (agent.flush_interval
+// over 20 s).
+func viewWindow(width time.Duration) time.Duration { return max(localViewWindow, 3*width) }
 
 // contents returns what the view holds and when the latest flush that brought any came.
 func (v *localView) contents() viewContents {
@@ -304,7 +433,7 @@ func (v *localView) contents() viewContents {
 	defer v.mu.Unlock()
 	c := viewContents{pts: make([]agentpayload.Point, 0, len(v.pts)), keys: make([]string, 0, len(v.pts)), totals: make(map[string]pathwayTotal, len(v.pts)),
 		sizes: make(map[string]float64, len(v.pts)), bl: slices.AppendSeq(make([]agentpayload.BacklogEntry, 0, len(v.bl)), maps.Values(v.bl)),
-		at: v.at, window: v.windowLocked()}
+		at: v.at, window: viewWindow(v.width)}
 	for k, p := range v.pts {
 		c.pts = append(c.pts, p.pt)
 		c.keys = append(c.keys, k)
