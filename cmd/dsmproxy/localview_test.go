@@ -18,7 +18,7 @@ import (
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
-func sketchOf(t *testing.T, vs ...float64) *ddsketch.DDSketch {
+func sketchOf(t testing.TB, vs ...float64) *ddsketch.DDSketch {
 	t.Helper()
 	s, err := ddsketch.NewDefaultDDSketch(0.01)
 	if err != nil {

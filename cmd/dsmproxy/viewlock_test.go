@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	goruntime "runtime"
 	"strings"
 	"sync"
@@ -91,4 +92,26 @@ func blockedIn(fn string) bool {
 		}
 	}
 	return false
+}
+
+// BenchmarkLocalViewSend: a flush of 10,000 pathway groups into a view that holds them already,
+// as at every flush of a busy proxy.
+func BenchmarkLocalViewSend(b *testing.B) {
+	bucket := aggregator.Bucket{Start: time.Now().Truncate(10 * time.Second), Duration: 10 * time.Second, TimestampType: aggregator.Current}
+	for i := range 10_000 {
+		bucket.Groups = append(bucket.Groups, aggregator.Group{Service: fmt.Sprintf("svc%d", i%50),
+			EdgeTags: []string{"direction:in", "group:billing", fmt.Sprintf("topic:orders%d", i%200), "type:kafka"}, Hash: uint64(i + 1), ParentHash: uint64(i),
+			PathwayLatency: sketchOf(b, 0.5, 1.5, 3), EdgeLatency: sketchOf(b, 0.01, 0.2), PayloadSize: sketchOf(b, 100, 2000), PayloadBytes: 2100})
+	}
+	buckets := []aggregator.Bucket{bucket}
+	v := &localView{}
+	if err := v.Send(context.Background(), buckets); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := v.Send(context.Background(), buckets); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
