@@ -315,7 +315,12 @@ func (p *Proxy) kinesisConsume(c *call, e pathway.Edge, data []byte, pk string, 
 	if out != nil {
 		seen = out // the consumer gets the data without the proxy's `_datadog`, as its produce size was
 	}
-	pt, _ := p.cp.Checkpoint(parent, c.svcName, e, int64(len(seen)+len(pk)), c.now)
+	pt, ctx := p.cp.Checkpoint(parent, c.svcName, e, int64(len(seen)+len(pk)), c.now)
+	if out == nil {
+		// The `_datadog` reaches the consumer (a tracer's): one that sends it on is a relay, whose
+		// put's parent is this consume, as for SQS.
+		p.handed.Put(parent, c.svcName, ctx)
+	}
 	// With a context, its own starts are the producer's checkpoint times, which are exact: kept,
 	// although dd-trace-py replaces both with the arrival time even then (dsm-protocol.md 3.5).
 	if parent.IsZero() && !at.IsZero() {
