@@ -78,9 +78,9 @@ type blCase struct {
 	entries []blEntry
 }
 
-// blCases are the batches both services are tested with; extra is blDDExtra for the service.
-func blCases(extra int) []blCase {
-	limit := DefaultMaxMessageBytes
+// blCases are the batches both services are tested with; extra is blDDExtra for the service,
+// limit the size `_datadog` must fit under (SNS keeps snsSizeMargin free).
+func blCases(extra, limit int) []blCase {
 	ten := map[string]string{}
 	for i := range MaxAttributes {
 		ten[fmt.Sprint("a", i)] = "v"
@@ -325,7 +325,7 @@ func TestBatchLimitsSQSQuery(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	up := sqsPeer(t)
-	for i, tc := range blCases(blDDExtra(false)) {
+	for i, tc := range blCases(blDDExtra(false), DefaultMaxMessageBytes) {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
 			aws := newCLI(t, tp.url)
@@ -403,7 +403,7 @@ func TestBatchLimitsSNSPublishBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	up := snsPeer(t)
-	for i, tc := range blCases(blDDExtra(true)) {
+	for i, tc := range blCases(blDDExtra(true), DefaultMaxMessageBytes-snsSizeMargin) {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := startProxy(t, func(c *Config) { c.Upstream = up.URL() })
 			sn := snsClient(tp.url, "")

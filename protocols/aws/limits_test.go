@@ -323,10 +323,19 @@ func TestLimitsInQueryAndSNS(t *testing.T) {
 			t.Fatalf("Publish near 256 KiB: %v", err)
 		}
 		noneInjected(t, up, n, "near 256 KiB")
-		if a, s := len(tp.ev.named("attribute_limit")), len(tp.ev.named("size_limit")); a != 1 || s != 1 {
-			t.Errorf("%d attribute_limit and %d size_limit events, want 1 each", a, s)
+		// With `_datadog` (some 100 bytes) it would fit by SNS's documented count, but within
+		// the 256 bytes dd-trace-go keeps free of SNS's own accounting: SNS refusing it would
+		// fail the client's Publish, which, unlike an SQS send, is not sent again without it.
+		near := strings.Repeat("y", DefaultMaxMessageBytes-snsSizeMargin-20)
+		n = up.count()
+		if _, err := sn.Publish(ctx, &sns.PublishInput{TopicArn: topic.TopicArn, Message: &near}); err != nil {
+			t.Fatalf("Publish within the margin: %v", err)
 		}
-		if st := tp.Stats(); st.Injected != 1 || st.Skipped != 2 {
+		noneInjected(t, up, n, "within 256 bytes of 256 KiB")
+		if a, s := len(tp.ev.named("attribute_limit")), len(tp.ev.named("size_limit")); a != 1 || s != 2 {
+			t.Errorf("%d attribute_limit and %d size_limit events, want 1 and 2", a, s)
+		}
+		if st := tp.Stats(); st.Injected != 1 || st.Skipped != 3 {
 			t.Errorf("stats %+v", st)
 		}
 	})

@@ -19,6 +19,11 @@ type outMsg struct {
 	Injected bool
 }
 
+// snsSizeMargin is kept free under the size limit for SNS: its own count of a message's size is
+// not documented to the byte, and a Publish it refuses fails the client's call, where an SQS send
+// refused as too large is sent again without `_datadog`. dd-trace-go keeps the same 256 bytes.
+const snsSizeMargin = 256
+
 // prepareOut computes a sent message's checkpoint and the carrier to inject; carrier is nil when
 // the message must go unmodified (attribute count or size, or a tracer's context, which also
 // leaves pt zero: no checkpoint). dd is the message's own `_datadog`.
@@ -70,7 +75,11 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 	if dd != nil {
 		extra -= attrSize(dd)
 	}
-	if size+extra > p.cfg.MaxMessageBytes {
+	limit := p.cfg.MaxMessageBytes
+	if c.service == ServiceSNS {
+		limit -= snsSizeMargin
+	}
+	if size+extra > limit {
 		p.skip(c, e, "size_limit", "message with _datadog would exceed the size limit; sent without it")
 		return pt, nil, dd
 	}
@@ -83,7 +92,7 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 		p.skip(c, e, "queue_size_limit", "message with _datadog would exceed its queue's own size limit of "+strconv.Itoa(n)+" bytes; sent without it")
 		return pt, nil, dd
 	}
-	if c.batchTotal > 0 && c.batchTotal+c.batchAdded+extra > p.cfg.MaxMessageBytes {
+	if c.batchTotal > 0 && c.batchTotal+c.batchAdded+extra > limit {
 		p.skip(c, e, "batch_size_limit", "batch with _datadog would exceed the size limit; entry sent without it")
 		return pt, nil, dd
 	}
