@@ -61,9 +61,13 @@ func (p *Proxy) prepareOut(c *call, e pathway.Edge, bodyLen int, attrs []attr, d
 	carrier = carrierJSON(existing, ctx)
 	if dd == nil && len(attrs) >= MaxAttributes {
 		msg := "message already has 10 attributes; sent without _datadog"
-		if len(attrs) > MaxAttributes {
+		switch {
+		case len(attrs) > MaxAttributes && c.service == ServiceSNS:
+			// SNS takes it, and drops the attributes for raw deliveries to SQS queues.
+			msg = "message has " + strconv.Itoa(len(attrs)) + " attributes, over the 10 an SQS subscriber takes; sent without _datadog"
+		case len(attrs) > MaxAttributes:
 			// SQS refuses it whatever the proxy does: say so rather than "10".
-			msg = "message has " + strconv.Itoa(len(attrs)) + " attributes, over the 10 SQS and SNS allow; sent as it is, for the service to refuse"
+			msg = "message has " + strconv.Itoa(len(attrs)) + " attributes, over the 10 SQS allows; sent as it is, for the service to refuse"
 		}
 		p.skip(c, e, "attribute_limit", msg)
 		return pt, nil, dd
