@@ -314,3 +314,21 @@ func TestTopicIDsChurnWarned(t *testing.T) {
 		}
 	}
 }
+
+// TestTopicIDsRecreatedManyTimes: a topic deleted and created again under its name over and over
+// (a test suite's topic on a development cluster) is told each time, also when its retired ids
+// fill the bound and are forgotten, and the id it had just before is still no new topic.
+func TestTopicIDsRecreatedManyTimes(t *testing.T) {
+	const max = 10
+	ids := newTopicIDs(max)
+	id := func(i int) [16]byte { return [16]byte{0xc, byte(i >> 8), byte(i), 1} }
+	ids.put(id(0), "orders")
+	for i := 1; i <= 3*max; i++ {
+		if !ids.put(id(i), "orders") {
+			t.Errorf("creation %d of orders (a new id, %d ids retired before it) not told", i, i-1)
+		}
+		if ids.put(id(i-1), "orders") {
+			t.Errorf("creation %d: the id orders had before it (a lagging broker's answer) taken for a new topic", i)
+		}
+	}
+}

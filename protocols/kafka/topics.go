@@ -143,11 +143,11 @@ func (t *topicIDs) put(id [16]byte, name string) (recreated bool) {
 		return false
 	}
 	if known && len(t.retired) >= t.max {
-		// Only after a name was recreated this often: forget both, as a retired id
-		// without its name's latest would be taken for a new topic.
+		// Only after names were recreated this often: forget both, as a retired id
+		// without its name's latest would be taken for a new topic. This recreation is
+		// still told, and prev kept retired below: a lagging broker answers it next.
 		clear(t.latest)
 		clear(t.retired)
-		known = false
 	}
 	t.latest[name] = id
 	if known {
