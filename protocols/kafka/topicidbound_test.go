@@ -332,3 +332,41 @@ func TestTopicIDsRecreatedManyTimes(t *testing.T) {
 		}
 	}
 }
+
+// TestTopicIDsConcurrent: requests resolve ids (get, and missed for the unknown) on every
+// connection while Metadata answers of a cluster larger than the bound turn the map over: -race
+// checks the locking and the usedAt stamps, and the map stays within its bound.
+func TestTopicIDsConcurrent(t *testing.T) {
+	const max, topics = 50, 400
+	ids := newTopicIDs(max)
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Go(func() { // full answers
+			for range 20 {
+				for i := range topics {
+					ids.put(boundTopic((i + w*7) % topics))
+				}
+				ids.churned()
+			}
+		})
+	}
+	for w := range 3 {
+		wg.Go(func() { // requests naming a few topics by id, and ids no answer names
+			for n := range 20000 {
+				id, name := boundTopic((n + w) % 10)
+				if got, ok := ids.get(id); ok && got != name {
+					t.Errorf("id of %s names %s", name, got)
+					return
+				}
+				unknown, _ := boundTopic(topics + n%100)
+				if _, ok := ids.get(unknown); !ok {
+					ids.missed(unknown, time.Now())
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if held := ids.held(); held > 2*max {
+		t.Errorf("%d ids held, bound %d", held, max)
+	}
+}
