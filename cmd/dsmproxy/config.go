@@ -376,6 +376,13 @@ const (
 	defaultFlush        = 10 * time.Second
 )
 
+// Upper bounds of settings whose memory and output grow with them: far past any real cluster's
+// topics or any useful error view, and a typo's extra zeros are refused, not run with.
+const (
+	maxTopicIDs    = 10_000_000
+	maxErrorGroups = 100_000
+)
+
 // LoadConfigFile reads and strictly decodes a YAML config file: unknown keys and values of the wrong
 // type are errors that name the file, line and key.
 func LoadConfigFile(path string) (*Config, error) {
@@ -1086,6 +1093,8 @@ func (c *Config) Validate() error {
 	}
 	if c.Errors.MaxFingerprints < 0 {
 		bad(0, "errors.max_fingerprints", "must be >= 0 (0: the default, %d)", errtrack.DefaultMaxFingerprints)
+	} else if c.Errors.MaxFingerprints > maxErrorGroups {
+		bad(0, "errors.max_fingerprints", "%d is over %d: every group active in an interval is a log line, an Agent span and a /metrics series", c.Errors.MaxFingerprints, maxErrorGroups)
 	}
 	for _, cat := range c.Errors.Categories {
 		switch cat {
@@ -1170,6 +1179,8 @@ func (c *Config) Validate() error {
 		}
 		if k.MaxTopicIDs < 0 {
 			bad(k.line, p+".max_topic_ids", "must be >= 0 (0: the default, 100000)")
+		} else if k.MaxTopicIDs > maxTopicIDs {
+			bad(k.line, p+".max_topic_ids", "%d is over %d (each id kept takes about 100 bytes, and up to twice the setting are kept)", k.MaxTopicIDs, maxTopicIDs)
 		}
 		if k.MaxBatchBytes < 0 {
 			bad(k.line, p+".max_batch_bytes", "must be >= 0 (0: the default)")

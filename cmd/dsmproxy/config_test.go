@@ -96,6 +96,7 @@ func TestConfigErrors(t *testing.T) {
 		{"two Kafka fronts' node ports overlap", "kafka:\n  - listen: 127.0.0.1:29092\n    bootstrap: [a:9092]\n  - listen: 127.0.0.1:29080\n    bootstrap: [b:9092]\n    node_port_base: 29095\n", []string{"kafka[0]'s broker node 2", "kafka[1]'s broker node 0", "29095", "and so would 7 more of their node ports"}},
 		{"one port under two names", "amqp:\n  - listen: localhost:29200\n    upstream: b:5672\n  - listen: 127.0.0.1:29200\n    upstream: c:5672\n", []string{"already used by"}},
 		{"kafka max_topic_ids negative", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_topic_ids: -1\n", []string{"line 2", "kafka[0].max_topic_ids", ">= 0"}},
+		{"kafka max_topic_ids absurd", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    max_topic_ids: 9223372036854775807\n", []string{"line 2", "kafka[0].max_topic_ids", "over 10000000"}},
 		{"kafka topic_limit_wait over its bound", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    topic_limit_wait: 30s\n", []string{"line 2", "kafka[0].topic_limit_wait", "over 5s"}},
 		{"kafka sasl mechanism", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: GSSAPI, username: u, password: p}\n", []string{"line 2", "kafka[0].sasl.mechanism", "GSSAPI"}},
 		{"kafka sasl without a user", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n    sasl: {mechanism: PLAIN, password: p}\n", []string{"kafka[0].sasl.username"}},
@@ -1068,12 +1069,12 @@ func TestErrorsIntervalBelowASecondRefused(t *testing.T) {
 
 // TestErrorsMaxFingerprints: errors.max_fingerprints, which the error tracking's Warn lines name
 // as the setting to raise when groups are evicted or events not grouped, sets the collector's
-// bound; 0 is the default and a negative value is refused.
+// bound; 0 is the default, and a negative value or one over 100,000 is refused.
 func TestErrorsMaxFingerprints(t *testing.T) {
 	for _, tc := range []struct {
 		value string
 		want  int // 0: refused
-	}{{"5", 5}, {"0", errtrack.DefaultMaxFingerprints}, {"-1", 0}} {
+	}{{"5", 5}, {"0", errtrack.DefaultMaxFingerprints}, {"-1", 0}, {"100000", 100000}, {"100001", 0}} {
 		text := "errors:\n  max_fingerprints: " + tc.value + "\namqp:\n  - listen: 127.0.0.1:15673\n    upstream: 127.0.0.1:5672\n"
 		cfg, err := ParseConfig([]byte(text))
 		if err != nil {
