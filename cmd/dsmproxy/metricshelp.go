@@ -14,7 +14,7 @@ var statsHelp = map[string]string{
 	"kafka.Stats.ExistingContext":      "Produced records that already carried a pathway context (an instrumented client), left alone.",
 	"kafka.Stats.SkippedBatches":       "Produced batches forwarded without the header, for any reason (the proxy_skip tracked errors say which).",
 	"kafka.Stats.ConsumedRecords":      "Fetched records checkpointed as consumed.",
-	"kafka.Stats.TopicIDMisses":        "Topic ids no Metadata answer had shown the proxy yet (unknown_topic_id skips).",
+	"kafka.Stats.TopicIDMisses":        "Topic ids requests named that the proxy did not know: in no Metadata answer seen yet, or forgotten past max_topic_ids (unknown_topic_id skips).",
 	"kafka.Stats.PointsDropped":        "Checkpoints and offsets the aggregator refused because its queue was full.",
 	"kafka.Stats.SyntheticReplies":     "ApiVersions answers the proxy wrote itself.",
 	"kafka.Stats.StreamedFetches":      "Fetch responses of 256 KiB or more forwarded while they arrived.",

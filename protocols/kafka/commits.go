@@ -231,7 +231,7 @@ func (s *session) commitResponse(pd *pending, frame []byte) {
 				break
 			}
 			if c.topic == "" { // unresolved topic id: no topic to report the offset under
-				s.p.skipOp(kmsg.NameForKey(pd.key), "unknown_topic_id", "committed offset of a topic id not in any Metadata response seen yet: no kafka_commit backlog for it",
+				s.p.skipOp(kmsg.NameForKey(pd.key), "unknown_topic_id", "committed offset of a topic id unknown (in no Metadata answer seen yet, or forgotten past max_topic_ids): no kafka_commit backlog for it",
 					ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka, Group: f.group}, c.partition, 0)
 				break
 			}

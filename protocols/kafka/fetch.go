@@ -407,7 +407,7 @@ func (p *Proxy) observeFetch(job observeJob) {
 		if !ok {
 			// Told only when records came: an empty answer (a long poll that timed out) lost nothing.
 			if slices.ContainsFunc(t.Partitions, func(pt kmsg.FetchResponseTopicPartition) bool { return len(pt.RecordBatches) > 0 }) {
-				p.skipOp("Fetch", "unknown_topic_id", "fetched records of a topic id not in any Metadata response seen yet: no consume checkpoints for them",
+				p.skipOp("Fetch", "unknown_topic_id", "fetched records of a topic id unknown (in no Metadata answer seen yet, or forgotten past max_topic_ids): no consume checkpoints for them",
 					ci.service, pathway.Edge{Direction: pathway.In, Type: pathway.TypeKafka}, -1, 0)
 			}
 			continue

@@ -126,7 +126,7 @@ func (s *session) produceRequest(h requestHeader, frame []byte, pd *pending) ([]
 		case p.null || len(records) == 0:
 		case !ok:
 			s.p.stats.skipped.Add(1)
-			s.p.skip("unknown_topic_id", "topic id not in any Metadata response seen yet", ci.service, pathway.Edge{}, p.partition, n)
+			s.p.skip("unknown_topic_id", "topic id unknown: in no Metadata answer seen yet, or forgotten past max_topic_ids", ci.service, pathway.Edge{}, p.partition, n)
 		case len(name) > maxTopicNameBytes:
 			// No such topic can exist and the broker refuses it; checkpointing it would let a
 			// client fill the checkpoint caches with names of up to 32 KiB.

@@ -52,7 +52,7 @@ func (p *Proxy) observeShareFetch(job observeJob) {
 		name, known := p.topicName("", t.TopicID)
 		edge.Topic = name // unknown: errors are still tracked, without the topic
 		if !known && slices.ContainsFunc(t.Partitions, func(pt kmsg.ShareFetchResponseTopicPartition) bool { return len(pt.AcquiredRecords) > 0 }) {
-			p.skipOp("ShareFetch", "unknown_topic_id", "share-fetched records of a topic id not in any Metadata response seen yet: no consume checkpoints for them",
+			p.skipOp("ShareFetch", "unknown_topic_id", "share-fetched records of a topic id unknown (in no Metadata answer seen yet, or forgotten past max_topic_ids): no consume checkpoints for them",
 				ci.service, base, -1, 0)
 		}
 		for pi := range t.Partitions {
