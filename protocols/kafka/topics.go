@@ -298,7 +298,7 @@ func (p *Proxy) learnTopics(r *kmsg.MetadataResponse) {
 	}
 	if n, ok := p.topics.churned(); ok {
 		p.log.Warn().Int("max_topic_ids", p.topics.max).Uint64("turnovers", n).
-			Msg("the cluster's Metadata answers name more topics than max_topic_ids: topic ids no request named lately are forgotten, and a request naming one by id (Produce v13, Fetch v13+, OffsetCommit v10, ShareFetch, group assignments) goes without the header or unobserved until the proxy has asked the cluster again; raise max_topic_ids")
+			Msg("the cluster's Metadata answers name more topics than max_topic_ids: topic ids no request named lately are forgotten (and those in use past half of max_topic_ids), and a request naming one by id (Produce v13, Fetch v13+, OffsetCommit v10, ShareFetch, group assignments) goes without the header or unobserved until the proxy has asked the cluster again; raise max_topic_ids")
 	}
 }
 
