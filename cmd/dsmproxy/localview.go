@@ -38,7 +38,7 @@ type localView struct {
 	// a flush. Kept for the pathways' window. Only Send uses it, under sendMu.
 	gone map[string][]pathway.OffsetsGone
 
-	mu  sync.Mutex                           // written under sendMu too
+	mu  sync.RWMutex                         // written under sendMu too; contents only reads
 	pts map[string]viewPathway               // current-time points and totals, by pathwayKey
 	bl  map[string]agentpayload.BacklogEntry // by service and tags
 	at  time.Time                            // the latest flush that brought any
@@ -52,6 +52,8 @@ type localView struct {
 
 	// pathwayCopied, set by tests only, is called for each pathway whose point Send copies.
 	pathwayCopied func()
+	// contentsCopying, set by tests only, is called by contents while it holds mu.
+	contentsCopying func()
 }
 
 // maxGoneWaiting bounds the deletions told between two flushes; past it (some thousands of
@@ -429,11 +431,14 @@ func viewWindow(width time.Duration) time.Duration { return max(localViewWindow,
 
 // contents returns what the view holds and when the latest flush that brought any came.
 func (v *localView) contents() viewContents {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.mu.RLock() // scrapes at once each copy the view, and none waits for another's copy
+	defer v.mu.RUnlock()
 	c := viewContents{pts: make([]agentpayload.Point, 0, len(v.pts)), keys: make([]string, 0, len(v.pts)), totals: make(map[string]pathwayTotal, len(v.pts)),
 		sizes: make(map[string]float64, len(v.pts)), bl: slices.AppendSeq(make([]agentpayload.BacklogEntry, 0, len(v.bl)), maps.Values(v.bl)),
 		at: v.at, window: viewWindow(v.width)}
+	if v.contentsCopying != nil {
+		v.contentsCopying()
+	}
 	for k, p := range v.pts {
 		c.pts = append(c.pts, p.pt)
 		c.keys = append(c.keys, k)

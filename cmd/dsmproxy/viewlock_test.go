@@ -6,6 +6,7 @@ import (
 	goruntime "runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,13 +82,63 @@ func TestViewContentsDoNotWaitForSend(t *testing.T) {
 	}
 }
 
+// TestScrapesDoNotWaitForEachOther: contents copies every pathway and offset the view holds (up
+// to 100,000 offsets); two scrapes at once (two Prometheus servers, or /metrics and /dsm) only
+// read, and one must not wait for the other's copy.
+func TestScrapesDoNotWaitForEachOther(t *testing.T) {
+	v := &localView{}
+	if err := v.Send(context.Background(), []aggregator.Bucket{{Start: time.Now().Truncate(10 * time.Second), Duration: 10 * time.Second,
+		TimestampType: aggregator.Current, Groups: []aggregator.Group{{Service: "orders", EdgeTags: []string{"direction:out", "topic:orders", "type:kafka"},
+			Hash: 1, PathwayLatency: sketchOf(t, 0.5), EdgeLatency: sketchOf(t, 0.1), PayloadSize: sketchOf(t, 100)}}}}); err != nil {
+		t.Fatal(err)
+	}
+	copying, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	v.contentsCopying = func() { // holds the first scrape inside its copy (a sync.Once would hold the second too)
+		if calls.Add(1) == 1 {
+			close(copying)
+			<-release
+		}
+	}
+	first := make(chan viewContents, 1)
+	go func() { first <- v.contents() }()
+	<-copying
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	second := make(chan viewContents, 1)
+	go func() { second <- v.contents() }()
+	for {
+		select {
+		case c := <-second:
+			if len(c.pts) != 1 {
+				t.Errorf("the second scrape got %d pathways, want 1", len(c.pts))
+			}
+			close(release)
+			if c := <-first; len(c.pts) != 1 {
+				t.Errorf("the first scrape got %d pathways, want 1", len(c.pts))
+			}
+			return
+		default:
+		}
+		if blockedIn("(*localView).contents(") {
+			t.Fatal("a scrape waits for the view's lock while another copies the view")
+		}
+		goruntime.Gosched()
+	}
+}
+
 // blockedIn reports whether a goroutine in fn (as a stack trace names it) is parked on a mutex:
 // its header says so ("goroutine 7 [sync.Mutex.Lock]:"), not one merely passing through Lock.
 func blockedIn(fn string) bool {
 	buf := make([]byte, 1<<20)
 	buf = buf[:goruntime.Stack(buf, true)]
 	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		if strings.Contains(g, fn) && strings.Contains(g, "[sync.Mutex.Lock") {
+		if strings.Contains(g, fn) && (strings.Contains(g, "[sync.Mutex.Lock") || strings.Contains(g, "[sync.RWMutex.")) {
 			return true
 		}
 	}
