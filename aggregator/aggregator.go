@@ -93,6 +93,7 @@ type Backlog struct {
 }
 
 // Stats are the aggregator's counters.
+// Point counters count checkpoints: a point stands for Point.Checkpoints() of them.
 type Stats struct {
 	Points         uint64 // accepted by Add
 	PointsDropped  uint64 // refused by Add because the queue was full, or counted by Dropped
@@ -241,10 +242,10 @@ func New(cfg Config) *Aggregator {
 // Add returns false.
 func (a *Aggregator) Add(p pathway.Point) bool {
 	if a.points.push(&p) {
-		a.nPoints.Add(1)
+		a.nPoints.Add(uint64(p.Checkpoints()))
 		return true
 	}
-	a.nPointsDropped.Add(1)
+	a.nPointsDropped.Add(uint64(p.Checkpoints()))
 	return false
 }
 
@@ -253,9 +254,18 @@ func (a *Aggregator) Add(p pathway.Point) bool {
 // and counted; it returns how many were queued.
 func (a *Aggregator) AddAll(ps []pathway.Point) int {
 	n := a.points.pushAll(ps)
-	a.nPoints.Add(uint64(n))
-	if d := len(ps) - n; d > 0 {
-		a.nPointsDropped.Add(uint64(d))
+	a.nPoints.Add(uint64(CountCheckpoints(ps[:n])))
+	if n < len(ps) {
+		a.nPointsDropped.Add(uint64(CountCheckpoints(ps[n:])))
+	}
+	return n
+}
+
+// CountCheckpoints is how many checkpoints the points of ps stand for (Point.Count).
+func CountCheckpoints(ps []pathway.Point) int64 {
+	var n int64
+	for i := range ps {
+		n += ps[i].Checkpoints()
 	}
 	return n
 }
@@ -405,7 +415,7 @@ func (a *Aggregator) newSketch() (*ddsketch.DDSketch, store.Store) {
 const noIndex = -1 << 31
 
 func (a *Aggregator) addPoint(p *pathway.Point) {
-	a.nAggregated.Add(1)
+	a.nAggregated.Add(uint64(p.Checkpoints()))
 	vals := [3]float64{float64(max(p.PathwayLatency, 0)) / 1e9, float64(max(p.EdgeLatency, 0)) / 1e9, float64(max(p.PayloadSize, 0))}
 	var idx [3]int
 	for i, v := range vals {
@@ -423,7 +433,7 @@ func (a *Aggregator) addPoint(p *pathway.Point) {
 	origin := max(0, p.OriginTime()) // no bucket before 1970: Start is unsigned
 	if origin > p.Time+maxOriginAhead {
 		origin = p.Time
-		a.nOriginsClamped.Add(1)
+		a.nOriginsClamped.Add(uint64(p.Checkpoints()))
 	}
 	a.addToBucket(a.bucketFor(origin, true), p, &vals, &idx)
 }
@@ -438,16 +448,21 @@ func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, 
 	g := b.last
 	if g == nil || !g.matches(p) {
 		if g = a.group(b, p); g == nil {
-			a.nGroupsRefused.Add(1)
+			a.nGroupsRefused.Add(uint64(p.Checkpoints()))
 			a.dropIfEmpty(b)
 			return
 		}
 		b.last = g
 	}
-	g.PayloadBytes += uint64(max(p.PayloadSize, 0))
+	n := p.Checkpoints()
+	g.PayloadBytes += uint64(max(p.PayloadSize, 0)) * uint64(n)
 	for i := range idx {
 		if idx[i] != noIndex {
-			g.pos[i].Add(idx[i])
+			if n == 1 {
+				g.pos[i].Add(idx[i])
+			} else {
+				g.pos[i].AddWithCount(idx[i], float64(n))
+			}
 			continue
 		}
 		sk := g.PathwayLatency
@@ -457,7 +472,7 @@ func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, 
 		case 2:
 			sk = g.PayloadSize
 		}
-		_ = sk.Add(vals[i]) // non-negative and finite: zero count or an error we cannot get
+		_ = sk.AddWithCount(vals[i], float64(n)) // non-negative and finite: zero count or an error we cannot get
 	}
 }
 

@@ -517,3 +517,52 @@ func TestOriginFarAheadIsClamped(t *testing.T) {
 		t.Errorf("OriginsClamped %d, OpenBuckets %d; want 1 and 1 (the 4 s skewed point's origin window)", st.OriginsClamped, st.OpenBuckets)
 	}
 }
+
+// TestCountedPoint: a point with Count n leaves what n copies of it leave (the sketches the Agent
+// gets, byte for byte, the exact byte count and the counters), in both timestamp types, for
+// values the sketch indexes and for zero latencies, which it keeps apart.
+func TestCountedPoint(t *testing.T) {
+	tags := []string{"direction:in", "topic:orders", "type:kafka"}
+	for _, tc := range []struct {
+		name          string
+		pathway, edge time.Duration
+		size          int64
+	}{
+		{"indexed", 3 * time.Second, 40 * time.Millisecond, 1024},
+		{"zeros", 0, 0, 0},
+		{"negative pathway", -time.Second, 0, 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pt := point("orders-consumer", 1, 2, t0, tc.pathway, tc.edge, tc.size, tags...)
+			repeated, counted := New(Config{}), New(Config{})
+			for range 37 {
+				repeated.Add(pt)
+			}
+			pt.Count = 37
+			counted.AddAll([]pathway.Point{pt})
+			repeated.Close()
+			counted.Close()
+			if r, c := repeated.Stats(), counted.Stats(); r != c {
+				t.Fatalf("stats: 37 points %+v, one of count 37 %+v", r, c)
+			}
+			rb, cb := repeated.Flush(t0, true), counted.Flush(t0, true)
+			if len(rb) != 2 || len(cb) != len(rb) {
+				t.Fatalf("%d and %d buckets, want 2 each", len(rb), len(cb))
+			}
+			for i := range rb {
+				rg, cg := rb[i].Groups[0], cb[i].Groups[0]
+				if rg.PayloadBytes != cg.PayloadBytes {
+					t.Errorf("bucket %d: payload bytes %d from 37 points, %d from one of count 37", i, rg.PayloadBytes, cg.PayloadBytes)
+				}
+				for _, sk := range []struct {
+					name string
+					r, c *ddsketch.DDSketch
+				}{{"pathway latency", rg.PathwayLatency, cg.PathwayLatency}, {"edge latency", rg.EdgeLatency, cg.EdgeLatency}, {"payload size", rg.PayloadSize, cg.PayloadSize}} {
+					if r, c := encodeSketch(sk.r), encodeSketch(sk.c); !bytes.Equal(r, c) {
+						t.Errorf("bucket %d: %s sketch from 37 points (count %v) differs from one of count 37 (count %v)", i, sk.name, sk.r.GetCount(), sk.c.GetCount())
+					}
+				}
+			}
+		})
+	}
+}

@@ -19,7 +19,13 @@ type Point struct {
 	PathwayLatency int64
 	EdgeLatency    int64 // ns since the previous checkpoint, >= 0
 	PayloadSize    int64 // bytes
+	// Count is how many identical checkpoints the point stands for (0 and 1 both mean one): a
+	// consumer's run of records with one context, one size and one arrival time is one point.
+	Count int64
 }
+
+// Checkpoints is how many checkpoints p stands for, at least one.
+func (p Point) Checkpoints() int64 { return max(p.Count, 1) }
 
 // OriginTime is when the pathway started, the time `origin` buckets are keyed by.
 func (p Point) OriginTime() int64 { return p.Time - p.PathwayLatency }

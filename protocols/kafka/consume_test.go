@@ -22,7 +22,8 @@ func (r *batchRecorder) AddAll(ps []pathway.Point) int {
 
 // TestConsumeCheckpointPerRecord: a fetched partition gets one checkpoint per record, equal to
 // the one computed for that record alone (its own parent and payload size), whether neighbouring
-// records share its context or not, through a per-point and a per-batch observer.
+// records share its context or not, through a per-point and a per-batch observer. A run of
+// records alike (one context, one size) is handed over as one point counting them.
 func TestConsumeCheckpointPerRecord(t *testing.T) {
 	now := time.Unix(1700000100, 0)
 	ctxA := pathway.Context{Hash: 0x1111, PathwayStart: now.Add(-time.Second), EdgeStart: now.Add(-time.Millisecond)}
@@ -61,6 +62,7 @@ func TestConsumeCheckpointPerRecord(t *testing.T) {
 		obs  interface {
 			Observer
 			snapshot() ([]pathway.Point, []pathway.Offset)
+			raw() []pathway.Point
 		}
 	}{{"per point", &recorder{}}, {"per batch", &batchRecorder{}}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -75,7 +77,11 @@ func TestConsumeCheckpointPerRecord(t *testing.T) {
 				return a.Hash == b.Hash && a.ParentHash == b.ParentHash && a.PathwayLatency == b.PathwayLatency &&
 					a.EdgeLatency == b.EdgeLatency && a.PayloadSize == b.PayloadSize && a.Service == b.Service && slices.Equal(a.EdgeTags, b.EdgeTags)
 			}) {
-				t.Fatalf("points:\n got %+v\nwant %+v", got, want)
+				t.Fatalf("checkpoints:\n got %+v\nwant %+v", got, want)
+			}
+			// Records of one context and one size in a row are one point of that count.
+			if raw := tc.obs.raw(); len(raw) != len(runs) {
+				t.Fatalf("%d points for %d runs of records alike: %+v", len(raw), len(runs), raw)
 			}
 		})
 	}

@@ -45,10 +45,27 @@ func (r *recorder) Offset(o pathway.Offset) bool {
 	return true
 }
 
+// snapshot returns the checkpoints and offsets so far, a point of Count n as n points of Count 0:
+// tests check checkpoints, however the proxy grouped them.
 func (r *recorder) snapshot() ([]pathway.Point, []pathway.Offset) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]pathway.Point(nil), r.points...), append([]pathway.Offset(nil), r.offsets...)
+	var pts []pathway.Point
+	for _, p := range r.points {
+		n := p.Checkpoints()
+		p.Count = 0
+		for range n {
+			pts = append(pts, p)
+		}
+	}
+	return pts, append([]pathway.Offset(nil), r.offsets...)
+}
+
+// raw returns the points as the observer got them.
+func (r *recorder) raw() []pathway.Point {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]pathway.Point(nil), r.points...)
 }
 
 // errRecorder is a test errtrack.Reporter.

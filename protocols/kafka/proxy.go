@@ -704,12 +704,13 @@ func (p *Proxy) nodeListenAddr(id int32) (addr, advHost string, err error) {
 
 func (p *Proxy) addPoint(pt pathway.Point) {
 	if !p.obs.Add(pt) {
-		p.stats.dropped.Add(1)
+		p.stats.dropped.Add(uint64(pt.Checkpoints()))
 	}
 }
 
 // batchObserver is an Observer that takes a record batch's points in one call (the aggregator
-// does, with one lock per batch instead of one per record).
+// does, with one lock per batch instead of one per record). AddAll returns how many points it
+// took, a prefix of them.
 type batchObserver interface {
 	AddAll([]pathway.Point) int
 }
@@ -718,7 +719,9 @@ type batchObserver interface {
 func (p *Proxy) addPoints(pts []pathway.Point) {
 	if bo, ok := p.obs.(batchObserver); ok {
 		if n := bo.AddAll(pts); n < len(pts) {
-			p.stats.dropped.Add(uint64(len(pts) - n))
+			for _, pt := range pts[n:] {
+				p.stats.dropped.Add(uint64(pt.Checkpoints()))
+			}
 		}
 		return
 	}

@@ -203,6 +203,15 @@ func (o *ownContext) take(pts *[]pathway.Point, size int64, pt pathway.Point, hd
 // a partition of many small records does not grow its buffer without limit.
 const maxPointRun = 1024
 
+// appendPoint appends pt to pts, first handing pts over when it holds maxPointRun points.
+func (p *Proxy) appendPoint(pts []pathway.Point, pt pathway.Point) []pathway.Point {
+	if len(pts) >= maxPointRun {
+		p.addPoints(pts)
+		pts = pts[:0]
+	}
+	return append(pts, pt)
+}
+
 // pointBuffers recycles the point slices consumeRecords collects a partition's checkpoints in.
 type pointBuffers struct{ sync.Pool }
 
@@ -294,13 +303,16 @@ func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedP
 			}
 		}
 		n++
-		if len(pts) >= maxPointRun {
-			p.addPoints(pts)
-			pts = pts[:0]
-		}
 		if havePrev && bytes.Equal(prevCtx, r.Context) {
+			// The last point is prev's: one of the same size too is one more of it, which costs
+			// the aggregator no more than the first (records of one producer's batch are often
+			// the same size).
+			if k := len(pts) - 1; k >= 0 && pts[k].PayloadSize == r.PayloadSize {
+				pts[k].Count = pts[k].Checkpoints() + 1
+				return
+			}
 			prev.PayloadSize = r.PayloadSize
-			pts = append(pts, prev)
+			pts = p.appendPoint(pts, prev)
 			return
 		}
 		var parent pathway.Context
@@ -309,7 +321,7 @@ func (p *Proxy) checkpointRecords(ci *clientInfo, edge pathway.Edge, fp fetchedP
 		}
 		pt, ctx := p.cp.Checkpoint(parent, ci.service, edge, r.PayloadSize, now)
 		p.handed.Put(parent, ci.service, ctx) // before the point: whoever sees it can forward
-		pts = append(pts, pt)
+		pts = p.appendPoint(pts, pt)
 		last = ctx
 		prev, prevCtx, havePrev = pt, append(prevCtx[:0], r.Context...), true
 	})
