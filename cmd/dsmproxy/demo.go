@@ -53,15 +53,21 @@ demo. Ctrl-C stops it cleanly.
 Flags:
 `
 
+// register adds demo's flags to fs, their defaults set in o.
+func (o *demoOptions) register(fs *flag.FlagSet) {
+	fs.IntVar(&o.rate, "rate", 200, "`N` orders produced per second (1 to 1000000)")
+	fs.DurationVar(&o.duration, "duration", 0, "stop after `DURATION` of traffic, counted once the services start (0 = until Ctrl-C)")
+	fs.DurationVar(&o.flush, "flush", 10*time.Second, "bucket and flush `INTERVAL` (1s or more)")
+	fs.StringVar(&o.agentURL, "agent-url", "", "also send the stats to the real Datadog Agent at `URL`")
+	fs.StringVar(&o.amqpUpstream, "amqp-upstream", "127.0.0.1:5672", "RabbitMQ (`HOST:PORT`, guest/guest) for the AMQP part; used when it answers; off disables")
+	fs.BoolVar(&o.sqs, "sqs", true, "run the SQS part of the demo (an in-process SQS server behind an AWS front); --sqs=false leaves it out")
+	fs.StringVar(&o.logLevel, "log-level", "error", "proxy log `LEVEL` (tracked errors are in the tables and at /errors)")
+}
+
 func cmdDemo(args []string, stdout, stderr io.Writer) error {
+	var o demoOptions
 	fs := newFlagSet("demo", usageDemo, stderr)
-	rate := fs.Int("rate", 200, "`N` orders produced per second (1 to 1000000)")
-	duration := fs.Duration("duration", 0, "stop after `DURATION` of traffic, counted once the services start (0 = until Ctrl-C)")
-	flush := fs.Duration("flush", 10*time.Second, "bucket and flush `INTERVAL` (1s or more)")
-	agentURL := fs.String("agent-url", "", "also send the stats to the real Datadog Agent at `URL`")
-	amqpUp := fs.String("amqp-upstream", "127.0.0.1:5672", "RabbitMQ (`HOST:PORT`, guest/guest) for the AMQP part; used when it answers; off disables")
-	withSQS := fs.Bool("sqs", true, "run the SQS part of the demo (an in-process SQS server behind an AWS front); --sqs=false leaves it out")
-	logLevel := fs.String("log-level", "error", "proxy log `LEVEL` (tracked errors are in the tables and at /errors)")
+	o.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), usageDemo, "demo")
 		printFlags(fs)
@@ -69,19 +75,19 @@ func cmdDemo(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	if *flush < time.Second {
-		return fmt.Errorf("--flush %s: 1s or more (it is the width of the DSM buckets)", *flush)
+	if o.flush < time.Second {
+		return fmt.Errorf("--flush %s: 1s or more (it is the width of the DSM buckets)", o.flush)
 	}
-	if *rate < 1 || *rate > maxDemoRate {
+	if o.rate < 1 || o.rate > maxDemoRate {
 		// The services tick at a second divided by the rate: past a billion that is no time.
-		return fmt.Errorf("--rate %d: 1 to %d orders a second", *rate, maxDemoRate)
+		return fmt.Errorf("--rate %d: 1 to %d orders a second", o.rate, maxDemoRate)
 	}
-	if *duration < 0 {
-		return fmt.Errorf("--duration %s: 0 (until Ctrl-C) or more", *duration)
+	if o.duration < 0 {
+		return fmt.Errorf("--duration %s: 0 (until Ctrl-C) or more", o.duration)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return runDemo(ctx, demoOptions{rate: *rate, flush: *flush, duration: *duration, agentURL: *agentURL, logLevel: *logLevel, amqpUpstream: *amqpUp, sqs: *withSQS}, stdout, stderr)
+	return runDemo(ctx, o, stdout, stderr)
 }
 
 // maxDemoRate bounds --rate: far more orders a second than the demo's one producer sends.

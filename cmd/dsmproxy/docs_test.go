@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"flag"
 	"fmt"
+	"maps"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -12,9 +15,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 
 	"github.com/dsmproxy/dsmproxy/aggregator"
+	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/protocols/amqp"
 	"github.com/dsmproxy/dsmproxy/protocols/aws"
@@ -273,5 +278,195 @@ func TestMetricLevelsDocumented(t *testing.T) {
 	}
 	if gauges == 0 {
 		t.Fatal("no gauge in /metrics: update this test")
+	}
+}
+
+// subcommandFlags is each subcommand's flags, as the binary registers them.
+func subcommandFlags() map[string]*flag.FlagSet {
+	sets := map[string]*flag.FlagSet{}
+	for _, name := range []string{"run", "check-config", "demo", "probe"} {
+		fs := flag.NewFlagSet(name, flag.ContinueOnError)
+		switch name {
+		case "run", "check-config":
+			new(runFlags).register(fs)
+		case "demo":
+			new(demoOptions).register(fs)
+		case "probe":
+			new(probeFlags).register(fs)
+		}
+		sets[name] = fs
+	}
+	return sets
+}
+
+// otherToolsFlags are the flags of other programs the README tells a user to run: docker
+// compose, kafka-consumer-groups.sh and the AWS CLI (dsmbench's are read from its source).
+var otherToolsFlags = []string{"build", "delete", "delete-offsets", "endpoint-url"}
+
+// reFlag finds --flag, not the arrows of demo's diagram (--produce-->).
+var reFlag = regexp.MustCompile(`--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?:[^-a-z0-9]|$)`)
+
+// readmeParagraphs splits the README at its blank lines.
+func readmeParagraphs(t *testing.T) []string {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return regexp.MustCompile(`\n\s*\n`).Split(string(readme), -1)
+}
+
+// TestFlagsDocumented: every flag of every subcommand is in its --help and in the README, where
+// the README speaks of that subcommand (a paragraph naming `dsmproxy demo` names demo's flags);
+// and every flag the help texts and the README name is one the binary (or the tool it is given
+// to) has.
+func TestFlagsDocumented(t *testing.T) {
+	sets := subcommandFlags()
+	known := map[string]bool{"help": true}
+	for _, fs := range sets {
+		fs.VisitAll(func(f *flag.Flag) { known[f.Name] = true })
+	}
+	bench, err := os.ReadFile("../dsmbench/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	benchFlags := regexp.MustCompile(`fs\.[A-Z][a-z]+(?:Var)?\((?:&[\w.]+, )?"([a-z0-9-]+)"`).FindAllStringSubmatch(string(bench), -1)
+	if len(benchFlags) == 0 {
+		t.Fatal("no flag found in cmd/dsmbench/main.go: update this test")
+	}
+	inREADME := maps.Clone(known)
+	for _, m := range benchFlags {
+		inREADME[m[1]] = true
+	}
+	for _, f := range otherToolsFlags {
+		inREADME[f] = true
+	}
+	paragraphs := readmeParagraphs(t)
+	for name, fs := range sets {
+		var out, errb bytes.Buffer
+		if code := mainArgs([]string{name, "--help"}, &out, &errb); code != 0 {
+			t.Fatalf("%s --help: exit %d: %s", name, code, errb.String())
+		}
+		help := out.String()
+		// check-config takes run's flags: the README speaks of them as run's.
+		about := "dsmproxy " + name
+		if name == "check-config" {
+			about = "dsmproxy run"
+		}
+		var said string
+		for _, p := range paragraphs {
+			if strings.Contains(p, about) {
+				said += p + "\n"
+			}
+		}
+		fs.VisitAll(func(f *flag.Flag) {
+			word := regexp.MustCompile(`--` + regexp.QuoteMeta(f.Name) + `\b([^-]|$)`)
+			if !word.MatchString(help) {
+				t.Errorf("%s --help does not name --%s", name, f.Name)
+			}
+			if !word.MatchString(said) {
+				t.Errorf("README.md does not name %s's --%s where it speaks of `%s`", name, f.Name, about)
+			}
+		})
+		for _, m := range reFlag.FindAllStringSubmatch(help, -1) {
+			if fs.Lookup(m[1]) == nil && m[1] != "help" {
+				t.Errorf("%s --help names --%s, which %s does not take", name, m[1], name)
+			}
+		}
+	}
+	for _, m := range reFlag.FindAllStringSubmatch(strings.Join(paragraphs, "\n\n"), -1) {
+		if !inREADME[m[1]] {
+			t.Errorf("README.md names --%s, which no subcommand, dsmbench or listed tool takes", m[1])
+			inREADME[m[1]] = true // once
+		}
+	}
+}
+
+// TestVariablesDocumented: every environment variable the configuration reads is in run --help
+// and the README's table of them, and every DD_ variable those name is one it reads.
+func TestVariablesDocumented(t *testing.T) {
+	read := map[string]bool{"NO_COLOR": true} // colorTerminal's, read where the log is made
+	var c Config
+	c.ApplyEnv(func(k string) (string, bool) { read[k] = true; return "", false })
+	if len(read) < 5 {
+		t.Fatalf("ApplyEnv read only %v: update this test", read)
+	}
+	var out, errb bytes.Buffer
+	if code := mainArgs([]string{"run", "--help"}, &out, &errb); code != 0 {
+		t.Fatalf("run --help: exit %d", code)
+	}
+	help := out.String()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(readme), "### Datadog environment variables")
+	table, _, _ = strings.Cut(table, "\n### ")
+	for v := range read {
+		word := regexp.MustCompile(`\b` + v + `\b`)
+		if !word.MatchString(help) {
+			t.Errorf("run --help does not name %s", v)
+		}
+		if !word.MatchString(string(readme)) {
+			t.Errorf("README.md does not name %s", v)
+		}
+	}
+	for _, m := range regexp.MustCompile(`\bDD_[A-Z_]+[A-Z]\b`).FindAllString(help+table, -1) {
+		if !read[m] {
+			t.Errorf("run --help or the README's variable table names %s, which dsmproxy does not read", m)
+		}
+	}
+}
+
+// TestAdminPagesDocumented: every page the admin listener serves is named in the README (as
+// `GET /page` or `/page`), in run --help, in the example config's admin.listen comment and in the
+// admin listener's start line; and every `GET /page` the README names is served.
+func TestAdminPagesDocumented(t *testing.T) {
+	cfg := &Config{Admin: AdminConfig{Listen: "127.0.0.1:0"}, AMQP: []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: "127.0.0.1:9"}}}
+	cfg.Agent.Disabled = true
+	prepare(t, cfg)
+	var logs syncbuf.Buffer
+	rt, err := start(context.Background(), cfg, zerolog.New(&logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := slices.Clone(rt.admin.pages)
+	rt.stop()
+	if len(pages) < 5 {
+		t.Fatalf("admin pages %v: update this test", pages)
+	}
+	startLine := ""
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "admin listening") {
+			startLine = l
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("testdata/dsmproxy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminComment := regexp.MustCompile(`(?m)^admin:\n\s+listen:.*$`).FindString(string(example))
+	var out, errb bytes.Buffer
+	mainArgs([]string{"run", "--help"}, &out, &errb)
+	help := out.String()
+	for _, p := range pages {
+		word := regexp.MustCompile(regexp.QuoteMeta(p) + `([^a-z/]|$)`)
+		if !strings.Contains(string(readme), "`"+p+"`") && !strings.Contains(string(readme), "GET "+p) {
+			t.Errorf("README.md does not name the admin page %s", p)
+		}
+		for what, text := range map[string]string{"run --help": help, "the example's admin.listen comment": adminComment, "the admin start line": startLine} {
+			if !word.MatchString(text) {
+				t.Errorf("%s does not name the admin page %s: %q", what, p, text)
+			}
+		}
+	}
+	for _, m := range regexp.MustCompile("GET (/[a-z/_]*)").FindAllStringSubmatch(string(readme), -1) {
+		if p := m[1]; p != "/" && !slices.Contains(pages, p) {
+			t.Errorf("README.md names GET %s, which the admin listener does not serve", p)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,24 +28,36 @@ Flags:
   --timeout DURATION  how long to wait for the answer (default 5s; /readyz dials for up to 2s)
 `
 
+// probeFlags are probe's flags.
+type probeFlags struct {
+	admin   string
+	live    bool
+	timeout time.Duration
+}
+
+func (f *probeFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.admin, "admin", defaultAdmin, "admin listener address")
+	fs.BoolVar(&f.live, "live", false, "ask /healthz instead of /readyz")
+	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the answer")
+}
+
 // cmdProbe asks a running proxy's admin listener for /readyz (or /healthz).
 func cmdProbe(args []string, stdout, stderr io.Writer) error {
+	var f probeFlags
 	fs := newFlagSet("probe", usageProbe, stderr)
-	admin := fs.String("admin", defaultAdmin, "admin listener address")
-	live := fs.Bool("live", false, "ask /healthz instead of /readyz")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
+	f.register(fs)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	path := "/readyz"
-	if *live {
+	if f.live {
 		path = "/healthz"
 	}
-	addr, err := probeAddr(*admin)
+	addr, err := probeAddr(f.admin)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
 	url := "http://" + addr + path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
