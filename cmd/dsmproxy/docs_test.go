@@ -470,3 +470,51 @@ func TestAdminPagesDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestLayoutDocumented: the README's Layout names every package directory of the repository
+// (protocols/{kafka,aws,amqp} names three).
+func TestLayoutDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, layout, ok := strings.Cut(string(readme), "- Layout: ")
+	if !ok {
+		t.Fatal("no Layout in README.md: update this test")
+	}
+	layout, _, _ = strings.Cut(layout, "\n- ")
+	named := map[string]bool{}
+	for _, m := range regexp.MustCompile("`([a-z/]+)\\{([a-z,]+)\\}`").FindAllStringSubmatch(layout, -1) {
+		for _, p := range strings.Split(m[2], ",") {
+			named[m[1]+p] = true
+		}
+	}
+	for _, m := range regexp.MustCompile("`([a-z][a-z/]*?)/?`").FindAllStringSubmatch(layout, -1) {
+		named[m[1]] = true
+	}
+	dirs := 0
+	err = filepath.WalkDir("../..", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".") && path != "../..") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		dir, _ := filepath.Rel("../..", filepath.Dir(path))
+		if dir != "." && !named[filepath.ToSlash(dir)] {
+			t.Errorf("README.md's Layout does not name %s/", dir)
+			named[dir] = true // once
+		}
+		dirs++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dirs == 0 {
+		t.Fatal("no Go file found: update this test")
+	}
+}
