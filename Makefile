@@ -1,4 +1,5 @@
-# dsmproxy: `make demo` runs the embedded demo, `make test` runs every check CI runs.
+# dsmproxy: `make demo` runs the embedded demo, `make test` the vet, staticcheck and race tests CI runs
+# (.ci/run, which first installs the tests' peers and also validates docker-compose.yml).
 GO          ?= go
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN)/staticcheck
