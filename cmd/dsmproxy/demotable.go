@@ -1,17 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
-	"unicode"
+
+	"github.com/DataDog/sketches-go/ddsketch"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/agentpayload"
@@ -138,57 +140,112 @@ func (d *demoAgent) Close() {
 // printTable prints the current-time points as a pathway table under title, then consumer lag.
 // With totals (the local view's, by pathwayKey), the table has a column of messages since the start;
 // sizes (likewise) are exact average sizes, where the Agent's payload has only the size sketch.
+// A view holds tens of thousands of pathways: rows are laid out in a textTable and written
+// through a buffer, with no formatting or allocation per row.
 func printTable(out io.Writer, title string, pts []agentpayload.Point, bl []agentpayload.BacklogEntry, totals map[string]pathwayTotal, sizes map[string]float64) {
-	var cur []agentpayload.Point
-	for _, p := range pts {
-		if p.TimestampType == "current" {
-			cur = append(cur, p)
+	cur := make([]*agentpayload.Point, 0, len(pts))
+	for i := range pts {
+		if pts[i].TimestampType == "current" {
+			cur = append(cur, &pts[i])
 		}
 	}
 	cur, depth := pathwayOrder(cur)
-	fmt.Fprintln(out, title)
+	w := bufio.NewWriterSize(out, 32<<10)
+	defer w.Flush()
+	w.WriteString(title)
+	w.WriteByte('\n')
 	if len(cur) == 0 { // lag, kept far longer than pathways, may be all there is
 		if totals != nil {
-			fmt.Fprintln(out, "No pathway had a checkpoint in that time.") // the title says how long
+			w.WriteString("No pathway had a checkpoint in that time.\n") // the title says how long
 		} else {
-			fmt.Fprintln(out, "No pathway in these payloads.")
+			w.WriteString("No pathway in these payloads.\n")
 		}
-	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	total := ""
-	if totals != nil {
-		total = "\tMESSAGES*"
-	}
-	if len(cur) > 0 {
-		fmt.Fprintln(tw, "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S"+total+"\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE")
-	}
-	for i, p := range cur {
-		key := pathwayKey(p.Service, p.EdgeTags, p.Hash, p.ParentHash)
+	} else {
+		header := "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE"
 		if totals != nil {
-			total = fmt.Sprintf("\t%d", totals[key].Messages)
+			header = "BUCKET\tSERVICE\tEDGE\tHASH <- PARENT\tMSG/S\tMESSAGES*\tEDGE p50 / p99\tEND-TO-END p50 / p99\tAVG SIZE"
 		}
-		fmt.Fprintf(tw, "%s\t%s%s\t%s\t%016x <- %016x\t%.1f%s\t%s / %s\t%s / %s\t%.0f B\n",
-			p.Start.Format(time.TimeOnly), strings.Repeat("  ", min(depth[i], maxIndent)), cell(p.Service), edgeString(p.EdgeTags), p.Hash, p.ParentHash, ratePerSecond(p), total,
-			ms(quantile(p.EdgeLatency, 0.5)), ms(quantile(p.EdgeLatency, 0.99)),
-			ms(quantile(p.PathwayLatency, 0.5)), ms(quantile(p.PathwayLatency, 0.99)), averageSize(p, sizes, key))
-	}
-	tw.Flush()
-	if len(cur) > 0 {
-		fmt.Fprintln(out, "Each row is indented under the row of its parent (the row whose HASH is its PARENT). A row at the left starts a pathway here (PARENT 0000000000000000), or continues one whose previous checkpoint is not on this page: a traced service's, another proxy's, or too old.")
-	}
-	if totals != nil && len(cur) > 0 {
-		fmt.Fprintln(out, "MESSAGES*: checkpoints on the pathway since the proxy started, up to its latest flushed bucket (one that drops off this page and comes back counts again from 0).")
+		size := len(header) // the text of the rows, roughly: their numbers' digits, then names
+		for i, p := range cur {
+			size += 100 + 2*min(depth[i], maxIndent) + len(p.Service) + len(p.EdgeTags)
+			for _, tag := range p.EdgeTags {
+				size += len(tag)
+			}
+		}
+		t := newTextTable(strings.Count(header, "\t")+1, len(cur)+1, size)
+		t.cells(header)
+		var key []byte
+		for i, p := range cur {
+			if totals != nil || sizes != nil {
+				key = appendPathwayKey(key[:0], p.Service, p.EdgeTags, p.Hash, p.ParentHash)
+			}
+			t.text = p.Start.AppendFormat(t.text, time.TimeOnly)
+			t.endCell()
+			for range min(depth[i], maxIndent) {
+				t.text = append(t.text, "  "...)
+			}
+			t.text = appendCell(t.text, p.Service)
+			t.endCell()
+			t.text = appendEdge(t.text, p.EdgeTags)
+			t.endCell()
+			t.text = appendHash(t.text, p.Hash)
+			t.text = append(t.text, " <- "...)
+			t.text = appendHash(t.text, p.ParentHash)
+			t.endCell()
+			t.text = strconv.AppendFloat(t.text, ratePerSecond(*p), 'f', 1, 64)
+			t.endCell()
+			if totals != nil {
+				t.text = strconv.AppendUint(t.text, totals[string(key)].Messages, 10)
+				t.endCell()
+			}
+			for _, s := range [...]*ddsketch.DDSketch{p.EdgeLatency, p.PathwayLatency} {
+				t.text = appendMs(t.text, quantile(s, 0.5))
+				t.text = append(t.text, " / "...)
+				t.text = appendMs(t.text, quantile(s, 0.99))
+				t.endCell()
+			}
+			avg, exact := sizes[string(key)] // looked up here: string(key) passed on would be a copy
+			if !exact {
+				avg = averageSize(*p, nil, "")
+			}
+			t.text = strconv.AppendFloat(t.text, avg, 'f', 0, 64)
+			t.text = append(t.text, " B"...)
+			t.endCell()
+		}
+		t.writeTo(w)
+		w.WriteString("Each row is indented under the row of its parent (the row whose HASH is its PARENT). A row at the left starts a pathway here (PARENT 0000000000000000), or continues one whose previous checkpoint is not on this page: a traced service's, another proxy's, or too old.\n")
+		if totals != nil {
+			w.WriteString("MESSAGES*: checkpoints on the pathway since the proxy started, up to its latest flushed bucket (one that drops off this page and comes back counts again from 0).\n")
+		}
 	}
 	if lag := consumerLag(bl); len(lag) > 0 {
-		fmt.Fprintln(out)
-		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "CONSUMER GROUP\tTOPIC\tPARTITIONS COMMITTED\tLAG (messages past the last commit)\tKAFKA CLUSTER")
+		w.WriteByte('\n')
+		t := newTextTable(5, len(lag)+1, 0)
+		t.cells("CONSUMER GROUP\tTOPIC\tPARTITIONS COMMITTED\tLAG (messages past the last commit)\tKAFKA CLUSTER")
 		for _, l := range lag {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", cell(l.group), cell(l.topic), l.partitions, l.lag, cell(l.cluster))
+			t.text = appendCell(t.text, l.group)
+			t.endCell()
+			t.text = appendCell(t.text, l.topic)
+			t.endCell()
+			t.text = strconv.AppendInt(t.text, int64(l.partitions), 10)
+			t.endCell()
+			t.text = strconv.AppendInt(t.text, l.lag, 10)
+			t.endCell()
+			t.text = appendCell(t.text, l.cluster)
+			t.endCell()
 		}
-		tw.Flush()
+		t.writeTo(w)
 	}
-	fmt.Fprintln(out)
+	w.WriteByte('\n')
+}
+
+// appendHash appends h as 16 hex digits.
+func appendHash(b []byte, h uint64) []byte {
+	const digits = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		b = append(b, digits[h>>shift&0xf])
+	}
+	return b
 }
 
 // maxIndent bounds the indent of a long pathway's rows, so its last hops still fit a terminal.
@@ -199,51 +256,94 @@ const maxIndent = 8
 // pathway's points together. Points whose parent is not among pts head their pathway: it starts
 // at them (parent 0), or its earlier checkpoints are elsewhere (a tracer's, another proxy's, an
 // older bucket's). Points of one node in several buckets (the demo's table) go together, oldest
-// first. depth[i] is how many parents of pts[i] are shown above it.
-func pathwayOrder(pts []agentpayload.Point) (ordered []agentpayload.Point, depth []int) {
-	slices.SortFunc(pts, func(a, b agentpayload.Point) int {
-		return cmp.Or(cmp.Compare(quantile(a.PathwayLatency, 0.5), quantile(b.PathwayLatency, 0.5)), cmp.Compare(a.Service, b.Service),
-			slices.Compare(a.EdgeTags, b.EdgeTags), cmp.Compare(a.Hash, b.Hash), a.Start.Compare(b.Start))
-	})
-	nodes := map[uint64][]int{} // hash -> its points, in pts's order
-	var hashes []uint64         // in order of their first point
+// first. depth[i] is how many parents of ordered[i] are shown above it. It reorders pts.
+func pathwayOrder(pts []*agentpayload.Point) (ordered []*agentpayload.Point, depth []int) {
+	// Each point's end-to-end p50 once, not at every comparison: a sketch's quantile is a walk
+	// of its bins.
+	type sortRow struct {
+		p   *agentpayload.Point
+		p50 float64
+	}
+	rows := make([]sortRow, len(pts))
 	for i, p := range pts {
-		if _, ok := nodes[p.Hash]; !ok {
-			hashes = append(hashes, p.Hash)
-		}
-		nodes[p.Hash] = append(nodes[p.Hash], i)
+		rows[i] = sortRow{p, quantile(p.PathwayLatency, 0.5)}
 	}
-	children := map[uint64][]uint64{}
-	var roots []uint64
-	for _, h := range hashes {
-		parent := pts[nodes[h][0]].ParentHash
-		if _, shown := nodes[parent]; shown && parent != h {
-			children[parent] = append(children[parent], h)
+	slices.SortFunc(rows, func(a, b sortRow) int {
+		if c := cmp.Compare(a.p50, b.p50); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.p.Service, b.p.Service); c != 0 {
+			return c
+		}
+		if c := slices.Compare(a.p.EdgeTags, b.p.EdgeTags); c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(a.p.Hash, b.p.Hash), a.p.Start.Compare(b.p.Start))
+	})
+	for i, r := range rows {
+		pts[i] = r.p
+	}
+	// A node is a hash and its points, linked through next in pts's order; its children are
+	// linked through sibling in order of their first point. -1 ends a list.
+	type node struct {
+		first, last      int32 // its points
+		child, lastChild int32 // its children
+		sibling          int32
+		done             bool
+	}
+	ids := make(map[uint64]int32, len(pts))
+	nodes := make([]node, 0, len(pts))
+	next := make([]int32, len(pts))
+	for i, p := range pts {
+		next[i] = -1
+		if n, ok := ids[p.Hash]; ok {
+			next[nodes[n].last] = int32(i)
+			nodes[n].last = int32(i)
+			continue
+		}
+		ids[p.Hash] = int32(len(nodes))
+		nodes = append(nodes, node{first: int32(i), last: int32(i), child: -1, lastChild: -1, sibling: -1})
+	}
+	var roots []int32
+	for n := range nodes {
+		h, parent := pts[nodes[n].first].Hash, pts[nodes[n].first].ParentHash
+		if pn, shown := ids[parent]; shown && parent != h {
+			if nodes[pn].lastChild < 0 {
+				nodes[pn].child = int32(n)
+			} else {
+				nodes[nodes[pn].lastChild].sibling = int32(n)
+			}
+			nodes[pn].lastChild = int32(n)
 		} else {
-			roots = append(roots, h)
+			roots = append(roots, int32(n))
 		}
 	}
-	ordered, depth = make([]agentpayload.Point, 0, len(pts)), make([]int, 0, len(pts))
-	done := make(map[uint64]bool, len(hashes))
-	var walk func(h uint64, d int)
-	walk = func(h uint64, d int) {
-		if done[h] {
+	ordered, depth = make([]*agentpayload.Point, 0, len(pts)), make([]int, 0, len(pts))
+	var buckets []*agentpayload.Point // one node's points
+	var walk func(n int32, d int)
+	walk = func(n int32, d int) {
+		if nodes[n].done {
 			return
 		}
-		done[h] = true
-		for _, i := range slices.SortedFunc(slices.Values(nodes[h]), func(a, b int) int { return pts[a].Start.Compare(pts[b].Start) }) {
-			ordered, depth = append(ordered, pts[i]), append(depth, d)
+		nodes[n].done = true
+		buckets = buckets[:0]
+		for i := nodes[n].first; i >= 0; i = next[i] {
+			buckets = append(buckets, pts[i])
 		}
-		for _, c := range children[h] {
+		slices.SortFunc(buckets, func(a, b *agentpayload.Point) int { return a.Start.Compare(b.Start) })
+		for _, p := range buckets {
+			ordered, depth = append(ordered, p), append(depth, d)
+		}
+		for c := nodes[n].child; c >= 0; c = nodes[c].sibling {
 			walk(c, d+1)
 		}
 	}
-	for _, h := range roots {
-		walk(h, 0)
+	for _, n := range roots {
+		walk(n, 0)
 	}
 	// Hashes in a cycle (a forged or colliding hash) have no root: shown at the left, after.
-	for _, h := range hashes {
-		walk(h, 0)
+	for n := range nodes {
+		walk(int32(n), 0)
 	}
 	return ordered, depth
 }
@@ -254,34 +354,37 @@ func printErrors(out io.Writer, s *errtrack.Snapshot) {
 	if len(s.Groups) == 0 {
 		return
 	}
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRACKED ERRORS\tSERVICE\tOPERATION\tEDGE\tERROR\tCOUNT\tMESSAGES (since start)")
-	for _, g := range s.Groups {
-		name := g.Name
-		if g.Code != 0 {
-			name = fmt.Sprintf("%s (%d)", name, g.Code) // the same skip for different broker codes
+	w := bufio.NewWriterSize(out, 32<<10)
+	defer w.Flush()
+	t := newTextTable(7, len(s.Groups)+1, 0)
+	t.cells("TRACKED ERRORS\tSERVICE\tOPERATION\tEDGE\tERROR\tCOUNT\tMESSAGES (since start)")
+	for i := range s.Groups {
+		g := &s.Groups[i]
+		t.text = append(t.text, g.Category.String()...)
+		t.endCell()
+		t.text = appendCell(t.text, g.Service)
+		t.endCell()
+		t.text = append(t.text, g.Protocol...)
+		t.text = append(t.text, ' ')
+		t.text = appendCell(t.text, g.Operation)
+		t.endCell()
+		t.text = appendEdge(t.text, g.Edge.Tags())
+		t.endCell()
+		t.text = appendCell(t.text, g.Name)
+		if g.Code != 0 { // the same skip for different broker codes
+			t.text = append(t.text, " ("...)
+			t.text = strconv.AppendInt(t.text, int64(g.Code), 10)
+			t.text = append(t.text, ')')
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\n", g.Category, cell(g.Service), g.Protocol, cell(g.Operation),
-			edgeString(g.Edge.Tags()), cell(name), g.TotalCount, g.TotalMessages)
+		t.endCell()
+		t.text = strconv.AppendInt(t.text, g.TotalCount, 10)
+		t.endCell()
+		t.text = strconv.AppendInt(t.text, g.TotalMessages, 10)
+		t.endCell()
 	}
-	tw.Flush()
-	fmt.Fprintln(out)
+	t.writeTo(w)
+	w.WriteByte('\n')
 }
-
-// cell is s as one cell of a plain-text table: names come from clients and brokers, and a tab or
-// a line break in one would make columns or rows of its own.
-func cell(s string) string {
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return '?'
-		}
-		return r
-	}, s)
-}
-
-// edgeString shows edge tags as one cell: direction:in group:billing topic:orders type:kafka. The
-// type stays: a Kafka topic and an SNS topic may share a name.
-func edgeString(tags []string) string { return cell(strings.Join(tags, " ")) }
 
 // ratePerSecond is the point's checkpoints per second of its bucket (10 s when it names none).
 func ratePerSecond(p agentpayload.Point) float64 {
@@ -320,14 +423,13 @@ func quantile(s sketch, q float64) float64 {
 	return v
 }
 
-func ms(seconds float64) string {
+// appendMs appends a latency in seconds as ms or s: 12.3ms, 1.25s.
+func appendMs(b []byte, seconds float64) []byte {
 	d := time.Duration(seconds * float64(time.Second))
-	switch {
-	case d >= time.Second:
-		return fmt.Sprintf("%.2fs", d.Seconds())
-	default:
-		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	if d >= time.Second {
+		return append(strconv.AppendFloat(b, d.Seconds(), 'f', 2, 64), 's')
 	}
+	return append(strconv.AppendFloat(b, float64(d)/float64(time.Millisecond), 'f', 1, 64), "ms"...)
 }
 
 type lagRow struct {

@@ -198,7 +198,20 @@ type pathwayTotal struct {
 
 // pathwayKey identifies a pathway in the view: service, edge tags and hashes.
 func pathwayKey(service string, edgeTags []string, hash, parentHash uint64) string {
-	return fmt.Sprintf("%s|%s|%x|%x", service, strings.Join(edgeTags, ","), hash, parentHash)
+	return string(appendPathwayKey(nil, service, edgeTags, hash, parentHash))
+}
+
+// appendPathwayKey appends pathwayKey's key: service|tag,tag|hash|parent, hashes in hex.
+func appendPathwayKey(b []byte, service string, edgeTags []string, hash, parentHash uint64) []byte {
+	b = append(append(b, service...), '|')
+	for i, t := range edgeTags {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, t...)
+	}
+	b = strconv.AppendUint(append(b, '|'), hash, 16)
+	return strconv.AppendUint(append(b, '|'), parentHash, 16)
 }
 
 // viewContents is a copy of what the view holds.
