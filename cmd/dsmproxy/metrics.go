@@ -386,6 +386,12 @@ func (p *promWriter) trackedErrors(s *errtrack.Snapshot) {
 	if len(s.Groups) == 0 {
 		return
 	}
+	// Each group's edge tags once, for both families: pathway.Edge.Tags builds them anew at
+	// every call.
+	tags := make([][]string, len(s.Groups))
+	for i := range s.Groups {
+		tags[i] = s.Groups[i].Edge.Tags()
+	}
 	for _, f := range []struct {
 		name, help string
 		value      func(*errtrack.Group) float64
@@ -403,7 +409,7 @@ func (p *promWriter) trackedErrors(s *errtrack.Snapshot) {
 			p.label("protocol", g.Protocol)
 			p.label("service", g.Service)
 			p.label("operation", g.Operation)
-			p.edgeTagsLabel(g.Edge.Tags())
+			p.edgeTagsLabel(tags[i])
 			p.label("error", g.Name)
 			p.label("code", strconv.Itoa(int(g.Code)))
 			p.end(f.value(g))
