@@ -254,18 +254,9 @@ func (a *Aggregator) Add(p pathway.Point) bool {
 // and counted; it returns how many were queued.
 func (a *Aggregator) AddAll(ps []pathway.Point) int {
 	n := a.points.pushAll(ps)
-	a.nPoints.Add(uint64(CountCheckpoints(ps[:n])))
+	a.nPoints.Add(uint64(pathway.CountCheckpoints(ps[:n])))
 	if n < len(ps) {
-		a.nPointsDropped.Add(uint64(CountCheckpoints(ps[n:])))
-	}
-	return n
-}
-
-// CountCheckpoints is how many checkpoints the points of ps stand for (Point.Count).
-func CountCheckpoints(ps []pathway.Point) int64 {
-	var n int64
-	for i := range ps {
-		n += ps[i].Checkpoints()
+		a.nPointsDropped.Add(uint64(pathway.CountCheckpoints(ps[n:])))
 	}
 	return n
 }

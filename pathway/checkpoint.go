@@ -27,6 +27,15 @@ type Point struct {
 // Checkpoints is how many checkpoints p stands for, at least one.
 func (p Point) Checkpoints() int64 { return max(p.Count, 1) }
 
+// CountCheckpoints is how many checkpoints the points of ps stand for.
+func CountCheckpoints(ps []Point) int64 {
+	var n int64
+	for i := range ps {
+		n += ps[i].Checkpoints()
+	}
+	return n
+}
+
 // OriginTime is when the pathway started, the time `origin` buckets are keyed by.
 func (p Point) OriginTime() int64 { return p.Time - p.PathwayLatency }
 

@@ -20,6 +20,17 @@ func buildBatch(t testing.TB, n, valueSize int, codec kgo.Compressor) []byte {
 	return buildBatchHeader(t, n, valueSize, codec, "h", []byte("x"))
 }
 
+// buildBatchApart is buildBatch with records of n different sizes (valueSize, valueSize+1, ...):
+// each gets a produce checkpoint of its own, where records alike would share one counted point.
+func buildBatchApart(t testing.TB, n, valueSize int) []byte {
+	t.Helper()
+	var b []byte
+	for i := range n {
+		b = append(b, buildBatch(t, 1, valueSize+i, nil)...)
+	}
+	return b
+}
+
 // buildBatchHeader is buildBatch with one header, key: value, on every record (none when key is
 // empty).
 func buildBatchHeader(t testing.TB, n, valueSize int, codec kgo.Compressor, key string, value []byte) []byte {

@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -53,7 +55,8 @@ func TestBatchPointsBounded(t *testing.T) {
 	before := p.Stats()
 	recs := make([]*kgo.Record, n)
 	for i := range recs {
-		recs[i] = &kgo.Record{Value: []byte("v")}
+		// Sizes all different: records alike would share a point, and never reach the bound.
+		recs[i] = &kgo.Record{Value: bytes.Repeat([]byte("v"), i+1)}
 	}
 	produceFlushed(recs...)
 	st := p.Stats()
@@ -93,5 +96,51 @@ func TestBatchPointsBounded(t *testing.T) {
 	}
 	if got != n+1 {
 		t.Fatalf("read %d records back, want %d", got, n+1)
+	}
+}
+
+// TestProducePointsFold: the produce checkpoints of a batch's records alike (one context, one
+// size) are one point counting them, held until the answer as one; records of other sizes or
+// contexts keep points of their own, and every record is counted as injected.
+func TestProducePointsFold(t *testing.T) {
+	traced := pathway.Context{Hash: 0x1234}.AppendBase64(nil)
+	for _, tc := range []struct {
+		name   string
+		batch  func(t *testing.T) []byte
+		points []int64 // the held points' counts
+	}{
+		{"alike", func(t *testing.T) []byte { return buildBatchHeader(t, 100, 64, nil, "", nil) }, []int64{100}},
+		{"two sizes", func(t *testing.T) []byte {
+			b := append(buildBatchHeader(t, 30, 64, nil, "", nil), buildBatchHeader(t, 20, 65, nil, "", nil)...)
+			return append(b, buildBatchHeader(t, 10, 64, nil, "", nil)...)
+		}, []int64{30, 20, 10}},
+		// The traced producer's records are left as they are, without a checkpoint; the bare ones
+		// around them are alike.
+		{"bare runs around a traced one", func(t *testing.T) []byte {
+			b := append(buildBatchHeader(t, 5, 64, nil, "", nil), buildBatchHeader(t, 5, 64, nil, pathway.HeaderKey, traced)...)
+			return append(b, buildBatchHeader(t, 5, 64, nil, "", nil)...)
+		}, []int64{10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := offlineSession(t)
+			before := s.p.Stats().InjectedRecords
+			_, _, held, over, ok := s.injectPartition(s.info.Load(), "orders", 0, tc.batch(t), true)
+			if !ok || held == nil || over != 0 {
+				t.Fatalf("injected %v, held %v, over %d", ok, held != nil, over)
+			}
+			var counts []int64
+			for _, pt := range *held {
+				counts = append(counts, pt.Checkpoints())
+			}
+			if !slices.Equal(counts, tc.points) {
+				t.Errorf("held points counting %v records, want %v", counts, tc.points)
+			}
+			if got, want := s.p.Stats().InjectedRecords-before, uint64(pathway.CountCheckpoints(*held)); got != want {
+				t.Errorf("%d records counted injected, want %d", got, want)
+			}
+			if got := s.heldPoints.Held(); got != int64(len(*held)) {
+				t.Errorf("the connection holds room for %d points, want %d", got, len(*held))
+			}
+		})
 	}
 }

@@ -340,7 +340,7 @@ func (s *session) abandon(pd *pending) {
 	for i := range facts.parts {
 		part := &facts.parts[i]
 		if part.points != nil {
-			s.p.dropPoints(len(*part.points) + part.unpointed)
+			s.p.dropPoints(int(pathway.CountCheckpoints(*part.points)) + part.unpointed)
 			s.releasePoints(part, false)
 		}
 	}

@@ -83,7 +83,7 @@ func TestFactsBounded(t *testing.T) {
 	injected := false
 	produce := func(s *session) (bool, *pending) {
 		batches := make([][]byte, 100)
-		batches[0] = buildBatch(t, 3, 10, nil)
+		batches[0] = buildBatchApart(t, 3, 10) // 3 points
 		var pd *pending
 		injected, pd = produceThrough(t, s, batches...)
 		return pd.facts != nil, pd

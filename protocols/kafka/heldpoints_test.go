@@ -23,10 +23,11 @@ func produceThrough(t *testing.T, s *session, batches ...[]byte) (injected bool,
 	return !bytes.Equal(out, frame), pd
 }
 
-// sendHeld runs one 10-record produce request through s and returns its partition, held or not.
+// sendHeld runs one produce request of 10 records, each a point of its own, through s and
+// returns its partition, held or not.
 func sendHeld(t *testing.T, s *session) (*producedPart, *pending) {
 	t.Helper()
-	if injected, pd := produceThrough(t, s, buildBatch(t, 10, 10, nil)); injected {
+	if injected, pd := produceThrough(t, s, buildBatchApart(t, 10, 10)); injected {
 		return &pd.facts.(*produceFacts).parts[0], pd
 	}
 	t.Fatal("the batch did not get the header")
@@ -162,7 +163,7 @@ func TestTooManyPartitionsForwardedUnmodified(t *testing.T) {
 	}{{100, true}, {101, false}} {
 		s := offlineSession(t)
 		batches := make([][]byte, tc.partitions)
-		batches[0] = buildBatch(t, 3, 10, nil)
+		batches[0] = buildBatchApart(t, 3, 10)
 		injected, pd := produceThrough(t, s, batches...)
 		if st := s.p.Stats(); injected != tc.inject || (st.SkippedBatches == 1) == tc.inject || (pd.facts == nil) == tc.inject || s.heldPoints.Held() != map[bool]int64{true: 3}[tc.inject] {
 			t.Errorf("%d partitions: injected %v, %d skips, facts %v, %d points held; want injected %v",

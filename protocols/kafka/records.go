@@ -179,7 +179,7 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 		p.addPoints(pts)
 	}
 	over = own.over
-	p.stats.injected.Add(uint64(len(pts) + over))
+	p.stats.injected.Add(uint64(pathway.CountCheckpoints(pts)) + uint64(over))
 	if !hold {
 		p.dropPoints(over)
 		over = 0
@@ -188,8 +188,16 @@ func (s *session) injectPartition(ci *clientInfo, topic string, partition int32,
 }
 
 // take records pt, with the record's payload size, as the checkpoint of a record that gets hdr,
-// or counts it in over past maxBatchPoints, and returns hdr.
+// or counts it in over past maxBatchPoints, and returns hdr. A record alike the last one (its
+// checkpoint and size: service, edge and time are the batch's) counts in the last point.
 func (o *ownContext) take(pts *[]pathway.Point, size int64, pt pathway.Point, hdr []byte) []byte {
+	if k := len(*pts) - 1; k >= 0 {
+		if last := &(*pts)[k]; last.PayloadSize == size && last.Hash == pt.Hash && last.ParentHash == pt.ParentHash &&
+			last.PathwayLatency == pt.PathwayLatency && last.EdgeLatency == pt.EdgeLatency {
+			last.Count = last.Checkpoints() + 1
+			return hdr
+		}
+	}
 	if len(*pts) >= maxBatchPoints {
 		o.over++
 		return hdr
