@@ -116,7 +116,11 @@ func (s *session) settleHeld(ch uint16, tag uint64, multiple, nack bool) ([]path
 const heldKeep = 1024
 
 // trimHeldLocked drops settled publishes from the front of cs.held, and moves the rest down once
-// the dead front is the bigger part.
+// the dead front is the bigger part: into a smaller queue after a burst, to give its memory
+// back, and in place while the queue is no more than twice what a steady publisher fills it to
+// between two moves (heldKeep or as many settled ones as live ones, and the live ones), so that
+// one keeping a window unconfirmed allocates nothing (a new queue of twice the live ones grew
+// back by copies, a few times every heldKeep publishes).
 func (cs *chanShared) trimHeldLocked() {
 	for cs.heldHead < len(cs.held) && cs.held[cs.heldHead].done {
 		cs.held[cs.heldHead] = heldPub{}
@@ -129,11 +133,11 @@ func (cs *chanShared) trimHeldLocked() {
 	case len(live) == 0:
 		cs.held, cs.heldHead = cs.held[:0], 0
 	case cs.heldHead > heldKeep && 2*cs.heldHead > len(cs.held):
-		if cap(cs.held) > 4*len(live) {
+		if cap(cs.held) > max(4*len(live), 2*(heldKeep+len(live))) {
 			cs.held = append(make([]heldPub, 0, 2*len(live)), live...)
 		} else {
 			n := copy(cs.held, live)
-			clear(cs.held[n:])
+			clear(cs.held[max(n, cs.heldHead):]) // the front was cleared as it was settled
 			cs.held = cs.held[:n]
 		}
 		cs.heldHead = 0

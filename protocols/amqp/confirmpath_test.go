@@ -1,0 +1,157 @@
+package amqp
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"testing"
+)
+
+// confirmWindow is how many publishes dsmbench's confirm-mode publishers keep unconfirmed.
+const confirmWindow = 200
+
+// selectConfirms puts channel 1 of s in confirm mode, as a client's Confirm.Select does.
+func selectConfirms(t testing.TB, s *session) {
+	t.Helper()
+	sel := binary.BigEndian.AppendUint16(nil, classConfirm)
+	sel = binary.BigEndian.AppendUint16(sel, 10)
+	f, _, err := splitFrame(appendFrame(nil, frameMethod, 1, append(sel, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.clientMethod(f)
+}
+
+// ackFrames appends the broker's acks of tags from..to on channel 1: one each, or one with
+// multiple every `every` tags (and one for the last).
+func ackFrames(dst []byte, from, to uint64, every int) []byte {
+	var p [13]byte
+	binary.BigEndian.PutUint16(p[0:], classBasic)
+	binary.BigEndian.PutUint16(p[2:], 80)
+	for t := from; t <= to; t++ {
+		if every > 1 && (t-from+1)%uint64(every) != 0 && t != to {
+			continue
+		}
+		binary.BigEndian.PutUint64(p[4:], t)
+		p[12] = 0
+		if every > 1 {
+			p[12] = 1
+		}
+		dst = appendFrame(dst, frameMethod, 1, p[:])
+	}
+	return dst
+}
+
+// publishStreamOf is n publishes of 1 KiB with content header payload hdr on channel 1.
+func publishStreamOf(n int, hdr []byte) []byte {
+	method := binary.BigEndian.AppendUint16(nil, classBasic)
+	method = binary.BigEndian.AppendUint16(method, 40)
+	method = append(append(append(method, 0, 0), sstr("")...), sstr("orders")...)
+	method = append(method, 0)
+	var s []byte
+	for range n {
+		s = appendFrame(s, frameMethod, 1, method)
+		s = appendFrame(s, frameHeader, 1, hdr)
+		s = appendFrame(s, frameBody, 1, make([]byte, 1024))
+	}
+	return s
+}
+
+// confirmRelay runs rounds of bare 1 KiB publishes on a confirm-mode channel through the client
+// relay and the broker's acks through the broker relay, confirmWindow publishes behind.
+type confirmRelay struct {
+	s      *session
+	stream []byte // one round of publishes
+	round  uint64
+	every  int // acks: one each (1), or one with multiple every so many
+	cr, br *connReader
+	rd, bd *bytes.Reader
+	uw, cw *connWriter
+	acks   []byte
+	acked  uint64
+}
+
+func newConfirmRelay(t testing.TB, round, every int, confirms bool) *confirmRelay {
+	r := &confirmRelay{s: offlineSession(t, nil), stream: publishStreamOf(round, contentPayload(1024, 0)),
+		round: uint64(round), every: every, rd: bytes.NewReader(nil), bd: bytes.NewReader(nil),
+		uw: newConnWriter(io.Discard), cw: newConnWriter(io.Discard)}
+	r.cr, r.br = newConnReader(r.rd, nil), newConnReader(r.bd, nil)
+	if confirms {
+		selectConfirms(t, r.s)
+	}
+	for range confirmWindow / round {
+		r.publish(t)
+	}
+	return r
+}
+
+func (r *confirmRelay) publish(t testing.TB) {
+	r.rd.Reset(r.stream)
+	r.cr.r, r.cr.w = 0, 0
+	if err := r.s.fromClient(r.cr, r.uw); err != io.EOF {
+		t.Fatal(err)
+	}
+}
+
+// step publishes a round and acks as many, the oldest unconfirmed.
+func (r *confirmRelay) step(t testing.TB) {
+	r.publish(t)
+	r.acks = ackFrames(r.acks[:0], r.acked+1, r.acked+r.round, r.every)
+	r.acked += r.round
+	r.bd.Reset(r.acks)
+	r.br.r, r.br.w = 0, 0
+	if err := r.s.fromBroker(r.br, r.cw); err != io.EOF {
+		t.Fatal(err)
+	}
+}
+
+// TestConfirmPathAllocations: a confirm-mode publisher that keeps a window of publishes
+// unconfirmed, as pipelining ones do, costs the proxy no allocation per publish or ack once
+// its queue of held checkpoints has grown: 1000 publishes and their acks allocate what the same
+// frames cost on a channel without confirms (the relays' frame readers, per call).
+func TestConfirmPathAllocations(t *testing.T) {
+	thousand := func(confirms bool, every int) float64 {
+		r := newConfirmRelay(t, 50, every, confirms)
+		for range 100 { // the held queue reaches its size
+			r.step(t)
+		}
+		allocs := testing.AllocsPerRun(20, func() {
+			for range 20 {
+				r.step(t)
+			}
+		})
+		if cs := r.s.shared[1]; confirms && cs.heldLive != confirmWindow {
+			t.Fatalf("%d publishes held, want %d", cs.heldLive, confirmWindow)
+		}
+		return allocs
+	}
+	base := thousand(false, 1)
+	for _, every := range []int{1, 10} {
+		if allocs := thousand(true, every); allocs > base {
+			t.Errorf("acks every %d: 1000 confirmed publishes allocate %.0f times, %.0f without confirms", every, allocs, base)
+		}
+	}
+}
+
+// BenchmarkConfirmPath: bare 1 KiB publishes on a confirm-mode channel through the client relay
+// and the broker's acks through the broker relay, with confirmWindow publishes unconfirmed, as
+// dsmbench's "publish, confirms on" runs them. One op is a round of 50 publishes and their acks.
+func BenchmarkConfirmPath(b *testing.B) {
+	const round = 50
+	for _, acks := range []struct {
+		name  string
+		every int
+	}{{"ack-each", 1}, {"ack-multiple-10", 10}} {
+		b.Run(acks.name, func(b *testing.B) {
+			r := newConfirmRelay(b, round, acks.every, true)
+			b.ReportAllocs()
+			for b.Loop() {
+				r.step(b)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*round), "ns/msg")
+			if got := r.s.shared[1].heldLive; got != confirmWindow {
+				b.Fatalf("%d publishes held, want %d", got, confirmWindow)
+			}
+		})
+	}
+}
