@@ -145,13 +145,43 @@ func BenchmarkConfirmPath(b *testing.B) {
 		b.Run(acks.name, func(b *testing.B) {
 			r := newConfirmRelay(b, round, acks.every, true)
 			b.ReportAllocs()
+			cpu := processCPU()
 			for b.Loop() {
 				r.step(b)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*round), "ns/msg")
+			b.ReportMetric(float64(processCPU()-cpu)/float64(b.N*round), "cpu-ns/msg")
 			if got := r.s.shared[1].heldLive; got != confirmWindow {
 				b.Fatalf("%d publishes held, want %d", got, confirmWindow)
 			}
 		})
+	}
+}
+
+// TestHeldIndex: a held publish is found by its tag whether the tags before it are consecutive
+// or not (publishes that went unheld leave gaps), and a tag not held is not found.
+func TestHeldIndex(t *testing.T) {
+	var q []heldPub
+	for tag := uint64(5); tag < 400; tag++ {
+		if tag%7 != 0 && tag%50 != 3 { // gaps, and a run of consecutive tags between them
+			q = append(q, heldPub{tag: tag})
+		}
+	}
+	for _, from := range []int{0, 1, 100} { // the queue's live part starts anywhere
+		live := q[from:]
+		for tag := uint64(0); tag < 410; tag++ {
+			want := -1
+			for i, h := range live {
+				if h.tag == tag {
+					want = i
+				}
+			}
+			if i, ok := heldIndex(live, tag); ok != (want >= 0) || ok && i != want {
+				t.Fatalf("tag %d from %d: index %d %v, want %d", tag, from, i, ok, want)
+			}
+		}
+	}
+	if _, ok := heldIndex(nil, 1); ok {
+		t.Fatal("found in an empty queue")
 	}
 }

@@ -102,12 +102,25 @@ func (s *session) settleHeld(ch uint16, tag uint64, multiple, nack bool) ([]path
 		for i := 0; i < len(q) && q[i].tag <= tag; i++ {
 			settle(&q[i])
 		}
-	} else if i, ok := slices.BinarySearchFunc(q, tag, func(h heldPub, t uint64) int { return cmp.Compare(h.tag, t) }); ok {
+	} else if i, ok := heldIndex(q, tag); ok {
 		settle(&q[i])
 	}
 	cs.heldLive -= n
 	cs.trimHeldLocked()
 	return pts, n
+}
+
+// heldIndex is the index of tag in q, held publishes in the order of their tags. Those are
+// consecutive unless a publish went unheld (past a limit, or discarded), so tag's place is
+// looked at first; a search finds it otherwise.
+func heldIndex(q []heldPub, tag uint64) (int, bool) {
+	if len(q) == 0 || tag < q[0].tag {
+		return 0, false
+	}
+	if d := tag - q[0].tag; d < uint64(len(q)) && q[d].tag == tag {
+		return int(d), true
+	}
+	return slices.BinarySearchFunc(q, tag, func(h heldPub, t uint64) int { return cmp.Compare(h.tag, t) })
 }
 
 // heldKeep is the capacity a settled channel's queue (and the ack buffer) keeps: past it, the
