@@ -49,7 +49,7 @@ type Checkpointer struct {
 	maxNodes int
 
 	mu    sync.RWMutex
-	nodes map[nodeKey]*node
+	nodes map[nodeKey]*Node
 
 	resets atomic.Uint64
 }
@@ -59,7 +59,11 @@ type nodeKey struct {
 	edge    Edge
 }
 
-type node struct {
+// Node is a service's node on an edge: its hash and edge tags. It does not change, so a caller
+// that checkpoints many messages of one service on one edge (an AMQP channel publishing to one
+// queue) may keep it and call CheckpointNode, which skips the cache lookup (hashing the edge's
+// strings) and the copy of the edge that Checkpoint makes.
+type Node struct {
 	hash uint64
 	tags []string
 }
@@ -70,7 +74,7 @@ func NewCheckpointer(env string, maxNodes int) *Checkpointer {
 	if maxNodes <= 0 {
 		maxNodes = DefaultMaxNodes
 	}
-	return &Checkpointer{env: env, maxNodes: maxNodes, nodes: make(map[nodeKey]*node)}
+	return &Checkpointer{env: env, maxNodes: maxNodes, nodes: make(map[nodeKey]*Node)}
 }
 
 // Env is the env hashed into every node.
@@ -79,7 +83,8 @@ func (c *Checkpointer) Env() string { return c.env }
 // CacheResets counts how often the node cache was emptied because it was full.
 func (c *Checkpointer) CacheResets() uint64 { return c.resets.Load() }
 
-func (c *Checkpointer) node(service string, e Edge) *node {
+// Node returns the node of service on edge e, from the cache.
+func (c *Checkpointer) Node(service string, e Edge) *Node {
 	k := nodeKey{service, e}
 	c.mu.RLock()
 	n := c.nodes[k]
@@ -88,7 +93,7 @@ func (c *Checkpointer) node(service string, e Edge) *node {
 		return n
 	}
 	tags := e.Tags()
-	n = &node{hash: HashNode(service, c.env, tags), tags: tags}
+	n = &Node{hash: HashNode(service, c.env, tags), tags: tags}
 	c.mu.Lock()
 	if len(c.nodes) >= c.maxNodes {
 		clear(c.nodes)
@@ -100,13 +105,18 @@ func (c *Checkpointer) node(service string, e Edge) *node {
 }
 
 // NodeHash returns the node hash of service on edge e.
-func (c *Checkpointer) NodeHash(service string, e Edge) uint64 { return c.node(service, e).hash }
+func (c *Checkpointer) NodeHash(service string, e Edge) uint64 { return c.Node(service, e).hash }
 
 // Checkpoint records a message of payloadSize bytes passing edge e of service at now, with parent
 // the context it carried (the zero Context when it carried none or it did not decode). It returns
 // the stats point and the context to write into the message: same pathway start, edge start = now.
 func (c *Checkpointer) Checkpoint(parent Context, service string, e Edge, payloadSize int64, now time.Time) (Point, Context) {
-	n := c.node(service, e)
+	return CheckpointNode(c.Node(service, e), parent, service, payloadSize, now)
+}
+
+// CheckpointNode is Checkpoint on node n, which Checkpointer.Node returned for service and the
+// edge.
+func CheckpointNode(n *Node, parent Context, service string, payloadSize int64, now time.Time) (Point, Context) {
 	pathwayStart, edgeStart := now, now
 	if !parent.IsZero() {
 		pathwayStart, edgeStart = parent.PathwayStart, parent.EdgeStart

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -292,5 +293,22 @@ func TestContextBeforeTheEpoch(t *testing.T) {
 	}
 	if !ctx.PathwayStart.Equal(now) {
 		t.Errorf("the context passed on starts at %v, want now", ctx.PathwayStart)
+	}
+}
+
+// TestCheckpointNode: a checkpoint on a kept node is the one Checkpoint computes, with or
+// without a parent, after the cache that gave the node was emptied too.
+func TestCheckpointNode(t *testing.T) {
+	c := NewCheckpointer("prod", 1)
+	e := Edge{Direction: Out, Exchange: "orders", HasRoutingKey: RoutingKeyTrue, Type: TypeRabbitMQ}
+	n := c.Node("svc", e)
+	c.Node("other", e) // the cache, of 1, forgets svc's node
+	now := time.UnixMilli(1700000001000)
+	for _, parent := range []Context{{}, {Hash: 42, PathwayStart: now.Add(-time.Second), EdgeStart: now.Add(-time.Millisecond)}} {
+		wantPt, wantCtx := c.Checkpoint(parent, "svc", e, 100, now)
+		pt, ctx := CheckpointNode(n, parent, "svc", 100, now)
+		if !reflect.DeepEqual(pt, wantPt) || ctx != wantCtx {
+			t.Errorf("parent %v: CheckpointNode gave %+v %v, Checkpoint %+v %v", parent, pt, ctx, wantPt, wantCtx)
+		}
 	}
 }

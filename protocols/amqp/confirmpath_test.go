@@ -3,8 +3,11 @@ package amqp
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"testing"
+
+	"github.com/dsmproxy/dsmproxy/pathway"
 )
 
 // confirmWindow is how many publishes dsmbench's confirm-mode publishers keep unconfirmed.
@@ -183,5 +186,46 @@ func TestHeldIndex(t *testing.T) {
 	}
 	if _, ok := heldIndex(nil, 1); ok {
 		t.Fatal("found in an empty queue")
+	}
+}
+
+// TestChannelsKeepTheirNodes: a channel publishing to one queue, or consuming one, does not
+// look its checkpoint node up again for every message: with a node cache too small for the
+// edges in use (other channels', other fronts' on the shared checkpointer), messages on a few
+// channels in turn would each rebuild their node, tags and hash.
+func TestChannelsKeepTheirNodes(t *testing.T) {
+	s := offlineSession(t, nil)
+	s.p.cp = pathway.NewCheckpointer("golden", 1)
+	header, _, err := splitFrame(appendFrame(nil, frameHeader, 1, typicalHeader()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pubs []frame
+	var dels []*delState
+	for ch := uint16(1); ch <= 3; ch++ {
+		method := binary.BigEndian.AppendUint16(nil, classBasic)
+		method = binary.BigEndian.AppendUint16(method, 40)
+		method = append(append(append(method, 0, 0), sstr("")...), sstr(fmt.Sprintf("orders-%d", ch))...)
+		f, _, err := splitFrame(appendFrame(nil, frameMethod, ch, append(method, 0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubs = append(pubs, f)
+		ds := &delState{}
+		ds.setQueue(fmt.Sprintf("orders-%d", ch))
+		dels = append(dels, ds)
+	}
+	messages := func() {
+		for i, f := range pubs {
+			s.clientMethod(f)
+			header.Channel = f.Channel
+			s.publishHeader(s.pub[f.Channel], header)
+			dels[i].awaiting = contentDeliver
+			s.deliveredHeader(dels[i], header)
+		}
+	}
+	messages()
+	if allocs := testing.AllocsPerRun(100, messages); allocs != 0 {
+		t.Errorf("a publish and a delivery on each of 3 channels allocate %.0f times", allocs)
 	}
 }

@@ -105,14 +105,36 @@ type pubState struct {
 	tally        pubTally
 	exchange, rk []byte
 	edge         *pathway.Edge // edge of exchange/rk, rebuilt only when they change
+	node         nodeOf        // of edge
 }
+
+// nodeOf keeps the checkpoint node of a channel's edge for the connection's service: a channel
+// publishes to (or consumes) one edge message after message, whose node the checkpointer would
+// look up for each by hashing the edge's strings.
+type nodeOf struct {
+	node    *pathway.Node
+	service string
+}
+
+// get is the node of service on e, which must be the edge of the last call unless reset
+// between.
+func (n *nodeOf) get(cp *pathway.Checkpointer, service string, e *pathway.Edge) *pathway.Node {
+	if n.node == nil || n.service != service {
+		n.node, n.service = cp.Node(service, *e), service
+	}
+	return n.node
+}
+
+// reset forgets the node: the edge changed.
+func (n *nodeOf) reset() { n.node = nil }
 
 // delState is a channel's delivery side.
 type delState struct {
 	awaiting int
 	queue    string
 	edge     *pathway.Edge
-	stripped int // bytes of the pathway entry fitDelivery took out of the header being delivered
+	node     nodeOf // of edge
+	stripped int    // bytes of the pathway entry fitDelivery took out of the header being delivered
 }
 
 type pendingConsume struct{ queue, tag string }
@@ -1149,6 +1171,7 @@ func (s *session) clientMethod(f frame) {
 			ps.exchange = append(ps.exchange[:0], ex...)
 			ps.rk = append(ps.rk[:0], rk...)
 			ps.edge = publishEdge(string(ex), string(rk))
+			ps.node.reset()
 			s.mu.Lock()
 			s.sharedLocked(f.Channel).lastPub = ps.edge
 			s.mu.Unlock()
@@ -1642,6 +1665,7 @@ func (ds *delState) setQueue(q string) {
 	if ds.edge == nil || q != ds.queue {
 		ds.queue = q
 		ds.edge = &pathway.Edge{Direction: pathway.In, Type: pathway.TypeRabbitMQ, Topic: q}
+		ds.node.reset()
 	}
 }
 
@@ -1713,7 +1737,7 @@ func (s *session) publishHeader(ps *pubState, f frame) []byte {
 	if h.CtxEnd == 0 {
 		size += int64(ctxEntryLen(pathway.Base64Len))
 	}
-	pt, ctx := p.cp.Checkpoint(parent, service, *ps.edge, size, now)
+	pt, ctx := pathway.CheckpointNode(ps.node.get(p.cp, service, ps.edge), parent, service, size, now)
 	s.val = ctx.AppendBase64(s.val[:0])
 	n := splicedLen(f.Payload, &h, len(s.val))
 	limit := uint64(s.frameMax)
@@ -1865,7 +1889,7 @@ func (s *session) deliveredHeader(ds *delState, f frame) {
 	// Counted as the consumer got it: without an entry fitDelivery took out.
 	size := int64(h.BodySize) + int64(h.TableBytes()) - int64(ds.stripped)
 	ds.stripped = 0
-	pt, ctx := p.cp.Checkpoint(parent, service, *ds.edge, size, p.now())
+	pt, ctx := pathway.CheckpointNode(ds.node.get(p.cp, service, ds.edge), parent, service, size, p.now())
 	p.handed.Put(parent, service, ctx)
 	p.stats.consumed.Add(1)
 	p.addPoint(pt)
