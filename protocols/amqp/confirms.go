@@ -58,14 +58,37 @@ func (s *session) tryHold(ch uint16, pt pathway.Point) (held, closed bool) {
 	return true, false
 }
 
+// confirm takes in the broker's ack or nack of tag on channel ch: its publishes leave the ring of
+// their edges (settle) and their held checkpoints are settled (confirmHeld), under one lock. It
+// returns settle's counts.
+func (s *session) confirm(ch uint16, tag uint64, multiple, nack bool) map[pathway.Edge]int {
+	s.mu.Lock()
+	cs := s.shared[ch]
+	counts := settleLocked(cs, tag, multiple, nack)
+	pts, n := s.settleHeldLocked(cs, heldTag(tag, multiple), multiple, nack)
+	s.mu.Unlock()
+	s.countSettled(pts, n)
+	return counts
+}
+
 // confirmHeld settles the held checkpoints an ack or nack of tag names (with multiple, every
 // one up to it; tag 0 with multiple is every one outstanding): an ack counts those not
 // returned, a nack none.
 func (s *session) confirmHeld(ch uint16, tag uint64, multiple, nack bool) {
+	s.countSettled(s.settleHeld(ch, heldTag(tag, multiple), multiple, nack))
+}
+
+// heldTag is the last tag an ack or nack settles: with multiple, tag 0 is every one.
+func heldTag(tag uint64, multiple bool) uint64 {
 	if multiple && tag == 0 {
-		tag = math.MaxUint64
+		return math.MaxUint64
 	}
-	pts, n := s.settleHeld(ch, tag, multiple, nack)
+	return tag
+}
+
+// countSettled counts pts, the checkpoints of settled publishes, and gives back the room of the n
+// settled.
+func (s *session) countSettled(pts []pathway.Point, n int) {
 	s.p.heldConfirms.Give(&s.heldConfirms, int64(n))
 	for _, pt := range pts {
 		s.p.addPoint(pt)
@@ -82,8 +105,12 @@ func (s *session) confirmHeld(ch uint16, tag uint64, multiple, nack bool) {
 func (s *session) settleHeld(ch uint16, tag uint64, multiple, nack bool) ([]pathway.Point, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.settleHeldLocked(s.shared[ch], tag, multiple, nack)
+}
+
+// settleHeldLocked is settleHeld on cs, the channel's shared state (nil for none); s.mu is held.
+func (s *session) settleHeldLocked(cs *chanShared, tag uint64, multiple, nack bool) ([]pathway.Point, int) {
 	pts, n := s.acked[:0], 0
-	cs := s.shared[ch]
 	if cs == nil || cs.heldHead == len(cs.held) {
 		return pts, 0
 	}

@@ -1347,6 +1347,13 @@ func (s *session) commit(ch uint16, ps *pubState) {
 // up to it with multiple: RabbitMQ merges its confirms) and, for a nack, counts them per edge.
 // A publish the ring no longer holds counts on the bare rabbitmq edge.
 func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway.Edge]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return settleLocked(s.shared[ch], tag, multiple, nack)
+}
+
+// settleLocked is settle on cs, the channel's shared state (nil for none); s.mu is held.
+func settleLocked(cs *chanShared, tag uint64, multiple, nack bool) map[pathway.Edge]int {
 	bare := pathway.Edge{Type: pathway.TypeRabbitMQ}
 	var counts map[pathway.Edge]int
 	count := func(e pathway.Edge, n int) {
@@ -1357,9 +1364,6 @@ func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway
 			counts[e] += n
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cs := s.shared[ch]
 	if cs == nil || cs.pubRing == nil || tag == 0 || tag > cs.seq {
 		count(bare, 1)
 		return counts
@@ -1564,8 +1568,7 @@ func (s *session) brokerMethod(f frame) {
 		multiple := a.u8()&1 != 0
 		if a.err == nil {
 			s.confirmsSeen.Add(1)
-			s.settle(f.Channel, tag, multiple, false)
-			s.confirmHeld(f.Channel, tag, multiple, false)
+			s.confirm(f.Channel, tag, multiple, false)
 		}
 	case basicNack:
 		tag := a.u64()
@@ -1577,8 +1580,7 @@ func (s *session) brokerMethod(f frame) {
 		s.p.stats.nacks.Add(1)
 		s.confirmsSeen.Add(1)
 		msg := fmt.Sprintf("publish nacked by the broker (delivery tag %d, multiple %t)", tag, multiple)
-		s.confirmHeld(f.Channel, tag, multiple, true)
-		for edge, n := range s.settle(f.Channel, tag, multiple, true) {
+		for edge, n := range s.confirm(f.Channel, tag, multiple, true) {
 			s.p.errs.Report(errtrack.Event{
 				Time: s.p.now(), Category: errtrack.LostMessage, Protocol: "amqp", Operation: "Basic.Publish",
 				Name: "NACK", Message: msg, Service: *s.service.Load(), Edge: edge, Partition: -1, Messages: n,
