@@ -229,3 +229,32 @@ func TestChannelsKeepTheirNodes(t *testing.T) {
 		t.Errorf("a publish and a delivery on each of 3 channels allocate %.0f times", allocs)
 	}
 }
+
+// TestReopenedChannelPublishesAnew: a channel closed and opened again has a new publish side,
+// out of confirm mode, whichever channel's frames came last before.
+func TestReopenedChannelPublishesAnew(t *testing.T) {
+	s := offlineSession(t, nil)
+	method := func(ch uint16, class, id uint16, args ...byte) frame {
+		t.Helper()
+		p := binary.BigEndian.AppendUint16(nil, class)
+		p = binary.BigEndian.AppendUint16(p, id)
+		f, _, err := splitFrame(appendFrame(nil, frameMethod, ch, append(p, args...)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	sel := method(1, classConfirm, 10, 0)
+	for _, closing := range []frame{method(1, classChannel, 41), method(1, classChannel, 10, 0)} { // CloseOk, Open
+		s.clientMethod(sel)
+		s.clientMethod(method(2, classConfirm, 10, 0))
+		s.pubOf(1) // channel 1's side is the one found last
+		s.clientMethod(closing)
+		if ps := s.pubOf(1); ps.confirm {
+			t.Fatalf("after %s, channel 1 publishes in confirm mode", methodName(methodOf(closing.Payload)))
+		}
+		if ps := s.pubOf(2); !ps.confirm {
+			t.Fatal("channel 2 left confirm mode")
+		}
+	}
+}

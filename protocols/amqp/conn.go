@@ -74,6 +74,10 @@ type session struct {
 
 	pub map[uint16]*pubState
 	del map[uint16]*delState
+	// The publish side pubFor found last: a publish's frames come one after another on its
+	// channel, and its method, content header and body each look it up.
+	lastPS   *pubState
+	lastPSCh uint16
 
 	mu     sync.Mutex
 	shared map[uint16]*chanShared
@@ -957,12 +961,12 @@ func (s *session) fromClient(r *connReader, w *connWriter) error {
 		return true
 	}
 	skipped := func(ch uint16, typ byte) {
-		if ps := s.pub[ch]; ps != nil && typ == frameHeader && ps.awaiting {
+		if ps := s.pubFor(ch); ps != nil && typ == frameHeader && ps.awaiting {
 			ps.awaiting, ps.bodyUnknown = false, true
 		}
 	}
 	body := func(ch uint16, size uint32) {
-		if ps := s.pub[ch]; ps != nil {
+		if ps := s.pubFor(ch); ps != nil {
 			ps.bodyLeft -= min(ps.bodyLeft, uint64(size))
 		}
 	}
@@ -970,12 +974,12 @@ func (s *session) fromClient(r *connReader, w *connWriter) error {
 		out := f.Raw
 		switch f.Type {
 		case frameMethod:
-			if ps := s.pub[ch]; ps != nil {
+			if ps := s.pubFor(ch); ps != nil {
 				ps.bodyLeft, ps.bodyUnknown = 0, false // a method ends any content before it
 			}
 			s.clientMethod(f)
 		case frameHeader:
-			if ps := s.pub[ch]; ps != nil && ps.awaiting {
+			if ps := s.pubFor(ch); ps != nil && ps.awaiting {
 				ps.awaiting = false
 				if len(f.Payload) >= 12 {
 					ps.bodyLeft = binary.BigEndian.Uint64(f.Payload[4:])
@@ -1109,10 +1113,23 @@ func (s *session) endHeld(pts []pathway.Point, held, unconfirmed int) {
 
 // dropPub forgets ch's publish side; an open transaction's publishes are discarded with it.
 func (s *session) dropPub(ch uint16) {
-	if ps := s.pub[ch]; ps != nil {
+	if ps := s.pubFor(ch); ps != nil {
 		s.releaseTx(len(ps.txPoints))
 		delete(s.pub, ch)
+		s.lastPS = nil
 	}
+}
+
+// pubFor is channel ch's publish side, nil when it has none.
+func (s *session) pubFor(ch uint16) *pubState {
+	if s.lastPS != nil && s.lastPSCh == ch {
+		return s.lastPS
+	}
+	ps := s.pub[ch]
+	if ps != nil {
+		s.lastPS, s.lastPSCh = ps, ch
+	}
+	return ps
 }
 
 // maxHeldTxPoints bounds the transactional publishes all connections hold for their commits

@@ -56,7 +56,7 @@ func (t *pubTally) close(code uint16) int {
 // state; closed at once if the broker closed the channel before the client's first publish
 // method on it.
 func (s *session) pubOf(ch uint16) *pubState {
-	if ps := s.pub[ch]; ps != nil {
+	if ps := s.pubFor(ch); ps != nil {
 		return ps
 	}
 	ps := &pubState{}
