@@ -928,7 +928,7 @@ func (s *session) pump(side string, r *connReader, w *connWriter, safe func() bo
 				}
 			}
 			var f frame
-			if f, err = fr.read(size); err == nil {
+			if f, err = fr.next(size); err == nil {
 				err = handle(ch, f)
 			}
 		}

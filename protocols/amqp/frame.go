@@ -53,8 +53,8 @@ func splitFrame(b []byte) (frame, []byte, error) {
 	return f, b[end+1:], nil
 }
 
-// frameReader reads frames from a buffered stream into one reused buffer. Body frames are not
-// buffered: the caller streams them through with copyFrame.
+// frameReader reads frames from a buffered stream, in place in the stream's buffer or into one
+// reused buffer. Body frames are not buffered: the caller streams them through with copyFrame.
 type frameReader struct {
 	r   *connReader
 	buf []byte
@@ -106,6 +106,20 @@ func (fr *frameReader) read(size uint32) (frame, error) {
 	if err != nil {
 		return frame{}, err
 	}
+	f, _, err := splitFrame(b)
+	return f, err
+}
+
+// next reads a whole frame whose header was just peeked, as read does; a frame already all in
+// the reader's buffer is not copied but split off it in place, where it stays until the next
+// read (a publisher's method and content header frames nearly always are).
+func (fr *frameReader) next(size uint32) (frame, error) {
+	n := 7 + int(size) + 1
+	if fr.r.Buffered() < n {
+		return fr.read(size)
+	}
+	b, _ := fr.r.Peek(n)
+	fr.r.Discard(n)
 	f, _, err := splitFrame(b)
 	return f, err
 }
