@@ -258,3 +258,37 @@ func TestReopenedChannelPublishesAnew(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldQueueKeptBetweenQuietMoments: a publisher keeping a window unconfirmed whose
+// publishes are all confirmed now and then (the broker caught up while it waited), more than
+// heldKeep publishes apart, has its held queue reused, not built again from nothing each time.
+func TestHeldQueueKeptBetweenQuietMoments(t *testing.T) {
+	cycles := func(confirms bool) float64 {
+		r := newConfirmRelay(t, 50, 1, confirms)
+		cycle := func() {
+			for range 25 { // 1250 publishes, 200 unconfirmed
+				r.step(t)
+			}
+			seq := r.acked + confirmWindow
+			r.acks = ackFrames(r.acks[:0], seq, seq, 10) // all, with multiple
+			r.acked = seq
+			r.bd.Reset(r.acks)
+			r.br.r, r.br.w = 0, 0
+			if err := r.s.fromBroker(r.br, r.cw); err != io.EOF {
+				t.Fatal(err)
+			}
+			if cs := r.s.shared[1]; confirms && cs.heldLive != 0 {
+				t.Fatalf("%d publishes held after all were acked", cs.heldLive)
+			}
+			for range confirmWindow / 50 {
+				r.publish(t)
+			}
+		}
+		cycle()
+		return testing.AllocsPerRun(20, cycle)
+	}
+	base := cycles(false)
+	if allocs := cycles(true); allocs > base {
+		t.Errorf("1450 publishes confirmed, all at once at the end, allocate %.0f times, %.0f without confirms", allocs, base)
+	}
+}

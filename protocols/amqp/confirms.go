@@ -53,9 +53,23 @@ func (s *session) tryHold(ch uint16, pt pathway.Point) (held, closed bool) {
 	if cs.heldLive >= maxHeldPerChannel || !s.p.heldConfirms.Take(&s.heldConfirms, 1) {
 		return false, false
 	}
+	if len(cs.held) == cap(cs.held) && 2*(len(cs.held)-cs.heldHead) <= cap(cs.held) {
+		cs.moveHeldDownLocked()
+	}
 	cs.held = append(cs.held, heldPub{tag: cs.seq, pt: pt})
 	cs.heldLive++
 	return true, false
+}
+
+// moveHeldDownLocked moves the publishes not dropped from cs.held yet to its start. A full
+// queue whose settled front is half of it or more moves down rather than grow (a copy of at most
+// one publish per publish since the last move): a publisher keeping a window unconfirmed stays in
+// a queue of twice its window or less, within heldKeep for a window of up to about half that, which is
+// kept when its acks catch up with it (a larger one was dropped and grown again from nothing).
+func (cs *chanShared) moveHeldDownLocked() {
+	n := copy(cs.held, cs.held[cs.heldHead:])
+	clear(cs.held[max(n, cs.heldHead):]) // the front was cleared as it was settled
+	cs.held, cs.heldHead = cs.held[:n], 0
 }
 
 // confirm takes in the broker's ack or nack of tag on channel ch: its publishes leave the ring of
@@ -159,8 +173,8 @@ const heldKeep = 1024
 // the dead front is the bigger part: into a smaller queue after a burst, to give its memory
 // back, and in place while the queue is no more than twice what a steady publisher fills it to
 // between two moves (heldKeep or as many settled ones as live ones, and the live ones), so that
-// one keeping a window unconfirmed allocates nothing (a new queue of twice the live ones grew
-// back by copies, a few times every heldKeep publishes).
+// one keeping a large window unconfirmed allocates nothing either (a new queue of twice the live
+// ones grew back by copies, a few times every heldKeep publishes).
 func (cs *chanShared) trimHeldLocked() {
 	for cs.heldHead < len(cs.held) && cs.held[cs.heldHead].done {
 		cs.held[cs.heldHead] = heldPub{}
@@ -175,12 +189,10 @@ func (cs *chanShared) trimHeldLocked() {
 	case cs.heldHead > heldKeep && 2*cs.heldHead > len(cs.held):
 		if cap(cs.held) > max(4*len(live), 2*(heldKeep+len(live))) {
 			cs.held = append(make([]heldPub, 0, 2*len(live)), live...)
+			cs.heldHead = 0
 		} else {
-			n := copy(cs.held, live)
-			clear(cs.held[max(n, cs.heldHead):]) // the front was cleared as it was settled
-			cs.held = cs.held[:n]
+			cs.moveHeldDownLocked()
 		}
-		cs.heldHead = 0
 	}
 }
 
