@@ -113,3 +113,26 @@ func BenchmarkParseRecord(b *testing.B) {
 		})
 	}
 }
+
+// TestVarintAtAsKbin: varintAt reads what kbin.Varint reads, at every offset, for every one- and
+// two-byte start (the cases it decodes itself), then followed by a byte that ends the varint or
+// one that continues it, and cut short.
+func TestVarintAtAsKbin(t *testing.T) {
+	for v := range 1 << 16 {
+		b0, b1 := byte(v), byte(v>>8)
+		for _, tail := range [][]byte{nil, {0x01}, {0x81}, {0x81, 0x02}, {0xff, 0xff, 0xff, 0x0f}, {0xff, 0xff, 0xff, 0x7f}} {
+			b := append([]byte{0x05, b0, b1}, tail...)
+			for end := 1; end <= len(b); end++ {
+				got, gi := varintAt(b[:end], 1)
+				want, n := kbin.Varint(b[1:end])
+				wi := 1 + n
+				if n <= 0 {
+					want, wi = 0, -1
+				}
+				if got != want || gi != wi {
+					t.Fatalf("% x from 1: varintAt %d next %d, kbin %d next %d", b[:end], got, gi, want, wi)
+				}
+			}
+		}
+	}
+}
