@@ -1133,7 +1133,7 @@ func (s *session) pubFor(ch uint16) *pubState {
 }
 
 // maxHeldTxPoints bounds the transactional publishes all connections hold for their commits
-// (88 bytes each: 92 MiB), which maxTxPoints bounds only per channel: a connection may open
+// (96 bytes each: 96 MiB), which maxTxPoints bounds only per channel: a connection may open
 // thousands of channels, and connections are unlimited unless max_conns is set. Past it a
 // publish counts when sent (Stats.TxUnheld).
 var maxHeldTxPoints int64 = 1 << 20

@@ -48,7 +48,7 @@ type batchCodec interface {
 	Shed()
 }
 
-// maxBatchPoints bounds the produce checkpoints one partition's batches collect (88 bytes each).
+// maxBatchPoints bounds the produce checkpoints one partition's batches collect (96 bytes each).
 // The aggregator's queue holds aggregator.DefaultQueueSize (65,536) points and a batch hands its
 // points over at once, so more would be dropped there anyway; unbounded, a small compressed batch
 // of minimal records that decompresses to the 64 MiB limit collected about a million of them, half
@@ -57,12 +57,12 @@ type batchCodec interface {
 var maxBatchPoints = 1 << 16
 
 // maxConnHeldPoints bounds the produce checkpoints one connection's requests hold for the
-// broker's answers (88 bytes each: 23 MiB). Each partition's batches hold up to maxBatchPoints,
+// broker's answers (96 bytes each: 24 MiB). Each partition's batches hold up to maxBatchPoints,
 // and a connection may queue many requests of many partitions; past this, a batch's checkpoints
 // count when it is sent (Stats.UnheldBatches).
 var maxConnHeldPoints int64 = 1 << 18
 
-// maxHeldPoints bounds what all connections hold together (92 MiB), so the memory does not
+// maxHeldPoints bounds what all connections hold together (96 MiB), so the memory does not
 // grow with the number of connections, which is unlimited unless max_conns is set.
 var maxHeldPoints int64 = 1 << 20
 
