@@ -100,7 +100,7 @@ type Stats struct {
 	Offsets        uint64 // accepted by Offset
 	OffsetsDropped uint64
 	Aggregated     uint64 // points folded into buckets
-	GroupsRefused  uint64 // points not folded into a bucket because MaxGroups groups were open
+	GroupsRefused  uint64 // checkpoints a bucket refused because MaxGroups groups were open, once per bucket (current, origin)
 	OriginsClamped uint64 // points whose pathway start lay over maxOriginAhead past their checkpoint
 	OffsetsRefused uint64 // offsets not kept because MaxBacklogs backlogs were open
 	Buckets        uint64 // buckets handed out by Flush

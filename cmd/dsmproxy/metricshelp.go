@@ -85,7 +85,7 @@ var statsHelp = map[string]string{
 	"aggregator.Stats.Offsets":             "Kafka offsets the aggregator accepted.",
 	"aggregator.Stats.OffsetsDropped":      "Kafka offsets the aggregator refused because its queue was full.",
 	"aggregator.Stats.Aggregated":          "Checkpoints folded into buckets.",
-	"aggregator.Stats.GroupsRefused":       "Checkpoints not folded into a bucket because the most pathway groups were open.",
+	"aggregator.Stats.GroupsRefused":       "Checkpoints a bucket refused because the most pathway groups were open: each goes into a current-time and an origin-time bucket, and counts once per bucket that refused it.",
 	"aggregator.Stats.OriginsClamped":      "Checkpoints whose pathway start lay over a minute past them, filed at the checkpoint time.",
 	"aggregator.Stats.OffsetsRefused":      "Kafka offsets not kept because the most backlogs were open.",
 	"aggregator.Stats.Buckets":             "Buckets flushed.",

@@ -28,7 +28,7 @@ import (
 )
 
 // Observer receives checkpoints and offsets. Both calls must not block (false = dropped); the
-// aggregator implements it. A consume point may stand for several checkpoints alike
+// aggregator implements it. A point may stand for several checkpoints alike
 // (pathway.Point.Count): an Observer that counts or weighs them takes Checkpoints() of each.
 type Observer interface {
 	Add(pathway.Point) bool
