@@ -160,22 +160,7 @@ func TestPathwayTableGolden(t *testing.T) {
 	} {
 		var buf bytes.Buffer
 		printTable(&buf, "== title ==", c.pts, c.lag, c.totals, c.sizes)
-		golden := filepath.Join("testdata", "dsmtable", c.file)
-		if *update {
-			if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		want, err := os.ReadFile(golden)
-		if err != nil {
-			t.Fatalf("%v (run with -update to write it)", err)
-		}
-		if !bytes.Equal(buf.Bytes(), want) {
-			t.Errorf("the table differs from %s (run with -update after checking): got %d bytes\n%s", golden, buf.Len(), buf.Bytes())
-		}
+		checkGolden(t, filepath.Join("testdata", "dsmtable", c.file), buf.Bytes())
 	}
 }
 
@@ -251,22 +236,7 @@ func TestTrackedErrorsGolden(t *testing.T) {
 	if err := p.w.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	golden := filepath.Join("testdata", "dsmtable", "tracked_errors.txt")
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to write it)", err)
-	}
-	if !bytes.Equal(buf.Bytes(), want) {
-		t.Errorf("the tracked errors differ from %s (run with -update after checking):\n%s", golden, buf.Bytes())
-	}
+	checkGolden(t, filepath.Join("testdata", "dsmtable", "tracked_errors.txt"), buf.Bytes())
 }
 
 // BenchmarkTrackedErrors: the tracked errors' families of /metrics with the default
@@ -287,17 +257,25 @@ func TestErrorTableGolden(t *testing.T) {
 	s.Groups[0].Code = 0 // a skip: no code shown
 	var buf bytes.Buffer
 	printErrors(&buf, s)
-	golden := filepath.Join("testdata", "dsmtable", "errors.txt")
+	checkGolden(t, filepath.Join("testdata", "dsmtable", "errors.txt"), buf.Bytes())
+}
+
+// checkGolden compares got with the golden file at path, which -update rewrites.
+func checkGolden(t *testing.T, path string, got []byte) {
+	t.Helper()
 	if *update {
-		if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want, err := os.ReadFile(golden)
+	want, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("%v (run with -update to write it)", err)
 	}
-	if !bytes.Equal(buf.Bytes(), want) {
-		t.Errorf("the error table differs from %s (run with -update after checking):\n%s", golden, buf.Bytes())
+	if !bytes.Equal(got, want) {
+		t.Errorf("the output differs from %s (run with -update after checking): got %d bytes\n%s", path, len(got), got)
 	}
 }

@@ -3,7 +3,6 @@ package amqp
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"io"
 	"testing"
 	"time"
@@ -40,19 +39,7 @@ func BenchmarkSpliceHeader(b *testing.B) {
 }
 
 // publishStream is n publishes of 1 KiB (method, content header, body frame) on channel 1.
-func publishStream(n int) []byte {
-	method := binary.BigEndian.AppendUint16(nil, classBasic)
-	method = binary.BigEndian.AppendUint16(method, 40)
-	method = append(append(append(method, 0, 0), sstr("")...), sstr("orders")...)
-	method = append(method, 0)
-	var s []byte
-	for range n {
-		s = appendFrame(s, frameMethod, 1, method)
-		s = appendFrame(s, frameHeader, 1, typicalHeader())
-		s = appendFrame(s, frameBody, 1, make([]byte, 1024))
-	}
-	return s
-}
+func publishStream(n int) []byte { return publishStreamOf(n, typicalHeader()) }
 
 // BenchmarkFrameSplitter: split a stream of publish frames in memory.
 func BenchmarkFrameSplitter(b *testing.B) {

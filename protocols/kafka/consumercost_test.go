@@ -15,13 +15,7 @@ import (
 // forwards it, each record carrying dd-pathway-ctx-base64. make bench's `fetch none` rows read
 // the first directly and the second through the proxy.
 func BenchmarkKgoConsumerDecode(b *testing.B) {
-	bare := buildBatchHeader(b, 100, 1024, nil, "", nil)
-	s := offlineSession(b)
-	start, end, _, _, ok := s.injectPartition(s.info.Load(), "bench", 0, bare, true)
-	if !ok {
-		b.Fatal("the batch did not get the header")
-	}
-	spliced := append([]byte(nil), s.scratch[start:end]...)
+	bare, spliced := benchBatches(b)
 	for _, tc := range []struct {
 		name  string
 		batch []byte
@@ -42,4 +36,17 @@ func BenchmarkKgoConsumerDecode(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchBatches returns make bench's batch, 100 records of 1 KiB without headers, and the same
+// batch as the proxy forwards it, each record carrying dd-pathway-ctx-base64.
+func benchBatches(b *testing.B) (bare, spliced []byte) {
+	b.Helper()
+	bare = buildBatchHeader(b, 100, 1024, nil, "", nil)
+	s := offlineSession(b)
+	start, end, _, _, ok := s.injectPartition(s.info.Load(), "bench", 0, bare, true)
+	if !ok {
+		b.Fatal("the batch did not get the header")
+	}
+	return bare, append([]byte(nil), s.scratch[start:end]...)
 }

@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -16,13 +17,7 @@ import (
 // over and over, as when the observer runs right after the forwarder wrote it; "cold" walks
 // 128 MiB of responses, more than any cache, as when it reads what was forwarded long before.
 func BenchmarkObserveFetch(b *testing.B) {
-	bare := buildBatchHeader(b, 100, 1024, nil, "", nil)
-	s := offlineSession(b)
-	start, end, _, _, ok := s.injectPartition(s.info.Load(), "bench", 0, bare, true)
-	if !ok {
-		b.Fatal("the batch did not get the header")
-	}
-	spliced := append([]byte(nil), s.scratch[start:end]...)
+	_, spliced := benchBatches(b)
 	var batches []byte
 	for range 4 {
 		batches = append(batches, spliced...)
@@ -56,7 +51,7 @@ func BenchmarkObserveFetch(b *testing.B) {
 			for i := range frames {
 				frames[i] = append([]byte(nil), frame...)
 			}
-			ci := &clientInfo{clientID: "bench-consumer", addr: s.addr, service: "bench-consumer"}
+			ci := &clientInfo{clientID: "bench-consumer", addr: netip.MustParseAddr("127.0.0.1"), service: "bench-consumer"}
 			before := agg.Stats()
 			b.SetBytes(int64(len(frame)))
 			b.ReportAllocs()
