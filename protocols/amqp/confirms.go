@@ -72,9 +72,10 @@ func (cs *chanShared) moveHeldDownLocked() {
 	cs.held, cs.heldHead = cs.held[:n], 0
 }
 
-// confirm takes in the broker's ack or nack of tag on channel ch: its publishes leave the ring of
-// their edges (settle) and their held checkpoints are settled (confirmHeld), under one lock. It
-// returns settle's counts.
+// confirm takes in the broker's ack or nack of tag on channel ch (with multiple, tag 0 is every
+// publish outstanding): its publishes leave the ring of their edges (settleLocked) and their held
+// checkpoints are settled and counted (settleHeldLocked), under one lock. It returns
+// settleLocked's counts.
 func (s *session) confirm(ch uint16, tag uint64, multiple, nack bool) map[pathway.Edge]int {
 	s.mu.Lock()
 	cs := s.shared[ch]
@@ -83,13 +84,6 @@ func (s *session) confirm(ch uint16, tag uint64, multiple, nack bool) map[pathwa
 	s.mu.Unlock()
 	s.countSettled(pts, n)
 	return counts
-}
-
-// confirmHeld settles the held checkpoints an ack or nack of tag names (with multiple, every
-// one up to it; tag 0 with multiple is every one outstanding): an ack counts those not
-// returned, a nack none.
-func (s *session) confirmHeld(ch uint16, tag uint64, multiple, nack bool) {
-	s.countSettled(s.settleHeld(ch, heldTag(tag, multiple), multiple, nack))
 }
 
 // heldTag is the last tag an ack or nack settles: with multiple, tag 0 is every one.
@@ -114,15 +108,10 @@ func (s *session) countSettled(pts []pathway.Point, n int) {
 	s.acked = pts[:0]
 }
 
-// settleHeld marks what confirmHeld settles; it returns the points to count and how many
-// publishes it settled.
-func (s *session) settleHeld(ch uint16, tag uint64, multiple, nack bool) ([]pathway.Point, int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.settleHeldLocked(s.shared[ch], tag, multiple, nack)
-}
-
-// settleHeldLocked is settleHeld on cs, the channel's shared state (nil for none); s.mu is held.
+// settleHeldLocked settles the held checkpoints of cs (the channel's shared state, nil for none)
+// that an ack or nack of tag names (with multiple, every one up to it): an ack counts those not
+// returned, a nack none. It returns the points to count and how many publishes it settled; s.mu
+// is held.
 func (s *session) settleHeldLocked(cs *chanShared, tag uint64, multiple, nack bool) ([]pathway.Point, int) {
 	pts, n := s.acked[:0], 0
 	if cs == nil || cs.heldHead == len(cs.held) {

@@ -193,26 +193,26 @@ func TestHeldQueueGivesMemoryBack(t *testing.T) {
 		}
 	}
 	hold(maxHeldPerChannel)
-	s.confirmHeld(1, 1, false, false)                     // the oldest first: the rest stays behind it
-	s.confirmHeld(1, maxHeldPerChannel-1000, true, false) // all but the last 1000
+	s.confirm(1, 1, false, false)                     // the oldest first: the rest stays behind it
+	s.confirm(1, maxHeldPerChannel-1000, true, false) // all but the last 1000
 	if live := cs.heldLive; live != 1000 || cap(cs.held) > 2*live {
 		t.Errorf("after settling all but 1000 of %d: queue capacity %d, %d unsettled", maxHeldPerChannel, cap(cs.held), live)
 	}
 
 	// One publish left unconfirmed while the next 20,000 are: only it counts against the limit.
-	s.confirmHeld(1, 0, true, false)
+	s.confirm(1, 0, true, false)
 	hold(1)
 	slow := cs.seq
 	for range 20000 / 1000 {
 		hold(1000)
 		for tag := cs.seq - 999; tag <= cs.seq; tag++ {
-			s.confirmHeld(1, tag, false, false)
+			s.confirm(1, tag, false, false)
 		}
 	}
 	if cs.heldLive != 1 {
 		t.Errorf("%d unsettled, want the slow one", cs.heldLive)
 	}
-	s.confirmHeld(1, slow, false, false)
+	s.confirm(1, slow, false, false)
 	if cs.held != nil || p.heldConfirms.Used() != 0 {
 		t.Errorf("all settled: queue %d long (capacity %d), %d held in the budget", len(cs.held), cap(cs.held), p.heldConfirms.Used())
 	}

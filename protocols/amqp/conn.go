@@ -46,7 +46,7 @@ type session struct {
 	traced   atomic.Bool // its own tracer checkpoints what it consumes (a services rule says so)
 	draining atomic.Bool
 	heldTx   proxy.Share // this connection's part of Proxy.heldTx
-	// and of Proxy.heldConfirms; acked is confirmHeld's buffer (broker goroutine)
+	// and of Proxy.heldConfirms; acked is confirm's buffer (broker goroutine)
 	heldConfirms proxy.Share
 	acked        []pathway.Point
 	tags         proxy.Share // and of Proxy.tags
@@ -1360,16 +1360,10 @@ func (s *session) commit(ch uint16, ps *pubState) {
 	ps.txPoints, ps.txSent = ps.txPoints[:0], 0
 }
 
-// settle clears the publishes a broker ack or nack confirms (tag alone, or every unconfirmed one
-// up to it with multiple: RabbitMQ merges its confirms) and, for a nack, counts them per edge.
-// A publish the ring no longer holds counts on the bare rabbitmq edge.
-func (s *session) settle(ch uint16, tag uint64, multiple, nack bool) map[pathway.Edge]int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return settleLocked(s.shared[ch], tag, multiple, nack)
-}
-
-// settleLocked is settle on cs, the channel's shared state (nil for none); s.mu is held.
+// settleLocked clears the publishes of cs (the channel's shared state, nil for none) that a
+// broker ack or nack confirms (tag alone, or every unconfirmed one up to it with multiple:
+// RabbitMQ merges its confirms) and, for a nack, counts them per edge. A publish the ring no
+// longer holds counts on the bare rabbitmq edge. s.mu is held.
 func settleLocked(cs *chanShared, tag uint64, multiple, nack bool) map[pathway.Edge]int {
 	bare := pathway.Edge{Type: pathway.TypeRabbitMQ}
 	var counts map[pathway.Edge]int

@@ -121,7 +121,7 @@ func TestSettle(t *testing.T) {
 						}
 					}
 					for _, c := range append(cf, st.confirms...) {
-						for e, n := range s.settle(1, c.tag, c.multiple, c.nack) {
+						for e, n := range settleOn(s, c.tag, c.multiple, c.nack) {
 							got[e] += n
 						}
 					}
@@ -160,10 +160,10 @@ func TestRingGrowth(t *testing.T) {
 		var open []uint64 // unconfirmed tags
 		seq := uint64(0)
 		confirm := func(tag uint64, multiple, nack bool) {
-			for e, n := range grown.settle(1, tag, multiple, nack) {
+			for e, n := range settleOn(grown, tag, multiple, nack) {
 				gotG[e] += n
 			}
-			for e, n := range full.settle(1, tag, multiple, nack) {
+			for e, n := range settleOn(full, tag, multiple, nack) {
 				gotF[e] += n
 			}
 		}
@@ -223,4 +223,11 @@ func TestRingGrowth(t *testing.T) {
 	if evicting < 10 {
 		t.Errorf("%d runs evicted a publish: the full ring's paths went almost untested", evicting)
 	}
+}
+
+// settleOn is the ring's part of confirm on channel 1 of s, a session without a proxy.
+func settleOn(s *session, tag uint64, multiple, nack bool) map[pathway.Edge]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return settleLocked(s.shared[1], tag, multiple, nack)
 }
