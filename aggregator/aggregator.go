@@ -449,11 +449,7 @@ func (a *Aggregator) addToBucket(b *bucket, p *pathway.Point, vals *[3]float64, 
 	g.PayloadBytes += uint64(max(p.PayloadSize, 0)) * uint64(n)
 	for i := range idx {
 		if idx[i] != noIndex {
-			if n == 1 {
-				g.pos[i].Add(idx[i])
-			} else {
-				g.pos[i].AddWithCount(idx[i], float64(n))
-			}
+			g.pos[i].AddWithCount(idx[i], float64(n))
 			continue
 		}
 		sk := g.PathwayLatency

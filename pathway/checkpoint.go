@@ -20,7 +20,8 @@ type Point struct {
 	EdgeLatency    int64 // ns since the previous checkpoint, >= 0
 	PayloadSize    int64 // bytes
 	// Count is how many identical checkpoints the point stands for (0 and 1 both mean one): a
-	// consumer's run of records with one context, one size and one arrival time is one point.
+	// run of Kafka records with one context, one size and one time (a produced or fetched
+	// batch's) is one point.
 	Count int64
 }
 
