@@ -51,14 +51,8 @@ func configKeys() []string {
 // TestConfigKeysDocumented: the README says the example config shows every key, and names the
 // keys in its text: a key added to Config without either is one an operator cannot find.
 func TestConfigKeysDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	example, err := os.ReadFile("testdata/dsmproxy.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
+	example := readDoc(t, "testdata/dsmproxy.example.yaml")
 	// Words inside the README's `code` spans (fenced blocks taken out first, as their fences
 	// would pair with the spans' backticks): keys are written there, alone or in lists such as
 	// `log {level, format}`. And keys of its yaml blocks, their comments' included.
@@ -93,10 +87,7 @@ func TestDocumentedKeysExist(t *testing.T) {
 	for _, k := range configKeys() {
 		known[k[strings.LastIndexByte(k, '.')+1:]] = true
 	}
-	example, err := os.ReadFile("testdata/dsmproxy.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	example := readDoc(t, "testdata/dsmproxy.example.yaml")
 	commented := regexp.MustCompile(`(?m)^\s*#\s*([a-z_]+: \{.*\})\s*$`)
 	for _, m := range commented.FindAllStringSubmatch(string(example), -1) {
 		var v map[string]map[string]any
@@ -115,10 +106,7 @@ func TestDocumentedKeysExist(t *testing.T) {
 			}
 		}
 	}
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
 	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
 	if len(blocks) == 0 {
 		t.Fatal("no yaml block in README.md: update this test")
@@ -136,10 +124,7 @@ func TestDocumentedKeysExist(t *testing.T) {
 // their kind (the README's paths are the user's), and each `dsmproxy run` line of its sh
 // blocks is checked with the same arguments.
 func TestREADMEExamplesPassCheckConfig(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
 	files := exampleFiles(t)
 	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
 	fileKey := regexp.MustCompile(`\b([a-z_]+_file):[ \t]*([^\s,}#]+)`)
@@ -184,10 +169,7 @@ func TestREADMEExamplesPassCheckConfig(t *testing.T) {
 // file its volume mounts, is accepted by check-config: a flag or path renamed in the binary
 // fails here rather than in a user's `docker compose up`.
 func TestComposeCommandPassesCheckConfig(t *testing.T) {
-	b, err := os.ReadFile("../../docker-compose.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := readDoc(t, "../../docker-compose.yml")
 	var compose struct {
 		Services map[string]struct {
 			Command []string `yaml:"command"`
@@ -249,10 +231,7 @@ func exampleFiles(t *testing.T) map[string]string {
 // the README, in full or by its part after the front's prefix (`open_buckets`,
 // `dsmproxy_<front>_open_connections`).
 func TestMetricLevelsDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
 	page := &metricsPage{stats: func() statsSnapshot {
 		return statsSnapshot{
 			Fronts: []frontStats{
@@ -309,10 +288,7 @@ var reFlag = regexp.MustCompile(`--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?:[^-a-z0-9]|
 // readmeParagraphs splits the README at its blank lines.
 func readmeParagraphs(t *testing.T) []string {
 	t.Helper()
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
 	return regexp.MustCompile(`\n\s*\n`).Split(string(readme), -1)
 }
 
@@ -326,10 +302,7 @@ func TestFlagsDocumented(t *testing.T) {
 	for _, fs := range sets {
 		fs.VisitAll(func(f *flag.Flag) { known[f.Name] = true })
 	}
-	bench, err := os.ReadFile("../dsmbench/main.go")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bench := readDoc(t, "../dsmbench/main.go")
 	benchFlags := regexp.MustCompile(`fs\.[A-Z][a-z]+(?:Var)?\((?:&[\w.]+, )?"([a-z0-9-]+)"`).FindAllStringSubmatch(string(bench), -1)
 	if len(benchFlags) == 0 {
 		t.Fatal("no flag found in cmd/dsmbench/main.go: update this test")
@@ -396,10 +369,7 @@ func TestVariablesDocumented(t *testing.T) {
 		t.Fatalf("run --help: exit %d", code)
 	}
 	help := out.String()
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
 	_, table, _ := strings.Cut(string(readme), "### Datadog environment variables")
 	table, _, _ = strings.Cut(table, "\n### ")
 	for v := range read {
@@ -441,14 +411,8 @@ func TestAdminPagesDocumented(t *testing.T) {
 			startLine = l
 		}
 	}
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	example, err := os.ReadFile("testdata/dsmproxy.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
+	example := readDoc(t, "testdata/dsmproxy.example.yaml")
 	adminComment := regexp.MustCompile(`(?m)^admin:\n\s+listen:.*$`).FindString(string(example))
 	var out, errb bytes.Buffer
 	mainArgs([]string{"run", "--help"}, &out, &errb)
@@ -474,10 +438,7 @@ func TestAdminPagesDocumented(t *testing.T) {
 // TestLayoutDocumented: the README's Layout names every package directory of the repository
 // (protocols/{kafka,aws,amqp} names three).
 func TestLayoutDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := readDoc(t, "../../README.md")
 	_, layout, ok := strings.Cut(string(readme), "- Layout: ")
 	if !ok {
 		t.Fatal("no Layout in README.md: update this test")
@@ -493,7 +454,7 @@ func TestLayoutDocumented(t *testing.T) {
 		named[m[1]] = true
 	}
 	dirs := 0
-	err = filepath.WalkDir("../..", func(path string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir("../..", func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -517,4 +478,14 @@ func TestLayoutDocumented(t *testing.T) {
 	if dirs == 0 {
 		t.Fatal("no Go file found: update this test")
 	}
+}
+
+// readDoc reads a file the docs tests check (the README, the example config).
+func readDoc(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
