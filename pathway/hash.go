@@ -4,7 +4,10 @@
 // context to write back. It does no I/O and starts no goroutines.
 package pathway
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"strings"
+)
 
 // FNV-1 (not FNV-1a): multiply first, then XOR. Written by hand so hashing strings never allocates.
 const (
@@ -51,14 +54,12 @@ func HashNode(service, env string, sortedTags []string) uint64 {
 }
 
 // Hashable reports whether a tag's key (the text before the first ':') is one the Go tracer puts
-// into the node hash.
+// into the node hash. A tag without a colon has no key, and is not hashed whatever its text
+// (dd-trace-go internal/datastreams/pathway.go, isWellFormedEdgeTag: strings.Cut must find one).
 func Hashable(tag string) bool {
-	key := tag
-	for i := 0; i < len(tag); i++ {
-		if tag[i] == ':' {
-			key = tag[:i]
-			break
-		}
+	key, _, ok := strings.Cut(tag, ":")
+	if !ok {
+		return false
 	}
 	switch key {
 	case "event_type", "exchange", "group", "kafka_cluster_id", "topic", "type", "direction", "segment_name":

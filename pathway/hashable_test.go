@@ -10,7 +10,8 @@ import (
 
 // TestHashableKeys: a tag takes part in the node hash when its key (the text before the first
 // colon) is in dd-trace-go's set, whatever follows the colon (dsm-protocol.md 1.3); other keys
-// are reported but not hashed.
+// are reported but not hashed, and so is a tag with no colon at all, whatever its text
+// (dd-trace-go internal/datastreams/pathway.go isWellFormedEdgeTag: strings.Cut must find one).
 func TestHashableKeys(t *testing.T) {
 	for _, c := range []struct {
 		tag  string
@@ -22,6 +23,7 @@ func TestHashableKeys(t *testing.T) {
 		{"type:", true}, {"direction:in", true}, {"segment_name:s", true},
 		{"partition:0", false}, {"has_routing_key:true", false}, {"manual_checkpoint:true", false},
 		{"topics:orders", false}, {"Topic:orders", false}, {":topic", false}, {"", false},
+		{"type", false}, {"topic", false}, {"direction", false},
 	} {
 		if got := Hashable(c.tag); got != c.want {
 			t.Errorf("Hashable(%q) = %v, want %v", c.tag, got, c.want)
