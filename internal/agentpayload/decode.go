@@ -29,6 +29,8 @@ type Payload struct {
 	ProcessTags   []string    `msgpack:"ProcessTags"`
 	ProductMask   uint64      `msgpack:"ProductMask"`
 	Header        http.Header `msgpack:"-"`
+	// Raw is the body inflated: the msgpack as sent, for byte comparisons with a tracer's.
+	Raw []byte `msgpack:"-"`
 }
 
 // Bucket is one StatsBucket.
@@ -132,6 +134,7 @@ func DecodePayload(body []byte) (*Payload, []Point, error) {
 	if err := dec.Decode(&p); err != nil {
 		return nil, nil, fmt.Errorf("msgpack: %w", err)
 	}
+	p.Raw = raw
 	var pts []Point
 	for _, b := range p.Stats {
 		for _, rp := range b.Stats {
