@@ -173,8 +173,11 @@ func checkShape(p map[string]any) error {
 	if err := hasKeys("payload", p, payloadKeys); err != nil {
 		return err
 	}
+	if err := notNil("payload", p, "Stats", "ProcessTags"); err != nil {
+		return err
+	}
 	buckets, ok := p["Stats"].([]any)
-	if !ok && p["Stats"] != nil {
+	if !ok {
 		return fmt.Errorf("payload Stats is %T, want an array", p["Stats"])
 	}
 	for i, b := range buckets {
@@ -184,6 +187,19 @@ func checkShape(p map[string]any) error {
 		}
 		if err := hasKeys(fmt.Sprintf("Stats[%d]", i), bm, bucketKeys); err != nil {
 			return err
+		}
+		if err := notNil(fmt.Sprintf("Stats[%d]", i), bm, "Stats", "Backlogs", "Transactions", "TransactionCheckpointIds"); err != nil {
+			return err
+		}
+		bls, _ := bm["Backlogs"].([]any)
+		for j, bl := range bls {
+			blm, ok := bl.(map[string]any)
+			if !ok {
+				return fmt.Errorf("Stats[%d].Backlogs[%d] is %T, want a map", i, j, bl)
+			}
+			if err := notNil(fmt.Sprintf("Stats[%d].Backlogs[%d]", i, j), blm, "Tags"); err != nil {
+				return err
+			}
 		}
 		pts, _ := bm["Stats"].([]any)
 		for j, pt := range pts {
@@ -195,11 +211,26 @@ func checkShape(p map[string]any) error {
 			if err := hasKeys(where, pm, pointKeys); err != nil {
 				return err
 			}
+			if err := notNil(where, pm, "EdgeTags"); err != nil {
+				return err
+			}
 			for _, k := range binKeys {
 				if _, ok := pm[k].([]byte); !ok {
 					return fmt.Errorf("%s.%s is %T, want msgpack bin", where, k, pm[k])
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// notNil refuses msgpack nil under keys where dd-trace-go writes an array or a bin, empty or
+// not: its generated decoder (internal/datastreams/payload_msgp.go) reads their headers with
+// ReadArrayHeader and ReadBytes, which refuse nil. A key left out is hasKeys' business.
+func notNil(where string, m map[string]any, keys ...string) error {
+	for _, k := range keys {
+		if v, ok := m[k]; ok && v == nil {
+			return fmt.Errorf("%s.%s is nil: the tracer's decoder wants an array or a bin there, empty or not", where, k)
 		}
 	}
 	return nil

@@ -51,6 +51,19 @@ func TestDecodePayloadStrict(t *testing.T) {
 		{"missing TimestampType", func(m map[string]any) {
 			delete(m["Stats"].([]any)[0].(map[string]any)["Stats"].([]any)[0].(map[string]any), "TimestampType")
 		}, "TimestampType"},
+		// nil where dd-trace-go's msgp decoder reads an array or a bin header: its ReadArrayHeader
+		// and ReadBytes refuse msgpack nil (internal/datastreams/payload_msgp.go, DecodeMsg).
+		{"nil EdgeTags", func(m map[string]any) {
+			m["Stats"].([]any)[0].(map[string]any)["Stats"].([]any)[0].(map[string]any)["EdgeTags"] = nil
+		}, "EdgeTags is nil"},
+		{"nil Backlogs", func(m map[string]any) { m["Stats"].([]any)[0].(map[string]any)["Backlogs"] = nil }, "Backlogs is nil"},
+		{"nil backlog Tags", func(m map[string]any) {
+			m["Stats"].([]any)[0].(map[string]any)["Backlogs"].([]any)[0].(map[string]any)["Tags"] = nil
+		}, "Tags is nil"},
+		{"nil bucket Stats", func(m map[string]any) { m["Stats"].([]any)[0].(map[string]any)["Stats"] = nil }, "Stats is nil"},
+		{"nil payload Stats", func(m map[string]any) { m["Stats"] = nil }, "Stats is nil"},
+		{"nil ProcessTags", func(m map[string]any) { m["ProcessTags"] = nil }, "ProcessTags is nil"},
+		{"nil Transactions", func(m map[string]any) { m["Stats"].([]any)[0].(map[string]any)["Transactions"] = nil }, "Transactions is nil"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := goodPayload()
