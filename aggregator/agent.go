@@ -7,12 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -45,38 +43,6 @@ const (
 // the socket exists (dsm-protocol.md 6).
 const DefaultAgentSocket = "/var/run/datadog/apm.socket"
 
-// socketExists is replaced in tests.
-var socketExists = func(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().Type() == fs.ModeSocket
-}
-
-// AgentURLFromEnv resolves the Agent URL the way the tracers do: DD_TRACE_AGENT_URL, else
-// DD_AGENT_HOST / DD_TRACE_AGENT_PORT, else the default socket when it exists, else
-// DefaultAgentURL.
-func AgentURLFromEnv(getenv func(string) string) (string, error) {
-	if u := getenv("DD_TRACE_AGENT_URL"); u != "" {
-		if _, _, err := parseAgentURL(u); err != nil {
-			return "", fmt.Errorf("DD_TRACE_AGENT_URL: %w", err)
-		}
-		return u, nil
-	}
-	h, p := getenv("DD_AGENT_HOST"), getenv("DD_TRACE_AGENT_PORT")
-	if h == "" && p == "" {
-		if socketExists(DefaultAgentSocket) {
-			return "unix://" + DefaultAgentSocket, nil
-		}
-		return DefaultAgentURL, nil
-	}
-	if h == "" {
-		h = "localhost"
-	}
-	if p == "" {
-		p = "8126"
-	}
-	return "http://" + net.JoinHostPort(h, p), nil
-}
-
 // parseAgentURL returns the base URL requests go to and, for unix sockets, the socket path.
 func parseAgentURL(s string) (base, socket string, err error) {
 	u, err := url.Parse(s)
@@ -104,7 +70,7 @@ func parseAgentURL(s string) (base, socket string, err error) {
 
 // AgentConfig configures the Agent sink.
 type AgentConfig struct {
-	URL                         string // empty: AgentURLFromEnv(os.Getenv) is the caller's job; DefaultAgentURL here
+	URL                         string // empty: DefaultAgentURL
 	Env, Version, TracerVersion string
 	MaxPendingBytes             int           // payloads waiting for a down Agent; oldest dropped (default DefaultMaxPendingBytes)
 	InfoInterval                time.Duration // /info re-check (default DefaultInfoInterval)

@@ -90,18 +90,6 @@ func TestRetryWithinDeadline(t *testing.T) {
 	}
 }
 
-// TestDefaultSocket: with nothing configured, an existing default socket wins over localhost.
-func TestDefaultSocket(t *testing.T) {
-	defer func(f func(string) bool) { socketExists = f }(socketExists)
-	socketExists = func(p string) bool { return p == DefaultAgentSocket }
-	if u, err := AgentURLFromEnv(func(string) string { return "" }); err != nil || u != "unix://"+DefaultAgentSocket {
-		t.Fatalf("got %q, %v", u, err)
-	}
-	if u, _ := AgentURLFromEnv(func(k string) string { return map[string]string{"DD_AGENT_HOST": "h"}[k] }); u != "http://h:8126" {
-		t.Fatalf("DD_AGENT_HOST set: got %q", u)
-	}
-}
-
 // TestOversizePayload: a payload larger than the whole pending bound is dropped alone; the ones
 // already waiting stay.
 func TestOversizePayload(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -292,29 +291,6 @@ func TestRejected(t *testing.T) {
 	f.FlushNow(context.Background(), false)
 	if st := sink.Stats(); st.Rejected != 1 || st.Pending != 0 || agent.Posts() != 1 {
 		t.Fatalf("stats %+v, posts %d; want one rejected post and nothing pending", st, agent.Posts())
-	}
-}
-
-func TestAgentURLFromEnv(t *testing.T) {
-	for _, tc := range []struct {
-		env  map[string]string
-		want string
-		bad  bool
-	}{
-		{nil, "http://localhost:8126", false},
-		{map[string]string{"DD_AGENT_HOST": "agent"}, "http://agent:8126", false},
-		{map[string]string{"DD_TRACE_AGENT_PORT": "9"}, "http://localhost:9", false},
-		{map[string]string{"DD_AGENT_HOST": "::1", "DD_TRACE_AGENT_PORT": "9"}, "http://[::1]:9", false},
-		{map[string]string{"DD_TRACE_AGENT_URL": "unix:///var/run/datadog/apm.socket", "DD_AGENT_HOST": "x"}, "unix:///var/run/datadog/apm.socket", false},
-		{map[string]string{"DD_TRACE_AGENT_URL": "ftp://x"}, "", true},
-	} {
-		if _, err := os.Stat(aggregator.DefaultAgentSocket); err == nil && tc.env == nil {
-			continue // a real Agent's socket on this machine (TestDefaultSocket covers the case)
-		}
-		got, err := aggregator.AgentURLFromEnv(func(k string) string { return tc.env[k] })
-		if (err != nil) != tc.bad || got != tc.want {
-			t.Errorf("%v: %q, %v; want %q (error %v)", tc.env, got, err, tc.want, tc.bad)
-		}
 	}
 }
 

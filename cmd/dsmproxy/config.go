@@ -24,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 
+	"github.com/dsmproxy/dsmproxy/aggregator"
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/redact"
 	"github.com/dsmproxy/dsmproxy/protocols/kafka"
@@ -1033,9 +1034,10 @@ func (c *Config) Defaults() {
 		c.Agent.FlushInterval = Duration(defaultFlush)
 	}
 	if c.Agent.URL == "" {
-		c.Agent.URL = "http://localhost:8126"
-		if _, err := os.Stat("/var/run/datadog/apm.socket"); err == nil {
-			c.Agent.URL = "unix:///var/run/datadog/apm.socket"
+		// As dd-trace-go: the default socket when anything is at its path.
+		c.Agent.URL = aggregator.DefaultAgentURL
+		if _, err := os.Stat(aggregator.DefaultAgentSocket); err == nil {
+			c.Agent.URL = "unix://" + aggregator.DefaultAgentSocket
 		}
 	}
 	if c.Log.Level == "" {
