@@ -206,8 +206,7 @@ func checkConfigPasses(t *testing.T, what string, args []string) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	if code := mainArgs(append([]string{"check-config"}, args...), &out, &errb); code != 0 || !strings.Contains(out.String(), "configuration OK") {
-		msg, _, _ := strings.Cut(errb.String(), "Usage:") // a flag mistake is followed by the whole usage
-		t.Errorf("%s: check-config exit %d: %s%s", what, code, out.String(), msg)
+		t.Errorf("%s: check-config exit %d: %s%s", what, code, out.String(), errb.String())
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -64,7 +65,11 @@ func mainArgs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usageTop)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "dsmproxy: unknown command %q\n\n%s", args[0], usageTop)
+		msg := fmt.Sprintf("unknown command %q", args[0])
+		if near := nearestKey(args[0], []string{"run", "demo", "check-config", "probe", "version", "help"}); near != "" {
+			msg += ": did you mean " + near + "?"
+		}
+		fmt.Fprintf(stderr, "dsmproxy: %s\n\n%s", msg, usageTop)
 		return 2
 	}
 	switch {
@@ -188,8 +193,9 @@ func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
 }
 
 // parseFlags parses args into fs. The help a --help asks for goes to stdout, as the top-level
-// --help's does (so `dsmproxy run --help | less` works); a mistake and the usage after it go to
-// fs's output, stderr.
+// --help's does (so `dsmproxy run --help | less` works). A mistake goes to fs's output, stderr,
+// in one line that names it, the flag most likely meant and where every flag is listed: the
+// whole usage after it would scroll it off the terminal.
 func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	var msg bytes.Buffer
 	out := fs.Output()
@@ -200,16 +206,37 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 		stdout.Write(msg.Bytes())
 		return err
 	}
-	out.Write(msg.Bytes())
+	help := fmt.Sprintf("dsmproxy %s --help lists every flag", fs.Name())
 	if err != nil {
+		fmt.Fprintf(out, "dsmproxy %s: %s (%s)\n", fs.Name(), flagMistake(fs, err), help)
 		return errUsage
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
+		fmt.Fprintf(out, "dsmproxy %s: unexpected argument %q: flags are written --name value (%s)\n", fs.Name(), fs.Arg(0), help)
 		return errUsage
 	}
 	return nil
+}
+
+// reFlagName is the flag package's way of naming a flag in its errors ("flag needs an argument:
+// -kafka"), with one dash where the docs and --help write two.
+var reFlagName = regexp.MustCompile(`(defined: |argument: |for flag )-([^\s:]+)`)
+
+// flagMistake says what was wrong with the flags in the docs' terms, and for a flag that does not
+// exist, the one most likely meant.
+func flagMistake(fs *flag.FlagSet, err error) string {
+	msg := reFlagName.ReplaceAllString(err.Error(), "$1--$2")
+	name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -")
+	if !ok {
+		return msg
+	}
+	msg = "unknown flag --" + name
+	var known []string
+	fs.VisitAll(func(f *flag.Flag) { known = append(known, f.Name) })
+	if near := nearestKey(name, known); near != "" {
+		msg += ": did you mean --" + near + "?"
+	}
+	return msg
 }
 
 // loadConfig builds the effective configuration: file, then env, then flags, then defaults, then

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestFlagMistakes: a mistyped flag or command is answered in a few lines that name it, the one
+// it most likely meant, and where every flag is listed, not followed by the whole --help, whose
+// 45 lines scrolled the mistake off a terminal.
+func TestFlagMistakes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"run, mistyped flag", []string{"run", "--kafak", "127.0.0.1:19092=k:9092"}, 2,
+			[]string{"unknown flag --kafak", "did you mean --kafka?", "dsmproxy run --help"}},
+		{"check-config, mistyped flag", []string{"check-config", "--agenturl", "http://a:8126"}, 2,
+			[]string{"unknown flag --agenturl", "did you mean --agent-url?", "dsmproxy check-config --help"}},
+		{"run, the demo's flag", []string{"run", "--amqp-upstream", "x"}, 2,
+			[]string{"unknown flag --amqp-upstream", "dsmproxy run --help"}},
+		{"demo, mistyped flag", []string{"demo", "--duraton", "1m"}, 2,
+			[]string{"unknown flag --duraton", "did you mean --duration?", "dsmproxy demo --help"}},
+		{"probe, mistyped flag", []string{"probe", "--timout", "1s"}, 2,
+			[]string{"unknown flag --timout", "did you mean --timeout?", "dsmproxy probe --help"}},
+		{"run, flag without its value", []string{"run", "--kafka"}, 2,
+			[]string{"flag needs an argument: --kafka", "dsmproxy run --help"}},
+		{"run, extra argument", []string{"run", "kafka"}, 2,
+			[]string{`unexpected argument "kafka"`, "dsmproxy run --help"}},
+		{"mistyped command", []string{"runn"}, 2,
+			[]string{`unknown command "runn": did you mean run?`, "Usage:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := mainArgs(tc.args, &out, &errb)
+			msg := errb.String()
+			if code != tc.code {
+				t.Errorf("%v: exit %d, want %d; stderr:\n%s", tc.args, code, tc.code, msg)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("%v: stderr does not say %q:\n%s", tc.args, w, msg)
+				}
+			}
+			if tc.args[0] != "runn" && (strings.Contains(msg, "Usage:") || strings.Count(msg, "\n") > 3) {
+				t.Errorf("%v: stderr is more than the mistake and a pointer to --help:\n%s", tc.args, msg)
+			}
+		})
+	}
+}
