@@ -89,6 +89,10 @@ func cmdProbe(args []string, stdout, stderr io.Writer) error {
 // probeAddr is the address to ask for the admin listener addr: a wildcard host is asked on
 // loopback, where a listener on every interface answers too.
 func probeAddr(addr string) (string, error) {
+	if u, err := neturl.Parse(addr); err == nil && u.Scheme != "" && u.Host != "" {
+		// As run's --admin and admin.listen take it: a URL there is refused too.
+		return "", fmt.Errorf("--admin %q: give the admin listener's HOST:PORT (%s), not a URL", addr, u.Host)
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return "", fmt.Errorf("--admin %q: %w", addr, err)

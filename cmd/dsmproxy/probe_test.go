@@ -39,6 +39,7 @@ func TestProbe(t *testing.T) {
 		{"not ready, but live", false, []string{"--admin", ln.Addr().String(), "--live"}, 0, ""},
 		{"nothing listens", true, []string{"--admin", goneAddr}, 1, "is dsmproxy running with its admin listener there?"},
 		{"bad address", true, []string{"--admin", "nonsense"}, 1, `--admin "nonsense"`},
+		{"a URL", true, []string{"--admin", "http://" + ln.Addr().String()}, 1, "give the admin listener's HOST:PORT (" + ln.Addr().String() + "), not a URL"},
 		{"extra argument", true, []string{"now"}, 2, `unexpected argument "now"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
