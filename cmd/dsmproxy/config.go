@@ -56,6 +56,9 @@ type Config struct {
 	// agentHost and agentPort: DD_AGENT_HOST and DD_TRACE_AGENT_PORT (defaults filled in), when
 	// they made agent.url, so that a mistake in one is named in its own terms.
 	agentHost, agentPort string
+	// handledErrorsIgnored: a DD_ERROR_TRACKING_HANDLED_ERRORS value that leaves error spans off
+	// though it reads as on (true, 1), for warnEnv.
+	handledErrorsIgnored string
 }
 
 // agentHostPortVars is the source of an agent.url made from DD_AGENT_HOST and DD_TRACE_AGENT_PORT.
@@ -1019,6 +1022,17 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	if errtrack.AgentEnabledFromEnv(get) {
 		on := true
 		c.Errors.Agent = &on
+	} else if v := get(errtrack.HandledErrorsVars[0]); v != "" && v != "false" {
+		c.handledErrorsIgnored = v
+	}
+}
+
+// warnEnv warns about what the environment set that does nothing, though it reads as if it
+// did (run at start, and check-config).
+func (c *Config) warnEnv(log zerolog.Logger) {
+	if v := c.handledErrorsIgnored; v != "" && (c.Errors.Agent == nil || !*c.Errors.Agent) {
+		log.Warn().Str(errtrack.HandledErrorsVars[0], v).
+			Msg("DD_ERROR_TRACKING_HANDLED_ERRORS is not user, third_party or all: error spans stay off, as dd-trace-py reads it (all, or errors.agent: true, turns them on)")
 	}
 }
 

@@ -374,6 +374,7 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if err := checkBuild(cfg, log); err != nil {
 		return err
 	}
+	cfg.warnEnv(log)
 	admin := cfg.Admin.Listen
 	if cfg.adminOff() {
 		admin = "off"

@@ -224,6 +224,7 @@ func start(ctx context.Context, cfg *Config, log zerolog.Logger, extra []aggrega
 	} else if len(extra) == 0 { // the demo's --agent-url is an extra sink
 		log.Info().Msg("no Datadog Agent (agent.disabled): DSM stats show only on the admin listener (/dsm, /metrics)")
 	}
+	cfg.warnEnv(log)
 	rt.flusher = aggregator.NewFlusher(rt.agg, cfg.Agent.FlushInterval.D(), log.With().Str("component", "flusher").Logger(), sinks...)
 	// Monitoring outlives the fronts: it stops only after the drain, so the drain's own points and
 	// errors are flushed too.

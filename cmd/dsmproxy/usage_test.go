@@ -51,3 +51,32 @@ func TestFlagMistakes(t *testing.T) {
 		})
 	}
 }
+
+// TestHandledErrorsValueWarned: DD_ERROR_TRACKING_HANDLED_ERRORS turns error spans on only for
+// user, third_party or all (as dd-trace-py reads it); a value such as true, which a user sets
+// expecting them on, is said to leave them off instead of being dropped without a word.
+func TestHandledErrorsValueWarned(t *testing.T) {
+	for _, tc := range []struct {
+		value string
+		warn  bool
+	}{
+		{"true", true},
+		{"1", true},
+		{"all", false},
+		{"user", false},
+		{"false", false},
+		{"", false},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			t.Setenv("DD_ERROR_TRACKING_HANDLED_ERRORS", tc.value)
+			var out, errb bytes.Buffer
+			code := mainArgs([]string{"check-config", "--amqp", "127.0.0.1:5673=127.0.0.1:5672", "--admin", "off"}, &out, &errb)
+			warned := strings.Contains(errb.String(), "DD_ERROR_TRACKING_HANDLED_ERRORS") &&
+				strings.Contains(errb.String(), "error spans stay off")
+			if code != 0 || warned != tc.warn || strings.Contains(out.String(), "warning") != tc.warn {
+				t.Errorf("DD_ERROR_TRACKING_HANDLED_ERRORS=%q: exit %d, warned %v (want %v); stdout %q, stderr %q",
+					tc.value, code, warned, tc.warn, out.String(), errb.String())
+			}
+		})
+	}
+}
