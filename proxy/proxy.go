@@ -37,6 +37,9 @@ type Conn struct {
 	Protocol string
 	Client   net.Conn
 	Upstream net.Conn
+	// UpstreamAddr is the upstream's address as configured: ListenerConfig.Upstream, or the one
+	// a DialFunc picked (DialedAddr).
+	UpstreamAddr string
 	// Log carries conn, protocol, client and upstream fields.
 	Log zerolog.Logger
 
@@ -374,12 +377,15 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		return
 	}
 	l.dialWorked.Store(true)
+	upAddr := l.cfg.Upstream
 	if dialed != "" && dialed != l.cfg.Upstream {
 		log = base.With().Str("upstream", dialed).Logger()
+		upAddr = dialed
 	}
 	l.mu.Lock()
 	up = RawSyscallConn(up)
 	c.Upstream = up
+	c.UpstreamAddr = upAddr
 	c.Log = log // read under mu by reapIdle
 	l.mu.Unlock()
 	log.Debug().Msg("connection opened")

@@ -69,8 +69,14 @@ type frontStatus struct {
 // broker node whose listener could not open).
 type problemReporter interface{ Problem() error }
 
-// readyz: listeners up and, for every front, at least one upstream answering a TCP dial and no
-// problem the front knows of. It answers once that is decided: a front with one upstream that
+// upstreamProblemReporter is a front that can know an upstream that answers a TCP dial is not its
+// kind of server (it answered the front with another protocol).
+type upstreamProblemReporter interface {
+	UpstreamProblem(ctx context.Context, addr string) error
+}
+
+// readyz: listeners up and, for every front, at least one upstream answering a TCP dial, not
+// known to speak another protocol, and no problem the front knows of. It answers once that is decided: a front with one upstream that
 // answered does not wait for another that hangs (a broker whose host is down), as a probe's
 // timeout (Kubernetes: 1 s) would otherwise take a proxy that works for one that is not ready.
 func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
@@ -93,7 +99,7 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 		out[i] = frontStatus{Front: f.key, Protocol: f.protocol, Listen: f.bound(), Upstreams: map[string]string{}}
 		for _, up := range f.upstreams {
 			out[i].Upstreams[up] = "no answer yet (another upstream of the front answered first)"
-			go func() { results <- dialResult{i, up, f.dialUpstream(ctx, up)} }()
+			go func() { results <- dialResult{i, up, f.checkUpstream(ctx, up)} }()
 		}
 	}
 	for ; pending > 0 && okFronts < len(a.fronts); pending-- {
@@ -126,6 +132,19 @@ func (a *admin) readyz(w http.ResponseWriter, r *http.Request) {
 
 // tlsAlertWait is how long /readyz listens after a TLS 1.3 handshake for the server's refusal.
 const tlsAlertWait = 100 * time.Millisecond
+
+// checkUpstream is dialUpstream, then what the front knows of the upstream: one that answers a
+// dial but answered the front with another protocol (a Kafka front pointed at RabbitMQ) is no
+// more ready than one that is down.
+func (f namedFront) checkUpstream(ctx context.Context, up string) error {
+	if err := f.dialUpstream(ctx, up); err != nil {
+		return err
+	}
+	if r, ok := f.front.(upstreamProblemReporter); ok {
+		return r.UpstreamProblem(ctx, up)
+	}
+	return nil
+}
 
 // dialUpstream dials one of the front's upstreams as its connections do (TLS included) and
 // hangs up: nil when it answered.

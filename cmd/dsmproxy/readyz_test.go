@@ -18,6 +18,7 @@ import (
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/pathway"
+	"github.com/dsmproxy/dsmproxy/protocols/amqp"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -204,3 +205,33 @@ func getReadyz(t *testing.T, a *admin, ctx context.Context) (*httptest.ResponseR
 	}
 	return rec, body
 }
+
+// TestReadyzUpstreamOfAnotherProtocol: a Kafka front whose bootstrap is RabbitMQ's port takes
+// TCP dials, so /readyz said it was ready ("ok"), while the front had already seen RabbitMQ
+// answer its ApiVersions with AMQP's protocol header and logged that it is not a Kafka broker.
+// That upstream is not ready, with the front's reason.
+func TestReadyzUpstreamOfAnotherProtocol(t *testing.T) {
+	const rabbitAddr = "127.0.0.1:5672" // the local RabbitMQ (test-peers.md section 3)
+	// A fixed port, so that the front learns its nodes at start (node ports 27421-27430).
+	cfg := &Config{Kafka: []KafkaConfig{{Listen: "127.0.0.1:27420", Bootstrap: []string{rabbitAddr}}},
+		Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
+	prepare(t, cfg)
+	rt, logs := startLogged(t, cfg)
+	defer rt.stop()
+	// The front's own ApiVersions at start (node discovery) meets AMQP's answer.
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "did not answer the proxy's ApiVersions"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the front did not say that RabbitMQ does not answer ApiVersions; logs:\n%s", logs)
+		}
+	}
+	a := newAdmin(rt.fronts)
+	a.ready.Store(true)
+	rec, body := getReadyz(t, a, context.Background())
+	status := body.Fronts[0].Upstreams[rabbitAddr]
+	if rec.Code != http.StatusServiceUnavailable || body.Ready || body.Fronts[0].Ready || !strings.Contains(status, "not a Kafka broker") || !strings.Contains(status, "AMQP") {
+		t.Errorf("/readyz %d, ready %v, upstream %s says %q; want 503, not ready, saying it answered AMQP and is not a Kafka broker", rec.Code, body.Ready, rabbitAddr, status)
+	}
+}
+
+// The AMQP front knows the same of its broker (amqp's TestUpstreamOfAnotherProtocol).
+var _ upstreamProblemReporter = (*amqp.Proxy)(nil)

@@ -674,20 +674,37 @@ func (s *session) brokerSpeaksAMQP(br *connReader) error {
 		}
 		ev.Stringer("waited", s.p.cfg.upstreamWait).Uint64("silent_upstreams_total", n).
 			Msg("the upstream has not answered the AMQP protocol header (a broker sends Connection.Start at once): is the front's upstream an AMQP 0-9-1 broker, and does it want TLS (upstream_tls)?")
+		s.p.wrong.Wrong(s.p.cfg.Upstream, fmt.Errorf("did not answer the AMQP protocol header within %s (a broker sends Connection.Start at once): is it an AMQP 0-9-1 broker, and does it want TLS (upstream_tls)?", s.p.cfg.upstreamWait))
 		b, err = br.Peek(7)
 	}
 	if err != nil {
 		return nil // the relay reads the same end and reports it
 	}
+	if wrong := notAMQP(b); wrong != nil {
+		ev := s.log.Warn().Hex("first_bytes", b)
+		if what := proxy.LooksLike(b); what != "" {
+			ev = ev.Str("looks_like", what)
+		}
+		ev.Msg("closing connection: the upstream answered the AMQP protocol header with another protocol; is the front's upstream an AMQP 0-9-1 broker (and, for a TLS one, is upstream_tls set)?")
+		s.p.wrong.Wrong(s.p.cfg.Upstream, wrong)
+		return proxy.Logged(errors.New("the upstream does not speak AMQP 0-9-1"))
+	}
+	s.p.wrong.Answered(s.p.cfg.Upstream)
+	return nil
+}
+
+// notAMQP is why an upstream whose first bytes after the protocol header are b (7 or more) is not
+// an AMQP 0-9-1 broker, or nil: a broker answers with a method frame on channel 0
+// (Connection.Start) or its own protocol header.
+func notAMQP(b []byte) error {
 	if b[0] == frameMethod && b[1] == 0 && b[2] == 0 || bytes.HasPrefix(b, []byte("AMQP")) {
 		return nil
 	}
-	ev := s.log.Warn().Hex("first_bytes", b)
-	if what := proxy.LooksLike(b); what != "" {
-		ev = ev.Str("looks_like", what)
+	what := proxy.LooksLike(b)
+	if what == "" {
+		what = fmt.Sprintf("bytes %x", b)
 	}
-	ev.Msg("closing connection: the upstream answered the AMQP protocol header with another protocol; is the front's upstream an AMQP 0-9-1 broker (and, for a TLS one, is upstream_tls set)?")
-	return proxy.Logged(errors.New("the upstream does not speak AMQP 0-9-1"))
+	return fmt.Errorf("answered the AMQP protocol header with %s, not AMQP 0-9-1: is it an AMQP 0-9-1 broker (and, for a TLS one, is upstream_tls set)?", what)
 }
 
 // headerTimeout is how long a client has to send the protocol header (RabbitMQ's own

@@ -170,6 +170,10 @@ type Proxy struct {
 	// byte its broker sends (golden captures).
 	tap, tapBroker func(conn uint64) io.Writer
 
+	// wrong: the upstream answered the protocol header with another protocol, or not at all
+	// (UpstreamProblem).
+	wrong proxy.WrongUpstreams
+
 	mu      sync.Mutex
 	ln      *proxy.Listener
 	closed  bool
@@ -283,6 +287,41 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	err := ln.Shutdown(ctx)
 	p.serveWG.Wait()
 	return err
+}
+
+// UpstreamProblem says why the broker at addr (Config.Upstream) is not an AMQP 0-9-1 broker
+// although it takes connections: it answered a client's protocol header with another protocol, or
+// was silent past the wait (nil when neither, or it answered as a broker since). While that is
+// recorded, each call sends it the protocol header again, so that a broker put right is seen
+// without a client.
+func (p *Proxy) UpstreamProblem(ctx context.Context, addr string) error {
+	return p.wrong.Recheck(ctx, addr, p.checkAMQP)
+}
+
+// checkAMQP sends addr the protocol header: wrong when it answers with another protocol; err when
+// that says nothing (the dial failed, it closed, or ctx ended first: silence a moment long is no
+// proof).
+func (p *Proxy) checkAMQP(ctx context.Context, addr string) (wrong, err error) {
+	dial := p.cfg.Listener.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	c, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	if _, err := c.Write(protocolHeader[:]); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 7)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return nil, err
+	}
+	return notAMQP(b), nil
 }
 
 // Stats returns a snapshot of the counters.

@@ -79,6 +79,9 @@ type session struct {
 	// once the relay ended). A cut before that, of a client that sent no SASL login to a
 	// cluster that takes logins, is most likely that cluster closing it (tellBrokerCut).
 	answered bool
+	// upstreamAnswered: a response frame came (response relay only), so the upstream is a
+	// Kafka broker (Proxy.UpstreamProblem).
+	upstreamAnswered bool
 	// streaming: the Fetch whose answer is being forwarded as it arrives (nextResponse), out of
 	// the queue before its bytes came; nil once they all came. Response relay only; serve reads
 	// it once the relay ended: a broker that cut the answer off left that Fetch unanswered.
@@ -833,6 +836,9 @@ func (s *session) responses() error {
 		}
 		if err := s.nextResponse(maxBytes); err != nil {
 			if errors.Is(err, errFrameTooLarge) {
+				if wrong := notKafka(err); wrong != nil {
+					s.p.wrong.Wrong(s.c.UpstreamAddr, wrong)
+				}
 				framingFields(s.log.Warn().Err(err), err, false).
 					Msg("closing connection: response frame is not valid Kafka framing")
 				return proxy.Logged(err)
@@ -843,6 +849,10 @@ func (s *session) responses() error {
 }
 
 func (s *session) response(frame []byte) error {
+	if !s.upstreamAnswered {
+		s.upstreamAnswered = true
+		s.p.wrong.Answered(s.c.UpstreamAddr)
+	}
 	pd, ok := s.pop(frame)
 	out := frame
 	var after func()

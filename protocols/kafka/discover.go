@@ -207,8 +207,12 @@ func (p *Proxy) dialOwn(ctx context.Context) (*ownConn, error) {
 	versions.Version = 0
 	if err := oc.roundTrip(versions, oc.versions); err != nil {
 		c.Close()
+		if wrong := notKafka(err); wrong != nil {
+			p.wrong.Wrong(addr, wrong)
+		}
 		return nil, errNoApiVersions{err}
 	}
+	p.wrong.Answered(addr)
 	if p.cfg.SASL != nil {
 		if err := p.login(ctx, oc); err != nil {
 			c.Close()
@@ -216,6 +220,33 @@ func (p *Proxy) dialOwn(ctx context.Context) (*ownConn, error) {
 		}
 	}
 	return oc, nil
+}
+
+// UpstreamProblem says why bootstrap broker addr, as configured, is not a Kafka broker although
+// it takes connections: it answered the proxy's ApiVersions, or a client's request, with another
+// protocol (nil when it did not, or answered as Kafka since). While that is recorded, each call
+// asks addr for its ApiVersions again, so that a broker put right is seen without a client.
+func (p *Proxy) UpstreamProblem(ctx context.Context, addr string) error {
+	return p.wrong.Recheck(ctx, addr, p.checkKafka)
+}
+
+// checkKafka asks addr for its ApiVersions: wrong when the answer is another protocol's; err when
+// it says nothing of that (the dial failed, the broker closed or did not answer in time).
+func (p *Proxy) checkKafka(ctx context.Context, addr string) (wrong, err error) {
+	c, err := p.baseDial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	req := kmsg.NewPtrApiVersionsRequest()
+	req.Version = 0
+	err = roundTrip(c, 1, req, kmsg.NewPtrApiVersionsResponse())
+	if wrong := notKafka(err); wrong != nil {
+		return wrong, nil
+	}
+	return nil, err
 }
 
 // errNoApiVersions: a bootstrap broker took the connection but did not answer ApiVersions.

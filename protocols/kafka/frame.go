@@ -132,6 +132,21 @@ func framingHint(err error, fromClient bool) string {
 	}
 }
 
+// notKafka is why an upstream whose answer failed with err is not a Kafka broker, or not one the
+// front can speak to as configured (TLS): its bytes are another protocol's. Nil for any other
+// error, which says nothing of what the upstream is.
+func notKafka(err error) error {
+	var fe *frameSizeError
+	if !errors.As(err, &fe) {
+		return nil
+	}
+	what := proxy.LooksLike(fe.head[:])
+	if what == "" {
+		return nil
+	}
+	return fmt.Errorf("answered with %s, not Kafka: %s", what, framingHint(err, false))
+}
+
 // readFrameRest fills frame from offset have on.
 func readFrameRest(r io.Reader, frame []byte, have int) error {
 	if _, err := io.ReadFull(r, frame[have:]); err != nil {

@@ -235,6 +235,8 @@ type Proxy struct {
 	// advertiseFailures: answers that named a broker node without a listener, left out of them
 	// (for how loudly that is logged).
 	advertiseFailures atomic.Uint64
+	// wrong: bootstrap brokers whose answer was another protocol's (UpstreamProblem).
+	wrong proxy.WrongUpstreams
 
 	observeQ       chan observeJob
 	queued         atomic.Int64 // bytes of the frames in observeQ

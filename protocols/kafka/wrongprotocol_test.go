@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"strings"
 	"testing"
@@ -128,5 +129,42 @@ func TestAMQPBrokerAsBootstrapTold(t *testing.T) {
 				t.Errorf("the line does not name the AMQP header in looks_like, with the hint: %s", line)
 			}
 		}
+	}
+}
+
+// TestUpstreamProblemFromAClient: /readyz asks the front what it knows of a bootstrap broker
+// that takes TCP dials. One that answered a client's request with AMQP's protocol header (the
+// local RabbitMQ; no discovery at start with ephemeral node ports) is not a Kafka broker, and
+// asking again (RabbitMQ answers the same) keeps it so; a broker recorded so that answers
+// ApiVersions when asked again (kfake) is a Kafka broker after all.
+func TestUpstreamProblemFromAClient(t *testing.T) {
+	const rabbit = "127.0.0.1:5672"
+	p := startProxy(t, nil, func(cfg *Config) { cfg.Bootstrap = []string{rabbit} })
+	if err := p.UpstreamProblem(testCtx(t), rabbit); err != nil {
+		t.Errorf("before any answer: %v; want nil", err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.Addr().String()), kgo.RequestRetries(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.Ping(testCtx(t)); err == nil {
+		t.Fatal("a Kafka client got an answer from RabbitMQ through the proxy")
+	}
+	waitFor(t, "the answer recorded", func() bool { return p.wrong.Why(rabbit) != nil })
+	if err := p.UpstreamProblem(testCtx(t), rabbit); err == nil || !strings.Contains(err.Error(), "an AMQP protocol header") ||
+		!strings.Contains(err.Error(), "not a Kafka broker") {
+		t.Errorf("UpstreamProblem = %v; want it to say RabbitMQ answered AMQP and is not a Kafka broker", err)
+	}
+
+	c, _ := startCluster(t)
+	k := startProxy(t, c, nil)
+	addr := c.ListenAddrs()[0]
+	k.wrong.Wrong(addr, errors.New("recorded before the broker was put right"))
+	if err := k.UpstreamProblem(testCtx(t), addr); err != nil {
+		t.Errorf("kfake asked again: %v; want nil", err)
+	}
+	if err := k.wrong.Why(addr); err != nil {
+		t.Errorf("still recorded after kfake answered: %v", err)
 	}
 }
