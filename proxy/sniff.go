@@ -20,7 +20,7 @@ func LooksLike(b []byte) string {
 		return "an HTTP response"
 	case bytes.HasPrefix(b, []byte("GET ")), bytes.HasPrefix(b, []byte("POST")), bytes.HasPrefix(b, []byte("PUT ")),
 		bytes.HasPrefix(b, []byte("HEAD")), bytes.HasPrefix(b, []byte("PRI ")):
-		return "an HTTP request"
+		return HTTPRequest
 	case bytes.HasPrefix(b, []byte("SSH-")):
 		return "an SSH banner"
 	}
@@ -30,29 +30,33 @@ func LooksLike(b []byte) string {
 // IsTLS reports whether LooksLike named a TLS record.
 func IsTLS(what string) bool { return what == "a TLS handshake" || what == "a TLS alert" }
 
-// KafkaRequest and AMQPHeader are what LooksLike names a Kafka client's first request and
-// AMQP's protocol header.
+// KafkaRequest, AMQPHeader and HTTPRequest are what LooksLike names a Kafka client's first
+// request, AMQP's protocol header and an HTTP request.
 const (
 	KafkaRequest = "a Kafka request"
 	AMQPHeader   = "an AMQP protocol header"
+	HTTPRequest  = "an HTTP request"
 )
 
 // OtherFrontHint says where a client whose first bytes LooksLike named what belongs, when it is
-// a client of another front than this one ("Kafka", "AMQP" or "AWS"); "" otherwise.
+// a client of another front than this one ("Kafka", "AMQP" or "AWS"; an HTTP client is taken
+// for an AWS SDK or CLI); "" otherwise.
 func OtherFrontHint(what, this string) string {
-	var name, front string
+	var speaks, name, front string
 	switch what {
 	case KafkaRequest:
-		name, front = "Kafka", "a Kafka front"
+		speaks, name, front = "Kafka", "Kafka", "a Kafka front"
 	case AMQPHeader:
-		name, front = "AMQP", "an AMQP front"
+		speaks, name, front = "AMQP", "AMQP", "an AMQP front"
+	case HTTPRequest:
+		speaks, name, front = "HTTP", "AWS", "an AWS front"
 	default:
 		return ""
 	}
 	if name == this {
 		return ""
 	}
-	return "the client speaks " + name + ": point it at " + front + "'s listen address, not at this " + this + " one"
+	return "the client speaks " + speaks + ": point it at " + front + "'s listen address, not at this " + this + " one"
 }
 
 // isKafkaOpening reports whether b begins a request a Kafka client opens a connection with: a

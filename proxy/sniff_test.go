@@ -33,6 +33,10 @@ func TestOtherFrontHint(t *testing.T) {
 		{AMQPHeader, "AWS", "the client speaks AMQP: point it at an AMQP front's listen address, not at this AWS one"},
 		{AMQPHeader, "AMQP", ""},
 		{"a TLS handshake", "AWS", ""},
+		{AMQPHeader, "Kafka", "the client speaks AMQP: point it at an AMQP front's listen address, not at this Kafka one"},
+		{HTTPRequest, "Kafka", "the client speaks HTTP: point it at an AWS front's listen address, not at this Kafka one"},
+		{HTTPRequest, "AMQP", "the client speaks HTTP: point it at an AWS front's listen address, not at this AMQP one"},
+		{HTTPRequest, "AWS", ""},
 	} {
 		if got := OtherFrontHint(tc.what, tc.this); got != tc.want {
 			t.Errorf("OtherFrontHint(%q, %q) = %q, want %q", tc.what, tc.this, got, tc.want)

@@ -358,7 +358,7 @@ func (c *h1Conn) refusePlain(rh tls.RecordHeaderError) {
 		hint = h
 	}
 	ev = ev.Hex("header", head).Str("hint", hint)
-	if what != "an HTTP request" {
+	if what != proxy.HTTPRequest {
 		ev.Msg("TLS handshake with client failed: the client does not speak TLS; closing connection")
 		return
 	}

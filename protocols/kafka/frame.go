@@ -124,6 +124,9 @@ func framingHint(err error, fromClient bool) string {
 	case fromClient && proxy.IsTLS(what):
 		return "the client speaks TLS and this listener does not: give the front tls {cert_file, key_file}, or have the client connect in plaintext"
 	case fromClient:
+		if hint := proxy.OtherFrontHint(what, "Kafka"); hint != "" {
+			return hint
+		}
 		return "the client does not speak Kafka: is it pointed at the wrong port?"
 	case proxy.IsTLS(what):
 		return "the broker speaks TLS: set upstream_tls on this front"

@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -166,5 +168,49 @@ func TestUpstreamProblemFromAClient(t *testing.T) {
 	}
 	if err := k.wrong.Why(addr); err != nil {
 		t.Errorf("still recorded after kfake answered: %v", err)
+	}
+}
+
+// TestOtherFrontsClientTold: a client of another front at a Kafka front is told which front to
+// point it at, as the AMQP and AWS fronts tell a Kafka client: an AMQP client (amqp091-go) at an
+// AMQP front, an HTTP one (net/http, as the AWS SDKs) at an AWS front. The hint said only "is it
+// pointed at the wrong port?".
+func TestOtherFrontsClientTold(t *testing.T) {
+	c, _ := startCluster(t)
+	for _, tc := range []struct {
+		name, looksLike, hint string
+		connect               func(addr string) error
+	}{
+		{"amqp091-go", "an AMQP protocol header", "the client speaks AMQP: point it at an AMQP front's listen address, not at this Kafka one",
+			func(addr string) error {
+				conn, err := amqp091.DialConfig("amqp://guest:guest@"+addr, amqp091.Config{Dial: amqp091.DefaultDial(5 * time.Second)})
+				if err == nil {
+					conn.Close()
+				}
+				return err
+			}},
+		{"net/http", "an HTTP request", "the client speaks HTTP: point it at an AWS front's listen address, not at this Kafka one",
+			func(addr string) error {
+				resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/")
+				if err == nil {
+					resp.Body.Close()
+				}
+				return err
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncbuf.Buffer
+			p := startProxy(t, c, func(cfg *Config) { cfg.Log = zerolog.New(&logs) })
+			if err := tc.connect(p.Addr().String()); err == nil {
+				t.Fatal("the client got an answer from the Kafka front")
+			}
+			const msg = "request frame is not valid Kafka framing"
+			waitFor(t, "the refusal logged", func() bool { return strings.Contains(logs.String(), msg) })
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, msg) && (!strings.Contains(line, `"looks_like":"`+tc.looksLike+`"`) || !strings.Contains(line, `"hint":"`+tc.hint)) {
+					t.Errorf("the refusal does not name the front to use (%q): %s", tc.hint, line)
+				}
+			}
+		})
 	}
 }
