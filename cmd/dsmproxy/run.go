@@ -121,26 +121,53 @@ func listenCause(err error) error {
 
 // warnUnreachableAtStart dials each of an AMQP or AWS front's upstreams once as the front
 // starts: one that does not answer gets a Warn, where otherwise nothing would be said until a
-// client connected and was cut off (its request answered 502, its AMQP connection reset).
+// client connected and was cut off (its request answered 502, its AMQP connection reset). Such
+// an upstream is dialed again until it answers, which one Info line says, or ctx ends.
 func warnUnreachableAtStart(ctx context.Context, log zerolog.Logger, f namedFront) {
-	ctx, cancel := context.WithTimeout(ctx, startDialTimeout)
-	defer cancel()
 	var wg sync.WaitGroup
 	for _, up := range f.upstreams {
 		wg.Go(func() {
-			err := f.dialUpstream(ctx, up)
+			began := time.Now()
+			err := dialWithin(ctx, f, up)
 			if err == nil || errors.Is(err, context.Canceled) { // answered, or the proxy is stopping
 				return
 			}
 			log.Warn().Str("front", f.key).Str("protocol", f.protocol).Str("upstream", up).AnErr("dial", err).
 				Msg("upstream not reachable at start: clients of this front fail until it answers (/readyz says when it does)")
+			for wait := startRedialFirst; ; wait = min(2*wait, startRedialMax) {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				if dialWithin(ctx, f, up) == nil {
+					log.Info().Str("front", f.key).Str("protocol", f.protocol).Str("upstream", up).
+						Str("after", time.Since(began).Round(time.Second).String()).
+						Msg("upstream answers now: it was not reachable at start")
+					return
+				}
+			}
 		})
 	}
 	wg.Wait()
 }
 
-// startDialTimeout bounds warnUnreachableAtStart's dials.
-const startDialTimeout = 10 * time.Second
+// dialWithin is f.dialUpstream bounded by startDialTimeout.
+func dialWithin(ctx context.Context, f namedFront, up string) error {
+	ctx, cancel := context.WithTimeout(ctx, startDialTimeout)
+	defer cancel()
+	return f.dialUpstream(ctx, up)
+}
+
+const (
+	// startDialTimeout bounds warnUnreachableAtStart's dials.
+	startDialTimeout = 10 * time.Second
+	// An upstream not reachable at start is dialed again after startRedialFirst, then at
+	// doubling intervals up to startRedialMax: its return is told within seconds, for the cost
+	// of a dial now and then while it stays down.
+	startRedialFirst = time.Second
+	startRedialMax   = 5 * time.Second
+)
 
 // repeatWindow: the signal that began the shutdown, again within this time, is its copy, not a
 // second request (see shutdownSignals).

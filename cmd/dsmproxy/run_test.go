@@ -862,3 +862,49 @@ func TestUnreachableUpstreamWarnedAtStart(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamBackAfterStartTold: an upstream not reachable at start gets a Warn, and once it
+// answers, one Info line that says so: nothing did, only /readyz showed it.
+func TestUpstreamBackAfterStartTold(t *testing.T) {
+	down := closedport.New(t)
+	cfg := &Config{AMQP: []AMQPConfig{{Listen: "127.0.0.1:0", Upstream: down.Addr()}},
+		Admin: AdminConfig{Listen: "off"}, Agent: AgentConfig{Disabled: true}}
+	prepare(t, cfg)
+	rt, logs := startLogged(t, cfg)
+	defer rt.stop()
+	waitLine := func(msg string) string {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, msg) {
+					return l
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no line saying %q; logs:\n%s", msg, logs.String())
+			}
+		}
+	}
+	waitLine("upstream not reachable at start")
+	down.Release()
+	ln, err := net.Listen("tcp", down.Addr()) // the broker comes back
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	line := waitLine("upstream answers now")
+	for _, w := range []string{`"level":"info"`, `"front":"amqp[0]"`, `"upstream":"` + down.Addr() + `"`} {
+		if !strings.Contains(line, w) {
+			t.Errorf("the line does not say %s: %s", w, line)
+		}
+	}
+}
