@@ -91,7 +91,7 @@ type AgentStats struct {
 	Unconfirmed    uint64 // payloads the Agent took but did not answer in time: dropped, not sent again
 	Pending        int    // payloads waiting
 	PendingBytes   int
-	EndpointListed bool // the last /info listed /v0.1/pipeline_stats
+	EndpointListed bool // the last /info answer read listed /v0.1/pipeline_stats (false before one was)
 }
 
 // AgentSink sends one msgpack+gzip payload per service to the Agent's /v0.1/pipeline_stats.
@@ -106,7 +106,8 @@ type AgentSink struct {
 	pending      [][]byte
 	pendingBytes int
 	infoChecked  time.Time
-	infoOK       bool // Agent known to list the endpoint (or /info unknown)
+	infoOK       bool // Agent known to list the endpoint (or /info unknown): payloads may go
+	infoListed   bool // the last /info answer read listed the endpoint
 	enc          payloadEncoder
 
 	warnMu sync.Mutex // the posts of a flush run at once and warn
@@ -116,9 +117,10 @@ type AgentSink struct {
 	warnedAt map[string]time.Time
 	quiet    bool
 
-	// Mirrors of len(pending), pendingBytes and infoOK, so Stats never waits for a slow Send.
+	// Mirrors of len(pending), pendingBytes, infoListed and !infoOK, so Stats never waits for a
+	// slow Send.
 	statPending, statPendingBytes atomic.Int64
-	statListed                    atomic.Bool
+	statListed, statMissing       atomic.Bool
 
 	payloads, bytes, rejected, failed, dropped, unconfirmed atomic.Uint64
 }
@@ -284,7 +286,8 @@ func (s *AgentSink) popPending() {
 func (s *AgentSink) mirror() {
 	s.statPending.Store(int64(len(s.pending)))
 	s.statPendingBytes.Store(int64(s.pendingBytes))
-	s.statListed.Store(s.infoOK)
+	s.statListed.Store(s.infoListed)
+	s.statMissing.Store(!s.infoOK)
 }
 
 func (s *AgentSink) enqueue(body []byte) {
@@ -425,7 +428,7 @@ func (s *AgentSink) checkInfo(ctx context.Context) {
 	}
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
-		s.infoOK = false
+		s.infoOK, s.infoListed = false, false
 		s.warnOnce("info404", nil, "the Agent has no /info endpoint (older than 7.28): it cannot receive DSM; upgrade it. Stats keep aggregating; the oldest are dropped while it cannot")
 	case resp.StatusCode >= 300:
 		s.infoOK = true
@@ -438,7 +441,7 @@ func (s *AgentSink) checkInfo(ctx context.Context) {
 				listed = true
 			}
 		}
-		s.infoOK = listed
+		s.infoOK, s.infoListed = listed, listed
 		if !listed {
 			s.warnOnce("unlisted", func(e *zerolog.Event) *zerolog.Event { return e.Str("agent_version", info.Version) },
 				"the Agent does not list /v0.1/pipeline_stats in /info (DSM needs Agent 7.34+): stats keep aggregating; the oldest are dropped while it cannot receive them")
@@ -495,6 +498,10 @@ func (s *AgentSink) recovered(msg string) {
 	e.Str("agent", s.shown).Msg(msg)
 	s.warned, s.quiet = "", false
 }
+
+// EndpointMissing reports whether the Agent's last /info answer said it cannot take DSM (404, or
+// endpoints without /v0.1/pipeline_stats): payloads wait. False while /info is not known.
+func (s *AgentSink) EndpointMissing() bool { return s.statMissing.Load() }
 
 // URL is the Agent the sink sends to.
 func (s *AgentSink) URL() string { return s.shown }

@@ -423,3 +423,38 @@ func TestFlappingAgentLoggedSparingly(t *testing.T) {
 		t.Errorf("an outage 11 minutes later: %d 'cannot be reached' and %d 'accepts again' lines in all, want 2 and 2", down, again)
 	}
 }
+
+// TestEndpointListedOnlyWhenInfoSaid: EndpointListed (the stop line's, /stats', the
+// endpoint_listed gauge) says the Agent's /info listed /v0.1/pipeline_stats. An Agent that never
+// answered /info was reported as listing it: the stop line of a proxy whose Agent was never
+// reachable said "EndpointListed":true.
+func TestEndpointListedOnlyWhenInfoSaid(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		url    func(t *testing.T) string
+		listed bool
+	}{
+		{"never reachable", func(t *testing.T) string { return "http://" + closedport.New(t).Addr() }, false},
+		{"closes every connection", func(t *testing.T) string { return agenttest.New(t, agenttest.Down()).URL() }, false},
+		{"lists it", func(t *testing.T) string { return agenttest.New(t).URL() }, true},
+		{"does not list it", func(t *testing.T) string { return agenttest.New(t, agenttest.WithoutDSMEndpoint()).URL() }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := &fakeClock{t: t0}
+			a, f, sink := newPipeline(t, tc.url(t), clk, zerolog.Nop(), nil)
+			if sink.Stats().EndpointListed {
+				t.Errorf("EndpointListed before /info was asked")
+			}
+			a.Add(pathway.Point{Service: "s", Hash: 1, Time: clk.Now().UnixNano()})
+			clk.Add(10 * time.Second)
+			f.FlushNow(context.Background(), false)
+			if got := sink.Stats().EndpointListed; got != tc.listed {
+				t.Errorf("EndpointListed = %v after the first flush, want %v", got, tc.listed)
+			}
+			// What /dsm says payloads wait for: only an answer that left the endpoint out.
+			if got, want := sink.EndpointMissing(), tc.name == "does not list it"; got != want {
+				t.Errorf("EndpointMissing = %v, want %v", got, want)
+			}
+		})
+	}
+}

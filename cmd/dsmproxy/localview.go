@@ -494,7 +494,7 @@ func printAgent(w io.Writer, a *aggregator.AgentSink) {
 	fmt.Fprintf(w, "== Datadog Agent %s ==\n", a.URL())
 	fmt.Fprintf(w, "payloads accepted %d (%d bytes); waiting %d (%d bytes); dropped over agent.max_pending_bytes %d; rejected (4xx) %d; taken but not answered in time %d; failed attempts %d\n",
 		st.Payloads, st.Bytes, st.Pending, st.PendingBytes, st.Dropped, st.Rejected, st.Unconfirmed, st.Failed)
-	if !st.EndpointListed {
+	if a.EndpointMissing() {
 		fmt.Fprintln(w, "The Agent's /info does not list /v0.1/pipeline_stats: payloads wait until it does (Data Streams Monitoring needs Agent 7.34 or later).")
 	}
 }

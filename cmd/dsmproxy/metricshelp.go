@@ -99,5 +99,5 @@ var statsHelp = map[string]string{
 	"aggregator.AgentStats.Unconfirmed":    "Payloads the Agent did not answer in time, dropped (it may have taken them).",
 	"aggregator.AgentStats.Pending":        "Payloads waiting to be sent.",
 	"aggregator.AgentStats.PendingBytes":   "Bytes of the payloads waiting to be sent.",
-	"aggregator.AgentStats.EndpointListed": "1 when the Agent's last /info listed /v0.1/pipeline_stats, else 0.",
+	"aggregator.AgentStats.EndpointListed": "1 when the Agent's last /info answer listed /v0.1/pipeline_stats, else 0 (also before /info ever answered).",
 }
