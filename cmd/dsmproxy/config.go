@@ -131,10 +131,13 @@ func (c *Config) refuse(line int, key, msg string) *configError {
 
 // entryError is err, which building entry key (kafka[0], ...) met, as a configError naming the
 // line the entry starts at, or the listener flag, and the key under the entry when err says
-// which (a keyError: amqp[0].tls.cert_file).
+// which (a keyError: amqp[0].tls.cert_file), then on that key's own line.
 func (c *Config) entryError(key string, line int, err error) error {
 	if ke := (*keyError)(nil); errors.As(err, &ke) {
 		key += "." + ke.key
+		if l := c.lines[key]; l > 0 {
+			line = l
+		}
 	}
 	return c.refuse(line, key, err.Error())
 }
@@ -968,6 +971,7 @@ func recordLines(root *yaml.Node, cfg *Config) {
 			continue
 		}
 		for j, item := range val.Content {
+			recordKeyLines(cfg.lines, fmt.Sprintf("%s[%d]", key, j), item)
 			switch key {
 			case "kafka":
 				if j < len(cfg.Kafka) {
@@ -987,6 +991,20 @@ func recordLines(root *yaml.Node, cfg *Config) {
 				}
 			}
 		}
+	}
+}
+
+// recordKeyLines records in lines the line of every key under the mapping n (a list entry),
+// as prefix.key, nested mappings too (kafka[0].sasl.password_file): what building the entry
+// refuses is named on its key's own line.
+func recordKeyLines(lines map[string]int, prefix string, n *yaml.Node) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key := prefix + "." + n.Content[i].Value
+		lines[key] = n.Content[i].Line
+		recordKeyLines(lines, key, n.Content[i+1])
 	}
 }
 

@@ -601,8 +601,7 @@ func TestConfigErrorSource(t *testing.T) {
 }
 
 // TestFrontBuildErrorSource: what a front refuses when it is built (a TLS file that does not load)
-// names the file, the line its entry starts at and the key under the entry; from a listener
-// flag, the flag.
+// names the file, the key under the entry and that key's line; from a listener flag, the flag.
 func TestFrontBuildErrorSource(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "dsmproxy.yaml")
 	yaml := "admin:\n  listen: \"off\"\namqp:\n  - listen: 127.0.0.1:25677\n    upstream: 127.0.0.1:5672\n    tls: {cert_file: /nope.crt, key_file: /nope.key}\n"
@@ -611,7 +610,7 @@ func TestFrontBuildErrorSource(t *testing.T) {
 	}
 	var out, errb bytes.Buffer
 	code := mainArgs([]string{"check-config", "--config", path}, &out, &errb)
-	if want := "config " + path + ": line 4: key amqp[0].tls.cert_file: "; code != 1 || !strings.Contains(errb.String(), want) {
+	if want := "config " + path + ": line 6: key amqp[0].tls.cert_file: "; code != 1 || !strings.Contains(errb.String(), want) {
 		t.Errorf("exit %d, stderr %q, want it to say %q", code, errb.String(), want)
 	}
 }
@@ -1237,5 +1236,39 @@ func TestReloadLinesNameTheFront(t *testing.T) {
 	}
 	if line["message"] != "TLS certificates reloaded" || line["front"] != "amqp[1]" {
 		t.Errorf("reload line %v, want front amqp[1]", line)
+	}
+}
+
+// TestFrontBuildErrorKeyLine: a file a front's key names that cannot be read is blamed on that
+// key's own line, not the line its entry starts at: with the README's Kafka SASL block and no
+// password file, the error named line 2 (kafka[0]) for password_file on line 7; so did a TLS
+// file's, written as a block or inline.
+func TestFrontBuildErrorKeyLine(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "absent")
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"README's kafka sasl block", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [kafka-1:9093]\n    sasl:\n" +
+			"      mechanism: SCRAM-SHA-512          # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512\n" +
+			"      username: dsmproxy                # needs Describe and DescribeConfigs on the topics\n" +
+			"      password_file: " + missing + "   # read at every login; or password:\n",
+			"line 7: key kafka[0].sasl.password_file: "},
+		{"tls block", "amqp:\n  - listen: 127.0.0.1:25677\n    upstream: 127.0.0.1:5672\n    tls:\n      key_file: " + missing + "\n      cert_file: " + missing + "\n",
+			"line 6: key amqp[0].tls.cert_file: "},
+		{"second entry, inline", "amqp:\n  - listen: 127.0.0.1:25677\n    upstream: 127.0.0.1:5672\n  - listen: 127.0.0.1:25678\n    upstream: 127.0.0.1:5672\n\n    upstream_tls: {ca_file: " + missing + "}\n",
+			"line 7: key amqp[1].upstream_tls.ca_file: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, "dsmproxy.yaml")
+			if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var out, errb bytes.Buffer
+			code := mainArgs([]string{"check-config", "--config", path}, &out, &errb)
+			if want := "config " + path + ": " + tc.want; code != 1 || !strings.Contains(errb.String(), want) {
+				t.Errorf("exit %d, stderr %q, want it to say %q", code, errb.String(), want)
+			}
+		})
 	}
 }

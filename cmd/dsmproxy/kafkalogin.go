@@ -23,7 +23,7 @@ func kafkaLogin(a *KafkaSASL, log zerolog.Logger) (sasl.Mechanism, error) {
 	if a.PasswordFile != "" {
 		pass, err := readPassword(a.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("password_file: %w", err)
+			return nil, &keyError{key: "sasl.password_file", err: fmt.Errorf("password_file: %w", err)}
 		}
 		file.pass, file.version = pass, 1
 	}
