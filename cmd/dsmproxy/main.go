@@ -35,7 +35,7 @@ Usage:
   dsmproxy probe [flags]          exit 0 if a running dsmproxy is ready (a container health check)
   dsmproxy version                print the version
 
-run, demo, check-config and probe explain themselves with --help.
+Every command explains itself with --help.
 `
 
 func main() {
@@ -59,8 +59,7 @@ func mainArgs(args []string, stdout, stderr io.Writer) int {
 	case "probe":
 		err = cmdProbe(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "dsmproxy %s\n", version)
-		return 0
+		err = cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageTop)
 		return 0
@@ -83,6 +82,21 @@ func mainArgs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dsmproxy %s: %v\n", args[0], err)
 		return 1
 	}
+}
+
+const usageVersion = `Usage: dsmproxy %s
+
+Prints dsmproxy's version (dsmproxy --version does too). It takes no flags.
+`
+
+// cmdVersion prints the version, or its help for --help.
+func cmdVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("version", usageVersion, stderr)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "dsmproxy %s\n", version)
+	return nil
 }
 
 // errUsage means the flag package already printed what was wrong.

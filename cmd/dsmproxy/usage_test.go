@@ -80,3 +80,28 @@ func TestHandledErrorsValueWarned(t *testing.T) {
 		})
 	}
 }
+
+// TestVersionCommand: `dsmproxy version` prints the version; `version --help` printed it too
+// instead of saying what the command does, and an argument it does not take was ignored.
+func TestVersionCommand(t *testing.T) {
+	for _, tc := range []struct {
+		args           []string
+		code           int
+		stdout, stderr string
+	}{
+		{[]string{"version"}, 0, "dsmproxy " + version + "\n", ""},
+		{[]string{"--version"}, 0, "dsmproxy " + version + "\n", ""},
+		{[]string{"version", "--help"}, 0, "Usage: dsmproxy version", ""},
+		{[]string{"version", "-h"}, 0, "Usage: dsmproxy version", ""},
+		{[]string{"version", "--short"}, 2, "", "unknown flag --short"},
+		{[]string{"version", "now"}, 2, "", `unexpected argument "now"`},
+	} {
+		var out, errb bytes.Buffer
+		code := mainArgs(tc.args, &out, &errb)
+		if code != tc.code || !strings.HasPrefix(out.String(), tc.stdout) || !strings.Contains(errb.String(), tc.stderr) ||
+			(tc.stdout == "" && out.Len() > 0) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit %d, stdout beginning %q, stderr saying %q",
+				tc.args, code, out.String(), errb.String(), tc.code, tc.stdout, tc.stderr)
+		}
+	}
+}
