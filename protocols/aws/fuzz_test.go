@@ -297,22 +297,120 @@ func FuzzKinesisDataRoundTrip(f *testing.F) {
 	})
 }
 
-// FuzzCBOR decodes arbitrary bytes as a Kinesis CBOR body, and the CBOR rewriter path with them.
+// FuzzCBOR decodes arbitrary bytes as a Kinesis CBOR body, and the CBOR rewriter path with them:
+// a request goes upstream byte for byte as it came, and an answer the GetRecords path rewrites
+// still decodes, to the same document but for its records' Data, the only members it may change.
 func FuzzCBOR(f *testing.F) {
 	f.Add(cborEnc(nil, map[string]any{"StreamName": "s", "Data": []byte("{}"), "PartitionKey": "k"}, false))
 	f.Add(cborEnc(nil, map[string]any{"Records": []any{map[string]any{"Data": []byte{1}, "PartitionKey": "k"}}}, true))
 	f.Add([]byte{0xbf, 0x61, 0x61, 0x5f, 0x41, 0x00, 0xff, 0xff})
 	f.Add([]byte{0xf9, 0x3c, 0x00})
+	// GetRecords answers whose records carry the `_datadog` the proxy adds, which it takes out.
+	withCtx := []byte(`{"a":1,"_datadog":{"dd-pathway-ctx-base64":"` + string(pathway.Context{Hash: 7}.AppendBase64(nil)) + `"}}`)
+	for _, indef := range []bool{false, true} {
+		f.Add(cborEnc(nil, map[string]any{"NextShardIterator": "i", "Records": []any{
+			map[string]any{"Data": withCtx, "PartitionKey": "k", "SequenceNumber": "1"},
+			map[string]any{"Data": base64.StdEncoding.EncodeToString(withCtx), "PartitionKey": "k"},
+			map[string]any{"Data": []byte("{}"), "PartitionKey": "withCtx"}}}, indef))
+	}
 	p := fuzzProxy(f, false)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cborDecode(b)
 		for _, op := range []string{"PutRecords", "GetRecords"} {
 			c := fuzzCall(ServiceKinesis, op, wireCBOR, b)
-			if _, fix := p.rewriteRequest(c); fix != nil {
-				fix(b)
+			body, fix := p.rewriteRequest(c)
+			if !bytes.Equal(body, b) {
+				t.Fatalf("%s: CBOR request %x went upstream as %x", op, b, body)
+			}
+			if fix == nil {
+				continue
+			}
+			out := fix(b)
+			if out == nil {
+				continue
+			}
+			if op != "GetRecords" {
+				t.Fatalf("%s: answer %x rewritten to %x", op, b, out)
+			}
+			before, _ := cborDecode(b)
+			after, err := cborDecode(out)
+			if err != nil {
+				t.Fatalf("GetRecords answer %x rewritten to %x, which does not decode: %v", b, out, err)
+			}
+			if !sameCBOR(withoutData(before), withoutData(after)) {
+				t.Fatalf("GetRecords answer %x rewritten to %x: more than records' Data changed", b, out)
 			}
 		}
 	})
+}
+
+// withoutData is a decoded GetRecords answer with its records' Data members taken out.
+func withoutData(v any) any {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return v
+	}
+	recs, ok := m["Records"].([]any)
+	if !ok {
+		return v
+	}
+	out := map[string]any{}
+	for k, x := range m {
+		out[k] = x
+	}
+	rs := make([]any, len(recs))
+	for i, r := range recs {
+		rm, ok := r.(map[string]any)
+		if !ok {
+			rs[i] = r
+			continue
+		}
+		c := map[string]any{}
+		for k, x := range rm {
+			if k != "Data" {
+				c[k] = x
+			}
+		}
+		rs[i] = c
+	}
+	out["Records"] = rs
+	return out
+}
+
+// sameCBOR: a and b are the same decoded CBOR value; a NaN is the same as a NaN.
+func sameCBOR(a, b any) bool {
+	switch x := a.(type) {
+	case float64:
+		y, ok := b.(float64)
+		return ok && (x == y || x != x && y != y)
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !sameCBOR(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for k, v := range x {
+			w, ok := y[k]
+			if !ok || !sameCBOR(v, w) {
+				return false
+			}
+		}
+		return true
+	case []byte:
+		y, ok := b.([]byte)
+		return ok && bytes.Equal(x, y)
+	}
+	return a == b
 }
 
 // FuzzCarrierJSON: whatever `_datadog` value a message brings, the carrier the proxy sends is JSON
