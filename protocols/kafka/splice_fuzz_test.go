@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/crc32"
+	"slices"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -14,7 +15,10 @@ import (
 
 // FuzzBatchSplice: whatever bytes a produce request carries as records, the splicer either leaves
 // them alone or returns batches that decode, with valid CRCs, the same record count, and exactly one
-// more header per record it said it changed; walking never panics.
+// more header per record it said it changed; walking never panics. Batch for batch, a spliced one
+// keeps the client's batch header (but for its length and CRC) and every record's attributes,
+// timestamp and offset deltas, key, value and headers, in order; a record given the context has
+// the one header more, last.
 func FuzzBatchSplice(f *testing.F) {
 	for _, c := range []kgo.CompressionCodec{kgo.NoCompression(), kgo.GzipCompression(), kgo.SnappyCompression(), kgo.Lz4Compression(), kgo.ZstdCompression()} {
 		f.Add(buildBatch(f, 3, 20, compressor(f, c)))
@@ -65,7 +69,91 @@ func FuzzBatchSplice(f *testing.F) {
 		if withCtx < injected {
 			t.Fatalf("%d records carry the injected context, the splicer injected %d", withCtx, injected)
 		}
+		checkSplicedRecords(t, records, out, hdr)
 	})
+}
+
+// checkSplicedRecords: out is in, batch for batch, with hdr added as the last header of each
+// record of a changed batch that carried no pathway context, and nothing else changed but the
+// changed batches' lengths and CRCs. Records kmsg (the reference) does not read in in are not
+// compared.
+func checkSplicedRecords(t *testing.T, in, out, hdr []byte) {
+	t.Helper()
+	dec := newKgoCodec(DefaultMaxBatchBytes) // its own buffers: the splicer's are not to be read twice
+	for len(in) > 0 {
+		if len(in) < 17 || len(out) < 17 {
+			t.Fatalf("%d bytes left of the client's batches, %d of the spliced ones", len(in), len(out))
+		}
+		il, ol := int(binary.BigEndian.Uint32(in[8:]))+12, int(binary.BigEndian.Uint32(out[8:]))+12
+		if ol < 61 || ol > len(out) {
+			t.Fatalf("spliced batch length %d in %d bytes", ol, len(out))
+		}
+		ib, ob := in[:il], out[:ol]
+		in, out = in[il:], out[ol:]
+		if bytes.Equal(ib, ob) {
+			continue
+		}
+		if !bytes.Equal(ib[:8], ob[:8]) || !bytes.Equal(ib[12:17], ob[12:17]) || !bytes.Equal(ib[21:61], ob[21:61]) {
+			t.Fatalf("batch header %x became %x (length and CRC aside)", ib[:61], ob[:61])
+		}
+		irs, ok := kmsgRecords(dec, ib)
+		if !ok {
+			continue
+		}
+		ors, ok := kmsgRecords(dec, ob)
+		if !ok || len(ors) != len(irs) {
+			t.Fatalf("%d records in a batch kmsg reads, %d (read: %v) spliced", len(irs), len(ors), ok)
+		}
+		for i, ir := range irs {
+			or := ors[i]
+			want := ir.Headers
+			if !slices.ContainsFunc(ir.Headers, func(h kmsg.Header) bool { return h.Key == pathway.HeaderKey }) {
+				want = append(slices.Clone(want), kmsg.Header{Key: pathway.HeaderKey, Value: hdr})
+			}
+			if or.Attributes != ir.Attributes || or.TimestampDelta64 != ir.TimestampDelta64 || or.OffsetDelta != ir.OffsetDelta ||
+				!sameBytes(or.Key, ir.Key) || !sameBytes(or.Value, ir.Value) || len(or.Headers) != len(want) {
+				t.Fatalf("record %d: %+v became %+v", i, ir, or)
+			}
+			for j, h := range want {
+				if or.Headers[j].Key != h.Key || !sameBytes(or.Headers[j].Value, h.Value) {
+					t.Fatalf("record %d: headers %+v became %+v, want %+v", i, ir.Headers, or.Headers, want)
+				}
+			}
+		}
+	}
+	if len(out) != 0 {
+		t.Fatalf("%d bytes after the spliced batches", len(out))
+	}
+}
+
+// sameBytes: a and b hold the same bytes, and are both null or both not.
+func sameBytes(a, b []byte) bool { return (a == nil) == (b == nil) && bytes.Equal(a, b) }
+
+// kmsgRecords are batch's records as kmsg reads them, decompressed by dec.
+func kmsgRecords(dec *kgoCodec, batch []byte) ([]kmsg.Record, bool) {
+	_, attrs, count, err := batchHeader(batch)
+	if err != nil || count < 0 {
+		return nil, false
+	}
+	raw, err := dec.decompress(batch[61:], attrs&7)
+	if err != nil {
+		return nil, false
+	}
+	raw = bytes.Clone(raw)
+	var recs []kmsg.Record
+	for range count {
+		l, at := varintAt(raw, 0)
+		if at < 0 || l < 0 || int(l) > len(raw)-at {
+			return nil, false
+		}
+		var r kmsg.Record
+		if r.ReadFrom(raw[:at+int(l)]) != nil {
+			return nil, false
+		}
+		recs = append(recs, r)
+		raw = raw[at+int(l):]
+	}
+	return recs, len(raw) == 0
 }
 
 // countRecords decodes a sequence of magic-2 batches with kmsg. With orig set, every batch must
