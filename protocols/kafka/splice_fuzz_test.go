@@ -69,15 +69,15 @@ func FuzzBatchSplice(f *testing.F) {
 		if withCtx < injected {
 			t.Fatalf("%d records carry the injected context, the splicer injected %d", withCtx, injected)
 		}
-		checkSplicedRecords(t, records, out, hdr)
+		checkSplicedRecords(t, records, out, hdr, false)
 	})
 }
 
 // checkSplicedRecords: out is in, batch for batch, with hdr added as the last header of each
-// record of a changed batch that carried no pathway context, and nothing else changed but the
-// changed batches' lengths and CRCs. Records kmsg (the reference) does not read in in are not
-// compared.
-func checkSplicedRecords(t *testing.T, in, out, hdr []byte) {
+// record of a changed batch that carried no pathway context (with replace, of every record, whose
+// pathway contexts go), and nothing else changed but the changed batches' lengths and CRCs.
+// Records kmsg (the reference) does not read in in are not compared.
+func checkSplicedRecords(t *testing.T, in, out, hdr []byte, replace bool) {
 	t.Helper()
 	dec := newKgoCodec(DefaultMaxBatchBytes) // its own buffers: the splicer's are not to be read twice
 	for len(in) > 0 {
@@ -106,8 +106,11 @@ func checkSplicedRecords(t *testing.T, in, out, hdr []byte) {
 		}
 		for i, ir := range irs {
 			or := ors[i]
+			isCtx := func(h kmsg.Header) bool { return h.Key == pathway.HeaderKey }
 			want := ir.Headers
-			if !slices.ContainsFunc(ir.Headers, func(h kmsg.Header) bool { return h.Key == pathway.HeaderKey }) {
+			if replace {
+				want = append(slices.DeleteFunc(slices.Clone(want), isCtx), kmsg.Header{Key: pathway.HeaderKey, Value: hdr})
+			} else if !slices.ContainsFunc(ir.Headers, isCtx) {
 				want = append(slices.Clone(want), kmsg.Header{Key: pathway.HeaderKey, Value: hdr})
 			}
 			if or.Attributes != ir.Attributes || or.TimestampDelta64 != ir.TimestampDelta64 || or.OffsetDelta != ir.OffsetDelta ||
@@ -186,7 +189,8 @@ func countRecords(t *testing.T, b, orig []byte) int {
 }
 
 // FuzzBatchReplace: with every record given the context (RespectExistingContext off), each record
-// of a spliced batch ends with exactly one pathway header, the new one, whatever it carried.
+// of a spliced batch ends with exactly one pathway header, the new one, whatever it carried, and
+// keeps its key, value and other headers in order.
 func FuzzBatchReplace(f *testing.F) {
 	for _, c := range []kgo.CompressionCodec{kgo.NoCompression(), kgo.GzipCompression(), kgo.Lz4Compression()} {
 		f.Add(buildBatchHeader(f, 3, 20, compressor(f, c), pathway.HeaderKey, []byte("old-context")))
@@ -233,5 +237,6 @@ func FuzzBatchReplace(f *testing.F) {
 				}
 			}
 		}
+		checkSplicedRecords(t, records, out, hdr, true)
 	})
 }
