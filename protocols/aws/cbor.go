@@ -197,6 +197,118 @@ func (d *cborDec) item(depth int) (any, error) {
 	}
 }
 
+// cborRecordData is where each record's Data item lies in a GetRecords answer doc: by the
+// Records array's index, the span of the record's Data value (its last, as cborDecode keeps a
+// repeated key's last), tags included; [0 0] where the element is no map or has no Data. ok is
+// false when doc is not a map whose Records member is an array.
+func cborRecordData(doc []byte) (spans [][2]int, ok bool) {
+	d := &cborDec{b: doc}
+	recs := [2]int{}
+	if d.mapSpans(0, func(key string, s, e int) {
+		if key == "Records" {
+			recs = [2]int{s, e}
+		}
+	}) != nil || recs[1] == 0 {
+		return nil, false
+	}
+	d = &cborDec{b: doc[:recs[1]], i: recs[0]}
+	err := d.arraySpans(1, func(s, e int) {
+		rd := &cborDec{b: doc[:e], i: s}
+		var data [2]int
+		rd.mapSpans(2, func(key string, s, e int) {
+			if key == "Data" {
+				data = [2]int{s, e}
+			}
+		})
+		spans = append(spans, data)
+	})
+	return spans, err == nil
+}
+
+// skipTags reads past the tags before an item (cborDecode reads a tagged item as its content).
+func (d *cborDec) skipTags() error {
+	for {
+		if err := d.need(1); err != nil {
+			return err
+		}
+		if d.b[d.i]>>5 != 6 {
+			return nil
+		}
+		if _, _, _, err := d.head(); err != nil {
+			return err
+		}
+	}
+}
+
+// mapSpans calls fn with each key of the map item at d.i and the span of its value.
+func (d *cborDec) mapSpans(depth int, fn func(key string, s, e int)) error {
+	if err := d.skipTags(); err != nil {
+		return err
+	}
+	major, info, arg, err := d.head()
+	if err != nil {
+		return err
+	}
+	if major != 5 {
+		return fmt.Errorf("%w: major type %d, not a map", errCBOR, major)
+	}
+	for k := uint64(0); info == 31 || k < arg; k++ {
+		kv, err := d.item(depth + 1)
+		if err != nil {
+			return err
+		}
+		if _, brk := kv.(cborBreak); brk {
+			if info != 31 {
+				return fmt.Errorf("%w: break inside a definite map", errCBOR)
+			}
+			return nil
+		}
+		key, ok := kv.(string)
+		if !ok {
+			return fmt.Errorf("%w: map key %T is not text", errCBOR, kv)
+		}
+		s := d.i
+		v, err := d.item(depth + 1)
+		if err != nil {
+			return err
+		}
+		if _, brk := v.(cborBreak); brk {
+			return fmt.Errorf("%w: map ends after a key", errCBOR)
+		}
+		fn(key, s, d.i)
+	}
+	return nil
+}
+
+// arraySpans calls fn with the span of each element of the array item at d.i.
+func (d *cborDec) arraySpans(depth int, fn func(s, e int)) error {
+	if err := d.skipTags(); err != nil {
+		return err
+	}
+	major, info, arg, err := d.head()
+	if err != nil {
+		return err
+	}
+	if major != 4 {
+		return fmt.Errorf("%w: major type %d, not an array", errCBOR, major)
+	}
+	for k := uint64(0); info == 31 || k < arg; k++ {
+		s := d.i
+		v, err := d.item(depth + 1)
+		if err != nil {
+			return err
+		}
+		if _, brk := v.(cborBreak); brk {
+			if info != 31 {
+				return fmt.Errorf("%w: break inside a definite array", errCBOR)
+			}
+			return nil
+		}
+		fn(s, d.i)
+	}
+	return nil
+}
+
 func halfFloat(h uint16) float64 {
 	exp := int(h>>10) & 0x1f
 	mant := float64(h & 0x3ff)

@@ -497,8 +497,8 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 		}
 		recs, _ := rm["Records"].([]any)
 		var eds []edit
-		from := 0
-		for _, r := range recs {
+		var spans [][2]int // where each record's Data lies, found when the first is edited
+		for i, r := range recs {
 			m, _ := r.(map[string]any)
 			if m == nil {
 				continue
@@ -509,9 +509,14 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 			if nd == nil {
 				continue
 			}
-			if ed, ok := cborBlobEdit(resp, from, m["Data"], nd); ok {
+			if spans == nil {
+				spans, _ = cborRecordData(resp)
+			}
+			if i >= len(spans) {
+				continue
+			}
+			if ed, ok := cborBlobEdit(resp, spans[i], m["Data"], nd); ok {
 				eds = append(eds, ed)
-				from = ed.E
 			}
 		}
 		p.reportNoStream(c, in)
@@ -522,28 +527,26 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 	}, nil
 }
 
-// cborBlobEdit replaces the blob member v of a CBOR document, found at or after from, with data,
-// in the form it came in: a byte string, or base64 text (kinesis-mock). It finds the item by its
-// bytes in their shortest encoding, which is how the service and kinesis-mock write them; an item
-// written otherwise is not found and left as it is.
-func cborBlobEdit(doc []byte, from int, v any, data []byte) (edit, bool) {
-	var old, repl []byte
-	switch b := v.(type) {
+// cborBlobEdit replaces the blob item v of a CBOR document, which lies at span (its tags
+// included, and kept), with data, in the form it came in: a byte string, or base64 text
+// (kinesis-mock). The span is the decoder's: the same bytes elsewhere in the document, in an
+// earlier record's Data say, are never taken for it.
+func cborBlobEdit(doc []byte, span [2]int, v any, data []byte) (edit, bool) {
+	d := &cborDec{b: doc[:span[1]], i: span[0]}
+	if span[1] <= span[0] || d.skipTags() != nil {
+		return edit{}, false
+	}
+	var repl []byte
+	switch v.(type) {
 	case []byte:
-		old = append(appendCBORHead(nil, 2, len(b)), b...)
 		repl = append(appendCBORHead(nil, 2, len(data)), data...)
 	case string:
-		old = appendCBORText(nil, b)
 		enc := base64.StdEncoding.AppendEncode(nil, data)
 		repl = append(appendCBORHead(nil, 3, len(enc)), enc...)
 	default:
 		return edit{}, false
 	}
-	i := bytes.Index(doc[from:], old)
-	if i < 0 {
-		return edit{}, false
-	}
-	return edit{S: from + i, E: from + i + len(old), New: repl}, true
+	return edit{S: d.i, E: span[1], New: repl}, true
 }
 
 // appendCBORText appends s as a definite-length CBOR text string.

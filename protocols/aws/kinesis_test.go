@@ -3,6 +3,7 @@ package aws
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -446,33 +447,56 @@ func TestKinesisCBORConsumerSeesTheProducersBytes(t *testing.T) {
 	}
 }
 
-// TestCBORBlobEdit: the real service answers Data as a byte string; the edit replaces exactly
-// that item, its head resized, and leaves a record with an equal Data later in the document to its
-// own edit.
+// TestCBORBlobEdit: the edit replaces exactly the record's own Data item, found by the decoder,
+// its head resized: not the same bytes earlier in the document (a record whose Data holds the
+// next record's encoded Data), whether the item came as a byte string, base64 text
+// (kinesis-mock), tagged, or in a longer form than the shortest.
 func TestCBORBlobEdit(t *testing.T) {
 	old := []byte(strings.Repeat("d", 30))
-	doc := cborEnc(nil, map[string]any{"Records": []any{
-		map[string]any{"Data": old, "PartitionKey": "a"}, map[string]any{"Data": old, "PartitionKey": "b"},
-	}}, false)
-	repl := []byte("short")
-	ed, ok := cborBlobEdit(doc, 0, old, repl)
-	if !ok {
-		t.Fatal("byte string not found")
-	}
-	out := applyEdits(nil, doc, []edit{ed})
-	v, err := cborDecode(out)
-	if err != nil {
-		t.Fatalf("edited document: %v", err)
-	}
-	recs := v.(map[string]any)["Records"].([]any)
-	if got := cborBytes(recs[0].(map[string]any)["Data"]); !bytes.Equal(got, repl) {
-		t.Errorf("first record Data %q, want %q", got, repl)
-	}
-	if got := cborBytes(recs[1].(map[string]any)["Data"]); !bytes.Equal(got, old) {
-		t.Errorf("second record Data %q, want it unchanged", got)
-	}
-	if ed2, ok := cborBlobEdit(doc, ed.E, old, repl); !ok || ed2.S < ed.E {
-		t.Errorf("the second record's edit: %v %v", ed2, ok)
+	inside := append([]byte("envelope:"), cborEnc(nil, old, false)...)
+	long := append([]byte{0x5a, 0, 0, 0, 30}, old...)                 // a 4-byte length where 1 would do
+	tagged := append([]byte{0xd8, 0x16}, cborEnc(nil, old, false)...) // tag 22
+	for name, dataItem := range map[string][]byte{
+		"byte string": cborEnc(nil, old, false),
+		"base64 text": cborEnc(nil, base64.StdEncoding.EncodeToString(old), false),
+		"long head":   long,
+		"tagged":      tagged,
+	} {
+		// The records' members by hand, so that the Data items are written as given.
+		doc := []byte{0xa1}
+		doc = cborEnc(doc, "Records", false)
+		doc = append(doc, 0x82)
+		doc = cborEnc(doc, map[string]any{"Data": inside, "PartitionKey": "a"}, false)
+		doc = append(doc, 0xa2)
+		doc = cborEnc(doc, "Data", false)
+		doc = append(doc, dataItem...)
+		doc = cborEnc(doc, "PartitionKey", false)
+		doc = cborEnc(doc, "b", false)
+		v, err := cborDecode(doc)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		recs := v.(map[string]any)["Records"].([]any)
+		spans, ok := cborRecordData(doc)
+		if !ok || len(spans) != 2 {
+			t.Fatalf("%s: Data spans %v, %v", name, spans, ok)
+		}
+		repl := []byte("short")
+		ed, ok := cborBlobEdit(doc, spans[1], recs[1].(map[string]any)["Data"], repl)
+		if !ok {
+			t.Fatalf("%s: not edited", name)
+		}
+		out, err := cborDecode(applyEdits(nil, doc, []edit{ed}))
+		if err != nil {
+			t.Fatalf("%s: edited document: %v", name, err)
+		}
+		got := out.(map[string]any)["Records"].([]any)
+		if d := cborBytes(got[1].(map[string]any)["Data"]); !bytes.Equal(d, repl) {
+			t.Errorf("%s: second record Data %q, want %q", name, d, repl)
+		}
+		if d := cborBytes(got[0].(map[string]any)["Data"]); !bytes.Equal(d, inside) {
+			t.Errorf("%s: first record Data %q, want it unchanged", name, d)
+		}
 	}
 }
 
