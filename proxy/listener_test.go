@@ -464,4 +464,14 @@ func TestEachOutageTold(t *testing.T) {
 	if warns != 11 {
 		t.Errorf("%d Warn lines for two outages of 11 and 1 failures, want 11", warns)
 	}
+	// The end of the first outage is told once, at Info; the first dial of all is not an end.
+	var back []string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "upstream answers again") {
+			back = append(back, line)
+		}
+	}
+	if len(back) != 1 || !strings.Contains(back[0], `"level":"info"`) || !strings.Contains(back[0], `"failed_dials":11`) {
+		t.Errorf("lines saying the upstream answers again: %q; want one Info line counting the outage's 11 failed dials", back)
+	}
 }

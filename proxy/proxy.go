@@ -177,8 +177,9 @@ type Listener struct {
 	refused    atomic.Uint64
 	tlsFailed  atomic.Uint64
 	dialFailed atomic.Uint64
-	dialWorked atomic.Bool  // the latest upstream dial succeeded
-	serving    atomic.Int64 // connections accepted and not yet ended (including those still dialing)
+	dialWorked atomic.Bool   // the latest upstream dial succeeded
+	failedThen atomic.Uint64 // dialFailed as of the dial that ended the latest outage
+	serving    atomic.Int64  // connections accepted and not yet ended (including those still dialing)
 	epoch      time.Time
 	coarse     atomic.Int64 // elapsed() as of the last tick
 	tickEvery  time.Duration
@@ -376,7 +377,14 @@ func (l *Listener) serve(ctx context.Context, raw net.Conn) {
 		resetClose(raw)
 		return
 	}
-	l.dialWorked.Store(true)
+	if !l.dialWorked.Swap(true) {
+		// The end of an outage is told once, as its first failure was: without it the last line
+		// about the upstream says it fails.
+		n := l.dialFailed.Load()
+		if prev := l.failedThen.Swap(n); n > prev {
+			log.Info().Uint64("failed_dials", n-prev).Msg("upstream answers again after failed dials")
+		}
+	}
 	upAddr := l.cfg.Upstream
 	if dialed != "" && dialed != l.cfg.Upstream {
 		log = base.With().Str("upstream", dialed).Logger()
