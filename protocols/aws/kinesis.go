@@ -498,6 +498,7 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 		recs, _ := rm["Records"].([]any)
 		var eds []edit
 		var spans [][2]int // where each record's Data lies, found when the first is edited
+		walked := false
 		for i, r := range recs {
 			m, _ := r.(map[string]any)
 			if m == nil {
@@ -509,8 +510,9 @@ func (p *Proxy) kinesisCBOR(c *call) ([]byte, respFixer, error) {
 			if nd == nil {
 				continue
 			}
-			if spans == nil {
+			if !walked { // once: an answer the walk cannot read is not walked again per record
 				spans, _ = cborRecordData(resp)
+				walked = true
 			}
 			if i >= len(spans) {
 				continue
