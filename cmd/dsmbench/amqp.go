@@ -48,7 +48,7 @@ func benchAMQP(ctx context.Context, o options, stderr io.Writer) ([]row, error) 
 		// RabbitMQ is a system service, not dsmbench's child: without this it would run on the
 		// proxy's CPU too, and --pin would not give the proxy a CPU of its own.
 		if restore, err := pinBroker(u.Host, o.pinned, stderr); err == nil {
-			defer restore()
+			defer atExit.add(restore)()
 		} else {
 			fmt.Fprintf(stderr, "amqp: RabbitMQ not pinned, it may run on the proxy's CPU: %v\n", err)
 		}
