@@ -8,9 +8,9 @@ import (
 )
 
 // cleanupGrace is how long a workload that was given up on may take to close its connections
-// and stop its children. Closing an AMQP channel waits for the broker's Close-Ok, and a broker
-// that stopped answering (seen here: RabbitMQ pinned to one CPU, its queues no longer answering
-// rabbitmqctl) would otherwise hold the run forever after --timeout.
+// and stop its children. amqp091's Channel.Close takes no context and can wait for ever: seen
+// here after ConsumeWithContext's context ended, directly against RabbitMQ with no proxy (1 of
+// 3 tries), which would otherwise hold the run for ever after --timeout.
 const cleanupGrace = time.Minute
 
 // giveUpAfter runs work with a context that ends after timeout (or with parent). It returns
