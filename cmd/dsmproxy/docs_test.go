@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"maps"
 	"net/http/httptest"
 	"os"
@@ -487,4 +489,66 @@ func readDoc(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestDockerfileCommands: the image's default command and its HEALTHCHECK are commands the binary
+// takes, the HEALTHCHECK asks the admin listener where a config that leaves it alone puts it, as
+// its comment and the README say, probe --help quotes it as it is, and the README says where the
+// default command reads its config file: a flag renamed in the binary, or a default moved, would
+// otherwise show only as an image that never starts or is never healthy.
+func TestDockerfileCommands(t *testing.T) {
+	dockerfile := string(readDoc(t, "../../Dockerfile"))
+	// A JSON-array instruction, continued lines joined.
+	instruction := func(name string) []string {
+		t.Helper()
+		joined := strings.ReplaceAll(dockerfile, "\\\n", " ")
+		m := regexp.MustCompile(`(?m)^` + name + `\b.*?(\[.*\])\s*$`).FindStringSubmatch(joined)
+		if m == nil {
+			t.Fatalf("Dockerfile: no %s [...] instruction: update this test", name)
+		}
+		var args []string
+		if err := yaml.Unmarshal([]byte(m[1]), &args); err != nil || len(args) == 0 {
+			t.Fatalf("Dockerfile: %s %s: not a JSON array of strings (%v)", name, m[1], err)
+		}
+		return args
+	}
+	entry, cmd, health := instruction("ENTRYPOINT"), instruction("CMD"), instruction("HEALTHCHECK")
+	if len(entry) != 1 || health[0] != entry[0] {
+		t.Fatalf("Dockerfile: HEALTHCHECK runs %s, the ENTRYPOINT is %v", health[0], entry)
+	}
+	parse := func(what string, args []string) *flag.FlagSet {
+		t.Helper()
+		sets := subcommandFlags()
+		fs, ok := sets[args[0]]
+		if !ok {
+			t.Fatalf("Dockerfile %s: %q is not a subcommand", what, args[0])
+		}
+		fs.SetOutput(io.Discard)
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
+			t.Fatalf("Dockerfile %s %v: %v (extra arguments: %v)", what, args, err, fs.Args())
+		}
+		return fs
+	}
+	run := parse("CMD", cmd)
+	probe := parse("HEALTHCHECK", health[1:])
+	if health[1] != "probe" || probe.Lookup("live").Value.String() != "true" {
+		t.Errorf("Dockerfile HEALTHCHECK %v: want probe --live (/healthz: a broker outage must not make the container unhealthy)", health)
+	}
+	var cfg Config
+	cfg.Defaults()
+	if asked, err := probeAddr(probe.Lookup("admin").Value.String()); err != nil || asked != cfg.Admin.Listen {
+		t.Errorf("Dockerfile HEALTHCHECK asks %s (%v), but the admin listener of a config that does not move it is %s", asked, err, cfg.Admin.Listen)
+	}
+	var out, errb bytes.Buffer
+	mainArgs([]string{"probe", "--help"}, &out, &errb)
+	quoted, _ := json.Marshal(health)
+	if !strings.Contains(strings.ReplaceAll(out.String(), `", "`, `","`), "HEALTHCHECK CMD "+string(quoted)) {
+		t.Errorf("probe --help does not quote the Dockerfile's HEALTHCHECK CMD %s:\n%s", quoted, out.String())
+	}
+	readme := string(readDoc(t, "../../README.md"))
+	_, docker, _ := strings.Cut(readme, "\n### Docker\n")
+	docker, _, _ = strings.Cut(docker, "\n### ")
+	if path := run.Lookup("config").Value.String(); path == "" || !strings.Contains(docker, path) {
+		t.Errorf("README's Docker section does not say the image's default command reads its config from %q (Dockerfile CMD %v)", path, cmd)
+	}
 }
