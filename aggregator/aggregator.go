@@ -81,7 +81,8 @@ type Group struct {
 	PayloadBytes uint64
 }
 
-// Backlog is the highest offset seen for one key in a bucket (Value, what the tracers send), and
+// Backlog is the highest offset seen for one key in a bucket (Value, what dd-trace-py and
+// dd-trace-java send; dd-trace-go sends the last one written), and
 // the one seen last (Last, at LastAt). A commit can go back (offsets reset by an admin tool, a
 // consumer that seeks back): the highest then hides the group's position, the last does not.
 type Backlog struct {
