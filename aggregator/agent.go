@@ -245,7 +245,7 @@ func (s *AgentSink) postPending(ctx context.Context) error {
 		case errors.Is(r.err, errUnconfirmed):
 			s.unconfirmed.Add(1)
 			s.warnOnce("unconfirmed", func(e *zerolog.Event) *zerolog.Event { return e.Err(r.err) },
-				"the Agent took a DSM payload and did not answer in time; dropping it rather than sending it again, which could count its buckets twice (the tracers do the same)")
+				"the Agent took a DSM payload and did not answer in time; dropping it rather than sending it again, which could count its buckets twice (dd-trace-go and dd-trace-java drop it too)")
 		default:
 			if stop == nil {
 				stop = r.err
