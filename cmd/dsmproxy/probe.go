@@ -23,7 +23,7 @@ such as the distroless one the Dockerfile builds, which asks with --live:
 
 Flags:
   --admin ADDR        the admin listener (default 127.0.0.1:8790; 0.0.0.0 or :PORT is asked on
-                      127.0.0.1)
+                      127.0.0.1, [::] on ::1)
   --live              ask /healthz instead: the process serves, whatever its upstreams do
   --timeout DURATION  how long to wait for the answer (default 5s; /readyz dials for up to 2s)
 `
