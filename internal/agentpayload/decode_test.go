@@ -3,9 +3,13 @@ package agentpayload
 import (
 	"bytes"
 	"compress/gzip"
+	"math"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -92,7 +96,11 @@ func TestDecodePayloadStrict(t *testing.T) {
 	}
 }
 
-// FuzzDecodePayload: the fake Agent's decoder never panics, whatever the body.
+// FuzzDecodePayload: the fake Agent's decoder never panics, whatever the body; what it accepts
+// it keeps as sent (Raw is the body inflated), and its points are the payload's, bucket by
+// bucket, in order, each with its bucket's time and the sketches its bytes hold. (That the
+// aggregator's encoder writes back what this decoder read is the aggregator's
+// FuzzDecodedPayloadReencodes.)
 func FuzzDecodePayload(f *testing.F) {
 	raw, _ := msgpack.Marshal(goodPayload())
 	f.Add(gz(f, raw))
@@ -100,10 +108,50 @@ func FuzzDecodePayload(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(gz(f, []byte{0x80}))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		_, _, _ = DecodePayload(body)
+		checkDecoded(t, body, nil)
 		// Also the msgpack layer directly, so the fuzzer need not find valid gzip first.
-		_, _, _ = DecodePayload(gz(t, body))
+		checkDecoded(t, gz(t, body), body)
 	})
+}
+
+// checkDecoded decodes body (raw inflated, when known) and checks what it accepts.
+func checkDecoded(t *testing.T, body, raw []byte) {
+	p, pts, err := DecodePayload(body)
+	if err != nil {
+		return
+	}
+	if raw != nil && !bytes.Equal(p.Raw, raw) {
+		t.Fatalf("Raw is %x, the body inflated %x", p.Raw, raw)
+	}
+	i := 0
+	for _, b := range p.Stats {
+		for _, rp := range b.Stats {
+			if i >= len(pts) {
+				t.Fatalf("%d points for a payload with more", len(pts))
+			}
+			pt := pts[i]
+			i++
+			if pt.Hash != rp.Hash || pt.ParentHash != rp.ParentHash || !slices.Equal(pt.EdgeTags, rp.EdgeTags) || pt.TimestampType != rp.TimestampType ||
+				pt.Service != p.Service || pt.Env != p.Env || pt.Start.UnixNano() != int64(b.Start) || pt.Duration != time.Duration(b.Duration) {
+				t.Fatalf("point %d is %+v, from %+v in bucket %d/%d", i-1, pt, rp, b.Start, b.Duration)
+			}
+			for _, s := range []struct {
+				in  []byte
+				got *ddsketch.DDSketch
+			}{{rp.PathwayLatency, pt.PathwayLatency}, {rp.EdgeLatency, pt.EdgeLatency}, {rp.PayloadSize, pt.PayloadSize}} {
+				want, err := DecodeSketch(s.in)
+				if err != nil {
+					t.Fatalf("point %d: a sketch accepted decodes alone with %v", i-1, err)
+				}
+				if math.Float64bits(s.got.GetCount()) != math.Float64bits(want.GetCount()) || math.Float64bits(s.got.GetSum()) != math.Float64bits(want.GetSum()) {
+					t.Fatalf("point %d: a sketch of %v values (sum %v), its bytes hold %v (sum %v)", i-1, s.got.GetCount(), s.got.GetSum(), want.GetCount(), want.GetSum())
+				}
+			}
+		}
+	}
+	if i != len(pts) {
+		t.Fatalf("%d points for a payload with %d", len(pts), i)
+	}
 }
 
 func TestCheckLengths(t *testing.T) {
