@@ -68,7 +68,7 @@ func TestEncoderLetsTheLastBodyGo(t *testing.T) {
 	goruntime.KeepAlive(&enc) // kept for the next flush
 }
 
-func sketch(t *testing.T, v float64) *ddsketch.DDSketch {
+func sketch(t testing.TB, v float64) *ddsketch.DDSketch {
 	t.Helper()
 	s, err := ddsketch.NewDefaultDDSketch(0.01)
 	if err != nil {
