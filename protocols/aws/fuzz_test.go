@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/xml"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -174,12 +177,22 @@ func FuzzXMLTree(f *testing.F) {
 	})
 }
 
-// FuzzMergeBatchAnswers merges arbitrary upstream batch answers: an error or, from valid JSON,
-// valid JSON.
+// FuzzMergeBatchAnswers merges arbitrary upstream batch answers. The merge is an error, or, from
+// well-formed answers, a well-formed one that holds each entry exactly once: a's results, then
+// b's; a's failures but those of the entries sent again, then b's. A JSON answer's other members
+// are kept as they were. (JSON with a key twice in an object is left out: which one counts is
+// the reader's choice.)
 func FuzzMergeBatchAnswers(f *testing.F) {
 	f.Add([]byte(`{"Successful":[{"Id":"a"}],"Failed":[{"Id":"b"}]}`), []byte(`{"Successful":[{"Id":"b"}]}`), false)
+	f.Add([]byte(`{"Successful":[{"Id":"a","MessageId":"m1"}],"Failed":[{"Id":"b","Code":"c"},{"Id":"c"},{"Id":"\u0062"}],"x":{"y":[1]}}`),
+		[]byte(`{"Successful":[{"Id":"b","MessageId":"m2"}],"Failed":[{"Id":"c"}]}`), false)
+	f.Add([]byte(`{"Failed":[{"Id":"b"}]}`), []byte(`{"Failed":null,"Successful":[]}`), false)
 	f.Add([]byte(`<R><SendMessageBatchResult><BatchResultErrorEntry><Id>b</Id></BatchResultErrorEntry></SendMessageBatchResult></R>`),
 		[]byte(`<R><SendMessageBatchResult><SendMessageBatchResultEntry><Id>b</Id></SendMessageBatchResultEntry></SendMessageBatchResult></R>`), true)
+	f.Add([]byte(`<R xmlns="q"><SendMessageBatchResult><SendMessageBatchResultEntry><Id>a</Id></SendMessageBatchResultEntry>`+
+		`<BatchResultErrorEntry><Id>b</Id><Code>x</Code></BatchResultErrorEntry><BatchResultErrorEntry><Id>c</Id></BatchResultErrorEntry>`+
+		`</SendMessageBatchResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></R>`),
+		[]byte(`<R><SendMessageBatchResult><BatchResultErrorEntry><Id>&#98;</Id></BatchResultErrorEntry><Other/></SendMessageBatchResult></R>`), true)
 	again := map[string]bool{"b": true}
 	f.Fuzz(func(t *testing.T, a, b []byte, query bool) {
 		w := wireJSON10
@@ -187,13 +200,170 @@ func FuzzMergeBatchAnswers(f *testing.F) {
 			w = wireQuery
 		}
 		got, err := mergeBatchAnswers(w, a, b, again)
-		if err != nil || query {
+		if err != nil {
 			return
 		}
-		if json.Valid(a) && json.Valid(b) && !json.Valid(got) {
-			t.Fatalf("merged %q and %q into invalid JSON %q", a, b, got)
+		if query {
+			checkMergedXML(t, a, b, got, again)
+		} else {
+			checkMergedJSON(t, a, b, got, again)
 		}
 	})
+}
+
+// checkMergedJSON: got, the merge of the JSON answers a and b, as FuzzMergeBatchAnswers says.
+func checkMergedJSON(t *testing.T, a, b, got []byte, again map[string]bool) {
+	if !json.Valid(a) || !json.Valid(b) || jsonDupKeys(a) || jsonDupKeys(b) {
+		return
+	}
+	if !json.Valid(got) {
+		t.Fatalf("merged %q and %q into invalid JSON %q", a, b, got)
+	}
+	var am, bm, gm map[string]json.RawMessage
+	if json.Unmarshal(a, &am) != nil || json.Unmarshal(b, &bm) != nil {
+		return // the merge took a JSON value other than an object
+	}
+	if err := json.Unmarshal(got, &gm); err != nil {
+		t.Fatalf("merged %q and %q into %q, no object: %v", a, b, got, err)
+	}
+	list := func(m map[string]json.RawMessage, key string, drop map[string]bool) []string {
+		var elems []json.RawMessage
+		_ = json.Unmarshal(m[key], &elems) // null or left out: none
+		var out []string
+		for _, e := range elems {
+			var entry struct{ Id json.RawMessage }
+			var id string
+			if drop != nil && json.Unmarshal(e, &entry) == nil && json.Unmarshal(entry.Id, &id) == nil && drop[id] {
+				continue
+			}
+			out = append(out, compactJSON(t, e))
+		}
+		return out
+	}
+	for _, key := range []string{"Successful", "Failed"} {
+		drop := again
+		if key == "Successful" {
+			drop = nil
+		}
+		want := append(list(am, key, drop), list(bm, key, nil)...)
+		if have := list(gm, key, nil); !slices.Equal(have, want) {
+			t.Fatalf("merged %q and %q: %s holds %q, want %q", a, b, key, have, want)
+		}
+	}
+	for k, v := range am {
+		if k != "Successful" && k != "Failed" && compactJSON(t, gm[k]) != compactJSON(t, v) {
+			t.Fatalf("merged %q and %q: member %q became %s", a, b, k, gm[k])
+		}
+	}
+	for k := range gm {
+		if _, ok := am[k]; !ok && k != "Successful" && k != "Failed" {
+			t.Fatalf("merged %q and %q: member %q was not in the first answer", a, b, k)
+		}
+	}
+}
+
+func compactJSON(t *testing.T, v []byte) string {
+	var buf bytes.Buffer
+	if len(v) > 0 {
+		if err := json.Compact(&buf, v); err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+	}
+	return buf.String()
+}
+
+// jsonDupKeys reports whether an object in the valid JSON doc names a key twice.
+func jsonDupKeys(doc []byte) bool {
+	d := json.NewDecoder(bytes.NewReader(doc))
+	type frame struct {
+		keys  map[string]bool
+		inObj bool
+		key   bool // the next token of an object is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.inObj && top.key {
+			if k, ok := tok.(string); ok {
+				if top.keys[k] {
+					return true
+				}
+				top.keys[k] = true
+				top.key = false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{keys: map[string]bool{}, inObj: true, key: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		if len(stack) > 0 && stack[len(stack)-1].inObj {
+			stack[len(stack)-1].key = true // a value ended
+		}
+	}
+}
+
+// checkMergedXML: got, the merge of the Query answers a and b, as FuzzMergeBatchAnswers says.
+func checkMergedXML(t *testing.T, a, b, got []byte, again map[string]bool) {
+	if !xmlWellFormed(a) || !xmlWellFormed(b) {
+		return
+	}
+	if !xmlWellFormed(got) {
+		t.Fatalf("merged %q and %q into malformed XML %q", a, b, got)
+	}
+	entries := func(doc []byte, drop map[string]bool, only bool) []string {
+		root, err := parseXML(doc)
+		if err != nil {
+			t.Fatalf("%q: %v", doc, err)
+		}
+		var out []string
+		for _, k := range root.find("SendMessageBatchResult").Kids {
+			isEntry := k.Name == "SendMessageBatchResultEntry" || k.Name == "BatchResultErrorEntry"
+			if only && !isEntry {
+				continue
+			}
+			var e struct {
+				ID []string `xml:"Id"`
+			}
+			if drop != nil && k.Name == "BatchResultErrorEntry" && xml.Unmarshal(doc[k.Start:k.End], &e) == nil && len(e.ID) > 0 && drop[e.ID[0]] {
+				continue
+			}
+			out = append(out, string(doc[k.Start:k.End]))
+		}
+		return out
+	}
+	want := append(entries(a, again, false), entries(b, nil, true)...)
+	if have := entries(got, nil, false); !slices.Equal(have, want) {
+		t.Fatalf("merged %q and %q: the result holds %q, want %q", a, b, have, want)
+	}
+}
+
+// xmlWellFormed: encoding/xml reads doc to its end, every element closed as opened.
+func xmlWellFormed(doc []byte) bool {
+	d := xml.NewDecoder(bytes.NewReader(doc))
+	d.Strict = true
+	for {
+		_, err := d.Token()
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
 }
 
 // FuzzBatchSubset cuts arbitrary client batch bodies down to the entries named "a" and "c": no
