@@ -212,23 +212,21 @@ func contextFromAttr(a *attr) pathway.Context {
 }
 
 // contextFromSNSEnvelope reads the context from an SNS notification JSON delivered as an SQS body
-// (non-raw delivery): MessageAttributes._datadog {Type, Value}.
+// (non-raw delivery): MessageAttributes._datadog {Type, Value}. Only those members are decoded,
+// by their exact names, as the tracers' JSON readers find them: another member's value, of
+// whatever type, does not hide the context.
 func contextFromSNSEnvelope(body string) pathway.Context {
 	if len(body) < 2 || body[0] != '{' || !strings.Contains(body, ddAttr) {
 		return pathway.Context{}
 	}
-	var env struct {
-		Type              string `json:"Type"`
-		MessageAttributes map[string]struct {
-			Type  string `json:"Type"`
-			Value string `json:"Value"`
-		} `json:"MessageAttributes"`
+	var env map[string]json.RawMessage
+	var attrs map[string]json.RawMessage
+	var a struct {
+		Type  string `json:"Type"`
+		Value string `json:"Value"`
 	}
-	if json.Unmarshal([]byte(body), &env) != nil {
-		return pathway.Context{}
-	}
-	a, ok := env.MessageAttributes[ddAttr]
-	if !ok {
+	if json.Unmarshal([]byte(body), &env) != nil || json.Unmarshal(env["MessageAttributes"], &attrs) != nil ||
+		json.Unmarshal(attrs[ddAttr], &a) != nil {
 		return pathway.Context{}
 	}
 	if a.Type == "Binary" {

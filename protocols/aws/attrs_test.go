@@ -3,7 +3,9 @@ package aws
 import (
 	"encoding/json"
 	"math/rand/v2"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
 )
@@ -121,5 +123,25 @@ func TestUnescapeSimpleMatchesJSON(t *testing.T) {
 	}
 	if _, ok := unescapeSimple([]byte(`"{\"k\":\"v\"}"`)); !ok {
 		t.Fatal("a typical escaped carrier is not on the fast path")
+	}
+}
+
+// TestSNSEnvelopeContextWhateverElse: the context in an SNS envelope's MessageAttributes is read
+// whatever the envelope's other members hold, as the tracers' JSON readers find it: a member
+// of another type than SNS writes (or a key SNS's in another case) does not hide it.
+func TestSNSEnvelopeContextWhateverElse(t *testing.T) {
+	c := pathway.Context{Hash: 7, PathwayStart: time.UnixMilli(1_700_000_000_000), EdgeStart: time.UnixMilli(1_700_000_000_500)}
+	dd := `"_datadog":{"Type":"String","Value":` + strconv.Quote(string(carrierJSON(nil, c))) + `}`
+	for _, env := range []string{
+		`{"Type":"Notification","MessageAttributes":{` + dd + `}}`,
+		`{"TYpe":{},"MessageAttributes":{` + dd + `}}`,
+		`{"Type":1,"MessageAttributes":{` + dd + `}}`,
+		`{"MessageAttributes":{"n":{"Type":"Number","Value":5},` + dd + `}}`,
+		`{"MessageAttributes":{"n":[1],` + dd + `}}`,
+		`{"messageattributes":7,"MessageAttributes":{` + dd + `}}`,
+	} {
+		if got := contextFromSNSEnvelope(env); got.Hash != c.Hash {
+			t.Errorf("%s: read the context %x, want %x", env, got.Hash, c.Hash)
+		}
 	}
 }
