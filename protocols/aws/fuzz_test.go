@@ -5,16 +5,20 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/xml"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
@@ -407,15 +411,151 @@ func FuzzBatchSubset(f *testing.F) {
 	})
 }
 
-// FuzzSNSEnvelope reads contexts from arbitrary SQS bodies (SNS non-raw delivery).
+// FuzzSNSEnvelope: an SQS message whose body is an SNS notification (non-raw delivery), taken
+// out of a ReceiveMessage answer by the proxy. The client gets the body byte for byte and every
+// other member of the message as it was, but for the message's own `_datadog` attribute (taken
+// out, with MD5OfMessageAttributes made again over the rest); the answer stays valid JSON. The
+// consume's parent is that attribute's context, or else the one in the envelope's
+// MessageAttributes: a context put in as SNS puts it (the last member, Binary or String) into
+// any JSON object is read back.
 func FuzzSNSEnvelope(f *testing.F) {
 	c := pathway.Context{Hash: 7, PathwayStart: time.UnixMilli(1), EdgeStart: time.UnixMilli(2)}
-	f.Add(`{"Type":"Notification","Message":"m","MessageAttributes":{"_datadog":{"Type":"Binary","Value":"` +
-		base64.StdEncoding.EncodeToString(carrierJSON(nil, c)) + `"}}}`)
-	f.Add(`{"MessageAttributes":{"_datadog":{"Type":"String","Value":"{}"}}}`)
-	f.Fuzz(func(t *testing.T, body string) {
-		contextFromSNSEnvelope(body)
+	f.Add(`{"Type":"Notification","Message":"m","MessageAttributes":{"_datadog":{"Type":"Binary","Value":"`+
+		base64.StdEncoding.EncodeToString(carrierJSON(nil, c))+`"}}}`, uint64(0), uint8(0))
+	f.Add(`{"MessageAttributes":{"_datadog":{"Type":"String","Value":"{}"}}}`, uint64(9), uint8(1))
+	f.Add(`{"Type":"Notification","MessageId":"i","TopicArn":"arn:aws:sns:us-east-1:1:t","Message":"{\"a\":1}",`+
+		`"Timestamp":"2026-01-01T00:00:00.000Z","SignatureVersion":"1","MessageAttributes":{"k":{"Type":"String","Value":"v"}}}`, uint64(1<<63), uint8(2))
+	f.Add(`{"Message":"x"}`, uint64(5), uint8(5))
+	f.Add(`not json`, uint64(5), uint8(6))
+	var obs pointsObserver
+	p, err := New(Config{Listen: "127.0.0.1:0", TrustClients: true, Upstream: "http://127.0.0.1:9",
+		Credentials: credentials.NewStaticCredentialsProvider(testKey, testSecret, ""), Observer: &obs})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, body string, hash uint64, mode uint8) {
+		// mode&3: 1 puts a Binary `_datadog` into the envelope, 2 a String one; mode&4: the
+		// message has a `_datadog` attribute of its own (raw delivery's, or the proxy's).
+		put := pathway.Context{Hash: hash | 1, PathwayStart: time.UnixMilli(1_700_000_000_000), EdgeStart: time.UnixMilli(1_700_000_000_500)}
+		if kind := mode & 3; kind == 1 || kind == 2 {
+			var ok bool
+			if body, ok = putEnvelopeContext(body, put, kind == 1); !ok {
+				return
+			}
+			if got := contextFromSNSEnvelope(body); got.Hash != put.Hash || !got.PathwayStart.Equal(put.PathwayStart) || !got.EdgeStart.Equal(put.EdgeStart) {
+				t.Fatalf("context %+v put into the envelope %q, read %+v", put, body, got)
+			}
+		}
+		own := pathway.Context{Hash: 0xfeed, PathwayStart: time.UnixMilli(1_700_000_000_000), EdgeStart: time.UnixMilli(1_700_000_000_000)}
+		attrs := map[string]any{"k": map[string]string{"DataType": "String", "StringValue": "v"}}
+		if mode&4 != 0 {
+			attrs[ddAttr] = map[string]string{"DataType": "String", "StringValue": string(carrierJSON(nil, own))}
+		}
+		msg := map[string]any{"MessageId": "m", "ReceiptHandle": "r", "MD5OfBody": "x", "Body": body, "MessageAttributes": attrs,
+			"MD5OfMessageAttributes": "y", "Attributes": map[string]string{"SentTimestamp": "1"}}
+		if !utf8.ValidString(body) {
+			return // no SQS message: json.Marshal would change it
+		}
+		resp, err := json.Marshal(map[string]any{"Messages": []any{msg}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := fuzzCall(ServiceSQS, "ReceiveMessage", wireJSON10, []byte(`{"QueueUrl":"http://127.0.0.1:4566/000000000000/q"}`))
+		_, fix := p.rewriteRequest(cl)
+		if fix == nil {
+			t.Fatal("a ReceiveMessage request left no answer to read")
+		}
+		obs.take()
+		out := fix(resp)
+		if out == nil {
+			out = resp
+		}
+		if !json.Valid(out) {
+			t.Fatalf("the answer %q became invalid JSON %q", resp, out)
+		}
+		var got struct{ Messages []map[string]any }
+		if err := json.Unmarshal(out, &got); err != nil || len(got.Messages) != 1 {
+			t.Fatalf("the answer %q became %q: %v", resp, out, err)
+		}
+		gm := got.Messages[0]
+		if gm["Body"] != body {
+			t.Fatalf("the body %q reached the client as %q", body, gm["Body"])
+		}
+		wantAttrs := map[string]any{"k": map[string]any{"DataType": "String", "StringValue": "v"}}
+		if !reflect.DeepEqual(gm["MessageAttributes"], wantAttrs) {
+			t.Fatalf("the message's attributes reached the client as %v, want %v", gm["MessageAttributes"], wantAttrs)
+		}
+		for k, v := range msg {
+			if k == "MessageAttributes" || k == "MD5OfMessageAttributes" || k == "Body" {
+				continue
+			}
+			if fmt.Sprint(gm[k]) != fmt.Sprint(v) {
+				t.Fatalf("member %s reached the client as %v, not %v", k, gm[k], v)
+			}
+		}
+		if len(gm) != len(msg) {
+			t.Fatalf("the message reached the client with members %v, sent %v", gm, msg)
+		}
+		pts := obs.take()
+		if len(pts) != 1 {
+			t.Fatalf("%d consume checkpoints for one message", len(pts))
+		}
+		want := contextFromSNSEnvelope(body).Hash
+		switch {
+		case mode&4 != 0:
+			want = own.Hash
+		case mode&3 == 1, mode&3 == 2:
+			want = put.Hash
+		}
+		if pts[0].ParentHash != want {
+			t.Fatalf("the consume's parent is %x, want %x", pts[0].ParentHash, want)
+		}
 	})
+}
+
+// putEnvelopeContext puts ctx into the JSON object env as SNS delivers a `_datadog` message
+// attribute, in a MessageAttributes member after all others (a JSON reader takes the last of a
+// key given twice); false when env is no JSON object.
+func putEnvelopeContext(env string, ctx pathway.Context, binary bool) (string, bool) {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal([]byte(env), &obj) != nil || obj == nil {
+		return "", false
+	}
+	typ, val := "String", string(carrierJSON(nil, ctx))
+	if binary {
+		typ, val = "Binary", base64.StdEncoding.EncodeToString([]byte(val))
+	}
+	attr, _ := json.Marshal(map[string]any{ddAttr: map[string]string{"Type": typ, "Value": val}})
+	end := strings.LastIndexByte(env, '}')
+	sep := ","
+	if len(obj) == 0 {
+		sep = ""
+	}
+	return env[:end] + sep + `"MessageAttributes":` + string(attr) + env[end:], true
+}
+
+// pointsObserver keeps the checkpoints a proxy takes.
+type pointsObserver struct {
+	mu  sync.Mutex
+	pts []pathway.Point
+}
+
+func (o *pointsObserver) Add(pt pathway.Point) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.pts = append(o.pts, pt)
+	return true
+}
+
+func (o *pointsObserver) Offset(pathway.Offset) bool { return true }
+
+// take returns the checkpoints kept so far and forgets them.
+func (o *pointsObserver) take() []pathway.Point {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	pts := o.pts
+	o.pts = nil
+	return pts
 }
 
 // FuzzAuthorization parses SigV4 Authorization headers and verifies requests carrying them.
