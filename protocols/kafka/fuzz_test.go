@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/pathway"
@@ -139,6 +140,17 @@ func FuzzResponse(f *testing.F) {
 		}
 	}
 	f.Add(keyMetadata, int16(13), endlessTags)
+	// Answers the proxy edits: node addresses, leader hints, versions.
+	for _, resp := range editedAnswers() {
+		frame := make([]byte, 8, 256)
+		binary.BigEndian.PutUint32(frame[4:], 1)
+		if resp.IsFlexible() && resp.Key() != keyApiVersions {
+			frame = append(frame, 0)
+		}
+		frame = resp.AppendTo(frame)
+		putSize(frame)
+		f.Add(resp.Key(), resp.GetVersion(), frame)
+	}
 	// A share fetch of records on the topic id s knows (fuzzTopicID), in two acquired ranges.
 	share := kmsg.NewPtrShareFetchResponse()
 	share.SetVersion(share.MaxVersion())
@@ -167,6 +179,7 @@ func FuzzResponse(f *testing.F) {
 		case keyInitProducerID, keyAddPartitionsToTxn, keyAddOffsetsToTxn:
 			pd.facts = txnFacts{txnID: "tx", group: "g"}
 		}
+		orig := bytes.Clone(frame)
 		out, after, err := s.handleResponse(pd, frame)
 		if err != nil {
 			return
@@ -174,12 +187,207 @@ func FuzzResponse(f *testing.F) {
 		if len(out) < 8 || int(binary.BigEndian.Uint32(out))+4 != len(out) {
 			t.Fatalf("forwarded response with bad size prefix")
 		}
+		checkAnswerEdits(t, pd, orig, frame, out)
 		if after != nil {
 			after()
 			close(s.p.observeQ)
 			s.p.observeLoop()
 		}
 	})
+}
+
+// editedAnswers are answers FuzzResponse's offline proxy edits, at the newest versions.
+func editedAnswers() []kmsg.Response {
+	meta := kmsg.NewPtrMetadataResponse()
+	meta.SetVersion(meta.MaxVersion())
+	cluster := "c"
+	meta.ClusterID, meta.ControllerID = &cluster, 1
+	meta.Brokers = []kmsg.MetadataResponseBroker{{NodeID: 1, Host: "b1", Port: 9092}, {NodeID: 2, Host: "b2", Port: 9092}}
+	meta.Topics = []kmsg.MetadataResponseTopic{{Topic: kmsg.StringPtr("t"), TopicID: fuzzTopicID, Partitions: []kmsg.MetadataResponseTopicPartition{
+		{Partition: 0, Leader: 1, Replicas: []int32{1, 2}, ISR: []int32{1, 2}}, {Partition: 1, Leader: 2, ErrorCode: 9, Replicas: []int32{2}, ISR: []int32{2}}}}}
+	apis := kmsg.NewPtrApiVersionsResponse()
+	apis.SetVersion(3)
+	apis.ApiKeys = []kmsg.ApiVersionsResponseApiKey{{ApiKey: keyProduce, MinVersion: 0, MaxVersion: 99}, {ApiKey: keyFetch, MinVersion: 4, MaxVersion: 12},
+		{ApiKey: 9999, MinVersion: 0, MaxVersion: 1}, {ApiKey: keyMetadata, MinVersion: 0, MaxVersion: 99}}
+	coord := kmsg.NewPtrFindCoordinatorResponse()
+	coord.SetVersion(coord.MaxVersion())
+	coord.Coordinators = []kmsg.FindCoordinatorResponseCoordinator{{Key: "g", NodeID: 1, Host: "b1", Port: 9092}, {Key: "h", ErrorCode: 15, NodeID: -1, Port: -1}}
+	produce := kmsg.NewPtrProduceResponse()
+	produce.SetVersion(produce.MaxVersion())
+	produce.Topics = []kmsg.ProduceResponseTopic{{Topic: "t", TopicID: fuzzTopicID, Partitions: []kmsg.ProduceResponseTopicPartition{
+		{Partition: 0, ErrorCode: 6, BaseOffset: -1, CurrentLeader: kmsg.ProduceResponseTopicPartitionCurrentLeader{LeaderID: 2, LeaderEpoch: 4}}}}}
+	produce.Brokers = []kmsg.ProduceResponseBroker{{NodeID: 2, Host: "b2", Port: 9092}}
+	fetch := kmsg.NewPtrFetchResponse()
+	fetch.SetVersion(fetch.MaxVersion())
+	fetch.Topics = []kmsg.FetchResponseTopic{{Topic: "t", TopicID: fuzzTopicID, Partitions: []kmsg.FetchResponseTopicPartition{
+		{Partition: 0, HighWatermark: 5, PreferredReadReplica: 2, RecordBatches: []byte("records")},
+		{Partition: 1, ErrorCode: 6, CurrentLeader: kmsg.FetchResponseTopicPartitionCurrentLeader{LeaderID: 2, LeaderEpoch: 4}}}}}
+	fetch.Brokers = []kmsg.FetchResponseBroker{{NodeID: 2, Host: "b2", Port: 9092}}
+	cl := kmsg.NewPtrDescribeClusterResponse()
+	cl.SetVersion(cl.MaxVersion())
+	cl.ClusterID, cl.ControllerID = "c", 2
+	cl.Brokers = []kmsg.DescribeClusterResponseBroker{{NodeID: 2, Host: "b2", Port: 9092}}
+	return []kmsg.Response{meta, apis, coord, produce, fetch, cl}
+}
+
+// answerEditors are the APIs whose answers the proxy may forward other than they came: node
+// addresses (and the leader hints and replica sets naming nodes it leaves out), ApiVersions'
+// versions, Fetch's preferred read replicas.
+var answerEditors = map[int16]bool{keyApiVersions: true, keyMetadata: true, keyFindCoordinator: true, keyDescribeCluster: true,
+	keyProduce: true, keyFetch: true, keyShareFetch: true, keyShareAck: true}
+
+// checkAnswerEdits: an answer (orig; frame after handleResponse had it) goes to the client byte
+// for byte, or, for the APIs in answerEditors, as the same answer at the same version with the
+// same header, but for what those APIs edit. Only a Fetch answer is edited in place (its
+// preferred read replicas, which FuzzClearLeftOutReplicas checks byte by byte).
+func checkAnswerEdits(t *testing.T, pd *pending, orig, frame, out []byte) {
+	t.Helper()
+	name := kmsg.NameForKey(pd.key)
+	if pd.key != keyFetch && !bytes.Equal(frame, orig) {
+		t.Fatalf("%s v%d: the answer was changed in place", name, pd.version)
+	}
+	if bytes.Equal(out, orig) {
+		return
+	}
+	if !answerEditors[pd.key] {
+		t.Fatalf("%s v%d: an answer the proxy only reads went on changed:\nin  %x\nout %x", name, pd.version, orig, out)
+	}
+	start, err := responseBodyStart(orig, pd.key, pd.flexible)
+	if err != nil || len(out) < start || !bytes.Equal(out[4:start], orig[4:start]) {
+		t.Fatalf("%s v%d: the answer's header changed (%v):\nin  %x\nout %x", name, pd.version, err, orig, out)
+	}
+	before, after := kmsg.ResponseForKey(pd.key), kmsg.ResponseForKey(pd.key)
+	before.SetVersion(pd.version)
+	after.SetVersion(pd.version)
+	if err := before.ReadFrom(orig[start:]); err != nil {
+		if pd.key == keyFetch {
+			return // edited in place where it could be walked, not decoded
+		}
+		t.Fatalf("%s v%d: an answer kmsg cannot read (%v) went on changed", name, pd.version, err)
+	}
+	if err := after.ReadFrom(out[start:]); err != nil {
+		t.Fatalf("%s v%d: the answer read before the proxy edited it, not after: %v\nin  %x\nout %x", name, pd.version, err, orig, out)
+	}
+	sameButEdits(t, before, after)
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("%s v%d: the proxy changed more than it edits:\nbefore %+v\nafter  %+v", name, pd.version, before, after)
+	}
+}
+
+// sameButEdits checks what the proxy may do to after's fields that tell of nodes and versions,
+// and sets them as they are in before.
+func sameButEdits(t *testing.T, before, after kmsg.Response) {
+	t.Helper()
+	leader := func(b, a *int32, be, ae *int32) { // a KIP-951 hint is kept, or cleared
+		if *a != *b && *a != -1 || *ae != *be && *ae != -1 {
+			t.Fatalf("leader hint %d (epoch %d) became %d (epoch %d)", *b, *be, *a, *ae)
+		}
+		*a, *ae = *b, *be
+	}
+	switch a := after.(type) {
+	case *kmsg.ApiVersionsResponse:
+		b := before.(*kmsg.ApiVersionsResponse)
+		// The broker's list, in its order, less the APIs kmsg does not know.
+		j := 0
+		for _, bk := range b.ApiKeys {
+			max := maxVersion(bk.ApiKey)
+			if max < 0 {
+				continue
+			}
+			if j >= len(a.ApiKeys) {
+				t.Fatalf("API %d left out of %v, the broker's %v", bk.ApiKey, a.ApiKeys, b.ApiKeys)
+			}
+			k := a.ApiKeys[j]
+			j++
+			if k.ApiKey != bk.ApiKey || k.MinVersion != bk.MinVersion || k.MaxVersion > bk.MaxVersion {
+				t.Fatalf("API %d advertised as %+v, the broker's %+v", bk.ApiKey, k, bk)
+			}
+			// A client may use only versions the proxy reads, where capping need not raise the minimum.
+			if decodedKeys[k.ApiKey] && k.MaxVersion > max && max >= k.MinVersion {
+				t.Fatalf("API %d advertised up to v%d, the proxy reads up to v%d", k.ApiKey, k.MaxVersion, max)
+			}
+		}
+		if j != len(a.ApiKeys) {
+			t.Fatalf("APIs %v advertised, the broker's %v", a.ApiKeys, b.ApiKeys)
+		}
+		a.ApiKeys = b.ApiKeys
+	case *kmsg.MetadataResponse:
+		b := before.(*kmsg.MetadataResponse)
+		a.Brokers, a.ControllerID = b.Brokers, b.ControllerID
+		for i := range a.Topics {
+			for j := range a.Topics[i].Partitions {
+				if i >= len(b.Topics) || j >= len(b.Topics[i].Partitions) {
+					return
+				}
+				ap, bp := &a.Topics[i].Partitions[j], &b.Topics[i].Partitions[j]
+				if ap.Leader != bp.Leader && ap.Leader != -1 || ap.ErrorCode != bp.ErrorCode && ap.ErrorCode != kerr.LeaderNotAvailable.Code {
+					t.Fatalf("partition leader %d (error %d) became %d (error %d)", bp.Leader, bp.ErrorCode, ap.Leader, ap.ErrorCode)
+				}
+				ap.Leader, ap.ErrorCode, ap.ISR, ap.OfflineReplicas = bp.Leader, bp.ErrorCode, bp.ISR, bp.OfflineReplicas
+			}
+		}
+	case *kmsg.FindCoordinatorResponse:
+		b := before.(*kmsg.FindCoordinatorResponse)
+		a.ErrorCode, a.ErrorMessage, a.NodeID, a.Host, a.Port = b.ErrorCode, b.ErrorMessage, b.NodeID, b.Host, b.Port
+		for i := range a.Coordinators {
+			if i >= len(b.Coordinators) {
+				return
+			}
+			c, bc := &a.Coordinators[i], &b.Coordinators[i]
+			c.ErrorCode, c.ErrorMessage, c.NodeID, c.Host, c.Port = bc.ErrorCode, bc.ErrorMessage, bc.NodeID, bc.Host, bc.Port
+		}
+	case *kmsg.DescribeClusterResponse:
+		b := before.(*kmsg.DescribeClusterResponse)
+		a.Brokers, a.ControllerID = b.Brokers, b.ControllerID
+	case *kmsg.ProduceResponse:
+		b := before.(*kmsg.ProduceResponse)
+		a.Brokers = b.Brokers
+		for i := range a.Topics {
+			for j := range a.Topics[i].Partitions {
+				if i < len(b.Topics) && j < len(b.Topics[i].Partitions) {
+					al, bl := &a.Topics[i].Partitions[j].CurrentLeader, &b.Topics[i].Partitions[j].CurrentLeader
+					leader(&bl.LeaderID, &al.LeaderID, &bl.LeaderEpoch, &al.LeaderEpoch)
+				}
+			}
+		}
+	case *kmsg.FetchResponse:
+		b := before.(*kmsg.FetchResponse)
+		a.Brokers = b.Brokers
+		for i := range a.Topics {
+			for j := range a.Topics[i].Partitions {
+				if i < len(b.Topics) && j < len(b.Topics[i].Partitions) {
+					ap, bp := &a.Topics[i].Partitions[j], &b.Topics[i].Partitions[j]
+					leader(&bp.CurrentLeader.LeaderID, &ap.CurrentLeader.LeaderID, &bp.CurrentLeader.LeaderEpoch, &ap.CurrentLeader.LeaderEpoch)
+					if ap.PreferredReadReplica != bp.PreferredReadReplica && ap.PreferredReadReplica != -1 {
+						t.Fatalf("preferred read replica %d became %d", bp.PreferredReadReplica, ap.PreferredReadReplica)
+					}
+					ap.PreferredReadReplica = bp.PreferredReadReplica
+				}
+			}
+		}
+	case *kmsg.ShareFetchResponse:
+		b := before.(*kmsg.ShareFetchResponse)
+		a.NodeEndpoints = b.NodeEndpoints
+		for i := range a.Topics {
+			for j := range a.Topics[i].Partitions {
+				if i < len(b.Topics) && j < len(b.Topics[i].Partitions) {
+					al, bl := &a.Topics[i].Partitions[j].CurrentLeader, &b.Topics[i].Partitions[j].CurrentLeader
+					leader(&bl.LeaderID, &al.LeaderID, &bl.LeaderEpoch, &al.LeaderEpoch)
+				}
+			}
+		}
+	case *kmsg.ShareAcknowledgeResponse:
+		b := before.(*kmsg.ShareAcknowledgeResponse)
+		a.NodeEndpoints = b.NodeEndpoints
+		for i := range a.Topics {
+			for j := range a.Topics[i].Partitions {
+				if i < len(b.Topics) && j < len(b.Topics[i].Partitions) {
+					al, bl := &a.Topics[i].Partitions[j].CurrentLeader, &b.Topics[i].Partitions[j].CurrentLeader
+					leader(&bl.LeaderID, &al.LeaderID, &bl.LeaderEpoch, &al.LeaderEpoch)
+				}
+			}
+		}
+	}
 }
 
 // endlessTags is a Metadata v13 answer whose last tagged-field count says 2^32-1 with nothing
