@@ -348,6 +348,9 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// MarshalYAML writes d as it is read ("1m30s"): a config printed reads back the same.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // configError is an error tied to a line of the config file.
