@@ -559,13 +559,17 @@ func friendlyYAMLError(err error, root *yaml.Node) error {
 // in when it failed, the start of the enclosing list or mapping counted from 0 (a key indented
 // one space less than its list entry's is reported on the line above the list), or, for a
 // quoted string never closed, the end of the file. A flow list or mapping never closed ([a,)
-// is best named where it opened, the line after the reported one. Otherwise the line is found
-// again as the end of the shortest run of the file's first lines that fails with the same
-// message: a run that ends before the line at fault parses, or fails otherwise, and every run
-// that includes it fails there, so a binary search finds it. reported is kept when no run
-// fails so.
+// is best named where it opened, which yaml.v3 names counted from 0, unless it is 0: then it
+// names the problem's line, which can be past the file's end (flowOpenLine). Otherwise the
+// line is found again as the end of the shortest run of the file's first lines that fails
+// with the same message: a run that ends before the line at fault parses, or fails otherwise,
+// and every run that includes it fails there, so a binary search finds it. reported is kept
+// when no run fails so.
 func syntaxErrorLine(b []byte, msg string, reported int) int {
 	if strings.HasPrefix(msg, "did not find expected ',' or ") {
+		if l := flowOpenLine(b, msg); l > 0 {
+			return l
+		}
 		return reported + 1
 	}
 	lines := bytes.SplitAfter(b, []byte("\n"))
@@ -586,6 +590,21 @@ func syntaxErrorLine(b []byte, msg string, reported int) int {
 		return reported
 	}
 	return n + 1
+}
+
+// flowOpenLine is the line a flow list or mapping that b never closes opens on (msg: yaml's
+// error for it), or 0. With a line put before the file, the flow opens on line 1 or later,
+// counted from 0, which yaml.v3 names: its line in the file as written, counted from 1.
+func flowOpenLine(b []byte, msg string) int {
+	var v any
+	err := yaml.Unmarshal(append([]byte("\n"), b...), &v)
+	if err == nil {
+		return 0
+	}
+	if m := reLinePrefix.FindStringSubmatch(strings.TrimPrefix(err.Error(), "yaml: ")); m != nil && m[2] == msg {
+		return atoi(m[1])
+	}
+	return 0
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }

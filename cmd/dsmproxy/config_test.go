@@ -45,6 +45,12 @@ func TestConfigErrors(t *testing.T) {
 		{"a key indented less than its entry's", "env: x\nlog:\n  level: info\namqp:\n  - listen: 127.0.0.1:25673\n    upstream: 127.0.0.1:5672\n   max_conns: 3\n", []string{"line 7: did not find expected '-' indicator"}},
 		{"a key indented less, in the first list", "amqp:\n  - listen: 127.0.0.1:25673\n   upstream: 127.0.0.1:5672\n", []string{"line 3: did not find expected '-' indicator"}},
 		{"a flow list never closed", "kafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092,\n     b:9092\namqp:\n  - listen: 127.0.0.1:25673\n", []string{"line 3: did not find expected ',' or ']'"}},
+		// Where the flow opened, whatever yaml.v3's line: it can name one past the file's end.
+		{"a flow list never closed on the file's only line", "env: [x\n", []string{"line 1: did not find expected ',' or ']'"}},
+		{"a flow list never closed, tagged, on a line with no end", "env: !x [y", []string{"line 1: did not find expected ',' or ']'"}},
+		{"a flow mapping never closed before blank lines", "env: x\nlog: {level: info\n\n\n", []string{"line 2: did not find expected ',' or '}'"}},
+		{"a flow mapping never closed around a list", "kafka:\n  - {listen: 127.0.0.1:19092,\n     bootstrap: [a:9092]\n", []string{"line 2: did not find expected ',' or '}'"}},
+		{"a flow list never closed after quoted brackets", "env: '[x'\nservice: \"{y\" # [z\nkafka: [a, 'b]'\n", []string{"line 3: did not find expected ',' or ']'"}},
 		{"a quote never closed", "env: \"prod\namqp:\n  - listen: 127.0.0.1:25673\n    upstream: 127.0.0.1:5672\n", []string{"line 1: found unexpected end of stream"}},
 		{"a colon in the first line's value", "env: a: b\namqp:\n  - listen: 127.0.0.1:25673\n", []string{"line 1: mapping values are not allowed in this context"}},
 		{"a top key indented", "env: x\nkafka:\n  - listen: 127.0.0.1:19092\n    bootstrap: [a:9092]\n service: y\n", []string{"line 5: "}},
