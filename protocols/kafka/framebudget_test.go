@@ -425,6 +425,14 @@ func FuzzStreamWalk(f *testing.F) {
 			resp := testFetchResponse(v, brokers)
 			resp.Topics[0].Partitions[1].PreferredReadReplica = 3 // left out below
 			resp.Topics[1].Partitions[2].PreferredReadReplica = 4
+			// The walk skips records by their length: a few bytes stand for them. Seeds of
+			// 570 bytes took most of make fuzz's 60 s minimizing what the fuzzer found from them.
+			for ti := range resp.Topics {
+				for pi := range resp.Topics[ti].Partitions {
+					part := &resp.Topics[ti].Partitions[pi]
+					part.RecordBatches = part.RecordBatches[:len(part.RecordBatches)/10]
+				}
+			}
 			f.Add(v, uint8(3), resp.AppendTo(nil))
 		}
 	}
