@@ -848,11 +848,17 @@ func (s *session) responses() error {
 	}
 }
 
-func (s *session) response(frame []byte) error {
+// upstreamSpoke notes a response frame from the broker: the connection's first shows it is a
+// Kafka broker (Proxy.UpstreamProblem); after that it is a check of the relay's own bool.
+func (s *session) upstreamSpoke() {
 	if !s.upstreamAnswered {
 		s.upstreamAnswered = true
 		s.p.wrong.Answered(s.c.UpstreamAddr)
 	}
+}
+
+func (s *session) response(frame []byte) error {
+	s.upstreamSpoke()
 	pd, ok := s.pop(frame)
 	out := frame
 	var after func()

@@ -121,6 +121,7 @@ func (s *session) popFetch(corr int32) *pending {
 // streamFetch relays one Fetch response of n bytes (hdr: size and correlation id, already read)
 // as it arrives, keeps the whole frame for the observation worker, and queues it there.
 func (s *session) streamFetch(pd *pending, hdr [8]byte, n int) error {
+	s.upstreamSpoke() // a client that sends no ApiVersions first may get no other answer
 	s.p.stats.streamed.Add(1)
 	if !s.p.frames.Take(&s.fetchShare, int64(4+n)) {
 		return s.relayUnobserved(pd, hdr, n)

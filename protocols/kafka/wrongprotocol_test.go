@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/dsmproxy/dsmproxy/internal/syncbuf"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
@@ -212,5 +213,40 @@ func TestOtherFrontsClientTold(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStreamedFetchAnswerClearsUpstreamProblem: a reason recorded for a bootstrap broker is
+// cleared by the first answer a connection gets from it. A client whose first request is a
+// Fetch (one that sends no ApiVersions first) gets that answer streamed (fetchstream.go), which
+// did not count as the broker's answer: the reason stayed until /readyz asked the broker again.
+func TestStreamedFetchAnswerClearsUpstreamProblem(t *testing.T) {
+	topic := uniqueTopic(t, "streamed-first")
+	c, _ := startCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	p := startProxy(t, c, streamAll)
+	addr := c.ListenAddrs()[0]
+	p.wrong.Wrong(addr, errors.New("recorded before the broker was put right"))
+	fetch := kmsg.NewPtrFetchRequest()
+	fetch.Version = 11 // topics by name
+	fetch.MaxBytes, fetch.MinBytes, fetch.SessionEpoch = 1<<20, 1, -1
+	ft := kmsg.NewFetchRequestTopic()
+	ft.Topic = topic
+	fp := kmsg.NewFetchRequestTopicPartition()
+	fp.PartitionMaxBytes = 1 << 20
+	ft.Partitions = append(ft.Partitions, fp)
+	fetch.Topics = append(fetch.Topics, ft)
+	conn := rawClient(t, p)
+	if _, err := conn.Write(requestFrame(fetch, 1)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := readFrame(conn, DefaultMaxFrameBytes); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Stats().StreamedFetches; n != 1 {
+		t.Fatalf("%d fetch responses streamed, want this one", n)
+	}
+	if err := p.wrong.Why(addr); err != nil {
+		t.Errorf("still recorded after the broker's streamed Fetch answer reached the client: %v", err)
 	}
 }
