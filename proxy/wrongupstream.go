@@ -7,9 +7,9 @@ import (
 )
 
 // WrongUpstreams remembers, per upstream address as configured, why the latest answer a front got
-// from it showed it is not the front's kind of server (another protocol, or silence where a
-// broker speaks at once). A TCP dial cannot tell, so readiness asks this. The zero value is ready
-// to use.
+// from it showed it is not the front's kind of server (another protocol, silence where a broker
+// speaks at once, or a close where an HTTP server answers). A TCP dial cannot tell, so readiness
+// asks this. The zero value is ready to use.
 type WrongUpstreams struct {
 	any atomic.Bool // some address is recorded: Answered's fast path
 	mu  sync.Mutex

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,12 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/rs/zerolog"
 
 	errtrack "github.com/dsmproxy/dsmproxy/errors"
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
 	"github.com/dsmproxy/dsmproxy/pathway"
 	"github.com/dsmproxy/dsmproxy/protocols/amqp"
+	"github.com/dsmproxy/dsmproxy/protocols/aws"
 	"github.com/dsmproxy/dsmproxy/proxy"
 )
 
@@ -235,3 +238,42 @@ func TestReadyzUpstreamOfAnotherProtocol(t *testing.T) {
 
 // The AMQP front knows the same of its broker (amqp's TestUpstreamOfAnotherProtocol).
 var _ upstreamProblemReporter = (*amqp.Proxy)(nil)
+
+// TestReadyzAWSUpstreamOfAnotherProtocol: an AWS front whose upstream URL names RabbitMQ's port
+// takes TCP dials, so /readyz said "ok" and ready while every request was answered 502 (RabbitMQ
+// answers an HTTP request with AMQP's protocol header). After a client's request the upstream
+// is not ready, with the front's reason, and each /readyz asks it again.
+func TestReadyzAWSUpstreamOfAnotherProtocol(t *testing.T) {
+	const rabbitAddr = "127.0.0.1:5672" // the local RabbitMQ (test-peers.md section 3)
+	cfg := &Config{AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: "http://" + rabbitAddr, Region: "us-east-1", TrustClients: true,
+		credentials: credentials.NewStaticCredentialsProvider("proxy", "proxy", "")}}, Admin: AdminConfig{Listen: "off"}}
+	cfg.Agent.Disabled = true
+	rt := startRuntime(t, cfg)
+	if code := listQueues(t, rt.fronts[0].Addr().String()); code != http.StatusBadGateway {
+		t.Fatalf("a request through a front whose upstream is RabbitMQ was answered %d, want 502", code)
+	}
+	a := newAdmin(rt.fronts)
+	a.ready.Store(true)
+	rec, body := getReadyz(t, a, context.Background())
+	status := body.Fronts[0].Upstreams[rabbitAddr]
+	if rec.Code != http.StatusServiceUnavailable || body.Ready || body.Fronts[0].Ready || !strings.Contains(status, "not HTTP") || !strings.Contains(status, "AMQP") {
+		t.Errorf("/readyz %d, ready %v, upstream %s says %q; want 503, not ready, saying it answered AMQP, not HTTP", rec.Code, body.Ready, rabbitAddr, status)
+	}
+}
+
+// listQueues sends an SQS Query ListQueues to the AWS front at addr and returns the status.
+func listQueues(t *testing.T, addr string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("Action=ListQueues&Version=2012-11-05"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res.StatusCode
+}
+
+// The AWS front knows the same of its endpoints (aws's TestUpstreamOfAnotherProtocol).
+var _ upstreamProblemReporter = (*aws.Proxy)(nil)

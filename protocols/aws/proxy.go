@@ -172,8 +172,8 @@ type Proxy struct {
 	creds  awssdk.CredentialsProvider
 	signer *v4.Signer
 	client *http.Client
-	upc    *upstreamClient // nil = client
-	up     map[string]*url.URL
+	upc    *upstreamClient      // nil = client
+	up     map[string]*endpoint // service -> where its requests go
 	stats  counters
 	// credsFailures counts failed loads of the proxy's own credentials (their log lines are thinned).
 	credsFailures atomic.Uint64
@@ -182,6 +182,8 @@ type Proxy struct {
 	// are thinned as failed dials are on the other fronts.
 	upstreamFailed atomic.Uint64
 	upstreamWorked atomic.Bool
+	// checking: a checkHTTP after a transport error is under way (checkAfterTransportError).
+	checking atomic.Bool
 	// credsMissing: the latest load of the proxy's own credentials failed (Problem); credsRetry: a
 	// load that Problem started is under way.
 	credsMissing, credsRetry atomic.Bool
@@ -198,6 +200,10 @@ type Proxy struct {
 	handed *pathway.Handed
 	// seen: clients whose service was logged at Info, once each while they keep coming.
 	seen *proxy.FirstSeen[seenClient]
+
+	// wrong: upstreams (as /readyz names them) whose latest answer was not HTTP
+	// (UpstreamProblem).
+	wrong proxy.WrongUpstreams
 
 	mu  sync.Mutex
 	ln  net.Listener
@@ -248,7 +254,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.MaxShardIterators <= 0 {
 		cfg.MaxShardIterators = 100000
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "aws").Logger(), up: map[string]*url.URL{}}
+	p := &Proxy{cfg: cfg, log: cfg.Log.With().Str("protocol", "aws").Logger(), up: map[string]*endpoint{}}
 	p.respect = cfg.RespectExistingContext == nil || *cfg.RespectExistingContext
 	for _, svc := range []string{ServiceSQS, ServiceSNS, ServiceKinesis} {
 		raw := cfg.Upstreams[svc]
@@ -262,7 +268,7 @@ func New(cfg Config) (*Proxy, error) {
 		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 			return nil, fmt.Errorf("aws: upstream for %s %q is not an http(s) URL", svc, raw)
 		}
-		p.up[svc] = u
+		p.up[svc] = newEndpoint(u)
 	}
 	p.now = cfg.Clock
 	if p.now == nil {
@@ -496,9 +502,9 @@ func (f *tlsFollower) transport() *http.Transport {
 
 // envProxied reports whether an HTTP proxy from the environment (HTTPS_PROXY, HTTP_PROXY,
 // NO_PROXY) applies to an upstream: http.Transport then sends the requests.
-func envProxied(up map[string]*url.URL) bool {
-	for _, u := range up {
-		if pu, err := http.ProxyFromEnvironment(&http.Request{URL: u}); pu != nil || err != nil {
+func envProxied(up map[string]*endpoint) bool {
+	for _, e := range up {
+		if pu, err := http.ProxyFromEnvironment(&http.Request{URL: &e.URL}); pu != nil || err != nil {
 			return true
 		}
 	}
@@ -990,7 +996,7 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	if base == nil {
 		base = p.up[ServiceSQS]
 	}
-	u := *base
+	u := base.URL
 	u.Path = strings.TrimSuffix(base.Path, "/") + c.r.URL.Path
 	u.RawPath = ""
 	if c.r.URL.RawPath != "" {
@@ -1037,12 +1043,19 @@ func (p *Proxy) forward(c *call, body []byte) (*http.Response, []byte, error) {
 	var rb []byte
 	if p.upc != nil {
 		if resp, rb, err = p.upc.do(req, body, p.cfg.MaxAnswerBytes); err != nil {
+			var nh *notHTTPError
+			if errors.As(err, &nh) {
+				p.wrong.Wrong(base.addr, nh)
+			}
 			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 		}
+		p.wrong.Answered(base.addr)
 	} else {
 		if resp, err = p.client.Do(req); err != nil {
+			p.checkAfterTransportError(ctx, base, err)
 			return nil, nil, fmt.Errorf("aws %s %s to %s: %w", c.service, c.op, base.Host, err)
 		}
+		p.wrong.Answered(base.addr)
 		defer resp.Body.Close()
 		if rb, err = readBody(resp.Body, answerLength(resp), p.cfg.MaxAnswerBytes); err != nil {
 			return nil, nil, fmt.Errorf("aws %s %s from %s: reading response: %w", c.service, c.op, base.Host, err)

@@ -291,7 +291,7 @@ func TestLongHostNotRemembered(t *testing.T) {
 		host     string
 		remember bool
 	}{{"127.0.0.1:4566", true}, {strings.Repeat("h", maxRememberedHost+1), false}} {
-		p := &Proxy{qurls: newBoundedMap(10), up: map[string]*url.URL{ServiceSQS: up}}
+		p := &Proxy{qurls: newBoundedMap(10), up: map[string]*endpoint{ServiceSQS: newEndpoint(up)}}
 		cl := &call{r: &http.Request{Host: c.host}, service: ServiceSQS}
 		out := p.toProxyURL(cl, "http://upstream:4566/123456789012/q")
 		if out != "http://"+c.host+"/123456789012/q" {

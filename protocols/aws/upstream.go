@@ -127,13 +127,15 @@ func (c *upConn) roundTrip(req *http.Request, wire []byte, limit int64) (resp *h
 		}
 		return nil, nil, false, err
 	}
-	for {
-		if reused {
-			if _, err := c.br.Peek(1); err != nil {
-				return nil, nil, false, fmt.Errorf("%w: %w", errClosedIdle, err)
-			}
-			reused = false
+	if reused {
+		if _, err := c.br.Peek(1); err != nil {
+			return nil, nil, false, fmt.Errorf("%w: %w", errClosedIdle, err)
 		}
+	}
+	if nh := notHTTPAnswer(c.br); nh != nil {
+		return nil, nil, false, nh
+	}
+	for {
 		resp, err = http.ReadResponse(c.br, req)
 		if err != nil {
 			return nil, nil, false, err
@@ -201,34 +203,44 @@ func (u *upstreamClient) get(ctx context.Context, key, addr, tlsHost string, fre
 	if c != nil {
 		return c, nil
 	}
-	raw, err := u.dialer.DialContext(ctx, "tcp", addr)
+	raw, err := dialUpstream(ctx, &u.dialer, addr, tlsHost, u.tlsConfig)
+	if err != nil {
+		return nil, err
+	}
+	return &upConn{Conn: raw, br: bufio.NewReaderSize(raw, 16<<10), key: key}, nil
+}
+
+// dialUpstream dials addr and, when tlsHost is set, makes a TLS handshake for HTTP/1.1 with
+// tlsConfig's configuration (nil, or nil returned: system roots; its ServerName, else tlsHost).
+func dialUpstream(ctx context.Context, d *net.Dialer, addr, tlsHost string, tlsConfig func() *tls.Config) (net.Conn, error) {
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	raw = proxy.RawSyscallConn(raw)
-	if tlsHost != "" {
-		var cfg *tls.Config
-		if u.tlsConfig != nil {
-			cfg = u.tlsConfig().Clone()
-		}
-		if cfg == nil {
-			cfg = &tls.Config{}
-		}
-		if cfg.ServerName == "" {
-			cfg.ServerName = tlsHost
-		}
-		cfg.NextProtos = nil // HTTP/1.1
-		tc := tls.Client(raw, cfg)
-		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			raw.Close()
-			return nil, err
-		}
-		raw = tc
+	if tlsHost == "" {
+		return raw, nil
 	}
-	return &upConn{Conn: raw, br: bufio.NewReaderSize(raw, 16<<10), key: key}, nil
+	var cfg *tls.Config
+	if tlsConfig != nil {
+		cfg = tlsConfig().Clone()
+	}
+	if cfg == nil {
+		cfg = &tls.Config{}
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = tlsHost
+	}
+	cfg.NextProtos = nil // HTTP/1.1
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 func (u *upstreamClient) put(c *upConn) {
