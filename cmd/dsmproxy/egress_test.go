@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"io"
 	"log"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/rs/zerolog"
 
 	"github.com/dsmproxy/dsmproxy/internal/testpki"
@@ -143,5 +145,48 @@ func egressChild(t *testing.T, dir string) {
 	}
 	if code := send(rt2); code != http.StatusOK {
 		t.Errorf("after the CA file was replaced and reloaded (SIGHUP) the front answered %d: the old CA is still in use behind HTTPS_PROXY", code)
+	}
+}
+
+// TestAWSEgressProxyOfAnotherProtocol: behind an egress proxy, /readyz dials the proxy, so an
+// answer that is not HTTP is the proxy's fault only when the proxy itself gave it. HTTPS_PROXY
+// naming RabbitMQ's port, which answers CONNECT with AMQP's protocol header, is not ready with
+// a reason naming the egress proxy; a real CONNECT proxy whose tunnel leads to RabbitMQ (the
+// endpoint's fault: its TLS handshake fails) is not blamed.
+func TestAWSEgressProxyOfAnotherProtocol(t *testing.T) {
+	const rabbitAddr = "127.0.0.1:5672" // the local RabbitMQ (test-peers.md section 3)
+	if os.Getenv("DSMPROXY_EGRESS_CHILD") != "" {
+		egressOfAnotherProtocolChild(t)
+		return
+	}
+	for _, tc := range []struct{ name, proxy, want string }{
+		{"RabbitMQ as the egress proxy", rabbitAddr, "the egress proxy (HTTPS_PROXY or HTTP_PROXY) answered an HTTP request with an AMQP protocol header"},
+		{"a CONNECT proxy to RabbitMQ", connectProxy(t, rabbitAddr), "ok"},
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestAWSEgressProxyOfAnotherProtocol$", "-test.v")
+		cmd.Env = append(os.Environ(), "DSMPROXY_EGRESS_CHILD=1", "DSMPROXY_EGRESS_WANT="+tc.want, "HTTPS_PROXY=http://"+tc.proxy, "https_proxy=http://"+tc.proxy,
+			"NO_PROXY=", "no_proxy=", "HTTP_PROXY=", "http_proxy=")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS") {
+			t.Errorf("%s: child: %v\n%s", tc.name, err, out)
+		}
+	}
+}
+
+func egressOfAnotherProtocolChild(t *testing.T) {
+	px := strings.TrimPrefix(os.Getenv("HTTPS_PROXY"), "http://")
+	cfg := &Config{AWS: []AWSConfig{{Listen: "127.0.0.1:0", Upstream: "https://" + egressHost, Region: "us-east-1", TrustClients: true,
+		credentials: credentials.NewStaticCredentialsProvider("proxy", "proxy", "")}}, Admin: AdminConfig{Listen: "off"}}
+	cfg.Agent.Disabled = true
+	rt := startRuntime(t, cfg)
+	if code := listQueues(t, rt.fronts[0].Addr().String()); code != http.StatusBadGateway {
+		t.Fatalf("a request through the egress proxy %s was answered %d, want 502", px, code)
+	}
+	a := newAdmin(rt.fronts)
+	a.ready.Store(true)
+	rec, body := getReadyz(t, a, context.Background())
+	want := os.Getenv("DSMPROXY_EGRESS_WANT")
+	if status := body.Fronts[0].Upstreams[px]; !strings.Contains(status, want) || (want == "ok") != (rec.Code == http.StatusOK) || len(body.Fronts[0].Upstreams) != 1 {
+		t.Errorf("/readyz %d, upstreams %q; want only the egress proxy %s, saying %q", rec.Code, body.Fronts[0].Upstreams, px, want)
 	}
 }

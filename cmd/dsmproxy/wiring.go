@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -428,22 +426,15 @@ func buildAWS(a AWSConfig, sh shared) (namedFront, error) {
 			Msg("upstream_tls is set, but every upstream is an http:// URL: nothing uses it, and the traffic to the upstreams is not encrypted (the URL's scheme decides)")
 	}
 	// What /readyz dials: every service's endpoint as the front resolved it (an empty upstream
-	// means AWS's regional endpoints), or the egress proxy (HTTPS_PROXY) the front reaches it by.
+	// means AWS's regional endpoints), or the egress proxy (HTTPS_PROXY) the front reaches it by;
+	// the front names them so, and UpstreamProblem takes the same names.
 	var ups []string
 	dials := map[string]proxy.DialFunc{}
-	for _, e := range p.Endpoints() {
-		egress := false
-		if u, err := url.Parse(e); err == nil {
-			if pu, err := http.ProxyFromEnvironment(&http.Request{URL: u}); err == nil && pu != nil {
-				e, egress = pu.String(), true
-			}
-		}
-		if hp := hostPort(e); hp != "" && !slices.Contains(ups, hp) {
-			ups = append(ups, hp)
-			if strings.HasPrefix(e, "https://") && !egress {
-				dials[hp] = func(ctx context.Context, network, addr string) (net.Conn, error) {
-					return proxy.DialTLS(nil, upTLS())(ctx, network, addr)
-				}
+	for _, u := range p.Upstreams() {
+		ups = append(ups, u.Addr)
+		if u.TLS {
+			dials[u.Addr] = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return proxy.DialTLS(nil, upTLS())(ctx, network, addr)
 			}
 		}
 	}
@@ -461,21 +452,6 @@ func tlsDials(addrs []string, dial proxy.DialFunc) map[string]proxy.DialFunc {
 		m[a] = dial
 	}
 	return m
-}
-
-// hostPort turns an endpoint URL into the host:port /readyz dials.
-func hostPort(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" {
-		return ""
-	}
-	if u.Port() != "" {
-		return u.Host
-	}
-	if u.Scheme == "https" {
-		return net.JoinHostPort(u.Hostname(), "443")
-	}
-	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 func buildAMQP(a AMQPConfig, sh shared) (namedFront, error) {
