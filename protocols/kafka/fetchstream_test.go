@@ -135,7 +135,16 @@ func TestFetchTailHidesEndpoints(t *testing.T) {
 func FuzzFetchTail(f *testing.F) {
 	for v := int16(12); v <= 18; v++ {
 		for _, brokers := range []bool{false, true} {
-			f.Add(v, fetchResponseFrame(testFetchResponse(v, brokers))[9:])
+			// The walk skips records by their length, so a few bytes stand for them: a seed of
+			// hundreds of bytes spends a short run minimizing what the fuzzer finds from it.
+			resp := testFetchResponse(v, brokers)
+			for ti := range resp.Topics {
+				for pi := range resp.Topics[ti].Partitions {
+					part := &resp.Topics[ti].Partitions[pi]
+					part.RecordBatches = part.RecordBatches[:len(part.RecordBatches)/10]
+				}
+			}
+			f.Add(v, fetchResponseFrame(resp)[9:])
 		}
 	}
 	f.Fuzz(func(t *testing.T, v int16, body []byte) {
