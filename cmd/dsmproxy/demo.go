@@ -148,10 +148,13 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log, err := newLogger(cfg, stderr, colorTerminal(stderr))
+	// As run's: a stalled stderr (`make demo 2>&1 | less`, paused) drops log lines, counted,
+	// instead of holding the proxy's connections that log.
+	log, closeLog, err := newRunLogger(cfg, stderr)
 	if err != nil {
 		return err
 	}
+	defer closeLog()
 	pctx, pcancel := context.WithCancel(context.Background())
 	defer pcancel()
 	var extra []aggregator.Sink
