@@ -1,6 +1,9 @@
 package proxy
 
-import "bytes"
+import (
+	"bytes"
+	"fmt"
+)
 
 // LooksLike names what the first bytes a peer sent begin, when it is a protocol a front is
 // commonly pointed at or reached with by mistake, or "": a TLS record (a client speaking TLS to a
@@ -25,6 +28,15 @@ func LooksLike(b []byte) string {
 		return "an SSH banner"
 	}
 	return ""
+}
+
+// Describe is LooksLike's name for b, or its bytes in hex when LooksLike names none: what an
+// error says a peer sent instead of the protocol it should speak.
+func Describe(b []byte) string {
+	if what := LooksLike(b); what != "" {
+		return what
+	}
+	return fmt.Sprintf("bytes %x", b)
 }
 
 // IsTLS reports whether LooksLike named a TLS record.

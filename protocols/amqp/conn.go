@@ -700,11 +700,7 @@ func notAMQP(b []byte) error {
 	if b[0] == frameMethod && b[1] == 0 && b[2] == 0 || bytes.HasPrefix(b, []byte("AMQP")) {
 		return nil
 	}
-	what := proxy.LooksLike(b)
-	if what == "" {
-		what = fmt.Sprintf("bytes %x", b)
-	}
-	return fmt.Errorf("answered the AMQP protocol header with %s, not AMQP 0-9-1: is it an AMQP 0-9-1 broker (and, for a TLS one, is upstream_tls set)?", what)
+	return fmt.Errorf("answered the AMQP protocol header with %s, not AMQP 0-9-1: is it an AMQP 0-9-1 broker (and, for a TLS one, is upstream_tls set)?", proxy.Describe(b))
 }
 
 // headerTimeout is how long a client has to send the protocol header (RabbitMQ's own

@@ -119,19 +119,12 @@ func notHTTPAnswer(br *bufio.Reader) *notHTTPError {
 		return nil // cut short: ReadResponse says so
 	}
 	b, _ := br.Peek(min(br.Buffered(), 8))
-	return &notHTTPError{what: describeBytes(b)}
+	return &notHTTPError{what: proxy.Describe(b)}
 }
 
 // closedFirst: the peer ended the connection (closed or reset it) rather than stayed silent.
 func closedFirst(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
-}
-
-func describeBytes(b []byte) string {
-	if what := proxy.LooksLike(b); what != "" {
-		return what
-	}
-	return fmt.Sprintf("bytes %x", b)
 }
 
 // transportSuspect: an error of http.Transport that may mean addr is not HTTP (an answer's
